@@ -1,0 +1,254 @@
+"""The ``unlearn`` command: everything a user does.
+
+    unlearn demo                      run the whole chain on the embedded digits
+    unlearn run                       run the pipeline flow once (ingest whatever arrived)
+    unlearn request submit ...        drop a deletion request into data/requests/incoming/
+    unlearn stage <name>              run one stage without Prefect (what dvc.yaml calls)
+
+Errors print one line naming the problem and exit with status 2; a model that fails the
+verification gate exits with status 3 (nothing is promoted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR, EXIT_GATE_FAILED = 2, 3
+
+
+def _quiet_environment() -> None:
+    """Defaults that keep the stack quiet and offline-friendly (the user's settings win)."""
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "TQDM_DISABLE": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("mlflow", "alembic", "great_expectations", "prefect", "httpx", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from tasks.project import PipelineError
+    from unlearn.config import ConfigError
+    from unlearn.data.sources import SourceError
+    from unlearn.data.store import StoreError
+    from unlearn.methods.base import MissingDataError
+    from unlearn.registry import UnknownNameError
+    from unlearn.requests import LedgerError
+
+    return (ConfigError, PipelineError, SourceError, StoreError, MissingDataError,
+            UnknownNameError, LedgerError)
+
+
+# --------------------------------------------------------------------------- request submit
+
+
+def submit_request(root: Path, request: dict[str, Any]) -> Path:
+    """Write one request as a JSON file into the project's incoming folder, atomically.
+
+    The file name is derived from a hash of the request id, so no user-supplied text
+    reaches the file system path.
+
+    Returns:
+        The written file.
+    """
+    from tasks.project import load_project
+
+    project = load_project(root)
+    project.incoming_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    digest = hashlib.sha256(str(request.get("request_id")).encode()).hexdigest()[:12]
+    target = project.incoming_dir / f"request-{stamp}-{digest}.json"
+    tmp = project.incoming_dir / f".{target.name}.tmp"
+    tmp.write_text(json.dumps(request, indent=2))
+    os.replace(tmp, target)
+    return target
+
+
+def _cmd_request_submit(args: argparse.Namespace) -> int:
+    request = {
+        "request_id": args.request_id,
+        "sample_ids": args.sample_ids,
+        "received_at": args.received_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "reason": args.reason,
+        "subject_ref": args.subject_ref,
+    }
+    path = submit_request(Path(args.root), request)
+    print(f"request {args.request_id} queued: {path}")
+    print("it is validated and applied by the next pipeline run (`unlearn run`)")
+    return 0
+
+
+# --------------------------------------------------------------------------- stage / run / demo
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from tasks.project import load_project
+    from tasks.stages import STAGE_FUNCTIONS, check_params
+
+    project = load_project(args.root)
+    check_params(project.params)
+    result = STAGE_FUNCTIONS[args.name](project)
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    if args.name == "verify" and result.get("verdict") == "fail":
+        return 0  # the verdict is data for promote, not a stage failure
+    return 0
+
+
+def _run_pipeline(root: str) -> dict[str, Any]:
+    from flows.pipeline import pipeline_flow
+
+    return pipeline_flow(root=str(Path(root).resolve()))
+
+
+def _verdict_exit(result: dict[str, Any]) -> int:
+    return EXIT_GATE_FAILED if result.get("promote", {}).get("status") == "rejected" else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    result = _run_pipeline(args.root)
+    print(format_summary(result))
+    return _verdict_exit(result)
+
+
+def demo_requests(root: Path, n_requests: int = 3, per_request: int = 12) -> list[dict[str, Any]]:
+    """Deletion requests for live train-split samples, different on every demo run."""
+    import numpy as np
+
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    project = load_project(root)
+    store = SampleStore(project.store_dir)
+    round_number = len(Ledger(project.ledger_path).batches)
+    rng = np.random.default_rng(1000 + round_number)
+    chosen = rng.choice(store.split_ids("train"), size=n_requests * per_request, replace=False)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [
+        {"request_id": f"DEMO-{round_number:03d}-{i:02d}",
+         "sample_ids": sorted(chosen[i * per_request:(i + 1) * per_request].tolist()),
+         "received_at": now, "reason": "gdpr_erasure", "subject_ref": f"demo-subject-{i}"}
+        for i in range(n_requests)
+    ]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    print("[1/3] prepare the embedded dataset and train the baseline model ...", flush=True)
+    first = _run_pipeline(str(root))
+    print(f"      champion: version {first['train']['version']}", flush=True)
+    requests = demo_requests(root)
+    for request in requests:
+        submit_request(root, request)
+    n_ids = sum(len(r["sample_ids"]) for r in requests)
+    print(f"[2/3] submitted {len(requests)} deletion requests naming {n_ids} samples", flush=True)
+    print("[3/3] ingest -> prepare -> unlearn -> verify -> promote ...", flush=True)
+    second = _run_pipeline(str(root))
+    print(format_summary(second))
+    print(_ui_hints(root))
+    timings = {k: round(first["timings"][k] + second["timings"][k], 2) for k in first["timings"]}
+    print(f"stage wall times (s): {timings}")
+    return _verdict_exit(second)
+
+
+def _ui_hints(root: Path) -> str:
+    from tasks.project import Project
+
+    uri = Project(root).tracking_uri
+    return (
+        "\nLook closer:\n"
+        f"  MLflow UI:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)\n"
+        "  Prefect UI: prefect server start                  (then open http://127.0.0.1:4200)\n"
+        "  DVC:        dvc status; dvc metrics show; dvc dag"
+    )
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """The table the demo prints: each metric for original, unlearned and retrain."""
+    report_path = Path(result["root"]) / "data" / "reports" / "verification.json"
+    promote = result.get("promote", {})
+    ingest = result.get("ingest", {})
+    lines = [
+        f"\nrequests: {ingest.get('rows', 0)} received, {ingest.get('accepted', 0)} accepted, "
+        f"{ingest.get('rejected', 0)} rejected (batch {ingest.get('batch_id') or '-'})",
+    ]
+    if promote.get("status") not in ("promoted", "rejected") or not report_path.exists():
+        lines.append(f"nothing to unlearn (unlearn: {result.get('unlearn', {}).get('status')})")
+        return "\n".join(lines)
+    report = json.loads(report_path.read_text())
+    models = report["models"]
+    tolerances = {c["metric"]: c for c in report["checks"]}
+    header = f"{'metric':<26}{'original':>10}{'unlearned':>11}{'retrain':>10}{'gap':>9}{'tol':>7}  ok"
+    lines += [f"forget {report['n_forget']} / retain {report['n_retain']} / test {report['n_test']} samples",
+              header, "-" * len(header)]
+    for metric in models["unlearned"]:
+        if metric.endswith(("_ci_low", "_ci_high")):
+            continue
+        check = tolerances.get(metric)
+        gap = models["unlearned"][metric] - models["retrain"][metric]
+        tol = f"{check['tolerance']:.2f}" if check else "-"
+        ok = ("yes" if check["passed"] else "NO") if check else ""
+        lines.append(f"{metric:<26}{models['original'][metric]:>10.4f}{models['unlearned'][metric]:>11.4f}"
+                     f"{models['retrain'][metric]:>10.4f}{gap:>+9.4f}{tol:>7}  {ok}")
+    lines.append(f"\nverdict: {report['verdict'].upper()}"
+                 + (f" ({'; '.join(report['failures'])})" if report["failures"] else ""))
+    lines.append(f"model version {promote['version']} ({promote['status']}); "
+                 f"aliases: {promote.get('aliases')}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``unlearn`` command."""
+    parser = argparse.ArgumentParser(prog="unlearn", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=".", help="project directory (default: .)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="run the whole chain on the embedded default dataset")
+    commands.add_parser("run", help="run the pipeline flow once")
+    stage = commands.add_parser("stage", help="run one stage without Prefect (used by dvc.yaml)")
+    stage.add_argument("name", choices=["ingest", "prepare", "train", "unlearn", "verify", "promote"])
+    request = commands.add_parser("request", help="deletion requests")
+    request_commands = request.add_subparsers(dest="request_command", required=True)
+    submit = request_commands.add_parser("submit", help="queue a deletion request")
+    submit.add_argument("--request-id", required=True)
+    submit.add_argument("--sample-ids", required=True, nargs="+", metavar="ID")
+    submit.add_argument("--reason", default="gdpr_erasure")
+    submit.add_argument("--subject-ref", required=True, help="stored only as a salted hash")
+    submit.add_argument("--received-at", help="ISO-8601 time (default: now)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``unlearn`` console command."""
+    args = build_parser().parse_args(argv)
+    _quiet_environment()
+    handlers = {"demo": _cmd_demo, "run": _cmd_run, "stage": _cmd_stage,
+                "request": _cmd_request_submit}
+    try:
+        return handlers[args.command](args)
+    except _known_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

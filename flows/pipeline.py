@@ -1,0 +1,92 @@
+"""Flows: one per stage, and ``unlearning-pipeline`` chaining them.
+
+Without ``PREFECT_API_URL`` they run against Prefect's temporary local server; with it, against
+that server. ``dvc repro`` runs the same stage functions (see dvc.yaml).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from tasks import prefect_tasks as t
+from tasks.project import load_project
+from tasks.stages import check_params
+
+
+def _root(root: str) -> str:
+    project = load_project(root)  # validates params.yaml before anything runs
+    check_params(project.params)
+    return str(project.root)
+
+
+@flow(name="ingest")
+def ingest_flow(root: str = ".") -> dict[str, Any]:
+    """Validate incoming deletion requests into a pending batch."""
+    root = _root(root)
+    t.dvc_init_task(root)
+    result = t.ingest_task(root)
+    t.dvc_commit_task(root, ["ingest"])
+    return result
+
+
+@flow(name="prepare")
+def prepare_flow(root: str = ".") -> dict[str, Any]:
+    """Materialise the sample store and record its data version with DVC."""
+    root = _root(root)
+    t.dvc_init_task(root)
+    result = t.prepare_task(root)
+    result["data_version"] = t.dvc_commit_task(root, ["ingest", "prepare"])
+    t.dvc_push_task(root)
+    return result
+
+
+@flow(name="train")
+def train_flow(root: str = ".") -> dict[str, Any]:
+    """Train and register the baseline (no-op when a champion exists)."""
+    return t.train_task(_root(root))
+
+
+@flow(name="unlearn")
+def unlearn_flow(root: str = ".") -> dict[str, Any]:
+    """Unlearn every pending batch from the champion."""
+    return t.unlearn_task(_root(root))
+
+
+@flow(name="verify")
+def verify_flow(root: str = ".") -> dict[str, Any]:
+    """Verify the unlearned model against a retrained reference."""
+    return t.verify_task(_root(root))
+
+
+@flow(name="promote")
+def promote_flow(root: str = ".") -> dict[str, Any]:
+    """Register the unlearned model; move the champion alias if it passed."""
+    root = _root(root)
+    result = t.promote_task(root)
+    t.dvc_commit_task(root, [])
+    return result
+
+
+@flow(name="unlearning-pipeline")
+def pipeline_flow(root: str = ".") -> dict[str, Any]:
+    """ingest -> prepare -> train -> unlearn -> verify -> promote, each as a subflow.
+
+    Args:
+        root: Project directory.
+
+    Returns:
+        Each stage's summary and its wall time in seconds (``timings``).
+    """
+    root = _root(root)
+    results: dict[str, Any] = {"timings": {}, "root": str(Path(root))}
+    for name, stage_flow in (("ingest", ingest_flow), ("prepare", prepare_flow),
+                             ("train", train_flow), ("unlearn", unlearn_flow),
+                             ("verify", verify_flow), ("promote", promote_flow)):
+        started = time.perf_counter()
+        results[name] = stage_flow(root)
+        results["timings"][name] = time.perf_counter() - started
+    return results

@@ -1,0 +1,85 @@
+"""DVC operations, through the ``dvc`` command (the stable interface; one process at a time)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tasks.project import PipelineError, Project
+
+
+def _dvc(project: Project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    command = [sys.executable, "-m", "dvc", *args]
+    result = subprocess.run(command, cwd=project.root, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise PipelineError(f"`dvc {' '.join(args)}` failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def _git(project: Project, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=project.root, capture_output=True, text=True)
+
+
+def ensure_repo(project: Project) -> None:
+    """Initialise Git (if the root is not in a repository), DVC, and the default remote.
+
+    Args:
+        project: The project.
+    """
+    if shutil.which("git") is None:
+        raise PipelineError("git is required by DVC but was not found on PATH")
+    if _git(project, "rev-parse", "--show-toplevel").returncode != 0:
+        _git(project, "init", "-q")
+    if not (project.root / ".dvc").is_dir():
+        _dvc(project, "init", "-q", "--subdir") if _is_subdir(project) else _dvc(project, "init", "-q")
+    cfg = project.params.dvc
+    remotes = _dvc(project, "remote", "list").stdout
+    if cfg.remote_name not in remotes.split():
+        url = cfg.remote_url
+        target = Path(url) if Path(url).is_absolute() else project.root / url
+        target.mkdir(parents=True, exist_ok=True)
+        _dvc(project, "remote", "add", "--default", cfg.remote_name, url)
+
+
+def _is_subdir(project: Project) -> bool:
+    top = _git(project, "rev-parse", "--show-toplevel").stdout.strip()
+    return bool(top) and Path(top).resolve() != project.root
+
+
+def commit(project: Project, *stages: str) -> None:
+    """Record the current outputs of ``stages`` (all when empty) in dvc.lock and the cache."""
+    _dvc(project, "commit", "--force", "--quiet", *stages)
+
+
+def push(project: Project) -> None:
+    """Upload cached data to the default remote."""
+    _dvc(project, "push", "--quiet")
+
+
+def data_version(project: Project) -> str:
+    """The DVC hash of ``data/store`` recorded in dvc.lock: the data version used everywhere.
+
+    Raises:
+        PipelineError: If the store has not been recorded by DVC yet.
+    """
+    lock_path = project.root / "dvc.lock"
+    try:
+        lock = yaml.safe_load(lock_path.read_text()) or {}
+        for out in lock["stages"]["prepare"]["outs"]:
+            if Path(out["path"]) == Path("data/store"):
+                return out["md5"]
+    except (FileNotFoundError, KeyError, TypeError):
+        pass
+    raise PipelineError("dvc.lock has no hash for data/store; run the prepare stage first")
+
+
+def git_commit(project: Project) -> str:
+    """The checked-out Git commit, or "uncommitted" in a repository without commits."""
+    result = _git(project, "rev-parse", "HEAD")
+    return result.stdout.strip() if result.returncode == 0 else "uncommitted"

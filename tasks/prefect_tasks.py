@@ -1,0 +1,54 @@
+"""Prefect tasks: thin wrappers around the stage functions and the DVC operations.
+
+Tasks take the project root (a string) rather than objects, so they stay picklable for any
+task runner. Retries go on I/O (DVC) only, never on training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import dvc_ops, stages
+from tasks.project import load_project
+
+
+def _stage_task(name: str):
+    function = stages.STAGE_FUNCTIONS[name]
+
+    @task(name=name, cache_policy=NO_CACHE, log_prints=False)
+    def run(root: str) -> dict[str, Any]:
+        return function(load_project(root))
+
+    run.__doc__ = f"Prefect task for the {name!r} stage ({function.__name__})."
+    return run
+
+
+ingest_task = _stage_task("ingest")
+prepare_task = _stage_task("prepare")
+train_task = _stage_task("train")
+unlearn_task = _stage_task("unlearn")
+verify_task = _stage_task("verify")
+promote_task = _stage_task("promote")
+
+
+@task(name="dvc-init", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+def dvc_init_task(root: str) -> None:
+    """Initialise Git/DVC and the default remote if needed."""
+    dvc_ops.ensure_repo(load_project(root))
+
+
+@task(name="dvc-commit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+def dvc_commit_task(root: str, stage_names: list[str]) -> str:
+    """Record stage outputs in dvc.lock and the cache; return the data version."""
+    project = load_project(root)
+    dvc_ops.commit(project, *stage_names)
+    return dvc_ops.data_version(project)
+
+
+@task(name="dvc-push", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+def dvc_push_task(root: str) -> None:
+    """Upload the data versions to the default remote."""
+    dvc_ops.push(load_project(root))

@@ -1,0 +1,105 @@
+"""Where a project's files live, and its parameters, resolved from one root directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from unlearn.config import ConfigError, Params, load_params
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot proceed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project checkout: ``params.yaml``, ``dvc.yaml`` and ``data/`` under ``root``.
+
+    Args:
+        root: The project directory (made absolute).
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @cached_property
+    def params(self) -> Params:
+        """The validated parameters (read once)."""
+        return load_params(self.root / "params.yaml")
+
+    # Data and request state, all under data/.
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def requests_dir(self) -> Path:
+        return self.data_dir / "requests"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.requests_dir / "incoming"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.requests_dir / "rejected"
+
+    @property
+    def batches_dir(self) -> Path:
+        return self.requests_dir / "batches"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.requests_dir / "ledger.json"
+
+    @property
+    def salt_path(self) -> Path:
+        return self.requests_dir / ".salt"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Forget samples of open batches: kept only until a verified model is promoted."""
+        return self.data_dir / "quarantine"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI if set, else a SQLite file in the project."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "mlartifacts"
+
+
+def load_project(root: str | Path = ".") -> Project:
+    """Open a project and validate its params.yaml.
+
+    Raises:
+        ConfigError: If params.yaml is missing or invalid.
+    """
+    project = Project(Path(root))
+    if not (project.root / "params.yaml").exists():
+        raise ConfigError(f"{project.root / 'params.yaml'}: file not found (is this a project root?)")
+    _ = project.params
+    return project

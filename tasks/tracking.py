@@ -1,0 +1,157 @@
+"""MLflow: runs, the model registry, aliases and lineage tags.
+
+Models are logged with ``mlflow.pytorch.log_model`` (MLflow 3's pt2 format, servable) and carry
+their ``state_dict`` as an extra file; the pipeline reloads models from that state dict with
+``torch.load(weights_only=True)`` into the architecture named in the version's tags, so a
+tampered or truncated artifact fails cleanly instead of executing code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasks.project import PipelineError, Project
+from unlearn.models import build_model
+
+CHAMPION, PREVIOUS = "champion", "previous"
+_STATE_FILE = "state_dict.pt"
+
+
+def setup(project: Project):
+    """Point MLflow at the project's tracking URI and experiment; return a client.
+
+    Args:
+        project: The project.
+
+    Returns:
+        An ``mlflow.MlflowClient``.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(project.tracking_uri)
+    name = project.params.registry.experiment
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        project.artifact_root.mkdir(parents=True, exist_ok=True)
+        client.create_experiment(name, artifact_location=project.artifact_root.as_uri())
+    mlflow.set_experiment(name)
+    return client
+
+
+def model_name(project: Project) -> str:
+    """The registered model's name."""
+    return project.params.registry.model_name
+
+
+def champion_version(project: Project, client) -> Any | None:
+    """The ModelVersion holding the ``champion`` alias, or None if there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name(project), CHAMPION)
+    except MlflowException:
+        return None
+
+
+def log_model(
+    project: Project,
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    architecture: dict[str, Any],
+    tags: dict[str, str],
+) -> tuple[str, str]:
+    """Log ``model`` in the active run and register it as a new version.
+
+    Args:
+        project: The project.
+        model: The model (moved to the CPU for export).
+        example: One input example, shape (1, C, H, W).
+        architecture: ``model``, ``in_channels``, ``num_classes``: how to rebuild it.
+        tags: Version tags (lineage, verdict, ...).
+
+    Returns:
+        (registered version, logged model id).
+    """
+    import mlflow
+    import mlflow.pytorch
+
+    model = model.cpu().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path = Path(tmp) / _STATE_FILE
+        torch.save(model.state_dict(), state_path)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            registered_model_name=model_name(project),
+            extra_files=[str(state_path)],
+        )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    all_tags = {f"arch_{k}": str(v) for k, v in architecture.items()}
+    all_tags.update({"model_id": info.model_id, **tags})
+    for key, value in all_tags.items():
+        client.set_model_version_tag(model_name(project), version, key, str(value))
+    return version, info.model_id
+
+
+def load_model(project: Project, client, version: str) -> nn.Module:
+    """Rebuild a registered version from its state dict (no pickle execution).
+
+    Raises:
+        PipelineError: If the version is unknown or its artifact is missing or corrupt.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = model_name(project)
+    try:
+        mv = client.get_model_version(name, version)
+        arch = mv.tags
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
+            state = torch.load(Path(local) / "extra_files" / _STATE_FILE, map_location="cpu",
+                               weights_only=True)
+    except MlflowException as exc:
+        raise PipelineError(f"model version {name}/{version} cannot be read: {exc}") from None
+    except (FileNotFoundError, RuntimeError, EOFError, ValueError) as exc:
+        raise PipelineError(f"model version {name}/{version} has a missing or corrupt artifact: {exc}") from None
+    try:
+        model = build_model(arch["arch_model"], int(arch["arch_in_channels"]), int(arch["arch_num_classes"]))
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError) as exc:
+        raise PipelineError(f"model version {name}/{version} does not match its architecture tags: {exc}") from None
+    return model.eval()
+
+
+def move_champion(project: Project, client, new_version: str) -> str | None:
+    """Give ``new_version`` the champion alias and the old champion the previous alias.
+
+    Returns:
+        The previous champion's version, if there was one.
+    """
+    name = model_name(project)
+    old = champion_version(project, client)
+    if old is not None and str(old.version) != str(new_version):
+        client.set_registered_model_alias(name, PREVIOUS, str(old.version))
+    client.set_registered_model_alias(name, CHAMPION, str(new_version))
+    return None if old is None else str(old.version)
+
+
+def find_version_by_tag(project: Project, client, key: str, value: str) -> Any | None:
+    """The registered version with tag ``key == value`` (used to make promotion idempotent)."""
+    found = client.search_model_versions(
+        f"name='{model_name(project)}' and tags.{key}='{value}'"
+    )
+    return found[0] if found else None

@@ -1,0 +1,254 @@
+"""Typed, frozen view of ``params.yaml``: the project's one configuration.
+
+Every section is a frozen dataclass. Parsing is strict: an unknown key, a missing required
+key or a value of the wrong type raises :class:`ConfigError` naming the key path, so a typo
+fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A problem in ``params.yaml``; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where samples come from and how the sample store is laid out."""
+
+    source: str = "digits"  # a name in unlearn.data.sources.SOURCES
+    source_path: str | None = None  # on-disk location for cifar10 / imagefolder
+    test_fraction: float = 0.25  # held-out share when the source has no split of its own
+    split_seed: int = 0  # fixes which samples are held out; part of the data's identity
+    image_size: int = 32  # imagefolder images are resized to image_size x image_size
+    shard_size: int = 128  # samples per shard file; a deletion rewrites only its shards
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, by registry name."""
+
+    name: str = "small_cnn"  # a name in unlearn.models.MODELS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe for the baseline model (and for exact retraining)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = False  # random crop + flip; for 32x32 images
+
+
+@dataclass(frozen=True)
+class RequestsConfig:
+    """Limits on incoming deletion requests."""
+
+    max_ids_per_request: int = 100_000
+    reasons: tuple[str, ...] = ("gdpr_erasure", "ccpa_deletion", "consent_withdrawn", "other")
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    """Which method runs, and every method's keyword arguments keyed by method name."""
+
+    method: str = "amun"
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Membership-inference attacks run at promotion time."""
+
+    attacks: tuple[str, ...] = ("loss_threshold", "svc_confidence")
+    bootstrap: int = 200  # resamples for the confidence intervals
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Two-sided promotion gate: |metric(unlearned) - metric(retrained)| <= tolerance."""
+
+    tolerances: dict[str, float] = field(
+        default_factory=lambda: {"forget_acc": 0.05, "retain_acc": 0.03, "test_acc": 0.03}
+    )
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """MLflow experiment and registered model names."""
+
+    experiment: str = "unlearn"
+    model_name: str = "unlearn-classifier"
+
+
+@dataclass(frozen=True)
+class DvcConfig:
+    """DVC remote used by default (a local directory, relative to the project root)."""
+
+    remote_name: str = "local"
+    remote_url: str = ".dvcstore"
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of ``params.yaml``."""
+
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    requests: RequestsConfig = field(default_factory=RequestsConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    dvc: DvcConfig = field(default_factory=DvcConfig)
+
+    def method_kwargs(self, name: str) -> dict[str, Any]:
+        """Keyword arguments configured for method ``name`` (empty if none)."""
+        return dict(self.unlearn.methods.get(name, {}))
+
+
+def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    """Check ``value`` against a field annotation and convert containers; raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return _build(annotation, value, path)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        key_type, value_type = args
+        return {
+            _coerce(k, key_type, path): _coerce(v, value_type, f"{path}.{k}")
+            for k, v in value.items()
+        }
+    if annotation is Any:
+        return value
+    if annotation is float:
+        # YAML reads 5e-4 as a string (YAML 1.1); accept numeric strings and ints for floats.
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation in (str, bool):
+        if not isinstance(value, annotation):
+            raise ConfigError(f"{path}: expected {annotation.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported annotation {annotation!r}")  # a bug, not user input
+
+
+def _build(cls: type, mapping: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(
+            f"unknown key(s){where}: {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {
+        name: _coerce(value, hints[name], f"{path}.{name}" if path else name)
+        for name, value in mapping.items()
+    }
+    return cls(**kwargs)
+
+
+def parse_params(mapping: dict[str, Any] | None) -> Params:
+    """Build :class:`Params` from a parsed YAML mapping.
+
+    Args:
+        mapping: The YAML document (``None`` for an empty file).
+
+    Returns:
+        The frozen parameters.
+
+    Raises:
+        ConfigError: On unknown keys, wrong types or invalid values.
+    """
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ConfigError("params.yaml must be a mapping at the top level")
+    params = _build(Params, mapping, "")
+    _check_values(params)
+    return params
+
+
+def _check_values(params: Params) -> None:
+    if params.data.shard_size < 1:
+        raise ConfigError("data.shard_size: must be >= 1")
+    if not 0.0 < params.data.test_fraction < 1.0:
+        raise ConfigError("data.test_fraction: must be in (0, 1)")
+    if params.train.epochs < 1 or params.train.batch_size < 1:
+        raise ConfigError("train.epochs and train.batch_size: must be >= 1")
+    for name, tol in params.gate.tolerances.items():
+        if tol < 0:
+            raise ConfigError(f"gate.tolerances.{name}: must be >= 0")
+    if not (params.device == "cpu" or params.device.startswith("cuda")):
+        raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {params.device!r}")
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate ``params.yaml``.
+
+    Args:
+        path: Path to the YAML file.
+
+    Returns:
+        The frozen parameters.
+
+    Raises:
+        ConfigError: If the file is missing, is not valid YAML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(mapping)

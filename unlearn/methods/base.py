@@ -1,0 +1,181 @@
+"""The method contract and registry.
+
+A method is a function ``fn(model, data, *, device, seed, **kwargs) -> nn.Module`` registered
+with :func:`register_method`, which also declares the data it needs. :func:`run_method` is the
+one way methods are called: it checks the data and keyword arguments, works on a deep copy so
+the input model is never modified, and returns the unlearned model in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlearn.registry import Registry
+from unlearn.training import SGDRecipe
+
+DATA_KINDS = ("forget", "retain")
+
+
+class MissingDataError(ValueError):
+    """A method was called without data it needs (e.g. the retain set)."""
+
+
+class MethodArgumentError(TypeError):
+    """params.yaml gives a method a keyword argument it does not take, or a bad value."""
+
+
+@dataclass(frozen=True)
+class TensorSet:
+    """Images and labels held as tensors on the CPU.
+
+    Attributes:
+        images: Float images in [0, 1], shape (N, C, H, W).
+        labels: int64 labels, shape (N,).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class UnlearningData:
+    """What a method may use. Absent sets are ``None``.
+
+    Attributes:
+        forget: D_F, the samples to forget (with their true labels).
+        retain: D_R, the remaining training samples.
+        num_classes: Number of classes.
+        train_recipe: The recipe the original model was trained with (retrain reuses it).
+        model_factory: Builds a freshly initialised model of the same architecture.
+    """
+
+    forget: TensorSet | None
+    retain: TensorSet | None
+    num_classes: int
+    train_recipe: SGDRecipe
+    model_factory: Callable[[], nn.Module]
+
+
+MethodFn = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    Attributes:
+        name: Registry name.
+        fn: The implementation.
+        needs: Data kinds always required ("forget", "retain").
+        needs_fn: Optional refinement: given the bound kwargs, the data kinds required.
+    """
+
+    name: str
+    fn: MethodFn
+    needs: frozenset[str]
+    needs_fn: Callable[[dict[str, Any]], frozenset[str]] | None = None
+
+    def required_data(self, kwargs: dict[str, Any]) -> frozenset[str]:
+        """Data kinds this method needs with these keyword arguments."""
+        return self.needs_fn(self.bind(kwargs)) if self.needs_fn else self.needs
+
+    def bind(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Check ``kwargs`` against the signature and fill in defaults.
+
+        Raises:
+            MethodArgumentError: On an unknown or missing keyword argument.
+        """
+        signature = inspect.signature(self.fn)
+        tunable = {
+            name: p for name, p in signature.parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("device", "seed")
+        }
+        unknown = sorted(set(kwargs) - set(tunable))
+        if unknown:
+            raise MethodArgumentError(
+                f"method {self.name!r} has no parameter(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(tunable)) or '(none)'}"
+            )
+        bound = {name: p.default for name, p in tunable.items()}
+        bound.update(kwargs)
+        return bound
+
+
+METHODS: Registry[MethodSpec] = Registry(
+    "unlearning method",
+    modules=("unlearn.methods.retrain", "unlearn.methods.finetune", "unlearn.methods.amun"),
+)
+
+
+def register_method(
+    name: str,
+    needs: set[str] | frozenset[str],
+    needs_fn: Callable[[dict[str, Any]], frozenset[str]] | None = None,
+) -> Callable[[MethodFn], MethodFn]:
+    """Register an unlearning method under ``name``.
+
+    Args:
+        name: The name used in params.yaml.
+        needs: Data kinds the method always requires.
+        needs_fn: Optional function of the bound kwargs giving the data kinds required.
+
+    Returns:
+        A decorator that registers the function and returns it unchanged.
+    """
+    bad = set(needs) - set(DATA_KINDS)
+    if bad:
+        raise ValueError(f"unknown data kind(s) {sorted(bad)}; valid: {DATA_KINDS}")
+
+    def decorate(fn: MethodFn) -> MethodFn:
+        METHODS.register(name)(MethodSpec(name, fn, frozenset(needs), needs_fn))
+        return fn
+
+    return decorate
+
+
+def run_method(
+    name: str,
+    model: nn.Module,
+    data: UnlearningData,
+    *,
+    device: str | torch.device,
+    seed: int,
+    kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Run a registered method on a copy of ``model``.
+
+    Args:
+        name: Registry name of the method.
+        model: The model to unlearn from; it is not modified.
+        data: The data the method may use.
+        device: Where to compute.
+        seed: Seed for every random choice the method makes.
+        kwargs: Method keyword arguments from params.yaml.
+
+    Returns:
+        The unlearned model, a new object, in eval mode.
+
+    Raises:
+        UnknownNameError: If no method has this name.
+        MethodArgumentError: If a keyword argument is unknown.
+        MissingDataError: If data the method needs is absent or empty.
+    """
+    spec = METHODS.get(name)
+    bound = spec.bind(dict(kwargs or {}))
+    for kind in sorted(spec.required_data(bound)):
+        subset = getattr(data, kind)
+        if subset is None or len(subset) == 0:
+            raise MissingDataError(f"method {name!r} needs the {kind} set, which was not provided")
+    working = copy.deepcopy(model).to(device)
+    result = spec.fn(working, data, device=device, seed=seed, **bound)
+    return result.eval()

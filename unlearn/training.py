@@ -1,0 +1,209 @@
+"""Seeded, device-agnostic training and inference on in-memory tensors.
+
+Data is small enough to keep as tensors, so batching is done with seeded index permutations
+rather than DataLoader workers: the same seed gives the same batches on every machine.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from unlearn.config import TrainConfig
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class SGDRecipe:
+    """Hyperparameters of one SGD training run (baseline, retrain or fine-tuning).
+
+    Attributes:
+        epochs: Passes over the data.
+        batch_size: Samples per step.
+        lr: Initial learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        augment: Random crop (pad 4) and horizontal flip; meant for 32x32 images.
+        schedule: "cosine" (anneal to 0), "step" (x0.1 after every ``step_every`` epochs) or
+            "constant".
+        step_every: Epochs between decays for the "step" schedule.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = False
+    schedule: str = "cosine"
+    step_every: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> SGDRecipe:
+        """The baseline recipe from params.yaml's ``train`` section."""
+        return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.augment)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch, and return a CPU generator for data order.
+
+    Args:
+        seed: The seed.
+
+    Returns:
+        A ``torch.Generator`` seeded with ``seed`` for shuffling and augmentation.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) -> float32 in [0, 1] (N, C, H, W), on the CPU."""
+    tensor = torch.as_tensor(images)
+    return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and random horizontal flip.
+
+    Args:
+        x: Images (B, C, H, W).
+        generator: Source of randomness (CPU).
+
+    Returns:
+        Augmented images (B, C, H, W).
+    """
+    b, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))  # (B, C, H+8, W+8)
+    dy = torch.randint(0, 9, (b,), generator=generator)
+    dx = torch.randint(0, 9, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (B, H)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (B, W)
+    batch_index = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
+    out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def make_optimizer(
+    model: nn.Module, recipe: SGDRecipe, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with the recipe's momentum/weight decay and a per-step learning-rate schedule."""
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    total = max(1, recipe.epochs * steps_per_epoch)
+    if recipe.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total))
+        )
+    elif recipe.schedule == "step":
+        period = max(1, recipe.step_every * steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 ** (step // period))
+    elif recipe.schedule == "constant":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; valid: cosine, step, constant")
+    return optimizer, scheduler
+
+
+def train_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: SGDRecipe,
+    *,
+    device: str | torch.device,
+    seed: int,
+    no_augment: torch.Tensor | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> nn.Module:
+    """Minimise cross-entropy with SGD, in place.
+
+    Args:
+        model: The model to train (moved to ``device``).
+        images: Float images in [0, 1], shape (N, C, H, W).
+        labels: int64 targets, shape (N,).
+        recipe: Hyperparameters.
+        device: Where to compute.
+        seed: Seed for data order and augmentation.
+        no_augment: Optional bool mask (N,) of samples never augmented (AMUN's adversarial
+            examples are used as found).
+        on_epoch: Called after each epoch with (epoch, {"train_loss", "train_acc", "lr"}).
+
+    Returns:
+        The trained model (the same object), in eval mode.
+    """
+    generator = seed_everything(seed)
+    model.to(device).train()
+    n = len(labels)
+    steps = (n + recipe.batch_size - 1) // recipe.batch_size
+    optimizer, scheduler = make_optimizer(model, recipe, steps)
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(n, generator=generator)
+        total_loss, correct = 0.0, 0
+        for start in range(0, n, recipe.batch_size):
+            index = order[start : start + recipe.batch_size]
+            x = images[index].to(device)
+            y = labels[index].to(device)
+            if recipe.augment:
+                augmented = augment_batch(x, generator)
+                if no_augment is not None:
+                    keep = no_augment[index].to(device)[:, None, None, None]
+                    augmented = torch.where(keep, x, augmented)
+                x = augmented
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(index)
+            correct += (logits.argmax(1) == y).sum().item()
+        if on_epoch is not None:
+            on_epoch(
+                epoch,
+                {"train_loss": total_loss / n, "train_acc": correct / n,
+                 "lr": optimizer.param_groups[0]["lr"]},
+            )
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, *, device: str | torch.device, batch_size: int = 1024
+) -> torch.Tensor:
+    """Logits in eval mode, shape (N, K), on the CPU.
+
+    Args:
+        model: The model (its train/eval mode is restored afterwards).
+        images: Float images (N, C, H, W).
+        device: Where to compute.
+        batch_size: Inference batch size.
+    """
+    was_training = model.training
+    model.eval()
+    outputs = [model(images[i : i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    if not outputs:
+        return torch.empty(0, 0)
+    return torch.cat(outputs)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: str) -> float:
+    """Top-1 accuracy in [0, 1] (NaN for an empty set)."""
+    if len(labels) == 0:
+        return float("nan")
+    logits = predict_logits(model, images, device=device)
+    return (logits.argmax(1) == labels.cpu()).float().mean().item()
