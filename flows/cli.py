@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def _quiet_environment() -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": "CRITICAL",  # stage errors are reported by this CLI
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "DVC_NO_ANALYTICS": "1",
@@ -38,9 +39,20 @@ def _quiet_environment() -> None:
         "TQDM_DISABLE": "1",
     }.items():
         os.environ.setdefault(key, value)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("mlflow", "alembic", "great_expectations", "prefect", "httpx", "torch"):
+    # Only the pipeline's own progress lines go to the terminal; libraries stay at ERROR.
+    pipeline_log = logging.getLogger("unlearn")
+    if not pipeline_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        pipeline_log.addHandler(handler)
+        pipeline_log.setLevel(logging.INFO)
+        pipeline_log.propagate = False
+    for noisy in ("mlflow", "alembic", "great_expectations", "prefect", "httpx", "torch",
+                  "torch._export", "torch.export"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Known, harmless library warnings (dataset-source ambiguity, integer-schema hints).
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

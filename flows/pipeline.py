@@ -39,7 +39,8 @@ def prepare_flow(root: str = ".") -> dict[str, Any]:
     root = _root(root)
     t.dvc_init_task(root)
     result = t.prepare_task(root)
-    result["data_version"] = t.dvc_commit_task(root, ["ingest", "prepare"])
+    t.dvc_commit_task(root, ["ingest", "prepare"])
+    result["data_version"] = t.data_version_task(root)
     t.dvc_push_task(root)
     return result
 

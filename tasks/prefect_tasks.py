@@ -41,11 +41,15 @@ def dvc_init_task(root: str) -> None:
 
 
 @task(name="dvc-commit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
-def dvc_commit_task(root: str, stage_names: list[str]) -> str:
-    """Record stage outputs in dvc.lock and the cache; return the data version."""
-    project = load_project(root)
-    dvc_ops.commit(project, *stage_names)
-    return dvc_ops.data_version(project)
+def dvc_commit_task(root: str, stage_names: list[str]) -> None:
+    """Record stage outputs (all stages when empty) in dvc.lock and the DVC cache."""
+    dvc_ops.commit(load_project(root), *stage_names)
+
+
+@task(name="data-version", cache_policy=NO_CACHE)
+def data_version_task(root: str) -> str:
+    """The data version (DVC hash of data/store) recorded in dvc.lock."""
+    return dvc_ops.data_version(load_project(root))
 
 
 @task(name="dvc-push", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
