@@ -1,0 +1,74 @@
+"""Shared fixtures. Environment is isolated here, before Prefect or MLflow are imported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+_STATE = Path(tempfile.mkdtemp(prefix="unlearn-tests-"))
+for key, value in {
+    "PREFECT_HOME": str(_STATE / "prefect"),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+    "GIT_COMMITTER_NAME": "tests", "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+}.items():
+    os.environ[key] = value
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def make_project(tmp_path):
+    """Create a project directory (params.yaml, dvc.yaml, git repo) with param overrides.
+
+    Returns a function ``make(overrides: dict | None = None) -> Path``; overrides are merged
+    into params.yaml section by section.
+    """
+
+    def make(overrides: dict | None = None, name: str = "project") -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        for key, value in (overrides or {}).items():
+            if isinstance(value, dict) and isinstance(params.get(key), dict):
+                params[key].update(value)
+            else:
+                params[key] = value
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        return root
+
+    return make
+
+
+FAST = {"train": {"epochs": 8}, "verify": {"bootstrap": 20},
+        "unlearn": {"method": "amun", "methods": {"amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}}}
+
+
+@pytest.fixture
+def tiny_images():
+    """A tiny 4-class problem: 160 images (1, 8, 8) with class-dependent bright quadrants."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 40)
+    images = rng.uniform(0, 0.3, size=(160, 1, 8, 8))
+    for i, label in enumerate(labels):
+        r, c = divmod(int(label), 2)
+        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 0.6
+    return images.clip(0, 1).astype(np.float32), labels.astype(np.int64)

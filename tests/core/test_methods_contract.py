@@ -1,0 +1,89 @@
+"""Contract tests, run over every registered method."""
+
+import copy
+
+import pytest
+import torch
+
+from unlearn.methods import METHODS, MissingDataError, TensorSet, UnlearningData, run_method
+from unlearn.methods.base import MethodArgumentError
+from unlearn.models import build_model
+from unlearn.training import SGDRecipe, predict_logits, train_model
+
+FAST_KWARGS = {"amun": {"epochs": 3, "lr_step": 3, "probe_size": 10, "pgd_steps": 10}, "finetune": {"epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 40)
+    # A weak class signal under strong noise: the original model must memorise its training
+    # samples, so forgetting is measurable as a drop in confidence on the forget set.
+    images = rng.uniform(0, 0.7, size=(160, 1, 8, 8))
+    for i, label in enumerate(labels):
+        r, c = divmod(int(label), 2)
+        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 0.15
+    x = torch.tensor(images.clip(0, 1), dtype=torch.float32)
+    y = torch.tensor(labels)
+    forget_mask = torch.zeros(160, dtype=torch.bool)
+    forget_mask[::10] = True
+    recipe = SGDRecipe(epochs=30, batch_size=32, lr=0.05)
+    factory = lambda: build_model("small_cnn", 1, 4)  # noqa: E731
+    torch.manual_seed(0)
+    original = train_model(factory(), x, y, recipe, device="cpu", seed=0)
+    data = UnlearningData(TensorSet(x[forget_mask], y[forget_mask]),
+                          TensorSet(x[~forget_mask], y[~forget_mask]), 4, recipe, factory)
+    return original, data
+
+
+def _confidence(model, subset):
+    probs = predict_logits(model, subset.images, device="cpu").softmax(1)
+    return probs.gather(1, subset.labels[:, None]).mean().item()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name, setting):
+    original, data = setting
+    before = copy.deepcopy(original.state_dict())
+    kwargs = FAST_KWARGS.get(name, {})
+    result = run_method(name, original, data, device="cpu", seed=0, kwargs=kwargs)
+    # same architecture, new object, input untouched
+    assert result is not original and type(result) is type(original)
+    assert {k: v.shape for k, v in result.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    for key, value in original.state_dict().items():
+        assert torch.equal(value, before[key]), f"{name} modified the input model ({key})"
+    # deterministic for a seed (CPU)
+    again = run_method(name, original, data, device="cpu", seed=0, kwargs=kwargs)
+    for key, value in result.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), f"{name} is not deterministic ({key})"
+    # forgetting: confidence on the forget set drops (retrain's contract is never seeing it)
+    if name != "retrain":
+        assert _confidence(result, data.forget) < _confidence(original, data.forget)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_declares_and_checks_its_data(name, setting):
+    original, data = setting
+    spec = METHODS.get(name)
+    needs = spec.required_data(spec.bind(FAST_KWARGS.get(name, {})))
+    assert needs and needs <= {"forget", "retain"}
+    for kind in needs:
+        stripped = UnlearningData(**{**data.__dict__, kind: None})
+        with pytest.raises(MissingDataError, match=kind):
+            run_method(name, original, stripped, device="cpu", seed=0, kwargs=FAST_KWARGS.get(name))
+
+
+def test_unknown_method_argument_is_named(setting):
+    original, data = setting
+    with pytest.raises(MethodArgumentError, match="epoch"):
+        run_method("finetune", original, data, device="cpu", seed=0, kwargs={"epoch": 1})
+
+
+def test_amun_without_retain_needs_only_the_forget_set(setting):
+    original, data = setting
+    forget_only = UnlearningData(**{**data.__dict__, "retain": None})
+    model = run_method("amun", original, forget_only, device="cpu", seed=0,
+                       kwargs={**FAST_KWARGS["amun"], "use_retain": False})
+    assert _confidence(model, data.forget) < _confidence(original, data.forget)
