@@ -1,0 +1,51 @@
+"""Bad input through the `unlearn` command: a clear message and a nonzero exit."""
+
+import subprocess
+import sys
+
+import yaml
+
+
+def _unlearn(root, *args):
+    return subprocess.run([sys.executable, "-m", "flows.cli", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _edit(root, mutate):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    mutate(params)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_unknown_params_key_is_named(make_project):
+    root = make_project()
+    _edit(root, lambda p: p["train"].update({"epoch": 3}))
+    result = _unlearn(root, "stage", "prepare")
+    assert result.returncode == 2
+    assert "unknown key(s) in train: epoch" in result.stderr
+    assert not (root / "data" / "store").exists()  # nothing written
+
+
+def test_unknown_method_lists_valid_names(make_project):
+    root = make_project()
+    _edit(root, lambda p: p["unlearn"].update({"method": "forgetful"}))
+    result = _unlearn(root, "stage", "prepare")
+    assert result.returncode == 2
+    assert "unknown unlearning method 'forgetful'" in result.stderr and "amun" in result.stderr
+
+
+def test_bad_method_argument_is_named(make_project):
+    root = make_project()
+    _edit(root, lambda p: p["unlearn"]["methods"]["amun"].update({"epoch": 3}))
+    result = _unlearn(root, "stage", "ingest")
+    assert result.returncode == 2 and "no parameter(s) epoch" in result.stderr
+
+
+def test_unlearn_without_a_baseline_is_a_clear_error(make_project):
+    root = make_project()
+    assert _unlearn(root, "request", "submit", "--request-id", "R-1", "--sample-ids",
+                    "digits-0001", "--subject-ref", "x").returncode == 0
+    assert _unlearn(root, "stage", "ingest").returncode == 0
+    assert _unlearn(root, "stage", "prepare").returncode == 0
+    result = _unlearn(root, "stage", "unlearn")
+    assert result.returncode == 2 and "no champion" in result.stderr

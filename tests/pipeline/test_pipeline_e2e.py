@@ -1,0 +1,100 @@
+"""End to end: the `unlearning-pipeline` flow on the embedded digits, under a real Prefect
+server (test harness), a real MLflow registry (SQLite), a real DVC repo and local remote, and
+real Great Expectations validation."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import FAST
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _submit(root, request_id, ids, subject="alice@example.com"):
+    from flows.cli import submit_request
+
+    submit_request(root, {"request_id": request_id, "sample_ids": ids,
+                          "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
+                          "subject_ref": subject})
+
+
+def test_pipeline_end_to_end(prefect_server, make_project):
+    import mlflow
+
+    from flows.pipeline import pipeline_flow
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root = make_project(FAST)
+    first = pipeline_flow(root=str(root))
+    assert first["train"]["version"] == "1" and first["unlearn"]["status"] == "nothing_pending"
+    project = load_project(root)
+    version_before = first["prepare"]["data_version"]
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    forget = sorted(train_ids[:20].tolist())
+    test_id = SampleStore(project.store_dir).split_ids("test")[0]
+    _submit(root, "R-1", forget[:10])
+    _submit(root, "R-2", forget[10:] + [str(test_id)])
+    _submit(root, "R-3", ["digits-9999"])  # rejected: unknown id
+    second = pipeline_flow(root=str(root))
+
+    # request accounting: 3 rows in, 2 accepted, 1 rejected with its reason
+    assert (second["ingest"]["rows"], second["ingest"]["accepted"], second["ingest"]["rejected"]) == (3, 2, 1)
+    rejected = [json.loads(line) for f in project.rejected_dir.glob("*.jsonl")
+                for line in f.read_text().splitlines()]
+    assert [r["reasons"] for r in rejected] == [["unknown_sample_id"]]
+    # new data version without the samples, recorded by DVC and pushed to the remote
+    version_after = second["prepare"]["data_version"]
+    assert version_after != version_before and version_after.endswith(".dir")
+    store = SampleStore(project.store_dir)
+    assert not any(i in store for i in forget + [str(test_id)])
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root,
+                            capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {"ingest": ["always changed"]}  # lock matches workspace
+    assert any((root / ".dvcstore").rglob("*"))
+
+    # verification ran against a retrained reference; the model was promoted with lineage
+    report = json.loads((project.reports_dir / "verification.json").read_text())
+    assert report["n_forget"] == 20 and set(report["models"]) == {"original", "unlearned", "retrain"}
+    assert second["promote"]["status"] == "promoted", report["failures"]
+    mlflow.set_tracking_uri(project.tracking_uri)
+    client = mlflow.MlflowClient()
+    name = project.params.registry.model_name
+    assert client.get_registered_model(name).aliases == {"champion": 2, "previous": 1}
+    tags = client.get_model_version(name, "2").tags
+    assert tags["parent_version"] == "1" and tags["method"] == "amun" and tags["verdict"] == "pass"
+    assert tags["data_version_before"] == version_before and tags["data_version_after"] == version_after
+    assert tags["request_batches"] == second["ingest"]["batch_id"]
+    assert "metric.mia_auc_loss_threshold" in tags
+    run = client.get_run(tags["run_id"])
+    assert {"forget_acc", "retrain.test_acc", "original.mia_auc_svc_confidence",
+            "gap.test_acc"} <= set(run.data.metrics)
+    assert Ledger(project.ledger_path).pending() == []
+    assert not any(project.quarantine_dir.glob("*.npz"))  # forget samples gone once verified
+    # nothing identifying in MLflow: no subject references, no raw forget ids
+    logged = json.dumps([run.data.params, run.data.tags, tags])
+    assert "alice" not in logged and forget[0] not in logged
+
+    # a failing gate registers the model with its verdict and leaves the champion alone
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["gate"]["tolerances"] = {"test_acc": 0.0, "mia_auc_loss_threshold": 0.0}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    _submit(root, "R-4", sorted(train_ids[20:30].tolist()))
+    third = pipeline_flow(root=str(root))
+    assert third["promote"]["status"] == "rejected" and third["promote"]["version"] == "3"
+    assert client.get_registered_model(name).aliases == {"champion": 2, "previous": 1}
+    assert client.get_model_version(name, "3").tags["verdict"] == "fail"
+    assert Ledger(project.ledger_path).pending() == [third["ingest"]["batch_id"]]
