@@ -177,6 +177,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(_ui_hints(root))
     timings = {k: round(first["timings"][k] + second["timings"][k], 2) for k in first["timings"]}
     print(f"stage wall times (s): {timings}")
+    if args.timings_out:
+        Path(args.timings_out).write_text(json.dumps({"runs": [first, second]}, default=str, indent=2))
     return _verdict_exit(second)
 
 
@@ -234,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=".", help="project directory (default: .)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run the whole chain on the embedded default dataset")
+    demo = commands.add_parser("demo", help="run the whole chain on the embedded default dataset")
+    demo.add_argument("--timings-out", help="write both pipeline runs' results as JSON (benchmarks)")
     commands.add_parser("run", help="run the pipeline flow once")
     stage = commands.add_parser("stage", help="run one stage without Prefect (used by dvc.yaml)")
     stage.add_argument("name", choices=["ingest", "prepare", "train", "unlearn", "verify", "promote"])

@@ -1,0 +1,112 @@
+"""Benchmark: end-to-end time of `unlearn demo` with a per-stage breakdown.
+
+Runs the demo exactly as a user would (a subprocess of the `unlearn` command) in a fresh
+project directory with a fresh Prefect home (cold start: the temporary Prefect server creates
+its database), then splits the wall time into
+  compute  - training the baseline, unlearning, retraining the reference, running the attacks
+  overhead - everything else: process start and imports, Prefect, MLflow, DVC, GX, I/O.
+
+Writes benchmarks/results/demo_pipeline.{json,md}. Targets (issue #2, 2-core CPU machine):
+demo at most 180 s, overhead at most 25% of it.
+
+Usage: python benchmarks/demo_pipeline.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def run_once(workdir: Path) -> dict:
+    project = workdir / "project"
+    project.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, project / name)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    timings_path = workdir / "timings.json"
+    unlearn = Path(sys.executable).with_name("unlearn")
+    started = time.perf_counter()
+    result = subprocess.run([str(unlearn), "--root", str(project), "demo", "--timings-out",
+                             str(timings_path)], env=env, capture_output=True, text=True)
+    total = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"demo failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    runs = json.loads(timings_path.read_text())["runs"]
+    stages = {}
+    for run in runs:
+        for name, seconds in run["timings"].items():
+            stages[name] = stages.get(name, 0.0) + seconds
+    train = sum(r["train"].get("train_seconds", 0.0) for r in runs)
+    unlearn_s = sum(r["unlearn"].get("unlearn_seconds", 0.0) for r in runs)
+    retrain = sum(r["verify"].get("retrain_seconds", 0.0) for r in runs)
+    attacks = sum(r["verify"].get("attack_seconds", 0.0) for r in runs)
+    compute = train + unlearn_s + retrain + attacks
+    report = json.loads((project / "data" / "reports" / "verification.json").read_text())
+    return {
+        "total_seconds": total, "stage_seconds": stages,
+        "compute_seconds": {"train_baseline": train, "unlearn_amun": unlearn_s,
+                            "retrain_reference": retrain, "attacks": attacks, "total": compute},
+        "overhead_seconds": total - compute, "overhead_share": (total - compute) / total,
+        "flow_seconds": sum(stages.values()), "outside_flows_seconds": total - sum(stages.values()),
+        "verdict": report["verdict"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    runs = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="unlearn-bench-") as tmp:
+            runs.append(run_once(Path(tmp)))
+    best = min(runs, key=lambda r: r["total_seconds"])
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "demo_pipeline.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
+    lines = [
+        "# Demo pipeline: end-to-end time", "",
+        f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}. "
+        f"Cold start (fresh Prefect home, fresh project). Runs: {len(runs)}; best shown.", "",
+        "| | seconds | share |", "|---|---:|---:|",
+        f"| **total (`unlearn demo`)** | {best['total_seconds']:.1f} | 100% |",
+    ]
+    for name, seconds in best["compute_seconds"].items():
+        if name != "total":
+            lines.append(f"| compute: {name} | {seconds:.1f} | {seconds / best['total_seconds']:.0%} |")
+    lines += [
+        f"| **compute total** | {best['compute_seconds']['total']:.1f} | "
+        f"{best['compute_seconds']['total'] / best['total_seconds']:.0%} |",
+        f"| **overhead** (imports, Prefect, MLflow, DVC, GX, I/O) | {best['overhead_seconds']:.1f} | "
+        f"{best['overhead_share']:.0%} |",
+        f"| of which outside the flows (process start, imports, Prefect server start) | "
+        f"{best['outside_flows_seconds']:.1f} | {best['outside_flows_seconds'] / best['total_seconds']:.0%} |",
+        "", "Wall time per stage (both pipeline runs of the demo together):", "",
+        "| stage | seconds |", "|---|---:|",
+        *(f"| {k} | {v:.1f} |" for k, v in best["stage_seconds"].items()),
+        "", f"Verdict of the demo's unlearned model: {best['verdict']}.",
+        "Targets: total <= 180 s; overhead <= 25% of total.",
+        f"Met: total {'yes' if best['total_seconds'] <= 180 else 'NO'}, "
+        f"overhead {'yes' if best['overhead_share'] <= 0.25 else 'NO'}.",
+    ]
+    (RESULTS / "demo_pipeline.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
