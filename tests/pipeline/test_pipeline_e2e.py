@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import FAST
 
 pytestmark = pytest.mark.e2e
