@@ -37,7 +37,8 @@ def ensure_repo(project: Project) -> None:
     if _git(project, "rev-parse", "--show-toplevel").returncode != 0:
         _git(project, "init", "-q")
     if not (project.root / ".dvc").is_dir():
-        _dvc(project, "init", "-q", "--subdir") if _is_subdir(project) else _dvc(project, "init", "-q")
+        # A project inside a larger Git repository needs DVC's --subdir mode.
+        _dvc(project, "init", "-q", *(["--subdir"] if _is_subdir(project) else []))
     cfg = project.params.dvc
     remotes = _dvc(project, "remote", "list").stdout
     if cfg.remote_name not in remotes.split():

@@ -37,7 +37,7 @@ from unlearn.requests import (
     parse_request_file,
     write_json_atomic,
 )
-from unlearn.training import SGDRecipe, seed_everything, to_float, train_model
+from unlearn.training import SGDRecipe, accuracy, seed_everything, to_float, train_model
 from unlearn.verification import EvalSets, apply_gate, evaluate_model, gate_metrics
 
 log = logging.getLogger("unlearn.pipeline")
@@ -316,8 +316,6 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
             on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
         )
         seconds = time.perf_counter() - started
-        from unlearn.training import accuracy
-
         metrics = {"train_acc": accuracy(model, train_t.images, train_t.labels, device=device),
                    "test_acc": accuracy(model, test_t.images, test_t.labels, device=device),
                    "train_seconds": seconds}

@@ -50,10 +50,6 @@ class Arrays:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, mask: np.ndarray) -> Arrays:
-        """Rows where ``mask`` is true (or rows at the given indices)."""
-        return Arrays(self.ids[mask], self.images[mask], self.labels[mask])
-
 
 def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

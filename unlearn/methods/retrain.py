@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from unlearn.methods.base import UnlearningData, register_method
-from unlearn.training import train_model
+from unlearn.training import seed_everything, train_model
 
 
 @register_method("retrain", needs={"retain"})
@@ -23,8 +23,6 @@ def retrain(model: nn.Module, data: UnlearningData, *, device: str, seed: int) -
     Returns:
         The retrained model.
     """
-    from unlearn.training import seed_everything
-
     seed_everything(seed)
     fresh = data.model_factory()
     retain = data.retain
