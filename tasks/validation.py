@@ -40,9 +40,13 @@ def _id_list(value: Any) -> list[str] | None:
 
 
 def _context():
+    import logging
+
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # GX announces its temporary docs directory at INFO on every context; keep the terminal clean.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
