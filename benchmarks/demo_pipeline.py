@@ -9,6 +9,12 @@ its database), then splits the wall time into
 Writes benchmarks/results/demo_pipeline.{json,md}. Targets (issue #2, 2-core CPU machine):
 demo at most 180 s, overhead at most 25% of it.
 
+Two settings are measured:
+  cold   - no PREFECT_API_URL: the demo starts Prefect's temporary server itself (what a
+           first-time user sees);
+  server - a long-lived `prefect server start` is already running (how a team runs the
+           pipeline, issue #6); its start-up is not part of the demo.
+
 Usage: python benchmarks/demo_pipeline.py [--repeats N]
 """
 
@@ -19,17 +25,47 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def run_once(workdir: Path) -> dict:
+@contextmanager
+def prefect_server(home: Path):
+    """Start `prefect server start` on a free loopback port; yield its API URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = Path(sys.executable).with_name("prefect")
+    process = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise SystemExit("prefect server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def run_once(workdir: Path, api_url: str | None = None) -> dict:
     project = workdir / "project"
     project.mkdir()
     for name in ("params.yaml", "dvc.yaml"):
@@ -38,6 +74,8 @@ def run_once(workdir: Path) -> dict:
     env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home")}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     timings_path = workdir / "timings.json"
     unlearn = Path(sys.executable).with_name("unlearn")
     started = time.perf_counter()
@@ -67,44 +105,52 @@ def run_once(workdir: Path) -> dict:
     }
 
 
+def _table(label: str, best: dict) -> list[str]:
+    total = best["total_seconds"]
+    lines = [f"## {label}", "", "| | seconds | share |", "|---|---:|---:|",
+             f"| **total (`unlearn demo`)** | {total:.1f} | 100% |"]
+    for name, seconds in best["compute_seconds"].items():
+        if name != "total":
+            lines.append(f"| compute: {name} | {seconds:.1f} | {seconds / total:.0%} |")
+    lines += [
+        f"| **compute total** | {best['compute_seconds']['total']:.1f} | "
+        f"{best['compute_seconds']['total'] / total:.0%} |",
+        f"| **overhead** (imports, Prefect, MLflow, DVC, GX, I/O) | {best['overhead_seconds']:.1f} | "
+        f"{best['overhead_share']:.0%} |",
+        f"| of which outside the flows (process start, imports, Prefect server start) | "
+        f"{best['outside_flows_seconds']:.1f} | {best['outside_flows_seconds'] / total:.0%} |",
+        "", "Wall time per stage (both pipeline runs of the demo together):", "",
+        "| stage | seconds |", "|---|---:|",
+        *(f"| {k} | {v:.1f} |" for k, v in best["stage_seconds"].items()),
+        "", f"Verdict of the demo's unlearned model: {best['verdict']}. "
+        f"Targets: total <= 180 s ({'met' if total <= 180 else 'MISSED'}); overhead <= 25% of total "
+        f"({'met' if best['overhead_share'] <= 0.25 else 'MISSED'}).", "",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    runs = []
+    settings = {"cold": [], "server": []}
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="unlearn-bench-") as tmp:
-            runs.append(run_once(Path(tmp)))
-    best = min(runs, key=lambda r: r["total_seconds"])
+            settings["cold"].append(run_once(Path(tmp)))
+        with tempfile.TemporaryDirectory(prefix="unlearn-bench-") as tmp:
+            with prefect_server(Path(tmp) / "server-home") as url:
+                settings["server"].append(run_once(Path(tmp), api_url=url))
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "demo_pipeline.json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
-    lines = [
-        "# Demo pipeline: end-to-end time", "",
-        f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}. "
-        f"Cold start (fresh Prefect home, fresh project). Runs: {len(runs)}; best shown.", "",
-        "| | seconds | share |", "|---|---:|---:|",
-        f"| **total (`unlearn demo`)** | {best['total_seconds']:.1f} | 100% |",
-    ]
-    for name, seconds in best["compute_seconds"].items():
-        if name != "total":
-            lines.append(f"| compute: {name} | {seconds:.1f} | {seconds / best['total_seconds']:.0%} |")
-    lines += [
-        f"| **compute total** | {best['compute_seconds']['total']:.1f} | "
-        f"{best['compute_seconds']['total'] / best['total_seconds']:.0%} |",
-        f"| **overhead** (imports, Prefect, MLflow, DVC, GX, I/O) | {best['overhead_seconds']:.1f} | "
-        f"{best['overhead_share']:.0%} |",
-        f"| of which outside the flows (process start, imports, Prefect server start) | "
-        f"{best['outside_flows_seconds']:.1f} | {best['outside_flows_seconds'] / best['total_seconds']:.0%} |",
-        "", "Wall time per stage (both pipeline runs of the demo together):", "",
-        "| stage | seconds |", "|---|---:|",
-        *(f"| {k} | {v:.1f} |" for k, v in best["stage_seconds"].items()),
-        "", f"Verdict of the demo's unlearned model: {best['verdict']}.",
-        "Targets: total <= 180 s; overhead <= 25% of total.",
-        f"Met: total {'yes' if best['total_seconds'] <= 180 else 'NO'}, "
-        f"overhead {'yes' if best['overhead_share'] <= 0.25 else 'NO'}.",
-    ]
-    (RESULTS / "demo_pipeline.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "demo_pipeline.json").write_text(json.dumps({"machine": machine, **settings}, indent=2))
+    lines = ["# Demo pipeline: end-to-end time", "",
+             f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}. "
+             f"Fresh project each run; {args.repeats} run(s) per setting, best shown.", ""]
+    lines += _table("Cold: the demo starts Prefect's temporary server",
+                    min(settings["cold"], key=lambda r: r["total_seconds"]))
+    lines += _table("Long-lived Prefect server already running (PREFECT_API_URL set)",
+                    min(settings["server"], key=lambda r: r["total_seconds"]))
+    (RESULTS / "demo_pipeline.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
