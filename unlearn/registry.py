@@ -12,6 +12,7 @@ valid ones.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -32,11 +33,14 @@ class Registry(Generic[T]):
         kind: Human-readable kind, used in error messages ("unlearning method").
         modules: Modules whose import registers the built-in implementations. They are
             imported lazily on first lookup so that importing the registry has no cost.
+        package: A package whose every module is imported on first lookup, so a new
+            implementation registers by existing (e.g. ``unlearn.methods``).
     """
 
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, modules: tuple[str, ...] = (), package: str | None = None) -> None:
         self.kind = kind
         self._modules = modules
+        self._package = package
         self._items: dict[str, T] = {}
         self._loaded = False
 
@@ -61,7 +65,12 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
-            for module in self._modules:
+            modules = list(self._modules)
+            if self._package:
+                package = importlib.import_module(self._package)
+                modules += [f"{self._package}.{info.name}" for info in pkgutil.iter_modules(package.__path__)
+                            if not info.name.startswith("_")]
+            for module in modules:
                 importlib.import_module(module)
 
     def get(self, name: str) -> T:

@@ -1,16 +1,21 @@
 """Contract tests, run over every registered method."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from unlearn.methods import METHODS, MissingDataError, TensorSet, UnlearningData, run_method
 from unlearn.methods.base import MethodArgumentError
 from unlearn.models import build_model
 from unlearn.training import SGDRecipe, predict_logits, train_model
 
-FAST_KWARGS = {"amun": {"epochs": 3, "lr_step": 3, "probe_size": 10, "pgd_steps": 10}, "finetune": {"epochs": 2}}
+# Keyword arguments that keep each method fast on the tiny problem: one file per method in
+# tests/core/method_kwargs/<name>.yaml (absent = the method's defaults).
+_KWARGS_DIR = Path(__file__).parent / "method_kwargs"
+FAST_KWARGS = {p.stem: yaml.safe_load(p.read_text()) or {} for p in _KWARGS_DIR.glob("*.yaml")}
 
 
 @pytest.fixture(scope="module")

@@ -50,10 +50,7 @@ class AttackResult:
 
 AttackFn = Callable[[AttackInput], AttackResult]
 
-ATTACKS: Registry[AttackFn] = Registry(
-    "membership-inference attack",
-    modules=("unlearn.attacks.population",),
-)
+ATTACKS: Registry[AttackFn] = Registry("membership-inference attack", package="unlearn.attacks")
 
 
 def register_attack(name: str) -> Callable[[AttackFn], AttackFn]:

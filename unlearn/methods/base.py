@@ -111,10 +111,8 @@ class MethodSpec:
         return bound
 
 
-METHODS: Registry[MethodSpec] = Registry(
-    "unlearning method",
-    modules=("unlearn.methods.retrain", "unlearn.methods.finetune", "unlearn.methods.amun"),
-)
+# Every module in unlearn/methods/ is imported on first lookup: a method registers by existing.
+METHODS: Registry[MethodSpec] = Registry("unlearning method", package="unlearn.methods")
 
 
 def register_method(
