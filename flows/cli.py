@@ -96,11 +96,14 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
 def _cmd_request_submit(args: argparse.Namespace) -> int:
     request = {
         "request_id": args.request_id,
-        "sample_ids": args.sample_ids,
         "received_at": args.received_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "reason": args.reason,
         "subject_ref": args.subject_ref,
     }
+    if args.sample_ids:
+        request["sample_ids"] = args.sample_ids
+    else:
+        request["forget_class"] = args.forget_class
     path = submit_request(Path(args.root), request)
     print(f"request {args.request_id} queued: {path}")
     print("it is validated and applied by the next pipeline run (`unlearn run`)")
@@ -243,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     request_commands = request.add_subparsers(dest="request_command", required=True)
     submit = request_commands.add_parser("submit", help="queue a deletion request")
     submit.add_argument("--request-id", required=True)
-    submit.add_argument("--sample-ids", required=True, nargs="+", metavar="ID")
+    target = submit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sample-ids", nargs="+", metavar="ID", help="samples to delete")
+    target.add_argument("--forget-class", metavar="CLASS", help="forget every training sample of a class")
     submit.add_argument("--reason", default="gdpr_erasure")
     submit.add_argument("--subject-ref", required=True, help="stored only as a salted hash")
     submit.add_argument("--received-at", help="ISO-8601 time (default: now)")

@@ -163,9 +163,11 @@ def run_ingest(project: Project) -> dict[str, Any]:
     ingest_id = f"batch-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{digest.hexdigest()[:8]}"
     parsed = [parse_request_file(f) for f in files]
     requests = [r for p in parsed for r in p.requests]
-    known_ids = set(load_source(params.data).ids.tolist())
+    source = load_source(params.data)
+    known_ids = set(source.ids.tolist())
+    deleted = ledger.deleted_ids()
     verdicts = validate_requests(
-        requests, known_ids=known_ids, deleted_ids=ledger.deleted_ids(),
+        requests, known_ids=known_ids, classes=source.classes, deleted_ids=deleted,
         seen_request_ids=ledger.request_ids(), reasons=params.requests.reasons,
         max_ids=params.requests.max_ids_per_request,
     )
@@ -174,8 +176,17 @@ def run_ingest(project: Project) -> dict[str, Any]:
     for verdict in verdicts:
         values = verdict.request.values
         if verdict.valid:
+            forget_class = None
+            if "forget_class" in values:
+                # Class-wise forgetting: every live training sample of the class.
+                forget_class = list(source.classes).index(str(values["forget_class"]))
+                members = source.ids[(source.labels == forget_class) & (source.splits == "train")]
+                sample_ids = sorted(set(members.tolist()) - deleted)
+            else:
+                sample_ids = sorted(set(values["sample_ids"]))
             accepted.append({
-                "request_id": values["request_id"], "sample_ids": sorted(set(values["sample_ids"])),
+                "request_id": values["request_id"], "sample_ids": sample_ids,
+                "forget_class": forget_class,
                 "received_at": values["received_at"], "reason": values["reason"],
                 "subject_hash": hash_subject(values["subject_ref"], salt),
                 "source_file": verdict.request.source_file,
@@ -208,7 +219,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
         write_json_atomic(project.batches_dir / f"{batch_id}.json",
                           {"batch_id": batch_id, "created_at": _now(), "requests": accepted})
         ledger.add_batch(batch_id, [a["request_id"] for a in accepted],
-                         [s for a in accepted for s in a["sample_ids"]], _now())
+                         [s for a in accepted for s in a["sample_ids"]], _now(),
+                         forget_classes=[a["forget_class"] for a in accepted if a["forget_class"] is not None])
         ledger.save()
     for f in files:
         if f.exists():
@@ -425,7 +437,7 @@ def run_unlearn(project: Project) -> dict[str, Any]:
         "parent_version": str(champion.version), "batches": pending,
         "data_version_before": champion.tags.get("data_version", ""),
         "data_version_after": data_version, "n_forget": len(forget), "n_retain": len(data.retain),
-        "unlearn_seconds": seconds,
+        "unlearn_seconds": seconds, "forget_classes": ledger.forget_classes(pending),
     }
     log.info("unlearn: %s forgot %d samples in %.1fs", method, len(forget), seconds)
     return _write_state(project, "unlearn", state)
@@ -480,7 +492,13 @@ def run_verify(project: Project) -> dict[str, Any]:
     store = SampleStore(project.store_dir)
     forget = _load_forget(project, unlearn_state["batches"])
     data = _unlearning_data(project, store, forget)
-    sets = EvalSets(data.forget, data.retain, _tensors(store.load_split("test")))
+    test = store.load_split("test")
+    forget_classes = unlearn_state.get("forget_classes") or []
+    if forget_classes:
+        # Class-wise forgetting: compare the forget set with unseen samples of the same classes,
+        # or the attack would learn "class", not "membership" (mia-and-peers.md section 2).
+        test = Arrays(*(a[np.isin(test.labels, forget_classes)] for a in (test.ids, test.images, test.labels)))
+    sets = EvalSets(data.forget, data.retain, _tensors(test))
     original = tracking.load_model(project, client, unlearn_state["parent_version"])
     candidate = data.model_factory()
     try:
@@ -504,6 +522,7 @@ def run_verify(project: Project) -> dict[str, Any]:
                     "gap": c.gap, "tolerance": c.tolerance, "passed": c.passed} for c in gate.checks],
         "models": results, "reference_cached": cached, "retrain_seconds": retrain_seconds,
         "attack_seconds": attack_seconds, "run_id": unlearn_state["run_id"],
+        "forget_classes": forget_classes,
         "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
     }
     write_json_atomic(report_path, report)

@@ -72,10 +72,19 @@ def _failed_rows(batch_definition, frame, expectations) -> dict[int, list[str]]:
     return failed
 
 
+def _class_name(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | str):
+        return str(value)
+    return None
+
+
 def validate_requests(
     requests: list[RawRequest],
     *,
     known_ids: set[str],
+    classes: tuple[str, ...] = (),
     deleted_ids: set[str],
     seen_request_ids: set[str],
     reasons: tuple[str, ...],
@@ -88,6 +97,7 @@ def validate_requests(
         known_ids: Every sample id of the source dataset.
         deleted_ids: Ids already deleted by earlier batches.
         seen_request_ids: Request ids accepted earlier (a repeat is a duplicate).
+        classes: Class names of the dataset (a ``forget_class`` must be one of them).
         reasons: Allowed values of ``reason``.
         max_ids: Most sample ids one request may name.
 
@@ -106,6 +116,8 @@ def validate_requests(
         v = request.values
         request_id = _string_or_none(v.get("request_id"))
         ids = _id_list(v.get("sample_ids"))
+        has_ids, has_class = "sample_ids" in v, "forget_class" in v
+        mode = "samples" if has_ids and not has_class else "class" if has_class and not has_ids else "invalid"
         occurrence = counts.get(request_id, 0) if request_id is not None else 0
         if request_id is not None:
             counts[request_id] = occurrence + 1
@@ -114,14 +126,21 @@ def validate_requests(
             "is_object": "__not_an_object__" not in v and "__ragged__" not in v,
             "request_id": request_id,
             "occurrence": occurrence,
-            "n_ids": len(ids) if ids is not None else -1,
+            "mode": mode,
+            # n_ids is None (skipped by the checks) unless the request names samples.
+            "n_ids": (len(ids) if ids is not None else -1) if mode == "samples" else None,
+            "forget_class": _class_name(v.get("forget_class")) if mode == "class" else None,
             "received_at": _string_or_none(v.get("received_at")),
             "reason": _string_or_none(v.get("reason")),
             "subject_ref": _string_or_none(v.get("subject_ref")),
             "unknown_fields": ",".join(request.extra_fields),
         })
     frame = pd.DataFrame(rows)  # default RangeIndex: index == position in `requests`
-    for column in ("request_id", "received_at", "reason", "subject_ref"):
+    frame["n_ids"] = frame["n_ids"].astype("Int64")
+    class_rows = frame["mode"] == "class"
+    frame["class_ok"] = None
+    frame.loc[class_rows, "class_ok"] = frame.loc[class_rows, "forget_class"].isin(list(classes))
+    for column in ("request_id", "received_at", "reason", "subject_ref", "forget_class", "class_ok"):
         frame[column] = frame[column].astype(object)
     ids_frame = pd.DataFrame(
         [
@@ -136,12 +155,14 @@ def validate_requests(
     request_checks = [
         gxe.ExpectColumnValuesToBeInSet(column="is_object", value_set=[True], meta={"code": "not_a_request_object"}),
         gxe.ExpectColumnValuesToBeInSet(column="unknown_fields", value_set=[""], meta={"code": "unknown_field"}),
+        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=["samples", "class"], meta={"code": "need_exactly_one_of_sample_ids_or_forget_class"}),
+        gxe.ExpectColumnValuesToBeInSet(column="class_ok", value_set=[True], meta={"code": "unknown_class"}),
         gxe.ExpectColumnValuesToNotBeNull(column="request_id", meta={"code": "request_id_missing_or_not_string"}),
         gxe.ExpectColumnValuesToMatchRegex(column="request_id", regex=REQUEST_ID_PATTERN, meta={"code": "request_id_malformed"}),
         gxe.ExpectColumnValuesToBeInSet(column="occurrence", value_set=[0], meta={"code": "duplicate_request_id"}),
         gxe.ExpectColumnValuesToNotBeInSet(column="request_id", value_set=sorted(seen_request_ids) or ["\0"], meta={"code": "duplicate_request_id"}),
         # n_ids is -1 when sample_ids is not a list of strings; otherwise it must be 1..max_ids.
-        gxe.ExpectColumnValuesToNotBeInSet(column="n_ids", value_set=[-1], meta={"code": "sample_ids_missing_or_not_list_of_strings"}),
+        gxe.ExpectColumnValuesToNotBeInSet(column="n_ids", value_set=[-1], meta={"code": "sample_ids_not_list_of_strings"}),
         gxe.ExpectColumnValuesToBeBetween(column="n_ids", min_value=1, max_value=max_ids, row_condition="n_ids!=-1", condition_parser="pandas", meta={"code": "sample_ids_count_out_of_range"}),
         gxe.ExpectColumnValuesToNotBeNull(column="received_at", meta={"code": "received_at_missing_or_not_string"}),
         gxe.ExpectColumnValuesToMatchRegex(column="received_at", regex=ISO_8601, meta={"code": "received_at_not_iso8601"}),

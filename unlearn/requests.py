@@ -1,8 +1,10 @@
 """Deletion requests: parsing request files, and the ledger of every batch ever applied.
 
-A request names the samples one person wants deleted. Files arrive as JSON (one object, a
-list of objects, or ``{"requests": [...]}``) or CSV (header ``request_id,sample_ids,
-received_at,reason,subject_ref``; ``sample_ids`` separated by ``;`` or spaces). Parsing never
+A request names the samples one person wants deleted (``sample_ids``), or a whole class to
+forget (``forget_class``: every training sample of that class). Files arrive as JSON (one
+object, a list of objects, or ``{"requests": [...]}``) or CSV (header ``request_id,sample_ids,
+received_at,reason,subject_ref`` and optionally ``forget_class``; ``sample_ids`` separated by
+``;`` or spaces). Parsing never
 raises on bad content: a file that cannot be read at all is reported as a :class:`FileProblem`,
 and each row becomes a :class:`RawRequest` whose fields are validated later (Great
 Expectations, in ``tasks/``).
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FIELDS = ("request_id", "sample_ids", "received_at", "reason", "subject_ref")
+FIELDS = ("request_id", "sample_ids", "forget_class", "received_at", "reason", "subject_ref")
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a request file larger than this is refused unread
 
 
@@ -125,6 +127,9 @@ def parse_request_file(path: Path) -> ParsedFile:
             if None in row:  # more cells than header columns
                 row.pop(None)
                 row["__ragged__"] = True
+            for key in ("sample_ids", "forget_class"):
+                if row.get(key) == "":
+                    del row[key]  # an empty CSV cell means the field is absent
             if "sample_ids" in row:
                 row["sample_ids"] = _split_ids(row["sample_ids"])
     if not rows:
@@ -196,14 +201,27 @@ class Ledger:
                       key=lambda b: self.batches[b]["created_at"])
 
     def add_batch(self, batch_id: str, request_ids: list[str], sample_ids: list[str],
-                  created_at: str) -> None:
-        """Record a new pending batch (call :meth:`save` to persist)."""
+                  created_at: str, forget_classes: list[int] | None = None) -> None:
+        """Record a new pending batch (call :meth:`save` to persist).
+
+        Args:
+            batch_id: New batch id.
+            request_ids: Accepted request ids.
+            sample_ids: Every sample id the batch deletes.
+            created_at: ISO-8601 time.
+            forget_classes: Labels forgotten as whole classes (class-wise requests).
+        """
         if batch_id in self.batches:
             raise LedgerError(f"batch {batch_id} already exists")
         self.batches[batch_id] = {
             "status": self.PENDING, "request_ids": sorted(request_ids),
             "sample_ids": sorted(set(sample_ids)), "created_at": created_at, "history": [],
+            "forget_classes": sorted(set(forget_classes or [])),
         }
+
+    def forget_classes(self, batch_ids: list[str]) -> list[int]:
+        """Labels forgotten as whole classes by any of the given batches."""
+        return sorted({c for b in batch_ids for c in self.batches[b].get("forget_classes", [])})
 
     def set_status(self, batch_id: str, status: str, note: dict[str, Any]) -> None:
         """Change a batch's status and append ``note`` to its history."""

@@ -81,3 +81,24 @@ def test_files_that_are_not_requests_are_rejected_whole(make_project, content):
     _drop(project, "weird.csv", content)
     counts = run_ingest(project)
     assert counts["accepted"] == 0 and counts["rejected_files"] == 1
+
+
+def test_class_wise_request_deletes_every_training_sample_of_the_class(make_project):
+    from unlearn.config import DataConfig
+    from unlearn.data import load_source
+
+    project = load_project(make_project())
+    _drop(project, "a.json", [
+        {k: v for k, v in _request("C-1", []).items() if k != "sample_ids"} | {"forget_class": "3"},
+        {k: v for k, v in _request("C-2", []).items() if k != "sample_ids"} | {"forget_class": "ten"},
+        _request("C-3", ["digits-0001"], forget_class="4"),  # both kinds at once
+    ])
+    counts = run_ingest(project)
+    assert counts["accepted"] == 1
+    codes = {r["request_id"]: r["reasons"] for r in _rejected(project)}
+    assert codes == {"C-2": ["unknown_class"], "C-3": ["need_exactly_one_of_sample_ids_or_forget_class"]}
+    source = load_source(DataConfig())
+    expected = set(source.ids[(source.labels == 3) & (source.splits == "train")].tolist())
+    ledger = Ledger(project.ledger_path)
+    assert ledger.deleted_ids() == expected
+    assert ledger.forget_classes(ledger.pending()) == [3]
