@@ -64,25 +64,31 @@ def pgd_l2(
     alpha = _per_sample(eps / 10.0, x)
     radius = _per_sample(eps, x)
     x_adv = x.clone()
-    with torch.no_grad():
-        active = model(x_adv).argmax(1) == y  # samples not yet flipped
+    active = torch.ones(len(y), dtype=torch.bool, device=x.device)  # not yet flipped
+    # One forward per step serves both the early-exit check and the gradient; a final
+    # forward checks the samples that used every step.
     for _ in range(steps):
-        if not active.any():
+        index = active.nonzero().flatten()
+        if len(index) == 0:
             break
-        x_step = x_adv[active].clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x_step), y[active], reduction="sum")
+        x_step = x_adv[index].clone().requires_grad_(True)
+        logits = model(x_step)
+        with torch.no_grad():
+            still = logits.argmax(1) == y[index]
+        active[index[~still]] = False  # flipped: keep this x_adv, stop attacking it
+        if not still.any():
+            break
+        loss = F.cross_entropy(logits[still], y[index][still], reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_step)
         with torch.no_grad():
+            moving = index[still]
+            grad = grad[still]
             norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-            moved = x_step + alpha[active] * grad / _per_sample(norm, grad)
-            delta = moved - x[active]
+            moved = x_adv[moving] + alpha[moving] * grad / _per_sample(norm, grad)
+            delta = moved - x[moving]
             delta_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-            scale = torch.clamp(radius[active].flatten() / delta_norm, max=1.0)
-            updated = (x[active] + delta * _per_sample(scale, delta)).clamp(0.0, 1.0)
-            x_adv[active] = updated
-            still = model(updated).argmax(1) == y[active]
-            active_index = active.nonzero().flatten()
-            active[active_index[~still]] = False
+            scale = torch.clamp(radius[moving].flatten() / delta_norm, max=1.0)
+            x_adv[moving] = (x[moving] + delta * _per_sample(scale, delta)).clamp(0.0, 1.0)
     with torch.no_grad():
         flipped = model(x_adv).argmax(1) != y
     return x_adv.detach(), flipped
