@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,6 +49,37 @@ class SGDRecipe:
     def from_config(cls, cfg: TrainConfig) -> SGDRecipe:
         """The baseline recipe from params.yaml's ``train`` section."""
         return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.augment)
+
+
+@dataclass
+class TrainingTrace:
+    """Training-time artifacts of the last two epochs, for L-CODEC's finite-difference Hessian.
+
+    Filled in place by :func:`train_model` when passed as ``trace`` (off by default). For each of
+    the last two epochs (oldest first) it holds the average gradient of the mini-batch loss over
+    that epoch's batches, weighted by batch size, i.e. the mean of the per-sample gradients,
+
+        g_e = (1/n) Σ_b |b| · ∇_w mean_{i∈b} CE(f(x_i; w_b), y_i),
+
+    taken at the parameters w_b current at each step (as in the official L-CODEC training loop,
+    but with the batch-size weighting right), and a copy of the parameters at the end of the
+    epoch. Gradients are of the cross-entropy only (weight decay is applied inside the optimiser
+    and is not included). All tensors are detached CPU copies keyed by ``named_parameters`` names.
+
+    Attributes:
+        n: Training-set size.
+        avg_grads: Average gradients of the recorded epochs, oldest first (at most two).
+        params: Parameters at the end of the recorded epochs, oldest first (at most two).
+    """
+
+    n: int = 0
+    avg_grads: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    params: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when two epochs were recorded (epochs T-2 and T-1)."""
+        return len(self.avg_grads) >= 2 and len(self.params) >= 2
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -117,6 +148,18 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def _accumulate_gradients(model: nn.Module, grad_sum: dict[str, torch.Tensor], batch_size: int) -> None:
+    """grad_sum[name] += batch_size · param.grad, into tensors owned by grad_sum (never aliases a .grad)."""
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        weighted = param.grad.detach() * batch_size  # a new tensor, not param.grad itself
+        if name in grad_sum:
+            grad_sum[name] += weighted
+        else:
+            grad_sum[name] = weighted
+
+
 def train_model(
     model: nn.Module,
     images: torch.Tensor,
@@ -127,6 +170,7 @@ def train_model(
     seed: int,
     no_augment: torch.Tensor | None = None,
     on_epoch: EpochCallback | None = None,
+    trace: TrainingTrace | None = None,
 ) -> nn.Module:
     """Minimise cross-entropy with SGD, in place.
 
@@ -140,6 +184,9 @@ def train_model(
         no_augment: Optional bool mask (N,) of samples never augmented (AMUN's adversarial
             examples are used as found).
         on_epoch: Called after each epoch with (epoch, {"train_loss", "train_acc", "lr"}).
+        trace: Optional :class:`TrainingTrace` filled in place with the average gradient and the
+            parameters of the last two epochs (L-CODEC's training-time artifacts). Recording
+            copies every gradient once per step, so it is off unless asked for.
 
     Returns:
         The trained model (the same object), in eval mode.
@@ -149,9 +196,13 @@ def train_model(
     n = len(labels)
     steps = (n + recipe.batch_size - 1) // recipe.batch_size
     optimizer, scheduler = make_optimizer(model, recipe, steps)
+    if trace is not None:
+        trace.n, trace.avg_grads, trace.params = n, [], []
     for epoch in range(recipe.epochs):
         order = torch.randperm(n, generator=generator)
         total_loss, correct = 0.0, 0
+        recording = trace is not None and epoch >= recipe.epochs - 2
+        grad_sum: dict[str, torch.Tensor] = {}
         for start in range(0, n, recipe.batch_size):
             index = order[start : start + recipe.batch_size]
             x = images[index].to(device)
@@ -166,10 +217,15 @@ def train_model(
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recording:
+                _accumulate_gradients(model, grad_sum, len(index))
             optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(index)
             correct += (logits.argmax(1) == y).sum().item()
+        if recording:
+            trace.avg_grads.append({name: total.div(n).cpu() for name, total in grad_sum.items()})
+            trace.params.append({name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()})
         if on_epoch is not None:
             on_epoch(
                 epoch,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from unlearn.registry import Registry
-from unlearn.training import SGDRecipe
+from unlearn.training import SGDRecipe, TrainingTrace
 
 DATA_KINDS = ("forget", "retain")
 
@@ -57,6 +57,9 @@ class UnlearningData:
         num_classes: Number of classes.
         train_recipe: The recipe the original model was trained with (retrain reuses it).
         model_factory: Builds a freshly initialised model of the same architecture.
+        training_trace: Optional training-time artifacts of the original model (average
+            gradients and parameters of its last two epochs; see ``train_model(trace=...)``).
+            Only L-CODEC's finite-difference Hessian uses them; absent by default.
     """
 
     forget: TensorSet | None
@@ -64,6 +67,7 @@ class UnlearningData:
     num_classes: int
     train_recipe: SGDRecipe
     model_factory: Callable[[], nn.Module]
+    training_trace: TrainingTrace | None = None
 
 
 MethodFn = Callable[..., nn.Module]

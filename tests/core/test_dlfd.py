@@ -1,0 +1,130 @@
+"""Empirical checks of DLFD's parts: Sinkhorn OT, the perturbation search, the criterion."""
+
+import itertools
+
+import pytest
+import torch
+
+from unlearn.methods.dlfd import cosine_cost, forgetting_score, ot_distance, sinkhorn_plan, synthesize
+from unlearn.models import build_model
+from unlearn.training import SGDRecipe, train_model
+
+SINKHORN = {"eps": 0.01, "max_iter": 50, "tol": 1e-3}
+
+
+def _exact_ot(cost: torch.Tensor) -> float:
+    """Exact OT between uniform n-point measures: the best permutation (Birkhoff)."""
+    n = cost.shape[0]
+    return min(sum(cost[i, p[i]].item() for i in range(n)) for p in itertools.permutations(range(n))) / n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sinkhorn_plan_has_uniform_marginals(seed):
+    g = torch.Generator().manual_seed(seed)
+    cost = cosine_cost(torch.randn(7, 5, generator=g), torch.randn(4, 5, generator=g))  # (7, 4)
+    plan = sinkhorn_plan(cost, eps=0.05, max_iter=2000, tol=1e-9)
+    assert (plan >= 0).all()
+    assert torch.allclose(plan.sum(1), torch.full((7,), 1 / 7), atol=1e-5)
+    assert torch.allclose(plan.sum(0), torch.full((4,), 1 / 4), atol=1e-5)
+    # at the paper's eps = 0.01: the column marginal is exact at once, the row error shrinks
+    errors = []
+    for rounds in (10, 50, 200, 2000):
+        plan = sinkhorn_plan(cost, eps=0.01, max_iter=rounds, tol=1e-9)
+        assert torch.allclose(plan.sum(0), torch.full((4,), 1 / 4), atol=1e-5)
+        errors.append((plan.sum(1) - 1 / 7).abs().sum().item())
+    assert errors[-1] < 1e-4 and errors == sorted(errors, reverse=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_entropic_ot_matches_brute_force_ot(seed):
+    g = torch.Generator().manual_seed(seed)
+    cost = cosine_cost(torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g))  # (6, 6)
+    plan = sinkhorn_plan(cost, eps=0.01, max_iter=5000, tol=1e-10)
+    exact = _exact_ot(cost)
+    # <T_eps, C> - OT <= eps * log(n m) for the entropic optimum; and never below OT (up to
+    # the marginal error of the iterate)
+    value = (plan * cost).sum().item()
+    assert exact - 1e-4 <= value <= exact + 0.01 * torch.log(torch.tensor(36.0)).item() + 1e-4
+    # a default, early-stopped solve is close as well
+    assert abs(ot_distance(*_features(seed), **SINKHORN).item() - _exact_ot(cosine_cost(*_features(seed)))) < 0.05
+
+
+def _features(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    return torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+
+
+def test_ot_is_zero_between_identical_batches_and_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 5, generator=g)
+    assert ot_distance(z, z[torch.randperm(8, generator=g)], **SINKHORN).item() < 1e-3
+    assert ot_distance(z, z + 1.0, **SINKHORN).item() > 1e-2
+    assert abs(ot_distance(z[:1], -z[:1], **SINKHORN).item() - 2.0) < 1e-5  # cos = -1: the largest cost
+
+
+_TRAINED: dict = {}
+
+
+@pytest.fixture
+def trained(tiny_images):
+    """A model trained on the tiny 4-class problem (once per module); retain: classes 0-2, forget: class 3."""
+    if not _TRAINED:
+        images, labels = tiny_images
+        x, y = torch.tensor(images), torch.tensor(labels)
+        model = train_model(build_model("small_cnn", 1, 4), x, y, SGDRecipe(4, 32, 0.05), device="cpu", seed=0)
+        retain = torch.cat([torch.arange(c * 40, c * 40 + 8) for c in range(3)])  # (24,)
+        forget = torch.arange(120, 128)  # (8,)
+        _TRAINED["value"] = (model.eval(), x[retain], y[retain], x[forget])
+    return _TRAINED["value"]
+
+
+def test_ot_term_has_a_nonzero_gradient_with_respect_to_the_perturbation(trained):
+    model, x_r, _, x_f = trained
+    z_f = model(x_f).detach()
+    delta = torch.zeros_like(x_r, requires_grad=True)
+    ot = ot_distance(model(x_r + delta), z_f, **SINKHORN)
+    (grad,) = torch.autograd.grad(ot, delta)
+    assert grad.abs().sum().item() > 0
+    assert (grad.flatten(1).abs().sum(1) > 0).all()  # every retain sample gets a direction
+    # it is the true derivative: a small step along the gradient raises OT by about |grad|^2 h
+    h = 1e-3 / grad.norm().item()
+    with torch.no_grad():
+        up = ot_distance(model(x_r + h * grad), z_f, **SINKHORN).item()
+    assert up > ot.item()
+
+
+@pytest.mark.parametrize("epsilon", [4 / 255, 16 / 255, 0.25])
+def test_perturbations_respect_epsilon_and_the_pixel_range(trained, epsilon):
+    model, x_r, y_r, x_f = trained
+    x_star = synthesize(model, x_r, y_r, model(x_f).detach(), forget_weight=3.0, retain_weight=0.5,
+                        steps=6, alpha=epsilon / 2, epsilon=epsilon, sinkhorn=SINKHORN)
+    assert (x_star - x_r).abs().max().item() <= epsilon + 1e-6
+    assert x_star.min().item() >= 0.0 and x_star.max().item() <= 1.0
+    assert (x_star - x_r).abs().max().item() > epsilon / 2  # it does move
+
+
+def test_synthesis_increases_ot_distance_to_the_forget_features(trained):
+    model, x_r, y_r, x_f = trained
+    z_f = model(x_f).detach()
+    with torch.no_grad():
+        before = ot_distance(model(x_r), z_f, **SINKHORN).item()
+    x_star = synthesize(model, x_r, y_r, z_f, forget_weight=3.0, retain_weight=0.0, steps=10,
+                        alpha=0.1 / 4, epsilon=0.1, sinkhorn=SINKHORN)
+    with torch.no_grad():
+        after = ot_distance(model(x_star), z_f, **SINKHORN).item()
+    assert after > before + 0.01
+    # with a classification weight, the search keeps most retain labels predictable
+    x_kept = synthesize(model, x_r, y_r, z_f, forget_weight=3.0, retain_weight=1.0, steps=10,
+                        alpha=0.1 / 4, epsilon=0.1, sinkhorn=SINKHORN)
+    with torch.no_grad():
+        assert ot_distance(model(x_kept), z_f, **SINKHORN).item() > before
+        assert (model(x_kept).argmax(1) == y_r).float().mean().item() >= 0.75
+
+
+def test_forgetting_score_is_near_zero_for_one_distribution_and_one_for_separated_losses():
+    g = torch.Generator().manual_seed(0)
+    same = [forgetting_score(torch.rand(100, generator=g), torch.rand(100, generator=g)) for _ in range(20)]
+    assert sum(same) / len(same) < 0.08
+    low, high = torch.rand(50, generator=g), 2 + torch.rand(50, generator=g)
+    assert forgetting_score(high, low) == 1.0  # forget losses all above: forgotten
+    assert forgetting_score(low, high) == 0.0  # forget losses below members: not forgotten

@@ -1,0 +1,103 @@
+"""Small helpers shared by the baseline methods (grad_ascent, neggrad_plus, random_label, ...).
+
+Not a method: the registry skips modules whose name starts with "_". Everything here is
+seeded through an explicit CPU ``torch.Generator`` so that a method gives the same result for
+the same seed on every run (no DataLoader workers, no global random state in data order).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from unlearn.methods.base import TensorSet
+from unlearn.training import augment_batch
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of mini-batch indices in a seeded random order.
+
+    Args:
+        n: Number of samples.
+        batch_size: Samples per batch (the last batch may be smaller).
+        generator: CPU generator that fixes the order.
+
+    Returns:
+        A list of int64 index tensors, each of shape (<= batch_size,).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = torch.randperm(n, generator=generator)
+    return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+
+
+def cycled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless batches: one shuffled pass, then the same batches again in the same order.
+
+    This mirrors ``zip(retain_loader, itertools.cycle(forget_loader))`` in the SCRUB code,
+    where ``cycle`` replays the first pass of the (shuffled) forget loader. The order is drawn
+    now, not lazily.
+
+    Args:
+        n: Number of samples.
+        batch_size: Samples per batch.
+        generator: CPU generator that fixes the order of the one pass.
+
+    Returns:
+        An endless iterator of int64 index tensors of shape (<= batch_size,).
+    """
+    return itertools.cycle(shuffled_batches(n, batch_size, generator))
+
+
+def fetch(
+    subset: TensorSet,
+    index: torch.Tensor,
+    *,
+    device: str | torch.device,
+    augment: bool,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of ``index`` on ``device``, optionally augmented (crop + flip).
+
+    Args:
+        subset: Where to read from.
+        index: Sample indices, shape (B,).
+        device: Target device.
+        augment: Apply the training augmentation (``training.augment_batch``).
+        generator: Source of randomness for the augmentation.
+
+    Returns:
+        (x (B, C, H, W), y (B,)).
+    """
+    x = subset.images[index].to(device)
+    y = subset.labels[index].to(device)
+    if augment:
+        x = augment_batch(x, generator)
+    return x, y
+
+
+def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """Plain SGD over all parameters with a constant learning rate.
+
+    Args:
+        model: The model whose parameters are optimised.
+        lr: Learning rate (must be positive).
+        momentum: Momentum.
+        weight_decay: Coupled L2 penalty.
+
+    Returns:
+        The optimiser.
+    """
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def check_positive_int(**values: int) -> None:
+    """Raise ``ValueError`` naming the first argument that is not a positive integer."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,802 @@
+"""L-CODEC: deep unlearning on a Markov blanket of parameter slices.
+
+Mehta, Pal, Singh, Ravi, "Deep Unlearning via Randomized Conditionally Independent Hessians",
+CVPR 2022 (arXiv 2204.07655); official code vsingh-group/LCODEC-deep-unlearning (methods.md
+section 3). The removal step is Sekhari et al.'s Newton update ("Remember What You Want to
+Forget", NeurIPS 2021), restricted to a small block of parameters chosen by a conditional
+dependence coefficient, so that the Hessian to invert is |w_S| x |w_S| instead of |w| x |w|.
+
+What is implemented, for each removal request (``scrub_batch_size`` forget samples, m of them,
+processed in the order given; the official default is one sample per request):
+
+1. Input-perturbation probe. Every ``Conv2d`` and ``Linear`` layer is hooked. For m' = 1..M
+   the request's samples are fed as x + σ_p·N(0, I) (σ_p = ``perturbation_std`` = 0.1) and we
+   record a_m' ∈ R^P, each entry one slice's output (a conv output channel or a linear output
+   unit) averaged over the m samples and the spatial positions, and the loss ℓ_m' (mean CE
+   over the m samples). P = Σ conv out-channels + Σ linear out-units. Perturbations are
+   drawn from a seeded CPU generator and batched ``probe_batch`` images per forward pass.
+2. FOCI on CODEC (Azadkia & Chatterjee, "A simple measure of conditional dependence", Ann.
+   Statist. 2021). With R_i = #{j: Y_j ≤ Y_i}, L_i = #{j: Y_j ≥ Y_i}, N(i) the 1-NN of X_i
+   and M(i) the 1-NN of (X_i, Z_i) (ties broken uniformly at random, seeded):
+
+       T(Y; Z)     = Σ_i [n·min(R_i, R_M(i)) − L_i²] / Σ_i L_i (n − L_i)
+       T(Y; Z | X) = Σ_i [min(R_i, R_M(i)) − min(R_i, R_N(i))] / Σ_i [R_i − min(R_i, R_N(i))]
+
+   Y = (ℓ_m'), the candidates are the P columns of A = (a_m'), standardised (as R's FOCI
+   does by default). Greedy forward selection: first argmax_j T(Y; A_j), then repeatedly
+   argmax_j T(Y; A_j | A_S); stop when the best conditional value is ≤ 0, or at
+   ``max_slices``. ``selection="cheap"`` keeps only the top unconditional slice.
+3. The block w_S: weight[k, ...] and bias[k] of every selected slice (layer, k), in selection
+   order, while the block stays within ``max_params`` (a slice that does not fit is skipped).
+4. g_S = Σ_{z in request} ∇_{w_S} CE(f(x_z), y_z), with the model in train mode but every
+   BatchNorm layer (selected by type) in eval mode, so batch statistics do not enter.
+5. Hessian on the block (``hessian``):
+
+   - "fd" (paper/code default), from the training-time artifacts (avg gradients ḡ and
+     parameters w of the last two epochs T−2, T−1, see ``TrainingTrace``):
+
+         H_old = d dᵀ / ||w_{T−2,S} − w_{T−1,S}||₁,   d = ḡ_{T−2,S} − ḡ_{T−1,S}
+
+     and the request's own finite difference from one SGD step of lr ``fd_lr`` (1e-3) on the
+     block of a COPY of the model, the second gradient taken from the stepped copy:
+
+         H_z = d_z d_zᵀ / ||w'_S − w_S||₁,   d_z = ḡ_z(w) − ḡ_z(w'),   w'_S = w_S − fd_lr·ḡ_z(w)
+
+     (ḡ_z the mean gradient over the request). Sekhari's combination for m removals,
+     H = (n·H_old − m·H_z)/(n − m); for m = 1 this is the code's (n·H_old − H_z)/(n − 1).
+   - "fisher": H = (1/m) Σ_z g_z g_zᵀ, the empirical Fisher of the request's samples.
+
+6. Newton removal step (note the sign: removal ADDS the scaled inverse-Hessian gradient):
+
+       w_S ← w_S + (1/(n − m)) (H + λI)⁻¹ g_S,   λ = ``l2_reg``
+
+   solved with ``torch.linalg.solve`` in float64 on the CPU (the block is at most
+   ``max_params`` wide, and the CPU solve is the official default and device-independent).
+7. Gaussian noise for (ε, δ)-forgetting, on the block only (``noise=True``):
+
+       σ = (γ/ε)·sqrt(2 ln(1.25/δ)),   γ = 2·M_c·L²·m² / (n²·λ³),   M_c = 0.25, L = 1.
+
+8. n ← n − m, and the next request starts from the updated model.
+
+Choices where the sources are silent, or where the official code is wrong (documented, tested):
+
+- Training-time artifacts. The baseline training does not record them by default; pass a
+  ``TrainingTrace`` from ``train_model(..., trace=TrainingTrace())`` as
+  ``UnlearningData.training_trace``. Without one, and with the retain set present, they are
+  recomputed post hoc (methods.md section 7): two passes of plain SGD (lr ``trace_lr``, no
+  momentum or weight decay, BatchNorm frozen) over D = D_R ∪ D_F on a copy of the model,
+  recording the batch-size-weighted average gradient and the parameters after each pass. We
+  use D_R ∪ D_F rather than D_R alone because Sekhari's combination subtracts the forget
+  samples' own Hessian from n·H_old, which is only right if H_old averages over all n
+  training samples. With neither trace nor retain set, "fd" falls back to "fisher" on the
+  forget samples, with a logged warning.
+- The trace (recorded or recomputed) belongs to the original model and is reused for every
+  request, as in the official multi-removal loop.
+- n is ``n_train`` if given, else ``training_trace.n``, else |D_F| + |D_R|; it is decreased by
+  m after each request (the model then stands for training on the remaining samples).
+- The sample finite difference steps only the block (so d_z approximates H_SS·Δw_S, the block
+  Hessian), on a deep copy; the official code's bug (second gradient read from the original
+  model, making the distance collapse to PairwiseDistance's 1e-6) is not reproduced.
+- The training-trace average gradient is the mean of per-sample gradients (batches weighted
+  by size) and is copied, unlike the official code (sum of batch means / n; aliased .grad).
+- If H + λI is not positive definite (possible: −m·H_z is subtracted), H is replaced by its
+  positive semi-definite part (negative eigenvalues set to 0) before the solve; logged.
+- The probe runs the model in eval mode, so BatchNorm uses running statistics and the batched
+  perturbations are exactly independent forward passes.
+- The official safety check (revert a request if validation accuracy drops by more than
+  ``val_gap_skip``) needs a validation set, which methods do not receive; it is not
+  implemented. Every request is applied.
+- The noise bound assumes a convex, L-Lipschitz loss with M_c-Lipschitz Hessian; for a deep
+  network it is a heuristic, and on small data (n of a few thousand) its σ is large unless λ
+  is large: σ ∝ m²/(n²·λ³·ε). With λ large the Newton step ≈ g_S/((n−m)·λ) is small.
+- Without the revert check, a too small λ can run away: on the embedded digits (n = 1347,
+  one sample per request) λ = 0.01 is stable, while λ ≤ 0.005 (the official default is 0.001)
+  lets one large step damage the model, after which the gradients, and so the steps, grow until
+  it predicts a single class. params.yaml should keep λ well clear of that.
+- Cost per request: M forward passes, then FOCI at O(steps · P · M²) (exact 1-NN by brute force
+  over all M² pairs, as torch.cdist would), the block gradients and one |w_S|³ solve. On a CPU
+  M ≈ 200 keeps FOCI cheap; the official M = 1000 is 25x the FOCI work.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from unlearn.methods.base import UnlearningData, register_method
+from unlearn.training import TrainingTrace, seed_everything
+
+log = logging.getLogger(__name__)
+
+HESSIAN_LIPSCHITZ = 0.25  # M_c in Sekhari's noise bound (official code's value)
+LOSS_LIPSCHITZ = 1.0  # L in Sekhari's noise bound (official code's value)
+_PROBED = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One output channel (conv) or output unit (linear) of a layer.
+
+    Attributes:
+        layer: Module name in ``model.named_modules()``.
+        index: Output channel / unit k; its parameters are weight[k, ...] and bias[k].
+    """
+
+    layer: str
+    index: int
+
+
+@dataclass(frozen=True)
+class RequestReport:
+    """What one removal request did (for logs and tests).
+
+    Attributes:
+        slices: The slices whose parameters formed the block, in block order.
+        block_size: |w_S|.
+        step_norm: ||Newton step||₂ (before noise).
+        noise_std: σ of the Gaussian noise added (0 when disabled).
+        n: Training-set size the request was removed from.
+    """
+
+    slices: tuple[Slice, ...]
+    block_size: int
+    step_norm: float
+    noise_std: float
+    n: int
+
+
+# --------------------------------------------------------------------------- modes
+
+
+@contextmanager
+def frozen_bn_train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Train mode for every module except BatchNorm layers (eval: running statistics).
+
+    BatchNorm layers are found by type (``_BatchNorm`` covers 1d/2d/3d/Sync/Lazy), not by
+    name as in the official code. Every module's mode is restored on exit.
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def probed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) of every trainable Conv2d / Linear layer, in module order."""
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, _PROBED) and module.weight.requires_grad]
+
+
+def perturbation_probe(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n_perturbations: int,
+    std: float,
+    probe_batch: int,
+    generator: torch.Generator,
+    device: str | torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, list[Slice]]:
+    """Slice activations and losses under Gaussian input perturbations (step 1).
+
+    Args:
+        model: The model (run in eval mode; weights unchanged).
+        x: The request's images, shape (m, C, H, W).
+        y: Their labels, shape (m,).
+        n_perturbations: M.
+        std: σ_p of the input noise.
+        probe_batch: Images per forward pass (perturbations are batched ⌊probe_batch/m⌋ at a time).
+        generator: Seeded CPU generator for the noise.
+        device: Where to compute.
+
+    Returns:
+        (activations (M, P) float32 on ``device``, losses (M,), slices: the P slices in column order).
+    """
+    layers = probed_layers(model)
+    if not layers:
+        raise ValueError("lcodec: the model has no trainable Conv2d or Linear layer to probe")
+    slices = [Slice(name, k) for name, module in layers
+              for k in range(module.out_channels if isinstance(module, nn.Conv2d) else module.out_features)]
+    m = len(y)
+    per_pass = max(1, probe_batch // m)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str, conv: bool) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            k = output.shape[0] // m
+            if conv:  # (k·m, C, H, W) -> (k, C): mean over samples and positions
+                captured[name] = output.detach().reshape(k, m, output.shape[1], -1).mean(dim=(1, 3))
+            else:  # (k·m, ..., U) -> (k, U): mean over samples and any middle dimensions
+                captured[name] = output.detach().reshape(k, m, -1, output.shape[-1]).mean(dim=(1, 2))
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(name, isinstance(module, nn.Conv2d)))
+               for name, module in layers]
+    was_training = model.training
+    model.eval()
+    x, y = x.to(device), y.to(device)
+    activations, losses = [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, n_perturbations, per_pass):
+                k = min(per_pass, n_perturbations - start)
+                noise = torch.randn((k, *x.shape), generator=generator).to(device)  # (k, m, C, H, W)
+                batch = (x.unsqueeze(0) + std * noise).reshape(k * m, *x.shape[1:])
+                logits = model(batch)  # (k·m, K)
+                loss = F.cross_entropy(logits, y.repeat(k), reduction="none").reshape(k, m).mean(1)
+                activations.append(torch.cat([captured[name] for name, _ in layers], dim=1).float())  # (k, P)
+                losses.append(loss.float())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return torch.cat(activations), torch.cat(losses), slices
+
+
+# --------------------------------------------------------------------------- CODEC / FOCI
+
+
+def _ranks(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R_i = #{j: y_j ≤ y_i} and L_i = #{j: y_j ≥ y_i}, int64, shape (n,)."""
+    ordered = torch.sort(y).values
+    rank_le = torch.searchsorted(ordered, y, right=True)
+    rank_ge = len(y) - torch.searchsorted(ordered, y, right=False)
+    return rank_le, rank_ge
+
+
+def _random_order(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A seeded random permutation of the n points.
+
+    CODEC and FOCI are sums over points, so they do not depend on the order of the points except
+    through nearest-neighbour ties. ``argmin`` returns the first of tied minima; after a uniformly
+    random reordering, that is a uniformly random member of the tied set: random tie-breaking at
+    the cost of one permutation.
+    """
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def _pairwise(points: torch.Tensor) -> torch.Tensor:
+    """Exact Euclidean distances (n, n) via torch.cdist, +inf on the diagonal."""
+    dist = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    return dist.fill_diagonal_(float("inf"))
+
+
+def codec(
+    y: torch.Tensor,
+    z: torch.Tensor,
+    x: torch.Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Azadkia & Chatterjee's CODEC coefficient T(Y; Z) or T(Y; Z | X).
+
+    With R_i = #{j: Y_j ≤ Y_i}, L_i = #{j: Y_j ≥ Y_i}, N(i) the 1-NN of X_i among the X_j, and
+    M(i) the 1-NN of Z_i (unconditional) or of (X_i, Z_i) (conditional), ties at random:
+
+        T(Y; Z)     = Σ_i [n·min(R_i, R_M(i)) − L_i²] / Σ_i L_i (n − L_i)
+        T(Y; Z | X) = Σ_i [min(R_i, R_M(i)) − min(R_i, R_N(i))] / Σ_i [R_i − min(R_i, R_N(i))]
+
+    T → 1 when Y is a measurable function of Z (given X) and → 0 when Y ⊥ Z (given X).
+
+    Args:
+        y: Response, shape (n,).
+        z: Predictors, shape (n,) or (n, d_z).
+        x: Conditioning predictors, shape (n,) or (n, d_x), or None.
+        generator: Seeded CPU generator for tie-breaking (seed 0 when None).
+
+    Returns:
+        The coefficient (NaN when the denominator is 0, e.g. Y constant).
+    """
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = y.numel()
+    order = _random_order(n, generator, y.device)
+    y = y.flatten()[order].double()
+    z = z.reshape(n, -1)[order].double()
+    rank_le, rank_ge = _ranks(y)
+    if x is None:
+        near = _pairwise(z).argmin(dim=1)  # M(i), first of ties = random of ties
+        numerator = (n * torch.minimum(rank_le, rank_le[near]) - rank_ge**2).sum()
+        denominator = (rank_ge * (n - rank_ge)).sum()
+    else:
+        x = x.reshape(n, -1)[order].double()
+        near_x = _pairwise(x).argmin(dim=1)  # N(i)
+        near_xz = _pairwise(torch.cat([x, z], dim=1)).argmin(dim=1)  # M(i)
+        base = torch.minimum(rank_le, rank_le[near_x])
+        numerator = (torch.minimum(rank_le, rank_le[near_xz]) - base).sum()
+        denominator = (rank_le - base).sum()
+    return float(numerator) / float(denominator) if denominator != 0 else float("nan")
+
+
+def foci(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    max_features: int,
+    generator: torch.Generator,
+    chunk_elements: int = 2**22,
+) -> tuple[list[int], list[float]]:
+    """FOCI: greedy forward selection of columns of ``x`` by CODEC (step 2).
+
+    Columns are standardised (zero mean, unit variance; constant columns become 0). The first
+    pick maximises T(Y; X_j); each next pick maximises T(Y; X_j | X_S). Selection stops when the
+    best conditional value is ≤ 0, when no column is left, or at ``max_features``. For a fixed
+    S the conditional numerators differ only in Σ_i min(R_i, R_M(i)), so candidates are ranked
+    by that sum, computed from the squared distances of X_S plus the candidate's own term.
+
+    Args:
+        y: Response, shape (n,).
+        x: Candidates, shape (n, p).
+        max_features: Cap on |S| (≥ 1).
+        generator: Seeded CPU generator for nearest-neighbour tie-breaking.
+        chunk_elements: Candidates are scored ⌊chunk_elements/n²⌋ at a time (memory bound).
+
+    Returns:
+        (selected column indices in selection order, their CODEC values: T(Y; X_j) for the
+        first, T(Y; X_j | X_S) for the others).
+    """
+    n, p = x.shape
+    order = _random_order(n, generator, x.device)  # random tie-breaking (see _random_order)
+    y = y.flatten()[order]
+    xs = x[order].float()
+    spread = xs.std(dim=0, unbiased=False)
+    xs = torch.where(spread > 0, (xs - xs.mean(dim=0)) / spread.clamp_min(1e-30), torch.zeros_like(xs))
+    rank_le, rank_ge = _ranks(y)
+    base = torch.zeros((n, n), device=x.device).fill_diagonal_(float("inf"))  # squared distances in X_S
+    per_chunk = max(1, chunk_elements // (n * n))
+    remaining = list(range(p))
+    selected: list[int] = []
+    scores: list[float] = []
+    current = 0  # Σ_i min(R_i, R_N(i)) for the current S
+    uncond_denominator = int((rank_ge * (n - rank_ge)).sum())
+    if uncond_denominator == 0:  # Y constant: nothing is informative; keep the first column
+        return [0], [float("nan")]
+    while remaining and len(selected) < max(1, max_features):
+        sums = []
+        for start in range(0, len(remaining), per_chunk):
+            columns = xs[:, remaining[start : start + per_chunk]].T  # (J, n)
+            dist = columns[:, :, None] - columns[:, None, :]  # (J, n, n)
+            near = dist.square_().add_(base).argmin(dim=2)  # (J, n): 1-NN in (X_S, X_j)
+            sums.append(torch.minimum(rank_le, rank_le[near]).sum(dim=1))
+        totals = torch.cat(sums)  # (len(remaining),)
+        best = int(totals.argmax())
+        best_sum = int(totals[best])
+        if not selected:
+            score = (n * best_sum - int((rank_ge**2).sum())) / uncond_denominator
+        else:
+            denominator = int(rank_le.sum()) - current
+            if denominator <= 0:  # X_S already orders Y perfectly
+                break
+            score = (best_sum - current) / denominator
+            if score <= 0:
+                break
+        column = remaining.pop(best)
+        selected.append(column)
+        scores.append(score)
+        current = best_sum
+        base = base + (xs[:, column][:, None] - xs[:, column][None, :]) ** 2
+    return selected, scores
+
+
+# --------------------------------------------------------------------------- the parameter block
+
+
+def _slice_pieces(model: nn.Module, slices: list[Slice]) -> list[tuple[str, int]]:
+    """(parameter name, row k) for every block piece: weight[k] then bias[k] of each slice."""
+    modules = dict(model.named_modules())
+    pieces = []
+    for s in slices:
+        pieces.append((f"{s.layer}.weight", s.index))
+        if getattr(modules[s.layer], "bias", None) is not None:
+            pieces.append((f"{s.layer}.bias", s.index))
+    return pieces
+
+
+def slice_size(module: nn.Module) -> int:
+    """Parameters in one output slice of a Conv2d/Linear: weight[k].numel() (+1 with a bias)."""
+    return module.weight[0].numel() + (1 if module.bias is not None else 0)
+
+
+def gather_block(tensors: dict[str, torch.Tensor], pieces: list[tuple[str, int]]) -> torch.Tensor:
+    """Concatenate tensors[name][k].flatten() over the block pieces -> (|w_S|,)."""
+    return torch.cat([tensors[name][k].reshape(-1) for name, k in pieces])
+
+
+def add_to_block(model: nn.Module, pieces: list[tuple[str, int]], delta: torch.Tensor) -> None:
+    """w_S += delta, in place. delta has shape (|w_S|,)."""
+    params = dict(model.named_parameters())
+    offset = 0
+    with torch.no_grad():
+        for name, k in pieces:
+            row = params[name][k]
+            size = row.numel()
+            row += delta[offset : offset + size].reshape(row.shape).to(row.device, row.dtype)
+            offset += size
+
+
+def block_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, pieces: list[tuple[str, int]], *, reduction: str
+) -> torch.Tensor:
+    """∇_{w_S} CE(f(x), y), train mode with BatchNorm frozen (step 4).
+
+    Args:
+        model: The model.
+        x: Images (m, C, H, W) on the model's device.
+        y: Labels (m,).
+        pieces: The block (see ``_slice_pieces``).
+        reduction: "sum" (g_S = Σ_z g_z) or "mean" (ḡ_z).
+
+    Returns:
+        The block gradient (|w_S|,), float64 on the CPU.
+    """
+    params = dict(model.named_parameters())
+    names = sorted({name for name, _ in pieces})
+    with frozen_bn_train_mode(model):
+        loss = F.cross_entropy(model(x), y, reduction=reduction)
+        grads = torch.autograd.grad(loss, [params[name] for name in names])
+    by_name = dict(zip(names, grads, strict=True))
+    return gather_block(by_name, pieces).detach().double().cpu()
+
+
+# --------------------------------------------------------------------------- Hessians and the step
+
+
+def finite_difference_hessian(grad_a: torch.Tensor, grad_b: torch.Tensor, w_a: torch.Tensor,
+                              w_b: torch.Tensor) -> torch.Tensor:
+    """The rank-one FD Hessian (g_a − g_b)(g_a − g_b)ᵀ / ||w_a − w_b||₁, shape (d, d).
+
+    This is L-CODEC's heuristic (methods.md section 3(f), issue #2): not a secant estimate, but
+    what the paper's code computes. Returns zeros when the parameters did not move.
+    """
+    diff = (grad_a - grad_b).double()
+    distance = float((w_a.double() - w_b.double()).abs().sum())
+    if distance == 0.0:
+        return torch.zeros((len(diff), len(diff)), dtype=torch.float64)
+    return torch.outer(diff, diff) / distance
+
+
+def sample_fd_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pieces: list[tuple[str, int]],
+                      *, lr: float) -> torch.Tensor:
+    """H_z from one SGD step of the block on a copy of the model (step 5).
+
+    w'_S = w_S − lr·ḡ_z(w); H_z = (ḡ_z(w) − ḡ_z(w'))(…)ᵀ / ||w'_S − w_S||₁, where both the
+    second gradient and w'_S are read from the stepped copy.
+
+    Args:
+        model: The model (unchanged).
+        x: The request's images (m, C, H, W) on the model's device.
+        y: Their labels (m,).
+        pieces: The block.
+        lr: Finite-difference step size (official: 1e-3).
+
+    Returns:
+        H_z, shape (|w_S|, |w_S|), float64 on the CPU.
+    """
+    stepped = copy.deepcopy(model)
+    grad_before = block_gradient(model, x, y, pieces, reduction="mean")
+    add_to_block(stepped, pieces, -lr * grad_before)
+    grad_after = block_gradient(stepped, x, y, pieces, reduction="mean")
+    w_before = gather_block(dict(model.named_parameters()), pieces).detach().cpu()
+    w_after = gather_block(dict(stepped.named_parameters()), pieces).detach().cpu()
+    return finite_difference_hessian(grad_before, grad_after, w_before, w_after)
+
+
+def trace_hessian(trace: TrainingTrace, pieces: list[tuple[str, int]]) -> torch.Tensor:
+    """H_old = (ḡ_{T−2} − ḡ_{T−1})(…)ᵀ / ||w_{T−2} − w_{T−1}||₁ on the block, float64 (d, d)."""
+    grad_a, grad_b = (gather_block(g, pieces) for g in trace.avg_grads[-2:])
+    w_a, w_b = (gather_block(w, pieces) for w in trace.params[-2:])
+    return finite_difference_hessian(grad_a, grad_b, w_a, w_b)
+
+
+def newton_step(
+    grad_sum: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    n: int,
+    m: int,
+    l2_reg: float,
+) -> torch.Tensor:
+    """Sekhari's removal step Δw_S = (1/(n − m)) (H + λI)⁻¹ g_S (to be ADDED to w_S).
+
+    Args:
+        grad_sum: g_S = Σ_z ∇_{w_S} ℓ(w; z), shape (d,).
+        hessian: H on the block, shape (d, d) (made symmetric here).
+        n: Training-set size before this removal.
+        m: Samples removed.
+        l2_reg: λ > 0.
+
+    Returns:
+        Δw_S, shape (d,), float64 on the CPU.
+    """
+    h = hessian.double().cpu()
+    h = 0.5 * (h + h.T)
+    eye = torch.eye(len(h), dtype=torch.float64)
+    system = h + l2_reg * eye
+    if torch.linalg.cholesky_ex(system).info != 0:
+        values, vectors = torch.linalg.eigh(h)
+        log.info("lcodec: H + λI not positive definite (min eigenvalue %.3g); using its PSD part",
+                 float(values.min()) + l2_reg)
+        system = (vectors * values.clamp_min(0.0)) @ vectors.T + l2_reg * eye
+    return torch.linalg.solve(system, grad_sum.double().cpu()) / (n - m)
+
+
+def noise_std(*, n: int, m: int, l2_reg: float, epsilon: float, delta: float) -> float:
+    """σ = (γ/ε)·sqrt(2 ln(1.25/δ)), γ = 2·M_c·L²·m²/(n²·λ³) (Sekhari et al.; official constants)."""
+    gamma = 2.0 * HESSIAN_LIPSCHITZ * LOSS_LIPSCHITZ**2 * m**2 / (n**2 * l2_reg**3)
+    return gamma / epsilon * math.sqrt(2.0 * math.log(1.25 / delta))
+
+
+# --------------------------------------------------------------------------- training-time artifacts
+
+
+def recompute_trace(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    lr: float,
+    batch_size: int,
+    device: str | torch.device,
+    seed: int,
+) -> TrainingTrace:
+    """Post-hoc stand-in for the last-two-epoch artifacts (methods.md section 7).
+
+    Two passes of plain SGD (lr ``lr``, no momentum or weight decay, BatchNorm frozen) over the
+    given data on a deep copy of ``model``; after each pass it records the batch-size-weighted
+    mean gradient, (1/n) Σ_b |b|·∇ mean_b CE, and a copy of the parameters.
+
+    Args:
+        model: The trained model (unchanged).
+        images: The training data D (N, C, H, W).
+        labels: Labels (N,).
+        lr: Step size of the passes.
+        batch_size: Batch size.
+        device: Where to compute.
+        seed: Seed for the data order.
+
+    Returns:
+        A complete ``TrainingTrace`` (two epochs) with n = N.
+    """
+    work = copy.deepcopy(model).to(device)
+    named = [(name, p) for name, p in work.named_parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(seed)
+    n = len(labels)
+    trace = TrainingTrace(n=n)
+    with frozen_bn_train_mode(work):
+        for _ in range(2):
+            sums = {name: torch.zeros_like(p) for name, p in named}
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                index = order[start : start + batch_size]
+                loss = F.cross_entropy(work(images[index].to(device)), labels[index].to(device))
+                grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+                with torch.no_grad():
+                    for (name, p), g in zip(named, grads, strict=True):
+                        if g is not None:
+                            sums[name] += g * len(index)
+                            p -= lr * g
+            trace.avg_grads.append({name: (total / n).cpu() for name, total in sums.items()})
+            trace.params.append({name: p.detach().to("cpu", copy=True) for name, p in named})
+    return trace
+
+
+# --------------------------------------------------------------------------- one request
+
+
+def choose_block(model: nn.Module, slices: list[Slice], max_params: int) -> list[Slice]:
+    """Selected slices, in order, while Σ slice sizes ≤ max_params (the first always stays)."""
+    modules = dict(model.named_modules())
+    chosen: list[Slice] = []
+    total = 0
+    for s in slices:
+        size = slice_size(modules[s.layer])
+        if total + size <= max_params or not chosen:
+            if size > max_params:
+                log.warning("lcodec: slice %s[%d] has %d parameters > max_params=%d; kept alone",
+                            s.layer, s.index, size, max_params)
+                return [s]
+            chosen.append(s)
+            total += size
+    return chosen
+
+
+def scrub_request(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n: int,
+    hessian: str,
+    trace: TrainingTrace | None,
+    generator: torch.Generator,
+    device: str | torch.device,
+    n_perturbations: int = 1000,
+    perturbation_std: float = 0.1,
+    probe_batch: int = 2048,
+    selection: str = "foci",
+    max_slices: int = 20,
+    max_params: int = 2000,
+    fd_lr: float = 1e-3,
+    l2_reg: float = 0.01,
+    noise: bool = True,
+    epsilon: float = 0.1,
+    delta: float = 0.01,
+) -> RequestReport:
+    """Remove one request (m samples) from ``model`` in place: steps 1-7 of the module docstring.
+
+    Args:
+        model: The model, modified in place (only the block's parameters change).
+        x: The request's images (m, C, H, W).
+        y: Their labels (m,).
+        n: Training-set size before this removal (n > m).
+        hessian: "fd" (needs ``trace``) or "fisher".
+        trace: Training-time artifacts for "fd".
+        generator: Seeded CPU generator (probe noise, tie-breaking, Gaussian noise).
+        device: Where to compute.
+        n_perturbations: M.
+        perturbation_std: σ_p.
+        probe_batch: Images per probe forward pass.
+        selection: "foci" (greedy CODEC) or "cheap" (top-1 unconditional slice only).
+        max_slices: Cap on the number of selected slices.
+        max_params: Cap on |w_S|.
+        fd_lr: SGD step of the sample finite difference.
+        l2_reg: λ.
+        noise: Add the (ε, δ) Gaussian noise to the block.
+        epsilon: ε.
+        delta: δ.
+
+    Returns:
+        A ``RequestReport``.
+    """
+    m = len(y)
+    if n <= m:
+        raise ValueError(f"lcodec: training-set size n={n} must exceed the removed count m={m}")
+    x, y = x.to(device), y.to(device)
+    activations, losses, slices = perturbation_probe(
+        model, x, y, n_perturbations=n_perturbations, std=perturbation_std, probe_batch=probe_batch,
+        generator=generator, device=device,
+    )
+    cap = 1 if selection == "cheap" else max_slices
+    picked, _ = foci(losses, activations, max_features=cap, generator=generator)
+    block = choose_block(model, [slices[j] for j in picked], max_params)
+    pieces = _slice_pieces(model, block)
+    grad_sum = block_gradient(model, x, y, pieces, reduction="sum")  # g_S (d,)
+    if hessian == "fd":
+        h_old = trace_hessian(trace, pieces)
+        h_z = sample_fd_hessian(model, x, y, pieces, lr=fd_lr)
+        h = (n * h_old - m * h_z) / (n - m)  # Sekhari: Hessian on the n − m remaining samples
+    else:
+        per_sample = torch.stack([block_gradient(model, x[i : i + 1], y[i : i + 1], pieces, reduction="sum")
+                                  for i in range(m)])  # (m, d)
+        h = per_sample.T @ per_sample / m  # empirical Fisher of the request
+    step = newton_step(grad_sum, h, n=n, m=m, l2_reg=l2_reg)  # (d,)
+    sigma = noise_std(n=n, m=m, l2_reg=l2_reg, epsilon=epsilon, delta=delta) if noise else 0.0
+    update = step
+    if noise:
+        update = step + sigma * torch.randn(len(step), generator=generator, dtype=torch.float64)  # N(0, σ²I)
+    add_to_block(model, pieces, update)
+    return RequestReport(tuple(block), len(step), float(step.norm()), sigma, n)
+
+
+# --------------------------------------------------------------------------- the method
+
+
+@register_method("lcodec", needs={"forget"})
+def lcodec(
+    model: nn.Module,
+    data: UnlearningData,
+    *,
+    device: str,
+    seed: int,
+    scrub_batch_size: int = 1,
+    n_perturbations: int = 1000,
+    perturbation_std: float = 0.1,
+    probe_batch: int = 2048,
+    selection: str = "foci",
+    max_slices: int = 20,
+    max_params: int = 2000,
+    hessian: str = "fd",
+    fd_lr: float = 1e-3,
+    l2_reg: float = 0.01,
+    noise: bool = True,
+    epsilon: float = 0.1,
+    delta: float = 0.01,
+    n_train: int | None = None,
+    trace_lr: float = 1e-3,
+    trace_batch_size: int | None = None,
+) -> nn.Module:
+    """Remove D_F request by request with L-CODEC's block Newton step (see module docstring).
+
+    Args:
+        model: A copy of the original model (modified in place).
+        data: Needs ``forget``. ``training_trace`` (recorded) or ``retain`` (post-hoc trace)
+            is used by ``hessian="fd"``; with neither, "fd" falls back to "fisher".
+        device: Where to compute.
+        seed: Seed for the probe noise, tie-breaking, the Gaussian noise and the post-hoc passes.
+        scrub_batch_size: Forget samples per removal request (m); official default 1.
+        n_perturbations: M, probe forward passes per request (official 1000).
+        perturbation_std: σ_p of the probe's input noise (official 0.1).
+        probe_batch: Images per probe forward pass.
+        selection: "foci" or "cheap" (top-1 slice).
+        max_slices: Cap on the number of slices FOCI selects.
+        max_params: Cap on the block size |w_S| (the Hessian is |w_S|²).
+        hessian: "fd" (finite differences, official default) or "fisher".
+        fd_lr: SGD step of the sample finite difference (official 1e-3).
+        l2_reg: λ, Hessian damping and noise scale (official 0.001; CIFAR script 0.01).
+        noise: Add the (ε, δ) Gaussian noise to the block.
+        epsilon: ε (official 0.1).
+        delta: δ (official 0.01).
+        n_train: Original training-set size n; default ``training_trace.n`` or |D_F| + |D_R|.
+        trace_lr: Step size of the post-hoc passes that stand in for a missing trace.
+        trace_batch_size: Their batch size; default the original training recipe's.
+
+    Returns:
+        The unlearned model.
+
+    Raises:
+        ValueError: On a bad option, or when n cannot be determined.
+    """
+    if hessian not in ("fd", "fisher"):
+        raise ValueError(f"lcodec: hessian must be 'fd' or 'fisher', got {hessian!r}")
+    if selection not in ("foci", "cheap"):
+        raise ValueError(f"lcodec: selection must be 'foci' or 'cheap', got {selection!r}")
+    if scrub_batch_size < 1 or n_perturbations < 2 or max_slices < 1 or max_params < 1:
+        raise ValueError("lcodec: scrub_batch_size, max_slices, max_params ≥ 1 and n_perturbations ≥ 2")
+    if l2_reg <= 0 or epsilon <= 0 or not 0 < delta < 1:
+        raise ValueError("lcodec: need l2_reg > 0, epsilon > 0 and 0 < delta < 1")
+    seed_everything(seed)
+    forget, retain = data.forget, data.retain
+    has_retain = retain is not None and len(retain) > 0
+    trace = data.training_trace
+    n = n_train or (trace.n if trace is not None and trace.n else None)
+    if n is None and has_retain:
+        n = len(forget) + len(retain)
+    if n is None:
+        raise ValueError("lcodec: the original training-set size is unknown; pass n_train, "
+                         "a training_trace or the retain set")
+    mode = hessian
+    if hessian == "fd" and (trace is None or not trace.complete):
+        if has_retain:
+            log.info("lcodec: no training trace; recomputing it post hoc with two passes over D_R ∪ D_F")
+            trace = recompute_trace(
+                model, torch.cat([retain.images, forget.images]), torch.cat([retain.labels, forget.labels]),
+                lr=trace_lr, batch_size=trace_batch_size or data.train_recipe.batch_size, device=device, seed=seed,
+            )
+        else:
+            log.warning("lcodec: no training trace and no retain set; using the Fisher approximation")
+            mode = "fisher"
+    generator = torch.Generator().manual_seed(seed)
+    reports = []
+    for start in range(0, len(forget), scrub_batch_size):
+        x = forget.images[start : start + scrub_batch_size]
+        y = forget.labels[start : start + scrub_batch_size]
+        report = scrub_request(
+            model, x, y, n=n, hessian=mode, trace=trace, generator=generator, device=device,
+            n_perturbations=n_perturbations, perturbation_std=perturbation_std, probe_batch=probe_batch,
+            selection=selection, max_slices=max_slices, max_params=max_params, fd_lr=fd_lr, l2_reg=l2_reg,
+            noise=noise, epsilon=epsilon, delta=delta,
+        )
+        reports.append(report)
+        n -= len(y)
+    if reports:
+        log.info("lcodec: %d requests, mean block %.0f params, mean step norm %.3g, noise σ %.3g (first)",
+                 len(reports), sum(r.block_size for r in reports) / len(reports),
+                 sum(r.step_norm for r in reports) / len(reports), reports[0].noise_std)
+    return model

@@ -1,0 +1,151 @@
+"""SSD: Selective Synaptic Dampening (retraining-free).
+
+Foster, Schoepf, Brintrup, "Fast Machine Unlearning Without Retraining Through Selective
+Synaptic Dampening", AAAI 2024 (code ``if-loops/selective-synaptic-dampening``, ``ssd.py``).
+
+Implemented (methods.md section 6, "SSD"; stated here as equations):
+1. Importances (diagonal Fisher information): for X in {D_F, D}, with D = D_R ∪ D_F,
+       []_X = (1 / #batches) * sum over batches of X of (grad_theta CE(batch))^2   (entry-wise),
+   computed in eval mode, in a fixed order (D_R then D_F for D, as the code concatenates them).
+2. Selection: the entries with []_{D_F} > alpha * []_D.
+3. Dampening: on the selected entries theta <- theta * beta with
+       beta = min( (lambda * []_D / []_{D_F})^exponent, lower_bound ),
+   so weights are only ever shrunk (lower_bound = 1, exponent = 1 in the code).
+No training; only D_F and D_R (for D) are used.
+
+Defaults: lambda (``dampening_constant``) = 1, alpha (``selection_weighting``) = 10 (ResNet-18 on
+CIFAR; the paper uses the same for random, full-class and sub-class forgetting), batch 128 (the
+code's loaders). The batch size matters: the importance is the mean of squared *batch-mean*
+gradients, which shrinks with larger batches; keep it fixed when comparing. Only parameters are
+dampened; BatchNorm running statistics are left as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from unlearn.methods._common import check_positive_int
+from unlearn.methods.base import TensorSet, UnlearningData, register_method
+from unlearn.training import seed_everything
+
+Importance = dict[str, torch.Tensor]
+
+
+def fisher_importance(
+    model: nn.Module, subsets: list[TensorSet], *, batch_size: int, device: str | torch.device
+) -> Importance:
+    """Diagonal Fisher importance (Foster et al. 2024): mean over batches of grad^2.
+
+    Args:
+        model: The model (eval mode is used; its mode is restored; ``.grad`` is untouched).
+        subsets: Sets concatenated in this order and read as one sequence in fixed batches
+            (e.g. [D_R, D_F] for D, so a batch may straddle the two).
+        batch_size: Samples per gradient.
+        device: Where to compute.
+
+    Returns:
+        {parameter name: importance of the parameter's shape}.
+    """
+    images = torch.cat([s.images for s in subsets])
+    labels = torch.cat([s.labels for s in subsets])
+    was_training = model.training
+    model.eval()
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    importance = {name: torch.zeros_like(p) for name, p in named}
+    batches = 0
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), [p for _, p in named], allow_unused=True)
+        for (name, _), grad in zip(named, grads, strict=True):
+            if grad is not None:
+                importance[name].add_(grad.pow(2))
+        batches += 1
+    model.train(was_training)
+    for value in importance.values():
+        value.div_(max(batches, 1))
+    return importance
+
+
+@torch.no_grad()
+def dampen(
+    model: nn.Module,
+    importance_full: Importance,
+    importance_forget: Importance,
+    *,
+    selection_weighting: float,
+    dampening_constant: float,
+    exponent: float = 1.0,
+    lower_bound: float = 1.0,
+) -> int:
+    """Selective dampening (Foster et al. 2024), in place.
+
+    theta_i <- theta_i * min(lambda * []_D,i / []_{D_F},i, 1) wherever []_{D_F},i > alpha * []_D,i.
+
+    Args:
+        model: The model to modify.
+        importance_full: []_D.
+        importance_forget: []_{D_F}.
+        selection_weighting: alpha; entries with []_{D_F} > alpha * []_D are selected.
+        dampening_constant: lambda in beta = (lambda * []_D / []_{D_F})^exponent.
+        exponent: Exponent of the ratio (1).
+        lower_bound: Upper cap on beta (1: never grow a weight).
+
+    Returns:
+        The number of parameter entries dampened.
+    """
+    changed = 0
+    for name, p in model.named_parameters():
+        if name not in importance_full:
+            continue
+        full, forget = importance_full[name], importance_forget[name]
+        selected = forget > selection_weighting * full  # implies forget > 0 when alpha * full >= 0
+        if not selected.any():
+            continue
+        beta = (dampening_constant * full[selected] / forget[selected]).pow(exponent).clamp(max=lower_bound)
+        p[selected] = p[selected] * beta
+        changed += int(selected.sum())
+    return changed
+
+
+@register_method("ssd", needs={"forget", "retain"})
+def ssd(
+    model: nn.Module,
+    data: UnlearningData,
+    *,
+    device: str,
+    seed: int,
+    selection_weighting: float = 10.0,
+    dampening_constant: float = 1.0,
+    exponent: float = 1.0,
+    lower_bound: float = 1.0,
+    batch_size: int = 128,
+) -> nn.Module:
+    """Selective Synaptic Dampening (Foster et al., AAAI 2024): Fisher importances, selection, dampening.
+
+    Args:
+        model: A copy of the original model (modified in place).
+        data: Needs ``forget`` and ``retain`` (D = D_R ∪ D_F for the full importance).
+        device: Where to compute.
+        seed: Unused by the algorithm (deterministic); seeds global state for uniformity.
+        selection_weighting: alpha (10).
+        dampening_constant: lambda (1).
+        exponent: Exponent of the dampening ratio (1).
+        lower_bound: Cap of the dampening factor (1).
+        batch_size: Batch size of the importance estimates (128).
+
+    Returns:
+        The dampened model.
+    """
+    check_positive_int(batch_size=batch_size)
+    if selection_weighting < 0 or dampening_constant < 0:
+        raise ValueError("ssd: selection_weighting and dampening_constant must be >= 0")
+    seed_everything(seed)
+    model.to(device)
+    importance_forget = fisher_importance(model, [data.forget], batch_size=batch_size, device=device)
+    importance_full = fisher_importance(model, [data.retain, data.forget], batch_size=batch_size, device=device)
+    dampen(model, importance_full, importance_forget, selection_weighting=selection_weighting,
+           dampening_constant=dampening_constant, exponent=exponent, lower_bound=lower_bound)
+    return model.eval()
