@@ -101,6 +101,8 @@ def run_setting(setting: dict, seed: int, x_train, y_train, x_test, y_test, cfg)
         kwargs = cfg["params"].method_kwargs(name)
         if not setting["with_retain"] and "use_retain" in spec.bind({}):
             kwargs["use_retain"] = False
+        if "n_train" in spec.bind({}) and kwargs.get("n_train") is None:
+            kwargs["n_train"] = n  # the original training-set size is known even without D_R
         if not setting["with_retain"] and "retain" in spec.required_data(spec.bind(kwargs)):
             continue  # needs D_R: not applicable in the forget-only setting
         started = time.perf_counter()
