@@ -223,3 +223,14 @@ def test_lcodec_uses_a_recorded_trace_deterministically_with_noise(tiny):
     second = run_method("lcodec", model, data, device="cpu", seed=3, kwargs=kwargs)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key])
+
+
+def test_newton_step_survives_a_non_finite_or_degenerate_hessian():
+    import torch
+
+    from unlearn.methods.lcodec import newton_step
+
+    g = torch.tensor([1.0, -2.0])
+    bad = torch.tensor([[float("inf"), 0.0], [0.0, 1.0]])
+    step = newton_step(g, bad, n=10, m=1, l2_reg=0.5)
+    assert torch.allclose(step, g.double() / 0.5 / 9)

@@ -528,12 +528,21 @@ def newton_step(
     h = hessian.double().cpu()
     h = 0.5 * (h + h.T)
     eye = torch.eye(len(h), dtype=torch.float64)
+    if not torch.isfinite(h).all():
+        # A finite difference over a vanishing parameter step overflows; keep only the damping.
+        log.warning("lcodec: non-finite block Hessian; using (λI)⁻¹ for this step")
+        h = torch.zeros_like(h)
     system = h + l2_reg * eye
     if torch.linalg.cholesky_ex(system).info != 0:
-        values, vectors = torch.linalg.eigh(h)
-        log.info("lcodec: H + λI not positive definite (min eigenvalue %.3g); using its PSD part",
-                 float(values.min()) + l2_reg)
-        system = (vectors * values.clamp_min(0.0)) @ vectors.T + l2_reg * eye
+        try:
+            values, vectors = torch.linalg.eigh(h)
+            log.info("lcodec: H + λI not positive definite (min eigenvalue %.3g); using its PSD part",
+                     float(values.min()) + l2_reg)
+            system = (vectors * values.clamp_min(0.0)) @ vectors.T + l2_reg * eye
+        except torch.linalg.LinAlgError:
+            # eigh does not converge on extremely ill-conditioned H (seen on digits at 50% forget).
+            log.warning("lcodec: eigendecomposition of the block Hessian failed; using (λI)⁻¹ for this step")
+            system = l2_reg * eye
     return torch.linalg.solve(system, grad_sum.double().cpu()) / (n - m)
 
 
