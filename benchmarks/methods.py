@@ -55,14 +55,22 @@ def _subset(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> TensorSet:
 
 def evaluate(model, forget: TensorSet, retain: TensorSet, test: TensorSet, mia_test: TensorSet,
              device: str) -> dict[str, float]:
-    """UA/RA/TA in percent and the loss-threshold forget-vs-test AUC in percent."""
-    out = {}
+    """UA/RA/TA in percent and the loss-threshold forget-vs-test AUC in percent.
+
+    A model whose outputs are not finite (a method that diverged) is flagged ``diverged``; its
+    non-finite losses count as the largest possible loss, so it is scored, not skipped.
+    """
+    out, diverged = {}, False
     for key, subset in (("UA", forget), ("RA", retain), ("TA", test)):
         logits = predict_logits(model, subset.images, device=device)
+        diverged |= not bool(torch.isfinite(logits).all())
         out[key] = 100.0 * (logits.argmax(1) == subset.labels).float().mean().item()
     f_sig = compute_signals(predict_logits(model, forget.images, device=device), forget.labels)
     t_sig = compute_signals(predict_logits(model, mia_test.images, device=device), mia_test.labels)
-    out["MIA"] = 100.0 * roc_auc(-f_sig.loss, -t_sig.loss)
+    f_loss = np.nan_to_num(f_sig.loss, nan=np.inf, posinf=np.inf).clip(max=1e30)
+    t_loss = np.nan_to_num(t_sig.loss, nan=np.inf, posinf=np.inf).clip(max=1e30)
+    out["MIA"] = 100.0 * roc_auc(-f_loss, -t_loss)
+    out["diverged"] = float(diverged)
     return out
 
 
@@ -140,7 +148,8 @@ def markdown(results: dict, settings: list[dict], title: str) -> str:
             gap = f"{row['gap']['mean']:.2f}±{row['gap']['std']:.2f}"
             gap = f"**{gap}**" if name == best else gap
             ratio = "1.00" if name == "retrain" else "-" if name == "original" else f"{row['time_ratio']['mean']:.3f}"
-            lines.append(f"| {name} | {' | '.join(cells)} | {gap} | {ratio} |")
+            label = name + (" (diverged in some seeds)" if row["diverged"]["mean"] > 0 else "")
+            lines.append(f"| {label} | {' | '.join(cells)} | {gap} | {ratio} |")
         lines.append("")
     return "\n".join(lines)
 

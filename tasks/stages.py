@@ -38,7 +38,7 @@ from unlearn.requests import (
     write_json_atomic,
 )
 from unlearn.training import SGDRecipe, accuracy, seed_everything, to_float, train_model
-from unlearn.verification import EvalSets, apply_gate, evaluate_model, gate_metrics
+from unlearn.verification import DivergedModelError, EvalSets, apply_gate, evaluate_model, gate_metrics
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -512,8 +512,13 @@ def run_verify(project: Project) -> dict[str, Any]:
         m, sets, attacks=params.verify.attacks, device=device, seed=params.seed,
         bootstrap=params.verify.bootstrap)
     started = time.perf_counter()
-    results = {"original": evaluate(original), "unlearned": evaluate(candidate.to(device)),
-               "retrain": evaluate(reference.to(device))}
+    results = {"original": evaluate(original), "retrain": evaluate(reference.to(device))}
+    try:
+        results["unlearned"] = evaluate(candidate.to(device))
+    except DivergedModelError as exc:
+        # A diverged model is a verdict, not a crash: every metric is NaN and the gate fails.
+        log.warning("verify: %s", exc)
+        results["unlearned"] = {k: float("nan") for k in results["retrain"]}
     attack_seconds = time.perf_counter() - started
     gate = apply_gate(results["unlearned"], results["retrain"], params.gate.tolerances)
     report = {

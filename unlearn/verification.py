@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from unlearn.attacks import AttackInput, compute_signals, run_attack
@@ -18,6 +19,10 @@ from unlearn.metrics import bootstrap_auc_interval, roc_auc
 from unlearn.training import predict_logits
 
 ACCURACY_METRICS = ("forget_acc", "retain_acc", "test_acc")
+
+
+class DivergedModelError(ValueError):
+    """The model's outputs are not finite (an unlearning run diverged)."""
 
 
 def attack_metric(attack: str) -> str:
@@ -53,6 +58,9 @@ def evaluate_model(
         seed: Seed for attacks and bootstrap.
         bootstrap: Resamples for the AUC confidence interval (0 = none).
 
+    Raises:
+        DivergedModelError: If the model's outputs are not finite.
+
     Returns:
         A flat mapping: ``forget_acc``, ``retain_acc``, ``test_acc`` (in [0, 1]) and for each
         attack ``mia_auc_<attack>`` plus ``..._ci_low``/``..._ci_high`` and any extra numbers
@@ -62,6 +70,8 @@ def evaluate_model(
     for name in ("forget", "retain", "test"):
         subset: TensorSet = getattr(sets, name)
         logits = predict_logits(model, subset.images, device=device)  # (N, K)
+        if not bool(torch.isfinite(logits).all()):
+            raise DivergedModelError(f"model outputs on the {name} set are not finite")
         signals[name] = compute_signals(logits, subset.labels)
         metrics[f"{name}_acc"] = float(np.mean(signals[name].correct)) if len(subset) else float("nan")
     inputs = AttackInput(signals["forget"], signals["retain"], signals["test"], seed=seed)

@@ -80,3 +80,19 @@ def test_gate_is_two_sided():
     assert not apply_gate({"test_acc": float("nan"), "mia_auc_loss_threshold": 0.55}, reference, tol).passed
     with pytest.raises(KeyError, match="unknown metric"):
         apply_gate(reference, reference, {"tpr": 0.1})
+
+
+def test_a_diverged_model_is_reported_not_scored():
+    from torch import nn
+
+    from unlearn.methods import TensorSet
+    from unlearn.verification import DivergedModelError, EvalSets, evaluate_model
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 3), float("nan"))
+
+    subset = TensorSet(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(DivergedModelError, match="not finite"):
+        evaluate_model(Broken(), EvalSets(subset, subset, subset), attacks=("loss_threshold",),
+                       device="cpu", seed=0)
