@@ -62,13 +62,19 @@ FAST = {"train": {"epochs": 8}, "verify": {"bootstrap": 20},
         "unlearn": {"method": "amun", "methods": {"amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}}}
 
 
-@pytest.fixture
-def tiny_images():
-    """A tiny 4-class problem: 160 images (1, 8, 8) with class-dependent bright quadrants."""
+def quadrant_images(noise: float = 0.3, signal: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny 4-class problem: 160 images (1, 8, 8), uniform noise plus a class-dependent
+    bright quadrant. Returns (images float32 in [0, 1], labels int64)."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 40)
-    images = rng.uniform(0, 0.3, size=(160, 1, 8, 8))
+    images = rng.uniform(0, noise, size=(160, 1, 8, 8))
     for i, label in enumerate(labels):
         r, c = divmod(int(label), 2)
-        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 0.6
+        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += signal
     return images.clip(0, 1).astype(np.float32), labels.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_images():
+    """The easy version of the tiny problem (strong class signal)."""
+    return quadrant_images()

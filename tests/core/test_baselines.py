@@ -31,15 +31,9 @@ def problem(tiny_images_module):
 
 @pytest.fixture(scope="module")
 def tiny_images_module():
-    import numpy as np
+    from conftest import quadrant_images
 
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 40)
-    images = rng.uniform(0, 0.3, size=(160, 1, 8, 8))
-    for i, label in enumerate(labels):
-        r, c = divmod(int(label), 2)
-        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 0.6
-    return images.clip(0, 1).astype(np.float32), labels.astype(np.int64)
+    return quadrant_images()
 
 
 def test_saliency_mask_keeps_the_top_fraction_by_gradient_magnitude(problem):

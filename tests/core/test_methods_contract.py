@@ -20,17 +20,12 @@ FAST_KWARGS = {p.stem: yaml.safe_load(p.read_text()) or {} for p in _KWARGS_DIR.
 
 @pytest.fixture(scope="module")
 def setting():
-    import numpy as np
+    from conftest import quadrant_images
 
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 40)
     # A weak class signal under strong noise: the original model must memorise its training
     # samples, so forgetting is measurable as a drop in confidence on the forget set.
-    images = rng.uniform(0, 0.7, size=(160, 1, 8, 8))
-    for i, label in enumerate(labels):
-        r, c = divmod(int(label), 2)
-        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 0.15
-    x = torch.tensor(images.clip(0, 1), dtype=torch.float32)
+    images, labels = quadrant_images(noise=0.7, signal=0.15)
+    x = torch.tensor(images)
     y = torch.tensor(labels)
     forget_mask = torch.zeros(160, dtype=torch.bool)
     forget_mask[::10] = True
