@@ -18,6 +18,18 @@ from torch.nn import functional as F
 from unlearn.config import TrainConfig
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+StepFn = Callable[[torch.Tensor], None]  # applies one update for a mini-batch loss
+
+
+def plain_step(optimizer: torch.optim.Optimizer) -> StepFn:
+    """A step function: zero the gradients, back-propagate ``loss`` and take an optimiser step."""
+
+    def step(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,7 @@ def train_model(
     no_augment: torch.Tensor | None = None,
     on_epoch: EpochCallback | None = None,
     trace: TrainingTrace | None = None,
+    make_step: Callable[[torch.optim.Optimizer], StepFn] | None = None,
 ) -> nn.Module:
     """Minimise cross-entropy with SGD, in place.
 
@@ -187,6 +200,8 @@ def train_model(
         trace: Optional :class:`TrainingTrace` filled in place with the average gradient and the
             parameters of the last two epochs (L-CODEC's training-time artifacts). Recording
             copies every gradient once per step, so it is off unless asked for.
+        make_step: Optional ``optimizer -> step(loss)`` replacing the plain update (e.g. SalUn's
+            masked step); cannot be combined with ``trace``.
 
     Returns:
         The trained model (the same object), in eval mode.
@@ -196,6 +211,9 @@ def train_model(
     n = len(labels)
     steps = (n + recipe.batch_size - 1) // recipe.batch_size
     optimizer, scheduler = make_optimizer(model, recipe, steps)
+    if make_step is not None and trace is not None:
+        raise ValueError("train_model: a custom step cannot record a training trace")
+    custom_step = make_step(optimizer) if make_step is not None else None
     if trace is not None:
         trace.n, trace.avg_grads, trace.params = n, [], []
     for epoch in range(recipe.epochs):
@@ -215,11 +233,14 @@ def train_model(
                 x = augmented
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recording:
-                _accumulate_gradients(model, grad_sum, len(index))
-            optimizer.step()
+            if custom_step is not None:
+                custom_step(loss)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recording:
+                    _accumulate_gradients(model, grad_sum, len(index))
+                optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(index)
             correct += (logits.argmax(1) == y).sum().item()

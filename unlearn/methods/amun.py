@@ -190,6 +190,55 @@ def choose_eps_init(
     return float(grid[-1])
 
 
+def finetuning_set(
+    model: nn.Module,
+    data: UnlearningData,
+    *,
+    use_retain: bool,
+    include_forget: bool,
+    eps_init: float | str,
+    probe_eps: float,
+    probe_size: int,
+    coverage: float,
+    pgd_steps: int,
+    max_doublings: int,
+    device: str | torch.device,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AMUN's fine-tuning set D_A (+ D_F) (+ D_R), shared by ``amun`` and ``amun_salun``.
+
+    Args: as :func:`amun` (``model`` is the original, put in eval mode for the attack).
+
+    Returns:
+        (images (N, C, H, W), labels (N,), no_augment (N,) bool: True for the D_A rows).
+    """
+    forget = data.forget
+    model.to(device).eval()
+    if eps_init == "auto":
+        start_eps = choose_eps_init(
+            model, forget, probe_eps=probe_eps, probe_size=probe_size, coverage=coverage,
+            pgd_steps=pgd_steps, max_doublings=max_doublings, device=device, seed=seed,
+        )
+    elif isinstance(eps_init, int | float) and not isinstance(eps_init, bool) and eps_init > 0:
+        start_eps = float(eps_init)
+    else:
+        raise ValueError(f"amun: eps_init must be a positive number or 'auto', got {eps_init!r}")
+    x_adv, y_adv, _ = adversarial_set(
+        model, forget, eps_init=start_eps, pgd_steps=pgd_steps, max_doublings=max_doublings,
+        device=device,
+    )
+    parts = [TensorSet(x_adv, y_adv)]
+    if include_forget:
+        parts.append(forget)
+    if use_retain:
+        parts.append(data.retain)
+    images = torch.cat([p.images for p in parts])
+    labels = torch.cat([p.labels for p in parts])
+    no_augment = torch.zeros(len(labels), dtype=torch.bool)
+    no_augment[: len(y_adv)] = True  # D_A is used exactly as found
+    return images, labels, no_augment
+
+
 def _amun_needs(kwargs: dict) -> frozenset[str]:
     return frozenset({"forget", "retain"}) if kwargs["use_retain"] else frozenset({"forget"})
 
@@ -243,30 +292,11 @@ def amun(
         The unlearned model.
     """
     seed_everything(seed)
-    forget = data.forget
-    model.eval()
-    if eps_init == "auto":
-        start_eps = choose_eps_init(
-            model, forget, probe_eps=probe_eps, probe_size=probe_size, coverage=coverage,
-            pgd_steps=pgd_steps, max_doublings=max_doublings, device=device, seed=seed,
-        )
-    elif isinstance(eps_init, int | float) and eps_init > 0:
-        start_eps = float(eps_init)
-    else:
-        raise ValueError(f"amun: eps_init must be a positive number or 'auto', got {eps_init!r}")
-    x_adv, y_adv, _ = adversarial_set(
-        model, forget, eps_init=start_eps, pgd_steps=pgd_steps, max_doublings=max_doublings,
-        device=device,
+    images, labels, no_augment = finetuning_set(
+        model, data, use_retain=use_retain, include_forget=include_forget, eps_init=eps_init,
+        probe_eps=probe_eps, probe_size=probe_size, coverage=coverage, pgd_steps=pgd_steps,
+        max_doublings=max_doublings, device=device, seed=seed,
     )
-    parts = [TensorSet(x_adv, y_adv)]
-    if include_forget:
-        parts.append(forget)
-    if use_retain:
-        parts.append(data.retain)
-    images = torch.cat([p.images for p in parts])
-    labels = torch.cat([p.labels for p in parts])
-    no_augment = torch.zeros(len(labels), dtype=torch.bool)
-    no_augment[: len(y_adv)] = True  # D_A is used exactly as found
     recipe = SGDRecipe(epochs, batch_size, lr, momentum, weight_decay,
                        augment=data.train_recipe.augment, schedule="step", step_every=lr_step)
     return train_model(model, images, labels, recipe, device=device, seed=seed, no_augment=no_augment)

@@ -21,66 +21,13 @@ With ``mask_ratio=1`` the method reduces exactly to ``amun`` (same seed, same ba
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
 from torch import nn
-from torch.nn import functional as F
 
-from unlearn.methods.amun import adversarial_set, choose_eps_init
-from unlearn.methods.base import TensorSet, UnlearningData, register_method
-from unlearn.methods.random_label import StepFn, uses_retain
+from unlearn.methods.amun import finetuning_set
+from unlearn.methods.base import UnlearningData, register_method
+from unlearn.methods.random_label import uses_retain
 from unlearn.methods.salun import MaskedStep, saliency_mask
-from unlearn.training import SGDRecipe, augment_batch, make_optimizer, seed_everything
-
-
-def masked_finetune(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    recipe: SGDRecipe,
-    step_fn_factory: Callable[[torch.optim.Optimizer], StepFn],
-    *,
-    device: str | torch.device,
-    seed: int,
-    no_augment: torch.Tensor,
-) -> nn.Module:
-    """``training.train_model`` with a custom update: minimise mean CE with SGD, in place.
-
-    Data order, augmentation and the learning-rate schedule are drawn exactly as in
-    ``train_model`` (so the two agree when the update is the plain one).
-
-    Args:
-        model: The model to train.
-        images: Float images (N, C, H, W).
-        labels: int64 targets (N,).
-        recipe: Hyperparameters (schedule, lr, momentum, weight decay, batch, augment).
-        step_fn_factory: ``optimizer -> step(loss)``; e.g. a :class:`salun.MaskedStep`.
-        device: Where to compute.
-        seed: Seed for data order and augmentation.
-        no_augment: Bool mask (N,) of samples never augmented (D_A).
-
-    Returns:
-        The trained model, in eval mode.
-    """
-    generator = seed_everything(seed)
-    model.to(device).train()
-    n = len(labels)
-    steps = (n + recipe.batch_size - 1) // recipe.batch_size
-    optimizer, scheduler = make_optimizer(model, recipe, steps)
-    step = step_fn_factory(optimizer)
-    for _ in range(recipe.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, recipe.batch_size):
-            index = order[start : start + recipe.batch_size]
-            x = images[index].to(device)
-            y = labels[index].to(device)
-            if recipe.augment:
-                keep = no_augment[index].to(device)[:, None, None, None]
-                x = torch.where(keep, x, augment_batch(x, generator))
-            step(F.cross_entropy(model(x), y))
-            scheduler.step()
-    return model.eval()
+from unlearn.training import SGDRecipe, seed_everything, train_model
 
 
 @register_method("amun_salun", needs={"forget"}, needs_fn=uses_retain)
@@ -135,35 +82,16 @@ def amun_salun(
         The unlearned model.
     """
     seed_everything(seed)
-    forget = data.forget
-    model.to(device).eval()
-    if eps_init == "auto":
-        start_eps = choose_eps_init(
-            model, forget, probe_eps=probe_eps, probe_size=probe_size, coverage=coverage,
-            pgd_steps=pgd_steps, max_doublings=max_doublings, device=device, seed=seed,
-        )
-    elif isinstance(eps_init, int | float) and not isinstance(eps_init, bool) and eps_init > 0:
-        start_eps = float(eps_init)
-    else:
-        raise ValueError(f"amun_salun: eps_init must be a positive number or 'auto', got {eps_init!r}")
-    x_adv, y_adv, _ = adversarial_set(
-        model, forget, eps_init=start_eps, pgd_steps=pgd_steps, max_doublings=max_doublings, device=device,
+    images, labels, no_augment = finetuning_set(
+        model, data, use_retain=use_retain, include_forget=include_forget, eps_init=eps_init,
+        probe_eps=probe_eps, probe_size=probe_size, coverage=coverage, pgd_steps=pgd_steps,
+        max_doublings=max_doublings, device=device, seed=seed,
     )
-    mask = saliency_mask(model, forget, mask_ratio, device, batch_size=batch_size)  # on theta_o
-    parts = [TensorSet(x_adv, y_adv)]
-    if include_forget:
-        parts.append(forget)
-    if use_retain:
-        parts.append(data.retain)
-    images = torch.cat([p.images for p in parts])
-    labels = torch.cat([p.labels for p in parts])
-    no_augment = torch.zeros(len(labels), dtype=torch.bool)
-    no_augment[: len(y_adv)] = True  # D_A is used exactly as found
+    mask = saliency_mask(model, data.forget, mask_ratio, device, batch_size=batch_size)  # on theta_o
     recipe = SGDRecipe(epochs, batch_size, lr, momentum, weight_decay,
                        augment=data.train_recipe.augment, schedule="step", step_every=lr_step)
-    model.to(device)  # MaskedStep records theta_o on the compute device
-    return masked_finetune(
-        model, images, labels, recipe,
-        lambda optimizer: MaskedStep(model, optimizer, mask, freeze_masked=freeze_masked),
-        device=device, seed=seed, no_augment=no_augment,
+    # MaskedStep records theta_o when train_model builds it, before the first update.
+    return train_model(
+        model, images, labels, recipe, device=device, seed=seed, no_augment=no_augment,
+        make_step=lambda optimizer: MaskedStep(model, optimizer, mask, freeze_masked=freeze_masked),
     )

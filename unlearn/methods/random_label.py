@@ -19,28 +19,13 @@ example. ``exclude_true=True`` draws y~ from the C-1 wrong classes instead (AMUN
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from unlearn.methods._common import check_positive_int, fetch, sgd, shuffled_batches
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
-from unlearn.training import seed_everything
-
-StepFn = Callable[[torch.Tensor], None]
-
-
-def plain_step(optimizer: torch.optim.Optimizer) -> StepFn:
-    """A step function: zero the gradients, back-propagate ``loss`` and take an optimiser step."""
-
-    def step(loss: torch.Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+from unlearn.training import StepFn, plain_step, seed_everything
 
 
 def random_labels(
