@@ -28,5 +28,5 @@ bench: $(STAMP)
 
 # Forget every pipeline result in this checkout (registry, DVC store, requests, models).
 clean-state:
-	rm -rf mlflow.db mlartifacts .dvcstore data/store data/quarantine data/models data/state \
+	rm -rf mlflow.db mlartifacts .dvcstore data/store data/quarantine data/models data/references data/signals data/state \
 	  data/reports data/requests/batches data/requests/rejected data/requests/ledger.json dvc.lock

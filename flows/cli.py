@@ -125,9 +125,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def _run_pipeline(root: str) -> dict[str, Any]:
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import pipeline_flow, run_with_configured_runner
 
-    return pipeline_flow(root=str(Path(root).resolve()))
+    return run_with_configured_runner(pipeline_flow, str(Path(root).resolve()))
 
 
 def _verdict_exit(result: dict[str, Any]) -> int:
@@ -140,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _verdict_exit(result)
 
 
-def demo_requests(root: Path, n_requests: int = 3, per_request: int = 12) -> list[dict[str, Any]]:
+def demo_requests(root: Path, n_requests: int = 3, per_request: int = 45) -> list[dict[str, Any]]:
     """Deletion requests for live train-split samples, different on every demo run."""
     import numpy as np
 
@@ -210,18 +210,21 @@ def format_summary(result: dict[str, Any]) -> str:
     report = json.loads(report_path.read_text())
     models = report["models"]
     tolerances = {c["metric"]: c for c in report["checks"]}
-    header = f"{'metric':<26}{'original':>10}{'unlearned':>11}{'retrain':>10}{'gap':>9}{'tol':>7}  ok"
+    header = f"{'metric':<34}{'original':>10}{'unlearned':>11}{'retrain':>10}{'gap':>9}{'tol':>7}  ok"
     lines += [f"forget {report['n_forget']} / retain {report['n_retain']} / test {report['n_test']} samples",
               header, "-" * len(header)]
-    for metric in models["unlearned"]:
-        if metric.endswith(("_ci_low", "_ci_high")):
-            continue
+    # The checked metrics and every attack's AUC; intervals and the rest are in the JSON report.
+    shown = [m for m in models["unlearned"] if m in tolerances or m.endswith((".auc", "_acc", ".cv_accuracy"))]
+    for metric in shown:
         check = tolerances.get(metric)
         gap = models["unlearned"][metric] - models["retrain"][metric]
         tol = f"{check['tolerance']:.2f}" if check else "-"
         ok = ("yes" if check["passed"] else "NO") if check else ""
-        lines.append(f"{metric:<26}{models['original'][metric]:>10.4f}{models['unlearned'][metric]:>11.4f}"
+        lines.append(f"{metric:<34}{models['original'][metric]:>10.4f}{models['unlearned'][metric]:>11.4f}"
                      f"{models['retrain'][metric]:>10.4f}{gap:>+9.4f}{tol:>7}  {ok}")
+    refused = sorted(set(report.get("refused", {}).get("unlearned", {})))
+    if refused:
+        lines.append(f"refused (test split too small for the FPR): {', '.join(refused)}")
     lines.append(f"\nverdict: {report['verdict'].upper()}"
                  + (f" ({'; '.join(report['failures'])})" if report["failures"] else ""))
     lines.append(f"model version {promote['version']} ({promote['status']}); "
@@ -241,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timings-out", help="write both pipeline runs' results as JSON (benchmarks)")
     commands.add_parser("run", help="run the pipeline flow once")
     stage = commands.add_parser("stage", help="run one stage without Prefect (used by dvc.yaml)")
-    stage.add_argument("name", choices=["ingest", "prepare", "train", "unlearn", "verify", "promote"])
+    stage.add_argument("name", choices=["ingest", "prepare", "train", "references", "unlearn", "verify", "promote"])
     request = commands.add_parser("request", help="deletion requests")
     request_commands = request.add_subparsers(dest="request_command", required=True)
     submit = request_commands.add_parser("submit", help="queue a deletion request")

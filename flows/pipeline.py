@@ -17,6 +17,14 @@ from tasks.project import load_project
 from tasks.stages import check_params
 
 
+def run_with_configured_runner(flow_fn: Any, root: str) -> Any:
+    """Call a flow with the task runner that ``orchestration`` in params.yaml asks for."""
+    from flows.runners import build_task_runner
+
+    project = load_project(root)
+    return flow_fn.with_options(task_runner=build_task_runner(project.params.orchestration))(root=str(project.root))
+
+
 def _root(root: str) -> str:
     project = load_project(root)  # validates params.yaml before anything runs
     check_params(project.params)
@@ -49,6 +57,25 @@ def prepare_flow(root: str = ".") -> dict[str, Any]:
 def train_flow(root: str = ".") -> dict[str, Any]:
     """Train and register the baseline (no-op when a champion exists)."""
     return t.train_task(_root(root))
+
+
+def _reference_models(root: str) -> dict[str, Any]:
+    """Plan, train (fanned out over the flow's task runner) and register reference models."""
+    from prefect import unmapped
+
+    from tasks.stages import _use_batched
+
+    plans = t.plan_references_task(root)
+    groups = [plans] if plans and _use_batched(load_project(root)) else [[p] for p in plans]
+    futures = t.train_reference_task.map(unmapped(root), groups)
+    trained = [r for future in futures for r in future.result()]
+    return t.register_references_task(root, plans, trained)
+
+
+@flow(name="references")
+def references_flow(root: str = ".") -> dict[str, Any]:
+    """Top up the cached reference models (one task per model, run by the task runner)."""
+    return _reference_models(_root(root))
 
 
 @flow(name="unlearn")
@@ -101,8 +128,9 @@ def pipeline_flow(root: str = ".") -> dict[str, Any]:
     timed("prepare", lambda: t.dvc_commit_task(root, ["ingest", "prepare"]))
     results["prepare"]["data_version"] = timed("prepare", lambda: t.data_version_task(root))
     timed("prepare", lambda: t.dvc_push_task(root))
-    for name, stage_task in (("train", t.train_task), ("unlearn", t.unlearn_task),
-                             ("verify", t.verify_task), ("promote", t.promote_task)):
+    results["train"] = timed("train", lambda: t.train_task(root))
+    results["references"] = timed("references", lambda: _reference_models(root))
+    for name, stage_task in (("unlearn", t.unlearn_task), ("verify", t.verify_task), ("promote", t.promote_task)):
         results[name] = timed(name, lambda stage_task=stage_task: stage_task(root))
     timed("promote", lambda: t.dvc_commit_task(root, []))
     return results

@@ -29,6 +29,7 @@ def _stage_task(name: str):
 ingest_task = _stage_task("ingest")
 prepare_task = _stage_task("prepare")
 train_task = _stage_task("train")
+references_task = _stage_task("references")
 unlearn_task = _stage_task("unlearn")
 verify_task = _stage_task("verify")
 promote_task = _stage_task("promote")
@@ -56,3 +57,21 @@ def data_version_task(root: str) -> str:
 def dvc_push_task(root: str) -> None:
     """Upload the data versions to the default remote."""
     dvc_ops.push(load_project(root))
+
+
+@task(name="plan-references", cache_policy=NO_CACHE)
+def plan_references_task(root: str) -> list[Any]:
+    """Reference models to train (retires those of another recipe first)."""
+    return stages.plan_references(load_project(root))
+
+
+@task(name="train-reference", cache_policy=NO_CACHE)
+def train_reference_task(root: str, plans: list[Any]) -> list[dict[str, Any]]:
+    """Train a group of reference models (one, or all of them when batched): fanned out by the task runner."""
+    return stages.train_references(load_project(root), plans)
+
+
+@task(name="register-references", cache_policy=NO_CACHE)
+def register_references_task(root: str, plans: list[Any], trained: list[dict[str, Any]]) -> dict[str, Any]:
+    """Store trained reference models with their lineage."""
+    return stages.register_references(load_project(root), plans, trained)

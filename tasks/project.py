@@ -83,6 +83,20 @@ class Project:
         return self.data_dir / "reports"
 
     @property
+    def references_dir(self) -> Path:
+        """Cached reference models for membership inference, with their lineage."""
+        return self.data_dir / "references"
+
+    @property
+    def signals_dir(self) -> Path:
+        """Cached per-model logits, keyed by sample id."""
+        return self.data_dir / "signals"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.reports_dir / "plots"
+
+    @property
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI if set, else a SQLite file in the project."""
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"

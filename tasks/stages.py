@@ -8,6 +8,7 @@ and MLflow hold counts, hashed id digests and batch ids only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,14 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks import dvc_ops, tracking
+from tasks import dvc_ops, reporting, tracking
 from tasks.project import PipelineError, Project
 from tasks.validation import validate_requests
+from unlearn.attacks import ATTACKS
+from unlearn.attacks.signals import SignalCache
 from unlearn.config import ConfigError, Params
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
 from unlearn.methods import METHODS, TensorSet, UnlearningData, run_method
+from unlearn.metrics import paired_bootstrap_difference
 from unlearn.models import MODELS, build_model
+from unlearn.references import ReferenceBank, ReferencePlan, members_digest
 from unlearn.requests import (
     Ledger,
     hash_ids,
@@ -38,11 +43,19 @@ from unlearn.requests import (
     write_json_atomic,
 )
 from unlearn.training import SGDRecipe, accuracy, seed_everything, to_float, train_model
-from unlearn.verification import DivergedModelError, EvalSets, apply_gate, evaluate_model, gate_metrics
+from unlearn.verification import (
+    DivergedModelError,
+    EvalSets,
+    SuiteResult,
+    apply_gate,
+    attack_suite,
+    is_gate_metric,
+    model_evidence,
+)
 
 log = logging.getLogger("unlearn.pipeline")
 
-STAGES = ("ingest", "prepare", "train", "unlearn", "verify", "promote")
+STAGES = ("ingest", "prepare", "train", "references", "unlearn", "verify", "promote")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -55,7 +68,6 @@ def check_params(params: Params) -> None:
         ConfigError: On an unknown method, attack, model or source name, a bad method
             keyword argument, or a gate tolerance for a metric that is not computed.
     """
-    from unlearn.attacks import ATTACKS
     from unlearn.data import SOURCES
     from unlearn.registry import UnknownNameError
 
@@ -72,12 +84,32 @@ def check_params(params: Params) -> None:
         raise ConfigError(str(exc)) from None
     except TypeError as exc:  # MethodArgumentError
         raise ConfigError(f"unlearn.methods: {exc}") from None
-    unknown = sorted(set(params.gate.tolerances) - set(gate_metrics(params.verify.attacks)))
+    for attack in params.verify.attacks:
+        requires = ATTACKS.get(attack).requires
+        if requires & {"in_references", "shadows"}:
+            needs = ("shadow unlearning pipelines" if "shadows" in requires
+                     else "reference models trained on the forget samples, which deletion forbids")
+            raise ConfigError(
+                f"verify.attacks: {attack!r} cannot run at promotion time: it needs {needs}; "
+                "run it in an audit (benchmarks/verification.py). "
+                f"Promotion-time attacks: {', '.join(promotion_attacks())}")
+        if "references" in requires and params.verify.references.count < 2:
+            raise ConfigError(f"verify.attacks: {attack!r} needs reference models; set verify.references.count >= 2")
+    for name in params.verify.attack_options:
+        if name not in params.verify.attacks:
+            raise ConfigError(f"verify.attack_options.{name}: not in verify.attacks")
+    unknown = sorted(name for name in params.gate.tolerances if not is_gate_metric(name, params.verify.attacks))
     if unknown:
         raise ConfigError(
-            f"gate.tolerances: unknown metric(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(gate_metrics(params.verify.attacks))}"
+            f"gate.tolerances: unknown metric(s) {', '.join(unknown)}; valid: forget_acc, retain_acc, test_acc "
+            f"and mia.<attack>.<metric> for an attack in verify.attacks ({', '.join(params.verify.attacks)}), "
+            "metric one of auc, balanced_accuracy, tpr_at_fpr_<f>, tpr_at_lowest_fpr or an attack's extra number"
         )
+
+
+def promotion_attacks() -> list[str]:
+    """Attacks the verify stage can run: population attacks and offline reference attacks."""
+    return [name for name in ATTACKS.names() if not ATTACKS.get(name).requires & {"in_references", "shadows"}]
 
 
 def _now() -> str:
@@ -268,11 +300,21 @@ def run_prepare(project: Project) -> dict[str, Any]:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, ids=arrays.ids, images=arrays.images, labels=arrays.labels)
         os.replace(tmp, path)
-    store = SampleStore.materialize(project.store_dir, source, params.data.shard_size,
-                                    ledger.deleted_ids())
+    deleted = ledger.deleted_ids()
+    store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted)
+    # Models trained on data that is now deleted are never used again: reference models that
+    # trained on a deleted sample are retired (tombstoned), and exact retrains of an older data
+    # version are removed.
+    retired = ReferenceBank(project.references_dir).retire_containing(deleted, batches=ledger.pending())
+    for ref_id in retired:
+        log.info("prepare: retired reference %s (trained on deleted samples)", ref_id)
+    live_key = _retrained_key(project, store.split_ids("train"))
+    for path in project.models_dir.glob("retrained-*.pt"):
+        if path.stem != f"retrained-{live_key}":
+            path.unlink()
     summary = {"num_samples": len(store), "num_train": int(store.meta["num_train"]),
-               "num_test": int(store.meta["num_test"]), "deleted_total": len(ledger.deleted_ids()),
-               "source": params.data.source}
+               "num_test": int(store.meta["num_test"]), "deleted_total": len(deleted),
+               "source": params.data.source, "references_retired": retired}
     log.info("prepare: %s", summary)
     return _write_state(project, "prepare", summary)
 
@@ -443,25 +485,146 @@ def run_unlearn(project: Project) -> dict[str, Any]:
     return _write_state(project, "unlearn", state)
 
 
+# --------------------------------------------------------------------------- references
+
+
+def recipe_key(project: Project, store: SampleStore) -> str:
+    """Identity of the training recipe: reference models must share the deployed model's."""
+    params = project.params
+    return hashlib.sha256(json.dumps(
+        [vars(params.train), _architecture(project, store), "reference-v1"], sort_keys=True).encode()
+    ).hexdigest()[:16]
+
+
+def _use_batched(project: Project) -> bool:
+    mode = project.params.verify.references.batched
+    return mode == "always" or (mode == "auto" and project.params.device.startswith("cuda"))
+
+
+def plan_references(project: Project) -> list[ReferencePlan]:
+    """Reference models to train so that ``verify.references.count`` usable ones exist.
+
+    Nothing is planned unless a batch is pending and a configured attack needs references.
+    Live references trained with another recipe are retired first (they could never be used).
+    """
+    params = project.params
+    wanted = any(ATTACKS.get(a).requires & {"references"} for a in params.verify.attacks)
+    if not wanted or not Ledger(project.ledger_path).pending():
+        return []  # trained when a request needs them: the next deletion would retire most of them
+    store = SampleStore(project.store_dir)
+    bank = ReferenceBank(project.references_dir)
+    key = recipe_key(project, store)
+    for ref_id in bank.retire_stale(key):
+        log.info("references: retired %s (recipe changed)", ref_id)
+    return bank.plan(store.split_ids("train"), count=params.verify.references.count, recipe_key=key,
+                     seed=params.seed)
+
+
+def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[str, Any]]:
+    """Train planned reference models: one by one, or as one batched (vmapped) model.
+
+    Args:
+        project: The project.
+        plans: What to train (from :func:`plan_references`).
+
+    Returns:
+        Per plan, ``{"state": state_dict, "seconds": training time}``.
+    """
+    if not plans:
+        return []
+    params = project.params
+    store = SampleStore(project.store_dir)
+    device = _device(project)
+    architecture = _architecture(project, store)
+    train = store.load_split("train")
+    images, labels = to_float(train.images), torch.as_tensor(train.labels)
+    position = {sample_id: i for i, sample_id in enumerate(train.ids.tolist())}
+    indices = [np.array([position[i] for i in plan.members.tolist()], dtype=np.int64) for plan in plans]
+    factory = lambda: build_model(params.model.name, architecture["in_channels"],  # noqa: E731
+                                  architecture["num_classes"])
+    recipe = SGDRecipe.from_config(params.train)
+    started = time.perf_counter()
+    if _use_batched(project) and len(plans) > 1:
+        from unlearn.batched import train_models_batched
+
+        models = train_models_batched(factory, images, labels, indices, recipe,
+                                      seeds=[p.seed for p in plans], device=device)
+        each = (time.perf_counter() - started) / len(plans)
+        return [{"state": m.cpu().state_dict(), "seconds": each} for m in models]
+    out = []
+    for plan, index in zip(plans, indices, strict=True):
+        begun = time.perf_counter()
+        seed_everything(plan.seed)
+        model = train_model(factory(), images[index], labels[index], recipe, device=device, seed=plan.seed)
+        out.append({"state": model.cpu().state_dict(), "seconds": time.perf_counter() - begun})
+    return out
+
+
+def register_references(project: Project, plans: list[ReferencePlan],
+                        trained: list[dict[str, Any]]) -> dict[str, Any]:
+    """Store trained references with their lineage and write the stage state."""
+    store = SampleStore(project.store_dir)
+    bank = ReferenceBank(project.references_dir)
+    key = recipe_key(project, store)
+    data_version = dvc_ops.data_version(project) if (project.root / "dvc.lock").exists() else ""
+    git = dvc_ops.git_commit(project)
+    for plan, result in zip(plans, trained, strict=True):
+        bank.add(plan, result["state"], recipe_key=key, data_version=data_version,
+                 extra={"train_seconds": round(float(result["seconds"]), 3), "git_commit": git,
+                        "batched": _use_batched(project) and len(plans) > 1})
+    usable = [r for r in bank.usable(key, store.split_ids("train"))
+              if r.pair < project.params.verify.references.count // 2]
+    state = {"trained": [p.ref_id for p in plans], "usable": [r.ref_id for r in usable],
+             "retired_total": sum(r.status != "live" for r in bank.records.values()),
+             "train_seconds": round(sum(float(r["seconds"]) for r in trained), 3), "recipe_key": key}
+    log.info("references: trained %d, usable %d", len(plans), len(usable))
+    return _write_state(project, "references", state)
+
+
+def run_references(project: Project, *, map_fn: Any = None) -> dict[str, Any]:
+    """Make sure ``verify.references.count`` usable reference models exist.
+
+    The one implementation behind ``unlearn stage references``, ``dvc repro`` and the Prefect
+    flow (which fans :func:`train_references` out over its task runner via ``map_fn``).
+
+    Args:
+        project: The project.
+        map_fn: ``map_fn(fn, plans) -> results`` running ``fn([plan])`` per plan; default: one
+            call for all plans in this process.
+
+    Returns:
+        The stage state: trained and usable reference ids, training seconds.
+    """
+    plans = plan_references(project)
+    if map_fn is None or _use_batched(project):
+        trained = train_references(project, plans)
+    else:
+        trained = [r for chunk in map_fn(lambda plan: train_references(project, [plan]), plans) for r in chunk]
+    return register_references(project, plans, trained)
+
+
 # --------------------------------------------------------------------------- verify
 
 
-def _reference_model(project: Project, store: SampleStore, data: UnlearningData,
-                     data_version: str) -> tuple[torch.nn.Module, float, bool]:
-    """The retrained reference for this data version: cached on disk, trained if absent."""
+def _retrained_key(project: Project, train_ids: np.ndarray) -> str:
+    """Cache key of the exact retrain: its training samples, seed and recipe."""
     params = project.params
-    key = hashlib.sha256(
-        json.dumps([data_version, params.seed, vars(params.train), params.model.name]).encode()
-    ).hexdigest()[:16]
-    path = project.models_dir / f"reference-{key}.pt"
-    architecture = _architecture(project, store)
-    model = build_model(params.model.name, architecture["in_channels"], architecture["num_classes"])
+    return hashlib.sha256(json.dumps(
+        [members_digest(train_ids), params.seed, vars(params.train), params.model.name]).encode()).hexdigest()[:16]
+
+
+def _retrained_model(project: Project, store: SampleStore, data: UnlearningData) -> tuple[torch.nn.Module, float, bool]:
+    """The exactly retrained model for the live training set (the gate's target): cached, or trained."""
+    params = project.params
+    path = project.models_dir / f"retrained-{_retrained_key(project, store.split_ids('train'))}.pt"
+    model = data.model_factory()
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval(), 0.0, True
     started = time.perf_counter()
     model = run_method("retrain", model, data, device=_device(project), seed=params.seed)
     seconds = time.perf_counter() - started
+    project.models_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.cpu().state_dict(), tmp)
     os.replace(tmp, path)
@@ -469,11 +632,14 @@ def _reference_model(project: Project, store: SampleStore, data: UnlearningData,
 
 
 def run_verify(project: Project) -> dict[str, Any]:
-    """Compare original, unlearned and retrained models and apply the two-sided gate.
+    """Attack the original, unlearned and retrained models and apply the two-sided gate.
 
-    Metrics: accuracy on forget/retain/test, and each configured attack's forget-vs-test
-    ROC-AUC (with a bootstrap interval). The verdict and every number behind it are logged on
-    the unlearned model's MLflow run and written to ``data/reports/verification.json``.
+    Metrics per model: accuracy on forget/retain/test and, for each configured attack, the
+    forget-vs-test ROC-AUC, best balanced accuracy and TPR at low FPRs, each with a bootstrap
+    interval (a TPR the test set is too small for is refused and listed). Reference attacks
+    use the live reference models (see :mod:`unlearn.references`); signals are cached by
+    sample id. The verdict, every number, the ROC and histogram plots are logged on the
+    unlearned model's MLflow run and written under ``data/reports/``.
 
     Returns:
         The report.
@@ -498,7 +664,9 @@ def run_verify(project: Project) -> dict[str, Any]:
         # Class-wise forgetting: compare the forget set with unseen samples of the same classes,
         # or the attack would learn "class", not "membership" (mia-and-peers.md section 2).
         test = Arrays(*(a[np.isin(test.labels, forget_classes)] for a in (test.ids, test.images, test.labels)))
-    sets = EvalSets(data.forget, data.retain, _tensors(test))
+    retain = store.load_split("train")
+    sets = EvalSets(_tensors(forget), _tensors(retain), _tensors(test),
+                    ids={"forget": forget.ids, "retain": retain.ids, "test": test.ids})
     original = tracking.load_model(project, client, unlearn_state["parent_version"])
     candidate = data.model_factory()
     try:
@@ -506,41 +674,86 @@ def run_verify(project: Project) -> dict[str, Any]:
                                              map_location="cpu", weights_only=True))
     except (FileNotFoundError, RuntimeError, EOFError) as exc:
         raise PipelineError(f"candidate model is missing or corrupt: {exc}; re-run unlearn") from None
-    reference, retrain_seconds, cached = _reference_model(
-        project, store, data, unlearn_state["data_version_after"])
-    evaluate = lambda m: evaluate_model(  # noqa: E731
-        m, sets, attacks=params.verify.attacks, device=device, seed=params.seed,
-        bootstrap=params.verify.bootstrap)
+    retrained, retrain_seconds, cached = _retrained_model(project, store, data)
+    verify = params.verify
+    cache = SignalCache(project.signals_dir)
+    evidence = functools.partial(model_evidence, sets=sets, device=device, augmentations=verify.augmentations,
+                                 cache=cache)
+    suite = functools.partial(attack_suite, attacks=verify.attacks, attack_options=verify.attack_options,
+                              fprs=verify.fprs, min_negatives=verify.min_negatives,
+                              bootstrap=verify.bootstrap, seed=params.seed)
     started = time.perf_counter()
-    results = {"original": evaluate(original), "retrain": evaluate(reference.to(device))}
+    refs, ref_ids = [], []
+    if any(ATTACKS.get(a).requires & {"references"} for a in verify.attacks):
+        bank = ReferenceBank(project.references_dir)
+        usable = [r for r in bank.usable(recipe_key(project, store), retain.ids)
+                  if r.pair < verify.references.count // 2]
+        if len(usable) < verify.references.count:
+            raise PipelineError(f"{len(usable)} usable reference models but verify.references.count is "
+                                f"{verify.references.count}; run the references stage first")
+        for record in usable:
+            model = data.model_factory()
+            model.load_state_dict(bank.load_state(record.ref_id))
+            refs.append(evidence(model.to(device), with_retain=False))
+            ref_ids.append(record.ref_id)
+    proofs = {"original": evidence(original.to(device)), "retrain": evidence(retrained.to(device))}
+    outcome = {role: suite(proofs[role], refs) for role in proofs}
     try:
-        results["unlearned"] = evaluate(candidate.to(device))
+        proofs["unlearned"] = evidence(candidate.to(device))
+        outcome["unlearned"] = suite(proofs["unlearned"], refs)
     except DivergedModelError as exc:
         # A diverged model is a verdict, not a crash: every metric is NaN and the gate fails.
         log.warning("verify: %s", exc)
-        results["unlearned"] = {k: float("nan") for k in results["retrain"]}
+        outcome["unlearned"] = SuiteResult({k: float("nan") for k in outcome["retrain"].metrics}, {}, {})
     attack_seconds = time.perf_counter() - started
-    gate = apply_gate(results["unlearned"], results["retrain"], params.gate.tolerances)
+    results = {role: r.metrics for role, r in outcome.items()}
+    refused = {role: r.refused for role, r in outcome.items()}
+    gate = apply_gate(results["unlearned"], results["retrain"], params.gate.tolerances,
+                      refused={**refused["retrain"], **refused["unlearned"]})
+    plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()}, proofs)
     report = {
         "status": "verified", "verdict": gate.verdict, "failures": gate.failures(),
         "checks": [{"metric": c.metric, "unlearned": c.candidate, "retrain": c.reference,
-                    "gap": c.gap, "tolerance": c.tolerance, "passed": c.passed} for c in gate.checks],
-        "models": results, "reference_cached": cached, "retrain_seconds": retrain_seconds,
+                    "gap": c.gap, "gap_ci": _gap_interval(c.metric, outcome, params), "tolerance": c.tolerance,
+                    "passed": c.passed, "note": c.note} for c in gate.checks],
+        "models": results, "refused": refused, "reference_cached": cached, "retrain_seconds": retrain_seconds,
         "attack_seconds": attack_seconds, "run_id": unlearn_state["run_id"],
-        "forget_classes": forget_classes,
-        "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
+        "forget_classes": forget_classes, "reference_models": ref_ids, "augmentations": verify.augmentations,
+        "n_forget": len(forget), "n_retain": len(retain), "n_test": len(test),
     }
     write_json_atomic(report_path, report)
     with mlflow.start_run(run_id=unlearn_state["run_id"]):
-        mlflow.log_metrics(results["unlearned"])
+        mlflow.log_metrics(_finite(results["unlearned"]))
         for role in ("original", "retrain"):
-            mlflow.log_metrics({f"{role}.{k}": v for k, v in results[role].items()})
-        mlflow.log_metrics({f"gap.{c.metric}": c.gap for c in gate.checks})
+            mlflow.log_metrics({f"{role}.{k}": v for k, v in _finite(results[role]).items()})
+        mlflow.log_metrics(_finite({f"gap.{c.metric}": c.gap for c in gate.checks}))
         mlflow.log_metrics({"retrain_seconds": retrain_seconds, "attack_seconds": attack_seconds})
-        mlflow.set_tags({"verdict": gate.verdict, "gate_failures": "; ".join(gate.failures())})
+        mlflow.set_tags({"verdict": gate.verdict, "gate_failures": "; ".join(gate.failures()),
+                         "reference_models": ",".join(ref_ids)})
         mlflow.log_artifact(str(report_path), artifact_path="verification")
+        for path in plots:
+            mlflow.log_artifact(str(path), artifact_path="verification/plots")
     log.info("verify: verdict %s", gate.verdict)
     return report
+
+
+def _gap_interval(metric: str, outcome: dict[str, SuiteResult], params: Params) -> list[float] | None:
+    """Paired bootstrap interval of unlearned - retrain for an attack's AUC (same samples, both models)."""
+    parts = metric.split(".")
+    if len(parts) != 3 or parts[2] != "auc" or parts[1] not in outcome["unlearned"].scores:
+        return None
+    mine, theirs = outcome["unlearned"].scores[parts[1]], outcome["retrain"].scores[parts[1]]
+    if len(mine["member"]) != len(theirs["member"]) or len(mine["nonmember"]) != len(theirs["nonmember"]):
+        return None  # an attack that subsamples differently per model has no sample pairing
+    _, low, high = paired_bootstrap_difference(
+        mine["member"], mine["nonmember"], theirs["member"], theirs["nonmember"], metric="auc",
+        resamples=max(params.verify.bootstrap, 1), seed=params.seed)
+    return [low, high]
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    """MLflow rejects nothing, but NaN metrics make its UI charts useless: keep finite ones."""
+    return {k: v for k, v in metrics.items() if np.isfinite(v)}
 
 
 # --------------------------------------------------------------------------- promote
@@ -602,8 +815,12 @@ def run_promote(project: Project) -> dict[str, Any]:
         ledger.set_status(batch_id, Ledger.COMPLETED if passed else Ledger.PENDING, note)
     ledger.save()
     if passed:
+        deleted_now = set()
         for batch_id in unlearn_state["batches"]:
             _quarantine_path(project, batch_id).unlink(missing_ok=True)
+            deleted_now |= set(ledger.batches[batch_id]["sample_ids"])
+        # Cached signals of the deleted samples are derived from their data: drop them too.
+        SignalCache(project.signals_dir).drop_ids(deleted_now)
     aliases = client.get_registered_model(tracking.model_name(project)).aliases
     state = {"status": "promoted" if passed else "rejected", "version": version,
              "verdict": report["verdict"], "previous_champion": previous,
@@ -614,5 +831,5 @@ def run_promote(project: Project) -> dict[str, Any]:
 
 STAGE_FUNCTIONS = {
     "ingest": run_ingest, "prepare": run_prepare, "train": run_train,
-    "unlearn": run_unlearn, "verify": run_verify, "promote": run_promote,
+    "references": run_references, "unlearn": run_unlearn, "verify": run_verify, "promote": run_promote,
 }

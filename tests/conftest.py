@@ -58,7 +58,7 @@ def make_project(tmp_path):
     return make
 
 
-FAST = {"train": {"epochs": 8}, "verify": {"bootstrap": 20},
+FAST = {"train": {"epochs": 8}, "verify": {"bootstrap": 20, "references": {"count": 2, "batched": "auto"}},
         "unlearn": {"method": "amun", "methods": {"amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}}}
 
 

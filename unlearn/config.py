@@ -69,11 +69,38 @@ class UnlearnConfig:
 
 
 @dataclass(frozen=True)
+class ReferencesConfig:
+    """Reference models for the attacks that need them (LiRA, RMIA).
+
+    Each is trained with the baseline recipe on a random half of the non-deleted training
+    samples; they come in complementary pairs, are cached with their lineage under
+    ``data/references/`` and reused until a deletion touches their training data.
+    """
+
+    count: int = 4  # live reference models kept (an even number: complementary pairs)
+    batched: str = "auto"  # train them as one vmapped model: "auto" (on CUDA), "always", "never"
+
+
+@dataclass(frozen=True)
 class VerifyConfig:
-    """Membership-inference attacks run at promotion time."""
+    """Membership-inference attacks run at promotion time, and how their metrics are computed."""
 
     attacks: tuple[str, ...] = ("loss_threshold", "svc_confidence")
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack keyword options
     bootstrap: int = 200  # resamples for the confidence intervals
+    fprs: tuple[float, ...] = (0.01, 0.001)  # TPR is reported at these false-positive rates
+    min_negatives: int = 10  # a TPR at FPR f is refused when f * |D_T| < this
+    augmentations: str = "none"  # fixed test-time views for reference attacks: none | mirror | mirror_shift
+    references: ReferencesConfig = field(default_factory=ReferencesConfig)
+
+
+@dataclass(frozen=True)
+class OrchestrationConfig:
+    """How Prefect runs fan-out work (reference models, sweeps)."""
+
+    task_runner: str = "threads"  # sequential | threads | dask
+    max_workers: int = 2  # threads, or local Dask workers
+    dask_address: str | None = None  # an existing Dask scheduler (tcp://host:port); None starts a local cluster
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,7 @@ class Params:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     dvc: DvcConfig = field(default_factory=DvcConfig)
 
@@ -226,6 +254,24 @@ def _check_values(params: Params) -> None:
     for name, tol in params.gate.tolerances.items():
         if tol < 0:
             raise ConfigError(f"gate.tolerances.{name}: must be >= 0")
+    refs = params.verify.references
+    if refs.count < 0 or refs.count % 2:
+        raise ConfigError("verify.references.count: must be an even number >= 0 (complementary pairs)")
+    if refs.batched not in ("auto", "always", "never"):
+        raise ConfigError(f"verify.references.batched: expected auto, always or never, got {refs.batched!r}")
+    if params.verify.augmentations not in ("none", "mirror", "mirror_shift"):
+        raise ConfigError("verify.augmentations: expected none, mirror or mirror_shift, "
+                          f"got {params.verify.augmentations!r}")
+    if any(not 0.0 < f < 1.0 for f in params.verify.fprs):
+        raise ConfigError("verify.fprs: every false-positive rate must be in (0, 1)")
+    if params.verify.min_negatives < 1 or params.verify.bootstrap < 0:
+        raise ConfigError("verify.min_negatives must be >= 1 and verify.bootstrap >= 0")
+    runner = params.orchestration
+    if runner.task_runner not in ("sequential", "threads", "dask"):
+        raise ConfigError("orchestration.task_runner: expected sequential, threads or dask, "
+                          f"got {runner.task_runner!r}")
+    if runner.max_workers < 1:
+        raise ConfigError("orchestration.max_workers: must be >= 1")
     if not (params.device == "cpu" or params.device.startswith("cuda")):
         raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {params.device!r}")
 

@@ -115,6 +115,46 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
 
 
+def draw_augmentation(
+    batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of :func:`augment_batch` for one batch, in the order it consumes them.
+
+    Args:
+        batch_size: Images in the batch (B).
+        generator: Source of randomness (CPU); advanced by exactly what one augmentation uses.
+
+    Returns:
+        (dy, dx, flip): crop offsets in [0, 8], each (B,) int64, and the flip mask (B,) bool, on the CPU.
+    """
+    dy = torch.randint(0, 9, (batch_size,), generator=generator)
+    dx = torch.randint(0, 9, (batch_size,), generator=generator)
+    flip = torch.rand(batch_size, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def apply_augmentation(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Crop (zero padding 4) at offsets (dy, dx) and flip where ``flip``; deterministic given the draws.
+
+    Args:
+        x: Images (B, C, H, W).
+        dy: Row offsets (B,).
+        dx: Column offsets (B,).
+        flip: Horizontal-flip mask (B,).
+
+    Returns:
+        Augmented images (B, C, H, W).
+    """
+    b, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))  # (B, C, H+8, W+8)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (B, H)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (B, W)
+    batch_index = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
+    out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
+    return torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random crop with 4-pixel zero padding and random horizontal flip.
 
@@ -125,17 +165,22 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     Returns:
         Augmented images (B, C, H, W).
     """
-    b, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))  # (B, C, H+8, W+8)
-    dy = torch.randint(0, 9, (b,), generator=generator)
-    dx = torch.randint(0, 9, (b,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (B, H)
-    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (B, W)
-    batch_index = torch.arange(b, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
-    out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+    return apply_augmentation(x, *draw_augmentation(len(x), generator))
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's mini-batches: a fresh permutation of ``range(n)`` from ``generator``, cut into batches.
+
+    Args:
+        n: Training-set size.
+        batch_size: Samples per batch (the last batch may be smaller).
+        generator: Source of the permutation (CPU).
+
+    Returns:
+        Index tensors (int64), ``ceil(n / batch_size)`` of them.
+    """
+    order = torch.randperm(n, generator=generator)
+    return [order[start : start + batch_size] for start in range(0, n, batch_size)]
 
 
 def make_optimizer(
@@ -145,19 +190,33 @@ def make_optimizer(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
+    return optimizer, make_lr_scheduler(optimizer, recipe, steps_per_epoch)
+
+
+def make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: SGDRecipe, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's per-step learning-rate schedule (stepped once after every optimiser step).
+
+    Args:
+        optimizer: The optimiser whose learning rate is scheduled.
+        recipe: Supplies ``schedule``, ``epochs`` and ``step_every``.
+        steps_per_epoch: Optimiser steps per epoch.
+
+    Returns:
+        A ``LambdaLR`` scheduler.
+    """
     total = max(1, recipe.epochs * steps_per_epoch)
     if recipe.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
+        return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total))
         )
-    elif recipe.schedule == "step":
+    if recipe.schedule == "step":
         period = max(1, recipe.step_every * steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 ** (step // period))
-    elif recipe.schedule == "constant":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    else:
-        raise ValueError(f"unknown schedule {recipe.schedule!r}; valid: cosine, step, constant")
-    return optimizer, scheduler
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 ** (step // period))
+    if recipe.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    raise ValueError(f"unknown schedule {recipe.schedule!r}; valid: cosine, step, constant")
 
 
 def _accumulate_gradients(model: nn.Module, grad_sum: dict[str, torch.Tensor], batch_size: int) -> None:
@@ -217,12 +276,11 @@ def train_model(
     if trace is not None:
         trace.n, trace.avg_grads, trace.params = n, [], []
     for epoch in range(recipe.epochs):
-        order = torch.randperm(n, generator=generator)
+        batches = epoch_batches(n, recipe.batch_size, generator)
         total_loss, correct = 0.0, 0
         recording = trace is not None and epoch >= recipe.epochs - 2
         grad_sum: dict[str, torch.Tensor] = {}
-        for start in range(0, n, recipe.batch_size):
-            index = order[start : start + recipe.batch_size]
+        for index in batches:
             x = images[index].to(device)
             y = labels[index].to(device)
             if recipe.augment:

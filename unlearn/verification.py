@@ -8,35 +8,178 @@ looks *less* like a member than the retrained one fails too (the Streisand effec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from unlearn.attacks import AttackInput, compute_signals, run_attack
+from unlearn.attacks import AttackInput, ReferenceSignals, ShadowSignals, Signals, compute_signals, run_attack
+from unlearn.attacks.signals import SignalCache, logit_scaled_confidence, model_digest, view_logits
 from unlearn.methods.base import TensorSet
-from unlearn.metrics import bootstrap_auc_interval, roc_auc
-from unlearn.training import predict_logits
+from unlearn.metrics import attack_metrics
 
 ACCURACY_METRICS = ("forget_acc", "retain_acc", "test_acc")
+SETS = ("forget", "retain", "test")
 
 
 class DivergedModelError(ValueError):
     """The model's outputs are not finite (an unlearning run diverged)."""
 
 
-def attack_metric(attack: str) -> str:
-    """Name of the forget-vs-test AUC metric of an attack."""
-    return f"mia_auc_{attack}"
+def attack_metric(attack: str, metric: str = "auc") -> str:
+    """Name of one attack metric, e.g. ``mia.loss_threshold.auc``."""
+    return f"mia.{attack}.{metric}"
 
 
 @dataclass(frozen=True)
 class EvalSets:
-    """The three sample sets every model is evaluated on."""
+    """The three sample sets every model is evaluated on.
+
+    Attributes:
+        forget: D_F, the samples the model must forget (attack positives).
+        retain: D_R, the live training samples.
+        test: D_T, never trained on (attack negatives).
+        ids: Sample ids per set name (keys of the signal cache); None disables caching.
+    """
 
     forget: TensorSet
     retain: TensorSet
     test: TensorSet
+    ids: dict[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class ModelEvidence:
+    """Everything the attacks need from one model.
+
+    Attributes:
+        forget: Signals on D_F (identity view).
+        retain: Signals on D_R (None for reference models, which do not need them).
+        test: Signals on D_T.
+        forget_phi: Logit-scaled confidence per test-time view on D_F, shape (N_F, A).
+        test_phi: The same on D_T, shape (N_T, A).
+        digest: Content hash of the model's weights.
+    """
+
+    forget: Signals
+    retain: Signals | None
+    test: Signals
+    forget_phi: np.ndarray
+    test_phi: np.ndarray
+    digest: str
+
+
+def model_evidence(
+    model: nn.Module, sets: EvalSets, *, device: str, augmentations: str = "none",
+    cache: SignalCache | None = None, with_retain: bool = True,
+) -> ModelEvidence:
+    """Compute (or read from the cache) one model's signals on the evaluation sets.
+
+    Args:
+        model: The model (queried in eval mode).
+        sets: The sets; ``sets.ids`` must be given to use ``cache``.
+        device: Where to compute.
+        augmentations: Test-time views for the reference attacks ("none", "mirror", "mirror_shift").
+        cache: Optional signal cache keyed by sample id.
+        with_retain: Also compute D_R signals (population attacks fit on them).
+
+    Returns:
+        The evidence.
+
+    Raises:
+        DivergedModelError: If the model's outputs are not finite.
+    """
+    digest = model_digest(model)
+    out: dict[str, Any] = {"digest": digest, "retain": None}
+    for name in SETS if with_retain else ("forget", "test"):
+        subset: TensorSet = getattr(sets, name)
+        if cache is not None and sets.ids is not None:
+            logits = cache.logits(model, sets.ids[name], subset.images, augmentations=augmentations,
+                                  device=device, digest=digest)  # (N, A, K)
+        else:
+            logits = view_logits(model, subset.images, augmentations, device=device)
+        if not bool(torch.isfinite(logits).all()):
+            if cache is not None:
+                cache.drop_model(digest)
+            raise DivergedModelError(f"model outputs on the {name} set are not finite")
+        out[name] = compute_signals(logits[:, 0], subset.labels)
+        if name != "retain":
+            out[f"{name}_phi"] = logit_scaled_confidence(logits, subset.labels)  # (N, A)
+    return ModelEvidence(**out)
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """Metrics of one model under the attack suite.
+
+    Attributes:
+        metrics: Flat mapping: accuracies, ``mia.<attack>.<metric>`` with ``.ci_low``/``.ci_high``,
+            and each attack's extra numbers (``mia.<attack>.<name>``).
+        scores: Per attack, ``{"member": (N_F,), "nonmember": (N_T,)}`` score arrays.
+        refused: Metric name -> why it was not reported (too few negatives).
+    """
+
+    metrics: dict[str, float]
+    scores: dict[str, dict[str, np.ndarray]]
+    refused: dict[str, str]
+
+
+def attack_suite(
+    target: ModelEvidence, references: list[ModelEvidence], *, attacks: tuple[str, ...],
+    attack_options: dict[str, dict[str, Any]] | None = None, fprs: tuple[float, ...] = (0.01, 0.001),
+    min_negatives: int = 10, bootstrap: int = 0, seed: int = 0,
+    reference_in: tuple[np.ndarray, np.ndarray] | None = None, shadows: ShadowSignals | None = None,
+) -> SuiteResult:
+    """Run every attack on one target model and compute the metrics with one convention.
+
+    Reference models must be OUT of every forget and test sample (trained without them), as
+    the reference bank guarantees: offline attacks then have K observations per sample.
+
+    Args:
+        target: The attacked model's evidence (with retain signals).
+        references: Evidence of the reference models (may be empty if no attack needs them).
+        attacks: Registered attack names.
+        attack_options: Keyword options per attack.
+        fprs: FPRs for the TPR metrics.
+        min_negatives: Refusal threshold for TPR at an FPR.
+        bootstrap: Bootstrap resamples for the intervals (0 = none).
+        seed: Seed for the attacks and the bootstrap.
+        reference_in: Audits only: (forget_in (K, N_F), test_in (K, N_T)) membership of each
+            reference; default all OUT, which is what promotion-time references guarantee.
+        shadows: Audits only: shadow-pipeline signals for U-LiRA and the epsilon score.
+
+    Returns:
+        Metrics, scores and refusals.
+    """
+    refs = None
+    if references:
+        refs = ReferenceSignals(
+            target_forget=target.forget_phi, target_test=target.test_phi,
+            forget=np.stack([r.forget_phi for r in references]),  # (K, N_F, A)
+            test=np.stack([r.test_phi for r in references]),  # (K, N_T, A)
+            forget_in=np.zeros((len(references), len(target.forget)), dtype=bool)
+            if reference_in is None else reference_in[0],
+            test_in=np.zeros((len(references), len(target.test)), dtype=bool)
+            if reference_in is None else reference_in[1],
+        )
+    retain = target.retain
+    if retain is None:
+        raise ValueError("attack_suite: the target's evidence needs retain signals")
+    inputs = AttackInput(target.forget, retain, target.test, seed=seed, references=refs, shadows=shadows)
+    metrics = {f"{name}_acc": float(np.mean(getattr(target, name).correct)) if len(getattr(target, name))
+               else float("nan") for name in SETS}
+    scores, refused = {}, {}
+    for attack in attacks:
+        result = run_attack(attack, inputs, **(attack_options or {}).get(attack, {}))
+        scores[attack] = {"member": result.member_scores, "nonmember": result.nonmember_scores}
+        if len(result.nonmember_scores):
+            report = attack_metrics(result.member_scores, result.nonmember_scores, fprs=fprs,
+                                    min_negatives=min_negatives, resamples=bootstrap, seed=seed)
+            metrics.update(report.flat(f"mia.{attack}"))
+            refused.update({attack_metric(attack, k): v for k, v in report.refused.items()})
+        metrics.update({attack_metric(attack, k): float(v) for k, v in result.extra.items()})
+    return SuiteResult(metrics, scores, refused)
 
 
 def evaluate_model(
@@ -48,45 +191,24 @@ def evaluate_model(
     seed: int,
     bootstrap: int = 0,
 ) -> dict[str, float]:
-    """Accuracy on each set and each attack's forget-vs-test ROC-AUC.
+    """Accuracy on each set and each population attack's forget-vs-test metrics (no references).
 
     Args:
         model: The model to evaluate (eval mode is used).
         sets: Forget, retain and test sets.
-        attacks: Registered attack names.
+        attacks: Registered attack names that need no reference models.
         device: Where to compute.
         seed: Seed for attacks and bootstrap.
-        bootstrap: Resamples for the AUC confidence interval (0 = none).
+        bootstrap: Resamples for the confidence intervals (0 = none).
 
     Raises:
         DivergedModelError: If the model's outputs are not finite.
 
     Returns:
-        A flat mapping: ``forget_acc``, ``retain_acc``, ``test_acc`` (in [0, 1]) and for each
-        attack ``mia_auc_<attack>`` plus ``..._ci_low``/``..._ci_high`` and any extra numbers
-        the attack reports (``<attack>_<name>``).
+        The flat metrics of :class:`SuiteResult`.
     """
-    signals, metrics = {}, {}
-    for name in ("forget", "retain", "test"):
-        subset: TensorSet = getattr(sets, name)
-        logits = predict_logits(model, subset.images, device=device)  # (N, K)
-        if not bool(torch.isfinite(logits).all()):
-            raise DivergedModelError(f"model outputs on the {name} set are not finite")
-        signals[name] = compute_signals(logits, subset.labels)
-        metrics[f"{name}_acc"] = float(np.mean(signals[name].correct)) if len(subset) else float("nan")
-    inputs = AttackInput(signals["forget"], signals["retain"], signals["test"], seed=seed)
-    for attack in attacks:
-        result = run_attack(attack, inputs)
-        key = attack_metric(attack)
-        metrics[key] = roc_auc(result.member_scores, result.nonmember_scores)
-        if bootstrap > 0:
-            low, high = bootstrap_auc_interval(
-                result.member_scores, result.nonmember_scores, resamples=bootstrap, seed=seed
-            )
-            metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
-        for extra, value in result.extra.items():
-            metrics[f"{attack}_{extra}"] = value
-    return metrics
+    evidence = model_evidence(model, sets, device=device)
+    return attack_suite(evidence, [], attacks=attacks, bootstrap=bootstrap, seed=seed).metrics
 
 
 @dataclass(frozen=True)
@@ -97,6 +219,7 @@ class GateCheck:
     candidate: float
     reference: float
     tolerance: float
+    note: str = ""  # why the metric could not be compared (a refusal), if it could not
 
     @property
     def gap(self) -> float:
@@ -128,18 +251,28 @@ class GateResult:
     def failures(self) -> list[str]:
         """Human-readable reasons for each failed check."""
         return [
+            f"{c.metric}: {c.note}" if c.note else
             f"{c.metric}: |{c.candidate:.4f} - {c.reference:.4f}| = {abs(c.gap):.4f} > {c.tolerance}"
             for c in self.checks if not c.passed
         ]
 
 
-def gate_metrics(attacks: tuple[str, ...]) -> list[str]:
-    """Every metric the gate can check, given the configured attacks."""
-    return [*ACCURACY_METRICS, *(attack_metric(a) for a in attacks)]
+def is_gate_metric(name: str, attacks: tuple[str, ...]) -> bool:
+    """True when the gate can check ``name`` given the configured attacks.
+
+    Valid names are the accuracies and ``mia.<attack>.<metric>`` for a configured attack
+    (``auc``, ``balanced_accuracy``, ``tpr_at_fpr_<f>``, ``tpr_at_lowest_fpr`` or an extra
+    number the attack reports, e.g. ``mia.svc_confidence.mia_efficacy``).
+    """
+    if name in ACCURACY_METRICS:
+        return True
+    parts = name.split(".", 2)
+    return len(parts) == 3 and parts[0] == "mia" and parts[1] in attacks and bool(parts[2])
 
 
 def apply_gate(
-    candidate: dict[str, float], reference: dict[str, float], tolerances: dict[str, float]
+    candidate: dict[str, float], reference: dict[str, float], tolerances: dict[str, float],
+    refused: dict[str, str] | None = None,
 ) -> GateResult:
     """Two-sided gate: each toleranced metric must be within tolerance of the reference.
 
@@ -147,14 +280,18 @@ def apply_gate(
         candidate: Metrics of the unlearned model.
         reference: Metrics of the retrained reference model.
         tolerances: Metric name -> largest allowed absolute gap.
+        refused: Metrics that were refused (too little data), with the reason. A toleranced
+            metric that was refused fails its check: the gate cannot vouch for what it could
+            not measure.
 
     Returns:
         The gate result.
 
     Raises:
-        KeyError: If a tolerance names a metric that was not computed.
+        KeyError: If a tolerance names a metric that was neither computed nor refused.
     """
-    missing = sorted(set(tolerances) - (set(candidate) & set(reference)))
+    refused = refused or {}
+    missing = sorted(set(tolerances) - (set(candidate) & set(reference)) - set(refused))
     if missing:
         raise KeyError(
             f"gate tolerance(s) for unknown metric(s) {', '.join(missing)}; "
@@ -162,6 +299,8 @@ def apply_gate(
         )
     checks = tuple(
         GateCheck(name, float(candidate[name]), float(reference[name]), float(tol))
+        if name in candidate and name in reference else
+        GateCheck(name, float("nan"), float("nan"), float(tol), note=f"refused: {refused[name]}")
         for name, tol in sorted(tolerances.items())
     )
     return GateResult(checks)

@@ -69,15 +69,15 @@ def test_svc_efficacy_is_about_the_test_tnr_when_forget_looks_like_test():
 
 
 def test_gate_is_two_sided():
-    reference = {"test_acc": 0.90, "mia_auc_loss_threshold": 0.55}
-    tol = {"test_acc": 0.02, "mia_auc_loss_threshold": 0.05}
-    assert apply_gate({"test_acc": 0.91, "mia_auc_loss_threshold": 0.57}, reference, tol).passed
-    too_member = apply_gate({"test_acc": 0.90, "mia_auc_loss_threshold": 0.70}, reference, tol)
-    assert not too_member.passed and "mia_auc_loss_threshold" in too_member.failures()[0]
+    reference = {"test_acc": 0.90, "mia.loss_threshold.auc": 0.55}
+    tol = {"test_acc": 0.02, "mia.loss_threshold.auc": 0.05}
+    assert apply_gate({"test_acc": 0.91, "mia.loss_threshold.auc": 0.57}, reference, tol).passed
+    too_member = apply_gate({"test_acc": 0.90, "mia.loss_threshold.auc": 0.70}, reference, tol)
+    assert not too_member.passed and "mia.loss_threshold.auc" in too_member.failures()[0]
     # looking *less* like a member than the retrained model fails too (Streisand effect)
-    streisand = apply_gate({"test_acc": 0.90, "mia_auc_loss_threshold": 0.40}, reference, tol)
+    streisand = apply_gate({"test_acc": 0.90, "mia.loss_threshold.auc": 0.40}, reference, tol)
     assert not streisand.passed
-    assert not apply_gate({"test_acc": float("nan"), "mia_auc_loss_threshold": 0.55}, reference, tol).passed
+    assert not apply_gate({"test_acc": float("nan"), "mia.loss_threshold.auc": 0.55}, reference, tol).passed
     with pytest.raises(KeyError, match="unknown metric"):
         apply_gate(reference, reference, {"tpr": 0.1})
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, cross_val_score
 from sklearn.svm import SVC
 
 from unlearn.attacks.base import AttackInput, AttackResult, register_attack
@@ -48,3 +50,56 @@ def svc_confidence(inputs: AttackInput) -> AttackResult:
     nonmember = clf.decision_function(inputs.test.confidence[eval_neg][:, None])
     efficacy = float(np.mean(member <= 0.0))
     return AttackResult(member, nonmember, {"mia_efficacy": efficacy})
+
+
+_LR_FOLDS = 5  # out-of-fold scoring
+_LR_CV_SPLITS = 10  # the starter kit's StratifiedShuffleSplit count (10 % test fraction, sklearn's default)
+_LR_MIN_PER_CLASS = 6  # 5 folds need 5 per class; a 10 % split of 2n points needs n >= 6 to hold both classes
+
+
+@register_attack("loss_lr")
+def loss_lr(inputs: AttackInput) -> AttackResult:
+    """Logistic regression on the per-sample loss: the "simple MIA" (mia-and-peers.md section 3.2).
+
+    The NeurIPS 2023 unlearning competition starter kit and SCRUB fit ``LogisticRegression()``
+    on the cross-entropy loss of D_F (label 1) against D_T (label 0). The larger of the two
+    sets is first subsampled, seeded, to the size of the smaller, so both classes weigh the same.
+
+    Scores are out-of-fold member probabilities: a seeded ``StratifiedKFold(5)`` splits the
+    balanced sample, and each fold is scored by a model fitted on the other four, so no sample
+    is scored by a model that saw it. ``extra["cv_accuracy"]`` is the starter kit's reported
+    number: the mean test accuracy of ``LogisticRegression()`` over 10 seeded
+    ``StratifiedShuffleSplit`` splits.
+
+    Args:
+        inputs: Attack inputs; uses ``forget.loss``, ``test.loss`` and ``seed``.
+
+    Returns:
+        Scores of the balanced subsample only: min(N_F, N_T) members and as many non-members.
+
+    Raises:
+        ValueError: If either set has fewer than 6 samples.
+    """
+    member, other = inputs.forget.loss, inputs.test.loss
+    n = min(len(member), len(other))
+    if n < _LR_MIN_PER_CLASS:
+        raise ValueError(
+            f"loss_lr needs at least {_LR_MIN_PER_CLASS} forget and {_LR_MIN_PER_CLASS} test samples "
+            f"({_LR_FOLDS} cross-validation folds, and a 10% split holding both classes); "
+            f"got {len(member)} forget and {len(other)} test"
+        )
+    rng = np.random.default_rng(inputs.seed)
+    if len(member) > n:
+        member = member[np.sort(rng.choice(len(member), size=n, replace=False))]
+    if len(other) > n:
+        other = other[np.sort(rng.choice(len(other), size=n, replace=False))]
+    features = np.concatenate([member, other])[:, None]  # (2n, 1)
+    labels = np.concatenate([np.ones(n), np.zeros(n)])  # (2n,)
+    seed = int(inputs.seed) % (2**32)
+    scores = np.empty(2 * n)
+    for fit_rows, held_rows in StratifiedKFold(_LR_FOLDS, shuffle=True, random_state=seed).split(features, labels):
+        clf = LogisticRegression().fit(features[fit_rows], labels[fit_rows])
+        scores[held_rows] = clf.predict_proba(features[held_rows])[:, list(clf.classes_).index(1.0)]
+    splits = StratifiedShuffleSplit(n_splits=_LR_CV_SPLITS, random_state=seed)
+    accuracy = cross_val_score(LogisticRegression(), features, labels, cv=splits, scoring="accuracy")
+    return AttackResult(scores[:n], scores[n:], {"cv_accuracy": float(np.mean(accuracy))})
