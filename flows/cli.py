@@ -222,9 +222,9 @@ def format_summary(result: dict[str, Any]) -> str:
         ok = ("yes" if check["passed"] else "NO") if check else ""
         lines.append(f"{metric:<34}{models['original'][metric]:>10.4f}{models['unlearned'][metric]:>11.4f}"
                      f"{models['retrain'][metric]:>10.4f}{gap:>+9.4f}{tol:>7}  {ok}")
-    refused = sorted(set(report.get("refused", {}).get("unlearned", {})))
+    refused = sorted({m.rsplit(".", 1)[-1] for m in report.get("refused", {}).get("unlearned", {})})
     if refused:
-        lines.append(f"refused (test split too small for the FPR): {', '.join(refused)}")
+        lines.append(f"refused (too few test samples for the FPR): {', '.join(refused)} (details in the report)")
     lines.append(f"\nverdict: {report['verdict'].upper()}"
                  + (f" ({'; '.join(report['failures'])})" if report["failures"] else ""))
     lines.append(f"model version {promote['version']} ({promote['status']}); "

@@ -42,7 +42,7 @@ from unlearn.requests import (
     parse_request_file,
     write_json_atomic,
 )
-from unlearn.training import SGDRecipe, accuracy, seed_everything, to_float, train_model
+from unlearn.training import SGDRecipe, accuracy, seed_everything, seeded_model, to_float, train_model
 from unlearn.verification import (
     DivergedModelError,
     EvalSets,
@@ -554,8 +554,8 @@ def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[
     out = []
     for plan, index in zip(plans, indices, strict=True):
         begun = time.perf_counter()
-        seed_everything(plan.seed)
-        model = train_model(factory(), images[index], labels[index], recipe, device=device, seed=plan.seed)
+        model = train_model(seeded_model(factory, plan.seed), images[index], labels[index], recipe,
+                            device=device, seed=plan.seed)
         out.append({"state": model.cpu().state_dict(), "seconds": time.perf_counter() - begun})
     return out
 
@@ -652,6 +652,7 @@ def run_verify(project: Project) -> dict[str, Any]:
     if unlearn_state.get("status") != "unlearned":
         report = {"status": "skipped", "reason": unlearn_state.get("status")}
         write_json_atomic(report_path, report)
+        write_json_atomic(project.reports_dir / "metrics.json", {"verified": 0})
         return report
     client = tracking.setup(project)
     device = _device(project)
@@ -722,6 +723,11 @@ def run_verify(project: Project) -> dict[str, Any]:
         "n_forget": len(forget), "n_retain": len(retain), "n_test": len(test),
     }
     write_json_atomic(report_path, report)
+    # The compact numbers `dvc metrics show/diff` compare across runs: gate metrics and attack AUCs.
+    shown = [m for m in results["retrain"] if m in params.gate.tolerances or m.endswith(".auc")]
+    write_json_atomic(project.reports_dir / "metrics.json", {
+        "verified": 1, "verdict_pass": int(gate.passed),
+        **{role: {m: results[role].get(m) for m in shown} for role in ("original", "unlearned", "retrain")}})
     with mlflow.start_run(run_id=unlearn_state["run_id"]):
         mlflow.log_metrics(_finite(results["unlearned"]))
         for role in ("original", "retrain"):

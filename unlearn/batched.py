@@ -52,6 +52,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from unlearn.training import (
+    GLOBAL_RNG_LOCK,
     SGDRecipe,
     apply_augmentation,
     draw_augmentation,
@@ -155,8 +156,9 @@ def _train_chunk(
     for seed in seeds:
         # Mirrors the callers of train_model: seed, then build; train_model re-seeds its generator
         # from the same seed, which is exactly what seed_everything returns.
-        generators.append(seed_everything(seed))
-        models.append(model_factory().train())
+        with GLOBAL_RNG_LOCK:  # atomic: another thread must not reseed between seeding and building
+            generators.append(seed_everything(seed))
+            models.append(model_factory().train())
     params, buffers = stack_module_state(models)  # name -> (K, ...) on the CPU
     # Move after stacking and re-mark as leaves, so the optimiser owns device tensors.
     params = {name: tensor.detach().to(device).requires_grad_() for name, tensor in params.items()}

@@ -7,6 +7,7 @@ rather than DataLoader workers: the same seed gives the same batches on every ma
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -103,10 +104,33 @@ def seed_everything(seed: int) -> torch.Generator:
     Returns:
         A ``torch.Generator`` seeded with ``seed`` for shuffling and augmentation.
     """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    with GLOBAL_RNG_LOCK:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+# Held while the process-wide RNGs are seeded and consumed together: models trained in parallel
+# threads (the Prefect thread runner) would otherwise draw each other's initial weights.
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
+def seeded_model(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Build a model from ``factory`` right after seeding, atomically with respect to other threads.
+
+    Equal to ``seed_everything(seed); factory()`` in a single thread.
+
+    Args:
+        factory: Builds a freshly initialised model.
+        seed: The seed.
+
+    Returns:
+        The model.
+    """
+    with GLOBAL_RNG_LOCK:
+        seed_everything(seed)
+        return factory()
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -127,3 +127,36 @@ def test_pipeline_end_to_end(prefect_server, make_project):
     live = [r for r in bank.records.values() if r.status == "live"]
     assert len(live) == 2 and all(not set(bank.members(r.ref_id).tolist()) & set(train_ids[20:30].tolist())
                                   for r in live)
+
+
+@pytest.mark.parametrize("runner", ["threads", "dask"])
+def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(prefect_server, make_project,
+                                                                             runner):
+    """The references flow on the configured runner (2 threads, or a 2-worker local Dask cluster)
+    trains exactly the models that sequential, in-process training produces."""
+    import torch
+
+    from flows.pipeline import pipeline_flow, references_flow, run_with_configured_runner
+    from tasks.project import load_project
+    from tasks.stages import plan_references, run_ingest, run_prepare, train_references
+    from unlearn.data import SampleStore
+    from unlearn.references import ReferenceBank
+
+    root = make_project({**FAST, "orchestration": {"task_runner": runner, "max_workers": 2,
+                                                   "dask_address": None}})
+    pipeline_flow(root=str(root))  # baseline: nothing pending, so no references yet
+    project = load_project(root)
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _submit(root, "R-1", sorted(train_ids[:5].tolist()))
+    run_ingest(project)
+    run_prepare(project)
+    plans = plan_references(project)
+    assert len(plans) == 2
+    expected = train_references(project, plans)  # sequential, in this process
+    state = run_with_configured_runner(references_flow, str(root))
+    assert sorted(state["trained"]) == sorted(p.ref_id for p in plans)
+    bank = ReferenceBank(project.references_dir)
+    for plan, result in zip(plans, expected, strict=True):
+        got = bank.load_state(plan.ref_id)
+        assert all(torch.equal(got[k], result["state"][k]) for k in result["state"]), plan.ref_id
+        assert set(bank.members(plan.ref_id).tolist()) == set(plan.members.tolist())
