@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from unlearn.attacks import AttackInput, ReferenceSignals, ShadowSignals, Signals, compute_signals, run_attack
+from unlearn.attacks import (
+    AttackInput,
+    AttackRefused,
+    ReferenceSignals,
+    ShadowSignals,
+    Signals,
+    compute_signals,
+    run_attack,
+)
 from unlearn.attacks.signals import SignalCache, logit_scaled_confidence, model_digest, view_logits
 from unlearn.methods.base import TensorSet
 from unlearn.metrics import attack_metrics
@@ -171,7 +179,13 @@ def attack_suite(
                else float("nan") for name in SETS}
     scores, refused = {}, {}
     for attack in attacks:
-        result = run_attack(attack, inputs, **(attack_options or {}).get(attack, {}))
+        try:
+            result = run_attack(attack, inputs, **(attack_options or {}).get(attack, {}))
+        except AttackRefused as exc:
+            # Too little data for this attack: every metric of it is refused, with the reason.
+            names = ["auc", "balanced_accuracy", "tpr_at_lowest_fpr", *(f"tpr_at_fpr_{f:g}" for f in fprs), "*"]
+            refused.update({attack_metric(attack, name): str(exc) for name in names})
+            continue
         scores[attack] = {"member": result.member_scores, "nonmember": result.nonmember_scores}
         if len(result.nonmember_scores):
             report = attack_metrics(result.member_scores, result.nonmember_scores, fprs=fprs,
@@ -290,7 +304,11 @@ def apply_gate(
     Raises:
         KeyError: If a tolerance names a metric that was neither computed nor refused.
     """
-    refused = refused or {}
+    refused = dict(refused or {})
+    for name in tolerances:  # a refused attack refuses every metric of it, extras included
+        attack_wide = ".".join(name.split(".")[:2]) + ".*"
+        if name not in refused and attack_wide in refused:
+            refused[name] = refused[attack_wide]
     missing = sorted(set(tolerances) - (set(candidate) & set(reference)) - set(refused))
     if missing:
         raise KeyError(

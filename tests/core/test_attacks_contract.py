@@ -140,3 +140,17 @@ def test_the_original_model_is_detected_clearly_above_the_retrained_one():
     for attack in aucs["original"]:
         assert aucs["original"][attack] > 0.7, aucs
         assert aucs["original"][attack] - aucs["retrain"][attack] > 0.15, aucs
+
+
+def test_an_attack_refused_for_too_little_data_is_recorded_and_fails_its_gate_check():
+    from unlearn.verification import ModelEvidence, apply_gate
+
+    full = _evidence()
+    tiny = ModelEvidence(
+        forget=_signals_from_phi(full.references.target_forget[:3, 0]), retain=full.retain, test=full.test,
+        forget_phi=full.references.target_forget[:3], test_phi=full.references.target_test, digest="x")
+    suite = attack_suite(tiny, [], attacks=("loss_threshold", "loss_lr"))
+    assert "mia.loss_threshold.auc" in suite.metrics  # one sample is enough for an AUC
+    assert "mia.loss_lr.auc" not in suite.metrics and "needs at least 6" in suite.refused["mia.loss_lr.auc"]
+    gate = apply_gate(suite.metrics, suite.metrics, {"mia.loss_lr.cv_accuracy": 0.1}, refused=suite.refused)
+    assert not gate.passed and "refused" in gate.failures()[0]

@@ -3,6 +3,7 @@
 from unlearn.attacks.base import (
     ATTACKS,
     AttackInput,
+    AttackRefused,
     AttackResult,
     AttackSpec,
     ReferenceSignals,
@@ -16,6 +17,7 @@ from unlearn.attacks.signals import Signals, compute_signals
 __all__ = [
     "ATTACKS",
     "AttackInput",
+    "AttackRefused",
     "AttackResult",
     "AttackSpec",
     "ReferenceSignals",

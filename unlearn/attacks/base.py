@@ -28,6 +28,13 @@ from unlearn.registry import Registry
 REQUIREMENTS = frozenset({"references", "in_references", "shadows"})
 
 
+class AttackRefused(ValueError):
+    """The data is too small for the attack to say anything (e.g. 3 forget samples for a 5-fold CV).
+
+    The attack suite records the reason instead of a number; a gate check on a refused metric fails.
+    """
+
+
 @dataclass(frozen=True)
 class ReferenceSignals:
     """Logit-scaled confidence phi = log(p_y / (1 - p_y)) of the target and K reference models.

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, cross_val_score
 from sklearn.svm import SVC
 
-from unlearn.attacks.base import AttackInput, AttackResult, register_attack
+from unlearn.attacks.base import AttackInput, AttackRefused, AttackResult, register_attack
 
 
 @register_attack("loss_threshold")
@@ -78,12 +78,12 @@ def loss_lr(inputs: AttackInput) -> AttackResult:
         Scores of the balanced subsample only: min(N_F, N_T) members and as many non-members.
 
     Raises:
-        ValueError: If either set has fewer than 6 samples.
+        AttackRefused: If either set has fewer than 6 samples.
     """
     member, other = inputs.forget.loss, inputs.test.loss
     n = min(len(member), len(other))
     if n < _LR_MIN_PER_CLASS:
-        raise ValueError(
+        raise AttackRefused(
             f"loss_lr needs at least {_LR_MIN_PER_CLASS} forget and {_LR_MIN_PER_CLASS} test samples "
             f"({_LR_FOLDS} cross-validation folds, and a 10% split holding both classes); "
             f"got {len(member)} forget and {len(other)} test"

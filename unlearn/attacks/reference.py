@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
-from unlearn.attacks.base import AttackInput, AttackResult, ReferenceSignals, register_attack
+from unlearn.attacks.base import AttackInput, AttackRefused, AttackResult, ReferenceSignals, register_attack
 
 STD_FLOOR = 1e-3
 """Smallest standard deviation (in phi units) any fitted Gaussian may have.
@@ -311,7 +311,7 @@ def rmia_offline(
     require_observations(~refs.test_in.astype(bool), "OUT", "test")
     n_forget, n_test = len(refs.target_forget), len(refs.target_test)
     if n_test < 2:
-        raise ValueError("rmia_offline needs at least two test samples (the population z)")
+        raise AttackRefused("rmia_offline needs at least two test samples (the population z)")
     ratio_x = _rmia_log_ratio(target, values, is_in, a)  # (N_F + N_T, A), log ratio(x)
     ratio_z = ratio_x[n_forget:]  # (N_T, A): the population is the test samples
     n_x, views = ratio_x.shape
