@@ -152,8 +152,15 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     run_prepare(project)
     plans = plan_references(project)
     assert len(plans) == 2
-    expected = train_references(project, plans)  # sequential, in this process
-    state = run_with_configured_runner(references_flow, str(root))
+    # CPU results are bit-identical only at the same intra-op thread count: Dask workers run
+    # torch single-threaded (their nanny sets OMP_NUM_THREADS=1), so this process does too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = train_references(project, plans)  # sequential, in this process
+        state = run_with_configured_runner(references_flow, str(root))
+    finally:
+        torch.set_num_threads(threads)
     assert sorted(state["trained"]) == sorted(p.ref_id for p in plans)
     bank = ReferenceBank(project.references_dir)
     for plan, result in zip(plans, expected, strict=True):
