@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unlearn.attacks import ShadowSignals
+from unlearn.attacks import AttackInput, ShadowSignals, run_attack
 from unlearn.attacks.signals import logit_scaled_confidence, view_logits
 from unlearn.config import load_params
 from unlearn.data import load_source
@@ -258,9 +258,6 @@ def main() -> None:  # noqa: PLR0915 - a linear protocol reads best as one funct
         never_rows.append(_phi(model, x_f, y_f, args.device))
     unlearned_obs, never_obs = np.stack(unlearned_rows), np.stack(never_rows)  # (M, N_F)
     matched = _phi(retrained_b, x_f, y_f, args.device)  # "never seen" side of each matched pair
-    from unlearn.attacks import run_attack
-    from unlearn.attacks.base import AttackInput
-
     for role in ROLES:
         pair = _phi(retrained, x_f, y_f, args.device) if role == "retrain_seed1" else matched
         shadows = ShadowSignals(unlearned_obs, forget_in, never_obs, ~forget_in,

@@ -63,10 +63,10 @@ def _reference_models(root: str) -> dict[str, Any]:
     """Plan, train (fanned out over the flow's task runner) and register reference models."""
     from prefect import unmapped
 
-    from tasks.stages import _use_batched
+    from tasks.stages import use_batched
 
     plans = t.plan_references_task(root)
-    groups = [plans] if plans and _use_batched(load_project(root)) else [[p] for p in plans]
+    groups = [plans] if plans and use_batched(load_project(root)) else [[p] for p in plans]
     futures = t.train_reference_task.map(unmapped(root), groups)
     trained = [r for future in futures for r in future.result()]
     return t.register_references_task(root, plans, trained)

@@ -496,7 +496,13 @@ def recipe_key(project: Project, store: SampleStore) -> str:
     ).hexdigest()[:16]
 
 
-def _use_batched(project: Project) -> bool:
+def needs_references(params: Params) -> bool:
+    """True when a configured attack needs reference models."""
+    return any(ATTACKS.get(a).requires & {"references"} for a in params.verify.attacks)
+
+
+def use_batched(project: Project) -> bool:
+    """Whether reference models are trained as one batched (vmapped) model."""
     mode = project.params.verify.references.batched
     return mode == "always" or (mode == "auto" and project.params.device.startswith("cuda"))
 
@@ -508,8 +514,7 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     Live references trained with another recipe are retired first (they could never be used).
     """
     params = project.params
-    wanted = any(ATTACKS.get(a).requires & {"references"} for a in params.verify.attacks)
-    if not wanted or not Ledger(project.ledger_path).pending():
+    if not needs_references(params) or not Ledger(project.ledger_path).pending():
         return []  # trained when a request needs them: the next deletion would retire most of them
     store = SampleStore(project.store_dir)
     bank = ReferenceBank(project.references_dir)
@@ -544,7 +549,7 @@ def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[
                                   architecture["num_classes"])
     recipe = SGDRecipe.from_config(params.train)
     started = time.perf_counter()
-    if _use_batched(project) and len(plans) > 1:
+    if use_batched(project) and len(plans) > 1:
         from unlearn.batched import train_models_batched
 
         models = train_models_batched(factory, images, labels, indices, recipe,
@@ -571,7 +576,7 @@ def register_references(project: Project, plans: list[ReferencePlan],
     for plan, result in zip(plans, trained, strict=True):
         bank.add(plan, result["state"], recipe_key=key, data_version=data_version,
                  extra={"train_seconds": round(float(result["seconds"]), 3), "git_commit": git,
-                        "batched": _use_batched(project) and len(plans) > 1})
+                        "batched": use_batched(project) and len(plans) > 1})
     usable = [r for r in bank.usable(key, store.split_ids("train"))
               if r.pair < project.params.verify.references.count // 2]
     state = {"trained": [p.ref_id for p in plans], "usable": [r.ref_id for r in usable],
@@ -581,26 +586,18 @@ def register_references(project: Project, plans: list[ReferencePlan],
     return _write_state(project, "references", state)
 
 
-def run_references(project: Project, *, map_fn: Any = None) -> dict[str, Any]:
+def run_references(project: Project) -> dict[str, Any]:
     """Make sure ``verify.references.count`` usable reference models exist.
 
-    The one implementation behind ``unlearn stage references``, ``dvc repro`` and the Prefect
-    flow (which fans :func:`train_references` out over its task runner via ``map_fn``).
-
-    Args:
-        project: The project.
-        map_fn: ``map_fn(fn, plans) -> results`` running ``fn([plan])`` per plan; default: one
-            call for all plans in this process.
+    The one implementation behind ``unlearn stage references`` and ``dvc repro``; the Prefect
+    flow runs the same three steps (plan, train, register) and fans the training out over its
+    task runner.
 
     Returns:
         The stage state: trained and usable reference ids, training seconds.
     """
     plans = plan_references(project)
-    if map_fn is None or _use_batched(project):
-        trained = train_references(project, plans)
-    else:
-        trained = [r for chunk in map_fn(lambda plan: train_references(project, [plan]), plans) for r in chunk]
-    return register_references(project, plans, trained)
+    return register_references(project, plans, train_references(project, plans))
 
 
 # --------------------------------------------------------------------------- verify
@@ -685,7 +682,7 @@ def run_verify(project: Project) -> dict[str, Any]:
                               bootstrap=verify.bootstrap, seed=params.seed)
     started = time.perf_counter()
     refs, ref_ids = [], []
-    if any(ATTACKS.get(a).requires & {"references"} for a in verify.attacks):
+    if needs_references(params):
         bank = ReferenceBank(project.references_dir)
         usable = [r for r in bank.usable(recipe_key(project, store), retain.ids)
                   if r.pair < verify.references.count // 2]
