@@ -3,6 +3,9 @@
     unlearn demo                      run the whole chain on the embedded digits
     unlearn run                       run the pipeline flow once (ingest whatever arrived)
     unlearn request submit ...        drop a deletion request into data/requests/incoming/
+    unlearn request status <id>       where a request is (batch, steps, certificate)
+    unlearn request certificate <id>  the deletion certificate (JSON + HTML report)
+    unlearn audit verify              check the hash-chained audit log
     unlearn stage <name>              run one stage without Prefect (what dvc.yaml calls)
 
 Errors print one line naming the problem and exit with status 2; a model that fails the
@@ -57,6 +60,7 @@ def _quiet_environment() -> None:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from tasks.project import PipelineError
+    from unlearn.audit import AuditError
     from unlearn.config import ConfigError
     from unlearn.data.sources import SourceError
     from unlearn.data.store import StoreError
@@ -65,7 +69,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from unlearn.requests import LedgerError
 
     return (ConfigError, PipelineError, SourceError, StoreError, MissingDataError,
-            UnknownNameError, LedgerError)
+            UnknownNameError, LedgerError, AuditError)
 
 
 # --------------------------------------------------------------------------- request submit
@@ -79,9 +83,20 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
 
     Returns:
         The written file.
-    """
-    from tasks.project import load_project
 
+    Raises:
+        PipelineError: If the request id is malformed (nothing is written).
+    """
+    import re
+
+    from tasks.project import PipelineError, load_project
+    from tasks.validation import REQUEST_ID_PATTERN
+
+    request_id = request.get("request_id")
+    # Refuse here, before anything is written: ingestion would only reject it later.
+    if not isinstance(request_id, str) or not re.match(REQUEST_ID_PATTERN, request_id):
+        raise PipelineError(f"request id {str(request_id)[:80]!r} is malformed: use 1-128 letters, digits and "
+                            ". _ : - starting with a letter or digit")
     project = load_project(root)
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -114,12 +129,14 @@ def _cmd_request_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
+    from tasks.locking import pipeline_lock
     from tasks.project import load_project
     from tasks.stages import STAGE_FUNCTIONS, check_params
 
     project = load_project(args.root)
     check_params(project.params)
-    result = STAGE_FUNCTIONS[args.name](project)
+    with pipeline_lock(project):  # a stage never runs beside a pipeline flow on the same project
+        result = STAGE_FUNCTIONS[args.name](project)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0  # a failing verdict is data for promote, not a stage failure
 
@@ -225,11 +242,84 @@ def format_summary(result: dict[str, Any]) -> str:
     refused = sorted({m.rsplit(".", 1)[-1] for m in report.get("refused", {}).get("unlearned", {})})
     if refused:
         lines.append(f"refused (too few test samples for the FPR): {', '.join(refused)} (details in the report)")
+    attempts = promote.get("attempts") or []
+    if len(attempts) > 1:
+        lines.append("escalation: " + " -> ".join(f"{method} ({verdict})" for method, verdict in attempts)
+                     + "  (the table shows the last attempt)")
     lines.append(f"\nverdict: {report['verdict'].upper()}"
                  + (f" ({'; '.join(report['failures'])})" if report["failures"] else ""))
     lines.append(f"model version {promote['version']} ({promote['status']}); "
                  f"aliases: {promote.get('aliases')}")
+    purge = result.get("purge", {})
+    if purge.get("status") == "purged":
+        scan = purge.get("scan", {})
+        removed = purge.get("objects_removed", {})
+        lines.append(f"purge: retired model version(s) {', '.join(purge.get('retired', [])) or '-'}; "
+                     f"{len(purge.get('versions_redacted', []))} data version(s) redacted, "
+                     f"{removed.get('local', 0)} cache / {removed.get('remote', 0)} remote object(s) deleted; "
+                     f"{scan.get('files', 0)} files scanned, {scan.get('matches', 0)} copies of deleted samples found")
+    certify = result.get("certify", {})
+    if certify.get("certificates"):
+        lines.append(f"certificates: {certify['certificates']} written to {certify['dir']} "
+                     "(`unlearn request certificate <id>`)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- status / certificate / audit
+
+
+def _cmd_request_status(args: argparse.Namespace) -> int:
+    from tasks.lifecycle import request_status
+    from tasks.project import load_project
+
+    status = request_status(load_project(args.root), args.request_id)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+        return 0
+    print(f"request {args.request_id}: {status['kind']}")
+    for key in ("status", "step", "outcome", "batch_id", "covered_by", "reasons", "certificate"):
+        if status.get(key) not in (None, [], {}):
+            value = status[key]
+            print(f"  {key:<12}{', '.join(map(str, value)) if isinstance(value, list) else value}")
+    for step, at in sorted((status.get("steps") or {}).items(), key=lambda item: item[1]):
+        print(f"  {'':<12}{step:<14}{at}")
+    return 0
+
+
+def _cmd_request_certificate(args: argparse.Namespace) -> int:
+    import shutil
+
+    from tasks.lifecycle import certificate_paths, request_status
+    from tasks.project import PipelineError, load_project
+
+    project = load_project(args.root)
+    status = request_status(project, args.request_id)
+    paths = certificate_paths(project, args.request_id)
+    if paths is None:
+        where = status.get("step") or status.get("kind")
+        raise PipelineError(f"request {args.request_id} has no certificate yet (it is {status.get('status', where)}, "
+                            f"last step: {where}); certificates are issued when its batch is purged")
+    out = Path(args.out) if args.out else None
+    for path in paths:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, out / path.name)
+        print(out / path.name if out is not None else path)
+    return 0
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from tasks.project import load_project
+    from unlearn.audit import AuditLog
+
+    report = AuditLog(load_project(args.root).audit_path).verify()
+    if report.ok:
+        print(f"audit log intact: {report.lines} records, head {report.head_seq} {report.head_hash}")
+        return 0
+    print(f"audit log BROKEN ({len(report.problems)} problem(s)):", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 # --------------------------------------------------------------------------- entry point
@@ -244,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timings-out", help="write both pipeline runs' results as JSON (benchmarks)")
     commands.add_parser("run", help="run the pipeline flow once")
     stage = commands.add_parser("stage", help="run one stage without Prefect (used by dvc.yaml)")
-    stage.add_argument("name", choices=["ingest", "prepare", "train", "references", "unlearn", "verify", "promote"])
+    stage.add_argument("name", choices=["ingest", "prepare", "train", "references", "unlearn", "verify", "promote",
+                                        "purge", "certify"])
     request = commands.add_parser("request", help="deletion requests")
     request_commands = request.add_subparsers(dest="request_command", required=True)
     submit = request_commands.add_parser("submit", help="queue a deletion request")
@@ -255,6 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--reason", default="gdpr_erasure")
     submit.add_argument("--subject-ref", required=True, help="stored only as a salted hash")
     submit.add_argument("--received-at", help="ISO-8601 time (default: now)")
+    status = request_commands.add_parser("status", help="where a request is: its batch, steps and certificate")
+    status.add_argument("request_id")
+    status.add_argument("--json", action="store_true", help="print the full status as JSON")
+    certificate = request_commands.add_parser("certificate", help="the deletion certificate (JSON + HTML)")
+    certificate.add_argument("request_id")
+    certificate.add_argument("--out", help="copy the certificate files into this directory")
+    audit = commands.add_parser("audit", help="the hash-chained audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check that no line was edited, removed or reordered")
     return parser
 
 
@@ -262,10 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unlearn`` console command."""
     args = build_parser().parse_args(argv)
     _quiet_environment()
-    handlers = {"demo": _cmd_demo, "run": _cmd_run, "stage": _cmd_stage,
-                "request": _cmd_request_submit}
+    handlers = {"demo": _cmd_demo, "run": _cmd_run, "stage": _cmd_stage, "audit": _cmd_audit_verify,
+                "request": {"submit": _cmd_request_submit, "status": _cmd_request_status,
+                            "certificate": _cmd_request_certificate}}
+    handler = handlers[args.command]
+    if isinstance(handler, dict):
+        handler = handler[args.request_command]
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except _known_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

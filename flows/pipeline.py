@@ -78,10 +78,18 @@ def references_flow(root: str = ".") -> dict[str, Any]:
     return _reference_models(_root(root))
 
 
+def _escalate(root: str) -> dict[str, Any]:
+    """The escalation ladder (tasks.stages.run_unlearn) with each attempt and verification a task."""
+    from tasks.stages import run_unlearn
+
+    return run_unlearn(load_project(root), attempt=lambda _, method: t.attempt_task(root, method),
+                       verify=lambda _: t.verify_task(root))
+
+
 @flow(name="unlearn")
 def unlearn_flow(root: str = ".") -> dict[str, Any]:
-    """Unlearn every pending batch from the champion."""
-    return t.unlearn_task(_root(root))
+    """Unlearn every pending batch from the champion, escalating through the ladder, verifying each attempt."""
+    return _escalate(_root(root))
 
 
 @flow(name="verify")
@@ -99,13 +107,26 @@ def promote_flow(root: str = ".") -> dict[str, Any]:
     return result
 
 
+@flow(name="purge")
+def purge_flow(root: str = ".") -> dict[str, Any]:
+    """Retire models trained on deleted samples, purge every data copy, scan for the bytes."""
+    return t.purge_task(_root(root))
+
+
+@flow(name="certify")
+def certify_flow(root: str = ".") -> dict[str, Any]:
+    """Write deletion certificates for closed batches."""
+    return t.certify_task(_root(root))
+
+
 @flow(name="unlearning-pipeline")
 def pipeline_flow(root: str = ".") -> dict[str, Any]:
-    """ingest -> prepare -> train -> unlearn -> verify -> promote, one task per stage.
+    """ingest -> prepare -> train -> references -> unlearn (+verify per attempt) -> promote -> purge -> certify.
 
     The stages run as tasks of this one flow run rather than as subflows: a subflow run costs
     about a second of API round trips on its own, a task a few milliseconds, and the stage
-    flows above stay available for running one stage at a time.
+    flows above stay available for running one stage at a time. The whole run holds the
+    project's pipeline lock, so two runs started together serialise.
 
     Args:
         root: Project directory.
@@ -113,24 +134,33 @@ def pipeline_flow(root: str = ".") -> dict[str, Any]:
     Returns:
         Each stage's summary and its wall time in seconds (``timings``).
     """
+    from tasks.locking import pipeline_lock
+
     root = _root(root)
-    results: dict[str, Any] = {"timings": {}, "root": str(Path(root))}
+    project = load_project(root)
+    retries = project.params.lifecycle.io_retries
+    init, commit, push = (task.with_options(retries=retries) for task in (t.dvc_init_task, t.dvc_commit_task,
+                                                                          t.dvc_push_task))
+    with pipeline_lock(project) as waited:
+        results: dict[str, Any] = {"timings": {}, "root": str(Path(root)), "lock_wait_seconds": round(waited, 3)}
 
-    def timed(name: str, call) -> Any:
-        started = time.perf_counter()
-        value = call()
-        results["timings"][name] = results["timings"].get(name, 0.0) + time.perf_counter() - started
-        return value
+        def timed(name: str, call) -> Any:
+            started = time.perf_counter()
+            value = call()
+            results["timings"][name] = results["timings"].get(name, 0.0) + time.perf_counter() - started
+            return value
 
-    timed("ingest", lambda: t.dvc_init_task(root))
-    results["ingest"] = timed("ingest", lambda: t.ingest_task(root))
-    results["prepare"] = timed("prepare", lambda: t.prepare_task(root))
-    timed("prepare", lambda: t.dvc_commit_task(root, ["ingest", "prepare"]))
-    results["prepare"]["data_version"] = timed("prepare", lambda: t.data_version_task(root))
-    timed("prepare", lambda: t.dvc_push_task(root))
-    results["train"] = timed("train", lambda: t.train_task(root))
-    results["references"] = timed("references", lambda: _reference_models(root))
-    for name, stage_task in (("unlearn", t.unlearn_task), ("verify", t.verify_task), ("promote", t.promote_task)):
-        results[name] = timed(name, lambda stage_task=stage_task: stage_task(root))
-    timed("promote", lambda: t.dvc_commit_task(root, []))
+        timed("ingest", lambda: init(root))
+        results["ingest"] = timed("ingest", lambda: t.ingest_task(root))
+        results["prepare"] = timed("prepare", lambda: t.prepare_task(root))
+        timed("prepare", lambda: commit(root, ["ingest", "prepare"]))
+        results["prepare"]["data_version"] = timed("prepare", lambda: t.data_version_task(root))
+        timed("prepare", lambda: push(root))
+        results["train"] = timed("train", lambda: t.train_task(root))
+        results["references"] = timed("references", lambda: _reference_models(root))
+        results["unlearn"] = timed("unlearn", lambda: _escalate(root))
+        results["promote"] = timed("promote", lambda: t.promote_task(root))
+        results["purge"] = timed("purge", lambda: t.purge_task(root))
+        results["certify"] = timed("certify", lambda: t.certify_task(root))
+        timed("certify", lambda: commit(root, []))
     return results

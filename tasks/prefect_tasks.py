@@ -15,14 +15,30 @@ from tasks import dvc_ops, stages
 from tasks.project import load_project
 
 
-def _stage_task(name: str):
-    function = stages.STAGE_FUNCTIONS[name]
+def _retry_io(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient I/O failures only: a bad request or parameter fails the same way twice."""
+    from tasks.project import PipelineError
+    from unlearn.config import ConfigError
 
-    @task(name=name, cache_policy=NO_CACHE, log_prints=False)
+    try:
+        state.result(raise_on_failure=True)
+    except (PipelineError, ConfigError):
+        return False
+    except Exception:  # noqa: BLE001 - anything else (OS, database, network) may be transient
+        return True
+    return False
+
+
+def _stage_task(name: str, retries: int = 0):
+    # Idempotent stages (promote, purge, certify) are safe to retry after a transient I/O error.
+    options = {"retries": retries, "retry_delay_seconds": 2, "retry_condition_fn": _retry_io} if retries else {}
+
+    @task(name=name, cache_policy=NO_CACHE, log_prints=False, **options)
     def run(root: str) -> dict[str, Any]:
-        return function(load_project(root))
+        # Looked up at call time, so a test can inject a fault into any stage.
+        return stages.STAGE_FUNCTIONS[name](load_project(root))
 
-    run.__doc__ = f"Prefect task for the {name!r} stage ({function.__name__})."
+    run.__doc__ = f"Prefect task for the {name!r} stage (tasks.stages.STAGE_FUNCTIONS[{name!r}])."
     return run
 
 
@@ -30,9 +46,16 @@ ingest_task = _stage_task("ingest")
 prepare_task = _stage_task("prepare")
 train_task = _stage_task("train")
 references_task = _stage_task("references")
-unlearn_task = _stage_task("unlearn")
 verify_task = _stage_task("verify")
-promote_task = _stage_task("promote")
+promote_task = _stage_task("promote", retries=2)
+purge_task = _stage_task("purge", retries=2)
+certify_task = _stage_task("certify", retries=2)
+
+
+@task(name="unlearn-attempt", cache_policy=NO_CACHE)
+def attempt_task(root: str, method: str) -> dict[str, Any]:
+    """One rung of the escalation ladder: unlearn the pending batches with ``method``."""
+    return stages.run_attempt(load_project(root), method)
 
 
 @task(name="dvc-init", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])

@@ -54,12 +54,22 @@ class Project:
         return self.requests_dir / "rejected"
 
     @property
+    def acknowledged_dir(self) -> Path:
+        """Per-ingest logs of requests that deleted nothing new (repeats, samples already deleted)."""
+        return self.requests_dir / "acknowledged"
+
+    @property
     def batches_dir(self) -> Path:
         return self.requests_dir / "batches"
 
     @property
     def ledger_path(self) -> Path:
         return self.requests_dir / "ledger.json"
+
+    @property
+    def redactions_path(self) -> Path:
+        """Data versions whose deleted samples were purged from the DVC cache and remote."""
+        return self.requests_dir / "redactions.json"
 
     @property
     def salt_path(self) -> Path:
@@ -91,6 +101,21 @@ class Project:
     def signals_dir(self) -> Path:
         """Cached per-model logits, keyed by sample id."""
         return self.data_dir / "signals"
+
+    @property
+    def audit_path(self) -> Path:
+        """The hash-chained, append-only audit log of every deletion."""
+        return self.data_dir / "audit" / "audit.jsonl"
+
+    @property
+    def certificates_dir(self) -> Path:
+        """Per-request deletion certificates (JSON + HTML)."""
+        return self.data_dir / "certificates"
+
+    @property
+    def lock_path(self) -> Path:
+        """Held by a pipeline run, so two runs serialise."""
+        return self.data_dir / ".pipeline.lock"
 
     @property
     def plots_dir(self) -> Path:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import pickle
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks import dvc_ops, reporting, tracking
+from tasks import audit, dvc_ops, reporting, tracking
 from tasks.project import PipelineError, Project
 from tasks.validation import validate_requests
 from unlearn.attacks import ATTACKS
@@ -55,7 +55,9 @@ from unlearn.verification import (
 
 log = logging.getLogger("unlearn.pipeline")
 
-STAGES = ("ingest", "prepare", "train", "references", "unlearn", "verify", "promote")
+# The pipeline, in order. "verify" runs inside "unlearn" (once per escalation attempt) and stays
+# available on its own to re-verify the latest attempt.
+STAGES = ("ingest", "prepare", "train", "references", "unlearn", "promote", "purge", "certify")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -74,10 +76,10 @@ def check_params(params: Params) -> None:
     try:
         SOURCES.get(params.data.source)
         MODELS.get(params.model.name)
-        spec = METHODS.get(params.unlearn.method)
         for name in params.unlearn.methods:
             METHODS.get(name).bind(params.method_kwargs(name))
-        spec.bind(params.method_kwargs(params.unlearn.method))
+        for name in params.unlearn.ladder:
+            METHODS.get(name).bind(params.method_kwargs(name))
         for attack in params.verify.attacks:
             ATTACKS.get(attack)
     except UnknownNameError as exc:
@@ -170,99 +172,145 @@ def _load_forget(project: Project, batch_ids: list[str]) -> Arrays:
 
 
 def run_ingest(project: Project) -> dict[str, Any]:
-    """Validate incoming request files; accepted requests become one pending batch.
+    """Validate incoming request files and route every row; accepted requests become one pending batch.
 
-    Every row of every incoming file ends in exactly one place: the new batch file
-    (``data/requests/batches/<batch>.json``) or the rejection log
-    (``data/requests/rejected/<ingest>.jsonl``, one line per row with its reason codes).
-    Files that cannot be parsed at all are moved to ``rejected/<ingest>/`` with a reason.
+    Every row of every incoming file ends in exactly one place:
+
+    * the new batch (``data/requests/batches/<batch>.json``): valid requests that delete at
+      least one sample no earlier batch deleted; a request keeps only those ids, with
+      ``already_deleted_count`` and ``covered_by`` for the rest;
+    * the acknowledgement log (``data/requests/acknowledged/<ingest>.jsonl``, and the ledger):
+      valid requests that delete nothing new, a repeat of a request id with the same content
+      (``duplicate``, with the batch that holds the original) or a request whose samples are
+      all deleted already (``already_deleted``, with the batches that deleted them);
+    * the rejection log (``data/requests/rejected/<ingest>.jsonl``, reason codes and a
+      detail): invalid rows, a request id reused for different content
+      (``request_id_conflict``), and one line per file that could not be parsed at all.
+
+    An unparseable file is recorded by its sanitised name, size and sha256 and then deleted,
+    like every processed file: it may hold subject references, which are stored nowhere but
+    as salted hashes. Symbolic links in the inbox are removed without being followed.
 
     Returns:
-        Counts: files, rows, accepted, rejected, rejected_files; and the batch id (or None).
+        Counts: files, rows, accepted, acknowledged, rejected, rejected_files, samples; and the
+        batch id (or None).
     """
+    from tasks.validation import loggable_request_id
+    from unlearn.requests import (
+        RequestRouter,
+        content_digest,
+        sanitize_file_name,
+        skipped_in_inbox,
+        write_jsonl_atomic,
+    )
+
     params = project.params
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted(f for f in project.incoming_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+    with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
+        entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in scan if not skipped_in_inbox(e.name))
+    for name, _ in (e for e in entries if e[1]):
+        log.warning("ingest: ignoring folder %s in the inbox (request files only)", sanitize_file_name(name))
+    files = [project.incoming_dir / name for name, is_dir in entries if not is_dir]
     ledger = Ledger(project.ledger_path)
     if not project.ledger_path.exists():
         ledger.save()  # the ledger always exists: prepare and dvc.yaml depend on it
     if not files:
-        return _write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0,
-                                                "accepted": 0, "rejected": 0, "rejected_files": 0})
+        return _write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
+                                                "acknowledged": 0, "rejected": 0, "rejected_files": 0, "samples": 0})
+    parsed = [parse_request_file(f) for f in files]  # reads each regular file once, never a link's target
     digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + f.read_bytes())
+    for f, p in zip(files, parsed, strict=True):
+        digest.update(os.fsencode(f.name) + b"\0" + (p.sha256 or "-").encode())
     ingest_id = f"batch-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{digest.hexdigest()[:8]}"
-    parsed = [parse_request_file(f) for f in files]
     requests = [r for p in parsed for r in p.requests]
     source = load_source(params.data)
-    known_ids = set(source.ids.tolist())
-    deleted = ledger.deleted_ids()
     verdicts = validate_requests(
-        requests, known_ids=known_ids, classes=source.classes, deleted_ids=deleted,
-        seen_request_ids=ledger.request_ids(), reasons=params.requests.reasons,
-        max_ids=params.requests.max_ids_per_request,
+        requests, known_ids=set(source.ids.tolist()), classes=source.classes,
+        reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
     )
     salt = load_or_create_salt(project.salt_path)
-    rejected_lines, accepted = [], []
+    router = RequestRouter(ledger, ingest_id)
+    now = _now()
+    rejected_lines, acknowledged, accepted = [], [], []
     for verdict in verdicts:
         values = verdict.request.values
-        if verdict.valid:
-            forget_class = None
-            if "forget_class" in values:
-                # Class-wise forgetting: every live training sample of the class.
-                forget_class = list(source.classes).index(str(values["forget_class"]))
-                members = source.ids[(source.labels == forget_class) & (source.splits == "train")]
-                sample_ids = sorted(set(members.tolist()) - deleted)
-            else:
-                sample_ids = sorted(set(values["sample_ids"]))
-            accepted.append({
-                "request_id": values["request_id"], "sample_ids": sample_ids,
-                "forget_class": forget_class,
-                "received_at": values["received_at"], "reason": values["reason"],
-                "subject_hash": hash_subject(values["subject_ref"], salt),
-                "source_file": verdict.request.source_file,
-            })
+        where = {"source_file": verdict.request.source_file, "row": verdict.request.row}
+        if not verdict.valid:
+            rejected_lines.append({**where, "request_id": loggable_request_id(values.get("request_id")),
+                                   "reasons": list(verdict.reasons), "detail": verdict.detail})
+            continue
+        request_id, forget_class = values["request_id"], None
+        if "forget_class" in values:
+            # Class-wise forgetting: every training sample of the class (the router drops deleted ones).
+            class_name = str(values["forget_class"])
+            forget_class = list(source.classes).index(class_name)
+            wanted = source.ids[(source.labels == forget_class) & (source.splits == "train")].tolist()
+            content = content_digest(forget_class=class_name)
         else:
-            request_id = values.get("request_id")
-            rejected_lines.append({
-                "source_file": verdict.request.source_file, "row": verdict.request.row,
-                "request_id": request_id if isinstance(request_id, str) else None,
-                "reasons": list(verdict.reasons),
-            })
+            wanted = values["sample_ids"]
+            content = content_digest(sample_ids=wanted)
+        routing = router.route(request_id, content, wanted)
+        if routing.destination == "rejected":
+            rejected_lines.append({**where, "request_id": request_id, "reasons": [routing.outcome],
+                                   "detail": f"{routing.outcome}: {routing.detail}"})
+            continue
+        subject_hash = hash_subject(values["subject_ref"], salt)
+        if routing.destination == "acknowledged":
+            record = {"outcome": routing.outcome, "at": now, "ingest_id": ingest_id, "subject_hash": subject_hash,
+                      "content_digest": content, "covered_by": list(routing.covered_by), "detail": routing.detail}
+            if routing.outcome == "duplicate":
+                record["batch_id"] = routing.batch_id
+            acknowledged.append({**where, "request_id": request_id, **record})
+            continue
+        accepted.append({
+            "request_id": request_id, "sample_ids": list(routing.sample_ids), "forget_class": forget_class,
+            "received_at": values["received_at"], "reason": values["reason"], "subject_hash": subject_hash,
+            "source_file": verdict.request.source_file, "content_digest": content,
+            "already_deleted_count": routing.already_deleted_count, "covered_by": list(routing.covered_by),
+        })
     bad_files = [p for p in parsed if p.problem is not None]
     for p in bad_files:
-        rejected_lines.append({"source_file": p.name, "row": None, "request_id": None,
-                               "reasons": [p.problem.code], "detail": p.problem.detail[:500]})
+        rejected_lines.append({"source_file": p.name, "row": None, "request_id": None, "reasons": [p.problem.code],
+                               "detail": f"{p.problem.code}: {p.problem.detail}"[:500],
+                               "file_size": p.size, "file_sha256": p.sha256})
     # Write every destination before the ledger (the commit point), then clear the inbox.
     if rejected_lines:
-        project.rejected_dir.mkdir(parents=True, exist_ok=True)
-        tmp = project.rejected_dir / f".{ingest_id}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in rejected_lines))
-        os.replace(tmp, project.rejected_dir / f"{ingest_id}.jsonl")
-        if bad_files:
-            keep_dir = project.rejected_dir / ingest_id
-            keep_dir.mkdir(parents=True, exist_ok=True)
-            for p in bad_files:
-                shutil.move(project.incoming_dir / p.name, keep_dir / p.name)
+        write_jsonl_atomic(project.rejected_dir / f"{ingest_id}.jsonl", rejected_lines)
+    if acknowledged:
+        write_jsonl_atomic(project.acknowledged_dir / f"{ingest_id}.jsonl", acknowledged)
     batch_id = None
     if accepted:
         batch_id = ingest_id
         write_json_atomic(project.batches_dir / f"{batch_id}.json",
-                          {"batch_id": batch_id, "created_at": _now(), "requests": accepted})
+                          {"batch_id": batch_id, "created_at": now, "requests": accepted})
         ledger.add_batch(batch_id, [a["request_id"] for a in accepted],
-                         [s for a in accepted for s in a["sample_ids"]], _now(),
-                         forget_classes=[a["forget_class"] for a in accepted if a["forget_class"] is not None])
+                         [s for a in accepted for s in a["sample_ids"]], now,
+                         forget_classes=[a["forget_class"] for a in accepted if a["forget_class"] is not None],
+                         request_digests={a["request_id"]: a["content_digest"] for a in accepted})
+    for line in acknowledged:
+        ledger.acknowledge(line["request_id"], {k: v for k, v in line.items() if k not in ("request_id", "row")})
+    if batch_id is not None:
+        _mark_step(ledger, [batch_id], "validated")
+    if accepted or acknowledged:
         ledger.save()
+    # The audit trail: request ids, salted subject hashes and counts, never sample ids.
+    for a in accepted:
+        audit.record(project, "request.accepted", request_id=a["request_id"], batch_id=batch_id,
+                     subject_hash=a["subject_hash"], samples=len(a["sample_ids"]),
+                     already_deleted=a["already_deleted_count"], reason=a["reason"])
+    for line in acknowledged:
+        audit.record(project, "request.acknowledged", request_id=line["request_id"], outcome=line["outcome"],
+                     subject_hash=line["subject_hash"], covered_by=line["covered_by"])
+    for line in rejected_lines:
+        audit.record(project, "request.rejected", request_id=line["request_id"], reasons=line["reasons"])
     for f in files:
-        if f.exists():
-            f.unlink()
+        f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
     counts = {
         "batch_id": batch_id, "files": len(files), "rows": len(requests) + len(bad_files),
-        "accepted": len(accepted), "rejected": len(rejected_lines), "rejected_files": len(bad_files),
-        "samples": len({s for a in accepted for s in a["sample_ids"]}),
+        "accepted": len(accepted), "acknowledged": len(acknowledged), "rejected": len(rejected_lines),
+        "rejected_files": len(bad_files), "samples": len({s for a in accepted for s in a["sample_ids"]}),
     }
-    if counts["rows"] != counts["accepted"] + counts["rejected"]:  # an accounting bug, never input
+    if counts["rows"] != counts["accepted"] + counts["rejected"] + counts["acknowledged"]:  # a bug, never input
         raise PipelineError(f"request accounting mismatch: {counts}")
     log.info("ingest: %s", counts)
     return _write_state(project, "ingest", counts)
@@ -300,6 +348,8 @@ def run_prepare(project: Project) -> dict[str, Any]:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, ids=arrays.ids, images=arrays.images, labels=arrays.labels)
         os.replace(tmp, path)
+        # Batches that removed no training sample never make a model retire (no model saw them).
+        ledger.batches[batch_id]["train_samples"] = len(ids)
     deleted = ledger.deleted_ids()
     store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted)
     # Models trained on data that is now deleted are never used again: reference models that
@@ -308,10 +358,15 @@ def run_prepare(project: Project) -> dict[str, Any]:
     retired = ReferenceBank(project.references_dir).retire_containing(deleted, batches=ledger.pending())
     for ref_id in retired:
         log.info("prepare: retired reference %s (trained on deleted samples)", ref_id)
+    for batch_id in ledger.pending():
+        ledger.batches[batch_id].setdefault("references_retired", []).extend(retired)
     live_key = _retrained_key(project, store.split_ids("train"))
     for path in project.models_dir.glob("retrained-*.pt"):
         if path.stem != f"retrained-{live_key}":
             path.unlink()
+    if ledger.pending():
+        _mark_step(ledger, ledger.pending(), "data_version")
+        ledger.save()
     summary = {"num_samples": len(store), "num_train": int(store.meta["num_train"]),
                "num_test": int(store.meta["num_test"]), "deleted_total": len(deleted),
                "source": params.data.source, "references_retired": retired}
@@ -353,6 +408,7 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
     device = _device(project)
     data_version = dvc_ops.data_version(project)
     store = SampleStore(project.store_dir)
+    ledger = Ledger(project.ledger_path)
     train, test = store.load_split("train"), store.load_split("test")
     train_t, test_t = _tensors(train), _tensors(test)
     seed_everything(params.seed)
@@ -375,11 +431,13 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
                    "train_seconds": seconds}
         mlflow.log_metrics(metrics)
         version, model_id = tracking.log_model(
-            project, model, train_t.images[:1], architecture=architecture,
+            project, model, _input_example(store), architecture=architecture,
             tags={"role": "baseline", "method": "train", "verdict": "baseline",
                   "parent_version": "", "data_version": data_version,
                   "data_version_before": "", "data_version_after": data_version,
                   "request_batches": "", "run_id": run.info.run_id,
+                  # The store excludes every batch in the ledger, pending or not.
+                  "covers_through": _newest_batch(ledger, list(ledger.batches)),
                   "git_commit": dvc_ops.git_commit(project)},
         )
     if champion is None:
@@ -416,73 +474,186 @@ def _unlearning_data(project: Project, store: SampleStore, forget: Arrays) -> Un
     )
 
 
-def run_unlearn(project: Project) -> dict[str, Any]:
-    """Make the champion forget every pending batch with the configured method.
+def _ladder_key(project: Project, parent_version: str, batches: list[str]) -> str:
+    """Identity of one escalation: the champion it starts from, the batches, and the policy."""
+    params = project.params
+    ladder = params.unlearn.ladder
+    return hashlib.sha256(json.dumps(
+        [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
+         params.seed, repr(params.verify), repr(params.gate)], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
-    The result is saved to ``data/models/candidate.pt`` and an MLflow run (which verify and
-    promote continue) records method, parameters, counts and lineage. A batch that names only
-    test-split samples needs no unlearning (no model saw them) and is completed here.
+
+def _mark_step(ledger: Ledger, batch_ids: list[str], step: str, at: str | None = None) -> None:
+    """Record when a batch reached a lifecycle step (the first time only): the deletion SLA."""
+    for batch_id in batch_ids:
+        steps = ledger.batches[batch_id].setdefault("steps", {})
+        steps.setdefault(step, at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def begin_unlearning(project: Project) -> dict[str, Any]:
+    """Start, or resume, the escalation for every pending batch.
+
+    The state (``data/state/unlearn.json``) is keyed by the champion, the pending batches and
+    the policy: a re-run after a crash keeps every attempt that already has a verdict, so no
+    batch is unlearned twice and no duplicate model version is registered. Batches that name
+    only test-split samples need no unlearning (no model saw them) and are completed here.
 
     Returns:
-        The run id, method, batches and counts; or the reason nothing was done.
+        The state: ``status`` (nothing_pending, data_only, unlearning or done), the attempts so
+        far and ``next_method`` (None when the ladder is finished).
     """
-    import mlflow
-    from mlflow.entities import LoggedModelInput
-
-    params = project.params
     ledger = Ledger(project.ledger_path)
     pending = ledger.pending()
     if not pending:
-        return _write_state(project, "unlearn", {"status": "nothing_pending"})
+        return _write_state(project, "unlearn", {"status": "nothing_pending", "next_method": None})
     client = tracking.setup(project)
     champion = tracking.champion_version(project, client)
     if champion is None:
         raise PipelineError("no champion model in the registry; run the train stage first")
-    store = SampleStore(project.store_dir)
     forget = _load_forget(project, pending)
     data_version = dvc_ops.data_version(project)
     if len(forget) == 0:
         for batch_id in pending:
             ledger.set_status(batch_id, Ledger.COMPLETED, {"at": _now(), "outcome": "data_only",
                                                            "data_version": data_version})
-            _quarantine_path(project, batch_id).unlink(missing_ok=True)
+        _mark_step(ledger, pending, "completed")
         ledger.save()
-        return _write_state(project, "unlearn", {"status": "data_only", "batches": pending})
+        audit.record(project, "batch.completed", batch_ids=pending, outcome="data_only",
+                     data_version=data_version)
+        return _write_state(project, "unlearn", {"status": "data_only", "batches": pending, "next_method": None})
+    key = _ladder_key(project, str(champion.version), pending)
+    try:
+        previous = _read_state(project, "unlearn")
+    except PipelineError:
+        previous = {}
+    if previous.get("key") == key:
+        # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone.
+        attempts = [a for a in previous.get("attempts", []) if a.get("verdict") in ("pass", "fail")]
+    else:
+        attempts = []
+    state = {
+        "status": "unlearning", "key": key, "parent_version": str(champion.version), "batches": pending,
+        "data_version_before": champion.tags.get("data_version", ""), "data_version_after": data_version,
+        "parent_covers_through": champion.tags.get("covers_through", ""),
+        "n_forget": len(forget), "forget_classes": ledger.forget_classes(pending),
+        "ladder": list(project.params.unlearn.ladder), "attempts": attempts,
+    }
+    return _write_state(project, "unlearn", _next_rung(state))
+
+
+def _next_rung(state: dict[str, Any]) -> dict[str, Any]:
+    """Set ``next_method``, ``chosen`` and the promoted attempt's ``run_id``/``method`` from the attempts."""
+    attempts = state["attempts"]
+    passed = [i for i, a in enumerate(attempts) if a.get("verdict") == "pass"]
+    tried = len(attempts)
+    state["chosen"] = passed[0] if passed else None
+    finished = bool(passed) or tried >= len(state["ladder"])
+    state["next_method"] = None if finished else state["ladder"][tried]
+    state["status"] = "done" if finished else "unlearning"
+    final = attempts[state["chosen"]] if passed else (attempts[-1] if attempts and finished else None)
+    state["run_id"] = final["run_id"] if final else None
+    state["method"] = final["method"] if final else None
+    return state
+
+
+def run_attempt(project: Project, method: str) -> dict[str, Any]:
+    """One rung of the ladder: make the champion forget the pending batches with ``method``.
+
+    The model is saved under ``data/models/`` and an MLflow run records method, parameters,
+    counts and lineage (never sample ids: a digest of them). ``retrain`` reuses the exact
+    retrain the gate compares against when it is cached.
+
+    Args:
+        project: The project.
+        method: A registered method name (the state's ``next_method``).
+
+    Returns:
+        The updated state.
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    params = project.params
+    state = _read_state(project, "unlearn")
+    if state.get("status") != "unlearning" or state.get("next_method") != method:
+        raise PipelineError(f"no escalation is waiting for {method!r} (state: {state.get('status')}, "
+                            f"next: {state.get('next_method')}); run the unlearn stage")
+    client = tracking.setup(project)
+    store = SampleStore(project.store_dir)
+    forget = _load_forget(project, state["batches"])
     device = _device(project)
     data = _unlearning_data(project, store, forget)
-    original = tracking.load_model(project, client, str(champion.version))
-    method = params.unlearn.method
+    champion = tracking.champion_version(project, client)
+    original = tracking.load_model(project, client, state["parent_version"])
     kwargs = params.method_kwargs(method)
+    number = len(state["attempts"]) + 1
     with mlflow.start_run(run_name=f"unlearn-{method}") as run:
         mlflow.log_params({"method": method, "seed": params.seed, "n_forget": len(forget),
-                           "n_retain": len(data.retain), "parent_version": str(champion.version),
-                           **{f"method_{k}": v for k, v in kwargs.items()}})
+                           "n_retain": len(data.retain), "parent_version": state["parent_version"],
+                           "attempt": number, **{f"method_{k}": v for k, v in kwargs.items()}})
         mlflow.set_tags({
-            "stage": "unlearn", "method": method, "request_batches": ",".join(pending),
-            "forget_ids_digest": hash_ids(forget.ids.tolist()),
-            "data_version_before": champion.tags.get("data_version", ""),
-            "data_version_after": data_version, "git_commit": dvc_ops.git_commit(project),
+            "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state["ladder"]),
+            "request_batches": ",".join(state["batches"]), "forget_ids_digest": hash_ids(forget.ids.tolist()),
+            "data_version_before": state["data_version_before"], "data_version_after": state["data_version_after"],
+            "git_commit": dvc_ops.git_commit(project),
         })
-        _log_dataset(store, data_version, "retain")
-        if champion.tags.get("model_id"):
+        _log_dataset(store, state["data_version_after"], "retain")
+        if champion is not None and champion.tags.get("model_id"):
             mlflow.log_input(model=LoggedModelInput(model_id=champion.tags["model_id"]))
         started = time.perf_counter()
-        model = run_method(method, original, data, device=device, seed=params.seed, kwargs=kwargs)
+        if method == "retrain":
+            model, _, _ = _retrained_model(project, store, data)
+        else:
+            model = run_method(method, original, data, device=device, seed=params.seed, kwargs=kwargs)
         seconds = time.perf_counter() - started
         mlflow.log_metric("unlearn_seconds", seconds)
     project.models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = project.models_dir / ".candidate.pt.tmp"
+    candidate = project.models_dir / f"candidate-{number}-{method}.pt"
+    tmp = candidate.with_name(f".{candidate.name}.tmp")
     torch.save(model.cpu().state_dict(), tmp)
-    os.replace(tmp, project.models_dir / "candidate.pt")
-    state = {
-        "status": "unlearned", "run_id": run.info.run_id, "method": method,
-        "parent_version": str(champion.version), "batches": pending,
-        "data_version_before": champion.tags.get("data_version", ""),
-        "data_version_after": data_version, "n_forget": len(forget), "n_retain": len(data.retain),
-        "unlearn_seconds": seconds, "forget_classes": ledger.forget_classes(pending),
-    }
-    log.info("unlearn: %s forgot %d samples in %.1fs", method, len(forget), seconds)
+    os.replace(tmp, candidate)
+    state["attempts"].append({"method": method, "run_id": run.info.run_id, "candidate": candidate.name,
+                              "unlearn_seconds": seconds, "verdict": None, "started_at": _now()})
+    ledger = Ledger(project.ledger_path)
+    _mark_step(ledger, state["batches"], "unlearned")
+    ledger.save()
+    log.info("unlearn: attempt %d, %s forgot %d samples in %.1fs", number, method, len(forget), seconds)
     return _write_state(project, "unlearn", state)
+
+
+def run_unlearn(project: Project, *, attempt: Any = None, verify: Any = None) -> dict[str, Any]:
+    """Run the escalation ladder: each method in turn until one's model passes verification.
+
+    ``params.yaml: unlearn.method`` is tried first, then ``unlearn.escalation`` in order; every
+    attempt is an MLflow run with its verdict. The Prefect flow passes its tasks as ``attempt``
+    and ``verify`` so each rung is a task; ``dvc repro`` calls this with the plain functions.
+
+    Args:
+        project: The project.
+        attempt: ``(project, method) -> state`` (default :func:`run_attempt`).
+        verify: ``(project) -> report`` (default :func:`run_verify`).
+
+    Returns:
+        The final state: attempts with verdicts, the chosen attempt (or None if all failed).
+    """
+    attempt = attempt or run_attempt
+    verify = verify or run_verify
+    state = begin_unlearning(project)
+    if not state.get("attempts"):
+        _skipped_report(project, state["status"])  # dvc.yaml declares the report as an output
+    while state.get("next_method"):
+        attempt(project, state["next_method"])
+        verify(project)
+        state = _read_state(project, "unlearn")
+    return state
+
+
+def _skipped_report(project: Project, reason: str) -> dict[str, Any]:
+    report = {"status": "skipped", "reason": reason}
+    write_json_atomic(project.reports_dir / "verification.json", report)
+    write_json_atomic(project.reports_dir / "metrics.json", {"verified": 0})
+    return report
 
 
 # --------------------------------------------------------------------------- references
@@ -629,14 +800,16 @@ def _retrained_model(project: Project, store: SampleStore, data: UnlearningData)
 
 
 def run_verify(project: Project) -> dict[str, Any]:
-    """Attack the original, unlearned and retrained models and apply the two-sided gate.
+    """Attack the original, the latest attempt's unlearned model and the retrained one; apply the gate.
 
     Metrics per model: accuracy on forget/retain/test and, for each configured attack, the
     forget-vs-test ROC-AUC, best balanced accuracy and TPR at low FPRs, each with a bootstrap
     interval (a TPR the test set is too small for is refused and listed). Reference attacks
     use the live reference models (see :mod:`unlearn.references`); signals are cached by
     sample id. The verdict, every number, the ROC and histogram plots are logged on the
-    unlearned model's MLflow run and written under ``data/reports/``.
+    attempt's MLflow run and written under ``data/reports/`` (``attempts/<n>-<method>.json``
+    per attempt, ``verification.json`` for the latest). An exact ``retrain`` attempt is the
+    gate's own target: it passes by construction, with the evidence still computed.
 
     Returns:
         The report.
@@ -646,11 +819,12 @@ def run_verify(project: Project) -> dict[str, Any]:
     params = project.params
     unlearn_state = _read_state(project, "unlearn")
     report_path = project.reports_dir / "verification.json"
-    if unlearn_state.get("status") != "unlearned":
-        report = {"status": "skipped", "reason": unlearn_state.get("status")}
-        write_json_atomic(report_path, report)
-        write_json_atomic(project.reports_dir / "metrics.json", {"verified": 0})
-        return report
+    attempts = unlearn_state.get("attempts") or []
+    if unlearn_state.get("status") not in ("unlearning", "done") or not attempts:
+        return _skipped_report(project, unlearn_state.get("status"))
+    attempt = attempts[-1]
+    if attempt.get("verdict") is not None:  # verified already (a re-run after a crash)
+        return json.loads((project.reports_dir / "attempts" / attempt["report"]).read_text())
     client = tracking.setup(project)
     device = _device(project)
     store = SampleStore(project.store_dir)
@@ -667,12 +841,9 @@ def run_verify(project: Project) -> dict[str, Any]:
                     ids={"forget": forget.ids, "retain": retain.ids, "test": test.ids})
     original = tracking.load_model(project, client, unlearn_state["parent_version"])
     candidate = data.model_factory()
-    try:
-        candidate.load_state_dict(torch.load(project.models_dir / "candidate.pt",
-                                             map_location="cpu", weights_only=True))
-    except (FileNotFoundError, RuntimeError, EOFError) as exc:
-        raise PipelineError(f"candidate model is missing or corrupt: {exc}; re-run unlearn") from None
+    candidate.load_state_dict(_load_candidate_state(project, attempt))
     retrained, retrain_seconds, cached = _retrained_model(project, store, data)
+    exact = attempt["method"] == "retrain" and _same_weights(candidate, retrained)
     verify = params.verify
     cache = SignalCache(project.signals_dir)
     evidence = functools.partial(model_evidence, sets=sets, device=device, augmentations=verify.augmentations,
@@ -708,36 +879,58 @@ def run_verify(project: Project) -> dict[str, Any]:
     refused = {role: r.refused for role, r in outcome.items()}
     gate = apply_gate(results["unlearned"], results["retrain"], params.gate.tolerances,
                       refused={**refused["retrain"], **refused["unlearned"]})
+    verdict = "pass" if exact else gate.verdict
+    failures = [] if exact else gate.failures()
     plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()}, proofs)
+    number = len(attempts)
     report = {
-        "status": "verified", "verdict": gate.verdict, "failures": gate.failures(),
+        "status": "verified", "verdict": verdict, "failures": failures, "exact_retrain": exact,
+        "method": attempt["method"], "attempt": number,
         "checks": [{"metric": c.metric, "unlearned": c.candidate, "retrain": c.reference,
                     "gap": c.gap, "gap_ci": _gap_interval(c.metric, outcome, params), "tolerance": c.tolerance,
-                    "passed": c.passed, "note": c.note} for c in gate.checks],
+                    "passed": c.passed or exact, "note": "exact retrain: the gate's own target" if exact else c.note}
+                   for c in gate.checks],
         "models": results, "refused": refused, "reference_cached": cached, "retrain_seconds": retrain_seconds,
-        "attack_seconds": attack_seconds, "run_id": unlearn_state["run_id"],
+        "attack_seconds": attack_seconds, "run_id": attempt["run_id"],
         "forget_classes": forget_classes, "reference_models": ref_ids, "augmentations": verify.augmentations,
         "n_forget": len(forget), "n_retain": len(retain), "n_test": len(test),
     }
+    attempt_report = project.reports_dir / "attempts" / f"{number}-{attempt['method']}.json"
+    write_json_atomic(attempt_report, report)
     write_json_atomic(report_path, report)
     # The compact numbers `dvc metrics show/diff` compare across runs: gate metrics and attack AUCs.
     shown = [m for m in results["retrain"] if m in params.gate.tolerances or m.endswith(".auc")]
     write_json_atomic(project.reports_dir / "metrics.json", {
-        "verified": 1, "verdict_pass": int(gate.passed),
+        "verified": 1, "verdict_pass": int(verdict == "pass"), "attempts": number,
         **{role: {m: results[role].get(m) for m in shown} for role in ("original", "unlearned", "retrain")}})
-    with mlflow.start_run(run_id=unlearn_state["run_id"]):
+    with mlflow.start_run(run_id=attempt["run_id"]):
         mlflow.log_metrics(_finite(results["unlearned"]))
         for role in ("original", "retrain"):
             mlflow.log_metrics({f"{role}.{k}": v for k, v in _finite(results[role]).items()})
         mlflow.log_metrics(_finite({f"gap.{c.metric}": c.gap for c in gate.checks}))
         mlflow.log_metrics({"retrain_seconds": retrain_seconds, "attack_seconds": attack_seconds})
-        mlflow.set_tags({"verdict": gate.verdict, "gate_failures": "; ".join(gate.failures()),
-                         "reference_models": ",".join(ref_ids)})
-        mlflow.log_artifact(str(report_path), artifact_path="verification")
+        mlflow.set_tags({"verdict": verdict, "gate_failures": "; ".join(failures),
+                         "exact_retrain": str(exact).lower(), "reference_models": ",".join(ref_ids)})
+        mlflow.log_artifact(str(attempt_report), artifact_path="verification")
         for path in plots:
             mlflow.log_artifact(str(path), artifact_path="verification/plots")
-    log.info("verify: verdict %s", gate.verdict)
+    attempt.update({"verdict": verdict, "failures": failures, "report": attempt_report.name,
+                    "verified_at": _now(), "attack_seconds": attack_seconds})
+    state = _write_state(project, "unlearn", _next_rung(unlearn_state))
+    ledger = Ledger(project.ledger_path)
+    if verdict == "pass":
+        _mark_step(ledger, state["batches"], "verified")
+        ledger.save()
+    audit.record(project, "attempt.verified", method=attempt["method"], attempt=number, verdict=verdict,
+                 run_id=attempt["run_id"], batch_ids=state["batches"], failures=len(failures))
+    log.info("verify: attempt %d (%s) verdict %s", number, attempt["method"], verdict)
     return report
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """True when two models hold bit-identical parameters and buffers."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
 def _gap_interval(metric: str, outcome: dict[str, SuiteResult], params: Params) -> list[float] | None:
@@ -763,76 +956,152 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def run_promote(project: Project) -> dict[str, Any]:
-    """Register the unlearned model with its lineage; move ``champion`` only if it passed.
+    """Register the escalation's model with its lineage; move ``champion`` only if it passed.
 
-    A passing model takes ``champion`` (the old one gets ``previous``) and its batches are
-    completed, which deletes their quarantined forget samples. A failing model is registered
-    with its verdict and no alias; the champion does not move and the batches stay pending.
-    Re-running after a crash reuses the version already registered for the same run.
+    Crash-safe and idempotent: the version is found again by its run id instead of being
+    registered twice; the batches are marked ``promoting`` (with the version) before the alias
+    moves and ``completed`` after, so a re-run finishes an interrupted promotion. When every
+    rung failed, the last attempt is registered with its verdict and no alias; the champion
+    does not move and the batches stay pending.
 
     Returns:
         Version, verdict, aliases.
     """
-    import mlflow
-
-    report = json.loads((project.reports_dir / "verification.json").read_text())
-    if report.get("status") != "verified":
-        return _write_state(project, "promote", {"status": "nothing_to_promote"})
-    unlearn_state = _read_state(project, "unlearn")
-    if report["run_id"] != unlearn_state["run_id"]:
-        raise PipelineError("verification report belongs to another unlearning run; re-run verify")
     client = tracking.setup(project)
-    store = SampleStore(project.store_dir)
-    existing = tracking.find_version_by_tag(project, client, "run_id", unlearn_state["run_id"])
+    ledger = Ledger(project.ledger_path)
+    finished = _finish_promotions(project, client, ledger)
+    state = _read_state(project, "unlearn")
+    if state.get("status") != "done" or not state.get("run_id"):
+        if finished:
+            return _write_state(project, "promote", {"status": "promoted", "version": finished[-1],
+                                                     "recovered": True, **_aliases(project, client)})
+        return _write_state(project, "promote", {"status": "nothing_to_promote"})
+    if any(ledger.batches.get(b, {}).get("status") != Ledger.PENDING for b in state["batches"]):
+        # Already promoted (this run's batches are completed) or superseded: nothing to do.
+        return _write_state(project, "promote", {"status": "nothing_to_promote", "reason": "batches not pending"})
+    chosen = state["attempts"][state["chosen"]] if state["chosen"] is not None else state["attempts"][-1]
+    report = json.loads((project.reports_dir / "attempts" / chosen["report"]).read_text())
+    if report["run_id"] != chosen["run_id"]:
+        raise PipelineError("verification report belongs to another unlearning run; re-run unlearn")
+    passed = report["verdict"] == "pass"
+    existing = tracking.find_version_by_tag(project, client, "run_id", chosen["run_id"])
     if existing is not None:
         version = str(existing.version)
     else:
-        architecture = _architecture(project, store)
-        model = build_model(architecture["model"], architecture["in_channels"], architecture["num_classes"])
-        model.load_state_dict(torch.load(project.models_dir / "candidate.pt", map_location="cpu",
-                                         weights_only=True))
-        example = to_float(store.load(store.ids[:1]).images)
-        metrics = report["models"]["unlearned"]
-        with mlflow.start_run(run_id=unlearn_state["run_id"]):
-            version, _ = tracking.log_model(project, model, example, architecture=architecture, tags={
-                "role": "unlearned", "method": unlearn_state["method"],
-                "verdict": report["verdict"], "gate_failures": "; ".join(report["failures"]),
-                "parent_version": unlearn_state["parent_version"],
-                "data_version": unlearn_state["data_version_after"],
-                "data_version_before": unlearn_state["data_version_before"],
-                "data_version_after": unlearn_state["data_version_after"],
-                "request_batches": ",".join(unlearn_state["batches"]),
-                "run_id": unlearn_state["run_id"], "git_commit": dvc_ops.git_commit(project),
-                **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()},
-            })
-    passed = report["verdict"] == "pass"
+        version = _register_candidate(project, state, chosen, report, passed)
     previous = None
-    ledger = Ledger(project.ledger_path)
+    last_notes = [ledger.batches[b]["history"][-1] if ledger.batches[b]["history"] else {} for b in state["batches"]]
+    if not passed and all(n.get("outcome") == "verification_failed" and str(n.get("model_version")) == version
+                          for n in last_notes):
+        return _write_state(project, "promote", {"status": "rejected", "version": version, "verdict": "fail",
+                                                 "method": chosen["method"], "unchanged": True,
+                                                 **_aliases(project, client)})
     if passed:
-        previous = tracking.move_champion(project, client, version)
-    for batch_id in unlearn_state["batches"]:
-        if ledger.batches.get(batch_id, {}).get("status") != Ledger.PENDING:
-            continue
-        note = {"at": _now(), "outcome": "promoted" if passed else "verification_failed",
-                "model_version": version}
-        ledger.set_status(batch_id, Ledger.COMPLETED if passed else Ledger.PENDING, note)
-    ledger.save()
-    if passed:
-        deleted_now = set()
-        for batch_id in unlearn_state["batches"]:
-            _quarantine_path(project, batch_id).unlink(missing_ok=True)
-            deleted_now |= set(ledger.batches[batch_id]["sample_ids"])
-        # Cached signals of the deleted samples are derived from their data: drop them too.
-        SignalCache(project.signals_dir).drop_ids(deleted_now)
+        for batch_id in state["batches"]:
+            ledger.set_status(batch_id, Ledger.PROMOTING, {"at": _now(), "outcome": "promoting",
+                                                           "model_version": version})
+        ledger.save()
+        audit.record(project, "model.verified", model_version=version, method=chosen["method"],
+                     batch_ids=state["batches"], attempts=len(state["attempts"]))
+        finished = _finish_promotions(project, client, ledger)
+        previous = state["parent_version"]
+    else:
+        for batch_id in state["batches"]:
+            ledger.set_status(batch_id, Ledger.PENDING, {"at": _now(), "outcome": "verification_failed",
+                                                         "model_version": version})
+        ledger.save()
+        audit.record(project, "model.rejected", model_version=version, batch_ids=state["batches"],
+                     attempts=len(state["attempts"]), failures=len(report["failures"]))
+    result = {"status": "promoted" if passed else "rejected", "version": version, "verdict": report["verdict"],
+              "method": chosen["method"], "attempts": [[a["method"], a["verdict"]] for a in state["attempts"]],
+              "previous_champion": previous, **_aliases(project, client)}
+    log.info("promote: version %s %s", version, result["status"])
+    return _write_state(project, "promote", result)
+
+
+def _aliases(project: Project, client: Any) -> dict[str, Any]:
     aliases = client.get_registered_model(tracking.model_name(project)).aliases
-    state = {"status": "promoted" if passed else "rejected", "version": version,
-             "verdict": report["verdict"], "previous_champion": previous,
-             "aliases": {k: str(v) for k, v in aliases.items()}}
-    log.info("promote: version %s %s", version, state["status"])
-    return _write_state(project, "promote", state)
+    return {"aliases": {k: str(v) for k, v in aliases.items()}}
+
+
+def _register_candidate(project: Project, state: dict[str, Any], chosen: dict[str, Any],
+                        report: dict[str, Any], passed: bool) -> str:
+    """Log the chosen attempt's model in its run and register it, with lineage tags."""
+    import mlflow
+
+    store = SampleStore(project.store_dir)
+    architecture = _architecture(project, store)
+    model = build_model(architecture["model"], architecture["in_channels"], architecture["num_classes"])
+    model.load_state_dict(_load_candidate_state(project, chosen))
+    ledger = Ledger(project.ledger_path)
+    covers = _newest_batch(ledger, state["batches"] + [state.get("parent_covers_through") or ""]) if passed \
+        else state.get("parent_covers_through", "")
+    metrics = report["models"]["unlearned"]
+    with mlflow.start_run(run_id=chosen["run_id"]):
+        version, _ = tracking.log_model(project, model, _input_example(store), architecture=architecture, tags={
+            "role": "unlearned", "method": chosen["method"], "verdict": report["verdict"],
+            "gate_failures": "; ".join(report["failures"]), "parent_version": state["parent_version"],
+            "data_version": state["data_version_after"], "data_version_before": state["data_version_before"],
+            "data_version_after": state["data_version_after"], "request_batches": ",".join(state["batches"]),
+            "covers_through": covers, "ladder": ",".join(f"{a['method']}:{a['verdict']}" for a in state["attempts"]),
+            "run_id": chosen["run_id"], "git_commit": dvc_ops.git_commit(project),
+            **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()},
+        })
+    return version
+
+
+def _finish_promotions(project: Project, client: Any, ledger: Ledger) -> list[str]:
+    """Complete batches left ``promoting``: move the alias (if not yet) and mark them completed."""
+    done = []
+    for batch_id in ledger.batches_with_status(Ledger.PROMOTING):
+        version = str(ledger.batches[batch_id]["history"][-1]["model_version"])
+        champion = tracking.champion_version(project, client)
+        if champion is None or str(champion.version) != version:
+            tracking.move_champion(project, client, version)
+            audit.record(project, "model.promoted", model_version=version,
+                         previous_version=None if champion is None else str(champion.version))
+        ledger.set_status(batch_id, Ledger.COMPLETED, {"at": _now(), "outcome": "promoted", "model_version": version})
+        _mark_step(ledger, [batch_id], "promoted")
+        ledger.save()
+        done.append(version)
+    return done
+
+
+def _newest_batch(ledger: Ledger, batch_ids: list[str]) -> str:
+    """The most recent of ``batch_ids`` in ledger order (creation time), "" if none."""
+    known = [b for b in batch_ids if b in ledger.batches]
+    return max(known, key=lambda b: (ledger.batches[b]["created_at"], b)) if known else ""
+
+
+def _input_example(store: SampleStore) -> torch.Tensor:
+    """A synthetic model input (zeros): a real sample would put personal data into the registry."""
+    return torch.zeros(1, *store.image_shape)
+
+
+def _load_candidate_state(project: Project, attempt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    path = project.models_dir / attempt["candidate"]
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise PipelineError(f"candidate model {path.name} is missing or corrupt: {exc}; re-run unlearn") from None
+
+
+def run_purge(project: Project) -> dict[str, Any]:
+    """Retire contaminated models, redact data versions, scan for the bytes (see :mod:`tasks.lifecycle`)."""
+    from tasks.lifecycle import run_purge as purge
+
+    return purge(project)
+
+
+def run_certify(project: Project) -> dict[str, Any]:
+    """Write deletion certificates for closed batches (see :mod:`tasks.lifecycle`)."""
+    from tasks.lifecycle import run_certify as certify
+
+    return certify(project)
 
 
 STAGE_FUNCTIONS = {
-    "ingest": run_ingest, "prepare": run_prepare, "train": run_train,
-    "references": run_references, "unlearn": run_unlearn, "verify": run_verify, "promote": run_promote,
+    "ingest": run_ingest, "prepare": run_prepare, "train": run_train, "references": run_references,
+    "unlearn": run_unlearn, "verify": run_verify, "promote": run_promote, "purge": run_purge,
+    "certify": run_certify,
 }

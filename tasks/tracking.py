@@ -36,7 +36,14 @@ def setup(project: Project):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(project.tracking_uri)
+    # MLflow exports the URI to MLFLOW_TRACKING_URI; undo that, or the next project opened in
+    # this process would take this project's registry for a user-configured one.
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     name = project.params.registry.experiment
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
@@ -119,6 +126,9 @@ def load_model(project: Project, client, version: str) -> nn.Module:
     try:
         mv = client.get_model_version(name, version)
         arch = mv.tags
+        if arch.get("retired") == "true":
+            raise PipelineError(f"model version {name}/{version} is retired ({arch.get('retired_reason', '')}); "
+                                "its artifacts were deleted")
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
             state = torch.load(Path(local) / "extra_files" / _STATE_FILE, map_location="cpu",
@@ -155,3 +165,48 @@ def find_version_by_tag(project: Project, client, key: str, value: str) -> Any |
         f"name='{model_name(project)}' and tags.{key}='{value}'"
     )
     return found[0] if found else None
+
+
+def all_versions(project: Project, client) -> list[Any]:
+    """Every registered version of the project's model, oldest first."""
+    found = client.search_model_versions(f"name='{model_name(project)}'")
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def retire_version(project: Project, client, mv: Any, *, reason: str, batches: list[str], at: str) -> bool:
+    """Delete a version's model artifacts; keep its registry entry as a tagged tombstone.
+
+    Idempotent: a version already retired is left alone. Aliases that point at it are removed
+    (an alias must never resolve to a model that cannot be loaded).
+
+    Args:
+        project: The project.
+        client: An MLflow client.
+        mv: The ModelVersion.
+        reason: Why (recorded as a tag).
+        batches: The deletion batches that made it retire (recorded, truncated to fit a tag).
+        at: ISO-8601 time.
+
+    Returns:
+        True when artifacts were deleted now, False when it was already retired.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    name, version = model_name(project), str(mv.version)
+    if mv.tags.get("retired") == "true":
+        return False
+    # search_model_versions does not fill in aliases: read them from the registered model.
+    for alias, target in client.get_registered_model(name).aliases.items():
+        if str(target) == version:
+            client.delete_registered_model_alias(name, alias)
+    model_id = mv.tags.get("model_id")
+    if model_id:
+        location = client.get_logged_model(model_id).artifact_location
+        get_artifact_repository(location).delete_artifacts()
+    batch_tag = ",".join(batches)
+    if len(batch_tag) > 4000:  # MLflow tag values are bounded; the ledger holds the full list
+        batch_tag = f"{','.join(batches[:50])},... ({len(batches)} batches)"
+    for key, value in {"retired_reason": reason, "retired_batches": batch_tag, "retired_at": at,
+                       "artifacts_deleted": "true", "retired": "true"}.items():
+        client.set_model_version_tag(name, version, key, value)
+    return True

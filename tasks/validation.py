@@ -2,35 +2,84 @@
 
 Rows are flattened into two frames: one row per request, and one row per (request, sample id).
 Each expectation carries a machine-readable rejection code in its ``meta``; a request is valid
-only if no expectation flags it, and every flagged request gets every code that applies.
+only if no expectation flags it, and every flagged request gets every code that applies, with
+a one-line human-readable detail per code. Two exceptions keep the codes meaningful: a row that
+is not a request object at all (or a ragged CSV row) gets only that structural code, and the
+sample ids of a request are checked one by one only when the request names between 1 and
+``max_ids`` of them as a list of strings (which also bounds the work a hostile file can cause).
+
+Whether a valid request is accepted, acknowledged (a repeat, or samples already deleted) or
+rejected as a conflicting reuse of its id depends on the ledger, not on the request alone:
+:class:`unlearn.requests.RequestRouter` decides that after validation.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from unlearn.requests import RawRequest
+from unlearn.requests import FIELDS, NOT_AN_OBJECT, RAGGED_ROW, RawRequest
 
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-SAMPLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-ISO_8601 = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?$"
+# \Z, not $: "$" also matches before a trailing newline, which would let "id\n" through.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z"
+SAMPLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
+ISO_8601 = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?\Z"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+STRUCTURAL_CODES = ("not_a_request_object", "csv_row_wrong_column_count")
+MAX_SUBJECT_REF = 512
+
+_TEXT = {
+    "not_a_request_object": "the row is not a JSON object",
+    "csv_row_wrong_column_count": "the CSV row has more or fewer cells than the header",
+    "unknown_field": "{fields} not in the schema (allowed: " + ", ".join(FIELDS) + ")",
+    "need_exactly_one_of_sample_ids_or_forget_class": "a request names sample_ids or forget_class, not both or neither",
+    "unknown_class": "forget_class is not a class of the dataset ({classes})",
+    "request_id_missing_or_not_string": "request_id is missing or not a string",
+    "request_id_malformed": "request_id must be 1-128 letters, digits and . _ : - starting with a letter or digit",
+    "sample_ids_not_list_of_strings": "sample_ids must be a list of strings",
+    "sample_ids_count_out_of_range": "names {n_ids} sample ids; a request names 1 to {max_ids}",
+    "received_at_missing_or_not_string": "received_at is missing or not a string",
+    "received_at_not_iso8601": "received_at is not an ISO-8601 date or time",
+    "reason_missing_or_not_string": "reason is missing or not a string",
+    "reason_not_allowed": "reason must be one of {reasons}",
+    "subject_ref_missing_or_not_string": "subject_ref is missing or not a string",
+    "subject_ref_bad_length": f"subject_ref must be 1 to {MAX_SUBJECT_REF} characters",
+    "sample_id_malformed": "{count} sample id(s) are not 1-128 letters, digits and . _ - starting with a letter or digit",
+    "unknown_sample_id": "{count} sample id(s) are not in the dataset",
+    "duplicate_sample_id_in_request": "{count} entries repeat a sample id named more than once",
+}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Validation outcome of one request."""
+    """Validation outcome of one request.
+
+    Attributes:
+        request: The row.
+        reasons: Rejection codes, sorted (empty when valid).
+        detail: One human-readable sentence per code, ``"code: text; ..."``. It never quotes a
+            sample id or a subject reference.
+    """
 
     request: RawRequest
     reasons: tuple[str, ...]
+    detail: str = ""
 
     @property
     def valid(self) -> bool:
         return not self.reasons
 
 
+def _frame_safe(text: str) -> str:
+    """``text`` with each lone surrogate (valid in JSON, not in UTF-8) replaced one for one by
+    U+FFFD: pandas' Arrow-backed strings cannot hold one, and the length stays the same."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
 def _string_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    return _frame_safe(value) if isinstance(value, str) else None
 
 
 def _id_list(value: Any) -> list[str] | None:
@@ -52,23 +101,23 @@ def _context():
     return context
 
 
-def _failed_rows(batch_definition, frame, expectations) -> dict[int, list[str]]:
+def _failed_indices(batch_definition, frame, expectations) -> dict[str, list[int]]:
+    """Code -> positions (in ``frame``) of the rows its expectation flags."""
     import great_expectations as gx
 
     suite = gx.ExpectationSuite(name="suite", expectations=expectations)
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
         suite, result_format="COMPLETE"
     )
-    failed: dict[int, list[str]] = {}
+    failed: dict[str, list[int]] = {}
     for item in result.results:
         if item.success:
             continue
         code = item.expectation_config.meta["code"]
         indices = item.result.get("unexpected_index_list")
         if indices is None:  # a table-level expectation: flags every row
-            indices = list(frame.index)
-        for index in indices:
-            failed.setdefault(int(index), []).append(code)
+            indices = list(range(len(frame)))
+        failed.setdefault(code, []).extend(int(i) for i in indices)
     return failed
 
 
@@ -76,8 +125,15 @@ def _class_name(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | str):
-        return str(value)
+        return _frame_safe(str(value))
     return None
+
+
+def _field_names(names: tuple[str, ...]) -> str:
+    """Unknown field names for a detail: plain identifiers only (a key may be anything)."""
+    shown = [n for n in names if re.fullmatch(r"[A-Za-z0-9_]{1,40}", n)][:10]
+    rest = len(names) - len(shown)
+    return ", ".join(shown + ([f"{rest} other field(s)"] if rest else []))
 
 
 def validate_requests(
@@ -85,18 +141,14 @@ def validate_requests(
     *,
     known_ids: set[str],
     classes: tuple[str, ...] = (),
-    deleted_ids: set[str],
-    seen_request_ids: set[str],
     reasons: tuple[str, ...],
     max_ids: int,
 ) -> list[Verdict]:
-    """Validate requests against the schema and the current data version.
+    """Validate requests against the schema and the dataset.
 
     Args:
         requests: Parsed rows, in arrival order.
         known_ids: Every sample id of the source dataset.
-        deleted_ids: Ids already deleted by earlier batches.
-        seen_request_ids: Request ids accepted earlier (a repeat is a duplicate).
         classes: Class names of the dataset (a ``forget_class`` must be one of them).
         reasons: Allowed values of ``reason``.
         max_ids: Most sample ids one request may name.
@@ -105,35 +157,34 @@ def validate_requests(
         One verdict per request, in the same order.
     """
     import great_expectations.expectations as gxe
+    import numpy as np
     import pandas as pd
 
     if not requests:
         return []
     context = _context()
     rows = []
-    counts: dict[str, int] = {}
+    checked_ids: list[list[str]] = []  # per request: the ids to check one by one (maybe none)
     for i, request in enumerate(requests):
         v = request.values
-        request_id = _string_or_none(v.get("request_id"))
         ids = _id_list(v.get("sample_ids"))
         has_ids, has_class = "sample_ids" in v, "forget_class" in v
         mode = "samples" if has_ids and not has_class else "class" if has_class and not has_ids else "invalid"
-        occurrence = counts.get(request_id, 0) if request_id is not None else 0
-        if request_id is not None:
-            counts[request_id] = occurrence + 1
+        n_ids = (len(ids) if ids is not None else -1) if mode == "samples" else None
+        checked_ids.append(ids if n_ids is not None and 1 <= n_ids <= max_ids else [])
         rows.append({
             "row": i,
-            "is_object": "__not_an_object__" not in v and "__ragged__" not in v,
-            "request_id": request_id,
-            "occurrence": occurrence,
+            "is_object": NOT_AN_OBJECT not in v,
+            "is_whole_row": RAGGED_ROW not in v,
+            "request_id": _string_or_none(v.get("request_id")),
             "mode": mode,
             # n_ids is None (skipped by the checks) unless the request names samples.
-            "n_ids": (len(ids) if ids is not None else -1) if mode == "samples" else None,
+            "n_ids": n_ids,
             "forget_class": _class_name(v.get("forget_class")) if mode == "class" else None,
             "received_at": _string_or_none(v.get("received_at")),
             "reason": _string_or_none(v.get("reason")),
             "subject_ref": _string_or_none(v.get("subject_ref")),
-            "unknown_fields": ",".join(request.extra_fields),
+            "unknown_fields": _frame_safe(",".join(request.extra_fields)),
         })
     frame = pd.DataFrame(rows)  # default RangeIndex: index == position in `requests`
     frame["n_ids"] = frame["n_ids"].astype("Int64")
@@ -142,25 +193,16 @@ def validate_requests(
     frame.loc[class_rows, "class_ok"] = frame.loc[class_rows, "forget_class"].isin(list(classes))
     for column in ("request_id", "received_at", "reason", "subject_ref", "forget_class", "class_ok"):
         frame[column] = frame[column].astype(object)
-    ids_frame = pd.DataFrame(
-        [
-            {"row": i, "sample_id": sample_id}
-            for i, request in enumerate(requests)
-            for sample_id in (_id_list(request.values.get("sample_ids")) or [])
-        ],
-        columns=["row", "sample_id"],
-    )
     requests_def = (context.data_sources.add_pandas(name="requests")
                     .add_dataframe_asset(name="rows").add_batch_definition_whole_dataframe("all"))
     request_checks = [
         gxe.ExpectColumnValuesToBeInSet(column="is_object", value_set=[True], meta={"code": "not_a_request_object"}),
+        gxe.ExpectColumnValuesToBeInSet(column="is_whole_row", value_set=[True], meta={"code": "csv_row_wrong_column_count"}),
         gxe.ExpectColumnValuesToBeInSet(column="unknown_fields", value_set=[""], meta={"code": "unknown_field"}),
         gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=["samples", "class"], meta={"code": "need_exactly_one_of_sample_ids_or_forget_class"}),
         gxe.ExpectColumnValuesToBeInSet(column="class_ok", value_set=[True], meta={"code": "unknown_class"}),
         gxe.ExpectColumnValuesToNotBeNull(column="request_id", meta={"code": "request_id_missing_or_not_string"}),
         gxe.ExpectColumnValuesToMatchRegex(column="request_id", regex=REQUEST_ID_PATTERN, meta={"code": "request_id_malformed"}),
-        gxe.ExpectColumnValuesToBeInSet(column="occurrence", value_set=[0], meta={"code": "duplicate_request_id"}),
-        gxe.ExpectColumnValuesToNotBeInSet(column="request_id", value_set=sorted(seen_request_ids) or ["\0"], meta={"code": "duplicate_request_id"}),
         # n_ids is -1 when sample_ids is not a list of strings; otherwise it must be 1..max_ids.
         gxe.ExpectColumnValuesToNotBeInSet(column="n_ids", value_set=[-1], meta={"code": "sample_ids_not_list_of_strings"}),
         gxe.ExpectColumnValuesToBeBetween(column="n_ids", min_value=1, max_value=max_ids, row_condition="n_ids!=-1", condition_parser="pandas", meta={"code": "sample_ids_count_out_of_range"}),
@@ -169,22 +211,50 @@ def validate_requests(
         gxe.ExpectColumnValuesToNotBeNull(column="reason", meta={"code": "reason_missing_or_not_string"}),
         gxe.ExpectColumnValuesToBeInSet(column="reason", value_set=list(reasons), meta={"code": "reason_not_allowed"}),
         gxe.ExpectColumnValuesToNotBeNull(column="subject_ref", meta={"code": "subject_ref_missing_or_not_string"}),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="subject_ref", min_value=1, max_value=512, meta={"code": "subject_ref_bad_length"}),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="subject_ref", min_value=1, max_value=MAX_SUBJECT_REF, meta={"code": "subject_ref_bad_length"}),
     ]
-    failed = _failed_rows(requests_def, frame, request_checks)
-    if len(ids_frame):
+    codes: list[set[str]] = [set() for _ in requests]
+    for code, indices in _failed_indices(requests_def, frame, request_checks).items():
+        for index in indices:
+            codes[index].add(code)
+    id_counts: list[Counter[str]] = [Counter() for _ in requests]  # per request: code -> flagged ids
+    owners = np.repeat(np.arange(len(requests)), [len(ids) for ids in checked_ids])
+    if len(owners):
+        ids_frame = pd.DataFrame({"row": owners, "sample_id": [_frame_safe(s) for ids in checked_ids for s in ids]})
         ids_frame["pair"] = ids_frame["row"].astype(str) + "|" + ids_frame["sample_id"]
         ids_def = (context.data_sources.add_pandas(name="sample_ids")
                    .add_dataframe_asset(name="ids").add_batch_definition_whole_dataframe("all"))
         id_checks = [
             gxe.ExpectColumnValuesToMatchRegex(column="sample_id", regex=SAMPLE_ID_PATTERN, meta={"code": "sample_id_malformed"}),
             gxe.ExpectColumnValuesToBeInSet(column="sample_id", value_set=sorted(known_ids), meta={"code": "unknown_sample_id"}),
-            gxe.ExpectColumnValuesToNotBeInSet(column="sample_id", value_set=sorted(deleted_ids) or ["\0"], meta={"code": "sample_already_deleted"}),
             gxe.ExpectColumnValuesToBeUnique(column="pair", meta={"code": "duplicate_sample_id_in_request"}),
         ]
-        for index, codes in _failed_rows(ids_def, ids_frame, id_checks).items():
-            failed.setdefault(int(ids_frame.loc[index, "row"]), []).extend(codes)
-    return [
-        Verdict(request, tuple(sorted(set(failed.get(i, []))))) for i, request in enumerate(requests)
-    ]
+        failed_ids = _failed_indices(ids_def, ids_frame, id_checks)
+        if "sample_id_malformed" in failed_ids and "unknown_sample_id" in failed_ids:
+            malformed = set(failed_ids["sample_id_malformed"])  # a malformed id is not also reported unknown
+            failed_ids["unknown_sample_id"] = [i for i in failed_ids["unknown_sample_id"] if i not in malformed]
+        for code, indices in failed_ids.items():
+            if not indices:
+                continue
+            # Vectorised: a 100k-id request may flag every id, and .loc per id costs seconds.
+            flagged_rows, counts = np.unique(owners[np.asarray(indices, dtype=np.int64)], return_counts=True)
+            for row, count in zip(flagged_rows.tolist(), counts.tolist(), strict=True):
+                codes[row].add(code)
+                id_counts[row][code] = count
+    verdicts = []
+    for i, request in enumerate(requests):
+        found = codes[i] & set(STRUCTURAL_CODES) or codes[i]  # a non-row has no fields to judge
+        reasons_i = tuple(sorted(found))
+        context_i = {"fields": _field_names(request.extra_fields), "classes": ", ".join(classes[:20]),
+                     "n_ids": rows[i]["n_ids"], "max_ids": max_ids, "reasons": ", ".join(reasons)}
+        detail = "; ".join(
+            f"{code}: " + _TEXT[code].format(count=id_counts[i].get(code, 0), **context_i) for code in reasons_i
+        )
+        verdicts.append(Verdict(request, reasons_i, detail))
+    return verdicts
 
+
+def loggable_request_id(value: Any) -> str | None:
+    """A request id as it may appear in a log: only a well-formed one (a rejected row's id may
+    be megabytes long, hold control characters, or not be a string at all)."""
+    return value if isinstance(value, str) and re.match(REQUEST_ID_PATTERN, value) else None

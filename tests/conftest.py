@@ -78,3 +78,12 @@ def quadrant_images(noise: float = 0.3, signal: float = 0.6) -> tuple[np.ndarray
 def tiny_images():
     """The easy version of the tiny problem (strong class signal)."""
     return quadrant_images()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the whole session (it takes 12-25 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -62,10 +62,21 @@ class RequestsConfig:
 
 @dataclass(frozen=True)
 class UnlearnConfig:
-    """Which method runs, and every method's keyword arguments keyed by method name."""
+    """Which methods run, in order, and every method's keyword arguments keyed by method name.
+
+    ``method`` is tried first; when its model fails verification the pipeline escalates through
+    ``escalation`` in order. ``retrain`` (exact, the gate's own target) may only come last, and
+    with it every request ends with a verified model.
+    """
 
     method: str = "amun"
+    escalation: tuple[str, ...] = ()
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def ladder(self) -> tuple[str, ...]:
+        """Every method to try, in order."""
+        return (self.method, *self.escalation)
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,15 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    """What happens around a deletion: retirement of old models, purge, concurrency, retries."""
+
+    retirement_grace_hours: float = 0.0  # old model versions keep their artifacts this long (rollback window)
+    lock_timeout_seconds: float = 3600.0  # a second pipeline run waits this long for the first
+    io_retries: int = 3  # retries of DVC and registry I/O
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     """MLflow experiment and registered model names."""
 
@@ -142,6 +162,7 @@ class Params:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     dvc: DvcConfig = field(default_factory=DvcConfig)
 
@@ -266,6 +287,15 @@ def _check_values(params: Params) -> None:
         raise ConfigError("verify.fprs: every false-positive rate must be in (0, 1)")
     if params.verify.min_negatives < 1 or params.verify.bootstrap < 0:
         raise ConfigError("verify.min_negatives must be >= 1 and verify.bootstrap >= 0")
+    ladder = params.unlearn.ladder
+    if len(set(ladder)) != len(ladder):
+        raise ConfigError(f"unlearn.escalation: a method appears twice in the ladder {list(ladder)}")
+    if "retrain" in ladder[:-1]:
+        raise ConfigError(f"unlearn.escalation: 'retrain' is exact and must come last; got {list(ladder)}")
+    life = params.lifecycle
+    if life.retirement_grace_hours < 0 or life.lock_timeout_seconds <= 0 or life.io_retries < 0:
+        raise ConfigError("lifecycle: retirement_grace_hours and io_retries must be >= 0, "
+                          "lock_timeout_seconds > 0")
     runner = params.orchestration
     if runner.task_runner not in ("sequential", "threads", "dask"):
         raise ConfigError("orchestration.task_runner: expected sequential, threads or dask, "

@@ -1,6 +1,18 @@
+import hashlib
 import json
 
-from unlearn.requests import Ledger, hash_subject, load_or_create_salt, parse_request_file
+import pytest
+
+from unlearn.requests import (
+    Ledger,
+    LedgerError,
+    RequestRouter,
+    content_digest,
+    hash_subject,
+    load_or_create_salt,
+    parse_request_file,
+    sanitize_file_name,
+)
 
 
 def test_json_forms_and_csv_are_parsed(tmp_path):
@@ -44,3 +56,144 @@ def test_ledger_tracks_deleted_ids_and_status(tmp_path):
     assert reloaded.deleted_ids() == {"x", "y"} and reloaded.pending() == ["b1"]
     reloaded.set_status("b1", Ledger.COMPLETED, {"outcome": "promoted"})
     assert reloaded.pending() == [] and reloaded.request_ids() == {"r1"}
+
+
+def test_ledger_statuses_promoting_is_not_pending_and_order_is_by_creation(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.json")
+    # Names sort the other way round from creation times: the order must follow creation.
+    ledger.add_batch("b-z", ["r1"], ["x"], "2026-01-01T00:00:00Z")
+    ledger.add_batch("b-m", ["r2"], ["y"], "2026-01-02T00:00:00Z")
+    ledger.add_batch("b-a", ["r3"], ["z"], "2026-01-03T00:00:00Z")
+    assert ledger.pending() == ["b-z", "b-m", "b-a"]
+    ledger.set_status("b-m", Ledger.PROMOTING, {"outcome": "promoting"})
+    assert Ledger.PROMOTING == "promoting"
+    assert ledger.pending() == ["b-z", "b-a"]
+    assert ledger.batches_with_status(Ledger.PROMOTING) == ["b-m"]
+    ledger.set_status("b-a", Ledger.PROMOTING, {"outcome": "promoting"})
+    assert ledger.batches_with_status("promoting") == ["b-m", "b-a"]
+    assert ledger.batches_with_status(Ledger.COMPLETED) == []
+    assert ledger.deleted_ids() == {"x", "y", "z"}  # a batch being promoted still deletes its samples
+
+
+def test_find_request_reports_accepted_and_acknowledged_requests(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.json")
+    digest = content_digest(sample_ids=["x"])
+    ledger.add_batch("b1", ["r1"], ["x"], "2026-01-01T00:00:00Z", request_digests={"r1": digest})
+    ledger.acknowledge("r2", {"outcome": "already_deleted", "covered_by": ["b1"], "at": "t1",
+                              "subject_hash": "hmac-sha256:00", "content_digest": digest})
+    ledger.acknowledge("r2", {"outcome": "duplicate", "at": "t2"})  # a repeat: counted, first record kept
+    ledger.save()
+    reloaded = Ledger(tmp_path / "ledger.json")
+    assert reloaded.find_request("r1") == {"kind": "accepted", "request_id": "r1", "batch_id": "b1",
+                                           "status": "pending", "created_at": "2026-01-01T00:00:00Z",
+                                           "content_digest": digest}
+    found = reloaded.find_request("r2")
+    assert found["kind"] == "acknowledged" and found["outcome"] == "already_deleted"
+    assert found["covered_by"] == ["b1"] and found["repeats"] == 1 and found["last_at"] == "t2"
+    assert reloaded.find_request("nope") is None
+    assert reloaded.request_ids() == {"r1"}  # an acknowledgement deleted nothing
+    reloaded.set_status("b1", Ledger.COMPLETED, {})
+    assert reloaded.find_request("r1")["status"] == "completed"
+
+
+def test_ledger_without_acknowledgements_or_digests_still_loads(tmp_path):
+    path = tmp_path / "ledger.json"
+    old = {"version": 1, "batches": {"b1": {"status": "completed", "request_ids": ["r1"], "sample_ids": ["x"],
+                                            "created_at": "2026-01-01T00:00:00Z", "history": []}}}
+    path.write_text(json.dumps(old))
+    ledger = Ledger(path)
+    assert ledger.acknowledged == {} and ledger.deleted_ids() == {"x"}
+    assert ledger.find_request("r1")["content_digest"] is None
+    assert ledger.deleted_by() == {"x": "b1"}
+    ledger.save()
+    assert json.loads(path.read_text())["acknowledged"] == {}
+
+
+@pytest.mark.parametrize("document", ['{"batches": []}', '{"batches": {}, "acknowledged": []}', "[1]", "{"])
+def test_corrupt_ledger_is_an_error(tmp_path, document):
+    (tmp_path / "ledger.json").write_text(document)
+    with pytest.raises(LedgerError):
+        Ledger(tmp_path / "ledger.json")
+
+
+def test_content_digest_ignores_order_and_repeats():
+    assert content_digest(sample_ids=["b", "a", "a"]) == content_digest(sample_ids=["a", "b"])
+    assert content_digest(sample_ids=["a"]) != content_digest(sample_ids=["a", "b"])
+    assert content_digest(forget_class="3") == content_digest(forget_class=3)
+    assert content_digest(forget_class="3") != content_digest(sample_ids=["3"])
+    with pytest.raises(ValueError):
+        content_digest()
+
+
+def _router(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.json")
+    ledger.add_batch("b2", ["old"], ["y", "z"], "2026-01-02T00:00:00Z",
+                     request_digests={"old": content_digest(sample_ids=["y", "z"])})
+    ledger.add_batch("b1", ["older"], ["x", "y"], "2026-01-01T00:00:00Z")  # no digest (an old ledger)
+    return RequestRouter(ledger, "b3")
+
+
+def test_router_routes_repeats_conflicts_and_deleted_samples(tmp_path):
+    router = _router(tmp_path)
+    route = router.route
+    # Every sample already deleted: acknowledged, with the batches that deleted them (oldest first).
+    gone = route("r1", content_digest(sample_ids=["z", "y"]), ["z", "y"])
+    assert (gone.destination, gone.outcome, gone.covered_by) == ("acknowledged", "already_deleted", ("b1", "b2"))
+    # Some new: accepted with only those.
+    some = route("r2", content_digest(sample_ids=["x", "w"]), ["x", "w"])
+    assert (some.destination, some.sample_ids, some.already_deleted_count, some.covered_by) == (
+        "accepted", ("w",), 1, ("b1",))
+    # Another request of the same ingest naming "w" is accepted too (not "already deleted").
+    assert route("r3", content_digest(sample_ids=["w"]), ["w"]).sample_ids == ("w",)
+    # Repeats: of an earlier batch, of this ingest's batch, of an acknowledgement.
+    old = route("old", content_digest(sample_ids=["y", "z"]), ["y", "z"])
+    assert (old.destination, old.outcome, old.batch_id) == ("acknowledged", "duplicate", "b2")
+    again = route("r2", content_digest(sample_ids=["w", "x"]), ["w", "x"])
+    assert (again.outcome, again.batch_id) == ("duplicate", "b3")
+    repeat = route("r1", content_digest(sample_ids=["y", "z"]), ["y", "z"])
+    assert (repeat.outcome, repeat.batch_id, repeat.covered_by) == ("duplicate", None, ("b1", "b2"))
+    # Conflicts: same id, different content; or an old id whose content was never recorded.
+    for request_id, ids in (("old", ["y"]), ("r2", ["w"]), ("older", ["x", "y"])):
+        conflict = route(request_id, content_digest(sample_ids=ids), ids)
+        assert (conflict.destination, conflict.outcome) == ("rejected", "request_id_conflict"), request_id
+    # An old id without a recorded digest is a conflict even for the same content: it cannot be confirmed.
+    unknown = route("older", content_digest(sample_ids=["x", "y"]), ["x", "y"])
+    assert unknown.outcome == "request_id_conflict" and "without a content digest" in unknown.detail
+
+
+def test_hostile_file_names_are_not_parsed_and_are_sanitised(tmp_path):
+    valid = json.dumps({"request_id": "r1", "sample_ids": ["a"], "received_at": "2026-01-01",
+                        "reason": "other", "subject_ref": "s"}).encode()
+    for name in ("..%2f..%2fetc.json", "a..b.json", ".hidden.json", "tab\tname.json", "x\udcff.json"):
+        path = tmp_path / name
+        path.write_bytes(valid)
+        parsed = parse_request_file(path)
+        assert parsed.problem.code == "unsafe_file_name" and parsed.requests == [], name
+        assert parsed.sha256 == hashlib.sha256(valid).hexdigest() and parsed.size == len(valid)
+        assert ".." not in parsed.name and "/" not in parsed.name and "%" not in parsed.name
+        assert parsed.name == sanitize_file_name(name) != name
+    assert sanitize_file_name("requests (1).json") == "requests (1).json"
+    assert sanitize_file_name("a/b") != sanitize_file_name("a_b")  # hostile names never collide with plain ones
+
+
+def test_symlinks_are_not_followed(tmp_path):
+    target = tmp_path / "outside.json"
+    target.write_text('{"request_id": "r1"}')
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "link.json").symlink_to(target)
+    parsed = parse_request_file(tmp_path / "inbox" / "link.json")
+    assert parsed.problem.code == "not_a_regular_file" and parsed.sha256 is None and parsed.requests == []
+
+
+def test_subject_hash_accepts_any_json_string(tmp_path):
+    salt = load_or_create_salt(tmp_path / ".salt")
+    assert hash_subject("\ud800", salt).startswith("hmac-sha256:")  # a lone surrogate from JSON
+
+
+def test_too_large_file_is_refused_unparsed_but_hashed(tmp_path):
+    data = b'{"request_id": "r1"}'
+    (tmp_path / "big.json").write_bytes(data)
+    parsed = parse_request_file(tmp_path / "big.json", max_bytes=len(data) - 1)
+    assert parsed.problem.code == "file_too_large" and parsed.requests == []
+    assert (parsed.size, parsed.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert parse_request_file(tmp_path / "big.json", max_bytes=len(data)).problem is None

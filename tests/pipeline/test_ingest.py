@@ -1,17 +1,22 @@
 """Request ingestion: Great Expectations validation, routing and accounting (no Prefect)."""
 
+import hashlib
 import json
 
 import pytest
 
 from tasks.project import load_project
 from tasks.stages import run_ingest
-from unlearn.requests import Ledger
+from unlearn.requests import Ledger, content_digest
 
 
 def _request(request_id, ids, **extra):
     return {"request_id": request_id, "sample_ids": ids, "received_at": "2026-11-24T10:00:00Z",
             "reason": "gdpr_erasure", "subject_ref": "alice@example.com", **extra}
+
+
+def _class_request(request_id, forget_class):
+    return {k: v for k, v in _request(request_id, []).items() if k != "sample_ids"} | {"forget_class": forget_class}
 
 
 def _drop(project, name, content):
@@ -20,9 +25,20 @@ def _drop(project, name, content):
     (project.incoming_dir / name).write_bytes(data)
 
 
+def _log(directory):
+    return [json.loads(line) for f in sorted(directory.glob("*.jsonl")) for line in f.read_text().splitlines()]
+
+
 def _rejected(project):
-    return [json.loads(line) for f in sorted(project.rejected_dir.glob("*.jsonl"))
-            for line in f.read_text().splitlines()]
+    return _log(project.rejected_dir)
+
+
+def _acknowledged(project):
+    return _log(project.acknowledged_dir)
+
+
+def _batch(project, batch_id):
+    return json.loads((project.batches_dir / f"{batch_id}.json").read_text())
 
 
 def test_every_row_ends_in_exactly_one_place(make_project):
@@ -30,48 +46,135 @@ def test_every_row_ends_in_exactly_one_place(make_project):
     _drop(project, "a.json", [
         _request("R-1", ["digits-0001", "digits-0002"]),
         _request("R-2", ["digits-9999"]),                       # unknown id
-        _request("R-1", ["digits-0003"]),                       # duplicate request id
+        _request("R-1", ["digits-0003"]),                       # same id, different content
         _request("R-3", ["digits-0004", "digits-0004"]),        # duplicate inside a request
         _request("R-4", []),                                    # empty
         {**_request("R-5", ["digits-0005"]), "reason": 7},      # wrong type
+        _request("R-1", ["digits-0002", "digits-0001"]),        # same id, same content: a repeat
     ])
     _drop(project, "b.csv", b"request_id,sample_ids,received_at,reason,subject_ref\n"
                             b"R-6,digits-0006;digits-0007,2026-11-24,other,bob\n")
-    _drop(project, "broken.json", b'{"request_id": ')
+    broken = b'{"request_id": "R-9", "subject_ref": "carol@example.com", '
+    _drop(project, "broken.json", broken)
     counts = run_ingest(project)
-    assert counts["files"] == 3 and counts["rows"] == 8
-    assert counts["accepted"] == 2 and counts["rejected"] == 6 and counts["rejected_files"] == 1
+    assert counts["files"] == 3 and counts["rows"] == 9
+    assert (counts["accepted"], counts["acknowledged"], counts["rejected"], counts["rejected_files"]) == (2, 1, 6, 1)
+    assert counts["samples"] == 4
     reasons = {(r["request_id"], r["source_file"]): r["reasons"] for r in _rejected(project)}
-    assert reasons[("R-2", "a.json")] == ["unknown_sample_id"]
-    assert reasons[("R-1", "a.json")] == ["duplicate_request_id"]
-    assert reasons[("R-3", "a.json")] == ["duplicate_sample_id_in_request"]
-    assert reasons[("R-4", "a.json")] == ["sample_ids_count_out_of_range"]
-    assert reasons[("R-5", "a.json")] == ["reason_missing_or_not_string"]
-    assert reasons[(None, "broken.json")] == ["malformed_json"]
-    assert (project.rejected_dir / counts["batch_id"] / "broken.json").exists()  # kept for a human
+    assert reasons == {
+        ("R-2", "a.json"): ["unknown_sample_id"], ("R-1", "a.json"): ["request_id_conflict"],
+        ("R-3", "a.json"): ["duplicate_sample_id_in_request"], ("R-4", "a.json"): ["sample_ids_count_out_of_range"],
+        ("R-5", "a.json"): ["reason_missing_or_not_string"], (None, "broken.json"): ["malformed_json"],
+    }
+    # Every rejection says why in words too, starting with its code.
+    assert all(r["detail"].startswith(r["reasons"][0] + ":") for r in _rejected(project))
+    (repeat,) = _acknowledged(project)
+    assert (repeat["request_id"], repeat["row"], repeat["outcome"]) == ("R-1", 6, "duplicate")
+    assert repeat["batch_id"] == counts["batch_id"]
+    # The unparseable file is not kept (it may name people): its name, size and hash are.
+    (file_line,) = [r for r in _rejected(project) if r["row"] is None]
+    assert file_line["file_size"] == len(broken)
+    assert file_line["file_sha256"] == hashlib.sha256(broken).hexdigest()
+    assert [p for p in project.rejected_dir.iterdir() if p.suffix != ".jsonl"] == []
     assert list(project.incoming_dir.iterdir()) == []
     ledger = Ledger(project.ledger_path)
     assert ledger.pending() == [counts["batch_id"]]
     assert ledger.deleted_ids() == {"digits-0001", "digits-0002", "digits-0006", "digits-0007"}
-    batch = json.loads((project.batches_dir / f"{counts['batch_id']}.json").read_text())
-    stored = json.dumps(batch) + project.ledger_path.read_text()
-    assert "alice@example.com" not in stored and "bob" not in stored  # only salted hashes
+    batch = _batch(project, counts["batch_id"])
+    assert [r["request_id"] for r in batch["requests"]] == ["R-1", "R-6"]
+    assert batch["requests"][0]["content_digest"] == content_digest(sample_ids=["digits-0001", "digits-0002"])
+    stored = b"".join(p.read_bytes() for p in project.requests_dir.rglob("*") if p.is_file())
+    for ref in (b"alice@example.com", b"bob", b"carol@example.com"):
+        assert ref not in stored  # only salted hashes
+    state = json.loads((project.state_dir / "ingest.json").read_text())
+    assert state == counts
 
 
-def test_repeated_request_and_already_deleted_ids_are_rejected(make_project):
+def test_repeated_request_is_acknowledged_and_a_reused_id_is_a_conflict(make_project):
     project = load_project(make_project())
-    _drop(project, "a.json", _request("R-1", ["digits-0001"]))
-    assert run_ingest(project)["accepted"] == 1
-    _drop(project, "b.json", [_request("R-1", ["digits-0002"]), _request("R-2", ["digits-0001"])])
+    _drop(project, "a.json", _request("R-1", ["digits-0001", "digits-0002"]))
+    first = run_ingest(project)
+    assert first["accepted"] == 1
+    ledger_before = project.ledger_path.read_text()
+
+    # The same request again (ids reordered and repeated: the same content) is a no-op.
+    _drop(project, "b.json", _request("R-1", ["digits-0002", "digits-0001"]))
+    second = run_ingest(project)
+    assert (second["accepted"], second["acknowledged"], second["rejected"], second["batch_id"]) == (0, 1, 0, None)
+    (ack,) = _acknowledged(project)
+    assert (ack["outcome"], ack["batch_id"], ack["request_id"]) == ("duplicate", first["batch_id"], "R-1")
+    ledger = Ledger(project.ledger_path)
+    assert list(ledger.batches) == [first["batch_id"]]
+    assert json.loads(ledger_before)["batches"] == ledger.batches  # nothing re-applied
+    found = ledger.find_request("R-1")
+    assert found["kind"] == "accepted" and found["batch_id"] == first["batch_id"]
+    assert found["acknowledged"]["outcome"] == "duplicate"
+
+    # The same id for other samples is refused, not merged and not dropped silently.
+    _drop(project, "c.json", _request("R-1", ["digits-0003"]))
+    third = run_ingest(project)
+    assert (third["accepted"], third["acknowledged"], third["rejected"]) == (0, 0, 1)
+    (conflict,) = _rejected(project)
+    assert conflict["reasons"] == ["request_id_conflict"] and first["batch_id"] in conflict["detail"]
+    assert "digits-0003" not in Ledger(project.ledger_path).deleted_ids()
+
+
+def test_already_deleted_samples_are_acknowledged_or_dropped_from_the_request(make_project):
+    project = load_project(make_project())
+    _drop(project, "a.json", _request("R-1", ["digits-0001", "digits-0002"]))
+    first = run_ingest(project)["batch_id"]
+    _drop(project, "b.json", [
+        _request("R-2", ["digits-0002", "digits-0001"]),   # every sample already deleted
+        _request("R-3", ["digits-0002", "digits-0003"]),   # one new sample, one already deleted
+    ])
     counts = run_ingest(project)
-    assert counts["accepted"] == 0 and counts["batch_id"] is None
-    codes = sorted(r["reasons"][0] for r in _rejected(project))
-    assert codes == ["duplicate_request_id", "sample_already_deleted"]
+    assert (counts["accepted"], counts["acknowledged"], counts["rejected"], counts["samples"]) == (1, 1, 0, 1)
+    (ack,) = _acknowledged(project)
+    assert (ack["request_id"], ack["outcome"], ack["covered_by"]) == ("R-2", "already_deleted", [first])
+    (accepted,) = _batch(project, counts["batch_id"])["requests"]
+    assert accepted["request_id"] == "R-3" and accepted["sample_ids"] == ["digits-0003"]
+    assert accepted["already_deleted_count"] == 1 and accepted["covered_by"] == [first]
+    ledger = Ledger(project.ledger_path)
+    assert ledger.batches[counts["batch_id"]]["sample_ids"] == ["digits-0003"]
+    assert ledger.find_request("R-2")["kind"] == "acknowledged"
+    assert ledger.find_request("R-2")["covered_by"] == [first]
+    assert ledger.find_request("R-3")["batch_id"] == counts["batch_id"]
+    assert "R-2" not in ledger.request_ids()
+    # Resending the acknowledged request is itself only a repeat.
+    _drop(project, "c.json", _request("R-2", ["digits-0001", "digits-0002"]))
+    again = run_ingest(project)
+    assert (again["acknowledged"], again["accepted"]) == (1, 0)
+    assert _acknowledged(project)[-1]["outcome"] == "duplicate"
+    assert Ledger(project.ledger_path).acknowledged["R-2"]["repeats"] == 1
+
+
+def test_two_requests_in_one_ingest_naming_the_same_sample_are_both_accepted(make_project):
+    project = load_project(make_project())
+    _drop(project, "a.json", [_request("R-1", ["digits-0001", "digits-0002"]),
+                              _request("R-2", ["digits-0002", "digits-0003"])])
+    counts = run_ingest(project)
+    assert (counts["accepted"], counts["acknowledged"], counts["samples"]) == (2, 0, 3)
+    requests = _batch(project, counts["batch_id"])["requests"]
+    assert [r["already_deleted_count"] for r in requests] == [0, 0]
+    assert Ledger(project.ledger_path).deleted_ids() == {"digits-0001", "digits-0002", "digits-0003"}
+
+
+def test_a_request_for_test_split_samples_is_accepted_to_delete_the_data(make_project):
+    from unlearn.data import load_source
+
+    project = load_project(make_project())
+    source = load_source(project.params.data)
+    test_ids = sorted(source.ids[source.splits == "test"][:2].tolist())
+    _drop(project, "a.json", _request("T-1", test_ids))
+    counts = run_ingest(project)
+    assert counts["accepted"] == 1 and counts["samples"] == 2
+    assert Ledger(project.ledger_path).deleted_ids() == set(test_ids)
 
 
 def test_empty_inbox_is_a_no_op(make_project):
     project = load_project(make_project())
-    assert run_ingest(project)["rows"] == 0
+    counts = run_ingest(project)
+    assert (counts["rows"], counts["acknowledged"], counts["batch_id"]) == (0, 0, None)
     assert project.ledger_path.exists()
 
 
@@ -81,6 +184,7 @@ def test_files_that_are_not_requests_are_rejected_whole(make_project, content):
     _drop(project, "weird.csv", content)
     counts = run_ingest(project)
     assert counts["accepted"] == 0 and counts["rejected_files"] == 1
+    assert list(project.incoming_dir.iterdir()) == []
 
 
 def test_class_wise_request_deletes_every_training_sample_of_the_class(make_project):
@@ -89,8 +193,8 @@ def test_class_wise_request_deletes_every_training_sample_of_the_class(make_proj
 
     project = load_project(make_project())
     _drop(project, "a.json", [
-        {k: v for k, v in _request("C-1", []).items() if k != "sample_ids"} | {"forget_class": "3"},
-        {k: v for k, v in _request("C-2", []).items() if k != "sample_ids"} | {"forget_class": "ten"},
+        _class_request("C-1", "3"),
+        _class_request("C-2", "ten"),
         _request("C-3", ["digits-0001"], forget_class="4"),  # both kinds at once
     ])
     counts = run_ingest(project)
@@ -102,3 +206,20 @@ def test_class_wise_request_deletes_every_training_sample_of_the_class(make_proj
     ledger = Ledger(project.ledger_path)
     assert ledger.deleted_ids() == expected
     assert ledger.forget_classes(ledger.pending()) == [3]
+
+
+def test_class_request_repeated_or_fully_deleted_is_acknowledged(make_project):
+    project = load_project(make_project())
+    _drop(project, "a.json", _class_request("C-1", "3"))
+    first = run_ingest(project)["batch_id"]
+    # The same class under the same id (3 or "3": the same class) is a repeat; under a new id
+    # every training sample of it is already deleted.
+    _drop(project, "b.json", [_class_request("C-1", 3), _class_request("C-2", "3")])
+    counts = run_ingest(project)
+    assert (counts["accepted"], counts["acknowledged"], counts["rejected"]) == (0, 2, 0)
+    outcomes = {a["request_id"]: (a["outcome"], a.get("batch_id"), a["covered_by"]) for a in _acknowledged(project)}
+    assert outcomes == {"C-1": ("duplicate", first, []), "C-2": ("already_deleted", None, [first])}
+    # A different class under a used id is a conflict.
+    _drop(project, "c.json", _class_request("C-1", "4"))
+    assert run_ingest(project)["rejected"] == 1
+    assert _rejected(project)[-1]["reasons"] == ["request_id_conflict"]

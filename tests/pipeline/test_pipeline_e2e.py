@@ -14,14 +14,6 @@ from conftest import FAST
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def _submit(root, request_id, ids, subject="alice@example.com"):
     from flows.cli import submit_request
 
@@ -78,7 +70,14 @@ def test_pipeline_end_to_end(prefect_server, make_project):
     mlflow.set_tracking_uri(project.tracking_uri)
     client = mlflow.MlflowClient()
     name = project.params.registry.model_name
-    assert client.get_registered_model(name).aliases == {"champion": 2, "previous": 1}
+    # the old champion trained on the deleted samples: retired (grace 0), its alias removed, a tombstone kept
+    assert client.get_registered_model(name).aliases == {"champion": 2}
+    tombstone = client.get_model_version(name, "1").tags
+    assert tombstone["retired"] == "true" and tombstone["retired_batches"] == second["ingest"]["batch_id"]
+    with pytest.raises(Exception, match="retired"):
+        from tasks.tracking import load_model
+
+        load_model(project, client, "1")
     tags = client.get_model_version(name, "2").tags
     assert tags["parent_version"] == "1" and tags["method"] == "amun" and tags["verdict"] == "pass"
     assert tags["data_version_before"] == version_before and tags["data_version_after"] == version_after
@@ -111,12 +110,14 @@ def test_pipeline_end_to_end(prefect_server, make_project):
     # a failing gate registers the model with its verdict and leaves the champion alone
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["gate"]["tolerances"] = {"test_acc": 0.0, "mia.loss_threshold.auc": 0.0}
+    params["unlearn"]["escalation"] = []  # no fallback: the one attempt's failure is final
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     _submit(root, "R-4", sorted(train_ids[20:30].tolist()))
     third = pipeline_flow(root=str(root))
     assert third["promote"]["status"] == "rejected" and third["promote"]["version"] == "3"
-    assert client.get_registered_model(name).aliases == {"champion": 2, "previous": 1}
+    assert client.get_registered_model(name).aliases == {"champion": 2}
     assert client.get_model_version(name, "3").tags["verdict"] == "fail"
+    assert third["purge"]["status"] == "nothing_to_purge"  # nothing is purged before a verified successor
     assert Ledger(project.ledger_path).pending() == [third["ingest"]["batch_id"]]
     # deleting R-4's samples retired the references that trained on them; tombstones stay
     bank = ReferenceBank(project.references_dir)

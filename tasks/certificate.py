@@ -1,0 +1,610 @@
+"""Per-request deletion certificates: a digest-sealed JSON document and a self-contained HTML report.
+
+The JSON is the machine-readable record of what happened to one deletion request; the HTML renders the same
+content for privacy engineers and auditors. The HTML is a single file with inline CSS, images embedded as
+base64 PNG, no scripts and nothing fetched from elsewhere, so it can be archived, attached to a ticket or opened
+offline years later. Every value taken from the certificate is HTML-escaped: request ids, reasons, failure
+messages and method names come from outside the pipeline and may be hostile.
+
+The digest makes edits detectable, not impossible: anyone can recompute a sha256. What makes the record
+authoritative is the audit log, whose head (sequence number and hash) the certificate quotes and which
+``unlearn audit verify`` checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MISSING = "—"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DIGEST_PREFIX = "sha256:"
+_UNSAFE_STEM = re.compile(r"[^A-Za-z0-9_-]+")  # '.' is unsafe too: no '..', no hidden files
+_SAFE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_STEM_MAX = 64
+_STEM_HASH_CHARS = 12
+_STATUS_BADGE = {"complete": "ok", "data_only": "warn", "already_deleted": "neutral", "pending": "warn",
+                 "failed": "bad"}
+
+
+# --- timeline -----------------------------------------------------------------------------------------------
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and value.strip():
+        try:
+            parsed = datetime.fromisoformat(value.strip())  # 3.11 accepts "Z" and fractional seconds
+        except ValueError:
+            return None
+    else:
+        return None
+    # a naive timestamp is taken as UTC, the only clock the pipeline writes
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 6)  # microsecond resolution, without float noise
+
+
+def sla_durations(timeline: list[dict]) -> list[dict]:
+    """Durations between the steps of a request's timeline.
+
+    A step whose time is None (it did not happen) or unparseable gets no durations, and the next step that did
+    happen is measured from the last one that did, so a skipped step never hides elapsed time. Negative values
+    are kept as they are: they reveal a clock or ordering problem an auditor should see.
+
+    Args:
+        timeline: Items ``{"step": str, "at": ISO-8601 string or None}`` in order, normally starting with
+            "received". Timestamps may carry "Z" or an offset, with or without microseconds; naive ones are UTC.
+
+    Returns:
+        One dict per item, in order: ``{"step", "at", "seconds_since_previous", "seconds_since_received"}``,
+        the durations being floats in seconds or None where unknown.
+    """
+    items = [item if isinstance(item, dict) else {} for item in (timeline if isinstance(timeline, list) else [])]
+    # found by name, not position, so a timeline that lost or reordered its first item still measures from it
+    received = next((_parse_time(item.get("at")) for item in items if item.get("step") == "received"), None)
+    rows, previous = [], None
+    for item in items:
+        at = _parse_time(item.get("at"))
+        rows.append({"step": item.get("step"), "at": item.get("at"),
+                     "seconds_since_previous": _seconds(previous, at),
+                     "seconds_since_received": _seconds(received, at)})
+        previous = at if at is not None else previous
+    return rows
+
+
+# --- the JSON document --------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: numpy scalars unwrapped, datetimes as ISO text, non-finite floats as None."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None  # strict JSON has no NaN; jq and browsers reject it
+    if isinstance(value, datetime):
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if callable(getattr(value, "tolist", None)):  # numpy scalars and arrays
+        return _plain(value.tolist())
+    raise TypeError(f"certificate value of type {type(value).__name__} cannot be written as JSON")
+
+
+def _canonical(document: dict[str, Any]) -> bytes:
+    # the same canonical form as the audit log: sorted keys, no whitespace, ASCII, strict JSON
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def certificate_digest(document: dict[str, Any]) -> str:
+    """Digest of a certificate document: sha256 over the canonical JSON of every field but "digest".
+
+    Args:
+        document: The certificate as written (with "sla"), with or without its "digest".
+
+    Returns:
+        ``"sha256:<hex>"``.
+    """
+    return DIGEST_PREFIX + hashlib.sha256(_canonical({k: v for k, v in document.items() if k != "digest"})).hexdigest()
+
+
+def verify_certificate_digest(path: Path) -> bool:
+    """Check that a certificate JSON file is unchanged since it was written.
+
+    Args:
+        path: A ``.json`` file written by :func:`write_certificate`.
+
+    Returns:
+        True when the file parses, its digest matches its content and its "sla" matches its timeline; False
+        otherwise (edited, truncated, or not a certificate).
+    """
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:  # invalid JSON or invalid UTF-8
+        return False
+    if not isinstance(document, dict) or not isinstance(document.get("digest"), str):
+        return False
+    try:
+        expected = certificate_digest(document)
+    except ValueError:  # NaN or Infinity typed into the file
+        return False
+    if not hmac.compare_digest(document["digest"], expected):
+        return False
+    # a matching digest over an SLA that does not follow from the timeline means the writer was bypassed
+    return document.get("sla") == sla_durations(document.get("timeline"))
+
+
+def certificate_stem(request_id: str) -> str:
+    """File stem for a request's certificate: readable, safe on every filesystem, unique per request id.
+
+    Anything but letters, digits, '_' and '-' becomes '_' (so ':' , '/', '\\' and '..' cannot survive), the
+    readable part is capped, and a short sha256 of the exact id is appended so that ids that sanitise alike
+    ("a:b", "a_b") still get distinct files.
+
+    Args:
+        request_id: The request id.
+
+    Returns:
+        A stem matching ``[A-Za-z0-9][A-Za-z0-9_-]*``.
+
+    Raises:
+        ValueError: The request id is empty or not a string.
+    """
+    if not isinstance(request_id, str) or not request_id:
+        raise ValueError(f"a certificate needs a non-empty request id, got {request_id!r}")
+    readable = _UNSAFE_STEM.sub("_", request_id)[:_STEM_MAX].strip("_-") or "request"
+    suffix = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()[:_STEM_HASH_CHARS]
+    return f"{readable}-{suffix}"
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    # a unique temp name in the same directory: concurrent writers never share it and os.replace stays atomic
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_certificate(certificate: dict, plots: dict[str, Path], out_dir: Path) -> tuple[Path, Path]:
+    """Write a request's deletion certificate as JSON and as a self-contained HTML report.
+
+    Args:
+        certificate: The certificate (see the module docstring of the pipeline for its schema); every key but
+            "request_id" is optional. Any "sla" or "digest" in it is replaced.
+        plots: Caption -> PNG file to embed in the verification section; a file that is missing or not a PNG
+            is listed as not available.
+        out_dir: Directory for the two files (created).
+
+    Returns:
+        ``(json_path, html_path)``, both ``<out_dir>/<certificate_stem(request_id)>.{json,html}``.
+
+    Raises:
+        ValueError: The certificate has no usable request id.
+        TypeError: A value cannot be represented in JSON.
+    """
+    stem = certificate_stem(certificate.get("request_id"))
+    if not _SAFE_STEM.fullmatch(stem):  # belt and braces: the stem is the only part of the path from outside
+        raise ValueError(f"unsafe certificate file stem {stem!r}")
+    document = _plain({key: value for key, value in certificate.items() if key not in ("sla", "digest")})
+    document["sla"] = sla_durations(document.get("timeline"))
+    document["digest"] = certificate_digest(document)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out_dir / f"{stem}.json", out_dir / f"{stem}.html"
+    page = _render_html(document, plots or {}, json_path.name)
+    # HTML first: a JSON on disk then implies its report is there too
+    _atomic_write(html_path, page.encode("utf-8"))
+    _atomic_write(json_path, (json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+    return json_path, html_path
+
+
+# --- HTML formatting helpers ---------------------------------------------------------------------------------
+
+
+def _e(value: Any, none: str = MISSING) -> str:
+    """Escaped text of a value; ``none`` (itself trusted) for None."""
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return html.escape(str(value), quote=True)
+
+
+def _get(mapping: Any, key: str) -> Any:
+    return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+def _section(mapping: Any, key: str) -> dict:
+    value = _get(mapping, key)
+    return value if isinstance(value, dict) else {}
+
+
+def _items(mapping: Any, key: str) -> list:
+    value = _get(mapping, key)
+    return value if isinstance(value, list) else []
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _num(value: Any, decimals: int = 4) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{decimals}f}"
+    return _e(value)
+
+
+def _human(seconds: Any) -> str:
+    if not _is_number(seconds):
+        return _e(seconds)
+    sign, rest = ("-" if seconds < 0 else ""), abs(float(seconds))
+    if rest < 60:
+        return f"{sign}{rest:.3f} s"
+    days, whole = divmod(int(round(rest)), 86400)
+    hours, whole = divmod(whole, 3600)
+    minutes, secs = divmod(whole, 60)
+    if days or hours:
+        parts = ([f"{days} d"] if days else []) + [f"{hours} h", f"{minutes:02d} min", f"{secs:02d} s"]
+    else:
+        parts = [f"{minutes} min", f"{secs:02d} s"]
+    return sign + " ".join(parts)
+
+
+def _bytes(value: Any) -> str:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _e(value)
+    size, unit = float(value), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{value:,} bytes" + (f" ({size:.1f} {unit})" if unit != "B" else "")
+
+
+def _kv(rows: list[tuple[str, str]]) -> str:
+    """A definition list; labels are trusted literals, values already escaped."""
+    return '<dl class="kv">' + "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows) + "</dl>"
+
+
+class _Num(str):
+    """An escaped table cell to right-align (numbers, durations)."""
+
+
+def _table(header: list[str], rows: list[list[str]], empty: str) -> str:
+    """A table; header cells are trusted literals, body cells already escaped."""
+    if not rows:
+        return f'<p class="empty">{empty}</p>'
+    head = "".join(f"<th>{cell}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(_td(cell) for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _td(cell: str) -> str:
+    return f'<td class="num">{cell}</td>' if isinstance(cell, _Num) else f"<td>{cell}</td>"
+
+
+def _n(text: str) -> str:
+    return _Num(text)
+
+
+def _code(value: Any) -> str:
+    return MISSING if value is None else f"<code>{_e(value)}</code>"
+
+
+def _verdict(value: Any) -> str:
+    if value == "pass":
+        return '<span class="pass">✓ pass</span>'
+    if value == "fail":
+        return '<span class="fail">✗ fail</span>'
+    return _e(value)
+
+
+def _passed(value: Any) -> str:
+    if value is True:
+        return '<span class="pass">✓ yes</span>'
+    if value is False:
+        return '<span class="fail">✗ no</span>'
+    return _e(value)
+
+
+def _png_img(payload: bytes, alt: str) -> str:
+    encoded = base64.b64encode(payload).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+# --- the SLA chart -------------------------------------------------------------------------------------------
+
+
+def _sla_chart(sla: list[dict]) -> bytes | None:
+    """A waterfall of the timeline as PNG bytes: one bar per step, from the previous step to this one."""
+    timed = [row for row in sla if row["seconds_since_received"] is not None]
+    if len(timed) < 2:
+        return None
+    # the Agg canvas directly, not pyplot: no display on servers, no global state shared across worker threads
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels, lefts, widths, notes = [], [], [], []
+    for row in sla:
+        labels.append(str(row["step"] if row["step"] is not None else MISSING)[:40])
+        since_received, since_previous = row["seconds_since_received"], row["seconds_since_previous"]
+        if since_received is None:  # a row without a bar: the gap stays visible
+            left, width, note = 0.0, 0.0, "not reached" if row["at"] is None else "unknown"
+        else:
+            width = since_previous if since_previous is not None else 0.0
+            left, note = since_received - width, _human(since_previous) if since_previous is not None else "start"
+        lefts.append(left)
+        widths.append(width)
+        notes.append(note)
+    figure = Figure(figsize=(7.5, 0.42 * len(labels) + 1.3))
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    positions = list(range(len(labels)))
+    colours = ["tab:red" if width < 0 else "tab:blue" for width in widths]
+    ax.barh(positions, widths, left=lefts, height=0.6, color=colours)
+    # parse_math off: a step named "$...$" must print as text, not be parsed (or crash) as mathtext
+    ax.set_yticks(positions, labels=labels, parse_math=False)
+    ax.invert_yaxis()  # first step on top, as in the table
+    ends = [left + width for left, width in zip(lefts, widths, strict=True)]
+    span = max(max(ends), 1e-9)
+    for position, end, note in zip(positions, ends, notes, strict=True):
+        ax.text(max(end, 0.0) + span * 0.01, position, note, va="center", fontsize=8, parse_math=False)
+    ax.set_xlim(min(0.0, min(lefts + ends)), span * 1.3)
+    ax.set(xlabel="seconds since received", title="Time per step (each bar spans from the previous step)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+# --- the HTML report -----------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;max-width:62rem;
+margin:2rem auto;padding:0 1rem}
+h1{font-size:1.6rem;margin:0 0 .6rem}
+h2{font-size:1.15rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
+h3{font-size:1rem;margin:1.2rem 0 .4rem}
+table{border-collapse:collapse;width:100%;margin:.5rem 0}
+th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1.2rem;margin:.5rem 0}
+dt{font-weight:600}
+dd{margin:0;overflow-wrap:anywhere}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
+ul{margin:.2rem 0;padding-left:1.2rem}
+.badge{display:inline-block;padding:.15rem .7rem;border-radius:1rem;font-weight:700;font-size:.85rem;color:#fff}
+.badge.ok{background:#1a7f37}.badge.bad{background:#cf222e}.badge.warn{background:#9a6700}
+.badge.neutral{background:#57606a}
+.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}
+.neg{color:#cf222e}
+.callout{border-radius:.4rem;padding:.7rem 1rem;margin:.8rem 0;font-size:1.2rem;font-weight:700;border:2px solid}
+.callout.matches-zero{background:#dafbe1;border-color:#1a7f37;color:#116329}
+.callout.matches-found{background:#ffebe9;border-color:#cf222e;color:#a40e26}
+.callout.matches-unknown{background:#f6f8fa;border-color:#8c959f;color:#424a53}
+.empty,.na{color:#57606a;font-style:italic}
+figure{margin:1rem 0}
+figure img{max-width:100%;border:1px solid #d0d7de}
+figcaption{font-size:.9rem;color:#424a53}
+footer{margin-top:2.5rem;border-top:1px solid #d0d7de;padding-top:.6rem;font-size:.9rem;color:#424a53}
+@media print{body{margin:0;max-width:none}section{break-inside:avoid-page}}
+"""
+
+
+def _render_html(document: dict[str, Any], plots: dict[str, Path], json_name: str) -> str:
+    sections = [_header(document), _request_section(document), _timeline_section(document),
+                _data_section(document), _model_section(document), _verification_section(document, plots),
+                _purge_section(document), _retirement_section(document), _audit_section(document),
+                _footer(document, json_name)]
+    title = f"Deletion certificate {_e(document.get('request_id'))}"
+    # the CSP is defence in depth: even if a value escaped escaping, no script runs and nothing is fetched
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta http-equiv=\"Content-Security-Policy\" "
+            "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(sections) + "\n</body>\n</html>\n")
+
+
+def _header(document: dict[str, Any]) -> str:
+    status = document.get("status")
+    status_class = _STATUS_BADGE.get(status, "neutral") if isinstance(status, str) else "neutral"
+    verdict = _get(document.get("verification"), "verdict")
+    verdict_badge = {"pass": ("ok", "verified: pass"), "fail": ("bad", "verification: fail")}.get(
+        verdict if isinstance(verdict, str) else "", ("neutral", "not verified"))
+    rows = [("Request", _code(document.get("request_id"))),
+            ("Status", f'<span class="badge {status_class}">{_e(status)}</span>'),
+            ("Issued at", _e(document.get("issued_at"))),
+            ("Verdict", f'<span class="badge {verdict_badge[0]}">{verdict_badge[1]}</span>'),
+            ("Batch", _code(document.get("batch_id"))),
+            ("Certificate version", _e(document.get("certificate_version")))]
+    return f'<header id="header">\n<h1>Deletion certificate</h1>\n{_kv(rows)}\n</header>'
+
+
+def _request_section(document: dict[str, Any]) -> str:
+    request = _section(document, "request")
+    # raw sample ids are never rendered, only their digest; present-but-None forget class means "no class"
+    forget_class = MISSING
+    if "forget_class" in request:
+        forget_class = _e(request["forget_class"], none="none (sample-level request)")
+    rows = [("Reason", _e(request.get("reason"))),
+            ("Number of samples", _num(request.get("n_samples"))),
+            ("Forget class", forget_class),
+            ("Subject (salted hash)", _code(document.get("subject_hash"))),
+            ("Sample-id digest", _code(request.get("sample_ids_digest")))]
+    return f'<section id="request">\n<h2>The request</h2>\n{_kv(rows)}\n</section>'
+
+
+def _duration_cell(seconds: Any) -> str:
+    if seconds is None:
+        return _n(MISSING)
+    text = _human(seconds)
+    if _is_number(seconds) and seconds < 0:  # out of order or clock skew: flag, do not hide
+        text = f'<span class="neg" title="negative: steps out of order or clock skew">{text}</span>'
+    return _n(text)
+
+
+def _timeline_section(document: dict[str, Any]) -> str:
+    sla = document.get("sla") or []
+    rows = [[_e(row["step"]), _e(row["at"], none='<span class="na">not reached</span>'),
+             _duration_cell(row["seconds_since_previous"]), _duration_cell(row["seconds_since_received"])]
+            for row in sla]
+    table = _table(["Step", "Time (UTC)", "Since previous", "Since received"], rows, "No timeline recorded.")
+    chart = _sla_chart(sla)
+    figure = (f"<figure>{_png_img(chart, 'Time per step')}<figcaption>Time per step</figcaption></figure>"
+              if chart else '<p class="na">SLA chart: not available (fewer than two timed steps).</p>')
+    return f'<section id="timeline">\n<h2>Timeline and SLA</h2>\n{table}\n{figure}\n</section>'
+
+
+def _data_section(document: dict[str, Any]) -> str:
+    data = _section(document, "data")
+    if "redacted_versions" in data and isinstance(data["redacted_versions"], list):
+        redacted = ("<ul>" + "".join(f"<li>{_code(v)}</li>" for v in data["redacted_versions"]) + "</ul>"
+                    if data["redacted_versions"] else "none")
+    else:
+        redacted = _e(data.get("redacted_versions"))
+    rows = [("Version before", _code(data.get("version_before"))),
+            ("Version after", _code(data.get("version_after"))),
+            ("Redacted versions", redacted)]
+    return f'<section id="data">\n<h2>Data</h2>\n{_kv(rows)}\n</section>'
+
+
+def _failures(value: Any) -> str:
+    if isinstance(value, list):
+        return "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in value) + "</ul>" if value else "none"
+    return _e(value)
+
+
+def _model_section(document: dict[str, Any]) -> str:
+    model = _section(document, "model")
+    rows = [("New version", _code(model.get("version"))),
+            ("Parent version", _code(model.get("parent_version"))),
+            ("Method", _code(model.get("method")))]
+    attempts = [attempt if isinstance(attempt, dict) else {} for attempt in _items(model, "attempts")]
+    table = _table(["#", "Method", "Run", "Verdict", "Seconds", "Failures"],
+                   [[_n(str(i)), _code(a.get("method")), _code(a.get("run_id")), _verdict(a.get("verdict")),
+                     _n(_num(a.get("seconds"), 1)), _failures(a.get("failures"))]
+                    for i, a in enumerate(attempts, start=1)],
+                   "No attempts recorded.")
+    return (f'<section id="model">\n<h2>Model</h2>\n{_kv(rows)}\n<h3>Attempts (escalation ladder)</h3>\n'
+            f"{table}\n</section>")
+
+
+def _gap_ci(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):
+        return f"[{_num(float(value[0]))}, {_num(float(value[1]))}]"
+    return _e(value)
+
+
+def _plot_figures(plots: dict[str, Path]) -> str:
+    figures, unavailable = [], []
+    for caption, path in plots.items():
+        try:
+            payload = Path(path).read_bytes()
+        except (OSError, TypeError):
+            unavailable.append(caption)
+            continue
+        if not payload.startswith(PNG_SIGNATURE):  # only PNG goes behind a data:image/png URL
+            unavailable.append(caption)
+            continue
+        figures.append(f"<figure>{_png_img(payload, str(caption))}<figcaption>{_e(caption)}</figcaption></figure>")
+    missing = ("<ul>" + "".join(f'<li>{_e(caption)}: <span class="na">not available</span></li>'
+                                for caption in unavailable) + "</ul>") if unavailable else ""
+    return "".join(figures) + missing
+
+
+def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> str:
+    verification = _section(document, "verification")
+    rows = [("Verdict", _verdict(verification.get("verdict"))),
+            ("Forget samples", _num(verification.get("n_forget"))),
+            ("Test samples", _num(verification.get("n_test")))]
+    checks = [check if isinstance(check, dict) else {} for check in _items(verification, "checks")]
+    table = _table(["Metric", "Unlearned", "Retrained", "Gap", "Gap CI", "Tolerance", "Passed"],
+                   [[_code(c.get("metric")), _n(_num(c.get("unlearned"))), _n(_num(c.get("retrain"))),
+                     _n(_num(c.get("gap"))), _n(_gap_ci(c.get("gap_ci"))), _n(_num(c.get("tolerance"))),
+                     _passed(c.get("passed"))] for c in checks],
+                   "No checks recorded.")
+    figures = _plot_figures(plots)
+    figures = f"<h3>Plots</h3>\n{figures}" if figures else ""
+    return f'<section id="verification">\n<h2>Verification evidence</h2>\n{_kv(rows)}\n{table}\n{figures}\n</section>'
+
+
+def _purge_section(document: dict[str, Any]) -> str:
+    purge = _section(document, "purge")
+    removed, scan = _section(purge, "objects_removed"), _section(purge, "scan")
+    matches = scan.get("matches")
+    # the number an auditor looks for first, so it gets the most visible spot in the section
+    if matches == 0 and not isinstance(matches, bool):
+        callout = '<p class="callout matches-zero">0 matches: no copy of the forgotten data was found.</p>'
+    elif _is_number(matches):
+        callout = f'<p class="callout matches-found">{_num(matches)} matches: copies of the forgotten data remain.</p>'
+    else:
+        callout = f'<p class="callout matches-unknown">Matches: {_e(matches)} (scan result not available).</p>'
+    rows = [("Objects removed (local)", _num(removed.get("local"))),
+            ("Objects removed (remote)", _num(removed.get("remote"))),
+            ("Files scanned", _num(scan.get("files"))),
+            ("Bytes scanned", _bytes(scan.get("bytes"))),
+            ("Patterns", _num(scan.get("patterns"))),
+            ("Shared with live data", _num(scan.get("shared_with_live"))),
+            ("Matches", _num(matches))]
+    return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_kv(rows)}\n</section>'
+
+
+def _retirement_section(document: dict[str, Any]) -> str:
+    retirement = _section(document, "retirement")
+    versions = [version if isinstance(version, dict) else {} for version in _items(retirement, "versions")]
+    table = _table(["Model version", "Reason", "Artifacts deleted", "Retired at", "Due at"],
+                   [[_code(v.get("version")), _e(v.get("reason")), _e(v.get("artifacts_deleted")),
+                     _e(v.get("retired_at")), _e(v.get("due_at"))] for v in versions],
+                   "No model versions retired.")
+    rows = [("Reference models retired", _num(retirement.get("references_retired")))]
+    return f'<section id="retirement">\n<h2>Retirement evidence</h2>\n{table}\n{_kv(rows)}\n</section>'
+
+
+def _audit_section(document: dict[str, Any]) -> str:
+    audit = _section(document, "audit")
+    rows = [("Head sequence", _num(audit.get("head_seq"))), ("Head hash", _code(audit.get("head_hash")))]
+    return f'<section id="audit">\n<h2>Audit anchor</h2>\n{_kv(rows)}\n</section>'
+
+
+def _footer(document: dict[str, Any], json_name: str) -> str:
+    audit = _section(document, "audit")
+    return ('<footer id="verify">\n<h2>How to verify</h2>\n<ol>\n'
+            "<li>Run <code>unlearn audit verify</code> in the project: it recomputes the hash chain of the audit "
+            f"log, whose entry at sequence {_num(audit.get('head_seq'))} must carry the hash "
+            f"{_code(audit.get('head_hash'))} quoted above.</li>\n"
+            f"<li>The JSON certificate <code>{_e(json_name)}</code> is authoritative; this page renders it. Its "
+            '"digest" is sha256 over the canonical JSON (sorted keys, no whitespace, ASCII) of every other field, '
+            "the SLA durations included, so any edit to the content is detectable "
+            "(<code>tasks.certificate.verify_certificate_digest</code>). The digest detects edits; the audit "
+            "chain is what anchors the record.</li>\n</ol>\n"
+            f"<p>Digest: {_code(document.get('digest'))}</p>\n</footer>")

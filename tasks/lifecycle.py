@@ -1,0 +1,332 @@
+"""Closing a deletion: retire the models that saw the samples, purge every copy, certify.
+
+Two stages run after ``promote`` (in the Prefect flow and in ``dvc repro`` alike):
+
+* ``purge``: model versions trained on deleted samples are retired once a successor that
+  forgot them is champion (artifacts deleted after ``lifecycle.retirement_grace_hours``, the
+  registry entry kept as a tombstone); data versions that held the samples are redacted in the
+  DVC cache and remote; cached signals and candidate models are dropped; then the whole project
+  is scanned for the deleted samples' bytes and the evidence is recorded per batch.
+* ``certify``: one deletion certificate per request (JSON + HTML).
+
+Both are idempotent: a re-run after a crash finishes what is left and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import audit, tracking
+from tasks.project import PipelineError, Project
+from tasks.stages import _mark_step, _now, _quarantine_path, _write_state
+from unlearn.attacks.signals import SignalCache
+from unlearn.data import SampleStore, load_source
+from unlearn.data.store import Arrays
+from unlearn.requests import Ledger, hash_ids
+
+log = logging.getLogger("unlearn.pipeline")
+
+STEPS = ("received", "validated", "data_version", "unlearned", "verified", "promoted", "retired", "purged",
+         "certified")
+
+
+def _precise_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _rank(ledger: Ledger) -> dict[str, int]:
+    order = sorted(ledger.batches, key=lambda b: (ledger.batches[b]["created_at"], b))
+    return {b: i for i, b in enumerate(order)}
+
+
+def _parse(at: str) -> datetime:
+    return datetime.fromisoformat(at.replace("Z", "+00:00"))
+
+
+def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[str, Any]]:
+    """Retire every model version that trained on samples the champion has forgotten.
+
+    A version "covers" the batches up to its ``covers_through`` tag (the baseline: every batch
+    before it was trained; an unlearned model that passed: its parent's plus its own). It is
+    contaminated by a completed batch that removed training samples and that it does not cover.
+    Contaminated versions other than the champion (the previous champion, failed challengers)
+    are scheduled at once and retired when ``lifecycle.retirement_grace_hours`` has passed.
+
+    Returns:
+        One entry per version acted on: version, action (retired | scheduled), reason, batches, due_at.
+    """
+    champion = tracking.champion_version(project, client)
+    if champion is None:
+        return []
+    rank = _rank(ledger)
+    covered_by_champion = rank.get(champion.tags.get("covers_through", ""), -1)
+    contaminating = [b for b, v in ledger.batches.items()
+                     if v["status"] == Ledger.COMPLETED and v.get("train_samples", 1) > 0
+                     and rank[b] <= covered_by_champion]
+    grace = timedelta(hours=project.params.lifecycle.retirement_grace_hours)
+    now = datetime.now(UTC)
+    actions = []
+    for mv in tracking.all_versions(project, client):
+        if str(mv.version) == str(champion.version) or mv.tags.get("retired") == "true":
+            continue
+        covers = rank.get(mv.tags.get("covers_through", ""), -1)
+        offending = sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
+        if not offending:
+            continue
+        reason = (f"trained on samples deleted by {len(offending)} batch(es); superseded by version "
+                  f"{champion.version}")
+        due_at = mv.tags.get("retire_due_at")
+        if due_at is None:
+            due_at = (now + grace).strftime("%Y-%m-%dT%H:%M:%SZ")
+            client.set_model_version_tag(tracking.model_name(project), str(mv.version), "retire_due_at", due_at)
+        if _parse(due_at) > now:
+            actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason,
+                            "batches": offending, "due_at": due_at})
+            continue
+        at = _now()
+        tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
+        audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
+                     batch_ids=offending, artifacts_deleted=True)
+        actions.append({"version": str(mv.version), "action": "retired", "reason": reason,
+                        "batches": offending, "retired_at": at, "due_at": due_at})
+    for action in actions:
+        for batch_id in action["batches"]:
+            entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
+            entry["retired_at"] = action.get("retired_at")
+            record = ledger.batches[batch_id].setdefault("retirement", {})
+            record[action["version"]] = entry
+    return actions
+
+
+def _batch_retired(batch: dict[str, Any]) -> bool:
+    """Every version the batch made retire has had its artifacts deleted."""
+    return all(entry.get("action") == "retired" for entry in batch.get("retirement", {}).values())
+
+
+def _deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
+    """The deleted samples' pixels, from the upstream source (the store no longer has them)."""
+    source = load_source(project.params.data)
+    mask = np.isin(source.ids, np.asarray(sample_ids, dtype=str))
+    return Arrays(source.ids[mask], source.images[mask], source.labels[mask])
+
+
+def run_purge(project: Project) -> dict[str, Any]:
+    """Retire contaminated models, redact data versions, drop derived copies, scan for the bytes.
+
+    Runs every pipeline run: it closes completed batches not yet purged, and carries out
+    retirements whose grace period has ended.
+
+    Returns:
+        Counts and evidence (never sample ids).
+    """
+    from tasks.purge import purge_deleted_data, scan_project_for_samples
+    from unlearn.forensics import sample_patterns
+
+    ledger = Ledger(project.ledger_path)
+    client = tracking.setup(project)
+    actions = retire_models(project, client, ledger)
+    for batch_id, batch in ledger.batches.items():
+        if batch["status"] == Ledger.COMPLETED and _batch_retired(batch):
+            _mark_step(ledger, [batch_id], "retired")
+    ledger.save()
+    to_close = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
+                if "purged" not in ledger.batches[b].get("steps", {})]
+    summary: dict[str, Any] = {"retired": [a["version"] for a in actions if a["action"] == "retired"],
+                               "scheduled": [a["version"] for a in actions if a["action"] == "scheduled"],
+                               "batches_closed": to_close}
+    if not to_close:
+        return _write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
+    closing_ids = sorted({s for b in to_close for s in ledger.batches[b]["sample_ids"]})
+    dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close)
+    # Derived copies: cached logits of the samples, and candidate models of finished escalations.
+    SignalCache(project.signals_dir).drop_ids(set(closing_ids))
+    if not ledger.pending():
+        for path in list(project.models_dir.glob("candidate-*.pt")) + [project.models_dir / "candidate.pt"]:
+            path.unlink(missing_ok=True)
+    for batch_id in to_close:
+        _quarantine_path(project, batch_id).unlink(missing_ok=True)
+    live = SampleStore(project.store_dir).load().images
+    patterns, shared = sample_patterns(_deleted_arrays(project, closing_ids), live)
+    scan = scan_project_for_samples(project, patterns)
+    if scan.matches:
+        places = sorted({str(path) for path, _ in scan.matches})
+        audit.record(project, "purge.incomplete", batch_ids=to_close, matches=len(scan.matches))
+        raise PipelineError(f"purge incomplete: deleted samples' bytes still found in {len(places)} file(s): "
+                            f"{', '.join(places[:10])}")
+    evidence = {
+        "objects_removed": dvc_evidence["objects_removed"],
+        "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
+        "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
+                 "matches": len(scan.matches)},
+    }
+    at = _precise_now()
+    for batch_id in to_close:
+        ledger.batches[batch_id]["purge"] = evidence
+        _mark_step(ledger, [batch_id], "purged", at)
+        if _batch_retired(ledger.batches[batch_id]):
+            _mark_step(ledger, [batch_id], "retired", at)
+    ledger.save()
+    audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
+                 objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
+    log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
+    return _write_state(project, "purge", {**summary, "status": "purged", **evidence})
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def _batch_file(project: Project, batch_id: str) -> dict[str, Any]:
+    try:
+        return json.loads((project.batches_dir / f"{batch_id}.json").read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"batch file of {batch_id} is missing") from None
+
+
+def _promoted_version(batch: dict[str, Any]) -> str | None:
+    for note in reversed(batch.get("history", [])):
+        if note.get("outcome") == "promoted":
+            return str(note["model_version"])
+    return None
+
+
+def build_certificate(project: Project, client: Any, ledger: Ledger, request: dict[str, Any],
+                      batch_id: str, train_ids: set[str]) -> dict[str, Any]:
+    """Assemble one request's certificate from the ledger, the registry and the reports.
+
+    Args:
+        project: The project.
+        client: An MLflow client.
+        ledger: The deletion ledger.
+        request: The request as stored in its batch file.
+        batch_id: Its batch.
+        train_ids: Every training-split id of the source: a request naming none of them only
+            needed its data deleted (no model ever saw those samples).
+
+    Returns:
+        The certificate document (see :mod:`tasks.certificate`).
+    """
+    batch = ledger.batches[batch_id]
+    steps = batch.get("steps", {})
+    outcome = "complete" if set(request["sample_ids"]) & train_ids else "data_only"
+    certificate: dict[str, Any] = {
+        "certificate_version": 1, "request_id": request["request_id"], "subject_hash": request["subject_hash"],
+        "batch_id": batch_id, "status": outcome if batch["status"] == Ledger.COMPLETED else batch["status"],
+        "issued_at": _now(),
+        "request": {"reason": request["reason"], "n_samples": len(request["sample_ids"]),
+                    "forget_class": request.get("forget_class"), "sample_ids_digest": hash_ids(request["sample_ids"])},
+        "timeline": [{"step": "received", "at": request["received_at"]}]
+        + [{"step": s, "at": steps.get(s)} for s in STEPS[1:-1]],
+        "data": {"version_after": None, "redacted_versions": batch.get("purge", {}).get("versions_redacted", [])},
+        "purge": batch.get("purge", {}),
+        "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
+                                     "artifacts_deleted": e.get("action") == "retired"}
+                                    for v, e in sorted(batch.get("retirement", {}).items())],
+                       "references_retired": len(batch.get("references_retired", []))},
+    }
+    certificate["timeline"][1]["at"] = steps.get("validated") or batch["created_at"]
+    version = _promoted_version(batch)
+    if version is not None:
+        mv = client.get_model_version(tracking.model_name(project), version)
+        tags = mv.tags
+        certificate["data"].update({"version_before": tags.get("data_version_before"),
+                                    "version_after": tags.get("data_version_after")})
+        attempts = []
+        for item in tags.get("ladder", "").split(","):
+            if ":" in item:
+                method, verdict = item.split(":", 1)
+                attempts.append({"method": method, "verdict": verdict})
+        certificate["model"] = {"version": version, "parent_version": tags.get("parent_version"),
+                                "method": tags.get("method"), "attempts": attempts}
+        report = _attempt_report(project, tags.get("run_id"))
+        if report:
+            certificate["verification"] = {k: report.get(k) for k in ("verdict", "checks", "n_forget", "n_test",
+                                                                      "exact_retrain")}
+    return certificate
+
+
+def _attempt_report(project: Project, run_id: str | None) -> dict[str, Any] | None:
+    for path in sorted((project.reports_dir / "attempts").glob("*.json")):
+        report = json.loads(path.read_text())
+        if report.get("run_id") == run_id:
+            return report
+    return None
+
+
+def run_certify(project: Project) -> dict[str, Any]:
+    """Write a certificate for every request of every closed batch that has none yet.
+
+    Returns:
+        The certificates written (request count) and where.
+    """
+    from tasks.certificate import write_certificate
+
+    ledger = Ledger(project.ledger_path)
+    client = tracking.setup(project)
+    written = []
+    plots = {"ROC of the membership-inference attacks (log-log)": project.plots_dir / "roc.png",
+             "Loss histograms: forget, retain, test": project.plots_dir / "loss_histograms.png"}
+    source = load_source(project.params.data)
+    train_ids = set(source.ids[source.splits == "train"].tolist())
+    for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
+        batch = ledger.batches[batch_id]
+        if "purged" not in batch.get("steps", {}) or "certified" in batch.get("steps", {}):
+            continue
+        at = _precise_now()
+        for request in _batch_file(project, batch_id)["requests"]:
+            certificate = build_certificate(project, client, ledger, request, batch_id, train_ids)
+            certificate["timeline"].append({"step": "certified", "at": at})
+            certificate["audit"] = {k: v for k, v in audit.head(project).items() if k != "chain_ok"}
+            json_path, _ = write_certificate(certificate, plots, project.certificates_dir)
+            written.append(json_path.name)
+            audit.record(project, "certificate.issued", request_id=request["request_id"], batch_id=batch_id,
+                         subject_hash=request["subject_hash"])
+        _mark_step(ledger, [batch_id], "certified", at)
+        ledger.save()
+    log.info("certify: %d certificate(s) written", len(written))
+    return _write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
+
+
+def certificate_paths(project: Project, request_id: str) -> tuple[Path, Path] | None:
+    """The JSON and HTML certificate of a request, if issued."""
+    for path in sorted(project.certificates_dir.glob("*.json")):
+        try:
+            if json.loads(path.read_text()).get("request_id") == request_id:
+                return path, path.with_suffix(".html")
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def request_status(project: Project, request_id: str) -> dict[str, Any]:
+    """Where one request is: accepted (its batch's status and steps), acknowledged or rejected.
+
+    Raises:
+        PipelineError: If no request with this id was ever seen.
+    """
+    ledger = Ledger(project.ledger_path)
+    found = ledger.find_request(request_id)
+    if found is not None:
+        out = dict(found)
+        batch_id = found.get("batch_id")
+        if found.get("kind") == "accepted" and batch_id in ledger.batches:
+            batch = ledger.batches[batch_id]
+            out["status"] = batch["status"]
+            out["steps"] = batch.get("steps", {})
+            out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
+            paths = certificate_paths(project, request_id)
+            out["certificate"] = str(paths[0]) if paths else None
+        return out
+    for path in sorted(project.rejected_dir.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("request_id") == request_id:
+                return {"kind": "rejected", "request_id": request_id, "reasons": row.get("reasons"),
+                        "ingest": path.stem}
+    raise PipelineError(f"unknown request id {request_id!r}: not in the ledger, the acknowledgements or the "
+                        "rejection log (requests still in data/requests/incoming are not ingested yet)")

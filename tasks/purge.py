@@ -1,0 +1,334 @@
+"""Purge deleted samples from old data versions in the DVC cache and the default remote.
+
+Every deletion writes a new version of ``data/store``; the old version's objects (the shards
+that held the deleted samples, and the index naming them) stay in ``.dvc/cache`` and in the
+remote until something removes them. :func:`purge_deleted_data` redacts every old version that
+holds a deleted sample: it deletes the objects of that version which no other live version
+needs, keeps the version's ``.dir`` manifest (content hashes and relative paths only: the
+lineage survives, the data does not), and records the redaction in
+``data/requests/redactions.json``. :func:`scan_project_for_samples` then searches every byte of
+the project for the deleted samples, as evidence for deletion certificates.
+
+DVC's in-process API is used here (the ``dvc`` command has no "delete these objects" verb):
+``Repo.cache.local`` and ``Repo.cloud.get_remote_odb()`` are the same object databases that
+``dvc gc`` and ``dvc gc --cloud`` remove from, so a local directory remote and S3 work alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tasks import dvc_ops
+from tasks.project import PipelineError, Project
+from unlearn.forensics import ScanResult, scan_for_patterns
+from unlearn.requests import write_json_atomic
+
+log = logging.getLogger("unlearn.pipeline")
+
+DIR_SUFFIX = ".dir"  # dvc_data.hashfile.hash_info.HASH_DIR_SUFFIX
+INDEX_FILE = "index.csv"  # a store manifest lists its index and meta under these relpaths
+STORE_META = "meta.json"
+LOCAL, REMOTE = "local", "remote"
+
+
+def _inside_dvc_stage(project: Project) -> bool:
+    """True when this process is a stage command of ``dvc repro`` on this project: that dvc process
+    already holds the repo lock (and waits for us), so taking it again would fail."""
+    root = os.environ.get("DVC_ROOT")
+    return bool(os.environ.get("DVC_STAGE")) and root is not None and Path(root).resolve() == project.root
+
+
+@contextmanager
+def _open_repo(project: Project, *, lock: bool):
+    """The project's DVC repo (holding DVC's repo lock, like a dvc command, when ``lock``), closed on exit."""
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+
+    try:
+        repo = Repo(str(project.root))
+    except Exception as exc:  # NotDvcRepoError, config errors
+        raise PipelineError(f"cannot open the DVC repository at {project.root}: {exc}") from exc
+    try:
+        if lock:
+            try:
+                with lock_repo(repo):
+                    yield repo
+            except LockError as exc:
+                raise PipelineError(f"the DVC repository is busy (another dvc command holds its lock): {exc}") from exc
+        else:
+            yield repo
+    finally:
+        repo.close()
+
+
+def _object_dbs(repo: Any) -> dict[str, Any]:
+    """The md5 object databases: the local cache and, when one is configured, the default remote."""
+    from dvc.config import NoRemoteError, RemoteConfigError
+
+    odbs = {LOCAL: repo.cache.local}
+    try:
+        odbs[REMOTE] = repo.cloud.get_remote_odb(None, "purge")
+    except NoRemoteError:
+        log.warning("purge: no default DVC remote configured; purging the local cache only")
+    except RemoteConfigError as exc:  # version-aware / worktree remotes keep no content-addressed objects
+        raise PipelineError(f"cannot purge the default DVC remote: {exc}") from exc
+    return odbs
+
+
+def _read_object(odbs: dict[str, Any], present: dict[str, set[str]], oid: str) -> bytes | None:
+    """An object's bytes from the local cache, else the remote; None when neither has it."""
+    for side, odb in odbs.items():
+        if oid in present[side]:
+            try:
+                return odb.fs.cat_file(odb.oid_to_path(oid))
+            except FileNotFoundError:
+                continue
+    return None
+
+
+def _load_manifest(odbs: dict[str, Any], present: dict[str, set[str]], version: str) -> dict[str, str]:
+    """relpath -> md5 of every file of a directory version, from its ``.dir`` object."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+    from dvc_objects.errors import ObjectFormatError
+
+    for side, odb in odbs.items():
+        if version not in present[side]:
+            continue
+        try:
+            tree = Tree.load(odb, HashInfo("md5", version))
+        except (FileNotFoundError, ObjectFormatError):
+            continue
+        return {"/".join(key): hash_info.value for key, _, hash_info in tree if hash_info and hash_info.value}
+    raise PipelineError(
+        f"data version {version} has no readable manifest in the DVC cache or remote; its objects "
+        "cannot be told apart from those of redacted versions, so nothing was purged"
+    )
+
+
+def _sample_ids(index_bytes: bytes, version: str) -> set[str] | None:
+    """Sample ids listed by a store's index.csv; None when the file is not a store index."""
+    try:
+        reader = csv.DictReader(io.StringIO(index_bytes.decode()))
+        if "sample_id" not in (reader.fieldnames or []):
+            return None
+        return {row["sample_id"] for row in reader}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PipelineError(f"the index of data version {version} is unreadable: {exc}") from None
+
+
+def _remove_crash_leftovers(project: Project) -> int:
+    """Delete half-written or backed-up stores left by a crashed ``SampleStore.materialize``."""
+    removed = 0
+    if not project.data_dir.is_dir():
+        return 0
+    name = project.store_dir.name
+    for path in sorted(project.data_dir.glob(f".{name}.tmp-*")) + sorted(project.data_dir.glob(f".{name}.old-*")):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            log.warning("purge: left %s in place (process %s is still running)", path.name, pid)
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(odb: Any, oids: list[str]) -> None:
+    if oids:
+        odb.fs.remove([odb.oid_to_path(oid) for oid in oids])
+
+
+def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[str]) -> dict[str, Any]:
+    """Redact every old data version that holds a deleted sample, in the DVC cache and remote.
+
+    Every ``.dir`` object in the local cache and the default remote is a data version. The
+    current one (dvc.lock) is never touched. Another version whose ``index.csv`` lists a
+    deleted sample is redacted: each object of its manifest that no unredacted version
+    (the current one included) also lists is deleted from the cache and from the remote; the
+    ``.dir`` manifest itself stays. A version whose ``index.csv`` is already gone counts as
+    redacted (objects a crashed purge left behind are removed too, and the index is always
+    deleted last, so a crash never hides a version that still holds data). Crash leftovers
+    of the store (``data/.store.tmp-*``, ``data/.store.old-*``) are removed as well.
+    Calling it again removes nothing. Sample ids are never logged or returned.
+
+    Args:
+        project: The project (a DVC repository).
+        deleted_ids: Every deleted sample id.
+        batch_ids: The deletion batches this purge completes, recorded with each redaction.
+
+    Returns:
+        Evidence: ``versions_redacted`` (newly), ``versions_already_redacted``,
+        ``objects_removed`` ({"local": n, "remote": n}), ``leftovers_removed`` and
+        ``current_version``.
+
+    Raises:
+        PipelineError: If the current version still holds a deleted sample, or a version's
+            manifest or index cannot be read (nothing is removed then).
+    """
+    from dvc_data.hashfile.db import get_index
+
+    current = dvc_ops.data_version(project)
+    deleted = set(deleted_ids)
+    leftovers = _remove_crash_leftovers(project)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    newly: list[str] = []
+    already: list[str] = []
+    removed_by_version: dict[str, dict[str, int]] = {}
+    with _open_repo(project, lock=not _inside_dvc_stage(project)) as repo:
+        odbs = _object_dbs(repo)
+        present = {side: set(odb.all()) for side, odb in odbs.items()}
+        versions = sorted({oid for oids in present.values() for oid in oids if oid.endswith(DIR_SUFFIX)} | {current})
+        manifests = {version: _load_manifest(odbs, present, version) for version in versions}
+        redacted: set[str] = set()
+        for version in versions:
+            index_oid = manifests[version].get(INDEX_FILE)
+            if index_oid is None or STORE_META not in manifests[version]:
+                continue  # not a sample store (another tracked directory): left alone
+            data = _read_object(odbs, present, index_oid)
+            ids = None if data is None else _sample_ids(data, version)
+            if version == current:
+                if data is None:
+                    raise PipelineError(f"the current data version {current} has no index in the cache or remote")
+                if ids and ids & deleted:
+                    raise PipelineError(
+                        f"the current data version {current} still holds deleted samples; run the prepare "
+                        "stage and commit it before purging"
+                    )
+            elif data is None:
+                already.append(version)
+                redacted.add(version)
+            elif ids and ids & deleted:
+                newly.append(version)
+                redacted.add(version)
+        needed = {oid for version in versions if version not in redacted for oid in manifests[version].values()}
+        for side, odb in odbs.items():
+            removed_here = 0
+            last: list[str] = []  # index objects go last: while one exists, its version is not "redacted"
+            for version in sorted(redacted):
+                doomed = {oid for oid in manifests[version].values() if oid not in needed and oid in present[side]}
+                index_oid = manifests[version][INDEX_FILE]
+                first = sorted(doomed - {index_oid})
+                _remove(odb, first)
+                last += [index_oid] if index_oid in doomed else []
+                present[side] -= doomed
+                removed_by_version.setdefault(version, {LOCAL: 0, REMOTE: 0})[side] = len(doomed)
+                removed_here += len(doomed)
+            _remove(odb, sorted(set(last)))
+            if side == REMOTE and removed_here:
+                # As `dvc gc --cloud` does: drop DVC's cached listing of the remote, so a later
+                # push re-checks instead of trusting that removed objects are still there.
+                with closing(get_index(odb)) as index:
+                    index.clear()
+    _record(project, newly, already, removed_by_version, batch_ids, now)
+    totals = {side: sum(r[side] for r in removed_by_version.values()) for side in (LOCAL, REMOTE)}
+    log.info("purge: %d version(s) redacted, %d already redacted, objects removed %s, %d leftover(s) removed",
+             len(newly), len(already), totals, leftovers)
+    return {"versions_redacted": newly, "versions_already_redacted": already, "objects_removed": totals,
+            "leftovers_removed": leftovers, "current_version": current}
+
+
+def _record(project: Project, newly: list[str], already: list[str], removed: dict[str, dict[str, int]],
+            batch_ids: list[str], now: str) -> None:
+    """Merge this purge into redactions.json (version -> when, which batches, objects removed)."""
+    document = load_redactions(project)
+    changed = False
+    for version in [*newly, *already]:
+        counts = removed.get(version, {LOCAL: 0, REMOTE: 0})
+        entry = document.get(version)
+        if entry is None:
+            entry = document[version] = {
+                "redacted_at": now, "batch_ids": sorted(batch_ids) if version in newly else [],
+                "objects_removed": {LOCAL: 0, REMOTE: 0},
+            }
+            if version in already:
+                entry["found_redacted"] = True  # its index was gone before this purge
+            changed = True
+        if counts[LOCAL] or counts[REMOTE]:
+            entry["objects_removed"] = {side: entry["objects_removed"].get(side, 0) + counts[side]
+                                        for side in (LOCAL, REMOTE)}
+            changed = True
+    if changed:
+        write_json_atomic(project.redactions_path, document)
+
+
+def load_redactions(project: Project) -> dict[str, dict[str, Any]]:
+    """The recorded redactions: data version -> {redacted_at, batch_ids, objects_removed}.
+
+    Args:
+        project: The project.
+
+    Returns:
+        The mapping (empty when nothing was ever redacted).
+
+    Raises:
+        PipelineError: If the file exists but is not a JSON object.
+    """
+    import json
+
+    path = project.redactions_path
+    if not path.exists():
+        return {}
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(document, dict):
+        raise PipelineError(f"{path} is corrupt: expected a JSON object")
+    return document
+
+
+def _is_virtualenv(path: Path) -> bool:
+    return (path / "pyvenv.cfg").is_file()
+
+
+def scan_project_for_samples(project: Project, patterns: dict[str, bytes]) -> ScanResult:
+    """Search every file of the project for the given sample bytes (evidence for certificates).
+
+    Scans the whole project root: the working data, ``.dvc/cache``, ``mlartifacts``,
+    ``mlflow.db``, Git's objects, everything, plus the DVC cache and the default remote when
+    they are local directories outside the root. Only Python virtual environments are skipped
+    (installed packages, not data). Symbolic links are not followed.
+
+    Args:
+        project: The project.
+        patterns: Pattern key -> bytes, from :func:`unlearn.forensics.sample_patterns`.
+
+    Returns:
+        The scan result; match paths start with the scanned directory's name.
+    """
+    roots = [project.root]
+    if (project.root / ".dvc").is_dir():
+        with _open_repo(project, lock=False) as repo:
+            extra = [Path(repo.cache.local_cache_dir)]
+            try:
+                remote = repo.cloud.get_remote()
+                if remote.fs.protocol == "local":
+                    extra.append(Path(remote.path))
+            except Exception:  # no remote configured: nothing more to scan
+                pass
+        for path in extra:
+            path = path.resolve()
+            if path.exists() and not any(path == r or r in path.parents for r in roots):
+                roots.append(path)
+    return scan_for_patterns(roots, patterns, skip=lambda path: path.is_dir() and _is_virtualenv(path))

@@ -1,0 +1,111 @@
+import time
+
+import numpy as np
+import pytest
+
+from unlearn import forensics
+from unlearn.data.store import Arrays
+from unlearn.forensics import sample_patterns, scan_for_patterns
+
+
+def _random_bytes(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def _patterns(count: int, length: int = 64, seed: int = 1) -> dict[str, bytes]:
+    return {f"p{i}": _random_bytes(length, seed * 1000 + i) for i in range(count)}
+
+
+def test_finds_a_pattern_at_an_arbitrary_offset_in_nested_dirs(tmp_path):
+    patterns = _patterns(50)
+    nested = tmp_path / "root" / "a" / "b" / "c"
+    nested.mkdir(parents=True)
+    noise = _random_bytes(10_000, 7)
+    (nested / "hit.bin").write_bytes(noise[:4321] + patterns["p17"] + noise[4321:])
+    (tmp_path / "root" / "clean.bin").write_bytes(noise)
+    (tmp_path / "root" / "empty.bin").write_bytes(b"")
+    result = scan_for_patterns([tmp_path / "root"], patterns)
+    assert result.matches == (("root/a/b/c/hit.bin", "p17"),)
+    assert result.files == 3 and result.patterns == 50 and result.bytes == 2 * 10_000 + 64
+    assert not result.clean and result.errors == ()
+
+
+@pytest.mark.parametrize("length", [3, 8, 64, 1000])
+def test_finds_patterns_across_chunk_boundaries(tmp_path, monkeypatch, length):
+    monkeypatch.setattr(forensics, "CHUNK_SIZE", 4096)
+    patterns = _patterns(20, length=length)
+    noise = bytearray(_random_bytes(5 * 4096, 3))
+    # Straddling the boundaries at 4096 and 8192 at every split point, and at the very end.
+    for k, start in enumerate([4096 - length // 2, 8192 - 1, 12288 - length + 1, len(noise) - length]):
+        noise[start:start + length] = patterns[f"p{k}"]
+    (tmp_path / "data.bin").write_bytes(bytes(noise))
+    result = scan_for_patterns([tmp_path], patterns)
+    assert {key for _, key in result.matches} == {"p0", "p1", "p2", "p3"}
+
+
+def test_no_false_positives_on_near_misses(tmp_path):
+    patterns = _patterns(100)
+    near = bytearray(patterns["p5"])
+    near[-1] ^= 0xFF  # the anchor window matches, the full pattern does not
+    prefix = patterns["p6"][:63]  # a truncated pattern at the end of the file
+    (tmp_path / "f.bin").write_bytes(_random_bytes(100_000, 9) + bytes(near) + b"x" + prefix)
+    assert scan_for_patterns([tmp_path], patterns).matches == ()
+
+
+def test_repeated_and_zero_heavy_data(tmp_path):
+    # Real images have runs of equal bytes; patterns overlapping themselves must still match.
+    flat = bytes(64)
+    ramp = bytes(range(64))
+    (tmp_path / "zeros.bin").write_bytes(bytes(100_000) + ramp + bytes(10))
+    result = scan_for_patterns([tmp_path], {"flat": flat, "ramp": ramp, "absent": bytes([1]) * 64})
+    name = f"{tmp_path.name}/zeros.bin"
+    assert result.matches == ((name, "flat"), (name, "ramp"))
+
+
+def test_skip_and_symlinks_are_not_followed(tmp_path):
+    patterns = _patterns(3)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "hit.bin").write_bytes(patterns["p0"])
+    root = tmp_path / "root"
+    (root / "venv").mkdir(parents=True)
+    (root / "venv" / "hit.bin").write_bytes(patterns["p1"])
+    (root / "link").symlink_to(tmp_path / "outside")
+    (root / "link.bin").symlink_to(tmp_path / "outside" / "hit.bin")
+    (root / "kept.bin").write_bytes(patterns["p2"])
+    result = scan_for_patterns([root], patterns, skip=lambda p: p.name == "venv")
+    assert result.matches == (("root/kept.bin", "p2"),) and result.files == 1
+
+
+def test_sample_patterns_drop_live_duplicates_and_hide_ids():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 1, 8, 8), dtype=np.uint8)
+    live = images[3:].copy()
+    deleted = Arrays(np.array([f"digits-{i:04d}" for i in range(4)]),
+                     np.concatenate([images[:3], images[3:4]]), np.zeros(4, dtype=np.int64))
+    patterns, dropped = sample_patterns(deleted, live)
+    assert dropped == 1  # the fourth deleted image equals a live one
+    assert sorted(patterns.values()) == sorted(images[i].tobytes() for i in range(3))
+    assert all("digits" not in key and key not in deleted.ids for key in patterns)
+    # The same bytes twice yield one pattern.
+    twice = Arrays(np.array(["a", "b"]), np.stack([images[0], images[0]]), np.zeros(2, dtype=np.int64))
+    assert len(sample_patterns(twice, live)[0]) == 1
+    with pytest.raises(ValueError, match="uint8"):
+        sample_patterns(Arrays(deleted.ids, deleted.images.astype(np.float32), deleted.labels), live)
+
+
+def test_patterns_from_a_store_shard_are_found(tmp_path):
+    # The bytes of one row of an .npy shard are exactly the sample's pattern.
+    images = np.random.default_rng(1).integers(0, 256, (40, 3, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "s00000.npy", images)
+    deleted = Arrays(np.array(["x"]), images[17:18], np.zeros(1, dtype=np.int64))
+    patterns, _ = sample_patterns(deleted, np.delete(images, 17, axis=0))
+    assert [key for _, key in scan_for_patterns([tmp_path], patterns).matches] == ["p000000"]
+
+
+def test_many_patterns_scan_fast(tmp_path):
+    (tmp_path / "big.bin").write_bytes(_random_bytes(20_000_000, 11))
+    patterns = _patterns(1000)
+    start = time.perf_counter()
+    result = scan_for_patterns([tmp_path], patterns)
+    assert result.matches == () and result.bytes == 20_000_000
+    assert time.perf_counter() - start < 10  # ~0.3 s here; bytes.find per pattern takes ~2.5 s

@@ -1,0 +1,297 @@
+"""Hostile request files: each is refused with its exact reason code, and disturbs nothing else.
+
+Every case runs one ingest over a ledger that already holds a batch, with the hostile file, a
+valid bystander file and (for row-level cases) a valid sibling row in the hostile file itself.
+After it: no exception escaped run_ingest, the earlier batch and acknowledgements are as they
+were, the bystanders were accepted, the inbox is empty, and the subject reference written into
+the hostile file is nowhere on disk.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tasks.project import PipelineError, load_project
+from tasks.stages import run_ingest
+from unlearn.requests import Ledger, content_digest
+
+SECRET = "hostile-subject-7f3a@example.com"  # a subject reference that must never be stored
+
+
+def _request(request_id, ids, **extra):
+    return {"request_id": request_id, "sample_ids": ids, "received_at": "2026-11-24T10:00:00Z",
+            "reason": "gdpr_erasure", "subject_ref": SECRET, **extra}
+
+
+SIBLING = _request("SIB-1", ["digits-0011"])  # a valid row next to the hostile one
+BYSTANDER = _request("OK-1", ["digits-0012"])  # a valid request in another file
+
+
+@pytest.fixture
+def project(make_project):
+    """A project whose ledger already holds one (pending) batch."""
+    project = load_project(make_project())
+    ledger = Ledger(project.ledger_path)
+    ledger.add_batch("batch-earlier", ["OLD-1"], ["digits-0100"], "2026-01-01T00:00:00Z")
+    ledger.save()
+    project.incoming_dir.mkdir(parents=True)
+    return project
+
+
+def _ingest(project, files: dict[str, bytes], *, expect_accepted: set[str],
+            expect_acknowledged: frozenset[str] = frozenset()) -> tuple[dict, list[dict]]:
+    """Drop ``files`` and the bystander, ingest, check nothing else was disturbed.
+
+    Returns:
+        The counts and the rejection lines that are not about the bystanders.
+    """
+    ledger_before = Ledger(project.ledger_path)
+    (project.incoming_dir / "bystander.json").write_text(json.dumps(BYSTANDER))
+    for name, data in files.items():
+        (project.incoming_dir / name).write_bytes(data)
+    counts = run_ingest(project)
+    accepted = set()
+    if counts["batch_id"]:
+        batch = json.loads((project.batches_dir / f"{counts['batch_id']}.json").read_text())
+        accepted = {r["request_id"] for r in batch["requests"]}
+    assert accepted == expect_accepted | {"OK-1"}
+    ledger = Ledger(project.ledger_path)
+    assert ledger.batches["batch-earlier"] == ledger_before.batches["batch-earlier"]
+    assert set(ledger.batches) == {"batch-earlier", counts["batch_id"]}
+    assert set(ledger.acknowledged) == set(ledger_before.acknowledged) | expect_acknowledged
+    assert all(ledger.acknowledged[k] == v for k, v in ledger_before.acknowledged.items())
+    assert list(project.incoming_dir.iterdir()) == []
+    assert counts["rows"] == counts["accepted"] + counts["rejected"] + counts["acknowledged"]
+    for path in project.root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert SECRET.encode() not in path.read_bytes(), path
+    rejected = [json.loads(line) for f in project.rejected_dir.glob("*.jsonl") for line in f.read_text().splitlines()]
+    for line in rejected:  # a clear reason: a code and words
+        assert line["reasons"] and line["detail"].startswith(line["reasons"][0] + ":")
+    return counts, rejected
+
+
+def _json(document) -> bytes:
+    return json.dumps(document).encode()
+
+
+# Row-level: the file parses, the row is refused. (case id, the hostile row, its exact reasons)
+ROWS = [
+    ("request_id_int", {**_request("X", ["digits-0001"]), "request_id": 12}, ["request_id_missing_or_not_string"]),
+    ("request_id_newline", _request("H-1\n", ["digits-0001"]), ["request_id_malformed"]),
+    ("request_id_1mb", _request("H" * 1_000_000, ["digits-0001"]), ["request_id_malformed"]),
+    ("sample_ids_string", _request("H-1", "digits-0001"), ["sample_ids_not_list_of_strings"]),
+    ("sample_ids_ints", _request("H-1", [1, 2]), ["sample_ids_not_list_of_strings"]),
+    ("reason_list", {**_request("H-1", ["digits-0001"]), "reason": ["gdpr_erasure"]}, ["reason_missing_or_not_string"]),
+    ("received_at_number", {**_request("H-1", ["digits-0001"]), "received_at": 20261124},
+     ["received_at_missing_or_not_string"]),
+    ("empty_id_list", _request("H-1", []), ["sample_ids_count_out_of_range"]),
+    ("empty_string_id", _request("H-1", [""]), ["sample_id_malformed"]),
+    ("negative_int_id", _request("H-1", [-1]), ["sample_ids_not_list_of_strings"]),
+    ("negative_string_id", _request("H-1", ["-1"]), ["sample_id_malformed"]),
+    ("huge_int_id", _request("H-1", [10**30]), ["sample_ids_not_list_of_strings"]),
+    ("huge_string_id_1mb", _request("H-1", ["d" * 1_000_000]), ["sample_id_malformed"]),
+    ("huge_digits_id", _request("H-1", ["digits-" + "9" * 40]), ["unknown_sample_id"]),
+    ("unknown_ids", _request("H-1", ["digits-0001", "cifar10-train-00001"]), ["unknown_sample_id"]),
+    ("duplicate_ids_in_request", _request("H-1", ["digits-0001", "digits-0001"]), ["duplicate_sample_id_in_request"]),
+    ("nul_in_id", _request("H-1", ["digits-00\x0001"]), ["sample_id_malformed"]),
+    ("newline_in_id", _request("H-1", ["digits-0001\n"]), ["sample_id_malformed"]),
+    ("not_an_object", "just a string", ["not_a_request_object"]),
+    ("unknown_field", {**_request("H-1", ["digits-0001"]), "sample_id": "digits-0002"}, ["unknown_field"]),
+    # Lone surrogates are valid JSON escapes but not UTF-8 (pandas' Arrow strings refuse them).
+    ("surrogate_field_name", {**_request("H-1", ["digits-0001"]), "\ud800": 1}, ["unknown_field"]),
+    ("surrogate_reason", {**_request("H-1", ["digits-0001"]), "reason": "\udfff"}, ["reason_not_allowed"]),
+    ("surrogate_id", _request("H-1", ["digits-\ud800"]), ["sample_id_malformed"]),
+]
+
+
+@pytest.mark.parametrize(("row", "reasons"), [(r, c) for _, r, c in ROWS], ids=[i for i, _, _ in ROWS])
+def test_hostile_row_is_rejected_with_its_code(project, row, reasons):
+    counts, rejected = _ingest(project, {"hostile.json": _json([row, SIBLING])}, expect_accepted={"SIB-1"})
+    (line,) = rejected
+    assert (line["source_file"], line["row"], line["reasons"]) == ("hostile.json", 0, reasons)
+    assert (counts["accepted"], counts["rejected"], counts["acknowledged"]) == (2, 1, 0)
+    # A malformed id is not copied into the log (it may be megabytes long or hold control characters).
+    assert line["request_id"] in (None, "H-1")
+    assert len(json.dumps(line)) < 2000
+
+
+def test_json_array_of_strings_rejects_each_row(project):
+    counts, rejected = _ingest(project, {"strings.json": _json(["a", "b"])}, expect_accepted=set())
+    assert sorted((r["row"], r["reasons"][0]) for r in rejected) == [(0, "not_a_request_object"),
+                                                                     (1, "not_a_request_object")]
+    assert all(r["reasons"] == ["not_a_request_object"] for r in rejected)
+    assert (counts["rows"], counts["rejected"], counts["rejected_files"]) == (3, 2, 0)
+
+
+CSV_HEADER = b"request_id,sample_ids,received_at,reason,subject_ref\n"
+CSV_SIBLING = b"SIB-1,digits-0011,2026-11-24,other," + SECRET.encode() + b"\n"
+
+
+@pytest.mark.parametrize("row", [
+    b"H-1,digits-0001,2026-11-24,other," + SECRET.encode() + b",extra cell\n",   # a cell too many
+    b"H-1,digits-0001,2026-11-24\n",                                             # cells missing
+], ids=["ragged_long", "ragged_short"])
+def test_ragged_csv_row_is_rejected_alone(project, row):
+    _, rejected = _ingest(project, {"ragged.csv": CSV_HEADER + row + CSV_SIBLING}, expect_accepted={"SIB-1"})
+    (line,) = rejected
+    assert (line["row"], line["reasons"], line["request_id"]) == (0, ["csv_row_wrong_column_count"], "H-1")
+
+
+# File-level: the file cannot be parsed; it is deleted, its name, size and sha256 are logged.
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde"
+FILES = [  # (case id, file name, content, exact code, a phrase its detail must hold)
+    ("malformed_json", "bad.json", b'{"request_id": "H-1", "subject_ref": "' + SECRET.encode() + b'", "sample_ids": [',
+     "malformed_json", "(line 1, column"),
+    ("csv_unterminated_quote", "quote.csv",
+     CSV_HEADER + b'H-1,"digits-0001,2026-11-24,other,' + SECRET.encode() + b"\n", "malformed_csv",
+     "unexpected end of data"),
+    ("csv_missing_header", "noheader.csv", CSV_SIBLING, "malformed_csv", "5 column(s) and no request_id"),
+    ("non_utf8", "latin.json", b'{"request_id": "H-1", "reason": "\xe9", "subject_ref": "' + SECRET.encode() + b'"}',
+     "not_utf8", "invalid byte at offset 33"),
+    ("utf16_bom", "wide.json", json.dumps(_request("H-1", ["digits-0001"])).encode("utf-16"), "not_utf8",
+     "UTF-16/32 byte-order mark"),
+    ("png_as_json", "image.json", PNG, "not_utf8", "invalid byte at offset 0"),
+    ("json_number", "number.json", b"5", "not_a_request_file", "got a JSON number"),
+    ("requests_not_a_list", "wrapped.json", b'{"requests": 5}', "not_a_request_file", '"requests" must be a list'),
+    ("txt_extension", "notes.txt", _json(_request("H-1", ["digits-0001"])), "unsupported_file_type", "got .txt"),
+    ("zero_bytes_json", "empty.json", b"", "empty_file", "the file is empty"),
+    ("zero_bytes_csv", "empty.csv", b"", "empty_file", "the file is empty"),
+    ("deeply_nested_json", "deep.json", b"[" * 100_000 + b"]" * 100_000, "malformed_json", "nested too deeply"),
+    ("dots_in_name", "a..b.json", _json(_request("H-1", ["digits-0001"])), "unsafe_file_name", "contain '..'"),
+    ("encoded_traversal_name", "..%2f..%2fetc.json", _json(_request("H-1", ["digits-0001"])), "unsafe_file_name",
+     "must not start with a dot"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "code", "phrase"), [f[1:] for f in FILES], ids=[f[0] for f in FILES])
+def test_hostile_file_is_rejected_whole_and_deleted(project, name, data, code, phrase):
+    counts, rejected = _ingest(project, {name: data}, expect_accepted=set())
+    (line,) = rejected
+    assert line["reasons"] == [code] and line["row"] is None and line["request_id"] is None
+    assert (line["file_size"], line["file_sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert ".." not in line["source_file"] and "%" not in line["source_file"]
+    assert phrase in line["detail"] and SECRET not in line["detail"]
+    assert (counts["rejected_files"], counts["rows"], counts["accepted"]) == (1, 2, 1)
+    # Only the rejection log is kept: no copy of the file anywhere.
+    assert [p.name for p in project.rejected_dir.iterdir()] == [f"{counts['batch_id']}.jsonl"]
+
+
+def test_symlink_in_the_inbox_is_neither_followed_nor_read(project, tmp_path):
+    outside = tmp_path / "outside.json"  # a valid request, outside the inbox
+    outside.write_text(json.dumps(_request("LINKED-1", ["digits-0001"])))
+    before = outside.read_bytes()
+    (project.incoming_dir / "link.json").symlink_to(outside)
+    counts, rejected = _ingest(project, {}, expect_accepted=set())
+    (line,) = rejected
+    assert line["reasons"] == ["not_a_regular_file"] and line["source_file"] == "link.json"
+    assert line["file_sha256"] is None  # the target was never read
+    assert outside.read_bytes() == before  # and not touched
+    assert Ledger(project.ledger_path).find_request("LINKED-1") is None
+    assert counts["rejected_files"] == 1
+
+
+def test_dangling_symlink_is_removed(project, tmp_path):
+    (project.incoming_dir / "gone.json").symlink_to(tmp_path / "does-not-exist.json")
+    _, rejected = _ingest(project, {}, expect_accepted=set())
+    assert [r["reasons"] for r in rejected] == [["not_a_regular_file"]]
+
+
+def test_fifo_in_the_inbox_neither_blocks_nor_is_read(project):
+    os.mkfifo(project.incoming_dir / "pipe.json")  # opening it for reading would wait for a writer
+    _, rejected = _ingest(project, {}, expect_accepted=set())
+    assert [r["reasons"] for r in rejected] == [["not_a_regular_file"]]
+
+
+def test_folder_in_the_inbox_is_left_alone(project):
+    (project.incoming_dir / "sub.json").mkdir()
+    (project.incoming_dir / "sub.json" / "inner.json").write_text(json.dumps(_request("IN-1", ["digits-0001"])))
+    ledger_before = Ledger(project.ledger_path)
+    counts = run_ingest(project)
+    assert counts["files"] == 0 and Ledger(project.ledger_path).batches == ledger_before.batches
+    assert (project.incoming_dir / "sub.json" / "inner.json").exists()  # not recursed into, not deleted
+
+
+def test_lone_surrogate_subject_ref_is_hashed_not_crashing(project):
+    text = json.dumps(_request("H-1", ["digits-0001"])).replace(json.dumps(SECRET)[1:-1], "\\ud800")
+    counts, rejected = _ingest(project, {"surrogate.json": text.encode()}, expect_accepted={"H-1"})
+    assert rejected == [] and counts["accepted"] == 2
+
+
+def _unknown_ids(n):
+    return [f"u-{i:07d}" for i in range(n)]
+
+
+def test_request_with_max_ids_is_checked_and_fast(project, record_property):
+    limit = project.params.requests.max_ids_per_request
+    assert limit == 100_000
+    data = _json([_request("BIG-1", _unknown_ids(limit)), SIBLING])
+    start = time.perf_counter()
+    counts, rejected = _ingest(project, {"big.json": data}, expect_accepted={"SIB-1"})
+    seconds = time.perf_counter() - start
+    (line,) = rejected
+    assert line["reasons"] == ["unknown_sample_id"] and line["request_id"] == "BIG-1"
+    assert f"{limit} sample id(s) are not in the dataset" in line["detail"]
+    assert seconds < 20, f"ingesting a {limit}-id request took {seconds:.1f}s"
+    record_property("ingest_seconds", round(seconds, 2))
+
+
+def test_request_over_max_ids_is_out_of_range(project, record_property):
+    limit = project.params.requests.max_ids_per_request
+    data = _json([_request("BIG-2", _unknown_ids(limit + 1)), SIBLING])
+    start = time.perf_counter()
+    _, rejected = _ingest(project, {"big.json": data}, expect_accepted={"SIB-1"})
+    seconds = time.perf_counter() - start
+    (line,) = rejected
+    assert line["reasons"] == ["sample_ids_count_out_of_range"]  # its ids are not even looked at
+    assert f"names {limit + 1} sample ids; a request names 1 to {limit}" in line["detail"]
+    assert seconds < 20
+    record_property("ingest_seconds", round(seconds, 2))
+
+
+def test_nothing_disturbed_when_a_hostile_file_arrives_with_a_repeat(project):
+    """A hostile file next to a repeat of the earlier request: the repeat stays a no-op."""
+    ledger = Ledger(project.ledger_path)
+    ledger.batches["batch-earlier"]["request_digests"] = {"OLD-1": content_digest(sample_ids=["digits-0100"])}
+    ledger.save()
+    counts, rejected = _ingest(project, {"repeat.json": _json(_request("OLD-1", ["digits-0100"])),
+                                         "bad.json": b"{"}, expect_accepted=set(),
+                                expect_acknowledged={"OLD-1"})
+    assert [r["reasons"] for r in rejected] == [["malformed_json"]]
+    assert counts["acknowledged"] == 1
+    assert Ledger(project.ledger_path).acknowledged["OLD-1"]["batch_id"] == "batch-earlier"
+
+
+# --------------------------------------------------------------------------- unlearn request submit
+
+
+@pytest.mark.parametrize("request_id", ["../../etc/passwd", "R-1\n", "", "-R", "R 1", "R" * 129, "R-\x00"])
+def test_submit_refuses_a_malformed_request_id_before_writing(make_project, request_id):
+    from flows.cli import submit_request
+
+    root = make_project()
+    with pytest.raises(PipelineError, match="malformed"):
+        submit_request(root, {"request_id": request_id, "sample_ids": ["digits-0001"]})
+    assert not (root / "data" / "requests" / "incoming").exists()
+
+
+def test_submit_command_exits_2_on_a_malformed_id_and_accepts_a_good_one(make_project):
+    root = make_project()
+    incoming = root / "data" / "requests" / "incoming"
+
+    def submit(request_id):
+        return subprocess.run([sys.executable, "-m", "flows.cli", "--root", str(root), "request", "submit",
+                               "--request-id", request_id, "--sample-ids", "digits-0001", "--subject-ref", "s"],
+                              capture_output=True, text=True, timeout=300)
+
+    bad = submit("../x")
+    assert bad.returncode == 2 and "malformed" in bad.stderr and "Traceback" not in bad.stderr
+    assert not incoming.exists() or list(incoming.iterdir()) == []
+    good = submit("REQ-000123")
+    assert good.returncode == 0, good.stderr
+    assert len(list(incoming.glob("request-*.json"))) == 1

@@ -1,0 +1,237 @@
+"""The deletion lifecycle end to end: escalation, retirement, purge, certificates, audit, faults,
+concurrency. Real Prefect (test harness), MLflow (SQLite), DVC (repo + local remote) and GX."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from conftest import FAST
+
+pytestmark = pytest.mark.e2e
+
+# Zero tolerances: no approximate method can pass, so the ladder must reach the exact retrain.
+STRICT = {"tolerances": {"test_acc": 0.0, "mia.loss_threshold.auc": 0.0}}
+
+
+def _submit(root, request_id, ids, subject="alice@example.com"):
+    from flows.cli import submit_request
+
+    submit_request(root, {"request_id": request_id, "sample_ids": ids, "received_at": "2026-11-24T10:00:00Z",
+                          "reason": "gdpr_erasure", "subject_ref": subject})
+
+
+def _client(project):
+    import mlflow
+
+    mlflow.set_tracking_uri(project.tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def _files_containing(root, needles):
+    """Relative paths of files under root whose bytes contain any of the needles."""
+    hits = set()
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if any(n in data for n in needles):
+                hits.add(str(path.relative_to(root)))
+    return hits
+
+
+def test_escalation_retirement_purge_and_certificate(prefect_server, make_project, tmp_path, capsys):
+    from flows.cli import main
+    from flows.pipeline import pipeline_flow
+    from tasks.project import load_project
+    from unlearn.data import SampleStore, load_source
+
+    root = make_project({**FAST, "gate": STRICT,
+                         "unlearn": {**FAST["unlearn"], "escalation": ["salun", "retrain"],
+                                     "methods": {**FAST["unlearn"]["methods"], "salun": {"epochs": 2}}}})
+    first = pipeline_flow(root=str(root))
+    project = load_project(root)
+    store = SampleStore(project.store_dir)
+    forget = sorted(store.split_ids("train")[:12].tolist())
+    test_only = sorted(store.split_ids("test")[:3].tolist())
+    _submit(root, "R-1", forget)
+    _submit(root, "R-T", test_only, subject="bob@example.com")
+    second = pipeline_flow(root=str(root))
+
+    # escalation: amun and salun fail the strict gate, the exact retrain passes; each attempt is a run
+    assert second["promote"]["status"] == "promoted"
+    assert second["promote"]["attempts"] == [["amun", "fail"], ["salun", "fail"], ["retrain", "pass"]]
+    client = _client(project)
+    name = project.params.registry.model_name
+    runs = client.search_runs([client.get_experiment_by_name("unlearn").experiment_id],
+                              "tags.stage = 'unlearn'")
+    assert sorted((r.data.tags["method"], r.data.tags["verdict"]) for r in runs) == [
+        ("amun", "fail"), ("retrain", "pass"), ("salun", "fail")]
+    versions = {str(v.version): v.tags for v in client.search_model_versions(f"name='{name}'")}
+    assert set(versions) == {"1", "2"}  # failed attempts are runs, not model versions
+    assert versions["2"]["method"] == "retrain" and client.get_registered_model(name).aliases == {"champion": 2}
+
+    # retirement: the baseline saw the samples; its artifacts are gone, its entry is a tombstone
+    assert versions["1"]["retired"] == "true" and versions["1"]["artifacts_deleted"] == "true"
+    model_dir = project.artifact_root.rglob(versions["1"]["model_id"])
+    assert not any(p.is_file() for d in model_dir for p in d.rglob("*"))
+
+    # purge: the deleted samples' bytes are nowhere in the project (data, DVC cache and remote, MLflow)
+    source = load_source(project.params.data)
+    deleted = np.isin(source.ids, forget + test_only)
+    live = {img.tobytes() for img in SampleStore(project.store_dir).load().images}
+    needles = [img.tobytes() for img in source.images[deleted] if img.tobytes() not in live]
+    assert len(needles) >= 10
+    assert _files_containing(root, needles) == set()
+    assert first["prepare"]["data_version"] in second["purge"]["versions_redacted"]
+    assert second["purge"]["scan"]["matches"] == 0 and second["purge"]["scan"]["files"] > 10
+
+    # certificates and status
+    assert main(["--root", str(root), "request", "status", "R-1", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["status"] == "completed" and status["step"] == "certified"
+    assert main(["--root", str(root), "request", "certificate", "R-1", "--out", str(tmp_path / "cert")]) == 0
+    certificate = json.loads(next((tmp_path / "cert").glob("*.json")).read_text())
+    assert certificate["status"] == "complete" and certificate["model"]["version"] == "2"
+    assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "salun", "retrain"]
+    assert certificate["purge"]["scan"]["matches"] == 0 and certificate["verification"]["verdict"] == "pass"
+    steps = {s["step"]: s["at"] for s in certificate["timeline"]}
+    assert all(steps[s] for s in ("received", "validated", "data_version", "unlearned", "verified", "promoted",
+                                  "retired", "purged", "certified"))
+    html = next((tmp_path / "cert").glob("*.html")).read_text()
+    assert "data:image/png;base64" in html and "retrain" in html
+    capsys.readouterr()
+    assert main(["--root", str(root), "request", "certificate", "R-T"]) == 0  # test-split only: data only
+    test_cert = json.loads(next(p for p in project.certificates_dir.glob("*.json")
+                                if json.loads(p.read_text())["request_id"] == "R-T").read_text())
+    assert test_cert["status"] == "data_only"
+    assert main(["--root", str(root), "request", "status", "NO-SUCH-REQUEST"]) == 2
+
+    # no personal data in the trail: subjects only as salted hashes, no raw sample ids
+    trail = [project.audit_path, root / "mlflow.db", *project.certificates_dir.glob("*")]
+    blob = b"".join(p.read_bytes() for p in trail)
+    assert b"alice@example.com" not in blob and b"bob@example.com" not in blob
+    assert not any(i.encode() in blob for i in forget + test_only)
+
+    # the audit log verifies, and any edit is detected
+    capsys.readouterr()
+    assert main(["--root", str(root), "audit", "verify"]) == 0
+    lines = project.audit_path.read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert {"model.verified", "model.promoted", "model.retired", "purge.completed", "certificate.issued"} <= set(events)
+    edited = json.loads(lines[1])
+    edited["event"] = "tampered"
+    project.audit_path.write_text("\n".join([lines[0], json.dumps(edited), *lines[2:]]) + "\n")
+    assert main(["--root", str(root), "audit", "verify"]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+FAULT_POINTS = ["ingest", "prepare", "train", "references", "attempt", "verify", "promote", "move_champion",
+                "purge", "certify"]
+
+
+def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_server, make_project, monkeypatch):
+    """Inject a failure after each stage in turn (and between registering and moving the alias), then re-run."""
+    from flows.pipeline import pipeline_flow
+    from tasks import stages, tracking
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
+    pipeline_flow(root=str(root))
+    project = load_project(root)
+    client = _client(project)
+    name = project.params.registry.model_name
+    train_ids = SampleStore(project.store_dir).split_ids("train").tolist()
+    expected_versions = 1
+    for round_number, point in enumerate(FAULT_POINTS):
+        request_id = f"R-{round_number}"
+        _submit(root, request_id, train_ids[round_number * 5:(round_number + 1) * 5])
+        champion_before = str(tracking.champion_version(project, client).version)
+
+        class InjectedFault(RuntimeError):
+            pass
+
+        with monkeypatch.context() as patch:
+            if point == "move_champion":  # between registering the version and moving the alias
+                def crash(*args, point=point, **kwargs):
+                    raise InjectedFault(point)
+
+                patch.setattr(tracking, "move_champion", crash)
+            elif point == "references":  # the flow fans reference training out: fail after registering
+                def crash_refs(*args, original=stages.register_references, point=point):
+                    original(*args)
+                    raise InjectedFault(point)
+
+                patch.setattr(stages, "register_references", crash_refs)
+            elif point == "attempt":  # after unlearning, before verification
+                def crash_attempt(project, method, original=stages.run_attempt, point=point):
+                    original(project, method)
+                    raise InjectedFault(point)
+
+                patch.setattr(stages, "run_attempt", crash_attempt)
+            else:
+                original = stages.STAGE_FUNCTIONS[point]
+
+                def crash_after(project, original=original, point=point):
+                    original(project)
+                    raise InjectedFault(point)
+
+                patch.setitem(stages.STAGE_FUNCTIONS, point, crash_after)
+            with pytest.raises(InjectedFault):
+                pipeline_flow(root=str(root))
+        champion = tracking.champion_version(project, client)
+        if str(champion.version) != champion_before:  # only a verified successor may have taken over
+            assert champion.tags["verdict"] == "pass" and point in ("promote", "purge", "certify")
+        pipeline_flow(root=str(root))  # the re-run completes the round
+
+        ledger = Ledger(project.ledger_path)
+        owners = [b for b, v in ledger.batches.items() if request_id in v["request_ids"]]
+        assert len(owners) == 1, (point, owners)  # not lost, not applied twice
+        batch = ledger.batches[owners[0]]
+        assert batch["status"] == "completed" and {"promoted", "purged", "certified"} <= set(batch["steps"])
+        expected_versions += 1
+        versions = client.search_model_versions(f"name='{name}'")
+        assert len(versions) == expected_versions, (point, [(v.version, v.tags.get("role"), v.tags.get("run_id"),
+                                                             v.tags.get("request_batches")) for v in versions],
+                                                   {b: (v["request_ids"], v["status"]) for b, v in ledger.batches.items()})
+        champion = tracking.champion_version(project, client)
+        assert champion.tags["request_batches"] == owners[0] and champion.tags["verdict"] == "pass"
+        assert not list(project.incoming_dir.iterdir())
+        assert not list(project.quarantine_dir.glob("*.npz"))
+    from unlearn.audit import AuditLog
+
+    assert AuditLog(project.audit_path).verify().ok
+
+
+def test_two_pipeline_runs_started_together_serialise(prefect_server, make_project):
+    from flows.pipeline import pipeline_flow
+    from tasks import tracking
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
+    pipeline_flow(root=str(root))
+    project = load_project(root)
+    _submit(root, "R-A", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(pipeline_flow(root=str(root)))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    outcomes = sorted(r["promote"]["status"] for r in results)
+    assert outcomes == ["nothing_to_promote", "promoted"]  # the second saw the first's result
+    waited = max(results, key=lambda r: r["lock_wait_seconds"])
+    assert waited["promote"]["status"] == "nothing_to_promote" and waited["lock_wait_seconds"] > 0
+    client = _client(project)
+    assert len(client.search_model_versions(f"name='{project.params.registry.model_name}'")) == 2
+    assert str(tracking.champion_version(project, client).version) == "2"

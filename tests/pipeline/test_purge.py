@@ -1,0 +1,167 @@
+"""Purging deleted samples from old data versions, against a real DVC repository and remote."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from tasks import dvc_ops
+from tasks.project import PipelineError, load_project
+from tasks.purge import load_redactions, purge_deleted_data, scan_project_for_samples
+from tasks.stages import run_ingest, run_prepare
+from unlearn.data import SampleStore
+from unlearn.forensics import sample_patterns
+from unlearn.requests import Ledger
+
+
+def _dvc(project, *args):
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project.root, capture_output=True, text=True)
+
+
+def _version(project):
+    """Prepare the store from the ledger, record it in DVC and push it; returns its data version."""
+    run_prepare(project)
+    dvc_ops.commit(project, "ingest", "prepare")
+    dvc_ops.push(project)
+    return dvc_ops.data_version(project)
+
+
+def _first_version(make_project):
+    project = load_project(make_project())
+    dvc_ops.ensure_repo(project)
+    run_ingest(project)  # empty inbox: creates the ledger
+    return project, _version(project)
+
+
+def _delete(project, batch_id, count, seed):
+    """Record a deletion batch of ``count`` train samples spread over the shards."""
+    store = SampleStore(project.store_dir)
+    train = store.split_ids("train")
+    ids = sorted(np.random.default_rng(seed).choice(train, size=count, replace=False).tolist())
+    ledger = Ledger(project.ledger_path)
+    ledger.add_batch(batch_id, [f"R-{batch_id}"], ids, created_at="2026-11-24T10:00:00Z")
+    ledger.save()
+    return store.load(ids)  # the exact bytes the old version holds
+
+
+def _objects(root):
+    return {p.parent.name + p.name for p in (root / "files" / "md5").glob("*/*")}
+
+
+def _manifest(project, version):
+    path = project.root / ".dvc" / "cache" / "files" / "md5" / version[:2] / version[2:]
+    return {entry["relpath"]: entry["md5"] for entry in json.loads(path.read_text())}
+
+
+def test_purge_removes_deleted_samples_everywhere_and_keeps_the_current_version(make_project):
+    project, v1 = _first_version(make_project)
+    deleted = _delete(project, "batch-1", 12, seed=0)
+    v2 = _version(project)
+    assert v1 != v2
+    live = SampleStore(project.store_dir).load()
+    patterns, dropped = sample_patterns(deleted, live.images)
+    assert len(patterns) + dropped == 12 and len(patterns) >= 10
+
+    # Before: the scan finds the deleted bytes in the old version's cache and remote objects.
+    before = scan_project_for_samples(project, patterns)
+    where = {path.split("/", 1)[1].split("/")[0] for path, _ in before.matches}
+    assert {".dvc", ".dvcstore", "data"} <= where
+    assert not any("/data/store/" in path for path, _ in before.matches)
+    assert {key for _, key in before.matches} == set(patterns)
+
+    shutil.rmtree(project.quarantine_dir)  # the pipeline deletes it when a verified model is promoted
+    result = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["batch-1"])
+    assert result["versions_redacted"] == [v1] and result["versions_already_redacted"] == []
+    assert result["current_version"] == v2
+    assert result["objects_removed"]["local"] > 0 and result["objects_removed"]["remote"] > 0
+    assert result["objects_removed"]["local"] == result["objects_removed"]["remote"]
+
+    # After: not one deleted sample's bytes anywhere in the project (cache, remote, working copy).
+    after = scan_project_for_samples(project, patterns)
+    assert after.matches == () and after.clean and after.files > 0 and after.patterns == len(patterns)
+
+    # The old manifest stays (lineage); its index and the shards that held deleted samples are gone.
+    old, new = _manifest(project, v1), _manifest(project, v2)
+    cache, remote = project.root / ".dvc" / "cache", project.root / ".dvcstore"
+    for objects in (_objects(cache), _objects(remote)):
+        assert v1 in objects and v2 in objects
+        assert old["index.csv"] not in objects and set(new.values()) <= objects
+        assert {oid for oid in old.values() if oid not in set(new.values())}.isdisjoint(objects)
+
+    redactions = load_redactions(project)
+    assert list(redactions) == [v1]
+    assert redactions[v1]["batch_ids"] == ["batch-1"]
+    assert redactions[v1]["objects_removed"] == result["objects_removed"]
+    text = json.dumps(result) + project.redactions_path.read_text()
+    assert not any(sample_id in text for sample_id in deleted.ids)
+
+    # The current version is complete: in sync with the remote, restorable from cache and remote.
+    assert "in sync" in _dvc(project, "status", "--cloud").stdout
+    shutil.rmtree(project.store_dir)
+    assert _dvc(project, "checkout", "--force", "data/store").returncode == 0
+    assert np.array_equal(SampleStore(project.store_dir).load().images, live.images)
+    shutil.rmtree(project.store_dir)
+    shutil.rmtree(cache)
+    pulled = _dvc(project, "pull", "data/store")
+    assert pulled.returncode == 0, pulled.stderr
+    restored = SampleStore(project.store_dir).load()
+    assert np.array_equal(restored.ids, live.ids) and np.array_equal(restored.images, live.images)
+    assert dvc_ops.data_version(project) == v2
+
+    # A second purge finds the old version already redacted and removes nothing.
+    again = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["batch-1"])
+    assert again["versions_redacted"] == [] and again["versions_already_redacted"] == [v1]
+    assert again["objects_removed"] == {"local": 0, "remote": 0}
+    assert load_redactions(project) == redactions
+
+
+def test_versions_without_deleted_samples_stay_intact_and_leftovers_go(make_project):
+    project, v1 = _first_version(make_project)
+    deleted = _delete(project, "batch-1", 5, seed=1)
+    v2 = _version(project)
+    # A parameter change makes a third version with the same samples (none of them deleted).
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    params["data"]["shard_size"] = 64
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = load_project(project.root)
+    v3 = _version(project)
+    assert len({v1, v2, v3}) == 3
+    # Crash leftovers of the store writer hold deleted samples too.
+    for name in (".store.tmp-999999999", ".store.old-999999999"):
+        shutil.copytree(project.quarantine_dir, project.data_dir / name)
+    shutil.rmtree(project.quarantine_dir)
+    v2_objects = set(_manifest(project, v2).values())
+
+    result = purge_deleted_data(project, set(deleted.ids.tolist()), ["batch-1"])
+    assert result["versions_redacted"] == [v1] and result["leftovers_removed"] == 2
+    assert not list(project.data_dir.glob(".store.*"))
+    for root in (project.root / ".dvc" / "cache", project.root / ".dvcstore"):
+        assert v2_objects <= _objects(root)  # the older version without deleted samples is whole
+    patterns, _ = sample_patterns(deleted, SampleStore(project.store_dir).load().images)
+    assert scan_project_for_samples(project, patterns).matches == ()
+
+
+def test_a_crashed_purge_is_finished_and_the_current_version_is_checked(make_project):
+    project, v1 = _first_version(make_project)
+    store_ids = set(SampleStore(project.store_dir).ids.tolist())
+    with pytest.raises(PipelineError, match="still holds deleted samples"):
+        purge_deleted_data(project, {sorted(store_ids)[0]}, ["batch-x"])
+    deleted = _delete(project, "batch-1", 3, seed=2)
+    _version(project)
+    # Simulate a purge that crashed after removing v1's index but before its other objects.
+    index_oid = _manifest(project, v1)["index.csv"]
+    for root in (project.root / ".dvc" / "cache", project.root / ".dvcstore"):
+        path = root / "files" / "md5" / index_oid[:2] / index_oid[2:]
+        path.chmod(0o644)
+        path.unlink()
+    shutil.rmtree(project.quarantine_dir)
+    result = purge_deleted_data(project, set(deleted.ids.tolist()), ["batch-1"])
+    assert result["versions_redacted"] == [] and result["versions_already_redacted"] == [v1]
+    assert result["objects_removed"]["local"] > 0  # the shards the crash left behind
+    assert load_redactions(project)[v1]["found_redacted"] is True
+    patterns, _ = sample_patterns(deleted, SampleStore(project.store_dir).load().images)
+    assert scan_project_for_samples(project, patterns).matches == ()

@@ -1,0 +1,250 @@
+"""Byte-level evidence that deleted samples are gone: search files for the samples' raw bytes.
+
+A deleted sample is "still on disk" if its pixel bytes (the uint8 image, C-contiguous, exactly as
+the store's shards hold it) occur anywhere in a file. :func:`sample_patterns` turns the deleted
+samples into such byte patterns, and :func:`scan_for_patterns` searches directory trees for them.
+Pattern keys never contain sample ids, so scan results can go into reports and certificates.
+
+The search indexes each pattern by one 8-byte "anchor" window, hashes every 8-byte window of the
+data with numpy, and compares full patterns only where an anchor matches, so its cost barely
+grows with the number of patterns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unlearn.data.store import Arrays
+
+ANCHOR = 8  # bytes per anchor window: one little-endian uint64
+CHUNK_SIZE = 4 << 20  # bytes read per step; bounds memory at ~20x this (window and hash arrays)
+_HASH_BITS = 22  # 4M-entry filter: ~0.02% false candidates per 1,000 patterns
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing constant
+_HOT_ANCHOR = 32  # anchor hits in one chunk above which a pattern is searched with bytes.find
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What a scan looked at and what it found.
+
+    Attributes:
+        files: Regular files read.
+        bytes: Bytes read (overlaps between chunks counted once).
+        patterns: Patterns searched for.
+        matches: Sorted (path, pattern key) pairs, one per pattern found in a file; the path is
+            relative to the scanned root and starts with the root's name.
+        errors: Paths (same form) that could not be read; a scan with errors proves nothing
+            about those files.
+    """
+
+    files: int
+    bytes: int
+    patterns: int
+    matches: tuple[tuple[str, str], ...]
+    errors: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        """True when no pattern was found and every file was read."""
+        return not self.matches and not self.errors
+
+
+def sample_patterns(deleted: Arrays, live_images: np.ndarray) -> tuple[dict[str, bytes], int]:
+    """The raw bytes of each deleted sample, as search patterns keyed without sample ids.
+
+    A deleted image whose bytes equal some live image's bytes is dropped: an identical live
+    sample legitimately stays in the data, so finding those bytes would prove nothing.
+    Deleted samples with identical bytes share one pattern.
+
+    Args:
+        deleted: The deleted samples (their ``images`` must be uint8, shape (N, C, H, W)).
+        live_images: uint8 images of every live sample, shape (M, C, H, W).
+
+    Returns:
+        (patterns, dropped): patterns keyed ``"p<index>"`` (the sample's position in
+        ``deleted``), and the number of deleted samples dropped as duplicates of live ones.
+
+    Raises:
+        ValueError: If either image array is not uint8.
+    """
+    for name, images in (("deleted", deleted.images), ("live", live_images)):
+        if np.asarray(images).dtype != np.uint8:
+            raise ValueError(f"{name} images must be uint8, got {np.asarray(images).dtype}")
+    live = np.asarray(live_images)
+    # Digests, not the bytes themselves: the live set can be hundreds of MB of pixels.
+    live_digests = {_digest(np.ascontiguousarray(image).tobytes()) for image in live}
+    patterns: dict[str, bytes] = {}
+    seen: set[bytes] = set()
+    dropped = 0
+    for index, image in enumerate(np.asarray(deleted.images)):
+        data = np.ascontiguousarray(image).tobytes()
+        if _digest(data) in live_digests and any(
+            np.ascontiguousarray(other).tobytes() == data for other in live if other.shape == image.shape
+        ):
+            dropped += 1
+        elif data not in seen:
+            seen.add(data)
+            patterns[f"p{index:06d}"] = data
+    return patterns, dropped
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _best_anchor(pattern: bytes) -> int:
+    """Offset of the pattern's most varied 8-byte window (fewest chance hits in real data)."""
+    best, best_score = 0, -1
+    for offset in range(len(pattern) - ANCHOR + 1):
+        score = len(set(pattern[offset:offset + ANCHOR]))
+        if score > best_score:
+            best, best_score = offset, score
+            if score == ANCHOR:
+                break
+    return best
+
+
+class _Matcher:
+    """Finds which of many byte patterns occur in a buffer."""
+
+    def __init__(self, patterns: dict[str, bytes]) -> None:
+        self.short: list[tuple[str, bytes]] = []  # under ANCHOR bytes: plain bytes.find
+        self.by_anchor: dict[int, list[tuple[str, int, bytes]]] = {}
+        for key, pattern in patterns.items():
+            if not pattern:
+                raise ValueError(f"pattern {key!r} is empty")
+            if len(pattern) < ANCHOR:
+                self.short.append((key, pattern))
+                continue
+            offset = _best_anchor(pattern)
+            value = int.from_bytes(pattern[offset:offset + ANCHOR], "little")
+            self.by_anchor.setdefault(value, []).append((key, offset, pattern))
+        self.anchors = np.array(sorted(self.by_anchor), dtype=np.uint64)
+        self.filter = np.zeros(1 << _HASH_BITS, dtype=bool)
+        self.filter[self._hash(self.anchors)] = True
+        self.max_len = max((len(p) for p in patterns.values()), default=1)
+
+    @staticmethod
+    def _hash(values: np.ndarray) -> np.ndarray:
+        return (values * _MULTIPLIER) >> np.uint64(64 - _HASH_BITS)
+
+    def find(self, buffer: bytes) -> set[str]:
+        """Keys of the patterns that occur in ``buffer``."""
+        found = {key for key, pattern in self.short if pattern in buffer}
+        n = len(buffer)
+        if not self.by_anchor or n < ANCHOR:
+            return found
+        data = np.frombuffer(buffer, dtype=np.uint8)
+        # windows[i] = the 8 bytes at offset i as one uint64: eight strided (unaligned) views
+        windows = np.empty(n - ANCHOR + 1, dtype=np.uint64)
+        for start in range(ANCHOR):
+            count = (n - start) // ANCHOR
+            windows[start::ANCHOR] = data[start:start + ANCHOR * count].view("<u8")
+        candidates = np.flatnonzero(self.filter[self._hash(windows)])
+        if candidates.size == 0:
+            return found
+        values = windows[candidates]
+        slot = np.minimum(np.searchsorted(self.anchors, values), len(self.anchors) - 1)
+        hits = self.anchors[slot] == values
+        positions, values = candidates[hits], values[hits]
+        order = np.argsort(values, kind="stable")
+        unique, starts, counts = np.unique(values[order], return_index=True, return_counts=True)
+        for value, first, count in zip(unique.tolist(), starts.tolist(), counts.tolist(), strict=True):
+            entries = [entry for entry in self.by_anchor[value] if entry[0] not in found]
+            if count > _HOT_ANCHOR:
+                # A common anchor (runs of equal bytes): one C-speed search per pattern beats
+                # checking every position in Python.
+                found.update(key for key, _, pattern in entries if pattern in buffer)
+                continue
+            for position in positions[order[first:first + count]].tolist():
+                for key, offset, pattern in entries:
+                    start = position - offset
+                    if start >= 0 and buffer[start:start + len(pattern)] == pattern:
+                        found.add(key)
+        return found
+
+
+def _walk(root: Path, skip: Callable[[Path], bool] | None):
+    """Regular files under ``root`` (or ``root`` itself), sorted, no symlinks followed."""
+    if root.is_symlink():
+        return
+    if root.is_file():
+        yield root
+        return
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(directory)
+        dirnames[:] = sorted(d for d in dirnames if not (skip and skip(base / d)))
+        for name in sorted(filenames):
+            path = base / name
+            if (skip and skip(path)) or path.is_symlink() or not path.is_file():
+                continue
+            yield path
+
+
+def _scan_file(path: Path, matcher: _Matcher) -> tuple[set[str], int]:
+    """Pattern keys found in one file, and the bytes read; chunks overlap by max_len - 1."""
+    overlap = matcher.max_len - 1
+    found: set[str] = set()
+    total = 0
+    tail = b""
+    with path.open("rb", buffering=0) as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            total += len(chunk)
+            buffer = tail + chunk
+            found |= matcher.find(buffer)
+            # Keep enough to catch a pattern that starts here and ends in the next chunk.
+            tail = buffer[len(buffer) - overlap:] if overlap else b""
+    return found, total
+
+
+def scan_for_patterns(
+    roots: list[Path], patterns: dict[str, bytes], *, skip: Callable[[Path], bool] | None = None
+) -> ScanResult:
+    """Search every regular file under ``roots`` for each pattern's bytes.
+
+    Files are read in chunks of 4 MiB that overlap by (longest pattern - 1) bytes, so a pattern
+    that straddles a chunk boundary is found. Symbolic links are not followed. Files that vanish
+    during the scan are ignored; other unreadable files are listed in ``errors``.
+
+    Speed, measured on one core of this project's 2-core machine: 1,000 patterns of 64 bytes over
+    50 MB take about 0.6 s on random bytes and 0.9 s on 8x8 digit images (every pattern present,
+    many anchor hits); 10,000 patterns take about the same. ``bytes.find`` per pattern: ~6 s.
+
+    Args:
+        roots: Directories (or single files) to scan.
+        patterns: Pattern key -> non-empty bytes to search for.
+        skip: Called with each directory and file path; True leaves it (and a directory's whole
+            subtree) out of the scan.
+
+    Returns:
+        The scan's counts and its (path, key) matches.
+
+    Raises:
+        ValueError: If a pattern is empty.
+    """
+    matcher = _Matcher(patterns)
+    files = total = 0
+    matches: set[tuple[str, str]] = set()
+    errors: list[str] = []
+    for root in roots:
+        root = Path(root)
+        for path in _walk(root, skip):
+            shown = root.name if path == root else f"{root.name}/{path.relative_to(root).as_posix()}"
+            try:
+                found, size = _scan_file(path, matcher) if patterns else (set(), path.stat().st_size)
+            except FileNotFoundError:
+                continue  # removed while we walked: it holds nothing any more
+            except OSError:
+                errors.append(shown)
+                continue
+            files += 1
+            total += size
+            matches.update((shown, key) for key in found)
+    return ScanResult(files=files, bytes=total, patterns=len(patterns), matches=tuple(sorted(matches)),
+                      errors=tuple(errors))
