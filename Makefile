@@ -29,4 +29,5 @@ bench: $(STAMP)
 # Forget every pipeline result in this checkout (registry, DVC store, requests, models).
 clean-state:
 	rm -rf mlflow.db mlartifacts .dvcstore data/store data/quarantine data/models data/references data/signals data/state \
-	  data/reports data/requests/batches data/requests/rejected data/requests/ledger.json dvc.lock
+	  data/reports data/requests/batches data/requests/rejected data/requests/acknowledged data/requests/ledger.json \
+	  data/requests/redactions.json data/audit data/certificates data/.pipeline.lock dvc.lock

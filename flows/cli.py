@@ -219,6 +219,7 @@ def format_summary(result: dict[str, Any]) -> str:
     ingest = result.get("ingest", {})
     lines = [
         f"\nrequests: {ingest.get('rows', 0)} received, {ingest.get('accepted', 0)} accepted, "
+        f"{ingest.get('acknowledged', 0)} acknowledged (duplicate or already deleted), "
         f"{ingest.get('rejected', 0)} rejected (batch {ingest.get('batch_id') or '-'})",
     ]
     if promote.get("status") not in ("promoted", "rejected") or not report_path.exists():
@@ -295,6 +296,10 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
     project = load_project(args.root)
     status = request_status(project, args.request_id)
     paths = certificate_paths(project, args.request_id)
+    if paths is None and status.get("kind") == "acknowledged":
+        covered = ", ".join(status.get("covered_by") or [status.get("batch_id") or "-"])
+        raise PipelineError(f"request {args.request_id} was acknowledged ({status.get('outcome')}), not applied: "
+                            f"its samples are deleted by batch(es) {covered}; see the certificates of those requests")
     if paths is None:
         where = status.get("step") or status.get("kind")
         raise PipelineError(f"request {args.request_id} has no certificate yet (it is {status.get('status', where)}, "

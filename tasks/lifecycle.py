@@ -275,18 +275,25 @@ def run_certify(project: Project) -> dict[str, Any]:
     train_ids = set(source.ids[source.splits == "train"].tolist())
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
         batch = ledger.batches[batch_id]
-        if "purged" not in batch.get("steps", {}) or "certified" in batch.get("steps", {}):
+        steps = batch.get("steps", {})
+        # Issued once the batch is purged; issued again when a retirement that was waiting for its
+        # grace period has happened, so the final certificate carries the retirement evidence.
+        final_issued = "certified" in steps and (batch.get("certificate_final") or "retired" not in steps)
+        if "purged" not in steps or final_issued:
             continue
-        at = _precise_now()
+        # The anchor: the audit log's head when the certificate is issued (verified once, then followed).
+        anchor = {k: v for k, v in audit.head(project).items() if k != "chain_ok"}
         for request in _batch_file(project, batch_id)["requests"]:
             certificate = build_certificate(project, client, ledger, request, batch_id, train_ids)
-            certificate["timeline"].append({"step": "certified", "at": at})
-            certificate["audit"] = {k: v for k, v in audit.head(project).items() if k != "chain_ok"}
+            certificate["timeline"].append({"step": "certified", "at": _precise_now()})
+            certificate["audit"] = anchor
             json_path, _ = write_certificate(certificate, plots, project.certificates_dir)
             written.append(json_path.name)
-            audit.record(project, "certificate.issued", request_id=request["request_id"], batch_id=batch_id,
-                         subject_hash=request["subject_hash"])
-        _mark_step(ledger, [batch_id], "certified", at)
+            issued = audit.record(project, "certificate.issued", request_id=request["request_id"],
+                                  batch_id=batch_id, subject_hash=request["subject_hash"])
+            anchor = {"head_seq": issued["seq"], "head_hash": issued["hash"]}
+        _mark_step(ledger, [batch_id], "certified")
+        batch["certificate_final"] = "retired" in steps
         ledger.save()
     log.info("certify: %d certificate(s) written", len(written))
     return _write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
