@@ -222,10 +222,14 @@ def format_summary(result: dict[str, Any]) -> str:
         f"{ingest.get('acknowledged', 0)} acknowledged (duplicate or already deleted), "
         f"{ingest.get('rejected', 0)} rejected (batch {ingest.get('batch_id') or '-'})",
     ]
-    if promote.get("status") not in ("promoted", "rejected") or not report_path.exists():
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if promote.get("recovered"):
+        lines.append(f"finished an interrupted promotion: version {promote.get('version')} is champion "
+                     f"(aliases: {promote.get('aliases')})")
+        return "\n".join(lines)
+    if promote.get("status") not in ("promoted", "rejected") or report.get("status") != "verified":
         lines.append(f"nothing to unlearn (unlearn: {result.get('unlearn', {}).get('status')})")
         return "\n".join(lines)
-    report = json.loads(report_path.read_text())
     models = report["models"]
     tolerances = {c["metric"]: c for c in report["checks"]}
     header = f"{'metric':<34}{'original':>10}{'unlearned':>11}{'retrain':>10}{'gap':>9}{'tol':>7}  ok"
@@ -296,6 +300,9 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
     project = load_project(args.root)
     status = request_status(project, args.request_id)
     paths = certificate_paths(project, args.request_id)
+    if status.get("kind") == "rejected":
+        raise PipelineError(f"request {args.request_id} was rejected ({', '.join(status.get('reasons') or [])}): "
+                            "nothing was deleted and no certificate will be issued; fix it and submit it again")
     if paths is None and status.get("kind") == "acknowledged":
         covered = ", ".join(status.get("covered_by") or [status.get("batch_id") or "-"])
         raise PipelineError(f"request {args.request_id} was acknowledged ({status.get('outcome')}), not applied: "

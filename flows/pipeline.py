@@ -7,6 +7,8 @@ that server. ``dvc repro`` runs the same stage functions (see dvc.yaml).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +33,43 @@ def _root(root: str) -> str:
     return str(project.root)
 
 
+@contextmanager
+def _locked(root: str) -> Iterator[str]:
+    """Validate the project and hold its pipeline lock: no two flows touch one project at once."""
+    from tasks.locking import pipeline_lock
+
+    root = _root(root)
+    with pipeline_lock(load_project(root)):
+        yield root
+
+
 @flow(name="ingest")
 def ingest_flow(root: str = ".") -> dict[str, Any]:
     """Validate incoming deletion requests into a pending batch."""
-    root = _root(root)
-    t.dvc_init_task(root)
-    result = t.ingest_task(root)
-    t.dvc_commit_task(root, ["ingest"])
+    with _locked(root) as root:
+        t.dvc_init_task(root)
+        result = t.ingest_task(root)
+        t.dvc_commit_task(root, ["ingest"])
     return result
 
 
 @flow(name="prepare")
 def prepare_flow(root: str = ".") -> dict[str, Any]:
     """Materialise the sample store and record its data version with DVC."""
-    root = _root(root)
-    t.dvc_init_task(root)
-    result = t.prepare_task(root)
-    t.dvc_commit_task(root, ["ingest", "prepare"])
-    result["data_version"] = t.data_version_task(root)
-    t.dvc_push_task(root)
+    with _locked(root) as root:
+        t.dvc_init_task(root)
+        result = t.prepare_task(root)
+        t.dvc_commit_task(root, ["ingest", "prepare"])
+        result["data_version"] = t.data_version_task(root)
+        t.dvc_push_task(root)
     return result
 
 
 @flow(name="train")
 def train_flow(root: str = ".") -> dict[str, Any]:
     """Train and register the baseline (no-op when a champion exists)."""
-    return t.train_task(_root(root))
+    with _locked(root) as root:
+        return t.train_task(root)
 
 
 def _reference_models(root: str) -> dict[str, Any]:
@@ -75,7 +88,8 @@ def _reference_models(root: str) -> dict[str, Any]:
 @flow(name="references")
 def references_flow(root: str = ".") -> dict[str, Any]:
     """Top up the cached reference models (one task per model, run by the task runner)."""
-    return _reference_models(_root(root))
+    with _locked(root) as root:
+        return _reference_models(root)
 
 
 def _escalate(root: str) -> dict[str, Any]:
@@ -89,34 +103,38 @@ def _escalate(root: str) -> dict[str, Any]:
 @flow(name="unlearn")
 def unlearn_flow(root: str = ".") -> dict[str, Any]:
     """Unlearn every pending batch from the champion, escalating through the ladder, verifying each attempt."""
-    return _escalate(_root(root))
+    with _locked(root) as root:
+        return _escalate(root)
 
 
 @flow(name="verify")
 def verify_flow(root: str = ".") -> dict[str, Any]:
-    """Verify the unlearned model against a retrained reference."""
-    return t.verify_task(_root(root))
+    """Verify the latest escalation attempt against a retrained reference."""
+    with _locked(root) as root:
+        return t.verify_task(root)
 
 
 @flow(name="promote")
 def promote_flow(root: str = ".") -> dict[str, Any]:
     """Register the unlearned model; move the champion alias if it passed."""
-    root = _root(root)
-    result = t.promote_task(root)
-    t.dvc_commit_task(root, [])
+    with _locked(root) as root:
+        result = t.promote_task(root)
+        t.dvc_commit_task(root, [])
     return result
 
 
 @flow(name="purge")
 def purge_flow(root: str = ".") -> dict[str, Any]:
     """Retire models trained on deleted samples, purge every data copy, scan for the bytes."""
-    return t.purge_task(_root(root))
+    with _locked(root) as root:
+        return t.purge_task(root)
 
 
 @flow(name="certify")
 def certify_flow(root: str = ".") -> dict[str, Any]:
     """Write deletion certificates for closed batches."""
-    return t.certify_task(_root(root))
+    with _locked(root) as root:
+        return t.certify_task(root)
 
 
 @flow(name="unlearning-pipeline")

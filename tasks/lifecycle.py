@@ -28,7 +28,7 @@ from tasks.stages import _mark_step, _now, _quarantine_path, _write_state
 from unlearn.attacks.signals import SignalCache
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
-from unlearn.requests import Ledger, hash_ids
+from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -73,7 +73,16 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
     now = datetime.now(UTC)
     actions = []
     for mv in tracking.all_versions(project, client):
-        if str(mv.version) == str(champion.version) or mv.tags.get("retired") == "true":
+        if mv.tags.get("retired") == "true":
+            # Retired by an earlier run that may have stopped before saving the ledger: the
+            # registry tombstone is the record, so the batches' evidence is rebuilt from it.
+            for batch_id in mv.tags.get("retired_batches", "").split(","):
+                if batch_id in ledger.batches:
+                    ledger.batches[batch_id].setdefault("retirement", {})[str(mv.version)] = {
+                        "version": str(mv.version), "action": "retired", "reason": mv.tags.get("retired_reason"),
+                        "due_at": mv.tags.get("retire_due_at"), "retired_at": mv.tags.get("retired_at")}
+            continue
+        if str(mv.version) == str(champion.version):
             continue
         covers = rank.get(mv.tags.get("covers_through", ""), -1)
         offending = sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
@@ -213,13 +222,15 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     """
     batch = ledger.batches[batch_id]
     steps = batch.get("steps", {})
+    salt = load_or_create_salt(project.salt_path)
     outcome = "complete" if set(request["sample_ids"]) & train_ids else "data_only"
     certificate: dict[str, Any] = {
         "certificate_version": 1, "request_id": request["request_id"], "subject_hash": request["subject_hash"],
         "batch_id": batch_id, "status": outcome if batch["status"] == Ledger.COMPLETED else batch["status"],
         "issued_at": _now(),
         "request": {"reason": request["reason"], "n_samples": len(request["sample_ids"]),
-                    "forget_class": request.get("forget_class"), "sample_ids_digest": hash_ids(request["sample_ids"])},
+                    "forget_class": request.get("forget_class"),
+                    "sample_ids_digest": hash_ids(request["sample_ids"], salt)},
         "timeline": [{"step": "received", "at": request["received_at"]}]
         + [{"step": s, "at": steps.get(s)} for s in STEPS[1:-1]],
         "data": {"version_after": None, "redacted_versions": batch.get("purge", {}).get("versions_redacted", [])},
@@ -242,7 +253,7 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                 method, verdict = item.split(":", 1)
                 attempts.append({"method": method, "verdict": verdict})
         certificate["model"] = {"version": version, "parent_version": tags.get("parent_version"),
-                                "method": tags.get("method"), "attempts": attempts}
+                                "method": tags.get("method"), "attempts": attempts, "run_id": tags.get("run_id")}
         report = _attempt_report(project, tags.get("run_id"))
         if report:
             certificate["verification"] = {k: report.get(k) for k in ("verdict", "checks", "n_forget", "n_test",
@@ -251,11 +262,17 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
 
 
 def _attempt_report(project: Project, run_id: str | None) -> dict[str, Any] | None:
-    for path in sorted((project.reports_dir / "attempts").glob("*.json")):
-        report = json.loads(path.read_text())
-        if report.get("run_id") == run_id:
-            return report
-    return None
+    path = project.reports_dir / "attempts" / f"{run_id}.json"
+    return json.loads(path.read_text()) if run_id and path.exists() else None
+
+
+def _evidence_plots(project: Project, certificate: dict[str, Any], run_id: str | None) -> dict[str, Path]:
+    """The plots of the attempt that produced the certified model (none for a data-only request)."""
+    if certificate.get("status") == "data_only" or not run_id:
+        return {}
+    folder = project.reports_dir / "attempts" / f"{run_id}-plots"
+    return {"ROC of the membership-inference attacks (log-log)": folder / "roc.png",
+            "Loss histograms: forget, retain, test": folder / "loss_histograms.png"}
 
 
 def run_certify(project: Project) -> dict[str, Any]:
@@ -269,8 +286,6 @@ def run_certify(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     client = tracking.setup(project)
     written = []
-    plots = {"ROC of the membership-inference attacks (log-log)": project.plots_dir / "roc.png",
-             "Loss histograms: forget, retain, test": project.plots_dir / "loss_histograms.png"}
     source = load_source(project.params.data)
     train_ids = set(source.ids[source.splits == "train"].tolist())
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
@@ -282,11 +297,16 @@ def run_certify(project: Project) -> dict[str, Any]:
         if "purged" not in steps or final_issued:
             continue
         # The anchor: the audit log's head when the certificate is issued (verified once, then followed).
-        anchor = {k: v for k, v in audit.head(project).items() if k != "chain_ok"}
+        head = audit.head(project)
+        if not head.pop("chain_ok"):
+            raise PipelineError("the audit log is broken (`unlearn audit verify` names the line); "
+                                "no certificate is anchored to it until it is repaired")
+        anchor = head
         for request in _batch_file(project, batch_id)["requests"]:
             certificate = build_certificate(project, client, ledger, request, batch_id, train_ids)
             certificate["timeline"].append({"step": "certified", "at": _precise_now()})
             certificate["audit"] = anchor
+            plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))
             json_path, _ = write_certificate(certificate, plots, project.certificates_dir)
             written.append(json_path.name)
             issued = audit.record(project, "certificate.issued", request_id=request["request_id"],
@@ -318,6 +338,12 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
     """
     ledger = Ledger(project.ledger_path)
     found = ledger.find_request(request_id)
+    rejections = []
+    for path in sorted(project.rejected_dir.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("request_id") == request_id:
+                rejections.append({"ingest": path.stem, "reasons": row.get("reasons")})
     if found is not None:
         out = dict(found)
         batch_id = found.get("batch_id")
@@ -328,12 +354,10 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
             paths = certificate_paths(project, request_id)
             out["certificate"] = str(paths[0]) if paths else None
+        if rejections:  # e.g. the same id sent again with other content (request_id_conflict)
+            out["later_rejections"] = rejections
         return out
-    for path in sorted(project.rejected_dir.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("request_id") == request_id:
-                return {"kind": "rejected", "request_id": request_id, "reasons": row.get("reasons"),
-                        "ingest": path.stem}
+    if rejections:
+        return {"kind": "rejected", "request_id": request_id, **rejections[-1], "rejections": rejections}
     raise PipelineError(f"unknown request id {request_id!r}: not in the ledger, the acknowledgements or the "
                         "rejection log (requests still in data/requests/incoming are not ingested yet)")

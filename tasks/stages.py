@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -405,8 +406,17 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
     champion = tracking.champion_version(project, client)
     if champion is not None and not force:
         return _write_state(project, "train", {"skipped": True, "version": str(champion.version)})
-    device = _device(project)
     data_version = dvc_ops.data_version(project)
+    if champion is None and not force:
+        # A crash between registering the baseline and giving it the alias: reuse that version.
+        for mv in tracking.all_versions(project, client):
+            run = client.get_run(mv.run_id) if mv.run_id else None
+            if (run is not None and run.data.tags.get("stage") == "train" and mv.tags.get("retired") != "true"
+                    and run.data.tags.get("data_version") == data_version):
+                tracking.move_champion(project, client, str(mv.version))
+                return _write_state(project, "train", {"skipped": True, "recovered": True,
+                                                       "version": str(mv.version)})
+    device = _device(project)
     store = SampleStore(project.store_dir)
     ledger = Ledger(project.ledger_path)
     train, test = store.load_split("train"), store.load_split("test")
@@ -504,10 +514,13 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         far and ``next_method`` (None when the ladder is finished).
     """
     ledger = Ledger(project.ledger_path)
+    client = tracking.setup(project)
+    # A promotion interrupted by a crash is finished first: new batches must be unlearned from
+    # the model that already forgot the earlier ones, never from its predecessor.
+    _finish_promotions(project, client, ledger)
     pending = ledger.pending()
     if not pending:
         return _write_state(project, "unlearn", {"status": "nothing_pending", "next_method": None})
-    client = tracking.setup(project)
     champion = tracking.champion_version(project, client)
     if champion is None:
         raise PipelineError("no champion model in the registry; run the train stage first")
@@ -594,7 +607,8 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
                            "attempt": number, **{f"method_{k}": v for k, v in kwargs.items()}})
         mlflow.set_tags({
             "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state["ladder"]),
-            "request_batches": ",".join(state["batches"]), "forget_ids_digest": hash_ids(forget.ids.tolist()),
+            "request_batches": _tag_list(state["batches"]),
+            "forget_ids_digest": hash_ids(forget.ids.tolist(), load_or_create_salt(project.salt_path)),
             "data_version_before": state["data_version_before"], "data_version_after": state["data_version_after"],
             "git_commit": dvc_ops.git_commit(project),
         })
@@ -882,6 +896,11 @@ def run_verify(project: Project) -> dict[str, Any]:
     verdict = "pass" if exact else gate.verdict
     failures = [] if exact else gate.failures()
     plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()}, proofs)
+    # Each attempt keeps its own plots: certificates embed the evidence of the model they certify.
+    attempt_plots = project.reports_dir / "attempts" / f"{attempt['run_id']}-plots"
+    attempt_plots.mkdir(parents=True, exist_ok=True)
+    for path in plots:
+        shutil.copy2(path, attempt_plots / path.name)
     number = len(attempts)
     report = {
         "status": "verified", "verdict": verdict, "failures": failures, "exact_retrain": exact,
@@ -895,7 +914,7 @@ def run_verify(project: Project) -> dict[str, Any]:
         "forget_classes": forget_classes, "reference_models": ref_ids, "augmentations": verify.augmentations,
         "n_forget": len(forget), "n_retain": len(retain), "n_test": len(test),
     }
-    attempt_report = project.reports_dir / "attempts" / f"{number}-{attempt['method']}.json"
+    attempt_report = project.reports_dir / "attempts" / f"{attempt['run_id']}.json"  # unique across escalations
     write_json_atomic(attempt_report, report)
     write_json_atomic(report_path, report)
     # The compact numbers `dvc metrics show/diff` compare across runs: gate metrics and attack AUCs.
@@ -978,13 +997,22 @@ def run_promote(project: Project) -> dict[str, Any]:
         return _write_state(project, "promote", {"status": "nothing_to_promote"})
     if any(ledger.batches.get(b, {}).get("status") != Ledger.PENDING for b in state["batches"]):
         # Already promoted (this run's batches are completed) or superseded: nothing to do.
+        if finished:
+            return _write_state(project, "promote", {"status": "promoted", "version": finished[-1],
+                                                     "recovered": True, **_aliases(project, client)})
         return _write_state(project, "promote", {"status": "nothing_to_promote", "reason": "batches not pending"})
+    champion = tracking.champion_version(project, client)
+    if champion is None or str(champion.version) != state["parent_version"]:
+        # The escalation started from another champion: its model never forgot what the current
+        # champion forgot. Never promote it; the next run starts a fresh escalation.
+        raise PipelineError(f"the escalation started from version {state['parent_version']} but the champion is "
+                            f"{None if champion is None else champion.version}; re-run the pipeline")
     chosen = state["attempts"][state["chosen"]] if state["chosen"] is not None else state["attempts"][-1]
     report = json.loads((project.reports_dir / "attempts" / chosen["report"]).read_text())
     if report["run_id"] != chosen["run_id"]:
         raise PipelineError("verification report belongs to another unlearning run; re-run unlearn")
     passed = report["verdict"] == "pass"
-    existing = tracking.find_version_by_tag(project, client, "run_id", chosen["run_id"])
+    existing = tracking.find_version_by_run(project, client, chosen["run_id"])
     if existing is not None:
         version = str(existing.version)
     else:
@@ -1042,7 +1070,7 @@ def _register_candidate(project: Project, state: dict[str, Any], chosen: dict[st
             "role": "unlearned", "method": chosen["method"], "verdict": report["verdict"],
             "gate_failures": "; ".join(report["failures"]), "parent_version": state["parent_version"],
             "data_version": state["data_version_after"], "data_version_before": state["data_version_before"],
-            "data_version_after": state["data_version_after"], "request_batches": ",".join(state["batches"]),
+            "data_version_after": state["data_version_after"], "request_batches": _tag_list(state["batches"]),
             "covers_through": covers, "ladder": ",".join(f"{a['method']}:{a['verdict']}" for a in state["attempts"]),
             "run_id": chosen["run_id"], "git_commit": dvc_ops.git_commit(project),
             **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()},
@@ -1056,10 +1084,13 @@ def _finish_promotions(project: Project, client: Any, ledger: Ledger) -> list[st
     for batch_id in ledger.batches_with_status(Ledger.PROMOTING):
         version = str(ledger.batches[batch_id]["history"][-1]["model_version"])
         champion = tracking.champion_version(project, client)
-        if champion is None or str(champion.version) != version:
+        moved = champion is None or str(champion.version) != version
+        if moved:
             tracking.move_champion(project, client, version)
-            audit.record(project, "model.promoted", model_version=version,
-                         previous_version=None if champion is None else str(champion.version))
+        # Recorded per batch, also when a re-run finds the alias already moved (crash in between).
+        audit.record(project, "model.promoted", model_version=version, batch_id=batch_id,
+                     previous_version=None if champion is None or not moved else str(champion.version),
+                     recovered=not moved)
         ledger.set_status(batch_id, Ledger.COMPLETED, {"at": _now(), "outcome": "promoted", "model_version": version})
         _mark_step(ledger, [batch_id], "promoted")
         ledger.save()
@@ -1105,3 +1136,9 @@ STAGE_FUNCTIONS = {
     "unlearn": run_unlearn, "verify": run_verify, "promote": run_promote, "purge": run_purge,
     "certify": run_certify,
 }
+
+
+def _tag_list(items: list[str], limit: int = 4000) -> str:
+    """Comma-joined for an MLflow tag, truncated to fit (the ledger keeps the full list)."""
+    joined = ",".join(items)
+    return joined if len(joined) <= limit else f"{joined[:limit - 40].rsplit(',', 1)[0]},... ({len(items)} in all)"

@@ -159,14 +159,6 @@ def move_champion(project: Project, client, new_version: str) -> str | None:
     return None if old is None else str(old.version)
 
 
-def find_version_by_tag(project: Project, client, key: str, value: str) -> Any | None:
-    """The registered version with tag ``key == value`` (used to make promotion idempotent)."""
-    found = client.search_model_versions(
-        f"name='{model_name(project)}' and tags.{key}='{value}'"
-    )
-    return found[0] if found else None
-
-
 def all_versions(project: Project, client) -> list[Any]:
     """Every registered version of the project's model, oldest first."""
     found = client.search_model_versions(f"name='{model_name(project)}'")
@@ -210,3 +202,10 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
                        "artifacts_deleted": "true", "retired": "true"}.items():
         client.set_model_version_tag(name, version, key, value)
     return True
+
+
+def find_version_by_run(project: Project, client, run_id: str) -> Any | None:
+    """The registered version created from ``run_id`` (MLflow's own field, set at registration,
+    so a crash while the lineage tags were being written cannot lead to a second version)."""
+    found = client.search_model_versions(f"name='{model_name(project)}' and run_id='{run_id}'")
+    return sorted(found, key=lambda mv: int(mv.version))[0] if found else None

@@ -330,9 +330,21 @@ def hash_subject(subject_ref: str, salt: bytes) -> str:
     return "hmac-sha256:" + hmac.new(salt, subject_ref.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
-def hash_ids(sample_ids: list[str]) -> str:
-    """A digest of a set of sample ids, for logs that must not list the ids themselves."""
-    return hashlib.sha256("\n".join(sorted(sample_ids)).encode()).hexdigest()[:16]
+def hash_ids(sample_ids: list[str], salt: bytes) -> str:
+    """A salted digest of a set of sample ids, for logs that must not list the ids themselves.
+
+    Salted (HMAC-SHA256 with the project's secret salt): sample ids come from a public list, so
+    a plain hash of a one- or two-sample request could be reversed by trying every combination.
+
+    Args:
+        sample_ids: The ids (order does not matter).
+        salt: The project's hashing salt (:func:`load_or_create_salt`).
+
+    Returns:
+        ``"hmac-sha256:"`` and 16 hex digits.
+    """
+    digest = hmac.new(salt, "\n".join(sorted(sample_ids)).encode(), hashlib.sha256).hexdigest()
+    return "hmac-sha256:" + digest[:16]
 
 
 class LedgerError(RuntimeError):
