@@ -214,7 +214,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
     files = [project.incoming_dir / name for name, is_dir in entries if not is_dir]
     ledger = Ledger(project.ledger_path)
     if not project.ledger_path.exists():
-        ledger.save()  # the ledger always exists: prepare and dvc.yaml depend on it
+        ledger.save()  # the ledger always exists: later stages read it
+    _write_deletions(project, ledger)
     if not files:
         return _write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
                                                 "acknowledged": 0, "rejected": 0, "rejected_files": 0, "samples": 0})
@@ -294,6 +295,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
         _mark_step(ledger, [batch_id], "validated")
     if accepted or acknowledged:
         ledger.save()
+    _write_deletions(project, ledger)
     # The audit trail: request ids, salted subject hashes and counts, never sample ids.
     for a in accepted:
         audit.record(project, "request.accepted", request_id=a["request_id"], batch_id=batch_id,
@@ -315,6 +317,19 @@ def run_ingest(project: Project) -> dict[str, Any]:
         raise PipelineError(f"request accounting mismatch: {counts}")
     log.info("ingest: %s", counts)
     return _write_state(project, "ingest", counts)
+
+
+def _write_deletions(project: Project, ledger: Ledger) -> None:
+    """The data-defining part of the ledger: which batches exist (each deletes a fixed sample set).
+
+    ``dvc.yaml`` makes prepare, references and unlearn depend on this file rather than on the
+    ledger, whose lifecycle progress (statuses, step times, evidence) changes on every run:
+    a second ``dvc repro`` with no new request then re-runs nothing that defines data or models.
+    """
+    path = project.requests_dir / "deletions.json"
+    document = {"version": 1, "batches": sorted(ledger.batches)}
+    if not path.exists() or json.loads(path.read_text()) != document:
+        write_json_atomic(path, document)
 
 
 # --------------------------------------------------------------------------- prepare
