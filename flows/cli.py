@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="the hash-chained audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check that no line was edited, removed or reordered")
+    from flows import serve, status
+
+    parser.set_defaults(extra_handlers={**serve.add_commands(commands), **status.add_commands(commands)})
     return parser
 
 
@@ -377,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": _cmd_demo, "run": _cmd_run, "stage": _cmd_stage, "audit": _cmd_audit_verify,
                 "request": {"submit": _cmd_request_submit, "status": _cmd_request_status,
                             "certificate": _cmd_request_certificate}}
+    handlers.update(getattr(args, "extra_handlers", {}))
     handler = handlers[args.command]
     if isinstance(handler, dict):
         handler = handler[args.request_command]
