@@ -29,8 +29,17 @@ def _git(project: Project, *args: str) -> subprocess.CompletedProcess:
 def ensure_repo(project: Project) -> None:
     """Initialise Git (if the root is not in a repository), DVC, and the default remote.
 
+    The remote comes from ``params.yaml: dvc``: a local directory (created when missing) or a
+    cloud URL such as ``s3://bucket/path``. A cloud remote follows the parameters on every call
+    (its URL, and ``dvc.endpoint_url`` for an S3-compatible server); the project's
+    ``.dvc/config`` never receives credentials, which come from the standard environment
+    variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ...).
+
     Args:
         project: The project.
+
+    Raises:
+        PipelineError: If git is missing or a dvc command fails.
     """
     if shutil.which("git") is None:
         raise PipelineError("git is required by DVC but was not found on PATH")
@@ -40,12 +49,27 @@ def ensure_repo(project: Project) -> None:
         # A project inside a larger Git repository needs DVC's --subdir mode.
         _dvc(project, "init", "-q", *(["--subdir"] if _is_subdir(project) else []))
     cfg = project.params.dvc
-    remotes = _dvc(project, "remote", "list").stdout
-    if cfg.remote_name not in remotes.split():
-        url = cfg.remote_url
-        target = Path(url) if Path(url).is_absolute() else project.root / url
-        target.mkdir(parents=True, exist_ok=True)
+    remotes = dict(line.split(None, 1) for line in _dvc(project, "remote", "list").stdout.splitlines() if line.strip())
+    url = cfg.remote_url
+    cloud = is_cloud_url(url)
+    if cfg.remote_name not in remotes:
+        if not cloud:
+            target = Path(url) if Path(url).is_absolute() else project.root / url
+            target.mkdir(parents=True, exist_ok=True)
         _dvc(project, "remote", "add", "--default", cfg.remote_name, url)
+    elif cloud and remotes[cfg.remote_name].strip() != url:
+        _dvc(project, "remote", "modify", cfg.remote_name, "url", url)
+    if url.startswith("s3://"):
+        if cfg.endpoint_url:
+            _dvc(project, "remote", "modify", cfg.remote_name, "endpointurl", cfg.endpoint_url)
+        else:
+            _dvc(project, "remote", "modify", "--unset", cfg.remote_name, "endpointurl")
+
+
+def is_cloud_url(url: str) -> bool:
+    """True for a remote URL with a scheme (``s3://``, ``gs://``, ...), False for a local path."""
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.isalnum() and len(scheme) > 1
 
 
 def _is_subdir(project: Project) -> bool:

@@ -142,10 +142,31 @@ class RegistryConfig:
 
 @dataclass(frozen=True)
 class DvcConfig:
-    """DVC remote used by default (a local directory, relative to the project root)."""
+    """DVC remote used by default (a local directory, relative to the project root).
+
+    ``remote_url`` may also be a cloud URL such as ``s3://bucket/path`` (needs ``dvc-s3``);
+    ``endpoint_url`` points an S3 remote at an S3-compatible server (MinIO, Ceph, on-prem).
+    Credentials never go here: the standard AWS environment variables or profiles are used.
+    """
 
     remote_name: str = "local"
     remote_url: str = ".dvcstore"
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``unlearn serve``: the nightly schedule and the request-triggered run's batching window.
+
+    A triggered run starts after ``trigger_after_requests`` requests or ``trigger_window_minutes``
+    after the oldest unprocessed one, whichever comes first (design in flows/serve.py).
+    """
+
+    cron: str = "0 2 * * *"  # the nightly batch
+    timezone: str = "UTC"  # IANA name the cron is read in
+    trigger_after_requests: int = 10  # N: a run starts once this many requests arrived ...
+    trigger_window_minutes: float = 15.0  # T: ... or this long after the oldest unprocessed one
+    watch_interval_seconds: float = 5.0  # how often the serve process polls the inbox and Prefect for runs to start
 
 
 @dataclass(frozen=True)
@@ -165,6 +186,7 @@ class Params:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     dvc: DvcConfig = field(default_factory=DvcConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def method_kwargs(self, name: str) -> dict[str, Any]:
         """Keyword arguments configured for method ``name`` (empty if none)."""
@@ -302,6 +324,21 @@ def _check_values(params: Params) -> None:
                           f"got {runner.task_runner!r}")
     if runner.max_workers < 1:
         raise ConfigError("orchestration.max_workers: must be >= 1")
+    serve = params.serve
+    # The field count only: Prefect parses the expression itself when `unlearn serve` starts.
+    if len(serve.cron.split()) != 5:
+        raise ConfigError(f"serve.cron: expected a 5-field cron expression such as '0 2 * * *', got {serve.cron!r}")
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(serve.timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise ConfigError(f"serve.timezone: expected an IANA time zone name such as UTC, "
+                          f"got {serve.timezone!r}") from None
+    if serve.trigger_after_requests < 1:
+        raise ConfigError("serve.trigger_after_requests: must be >= 1")
+    if serve.trigger_window_minutes <= 0 or serve.watch_interval_seconds <= 0:
+        raise ConfigError("serve.trigger_window_minutes and serve.watch_interval_seconds: must be > 0")
     if not (params.device == "cpu" or params.device.startswith("cuda")):
         raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {params.device!r}")
 
