@@ -8,6 +8,7 @@ and MLflow hold counts, hashed id digests and batch ids only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks import audit, dvc_ops, reporting, tracking
+from tasks import audit, dvc_ops, progress, reporting, tracking
 from tasks.project import PipelineError, Project
 from tasks.validation import validate_requests
 from unlearn.attacks import ATTACKS
@@ -446,10 +447,11 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
         mlflow.set_tags({"stage": "train", "git_commit": dvc_ops.git_commit(project),
                          "data_version": data_version})
         _log_dataset(store, data_version, "training")
-        model = train_model(
-            model, train_t.images, train_t.labels, recipe, device=device, seed=params.seed,
-            on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-        )
+        with progress.bar(recipe.epochs, "train baseline", unit="epoch") as bar:
+            model = train_model(
+                model, train_t.images, train_t.labels, recipe, device=device, seed=params.seed,
+                on_epoch=progress.epoch_callback(bar, lambda epoch, m: mlflow.log_metrics(m, step=epoch)),
+            )
         seconds = time.perf_counter() - started
         metrics = {"train_acc": accuracy(model, train_t.images, train_t.labels, device=device),
                    "test_acc": accuracy(model, test_t.images, test_t.labels, device=device),
@@ -671,10 +673,18 @@ def run_unlearn(project: Project, *, attempt: Any = None, verify: Any = None) ->
     state = begin_unlearning(project)
     if not state.get("attempts"):
         _skipped_report(project, state["status"])  # dvc.yaml declares the report as an output
-    while state.get("next_method"):
-        attempt(project, state["next_method"])
-        verify(project)
-        state = _read_state(project, "unlearn")
+    # A bar only when there is something to run: the ladder's length bounds the attempts.
+    total = len(state.get("ladder") or []) - len(state.get("attempts") or []) if state.get("next_method") else 0
+    with progress.bar(total, "escalation", unit="attempt") if total > 0 else contextlib.nullcontext(
+            progress.SILENT) as bar:
+        while state.get("next_method"):
+            bar.set_description(f"escalation: {state['next_method']}")
+            attempt(project, state["next_method"])
+            verify(project)
+            state = _read_state(project, "unlearn")
+            bar.update(1)
+            done = (state.get("attempts") or [{}])[-1]
+            bar.set_postfix({"last": f"{done.get('method')} {done.get('verdict')}"})
     return state
 
 
@@ -757,11 +767,13 @@ def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[
         each = (time.perf_counter() - started) / len(plans)
         return [{"state": m.cpu().state_dict(), "seconds": each} for m in models]
     out = []
-    for plan, index in zip(plans, indices, strict=True):
-        begun = time.perf_counter()
-        model = train_model(seeded_model(factory, plan.seed), images[index], labels[index], recipe,
-                            device=device, seed=plan.seed)
-        out.append({"state": model.cpu().state_dict(), "seconds": time.perf_counter() - begun})
+    names = ", ".join(p.ref_id for p in plans) if len(plans) <= 2 else f"{len(plans)} models"
+    with progress.bar(recipe.epochs * len(plans), f"references ({names})", unit="epoch") as bar:
+        for plan, index in zip(plans, indices, strict=True):
+            begun = time.perf_counter()
+            model = train_model(seeded_model(factory, plan.seed), images[index], labels[index], recipe,
+                                device=device, seed=plan.seed, on_epoch=progress.epoch_callback(bar))
+            out.append({"state": model.cpu().state_dict(), "seconds": time.perf_counter() - begun})
     return out
 
 

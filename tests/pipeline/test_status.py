@@ -1,0 +1,112 @@
+"""`unlearn status` on a fresh project and after a baseline; progress bars on and off."""
+
+import json
+import threading
+
+import pytest
+from conftest import FAST
+
+
+def _status(capsys, root, *extra):
+    from flows.cli import main
+
+    code = main(["--root", str(root), "status", *extra])
+    out = capsys.readouterr().out
+    return code, out
+
+
+def test_status_fresh_project(make_project, capsys):
+    root = make_project()
+    code, out = _status(capsys, root)
+    assert code == 0
+    assert "nothing has run yet" in out and "champion:\n  none yet" in out
+    assert "0 request(s) in 0 pending batch(es)" in out and "none issued yet" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{root.resolve()}/mlflow.db" in out
+    assert "prefect server start" in out and "dvc metrics show" in out
+    assert not (root / "mlflow.db").exists()  # status reads; it never creates the registry
+    code, out = _status(capsys, root, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["fresh"] is True and report["champion"] is None and report["problems"] == {}
+
+
+def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkeypatch):
+    from flows.cli import main
+
+    code = main(["status", "--root", str(tmp_path / "nowhere")])  # the subcommand's own --root
+    assert code == 0 and "not a project root" in capsys.readouterr().out
+    root = make_project()
+    (root / "data" / "requests").mkdir(parents=True)
+    (root / "data" / "requests" / "ledger.json").write_text("{not json")
+    (root / "data" / "state").mkdir(parents=True)
+    (root / "data" / "state" / "train.json").write_text("[truncated")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4299/api")
+    code, out = _status(capsys, root)
+    assert code == 0
+    assert "could not read requests: LedgerError" in out and "problem JSONDecodeError" in out
+    assert "http://127.0.0.1:4299  (PREFECT_API_URL server)" in out
+
+
+@pytest.mark.e2e
+def test_status_after_baseline(prefect_server, make_project, capsys, monkeypatch):
+    from flows.cli import submit_request
+    from flows.pipeline import pipeline_flow
+
+    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
+    monkeypatch.setenv("UNLEARN_PROGRESS", "1")  # draw bars although pytest captures stderr
+    pipeline_flow(root=str(root))
+    assert "train baseline" in capsys.readouterr().err  # the epoch bar of run_train, from a Prefect task
+    submit_request(root, {"request_id": "R-1", "sample_ids": ["digits-0001"], "received_at": "2026-11-24T10:00:00Z",
+                          "reason": "gdpr_erasure", "subject_ref": "alice"})
+    code, out = _status(capsys, root, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["problems"] == {} and report["fresh"] is False
+    champion = report["champion"]
+    assert champion["version"] == "1" and champion["method"] == "train" and champion["verdict"] == "baseline"
+    assert champion["data_version"] == report["data_version"] and champion["data_version"].endswith(".dir")
+    assert report["requests"]["incoming_files"] == 1 and report["requests"]["pending_batches"] == 0
+    assert [r["run_name"] for r in report["runs"]] == ["baseline"] and report["runs"][0]["stage"] == "train"
+    assert {s["stage"] for s in report["stages"]} >= {"ingest", "prepare", "train", "unlearn"}
+    code, out = _status(capsys, root)
+    assert "version 1 of unlearn-classifier  method train  verdict baseline" in out
+    assert "1 file(s) waiting in the inbox" in out and "baseline" in out
+
+
+def test_progress_bars_silent_unless_terminal(capsys, monkeypatch):
+    from tasks import progress
+
+    monkeypatch.delenv("UNLEARN_PROGRESS", raising=False)
+    assert not progress.enabled()  # pytest captures stderr: not a terminal
+    with progress.bar(3, "quiet") as bar:
+        bar.update(1)
+        bar.set_postfix({"a": 1})
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("UNLEARN_PROGRESS", "0")
+    assert not progress.enabled()
+
+
+def test_progress_bars_from_worker_threads(capsys, monkeypatch, tiny_images):
+    import torch
+
+    from tasks import progress
+    from unlearn.models import build_model
+    from unlearn.training import SGDRecipe, train_model
+
+    monkeypatch.setenv("UNLEARN_PROGRESS", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what the CLI sets for library bars: ours still draw
+    images, labels = (torch.as_tensor(a) for a in tiny_images)
+    recipe = SGDRecipe(epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=0.0, augment=False)
+    seen: list[int] = []
+
+    def work(k: int) -> None:
+        with progress.bar(recipe.epochs, f"model {k}", unit="epoch") as bar:
+            train_model(build_model("small_cnn", 1, 4), images, labels, recipe, device="cpu", seed=k,
+                        on_epoch=progress.epoch_callback(bar, lambda epoch, m: seen.append(epoch)))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    err = capsys.readouterr().err
+    assert "model 0" in err and "model 1" in err and "epoch" in err
+    assert sorted(seen) == [0, 0, 1, 1, 2, 2]
