@@ -6,6 +6,9 @@
     unlearn request status <id>       where a request is (batch, steps, certificate)
     unlearn request certificate <id>  the deletion certificate (JSON + HTML report)
     unlearn audit verify              check the hash-chained audit log
+    unlearn status                    the champion, pending requests, last runs, where the UIs are
+    unlearn server start              a long-lived local Prefect server (schedules need one)
+    unlearn serve                     serve the nightly and the request-triggered deployments
     unlearn stage <name>              run one stage without Prefect (what dvc.yaml calls)
 
 Errors print one line naming the problem and exit with status 2; a model that fails the
@@ -121,6 +124,11 @@ def _cmd_request_submit(args: argparse.Namespace) -> int:
         request["forget_class"] = args.forget_class
     path = submit_request(Path(args.root), request)
     print(f"request {args.request_id} queued: {path}")
+    from flows.serve import emit_submitted
+
+    # Best effort: with no reachable Prefect server the file simply waits for the next run.
+    if emit_submitted(Path(args.root), path):
+        print("event sent: a served `on-request` deployment starts a run (`unlearn serve`)")
     print("it is validated and applied by the next pipeline run (`unlearn run`)")
     return 0
 

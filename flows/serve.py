@@ -1,11 +1,393 @@
-"""Placeholder: filled in by the serve work (issue #6)."""
+"""``unlearn serve`` and ``unlearn server start``: the pipeline as long-lived Prefect deployments.
+
+``unlearn serve`` serves two deployments of the ``unlearning-pipeline`` flow for one project:
+
+* ``nightly-<key>``: on the cron schedule of ``serve.cron`` (the nightly batch);
+* ``on-request-<key>``: started by events, with a batching window: a run starts after
+  ``serve.trigger_after_requests`` (N) requests or ``serve.trigger_window_minutes`` (T) after the
+  oldest unprocessed request, whichever comes first.
+
+``<key>`` is a hash of the project's absolute path: projects served against one Prefect server
+get their own deployments, and the events name the project as their resource
+(``unlearn.project.<key>``), so a request for one project never starts another's run.
+
+Batching window design (Prefect 3.8 automations). One reactive trigger with ``threshold=N,
+within=T`` covers only half of "N or T": it fires on the N-th event inside a bucket, but a bucket
+that expires with fewer events is dropped silently, and after firing Prefect ignores matching
+events until the old bucket's end. So the ``on-request`` deployment has two triggers (each its own
+automation; either one starts a run):
+
+1. count: expects ``unlearn.request.submitted`` with ``threshold=N, within=T`` (with N = 1,
+   ``within=0``, so every request fires at once and there is no dead time);
+2. window: expects ``unlearn.request.window_elapsed`` with ``threshold=1``. The serve process
+   emits it when the oldest request file still waiting in ``data/requests/incoming`` is T old
+   (file age from its mtime, so it survives restarts), at most once per T.
+
+Requests the count trigger missed (fewer than N, or inside Prefect's dead time) therefore start a
+run at most T (+ one poll interval) after they arrived. A run that finds nothing new is cheap, and
+runs never overlap on a project: the flow holds the project lock.
+
+``unlearn request submit`` emits ``unlearn.request.submitted`` right after writing its file (best
+effort: without a reachable server the file just waits) and claims the file name in
+``data/requests/emitted-events.txt``; the serve process's watcher thread emits the same event for
+every other file that lands in the inbox (dropped by hand or by another system), once per file.
+Events carry only the file name (a timestamp and a hash of the request id) and a source: never a
+subject reference or a sample id.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import asyncio
+import hashlib
+import os
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+
+SUBMITTED = "unlearn.request.submitted"
+WINDOW_ELAPSED = "unlearn.request.window_elapsed"
+EMITTED_LOG = "emitted-events.txt"  # in data/requests: inbox files whose event was already sent
+EMIT_TIMEOUT_SECONDS = 10.0
+CLAIM_GRACE_SECONDS = 15.0  # the watcher leaves a new inbox file this long to `request submit`
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def project_key(root: str | Path) -> str:
+    """A short, stable id of a project: the first 12 hex digits of SHA-256 of its absolute path."""
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+
+
+def project_resource(root: str | Path) -> dict[str, str]:
+    """The Prefect resource every event of this project names (trigger matching uses its id)."""
+    return {"prefect.resource.id": f"unlearn.project.{project_key(root)}", "prefect.resource.name": "unlearn project"}
+
+
+def request_payload(file_name: str, source: str) -> dict[str, str]:
+    """The payload of a ``unlearn.request.submitted`` event: no personal data.
+
+    Args:
+        file_name: The inbox file's name. Files written by ``request submit`` are named from a time
+            stamp and a hash of the request id; other names are reduced to a hash.
+        source: ``cli`` (request submit) or ``watcher`` (a file dropped into the inbox).
+
+    Returns:
+        ``{"file": ..., "source": ...}``.
+    """
+    import re
+
+    # A dropped file's name is chosen by whoever dropped it; publish only a hash of it.
+    safe = re.fullmatch(r"request-\d{8}T\d{6,12}-[0-9a-f]{12}\.json", file_name)
+    return {"file": file_name if safe else "sha256:" + hashlib.sha256(file_name.encode()).hexdigest()[:16],
+            "source": source}
+
+
+def window_due(pending_since: Iterable[float], now: float, window_seconds: float,
+               last_window_event: float | None) -> bool:
+    """Whether the batching window has elapsed: the oldest unprocessed request is ``window_seconds``
+    old and no window event was sent during the last ``window_seconds``.
+
+    Args:
+        pending_since: Arrival time (epoch seconds) of every request file still in the inbox.
+        now: The current time (epoch seconds).
+        window_seconds: T.
+        last_window_event: When the last window event was sent, or None.
+
+    Returns:
+        True if a ``unlearn.request.window_elapsed`` event should be sent now.
+    """
+    oldest = min(pending_since, default=None)
+    if oldest is None or now - oldest < window_seconds:
+        return False
+    # A run may still be ingesting, or may have failed: do not re-fire more often than every T.
+    return last_window_event is None or now - last_window_event >= window_seconds
+
+
+def build_triggers(root: str | Path, after_requests: int, window_minutes: float) -> list[Any]:
+    """The two triggers of the ``on-request`` deployment (count and window; see the module docs)."""
+    from datetime import timedelta
+
+    from prefect.events import DeploymentEventTrigger
+
+    match = {"prefect.resource.id": project_resource(root)["prefect.resource.id"]}
+    window = timedelta(minutes=window_minutes)
+    return [
+        DeploymentEventTrigger(
+            name=f"unlearn {project_key(root)}: {after_requests} request(s)", expect={SUBMITTED}, match=match,
+            threshold=after_requests, within=window if after_requests > 1 else timedelta(0)),
+        DeploymentEventTrigger(
+            name=f"unlearn {project_key(root)}: {window_minutes:g} min window", expect={WINDOW_ELAPSED},
+            match=match, threshold=1, within=timedelta(0)),
+    ]
+
+
+# --------------------------------------------------------------------------- emitting events
+
+
+def api_url() -> str | None:
+    """The configured Prefect API URL (environment or active profile), or None."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def emit(event: str, root: str | Path, payload: dict[str, Any], url: str | None = None) -> bool:
+    """Send one event to the Prefect server at ``url`` (default: PREFECT_API_URL) and wait for it.
+
+    Never starts Prefect's temporary server (events sent there would die with this process).
+
+    Returns:
+        Whether the event was sent.
+    """
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    url = url or api_url()
+    if not url:
+        return False
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=url, reconnection_attempts=0) as client:
+            await client.emit(Event(event=event, resource=project_resource(root), payload=payload))
+
+    try:
+        asyncio.run(asyncio.wait_for(send(), EMIT_TIMEOUT_SECONDS))
+    except Exception:  # noqa: BLE001 - best effort: the caller decides what a failure means
+        return False
+    return True
+
+
+def _emitted_log(root: Path) -> Path:
+    return Path(root) / "data" / "requests" / EMITTED_LOG
+
+
+def emit_submitted(root: str | Path, path: Path) -> bool:
+    """Best effort: tell the served ``on-request`` deployment that ``path`` was submitted.
+
+    Called by ``unlearn request submit`` after the file is written. A missing or unreachable
+    server is not an error: the file waits in the inbox for the watcher, the window or the
+    nightly run. The file is claimed in ``data/requests/emitted-events.txt`` *before* the event
+    is sent (and released with a ``!name`` line if sending fails), so the watcher, polling in
+    between, never sends a second event for it.
+
+    Returns:
+        Whether the event was sent.
+    """
+    root = Path(root).resolve()
+    if not api_url():
+        return False
+    _append(_emitted_log(root), path.name)
+    if emit(SUBMITTED, root, request_payload(path.name, "cli")):
+        return True
+    _append(_emitted_log(root), "!" + path.name)  # the watcher sends it when the server is back
+    return False
+
+
+def _append(log: Path, line: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as handle:  # one short O_APPEND write per line
+        handle.write(line + "\n")
+
+
+def claimed_files(log: Path) -> set[str]:
+    """Inbox files whose event ``request submit`` sent (or is sending): the last line per name wins."""
+    claimed: set[str] = set()
+    for line in log.read_text(encoding="utf-8").split() if log.exists() else []:
+        if line.startswith("!"):
+            claimed.discard(line[1:])
+        else:
+            claimed.add(line)
+    return claimed
+
+
+class InboxWatcher:
+    """Polls the inbox; emits one ``submitted`` event per new file and the window events.
+
+    Args:
+        root: Project directory.
+        window_seconds: T, in seconds.
+        send: ``send(event, payload) -> bool``; by default :func:`emit` to PREFECT_API_URL.
+        clock: Time source (tests pass a fake one).
+    """
+
+    def __init__(self, root: str | Path, window_seconds: float,
+                 send: Callable[[str, dict[str, Any]], bool] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root).resolve()
+        self.window_seconds = window_seconds
+        self.send = send or (lambda event, payload: emit(event, self.root, payload))
+        self.clock = clock
+        self.seen: set[str] = set()  # files this process has emitted (or found already emitted)
+        self.last_window_event: float | None = None
+
+    def pending(self) -> dict[str, float]:
+        """Request files waiting in the inbox: name -> arrival time (mtime)."""
+        from unlearn.requests import skipped_in_inbox
+
+        inbox = self.root / "data" / "requests" / "incoming"
+        files: dict[str, float] = {}
+        try:
+            with os.scandir(inbox) as scan:
+                for entry in scan:
+                    if entry.is_file(follow_symlinks=False) and not skipped_in_inbox(entry.name):
+                        files[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            pass
+        return files
+
+    def poll(self) -> list[str]:
+        """One round: emit for new files, then the window event if due.
+
+        Returns:
+            The events sent this round.
+        """
+        sent: list[str] = []
+        files, now = self.pending(), self.clock()
+        # A file `request submit` just wrote is claimed a moment later (after its imports); a grace
+        # period keeps the watcher from sending a second event for it in between.
+        new = sorted(name for name in set(files) - self.seen if now - files[name] >= CLAIM_GRACE_SECONDS)
+        claimed = claimed_files(_emitted_log(self.root)) if new else set()
+        for name in new:
+            if name in claimed:
+                self.seen.add(name)  # `request submit` emitted it
+                continue
+            if self.send(SUBMITTED, request_payload(name, "watcher")):
+                self.seen.add(name)  # unsent files are retried next round
+                sent.append(SUBMITTED)
+        self.seen &= set(files)  # ingested files never come back: forget them
+        if window_due(files.values(), now, self.window_seconds, self.last_window_event):
+            if self.send(WINDOW_ELAPSED, {"pending_files": len(files)}):
+                self.last_window_event = now
+                sent.append(WINDOW_ELAPSED)
+        if not files:
+            self.last_window_event = None  # the next request opens a fresh window
+        return sent
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set; errors are printed, never raised."""
+        while not stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a bad poll
+                _say(f"unlearn serve: inbox watcher: {exc}", sys.stderr)
+            stop.wait(interval)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _say(message: str, stream: Any = None) -> None:
+    """One line to the terminal (this module is a command-line program, like flows/cli.py)."""
+    stream = stream or sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
+def _require_server() -> str:
+    from tasks.project import PipelineError
+
+    url = api_url()
+    if not url:
+        raise PipelineError("no Prefect server: schedules and event triggers need a long-lived one. Start it with "
+                            "`unlearn server start` and export the PREFECT_API_URL it prints")
+    try:
+        urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=10)
+    except OSError as exc:
+        raise PipelineError(f"Prefect server at PREFECT_API_URL={url} is not reachable ({exc}); "
+                            "start it with `unlearn server start`") from None
+    return url
+
+
+def build_deployments(root: str | Path) -> list[Any]:
+    """The ``nightly`` and ``on-request`` deployments of the pipeline flow for one project."""
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.pipeline import pipeline_flow
+    from tasks.project import load_project
+
+    project = load_project(root)
+    serve = project.params.serve
+    key, parameters = project_key(project.root), {"root": str(project.root)}
+    # MODULE_PATH: the run subprocess imports flows.pipeline, whatever the serve process's cwd.
+    common = {"parameters": parameters, "entrypoint_type": EntrypointType.MODULE_PATH,
+              "tags": ["unlearn", f"project-{key}"]}
+    nightly = pipeline_flow.to_deployment(
+        name=f"nightly-{key}", schedules=[Cron(serve.cron, timezone=serve.timezone)],
+        description=f"Nightly deletion batch of {project.root}", **common)
+    on_request = pipeline_flow.to_deployment(
+        name=f"on-request-{key}", triggers=build_triggers(project.root, serve.trigger_after_requests,
+                                                          serve.trigger_window_minutes),
+        description=f"Deletion run started by requests to {project.root}", **common)
+    return [nightly, on_request]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from prefect import serve as prefect_serve
+
+    from tasks.project import load_project
+
+    url = _require_server()
+    project = load_project(args.root)
+    config = project.params.serve
+    deployments = build_deployments(project.root)
+    watcher = InboxWatcher(project.root, config.trigger_window_minutes * 60)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(config.watch_interval_seconds, stop),
+                              name="unlearn-inbox-watcher", daemon=True)
+    _say(f"serving {project.root} on {url}: {', '.join(d.name for d in deployments)} "
+         f"(cron {config.cron!r} {config.timezone}; on-request after {config.trigger_after_requests} request(s) "
+         f"or {config.trigger_window_minutes:g} min); inbox polled every {config.watch_interval_seconds:g} s")
+    thread.start()
+    try:
+        # pause_on_shutdown=False: restarting `unlearn serve` must not leave the nightly schedule paused.
+        # query_seconds: Prefect's runner polls for runs to start every 10 s by default; a triggered
+        # run should start within the same interval the inbox is polled at.
+        prefect_serve(*deployments, pause_on_shutdown=False, print_starting_message=False,
+                      query_seconds=config.watch_interval_seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    _say("unlearn serve: stopped")
+    return 0
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    url = f"http://{args.host}:{args.port}/api"
+    _say(f"starting the Prefect server; in other shells run:\n  export PREFECT_API_URL={url}")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = Path(sys.executable).with_name("prefect")
+    command = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", args.host,
+               "--port", str(args.port)]
+    # exec, not a child process: Ctrl-C and SIGTERM reach the server itself, nothing is orphaned.
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
 
 
 def add_commands(commands: Any) -> dict[str, Callable[[Any], int]]:
-    """Add this module's subcommands to the `unlearn` parser; return command name -> handler."""
-    return {}
+    """Add ``serve`` and ``server start`` to the ``unlearn`` parser.
+
+    Args:
+        commands: The subparsers action of the ``unlearn`` parser.
+
+    Returns:
+        Command name -> handler.
+    """
+    serve = commands.add_parser("serve", help="serve the pipeline: nightly cron + runs triggered by requests "
+                                              "(needs PREFECT_API_URL)")
+    # SUPPRESS: without --root here, the global `unlearn --root DIR serve` value stays.
+    serve.add_argument("--root", default=argparse.SUPPRESS, help="project directory (default: .)")
+    server = commands.add_parser("server", help="the long-lived local Prefect server that schedules need")
+    server_commands = server.add_subparsers(dest="server_command", required=True)
+    start = server_commands.add_parser("start", help="run `prefect server start` in the foreground")
+    start.add_argument("--host", default="127.0.0.1")
+    start.add_argument("--port", type=int, default=4200)
+    return {"serve": _cmd_serve, "server": _cmd_server}

@@ -14,7 +14,8 @@ from tasks.project import PipelineError, Project
 
 
 def _dvc(project: Project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # A wide terminal: DVC wraps table output (e.g. `remote list`) at $COLUMNS, which breaks parsing.
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": "10000"}
     command = [sys.executable, "-m", "dvc", *args]
     result = subprocess.run(command, cwd=project.root, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:

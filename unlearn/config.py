@@ -166,7 +166,7 @@ class ServeConfig:
     timezone: str = "UTC"  # IANA name the cron is read in
     trigger_after_requests: int = 10  # N: a run starts once this many requests arrived ...
     trigger_window_minutes: float = 15.0  # T: ... or this long after the oldest unprocessed one
-    watch_interval_seconds: float = 5.0  # how often the serve process polls the inbox and Prefect for runs to start
+    watch_interval_seconds: float = 1.0  # how often serve polls the inbox and Prefect for runs to start (latency)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,229 @@
+"""`unlearn serve`: the batching window and event payloads (no server), and end to end against a
+real `prefect server start`: serve the deployments, submit a request, see the triggered run move
+the champion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+
+from flows import serve
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_window_due_after_t_since_the_oldest_pending_request_at_most_once_per_t():
+    assert not serve.window_due([], now=1000, window_seconds=60, last_window_event=None)
+    assert not serve.window_due([990, 995], now=1000, window_seconds=60, last_window_event=None)
+    assert serve.window_due([940, 995], now=1000, window_seconds=60, last_window_event=None)
+    assert not serve.window_due([900], now=1000, window_seconds=60, last_window_event=970)  # sent 30 s ago
+    assert serve.window_due([900], now=1000, window_seconds=60, last_window_event=930)
+
+
+def test_event_payload_carries_no_personal_data():
+    payload = serve.request_payload("request-20261124T100000123456-0123456789ab.json", "cli")
+    assert payload == {"file": "request-20261124T100000123456-0123456789ab.json", "source": "cli"}
+    dropped = serve.request_payload("alice@example.com-erase-me.csv", "watcher")
+    assert "alice" not in json.dumps(dropped) and dropped["file"].startswith("sha256:")
+    assert set(serve.project_resource("/a")) == {"prefect.resource.id", "prefect.resource.name"}
+    assert serve.project_resource("/a") != serve.project_resource("/b")  # projects never trigger each other
+
+
+def test_triggers_count_and_window(tmp_path):
+    count, window = serve.build_triggers(tmp_path, after_requests=10, window_minutes=15)
+    resource = serve.project_resource(tmp_path)["prefect.resource.id"]
+    assert count.expect == {serve.SUBMITTED} and count.threshold == 10 and count.within == timedelta(minutes=15)
+    assert window.expect == {serve.WINDOW_ELAPSED} and window.threshold == 1
+    for trigger in (count, window):
+        assert trigger.posture == "Reactive" and trigger.match.model_dump() == {"prefect.resource.id": resource}
+    # N = 1: every request fires at once (no bucket, so no dead time after a firing)
+    assert serve.build_triggers(tmp_path, 1, 15)[0].within == timedelta(0)
+
+
+def test_claims_last_line_wins(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("a\nb\n!a\nc\n!c\nc\n")
+    assert serve.claimed_files(log) == {"b", "c"}
+    assert serve.claimed_files(tmp_path / "missing.txt") == set()
+
+
+def test_watcher_emits_once_per_file_skips_submitted_ones_and_fires_the_window(tmp_path):
+    inbox = tmp_path / "data" / "requests" / "incoming"
+    inbox.mkdir(parents=True)
+    now = [1_000_000.0]
+    sent, up = [], [True]
+
+    def send(event, payload):
+        if up[0]:
+            sent.append((event, payload))
+        return up[0]
+
+    watcher = serve.InboxWatcher(tmp_path, window_seconds=60, send=send, clock=lambda: now[0])
+    (inbox / "dropped.csv").write_text("request_id,subject_ref\n")
+    (inbox / ".partial.csv.tmp").write_text("")  # still being written: ignored
+    (inbox / "request-20261124T100000123456-0123456789ab.json").write_text("{}")
+    (tmp_path / "data" / "requests" / serve.EMITTED_LOG).write_text(
+        "request-20261124T100000123456-0123456789ab.json\n")  # `request submit` already emitted it
+    for path in inbox.iterdir():
+        os.utime(path, (now[0], now[0]))
+    assert watcher.poll() == []  # too fresh: `request submit` may not have claimed it yet
+    now[0] += serve.CLAIM_GRACE_SECONDS
+    assert watcher.poll() == [serve.SUBMITTED]
+    assert sent[0][1]["source"] == "watcher" and "dropped" not in sent[0][1]["file"]
+    assert watcher.poll() == []  # nothing new, window not elapsed
+    now[0] += 61 - serve.CLAIM_GRACE_SECONDS
+    assert watcher.poll() == [serve.WINDOW_ELAPSED]
+    assert sent[-1][1] == {"pending_files": 2}
+    now[0] += 30
+    assert watcher.poll() == []  # not again within T
+    # a server outage: the file is retried on the next poll
+    up[0] = False
+    (inbox / "late.csv").write_text("")
+    os.utime(inbox / "late.csv", (now[0] - 60, now[0] - 60))
+    assert watcher.poll() == []
+    up[0] = True
+    assert watcher.poll() == [serve.SUBMITTED]
+    # the run ingested everything: the next request opens a fresh window
+    for path in inbox.iterdir():
+        path.unlink()
+    assert watcher.poll() == [] and watcher.last_window_event is None and watcher.seen == set()
+
+
+def test_serve_config_is_validated():
+    from unlearn.config import ConfigError, parse_params
+
+    assert parse_params({}).serve.cron == "0 2 * * *"
+    for bad in ({"trigger_after_requests": 0}, {"trigger_window_minutes": 0}, {"cron": "nightly"},
+                {"timezone": "Mars/Olympus"}, {"watch_interval_seconds": -1}, {"unknown": 1}):
+        with pytest.raises(ConfigError, match="serve"):
+            parse_params({"serve": bad})
+
+
+def test_serve_without_a_server_is_a_clear_error(tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": ""}
+    result = subprocess.run([str(BIN / "unlearn"), "--root", str(tmp_path), "serve"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unlearn server start" in result.stderr
+
+
+def test_submit_without_a_server_still_queues(make_project):
+    root = make_project()
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # nothing listens on the discard port
+    result = subprocess.run([str(BIN / "unlearn"), "--root", str(root), "request", "submit", "--request-id", "R-1",
+                             "--forget-class", "3", "--subject-ref", "x"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(list((root / "data" / "requests" / "incoming").glob("request-*.json"))) == 1
+    assert serve.claimed_files(root / "data" / "requests" / serve.EMITTED_LOG) == set()  # the watcher sends it
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """A real `prefect server start` on a free loopback port with its own PREFECT_HOME."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and process.poll() is None, "prefect server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _api(url: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def _champion(root: Path) -> str | None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    try:
+        return str(client.get_model_version_by_alias("unlearn-classifier", "champion").version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_project):
+    started = time.time()
+    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
+                         "serve": {"trigger_after_requests": 1, "trigger_window_minutes": 5,
+                                   "watch_interval_seconds": 1}})
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": "1"}
+    baseline = subprocess.run([str(BIN / "unlearn"), "--root", str(root), "run"], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+    assert _champion(root) == "1"
+    log = root.parent / "serve.log"
+    with open(log, "w") as out:
+        served = subprocess.Popen([str(BIN / "unlearn"), "serve", "--root", str(root)], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        key = serve.project_key(root)
+        deadline = time.time() + 60
+        while len(_api(prefect_api, "/automations/filter")) < 2 or not _api(
+                prefect_api, "/deployments/filter", {"deployments": {"name": {"any_": [f"on-request-{key}"]}}}):
+            assert time.time() < deadline and served.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)  # the server's trigger service loads new automations
+        submit = subprocess.run([str(BIN / "unlearn"), "--root", str(root), "request", "submit", "--request-id",
+                                 "R-serve-1", "--sample-ids", "digits-0000", "digits-0001", "--subject-ref", "bob"],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert submit.returncode == 0 and "event sent" in submit.stdout, submit.stdout + submit.stderr
+        deadline = time.time() + 180
+        while _champion(root) != "2":
+            assert time.time() < deadline, log.read_text()[-3000:]
+            assert served.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        # promote moved the alias; purge and certify finish the run
+        query = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+                 "deployments": {"name": {"any_": [f"on-request-{key}"]}}}
+        while not (runs := _api(prefect_api, "/flow_runs/filter", query)):
+            assert time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        assert runs[0]["parameters"] == {"root": str(root.resolve())}
+    finally:
+        served.send_signal(signal.SIGINT)
+        try:
+            served.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            served.kill()
+            served.wait()
+    assert served.returncode in (0, -signal.SIGINT), log.read_text()[-3000:]
+    assert time.time() - started < 300
