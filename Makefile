@@ -29,5 +29,5 @@ bench: $(STAMP)
 # Forget every pipeline result in this checkout (registry, DVC store, requests, models).
 clean-state:
 	rm -rf mlflow.db mlartifacts .dvcstore data/store data/quarantine data/models data/references data/signals data/state \
-	  data/reports data/requests/batches data/requests/rejected data/requests/acknowledged data/requests/ledger.json data/requests/deletions.json \
+	  data/reports data/requests/batches data/requests/rejected data/requests/acknowledged data/requests/ledger.json data/requests/deletions.json data/requests/emitted-events.txt \
 	  data/requests/redactions.json data/audit data/certificates data/.pipeline.lock dvc.lock

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ from unlearn.models import build_model
 
 CHAMPION, PREVIOUS = "champion", "previous"
 _STATE_FILE = "state_dict.pt"
+# torch.export (behind MLflow's pt2 format) keeps module-level state during an export, so two
+# exports in threads of one process corrupt each other ("_EXPORT_MODULE_HIERARCHY must not be
+# None"): pipelines sharing a process log their models one at a time.
+_EXPORT_LOCK = threading.Lock()
 
 
 def setup(project: Project):
@@ -46,12 +51,66 @@ def setup(project: Project):
         os.environ["MLFLOW_TRACKING_URI"] = user_uri
     name = project.params.registry.experiment
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        project.artifact_root.mkdir(parents=True, exist_ok=True)
-        client.create_experiment(name, artifact_location=project.artifact_root.as_uri())
+    if client.get_experiment_by_name(name) is None:
+        _create_experiment(project, client, name)
     mlflow.set_experiment(name)
     return client
+
+
+def uses_tracking_server(uri: str) -> bool:
+    """True when ``uri`` names a tracking server rather than a store this process writes itself.
+
+    A server (``http(s)://``, Databricks, ...) chooses the artifact location of new experiments;
+    with ``--serve-artifacts`` that is ``mlflow-artifacts:/<experiment id>`` and every artifact
+    upload, download and delete goes through the server. A database or file store URI is written
+    directly by this process, so its artifacts go to the project's own ``mlartifacts/``.
+
+    Args:
+        uri: A tracking URI.
+    """
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.lower().split("+", 1)[0]
+    return scheme not in {"", "file", "sqlite", "postgresql", "postgres", "mysql", "mssql"}
+
+
+def _create_experiment(project: Project, client, name: str) -> None:
+    """Create the experiment; another pipeline creating it at the same moment is not an error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if uses_tracking_server(project.tracking_uri):
+            client.create_experiment(name)
+        else:
+            project.artifact_root.mkdir(parents=True, exist_ok=True)
+            client.create_experiment(name, artifact_location=project.artifact_root.as_uri())
+    except MlflowException:
+        if client.get_experiment_by_name(name) is None:  # not a lost race: a real failure
+            raise
+
+
+def log_dataset_input(dataset: Any, context: str) -> None:
+    """``mlflow.log_input`` for a dataset, safe when another pipeline logs the same one at once.
+
+    MLflow's SQL store looks a dataset up by (experiment, name, digest) and inserts it when it
+    is missing; two runs of one experiment logging the same dataset at the same moment can both
+    miss it, and the second insert fails on the unique key. The row then exists, so one retry
+    links it to this run.
+
+    Args:
+        dataset: An ``mlflow.data`` dataset.
+        context: The input's context tag (``training``, ``forget``, ...).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as exc:
+        text = str(exc).lower()
+        if not any(marker in text for marker in ("unique", "duplicate key", "already exists")):
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 def model_name(project: Project) -> str:
@@ -93,7 +152,7 @@ def log_model(
     import mlflow.pytorch
 
     model = model.cpu().eval()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _EXPORT_LOCK:
         state_path = Path(tmp) / _STATE_FILE
         torch.save(model.state_dict(), state_path)
         info = mlflow.pytorch.log_model(
