@@ -212,9 +212,11 @@ def _ui_hints(root: Path) -> str:
     from tasks.project import Project
 
     uri = Project(root).tracking_uri
+    mlflow_ui = (f"open {uri}" if uri.startswith(("http://", "https://"))
+                 else f"mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
     return (
         "\nLook closer:\n"
-        f"  MLflow UI:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)\n"
+        f"  MLflow UI:  {mlflow_ui}\n"
         "  Prefect UI: prefect server start                  (then open http://127.0.0.1:4200)\n"
         "  DVC:        dvc status; dvc metrics show; dvc dag"
     )

@@ -483,7 +483,7 @@ def _log_dataset(store: SampleStore, data_version: str, context: str) -> None:
     frame = pd.DataFrame({"label": store.labels, "split": store.splits})
     dataset = mlflow.data.from_pandas(frame, source=str(store.root), name="sample-store",
                                       digest=data_version.replace(".dir", "")[:32])
-    mlflow.log_input(dataset, context=context)
+    tracking.log_dataset_input(dataset, context)  # retries the shared-server insert race
 
 
 # --------------------------------------------------------------------------- unlearn
