@@ -221,9 +221,9 @@ def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_pr
     finally:
         served.send_signal(signal.SIGINT)
         try:
-            served.wait(timeout=30)
+            served.wait(timeout=120)  # the runner lets its flow-run subprocess finish first (slow on a busy CI box)
         except subprocess.TimeoutExpired:
             served.kill()
             served.wait()
     assert served.returncode in (0, -signal.SIGINT), log.read_text()[-3000:]
-    assert time.time() - started < 300
+    assert time.time() - started < 420
