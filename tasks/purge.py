@@ -21,7 +21,7 @@ import io
 import logging
 import os
 import shutil
-from contextlib import closing, contextmanager
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,29 +44,6 @@ def _inside_dvc_stage(project: Project) -> bool:
     already holds the repo lock (and waits for us), so taking it again would fail."""
     root = os.environ.get("DVC_ROOT")
     return bool(os.environ.get("DVC_STAGE")) and root is not None and Path(root).resolve() == project.root
-
-
-@contextmanager
-def _open_repo(project: Project, *, lock: bool):
-    """The project's DVC repo (holding DVC's repo lock, like a dvc command, when ``lock``), closed on exit."""
-    from dvc.lock import LockError
-    from dvc.repo import Repo, lock_repo
-
-    try:
-        repo = Repo(str(project.root))
-    except Exception as exc:  # NotDvcRepoError, config errors
-        raise PipelineError(f"cannot open the DVC repository at {project.root}: {exc}") from exc
-    try:
-        if lock:
-            try:
-                with lock_repo(repo):
-                    yield repo
-            except LockError as exc:
-                raise PipelineError(f"the DVC repository is busy (another dvc command holds its lock): {exc}") from exc
-        else:
-            yield repo
-    finally:
-        repo.close()
 
 
 def _object_dbs(repo: Any) -> dict[str, Any]:
@@ -195,7 +172,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
     newly: list[str] = []
     already: list[str] = []
     removed_by_version: dict[str, dict[str, int]] = {}
-    with _open_repo(project, lock=not _inside_dvc_stage(project)) as repo:
+    with dvc_ops.open_repo(project, lock=not _inside_dvc_stage(project)) as repo:
         odbs = _object_dbs(repo)
         present = {side: set(odb.all()) for side, odb in odbs.items()}
         versions = sorted({oid for oids in present.values() for oid in oids if oid.endswith(DIR_SUFFIX)} | {current})
@@ -319,7 +296,7 @@ def scan_project_for_samples(project: Project, patterns: dict[str, bytes]) -> Sc
     """
     roots = [project.root]
     if (project.root / ".dvc").is_dir():
-        with _open_repo(project, lock=False) as repo:
+        with dvc_ops.open_repo(project, lock=False) as repo:
             extra = [Path(repo.cache.local_cache_dir)]
             try:
                 remote = repo.cloud.get_remote()

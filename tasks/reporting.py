@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 ROLES = ("original", "unlearned", "retrain")
 COLOURS = {"original": "tab:red", "unlearned": "tab:blue", "retrain": "tab:green"}
@@ -58,6 +57,8 @@ def verification_plots(out_dir: Path, scores: dict[str, dict[str, dict[str, np.n
     attacks = sorted({a for per_role in scores.values() for a, s in per_role.items() if len(s["nonmember"])})
     rows = []
     if attacks:
+        from sklearn.metrics import roc_curve  # only when plotting: keeps task start-up light
+
         figure, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 4), squeeze=False)
         for ax, attack in zip(axes[0], attacks, strict=True):
             for role in ROLES:

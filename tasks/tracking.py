@@ -152,6 +152,10 @@ def log_model(
     import mlflow.pytorch
 
     model = model.cpu().eval()
+    # Version tags go in with the registration (one create_model_version call, not one call per tag);
+    # MLflow puts the same tags on the logged model, which keeps the lineage there too.
+    version_tags = {f"arch_{k}": str(v) for k, v in architecture.items()}
+    version_tags.update({k: str(v) for k, v in tags.items()})
     with tempfile.TemporaryDirectory() as tmp, _EXPORT_LOCK:
         state_path = Path(tmp) / _STATE_FILE
         torch.save(model.state_dict(), state_path)
@@ -162,13 +166,10 @@ def log_model(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             registered_model_name=model_name(project),
             extra_files=[str(state_path)],
+            tags=version_tags,
         )
     version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    all_tags = {f"arch_{k}": str(v) for k, v in architecture.items()}
-    all_tags.update({"model_id": info.model_id, **tags})
-    for key, value in all_tags.items():
-        client.set_model_version_tag(model_name(project), version, key, str(value))
+    mlflow.MlflowClient().set_model_version_tag(model_name(project), version, "model_id", info.model_id)
     return version, info.model_id
 
 

@@ -109,7 +109,7 @@ class VerifyConfig:
 class OrchestrationConfig:
     """How Prefect runs fan-out work (reference models, sweeps)."""
 
-    task_runner: str = "threads"  # sequential | threads | dask
+    task_runner: str = "sequential"  # sequential | threads | dask
     max_workers: int = 2  # threads, or local Dask workers
     dask_address: str | None = None  # an existing Dask scheduler (tcp://host:port); None starts a local cluster
 

@@ -79,7 +79,7 @@ def main() -> None:
     from prefect import flow, unmapped
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.runners import build_task_runner
+    from flows.runners import build_task_runner, local_dask_cluster
     from tasks import prefect_tasks as t
     from tasks.stages import train_references
     from unlearn.config import OrchestrationConfig
@@ -124,10 +124,8 @@ def main() -> None:
                 root, plans)
             out["dask_including_startup_s"] = time.perf_counter() - started
 
-            from distributed import LocalCluster
-
             started = time.perf_counter()
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = local_dask_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
             out["dask_cluster_startup_s"] = time.perf_counter() - started
             try:
                 config = OrchestrationConfig("dask", 2, dask_address=cluster.scheduler_address)

@@ -150,3 +150,34 @@ def test_cloud_urls_are_told_from_local_paths():
     assert dvc_ops.is_cloud_url("s3://bucket/path") and dvc_ops.is_cloud_url("gs://b")
     assert not dvc_ops.is_cloud_url(".dvcstore") and not dvc_ops.is_cloud_url("/srv/dvc")
     assert not dvc_ops.is_cloud_url("C://dvc")
+
+
+def test_dvc_operations_work_in_a_subdirectory_project_from_any_working_directory(tmp_path, monkeypatch):
+    """A project inside a larger Git repository gets DVC's --subdir mode; the in-process DVC calls
+    (init, remote, commit, push) act on the project whatever this process's working directory is."""
+    import shutil
+
+    import yaml
+
+    outer = tmp_path / "monorepo"
+    root = outer / "services" / "unlearn"
+    root.mkdir(parents=True)
+    _run(outer, "git", "init", "-q")
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(Path(__file__).resolve().parents[2] / "dvc.yaml", root / "dvc.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # neither the project nor the outer repository
+    project = load_project(root)
+    dvc_ops.ensure_repo(project)
+    assert (root / ".dvc").is_dir() and not (outer / ".dvc").exists()
+    dvc_ops.ensure_repo(project)  # idempotent
+    run_ingest(project)
+    version = _version(project)
+    assert Path.cwd() == elsewhere  # restored after DVC ran in the project
+    assert any((root / ".dvcstore").rglob("*.dir"))  # pushed to the project's own remote
+    status = _dvc(root, "status", "--cloud")
+    assert "in sync" in status
+    assert dvc_ops.data_version(project) == version
+    assert "prepare" not in _dvc(root, "status", "prepare")  # dvc.lock matches the store

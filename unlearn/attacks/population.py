@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, cross_val_score
-from sklearn.svm import SVC
 
 from unlearn.attacks.base import AttackInput, AttackRefused, AttackResult, register_attack
 
@@ -45,6 +42,8 @@ def svc_confidence(inputs: AttackInput) -> AttackResult:
     targets = np.concatenate([np.ones(n_shadow), np.zeros(len(fit_neg))])
     if len(np.unique(targets)) < 2:
         raise ValueError("svc_confidence needs both retain and test samples to fit on")
+    from sklearn.svm import SVC  # imported here: scikit-learn costs ~1 s to import in every (Dask) worker
+
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(features, targets)
     member = clf.decision_function(inputs.forget.confidence[:, None])
     nonmember = clf.decision_function(inputs.test.confidence[eval_neg][:, None])
@@ -95,6 +94,9 @@ def loss_lr(inputs: AttackInput) -> AttackResult:
         other = other[np.sort(rng.choice(len(other), size=n, replace=False))]
     features = np.concatenate([member, other])[:, None]  # (2n, 1)
     labels = np.concatenate([np.ones(n), np.zeros(n)])  # (2n,)
+    from sklearn.linear_model import LogisticRegression  # imported here: see svc_confidence
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, cross_val_score
+
     seed = int(inputs.seed) % (2**32)
     scores = np.empty(2 * n)
     for fit_rows, held_rows in StratifiedKFold(_LR_FOLDS, shuffle=True, random_state=seed).split(features, labels):
