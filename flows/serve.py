@@ -41,11 +41,14 @@ import argparse
 import asyncio
 import hashlib
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -360,13 +363,57 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_command() -> str:
+    prefect = Path(sys.executable).with_name("prefect")
+    return str(prefect) if prefect.exists() else "prefect"
+
+
+@contextmanager
+def background_prefect_server(home: Path, *, startup_timeout: float = 180.0) -> Iterator[str]:
+    """Run ``prefect server start`` on a free loopback port, with its own ``PREFECT_HOME``, for a block.
+
+    For tests and benchmarks that need a real, separate Prefect server (``unlearn server start``
+    is the long-lived one for people).
+
+    Args:
+        home: The server's ``PREFECT_HOME`` (its database lives there).
+        startup_timeout: Seconds to wait for its ``/health`` to answer.
+
+    Yields:
+        The API URL (``http://127.0.0.1:<port>/api``), for ``PREFECT_API_URL``.
+
+    Raises:
+        RuntimeError: If the server exits or does not answer in time.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen([_prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + startup_timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"prefect server did not start on port {port}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{args.port}/api"
     _say(f"starting the Prefect server; in other shells run:\n  export PREFECT_API_URL={url}")
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    prefect = Path(sys.executable).with_name("prefect")
-    command = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", args.host,
-               "--port", str(args.port)]
+    command = [_prefect_command(), "server", "start", "--host", args.host, "--port", str(args.port)]
     # exec, not a child process: Ctrl-C and SIGTERM reach the server itself, nothing is orphaned.
     os.execvpe(command[0], command, env)
     return 0  # not reached

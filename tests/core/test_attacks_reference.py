@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 import pytest
+import sklearn.linear_model
 from scipy.special import log_ndtr
 from sklearn.linear_model import LogisticRegression
 
 from unlearn.attacks import AttackInput, Signals, run_attack
-from unlearn.attacks import population as population_module
 from unlearn.attacks.base import ReferenceSignals, ShadowSignals
 from unlearn.attacks.reference import STD_FLOOR, lira_online
 from unlearn.attacks.unlearning import EPSILON_CAP, example_epsilons, forgetting_quality
@@ -377,7 +377,8 @@ def test_loss_lr_scores_are_out_of_fold(monkeypatch):
             self.scored_values.extend(X[:, 0].tolist())
             return super().decision_function(X)
 
-    monkeypatch.setattr(population_module, "LogisticRegression", SpyRegression)
+    # loss_lr imports scikit-learn when it runs (not at import time), so the spy goes where it imports from.
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegression", SpyRegression)
     rng = np.random.default_rng(11)
     member, other = rng.uniform(0.0, 1.0, 60), rng.uniform(0.5, 2.0, 60)  # distinct values identify samples
     result = run_attack("loss_lr", _inputs(forget_loss=member, test_loss=other))

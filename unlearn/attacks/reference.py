@@ -139,13 +139,20 @@ def _stacked(refs: ReferenceSignals) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return target, values, is_in
 
 
-def _lira(inputs: AttackInput, *, online: bool, per_example: bool, min_observations: int = 2) -> AttackResult:
+def _with_out_references(inputs: AttackInput, attack: str) -> tuple[ReferenceSignals, np.ndarray, np.ndarray,
+                                                                   np.ndarray]:
+    """The reference signals stacked (see ``_stacked``), refusing samples no reference model left OUT."""
     refs = inputs.references
     if refs is None:
-        raise ValueError("LiRA needs reference-model signals")
+        raise ValueError(f"{attack} needs reference-model signals")
     target, values, is_in = _stacked(refs)
     require_observations(~refs.forget_in.astype(bool), "OUT", "forget")
     require_observations(~refs.test_in.astype(bool), "OUT", "test")
+    return refs, target, values, is_in
+
+
+def _lira(inputs: AttackInput, *, online: bool, per_example: bool, min_observations: int = 2) -> AttackResult:
+    refs, target, values, is_in = _with_out_references(inputs, "LiRA")
     out = fit_gaussians(values, ~is_in, hypothesis="OUT", per_example=per_example, min_observations=min_observations)
     extra = {}
     if online:
@@ -303,12 +310,7 @@ def rmia_offline(
         raise ValueError(f"rmia_offline: gamma must be > 0, got {gamma}")
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"rmia_offline: chunk_size must be >= 1, got {chunk_size}")
-    refs = inputs.references
-    if refs is None:
-        raise ValueError("RMIA needs reference-model signals")
-    target, values, is_in = _stacked(refs)
-    require_observations(~refs.forget_in.astype(bool), "OUT", "forget")
-    require_observations(~refs.test_in.astype(bool), "OUT", "test")
+    refs, target, values, is_in = _with_out_references(inputs, "RMIA")
     n_forget, n_test = len(refs.target_forget), len(refs.target_test)
     if n_test < 2:
         raise AttackRefused("rmia_offline needs at least two test samples (the population z)")
