@@ -56,6 +56,7 @@ SUBMITTED = "unlearn.request.submitted"
 WINDOW_ELAPSED = "unlearn.request.window_elapsed"
 EMITTED_LOG = "emitted-events.txt"  # in data/requests: inbox files whose event was already sent
 EMIT_TIMEOUT_SECONDS = 10.0
+CLAIM_LOG_PRUNE_BYTES = 16 * 1024  # the claim log is rewritten to the files still in the inbox past this size
 CLAIM_GRACE_SECONDS = 15.0  # the watcher leaves a new inbox file this long to `request submit`
 
 
@@ -192,10 +193,47 @@ def emit_submitted(root: str | Path, path: Path) -> bool:
     return False
 
 
-def _append(log: Path, line: str) -> None:
+@contextmanager
+def _claims_locked(log: Path) -> Iterator[None]:
+    """Serialise appends to and rewrites of the claim log across processes (a sidecar lock file:
+    a rewrite replaces the log's inode, so the log itself cannot carry the lock)."""
+    import fcntl
+
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as handle:  # one short O_APPEND write per line
+    with open(log.with_name(log.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _append(log: Path, line: str) -> None:
+    with _claims_locked(log), open(log, "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
+
+
+def prune_claims(log: Path, still_waiting: Callable[[], Iterable[str]]) -> int:
+    """Drop the claims of files no longer in the inbox (ingested), so the log stays small.
+
+    Args:
+        log: The claim log (``data/requests/emitted-events.txt``).
+        still_waiting: Lists the inbox's files; called with the lock held, so a file that
+            ``request submit`` writes and claims meanwhile keeps its claim.
+
+    Returns:
+        How many lines were dropped.
+    """
+    with _claims_locked(log):
+        if not log.exists():
+            return 0
+        lines = log.read_text(encoding="utf-8").split()
+        present = set(still_waiting())
+        kept = [line for line in lines if line.lstrip("!") in present]
+        tmp = log.with_name(f".{log.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, log)
+        return len(lines) - len(kept)
 
 
 def claimed_files(log: Path) -> set[str]:
@@ -264,6 +302,9 @@ class InboxWatcher:
                 self.seen.add(name)  # unsent files are retried next round
                 sent.append(SUBMITTED)
         self.seen &= set(files)  # ingested files never come back: forget them
+        log = _emitted_log(self.root)
+        if log.exists() and log.stat().st_size > CLAIM_LOG_PRUNE_BYTES:
+            prune_claims(log, lambda: self.pending().keys())
         if window_due(files.values(), now, self.window_seconds, self.last_window_event):
             if self.send(WINDOW_ELAPSED, {"pending_files": len(files)}):
                 self.last_window_event = now

@@ -62,6 +62,22 @@ def test_claims_last_line_wins(tmp_path):
     assert serve.claimed_files(tmp_path / "missing.txt") == set()
 
 
+def test_claim_log_is_pruned_to_the_files_still_waiting(tmp_path, monkeypatch):
+    inbox = tmp_path / "data" / "requests" / "incoming"
+    inbox.mkdir(parents=True)
+    log = tmp_path / "data" / "requests" / serve.EMITTED_LOG
+    (inbox / "waiting.json").write_text("{}")
+    log.write_text("".join(f"ingested-{i}.json\n" for i in range(200)) + "waiting.json\n!gone.json\n")
+    assert serve.prune_claims(log, lambda: {"waiting.json"}) == 201
+    assert log.read_text() == "waiting.json\n" and serve.claimed_files(log) == {"waiting.json"}
+    # the watcher prunes once the log passes its size limit, keeping the claims it still needs
+    monkeypatch.setattr(serve, "CLAIM_LOG_PRUNE_BYTES", 10)
+    log.write_text("".join(f"ingested-{i}.json\n" for i in range(50)) + "waiting.json\n")
+    watcher = serve.InboxWatcher(tmp_path, window_seconds=3600, send=lambda *_: True)
+    watcher.poll()
+    assert log.read_text() == "waiting.json\n"
+
+
 def test_watcher_emits_once_per_file_skips_submitted_ones_and_fires_the_window(tmp_path):
     inbox = tmp_path / "data" / "requests" / "incoming"
     inbox.mkdir(parents=True)
