@@ -10,6 +10,7 @@
     unlearn server start              a long-lived local Prefect server (schedules need one)
     unlearn serve                     serve the nightly and the request-triggered deployments
     unlearn stage <name>              run one stage without Prefect (what dvc.yaml calls)
+    unlearn sweep [--method ...] [--set METHOD.KEY=V1,V2 ...]   compare methods on the pending deletion
 
 Errors print one line naming the problem and exit with status 2; a model that fails the
 verification gate exits with status 3 (nothing is promoted).
@@ -377,9 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="the hash-chained audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check that no line was edited, removed or reordered")
-    from flows import serve, status
+    from flows import serve, status, sweep
 
-    parser.set_defaults(extra_handlers={**serve.add_commands(commands), **status.add_commands(commands)})
+    parser.set_defaults(extra_handlers={**serve.add_commands(commands), **status.add_commands(commands),
+                                        **sweep.add_commands(commands)})
     return parser
 
 

@@ -7,7 +7,7 @@ that server. ``dvc repro`` runs the same stage functions (see dvc.yaml).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,16 +15,26 @@ from typing import Any
 from prefect import flow
 
 from tasks import prefect_tasks as t
-from tasks.project import load_project
+from tasks.project import Project, load_project
 from tasks.stages import check_params
 
 
-def run_with_configured_runner(flow_fn: Any, root: str) -> Any:
-    """Call a flow with the task runner that ``orchestration`` in params.yaml asks for."""
+def run_with_configured_runner(flow_fn: Any, root: str, **params: Any) -> Any:
+    """Call a flow with the task runner that ``orchestration`` in params.yaml asks for.
+
+    Args:
+        flow_fn: The flow.
+        root: Project directory (the flow's ``root`` parameter).
+        **params: The flow's other parameters.
+
+    Returns:
+        What the flow returns.
+    """
     from flows.runners import build_task_runner
 
     project = load_project(root)
-    return flow_fn.with_options(task_runner=build_task_runner(project.params.orchestration))(root=str(project.root))
+    return flow_fn.with_options(task_runner=build_task_runner(project.params.orchestration))(
+        root=str(project.root), **params)
 
 
 def _root(root: str) -> str:
@@ -137,6 +147,49 @@ def certify_flow(root: str = ".") -> dict[str, Any]:
         return t.certify_task(root)
 
 
+def _io_tasks(project: Project) -> tuple[Any, Any, Any]:
+    """The DVC init, commit and push tasks with ``lifecycle.io_retries`` retries."""
+    retries = project.params.lifecycle.io_retries
+    return tuple(task.with_options(retries=retries) for task in (t.dvc_init_task, t.dvc_commit_task,
+                                                                 t.dvc_push_task))
+
+
+def _timer(timings: dict[str, float]) -> Callable[[str, Callable[[], Any]], Any]:
+    """``timed(name, call)``: run ``call`` and add its wall time to ``timings[name]``."""
+
+    def timed(name: str, call: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        value = call()
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+        return value
+
+    return timed
+
+
+def run_until_unlearning(project: Project, results: dict[str, Any],
+                         timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+    """ingest -> prepare (DVC commit, data version, push) -> train -> references, as tasks of the current flow.
+
+    What the pipeline runs before unlearning, and a method sweep before its candidates. The
+    caller holds the project lock.
+
+    Args:
+        project: The project (validated).
+        results: Filled with each stage's summary (``ingest``, ``prepare``, ``train``, ``references``).
+        timed: From :func:`_timer`; wall times go under the stage names.
+    """
+    root = str(project.root)
+    init, commit, push = _io_tasks(project)
+    timed("ingest", lambda: init(root))
+    results["ingest"] = timed("ingest", lambda: t.ingest_task(root))
+    results["prepare"] = timed("prepare", lambda: t.prepare_task(root))
+    timed("prepare", lambda: commit(root, ["ingest", "prepare"]))
+    results["prepare"]["data_version"] = timed("prepare", lambda: t.data_version_task(root))
+    timed("prepare", lambda: push(root))
+    results["train"] = timed("train", lambda: t.train_task(root))
+    results["references"] = timed("references", lambda: _reference_models(root))
+
+
 @flow(name="unlearning-pipeline")
 def pipeline_flow(root: str = ".") -> dict[str, Any]:
     """ingest -> prepare -> train -> references -> unlearn (+verify per attempt) -> promote -> purge -> certify.
@@ -156,26 +209,11 @@ def pipeline_flow(root: str = ".") -> dict[str, Any]:
 
     root = _root(root)
     project = load_project(root)
-    retries = project.params.lifecycle.io_retries
-    init, commit, push = (task.with_options(retries=retries) for task in (t.dvc_init_task, t.dvc_commit_task,
-                                                                          t.dvc_push_task))
+    _, commit, _ = _io_tasks(project)
     with pipeline_lock(project) as waited:
         results: dict[str, Any] = {"timings": {}, "root": str(Path(root)), "lock_wait_seconds": round(waited, 3)}
-
-        def timed(name: str, call) -> Any:
-            started = time.perf_counter()
-            value = call()
-            results["timings"][name] = results["timings"].get(name, 0.0) + time.perf_counter() - started
-            return value
-
-        timed("ingest", lambda: init(root))
-        results["ingest"] = timed("ingest", lambda: t.ingest_task(root))
-        results["prepare"] = timed("prepare", lambda: t.prepare_task(root))
-        timed("prepare", lambda: commit(root, ["ingest", "prepare"]))
-        results["prepare"]["data_version"] = timed("prepare", lambda: t.data_version_task(root))
-        timed("prepare", lambda: push(root))
-        results["train"] = timed("train", lambda: t.train_task(root))
-        results["references"] = timed("references", lambda: _reference_models(root))
+        timed = _timer(results["timings"])
+        run_until_unlearning(project, results, timed)
         results["unlearn"] = timed("unlearn", lambda: _escalate(root))
         results["promote"] = timed("promote", lambda: t.promote_task(root))
         results["purge"] = timed("purge", lambda: t.purge_task(root))

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import dvc_ops, stages
+from tasks import dvc_ops, stages, sweep
 from tasks.project import load_project
 
 
@@ -98,3 +98,30 @@ def train_reference_task(root: str, plans: list[Any]) -> list[dict[str, Any]]:
 def register_references_task(root: str, plans: list[Any], trained: list[dict[str, Any]]) -> dict[str, Any]:
     """Store trained reference models with their lineage."""
     return stages.register_references(load_project(root), plans, trained)
+
+
+# --------------------------------------------------------------------------- method sweeps (tasks.sweep)
+
+
+@task(name="sweep-plan", cache_policy=NO_CACHE)
+def plan_sweep_task(root: str, methods: list[str] | None, overrides: list[str] | None) -> list[dict[str, Any]]:
+    """The sweep's candidates (method + kwargs), validated against the method registry."""
+    return sweep.plan_sweep(load_project(root), methods, overrides)
+
+
+@task(name="sweep-prepare", cache_policy=NO_CACHE)
+def prepare_sweep_task(root: str, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Save the champion's weights and cache the shared evidence once, before the candidates fan out."""
+    return sweep.prepare_sweep(load_project(root), candidates)
+
+
+@task(name="sweep-candidate", cache_policy=NO_CACHE)
+def sweep_candidate_task(root: str, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Unlearn and evaluate one candidate: fanned out by the task runner (any worker process)."""
+    return sweep.run_candidate(load_project(root), candidate)
+
+
+@task(name="sweep-record", cache_policy=NO_CACHE)
+def record_sweep_task(root: str, prepared: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the sweep's report and table and log them to MLflow (parent run + one nested run per candidate)."""
+    return sweep.record_sweep(load_project(root), prepared, results)

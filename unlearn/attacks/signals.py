@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,9 +202,15 @@ class SignalCache:
 
     def _write(self, path: Path, ids: np.ndarray, logits: np.ndarray) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, ids=ids, logits=logits)
-        os.replace(tmp, path)
+        # A temporary name of its own per writer: parallel workers (sweeps, threads) may write the
+        # same model's file at once. Each replace is atomic, so a reader never sees a torn file; rows
+        # only the losing writer added are recomputed on the next miss.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
+        try:
+            np.savez(tmp, ids=ids, logits=logits)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def logits(
         self, model: torch.nn.Module, ids: np.ndarray, images: torch.Tensor, *, augmentations: str,
