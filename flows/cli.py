@@ -151,9 +151,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def _run_pipeline(root: str) -> dict[str, Any]:
-    from flows.pipeline import pipeline_flow, run_with_configured_runner
+    from flows.pipeline import pipeline_flow
 
-    return run_with_configured_runner(pipeline_flow, str(Path(root).resolve()))
+    return pipeline_flow(root=str(Path(root).resolve()))
 
 
 def _verdict_exit(result: dict[str, Any]) -> int:

@@ -19,24 +19,6 @@ from tasks.project import Project, load_project
 from tasks.stages import check_params
 
 
-def run_with_configured_runner(flow_fn: Any, root: str, **params: Any) -> Any:
-    """Call a flow with the task runner that ``orchestration`` in params.yaml asks for.
-
-    Args:
-        flow_fn: The flow.
-        root: Project directory (the flow's ``root`` parameter).
-        **params: The flow's other parameters.
-
-    Returns:
-        What the flow returns.
-    """
-    from flows.runners import build_task_runner
-
-    project = load_project(root)
-    return flow_fn.with_options(task_runner=build_task_runner(project.params.orchestration))(
-        root=str(project.root), **params)
-
-
 def _root(root: str) -> str:
     project = load_project(root)  # validates params.yaml before anything runs
     check_params(project.params)
@@ -83,15 +65,13 @@ def train_flow(root: str = ".") -> dict[str, Any]:
 
 
 def _reference_models(root: str) -> dict[str, Any]:
-    """Plan, train (fanned out over the flow's task runner) and register reference models."""
-    from prefect import unmapped
-
+    """Plan, train (fanned out over params.yaml's task runner) and register reference models."""
+    from flows.runners import fan_out
     from tasks.stages import use_batched
 
     plans = t.plan_references_task(root)
     groups = [plans] if plans and use_batched(load_project(root)) else [[p] for p in plans]
-    futures = t.train_reference_task.map(unmapped(root), groups)
-    trained = [r for future in futures for r in future.result()]
+    trained = [r for group in fan_out(t.train_reference_task, root, "plans", groups) for r in group]
     return t.register_references_task(root, plans, trained)
 
 

@@ -1,4 +1,9 @@
-"""Task runners chosen by ``orchestration`` in params.yaml (Prefect has no setting for this)."""
+"""Task runners chosen by ``orchestration`` in params.yaml (Prefect has no setting for this).
+
+The flows fan work out through :func:`fan_out`, which builds the configured runner itself, so a
+flow honours ``params.yaml`` however it is started: ``unlearn run``, a served deployment's run
+subprocess, or a direct call from Python. A local Dask cluster lives only as long as the fan-out.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,42 @@ def local_dask_cluster(**cluster_kwargs: Any) -> Any:
         return LocalCluster(**cluster_kwargs)
 
 
+def fan_out(task: Any, root: str, parameter: str, items: list[Any],
+            config: OrchestrationConfig | None = None) -> list[Any]:
+    """Run ``task(root=root, <parameter>=item)`` for every item on the configured task runner.
+
+    Called from inside a flow: each call is a task run of that flow, whichever runner executes it.
+
+    Args:
+        task: A Prefect task taking ``root`` and ``parameter``.
+        root: Project directory (passed unmapped to every call).
+        parameter: The name of the task's mapped parameter.
+        items: One value of ``parameter`` per task run (picklable, for Dask).
+        config: The runner settings; default ``orchestration`` from the project's params.yaml.
+
+    Returns:
+        The task results, in the order of ``items``.
+    """
+    from prefect import unmapped
+
+    if not items:
+        return []
+    if config is None:
+        from tasks.project import load_project
+
+        config = load_project(root).params.orchestration
+    if config.task_runner == "sequential":
+        # Called directly, each task runs in this (the flow's) thread. Not a one-thread pool: once
+        # torch has used its OpenMP threads from one thread, using them from another counts as
+        # oversubscription to libgomp, whose waits then turn passive, and this CNN trained
+        # 2.3x slower (benchmarks/orchestration/dask_references.py, "Prefect, sequential").
+        return [task(root=root, **{parameter: item}) for item in items]
+    with build_task_runner(config) as runner:
+        futures = runner.map(task, {"root": unmapped(root), parameter: list(items)})
+        # Results are collected before the runner (and a local Dask cluster) shuts down.
+        return [future.result() for future in futures]
+
+
 def build_task_runner(config: OrchestrationConfig) -> Any:
     """The Prefect task runner for fan-out work (reference models, method sweeps).
 
@@ -41,7 +82,8 @@ def build_task_runner(config: OrchestrationConfig) -> Any:
         config: ``orchestration`` from params.yaml.
 
     Returns:
-        A ``ThreadPoolTaskRunner`` ("threads"; "sequential" is one worker), or a
+        A ``ThreadPoolTaskRunner`` ("threads"; "sequential" is one worker, though :func:`fan_out`
+        runs sequential work in the flow's own thread instead), or a
         ``prefect_dask.DaskTaskRunner`` connected to ``dask_address`` or starting a local
         cluster (:func:`local_dask_cluster`) of ``max_workers`` single-threaded worker processes ("dask").
     """

@@ -37,9 +37,8 @@ def _method_sweep(root: str = ".", methods: list[str] | None = None,
         The ingest, prepare, train and references summaries, ``sweep`` (:func:`tasks.sweep.record_sweep`'s
         summary), and wall times in seconds (``timings``).
     """
-    from prefect import unmapped
-
     from flows.pipeline import _root, _timer, run_until_unlearning
+    from flows.runners import fan_out
     from tasks import prefect_tasks as t
     from tasks.locking import pipeline_lock
     from tasks.project import load_project
@@ -54,8 +53,8 @@ def _method_sweep(root: str = ".", methods: list[str] | None = None,
         run_until_unlearning(project, results, timed)
         try:
             prepared = timed("sweep", lambda: t.prepare_sweep_task(root, candidates))
-            futures = t.sweep_candidate_task.map(unmapped(root), prepared["candidates"])
-            outcomes = timed("sweep", lambda: [future.result() for future in futures])
+            outcomes = timed("sweep", lambda: fan_out(t.sweep_candidate_task, root, "candidate",
+                                                      prepared["candidates"]))
             results["sweep"] = timed("sweep", lambda: t.record_sweep_task(root, prepared, outcomes))
         finally:
             cleanup_sweep(project)  # the champion copy: a model trained on the samples being deleted
@@ -77,7 +76,7 @@ def __getattr__(name: str) -> Any:
 
 
 def run_sweep_flow(root: str, methods: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run the ``method-sweep`` flow on the task runner ``params.yaml: orchestration`` names.
+    """Run the ``method-sweep`` flow (its candidates run on the task runner ``params.yaml: orchestration`` names).
 
     Args:
         root: Project directory.
@@ -87,9 +86,9 @@ def run_sweep_flow(root: str, methods: list[str] | None = None, overrides: list[
     Returns:
         What the flow returns.
     """
-    from flows.pipeline import run_with_configured_runner
+    from tasks.project import load_project
 
-    return run_with_configured_runner(_build_flow(), root, methods=methods, overrides=overrides)
+    return _build_flow()(root=str(load_project(root).root), methods=methods, overrides=overrides)
 
 
 # --------------------------------------------------------------------------- command line

@@ -133,12 +133,14 @@ def test_pipeline_end_to_end(prefect_server, make_project):
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])
 def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(prefect_server, make_project,
-                                                                             runner):
+                                                                             runner, monkeypatch):
     """The references flow on the configured runner (2 threads, or a 2-worker local Dask cluster)
-    trains exactly the models that sequential, in-process training produces."""
+    trains exactly the models that sequential, in-process training produces. The flow is called
+    plainly, as a served deployment's run is: params.yaml alone picks the runner."""
     import torch
 
-    from flows.pipeline import pipeline_flow, references_flow, run_with_configured_runner
+    from flows import runners
+    from flows.pipeline import pipeline_flow, references_flow
     from tasks.project import load_project
     from tasks.stages import plan_references, run_ingest, run_prepare, train_references
     from unlearn.data import SampleStore
@@ -158,11 +160,15 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     # torch single-threaded (their nanny sets OMP_NUM_THREADS=1), so this process does too.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    built = []
+    original_build = runners.build_task_runner
+    monkeypatch.setattr(runners, "build_task_runner", lambda config: built.append(original_build(config)) or built[-1])
     try:
         expected = train_references(project, plans)  # sequential, in this process
-        state = run_with_configured_runner(references_flow, str(root))
+        state = references_flow(root=str(root))  # fans out on params.yaml's runner
     finally:
         torch.set_num_threads(threads)
+    assert [type(r).__name__ for r in built] == ["DaskTaskRunner" if runner == "dask" else "ThreadPoolTaskRunner"]
     assert sorted(state["trained"]) == sorted(p.ref_id for p in plans)
     bank = ReferenceBank(project.references_dir)
     for plan, result in zip(plans, expected, strict=True):
