@@ -53,7 +53,7 @@ def run_size(workdir: Path, n_requests: int, per_request: int) -> dict:
     import numpy as np
 
     from flows.cli import submit_request
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import run_pipeline
     from tasks.project import load_project
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
@@ -63,7 +63,7 @@ def run_size(workdir: Path, n_requests: int, per_request: int) -> dict:
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    pipeline_flow(root=str(root))  # baseline (untimed)
+    run_pipeline(str(root))  # baseline (untimed)
     project = load_project(root)
     train_ids = SampleStore(project.store_dir).split_ids("train")
     chosen = np.random.default_rng(n_requests).choice(train_ids, size=n_requests * per_request, replace=False)
@@ -73,7 +73,7 @@ def run_size(workdir: Path, n_requests: int, per_request: int) -> dict:
                               "reason": "gdpr_erasure", "subject_ref": f"bench-subject-{i}"})
     landed = _iso(datetime.now(UTC))
     started = time.perf_counter()
-    result = pipeline_flow(root=str(root))
+    result = run_pipeline(str(root))
     wall = time.perf_counter() - started
     ledger = Ledger(project.ledger_path)
     batch_id = result["ingest"]["batch_id"]

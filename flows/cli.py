@@ -151,9 +151,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def _run_pipeline(root: str) -> dict[str, Any]:
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import run_pipeline
 
-    return pipeline_flow(root=str(Path(root).resolve()))
+    return run_pipeline(root)
 
 
 def _verdict_exit(result: dict[str, Any]) -> int:

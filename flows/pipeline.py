@@ -19,6 +19,39 @@ from tasks.project import Project, load_project
 from tasks.stages import check_params
 
 
+@contextmanager
+def command_run_settings() -> Iterator[None]:
+    """Prefect settings for a flow run started by an ``unlearn`` command.
+
+    On Prefect's temporary server (no ``PREFECT_API_URL``) flow-run heartbeats are turned off:
+    they exist so that a long-lived server can mark crashed runs, and the temporary server dies
+    with this process, so nobody watches them. In Prefect 3.8 the heartbeat thread also delays
+    the end of every flow run by up to a second (it sleeps in 1 s steps and is joined on exit),
+    which was most of the Prefect overhead of a deletion run (benchmarks/orchestration/overhead.py).
+    Against a configured server (served deployments, a team server) nothing changes.
+    """
+    from prefect.settings import get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        yield
+        return
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
+
+
+def run_pipeline(root: str) -> dict[str, Any]:
+    """Run the ``unlearning-pipeline`` flow once, as ``unlearn run`` does.
+
+    Args:
+        root: Project directory.
+
+    Returns:
+        What :func:`pipeline_flow` returns.
+    """
+    with command_run_settings():
+        return pipeline_flow(root=str(Path(root).resolve()))
+
+
 def _root(root: str) -> str:
     project = load_project(root)  # validates params.yaml before anything runs
     check_params(project.params)

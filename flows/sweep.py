@@ -86,9 +86,11 @@ def run_sweep_flow(root: str, methods: list[str] | None = None, overrides: list[
     Returns:
         What the flow returns.
     """
+    from flows.pipeline import command_run_settings
     from tasks.project import load_project
 
-    return _build_flow()(root=str(load_project(root).root), methods=methods, overrides=overrides)
+    with command_run_settings():
+        return _build_flow()(root=str(load_project(root).root), methods=methods, overrides=overrides)
 
 
 # --------------------------------------------------------------------------- command line

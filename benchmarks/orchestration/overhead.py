@@ -1,8 +1,8 @@
 """Benchmark: Prefect, MLflow and DVC overhead per pipeline flow run, against the compute.
 
-Runs ``flows.pipeline.pipeline_flow`` in this process on a fresh project with the repository's
-params.yaml (embedded digits, default task runner), exactly as ``unlearn run`` does
-(Prefect's temporary server, no PREFECT_API_URL): once to train
+Runs ``flows.pipeline.run_pipeline`` (the ``unlearning-pipeline`` flow) in this process on a fresh
+project with the repository's params.yaml (embedded digits, default task runner), exactly as
+``unlearn run`` does (Prefect's temporary server, no PREFECT_API_URL): once to train
 the baseline, then, after 3 deletion requests (``unlearn demo``'s), once to unlearn, verify,
 promote, purge and certify.
 
@@ -199,7 +199,7 @@ def main() -> None:
         from prefect import flow
 
         from flows.cli import demo_requests, submit_request
-        from flows.pipeline import pipeline_flow
+        from flows.pipeline import command_run_settings, run_pipeline
 
         instrument()
         out["import_seconds"] = time.perf_counter() - started
@@ -209,10 +209,12 @@ def main() -> None:
             return None
 
         started = time.perf_counter()
-        noop()  # starts Prefect's temporary server (what the first flow of an `unlearn` process pays)
+        with command_run_settings():
+            noop()  # starts Prefect's temporary server (what the first flow of an `unlearn` process pays)
         out["prefect_server_start_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
-        noop()
+        with command_run_settings():
+            noop()
         out["prefect_empty_flow_seconds"] = time.perf_counter() - started
         # The first run bootstraps the project (MLflow database, DVC repo and remote, baseline model);
         # deletion runs are what recurs, so two are measured.
@@ -221,7 +223,7 @@ def main() -> None:
                 for request in demo_requests(root):
                     submit_request(root, request)
             start = time.perf_counter()
-            result = pipeline_flow(root=str(root))
+            result = run_pipeline(str(root))
             stop = time.perf_counter()
             run = account(start, stop, stop - start)
             run["stage_timings"] = result["timings"]
@@ -253,7 +255,7 @@ def _markdown(out: dict[str, Any]) -> str:
              f"Machine: {out['machine']['cpus']} CPUs, {out['machine']['platform']}, Python "
              f"{out['machine']['python']}. Single run each; 1-minute load average "
              f"{out['machine']['load_average_1min']['start']:.1f} at the start.", "",
-             "`flows.pipeline.pipeline_flow` (as `unlearn run` calls it), repository "
+             "`flows.pipeline.run_pipeline` (what `unlearn run` calls), repository "
              "params.yaml (embedded digits, 30 epochs, amun -> salun -> retrain, 4 reference models, "
              "the configured task runner), Prefect's temporary server in a fresh PREFECT_HOME, MLflow on "
              "the project's SQLite file, DVC with its local remote.", "",
@@ -282,7 +284,15 @@ def _markdown(out: dict[str, Any]) -> str:
                      f"DVC {r['dvc'] / r['flow_wall']:.0%})")
     total = sum(r["flow_wall"] for r in runs.values())
     over = sum(r["overhead_prefect_mlflow_dvc"] for r in runs.values())
-    lines.append(f"- both runs together: {over / total:.0%} -> {'met' if over / total <= 0.10 else 'NOT met'}")
+    lines.append(f"- all runs together: {over / total:.0%} -> {'met' if over / total <= 0.10 else 'NOT met'}")
+    first = runs.get("baseline", {}).get("top_overhead_calls", [])
+    setup = {c["call"].split(": ")[1]: c["seconds"] for c in first}
+    lines += ["", "The baseline run is a fresh project's first run, once per project: its MLflow share is mostly "
+              f"one-time set-up, creating the MLflow database (`tasks.tracking.setup`, "
+              f"{setup.get('tasks.tracking.setup', 0):.1f} s) and the process's first model export "
+              f"(`tasks.tracking.log_model`, {setup.get('tasks.tracking.log_model', 0):.1f} s: MLflow imports "
+              "torch.export and scans the installed packages once per process). The deletion runs are what "
+              "recurs."]
     load = out["machine"].get("load_average_1min", {})
     if load.get("start", 0) > 1.0:
         lines += ["", f"Caveat: 1-minute load average {load.get('start', 0):.1f} -> {load.get('end', 0):.1f} on "
