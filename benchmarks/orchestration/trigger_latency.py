@@ -144,8 +144,9 @@ def main() -> None:
         {"machine": machine, "target_seconds": TARGET_SECONDS, "settings": settings}, indent=2))
     lines = ["# Trigger latency: `unlearn request submit` -> triggered flow run starts", "",
              f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}; 1-min load "
-             f"average {machine['load_average_1min_at_start']} at start (a shared box: other work was running). "
-             "Real `prefect server start` on loopback, `unlearn serve`, `trigger_after_requests: 1`; "
+             f"average {machine['load_average_1min_at_start']} at start"
+             + (" (other work was running: noisy). " if float(machine["load_average_1min_at_start"]) > 1.5 else ". ")
+             + "Real `prefect server start` on loopback, `unlearn serve`, `trigger_after_requests: 1`; "
              f"{args.submissions} submissions per setting, each after the previous run finished.", ""]
     for setting in settings:
         summary, poll = setting["summary"], setting["poll_seconds"]
@@ -163,7 +164,7 @@ def main() -> None:
               "(process start, imports, write, emit).", "",
               "Where the time goes: the automation creates the run within ~0.2 s; then the runner's poll "
               "(up to one interval) and the run subprocess importing the flow module (`flows.pipeline` "
-              "imports torch and scikit-learn through `tasks.stages`: 3-4 s idle, up to 12 s on a loaded box) "
+              "imports Prefect and torch through `tasks.stages`: about 2-3 s idle, more on a loaded box) "
               "before the run enters Running.", ""]
     (RESULTS / "orchestration_trigger.md").write_text("\n".join(lines))
     print("\n".join(lines))
