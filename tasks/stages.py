@@ -380,9 +380,9 @@ def run_prepare(project: Project) -> dict[str, Any]:
         log.info("prepare: retired reference %s (trained on deleted samples)", ref_id)
     for batch_id in ledger.pending():
         ledger.batches[batch_id].setdefault("references_retired", []).extend(retired)
-    live_key = _retrained_key(project, store.split_ids("train"))
+    live = retrained_path(project, store)
     for path in project.models_dir.glob("retrained-*.pt"):
-        if path.stem != f"retrained-{live_key}":
+        if path != live:
             path.unlink()
     if ledger.pending():
         _mark_step(ledger, ledger.pending(), "data_version")
@@ -825,10 +825,15 @@ def _retrained_key(project: Project, train_ids: np.ndarray) -> str:
         [members_digest(train_ids), params.seed, vars(params.train), params.model.name]).encode()).hexdigest()[:16]
 
 
+def retrained_path(project: Project, store: SampleStore) -> Path:
+    """Where the exact retrain for the live training set is cached (it may not exist yet)."""
+    return project.models_dir / f"retrained-{_retrained_key(project, store.split_ids('train'))}.pt"
+
+
 def _retrained_model(project: Project, store: SampleStore, data: UnlearningData) -> tuple[torch.nn.Module, float, bool]:
     """The exactly retrained model for the live training set (the gate's target): cached, or trained."""
     params = project.params
-    path = project.models_dir / f"retrained-{_retrained_key(project, store.split_ids('train'))}.pt"
+    path = retrained_path(project, store)
     model = data.model_factory()
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

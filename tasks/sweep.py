@@ -45,13 +45,13 @@ from tasks.stages import (
     _device,
     _finite,
     _load_forget,
-    _retrained_key,
     _retrained_model,
     _tag_list,
     _unlearning_data,
     evaluate_baselines,
     evaluate_candidate,
     evaluation_sets,
+    retrained_path,
 )
 from unlearn.config import ConfigError
 from unlearn.data import SampleStore
@@ -308,7 +308,7 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
         raise PipelineError(f"sweep: the champion copy {path.name} is missing or corrupt ({exc}); "
                             "run the sweep again") from None
     original.eval()  # as tracking.load_model returns it, so a candidate equals the pipeline's attempt
-    if not (project.models_dir / f"retrained-{_retrained_key(project, store.split_ids('train'))}.pt").exists():
+    if not retrained_path(project, store).exists():
         # Workers must not train (and race on writing) the retrain: prepare_sweep caches it.
         raise PipelineError("sweep: the exact retrain is not cached; run prepare_sweep first")
     retrained, _, _ = _retrained_model(project, store, data)
@@ -468,25 +468,3 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
             "candidates": ranked, "passing": len(passing), "errors": sum(r["verdict"] == "error" for r in ranked),
             "best": ranked[0]["label"] if ranked else None}
 
-
-def run_sweep(project: Project, methods: Sequence[str] | None = None,
-              overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """The whole sweep in this process, candidates one after another (the flow fans them out).
-
-    Expects ingest, prepare, train and references to have run (the ``method-sweep`` flow runs
-    them first). The caller holds the project lock if other runs may touch the project.
-
-    Args:
-        project: The project.
-        methods: See :func:`plan_sweep`.
-        overrides: See :func:`plan_sweep`.
-
-    Returns:
-        :func:`record_sweep`'s summary.
-    """
-    prepared = prepare_sweep(project, plan_sweep(project, methods, overrides))
-    try:
-        results = [run_candidate(project, candidate) for candidate in prepared["candidates"]]
-        return record_sweep(project, prepared, results)
-    finally:
-        cleanup_sweep(project)
