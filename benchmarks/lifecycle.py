@@ -77,7 +77,7 @@ def run_size(workdir: Path, n_requests: int, per_request: int) -> dict:
     wall = time.perf_counter() - started
     ledger = Ledger(project.ledger_path)
     batch_id = result["ingest"]["batch_id"]
-    steps = ledger.batches[batch_id].get("steps", {})
+    steps = ledger.steps(batch_id)
     promote = result["promote"]
     return {
         "requests": n_requests, "samples": int(len(chosen)), "pipeline_seconds": round(wall, 2),

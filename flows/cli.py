@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.exit_codes import EXIT_ERROR, EXIT_GATE_FAILED
+from unlearn.files import utc_now, write_text_atomic
 
 
 def _quiet_environment() -> None:
@@ -101,21 +102,19 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     if not isinstance(request_id, str) or not re.match(REQUEST_ID_PATTERN, request_id):
         raise PipelineError(f"request id {str(request_id)[:80]!r} is malformed: use 1-128 letters, digits and "
                             ". _ : - starting with a letter or digit")
-    project = load_project(root)
+    project = load_project(root, check_registries=False)  # writes the inbox only
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     digest = hashlib.sha256(str(request.get("request_id")).encode()).hexdigest()[:12]
     target = project.incoming_dir / f"request-{stamp}-{digest}.json"
-    tmp = project.incoming_dir / f".{target.name}.tmp"
-    tmp.write_text(json.dumps(request, indent=2))
-    os.replace(tmp, target)
+    write_text_atomic(target, json.dumps(request, indent=2))
     return target
 
 
 def _cmd_request_submit(args: argparse.Namespace) -> int:
     request = {
         "request_id": args.request_id,
-        "received_at": args.received_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "received_at": args.received_at or utc_now(),
         "reason": args.reason,
         "subject_ref": args.subject_ref,
     }
@@ -141,10 +140,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from tasks.locking import pipeline_lock
     from tasks.project import load_project
     from tasks.stage.catalog import STAGE_FUNCTIONS
-    from tasks.stage.checks import check_params
 
-    project = load_project(args.root)
-    check_params(project.params)
+    project = load_project(args.root)  # params checked against the registries before any work
     with pipeline_lock(project):  # a stage never runs beside a pipeline flow on the same project
         result = STAGE_FUNCTIONS[args.name](project)
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
@@ -180,7 +177,7 @@ def demo_requests(root: Path, n_requests: int = 3, per_request: int = 45) -> lis
     round_number = len(Ledger(project.ledger_path).batches)
     rng = np.random.default_rng(1000 + round_number)
     chosen = rng.choice(store.split_ids("train"), size=n_requests * per_request, replace=False)
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = utc_now()
     return [
         {"request_id": f"DEMO-{round_number:03d}-{i:02d}",
          "sample_ids": sorted(chosen[i * per_request:(i + 1) * per_request].tolist()),
@@ -289,7 +286,7 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
     from tasks.lifecycle import request_status
     from tasks.project import load_project
 
-    status = request_status(load_project(args.root), args.request_id)
+    status = request_status(load_project(args.root, check_registries=False), args.request_id)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
         return 0
@@ -309,7 +306,7 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
     from tasks.lifecycle import certificate_paths, request_status
     from tasks.project import PipelineError, load_project
 
-    project = load_project(args.root)
+    project = load_project(args.root, check_registries=False)
     status = request_status(project, args.request_id)
     paths = certificate_paths(project, args.request_id)
     if status.get("kind") == "rejected":
@@ -336,7 +333,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     from tasks.project import load_project
     from unlearn.audit import AuditLog
 
-    report = AuditLog(load_project(args.root).audit_path).verify()
+    report = AuditLog(load_project(args.root, check_registries=False).audit_path).verify()
     if report.ok:
         print(f"audit log intact: {report.lines} records, head {report.head_seq} {report.head_hash}")
         return 0

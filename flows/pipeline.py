@@ -1,7 +1,8 @@
-"""Flows: one per stage, and ``unlearning-pipeline`` chaining them.
+"""The ``unlearning-pipeline`` flow: every stage as a task of one flow run.
 
-Without ``PREFECT_API_URL`` they run against Prefect's temporary local server; with it, against
-that server. ``dvc repro`` runs the same stage functions (see dvc.yaml).
+Without ``PREFECT_API_URL`` it runs against Prefect's temporary local server; with it, against
+that server. ``dvc repro`` (through ``unlearn stage NAME``) runs the same stage functions
+(:mod:`tasks.stage.catalog`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from prefect import flow
 
 from tasks import prefect_tasks as t
 from tasks.project import Project, load_project
-from tasks.stage.checks import check_params
 
 
 @contextmanager
@@ -54,52 +54,15 @@ def run_pipeline(root: str) -> dict[str, Any]:
 
 def project_root(root: str) -> str:
     """Open the project (params.yaml validated and checked against the registries) and return its absolute root."""
-    project = load_project(root)  # validates params.yaml before anything runs
-    check_params(project.params)
-    return str(project.root)
+    return str(load_project(root).root)
 
 
-@contextmanager
-def _locked(root: str) -> Iterator[str]:
-    """Validate the project and hold its pipeline lock: no two flows touch one project at once."""
-    from tasks.locking import pipeline_lock
+def reference_models(root: str) -> dict[str, Any]:
+    """Plan, train (fanned out over params.yaml's task runner) and register reference models, as tasks.
 
-    root = project_root(root)
-    with pipeline_lock(load_project(root)):
-        yield root
-
-
-@flow(name="ingest")
-def ingest_flow(root: str = ".") -> dict[str, Any]:
-    """Validate incoming deletion requests into a pending batch."""
-    with _locked(root) as root:
-        t.dvc_init_task(root)
-        result = t.ingest_task(root)
-        t.dvc_commit_task(root, ["ingest"])
-    return result
-
-
-@flow(name="prepare")
-def prepare_flow(root: str = ".") -> dict[str, Any]:
-    """Materialise the sample store and record its data version with DVC."""
-    with _locked(root) as root:
-        t.dvc_init_task(root)
-        result = t.prepare_task(root)
-        t.dvc_commit_task(root, ["ingest", "prepare"])
-        result["data_version"] = t.data_version_task(root)
-        t.dvc_push_task(root)
-    return result
-
-
-@flow(name="train")
-def train_flow(root: str = ".") -> dict[str, Any]:
-    """Train and register the baseline (no-op when a champion exists)."""
-    with _locked(root) as root:
-        return t.train_task(root)
-
-
-def _reference_models(root: str) -> dict[str, Any]:
-    """Plan, train (fanned out over params.yaml's task runner) and register reference models."""
+    Call it inside a flow (the pipeline's, a method sweep's): the fan-out maps a task over the
+    runner that ``params.yaml: orchestration`` names.
+    """
     from flows.runners import fan_out
     from tasks.stage.references import use_batched
 
@@ -109,56 +72,12 @@ def _reference_models(root: str) -> dict[str, Any]:
     return t.register_references_task(root, plans, trained)
 
 
-@flow(name="references")
-def references_flow(root: str = ".") -> dict[str, Any]:
-    """Top up the cached reference models (one task per model, run by the task runner)."""
-    with _locked(root) as root:
-        return _reference_models(root)
-
-
 def _escalate(root: str) -> dict[str, Any]:
     """The escalation ladder (tasks.stage.unlearn.run_unlearn) with each attempt and verification a task."""
     from tasks.stage.unlearn import run_unlearn
 
     return run_unlearn(load_project(root), attempt=lambda _, method: t.attempt_task(root, method),
                        verify=lambda _: t.verify_task(root))
-
-
-@flow(name="unlearn")
-def unlearn_flow(root: str = ".") -> dict[str, Any]:
-    """Unlearn every pending batch from the champion, escalating through the ladder, verifying each attempt."""
-    with _locked(root) as root:
-        return _escalate(root)
-
-
-@flow(name="verify")
-def verify_flow(root: str = ".") -> dict[str, Any]:
-    """Verify the latest escalation attempt against a retrained reference."""
-    with _locked(root) as root:
-        return t.verify_task(root)
-
-
-@flow(name="promote")
-def promote_flow(root: str = ".") -> dict[str, Any]:
-    """Register the unlearned model; move the champion alias if it passed."""
-    with _locked(root) as root:
-        result = t.promote_task(root)
-        t.dvc_commit_task(root, [])
-    return result
-
-
-@flow(name="purge")
-def purge_flow(root: str = ".") -> dict[str, Any]:
-    """Retire models trained on deleted samples, purge every data copy, scan for the bytes."""
-    with _locked(root) as root:
-        return t.purge_task(root)
-
-
-@flow(name="certify")
-def certify_flow(root: str = ".") -> dict[str, Any]:
-    """Write deletion certificates for closed batches."""
-    with _locked(root) as root:
-        return t.certify_task(root)
 
 
 def _io_tasks(project: Project) -> tuple[Any, Any, Any]:
@@ -201,7 +120,7 @@ def run_until_unlearning(project: Project, results: dict[str, Any],
     results["prepare"]["data_version"] = timed("prepare", lambda: t.data_version_task(root))
     timed("prepare", lambda: push(root))
     results["train"] = timed("train", lambda: t.train_task(root))
-    results["references"] = timed("references", lambda: _reference_models(root))
+    results["references"] = timed("references", lambda: reference_models(root))
 
 
 @flow(name="unlearning-pipeline")
@@ -209,8 +128,8 @@ def pipeline_flow(root: str = ".") -> dict[str, Any]:
     """ingest -> prepare -> train -> references -> unlearn (+verify per attempt) -> promote -> purge -> certify.
 
     The stages run as tasks of this one flow run rather than as subflows: a subflow run costs
-    about a second of API round trips on its own, a task a few milliseconds, and the stage
-    flows above stay available for running one stage at a time. The whole run holds the
+    about a second of API round trips on its own, a task a few milliseconds (one stage at a
+    time runs as ``unlearn stage NAME``, which is what ``dvc repro`` does). The whole run holds the
     project's pipeline lock, so two runs started together serialise.
 
     Args:

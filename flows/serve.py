@@ -52,6 +52,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from unlearn.files import write_text_atomic
+
 SUBMITTED = "unlearn.request.submitted"
 WINDOW_ELAPSED = "unlearn.request.window_elapsed"
 EMITTED_LOG = "emitted-events.txt"  # in data/requests: inbox files whose event was already sent
@@ -230,9 +232,7 @@ def prune_claims(log: Path, still_waiting: Callable[[], Iterable[str]]) -> int:
         lines = log.read_text(encoding="utf-8").split()
         present = set(still_waiting())
         kept = [line for line in lines if line.lstrip("!") in present]
-        tmp = log.with_name(f".{log.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, log)
+        write_text_atomic(log, "".join(line + "\n" for line in kept))
         return len(lines) - len(kept)
 
 

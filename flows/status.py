@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from unlearn.files import utc_timestamp
+
 DEFAULT_RUNS = 5
 
 
@@ -52,64 +54,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _iso(ms: int | float | None) -> str | None:
     if not ms:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_timestamp(datetime.fromtimestamp(ms / 1000, UTC))
 
 
 def _mtime(path: Path) -> str:
-    return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_timestamp(datetime.fromtimestamp(path.stat().st_mtime, UTC))
 
 
 def _problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def _has_registry(project: Any) -> bool:
-    """True when there is an MLflow store to read (a server URI, or the project's SQLite file)."""
-    uri = project.tracking_uri
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).exists()
-    if uri.startswith("file:"):
-        return Path(uri.removeprefix("file://").removeprefix("file:")).exists()
-    return True
-
-
-def _mlflow_client(project: Any) -> Any:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
-
-
 def _champion(project: Any, client: Any) -> dict[str, Any] | None:
-    from mlflow.exceptions import MlflowException
+    from tasks import tracking
 
-    name = project.params.registry.model_name
-    try:
-        mv = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
+    mv = tracking.champion_version(project, client)
+    if mv is None:
         return None
     tags = mv.tags or {}
-    out = {"version": str(mv.version), "method": tags.get("method"), "role": tags.get("role"),
-           "verdict": tags.get("verdict"), "data_version": tags.get("data_version"),
-           "created": _iso(mv.creation_timestamp), "run_id": mv.run_id, "model_name": name}
-    try:
-        previous = client.get_model_version_by_alias(name, "previous")
-        out["previous_version"] = str(previous.version)
-    except MlflowException:
-        out["previous_version"] = None
-    return out
+    previous = tracking.previous_version(project, client)
+    return {"version": str(mv.version), "method": tags.get("method"), "role": tags.get("role"),
+            "verdict": tags.get("verdict"), "data_version": tags.get("data_version"),
+            "created": _iso(mv.creation_timestamp), "run_id": mv.run_id, "model_name": tracking.model_name(project),
+            "previous_version": None if previous is None else str(previous.version)}
 
 
 def _runs(project: Any, client: Any, limit: int) -> list[dict[str, Any]]:
-    if limit <= 0:
-        return []
-    experiment = client.get_experiment_by_name(project.params.registry.experiment)
-    if experiment is None:
-        return []
-    found = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
-                               max_results=limit)
+    from tasks import tracking
+
     out = []
-    for run in found:
+    for run in tracking.recent_runs(project, client, limit):
         tags, metrics = run.data.tags, run.data.metrics
         seconds = next((metrics[k] for k in ("train_seconds", "unlearn_seconds") if k in metrics), None)
         out.append({"run_name": run.info.run_name, "stage": tags.get("stage"), "method": tags.get("method"),
@@ -130,7 +104,7 @@ def _requests(project: Any) -> dict[str, Any]:
     return {
         "incoming_files": len(incoming),
         "pending_batches": len(counts[Ledger.PENDING]),
-        "pending_requests": sum(len(ledger.batches[b]["request_ids"]) for b in counts[Ledger.PENDING]),
+        "pending_requests": sum(len(ledger.batch(b)["request_ids"]) for b in counts[Ledger.PENDING]),
         "promoting_batches": len(counts[Ledger.PROMOTING]),
         "completed_batches": len(counts[Ledger.COMPLETED]),
         "acknowledged_requests": len(ledger.acknowledged),
@@ -242,8 +216,10 @@ def collect_status(root: Path, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
         from tasks import dvc_ops
 
         report["data_version"] = attempt("data_version", lambda: dvc_ops.data_version(project))
-    if _has_registry(project):
-        client = attempt("mlflow", lambda: _mlflow_client(project))
+    from tasks import tracking
+
+    if tracking.has_registry(project):
+        client = attempt("mlflow", lambda: tracking.reader(project))
         if client is not None:
             report["champion"] = attempt("champion", lambda: _champion(project, client))
             report["runs"] = attempt("runs", lambda: _runs(project, client, runs)) or []

@@ -122,11 +122,9 @@ def add_commands(commands: Any) -> dict[str, Callable[[Any], int]]:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from flows.exit_codes import EXIT_ERROR
     from tasks.project import load_project
-    from tasks.stage.checks import check_params
     from tasks.sweep import plan_sweep
 
-    project = load_project(getattr(args, "root", "."))
-    check_params(project.params)
+    project = load_project(getattr(args, "root", "."))  # params checked against the registries
     candidates = plan_sweep(project, args.methods, args.overrides)  # bad input: exit 2 before Prefect starts
     # Written, not printed: like `unlearn status`, this module is a command's output, not logging.
     sys.stdout.write(f"sweeping {len(candidates)} candidate(s): {', '.join(c['label'] for c in candidates)}\n")

@@ -20,12 +20,12 @@ import html
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from unlearn.files import write_bytes_atomic
 
 MISSING = "—"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -180,18 +180,6 @@ def certificate_stem(request_id: str) -> str:
     return f"{readable}-{suffix}"
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    # a unique temp name in the same directory: concurrent writers never share it and os.replace stays atomic
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_certificate(certificate: dict, plots: dict[str, Path], out_dir: Path) -> tuple[Path, Path]:
     """Write a request's deletion certificate as JSON and as a self-contained HTML report.
 
@@ -220,15 +208,15 @@ def write_certificate(certificate: dict, plots: dict[str, Path], out_dir: Path) 
     json_path, html_path = out_dir / f"{stem}.json", out_dir / f"{stem}.html"
     page = _render_html(document, plots or {}, json_path.name)
     # HTML first: a JSON on disk then implies its report is there too
-    _atomic_write(html_path, page.encode("utf-8"))
-    _atomic_write(json_path, (json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+    write_bytes_atomic(html_path, page.encode("utf-8"))
+    write_bytes_atomic(json_path, (json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
     return json_path, html_path
 
 
 # --- HTML formatting helpers ---------------------------------------------------------------------------------
 
 
-def _e(value: Any, none: str = MISSING) -> str:
+def _escaped(value: Any, none: str = MISSING) -> str:
     """Escaped text of a value; ``none`` (itself trusted) for None."""
     if value is None:
         return none
@@ -260,12 +248,12 @@ def _num(value: Any, decimals: int = 4) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.{decimals}f}"
-    return _e(value)
+    return _escaped(value)
 
 
 def _human(seconds: Any) -> str:
     if not _is_number(seconds):
-        return _e(seconds)
+        return _escaped(seconds)
     sign, rest = ("-" if seconds < 0 else ""), abs(float(seconds))
     if rest < 60:
         return f"{sign}{rest:.3f} s"
@@ -281,7 +269,7 @@ def _human(seconds: Any) -> str:
 
 def _bytes(value: Any) -> str:
     if not isinstance(value, int) or isinstance(value, bool):
-        return _e(value)
+        return _escaped(value)
     size, unit = float(value), "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(size) < 1024 or unit == "TiB":
@@ -290,7 +278,7 @@ def _bytes(value: Any) -> str:
     return f"{value:,} bytes" + (f" ({size:.1f} {unit})" if unit != "B" else "")
 
 
-def _kv(rows: list[tuple[str, str]]) -> str:
+def _definition_list(rows: list[tuple[str, str]]) -> str:
     """A definition list; labels are trusted literals, values already escaped."""
     return '<dl class="kv">' + "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in rows) + "</dl>"
 
@@ -304,20 +292,22 @@ def _table(header: list[str], rows: list[list[str]], empty: str) -> str:
     if not rows:
         return f'<p class="empty">{empty}</p>'
     head = "".join(f"<th>{cell}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(_td(cell) for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_table_cell(cell) for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _td(cell: str) -> str:
+def _table_cell(cell: str) -> str:
+    """A ``<td>``, right-aligned for a :func:`_numeric_cell`."""
     return f'<td class="num">{cell}</td>' if isinstance(cell, _Num) else f"<td>{cell}</td>"
 
 
-def _n(text: str) -> str:
+def _numeric_cell(text: str) -> str:
+    """Mark an escaped cell as numeric: the table right-aligns it."""
     return _Num(text)
 
 
 def _code(value: Any) -> str:
-    return MISSING if value is None else f"<code>{_e(value)}</code>"
+    return MISSING if value is None else f"<code>{_escaped(value)}</code>"
 
 
 def _verdict(value: Any) -> str:
@@ -325,7 +315,7 @@ def _verdict(value: Any) -> str:
         return '<span class="pass">✓ pass</span>'
     if value == "fail":
         return '<span class="fail">✗ fail</span>'
-    return _e(value)
+    return _escaped(value)
 
 
 def _passed(value: Any) -> str:
@@ -333,12 +323,12 @@ def _passed(value: Any) -> str:
         return '<span class="pass">✓ yes</span>'
     if value is False:
         return '<span class="fail">✗ no</span>'
-    return _e(value)
+    return _escaped(value)
 
 
 def _png_img(payload: bytes, alt: str) -> str:
     encoded = base64.b64encode(payload).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
+    return f'<img alt="{_escaped(alt)}" src="data:image/png;base64,{encoded}">'
 
 
 # --- the SLA chart -------------------------------------------------------------------------------------------
@@ -425,7 +415,7 @@ def _render_html(document: dict[str, Any], plots: dict[str, Path], json_name: st
                 _data_section(document), _model_section(document), _verification_section(document, plots),
                 _purge_section(document), _retirement_section(document), _audit_section(document),
                 _footer(document, json_name)]
-    title = f"Deletion certificate {_e(document.get('request_id'))}"
+    title = f"Deletion certificate {_escaped(document.get('request_id'))}"
     # the CSP is defence in depth: even if a value escaped escaping, no script runs and nothing is fetched
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta http-equiv=\"Content-Security-Policy\" "
@@ -442,12 +432,12 @@ def _header(document: dict[str, Any]) -> str:
     verdict_badge = {"pass": ("ok", "verified: pass"), "fail": ("bad", "verification: fail")}.get(
         verdict if isinstance(verdict, str) else "", ("neutral", "not verified"))
     rows = [("Request", _code(document.get("request_id"))),
-            ("Status", f'<span class="badge {status_class}">{_e(status)}</span>'),
-            ("Issued at", _e(document.get("issued_at"))),
+            ("Status", f'<span class="badge {status_class}">{_escaped(status)}</span>'),
+            ("Issued at", _escaped(document.get("issued_at"))),
             ("Verdict", f'<span class="badge {verdict_badge[0]}">{verdict_badge[1]}</span>'),
             ("Batch", _code(document.get("batch_id"))),
-            ("Certificate version", _e(document.get("certificate_version")))]
-    return f'<header id="header">\n<h1>Deletion certificate</h1>\n{_kv(rows)}\n</header>'
+            ("Certificate version", _escaped(document.get("certificate_version")))]
+    return f'<header id="header">\n<h1>Deletion certificate</h1>\n{_definition_list(rows)}\n</header>'
 
 
 def _request_section(document: dict[str, Any]) -> str:
@@ -455,27 +445,27 @@ def _request_section(document: dict[str, Any]) -> str:
     # raw sample ids are never rendered, only their digest; present-but-None forget class means "no class"
     forget_class = MISSING
     if "forget_class" in request:
-        forget_class = _e(request["forget_class"], none="none (sample-level request)")
-    rows = [("Reason", _e(request.get("reason"))),
+        forget_class = _escaped(request["forget_class"], none="none (sample-level request)")
+    rows = [("Reason", _escaped(request.get("reason"))),
             ("Number of samples", _num(request.get("n_samples"))),
             ("Forget class", forget_class),
             ("Subject (salted hash)", _code(document.get("subject_hash"))),
             ("Sample-id digest", _code(request.get("sample_ids_digest")))]
-    return f'<section id="request">\n<h2>The request</h2>\n{_kv(rows)}\n</section>'
+    return f'<section id="request">\n<h2>The request</h2>\n{_definition_list(rows)}\n</section>'
 
 
 def _duration_cell(seconds: Any) -> str:
     if seconds is None:
-        return _n(MISSING)
+        return _numeric_cell(MISSING)
     text = _human(seconds)
     if _is_number(seconds) and seconds < 0:  # out of order or clock skew: flag, do not hide
         text = f'<span class="neg" title="negative: steps out of order or clock skew">{text}</span>'
-    return _n(text)
+    return _numeric_cell(text)
 
 
 def _timeline_section(document: dict[str, Any]) -> str:
     sla = document.get("sla") or []
-    rows = [[_e(row["step"]), _e(row["at"], none='<span class="na">not reached</span>'),
+    rows = [[_escaped(row["step"]), _escaped(row["at"], none='<span class="na">not reached</span>'),
              _duration_cell(row["seconds_since_previous"]), _duration_cell(row["seconds_since_received"])]
             for row in sla]
     table = _table(["Step", "Time (UTC)", "Since previous", "Since received"], rows, "No timeline recorded.")
@@ -491,17 +481,17 @@ def _data_section(document: dict[str, Any]) -> str:
         redacted = ("<ul>" + "".join(f"<li>{_code(v)}</li>" for v in data["redacted_versions"]) + "</ul>"
                     if data["redacted_versions"] else "none")
     else:
-        redacted = _e(data.get("redacted_versions"))
+        redacted = _escaped(data.get("redacted_versions"))
     rows = [("Version before", _code(data.get("version_before"))),
             ("Version after", _code(data.get("version_after"))),
             ("Redacted versions", redacted)]
-    return f'<section id="data">\n<h2>Data</h2>\n{_kv(rows)}\n</section>'
+    return f'<section id="data">\n<h2>Data</h2>\n{_definition_list(rows)}\n</section>'
 
 
 def _failures(value: Any) -> str:
     if isinstance(value, list):
-        return "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in value) + "</ul>" if value else "none"
-    return _e(value)
+        return "<ul>" + "".join(f"<li>{_escaped(item)}</li>" for item in value) + "</ul>" if value else "none"
+    return _escaped(value)
 
 
 def _model_section(document: dict[str, Any]) -> str:
@@ -511,18 +501,18 @@ def _model_section(document: dict[str, Any]) -> str:
             ("Method", _code(model.get("method")))]
     attempts = [attempt if isinstance(attempt, dict) else {} for attempt in _items(model, "attempts")]
     table = _table(["#", "Method", "Run", "Verdict", "Seconds", "Failures"],
-                   [[_n(str(i)), _code(a.get("method")), _code(a.get("run_id")), _verdict(a.get("verdict")),
-                     _n(_num(a.get("seconds"), 1)), _failures(a.get("failures"))]
+                   [[_numeric_cell(str(i)), _code(a.get("method")), _code(a.get("run_id")), _verdict(a.get("verdict")),
+                     _numeric_cell(_num(a.get("seconds"), 1)), _failures(a.get("failures"))]
                     for i, a in enumerate(attempts, start=1)],
                    "No attempts recorded.")
-    return (f'<section id="model">\n<h2>Model</h2>\n{_kv(rows)}\n<h3>Attempts (escalation ladder)</h3>\n'
+    return (f'<section id="model">\n<h2>Model</h2>\n{_definition_list(rows)}\n<h3>Attempts (escalation ladder)</h3>\n'
             f"{table}\n</section>")
 
 
 def _gap_ci(value: Any) -> str:
     if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):
         return f"[{_num(float(value[0]))}, {_num(float(value[1]))}]"
-    return _e(value)
+    return _escaped(value)
 
 
 def _plot_figures(plots: dict[str, Path]) -> str:
@@ -536,8 +526,9 @@ def _plot_figures(plots: dict[str, Path]) -> str:
         if not payload.startswith(PNG_SIGNATURE):  # only PNG goes behind a data:image/png URL
             unavailable.append(caption)
             continue
-        figures.append(f"<figure>{_png_img(payload, str(caption))}<figcaption>{_e(caption)}</figcaption></figure>")
-    missing = ("<ul>" + "".join(f'<li>{_e(caption)}: <span class="na">not available</span></li>'
+        figures.append(f"<figure>{_png_img(payload, str(caption))}"
+                       f"<figcaption>{_escaped(caption)}</figcaption></figure>")
+    missing = ("<ul>" + "".join(f'<li>{_escaped(caption)}: <span class="na">not available</span></li>'
                                 for caption in unavailable) + "</ul>") if unavailable else ""
     return "".join(figures) + missing
 
@@ -549,13 +540,15 @@ def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> s
             ("Test samples", _num(verification.get("n_test")))]
     checks = [check if isinstance(check, dict) else {} for check in _items(verification, "checks")]
     table = _table(["Metric", "Unlearned", "Retrained", "Gap", "Gap CI", "Tolerance", "Passed"],
-                   [[_code(c.get("metric")), _n(_num(c.get("unlearned"))), _n(_num(c.get("retrain"))),
-                     _n(_num(c.get("gap"))), _n(_gap_ci(c.get("gap_ci"))), _n(_num(c.get("tolerance"))),
+                   [[_code(c.get("metric")), _numeric_cell(_num(c.get("unlearned"))),
+                     _numeric_cell(_num(c.get("retrain"))), _numeric_cell(_num(c.get("gap"))),
+                     _numeric_cell(_gap_ci(c.get("gap_ci"))), _numeric_cell(_num(c.get("tolerance"))),
                      _passed(c.get("passed"))] for c in checks],
                    "No checks recorded.")
     figures = _plot_figures(plots)
     figures = f"<h3>Plots</h3>\n{figures}" if figures else ""
-    return f'<section id="verification">\n<h2>Verification evidence</h2>\n{_kv(rows)}\n{table}\n{figures}\n</section>'
+    return (f'<section id="verification">\n<h2>Verification evidence</h2>\n{_definition_list(rows)}\n{table}\n'
+            f'{figures}\n</section>')
 
 
 def _purge_section(document: dict[str, Any]) -> str:
@@ -568,7 +561,7 @@ def _purge_section(document: dict[str, Any]) -> str:
     elif _is_number(matches):
         callout = f'<p class="callout matches-found">{_num(matches)} matches: copies of the forgotten data remain.</p>'
     else:
-        callout = f'<p class="callout matches-unknown">Matches: {_e(matches)} (scan result not available).</p>'
+        callout = f'<p class="callout matches-unknown">Matches: {_escaped(matches)} (scan result not available).</p>'
     rows = [("Objects removed (local)", _num(removed.get("local"))),
             ("Objects removed (remote)", _num(removed.get("remote"))),
             ("Files scanned", _num(scan.get("files"))),
@@ -576,24 +569,24 @@ def _purge_section(document: dict[str, Any]) -> str:
             ("Patterns", _num(scan.get("patterns"))),
             ("Shared with live data", _num(scan.get("shared_with_live"))),
             ("Matches", _num(matches))]
-    return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_kv(rows)}\n</section>'
+    return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_definition_list(rows)}\n</section>'
 
 
 def _retirement_section(document: dict[str, Any]) -> str:
     retirement = _section(document, "retirement")
     versions = [version if isinstance(version, dict) else {} for version in _items(retirement, "versions")]
     table = _table(["Model version", "Reason", "Artifacts deleted", "Retired at", "Due at"],
-                   [[_code(v.get("version")), _e(v.get("reason")), _e(v.get("artifacts_deleted")),
-                     _e(v.get("retired_at")), _e(v.get("due_at"))] for v in versions],
+                   [[_code(v.get("version")), _escaped(v.get("reason")), _escaped(v.get("artifacts_deleted")),
+                     _escaped(v.get("retired_at")), _escaped(v.get("due_at"))] for v in versions],
                    "No model versions retired.")
     rows = [("Reference models retired", _num(retirement.get("references_retired")))]
-    return f'<section id="retirement">\n<h2>Retirement evidence</h2>\n{table}\n{_kv(rows)}\n</section>'
+    return f'<section id="retirement">\n<h2>Retirement evidence</h2>\n{table}\n{_definition_list(rows)}\n</section>'
 
 
 def _audit_section(document: dict[str, Any]) -> str:
     audit = _section(document, "audit")
     rows = [("Head sequence", _num(audit.get("head_seq"))), ("Head hash", _code(audit.get("head_hash")))]
-    return f'<section id="audit">\n<h2>Audit anchor</h2>\n{_kv(rows)}\n</section>'
+    return f'<section id="audit">\n<h2>Audit anchor</h2>\n{_definition_list(rows)}\n</section>'
 
 
 def _footer(document: dict[str, Any], json_name: str) -> str:
@@ -602,7 +595,7 @@ def _footer(document: dict[str, Any], json_name: str) -> str:
             "<li>Run <code>unlearn audit verify</code> in the project: it recomputes the hash chain of the audit "
             f"log, whose entry at sequence {_num(audit.get('head_seq'))} must carry the hash "
             f"{_code(audit.get('head_hash'))} quoted above.</li>\n"
-            f"<li>The JSON certificate <code>{_e(json_name)}</code> is authoritative; this page renders it. Its "
+            f"<li>The JSON certificate <code>{_escaped(json_name)}</code> is authoritative; this page renders it. Its "
             '"digest" is sha256 over the canonical JSON (sorted keys, no whitespace, ASCII) of every other field, '
             "the SLA durations included, so any edit to the content is detectable "
             "(<code>tasks.certificate.verify_certificate_digest</code>). The digest detects edits; the audit "

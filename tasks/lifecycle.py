@@ -24,25 +24,18 @@ import numpy as np
 
 from tasks import audit, tracking
 from tasks.project import PipelineError, Project
-from tasks.stage.context import mark_step, quarantine_path, utc_now, write_state
+from tasks.stage.context import quarantine_path
+from tasks.stage.state import write_state
 from unlearn.attacks.signals import SignalCache
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
+from unlearn.files import utc_now, utc_timestamp
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
 
 STEPS = ("received", "validated", "data_version", "unlearned", "verified", "promoted", "retired", "purged",
          "certified")
-
-
-def _precise_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _rank(ledger: Ledger) -> dict[str, int]:
-    order = sorted(ledger.batches, key=lambda b: (ledger.batches[b]["created_at"], b))
-    return {b: i for i, b in enumerate(order)}
 
 
 def _parse(at: str) -> datetime:
@@ -64,11 +57,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
     champion = tracking.champion_version(project, client)
     if champion is None:
         return []
-    rank = _rank(ledger)
+    rank = ledger.rank()
     covered_by_champion = rank.get(champion.tags.get("covers_through", ""), -1)
-    contaminating = [b for b, v in ledger.batches.items()
-                     if v["status"] == Ledger.COMPLETED and v.get("train_samples", 1) > 0
-                     and rank[b] <= covered_by_champion]
+    contaminating = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
+                     if ledger.removed_training_samples(b) and rank[b] <= covered_by_champion]
     grace = timedelta(hours=project.params.lifecycle.retirement_grace_hours)
     now = datetime.now(UTC)
     actions = []
@@ -78,9 +70,9 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
             # registry tombstone is the record, so the batches' evidence is rebuilt from it.
             for batch_id in mv.tags.get("retired_batches", "").split(","):
                 if batch_id in ledger.batches:
-                    ledger.batches[batch_id].setdefault("retirement", {})[str(mv.version)] = {
+                    ledger.record_retirement(batch_id, str(mv.version), {
                         "version": str(mv.version), "action": "retired", "reason": mv.tags.get("retired_reason"),
-                        "due_at": mv.tags.get("retire_due_at"), "retired_at": mv.tags.get("retired_at")}
+                        "due_at": mv.tags.get("retire_due_at"), "retired_at": mv.tags.get("retired_at")})
             continue
         if str(mv.version) == str(champion.version):
             continue
@@ -92,7 +84,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
                   f"{champion.version}")
         due_at = mv.tags.get("retire_due_at")
         if due_at is None:
-            due_at = (now + grace).strftime("%Y-%m-%dT%H:%M:%SZ")
+            due_at = utc_timestamp(now + grace)
             client.set_model_version_tag(tracking.model_name(project), str(mv.version), "retire_due_at", due_at)
         if _parse(due_at) > now:
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason,
@@ -108,14 +100,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
             entry["retired_at"] = action.get("retired_at")
-            record = ledger.batches[batch_id].setdefault("retirement", {})
-            record[action["version"]] = entry
+            ledger.record_retirement(batch_id, action["version"], entry)
     return actions
-
-
-def _batch_retired(batch: dict[str, Any]) -> bool:
-    """Every version the batch made retire has had its artifacts deleted."""
-    return all(entry.get("action") == "retired" for entry in batch.get("retirement", {}).values())
 
 
 def _deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
@@ -140,18 +126,18 @@ def run_purge(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     client = tracking.setup(project)
     actions = retire_models(project, client, ledger)
-    for batch_id, batch in ledger.batches.items():
-        if batch["status"] == Ledger.COMPLETED and _batch_retired(batch):
-            mark_step(ledger, [batch_id], "retired")
+    for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
+        if ledger.retirements_done(batch_id):
+            ledger.mark_step([batch_id], "retired")
     ledger.save()
     to_close = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
-                if "purged" not in ledger.batches[b].get("steps", {})]
+                if "purged" not in ledger.steps(b)]
     summary: dict[str, Any] = {"retired": [a["version"] for a in actions if a["action"] == "retired"],
                                "scheduled": [a["version"] for a in actions if a["action"] == "scheduled"],
                                "batches_closed": to_close}
     if not to_close:
         return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
-    closing_ids = sorted({s for b in to_close for s in ledger.batches[b]["sample_ids"]})
+    closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
     dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close)
     # Derived copies: cached logits of the samples, and candidate models of finished escalations.
     SignalCache(project.signals_dir).drop_ids(set(closing_ids))
@@ -174,12 +160,12 @@ def run_purge(project: Project) -> dict[str, Any]:
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
                  "matches": len(scan.matches)},
     }
-    at = _precise_now()
+    at = utc_now(precise=True)
     for batch_id in to_close:
-        ledger.batches[batch_id]["purge"] = evidence
-        mark_step(ledger, [batch_id], "purged", at)
-        if _batch_retired(ledger.batches[batch_id]):
-            mark_step(ledger, [batch_id], "retired", at)
+        ledger.record_purge(batch_id, evidence)
+        ledger.mark_step([batch_id], "purged", at)
+        if ledger.retirements_done(batch_id):
+            ledger.mark_step([batch_id], "retired", at)
     ledger.save()
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
@@ -220,8 +206,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     Returns:
         The certificate document (see :mod:`tasks.certificate`).
     """
-    batch = ledger.batches[batch_id]
-    steps = batch.get("steps", {})
+    batch = ledger.batch(batch_id)
+    steps = ledger.steps(batch_id)
     salt = load_or_create_salt(project.salt_path)
     outcome = "complete" if set(request["sample_ids"]) & train_ids else "data_only"
     certificate: dict[str, Any] = {
@@ -289,8 +275,8 @@ def run_certify(project: Project) -> dict[str, Any]:
     source = load_source(project.params.data)
     train_ids = set(source.ids[source.splits == "train"].tolist())
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
-        batch = ledger.batches[batch_id]
-        steps = batch.get("steps", {})
+        batch = ledger.batch(batch_id)
+        steps = ledger.steps(batch_id)
         # Issued once the batch is purged; issued again when a retirement that was waiting for its
         # grace period has happened, so the final certificate carries the retirement evidence.
         final_issued = "certified" in steps and (batch.get("certificate_final") or "retired" not in steps)
@@ -304,7 +290,7 @@ def run_certify(project: Project) -> dict[str, Any]:
         anchor = head
         for request in _batch_file(project, batch_id)["requests"]:
             certificate = build_certificate(project, client, ledger, request, batch_id, train_ids)
-            certificate["timeline"].append({"step": "certified", "at": _precise_now()})
+            certificate["timeline"].append({"step": "certified", "at": utc_now(precise=True)})
             certificate["audit"] = anchor
             plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))
             json_path, _ = write_certificate(certificate, plots, project.certificates_dir)
@@ -312,8 +298,8 @@ def run_certify(project: Project) -> dict[str, Any]:
             issued = audit.record(project, "certificate.issued", request_id=request["request_id"],
                                   batch_id=batch_id, subject_hash=request["subject_hash"])
             anchor = {"head_seq": issued["seq"], "head_hash": issued["hash"]}
-        mark_step(ledger, [batch_id], "certified")
-        batch["certificate_final"] = "retired" in steps
+        ledger.mark_step([batch_id], "certified")
+        ledger.set_certificate_final(batch_id, "retired" in steps)
         ledger.save()
     log.info("certify: %d certificate(s) written", len(written))
     return write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
@@ -348,9 +334,8 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
         out = dict(found)
         batch_id = found.get("batch_id")
         if found.get("kind") == "accepted" and batch_id in ledger.batches:
-            batch = ledger.batches[batch_id]
-            out["status"] = batch["status"]
-            out["steps"] = batch.get("steps", {})
+            out["status"] = ledger.batch(batch_id)["status"]
+            out["steps"] = ledger.steps(batch_id)
             out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
             paths = certificate_paths(project, request_id)
             out["certificate"] = str(paths[0]) if paths else None

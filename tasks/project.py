@@ -131,8 +131,18 @@ class Project:
         return self.root / "mlartifacts"
 
 
-def load_project(root: str | Path = ".") -> Project:
-    """Open a project and validate its params.yaml.
+def load_project(root: str | Path = ".", *, check_registries: bool = True) -> Project:
+    """Open a project and validate its params.yaml: its types, and every name against the registries.
+
+    The registry check (:func:`tasks.stage.checks.check_params`: method, attack, model and
+    source names, method keyword arguments, gate metrics) runs here so that no stage, flow or
+    command can start work on a configuration that would fail halfway.
+
+    Args:
+        root: The project directory.
+        check_registries: Only commands that never run a stage (submitting a request, request
+            status, certificates, the audit check) turn it off: the registries import PyTorch,
+            seconds such a command should not pay.
 
     Raises:
         ConfigError: If params.yaml is missing or invalid.
@@ -141,4 +151,8 @@ def load_project(root: str | Path = ".") -> Project:
     if not (project.root / "params.yaml").exists():
         raise ConfigError(f"{project.root / 'params.yaml'}: file not found (is this a project root?)")
     _ = project.params
+    if check_registries:
+        from tasks.stage.checks import check_params  # imports the registries (and PyTorch) only here
+
+        check_params(project.params)
     return project

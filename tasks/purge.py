@@ -28,8 +28,8 @@ from typing import Any
 
 from tasks import dvc_ops
 from tasks.project import PipelineError, Project
+from unlearn.files import write_json_atomic
 from unlearn.forensics import ScanResult, scan_for_patterns
-from unlearn.requests import write_json_atomic
 
 log = logging.getLogger("unlearn.pipeline")
 

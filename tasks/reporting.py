@@ -8,11 +8,12 @@ Only aggregate curves and histogram counts are written, never per-sample values 
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from unlearn.files import atomic_path
 
 ROLES = ("original", "unlearned", "retrain")
 COLOURS = {"original": "tab:red", "unlearned": "tab:blue", "retrain": "tab:green"}
@@ -20,18 +21,15 @@ HISTOGRAM_BINS = 40
 
 
 def _atomic_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _save_figure(figure: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def verification_plots(out_dir: Path, scores: dict[str, dict[str, dict[str, np.ndarray]]],

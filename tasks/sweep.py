@@ -28,11 +28,9 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +44,11 @@ from tasks.stage.evaluation import evaluate_baselines, evaluate_candidate, evalu
 from tasks.stage.retrain import retrained_model, retrained_path
 from unlearn.config import ConfigError
 from unlearn.data import SampleStore
+from unlearn.files import atomic_path, utc_now, write_json_atomic, write_text_atomic
 from unlearn.methods import METHODS, run_method
 from unlearn.methods.base import MethodArgumentError, MissingDataError
 from unlearn.registry import UnknownNameError
-from unlearn.requests import Ledger, hash_ids, load_or_create_salt, write_json_atomic
+from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -247,9 +246,8 @@ def prepare_sweep(project: Project, candidates: list[dict[str, Any]]) -> dict[st
     cleanup_sweep(project)
     weights = _weights_path(project, version)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
-    torch.save(original.state_dict(), tmp)
-    os.replace(tmp, weights)
+    with atomic_path(weights) as tmp:
+        torch.save(original.state_dict(), tmp)
     retrained, retrain_seconds, cached = retrained_model(project, store, data)
     forget_classes = ledger.forget_classes(pending)
     sets = evaluation_sets(project, store, forget, forget_classes)
@@ -421,7 +419,7 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
                                              "original", "retrain")}
     passing = [r for r in ranked if r["verdict"] == "pass"]
     with mlflow.start_run(run_name="sweep") as parent:
-        document = {"created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "run_id": parent.info.run_id,
+        document = {"created_at": utc_now(), "run_id": parent.info.run_id,
                     "seed": params.seed, "tolerances": dict(params.gate.tolerances), **context,
                     "candidates": ranked}
         mlflow.log_params({"seed": params.seed, "n_forget": prepared["n_forget"], "n_retain": prepared["n_retain"],
@@ -449,9 +447,7 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
                                     "attack_seconds": result["attack_seconds"]})
                 result["run_id"] = child.info.run_id
         write_json_atomic(report_path, document)
-        tmp = table_path.with_name(f".{table_path.name}.tmp-{os.getpid()}")
-        tmp.write_text(format_sweep_table(document))
-        os.replace(tmp, table_path)
+        write_text_atomic(table_path, format_sweep_table(document))
         mlflow.log_artifact(str(report_path), artifact_path="sweep")
         mlflow.log_artifact(str(table_path), artifact_path="sweep")
     log.info("sweep: %d candidate(s), %d passing; report %s", len(ranked), len(passing), report_path)

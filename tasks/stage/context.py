@@ -6,10 +6,8 @@ never import each other for a helper.
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +21,9 @@ from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
 from unlearn.methods import TensorSet, UnlearningData
 from unlearn.models import build_model
-from unlearn.requests import Ledger, write_json_atomic
 from unlearn.training import SGDRecipe, to_float
 
 log = logging.getLogger("unlearn.pipeline")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def read_state(project: Project, stage: str) -> dict[str, Any]:
-    """A stage's state file (``data/state/<stage>.json``).
-
-    Raises:
-        PipelineError: If the stage has not run yet.
-    """
-    path = project.state_dir / f"{stage}.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"stage {stage!r} has not run yet ({path} missing)") from None
-
-
-def write_state(project: Project, stage: str, state: dict[str, Any]) -> dict[str, Any]:
-    """Write a stage's state file atomically and return the state."""
-    write_json_atomic(project.state_dir / f"{stage}.json", state)
-    return state
 
 
 def tensors(arrays: Arrays) -> TensorSet:
@@ -104,19 +78,6 @@ def unlearning_data(project: Project, store: SampleStore, forget: Arrays) -> Unl
     )
 
 
-def mark_step(ledger: Ledger, batch_ids: list[str], step: str, at: str | None = None) -> None:
-    """Record when a batch reached a lifecycle step (the first time only): the deletion SLA."""
-    for batch_id in batch_ids:
-        steps = ledger.batches[batch_id].setdefault("steps", {})
-        steps.setdefault(step, at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-
-
-def newest_batch(ledger: Ledger, batch_ids: list[str]) -> str:
-    """The most recent of ``batch_ids`` in ledger order (creation time), "" if none."""
-    known = [b for b in batch_ids if b in ledger.batches]
-    return max(known, key=lambda b: (ledger.batches[b]["created_at"], b)) if known else ""
-
-
 def input_example(store: SampleStore) -> torch.Tensor:
     """A synthetic model input (zeros): a real sample would put personal data into the registry."""
     return torch.zeros(1, *store.image_shape)
@@ -144,14 +105,13 @@ def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if np.isfinite(v)}
 
 
-
-def load_candidate_state(project: Project, attempt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights an escalation attempt saved under ``data/models/``.
+def load_candidate_state(project: Project, candidate: str) -> dict[str, torch.Tensor]:
+    """The weights an escalation attempt saved under ``data/models/`` (its ``candidate`` file name).
 
     Raises:
         PipelineError: If the file is missing or unreadable.
     """
-    path = project.models_dir / attempt["candidate"]
+    path = project.models_dir / candidate
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:

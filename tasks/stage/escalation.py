@@ -12,9 +12,11 @@ from typing import Any
 
 from tasks import audit, dvc_ops, tracking
 from tasks.project import PipelineError, Project
-from tasks.stage.context import load_forget, mark_step, read_state, utc_now, write_state
+from tasks.stage.context import load_forget
 from tasks.stage.promote import finish_promotions
-from unlearn.requests import Ledger, write_json_atomic
+from tasks.stage.state import DATA_ONLY, NOTHING_PENDING, UNLEARNING, Escalation, read_escalation, write_escalation
+from unlearn.files import utc_now, write_json_atomic
+from unlearn.requests import Ledger
 
 
 def _ladder_key(project: Project, parent_version: str, batches: list[str]) -> str:
@@ -25,7 +27,6 @@ def _ladder_key(project: Project, parent_version: str, batches: list[str]) -> st
         [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
          params.seed, repr(params.verify), repr(params.gate)], sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
-
 
 
 def begin_unlearning(project: Project) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     finish_promotions(project, client, ledger)
     pending = ledger.pending()
     if not pending:
-        return write_state(project, "unlearn", {"status": "nothing_pending", "next_method": None})
+        return write_escalation(project, Escalation(NOTHING_PENDING))
     champion = tracking.champion_version(project, client)
     if champion is None:
         raise PipelineError("no champion model in the registry; run the train stage first")
@@ -57,49 +58,30 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         for batch_id in pending:
             ledger.set_status(batch_id, Ledger.COMPLETED, {"at": utc_now(), "outcome": "data_only",
                                                            "data_version": data_version})
-        mark_step(ledger, pending, "completed")
+        ledger.mark_step(pending, "completed")
         ledger.save()
         audit.record(project, "batch.completed", batch_ids=pending, outcome="data_only",
                      data_version=data_version)
-        return write_state(project, "unlearn", {"status": "data_only", "batches": pending, "next_method": None})
+        return write_escalation(project, Escalation(DATA_ONLY, batches=pending))
     key = _ladder_key(project, str(champion.version), pending)
     try:
-        previous = read_state(project, "unlearn")
+        previous = read_escalation(project)
     except PipelineError:
-        previous = {}
-    if previous.get("key") == key:
-        # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone.
-        attempts = [a for a in previous.get("attempts", []) if a.get("verdict") in ("pass", "fail")]
-    else:
-        attempts = []
-    state = {
-        "status": "unlearning", "key": key, "parent_version": str(champion.version), "batches": pending,
-        "data_version_before": champion.tags.get("data_version", ""), "data_version_after": data_version,
-        "parent_covers_through": champion.tags.get("covers_through", ""),
-        "n_forget": len(forget), "forget_classes": ledger.forget_classes(pending),
-        "ladder": list(project.params.unlearn.ladder), "attempts": attempts,
-    }
-    return write_state(project, "unlearn", next_rung(state))
+        previous = None
+    # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone.
+    attempts = [a for a in previous.attempts if a.verified()] if previous and previous.key == key else []
+    state = Escalation(
+        UNLEARNING, key=key, parent_version=str(champion.version), batches=pending,
+        data_version_before=champion.tags.get("data_version", ""), data_version_after=data_version,
+        parent_covers_through=champion.tags.get("covers_through", ""),
+        n_forget=len(forget), forget_classes=ledger.forget_classes(pending),
+        ladder=list(project.params.unlearn.ladder), attempts=attempts,
+    )
+    return write_escalation(project, state.next_rung())
 
 
-
-def next_rung(state: dict[str, Any]) -> dict[str, Any]:
-    """Set ``next_method``, ``chosen`` and the promoted attempt's ``run_id``/``method`` from the attempts."""
-    attempts = state["attempts"]
-    passed = [i for i, a in enumerate(attempts) if a.get("verdict") == "pass"]
-    tried = len(attempts)
-    state["chosen"] = passed[0] if passed else None
-    finished = bool(passed) or tried >= len(state["ladder"])
-    state["next_method"] = None if finished else state["ladder"][tried]
-    state["status"] = "done" if finished else "unlearning"
-    final = attempts[state["chosen"]] if passed else (attempts[-1] if attempts and finished else None)
-    state["run_id"] = final["run_id"] if final else None
-    state["method"] = final["method"] if final else None
-    return state
-
-
-
-def skipped_report(project: Project, reason: str) -> dict[str, Any]:
+def skipped_report(project: Project, reason: str | None) -> dict[str, Any]:
+    """Write the verification report and metrics of a run that verified nothing (``dvc.yaml`` declares them)."""
     report = {"status": "skipped", "reason": reason}
     write_json_atomic(project.reports_dir / "verification.json", report)
     write_json_atomic(project.reports_dir / "metrics.json", {"verified": 0})

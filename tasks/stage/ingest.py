@@ -11,9 +11,10 @@ from typing import Any
 
 from tasks import audit
 from tasks.project import PipelineError, Project
-from tasks.stage.context import mark_step, utc_now, write_state
+from tasks.stage.state import write_state
 from tasks.validation import loggable_request_id, validate_requests
 from unlearn.data import load_source
+from unlearn.files import utc_now, write_json_atomic, write_jsonl_atomic
 from unlearn.requests import (
     Ledger,
     RequestRouter,
@@ -23,8 +24,6 @@ from unlearn.requests import (
     parse_request_file,
     sanitize_file_name,
     skipped_in_inbox,
-    write_json_atomic,
-    write_jsonl_atomic,
 )
 
 log = logging.getLogger("unlearn.pipeline")
@@ -141,7 +140,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
     for line in acknowledged:
         ledger.acknowledge(line["request_id"], {k: v for k, v in line.items() if k not in ("request_id", "row")})
     if batch_id is not None:
-        mark_step(ledger, [batch_id], "validated")
+        ledger.mark_step([batch_id], "validated")
     if accepted or acknowledged:
         ledger.save()
     _write_deletions(project, ledger)
@@ -166,7 +165,6 @@ def run_ingest(project: Project) -> dict[str, Any]:
         raise PipelineError(f"request accounting mismatch: {counts}")
     log.info("ingest: %s", counts)
     return write_state(project, "ingest", counts)
-
 
 
 def _write_deletions(project: Project, ledger: Ledger) -> None:

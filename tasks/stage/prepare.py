@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
 
 from tasks.project import Project
-from tasks.stage.context import mark_step, quarantine_path, write_state
+from tasks.stage.context import quarantine_path
 from tasks.stage.retrain import retrained_path
+from tasks.stage.state import write_state
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
+from unlearn.files import atomic_path
 from unlearn.references import ReferenceBank
 from unlearn.requests import Ledger
 
@@ -38,18 +39,16 @@ def run_prepare(project: Project) -> dict[str, Any]:
         path = quarantine_path(project, batch_id)
         if path.exists():
             continue
-        wanted = np.isin(source.ids, ledger.batches[batch_id]["sample_ids"]) & train_mask
+        wanted = np.isin(source.ids, ledger.batch(batch_id)["sample_ids"]) & train_mask
         ids = source.ids[wanted]
         if old_store is not None and all(i in old_store for i in ids):
             arrays = old_store.load(ids)  # the exact bytes the model was trained on
         else:
             arrays = Arrays(ids, source.images[wanted], source.labels[wanted])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, ids=arrays.ids, images=arrays.images, labels=arrays.labels)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, tmp.open("wb") as handle:  # a file object: savez adds no suffix
+            np.savez(handle, ids=arrays.ids, images=arrays.images, labels=arrays.labels)
         # Batches that removed no training sample never make a model retire (no model saw them).
-        ledger.batches[batch_id]["train_samples"] = len(ids)
+        ledger.set_train_samples(batch_id, len(ids))
     deleted = ledger.deleted_ids()
     store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted)
     # Models trained on data that is now deleted are never used again: reference models that
@@ -58,14 +57,13 @@ def run_prepare(project: Project) -> dict[str, Any]:
     retired = ReferenceBank(project.references_dir).retire_containing(deleted, batches=ledger.pending())
     for ref_id in retired:
         log.info("prepare: retired reference %s (trained on deleted samples)", ref_id)
-    for batch_id in ledger.pending():
-        ledger.batches[batch_id].setdefault("references_retired", []).extend(retired)
+    ledger.add_retired_references(ledger.pending(), retired)
     live = retrained_path(project, store)
     for path in project.models_dir.glob("retrained-*.pt"):
         if path != live:
             path.unlink()
     if ledger.pending():
-        mark_step(ledger, ledger.pending(), "data_version")
+        ledger.mark_step(ledger.pending(), "data_version")
         ledger.save()
     summary = {"num_samples": len(store), "num_train": int(store.meta["num_train"]),
                "num_test": int(store.meta["num_test"]), "deleted_total": len(deleted),

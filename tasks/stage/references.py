@@ -14,7 +14,8 @@ import torch
 from tasks import dvc_ops, progress
 from tasks.project import Project
 from tasks.stage.checks import needs_references
-from tasks.stage.context import model_architecture, resolve_device, write_state
+from tasks.stage.context import model_architecture, resolve_device
+from tasks.stage.state import write_state
 from unlearn.data import SampleStore
 from unlearn.models import build_model
 from unlearn.references import ReferenceBank, ReferencePlan
@@ -32,12 +33,10 @@ def recipe_key(project: Project, store: SampleStore) -> str:
     ).hexdigest()[:16]
 
 
-
 def use_batched(project: Project) -> bool:
     """Whether reference models are trained as one batched (vmapped) model."""
     mode = project.params.verify.references.batched
     return mode == "always" or (mode == "auto" and project.params.device.startswith("cuda"))
-
 
 
 def plan_references(project: Project) -> list[ReferencePlan]:
@@ -56,7 +55,6 @@ def plan_references(project: Project) -> list[ReferencePlan]:
         log.info("references: retired %s (recipe changed)", ref_id)
     return bank.plan(store.split_ids("train"), count=params.verify.references.count, recipe_key=key,
                      seed=params.seed)
-
 
 
 def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[str, Any]]:
@@ -101,7 +99,6 @@ def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[
     return out
 
 
-
 def register_references(project: Project, plans: list[ReferencePlan],
                         trained: list[dict[str, Any]]) -> dict[str, Any]:
     """Store trained references with their lineage and write the stage state."""
@@ -121,7 +118,6 @@ def register_references(project: Project, plans: list[ReferencePlan],
              "train_seconds": round(sum(float(r["seconds"]) for r in trained), 3), "recipe_key": key}
     log.info("references: trained %d, usable %d", len(plans), len(usable))
     return write_state(project, "references", state)
-
 
 
 def run_references(project: Project) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from tasks.project import Project
 from tasks.stage.context import resolve_device
 from unlearn.data import SampleStore
+from unlearn.files import atomic_path
 from unlearn.methods import UnlearningData, run_method
 from unlearn.references import members_digest
 
@@ -29,11 +29,9 @@ def _retrained_key(project: Project, train_ids: np.ndarray) -> str:
         [members_digest(train_ids), params.seed, vars(params.train), params.model.name]).encode()).hexdigest()[:16]
 
 
-
 def retrained_path(project: Project, store: SampleStore) -> Path:
     """Where the exact retrain for the live training set is cached (it may not exist yet)."""
     return project.models_dir / f"retrained-{_retrained_key(project, store.split_ids('train'))}.pt"
-
 
 
 def retrained_model(project: Project, store: SampleStore, data: UnlearningData) -> tuple[torch.nn.Module, float, bool]:
@@ -47,9 +45,7 @@ def retrained_model(project: Project, store: SampleStore, data: UnlearningData) 
     started = time.perf_counter()
     model = run_method("retrain", model, data, device=resolve_device(project), seed=params.seed)
     seconds = time.perf_counter() - started
-    project.models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.cpu().state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(model.cpu().state_dict(), tmp)
     return model, seconds, False
 

@@ -12,11 +12,10 @@ from tasks.stage.context import (
     input_example,
     log_dataset,
     model_architecture,
-    newest_batch,
     resolve_device,
     tensors,
-    write_state,
 )
+from tasks.stage.state import write_state
 from unlearn.config import Params
 from unlearn.data import SampleStore
 from unlearn.models import build_model
@@ -31,7 +30,6 @@ def _flat_params(params: Params) -> dict[str, Any]:
            "data_source": params.data.source}
     out.update({f"train_{k}": v for k, v in vars(params.train).items()})
     return out
-
 
 
 def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
@@ -97,7 +95,7 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
                   "data_version_before": "", "data_version_after": data_version,
                   "request_batches": "", "run_id": run.info.run_id,
                   # The store excludes every batch in the ledger, pending or not.
-                  "covers_through": newest_batch(ledger, list(ledger.batches)),
+                  "covers_through": ledger.newest(ledger.batches),
                   "git_commit": dvc_ops.git_commit(project)},
         )
     if champion is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -15,18 +14,16 @@ from tasks.project import PipelineError, Project
 from tasks.stage.context import (
     load_forget,
     log_dataset,
-    mark_step,
-    read_state,
     resolve_device,
     tag_list,
     unlearning_data,
-    utc_now,
-    write_state,
 )
 from tasks.stage.escalation import begin_unlearning, skipped_report
 from tasks.stage.retrain import retrained_model
+from tasks.stage.state import UNLEARNING, Attempt, read_escalation, write_escalation
 from tasks.stage.verify import run_verify
 from unlearn.data import SampleStore
+from unlearn.files import atomic_path, utc_now
 from unlearn.methods import run_method
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
@@ -51,31 +48,31 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
     from mlflow.entities import LoggedModelInput
 
     params = project.params
-    state = read_state(project, "unlearn")
-    if state.get("status") != "unlearning" or state.get("next_method") != method:
-        raise PipelineError(f"no escalation is waiting for {method!r} (state: {state.get('status')}, "
-                            f"next: {state.get('next_method')}); run the unlearn stage")
+    state = read_escalation(project)
+    if state.status != UNLEARNING or state.next_method != method:
+        raise PipelineError(f"no escalation is waiting for {method!r} (state: {state.status}, "
+                            f"next: {state.next_method}); run the unlearn stage")
     client = tracking.setup(project)
     store = SampleStore(project.store_dir)
-    forget = load_forget(project, state["batches"])
+    forget = load_forget(project, state.batches)
     device = resolve_device(project)
     data = unlearning_data(project, store, forget)
     champion = tracking.champion_version(project, client)
-    original = tracking.load_model(project, client, state["parent_version"])
+    original = tracking.load_model(project, client, state.parent_version)
     kwargs = params.method_kwargs(method)
-    number = len(state["attempts"]) + 1
+    number = len(state.attempts) + 1
     with mlflow.start_run(run_name=f"unlearn-{method}") as run:
         mlflow.log_params({"method": method, "seed": params.seed, "n_forget": len(forget),
-                           "n_retain": len(data.retain), "parent_version": state["parent_version"],
+                           "n_retain": len(data.retain), "parent_version": state.parent_version,
                            "attempt": number, **{f"method_{k}": v for k, v in kwargs.items()}})
         mlflow.set_tags({
-            "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state["ladder"]),
-            "request_batches": tag_list(state["batches"]),
+            "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state.ladder),
+            "request_batches": tag_list(state.batches),
             "forget_ids_digest": hash_ids(forget.ids.tolist(), load_or_create_salt(project.salt_path)),
-            "data_version_before": state["data_version_before"], "data_version_after": state["data_version_after"],
+            "data_version_before": state.data_version_before, "data_version_after": state.data_version_after,
             "git_commit": dvc_ops.git_commit(project),
         })
-        log_dataset(store, state["data_version_after"], "retain")
+        log_dataset(store, state.data_version_after, "retain")
         if champion is not None and champion.tags.get("model_id"):
             mlflow.log_input(model=LoggedModelInput(model_id=champion.tags["model_id"]))
         started = time.perf_counter()
@@ -85,19 +82,16 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
             model = run_method(method, original, data, device=device, seed=params.seed, kwargs=kwargs)
         seconds = time.perf_counter() - started
         mlflow.log_metric("unlearn_seconds", seconds)
-    project.models_dir.mkdir(parents=True, exist_ok=True)
     candidate = project.models_dir / f"candidate-{number}-{method}.pt"
-    tmp = candidate.with_name(f".{candidate.name}.tmp")
-    torch.save(model.cpu().state_dict(), tmp)
-    os.replace(tmp, candidate)
-    state["attempts"].append({"method": method, "run_id": run.info.run_id, "candidate": candidate.name,
-                              "unlearn_seconds": seconds, "verdict": None, "started_at": utc_now()})
+    with atomic_path(candidate) as tmp:
+        torch.save(model.cpu().state_dict(), tmp)
+    state.attempts.append(Attempt(method=method, run_id=run.info.run_id, candidate=candidate.name,
+                                  unlearn_seconds=seconds, started_at=utc_now()))
     ledger = Ledger(project.ledger_path)
-    mark_step(ledger, state["batches"], "unlearned")
+    ledger.mark_step(state.batches, "unlearned")
     ledger.save()
     log.info("unlearn: attempt %d, %s forgot %d samples in %.1fs", number, method, len(forget), seconds)
-    return write_state(project, "unlearn", state)
-
+    return write_escalation(project, state)
 
 
 def run_unlearn(project: Project, *, attempt: Any = None, verify: Any = None) -> dict[str, Any]:
@@ -117,20 +111,21 @@ def run_unlearn(project: Project, *, attempt: Any = None, verify: Any = None) ->
     """
     attempt = attempt or run_attempt
     verify = verify or run_verify
-    state = begin_unlearning(project)
-    if not state.get("attempts"):
-        skipped_report(project, state["status"])  # dvc.yaml declares the report as an output
+    begin_unlearning(project)
+    state = read_escalation(project)
+    if not state.attempts:
+        skipped_report(project, state.status)  # dvc.yaml declares the report as an output
     # A bar only when there is something to run: the ladder's length bounds the attempts.
-    total = len(state.get("ladder") or []) - len(state.get("attempts") or []) if state.get("next_method") else 0
+    total = len(state.ladder) - len(state.attempts) if state.next_method else 0
     with progress.bar(total, "escalation", unit="attempt") if total > 0 else contextlib.nullcontext(
             progress.SILENT) as bar:
-        while state.get("next_method"):
-            bar.set_description(f"escalation: {state['next_method']}")
-            attempt(project, state["next_method"])
+        while state.next_method:
+            bar.set_description(f"escalation: {state.next_method}")
+            attempt(project, state.next_method)
             verify(project)
-            state = read_state(project, "unlearn")
+            state = read_escalation(project)
             bar.update(1)
-            done = (state.get("attempts") or [{}])[-1]
-            bar.set_postfix({"last": f"{done.get('method')} {done.get('verdict')}"})
-    return state
+            done = state.attempts[-1] if state.attempts else None
+            bar.set_postfix({"last": f"{done.method} {done.verdict}" if done else "None None"})
+    return state.to_json()
 

@@ -13,20 +13,18 @@ from tasks.stage.context import (
     finite_metrics,
     load_candidate_state,
     load_forget,
-    mark_step,
-    read_state,
     resolve_device,
     unlearning_data,
-    utc_now,
-    write_state,
 )
-from tasks.stage.escalation import next_rung, skipped_report
+from tasks.stage.escalation import skipped_report
 from tasks.stage.evaluation import evaluate_candidate, evaluation_sets
 from tasks.stage.retrain import retrained_model
+from tasks.stage.state import DONE, UNLEARNING, read_escalation, write_escalation
 from unlearn.config import Params
 from unlearn.data import SampleStore
+from unlearn.files import utc_now, write_json_atomic
 from unlearn.metrics import paired_bootstrap_difference
-from unlearn.requests import Ledger, write_json_atomic
+from unlearn.requests import Ledger
 from unlearn.verification import SuiteResult
 
 log = logging.getLogger("unlearn.pipeline")
@@ -50,26 +48,26 @@ def run_verify(project: Project) -> dict[str, Any]:
     import mlflow
 
     params = project.params
-    unlearn_state = read_state(project, "unlearn")
+    escalation = read_escalation(project)
     report_path = project.reports_dir / "verification.json"
-    attempts = unlearn_state.get("attempts") or []
-    if unlearn_state.get("status") not in ("unlearning", "done") or not attempts:
-        return skipped_report(project, unlearn_state.get("status"))
+    attempts = escalation.attempts
+    if escalation.status not in (UNLEARNING, DONE) or not attempts:
+        return skipped_report(project, escalation.status)
     attempt = attempts[-1]
-    if attempt.get("verdict") is not None:  # verified already (a re-run after a crash)
-        return json.loads((project.reports_dir / "attempts" / attempt["report"]).read_text())
+    if attempt.verdict is not None:  # verified already (a re-run after a crash)
+        return json.loads((project.reports_dir / "attempts" / attempt.report).read_text())
     client = tracking.setup(project)
     resolve_device(project)  # an unavailable device fails before any work
     store = SampleStore(project.store_dir)
-    forget = load_forget(project, unlearn_state["batches"])
+    forget = load_forget(project, escalation.batches)
     data = unlearning_data(project, store, forget)
-    forget_classes = unlearn_state.get("forget_classes") or []
+    forget_classes = escalation.forget_classes
     sets = evaluation_sets(project, store, forget, forget_classes)
-    original = tracking.load_model(project, client, unlearn_state["parent_version"])
+    original = tracking.load_model(project, client, escalation.parent_version)
     candidate = data.model_factory()
-    candidate.load_state_dict(load_candidate_state(project, attempt))
+    candidate.load_state_dict(load_candidate_state(project, attempt.candidate))
     retrained, retrain_seconds, cached = retrained_model(project, store, data)
-    evaluation = evaluate_candidate(project, store, sets, candidate, method=attempt["method"], original=original,
+    evaluation = evaluate_candidate(project, store, sets, candidate, method=attempt.method, original=original,
                                     retrained=retrained)
     verify = params.verify
     proofs, outcome, gate, exact = evaluation.proofs, evaluation.outcome, evaluation.gate, evaluation.exact
@@ -77,24 +75,24 @@ def run_verify(project: Project) -> dict[str, Any]:
     attack_seconds, verdict, failures = evaluation.attack_seconds, evaluation.verdict, evaluation.failures
     plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()}, proofs)
     # Each attempt keeps its own plots: certificates embed the evidence of the model they certify.
-    attempt_plots = project.reports_dir / "attempts" / f"{attempt['run_id']}-plots"
+    attempt_plots = project.reports_dir / "attempts" / f"{attempt.run_id}-plots"
     attempt_plots.mkdir(parents=True, exist_ok=True)
     for path in plots:
         shutil.copy2(path, attempt_plots / path.name)
     number = len(attempts)
     report = {
         "status": "verified", "verdict": verdict, "failures": failures, "exact_retrain": exact,
-        "method": attempt["method"], "attempt": number,
+        "method": attempt.method, "attempt": number,
         "checks": [{"metric": c.metric, "unlearned": c.candidate, "retrain": c.reference,
                     "gap": c.gap, "gap_ci": _gap_interval(c.metric, outcome, params), "tolerance": c.tolerance,
                     "passed": c.passed or exact, "note": "exact retrain: the gate's own target" if exact else c.note}
                    for c in gate.checks],
         "models": results, "refused": refused, "reference_cached": cached, "retrain_seconds": retrain_seconds,
-        "attack_seconds": attack_seconds, "run_id": attempt["run_id"],
+        "attack_seconds": attack_seconds, "run_id": attempt.run_id,
         "forget_classes": forget_classes, "reference_models": ref_ids, "augmentations": verify.augmentations,
         "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
     }
-    attempt_report = project.reports_dir / "attempts" / f"{attempt['run_id']}.json"  # unique across escalations
+    attempt_report = project.reports_dir / "attempts" / f"{attempt.run_id}.json"  # unique across escalations
     write_json_atomic(attempt_report, report)
     write_json_atomic(report_path, report)
     # The compact numbers `dvc metrics show/diff` compare across runs: gate metrics and attack AUCs.
@@ -102,7 +100,7 @@ def run_verify(project: Project) -> dict[str, Any]:
     write_json_atomic(project.reports_dir / "metrics.json", {
         "verified": 1, "verdict_pass": int(verdict == "pass"), "attempts": number,
         **{role: {m: results[role].get(m) for m in shown} for role in ("original", "unlearned", "retrain")}})
-    with mlflow.start_run(run_id=attempt["run_id"]):
+    with mlflow.start_run(run_id=attempt.run_id):
         mlflow.log_metrics(finite_metrics(results["unlearned"]))
         for role in ("original", "retrain"):
             mlflow.log_metrics({f"{role}.{k}": v for k, v in finite_metrics(results[role]).items()})
@@ -113,18 +111,17 @@ def run_verify(project: Project) -> dict[str, Any]:
         mlflow.log_artifact(str(attempt_report), artifact_path="verification")
         for path in plots:
             mlflow.log_artifact(str(path), artifact_path="verification/plots")
-    attempt.update({"verdict": verdict, "failures": failures, "report": attempt_report.name,
-                    "verified_at": utc_now(), "attack_seconds": attack_seconds})
-    state = write_state(project, "unlearn", next_rung(unlearn_state))
+    attempt.verdict, attempt.failures, attempt.report = verdict, failures, attempt_report.name
+    attempt.verified_at, attempt.attack_seconds = utc_now(), attack_seconds
+    write_escalation(project, escalation.next_rung())
     ledger = Ledger(project.ledger_path)
     if verdict == "pass":
-        mark_step(ledger, state["batches"], "verified")
+        ledger.mark_step(escalation.batches, "verified")
         ledger.save()
-    audit.record(project, "attempt.verified", method=attempt["method"], attempt=number, verdict=verdict,
-                 run_id=attempt["run_id"], batch_ids=state["batches"], failures=len(failures))
-    log.info("verify: attempt %d (%s) verdict %s", number, attempt["method"], verdict)
+    audit.record(project, "attempt.verified", method=attempt.method, attempt=number, verdict=verdict,
+                 run_id=attempt.run_id, batch_ids=escalation.batches, failures=len(failures))
+    log.info("verify: attempt %d (%s) verdict %s", number, attempt.method, verdict)
     return report
-
 
 
 def _gap_interval(metric: str, outcome: dict[str, SuiteResult], params: Params) -> list[float] | None:

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -49,3 +50,16 @@ def test_unlearn_without_a_baseline_is_a_clear_error(make_project):
     assert _unlearn(root, "stage", "prepare").returncode == 0
     result = _unlearn(root, "stage", "unlearn")
     assert result.returncode == 2 and "no champion" in result.stderr
+
+
+def test_loading_a_project_checks_its_names_against_the_registries(make_project):
+    """Every stage, flow and command opens the project through load_project: the check cannot be forgotten."""
+    from tasks.project import load_project
+    from unlearn.config import ConfigError
+
+    root = make_project()
+    _edit(root, lambda p: p["unlearn"].update({"method": "forgetful"}))
+    with pytest.raises(ConfigError, match="unknown unlearning method 'forgetful'"):
+        load_project(root)
+    # Commands that run no stage (request submit, status, certificates) opt out explicitly.
+    assert load_project(root, check_registries=False).params.unlearn.method == "forgetful"

@@ -1,0 +1,168 @@
+"""The contract between stages: the state files under ``data/state/`` and the escalation's typed state.
+
+Every stage writes ``data/state/<stage>.json`` (what ``dvc.yaml`` tracks) through
+:func:`write_state`, and a later stage reads it through :func:`read_state`. The escalation
+(``unlearn.json``) is read and written by four modules (escalation, unlearn, verify, promote),
+so it is typed: :class:`Escalation` and its :class:`Attempt` list. The JSON on disk keeps the
+field names it always had, so a state written before this module existed still loads and a
+re-run resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tasks.project import PipelineError, Project
+from unlearn.files import write_json_atomic
+
+# Escalation statuses: no batch pending; only batches whose samples no model saw (nothing to
+# unlearn); attempts still to run; ladder finished (one passed, or every rung failed).
+NOTHING_PENDING, DATA_ONLY, UNLEARNING, DONE = "nothing_pending", "data_only", "unlearning", "done"
+
+
+def read_state(project: Project, stage: str) -> dict[str, Any]:
+    """A stage's state file (``data/state/<stage>.json``).
+
+    Raises:
+        PipelineError: If the stage has not run yet.
+    """
+    path = project.state_dir / f"{stage}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"stage {stage!r} has not run yet ({path} missing)") from None
+
+
+def write_state(project: Project, stage: str, state: dict[str, Any]) -> dict[str, Any]:
+    """Write a stage's state file atomically and return the state."""
+    write_json_atomic(project.state_dir / f"{stage}.json", state)
+    return state
+
+
+@dataclass
+class Attempt:
+    """One rung of the escalation: a method's model, and (once verified) its verdict.
+
+    Attributes:
+        method: The unlearning method.
+        run_id: Its MLflow run.
+        candidate: The model file under ``data/models/``.
+        unlearn_seconds: Time the method took.
+        started_at: When the model was saved (UTC).
+        verdict: "pass", "fail", or None until verified (an attempt cut off before its verdict
+            is redone on resume).
+        failures: Why the gate failed (set when verified).
+        report: The attempt's report under ``data/reports/attempts/`` (set when verified).
+        verified_at: When it was verified.
+        attack_seconds: Time the evaluation took.
+    """
+
+    method: str
+    run_id: str
+    candidate: str
+    unlearn_seconds: float
+    started_at: str
+    verdict: str | None = None
+    failures: list[str] | None = None
+    report: str | None = None
+    verified_at: str | None = None
+    attack_seconds: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attempt:
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+
+    def to_json(self) -> dict[str, Any]:
+        # The verification fields appear once verified, as they always have.
+        verified = ("failures", "report", "verified_at", "attack_seconds")
+        return {k: v for k, v in asdict(self).items() if k not in verified or v is not None}
+
+    def verified(self) -> bool:
+        return self.verdict in ("pass", "fail")
+
+
+@dataclass
+class Escalation:
+    """The escalation state (``data/state/unlearn.json``): which batches, from which champion, and the attempts.
+
+    Attributes:
+        status: :data:`NOTHING_PENDING`, :data:`DATA_ONLY`, :data:`UNLEARNING` or :data:`DONE`.
+        next_method: The next rung to run (None when the ladder is finished).
+        batches: The pending batches being unlearned.
+        key: Identity of the escalation (champion, batches, policy): a resumed run must match it.
+        parent_version: The champion version the attempts unlearn from.
+        data_version_before: The champion's data version.
+        data_version_after: The data version without the batches' samples.
+        parent_covers_through: The newest batch the champion already forgot.
+        n_forget: Forget samples.
+        forget_classes: Labels forgotten as whole classes.
+        ladder: The methods, in order.
+        attempts: The rungs run so far.
+        chosen: Index of the attempt that passed first (None if none has).
+        run_id: The attempt promote registers (the chosen one, or the last when all failed).
+        method: Its method.
+    """
+
+    status: str
+    next_method: str | None = None
+    batches: list[str] = field(default_factory=list)
+    key: str = ""
+    parent_version: str = ""
+    data_version_before: str = ""
+    data_version_after: str = ""
+    parent_covers_through: str = ""
+    n_forget: int = 0
+    forget_classes: list[int] = field(default_factory=list)
+    ladder: list[str] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    chosen: int | None = None
+    run_id: str | None = None
+    method: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Escalation:
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data and data[k] is not None}
+        values["attempts"] = [Attempt.from_json(a) for a in data.get("attempts") or []]
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.status == NOTHING_PENDING:
+            return {"status": self.status, "next_method": None}
+        if self.status == DATA_ONLY:
+            return {"status": self.status, "batches": list(self.batches), "next_method": None}
+        out = asdict(self)
+        out["attempts"] = [a.to_json() for a in self.attempts]
+        return out
+
+    def next_rung(self) -> Escalation:
+        """Set ``next_method``, ``status``, ``chosen`` and the promoted attempt's ``run_id``/``method``."""
+        passed = [i for i, a in enumerate(self.attempts) if a.verdict == "pass"]
+        tried = len(self.attempts)
+        self.chosen = passed[0] if passed else None
+        finished = bool(passed) or tried >= len(self.ladder)
+        self.next_method = None if finished else self.ladder[tried]
+        self.status = DONE if finished else UNLEARNING
+        final = self.attempts[self.chosen] if passed else (self.attempts[-1] if self.attempts and finished else None)
+        self.run_id = final.run_id if final else None
+        self.method = final.method if final else None
+        return self
+
+    def promoted_attempt(self) -> Attempt:
+        """The attempt promote registers: the chosen one, else the last."""
+        return self.attempts[self.chosen] if self.chosen is not None else self.attempts[-1]
+
+
+def read_escalation(project: Project) -> Escalation:
+    """The escalation state.
+
+    Raises:
+        PipelineError: If the unlearn stage has not run yet.
+    """
+    return Escalation.from_json(read_state(project, "unlearn"))
+
+
+def write_escalation(project: Project, escalation: Escalation) -> dict[str, Any]:
+    """Write the escalation state atomically; returns it as JSON (what the stage functions return)."""
+    return write_state(project, "unlearn", escalation.to_json())

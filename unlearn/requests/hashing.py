@@ -1,0 +1,77 @@
+"""Digests of requests, subjects and sample sets: what is stored instead of the identifying values.
+
+Subject references identify people, so they are never stored: :func:`hash_subject` keeps a
+salted HMAC-SHA256 instead. Sample-id sets are logged only as a salted digest (:func:`hash_ids`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def content_digest(*, sample_ids: Iterable[str] | None = None, forget_class: str | None = None) -> str:
+    """Digest of what a request deletes: its sorted unique sample ids, or its class name.
+
+    Two requests with the same id and the same digest are the same request (a repeat is a
+    no-op); the same id with a different digest is a conflict.
+
+    Args:
+        sample_ids: The ids a sample request names (order and repeats do not matter).
+        forget_class: The class name a class request names.
+
+    Returns:
+        ``"sha256:"`` and 64 hex digits.
+
+    Raises:
+        ValueError: Unless exactly one of the two is given.
+    """
+    if (sample_ids is None) == (forget_class is None):
+        raise ValueError("give exactly one of sample_ids or forget_class")
+    canonical = ({"sample_ids": sorted(set(sample_ids))} if sample_ids is not None
+                 else {"forget_class": str(forget_class)})
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+
+def load_or_create_salt(path: Path) -> bytes:
+    """Read the project's hashing salt, creating a random one on first use (mode 0600)."""
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    salt = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(salt.hex())
+    return salt
+
+
+
+def hash_subject(subject_ref: str, salt: bytes) -> str:
+    """Salted HMAC-SHA256 of a subject reference (the only form in which it is stored)."""
+    # surrogatepass: a JSON string may hold a lone surrogate, which must hash, not crash.
+    return "hmac-sha256:" + hmac.new(salt, subject_ref.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+
+def hash_ids(sample_ids: list[str], salt: bytes) -> str:
+    """A salted digest of a set of sample ids, for logs that must not list the ids themselves.
+
+    Salted (HMAC-SHA256 with the project's secret salt): sample ids come from a public list, so
+    a plain hash of a one- or two-sample request could be reversed by trying every combination.
+
+    Args:
+        sample_ids: The ids (order does not matter).
+        salt: The project's hashing salt (:func:`load_or_create_salt`).
+
+    Returns:
+        ``"hmac-sha256:"`` and 16 hex digits.
+    """
+    digest = hmac.new(salt, "\n".join(sorted(sample_ids)).encode(), hashlib.sha256).hexdigest()
+    return "hmac-sha256:" + digest[:16]

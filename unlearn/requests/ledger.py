@@ -1,0 +1,248 @@
+"""The ledger of every deletion batch and every acknowledged request (``data/requests/ledger.json``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from unlearn.files import utc_now, write_json_atomic
+
+
+class LedgerError(RuntimeError):
+    """The ledger file is corrupt or names an unknown batch."""
+
+
+
+class Ledger:
+    """Every deletion batch, its requests and samples, its status; and every acknowledged request.
+
+    The sample store is the source minus every sample in the ledger, so a sample once
+    deleted stays deleted whatever is rebuilt. Status moves pending -> promoting (a verified
+    model without the samples is being promoted) -> completed, or stays pending after a
+    failed verification. Acknowledged requests (repeats and requests for samples already
+    deleted) delete nothing but are recorded, so their status can be looked up.
+
+    The file is JSON ``{"version": 1, "batches": {...}, "acknowledged": {...}}``; a file
+    written before acknowledgements existed (no ``acknowledged`` key) loads as having none.
+
+    Args:
+        path: The ledger JSON file (created on first save).
+
+    Raises:
+        LedgerError: If the file exists but is not a ledger.
+    """
+
+    PENDING, PROMOTING, COMPLETED = "pending", "promoting", "completed"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.acknowledged: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                document = json.loads(self.path.read_text())
+                self.batches = document["batches"]
+                self.acknowledged = document.get("acknowledged", {})
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise LedgerError(f"deletion ledger {self.path} is corrupt: {exc}") from None
+            if not isinstance(self.batches, dict) or not isinstance(self.acknowledged, dict):
+                raise LedgerError(f"deletion ledger {self.path} is corrupt: batches and acknowledged must be maps")
+        self._index: tuple[int, dict[str, str]] | None = None
+
+    def oldest_first(self, batch_ids: Iterable[str] | None = None) -> list[str]:
+        """``batch_ids`` (default: every batch) in ledger order: creation time, then id."""
+        return sorted(self.batches if batch_ids is None else batch_ids,
+                      key=lambda b: (self.batches[b]["created_at"], b))
+
+    def rank(self) -> dict[str, int]:
+        """Batch id -> its position in ledger order (0 is the oldest)."""
+        return {b: i for i, b in enumerate(self.oldest_first())}
+
+    def newest(self, batch_ids: Iterable[str]) -> str:
+        """The most recent of ``batch_ids`` in ledger order, "" if none is in the ledger."""
+        known = [b for b in batch_ids if b in self.batches]
+        return self.oldest_first(known)[-1] if known else ""
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """A batch's record, to read: change it through the methods of this class.
+
+        Raises:
+            LedgerError: If the batch is unknown.
+        """
+        try:
+            return self.batches[batch_id]
+        except KeyError:
+            raise LedgerError(f"unknown batch {batch_id}") from None
+
+    def steps(self, batch_id: str) -> dict[str, str]:
+        """Lifecycle step -> when the batch first reached it (see :meth:`mark_step`)."""
+        return self.batch(batch_id).get("steps", {})
+
+    def last_note(self, batch_id: str) -> dict[str, Any]:
+        """The latest status note of a batch (``{}`` before its first status change)."""
+        history = self.batch(batch_id)["history"]
+        return history[-1] if history else {}
+
+    def mark_step(self, batch_ids: Iterable[str], step: str, at: str | None = None) -> None:
+        """Record when batches reached a lifecycle step, the first time only: the deletion's timeline.
+
+        Args:
+            batch_ids: The batches.
+            step: A step name (``validated``, ``data_version``, ``unlearned``, ...).
+            at: ISO-8601 time (default: now, to the microsecond).
+        """
+        at = at or utc_now(precise=True)
+        for batch_id in batch_ids:
+            self.batch(batch_id).setdefault("steps", {}).setdefault(step, at)
+
+    def set_train_samples(self, batch_id: str, count: int) -> None:
+        """How many training samples the batch removes (0: no model ever saw them, none retires)."""
+        self.batch(batch_id)["train_samples"] = count
+
+    def removed_training_samples(self, batch_id: str) -> bool:
+        """Whether the batch removed a training sample (unknown counts as yes)."""
+        return self.batch(batch_id).get("train_samples", 1) > 0
+
+    def add_retired_references(self, batch_ids: Iterable[str], ref_ids: list[str]) -> None:
+        """Record reference models retired because they trained on the batches' samples."""
+        for batch_id in batch_ids:
+            self.batch(batch_id).setdefault("references_retired", []).extend(ref_ids)
+
+    def record_retirement(self, batch_id: str, version: str, entry: dict[str, Any]) -> None:
+        """Record what happened to a model version the batch made retire (scheduled or retired)."""
+        self.batch(batch_id).setdefault("retirement", {})[version] = entry
+
+    def retirements_done(self, batch_id: str) -> bool:
+        """Every version the batch made retire has had its artifacts deleted."""
+        return all(e.get("action") == "retired" for e in self.batch(batch_id).get("retirement", {}).values())
+
+    def record_purge(self, batch_id: str, evidence: dict[str, Any]) -> None:
+        """Record the purge evidence of a closed batch (counts and digests, never sample ids)."""
+        self.batch(batch_id)["purge"] = evidence
+
+    def set_certificate_final(self, batch_id: str, final: bool) -> None:
+        """Whether the batch's certificates carry its final retirement evidence (else re-issued later)."""
+        self.batch(batch_id)["certificate_final"] = final
+
+    def _request_index(self) -> dict[str, str]:
+        """Request id -> the (oldest) batch that accepted it; rebuilt when a batch is added."""
+        if self._index is None or self._index[0] != len(self.batches):
+            index: dict[str, str] = {}
+            for batch_id in self.oldest_first(self.batches):
+                for request_id in self.batches[batch_id]["request_ids"]:
+                    index.setdefault(request_id, batch_id)
+            self._index = (len(self.batches), index)
+        return self._index[1]
+
+    def deleted_ids(self) -> set[str]:
+        """Every sample id deleted by any batch."""
+        return {s for b in self.batches.values() for s in b["sample_ids"]}
+
+    def deleted_by(self) -> dict[str, str]:
+        """Sample id -> the oldest batch that deleted it."""
+        out: dict[str, str] = {}
+        for batch_id in self.oldest_first(self.batches):
+            for sample_id in self.batches[batch_id]["sample_ids"]:
+                out.setdefault(sample_id, batch_id)
+        return out
+
+    def request_ids(self) -> set[str]:
+        """Every request id ever accepted (acknowledged ones are not: they deleted nothing)."""
+        return set(self._request_index())
+
+    def batches_with_status(self, status: str) -> list[str]:
+        """Batch ids with the given status, oldest first."""
+        return self.oldest_first(b for b, v in self.batches.items() if v["status"] == status)
+
+    def pending(self) -> list[str]:
+        """Batch ids waiting for a verified model, oldest first (not those being promoted)."""
+        return self.batches_with_status(self.PENDING)
+
+    def add_batch(self, batch_id: str, request_ids: list[str], sample_ids: list[str],
+                  created_at: str, forget_classes: list[int] | None = None,
+                  request_digests: dict[str, str] | None = None) -> None:
+        """Record a new pending batch (call :meth:`save` to persist).
+
+        Args:
+            batch_id: New batch id.
+            request_ids: Accepted request ids.
+            sample_ids: Every sample id the batch deletes.
+            created_at: ISO-8601 time.
+            forget_classes: Labels forgotten as whole classes (class-wise requests).
+            request_digests: Request id -> :func:`content_digest`, so a later repeat of an
+                id can be told apart from a conflicting reuse.
+
+        Raises:
+            LedgerError: If the batch id exists already.
+        """
+        if batch_id in self.batches:
+            raise LedgerError(f"batch {batch_id} already exists")
+        self.batches[batch_id] = {
+            "status": self.PENDING, "request_ids": sorted(request_ids),
+            "sample_ids": sorted(set(sample_ids)), "created_at": created_at, "history": [],
+            "forget_classes": sorted(set(forget_classes or [])),
+            "request_digests": dict(sorted((request_digests or {}).items())),
+        }
+
+    def acknowledge(self, request_id: str, record: dict[str, Any]) -> None:
+        """Record an acknowledged request (call :meth:`save` to persist).
+
+        The first acknowledgement of an id is kept; a later one only counts a repeat
+        (``repeats``, ``last_at``), so the record stays small however often an id is resent.
+
+        Args:
+            request_id: The request's id.
+            record: ``outcome`` ("duplicate" or "already_deleted"), ``at``, ``subject_hash``,
+                ``content_digest``, ``ingest_id`` and ``batch_id`` (duplicate: the batch that
+                holds the original) or ``covered_by`` (the batches that deleted its samples).
+        """
+        existing = self.acknowledged.get(request_id)
+        if existing is None:
+            self.acknowledged[request_id] = dict(record)
+        else:
+            existing["repeats"] = existing.get("repeats", 0) + 1
+            existing["last_at"] = record.get("at")
+
+    def find_request(self, request_id: str) -> dict[str, Any] | None:
+        """Where a request id was recorded.
+
+        Args:
+            request_id: The id.
+
+        Returns:
+            ``{"kind": "accepted", "request_id", "batch_id", "status", "created_at",
+            "content_digest"}`` (plus ``acknowledged``, the acknowledgement record, when the id
+            was later resent), or ``{"kind": "acknowledged", "request_id", ...record}``, or None
+            if the ledger never saw it (it may still be in a rejection log).
+        """
+        ack = self.acknowledged.get(request_id)
+        batch_id = self._request_index().get(request_id)
+        if batch_id is not None:
+            batch = self.batches[batch_id]
+            found = {"kind": "accepted", "request_id": request_id, "batch_id": batch_id,
+                     "status": batch["status"], "created_at": batch["created_at"],
+                     # None for batches recorded before digests were kept.
+                     "content_digest": batch.get("request_digests", {}).get(request_id)}
+            if ack is not None:
+                found["acknowledged"] = dict(ack)
+            return found
+        if ack is not None:
+            return {**ack, "kind": "acknowledged", "request_id": request_id}
+        return None
+
+    def forget_classes(self, batch_ids: list[str]) -> list[int]:
+        """Labels forgotten as whole classes by any of the given batches."""
+        return sorted({c for b in batch_ids for c in self.batches[b].get("forget_classes", [])})
+
+    def set_status(self, batch_id: str, status: str, note: dict[str, Any]) -> None:
+        """Change a batch's status and append ``note`` to its history."""
+        if batch_id not in self.batches:
+            raise LedgerError(f"unknown batch {batch_id}")
+        self.batches[batch_id]["status"] = status
+        self.batches[batch_id]["history"].append(note)
+
+    def save(self) -> None:
+        """Write atomically (temp file + rename)."""
+        write_json_atomic(self.path, {"version": 1, "batches": self.batches, "acknowledged": self.acknowledged})

@@ -1,0 +1,289 @@
+"""Parsing request files: JSON or CSV in, one :class:`RawRequest` per row out, never an exception on bad content.
+
+A request names the samples one person wants deleted (``sample_ids``), or a whole class to
+forget (``forget_class``: every training sample of that class). Files arrive as JSON (one
+object, a list of objects, or ``{"requests": [...]}``) or CSV (header ``request_id,sample_ids,
+received_at,reason,subject_ref`` and optionally ``forget_class``; ``sample_ids`` separated by
+``;`` or spaces), UTF-8 only. A file that cannot be read at all is reported as a
+:class:`FileProblem`, and each row becomes a :class:`RawRequest` whose fields are validated
+later (Great Expectations, in ``tasks/``). Files are read without following symbolic links, and
+only regular files with a plain name are parsed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FIELDS = ("request_id", "sample_ids", "forget_class", "received_at", "reason", "subject_ref")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a request file larger than this is refused unparsed
+# Row markers set by the parser; validation reports them as structural problems.
+NOT_AN_OBJECT, RAGGED_ROW = "__not_an_object__", "__ragged__"
+# Plain names only: no path separators, no "..", no leading dot, no control or escape characters.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 _.()+-]{0,199}")
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string", type(None): "null"}
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """One incoming row, before validation. Values are kept as given.
+
+    Attributes:
+        source_file: Name of the file it came from (sanitised, see :func:`sanitize_file_name`).
+        row: Position in that file (0-based).
+        values: Field -> value as parsed (may be missing, of any type).
+        extra_fields: Fields present that the schema does not know.
+    """
+
+    source_file: str
+    row: int
+    values: dict[str, Any]
+    extra_fields: tuple[str, ...] = ()
+
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file that could not be parsed at all (every row in it is unknowable).
+
+    The detail never quotes the file's content: it may hold subject references.
+    """
+
+    source_file: str
+    code: str
+    detail: str
+
+
+
+@dataclass
+class ParsedFile:
+    """Result of parsing one file: rows, or a problem.
+
+    Attributes:
+        name: The file's name, sanitised.
+        requests: Its rows (empty when there is a problem).
+        problem: Why the file could not be parsed, if so.
+        size: Bytes in the file (None for something that is not a regular file).
+        sha256: Hex digest of the content (None when it was not read).
+    """
+
+    name: str
+    requests: list[RawRequest] = field(default_factory=list)
+    problem: FileProblem | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+
+
+def skipped_in_inbox(name: str) -> bool:
+    """Whether the inbox scan leaves a file alone: the ``.gitkeep`` placeholder and files still
+    being written (``.NAME.tmp``, renamed into place when complete)."""
+    return name == ".gitkeep" or (name.startswith(".") and name.endswith(".tmp"))
+
+
+
+def sanitize_file_name(name: str) -> str:
+    """A file name safe to record in logs: unchanged if plain, else a rewritten form plus a hash.
+
+    Args:
+        name: The name as found on disk (may hold any character but ``/``).
+
+    Returns:
+        ``name`` itself when it is a plain name, else its disallowed characters and ``..``
+        replaced by ``_`` (at most 100 kept) and ``~`` plus 8 hex digits of its hash, so two
+        hostile names never collapse into one.
+    """
+    if _SAFE_NAME.fullmatch(name) and ".." not in name:
+        return name
+    shown = re.sub(r"\.{2,}", "_", re.sub(r"[^A-Za-z0-9_.-]", "_", name))[:100].lstrip(".")
+    # surrogatepass: an undecodable byte in a name on disk arrives as a lone surrogate.
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{shown or '_'}~{digest}"
+
+
+
+@dataclass(frozen=True)
+class _Read:
+    data: bytes | None
+    size: int | None
+    sha256: str | None
+    problem: tuple[str, str] | None = None
+
+
+
+def _read_regular_file(path: Path, limit: int) -> _Read:
+    """Read a regular file without following a symbolic link (O_NOFOLLOW) or blocking on a FIFO."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if os.path.islink(path):
+            return _Read(None, None, None, ("not_a_regular_file", "a symbolic link (not followed, not read)"))
+        return _Read(None, None, None, ("unreadable_file", f"cannot open: {exc.strerror}"))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return _Read(None, None, None, ("not_a_regular_file", "not a regular file (device, FIFO or socket)"))
+        digest = hashlib.sha256()
+        chunks, size = [], 0
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            else:
+                chunks = []  # too large: hash it to the end, keep nothing
+    if size > limit:
+        return _Read(None, size, digest.hexdigest(), ("file_too_large", f"{size} bytes > {limit}"))
+    return _Read(b"".join(chunks), size, digest.hexdigest())
+
+
+
+def parse_request_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> ParsedFile:
+    """Read and parse one request file from the inbox.
+
+    Args:
+        path: The file. A symbolic link is never followed; anything but a regular file, or a
+            name that is not plain (``..``, a leading dot, path or control characters), is a
+            problem and its content is not parsed.
+        max_bytes: Larger files are refused unparsed.
+
+    Returns:
+        The parsed rows, or a :class:`FileProblem`; with the file's size and sha256 when it
+        was read.
+    """
+    name = sanitize_file_name(path.name)
+    read = _read_regular_file(path, max_bytes)
+    if read.problem is not None:
+        code, detail = read.problem
+        return ParsedFile(name, problem=FileProblem(name, code, detail), size=read.size, sha256=read.sha256)
+    if name != path.name:
+        problem = FileProblem(name, "unsafe_file_name",
+                              "file names may use letters, digits, space and _ . ( ) + - only, "
+                              "must not start with a dot or contain '..'")
+        return ParsedFile(name, problem=problem, size=read.size, sha256=read.sha256)
+    parsed = parse_request_bytes(name, read.data)
+    parsed.size, parsed.sha256 = read.size, read.sha256
+    return parsed
+
+
+
+def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
+    """Parse a request file's content by the extension of ``name`` (``.json`` or ``.csv``).
+
+    Args:
+        name: The file's (sanitised) name.
+        data: Its bytes.
+
+    Returns:
+        The parsed rows, or a :class:`FileProblem` (unsupported type, empty, not UTF-8,
+        malformed JSON/CSV, not a request document).
+    """
+    suffix = Path(name).suffix.lower()
+
+    def problem(code: str, detail: str) -> ParsedFile:
+        return ParsedFile(name, problem=FileProblem(name, code, detail))
+
+    if suffix not in (".json", ".csv"):
+        return problem("unsupported_file_type", f"expected .json or .csv, got {suffix or 'no extension'}")
+    if not data.strip():
+        return problem("empty_file", "the file is empty")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return problem("not_utf8", "UTF-16/32 byte-order mark: save the file as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return problem("not_utf8", f"not UTF-8 text: invalid byte at offset {exc.start}")
+    if suffix == ".json":
+        try:
+            document = json.loads(text)
+        except RecursionError:  # the C decoder stops at the interpreter's recursion limit
+            return problem("malformed_json", "nested too deeply")
+        except json.JSONDecodeError as exc:  # its message names the position, never the content
+            return problem("malformed_json", f"{exc.msg} (line {exc.lineno}, column {exc.colno})")
+        except ValueError as exc:  # e.g. an integer literal too long to convert
+            return problem("malformed_json", str(exc).split(";")[0][:200])
+        if isinstance(document, dict) and "requests" in document:
+            document = document["requests"]
+            if not isinstance(document, list):
+                return problem("not_a_request_file", '"requests" must be a list of request objects, got a JSON '
+                               + _json_type(document))
+        if isinstance(document, dict):
+            rows: list[Any] = [document]
+        elif isinstance(document, list):
+            rows = document
+        else:
+            return problem("not_a_request_file",
+                           f"expected a request object or a list of them, got a JSON {_json_type(document)}")
+    else:
+        header, rows_or_error = _read_csv(text)
+        if isinstance(rows_or_error, str):
+            return problem("malformed_csv", rows_or_error)
+        if "request_id" not in header:
+            # Name the columns' count, not their text: a missing header means the first line is data.
+            return problem("malformed_csv", f"the first line must be a header naming request_id and the other "
+                                            f"fields ({', '.join(FIELDS)}); it has {len(header)} column(s) "
+                                            "and no request_id")
+        rows = rows_or_error
+    if not rows:
+        return problem("empty_file", "no requests in file")
+    return ParsedFile(name, requests=_rows_to_requests(name, rows))
+
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), "array" if isinstance(value, list) else "object")
+
+
+
+def _read_csv(text: str) -> tuple[list[str], list[dict[str, Any]] | str]:
+    """Header and rows of a CSV text, or an error message (never quoting the content)."""
+    previous = csv.field_size_limit(MAX_FILE_BYTES)  # one request may name 100k ids in one cell
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    except csv.Error as exc:
+        return [], f"line {reader.line_num}: {exc}"
+    finally:
+        csv.field_size_limit(previous)
+    for row in rows:
+        # More cells than the header (key None) or fewer (value None): the columns cannot be trusted.
+        if None in row or any(value is None for value in row.values()):
+            row.pop(None, None)
+            row[RAGGED_ROW] = True
+        for key in ("sample_ids", "forget_class"):
+            if row.get(key) == "":
+                del row[key]  # an empty CSV cell means the field is absent
+        if isinstance(row.get("sample_ids"), str):
+            row["sample_ids"] = _split_ids(row["sample_ids"])
+    return header, rows
+
+
+
+def _split_ids(value: str) -> list[str]:
+    return [part for part in value.replace(";", " ").replace(",", " ").split() if part]
+
+
+
+def _rows_to_requests(name: str, rows: list[Any]) -> list[RawRequest]:
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            out.append(RawRequest(name, i, {NOT_AN_OBJECT: True}))
+            continue
+        extra = tuple(sorted(str(k) for k in row if k not in FIELDS and k != RAGGED_ROW))
+        values = {k: row[k] for k in FIELDS if k in row}
+        if row.get(RAGGED_ROW):
+            values[RAGGED_ROW] = True
+        out.append(RawRequest(name, i, values, extra))
+    return out
