@@ -12,13 +12,13 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from tasks.project import PipelineError, Project
-from unlearn.models import build_model
+
+if TYPE_CHECKING:  # PyTorch is imported where models are logged or loaded: `unlearn status` never needs it
+    import torch
+    from torch import nn
 
 CHAMPION, PREVIOUS = "champion", "previous"
 _STATE_FILE = "state_dict.pt"
@@ -55,6 +55,40 @@ def setup(project: Project):
         _create_experiment(project, client, name)
     mlflow.set_experiment(name)
     return client
+
+
+def has_registry(project: Project) -> bool:
+    """True when there is an MLflow store to read (a server URI, or the project's SQLite file or folder)."""
+    uri = project.tracking_uri
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).exists()
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:")).exists()
+    return True
+
+
+def reader(project: Project):
+    """A client for reading the project's runs and registry, without :func:`setup`'s side effects.
+
+    It sets no global tracking URI and creates no experiment (``unlearn status`` is read-only);
+    with the SQLite store, open it only when :func:`has_registry` says the file exists, or
+    MLflow creates it.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
+
+
+def recent_runs(project: Project, client, limit: int) -> list[Any]:
+    """The project experiment's latest ``limit`` runs, newest first (none when the experiment does not exist)."""
+    if limit <= 0:
+        return []
+    experiment = client.get_experiment_by_name(project.params.registry.experiment)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
+                              max_results=limit)
 
 
 def uses_tracking_server(uri: str) -> bool:
@@ -150,6 +184,7 @@ def log_model(
     """
     import mlflow
     import mlflow.pytorch
+    import torch
 
     model = model.cpu().eval()
     # Version tags go in with the registration (one create_model_version call, not one call per tag);
@@ -180,7 +215,10 @@ def load_model(project: Project, client, version: str) -> nn.Module:
         PipelineError: If the version is unknown or its artifact is missing or corrupt.
     """
     import mlflow
+    import torch
     from mlflow.exceptions import MlflowException
+
+    from unlearn.models import build_model
 
     name = model_name(project)
     try:
@@ -203,6 +241,16 @@ def load_model(project: Project, client, version: str) -> nn.Module:
     except (KeyError, RuntimeError) as exc:
         raise PipelineError(f"model version {name}/{version} does not match its architecture tags: {exc}") from None
     return model.eval()
+
+
+def previous_version(project: Project, client) -> Any | None:
+    """The ModelVersion holding the ``previous`` alias (the champion before the last promotion), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name(project), PREVIOUS)
+    except MlflowException:
+        return None
 
 
 def move_champion(project: Project, client, new_version: str) -> str | None:

@@ -3,7 +3,7 @@
 The models are trained with the pipeline's own recipe and code: plans from the project's
 ``ReferenceBank`` (``verify.references`` pairs of random halves of the live training set),
 training by ``tasks.stage.references.train_references`` (one model per call, as ``flows.pipeline``'s
-``_reference_models`` fans them out), the task runner from ``flows.runners.build_task_runner``.
+``reference_models`` fans them out), the task runner from ``flows.runners.build_task_runner``.
 
 Settings, on the embedded digits (params.yaml's ``train`` recipe, CPU):
   sequential, torch intra-op threads = default (2 on this machine)
@@ -109,7 +109,7 @@ def main() -> None:
         torch.set_num_threads(default_threads)
 
         def fan_out_flow(config: OrchestrationConfig, chosen: list[Any]) -> list[dict[str, Any]]:
-            # What flows.pipeline._reference_models does: one task per model, through flows.runners.fan_out.
+            # What flows.pipeline.reference_models does: one task per model, through flows.runners.fan_out.
             @flow(name="bench-reference-fan-out")
             def bench(root: str, plans: list[Any]) -> list[dict[str, Any]]:
                 groups = fan_out(t.train_reference_task, root, "plans", [[p] for p in plans], config=config)

@@ -57,7 +57,6 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
                     ids={"forget": forget.ids, "retain": retain.ids, "test": test.ids})
 
 
-
 @dataclass(frozen=True)
 class Baselines:
     """What every candidate is compared with: the original and retrained models, and the references.
@@ -73,7 +72,6 @@ class Baselines:
     outcome: dict[str, SuiteResult]
     references: list[ModelEvidence]
     reference_ids: list[str]
-
 
 
 @dataclass(frozen=True)
@@ -118,12 +116,10 @@ class Evaluation:
         return [] if self.exact else self.gate.failures()
 
 
-
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """True when two models hold bit-identical parameters and buffers."""
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
-
 
 
 def _evidence_fn(project: Project, sets: EvalSets, cache: SignalCache | None) -> Any:
@@ -131,13 +127,11 @@ def _evidence_fn(project: Project, sets: EvalSets, cache: SignalCache | None) ->
                              augmentations=project.params.verify.augmentations, cache=cache)
 
 
-
 def _suite_fn(params: Params) -> Any:
     verify = params.verify
     return functools.partial(attack_suite, attacks=verify.attacks, attack_options=verify.attack_options,
                              fprs=verify.fprs, min_negatives=verify.min_negatives,
                              bootstrap=verify.bootstrap, seed=params.seed)
-
 
 
 def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, original: torch.nn.Module,
@@ -181,7 +175,6 @@ def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, 
     proofs = {"original": evidence(original.to(device)), "retrain": evidence(retrained.to(device))}
     outcome = {role: suite(proofs[role], refs) for role in proofs}
     return Baselines(proofs, outcome, refs, ref_ids)
-
 
 
 def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, candidate: torch.nn.Module, *,

@@ -134,13 +134,14 @@ def test_pipeline_end_to_end(prefect_server, make_project):
 @pytest.mark.parametrize("runner", ["threads", "dask"])
 def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(prefect_server, make_project,
                                                                              runner, monkeypatch):
-    """The references flow on the configured runner (2 threads, or a 2-worker local Dask cluster)
-    trains exactly the models that sequential, in-process training produces. The flow is called
-    plainly, as a served deployment's run is: params.yaml alone picks the runner."""
+    """The pipeline's reference fan-out on the configured runner (2 threads, or a 2-worker local Dask
+    cluster) trains exactly the models that sequential, in-process training produces. The flow is
+    called plainly, as a served deployment's run is: params.yaml alone picks the runner."""
     import torch
+    from prefect import flow
 
     from flows import runners
-    from flows.pipeline import pipeline_flow, references_flow
+    from flows.pipeline import pipeline_flow, reference_models
     from tasks.project import load_project
     from tasks.stage.ingest import run_ingest
     from tasks.stage.prepare import run_prepare
@@ -167,7 +168,7 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     monkeypatch.setattr(runners, "build_task_runner", lambda config: built.append(original_build(config)) or built[-1])
     try:
         expected = train_references(project, plans)  # sequential, in this process
-        state = references_flow(root=str(root))  # fans out on params.yaml's runner
+        state = flow(name="references")(reference_models)(root=str(root))  # fans out on params.yaml's runner
     finally:
         torch.set_num_threads(threads)
     assert [type(r).__name__ for r in built] == ["DaskTaskRunner" if runner == "dask" else "ThreadPoolTaskRunner"]
