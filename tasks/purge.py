@@ -22,13 +22,12 @@ import logging
 import os
 import shutil
 from contextlib import closing
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tasks import dvc_ops
 from tasks.project import PipelineError, Project
-from unlearn.files import write_json_atomic
+from unlearn.files import utc_now, write_json_atomic
 from unlearn.forensics import ScanResult, scan_for_patterns
 
 log = logging.getLogger("unlearn.pipeline")
@@ -168,7 +167,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
     current = dvc_ops.data_version(project)
     deleted = set(deleted_ids)
     leftovers = _remove_crash_leftovers(project)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    now = utc_now()
     newly: list[str] = []
     already: list[str] = []
     removed_by_version: dict[str, dict[str, int]] = {}
