@@ -8,6 +8,7 @@ fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ class DataConfig:
 class ModelConfig:
     """Architecture, by registry name."""
 
-    name: str = "small_cnn"  # a name in unlearn.models.MODELS
+    name: str = "small_cnn"  # a name in unlearn.models.MODELS, torchvision:<builder> or package.module:factory
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,10 @@ def parse_params(mapping: dict[str, Any] | None) -> Params:
     return params
 
 
+# A registered name, or "module.path:attribute" (torchvision:<builder> is one of these).
+_MODEL_NAME = re.compile(r"[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
 def _check_values(params: Params) -> None:
     if params.data.shard_size < 1:
         raise ConfigError("data.shard_size: must be >= 1")
@@ -297,6 +302,9 @@ def _check_values(params: Params) -> None:
             raise ConfigError(f"data.{key}: must be >= 1 or null (all samples)")
     if not 0.0 < params.data.test_fraction < 1.0:
         raise ConfigError("data.test_fraction: must be in (0, 1)")
+    if not _MODEL_NAME.fullmatch(params.model.name):
+        raise ConfigError(f"model.name: expected a registered name, torchvision:<builder> or "
+                          f"package.module:factory, got {params.model.name!r}")
     if params.train.epochs < 1 or params.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size: must be >= 1")
     for name, tol in params.gate.tolerances.items():
