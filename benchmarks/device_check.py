@@ -300,7 +300,8 @@ def markdown(report: dict) -> str:
         lines += ["## 3. AMUN protocol: Fashion-MNIST, random 10% forget with D_R", "",
                   f"{m['model']}, {m['train']} train / {m['test']} test images {m['image_shape']}, recipe "
                   f"{m['recipe']}, seeds {m['seeds']} (original s, forget draw 1000+s, retrain 2000+s). "
-                  "Mean ± std over seeds; UA/RA/TA/MIA in %, Avg Gap in points against the retrain of the same "
+                  "Mean ± std over seeds (95% t-intervals in the JSON); UA/RA/TA/MIA in %, Avg Gap in points "
+                  "against the retrain of the same "
                   "seed; time as a ratio to one retrain. MIA: loss-threshold AUC, forget vs test.", ""]
         if m["overrides"]:
             lines += [f"Quick mode shortens these methods' loops (params.yaml otherwise): {m['overrides']}", ""]
@@ -411,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     report["meta"]["wall_seconds"] = time.perf_counter() - started
     if torch.device(device).type != "cuda":
         report["notes"].append("CPU run: the GPU figures (trainer >= 3.5x, batched >= 4x) are not measured here.")
+    if args.quick:
+        report["notes"].append("Quick mode is a smoke run of the code paths (tiny subset, 14x14 images, shortened "
+                               "method loops): its accuracies and gaps do not rank methods.")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"device_check_{torch.device(device).type}{'_quick' if args.quick else ''}"
