@@ -8,6 +8,7 @@ fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,18 +27,20 @@ class DataConfig:
     """Where samples come from and how the sample store is laid out."""
 
     source: str = "digits"  # a name in unlearn.data.sources.SOURCES
-    source_path: str | None = None  # on-disk location for cifar10 / imagefolder
+    source_path: str | None = None  # on-disk location for cifar10 / imagefolder / fashion_mnist
     test_fraction: float = 0.25  # held-out share when the source has no split of its own
     split_seed: int = 0  # fixes which samples are held out; part of the data's identity
     image_size: int = 32  # imagefolder images are resized to image_size x image_size
     shard_size: int = 128  # samples per shard file; a deletion rewrites only its shards
+    train_subset: int | None = None  # keep this many train samples (seeded by split_seed); None: all
+    test_subset: int | None = None  # keep this many test samples (seeded by split_seed); None: all
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture, by registry name."""
 
-    name: str = "small_cnn"  # a name in unlearn.models.MODELS
+    name: str = "small_cnn"  # a name in unlearn.models.MODELS, torchvision:<builder> or package.module:factory
 
 
 @dataclass(frozen=True)
@@ -287,11 +290,21 @@ def parse_params(mapping: dict[str, Any] | None) -> Params:
     return params
 
 
+# A registered name, or "module.path:attribute" (torchvision:<builder> is one of these).
+_MODEL_NAME = re.compile(r"[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
 def _check_values(params: Params) -> None:
     if params.data.shard_size < 1:
         raise ConfigError("data.shard_size: must be >= 1")
+    for key in ("train_subset", "test_subset"):
+        if getattr(params.data, key) is not None and getattr(params.data, key) < 1:
+            raise ConfigError(f"data.{key}: must be >= 1 or null (all samples)")
     if not 0.0 < params.data.test_fraction < 1.0:
         raise ConfigError("data.test_fraction: must be in (0, 1)")
+    if not _MODEL_NAME.fullmatch(params.model.name):
+        raise ConfigError(f"model.name: expected a registered name, torchvision:<builder> or "
+                          f"package.module:factory, got {params.model.name!r}")
     if params.train.epochs < 1 or params.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size: must be >= 1")
     for name, tol in params.gate.tolerances.items():

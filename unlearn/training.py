@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearn import accel
 from unlearn.config import TrainConfig
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -171,8 +172,10 @@ def apply_augmentation(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip
     """
     b, _, h, w = x.shape
     padded = F.pad(x, (4, 4, 4, 4))  # (B, C, H+8, W+8)
-    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (B, H)
-    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (B, W)
+    # The offsets' own device builds the index grids: no extra host->device copy when the draws
+    # already live on the GPU (the trainer sends an epoch's draws over in one copy).
+    rows = (dy[:, None] + torch.arange(h, device=dy.device)[None]).to(x.device)  # (B, H)
+    cols = (dx[:, None] + torch.arange(w, device=dx.device)[None]).to(x.device)  # (B, W)
     batch_index = torch.arange(b, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
     out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
@@ -267,8 +270,16 @@ def train_model(
     on_epoch: EpochCallback | None = None,
     trace: TrainingTrace | None = None,
     make_step: Callable[[torch.optim.Optimizer], StepFn] | None = None,
+    mixed_precision: bool = True,
 ) -> nn.Module:
     """Minimise cross-entropy with SGD, in place.
+
+    On CUDA the loop keeps the GPU busy (see :mod:`unlearn.accel`): the data lives on the device
+    when it fits (pinned, non-blocking copies when it does not), an epoch's batch indices and
+    augmentation draws go over in one copy, the forward pass runs under bf16 autocast with
+    channels_last images, and the running loss and accuracy stay on the device until the end of
+    the epoch, so no step waits for the host. On the CPU every one of these is a no-op and the
+    arithmetic is the plain loop's, bit for bit (``tests/core/test_training_accel.py``).
 
     Args:
         model: The model to train (moved to ``device``).
@@ -285,36 +296,61 @@ def train_model(
             copies every gradient once per step, so it is off unless asked for.
         make_step: Optional ``optimizer -> step(loss)`` replacing the plain update (e.g. SalUn's
             masked step); cannot be combined with ``trace``.
+        mixed_precision: bf16 autocast on CUDA (ignored on the CPU); False keeps fp32 there too.
 
     Returns:
         The trained model (the same object), in eval mode.
+
+    Raises:
+        ValueError: If there is nothing to train on (no samples, or images and labels differ in
+            length), or a custom step is combined with a trace.
     """
-    generator = seed_everything(seed)
-    model.to(device).train()
     n = len(labels)
-    steps = (n + recipe.batch_size - 1) // recipe.batch_size
-    optimizer, scheduler = make_optimizer(model, recipe, steps)
+    if n == 0:
+        raise ValueError("train_model: the training set is empty (0 samples); nothing to train on")
+    if len(images) != n:
+        raise ValueError(f"train_model: {len(images)} images but {n} labels")
+    if recipe.batch_size < 1 or recipe.epochs < 0:
+        raise ValueError(f"train_model: batch_size must be >= 1 and epochs >= 0, got {recipe.batch_size}, "
+                         f"{recipe.epochs}")
     if make_step is not None and trace is not None:
         raise ValueError("train_model: a custom step cannot record a training trace")
+    generator = seed_everything(seed)
+    channels_last = accel.use_channels_last(device, images)
+    accel.model_layout(model.to(device), channels_last).train()
+    steps = (n + recipe.batch_size - 1) // recipe.batch_size
+    optimizer, scheduler = make_optimizer(model, recipe, steps)
     custom_step = make_step(optimizer) if make_step is not None else None
     if trace is not None:
         trace.n, trace.avg_grads, trace.params = n, [], []
+    x_source = accel.BatchSource(images, device)
+    y_source = accel.BatchSource(labels, device, resident=x_source.resident)
+    keep_source = (accel.BatchSource(no_augment, device, resident=x_source.resident)
+                   if recipe.augment and no_augment is not None else None)
     for epoch in range(recipe.epochs):
         batches = epoch_batches(n, recipe.batch_size, generator)
-        total_loss, correct = 0.0, 0
+        # Draw the epoch's augmentations up front, batch by batch: the generator is consumed in
+        # exactly the order the per-step draws used, so the draws are the same.
+        draws = [draw_augmentation(len(index), generator) for index in batches] if recipe.augment else []
+        if x_source.resident:
+            batches = accel.split_to_device(batches, device)
+        if draws:
+            dys, dxs, flips = (accel.split_to_device([d[i] for d in draws], device) for i in range(3))
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed in float64, as before
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         recording = trace is not None and epoch >= recipe.epochs - 2
         grad_sum: dict[str, torch.Tensor] = {}
-        for index in batches:
-            x = images[index].to(device)
-            y = labels[index].to(device)
+        for step, index in enumerate(batches):
+            x = x_source.take(index)
+            y = y_source.take(index)
             if recipe.augment:
-                augmented = augment_batch(x, generator)
-                if no_augment is not None:
-                    keep = no_augment[index].to(device)[:, None, None, None]
-                    augmented = torch.where(keep, x, augmented)
+                augmented = apply_augmentation(x, dys[step], dxs[step], flips[step])
+                if keep_source is not None:
+                    augmented = torch.where(keep_source.take(index)[:, None, None, None], x, augmented)
                 x = augmented
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with accel.autocast(device, mixed_precision):
+                logits = model(accel.to_layout(x, channels_last))
+                loss = F.cross_entropy(logits, y)
             if custom_step is not None:
                 custom_step(loss)
             else:
@@ -324,18 +360,18 @@ def train_model(
                     _accumulate_gradients(model, grad_sum, len(index))
                 optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(index)
-            correct += (logits.argmax(1) == y).sum().item()
+            total_loss += loss.detach().double() * len(index)
+            correct += (logits.argmax(1) == y).sum()
         if recording:
             trace.avg_grads.append({name: total.div(n).cpu() for name, total in grad_sum.items()})
             trace.params.append({name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()})
         if on_epoch is not None:
             on_epoch(
                 epoch,
-                {"train_loss": total_loss / n, "train_acc": correct / n,
+                {"train_loss": total_loss.item() / n, "train_acc": correct.item() / n,
                  "lr": optimizer.param_groups[0]["lr"]},
             )
-    return model.eval()
+    return accel.restore_layout(model, channels_last).eval()
 
 
 @torch.no_grad()
@@ -352,12 +388,14 @@ def predict_logits(
     """
     was_training = model.training
     model.eval()
-    outputs = [model(images[i : i + batch_size].to(device)).float().cpu()
+    # Outputs stay on the device and come back in one copy: no host sync per batch. Inference
+    # stays fp32 (no autocast): attacks read small differences between confident logits.
+    outputs = [model(accel.to_device_async(images[i : i + batch_size], device)).float()
                for i in range(0, len(images), batch_size)]
     model.train(was_training)
     if not outputs:
         return torch.empty(0, 0)
-    return torch.cat(outputs)
+    return torch.cat(outputs).cpu()
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: str) -> float:

@@ -1,0 +1,76 @@
+"""benchmarks/device_check.py runs with only the numeric stack: the orchestration stack is blocked."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unlearn.data.sources import FASHION_MNIST_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+BLOCKED = ("prefect", "mlflow", "dvc", "great_expectations", "pandas", "torchvision")
+needs_data = pytest.mark.skipif(not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file(),
+                                reason=f"real Fashion-MNIST not installed at {FASHION_MNIST_DIR} "
+                                       "(scripts/install-datasets.sh)")
+
+# Runs the script as __main__ in a fresh interpreter where the BLOCKED packages cannot be imported (as if
+# not installed), then lists what got imported.
+RUNNER = f"""
+import runpy, sys
+BLOCKED = {BLOCKED!r}
+for name in BLOCKED:  # a None entry makes `import name` fail and find_spec(name) say "not installed"
+    sys.modules[name] = None
+sys.argv = ["device_check.py"] + sys.argv[1:]
+try:
+    runpy.run_path({str(REPO / "benchmarks" / "device_check.py")!r}, run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("IMPORTED", sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in BLOCKED))
+"""
+
+
+def _run(tmp_path, *args):
+    out = subprocess.run([sys.executable, "-c", RUNNER, "--device", "cpu", "--quick", "--out-dir", str(tmp_path),
+                          *args], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "IMPORTED []" in out.stdout
+    return json.loads((tmp_path / "device_check_cpu_quick.json").read_text())
+
+
+@needs_data
+def test_quick_cpu_subset_runs_with_the_stack_blocked(tmp_path):
+    report = _run(tmp_path, "--skip", "throughput,references", "--methods", "amun", "--seeds", "1")
+    rows = report["amun_table"]["results"]
+    assert set(rows) == {"retrain", "original", "amun"}
+    assert "errors" not in rows["amun"]
+    assert 0 <= rows["amun"]["gap"]["mean"] <= 100 and rows["retrain"]["gap"]["mean"] == 0
+    assert (tmp_path / "device_check_cpu_quick.md").read_text().startswith("# Device check")
+    assert (tmp_path / "device_check_cpu_quick.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@needs_data
+def test_quick_cpu_mode_end_to_end(tmp_path):
+    report = _run(tmp_path)
+    assert set(report["throughput"]["images_per_second"]) == {
+        "old loop, batch 32", "new trainer, batch 32", "new trainer, batch 96"}
+    assert report["references"]["models"] == 4 and report["references"]["batched_seconds"] > 0
+    rows = report["amun_table"]["results"]
+    from unlearn.methods import METHODS
+
+    assert set(rows) == set(METHODS.names()) | {"original"}
+    assert report["amun_table"]["meta"]["seeds"] == [0, 1]
+    assert rows["original"]["TA"]["mean"] > 30  # the quick recipe learns (10 classes: chance is 10%)
+    assert [name for name, row in rows.items() if "errors" in row] == []
+
+
+def test_cuda_request_without_cuda_is_exit_2(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"), "--out-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "CUDA is not available" in out.stderr

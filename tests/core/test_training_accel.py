@@ -1,0 +1,117 @@
+"""The GPU-aware trainer (unlearn/training.py + unlearn/accel.py) leaves CPU runs exactly as they were."""
+
+import hashlib
+import platform
+
+import pytest
+import torch
+
+from benchmarks.legacy_trainer import legacy_train_model
+from unlearn import accel
+from unlearn.models import build_model
+from unlearn.training import SGDRecipe, TrainingTrace, predict_logits, train_model
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device in this environment")
+
+
+def _data(n=96, c=1, hw=8, k=4):
+    g = torch.Generator().manual_seed(123)
+    return torch.rand(n, c, hw, hw, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+def _digest(model, metrics, extra=()):
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr(metrics).encode())
+    for t in extra:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _case(case):
+    """(recipe, extra train_model kwargs) of the pinned cases."""
+    if case == "augment":
+        mask = torch.arange(96) % 3 == 0
+        return SGDRecipe(3, 20, 0.05, augment=True, schedule="step", step_every=1), {"no_augment": mask}
+    return SGDRecipe(3, 32, 0.05), {}
+
+
+def _train(trainer, case, **extra):
+    x, y = _data()
+    torch.manual_seed(7)
+    model = build_model("small_cnn", 1, 4)
+    metrics = []
+    recipe, kwargs = _case(case)
+    trainer(model, x, y, recipe, device="cpu", seed=3, on_epoch=lambda e, m: metrics.append((e, m)),
+            **kwargs, **extra)
+    return model, metrics
+
+
+@pytest.mark.parametrize("case", ["plain", "augment"])
+def test_cpu_training_is_bit_identical_to_the_landed_loop(case):
+    new, new_metrics = _train(train_model, case)
+    old, old_metrics = _train(legacy_train_model, case)
+    assert new_metrics == old_metrics  # exact floats: loss summed in float64 as before
+    for (name, a), (_, b) in zip(sorted(new.state_dict().items()), sorted(old.state_dict().items()), strict=True):
+        assert torch.equal(a, b), name
+
+
+# sha256 of weights, epoch metrics and logits, computed with the landed trainer (705f660) before the
+# GPU changes, on x86_64 with torch 2.14.1 (float rounding may differ on other CPUs/builds).
+PINNED = {
+    "plain": "d3e1c155d9698ad500ffbc8b80e4cc2d162d7ad1dcce2b2cdd8cac458e0867df",
+    "augment": "10c147b292281b859d8b267105f3dfd5637767bffe25d5d0d86c4ae3832359bf",
+    "trace": "90bb1289aae7b9d9c91faa5f774faeda2e3ba3af604db32a8390318da6fff3be",
+}
+
+
+@pytest.mark.skipif(torch.__version__.split("+")[0] != "2.14.1" or platform.machine() != "x86_64",
+                    reason="checksums were pinned with torch 2.14.1 on x86_64")
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_cpu_training_matches_checksums_pinned_before_the_change(case):
+    trace = TrainingTrace() if case == "trace" else None
+    model, metrics = _train(train_model, "plain" if case == "trace" else case, trace=trace)
+    x, _ = _data()
+    extra = [predict_logits(model, x, device="cpu", batch_size=40)]
+    if trace is not None:
+        assert trace.complete
+        extra += [g for d in trace.avg_grads for _, g in sorted(d.items())]
+    assert _digest(model, metrics, extra) == PINNED[case]
+
+
+def test_empty_training_set_is_a_clear_error():
+    model = build_model("small_cnn", 1, 4)
+    with pytest.raises(ValueError, match="empty"):
+        train_model(model, torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), SGDRecipe(1, 8, 0.1),
+                    device="cpu", seed=0)
+    with pytest.raises(ValueError, match="3 images but 2 labels"):
+        train_model(model, torch.zeros(3, 1, 8, 8), torch.zeros(2, dtype=torch.long), SGDRecipe(1, 8, 0.1),
+                    device="cpu", seed=0)
+
+
+def test_cpu_helpers_are_no_ops():
+    x = torch.arange(10.0)
+    source = accel.BatchSource(x, "cpu")
+    assert source.resident and source.data is x
+    index = torch.tensor([3, 1])
+    assert torch.equal(source.take(index), x[index])
+    parts = [torch.tensor([1, 2]), torch.tensor([3])]
+    assert accel.split_to_device(parts, "cpu") == parts
+    assert not accel.use_channels_last("cpu", torch.zeros(1, 1, 2, 2))
+    assert accel.fits_on_device(10**15, "cpu")
+
+
+@CUDA
+def test_cuda_training_resident_and_streamed_paths():
+    x, y = _data(n=256, c=3, hw=16)
+    recipe = SGDRecipe(2, 64, 0.05, augment=True)
+    torch.manual_seed(0)
+    model = train_model(build_model("small_cnn", 3, 4), x, y, recipe, device="cuda", seed=0)
+    assert all(p.is_contiguous() for p in model.parameters())  # channels_last undone
+    assert torch.isfinite(predict_logits(model, x, device="cuda")).all()
+    streamed = accel.BatchSource(x, "cuda", resident=False)
+    resident = accel.BatchSource(x, "cuda", resident=True)
+    index = torch.tensor([5, 0, 9])
+    assert torch.equal(streamed.take(index).cpu(), resident.take(index.cuda()).cpu())

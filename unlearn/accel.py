@@ -1,0 +1,132 @@
+"""Small helpers that let the core's loops use a GPU well and leave CPU runs exactly as they were.
+
+Why one module: the trainer, inference and the methods' inner loops all need the same few
+decisions (is this CUDA, does the data fit on the device, autocast or not, which memory format),
+and each must be a no-op on the CPU so that CPU runs stay deterministic and bit-identical to the
+plain loops they replace (``tests/core/test_training_accel.py`` pins that).
+
+On CUDA:
+
+* data that fits is copied to the device once and mini-batches are gathered there, so a step
+  does no host->device copy; otherwise each batch is gathered on the host into pinned memory and
+  copied with ``non_blocking=True`` (the copy overlaps the previous step's kernels);
+* matmuls and convolutions run under bf16 autocast (no loss scaling needed, unlike fp16);
+* 4-D inputs and conv weights use channels_last, the layout cuDNN's tensor-core kernels want.
+
+Nothing here synchronises the host with the device; callers keep running sums on the device and
+read them once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+# Share of the device's free memory that resident training data may take: the rest is left for
+# the model, its activations and the optimiser state.
+RESIDENT_FRACTION = 0.4
+
+
+def is_cuda(device: str | torch.device) -> bool:
+    """True when ``device`` names a CUDA device ("cuda", "cuda:1", torch.device("cuda"))."""
+    return torch.device(device).type == "cuda"
+
+
+def fits_on_device(nbytes: int, device: str | torch.device, fraction: float = RESIDENT_FRACTION) -> bool:
+    """Whether ``nbytes`` of data may live on ``device`` (always true on the CPU).
+
+    Args:
+        nbytes: Bytes to place.
+        device: Target device.
+        fraction: Largest share of the device's currently free memory to use.
+    """
+    if not is_cuda(device):
+        return True
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return nbytes <= fraction * free
+
+
+@contextlib.contextmanager
+def autocast(device: str | torch.device, enabled: bool = True) -> Iterator[None]:
+    """bf16 autocast on CUDA; nothing at all on the CPU (so CPU arithmetic is unchanged)."""
+    if enabled and is_cuda(device):
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def use_channels_last(device: str | torch.device, example: torch.Tensor) -> bool:
+    """channels_last pays off for 4-D (image) inputs on CUDA only."""
+    return is_cuda(device) and example.dim() == 4
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in channels_last memory format when asked (values unchanged), else ``x`` itself."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def model_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """Convert the model's 4-D parameters and buffers to channels_last (in place) when asked."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def restore_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """Undo :func:`model_layout`, so callers get the usual contiguous tensors back."""
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return model
+
+
+def to_device_async(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """Copy a host tensor to a CUDA device through pinned memory without blocking the host.
+
+    On the CPU (or when the tensor is already there) the tensor itself is returned.
+    """
+    target = torch.device(device)
+    if tensor.device == target or not is_cuda(target):
+        return tensor.to(target)
+    if tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(target, non_blocking=True)
+
+
+def split_to_device(parts: Sequence[torch.Tensor], device: str | torch.device) -> list[torch.Tensor]:
+    """Move several small 1-D tensors to ``device`` with one copy (then split them again there).
+
+    On the CPU the parts are returned unchanged. Used for an epoch's batch indices and
+    augmentation draws: one transfer per epoch instead of one or more per step.
+    """
+    if not is_cuda(device) or not parts:
+        return list(parts)
+    sizes = [len(p) for p in parts]
+    return list(to_device_async(torch.cat(list(parts)), device).split(sizes))
+
+
+class BatchSource:
+    """Rows of a tensor served as device mini-batches: resident on the device when it fits.
+
+    Args:
+        data: The full tensor (N, ...), on the host or already on ``device``.
+        device: Where batches are wanted.
+        resident: Force (True) or forbid (False) the on-device copy; None decides with
+            :func:`fits_on_device`.
+    """
+
+    def __init__(self, data: torch.Tensor, device: str | torch.device, resident: bool | None = None) -> None:
+        self.device = torch.device(device)
+        if resident is None:
+            resident = data.device == self.device or fits_on_device(data.numel() * data.element_size(), device)
+        self.resident = resident
+        self.data = data.to(self.device) if resident else data
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """``data[index]`` on the device. ``index`` may live on the host or on the device."""
+        if self.resident:
+            return self.data[index.to(self.device)] if index.device != self.device else self.data[index]
+        return to_device_async(self.data[index.to(self.data.device)], self.device)
