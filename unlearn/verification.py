@@ -214,7 +214,8 @@ def gate_scores(
     references: the gate's bootstrap is paired.
 
     Args:
-        target: The model's evidence (with retain signals; population attacks fit on them).
+        target: The model's evidence. Retain signals are needed only by attacks that fit on
+            D_R (``svc_confidence``, ``loss_lr``); without them those attacks refuse to run.
         references: Evidence of reference models OUT of every forget and test sample (pool
             references: :func:`unlearn.references.out_references` selects them).
         attacks: The gated attacks.
@@ -228,10 +229,10 @@ def gate_scores(
         The gate's input for this model.
 
     Raises:
-        ValueError: If retain signals are missing, or a reference attack gets no references.
+        ValueError: If a reference attack gets no references, or an attack needs missing retain signals.
     """
-    if target.retain is None:
-        raise ValueError("gate_scores: the target's evidence needs retain signals")
+    empty = np.zeros(0)
+    retain = target.retain if target.retain is not None else Signals(empty, empty, empty, empty, empty, empty)
     options = attack_options or {}
     member, nonmember = {}, {}
     rng = np.random.default_rng(seed)
@@ -249,7 +250,7 @@ def gate_scores(
                     forget=np.stack([r.forget_phi for r in chosen]), test=np.stack([r.test_phi for r in chosen]),
                     forget_in=np.zeros((len(chosen), len(target.forget)), dtype=bool),
                     test_in=np.zeros((len(chosen), len(target.test)), dtype=bool))
-            inputs = AttackInput(target.forget, target.retain, target.test, seed=seed, references=refs)
+            inputs = AttackInput(target.forget, retain, target.test, seed=seed, references=refs)
             results.append(run_attack(attack, inputs, **options.get(attack, {})))
         member[attack] = np.stack([r.member_scores for r in results]).squeeze(0) if len(results) == 1 \
             else np.stack([r.member_scores for r in results])

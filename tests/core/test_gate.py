@@ -237,3 +237,15 @@ def test_gate_config_is_strict():
                 {"bogus": 1}):
         with pytest.raises(ConfigError):
             parse_params({"gate": bad})
+
+
+def test_all_correct_forget_set_does_not_make_a_retrain_fail():
+    # 98.9 % accurate model that happens to get all 100 forget samples right (p = 0.33): a plain
+    # percentile bootstrap gives the forget accuracy zero width and "conclusively" fails it.
+    rng = np.random.default_rng(8)
+    test_correct = (np.arange(450) >= 5).astype(float)  # 445 / 450
+    parent = ScoredModel({}, {}, np.ones(100), test_correct)
+    retrain = ScoredModel({}, {}, np.ones(100), test_correct[rng.permutation(450)])
+    decision = gate_decision(retrain, parent, attacks=[], accuracy_checks=["forget_acc"], resamples=500)
+    assert decision.verdict == INCONCLUSIVE  # the gap of 1 % is not detectable with 100 samples
+    assert not decision.checks[0].parent_detected
