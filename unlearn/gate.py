@@ -44,6 +44,23 @@ and applies them to every model, so the interval reflects the pairing; when scor
 replicates (shape (S, N): e.g. one scoring per resampled set of reference models) a resample
 also draws one replicate for all models; with several strict-mode retrains it draws retrains
 with replacement and averages them, so retrain-seed noise enters the interval.
+
+How a verify stage calls it (everything here is pure: arrays and models in, a record out)::
+
+    refs = [model_evidence(r, sets, device=d, with_retain=False) for r in pool_reference_models]
+    #   pool references only: unlearn.references.out_references(bank, ids, forget_ids + test_ids)
+    kw = dict(attacks=cfg.gate.attacks, attack_options=cfg.verify.attack_options, seed=cfg.seed)
+    parent = gate_scores(model_evidence(champion, sets, device=d), refs, **kw)      # positive control
+    cand = gate_scores(model_evidence(unlearned, sets, device=d), refs, **kw)
+    targets = [gate_scores(model_evidence(r, sets, device=d), refs, **kw) for r in retrains]  # strict only
+    decision = gate_decision(cand, parent, attacks=cfg.gate.attacks, accuracy_checks=cfg.gate.accuracy_checks,
+                             targets=targets, alpha=cfg.gate.alpha, margin_fraction=cfg.gate.margin_fraction,
+                             resamples=cfg.gate.resamples, seed=cfg.gate.seed, min_samples=cfg.gate.min_samples)
+    action = next_action(decision, on_inconclusive=cfg.gate.on_inconclusive, held_batches=..., held_hours=...,
+                         max_hold_batches=cfg.gate.max_hold_batches, max_hold_hours=cfg.gate.max_hold_hours)
+    decision.to_dict()   # certificate / MLflow / request status: verdict, reason, every number
+
+(``gate_scores`` and ``model_evidence`` live in :mod:`unlearn.verification`.)
 """
 
 from __future__ import annotations
@@ -165,7 +182,8 @@ class GateDecision:
         """Multi-line human-readable explanation, one line per metric."""
         lines = [f"verdict: {self.verdict} -- {self.reason}",
                  f"mode {self.mode}, alpha {self.alpha:g} per side ({100 * (1 - 2 * self.alpha):g}% intervals), "
-                 f"margin {self.margin_fraction:g} x parent excess, {self.resamples} resamples, n_forget {self.n_forget}"]
+                 f"margin {self.margin_fraction:g} x parent excess, {self.resamples} resamples, "
+                 f"n_forget {self.n_forget}"]
         lines += [f"  {c.metric}: {c.verdict} -- {c.reason}" for c in self.checks]
         return "\n".join(lines)
 

@@ -11,8 +11,7 @@ from scipy.special import log_ndtr
 from sklearn.linear_model import LogisticRegression
 
 from unlearn.attacks import AttackInput, Signals, run_attack
-from unlearn.attacks.base import ReferenceSignals, ShadowSignals
-from unlearn.attacks.base import AttackRefused
+from unlearn.attacks.base import AttackRefused, ReferenceSignals, ShadowSignals
 from unlearn.attacks.reference import STD_FLOOR, lira_online, rmia_population_split
 from unlearn.attacks.unlearning import EPSILON_CAP, example_epsilons, forgetting_quality
 from unlearn.metrics import roc_auc

@@ -11,7 +11,8 @@ A sample's shard is fixed by its position in the source (position // shard_size)
 samples rewrites only the shards that held them; every other shard keeps its bytes and its DVC
 hash. The reference pool (``pool_fraction`` > 0) is a per-id hashed share of the source's
 training split, labelled ``pool``: production training reads ``split_ids("train")`` and never
-sees it; reference models train on it (unlearn/references.py). A new version is written next to the old one and swapped in with renames, so a crash
+sees it; reference models train on it (unlearn/references.py). A new version is written next
+to the old one and swapped in with renames, so a crash
 never leaves a half-written store.
 """
 
