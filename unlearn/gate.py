@@ -196,8 +196,13 @@ def _stable_seed(*parts: object) -> int:
 
 
 def _weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Multinomial bootstrap counts, shape (B, n)."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    """Bootstrap counts (how often each sample is drawn), shape (B, n).
+
+    Drawn as B x n uniform indices and counted with one ``bincount`` (the same distribution as
+    a multinomial, about 10x faster than ``Generator.multinomial`` over many categories).
+    """
+    draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
+    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
 def _replicates(scores: np.ndarray, name: str) -> np.ndarray:
