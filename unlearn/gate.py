@@ -473,10 +473,12 @@ def next_action(decision: GateDecision | str, *, on_inconclusive: str, held_batc
 
     Args:
         decision: The gate decision (or its verdict string).
-        on_inconclusive: ``hold`` (keep the batch, verify it again together with later batches,
-            which buys power; escalate to exact retrain when a bound is reached), ``retrain``
-            (exact retrain at once) or ``promote_low_power`` (promote, marked as low-power
-            evidence: never certified as proven).
+        on_inconclusive: ``hold`` (keep the batch and verify it again together with later
+            batches, which buys power; the held re-verification scores the union of the held
+            forget sets, with the champion from BEFORE the first held batch as the parent and the
+            latest unlearned model as the candidate; exact retrain once a bound is reached),
+            ``retrain`` (exact retrain at once) or ``promote_low_power`` (promote, marked as
+            low-power evidence: never certified as proven).
         held_batches: How many batches the held evidence already spans (including this one).
         held_hours: Hours since the oldest held request arrived.
         max_hold_batches / max_hold_hours: Bounds of ``hold``; at either one the request is not

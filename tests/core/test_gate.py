@@ -249,3 +249,30 @@ def test_all_correct_forget_set_does_not_make_a_retrain_fail():
     decision = gate_decision(retrain, parent, attacks=[], accuracy_checks=["forget_acc"], resamples=500)
     assert decision.verdict == INCONCLUSIVE  # the gap of 1 % is not detectable with 100 samples
     assert not decision.checks[0].parent_detected
+
+
+def test_gate_scores_pairs_models_and_replicates_over_references():
+    from unlearn.attacks.signals import logit_scaled_confidence
+    from unlearn.verification import ModelEvidence, gate_scores
+
+    rng = np.random.default_rng(9)
+
+    def evidence(shift):
+        logits = {name: torch.tensor(rng.normal(0, 1, (n, 3)) + np.eye(3)[rng.integers(0, 3, n)] * shift)
+                  for name, n in (("forget", 60), ("test", 90))}
+        targets = {name: torch.zeros(len(v), dtype=torch.long) for name, v in logits.items()}
+        sig = {k: compute_signals(v, targets[k]) for k, v in logits.items()}
+        phi = {k: logit_scaled_confidence(v[:, None], targets[k]) for k, v in logits.items()}
+        return ModelEvidence(sig["forget"], None, sig["test"], phi["forget"], phi["test"], digest=str(shift))
+
+    refs = [evidence(0.0) for _ in range(4)]
+    target = evidence(1.0)
+    once = gate_scores(target, refs, attacks=["lira_offline", "rmia_offline", "loss_threshold"], seed=3)
+    assert once.member["lira_offline"].shape == (60,) and once.nonmember["rmia_offline"].shape == (45,)
+    again = gate_scores(target, refs, attacks=["rmia_offline"], seed=3)
+    np.testing.assert_array_equal(again.nonmember["rmia_offline"], once.nonmember["rmia_offline"])  # same split
+    replicated = gate_scores(target, refs, attacks=["lira_offline", "loss_threshold"], seed=3, replicates=5)
+    assert replicated.member["lira_offline"].shape == (5, 60)
+    assert replicated.member["loss_threshold"].shape == (60,)  # no references: nothing to replicate
+    with pytest.raises(ValueError, match="svc_confidence needs both"):  # no retain signals given
+        gate_scores(target, refs, attacks=["svc_confidence"], seed=3)
