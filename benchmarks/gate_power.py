@@ -246,10 +246,26 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
                 mine = [c for c in checks if c["metric"] == metric]
                 with warnings.catch_warnings():  # margin is NaN (no control) in every run of some cells
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    med = {k: float(np.nanmedian([c[k] for c in mine])) for k in ("estimate", "margin", "parent_excess")}
+                    med = {k: float(np.nanmedian([c[k] for c in mine]))
+                           for k in ("estimate", "margin", "parent_excess")}
                 half = float(np.median([(c["ci_high"] - c["ci_low"]) / 2 for c in mine]))
                 lines.append(f"| {n} | {role} | {metric} | {med['estimate']:+.4f} | {half:.4f} | "
                              f"{med['margin']:.4f} | {med['parent_excess']:+.4f} |")
+    lines += ["", "## Per-metric decisions (diagnostic: the gate's verdict is their intersection)", "",
+              "Runs with n_forget >= min_samples. 'no control': the parent was not detected on that metric.", "",
+              "| role | metric | pass | fail | inconclusive (of which no control) |", "|---|---|---|---|---|"]
+    for role in ROLES:
+        checks = [c for r in runs if r["role"] == role for c in r.get("checks", [])]
+        for metric in sorted({c["metric"] for c in checks}):
+            mine = [c for c in checks if c["metric"] == metric]
+            verdicts = [c["verdict"] for c in mine]
+            no_control = sum(c["margin"] != c["margin"] for c in mine)
+            lines.append(f"| {role} | {metric} | {verdicts.count(PASS)} | {verdicts.count(FAIL)} | "
+                         f"{verdicts.count(INCONCLUSIVE)} ({no_control}) |")
+    cost_rows = {n: [c["verify_cpu_s"] / c["retrain_cpu_s"] for c in costs if c["n_forget"] == n] for n in sizes}
+    lines += ["", "## Per-batch verification cost by size (CPU seconds / one retrain's CPU seconds)", "",
+              "| n_forget | median | max |", "|---|---|---|"]
+    lines += [f"| {n} | {pct(float(np.median(v)))} | {pct(float(np.max(v)))} |" for n, v in cost_rows.items() if v]
     lines += ["", "Sizes below min_samples are inconclusive by rule (no model trained). With few seeds per "
               "cell the rate intervals are wide; they are reported, not hidden.", ""]
     Path(f"{out}.md").write_text("\n".join(lines))
