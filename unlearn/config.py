@@ -92,6 +92,8 @@ class ReferencesConfig:
     """
 
     count: int = 4  # live reference models kept (an even number: complementary pairs)
+    pool_fraction: float = 0.2  # share of the training split held out as the reference pool (never trained on
+                                # in production, so deleting a training sample never retires a reference)
     batched: str = "auto"  # train them as one vmapped model: "auto" (on CUDA), "always", "never"
 
 
@@ -118,12 +120,46 @@ class OrchestrationConfig:
 
 
 @dataclass(frozen=True)
-class GateConfig:
-    """Two-sided promotion gate: |metric(unlearned) - metric(retrained)| <= tolerance."""
+class AuditConfig:
+    """Scheduled exact-retrain audits of the unlearning method (the gate's ground truth, off the request path)."""
 
-    tolerances: dict[str, float] = field(
-        default_factory=lambda: {"forget_acc": 0.05, "retain_acc": 0.03, "test_acc": 0.03}
-    )
+    every_batches: int = 10  # audit after this many verified batches (0: only on the cron)
+    cron: str | None = "0 3 * * 0"  # and/or on this schedule (None: only by count)
+
+
+@dataclass(frozen=True)
+class ConsolidateConfig:
+    """Scheduled exact retrains of the champion, so approximate residuals never accumulate unbounded."""
+
+    deleted_fraction: float = 0.05  # retrain once this share of the training set was deleted since the last exact model
+    every_batches: int = 0  # and/or after this many batches (0: off)
+    cron: str | None = None  # and/or on this schedule (None: off)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Promotion gate (unlearn/gate.py): equivalence to never-trained, with a positive control.
+
+    The margin is ``margin_fraction`` of the parent's measured membership excess, never a
+    fixed constant; ``inconclusive`` is a verdict and ``on_inconclusive`` says what follows.
+    ``tolerances`` is the retired fixed-tolerance rule, still read by the pre-#12 verify stage
+    until it is rewired; the new gate ignores it.
+    """
+
+    mode: str = "equivalence"  # equivalence (retrain-free target) | strict (exact retrain target)
+    attacks: tuple[str, ...] = ("lira_offline", "rmia_offline")  # gated AUCs, fixed in advance; always run
+    accuracy_checks: tuple[str, ...] = ("forget_acc",)  # forget_acc (gap, equivalence) | test_acc (non-inferiority)
+    alpha: float = 0.05  # per one-sided test; intervals are (1 - 2 alpha)
+    margin_fraction: float = 0.5  # delta = this x the parent's excess over the target, in (0, 1)
+    resamples: int = 1000  # paired bootstrap resamples
+    seed: int = 0
+    min_samples: int = 20  # fewer forget or negative samples: inconclusive up front
+    on_inconclusive: str = "hold"  # hold | retrain | promote_low_power
+    max_hold_batches: int = 5  # hold escalates to exact retrain when the held evidence spans this many batches
+    max_hold_hours: float = 72.0  # ... or when the oldest held request is this old
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
+    tolerances: dict[str, float] = field(default_factory=dict)  # legacy (pre-#12 verify stage only)
 
 
 @dataclass(frozen=True)
@@ -310,6 +346,7 @@ def _check_values(params: Params) -> None:
     for name, tol in params.gate.tolerances.items():
         if tol < 0:
             raise ConfigError(f"gate.tolerances.{name}: must be >= 0")
+    _check_gate(params)
     refs = params.verify.references
     if refs.count < 0 or refs.count % 2:
         raise ConfigError("verify.references.count: must be an even number >= 0 (complementary pairs)")
@@ -354,6 +391,46 @@ def _check_values(params: Params) -> None:
         raise ConfigError("serve.trigger_window_minutes and serve.watch_interval_seconds: must be > 0")
     if not (params.device == "cpu" or params.device.startswith("cuda")):
         raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {params.device!r}")
+
+
+def _check_gate(params: Params) -> None:
+    gate = params.gate
+    if gate.mode not in ("equivalence", "strict"):
+        raise ConfigError(f"gate.mode: expected equivalence or strict, got {gate.mode!r}")
+    if not gate.attacks and not gate.accuracy_checks:
+        raise ConfigError("gate: at least one of gate.attacks and gate.accuracy_checks must be non-empty")
+    if len(set(gate.attacks)) != len(gate.attacks):
+        raise ConfigError("gate.attacks: an attack appears twice")
+    bad = sorted(set(gate.accuracy_checks) - {"forget_acc", "test_acc"})
+    if bad:
+        raise ConfigError(f"gate.accuracy_checks: unknown {', '.join(bad)}; valid: forget_acc, test_acc")
+    if not 0.0 < gate.alpha < 0.5:
+        raise ConfigError(f"gate.alpha: must be in (0, 0.5), got {gate.alpha}")
+    if not 0.0 < gate.margin_fraction < 1.0:
+        raise ConfigError(f"gate.margin_fraction: must be in (0, 1) so the parent can never pass, "
+                          f"got {gate.margin_fraction}")
+    if gate.resamples < 100:
+        raise ConfigError(f"gate.resamples: must be >= 100, got {gate.resamples}")
+    if gate.min_samples < 2:
+        raise ConfigError(f"gate.min_samples: must be >= 2, got {gate.min_samples}")
+    if gate.on_inconclusive not in ("hold", "retrain", "promote_low_power"):
+        raise ConfigError(f"gate.on_inconclusive: expected hold, retrain or promote_low_power, "
+                          f"got {gate.on_inconclusive!r}")
+    if gate.max_hold_batches < 1 or gate.max_hold_hours <= 0:
+        raise ConfigError("gate.max_hold_batches must be >= 1 and gate.max_hold_hours > 0 (a request is never "
+                          "parked forever)")
+    if gate.audit.every_batches < 0 or gate.consolidate.every_batches < 0:
+        raise ConfigError("gate.audit.every_batches and gate.consolidate.every_batches: must be >= 0")
+    if gate.audit.every_batches == 0 and gate.audit.cron is None:
+        raise ConfigError("gate.audit: set every_batches > 0 or a cron (audits are how the method's true gap "
+                          "is measured)")
+    if not 0.0 < gate.consolidate.deleted_fraction <= 1.0:
+        raise ConfigError("gate.consolidate.deleted_fraction: must be in (0, 1]")
+    for where, cron in (("gate.audit.cron", gate.audit.cron), ("gate.consolidate.cron", gate.consolidate.cron)):
+        if cron is not None and len(cron.split()) != 5:
+            raise ConfigError(f"{where}: expected a 5-field cron expression, got {cron!r}")
+    if not 0.0 <= params.verify.references.pool_fraction < 1.0:
+        raise ConfigError("verify.references.pool_fraction: must be in [0, 1)")
 
 
 def load_params(path: str | Path) -> Params:

@@ -1,5 +1,14 @@
 """A cache of reference models for membership inference, with lineage and retirement.
 
+Reference POOL (issue #12): references are trained on a pool of training-split samples that
+production training never uses (:func:`reference_pool_mask`, a per-id hash so membership of the
+pool never changes when other samples are deleted). Then forget samples and test negatives are
+OUT for every reference, deleting a production training sample never retires a reference, and a
+deletion that names a pool sample retires exactly the references that trained on it
+(:meth:`ReferenceBank.affected_by` / :meth:`ReferenceBank.retire_containing`). Plan pool
+references with :func:`plan_pool_references`; pick the references that may score a set of
+samples with :func:`out_references`.
+
 Reference models (LiRA's and RMIA's "shadow" or "reference" models) are trained with the
 deployed model's recipe on random halves of the non-deleted training samples, in
 complementary pairs: the two models of a pair split one draw of the pool, so each live
@@ -47,6 +56,68 @@ def _now() -> str:
 def members_digest(ids: np.ndarray) -> str:
     """SHA-256 of the sorted member ids: the training set's identity in the lineage."""
     return hashlib.sha256("\n".join(sorted(np.asarray(ids).astype(str).tolist())).encode()).hexdigest()
+
+
+def reference_pool_mask(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for the training samples held out as the reference pool.
+
+    A sample is in the pool when a hash of (seed, id) falls below ``fraction``: the decision
+    depends on nothing but the sample itself, so deleting other samples, reordering the source
+    or adding new ones never moves a sample in or out of the pool (a positional split would
+    shift every later sample and retire every reference).
+
+    Args:
+        ids: Sample ids of the training split, shape (N,).
+        fraction: Expected pool share, in [0, 1).
+        seed: Seed of the split (part of the data's identity).
+
+    Returns:
+        Boolean mask, shape (N,).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"reference pool fraction must be in [0, 1), got {fraction}")
+    draws = np.array([derive_seed("reference-pool", seed, i) / 0x80000000 for i in np.asarray(ids).astype(str)],
+                     dtype=np.float64)
+    return draws < fraction
+
+
+def plan_pool_references(bank: ReferenceBank, pool_ids: np.ndarray, *, count: int, recipe_key: str,
+                         seed: int) -> list[ReferencePlan]:
+    """References still to train so that ``count`` live ones exist on the reference pool.
+
+    Thin wrapper over :meth:`ReferenceBank.plan` whose pool is the held-out reference pool (not
+    the live production training set): the per-batch path then never has to train one, except
+    after a deletion that named a pool sample.
+
+    Args:
+        bank: The reference bank.
+        pool_ids: Live ids of the reference pool, shape (P,).
+        count: Wanted live references (even: complementary pairs over the pool).
+        recipe_key: The current training recipe's key.
+        seed: Base seed.
+
+    Returns:
+        Plans (members are pool samples only).
+    """
+    return bank.plan(np.asarray(pool_ids), count=count, recipe_key=recipe_key, seed=seed)
+
+
+def out_references(bank: ReferenceBank, ref_ids: list[str], scored_ids: np.ndarray) -> list[str]:
+    """The references that did not train on ANY of ``scored_ids`` (forget samples and negatives).
+
+    Offline attacks compare the target with references that are OUT for the scored samples; a
+    reference IN for one of them would make that sample look like a non-member of the target.
+
+    Args:
+        bank: The bank.
+        ref_ids: Candidate live references.
+        scored_ids: Ids of every sample the attack scores.
+
+    Returns:
+        The usable ids, in the given order.
+    """
+    scored = set(np.asarray(scored_ids).astype(str).tolist())
+    return [r for r in ref_ids if not scored & set(bank.members(r).tolist())]
 
 
 def derive_seed(*parts: object) -> int:
@@ -212,6 +283,17 @@ class ReferenceBank:
         return out
 
     # ------------------------------------------------------------------ retirement
+
+    def affected_by(self, deleted_ids: set[str] | list[str] | np.ndarray) -> list[str]:
+        """Live references that trained on any of ``deleted_ids`` (what a deletion would retire), by id.
+
+        A dry run of :meth:`retire_containing`: with a reference pool, deleting production
+        training samples affects none; deleting pool samples affects exactly the references
+        whose member lists contain them.
+        """
+        deleted = set(np.asarray(list(deleted_ids)).astype(str).tolist())
+        return sorted(r.ref_id for r in self.records.values()
+                      if r.status == LIVE and deleted & set(self.members(r.ref_id).tolist()))
 
     def retire_containing(self, deleted_ids: set[str] | list[str], *, batches: list[str]) -> list[str]:
         """Retire every live reference that trained on any of ``deleted_ids``.

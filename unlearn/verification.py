@@ -1,6 +1,11 @@
 """Verification: accuracies and attack metrics of a model, and the two-sided promotion gate.
 
-The gate compares the unlearned model with a model retrained without the forget set; each
+Issue #12: the promotion decision now lives in :mod:`unlearn.gate` (equivalence to never
+trained, positive control, calibrated margins); :func:`gate_scores` turns a model's evidence
+into the gate's input. :func:`apply_gate` below is the retired fixed-tolerance rule, kept only
+until the verify stage is rewired.
+
+The legacy gate compares the unlearned model with a model retrained without the forget set; each
 metric passes when |metric(unlearned) - metric(retrained)| <= its tolerance. A model that
 looks *less* like a member than the retrained one fails too (the Streisand effect).
 """
@@ -15,6 +20,7 @@ import torch
 from torch import nn
 
 from unlearn.attacks import (
+    ATTACKS,
     AttackInput,
     AttackRefused,
     ReferenceSignals,
@@ -24,6 +30,7 @@ from unlearn.attacks import (
     run_attack,
 )
 from unlearn.attacks.signals import SignalCache, logit_scaled_confidence, model_digest, view_logits
+from unlearn.gate import ScoredModel
 from unlearn.methods.base import TensorSet
 from unlearn.metrics import attack_metrics
 
@@ -194,6 +201,62 @@ def attack_suite(
             refused.update({attack_metric(attack, k): v for k, v in report.refused.items()})
         metrics.update({attack_metric(attack, k): float(v) for k, v in result.extra.items()})
     return SuiteResult(metrics, scores, refused)
+
+
+def gate_scores(
+    target: ModelEvidence, references: list[ModelEvidence], *, attacks: tuple[str, ...] | list[str],
+    attack_options: dict[str, dict[str, Any]] | None = None, seed: int = 0, replicates: int = 0,
+) -> ScoredModel:
+    """One model's attack scores and correctness on the gate's sets (input of :func:`unlearn.gate.gate_decision`).
+
+    Call it with the SAME ``references``, ``seed`` and ``replicates`` for the candidate, the
+    parent and any retrain, so every model is scored on the same samples against the same
+    references: the gate's bootstrap is paired.
+
+    Args:
+        target: The model's evidence. Retain signals are needed only by attacks that fit on
+            D_R (``svc_confidence``, ``loss_lr``); without them those attacks refuse to run.
+        references: Evidence of reference models OUT of every forget and test sample (pool
+            references: :func:`unlearn.references.out_references` selects them).
+        attacks: The gated attacks.
+        attack_options: Keyword options per attack (``verify.attack_options``).
+        seed: The attacks' seed (fixes e.g. RMIA's population split and SVC's fitting half).
+        replicates: For reference attacks, score this many times on references drawn with
+            replacement (shape (S, N)), so the gate's interval covers which reference models
+            happened to be trained; 0 = once with all of them.
+
+    Returns:
+        The gate's input for this model.
+
+    Raises:
+        ValueError: If a reference attack gets no references, or an attack needs missing retain signals.
+    """
+    empty = np.zeros(0)
+    retain = target.retain if target.retain is not None else Signals(empty, empty, empty, empty, empty, empty)
+    options = attack_options or {}
+    member, nonmember = {}, {}
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(references), len(references)) for _ in range(replicates)] if references else []
+    for attack in attacks:
+        needs_refs = bool(ATTACKS.get(attack).requires & {"references", "in_references"})
+        picks = draws if needs_refs and draws else [np.arange(len(references))]
+        results = []
+        for pick in picks:
+            chosen = [references[i] for i in pick]
+            refs = None
+            if chosen:
+                refs = ReferenceSignals(
+                    target_forget=target.forget_phi, target_test=target.test_phi,
+                    forget=np.stack([r.forget_phi for r in chosen]), test=np.stack([r.test_phi for r in chosen]),
+                    forget_in=np.zeros((len(chosen), len(target.forget)), dtype=bool),
+                    test_in=np.zeros((len(chosen), len(target.test)), dtype=bool))
+            inputs = AttackInput(target.forget, retain, target.test, seed=seed, references=refs)
+            results.append(run_attack(attack, inputs, **options.get(attack, {})))
+        member[attack] = np.stack([r.member_scores for r in results]).squeeze(0) if len(results) == 1 \
+            else np.stack([r.member_scores for r in results])
+        nonmember[attack] = np.stack([r.nonmember_scores for r in results]).squeeze(0) if len(results) == 1 \
+            else np.stack([r.nonmember_scores for r in results])
+    return ScoredModel(member, nonmember, target.forget.correct, target.test.correct)
 
 
 def evaluate_model(

@@ -11,8 +11,8 @@ from scipy.special import log_ndtr
 from sklearn.linear_model import LogisticRegression
 
 from unlearn.attacks import AttackInput, Signals, run_attack
-from unlearn.attacks.base import ReferenceSignals, ShadowSignals
-from unlearn.attacks.reference import STD_FLOOR, lira_online
+from unlearn.attacks.base import AttackRefused, ReferenceSignals, ShadowSignals
+from unlearn.attacks.reference import STD_FLOOR, lira_online, rmia_population_split
 from unlearn.attacks.unlearning import EPSILON_CAP, example_epsilons, forgetting_quality
 from unlearn.metrics import roc_auc
 
@@ -253,52 +253,76 @@ def _rmia_references(target_forget_p, target_test_p, ref_p_forget=None, ref_p_te
                             np.zeros((1, len(tf)), bool), np.zeros((1, len(tt)), bool))
 
 
-def test_rmia_known_answer_and_self_exclusion():
-    # Pr(x) is the same for all samples, so ratio(x) ~ p_target(x). Test p: 0.2, 0.5, 0.8.
-    refs = _rmia_references([[0.9], [0.4]], [[0.2], [0.5], [0.8]])
+def _split(n_test, seed=0, fraction=0.5):
+    return rmia_population_split(n_test, fraction, seed)
+
+
+def test_rmia_known_answer_one_population_one_denominator():
+    # Pr(x) is the same for all samples, so ratio(x) ~ p_target(x). Test p: 0.2, 0.5, 0.8, 0.3.
+    test_p = np.array([0.2, 0.5, 0.8, 0.3])
+    refs = _rmia_references([[0.9], [0.4]], test_p[:, None])
+    population, negatives = _split(4)
+    assert len(population) == 2 and not set(population) & set(negatives)
     result = run_attack("rmia_offline", _inputs(refs))
-    np.testing.assert_allclose(result.member_scores, [3 / 3, 1 / 3])
-    # each test sample is compared with the two OTHER test samples only (with itself it would gain 1/3)
-    np.testing.assert_allclose(result.nonmember_scores, [0 / 2, 1 / 2, 2 / 2])
-    strict = run_attack("rmia_offline", _inputs(_rmia_references([[0.9], [0.45]], [[0.2], [0.5], [0.8]])), gamma=2.0)
-    np.testing.assert_allclose(strict.member_scores, [1 / 3, 1 / 3])  # 0.9/0.2 and 0.45/0.2 exceed 2
-    np.testing.assert_allclose(strict.nonmember_scores, [0, 1 / 2, 1 / 2])  # 0.5/0.2 and 0.8/0.2
+    z = test_p[population]
+    np.testing.assert_allclose(result.member_scores, [np.mean(0.9 >= z), np.mean(0.4 >= z)])
+    np.testing.assert_allclose(result.nonmember_scores, [np.mean(p >= z) for p in test_p[negatives]])
+    assert result.extra["population_size"] == 2
+    strict = run_attack("rmia_offline", _inputs(refs), gamma=2.0)
+    np.testing.assert_allclose(strict.member_scores, [np.mean(0.9 / z >= 2), np.mean(0.4 / z >= 2)])
+
+
+def test_rmia_never_trained_target_has_chance_auc_despite_ties():
+    # Issue #12's known answer: a target that never saw the forget set must score AUC 0.5 in
+    # expectation. With gamma 2 almost every count ties at 0; the old per-set denominators
+    # (N_T for forget, N_T - 1 for test) ranked every tied test sample above every tied forget
+    # sample (AUC 0.375 here). One population and one denominator give chance.
+    rng = np.random.default_rng(3)
+    tf, tt = rng.choice([0.3, 0.7], (400, 1)), rng.choice([0.3, 0.7], (800, 1))  # counts tie in two values
+    refs = _rmia_references(tf, tt, np.full_like(tf, 0.6), np.full_like(tt, 0.6))
+    result = run_attack("rmia_offline", _inputs(refs), gamma=2.0)
+    assert len(np.unique(result.member_scores)) == 2  # the regime of the bug: every count tied
+    assert roc_auc(result.member_scores, result.nonmember_scores) == pytest.approx(0.5, abs=0.02)
+    # and a member-shifted target is still detected
+    shifted = _rmia_references(np.full_like(tf, 0.95), tt, np.full_like(tf, 0.6), np.full_like(tt, 0.6))
+    detected = run_attack("rmia_offline", _inputs(shifted), gamma=1.0)
+    assert roc_auc(detected.member_scores, detected.nonmember_scores) > 0.7  # 0.76: test p 0.7 ties at 1 too
 
 
 def test_rmia_normalises_each_sample_by_its_out_references():
     # a = 1: Pr(x) = mean OUT p. Same target p 0.6, but one sample is "easy" (references also give 0.6).
     refs = _rmia_references([[0.6], [0.6]], [[0.3], [0.45]], ref_p_forget=[[0.6], [0.2]], ref_p_test=[[0.5], [0.5]])
+    population, negatives = _split(2)
+    ratios_z = np.array([0.6, 0.9])[population]  # test ratios 0.3/0.5 and 0.45/0.5
     result = run_attack("rmia_offline", _inputs(refs), a=1.0)
-    # ratios: forget 1.0 and 3.0; test 0.6 and 0.9
-    np.testing.assert_allclose(result.member_scores, [2 / 2, 2 / 2])
-    np.testing.assert_allclose(result.nonmember_scores, [0.0, 1.0])
+    # ratios: forget 1.0 and 3.0, both beat every population point at gamma 1
+    np.testing.assert_allclose(result.member_scores, [1.0, 1.0])
     result = run_attack("rmia_offline", _inputs(refs), a=1.0, gamma=1.5)
-    np.testing.assert_allclose(result.member_scores, [1 / 2, 2 / 2])  # 1.0/0.6 >= 1.5 > 1.0/0.9; 3.0 beats both
+    np.testing.assert_allclose(result.member_scores, [np.mean(1.0 / ratios_z >= 1.5), 1.0])
 
 
 def test_rmia_offline_prior_uses_a():
     # Pr(x) = ((1 + a) mean_OUT + 1 - a) / 2. With a = 0.3, ref p 0.9 -> Pr 0.935, ref p 0.1 -> Pr 0.415.
-    refs = _rmia_references([[0.5]], [[0.5], [0.8]], ref_p_forget=[[0.1]], ref_p_test=[[0.9], [0.9]])
-    result = run_attack("rmia_offline", _inputs(refs), a=0.3, gamma=1.5)
-    # ratio(x) = 0.5 / 0.415 = 1.205; ratio(z) = 0.535 and 0.856: ratios 2.25 and 1.41
-    np.testing.assert_allclose(result.member_scores, [1 / 2])
-    result = run_attack("rmia_offline", _inputs(refs), a=0.0, gamma=1.5)
-    # a = 0: Pr(x) = 0.55 and 0.95: ratio(x) = 0.909, ratio(z) = 0.526, 0.842: 1.73 and 1.08
-    np.testing.assert_allclose(result.member_scores, [1 / 2])
-    result = run_attack("rmia_offline", _inputs(refs), a=0.0, gamma=1.1)
-    np.testing.assert_allclose(result.member_scores, [1 / 2])
-    result = run_attack("rmia_offline", _inputs(refs), a=0.3, gamma=1.1)
-    np.testing.assert_allclose(result.member_scores, [2 / 2])  # 1.41 >= 1.1 only when a = 0.3
+    # Two identical test samples: whichever is the population, ratio(z) is the same.
+    refs = _rmia_references([[0.5]], [[0.8], [0.8]], ref_p_forget=[[0.1]], ref_p_test=[[0.9], [0.9]])
+    # a = 0.3: ratio(x) = 0.5 / 0.415 = 1.205; ratio(z) = 0.8 / 0.935 = 0.856: 1.41
+    assert run_attack("rmia_offline", _inputs(refs), a=0.3, gamma=1.1).member_scores[0] == 1.0
+    assert run_attack("rmia_offline", _inputs(refs), a=0.3, gamma=1.5).member_scores[0] == 0.0
+    # a = 0: Pr(x) = 0.55 and 0.95: ratio(x) = 0.909, ratio(z) = 0.842: 1.08
+    assert run_attack("rmia_offline", _inputs(refs), a=0.0, gamma=1.1).member_scores[0] == 0.0
+    assert run_attack("rmia_offline", _inputs(refs), a=0.0, gamma=1.05).member_scores[0] == 1.0
 
 
 def test_rmia_majority_vote_over_augmentations():
-    # Per-view p of x: (0.6, 0.6, 0.1). z1 (0.5, 0.5, 0.5): decisions (yes, yes, no) -> counts.
-    # z2 (0.7, 0.5, 0.5): (no, yes, no) -> does not. Averaging log p over views instead would beat neither.
-    refs = _rmia_references([[0.6, 0.6, 0.1]], [[0.5, 0.5, 0.5], [0.7, 0.5, 0.5]])
-    assert run_attack("rmia_offline", _inputs(refs)).member_scores[0] == pytest.approx(1 / 2)
+    # Per-view p of x: (0.6, 0.6, 0.1) against z (0.5, 0.5, 0.5): decisions (yes, yes, no) -> counts;
+    # against z (0.7, 0.5, 0.5): (no, yes, no) -> does not. Averaging log p over views would beat neither.
+    same = [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+    assert run_attack("rmia_offline", _inputs(_rmia_references([[0.6, 0.6, 0.1]], same))).member_scores[0] == 1.0
+    other = [[0.7, 0.5, 0.5], [0.7, 0.5, 0.5]]
+    assert run_attack("rmia_offline", _inputs(_rmia_references([[0.6, 0.6, 0.1]], other))).member_scores[0] == 0.0
     # With two views, one yes and one no is a tie, which is a no.
-    refs = _rmia_references([[0.6, 0.1], [0.6, 0.6]], [[0.5, 0.5], [0.4, 0.4]])
-    np.testing.assert_allclose(run_attack("rmia_offline", _inputs(refs)).member_scores, [0 / 2, 2 / 2])
+    refs = _rmia_references([[0.6, 0.1], [0.6, 0.6]], [[0.5, 0.5], [0.5, 0.5]])
+    np.testing.assert_allclose(run_attack("rmia_offline", _inputs(refs)).member_scores, [0.0, 1.0])
 
 
 def test_rmia_is_invariant_to_a_common_scaling_of_probabilities():
@@ -348,7 +372,9 @@ def test_rmia_rejects_bad_options():
     for options in ({"a": 1.5}, {"gamma": 0.0}, {"chunk_size": 0}):
         with pytest.raises(ValueError):
             run_attack("rmia_offline", _inputs(refs), **options)
-    with pytest.raises(ValueError, match="two test samples"):
+    with pytest.raises(ValueError, match="population_fraction"):
+        run_attack("rmia_offline", _inputs(refs), population_fraction=1.0)
+    with pytest.raises(AttackRefused, match="one population and one negative"):
         run_attack("rmia_offline", _inputs(_rmia_references([[0.6]], [[0.5]])))
 
 

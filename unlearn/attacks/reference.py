@@ -272,9 +272,42 @@ def _rmia_log_ratio(target: np.ndarray, values: np.ndarray, is_in: np.ndarray, a
     return log_target - np.log(np.maximum(prior, np.finfo(np.float64).tiny))
 
 
+def rmia_population_split(n_test: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split D_T into RMIA's population z-set and the scored negatives (disjoint), seeded.
+
+    Why: every scored sample -- forget positive or test negative -- must be ranked against the
+    SAME population with the SAME denominator. Comparing test samples with "the other test
+    samples" (N_T - 1 points) and forget samples with all N_T points makes the denominator
+    differ by one, and with gamma > 1 almost all counts tie at small integers, so that
+    difference alone decides the ranking (issue #12 measured AUC 0.007-0.18 on every model,
+    retrains included). ML Privacy Meter likewise keeps its population apart from the audited
+    points.
+
+    Args:
+        n_test: |D_T|.
+        fraction: Share of D_T used as the population, in (0, 1); floor(n_test * fraction) points.
+        seed: Seed of the permutation (the attack's ``inputs.seed``, so every model scored with the
+            same seed uses the same split and the gate's paired bootstrap stays paired).
+
+    Returns:
+        (population indices, negative indices), each sorted ascending.
+
+    Raises:
+        AttackRefused: If either part would be empty.
+    """
+    n_population = int(n_test * fraction)
+    if n_population < 1 or n_test - n_population < 1:
+        raise AttackRefused(
+            f"rmia_offline needs at least one population and one negative test sample; {n_test} test sample(s) "
+            f"with population_fraction {fraction} gives {n_population} and {n_test - n_population}")
+    order = np.random.default_rng(seed).permutation(n_test)
+    return np.sort(order[:n_population]), np.sort(order[n_population:])
+
+
 @register_attack("rmia_offline", requires=("references",))
 def rmia_offline(
-    inputs: AttackInput, *, a: float = 0.3, gamma: float = 1.0, chunk_size: int | None = None,
+    inputs: AttackInput, *, a: float = 0.3, gamma: float = 1.0, population_fraction: float = 0.5,
+    chunk_size: int | None = None,
 ) -> AttackResult:
     """Offline RMIA (Zarifzadeh et al., ICML 2024: LR_theta(x, z) and Score_MIA; ML Privacy Meter ``attacks.py``).
 
@@ -284,53 +317,53 @@ def rmia_offline(
 
         score(x) = fraction of population points z with ratio(x) / ratio(z) >= gamma,
 
-    decided in log space. The population is D_T (non-members of the target and, per sample,
-    of the OUT references used); a test sample is never compared with itself, so its
-    fraction is over the other N_T - 1 points. With A > 1 augmentations each (x, z) pair
-    counts when a strict majority of the per-augmentation decisions holds (the research
-    code's ``torch.mode`` vote; a tie is a no). The |X| x |Z| comparison runs in row blocks.
+    decided in log space. The population Z is a seeded part of D_T (see
+    :func:`rmia_population_split`); the remaining test samples are the negatives. Forget and
+    negative samples are both compared with all of Z, so every score has the same denominator
+    |Z| and no sample is ever compared with itself. With A > 1 augmentations each (x, z) pair
+    counts when a strict majority of the per-augmentation decisions holds (the research code's
+    ``torch.mode`` vote; a tie is a no). The |X| x |Z| comparison runs in row blocks.
 
     Args:
         inputs: Attack inputs with ``references``.
         a: Offline interpolation Pr_IN ~ a Pr_OUT + (1 - a), in [0, 1] (research default 0.3;
             the library tunes it per target).
         gamma: Likelihood-ratio threshold, > 0 (library 1.0, research configs 2.0).
+        population_fraction: Share of D_T used as the population z-set, in (0, 1).
         chunk_size: Rows x per block; None picks blocks of about 4M comparisons.
 
     Returns:
-        Scores in [0, 1] for D_F (vs all of D_T) and for D_T (vs the rest of D_T).
+        Scores in [0, 1] for D_F and for the negative part of D_T (in D_T order).
 
     Raises:
-        ValueError: On invalid options, fewer than two test samples, or a sample without OUT
-            references.
+        ValueError: On invalid options or a sample without OUT references.
+        AttackRefused: If D_T is too small to hold a population and a negative.
     """
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"rmia_offline: a must be in [0, 1], got {a}")
     if not gamma > 0.0:
         raise ValueError(f"rmia_offline: gamma must be > 0, got {gamma}")
+    if not 0.0 < population_fraction < 1.0:
+        raise ValueError(f"rmia_offline: population_fraction must be in (0, 1), got {population_fraction}")
     if chunk_size is not None and int(chunk_size) < 1:
         raise ValueError(f"rmia_offline: chunk_size must be >= 1, got {chunk_size}")
     refs, target, values, is_in = _with_out_references(inputs, "RMIA")
     n_forget, n_test = len(refs.target_forget), len(refs.target_test)
-    if n_test < 2:
-        raise AttackRefused("rmia_offline needs at least two test samples (the population z)")
-    ratio_x = _rmia_log_ratio(target, values, is_in, a)  # (N_F + N_T, A), log ratio(x)
-    ratio_z = ratio_x[n_forget:]  # (N_T, A): the population is the test samples
+    population, negatives = rmia_population_split(n_test, population_fraction, inputs.seed)
+    ratio_all = _rmia_log_ratio(target, values, is_in, a)  # (N_F + N_T, A), log ratio(x)
+    ratio_z = ratio_all[n_forget + population]  # (N_Z, A)
+    ratio_x = np.concatenate([ratio_all[:n_forget], ratio_all[n_forget + negatives]])  # scored samples
     n_x, views = ratio_x.shape
     log_gamma = math.log(gamma)
-    rows = int(chunk_size) if chunk_size is not None else max(1, _RMIA_BLOCK_ELEMENTS // (n_test * views))
+    rows = int(chunk_size) if chunk_size is not None else max(1, _RMIA_BLOCK_ELEMENTS // (len(population) * views))
     wins = np.empty(n_x, dtype=np.int64)
     for start in range(0, n_x, rows):
         stop = min(start + rows, n_x)
         if views == 1:
-            beats = ratio_x[start:stop, 0, None] - ratio_z[None, :, 0] >= log_gamma  # (c, N_T)
+            beats = ratio_x[start:stop, 0, None] - ratio_z[None, :, 0] >= log_gamma  # (c, N_Z)
         else:
-            votes = (ratio_x[start:stop, None, :] - ratio_z[None, :, :] >= log_gamma).sum(axis=2)  # (c, N_T)
+            votes = (ratio_x[start:stop, None, :] - ratio_z[None, :, :] >= log_gamma).sum(axis=2)  # (c, N_Z)
             beats = 2 * votes > views
-        # A test sample is also a population point: drop its comparison with itself.
-        own = np.arange(max(start, n_forget), stop)
-        beats[own - start, own - n_forget] = False
         wins[start:stop] = beats.sum(axis=1)
-    others = np.where(np.arange(n_x) < n_forget, n_test, n_test - 1)  # (N_F + N_T,)
-    scores = wins / others
-    return AttackResult(scores[:n_forget], scores[n_forget:])
+    scores = wins / len(population)  # ONE denominator for positives and negatives
+    return AttackResult(scores[:n_forget], scores[n_forget:], {"population_size": float(len(population))})

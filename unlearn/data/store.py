@@ -3,12 +3,16 @@
 Layout (every file is written deterministically, so equal content gives equal DVC hashes)::
 
     <root>/meta.json            dataset name, classes, image shape, shard size
-    <root>/index.csv            sample_id,label,split,shard,row  (one line per live sample)
+    <root>/index.csv            sample_id,label,split,shard,row  (one line per live sample;
+                                split is train, test, or pool: the reference pool, see below)
     <root>/shards/s00000.npy    uint8 images of one shard, shape (n, C, H, W)
 
 A sample's shard is fixed by its position in the source (position // shard_size), so deleting
 samples rewrites only the shards that held them; every other shard keeps its bytes and its DVC
-hash. A new version is written next to the old one and swapped in with renames, so a crash
+hash. The reference pool (``pool_fraction`` > 0) is a per-id hashed share of the source's
+training split, labelled ``pool``: production training reads ``split_ids("train")`` and never
+sees it; reference models train on it (unlearn/references.py). A new version is written next
+to the old one and swapped in with renames, so a crash
 never leaves a half-written store.
 """
 
@@ -153,7 +157,8 @@ class SampleStore:
 
     @staticmethod
     def materialize(
-        root: str | Path, source: SourceData, shard_size: int, exclude: set[str] | frozenset[str]
+        root: str | Path, source: SourceData, shard_size: int, exclude: set[str] | frozenset[str], *,
+        pool_fraction: float = 0.0, pool_seed: int = 0,
     ) -> SampleStore:
         """Write the store for ``source`` minus the ``exclude`` ids, atomically.
 
@@ -166,6 +171,10 @@ class SampleStore:
             source: The source dataset.
             shard_size: Samples per shard, by source position.
             exclude: Sample ids that must not be in the store (deleted samples).
+            pool_fraction: Share of the training split relabelled ``pool`` (the reference pool),
+                chosen per id by :func:`unlearn.references.reference_pool_mask`, so the split is
+                stable under deletions; 0 keeps every training sample in ``train``.
+            pool_seed: Seed of that choice.
 
         Returns:
             The new store.
@@ -173,6 +182,12 @@ class SampleStore:
         root = Path(root)
         keep = ~np.isin(source.ids, np.array(sorted(exclude), dtype=str))
         positions = np.flatnonzero(keep)
+        splits = np.asarray(source.splits).astype(object).copy()
+        if pool_fraction > 0:
+            from unlearn.references import reference_pool_mask  # the one definition of the pool split
+
+            train = np.flatnonzero(splits == "train")
+            splits[train[reference_pool_mask(source.ids[train], pool_fraction, pool_seed)]] = "pool"
         shard_of = positions // shard_size
         meta = {
             "format": FORMAT_VERSION,
@@ -181,9 +196,12 @@ class SampleStore:
             "shape": list(source.images.shape[1:]),
             "shard_size": shard_size,
             "num_samples": int(len(positions)),
-            "num_train": int((source.splits[positions] == "train").sum()),
-            "num_test": int((source.splits[positions] == "test").sum()),
+            "num_train": int((splits[positions] == "train").sum()),
+            "num_test": int((splits[positions] == "test").sum()),
         }
+        if pool_fraction > 0:  # only then: stores without a pool keep their bytes (and DVC hashes)
+            meta.update(num_pool=int((splits[positions] == "pool").sum()), pool_fraction=pool_fraction,
+                        pool_seed=pool_seed)
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -202,7 +220,7 @@ class SampleStore:
                 _write_bytes(target, data)
             for row, position in enumerate(members):
                 writer.writerow(
-                    [source.ids[position], int(source.labels[position]), source.splits[position],
+                    [source.ids[position], int(source.labels[position]), splits[position],
                      int(shard), row]
                 )
         _write_bytes(tmp / "index.csv", rows_out.getvalue().encode())

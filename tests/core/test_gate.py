@@ -1,0 +1,278 @@
+"""The equivalence gate (unlearn/gate.py): known answers on a real overfit model, and its rules."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from unlearn.attacks import compute_signals, run_attack
+from unlearn.attacks.base import AttackInput
+from unlearn.config import ConfigError, parse_params
+from unlearn.gate import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    ScoredModel,
+    audit_demotes,
+    consolidate_due,
+    gate_decision,
+    next_action,
+    weighted_auc,
+)
+from unlearn.metrics import roc_auc
+from unlearn.training import predict_logits
+
+# ---------------------------------------------------------------- a world where membership is detectable
+
+
+@functools.cache
+def _canary_world():
+    """A world where membership is detectable by construction (LiRA-style canaries).
+
+    Canaries are uniform-noise 8x8 images with random labels: nothing about one predicts
+    another, so a model can only classify a canary it trained on. The forget set is 150
+    canaries, the negatives 450 other canaries; everyone also trains on 300 real digits. The
+    parent fits digits + forget canaries (it memorises them); the "never" model fits the digits
+    only (the exact retrain). Its forget-vs-negative AUC is 0.5 by exchangeability, and its
+    accuracy on both canary sets is chance. Full-batch Adam on a tiny MLP, one thread: about a
+    second even on a shared CPU.
+    """
+    rng = np.random.default_rng(0)
+    digits = load_digits()
+    real = torch.tensor(digits.images[:300, None] / 16.0, dtype=torch.float32)
+    real_y = torch.tensor(digits.target[:300], dtype=torch.long)
+    canaries = torch.tensor(rng.random((600, 1, 8, 8)), dtype=torch.float32)
+    canary_y = torch.tensor(rng.integers(0, 10, 600), dtype=torch.long)
+    images, labels = torch.cat([canaries, real]), torch.cat([canary_y, real_y])
+    forget, test, retain = np.arange(150), np.arange(150, 600), np.arange(600, 900)
+
+    def train(idx, seed):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            torch.manual_seed(seed)
+            model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                                        torch.nn.Linear(256, 10))
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+            x, y = images[idx], labels[idx]
+            for _ in range(300):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+        finally:
+            torch.set_num_threads(threads)
+        return model.eval()
+
+    parent = train(np.concatenate([forget, retain]), 1)
+    never = train(retain, 2)
+    return images, labels, forget, retain, test, parent, never
+
+
+def _scored(model, world):
+    images, labels, forget, retain, test, *_ = world
+    signals = {name: compute_signals(predict_logits(model, images[idx], device="cpu"), labels[idx])
+               for name, idx in (("forget", forget), ("retain", retain), ("test", test))}
+    result = run_attack("loss_threshold", AttackInput(signals["forget"], signals["retain"], signals["test"]))
+    return ScoredModel({"loss_threshold": result.member_scores}, {"loss_threshold": result.nonmember_scores},
+                       signals["forget"].correct, signals["test"].correct)
+
+
+def test_parent_fails_and_a_model_that_never_saw_the_forget_set_passes():
+    world = _canary_world()
+    parent, never = _scored(world[5], world), _scored(world[6], world)
+    assert roc_auc(parent.member["loss_threshold"], parent.nonmember["loss_threshold"]) > 0.7  # detectable
+    as_candidate = gate_decision(parent, parent, attacks=["loss_threshold"], resamples=500)
+    assert as_candidate.verdict == FAIL
+    assert as_candidate.parent_detected
+    check = as_candidate.checks[0]
+    assert check.ci_low >= check.margin > 0  # conclusively above the margin, not just "not shown equivalent"
+    retrained = gate_decision(never, parent, attacks=["loss_threshold"], resamples=500)
+    assert retrained.verdict == PASS, retrained.summary()
+    assert -check.margin < retrained.checks[0].ci_low < retrained.checks[0].ci_high < check.margin
+    # strict mode: the exact retrain as the target, the parent still fails
+    strict = gate_decision(parent, parent, attacks=["loss_threshold"], targets=[never], resamples=500)
+    assert strict.mode == "strict" and strict.verdict == FAIL
+
+
+def test_no_positive_control_is_inconclusive_never_pass():
+    world = _canary_world()
+    never = _scored(world[6], world)
+    # "parent" that never memorised D_F (a well-generalising model): the control cannot see membership
+    decision = gate_decision(never, never, attacks=["loss_threshold"], resamples=500)
+    assert decision.verdict == INCONCLUSIVE and not decision.passed
+    assert "positive control" in decision.reason and "NOT a pass" in decision.reason
+    assert not decision.checks[0].parent_detected and np.isnan(decision.checks[0].margin)
+
+
+def test_tiny_forget_set_is_inconclusive():
+    world = _canary_world()
+    parent, never = _scored(world[5], world), _scored(world[6], world)
+
+    def first(model, n):
+        return ScoredModel({"loss_threshold": model.member["loss_threshold"][:n]}, model.nonmember,
+                           model.forget_correct[:n], model.test_correct)
+
+    for n in (1, 10):
+        decision = gate_decision(first(never, n), first(parent, n), attacks=["loss_threshold"], resamples=200)
+        assert decision.verdict == INCONCLUSIVE and not decision.passed
+        assert "too few samples" in decision.reason and decision.checks == ()
+
+
+def _synthetic(shift, rng, n_forget=400, n_test=800, forget_acc=0.97):
+    return ScoredModel({"a": rng.normal(shift, 1.0, n_forget)}, {"a": rng.normal(0.0, 1.0, n_test)},
+                       (rng.random(n_forget) < forget_acc).astype(float), (rng.random(n_test) < 0.9).astype(float))
+
+
+def test_over_forgetting_fails():
+    rng = np.random.default_rng(1)
+    parent = _synthetic(1.0, rng)
+    decision = gate_decision(_synthetic(-1.0, rng), parent, attacks=["a"], resamples=300)
+    assert decision.verdict == FAIL
+    assert "over-forgets" in decision.checks[0].reason
+    # the accuracy gap too: forget accuracy far below the negatives' accuracy
+    low_acc = _synthetic(0.0, rng, forget_acc=0.5)
+    decision = gate_decision(low_acc, parent, attacks=[], accuracy_checks=["forget_acc"], resamples=300)
+    assert decision.verdict == FAIL and "over-forgets" in decision.checks[0].reason
+
+
+def test_the_parent_never_passes_whatever_the_margin():
+    rng = np.random.default_rng(2)
+    for shift in (0.05, 0.2, 1.0):
+        parent = _synthetic(shift, rng)
+        for fraction in (0.1, 0.5, 0.99):
+            decision = gate_decision(parent, parent, attacks=["a"], margin_fraction=fraction, resamples=200)
+            assert decision.verdict != PASS
+
+
+def test_test_accuracy_is_non_inferiority_against_the_parent():
+    rng = np.random.default_rng(3)
+    parent = _synthetic(1.0, rng, forget_acc=1.0)  # forget-acc excess about 0.1: margin about 0.05
+    broken = ScoredModel(parent.member, parent.nonmember, parent.forget_correct * 0 + 0.9,
+                         (rng.random(800) < 0.6).astype(float))
+    decision = gate_decision(broken, parent, attacks=[], accuracy_checks=["test_acc"], resamples=300)
+    assert decision.verdict == FAIL and decision.checks[0].metric == "test_acc"
+    same = gate_decision(parent, parent, attacks=[], accuracy_checks=["test_acc"], resamples=300)
+    assert same.verdict == PASS
+
+
+def test_replicates_and_retrain_seeds_widen_the_interval():
+    rng = np.random.default_rng(4)
+    parent = _synthetic(1.0, rng)
+    cand = _synthetic(0.0, rng)
+    noisy = ScoredModel({"a": np.stack([cand.member["a"] + rng.normal(0, 0.5, 400) for _ in range(5)])},
+                        {"a": np.stack([cand.nonmember["a"]] * 5)}, cand.forget_correct, cand.test_correct)
+    par5 = ScoredModel({"a": np.stack([parent.member["a"]] * 5)}, {"a": np.stack([parent.nonmember["a"]] * 5)},
+                       parent.forget_correct, parent.test_correct)
+    one = gate_decision(cand, parent, attacks=["a"], resamples=400).checks[0]
+    many = gate_decision(noisy, par5, attacks=["a"], resamples=400).checks[0]
+    assert many.ci_high - many.ci_low > one.ci_high - one.ci_low
+    retrains = [_synthetic(0.0, rng) for _ in range(3)]
+    strict = gate_decision(cand, parent, attacks=["a"], targets=retrains, resamples=400)
+    assert strict.n_targets == 3 and strict.verdict in (PASS, INCONCLUSIVE)
+
+
+def test_weighted_auc_matches_roc_auc_and_bad_input_is_refused():
+    rng = np.random.default_rng(5)
+    member, nonmember = rng.integers(0, 5, 50).astype(float), rng.integers(0, 5, 70).astype(float)  # many ties
+    assert weighted_auc(member, nonmember, np.ones((1, 50)), np.ones((1, 70)))[0] == pytest.approx(
+        roc_auc(member, nonmember))
+    parent = _synthetic(1.0, rng)
+    with pytest.raises(ValueError, match="margin_fraction"):
+        gate_decision(parent, parent, attacks=["a"], margin_fraction=1.0)
+    with pytest.raises(ValueError, match="same forget"):
+        gate_decision(_synthetic(0.0, rng, n_forget=30), parent, attacks=["a"])
+    with pytest.raises(ValueError, match="no scores"):
+        gate_decision(parent, parent, attacks=["b"])
+
+
+def test_decision_record_has_every_number():
+    rng = np.random.default_rng(6)
+    decision = gate_decision(_synthetic(0.0, rng), _synthetic(1.0, rng), attacks=["a"], resamples=200)
+    record = decision.to_dict()
+    check = record["checks"][0]
+    for key in ("estimate", "ci_low", "ci_high", "margin", "parent_excess", "parent_ci_low", "parent_detected",
+                "n_forget", "n_negative", "reason"):
+        assert key in check
+    assert record["alpha"] == 0.05 and record["resamples"] == 200 and "verdict" in decision.summary()
+
+
+# ---------------------------------------------------------------- what follows a verdict
+
+
+def test_next_action_holds_within_bounds_then_retrains():
+    kwargs = {"max_hold_batches": 3, "max_hold_hours": 24.0}
+    assert next_action(PASS, on_inconclusive="hold", **kwargs) == "promote"
+    assert next_action(FAIL, on_inconclusive="promote_low_power", **kwargs) == "retrain"
+    assert next_action(INCONCLUSIVE, on_inconclusive="hold", held_batches=1, held_hours=1, **kwargs) == "hold"
+    assert next_action(INCONCLUSIVE, on_inconclusive="hold", held_batches=3, held_hours=1, **kwargs) == "retrain"
+    assert next_action(INCONCLUSIVE, on_inconclusive="hold", held_batches=1, held_hours=24, **kwargs) == "retrain"
+    assert next_action(INCONCLUSIVE, on_inconclusive="promote_low_power") == "promote_low_power"
+    assert next_action(INCONCLUSIVE, on_inconclusive="retrain") == "retrain"
+    with pytest.raises(ValueError):
+        next_action(INCONCLUSIVE, on_inconclusive="wait")
+
+
+def test_consolidation_and_audit_rules():
+    assert consolidate_due(50, 1000, 1, deleted_fraction=0.05, every_batches=0)
+    assert not consolidate_due(49, 1000, 100, deleted_fraction=0.05, every_batches=0)
+    assert consolidate_due(0, 1000, 10, deleted_fraction=0.05, every_batches=10)
+    rng = np.random.default_rng(7)
+    parent = _synthetic(1.0, rng)
+    audit = gate_decision(parent, parent, attacks=["a"], targets=[_synthetic(0.0, rng)], resamples=200)
+    assert audit_demotes(audit) == ["mia.a.auc"]
+    good = gate_decision(_synthetic(0.0, rng), parent, attacks=["a"], targets=[_synthetic(0.0, rng)], resamples=200)
+    assert audit_demotes(good) == []
+    with pytest.raises(ValueError, match="strict"):
+        audit_demotes(gate_decision(parent, parent, attacks=["a"], resamples=200))
+
+
+def test_gate_config_is_strict():
+    params = parse_params({})
+    assert params.gate.mode == "equivalence" and params.gate.on_inconclusive == "hold"
+    for bad in ({"margin_fraction": 1.0}, {"alpha": 0.5}, {"on_inconclusive": "wait"}, {"mode": "loose"},
+                {"accuracy_checks": ["retain_acc"]}, {"max_hold_hours": 0}, {"resamples": 10},
+                {"audit": {"every_batches": 0, "cron": None}}, {"consolidate": {"deleted_fraction": 0}},
+                {"bogus": 1}):
+        with pytest.raises(ConfigError):
+            parse_params({"gate": bad})
+
+
+def test_all_correct_forget_set_does_not_make_a_retrain_fail():
+    # 98.9 % accurate model that happens to get all 100 forget samples right (p = 0.33): a plain
+    # percentile bootstrap gives the forget accuracy zero width and "conclusively" fails it.
+    rng = np.random.default_rng(8)
+    test_correct = (np.arange(450) >= 5).astype(float)  # 445 / 450
+    parent = ScoredModel({}, {}, np.ones(100), test_correct)
+    retrain = ScoredModel({}, {}, np.ones(100), test_correct[rng.permutation(450)])
+    decision = gate_decision(retrain, parent, attacks=[], accuracy_checks=["forget_acc"], resamples=500)
+    assert decision.verdict == INCONCLUSIVE  # the gap of 1 % is not detectable with 100 samples
+    assert not decision.checks[0].parent_detected
+
+
+def test_gate_scores_pairs_models_and_replicates_over_references():
+    from unlearn.attacks.signals import logit_scaled_confidence
+    from unlearn.verification import ModelEvidence, gate_scores
+
+    rng = np.random.default_rng(9)
+
+    def evidence(shift):
+        logits = {name: torch.tensor(rng.normal(0, 1, (n, 3)) + np.eye(3)[rng.integers(0, 3, n)] * shift)
+                  for name, n in (("forget", 60), ("test", 90))}
+        targets = {name: torch.zeros(len(v), dtype=torch.long) for name, v in logits.items()}
+        sig = {k: compute_signals(v, targets[k]) for k, v in logits.items()}
+        phi = {k: logit_scaled_confidence(v[:, None], targets[k]) for k, v in logits.items()}
+        return ModelEvidence(sig["forget"], None, sig["test"], phi["forget"], phi["test"], digest=str(shift))
+
+    refs = [evidence(0.0) for _ in range(4)]
+    target = evidence(1.0)
+    once = gate_scores(target, refs, attacks=["lira_offline", "rmia_offline", "loss_threshold"], seed=3)
+    assert once.member["lira_offline"].shape == (60,) and once.nonmember["rmia_offline"].shape == (45,)
+    again = gate_scores(target, refs, attacks=["rmia_offline"], seed=3)
+    np.testing.assert_array_equal(again.nonmember["rmia_offline"], once.nonmember["rmia_offline"])  # same split
+    replicated = gate_scores(target, refs, attacks=["lira_offline", "loss_threshold"], seed=3, replicates=5)
+    assert replicated.member["lira_offline"].shape == (5, 60)
+    assert replicated.member["loss_threshold"].shape == (60,)  # no references: nothing to replicate
+    with pytest.raises(ValueError, match="svc_confidence needs both"):  # no retain signals given
+        gate_scores(target, refs, attacks=["svc_confidence"], seed=3)

@@ -1,0 +1,543 @@
+"""The promotion gate: a positive control, calibrated margins and equivalence tests (issue #12).
+
+Why this design (shared/research/gate-design.md): a fixed absolute tolerance passed the untouched
+original model on every demo metric, because the whole original-to-retrain gap was smaller than
+the tolerance. The question a certificate answers is "is the candidate *equivalent* to a model
+that never trained on D_F?", so the burden of proof is on the candidate:
+
+1. **Target.** The never-trained baseline. In ``equivalence`` mode (default, retrain-free) it is
+   known without training anything: for forget and negative samples drawn from the same
+   distribution, a never-trained model's forget-vs-negative AUC is 0.5 in expectation and its
+   forget accuracy equals its accuracy on the negatives. For non-iid forget sets (one class, one
+   person's cluster) the caller must pass *matched* negatives (same classes / strata), or use
+   attacks calibrated per example against OUT references (``lira_offline``, ``rmia_offline``):
+   under "never trained", the target's signal on x is a draw from x's own OUT distribution, so
+   those scores are exchangeable between forget and negative samples whatever their difficulty.
+   In ``strict`` mode the target is one or more exact retrains scored on the same samples.
+2. **Positive control.** The parent (the model the batch is unlearned from) is scored the same
+   way. Its excess over the target, with a (1 - 2 alpha) paired-bootstrap interval, shows whether
+   the evidence can see membership at all. Not detected -> ``inconclusive``, never ``pass``.
+3. **Margin.** delta = ``margin_fraction`` x the parent's measured excess (point estimate), so the
+   margin scales with what the attack can see on this data, and the parent itself can never
+   pass (its own point estimate lies outside +-delta whenever margin_fraction < 1).
+4. **Decision per metric**, on the (1 - 2 alpha) interval of (candidate - target):
+   * ``pass``: the interval lies strictly inside (-delta, +delta) -- two one-sided tests
+     (Schuirmann 1987) at level alpha each. Two-sided: over-forgetting fails too.
+   * ``fail``: the interval lies entirely beyond +delta or below -delta -- conclusive evidence
+     that the candidate still remembers (or looks *less* like a member than never-trained,
+     the Streisand effect).
+   * ``inconclusive``: anything else (the interval straddles a margin boundary: too few samples
+     to decide either way), or no positive control. Calling that ``fail`` would fail exact
+     retrains at a rate near 50 % whenever the interval is about as wide as the margin.
+5. **Intersection-union** over metrics: ``pass`` only if every gated metric passes (no
+   multiplicity correction needed); any conclusive ``fail`` fails the candidate; otherwise
+   ``inconclusive``.
+
+Accuracy checks get the same treatment: ``forget_acc`` is the forget-minus-negative accuracy gap
+(target 0, or the retrain's gap in strict mode) with its own control and margin; ``test_acc`` is
+a non-inferiority check of the candidate's accuracy on the negatives against the target (the
+parent in equivalence mode), with the ``forget_acc`` margin: utility may not drop by more than
+the fraction of the memorisation effect the gate tolerates.
+
+Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
+and applies them to every model, so the interval reflects the pairing; when scores come with
+replicates (shape (S, N): e.g. one scoring per resampled set of reference models) a resample
+also draws one replicate for all models; with several strict-mode retrains it draws retrains
+with replacement and averages them, so retrain-seed noise enters the interval.
+
+How a verify stage calls it (everything here is pure: arrays and models in, a record out)::
+
+    refs = [model_evidence(r, sets, device=d, with_retain=False) for r in pool_reference_models]
+    #   pool references only: unlearn.references.out_references(bank, ids, forget_ids + test_ids)
+    kw = dict(attacks=cfg.gate.attacks, attack_options=cfg.verify.attack_options, seed=cfg.seed)
+    parent = gate_scores(model_evidence(champion, sets, device=d), refs, **kw)      # positive control
+    cand = gate_scores(model_evidence(unlearned, sets, device=d), refs, **kw)
+    targets = [gate_scores(model_evidence(r, sets, device=d), refs, **kw) for r in retrains]  # strict only
+    decision = gate_decision(cand, parent, attacks=cfg.gate.attacks, accuracy_checks=cfg.gate.accuracy_checks,
+                             targets=targets, alpha=cfg.gate.alpha, margin_fraction=cfg.gate.margin_fraction,
+                             resamples=cfg.gate.resamples, seed=cfg.gate.seed, min_samples=cfg.gate.min_samples)
+    action = next_action(decision, on_inconclusive=cfg.gate.on_inconclusive, held_batches=..., held_hours=...,
+                         max_hold_batches=cfg.gate.max_hold_batches, max_hold_hours=cfg.gate.max_hold_hours)
+    decision.to_dict()   # certificate / MLflow / request status: verdict, reason, every number
+
+(``gate_scores`` and ``model_evidence`` live in :mod:`unlearn.verification`.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+ACCURACY_CHECKS = ("forget_acc", "test_acc")
+
+
+@dataclass(frozen=True)
+class ScoredModel:
+    """One model's evidence on the gate's fixed sample sets (the same samples for every model).
+
+    Attributes:
+        member: Attack name -> scores on D_F (higher = member), shape (N_F,) or (S, N_F) with
+            S replicates (e.g. the attack recomputed on S resampled sets of reference models).
+        nonmember: Attack name -> scores on that attack's negatives, shape (N_neg,) or (S, N_neg).
+            Index i must be the same sample for every model (attacks that split D_T must split
+            it with the same seed for every model).
+        forget_correct: 1.0 where the model classifies a D_F sample correctly, shape (N_F,).
+        test_correct: The same on the negatives D_T, shape (N_T,).
+    """
+
+    member: Mapping[str, np.ndarray]
+    nonmember: Mapping[str, np.ndarray]
+    forget_correct: np.ndarray
+    test_correct: np.ndarray
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """The decision on one gated metric, with every number behind it.
+
+    Attributes:
+        metric: ``mia.<attack>.auc``, ``forget_acc`` or ``test_acc``.
+        verdict: pass / fail / inconclusive.
+        reason: The decision in plain words.
+        candidate: Candidate's metric value (point estimate).
+        target: Target's value (0.5 for an AUC in equivalence mode).
+        estimate: candidate - target (point).
+        ci_low / ci_high: (1 - 2 alpha) paired-bootstrap interval of candidate - target.
+        parent_excess: parent - target (point); NaN for ``test_acc``.
+        parent_ci_low / parent_ci_high: Its (1 - 2 alpha) interval.
+        parent_detected: The positive control: the parent's interval lies above zero.
+        margin: delta (NaN when the control failed).
+        n_forget / n_negative: Samples behind the metric.
+    """
+
+    metric: str
+    verdict: str
+    reason: str
+    candidate: float
+    target: float
+    estimate: float
+    ci_low: float
+    ci_high: float
+    parent_excess: float
+    parent_ci_low: float
+    parent_ci_high: float
+    parent_detected: bool
+    margin: float
+    n_forget: int
+    n_negative: int
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's verdict over every gated metric.
+
+    Attributes:
+        verdict: pass / fail / inconclusive (``inconclusive`` is never a pass).
+        reason: Plain-words summary.
+        checks: One :class:`MetricCheck` per gated metric (empty when refused up front).
+        mode: "equivalence" or "strict".
+        alpha: Level of each one-sided test; intervals are (1 - 2 alpha).
+        margin_fraction: delta as a fraction of the parent's excess.
+        resamples: Bootstrap resamples.
+        seed: Bootstrap seed.
+        n_forget: |D_F|.
+        n_targets: Retrains behind the target (0 in equivalence mode).
+    """
+
+    verdict: str
+    reason: str
+    checks: tuple[MetricCheck, ...]
+    mode: str
+    alpha: float
+    margin_fraction: float
+    resamples: int
+    seed: int
+    n_forget: int
+    n_targets: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True only for a ``pass`` verdict."""
+        return self.verdict == PASS
+
+    @property
+    def parent_detected(self) -> bool:
+        """True when the positive control detected the parent on every membership metric."""
+        members = [c for c in self.checks if c.metric != "test_acc"]
+        return bool(members) and all(c.parent_detected for c in members)
+
+    def to_dict(self) -> dict:
+        """JSON-ready record (for certificates, MLflow and ``unlearn request status``)."""
+        out = asdict(self)
+        out["checks"] = [asdict(c) for c in self.checks]
+        out["parent_detected"] = self.parent_detected
+        return out
+
+    def summary(self) -> str:
+        """Multi-line human-readable explanation, one line per metric."""
+        lines = [f"verdict: {self.verdict} -- {self.reason}",
+                 f"mode {self.mode}, alpha {self.alpha:g} per side ({100 * (1 - 2 * self.alpha):g}% intervals), "
+                 f"margin {self.margin_fraction:g} x parent excess, {self.resamples} resamples, "
+                 f"n_forget {self.n_forget}"]
+        lines += [f"  {c.metric}: {c.verdict} -- {c.reason}" for c in self.checks]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- bootstrap machinery
+
+
+def _stable_seed(*parts: object) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def _weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap counts (how often each sample is drawn), shape (B, n).
+
+    Drawn as B x n uniform indices and counted with one ``bincount`` (the same distribution as
+    a multinomial, about 10x faster than ``Generator.multinomial`` over many categories).
+    """
+    draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
+    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+
+
+def _replicates(scores: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise ValueError(f"{name}: expected scores of shape (N,) or (S, N) with N >= 1, got {np.shape(scores)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: scores contain NaN or infinity")
+    return array
+
+
+def weighted_auc(member: np.ndarray, nonmember: np.ndarray, member_w: np.ndarray, nonmember_w: np.ndarray
+                 ) -> np.ndarray:
+    """ROC-AUC (ties count one half) under bootstrap count weights, vectorised over resamples.
+
+    Args:
+        member: Member scores, shape (N_F,).
+        nonmember: Non-member scores, shape (N_T,).
+        member_w: Weights, shape (B, N_F).
+        nonmember_w: Weights, shape (B, N_T).
+
+    Returns:
+        AUC per resample, shape (B,).
+    """
+    order = np.argsort(nonmember, kind="stable")
+    sorted_neg = nonmember[order]
+    left = np.searchsorted(sorted_neg, member, side="left")  # negatives strictly below
+    right = np.searchsorted(sorted_neg, member, side="right")  # ... or equal
+    cum = np.concatenate([np.zeros((len(nonmember_w), 1)), np.cumsum(nonmember_w[:, order], axis=1)], axis=1)
+    credit = 0.5 * (cum[:, left] + cum[:, right])  # (B, N_F): weighted count below, ties half
+    return (member_w * credit).sum(axis=1) / (member_w.sum(axis=1) * nonmember_w.sum(axis=1))
+
+
+def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
+def _auc_draws(model: ScoredModel, attack: str, wf: np.ndarray, wn: np.ndarray, pick: np.ndarray,
+               n_rep: int) -> tuple[float, np.ndarray]:
+    """Point AUC (mean over replicates) and per-resample AUC with the resample's replicate."""
+    member = _replicates(model.member[attack], f"{attack} member scores")
+    nonmember = _replicates(model.nonmember[attack], f"{attack} non-member scores")
+    if len(member) not in (1, n_rep) or len(nonmember) != len(member):
+        raise ValueError(f"{attack}: models disagree on the number of score replicates")
+    ones_f, ones_n = np.ones((1, member.shape[1])), np.ones((1, nonmember.shape[1]))
+    point = float(np.mean([weighted_auc(m, n, ones_f, ones_n)[0] for m, n in zip(member, nonmember, strict=True)]))
+    per_rep = np.stack([weighted_auc(m, n, wf, wn) for m, n in zip(member, nonmember, strict=True)])  # (S, B)
+    draws = per_rep[0] if len(per_rep) == 1 else per_rep[pick, np.arange(wf.shape[0])]
+    return point, draws
+
+
+def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray) -> tuple[float, np.ndarray]:
+    """forget accuracy - test accuracy: point and per resample, with pseudo-observations.
+
+    One correct and one wrong pseudo-sample are appended to each set (Agresti-Caffo) and
+    resampled with the real ones (``wf``/``wn`` have n + 2 columns). Why: a model that
+    classifies all n samples correctly (common: 98 % accuracy, 100 samples) gives a plain
+    percentile bootstrap an interval of width zero, which made exact retrains "conclusively"
+    fail and parents "detected" on nothing. The pseudo-samples are the same for every model,
+    so the pairing is kept.
+    """
+    fc = np.concatenate([np.asarray(model.forget_correct, np.float64), [1.0, 0.0]])
+    tc = np.concatenate([np.asarray(model.test_correct, np.float64), [1.0, 0.0]])
+    point = float(fc.mean() - tc.mean())
+    return point, (wf @ fc) / wf.sum(axis=1) - (wn @ tc) / wn.sum(axis=1)
+
+
+def _test_acc_draws(model: ScoredModel, wn: np.ndarray) -> tuple[float, np.ndarray]:
+    tc = np.concatenate([np.asarray(model.test_correct, np.float64), [1.0, 0.0]])
+    return float(tc.mean()), (wn @ tc) / wn.sum(axis=1)
+
+
+def _target_draws(point_draws: list[tuple[float, np.ndarray]], rng: np.random.Generator
+                  ) -> tuple[float, np.ndarray]:
+    """Mean over retrains; each resample averages retrains drawn with replacement (seed noise)."""
+    points = np.array([p for p, _ in point_draws])
+    draws = np.stack([d for _, d in point_draws])  # (R, B)
+    if len(draws) == 1:
+        return float(points[0]), draws[0]
+    picks = rng.integers(0, len(draws), size=(len(draws), draws.shape[1]))  # (R, B)
+    return float(points.mean()), draws[picks, np.arange(draws.shape[1])].mean(axis=0)
+
+
+# ---------------------------------------------------------------------------- decision
+
+
+def _decide_equivalence(metric: str, cand: tuple[float, np.ndarray], parent: tuple[float, np.ndarray],
+                        target: tuple[float, np.ndarray], *, alpha: float, margin_fraction: float,
+                        n_forget: int, n_negative: int) -> MetricCheck:
+    estimate = cand[0] - target[0]
+    low, high = _interval(cand[1] - target[1], alpha)
+    excess = parent[0] - target[0]
+    p_low, p_high = _interval(parent[1] - target[1], alpha)
+    detected = bool(p_low > 0.0 and excess > 0.0)
+    common = dict(metric=metric, candidate=cand[0], target=target[0], estimate=estimate, ci_low=low, ci_high=high,
+                  parent_excess=excess, parent_ci_low=p_low, parent_ci_high=p_high, parent_detected=detected,
+                  n_forget=n_forget, n_negative=n_negative)
+    level = f"{100 * (1 - 2 * alpha):g}%"
+    if not detected:
+        return MetricCheck(verdict=INCONCLUSIVE, margin=float("nan"), **common, reason=(
+            f"no positive control: the parent's excess {excess:+.4f} ({level} CI [{p_low:+.4f}, {p_high:+.4f}]) "
+            "is not above the never-trained baseline, so this evidence cannot see membership"))
+    delta = margin_fraction * excess
+    where = f"candidate - target {estimate:+.4f}, {level} CI [{low:+.4f}, {high:+.4f}], margin +-{delta:.4f}"
+    if -delta < low and high < delta and abs(estimate) < delta:
+        return MetricCheck(verdict=PASS, margin=delta, **common,
+                           reason=f"equivalent to never trained: {where} (interval inside the margin)")
+    if low >= delta:
+        return MetricCheck(verdict=FAIL, margin=delta, **common,
+                           reason=f"still remembers: {where} (interval above the margin)")
+    if high <= -delta:
+        return MetricCheck(verdict=FAIL, margin=delta, **common,
+                           reason=f"over-forgets (looks less like a member than never trained): {where}")
+    return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common,
+                       reason=f"too few samples to decide: {where} (interval crosses the margin)")
+
+
+def _decide_non_inferiority(cand: tuple[float, np.ndarray], target: tuple[float, np.ndarray], delta: float, *,
+                            alpha: float, n_negative: int, detected: bool) -> MetricCheck:
+    estimate = cand[0] - target[0]
+    low, high = _interval(cand[1] - target[1], alpha)
+    level = f"{100 * (1 - 2 * alpha):g}%"
+    common = dict(metric="test_acc", candidate=cand[0], target=target[0], estimate=estimate, ci_low=low,
+                  ci_high=high, parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
+                  parent_detected=detected, n_forget=0, n_negative=n_negative)
+    if not detected or not delta > 0:
+        return MetricCheck(verdict=INCONCLUSIVE, margin=float("nan"), **common, reason=(
+            "no margin: the forget-accuracy control did not detect the parent, so the tolerated accuracy "
+            "loss is undefined"))
+    where = f"accuracy change {estimate:+.4f}, {level} CI [{low:+.4f}, {high:+.4f}], allowed loss {delta:.4f}"
+    if low > -delta:
+        return MetricCheck(verdict=PASS, margin=delta, **common, reason=f"utility kept: {where}")
+    if high <= -delta:
+        return MetricCheck(verdict=FAIL, margin=delta, **common, reason=f"utility lost: {where}")
+    return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common, reason=f"too few samples to decide: {where}")
+
+
+def gate_decision(
+    candidate: ScoredModel,
+    parent: ScoredModel,
+    *,
+    attacks: Sequence[str],
+    accuracy_checks: Sequence[str] = ("forget_acc",),
+    targets: Sequence[ScoredModel] = (),
+    alpha: float = 0.05,
+    margin_fraction: float = 0.5,
+    resamples: int = 1000,
+    seed: int = 0,
+    min_samples: int = 20,
+) -> GateDecision:
+    """Decide whether ``candidate`` is equivalent to never having trained on D_F.
+
+    Every model must be scored on the same D_F and the same negatives (index i = same sample).
+
+    Args:
+        candidate: The unlearned model's evidence.
+        parent: The model the batch was unlearned from (positive control), same samples.
+        attacks: Attacks whose AUC is gated, fixed in advance (choosing after the fact inflates).
+        accuracy_checks: Any of ``forget_acc`` (forget - negative accuracy gap, equivalence) and
+            ``test_acc`` (non-inferiority of the accuracy on the negatives).
+        targets: Exact retrains without D_F (strict mode); empty = equivalence mode, where the
+            target is the never-trained expectation (AUC 0.5, accuracy gap 0, parent's accuracy).
+        alpha: Level of each one-sided test, in (0, 0.5); intervals are (1 - 2 alpha).
+        margin_fraction: delta = this x the parent's excess, in (0, 1) so the parent never passes.
+        resamples: Bootstrap resamples (>= 100).
+        seed: Seed of the resampling (stable per metric).
+        min_samples: Fewer forget or negative samples than this -> ``inconclusive`` up front
+            (percentile intervals of so few samples under-cover).
+
+    Returns:
+        The decision with every number behind it.
+
+    Raises:
+        ValueError: On invalid arguments, mismatched sample counts, or non-finite scores.
+    """
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+    if not 0.0 < margin_fraction < 1.0:
+        raise ValueError(f"margin_fraction must be in (0, 1) (at 1 the parent could pass), got {margin_fraction}")
+    if resamples < 100:
+        raise ValueError(f"resamples must be >= 100, got {resamples}")
+    unknown = sorted(set(accuracy_checks) - set(ACCURACY_CHECKS))
+    if unknown:
+        raise ValueError(f"unknown accuracy check(s) {unknown}; valid: {list(ACCURACY_CHECKS)}")
+    if not attacks and not accuracy_checks:
+        raise ValueError("the gate needs at least one gated attack or accuracy check")
+    models = [candidate, parent, *targets]
+    n_forget, n_test = len(candidate.forget_correct), len(candidate.test_correct)
+    for model in models:
+        if len(model.forget_correct) != n_forget or len(model.test_correct) != n_test:
+            raise ValueError("gate: every model must be scored on the same forget and negative samples")
+        missing = [a for a in attacks if a not in model.member or a not in model.nonmember]
+        if missing:
+            raise ValueError(f"gate: no scores for gated attack(s) {missing} on one of the models")
+    mode = "strict" if targets else "equivalence"
+    base = dict(mode=mode, alpha=alpha, margin_fraction=margin_fraction, resamples=resamples, seed=seed,
+                n_forget=n_forget, n_targets=len(targets))
+    negatives = [len(np.atleast_2d(candidate.nonmember[a])[0]) for a in attacks] + [n_test]
+    if n_forget < min_samples or min(negatives) < min_samples:
+        return GateDecision(INCONCLUSIVE, (
+            f"too few samples to verify: {n_forget} forget and at least {min(negatives)} negative sample(s), "
+            f"the gate needs {min_samples} of each; the batch should be verified together with later ones"),
+            (), **base)
+
+    checks: list[MetricCheck] = []
+    for attack in attacks:
+        rng = np.random.default_rng(_stable_seed(seed, attack))
+        n_neg = len(np.atleast_2d(candidate.nonmember[attack])[0])
+        n_rep = max(len(np.atleast_2d(m.member[attack])) for m in models)
+        wf, wn = _weights(n_forget, resamples, rng), _weights(n_neg, resamples, rng)
+        pick = rng.integers(0, n_rep, size=resamples)
+        cand = _auc_draws(candidate, attack, wf, wn, pick, n_rep)
+        par = _auc_draws(parent, attack, wf, wn, pick, n_rep)
+        if targets:
+            target = _target_draws([_auc_draws(t, attack, wf, wn, pick, n_rep) for t in targets], rng)
+        else:
+            target = (0.5, np.full(resamples, 0.5))
+        checks.append(_decide_equivalence(f"mia.{attack}.auc", cand, par, target, alpha=alpha,
+                                          margin_fraction=margin_fraction, n_forget=n_forget, n_negative=n_neg))
+    if accuracy_checks:
+        rng = np.random.default_rng(_stable_seed(seed, "accuracy"))
+        wf, wn = _weights(n_forget + 2, resamples, rng), _weights(n_test + 2, resamples, rng)  # + pseudo-samples
+        gap_check = None
+        if "forget_acc" in accuracy_checks or "test_acc" in accuracy_checks:
+            cand, par = _gap_draws(candidate, wf, wn), _gap_draws(parent, wf, wn)
+            target = (_target_draws([_gap_draws(t, wf, wn) for t in targets], rng) if targets
+                      else (0.0, np.zeros(resamples)))
+            gap_check = _decide_equivalence("forget_acc", cand, par, target, alpha=alpha,
+                                            margin_fraction=margin_fraction, n_forget=n_forget, n_negative=n_test)
+            if "forget_acc" in accuracy_checks:
+                checks.append(gap_check)
+        if "test_acc" in accuracy_checks:
+            reference = targets if targets else [parent]
+            target = _target_draws([_test_acc_draws(t, wn) for t in reference], rng)
+            checks.append(_decide_non_inferiority(_test_acc_draws(candidate, wn), target, gap_check.margin,
+                                                  alpha=alpha, n_negative=n_test,
+                                                  detected=gap_check.parent_detected))
+    return _combine(checks, base)
+
+
+def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
+    """Intersection-union: all pass -> pass; any conclusive fail -> fail; else inconclusive."""
+    failed = [c.metric for c in checks if c.verdict == FAIL]
+    open_ = [c.metric for c in checks if c.verdict == INCONCLUSIVE]
+    no_control = [c.metric for c in checks if not c.parent_detected]
+    if failed:
+        verdict, reason = FAIL, f"conclusively not equivalent to never trained on: {', '.join(failed)}"
+    elif open_:
+        why = ("the positive control did not detect the parent on " + ", ".join(no_control) if no_control
+               else "the intervals are too wide for the margin on " + ", ".join(open_))
+        verdict, reason = INCONCLUSIVE, f"not enough evidence either way: {why}; this is NOT a pass"
+    else:
+        verdict, reason = PASS, (f"equivalent to never having trained on the forget set on all {len(checks)} gated "
+                                 "metric(s), and the parent was detected on each (the evidence had power)")
+    return GateDecision(verdict, reason, tuple(checks), **base)
+
+
+# ---------------------------------------------------------------------------- what follows a verdict
+
+HOLD, RETRAIN, PROMOTE, PROMOTE_LOW_POWER = "hold", "retrain", "promote", "promote_low_power"
+
+
+def next_action(decision: GateDecision | str, *, on_inconclusive: str, held_batches: int = 0,
+                held_hours: float = 0.0, max_hold_batches: int = 5, max_hold_hours: float = 72.0) -> str:
+    """What the pipeline does with a verified batch (pure policy; the stage carries it out).
+
+    Args:
+        decision: The gate decision (or its verdict string).
+        on_inconclusive: ``hold`` (keep the batch and verify it again together with later
+            batches, which buys power; the held re-verification scores the union of the held
+            forget sets, with the champion from BEFORE the first held batch as the parent and the
+            latest unlearned model as the candidate; exact retrain once a bound is reached),
+            ``retrain`` (exact retrain at once) or ``promote_low_power`` (promote, marked as
+            low-power evidence: never certified as proven).
+        held_batches: How many batches the held evidence already spans (including this one).
+        held_hours: Hours since the oldest held request arrived.
+        max_hold_batches / max_hold_hours: Bounds of ``hold``; at either one the request is not
+            parked any longer and the exact retrain runs.
+
+    Returns:
+        ``promote`` (pass), ``retrain`` (fail: next rung of the ladder, or exact retrain at a
+        bound), ``hold`` or ``promote_low_power``.
+    """
+    verdict = decision if isinstance(decision, str) else decision.verdict
+    if verdict == PASS:
+        return PROMOTE
+    if verdict == FAIL:
+        return RETRAIN
+    if verdict != INCONCLUSIVE:
+        raise ValueError(f"unknown verdict {verdict!r}")
+    if on_inconclusive == "retrain":
+        return RETRAIN
+    if on_inconclusive == "promote_low_power":
+        return PROMOTE_LOW_POWER
+    if on_inconclusive != "hold":
+        raise ValueError(f"on_inconclusive: expected hold, retrain or promote_low_power, got {on_inconclusive!r}")
+    if held_batches >= max_hold_batches or held_hours >= max_hold_hours:
+        return RETRAIN
+    return HOLD
+
+
+def audit_due(batches_since_audit: int, every_batches: int) -> bool:
+    """True when a scheduled exact-retrain audit of the method is due (0 disables the count rule)."""
+    return every_batches > 0 and batches_since_audit >= every_batches
+
+
+def consolidate_due(deleted_since_exact: int, train_size_at_exact: int, batches_since_exact: int, *,
+                    deleted_fraction: float, every_batches: int) -> bool:
+    """True when the champion should be retrained exactly (consolidation).
+
+    Approximate unlearning compounds: each batch leaves a residual within the margin, and many
+    batches add up. Consolidation bounds the drift: retrain exactly once the share of the
+    training set deleted since the last exact model reaches ``deleted_fraction``, or every
+    ``every_batches`` batches (0 disables that rule).
+    """
+    if train_size_at_exact <= 0:
+        raise ValueError("train_size_at_exact must be > 0")
+    by_fraction = deleted_since_exact / train_size_at_exact >= deleted_fraction
+    return by_fraction or (every_batches > 0 and batches_since_exact >= every_batches)
+
+
+def audit_demotes(audit: GateDecision) -> list[str]:
+    """Metrics on which a strict-mode audit shows the method's gap beyond the margin.
+
+    An audit scores the method's model against exact retrains (``targets``); a method whose
+    audited gap (point estimate) exceeds the margin on any metric leaves the escalation ladder.
+
+    Returns:
+        The offending metrics (empty: the method stays).
+
+    Raises:
+        ValueError: If the decision is not a strict-mode one.
+    """
+    if audit.mode != "strict":
+        raise ValueError("audit_demotes needs a strict-mode decision (scored against exact retrains)")
+    return [c.metric for c in audit.checks if c.margin == c.margin and abs(c.estimate) > c.margin]
