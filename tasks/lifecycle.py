@@ -99,9 +99,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
                             "batches": offending, "due_at": due_at})
             continue
         at = _now()
-        tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
+        remember_weight_fingerprints(project, client, mv)
+        deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
-                     batch_ids=offending, artifacts_deleted=True)
+                     batch_ids=offending, artifacts_deleted=deleted)
         actions.append({"version": str(mv.version), "action": "retired", "reason": reason,
                         "batches": offending, "retired_at": at, "due_at": due_at})
     for action in actions:
@@ -113,12 +114,52 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
     return actions
 
 
+def _fingerprints_path(project: Project) -> Path:
+    return project.state_dir / "retired-weights.json"
+
+
+def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None:
+    """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
+
+    The purge scan and ``unlearn doctor`` then search the project for them, so "artifacts deleted"
+    is checked against every copy on disk (a stray export, a backup under the project), not only
+    against the artifact store's own listing. Hex never matches the raw bytes it encodes, so this file
+    does not trip the scan. A version whose weights cannot be read any more gets none (and says so).
+    """
+    from unlearn.forensics import weight_patterns
+
+    path = _fingerprints_path(project)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if str(mv.version) in known:
+        return
+    try:
+        model = tracking.load_model(project, client, str(mv.version))
+        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+        known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
+    except PipelineError as exc:
+        log.warning("retire: weights of version %s cannot be fingerprinted (%s)", mv.version, exc)
+        known[str(mv.version)] = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def retired_weight_patterns(project: Project) -> dict[str, bytes]:
+    """Scan patterns for every retired version's weight fingerprints, keyed ``v<version>-w<rank>``."""
+    path = _fingerprints_path(project)
+    if not path.exists():
+        return {}
+    return {f"v{version}-{key}": bytes.fromhex(value)
+            for version, patterns in json.loads(path.read_text()).items() for key, value in patterns.items()}
+
+
 def _batch_retired(batch: dict[str, Any]) -> bool:
     """Every version the batch made retire has had its artifacts deleted."""
     return all(entry.get("action") == "retired" for entry in batch.get("retirement", {}).values())
 
 
-def _deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
+def deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
     """The deleted samples' pixels, from the upstream source (the store no longer has them)."""
     source = load_source(project.params.data)
     mask = np.isin(source.ids, np.asarray(sample_ids, dtype=str))
@@ -161,18 +202,20 @@ def run_purge(project: Project) -> dict[str, Any]:
     for batch_id in to_close:
         _quarantine_path(project, batch_id).unlink(missing_ok=True)
     live = SampleStore(project.store_dir).load().images
-    patterns, shared = sample_patterns(_deleted_arrays(project, closing_ids), live)
-    scan = scan_project_for_samples(project, patterns)
+    patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
+    weights = retired_weight_patterns(project)
+    scan = scan_project_for_samples(project, {**patterns, **weights})
     if scan.matches:
         places = sorted({str(path) for path, _ in scan.matches})
+        what = "retired model weights" if all(key in weights for _, key in scan.matches) else "deleted samples' bytes"
         audit.record(project, "purge.incomplete", batch_ids=to_close, matches=len(scan.matches))
-        raise PipelineError(f"purge incomplete: deleted samples' bytes still found in {len(places)} file(s): "
+        raise PipelineError(f"purge incomplete: {what} still found in {len(places)} file(s): "
                             f"{', '.join(places[:10])}")
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
-                 "matches": len(scan.matches)},
+                 "weight_fingerprints": len(weights), "matches": len(scan.matches)},
     }
     at = _precise_now()
     for batch_id in to_close:

@@ -57,6 +57,7 @@ class RequestsConfig:
     """Limits on incoming deletion requests."""
 
     max_ids_per_request: int = 100_000
+    max_clock_skew_seconds: float = 300.0  # a received_at further ahead of the pipeline's clock is refused
     reasons: tuple[str, ...] = ("gdpr_erasure", "ccpa_deletion", "consent_withdrawn", "other")
 
 
@@ -294,6 +295,8 @@ def _check_values(params: Params) -> None:
         raise ConfigError("data.test_fraction: must be in (0, 1)")
     if params.train.epochs < 1 or params.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size: must be >= 1")
+    if params.requests.max_clock_skew_seconds < 0:
+        raise ConfigError("requests.max_clock_skew_seconds: must be >= 0")
     for name, tol in params.gate.tolerances.items():
         if tol < 0:
             raise ConfigError(f"gate.tolerances.{name}: must be >= 0")

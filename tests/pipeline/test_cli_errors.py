@@ -49,3 +49,11 @@ def test_unlearn_without_a_baseline_is_a_clear_error(make_project):
     assert _unlearn(root, "stage", "prepare").returncode == 0
     result = _unlearn(root, "stage", "unlearn")
     assert result.returncode == 2 and "no champion" in result.stderr
+
+
+def test_refused_metric_names_keep_the_fpr():
+    from flows.cli import refused_metric_name
+
+    assert refused_metric_name("mia.lira_offline.tpr_at_fpr_0.001") == "tpr_at_fpr_0.001"
+    assert refused_metric_name("mia.rmia_offline.tpr_at_fpr_0.01") == "tpr_at_fpr_0.01"
+    assert refused_metric_name("test_acc") == "test_acc"
