@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-EXIT_ERROR, EXIT_GATE_FAILED = 2, 3
+from flows.exit_codes import EXIT_ERROR, EXIT_GATE_FAILED
 
 
 def refused_metric_name(metric: str) -> str:
@@ -147,7 +147,8 @@ def _cmd_request_submit(args: argparse.Namespace) -> int:
 def _cmd_stage(args: argparse.Namespace) -> int:
     from tasks.locking import pipeline_lock
     from tasks.project import load_project
-    from tasks.stages import STAGE_FUNCTIONS, check_params
+    from tasks.stage.catalog import STAGE_FUNCTIONS
+    from tasks.stage.checks import check_params
 
     project = load_project(args.root)
     check_params(project.params)

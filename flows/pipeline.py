@@ -16,7 +16,7 @@ from prefect import flow
 
 from tasks import prefect_tasks as t
 from tasks.project import Project, load_project
-from tasks.stages import check_params
+from tasks.stage.checks import check_params
 
 
 @contextmanager
@@ -52,7 +52,8 @@ def run_pipeline(root: str) -> dict[str, Any]:
         return pipeline_flow(root=str(Path(root).resolve()))
 
 
-def _root(root: str) -> str:
+def project_root(root: str) -> str:
+    """Open the project (params.yaml validated and checked against the registries) and return its absolute root."""
     project = load_project(root)  # validates params.yaml before anything runs
     check_params(project.params)
     return str(project.root)
@@ -63,7 +64,7 @@ def _locked(root: str) -> Iterator[str]:
     """Validate the project and hold its pipeline lock: no two flows touch one project at once."""
     from tasks.locking import pipeline_lock
 
-    root = _root(root)
+    root = project_root(root)
     with pipeline_lock(load_project(root)):
         yield root
 
@@ -100,7 +101,7 @@ def train_flow(root: str = ".") -> dict[str, Any]:
 def _reference_models(root: str) -> dict[str, Any]:
     """Plan, train (fanned out over params.yaml's task runner) and register reference models."""
     from flows.runners import fan_out
-    from tasks.stages import use_batched
+    from tasks.stage.references import use_batched
 
     plans = t.plan_references_task(root)
     groups = [plans] if plans and use_batched(load_project(root)) else [[p] for p in plans]
@@ -116,8 +117,8 @@ def references_flow(root: str = ".") -> dict[str, Any]:
 
 
 def _escalate(root: str) -> dict[str, Any]:
-    """The escalation ladder (tasks.stages.run_unlearn) with each attempt and verification a task."""
-    from tasks.stages import run_unlearn
+    """The escalation ladder (tasks.stage.unlearn.run_unlearn) with each attempt and verification a task."""
+    from tasks.stage.unlearn import run_unlearn
 
     return run_unlearn(load_project(root), attempt=lambda _, method: t.attempt_task(root, method),
                        verify=lambda _: t.verify_task(root))
@@ -167,7 +168,7 @@ def _io_tasks(project: Project) -> tuple[Any, Any, Any]:
                                                                  t.dvc_push_task))
 
 
-def _timer(timings: dict[str, float]) -> Callable[[str, Callable[[], Any]], Any]:
+def stage_timer(timings: dict[str, float]) -> Callable[[str, Callable[[], Any]], Any]:
     """``timed(name, call)``: run ``call`` and add its wall time to ``timings[name]``."""
 
     def timed(name: str, call: Callable[[], Any]) -> Any:
@@ -189,7 +190,7 @@ def run_until_unlearning(project: Project, results: dict[str, Any],
     Args:
         project: The project (validated).
         results: Filled with each stage's summary (``ingest``, ``prepare``, ``train``, ``references``).
-        timed: From :func:`_timer`; wall times go under the stage names.
+        timed: From :func:`stage_timer`; wall times go under the stage names.
     """
     root = str(project.root)
     init, commit, push = _io_tasks(project)
@@ -220,12 +221,12 @@ def pipeline_flow(root: str = ".") -> dict[str, Any]:
     """
     from tasks.locking import pipeline_lock
 
-    root = _root(root)
+    root = project_root(root)
     project = load_project(root)
     _, commit, _ = _io_tasks(project)
     with pipeline_lock(project) as waited:
         results: dict[str, Any] = {"timings": {}, "root": str(Path(root)), "lock_wait_seconds": round(waited, 3)}
-        timed = _timer(results["timings"])
+        timed = stage_timer(results["timings"])
         run_until_unlearning(project, results, timed)
         results["unlearn"] = timed("unlearn", lambda: _escalate(root))
         results["promote"] = timed("promote", lambda: t.promote_task(root))

@@ -37,19 +37,19 @@ def _method_sweep(root: str = ".", methods: list[str] | None = None,
         The ingest, prepare, train and references summaries, ``sweep`` (:func:`tasks.sweep.record_sweep`'s
         summary), and wall times in seconds (``timings``).
     """
-    from flows.pipeline import _root, _timer, run_until_unlearning
+    from flows.pipeline import project_root, run_until_unlearning, stage_timer
     from flows.runners import fan_out
     from tasks import prefect_tasks as t
     from tasks.locking import pipeline_lock
     from tasks.project import load_project
     from tasks.sweep import cleanup_sweep
 
-    root = _root(root)
+    root = project_root(root)
     project = load_project(root)
     candidates = t.plan_sweep_task(root, methods, overrides)  # bad input fails before any work
     with pipeline_lock(project) as waited:
         results: dict[str, Any] = {"timings": {}, "root": root, "lock_wait_seconds": round(waited, 3)}
-        timed = _timer(results["timings"])
+        timed = stage_timer(results["timings"])
         run_until_unlearning(project, results, timed)
         try:
             prepared = timed("sweep", lambda: t.prepare_sweep_task(root, candidates))
@@ -120,9 +120,9 @@ def add_commands(commands: Any) -> dict[str, Callable[[Any], int]]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from flows.cli import EXIT_ERROR
+    from flows.exit_codes import EXIT_ERROR
     from tasks.project import load_project
-    from tasks.stages import check_params
+    from tasks.stage.checks import check_params
     from tasks.sweep import plan_sweep
 
     project = load_project(getattr(args, "root", "."))

@@ -24,7 +24,7 @@ import numpy as np
 
 from tasks import audit, tracking
 from tasks.project import PipelineError, Project
-from tasks.stages import _mark_step, _now, _quarantine_path, _write_state
+from tasks.stage.context import mark_step, quarantine_path, utc_now, write_state
 from unlearn.attacks.signals import SignalCache
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
@@ -98,7 +98,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason,
                             "batches": offending, "due_at": due_at})
             continue
-        at = _now()
+        at = utc_now()
         remember_weight_fingerprints(project, client, mv)
         deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
@@ -183,7 +183,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     actions = retire_models(project, client, ledger)
     for batch_id, batch in ledger.batches.items():
         if batch["status"] == Ledger.COMPLETED and _batch_retired(batch):
-            _mark_step(ledger, [batch_id], "retired")
+            mark_step(ledger, [batch_id], "retired")
     ledger.save()
     to_close = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
                 if "purged" not in ledger.batches[b].get("steps", {})]
@@ -191,7 +191,7 @@ def run_purge(project: Project) -> dict[str, Any]:
                                "scheduled": [a["version"] for a in actions if a["action"] == "scheduled"],
                                "batches_closed": to_close}
     if not to_close:
-        return _write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
+        return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
     closing_ids = sorted({s for b in to_close for s in ledger.batches[b]["sample_ids"]})
     dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close)
     # Derived copies: cached logits of the samples, and candidate models of finished escalations.
@@ -200,7 +200,7 @@ def run_purge(project: Project) -> dict[str, Any]:
         for path in list(project.models_dir.glob("candidate-*.pt")) + [project.models_dir / "candidate.pt"]:
             path.unlink(missing_ok=True)
     for batch_id in to_close:
-        _quarantine_path(project, batch_id).unlink(missing_ok=True)
+        quarantine_path(project, batch_id).unlink(missing_ok=True)
     live = SampleStore(project.store_dir).load().images
     patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
     weights = retired_weight_patterns(project)
@@ -220,14 +220,14 @@ def run_purge(project: Project) -> dict[str, Any]:
     at = _precise_now()
     for batch_id in to_close:
         ledger.batches[batch_id]["purge"] = evidence
-        _mark_step(ledger, [batch_id], "purged", at)
+        mark_step(ledger, [batch_id], "purged", at)
         if _batch_retired(ledger.batches[batch_id]):
-            _mark_step(ledger, [batch_id], "retired", at)
+            mark_step(ledger, [batch_id], "retired", at)
     ledger.save()
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
-    return _write_state(project, "purge", {**summary, "status": "purged", **evidence})
+    return write_state(project, "purge", {**summary, "status": "purged", **evidence})
 
 
 # --------------------------------------------------------------------------- certificates
@@ -270,7 +270,7 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     certificate: dict[str, Any] = {
         "certificate_version": 1, "request_id": request["request_id"], "subject_hash": request["subject_hash"],
         "batch_id": batch_id, "status": outcome if batch["status"] == Ledger.COMPLETED else batch["status"],
-        "issued_at": _now(),
+        "issued_at": utc_now(),
         "request": {"reason": request["reason"], "n_samples": len(request["sample_ids"]),
                     "forget_class": request.get("forget_class"),
                     "sample_ids_digest": hash_ids(request["sample_ids"], salt)},
@@ -355,11 +355,11 @@ def run_certify(project: Project) -> dict[str, Any]:
             issued = audit.record(project, "certificate.issued", request_id=request["request_id"],
                                   batch_id=batch_id, subject_hash=request["subject_hash"])
             anchor = {"head_seq": issued["seq"], "head_hash": issued["hash"]}
-        _mark_step(ledger, [batch_id], "certified")
+        mark_step(ledger, [batch_id], "certified")
         batch["certificate_final"] = "retired" in steps
         ledger.save()
     log.info("certify: %d certificate(s) written", len(written))
-    return _write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
+    return write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
 
 
 def certificate_paths(project: Project, request_id: str) -> tuple[Path, Path] | None:

@@ -11,8 +11,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import dvc_ops, stages, sweep
+from tasks import dvc_ops, sweep
 from tasks.project import load_project
+from tasks.stage import catalog, references
+from tasks.stage import unlearn as unlearn_stage
 
 
 def _retry_io(task_: Any, task_run: Any, state: Any) -> bool:
@@ -36,9 +38,9 @@ def _stage_task(name: str, retries: int = 0):
     @task(name=name, cache_policy=NO_CACHE, log_prints=False, **options)
     def run(root: str) -> dict[str, Any]:
         # Looked up at call time, so a test can inject a fault into any stage.
-        return stages.STAGE_FUNCTIONS[name](load_project(root))
+        return catalog.STAGE_FUNCTIONS[name](load_project(root))
 
-    run.__doc__ = f"Prefect task for the {name!r} stage (tasks.stages.STAGE_FUNCTIONS[{name!r}])."
+    run.__doc__ = f"Prefect task for the {name!r} stage (tasks.stage.catalog.STAGE_FUNCTIONS[{name!r}])."
     return run
 
 
@@ -55,7 +57,7 @@ certify_task = _stage_task("certify", retries=2)
 @task(name="unlearn-attempt", cache_policy=NO_CACHE)
 def attempt_task(root: str, method: str) -> dict[str, Any]:
     """One rung of the escalation ladder: unlearn the pending batches with ``method``."""
-    return stages.run_attempt(load_project(root), method)
+    return unlearn_stage.run_attempt(load_project(root), method)
 
 
 @task(name="dvc-init", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
@@ -85,19 +87,19 @@ def dvc_push_task(root: str) -> None:
 @task(name="plan-references", cache_policy=NO_CACHE)
 def plan_references_task(root: str) -> list[Any]:
     """Reference models to train (retires those of another recipe first)."""
-    return stages.plan_references(load_project(root))
+    return references.plan_references(load_project(root))
 
 
 @task(name="train-reference", cache_policy=NO_CACHE)
 def train_reference_task(root: str, plans: list[Any]) -> list[dict[str, Any]]:
     """Train a group of reference models (one, or all of them when batched): fanned out by the task runner."""
-    return stages.train_references(load_project(root), plans)
+    return references.train_references(load_project(root), plans)
 
 
 @task(name="register-references", cache_policy=NO_CACHE)
 def register_references_task(root: str, plans: list[Any], trained: list[dict[str, Any]]) -> dict[str, Any]:
     """Store trained reference models with their lineage."""
-    return stages.register_references(load_project(root), plans, trained)
+    return references.register_references(load_project(root), plans, trained)
 
 
 # --------------------------------------------------------------------------- method sweeps (tasks.sweep)

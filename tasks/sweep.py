@@ -2,7 +2,7 @@
 
 A sweep unlearns the pending batches from the champion once per candidate (a method and its
 keyword arguments), evaluates every candidate exactly as the verify stage does
-(:func:`tasks.stages.evaluate_candidate`: the same attacks against the same exact retrain, the
+(:func:`tasks.stage.evaluation.evaluate_candidate`: the same attacks against the same exact retrain, the
 same two-sided gate) and writes a comparison. It is read-only for the pipeline: nothing is
 registered or promoted, and the ledger, the unlearn state and the audit log are not written.
 
@@ -41,18 +41,9 @@ import yaml
 
 from tasks import dvc_ops, tracking
 from tasks.project import PipelineError, Project
-from tasks.stages import (
-    _device,
-    _finite,
-    _load_forget,
-    _retrained_model,
-    _tag_list,
-    _unlearning_data,
-    evaluate_baselines,
-    evaluate_candidate,
-    evaluation_sets,
-    retrained_path,
-)
+from tasks.stage.context import finite_metrics, load_forget, resolve_device, tag_list, unlearning_data
+from tasks.stage.evaluation import evaluate_baselines, evaluate_candidate, evaluation_sets
+from tasks.stage.retrain import retrained_model, retrained_path
 from unlearn.config import ConfigError
 from unlearn.data import SampleStore
 from unlearn.methods import METHODS, run_method
@@ -179,7 +170,7 @@ def plan_sweep(project: Project, methods: Sequence[str] | None = None,
     seen: set[str] = set()
     for name in names:
         spec, base, grid = METHODS.get(name), params.method_kwargs(name), grids.get(name, {})
-        try:  # the same check params.yaml's method kwargs get (tasks.stages.check_params)
+        try:  # the same check params.yaml's method kwargs get (tasks.stage.checks.check_params)
             spec.bind({**base, **{key: values[0] for key, values in grid.items()}})
         except MethodArgumentError as exc:
             raise ConfigError(f"sweep: {exc}") from None
@@ -246,12 +237,12 @@ def prepare_sweep(project: Project, candidates: list[dict[str, Any]]) -> dict[st
     if champion is None:
         raise PipelineError("no champion model in the registry; run the train stage first (`unlearn run`)")
     version = str(champion.version)
-    forget = _load_forget(project, pending)
+    forget = load_forget(project, pending)
     if len(forget) == 0:
         raise PipelineError("nothing to sweep: the pending requests name only test-split samples, which no "
                             "model saw; `unlearn run` completes them without unlearning")
     store = SampleStore(project.store_dir)
-    data = _unlearning_data(project, store, forget)
+    data = unlearning_data(project, store, forget)
     original = tracking.load_model(project, client, version)
     cleanup_sweep(project)
     weights = _weights_path(project, version)
@@ -259,7 +250,7 @@ def prepare_sweep(project: Project, candidates: list[dict[str, Any]]) -> dict[st
     tmp = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
     torch.save(original.state_dict(), tmp)
     os.replace(tmp, weights)
-    retrained, retrain_seconds, cached = _retrained_model(project, store, data)
+    retrained, retrain_seconds, cached = retrained_model(project, store, data)
     forget_classes = ledger.forget_classes(pending)
     sets = evaluation_sets(project, store, forget, forget_classes)
     baselines = evaluate_baselines(project, store, sets, original=original, retrained=retrained)
@@ -298,8 +289,8 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
     """
     params = project.params
     store = SampleStore(project.store_dir)
-    forget = _load_forget(project, candidate["batches"])
-    data = _unlearning_data(project, store, forget)
+    forget = load_forget(project, candidate["batches"])
+    data = unlearning_data(project, store, forget)
     path = project.models_dir / candidate["weights"]
     original = data.model_factory()
     try:
@@ -311,12 +302,12 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
     if not retrained_path(project, store).exists():
         # Workers must not train (and race on writing) the retrain: prepare_sweep caches it.
         raise PipelineError("sweep: the exact retrain is not cached; run prepare_sweep first")
-    retrained, _, _ = _retrained_model(project, store, data)
+    retrained, _, _ = retrained_model(project, store, data)
     sets = evaluation_sets(project, store, forget, list(candidate.get("forget_classes") or []))
     result: dict[str, Any] = {key: candidate[key] for key in ("index", "method", "kwargs", "overrides", "label")}
     started = time.perf_counter()
     try:
-        model = run_method(candidate["method"], original, data, device=_device(project), seed=params.seed,
+        model = run_method(candidate["method"], original, data, device=resolve_device(project), seed=params.seed,
                            kwargs=candidate["kwargs"])
     except PipelineError:
         raise
@@ -438,12 +429,12 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
                            "methods": ",".join(dict.fromkeys(r["method"] for r in ranked)),
                            "parent_version": prepared["parent_version"]})
         mlflow.set_tags({"stage": "sweep", "parent_version": prepared["parent_version"],
-                         "request_batches": _tag_list(prepared["batches"]),
+                         "request_batches": tag_list(prepared["batches"]),
                          "forget_ids_digest": prepared["forget_ids_digest"],
                          "data_version": prepared["data_version"], "git_commit": dvc_ops.git_commit(project),
                          "passing": str(len(passing)), "best": ranked[0]["label"] if ranked else ""})
         for role in ("original", "retrain"):
-            mlflow.log_metrics({f"{role}.{k}": v for k, v in _finite(prepared[role]).items()})
+            mlflow.log_metrics({f"{role}.{k}": v for k, v in finite_metrics(prepared[role]).items()})
         for rank, result in enumerate(ranked, 1):
             with mlflow.start_run(run_name=f"sweep-{result['label']}"[:250], nested=True) as child:
                 mlflow.log_params({"method": result["method"],
@@ -452,8 +443,8 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
                                  "candidate": result["label"][:5000], "rank": str(rank),
                                  "gate_failures": "; ".join(result["failures"])[:5000],
                                  "error": (result.get("error") or "")[:5000]})
-                mlflow.log_metrics(_finite(result["metrics"]))
-                mlflow.log_metrics(_finite({f"gap.{c['metric']}": c["gap"] for c in result["checks"]}))
+                mlflow.log_metrics(finite_metrics(result["metrics"]))
+                mlflow.log_metrics(finite_metrics({f"gap.{c['metric']}": c["gap"] for c in result["checks"]}))
                 mlflow.log_metrics({"unlearn_seconds": result["unlearn_seconds"],
                                     "attack_seconds": result["attack_seconds"]})
                 result["run_id"] = child.info.run_id

@@ -11,7 +11,7 @@ is a few large kernels rather than K rounds of small ones.
 Equivalence with :func:`unlearn.training.train_model`. Model k is trained as
 ``seed_everything(seeds[k]); model = model_factory(); train_model(model, images[member_indices[k]],
 labels[member_indices[k]], recipe, device=device, seed=seeds[k])`` would train it (this is how
-``unlearn/methods/retrain.py`` and ``tasks/stages.py`` seed before they build a model):
+``unlearn/methods/retrain.py`` and ``tasks/stage/train.py`` seed before they build a model):
 
 * initial weights: the factory is called right after ``seed_everything(seeds[k])``;
 * data order and augmentation: model k has its own generator, seeded as ``train_model`` seeds

@@ -2,7 +2,7 @@
 
 The models are trained with the pipeline's own recipe and code: plans from the project's
 ``ReferenceBank`` (``verify.references`` pairs of random halves of the live training set),
-training by ``tasks.stages.train_references`` (one model per call, as ``flows.pipeline``'s
+training by ``tasks.stage.references.train_references`` (one model per call, as ``flows.pipeline``'s
 ``_reference_models`` fans them out), the task runner from ``flows.runners.build_task_runner``.
 
 Settings, on the embedded digits (params.yaml's ``train`` recipe, CPU):
@@ -42,7 +42,9 @@ sys.path.insert(0, str(REPO))
 def _setup(workdir: Path, models: int) -> tuple[Any, list[Any]]:
     """A fresh project with the sample store prepared, and ``models`` reference plans."""
     from tasks.project import load_project
-    from tasks.stages import recipe_key, run_ingest, run_prepare
+    from tasks.stage.ingest import run_ingest
+    from tasks.stage.prepare import run_prepare
+    from tasks.stage.references import recipe_key
     from unlearn.data import SampleStore
     from unlearn.references import ReferenceBank
 
@@ -81,7 +83,7 @@ def main() -> None:
 
     from flows.runners import fan_out, local_dask_cluster
     from tasks import prefect_tasks as t
-    from tasks.stages import train_references
+    from tasks.stage.references import train_references
     from unlearn.config import OrchestrationConfig
 
     default_threads = torch.get_num_threads()
@@ -223,7 +225,7 @@ def _markdown(out: dict[str, Any]) -> str:
         f"torch {out['machine']['torch']} (default intra-op threads: {out['torch_default_threads']}). "
         "Single run; see the load average below.", "",
         f"Each model: params.yaml's recipe ({out['epochs']} epochs, small CNN) on {out['train_samples_per_model']} "
-        "digits samples (a random half of the training split), trained by `tasks.stages.train_references`; "
+        "digits samples (a random half of the training split), trained by `tasks.stage.references.train_references`; "
         "the fan-out is the pipeline's (`flows.runners.fan_out`, one Prefect task per model) on "
         "`flows.runners.build_task_runner`'s runners. Dask workers are single-threaded processes "
         "(`flows.runners.local_dask_cluster`: OMP_NUM_THREADS=1, no MALLOC_TRIM_THRESHOLD_, no profiler).", "",

@@ -85,10 +85,13 @@ def instrument() -> None:
     import mlflow
     import mlflow.pytorch
 
-    from tasks import dvc_ops, lifecycle, stages, tracking
+    from tasks import dvc_ops, lifecycle, tracking
+    from tasks.stage import catalog, evaluation, ingest, references, retrain, train
+    from tasks.stage import unlearn as unlearn_stage
 
-    _patch(stages, ["train_model", "run_method", "model_evidence", "attack_suite"], "compute")
-    _patch(stages, ["validate_requests"], "gx")
+    for module in (train, references, retrain, unlearn_stage, evaluation):
+        _patch(module, ["train_model", "run_method", "model_evidence", "attack_suite"], "compute")
+    _patch(ingest, ["validate_requests"], "gx")
     _patch(dvc_ops, ["_dvc", "_git", "ensure_repo", "commit", "push", "data_version", "git_commit"], "dvc")
     _patch(tracking, [n for n, f in vars(tracking).items() if callable(f) and getattr(f, "__module__", "")
                       == tracking.__name__], "mlflow")
@@ -101,9 +104,10 @@ def instrument() -> None:
         if callable(member) and not name.startswith("_"):
             setattr(mlflow.MlflowClient, name, _timed("mlflow", member))
     # Task bodies: what the Prefect tasks call (looked up at call time, so wrapping here takes effect).
-    for name, fn in list(stages.STAGE_FUNCTIONS.items()):
-        stages.STAGE_FUNCTIONS[name] = _timed("task", fn)
-    _patch(stages, ["run_attempt", "plan_references", "train_references", "register_references"], "task")
+    for name, fn in list(catalog.STAGE_FUNCTIONS.items()):
+        catalog.STAGE_FUNCTIONS[name] = _timed("task", fn)
+    _patch(unlearn_stage, ["run_attempt"], "task")
+    _patch(references, ["plan_references", "train_references", "register_references"], "task")
     del lifecycle  # imported so that purge/certify resolve tracking through the patched module
 
 

@@ -164,7 +164,7 @@ def main() -> None:
               "(process start, imports, write, emit).", "",
               "Where the time goes: the automation creates the run within ~0.2 s; then the runner's poll "
               "(up to one interval) and the run subprocess importing the flow module (`flows.pipeline` "
-              "imports Prefect and torch through `tasks.stages`: about 2-3 s idle, more on a loaded box) "
+              "imports Prefect and torch through `tasks.stage`: about 2-3 s idle, more on a loaded box) "
               "before the run enters Running.", ""]
     (RESULTS / "orchestration_trigger.md").write_text("\n".join(lines))
     print("\n".join(lines))

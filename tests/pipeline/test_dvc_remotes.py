@@ -13,7 +13,8 @@ import pytest
 from tasks import dvc_ops
 from tasks.project import load_project
 from tasks.purge import purge_deleted_data
-from tasks.stages import run_ingest, run_prepare
+from tasks.stage.ingest import run_ingest
+from tasks.stage.prepare import run_prepare
 from unlearn.data import SampleStore
 from unlearn.requests import Ledger
 

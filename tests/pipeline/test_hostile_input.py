@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tasks.project import PipelineError, load_project
-from tasks.stages import run_ingest
+from tasks.stage.ingest import run_ingest
 from unlearn.requests import Ledger, content_digest
 
 SECRET = "hostile-subject-7f3a@example.com"  # a subject reference that must never be stored

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tasks.project import load_project
-from tasks.stages import run_ingest
+from tasks.stage.ingest import run_ingest
 from unlearn.requests import Ledger, content_digest
 
 

@@ -159,8 +159,10 @@ FAULT_POINTS = ["ingest", "prepare", "train", "references", "attempt", "verify",
 def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_server, make_project, monkeypatch):
     """Inject a failure after each stage in turn (and between registering and moving the alias), then re-run."""
     from flows.pipeline import pipeline_flow
-    from tasks import stages, tracking
+    from tasks import tracking
     from tasks.project import load_project
+    from tasks.stage import catalog, references
+    from tasks.stage import unlearn as unlearn_stage
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
@@ -186,25 +188,25 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
 
                 patch.setattr(tracking, "move_champion", crash)
             elif point == "references":  # the flow fans reference training out: fail after registering
-                def crash_refs(*args, original=stages.register_references, point=point):
+                def crash_refs(*args, original=references.register_references, point=point):
                     original(*args)
                     raise InjectedFault(point)
 
-                patch.setattr(stages, "register_references", crash_refs)
+                patch.setattr(references, "register_references", crash_refs)
             elif point == "attempt":  # after unlearning, before verification
-                def crash_attempt(project, method, original=stages.run_attempt, point=point):
+                def crash_attempt(project, method, original=unlearn_stage.run_attempt, point=point):
                     original(project, method)
                     raise InjectedFault(point)
 
-                patch.setattr(stages, "run_attempt", crash_attempt)
+                patch.setattr(unlearn_stage, "run_attempt", crash_attempt)
             else:
-                original = stages.STAGE_FUNCTIONS[point]
+                original = catalog.STAGE_FUNCTIONS[point]
 
                 def crash_after(project, original=original, point=point):
                     original(project)
                     raise InjectedFault(point)
 
-                patch.setitem(stages.STAGE_FUNCTIONS, point, crash_after)
+                patch.setitem(catalog.STAGE_FUNCTIONS, point, crash_after)
             with pytest.raises(InjectedFault):
                 pipeline_flow(root=str(root))
         champion = tracking.champion_version(project, client)

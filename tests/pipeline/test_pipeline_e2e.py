@@ -142,7 +142,9 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     from flows import runners
     from flows.pipeline import pipeline_flow, references_flow
     from tasks.project import load_project
-    from tasks.stages import plan_references, run_ingest, run_prepare, train_references
+    from tasks.stage.ingest import run_ingest
+    from tasks.stage.prepare import run_prepare
+    from tasks.stage.references import plan_references, train_references
     from unlearn.data import SampleStore
     from unlearn.references import ReferenceBank
 

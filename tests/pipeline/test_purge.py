@@ -12,7 +12,8 @@ import yaml
 from tasks import dvc_ops
 from tasks.project import PipelineError, load_project
 from tasks.purge import load_redactions, purge_deleted_data, scan_project_for_samples
-from tasks.stages import run_ingest, run_prepare
+from tasks.stage.ingest import run_ingest
+from tasks.stage.prepare import run_prepare
 from unlearn.data import SampleStore
 from unlearn.forensics import sample_patterns
 from unlearn.requests import Ledger

@@ -99,7 +99,8 @@ def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks.project import load_project
-    from tasks.stages import run_ingest, run_prepare
+    from tasks.stage.ingest import run_ingest
+    from tasks.stage.prepare import run_prepare
     from tasks.sweep import cleanup_sweep, plan_sweep, prepare_sweep, run_candidate
     from unlearn.data import SampleStore
 

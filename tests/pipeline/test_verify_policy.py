@@ -4,7 +4,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from tasks.stages import check_params, promotion_attacks
+from tasks.stage.checks import check_params, promotion_attacks
 from unlearn.config import ConfigError, parse_params
 
 

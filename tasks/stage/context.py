@@ -1,0 +1,158 @@
+"""What every stage shares: state files, the device, the quarantine, tensors and MLflow tag helpers.
+
+Nothing here runs a stage; each stage module imports what it needs from here, so the stages
+never import each other for a helper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks import tracking
+from tasks.project import PipelineError, Project
+from unlearn.config import ConfigError
+from unlearn.data import SampleStore
+from unlearn.data.store import Arrays
+from unlearn.methods import TensorSet, UnlearningData
+from unlearn.models import build_model
+from unlearn.requests import Ledger, write_json_atomic
+from unlearn.training import SGDRecipe, to_float
+
+log = logging.getLogger("unlearn.pipeline")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_state(project: Project, stage: str) -> dict[str, Any]:
+    """A stage's state file (``data/state/<stage>.json``).
+
+    Raises:
+        PipelineError: If the stage has not run yet.
+    """
+    path = project.state_dir / f"{stage}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"stage {stage!r} has not run yet ({path} missing)") from None
+
+
+def write_state(project: Project, stage: str, state: dict[str, Any]) -> dict[str, Any]:
+    """Write a stage's state file atomically and return the state."""
+    write_json_atomic(project.state_dir / f"{stage}.json", state)
+    return state
+
+
+def tensors(arrays: Arrays) -> TensorSet:
+    return TensorSet(to_float(arrays.images), torch.as_tensor(arrays.labels))
+
+
+def model_architecture(project: Project, store: SampleStore) -> dict[str, Any]:
+    """What :func:`unlearn.models.build_model` needs to rebuild the project's model for this store."""
+    return {"model": project.params.model.name, "in_channels": store.image_shape[0],
+            "num_classes": len(store.classes)}
+
+
+def resolve_device(project: Project) -> str:
+    """``params.yaml: device``, checked: an unavailable CUDA device fails before any work."""
+    device = project.params.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
+    return device
+
+
+def quarantine_path(project: Project, batch_id: str) -> Path:
+    """Where a pending batch's forget samples are kept until a model without them is promoted."""
+    return project.quarantine_dir / f"{batch_id}.npz"
+
+
+def load_forget(project: Project, batch_ids: list[str]) -> Arrays:
+    """Forget samples (train split) of the given batches, from the quarantine."""
+    parts = []
+    for batch_id in batch_ids:
+        path = quarantine_path(project, batch_id)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                parts.append(Arrays(data["ids"], data["images"], data["labels"]))
+        except FileNotFoundError:
+            raise PipelineError(f"forget samples of {batch_id} missing ({path}); re-run prepare") from None
+    ids = np.concatenate([p.ids for p in parts])
+    _, first = np.unique(ids, return_index=True)  # two batches may name the same sample
+    keep = np.sort(first)
+    return Arrays(ids[keep], np.concatenate([p.images for p in parts])[keep],
+                  np.concatenate([p.labels for p in parts])[keep])
+
+
+def unlearning_data(project: Project, store: SampleStore, forget: Arrays) -> UnlearningData:
+    """What an unlearning method gets: the forget and retain sets, the recipe and a model factory."""
+    params = project.params
+    retain = store.load_split("train")
+    shape = model_architecture(project, store)
+    return UnlearningData(
+        forget=tensors(forget), retain=tensors(retain), num_classes=shape["num_classes"],
+        train_recipe=SGDRecipe.from_config(params.train),
+        model_factory=lambda: build_model(params.model.name, shape["in_channels"], shape["num_classes"]),
+    )
+
+
+def mark_step(ledger: Ledger, batch_ids: list[str], step: str, at: str | None = None) -> None:
+    """Record when a batch reached a lifecycle step (the first time only): the deletion SLA."""
+    for batch_id in batch_ids:
+        steps = ledger.batches[batch_id].setdefault("steps", {})
+        steps.setdefault(step, at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def newest_batch(ledger: Ledger, batch_ids: list[str]) -> str:
+    """The most recent of ``batch_ids`` in ledger order (creation time), "" if none."""
+    known = [b for b in batch_ids if b in ledger.batches]
+    return max(known, key=lambda b: (ledger.batches[b]["created_at"], b)) if known else ""
+
+
+def input_example(store: SampleStore) -> torch.Tensor:
+    """A synthetic model input (zeros): a real sample would put personal data into the registry."""
+    return torch.zeros(1, *store.image_shape)
+
+
+def log_dataset(store: SampleStore, data_version: str, context: str) -> None:
+    """Record the store as a dataset input: name, DVC hash and schema; never its rows."""
+    import mlflow
+    import pandas as pd
+
+    frame = pd.DataFrame({"label": store.labels, "split": store.splits})
+    dataset = mlflow.data.from_pandas(frame, source=str(store.root), name="sample-store",
+                                      digest=data_version.replace(".dir", "")[:32])
+    tracking.log_dataset_input(dataset, context)  # retries the shared-server insert race
+
+
+def tag_list(items: list[str], limit: int = 4000) -> str:
+    """Comma-joined for an MLflow tag, truncated to fit (the ledger keeps the full list)."""
+    joined = ",".join(items)
+    return joined if len(joined) <= limit else f"{joined[:limit - 40].rsplit(',', 1)[0]},... ({len(items)} in all)"
+
+
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """MLflow rejects nothing, but NaN metrics make its UI charts useless: keep finite ones."""
+    return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+
+
+def load_candidate_state(project: Project, attempt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights an escalation attempt saved under ``data/models/``.
+
+    Raises:
+        PipelineError: If the file is missing or unreadable.
+    """
+    path = project.models_dir / attempt["candidate"]
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise PipelineError(f"candidate model {path.name} is missing or corrupt: {exc}; re-run unlearn") from None

@@ -1,0 +1,107 @@
+"""The escalation's state: start or resume it for the pending batches, and pick the next rung.
+
+The state lives in ``data/state/unlearn.json``; :mod:`tasks.stage.unlearn` runs the rungs and
+:mod:`tasks.stage.verify` records each verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from tasks import audit, dvc_ops, tracking
+from tasks.project import PipelineError, Project
+from tasks.stage.context import load_forget, mark_step, read_state, utc_now, write_state
+from tasks.stage.promote import finish_promotions
+from unlearn.requests import Ledger, write_json_atomic
+
+
+def _ladder_key(project: Project, parent_version: str, batches: list[str]) -> str:
+    """Identity of one escalation: the champion it starts from, the batches, and the policy."""
+    params = project.params
+    ladder = params.unlearn.ladder
+    return hashlib.sha256(json.dumps(
+        [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
+         params.seed, repr(params.verify), repr(params.gate)], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+
+
+
+def begin_unlearning(project: Project) -> dict[str, Any]:
+    """Start, or resume, the escalation for every pending batch.
+
+    The state (``data/state/unlearn.json``) is keyed by the champion, the pending batches and
+    the policy: a re-run after a crash keeps every attempt that already has a verdict, so no
+    batch is unlearned twice and no duplicate model version is registered. Batches that name
+    only test-split samples need no unlearning (no model saw them) and are completed here.
+
+    Returns:
+        The state: ``status`` (nothing_pending, data_only, unlearning or done), the attempts so
+        far and ``next_method`` (None when the ladder is finished).
+    """
+    ledger = Ledger(project.ledger_path)
+    client = tracking.setup(project)
+    # A promotion interrupted by a crash is finished first: new batches must be unlearned from
+    # the model that already forgot the earlier ones, never from its predecessor.
+    finish_promotions(project, client, ledger)
+    pending = ledger.pending()
+    if not pending:
+        return write_state(project, "unlearn", {"status": "nothing_pending", "next_method": None})
+    champion = tracking.champion_version(project, client)
+    if champion is None:
+        raise PipelineError("no champion model in the registry; run the train stage first")
+    forget = load_forget(project, pending)
+    data_version = dvc_ops.data_version(project)
+    if len(forget) == 0:
+        for batch_id in pending:
+            ledger.set_status(batch_id, Ledger.COMPLETED, {"at": utc_now(), "outcome": "data_only",
+                                                           "data_version": data_version})
+        mark_step(ledger, pending, "completed")
+        ledger.save()
+        audit.record(project, "batch.completed", batch_ids=pending, outcome="data_only",
+                     data_version=data_version)
+        return write_state(project, "unlearn", {"status": "data_only", "batches": pending, "next_method": None})
+    key = _ladder_key(project, str(champion.version), pending)
+    try:
+        previous = read_state(project, "unlearn")
+    except PipelineError:
+        previous = {}
+    if previous.get("key") == key:
+        # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone.
+        attempts = [a for a in previous.get("attempts", []) if a.get("verdict") in ("pass", "fail")]
+    else:
+        attempts = []
+    state = {
+        "status": "unlearning", "key": key, "parent_version": str(champion.version), "batches": pending,
+        "data_version_before": champion.tags.get("data_version", ""), "data_version_after": data_version,
+        "parent_covers_through": champion.tags.get("covers_through", ""),
+        "n_forget": len(forget), "forget_classes": ledger.forget_classes(pending),
+        "ladder": list(project.params.unlearn.ladder), "attempts": attempts,
+    }
+    return write_state(project, "unlearn", next_rung(state))
+
+
+
+def next_rung(state: dict[str, Any]) -> dict[str, Any]:
+    """Set ``next_method``, ``chosen`` and the promoted attempt's ``run_id``/``method`` from the attempts."""
+    attempts = state["attempts"]
+    passed = [i for i, a in enumerate(attempts) if a.get("verdict") == "pass"]
+    tried = len(attempts)
+    state["chosen"] = passed[0] if passed else None
+    finished = bool(passed) or tried >= len(state["ladder"])
+    state["next_method"] = None if finished else state["ladder"][tried]
+    state["status"] = "done" if finished else "unlearning"
+    final = attempts[state["chosen"]] if passed else (attempts[-1] if attempts and finished else None)
+    state["run_id"] = final["run_id"] if final else None
+    state["method"] = final["method"] if final else None
+    return state
+
+
+
+def skipped_report(project: Project, reason: str) -> dict[str, Any]:
+    report = {"status": "skipped", "reason": reason}
+    write_json_atomic(project.reports_dir / "verification.json", report)
+    write_json_atomic(project.reports_dir / "metrics.json", {"verified": 0})
+    return report
+

@@ -1,0 +1,183 @@
+"""The ingest stage: validate incoming request files and route every row to exactly one place."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from tasks import audit
+from tasks.project import PipelineError, Project
+from tasks.stage.context import mark_step, utc_now, write_state
+from tasks.validation import loggable_request_id, validate_requests
+from unlearn.data import load_source
+from unlearn.requests import (
+    Ledger,
+    RequestRouter,
+    content_digest,
+    hash_subject,
+    load_or_create_salt,
+    parse_request_file,
+    sanitize_file_name,
+    skipped_in_inbox,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+
+log = logging.getLogger("unlearn.pipeline")
+
+
+def run_ingest(project: Project) -> dict[str, Any]:
+    """Validate incoming request files and route every row; accepted requests become one pending batch.
+
+    Every row of every incoming file ends in exactly one place:
+
+    * the new batch (``data/requests/batches/<batch>.json``): valid requests that delete at
+      least one sample no earlier batch deleted; a request keeps only those ids, with
+      ``already_deleted_count`` and ``covered_by`` for the rest;
+    * the acknowledgement log (``data/requests/acknowledged/<ingest>.jsonl``, and the ledger):
+      valid requests that delete nothing new, a repeat of a request id with the same content
+      (``duplicate``, with the batch that holds the original) or a request whose samples are
+      all deleted already (``already_deleted``, with the batches that deleted them);
+    * the rejection log (``data/requests/rejected/<ingest>.jsonl``, reason codes and a
+      detail): invalid rows, a request id reused for different content
+      (``request_id_conflict``), and one line per file that could not be parsed at all.
+
+    An unparseable file is recorded by its sanitised name, size and sha256 and then deleted,
+    like every processed file: it may hold subject references, which are stored nowhere but
+    as salted hashes. Symbolic links in the inbox are removed without being followed.
+
+    Returns:
+        Counts: files, rows, accepted, acknowledged, rejected, rejected_files, samples; and the
+        batch id (or None).
+    """
+    params = project.params
+    project.incoming_dir.mkdir(parents=True, exist_ok=True)
+    with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
+        entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in scan if not skipped_in_inbox(e.name))
+    for name, _ in (e for e in entries if e[1]):
+        log.warning("ingest: ignoring folder %s in the inbox (request files only)", sanitize_file_name(name))
+    files = [project.incoming_dir / name for name, is_dir in entries if not is_dir]
+    ledger = Ledger(project.ledger_path)
+    if not project.ledger_path.exists():
+        ledger.save()  # the ledger always exists: later stages read it
+    _write_deletions(project, ledger)
+    if not files:
+        return write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
+                                                "acknowledged": 0, "rejected": 0, "rejected_files": 0, "samples": 0})
+    parsed = [parse_request_file(f) for f in files]  # reads each regular file once, never a link's target
+    digest = hashlib.sha256()
+    for f, p in zip(files, parsed, strict=True):
+        digest.update(os.fsencode(f.name) + b"\0" + (p.sha256 or "-").encode())
+    ingest_id = f"batch-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{digest.hexdigest()[:8]}"
+    requests = [r for p in parsed for r in p.requests]
+    source = load_source(params.data)
+    verdicts = validate_requests(
+        requests, known_ids=set(source.ids.tolist()), classes=source.classes,
+        reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
+    )
+    salt = load_or_create_salt(project.salt_path)
+    router = RequestRouter(ledger, ingest_id)
+    now = utc_now()
+    rejected_lines, acknowledged, accepted = [], [], []
+    for verdict in verdicts:
+        values = verdict.request.values
+        where = {"source_file": verdict.request.source_file, "row": verdict.request.row}
+        if not verdict.valid:
+            rejected_lines.append({**where, "request_id": loggable_request_id(values.get("request_id")),
+                                   "reasons": list(verdict.reasons), "detail": verdict.detail})
+            continue
+        request_id, forget_class = values["request_id"], None
+        if "forget_class" in values:
+            # Class-wise forgetting: every training sample of the class (the router drops deleted ones).
+            class_name = str(values["forget_class"])
+            forget_class = list(source.classes).index(class_name)
+            wanted = source.ids[(source.labels == forget_class) & (source.splits == "train")].tolist()
+            content = content_digest(forget_class=class_name)
+        else:
+            wanted = values["sample_ids"]
+            content = content_digest(sample_ids=wanted)
+        routing = router.route(request_id, content, wanted)
+        if routing.destination == "rejected":
+            rejected_lines.append({**where, "request_id": request_id, "reasons": [routing.outcome],
+                                   "detail": f"{routing.outcome}: {routing.detail}"})
+            continue
+        subject_hash = hash_subject(values["subject_ref"], salt)
+        if routing.destination == "acknowledged":
+            record = {"outcome": routing.outcome, "at": now, "ingest_id": ingest_id, "subject_hash": subject_hash,
+                      "content_digest": content, "covered_by": list(routing.covered_by), "detail": routing.detail}
+            if routing.outcome == "duplicate":
+                record["batch_id"] = routing.batch_id
+            acknowledged.append({**where, "request_id": request_id, **record})
+            continue
+        accepted.append({
+            "request_id": request_id, "sample_ids": list(routing.sample_ids), "forget_class": forget_class,
+            "received_at": values["received_at"], "reason": values["reason"], "subject_hash": subject_hash,
+            "source_file": verdict.request.source_file, "content_digest": content,
+            "already_deleted_count": routing.already_deleted_count, "covered_by": list(routing.covered_by),
+        })
+    bad_files = [p for p in parsed if p.problem is not None]
+    for p in bad_files:
+        rejected_lines.append({"source_file": p.name, "row": None, "request_id": None, "reasons": [p.problem.code],
+                               "detail": f"{p.problem.code}: {p.problem.detail}"[:500],
+                               "file_size": p.size, "file_sha256": p.sha256})
+    # Write every destination before the ledger (the commit point), then clear the inbox.
+    if rejected_lines:
+        write_jsonl_atomic(project.rejected_dir / f"{ingest_id}.jsonl", rejected_lines)
+    if acknowledged:
+        write_jsonl_atomic(project.acknowledged_dir / f"{ingest_id}.jsonl", acknowledged)
+    batch_id = None
+    if accepted:
+        batch_id = ingest_id
+        write_json_atomic(project.batches_dir / f"{batch_id}.json",
+                          {"batch_id": batch_id, "created_at": now, "requests": accepted})
+        ledger.add_batch(batch_id, [a["request_id"] for a in accepted],
+                         [s for a in accepted for s in a["sample_ids"]], now,
+                         forget_classes=[a["forget_class"] for a in accepted if a["forget_class"] is not None],
+                         request_digests={a["request_id"]: a["content_digest"] for a in accepted})
+    for line in acknowledged:
+        ledger.acknowledge(line["request_id"], {k: v for k, v in line.items() if k not in ("request_id", "row")})
+    if batch_id is not None:
+        mark_step(ledger, [batch_id], "validated")
+    if accepted or acknowledged:
+        ledger.save()
+    _write_deletions(project, ledger)
+    # The audit trail: request ids, salted subject hashes and counts, never sample ids.
+    for a in accepted:
+        audit.record(project, "request.accepted", request_id=a["request_id"], batch_id=batch_id,
+                     subject_hash=a["subject_hash"], samples=len(a["sample_ids"]),
+                     already_deleted=a["already_deleted_count"], reason=a["reason"])
+    for line in acknowledged:
+        audit.record(project, "request.acknowledged", request_id=line["request_id"], outcome=line["outcome"],
+                     subject_hash=line["subject_hash"], covered_by=line["covered_by"])
+    for line in rejected_lines:
+        audit.record(project, "request.rejected", request_id=line["request_id"], reasons=line["reasons"])
+    for f in files:
+        f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
+    counts = {
+        "batch_id": batch_id, "files": len(files), "rows": len(requests) + len(bad_files),
+        "accepted": len(accepted), "acknowledged": len(acknowledged), "rejected": len(rejected_lines),
+        "rejected_files": len(bad_files), "samples": len({s for a in accepted for s in a["sample_ids"]}),
+    }
+    if counts["rows"] != counts["accepted"] + counts["rejected"] + counts["acknowledged"]:  # a bug, never input
+        raise PipelineError(f"request accounting mismatch: {counts}")
+    log.info("ingest: %s", counts)
+    return write_state(project, "ingest", counts)
+
+
+
+def _write_deletions(project: Project, ledger: Ledger) -> None:
+    """The data-defining part of the ledger: which batches exist (each deletes a fixed sample set).
+
+    ``dvc.yaml`` makes prepare, references and unlearn depend on this file rather than on the
+    ledger, whose lifecycle progress (statuses, step times, evidence) changes on every run:
+    a second ``dvc repro`` with no new request then re-runs nothing that defines data or models.
+    """
+    path = project.requests_dir / "deletions.json"
+    document = {"version": 1, "batches": sorted(ledger.batches)}
+    if not path.exists() or json.loads(path.read_text()) != document:
+        write_json_atomic(path, document)
+

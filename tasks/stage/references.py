@@ -1,0 +1,139 @@
+"""The references stage: make sure enough usable reference models exist (plan, train, register)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasks import dvc_ops, progress
+from tasks.project import Project
+from tasks.stage.checks import needs_references
+from tasks.stage.context import model_architecture, resolve_device, write_state
+from unlearn.data import SampleStore
+from unlearn.models import build_model
+from unlearn.references import ReferenceBank, ReferencePlan
+from unlearn.requests import Ledger
+from unlearn.training import SGDRecipe, seeded_model, to_float, train_model
+
+log = logging.getLogger("unlearn.pipeline")
+
+
+def recipe_key(project: Project, store: SampleStore) -> str:
+    """Identity of the training recipe: reference models must share the deployed model's."""
+    params = project.params
+    return hashlib.sha256(json.dumps(
+        [vars(params.train), model_architecture(project, store), "reference-v1"], sort_keys=True).encode()
+    ).hexdigest()[:16]
+
+
+
+def use_batched(project: Project) -> bool:
+    """Whether reference models are trained as one batched (vmapped) model."""
+    mode = project.params.verify.references.batched
+    return mode == "always" or (mode == "auto" and project.params.device.startswith("cuda"))
+
+
+
+def plan_references(project: Project) -> list[ReferencePlan]:
+    """Reference models to train so that ``verify.references.count`` usable ones exist.
+
+    Nothing is planned unless a batch is pending and a configured attack needs references.
+    Live references trained with another recipe are retired first (they could never be used).
+    """
+    params = project.params
+    if not needs_references(params) or not Ledger(project.ledger_path).pending():
+        return []  # trained when a request needs them: the next deletion would retire most of them
+    store = SampleStore(project.store_dir)
+    bank = ReferenceBank(project.references_dir)
+    key = recipe_key(project, store)
+    for ref_id in bank.retire_stale(key):
+        log.info("references: retired %s (recipe changed)", ref_id)
+    return bank.plan(store.split_ids("train"), count=params.verify.references.count, recipe_key=key,
+                     seed=params.seed)
+
+
+
+def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[str, Any]]:
+    """Train planned reference models: one by one, or as one batched (vmapped) model.
+
+    Args:
+        project: The project.
+        plans: What to train (from :func:`plan_references`).
+
+    Returns:
+        Per plan, ``{"state": state_dict, "seconds": training time}``.
+    """
+    if not plans:
+        return []
+    params = project.params
+    store = SampleStore(project.store_dir)
+    device = resolve_device(project)
+    architecture = model_architecture(project, store)
+    train = store.load_split("train")
+    images, labels = to_float(train.images), torch.as_tensor(train.labels)
+    position = {sample_id: i for i, sample_id in enumerate(train.ids.tolist())}
+    indices = [np.array([position[i] for i in plan.members.tolist()], dtype=np.int64) for plan in plans]
+    factory = lambda: build_model(params.model.name, architecture["in_channels"],  # noqa: E731
+                                  architecture["num_classes"])
+    recipe = SGDRecipe.from_config(params.train)
+    started = time.perf_counter()
+    if use_batched(project) and len(plans) > 1:
+        from unlearn.batched import train_models_batched
+
+        models = train_models_batched(factory, images, labels, indices, recipe,
+                                      seeds=[p.seed for p in plans], device=device)
+        each = (time.perf_counter() - started) / len(plans)
+        return [{"state": m.cpu().state_dict(), "seconds": each} for m in models]
+    out = []
+    names = ", ".join(p.ref_id for p in plans) if len(plans) <= 2 else f"{len(plans)} models"
+    with progress.bar(recipe.epochs * len(plans), f"references ({names})", unit="epoch") as bar:
+        for plan, index in zip(plans, indices, strict=True):
+            begun = time.perf_counter()
+            model = train_model(seeded_model(factory, plan.seed), images[index], labels[index], recipe,
+                                device=device, seed=plan.seed, on_epoch=progress.epoch_callback(bar))
+            out.append({"state": model.cpu().state_dict(), "seconds": time.perf_counter() - begun})
+    return out
+
+
+
+def register_references(project: Project, plans: list[ReferencePlan],
+                        trained: list[dict[str, Any]]) -> dict[str, Any]:
+    """Store trained references with their lineage and write the stage state."""
+    store = SampleStore(project.store_dir)
+    bank = ReferenceBank(project.references_dir)
+    key = recipe_key(project, store)
+    data_version = dvc_ops.data_version(project) if (project.root / "dvc.lock").exists() else ""
+    git = dvc_ops.git_commit(project)
+    for plan, result in zip(plans, trained, strict=True):
+        bank.add(plan, result["state"], recipe_key=key, data_version=data_version,
+                 extra={"train_seconds": round(float(result["seconds"]), 3), "git_commit": git,
+                        "batched": use_batched(project) and len(plans) > 1})
+    usable = [r for r in bank.usable(key, store.split_ids("train"))
+              if r.pair < project.params.verify.references.count // 2]
+    state = {"trained": [p.ref_id for p in plans], "usable": [r.ref_id for r in usable],
+             "retired_total": sum(r.status != "live" for r in bank.records.values()),
+             "train_seconds": round(sum(float(r["seconds"]) for r in trained), 3), "recipe_key": key}
+    log.info("references: trained %d, usable %d", len(plans), len(usable))
+    return write_state(project, "references", state)
+
+
+
+def run_references(project: Project) -> dict[str, Any]:
+    """Make sure ``verify.references.count`` usable reference models exist.
+
+    The one implementation behind ``unlearn stage references`` and ``dvc repro``; the Prefect
+    flow runs the same three steps (plan, train, register) and fans the training out over its
+    task runner.
+
+    Returns:
+        The stage state: trained and usable reference ids, training seconds.
+    """
+    plans = plan_references(project)
+    return register_references(project, plans, train_references(project, plans))
+

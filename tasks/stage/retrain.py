@@ -1,0 +1,55 @@
+"""The exact retrain (the gate's target): its cache path and the model, cached or trained.
+
+Shared by prepare (which prunes retrains of older data versions), the escalation's ``retrain``
+rung, verify and method sweeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.project import Project
+from tasks.stage.context import resolve_device
+from unlearn.data import SampleStore
+from unlearn.methods import UnlearningData, run_method
+from unlearn.references import members_digest
+
+
+def _retrained_key(project: Project, train_ids: np.ndarray) -> str:
+    """Cache key of the exact retrain: its training samples, seed and recipe."""
+    params = project.params
+    return hashlib.sha256(json.dumps(
+        [members_digest(train_ids), params.seed, vars(params.train), params.model.name]).encode()).hexdigest()[:16]
+
+
+
+def retrained_path(project: Project, store: SampleStore) -> Path:
+    """Where the exact retrain for the live training set is cached (it may not exist yet)."""
+    return project.models_dir / f"retrained-{_retrained_key(project, store.split_ids('train'))}.pt"
+
+
+
+def retrained_model(project: Project, store: SampleStore, data: UnlearningData) -> tuple[torch.nn.Module, float, bool]:
+    """The exactly retrained model for the live training set (the gate's target): cached, or trained."""
+    params = project.params
+    path = retrained_path(project, store)
+    model = data.model_factory()
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval(), 0.0, True
+    started = time.perf_counter()
+    model = run_method("retrain", model, data, device=resolve_device(project), seed=params.seed)
+    seconds = time.perf_counter() - started
+    project.models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.cpu().state_dict(), tmp)
+    os.replace(tmp, path)
+    return model, seconds, False
+

@@ -1,0 +1,136 @@
+"""The unlearn stage: run the escalation ladder, each attempt verified by the two-sided gate."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+
+from tasks import dvc_ops, progress, tracking
+from tasks.project import PipelineError, Project
+from tasks.stage.context import (
+    load_forget,
+    log_dataset,
+    mark_step,
+    read_state,
+    resolve_device,
+    tag_list,
+    unlearning_data,
+    utc_now,
+    write_state,
+)
+from tasks.stage.escalation import begin_unlearning, skipped_report
+from tasks.stage.retrain import retrained_model
+from tasks.stage.verify import run_verify
+from unlearn.data import SampleStore
+from unlearn.methods import run_method
+from unlearn.requests import Ledger, hash_ids, load_or_create_salt
+
+log = logging.getLogger("unlearn.pipeline")
+
+
+def run_attempt(project: Project, method: str) -> dict[str, Any]:
+    """One rung of the ladder: make the champion forget the pending batches with ``method``.
+
+    The model is saved under ``data/models/`` and an MLflow run records method, parameters,
+    counts and lineage (never sample ids: a digest of them). ``retrain`` reuses the exact
+    retrain the gate compares against when it is cached.
+
+    Args:
+        project: The project.
+        method: A registered method name (the state's ``next_method``).
+
+    Returns:
+        The updated state.
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    params = project.params
+    state = read_state(project, "unlearn")
+    if state.get("status") != "unlearning" or state.get("next_method") != method:
+        raise PipelineError(f"no escalation is waiting for {method!r} (state: {state.get('status')}, "
+                            f"next: {state.get('next_method')}); run the unlearn stage")
+    client = tracking.setup(project)
+    store = SampleStore(project.store_dir)
+    forget = load_forget(project, state["batches"])
+    device = resolve_device(project)
+    data = unlearning_data(project, store, forget)
+    champion = tracking.champion_version(project, client)
+    original = tracking.load_model(project, client, state["parent_version"])
+    kwargs = params.method_kwargs(method)
+    number = len(state["attempts"]) + 1
+    with mlflow.start_run(run_name=f"unlearn-{method}") as run:
+        mlflow.log_params({"method": method, "seed": params.seed, "n_forget": len(forget),
+                           "n_retain": len(data.retain), "parent_version": state["parent_version"],
+                           "attempt": number, **{f"method_{k}": v for k, v in kwargs.items()}})
+        mlflow.set_tags({
+            "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state["ladder"]),
+            "request_batches": tag_list(state["batches"]),
+            "forget_ids_digest": hash_ids(forget.ids.tolist(), load_or_create_salt(project.salt_path)),
+            "data_version_before": state["data_version_before"], "data_version_after": state["data_version_after"],
+            "git_commit": dvc_ops.git_commit(project),
+        })
+        log_dataset(store, state["data_version_after"], "retain")
+        if champion is not None and champion.tags.get("model_id"):
+            mlflow.log_input(model=LoggedModelInput(model_id=champion.tags["model_id"]))
+        started = time.perf_counter()
+        if method == "retrain":
+            model, _, _ = retrained_model(project, store, data)
+        else:
+            model = run_method(method, original, data, device=device, seed=params.seed, kwargs=kwargs)
+        seconds = time.perf_counter() - started
+        mlflow.log_metric("unlearn_seconds", seconds)
+    project.models_dir.mkdir(parents=True, exist_ok=True)
+    candidate = project.models_dir / f"candidate-{number}-{method}.pt"
+    tmp = candidate.with_name(f".{candidate.name}.tmp")
+    torch.save(model.cpu().state_dict(), tmp)
+    os.replace(tmp, candidate)
+    state["attempts"].append({"method": method, "run_id": run.info.run_id, "candidate": candidate.name,
+                              "unlearn_seconds": seconds, "verdict": None, "started_at": utc_now()})
+    ledger = Ledger(project.ledger_path)
+    mark_step(ledger, state["batches"], "unlearned")
+    ledger.save()
+    log.info("unlearn: attempt %d, %s forgot %d samples in %.1fs", number, method, len(forget), seconds)
+    return write_state(project, "unlearn", state)
+
+
+
+def run_unlearn(project: Project, *, attempt: Any = None, verify: Any = None) -> dict[str, Any]:
+    """Run the escalation ladder: each method in turn until one's model passes verification.
+
+    ``params.yaml: unlearn.method`` is tried first, then ``unlearn.escalation`` in order; every
+    attempt is an MLflow run with its verdict. The Prefect flow passes its tasks as ``attempt``
+    and ``verify`` so each rung is a task; ``dvc repro`` calls this with the plain functions.
+
+    Args:
+        project: The project.
+        attempt: ``(project, method) -> state`` (default :func:`run_attempt`).
+        verify: ``(project) -> report`` (default :func:`run_verify`).
+
+    Returns:
+        The final state: attempts with verdicts, the chosen attempt (or None if all failed).
+    """
+    attempt = attempt or run_attempt
+    verify = verify or run_verify
+    state = begin_unlearning(project)
+    if not state.get("attempts"):
+        skipped_report(project, state["status"])  # dvc.yaml declares the report as an output
+    # A bar only when there is something to run: the ladder's length bounds the attempts.
+    total = len(state.get("ladder") or []) - len(state.get("attempts") or []) if state.get("next_method") else 0
+    with progress.bar(total, "escalation", unit="attempt") if total > 0 else contextlib.nullcontext(
+            progress.SILENT) as bar:
+        while state.get("next_method"):
+            bar.set_description(f"escalation: {state['next_method']}")
+            attempt(project, state["next_method"])
+            verify(project)
+            state = read_state(project, "unlearn")
+            bar.update(1)
+            done = (state.get("attempts") or [{}])[-1]
+            bar.set_postfix({"last": f"{done.get('method')} {done.get('verdict')}"})
+    return state
+
