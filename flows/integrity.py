@@ -8,7 +8,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
-EXIT_OK, EXIT_FOUND = 0, 2
+from flows.exit_codes import EXIT_ERROR, EXIT_OK
+
+EXIT_FOUND = EXIT_ERROR  # a disagreement is reported like bad input: the message names it
 
 
 def _say(text: str, *, error: bool = False) -> None:

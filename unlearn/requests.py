@@ -134,6 +134,9 @@ def _read_regular_file(path: Path, limit: int) -> _Read:
         if os.path.islink(path):
             return _Read(None, None, None, ("not_a_regular_file", "a symbolic link (not followed, not read)"))
         return _Read(None, None, None, ("unreadable_file", f"cannot open: {exc.strerror}"))
+    if stat.S_ISDIR(os.fstat(fd).st_mode):  # fdopen refuses a folder's descriptor
+        os.close(fd)
+        return _Read(None, None, None, ("not_a_regular_file", "a folder (request files only; not read)"))
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):

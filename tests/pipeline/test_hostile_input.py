@@ -225,13 +225,19 @@ def test_fifo_in_the_inbox_neither_blocks_nor_is_read(project):
     assert [r["reasons"] for r in rejected] == [["not_a_regular_file"]]
 
 
-def test_folder_in_the_inbox_is_left_alone(project):
-    (project.incoming_dir / "sub.json").mkdir()
-    (project.incoming_dir / "sub.json" / "inner.json").write_text(json.dumps(_request("IN-1", ["digits-0001"])))
-    ledger_before = Ledger(project.ledger_path)
-    counts = run_ingest(project)
-    assert counts["files"] == 0 and Ledger(project.ledger_path).batches == ledger_before.batches
-    assert (project.incoming_dir / "sub.json" / "inner.json").exists()  # not recursed into, not deleted
+def test_folder_in_the_inbox_is_rejected_and_removed_unread(project, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("keep me")
+    folder = project.incoming_dir / "sub.json"
+    folder.mkdir()
+    (folder / "inner.json").write_text(json.dumps(_request("IN-1", ["digits-0001"])))
+    (folder / "link.json").symlink_to(outside)
+    counts, rejected = _ingest(project, {}, expect_accepted=set())  # asserts the inbox ends up empty
+    (line,) = rejected
+    assert (line["source_file"], line["reasons"], line["file_sha256"]) == ("sub.json", ["not_a_regular_file"], None)
+    assert "folder" in line["detail"] and counts["rejected_files"] == 1
+    assert Ledger(project.ledger_path).find_request("IN-1") is None  # not recursed into
+    assert outside.read_text() == "keep me"  # a link inside was removed, its target untouched
 
 
 def test_lone_surrogate_subject_ref_is_hashed_not_crashing(project):
