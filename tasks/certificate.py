@@ -531,6 +531,13 @@ def _failures(value: Any) -> str:
 
 def _model_section(document: dict[str, Any]) -> str:
     model = _section(document, "model")
+    if model.get("withdrawn") is True:
+        rows = [("Served model", "<b>none</b>: withdrawn, no successor was trained"),
+                ("Withdrawn version", _code(model.get("withdrawn_version"))),
+                ("Why", _e(model.get("reason")))]
+        return (f'<section id="model">\n<h2>Model</h2>\n{_kv(rows)}\n<p>The deletion left too few training samples '
+                "for any model; the model that held the deleted samples no longer serves and is retired below."
+                "</p>\n</section>")
     rows = [("New version", _code(model.get("version"))),
             ("Parent version", _code(model.get("parent_version"))),
             ("Method", _code(model.get("method")))]

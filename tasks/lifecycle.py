@@ -62,10 +62,18 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
         One entry per version acted on: version, action (retired | scheduled), reason, batches, due_at.
     """
     champion = tracking.champion_version(project, client)
-    if champion is None:
-        return []
     rank = _rank(ledger)
-    covered_by_champion = rank.get(champion.tags.get("covers_through", ""), -1)
+    withdrawn = [b for b, v in ledger.batches.items() if v["status"] == Ledger.COMPLETED
+                 and any(note.get("outcome") == "model_withdrawn" for note in v.get("history", []))]
+    if champion is not None:
+        covered_by_champion = rank.get(champion.tags.get("covers_through", ""), -1)
+        successor = f"superseded by version {champion.version}"
+    elif withdrawn:
+        # No model is served any more: every version that saw a deleted sample goes, none is kept.
+        covered_by_champion = max(rank[b] for b in withdrawn)
+        successor = "withdrawn: too few training samples remain for a successor"
+    else:
+        return []
     contaminating = [b for b, v in ledger.batches.items()
                      if v["status"] == Ledger.COMPLETED and v.get("train_samples", 1) > 0
                      and rank[b] <= covered_by_champion]
@@ -74,22 +82,26 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
     actions = []
     for mv in tracking.all_versions(project, client):
         if mv.tags.get("retired") == "true":
-            # Retired by an earlier run that may have stopped before saving the ledger: the
-            # registry tombstone is the record, so the batches' evidence is rebuilt from it.
+            # Retired by an earlier run that may have stopped before saving the ledger or appending to
+            # the audit log: the registry tombstone is the record, so the evidence is rebuilt from it.
+            if not audit.has_record(project, "model.retired", model_version=str(mv.version)):
+                audit.record(project, "model.retired", model_version=str(mv.version),
+                             reason=mv.tags.get("retired_reason", ""),
+                             batch_ids=[b for b in mv.tags.get("retired_batches", "").split(",") if b],
+                             artifacts_deleted=mv.tags.get("artifacts_deleted") == "true", recovered=True)
             for batch_id in mv.tags.get("retired_batches", "").split(","):
                 if batch_id in ledger.batches:
                     ledger.batches[batch_id].setdefault("retirement", {})[str(mv.version)] = {
                         "version": str(mv.version), "action": "retired", "reason": mv.tags.get("retired_reason"),
                         "due_at": mv.tags.get("retire_due_at"), "retired_at": mv.tags.get("retired_at")}
             continue
-        if str(mv.version) == str(champion.version):
+        if champion is not None and str(mv.version) == str(champion.version):
             continue
         covers = rank.get(mv.tags.get("covers_through", ""), -1)
         offending = sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
         if not offending:
             continue
-        reason = (f"trained on samples deleted by {len(offending)} batch(es); superseded by version "
-                  f"{champion.version}")
+        reason = f"trained on samples deleted by {len(offending)} batch(es); {successor}"
         due_at = mv.tags.get("retire_due_at")
         if due_at is None:
             due_at = (now + grace).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -223,9 +235,11 @@ def run_purge(project: Project) -> dict[str, Any]:
         mark_step(ledger, [batch_id], "purged", at)
         if _batch_retired(ledger.batches[batch_id]):
             mark_step(ledger, [batch_id], "retired", at)
-    ledger.save()
+    # Recorded before the ledger marks the batches purged: a crash in between repeats the purge (and this
+    # true record) on the next run, where the other order would leave a purge the log never mentions.
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
+    ledger.save()
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
     return write_state(project, "purge", {**summary, "status": "purged", **evidence})
 
@@ -284,6 +298,13 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                        "references_retired": len(batch.get("references_retired", []))},
     }
     certificate["timeline"][1]["at"] = steps.get("validated") or batch["created_at"]
+    # The data versions every batch has, promoted or not: the store it was removed from, and the store after.
+    closing = next((note for note in reversed(batch.get("history", [])) if note.get("data_version")), {})
+    certificate["data"].update({"version_before": batch.get("data_version_before"),
+                                "version_after": closing.get("data_version")})
+    if closing.get("outcome") == "model_withdrawn":
+        certificate["model"] = {"withdrawn": True, "version": None, "withdrawn_version": closing.get("model_version"),
+                                "reason": closing.get("reason"), "attempts": []}
     version = _promoted_version(batch)
     if version is not None:
         mv = client.get_model_version(tracking.model_name(project), version)

@@ -219,6 +219,25 @@ def move_champion(project: Project, client, new_version: str) -> str | None:
     return None if old is None else str(old.version)
 
 
+def withdraw_champion(project: Project, client, *, reason: str, at: str) -> str | None:
+    """Stop serving any model: remove the ``champion`` and ``previous`` aliases, tag the versions why.
+
+    Used when a deletion leaves too little data to train a successor: the served model holds the
+    deleted samples and nothing may replace it. Retirement (artifact deletion) follows in purge.
+
+    Returns:
+        The version that was champion, if any.
+    """
+    name = model_name(project)
+    aliases = client.get_registered_model(name).aliases
+    for alias in (PREVIOUS, CHAMPION):
+        if alias in aliases:
+            client.set_model_version_tag(name, str(aliases[alias]), "withdrawn_reason", reason)
+            client.set_model_version_tag(name, str(aliases[alias]), "withdrawn_at", at)
+            client.delete_registered_model_alias(name, alias)
+    return str(aliases[CHAMPION]) if CHAMPION in aliases else None
+
+
 def all_versions(project: Project, client) -> list[Any]:
     """Every registered version of the project's model, oldest first."""
     found = client.search_model_versions(f"name='{model_name(project)}'")

@@ -50,6 +50,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = False  # random crop + flip; for 32x32 images
+    # Fewest training samples a model may be trained on. A deletion that leaves fewer withdraws the served
+    # model (it holds the deleted data and no successor can be trained) instead of wedging the pipeline.
+    min_samples: int = 100
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,8 @@ def _check_values(params: Params) -> None:
         raise ConfigError("data.test_fraction: must be in (0, 1)")
     if params.train.epochs < 1 or params.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size: must be >= 1")
+    if params.train.min_samples < 1:
+        raise ConfigError("train.min_samples: must be >= 1")
     if params.requests.max_clock_skew_seconds < 0:
         raise ConfigError("requests.max_clock_skew_seconds: must be >= 0")
     for name, tol in params.gate.tolerances.items():

@@ -14,6 +14,7 @@ from tasks import audit, dvc_ops, tracking
 from tasks.project import PipelineError, Project
 from tasks.stage.context import load_forget, mark_step, read_state, utc_now, write_state
 from tasks.stage.promote import finish_promotions
+from unlearn.data import SampleStore
 from unlearn.requests import Ledger, write_json_atomic
 
 
@@ -37,7 +38,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     only test-split samples need no unlearning (no model saw them) and are completed here.
 
     Returns:
-        The state: ``status`` (nothing_pending, data_only, unlearning or done), the attempts so
+        The state: ``status`` (nothing_pending, data_only, model_withdrawn, unlearning or done), the attempts so
         far and ``next_method`` (None when the ladder is finished).
     """
     ledger = Ledger(project.ledger_path)
@@ -49,9 +50,10 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     if not pending:
         return write_state(project, "unlearn", {"status": "nothing_pending", "next_method": None})
     champion = tracking.champion_version(project, client)
-    if champion is None:
-        raise PipelineError("no champion model in the registry; run the train stage first")
     forget = load_forget(project, pending)
+    train_left = len(SampleStore(project.store_dir).split_ids("train"))
+    if len(forget) and train_left < project.params.train.min_samples:
+        return _withdraw(project, client, ledger, pending, train_left)
     data_version = dvc_ops.data_version(project)
     if len(forget) == 0:
         for batch_id in pending:
@@ -62,6 +64,8 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         audit.record(project, "batch.completed", batch_ids=pending, outcome="data_only",
                      data_version=data_version)
         return write_state(project, "unlearn", {"status": "data_only", "batches": pending, "next_method": None})
+    if champion is None:
+        raise PipelineError("no champion model in the registry; run the train stage first")
     key = _ladder_key(project, str(champion.version), pending)
     try:
         previous = read_state(project, "unlearn")
@@ -81,6 +85,30 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     }
     return write_state(project, "unlearn", next_rung(state))
 
+
+
+def _withdraw(project: Project, client: Any, ledger: Ledger, pending: list[str], train_left: int) -> dict[str, Any]:
+    """Too few training samples remain for any successor: honour the deletion by serving no model.
+
+    The data deletion stands (prepare committed it); the champion, which holds the deleted samples,
+    loses its alias and is retired by purge like any model that saw them; the batches complete with
+    outcome ``model_withdrawn`` so their certificates say so; later batches are not blocked.
+    """
+    data_version = dvc_ops.data_version(project)
+    reason = (f"{train_left} training sample(s) remain, fewer than train.min_samples "
+              f"({project.params.train.min_samples}): no successor can be trained")
+    at = utc_now()
+    withdrawn = tracking.withdraw_champion(project, client, reason=reason, at=at)
+    for batch_id in pending:
+        ledger.set_status(batch_id, Ledger.COMPLETED, {"at": at, "outcome": "model_withdrawn",
+                                                       "model_version": withdrawn, "reason": reason,
+                                                       "data_version": data_version})
+    mark_step(ledger, pending, "completed")
+    ledger.save()
+    audit.record(project, "model.withdrawn", model_version=withdrawn, batch_ids=pending, reason=reason,
+                 data_version=data_version)
+    return write_state(project, "unlearn", {"status": "model_withdrawn", "batches": pending, "next_method": None,
+                                            "withdrawn_version": withdrawn, "reason": reason})
 
 
 def next_rung(state: dict[str, Any]) -> dict[str, Any]:

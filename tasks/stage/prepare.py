@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.project import Project
+from tasks import dvc_ops
+from tasks.project import PipelineError, Project
 from tasks.stage.context import mark_step, quarantine_path, write_state
 from tasks.stage.retrain import retrained_path
 from unlearn.data import SampleStore, load_source
@@ -34,7 +35,13 @@ def run_prepare(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     old_store = SampleStore(project.store_dir) if (project.store_dir / "index.csv").exists() else None
     train_mask = source.splits == "train"
+    try:
+        before = dvc_ops.data_version(project)  # dvc.lock still names the store this batch is removed from
+    except PipelineError:
+        before = None  # the first store: nothing came before it
     for batch_id in ledger.pending():
+        # Kept from the first attempt: a re-run after a crash must not record its own half-done store.
+        ledger.batches[batch_id].setdefault("data_version_before", before)
         path = quarantine_path(project, batch_id)
         if path.exists():
             continue
