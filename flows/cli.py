@@ -5,7 +5,8 @@
     unlearn request submit ...        drop a deletion request into data/requests/incoming/
     unlearn request status <id>       where a request is (batch, steps, certificate)
     unlearn request certificate <id>  the deletion certificate (JSON + HTML report)
-    unlearn audit verify              check the hash-chained audit log
+    unlearn audit verify              check the hash-chained audit log against the ledger and certificates
+    unlearn doctor [--deep]           check every claim (audit, certificates, registry, weights) against the disk
     unlearn status                    the champion, pending requests, last runs, where the UIs are
     unlearn server start              a long-lived local Prefect server (schedules need one)
     unlearn serve                     serve the nightly and the request-triggered deployments
@@ -31,6 +32,12 @@ from typing import Any
 
 from flows.exit_codes import EXIT_ERROR, EXIT_GATE_FAILED
 from unlearn.files import utc_now, write_text_atomic
+
+
+def refused_metric_name(metric: str) -> str:
+    """``mia.<attack>.tpr_at_fpr_0.001`` -> ``tpr_at_fpr_0.001`` (the FPR's own dot must survive)."""
+    parts = metric.split(".", 2)
+    return parts[2] if len(parts) == 3 and parts[0] == "mia" else metric
 
 
 def _quiet_environment() -> None:
@@ -253,7 +260,7 @@ def format_summary(result: dict[str, Any]) -> str:
         ok = ("yes" if check["passed"] else "NO") if check else ""
         lines.append(f"{metric:<34}{models['original'][metric]:>10.4f}{models['unlearned'][metric]:>11.4f}"
                      f"{models['retrain'][metric]:>10.4f}{gap:>+9.4f}{tol:>7}  {ok}")
-    refused = sorted({m.rsplit(".", 1)[-1] for m in report.get("refused", {}).get("unlearned", {})})
+    refused = sorted({refused_metric_name(m) for m in report.get("refused", {}).get("unlearned", {})})
     if refused:
         lines.append(f"refused (too few test samples for the FPR): {', '.join(refused)} (details in the report)")
     attempts = promote.get("attempts") or []
@@ -329,20 +336,6 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from tasks.project import load_project
-    from unlearn.audit import AuditLog
-
-    report = AuditLog(load_project(args.root, check_registries=False).audit_path).verify()
-    if report.ok:
-        print(f"audit log intact: {report.lines} records, head {report.head_seq} {report.head_hash}")
-        return 0
-    print(f"audit log BROKEN ({len(report.problems)} problem(s)):", file=sys.stderr)
-    for problem in report.problems:
-        print(f"  {problem}", file=sys.stderr)
-    return EXIT_ERROR
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -373,13 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     certificate = request_commands.add_parser("certificate", help="the deletion certificate (JSON + HTML)")
     certificate.add_argument("request_id")
     certificate.add_argument("--out", help="copy the certificate files into this directory")
-    audit = commands.add_parser("audit", help="the hash-chained audit log")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    audit_commands.add_parser("verify", help="check that no line was edited, removed or reordered")
-    from flows import serve, status, sweep
+    from flows import integrity, serve, status, sweep
 
     parser.set_defaults(extra_handlers={**serve.add_commands(commands), **status.add_commands(commands),
-                                        **sweep.add_commands(commands)})
+                                        **sweep.add_commands(commands), **integrity.add_commands(commands)})
     return parser
 
 
@@ -387,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unlearn`` console command."""
     args = build_parser().parse_args(argv)
     _quiet_environment()
-    handlers = {"demo": _cmd_demo, "run": _cmd_run, "stage": _cmd_stage, "audit": _cmd_audit_verify,
+    from flows.ephemeral import temporary_server_dies_with_parent
+
+    temporary_server_dies_with_parent()
+    handlers = {"demo": _cmd_demo, "run": _cmd_run, "stage": _cmd_stage,
                 "request": {"submit": _cmd_request_submit, "status": _cmd_request_status,
                             "certificate": _cmd_request_certificate}}
     handlers.update(getattr(args, "extra_handlers", {}))

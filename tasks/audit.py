@@ -34,3 +34,10 @@ def head(project: Project) -> dict[str, Any]:
 
     report = AuditLog(project.audit_path).verify()
     return {"head_seq": report.head_seq, "head_hash": report.head_hash, "chain_ok": report.ok}
+
+
+def has_record(project: Project, event: str, **match: Any) -> bool:
+    """Whether the log holds an ``event`` record with these field values (recovery re-records lost events)."""
+    from unlearn.audit import AuditLog
+
+    return bool(AuditLog(project.audit_path).records(event, **match))

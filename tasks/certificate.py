@@ -68,25 +68,43 @@ def sla_durations(timeline: list[dict]) -> list[dict]:
     happen is measured from the last one that did, so a skipped step never hides elapsed time. Negative values
     are kept as they are: they reveal a clock or ordering problem an auditor should see.
 
+    The deletion clock starts at the *later* of "received" (the requester's own claim, which the pipeline cannot
+    check beyond refusing times in the future) and "validated" (when the pipeline ingested it): a requester's
+    early date cannot make the pipeline look slow, and a late one cannot make it look fast.
+
     Args:
         timeline: Items ``{"step": str, "at": ISO-8601 string or None}`` in order, normally starting with
             "received". Timestamps may carry "Z" or an offset, with or without microseconds; naive ones are UTC.
 
     Returns:
-        One dict per item, in order: ``{"step", "at", "seconds_since_previous", "seconds_since_received"}``,
-        the durations being floats in seconds or None where unknown.
+        One dict per item, in order: ``{"step", "at", "seconds_since_previous", "seconds_since_received",
+        "seconds_since_start"}``, the durations being floats in seconds or None where unknown.
     """
     items = [item if isinstance(item, dict) else {} for item in (timeline if isinstance(timeline, list) else [])]
     # found by name, not position, so a timeline that lost or reordered its first item still measures from it
     received = next((_parse_time(item.get("at")) for item in items if item.get("step") == "received"), None)
+    start = sla_start(timeline)["at"]
+    start_at = _parse_time(start) if start is not None else None
     rows, previous = [], None
     for item in items:
         at = _parse_time(item.get("at"))
         rows.append({"step": item.get("step"), "at": item.get("at"),
                      "seconds_since_previous": _seconds(previous, at),
-                     "seconds_since_received": _seconds(received, at)})
+                     "seconds_since_received": _seconds(received, at),
+                     "seconds_since_start": _seconds(start_at, at)})
         previous = at if at is not None else previous
     return rows
+
+
+def sla_start(timeline: list[dict]) -> dict[str, Any]:
+    """Where the deletion clock starts: ``{"basis": "received" | "validated" | None, "at": str | None}``."""
+    items = [item for item in (timeline if isinstance(timeline, list) else []) if isinstance(item, dict)]
+    candidates = [(at, item.get("step"), item.get("at")) for item in items
+                  if item.get("step") in ("received", "validated") and (at := _parse_time(item.get("at")))]
+    if not candidates:
+        return {"basis": None, "at": None}
+    _, basis, text = max(candidates, key=lambda c: (c[0], c[1] == "validated"))
+    return {"basis": basis, "at": text}
 
 
 # --- the JSON document --------------------------------------------------------------------------------------
@@ -336,7 +354,7 @@ def _png_img(payload: bytes, alt: str) -> str:
 
 def _sla_chart(sla: list[dict]) -> bytes | None:
     """A waterfall of the timeline as PNG bytes: one bar per step, from the previous step to this one."""
-    timed = [row for row in sla if row["seconds_since_received"] is not None]
+    timed = [row for row in sla if row.get("seconds_since_start") is not None]
     if len(timed) < 2:
         return None
     # the Agg canvas directly, not pyplot: no display on servers, no global state shared across worker threads
@@ -346,7 +364,7 @@ def _sla_chart(sla: list[dict]) -> bytes | None:
     labels, lefts, widths, notes = [], [], [], []
     for row in sla:
         labels.append(str(row["step"] if row["step"] is not None else MISSING)[:40])
-        since_received, since_previous = row["seconds_since_received"], row["seconds_since_previous"]
+        since_received, since_previous = row.get("seconds_since_start"), row["seconds_since_previous"]
         if since_received is None:  # a row without a bar: the gap stays visible
             left, width, note = 0.0, 0.0, "not reached" if row["at"] is None else "unknown"
         else:
@@ -369,7 +387,8 @@ def _sla_chart(sla: list[dict]) -> bytes | None:
     for position, end, note in zip(positions, ends, notes, strict=True):
         ax.text(max(end, 0.0) + span * 0.01, position, note, va="center", fontsize=8, parse_math=False)
     ax.set_xlim(min(0.0, min(lefts + ends)), span * 1.3)
-    ax.set(xlabel="seconds since received", title="Time per step (each bar spans from the previous step)")
+    ax.set(xlabel="seconds since the deletion clock started",
+           title="Time per step (each bar spans from the previous step)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
@@ -466,13 +485,19 @@ def _duration_cell(seconds: Any) -> str:
 def _timeline_section(document: dict[str, Any]) -> str:
     sla = document.get("sla") or []
     rows = [[_escaped(row["step"]), _escaped(row["at"], none='<span class="na">not reached</span>'),
-             _duration_cell(row["seconds_since_previous"]), _duration_cell(row["seconds_since_received"])]
+             _duration_cell(row["seconds_since_previous"]), _duration_cell(row["seconds_since_received"]),
+             _duration_cell(row.get("seconds_since_start"))]
             for row in sla]
-    table = _table(["Step", "Time (UTC)", "Since previous", "Since received"], rows, "No timeline recorded.")
+    table = _table(["Step", "Time (UTC)", "Since previous", "Since received", "Since clock start"], rows,
+                   "No timeline recorded.")
+    start = sla_start(document.get("timeline"))
+    clock = ("<p>The deletion clock starts at the later of the time the requester gave (received) and the time the "
+             f"pipeline validated the request: here <b>{_escaped(start['basis'])}</b>, {_escaped(start['at'])}.</p>"
+             if start["basis"] else '<p class="na">The deletion clock has no start time.</p>')
     chart = _sla_chart(sla)
     figure = (f"<figure>{_png_img(chart, 'Time per step')}<figcaption>Time per step</figcaption></figure>"
               if chart else '<p class="na">SLA chart: not available (fewer than two timed steps).</p>')
-    return f'<section id="timeline">\n<h2>Timeline and SLA</h2>\n{table}\n{figure}\n</section>'
+    return f'<section id="timeline">\n<h2>Timeline and SLA</h2>\n{clock}\n{table}\n{figure}\n</section>'
 
 
 def _data_section(document: dict[str, Any]) -> str:
@@ -496,6 +521,13 @@ def _failures(value: Any) -> str:
 
 def _model_section(document: dict[str, Any]) -> str:
     model = _section(document, "model")
+    if model.get("withdrawn") is True:
+        rows = [("Served model", "<b>none</b>: withdrawn, no successor was trained"),
+                ("Withdrawn version", _code(model.get("withdrawn_version"))),
+                ("Why", _escaped(model.get("reason")))]
+        return (f'<section id="model">\n<h2>Model</h2>\n{_definition_list(rows)}\n'
+                "<p>The deletion left too few training samples for any model; the model that held the deleted "
+                "samples no longer serves and is retired below.</p>\n</section>")
     rows = [("New version", _code(model.get("version"))),
             ("Parent version", _code(model.get("parent_version"))),
             ("Method", _code(model.get("method")))]

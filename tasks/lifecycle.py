@@ -29,7 +29,7 @@ from tasks.stage.state import write_state
 from unlearn.attacks.signals import SignalCache
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
-from unlearn.files import utc_now, utc_timestamp
+from unlearn.files import utc_now, utc_timestamp, write_json_atomic
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
@@ -55,33 +55,44 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
         One entry per version acted on: version, action (retired | scheduled), reason, batches, due_at.
     """
     champion = tracking.champion_version(project, client)
-    if champion is None:
-        return []
     rank = ledger.rank()
-    covered_by_champion = rank.get(champion.tags.get("covers_through", ""), -1)
-    contaminating = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
-                     if ledger.removed_training_samples(b) and rank[b] <= covered_by_champion]
+    completed = ledger.batches_with_status(Ledger.COMPLETED)
+    withdrawn = [b for b in completed if ledger.last_note(b).get("outcome") == "model_withdrawn"]
+    if champion is not None:
+        covered_by_champion = rank.get(champion.tags.get("covers_through", ""), -1)
+        successor = f"superseded by version {champion.version}"
+    elif withdrawn:
+        # No model is served any more: every version that saw a deleted sample goes, none is kept.
+        covered_by_champion = max(rank[b] for b in withdrawn)
+        successor = "withdrawn: too few training samples remain for a successor"
+    else:
+        return []
+    contaminating = [b for b in completed if ledger.removed_training_samples(b) and rank[b] <= covered_by_champion]
     grace = timedelta(hours=project.params.lifecycle.retirement_grace_hours)
     now = datetime.now(UTC)
     actions = []
     for mv in tracking.all_versions(project, client):
         if mv.tags.get("retired") == "true":
-            # Retired by an earlier run that may have stopped before saving the ledger: the
-            # registry tombstone is the record, so the batches' evidence is rebuilt from it.
+            # Retired by an earlier run that may have stopped before saving the ledger or appending to
+            # the audit log: the registry tombstone is the record, so the evidence is rebuilt from it.
+            if not audit.has_record(project, "model.retired", model_version=str(mv.version)):
+                audit.record(project, "model.retired", model_version=str(mv.version),
+                             reason=mv.tags.get("retired_reason", ""),
+                             batch_ids=[b for b in mv.tags.get("retired_batches", "").split(",") if b],
+                             artifacts_deleted=mv.tags.get("artifacts_deleted") == "true", recovered=True)
             for batch_id in mv.tags.get("retired_batches", "").split(","):
                 if batch_id in ledger.batches:
                     ledger.record_retirement(batch_id, str(mv.version), {
                         "version": str(mv.version), "action": "retired", "reason": mv.tags.get("retired_reason"),
                         "due_at": mv.tags.get("retire_due_at"), "retired_at": mv.tags.get("retired_at")})
             continue
-        if str(mv.version) == str(champion.version):
+        if champion is not None and str(mv.version) == str(champion.version):
             continue
         covers = rank.get(mv.tags.get("covers_through", ""), -1)
         offending = sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
         if not offending:
             continue
-        reason = (f"trained on samples deleted by {len(offending)} batch(es); superseded by version "
-                  f"{champion.version}")
+        reason = f"trained on samples deleted by {len(offending)} batch(es); {successor}"
         due_at = mv.tags.get("retire_due_at")
         if due_at is None:
             due_at = utc_timestamp(now + grace)
@@ -91,9 +102,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
                             "batches": offending, "due_at": due_at})
             continue
         at = utc_now()
-        tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
+        remember_weight_fingerprints(project, client, mv)
+        deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
-                     batch_ids=offending, artifacts_deleted=True)
+                     batch_ids=offending, artifacts_deleted=deleted)
         actions.append({"version": str(mv.version), "action": "retired", "reason": reason,
                         "batches": offending, "retired_at": at, "due_at": due_at})
     for action in actions:
@@ -104,7 +116,44 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
     return actions
 
 
-def _deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
+def _fingerprints_path(project: Project) -> Path:
+    return project.state_dir / "retired-weights.json"
+
+
+def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None:
+    """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
+
+    The purge scan and ``unlearn doctor`` then search the project for them, so "artifacts deleted"
+    is checked against every copy on disk (a stray export, a backup under the project), not only
+    against the artifact store's own listing. Hex never matches the raw bytes it encodes, so this file
+    does not trip the scan. A version whose weights cannot be read any more gets none (and says so).
+    """
+    from unlearn.forensics import weight_patterns
+
+    path = _fingerprints_path(project)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if str(mv.version) in known:
+        return
+    try:
+        model = tracking.load_model(project, client, str(mv.version))
+        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+        known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
+    except PipelineError as exc:
+        log.warning("retire: weights of version %s cannot be fingerprinted (%s)", mv.version, exc)
+        known[str(mv.version)] = {}
+    write_json_atomic(path, known)
+
+
+def retired_weight_patterns(project: Project) -> dict[str, bytes]:
+    """Scan patterns for every retired version's weight fingerprints, keyed ``v<version>-w<rank>``."""
+    path = _fingerprints_path(project)
+    if not path.exists():
+        return {}
+    return {f"v{version}-{key}": bytes.fromhex(value)
+            for version, patterns in json.loads(path.read_text()).items() for key, value in patterns.items()}
+
+
+def deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
     """The deleted samples' pixels, from the upstream source (the store no longer has them)."""
     source = load_source(project.params.data)
     mask = np.isin(source.ids, np.asarray(sample_ids, dtype=str))
@@ -147,18 +196,20 @@ def run_purge(project: Project) -> dict[str, Any]:
     for batch_id in to_close:
         quarantine_path(project, batch_id).unlink(missing_ok=True)
     live = SampleStore(project.store_dir).load().images
-    patterns, shared = sample_patterns(_deleted_arrays(project, closing_ids), live)
-    scan = scan_project_for_samples(project, patterns)
+    patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
+    weights = retired_weight_patterns(project)
+    scan = scan_project_for_samples(project, {**patterns, **weights})
     if scan.matches:
         places = sorted({str(path) for path, _ in scan.matches})
+        what = "retired model weights" if all(key in weights for _, key in scan.matches) else "deleted samples' bytes"
         audit.record(project, "purge.incomplete", batch_ids=to_close, matches=len(scan.matches))
-        raise PipelineError(f"purge incomplete: deleted samples' bytes still found in {len(places)} file(s): "
+        raise PipelineError(f"purge incomplete: {what} still found in {len(places)} file(s): "
                             f"{', '.join(places[:10])}")
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
-                 "matches": len(scan.matches)},
+                 "weight_fingerprints": len(weights), "matches": len(scan.matches)},
     }
     at = utc_now(precise=True)
     for batch_id in to_close:
@@ -166,9 +217,11 @@ def run_purge(project: Project) -> dict[str, Any]:
         ledger.mark_step([batch_id], "purged", at)
         if ledger.retirements_done(batch_id):
             ledger.mark_step([batch_id], "retired", at)
-    ledger.save()
+    # Recorded before the ledger marks the batches purged: a crash in between repeats the purge (and this
+    # true record) on the next run, where the other order would leave a purge the log never mentions.
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
+    ledger.save()
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
     return write_state(project, "purge", {**summary, "status": "purged", **evidence})
 
@@ -227,6 +280,13 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                        "references_retired": len(batch.get("references_retired", []))},
     }
     certificate["timeline"][1]["at"] = steps.get("validated") or batch["created_at"]
+    # The data versions every batch has, promoted or not: the store it was removed from, and the store after.
+    closing = next((note for note in reversed(batch.get("history", [])) if note.get("data_version")), {})
+    certificate["data"].update({"version_before": batch.get("data_version_before"),
+                                "version_after": closing.get("data_version")})
+    if closing.get("outcome") == "model_withdrawn":
+        certificate["model"] = {"withdrawn": True, "version": None, "withdrawn_version": closing.get("model_version"),
+                                "reason": closing.get("reason"), "attempts": []}
     version = _promoted_version(batch)
     if version is not None:
         mv = client.get_model_version(tracking.model_name(project), version)

@@ -267,17 +267,83 @@ def move_champion(project: Project, client, new_version: str) -> str | None:
     return None if old is None else str(old.version)
 
 
+def withdraw_champion(project: Project, client, *, reason: str, at: str) -> str | None:
+    """Stop serving any model: remove the ``champion`` and ``previous`` aliases, tag the versions why.
+
+    Used when a deletion leaves too little data to train a successor: the served model holds the
+    deleted samples and nothing may replace it. Retirement (artifact deletion) follows in purge.
+
+    Returns:
+        The version that was champion, if any.
+    """
+    name = model_name(project)
+    aliases = client.get_registered_model(name).aliases
+    for alias in (PREVIOUS, CHAMPION):
+        if alias in aliases:
+            client.set_model_version_tag(name, str(aliases[alias]), "withdrawn_reason", reason)
+            client.set_model_version_tag(name, str(aliases[alias]), "withdrawn_at", at)
+            client.delete_registered_model_alias(name, alias)
+    return str(aliases[CHAMPION]) if CHAMPION in aliases else None
+
+
 def all_versions(project: Project, client) -> list[Any]:
     """Every registered version of the project's model, oldest first."""
     found = client.search_model_versions(f"name='{model_name(project)}'")
     return sorted(found, key=lambda mv: int(mv.version))
 
 
+def version_model_id(mv: Any) -> str | None:
+    """The logged model behind a registered version, from MLflow's own registration fields.
+
+    MLflow writes ``model_id`` and ``source`` (``models:/<model id>``) in the same call that creates
+    the version, so they exist even when a crash came before the pipeline's own ``model_id`` tag; the
+    tag is only the last resort (versions registered by older code).
+    """
+    if getattr(mv, "model_id", None):
+        return str(mv.model_id)
+    source = str(getattr(mv, "source", "") or "")
+    if source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
+        return source[len("models:/"):]
+    return mv.tags.get("model_id") or None
+
+
+def model_artifact_locations(client, mv: Any) -> list[str]:
+    """Every artifact location that holds this version's weights: its logged model's (MLflow 3 keeps a
+    registered model's files there, not in the run's artifacts); empty when none can be determined."""
+    locations = []
+    model_id = version_model_id(mv)
+    if model_id:
+        locations.append(client.get_logged_model(model_id).artifact_location)
+    return locations
+
+
+def artifacts_remaining(location: str) -> int:
+    """How many files are still listed at an artifact location (0 once it is verifiably empty or gone)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo, pending, count = get_artifact_repository(location), [None], 0
+    while pending:
+        path = pending.pop()
+        try:
+            entries = repo.list_artifacts(path)
+        except (FileNotFoundError, OSError):
+            continue
+        for entry in entries:
+            if entry.is_dir:
+                pending.append(entry.path)
+            else:
+                count += 1
+    return count
+
+
 def retire_version(project: Project, client, mv: Any, *, reason: str, batches: list[str], at: str) -> bool:
     """Delete a version's model artifacts; keep its registry entry as a tagged tombstone.
 
-    Idempotent: a version already retired is left alone. Aliases that point at it are removed
-    (an alias must never resolve to a model that cannot be loaded).
+    ``artifacts_deleted=true`` is written only after the artifact store lists no file at the
+    version's locations any more; ``retired=true`` comes last, so a crash at any point leaves
+    either a version that is retried on the next run or a tombstone whose claims were checked.
+    Aliases that point at it are removed first (an alias must never resolve to a model that cannot
+    be loaded). Idempotent: a version already retired is left alone.
 
     Args:
         project: The project.
@@ -288,7 +354,11 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
         at: ISO-8601 time.
 
     Returns:
-        True when artifacts were deleted now, False when it was already retired.
+        True when artifacts were deleted (and verified gone) now, False when it was already retired.
+
+    Raises:
+        PipelineError: The version's artifacts cannot be located, or files remain after deletion; nothing
+            is claimed then, and the next run retries.
     """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -299,10 +369,17 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     for alias, target in client.get_registered_model(name).aliases.items():
         if str(target) == version:
             client.delete_registered_model_alias(name, alias)
-    model_id = mv.tags.get("model_id")
-    if model_id:
-        location = client.get_logged_model(model_id).artifact_location
-        get_artifact_repository(location).delete_artifacts()
+    locations = model_artifact_locations(client, mv)
+    if not locations:
+        raise PipelineError(f"model version {name}/{version}: its artifact location cannot be determined, so its "
+                            "weights cannot be deleted or shown deleted; run `unlearn doctor`")
+    for location in locations:
+        if artifacts_remaining(location):
+            get_artifact_repository(location).delete_artifacts()
+    left = sum(artifacts_remaining(location) for location in locations)
+    if left:
+        raise PipelineError(f"model version {name}/{version}: {left} artifact file(s) remain after deletion; "
+                            "nothing was marked deleted")
     batch_tag = ",".join(batches)
     if len(batch_tag) > 4000:  # MLflow tag values are bounded; the ledger holds the full list
         batch_tag = f"{','.join(batches[:50])},... ({len(batches)} batches)"

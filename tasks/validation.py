@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from unlearn.requests import FIELDS, NOT_AN_OBJECT, RAGGED_ROW, RawRequest
@@ -42,6 +43,7 @@ _TEXT = {
     "sample_ids_count_out_of_range": "names {n_ids} sample ids; a request names 1 to {max_ids}",
     "received_at_missing_or_not_string": "received_at is missing or not a string",
     "received_at_not_iso8601": "received_at is not an ISO-8601 date or time",
+    "received_at_in_future": "received_at is more than {max_skew} s ahead of the pipeline's clock",
     "reason_missing_or_not_string": "reason is missing or not a string",
     "reason_not_allowed": "reason must be one of {reasons}",
     "subject_ref_missing_or_not_string": "subject_ref is missing or not a string",
@@ -136,6 +138,20 @@ def _field_names(names: tuple[str, ...]) -> str:
     return ", ".join(shown + ([f"{rest} other field(s)"] if rest else []))
 
 
+def _not_in_future(value: Any, horizon: datetime) -> bool | None:
+    """True when an ISO-8601 ``received_at`` is not after ``horizon``; None when it is no valid time at all
+    (the format checks report that, not this one)."""
+    if not isinstance(value, str) or not re.match(ISO_8601, value):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed <= horizon
+
+
 def validate_requests(
     requests: list[RawRequest],
     *,
@@ -143,6 +159,8 @@ def validate_requests(
     classes: tuple[str, ...] = (),
     reasons: tuple[str, ...],
     max_ids: int,
+    max_clock_skew_seconds: float = 300.0,
+    now: datetime | None = None,
 ) -> list[Verdict]:
     """Validate requests against the schema and the dataset.
 
@@ -152,6 +170,9 @@ def validate_requests(
         classes: Class names of the dataset (a ``forget_class`` must be one of them).
         reasons: Allowed values of ``reason``.
         max_ids: Most sample ids one request may name.
+        max_clock_skew_seconds: How far ahead of ``now`` a ``received_at`` may be (the requester's clock may run
+            a little fast; a date in the future beyond that is refused, it would falsify the deletion SLA).
+        now: The pipeline's clock (UTC); the current time when None.
 
     Returns:
         One verdict per request, in the same order.
@@ -163,6 +184,7 @@ def validate_requests(
     if not requests:
         return []
     context = _context()
+    horizon = (now or datetime.now(UTC)) + timedelta(seconds=max_clock_skew_seconds)
     rows = []
     checked_ids: list[list[str]] = []  # per request: the ids to check one by one (maybe none)
     for i, request in enumerate(requests):
@@ -182,6 +204,7 @@ def validate_requests(
             "n_ids": n_ids,
             "forget_class": _class_name(v.get("forget_class")) if mode == "class" else None,
             "received_at": _string_or_none(v.get("received_at")),
+            "received_ok": _not_in_future(v.get("received_at"), horizon),
             "reason": _string_or_none(v.get("reason")),
             "subject_ref": _string_or_none(v.get("subject_ref")),
             "unknown_fields": _frame_safe(",".join(request.extra_fields)),
@@ -191,7 +214,8 @@ def validate_requests(
     class_rows = frame["mode"] == "class"
     frame["class_ok"] = None
     frame.loc[class_rows, "class_ok"] = frame.loc[class_rows, "forget_class"].isin(list(classes))
-    for column in ("request_id", "received_at", "reason", "subject_ref", "forget_class", "class_ok"):
+    for column in ("request_id", "received_at", "received_ok", "reason", "subject_ref", "forget_class",
+                   "class_ok"):
         frame[column] = frame[column].astype(object)
     requests_def = (context.data_sources.add_pandas(name="requests")
                     .add_dataframe_asset(name="rows").add_batch_definition_whole_dataframe("all"))
@@ -208,6 +232,7 @@ def validate_requests(
         gxe.ExpectColumnValuesToBeBetween(column="n_ids", min_value=1, max_value=max_ids, row_condition="n_ids!=-1", condition_parser="pandas", meta={"code": "sample_ids_count_out_of_range"}),
         gxe.ExpectColumnValuesToNotBeNull(column="received_at", meta={"code": "received_at_missing_or_not_string"}),
         gxe.ExpectColumnValuesToMatchRegex(column="received_at", regex=ISO_8601, meta={"code": "received_at_not_iso8601"}),
+        gxe.ExpectColumnValuesToBeInSet(column="received_ok", value_set=[True], meta={"code": "received_at_in_future"}),
         gxe.ExpectColumnValuesToNotBeNull(column="reason", meta={"code": "reason_missing_or_not_string"}),
         gxe.ExpectColumnValuesToBeInSet(column="reason", value_set=list(reasons), meta={"code": "reason_not_allowed"}),
         gxe.ExpectColumnValuesToNotBeNull(column="subject_ref", meta={"code": "subject_ref_missing_or_not_string"}),
@@ -245,7 +270,7 @@ def validate_requests(
     for i, request in enumerate(requests):
         found = codes[i] & set(STRUCTURAL_CODES) or codes[i]  # a non-row has no fields to judge
         reasons_i = tuple(sorted(found))
-        context_i = {"fields": _field_names(request.extra_fields), "classes": ", ".join(classes[:20]),
+        context_i = {"max_skew": f"{max_clock_skew_seconds:g}", "fields": _field_names(request.extra_fields), "classes": ", ".join(classes[:20]),
                      "n_ids": rows[i]["n_ids"], "max_ids": max_ids, "reasons": ", ".join(reasons)}
         detail = "; ".join(
             f"{code}: " + _TEXT[code].format(count=id_counts[i].get(code, 0), **context_i) for code in reasons_i

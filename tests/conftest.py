@@ -87,3 +87,22 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+def run_stages(project, *names: str) -> dict:
+    """Run pipeline stages in-process, in order, without Prefect (what ``dvc repro`` amounts to).
+
+    After ``prepare`` the ingest/prepare outputs are committed to DVC (the data version every later
+    stage reads) and pushed, as the flow does. Returns each stage's summary by name.
+    """
+    from tasks import dvc_ops
+    from tasks.stage.catalog import STAGE_FUNCTIONS
+
+    dvc_ops.ensure_repo(project)
+    results = {}
+    for name in names:
+        results[name] = STAGE_FUNCTIONS[name](project)
+        if name == "prepare":
+            dvc_ops.commit(project, "ingest", "prepare")
+            dvc_ops.push(project)
+    return results

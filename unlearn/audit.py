@@ -4,8 +4,17 @@ Every record carries ``seq`` (0, 1, 2, ...), ``prev`` (the previous record's has
 (SHA-256 of its own canonical JSON without ``hash``), so an edited, removed or reordered line
 breaks the chain. A sidecar head anchor (``<log>.head`` with the suffix replaced, e.g.
 ``audit.head``) records the last ``seq``/``hash`` and catches what the chain alone cannot: lines
-cut from the end, or the whole file deleted. The chain has no secret key, so it detects accidents
-and naive tampering, not a writer who recomputes every hash and the anchor.
+cut from the end. The chain alone has no secret key, so it detects accidents and naive tampering,
+not a writer who recomputes every hash and the anchor, and it cannot tell a deleted log from one that
+never existed: :meth:`AuditLog.verify` therefore also takes *expectations from outside the log*
+(the number of records that must exist, and the ``(seq, hash)`` anchors quoted by certificates).
+
+Keyed mode (optional): with a secret key kept outside the project, every record and the head anchor
+also carry ``mac`` = HMAC-SHA256(key, hash). Someone who can write the project's files but does not
+hold the key can then no longer rewrite history and re-hash it: the MACs would not verify. What keyed
+mode does not prove: anything against a holder of the key (the pipeline itself holds it), that
+events were recorded at all (a crash between a state change and its append can drop one), or that
+the clock in ``at`` was right.
 
 The trail must never hold personal data: field names such as ``subject_ref`` or ``sample_ids``
 are refused at any depth (store :func:`unlearn.requests.hash_subject` digests and counts).
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -28,7 +38,8 @@ from typing import Any
 
 GENESIS = "0" * 64
 EVENT_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
-RESERVED = frozenset({"seq", "at", "event", "prev", "hash"})
+RESERVED = frozenset({"seq", "at", "event", "prev", "hash", "mac"})
+MIN_KEY_BYTES = 32
 DENYLIST = frozenset({"subject_ref", "subject", "sample_ids", "images", "image", "labels", "email", "name"})
 MAX_STRING = 4096
 MAX_PROBLEMS = 50
@@ -48,6 +59,7 @@ class AuditReport:
         head_seq: ``seq`` of the last parseable record in the log, None if there is none.
         head_hash: ``hash`` of that record, None if there is none.
         problems: Human-readable problems, each naming its line; at most ``MAX_PROBLEMS`` plus a count.
+        keyed: True when the MACs were checked with a key (keyed mode), False for the plain hash chain.
     """
 
     ok: bool
@@ -55,6 +67,53 @@ class AuditReport:
     head_seq: int | None
     head_hash: str | None
     problems: tuple[str, ...]
+    keyed: bool = False
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A ``(seq, hash)`` pair quoted outside the log (a certificate, an MLflow tag) that must be in it.
+
+    Attributes:
+        source: Where the anchor was read, for the problem message (e.g. the certificate's file name).
+        seq: The record's sequence number.
+        hash: The record's hash.
+    """
+
+    source: str
+    seq: int
+    hash: str
+
+
+def load_key(path: Path) -> bytes:
+    """Read an audit HMAC key file (raw bytes, or hex text), refusing keys too short to be secret.
+
+    Args:
+        path: The key file; it should live outside the project (and outside anything backed up with it).
+
+    Returns:
+        The key bytes.
+
+    Raises:
+        AuditError: Missing, unreadable or shorter than ``MIN_KEY_BYTES`` bytes of entropy.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise AuditError(f"audit key file {path} cannot be read ({exc.strerror})") from exc
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii")) if text else b""
+    except (UnicodeDecodeError, ValueError):
+        key = raw
+    if len(key) < MIN_KEY_BYTES:
+        raise AuditError(f"audit key file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} are required "
+                         "(e.g. `openssl rand -hex 32 > FILE`)")
+    return key
+
+
+def _mac(key: bytes, digest: str) -> str:
+    return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def _canonical(obj: Any) -> str:
@@ -62,7 +121,8 @@ def _canonical(obj: Any) -> str:
 
 
 def _digest(record: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in record.items() if k != "hash"}).encode()).hexdigest()
+    return hashlib.sha256(_canonical({k: v for k, v in record.items() if k not in ("hash", "mac")})
+                          .encode()).hexdigest()
 
 
 def _check_value(field: str, value: Any) -> None:
@@ -92,12 +152,16 @@ def _head_fits(head: dict[str, Any], last: dict[str, Any]) -> bool:
 class AuditLog:
     """A hash-chained JSON-lines audit log at ``path`` with its head anchor and lock file beside it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key: bytes | None = None):
         """Point at a log; nothing is created until the first append.
 
         Args:
             path: The log file, e.g. ``data/audit/audit.jsonl``.
+            key: HMAC key for keyed mode (see :func:`load_key`); None for the plain hash chain.
         """
+        if key is not None and len(key) < MIN_KEY_BYTES:
+            raise AuditError(f"audit key must hold at least {MIN_KEY_BYTES} bytes")
+        self.key = key
         self.path = Path(path)
         self.head_path = self.path.with_suffix(".head")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
@@ -125,10 +189,13 @@ class AuditLog:
         return head
 
     def _write_head(self, seq: int, digest: str) -> None:
+        head: dict[str, Any] = {"seq": seq, "hash": digest}
+        if self.key is not None:
+            head["mac"] = _mac(self.key, f"head:{seq}:{digest}")
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.head_path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
-                f.write(json.dumps({"seq": seq, "hash": digest}))
+                f.write(json.dumps(head))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.head_path)
@@ -203,6 +270,8 @@ class AuditLog:
                           "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                           "event": event, **fields, "prev": GENESIS if last is None else last["hash"]}
                 record["hash"] = _digest(record)
+                if self.key is not None:
+                    record["mac"] = _mac(self.key, record["hash"])
                 data = (_canonical(record) + "\n").encode("ascii")
                 while data:  # os.write may write only part
                     data = data[os.write(fd, data):]
@@ -224,11 +293,19 @@ class AuditLog:
             lines.pop()  # the empty string after the final newline
         return lines, torn
 
-    def verify(self) -> AuditReport:
-        """Check every line, the chain and the head anchor; collects problems rather than stopping.
+    def verify(self, *, min_records: int = 0, anchors: tuple[Anchor, ...] | list[Anchor] = ()) -> AuditReport:
+        """Check every line, the chain, the head anchor, and what the world outside the log says must be in it.
+
+        Args:
+            min_records: How many records must exist at least (e.g. one per completed batch, known from the
+                ledger). An absent or empty log is only ok when this is 0: a deleted log is not an intact one.
+            anchors: ``(seq, hash)`` pairs quoted elsewhere (certificates); each must be a record of the chain.
+                A re-hashed chain moves every hash after the first edit, so quoted anchors catch a forger who
+                recomputed the chain without keyed mode.
 
         Returns:
-            An :class:`AuditReport`; an absent or empty log with no head anchor is ok.
+            An :class:`AuditReport`. In keyed mode (``key`` given) every record and the head anchor must also
+            carry a valid MAC.
         """
         problems: list[str] = []
         with self._locked(fcntl.LOCK_SH):
@@ -239,6 +316,7 @@ class AuditLog:
                 head, head_error = None, str(exc)
         last: dict[str, Any] | None = None  # last parseable record, for the chain checks
         expect_link = True  # False right after a line we could not parse: the link cannot be checked
+        by_seq: dict[int, str] = {}
         for n, raw in enumerate(lines, start=1):
             if torn and n == len(lines):
                 problems.append(f"line {n}: incomplete last line without newline (torn write?)")
@@ -253,12 +331,16 @@ class AuditLog:
                 continue
             if _digest(record) != record["hash"]:
                 problems.append(f"line {n}: hash mismatch (record edited)")
+            elif self.key is not None and not hmac.compare_digest(str(record.get("mac", "")),
+                                                                  _mac(self.key, record["hash"])):
+                problems.append(f"line {n}: MAC missing or wrong (record written or re-hashed without the key)")
             want_seq, want_prev = (0, GENESIS) if last is None else (last["seq"] + 1, last["hash"])
             if expect_link and record["seq"] != want_seq:
                 kind = "out of order" if last is not None and record["seq"] <= last["seq"] else "gap, line removed?"
                 problems.append(f"line {n}: seq {record['seq']} where {want_seq} was expected ({kind})")
             elif expect_link and record["prev"] != want_prev:
                 problems.append(f"line {n}: prev does not match the hash of the line before (chain broken)")
+            by_seq.setdefault(record["seq"], record["hash"])
             last, expect_link = record, True
         if head_error:
             problems.append(head_error)
@@ -272,10 +354,26 @@ class AuditLog:
                             f"(truncated after line {len(lines)})")
         elif head is not None and not _head_fits(head, last):
             problems.append(f"head anchor (seq {head['seq']}) does not match the tail of the log")
+        head_mac = None if head is None or self.key is None else _mac(self.key, f"head:{head['seq']}:{head['hash']}")
+        if head_mac is not None and not hmac.compare_digest(str(head.get("mac", "")), head_mac):
+            problems.append("head anchor MAC missing or wrong (anchor rewritten without the key)")
+        count = len(by_seq)
+        if count < min_records:
+            where = "missing" if not self.path.exists() else f"holds {count} record(s)"
+            problems.append(f"the log {where}, but at least {min_records} record(s) must exist "
+                            "(work was done that the log should record: deleted or truncated?)")
+        for anchor in anchors:
+            found = by_seq.get(anchor.seq)
+            if found is None:
+                problems.append(f"{anchor.source}: quotes record seq {anchor.seq}, which is not in the log")
+            elif found != anchor.hash:
+                problems.append(f"{anchor.source}: quotes seq {anchor.seq} with hash {anchor.hash[:12]}..., "
+                                f"the log has {found[:12]}... (history rewritten after it was quoted)")
         if len(problems) > MAX_PROBLEMS:
             problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
         return AuditReport(ok=not problems, lines=len(lines), head_seq=None if last is None else last["seq"],
-                           head_hash=None if last is None else last["hash"], problems=tuple(problems))
+                           head_hash=None if last is None else last["hash"], problems=tuple(problems),
+                           keyed=self.key is not None)
 
     def records(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
         """Parsed records in file order, optionally filtered; unparseable lines are skipped (see verify).

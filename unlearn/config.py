@@ -53,6 +53,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = False  # random crop + flip; for 32x32 images
+    # Fewest training samples a model may be trained on. A deletion that leaves fewer withdraws the served
+    # model (it holds the deleted data and no successor can be trained) instead of wedging the pipeline.
+    min_samples: int = 100
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class RequestsConfig:
     """Limits on incoming deletion requests."""
 
     max_ids_per_request: int = 100_000
+    max_clock_skew_seconds: float = 300.0  # a received_at further ahead of the pipeline's clock is refused
     reasons: tuple[str, ...] = ("gdpr_erasure", "ccpa_deletion", "consent_withdrawn", "other")
 
 
@@ -343,6 +347,10 @@ def _check_values(params: Params) -> None:
                           f"package.module:factory, got {params.model.name!r}")
     if params.train.epochs < 1 or params.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size: must be >= 1")
+    if params.train.min_samples < 1:
+        raise ConfigError("train.min_samples: must be >= 1")
+    if params.requests.max_clock_skew_seconds < 0:
+        raise ConfigError("requests.max_clock_skew_seconds: must be >= 0")
     for name, tol in params.gate.tolerances.items():
         if tol < 0:
             raise ConfigError(f"gate.tolerances.{name}: must be >= 0")

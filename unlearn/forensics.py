@@ -94,6 +94,40 @@ def sample_patterns(deleted: Arrays, live_images: np.ndarray) -> tuple[dict[str,
     return patterns, dropped
 
 
+def weight_patterns(tensors: dict[str, np.ndarray], *, count: int = 4, length: int = 256) -> dict[str, bytes]:
+    """Byte fingerprints of a model's weights, to prove its artifacts are gone from disk.
+
+    Serialisers store a tensor's values as its raw little-endian bytes (``torch.save``'s zip entries,
+    ``torch.export``'s ``.pt2`` archives, safetensors), so a run of ``length`` bytes from the middle of
+    one of the largest tensors is found in any copy of the weights however they were packaged, while a
+    model that was fine-tuned away from them (a successor) no longer contains them. Runs with fewer than
+    16 distinct byte values (zero padding, constant init) are skipped: they would match unrelated files.
+
+    Args:
+        tensors: Parameter name -> array (a state dict converted with ``.cpu().numpy()``).
+        count: How many tensors to fingerprint (the largest ones).
+        length: Bytes per fingerprint.
+
+    Returns:
+        Fingerprint key (``w<rank>``, no parameter names) -> bytes; empty when no tensor is large enough.
+    """
+    ranked = sorted(((np.asarray(v).nbytes, k) for k, v in tensors.items()), reverse=True)
+    patterns: dict[str, bytes] = {}
+    for _, name in ranked:
+        data = np.ascontiguousarray(np.asarray(tensors[name])).astype(
+            np.asarray(tensors[name]).dtype.newbyteorder("<"), copy=False).tobytes()
+        if len(data) < length:
+            break
+        start = (len(data) - length) // 2
+        run = data[start:start + length]
+        if len(set(run)) < 16:
+            continue
+        patterns[f"w{len(patterns)}"] = run
+        if len(patterns) == count:
+            break
+    return patterns
+
+
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 

@@ -14,7 +14,16 @@ from tasks import audit, dvc_ops, tracking
 from tasks.project import PipelineError, Project
 from tasks.stage.context import load_forget
 from tasks.stage.promote import finish_promotions
-from tasks.stage.state import DATA_ONLY, NOTHING_PENDING, UNLEARNING, Escalation, read_escalation, write_escalation
+from tasks.stage.state import (
+    DATA_ONLY,
+    MODEL_WITHDRAWN,
+    NOTHING_PENDING,
+    UNLEARNING,
+    Escalation,
+    read_escalation,
+    write_escalation,
+)
+from unlearn.data import SampleStore
 from unlearn.files import utc_now, write_json_atomic
 from unlearn.requests import Ledger
 
@@ -38,7 +47,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     only test-split samples need no unlearning (no model saw them) and are completed here.
 
     Returns:
-        The state: ``status`` (nothing_pending, data_only, unlearning or done), the attempts so
+        The state: ``status`` (nothing_pending, data_only, model_withdrawn, unlearning or done), the attempts so
         far and ``next_method`` (None when the ladder is finished).
     """
     ledger = Ledger(project.ledger_path)
@@ -50,9 +59,10 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     if not pending:
         return write_escalation(project, Escalation(NOTHING_PENDING))
     champion = tracking.champion_version(project, client)
-    if champion is None:
-        raise PipelineError("no champion model in the registry; run the train stage first")
     forget = load_forget(project, pending)
+    train_left = len(SampleStore(project.store_dir).split_ids("train"))
+    if len(forget) and train_left < project.params.train.min_samples:
+        return _withdraw(project, client, ledger, pending, train_left)
     data_version = dvc_ops.data_version(project)
     if len(forget) == 0:
         for batch_id in pending:
@@ -63,6 +73,8 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         audit.record(project, "batch.completed", batch_ids=pending, outcome="data_only",
                      data_version=data_version)
         return write_escalation(project, Escalation(DATA_ONLY, batches=pending))
+    if champion is None:
+        raise PipelineError("no champion model in the registry; run the train stage first")
     key = _ladder_key(project, str(champion.version), pending)
     try:
         previous = read_escalation(project)
@@ -78,6 +90,30 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         ladder=list(project.params.unlearn.ladder), attempts=attempts,
     )
     return write_escalation(project, state.next_rung())
+
+
+def _withdraw(project: Project, client: Any, ledger: Ledger, pending: list[str], train_left: int) -> dict[str, Any]:
+    """Too few training samples remain for any successor: honour the deletion by serving no model.
+
+    The data deletion stands (prepare committed it); the champion, which holds the deleted samples,
+    loses its alias and is retired by purge like any model that saw them; the batches complete with
+    outcome ``model_withdrawn`` so their certificates say so; later batches are not blocked.
+    """
+    data_version = dvc_ops.data_version(project)
+    reason = (f"{train_left} training sample(s) remain, fewer than train.min_samples "
+              f"({project.params.train.min_samples}): no successor can be trained")
+    at = utc_now()
+    withdrawn = tracking.withdraw_champion(project, client, reason=reason, at=at)
+    for batch_id in pending:
+        ledger.set_status(batch_id, Ledger.COMPLETED, {"at": at, "outcome": "model_withdrawn",
+                                                       "model_version": withdrawn, "reason": reason,
+                                                       "data_version": data_version})
+    ledger.mark_step(pending, "completed")
+    ledger.save()
+    audit.record(project, "model.withdrawn", model_version=withdrawn, batch_ids=pending, reason=reason,
+                 data_version=data_version)
+    return write_escalation(project, Escalation(MODEL_WITHDRAWN, batches=pending, withdrawn_version=withdrawn,
+                                                reason=reason))
 
 
 def skipped_report(project: Project, reason: str | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,6 @@ from unlearn.requests import (
     hash_subject,
     load_or_create_salt,
     parse_request_file,
-    sanitize_file_name,
     skipped_in_inbox,
 )
 
@@ -57,9 +57,10 @@ def run_ingest(project: Project) -> dict[str, Any]:
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
     with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
         entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in scan if not skipped_in_inbox(e.name))
-    for name, _ in (e for e in entries if e[1]):
-        log.warning("ingest: ignoring folder %s in the inbox (request files only)", sanitize_file_name(name))
-    files = [project.incoming_dir / name for name, is_dir in entries if not is_dir]
+    # A folder is a non-request like any other unreadable entry: one rejection line, then out of the inbox
+    # (left there it would be warned about forever, and it may hold personal data nobody will process).
+    folders = {name for name, is_dir in entries if is_dir}
+    files = [project.incoming_dir / name for name, _ in entries]
     ledger = Ledger(project.ledger_path)
     if not project.ledger_path.exists():
         ledger.save()  # the ledger always exists: later stages read it
@@ -77,6 +78,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
     verdicts = validate_requests(
         requests, known_ids=set(source.ids.tolist()), classes=source.classes,
         reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
+        max_clock_skew_seconds=params.requests.max_clock_skew_seconds,
     )
     salt = load_or_create_salt(project.salt_path)
     router = RequestRouter(ledger, ingest_id)
@@ -155,7 +157,10 @@ def run_ingest(project: Project) -> dict[str, Any]:
     for line in rejected_lines:
         audit.record(project, "request.rejected", request_id=line["request_id"], reasons=line["reasons"])
     for f in files:
-        f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
+        if f.name in folders:
+            shutil.rmtree(f, ignore_errors=True)  # rmtree never follows a symlink inside the folder
+        else:
+            f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
     counts = {
         "batch_id": batch_id, "files": len(files), "rows": len(requests) + len(bad_files),
         "accepted": len(accepted), "acknowledged": len(acknowledged), "rejected": len(rejected_lines),

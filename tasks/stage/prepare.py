@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.project import Project
+from tasks import dvc_ops
+from tasks.project import PipelineError, Project
 from tasks.stage.context import quarantine_path
 from tasks.stage.retrain import retrained_path
 from tasks.stage.state import write_state
@@ -35,7 +36,12 @@ def run_prepare(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     old_store = SampleStore(project.store_dir) if (project.store_dir / "index.csv").exists() else None
     train_mask = source.splits == "train"
+    try:
+        before = dvc_ops.data_version(project)  # dvc.lock still names the store this batch is removed from
+    except PipelineError:
+        before = None  # the first store: nothing came before it
     for batch_id in ledger.pending():
+        ledger.set_data_version_before(batch_id, before)
         path = quarantine_path(project, batch_id)
         if path.exists():
             continue

@@ -49,6 +49,8 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     if not needs_references(params) or not Ledger(project.ledger_path).pending():
         return []  # trained when a request needs them: the next deletion would retire most of them
     store = SampleStore(project.store_dir)
+    if len(store.split_ids("train")) < params.train.min_samples:
+        return []  # nothing to verify against: the model is withdrawn, not unlearned (see escalation)
     bank = ReferenceBank(project.references_dir)
     key = recipe_key(project, store)
     for ref_id in bank.retire_stale(key):

@@ -18,8 +18,10 @@ from tasks.project import PipelineError, Project
 from unlearn.files import write_json_atomic
 
 # Escalation statuses: no batch pending; only batches whose samples no model saw (nothing to
-# unlearn); attempts still to run; ladder finished (one passed, or every rung failed).
+# unlearn); attempts still to run; ladder finished (one passed, or every rung failed); too few
+# training samples left for any successor, so the served model was withdrawn instead.
 NOTHING_PENDING, DATA_ONLY, UNLEARNING, DONE = "nothing_pending", "data_only", "unlearning", "done"
+MODEL_WITHDRAWN = "model_withdrawn"
 
 
 def read_state(project: Project, stage: str) -> dict[str, Any]:
@@ -88,7 +90,8 @@ class Escalation:
     """The escalation state (``data/state/unlearn.json``): which batches, from which champion, and the attempts.
 
     Attributes:
-        status: :data:`NOTHING_PENDING`, :data:`DATA_ONLY`, :data:`UNLEARNING` or :data:`DONE`.
+        status: :data:`NOTHING_PENDING`, :data:`DATA_ONLY`, :data:`UNLEARNING`, :data:`DONE` or
+            :data:`MODEL_WITHDRAWN`.
         next_method: The next rung to run (None when the ladder is finished).
         batches: The pending batches being unlearned.
         key: Identity of the escalation (champion, batches, policy): a resumed run must match it.
@@ -103,6 +106,8 @@ class Escalation:
         chosen: Index of the attempt that passed first (None if none has).
         run_id: The attempt promote registers (the chosen one, or the last when all failed).
         method: Its method.
+        withdrawn_version: With :data:`MODEL_WITHDRAWN`: the champion that lost its alias (None if none).
+        reason: With :data:`MODEL_WITHDRAWN`: why no successor could be trained.
     """
 
     status: str
@@ -120,6 +125,8 @@ class Escalation:
     chosen: int | None = None
     run_id: str | None = None
     method: str | None = None
+    withdrawn_version: str | None = None
+    reason: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Escalation:
@@ -132,6 +139,9 @@ class Escalation:
             return {"status": self.status, "next_method": None}
         if self.status == DATA_ONLY:
             return {"status": self.status, "batches": list(self.batches), "next_method": None}
+        if self.status == MODEL_WITHDRAWN:
+            return {"status": self.status, "batches": list(self.batches), "next_method": None,
+                    "withdrawn_version": self.withdrawn_version, "reason": self.reason}
         out = asdict(self)
         out["attempts"] = [a.to_json() for a in self.attempts]
         return out

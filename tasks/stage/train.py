@@ -66,6 +66,14 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
     device = resolve_device(project)
     store = SampleStore(project.store_dir)
     ledger = Ledger(project.ledger_path)
+    available = len(store.split_ids("train"))
+    if available < params.train.min_samples:
+        # Deletions left too little to train on: serving nothing is the honest state (see escalation's
+        # withdrawal); training on a handful of samples would register a model nobody should use.
+        log.info("train: %d training sample(s) < train.min_samples (%d): no model", available,
+                 params.train.min_samples)
+        return write_state(project, "train", {"skipped": True, "version": None, "reason": "too_few_samples",
+                                               "train_samples": available})
     train, test = store.load_split("train"), store.load_split("test")
     train_t, test_t = tensors(train), tensors(test)
     seed_everything(params.seed)

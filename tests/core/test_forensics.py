@@ -109,3 +109,33 @@ def test_many_patterns_scan_fast(tmp_path):
     result = scan_for_patterns([tmp_path], patterns)
     assert result.matches == () and result.bytes == 20_000_000
     assert time.perf_counter() - start < 10  # ~0.3 s here; bytes.find per pattern takes ~2.5 s
+
+
+def test_weight_patterns_find_saved_weights_but_not_a_successor(tmp_path):
+    import torch
+
+    from unlearn.forensics import scan_for_patterns, weight_patterns
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    patterns = weight_patterns(state)
+    assert 1 <= len(patterns) <= 4 and all(len(v) == 256 for v in patterns.values())
+    assert all(k.startswith("w") for k in patterns)  # no parameter names leak into reports
+    (tmp_path / "old").mkdir()
+    torch.save(model.state_dict(), tmp_path / "old" / "state_dict.pt")
+    found = scan_for_patterns([tmp_path / "old"], patterns)
+    assert {key for _, key in found.matches} == set(patterns)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3)  # a successor: every value moved
+    (tmp_path / "new").mkdir()
+    torch.save(model.state_dict(), tmp_path / "new" / "state_dict.pt")
+    assert scan_for_patterns([tmp_path / "new"], patterns).clean
+
+
+def test_weight_patterns_skip_constant_tensors():
+    from unlearn.forensics import weight_patterns
+
+    assert weight_patterns({"zeros": np.zeros(4096, dtype=np.float32)}) == {}
+    assert weight_patterns({"tiny": np.arange(8, dtype=np.float32)}) == {}

@@ -197,3 +197,16 @@ def test_too_large_file_is_refused_unparsed_but_hashed(tmp_path):
     assert parsed.problem.code == "file_too_large" and parsed.requests == []
     assert (parsed.size, parsed.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert parse_request_file(tmp_path / "big.json", max_bytes=len(data)).problem is None
+
+
+@pytest.mark.parametrize("data", [
+    b'{"request_id": "A", "request_id": "B"}',
+    b'[{"request_id": "A", "x": {"y": 1, "y": 2}}]',
+    b'{"requests": [{"request_id": "A"}], "requests": []}',
+])
+def test_duplicate_json_keys_are_a_file_problem_at_any_depth(data):
+    from unlearn.requests import parse_request_bytes
+
+    parsed = parse_request_bytes("r.json", data)
+    assert parsed.problem is not None and parsed.problem.code == "duplicate_json_key"
+    assert not parsed.requests

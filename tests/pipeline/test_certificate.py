@@ -9,7 +9,13 @@ import re
 
 import pytest
 
-from tasks.certificate import certificate_stem, sla_durations, verify_certificate_digest, write_certificate
+from tasks.certificate import (
+    certificate_stem,
+    sla_durations,
+    sla_start,
+    verify_certificate_digest,
+    write_certificate,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"
@@ -78,11 +84,24 @@ def _images(page):
 def test_durations_of_a_full_timeline():
     sla = sla_durations(_certificate()["timeline"])
     assert [row["step"] for row in sla] == STEPS
+    # the clock starts at validation (1.5 s after the requester's received time): the later of the two
     assert sla[0] == {"step": "received", "at": "2026-11-24T10:00:00Z", "seconds_since_previous": None,
-                      "seconds_since_received": 0.0}
+                      "seconds_since_received": 0.0, "seconds_since_start": -1.5}
     assert [row["seconds_since_previous"] for row in sla[1:]] == [1.5, 3.5, 1200.0, 295.0, 60.0, 60.0, 60.0,
                                                                      3720.0]
-    assert sla[-1]["seconds_since_received"] == 5400.0
+    assert sla[-1]["seconds_since_received"] == 5400.0 and sla[-1]["seconds_since_start"] == 5398.5
+
+
+def test_sla_clock_starts_at_the_later_of_received_and_validated():
+    early = [{"step": "received", "at": "2020-01-01T00:00:00Z"}, {"step": "validated", "at": "2026-11-24T10:00:00Z"},
+             {"step": "certified", "at": "2026-11-24T10:00:30Z"}]
+    assert sla_start(early) == {"basis": "validated", "at": "2026-11-24T10:00:00Z"}
+    assert sla_durations(early)[-1]["seconds_since_start"] == 30.0  # a backdated request cannot look slow
+    skewed = [{"step": "received", "at": "2026-11-24T10:02:00Z"}, {"step": "validated", "at": "2026-11-24T10:00:00Z"},
+              {"step": "certified", "at": "2026-11-24T10:03:00Z"}]
+    assert sla_start(skewed)["basis"] == "received"  # within the allowed clock skew
+    assert sla_durations(skewed)[-1]["seconds_since_start"] == 60.0
+    assert sla_start([]) == {"basis": None, "at": None}
 
 
 def test_microsecond_timestamps_and_offsets():

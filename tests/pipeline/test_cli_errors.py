@@ -63,3 +63,11 @@ def test_loading_a_project_checks_its_names_against_the_registries(make_project)
         load_project(root)
     # Commands that run no stage (request submit, status, certificates) opt out explicitly.
     assert load_project(root, check_registries=False).params.unlearn.method == "forgetful"
+
+
+def test_refused_metric_names_keep_the_fpr():
+    from flows.cli import refused_metric_name
+
+    assert refused_metric_name("mia.lira_offline.tpr_at_fpr_0.001") == "tpr_at_fpr_0.001"
+    assert refused_metric_name("mia.rmia_offline.tpr_at_fpr_0.01") == "tpr_at_fpr_0.01"
+    assert refused_metric_name("test_acc") == "test_acc"

@@ -90,6 +90,10 @@ ROWS = [
     ("reason_list", {**_request("H-1", ["digits-0001"]), "reason": ["gdpr_erasure"]}, ["reason_missing_or_not_string"]),
     ("received_at_number", {**_request("H-1", ["digits-0001"]), "received_at": 20261124},
      ["received_at_missing_or_not_string"]),
+    ("received_at_far_future", {**_request("H-1", ["digits-0001"]), "received_at": "2999-01-01"},
+     ["received_at_in_future"]),
+    ("received_at_tomorrow", {**_request("H-1", ["digits-0001"]), "received_at": "2099-01-01T00:00:00+14:00"},
+     ["received_at_in_future"]),
     ("empty_id_list", _request("H-1", []), ["sample_ids_count_out_of_range"]),
     ("empty_string_id", _request("H-1", [""]), ["sample_id_malformed"]),
     ("negative_int_id", _request("H-1", [-1]), ["sample_ids_not_list_of_strings"]),
@@ -163,6 +167,19 @@ FILES = [  # (case id, file name, content, exact code, a phrase its detail must 
     ("zero_bytes_json", "empty.json", b"", "empty_file", "the file is empty"),
     ("zero_bytes_csv", "empty.csv", b"", "empty_file", "the file is empty"),
     ("deeply_nested_json", "deep.json", b"[" * 100_000 + b"]" * 100_000, "malformed_json", "nested too deeply"),
+    ("duplicate_key", "dup.json",
+     b'{"request_id": "H-1", "sample_ids": ["digits-0008"], "sample_ids": ["digits-0010"], "received_at": '
+     b'"2026-11-24", "reason": "other", "subject_ref": "' + SECRET.encode() + b'"}',
+     "duplicate_json_key", "'sample_ids' appears twice"),
+    ("duplicate_request_id", "dupid.json",
+     b'[{"request_id": "H-1", "request_id": "H-2", "sample_ids": ["digits-0008"], "received_at": "2026-11-24", '
+     b'"reason": "other", "subject_ref": "x"}]', "duplicate_json_key", "'request_id' appears twice"),
+    ("duplicate_key_nested", "dupdeep.json",
+     b'{"requests": [{"request_id": "H-1", "sample_ids": ["digits-0008"], "received_at": "2026-11-24", '
+     b'"reason": "other", "subject_ref": "x", "' + SECRET.encode() + b'": {"a": 1, "a": 2}}]}',
+     "duplicate_json_key", "a key outside the schema"),
+    ("duplicate_wrapper", "dupwrap.json", b'{"requests": [], "requests": []}', "duplicate_json_key",
+     "'requests' appears twice"),
     ("dots_in_name", "a..b.json", _json(_request("H-1", ["digits-0001"])), "unsafe_file_name", "contain '..'"),
     ("encoded_traversal_name", "..%2f..%2fetc.json", _json(_request("H-1", ["digits-0001"])), "unsafe_file_name",
      "must not start with a dot"),
@@ -208,13 +225,19 @@ def test_fifo_in_the_inbox_neither_blocks_nor_is_read(project):
     assert [r["reasons"] for r in rejected] == [["not_a_regular_file"]]
 
 
-def test_folder_in_the_inbox_is_left_alone(project):
-    (project.incoming_dir / "sub.json").mkdir()
-    (project.incoming_dir / "sub.json" / "inner.json").write_text(json.dumps(_request("IN-1", ["digits-0001"])))
-    ledger_before = Ledger(project.ledger_path)
-    counts = run_ingest(project)
-    assert counts["files"] == 0 and Ledger(project.ledger_path).batches == ledger_before.batches
-    assert (project.incoming_dir / "sub.json" / "inner.json").exists()  # not recursed into, not deleted
+def test_folder_in_the_inbox_is_rejected_and_removed_unread(project, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("keep me")
+    folder = project.incoming_dir / "sub.json"
+    folder.mkdir()
+    (folder / "inner.json").write_text(json.dumps(_request("IN-1", ["digits-0001"])))
+    (folder / "link.json").symlink_to(outside)
+    counts, rejected = _ingest(project, {}, expect_accepted=set())  # asserts the inbox ends up empty
+    (line,) = rejected
+    assert (line["source_file"], line["reasons"], line["file_sha256"]) == ("sub.json", ["not_a_regular_file"], None)
+    assert "folder" in line["detail"] and counts["rejected_files"] == 1
+    assert Ledger(project.ledger_path).find_request("IN-1") is None  # not recursed into
+    assert outside.read_text() == "keep me"  # a link inside was removed, its target untouched
 
 
 def test_lone_surrogate_subject_ref_is_hashed_not_crashing(project):

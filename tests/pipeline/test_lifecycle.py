@@ -112,6 +112,27 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, make_projec
     assert b"alice@example.com" not in blob and b"bob@example.com" not in blob
     assert not any(i.encode() in blob for i in forget + test_only)
 
+    # every claim agrees with the disk; then the doctor names each planted disagreement
+    from tasks.doctor import diagnose
+
+    assert diagnose(project, deep=True) == []
+    capsys.readouterr()
+    assert main(["--root", str(root), "doctor"]) == 0
+    retired_dir = next(d for d in project.artifact_root.rglob(versions["1"]["model_id"]) if d.is_dir())
+    (retired_dir / "resurrected.bin").write_bytes(b"weights came back")  # the store lists a file again
+    fingerprints = json.loads((project.state_dir / "retired-weights.json").read_text())["1"]
+    assert fingerprints  # taken before the weights were deleted
+    stray = root / "backup-of-v1.bin"  # a copy of the retired weights somewhere in the project
+    stray.write_bytes(b"header" + bytes.fromhex(next(iter(fingerprints.values()))) + b"trailer")
+    found = {(f.check, f.subject) for f in diagnose(project)}
+    assert ("registry", "version 1") in found and ("weights", f"{root.name}/backup-of-v1.bin") in found
+    capsys.readouterr()
+    assert main(["--root", str(root), "doctor"]) == 2
+    assert "backup-of-v1.bin" in capsys.readouterr().err
+    (retired_dir / "resurrected.bin").unlink()
+    stray.unlink()
+    assert diagnose(project) == []
+
     # the audit log verifies, and any edit is detected
     capsys.readouterr()
     assert main(["--root", str(root), "audit", "verify"]) == 0
@@ -123,6 +144,12 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, make_projec
     project.audit_path.write_text("\n".join([lines[0], json.dumps(edited), *lines[2:]]) + "\n")
     assert main(["--root", str(root), "audit", "verify"]) == 2
     assert "line 2" in capsys.readouterr().err
+    # a deleted log is not an intact one while the ledger holds work, and certificates quote its anchors
+    project.audit_path.unlink()
+    project.audit_path.with_suffix(".head").unlink()
+    assert main(["--root", str(root), "audit", "verify"]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "not in the log" in err
 
 
 FAULT_POINTS = ["ingest", "prepare", "train", "references", "attempt", "verify", "promote", "move_champion",

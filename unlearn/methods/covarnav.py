@@ -340,7 +340,8 @@ def representation_bases(
             k = 0
         else:
             share = torch.cumsum(eigvals, 0) / total
-            k = int(torch.searchsorted(share, torch.tensor(threshold, dtype=share.dtype, device=share.device) - 1e-12).item()) + 1
+            boundary = torch.tensor(threshold, dtype=share.dtype, device=share.device) - 1e-12
+            k = int(torch.searchsorted(share, boundary).item()) + 1
             k = min(k, len(eigvals))
         bases[name] = eigvecs[:, :k].float().to(device)  # (d, k)
     return bases

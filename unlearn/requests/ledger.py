@@ -101,6 +101,15 @@ class Ledger:
         """How many training samples the batch removes (0: no model ever saw them, none retires)."""
         self.batch(batch_id)["train_samples"] = count
 
+    def set_data_version_before(self, batch_id: str, version: str | None) -> None:
+        """The data version the batch's samples were removed from; the first record stays (a re-run after a
+        crash must not record its own half-done store)."""
+        self.batch(batch_id).setdefault("data_version_before", version)
+
+    def data_version_before(self, batch_id: str) -> str | None:
+        """The data version the batch's samples were removed from (None before this was recorded)."""
+        return self.batch(batch_id).get("data_version_before")
+
     def removed_training_samples(self, batch_id: str) -> bool:
         """Whether the batch removed a training sample (unknown counts as yes)."""
         return self.batch(batch_id).get("train_samples", 1) > 0

@@ -129,6 +129,9 @@ def _read_regular_file(path: Path, limit: int) -> _Read:
         if os.path.islink(path):
             return _Read(None, None, None, ("not_a_regular_file", "a symbolic link (not followed, not read)"))
         return _Read(None, None, None, ("unreadable_file", f"cannot open: {exc.strerror}"))
+    if stat.S_ISDIR(os.fstat(fd).st_mode):  # fdopen refuses a folder's descriptor
+        os.close(fd)
+        return _Read(None, None, None, ("not_a_regular_file", "a folder (request files only; not read)"))
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -205,7 +208,9 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
         return problem("not_utf8", f"not UTF-8 text: invalid byte at offset {exc.start}")
     if suffix == ".json":
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_unique_keys)
+        except DuplicateKeyError as exc:
+            return problem("duplicate_json_key", str(exc))
         except RecursionError:  # the C decoder stops at the interpreter's recursion limit
             return problem("malformed_json", "nested too deeply")
         except json.JSONDecodeError as exc:  # its message names the position, never the content
@@ -238,6 +243,22 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
         return problem("empty_file", "no requests in file")
     return ParsedFile(name, requests=_rows_to_requests(name, rows))
 
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice: which value counts is parser-dependent, so neither does."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses duplicate keys at any depth (the last one would win silently)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            # Name the key only when it is one of the schema's: any other key text may be personal data.
+            shown = repr(key) if key in FIELDS or key == "requests" else "a key outside the schema"
+            raise DuplicateKeyError(f"{shown} appears twice in one JSON object; send each field once")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _json_type(value: Any) -> str:

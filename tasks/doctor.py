@@ -1,0 +1,221 @@
+"""`unlearn doctor`: does every claim the project makes agree with what is on disk?
+
+The pipeline's evidence lives in four places that are written in separate steps: the deletion
+ledger, the hash-chained audit log, the certificates, and the MLflow registry's tags. A crash, an
+operator's hand or an attacker can make them disagree. This module re-derives each claim from the
+disk and names every disagreement; it changes nothing.
+
+Checks:
+
+* ``audit``: the chain verifies (with the HMAC key in keyed mode); the log is not missing or
+  empty while the ledger holds batches; every certificate's quoted anchor is in the chain; every
+  accepted request has its ``request.accepted`` record.
+* ``certificates``: each certificate's digest matches its content; each request of a certified
+  batch has one.
+* ``registry``: the champion exists, is not retired and still has its weights; every version tagged
+  ``artifacts_deleted=true`` has no artifact file left; no version is a tombstone without that tag;
+  every certificate that says a version's artifacts were deleted is backed by the registry.
+* ``weights``: no retired version's weight fingerprints occur anywhere under the project.
+* ``samples`` (``deep=True`` only, it reads the upstream source): no purged sample's bytes occur
+  anywhere under the project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks import tracking
+from tasks.project import PipelineError, Project
+
+KEY_ENV = "UNLEARN_AUDIT_KEY_FILE"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement between a claim and the disk.
+
+    Attributes:
+        check: The check that found it (audit, certificates, registry, weights, samples).
+        subject: What it is about (a version, a certificate file, a batch id; never a sample id).
+        problem: What disagrees, in words.
+    """
+
+    check: str
+    subject: str
+    problem: str
+
+
+def audit_key(project: Project) -> bytes | None:
+    """The keyed-mode HMAC key from ``$UNLEARN_AUDIT_KEY_FILE``, or None when keyed mode is off.
+
+    Raises:
+        PipelineError: The key file is unreadable, too short, or inside the project (a key stored with
+            the log proves nothing: whoever can rewrite the log can read the key).
+    """
+    from unlearn.audit import AuditError, load_key
+
+    name = os.environ.get(KEY_ENV)
+    if not name:
+        return None
+    path = Path(name).resolve()
+    root = project.root.resolve()
+    if path == root or root in path.parents:
+        raise PipelineError(f"{KEY_ENV} points inside the project ({path}); keep the audit key outside it")
+    try:
+        return load_key(path)
+    except AuditError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+def certificate_anchors(project: Project) -> tuple[list[Any], list[Finding]]:
+    """The ``(seq, hash)`` anchors quoted by every certificate, and findings for unreadable ones."""
+    from tasks.certificate import verify_certificate_digest
+    from unlearn.audit import Anchor
+
+    anchors, findings = [], []
+    for path in sorted(project.certificates_dir.glob("*.json")) if project.certificates_dir.exists() else []:
+        if not verify_certificate_digest(path):
+            findings.append(Finding("certificates", path.name, "digest does not match the content (edited?)"))
+            continue
+        audit = json.loads(path.read_text()).get("audit") or {}
+        if isinstance(audit.get("head_seq"), int) and isinstance(audit.get("head_hash"), str):
+            anchors.append(Anchor(path.name, audit["head_seq"], audit["head_hash"]))
+        else:
+            findings.append(Finding("certificates", path.name, "quotes no audit anchor"))
+    return anchors, findings
+
+
+def verify_audit(project: Project) -> tuple[Any, list[Finding]]:
+    """The audit log checked against the ledger and the certificates (what ``unlearn audit verify`` runs).
+
+    Returns:
+        The :class:`unlearn.audit.AuditReport` and the certificate findings met on the way.
+    """
+    from unlearn.audit import AuditLog
+    from unlearn.requests import Ledger
+
+    ledger = Ledger(project.ledger_path)
+    anchors, findings = certificate_anchors(project)
+    log = AuditLog(project.audit_path, key=audit_key(project))
+    # Work exists (the ledger holds batches), so a missing or empty log is not an intact one; the doctor
+    # checks, request by request, that each accepted request was recorded.
+    return log.verify(min_records=1 if ledger.oldest_first() else 0, anchors=anchors), findings
+
+
+def _audit_findings(project: Project) -> list[Finding]:
+    from unlearn.audit import AuditLog
+    from unlearn.requests import Ledger
+
+    report, findings = verify_audit(project)
+    findings += [Finding("audit", project.audit_path.name, problem) for problem in report.problems]
+    if report.ok:
+        recorded = {(r.get("request_id"), r.get("batch_id"))
+                    for r in AuditLog(project.audit_path).records("request.accepted")}
+        ledger = Ledger(project.ledger_path)
+        for batch_id in ledger.oldest_first():
+            missing = [r for r in ledger.batch(batch_id)["request_ids"] if (r, batch_id) not in recorded]
+            if missing:
+                findings.append(Finding("audit", batch_id, f"{len(missing)} accepted request(s) have no "
+                                                           "request.accepted record"))
+    return findings
+
+
+def _registry_findings(project: Project, client: Any) -> list[Finding]:
+    findings = []
+    versions = {str(mv.version): mv for mv in tracking.all_versions(project, client)}
+    champion = tracking.champion_version(project, client)
+    if champion is not None:
+        name = f"version {champion.version}"
+        if champion.tags.get("retired") == "true":
+            findings.append(Finding("registry", name, "the champion alias points at a retired version"))
+        elif not sum(tracking.artifacts_remaining(loc) for loc in tracking.model_artifact_locations(client, champion)):
+            findings.append(Finding("registry", name, "the champion has no model artifacts on disk"))
+    for version, mv in sorted(versions.items(), key=lambda kv: int(kv[0])):
+        tags, name = mv.tags, f"version {version}"
+        if tags.get("retired") == "true" and tags.get("artifacts_deleted") != "true":
+            findings.append(Finding("registry", name, "retired tombstone without verified artifact deletion"))
+        if tags.get("artifacts_deleted") == "true":
+            locations = tracking.model_artifact_locations(client, mv)
+            if not locations:
+                findings.append(Finding("registry", name, "tagged artifacts_deleted but its artifact location "
+                                                          "cannot be determined (claim unverifiable)"))
+            left = sum(tracking.artifacts_remaining(loc) for loc in locations)
+            if left:
+                findings.append(Finding("registry", name, f"tagged artifacts_deleted but {left} artifact "
+                                                          "file(s) remain"))
+    if project.certificates_dir.exists():
+        for path in sorted(project.certificates_dir.glob("*.json")):
+            try:
+                retired = json.loads(path.read_text()).get("retirement", {}).get("versions", [])
+            except (ValueError, AttributeError):
+                continue  # reported by the certificate check
+            for entry in retired if isinstance(retired, list) else []:
+                if not isinstance(entry, dict) or entry.get("artifacts_deleted") is not True:
+                    continue
+                mv = versions.get(str(entry.get("version")))
+                if mv is None or mv.tags.get("artifacts_deleted") != "true":
+                    findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s "
+                                                                   "artifacts were deleted; the registry does not"))
+    return findings
+
+
+def _scan_findings(project: Project, check: str, patterns: dict[str, bytes], what: str) -> list[Finding]:
+    from tasks.purge import scan_project_for_samples
+
+    if not patterns:
+        return []
+    scan = scan_project_for_samples(project, patterns)
+    places = sorted({path for path, _ in scan.matches})
+    findings = [Finding(check, place, f"{what} found in this file") for place in places]
+    findings += [Finding(check, place, "could not be read: the scan proves nothing about it") for place in scan.errors]
+    return findings
+
+
+def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
+    """Run every check on a live project (read-only) and return each disagreement found.
+
+    Args:
+        project: The project.
+        deep: Also scan the project for the bytes of every purged sample (reads the upstream source).
+
+    Returns:
+        The findings; empty when every claim agrees with the disk.
+    """
+    from tasks.certificate import certificate_stem
+    from unlearn.requests import Ledger
+
+    findings = _audit_findings(project)
+    ledger = Ledger(project.ledger_path)
+    for batch_id in ledger.oldest_first():
+        if "certified" in ledger.steps(batch_id):
+            for request_id in ledger.batch(batch_id)["request_ids"]:
+                if not (project.certificates_dir / f"{certificate_stem(request_id)}.json").exists():
+                    findings.append(Finding("certificates", batch_id, "a request of this certified batch has no "
+                                                                      "certificate file"))
+    findings += _registry_findings(project, tracking.setup(project))
+    from tasks.lifecycle import retired_weight_patterns
+
+    findings += _scan_findings(project, "weights", retired_weight_patterns(project), "retired model weights")
+    if deep:
+        findings += _scan_findings(project, "samples", purged_sample_patterns(project), "a purged sample's bytes")
+    return findings
+
+
+def purged_sample_patterns(project: Project) -> dict[str, bytes]:
+    """Byte patterns of every sample deleted by a purged batch (the deep check's search)."""
+    from tasks.lifecycle import deleted_arrays
+    from unlearn.data import SampleStore
+    from unlearn.forensics import sample_patterns
+    from unlearn.requests import Ledger
+
+    ledger = Ledger(project.ledger_path)
+    purged = [b for b in ledger.oldest_first() if "purged" in ledger.steps(b)]
+    ids = sorted({s for b in purged for s in ledger.batch(b)["sample_ids"]})
+    if not ids:
+        return {}
+    patterns, _ = sample_patterns(deleted_arrays(project, ids), SampleStore(project.store_dir).load().images)
+    return patterns
