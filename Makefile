@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	sh scripts/install-datasets.sh   # Fashion-MNIST from Debian where this machine can (never fails)
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP)

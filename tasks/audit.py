@@ -7,9 +7,35 @@ or sample data (the log refuses such fields).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from tasks.project import Project
+from tasks.project import PipelineError, Project
+
+KEY_ENV = "UNLEARN_AUDIT_KEY_FILE"
+
+
+def audit_key(project: Project) -> bytes | None:
+    """The keyed-mode HMAC key from ``$UNLEARN_AUDIT_KEY_FILE``, or None when keyed mode is off.
+
+    Raises:
+        PipelineError: The key file is unreadable, too short, or inside the project (a key stored with
+            the log proves nothing: whoever can rewrite the log can read the key).
+    """
+    from unlearn.audit import AuditError, load_key
+
+    name = os.environ.get(KEY_ENV)
+    if not name:
+        return None
+    path = Path(name).resolve()
+    root = project.root.resolve()
+    if path == root or root in path.parents:
+        raise PipelineError(f"{KEY_ENV} points inside the project ({path}); keep the audit key outside it")
+    try:
+        return load_key(path)
+    except AuditError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def record(project: Project, event: str, **fields: Any) -> dict[str, Any]:
@@ -25,14 +51,14 @@ def record(project: Project, event: str, **fields: Any) -> dict[str, Any]:
     """
     from unlearn.audit import AuditLog
 
-    return AuditLog(project.audit_path).append(event, **fields)
+    return AuditLog(project.audit_path, key=audit_key(project)).append(event, **fields)
 
 
 def head(project: Project) -> dict[str, Any]:
     """The last record's sequence number and hash: the anchor certificates and MLflow runs carry."""
     from unlearn.audit import AuditLog
 
-    report = AuditLog(project.audit_path).verify()
+    report = AuditLog(project.audit_path, key=audit_key(project)).verify()
     return {"head_seq": report.head_seq, "head_hash": report.head_hash, "chain_ok": report.ok}
 
 

@@ -23,15 +23,12 @@ Checks:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tasks import tracking
-from tasks.project import PipelineError, Project
-
-KEY_ENV = "UNLEARN_AUDIT_KEY_FILE"
+from tasks.audit import audit_key
+from tasks.project import Project
 
 
 @dataclass(frozen=True)
@@ -47,28 +44,6 @@ class Finding:
     check: str
     subject: str
     problem: str
-
-
-def audit_key(project: Project) -> bytes | None:
-    """The keyed-mode HMAC key from ``$UNLEARN_AUDIT_KEY_FILE``, or None when keyed mode is off.
-
-    Raises:
-        PipelineError: The key file is unreadable, too short, or inside the project (a key stored with
-            the log proves nothing: whoever can rewrite the log can read the key).
-    """
-    from unlearn.audit import AuditError, load_key
-
-    name = os.environ.get(KEY_ENV)
-    if not name:
-        return None
-    path = Path(name).resolve()
-    root = project.root.resolve()
-    if path == root or root in path.parents:
-        raise PipelineError(f"{KEY_ENV} points inside the project ({path}); keep the audit key outside it")
-    try:
-        return load_key(path)
-    except AuditError as exc:
-        raise PipelineError(str(exc)) from None
 
 
 def certificate_anchors(project: Project) -> tuple[list[Any], list[Finding]]:

@@ -14,6 +14,7 @@ from tasks.stage.retrain import retrained_path
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
+from unlearn.models import check_model
 from unlearn.files import atomic_path
 from unlearn.references import ReferenceBank
 from unlearn.requests import Ledger
@@ -57,6 +58,8 @@ def run_prepare(project: Project) -> dict[str, Any]:
         ledger.set_train_samples(batch_id, len(ids))
     deleted = ledger.deleted_ids()
     store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted)
+    # The first stage that knows the data's shape: a model that does not fit it fails here, before training.
+    check_model(params.model.name, store.image_shape, len(store.classes))
     # Models trained on data that is now deleted are never used again: reference models that
     # trained on a deleted sample are retired (tombstoned), and exact retrains of an older data
     # version are removed.
