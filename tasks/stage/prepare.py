@@ -14,8 +14,8 @@ from tasks.stage.retrain import retrained_path
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
-from unlearn.models import check_model
 from unlearn.files import atomic_path
+from unlearn.models import check_model
 from unlearn.references import ReferenceBank
 from unlearn.requests import Ledger
 
