@@ -18,17 +18,28 @@ CIFAR; the paper uses the same for random, full-class and sub-class forgetting),
 code's loaders). The batch size matters: the importance is the mean of squared *batch-mean*
 gradients, which shrinks with larger batches; keep it fixed when comparing. Only parameters are
 dampened; BatchNorm running statistics are left as they are.
+
+Random (not class-wise) forgetting: D_F is then a random sample of D, so []_{D_F} matches []_D
+up to sampling noise and alpha = 10 can select nothing at all: the model comes back unchanged
+(seen on Fashion-MNIST/ResNet-18, issue #13). That is the method, not a bug in it; the paper
+tunes alpha per setting (ViT: 5 or 25) and so do params.yaml's profiles (selected on a
+validation split by ``benchmarks/select_hparams.py``). The run records how many entries were
+dampened (``unlearning_info["dampened"]``) and warns when none was.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from unlearn.methods._common import check_positive_int
-from unlearn.methods.base import TensorSet, UnlearningData, register_method
+from unlearn.methods.base import TensorSet, UnlearningData, record_info, register_method
 from unlearn.training import seed_everything
+
+log = logging.getLogger(__name__)
 
 Importance = dict[str, torch.Tensor]
 
@@ -146,6 +157,13 @@ def ssd(
     model.to(device)
     importance_forget = fisher_importance(model, [data.forget], batch_size=batch_size, device=device)
     importance_full = fisher_importance(model, [data.retain, data.forget], batch_size=batch_size, device=device)
-    dampen(model, importance_full, importance_forget, selection_weighting=selection_weighting,
-           dampening_constant=dampening_constant, exponent=exponent, lower_bound=lower_bound)
+    changed = dampen(model, importance_full, importance_forget, selection_weighting=selection_weighting,
+                     dampening_constant=dampening_constant, exponent=exponent, lower_bound=lower_bound)
+    total = sum(p.numel() for p in model.parameters())
+    record_info(model, dampened=changed, dampened_fraction=changed / max(total, 1))
+    if changed == 0:
+        # Random forgetting: D_F is a random sample of D, so []_{D_F} ~ []_D up to noise and
+        # alpha = 10 (the paper's value for class and sub-class forgetting) selects nothing.
+        log.warning("ssd: no parameter has []_{D_F} > %.3g * []_D; the model is returned unchanged "
+                    "(lower selection_weighting for random forgetting)", selection_weighting)
     return model.eval()
