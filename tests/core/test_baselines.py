@@ -127,3 +127,35 @@ def test_ssd_only_shrinks_selected_weights(problem):
     assert changed > 0
     for a, b in zip(damped.parameters(), model.parameters(), strict=True):
         assert (a.abs() <= b.abs() + 1e-12).all()
+
+
+def test_ssd_and_boundary_shrink_record_what_they_did(problem, caplog):
+    from unlearn.methods.base import method_info
+
+    model, data = problem
+    nothing = run_method("ssd", model, data, device="cpu", seed=0, kwargs={"selection_weighting": 1e12})
+    assert method_info(nothing) == {"dampened": 0, "dampened_fraction": 0.0}
+    assert "returned unchanged" in caplog.text  # a silent no-op is what issue #13 found on ResNet-18
+    some = run_method("ssd", model, data, device="cpu", seed=0, kwargs={"selection_weighting": 1.0})
+    assert method_info(some)["dampened"] > 0
+    shrunk = run_method("boundary_shrink", model, data, device="cpu", seed=0, kwargs={"epochs": 1})
+    assert 0.0 <= method_info(shrunk)["relabelled_fraction"] <= 1.0
+    # the diagnostics belong to one run: a second run on the result starts empty
+    again = run_method("finetune", nothing, data, device="cpu", seed=0, kwargs={"epochs": 1})
+    assert method_info(again) == {}
+
+
+def test_finetune_runs_at_a_constant_learning_rate(problem, monkeypatch):
+    import unlearn.methods.finetune as ft
+
+    seen = {}
+    real = ft.train_model
+
+    def spy(model, images, labels, recipe, **kw):
+        seen["schedule"] = recipe.schedule
+        return real(model, images, labels, recipe, **kw)
+
+    monkeypatch.setattr(ft, "train_model", spy)
+    model, data = problem
+    run_method("finetune", model, data, device="cpu", seed=0, kwargs={"epochs": 1})
+    assert seen["schedule"] == "constant"
