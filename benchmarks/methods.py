@@ -146,6 +146,11 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
     for name in order:
         e = results[name]
         label = name + (" (diverged)" if e["diverged"] else "")
+        if name not in ("retrain", "original"):  # the contract of tests/core/test_methods_contract.py
+            if e["weight_change"]["mean"] == 0.0:
+                label += " (UNCHANGED)"
+            if e["TA"]["mean"] < 0.5 * results["original"]["TA"]["mean"]:
+                label += " (BELOW HALF THE ORIGINAL'S TA)"
         ratio = "1" if name == "retrain" else "-" if name == "original" else _cell(e, "time_ratio", 3)
         dw = "-" if name == "retrain" else f"{e['weight_change']['mean']:.2g}"
         lines.append(f"| {label} | " + " | ".join(_cell(e, m) for m in (*METRICS, "LiRA")) +
