@@ -147,10 +147,13 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
         e = results[name]
         label = name + (" (diverged)" if e["diverged"] else "")
         if name not in ("retrain", "original"):  # the contract of tests/core/test_methods_contract.py
-            if e["weight_change"]["mean"] == 0.0:
-                label += " (UNCHANGED)"
-            if e["TA"]["mean"] < 0.5 * results["original"]["TA"]["mean"]:
-                label += " (BELOW HALF THE ORIGINAL'S TA)"
+            rows = [(r["rows"][name], r["rows"]["original"]) for r in reps]
+            unchanged = sum(row["weight_change"] == 0.0 for row, _ in rows)
+            destroyed = sum(row["TA"] < 0.5 * orig["TA"] for row, orig in rows)
+            if unchanged:
+                label += f" (UNCHANGED in {unchanged}/{len(rows)})"
+            if destroyed:
+                label += f" (BELOW HALF THE ORIGINAL'S TA in {destroyed}/{len(rows)})"
         ratio = "1" if name == "retrain" else "-" if name == "original" else _cell(e, "time_ratio", 3)
         dw = "-" if name == "retrain" else f"{e['weight_change']['mean']:.2g}"
         lines.append(f"| {label} | " + " | ".join(_cell(e, m) for m in (*METRICS, "LiRA")) +
@@ -221,7 +224,14 @@ def main() -> None:
     parser.add_argument("--lcodec-requests", type=int, default=5)
     parser.add_argument("--methods", default="all")
     parser.add_argument("--tag", default=None, help="output name suffix (default: the dataset)")
+    parser.add_argument("--render", default=None, help="only rewrite the md and png from this results JSON")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        stem = Path(args.render).with_suffix("")
+        stem.with_suffix(".md").write_text(markdown(saved["results"], saved["repetitions"], saved["meta"]))
+        plot(saved["results"], stem.with_suffix(".png"))
+        return
     if args.retrains < 3:
         parser.error("--retrains: the target is the mean of at least 3 retrains")
     started = time.perf_counter()

@@ -81,6 +81,10 @@ def main() -> None:
     parser.add_argument("--retrains", type=int, default=2)
     parser.add_argument("--references", type=int, default=2)
     parser.add_argument("--methods", default="all")
+    parser.add_argument("--subsets", type=int, default=1,
+                        help="(original, forget subset) pairs; a point must be sane on every one")
+    parser.add_argument("--grid", default=None, help='JSON {"method": [overrides, ...]} replacing GRIDS entries')
+    parser.add_argument("--tag", default=None, help="log name suffix")
     args = parser.parse_args()
     started = time.perf_counter()
     params = load_params(REPO / "params.yaml")
@@ -94,14 +98,19 @@ def main() -> None:
     tune = subset(x_all, y_all, ~val_mask)
     recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size,
                      augment=args.augment)
-    ref = prepare(tune.images, tune.labels, validation, model_name=args.model, recipe=recipe, device=args.device,
-                  fraction=args.fraction, original_seed=1000, forget_seed=2000,
-                  retrain_seeds=[4000 + j for j in range(args.retrains)],
-                  reference_seeds=[5000 + k for k in range(args.references)])
-    original_val = 100.0 * (predict_logits(ref.original, validation.images, device=args.device).argmax(1)
-                            == validation.labels).float().mean().item()
-    print(f"prepared in {time.perf_counter() - started:.0f}s; original validation accuracy {original_val:.2f}; "
+    # Subset s: its own original seed, forget seed, retrain and reference seeds (s = 0: the seeds above).
+    refs = [prepare(tune.images, tune.labels, validation, model_name=args.model, recipe=recipe, device=args.device,
+                    fraction=args.fraction, original_seed=1000 + s, forget_seed=2000 + s,
+                    retrain_seeds=[4000 + 10 * s + j for j in range(args.retrains)],
+                    reference_seeds=[5000 + 10 * s + k for k in range(args.references)])
+            for s in range(args.subsets)]
+    ref = refs[0]
+    originals = [100.0 * (predict_logits(r.original, validation.images, device=args.device).argmax(1)
+                          == validation.labels).float().mean().item() for r in refs]
+    original_val = min(originals)
+    print(f"prepared in {time.perf_counter() - started:.0f}s; original validation accuracy {originals}; "
           f"retrain target {ref.target}", flush=True)
+    grids = {**GRIDS, **json.loads(args.grid)} if args.grid else GRIDS
     names = [n for n in METHODS.names() if n != "retrain"] if args.methods == "all" else args.methods.split(",")
     names = sorted(names, key=lambda n: n == "amun_salun")  # after amun: it extends amun's selection
     profile = dict(params.unlearn.profiles.get(params.unlearn.profile_key(args.dataset, args.model), {}))
@@ -111,14 +120,24 @@ def main() -> None:
         if name == "amun_salun" and "amun" in chosen:
             base = {**base, **chosen["amun"]["kwargs"]}
         points = []
-        for overrides in GRIDS.get(name, [{}]):
+        for overrides in grids.get(name, [{}]):
             kwargs = {**base, **overrides}
             try:
-                row = run_one(name, ref, kwargs, device=args.device, seed=3000)
+                runs = [run_one(name, r, kwargs, device=args.device, seed=3000 + s) for s, r in enumerate(refs)]
             except Exception as exc:  # noqa: BLE001 - a failing point is logged, not fatal
-                row = {"error": f"{type(exc).__name__}: {exc}"}
-            admissible = "error" not in row and row["weight_change"] > 0 and row["TA"] >= 0.5 * original_val \
-                and not row["diverged"]
+                runs = [{"error": f"{type(exc).__name__}: {exc}"}]
+            if "error" in runs[0]:
+                row = runs[0]
+                admissible = False
+            else:
+                # every subset must keep half its original's accuracy and move; the gap is averaged
+                admissible = all(r["weight_change"] > 0 and r["TA"] >= 0.5 * o and not r["diverged"]
+                                 for r, o in zip(runs, originals, strict=True))
+                row = {k: float(np.mean([r[k] for r in runs])) for k in (*METRICS, "LiRA", "gap", "time_ratio",
+                                                                        "weight_change", "diverged", "seconds")}
+                if len(runs) > 1:
+                    row["per_subset"] = [{k: r[k] for k in ("TA", "gap", "weight_change")} for r in runs]
+                row["info"] = [r.get("info") for r in runs]
             points.append({"overrides": overrides, "kwargs": kwargs, "admissible": admissible, **row})
             shown = "error" if "error" in row else \
                 f"gap {row['gap']:.2f} TA {row['TA']:.1f} dw {row['weight_change']:.2g}"
@@ -129,9 +148,10 @@ def main() -> None:
         if best is not None:
             chosen[name] = {"overrides": best["overrides"], "kwargs": best["kwargs"], "gap": best["gap"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"hparams_{args.dataset}_{args.model}"
+    stem = RESULTS / f"hparams_{args.dataset}_{args.model}{'_' + args.tag if args.tag else ''}"
     command = "nice -n 10 python benchmarks/select_hparams.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "augment"
+        f"--{k.replace('_', '-')} " + (f"'{v}'" if k == "grid" else str(v))
+        for k, v in vars(args).items() if v not in (None, False) and k != "augment"
     ) + (" --augment" if args.augment else "")
     meta = {"command": command, "platform": platform.platform(), "torch": torch.__version__,
             "wall_seconds": time.perf_counter() - started, "recipe": vars(recipe),
@@ -151,7 +171,8 @@ def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
              f"Validation split carved from the training data (split seed {args.split_seed}, "
              f"{meta['sizes']['validation']} validation / {meta['sizes']['tune']} tuning samples, "
              f"forget {meta['sizes']['forget']}); the test split is never read. Original seed 1000, forget seed "
-             f"2000, run seed 3000, {args.retrains} retrains (target = their mean), {args.references} reference "
+             f"2000, run seed 3000 (subset s: each + s; {args.subsets} subsets, metrics averaged, admissible only "
+             f"if sane on every subset), {args.retrains} retrains (target = their mean), {args.references} reference "
              "models on halves of D_R for offline RMIA. TA below is VALIDATION accuracy. Admissible: weights "
              "moved and validation accuracy >= half the original's "
              f"({meta['original_validation_accuracy']:.2f}). Selected: smallest Avg Gap among admissible points "
