@@ -165,6 +165,8 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
             shown = "; ".join(f"{k} = {[round(v, 4) if isinstance(v, float) else v for v in vals]}"
                               for k, vals in info.items())
             lines.append(f"- **{name}** (per repetition): {shown}")
+    if meta.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in meta["notes"]]
     cert = reps[0]["extra"].get("lcodec_certified")
     if cert:
         lines += ["", f"L-CODEC in the table runs **uncertified** (`noise: false`: the Newton step alone, no (ε, δ) "
