@@ -1,26 +1,29 @@
 """Benchmark: every registered unlearning method against retraining, following AMUN's protocol.
 
-Protocol (methods.md section 1; AMUN section 5.2):
-- Settings: random forget of 10% and 50% of the training set, each with the retain set (D_R)
-  and with the forget set only, plus class-wise forgetting (every training sample of one
-  class). Methods that need D_R are not run in the forget-only settings.
-- Seeds: for each seed s, an original model is trained with seed s and the forget subset (or
-  class) is drawn with seed s; every method and the retrained reference run with seed s.
-- Metrics: accuracy on D_F (UA, raw accuracy as in AMUN), D_R (RA), D_T (TA), and the
-  forget-vs-test ROC-AUC of the loss-threshold attack (MIA; AMUN uses RMIA, which needs
-  reference models: see the verification issue). Class-wise: TA is on the remaining classes
-  and the attack compares D_F with unseen samples of the forgotten class.
-- Avg Gap: mean over the 4 metrics of |metric - metric(retrain)| in percentage points, per
-  seed, then mean and standard deviation over seeds.
-- Cost: wall time of each method divided by the retrained reference's wall time, both
-  measured in the same run.
-Hyperparameters come from params.yaml (``unlearn.methods``); nothing is tuned on the test split.
+Protocol (benchmarks/protocol.py; methods.md section 1; AMUN section 5.2 and App. C):
+- Setting: a random forget subset (``--fraction``, 10%) with the retain set D_R.
+- Seeds: repetition i trains its original with seed 100+i, draws its forget subset with seed
+  200+i and runs every method with seed 300+i (three separate seeds; AMUN crosses 3 x 3 x 3).
+- Target: the mean of ``--retrains`` (>= 3) retrains on D_R with seeds 400+10i+j. The spread of
+  one retrain around the mean of the others is reported as the "retrain" row: the noise floor
+  no method can be told apart from.
+- MIA: offline RMIA (the gap's MIA) and offline LiRA, with ``--references`` reference models
+  trained on complementary halves of D_R (seeds 500+10i+k), forget vs test ROC-AUC in percent.
+- Avg Gap: mean over UA, RA, TA, RMIA AUC of |metric - retrain mean|, per repetition; the
+  table shows the mean and the 95% Student-t confidence half-width over repetitions.
+- Hyperparameters: params.yaml's profile for the dataset and model (``unlearn.profiles``),
+  selected on a validation split of the training data by benchmarks/select_hparams.py; every
+  method is tuned that same way. The test split is only read here.
+- Cost: wall time / the mean retrain's wall time, same process (noisy on a shared machine).
+- What each run did: relative weight change Δw (0 = returned unchanged) and the numbers the
+  methods record (SSD's dampened share, DLFD's perturbed batches, L-CODEC's mode); L-CODEC's
+  certified mode (noise on, one sample per request) is timed on a few requests and extrapolated.
 
 Writes benchmarks/results/methods_<dataset>.{json,md,png}.
 
 Usage:
-    python benchmarks/methods.py                         # embedded digits, CPU, 3 seeds
-    python benchmarks/methods.py --device cuda --dataset cifar10 --data-path DIR --model resnet18
+    nice -n 10 python benchmarks/methods.py                     # embedded digits, CPU, 3 seeds
+    python benchmarks/methods.py --device cuda --dataset fashion_mnist --model resnet18 --augment
 """
 
 from __future__ import annotations
@@ -34,146 +37,171 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from protocol import METRICS, evaluate, gap, load_data, prepare, run_one, t_interval, weight_change
 
-from unlearn.attacks import compute_signals
-from unlearn.config import DataConfig, load_params
-from unlearn.data import load_source
+from unlearn.config import load_params
 from unlearn.methods import METHODS, TensorSet, UnlearningData, run_method
-from unlearn.metrics import roc_auc
-from unlearn.models import build_model
-from unlearn.training import SGDRecipe, predict_logits, to_float, train_model
+from unlearn.methods.base import method_info
+from unlearn.training import SGDRecipe, predict_logits
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-METRICS = ("UA", "RA", "TA", "MIA")
+NUMBERS = (*METRICS, "LiRA", "gap", "time_ratio", "weight_change")
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> TensorSet:
-    index = torch.as_tensor(np.flatnonzero(mask))
-    return TensorSet(x[index], y[index])
+def certified_lcodec(ref, kwargs: dict, *, requests: int, device: str, seed: int) -> dict:
+    """L-CODEC in its certified mode on the first ``requests`` forget samples, one per request.
 
-
-def evaluate(model, forget: TensorSet, retain: TensorSet, test: TensorSet, mia_test: TensorSet,
-             device: str) -> dict[str, float]:
-    """UA/RA/TA in percent and the loss-threshold forget-vs-test AUC in percent.
-
-    A model whose outputs are not finite (a method that diverged) is flagged ``diverged``; its
-    non-finite losses count as the largest possible loss, so it is scored, not skipped.
+    Returns the time per request, its extrapolation to all of D_F, test accuracy and Δw after
+    those requests, and the noise sigma used.
     """
-    out, diverged = {}, False
-    for key, subset in (("UA", forget), ("RA", retain), ("TA", test)):
-        logits = predict_logits(model, subset.images, device=device)
-        diverged |= not bool(torch.isfinite(logits).all())
-        out[key] = 100.0 * (logits.argmax(1) == subset.labels).float().mean().item()
-    f_sig = compute_signals(predict_logits(model, forget.images, device=device), forget.labels)
-    t_sig = compute_signals(predict_logits(model, mia_test.images, device=device), mia_test.labels)
-    f_loss = np.nan_to_num(f_sig.loss, nan=np.inf, posinf=np.inf).clip(max=1e30)
-    t_loss = np.nan_to_num(t_sig.loss, nan=np.inf, posinf=np.inf).clip(max=1e30)
-    out["MIA"] = 100.0 * roc_auc(-f_loss, -t_loss)
-    out["diverged"] = float(diverged)
-    return out
-
-
-def run_setting(setting: dict, seed: int, x_train, y_train, x_test, y_test, cfg) -> dict:
-    """One seed of one setting: original, retrain and every method."""
-    device, recipe, model_name = cfg["device"], cfg["recipe"], cfg["model"]
-    n, classes = len(y_train), int(y_train.max()) + 1
-    rng = np.random.default_rng(seed)
-    if setting["kind"] == "class":
-        forget_class = int(rng.integers(classes))
-        forget_mask = (y_train == forget_class).numpy()
-        test_keep = (y_test != forget_class).numpy()
-        mia_mask = (y_test == forget_class).numpy()
-    else:
-        forget_mask = np.zeros(n, dtype=bool)
-        forget_mask[rng.choice(n, size=int(round(setting["fraction"] * n)), replace=False)] = True
-        test_keep = mia_mask = np.ones(len(y_test), dtype=bool)
-    forget = _subset(x_train, y_train, forget_mask)
-    retain = _subset(x_train, y_train, ~forget_mask)
-    test = _subset(x_test, y_test, test_keep)
-    mia_test = _subset(x_test, y_test, mia_mask)
-    factory = lambda: build_model(model_name, x_train.shape[1], classes)  # noqa: E731
-    torch.manual_seed(seed)
-    original = train_model(factory(), x_train, y_train, recipe, device=device, seed=seed)
-    full = UnlearningData(forget, retain, classes, recipe, factory)
+    forget = TensorSet(ref.forget.images[:requests], ref.forget.labels[:requests])
+    data = UnlearningData(forget, ref.retain, ref.data.num_classes, ref.data.train_recipe, ref.data.model_factory)
+    n = len(ref.forget) + len(ref.retain)
     started = time.perf_counter()
-    reference = run_method("retrain", original, full, device=device, seed=seed)
-    retrain_seconds = time.perf_counter() - started
-    rows = {"retrain": {**evaluate(reference, forget, retain, test, mia_test, device), "seconds": retrain_seconds}}
-    rows["original"] = {**evaluate(original, forget, retain, test, mia_test, device), "seconds": 0.0}
-    data = full if setting["with_retain"] else UnlearningData(forget, None, classes, recipe, factory)
-    for name in METHODS.names():
-        if name == "retrain":
-            continue
-        spec = METHODS.get(name)
-        kwargs = cfg["params"].method_kwargs(name)
-        if not setting["with_retain"] and "use_retain" in spec.bind({}):
-            kwargs["use_retain"] = False
-        if "n_train" in spec.bind({}) and kwargs.get("n_train") is None:
-            kwargs["n_train"] = n  # the original training-set size is known even without D_R
-        if not setting["with_retain"] and "retain" in spec.required_data(spec.bind(kwargs)):
-            continue  # needs D_R: not applicable in the forget-only setting
-        started = time.perf_counter()
-        model = run_method(name, original, data, device=device, seed=seed, kwargs=kwargs)
-        seconds = time.perf_counter() - started
-        rows[name] = {**evaluate(model, forget, retain, test, mia_test, device), "seconds": seconds}
-    for row in rows.values():
-        row["gap"] = float(np.mean([abs(row[m] - rows["retrain"][m]) for m in METRICS]))
-        row["time_ratio"] = row["seconds"] / retrain_seconds
-    return rows
+    model = run_method("lcodec", ref.original, data, device=device, seed=seed,
+                       kwargs={**kwargs, "noise": True, "scrub_batch_size": 1, "n_train": n})
+    seconds = time.perf_counter() - started
+    accuracy = 100.0 * (predict_logits(model, ref.evaluation.images, device=device).argmax(1)
+                        == ref.evaluation.labels).float().mean().item()
+    per_request = seconds / requests
+    return {"requests": requests, "seconds_per_request": per_request,
+            "extrapolated_ratio": per_request * len(ref.forget) / ref.retrain_seconds,
+            "TA_after": accuracy, "weight_change": weight_change(ref.original, model),
+            "noise_std": method_info(model).get("noise_std")}
 
 
-def aggregate(per_seed: list[dict]) -> dict:
-    """Mean and standard deviation over seeds of every number of every method."""
+def run_repetition(i: int, data, args, params, recipe) -> dict:
+    x_train, y_train, test = data
+    ref = prepare(x_train, y_train, test, model_name=args.model, recipe=recipe, device=args.device,
+                  fraction=args.fraction, original_seed=100 + i, forget_seed=200 + i,
+                  retrain_seeds=[400 + 10 * i + j for j in range(args.retrains)],
+                  reference_seeds=[500 + 10 * i + k for k in range(args.references)])
+    rows: dict[str, dict] = {}
+    # Noise floor: each retrain against the mean of the OTHER retrains.
+    noise = []
+    for j, row in enumerate(ref.retrains):
+        others = [r for k, r in enumerate(ref.retrains) if k != j]
+        target = {m: float(np.mean([r[m] for r in others])) for m in (*METRICS, "LiRA")}
+        noise.append(gap(row, target))
+    rows["retrain"] = {**{m: ref.target[m] for m in (*METRICS, "LiRA")}, "gap": float(np.mean(noise)),
+                       "time_ratio": 1.0, "weight_change": float("nan")}
+    original = evaluate(ref.original, ref, args.device)
+    rows["original"] = {**original, "gap": gap(original, ref.target), "time_ratio": 0.0, "weight_change": 0.0}
+    names = [n for n in METHODS.names() if n != "retrain"] if args.methods == "all" else args.methods.split(",")
+    for name in names:
+        kwargs = params.unlearn.kwargs_for(name, args.dataset, args.model)
+        rows[name] = run_one(name, ref, kwargs, device=args.device, seed=300 + i)
+    extra = {}
+    if i == 0 and args.lcodec_requests > 0 and "lcodec" in names:
+        extra["lcodec_certified"] = certified_lcodec(
+            ref, params.unlearn.kwargs_for("lcodec", args.dataset, args.model), requests=args.lcodec_requests,
+            device=args.device, seed=300 + i)
+    return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds,
+            "sizes": {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}}
+
+
+def aggregate(reps: list[dict]) -> dict:
     out = {}
-    for name in per_seed[0]:
-        runs = [r[name] for r in per_seed if name in r]
-        out[name] = {key: {"mean": float(np.mean([r[key] for r in runs])),
-                           "std": float(np.std([r[key] for r in runs]))} for key in runs[0]}
+    for name in reps[0]["rows"]:
+        runs = [r["rows"][name] for r in reps]
+        entry = {}
+        for key in NUMBERS:
+            mean, half = t_interval([r.get(key, float("nan")) for r in runs])
+            entry[key] = {"mean": mean, "ci95": half}
+        infos = [r.get("info", {}) for r in runs]
+        keys = sorted({k for info in infos for k in info})
+        entry["info"] = {k: [info.get(k) for info in infos] for k in keys}
+        entry["diverged"] = any(r.get("diverged", 0) for r in runs)
+        out[name] = entry
     return out
 
 
-def markdown(results: dict, settings: list[dict], title: str) -> str:
-    lines = [f"# {title}", ""]
-    for setting in settings:
-        table = results[setting["name"]]
-        lines += [f"## {setting['label']}", "",
-                  "| Method | UA | RA | TA | MIA AUC | Avg Gap | time / retrain |",
-                  "|---|---|---|---|---|---|---|"]
-        order = ["retrain", "original"] + sorted(k for k in table if k not in ("retrain", "original"))
-        best = min((k for k in table if k not in ("retrain", "original")), key=lambda k: table[k]["gap"]["mean"])
-        for name in order:
-            row = table[name]
-            cells = [f"{row[m]['mean']:.2f}±{row[m]['std']:.2f}" for m in METRICS]
-            gap = f"{row['gap']['mean']:.2f}±{row['gap']['std']:.2f}"
-            gap = f"**{gap}**" if name == best else gap
-            ratio = "1.00" if name == "retrain" else "-" if name == "original" else f"{row['time_ratio']['mean']:.3f}"
-            label = name + (" (diverged in some seeds)" if row["diverged"]["mean"] > 0 else "")
-            lines.append(f"| {label} | {' | '.join(cells)} | {gap} | {ratio} |")
-        lines.append("")
+def _cell(entry: dict, key: str, digits: int = 2) -> str:
+    mean, half = entry[key]["mean"], entry[key]["ci95"]
+    if np.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}" if not np.isnan(half) else f"{mean:.{digits}f}"
+
+
+def markdown(results: dict, reps: list[dict], meta: dict) -> str:
+    lines = [f"# Unlearning methods vs retraining: {meta['dataset']}, {meta['model']}, {meta['device']}", "",
+             f"Command: `{meta['command']}`", "",
+             f"Random {100 * meta['fraction']:.0f}% forget with D_R; {meta['seeds']} repetitions, each with its own "
+             "original seed (100+i), forget-subset seed (200+i) and run seed (300+i). Target: the mean of "
+             f"{meta['retrains']} retrains; MIA: offline RMIA AUC (forget vs test) with {meta['references']} reference "
+             "models on halves of D_R (LiRA: offline LiRA AUC, not in the gap). Cells: mean ± 95% Student-t "
+             "half-width over repetitions. Hyperparameters: params.yaml profile "
+             f"`{meta['profile']}` (selected on a validation split of the training data by "
+             "benchmarks/select_hparams.py). Recipe: " + ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
+             + f". Sizes: {meta['sizes']}. Wall time {meta['wall_seconds']:.0f} s on a shared 2-core machine "
+             "(time ratios are noisy).", "",
+             "The **retrain** row's Avg Gap is one retrain against the mean of the others: the noise floor. A "
+             "method whose gap interval overlaps it cannot be told apart from retraining; one whose interval "
+             "overlaps the **original**'s cannot be told apart from doing nothing.", "",
+             "| Method | UA | RA | TA | RMIA AUC | LiRA AUC | Avg Gap | time / retrain | Δw |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = ["retrain", "original"] + sorted((k for k in results if k not in ("retrain", "original")),
+                                             key=lambda k: results[k]["gap"]["mean"])
+    for name in order:
+        e = results[name]
+        label = name + (" (diverged)" if e["diverged"] else "")
+        if name not in ("retrain", "original"):  # the contract of tests/core/test_methods_contract.py
+            rows = [(r["rows"][name], r["rows"]["original"]) for r in reps]
+            unchanged = sum(row["weight_change"] == 0.0 for row, _ in rows)
+            destroyed = sum(row["TA"] < 0.5 * orig["TA"] for row, orig in rows)
+            if unchanged:
+                label += f" (UNCHANGED in {unchanged}/{len(rows)})"
+            if destroyed:
+                label += f" (BELOW HALF THE ORIGINAL'S TA in {destroyed}/{len(rows)})"
+        ratio = "1" if name == "retrain" else "-" if name == "original" else _cell(e, "time_ratio", 3)
+        dw = "-" if name == "retrain" else f"{e['weight_change']['mean']:.2g}"
+        lines.append(f"| {label} | " + " | ".join(_cell(e, m) for m in (*METRICS, "LiRA")) +
+                     f" | {_cell(e, 'gap')} | {ratio} | {dw} |")
+    lines += ["", "## What the runs did", ""]
+    for name in order:
+        info = results[name].get("info") or {}
+        if info:
+            shown = "; ".join(f"{k} = {[round(v, 4) if isinstance(v, float) else v for v in vals]}"
+                              for k, vals in info.items())
+            lines.append(f"- **{name}** (per repetition): {shown}")
+    if meta.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in meta["notes"]]
+    cert = reps[0]["extra"].get("lcodec_certified")
+    if cert:
+        lines += ["", f"L-CODEC in the table runs **uncertified** (`noise: false`: the Newton step alone, no (ε, δ) "
+                  f"guarantee; Δw above). Its certified mode (noise on, one sample per request, repetition 0, first "
+                  f"{cert['requests']} forget samples): {cert['seconds_per_request']:.2f} s per request, so removing "
+                  f"all of D_F would take about {cert['extrapolated_ratio']:.1f}x a retrain; noise σ "
+                  f"{cert['noise_std']:.3g}; after those {cert['requests']} requests test accuracy "
+                  f"{cert['TA_after']:.2f}% and Δw {cert['weight_change']:.2g}."]
+    lines.append("")
     return "\n".join(lines)
 
 
-def plot(results: dict, settings: list[dict], path: Path) -> None:
+def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False)
-    for ax, setting in zip(axes[0], settings, strict=True):
-        table = results[setting["name"]]
-        for name, row in table.items():
-            if name in ("retrain", "original"):
-                continue
-            ax.errorbar(row["time_ratio"]["mean"], row["gap"]["mean"], yerr=row["gap"]["std"], fmt="o")
-            ax.annotate(name, (row["time_ratio"]["mean"], row["gap"]["mean"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("wall time / retrain")
-        ax.set_ylabel("Avg Gap to retrain (points)")
-        ax.set_title(setting["label"], fontsize=9)
-        ax.grid(alpha=0.3)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    floor = results["retrain"]["gap"]["mean"]
+    ax.axhline(floor, color="grey", ls="--", lw=1, label="retrain vs retrains (noise floor)")
+    ax.axhline(results["original"]["gap"]["mean"], color="red", ls=":", lw=1, label="original (no unlearning)")
+    for name, e in results.items():
+        if name in ("retrain", "original"):
+            continue
+        yerr = 0.0 if np.isnan(e["gap"]["ci95"]) else e["gap"]["ci95"]
+        ax.errorbar(max(e["time_ratio"]["mean"], 1e-3), e["gap"]["mean"], yerr=yerr, fmt="o", capsize=3)
+        ax.annotate(name, (max(e["time_ratio"]["mean"], 1e-3), e["gap"]["mean"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("wall time / retrain")
+    ax.set_ylabel("Avg Gap to the retrain mean (points, 95% CI)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -181,56 +209,61 @@ def plot(results: dict, settings: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="repetitions (original, subset, run seeds each)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "imagefolder"])
+    parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-path", default=None)
-    parser.add_argument("--model", default=None, help="default: params.yaml model.name")
-    parser.add_argument("--epochs", type=int, default=None, help="override the baseline recipe's epochs")
-    parser.add_argument("--settings", default="r10,r10f,r50,r50f,class")
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--test-size", type=int, default=None)
+    parser.add_argument("--pool", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=12, help="baseline recipe epochs (params.yaml: 30)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--augment", action="store_true")
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--retrains", type=int, default=3)
+    parser.add_argument("--references", type=int, default=4)
+    parser.add_argument("--lcodec-requests", type=int, default=5)
+    parser.add_argument("--methods", default="all")
+    parser.add_argument("--tag", default=None, help="output name suffix (default: the dataset)")
+    parser.add_argument("--render", default=None, help="only rewrite the md and png from this results JSON")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    params = load_params(REPO / "params.yaml")
-    source = load_source(DataConfig(source=args.dataset, source_path=args.data_path))
-    train, test = source.splits == "train", source.splits == "test"
-    x_train, y_train = to_float(source.images[train]), torch.as_tensor(source.labels[train])
-    x_test, y_test = to_float(source.images[test]), torch.as_tensor(source.labels[test])
-    recipe = SGDRecipe.from_config(params.train)
-    if args.epochs:
-        recipe = replace(recipe, epochs=args.epochs)
-    if args.dataset != "digits":
-        recipe = replace(recipe, augment=True)
-    cfg = {"device": args.device, "recipe": recipe, "model": args.model or params.model.name, "params": params}
-    all_settings = {
-        "r10": {"name": "r10", "label": "random 10%, with D_R", "kind": "random", "fraction": 0.1, "with_retain": True},
-        "r10f": {"name": "r10f", "label": "random 10%, D_F only", "kind": "random", "fraction": 0.1,
-                 "with_retain": False},
-        "r50": {"name": "r50", "label": "random 50%, with D_R", "kind": "random", "fraction": 0.5, "with_retain": True},
-        "r50f": {"name": "r50f", "label": "random 50%, D_F only", "kind": "random", "fraction": 0.5,
-                 "with_retain": False},
-        "class": {"name": "class", "label": "class-wise, with D_R", "kind": "class", "with_retain": True},
-    }
-    settings = [all_settings[s] for s in args.settings.split(",")]
-    results, raw = {}, {}
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        stem = Path(args.render).with_suffix("")
+        stem.with_suffix(".md").write_text(markdown(saved["results"], saved["repetitions"], saved["meta"]))
+        plot(saved["results"], stem.with_suffix(".png"))
+        return
+    if args.retrains < 3:
+        parser.error("--retrains: the target is the mean of at least 3 retrains")
     started = time.perf_counter()
-    for setting in settings:
-        per_seed = []
-        for seed in range(args.seeds):
-            per_seed.append(run_setting(setting, seed, x_train, y_train, x_test, y_test, cfg))
-            print(f"{setting['name']} seed {seed} done ({time.perf_counter() - started:.0f}s)", flush=True)
-        raw[setting["name"]] = per_seed
-        results[setting["name"]] = aggregate(per_seed)
+    params = load_params(REPO / "params.yaml")
+    x_train, y_train, x_test, y_test = load_data(args.dataset, args.data_path, train_size=args.train_size,
+                                                 test_size=args.test_size, pool=args.pool)
+    recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size,
+                     augment=args.augment)
+    data = (x_train, y_train, TensorSet(x_test, y_test))
+    reps = []
+    for i in range(args.seeds):
+        reps.append(run_repetition(i, data, args, params, recipe))
+        print(f"repetition {i} done ({time.perf_counter() - started:.0f}s)", flush=True)
+    results = aggregate(reps)
+    key = params.unlearn.profile_key(args.dataset, args.model)
+    command = "nice -n 10 python benchmarks/methods.py " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+        if v not in (None, False))
+    meta = {"command": command, "dataset": args.dataset, "model": args.model, "device": args.device,
+            "seeds": args.seeds, "retrains": args.retrains, "references": args.references, "fraction": args.fraction,
+            "profile": key if key in params.unlearn.profiles else "(none: defaults)", "recipe": vars(recipe),
+            "sizes": reps[0]["sizes"], "platform": platform.platform(), "torch": torch.__version__,
+            "wall_seconds": time.perf_counter() - started}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"methods_{args.dataset}"
-    meta = {"dataset": args.dataset, "device": args.device, "seeds": args.seeds, "model": cfg["model"],
-            "recipe": vars(recipe), "platform": platform.platform(), "wall_seconds": time.perf_counter() - started,
-            "mia": "loss-threshold ROC-AUC, forget vs test (percent)"}
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results, "per_seed": raw}, indent=2))
-    title = (f"Unlearning methods vs retraining: {args.dataset}, {cfg['model']}, {args.seeds} seeds, "
-             f"{args.device} (mean ± std; UA/RA/TA/MIA in %, Avg Gap in points)")
-    stem.with_suffix(".md").write_text(markdown(results, settings, title))
-    plot(results, settings, stem.with_suffix(".png"))
-    print(markdown(results, settings, title))
+    stem = RESULTS / f"methods_{args.tag or args.dataset}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results, "repetitions": reps},
+                                                    indent=2, default=str))
+    stem.with_suffix(".md").write_text(markdown(results, reps, meta))
+    plot(results, stem.with_suffix(".png"))
+    print(stem.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ def make_project(tmp_path):
                 params[key].update(value)
             else:
                 params[key] = value
+        unlearn = (overrides or {}).get("unlearn")
+        if isinstance(unlearn, dict) and "methods" in unlearn and "profiles" not in unlearn:
+            # A test that pins method kwargs pins them fully: the repository's per-setting
+            # profiles would otherwise win over them key by key.
+            params["unlearn"]["profiles"] = {}
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)

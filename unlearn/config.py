@@ -67,23 +67,75 @@ class RequestsConfig:
     reasons: tuple[str, ...] = ("gdpr_erasure", "ccpa_deletion", "consent_withdrawn", "other")
 
 
+EXTENDS = "extends"  # reserved key of a method entry: start from another method's kwargs
+PROFILE_SEPARATOR = "/"  # profile keys are "<data.source>/<model.name>"
+
+
 @dataclass(frozen=True)
 class UnlearnConfig:
-    """Which methods run, in order, and every method's keyword arguments keyed by method name.
+    """Which methods run, in order, and every method's keyword arguments.
 
     ``method`` is tried first; when its model fails verification the pipeline escalates through
     ``escalation`` in order. ``retrain`` (exact, the gate's own target) may only come last, and
     with it every request ends with a verified model.
+
+    Keyword arguments come in two layers, because a learning rate sized for 8x8 digits destroys
+    a ResNet-18 on Fashion-MNIST (issue #13):
+
+    - ``methods``: defaults per method name, used for any dataset and model;
+    - ``profiles``: per setting, keyed ``"<data.source>/<model.name>"`` (e.g.
+      ``"digits/small_cnn"``), each a mapping of method name to keyword arguments.
+
+    Precedence, key by key: the profile of the active data source and model, else the
+    defaults, else the method's own signature default. A method entry may name another method
+    under ``extends`` (e.g. ``amun_salun: {extends: amun, mask_ratio: 0.5}``) to start from that
+    method's resolved arguments, so shared settings are written once.
     """
 
     method: str = "amun"
     escalation: tuple[str, ...] = ()
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def ladder(self) -> tuple[str, ...]:
         """Every method to try, in order."""
         return (self.method, *self.escalation)
+
+    @staticmethod
+    def profile_key(source: str, model: str) -> str:
+        """The profile key of a data source and model name."""
+        return f"{source}{PROFILE_SEPARATOR}{model}"
+
+    def kwargs_for(self, name: str, source: str, model: str) -> dict[str, Any]:
+        """Resolved keyword arguments of method ``name`` for a data source and model.
+
+        Args:
+            name: Method registry name.
+            source: ``data.source``.
+            model: ``model.name``.
+
+        Returns:
+            A new dict (empty when nothing is configured); ``extends`` is resolved and removed.
+
+        Raises:
+            ConfigError: On an ``extends`` cycle or a non-string ``extends``.
+        """
+        profile = self.profiles.get(self.profile_key(source, model), {})
+        return _resolve_method(name, self.methods, profile, ())
+
+
+def _resolve_method(name: str, defaults: dict[str, dict[str, Any]], profile: dict[str, dict[str, Any]],
+                    chain: tuple[str, ...]) -> dict[str, Any]:
+    if name in chain:
+        raise ConfigError(f"unlearn: '{EXTENDS}' cycle {' -> '.join((*chain, name))}")
+    own = {**defaults.get(name, {}), **profile.get(name, {})}
+    base_name = own.pop(EXTENDS, None)
+    if base_name is None:
+        return own
+    if not isinstance(base_name, str):
+        raise ConfigError(f"unlearn: {name}.{EXTENDS} must be a method name, got {base_name!r}")
+    return {**_resolve_method(base_name, defaults, profile, (*chain, name)), **own}
 
 
 @dataclass(frozen=True)
@@ -231,9 +283,19 @@ class Params:
     dvc: DvcConfig = field(default_factory=DvcConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
+    @property
+    def method_profile(self) -> str | None:
+        """Key of the ``unlearn.profiles`` entry the active data source and model select, or None."""
+        key = UnlearnConfig.profile_key(self.data.source, self.model.name)
+        return key if key in self.unlearn.profiles else None
+
     def method_kwargs(self, name: str) -> dict[str, Any]:
-        """Keyword arguments configured for method ``name`` (empty if none)."""
-        return dict(self.unlearn.methods.get(name, {}))
+        """Keyword arguments of method ``name`` for the active data source and model.
+
+        The profile ``unlearn.profiles["<data.source>/<model.name>"]`` over the defaults
+        ``unlearn.methods``, key by key, with ``extends`` resolved (empty if nothing is set).
+        """
+        return self.unlearn.kwargs_for(name, self.data.source, self.model.name)
 
 
 def _coerce(value: Any, annotation: Any, path: str) -> Any:
@@ -367,6 +429,7 @@ def _check_values(params: Params) -> None:
         raise ConfigError("verify.fprs: every false-positive rate must be in (0, 1)")
     if params.verify.min_negatives < 1 or params.verify.bootstrap < 0:
         raise ConfigError("verify.min_negatives must be >= 1 and verify.bootstrap >= 0")
+    _check_method_kwargs(params.unlearn)
     ladder = params.unlearn.ladder
     if len(set(ladder)) != len(ladder):
         raise ConfigError(f"unlearn.escalation: a method appears twice in the ladder {list(ladder)}")
@@ -439,6 +502,26 @@ def _check_gate(params: Params) -> None:
             raise ConfigError(f"{where}: expected a 5-field cron expression, got {cron!r}")
     if not 0.0 <= params.verify.references.pool_fraction < 1.0:
         raise ConfigError("verify.references.pool_fraction: must be in [0, 1)")
+
+
+def _check_method_kwargs(unlearn: UnlearnConfig) -> None:
+    """Profile keys name a source and a model; every ``extends`` resolves without a cycle.
+
+    Whether each keyword is a parameter of its method is checked against the method registry
+    (which the config does not import) by the stages and by tests/core/test_method_profiles.py.
+    """
+    for key in unlearn.profiles:
+        parts = key.split(PROFILE_SEPARATOR)
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"unlearn.profiles: key {key!r} must be '<data source>/<model name>', "
+                              "e.g. 'digits/small_cnn'")
+    for key, profile in [("", {}), *unlearn.profiles.items()]:
+        for name in {*unlearn.methods, *profile}:
+            try:
+                _resolve_method(name, unlearn.methods, profile, ())
+            except ConfigError as exc:
+                where = f"unlearn.profiles.{key}" if key else "unlearn.methods"
+                raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_params(path: str | Path) -> Params:

@@ -127,3 +127,48 @@ def test_ssd_only_shrinks_selected_weights(problem):
     assert changed > 0
     for a, b in zip(damped.parameters(), model.parameters(), strict=True):
         assert (a.abs() <= b.abs() + 1e-12).all()
+
+
+def test_ssd_and_boundary_shrink_record_what_they_did(problem, caplog):
+    from unlearn.methods.base import method_info
+
+    model, data = problem
+    nothing = run_method("ssd", model, data, device="cpu", seed=0, kwargs={"selection_weighting": 1e12})
+    assert method_info(nothing) == {"dampened": 0, "dampened_fraction": 0.0}
+    assert "returned unchanged" in caplog.text  # a silent no-op is what issue #13 found on ResNet-18
+    some = run_method("ssd", model, data, device="cpu", seed=0, kwargs={"selection_weighting": 1.0})
+    assert method_info(some)["dampened"] > 0
+    shrunk = run_method("boundary_shrink", model, data, device="cpu", seed=0, kwargs={"epochs": 1})
+    assert 0.0 <= method_info(shrunk)["relabelled_fraction"] <= 1.0
+    # the diagnostics belong to one run: a second run on the result starts empty
+    again = run_method("finetune", nothing, data, device="cpu", seed=0, kwargs={"epochs": 1})
+    assert method_info(again) == {}
+
+
+def test_finetune_runs_at_a_constant_learning_rate(problem, monkeypatch):
+    import unlearn.methods.finetune as ft
+
+    seen = {}
+    real = ft.train_model
+
+    def spy(model, images, labels, recipe, **kw):
+        seen["schedule"] = recipe.schedule
+        return real(model, images, labels, recipe, **kw)
+
+    monkeypatch.setattr(ft, "train_model", spy)
+    model, data = problem
+    run_method("finetune", model, data, device="cpu", seed=0, kwargs={"epochs": 1})
+    assert seen["schedule"] == "constant"
+
+
+def test_ssd_importance_drops_a_trailing_partial_batch(problem):
+    # A 7-sample tail batch would carry half of a 135-sample forget importance at ~18x the noise
+    # of a full batch (issue #13 follow-up: it dampened 27% of the weights on digits).
+    model, data = problem
+    n = 2 * 8 + 3
+    x, y = data.retain.images[:n], data.retain.labels[:n]
+    with_tail = fisher_importance(model, [TensorSet(x, y)], batch_size=8, device="cpu", drop_last=True)
+    full_only = fisher_importance(model, [TensorSet(x[:16], y[:16])], batch_size=8, device="cpu")
+    assert all(torch.allclose(with_tail[k], full_only[k]) for k in full_only)
+    kept = fisher_importance(model, [TensorSet(x, y)], batch_size=8, device="cpu")
+    assert any(not torch.allclose(kept[k], full_only[k]) for k in full_only)

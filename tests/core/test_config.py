@@ -43,3 +43,38 @@ def test_missing_or_invalid_file(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def _unlearn(methods=None, profiles=None, source="digits", model="small_cnn"):
+    return parse_params({"data": {"source": source}, "model": {"name": model},
+                         "unlearn": {"methods": methods or {}, "profiles": profiles or {}}})
+
+
+def test_the_active_profile_wins_over_the_defaults_key_by_key():
+    methods = {"amun": {"lr": 0.01, "epochs": 3}}
+    profiles = {"digits/small_cnn": {"amun": {"lr": 0.5}}, "cifar10/resnet18": {"amun": {"lr": 0.9}}}
+    assert _unlearn(methods, profiles).method_kwargs("amun") == {"lr": 0.5, "epochs": 3}
+    assert _unlearn(methods, profiles).method_profile == "digits/small_cnn"
+    other = _unlearn(methods, profiles, source="imagefolder", model="resnet18")
+    assert other.method_kwargs("amun") == {"lr": 0.01, "epochs": 3} and other.method_profile is None
+    assert other.method_kwargs("finetune") == {}
+
+
+def test_extends_starts_from_the_other_methods_resolved_kwargs():
+    methods = {"amun": {"lr": 0.01}, "amun_salun": {"extends": "amun", "mask_ratio": 0.5}}
+    params = _unlearn(methods, {"digits/small_cnn": {"amun": {"epochs": 10}}})
+    assert params.method_kwargs("amun_salun") == {"lr": 0.01, "epochs": 10, "mask_ratio": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("methods", "profiles", "message"),
+    [
+        ({}, {"digits": {}}, "must be '<data source>/<model name>'"),
+        ({"a": {"extends": "b"}, "b": {"extends": "a"}}, {}, "extends' cycle"),
+        ({"a": {"extends": 3}}, {}, "must be a method name"),
+        ({"amun": 3}, {}, "expected a mapping"),
+    ],
+)
+def test_bad_profiles_name_the_problem(methods, profiles, message):
+    with pytest.raises(ConfigError, match=message):
+        _unlearn(methods, profiles)

@@ -128,3 +128,31 @@ def test_forgetting_score_is_near_zero_for_one_distribution_and_one_for_separate
     low, high = torch.rand(50, generator=g), 2 + torch.rand(50, generator=g)
     assert forgetting_score(high, low) == 1.0  # forget losses all above: forgotten
     assert forgetting_score(low, high) == 0.0  # forget losses below members: not forgotten
+
+
+def test_noise_floor_is_what_exchangeable_sets_reach_and_separation_clears_it():
+    from unlearn.methods.dlfd import noise_floor
+
+    g = torch.Generator().manual_seed(0)
+    same_f, same_r = torch.rand(30, generator=g), torch.rand(30, generator=g)
+    floor = noise_floor(same_f, same_r, draws=40, quantile=0.95, generator=g)
+    # issue #13: two samples of one distribution reached FS ~0.1 by chance; the floor says so
+    assert 0.05 < floor < 0.6
+    separated = forgetting_score(same_f + 2.0, same_r)
+    assert separated > floor
+
+
+def test_dlfd_records_how_many_batches_it_perturbed(trained, tiny_images):
+    from unlearn.methods import TensorSet, UnlearningData, run_method
+    from unlearn.methods.base import method_info
+
+    model = trained[0]
+    x, y = torch.tensor(tiny_images[0]), torch.tensor(tiny_images[1])
+    data = UnlearningData(TensorSet(x[::10], y[::10]), TensorSet(x[1::2], y[1::2]), 4,
+                          SGDRecipe(1, 32, 0.05), lambda: build_model("small_cnn", 1, 4))
+    info = method_info(run_method("dlfd", model, data, device="cpu", seed=0,
+                                  kwargs={"perturbation_steps": 2, "check_every": 1, "forget_target": 0.0}))
+    assert 0 <= info["perturbed_batches"] <= info["batches"] and info["noise_floor"] is not None
+    never = method_info(run_method("dlfd", model, data, device="cpu", seed=0,
+                                   kwargs={"perturbation_steps": 2, "forget_target": None}))
+    assert never["perturbed_batches"] == never["batches"] and never["noise_floor"] is None

@@ -96,6 +96,14 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> to
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def uses_retain(kwargs: dict) -> frozenset[str]:
+    """Data needs of methods with a ``use_retain`` switch (RL, SalUn, AMUN, AMUN+SalUn).
+
+    D_F always; D_R too when ``kwargs["use_retain"]`` (their "only D_F" setting drops it).
+    """
+    return frozenset({"forget", "retain"}) if kwargs["use_retain"] else frozenset({"forget"})
+
+
 def check_positive_int(**values: int) -> None:
     """Raise ``ValueError`` naming the first argument that is not a positive integer."""
     for name, value in values.items():

@@ -17,7 +17,11 @@ What is implemented (methods.md section 2):
 3. Fine-tuning (section 4): minimise the mean CE over D_R + D_F + D_A shuffled together, D_F
    with its true labels and D_A with the adversarial labels; without D_R (``use_retain=False``)
    over D_F + D_A. SGD, momentum 0.9, weight decay 5e-4, lr decayed x0.1 every ``lr_step``
-   epochs (the official code's LRsteps, default 1). Adversarial examples are never augmented.
+   epochs: the official code's ``LRsteps``, whose default in ``adversarial_unlearn.py`` is 40,
+   so with its 10 epochs the learning rate is in effect constant. (The README's example
+   command passes ``--LRsteps 1``, a decay after every epoch: about one effective epoch at
+   lr 0.01. Neither is a tuned per-setting value; params.yaml's profiles hold those.)
+   Adversarial examples are never augmented.
 
 Choices where the sources are silent or the data differ (documented, tested):
 - A sample that has not flipped after ``max_doublings`` doublings keeps its last x_adv with
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearn.methods._common import uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
 from unlearn.training import SGDRecipe, seed_everything, train_model
 
@@ -239,11 +244,7 @@ def finetuning_set(
     return images, labels, no_augment
 
 
-def _amun_needs(kwargs: dict) -> frozenset[str]:
-    return frozenset({"forget", "retain"}) if kwargs["use_retain"] else frozenset({"forget"})
-
-
-@register_method("amun", needs={"forget"}, needs_fn=_amun_needs)
+@register_method("amun", needs={"forget"}, needs_fn=uses_retain)
 def amun(
     model: nn.Module,
     data: UnlearningData,
@@ -260,7 +261,7 @@ def amun(
     max_doublings: int = 12,
     epochs: int = 10,
     lr: float = 0.01,
-    lr_step: int = 1,
+    lr_step: int = 40,
     batch_size: int = 128,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
@@ -283,7 +284,8 @@ def amun(
         max_doublings: Cap on radius doublings per sample.
         epochs: Fine-tuning epochs.
         lr: Initial learning rate.
-        lr_step: Decay the learning rate x0.1 every this many epochs.
+        lr_step: Decay the learning rate x0.1 every this many epochs (official default 40:
+            constant over 10 epochs).
         batch_size: Fine-tuning batch size.
         momentum: SGD momentum.
         weight_decay: L2 penalty.

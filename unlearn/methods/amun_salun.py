@@ -9,7 +9,8 @@ Implemented (methods.md section 2(a) step 3):
 2. The SalUn mask m_S from |sum grad_theta -CE(theta_o; D_F)|, keeping the top ``mask_ratio``
    of entries (``salun.saliency_mask``; AMUN's code default 0.5, searched in [0.1, 0.9]).
 3. AMUN's fine-tuning (mean CE over D_R + D_F + D_A shuffled together, or D_F + D_A without
-   D_R; SGD momentum 0.9, weight decay 5e-4, lr x0.1 every ``lr_step`` epochs; D_A never
+   D_R; SGD momentum 0.9, weight decay 5e-4, lr x0.1 every ``lr_step`` epochs, official
+   default 40 = constant over 10 epochs; D_A never
    augmented) with every gradient multiplied by m_S.
 
 Choice (documented): AMUN's code only multiplies the gradients, which lets weight decay and
@@ -23,9 +24,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from unlearn.methods._common import uses_retain
 from unlearn.methods.amun import finetuning_set
 from unlearn.methods.base import UnlearningData, register_method
-from unlearn.methods.random_label import uses_retain
 from unlearn.methods.salun import MaskedStep, saliency_mask
 from unlearn.training import SGDRecipe, seed_everything, train_model
 
@@ -49,7 +50,7 @@ def amun_salun(
     max_doublings: int = 12,
     epochs: int = 10,
     lr: float = 0.01,
-    lr_step: int = 1,
+    lr_step: int = 40,
     batch_size: int = 128,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
@@ -73,7 +74,7 @@ def amun_salun(
         max_doublings: Cap on radius doublings per sample.
         epochs: Fine-tuning epochs (10).
         lr: Initial learning rate (0.01).
-        lr_step: Decay the learning rate x0.1 every this many epochs (1).
+        lr_step: Decay the learning rate x0.1 every this many epochs (official default 40).
         batch_size: Fine-tuning batch size (128); also the mask's batch size.
         momentum: SGD momentum.
         weight_decay: L2 penalty.

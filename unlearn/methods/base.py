@@ -115,6 +115,27 @@ class MethodSpec:
         return bound
 
 
+INFO_ATTR = "unlearning_info"
+
+
+def record_info(model: nn.Module, **info: Any) -> None:
+    """Attach run diagnostics to an unlearned model (``model.unlearning_info``, a plain dict).
+
+    Why: a method that silently does nothing (SSD selecting no weight, DLFD stopping its
+    synthesis at the first check, L-CODEC without certified noise) looks like a method that
+    worked; benchmarks and logs read these numbers to say what a run actually did. The dict
+    is not part of the state dict and never holds sample data or identifiers.
+    """
+    current = dict(getattr(model, INFO_ATTR, None) or {})
+    current.update(info)
+    setattr(model, INFO_ATTR, current)
+
+
+def method_info(model: nn.Module) -> dict[str, Any]:
+    """The diagnostics a method recorded with :func:`record_info` (empty if none)."""
+    return dict(getattr(model, INFO_ATTR, None) or {})
+
+
 # Every module in unlearn/methods/ is imported on first lookup: a method registers by existing.
 METHODS: Registry[MethodSpec] = Registry("unlearning method", package="unlearn.methods")
 
@@ -179,5 +200,6 @@ def run_method(
         if subset is None or len(subset) == 0:
             raise MissingDataError(f"method {name!r} needs the {kind} set, which was not provided")
     working = copy.deepcopy(model).to(device)
+    setattr(working, INFO_ATTR, {})  # diagnostics of this run only, not of the input's history
     result = spec.fn(working, data, device=device, seed=seed, **bound)
     return result.eval()

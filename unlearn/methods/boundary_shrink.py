@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from unlearn.methods._common import check_positive_int, fetch, sgd, shuffled_batches
-from unlearn.methods.base import UnlearningData, register_method
+from unlearn.methods.base import UnlearningData, record_info, register_method
 from unlearn.training import seed_everything
 
 
@@ -101,12 +101,18 @@ def boundary_shrink(
         p.requires_grad_(False)
     model.train()
     optimizer = sgd(model, lr, momentum, weight_decay)
+    moved = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     for _ in range(epochs):
         for index in shuffled_batches(len(forget), batch_size, generator):
             x, y = fetch(forget, index, device=device, augment=augment, generator=generator)
             y_nb = nearest_wrong_labels(frozen, x, y, bound=bound, quantize=quantize)
+            moved += (y_nb != y).sum()  # stays on the device: no per-step host synchronisation
+            seen += len(y)
             loss = F.cross_entropy(model(x), y_nb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    # Share of forget samples the FGSM step moved to another class; the rest reinforce y.
+    record_info(model, relabelled_fraction=float(moved) / max(seen, 1))
     return model.eval()

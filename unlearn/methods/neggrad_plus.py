@@ -16,7 +16,8 @@ decay; the proximal term replaces it.
 Defaults: alpha = 0.95, SGD lr 0.01, 10 epochs (SCRUB small-scale notebook; methods.md
 section 6). Choices where the sources are silent (documented):
 - ``wd`` (the proximal coefficient) = 5e-4, the paper's weight decay;
-- momentum 0.9 (the SCRUB notebooks' ``sgda_momentum``);
+- plain SGD without momentum, as SCRUB's own NegGrad+ baseline runs it (issue #13's review of
+  ``meghdadk/SCRUB``; the ``sgda_momentum`` of its notebooks belongs to SCRUB's optimiser);
 - retain batch 128 and forget batch 32 (the SCRUB large-scale loaders); the learning rate is
   constant, train mode throughout.
 """
@@ -52,7 +53,7 @@ def neggrad_plus(
     alpha: float = 0.95,
     epochs: int = 10,
     lr: float = 0.01,
-    momentum: float = 0.9,
+    momentum: float = 0.0,
     wd: float = 5e-4,
     retain_batch_size: int = 128,
     forget_batch_size: int = 32,
@@ -69,7 +70,7 @@ def neggrad_plus(
         alpha: Weight of the retain term, in [0, 1] (SCRUB notebook: 0.95).
         epochs: Passes over D_R (10).
         lr: Constant SGD learning rate (0.01).
-        momentum: SGD momentum.
+        momentum: SGD momentum (SCRUB's NegGrad+: none).
         wd: Coefficient of the proximal term (wd/2)||theta - theta_0||^2.
         retain_batch_size: Retain batch size.
         forget_batch_size: Forget batch size.

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.methods._common import check_positive_int, fetch, sgd, shuffled_batches
+from unlearn.methods._common import check_positive_int, fetch, sgd, shuffled_batches, uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
 from unlearn.training import StepFn, plain_step, seed_everything
 
@@ -83,11 +83,6 @@ def random_label_epoch(
         for index in shuffled_batches(len(retain), batch_size, generator):
             x, y = fetch(retain, index, device=device, augment=augment, generator=generator)
             step(F.cross_entropy(model(x), y))
-
-
-def uses_retain(kwargs: dict) -> frozenset[str]:
-    """Data needs of RL-style methods: D_F always, D_R when ``use_retain``."""
-    return frozenset({"forget", "retain"}) if kwargs["use_retain"] else frozenset({"forget"})
 
 
 @register_method("random_label", needs={"forget"}, needs_fn=uses_retain)

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.methods._common import check_positive_int, sgd
+from unlearn.methods._common import check_positive_int, sgd, uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
-from unlearn.methods.random_label import random_label_epoch, uses_retain
+from unlearn.methods.random_label import random_label_epoch
 from unlearn.training import seed_everything
 
 Mask = dict[str, torch.Tensor]

@@ -1,0 +1,229 @@
+"""The unlearning evaluation protocol shared by ``methods.py`` (the table) and ``select_hparams.py``
+(the hyperparameter sweep), so that the sweep optimises exactly what the table reports.
+
+- Data: a registered source (``digits``, ...) or Fashion-MNIST read from its idx files (Debian's
+  ``dataset-fashion-mnist`` under /usr/share/datasets/fashion-mnist, or a directory), optionally
+  a seeded subset and 2x2 average-pooled (28x28 -> 14x14) so a small CNN runs in minutes on a CPU.
+- Seeds: the original model, the forget subset and the unlearning run each get their own seed.
+- Retrain target: the MEAN of several retrains (different initialisations) on D_R, so a gap is
+  not measured against one retrain's noise; the spread of single retrains around that mean is
+  reported as the noise floor of the gap.
+- MIA: offline RMIA and offline LiRA (the pipeline's ``rmia_offline`` / ``lira_offline``) with
+  reference models trained on complementary random halves of D_R, so every forget and test
+  sample is OUT for every reference; the population is the evaluation (test or validation) set.
+  The AUC separates D_F from that set (AMUN's "FT AUC"; 50 means indistinguishable).
+- Metrics: UA = accuracy on D_F (raw, as AMUN), RA on D_R, TA on the evaluation set, MIA = RMIA
+  AUC; Avg Gap = mean over the four of |metric - mean over retrains|, in points.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from unlearn.attacks import AttackInput, ReferenceSignals, compute_signals, run_attack
+from unlearn.attacks.signals import logit_scaled_confidence
+from unlearn.config import DataConfig
+from unlearn.data import load_source
+from unlearn.methods import TensorSet, UnlearningData, run_method
+from unlearn.methods.base import method_info
+from unlearn.metrics import roc_auc
+from unlearn.models import build_model
+from unlearn.training import SGDRecipe, predict_logits, to_float, train_model
+
+METRICS = ("UA", "RA", "TA", "MIA")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _fashion_mnist(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def find(stem: str) -> Path:
+        for name in (f"{stem}.gz", stem):
+            if (directory / name).exists():
+                return directory / name
+        raise FileNotFoundError(f"{directory}: no {stem}(.gz); install Debian's dataset-fashion-mnist "
+                                "or pass --data-path")
+
+    return (_read_idx(find("train-images-idx3-ubyte")), _read_idx(find("train-labels-idx1-ubyte")),
+            _read_idx(find("t10k-images-idx3-ubyte")), _read_idx(find("t10k-labels-idx1-ubyte")))
+
+
+def load_data(name: str, data_path: str | None = None, *, train_size: int | None = None,
+              test_size: int | None = None, pool: int = 1, seed: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test): float images in [0, 1] (N, C, H, W), int64 labels.
+
+    Args:
+        name: "fashion_mnist" (idx files) or a registered source name.
+        data_path: Directory of the data (default for Fashion-MNIST: Debian's location).
+        train_size: Seeded random subset of the training split (None: all).
+        test_size: Seeded random subset of the test split (None: all).
+        pool: Average-pool factor (2: 28x28 -> 14x14).
+        seed: Seed of the subsets.
+    """
+    if name == "fashion_mnist":
+        xtr, ytr, xte, yte = _fashion_mnist(Path(data_path) if data_path else FASHION_MNIST_DIR)
+        x_train, x_test = torch.from_numpy(xtr.copy()).float()[:, None] / 255.0, \
+            torch.from_numpy(xte.copy()).float()[:, None] / 255.0
+        y_train, y_test = torch.from_numpy(ytr.astype(np.int64)), torch.from_numpy(yte.astype(np.int64))
+    else:
+        source = load_source(DataConfig(source=name, source_path=data_path))
+        train, test = source.splits == "train", source.splits == "test"
+        x_train, y_train = to_float(source.images[train]), torch.as_tensor(source.labels[train])
+        x_test, y_test = to_float(source.images[test]), torch.as_tensor(source.labels[test])
+    rng = np.random.default_rng(seed)
+    if train_size is not None and train_size < len(y_train):
+        keep = torch.as_tensor(np.sort(rng.choice(len(y_train), train_size, replace=False)))
+        x_train, y_train = x_train[keep], y_train[keep]
+    if test_size is not None and test_size < len(y_test):
+        keep = torch.as_tensor(np.sort(rng.choice(len(y_test), test_size, replace=False)))
+        x_test, y_test = x_test[keep], y_test[keep]
+    if pool > 1:
+        x_train, x_test = F.avg_pool2d(x_train, pool), F.avg_pool2d(x_test, pool)
+    return x_train.contiguous(), y_train, x_test.contiguous(), y_test
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> TensorSet:
+    index = torch.as_tensor(np.flatnonzero(mask))
+    return TensorSet(x[index], y[index])
+
+
+def forget_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A random forget subset of round(fraction * n) samples, drawn with its own seed."""
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).choice(n, size=int(round(fraction * n)), replace=False)] = True
+    return mask
+
+
+@dataclass
+class Reference:
+    """What every evaluation of one (original, forget subset) pair shares."""
+
+    forget: TensorSet
+    retain: TensorSet
+    evaluation: TensorSet  # test split (table) or validation split (sweep)
+    data: UnlearningData
+    original: torch.nn.Module
+    retrains: list[dict[str, float]]  # metrics of each retrain
+    retrain_seconds: float  # mean wall time of one retrain
+    ref_forget: np.ndarray  # phi of the reference models on D_F (K, N_F, 1)
+    ref_eval: np.ndarray  # phi of the reference models on the evaluation set (K, N_E, 1)
+
+    @property
+    def target(self) -> dict[str, float]:
+        """Mean retrain metrics: the gap's target."""
+        return {m: float(np.mean([r[m] for r in self.retrains])) for m in (*METRICS, "LiRA")}
+
+
+def _phi(model, subset_: TensorSet, device: str) -> np.ndarray:
+    return logit_scaled_confidence(predict_logits(model, subset_.images, device=device), subset_.labels)
+
+
+def prepare(x_train, y_train, evaluation: TensorSet, *, model_name: str, recipe: SGDRecipe, device: str,
+            fraction: float, original_seed: int, forget_seed: int, retrain_seeds: list[int],
+            reference_seeds: list[int]) -> Reference:
+    """Train the original, the retrains and the reference models of one (original, subset) pair."""
+    n, classes = len(y_train), int(y_train.max()) + 1
+    mask = forget_mask(n, fraction, forget_seed)
+    forget, retain = subset(x_train, y_train, mask), subset(x_train, y_train, ~mask)
+    factory: Callable[[], torch.nn.Module] = lambda: build_model(model_name, x_train.shape[1], classes)  # noqa: E731
+    torch.manual_seed(original_seed)
+    original = train_model(factory(), x_train, y_train, recipe, device=device, seed=original_seed)
+    data = UnlearningData(forget, retain, classes, recipe, factory)
+    refs_forget, refs_eval = [], []
+    for k in range(0, len(reference_seeds), 2):  # complementary halves of D_R
+        halves = np.random.default_rng(reference_seeds[k]).permutation(len(retain))
+        for half, seed in zip((halves[: len(halves) // 2], halves[len(halves) // 2 :]),
+                              reference_seeds[k : k + 2], strict=True):
+            torch.manual_seed(seed)
+            idx = torch.as_tensor(np.sort(half))
+            model = train_model(factory(), retain.images[idx], retain.labels[idx], recipe, device=device, seed=seed)
+            refs_forget.append(_phi(model, forget, device))
+            refs_eval.append(_phi(model, evaluation, device))
+    ref = Reference(forget, retain, evaluation, data, original, [], 0.0,
+                    np.stack(refs_forget)[..., None], np.stack(refs_eval)[..., None])
+    seconds = []
+    for seed in retrain_seeds:
+        started = time.perf_counter()
+        model = run_method("retrain", original, data, device=device, seed=seed)
+        seconds.append(time.perf_counter() - started)
+        ref.retrains.append(evaluate(model, ref, device))
+    ref.retrain_seconds = float(np.mean(seconds))
+    return ref
+
+
+def evaluate(model, ref: Reference, device: str) -> dict[str, float]:
+    """UA/RA/TA in percent, RMIA and LiRA (offline) forget-vs-evaluation AUCs in percent."""
+    out, diverged = {}, False
+    logits = {}
+    for key, part in (("UA", ref.forget), ("RA", ref.retain), ("TA", ref.evaluation)):
+        logits[key] = predict_logits(model, part.images, device=device)
+        diverged |= not bool(torch.isfinite(logits[key]).all())
+        out[key] = 100.0 * (logits[key].argmax(1) == part.labels).float().mean().item()
+    phi_f = np.nan_to_num(logit_scaled_confidence(logits["UA"], ref.forget.labels), nan=-1e6)
+    phi_e = np.nan_to_num(logit_scaled_confidence(logits["TA"], ref.evaluation.labels), nan=-1e6)
+    refs = ReferenceSignals(
+        target_forget=phi_f[:, None], target_test=phi_e[:, None], forget=ref.ref_forget, test=ref.ref_eval,
+        forget_in=np.zeros(ref.ref_forget.shape[:2], dtype=bool), test_in=np.zeros(ref.ref_eval.shape[:2], dtype=bool))
+    inputs = AttackInput(
+        forget=compute_signals(logits["UA"], ref.forget.labels),
+        retain=compute_signals(logits["RA"], ref.retain.labels),
+        test=compute_signals(logits["TA"], ref.evaluation.labels), references=refs)
+    for key, attack, options in (("MIA", "rmia_offline", {"a": 0.3, "gamma": 1.0}), ("LiRA", "lira_offline", {})):
+        result = run_attack(attack, inputs, **options)
+        out[key] = 100.0 * roc_auc(result.member_scores, result.nonmember_scores)
+    out["diverged"] = float(diverged)
+    return out
+
+
+def gap(row: dict[str, float], target: dict[str, float]) -> float:
+    """Avg Gap: mean over UA, RA, TA, MIA of |row - target| (points)."""
+    return float(np.mean([abs(row[m] - target[m]) for m in METRICS]))
+
+
+def weight_change(before: torch.nn.Module, after: torch.nn.Module) -> float:
+    """||theta_after - theta_before|| / ||theta_before|| over all parameters (0: returned unchanged)."""
+    a = torch.cat([p.detach().flatten().double().cpu() for p in before.parameters()])
+    b = torch.cat([p.detach().flatten().double().cpu() for p in after.parameters()])
+    return float((b - a).norm() / a.norm().clamp_min(1e-12))
+
+
+def run_one(name: str, ref: Reference, kwargs: dict, *, device: str, seed: int) -> dict:
+    """Run one method on one prepared pair and evaluate it (metrics, gap, time ratio, Δw, info)."""
+    started = time.perf_counter()
+    model = run_method(name, ref.original, ref.data, device=device, seed=seed, kwargs=kwargs)
+    seconds = time.perf_counter() - started
+    row = evaluate(model, ref, device)
+    row.update(gap=gap(row, ref.target), seconds=seconds, time_ratio=seconds / ref.retrain_seconds,
+               weight_change=weight_change(ref.original, model))
+    info = {k: v for k, v in method_info(model).items() if isinstance(v, int | float | bool) or v is None}
+    if info:
+        row["info"] = info
+    return row
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width of the two-sided Student-t confidence interval); half-width nan for n < 2."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    if len(arr) < 2:
+        return float(arr.mean()), math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
+    return float(arr.mean()), float(half)
