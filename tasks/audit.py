@@ -62,6 +62,13 @@ def head(project: Project) -> dict[str, Any]:
     return {"head_seq": report.head_seq, "head_hash": report.head_hash, "chain_ok": report.ok}
 
 
+def records(project: Project, event: str, **match: Any) -> list[dict[str, Any]]:
+    """The log's ``event`` records with these field values, in order."""
+    from unlearn.audit import AuditLog
+
+    return AuditLog(project.audit_path).records(event, **match)
+
+
 def has_record(project: Project, event: str, **match: Any) -> bool:
     """Whether the log holds an ``event`` record with these field values (recovery re-records lost events)."""
     from unlearn.audit import AuditLog

@@ -28,7 +28,7 @@ from typing import Any
 
 from tasks import tracking
 from tasks.audit import audit_key
-from tasks.project import Project
+from tasks.project import PipelineError, Project
 
 
 @dataclass(frozen=True)
@@ -99,29 +99,50 @@ def _audit_findings(project: Project) -> list[Finding]:
     return findings
 
 
+def _files_left(project: Project, client: Any, mv: Any) -> tuple[int | None, str | None]:
+    """(files listed at the version's artifact locations, or None) and why it could not be counted."""
+    locations = tracking.model_artifact_locations(client, mv)
+    if not locations:
+        return None, "its artifact location cannot be determined"
+    try:
+        return sum(tracking.artifacts_remaining(loc, project.artifact_root) for loc in locations), None
+    except PipelineError as exc:
+        return None, str(exc)
+
+
 def _registry_findings(project: Project, client: Any) -> list[Finding]:
+    from tasks.lifecycle import retired_weight_fingerprints
+
     findings = []
     versions = {str(mv.version): mv for mv in tracking.all_versions(project, client)}
     champion = tracking.champion_version(project, client)
     if champion is not None:
         name = f"version {champion.version}"
+        left, why = _files_left(project, client, champion)
         if champion.tags.get("retired") == "true":
             findings.append(Finding("registry", name, "the champion alias points at a retired version"))
-        elif not sum(tracking.artifacts_remaining(loc) for loc in tracking.model_artifact_locations(client, champion)):
-            findings.append(Finding("registry", name, "the champion has no model artifacts on disk"))
+        elif not left:
+            detail = f" ({why})" if why else ""
+            findings.append(Finding("registry", name, f"the champion has no model artifacts on disk{detail}"))
+    fingerprints = retired_weight_fingerprints(project)
     for version, mv in sorted(versions.items(), key=lambda kv: int(kv[0])):
         tags, name = mv.tags, f"version {version}"
         if tags.get("retired") == "true" and tags.get("artifacts_deleted") != "true":
             findings.append(Finding("registry", name, "retired tombstone without verified artifact deletion"))
+        if tags.get("retired") != "true":
+            _, why = _files_left(project, client, mv)
+            if why:  # its weights could never be shown deleted (a moved project, an unreachable store)
+                findings.append(Finding("registry", name, f"artifacts cannot be checked: {why}"))
         if tags.get("artifacts_deleted") == "true":
-            locations = tracking.model_artifact_locations(client, mv)
-            if not locations:
-                findings.append(Finding("registry", name, "tagged artifacts_deleted but its artifact location "
-                                                          "cannot be determined (claim unverifiable)"))
-            left = sum(tracking.artifacts_remaining(loc) for loc in locations)
-            if left:
+            left, why = _files_left(project, client, mv)
+            if why:
+                findings.append(Finding("registry", name, f"tagged artifacts_deleted but unverifiable: {why}"))
+            elif left:
                 findings.append(Finding("registry", name, f"tagged artifacts_deleted but {left} artifact "
                                                           "file(s) remain"))
+            if not fingerprints.get(version):
+                findings.append(Finding("weights", name, "no weight fingerprints were taken before deletion: "
+                                                         "copies elsewhere on disk cannot be searched for"))
     if project.certificates_dir.exists():
         for path in sorted(project.certificates_dir.glob("*.json")):
             try:
@@ -171,7 +192,12 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
                 if not (project.certificates_dir / f"{certificate_stem(request_id)}.json").exists():
                     findings.append(Finding("certificates", batch_id, "a request of this certified batch has no "
                                                                       "certificate file"))
-    findings += _registry_findings(project, tracking.setup(project))
+    if tracking.has_registry(project):  # read-only: never create a registry just to look at it
+        findings += _registry_findings(project, tracking.reader(project))
+    elif any(note.get("outcome") not in (None, "data_only") for b in ledger.oldest_first()
+             for note in ledger.batch(b)["history"]):
+        findings.append(Finding("registry", str(project.tracking_uri).split("?")[0][-60:],
+                                "the ledger records model outcomes but there is no registry to check them against"))
     from tasks.lifecycle import retired_weight_patterns
 
     findings += _scan_findings(project, "weights", retired_weight_patterns(project), "retired model weights")

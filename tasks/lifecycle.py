@@ -144,6 +144,12 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None
     write_json_atomic(path, known)
 
 
+def retired_weight_fingerprints(project: Project) -> dict[str, dict[str, str]]:
+    """Version -> fingerprint key -> hex, as taken before each retirement (empty for a version that had none)."""
+    path = _fingerprints_path(project)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def retired_weight_patterns(project: Project) -> dict[str, bytes]:
     """Scan patterns for every retired version's weight fingerprints, keyed ``v<version>-w<rank>``."""
     path = _fingerprints_path(project)
@@ -291,7 +297,10 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     if version is not None:
         mv = client.get_model_version(tracking.model_name(project), version)
         tags = mv.tags
-        certificate["data"].update({"version_before": tags.get("data_version_before"),
+        # The store the batch was removed from (recorded by prepare) beats the champion's training data version:
+        # the two differ after a data-only batch.
+        certificate["data"].update({"version_before": ledger.data_version_before(batch_id)
+                                    or tags.get("data_version_before"),
                                     "version_after": tags.get("data_version_after")})
         attempts = []
         for item in tags.get("ladder", "").split(","):

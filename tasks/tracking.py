@@ -317,17 +317,45 @@ def model_artifact_locations(client, mv: Any) -> list[str]:
     return locations
 
 
-def artifacts_remaining(location: str) -> int:
-    """How many files are still listed at an artifact location (0 once it is verifiably empty or gone)."""
+def _local_path(location: str) -> Path | None:
+    """The filesystem path of a local artifact location (``file:`` URI or plain path); None for a remote one."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file:"):
+        return Path(unquote(urlparse(location).path))
+    return Path(location) if "://" not in location and not location.startswith(("mlflow-artifacts:", "s3:")) else None
+
+
+def artifacts_remaining(location: str, root: Path | None = None) -> int:
+    """How many files are still listed at an artifact location; 0 only when it is verifiably empty or absent.
+
+    A listing error is never "no files": only a location confirmed absent counts as empty. A local location
+    must lie under ``root`` (the project's artifact store) when given: MLflow records absolute paths, so in
+    a moved or restored project it would point at a folder that no longer exists while the weights sit in
+    the new one, and "absent" would be a false claim.
+
+    Raises:
+        PipelineError: The location is outside ``root``, or it cannot be listed.
+    """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+    local = _local_path(location)
+    if local is not None:
+        if root is not None and not local.resolve().is_relative_to(Path(root).resolve()):
+            raise PipelineError(f"artifact location {local} lies outside the project's artifact store {root} "
+                                "(moved or restored project?): its files cannot be shown deleted")
+        if not local.exists():
+            return 0
+        return sum(1 for path in local.rglob("*") if path.is_file() or path.is_symlink())
     repo, pending, count = get_artifact_repository(location), [None], 0
     while pending:
         path = pending.pop()
         try:
             entries = repo.list_artifacts(path)
-        except (FileNotFoundError, OSError):
-            continue
+        except FileNotFoundError:
+            continue  # confirmed absent
+        except Exception as exc:  # noqa: BLE001 - a 403/404/500 or a network error proves nothing
+            raise PipelineError(f"artifact location {location} cannot be listed ({exc}); nothing is claimed") from exc
         for entry in entries:
             if entry.is_dir:
                 pending.append(entry.path)
@@ -373,10 +401,11 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     if not locations:
         raise PipelineError(f"model version {name}/{version}: its artifact location cannot be determined, so its "
                             "weights cannot be deleted or shown deleted; run `unlearn doctor`")
+    root = project.artifact_root
     for location in locations:
-        if artifacts_remaining(location):
+        if artifacts_remaining(location, root):
             get_artifact_repository(location).delete_artifacts()
-    left = sum(artifacts_remaining(location) for location in locations)
+    left = sum(artifacts_remaining(location, root) for location in locations)
     if left:
         raise PipelineError(f"model version {name}/{version}: {left} artifact file(s) remain after deletion; "
                             "nothing was marked deleted")

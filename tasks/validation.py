@@ -26,7 +26,9 @@ from unlearn.requests import FIELDS, NOT_AN_OBJECT, RAGGED_ROW, RawRequest
 # \Z, not $: "$" also matches before a trailing newline, which would let "id\n" through.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z"
 SAMPLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
-ISO_8601 = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?\Z"
+# ASCII digits only: \d would also accept Arabic-Indic and other Unicode digits.
+ISO_8601 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?\Z"
+EARLIEST_RECEIVED = datetime(2000, 1, 1, tzinfo=UTC)  # before any deletion law this pipeline serves
 _SURROGATE = re.compile("[\ud800-\udfff]")
 STRUCTURAL_CODES = ("not_a_request_object", "csv_row_wrong_column_count")
 MAX_SUBJECT_REF = 512
@@ -44,6 +46,8 @@ _TEXT = {
     "received_at_missing_or_not_string": "received_at is missing or not a string",
     "received_at_not_iso8601": "received_at is not an ISO-8601 date or time",
     "received_at_in_future": "received_at is more than {max_skew} s ahead of the pipeline's clock",
+    "received_at_not_a_time": "received_at has the ISO-8601 form but is no valid date or time (month 13, offset 99:99, ...)",
+    "received_at_too_old": "received_at is before 2000-01-01",
     "reason_missing_or_not_string": "reason is missing or not a string",
     "reason_not_allowed": "reason must be one of {reasons}",
     "subject_ref_missing_or_not_string": "subject_ref is missing or not a string",
@@ -138,18 +142,23 @@ def _field_names(names: tuple[str, ...]) -> str:
     return ", ".join(shown + ([f"{rest} other field(s)"] if rest else []))
 
 
-def _not_in_future(value: Any, horizon: datetime) -> bool | None:
-    """True when an ISO-8601 ``received_at`` is not after ``horizon``; None when it is no valid time at all
-    (the format checks report that, not this one)."""
+def _received_status(value: Any, horizon: datetime) -> str | None:
+    """``ok``, ``future`` (after ``horizon``), ``too_old``, ``invalid`` (ISO-8601 form, no real time), or None when
+    it does not even have the form (the regex check reports that)."""
     if not isinstance(value, str) or not re.match(ISO_8601, value):
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        return None
+        return "invalid"
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed <= horizon
+    try:
+        if parsed > horizon:
+            return "future"
+        return "too_old" if parsed < EARLIEST_RECEIVED else "ok"
+    except OverflowError:  # an offset that pushes year 1 or 9999 out of range
+        return "invalid"
 
 
 def validate_requests(
@@ -204,7 +213,7 @@ def validate_requests(
             "n_ids": n_ids,
             "forget_class": _class_name(v.get("forget_class")) if mode == "class" else None,
             "received_at": _string_or_none(v.get("received_at")),
-            "received_ok": _not_in_future(v.get("received_at"), horizon),
+            "received_status": _received_status(v.get("received_at"), horizon),
             "reason": _string_or_none(v.get("reason")),
             "subject_ref": _string_or_none(v.get("subject_ref")),
             "unknown_fields": _frame_safe(",".join(request.extra_fields)),
@@ -214,7 +223,7 @@ def validate_requests(
     class_rows = frame["mode"] == "class"
     frame["class_ok"] = None
     frame.loc[class_rows, "class_ok"] = frame.loc[class_rows, "forget_class"].isin(list(classes))
-    for column in ("request_id", "received_at", "received_ok", "reason", "subject_ref", "forget_class",
+    for column in ("request_id", "received_at", "received_status", "reason", "subject_ref", "forget_class",
                    "class_ok"):
         frame[column] = frame[column].astype(object)
     requests_def = (context.data_sources.add_pandas(name="requests")
@@ -232,7 +241,9 @@ def validate_requests(
         gxe.ExpectColumnValuesToBeBetween(column="n_ids", min_value=1, max_value=max_ids, row_condition="n_ids!=-1", condition_parser="pandas", meta={"code": "sample_ids_count_out_of_range"}),
         gxe.ExpectColumnValuesToNotBeNull(column="received_at", meta={"code": "received_at_missing_or_not_string"}),
         gxe.ExpectColumnValuesToMatchRegex(column="received_at", regex=ISO_8601, meta={"code": "received_at_not_iso8601"}),
-        gxe.ExpectColumnValuesToBeInSet(column="received_ok", value_set=[True], meta={"code": "received_at_in_future"}),
+        gxe.ExpectColumnValuesToNotBeInSet(column="received_status", value_set=["future"], meta={"code": "received_at_in_future"}),
+        gxe.ExpectColumnValuesToNotBeInSet(column="received_status", value_set=["invalid"], meta={"code": "received_at_not_a_time"}),
+        gxe.ExpectColumnValuesToNotBeInSet(column="received_status", value_set=["too_old"], meta={"code": "received_at_too_old"}),
         gxe.ExpectColumnValuesToNotBeNull(column="reason", meta={"code": "reason_missing_or_not_string"}),
         gxe.ExpectColumnValuesToBeInSet(column="reason", value_set=list(reasons), meta={"code": "reason_not_allowed"}),
         gxe.ExpectColumnValuesToNotBeNull(column="subject_ref", meta={"code": "subject_ref_missing_or_not_string"}),

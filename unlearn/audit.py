@@ -262,6 +262,9 @@ class AuditLog:
                 last, head = self._last_record(fd), self._read_head()
                 if last is None and head is not None:
                     raise AuditError(f"{self.path} is empty but its head anchor says seq {head['seq']}; run verify")
+                if last is not None and self.key is None and "mac" in last:
+                    raise AuditError(f"{self.path} is keyed (its records carry MACs): appending needs the key "
+                                     "(UNLEARN_AUDIT_KEY_FILE)")
                 if last is not None and head is None:
                     raise AuditError(f"head anchor {self.head_path} is missing; run verify")
                 if last is not None and not _head_fits(head, last):
@@ -331,6 +334,10 @@ class AuditLog:
                 continue
             if _digest(record) != record["hash"]:
                 problems.append(f"line {n}: hash mismatch (record edited)")
+            elif raw != _canonical(record).encode("ascii", "backslashreplace"):
+                # The hash covers the parsed record; bytes that parse to it in another form (a repeated key that
+                # another reader resolves differently, extra spaces) are not the record that was written.
+                problems.append(f"line {n}: not in canonical form (rewritten after it was appended)")
             elif self.key is not None and not hmac.compare_digest(str(record.get("mac", "")),
                                                                   _mac(self.key, record["hash"])):
                 problems.append(f"line {n}: MAC missing or wrong (record written or re-hashed without the key)")

@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tasks import audit
@@ -64,6 +64,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     if not project.ledger_path.exists():
         ledger.save()  # the ledger always exists: later stages read it
+    _recover_audit_records(project, ledger)
     _write_deletions(project, ledger)
     if not files:
         return write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
@@ -158,7 +159,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
         audit.record(project, "request.rejected", request_id=line["request_id"], reasons=line["reasons"])
     for f in files:
         if f.name in folders:
-            shutil.rmtree(f, ignore_errors=True)  # rmtree never follows a symlink inside the folder
+            remove_tree(f)
         else:
             f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
     counts = {
@@ -170,6 +171,73 @@ def run_ingest(project: Project) -> dict[str, Any]:
         raise PipelineError(f"request accounting mismatch: {counts}")
     log.info("ingest: %s", counts)
     return write_state(project, "ingest", counts)
+
+
+def remove_tree(root: Path) -> None:
+    """Delete a folder dropped into the inbox, after the ledger commit: never raises, never recurses.
+
+    Python 3.11's ``shutil.rmtree`` recurses per level, and a deeply nested folder also outgrows
+    PATH_MAX, so a 3000-level folder wedged every later ingest. This flattens the tree instead: every
+    sub-folder met is renamed up into ``root`` (short paths, two descriptors open at a time), files and
+    symbolic links are unlinked where they are (a link is never followed), emptied folders removed.
+    What cannot be removed is logged without names and retried on the next ingest.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    counter = 0
+    try:
+        top = os.open(root, flags)
+    except OSError:
+        return
+    try:
+        while True:
+            with os.scandir(top) as entries:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+            if not names:
+                break
+            for name, is_dir in names:
+                if not is_dir:
+                    os.unlink(name, dir_fd=top)
+                    continue
+                inner = os.open(name, flags, dir_fd=top)
+                try:
+                    with os.scandir(inner) as entries:
+                        children = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+                    for child, child_is_dir in children:
+                        if not child_is_dir:
+                            os.unlink(child, dir_fd=inner)
+                            continue
+                        while True:  # a fresh name in root: renaming onto an existing empty folder would replace it
+                            counter += 1
+                            target = f".flat-{counter}"
+                            try:
+                                os.stat(target, dir_fd=top, follow_symlinks=False)
+                            except FileNotFoundError:
+                                break
+                        os.rename(child, target, src_dir_fd=inner, dst_dir_fd=top)
+                finally:
+                    os.close(inner)
+                os.rmdir(name, dir_fd=top)
+        os.close(top)
+        top = -1
+        os.rmdir(root)
+    except OSError as exc:
+        log.warning("ingest: a folder in the inbox could not be removed completely (%s); retried next run",
+                    exc.strerror)
+    finally:
+        if top >= 0:
+            os.close(top)
+
+
+def _recover_audit_records(project: Project, ledger: Ledger) -> None:
+    """Re-record ``request.accepted`` for requests a crash kept out of the audit log after the ledger commit."""
+    if not project.audit_path.exists() and not ledger.oldest_first():
+        return
+    recorded = {(r.get("request_id"), r.get("batch_id"))
+                for r in audit.records(project, "request.accepted")}
+    for batch_id in ledger.oldest_first():
+        for request_id in ledger.batch(batch_id)["request_ids"]:
+            if (request_id, batch_id) not in recorded:
+                audit.record(project, "request.accepted", request_id=request_id, batch_id=batch_id, recovered=True)
 
 
 def _write_deletions(project: Project, ledger: Ledger) -> None:

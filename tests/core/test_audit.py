@@ -59,16 +59,19 @@ def test_edited_middle_line_is_detected_at_that_line(tmp_path):
 
 
 def test_edit_with_recomputed_hash_breaks_the_next_link(tmp_path):
-    from unlearn.audit import _digest
+    from unlearn.audit import _canonical, _digest
 
     log = _log(tmp_path)
     lines = _lines(log)
     record = json.loads(lines[1])
     record["request_id"] = "forged"
     record["hash"] = _digest(record)
-    lines[1] = json.dumps(record) + "\n"
+    lines[1] = _canonical(record) + "\n"  # written exactly as the log writes: only the next link can tell
     _write(log, lines)
     assert log.verify().problems == ("line 3: prev does not match the hash of the line before (chain broken)",)
+    lines[1] = json.dumps(record) + "\n"  # the same record in another byte form is caught on its own line
+    _write(log, lines)
+    assert log.verify().problems[0] == "line 2: not in canonical form (rewritten after it was appended)"
 
 
 def test_removed_middle_line_is_detected(tmp_path):

@@ -67,7 +67,8 @@ def check_claims(project) -> list[str]:
     old = client.get_model_version(tracking.model_name(project), "1")
     if old.tags.get("retired") != "true" or old.tags.get("artifacts_deleted") != "true":
         problems.append("version 1 is not a retired tombstone with verified artifact deletion")
-    if sum(tracking.artifacts_remaining(loc) for loc in tracking.model_artifact_locations(client, old)):
+    if sum(tracking.artifacts_remaining(loc, project.artifact_root)
+           for loc in tracking.model_artifact_locations(client, old)):
         problems.append("version 1's artifacts are still on disk")
     certificates = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
     if len(certificates) != 1 or certificates[0]["status"] != "complete":

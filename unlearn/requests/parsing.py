@@ -218,6 +218,9 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
         except ValueError as exc:  # e.g. an integer literal too long to convert
             return problem("malformed_json", str(exc).split(";")[0][:200])
         if isinstance(document, dict) and "requests" in document:
+            if len(document) > 1:  # a request beside the list would be dropped without a word
+                return problem("not_a_request_file", 'a file with a "requests" list may hold no other top-level '
+                               f"key (found {len(document) - 1} more)")
             document = document["requests"]
             if not isinstance(document, list):
                 return problem("not_a_request_file", '"requests" must be a list of request objects, got a JSON '
@@ -231,6 +234,10 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
                            f"expected a request object or a list of them, got a JSON {_json_type(document)}")
     else:
         header, rows_or_error = _read_csv(text)
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:  # DictReader keeps the last of two same-named columns: the first one's data would vanish
+            shown = ", ".join(n if n in FIELDS else "a column outside the schema" for n in repeated[:5])
+            return problem("duplicate_csv_column", f"the header names a column more than once ({shown})")
         if isinstance(rows_or_error, str):
             return problem("malformed_csv", rows_or_error)
         if "request_id" not in header:
