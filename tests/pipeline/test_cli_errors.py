@@ -37,7 +37,7 @@ def test_unknown_method_lists_valid_names(make_project):
 
 def test_bad_method_argument_is_named(make_project):
     root = make_project()
-    _edit(root, lambda p: p["unlearn"]["methods"]["amun"].update({"epoch": 3}))
+    _edit(root, lambda p: p["unlearn"]["methods"].setdefault("amun", {}).update({"epoch": 3}))
     result = _unlearn(root, "stage", "ingest")
     assert result.returncode == 2 and "no parameter(s) epoch" in result.stderr
 
