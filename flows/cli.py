@@ -228,8 +228,39 @@ def _ui_hints(root: Path) -> str:
     )
 
 
+def format_gate(report: dict[str, Any]) -> list[str]:
+    """The gate's table: per gated metric the parent's excess (the positive control), the candidate's
+    difference from the target with its interval, the margin, and the verdict; then the decision."""
+    level = f"{100 * report.get('interval_level', 0.9):g}%"
+    target = "exact retrain" if report.get("mode") == "strict" else "never trained"
+    header = (f"{'gated metric':<24}{'parent excess':>14}{'  ' + level + ' CI':<20}{'cand - target':>14}"
+              f"{'  ' + level + ' CI':<20}{'margin':>8}  verdict")
+    lines = [f"forget {report['n_forget']} / retain {report['n_retain']} / test {report['n_test']} samples; "
+             f"method {report['method']}; gate mode {report.get('mode')} (target: {target})", header,
+             "-" * len(header)]
+
+    def num(value: Any, signed: bool = True) -> str:
+        return "-" if value is None else (f"{value:+.4f}" if signed else f"{value:.4f}")
+
+    for c in report.get("checks", []):
+        parent_ci = "-" if c["parent_ci_low"] is None else f"  [{num(c['parent_ci_low'])}, {num(c['parent_ci_high'])}]"
+        cand_ci = f"  [{num(c['ci_low'])}, {num(c['ci_high'])}]"
+        detected = "" if c["metric"] == "test_acc" else (" (control ok)" if c["parent_detected"] else " (no control)")
+        lines.append(f"{c['metric']:<24}{num(c['parent_excess']):>14}{parent_ci:<20}{num(c['estimate']):>14}"
+                     f"{cand_ci:<20}{num(c['margin'], signed=False):>8}  {c['verdict']}{detected}")
+    if not report.get("checks"):
+        lines.append("(no metric tested)")
+    refused = sorted({refused_metric_name(m) for m in report.get("refused", {}).get("unlearned", {})})
+    if refused:
+        lines.append(f"refused (too few test samples for the FPR): {', '.join(refused)} (details in the report)")
+    lines.append(f"\nverdict: {report['verdict'].upper()} -- {report.get('reason', '')}")
+    if report.get("policy_reason"):
+        lines.append(f"policy: {report['policy_reason']}")
+    return lines
+
+
 def format_summary(result: dict[str, Any]) -> str:
-    """The table the demo prints: each metric for original, unlearned and retrain."""
+    """What the demo and `unlearn run` print: the gate's table, the verdict and what the pipeline did."""
     report_path = Path(result["root"]) / "data" / "reports" / "verification.json"
     promote = result.get("promote", {})
     ingest = result.get("ingest", {})
@@ -243,34 +274,21 @@ def format_summary(result: dict[str, Any]) -> str:
         lines.append(f"finished an interrupted promotion: version {promote.get('version')} is champion "
                      f"(aliases: {promote.get('aliases')})")
         return "\n".join(lines)
-    if promote.get("status") not in ("promoted", "rejected") or report.get("status") != "verified":
+    if promote.get("status") not in ("promoted", "rejected", "held") or report.get("status") != "verified":
         lines.append(f"nothing to unlearn (unlearn: {result.get('unlearn', {}).get('status')})")
         return "\n".join(lines)
-    models = report["models"]
-    tolerances = {c["metric"]: c for c in report["checks"]}
-    header = f"{'metric':<34}{'original':>10}{'unlearned':>11}{'retrain':>10}{'gap':>9}{'tol':>7}  ok"
-    lines += [f"forget {report['n_forget']} / retain {report['n_retain']} / test {report['n_test']} samples",
-              header, "-" * len(header)]
-    # The checked metrics and every attack's AUC; intervals and the rest are in the JSON report.
-    shown = [m for m in models["unlearned"] if m in tolerances or m.endswith((".auc", "_acc", ".cv_accuracy"))]
-    for metric in shown:
-        check = tolerances.get(metric)
-        gap = models["unlearned"][metric] - models["retrain"][metric]
-        tol = f"{check['tolerance']:.2f}" if check else "-"
-        ok = ("yes" if check["passed"] else "NO") if check else ""
-        lines.append(f"{metric:<34}{models['original'][metric]:>10.4f}{models['unlearned'][metric]:>11.4f}"
-                     f"{models['retrain'][metric]:>10.4f}{gap:>+9.4f}{tol:>7}  {ok}")
-    refused = sorted({refused_metric_name(m) for m in report.get("refused", {}).get("unlearned", {})})
-    if refused:
-        lines.append(f"refused (too few test samples for the FPR): {', '.join(refused)} (details in the report)")
+    lines += format_gate(report)
     attempts = promote.get("attempts") or []
     if len(attempts) > 1:
         lines.append("escalation: " + " -> ".join(f"{method} ({verdict})" for method, verdict in attempts)
                      + "  (the table shows the last attempt)")
-    lines.append(f"\nverdict: {report['verdict'].upper()}"
-                 + (f" ({'; '.join(report['failures'])})" if report["failures"] else ""))
-    lines.append(f"model version {promote['version']} ({promote['status']}); "
-                 f"aliases: {promote.get('aliases')}")
+    if promote.get("status") == "held":
+        lines.append(f"held: the batch stays pending (champion unchanged) and is verified again with later batches; "
+                     f"at the latest {promote.get('hold_until')} (or after gate.max_hold_batches batches) it is "
+                     "retrained exactly")
+    else:
+        lines.append(f"model version {promote['version']} ({promote['status']}, evidence: {report.get('evidence')}); "
+                     f"aliases: {promote.get('aliases')}")
     purge = result.get("purge", {})
     if purge.get("status") == "purged":
         scan = purge.get("scan", {})
