@@ -316,7 +316,8 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
         return 0
     print(f"request {args.request_id}: {status['kind']}")
-    for key in ("status", "step", "outcome", "batch_id", "covered_by", "reasons", "certificate"):
+    for key in ("status", "step", "outcome", "held_until", "held_note", "evidence", "batch_id", "covered_by", "reasons",
+                "certificate"):
         if status.get(key) not in (None, [], {}):
             value = status[key]
             print(f"  {key:<12}{', '.join(map(str, value)) if isinstance(value, list) else value}")

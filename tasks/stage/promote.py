@@ -83,7 +83,8 @@ def run_promote(project: Project) -> dict[str, Any]:
     if passed:
         for batch_id in state.batches:
             ledger.set_status(batch_id, Ledger.PROMOTING, {"at": utc_now(), "outcome": "promoting",
-                                                           "model_version": version})
+                                                           "model_version": version, "run_id": chosen.run_id,
+                                                           "evidence": report.get("evidence")})
         ledger.save()
         audit.record(project, "model.verified", model_version=version, method=chosen.method,
                      batch_ids=state.batches, attempts=len(state.attempts))
@@ -92,7 +93,7 @@ def run_promote(project: Project) -> dict[str, Any]:
     else:
         for batch_id in state.batches:
             ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "verification_failed",
-                                                         "model_version": version})
+                                                         "model_version": version, "run_id": chosen.run_id})
         ledger.save()
         audit.record(project, "model.rejected", model_version=version, batch_ids=state.batches,
                      attempts=len(state.attempts), failures=len(report["failures"]))
