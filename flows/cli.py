@@ -195,23 +195,71 @@ def demo_requests(root: Path, n_requests: int = 3, per_request: int = 45) -> lis
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
-    print("[1/3] prepare the embedded dataset and train the baseline model ...", flush=True)
+    steps = 3 if args.skip_conclusive else 4
+    print(f"[1/{steps}] prepare the embedded dataset and train the baseline model ...", flush=True)
     first = _run_pipeline(str(root))
     print(f"      champion: version {first['train']['version']}", flush=True)
     requests = demo_requests(root)
     for request in requests:
         submit_request(root, request)
     n_ids = sum(len(r["sample_ids"]) for r in requests)
-    print(f"[2/3] submitted {len(requests)} deletion requests naming {n_ids} samples", flush=True)
-    print("[3/3] ingest -> prepare -> unlearn -> verify -> promote ...", flush=True)
+    print(f"[2/{steps}] submitted {len(requests)} deletion requests naming {n_ids} samples", flush=True)
+    print(f"[3/{steps}] ingest -> prepare -> unlearn -> verify -> promote ...", flush=True)
     second = _run_pipeline(str(root))
     print(format_summary(second))
+    if not args.skip_conclusive:
+        print(f"\n[4/{steps}] a batch whose evidence is conclusive: a model that memorises (300 training samples, "
+              "40 epochs), 80 samples deleted, and a deliberately weak method (one fine-tuning step at lr 1e-7, "
+              "i.e. no unlearning) ...", flush=True)
+        where, detectable = demo_detectable_case(root)
+        print(format_summary(detectable))
+        print(f"(project: {where}) Here the attacks detect the original model's memory of the 80 samples, so "
+              "the gate has power and fails the untouched model conclusively: it is registered with verdict "
+              "fail and the champion does not move (exit code 3 for that run). In the main project above the "
+              "original model's excess is within the noise of digits' small sets, so the honest verdict is "
+              "inconclusive and the batch is held.")
     print(_ui_hints(root))
     timings = {k: round(first["timings"][k] + second["timings"][k], 2) for k in first["timings"]}
     print(f"stage wall times (s): {timings}")
     if args.timings_out:
         Path(args.timings_out).write_text(json.dumps({"runs": [first, second]}, default=str, indent=2))
     return _verdict_exit(second)
+
+
+def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
+    """Run the demo's conclusive case in a fresh temporary project; returns its root and the second run.
+
+    Why a second project: on the embedded digits with the shipped recipe the original model's
+    membership excess is about as large as the interval, so verdicts are inconclusive (README, How
+    the gate decides). A model trained for 40 epochs on 300 samples memorises them; deleting 80 with
+    a method that changes nothing gives the gate a known answer (fail) with a detected control.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    import numpy as np
+    import yaml
+
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    where = Path(tempfile.mkdtemp(prefix="unlearn-demo-detectable-"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["train_subset"] = 300
+    params["train"]["epochs"] = 40
+    params["verify"]["references"]["count"] = 2
+    params["unlearn"].update(method="finetune", escalation=[])
+    params["unlearn"]["methods"]["finetune"] = {"epochs": 1, "lr": 1.0e-7, "batch_size": 64}
+    (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(root / "dvc.yaml", where / "dvc.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=where, check=True)
+    _run_pipeline(str(where))
+    train = SampleStore(load_project(where).store_dir).split_ids("train")
+    chosen = np.random.default_rng(7).choice(train, size=80, replace=False)
+    submit_request(where, {"request_id": "DETECTABLE-01", "sample_ids": sorted(chosen.tolist()),
+                           "received_at": utc_now(), "reason": "gdpr_erasure", "subject_ref": "demo-subject-x"})
+    return where, _run_pipeline(str(where))
 
 
 def _ui_hints(root: Path) -> str:
@@ -365,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the whole chain on the embedded default dataset")
     demo.add_argument("--timings-out", help="write both pipeline runs' results as JSON (benchmarks)")
+    demo.add_argument("--skip-conclusive", action="store_true",
+                      help="skip the second, memorising project that shows a conclusive verdict")
     commands.add_parser("run", help="run the pipeline flow once")
     stage = commands.add_parser("stage", help="run one stage without Prefect (used by dvc.yaml)")
     stage.add_argument("name", choices=["ingest", "prepare", "train", "references", "unlearn", "verify", "promote",

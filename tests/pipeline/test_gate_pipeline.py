@@ -62,7 +62,7 @@ def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(mak
     assert report["retrain_seconds"] == 0.0 and "retrain" not in report["models"]  # no retrain to verify
     assert result["promote"]["status"] == "rejected" and _verdict_exit(result) == 3
     client = _client(project)
-    assert tracking.champion_version(project, client).version == "1"  # the champion did not move
+    assert str(tracking.champion_version(project, client).version) == "1"  # the champion did not move
     run = client.get_run(report["run_id"])
     assert run.data.tags["verdict"] == "fail" and run.data.tags["parent_detected"] in ("true", "false")
     assert run.data.metrics["gate.mia.lira_offline.auc.margin"] == pytest.approx(lira["margin"])
@@ -106,7 +106,7 @@ def test_inconclusive_evidence_is_held_then_escalated_to_the_exact_retrain_by_th
     assert _parse_utc(note["hold_until"]) == created + timedelta(hours=project.params.gate.max_hold_hours)
     client = _client(project)
     name = tracking.model_name(project)
-    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
     assert main(["--root", str(root), "request", "status", "R-1"]) == 0
     out = capsys.readouterr().out
     assert "held" in out and note["hold_until"] in out
