@@ -590,7 +590,8 @@ def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> s
                     f"Its {level_text} CI", "Margin", "Verdict"],
                    [[_code(c.get("metric")), _numeric_cell(_num(c.get("parent_excess"))),
                      _numeric_cell(_gap_ci([c.get("parent_ci_low"), c.get("parent_ci_high")])),
-                     _numeric_cell(_num(c.get("estimate"))), _numeric_cell(_gap_ci([c.get("ci_low"), c.get("ci_high")])),
+                     _numeric_cell(_num(c.get("estimate"))),
+                     _numeric_cell(_gap_ci([c.get("ci_low"), c.get("ci_high")])),
                      _numeric_cell(_num(c.get("margin"))), _verdict(c.get("verdict"))] for c in checks],
                    "No metric was tested.")
     figures = _plot_figures(plots)

@@ -31,8 +31,8 @@ from unlearn.attacks.signals import SignalCache
 from unlearn.config import Params
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
-from unlearn.models import build_model
 from unlearn.gate import FAIL, PASS, GateDecision, ScoredModel, gate_decision
+from unlearn.models import build_model
 from unlearn.references import ReferenceBank, out_references
 from unlearn.verification import (
     DivergedModelError,

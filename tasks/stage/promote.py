@@ -98,7 +98,8 @@ def run_promote(project: Project) -> dict[str, Any]:
         audit.record(project, "model.rejected", model_version=version, batch_ids=state.batches,
                      attempts=len(state.attempts), failures=len(report["failures"]))
     result = {"status": "promoted" if passed else "rejected", "version": version, "verdict": report["verdict"],
-              "evidence": report.get("evidence"), "reason": report.get("reason"), "method": chosen.method, "attempts": [[a.method, a.verdict] for a in state.attempts],
+              "evidence": report.get("evidence"), "reason": report.get("reason"), "method": chosen.method,
+              "attempts": [[a.method, a.verdict] for a in state.attempts],
               "previous_champion": previous, **_aliases(project, client)}
     log.info("promote: version %s %s", version, result["status"])
     return write_state(project, "promote", result)

@@ -94,7 +94,8 @@ def test_pipeline_end_to_end(prefect_server, make_project):
 
     bank = ReferenceBank(project.references_dir)
     first_refs = sorted(report["reference_models"])
-    assert len(first_refs) == 2 and {"mia.lira_offline.auc", "mia.rmia_offline.auc"} <= set(report["models"]["original"])
+    assert len(first_refs) == 2
+    assert {"mia.lira_offline.auc", "mia.rmia_offline.auc"} <= set(report["models"]["original"])
     assert all(not set(bank.members(r).tolist()) & set(forget) for r in first_refs)
     pool = set(SampleStore(project.store_dir).split_ids("pool").tolist())
     assert all(set(bank.members(r).tolist()) <= pool for r in first_refs)  # references train on the pool only
