@@ -119,6 +119,8 @@ def run_verify(project: Project) -> dict[str, Any]:
                                     retrained=retrained, mode=mode)
     verdict, failures, exact = evaluation.verdict, evaluation.failures, evaluation.exact
     action, hold_until, policy_reason = verdict_action(project, verdict, escalation.batches)
+    if verdict == FAIL:  # a conclusive fail goes up the ladder; after the last rung it is rejected (exit 3)
+        action = "next_rung" if len(attempts) < len(escalation.ladder) else "reject"
     strength = evidence_strength(verdict, action, exact)
     outcome, results = evaluation.outcome, evaluation.results
     plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()},
