@@ -65,6 +65,8 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     train_left = len(SampleStore(project.store_dir).split_ids("train"))
     if len(forget) and train_left < project.params.train.min_samples:
         return _withdraw(project, client, ledger, pending, train_left)
+    if len(forget) and champion is None:  # before the data version: the clearer of the two errors
+        raise PipelineError("no champion model in the registry; run the train stage first")
     data_version = dvc_ops.data_version(project)
     if len(forget) == 0:
         for batch_id in pending:
