@@ -137,7 +137,7 @@ def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect
     assert sorted(c["index"] for c in report["candidates"]) == [1, 2]
     for got in report["candidates"]:
         want = expected[got["index"]]
-        assert got["verdict"] in ("pass", "fail") and got["metrics"] and got["checks"], got
+        assert got["verdict"] in ("pass", "fail", "inconclusive") and got["metrics"] and got["checks"], got
         assert json.dumps({k: got[k] for k in COMPARED}, sort_keys=True) == json.dumps(
             {k: want[k] for k in COMPARED}, sort_keys=True), got["label"]
     assert report["original"] == prepared["original"] and report["retrain"] == prepared["retrain"]
@@ -160,7 +160,7 @@ def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect
     assert {(r.data.params["method"], r.data.tags["verdict"]) for r in children} == {
         (c["method"], c["verdict"]) for c in report["candidates"]}
     amun_run = next(r for r in children if r.data.params["method"] == "amun")
-    assert amun_run.data.params["method_epochs"] == "1" and "gap.test_acc" in amun_run.data.metrics
+    assert amun_run.data.params["method_epochs"] == "1" and "gap.forget_acc" in amun_run.data.metrics
     assert parents[0].data.tags["forget_ids_digest"].startswith("hmac-sha256:")
     logged = json.dumps([[r.data.params, r.data.tags] for r in runs]) + json.dumps(report) + table
     assert "digits-" not in logged and "alice" not in logged
