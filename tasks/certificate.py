@@ -448,8 +448,14 @@ def _header(document: dict[str, Any]) -> str:
     status = document.get("status")
     status_class = _STATUS_BADGE.get(status, "neutral") if isinstance(status, str) else "neutral"
     verdict = _get(document.get("verification"), "verdict")
-    verdict_badge = {"pass": ("ok", "verified: pass"), "fail": ("bad", "verification: fail")}.get(
-        verdict if isinstance(verdict, str) else "", ("neutral", "not verified"))
+    strength = _get(document.get("verification"), "evidence")
+    # A pass is "verified" only with a detected positive control; exact retrains say so; low-power
+    # evidence is never shown as a pass.
+    verdict_badge = {"exact": ("ok", "exact retrain"), "low_power": ("bad", "promoted on LOW-POWER evidence"),
+                     "inconclusive": ("neutral", "inconclusive")}.get(
+        strength if isinstance(strength, str) else "",
+        {"pass": ("ok", "verified: pass"), "fail": ("bad", "verification: fail")}.get(
+            verdict if isinstance(verdict, str) else "", ("neutral", "not verified")))
     rows = [("Request", _code(document.get("request_id"))),
             ("Status", f'<span class="badge {status_class}">{_escaped(status)}</span>'),
             ("Issued at", _escaped(document.get("issued_at"))),
@@ -567,16 +573,27 @@ def _plot_figures(plots: dict[str, Path]) -> str:
 
 def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> str:
     verification = _section(document, "verification")
+    level = verification.get("interval_level")
+    level_text = f"{100 * level:g}%" if _is_number(level) else "interval"
+    target = "exact retrain" if verification.get("mode") == "strict" else "never-trained model"
     rows = [("Verdict", _verdict(verification.get("verdict"))),
+            ("Strength of evidence", _escaped(verification.get("statement"))),
+            ("Why", _escaped(verification.get("reason"))),
+            ("Positive control (original model detected)", _passed(verification.get("parent_detected"))),
+            ("Compared with", _escaped(f"{target} ({verification.get('mode')} mode)")),
             ("Forget samples", _num(verification.get("n_forget"))),
             ("Test samples", _num(verification.get("n_test")))]
+    if verification.get("escalation_reason"):
+        rows.append(("Escalation", _escaped(verification.get("escalation_reason"))))
     checks = [check if isinstance(check, dict) else {} for check in _items(verification, "checks")]
-    table = _table(["Metric", "Unlearned", "Retrained", "Gap", "Gap CI", "Tolerance", "Passed"],
-                   [[_code(c.get("metric")), _numeric_cell(_num(c.get("unlearned"))),
-                     _numeric_cell(_num(c.get("retrain"))), _numeric_cell(_num(c.get("gap"))),
-                     _numeric_cell(_gap_ci(c.get("gap_ci"))), _numeric_cell(_num(c.get("tolerance"))),
-                     _passed(c.get("passed"))] for c in checks],
-                   "No checks recorded.")
+    table = _table(["Metric", "Original's excess", f"Its {level_text} CI", "Unlearned - target",
+                    f"Its {level_text} CI", "Margin", "Verdict"],
+                   [[_code(c.get("metric")), _numeric_cell(_num(c.get("parent_excess"))),
+                     _numeric_cell(_gap_ci([c.get("parent_ci_low"), c.get("parent_ci_high")])),
+                     _numeric_cell(_num(c.get("estimate"))),
+                     _numeric_cell(_gap_ci([c.get("ci_low"), c.get("ci_high")])),
+                     _numeric_cell(_num(c.get("margin"))), _verdict(c.get("verdict"))] for c in checks],
+                   "No metric was tested.")
     figures = _plot_figures(plots)
     figures = f"<h3>Plots</h3>\n{figures}" if figures else ""
     return (f'<section id="verification">\n<h2>Verification evidence</h2>\n{_definition_list(rows)}\n{table}\n'

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tasks import audit, tracking
+from tasks.evidence import evidence_summary
 from tasks.project import PipelineError, Project
 from tasks.stage.context import quarantine_path
 from tasks.stage.state import write_state
@@ -311,8 +312,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                                 "method": tags.get("method"), "attempts": attempts, "run_id": tags.get("run_id")}
         report = _attempt_report(project, tags.get("run_id"))
         if report:
-            certificate["verification"] = {k: report.get(k) for k in ("verdict", "checks", "n_forget", "n_test",
-                                                                      "exact_retrain")}
+            certificate["verification"] = {**evidence_summary(report), "exact_retrain": report.get("exact_retrain"),
+                                           "escalation_reason": tags.get("escalation_reason", "")}
     return certificate
 
 
@@ -385,6 +386,25 @@ def certificate_paths(project: Project, request_id: str) -> tuple[Path, Path] | 
     return None
 
 
+def _verification_status(project: Project, ledger: Ledger, batch_id: str) -> dict[str, Any]:
+    """What verification said about a batch so far: held (until when at most), and the evidence's strength."""
+    out: dict[str, Any] = {}
+    history = ledger.batch(batch_id).get("history", [])
+    last = history[-1] if history else {}
+    if last.get("outcome") == "held":
+        out["outcome"] = "held"
+        out["held_until"] = last.get("hold_until")
+        out["held_note"] = (f"inconclusive evidence: held (not promoted) to be verified together with later "
+                            f"batches; retrained exactly at the latest {last.get('hold_until')} or after "
+                            f"gate.max_hold_batches batches")
+    run_id = next((n.get("run_id") for n in reversed(history) if n.get("run_id")), None)
+    summary = evidence_summary(_attempt_report(project, run_id))
+    if summary:
+        out["evidence"] = summary["statement"]
+        out["verification"] = summary
+    return out
+
+
 def request_status(project: Project, request_id: str) -> dict[str, Any]:
     """Where one request is: accepted (its batch's status and steps), acknowledged or rejected.
 
@@ -405,6 +425,7 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
         if found.get("kind") == "accepted" and batch_id in ledger.batches:
             out["status"] = ledger.batch(batch_id)["status"]
             out["steps"] = ledger.steps(batch_id)
+            out.update(_verification_status(project, ledger, batch_id))
             out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
             paths = certificate_paths(project, request_id)
             out["certificate"] = str(paths[0]) if paths else None

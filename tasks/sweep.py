@@ -2,8 +2,9 @@
 
 A sweep unlearns the pending batches from the champion once per candidate (a method and its
 keyword arguments), evaluates every candidate exactly as the verify stage does
-(:func:`tasks.stage.evaluation.evaluate_candidate`: the same attacks against the same exact retrain, the
-same two-sided gate) and writes a comparison. It is read-only for the pipeline: nothing is
+(:func:`tasks.stage.evaluation.evaluate_candidate`: the same attacks, the same references and the same
+gate, in ``strict`` mode: a sweep trains the exact retrain once anyway, so every candidate is compared
+with it, the parent being the positive control) and writes a comparison. It is read-only for the pipeline: nothing is
 registered or promoted, and the ledger, the unlearn state and the audit log are not written.
 
 The stages, in order (the ``method-sweep`` flow in :mod:`flows.sweep` runs each as a task and
@@ -251,7 +252,7 @@ def prepare_sweep(project: Project, candidates: list[dict[str, Any]]) -> dict[st
     retrained, retrain_seconds, cached = retrained_model(project, store, data)
     forget_classes = ledger.forget_classes(pending)
     sets = evaluation_sets(project, store, forget, forget_classes)
-    baselines = evaluate_baselines(project, store, sets, original=original, retrained=retrained)
+    baselines = evaluate_baselines(project, store, sets, original=original, retrained=retrained)  # strict mode
     shared = {"parent_version": version, "weights": weights.name, "batches": pending,
               "forget_classes": forget_classes}
     log.info("sweep: %d candidate(s) on %d forget samples, parent version %s", len(candidates), len(forget), version)
@@ -282,7 +283,8 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
     Returns:
         JSON-able: ``method``, ``kwargs``, ``label``, ``verdict`` (``pass``, ``fail``, or ``error``
         when the method itself raised, with ``error``), ``failures``, ``metrics`` (the unlearned
-        model's), ``checks`` (per gate metric: unlearned, retrain, gap, tolerance, passed),
+        model's), ``checks`` (per gate metric: unlearned, retrain, gap = unlearned - retrain, its
+        interval, the margin, the parent's excess, verdict, passed),
         ``max_abs_gap`` and its metric, ``model_digest``, ``unlearn_seconds``, ``attack_seconds``.
     """
     params = project.params
@@ -317,10 +319,12 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
                 "unlearn_seconds": time.perf_counter() - started, "attack_seconds": 0.0}
     unlearn_seconds = time.perf_counter() - started
     evaluation = evaluate_candidate(project, store, sets, model, method=candidate["method"], original=original,
-                                    retrained=retrained, cache_candidate=False)
-    checks = [{"metric": c.metric, "unlearned": c.candidate, "retrain": c.reference, "gap": c.gap,
-               "tolerance": c.tolerance, "passed": c.passed or evaluation.exact, "note": c.note}
-              for c in evaluation.gate.checks]
+                                    retrained=retrained, mode="strict", cache_candidate=False)
+    checks = [{"metric": c.metric, "unlearned": c.candidate, "retrain": c.target, "gap": c.estimate,
+               "gap_ci": [c.ci_low, c.ci_high], "margin": None if math.isnan(c.margin) else c.margin,
+               "parent_excess": c.parent_excess, "parent_detected": c.parent_detected, "verdict": c.verdict,
+               "passed": c.verdict == "pass" or evaluation.exact, "note": c.reason}
+              for c in evaluation.decision.checks]
     # The worst measured gap; NaN gaps (a diverged model, a refused metric) fail their check already.
     worst = max((c for c in checks if math.isfinite(c["gap"])), key=lambda c: abs(c["gap"]), default=None)
     unlearned = evaluation.proofs.get("unlearned")
@@ -336,9 +340,10 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
 
 
 def _rank_key(result: dict[str, Any]) -> tuple[Any, ...]:
-    """Passing first, then the smallest worst gap; candidates that raised last."""
+    """Passing first, then inconclusive, then failing, then the smallest worst gap; candidates that raised last."""
     worst = result.get("max_abs_gap")
-    return ({"pass": 0, "fail": 1}.get(result["verdict"], 2), math.inf if worst is None else worst, result["index"])
+    return ({"pass": 0, "inconclusive": 1, "fail": 2}.get(result["verdict"], 3), math.inf if worst is None else worst,
+            result["index"])
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -360,8 +365,8 @@ def format_sweep_table(document: dict[str, Any]) -> str:
     Returns:
         Markdown: context, a ranking table, the gap per gate metric, and the gate failures.
     """
-    tolerances = document["tolerances"]
-    gate_metrics = sorted(tolerances)
+    gate_metrics = sorted({c["metric"] for r in document["candidates"] for c in r.get("checks") or []})
+    margins = {c["metric"]: c.get("margin") for r in document["candidates"] for c in r.get("checks") or []}
     accuracies = ("forget_acc", "retain_acc", "test_acc")
     lines = [
         "# Method sweep", "",
@@ -381,8 +386,9 @@ def format_sweep_table(document: dict[str, Any]) -> str:
     for role in ("retrain", "original"):
         lines.append(f"| - | {role} ({'the gate target' if role == 'retrain' else 'before unlearning'}) | - | - | "
                      + " | ".join(_number(document[role].get(m)) for m in accuracies) + " | - | - |")
-    lines += ["", "Gap per gate metric (unlearned - retrain; tolerance in brackets, * = outside it):", "",
-              "| rank | candidate | " + " | ".join(f"{m} ({tolerances[m]:g})" for m in gate_metrics) + " |",
+    lines += ["", "Gap per gate metric (unlearned - retrain; margin = gate.margin_fraction x the parent's excess "
+              "in brackets, - when the parent was not detected; * = not a pass):", "",
+              "| rank | candidate | " + " | ".join(f"{m} ({_number(margins.get(m))})" for m in gate_metrics) + " |",
               "|---:|---|" + "---:|" * len(gate_metrics)]
     for rank, result in enumerate(document["candidates"], 1):
         checks = {c["metric"]: c for c in result.get("checks") or []}
@@ -392,7 +398,7 @@ def format_sweep_table(document: dict[str, Any]) -> str:
     problems = [(r["label"], r["error"] or "; ".join(r["failures"])) for r in document["candidates"]
                 if r["verdict"] != "pass"]
     if problems:
-        lines += ["", "Why candidates failed:", ""] + [f"- {label}: {why}" for label, why in problems]
+        lines += ["", "Why candidates did not pass:", ""] + [f"- {label}: {why}" for label, why in problems]
     return "\n".join(lines) + "\n"
 
 
@@ -420,7 +426,10 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
     passing = [r for r in ranked if r["verdict"] == "pass"]
     with mlflow.start_run(run_name="sweep") as parent:
         document = {"created_at": utc_now(), "run_id": parent.info.run_id,
-                    "seed": params.seed, "tolerances": dict(params.gate.tolerances), **context,
+                    "seed": params.seed, "gate": {"mode": "strict", "attacks": list(params.gate.attacks),
+                                                  "accuracy_checks": list(params.gate.accuracy_checks),
+                                                  "alpha": params.gate.alpha,
+                                                  "margin_fraction": params.gate.margin_fraction}, **context,
                     "candidates": ranked}
         mlflow.log_params({"seed": params.seed, "n_forget": prepared["n_forget"], "n_retain": prepared["n_retain"],
                            "n_test": prepared["n_test"], "candidates": len(ranked),

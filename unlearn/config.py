@@ -75,9 +75,10 @@ PROFILE_SEPARATOR = "/"  # profile keys are "<data.source>/<model.name>"
 class UnlearnConfig:
     """Which methods run, in order, and every method's keyword arguments.
 
-    ``method`` is tried first; when its model fails verification the pipeline escalates through
-    ``escalation`` in order. ``retrain`` (exact, the gate's own target) may only come last, and
-    with it every request ends with a verified model.
+    ``method`` is tried first; when its model conclusively fails verification the pipeline
+    escalates through ``escalation`` in order. ``retrain`` (exact) may only come last; by default
+    it is not in the ladder: the exact retrain runs only when ``gate.on_inconclusive`` escalates
+    to it (or in strict mode, where a user may list it), so the per-batch path never retrains.
 
     Keyword arguments come in two layers, because a learning rate sized for 8x8 digits destroys
     a ResNet-18 on Fashion-MNIST (issue #13):
@@ -198,8 +199,6 @@ class GateConfig:
 
     The margin is ``margin_fraction`` of the parent's measured membership excess, never a
     fixed constant; ``inconclusive`` is a verdict and ``on_inconclusive`` says what follows.
-    ``tolerances`` is the retired fixed-tolerance rule, still read by the pre-#12 verify stage
-    until it is rewired; the new gate ignores it.
     """
 
     mode: str = "equivalence"  # equivalence (retrain-free target) | strict (exact retrain target)
@@ -215,7 +214,6 @@ class GateConfig:
     max_hold_hours: float = 72.0  # ... or when the oldest held request is this old
     audit: AuditConfig = field(default_factory=AuditConfig)
     consolidate: ConsolidateConfig = field(default_factory=ConsolidateConfig)
-    tolerances: dict[str, float] = field(default_factory=dict)  # legacy (pre-#12 verify stage only)
 
 
 @dataclass(frozen=True)
@@ -387,6 +385,10 @@ def parse_params(mapping: dict[str, Any] | None) -> Params:
         mapping = {}
     if not isinstance(mapping, dict):
         raise ConfigError("params.yaml must be a mapping at the top level")
+    if isinstance(mapping.get("gate"), dict) and "tolerances" in mapping["gate"]:
+        raise ConfigError("gate.tolerances: fixed tolerances were retired (they passed the untouched model, "
+                          "issue #12); the margin is now gate.margin_fraction x the parent's measured excess: "
+                          "remove gate.tolerances (README: How the gate decides)")
     params = _build(Params, mapping, "")
     _check_values(params)
     return params
@@ -413,9 +415,6 @@ def _check_values(params: Params) -> None:
         raise ConfigError("train.min_samples: must be >= 1")
     if params.requests.max_clock_skew_seconds < 0:
         raise ConfigError("requests.max_clock_skew_seconds: must be >= 0")
-    for name, tol in params.gate.tolerances.items():
-        if tol < 0:
-            raise ConfigError(f"gate.tolerances.{name}: must be >= 0")
     _check_gate(params)
     refs = params.verify.references
     if refs.count < 0 or refs.count % 2:

@@ -406,7 +406,8 @@ def gate_decision(
     if n_forget < min_samples or min(negatives) < min_samples:
         return GateDecision(INCONCLUSIVE, (
             f"too few samples to verify: {n_forget} forget and at least {min(negatives)} negative sample(s), "
-            f"the gate needs {min_samples} of each; the batch should be verified together with later ones"),
+            f"the gate needs {min_samples} of each; the batch should be verified together with later ones; "
+            "this is NOT a pass"),
             (), **base)
 
     checks: list[MetricCheck] = []

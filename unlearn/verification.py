@@ -1,13 +1,10 @@
-"""Verification: accuracies and attack metrics of a model, and the two-sided promotion gate.
+"""Verification: accuracies and attack metrics of a model, and the gate's input.
 
-Issue #12: the promotion decision now lives in :mod:`unlearn.gate` (equivalence to never
-trained, positive control, calibrated margins); :func:`gate_scores` turns a model's evidence
-into the gate's input. :func:`apply_gate` below is the retired fixed-tolerance rule, kept only
-until the verify stage is rewired.
-
-The legacy gate compares the unlearned model with a model retrained without the forget set; each
-metric passes when |metric(unlearned) - metric(retrained)| <= its tolerance. A model that
-looks *less* like a member than the retrained one fails too (the Streisand effect).
+The promotion decision lives in :mod:`unlearn.gate` (equivalence to never trained, the parent
+as positive control, margins calibrated on the parent's measured excess); :func:`gate_scores`
+turns a model's evidence into the gate's input. :func:`attack_suite` computes the descriptive
+metrics (AUC, TPR at low FPR, with intervals) that reports show next to the decision. The
+retired fixed-tolerance rule passed untouched models (issue #12) and is gone.
 """
 
 from __future__ import annotations
@@ -286,102 +283,3 @@ def evaluate_model(
     """
     evidence = model_evidence(model, sets, device=device)
     return attack_suite(evidence, [], attacks=attacks, bootstrap=bootstrap, seed=seed).metrics
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    """One metric's two-sided comparison with the retrained reference."""
-
-    metric: str
-    candidate: float
-    reference: float
-    tolerance: float
-    note: str = ""  # why the metric could not be compared (a refusal), if it could not
-
-    @property
-    def gap(self) -> float:
-        """Signed difference candidate - reference."""
-        return self.candidate - self.reference
-
-    @property
-    def passed(self) -> bool:
-        """True when |gap| <= tolerance (NaN never passes)."""
-        return bool(abs(self.gap) <= self.tolerance)
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """The verdict and every comparison behind it."""
-
-    checks: tuple[GateCheck, ...]
-
-    @property
-    def passed(self) -> bool:
-        """True when every check passes."""
-        return all(check.passed for check in self.checks)
-
-    @property
-    def verdict(self) -> str:
-        """"pass" or "fail"."""
-        return "pass" if self.passed else "fail"
-
-    def failures(self) -> list[str]:
-        """Human-readable reasons for each failed check."""
-        return [
-            f"{c.metric}: {c.note}" if c.note else
-            f"{c.metric}: |{c.candidate:.4f} - {c.reference:.4f}| = {abs(c.gap):.4f} > {c.tolerance}"
-            for c in self.checks if not c.passed
-        ]
-
-
-def is_gate_metric(name: str, attacks: tuple[str, ...]) -> bool:
-    """True when the gate can check ``name`` given the configured attacks.
-
-    Valid names are the accuracies and ``mia.<attack>.<metric>`` for a configured attack
-    (``auc``, ``balanced_accuracy``, ``tpr_at_fpr_<f>``, ``tpr_at_lowest_fpr`` or an extra
-    number the attack reports, e.g. ``mia.svc_confidence.mia_efficacy``).
-    """
-    if name in ACCURACY_METRICS:
-        return True
-    parts = name.split(".", 2)
-    return len(parts) == 3 and parts[0] == "mia" and parts[1] in attacks and bool(parts[2])
-
-
-def apply_gate(
-    candidate: dict[str, float], reference: dict[str, float], tolerances: dict[str, float],
-    refused: dict[str, str] | None = None,
-) -> GateResult:
-    """Two-sided gate: each toleranced metric must be within tolerance of the reference.
-
-    Args:
-        candidate: Metrics of the unlearned model.
-        reference: Metrics of the retrained reference model.
-        tolerances: Metric name -> largest allowed absolute gap.
-        refused: Metrics that were refused (too little data), with the reason. A toleranced
-            metric that was refused fails its check: the gate cannot vouch for what it could
-            not measure.
-
-    Returns:
-        The gate result.
-
-    Raises:
-        KeyError: If a tolerance names a metric that was neither computed nor refused.
-    """
-    refused = dict(refused or {})
-    for name in tolerances:  # a refused attack refuses every metric of it, extras included
-        attack_wide = ".".join(name.split(".")[:2]) + ".*"
-        if name not in refused and attack_wide in refused:
-            refused[name] = refused[attack_wide]
-    missing = sorted(set(tolerances) - (set(candidate) & set(reference)) - set(refused))
-    if missing:
-        raise KeyError(
-            f"gate tolerance(s) for unknown metric(s) {', '.join(missing)}; "
-            f"computed metrics: {', '.join(sorted(candidate))}"
-        )
-    checks = tuple(
-        GateCheck(name, float(candidate[name]), float(reference[name]), float(tol))
-        if name in candidate and name in reference else
-        GateCheck(name, float("nan"), float("nan"), float(tol), note=f"refused: {refused[name]}")
-        for name, tol in sorted(tolerances.items())
-    )
-    return GateResult(checks)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasks import audit, dvc_ops, tracking
@@ -24,7 +25,8 @@ from tasks.stage.state import (
     write_escalation,
 )
 from unlearn.data import SampleStore
-from unlearn.files import utc_now, write_json_atomic
+from unlearn.files import utc_now, utc_timestamp, write_json_atomic
+from unlearn.gate import INCONCLUSIVE, PASS, PROMOTE, RETRAIN, next_action
 from unlearn.requests import Ledger
 
 
@@ -63,6 +65,8 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     train_left = len(SampleStore(project.store_dir).split_ids("train"))
     if len(forget) and train_left < project.params.train.min_samples:
         return _withdraw(project, client, ledger, pending, train_left)
+    if len(forget) and champion is None:  # before the data version: the clearer of the two errors
+        raise PipelineError("no champion model in the registry; run the train stage first")
     data_version = dvc_ops.data_version(project)
     if len(forget) == 0:
         for batch_id in pending:
@@ -82,14 +86,67 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         previous = None
     # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone.
     attempts = [a for a in previous.attempts if a.verified()] if previous and previous.key == key else []
+    reason = hold_until = ""
+    if attempts and attempts[-1].verdict == INCONCLUSIVE and attempts[-1].action == "hold":
+        # A held escalation resumed by a later run (no new batch since): the hold may have run out.
+        attempts[-1].action, hold_until, reason = verdict_action(project, INCONCLUSIVE, pending)
     state = Escalation(
         UNLEARNING, key=key, parent_version=str(champion.version), batches=pending,
         data_version_before=champion.tags.get("data_version", ""), data_version_after=data_version,
         parent_covers_through=champion.tags.get("covers_through", ""),
         n_forget=len(forget), forget_classes=ledger.forget_classes(pending),
-        ladder=list(project.params.unlearn.ladder), attempts=attempts,
+        ladder=list(project.params.unlearn.ladder), attempts=attempts, reason=reason,
+        hold_until=hold_until,
     )
     return write_escalation(project, state.next_rung())
+
+
+def _parse_utc(stamp: str) -> datetime:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def verdict_action(project: Project, verdict: str, batches: list[str], *,
+                   now: datetime | None = None) -> tuple[str, str, str]:
+    """What follows a verdict for these batches: ``gate.on_inconclusive`` bounded by the hold limits.
+
+    The hold clock starts when the oldest of the batches was ingested; the held evidence spans
+    ``len(batches)`` batches (a held batch is unlearned and verified again together with every
+    later one, from the same champion). A request is never parked forever: at either bound the
+    action is the exact retrain.
+
+    Args:
+        project: The project.
+        verdict: pass, fail or inconclusive.
+        batches: The batches the verdict covers.
+        now: The clock (tests).
+
+    Returns:
+        ``(action, hold_until, reason)``: the action (:func:`unlearn.gate.next_action`), the
+        latest time the batches may stay held (UTC; empty unless the policy is ``hold``), and,
+        when a bound turned a hold into an exact retrain, why.
+    """
+    gate = project.params.gate
+    if verdict == PASS:
+        return PROMOTE, "", ""
+    if verdict != INCONCLUSIVE:
+        return RETRAIN, "", ""
+    ledger = Ledger(project.ledger_path)
+    oldest = min(_parse_utc(ledger.batch(b)["created_at"]) for b in batches)
+    hours = ((now or datetime.now(UTC)) - oldest).total_seconds() / 3600
+    action = next_action(verdict, on_inconclusive=gate.on_inconclusive, held_batches=len(batches),
+                         held_hours=hours, max_hold_batches=gate.max_hold_batches,
+                         max_hold_hours=gate.max_hold_hours)
+    hold_until = utc_timestamp(oldest + timedelta(hours=gate.max_hold_hours)) if gate.on_inconclusive == "hold" \
+        else ""
+    reason = ""
+    if gate.on_inconclusive == "hold" and action == RETRAIN:
+        reason = (f"inconclusive evidence held to its bound ({len(batches)} batch(es), max_hold_batches "
+                  f"{gate.max_hold_batches}; {hours:.1f} h since the oldest was ingested, max_hold_hours "
+                  f"{gate.max_hold_hours:g}): escalated to the exact retrain")
+    elif gate.on_inconclusive == "retrain":
+        reason = "inconclusive evidence (gate.on_inconclusive: retrain): escalated to the exact retrain"
+    return action, hold_until, reason
 
 
 def _withdraw(project: Project, client: Any, ledger: Ledger, pending: list[str], train_left: int) -> dict[str, Any]:

@@ -1,4 +1,16 @@
-"""Evaluating candidate models: the one evaluation behind the verify stage and method sweeps."""
+"""Evaluating candidate models: the one evaluation behind the verify stage and method sweeps.
+
+Every model is scored on the same forget and negative samples against the same reference
+models, which are OUT for every scored sample (pool references, :func:`scoring_references`),
+and the decision is :func:`unlearn.gate.gate_decision`: the candidate must be equivalent to a
+never-trained model, the parent (the champion the batch is unlearned from) is the positive
+control, and the margin is a fraction of the parent's measured excess. ``equivalence`` mode
+(default) needs no exact retrain; ``strict`` mode scores one and uses it as the target.
+
+Public pieces for other flows (audits, consolidation): :func:`evaluation_sets`,
+:func:`scoring_references`, :func:`score_model`, :func:`decide` and :func:`evaluate_candidate`
+(``mode="strict"`` with an exact retrain scores a model against it).
+"""
 
 from __future__ import annotations
 
@@ -14,21 +26,21 @@ import torch
 from tasks.project import PipelineError, Project
 from tasks.stage.checks import needs_references
 from tasks.stage.context import model_architecture, resolve_device, tensors
-from tasks.stage.references import recipe_key
+from tasks.stage.references import recipe_key, reference_pool_ids
 from unlearn.attacks.signals import SignalCache
 from unlearn.config import Params
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
+from unlearn.gate import FAIL, PASS, GateDecision, ScoredModel, gate_decision
 from unlearn.models import build_model
-from unlearn.references import ReferenceBank
+from unlearn.references import ReferenceBank, out_references
 from unlearn.verification import (
     DivergedModelError,
     EvalSets,
-    GateResult,
     ModelEvidence,
     SuiteResult,
-    apply_gate,
     attack_suite,
+    gate_scores,
     model_evidence,
 )
 
@@ -59,38 +71,42 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
 
 @dataclass(frozen=True)
 class Baselines:
-    """What every candidate is compared with: the original and retrained models, and the references.
+    """What every candidate is compared with: the parent (positive control), the references, and in
+    ``strict`` mode the exact retrain.
 
     Attributes:
-        proofs: Evidence of the ``original`` and ``retrain`` models.
-        outcome: Their attack-suite results.
+        proofs: Evidence of the ``original`` (parent) model, and of ``retrain`` in strict mode.
+        outcome: Their attack-suite results (the report's descriptive metrics).
+        scored: Their gate input (:class:`unlearn.gate.ScoredModel`), same samples and references.
         references: Evidence of the reference models (empty when no attack needs them).
         reference_ids: Their ids, aligned with ``references``.
     """
 
     proofs: dict[str, ModelEvidence]
     outcome: dict[str, SuiteResult]
+    scored: dict[str, ScoredModel]
     references: list[ModelEvidence]
     reference_ids: list[str]
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One candidate model's evaluation against the retrained model, and the gate's verdict.
+    """One candidate model's evaluation and the gate's decision.
 
     Attributes:
-        proofs: Evidence per role (``original``, ``retrain``, ``unlearned``; no ``unlearned`` when
-            the candidate diverged).
+        proofs: Evidence per role (``original``, ``unlearned``, ``retrain`` when one was scored;
+            no ``unlearned`` when the candidate diverged).
         outcome: Attack-suite results per role (a diverged candidate's metrics are all NaN).
-        gate: The two-sided gate's checks.
-        exact: The candidate is the exact retrain itself (the gate's own target: it passes).
+        decision: The gate's decision (:class:`unlearn.gate.GateDecision`).
+        exact: The candidate is the exact retrain itself: it never saw the forget samples, so it
+            is promoted as exact whatever the statistics say (they are still reported).
         reference_ids: Reference models the attacks used.
         attack_seconds: Wall time of the evaluation.
     """
 
     proofs: dict[str, ModelEvidence]
     outcome: dict[str, SuiteResult]
-    gate: GateResult
+    decision: GateDecision
     exact: bool
     reference_ids: list[str]
     attack_seconds: float
@@ -107,13 +123,16 @@ class Evaluation:
 
     @property
     def verdict(self) -> str:
-        """"pass" or "fail"."""
-        return "pass" if self.exact else self.gate.verdict
+        """"pass", "fail" or "inconclusive" ("pass" for the exact retrain: it is exact by construction)."""
+        return PASS if self.exact else self.decision.verdict
 
     @property
     def failures(self) -> list[str]:
-        """Why the gate failed (empty when it passed)."""
-        return [] if self.exact else self.gate.failures()
+        """Why the candidate did not pass, one line per metric that did not (empty on a pass)."""
+        if self.verdict == PASS:
+            return []
+        open_ = [f"{c.metric}: {c.verdict}: {c.reason}" for c in self.decision.checks if c.verdict != PASS]
+        return open_ or [self.decision.reason]
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -134,9 +153,69 @@ def _suite_fn(params: Params) -> Any:
                              bootstrap=verify.bootstrap, seed=params.seed)
 
 
+def scoring_references(project: Project, store: SampleStore, sets: EvalSets) -> tuple[list[ModelEvidence], list[str]]:
+    """Evidence of the reference models that may score ``sets``: live, this recipe, OUT for every scored sample.
+
+    With a reference pool (``verify.references.pool_fraction`` > 0) the references trained on
+    pool samples only, which production training never uses, so the forget samples and the
+    negatives are OUT for all of them and no deletion of a training sample retires one.
+
+    Raises:
+        PipelineError: If fewer than ``verify.references.count`` such references exist.
+    """
+    params = project.params
+    if not needs_references(params):
+        return [], []
+    count = params.verify.references.count
+    bank = ReferenceBank(project.references_dir)
+    usable = [r.ref_id for r in bank.usable(recipe_key(project, store), reference_pool_ids(store))
+              if r.pair < count // 2]
+    scored_ids = np.concatenate([np.asarray(sets.ids["forget"]), np.asarray(sets.ids["test"])]) if sets.ids \
+        else np.zeros(0)
+    chosen = out_references(bank, usable, scored_ids)
+    if len(chosen) < count:
+        raise PipelineError(f"{len(chosen)} usable reference models (OUT for every scored sample) but "
+                            f"verify.references.count is {count}; run the references stage first")
+    device = resolve_device(project)
+    architecture = model_architecture(project, store)
+    evidence = _evidence_fn(project, sets, SignalCache(project.signals_dir))
+    refs = []
+    for ref_id in chosen:
+        model = build_model(params.model.name, architecture["in_channels"], architecture["num_classes"])
+        model.load_state_dict(bank.load_state(ref_id))
+        refs.append(evidence(model.to(device), with_retain=False))
+    return refs, chosen
+
+
+def score_model(project: Project, evidence: ModelEvidence, references: list[ModelEvidence]) -> ScoredModel:
+    """One model's gate input: the gated attacks' scores and its correctness on the gate's sets.
+
+    Call it with the same ``references`` for every model of one decision (paired bootstrap).
+    """
+    params = project.params
+    return gate_scores(evidence, references, attacks=params.gate.attacks,
+                       attack_options=params.verify.attack_options, seed=params.seed)
+
+
+def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
+           targets: list[ScoredModel] | tuple[ScoredModel, ...] = ()) -> GateDecision:
+    """The gate's decision with the project's ``gate`` settings (strict mode when ``targets`` are given).
+
+    Args:
+        project: The project.
+        candidate: The model to certify (from :func:`score_model`).
+        parent: The model it was unlearned from: the positive control.
+        targets: Exact retrains without the forget set (strict mode); empty = equivalence mode.
+    """
+    gate = project.params.gate
+    return gate_decision(candidate, parent, attacks=gate.attacks, accuracy_checks=gate.accuracy_checks,
+                         targets=list(targets), alpha=gate.alpha, margin_fraction=gate.margin_fraction,
+                         resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples)
+
+
 def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, original: torch.nn.Module,
-                       retrained: torch.nn.Module) -> Baselines:
-    """Evidence and attack results of the original and retrained models, and the reference models' evidence.
+                       retrained: torch.nn.Module | None = None) -> Baselines:
+    """Evidence, attack results and gate input of the parent (and of the exact retrain when given).
 
     Signals go through the project's signal cache (``data/signals/``), so a second call reads them.
 
@@ -144,43 +223,39 @@ def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, 
         project: The project.
         store: The live sample store.
         sets: From :func:`evaluation_sets`.
-        original: The model the candidates unlearned from (the champion).
-        retrained: The exact retrain without the forget samples (the gate's target).
+        original: The model the candidates unlearned from (the champion: the positive control).
+        retrained: The exact retrain without the forget samples (strict mode's target), or None.
 
     Returns:
         The baselines.
 
     Raises:
-        PipelineError: If fewer usable reference models exist than ``verify.references.count``.
+        PipelineError: If too few reference models are OUT for the scored samples.
     """
-    params = project.params
     device = resolve_device(project)
-    verify = params.verify
     evidence = _evidence_fn(project, sets, SignalCache(project.signals_dir))
-    suite = _suite_fn(params)
-    refs, ref_ids = [], []
-    if needs_references(params):
-        bank = ReferenceBank(project.references_dir)
-        usable = [r for r in bank.usable(recipe_key(project, store), sets.ids["retain"])
-                  if r.pair < verify.references.count // 2]
-        if len(usable) < verify.references.count:
-            raise PipelineError(f"{len(usable)} usable reference models but verify.references.count is "
-                                f"{verify.references.count}; run the references stage first")
-        architecture = model_architecture(project, store)
-        for record in usable:
-            model = build_model(params.model.name, architecture["in_channels"], architecture["num_classes"])
-            model.load_state_dict(bank.load_state(record.ref_id))
-            refs.append(evidence(model.to(device), with_retain=False))
-            ref_ids.append(record.ref_id)
-    proofs = {"original": evidence(original.to(device)), "retrain": evidence(retrained.to(device))}
+    suite = _suite_fn(project.params)
+    refs, ref_ids = scoring_references(project, store, sets)
+    proofs = {"original": evidence(original.to(device))}
+    if retrained is not None:
+        proofs["retrain"] = evidence(retrained.to(device))
     outcome = {role: suite(proofs[role], refs) for role in proofs}
-    return Baselines(proofs, outcome, refs, ref_ids)
+    scored = {role: score_model(project, proofs[role], refs) for role in proofs}
+    return Baselines(proofs, outcome, scored, refs, ref_ids)
+
+
+def _diverged(project: Project, mode: str, n_forget: int, why: str) -> GateDecision:
+    gate = project.params.gate
+    return GateDecision(FAIL, f"the unlearned model diverged ({why}): nothing to certify", (), mode=mode,
+                        alpha=gate.alpha, margin_fraction=gate.margin_fraction, resamples=gate.resamples,
+                        seed=gate.seed, n_forget=n_forget)
 
 
 def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, candidate: torch.nn.Module, *,
-                       method: str, original: torch.nn.Module, retrained: torch.nn.Module,
-                       baselines: Baselines | None = None, cache_candidate: bool = True) -> Evaluation:
-    """Attack an unlearned model, the original and the retrained one, and apply the two-sided gate.
+                       method: str, original: torch.nn.Module, retrained: torch.nn.Module | None = None,
+                       mode: str | None = None, baselines: Baselines | None = None,
+                       cache_candidate: bool = True) -> Evaluation:
+    """Score an unlearned model and its parent on the same sets with the same references, and decide.
 
     The one evaluation behind the verify stage and method sweeps (:mod:`tasks.sweep`). Pure with
     respect to the pipeline: no MLflow, no state, ledger or audit writes; only the signal cache.
@@ -191,29 +266,41 @@ def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, can
         sets: From :func:`evaluation_sets`.
         candidate: The unlearned model.
         method: The method that produced it (``retrain`` is checked for being the exact retrain).
-        original: The model it was unlearned from.
-        retrained: The exact retrain (from :func:`retrained_model`).
+        original: The model it was unlearned from (the positive control).
+        retrained: The exact retrain (:func:`tasks.stage.retrain.retrained_model`): the target in
+            strict mode; in equivalence mode it is only used to recognise the exact retrain.
+        mode: ``equivalence`` or ``strict`` (default ``gate.mode``).
         baselines: Precomputed :func:`evaluate_baselines` (computed here when None).
         cache_candidate: Cache the candidate's signals too. Sweeps do not: their candidates are
             never verified again, and their cache files would only accumulate.
 
     Returns:
-        The evaluation: metrics per role, refusals, gate checks, verdict.
+        The evaluation: metrics per role, refusals, the gate's decision, verdict.
+
+    Raises:
+        ValueError: If strict mode is asked for without an exact retrain.
     """
+    mode = mode or project.params.gate.mode
+    if mode not in ("equivalence", "strict"):
+        raise ValueError(f"gate mode must be equivalence or strict, got {mode!r}")
+    if mode == "strict" and retrained is None:
+        raise ValueError("strict mode compares with the exact retrain: pass retrained=")
     started = time.perf_counter()
-    exact = method == "retrain" and _same_weights(candidate, retrained)
+    exact = method == "retrain" and retrained is not None and _same_weights(candidate, retrained)
     if baselines is None:  # computed here, so their time counts as this evaluation's
-        baselines = evaluate_baselines(project, store, sets, original=original, retrained=retrained)
+        baselines = evaluate_baselines(project, store, sets, original=original,
+                                       retrained=retrained if mode == "strict" else None)
     proofs, outcome = dict(baselines.proofs), dict(baselines.outcome)
     evidence = _evidence_fn(project, sets, SignalCache(project.signals_dir) if cache_candidate else None)
+    targets = [baselines.scored["retrain"]] if mode == "strict" else []
     try:
         proofs["unlearned"] = evidence(candidate.to(resolve_device(project)))
         outcome["unlearned"] = _suite_fn(project.params)(proofs["unlearned"], baselines.references)
+        scored = score_model(project, proofs["unlearned"], baselines.references)
+        decision = decide(project, scored, baselines.scored["original"], targets)
     except DivergedModelError as exc:
         # A diverged model is a verdict, not a crash: every metric is NaN and the gate fails.
         log.warning("verify: %s", exc)
-        outcome["unlearned"] = SuiteResult({k: float("nan") for k in outcome["retrain"].metrics}, {}, {})
-    gate = apply_gate(outcome["unlearned"].metrics, outcome["retrain"].metrics, project.params.gate.tolerances,
-                      refused={**outcome["retrain"].refused, **outcome["unlearned"].refused})
-    return Evaluation(proofs, outcome, gate, exact, list(baselines.reference_ids), time.perf_counter() - started)
-
+        outcome["unlearned"] = SuiteResult({k: float("nan") for k in outcome["original"].metrics}, {}, {})
+        decision = _diverged(project, mode, len(sets.forget), str(exc))
+    return Evaluation(proofs, outcome, decision, exact, list(baselines.reference_ids), time.perf_counter() - started)

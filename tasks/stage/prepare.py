@@ -16,7 +16,7 @@ from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays
 from unlearn.files import atomic_path
 from unlearn.models import check_model
-from unlearn.references import ReferenceBank
+from unlearn.references import ReferenceBank, reference_pool_mask
 from unlearn.requests import Ledger
 
 log = logging.getLogger("unlearn.pipeline")
@@ -29,6 +29,11 @@ def run_prepare(project: Project) -> dict[str, Any]:
     never pushed), because unlearning and verification need them; they are deleted when a
     verified model without them is promoted.
 
+    A share ``verify.references.pool_fraction`` of the training split is labelled ``pool`` (the
+    reference pool, chosen per id so it is stable under deletions): production training never
+    uses it, reference models train only on it. A deleted pool sample is no forget sample (no
+    production model saw it); it retires exactly the reference models that trained on it.
+
     Returns:
         Sample counts of the new store.
     """
@@ -36,7 +41,11 @@ def run_prepare(project: Project) -> dict[str, Any]:
     source = load_source(params.data)
     ledger = Ledger(project.ledger_path)
     old_store = SampleStore(project.store_dir) if (project.store_dir / "index.csv").exists() else None
+    fraction = params.verify.references.pool_fraction
     train_mask = source.splits == "train"
+    if fraction > 0:  # pool samples were never trained on by a production model: nothing to unlearn
+        train_mask = train_mask.copy()
+        train_mask[train_mask] = ~reference_pool_mask(source.ids[train_mask], fraction, params.seed)
     try:
         before = dvc_ops.data_version(project)  # dvc.lock still names the store this batch is removed from
     except PipelineError:
@@ -57,12 +66,13 @@ def run_prepare(project: Project) -> dict[str, Any]:
         # Batches that removed no training sample never make a model retire (no model saw them).
         ledger.set_train_samples(batch_id, len(ids))
     deleted = ledger.deleted_ids()
-    store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted)
+    store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted,
+                                    pool_fraction=fraction, pool_seed=params.seed)
     # The first stage that knows the data's shape: a model that does not fit it fails here, before training.
     check_model(params.model.name, store.image_shape, len(store.classes))
     # Models trained on data that is now deleted are never used again: reference models that
-    # trained on a deleted sample are retired (tombstoned), and exact retrains of an older data
-    # version are removed.
+    # trained on a deleted sample are retired (tombstoned; with a pool only a deleted POOL sample
+    # retires one), and exact retrains of an older data version are removed.
     retired = ReferenceBank(project.references_dir).retire_containing(deleted, batches=ledger.pending())
     for ref_id in retired:
         log.info("prepare: retired reference %s (trained on deleted samples)", ref_id)

@@ -30,10 +30,15 @@ def run_promote(project: Project) -> dict[str, Any]:
     registered twice; the batches are marked ``promoting`` (with the version) before the alias
     moves and ``completed`` after, so a re-run finishes an interrupted promotion. When every
     rung failed, the last attempt is registered with its verdict and no alias; the champion
-    does not move and the batches stay pending.
+    does not move and the batches stay pending. When the evidence was inconclusive and
+    ``gate.on_inconclusive`` is ``hold``, nothing is registered: the batches stay pending with
+    outcome ``held`` (and the latest time they may stay so), the champion is unchanged, and the
+    next run unlearns and verifies them together with newer batches. An inconclusive attempt
+    promoted under ``promote_low_power`` is tagged ``evidence=low_power``; the exact retrain
+    ``evidence=exact``.
 
     Returns:
-        Version, verdict, aliases.
+        Version, verdict, aliases (status ``held`` with ``hold_until`` for a hold).
     """
     client = tracking.setup(project)
     ledger = Ledger(project.ledger_path)
@@ -56,11 +61,13 @@ def run_promote(project: Project) -> dict[str, Any]:
         # champion forgot. Never promote it; the next run starts a fresh escalation.
         raise PipelineError(f"the escalation started from version {state.parent_version} but the champion is "
                             f"{None if champion is None else champion.version}; re-run the pipeline")
+    if state.held:
+        return _hold(project, client, ledger, state)
     chosen = state.promoted_attempt()
     report = json.loads((project.reports_dir / "attempts" / chosen.report).read_text())
     if report["run_id"] != chosen.run_id:
         raise PipelineError("verification report belongs to another unlearning run; re-run unlearn")
-    passed = report["verdict"] == "pass"
+    passed = report["verdict"] == "pass" or state.low_power
     existing = tracking.find_version_by_run(project, client, chosen.run_id)
     if existing is not None:
         version = str(existing.version)
@@ -76,7 +83,8 @@ def run_promote(project: Project) -> dict[str, Any]:
     if passed:
         for batch_id in state.batches:
             ledger.set_status(batch_id, Ledger.PROMOTING, {"at": utc_now(), "outcome": "promoting",
-                                                           "model_version": version})
+                                                           "model_version": version, "run_id": chosen.run_id,
+                                                           "evidence": report.get("evidence")})
         ledger.save()
         audit.record(project, "model.verified", model_version=version, method=chosen.method,
                      batch_ids=state.batches, attempts=len(state.attempts))
@@ -85,15 +93,39 @@ def run_promote(project: Project) -> dict[str, Any]:
     else:
         for batch_id in state.batches:
             ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "verification_failed",
-                                                         "model_version": version})
+                                                         "model_version": version, "run_id": chosen.run_id})
         ledger.save()
         audit.record(project, "model.rejected", model_version=version, batch_ids=state.batches,
                      attempts=len(state.attempts), failures=len(report["failures"]))
     result = {"status": "promoted" if passed else "rejected", "version": version, "verdict": report["verdict"],
-              "method": chosen.method, "attempts": [[a.method, a.verdict] for a in state.attempts],
+              "evidence": report.get("evidence"), "reason": report.get("reason"), "method": chosen.method,
+              "attempts": [[a.method, a.verdict] for a in state.attempts],
               "previous_champion": previous, **_aliases(project, client)}
     log.info("promote: version %s %s", version, result["status"])
     return write_state(project, "promote", result)
+
+
+def _hold(project: Project, client: Any, ledger: Ledger, state: Escalation) -> dict[str, Any]:
+    """Keep inconclusive batches pending (``held``): nothing registered, champion unchanged."""
+    chosen = state.promoted_attempt()
+    report = json.loads((project.reports_dir / "attempts" / chosen.report).read_text())
+    fresh = [b for b in state.batches
+             if ledger.last_note(b).get("outcome") != "held" or ledger.last_note(b).get("run_id") != chosen.run_id]
+    for batch_id in fresh:
+        ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "held", "run_id": chosen.run_id,
+                                                     "hold_until": state.hold_until,
+                                                     "held_with": len(state.batches)})
+    if fresh:
+        ledger.save()
+        audit.record(project, "batch.held", batch_ids=state.batches, hold_until=state.hold_until,
+                     method=chosen.method, parent_detected=report.get("parent_detected"))
+    log.info("promote: %d batch(es) held until %s at most (%s)", len(state.batches), state.hold_until,
+             report.get("reason"))
+    return write_state(project, "promote", {
+        "status": "held", "verdict": report["verdict"], "evidence": report.get("evidence"),
+        "reason": report.get("reason"), "hold_until": state.hold_until, "batches": list(state.batches),
+        "method": chosen.method, "attempts": [[a.method, a.verdict] for a in state.attempts],
+        **_aliases(project, client)})
 
 
 def _aliases(project: Project, client: Any) -> dict[str, Any]:
@@ -112,11 +144,14 @@ def _register_candidate(project: Project, state: Escalation, chosen: Attempt,
     model.load_state_dict(load_candidate_state(project, chosen.candidate))
     ledger = Ledger(project.ledger_path)
     covers = ledger.newest(state.batches + [state.parent_covers_through]) if passed else state.parent_covers_through
-    metrics = report["models"]["unlearned"]
+    metrics = {k: v for k, v in report["models"]["unlearned"].items() if v is not None}
     with mlflow.start_run(run_id=chosen.run_id):
         version, _ = tracking.log_model(project, model, input_example(store), architecture=architecture, tags={
             "role": "unlearned", "method": chosen.method, "verdict": report["verdict"],
-            "gate_failures": "; ".join(report["failures"]), "parent_version": state.parent_version,
+            "evidence": str(report.get("evidence")), "gate_mode": str(report.get("mode")),
+            "parent_detected": str(report.get("parent_detected")).lower(),
+            "gate_reason": str(report.get("reason"))[:5000], "escalation_reason": state.reason[:5000],
+            "gate_failures": "; ".join(report["failures"])[:5000], "parent_version": state.parent_version,
             "data_version": state.data_version_after, "data_version_before": state.data_version_before,
             "data_version_after": state.data_version_after, "request_batches": tag_list(state.batches),
             "covers_through": covers, "ladder": ",".join(f"{a.method}:{a.verdict}" for a in state.attempts),

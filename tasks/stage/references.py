@@ -18,7 +18,7 @@ from tasks.stage.context import model_architecture, resolve_device
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore
 from unlearn.models import build_model
-from unlearn.references import ReferenceBank, ReferencePlan
+from unlearn.references import ReferenceBank, ReferencePlan, plan_pool_references
 from unlearn.requests import Ledger
 from unlearn.training import SGDRecipe, seeded_model, to_float, train_model
 
@@ -33,6 +33,19 @@ def recipe_key(project: Project, store: SampleStore) -> str:
     ).hexdigest()[:16]
 
 
+def reference_pool_ids(store: SampleStore) -> np.ndarray:
+    """The samples reference models train on: the reference pool, or (a store without one) the training split.
+
+    With a pool (``verify.references.pool_fraction`` > 0) production training never sees these
+    samples, so forget samples and test negatives are OUT for every reference and deleting a
+    training sample retires none; a deletion naming a pool sample retires exactly the
+    references that trained on it (prepare). Without a pool (fraction 0) references train on
+    halves of the live training split, and every deletion retires the ones that saw it.
+    """
+    pool = store.split_ids("pool")
+    return pool if len(pool) else store.split_ids("train")
+
+
 def use_batched(project: Project) -> bool:
     """Whether reference models are trained as one batched (vmapped) model."""
     mode = project.params.verify.references.batched
@@ -42,8 +55,10 @@ def use_batched(project: Project) -> bool:
 def plan_references(project: Project) -> list[ReferencePlan]:
     """Reference models to train so that ``verify.references.count`` usable ones exist.
 
-    Nothing is planned unless a batch is pending and a configured attack needs references.
-    Live references trained with another recipe are retired first (they could never be used).
+    They train on the reference pool (:func:`reference_pool_ids`), once: later batches reuse them
+    until a deletion names a pool sample. Nothing is planned unless a batch is pending and a
+    configured attack needs references. Live references trained with another recipe are
+    retired first (they could never be used).
     """
     params = project.params
     if not needs_references(params) or not Ledger(project.ledger_path).pending():
@@ -55,8 +70,8 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     key = recipe_key(project, store)
     for ref_id in bank.retire_stale(key):
         log.info("references: retired %s (recipe changed)", ref_id)
-    return bank.plan(store.split_ids("train"), count=params.verify.references.count, recipe_key=key,
-                     seed=params.seed)
+    return plan_pool_references(bank, reference_pool_ids(store), count=params.verify.references.count,
+                                recipe_key=key, seed=params.seed)
 
 
 def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[str, Any]]:
@@ -75,7 +90,7 @@ def train_references(project: Project, plans: list[ReferencePlan]) -> list[dict[
     store = SampleStore(project.store_dir)
     device = resolve_device(project)
     architecture = model_architecture(project, store)
-    train = store.load_split("train")
+    train = store.load(np.sort(np.unique(np.concatenate([p.members for p in plans]))))
     images, labels = to_float(train.images), torch.as_tensor(train.labels)
     position = {sample_id: i for i, sample_id in enumerate(train.ids.tolist())}
     indices = [np.array([position[i] for i in plan.members.tolist()], dtype=np.int64) for plan in plans]
@@ -113,7 +128,7 @@ def register_references(project: Project, plans: list[ReferencePlan],
         bank.add(plan, result["state"], recipe_key=key, data_version=data_version,
                  extra={"train_seconds": round(float(result["seconds"]), 3), "git_commit": git,
                         "batched": use_batched(project) and len(plans) > 1})
-    usable = [r for r in bank.usable(key, store.split_ids("train"))
+    usable = [r for r in bank.usable(key, reference_pool_ids(store))
               if r.pair < project.params.verify.references.count // 2]
     state = {"trained": [p.ref_id for p in plans], "usable": [r.ref_id for r in usable],
              "retired_total": sum(r.status != "live" for r in bank.records.values()),

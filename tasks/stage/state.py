@@ -53,8 +53,11 @@ class Attempt:
         candidate: The model file under ``data/models/``.
         unlearn_seconds: Time the method took.
         started_at: When the model was saved (UTC).
-        verdict: "pass", "fail", or None until verified (an attempt cut off before its verdict
-            is redone on resume).
+        verdict: "pass", "fail", "inconclusive", or None until verified (an attempt cut off
+            before its verdict is redone on resume).
+        action: What follows the verdict (:func:`unlearn.gate.next_action`): promote, retrain
+            (next rung, or the exact retrain the inconclusive policy escalated to), hold or
+            promote_low_power.
         failures: Why the gate failed (set when verified).
         report: The attempt's report under ``data/reports/attempts/`` (set when verified).
         verified_at: When it was verified.
@@ -67,6 +70,7 @@ class Attempt:
     unlearn_seconds: float
     started_at: str
     verdict: str | None = None
+    action: str | None = None
     failures: list[str] | None = None
     report: str | None = None
     verified_at: str | None = None
@@ -78,11 +82,11 @@ class Attempt:
 
     def to_json(self) -> dict[str, Any]:
         # The verification fields appear once verified, as they always have.
-        verified = ("failures", "report", "verified_at", "attack_seconds")
+        verified = ("action", "failures", "report", "verified_at", "attack_seconds")
         return {k: v for k, v in asdict(self).items() if k not in verified or v is not None}
 
     def verified(self) -> bool:
-        return self.verdict in ("pass", "fail")
+        return self.verdict in ("pass", "fail", "inconclusive")
 
 
 @dataclass
@@ -107,7 +111,14 @@ class Escalation:
         run_id: The attempt promote registers (the chosen one, or the last when all failed).
         method: Its method.
         withdrawn_version: With :data:`MODEL_WITHDRAWN`: the champion that lost its alias (None if none).
-        reason: With :data:`MODEL_WITHDRAWN`: why no successor could be trained.
+        reason: With :data:`MODEL_WITHDRAWN`: why no successor could be trained; when the
+            inconclusive policy escalated to the exact retrain: why (which bound was reached).
+        held: The evidence was inconclusive and ``gate.on_inconclusive: hold`` keeps the batches
+            pending (champion unchanged) to verify them with later batches.
+        hold_until: With ``held``: the latest time the batches stay held (``max_hold_hours``
+            after the oldest request); a run after it retrains exactly.
+        low_power: The promoted attempt was inconclusive and promoted under
+            ``gate.on_inconclusive: promote_low_power`` (certificates say so).
     """
 
     status: str
@@ -127,6 +138,9 @@ class Escalation:
     method: str | None = None
     withdrawn_version: str | None = None
     reason: str = ""
+    held: bool = False
+    hold_until: str = ""
+    low_power: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Escalation:
@@ -147,14 +161,27 @@ class Escalation:
         return out
 
     def next_rung(self) -> Escalation:
-        """Set ``next_method``, ``status``, ``chosen`` and the promoted attempt's ``run_id``/``method``."""
+        """Set ``next_method``, ``status``, ``chosen`` and the promoted attempt's ``run_id``/``method``.
+
+        A pass ends the ladder (chosen). An inconclusive attempt ends it too unless its action is
+        ``retrain`` (the exact retrain is then appended as the next rung): with ``hold`` nothing
+        is chosen and the batches stay pending; with ``promote_low_power`` that attempt is chosen.
+        A fail goes on to the next rung.
+        """
         passed = [i for i, a in enumerate(self.attempts) if a.verdict == "pass"]
         tried = len(self.attempts)
-        self.chosen = passed[0] if passed else None
-        finished = bool(passed) or tried >= len(self.ladder)
+        last = self.attempts[-1] if self.attempts else None
+        inconclusive = bool(last and not passed and last.verdict == "inconclusive")
+        if inconclusive and last.action == "retrain":  # escalate at once: the exact retrain is next
+            self.ladder = [*self.ladder[:tried], "retrain"]
+        self.held = inconclusive and last.action == "hold"
+        self.low_power = inconclusive and last.action == "promote_low_power"
+        self.chosen = passed[0] if passed else (tried - 1 if self.low_power else None)
+        finished = self.chosen is not None or self.held or tried >= len(self.ladder)
         self.next_method = None if finished else self.ladder[tried]
         self.status = DONE if finished else UNLEARNING
-        final = self.attempts[self.chosen] if passed else (self.attempts[-1] if self.attempts and finished else None)
+        final = (self.attempts[self.chosen] if self.chosen is not None
+                 else (self.attempts[-1] if self.attempts and finished else None))
         self.run_id = final.run_id if final else None
         self.method = final.method if final else None
         return self

@@ -1,9 +1,10 @@
-"""The verify stage: evaluate the latest escalation attempt, record its verdict, report and plots."""
+"""The verify stage: decide on the latest escalation attempt with the equivalence gate; report and plots."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from typing import Any
 
@@ -16,31 +17,75 @@ from tasks.stage.context import (
     resolve_device,
     unlearning_data,
 )
-from tasks.stage.escalation import skipped_report
-from tasks.stage.evaluation import evaluate_candidate, evaluation_sets
+from tasks.stage.escalation import skipped_report, verdict_action
+from tasks.stage.evaluation import Evaluation, evaluate_candidate, evaluation_sets
 from tasks.stage.retrain import retrained_model
 from tasks.stage.state import DONE, UNLEARNING, read_escalation, write_escalation
-from unlearn.config import Params
 from unlearn.data import SampleStore
 from unlearn.files import utc_now, write_json_atomic
-from unlearn.metrics import paired_bootstrap_difference
+from unlearn.gate import FAIL, INCONCLUSIVE, PASS, PROMOTE_LOW_POWER
 from unlearn.requests import Ledger
-from unlearn.verification import SuiteResult
 
 log = logging.getLogger("unlearn.pipeline")
 
+CHECK_FIELDS = ("verdict", "reason", "candidate", "target", "estimate", "ci_low", "ci_high", "parent_excess",
+                "parent_ci_low", "parent_ci_high", "parent_detected", "margin", "n_forget", "n_negative")
+
+
+def _json_number(value: Any) -> Any:
+    """NaN and infinities as None: the report is strict JSON (other tools read it)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def evidence_strength(verdict: str, action: str, exact: bool) -> str:
+    """How strong the evidence behind an attempt is, in one word (certificates, status, tags).
+
+    ``exact``: the model is the exact retrain (it never saw the forget samples); ``conclusive``:
+    the gate passed or failed with the parent detected; ``low_power``: inconclusive, promoted
+    under ``promote_low_power``; ``inconclusive``: not enough evidence either way.
+    """
+    if exact:
+        return "exact"
+    if verdict in (PASS, FAIL):
+        return "conclusive"
+    return "low_power" if action == PROMOTE_LOW_POWER else INCONCLUSIVE
+
+
+def gate_report(evaluation: Evaluation) -> dict[str, Any]:
+    """The gate's part of a verification report: verdict, reason, mode and one row per gated metric."""
+    decision = evaluation.decision
+    reason = decision.reason
+    if evaluation.exact:
+        reason = (f"exact retrain: the model never trained on the forget samples (statistical evidence: "
+                  f"{decision.verdict}, {decision.reason})")
+    return {
+        "verdict": evaluation.verdict, "reason": reason, "mode": decision.mode,
+        "parent_detected": decision.parent_detected, "alpha": decision.alpha,
+        "interval_level": 1 - 2 * decision.alpha, "margin_fraction": decision.margin_fraction,
+        "resamples": decision.resamples, "n_targets": decision.n_targets, "gate_verdict": decision.verdict,
+        "checks": [{"metric": c.metric, **{f: _json_number(getattr(c, f)) for f in CHECK_FIELDS}}
+                   for c in decision.checks],
+    }
+
 
 def run_verify(project: Project) -> dict[str, Any]:
-    """Attack the original, the latest attempt's unlearned model and the retrained one; apply the gate.
+    """Decide whether the latest attempt's model is equivalent to never having trained on the forget set.
 
-    Metrics per model: accuracy on forget/retain/test and, for each configured attack, the
-    forget-vs-test ROC-AUC, best balanced accuracy and TPR at low FPRs, each with a bootstrap
-    interval (a TPR the test set is too small for is refused and listed). Reference attacks
-    use the live reference models (see :mod:`unlearn.references`); signals are cached by
-    sample id. The verdict, every number, the ROC and histogram plots are logged on the
-    attempt's MLflow run and written under ``data/reports/`` (``attempts/<n>-<method>.json``
-    per attempt, ``verification.json`` for the latest). An exact ``retrain`` attempt is the
-    gate's own target: it passes by construction, with the evidence still computed.
+    The candidate and the parent (the champion the batch is unlearned from: the positive
+    control) are scored by the gated attacks (``gate.attacks``) against the same pool
+    references, on the same forget and negative samples; :func:`unlearn.gate.gate_decision`
+    decides pass, fail or inconclusive. ``gate.mode: equivalence`` (default) needs no exact
+    retrain: forward passes and attack arithmetic only. ``strict`` also scores the exact retrain
+    and uses it as the target. What follows the verdict (``action``: promote, next rung, hold,
+    exact retrain, promote_low_power) comes from ``gate.on_inconclusive`` and its bounds
+    (:func:`tasks.stage.escalation.verdict_action`). An exact ``retrain`` attempt is exact by
+    construction: it passes, with the evidence still computed and reported.
+
+    The verdict, its reason and every number (per metric: candidate, target, interval, parent
+    excess and its interval, margin) are written to ``data/reports/attempts/<run>.json`` and
+    ``verification.json``, logged on the attempt's MLflow run (metrics ``gate.<metric>.*``, tags
+    ``verdict``, ``gate_reason``, ``evidence``, ``parent_detected``), with the descriptive attack
+    suite (``verify.attacks``) and its plots.
 
     Returns:
         The report.
@@ -66,74 +111,77 @@ def run_verify(project: Project) -> dict[str, Any]:
     original = tracking.load_model(project, client, escalation.parent_version)
     candidate = data.model_factory()
     candidate.load_state_dict(load_candidate_state(project, attempt.candidate))
-    retrained, retrain_seconds, cached = retrained_model(project, store, data)
+    mode = params.gate.mode
+    retrained, retrain_seconds, cached = None, 0.0, None
+    if mode == "strict" or attempt.method == "retrain":  # equivalence mode never retrains to verify
+        retrained, retrain_seconds, cached = retrained_model(project, store, data)
     evaluation = evaluate_candidate(project, store, sets, candidate, method=attempt.method, original=original,
-                                    retrained=retrained)
-    verify = params.verify
-    proofs, outcome, gate, exact = evaluation.proofs, evaluation.outcome, evaluation.gate, evaluation.exact
-    results, refused, ref_ids = evaluation.results, evaluation.refused, evaluation.reference_ids
-    attack_seconds, verdict, failures = evaluation.attack_seconds, evaluation.verdict, evaluation.failures
-    plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()}, proofs)
+                                    retrained=retrained, mode=mode)
+    verdict, failures, exact = evaluation.verdict, evaluation.failures, evaluation.exact
+    action, hold_until, policy_reason = verdict_action(project, verdict, escalation.batches)
+    if verdict == FAIL:  # a conclusive fail goes up the ladder; after the last rung it is rejected (exit 3)
+        action = "next_rung" if len(attempts) < len(escalation.ladder) else "reject"
+    strength = evidence_strength(verdict, action, exact)
+    outcome, results = evaluation.outcome, evaluation.results
+    plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()},
+                                         evaluation.proofs)
     # Each attempt keeps its own plots: certificates embed the evidence of the model they certify.
     attempt_plots = project.reports_dir / "attempts" / f"{attempt.run_id}-plots"
     attempt_plots.mkdir(parents=True, exist_ok=True)
     for path in plots:
         shutil.copy2(path, attempt_plots / path.name)
     number = len(attempts)
+    gate = gate_report(evaluation)
     report = {
-        "status": "verified", "verdict": verdict, "failures": failures, "exact_retrain": exact,
+        "status": "verified", **gate, "failures": failures, "exact_retrain": exact, "evidence": strength,
+        "action": action, "hold_until": hold_until if verdict == INCONCLUSIVE else "", "policy_reason": policy_reason,
         "method": attempt.method, "attempt": number,
-        "checks": [{"metric": c.metric, "unlearned": c.candidate, "retrain": c.reference,
-                    "gap": c.gap, "gap_ci": _gap_interval(c.metric, outcome, params), "tolerance": c.tolerance,
-                    "passed": c.passed or exact, "note": "exact retrain: the gate's own target" if exact else c.note}
-                   for c in gate.checks],
-        "models": results, "refused": refused, "reference_cached": cached, "retrain_seconds": retrain_seconds,
-        "attack_seconds": attack_seconds, "run_id": attempt.run_id,
-        "forget_classes": forget_classes, "reference_models": ref_ids, "augmentations": verify.augmentations,
+        "models": results, "refused": evaluation.refused, "reference_cached": cached,
+        "retrain_seconds": retrain_seconds, "attack_seconds": evaluation.attack_seconds, "run_id": attempt.run_id,
+        "forget_classes": forget_classes, "reference_models": evaluation.reference_ids,
+        "augmentations": params.verify.augmentations,
         "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
     }
+    report["models"] = {role: {k: _json_number(v) for k, v in m.items()} for role, m in results.items()}
     attempt_report = project.reports_dir / "attempts" / f"{attempt.run_id}.json"  # unique across escalations
     write_json_atomic(attempt_report, report)
     write_json_atomic(report_path, report)
-    # The compact numbers `dvc metrics show/diff` compare across runs: gate metrics and attack AUCs.
-    shown = [m for m in results["retrain"] if m in params.gate.tolerances or m.endswith(".auc")]
+    # The compact numbers `dvc metrics show/diff` compare across runs: the gate's numbers and attack AUCs.
     write_json_atomic(project.reports_dir / "metrics.json", {
-        "verified": 1, "verdict_pass": int(verdict == "pass"), "attempts": number,
-        **{role: {m: results[role].get(m) for m in shown} for role in ("original", "unlearned", "retrain")}})
+        "verified": 1, "verdict_pass": int(verdict == PASS), "verdict_inconclusive": int(verdict == INCONCLUSIVE),
+        "parent_detected": int(gate["parent_detected"]), "attempts": number,
+        "gate": {c["metric"]: {k: c[k] for k in ("estimate", "ci_low", "ci_high", "parent_excess", "margin")}
+                 for c in gate["checks"]},
+        **{role: {m: report["models"][role].get(m) for m in report["models"][role] if m.endswith(".auc")}
+           for role in report["models"]}})
     with mlflow.start_run(run_id=attempt.run_id):
         mlflow.log_metrics(finite_metrics(results["unlearned"]))
-        for role in ("original", "retrain"):
-            mlflow.log_metrics({f"{role}.{k}": v for k, v in finite_metrics(results[role]).items()})
-        mlflow.log_metrics(finite_metrics({f"gap.{c.metric}": c.gap for c in gate.checks}))
-        mlflow.log_metrics({"retrain_seconds": retrain_seconds, "attack_seconds": attack_seconds})
-        mlflow.set_tags({"verdict": verdict, "gate_failures": "; ".join(failures),
-                         "exact_retrain": str(exact).lower(), "reference_models": ",".join(ref_ids)})
+        for role in results:
+            if role != "unlearned":
+                mlflow.log_metrics({f"{role}.{k}": v for k, v in finite_metrics(results[role]).items()})
+        mlflow.log_metrics(finite_metrics({f"gate.{c['metric']}.{k}": c[k] for c in gate["checks"]
+                                           for k in ("estimate", "ci_low", "ci_high", "parent_excess",
+                                                     "parent_ci_low", "parent_ci_high", "margin")
+                                           if c[k] is not None}))
+        mlflow.log_metrics({"retrain_seconds": retrain_seconds, "attack_seconds": evaluation.attack_seconds})
+        mlflow.set_tags({"verdict": verdict, "gate_reason": gate["reason"][:5000], "gate_mode": mode,
+                         "gate_failures": "; ".join(failures)[:5000], "evidence": strength, "action": action,
+                         "parent_detected": str(gate["parent_detected"]).lower(),
+                         "exact_retrain": str(exact).lower(), "reference_models": ",".join(evaluation.reference_ids)})
         mlflow.log_artifact(str(attempt_report), artifact_path="verification")
         for path in plots:
             mlflow.log_artifact(str(path), artifact_path="verification/plots")
-    attempt.verdict, attempt.failures, attempt.report = verdict, failures, attempt_report.name
-    attempt.verified_at, attempt.attack_seconds = utc_now(), attack_seconds
+    attempt.verdict, attempt.action, attempt.failures, attempt.report = verdict, action, failures, attempt_report.name
+    attempt.verified_at, attempt.attack_seconds = utc_now(), evaluation.attack_seconds
+    escalation.hold_until = hold_until if verdict == INCONCLUSIVE else ""
+    escalation.reason = policy_reason if verdict == INCONCLUSIVE else escalation.reason
     write_escalation(project, escalation.next_rung())
     ledger = Ledger(project.ledger_path)
-    if verdict == "pass":
+    if verdict == PASS or action == PROMOTE_LOW_POWER:
         ledger.mark_step(escalation.batches, "verified")
         ledger.save()
     audit.record(project, "attempt.verified", method=attempt.method, attempt=number, verdict=verdict,
+                 action=action, evidence=strength, parent_detected=gate["parent_detected"],
                  run_id=attempt.run_id, batch_ids=escalation.batches, failures=len(failures))
-    log.info("verify: attempt %d (%s) verdict %s", number, attempt.method, verdict)
+    log.info("verify: attempt %d (%s) verdict %s -> %s (%s)", number, attempt.method, verdict, action, gate["reason"])
     return report
-
-
-def _gap_interval(metric: str, outcome: dict[str, SuiteResult], params: Params) -> list[float] | None:
-    """Paired bootstrap interval of unlearned - retrain for an attack's AUC (same samples, both models)."""
-    parts = metric.split(".")
-    if len(parts) != 3 or parts[2] != "auc" or parts[1] not in outcome["unlearned"].scores:
-        return None
-    mine, theirs = outcome["unlearned"].scores[parts[1]], outcome["retrain"].scores[parts[1]]
-    if len(mine["member"]) != len(theirs["member"]) or len(mine["nonmember"]) != len(theirs["nonmember"]):
-        return None  # an attack that subsamples differently per model has no sample pairing
-    _, low, high = paired_bootstrap_difference(
-        mine["member"], mine["nonmember"], theirs["member"], theirs["nonmember"], metric="auc",
-        resamples=max(params.verify.bootstrap, 1), seed=params.seed)
-    return [low, high]
-

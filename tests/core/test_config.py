@@ -28,7 +28,7 @@ def test_empty_document_gives_defaults():
         ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
         ({"verify": {"attacks": "loss_threshold"}}, "verify.attacks: expected a list"),
         ({"data": {"test_fraction": 1.5}}, "data.test_fraction"),
-        ({"gate": {"tolerances": {"test_acc": -1}}}, "gate.tolerances.test_acc"),
+        ({"gate": {"tolerances": {"test_acc": 0.05}}}, "gate.tolerances"),
         ({"device": "tpu"}, "device"),
     ],
 )

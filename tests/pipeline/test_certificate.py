@@ -44,11 +44,16 @@ def _certificate(**overrides):
                                 "failures": ["mia.loss_threshold.auc gap 0.08 > 0.05"], "seconds": 41.5},
                                {"method": "scrub", "run_id": "run-b", "verdict": "pass", "failures": [],
                                 "seconds": 73.25}]},
-        "verification": {"verdict": "pass", "n_forget": 12, "n_test": 1000, "checks": [
-            {"metric": "mia.loss_threshold.auc", "unlearned": 0.512, "retrain": 0.503, "gap": 0.009,
-             "gap_ci": [-0.02, 0.04], "tolerance": 0.05, "passed": True},
-            {"metric": "forget_accuracy", "unlearned": 0.81, "retrain": 0.8, "gap": 0.01, "gap_ci": None,
-             "tolerance": 0.03, "passed": True}]},
+        "verification": {
+            "verdict": "pass", "evidence": "conclusive", "statement": "verified: equivalent to never trained",
+            "reason": "equivalent on all 2 gated metrics", "mode": "equivalence", "parent_detected": True,
+            "interval_level": 0.9, "n_forget": 12, "n_test": 1000, "checks": [
+                {"metric": "mia.lira_offline.auc", "verdict": "pass", "parent_excess": 0.11, "parent_ci_low": 0.07,
+                 "parent_ci_high": 0.15, "parent_detected": True, "estimate": 0.009, "ci_low": -0.02,
+                 "ci_high": 0.04, "margin": 0.055, "reason": "equivalent to never trained"},
+                {"metric": "forget_acc", "verdict": "pass", "parent_excess": 0.1, "parent_ci_low": 0.05,
+                 "parent_ci_high": 0.15, "parent_detected": True, "estimate": 0.01, "ci_low": -0.03,
+                 "ci_high": 0.04, "margin": 0.05, "reason": "equivalent to never trained"}]},
         "purge": {"objects_removed": {"local": 3, "remote": 2},
                   "scan": {"files": 140, "bytes": 5_242_880, "patterns": 12, "shared_with_live": 0, "matches": 0}},
         "retirement": {"versions": [{"version": "6", "reason": "trained on deleted data", "artifacts_deleted": True,
@@ -203,12 +208,12 @@ def test_numpy_and_non_finite_values_become_strict_json(tmp_path):
 
     certificate = _certificate()
     certificate["request"]["n_samples"] = np.int64(12)
-    certificate["verification"]["checks"][0]["gap"] = float("nan")
+    certificate["verification"]["checks"][0]["estimate"] = float("nan")
     json_path, _ = write_certificate(certificate, {}, tmp_path)
     text = json_path.read_text()
     assert "NaN" not in text
     document = json.loads(text)
-    assert document["request"]["n_samples"] == 12 and document["verification"]["checks"][0]["gap"] is None
+    assert document["request"]["n_samples"] == 12 and document["verification"]["checks"][0]["estimate"] is None
     assert verify_certificate_digest(json_path)
 
 
@@ -286,6 +291,24 @@ def test_sections_are_in_order_and_evidence_is_rendered(tmp_path):
     assert "mia.loss_threshold.auc gap 0.08 &gt; 0.05" in page and "[-0.0200, 0.0400]" in page
     assert "1 h 02 min 00 s" in page  # purged -> certified
     assert '<span class="badge ok">verified: pass</span>' in page
+
+
+@pytest.mark.parametrize("verdict, evidence, badge", [
+    ("inconclusive", "low_power", "promoted on LOW-POWER evidence"),
+    ("inconclusive", "inconclusive", "inconclusive"),
+    ("pass", "exact", "exact retrain"),
+])
+def test_a_certificate_never_claims_more_than_the_evidence(tmp_path, verdict, evidence, badge):
+    from tasks.evidence import statement
+
+    certificate = _certificate()
+    certificate["verification"].update(verdict=verdict, evidence=evidence, parent_detected=evidence == "exact",
+                                       statement=statement(verdict, evidence))
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    page = html_path.read_text()
+    assert f">{badge}</span>" in page and "verified: pass" not in page and "proven" not in page.lower()
+    if evidence != "exact":
+        assert "NOT a pass" in page or "LOW POWER" in page
 
 
 def test_matches_found_are_flagged(tmp_path):

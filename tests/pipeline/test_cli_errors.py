@@ -43,9 +43,18 @@ def test_bad_method_argument_is_named(make_project):
 
 
 def test_unlearn_without_a_baseline_is_a_clear_error(make_project):
+    from unlearn.config import load_params
+    from unlearn.data import load_source
+    from unlearn.references import reference_pool_mask
+
     root = make_project()
+    # a production training sample (not in the reference pool: deleting a pool sample needs no unlearning)
+    params = load_params(root / "params.yaml")
+    source = load_source(params.data)
+    train = source.ids[source.splits == "train"]
+    sample = str(train[~reference_pool_mask(train, params.verify.references.pool_fraction, params.seed)][0])
     assert _unlearn(root, "request", "submit", "--request-id", "R-1", "--sample-ids",
-                    "digits-0001", "--subject-ref", "x").returncode == 0
+                    sample, "--subject-ref", "x").returncode == 0
     assert _unlearn(root, "stage", "ingest").returncode == 0
     assert _unlearn(root, "stage", "prepare").returncode == 0
     result = _unlearn(root, "stage", "unlearn")

@@ -11,8 +11,9 @@ from conftest import FAST
 
 pytestmark = pytest.mark.e2e
 
-# Zero tolerances: no approximate method can pass, so the ladder must reach the exact retrain.
-STRICT = {"tolerances": {"test_acc": 0.0, "mia.loss_threshold.auc": 0.0}}
+# 12 forget samples are fewer than min_samples: the evidence is inconclusive up front whatever the model,
+# and on_inconclusive: retrain escalates at once to the exact retrain (the ladder's later rungs are skipped).
+ESCALATE = {"min_samples": 20, "on_inconclusive": "retrain"}
 
 
 def _submit(root, request_id, ids, subject="alice@example.com"):
@@ -46,7 +47,7 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, make_projec
     from tasks.project import load_project
     from unlearn.data import SampleStore, load_source
 
-    root = make_project({**FAST, "gate": STRICT,
+    root = make_project({**FAST, "gate": ESCALATE,
                          "unlearn": {**FAST["unlearn"], "escalation": ["salun", "retrain"],
                                      "methods": {**FAST["unlearn"]["methods"], "salun": {"epochs": 2}}}})
     first = pipeline_flow(root=str(root))
@@ -58,17 +59,17 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, make_projec
     _submit(root, "R-T", test_only, subject="bob@example.com")
     second = pipeline_flow(root=str(root))
 
-    # escalation: amun and salun fail the strict gate, the exact retrain passes; each attempt is a run
-    assert second["promote"]["status"] == "promoted"
-    assert second["promote"]["attempts"] == [["amun", "fail"], ["salun", "fail"], ["retrain", "pass"]]
+    # escalation: amun's evidence is inconclusive, the policy escalates to the exact retrain; each attempt is a run
+    assert second["promote"]["status"] == "promoted" and second["promote"]["evidence"] == "exact"
+    assert second["promote"]["attempts"] == [["amun", "inconclusive"], ["retrain", "pass"]]
     client = _client(project)
     name = project.params.registry.model_name
     runs = client.search_runs([client.get_experiment_by_name("unlearn").experiment_id],
                               "tags.stage = 'unlearn'")
     assert sorted((r.data.tags["method"], r.data.tags["verdict"]) for r in runs) == [
-        ("amun", "fail"), ("retrain", "pass"), ("salun", "fail")]
+        ("amun", "inconclusive"), ("retrain", "pass")]
     versions = {str(v.version): v.tags for v in client.search_model_versions(f"name='{name}'")}
-    assert set(versions) == {"1", "2"}  # failed attempts are runs, not model versions
+    assert set(versions) == {"1", "2"}  # attempts that did not pass are runs, not model versions
     assert versions["2"]["method"] == "retrain" and client.get_registered_model(name).aliases == {"champion": 2}
 
     # retirement: the baseline saw the samples; its artifacts are gone, its entry is a tombstone
@@ -93,8 +94,10 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, make_projec
     assert main(["--root", str(root), "request", "certificate", "R-1", "--out", str(tmp_path / "cert")]) == 0
     certificate = json.loads(next((tmp_path / "cert").glob("*.json")).read_text())
     assert certificate["status"] == "complete" and certificate["model"]["version"] == "2"
-    assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "salun", "retrain"]
+    assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "retrain"]
     assert certificate["purge"]["scan"]["matches"] == 0 and certificate["verification"]["verdict"] == "pass"
+    assert certificate["verification"]["evidence"] == "exact"
+    assert "escalated to the exact retrain" in certificate["verification"]["escalation_reason"]
     steps = {s["step"]: s["at"] for s in certificate["timeline"]}
     assert all(steps[s] for s in ("received", "validated", "data_version", "unlearned", "verified", "promoted",
                                   "retired", "purged", "certified"))

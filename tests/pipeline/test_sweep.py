@@ -9,7 +9,8 @@ from conftest import FAST
 
 # Two cheap candidates: finetune (1 epoch on the retain set) and AMUN (1 epoch, small probe).
 SWEEP = {**FAST, "unlearn": {"method": "finetune", "escalation": ["amun", "retrain"], "methods": {
-    "finetune": {"epochs": 1, "batch_size": 64}, "amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}}}
+    "finetune": {"epochs": 1, "batch_size": 64}, "amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}},
+    "gate": {"min_samples": 5}}  # the sweep's 10 forget samples are tested (not refused up front)
 # Everything that must match between the Dask run and the sequential one (timings and run ids may not).
 COMPARED = ("method", "kwargs", "label", "verdict", "error", "failures", "metrics", "checks", "max_abs_gap",
             "max_gap_metric", "model_digest")
@@ -137,7 +138,7 @@ def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect
     assert sorted(c["index"] for c in report["candidates"]) == [1, 2]
     for got in report["candidates"]:
         want = expected[got["index"]]
-        assert got["verdict"] in ("pass", "fail") and got["metrics"] and got["checks"], got
+        assert got["verdict"] in ("pass", "fail", "inconclusive") and got["metrics"] and got["checks"], got
         assert json.dumps({k: got[k] for k in COMPARED}, sort_keys=True) == json.dumps(
             {k: want[k] for k in COMPARED}, sort_keys=True), got["label"]
     assert report["original"] == prepared["original"] and report["retrain"] == prepared["retrain"]
@@ -160,7 +161,7 @@ def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect
     assert {(r.data.params["method"], r.data.tags["verdict"]) for r in children} == {
         (c["method"], c["verdict"]) for c in report["candidates"]}
     amun_run = next(r for r in children if r.data.params["method"] == "amun")
-    assert amun_run.data.params["method_epochs"] == "1" and "gap.test_acc" in amun_run.data.metrics
+    assert amun_run.data.params["method_epochs"] == "1" and "gap.forget_acc" in amun_run.data.metrics
     assert parents[0].data.tags["forget_ids_digest"].startswith("hmac-sha256:")
     logged = json.dumps([[r.data.params, r.data.tags] for r in runs]) + json.dumps(report) + table
     assert "digits-" not in logged and "alice" not in logged

@@ -22,7 +22,7 @@ def test_the_shipped_policy_is_valid():
 @pytest.mark.parametrize("attack", ["lira_online", "lira_online_global", "ulira", "epsilon_score"])
 def test_audit_only_attacks_are_refused_at_promotion_time_with_the_alternatives(attack):
     with pytest.raises(ConfigError, match="cannot run at promotion time") as info:
-        check_params(_params(verify={"attacks": ["loss_threshold", attack]}, gate={"tolerances": {}}))
+        check_params(_params(verify={"attacks": ["loss_threshold", attack]}))
     assert "lira_offline" in str(info.value) and attack not in promotion_attacks()
 
 
@@ -38,31 +38,27 @@ def test_reference_settings_are_validated(value, message):
         _params(verify={"references": value})
 
 
-@pytest.mark.parametrize("tolerances, ok", [
-    ({"mia.lira_offline.tpr_at_lowest_fpr": 0.1}, True),
-    ({"mia.svc_confidence.mia_efficacy": 0.1}, True),
-    ({"mia.lira_online.auc": 0.1}, False),         # not a configured attack
-    ({"mia_auc_loss_threshold": 0.1}, False),      # the old name
-    ({"mia.loss_threshold": 0.1}, False),          # no metric
+@pytest.mark.parametrize("attacks, message", [
+    (["lira_offline", "no_such_attack"], "gate.attacks: unknown attack"),
+    (["lira_online"], "gate.attacks: 'lira_online' cannot run at promotion time"),
 ])
-def test_gate_metrics_must_name_a_configured_attack(tolerances, ok):
-    params = _params(gate={"tolerances": tolerances})
-    if ok:
+def test_gated_attacks_are_validated_at_project_load(attacks, message):
+    with pytest.raises(ConfigError, match=message):
+        check_params(_params(gate={"attacks": attacks}))
+
+
+def test_a_gated_attack_outside_verify_attacks_still_needs_references():
+    params = _params(verify={"attacks": ["loss_threshold"], "references": {"count": 0}},
+                     gate={"attacks": ["rmia_offline"]})
+    with pytest.raises(ConfigError, match="gate.attacks: 'rmia_offline' needs reference models"):
         check_params(params)
-    else:
-        with pytest.raises(ConfigError, match="gate.tolerances: unknown metric"):
-            check_params(params)
+
+
+def test_the_retired_fixed_tolerances_are_refused():
+    with pytest.raises(ConfigError, match="tolerances"):
+        _params(gate={"tolerances": {"test_acc": 0.03}})
 
 
 def test_attack_options_must_belong_to_a_configured_attack():
     with pytest.raises(ConfigError, match="verify.attack_options.lira_online"):
         check_params(_params(verify={"attack_options": {"lira_online": {}}}))
-
-
-def test_a_refused_metric_in_the_gate_fails_its_check():
-    from unlearn.verification import apply_gate
-
-    refused = {"mia.loss_threshold.tpr_at_fpr_0.001": "rests on 0.45 false positives"}
-    result = apply_gate({"test_acc": 0.9}, {"test_acc": 0.9},
-                        {"test_acc": 0.1, "mia.loss_threshold.tpr_at_fpr_0.001": 0.1}, refused=refused)
-    assert not result.passed and "refused: rests on 0.45" in result.failures()[0]

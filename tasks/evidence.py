@@ -1,0 +1,58 @@
+"""How strong the evidence behind a verdict is, in plain words (certificates, request status, CLI).
+
+A certificate must never overstate what verification showed (issue #12): "pass" only when the
+positive control (the parent) was detected and the candidate was shown equivalent to a
+never-trained model; "inconclusive" says the evidence could not tell; "exact" means the model
+was retrained without the samples, so no statistical claim is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STRENGTHS = {
+    "exact": "exact: the model was retrained from scratch without the deleted samples; it never saw them",
+    "conclusive": "conclusive: the attacks detected the original model's memory of these samples (positive "
+                  "control), so the test had power",
+    "low_power": "LOW POWER: the attacks could not detect the original model's memory of these samples, so the "
+                 "test could not show forgetting either way; promoted under gate.on_inconclusive: promote_low_power",
+    "inconclusive": "inconclusive: the attacks could not tell either way; NOT a pass",
+}
+
+
+def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The parts of a verification report a reader of a certificate or a status needs.
+
+    Args:
+        report: An attempt's verification report (``data/reports/attempts/<run>.json``), or None.
+
+    Returns:
+        ``verdict``, ``evidence``, ``statement`` (plain words), ``reason``, ``mode``,
+        ``parent_detected``, ``interval_level`` and per gated metric the parent's excess with its
+        interval, the candidate's difference from the target with its interval, the margin and the
+        metric's verdict. Empty when there is no report.
+    """
+    if not report:
+        return {}
+    strength = report.get("evidence") or "inconclusive"
+    checks = [{k: c.get(k) for k in ("metric", "verdict", "parent_excess", "parent_ci_low", "parent_ci_high",
+                                     "parent_detected", "estimate", "ci_low", "ci_high", "margin", "reason")}
+              for c in report.get("checks") or []]
+    return {"verdict": report.get("verdict"), "evidence": strength,
+            "statement": statement(report.get("verdict"), strength),
+            "reason": report.get("reason"), "mode": report.get("mode"),
+            "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
+            "margin_fraction": report.get("margin_fraction"), "checks": checks,
+            "n_forget": report.get("n_forget"), "n_test": report.get("n_test")}
+
+
+def statement(verdict: str | None, strength: str) -> str:
+    """One sentence: what the verification shows, never more than it shows."""
+    if strength == "exact":
+        return STRENGTHS["exact"]
+    if verdict == "pass" and strength == "conclusive":
+        return ("verified: the unlearned model is statistically equivalent to one that never trained on these "
+                "samples, within a margin set by what the attacks detected in the original model")
+    if verdict == "fail":
+        return "failed: the model still behaves measurably unlike one that never trained on these samples"
+    return STRENGTHS.get(strength, STRENGTHS["inconclusive"])

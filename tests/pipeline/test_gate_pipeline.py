@@ -1,0 +1,172 @@
+"""The equivalence gate wired into the per-batch pipeline (issue #12), stage by stage without Prefect:
+a known-answer failure of an untouched model, the inconclusive path (held, then escalated to the exact
+retrain by the hold bound), and the reference pool (a pool deletion retires exactly the references
+that trained on it; a training deletion retires none)."""
+
+import json
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from conftest import FAST, run_stages
+
+pytestmark = pytest.mark.e2e
+
+# Membership made detectable: few training samples, many epochs (the model memorises them), and a
+# "method" that changes nothing (one fine-tuning step at lr 1e-7): the candidate IS the parent.
+MEMORISING = {**FAST, "data": {"train_subset": 300}, "train": {"epochs": 40},
+              "unlearn": {"method": "finetune", "escalation": [],
+                          "methods": {"finetune": {"epochs": 1, "lr": 1e-7, "batch_size": 64}}}}
+
+
+def _submit(root, request_id, ids):
+    from flows.cli import submit_request
+
+    submit_request(root, {"request_id": request_id, "sample_ids": [str(i) for i in ids],
+                          "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
+                          "subject_ref": f"subject-{request_id}"})
+
+
+def _client(project):
+    import mlflow
+
+    mlflow.set_tracking_uri(project.tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(make_project):
+    from flows.cli import _verdict_exit, format_summary
+    from tasks import tracking
+    from tasks.project import load_project
+    from tasks.stage.context import load_forget
+    from tasks.stage.evaluation import evaluate_candidate, evaluation_sets
+    from tasks.stage.state import read_escalation
+    from unlearn.data import SampleStore
+
+    root = make_project(MEMORISING)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _submit(root, "R-1", sorted(train_ids[:80].tolist()))
+    result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+
+    report = json.loads((project.reports_dir / "verification.json").read_text())
+    checks = {c["metric"]: c for c in report["checks"]}
+    lira = checks["mia.lira_offline.auc"]
+    # the positive control: the parent's LiRA excess over never-trained is detected (interval above 0) ...
+    assert lira["parent_detected"] and lira["parent_ci_low"] > 0
+    # ... the margin is half of it, and the untouched candidate lies conclusively beyond it
+    assert lira["margin"] == pytest.approx(0.5 * lira["parent_excess"])
+    assert lira["verdict"] == "fail" and lira["ci_low"] >= lira["margin"]
+    assert report["verdict"] == "fail" and report["evidence"] == "conclusive" and report["mode"] == "equivalence"
+    assert report["retrain_seconds"] == 0.0 and "retrain" not in report["models"]  # no retrain to verify
+    assert result["promote"]["status"] == "rejected" and _verdict_exit(result) == 3
+    client = _client(project)
+    assert str(tracking.champion_version(project, client).version) == "1"  # the champion did not move
+    run = client.get_run(report["run_id"])
+    assert run.data.tags["verdict"] == "fail" and run.data.tags["parent_detected"] in ("true", "false")
+    assert run.data.metrics["gate.mia.lira_offline.auc.margin"] == pytest.approx(lira["margin"])
+    table = format_summary({"root": str(root), **result})
+    assert "parent excess" in table and "VERDICT: FAIL" in table.upper() and "tol" not in table.split()
+
+    # the parent itself, scored as a candidate with the same references, can never pass
+    state = read_escalation(project)
+    store = SampleStore(project.store_dir)
+    sets = evaluation_sets(project, store, load_forget(project, state.batches), [])
+    parent = tracking.load_model(project, client, state.parent_version)
+    itself = evaluate_candidate(project, store, sets, parent, method="none", original=parent)
+    assert itself.verdict == "fail" and itself.decision.checks[0].estimate == pytest.approx(lira["parent_excess"])
+
+
+def test_inconclusive_evidence_is_held_then_escalated_to_the_exact_retrain_by_the_bound(make_project, capsys):
+    from flows.cli import _verdict_exit, main
+    from tasks import tracking
+    from tasks.project import load_project
+    from tasks.stage.escalation import _parse_utc, verdict_action
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    # min_samples 50 makes 10 and 20 forget samples inconclusive up front, whatever the models do
+    root = make_project({**FAST, "gate": {"min_samples": 50, "max_hold_batches": 2}})
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = sorted(SampleStore(project.store_dir).split_ids("train").tolist())
+    _submit(root, "R-1", train_ids[:10])
+    first = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+
+    # held: not an error, nothing registered, champion unchanged, the batch still pending
+    assert first["promote"]["status"] == "held" and _verdict_exit(first) == 0
+    report = json.loads((project.reports_dir / "verification.json").read_text())
+    assert report["verdict"] == "inconclusive" and report["action"] == "hold" and "NOT a pass" in report["reason"]
+    ledger = Ledger(project.ledger_path)
+    (batch,) = ledger.pending()
+    note = ledger.last_note(batch)
+    assert note["outcome"] == "held" and note["hold_until"] == first["promote"]["hold_until"]
+    created = _parse_utc(ledger.batch(batch)["created_at"])
+    assert _parse_utc(note["hold_until"]) == created + timedelta(hours=project.params.gate.max_hold_hours)
+    client = _client(project)
+    name = tracking.model_name(project)
+    assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert main(["--root", str(root), "request", "status", "R-1"]) == 0
+    out = capsys.readouterr().out
+    assert "held" in out and note["hold_until"] in out
+    # the time bound: once max_hold_hours have passed, the same verdict escalates to the exact retrain
+    late = created + timedelta(hours=project.params.gate.max_hold_hours + 1)
+    action, _, why = verdict_action(project, "inconclusive", [batch], now=late)
+    assert action == "retrain" and "max_hold_hours" in why
+    assert verdict_action(project, "inconclusive", [batch], now=created)[0] == "hold"
+
+    # a second batch: both are unlearned together from the same champion; 2 batches reach the bound
+    _submit(root, "R-2", train_ids[10:20])
+    second = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+    assert second["promote"]["status"] == "promoted"
+    assert second["promote"]["attempts"] == [["amun", "inconclusive"], ["retrain", "pass"]]
+    assert second["promote"]["evidence"] == "exact"
+    held_report = json.loads((project.reports_dir / "attempts" / f"{second['unlearn']['attempts'][0]['run_id']}.json")
+                             .read_text())
+    assert held_report["n_forget"] == 20 and held_report["action"] == "retrain"
+    assert "max_hold_batches" in held_report["policy_reason"]
+    assert Ledger(project.ledger_path).pending() == []
+    tags = client.get_model_version(name, second["promote"]["version"]).tags
+    assert tags["method"] == "retrain" and tags["evidence"] == "exact" and tags["parent_version"] == "1"
+    assert "escalated to the exact retrain" in tags["escalation_reason"]
+
+
+def test_a_pool_deletion_retires_exactly_the_references_that_trained_on_it(make_project):
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.references import ReferenceBank
+
+    root = make_project(FAST)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    store = SampleStore(project.store_dir)
+    pool, train = store.split_ids("pool"), store.split_ids("train")
+    assert len(pool) and not set(pool) & set(train)  # production training never sees the pool
+    _submit(root, "R-1", sorted(train[:10].tolist()))
+    run_stages(project, "ingest", "prepare", "references")
+    bank = ReferenceBank(project.references_dir)
+    live = sorted(r.ref_id for r in bank.records.values() if r.status == "live")
+    assert len(live) == 2 and all(set(bank.members(r).tolist()) <= set(pool.tolist()) for r in live)
+
+    # a training-sample deletion retires no reference; a pool sample retires exactly those that saw it
+    victim = pool[0]
+    expected = bank.affected_by([victim])
+    assert expected and len(expected) < len(live)  # complementary pairs: one side of the pair saw it
+    _submit(root, "R-2", [victim, *train[10:15].tolist()])
+    prepared = run_stages(project, "ingest", "prepare")["prepare"]
+    assert prepared["references_retired"] == expected
+    bank = ReferenceBank(project.references_dir)
+    assert sorted(r.ref_id for r in bank.records.values() if r.status == "live") == sorted(set(live) - set(expected))
+    assert victim not in SampleStore(project.store_dir)
+    # the pool sample is no forget sample (no production model saw it): the quarantine holds training samples only
+    from tasks.stage.context import load_forget
+    from unlearn.requests import Ledger
+
+    forget = load_forget(project, Ledger(project.ledger_path).pending())
+    assert victim not in set(forget.ids.tolist()) and len(forget) == 15
+    # the references stage tops the pool back up; the replacement never saw the deleted pool sample
+    state = run_stages(project, "references")["references"]
+    assert len(state["trained"]) == len(expected) and len(state["usable"]) == 2
+    assert all(victim not in set(ReferenceBank(project.references_dir).members(r).tolist()) for r in state["usable"])
+    assert np.isin(state["usable"], live).sum() == len(live) - len(expected)
