@@ -27,14 +27,11 @@ import numpy as np
 
 from tasks import audit, dvc_ops, tracking
 from tasks.project import Project
-from tasks.stage.context import input_example, model_architecture, resolve_device, tensors, unlearning_data
-from tasks.stage.retrain import retrained_model
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
 from unlearn.gate import consolidate_due
 from unlearn.requests import Ledger
-from unlearn.training import accuracy
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -144,6 +141,11 @@ def _registered(project: Project, client: Any, data_version: str) -> str | None:
 
 def _train_and_register(project: Project, client: Any, store: SampleStore, ledger: Ledger, champion: Any,
                         data_version: str, state: dict[str, Any], mlflow: Any) -> str:
+    # Imported here: `unlearn status` reads drift() without loading PyTorch.
+    from tasks.stage.context import input_example, model_architecture, resolve_device, tensors, unlearning_data
+    from tasks.stage.retrain import retrained_model
+    from unlearn.training import accuracy
+
     params = project.params
     device = resolve_device(project)
     shape = (0, *store.image_shape)

@@ -1,4 +1,5 @@
-"""Which unlearning methods scheduled audits took out of the escalation ladder (``data/state/ladder.json``).
+"""Which unlearning methods scheduled audits took out of the escalation ladder (``data/state/ladder.json``),
+and the audits' history (``data/state/audits.json``).
 
 Why a state file and not ``params.yaml``: a demotion is evidence the pipeline produced (an exact-retrain
 audit showed the method's real gap beyond the gate's margin), not a setting someone chose. It must take
@@ -80,3 +81,34 @@ def active_ladder(project: Project, ladder: list[str] | tuple[str, ...]) -> list
                     ", ".join(record.get("metrics", [])) or "?")
     out = [m for m in out if m not in gone]
     return out or [EXACT]
+
+
+# --------------------------------------------------------------------------- audit history
+
+
+def history(project: Project) -> list[dict[str, Any]]:
+    """Every audit record so far (``data/state/audits.json``), oldest first."""
+    path = project.state_dir / "audits.json"
+    if not path.exists():
+        return []
+    try:
+        return list(json.loads(path.read_text())["audits"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PipelineError(f"audit history {path} is corrupt: {exc}") from None
+
+
+def append_history(project: Project, record: dict[str, Any]) -> None:
+    """Add one audit record (:mod:`tasks.method_audit`) to the history."""
+    records = history(project) + [record]
+    write_json_atomic(project.state_dir / "audits.json", {"audits": records})
+
+
+def last_per_method(project: Project) -> dict[str, dict[str, Any]]:
+    """The most recent audit per method, with whether the method is demoted now (``unlearn status``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in history(project):
+        out[record["method"]] = record
+    gone = demoted(project)
+    return {m: {"at": r["at"], "verdict": r["verdict"], "demoted": m in gone, "model_version": r["model_version"],
+                "gaps": {c["metric"]: {"estimate": c["estimate"], "ci": c["ci"], "margin": c["margin"]}
+                         for c in r["checks"]}} for m, r in out.items()}

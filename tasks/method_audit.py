@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from tasks import audit, dvc_ops, tracking
-from tasks.ladder import EXACT, demote, demoted
+from tasks.ladder import EXACT, append_history, demote, demoted, history
 from tasks.project import PipelineError, Project
 from tasks.stage.context import model_architecture, resolve_device, tensors
 from tasks.stage.references import recipe_key
@@ -65,24 +65,6 @@ EXACT_METHODS = (EXACT, "train", "consolidate")  # exact models: nothing to audi
 
 
 # --------------------------------------------------------------------------- history and choice
-
-
-def history(project: Project) -> list[dict[str, Any]]:
-    """Every audit record so far (``data/state/audits.json``), oldest first."""
-    import json
-
-    path = project.state_dir / "audits.json"
-    if not path.exists():
-        return []
-    try:
-        return list(json.loads(path.read_text())["audits"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise PipelineError(f"audit history {path} is corrupt: {exc}") from None
-
-
-def _append_history(project: Project, record: dict[str, Any]) -> None:
-    records = history(project) + [record]
-    write_json_atomic(project.state_dir / "audits.json", {"audits": records})
 
 
 def promotions(ledger: Ledger) -> list[dict[str, Any]]:
@@ -373,7 +355,7 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
                  model_version=chosen["model_version"], batch_ids=chosen["batches"], verdict=decision.verdict,
                  demoted=bool(offending), offending=offending, parent_source=parent_source, run_id=run.info.run_id,
                  gaps={c["metric"]: c["estimate"] for c in record["checks"]})
-    _append_history(project, record)
+    append_history(project, record)
     log.info("audit: %s on %s: %s", method, ",".join(chosen["batches"]), decision.summary())
     return record
 
@@ -415,14 +397,3 @@ def _metrics(decision: GateDecision, seconds: dict[str, float]) -> dict[str, flo
             if np.isfinite(value):
                 out[f"audit.{c.metric}.{name}"] = float(value)
     return out
-
-
-def last_per_method(project: Project) -> dict[str, dict[str, Any]]:
-    """The most recent audit per method, with whether the method is demoted now (``unlearn status``)."""
-    out: dict[str, dict[str, Any]] = {}
-    for record in history(project):
-        out[record["method"]] = record
-    gone = demoted(project)
-    return {m: {"at": r["at"], "verdict": r["verdict"], "demoted": m in gone, "model_version": r["model_version"],
-                "gaps": {c["metric"]: {"estimate": c["estimate"], "ci": c["ci"], "margin": c["margin"]}
-                         for c in r["checks"]}} for m, r in out.items()}
