@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from flows.exit_codes import EXIT_OK
 from tasks.project import load_project
 
 
-def build_deployments(root: str | Path) -> list[Any]:
+def build_deployments(root: str | Path, key: str) -> list[Any]:
     """The deployments ``unlearn serve`` adds for one project; only those ``params.yaml`` configures.
 
     ``audit-<key>`` on ``gate.audit.cron``; ``audit-count-<key>`` when ``gate.audit.every_batches`` > 0;
@@ -35,17 +36,21 @@ def build_deployments(root: str | Path) -> list[Any]:
     ``consolidate-due-<key>`` always (the ``deleted_fraction`` rule is always on). The count and
     fraction deployments are triggered by every completed pipeline run of the project and return at
     once unless due.
+
+    Args:
+        root: Project directory.
+        key: The project's key (:func:`flows.serve.project_key`): deployment names and the tag that
+            ties a pipeline run to this project.
     """
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
     from flows.scheduled import audit_flow, consolidate_flow
-    from flows.serve import project_key
 
     project = load_project(root)
     gate, timezone = project.params.gate, project.params.serve.timezone
-    key, parameters = project_key(project.root), {"root": str(project.root)}
+    parameters = {"root": str(project.root)}
     common = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["unlearn", f"project-{key}"]}
 
     def after_pipeline(name: str) -> list[Any]:
@@ -81,7 +86,7 @@ def build_deployments(root: str | Path) -> list[Any]:
 
 
 def _print(result: dict[str, Any], as_json: bool, text: str) -> None:
-    print(json.dumps(result, indent=2, sort_keys=True, default=str) if as_json else text)
+    sys.stdout.write((json.dumps(result, indent=2, sort_keys=True, default=str) if as_json else text) + "\n")
 
 
 def audit_text(record: dict[str, Any]) -> str:
@@ -100,8 +105,11 @@ def audit_text(record: dict[str, Any]) -> str:
         estimate = "-" if check["estimate"] is None else f"{check['estimate']:+.4f}"
         lines.append(f"  {check['metric']:<24} gap {estimate}  CI {interval}  margin {margin}  {check['verdict']}")
     lines.append(f"verdict {record['verdict']}: {record['reason']}")
-    lines.append(f"{record['method']} DEMOTED: it leaves the escalation ladder (gap beyond the margin on "
-                 f"{', '.join(record['offending'])})" if record["demoted"] else f"{record['method']} stays in the ladder")
+    if record["demoted"]:
+        lines.append(f"{record['method']} DEMOTED: it leaves the escalation ladder (gap beyond the margin on "
+                     f"{', '.join(record['offending'])})")
+    else:
+        lines.append(f"{record['method']} stays in the ladder")
     return "\n".join(lines)
 
 

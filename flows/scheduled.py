@@ -1,4 +1,4 @@
-"""The ``method-audit`` and ``consolidate`` Prefect flows (served by ``unlearn serve``; see :mod:`flows.maintenance`)."""
+"""The ``method-audit`` and ``consolidate`` Prefect flows (served by ``unlearn serve``; :mod:`flows.maintenance`)."""
 
 from __future__ import annotations
 

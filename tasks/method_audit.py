@@ -50,7 +50,7 @@ from tasks.stage.references import recipe_key
 from unlearn.data import SampleStore
 from unlearn.data.sources import load_source
 from unlearn.data.store import Arrays
-from unlearn.files import utc_now, write_json_atomic
+from unlearn.files import utc_now
 from unlearn.gate import GateDecision, audit_demotes, audit_due, gate_decision
 from unlearn.methods import UnlearningData, run_method
 from unlearn.models import build_model
@@ -373,11 +373,13 @@ def _record(project: Project, chosen: dict[str, Any], decision: GateDecision, of
     first = ledger.oldest_first(chosen["batches"])[0]
     return {
         "status": "audited", "audit_id": f"audit-{at}-{chosen['model_version']}", "at": at,
-        "method": chosen["method"], "method_used": chosen["method_used"], "model_version": chosen["model_version"], "batch_ids": chosen["batches"],
+        "method": chosen["method"], "method_used": chosen["method_used"], "model_version": chosen["model_version"],
+        "batch_ids": chosen["batches"],
         "parent_version": chosen["parent_version"], "parent_source": parent_source,
         "data_version_before": ledger.data_version_before(first) or "",
         "parent_train_digest": members_digest(situation.parent_train.ids),
-        "n_forget": len(situation.forget), "n_negative": len(situation.test), "n_parent_train": len(situation.parent_train),
+        "n_forget": len(situation.forget), "n_negative": len(situation.test),
+        "n_parent_train": len(situation.parent_train),
         "retrain_seeds": seeds, "references": ref_ids, "references_trained_for_audit": refs_trained,
         "verdict": decision.verdict, "reason": decision.reason, "parent_detected": decision.parent_detected,
         "demoted": bool(offending), "offending": offending, "already_demoted": chosen["method"] in demoted(project),

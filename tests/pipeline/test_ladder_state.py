@@ -68,8 +68,8 @@ def test_serve_adds_only_the_configured_maintenance_deployments(make_project, au
     root = make_project({"gate": {"audit": {"cron": audit_cron, "every_batches": every, "retrains": 2},
                                   "consolidate": {"cron": consolidate_cron, "every_batches": 0,
                                                   "deleted_fraction": 0.05}}})
-    deployments = build_deployments(root)
     key = project_key(root)
+    deployments = build_deployments(root, key)
     assert [d.name for d in deployments] == [f"{name}-{key}" for name in expected]
     for deployment in deployments:
         scheduled = deployment.name.split(f"-{key}")[0] in ("audit", "consolidate")
