@@ -26,8 +26,13 @@ def _drop(project, request_id, ids):
     (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(_request(request_id, ids)))
 
 
-def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_it(make_project, caplog):
+def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_it(prefect_server, make_project,
+                                                                                   caplog, capsys):
     import mlflow
+
+    from flows.cli import main
+    from flows.scheduled import audit_flow
+    from flows.status import collect_status
 
     from tasks import ladder, method_audit, tracking
     from tasks.project import load_project
@@ -71,7 +76,16 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     events = AuditLog(project.audit_path).records("method.audited")
     assert len(events) == 1 and events[0]["demoted"] is True
     assert not any(sample in json.dumps(events[0]) for sample in forget)
-    # the ladder finetune -> retrain now starts at retrain
+    # unlearn status: the last audit per method, demoted
+    shown = collect_status(root)["audits"]["finetune"]
+    assert shown["demoted"] and shown["verdict"] == record["verdict"] and offending in shown["gaps"]
+    # the Prefect flow and the command: nothing is due, nothing approximate is left to audit
+    assert audit_flow(root=str(root), only_if_due=True) == {"status": "not_due"}
+    capsys.readouterr()
+    assert main(["--root", str(root), "audit", "run"]) == 0
+    assert "nothing_to_audit" in capsys.readouterr().out
+    assert main(["--root", str(root), "audit", "run", "--batch", batch, "--method", "retrain"]) == 2  # exact
+    # the ladder amun -> finetune -> retrain now skips finetune
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["unlearn"]["escalation"] = ["finetune", "retrain"]
     params["unlearn"]["method"] = "amun"
