@@ -33,7 +33,6 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     from flows.cli import main
     from flows.scheduled import audit_flow
     from flows.status import collect_status
-
     from tasks import ladder, method_audit, tracking
     from tasks.project import load_project
     from tasks.stage.escalation import begin_unlearning
