@@ -43,11 +43,15 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def _project(where: Path, seed: int) -> Path:
+def _project(where: Path, seed: int, epochs: int | None, references: int | None) -> Path:
     root = where / f"seed{seed}"
     root.mkdir(parents=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["seed"] = seed
+    if epochs is not None:
+        params["train"]["epochs"] = epochs
+    if references is not None:
+        params["verify"]["references"]["count"] = references
     params["unlearn"]["method"], params["unlearn"]["escalation"] = "amun", ["retrain"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
@@ -67,14 +71,14 @@ def _stages(project, *names: str) -> None:
             dvc_ops.push(project)
 
 
-def run_seed(where: Path, seed: int, n_forget: int) -> dict:
+def run_seed(where: Path, seed: int, n_forget: int, epochs: int | None, references: int | None) -> dict:
     from flows.status import collect_status, format_status
     from tasks.method_audit import audit_method
     from tasks.project import load_project
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
-    root = _project(where, seed)
+    root = _project(where, seed, epochs, references)
     project = load_project(root)
     started = time.perf_counter()
     _stages(project, "ingest", "prepare", "train")
@@ -101,6 +105,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--forget", type=int, default=100, help="training samples in the audited batch")
+    parser.add_argument("--epochs", type=int, help="override train.epochs (shorter runs on a busy machine; stated "
+                                                   "in the results)")
+    parser.add_argument("--references", type=int, help="override verify.references.count")
     parser.add_argument("--out", default=str(RESULTS / "audit"))
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -110,11 +117,16 @@ def main() -> int:
     command = "nice -n 10 python benchmarks/audit.py " + " ".join(sys.argv[1:])
     where = Path(tempfile.mkdtemp(prefix="unlearn-audit-bench-"))
     try:
-        runs = [run_seed(where, seed, args.forget) for seed in args.seeds]
+        runs = [run_seed(where, seed, args.forget, args.epochs, args.references) for seed in args.seeds]
     finally:
         shutil.rmtree(where, ignore_errors=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    if args.epochs is not None:
+        params["train"]["epochs"] = args.epochs
+    if args.references is not None:
+        params["verify"]["references"]["count"] = args.references
     payload = {"command": command, "seeds": args.seeds, "n_forget": args.forget, "gate": params["gate"],
+               "references": params["verify"]["references"]["count"],
                "amun": params["unlearn"]["methods"]["amun"], "train": params["train"],
                "python": platform.python_version(), "machine": platform.machine(),
                "runs": [{k: v for k, v in r.items() if k != "status_section"} for r in runs]}
@@ -127,7 +139,10 @@ def main() -> int:
              f"Seeds: {args.seeds}; {args.forget} forget samples per batch; gate: strict mode, attacks "
              f"{gate['attacks']}, accuracy checks {gate['accuracy_checks']}, alpha {gate['alpha']} "
              f"({100 - 200 * gate['alpha']:.0f}% intervals), margin fraction {gate['margin_fraction']}, "
-             f"{gate['resamples']} resamples, {gate['audit']['retrains']} exact retrain(s) as targets.", "",
+             f"{gate['resamples']} resamples, {gate['audit']['retrains']} exact retrain(s) as targets; "
+             f"train.epochs {params['train']['epochs']}, {params['verify']['references']['count']} reference "
+             "models" + (" (shortened from params.yaml by the command line)" if args.epochs or args.references
+                         else "") + ".", "",
              "Gap = AMUN minus the exact retrains (AUC for attacks, forget-minus-test accuracy gap for "
              "forget_acc); margin = margin fraction x the parent's excess over the retrains (NaN: parent not "
              "detected on that metric). Demotion = point estimate beyond the margin on any metric "
