@@ -78,12 +78,6 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     # unlearn status: the last audit per method, demoted
     shown = collect_status(root)["audits"]["finetune"]
     assert shown["demoted"] and shown["verdict"] == record["verdict"] and offending in shown["gaps"]
-    # the Prefect flow and the command: nothing is due, nothing approximate is left to audit
-    assert audit_flow(root=str(root), only_if_due=True) == {"status": "not_due"}
-    capsys.readouterr()
-    assert main(["--root", str(root), "audit", "run"]) == 0
-    assert "nothing_to_audit" in capsys.readouterr().out
-    assert main(["--root", str(root), "audit", "run", "--batch", batch, "--method", "retrain"]) == 2  # exact
     # the ladder amun -> finetune -> retrain now skips finetune
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["unlearn"]["escalation"] = ["finetune", "retrain"]
@@ -96,3 +90,9 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
         state = begin_unlearning(project)
     assert state["ladder"] == ["amun", "retrain"] and state["next_method"] == "amun"
     assert any("skipping finetune" in r.getMessage() for r in caplog.records)
+    # the Prefect flow and the command: nothing is due (R-2 is pending), nothing approximate is left to audit
+    assert audit_flow(root=str(root), only_if_due=True) == {"status": "not_due"}
+    capsys.readouterr()
+    assert main(["--root", str(root), "audit", "run"]) == 0
+    assert "nothing_to_audit" in capsys.readouterr().out
+    assert main(["--root", str(root), "audit", "run", "--batch", batch, "--method", "retrain"]) == 2  # exact
