@@ -1,6 +1,7 @@
 """Scheduled exact-retrain audits: a method whose audited gap is beyond the margin leaves the ladder."""
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -86,8 +87,13 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     project = load_project(root)
     _drop(project, "R-2", train_ids[300:310].tolist())
     run_stages(project, "ingest", "prepare")
-    with caplog.at_level("WARNING", logger="unlearn.pipeline"):
-        state = begin_unlearning(project)
+    logger = logging.getLogger("unlearn.pipeline")
+    logger.addHandler(caplog.handler)  # `unlearn` CLI runs earlier in a session stop propagation to the root
+    try:
+        with caplog.at_level("WARNING", logger="unlearn.pipeline"):
+            state = begin_unlearning(project)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert state["ladder"] == ["amun", "retrain"] and state["next_method"] == "amun"
     assert any("skipping finetune" in r.getMessage() for r in caplog.records)
     # the Prefect flow and the command: nothing is due (R-2 is pending), nothing approximate is left to audit
