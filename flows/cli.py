@@ -435,10 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     certificate = request_commands.add_parser("certificate", help="the deletion certificate (JSON + HTML)")
     certificate.add_argument("request_id")
     certificate.add_argument("--out", help="copy the certificate files into this directory")
-    from flows import integrity, serve, status, sweep
+    from flows import integrity, maintenance, serve, status, sweep
 
     parser.set_defaults(extra_handlers={**serve.add_commands(commands), **status.add_commands(commands),
-                                        **sweep.add_commands(commands), **integrity.add_commands(commands)})
+                                        **sweep.add_commands(commands), **integrity.add_commands(commands),
+                                        **maintenance.add_commands(commands)})
     return parser
 
 

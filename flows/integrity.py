@@ -52,14 +52,25 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Register ``audit verify`` and ``doctor`` on the ``unlearn`` parser; returns their handlers."""
+    """Register ``audit verify``, ``audit run`` and ``doctor`` on the ``unlearn`` parser; returns their handlers."""
     audit = commands.add_parser("audit", help="the hash-chained audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="check the chain, that it is not missing while work exists, and that "
                                              "every certificate's anchor is in it (keyed mode: "
                                              "$UNLEARN_AUDIT_KEY_FILE)")
+    from flows.maintenance import add_audit_run
+
+    add_audit_run(audit_commands)
     doctor = commands.add_parser("doctor", help="check every claim (audit, certificates, registry tags, deleted "
                                                 "weights) against the disk; exit 2 names each disagreement")
     doctor.add_argument("--deep", action="store_true", help="also scan the project for every purged sample's bytes")
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
-    return {"audit": _cmd_audit_verify, "doctor": _cmd_doctor}
+    return {"audit": _cmd_audit, "doctor": _cmd_doctor}
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    if args.audit_command == "run":
+        from flows.maintenance import cmd_audit_run
+
+        return cmd_audit_run(args)
+    return _cmd_audit_verify(args)

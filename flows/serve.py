@@ -380,7 +380,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     url = _require_server()
     project = load_project(args.root)
     config = project.params.serve
+    from flows import maintenance
+
+    # The audit and consolidation flows: on their crons and after pipeline runs, as params.yaml configures them.
     deployments = build_deployments(project.root)
+    deployments += maintenance.build_deployments(project.root, project_key(project.root))
     watcher = InboxWatcher(project.root, config.trigger_window_minutes * 60)
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(config.watch_interval_seconds, stop),

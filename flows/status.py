@@ -145,6 +145,26 @@ def _last_certificate(project: Any) -> dict[str, Any] | None:
     return out
 
 
+def _audits(project: Any) -> dict[str, Any]:
+    """The last exact-retrain audit per method and whether it is demoted (tasks/ladder.py)."""
+    from tasks.ladder import demoted, last_per_method
+
+    audits = last_per_method(project)
+    for method, record in demoted(project).items():  # demoted before any audit history was kept
+        audits.setdefault(method, {"at": record.get("demoted_at"), "verdict": None, "demoted": True,
+                                   "model_version": record.get("audited_version"), "gaps": {}})
+    return audits
+
+
+def _drift(project: Any, client: Any) -> dict[str, Any]:
+    """The share of the training set deleted since the last exact model (consolidation's rule)."""
+    from tasks.consolidate import drift
+    from unlearn.requests import Ledger
+
+    state = drift(project, client, Ledger(project.ledger_path))
+    return {**state, "threshold": project.params.gate.consolidate.deleted_fraction}
+
+
 def _prefect_api_url() -> str | None:
     url = os.environ.get("PREFECT_API_URL")
     if url:
@@ -184,13 +204,15 @@ def collect_status(root: Path, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
 
     Returns:
         ``root``, ``fresh`` (nothing has run), ``champion``, ``requests``, ``runs``, ``stages``,
-        ``certificate``, ``data_version``, ``uis`` and ``problems`` (what could not be read).
+        ``certificate``, ``data_version``, ``audits`` (last audit per method), ``drift`` (deleted
+        fraction since the last exact model), ``uis`` and ``problems`` (what could not be read).
     """
     from tasks.project import Project
 
     project = Project(root)
     report: dict[str, Any] = {"root": str(project.root), "problems": {}, "champion": None, "runs": [],
-                              "stages": [], "certificate": None, "requests": None, "data_version": None}
+                              "stages": [], "certificate": None, "requests": None, "data_version": None,
+                              "audits": {}, "drift": None}
     if not (project.root / "params.yaml").exists():
         report["problems"]["project"] = f"{project.root / 'params.yaml'} not found: not a project root"
         report["fresh"] = True
@@ -223,6 +245,8 @@ def collect_status(root: Path, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
         if client is not None:
             report["champion"] = attempt("champion", lambda: _champion(project, client))
             report["runs"] = attempt("runs", lambda: _runs(project, client, runs)) or []
+            report["drift"] = attempt("drift", lambda: _drift(project, client))
+    report["audits"] = attempt("audits", lambda: _audits(project)) or {}
     report["uis"] = attempt("uis", lambda: _uis(project)) or {}
     report["fresh"] = not report["stages"] and report["champion"] is None and not report["runs"]
     return report
@@ -233,6 +257,34 @@ def collect_status(root: Path, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
 
 def _cell(value: Any) -> str:
     return "-" if value in (None, "") else str(value)
+
+
+def _gap(gap: dict[str, Any]) -> str:
+    if gap.get("estimate") is None:
+        return "-"
+    ci, margin = gap.get("ci") or [None, None], gap.get("margin")
+    interval = "" if None in ci else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return f"{gap['estimate']:+.3f}{interval} (margin {'-' if margin is None else f'{margin:.3f}'})"
+
+
+def _audit_lines(report: dict[str, Any]) -> list[str]:
+    """Audits per method (audited gap, verdict, when, demoted?) and the deleted fraction since the last exact model."""
+    lines = ["\nmethod audits (exact retrain of a past batch):"]
+    audits = report.get("audits") or {}
+    for method, audit in sorted(audits.items()):
+        state = "DEMOTED (out of the ladder)" if audit.get("demoted") else "in the ladder"
+        lines.append(f"  {method:<14}verdict {_cell(audit.get('verdict'))}  at {_cell(audit.get('at'))}"
+                     f"  model {_cell(audit.get('model_version'))}  {state}")
+        lines += [f"    {metric:<24}audited gap {_gap(gap)}" for metric, gap in audit.get("gaps", {}).items()]
+    if not audits:
+        lines.append("  none yet (`unlearn audit run`)")
+    drift = report.get("drift")
+    if drift and drift.get("last_exact_version") is not None:
+        fraction = drift.get("deleted_fraction") or 0.0
+        lines.append(f"deleted since the last exact model (version {drift['last_exact_version']}): "
+                     f"{drift['deleted_since_exact']} of {drift['train_size_at_exact']} training samples "
+                     f"({fraction:.1%}; consolidation at {drift['threshold']:.0%})")
+    return lines
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -281,6 +333,7 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(f"  {stage['stage']:<11}{stage['updated']}  {extra}")
     if report.get("data_version"):
         lines.append(f"\ndata version (dvc.lock): {report['data_version']}")
+    lines += _audit_lines(report)
     certificate = report.get("certificate")
     lines.append("\nlast certificate:")
     if certificate:

@@ -182,6 +182,7 @@ class AuditConfig:
 
     every_batches: int = 10  # audit after this many verified batches (0: only on the cron)
     cron: str | None = "0 3 * * 0"  # and/or on this schedule (None: only by count)
+    retrains: int = 2  # exact retrains (seeds seed, seed+1, ...) as the audit's targets: seed noise enters the CI
 
 
 @dataclass(frozen=True)
@@ -489,6 +490,8 @@ def _check_gate(params: Params) -> None:
     if gate.max_hold_batches < 1 or gate.max_hold_hours <= 0:
         raise ConfigError("gate.max_hold_batches must be >= 1 and gate.max_hold_hours > 0 (a request is never "
                           "parked forever)")
+    if gate.audit.retrains < 1:
+        raise ConfigError("gate.audit.retrains: must be >= 1 (the exact retrains are the audit's targets)")
     if gate.audit.every_batches < 0 or gate.consolidate.every_batches < 0:
         raise ConfigError("gate.audit.every_batches and gate.consolidate.every_batches: must be >= 0")
     if gate.audit.every_batches == 0 and gate.audit.cron is None:

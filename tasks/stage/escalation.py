@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasks import audit, dvc_ops, tracking
+from tasks.ladder import active_ladder
 from tasks.project import PipelineError, Project
 from tasks.stage.context import load_forget
 from tasks.stage.promote import finish_promotions
@@ -95,7 +96,8 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         data_version_before=champion.tags.get("data_version", ""), data_version_after=data_version,
         parent_covers_through=champion.tags.get("covers_through", ""),
         n_forget=len(forget), forget_classes=ledger.forget_classes(pending),
-        ladder=list(project.params.unlearn.ladder), attempts=attempts, reason=reason,
+        # Methods an exact-retrain audit demoted are skipped (tasks/ladder.py logs each one).
+        ladder=active_ladder(project, project.params.unlearn.ladder), attempts=attempts, reason=reason,
         hold_until=hold_until,
     )
     return write_escalation(project, state.next_rung())

@@ -1,0 +1,114 @@
+"""Which unlearning methods scheduled audits took out of the escalation ladder (``data/state/ladder.json``),
+and the audits' history (``data/state/audits.json``).
+
+Why a state file and not ``params.yaml``: a demotion is evidence the pipeline produced (an exact-retrain
+audit showed the method's real gap beyond the gate's margin), not a setting someone chose. It must take
+effect at the next escalation without anyone editing the config, survive restarts, and stay visible
+(``unlearn status``) until a person reinstates the method with :func:`reinstate` after fixing it.
+
+The exact ``retrain`` is the gate's own target and is never demoted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from tasks.project import PipelineError, Project
+from unlearn.files import utc_now, write_json_atomic
+
+log = logging.getLogger("unlearn.pipeline")
+
+EXACT = "retrain"
+
+
+def _path(project: Project) -> Path:
+    return project.state_dir / "ladder.json"
+
+
+def demoted(project: Project) -> dict[str, dict[str, Any]]:
+    """Method -> the demotion record (when, which audit, the offending metrics); empty when none.
+
+    Raises:
+        PipelineError: If the file exists but is unreadable (an escalation must not silently re-admit a
+            demoted method).
+    """
+    path = _path(project)
+    if not path.exists():
+        return {}
+    try:
+        document = json.loads(path.read_text())
+        methods = document["demoted"]
+        if not isinstance(methods, dict):
+            raise TypeError("demoted must be a map")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PipelineError(f"ladder state {path} is corrupt: {exc}") from None
+    return methods
+
+
+def demote(project: Project, method: str, record: dict[str, Any]) -> None:
+    """Take ``method`` out of the ladder (idempotent: a later audit's record replaces the earlier one)."""
+    if method == EXACT:
+        raise ValueError("the exact retrain is the gate's target and cannot be demoted")
+    methods = demoted(project)
+    methods[method] = {**record, "demoted_at": record.get("demoted_at") or utc_now()}
+    write_json_atomic(_path(project), {"demoted": methods})
+
+
+def reinstate(project: Project, method: str) -> bool:
+    """Put a demoted method back (after it was fixed); returns whether it was demoted."""
+    methods = demoted(project)
+    if methods.pop(method, None) is None:
+        return False
+    write_json_atomic(_path(project), {"demoted": methods})
+    return True
+
+
+def active_ladder(project: Project, ladder: list[str] | tuple[str, ...]) -> list[str]:
+    """``ladder`` without demoted methods, logging each one skipped.
+
+    If every configured method was demoted, the exact retrain alone remains: a deletion must still be
+    honoured, and only the exact retrain is known to meet the gate.
+    """
+    out = list(ladder)
+    gone = demoted(project)
+    for method in [m for m in out if m in gone]:
+        record = gone[method]
+        log.warning("escalation: skipping %s (demoted by the audit of %s on %s: audited gap beyond the margin on %s)",
+                    method, record.get("audit_id", "?"), record.get("demoted_at", "?"),
+                    ", ".join(record.get("metrics", [])) or "?")
+    out = [m for m in out if m not in gone]
+    return out or [EXACT]
+
+
+# --------------------------------------------------------------------------- audit history
+
+
+def history(project: Project) -> list[dict[str, Any]]:
+    """Every audit record so far (``data/state/audits.json``), oldest first."""
+    path = project.state_dir / "audits.json"
+    if not path.exists():
+        return []
+    try:
+        return list(json.loads(path.read_text())["audits"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PipelineError(f"audit history {path} is corrupt: {exc}") from None
+
+
+def append_history(project: Project, record: dict[str, Any]) -> None:
+    """Add one audit record (:mod:`tasks.method_audit`) to the history."""
+    records = history(project) + [record]
+    write_json_atomic(project.state_dir / "audits.json", {"audits": records})
+
+
+def last_per_method(project: Project) -> dict[str, dict[str, Any]]:
+    """The most recent audit per method, with whether the method is demoted now (``unlearn status``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in history(project):
+        out[record["method"]] = record
+    gone = demoted(project)
+    return {m: {"at": r["at"], "verdict": r["verdict"], "demoted": m in gone, "model_version": r["model_version"],
+                "gaps": {c["metric"]: {"estimate": c["estimate"], "ci": c["ci"], "margin": c["margin"]}
+                         for c in r["checks"]}} for m, r in out.items()}

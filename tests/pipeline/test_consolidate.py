@@ -1,0 +1,76 @@
+"""Consolidation: an exact retrain of the champion, through the registry, once enough was deleted."""
+
+import json
+
+import pytest
+from conftest import FAST, run_stages
+
+pytestmark = pytest.mark.e2e
+
+# The batch must be promoted by an approximate method (amun) so that deletions accumulate since the last exact
+# model; inconclusive evidence is promoted as low-power so promotion does not depend on this batch's evidence.
+SETUP = {**FAST, "unlearn": {**FAST["unlearn"], "escalation": []},
+         "gate": {"consolidate": {"deleted_fraction": 0.02, "every_batches": 0, "cron": None},
+                  "on_inconclusive": "promote_low_power"}}
+
+
+def _drop(project, request_id, ids):
+    project.incoming_dir.mkdir(parents=True, exist_ok=True)
+    (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(
+        {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
+         "subject_ref": f"subject-{request_id}", "sample_ids": ids}))
+
+
+def test_consolidation_waits_for_pending_batches_then_promotes_an_exact_model_past_the_threshold(make_project):
+    import mlflow
+
+    from tasks import tracking
+    from tasks.consolidate import drift, run_consolidate
+    from tasks.lifecycle import run_purge
+    from tasks.project import load_project
+    from unlearn.audit import AuditLog
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root = make_project(SETUP)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    mlflow.set_tracking_uri(project.tracking_uri)
+    client = mlflow.MlflowClient()
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    assert run_consolidate(project)["status"] == "not_due"  # the baseline is exact on the current data
+
+    n = int(0.03 * len(train_ids))  # 3% > the 2% threshold
+    _drop(project, "R-1", train_ids[:n].tolist())
+    run_stages(project, "ingest", "prepare")
+    pending = run_consolidate(project, force=True)
+    assert pending["status"] == "skipped" and "pending" in pending["reason"]  # the escalation goes first
+
+    run_stages(project, "train", "references", "unlearn", "promote")
+    approximate = tracking.champion_version(project, client)
+    assert approximate.tags["method"] == "amun"
+    state = drift(project, client, Ledger(project.ledger_path))
+    assert state["last_exact_version"] == "1" and state["deleted_since_exact"] == n
+    assert state["train_size_at_exact"] == len(train_ids) and state["batches_since_exact"] == 1
+
+    result = run_consolidate(project)  # due by the deleted fraction, not forced
+
+    assert result["status"] == "consolidated" and not result["forced"]
+    champion = tracking.champion_version(project, client)
+    assert str(champion.version) == result["version"] != str(approximate.version)
+    tags = champion.tags
+    assert tags["method"] == "consolidate" and tags["exact"] == "true"
+    assert tags["parent_version"] == str(approximate.version)
+    assert tags["covers_through"] == approximate.tags["covers_through"]
+    assert tags["data_version"] == tags["data_version_after"] == approximate.tags["data_version"]
+    assert tags["data_version_before"] == approximate.tags["data_version"]  # same data, now exact
+    aliases = client.get_registered_model(tracking.model_name(project)).aliases
+    assert str(aliases["previous"]) == str(approximate.version)
+    assert drift(project, client, Ledger(project.ledger_path))["deleted_since_exact"] == 0
+    assert run_consolidate(project)["status"] == "not_due"  # already exact on this data
+    events = AuditLog(project.audit_path).records("model.consolidated")
+    assert len(events) == 1 and events[0]["model_version"] == result["version"]
+
+    run_purge(project)  # the existing rule retires the baseline: it trained on the deleted samples
+    v1 = client.get_model_version(tracking.model_name(project), "1")
+    assert v1.tags["retired"] == "true"

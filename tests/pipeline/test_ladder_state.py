@@ -1,0 +1,86 @@
+"""The ladder state audits write (tasks/ladder.py), what status shows of it, and the maintenance deployments."""
+
+import logging
+
+import pytest
+
+from tasks.project import PipelineError, Project
+
+
+@pytest.fixture
+def project(make_project):
+    return Project(make_project())
+
+
+def test_demoted_methods_leave_the_ladder_and_the_exact_retrain_always_remains(project, caplog):
+    from tasks import ladder
+
+    assert ladder.active_ladder(project, ("amun", "salun", "retrain")) == ["amun", "salun", "retrain"]
+    ladder.demote(project, "amun", {"audit_id": "a-1", "metrics": ["mia.lira_offline.auc"]})
+    logger = logging.getLogger("unlearn.pipeline")
+    logger.addHandler(caplog.handler)  # `unlearn` CLI runs earlier in a session stop propagation to the root
+    try:
+        with caplog.at_level("WARNING", logger="unlearn.pipeline"):
+            assert ladder.active_ladder(project, ("amun", "salun", "retrain")) == ["salun", "retrain"]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "skipping amun" in caplog.text and "mia.lira_offline.auc" in caplog.text
+    ladder.demote(project, "salun", {"audit_id": "a-2", "metrics": ["forget_acc"]})
+    assert ladder.active_ladder(project, ("amun", "salun")) == ["retrain"]  # a deletion is still honoured
+    with pytest.raises(ValueError, match="cannot be demoted"):
+        ladder.demote(project, "retrain", {})
+    assert ladder.reinstate(project, "amun") and not ladder.reinstate(project, "amun")
+    assert ladder.active_ladder(project, ("amun", "salun", "retrain")) == ["amun", "retrain"]
+
+
+def test_a_corrupt_ladder_state_is_an_error_not_a_silent_readmission(project):
+    from tasks import ladder
+
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    (project.state_dir / "ladder.json").write_text("{not json")
+    with pytest.raises(PipelineError, match="ladder state .* is corrupt"):
+        ladder.active_ladder(project, ("amun", "retrain"))
+
+
+def test_status_shows_the_last_audit_per_method_and_the_deleted_fraction(project):
+    from flows.status import collect_status, format_status
+    from tasks import ladder
+
+    record = {"method": "amun", "at": "2026-12-04T10:00:00Z", "verdict": "fail", "model_version": "2",
+              "checks": [{"metric": "mia.lira_offline.auc", "estimate": 0.041, "ci": [0.02, 0.06], "margin": 0.02,
+                          "verdict": "fail"}]}
+    ladder.append_history(project, {**record, "method": "salun", "verdict": "pass"})
+    ladder.append_history(project, record)
+    ladder.demote(project, "amun", {"audit_id": "a-1", "metrics": ["mia.lira_offline.auc"]})
+    report = collect_status(project.root)
+    assert report["audits"]["amun"]["demoted"] and not report["audits"]["salun"]["demoted"]
+    report["drift"] = {"last_exact_version": "1", "deleted_since_exact": 30, "train_size_at_exact": 1000,
+                       "deleted_fraction": 0.03, "batches_since_exact": 2, "threshold": 0.05}
+    text = format_status(report)
+    assert "amun          verdict fail" in text and "DEMOTED" in text
+    assert "audited gap +0.041 [+0.020, +0.060] (margin 0.020)" in text
+    assert "30 of 1000 training samples (3.0%; consolidation at 5%)" in text
+
+
+@pytest.mark.parametrize("audit_cron, every, consolidate_cron, expected", [
+    ("0 3 * * 0", 10, None, ["audit", "audit-count", "consolidate-due"]),
+    (None, 5, "0 4 1 * *", ["audit-count", "consolidate", "consolidate-due"]),
+    ("0 3 * * 0", 0, None, ["audit", "consolidate-due"]),
+])
+def test_serve_adds_only_the_configured_maintenance_deployments(make_project, audit_cron, every, consolidate_cron,
+                                                                expected):
+    from flows.maintenance import build_deployments
+    from flows.serve import project_key
+
+    root = make_project({"gate": {"audit": {"cron": audit_cron, "every_batches": every, "retrains": 2},
+                                  "consolidate": {"cron": consolidate_cron, "every_batches": 0,
+                                                  "deleted_fraction": 0.05}}})
+    key = project_key(root)
+    deployments = build_deployments(root, key)
+    assert [d.name for d in deployments] == [f"{name}-{key}" for name in expected]
+    for deployment in deployments:
+        scheduled = deployment.name.split(f"-{key}")[0] in ("audit", "consolidate")
+        assert bool(deployment.schedules) == scheduled and bool(deployment.triggers) != scheduled
+        assert deployment.parameters["root"] == str(root.resolve())
+    forced = {d.name: d.parameters.get("force") for d in deployments if d.name.startswith("consolidate")}
+    assert forced.get(f"consolidate-{key}", True) is True and forced[f"consolidate-due-{key}"] is None
