@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,22 +48,33 @@ def make_project(tmp_path):
     def make(overrides: dict | None = None, name: str = "project") -> Path:
         root = tmp_path / name
         root.mkdir()
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        for key, value in (overrides or {}).items():
-            if isinstance(value, dict) and isinstance(params.get(key), dict):
-                params[key].update(value)
-            else:
-                params[key] = value
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-        return root
+        return _init_project(root, overrides)
 
     return make
 
 
+def project_params(overrides: dict | None = None) -> dict:
+    """The shipped params.yaml with ``overrides`` merged in section by section."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    return params
+
+
+def _init_project(root: Path, overrides: dict | None) -> Path:
+    (root / "params.yaml").write_text(yaml.safe_dump(project_params(overrides), sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
 FAST = {"train": {"epochs": 8}, "verify": {"bootstrap": 20, "references": {"count": 2, "batched": "auto"}},
         "unlearn": {"method": "amun", "methods": {"amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}}}
+# FAST with the exact retrain as the only rung: the most common end-to-end configuration.
+RETRAIN = {**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}}
 
 
 def quadrant_images(noise: float = 0.3, signal: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
@@ -106,3 +121,95 @@ def run_stages(project, *names: str) -> dict:
             dvc_ops.commit(project, "ingest", "prepare")
             dvc_ops.push(project)
     return results
+
+
+def restore_tree(root: Path, saved: Path) -> None:
+    """Put the saved project back at the same path, rewriting files in place.
+
+    At the same path, because MLflow stores absolute artifact paths in ``mlflow.db`` (and DVC its
+    remote's). In place, because this process keeps MLflow's SQLite engine open on ``mlflow.db``: a
+    replaced file would leave it holding the deleted inode (read-only), a rewritten one is simply re-read.
+    """
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        twin = saved / path.relative_to(root)
+        if path.is_symlink() or (path.is_file() and not twin.is_file()):
+            path.unlink()
+        elif path.is_dir() and not twin.is_dir():
+            shutil.rmtree(path)
+    for path in sorted(saved.rglob("*")):
+        target = root / path.relative_to(saved)
+        if path.is_symlink():
+            target.symlink_to(os.readlink(path))
+        elif path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            with open(path, "rb") as src, open(target, "r+b" if target.exists() else "wb") as dst:
+                shutil.copyfileobj(src, dst)
+                dst.truncate()
+
+
+# What a baseline run (nothing pending) reads: ingest, prepare and train's params (dvc.yaml), and the
+# registry's names. A test that reuses the session's champion may change any other section.
+BASELINE_SECTIONS = ("seed", "data", "model", "train", "requests", "registry")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The session's baseline project: built once by the Prefect flow, restored for each test."""
+
+    root: Path
+    saved: Path
+    first: dict  # what the baseline pipeline_flow returned
+    stderr: str  # what it wrote to stderr (UNLEARN_PROGRESS=1: the progress bars)
+
+
+@pytest.fixture(scope="session")
+def _session_champion(prefect_server, tmp_path_factory) -> Champion:
+    """One baseline ``pipeline_flow`` run (champion v1, nothing pending) for the whole session.
+
+    It is the first run of every end-to-end test that starts from a trained project; building it
+    once saves a full flow run (ingest, prepare, train 8 epochs, DVC commit and push) per test.
+    """
+    from flows.pipeline import pipeline_flow
+
+    base = tmp_path_factory.mktemp("champion")
+    root = base / "project"
+    root.mkdir()
+    _init_project(root, RETRAIN)
+    previous = os.environ.get("UNLEARN_PROGRESS")
+    os.environ["UNLEARN_PROGRESS"] = "1"  # draw bars although stderr is captured (test_status checks them)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            first = pipeline_flow(root=str(root))
+    finally:
+        if previous is None:
+            os.environ.pop("UNLEARN_PROGRESS")
+        else:
+            os.environ["UNLEARN_PROGRESS"] = previous
+    saved = base / "saved"
+    shutil.copytree(root, saved, symlinks=True)
+    return Champion(root, saved, first, err.getvalue())
+
+
+@pytest.fixture
+def champion_project(_session_champion):
+    """The session's baseline project restored at its path with params.yaml from ``overrides``.
+
+    Returns a function ``make(overrides: dict | None = None) -> (root, first)``: ``first`` is what
+    the baseline ``pipeline_flow(root)`` returned, so a test reads as if it had run it itself.
+    Overrides may not change what the baseline read (:data:`BASELINE_SECTIONS`).
+    """
+    champion = _session_champion
+
+    def make(overrides: dict | None = None) -> tuple[Path, dict]:
+        params = project_params(overrides)
+        built = yaml.safe_load((champion.saved / "params.yaml").read_text())
+        changed = [key for key in BASELINE_SECTIONS if params.get(key) != built.get(key)]
+        if changed:
+            raise ValueError(f"the session champion was trained with other {changed}: use make_project")
+        restore_tree(champion.root, champion.saved)
+        (champion.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return champion.root, copy.deepcopy(champion.first)
+
+    return make

@@ -39,16 +39,15 @@ def _files_containing(root, needles):
     return hits
 
 
-def test_escalation_retirement_purge_and_certificate(prefect_server, make_project, tmp_path, capsys):
+def test_escalation_retirement_purge_and_certificate(prefect_server, champion_project, tmp_path, capsys):
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks.project import load_project
     from unlearn.data import SampleStore, load_source
 
-    root = make_project({**FAST, "gate": STRICT,
+    root, first = champion_project({**FAST, "gate": STRICT,
                          "unlearn": {**FAST["unlearn"], "escalation": ["salun", "retrain"],
                                      "methods": {**FAST["unlearn"]["methods"], "salun": {"epochs": 2}}}})
-    first = pipeline_flow(root=str(root))
     project = load_project(root)
     store = SampleStore(project.store_dir)
     forget = sorted(store.split_ids("train")[:12].tolist())
@@ -156,7 +155,7 @@ FAULT_POINTS = ["ingest", "prepare", "train", "references", "attempt", "verify",
                 "purge", "certify"]
 
 
-def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_server, make_project, monkeypatch):
+def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_server, champion_project, monkeypatch):
     """Inject a failure after each stage in turn (and between registering and moving the alias), then re-run."""
     from flows.pipeline import pipeline_flow
     from tasks import tracking
@@ -166,8 +165,7 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
-    pipeline_flow(root=str(root))
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
     project = load_project(root)
     client = _client(project)
     name = project.params.registry.model_name
@@ -232,16 +230,15 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
     assert AuditLog(project.audit_path).verify().ok
 
 
-def test_two_pipeline_runs_started_together_serialise(prefect_server, make_project):
+def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_project):
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks import tracking
     from tasks.project import load_project
     from unlearn.data import SampleStore
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
-                         "lifecycle": {"retirement_grace_hours": 1.0}})
-    pipeline_flow(root=str(root))
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
+                                "lifecycle": {"retirement_grace_hours": 1.0}})
     project = load_project(root)
     _submit(root, "R-A", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
     results, errors = [], []
@@ -284,7 +281,8 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, make_proje
     assert any(step["step"] == "retired" and step["at"] for step in final["timeline"])
 
 
-def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, make_project, capsys):
+def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, champion_project,
+                                                                            capsys):
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks import tracking
@@ -292,8 +290,7 @@ def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(pre
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
-    pipeline_flow(root=str(root))
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
     project = load_project(root)
     client = _client(project)
     champion = tracking.champion_version(project, client)

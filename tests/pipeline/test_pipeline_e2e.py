@@ -22,7 +22,7 @@ def _submit(root, request_id, ids, subject="alice@example.com"):
                           "subject_ref": subject})
 
 
-def test_pipeline_end_to_end(prefect_server, make_project):
+def test_pipeline_end_to_end(prefect_server, champion_project):
     import mlflow
 
     from flows.pipeline import pipeline_flow
@@ -35,8 +35,7 @@ def test_pipeline_end_to_end(prefect_server, make_project):
     # failing-gate path below tightens it to zero).
     loose = {"forget_acc": 0.1, "retain_acc": 0.05, "test_acc": 0.05, "mia.loss_threshold.auc": 0.2,
              "mia.lira_offline.auc": 0.2, "mia.rmia_offline.auc": 0.2}
-    root = make_project({**FAST, "gate": {"tolerances": loose}})
-    first = pipeline_flow(root=str(root))
+    root, first = champion_project({**FAST, "gate": {"tolerances": loose}})
     assert first["train"]["version"] == "1" and first["unlearn"]["status"] == "nothing_pending"
     project = load_project(root)
     version_before = first["prepare"]["data_version"]
@@ -132,7 +131,7 @@ def test_pipeline_end_to_end(prefect_server, make_project):
 
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])
-def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(prefect_server, make_project,
+def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(prefect_server, champion_project,
                                                                              runner, monkeypatch):
     """The pipeline's reference fan-out on the configured runner (2 threads, or a 2-worker local Dask
     cluster) trains exactly the models that sequential, in-process training produces. The flow is
@@ -141,7 +140,7 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     from prefect import flow
 
     from flows import runners
-    from flows.pipeline import pipeline_flow, reference_models
+    from flows.pipeline import reference_models
     from tasks.project import load_project
     from tasks.stage.ingest import run_ingest
     from tasks.stage.prepare import run_prepare
@@ -149,9 +148,8 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     from unlearn.data import SampleStore
     from unlearn.references import ReferenceBank
 
-    root = make_project({**FAST, "orchestration": {"task_runner": runner, "max_workers": 2,
-                                                   "dask_address": None}})
-    pipeline_flow(root=str(root))  # baseline: nothing pending, so no references yet
+    root, _ = champion_project({**FAST, "orchestration": {"task_runner": runner, "max_workers": 2,
+                                                          "dask_address": None}})  # baseline: no references yet
     project = load_project(root)
     train_ids = SampleStore(project.store_dir).split_ids("train")
     _submit(root, "R-1", sorted(train_ids[:5].tolist()))
