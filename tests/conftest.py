@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,56 @@ def _session_champion(prefect_server, tmp_path_factory) -> Champion:
     return Champion(root, saved, first, err.getvalue())
 
 
+def _restorer(root: Path, saved: Path):
+    """``make(overrides) -> root``: restore the saved project at ``root`` with params.yaml from ``overrides``."""
+    built = yaml.safe_load((saved / "params.yaml").read_text())
+
+    def make(overrides: dict | None = None) -> Path:
+        params = project_params(overrides)
+        changed = [key for key in BASELINE_SECTIONS if params.get(key) != built.get(key)]
+        if changed:
+            raise ValueError(f"the session's baseline was trained with other {changed}: use make_project")
+        restore_tree(root, saved)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return root
+
+    return make
+
+
+def dvc_repro(root: Path) -> str:
+    """``dvc repro`` in ``root`` (this interpreter's scripts first on PATH); asserts it succeeded, returns stdout."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def _session_repro_baseline(tmp_path_factory) -> tuple[Path, Path]:
+    """A fresh project's first ``dvc repro`` (the baseline through ``unlearn stage NAME``), run once."""
+    from tasks import dvc_ops
+    from tasks.project import load_project
+
+    base = tmp_path_factory.mktemp("repro")
+    root = base / "project"
+    root.mkdir()
+    _init_project(root, RETRAIN)
+    dvc_ops.ensure_repo(load_project(root))
+    dvc_repro(root)
+    saved = base / "saved"
+    shutil.copytree(root, saved, symlinks=True)
+    return root, saved
+
+
+@pytest.fixture
+def repro_baseline(_session_repro_baseline):
+    """The session's ``dvc repro`` baseline restored at its path: ``make(overrides) -> root``.
+
+    Overrides may not change what the baseline read (:data:`BASELINE_SECTIONS`).
+    """
+    return _restorer(*_session_repro_baseline)
+
+
 @pytest.fixture
 def champion_project(_session_champion):
     """The session's baseline project restored at its path with params.yaml from ``overrides``.
@@ -201,15 +252,9 @@ def champion_project(_session_champion):
     Overrides may not change what the baseline read (:data:`BASELINE_SECTIONS`).
     """
     champion = _session_champion
+    restore = _restorer(champion.root, champion.saved)
 
     def make(overrides: dict | None = None) -> tuple[Path, dict]:
-        params = project_params(overrides)
-        built = yaml.safe_load((champion.saved / "params.yaml").read_text())
-        changed = [key for key in BASELINE_SECTIONS if params.get(key) != built.get(key)]
-        if changed:
-            raise ValueError(f"the session champion was trained with other {changed}: use make_project")
-        restore_tree(champion.root, champion.saved)
-        (champion.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        return champion.root, copy.deepcopy(champion.first)
+        return restore(overrides), copy.deepcopy(champion.first)
 
     return make
