@@ -3,6 +3,7 @@ concurrency. Real Prefect (test harness), MLflow (SQLite), DVC (repo + local rem
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,13 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert diagnose(project, deep=True) == []
     capsys.readouterr()
     assert main(["--root", str(root), "doctor"]) == 0
-    retired_dir = next(d for d in project.artifact_root.rglob(versions["1"]["model_id"]) if d.is_dir())
+    from urllib.parse import urlparse
+
+    from tasks import tracking
+
+    (location,) = tracking.model_artifact_locations(client, client.get_model_version(name, "1"))
+    retired_dir = Path(urlparse(location).path) if location.startswith("file:") else Path(location)
+    retired_dir.mkdir(parents=True, exist_ok=True)
     (retired_dir / "resurrected.bin").write_bytes(b"weights came back")  # the store lists a file again
     fingerprints = json.loads((project.state_dir / "retired-weights.json").read_text())["1"]
     assert fingerprints  # taken before the weights were deleted
