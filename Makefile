@@ -1,11 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv if needed, then run the whole pipeline on the embedded digits
-#   make test   - create .venv if needed, then run the test suite
+#   make test   - create .venv if needed, then run the test suite (what CI runs)
+#   make test-fast - the inner loop: core tests and the pipeline tests that start no end-to-end run
 PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 
-.PHONY: demo test venv bench clean-state
+.PHONY: demo test test-fast venv bench clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +21,17 @@ demo: $(STAMP)
 	$(VENV)/bin/unlearn demo
 
 # pytest exits 5 when it collects no tests: treat that as a failure, never as green.
+# --durations=25: every run lists its slowest tests, so a test that grows slow is seen when it does.
+PYTEST = @$(VENV)/bin/python -m pytest --durations=25
+NO_TESTS_IS_AN_ERROR = rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
 test: $(STAMP)
-	@$(VENV)/bin/python -m pytest; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	$(PYTEST); $(NO_TESTS_IS_AN_ERROR)
+
+# The inner loop (under 2 minutes on 2 cores): everything but the e2e-marked tests, which run real
+# Prefect flows, DVC repros and servers. `make test` runs those too.
+test-fast: $(STAMP)
+	$(PYTEST) -m 'not slow and not e2e' tests/core tests/pipeline; $(NO_TESTS_IS_AN_ERROR)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/demo_pipeline.py

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,27 +66,38 @@ def make_project(tmp_path):
     def make(overrides: dict | None = None, name: str = "project") -> Path:
         root = tmp_path / name
         root.mkdir()
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        for key, value in (overrides or {}).items():
-            if isinstance(value, dict) and isinstance(params.get(key), dict):
-                params[key].update(value)
-            else:
-                params[key] = value
-        unlearn = (overrides or {}).get("unlearn")
-        if isinstance(unlearn, dict) and "methods" in unlearn and "profiles" not in unlearn:
-            # A test that pins method kwargs pins them fully: the repository's per-setting
-            # profiles would otherwise win over them key by key.
-            params["unlearn"]["profiles"] = {}
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-        return root
+        return _init_project(root, overrides)
 
     return make
 
 
+def project_params(overrides: dict | None = None) -> dict:
+    """The shipped params.yaml with ``overrides`` merged in section by section."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    unlearn = (overrides or {}).get("unlearn")
+    if isinstance(unlearn, dict) and "methods" in unlearn and "profiles" not in unlearn:
+        # A test that pins method kwargs pins them fully: the repository's per-setting
+        # profiles would otherwise win over them key by key.
+        params["unlearn"]["profiles"] = {}
+    return params
+
+
+def _init_project(root: Path, overrides: dict | None) -> Path:
+    (root / "params.yaml").write_text(yaml.safe_dump(project_params(overrides), sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
 FAST = {"train": {"epochs": 8}, "verify": {"bootstrap": 20, "references": {"count": 2, "batched": "auto"}},
         "unlearn": {"method": "amun", "methods": {"amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}}}
+# FAST with the exact retrain as the only rung: the most common end-to-end configuration.
+RETRAIN = {**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}}
 
 
 def quadrant_images(noise: float = 0.3, signal: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
@@ -128,3 +144,139 @@ def run_stages(project, *names: str) -> dict:
             dvc_ops.commit(project, "ingest", "prepare")
             dvc_ops.push(project)
     return results
+
+
+def restore_tree(root: Path, saved: Path) -> None:
+    """Put the saved project back at the same path, rewriting files in place.
+
+    At the same path, because MLflow stores absolute artifact paths in ``mlflow.db`` (and DVC its
+    remote's). In place, because this process keeps MLflow's SQLite engine open on ``mlflow.db``: a
+    replaced file would leave it holding the deleted inode (read-only), a rewritten one is simply re-read.
+    """
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        twin = saved / path.relative_to(root)
+        if path.is_symlink() or (path.is_file() and not twin.is_file()):
+            path.unlink()
+        elif path.is_dir() and not twin.is_dir():
+            shutil.rmtree(path)
+    for path in sorted(saved.rglob("*")):
+        target = root / path.relative_to(saved)
+        if path.is_symlink():
+            target.symlink_to(os.readlink(path))
+        elif path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            with open(path, "rb") as src, open(target, "r+b" if target.exists() else "wb") as dst:
+                shutil.copyfileobj(src, dst)
+                dst.truncate()
+
+
+# What a baseline run (nothing pending) reads: ingest, prepare and train's params (dvc.yaml), and the
+# registry's names. A test that reuses the session's champion may change any other section.
+BASELINE_SECTIONS = ("seed", "data", "model", "train", "requests", "registry")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The session's baseline project: built once by the Prefect flow, restored for each test."""
+
+    root: Path
+    saved: Path
+    first: dict  # what the baseline pipeline_flow returned
+    stderr: str  # what it wrote to stderr (UNLEARN_PROGRESS=1: the progress bars)
+
+
+@pytest.fixture(scope="session")
+def _session_champion(prefect_server, tmp_path_factory) -> Champion:
+    """One baseline ``pipeline_flow`` run (champion v1, nothing pending) for the whole session.
+
+    It is the first run of every end-to-end test that starts from a trained project; building it
+    once saves a full flow run (ingest, prepare, train 8 epochs, DVC commit and push) per test.
+    """
+    from flows.pipeline import pipeline_flow
+
+    base = tmp_path_factory.mktemp("champion")
+    root = base / "project"
+    root.mkdir()
+    _init_project(root, RETRAIN)
+    previous = os.environ.get("UNLEARN_PROGRESS")
+    os.environ["UNLEARN_PROGRESS"] = "1"  # draw bars although stderr is captured (test_status checks them)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            first = pipeline_flow(root=str(root))
+    finally:
+        if previous is None:
+            os.environ.pop("UNLEARN_PROGRESS")
+        else:
+            os.environ["UNLEARN_PROGRESS"] = previous
+    saved = base / "saved"
+    shutil.copytree(root, saved, symlinks=True)
+    return Champion(root, saved, first, err.getvalue())
+
+
+def _restorer(root: Path, saved: Path):
+    """``make(overrides) -> root``: restore the saved project at ``root`` with params.yaml from ``overrides``."""
+    built = yaml.safe_load((saved / "params.yaml").read_text())
+
+    def make(overrides: dict | None = None) -> Path:
+        params = project_params(overrides)
+        changed = [key for key in BASELINE_SECTIONS if params.get(key) != built.get(key)]
+        if changed:
+            raise ValueError(f"the session's baseline was trained with other {changed}: use make_project")
+        restore_tree(root, saved)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return root
+
+    return make
+
+
+def dvc_repro(root: Path) -> str:
+    """``dvc repro`` in ``root`` (this interpreter's scripts first on PATH); asserts it succeeded, returns stdout."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def _session_repro_baseline(tmp_path_factory) -> tuple[Path, Path]:
+    """A fresh project's first ``dvc repro`` (the baseline through ``unlearn stage NAME``), run once."""
+    from tasks import dvc_ops
+    from tasks.project import load_project
+
+    base = tmp_path_factory.mktemp("repro")
+    root = base / "project"
+    root.mkdir()
+    _init_project(root, RETRAIN)
+    dvc_ops.ensure_repo(load_project(root))
+    dvc_repro(root)
+    saved = base / "saved"
+    shutil.copytree(root, saved, symlinks=True)
+    return root, saved
+
+
+@pytest.fixture
+def repro_baseline(_session_repro_baseline):
+    """The session's ``dvc repro`` baseline restored at its path: ``make(overrides) -> root``.
+
+    Overrides may not change what the baseline read (:data:`BASELINE_SECTIONS`).
+    """
+    return _restorer(*_session_repro_baseline)
+
+
+@pytest.fixture
+def champion_project(_session_champion):
+    """The session's baseline project restored at its path with params.yaml from ``overrides``.
+
+    Returns a function ``make(overrides: dict | None = None) -> (root, first)``: ``first`` is what
+    the baseline ``pipeline_flow(root)`` returned, so a test reads as if it had run it itself.
+    Overrides may not change what the baseline read (:data:`BASELINE_SECTIONS`).
+    """
+    champion = _session_champion
+    restore = _restorer(champion.root, champion.saved)
+
+    def make(overrides: dict | None = None) -> tuple[Path, dict]:
+        return restore(overrides), copy.deepcopy(champion.first)
+
+    return make

@@ -48,17 +48,15 @@ def _experiments(shown: list[dict]) -> list[dict]:
     return found
 
 
-def _baseline_and_request(make_project):
+def _baseline_and_request(repro_baseline):
     """A tiny project whose baseline `dvc repro` ran, with one committed deletion request pending."""
     from flows.cli import submit_request
-    from tasks import dvc_ops
     from tasks.project import load_project
     from unlearn.data import SampleStore
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "amun", "escalation": []}})
+    # the baseline: the session's first `dvc repro` of a fresh project, no request yet
+    root = repro_baseline({**FAST, "unlearn": {**FAST["unlearn"], "method": "amun", "escalation": []}})
     project = load_project(root)
-    dvc_ops.ensure_repo(project)
-    _dvc(root, "repro")  # the baseline: no request yet
     ids = SampleStore(project.store_dir).split_ids("train")[:6].tolist()
     submit_request(root, {"request_id": "R-EXP", "sample_ids": ids, "received_at": "2026-11-24T10:00:00Z",
                           "reason": "gdpr_erasure", "subject_ref": "dave"})
@@ -68,8 +66,8 @@ def _baseline_and_request(make_project):
     return root
 
 
-def test_exp_run_sweeps_a_method_hyperparameter_and_exp_show_lists_it(make_project):
-    root = _baseline_and_request(make_project)
+def test_exp_run_sweeps_a_method_hyperparameter_and_exp_show_lists_it(repro_baseline):
+    root = _baseline_and_request(repro_baseline)
     # Up to the unlearn stage: the sweep compares candidates; promotion and purging stay with `dvc repro`.
     out = _dvc(root, "exp", "run", "-S", "unlearn.methods.amun.epochs=1", "unlearn")
     assert "Running stage 'unlearn'" in out and "Running stage 'promote'" not in out
@@ -84,8 +82,8 @@ def test_exp_run_sweeps_a_method_hyperparameter_and_exp_show_lists_it(make_proje
 
 
 @pytest.mark.slow
-def test_a_queued_sweep_runs_in_temporary_checkouts_against_the_shared_registry(make_project):
-    root = _baseline_and_request(make_project)
+def test_a_queued_sweep_runs_in_temporary_checkouts_against_the_shared_registry(repro_baseline):
+    root = _baseline_and_request(repro_baseline)
     # A queued experiment runs in a temporary checkout (.dvc/tmp/exps): it must use the project's
     # model registry, or it trains a fresh baseline on the already-redacted data.
     shared = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST
+from conftest import FAST, run_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -41,16 +41,15 @@ def _files_containing(root, needles):
     return hits
 
 
-def test_escalation_retirement_purge_and_certificate(prefect_server, make_project, tmp_path, capsys):
+def test_escalation_retirement_purge_and_certificate(prefect_server, champion_project, tmp_path, capsys):
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks.project import load_project
     from unlearn.data import SampleStore, load_source
 
-    root = make_project({**FAST, "gate": ESCALATE,
+    root, first = champion_project({**FAST, "gate": ESCALATE,
                          "unlearn": {**FAST["unlearn"], "escalation": ["salun", "retrain"],
                                      "methods": {**FAST["unlearn"]["methods"], "salun": {"epochs": 2}}}})
-    first = pipeline_flow(root=str(root))
     project = load_project(root)
     store = SampleStore(project.store_dir)
     forget = sorted(store.split_ids("train")[:12].tolist())
@@ -164,9 +163,26 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, make_projec
 
 FAULT_POINTS = ["ingest", "prepare", "train", "references", "attempt", "verify", "promote", "move_champion",
                 "purge", "certify"]
+# Where the flow composes a stage from tasks of its own (the reference fan-out, a task per rung and per
+# verification), the fault and the re-run go through the Prefect flow; elsewhere the flow only calls the
+# stage function, so the round runs the stages in-process (no Prefect run per point, same functions).
+FLOW_POINTS = {"references", "attempt", "verify"}
 
 
-def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_server, make_project, monkeypatch):
+def _run_stages_like_the_flow(root):
+    """The flow's stages in its order, in this process and without a Prefect run (what ``dvc repro`` runs),
+    under the project lock, with the flow's DVC commits: ingest+prepare after prepare, all at the end."""
+    from tasks import dvc_ops
+    from tasks.locking import pipeline_lock
+    from tasks.project import load_project
+
+    project = load_project(root)
+    with pipeline_lock(project):
+        run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote", "purge", "certify")
+        dvc_ops.commit(project)
+
+
+def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_server, champion_project, monkeypatch):
     """Inject a failure after each stage in turn (and between registering and moving the alias), then re-run."""
     from flows.pipeline import pipeline_flow
     from tasks import tracking
@@ -176,8 +192,7 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
-    pipeline_flow(root=str(root))
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
     project = load_project(root)
     client = _client(project)
     name = project.params.registry.model_name
@@ -187,6 +202,8 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
         request_id = f"R-{round_number}"
         _submit(root, request_id, train_ids[round_number * 5:(round_number + 1) * 5])
         champion_before = str(tracking.champion_version(project, client).version)
+        run = (lambda: pipeline_flow(root=str(root))) if point in FLOW_POINTS else (
+            lambda: _run_stages_like_the_flow(root))
 
         class InjectedFault(RuntimeError):
             pass
@@ -218,11 +235,11 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
 
                 patch.setitem(catalog.STAGE_FUNCTIONS, point, crash_after)
             with pytest.raises(InjectedFault):
-                pipeline_flow(root=str(root))
+                run()
         champion = tracking.champion_version(project, client)
         if str(champion.version) != champion_before:  # only a verified successor may have taken over
             assert champion.tags["verdict"] == "pass" and point in ("promote", "purge", "certify")
-        pipeline_flow(root=str(root))  # the re-run completes the round
+        run()  # the re-run completes the round
 
         ledger = Ledger(project.ledger_path)
         owners = [b for b, v in ledger.batches.items() if request_id in v["request_ids"]]
@@ -242,16 +259,15 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
     assert AuditLog(project.audit_path).verify().ok
 
 
-def test_two_pipeline_runs_started_together_serialise(prefect_server, make_project):
+def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_project):
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks import tracking
     from tasks.project import load_project
     from unlearn.data import SampleStore
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
-                         "lifecycle": {"retirement_grace_hours": 1.0}})
-    pipeline_flow(root=str(root))
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
+                                "lifecycle": {"retirement_grace_hours": 1.0}})
     project = load_project(root)
     _submit(root, "R-A", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
     results, errors = [], []
@@ -294,7 +310,8 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, make_proje
     assert any(step["step"] == "retired" and step["at"] for step in final["timeline"])
 
 
-def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, make_project, capsys):
+def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, champion_project,
+                                                                            capsys):
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks import tracking
@@ -302,8 +319,7 @@ def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(pre
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
-    pipeline_flow(root=str(root))
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
     project = load_project(root)
     client = _client(project)
     champion = tracking.champion_version(project, client)

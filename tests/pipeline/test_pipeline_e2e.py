@@ -22,7 +22,7 @@ def _submit(root, request_id, ids, subject="alice@example.com"):
                           "subject_ref": subject})
 
 
-def test_pipeline_end_to_end(prefect_server, make_project):
+def test_pipeline_end_to_end(prefect_server, champion_project):
     import mlflow
 
     from flows.pipeline import pipeline_flow
@@ -32,8 +32,7 @@ def test_pipeline_end_to_end(prefect_server, make_project):
 
     # 20 forget samples on digits: the positive control cannot detect the parent, so the evidence is
     # inconclusive; this mechanics test promotes it marked as low-power evidence (the held path is below).
-    root = make_project({**FAST, "gate": {"on_inconclusive": "promote_low_power"}})
-    first = pipeline_flow(root=str(root))
+    root, first = champion_project({**FAST, "gate": {"on_inconclusive": "promote_low_power"}})
     assert first["train"]["version"] == "1" and first["unlearn"]["status"] == "nothing_pending"
     project = load_project(root)
     version_before = first["prepare"]["data_version"]
@@ -129,7 +128,7 @@ def test_pipeline_end_to_end(prefect_server, make_project):
 
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])
-def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(prefect_server, make_project,
+def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(prefect_server, champion_project,
                                                                              runner, monkeypatch):
     """The pipeline's reference fan-out on the configured runner (2 threads, or a 2-worker local Dask
     cluster) trains exactly the models that sequential, in-process training produces. The flow is
@@ -138,7 +137,7 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     from prefect import flow
 
     from flows import runners
-    from flows.pipeline import pipeline_flow, reference_models
+    from flows.pipeline import reference_models
     from tasks.project import load_project
     from tasks.stage.ingest import run_ingest
     from tasks.stage.prepare import run_prepare
@@ -146,9 +145,8 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     from unlearn.data import SampleStore
     from unlearn.references import ReferenceBank
 
-    root = make_project({**FAST, "orchestration": {"task_runner": runner, "max_workers": 2,
-                                                   "dask_address": None}})
-    pipeline_flow(root=str(root))  # baseline: nothing pending, so no references yet
+    root, _ = champion_project({**FAST, "orchestration": {"task_runner": runner, "max_workers": 2,
+                                                          "dask_address": None}})  # baseline: no references yet
     project = load_project(root)
     train_ids = SampleStore(project.store_dir).split_ids("train")
     _submit(root, "R-1", sorted(train_ids[:5].tolist()))

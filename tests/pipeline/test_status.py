@@ -48,14 +48,12 @@ def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkey
 
 
 @pytest.mark.e2e
-def test_status_after_baseline(prefect_server, make_project, capsys, monkeypatch):
+def test_status_after_baseline(prefect_server, champion_project, _session_champion, capsys):
+    """Status against the session's champion: its baseline flow ran with UNLEARN_PROGRESS=1."""
     from flows.cli import submit_request
-    from flows.pipeline import pipeline_flow
 
-    root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
-    monkeypatch.setenv("UNLEARN_PROGRESS", "1")  # draw bars although pytest captures stderr
-    pipeline_flow(root=str(root))
-    assert "train baseline" in capsys.readouterr().err  # the epoch bar of run_train, from a Prefect task
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
+    assert "train baseline" in _session_champion.stderr  # the epoch bar of run_train, from a Prefect task
     submit_request(root, {"request_id": "R-1", "sample_ids": ["digits-0001"], "received_at": "2026-11-24T10:00:00Z",
                           "reason": "gdpr_erasure", "subject_ref": "alice"})
     code, out = _status(capsys, root, "--json")

@@ -88,7 +88,7 @@ def test_cli_bad_sweep_input_exits_2_with_the_reason(make_project, capsys):
 
 
 @pytest.mark.e2e
-def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect_server, make_project, capsys):
+def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect_server, champion_project, capsys):
     """The sweep through `unlearn sweep` on a 2-worker local Dask cluster gives exactly the
     candidates' results that sequential, in-process runs give; it logs a parent MLflow run with a
     nested run per candidate (no sample ids), and leaves the champion, the registry and the ledger as
@@ -98,15 +98,14 @@ def test_sweep_on_a_dask_cluster_matches_sequential_and_promotes_nothing(prefect
     from threadpoolctl import threadpool_limits
 
     from flows.cli import main
-    from flows.pipeline import pipeline_flow
     from tasks.project import load_project
     from tasks.stage.ingest import run_ingest
     from tasks.stage.prepare import run_prepare
     from tasks.sweep import cleanup_sweep, plan_sweep, prepare_sweep, run_candidate
     from unlearn.data import SampleStore
 
-    root = make_project({**SWEEP, "orchestration": {"task_runner": "dask", "max_workers": 2, "dask_address": None}})
-    pipeline_flow(root=str(root))  # the baseline (champion v1); nothing pending
+    root, _ = champion_project({**SWEEP, "orchestration": {"task_runner": "dask", "max_workers": 2,
+                                                           "dask_address": None}})  # champion v1; nothing pending
     project = load_project(root)
     forget = sorted(SampleStore(project.store_dir).split_ids("train")[:10].tolist())
     _submit(root, "R-1", forget)

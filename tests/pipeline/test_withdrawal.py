@@ -13,7 +13,7 @@ def _request(request_id, **target):
             "subject_ref": f"subject-{request_id}", **target}
 
 
-def test_deleting_every_training_sample_withdraws_the_model_and_keeps_the_pipeline_working(make_project):
+def test_deleting_every_training_sample_withdraws_the_model_and_keeps_the_pipeline_working(champion_project):
     import mlflow
 
     from flows.cli import main
@@ -22,9 +22,8 @@ def test_deleting_every_training_sample_withdraws_the_model_and_keeps_the_pipeli
     from tasks.project import load_project
     from unlearn.data import SampleStore
 
-    root = make_project(FAST)
+    root, _ = champion_project(FAST)  # the session's baseline: champion v1 trained on the whole store
     project = load_project(root)
-    run_stages(project, "ingest", "prepare", "train")
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
     (project.incoming_dir / "all.json").write_text(json.dumps(
         [_request(f"CLASS-{c}", forget_class=str(c)) for c in range(10)]))
