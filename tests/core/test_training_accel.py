@@ -67,10 +67,26 @@ PINNED = {
 }
 
 
-@pytest.mark.skipif(torch.__version__.split("+")[0] != "2.14.1" or platform.machine() != "x86_64",
-                    reason="checksums were pinned with torch 2.14.1 on x86_64")
+
+
+@pytest.fixture(scope="module")
+def pinning_machine_rounding():
+    """Skip unless this machine rounds like the one that pinned the checksums.
+
+    The same torch build on another x86_64 CPU can pick other kernels (and so other float rounding):
+    the landed loop itself (benchmarks/legacy_trainer.py) then gives another digest. Where it does, the
+    pinned values say nothing about the change, and the in-process comparison above is the check.
+    """
+    if torch.__version__.split("+")[0] != "2.14.1" or platform.machine() != "x86_64":
+        pytest.skip("checksums were pinned with torch 2.14.1 on x86_64")
+    model, metrics = _train(legacy_train_model, "plain")
+    x, _ = _data()
+    if _digest(model, metrics, [predict_logits(model, x, device="cpu", batch_size=40)]) != PINNED["plain"]:
+        pytest.skip("this CPU rounds differently from the pinning machine (the landed loop's own digest differs)")
+
+
 @pytest.mark.parametrize("case", sorted(PINNED))
-def test_cpu_training_matches_checksums_pinned_before_the_change(case):
+def test_cpu_training_matches_checksums_pinned_before_the_change(case, pinning_machine_rounding):
     trace = TrainingTrace() if case == "trace" else None
     model, metrics = _train(train_model, "plain" if case == "trace" else case, trace=trace)
     x, _ = _data()
