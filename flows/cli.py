@@ -455,13 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that never run a Prefect flow, so never start a temporary server: they skip importing
+# Prefect's server (about 4 s), which every `dvc repro` stage and every submitted request would pay.
+_COMMANDS_WITHOUT_FLOWS = frozenset({"stage", "request"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unlearn`` console command."""
     args = build_parser().parse_args(argv)
     _quiet_environment()
-    from flows.ephemeral import temporary_server_dies_with_parent
+    if args.command not in _COMMANDS_WITHOUT_FLOWS:
+        from flows.ephemeral import temporary_server_dies_with_parent
 
-    temporary_server_dies_with_parent()
+        temporary_server_dies_with_parent()
     handlers = {"demo": _cmd_demo, "run": _cmd_run, "stage": _cmd_stage,
                 "request": {"submit": _cmd_request_submit, "status": _cmd_request_status,
                             "certificate": _cmd_request_certificate}}

@@ -340,18 +340,23 @@ def run_certify(project: Project) -> dict[str, Any]:
     from tasks.certificate import write_certificate
 
     ledger = Ledger(project.ledger_path)
-    client = tracking.setup(project)
     written = []
-    source = load_source(project.params.data)
-    train_ids = set(source.ids[source.splits == "train"].tolist())
-    for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
-        batch = ledger.batch(batch_id)
-        steps = ledger.steps(batch_id)
+
+    def due(batch_id: str) -> bool:
         # Issued once the batch is purged; issued again when a retirement that was waiting for its
         # grace period has happened, so the final certificate carries the retirement evidence.
-        final_issued = "certified" in steps and (batch.get("certificate_final") or "retired" not in steps)
-        if "purged" not in steps or final_issued:
-            continue
+        steps = ledger.steps(batch_id)
+        final_issued = "certified" in steps and (ledger.batch(batch_id).get("certificate_final")
+                                                 or "retired" not in steps)
+        return "purged" in steps and not final_issued
+
+    batches = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if due(b)]
+    if batches:  # the registry and the data source are opened only when there is something to certify
+        client = tracking.setup(project)
+        source = load_source(project.params.data)
+        train_ids = set(source.ids[source.splits == "train"].tolist())
+    for batch_id in batches:
+        steps = ledger.steps(batch_id)
         # The anchor: the audit log's head when the certificate is issued (verified once, then followed).
         head = audit.head(project)
         if not head.pop("chain_ok"):

@@ -17,6 +17,12 @@ import numpy as np
 import pytest
 import yaml
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest-xdist worker per core: each worker's torch (and the subprocesses it starts) gets one
+    # thread, so two workers on two cores do not oversubscribe them. Set before numpy or torch load.
+    for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_threads, "1")
+
 _STATE = Path(tempfile.mkdtemp(prefix="unlearn-tests-"))
 for key, value in {
     "PREFECT_HOME": str(_STATE / "prefect"),
