@@ -286,3 +286,21 @@ def champion_project(_session_champion):
         return restore(overrides), copy.deepcopy(champion.first)
 
     return make
+
+
+# The longest test files, longest first (from `make test`'s --durations): scheduled before everything
+# else so that two xdist workers finish together instead of one waiting on a long file started last.
+LONGEST_FILES = ("test_dvc_repro.py", "test_lifecycle.py", "test_serve.py", "test_crash_points.py",
+                 "test_team_tracking.py", "test_sweep.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first, then the other end-to-end files, then the rest (order within a file kept)."""
+
+    def rank(item) -> tuple[int, int]:
+        name = item.path.name
+        if name in LONGEST_FILES:
+            return 0, LONGEST_FILES.index(name)
+        return (1 if item.get_closest_marker("e2e") else 2), 0
+
+    items.sort(key=rank)  # stable: each file's own order is kept

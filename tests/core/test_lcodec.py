@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from unlearn.methods import TensorSet, UnlearningData, run_method
+from unlearn.methods import codec_selection as C
 from unlearn.methods import lcodec as L
 from unlearn.models import build_model
 from unlearn.training import SGDRecipe, TrainingTrace, train_model
@@ -21,29 +22,29 @@ def _gen(seed=0):
 def test_codec_is_one_for_a_function_and_zero_for_independence():
     g = _gen()
     z = torch.rand(1500, generator=g)
-    assert L.codec(torch.sin(6 * z), z, generator=_gen()) > 0.95
-    assert abs(L.codec(torch.rand(1500, generator=g), z, generator=_gen())) < 0.08
+    assert C.codec(torch.sin(6 * z), z, generator=_gen()) > 0.95
+    assert abs(C.codec(torch.rand(1500, generator=g), z, generator=_gen())) < 0.08
     x, noise = torch.rand(1500, generator=g), torch.randn(1500, generator=g)
     # conditional: Y = f(X) + noise is independent of Z given X; Y = X + Z is a function of (X, Z)
-    assert abs(L.codec(torch.cos(5 * x) + 0.3 * noise, z, x, generator=_gen())) < 0.08
-    assert L.codec(x + z, z, x, generator=_gen()) > 0.8
+    assert abs(C.codec(torch.cos(5 * x) + 0.3 * noise, z, x, generator=_gen())) < 0.08
+    assert C.codec(x + z, z, x, generator=_gen()) > 0.8
 
 
 def test_codec_breaks_ties_at_random_but_reproducibly():
     z = torch.arange(200).div(20, rounding_mode="floor").float()  # 10 tied values
     y = torch.rand(200, generator=_gen(1))
-    assert L.codec(y, z, generator=_gen(3)) == L.codec(y, z, generator=_gen(3))
+    assert C.codec(y, z, generator=_gen(3)) == C.codec(y, z, generator=_gen(3))
 
 
 def test_foci_picks_the_informative_variables_and_stops():
     g = _gen()
     x = torch.randn(600, 8, generator=g)
     y = x[:, 2] + torch.tanh(2 * x[:, 5]) + 0.05 * torch.randn(600, generator=g)
-    selected, scores = L.foci(y, x, max_features=8, generator=_gen())
+    selected, scores = C.foci(y, x, max_features=8, generator=_gen())
     assert set(selected[:2]) == {2, 5}
     assert len(selected) < 8  # stopped on a non-positive conditional coefficient
     assert all(s > 0 for s in scores)
-    assert L.foci(y, x, max_features=1, generator=_gen())[0] == selected[:1]
+    assert C.foci(y, x, max_features=1, generator=_gen())[0] == selected[:1]
 
 
 def test_newton_step_equals_a_direct_solve():
@@ -131,7 +132,7 @@ def test_sample_finite_difference_uses_the_stepped_copy():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
     x, y = torch.randn(1, 1, 2, 3), torch.tensor([1])
-    pieces = L._slice_pieces(model, [L.Slice("1", 0), L.Slice("1", 2)])
+    pieces = L._slice_pieces(model, [C.Slice("1", 0), C.Slice("1", 2)])
     lr = 1e-3
     h_z = L.sample_fd_hessian(model, x, y, pieces, lr=lr)
     # Expected to first order: d_z = lr·H g, ||Δw||₁ = lr·||g||₁ -> H_z = lr (Hg)(Hg)ᵀ / ||g||₁
