@@ -23,9 +23,11 @@ demo: $(STAMP)
 # pytest exits 5 when it collects no tests: treat that as a failure, never as green.
 # --durations=25: every run lists its slowest tests, so a test that grows slow is seen when it does.
 # -n $(WORKERS) --dist loadfile: one pytest-xdist worker per core (CI has 2), a test file stays on one worker
-# (its module fixtures are built once); each worker builds the session fixtures it needs.
+# (its module fixtures are built once), in the order tests/conftest.py gives (longest files first:
+# --no-loadscope-reorder keeps xdist from re-sorting them by test count); each worker builds the session
+# fixtures it needs.
 WORKERS ?= 2
-PYTEST = @$(VENV)/bin/python -m pytest --durations=25 -n $(WORKERS) --dist loadfile
+PYTEST = @$(VENV)/bin/python -m pytest --durations=25 -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 NO_TESTS_IS_AN_ERROR = rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test: $(STAMP)

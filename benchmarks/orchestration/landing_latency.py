@@ -1,0 +1,219 @@
+"""Benchmark: a deletion request lands -> the served pipeline has decided it (issue #12).
+
+Starts a real `prefect server start` on loopback (fresh PREFECT_HOME), makes a fresh digits project
+with the shipped params.yaml (AMUN, the equivalence gate, the reference pool) except
+``serve.trigger_after_requests: 1`` and ``serve.watch_interval_seconds: 1``, runs the baseline
+(`unlearn run`: champion v1 and the pool references), starts `unlearn serve`, then submits requests
+of ``--batch`` production training samples (never pool samples) one at a time with the `unlearn`
+command. For each it records
+
+  submit -> decided      from launching `unlearn request submit` to the triggered flow run's end:
+                         the batch is then either completed (new champion, or withdrawn) or held;
+  submit -> run start    the trigger's share (event, automation, runner poll, flow import);
+  stage seconds          the run's task runs by name (Prefect API), where the rest of the time goes;
+
+and what the run decided: the gate's verdict, whether the champion moved, the batch's status.
+
+Settings (``--policies``): ``gate.on_inconclusive: hold`` (the shipped default: a batch whose
+evidence is inconclusive waits for later batches, so a 10-sample batch on digits is *decided*
+but no new champion is *verified*) and ``promote_low_power`` (the same run promotes, with the
+certificate saying the evidence had no power). A verified champion for 10 digits samples does not
+exist here: the positive control (the parent) is not detectable on 10 samples, so no gate can
+call the candidate equivalent; the table says which happened.
+
+Writes benchmarks/results/landing_latency.{json,md}. Target (issue #12): landing -> verified
+champion for a batch of 10 on digits <= 10 s with a running Prefect server (27 s before #12).
+
+Usage: python benchmarks/orchestration/landing_latency.py [--submissions N] [--batch 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "orchestration"))
+from demo_pipeline import prefect_server  # noqa: E402 - sibling scripts, not a package
+from trigger_latency import FINAL, _api, _get, _ts  # noqa: E402
+
+TARGET_SECONDS = 10.0
+
+
+def _project(workdir: Path, policy: str) -> Path:
+    root = workdir / "project"
+    root.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["serve"] = {**params.get("serve", {}), "trigger_after_requests": 1, "watch_interval_seconds": 1}
+    params["gate"]["on_inconclusive"] = policy
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def _production_ids(root: Path, count: int, offset: int) -> list[str]:
+    """``count`` training-split ids outside the reference pool (what a user's deletion names)."""
+    from unlearn.config import load_params
+    from unlearn.data import load_source
+    from unlearn.references import reference_pool_mask
+
+    params = load_params(root / "params.yaml")
+    source = load_source(params.data)
+    train = source.ids[source.splits == "train"]
+    production = train[~reference_pool_mask(train, params.verify.references.pool_fraction, params.seed)]
+    return [str(i) for i in production[offset:offset + count]]
+
+
+def _champion(root: Path) -> tuple[str | None, dict]:
+    import mlflow
+
+    from tasks import tracking
+    from tasks.project import load_project
+
+    project = load_project(root, check_registries=False)
+    mlflow.set_tracking_uri(project.tracking_uri)
+    version = tracking.champion_version(project, mlflow.MlflowClient())
+    return (None, {}) if version is None else (str(version.version), dict(version.tags))
+
+
+def _batch_of(root: Path, request_id: str) -> dict:
+    ledger = json.loads((root / "data" / "requests" / "ledger.json").read_text())
+    for batch in ledger.get("batches", {}).values():
+        if request_id in batch.get("request_ids", []):
+            return batch
+    return {}
+
+
+def measure(policy: str, submissions: int, batch: int) -> list[dict]:
+    """One server, one project, ``submissions`` requests of ``batch`` samples; a row per request."""
+    with tempfile.TemporaryDirectory(prefix="unlearn-landing-") as tmp, prefect_server(Path(tmp) / "home") as url:
+        root = _project(Path(tmp), policy)
+        env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(Path(tmp) / "client-home")}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        unlearn = str(BIN / "unlearn")
+        subprocess.run([unlearn, "--root", str(root), "run"], env=env, check=True, capture_output=True)
+        with open(Path(tmp) / "serve.log", "w") as log:
+            served = subprocess.Popen([unlearn, "serve", "--root", str(root)], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT)
+        rows = []
+        try:
+            deadline = time.time() + 120
+            while len(_api(url, "/automations/filter")) < 2:
+                if time.time() > deadline or served.poll() is not None:
+                    raise SystemExit((Path(tmp) / "serve.log").read_text()[-3000:])
+                time.sleep(0.5)
+            time.sleep(2)  # the trigger service loads new automations
+            deployment = next(d for d in _api(url, "/deployments/filter") if d["name"].startswith("on-request-"))
+            query = {"deployments": {"id": {"any_": [deployment["id"]]}}}
+            for i in range(submissions):
+                request_id = f"LAND-{i}"
+                ids = _production_ids(root, batch, offset=i * batch)
+                champion_before, _ = _champion(root)
+                before = {r["id"] for r in _api(url, "/flow_runs/filter", query)}
+                started = time.time()
+                subprocess.run([unlearn, "--root", str(root), "request", "submit", "--request-id", request_id,
+                                "--sample-ids", *ids, "--subject-ref", f"bench-{i}"],
+                               env=env, check=True, capture_output=True)
+                deadline = time.time() + 600
+                while True:
+                    new = [r for r in _api(url, "/flow_runs/filter", query) if r["id"] not in before]
+                    if new:
+                        run = _get(url, f"/flow_runs/{new[0]['id']}")
+                        if run["state_type"] in FINAL:
+                            break
+                    if time.time() > deadline:
+                        raise SystemExit("no triggered run finished within 600 s")
+                    time.sleep(0.2)
+                tasks = _api(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+                stages: dict[str, float] = {}
+                for task in tasks:
+                    name = task["name"].rsplit("-", 1)[0]
+                    stages[name] = stages.get(name, 0.0) + float(task.get("total_run_time") or 0.0)
+                champion_after, tags = _champion(root)
+                batch_row = _batch_of(root, request_id)
+                rows.append({
+                    "request": i, "policy": policy, "samples": batch, "run_state": run["state_type"],
+                    "submit_to_start_s": _ts(run["start_time"]) - started,
+                    "submit_to_decided_s": _ts(run["end_time"]) - started,
+                    "run_s": _ts(run["end_time"]) - _ts(run["start_time"]),
+                    "batch_status": batch_row.get("status"),
+                    "champion_moved": champion_after != champion_before,
+                    "verdict": tags.get("verdict") if champion_after != champion_before else None,
+                    "evidence": tags.get("evidence") if champion_after != champion_before else None,
+                    "stage_seconds": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
+                })
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            served.terminate()
+            served.wait(timeout=60)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--submissions", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--policies", nargs="+", default=["hold", "promote_low_power"])
+    args = parser.parse_args()
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+               "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
+    started = time.time()
+    settings = {policy: measure(policy, args.submissions, args.batch) for policy in args.policies}
+    command = ("python benchmarks/orchestration/landing_latency.py --submissions "
+               f"{args.submissions} --batch {args.batch} --policies {' '.join(args.policies)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "landing_latency.json").write_text(json.dumps(
+        {"command": command, "machine": machine, "target_seconds": TARGET_SECONDS, "settings": settings,
+         "wall_s": time.time() - started}, indent=2))
+    lines = [f"# Request lands -> pipeline decided: a batch of {args.batch} on digits, served", "",
+             f"Command: `{command}`. Machine: {machine['cpus']} CPUs, Python {machine['python']}; 1-min load "
+             f"average {machine['load_average_1min_at_start']} at start. Real `prefect server start` on loopback, "
+             "`unlearn serve` (trigger after 1 request, 1 s poll), the shipped params.yaml otherwise (AMUN, "
+             "equivalence gate, reference pool); each request after the previous run finished.", "",
+             "| policy | request | submit -> run start s | submit -> decided s | run s | batch | champion moved "
+             "| verdict (evidence) |", "|---|---:|---:|---:|---:|---|---|---|"]
+    for policy, rows in settings.items():
+        for r in rows:
+            verdict = f"{r['verdict']} ({r['evidence']})" if r["champion_moved"] else "-"
+            lines.append(f"| {policy} | {r['request']} | {r['submit_to_start_s']:.1f} | {r['submit_to_decided_s']:.1f}"
+                         f" | {r['run_s']:.1f} | {r['batch_status']} | {r['champion_moved']} | {verdict} |")
+    lines.append("")
+    for policy, rows in settings.items():
+        decided = [r["submit_to_decided_s"] for r in rows]
+        promoted = [r["submit_to_decided_s"] for r in rows if r["champion_moved"]]
+        verified = [r for r in rows if r["champion_moved"] and r["verdict"] == "pass"]
+        lines.append(f"- **{policy}**: submit -> decided median {statistics.median(decided):.1f} s "
+                     f"(max {max(decided):.1f} s); champion moved in {len(promoted)} of {len(rows)}; "
+                     f"verified (gate pass) in {len(verified)}.")
+    stage_totals: dict[str, list[float]] = {}
+    for rows in settings.values():
+        for r in rows:
+            for name, seconds in r["stage_seconds"].items():
+                stage_totals.setdefault(name, []).append(seconds)
+    lines += ["", "Median task-run seconds inside the flow run (Prefect API, all requests):", "",
+              "| task | median s |", "|---|---:|",
+              *(f"| {name} | {statistics.median(v):.2f} |"
+                for name, v in sorted(stage_totals.items(), key=lambda kv: -statistics.median(kv[1]))), "",
+              f"Target: landing -> verified champion for {args.batch} samples <= {TARGET_SECONDS:g} s. A verified "
+              "champion needs a gate `pass`, which needs a detectable positive control; see the verdict column "
+              "for what this data allowed.", ""]
+    (RESULTS / "landing_latency.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
