@@ -170,3 +170,25 @@ def test_a_pool_deletion_retires_exactly_the_references_that_trained_on_it(make_
     assert len(state["trained"]) == len(expected) and len(state["usable"]) == 2
     assert all(victim not in set(ReferenceBank(project.references_dir).members(r).tolist()) for r in state["usable"])
     assert np.isin(state["usable"], live).sum() == len(live) - len(expected)
+
+
+def test_strict_mode_verifies_against_an_exact_retrain_and_fails_the_untouched_model(make_project):
+    """``gate.mode: strict`` (the exact-retrain comparison, kept for audits and for users who want it per
+    batch): the verify stage trains the retrain, gates the candidate against it, and says so."""
+    from tasks import tracking
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root = make_project({**MEMORISING, "gate": {"mode": "strict"}})
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    _submit(root, "R-1", sorted(SampleStore(project.store_dir).split_ids("train")[:80].tolist()))
+    result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+
+    report = json.loads((project.reports_dir / "verification.json").read_text())
+    assert report["mode"] == "strict" and "retrain" in report["models"] and report["retrain_seconds"] > 0
+    lira = {c["metric"]: c for c in report["checks"]}["mia.lira_offline.auc"]
+    # the untouched candidate is the parent: beyond the margin from the exact retrain, conclusively
+    assert lira["verdict"] == "fail" and lira["ci_low"] >= lira["margin"] > 0
+    assert report["verdict"] == "fail" and result["promote"]["status"] == "rejected"
+    assert str(tracking.champion_version(project, _client(project)).version) == "1"
