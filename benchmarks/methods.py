@@ -12,8 +12,9 @@ Protocol (benchmarks/protocol.py; methods.md section 1; AMUN section 5.2 and App
 - Avg Gap: mean over UA, RA, TA, RMIA AUC of |metric - retrain mean|, per repetition; the
   table shows the mean and the 95% Student-t confidence half-width over repetitions.
 - Hyperparameters: params.yaml's profile for the dataset and model (``unlearn.profiles``),
-  selected on a validation split of the training data by benchmarks/select_hparams.py; every
-  method is tuned that same way. The test split is only read here.
+  selected on a validation split of the training data by benchmarks/select_hparams.py where a
+  sweep was run for that setting (the table says whether it was); every method is tuned that
+  same way. The test split is only read here.
 - Cost: wall time / the mean retrain's wall time, same process (noisy on a shared machine).
 - What each run did: relative weight change Δw (0 = returned unchanged) and the numbers the
   methods record (SSD's dampened share, DLFD's perturbed batches, L-CODEC's mode); L-CODEC's
@@ -124,6 +125,16 @@ def _cell(entry: dict, key: str, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}" if not np.isnan(half) else f"{mean:.{digits}f}"
 
 
+def profile_provenance(profile: str) -> str:
+    """Whether ``profile`` was selected by a committed sweep (its log exists) or only inherited."""
+    log = RESULTS / f"hparams_{profile.replace('/', '_')}.md"
+    if log.exists():
+        return (f"selected on a validation split of the training data by benchmarks/select_hparams.py; "
+                f"sweep log {log.relative_to(REPO)}")
+    return ("NOT selected for this setting: no sweep was run for it (see its comment in params.yaml for what it "
+            "inherits); the test split was not used to choose anything")
+
+
 def markdown(results: dict, reps: list[dict], meta: dict) -> str:
     lines = [f"# Unlearning methods vs retraining: {meta['dataset']}, {meta['model']}, {meta['device']}", "",
              f"Command: `{meta['command']}`", "",
@@ -132,8 +143,8 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
              f"{meta['retrains']} retrains; MIA: offline RMIA AUC (forget vs test) with {meta['references']} reference "
              "models on halves of D_R (LiRA: offline LiRA AUC, not in the gap). Cells: mean ± 95% Student-t "
              "half-width over repetitions. Hyperparameters: params.yaml profile "
-             f"`{meta['profile']}` (selected on a validation split of the training data by "
-             "benchmarks/select_hparams.py). Recipe: " + ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
+             f"`{meta['profile']}` ({profile_provenance(meta['profile'])}). Recipe: "
+             + ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
              + f". Sizes: {meta['sizes']}. Wall time {meta['wall_seconds']:.0f} s on a shared 2-core machine "
              "(time ratios are noisy).", "",
              "The **retrain** row's Avg Gap is one retrain against the mean of the others: the noise floor. A "
