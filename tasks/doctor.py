@@ -11,7 +11,8 @@ Checks:
   empty while the ledger holds batches; every certificate's quoted anchor is in the chain; every
   accepted request has its ``request.accepted`` record.
 * ``certificates``: each certificate's digest matches its content; each request of a certified
-  batch has one.
+  batch has one; each file is the document whose digest the audit log's ``certificate.issued``
+  record names (a certificate the pipeline never issued, or a swapped one, is a finding).
 * ``registry``: the champion exists, is not retired and still has its weights; every version tagged
   ``artifacts_deleted=true`` has no artifact file left; no version is a tombstone without that tag;
   every certificate that says a version's artifacts were deleted is backed by the registry.
@@ -88,6 +89,7 @@ def _audit_findings(project: Project) -> list[Finding]:
     report, findings = verify_audit(project)
     findings += [Finding("audit", project.audit_path.name, problem) for problem in report.problems]
     if report.ok:
+        findings += _unrecorded_certificates(project, AuditLog(project.audit_path).records("certificate.issued"))
         recorded = {(r.get("request_id"), r.get("batch_id"))
                     for r in AuditLog(project.audit_path).records("request.accepted")}
         ledger = Ledger(project.ledger_path)
@@ -96,6 +98,34 @@ def _audit_findings(project: Project) -> list[Finding]:
             if missing:
                 findings.append(Finding("audit", batch_id, f"{len(missing)} accepted request(s) have no "
                                                            "request.accepted record"))
+    return findings
+
+
+def _unrecorded_certificates(project: Project, issued: list[dict[str, Any]]) -> list[Finding]:
+    """Certificate files the audit log does not vouch for.
+
+    Each ``certificate.issued`` record names the certificate's digest; the newest record of a request
+    must name the digest of the file on disk. A certificate for a request the log never certified, or
+    one swapped for another document with a valid digest of its own, is a finding. (Records written
+    before digests were recorded vouch only for the request having been certified.)
+    """
+    newest: dict[str, dict[str, Any]] = {}
+    for record in issued:
+        newest[str(record.get("request_id"))] = record
+    findings = []
+    for path in sorted(project.certificates_dir.glob("*.json")) if project.certificates_dir.exists() else []:
+        try:
+            document = json.loads(path.read_text())
+            request_id, digest = str(document["request_id"]), document["digest"]
+        except (ValueError, KeyError, TypeError):
+            continue  # unreadable or digest-less: reported by the certificate check
+        record = newest.get(request_id)
+        if record is None:
+            findings.append(Finding("certificates", path.name, "the audit log records no certificate.issued for "
+                                                               "this request: not issued by this pipeline"))
+        elif "certificate_digest" in record and record["certificate_digest"] != digest:
+            findings.append(Finding("certificates", path.name, "not the document the audit log recorded when it was "
+                                                               "issued (its digest differs)"))
     return findings
 
 

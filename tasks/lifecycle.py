@@ -370,8 +370,11 @@ def run_certify(project: Project) -> dict[str, Any]:
             plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))
             json_path, _ = write_certificate(certificate, plots, project.certificates_dir)
             written.append(json_path.name)
+            # The digest goes into the chained log: the doctor accepts a certificate file only if the log
+            # recorded issuing exactly that document (a planted or swapped certificate has no such record).
             issued = audit.record(project, "certificate.issued", request_id=request["request_id"],
-                                  batch_id=batch_id, subject_hash=request["subject_hash"])
+                                  batch_id=batch_id, subject_hash=request["subject_hash"],
+                                  certificate_digest=json.loads(json_path.read_text())["digest"])
             anchor = {"head_seq": issued["seq"], "head_hash": issued["hash"]}
         ledger.mark_step([batch_id], "certified")
         ledger.set_certificate_final(batch_id, "retired" in steps)

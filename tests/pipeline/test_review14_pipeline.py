@@ -139,7 +139,6 @@ def _remove_deep(top: Path) -> None:
     top.rmdir()
 
 
-@pytest.mark.xfail(strict=True, reason="review14: doctor accepts any certificate with a valid digest and anchor")
 def test_planted_certificate_is_a_doctor_finding(make_project):
     from tasks import audit
     from tasks.certificate import write_certificate
@@ -156,7 +155,14 @@ def test_planted_certificate_is_a_doctor_finding(make_project):
                        "retirement": {"versions": [], "references_retired": 0},
                        "audit": {"head_seq": record["seq"], "head_hash": record["hash"]}}, {},
                       project.certificates_dir)
-    assert diagnose(project)
+    (finding,) = diagnose(project)
+    assert finding.check == "certificates" and "records no certificate.issued" in finding.problem
+
+    # A request the log did certify, its certificate swapped for another self-consistent document
+    audit.record(project, "certificate.issued", request_id="NEVER-SENT", batch_id="batch-x",
+                 subject_hash="0" * 64, certificate_digest="f" * 64)
+    (finding,) = diagnose(project)
+    assert "digest differs" in finding.problem
 
 
 @pytest.mark.parametrize("status", [403, 404])  # 500 and 503 are retried and then raise: held
