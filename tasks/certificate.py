@@ -420,6 +420,7 @@ ul{margin:.2rem 0;padding-left:1.2rem}
 .callout.matches-zero{background:#dafbe1;border-color:#1a7f37;color:#116329}
 .callout.matches-found{background:#ffebe9;border-color:#cf222e;color:#a40e26}
 .callout.matches-unknown{background:#f6f8fa;border-color:#8c959f;color:#424a53}
+.callout.matches-partial{background:#fff8c5;border-color:#9a6700;color:#7d4e00}
 .empty,.na{color:#57606a;font-style:italic}
 figure{margin:1rem 0}
 figure img{max-width:100%;border:1px solid #d0d7de}
@@ -605,7 +606,11 @@ def _purge_section(document: dict[str, Any]) -> str:
     removed, scan = _section(purge, "objects_removed"), _section(purge, "scan")
     matches = scan.get("matches")
     # the number an auditor looks for first, so it gets the most visible spot in the section
-    if matches == 0 and not isinstance(matches, bool):
+    not_scanned = scan.get("not_scanned")
+    if matches == 0 and not isinstance(matches, bool) and _is_number(not_scanned) and not_scanned > 0:
+        callout = (f'<p class="callout matches-partial">0 matches in the files scanned; {_num(not_scanned)} path(s) '
+                   'could not be scanned (unreadable, or links to folders): nothing is claimed about them.</p>')
+    elif matches == 0 and not isinstance(matches, bool):
         callout = '<p class="callout matches-zero">0 matches: no copy of the forgotten data was found.</p>'
     elif _is_number(matches):
         callout = f'<p class="callout matches-found">{_num(matches)} matches: copies of the forgotten data remain.</p>'
@@ -617,6 +622,7 @@ def _purge_section(document: dict[str, Any]) -> str:
             ("Bytes scanned", _bytes(scan.get("bytes"))),
             ("Patterns", _num(scan.get("patterns"))),
             ("Shared with live data", _num(scan.get("shared_with_live"))),
+            ("Paths not scanned", _num(not_scanned)),
             ("Matches", _num(matches))]
     return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_definition_list(rows)}\n</section>'
 

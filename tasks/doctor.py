@@ -198,6 +198,9 @@ def _scan_findings(project: Project, check: str, patterns: dict[str, bytes], wha
     places = sorted({path for path, _ in scan.matches})
     findings = [Finding(check, place, f"{what} found in this file") for place in places]
     findings += [Finding(check, place, "could not be read: the scan proves nothing about it") for place in scan.errors]
+    findings += [Finding(check, place, "a symbolic link to a folder, not followed: the scan proves nothing about what "
+                                       "it points to (scan that folder, or replace the link by the folder)")
+                 for place in scan.unfollowed]
     return findings
 
 

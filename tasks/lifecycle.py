@@ -216,7 +216,9 @@ def run_purge(project: Project) -> dict[str, Any]:
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
-                 "weight_fingerprints": len(weights), "matches": len(scan.matches)},
+                 "weight_fingerprints": len(weights), "matches": len(scan.matches),
+                 # unreadable files and links to folders: the certificate says nothing is claimed about them
+                 "not_scanned": len(scan.errors) + len(scan.unfollowed)},
     }
     at = utc_now(precise=True)
     for batch_id in to_close:
@@ -230,6 +232,9 @@ def run_purge(project: Project) -> dict[str, Any]:
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
     ledger.save()
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
+    if scan.errors or scan.unfollowed:
+        log.warning("purge: %d path(s) could not be scanned (unreadable, or links to folders): `unlearn doctor "
+                    "--deep` names them", len(scan.errors) + len(scan.unfollowed))
     return write_state(project, "purge", {**summary, "status": "purged", **evidence})
 
 

@@ -88,7 +88,6 @@ def test_weight_copy_in_git_objects_is_found(tmp_path):
     assert result.matches or result.errors
 
 
-@pytest.mark.xfail(strict=True, reason="review14: a symlinked folder in the project is skipped without a word")
 def test_symlinked_folder_is_scanned_or_reported(tmp_path):
     project, disk = tmp_path / "project", tmp_path / "bigdisk"
     project.mkdir()
@@ -97,4 +96,5 @@ def test_symlinked_folder_is_scanned_or_reported(tmp_path):
     np.save(disk / "w.npy", weights)
     os.symlink(disk, project / "data")  # data/ on another disk: a common layout
     result = scan_for_patterns([project], weight_patterns({"w": weights}))
-    assert result.matches or result.errors  # today: 0 files scanned, 0 matches, no error
+    assert result.unfollowed == ("project/data",) and not result.clean  # reported, never a silent "clean"
+    assert scan_for_patterns([project / "data"], weight_patterns({"w": weights})).unfollowed == ("data",)

@@ -319,6 +319,15 @@ def test_matches_found_are_flagged(tmp_path):
     assert '<p class="callout matches-found">3 matches' in page and "matches-zero" not in page.split("</style>")[1]
 
 
+def test_zero_matches_with_unscanned_paths_claims_only_what_was_scanned(tmp_path):
+    certificate = _certificate()
+    certificate["purge"]["scan"].update({"matches": 0, "not_scanned": 2})
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    assert "0 matches in the files scanned; 2 path(s) could not be scanned" in body
+    assert "no copy of the forgotten data was found" not in body and "matches-zero" not in body
+
+
 def test_a_minimal_certificate_renders_dashes(tmp_path):
     json_path, html_path = write_certificate({"request_id": "r-min"}, {}, tmp_path)
     page = html_path.read_text()
