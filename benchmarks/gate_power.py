@@ -1,4 +1,4 @@
-"""Benchmark: power and error rates of the equivalence gate (issue #12), digits on CPU.
+"""Benchmark: power and error rates of the equivalence gate (issue #12), on CPU (digits by default).
 
 Protocol (fixed before running; nothing here is tuned on the results):
 - Data: params.yaml's source (digits) and train/test split. The reference pool is the per-id
@@ -27,6 +27,7 @@ Writes benchmarks/results/gate_power.{md,json,png}.
 Usage:
     nice -n 10 python benchmarks/gate_power.py              # about 6-10 minutes on 2 shared cores
     nice -n 10 python benchmarks/gate_power.py --quick      # 2 seeds, sizes 1/10/100: checks the script
+    nice -n 10 python benchmarks/gate_power.py --source fashion_mnist --train-subset 4000 --test-subset 2000
 """
 
 from __future__ import annotations
@@ -74,12 +75,26 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 300, 1000])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(RESULTS / "gate_power"))
+    parser.add_argument("--out", default=None, help="output path without suffix (default: "
+                        "benchmarks/results/gate_power, or gate_power_<source> for another source)")
+    parser.add_argument("--source", default=None, help="data.source instead of params.yaml's (e.g. fashion_mnist: "
+                        "Debian's real Fashion-MNIST files)")
+    parser.add_argument("--train-subset", type=int, default=None, help="data.train_subset (seeded by split_seed)")
+    parser.add_argument("--test-subset", type=int, default=None, help="data.test_subset (seeded by split_seed)")
+    parser.add_argument("--epochs", type=int, default=None, help="train.epochs instead of params.yaml's")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.sizes = 2, [1, 10, 100]
     torch.set_num_threads(1)  # deterministic CPU runs; the machine is shared
     params = load_params(REPO / "params.yaml")
+    if args.source or args.train_subset or args.test_subset:
+        params = replace(params, data=replace(params.data, source=args.source or params.data.source,
+                                              train_subset=args.train_subset, test_subset=args.test_subset))
+    if args.epochs:
+        params = replace(params, train=replace(params.train, epochs=args.epochs))
+    if args.out is None:
+        suffix = "" if params.data.source == "digits" else f"_{params.data.source}"
+        args.out = str(RESULTS / f"gate_power{suffix}")
     gate = params.gate
     recipe = SGDRecipe.from_config(params.train)
     source = load_source(params.data)
@@ -211,7 +226,11 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
     Path(f"{out}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
     o = summary["overall"]
     lines = [
-        "# Gate power (issue #12): digits, CPU", "",
+        f"# Gate power (issue #12): {params.data.source}, {params.model.name}, CPU", "",
+        f"Data: {params.data.source}, train subset {params.data.train_subset or 'all'}, test subset "
+        f"{params.data.test_subset or 'all'}; recipe: {params.train.epochs} epochs, batch {params.train.batch_size}, "
+        f"lr {params.train.lr}. AMUN: params.yaml profile `{params.data.source}/{params.model.name}` where one "
+        "exists.", "",
         f"Command: `{payload['command']}` ({elapsed / 60:.1f} min wall on a shared 2-core machine). "
         f"Seeds {payload['seeds']}; gate = params.yaml `gate` section: mode {gate.mode}, attacks "
         f"{list(gate.attacks)}, accuracy checks {list(gate.accuracy_checks)}, alpha {gate.alpha} "
