@@ -12,8 +12,13 @@ grows with the number of patterns.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
+import subprocess
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,20 +236,65 @@ def _walk(root: Path, skip: Callable[[Path], bool] | None, unfollowed: list[Path
             yield path
 
 
-def _scan_file(path: Path, matcher: _Matcher) -> tuple[set[str], int]:
-    """Pattern keys found in one file, and the bytes read; chunks overlap by max_len - 1."""
+def _scan_stream(handle, matcher: _Matcher) -> tuple[set[str], int]:
+    """Pattern keys found in a readable binary stream, and the bytes read; chunks overlap by max_len - 1."""
     overlap = matcher.max_len - 1
     found: set[str] = set()
     total = 0
     tail = b""
-    with path.open("rb", buffering=0) as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            total += len(chunk)
-            buffer = tail + chunk
-            found |= matcher.find(buffer)
-            # Keep enough to catch a pattern that starts here and ends in the next chunk.
-            tail = buffer[len(buffer) - overlap:] if overlap else b""
+    while chunk := handle.read(CHUNK_SIZE):
+        total += len(chunk)
+        buffer = tail + chunk
+        found |= matcher.find(buffer)
+        # Keep enough to catch a pattern that starts here and ends in the next chunk.
+        tail = buffer[len(buffer) - overlap:] if overlap else b""
     return found, total
+
+
+def _scan_file(path: Path, matcher: _Matcher) -> tuple[set[str], int]:
+    """Pattern keys found in one file (and, for a zip or gzip file, in its decompressed content)."""
+    with path.open("rb", buffering=0) as handle:
+        found, total = _scan_stream(handle, matcher)
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PK\x03\x04":  # a zip archive: its members are usually deflated, so scan them inflated
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.is_dir():
+                    with archive.open(member) as stream:
+                        found |= _scan_stream(stream, matcher)[0]
+    elif magic[:2] == b"\x1f\x8b":  # gzip (.gz, .tgz): scan the decompressed stream
+        with gzip.open(path, "rb") as stream:
+            found |= _scan_stream(stream, matcher)[0]
+    return found, total
+
+
+def _scan_git_objects(root: Path, matcher: _Matcher) -> tuple[set[str], str | None]:
+    """Pattern keys found in the decompressed objects of the Git repository at ``root``.
+
+    Git stores committed files zlib-compressed (loose objects and pack files), so a byte scan of
+    ``.git`` finds nothing even where `git show` restores a deleted file. ``git cat-file
+    --batch-all-objects --batch`` streams every object decompressed, packs included.
+
+    Returns:
+        (keys found, None) or (empty, why the objects could not be scanned).
+    """
+    try:
+        process = subprocess.Popen(["git", "-C", str(root), "cat-file", "--batch-all-objects", "--batch"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        return set(), f"git is not available to read the repository's objects ({exc.strerror})"
+    found: set[str] = set()
+    with process:
+        out = process.stdout
+        while header := out.readline():
+            size = int(header.split()[2])  # "<sha> <type> <size>\n", then the content and "\n"
+            found |= _scan_stream(io.BytesIO(out.read(size)), matcher)[0]
+            out.read(1)
+        error = process.stderr.read().decode(errors="replace").strip()
+    if process.returncode != 0:
+        return found, f"git could not list the repository's objects: {error[:200]}"
+    return found, None
 
 
 def scan_for_patterns(
@@ -255,7 +305,9 @@ def scan_for_patterns(
     Files are read in chunks of 4 MiB that overlap by (longest pattern - 1) bytes, so a pattern
     that straddles a chunk boundary is found. Symbolic links are not followed. Files that vanish
     during the scan are ignored; other unreadable files are listed in ``errors``, and symbolic
-    links to folders in ``unfollowed``.
+    links to folders in ``unfollowed``. Compressed copies are scanned decompressed: the members of
+    zip archives, gzip streams (not nested archives), and, where a root is a Git repository, every
+    committed object (matches named ``<root>/.git (committed objects)``).
 
     Speed, measured on one core of this project's 2-core machine: 1,000 patterns of 64 bytes over
     50 MB take about 0.6 s on random bytes and 0.9 s on 8x8 digit images (every pattern present,
@@ -287,12 +339,17 @@ def scan_for_patterns(
                 found, size = _scan_file(path, matcher) if patterns else (set(), path.stat().st_size)
             except FileNotFoundError:
                 continue  # removed while we walked: it holds nothing any more
-            except OSError:
+            except (OSError, zipfile.BadZipFile, EOFError, zlib.error):  # unreadable, or a corrupt archive
                 errors.append(shown)
                 continue
             files += 1
             total += size
             matches.update((shown, key) for key in found)
+        if patterns and root.is_dir() and not root.is_symlink() and (root / ".git").is_dir():
+            found, why = _scan_git_objects(root, matcher)
+            matches.update((f"{root.name}/.git (committed objects)", key) for key in found)
+            if why:
+                errors.append(f"{root.name}/.git (committed objects)")
         shown_unfollowed += [root.name if link == root else f"{root.name}/{link.relative_to(root).as_posix()}"
                              for link in unfollowed]
         unfollowed.clear()
