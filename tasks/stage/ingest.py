@@ -69,6 +69,10 @@ def run_ingest(project: Project) -> dict[str, Any]:
     if not files:
         return write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
                                                 "acknowledged": 0, "rejected": 0, "rejected_files": 0, "samples": 0})
+    # What each entry was when read: only that entry is removed at the end. A client that renames a new
+    # request into place under the same name meanwhile (the recommended atomic drop) leaves another inode,
+    # which stays in the inbox for the next run instead of being deleted unread.
+    identities = {f.name: _identity(f) for f in files}
     parsed = [parse_request_file(f) for f in files]  # reads each regular file once, never a link's target
     digest = hashlib.sha256()
     for f, p in zip(files, parsed, strict=True):
@@ -158,7 +162,9 @@ def run_ingest(project: Project) -> dict[str, Any]:
     for line in rejected_lines:
         audit.record(project, "request.rejected", request_id=line["request_id"], reasons=line["reasons"])
     for f in files:
-        if f.name in folders:
+        if _identity(f) != identities[f.name]:
+            log.info("ingest: an inbox entry changed while it was being read: left for the next run")
+        elif f.name in folders:
             remove_tree(f)
         else:
             f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
@@ -171,6 +177,15 @@ def run_ingest(project: Project) -> dict[str, Any]:
         raise PipelineError(f"request accounting mismatch: {counts}")
     log.info("ingest: %s", counts)
     return write_state(project, "ingest", counts)
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """The entry's identity (device, inode, size, modification time; the link itself, never its target)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def remove_tree(root: Path) -> None:
