@@ -95,12 +95,17 @@ def load_key(path: Path) -> bytes:
         The key bytes.
 
     Raises:
-        AuditError: Missing, unreadable or shorter than ``MIN_KEY_BYTES`` bytes of entropy.
+        AuditError: Missing, unreadable, readable or writable by every user of the machine (a key anyone
+            can read signs nothing), or shorter than ``MIN_KEY_BYTES`` bytes of entropy.
     """
     try:
         raw = Path(path).read_bytes()
+        mode = os.stat(path).st_mode
     except OSError as exc:
         raise AuditError(f"audit key file {path} cannot be read ({exc.strerror})") from exc
+    if mode & 0o007:
+        raise AuditError(f"audit key file {path} is accessible to every user (mode {mode & 0o777:o}); "
+                         f"restrict it, e.g. `chmod 600 {path}`")
     text = raw.strip()
     try:
         key = bytes.fromhex(text.decode("ascii")) if text else b""

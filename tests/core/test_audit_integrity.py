@@ -86,9 +86,14 @@ def test_anchor_with_unknown_seq(tmp_path):
 def test_load_key(tmp_path):
     hexfile = tmp_path / "k.hex"
     hexfile.write_text(KEY.hex() + "\n")
+    hexfile.chmod(0o644)
+    with pytest.raises(AuditError, match="accessible to every user .*chmod 600"):
+        load_key(hexfile)
+    hexfile.chmod(0o640)  # a service group may read it
     assert load_key(hexfile) == KEY
     short = tmp_path / "short"
     short.write_text("abcd")
+    short.chmod(0o600)
     with pytest.raises(AuditError, match=f"at least {MIN_KEY_BYTES}"):
         load_key(short)
     with pytest.raises(AuditError, match="cannot be read"):

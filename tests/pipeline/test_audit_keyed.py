@@ -18,6 +18,7 @@ def test_keyed_audit_log_detects_a_rehash_and_refuses_a_key_inside_the_project(m
     key = tmp_path / "outside" / "audit.key"
     key.parent.mkdir()
     key.write_text("ab" * 32)
+    key.chmod(0o600)
     monkeypatch.setenv("UNLEARN_AUDIT_KEY_FILE", str(key))
     root = make_project()
     project = load_project(root)
