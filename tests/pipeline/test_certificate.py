@@ -9,13 +9,8 @@ import re
 
 import pytest
 
-from tasks.certificate import (
-    certificate_stem,
-    sla_durations,
-    sla_start,
-    verify_certificate_digest,
-    write_certificate,
-)
+from tasks.certificate import certificate_stem, verify_certificate_digest, write_certificate
+from tasks.certificate_sla import sla_durations, sla_start
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"
