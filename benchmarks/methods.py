@@ -131,8 +131,10 @@ def profile_provenance(profile: str) -> str:
     if log.exists():
         return (f"selected on a validation split of the training data by benchmarks/select_hparams.py; "
                 f"sweep log {log.relative_to(REPO)}")
-    return ("NOT selected for this setting: no sweep was run for it (see its comment in params.yaml for what it "
-            "inherits); the test split was not used to choose anything")
+    partial = sorted(path.relative_to(REPO).as_posix() for path in RESULTS.glob(f"{log.stem}_*.md"))
+    swept = f"; sweeps of some methods only: {', '.join(partial)}" if partial else ""
+    return ("NOT selected as a whole for this setting (see its comment in params.yaml for what it inherits"
+            f"{swept}); the test split was not used to choose anything")
 
 
 def markdown(results: dict, reps: list[dict], meta: dict) -> str:
