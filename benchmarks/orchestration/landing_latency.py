@@ -229,9 +229,9 @@ def markdown(payload: dict) -> str:
               "for what this data allowed.", ""]
     verified = [r for rows in settings.values() for r in rows if r["champion_moved"] and r["verdict"] == "pass"]
     fastest = min(r["submit_to_decided_s"] for rows in settings.values() for r in rows)
-    lines += [f"Result: {'met' if verified and max(r['submit_to_decided_s'] for r in verified) <= TARGET_SECONDS
-                         else 'MISSED'}: {len(verified)} verified champion(s); the fastest decision took "
-              f"{fastest:.1f} s, {fastest - TARGET_SECONDS:+.1f} s against the target.", ""]
+    met = bool(verified) and max(r["submit_to_decided_s"] for r in verified) <= TARGET_SECONDS
+    lines += [f"Result: {'met' if met else 'MISSED'}: {len(verified)} verified champion(s); the fastest decision "
+              f"took {fastest:.1f} s, {fastest - TARGET_SECONDS:+.1f} s against the target.", ""]
     return "\n".join(lines)
 
 
