@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import subprocess
 import zipfile
@@ -254,9 +253,9 @@ def _scan_stream(handle, matcher: _Matcher) -> tuple[set[str], int]:
 def _scan_file(path: Path, matcher: _Matcher) -> tuple[set[str], int]:
     """Pattern keys found in one file (and, for a zip or gzip file, in its decompressed content)."""
     with path.open("rb", buffering=0) as handle:
-        found, total = _scan_stream(handle, matcher)
-    with path.open("rb") as handle:
         magic = handle.read(4)
+        handle.seek(0)
+        found, total = _scan_stream(handle, matcher)
     if magic == b"PK\x03\x04":  # a zip archive: its members are usually deflated, so scan them inflated
         with zipfile.ZipFile(path) as archive:
             for member in archive.infolist():
@@ -267,6 +266,18 @@ def _scan_file(path: Path, matcher: _Matcher) -> tuple[set[str], int]:
         with gzip.open(path, "rb") as stream:
             found |= _scan_stream(stream, matcher)[0]
     return found, total
+
+
+class _Bounded:
+    """The next ``size`` bytes of a binary stream, read in chunks like a file of that length."""
+
+    def __init__(self, stream, size: int) -> None:
+        self._stream, self._left = stream, size
+
+    def read(self, n: int) -> bytes:
+        data = self._stream.read(min(n, self._left)) if self._left > 0 else b""
+        self._left -= len(data)
+        return data
 
 
 def _scan_git_objects(root: Path, matcher: _Matcher) -> tuple[set[str], str | None]:
@@ -289,7 +300,7 @@ def _scan_git_objects(root: Path, matcher: _Matcher) -> tuple[set[str], str | No
         out = process.stdout
         while header := out.readline():
             size = int(header.split()[2])  # "<sha> <type> <size>\n", then the content and "\n"
-            found |= _scan_stream(io.BytesIO(out.read(size)), matcher)[0]
+            found |= _scan_stream(_Bounded(out, size), matcher)[0]  # chunked: a large blob is never held whole
             out.read(1)
         error = process.stderr.read().decode(errors="replace").strip()
     if process.returncode != 0:

@@ -36,7 +36,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,8 +46,7 @@ RESULTS = REPO / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "benchmarks" / "orchestration"))
-from demo_pipeline import prefect_server  # noqa: E402 - sibling scripts, not a package
-from trigger_latency import FINAL, _api, _get, _ts  # noqa: E402
+from trigger_latency import FINAL, api_get, api_post, served_project, timestamp  # noqa: E402
 
 TARGET_SECONDS = 10.0
 
@@ -101,66 +99,47 @@ def _batch_of(root: Path, request_id: str) -> dict:
 
 def measure(policy: str, submissions: int, batch: int) -> list[dict]:
     """One server, one project, ``submissions`` requests of ``batch`` samples; a row per request."""
-    with tempfile.TemporaryDirectory(prefix="unlearn-landing-") as tmp, prefect_server(Path(tmp) / "home") as url:
-        root = _project(Path(tmp), policy)
-        env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(Path(tmp) / "client-home")}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        unlearn = str(BIN / "unlearn")
-        subprocess.run([unlearn, "--root", str(root), "run"], env=env, check=True, capture_output=True)
-        with open(Path(tmp) / "serve.log", "w") as log:
-            served = subprocess.Popen([unlearn, "serve", "--root", str(root)], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT)
-        rows = []
-        try:
-            deadline = time.time() + 120
-            while len(_api(url, "/automations/filter")) < 2:
-                if time.time() > deadline or served.poll() is not None:
-                    raise SystemExit((Path(tmp) / "serve.log").read_text()[-3000:])
-                time.sleep(0.5)
-            time.sleep(2)  # the trigger service loads new automations
-            deployment = next(d for d in _api(url, "/deployments/filter") if d["name"].startswith("on-request-"))
-            query = {"deployments": {"id": {"any_": [deployment["id"]]}}}
-            for i in range(submissions):
-                request_id = f"LAND-{i}"
-                ids = _production_ids(root, batch, offset=i * batch)
-                champion_before, _ = _champion(root)
-                before = {r["id"] for r in _api(url, "/flow_runs/filter", query)}
-                started = time.time()
-                subprocess.run([unlearn, "--root", str(root), "request", "submit", "--request-id", request_id,
-                                "--sample-ids", *ids, "--subject-ref", f"bench-{i}"],
-                               env=env, check=True, capture_output=True)
-                deadline = time.time() + 600
-                while True:
-                    new = [r for r in _api(url, "/flow_runs/filter", query) if r["id"] not in before]
-                    if new:
-                        run = _get(url, f"/flow_runs/{new[0]['id']}")
-                        if run["state_type"] in FINAL:
-                            break
-                    if time.time() > deadline:
-                        raise SystemExit("no triggered run finished within 600 s")
-                    time.sleep(0.2)
-                tasks = _api(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-                stages: dict[str, float] = {}
-                for task in tasks:
-                    name = task["name"].rsplit("-", 1)[0]
-                    stages[name] = stages.get(name, 0.0) + float(task.get("total_run_time") or 0.0)
-                champion_after, tags = _champion(root)
-                batch_row = _batch_of(root, request_id)
-                rows.append({
-                    "request": i, "policy": policy, "samples": batch, "run_state": run["state_type"],
-                    "submit_to_start_s": _ts(run["start_time"]) - started,
-                    "submit_to_decided_s": _ts(run["end_time"]) - started,
-                    "run_s": _ts(run["end_time"]) - _ts(run["start_time"]),
-                    "batch_status": batch_row.get("status"),
-                    "champion_moved": champion_after != champion_before,
-                    "verdict": tags.get("verdict") if champion_after != champion_before else None,
-                    "evidence": tags.get("evidence") if champion_after != champion_before else None,
-                    "stage_seconds": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
-                })
-                print(json.dumps(rows[-1]), flush=True)
-        finally:
-            served.terminate()
-            served.wait(timeout=60)
+    unlearn = str(BIN / "unlearn")
+    rows = []
+    with served_project(lambda workdir: _project(workdir, policy), "unlearn-landing-") as (url, root, env, query):
+        for i in range(submissions):
+            request_id = f"LAND-{i}"
+            ids = _production_ids(root, batch, offset=i * batch)
+            champion_before, _ = _champion(root)
+            before = {r["id"] for r in api_post(url, "/flow_runs/filter", query)}
+            started = time.time()
+            subprocess.run([unlearn, "--root", str(root), "request", "submit", "--request-id", request_id,
+                            "--sample-ids", *ids, "--subject-ref", f"bench-{i}"],
+                           env=env, check=True, capture_output=True)
+            deadline = time.time() + 600
+            while True:
+                new = [r for r in api_post(url, "/flow_runs/filter", query) if r["id"] not in before]
+                if new:
+                    run = api_get(url, f"/flow_runs/{new[0]['id']}")
+                    if run["state_type"] in FINAL:
+                        break
+                if time.time() > deadline:
+                    raise SystemExit("no triggered run finished within 600 s")
+                time.sleep(0.2)
+            tasks = api_post(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+            stages: dict[str, float] = {}
+            for task in tasks:
+                name = task["name"].rsplit("-", 1)[0]
+                stages[name] = stages.get(name, 0.0) + float(task.get("total_run_time") or 0.0)
+            champion_after, tags = _champion(root)
+            batch_row = _batch_of(root, request_id)
+            rows.append({
+                "request": i, "policy": policy, "samples": batch, "run_state": run["state_type"],
+                "submit_to_start_s": timestamp(run["start_time"]) - started,
+                "submit_to_decided_s": timestamp(run["end_time"]) - started,
+                "run_s": timestamp(run["end_time"]) - timestamp(run["start_time"]),
+                "batch_status": batch_row.get("status"),
+                "champion_moved": champion_after != champion_before,
+                "verdict": tags.get("verdict") if champion_after != champion_before else None,
+                "evidence": tags.get("evidence") if champion_after != champion_before else None,
+                "stage_seconds": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
+            })
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -44,19 +46,19 @@ TARGET_SECONDS = 10.0
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
-def _api(url: str, path: str, body: dict | None = None):
+def api_post(url: str, path: str, body: dict | None = None):
     request = urllib.request.Request(f"{url}{path}", data=json.dumps(body or {}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read() or b"null")
 
 
-def _get(url: str, path: str):
+def api_get(url: str, path: str):
     with urllib.request.urlopen(f"{url}{path}", timeout=10) as response:
         return json.loads(response.read())
 
 
-def _ts(value: str) -> float:
+def timestamp(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
@@ -75,10 +77,15 @@ def _project(workdir: Path, poll: float) -> Path:
     return root
 
 
-def measure(submissions: int, poll: float) -> dict:
-    """Run the whole scenario once; return the per-submission latencies."""
-    with tempfile.TemporaryDirectory(prefix="unlearn-trigger-") as tmp, prefect_server(Path(tmp) / "home") as url:
-        root = _project(Path(tmp), poll)
+@contextmanager
+def served_project(make_project: Callable[[Path], Path], prefix: str) -> Iterator[tuple[str, Path, dict, dict]]:
+    """A real Prefect server, a project from ``make_project(workdir)`` with its baseline run, and `unlearn serve`.
+
+    Yields ``(api url, project root, environment for unlearn commands, flow-run filter of the on-request
+    deployment)`` once the served automations are loaded; stops `unlearn serve` on exit.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, prefect_server(Path(tmp) / "home") as url:
+        root = make_project(Path(tmp))
         env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(Path(tmp) / "client-home")}
         env.pop("MLFLOW_TRACKING_URI", None)
         unlearn = str(BIN / "unlearn")
@@ -88,40 +95,46 @@ def measure(submissions: int, poll: float) -> dict:
                                       stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 120
-            while len(_api(url, "/automations/filter")) < 2:
+            while len(api_post(url, "/automations/filter")) < 2:
                 if time.time() > deadline or served.poll() is not None:
                     raise SystemExit((Path(tmp) / "serve.log").read_text()[-3000:])
                 time.sleep(0.5)
             time.sleep(2)  # the trigger service loads new automations
-            deployment = next(d for d in _api(url, "/deployments/filter") if d["name"].startswith("on-request-"))
-            query = {"deployments": {"id": {"any_": [deployment["id"]]}}}
-            rows = []
-            for i in range(submissions):
-                before = {r["id"] for r in _api(url, "/flow_runs/filter", query)}
-                started = time.time()
-                subprocess.run([unlearn, "--root", str(root), "request", "submit", "--request-id", f"LAT-{i}",
-                                "--sample-ids", f"digits-{i:04d}", "--subject-ref", f"bench-{i}"],
-                               env=env, check=True, capture_output=True)
-                submitted = time.time()
-                deadline = submitted + 300
-                while True:
-                    new = [r for r in _api(url, "/flow_runs/filter", query) if r["id"] not in before]
-                    if new and new[0]["start_time"]:
-                        run = new[0]
-                        break
-                    if time.time() > deadline:
-                        raise SystemExit("no triggered run started")
-                    time.sleep(0.2)
-                rows.append({"submit_to_start_s": _ts(run["start_time"]) - started,
-                             "event_to_start_s": _ts(run["start_time"]) - submitted,
-                             "event_to_created_s": _ts(run["created"]) - submitted,
-                             "submit_command_s": submitted - started})
-                print(f"submission {i}: {rows[-1]}", flush=True)
-                while _get(url, f"/flow_runs/{run['id']}")["state_type"] not in FINAL:
-                    time.sleep(1)  # the next submission must not wait for the project lock
+            deployment = next(d for d in api_post(url, "/deployments/filter") if d["name"].startswith("on-request-"))
+            yield url, root, env, {"deployments": {"id": {"any_": [deployment["id"]]}}}
         finally:
             served.terminate()
             served.wait(timeout=60)
+
+
+def measure(submissions: int, poll: float) -> dict:
+    """Run the whole scenario once; return the per-submission latencies."""
+    unlearn = str(BIN / "unlearn")
+    with served_project(lambda workdir: _project(workdir, poll), "unlearn-trigger-") as (url, root, env, query):
+        rows = []
+        for i in range(submissions):
+            before = {r["id"] for r in api_post(url, "/flow_runs/filter", query)}
+            started = time.time()
+            subprocess.run([unlearn, "--root", str(root), "request", "submit", "--request-id", f"LAT-{i}",
+                            "--sample-ids", f"digits-{i:04d}", "--subject-ref", f"bench-{i}"],
+                           env=env, check=True, capture_output=True)
+            submitted = time.time()
+            deadline = submitted + 300
+            while True:
+                new = [r for r in api_post(url, "/flow_runs/filter", query) if r["id"] not in before]
+                if new and new[0]["start_time"]:
+                    run = new[0]
+                    break
+                if time.time() > deadline:
+                    raise SystemExit("no triggered run started")
+                time.sleep(0.2)
+            rows.append({"submit_to_start_s": timestamp(run["start_time"]) - started,
+                         "event_to_start_s": timestamp(run["start_time"]) - submitted,
+                         "event_to_created_s": timestamp(run["created"]) - submitted,
+                         "submit_command_s": submitted - started})
+            print(f"submission {i}: {rows[-1]}", flush=True)
+            while api_get(url, f"/flow_runs/{run['id']}")["state_type"] not in FINAL:
+                time.sleep(1)  # the next submission must not wait for the project lock
     return {"submissions": rows}
 
 
