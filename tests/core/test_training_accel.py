@@ -97,6 +97,18 @@ def test_cpu_training_matches_checksums_pinned_before_the_change(case, pinning_m
     assert _digest(model, metrics, extra) == PINNED[case]
 
 
+def test_recording_a_trace_leaves_training_bit_identical():
+    """Where the pinned checksums skip (another CPU), this still checks what their "trace" case guards:
+    recording L-CODEC's trace changes neither the weights nor the epoch metrics."""
+    trace = TrainingTrace()
+    traced, traced_metrics = _train(train_model, "plain", trace=trace)
+    plain, plain_metrics = _train(train_model, "plain")
+    assert trace.complete and trace.avg_grads
+    assert traced_metrics == plain_metrics
+    for (name, a), (_, b) in zip(sorted(traced.state_dict().items()), sorted(plain.state_dict().items()), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_empty_training_set_is_a_clear_error():
     model = build_model("small_cnn", 1, 4)
     with pytest.raises(ValueError, match="empty"):
