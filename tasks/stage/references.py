@@ -14,8 +14,9 @@ import torch
 from tasks import dvc_ops, progress
 from tasks.project import Project
 from tasks.stage.checks import needs_references
-from tasks.stage.context import model_architecture, resolve_device
+from tasks.stage.context import load_forget, model_architecture, quarantine_path, resolve_device
 from tasks.stage.state import write_state
+from unlearn.attacks.signals import SignalCache
 from unlearn.data import SampleStore
 from unlearn.models import build_model
 from unlearn.references import ReferenceBank, ReferencePlan, plan_pool_references
@@ -130,11 +131,52 @@ def register_references(project: Project, plans: list[ReferencePlan],
                         "batched": use_batched(project) and len(plans) > 1})
     usable = [r for r in bank.usable(key, reference_pool_ids(store))
               if r.pair < project.params.verify.references.count // 2]
+    warmed = warm_reference_signals(project, store, [r["state"] for r in trained])
     state = {"trained": [p.ref_id for p in plans], "usable": [r.ref_id for r in usable],
+             "signals_warmed": warmed,
              "retired_total": sum(r.status != "live" for r in bank.records.values()),
              "train_seconds": round(sum(float(r["seconds"]) for r in trained), 3), "recipe_key": key}
     log.info("references: trained %d, usable %d", len(plans), len(usable))
     return write_state(project, "references", state)
+
+
+def warm_reference_signals(project: Project, store: SampleStore, states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compute new reference models' logits on every sample a batch can score, once, into the signal cache.
+
+    Why: pool references never change while they live, so their logits on the training split,
+    the test split and the pending forget samples are the same for every later batch. Computing
+    them here, once per reference (like its training), leaves a batch's verification with the
+    parent's and the candidate's forward passes only (issue #12: per-batch verification compute).
+    Purge drops a deleted sample's rows from the cache, as before.
+
+    Args:
+        project: The project.
+        store: The live sample store.
+        states: State dicts of the newly trained references.
+
+    Returns:
+        ``{"models": n, "samples": n, "seconds": s}`` (zeros when nothing was trained).
+    """
+    if not states:
+        return {"models": 0, "samples": 0, "seconds": 0.0}
+    started = time.perf_counter()
+    params = project.params
+    device = resolve_device(project)
+    architecture = model_architecture(project, store)
+    parts = [store.load_split("train"), store.load_split("test")]
+    quarantined = [b for b in Ledger(project.ledger_path).pending() if quarantine_path(project, b).exists()]
+    if quarantined:
+        parts.append(load_forget(project, quarantined))
+    ids = np.concatenate([p.ids for p in parts])
+    images = to_float(np.concatenate([p.images for p in parts]))
+    cache = SignalCache(project.signals_dir)
+    for state in states:
+        model = build_model(params.model.name, architecture["in_channels"], architecture["num_classes"])
+        model.load_state_dict(state)
+        cache.logits(model.to(device), ids, images, augmentations=params.verify.augmentations, device=device)
+    seconds = round(time.perf_counter() - started, 3)
+    log.info("references: cached %d models' logits on %d samples (%.2f s)", len(states), len(ids), seconds)
+    return {"models": len(states), "samples": int(len(ids)), "seconds": seconds}
 
 
 def run_references(project: Project) -> dict[str, Any]:
