@@ -208,9 +208,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     second = _run_pipeline(str(root))
     print(format_summary(second))
     if not args.skip_conclusive:
-        print(f"\n[4/{steps}] a batch whose evidence is conclusive: a model that memorises (300 training samples, "
-              "40 epochs), 80 samples deleted, and a deliberately weak method (one fine-tuning step at lr 1e-7, "
-              "i.e. no unlearning) ...", flush=True)
+        print(f"\n[4/{steps}] a batch whose evidence is conclusive: a model that memorises (240 training samples, "
+              "40 epochs; 4 references on a 160-sample pool), 120 samples deleted, and a deliberately weak method "
+              "(one fine-tuning step at lr 1e-7, i.e. no unlearning) ...", flush=True)
         where, detectable = demo_detectable_case(root)
         print(format_summary(detectable))
         print(f"(project: {where}) {_detectable_outcome(detectable)}")
@@ -229,7 +229,7 @@ def _detectable_outcome(result: dict[str, Any]) -> str:
     verdicts = verdicts or [pair[1] for pair in (result.get("promote") or {}).get("attempts") or []
                             if isinstance(pair, list | tuple) and len(pair) == 2]
     if "fail" in verdicts:
-        return ("Here the attacks detect the original model's memory of the 80 samples, so the gate has power "
+        return ("Here the attacks detect the original model's memory of the 120 samples, so the gate has power "
                 "and fails the untouched model conclusively: it is registered with verdict fail and the champion "
                 "does not move (exit code 3 for that run).")
     last = verdicts[-1] if verdicts else "not produced"
@@ -243,8 +243,12 @@ def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
 
     Why a second project: on the embedded digits with the shipped recipe the original model's
     membership excess is about as large as the interval, so verdicts are inconclusive (README, How
-    the gate decides). A model trained for 40 epochs on 300 samples memorises them; deleting 80 with
-    a method that changes nothing gives the gate a known answer (fail) with a detected control.
+    the gate decides). A model trained for 40 epochs on 240 samples memorises them; deleting 120
+    with a method that changes nothing gives the gate a known answer (fail) with a detected control.
+    The reference pool is 40% of the 400 samples (160; each reference trains on 80): with the
+    shipped 20% (60, references on 30 samples) the references are so much weaker than the model
+    that the parent's LiRA excess ranged 0.06-0.14 over forget subsets and the verdict was sometimes
+    inconclusive; with 160 it was 0.16-0.18 and the untouched model failed on every subset tried.
     """
     import shutil
     import subprocess
@@ -258,9 +262,9 @@ def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
 
     where = Path(tempfile.mkdtemp(prefix="unlearn-demo-detectable-"))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["train_subset"] = 300
+    params["data"]["train_subset"] = 400
     params["train"]["epochs"] = 40
-    params["verify"]["references"]["count"] = 2
+    params["verify"]["references"].update(count=4, pool_fraction=0.4)
     params["unlearn"].update(method="finetune", escalation=[])
     params["unlearn"]["methods"]["finetune"] = {"epochs": 1, "lr": 1.0e-7, "batch_size": 64}
     (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -268,7 +272,7 @@ def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
     subprocess.run(["git", "init", "-q"], cwd=where, check=True)
     _run_pipeline(str(where))
     train = SampleStore(load_project(where).store_dir).split_ids("train")
-    chosen = np.random.default_rng(7).choice(train, size=80, replace=False)
+    chosen = np.random.default_rng(7).choice(train, size=120, replace=False)
     submit_request(where, {"request_id": "DETECTABLE-01", "sample_ids": sorted(chosen.tolist()),
                            "received_at": utc_now(), "reason": "gdpr_erasure", "subject_ref": "demo-subject-x"})
     return where, _run_pipeline(str(where))
