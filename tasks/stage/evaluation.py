@@ -25,14 +25,13 @@ import torch
 
 from tasks.project import PipelineError, Project
 from tasks.stage.checks import needs_references
-from tasks.stage.context import model_architecture, resolve_device, tensors
-from tasks.stage.references import recipe_key, reference_pool_ids
+from tasks.stage.context import resolve_device, tensors
+from tasks.stage.references import recipe_key, reference_model, reference_pool_ids
 from unlearn.attacks.signals import SignalCache
 from unlearn.config import Params
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
 from unlearn.gate import FAIL, PASS, GateDecision, ScoredModel, gate_decision
-from unlearn.models import build_model
 from unlearn.references import ReferenceBank, out_references
 from unlearn.verification import (
     DivergedModelError,
@@ -176,14 +175,8 @@ def scoring_references(project: Project, store: SampleStore, sets: EvalSets) -> 
     if len(chosen) < count:
         raise PipelineError(f"{len(chosen)} usable reference models (OUT for every scored sample) but "
                             f"verify.references.count is {count}; run the references stage first")
-    device = resolve_device(project)
-    architecture = model_architecture(project, store)
     evidence = _evidence_fn(project, sets, SignalCache(project.signals_dir))
-    refs = []
-    for ref_id in chosen:
-        model = build_model(params.model.name, architecture["in_channels"], architecture["num_classes"])
-        model.load_state_dict(bank.load_state(ref_id))
-        refs.append(evidence(model.to(device), with_retain=False))
+    refs = [evidence(reference_model(project, store, bank.load_state(ref_id)), with_retain=False) for ref_id in chosen]
     return refs, chosen
 
 

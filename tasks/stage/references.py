@@ -140,6 +140,14 @@ def register_references(project: Project, plans: list[ReferencePlan],
     return write_state(project, "references", state)
 
 
+def reference_model(project: Project, store: SampleStore, state: dict[str, Any]) -> torch.nn.Module:
+    """A reference model rebuilt from its state dict, on the project's device."""
+    architecture = model_architecture(project, store)
+    model = build_model(project.params.model.name, architecture["in_channels"], architecture["num_classes"])
+    model.load_state_dict(state)
+    return model.to(resolve_device(project))
+
+
 def warm_reference_signals(project: Project, store: SampleStore, states: list[dict[str, Any]]) -> dict[str, Any]:
     """Compute new reference models' logits on every sample a batch can score, once, into the signal cache.
 
@@ -161,8 +169,6 @@ def warm_reference_signals(project: Project, store: SampleStore, states: list[di
         return {"models": 0, "samples": 0, "seconds": 0.0}
     started = time.perf_counter()
     params = project.params
-    device = resolve_device(project)
-    architecture = model_architecture(project, store)
     parts = [store.load_split("train"), store.load_split("test")]
     quarantined = [b for b in Ledger(project.ledger_path).pending() if quarantine_path(project, b).exists()]
     if quarantined:
@@ -171,9 +177,8 @@ def warm_reference_signals(project: Project, store: SampleStore, states: list[di
     images = to_float(np.concatenate([p.images for p in parts]))
     cache = SignalCache(project.signals_dir)
     for state in states:
-        model = build_model(params.model.name, architecture["in_channels"], architecture["num_classes"])
-        model.load_state_dict(state)
-        cache.logits(model.to(device), ids, images, augmentations=params.verify.augmentations, device=device)
+        cache.logits(reference_model(project, store, state), ids, images, augmentations=params.verify.augmentations,
+                     device=resolve_device(project))
     seconds = round(time.perf_counter() - started, 3)
     log.info("references: cached %d models' logits on %d samples (%.2f s)", len(states), len(ids), seconds)
     return {"models": len(states), "samples": int(len(ids)), "seconds": seconds}

@@ -67,8 +67,6 @@ PINNED = {
 }
 
 
-
-
 @pytest.fixture(scope="module")
 def pinning_machine_rounding():
     """Skip unless this machine rounds like the one that pinned the checksums.

@@ -17,19 +17,26 @@ from conftest import FAST, dvc_repro
 pytestmark = pytest.mark.e2e
 
 
-def test_dvc_repro_applies_a_request_and_a_repeat_run_changes_nothing(repro_baseline):
+def _baseline_with_request(repro_baseline, method: str, request_id: str, subject: str):
+    """The session's baseline `dvc repro` (a fresh project; it asserts success) restored with ``method``,
+    and one deletion request for 6 training samples submitted to its inbox. Returns (root, project)."""
     from flows.cli import submit_request
-    from tasks import dvc_ops
     from tasks.project import load_project
     from unlearn.data import SampleStore
-    from unlearn.requests import Ledger
 
-    # the session's first `dvc repro` of a fresh project (it asserts success) built this baseline
-    root = repro_baseline({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
+    root = repro_baseline({**FAST, "unlearn": {**FAST["unlearn"], "method": method, "escalation": []}})
     project = load_project(root)
     ids = SampleStore(project.store_dir).split_ids("train")[:6].tolist()
-    submit_request(root, {"request_id": "R-DVC", "sample_ids": ids, "received_at": "2026-11-24T10:00:00Z",
-                          "reason": "gdpr_erasure", "subject_ref": "carol"})
+    submit_request(root, {"request_id": request_id, "sample_ids": ids, "received_at": "2026-11-24T10:00:00Z",
+                          "reason": "gdpr_erasure", "subject_ref": subject})
+    return root, project
+
+
+def test_dvc_repro_applies_a_request_and_a_repeat_run_changes_nothing(repro_baseline):
+    from tasks import dvc_ops
+    from unlearn.requests import Ledger
+
+    root, project = _baseline_with_request(repro_baseline, "retrain", "R-DVC", "carol")
     applied = dvc_repro(root)
     assert "Running stage 'promote'" in applied and "Running stage 'certify'" in applied
     ledger = Ledger(project.ledger_path)
@@ -81,16 +88,7 @@ def _experiments(shown: list[dict]) -> list[dict]:
 
 def _baseline_and_request(repro_baseline):
     """A tiny project whose baseline `dvc repro` ran, with one committed deletion request pending."""
-    from flows.cli import submit_request
-    from tasks.project import load_project
-    from unlearn.data import SampleStore
-
-    # the baseline: the session's first `dvc repro` of a fresh project, no request yet
-    root = repro_baseline({**FAST, "unlearn": {**FAST["unlearn"], "method": "amun", "escalation": []}})
-    project = load_project(root)
-    ids = SampleStore(project.store_dir).split_ids("train")[:6].tolist()
-    submit_request(root, {"request_id": "R-EXP", "sample_ids": ids, "received_at": "2026-11-24T10:00:00Z",
-                          "reason": "gdpr_erasure", "subject_ref": "dave"})
+    root, _ = _baseline_with_request(repro_baseline, "amun", "R-EXP", "dave")
     (root / ".gitignore").write_text(GITIGNORE)
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "baseline and one request")
