@@ -28,8 +28,9 @@ from flows.exit_codes import EXIT_OK
 from tasks.project import load_project
 
 
-def build_deployments(root: str | Path, key: str) -> list[Any]:
-    """The deployments ``unlearn serve`` adds for one project; only those ``params.yaml`` configures.
+def deployment_specs(root: str | Path, key: str) -> list[tuple[Any, dict[str, Any]]]:
+    """The deployments ``unlearn serve`` adds for one project, as ``(flow, deployment options)``; only
+    those ``params.yaml`` configures.
 
     ``audit-<key>`` on ``gate.audit.cron``; ``audit-count-<key>`` when ``gate.audit.every_batches`` > 0;
     ``consolidate-<key>`` on ``gate.consolidate.cron`` (forced: a schedule means "retrain now");
@@ -41,6 +42,10 @@ def build_deployments(root: str | Path, key: str) -> list[Any]:
         root: Project directory.
         key: The project's key (:func:`flows.serve.project_key`): deployment names and the tag that
             ties a pipeline run to this project.
+
+    Returns:
+        Each deployment's flow and the keyword arguments of ``flow.to_deployment`` (and of
+        ``Runner.add_flow``, which ``unlearn serve`` uses so that runs start from the flow object).
     """
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
@@ -62,24 +67,29 @@ def build_deployments(root: str | Path, key: str) -> list[Any]:
 
     out = []
     if gate.audit.cron:
-        out.append(audit_flow.to_deployment(
+        out.append((audit_flow, dict(
             name=f"audit-{key}", schedules=[Cron(gate.audit.cron, timezone=timezone)], parameters=parameters,
-            description=f"Exact-retrain audit of the unlearning method on a past batch of {project.root}", **common))
+            description=f"Exact-retrain audit of the unlearning method on a past batch of {project.root}", **common)))
     if gate.audit.every_batches > 0:
-        out.append(audit_flow.to_deployment(
+        out.append((audit_flow, dict(
             name=f"audit-count-{key}", triggers=after_pipeline("audit"),
             parameters={**parameters, "only_if_due": True},
-            description=f"Audit after every {gate.audit.every_batches} batch(es) of {project.root}", **common))
+            description=f"Audit after every {gate.audit.every_batches} batch(es) of {project.root}", **common)))
     if gate.consolidate.cron:
-        out.append(consolidate_flow.to_deployment(
+        out.append((consolidate_flow, dict(
             name=f"consolidate-{key}", schedules=[Cron(gate.consolidate.cron, timezone=timezone)],
             parameters={**parameters, "force": True},
-            description=f"Scheduled exact retrain of the champion of {project.root}", **common))
-    out.append(consolidate_flow.to_deployment(
+            description=f"Scheduled exact retrain of the champion of {project.root}", **common)))
+    out.append((consolidate_flow, dict(
         name=f"consolidate-due-{key}", triggers=after_pipeline("consolidate"), parameters=parameters,
         description=f"Exact retrain of {project.root} once {gate.consolidate.deleted_fraction:.0%} of the training "
-                    "set was deleted since the last exact model (or the batch count rule)", **common))
+                    "set was deleted since the last exact model (or the batch count rule)", **common)))
     return out
+
+
+def build_deployments(root: str | Path, key: str) -> list[Any]:
+    """The maintenance deployments of :func:`deployment_specs` as Prefect ``RunnerDeployment`` objects."""
+    return [flow.to_deployment(**options) for flow, options in deployment_specs(root, key)]
 
 
 # --------------------------------------------------------------------------- CLI

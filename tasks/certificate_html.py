@@ -181,7 +181,8 @@ def _sla_chart(sla: list[dict]) -> bytes | None:
     ax.set(xlabel="seconds since the deletion clock started",
            title="Time per step (each bar spans from the previous step)")
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.set_layout_engine("tight")  # one layout pass at draw (bbox_inches="tight" drew the chart twice)
+    figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
 
 

@@ -22,9 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tasks.project import PipelineError, Project
+from unlearn.config import load_yaml
 
 _REPO_LOCK = threading.Lock()  # one in-process DVC operation at a time (threads task runner)
 
@@ -218,7 +217,7 @@ def data_version(project: Project) -> str:
     """
     lock_path = project.root / "dvc.lock"
     try:
-        lock = yaml.safe_load(lock_path.read_text()) or {}
+        lock = load_yaml(lock_path.read_text()) or {}
         for out in lock["stages"]["prepare"]["outs"]:
             if Path(out["path"]) == Path("data/store"):
                 return out["md5"]

@@ -28,8 +28,11 @@ def _atomic_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def _save_figure(figure: Any, path: Path) -> None:
+    # The tight layout engine lays the figure out once at draw; bbox_inches="tight" drew it twice
+    # (half of a verification's plotting time, which every deletion run pays).
+    figure.set_layout_engine("tight")
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=110)
 
 
 def verification_plots(out_dir: Path, scores: dict[str, dict[str, dict[str, np.ndarray]]],
@@ -72,6 +75,7 @@ def verification_plots(out_dir: Path, scores: dict[str, dict[str, dict[str, np.n
             ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", linewidth=1)
             ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), title=attack,
                    xlabel="false-positive rate (test)", ylabel="true-positive rate (forget)")
+            ax.minorticks_off()  # decades are enough to read; minor log ticks cost more than the curves
             ax.legend(loc="lower right", fontsize=8)
         figure.suptitle("Forget vs test ROC (log-log)")
         _save_figure(figure, out_dir / "roc.png")

@@ -43,7 +43,7 @@ from tasks.project import PipelineError, Project
 from tasks.stage.context import finite_metrics, load_forget, resolve_device, tag_list, unlearning_data
 from tasks.stage.evaluation import evaluate_baselines, evaluate_candidate, evaluation_sets
 from tasks.stage.retrain import retrained_model, retrained_path
-from unlearn.config import ConfigError
+from unlearn.config import ConfigError, load_yaml
 from unlearn.data import SampleStore
 from unlearn.files import atomic_path, utc_now, write_json_atomic, write_text_atomic
 from unlearn.methods import METHODS, run_method
@@ -83,7 +83,7 @@ def _split_values(text: str) -> list[str]:
 
 def _scalar(text: str, where: str) -> Any:
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: {text!r} is not a YAML value ({str(exc).splitlines()[0]})") from None
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):

@@ -261,6 +261,7 @@ class ServeConfig:
     trigger_after_requests: int = 10  # N: a run starts once this many requests arrived ...
     trigger_window_minutes: float = 15.0  # T: ... or this long after the oldest unprocessed one
     watch_interval_seconds: float = 1.0  # how often serve polls the inbox and Prefect for runs to start (latency)
+    warm_start: bool = True  # fork each served run from a preloaded interpreter (flows/warm.py), not a cold spawn
 
 
 @dataclass(frozen=True)
@@ -526,6 +527,17 @@ def _check_method_kwargs(unlearn: UnlearnConfig) -> None:
                 raise ConfigError(f"{where}: {exc}") from None
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` through libyaml's C parser where PyYAML was built with it.
+
+    Why: every stage of a run re-reads params.yaml (and dvc.lock); the pure-Python parser spent
+    about a second per deletion run on that (profiled), the C one a tenth of it. Same safe subset,
+    same results.
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
+
+
 def load_params(path: str | Path) -> Params:
     """Read and validate ``params.yaml``.
 
@@ -544,7 +556,7 @@ def load_params(path: str | Path) -> Params:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     try:
-        mapping = yaml.safe_load(text)
+        mapping = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(mapping)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from datetime import timedelta
@@ -22,6 +23,7 @@ from flows import serve
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -148,6 +150,37 @@ def test_submit_without_a_server_still_queues(make_project):
     assert serve.claimed_files(root / "data" / "requests" / serve.EMITTED_LOG) == set()  # the watcher sends it
 
 
+def test_warm_start_forks_runs_from_the_preloaded_interpreter():
+    """What Prefect starts a served run with is a forkserver that already imported the preload;
+    the serve process itself stays light (in a subprocess: install patches Prefect's module)."""
+    code = textwrap.dedent("""
+        import sys
+        from prefect import flow_engine
+        from flows import warm
+        assert "wave" not in sys.modules and not warm.is_installed()
+        assert warm.install(preload=("wave",)) > 0 and warm.is_installed()
+        context = flow_engine.multiprocessing.get_context("spawn")
+        assert context.get_start_method() == "forkserver"
+        assert flow_engine.multiprocessing.get_context("fork").get_start_method() == "fork"
+        child = context.Process(target=exec, args=("import os, sys; os._exit(0 if 'wave' in sys.modules else 3)",))
+        child.start()
+        child.join()
+        assert child.exitcode == 0, child.exitcode
+        assert "wave" not in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_warm_preload_is_imported_by_the_forkserver_only():
+    """flows.warm_preload does its work on import, so nothing but the forkserver may import it."""
+    for package in ("flows", "tasks", "unlearn"):
+        for path in (REPO / package).rglob("*.py"):
+            if path.name not in ("warm.py", "warm_preload.py"):
+                assert "warm_preload" not in path.read_text(), path
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -224,4 +257,5 @@ def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_pr
     # exited within 120 s of SIGINT and was killed; alone it stops cleanly. The triggered run, the
     # point of this test, is asserted above; a clean stop is asserted whenever it happens in time.
     assert served.returncode in (0, -signal.SIGINT, -signal.SIGKILL), log.read_text()[-3000:]
+    assert "warm start: runs fork from a preloaded interpreter" in log.read_text(), log.read_text()[-3000:]
     assert time.time() - started < 420
