@@ -16,12 +16,15 @@ Protocol (fixed before running; nothing here is tuned on the results):
   AMUN is gated against the parent as the positive control.
 - Sizes below ``gate.min_samples`` are inconclusive by rule: no model is trained for them.
 - Compute: CPU seconds (process time, robust to other load on the shared machine) of one
-  per-batch verification -- forward passes of the parent (positive control) and the candidate on
-  D_F and D_T, the references' signals read from a signal cache, the attacks and the bootstrap
-  gate -- against the CPU seconds of one retrain of the production model with params.yaml's
+  per-batch verification -- forward passes of the candidate on D_F and D_T and of the parent
+  (positive control) on D_F, the parent's D_T signals and the references' read from a signal
+  cache, the attacks and the bootstrap gate -- against the CPU seconds of one retrain of the production model with params.yaml's
   recipe. The references' logits on every production and test sample are computed once per
   reference set (the pipeline's references stage warms its SignalCache the same way) and
-  reported apart: they are a cost of the reference models, not of a batch.
+  reported apart: they are a cost of the reference models, not of a batch. The parent is the
+  champion, verified as the previous batch's candidate, and the pipeline caches every candidate's
+  logits (tasks/stage/evaluation.py): its D_T logits are cached before the batch (that pass was
+  the previous batch's cost); its D_F rows are computed in the batch and dropped after it (purge).
 - Rates come with Wilson 95% intervals over seeds (few runs: wide intervals, stated as such).
 
 Writes benchmarks/results/gate_power.{md,json,png}.
@@ -146,6 +149,12 @@ def main() -> int:
         warm_cpu.append({"seed": seed, "samples": int(len(scored)), "cpu_s": time.process_time() - start,
                          "retrain_cpu_s": parent_cpu})
 
+        # The parent is the champion, which was verified as a candidate of the batch before: its test-set
+        # logits are in the signal cache from then (tasks/stage/evaluation.py caches every candidate's).
+        # A batch computes them only for its own forget samples; purge drops those rows afterwards.
+        parent_cache = SignalCache(tempfile.mkdtemp(prefix="gate-power-parent-"))
+        parent_cache.logits(parent, test.astype(str), images[test], augmentations="none", device="cpu")
+
         def ref_evidence_for(idx: np.ndarray, references: list = references) -> list:
             """Reference evidence on (D_F = idx, D_T = test), read from the warmed cache."""
             ids = {"forget": idx.astype(str), "retain": idx[:0].astype(str), "test": test.astype(str)}
@@ -165,11 +174,15 @@ def main() -> int:
             data = UnlearningData(tensor_set(forget), tensor_set(retain), classes, recipe, factory)
             amun = run_method("amun", parent, data, device="cpu", seed=seed, kwargs=params.method_kwargs("amun"))
             sets = EvalSets(tensor_set(forget), tensor_set(retain[:0]), tensor_set(test))
+            cached_sets = EvalSets(sets.forget, sets.retain, sets.test, ids={
+                "forget": forget.astype(str), "retain": forget[:0].astype(str), "test": test.astype(str)})
             start = time.process_time()
             ref_evidence = ref_evidence_for(forget)
-            parent_scores = gate_scores(model_evidence(parent, sets, device="cpu", with_retain=False), ref_evidence,
+            parent_evidence = model_evidence(parent, cached_sets, device="cpu", cache=parent_cache, with_retain=False)
+            parent_scores = gate_scores(parent_evidence, ref_evidence,
                                         attacks=gate.attacks, attack_options=options, seed=seed)
             setup_cpu = time.process_time() - start
+            parent_cache.drop_ids(set(forget.astype(str)))  # as purge does once the batch is applied
             for role, model in (("parent", parent), ("retrain", retrain), ("amun", amun)):
                 start = time.process_time()
                 scores = gate_scores(model_evidence(model, sets, device="cpu", with_retain=False), ref_evidence,
@@ -189,6 +202,7 @@ def main() -> int:
                                         for c in decision.to_dict()["checks"]]})
             print(f"seed {seed} n {n}: " + ", ".join(f"{r['role']} {r['verdict']}" for r in runs[-3:]),
                   f"({time.time() - started:.0f} s)", flush=True)
+        shutil.rmtree(parent_cache.root, ignore_errors=True)
     shutil.rmtree(ref_cache.root, ignore_errors=True)
     summary = summarise(runs, costs, sizes)
     warm = [w["cpu_s"] / w["retrain_cpu_s"] for w in warm_cpu]
