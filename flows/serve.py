@@ -163,23 +163,27 @@ def _auth_headers() -> dict[str, str]:
         value = getattr(prefect.settings, name).value()
         return (value.get_secret_value() if hasattr(value, "get_secret_value") else value) or None
 
-    if key := setting("PREFECT_API_KEY"):
-        return {"Authorization": f"Bearer {key}"}
+    # The same precedence as Prefect's client: a basic-auth string first, then an API key.
     if auth := setting("PREFECT_API_AUTH_STRING"):
         return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    if key := setting("PREFECT_API_KEY"):
+        return {"Authorization": f"Bearer {key}"}
     return {}
 
 
 def emit(event: str, root: str | Path, payload: dict[str, Any], url: str | None = None) -> bool:
     """Send one event to the Prefect server at ``url`` (default: PREFECT_API_URL) and wait for it.
 
-    A plain ``POST {api}/events`` (the server's batch endpoint): no Prefect import and no
-    websocket, so the submit command stays quick. Never starts Prefect's temporary server
+    First a plain ``POST {api}/events`` (the server's batch endpoint): no Prefect import and no
+    websocket, so ``unlearn request submit`` stays quick. If the server answers with an error
+    (authentication kept in a Prefect profile, CSRF protection, ...), the event goes through
+    Prefect's own events client, which knows every setting. Never starts Prefect's temporary server
     (events sent there would die with this process).
 
     Returns:
-        Whether the server accepted the event.
+        Whether the event was sent.
     """
+    import urllib.error
     import uuid
     from datetime import UTC, datetime
 
@@ -192,9 +196,29 @@ def emit(event: str, root: str | Path, payload: dict[str, Any], url: str | None 
         request = urllib.request.Request(f"{url.rstrip('/')}/events", data=json.dumps(body).encode(), method="POST",
                                          headers={"Content-Type": "application/json", **_auth_headers()})
         with urllib.request.urlopen(request, timeout=EMIT_TIMEOUT_SECONDS) as response:
-            return 200 <= response.status < 300
+            if 200 <= response.status < 300:
+                return True
+    except urllib.error.HTTPError:
+        pass  # the server is there but refused the plain request: Prefect's client below
+    except Exception:  # noqa: BLE001 - unreachable (best effort: the caller decides what a failure means)
+        return False
+    return _emit_with_prefect(event, root, payload, url)
+
+
+def _emit_with_prefect(event: str, root: str | Path, payload: dict[str, Any], url: str) -> bool:
+    """:func:`emit` through Prefect's websocket events client (auth, CSRF and TLS from Prefect's settings)."""
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=url, reconnection_attempts=0) as client:
+            await client.emit(Event(event=event, resource=project_resource(root), payload=payload))
+
+    try:
+        asyncio.run(asyncio.wait_for(send(), EMIT_TIMEOUT_SECONDS))
     except Exception:  # noqa: BLE001 - best effort: the caller decides what a failure means
         return False
+    return True
 
 
 def _emitted_log(root: Path) -> Path:
@@ -429,12 +453,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         try:
             _say(f"warm start: runs fork from a preloaded interpreter (its imports took {warm.install():.1f} s, once)")
-        except RuntimeError as exc:  # the runs still work, each importing everything itself
+        except Exception as exc:  # noqa: BLE001 - the runs still work, each importing everything itself
             _say(f"warm start unavailable ({exc}): each run starts a fresh interpreter")
     # pause_on_shutdown=False: restarting `unlearn serve` must not leave the nightly schedule paused.
     # query_seconds: Prefect's runner polls for runs to start every 10 s by default; a triggered
     # run should start within the same interval the inbox is polled at.
-    runner = Runner(pause_on_shutdown=False, query_seconds=config.watch_interval_seconds)
+    # limit=None: no cap on concurrent runs, as prefect.serve has (Runner's own default is 5, and runs
+    # queued on the project lock would hold those slots while the nightly or an audit waits).
+    runner = Runner(pause_on_shutdown=False, query_seconds=config.watch_interval_seconds, limit=None)
     for flow, options in specs:
         # add_flow (not prefect.serve's add_deployment): the runner keeps the flow object and starts each
         # run from it (prefect.flow_engine.run_flow_in_subprocess, which warm start routes), where a
@@ -443,7 +469,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     thread.start()
     try:
         asyncio.run(runner.start())
-    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C or SIGTERM: stop serving, as prefect.serve does
+    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C: stop serving, as prefect.serve does
         pass
     finally:
         stop.set()

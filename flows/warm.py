@@ -29,6 +29,36 @@ from typing import Any
 
 # The forkserver imports this one module; importing it is the warm-up (imports and first-call set-up).
 PRELOAD: tuple[str, ...] = ("flows.warm_preload",)
+PROBE_TIMEOUT_SECONDS = 600.0  # the preload imports for about 11 s on 2 cores; far more means it is stuck
+
+
+def run_with_exit_handlers(target: Any, *args: Any) -> Any:
+    """Run a forked run's ``target``, then its ``atexit`` handlers.
+
+    A forkserver child ends with ``os._exit`` where a spawned one ran ``atexit`` (MLflow's end of
+    an active run, temporary directories registered for removal at exit, log flushing): run them
+    here so a warm run cleans up as a cold one does.
+    """
+    import atexit
+
+    try:
+        return target(*args)
+    finally:
+        atexit._run_exitfuncs()
+
+
+class _WarmContext:
+    """The forkserver context, with every process's target wrapped by :func:`run_with_exit_handlers`."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def Process(self, *args: Any, target: Any = None, **kwargs: Any) -> Any:  # noqa: N802 - multiprocessing's name
+        call_args = tuple(kwargs.pop("args", ()))
+        return self._context.Process(*args, target=run_with_exit_handlers, args=(target, *call_args), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 class _RoutedMultiprocessing:
@@ -63,8 +93,8 @@ def install(preload: tuple[str, ...] = PRELOAD) -> float:
         Seconds the preload took.
 
     Raises:
-        RuntimeError: The platform has no forkserver, or this Prefect's run_flow_in_subprocess
-            is not the one the routing was written for.
+        RuntimeError: The platform has no forkserver, this Prefect's run_flow_in_subprocess is not
+            the one the routing was written for, or the preload failed.
     """
     import inspect
 
@@ -81,12 +111,18 @@ def install(preload: tuple[str, ...] = PRELOAD) -> float:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
     started = time.perf_counter()
-    probe = context.Process(target=os.getpid, name="unlearn-warm-start-probe")
+    # The forkserver skips a preload module that fails to import: the probe checks they are all there.
+    probe = context.Process(target=exec, name="unlearn-warm-start-probe", args=(
+        f"import os, sys; os._exit(0 if all(m in sys.modules for m in {list(preload)!r}) else 4)",))
     probe.start()
-    probe.join()
+    probe.join(timeout=PROBE_TIMEOUT_SECONDS)
+    if probe.exitcode is None:
+        probe.kill()
+        raise RuntimeError(f"the forkserver did not start a process within {PROBE_TIMEOUT_SECONDS:g} s")
     if probe.exitcode != 0:
-        raise RuntimeError(f"the forkserver's first process exited with {probe.exitcode}")
-    flow_engine.multiprocessing = _RoutedMultiprocessing(context)  # type: ignore[assignment]
+        raise RuntimeError("the preload failed to import" if probe.exitcode == 4 else
+                           f"the forkserver's first process exited with {probe.exitcode}")
+    flow_engine.multiprocessing = _RoutedMultiprocessing(_WarmContext(context))  # type: ignore[assignment]
     return time.perf_counter() - started
 
 
@@ -95,3 +131,10 @@ def is_installed() -> bool:
     from prefect import flow_engine
 
     return isinstance(flow_engine.multiprocessing, _RoutedMultiprocessing)
+
+
+def context() -> Any:
+    """The context Prefect's run subprocesses are started with in this process."""
+    from prefect import flow_engine
+
+    return flow_engine.multiprocessing.get_context("spawn")

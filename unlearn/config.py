@@ -535,7 +535,10 @@ def load_yaml(text: str) -> Any:
     same results.
     """
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
+    except UnicodeError as exc:  # libyaml's encoder meets a lone surrogate: still a YAML error to callers
+        raise yaml.YAMLError(f"not valid text: {exc}") from None
 
 
 def load_params(path: str | Path) -> Params:
