@@ -18,13 +18,14 @@ Protocol (fixed before running; nothing here is tuned on the results):
 - Compute: CPU seconds (process time, robust to other load on the shared machine) of one
   per-batch verification -- forward passes of the candidate on D_F and D_T and of the parent
   (positive control) on D_F, the parent's D_T signals and the references' read from a signal
-  cache, the attacks and the bootstrap gate -- against the CPU seconds of one retrain of the production model with params.yaml's
-  recipe. The references' logits on every production and test sample are computed once per
-  reference set (the pipeline's references stage warms its SignalCache the same way) and
-  reported apart: they are a cost of the reference models, not of a batch. The parent is the
-  champion, verified as the previous batch's candidate, and the pipeline caches every candidate's
-  logits (tasks/stage/evaluation.py): its D_T logits are cached before the batch (that pass was
-  the previous batch's cost); its D_F rows are computed in the batch and dropped after it (purge).
+  cache, the attacks and the bootstrap gate -- against the CPU seconds of one retrain of the
+  production model with params.yaml's recipe. The references' logits on every production and
+  test sample are computed once per reference set (the pipeline's references stage warms its
+  SignalCache the same way) and reported apart: they are a cost of the reference models, not of
+  a batch. The parent is the champion, verified as the previous batch's candidate, and the
+  pipeline caches every candidate's logits (tasks/stage/evaluation.py): its D_T logits are in the
+  cache before the batch (that pass was the previous batch's cost); its D_F rows are computed in
+  the batch and dropped after it (purge).
 - Rates come with Wilson 95% intervals over seeds (few runs: wide intervals, stated as such).
 
 Writes benchmarks/results/gate_power.{md,json,png}.
@@ -318,8 +319,10 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
     lines += ["", "## Per-batch verification cost by size (CPU seconds / one retrain's CPU seconds)", "",
               "| n_forget | median | max |", "|---|---|---|"]
     lines += [f"| {n} | {pct(float(np.median(v)))} | {pct(float(np.max(v)))} |" for n, v in cost_rows.items() if v]
-    lines += ["", "Per batch: the forward passes of the parent (positive control) and the candidate on D_F and "
-              "D_T, reading the references' logits from the signal cache, the attacks and the bootstrap gate. "
+    lines += ["", "Per batch: the forward passes of the candidate on D_F and D_T and of the parent (positive "
+              "control) on D_F, reading the parent's D_T logits (cached when it was verified as the previous "
+              "batch's candidate, as the pipeline does) and the references' from the signal cache, the attacks "
+              "and the bootstrap gate. "
               "Once per reference set (not per batch, like training the references): their logits on every "
               "production and test sample, which the pipeline's references stage writes into its signal "
               "cache when it trains them (median "

@@ -150,7 +150,59 @@ def test_submit_without_a_server_still_queues(make_project):
     assert serve.claimed_files(root / "data" / "requests" / serve.EMITTED_LOG) == set()  # the watcher sends it
 
 
-def test_warm_start_forks_runs_from_the_preloaded_interpreter():
+@pytest.fixture
+def events_endpoint():
+    """A local HTTP server standing in for ``POST {api}/events``: records requests, answers ``status[0]``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received, status = [], [204]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": json.loads(body)})
+            self.send_response(status[0])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/api", received, status
+    server.shutdown()
+
+
+def test_emit_posts_one_event_without_personal_data(events_endpoint, monkeypatch, tmp_path):
+    url, received, _ = events_endpoint
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:secret")
+    payload = serve.request_payload("request-20261124T100000123456-0123456789ab.json", "cli")
+    assert serve.emit(serve.SUBMITTED, tmp_path, payload)
+    [request] = received
+    [event] = request["body"]
+    assert request["path"] == "/api/events" and request["auth"].startswith("Basic ")
+    assert event["event"] == serve.SUBMITTED and event["payload"] == payload
+    assert event["resource"] == serve.project_resource(tmp_path) and event["id"] and event["occurred"]
+
+
+def test_emit_falls_back_to_prefects_client_when_the_server_refuses(events_endpoint, monkeypatch, tmp_path):
+    url, received, status = events_endpoint
+    status[0] = 401
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    calls = []
+    monkeypatch.setattr(serve, "_emit_with_prefect", lambda *args: calls.append(args) or True)
+    assert serve.emit(serve.SUBMITTED, tmp_path, {"file": "x", "source": "cli"})
+    assert len(received) == 1 and len(calls) == 1
+    # nothing listening: not sent, and no fallback (a server that is not there refuses any client)
+    calls.clear()
+    assert not serve.emit(serve.SUBMITTED, tmp_path, {"file": "x", "source": "cli"}, url="http://127.0.0.1:9/api")
+    assert calls == []
+
+
+def test_warm_start_forks_runs_from_the_preloaded_interpreter(tmp_path):
     """What Prefect starts a served run with is a forkserver that already imported the preload;
     the serve process itself stays light (in a subprocess: install patches Prefect's module)."""
     code = textwrap.dedent("""
@@ -167,9 +219,17 @@ def test_warm_start_forks_runs_from_the_preloaded_interpreter():
         child.join()
         assert child.exitcode == 0, child.exitcode
         assert "wave" not in sys.modules
+        # a forkserver child ends with os._exit: the routed context still runs its atexit handlers
+        marker = sys.argv[1]
+        child = context.Process(target=exec, args=(
+            f"import atexit, pathlib; atexit.register(pathlib.Path({marker!r}).write_text, 'ran')",))
+        child.start()
+        child.join()
+        assert child.exitcode == 0 and open(marker).read() == "ran"
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "atexit-ran")], cwd=REPO,
+                            capture_output=True, text=True, timeout=180)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
