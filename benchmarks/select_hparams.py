@@ -64,6 +64,25 @@ GRIDS: dict[str, list[dict]] = {
 }
 
 
+def grid_points(base: dict, grid: list[dict]) -> list[tuple[dict, dict]]:
+    """``(overrides, kwargs)`` per distinct point of ``grid`` over the profile's ``base`` kwargs.
+
+    A grid's second point is often the value a previous selection already put in the profile, so
+    it equals ``{}``: such duplicates are dropped, and when the grid collapses to one point for a
+    method with a learning rate, the rate is bracketed (x1/3, x3) so the sweep still compares.
+    """
+    points: list[tuple[dict, dict]] = []
+    for overrides in grid:
+        kwargs = {**base, **overrides}
+        if all(kwargs != seen for _, seen in points):
+            points.append((overrides, kwargs))
+    if len(points) == 1 and isinstance(base.get("lr"), int | float):
+        for factor in (1 / 3, 3):
+            overrides = {"lr": float(f"{base['lr'] * factor:.2g}")}
+            points.append((overrides, {**base, **overrides}))
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits")
@@ -120,8 +139,7 @@ def main() -> None:
         if name == "amun_salun" and "amun" in chosen:
             base = {**base, **chosen["amun"]["kwargs"]}
         points = []
-        for overrides in grids.get(name, [{}]):
-            kwargs = {**base, **overrides}
+        for overrides, kwargs in grid_points(base, grids.get(name, [{}])):
             try:
                 runs = [run_one(name, r, kwargs, device=args.device, seed=3000 + s) for s, r in enumerate(refs)]
             except Exception as exc:  # noqa: BLE001 - a failing point is logged, not fatal
