@@ -156,12 +156,6 @@ def main() -> int:
         parent_cache = SignalCache(tempfile.mkdtemp(prefix="gate-power-parent-"))
         parent_cache.logits(parent, test.astype(str), images[test], augmentations="none", device="cpu")
 
-        def ref_evidence_for(idx: np.ndarray, references: list = references) -> list:
-            """Reference evidence on (D_F = idx, D_T = test), read from the warmed cache."""
-            ids = {"forget": idx.astype(str), "retain": idx[:0].astype(str), "test": test.astype(str)}
-            sets = EvalSets(tensor_set(idx), tensor_set(idx[:0]), tensor_set(test), ids=ids)
-            return [model_evidence(r, sets, device="cpu", cache=ref_cache, with_retain=False) for r in references]
-
         rng = np.random.default_rng(seed)
         for n in sizes:
             forget = np.sort(rng.choice(production, size=n, replace=False))
@@ -174,12 +168,13 @@ def main() -> int:
             retrain, _ = train(retain, 2000 + seed)
             data = UnlearningData(tensor_set(forget), tensor_set(retain), classes, recipe, factory)
             amun = run_method("amun", parent, data, device="cpu", seed=seed, kwargs=params.method_kwargs("amun"))
-            sets = EvalSets(tensor_set(forget), tensor_set(retain[:0]), tensor_set(test))
-            cached_sets = EvalSets(sets.forget, sets.retain, sets.test, ids={
+            # ids: the references' and the parent's signals are read from (and kept in) their caches
+            sets = EvalSets(tensor_set(forget), tensor_set(retain[:0]), tensor_set(test), ids={
                 "forget": forget.astype(str), "retain": forget[:0].astype(str), "test": test.astype(str)})
             start = time.process_time()
-            ref_evidence = ref_evidence_for(forget)
-            parent_evidence = model_evidence(parent, cached_sets, device="cpu", cache=parent_cache, with_retain=False)
+            ref_evidence = [model_evidence(r, sets, device="cpu", cache=ref_cache, with_retain=False)
+                            for r in references]
+            parent_evidence = model_evidence(parent, sets, device="cpu", cache=parent_cache, with_retain=False)
             parent_scores = gate_scores(parent_evidence, ref_evidence,
                                         attacks=gate.attacks, attack_options=options, seed=seed)
             setup_cpu = time.process_time() - start

@@ -9,7 +9,7 @@
   (:mod:`tasks.consolidate`), then runs purge so versions that saw deleted samples are retired.
 
 Both hold the project's pipeline lock: they never run beside a deletion run. ``unlearn serve`` serves
-them (:func:`build_deployments`): on their cron (``gate.audit.cron``: audit the newest unaudited batch;
+them (:func:`deployment_specs`): on their cron (``gate.audit.cron``: audit the newest unaudited batch;
 ``gate.consolidate.cron``: consolidate unconditionally) and, for the count rules (``every_batches``,
 ``deleted_fraction``), after each completed pipeline run of the project, where they return at once
 unless due.

@@ -423,11 +423,6 @@ def deployment_specs(root: str | Path) -> list[tuple[Any, dict[str, Any]]]:
     return [(pipeline_flow, nightly), (pipeline_flow, on_request)]
 
 
-def build_deployments(root: str | Path) -> list[Any]:
-    """The deployments of :func:`deployment_specs` as Prefect ``RunnerDeployment`` objects."""
-    return [flow.to_deployment(**options) for flow, options in deployment_specs(root)]
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner

@@ -100,15 +100,14 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     assert all(set(bank.members(r).tolist()) <= pool for r in first_refs)  # references train on the pool only
     # the references stage cached every new reference's logits on the training and test splits once, so
     # a later batch's verification reads them instead of running the references again (issue #12)
+    from tasks.stage.references import reference_model
     from tasks.stage.state import read_state
     from unlearn.attacks.signals import model_digest
-    from unlearn.models import build_model
 
     assert read_state(project, "references")["signals_warmed"]["models"] == 2
     later = set(train_ids[20:30].tolist()) | set(store.split_ids("test").tolist())
     for ref_id in first_refs:
-        ref = build_model(project.params.model.name, 1, 10)
-        ref.load_state_dict(bank.load_state(ref_id))
+        ref = reference_model(project, store, bank.load_state(ref_id))
         cached = project.signals_dir / f"{model_digest(ref)}-{project.params.verify.augmentations}.npz"
         assert later <= set(np.load(cached)["ids"].tolist())
     check = next(c for c in report["checks"] if c["metric"] == "mia.lira_offline.auc")
