@@ -258,11 +258,15 @@ def validate_requests(
     if len(owners):
         ids_frame = pd.DataFrame({"row": owners, "sample_id": [_frame_safe(s) for ids in checked_ids for s in ids]})
         ids_frame["pair"] = ids_frame["row"].astype(str) + "|" + ids_frame["sample_id"]
+        # Membership is looked up here and the expectation checks the flag: given the dataset's ids as its
+        # value_set, GX copies that list through pydantic on every metric it resolves (6.4 s per request
+        # against Fashion-MNIST's 70,000 ids, 0.3 s against digits').
+        ids_frame["known"] = ids_frame["sample_id"].isin(known_ids).astype(object)
         ids_def = (context.data_sources.add_pandas(name="sample_ids")
                    .add_dataframe_asset(name="ids").add_batch_definition_whole_dataframe("all"))
         id_checks = [
             gxe.ExpectColumnValuesToMatchRegex(column="sample_id", regex=SAMPLE_ID_PATTERN, meta={"code": "sample_id_malformed"}),
-            gxe.ExpectColumnValuesToBeInSet(column="sample_id", value_set=sorted(known_ids), meta={"code": "unknown_sample_id"}),
+            gxe.ExpectColumnValuesToBeInSet(column="known", value_set=[True], meta={"code": "unknown_sample_id"}),
             gxe.ExpectColumnValuesToBeUnique(column="pair", meta={"code": "duplicate_sample_id_in_request"}),
         ]
         failed_ids = _failed_indices(ids_def, ids_frame, id_checks)
