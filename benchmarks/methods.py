@@ -131,8 +131,17 @@ def profile_provenance(profile: str) -> str:
     if log.exists():
         return (f"selected on a validation split of the training data by benchmarks/select_hparams.py; "
                 f"sweep log {log.relative_to(REPO)}")
-    partial = sorted(path.relative_to(REPO).as_posix() for path in RESULTS.glob(f"{log.stem}_*.md"))
-    swept = f"; sweeps of some methods only: {', '.join(partial)}" if partial else ""
+    partial = sorted(RESULTS.glob(f"{log.stem}_*.md"))
+    covered: set[str] = set()
+    for path in partial:  # each partial sweep's JSON names the methods it chose values for
+        saved = path.with_suffix(".json")
+        if saved.exists():
+            covered |= set(json.loads(saved.read_text()).get("chosen") or {})
+    logs = ", ".join(path.relative_to(REPO).as_posix() for path in partial)
+    if partial and covered >= set(METHODS.names()) - {"retrain"}:
+        return (f"selected method by method on a validation split of the training data by "
+                f"benchmarks/select_hparams.py; sweep logs {logs}; the test split was not used to choose anything")
+    swept = f"; sweeps of some methods only: {logs}" if partial else ""
     return ("NOT selected as a whole for this setting (see its comment in params.yaml for what it inherits"
             f"{swept}); the test split was not used to choose anything")
 
