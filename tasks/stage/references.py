@@ -57,14 +57,20 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     """Reference models to train so that ``verify.references.count`` usable ones exist.
 
     They train on the reference pool (:func:`reference_pool_ids`), once: later batches reuse them
-    until a deletion names a pool sample. Nothing is planned unless a batch is pending and a
-    configured attack needs references. Live references trained with another recipe are
-    retired first (they could never be used).
+    until a deletion names a pool sample. With a pool they are trained with the baseline, before any
+    request: deleting a production sample retires none of them, so the first deletion's path needs
+    only forward passes, like every later one (otherwise it paid the training of every reference).
+    Without a pool (``pool_fraction`` 0) they train on halves of the training split and the next
+    deletion would retire most of them, so they are planned only when a batch is pending. Nothing is
+    planned unless a configured attack needs references. Live references trained with another
+    recipe are retired first (they could never be used).
     """
     params = project.params
-    if not needs_references(params) or not Ledger(project.ledger_path).pending():
-        return []  # trained when a request needs them: the next deletion would retire most of them
+    if not needs_references(params):
+        return []
     store = SampleStore(project.store_dir)
+    if not len(store.split_ids("pool")) and not Ledger(project.ledger_path).pending():
+        return []  # no pool: trained when a request needs them (see above)
     if len(store.split_ids("train")) < params.train.min_samples:
         return []  # nothing to verify against: the model is withdrawn, not unlearned (see escalation)
     bank = ReferenceBank(project.references_dir)

@@ -104,7 +104,10 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     from tasks.stage.state import read_state
     from unlearn.attacks.signals import model_digest
 
-    assert read_state(project, "references")["signals_warmed"]["models"] == 2
+    # trained and cached with the baseline (the pool is never trained on, so no deletion of a production
+    # sample retires them); the batch's run trained none: its path is forward passes only (issue #12)
+    assert first["references"]["trained"] and first["references"]["signals_warmed"]["models"] == 2
+    assert second["references"]["trained"] == [] and read_state(project, "references")["trained"] == []
     later = set(train_ids[20:30].tolist()) | set(store.split_ids("test").tolist())
     for ref_id in first_refs:
         ref = reference_model(project, store, bank.load_state(ref_id))
@@ -157,8 +160,9 @@ def test_reference_models_fan_out_over_the_task_runner_with_sequential_results(p
     from unlearn.data import SampleStore
     from unlearn.references import ReferenceBank
 
-    root, _ = champion_project({**FAST, "orchestration": {"task_runner": runner, "max_workers": 2,
-                                                          "dask_address": None}})  # baseline: no references yet
+    # The baseline trained FAST's 2 references on the pool; 4 asks for another complementary pair.
+    root, _ = champion_project({**FAST, "verify": {**FAST["verify"], "references": {"count": 4, "batched": "auto"}},
+                                "orchestration": {"task_runner": runner, "max_workers": 2, "dask_address": None}})
     project = load_project(root)
     train_ids = SampleStore(project.store_dir).split_ids("train")
     _submit(root, "R-1", sorted(train_ids[:5].tolist()))
