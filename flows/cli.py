@@ -196,7 +196,8 @@ def demo_requests(root: Path, n_requests: int = 3, per_request: int = 45) -> lis
 def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     steps = 3 if args.skip_conclusive else 4
-    print(f"[1/{steps}] prepare the embedded dataset and train the baseline model ...", flush=True)
+    print(f"[1/{steps}] prepare the embedded dataset, train the baseline model and the reference models ...",
+          flush=True)
     first = _run_pipeline(str(root))
     print(f"      champion: version {first['train']['version']}", flush=True)
     requests = demo_requests(root)

@@ -178,7 +178,9 @@ def restore_tree(root: Path, saved: Path) -> None:
 
 
 # What a baseline run (nothing pending) reads: ingest, prepare and train's params (dvc.yaml), and the
-# registry's names. A test that reuses the session's champion may change any other section.
+# registry's names. A test that reuses the session's champion may change any other section; note that the
+# baseline also trained the pool's references with the session's `verify` settings (FAST): a test that
+# changes `verify.references` or the attacks starts from those and gets more only if it asks for more.
 BASELINE_SECTIONS = ("seed", "data", "model", "train", "requests", "registry")
 
 

@@ -100,7 +100,7 @@ def main() -> None:
         f"Command: `{command}`. CPU seconds of one `validate_requests` call on one valid request, median "
         f"[min, max] of {args.repeats} calls after a warm-up; the process's first call (it also builds GX's "
         f"ephemeral context) took {first_call:.2f} s. `flag`: the shipped check (membership looked up in "
-        "pandas, GX checks the flag column). `value_set`: the check before 2026-12-04 (the dataset's ids "
+        "a Python set, GX checks the flag column). `value_set`: the check before 2026-12-04 (the dataset's ids "
         "as the expectation's value_set), rebuilt here for comparison.",
         "",
         "| dataset ids | ids in the request | check | CPU s (median) | [min, max] |",

@@ -221,7 +221,7 @@ def markdown(payload: dict) -> str:
 
     lines += ["", "Task-run seconds inside the flow run (Prefect API): median over the runs where the task ran "
               "(in how many runs it ran; the pool's reference models are trained with the baseline, "
-              "then reused; before 2026-12-04 a setting's first batch trained them):", "",
+              "then reused; before 2026-12-05 a setting's first batch trained them):", "",
               "| task | " + " | ".join(f"{s} start s (runs)" for s in starts) + " |",
               "|---|" + "---:|" * len(starts),
               *(f"| {name} | " + " | ".join(cell(per.get(s)) for s in starts) + " |"
