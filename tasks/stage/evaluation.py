@@ -167,7 +167,7 @@ def scoring_references(project: Project, store: SampleStore, sets: EvalSets) -> 
         return [], []
     count = params.verify.references.count
     bank = ReferenceBank(project.references_dir)
-    usable = [r.ref_id for r in bank.usable(recipe_key(project, store), reference_pool_ids(store))
+    usable = [r.ref_id for r in bank.usable(recipe_key(project, store), reference_pool_ids(project, store))
               if r.pair < count // 2]
     scored_ids = np.concatenate([np.asarray(sets.ids["forget"]), np.asarray(sets.ids["test"])]) if sets.ids \
         else np.zeros(0)

@@ -34,17 +34,29 @@ def recipe_key(project: Project, store: SampleStore) -> str:
     ).hexdigest()[:16]
 
 
-def reference_pool_ids(store: SampleStore) -> np.ndarray:
-    """The samples reference models train on: the reference pool, or (a store without one) the training split.
+def pool_in_use(project: Project, store: SampleStore) -> bool:
+    """Whether reference models train on the reference pool (else on halves of the training split).
+
+    The pool is used while each half of it holds at least ``gate.min_samples`` samples, the gate's
+    own floor for a set it tests. Deletions of pool samples shrink it; a pool of one sample made
+    every reference's training set empty, so the references stage failed for every later batch (a
+    wedge). A depleted pool (or none, fraction 0) falls back to halves of the live training split,
+    which every deletion retires as before.
+    """
+    return len(store.split_ids("pool")) // 2 >= max(1, project.params.gate.min_samples)
+
+
+def reference_pool_ids(project: Project, store: SampleStore) -> np.ndarray:
+    """The samples reference models train on: the reference pool, or (no usable pool) the training split.
 
     With a pool (``verify.references.pool_fraction`` > 0) production training never sees these
     samples, so forget samples and test negatives are OUT for every reference and deleting a
     training sample retires none; a deletion naming a pool sample retires exactly the
-    references that trained on it (prepare). Without a pool (fraction 0) references train on
-    halves of the live training split, and every deletion retires the ones that saw it.
+    references that trained on it (prepare). Without a pool (fraction 0), or once deletions have
+    left it too small (:func:`pool_in_use`), references train on halves of the live training
+    split, and every deletion retires the ones that saw it.
     """
-    pool = store.split_ids("pool")
-    return pool if len(pool) else store.split_ids("train")
+    return store.split_ids("pool") if pool_in_use(project, store) else store.split_ids("train")
 
 
 def use_batched(project: Project) -> bool:
@@ -60,8 +72,9 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     until a deletion names a pool sample. With a pool they are trained with the baseline, before any
     request: deleting a production sample retires none of them, so the first deletion's path needs
     only forward passes, like every later one (otherwise it paid the training of every reference).
-    Without a pool (``pool_fraction`` 0) they train on halves of the training split and the next
-    deletion would retire most of them, so they are planned only when a batch is pending. Nothing is
+    Without a pool (``pool_fraction`` 0, or a pool depleted by deletions: :func:`pool_in_use`)
+    they train on halves of the training split and the next deletion would retire most of them,
+    so they are planned only when a batch is pending. Nothing is
     planned unless a configured attack needs references. Live references trained with another
     recipe are retired first (they could never be used).
     """
@@ -69,15 +82,15 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     if not needs_references(params):
         return []
     store = SampleStore(project.store_dir)
-    if not len(store.split_ids("pool")) and not Ledger(project.ledger_path).pending():
-        return []  # no pool: trained when a request needs them (see above)
+    if not pool_in_use(project, store) and not Ledger(project.ledger_path).pending():
+        return []  # no usable pool: trained when a request needs them (see above)
     if len(store.split_ids("train")) < params.train.min_samples:
         return []  # nothing to verify against: the model is withdrawn, not unlearned (see escalation)
     bank = ReferenceBank(project.references_dir)
     key = recipe_key(project, store)
     for ref_id in bank.retire_stale(key):
         log.info("references: retired %s (recipe changed)", ref_id)
-    return plan_pool_references(bank, reference_pool_ids(store), count=params.verify.references.count,
+    return plan_pool_references(bank, reference_pool_ids(project, store), count=params.verify.references.count,
                                 recipe_key=key, seed=params.seed)
 
 
@@ -135,10 +148,16 @@ def register_references(project: Project, plans: list[ReferencePlan],
         bank.add(plan, result["state"], recipe_key=key, data_version=data_version,
                  extra={"train_seconds": round(float(result["seconds"]), 3), "git_commit": git,
                         "batched": use_batched(project) and len(plans) > 1})
-    usable = [r for r in bank.usable(key, reference_pool_ids(store))
+    usable = [r for r in bank.usable(key, reference_pool_ids(project, store))
               if r.pair < project.params.verify.references.count // 2]
     warmed = warm_reference_signals(project, store, [r["state"] for r in trained])
+    depleted = bool(len(store.split_ids("pool"))) and not pool_in_use(project, store)
+    if depleted:
+        log.warning("references: the reference pool has %d samples left, fewer than 2 x gate.min_samples; "
+                    "references train on halves of the training split (as with pool_fraction 0)",
+                    len(store.split_ids("pool")))
     state = {"trained": [p.ref_id for p in plans], "usable": [r.ref_id for r in usable],
+             "pool_depleted": depleted,
              "signals_warmed": warmed,
              "retired_total": sum(r.status != "live" for r in bank.records.values()),
              "train_seconds": round(sum(float(r["seconds"]) for r in trained), 3), "recipe_key": key}

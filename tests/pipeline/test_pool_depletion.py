@@ -1,0 +1,49 @@
+"""Deletions that empty the reference pool: references fall back to the training split, nothing wedges."""
+
+import json
+
+import pytest
+from conftest import FAST, run_stages
+
+pytestmark = pytest.mark.e2e
+
+
+def _request(request_id, ids):
+    return {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
+            "subject_ref": f"subject-{request_id}", "sample_ids": ids}
+
+
+def test_a_depleted_reference_pool_falls_back_to_the_training_split(champion_project):
+    from flows.cli import main
+    from tasks.doctor import diagnose
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.references import ReferenceBank
+
+    root, _ = champion_project(FAST)  # baseline: 2 references on halves of the pool (about 270 samples)
+    project = load_project(root)
+    store = SampleStore(project.store_dir)
+    pool = store.split_ids("pool").tolist()
+    assert len(pool) >= 200
+    # One batch deletes all of the pool but one sample (halves of 0 samples: the references stage
+    # failed on it, and so on every later batch) and 30 training samples.
+    train = store.split_ids("train")[:30].tolist()
+    project.incoming_dir.mkdir(parents=True, exist_ok=True)
+    (project.incoming_dir / "batch.json").write_text(json.dumps(
+        [_request("POOL-1", pool[1:]), _request("TRAIN-1", train)]))
+    run_stages(project, "ingest", "prepare")
+    assert SampleStore(project.store_dir).split_ids("pool").tolist() == pool[:1]
+    for stage in ("train", "references", "unlearn", "promote", "purge", "certify"):
+        assert main(["--root", str(root), "stage", stage]) == 0, stage
+    references = json.loads((project.state_dir / "references.json").read_text())
+    assert references["pool_depleted"] is True and len(references["trained"]) == 2
+    bank = ReferenceBank(project.references_dir)
+    live_train = set(SampleStore(project.store_dir).split_ids("train").tolist())
+    for ref_id in references["usable"]:  # trained on halves of the live training split, never on a forget sample
+        members = set(bank.members(ref_id).tolist())
+        assert members <= live_train and not members & set(train)
+    promote = json.loads((project.state_dir / "promote.json").read_text())  # decided with those references
+    assert promote["status"] in {"promoted", "held", "rejected"}, promote
+    assert promote["verdict"] in {"pass", "fail", "inconclusive"}
+    assert main(["--root", str(root), "request", "status", "TRAIN-1"]) == 0
+    assert diagnose(project) == []
