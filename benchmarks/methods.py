@@ -90,9 +90,15 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
     original = evaluate(ref.original, ref, args.device)
     rows["original"] = {**original, "gap": gap(original, ref.target), "time_ratio": 0.0, "weight_change": 0.0}
     names = [n for n in METHODS.names() if n != "retrain"] if args.methods == "all" else args.methods.split(",")
+    overrides = getattr(args, "overrides", None) or {}  # benchmarks/device_check.py --quick: shorter loops
     for name in names:
-        kwargs = params.unlearn.kwargs_for(name, args.dataset, args.model)
-        rows[name] = run_one(name, ref, kwargs, device=args.device, seed=300 + i)
+        kwargs = {**params.unlearn.kwargs_for(name, args.dataset, args.model), **overrides.get(name, {})}
+        try:
+            rows[name] = run_one(name, ref, kwargs, device=args.device, seed=300 + i)
+        except Exception as exc:  # device_check (catch_errors): a crash is a finding, reported in its row
+            if not getattr(args, "catch_errors", False):
+                raise
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     extra = {}
     if i == 0 and args.lcodec_requests > 0 and "lcodec" in names:
         extra["lcodec_certified"] = certified_lcodec(
@@ -105,8 +111,9 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
 def aggregate(reps: list[dict]) -> dict:
     out = {}
     for name in reps[0]["rows"]:
-        runs = [r["rows"][name] for r in reps]
-        entry = {}
+        runs = [r["rows"][name] for r in reps if "error" not in r["rows"][name]]
+        errors = sorted({r["rows"][name]["error"] for r in reps if "error" in r["rows"][name]})
+        entry = {"errors": errors} if errors else {}
         for key in NUMBERS:
             mean, half = t_interval([r.get(key, float("nan")) for r in runs])
             entry[key] = {"mean": mean, "ci95": half}
@@ -156,20 +163,23 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
              "half-width over repetitions. Hyperparameters: params.yaml profile "
              f"`{meta['profile']}` ({profile_provenance(meta['profile'])}). Recipe: "
              + ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
-             + f". Sizes: {meta['sizes']}. Wall time {meta['wall_seconds']:.0f} s on a shared 2-core machine "
-             "(time ratios are noisy).", "",
+             + f". Sizes: {meta['sizes']}. Wall time {meta['wall_seconds']:.0f} s on "
+             f"{meta.get('machine', 'a shared 2-core machine (time ratios are noisy)')}.", "",
              "The **retrain** row's Avg Gap is one retrain against the mean of the others: the noise floor. A "
              "method whose gap interval overlaps it cannot be told apart from retraining; one whose interval "
              "overlaps the **original**'s cannot be told apart from doing nothing.", "",
              "| Method | UA | RA | TA | RMIA AUC | LiRA AUC | Avg Gap | time / retrain | Δw |",
              "|---|---|---|---|---|---|---|---|---|"]
     order = ["retrain", "original"] + sorted((k for k in results if k not in ("retrain", "original")),
-                                             key=lambda k: results[k]["gap"]["mean"])
+                                             key=lambda k: np.nan_to_num(results[k]["gap"]["mean"], nan=np.inf))
     for name in order:
         e = results[name]
         label = name + (" (diverged)" if e["diverged"] else "")
+        if e.get("errors"):
+            raised = sum("error" in r["rows"][name] for r in reps)
+            label += f" (RAISED in {raised}/{len(reps)}: {'; '.join(e['errors'])})"
         if name not in ("retrain", "original"):  # the contract of tests/core/test_methods_contract.py
-            rows = [(r["rows"][name], r["rows"]["original"]) for r in reps]
+            rows = [(r["rows"][name], r["rows"]["original"]) for r in reps if "error" not in r["rows"][name]]
             unchanged = sum(row["weight_change"] == 0.0 for row, _ in rows)
             destroyed = sum(row["TA"] < 0.5 * orig["TA"] for row, orig in rows)
             if unchanged:

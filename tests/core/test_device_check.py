@@ -45,7 +45,12 @@ def test_quick_cpu_subset_runs_with_the_stack_blocked(tmp_path):
     rows = report["amun_table"]["results"]
     assert set(rows) == {"retrain", "original", "amun"}
     assert "errors" not in rows["amun"]
-    assert 0 <= rows["amun"]["gap"]["mean"] <= 100 and rows["retrain"]["gap"]["mean"] == 0
+    assert 0 <= rows["amun"]["gap"]["mean"] <= 100 and rows["amun"]["weight_change"]["mean"] > 0
+    assert 0 <= rows["retrain"]["gap"]["mean"] < 100  # one retrain against the other: the noise floor
+    meta = report["amun_table"]["meta"]
+    # Fashion-MNIST's profile, not the shipped params.yaml's active one (digits/small_cnn)
+    assert meta["profile"] == "fashion_mnist/small_cnn" and meta["retrains"] == 2
+    assert report["meta"]["complete"] is True
     assert (tmp_path / "device_check_cpu_quick.md").read_text().startswith("# Device check")
     assert (tmp_path / "device_check_cpu_quick.png").stat().st_size > 0
 
@@ -61,7 +66,7 @@ def test_quick_cpu_mode_end_to_end(tmp_path):
     from unlearn.methods import METHODS
 
     assert set(rows) == set(METHODS.names()) | {"original"}
-    assert report["amun_table"]["meta"]["seeds"] == [0, 1]
+    assert report["amun_table"]["meta"]["seeds"] == 2
     assert rows["original"]["TA"]["mean"] > 30  # the quick recipe learns (10 classes: chance is 10%)
     assert [name for name, row in rows.items() if "errors" in row] == []
 
