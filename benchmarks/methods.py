@@ -101,9 +101,14 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     extra = {}
     if i == 0 and args.lcodec_requests > 0 and "lcodec" in names:
-        extra["lcodec_certified"] = certified_lcodec(
-            ref, params.unlearn.kwargs_for("lcodec", args.dataset, args.model), requests=args.lcodec_requests,
-            device=args.device, seed=300 + i)
+        try:
+            extra["lcodec_certified"] = certified_lcodec(
+                ref, params.unlearn.kwargs_for("lcodec", args.dataset, args.model), requests=args.lcodec_requests,
+                device=args.device, seed=300 + i)
+        except Exception as exc:  # as for the methods above (device_check's catch_errors)
+            if not getattr(args, "catch_errors", False):
+                raise
+            extra["lcodec_certified"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds,
             "sizes": {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}}
 
@@ -200,7 +205,9 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
     if meta.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in meta["notes"]]
     cert = reps[0]["extra"].get("lcodec_certified")
-    if cert:
+    if cert and "error" in cert:
+        lines += ["", f"L-CODEC's certified mode raised: {cert['error']}"]
+    elif cert:
         lines += ["", f"L-CODEC in the table runs **uncertified** (`noise: false`: the Newton step alone, no (ε, δ) "
                   f"guarantee; Δw above). Its certified mode (noise on, one sample per request, repetition 0, first "
                   f"{cert['requests']} forget samples): {cert['seconds_per_request']:.2f} s per request, so removing "

@@ -11,7 +11,8 @@ On CUDA:
   does no host->device copy; otherwise each batch is gathered on the host into pinned memory and
   copied with ``non_blocking=True`` (the copy overlaps the previous step's kernels);
 * matmuls and convolutions run under bf16 autocast (no loss scaling needed, unlike fp16);
-* 4-D inputs and conv weights use channels_last, the layout cuDNN's tensor-core kernels want.
+* 4-D inputs and conv weights use channels_last, the layout cuDNN's tensor-core kernels want (only for
+  conv nets whose forward accepts it: a model that ``.view``s an activation keeps the plain layout).
 
 Nothing here synchronises the host with the device; callers keep running sums on the device and
 read them once per epoch.
@@ -59,9 +60,46 @@ def autocast(device: str | torch.device, enabled: bool = True) -> Iterator[None]
         yield
 
 
-def use_channels_last(device: str | torch.device, example: torch.Tensor) -> bool:
-    """channels_last pays off for 4-D (image) inputs on CUDA only."""
-    return is_cuda(device) and example.dim() == 4
+def use_channels_last(device: str | torch.device, example: torch.Tensor, model: nn.Module | None = None) -> bool:
+    """channels_last pays off for 4-D (image) inputs of convolutional models, on CUDA only.
+
+    Args:
+        device: Where the model runs.
+        example: Input images (N, C, H, W) (at least one); other shapes never use channels_last.
+        model: The model, already on ``device``. When given, channels_last also needs a 2-D
+            convolution in it and a forward pass that accepts it (:func:`accepts_channels_last`):
+            a user's model may ``.view`` its input or a conv activation (``h.view(len(h), -1)``),
+            which raises on a channels_last tensor, so such a model keeps the plain layout.
+    """
+    if not (is_cuda(device) and example.dim() == 4):
+        return False
+    if model is None:
+        return True
+    if not any(isinstance(module, nn.Conv2d) for module in model.modules()):
+        return False  # an MLP on images gains nothing and may .view its input
+    return accepts_channels_last(model, example, device)
+
+
+def accepts_channels_last(model: nn.Module, example: torch.Tensor, device: str | torch.device) -> bool:
+    """Whether ``model`` runs a forward pass on channels_last inputs and weights (one dry pass on two samples).
+
+    The pass runs in eval mode without gradients and inside a forked RNG, so BatchNorm statistics,
+    gradients and random streams are untouched; the model's mode and contiguous layout are restored.
+    """
+    target = torch.device(device)
+    was_training = model.training
+    model_layout(model, True)
+    try:
+        with torch.random.fork_rng(devices=[target] if target.type == "cuda" else [],
+                                   device_type=target.type), torch.no_grad():
+            model.eval()
+            model(to_layout(example[:2].to(target), True))
+        return True
+    except RuntimeError:  # e.g. "view size is not compatible with input tensor's size and stride"
+        return False
+    finally:
+        restore_layout(model, True)
+        model.train(was_training)
 
 
 def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

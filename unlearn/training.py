@@ -316,8 +316,9 @@ def train_model(
     if make_step is not None and trace is not None:
         raise ValueError("train_model: a custom step cannot record a training trace")
     generator = seed_everything(seed)
-    channels_last = accel.use_channels_last(device, images)
-    accel.model_layout(model.to(device), channels_last).train()
+    model.to(device)
+    channels_last = accel.use_channels_last(device, images, model)  # CPU: always False, nothing runs
+    accel.model_layout(model, channels_last).train()
     steps = (n + recipe.batch_size - 1) // recipe.batch_size
     optimizer, scheduler = make_optimizer(model, recipe, steps)
     custom_step = make_step(optimizer) if make_step is not None else None

@@ -141,3 +141,66 @@ def test_cuda_training_resident_and_streamed_paths():
     resident = accel.BatchSource(x, "cuda", resident=True)
     index = torch.tensor([5, 0, 9])
     assert torch.equal(streamed.take(index).cpu(), resident.take(index.cuda()).cpu())
+
+
+class _ViewAfterConv(torch.nn.Module):
+    """A user's LeNet-style model: ``.view`` on a conv activation, which a channels_last tensor refuses."""
+
+    def __init__(self, c=3, hw=8, k=4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4 * hw * hw, k)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(h.view(h.size(0), -1))
+
+
+class _ViewMLP(torch.nn.Module):
+    def __init__(self, c=3, hw=8, k=4):
+        super().__init__()
+        self.fc = torch.nn.Linear(c * hw * hw, k)
+
+    def forward(self, x):
+        return self.fc(x.view(x.size(0), -1))
+
+
+@pytest.fixture
+def cuda_branches_on_cpu(monkeypatch):
+    """Take train_model's CUDA branches (channels_last, one-copy index transfers, device buffers) on the CPU.
+
+    Autocast stays off (CUDA autocast does nothing to CPU tensors) and copies are plain ``.to``: what is
+    checked here is the control flow and the layouts, which tests on a CPU-only machine never reach otherwise.
+    """
+    import contextlib
+
+    monkeypatch.setattr(accel, "is_cuda", lambda device: True)
+    monkeypatch.setattr(accel, "fits_on_device", lambda *args, **kwargs: True)
+    monkeypatch.setattr(accel, "to_device_async", lambda tensor, device: tensor.to(device))
+    monkeypatch.setattr(accel, "autocast", lambda device, enabled=True: contextlib.nullcontext())
+
+
+def test_channels_last_only_for_conv_models_whose_forward_accepts_it(cuda_branches_on_cpu):
+    x = torch.rand(5, 3, 8, 8)
+    assert accel.use_channels_last("cpu", x, build_model("small_cnn", 3, 4))
+    assert not accel.use_channels_last("cpu", x.flatten(1), build_model("small_cnn", 3, 4))  # not images
+    assert not accel.use_channels_last("cpu", x, _ViewMLP())  # no convolution
+    model = _ViewAfterConv()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not accel.use_channels_last("cpu", x, model)  # its .view raises on channels_last
+    assert model.training and all(p.is_contiguous() for p in model.parameters())
+    for key, value in model.state_dict().items():  # the dry pass (eval, no grad) changed nothing
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("factory", [lambda: build_model("small_cnn", 3, 4), _ViewAfterConv, _ViewMLP])
+def test_cuda_training_path_takes_user_models_that_view(factory, cuda_branches_on_cpu):
+    """On CUDA, train_model put every 4-D input in channels_last: a model that .view()s an activation then
+    failed there (and only there). Now it trains in the plain layout; conv nets keep channels_last."""
+    x, y = _data(n=40, c=3, hw=8)
+    torch.manual_seed(0)
+    model = train_model(factory(), x, y, SGDRecipe(1, 16, 0.05, augment=True), device="cpu", seed=0,
+                        no_augment=torch.arange(40) % 2 == 0)
+    assert all(p.is_contiguous() for p in model.parameters()) and not model.training
+    assert torch.isfinite(predict_logits(model, x, device="cpu")).all()
