@@ -338,23 +338,41 @@ def main(argv: list[str] | None = None) -> int:
                                "method loops): its accuracies and gaps do not rank methods.")
 
     def write(final: bool = False) -> None:
-        """Rewrite the report with what is done so far (a run killed by a time limit keeps it)."""
+        """Rewrite the report with what is done so far (a run killed by a time limit keeps it).
+
+        Each file is written next to its target and renamed over it, so a kill mid-write leaves the
+        previous version; the JSON holds null where a statistic is undefined (strict JSON has no NaN).
+        """
         report["meta"]["wall_seconds"] = time.perf_counter() - started
         report["meta"]["complete"] = final
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float))
-        stem.with_suffix(".md").write_text(markdown(report))
-        if final:
-            plot(report, stem.with_suffix(".png"))
+        texts = {".json": json.dumps(_strict(report), indent=2, default=float, allow_nan=False),
+                 ".md": markdown(report)}
+        for suffix, text in texts.items():
+            tmp = stem.with_suffix(suffix + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(stem.with_suffix(suffix))
+        tmp = stem.with_name(stem.name + ".tmp.png")
+        plot(report, tmp)
+        tmp.replace(stem.with_suffix(".png"))
 
-    if "throughput" not in skip:
+    def attempt(part: str, run) -> None:
+        """Run one part; a crash is recorded in the report (and the next part still runs)."""
+        try:
+            run()
+        except Exception as exc:  # the one GPU run must keep every part that can run
+            report["notes"].append(f"part {part} raised {type(exc).__name__}: {_one_line(str(exc))}")
+            print(f"device_check: part {part} raised:", repr(exc), file=sys.stderr, flush=True)
+        write()
+
+    def throughput() -> None:
         report["throughput"] = trainer_throughput(x, y, sizes, device)
         print("throughput:", json.dumps(report["throughput"]["images_per_second"]), flush=True)
-        write()
-    if "references" not in skip:
+
+    def references() -> None:
         report["references"] = batched_references(x, y, sizes, device)
         print(f"references: speedup {report['references']['speedup']:.2f}x", flush=True)
-        write()
-    if "table" not in skip:
+
+    def table() -> None:
         methods = (args.methods.split(",") if args.methods
                    else [m for m in METHODS.names() if m != "retrain"])
         bench_args = table_args(sizes, device, methods)
@@ -369,9 +387,28 @@ def main(argv: list[str] | None = None) -> int:
             report["amun_table"] = amun_table(reps, sizes, bench_args, params, list(x.shape[1:]),
                                               time.perf_counter() - started, device_name)
             write()
+
+    for part, run in (("throughput", throughput), ("references", references), ("table", table)):
+        if part not in skip:
+            attempt(part, run)
     write(final=True)
     print(markdown(report))
     return 0
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _strict(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 if __name__ == "__main__":

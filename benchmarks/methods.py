@@ -98,7 +98,7 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
         except Exception as exc:  # device_check (catch_errors): a crash is a finding, reported in its row
             if not getattr(args, "catch_errors", False):
                 raise
-            rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            rows[name] = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300].replace("|", "/")}
     extra = {}
     if i == 0 and args.lcodec_requests > 0 and "lcodec" in names:
         try:
@@ -108,7 +108,7 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
         except Exception as exc:  # as for the methods above (device_check's catch_errors)
             if not getattr(args, "catch_errors", False):
                 raise
-            extra["lcodec_certified"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            extra["lcodec_certified"] = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
     return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds,
             "sizes": {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}}
 
@@ -192,16 +192,18 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
             if destroyed:
                 label += f" (BELOW HALF THE ORIGINAL'S TA in {destroyed}/{len(rows)})"
         ratio = "1" if name == "retrain" else "-" if name == "original" else _cell(e, "time_ratio", 3)
-        dw = "-" if name == "retrain" else f"{e['weight_change']['mean']:.2g}"
+        dw = "-" if name == "retrain" or np.isnan(e["weight_change"]["mean"]) else f"{e['weight_change']['mean']:.2g}"
         lines.append(f"| {label} | " + " | ".join(_cell(e, m) for m in (*METRICS, "LiRA")) +
                      f" | {_cell(e, 'gap')} | {ratio} | {dw} |")
-    lines += ["", "## What the runs did", ""]
+    did = []
     for name in order:
         info = results[name].get("info") or {}
         if info:
             shown = "; ".join(f"{k} = {[round(v, 4) if isinstance(v, float) else v for v in vals]}"
                               for k, vals in info.items())
-            lines.append(f"- **{name}** (per repetition): {shown}")
+            did.append(f"- **{name}** (per repetition): {shown}")
+    if did:
+        lines += ["", "## What the runs did", "", *did]
     if meta.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in meta["notes"]]
     cert = reps[0]["extra"].get("lcodec_certified")

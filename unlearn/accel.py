@@ -95,8 +95,8 @@ def accepts_channels_last(model: nn.Module, example: torch.Tensor, device: str |
             model.eval()
             model(to_layout(example[:2].to(target), True))
         return True
-    except RuntimeError:  # e.g. "view size is not compatible with input tensor's size and stride"
-        return False
+    except Exception:  # e.g. RuntimeError "view size is not compatible with input tensor's size and stride"
+        return False  # whatever the reason, the plain layout is the one the model was checked with
     finally:
         restore_layout(model, True)
         model.train(was_training)

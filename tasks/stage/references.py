@@ -37,13 +37,23 @@ def recipe_key(project: Project, store: SampleStore) -> str:
 def pool_in_use(project: Project, store: SampleStore) -> bool:
     """Whether reference models train on the reference pool (else on halves of the training split).
 
-    The pool is used while each half of it holds at least ``gate.min_samples`` samples, the gate's
-    own floor for a set it tests. Deletions of pool samples shrink it; a pool of one sample made
-    every reference's training set empty, so the references stage failed for every later batch (a
-    wedge). A depleted pool (or none, fraction 0) falls back to halves of the live training split,
-    which every deletion retires as before.
+    The pool is used while every reference it has, or would train next, holds at least
+    ``gate.min_samples`` samples, the gate's own floor for a set it tests: the pool's halves must
+    be that large, and so must the members the bank would draw now (a side retired by deletions is
+    redrawn from the complement of its surviving partner, which deletions concentrated on one side
+    can leave nearly empty). Deletions of pool samples shrink it; a pool of one sample made every
+    reference's training set empty, so the references stage failed for that batch and every later
+    one (a wedge). A depleted pool (or none, fraction 0) falls back to halves of the live training
+    split, which every deletion retires as before.
     """
-    return len(store.split_ids("pool")) // 2 >= max(1, project.params.gate.min_samples)
+    pool = store.split_ids("pool")
+    floor = max(1, project.params.gate.min_samples)
+    if len(pool) // 2 < floor:
+        return False
+    plans = plan_pool_references(ReferenceBank(project.references_dir), pool,
+                                 count=project.params.verify.references.count,
+                                 recipe_key=recipe_key(project, store), seed=project.params.seed)
+    return all(len(plan.members) >= floor for plan in plans)
 
 
 def reference_pool_ids(project: Project, store: SampleStore) -> np.ndarray:
@@ -153,8 +163,8 @@ def register_references(project: Project, plans: list[ReferencePlan],
     warmed = warm_reference_signals(project, store, [r["state"] for r in trained])
     depleted = bool(len(store.split_ids("pool"))) and not pool_in_use(project, store)
     if depleted:
-        log.warning("references: the reference pool has %d samples left, fewer than 2 x gate.min_samples; "
-                    "references train on halves of the training split (as with pool_fraction 0)",
+        log.warning("references: the reference pool (%d samples) cannot give every reference gate.min_samples "
+                    "members; references train on halves of the training split (as with pool_fraction 0)",
                     len(store.split_ids("pool")))
     state = {"trained": [p.ref_id for p in plans], "usable": [r.ref_id for r in usable],
              "pool_depleted": depleted,

@@ -36,7 +36,10 @@ def _run(tmp_path, *args):
                           *args], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "IMPORTED []" in out.stdout
-    return json.loads((tmp_path / "device_check_cpu_quick.json").read_text())
+    def no_constants(name):  # NaN / Infinity are not JSON: strict parsers (JavaScript's, jq --strict) reject them
+        raise AssertionError(f"the report contains {name}")
+
+    return json.loads((tmp_path / "device_check_cpu_quick.json").read_text(), parse_constant=no_constants)
 
 
 @needs_data

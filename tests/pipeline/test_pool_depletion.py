@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from conftest import FAST, run_stages
 
@@ -47,3 +48,44 @@ def test_a_depleted_reference_pool_falls_back_to_the_training_split(champion_pro
     assert promote["verdict"] in {"pass", "fail", "inconclusive"}
     assert main(["--root", str(root), "request", "status", "TRAIN-1"]) == 0
     assert diagnose(project) == []
+
+
+def test_a_pool_side_emptied_by_deletions_is_not_redrawn_from_nothing(make_project):
+    """The pool as a whole can be large while the side the bank must redraw is nearly empty: deletions that
+    took every member of one side leave only the surviving partner's members, and the complement the
+    redraw comes from is the rest of the pool. Every planned reference must still hold gate.min_samples."""
+    import torch
+
+    from tasks.project import load_project
+    from tasks.stage.references import plan_references, pool_in_use, recipe_key, reference_pool_ids
+    from unlearn.data import SampleStore
+    from unlearn.references import ReferenceBank
+
+    root = make_project({**FAST, "verify": {**FAST["verify"], "references": {"count": 2, "pool_fraction": 0.2}}})
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare")
+    store = SampleStore(project.store_dir)
+    pool = store.split_ids("pool")
+    assert pool_in_use(project, store)
+    bank = ReferenceBank(project.references_dir)
+    key = recipe_key(project, store)
+    for plan in plan_references(project):  # two halves of the pool, recorded as trained
+        bank.add(plan, {"w": torch.zeros(1)}, recipe_key=key, data_version="")
+    assert plan_references(project) == [] and pool_in_use(project, store)
+    # Delete side 1's members and all but 5 of the rest: the survivor (side 0) keeps its half.
+    side1 = bank.members("ref-p0s1-g0")
+    rest = sorted(set(pool.tolist()) - set(side1.tolist()) - set(bank.members("ref-p0s0-g0").tolist()))
+    gone = set(side1.tolist()) | set(rest[5:])
+    assert bank.retire_containing(gone, batches=["B1"]) == ["ref-p0s1-g0"]
+    live_pool = store.split_ids("pool")[~np.isin(store.split_ids("pool"), list(gone))]
+    assert len(live_pool) // 2 >= project.params.gate.min_samples  # the pool alone still looks large enough
+
+    class Shrunk:  # the live store after that deletion, without a full prepare
+        def split_ids(self, split):
+            return live_pool if split == "pool" else store.split_ids(split)
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+    assert not pool_in_use(project, Shrunk())  # the redraw would have 5 members: fall back
+    assert np.array_equal(reference_pool_ids(project, Shrunk()), store.split_ids("train"))
