@@ -1,6 +1,7 @@
 """Empirical checks of DLFD's parts: Sinkhorn OT, the perturbation search, the criterion."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -156,3 +157,27 @@ def test_dlfd_records_how_many_batches_it_perturbed(trained, tiny_images):
     never = method_info(run_method("dlfd", model, data, device="cpu", seed=0,
                                    kwargs={"perturbation_steps": 2, "forget_target": None}))
     assert never["perturbed_batches"] == never["batches"] and never["noise_floor"] is None
+
+
+def _per_round_sinkhorn(cost, eps, max_iter, tol):
+    """The plain loop: the stopping test read after every round."""
+    n, m = cost.shape
+    log_a, log_b = torch.full((n,), -math.log(n), dtype=cost.dtype), torch.full((m,), -math.log(m), dtype=cost.dtype)
+    f, g = torch.zeros(n, dtype=cost.dtype), torch.zeros(m, dtype=cost.dtype)
+    for _ in range(max_iter):
+        f_old = f
+        f = eps * log_a - eps * torch.logsumexp((g[None, :] - cost) / eps, dim=1)
+        g = eps * log_b - eps * torch.logsumexp((f[:, None] - cost) / eps, dim=0)
+        if (f - f_old).abs().max().item() < tol * eps:
+            break
+    return torch.exp((f[:, None] + g[None, :] - cost) / eps)
+
+
+@pytest.mark.parametrize("max_iter", [0, 1, 9, 10, 11, 57])
+@pytest.mark.parametrize("tol", [0.0, 1e-3, 10.0])
+def test_sinkhorn_reads_its_stopping_test_once_per_chunk_with_the_same_plan(max_iter, tol):
+    """Checking convergence every CHECK_ROUNDS rounds (one host read on CUDA) returns the very plan of a per-round
+    check: the first converged round's potentials are kept (tol 10: round 1; tol 0: never)."""
+    cost = torch.rand(9, 14, generator=torch.Generator().manual_seed(max_iter), dtype=torch.float64) * 2
+    expected = _per_round_sinkhorn(cost, 0.05, max_iter, tol)
+    assert torch.equal(sinkhorn_plan(cost, eps=0.05, max_iter=max_iter, tol=tol), expected)
