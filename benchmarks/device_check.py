@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run()
         except Exception as exc:  # the one GPU run must keep every part that can run
-            report["notes"].append(f"part {part} raised {type(exc).__name__}: {_one_line(str(exc))}")
+            report["notes"].append(f"part {part} raised {table_bench.error_text(exc)}")
             print(f"device_check: part {part} raised:", repr(exc), file=sys.stderr, flush=True)
         write()
 
@@ -394,10 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     write(final=True)
     print(markdown(report))
     return 0
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
 
 
 def _strict(value):

@@ -98,7 +98,7 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
         except Exception as exc:  # device_check (catch_errors): a crash is a finding, reported in its row
             if not getattr(args, "catch_errors", False):
                 raise
-            rows[name] = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300].replace("|", "/")}
+            rows[name] = {"error": error_text(exc)}
     extra = {}
     if i == 0 and args.lcodec_requests > 0 and "lcodec" in names:
         try:
@@ -108,9 +108,14 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
         except Exception as exc:  # as for the methods above (device_check's catch_errors)
             if not getattr(args, "catch_errors", False):
                 raise
-            extra["lcodec_certified"] = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
+            extra["lcodec_certified"] = {"error": error_text(exc)}
     return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds,
             "sizes": {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}}
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """A caught error as one table-safe line: type and message, whitespace collapsed, no "|"."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit].replace("|", "/")
 
 
 def aggregate(reps: list[dict]) -> dict:

@@ -60,21 +60,19 @@ def autocast(device: str | torch.device, enabled: bool = True) -> Iterator[None]
         yield
 
 
-def use_channels_last(device: str | torch.device, example: torch.Tensor, model: nn.Module | None = None) -> bool:
+def use_channels_last(device: str | torch.device, example: torch.Tensor, model: nn.Module) -> bool:
     """channels_last pays off for 4-D (image) inputs of convolutional models, on CUDA only.
 
     Args:
         device: Where the model runs.
         example: Input images (N, C, H, W) (at least one); other shapes never use channels_last.
-        model: The model, already on ``device``. When given, channels_last also needs a 2-D
-            convolution in it and a forward pass that accepts it (:func:`accepts_channels_last`):
-            a user's model may ``.view`` its input or a conv activation (``h.view(len(h), -1)``),
-            which raises on a channels_last tensor, so such a model keeps the plain layout.
+        model: The model, already on ``device``. channels_last also needs a 2-D convolution in it
+            and a forward pass that accepts it (:func:`accepts_channels_last`): a user's model may
+            ``.view`` its input or a conv activation (``h.view(len(h), -1)``), which raises on a
+            channels_last tensor, so such a model keeps the plain layout.
     """
     if not (is_cuda(device) and example.dim() == 4):
         return False
-    if model is None:
-        return True
     if not any(isinstance(module, nn.Conv2d) for module in model.modules()):
         return False  # an MLP on images gains nothing and may .view its input
     return accepts_channels_last(model, example, device)

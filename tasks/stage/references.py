@@ -66,7 +66,11 @@ def reference_pool_ids(project: Project, store: SampleStore) -> np.ndarray:
     left it too small (:func:`pool_in_use`), references train on halves of the live training
     split, and every deletion retires the ones that saw it.
     """
-    return store.split_ids("pool") if pool_in_use(project, store) else store.split_ids("train")
+    return _reference_training_ids(store, pool_in_use(project, store))
+
+
+def _reference_training_ids(store: SampleStore, in_use: bool) -> np.ndarray:
+    return store.split_ids("pool") if in_use else store.split_ids("train")
 
 
 def use_batched(project: Project) -> bool:
@@ -84,15 +88,16 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     only forward passes, like every later one (otherwise it paid the training of every reference).
     Without a pool (``pool_fraction`` 0, or a pool depleted by deletions: :func:`pool_in_use`)
     they train on halves of the training split and the next deletion would retire most of them,
-    so they are planned only when a batch is pending. Nothing is
-    planned unless a configured attack needs references. Live references trained with another
-    recipe are retired first (they could never be used).
+    so they are planned only when a batch is pending. Nothing is planned unless a configured attack
+    needs references. Live references trained with another recipe are retired first (they could
+    never be used).
     """
     params = project.params
     if not needs_references(params):
         return []
     store = SampleStore(project.store_dir)
-    if not pool_in_use(project, store) and not Ledger(project.ledger_path).pending():
+    in_use = pool_in_use(project, store)
+    if not in_use and not Ledger(project.ledger_path).pending():
         return []  # no usable pool: trained when a request needs them (see above)
     if len(store.split_ids("train")) < params.train.min_samples:
         return []  # nothing to verify against: the model is withdrawn, not unlearned (see escalation)
@@ -100,7 +105,7 @@ def plan_references(project: Project) -> list[ReferencePlan]:
     key = recipe_key(project, store)
     for ref_id in bank.retire_stale(key):
         log.info("references: retired %s (recipe changed)", ref_id)
-    return plan_pool_references(bank, reference_pool_ids(project, store), count=params.verify.references.count,
+    return plan_pool_references(bank, _reference_training_ids(store, in_use), count=params.verify.references.count,
                                 recipe_key=key, seed=params.seed)
 
 
@@ -158,10 +163,11 @@ def register_references(project: Project, plans: list[ReferencePlan],
         bank.add(plan, result["state"], recipe_key=key, data_version=data_version,
                  extra={"train_seconds": round(float(result["seconds"]), 3), "git_commit": git,
                         "batched": use_batched(project) and len(plans) > 1})
-    usable = [r for r in bank.usable(key, reference_pool_ids(project, store))
+    in_use = pool_in_use(project, store)
+    usable = [r for r in bank.usable(key, _reference_training_ids(store, in_use))
               if r.pair < project.params.verify.references.count // 2]
     warmed = warm_reference_signals(project, store, [r["state"] for r in trained])
-    depleted = bool(len(store.split_ids("pool"))) and not pool_in_use(project, store)
+    depleted = bool(len(store.split_ids("pool"))) and not in_use
     if depleted:
         log.warning("references: the reference pool (%d samples) cannot give every reference gate.min_samples "
                     "members; references train on halves of the training split (as with pool_fraction 0)",

@@ -125,7 +125,7 @@ def test_cpu_helpers_are_no_ops():
     assert torch.equal(source.take(index), x[index])
     parts = [torch.tensor([1, 2]), torch.tensor([3])]
     assert accel.split_to_device(parts, "cpu") == parts
-    assert not accel.use_channels_last("cpu", torch.zeros(1, 1, 2, 2))
+    assert not accel.use_channels_last("cpu", torch.zeros(1, 1, 2, 2), build_model("small_cnn", 1, 2))
     assert accel.fits_on_device(10**15, "cpu")
 
 
