@@ -124,6 +124,42 @@ def tiny_images():
     return quadrant_images()
 
 
+def _cuda_branches_on_cpu(monkeypatch, autocast_dtype=None):
+    import contextlib
+
+    import torch
+
+    from unlearn import accel
+
+    def autocast(device, enabled=True):
+        if enabled and autocast_dtype is not None:
+            return torch.autocast("cpu", dtype=autocast_dtype)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(accel, "is_cuda", lambda device: True)
+    monkeypatch.setattr(accel, "fits_on_device", lambda *args, **kwargs: True)
+    monkeypatch.setattr(accel, "to_device_async", lambda tensor, device: tensor.to(device))
+    monkeypatch.setattr(accel, "autocast", autocast)
+
+
+@pytest.fixture
+def cuda_branches_on_cpu(monkeypatch):
+    """Take the core's CUDA branches (channels_last, resident data, one-copy transfers, masked loops) on the CPU.
+
+    Autocast stays off (CUDA autocast does nothing to CPU tensors) and copies are plain ``.to``: what is
+    checked here is the control flow and the layouts, which tests on a CPU-only machine never reach otherwise.
+    """
+    _cuda_branches_on_cpu(monkeypatch)
+
+
+@pytest.fixture
+def cuda_branches_on_cpu_bf16(monkeypatch):
+    """As ``cuda_branches_on_cpu``, with the CUDA path's bf16 autocast played by the CPU's bf16 autocast."""
+    import torch
+
+    _cuda_branches_on_cpu(monkeypatch, torch.bfloat16)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect server for the whole session (it takes 12-25 s to start)."""

@@ -166,3 +166,84 @@ class BatchSource:
         if self.resident:
             return self.data[index.to(self.device)] if index.device != self.device else self.data[index]
         return to_device_async(self.data[index.to(self.data.device)], self.device)
+
+
+def on(tensor: torch.Tensor, device: str | torch.device) -> bool:
+    """Whether ``tensor`` already lives on ``device`` ("cuda" means the current CUDA device)."""
+    target = torch.device(device)
+    if tensor.device.type != target.type:
+        return False
+    if target.type == "cuda" and target.index is None:
+        return tensor.device.index == torch.cuda.current_device()
+    return tensor.device.index == target.index or target.type == "cpu"
+
+
+def resident(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``tensor`` on a CUDA ``device`` when it fits there (one copy, up front), else ``tensor`` itself.
+
+    The methods' inner loops gather mini-batches from their sets many times per epoch; a resident
+    copy turns each gather into a device-side index. On the CPU nothing is copied.
+    """
+    if not is_cuda(device) or on(tensor, device):
+        return tensor
+    if fits_on_device(tensor.numel() * tensor.element_size(), device):
+        return tensor.to(device)
+    return tensor
+
+
+def take(data: torch.Tensor, index: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``data[index]`` on ``device`` without a blocking copy on CUDA.
+
+    Resident data is indexed on the device (the index goes over through pinned memory); host data
+    is gathered on the host and sent with :func:`to_device_async`. On the CPU this is
+    ``data[index].to(device)``, exactly what the plain loops did.
+    """
+    if not is_cuda(device):
+        return data[index].to(device)
+    if on(data, device):
+        return data[to_device_async(index, device)]
+    return to_device_async(data[index.to(data.device)], device)
+
+
+class FastForward:
+    """Call a model as the trainer does: bf16 autocast and channels_last on CUDA, a plain call elsewhere.
+
+    The methods' inner loops (AMUN's PGD, SCRUB's distillation, DLFD's feature synthesis,
+    CovarNav's inversion, the baselines' steps) run many forward and backward passes outside
+    :func:`unlearn.training.train_model`; this gives them the same GPU treatment. Logits come back
+    in fp32 so losses, argmaxes and optimal-transport costs are computed at full precision. On the
+    CPU ``forward(x)`` is ``model(x)``: same tensors, same arithmetic, bit for bit.
+
+    Use as a context manager: on exit the model's parameters return to the contiguous layout.
+
+    Args:
+        model: The model, already on ``device``.
+        device: Where it runs.
+        example: A batch of inputs (N, C, H, W) of the kind it will see (decides channels_last).
+        mixed_precision: bf16 autocast on CUDA; False keeps fp32 there.
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device, example: torch.Tensor, *,
+                 mixed_precision: bool = True) -> None:
+        self.model = model
+        self.device = device
+        self.mixed = mixed_precision and is_cuda(device)
+        self.channels_last = use_channels_last(device, example, model) if len(example) else False
+        model_layout(model, self.channels_last)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.mixed or self.channels_last):
+            return self.model(x)
+        with autocast(self.device, self.mixed):
+            out = self.model(to_layout(x, self.channels_last))
+        return out.float()
+
+    def close(self) -> nn.Module:
+        """Restore the contiguous layout; returns the model."""
+        return restore_layout(self.model, self.channels_last)
+
+    def __enter__(self) -> FastForward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

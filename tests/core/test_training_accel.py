@@ -166,21 +166,6 @@ class _ViewMLP(torch.nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
-@pytest.fixture
-def cuda_branches_on_cpu(monkeypatch):
-    """Take train_model's CUDA branches (channels_last, one-copy index transfers, device buffers) on the CPU.
-
-    Autocast stays off (CUDA autocast does nothing to CPU tensors) and copies are plain ``.to``: what is
-    checked here is the control flow and the layouts, which tests on a CPU-only machine never reach otherwise.
-    """
-    import contextlib
-
-    monkeypatch.setattr(accel, "is_cuda", lambda device: True)
-    monkeypatch.setattr(accel, "fits_on_device", lambda *args, **kwargs: True)
-    monkeypatch.setattr(accel, "to_device_async", lambda tensor, device: tensor.to(device))
-    monkeypatch.setattr(accel, "autocast", lambda device, enabled=True: contextlib.nullcontext())
-
-
 def test_channels_last_only_for_conv_models_whose_forward_accepts_it(cuda_branches_on_cpu):
     x = torch.rand(5, 3, 8, 8)
     assert accel.use_channels_last("cpu", x, build_model("small_cnn", 3, 4))

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from unlearn import accel
 from unlearn.methods.base import TensorSet
-from unlearn.training import augment_batch
+from unlearn.training import apply_augmentation, draw_augmentation
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -62,6 +63,12 @@ def fetch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of ``index`` on ``device``, optionally augmented (crop + flip).
 
+    On CUDA nothing here blocks the host: a resident ``subset`` (:func:`on_device`) is indexed on
+    the device, and the index and augmentation draws go over through pinned memory in one copy.
+    The draws come from ``generator`` on the host in the same order either way, so the data a
+    method sees does not depend on the device; on the CPU this is the plain gather and
+    ``training.augment_batch``, bit for bit.
+
     Args:
         subset: Where to read from.
         index: Sample indices, shape (B,).
@@ -72,11 +79,36 @@ def fetch(
     Returns:
         (x (B, C, H, W), y (B,)).
     """
-    x = subset.images[index].to(device)
-    y = subset.labels[index].to(device)
+    if not accel.is_cuda(device):
+        x = subset.images[index].to(device)
+        y = subset.labels[index].to(device)
+        if augment:
+            x = apply_augmentation(x, *draw_augmentation(len(index), generator))
+        return x, y
+    draws = draw_augmentation(len(index), generator) if augment else ()
+    parts = [index.to(torch.int64), *(d.to(torch.int64) for d in draws)]
+    moved = accel.split_to_device(parts, device)  # one pinned, non-blocking copy
+    index_d = moved[0]
+    x = accel.take(subset.images, index if subset.images.device.type == "cpu" else index_d, device)
+    y = accel.take(subset.labels, index if subset.labels.device.type == "cpu" else index_d, device)
     if augment:
-        x = augment_batch(x, generator)
+        dy, dx, flip = moved[1:]
+        x = apply_augmentation(x, dy, dx, flip.bool())
     return x, y
+
+
+def on_device(subset: TensorSet | None, device: str | torch.device) -> TensorSet | None:
+    """``subset`` resident on a CUDA ``device`` when it fits (see :func:`accel.resident`), else itself.
+
+    On the CPU (or when it does not fit) the same object comes back; :func:`fetch` then gathers
+    on the host as before.
+    """
+    if subset is None or not accel.is_cuda(device):
+        return subset
+    images = accel.resident(subset.images, device)
+    if images is subset.images:  # did not fit: stays on the host
+        return subset
+    return TensorSet(images, subset.labels.to(device))
 
 
 def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:

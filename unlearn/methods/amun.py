@@ -32,11 +32,14 @@ Choices where the sources are silent or the data differ (documented, tested):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearn import accel
 from unlearn.methods._common import uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
 from unlearn.training import SGDRecipe, seed_everything, train_model
@@ -48,7 +51,7 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def pgd_l2(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
     eps: torch.Tensor,
@@ -56,8 +59,11 @@ def pgd_l2(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Untargeted L2 PGD with per-sample radius and per-sample early exit.
 
+    Each step attacks only the samples still classified as ``y`` (a gather of a shrinking
+    subset): the CPU path. :func:`pgd_l2_masked` is the same attack without host synchronisation.
+
     Args:
-        model: Attacked model, in eval mode.
+        model: Attacked model (or its :class:`~unlearn.accel.FastForward`), in eval mode.
         x: Clean images in [0, 1], shape (B, C, H, W), on the model's device.
         y: True labels, shape (B,).
         eps: L2 radius per sample, shape (B,).
@@ -99,6 +105,62 @@ def pgd_l2(
     return x_adv.detach(), flipped
 
 
+def pgd_l2_masked(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: torch.Tensor,
+    steps: int,
+    active: torch.Tensor,
+    *,
+    check_every: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pgd_l2` on a fixed-shape batch with masks: the CUDA path.
+
+    The index version gathers the still-unflipped samples every step, and each gather (and its
+    ``any()``) waits for the device. Here every step runs on the whole batch; a sample that has
+    flipped (or was never ``active``) gets no loss, no gradient and no move, so each active
+    sample follows exactly the index version's trajectory. Whether anything is left to attack is
+    read back once per ``check_every`` steps, so at most that many idle steps run at the end.
+
+    Args:
+        forward: Attacked model (eval mode), typically a :class:`~unlearn.accel.FastForward`.
+        x: Clean images in [0, 1] (B, C, H, W) on the device.
+        y: True labels (B,).
+        eps: L2 radius per sample (B,).
+        steps: PGD iterations; step size eps / 10.
+        active: (B,) bool, the samples to attack; the others come back as ``x``, not flipped.
+        check_every: Steps between host reads of "is any sample still active".
+
+    Returns:
+        (x_adv (B, C, H, W), flipped (B,) bool: active and prediction differs from y).
+    """
+    alpha = _per_sample(eps / 10.0, x)
+    radius = _per_sample(eps, x)
+    x_adv = x.clone()
+    attacking = active.clone()
+    for step in range(steps):
+        if step % check_every == 0 and not bool(attacking.any()):  # the only host read
+            break
+        x_step = x_adv.clone().requires_grad_(True)
+        logits = forward(x_step)
+        still = (logits.detach().argmax(1) == y) & attacking
+        attacking = still  # flipped samples keep this x_adv and stop
+        loss = (F.cross_entropy(logits, y, reduction="none") * still).sum()
+        (grad,) = torch.autograd.grad(loss, x_step)
+        with torch.no_grad():
+            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+            moved = x_adv + alpha * grad / _per_sample(norm, grad)
+            delta = moved - x
+            delta_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            scale = torch.clamp(radius.flatten() / delta_norm, max=1.0)
+            stepped = (x + delta * _per_sample(scale, delta)).clamp(0.0, 1.0)
+            x_adv = torch.where(_per_sample(still, x), stepped, x_adv)
+    with torch.no_grad():
+        flipped = (forward(x_adv).argmax(1) != y) & active
+    return x_adv.detach(), flipped
+
+
 def adversarial_set(
     model: nn.Module,
     forget: TensorSet,
@@ -123,32 +185,47 @@ def adversarial_set(
     Returns:
         (x_adv (N, C, H, W) on the CPU, y_adv (N,), eps_used (N,)). eps_used is 0 for samples
         that were already misclassified.
+
+    On CUDA the PGD steps run under bf16 autocast with channels_last (:class:`~unlearn.accel.
+    FastForward`) and with masks instead of gathers (:func:`pgd_l2_masked`); which samples start
+    misclassified and the adversarial labels y_adv are read in fp32 either way. The CPU path is
+    the plain loop.
     """
     model.eval()
+    if len(forget) == 0:
+        return forget.images.clone(), forget.labels.clone(), torch.zeros(0)
+    cuda = accel.is_cuda(device)
     xs, ys, used = [], [], []
-    for start in range(0, len(forget), batch_size):
-        x = forget.images[start : start + batch_size].to(device)
-        y = forget.labels[start : start + batch_size].to(device)
-        x_adv = x.clone()
-        eps_used = torch.zeros(len(y), device=device)
-        with torch.no_grad():
-            pending = model(x).argmax(1) == y  # misclassified samples are their own D_A entry
-        eps = torch.full((len(y),), float(eps_init), device=device)
-        for _ in range(max_doublings + 1):
-            if not pending.any():
-                break
-            found, flipped = pgd_l2(model, x[pending], y[pending], eps[pending], pgd_steps)
-            index = pending.nonzero().flatten()
-            x_adv[index] = found
-            eps_used[index] = eps[index]
-            pending[index[flipped]] = False
-            eps = eps * 2.0
-        with torch.no_grad():
-            y_adv = model(x_adv).argmax(1)
-        xs.append(x_adv.cpu())
-        ys.append(y_adv.cpu())
-        used.append(eps_used.cpu())
-    return torch.cat(xs), torch.cat(ys), torch.cat(used)
+    with accel.FastForward(model, device, forget.images[:2]) as forward:
+        for start in range(0, len(forget), batch_size):
+            x = accel.to_device_async(forget.images[start : start + batch_size], device)
+            y = accel.to_device_async(forget.labels[start : start + batch_size], device)
+            x_adv = x.clone()
+            eps_used = torch.zeros(len(y), device=device)
+            with torch.no_grad():
+                pending = model(x).argmax(1) == y  # misclassified samples are their own D_A entry
+            eps = torch.full((len(y),), float(eps_init), device=device)
+            for _ in range(max_doublings + 1):
+                if not pending.any():  # one host read per radius
+                    break
+                if cuda:
+                    found, flipped = pgd_l2_masked(forward, x, y, eps, pgd_steps, pending)
+                    x_adv = torch.where(_per_sample(pending, x), found, x_adv)
+                    eps_used = torch.where(pending, eps, eps_used)
+                    pending = pending & ~flipped
+                else:
+                    found, flipped = pgd_l2(forward, x[pending], y[pending], eps[pending], pgd_steps)
+                    index = pending.nonzero().flatten()
+                    x_adv[index] = found
+                    eps_used[index] = eps[index]
+                    pending[index[flipped]] = False
+                eps = eps * 2.0
+            with torch.no_grad():
+                y_adv = model(x_adv).argmax(1)  # fp32: the label the fine-tuning set records
+            xs.append(x_adv)
+            ys.append(y_adv)
+            used.append(eps_used)
+    return torch.cat(xs).cpu(), torch.cat(ys).cpu(), torch.cat(used).cpu()
 
 
 def choose_eps_init(

@@ -22,18 +22,21 @@ of x (x is augmented first if the recipe augments, and the attack is run on the 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.methods._common import check_positive_int, fetch, sgd, shuffled_batches
+from unlearn.accel import FastForward
+from unlearn.methods._common import check_positive_int, fetch, on_device, sgd, shuffled_batches
 from unlearn.methods.base import UnlearningData, record_info, register_method
 from unlearn.training import seed_everything
 
 
 def nearest_wrong_labels(
-    frozen: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bound: float, quantize: bool
+    frozen: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *, bound: float,
+    quantize: bool
 ) -> torch.Tensor:
     """Labels of one-step FGSM examples on the frozen model: argmax f_0(x + bound * sign(grad)).
 
@@ -93,7 +96,7 @@ def boundary_shrink(
     """
     check_positive_int(epochs=epochs, batch_size=batch_size)
     generator = seed_everything(seed)
-    forget = data.forget
+    forget = on_device(data.forget, device)  # resident on CUDA when it fits; the same set on the CPU
     augment = data.train_recipe.augment
     model.to(device)
     frozen = copy.deepcopy(model).eval()
@@ -103,16 +106,19 @@ def boundary_shrink(
     optimizer = sgd(model, lr, momentum, weight_decay)
     moved = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    for _ in range(epochs):
-        for index in shuffled_batches(len(forget), batch_size, generator):
-            x, y = fetch(forget, index, device=device, augment=augment, generator=generator)
-            y_nb = nearest_wrong_labels(frozen, x, y, bound=bound, quantize=quantize)
-            moved += (y_nb != y).sum()  # stays on the device: no per-step host synchronisation
-            seen += len(y)
-            loss = F.cross_entropy(model(x), y_nb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    # bf16 + channels_last on CUDA only; the FGSM labels come from fp32 logits either way
+    with FastForward(model, device, forget.images[:2]) as forward, \
+            FastForward(frozen, device, forget.images[:2]) as frozen_forward:
+        for _ in range(epochs):
+            for index in shuffled_batches(len(forget), batch_size, generator):
+                x, y = fetch(forget, index, device=device, augment=augment, generator=generator)
+                y_nb = nearest_wrong_labels(frozen_forward, x, y, bound=bound, quantize=quantize)
+                moved += (y_nb != y).sum()  # stays on the device: no per-step host synchronisation
+                seen += len(y)
+                loss = F.cross_entropy(forward(x), y_nb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
     # Share of forget samples the FGSM step moved to another class; the rest reinforce y.
     record_info(model, relabelled_fraction=float(moved) / max(seen, 1))
     return model.eval()

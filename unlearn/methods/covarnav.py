@@ -101,6 +101,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearn import accel
 from unlearn.methods.base import UnlearningData, register_method
 from unlearn.training import accuracy, seed_everything
 
@@ -134,7 +135,7 @@ class _BNStatLoss:
         ]
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        x = inputs[0]  # (B, C, ...) input of the BN layer
+        x = inputs[0].float()  # (B, C, ...) input of the BN layer (bf16 under CUDA autocast: compare in fp32)
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dim=dims)  # (C,)
         var = x.var(dim=dims, unbiased=False)  # (C,)
@@ -193,14 +194,17 @@ def invert_model(
     x = torch.rand((len(targets), *image_shape), generator=generator).to(device).requires_grad_(True)
     y = targets.to(device)
     optimizer = torch.optim.Adam([x], lr=lr)
+    # bf16 + channels_last on CUDA (the plain call on the CPU); created before the BN hooks, whose
+    # terms its dry pass would otherwise record. The losses stay on the device until the end.
+    forward = accel.FastForward(model, device, x.detach())
     bn = _BNStatLoss(model)
-    history: list[float] = []
+    history: list[torch.Tensor] = []
     try:
         for step in range(steps):
             if step == steps // 2 and step > 0:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * 0.1
-            logits = model(x)  # (B, K)
+            logits = forward(x)  # (B, K)
             loss = (
                 beta_ce * F.cross_entropy(logits, y)
                 + beta_tv * total_variation(x)
@@ -214,10 +218,11 @@ def invert_model(
             optimizer.step()
             with torch.no_grad():
                 x.clamp_(0.0, 1.0)  # projected Adam: stay in the valid pixel range
-            history.append(loss.item())
+            history.append(loss.detach())
     finally:
         bn.remove()
-    return x.detach().cpu(), history
+        forward.close()
+    return x.detach().cpu(), torch.stack(history).cpu().tolist() if history else []
 
 
 def inversion_targets(classes: list[int], n: int) -> torch.Tensor:

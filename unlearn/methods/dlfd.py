@@ -82,11 +82,13 @@ Defaults are the MUFAC notebook's (lr 0.008, momentum 0.9, weight decay 5e-4, w_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearn import accel
 from unlearn.methods.base import TensorSet, UnlearningData, record_info, register_method
 from unlearn.training import seed_everything
 
@@ -203,7 +205,7 @@ def ot_distance(
 
 
 def synthesize(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     x_r: torch.Tensor,
     y_r: torch.Tensor,
     z_f: torch.Tensor,
@@ -222,7 +224,7 @@ def synthesize(
     and x_r + delta in [0, 1]. The model is used as it is (call it in eval mode).
 
     Args:
-        model: Current model.
+        model: Current model (or its :class:`~unlearn.accel.FastForward`: bf16 on CUDA).
         x_r: Retain images in [0, 1] (B, C, H, W).
         y_r: Retain labels (B,).
         z_f: Forget features (logits), detached (M, K).
@@ -252,12 +254,17 @@ def synthesize(
 
 @torch.no_grad()
 def _losses(model: nn.Module, subset: TensorSet, device: str | torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Per-sample CE losses in eval mode, shape (N,), on the CPU."""
+    """Per-sample CE losses in eval mode, shape (N,), on the CPU.
+
+    fp32 on every device (the stopping test compares small loss differences); the losses stay on
+    the device until one copy at the end.
+    """
     out = []
     for i in range(0, len(subset), batch_size):
-        logits = model(subset.images[i : i + batch_size].to(device))
-        out.append(F.cross_entropy(logits, subset.labels[i : i + batch_size].to(device), reduction="none").cpu())
-    return torch.cat(out)
+        logits = model(accel.to_device_async(subset.images[i : i + batch_size], device))
+        labels = accel.to_device_async(subset.labels[i : i + batch_size], device)
+        out.append(F.cross_entropy(logits, labels, reduction="none"))
+    return torch.cat(out).cpu()
 
 
 def forgetting_score(forget_losses: torch.Tensor, reference_losses: torch.Tensor, folds: int = 5) -> float:
@@ -434,6 +441,11 @@ def dlfd(
     sinkhorn = {"eps": sinkhorn_eps, "max_iter": sinkhorn_iters, "tol": sinkhorn_tol}
 
     model.to(device)
+    # CUDA: D_R and D_F resident when they fit, the search and the steps under bf16 + channels_last
+    # (FastForward); the stopping test's losses stay fp32. The CPU path is the plain loop.
+    retain_x, retain_y = accel.resident(retain.images, device), accel.resident(retain.labels, device)
+    forget_x = accel.resident(forget.images, device)
+    forward = accel.FastForward(model, device, retain.images[:2])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     forgetting_done = False
     floor = score = None
@@ -447,22 +459,23 @@ def dlfd(
             model.eval()
             score = forgetting_score(_losses(model, forget, device), _losses(model, reserve, device))
             forgetting_done = score >= floor + forget_target
-        x = retain.images[index].to(device)
-        y = retain.labels[index].to(device)
+        x = accel.take(retain_x, index, device)
+        y = accel.take(retain_y, index, device)
         if not forgetting_done and perturbation_steps > 0:
             w_r = initial_retain_weight + (final_retain_weight - initial_retain_weight) * b / max(len(batches) - 1, 1)
             f_index = next(forget_batches)
             model.eval()  # the search neither updates BatchNorm statistics nor uses batch statistics
             with torch.no_grad():
-                z_f = model(forget.images[f_index].to(device))  # (M, K)
-            x = synthesize(model, x, y, z_f, forget_weight=forget_weight, retain_weight=w_r,
+                z_f = forward(accel.take(forget_x, f_index, device))  # (M, K)
+            x = synthesize(forward, x, y, z_f, forget_weight=forget_weight, retain_weight=w_r,
                            steps=perturbation_steps, alpha=step, epsilon=epsilon, sinkhorn=sinkhorn)
             perturbed += 1
         model.train()
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    forward.close()
     record_info(model, perturbed_batches=perturbed, batches=len(batches), noise_floor=floor,
                 last_score=score, stopped_early=forgetting_done)
     return model.eval()

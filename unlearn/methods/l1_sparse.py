@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.methods._common import check_positive_int, fetch, sgd, shuffled_batches
+from unlearn.accel import FastForward
+from unlearn.methods._common import check_positive_int, fetch, on_device, sgd, shuffled_batches
 from unlearn.methods.base import UnlearningData, register_method
 from unlearn.training import seed_everything
 
@@ -75,16 +76,17 @@ def l1_sparse(
     if gamma < 0:
         raise ValueError(f"l1_sparse: gamma must be >= 0, got {gamma}")
     generator = seed_everything(seed)
-    retain = data.retain
+    retain = on_device(data.retain, device)  # resident on CUDA when it fits; the same set on the CPU
     augment = data.train_recipe.augment
     model.to(device).train()
     optimizer = sgd(model, lr, momentum, weight_decay)
-    for epoch in range(epochs):
-        gamma_e = l1_weight(gamma, epoch, epochs)
-        for index in shuffled_batches(len(retain), batch_size, generator):
-            x, y = fetch(retain, index, device=device, augment=augment, generator=generator)
-            loss = F.cross_entropy(model(x), y) + gamma_e * l1_norm(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    with FastForward(model, device, retain.images[:2]) as forward:  # bf16 + channels_last on CUDA only
+        for epoch in range(epochs):
+            gamma_e = l1_weight(gamma, epoch, epochs)
+            for index in shuffled_batches(len(retain), batch_size, generator):
+                x, y = fetch(retain, index, device=device, augment=augment, generator=generator)
+                loss = F.cross_entropy(forward(x), y) + gamma_e * l1_norm(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
     return model.eval()

@@ -19,11 +19,14 @@ example. ``exclude_true=True`` draws y~ from the C-1 wrong classes instead (AMUN
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.methods._common import check_positive_int, fetch, sgd, shuffled_batches, uses_retain
+from unlearn.accel import FastForward, to_device_async
+from unlearn.methods._common import check_positive_int, fetch, on_device, sgd, shuffled_batches, uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
 from unlearn.training import StepFn, plain_step, seed_everything
 
@@ -43,13 +46,13 @@ def random_labels(
         Random labels (B,) on ``y``'s device.
     """
     if exclude_true:
-        offset = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
+        offset = to_device_async(torch.randint(1, num_classes, y.shape, generator=generator), y.device)
         return (y + offset) % num_classes
-    return torch.randint(0, num_classes, y.shape, generator=generator).to(y.device)
+    return to_device_async(torch.randint(0, num_classes, y.shape, generator=generator), y.device)
 
 
 def random_label_epoch(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     step: StepFn,
     forget: TensorSet,
     retain: TensorSet | None,
@@ -64,7 +67,8 @@ def random_label_epoch(
     """One RL epoch (SalUn CIFAR-10 branch): a pass over D_F with random labels, then over D_R.
 
     Args:
-        model: The model, in train mode.
+        model: The model in train mode, or its :class:`~unlearn.accel.FastForward` (bf16 and
+            channels_last on CUDA).
         step: Applies one update for a loss (e.g. :func:`plain_step`).
         forget: D_F.
         retain: D_R, or None to skip the retain pass.
@@ -123,9 +127,11 @@ def random_label(
     generator = seed_everything(seed)
     model.to(device).train()
     step = plain_step(sgd(model, lr, momentum, weight_decay))
-    retain = data.retain if use_retain else None
-    for _ in range(epochs):
-        random_label_epoch(model, step, data.forget, retain, num_classes=data.num_classes,
-                           batch_size=batch_size, exclude_true=exclude_true,
-                           augment=data.train_recipe.augment, device=device, generator=generator)
+    forget = on_device(data.forget, device)  # resident on CUDA when it fits; the same sets on the CPU
+    retain = on_device(data.retain, device) if use_retain else None
+    with FastForward(model, device, forget.images[:2]) as forward:  # bf16 + channels_last on CUDA only
+        for _ in range(epochs):
+            random_label_epoch(forward, step, forget, retain, num_classes=data.num_classes,
+                               batch_size=batch_size, exclude_true=exclude_true,
+                               augment=data.train_recipe.augment, device=device, generator=generator)
     return model.eval()

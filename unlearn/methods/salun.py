@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.methods._common import check_positive_int, sgd, uses_retain
+from unlearn.accel import FastForward
+from unlearn.methods._common import check_positive_int, on_device, sgd, uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
 from unlearn.methods.random_label import random_label_epoch
 from unlearn.training import seed_everything
@@ -174,9 +175,11 @@ def salun(
     mask = saliency_mask(model, data.forget, mask_ratio, device, batch_size=batch_size)
     model.to(device).train()
     step = MaskedStep(model, sgd(model, lr, momentum, weight_decay), mask, freeze_masked=freeze_masked)
-    retain = data.retain if use_retain else None
-    for _ in range(epochs):
-        random_label_epoch(model, step, data.forget, retain, num_classes=data.num_classes,
-                           batch_size=batch_size, exclude_true=False,
-                           augment=data.train_recipe.augment, device=device, generator=generator)
+    forget = on_device(data.forget, device)  # resident on CUDA when it fits; the same sets on the CPU
+    retain = on_device(data.retain, device) if use_retain else None
+    with FastForward(model, device, forget.images[:2]) as forward:  # bf16 + channels_last on CUDA only
+        for _ in range(epochs):
+            random_label_epoch(forward, step, forget, retain, num_classes=data.num_classes,
+                               batch_size=batch_size, exclude_true=False,
+                               augment=data.train_recipe.augment, device=device, generator=generator)
     return model.eval()

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.methods._common import check_positive_int, fetch, shuffled_batches
+from unlearn.accel import FastForward
+from unlearn.methods._common import check_positive_int, fetch, on_device, shuffled_batches
 from unlearn.methods.base import UnlearningData, register_method
 from unlearn.training import seed_everything
 
@@ -109,7 +110,7 @@ def scrub(
     if msteps < 0 or temperature <= 0 or lr <= 0:
         raise ValueError(f"scrub: need msteps >= 0, temperature > 0, lr > 0; got {msteps}, {temperature}, {lr}")
     generator = seed_everything(seed)
-    forget, retain = data.forget, data.retain
+    forget, retain = on_device(data.forget, device), on_device(data.retain, device)  # CUDA: resident if it fits
     augment = data.train_recipe.augment
     model.to(device)
     teacher = copy.deepcopy(model).eval()
@@ -128,19 +129,22 @@ def scrub(
         loss.backward()
         opt.step()
 
-    for epoch in range(1, epochs + 1):
-        for group in opt.param_groups:
-            group["lr"] = scrub_lr(lr, epoch, lr_decay_epochs, lr_decay_rate)
-        if epoch <= msteps:  # max-step: push the student away from the teacher on D_F
-            for index in shuffled_batches(len(forget), forget_batch_size, generator):
-                x, _ = fetch(forget, index, device=device, augment=augment, generator=generator)
+    # bf16 + channels_last on CUDA only (logits and the KL in fp32); plain calls on the CPU
+    with FastForward(student, device, retain.images[:2]) as student_fwd, \
+            FastForward(teacher, device, retain.images[:2]) as teacher_fwd:
+        for epoch in range(1, epochs + 1):
+            for group in opt.param_groups:
+                group["lr"] = scrub_lr(lr, epoch, lr_decay_epochs, lr_decay_rate)
+            if epoch <= msteps:  # max-step: push the student away from the teacher on D_F
+                for index in shuffled_batches(len(forget), forget_batch_size, generator):
+                    x, _ = fetch(forget, index, device=device, augment=augment, generator=generator)
+                    with torch.no_grad():
+                        teacher_logits = teacher_fwd(x)
+                    update(-distill_kl(student_fwd(x), teacher_logits, temperature))
+            for index in shuffled_batches(len(retain), retain_batch_size, generator):  # min-step on D_R
+                x, y = fetch(retain, index, device=device, augment=augment, generator=generator)
                 with torch.no_grad():
-                    teacher_logits = teacher(x)
-                update(-distill_kl(student(x), teacher_logits, temperature))
-        for index in shuffled_batches(len(retain), retain_batch_size, generator):  # min-step on D_R
-            x, y = fetch(retain, index, device=device, augment=augment, generator=generator)
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            logits = student(x)
-            update(gamma * F.cross_entropy(logits, y) + alpha * distill_kl(logits, teacher_logits, temperature))
+                    teacher_logits = teacher_fwd(x)
+                logits = student_fwd(x)
+                update(gamma * F.cross_entropy(logits, y) + alpha * distill_kl(logits, teacher_logits, temperature))
     return student.eval()
