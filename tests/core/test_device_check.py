@@ -82,3 +82,21 @@ def test_cuda_request_without_cuda_is_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "device_check.py"), "--out-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "CUDA is not available" in out.stderr
+
+
+def test_table_recipe_is_sized_from_the_measured_throughput():
+    """A faster trainer buys a longer (less shortened) recipe, within the bounds; no throughput: the fewest."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from device_check import FULL, QUICK, table_recipe_epochs
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    lo, hi = FULL.table_epochs
+    assert table_recipe_epochs(FULL, None, 400)[0] == lo
+    assert table_recipe_epochs(FULL, 50_000, 0)[0] == lo
+    old_speed = table_recipe_epochs(FULL, 12_600, 390)[0]  # the issue's train_model figure
+    target = table_recipe_epochs(FULL, 3.5 * 12_600, 390)[0]  # the 3.5x target
+    assert lo == old_speed < target < hi
+    assert table_recipe_epochs(FULL, 10**7, 390)[0] == hi
+    epochs, why = table_recipe_epochs(QUICK, 5_000, 100)
+    assert epochs == QUICK.recipe.epochs and "fixed" in why
