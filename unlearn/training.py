@@ -178,7 +178,7 @@ def apply_augmentation(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip
     cols = (dx[:, None] + torch.arange(w, device=dx.device)[None]).to(x.device)  # (B, W)
     batch_index = torch.arange(b, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
-    out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
+    out = out.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)  # (B, C, H, W), NCHW strides
     return torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
 
 

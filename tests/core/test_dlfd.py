@@ -181,3 +181,17 @@ def test_sinkhorn_reads_its_stopping_test_once_per_chunk_with_the_same_plan(max_
     cost = torch.rand(9, 14, generator=torch.Generator().manual_seed(max_iter), dtype=torch.float64) * 2
     expected = _per_round_sinkhorn(cost, 0.05, max_iter, tol)
     assert torch.equal(sinkhorn_plan(cost, eps=0.05, max_iter=max_iter, tol=tol), expected)
+
+
+def test_device_side_stopping_gives_the_same_plan_as_host_checks():
+    """On CUDA the stopping test never leaves the device (potentials freeze at the first converged round):
+    the plan is bit-identical to the host-checked loop's, converged or not."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        n, m = int(torch.randint(2, 40, (1,), generator=g)), int(torch.randint(2, 40, (1,), generator=g))
+        cost = torch.rand(n, m, generator=g, dtype=torch.float64 if trial % 2 else torch.float32) * 2
+        eps = [0.01, 0.05, 0.2][trial % 3]
+        max_iter = [3, 10, 25, 50][trial % 4]
+        kwargs = {"eps": eps, "max_iter": max_iter, "tol": [1e-3, 1e-1][trial % 2]}
+        assert torch.equal(sinkhorn_plan(cost, host_checks=False, **kwargs),
+                           sinkhorn_plan(cost, host_checks=True, **kwargs)), trial

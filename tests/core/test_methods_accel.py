@@ -93,17 +93,21 @@ def test_fetch_cuda_path_sees_the_same_data(cuda_branches_on_cpu):
 def test_masked_pgd_follows_the_index_pgd(problem):
     model, data = problem
     model = copy.deepcopy(model).eval()
-    x, y = data.retain.images[:48], data.retain.labels[:48]
-    eps = torch.full((48,), 0.8)
+    x, y = data.retain.images, data.retain.labels
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y  # the caller attacks correctly classified samples only
+    x, y = x[keep][:48], y[keep][:48]
+    n = len(y)
+    eps = torch.full((n,), 0.8)
     x_index, flipped_index = pgd_l2(model, x, y, eps, steps=20)
-    active = torch.ones(48, dtype=torch.bool)
+    active = torch.ones(n, dtype=torch.bool)
     x_mask, flipped_mask = pgd_l2_masked(model, x, y, eps, steps=20, active=active, check_every=3)
-    assert 0 < int(flipped_index.sum()) < 48  # some flip, some do not: both branches exercised
+    assert 0 < int(flipped_index.sum()) < n  # some flip, some do not: both branches exercised
     assert torch.equal(flipped_mask, flipped_index)
     assert torch.allclose(x_mask, x_index, atol=1e-5)
     # Inactive samples are neither moved nor reported as flipped.
     active[::2] = False
-    x_part, flipped_part = pgd_l2_masked(model, x, y, eps, steps=20, active=active)
+    x_part, flipped_part = pgd_l2_masked(model, x, y, eps, steps=20, active=active, judge=model)
     assert torch.equal(x_part[~active], x[~active]) and not flipped_part[~active].any()
     assert torch.equal(flipped_part[active], flipped_index[active])
 
@@ -152,3 +156,44 @@ def test_every_method_cuda_path_runs_under_bf16_autocast(name, problem, profile,
             assert torch.isfinite(value).all(), key
     for key, value in model.state_dict().items():  # the input model is untouched
         assert torch.equal(value, before[key]), key
+
+
+def test_amun_bf16_steps_never_label_a_flipped_sample_with_its_true_label(cuda_branches_on_cpu_bf16):
+    """The PGD steps run in bf16 on CUDA but the verdicts in fp32. When bf16 decided "flipped", 17 of 59
+    attacked samples came back labelled with their true label (4 of them the clean image): D_F again."""
+    from conftest import quadrant_images
+
+    images, labels = quadrant_images()
+    x, y = torch.tensor(images), torch.tensor(labels)
+    torch.manual_seed(0)
+    model = train_model(build_model("small_cnn", 1, 4), x, y, SGDRecipe(3, 32, 0.05, augment=True), device="cpu",
+                        seed=0).eval()
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    x_adv, y_adv, eps_used = adversarial_set(model, TensorSet(x, y), eps_init=0.05, pgd_steps=20, max_doublings=8,
+                                             device="cpu")
+    assert int(correct.sum()) > 40
+    assert not (correct & (y_adv == y)).any()
+    assert (eps_used[correct] > 0).all()
+    with torch.no_grad():
+        assert torch.equal(model(x_adv).argmax(1), y_adv)  # the recorded label is the fp32 prediction
+
+
+def test_dlfd_restores_the_layout_after_an_error(problem, cuda_branches_on_cpu):
+    """dlfd's FastForward is closed in a finally: a direct caller's model is not left channels_last."""
+    from unlearn.methods.dlfd import dlfd
+
+    model, data = problem
+    model = copy.deepcopy(model)
+    calls = []
+
+    def fail_late(module, inputs, output):
+        calls.append(1)
+        if len(calls) > 6:
+            raise RuntimeError("boom")
+
+    handle = model.register_forward_hook(fail_late)
+    with pytest.raises(RuntimeError, match="boom"):
+        dlfd(model, data, device="cpu", seed=0, perturbation_steps=1, check_every=1)
+    handle.remove()
+    assert all(p.is_contiguous() for p in model.parameters())

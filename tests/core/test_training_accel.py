@@ -189,3 +189,20 @@ def test_cuda_training_path_takes_user_models_that_view(factory, cuda_branches_o
                         no_augment=torch.arange(40) % 2 == 0)
     assert all(p.is_contiguous() for p in model.parameters()) and not model.training
     assert torch.isfinite(predict_logits(model, x, device="cpu")).all()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmented_batches_are_nchw_so_user_models_that_view_train(channels):
+    """The crop gathered NHWC and permuted back, leaving channels_last strides: the CPU's convolution then
+    answered in channels_last and a user's model that .view()s its activation crashed with augmentation on
+    (on the CPU, and on CUDA for models kept in the plain layout)."""
+    from unlearn.training import augment_batch
+
+    x = torch.rand(8, channels, 8, 8)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.stride() == x.stride()
+    g = torch.Generator().manual_seed(1)
+    xs, ys = torch.rand(40, channels, 8, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
+    model = train_model(_ViewAfterConv(c=channels), xs, ys, SGDRecipe(2, 16, 0.05, augment=True), device="cpu",
+                        seed=0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

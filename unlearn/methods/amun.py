@@ -114,6 +114,7 @@ def pgd_l2_masked(
     active: torch.Tensor,
     *,
     check_every: int = 10,
+    judge: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pgd_l2` on a fixed-shape batch with masks: the CUDA path.
 
@@ -123,14 +124,23 @@ def pgd_l2_masked(
     sample follows exactly the index version's trajectory. Whether anything is left to attack is
     read back once per ``check_every`` steps, so at most that many idle steps run at the end.
 
+    The steps may run in bf16 (a FastForward on CUDA) while the caller decides in fp32 which
+    samples are correctly classified and what their adversarial labels are. So that the two never
+    disagree about the result: ``flipped`` is read with ``judge`` (the fp32 model), and the first
+    step never stops a sample (the caller found every active sample correctly classified at x,
+    in fp32; a bf16 pass that disagrees there would otherwise end the attack before it starts).
+    With ``forward == judge`` and active samples correctly classified this is :func:`pgd_l2`.
+
     Args:
         forward: Attacked model (eval mode), typically a :class:`~unlearn.accel.FastForward`.
         x: Clean images in [0, 1] (B, C, H, W) on the device.
         y: True labels (B,).
         eps: L2 radius per sample (B,).
         steps: PGD iterations; step size eps / 10.
-        active: (B,) bool, the samples to attack; the others come back as ``x``, not flipped.
+        active: (B,) bool, the samples to attack (correctly classified at x); the others come back
+            as ``x``, not flipped.
         check_every: Steps between host reads of "is any sample still active".
+        judge: What decides ``flipped`` at the end (default ``forward``).
 
     Returns:
         (x_adv (B, C, H, W), flipped (B,) bool: active and prediction differs from y).
@@ -144,7 +154,7 @@ def pgd_l2_masked(
             break
         x_step = x_adv.clone().requires_grad_(True)
         logits = forward(x_step)
-        still = (logits.detach().argmax(1) == y) & attacking
+        still = ((logits.detach().argmax(1) == y) | (step == 0)) & attacking
         attacking = still  # flipped samples keep this x_adv and stop
         loss = (F.cross_entropy(logits, y, reduction="none") * still).sum()
         (grad,) = torch.autograd.grad(loss, x_step)
@@ -157,7 +167,7 @@ def pgd_l2_masked(
             stepped = (x + delta * _per_sample(scale, delta)).clamp(0.0, 1.0)
             x_adv = torch.where(_per_sample(still, x), stepped, x_adv)
     with torch.no_grad():
-        flipped = (forward(x_adv).argmax(1) != y) & active
+        flipped = ((judge or forward)(x_adv).argmax(1) != y) & active
     return x_adv.detach(), flipped
 
 
@@ -188,8 +198,9 @@ def adversarial_set(
 
     On CUDA the PGD steps run under bf16 autocast with channels_last (:class:`~unlearn.accel.
     FastForward`) and with masks instead of gathers (:func:`pgd_l2_masked`); which samples start
-    misclassified and the adversarial labels y_adv are read in fp32 either way. The CPU path is
-    the plain loop.
+    misclassified, whether an attack flipped a sample, and the adversarial labels y_adv are read
+    in fp32 either way, so every D_A entry that counts as flipped carries a label other than y. The
+    CPU path is the plain loop.
     """
     model.eval()
     if len(forget) == 0:
@@ -209,7 +220,9 @@ def adversarial_set(
                 if not pending.any():  # one host read per radius
                     break
                 if cuda:
-                    found, flipped = pgd_l2_masked(forward, x, y, eps, pgd_steps, pending)
+                    # bf16 steps, fp32 verdict: a sample bf16 calls flipped but fp32 does not stays
+                    # pending and is attacked again at twice the radius
+                    found, flipped = pgd_l2_masked(forward, x, y, eps, pgd_steps, pending, judge=model)
                     x_adv = torch.where(_per_sample(pending, x), found, x_adv)
                     eps_used = torch.where(pending, eps, eps_used)
                     pending = pending & ~flipped

@@ -118,6 +118,7 @@ def sinkhorn_plan(
     eps: float = 0.01,
     max_iter: int = 50,
     tol: float = 1e-3,
+    host_checks: bool | None = None,
 ) -> torch.Tensor:
     """Entropic OT plan between uniform marginals, by log-domain Sinkhorn.
 
@@ -141,6 +142,10 @@ def sinkhorn_plan(
         eps: Entropic regularisation (the paper's 1/lambda).
         max_iter: Most Sinkhorn rounds.
         tol: Early-stop threshold on the dual change, in units of eps.
+        host_checks: Read the stopping test back to the host (once per ``CHECK_ROUNDS`` rounds)
+            and stop there; False keeps it on the device: every round runs and the potentials
+            freeze at the first converged one, the same plan without a host read (None: False on
+            CUDA, where a read waits for the queue, True elsewhere, where rounds cost time).
 
     Returns:
         The plan T (n, m), non-negative, summing to 1, on ``cost``'s device and dtype
@@ -156,6 +161,17 @@ def sinkhorn_plan(
     # The stopping test is read back to the host once per CHECK_ROUNDS rounds, not every round (a
     # device sync each time on CUDA); the potentials of the first converged round are kept, so the
     # plan is exactly the one a per-round test returns, and at most CHECK_ROUNDS - 1 rounds are spare.
+    if host_checks is None:
+        host_checks = cost.device.type != "cuda"
+    if not host_checks:
+        stopped = torch.zeros((), dtype=torch.bool, device=cost.device)
+        for _ in range(max_iter):
+            f_new = eps * log_a - eps * torch.logsumexp((g[None, :] - cost) / eps, dim=1)  # (n,)
+            g_new = eps * log_b - eps * torch.logsumexp((f_new[:, None] - cost) / eps, dim=0)  # (m,)
+            converged = (f_new - f).abs().max() < tol * eps
+            f, g = torch.where(stopped, f, f_new), torch.where(stopped, g, g_new)
+            stopped = stopped | converged
+        return torch.exp((f[:, None] + g[None, :] - cost) / eps).to(dtype)  # (n, m)
     done = 0
     while done < max_iter:
         rounds, converged = [], []
@@ -447,35 +463,38 @@ def dlfd(
     forget_x = accel.resident(forget.images, device)
     forward = accel.FastForward(model, device, retain.images[:2])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    forgetting_done = False
-    floor = score = None
-    if reserve is not None:
-        model.eval()
-        floor = noise_floor(_losses(model, forget, device), _losses(model, reserve, device),
-                            draws=null_draws, quantile=null_quantile, generator=generator)
-    perturbed = 0
-    for b, index in enumerate(batches):
-        if reserve is not None and not forgetting_done and b > 0 and b % check_every == 0:
+    try:
+        forgetting_done = False
+        floor = score = None
+        if reserve is not None:
             model.eval()
-            score = forgetting_score(_losses(model, forget, device), _losses(model, reserve, device))
-            forgetting_done = score >= floor + forget_target
-        x = accel.take(retain_x, index, device)
-        y = accel.take(retain_y, index, device)
-        if not forgetting_done and perturbation_steps > 0:
-            w_r = initial_retain_weight + (final_retain_weight - initial_retain_weight) * b / max(len(batches) - 1, 1)
-            f_index = next(forget_batches)
-            model.eval()  # the search neither updates BatchNorm statistics nor uses batch statistics
-            with torch.no_grad():
-                z_f = forward(accel.take(forget_x, f_index, device))  # (M, K)
-            x = synthesize(forward, x, y, z_f, forget_weight=forget_weight, retain_weight=w_r,
-                           steps=perturbation_steps, alpha=step, epsilon=epsilon, sinkhorn=sinkhorn)
-            perturbed += 1
-        model.train()
-        loss = F.cross_entropy(forward(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    forward.close()
+            floor = noise_floor(_losses(model, forget, device), _losses(model, reserve, device),
+                                draws=null_draws, quantile=null_quantile, generator=generator)
+        perturbed = 0
+        for b, index in enumerate(batches):
+            if reserve is not None and not forgetting_done and b > 0 and b % check_every == 0:
+                model.eval()
+                score = forgetting_score(_losses(model, forget, device), _losses(model, reserve, device))
+                forgetting_done = score >= floor + forget_target
+            x = accel.take(retain_x, index, device)
+            y = accel.take(retain_y, index, device)
+            if not forgetting_done and perturbation_steps > 0:
+                progress = b / max(len(batches) - 1, 1)
+                w_r = initial_retain_weight + (final_retain_weight - initial_retain_weight) * progress
+                f_index = next(forget_batches)
+                model.eval()  # the search neither updates BatchNorm statistics nor uses batch statistics
+                with torch.no_grad():
+                    z_f = forward(accel.take(forget_x, f_index, device))  # (M, K)
+                x = synthesize(forward, x, y, z_f, forget_weight=forget_weight, retain_weight=w_r,
+                               steps=perturbation_steps, alpha=step, epsilon=epsilon, sinkhorn=sinkhorn)
+                perturbed += 1
+            model.train()
+            loss = F.cross_entropy(forward(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        forward.close()  # the caller gets the contiguous layout back, even after an error
     record_info(model, perturbed_batches=perturbed, batches=len(batches), noise_floor=floor,
                 last_score=score, stopped_early=forgetting_done)
     return model.eval()
