@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -140,7 +141,9 @@ def table_recipe_epochs(sizes: Sizes, images_per_second: float | None, seconds_l
     if sizes.table_epochs is None:
         return sizes.recipe.epochs, f"The table's recipe has {sizes.recipe.epochs} epochs (fixed for these sizes)."
     lo, hi = sizes.table_epochs
-    if not images_per_second or seconds_left <= 0:
+    usable = (images_per_second is not None and math.isfinite(images_per_second) and images_per_second > 0
+              and math.isfinite(seconds_left) and seconds_left > 0 and sizes.seeds > 0)
+    if not usable:
         return lo, f"The table's recipe has {lo} epochs (no throughput measured in part 1 to size it)."
     # Full-size trainings per repetition: the original, the retrains (on D_R, ~90%) and the references (on halves).
     trainings = 1 + sizes.retrains + sizes.references / 2
@@ -334,6 +337,13 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
@@ -347,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=450.0,
                         help="stop starting new AMUN seeds once this much wall time has passed; the table's "
                              "recipe is sized to fit it")
-    parser.add_argument("--table-epochs", type=int, default=None,
+    parser.add_argument("--table-epochs", type=_positive_int, default=None,
                         help="epochs of the table's recipe (default: sized from part 1's throughput)")
     args = parser.parse_args(argv)
     device = args.device
@@ -418,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                    else [m for m in METHODS.names() if m != "retrain"])
         bench_args = table_args(sizes, device, methods)
         data = (x, y, TensorSet(x_test, y_test))
-        if args.table_epochs:
+        if args.table_epochs is not None:
             epochs, why = args.table_epochs, f"The table's recipe has {args.table_epochs} epochs (--table-epochs)."
         else:
             measured = report.get("throughput", {}).get("images_per_second", {})

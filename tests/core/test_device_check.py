@@ -94,6 +94,9 @@ def test_table_recipe_is_sized_from_the_measured_throughput():
     lo, hi = FULL.table_epochs
     assert table_recipe_epochs(FULL, None, 400)[0] == lo
     assert table_recipe_epochs(FULL, 50_000, 0)[0] == lo
+    for odd in (float("nan"), float("inf"), -1.0):  # a broken measurement or budget: the fewest, no crash
+        assert table_recipe_epochs(FULL, odd, 400)[0] == lo
+        assert table_recipe_epochs(FULL, 50_000, odd)[0] == lo
     old_speed = table_recipe_epochs(FULL, 12_600, 390)[0]  # the train_model figure
     target = table_recipe_epochs(FULL, 3.5 * 12_600, 390)[0]  # the 3.5x target
     assert lo == old_speed < target < hi

@@ -205,3 +205,6 @@ def test_dlfd_restores_the_layout_after_an_error(problem, cuda_branches_on_cpu):
         dlfd(model, data, device="cpu", seed=0, perturbation_steps=1, check_every=1)
     handle.remove()
     assert all(p.is_contiguous() for p in model.parameters())
+    with pytest.raises(ValueError, match="learning rate"):  # an error before the loop, too
+        dlfd(model, data, device="cpu", seed=0, lr=-0.1)
+    assert all(p.is_contiguous() for p in model.parameters())

@@ -216,13 +216,15 @@ def adversarial_set(
             with torch.no_grad():
                 pending = model(x).argmax(1) == y  # misclassified samples are their own D_A entry
             eps = torch.full((len(y),), float(eps_init), device=device)
-            for _ in range(max_doublings + 1):
+            for attempt in range(max_doublings + 1):
                 if not pending.any():  # one host read per radius
                     break
                 if cuda:
                     # bf16 steps, fp32 verdict: a sample bf16 calls flipped but fp32 does not stays
-                    # pending and is attacked again at twice the radius
-                    found, flipped = pgd_l2_masked(forward, x, y, eps, pgd_steps, pending, judge=model)
+                    # pending and is attacked again at twice the radius; the last radius steps in fp32,
+                    # so no sample is given up on because of bf16 rounding alone
+                    steps_with = model if attempt == max_doublings else forward
+                    found, flipped = pgd_l2_masked(steps_with, x, y, eps, pgd_steps, pending, judge=model)
                     x_adv = torch.where(_per_sample(pending, x), found, x_adv)
                     eps_used = torch.where(pending, eps, eps_used)
                     pending = pending & ~flipped

@@ -461,8 +461,8 @@ def dlfd(
     # (FastForward); the stopping test's losses stay fp32. The CPU path is the plain loop.
     retain_x, retain_y = accel.resident(retain.images, device), accel.resident(retain.labels, device)
     forget_x = accel.resident(forget.images, device)
-    forward = accel.FastForward(model, device, retain.images[:2])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    forward = accel.FastForward(model, device, retain.images[:2])
     try:
         forgetting_done = False
         floor = score = None
