@@ -64,6 +64,15 @@ def _fashion_mnist(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             _read_idx(find("t10k-images-idx3-ubyte")), _read_idx(find("t10k-labels-idx1-ubyte")))
 
 
+def wait_for(device: str | torch.device) -> None:
+    """Block until ``device`` has run everything queued (CUDA), so a timer read after it is the work's time.
+
+    Without it a method that never reads back a result stops the clock with its kernels still queued.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def load_data(name: str, data_path: str | None = None, *, train_size: int | None = None,
               test_size: int | None = None, pool: int = 1, seed: int = 0
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,8 +169,10 @@ def prepare(x_train, y_train, evaluation: TensorSet, *, model_name: str, recipe:
                     np.stack(refs_forget)[..., None], np.stack(refs_eval)[..., None])
     seconds = []
     for seed in retrain_seeds:
+        wait_for(device)
         started = time.perf_counter()
         model = run_method("retrain", original, data, device=device, seed=seed)
+        wait_for(device)
         seconds.append(time.perf_counter() - started)
         ref.retrains.append(evaluate(model, ref, device))
     ref.retrain_seconds = float(np.mean(seconds))
@@ -206,8 +217,10 @@ def weight_change(before: torch.nn.Module, after: torch.nn.Module) -> float:
 
 def run_one(name: str, ref: Reference, kwargs: dict, *, device: str, seed: int) -> dict:
     """Run one method on one prepared pair and evaluate it (metrics, gap, time ratio, Δw, info)."""
+    wait_for(device)
     started = time.perf_counter()
     model = run_method(name, ref.original, ref.data, device=device, seed=seed, kwargs=kwargs)
+    wait_for(device)
     seconds = time.perf_counter() - started
     row = evaluate(model, ref, device)
     row.update(gap=gap(row, ref.target), seconds=seconds, time_ratio=seconds / ref.retrain_seconds,

@@ -157,14 +157,14 @@ class BatchSource:
     def __init__(self, data: torch.Tensor, device: str | torch.device, resident: bool | None = None) -> None:
         self.device = torch.device(device)
         if resident is None:
-            resident = data.device == self.device or fits_on_device(data.numel() * data.element_size(), device)
+            resident = on(data, device) or fits_on_device(data.numel() * data.element_size(), device)
         self.resident = resident
         self.data = data.to(self.device) if resident else data
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """``data[index]`` on the device. ``index`` may live on the host or on the device."""
         if self.resident:
-            return self.data[index.to(self.device)] if index.device != self.device else self.data[index]
+            return self.data[index] if on(index, self.data.device) else self.data[to_device_async(index, self.device)]
         return to_device_async(self.data[index.to(self.data.device)], self.device)
 
 

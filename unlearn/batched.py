@@ -51,6 +51,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
+from unlearn import accel
 from unlearn.training import (
     GLOBAL_RNG_LOCK,
     SGDRecipe,
@@ -182,15 +183,25 @@ def _train_chunk(
     for _ in range(recipe.epochs):
         # Each generator is drawn from in train_model's order: permutation first, then per-batch draws.
         per_model = [epoch_batches(n, recipe.batch_size, generator) for generator in generators]
+        # The epoch's rows and augmentation draws are made on the host up front (each generator in the
+        # same order as batch by batch) and sent to the device in one copy: no step waits for the host.
+        shapes, parts = [], []
         for batch in range(steps):
             local = torch.stack([batches[batch] for batches in per_model])  # (K, B) positions in each subset
-            index = torch.gather(members, 1, local).to(device)  # (K, B) rows of images
+            shapes.append(local.shape)
+            parts.append(torch.gather(members, 1, local).flatten())  # (K*B,) rows of images
+            if recipe.augment:
+                draws = [draw_augmentation(local.shape[1], generator) for generator in generators]
+                parts += [torch.cat(p).to(torch.int64) for p in zip(*draws, strict=True)]  # dy, dx, flip (K*B,)
+        parts = accel.split_to_device(parts, device)
+        per_step = 4 if recipe.augment else 1
+        for batch in range(steps):
+            index = parts[per_step * batch].view(shapes[batch])  # (K, B)
             x = images[index]  # (K, B, C, H, W)
             y = labels[index]  # (K, B)
             if recipe.augment:
-                draws = [draw_augmentation(local.shape[1], generator) for generator in generators]
-                dy, dx, flip = (torch.cat(parts) for parts in zip(*draws, strict=True))  # each (K*B,)
-                x = apply_augmentation(x.flatten(0, 1), dy, dx, flip).view_as(x)
+                dy, dx, flip = parts[per_step * batch + 1 : per_step * batch + 4]
+                x = apply_augmentation(x.flatten(0, 1), dy, dx, flip.bool()).view_as(x)
             losses = batched_loss(params, buffers, x, y)  # (K,)
             optimizer.zero_grad(set_to_none=True)
             # d(sum)/d(loss_k) = 1, so model k's slice gets exactly its own gradient.

@@ -141,3 +141,26 @@ def test_other_invalid_arguments_are_rejected(data, bad):
         members, kwargs["seeds"] = [], []
     with pytest.raises(ValueError):
         train_models_batched(factory, images, labels, members, RECIPES["plain-cosine"], **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_cuda_path_sends_each_epoch_in_one_copy_and_matches(name, data, cuda_branches_on_cpu, monkeypatch):
+    """On CUDA an epoch's rows and augmentation draws go over in one copy (they were 1-4 blocking copies per
+    step); the copy is the only change, so the models are the CPU path's exactly."""
+    from unlearn import accel
+
+    recipe = RECIPES[name]
+    images, labels, members = data
+    copies = []
+    real_split = accel.split_to_device
+
+    def counting(parts, device):
+        copies.append(len(parts))
+        return real_split(parts, device)
+
+    monkeypatch.setattr(accel, "split_to_device", counting)
+    fast = train_models_batched(factory, images, labels, members, recipe, seeds=SEEDS, device="cpu")
+    monkeypatch.setattr(accel, "is_cuda", lambda device: False)
+    plain = train_models_batched(factory, images, labels, members, recipe, seeds=SEEDS, device="cpu")
+    assert len(copies) == 2 * recipe.epochs  # one per epoch per run
+    assert_same_models(plain, fast, atol=0)

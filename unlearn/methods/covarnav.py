@@ -252,8 +252,8 @@ def most_probable_wrong_labels(
     model.eval()
     out = []
     for start in range(0, len(labels), batch_size):
-        logits = model(images[start:start + batch_size].to(device)).float()  # (b, K)
-        y = labels[start:start + batch_size].to(device)
+        logits = model(accel.to_device_async(images[start:start + batch_size], device)).float()  # (b, K)
+        y = accel.to_device_async(labels[start:start + batch_size], device)
         logits[torch.arange(len(y), device=device), y] = float("-inf")
         out.append(logits.argmax(1).cpu())
     return torch.cat(out) if out else labels.clone()
@@ -333,7 +333,7 @@ def representation_bases(
     handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
     try:
         for start in range(0, len(images), chunk):
-            model(images[start:start + chunk].to(device))
+            model(accel.to_device_async(images[start:start + chunk], device))
     finally:
         for handle in handles:
             handle.remove()
@@ -505,8 +505,8 @@ def covarnav(
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
-            x = forget.images[index].to(device)
-            y = new_labels[index].to(device)
+            x = accel.to_device_async(forget.images[index], device)  # no blocking copy on CUDA
+            y = accel.to_device_async(new_labels[index], device)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.accel import FastForward
+from unlearn.accel import FastForward, to_device_async
 from unlearn.methods._common import check_positive_int, on_device, sgd, uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
 from unlearn.methods.random_label import random_label_epoch
@@ -77,8 +77,8 @@ def saliency_mask(
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for _, p in named]
     for start in range(0, len(forget), batch_size):
-        x = forget.images[start : start + batch_size].to(device)
-        y = forget.labels[start : start + batch_size].to(device)
+        x = to_device_async(forget.images[start : start + batch_size], device)  # no blocking copy on CUDA
+        y = to_device_async(forget.labels[start : start + batch_size], device)
         loss = -F.cross_entropy(model(x), y)  # the GA unlearning loss whose gradient defines saliency
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
         for acc, grad in zip(total, grads, strict=True):

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearn.accel import to_device_async
 from unlearn.methods._common import check_positive_int
 from unlearn.methods.base import TensorSet, UnlearningData, record_info, register_method
 from unlearn.training import seed_everything
@@ -81,8 +82,8 @@ def fisher_importance(
     batches = 0
     stop = len(labels) - len(labels) % batch_size if drop_last and len(labels) >= batch_size else len(labels)
     for start in range(0, stop, batch_size):
-        x = images[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
+        x = to_device_async(images[start : start + batch_size], device)  # no blocking copy on CUDA
+        y = to_device_async(labels[start : start + batch_size], device)
         grads = torch.autograd.grad(F.cross_entropy(model(x), y), [p for _, p in named], allow_unused=True)
         for (name, _), grad in zip(named, grads, strict=True):
             if grad is not None:
