@@ -56,6 +56,7 @@ if str(REPO / "benchmarks") not in sys.path:  # benchmarks/methods.py imports it
     sys.path.insert(0, str(REPO / "benchmarks"))
 
 import methods as table_bench  # noqa: E402  (benchmarks/methods.py: the methods table's protocol)
+from protocol import wait_for  # noqa: E402
 
 from benchmarks.legacy_trainer import legacy_train_model  # noqa: E402
 from unlearn.batched import train_models_batched  # noqa: E402
@@ -155,11 +156,6 @@ def table_recipe_epochs(sizes: Sizes, images_per_second: float | None, seconds_l
                     f"{sizes.seeds} repetitions had left, at part 1's {images_per_second:,.0f} images/s.")
 
 
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def load_fashion(sizes: Sizes, data_path: str | None, seed: int = 0):
     """Seeded Fashion-MNIST subsets as float tensors (train x, y, test x, y)."""
     cfg = DataConfig(source="fashion_mnist", source_path=data_path, train_subset=sizes.train,
@@ -183,10 +179,10 @@ def _time_training(trainer, factory, x, y, recipe, device, epochs) -> float:
     model = seeded_model(factory, 0)
     trainer(model, x, y, replace(recipe, epochs=1), device=device, seed=0)  # warm-up
     model = seeded_model(factory, 0)
-    _sync(device)
+    wait_for(device)
     started = time.perf_counter()
     trainer(model, x, y, replace(recipe, epochs=epochs), device=device, seed=0)
-    _sync(device)
+    wait_for(device)
     return epochs * len(y) / (time.perf_counter() - started)
 
 
@@ -222,16 +218,16 @@ def batched_references(x, y, sizes: Sizes, device: str) -> dict:
     recipe = sizes.ref_recipe
     # Warm-up of both paths on two models (cuDNN autotuning, vmap tracing).
     train_models_batched(factory, x, y, members[:2], replace(recipe, epochs=1), seeds=seeds[:2], device=device)
-    _sync(device)
+    wait_for(device)
     started = time.perf_counter()
     for index, seed in zip(members, seeds, strict=True):
         index_t = torch.as_tensor(index)
         train_model(seeded_model(factory, seed), x[index_t], y[index_t], recipe, device=device, seed=seed)
-    _sync(device)
+    wait_for(device)
     sequential = time.perf_counter() - started
     started = time.perf_counter()
     train_models_batched(factory, x, y, members, recipe, seeds=seeds, device=device)
-    _sync(device)
+    wait_for(device)
     batched = time.perf_counter() - started
     return {"models": k, "samples_per_model": n // 2, "epochs": recipe.epochs, "model": sizes.model,
             "sequential_seconds": sequential, "batched_seconds": batched, "speedup": sequential / batched}

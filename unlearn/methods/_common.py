@@ -79,20 +79,13 @@ def fetch(
     Returns:
         (x (B, C, H, W), y (B,)).
     """
-    if not accel.is_cuda(device):
-        x = subset.images[index].to(device)
-        y = subset.labels[index].to(device)
-        if augment:
-            x = apply_augmentation(x, *draw_augmentation(len(index), generator))
-        return x, y
     draws = draw_augmentation(len(index), generator) if augment else ()
-    parts = [index.to(torch.int64), *(d.to(torch.int64) for d in draws)]
-    moved = accel.split_to_device(parts, device)  # one pinned, non-blocking copy
-    index_d = moved[0]
-    x = accel.take(subset.images, index if subset.images.device.type == "cpu" else index_d, device)
-    y = accel.take(subset.labels, index if subset.labels.device.type == "cpu" else index_d, device)
+    # One pinned, non-blocking copy of the index and the draws on CUDA; the parts themselves on the CPU.
+    moved, *moved_draws = accel.split_to_device([index.to(torch.int64), *(d.to(torch.int64) for d in draws)], device)
+    x = accel.take(subset.images, moved if accel.on(subset.images, device) else index, device)
+    y = accel.take(subset.labels, moved if accel.on(subset.labels, device) else index, device)
     if augment:
-        dy, dx, flip = moved[1:]
+        dy, dx, flip = moved_draws
         x = apply_augmentation(x, dy, dx, flip.bool())
     return x, y
 

@@ -89,6 +89,30 @@ def random_label_epoch(
             step(F.cross_entropy(model(x), y))
 
 
+def random_label_epochs(
+    model: nn.Module,
+    step: StepFn,
+    data: UnlearningData,
+    *,
+    epochs: int,
+    use_retain: bool,
+    batch_size: int,
+    exclude_true: bool,
+    device: str | torch.device,
+    generator: torch.Generator,
+) -> None:
+    """``epochs`` of :func:`random_label_epoch` (RL and SalUn): the sets resident on CUDA when they fit and
+    the model called through :class:`~unlearn.accel.FastForward` (bf16 + channels_last on CUDA only; the
+    plain loop on the CPU). ``model`` is in train mode on ``device``; ``step`` applies one update."""
+    forget = on_device(data.forget, device)
+    retain = on_device(data.retain, device) if use_retain else None
+    with FastForward(model, device, forget.images[:2]) as forward:
+        for _ in range(epochs):
+            random_label_epoch(forward, step, forget, retain, num_classes=data.num_classes,
+                               batch_size=batch_size, exclude_true=exclude_true,
+                               augment=data.train_recipe.augment, device=device, generator=generator)
+
+
 @register_method("random_label", needs={"forget"}, needs_fn=uses_retain)
 def random_label(
     model: nn.Module,
@@ -127,11 +151,6 @@ def random_label(
     generator = seed_everything(seed)
     model.to(device).train()
     step = plain_step(sgd(model, lr, momentum, weight_decay))
-    forget = on_device(data.forget, device)  # resident on CUDA when it fits; the same sets on the CPU
-    retain = on_device(data.retain, device) if use_retain else None
-    with FastForward(model, device, forget.images[:2]) as forward:  # bf16 + channels_last on CUDA only
-        for _ in range(epochs):
-            random_label_epoch(forward, step, forget, retain, num_classes=data.num_classes,
-                               batch_size=batch_size, exclude_true=exclude_true,
-                               augment=data.train_recipe.augment, device=device, generator=generator)
+    random_label_epochs(model, step, data, epochs=epochs, use_retain=use_retain, batch_size=batch_size,
+                        exclude_true=exclude_true, device=device, generator=generator)
     return model.eval()

@@ -36,10 +36,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.accel import FastForward, to_device_async
-from unlearn.methods._common import check_positive_int, on_device, sgd, uses_retain
+from unlearn.accel import to_device_async
+from unlearn.methods._common import check_positive_int, sgd, uses_retain
 from unlearn.methods.base import TensorSet, UnlearningData, register_method
-from unlearn.methods.random_label import random_label_epoch
+from unlearn.methods.random_label import random_label_epochs
 from unlearn.training import seed_everything
 
 Mask = dict[str, torch.Tensor]
@@ -175,11 +175,6 @@ def salun(
     mask = saliency_mask(model, data.forget, mask_ratio, device, batch_size=batch_size)
     model.to(device).train()
     step = MaskedStep(model, sgd(model, lr, momentum, weight_decay), mask, freeze_masked=freeze_masked)
-    forget = on_device(data.forget, device)  # resident on CUDA when it fits; the same sets on the CPU
-    retain = on_device(data.retain, device) if use_retain else None
-    with FastForward(model, device, forget.images[:2]) as forward:  # bf16 + channels_last on CUDA only
-        for _ in range(epochs):
-            random_label_epoch(forward, step, forget, retain, num_classes=data.num_classes,
-                               batch_size=batch_size, exclude_true=False,
-                               augment=data.train_recipe.augment, device=device, generator=generator)
+    random_label_epochs(model, step, data, epochs=epochs, use_retain=use_retain, batch_size=batch_size,
+                        exclude_true=False, device=device, generator=generator)
     return model.eval()
