@@ -35,6 +35,15 @@ data; SGD compounds rounding, so the gap grows slowly with longer training). Mod
 random numbers in their forward pass (dropout) are rejected by vmap rather than trained with
 randomness that differs from the sequential path.
 
+Precision. The batched model trains in float32 on every device, while ``train_model`` runs its
+forward pass under bf16 autocast on CUDA. Autocast is not used here because it cannot be relied on
+under vmap: with torch 2.14 on the CPU, the convolutions, batch norms and linear layers of a
+vmapped ``functional_call`` stay float32 inside ``torch.autocast("cpu", torch.bfloat16)``, and on
+CUDA it is unchecked (no GPU was available) whether it applies and whether vmap's batch-norm rule
+accepts bf16 activations with float32 statistics. So reference models trained here and a target
+trained by ``train_model`` on CUDA share recipe, seeds and data and differ in rounding only;
+``benchmarks/device_check.py`` times the batched model against both one-by-one precisions.
+
 This pays off on a GPU, where many small models together saturate the device. On a CPU with a
 couple of cores the work is the same and so is the time: batched is about as fast as
 sequential there.

@@ -64,7 +64,9 @@ def test_quick_cpu_mode_end_to_end(tmp_path):
     report = _run(tmp_path)
     assert set(report["throughput"]["images_per_second"]) == {
         "old loop, batch 32", "new trainer, batch 32", "new trainer, batch 96"}
-    assert report["references"]["models"] == 4 and report["references"]["batched_seconds"] > 0
+    refs = report["references"]
+    assert refs["models"] == 4 and refs["batched_seconds"] > 0 and refs["sequential_fp32_seconds"] > 0
+    assert refs["speedup_vs_fp32"] == pytest.approx(refs["sequential_fp32_seconds"] / refs["batched_seconds"])
     rows = report["amun_table"]["results"]
     from unlearn.methods import METHODS
 
