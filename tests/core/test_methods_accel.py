@@ -208,3 +208,22 @@ def test_dlfd_restores_the_layout_after_an_error(problem, cuda_branches_on_cpu):
     with pytest.raises(ValueError, match="learning rate"):  # an error before the loop, too
         dlfd(model, data, device="cpu", seed=0, lr=-0.1)
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_sets_on_the_host_are_passed_through_untouched(problem):
+    from unlearn.methods.base import on_host
+
+    _model, data = problem
+    assert on_host(data) is data
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device in this environment")
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_accepts_sets_already_on_the_gpu(name, problem, profile):
+    """A caller may hold D_F and D_R on the GPU; run_method brings them back to the host once (AMUN's
+    adversarial search used to fail with a device mismatch)."""
+    model, data = problem
+    on_gpu = UnlearningData(*(TensorSet(s.images.cuda(), s.labels.cuda()) for s in (data.forget, data.retain)),
+                            data.num_classes, data.train_recipe, data.model_factory)
+    out = run_method(name, model, on_gpu, device="cuda", seed=0, kwargs=_kwargs(name, profile))
+    assert all(torch.isfinite(p).all() for p in out.parameters())

@@ -9,6 +9,7 @@ the input model is never modified, and returns the unlearned model in eval mode.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,21 @@ def method_info(model: nn.Module) -> dict[str, Any]:
     return dict(getattr(model, INFO_ATTR, None) or {})
 
 
+def on_host(data: UnlearningData) -> UnlearningData:
+    """``data`` with its sets on the CPU, where methods expect them (the same object when they are).
+
+    Why: methods decide themselves what to place on the device (``unlearn.accel.resident``) and
+    index host sets with host indices; a caller holding D_F or D_R on a GPU would otherwise hit a
+    device mismatch deep inside a method (AMUN's adversarial search did). One copy back, up front.
+    """
+    moved = {}
+    for kind in DATA_KINDS:
+        subset = getattr(data, kind)
+        if subset is not None and (subset.images.device.type != "cpu" or subset.labels.device.type != "cpu"):
+            moved[kind] = TensorSet(subset.images.cpu(), subset.labels.cpu())
+    return dataclasses.replace(data, **moved) if moved else data
+
+
 # Every module in unlearn/methods/ is imported on first lookup: a method registers by existing.
 METHODS: Registry[MethodSpec] = Registry("unlearning method", package="unlearn.methods")
 
@@ -199,6 +215,7 @@ def run_method(
         subset = getattr(data, kind)
         if subset is None or len(subset) == 0:
             raise MissingDataError(f"method {name!r} needs the {kind} set, which was not provided")
+    data = on_host(data)
     working = copy.deepcopy(model).to(device)
     setattr(working, INFO_ATTR, {})  # diagnostics of this run only, not of the input's history
     result = spec.fn(working, data, device=device, seed=seed, **bound)
