@@ -247,12 +247,12 @@ def batched_references(x, y, sizes: Sizes, device: str) -> dict:
 # --------------------------------------------------------------------------- 3. AMUN protocol
 
 
-def table_args(sizes: Sizes, device: str, methods: list[str]) -> SimpleNamespace:
+def table_args(sizes: Sizes, device: str, methods: list[str], params_file: str | None = None) -> SimpleNamespace:
     """What ``benchmarks/methods.py``'s repetition reads from its command line, for this check."""
     return SimpleNamespace(model=sizes.model, device=device, dataset="fashion_mnist", fraction=0.1,
                            retrains=sizes.retrains, references=sizes.references, methods=",".join(methods),
                            lcodec_requests=sizes.lcodec_requests if "lcodec" in methods else 0,
-                           overrides=sizes.method_overrides, catch_errors=True)
+                           overrides=sizes.method_overrides, catch_errors=True, params_file=params_file)
 
 
 def amun_table(reps: list[dict], sizes: Sizes, args: SimpleNamespace, params, shape: list[int],
@@ -264,8 +264,36 @@ def amun_table(reps: list[dict], sizes: Sizes, args: SimpleNamespace, params, sh
             "fraction": args.fraction, "profile": key if key in params.unlearn.profiles else "(none: defaults)",
             "recipe": asdict(sizes.recipe), "sizes": reps[0]["sizes"], "image_shape": shape,
             "overrides": sizes.method_overrides, "wall_seconds": wall_seconds,
-            "machine": f"{device_name} (this check's parts 1-3 together)"}
+            "machine": f"{device_name} (this check's parts 1-3 together)",
+            "provenance": params_provenance(args.params_file, key)}
     return {"meta": meta, "results": table_bench.aggregate(reps), "repetitions": reps}
+
+
+def params_provenance(params_file: str | None, key: str) -> str | None:
+    """How the table's profile was chosen when ``--params`` names another file than the committed params.yaml.
+
+    ``benchmarks/select_hparams.py --write-params`` leaves its sweep log (``hparams_<dataset>_<model>.json``)
+    next to the file it writes; when that log is there, the methods it selected values for (on a validation
+    split of the training data) and those its time budget left at the profile's values are named.
+    None for the committed params.yaml (``benchmarks/methods.py`` then reads the committed sweep logs).
+    """
+    if params_file is None or Path(params_file).resolve() == (REPO / "params.yaml").resolve():
+        return None
+    path = Path(params_file)
+    text = f"from {path.name} (--params), not the committed params.yaml"
+    log = path.parent / f"hparams_{key.replace('/', '_')}.json"
+    if log.exists():
+        saved = json.loads(log.read_text())
+        chosen = sorted(saved.get("chosen") or {})
+        swept = sorted(saved.get("points") or {})
+        text += (f"; selected for {', '.join(chosen) or 'no method'} on a validation split of the training data "
+                 f"by benchmarks/select_hparams.py in this session (log {log.with_suffix('.md').name})")
+        rest = sorted(set(METHODS.names()) - {"retrain"} - set(chosen))
+        failed = sorted(set(swept) - set(chosen))
+        if rest:
+            text += (f"; {', '.join(rest)} kept the profile's values (not swept, or no admissible point"
+                     f"{': ' + ', '.join(failed) + ' had none' if failed else ''})")
+    return text + "; the test split was not used to choose anything"
 
 
 # --------------------------------------------------------------------------- report
@@ -435,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     def table() -> None:
         methods = (args.methods.split(",") if args.methods
                    else [m for m in METHODS.names() if m != "retrain"])
-        bench_args = table_args(sizes, device, methods)
+        bench_args = table_args(sizes, device, methods, args.params)
         data = (x, y, TensorSet(x_test, y_test))
         if args.table_epochs is not None:
             epochs, why = args.table_epochs, f"The table's recipe has {args.table_epochs} epochs (--table-epochs)."

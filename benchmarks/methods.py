@@ -186,7 +186,7 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
              f"{meta['retrains']} retrains; MIA: offline RMIA AUC (forget vs test) with {meta['references']} reference "
              "models on halves of D_R (LiRA: offline LiRA AUC, not in the gap). Cells: mean ± 95% Student-t "
              "half-width over repetitions. Hyperparameters: params.yaml profile "
-             f"`{meta['profile']}` ({profile_provenance(meta['profile'])}). Recipe: "
+             f"`{meta['profile']}` ({meta.get('provenance') or profile_provenance(meta['profile'])}). Recipe: "
              + ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
              + f". Sizes: {meta['sizes']}. Wall time {meta['wall_seconds']:.0f} s on "
              f"{meta.get('machine', 'a shared 2-core machine (time ratios are noisy)')}.", "",

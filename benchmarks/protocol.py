@@ -74,7 +74,7 @@ def wait_for(device: str | torch.device) -> None:
 
 
 def load_data(name: str, data_path: str | None = None, *, train_size: int | None = None,
-              test_size: int | None = None, pool: int = 1, seed: int = 0
+              test_size: int | None = None, pool: int = 1, seed: int = 0, pad_rgb: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test): float images in [0, 1] (N, C, H, W), int64 labels.
 
@@ -85,6 +85,8 @@ def load_data(name: str, data_path: str | None = None, *, train_size: int | None
         test_size: Seeded random subset of the test split (None: all).
         pool: Average-pool factor (2: 28x28 -> 14x14).
         seed: Seed of the subsets.
+        pad_rgb: Pad 28x28 images to 32x32 and repeat them to 3 channels (the ResNet-18 setting of
+            issue #13 and ``benchmarks/device_check.py``'s table).
     """
     if name == "fashion_mnist":
         xtr, ytr, xte, yte = _fashion_mnist(Path(data_path) if data_path else FASHION_MNIST_DIR)
@@ -105,6 +107,8 @@ def load_data(name: str, data_path: str | None = None, *, train_size: int | None
         x_test, y_test = x_test[keep], y_test[keep]
     if pool > 1:
         x_train, x_test = F.avg_pool2d(x_train, pool), F.avg_pool2d(x_test, pool)
+    if pad_rgb:
+        x_train, x_test = (F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1) for x in (x_train, x_test))
     return x_train.contiguous(), y_train, x_test.contiguous(), y_test
 
 

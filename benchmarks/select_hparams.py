@@ -21,6 +21,16 @@ schedule while the baselines were sized separately):
 
 Usage (digits, CPU, about 25 minutes on 2 busy cores):
     nice -n 10 python benchmarks/select_hparams.py --dataset digits --model small_cnn
+
+First selection in a new setting on a GPU (``--grid-preset wide``: about three points per method, the
+methods issue #13 found unchanged or destroyed first), bounded in time, then the device check's table
+with what it selected (one command for a lent GPU machine; see README "Benchmarks"):
+    python benchmarks/select_hparams.py --device cuda --dataset fashion_mnist --model resnet18 --pad-rgb \
+        --augment --train-size 10000 --epochs 20 --grid-preset wide --budget-s 200 --out-dir "$OUT" \
+        --write-params "$OUT/params.selected.yaml"
+    python benchmarks/device_check.py --params "$OUT/params.selected.yaml" --budget-s 330 --out-dir "$OUT"
+With ``--budget-s`` no new point starts once that much time has passed; the log is rewritten after
+every method, so a run cut short keeps what it finished, and methods not reached keep their profile.
 """
 
 from __future__ import annotations
@@ -66,6 +76,28 @@ GRIDS: dict[str, list[dict]] = {
 }
 
 
+# First selection in a setting whose profile holds the papers' values (--grid-preset wide): each method's
+# main knob over about a decade, in the order the sweep runs (the methods issue #13 saw return their input
+# unchanged or destroy the model first, so a time budget spends itself on them). {} is the profile's value.
+WIDE_GRIDS: dict[str, list[dict]] = {
+    "grad_ascent": [{"lr": 1e-5}, {}, {"lr": 1e-3}],
+    "boundary_shrink": [{}, {"lr": 1e-4}, {"lr": 1e-3}],
+    "ssd": [{"selection_weighting": 2.0}, {"selection_weighting": 5.0}, {}],
+    "amun": [{}, {"lr": 0.001}, {"epochs": 5, "lr": 0.001}],
+    "amun_salun": [{"mask_ratio": 0.5}],
+    "dlfd": [{}, {"lr": 0.001}, {"lr": 0.003}],
+    "scrub": [{}, {"lr": 0.005}],
+    "lcodec": [{}, {"l2_reg": 1.0}],
+    "covarnav": [{}, {"lr": 0.001}],
+    "finetune": [{}, {"lr": 0.03}, {"lr": 0.003}],
+    "random_label": [{}, {"lr": 0.003}, {"lr": 0.001}],
+    "salun": [{}, {"lr": 0.003}, {"lr": 0.001}],
+    "neggrad_plus": [{}, {"lr": 0.001}],
+    "l1_sparse": [{}, {"gamma": 1e-4}],
+}
+GRID_PRESETS = {"default": GRIDS, "wide": WIDE_GRIDS}
+
+
 def grid_points(base: dict, grid: list[dict]) -> list[tuple[dict, dict]]:
     """``(overrides, kwargs)`` per distinct point of ``grid`` over the profile's ``base`` kwargs.
 
@@ -85,14 +117,17 @@ def grid_points(base: dict, grid: list[dict]) -> list[tuple[dict, dict]]:
     return points
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-path", default=None)
     parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="profiles are read from here")
     parser.add_argument("--train-size", type=int, default=None, help="seeded subset of the training split")
     parser.add_argument("--pool", type=int, default=1, help="average-pool factor (2: 28x28 -> 14x14)")
+    parser.add_argument("--pad-rgb", action="store_true",
+                        help="pad 28x28 to 32x32, 3 channels (device_check's ResNet-18 table)")
     parser.add_argument("--epochs", type=int, default=15, help="baseline recipe epochs (params.yaml: 30)")
     parser.add_argument("--batch-size", type=int, default=128, help="baseline recipe batch (params.yaml: 64)")
     parser.add_argument("--augment", action="store_true")
@@ -104,14 +139,21 @@ def main() -> None:
     parser.add_argument("--methods", default="all")
     parser.add_argument("--subsets", type=int, default=1,
                         help="(original, forget subset) pairs; a point must be sane on every one")
-    parser.add_argument("--grid", default=None, help='JSON {"method": [overrides, ...]} replacing GRIDS entries')
+    parser.add_argument("--grid-preset", choices=sorted(GRID_PRESETS), default="default")
+    parser.add_argument("--grid", default=None, help='JSON {"method": [overrides, ...]} replacing grid entries')
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new point after this many seconds (the log keeps what finished)")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument("--write-params", default=None,
+                        help="also write a copy of --params with the selected values merged into this setting's "
+                             "profile (for device_check.py --params)")
     parser.add_argument("--tag", default=None, help="log name suffix")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     started = time.perf_counter()
-    params = load_params(REPO / "params.yaml")
+    params = load_params(args.params)
     # The test split is loaded by the shared loader but never used below.
     x_all, y_all, _, _ = load_data(args.dataset, args.data_path, train_size=args.train_size, pool=args.pool,
-                                   seed=args.split_seed)
+                                   seed=args.split_seed, pad_rgb=args.pad_rgb)
     rng = np.random.default_rng(args.split_seed)
     val_mask = np.zeros(len(y_all), dtype=bool)
     val_mask[rng.choice(len(y_all), int(round(args.val_fraction * len(y_all))), replace=False)] = True
@@ -131,17 +173,49 @@ def main() -> None:
     original_val = min(originals)
     print(f"prepared in {time.perf_counter() - started:.0f}s; original validation accuracy {originals}; "
           f"retrain target {ref.target}", flush=True)
-    grids = {**GRIDS, **json.loads(args.grid)} if args.grid else GRIDS
+    grids = {**GRID_PRESETS[args.grid_preset], **json.loads(args.grid)} if args.grid else \
+        GRID_PRESETS[args.grid_preset]
     names = [n for n in METHODS.names() if n != "retrain"] if args.methods == "all" else args.methods.split(",")
-    names = sorted(names, key=lambda n: n == "amun_salun")  # after amun: it extends amun's selection
-    profile = dict(params.unlearn.profiles.get(params.unlearn.profile_key(args.dataset, args.model), {}))
-    log, chosen = {}, {}
+    order = list(grids)  # a preset's order is its priority; amun_salun after amun (it extends amun's selection)
+    names = sorted(names, key=lambda n: (n == "amun_salun", order.index(n) if n in order else len(order)))
+    key = params.unlearn.profile_key(args.dataset, args.model)
+    profile = dict(params.unlearn.profiles.get(key, {}))
+    log, chosen, skipped = {}, {}, []
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"hparams_{args.dataset}_{args.model}{'_' + args.tag if args.tag else ''}"
+    command = "python benchmarks/select_hparams.py " + " ".join(
+        f"--{k.replace('_', '-')} " + (f"'{v}'" if k == "grid" else str(v))
+        for k, v in vars(args).items() if v not in (None, False) and v is not True
+    ) + "".join(f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v is True)
+    meta = {"command": command, "platform": platform.platform(), "torch": torch.__version__,
+            "device": args.device, "recipe": vars(recipe), "image_shape": list(x_all.shape[1:]),
+            "sizes": {"tune": len(tune), "validation": len(validation), "forget": len(ref.forget)},
+            "original_validation_accuracy": original_val, "retrain_target": ref.target,
+            "retrains": ref.retrains, "profile_before": profile, "grid_preset": args.grid_preset,
+            "budget_s": args.budget_s, "not_swept": skipped}
+
+    def write() -> None:
+        """Rewrite the log (each file replaced whole) and, if asked, the params copy."""
+        meta["wall_seconds"] = time.perf_counter() - started
+        texts = {".json": json.dumps({"meta": meta, "points": log, "chosen": chosen}, indent=2, default=str),
+                 ".md": markdown(meta, log, chosen, args)}
+        for suffix, text in texts.items():
+            tmp = stem.with_suffix(suffix + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(stem.with_suffix(suffix))
+        if args.write_params:
+            write_selected_params(Path(args.params), Path(args.write_params), key,
+                                  {n: c["kwargs"] for n, c in chosen.items()})
+
     for name in names:
         base = params.unlearn.kwargs_for(name, args.dataset, args.model)
         if name == "amun_salun" and "amun" in chosen:
             base = {**base, **chosen["amun"]["kwargs"]}
         points = []
         for overrides, kwargs in grid_points(base, grids.get(name, [{}])):
+            if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+                break
             try:
                 runs = [run_one(name, r, kwargs, device=args.device, seed=3000 + s) for s, r in enumerate(refs)]
             except Exception as exc:  # noqa: BLE001 - a failing point is logged, not fatal
@@ -162,26 +236,34 @@ def main() -> None:
             shown = "error" if "error" in row else \
                 f"gap {row['gap']:.2f} TA {row['TA']:.1f} dw {row['weight_change']:.2g}"
             print(f"{name} {overrides}: {shown} ({time.perf_counter() - started:.0f}s)", flush=True)
+        if not points:
+            skipped.append(name)
+            continue
         ok = [p for p in points if p["admissible"]]
         best = min(ok, key=lambda p: p["gap"]) if ok else None
         log[name] = points
         if best is not None:
             chosen[name] = {"overrides": best["overrides"], "kwargs": best["kwargs"], "gap": best["gap"]}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"hparams_{args.dataset}_{args.model}{'_' + args.tag if args.tag else ''}"
-    command = "nice -n 10 python benchmarks/select_hparams.py " + " ".join(
-        f"--{k.replace('_', '-')} " + (f"'{v}'" if k == "grid" else str(v))
-        for k, v in vars(args).items() if v not in (None, False) and k != "augment"
-    ) + (" --augment" if args.augment else "")
-    meta = {"command": command, "platform": platform.platform(), "torch": torch.__version__,
-            "wall_seconds": time.perf_counter() - started, "recipe": vars(recipe),
-            "sizes": {"tune": len(tune), "validation": len(validation), "forget": len(ref.forget)},
-            "original_validation_accuracy": original_val, "retrain_target": ref.target,
-            "retrains": ref.retrains, "profile_before": profile}
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "points": log, "chosen": chosen}, indent=2,
-                                                    default=str))
-    stem.with_suffix(".md").write_text(markdown(meta, log, chosen, args))
+        write()
+    write()
     print(stem.with_suffix(".md").read_text())
+
+
+def write_selected_params(source: Path, target: Path, key: str, selected: dict[str, dict]) -> None:
+    """Copy ``source`` (a params.yaml) to ``target`` with ``selected`` merged into profile ``key``.
+
+    The copy is checked with ``load_params`` before it replaces ``target``, so a consumer (device_check.py
+    ``--params``) never reads a half-written or invalid file. Comments and anchors are not kept (it is a
+    run artefact; the committed params.yaml is edited by hand from the sweep log).
+    """
+    raw = yaml.safe_load(source.read_text())
+    profiles = raw.setdefault("unlearn", {}).setdefault("profiles", {})
+    profile = profiles.setdefault(key, {}) or {}
+    profiles[key] = {**profile, **{name: dict(kwargs) for name, kwargs in selected.items()}}
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_params(tmp)  # strict: raises on anything the pipeline would reject
+    tmp.replace(target)
 
 
 def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
@@ -196,7 +278,12 @@ def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
              "models on halves of D_R for offline RMIA. TA below is VALIDATION accuracy. Admissible: weights "
              "moved and validation accuracy >= half the original's "
              f"({meta['original_validation_accuracy']:.2f}). Selected: smallest Avg Gap among admissible points "
-             f"(**bold**). Wall time {meta['wall_seconds']:.0f} s.", "",
+             f"(**bold**). Images {meta.get('image_shape')}, grid preset {meta.get('grid_preset', 'default')}. "
+             f"Wall time {meta['wall_seconds']:.0f} s"
+             + (f" (budget {meta['budget_s']:.0f} s: no point starts after it)" if meta.get("budget_s") else "")
+             + ".", "",
+             *([f"Not swept (time budget spent; their profile values stand): {', '.join(meta['not_swept'])}.", ""]
+               if meta.get("not_swept") else []),
              "Retrain target: " + ", ".join(f"{m} {target[m]:.2f}" for m in (*METRICS, "LiRA")), "",
              "| method | overrides | UA | RA | TA (val) | RMIA AUC | Avg Gap | time / retrain | Δw | admissible |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -105,3 +105,21 @@ def test_table_recipe_is_sized_from_the_measured_throughput():
     assert table_recipe_epochs(FULL, 10**7, 390)[0] == hi
     epochs, why = table_recipe_epochs(QUICK, 5_000, 100)
     assert epochs == QUICK.recipe.epochs and "fixed" in why
+
+
+def test_a_table_run_with_another_params_file_says_where_its_profile_came_from(tmp_path, monkeypatch):
+    """device_check --params FILE (select_hparams.py --write-params) must not claim the committed profile."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from device_check import params_provenance
+
+    assert params_provenance(None, "fashion_mnist/resnet18") is None
+    assert params_provenance(str(REPO / "params.yaml"), "fashion_mnist/resnet18") is None
+    selected = tmp_path / "params.selected.yaml"
+    selected.write_text((REPO / "params.yaml").read_text())
+    text = params_provenance(str(selected), "fashion_mnist/resnet18")
+    assert "not the committed params.yaml" in text and "selected for" not in text
+    (tmp_path / "hparams_fashion_mnist_resnet18.json").write_text(json.dumps(
+        {"chosen": {"ssd": {}, "grad_ascent": {}}, "points": {"ssd": [], "grad_ascent": [], "dlfd": []}}))
+    text = params_provenance(str(selected), "fashion_mnist/resnet18")
+    assert "selected for grad_ascent, ssd on a validation split" in text
+    assert "dlfd had none" in text and "amun" in text
