@@ -32,20 +32,26 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from protocol import METRICS, evaluate, gap, load_data, prepare, run_one, t_interval, wait_for, weight_change
-
-from unlearn.config import load_params
-from unlearn.methods import METHODS, TensorSet, UnlearningData, run_method
-from unlearn.methods.base import method_info
-from unlearn.training import SGDRecipe, predict_logits
 
 REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "benchmarks"):  # run as a script without an install (a lent GPU machine)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from protocol import METRICS, evaluate, gap, load_data, prepare, run_one, t_interval, wait_for, weight_change  # noqa: E402
+
+from unlearn.config import load_params  # noqa: E402
+from unlearn.methods import METHODS, TensorSet, UnlearningData, run_method  # noqa: E402
+from unlearn.methods.base import method_info  # noqa: E402
+from unlearn.training import SGDRecipe, predict_logits  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 NUMBERS = (*METRICS, "LiRA", "gap", "time_ratio", "weight_change")
 

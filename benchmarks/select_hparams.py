@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,13 +46,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from protocol import METRICS, load_data, prepare, run_one, subset
-
-from unlearn.config import load_params
-from unlearn.methods import METHODS
-from unlearn.training import SGDRecipe, predict_logits
 
 REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "benchmarks"):  # run as a script without an install (a lent GPU machine)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from protocol import METRICS, load_data, prepare, run_one, subset  # noqa: E402
+
+from unlearn.config import load_params  # noqa: E402
+from unlearn.methods import METHODS  # noqa: E402
+from unlearn.training import SGDRecipe, predict_logits  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 
 # Points per method: each is a dict of overrides on the setting's profile. Two points on purpose

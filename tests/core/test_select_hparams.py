@@ -12,11 +12,14 @@ from unlearn.config import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCKED = ("prefect", "mlflow", "dvc", "great_expectations", "pandas", "torchvision")
+# As on the lent GPU machine: nothing installed but the numeric stack, so neither the orchestration stack nor
+# `unlearn` itself (this venv's editable-install finder is removed and the checkout is not on sys.path).
 RUNNER = f"""
 import runpy, sys
 for name in {BLOCKED!r}:
     sys.modules[name] = None
-sys.path.insert(0, {str(REPO / "benchmarks")!r})
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+sys.path[:] = [p for p in sys.path if p not in ("", {str(REPO)!r})]
 sys.argv = ["select_hparams.py"] + sys.argv[1:]
 runpy.run_path({str(REPO / "benchmarks" / "select_hparams.py")!r}, run_name="__main__")
 print("IMPORTED", sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in {BLOCKED!r}))
