@@ -22,6 +22,9 @@ import runpy, sys
 BLOCKED = {BLOCKED!r}
 for name in BLOCKED:  # a None entry makes `import name` fail and find_spec(name) say "not installed"
     sys.modules[name] = None
+# unlearn itself is not installed there either: drop this venv's editable-install finder and the checkout
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+sys.path[:] = [p for p in sys.path if p not in ("", {str(REPO)!r})]
 sys.argv = ["device_check.py"] + sys.argv[1:]
 try:
     runpy.run_path({str(REPO / "benchmarks" / "device_check.py")!r}, run_name="__main__")
