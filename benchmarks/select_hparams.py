@@ -26,7 +26,7 @@ First selection in a new setting on a GPU (``--grid-preset wide``: about three p
 methods issue #13 found unchanged or destroyed first), bounded in time, then the device check's table
 with what it selected (one command for a lent GPU machine; see README "Benchmarks"):
     python benchmarks/select_hparams.py --device cuda --dataset fashion_mnist --model resnet18 --pad-rgb \
-        --augment --train-size 10000 --epochs 20 --grid-preset wide --budget-s 200 --out-dir "$OUT" \
+        --augment --lr 0.1 --train-size 10000 --epochs 20 --grid-preset wide --budget-s 200 --out-dir "$OUT" \
         --write-params "$OUT/params.selected.yaml"
     python benchmarks/device_check.py --params "$OUT/params.selected.yaml" --budget-s 330 --out-dir "$OUT"
 With ``--budget-s`` no new point starts once that much time has passed; the log is rewritten after
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="pad 28x28 to 32x32, 3 channels (device_check's ResNet-18 table)")
     parser.add_argument("--epochs", type=int, default=15, help="baseline recipe epochs (params.yaml: 30)")
     parser.add_argument("--batch-size", type=int, default=128, help="baseline recipe batch (params.yaml: 64)")
+    parser.add_argument("--lr", type=float, default=None, help="baseline recipe learning rate (params.yaml's)")
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--val-fraction", type=float, default=0.2)
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     tune = subset(x_all, y_all, ~val_mask)
     recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size,
                      augment=args.augment)
+    if args.lr is not None:
+        recipe = replace(recipe, lr=args.lr)
     # Subset s: its own original seed, forget seed, retrain and reference seeds (s = 0: the seeds above).
     refs = [prepare(tune.images, tune.labels, validation, model_name=args.model, recipe=recipe, device=args.device,
                     fraction=args.fraction, original_seed=1000 + s, forget_seed=2000 + s,
