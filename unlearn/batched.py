@@ -35,14 +35,17 @@ data; SGD compounds rounding, so the gap grows slowly with longer training). Mod
 random numbers in their forward pass (dropout) are rejected by vmap rather than trained with
 randomness that differs from the sequential path.
 
-Precision. The batched model trains in float32 on every device, while ``train_model`` runs its
-forward pass under bf16 autocast on CUDA. Autocast is not used here because it cannot be relied on
-under vmap: with torch 2.14 on the CPU, the convolutions, batch norms and linear layers of a
-vmapped ``functional_call`` stay float32 inside ``torch.autocast("cpu", torch.bfloat16)``, and on
-CUDA it is unchecked (no GPU was available) whether it applies and whether vmap's batch-norm rule
+Precision. By default the batched model trains in float32 on every device, while ``train_model``
+runs its forward pass under bf16 autocast on CUDA. Autocast cannot be relied on under vmap: with
+torch 2.14 on the CPU, the convolutions, batch norms and linear layers of a vmapped
+``functional_call`` stay float32 inside ``torch.autocast("cpu", torch.bfloat16)``, and on CUDA it
+is unchecked here (no GPU was available) whether it applies and whether vmap's batch-norm rule
 accepts bf16 activations with float32 statistics. So reference models trained here and a target
-trained by ``train_model`` on CUDA share recipe, seeds and data and differ in rounding only;
-``benchmarks/device_check.py`` times the batched model against both one-by-one precisions.
+trained by ``train_model`` on CUDA share recipe, seeds and data and differ in rounding only.
+``mixed_precision=True`` wraps the vmapped loss in the same autocast as ``train_model`` (CUDA only;
+a no-op on the CPU); it stays off until a GPU run shows it applies and pays:
+``benchmarks/device_check.py`` part 2 probes which dtype the vmapped forward computes in under
+autocast and times the batched model both ways, against both one-by-one precisions.
 
 This pays off on a GPU, where many small models together saturate the device. On a CPU with a
 couple of cores the work is the same and so is the time: batched is about as fast as
@@ -82,6 +85,7 @@ def train_models_batched(
     seeds: Sequence[int],
     device: str | torch.device,
     chunk_size: int | None = None,
+    mixed_precision: bool = False,
 ) -> list[nn.Module]:
     """Train K models of one architecture, each on its own subset, as one batched model.
 
@@ -101,6 +105,8 @@ def train_models_batched(
         device: Where to compute.
         chunk_size: Train at most this many models at once (bounds device memory); ``None``
             trains all K together.
+        mixed_precision: bf16 autocast around the vmapped forward on CUDA (ignored on the CPU);
+            off by default (see "Precision" in the module docstring).
 
     Returns:
         K trained models, ordinary ``nn.Module`` objects of the factory's architecture, on the
@@ -140,7 +146,7 @@ def train_models_batched(
     for start in range(0, k, step):
         models += _train_chunk(
             model_factory, images_device, labels_device, stacked_members[start : start + step],
-            recipe, [int(seed) for seed in seeds[start : start + step]], device,
+            recipe, [int(seed) for seed in seeds[start : start + step]], device, mixed_precision,
         )
     return models
 
@@ -160,6 +166,7 @@ def _train_chunk(
     recipe: SGDRecipe,
     seeds: list[int],
     device: str | torch.device,
+    mixed_precision: bool,
 ) -> list[nn.Module]:
     """Train len(seeds) models together; ``members`` is (K, n), ``images``/``labels`` are on ``device``."""
     models, generators = [], []
@@ -211,7 +218,8 @@ def _train_chunk(
             if recipe.augment:
                 dy, dx, flip = parts[per_step * batch + 1 : per_step * batch + 4]
                 x = apply_augmentation(x.flatten(0, 1), dy, dx, flip.bool()).view_as(x)
-            losses = batched_loss(params, buffers, x, y)  # (K,)
+            with accel.autocast(device, mixed_precision):  # off by default; a no-op on the CPU
+                losses = batched_loss(params, buffers, x, y)  # (K,)
             optimizer.zero_grad(set_to_none=True)
             # d(sum)/d(loss_k) = 1, so model k's slice gets exactly its own gradient.
             losses.sum().backward()
@@ -226,3 +234,23 @@ def _train_chunk(
                 tensor.copy_(buffers[name][k])
             model.eval()
     return models
+
+
+def vmapped_forward_dtype(model_factory: Callable[[], nn.Module], example: torch.Tensor,
+                          device: str | torch.device) -> torch.dtype:
+    """The dtype two stacked models' vmapped forward returns under ``train_model``'s autocast on ``device``.
+
+    bf16 means autocast reaches the operations inside vmap there (so ``mixed_precision=True`` does
+    what it says); float32 means it does not (the case on the CPU, where autocast is off anyway).
+    Builds two throwaway models (the global RNG is restored afterwards) and runs them in eval mode
+    without gradients.
+    """
+    with torch.random.fork_rng():  # the factory draws initial weights; callers' random streams stay as they were
+        models = [model_factory().to(device).eval() for _ in range(2)]
+    params, buffers = stack_module_state(models)
+    skeleton = copy.deepcopy(models[0]).to("meta")
+    x = example[:2].to(device).unsqueeze(0).expand(2, *example[:2].shape)  # (2, B, C, H, W)
+    with torch.no_grad(), accel.autocast(device, True):
+        out = vmap(lambda p, b, xb: functional_call(skeleton, (p, b), (xb,)))(params, buffers, x)
+    return out.dtype
+

@@ -164,3 +164,24 @@ def test_cuda_path_sends_each_epoch_in_one_copy_and_matches(name, data, cuda_bra
     plain = train_models_batched(factory, images, labels, members, recipe, seeds=SEEDS, device="cpu")
     assert len(copies) == 2 * recipe.epochs  # one per epoch per run
     assert_same_models(plain, fast, atol=0)
+
+
+def test_mixed_precision_is_a_no_op_on_the_cpu(trained, data):
+    recipe, _, batched = trained
+    images, labels, members = data
+    mixed = train_models_batched(factory, images, labels, members, recipe, seeds=SEEDS, device="cpu",
+                                 mixed_precision=True)
+    assert_same_models(batched, mixed, atol=0)
+
+
+def test_vmapped_forward_dtype_probe(data, cuda_branches_on_cpu_bf16):
+    """The probe reports what the vmapped forward computes in under train_model's autocast, and leaves the
+    global RNG as it found it (it builds throwaway models). On the CPU, autocast does not reach ops inside vmap."""
+    from unlearn.batched import vmapped_forward_dtype
+
+    images, _, _ = data
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert factory()(images[:2]).dtype == torch.bfloat16  # the same autocast outside vmap does apply
+    state = torch.random.get_rng_state()
+    assert vmapped_forward_dtype(factory, images, "cpu") == torch.float32
+    assert torch.equal(torch.random.get_rng_state(), state)
