@@ -25,7 +25,8 @@ runpy.run_path({str(REPO / "benchmarks" / "select_hparams.py")!r}, run_name="__m
 print("IMPORTED", sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in {BLOCKED!r}))
 """
 # digits, a one-epoch recipe: the point is the script's bookkeeping, not the selection.
-SMALL = ["--dataset", "digits", "--model", "small_cnn", "--epochs", "1", "--retrains", "1", "--references", "2"]
+SMALL = ["--dataset", "digits", "--model", "small_cnn", "--train-size", "400", "--epochs", "1", "--retrains", "1",
+         "--references", "2"]
 
 
 def _run(tmp_path, *args):
