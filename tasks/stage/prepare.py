@@ -13,7 +13,7 @@ from tasks.stage.context import quarantine_path
 from tasks.stage.retrain import retrained_path
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore, load_source
-from unlearn.data.store import Arrays
+from unlearn.data.store import Arrays, split_labels
 from unlearn.files import atomic_path
 from unlearn.models import check_model
 from unlearn.references import ReferenceBank, reference_pool_mask
@@ -42,6 +42,8 @@ def run_prepare(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     old_store = SampleStore(project.store_dir) if (project.store_dir / "index.csv").exists() else None
     fraction = params.verify.references.pool_fraction
+    if old_store is not None and (project.state_dir / "train.json").exists():
+        check_split_unchanged(old_store, split_labels(source, fraction, params.seed), source.ids)
     train_mask = source.splits == "train"
     if fraction > 0:  # pool samples were never trained on by a production model: nothing to unlearn
         train_mask = train_mask.copy()
@@ -89,4 +91,40 @@ def run_prepare(project: Project) -> dict[str, Any]:
                "source": params.data.source, "references_retired": retired}
     log.info("prepare: %s", summary)
     return write_state(project, "prepare", summary)
+
+
+# The settings that decide which split a sample is in (named in the error, with the store's record of the pool).
+SPLIT_SETTINGS = ("data.source", "data.source_path", "data.split_seed", "data.test_fraction", "data.train_subset",
+                  "data.test_subset", "verify.references.pool_fraction", "seed (the pool's seed)")
+
+
+def check_split_unchanged(old_store: SampleStore, splits_now: np.ndarray, ids_now: np.ndarray) -> None:
+    """Refuse settings that would move a live sample of the store to another split once a model trained on it.
+
+    Why: whether a deleted sample must be unlearned is decided by its split ("train": the
+    production models saw it; "pool" or "test": they did not). The store's splits are the ones
+    the trained models saw; recomputing them from changed settings (a larger reference pool, a new
+    split seed, a smaller subset) would call samples the champion trained on "pool" or unknown,
+    and a deletion of them would be certified as complete while the champion still holds them.
+
+    Raises:
+        PipelineError: Naming how many samples would move and between which splits (never which
+            samples), the settings that decide the split, and the way out.
+    """
+    now = dict(zip(ids_now.tolist(), np.asarray(splits_now).tolist(), strict=True))
+    moves: dict[str, int] = {}
+    for sample_id, split in zip(old_store.ids.tolist(), old_store.splits.tolist(), strict=True):
+        after = now.get(sample_id, "absent")
+        if after != split:
+            moves[f"{split} -> {after}"] = moves.get(f"{split} -> {after}", 0) + 1
+    if not moves:
+        return
+    recorded = {k: old_store.meta[k] for k in ("source", "pool_fraction", "pool_seed") if k in old_store.meta}
+    raise PipelineError(
+        f"the data split changed under trained models: {sum(moves.values())} samples of the store would change "
+        f"split ({', '.join(f'{n} {move}' for move, n in sorted(moves.items()))}). The models trained on this "
+        "store saw its splits, so deletions would be judged against the wrong ones. Set "
+        f"{', '.join(SPLIT_SETTINGS)} back to the values the store was built with (its record: {recorded}), "
+        "or start a new project for the new split. Nothing was changed."
+    )
 

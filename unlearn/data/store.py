@@ -66,6 +66,21 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def split_labels(source: SourceData, pool_fraction: float = 0.0, pool_seed: int = 0) -> np.ndarray:
+    """Each source sample's split in a store built with these settings: "train", "test" or "pool".
+
+    The one definition :meth:`SampleStore.materialize` writes, so a caller can tell whether
+    changed settings would move samples from one split to another.
+    """
+    splits = np.asarray(source.splits).astype(object).copy()
+    if pool_fraction > 0:
+        from unlearn.references import reference_pool_mask  # the one definition of the pool split
+
+        train = np.flatnonzero(splits == "train")
+        splits[train[reference_pool_mask(source.ids[train], pool_fraction, pool_seed)]] = "pool"
+    return splits
+
+
 class SampleStore:
     """Read access to a materialised store, plus :meth:`materialize` to write one.
 
@@ -182,12 +197,7 @@ class SampleStore:
         root = Path(root)
         keep = ~np.isin(source.ids, np.array(sorted(exclude), dtype=str))
         positions = np.flatnonzero(keep)
-        splits = np.asarray(source.splits).astype(object).copy()
-        if pool_fraction > 0:
-            from unlearn.references import reference_pool_mask  # the one definition of the pool split
-
-            train = np.flatnonzero(splits == "train")
-            splits[train[reference_pool_mask(source.ids[train], pool_fraction, pool_seed)]] = "pool"
+        splits = split_labels(source, pool_fraction, pool_seed)
         shard_of = positions // shard_size
         meta = {
             "format": FORMAT_VERSION,

@@ -1,0 +1,51 @@
+"""Settings that would move samples between splits under a trained model are refused (review of 2026-12-05).
+
+A larger reference pool relabelled training samples the champion had seen as "pool"; a deletion of them was
+then taken for data-only, certified "complete", and the champion kept them.
+"""
+
+import pytest
+import yaml
+from conftest import FAST, run_stages
+
+from flows.cli import main
+from tasks.project import PipelineError, load_project
+
+
+def _set(root, section, key, value):
+    """Set one params.yaml value (None: remove it, so the default applies); returns the one it replaces."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    node = params
+    for part in section:
+        node = node[part]
+    before = node.pop(key, None)
+    if value is not None:
+        node[key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return before
+
+
+@pytest.mark.parametrize("section, key, value, move", [
+    (("verify", "references"), "pool_fraction", 0.4, "train -> pool"),
+    ((), "seed", 1, "pool -> train"),
+    (("data",), "split_seed", 11, "test -> train"),
+])
+def test_a_split_change_under_a_trained_model_is_refused(make_project, section, key, value, move):
+    root = make_project(FAST)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    index = (project.store_dir / "index.csv").read_bytes()
+    before = _set(root, section, key, value)
+    with pytest.raises(PipelineError, match=f"data split changed under trained models: .*{move}"):
+        run_stages(load_project(root), "prepare")
+    assert (project.store_dir / "index.csv").read_bytes() == index  # nothing was changed
+    assert main(["--root", str(root), "stage", "prepare"]) == 2  # bad input, named
+    _set(root, section, key, before)  # back to the values the store was built with
+    assert main(["--root", str(root), "stage", "prepare"]) == 0
+
+
+def test_before_any_training_the_split_may_still_change(make_project):
+    root = make_project(FAST)
+    run_stages(load_project(root), "ingest", "prepare")
+    _set(root, ("verify", "references"), "pool_fraction", 0.4)
+    run_stages(load_project(root), "prepare")  # no model saw the old split
