@@ -35,6 +35,7 @@ Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (``scripts/install-
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -284,35 +285,40 @@ def amun_table(reps: list[dict], sizes: Sizes, args: SimpleNamespace, params, sh
             "recipe": asdict(sizes.recipe), "sizes": reps[0]["sizes"], "image_shape": shape,
             "overrides": sizes.method_overrides, "wall_seconds": wall_seconds,
             "machine": f"{device_name} (this check's parts 1-3 together)",
-            "provenance": params_provenance(args.params_file, key)}
+            "provenance": params_provenance(args.params_file, key, args.methods.split(","))}
     return {"meta": meta, "results": table_bench.aggregate(reps), "repetitions": reps}
 
 
-def params_provenance(params_file: str | None, key: str) -> str | None:
+def params_provenance(params_file: str | None, key: str, methods: list[str] | None = None) -> str | None:
     """How the table's profile was chosen when ``--params`` names another file than the committed params.yaml.
 
-    ``benchmarks/select_hparams.py --write-params`` leaves its sweep log (``hparams_<dataset>_<model>.json``)
-    next to the file it writes; when that log is there, the methods it selected values for (on a validation
-    split of the training data) and those its time budget left at the profile's values are named.
-    None for the committed params.yaml (``benchmarks/methods.py`` then reads the committed sweep logs).
+    Only a sweep log that vouches for this very file counts: ``benchmarks/select_hparams.py
+    --write-params`` records the SHA-256 of the file it wrote in its log (``hparams_*.json``), and the
+    log must sit next to the file. Then the table's methods it selected values for (on a validation
+    split of the training data) are named, and those that kept the profile's values. Without such a
+    log nothing is claimed about how the values were chosen. None for the committed params.yaml
+    (``benchmarks/methods.py`` then reads the committed sweep logs).
     """
     if params_file is None or Path(params_file).resolve() == (REPO / "params.yaml").resolve():
         return None
     path = Path(params_file)
     text = f"from {path.name} (--params), not the committed params.yaml"
-    log = path.parent / f"hparams_{key.replace('/', '_')}.json"
-    if log.exists():
-        saved = json.loads(log.read_text())
-        chosen = sorted(saved.get("chosen") or {})
-        swept = sorted(saved.get("points") or {})
-        text += (f"; selected for {', '.join(chosen) or 'no method'} on a validation split of the training data "
-                 f"by benchmarks/select_hparams.py in this session (log {log.with_suffix('.md').name})")
-        rest = sorted(set(METHODS.names()) - {"retrain"} - set(chosen))
-        failed = sorted(set(swept) - set(chosen))
-        if rest:
-            text += (f"; {', '.join(rest)} kept the profile's values (not swept, or no admissible point"
-                     f"{': ' + ', '.join(failed) + ' had none' if failed else ''})")
-    return text + "; the test split was not used to choose anything"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    for log in sorted(path.parent.glob("hparams_*.json")):
+        try:
+            saved = json.loads(log.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (saved.get("meta", {}).get("params_written") or {}).get("sha256") != digest or digest is None:
+            continue
+        table = set(methods) if methods else set(METHODS.names()) - {"retrain"}
+        chosen = sorted(set(saved.get("chosen") or {}) & table)
+        kept = sorted(table - set(chosen))
+        return (f"{text}; selected for {', '.join(chosen) or 'no method'} on a validation split of the training "
+                f"data by benchmarks/select_hparams.py (log {log.with_suffix('.md').name}, which records this "
+                "file's SHA-256)" + (f"; {', '.join(kept)} kept the profile's values" if kept else "")
+                + "; the test split was not used to choose anything")
+    return f"{text}; no sweep log next to it vouches for it, so how its values were chosen is not recorded here"
 
 
 # --------------------------------------------------------------------------- report
@@ -344,16 +350,20 @@ def markdown(report: dict) -> str:
                   f"{ref['speedup_vs_fp32']:.2f}x over float32 one by one (target >= 4x at 16 models on a GPU). "
                   "The batched model trains in float32 (unlearn/batched.py, \"Precision\"), so the first figure "
                   "compares it with a faster recipe and the second is like for like."]
-        if "vmapped_autocast_dtype" in ref:
-            applies = ref["vmapped_autocast_dtype"] == "bfloat16"
-            lines += [f"Under train_model's autocast a vmapped forward computes in {ref['vmapped_autocast_dtype']}: "
-                      + (f"autocast reaches operations inside vmap here; batched with mixed_precision=True "
-                         f"{ref['batched_bf16_seconds']:.1f} s, {ref['speedup_bf16']:.2f}x over today's trainer."
-                         if applies and "batched_bf16_seconds" in ref else
-                         "autocast does not reach operations inside vmap here, so mixed_precision=True would "
-                         "change nothing." if not applies else "")]
-        if "batched_bf16_error" in ref:
-            lines += [f"Batched training under autocast failed: {ref['batched_bf16_error']}"]
+        dtype = ref.get("vmapped_autocast_dtype")
+        if dtype == "bfloat16" and "batched_bf16_seconds" in ref:
+            lines += [f"Under train_model's autocast a vmapped forward computes in bfloat16 here (autocast reaches "
+                      "operations inside vmap): batched with mixed_precision=True "
+                      f"{ref['batched_bf16_seconds']:.1f} s, {ref['speedup_bf16']:.2f}x over today's trainer."]
+        elif dtype == "bfloat16":
+            lines += ["Under train_model's autocast a vmapped forward computes in bfloat16 here (autocast reaches "
+                      "operations inside vmap), but batched training with mixed_precision=True failed: "
+                      f"{ref.get('batched_bf16_error', '(no timing recorded)')}"]
+        elif dtype is not None:
+            lines += [f"Under train_model's autocast a vmapped forward computes in {dtype} here: autocast does not "
+                      "reach operations inside vmap, so mixed_precision=True would change nothing."]
+        elif "batched_bf16_error" in ref:
+            lines += [f"The probe of autocast inside vmap failed: {ref['batched_bf16_error']}"]
         lines += [""]
     table = report.get("amun_table")
     if table:

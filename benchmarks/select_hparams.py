@@ -24,13 +24,19 @@ Usage (digits, CPU, about 25 minutes on 2 busy cores):
 
 First selection in a new setting on a GPU (``--grid-preset wide``: about three points per method, the
 methods issue #13 found unchanged or destroyed first), bounded in time, then the device check's table
-with what it selected (one command for a lent GPU machine; see README "Benchmarks"):
+with what it selected (one command for a lent GPU machine, after ``make device-prep``; README "Benchmarks"):
     python benchmarks/select_hparams.py --device cuda --dataset fashion_mnist --model resnet18 --pad-rgb \
-        --augment --lr 0.1 --train-size 10000 --epochs 20 --grid-preset wide --budget-s 200 --out-dir "$OUT" \
-        --write-params "$OUT/params.selected.yaml"
-    python benchmarks/device_check.py --params "$OUT/params.selected.yaml" --budget-s 330 --out-dir "$OUT"
-With ``--budget-s`` no new point starts once that much time has passed; the log is rewritten after
-every method, so a run cut short keeps what it finished, and methods not reached keep their profile.
+        --augment --lr 0.1 --train-size 10000 --epochs 20 --grid-preset wide --budget-s 200 \
+        --data-path .device/fashion-mnist --out-dir "$OUT" --write-params "$OUT/params.selected.yaml" && \
+    python benchmarks/device_check.py --params "$OUT/params.selected.yaml" --budget-s 300 \
+        --data-path .device/fashion-mnist --out-dir "$OUT"
+``--budget-s`` bounds when points start, not the run (its preparation counts against it, and a point
+started just before it runs to its end). A method whose grid it cuts is not selected (the best of part
+of a grid is no selection) and methods it never reaches keep their profile values; the log says which.
+The log is rewritten after every method, so a run cut short keeps what it finished. ``--write-params``
+changes only the selected methods' kwargs in the copy (a method inheriting from a selected one, as
+amun_salun from amun, is pinned to its old values), and the log records the copy's SHA-256, which is
+how device_check.py knows which log vouches for the file it was given.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -158,6 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     params = load_params(args.params)
+    grids, names = sweep_plan(args)  # bad --grid / --methods fail here, before any training
+    if args.write_params and Path(args.write_params).resolve() == Path(args.params).resolve():
+        raise SystemExit("select_hparams: --write-params must not overwrite --params (it is a run artefact; "
+                         "params.yaml is edited by hand from the sweep log)")
+    source_text = Path(args.params).read_text()  # the copy starts from this, whatever happens to the file later
     # The test split is loaded by the shared loader but never used below.
     x_all, y_all, _, _ = load_data(args.dataset, args.data_path, train_size=args.train_size, pool=args.pool,
                                    seed=args.split_seed, pad_rgb=args.pad_rgb)
@@ -182,47 +194,44 @@ def main(argv: list[str] | None = None) -> None:
     original_val = min(originals)
     print(f"prepared in {time.perf_counter() - started:.0f}s; original validation accuracy {originals}; "
           f"retrain target {ref.target}", flush=True)
-    grids = {**GRID_PRESETS[args.grid_preset], **json.loads(args.grid)} if args.grid else \
-        GRID_PRESETS[args.grid_preset]
-    names = [n for n in METHODS.names() if n != "retrain"] if args.methods == "all" else args.methods.split(",")
-    order = list(grids)  # a preset's order is its priority; amun_salun after amun (it extends amun's selection)
-    names = sorted(names, key=lambda n: (n == "amun_salun", order.index(n) if n in order else len(order)))
     key = params.unlearn.profile_key(args.dataset, args.model)
     profile = dict(params.unlearn.profiles.get(key, {}))
-    log, chosen, skipped = {}, {}, []
+    log, chosen, skipped, partial = {}, {}, [], []
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"hparams_{args.dataset}_{args.model}{'_' + args.tag if args.tag else ''}"
-    command = "python benchmarks/select_hparams.py " + " ".join(
-        f"--{k.replace('_', '-')} " + (f"'{v}'" if k == "grid" else str(v))
-        for k, v in vars(args).items() if v not in (None, False) and v is not True
-    ) + "".join(f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v is True)
-    meta = {"command": command, "platform": platform.platform(), "torch": torch.__version__,
+    name = f"hparams_{args.dataset}_{args.model}{'_' + args.tag if args.tag else ''}"
+    paths = {suffix: out / f"{name}{suffix}" for suffix in (".json", ".md")}  # a dot in --tag stays in the name
+    meta = {"command": recorded_command(args), "platform": platform.platform(), "torch": torch.__version__,
             "device": args.device, "recipe": vars(recipe), "image_shape": list(x_all.shape[1:]),
             "sizes": {"tune": len(tune), "validation": len(validation), "forget": len(ref.forget)},
             "original_validation_accuracy": original_val, "retrain_target": ref.target,
             "retrains": ref.retrains, "profile_before": profile, "grid_preset": args.grid_preset,
-            "budget_s": args.budget_s, "not_swept": skipped}
+            "budget_s": args.budget_s, "not_swept": skipped, "cut_short": partial}
 
     def write() -> None:
-        """Rewrite the log (each file replaced whole) and, if asked, the params copy."""
+        """Rewrite the params copy (if asked) and then the log that vouches for it, each replaced whole."""
         meta["wall_seconds"] = time.perf_counter() - started
+        if args.write_params:
+            try:
+                written = write_selected_params(source_text, Path(args.write_params), key,
+                                                {n: c["kwargs"] for n, c in chosen.items()})
+                meta["params_written"] = {"path": str(Path(args.write_params).resolve()), "sha256": written}
+            except Exception as exc:  # noqa: BLE001 - the sweep's log is worth more than the copy
+                meta["params_written"] = {"error": f"{type(exc).__name__}: {exc}"}
         texts = {".json": json.dumps({"meta": meta, "points": log, "chosen": chosen}, indent=2, default=str),
                  ".md": markdown(meta, log, chosen, args)}
         for suffix, text in texts.items():
-            tmp = stem.with_suffix(suffix + ".tmp")
+            tmp = paths[suffix].with_name(paths[suffix].name + ".tmp")
             tmp.write_text(text)
-            tmp.replace(stem.with_suffix(suffix))
-        if args.write_params:
-            write_selected_params(Path(args.params), Path(args.write_params), key,
-                                  {n: c["kwargs"] for n, c in chosen.items()})
+            tmp.replace(paths[suffix])
 
     for name in names:
         base = params.unlearn.kwargs_for(name, args.dataset, args.model)
         if name == "amun_salun" and "amun" in chosen:
             base = {**base, **chosen["amun"]["kwargs"]}
         points = []
-        for overrides, kwargs in grid_points(base, grids.get(name, [{}])):
+        planned = grid_points(base, grids.get(name, [{}]))
+        for overrides, kwargs in planned:
             if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
                 break
             try:
@@ -248,31 +257,105 @@ def main(argv: list[str] | None = None) -> None:
         if not points:
             skipped.append(name)
             continue
-        ok = [p for p in points if p["admissible"]]
-        best = min(ok, key=lambda p: p["gap"]) if ok else None
         log[name] = points
-        if best is not None:
-            chosen[name] = {"overrides": best["overrides"], "kwargs": best["kwargs"], "gap": best["gap"]}
+        if len(points) < len(planned):  # the budget cut its grid: the best of part of a grid is no selection
+            partial.append(name)
+        else:
+            ok = [p for p in points if p["admissible"]]
+            best = min(ok, key=lambda p: p["gap"]) if ok else None
+            if best is not None:
+                chosen[name] = {"overrides": best["overrides"], "kwargs": best["kwargs"], "gap": best["gap"]}
         write()
     write()
-    print(stem.with_suffix(".md").read_text())
+    print(paths[".md"].read_text())
 
 
-def write_selected_params(source: Path, target: Path, key: str, selected: dict[str, dict]) -> None:
-    """Copy ``source`` (a params.yaml) to ``target`` with ``selected`` merged into profile ``key``.
+def sweep_plan(args: argparse.Namespace) -> tuple[dict[str, list[dict]], list[str]]:
+    """The grids and the methods in sweep order, checked before anything is trained.
 
-    The copy is checked with ``load_params`` before it replaces ``target``, so a consumer (device_check.py
-    ``--params``) never reads a half-written or invalid file. Comments and anchors are not kept (it is a
-    run artefact; the committed params.yaml is edited by hand from the sweep log).
+    A preset's order is its priority (a time budget spends itself on the first methods); amun_salun
+    runs after amun, whose selection it extends. Names are deduplicated.
+
+    Raises:
+        SystemExit: A --grid that is not JSON {"method": [{...}, ...]}, or an unknown method name.
     """
-    raw = yaml.safe_load(source.read_text())
+    grids = dict(GRID_PRESETS[args.grid_preset])
+    if args.grid:
+        try:
+            extra = json.loads(args.grid)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"select_hparams: --grid is not JSON: {exc}") from None
+        if not (isinstance(extra, dict) and all(isinstance(v, list) and all(isinstance(p, dict) for p in v)
+                                                 for v in extra.values())):
+            raise SystemExit('select_hparams: --grid must be {"method": [{overrides}, ...], ...}')
+        grids.update(extra)
+    known = [n for n in METHODS.names() if n != "retrain"]
+    names = known if args.methods == "all" else list(dict.fromkeys(filter(None, args.methods.split(","))))
+    unknown = sorted(set(names) - set(known)) + sorted(set(grids) - set(known))
+    if unknown:
+        raise SystemExit(f"select_hparams: unknown method(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    order = list(grids)
+    names = sorted(names, key=lambda n: (n == "amun_salun", order.index(n) if n in order else len(order)))
+    return grids, names
+
+
+def recorded_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (every option given a value, shell-quoted)."""
+    parts = ["python", "benchmarks/select_hparams.py"]
+    for key, value in vars(args).items():
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            parts.append(flag)
+        elif value is not None and value is not False:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def write_selected_params(source_text: str, target: Path, key: str, selected: dict[str, dict]) -> str:
+    """Write ``source_text`` (a params.yaml) to ``target`` with ``selected`` merged into profile ``key``.
+
+    Nothing else may change: a method whose resolved kwargs would move because it inherits from a
+    selected one (amun_salun extends amun) is pinned to the values it had. The copy is checked with
+    ``load_params`` before it replaces ``target``, so a consumer (device_check.py ``--params``) never
+    reads a half-written or invalid file; a rejected copy leaves no temporary file. Comments and
+    anchors are not kept (it is a run artefact; the committed params.yaml is edited by hand from the
+    sweep log).
+
+    Returns:
+        The SHA-256 of the written file (the sweep log records it, so a reader can tell which log
+        vouches for which file).
+    """
+    import hashlib
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    before = load_params_text(source_text, target)
+    raw = yaml.safe_load(source_text)
     profiles = raw.setdefault("unlearn", {}).setdefault("profiles", {})
-    profile = profiles.setdefault(key, {}) or {}
-    profiles[key] = {**profile, **{name: dict(kwargs) for name, kwargs in selected.items()}}
+    profile = dict(profiles.get(key) or {})
+    profile.update({name: dict(kwargs) for name, kwargs in selected.items()})
+    profiles[key] = profile
+    dataset, model = key.split("/", 1)
+    after = load_params_text(yaml.safe_dump(raw, sort_keys=False), target)
+    for name in METHODS.names():
+        if name not in selected and (before.unlearn.kwargs_for(name, dataset, model)
+                                     != after.unlearn.kwargs_for(name, dataset, model)):
+            profile[name] = dict(before.unlearn.kwargs_for(name, dataset, model))
+    text = yaml.safe_dump(raw, sort_keys=False)
+    load_params_text(text, target)  # strict: raises on anything the pipeline would reject
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
-    load_params(tmp)  # strict: raises on anything the pipeline would reject
+    tmp.write_text(text)
     tmp.replace(target)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_params_text(text: str, near: Path):
+    """``load_params`` of a params text (through a temporary file next to ``near``, always removed)."""
+    tmp = near.with_name(near.name + ".check.tmp")
+    try:
+        tmp.write_text(text)
+        return load_params(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
@@ -293,6 +376,8 @@ def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
              + ".", "",
              *([f"Not swept (time budget spent; their profile values stand): {', '.join(meta['not_swept'])}.", ""]
                if meta.get("not_swept") else []),
+             *([f"Cut short by the time budget, so not selected (the best of part of a grid is no selection; their "
+                f"profile values stand): {', '.join(meta['cut_short'])}.", ""] if meta.get("cut_short") else []),
              "Retrain target: " + ", ".join(f"{m} {target[m]:.2f}" for m in (*METRICS, "LiRA")), "",
              "| method | overrides | UA | RA | TA (val) | RMIA AUC | Avg Gap | time / retrain | Δw | admissible |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -166,6 +166,31 @@ def test_cuda_path_sends_each_epoch_in_one_copy_and_matches(name, data, cuda_bra
     assert_same_models(plain, fast, atol=0)
 
 
+class AutocastRecorder(torch.nn.Module):
+    """A small model that notes, on every forward, whether autocast was on around it (its flag is
+    visible inside vmap even where autocast does not rewrite the operations)."""
+
+    seen: list[bool] = []
+
+    def __init__(self):
+        super().__init__()
+        self.net = factory()
+
+    def forward(self, x):
+        AutocastRecorder.seen.append(torch.is_autocast_enabled("cpu"))
+        return self.net(x)
+
+
+def test_mixed_precision_wraps_the_vmapped_forward_in_autocast_on_the_cuda_path(data, cuda_branches_on_cpu_bf16):
+    images, labels, members = data
+    recipe = RECIPES["plain-cosine"]
+    for mixed in (True, False):
+        AutocastRecorder.seen = []
+        train_models_batched(AutocastRecorder, images, labels, members, recipe, seeds=SEEDS, device="cpu",
+                             mixed_precision=mixed)
+        assert AutocastRecorder.seen and set(AutocastRecorder.seen) == {mixed}
+
+
 def test_mixed_precision_is_a_no_op_on_the_cpu(trained, data):
     recipe, _, batched = trained
     images, labels, members = data
@@ -175,13 +200,16 @@ def test_mixed_precision_is_a_no_op_on_the_cpu(trained, data):
 
 
 def test_vmapped_forward_dtype_probe(data, cuda_branches_on_cpu_bf16):
-    """The probe reports what the vmapped forward computes in under train_model's autocast, and leaves the
-    global RNG as it found it (it builds throwaway models). On the CPU, autocast does not reach ops inside vmap."""
+    """The probe runs the vmapped forward under train_model's autocast and reports the dtype it computes in,
+    leaving the global RNG as it found it (it builds throwaway models). On the CPU, autocast does not reach
+    operations inside vmap, so the answer there is float32 although autocast was on."""
     from unlearn.batched import vmapped_forward_dtype
 
     images, _, _ = data
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert factory()(images[:2]).dtype == torch.bfloat16  # the same autocast outside vmap does apply
     state = torch.random.get_rng_state()
-    assert vmapped_forward_dtype(factory, images, "cpu") == torch.float32
+    AutocastRecorder.seen = []
+    assert vmapped_forward_dtype(AutocastRecorder, images, "cpu") == torch.float32
+    assert AutocastRecorder.seen == [True]
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -111,18 +111,29 @@ def test_table_recipe_is_sized_from_the_measured_throughput():
 
 
 def test_a_table_run_with_another_params_file_says_where_its_profile_came_from(tmp_path, monkeypatch):
-    """device_check --params FILE (select_hparams.py --write-params) must not claim the committed profile."""
+    """device_check --params FILE must not claim the committed profile, and credits a selection only to the
+    sweep log that recorded this very file's hash (select_hparams.py --write-params)."""
+    import hashlib
+
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from device_check import params_provenance
 
-    assert params_provenance(None, "fashion_mnist/resnet18") is None
-    assert params_provenance(str(REPO / "params.yaml"), "fashion_mnist/resnet18") is None
+    key = "fashion_mnist/resnet18"
+    assert params_provenance(None, key) is None
+    assert params_provenance(str(REPO / "params.yaml"), key) is None
     selected = tmp_path / "params.selected.yaml"
     selected.write_text((REPO / "params.yaml").read_text())
-    text = params_provenance(str(selected), "fashion_mnist/resnet18")
-    assert "not the committed params.yaml" in text and "selected for" not in text
-    (tmp_path / "hparams_fashion_mnist_resnet18.json").write_text(json.dumps(
-        {"chosen": {"ssd": {}, "grad_ascent": {}}, "points": {"ssd": [], "grad_ascent": [], "dlfd": []}}))
-    text = params_provenance(str(selected), "fashion_mnist/resnet18")
+    text = params_provenance(str(selected), key)
+    assert "not the committed params.yaml" in text and "not recorded" in text and "selected for" not in text
+
+    def log(name, digest):
+        (tmp_path / name).write_text(json.dumps({
+            "meta": {"params_written": {"sha256": digest}},
+            "chosen": {"ssd": {}, "grad_ascent": {}}, "points": {"ssd": [], "grad_ascent": [], "dlfd": []}}))
+
+    log("hparams_fashion_mnist_resnet18_old.json", "0" * 64)  # a stale log next to it vouches for nothing
+    assert "not recorded" in params_provenance(str(selected), key)
+    log("hparams_fashion_mnist_resnet18.json", hashlib.sha256(selected.read_bytes()).hexdigest())
+    text = params_provenance(str(selected), key, ["ssd", "grad_ascent", "dlfd"])
     assert "selected for grad_ascent, ssd on a validation split" in text
-    assert "dlfd had none" in text and "amun" in text
+    assert "; dlfd kept the profile's values" in text and "amun" not in text  # only the table's methods

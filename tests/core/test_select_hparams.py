@@ -2,10 +2,12 @@
 that device_check.py can read, with only the numeric stack installed (the lent GPU machine's)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from unlearn.config import load_params
@@ -38,19 +40,74 @@ def _run(tmp_path, *args):
     return json.loads((tmp_path / "hparams_digits_small_cnn.json").read_text())
 
 
+SETTINGS = [(d, m) for d in ("digits", "fashion_mnist", "cifar10") for m in ("small_cnn", "resnet18")]
+
+
 def test_selected_values_reach_the_params_copy_and_nothing_else_changes(tmp_path):
-    grid = {"ssd": [{"selection_weighting": 1.0}, {"selection_weighting": 3.0}]}
-    log = _run(tmp_path, "--methods", "ssd", "--grid", json.dumps(grid))
+    """amun_salun extends amun: selecting amun alone must not move amun_salun (pinned to its old values)."""
+    import hashlib
+
+    from unlearn.methods import METHODS
+
+    grid = {"ssd": [{"selection_weighting": 1.0}, {"selection_weighting": 3.0}],
+            "amun": [{"epochs": 1, "pgd_steps": 2}, {"epochs": 1, "pgd_steps": 2, "lr": 0.1}]}
+    log = _run(tmp_path, "--methods", "ssd,amun", "--grid", json.dumps(grid))
     assert [p["overrides"] for p in log["points"]["ssd"]] == grid["ssd"]
-    chosen = log["chosen"]["ssd"]["kwargs"]
-    assert chosen["selection_weighting"] in (1.0, 3.0)
+    assert set(log["chosen"]) == {"ssd", "amun"}, log["chosen"]
     committed = load_params(REPO / "params.yaml").unlearn
     written = load_params(tmp_path / "params.selected.yaml").unlearn
-    assert written.kwargs_for("ssd", "digits", "small_cnn") == chosen
-    for name in ("amun", "scrub", "grad_ascent"):  # not swept: the committed values
-        assert written.kwargs_for(name, "digits", "small_cnn") == committed.kwargs_for(name, "digits", "small_cnn")
-    assert written.kwargs_for("ssd", "fashion_mnist", "resnet18") == \
-        committed.kwargs_for("ssd", "fashion_mnist", "resnet18")  # other settings untouched
+    for name in ("ssd", "amun"):
+        assert written.kwargs_for(name, "digits", "small_cnn") == log["chosen"][name]["kwargs"]
+    for dataset, model in SETTINGS:  # every other method of every setting resolves as before
+        for name in METHODS.names():
+            if (dataset, model) == ("digits", "small_cnn") and name in ("ssd", "amun"):
+                continue
+            assert written.kwargs_for(name, dataset, model) == committed.kwargs_for(name, dataset, model), \
+                (dataset, model, name)
+    digest = hashlib.sha256((tmp_path / "params.selected.yaml").read_bytes()).hexdigest()
+    assert log["meta"]["params_written"]["sha256"] == digest  # the log vouches for this file
+
+
+def test_a_budget_that_runs_out_inside_a_grid_selects_nothing_for_that_method(tmp_path, monkeypatch):
+    """The best of part of a grid is no selection: the method keeps its profile values and the log says so."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import select_hparams
+
+    clock = {"offset": 0.0}
+    real_run_one, real_clock = select_hparams.run_one, select_hparams.time.perf_counter
+
+    def run_one(*args, **kwargs):  # each point "takes" 100 s on a fake clock
+        clock["offset"] += 100.0
+        return real_run_one(*args, **kwargs)
+
+    monkeypatch.setattr(select_hparams, "run_one", run_one)
+    monkeypatch.setattr(select_hparams, "time", type("T", (), {"perf_counter": lambda: real_clock() + clock["offset"]}))
+    grid = {"ssd": [{"selection_weighting": 1.0}, {"selection_weighting": 3.0}]}
+    select_hparams.main([*SMALL, "--methods", "dlfd,ssd", "--grid", json.dumps(grid), "--budget-s", "50",
+                         "--out-dir", str(tmp_path), "--write-params", str(tmp_path / "params.selected.yaml")])
+    log = json.loads((tmp_path / "hparams_digits_small_cnn.json").read_text())
+    assert len(log["points"]["ssd"]) == 1 and log["chosen"] == {}
+    assert log["meta"]["cut_short"] == ["ssd"] and log["meta"]["not_swept"] == ["dlfd"]
+    assert "Cut short by the time budget, so not selected" in (tmp_path / "hparams_digits_small_cnn.md").read_text()
+    assert "**" not in (tmp_path / "hparams_digits_small_cnn.md").read_text().split("| method |")[1].split("```")[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "{bad"], "--grid is not JSON"),
+    (["--grid", '{"ssd": {"selection_weighting": 2}}'], "--grid must be"),
+    (["--methods", "ssd,bogus"], "unknown method(s) bogus"),
+    (["--write-params", str(REPO / "params.yaml")], "must not overwrite --params"),
+])
+def test_bad_arguments_fail_before_any_training(args, message, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import select_hparams
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking its arguments")
+
+    monkeypatch.setattr(select_hparams, "prepare", no_training)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        select_hparams.main([*SMALL, "--out-dir", str(tmp_path), *args])
 
 
 def test_a_spent_budget_starts_no_point_and_says_so(tmp_path):
