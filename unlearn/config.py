@@ -8,6 +8,7 @@ fails before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -415,8 +416,31 @@ def _check_values(params: Params) -> None:
         raise ConfigError("train.epochs and train.batch_size: must be >= 1")
     if params.train.min_samples < 1:
         raise ConfigError("train.min_samples: must be >= 1")
-    if params.requests.max_clock_skew_seconds < 0:
+    # Values that train a broken model without any error (a NaN learning rate registered a chance-level
+    # champion) or that reject every request are refused here, by name.
+    train = params.train
+    if not (math.isfinite(train.lr) and train.lr > 0):
+        raise ConfigError(f"train.lr: must be a finite number > 0, got {train.lr}")
+    if not (math.isfinite(train.momentum) and 0 <= train.momentum < 1):
+        raise ConfigError(f"train.momentum: must be in [0, 1), got {train.momentum}")
+    if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
+        raise ConfigError(f"train.weight_decay: must be a finite number >= 0, got {train.weight_decay}")
+    if params.data.image_size < 1:
+        raise ConfigError("data.image_size: must be >= 1")
+    if params.seed < 0 or params.data.split_seed < 0:
+        raise ConfigError("seed and data.split_seed: must be >= 0")
+    if params.requests.max_ids_per_request < 1:
+        raise ConfigError("requests.max_ids_per_request: must be >= 1 (0 would reject every request)")
+    if not params.requests.reasons or any(not str(r).strip() for r in params.requests.reasons):
+        raise ConfigError("requests.reasons: must list at least one non-empty reason (none would reject every "
+                          "request)")
+    if not (math.isfinite(params.requests.max_clock_skew_seconds) and params.requests.max_clock_skew_seconds >= 0):
         raise ConfigError("requests.max_clock_skew_seconds: must be >= 0")
+    for key in ("experiment", "model_name"):
+        if not str(getattr(params.registry, key)).strip():
+            raise ConfigError(f"registry.{key}: must not be empty")
+    if not params.dvc.remote_url.strip() or not params.dvc.remote_name.strip():
+        raise ConfigError("dvc.remote_name and dvc.remote_url: must not be empty")
     _check_gate(params)
     refs = params.verify.references
     if refs.count < 0 or refs.count % 2:
@@ -469,8 +493,9 @@ def _check_gate(params: Params) -> None:
     gate = params.gate
     if gate.mode not in ("equivalence", "strict"):
         raise ConfigError(f"gate.mode: expected equivalence or strict, got {gate.mode!r}")
-    if not gate.attacks and not gate.accuracy_checks:
-        raise ConfigError("gate: at least one of gate.attacks and gate.accuracy_checks must be non-empty")
+    if not gate.attacks and "forget_acc" not in gate.accuracy_checks:
+        raise ConfigError("gate: gate at least one attack (gate.attacks) or forget_acc (gate.accuracy_checks): "
+                          "test_acc alone checks utility, not forgetting, and the parent itself would pass")
     if len(set(gate.attacks)) != len(gate.attacks):
         raise ConfigError("gate.attacks: an attack appears twice")
     bad = sorted(set(gate.accuracy_checks) - {"forget_acc", "test_acc"})

@@ -389,8 +389,11 @@ def gate_decision(
     unknown = sorted(set(accuracy_checks) - set(ACCURACY_CHECKS))
     if unknown:
         raise ValueError(f"unknown accuracy check(s) {unknown}; valid: {list(ACCURACY_CHECKS)}")
-    if not attacks and not accuracy_checks:
-        raise ValueError("the gate needs at least one gated attack or accuracy check")
+    if not attacks and "forget_acc" not in accuracy_checks:
+        # test_acc is a non-inferiority check of utility: the parent passes it by construction, so a
+        # gate of test_acc alone could pass a model that forgot nothing (no positive control).
+        raise ValueError("the gate needs at least one forgetting check (a gated attack or forget_acc); "
+                         "test_acc alone checks utility and the parent itself would pass")
     models = [candidate, parent, *targets]
     n_forget, n_test = len(candidate.forget_correct), len(candidate.test_correct)
     for model in models:

@@ -6,8 +6,10 @@ import logging
 import time
 from typing import Any
 
+import torch
+
 from tasks import dvc_ops, progress, tracking
-from tasks.project import Project
+from tasks.project import PipelineError, Project
 from tasks.stage.context import (
     input_example,
     log_dataset,
@@ -92,6 +94,10 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
                 on_epoch=progress.epoch_callback(bar, lambda epoch, m: mlflow.log_metrics(m, step=epoch)),
             )
         seconds = time.perf_counter() - started
+        if not all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point()):
+            # A diverged baseline predicts one class for everything; registered, it would be the champion.
+            raise PipelineError(f"train: the baseline diverged (non-finite weights) with train.lr "
+                                f"{params.train.lr}; lower the learning rate. Nothing was registered")
         metrics = {"train_acc": accuracy(model, train_t.images, train_t.labels, device=device),
                    "test_acc": accuracy(model, test_t.images, test_t.labels, device=device),
                    "train_seconds": seconds}

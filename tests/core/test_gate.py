@@ -151,10 +151,22 @@ def test_test_accuracy_is_non_inferiority_against_the_parent():
     parent = _synthetic(1.0, rng, forget_acc=1.0)  # forget-acc excess about 0.1: margin about 0.05
     broken = ScoredModel(parent.member, parent.nonmember, parent.forget_correct * 0 + 0.9,
                          (rng.random(800) < 0.6).astype(float))
-    decision = gate_decision(broken, parent, attacks=[], accuracy_checks=["test_acc"], resamples=300)
-    assert decision.verdict == FAIL and decision.checks[0].metric == "test_acc"
-    same = gate_decision(parent, parent, attacks=[], accuracy_checks=["test_acc"], resamples=300)
-    assert same.verdict == PASS
+    decision = gate_decision(broken, parent, attacks=["a"], accuracy_checks=["test_acc"], resamples=300)
+    assert decision.verdict == FAIL and decision.checks[-1].metric == "test_acc"
+    assert decision.checks[-1].verdict == FAIL
+    same = gate_decision(parent, parent, attacks=["a"], accuracy_checks=["test_acc"], resamples=300)
+    assert same.checks[-1].verdict == PASS  # the parent keeps its own utility...
+    assert same.verdict != PASS  # ...but forgot nothing, which the forgetting check sees
+
+
+def test_test_accuracy_alone_is_refused_it_would_pass_the_parent():
+    """test_acc checks utility, not forgetting: a gate of test_acc alone passed the parent itself (review)."""
+    rng = np.random.default_rng(3)
+    parent = _synthetic(1.0, rng, forget_acc=1.0)
+    with pytest.raises(ValueError, match="at least one forgetting check"):
+        gate_decision(parent, parent, attacks=[], accuracy_checks=["test_acc"], resamples=300)
+    assert gate_decision(parent, parent, attacks=[], accuracy_checks=["forget_acc", "test_acc"],
+                         resamples=300).verdict != PASS
 
 
 def test_replicates_and_retrain_seeds_widen_the_interval():
