@@ -97,12 +97,18 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
         The written file.
 
     Raises:
-        PipelineError: If the request id is malformed (nothing is written).
+        PipelineError: If the request is invalid: the checks ingestion will run (schema, reason,
+            received_at, subject_ref, known sample ids or class; Great Expectations, about 2-3 s),
+            so a typo exits 2 here, naming the problem, instead of being queued and rejected
+            later. Nothing is written. (Duplicates of earlier requests are judged at ingestion,
+            against the ledger.)
     """
     import re
 
     from tasks.project import PipelineError, load_project
-    from tasks.validation import REQUEST_ID_PATTERN
+    from tasks.validation import REQUEST_ID_PATTERN, validate_requests
+    from unlearn.data import load_source
+    from unlearn.requests.parsing import RawRequest
 
     request_id = request.get("request_id")
     # Refuse here, before anything is written: ingestion would only reject it later.
@@ -110,6 +116,16 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
         raise PipelineError(f"request id {str(request_id)[:80]!r} is malformed: use 1-128 letters, digits and "
                             ". _ : - starting with a letter or digit")
     project = load_project(root, check_registries=False)  # writes the inbox only
+    params = project.params
+    source = load_source(params.data)
+    known = {"request_id", "sample_ids", "forget_class", "received_at", "reason", "subject_ref"}
+    raw = RawRequest("cli", 0, {k: v for k, v in request.items() if v is not None},
+                     tuple(sorted(k for k in request if k not in known)))
+    verdict = validate_requests([raw], known_ids=set(source.ids.tolist()), classes=source.classes,
+                                reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
+                                max_clock_skew_seconds=params.requests.max_clock_skew_seconds)[0]
+    if not verdict.valid:  # the detail never quotes a sample id or the subject reference
+        raise PipelineError(f"request {request_id} is invalid and was not queued: {verdict.detail}")
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     digest = hashlib.sha256(str(request.get("request_id")).encode()).hexdigest()[:12]
@@ -334,6 +350,13 @@ def format_summary(result: dict[str, Any]) -> str:
         f"{ingest.get('acknowledged', 0)} acknowledged (duplicate or already deleted), "
         f"{ingest.get('rejected', 0)} rejected (batch {ingest.get('batch_id') or '-'})",
     ]
+    rejected = ingest.get("rejected_requests") or []
+    if rejected:
+        shown = "; ".join(f"{r.get('request_id') or '(unreadable id)'}: {', '.join(r.get('reasons') or [])}"
+                          for r in rejected)
+        more = ingest.get("rejected", 0) - len(rejected)
+        lines.append(f"rejected: {shown}{f'; and {more} more' if more > 0 else ''} "
+                     "(`unlearn request status <id>` says why; fix and resubmit)")
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if promote.get("recovered"):
         lines.append(f"finished an interrupted promotion: version {promote.get('version')} is champion "

@@ -172,6 +172,9 @@ def run_ingest(project: Project) -> dict[str, Any]:
         "batch_id": batch_id, "files": len(files), "rows": len(requests) + len(bad_files),
         "accepted": len(accepted), "acknowledged": len(acknowledged), "rejected": len(rejected_lines),
         "rejected_files": len(bad_files), "samples": len({s for a in accepted for s in a["sample_ids"]}),
+        # What `unlearn run` prints about them: request ids (as the audit log keeps them) and reason codes only.
+        "rejected_requests": [{"request_id": line["request_id"], "reasons": line["reasons"]}
+                              for line in rejected_lines[:20]],
     }
     if counts["rows"] != counts["accepted"] + counts["rejected"] + counts["acknowledged"]:  # a bug, never input
         raise PipelineError(f"request accounting mismatch: {counts}")

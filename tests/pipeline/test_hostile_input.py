@@ -318,3 +318,36 @@ def test_submit_command_exits_2_on_a_malformed_id_and_accepts_a_good_one(make_pr
     good = submit("REQ-000123")
     assert good.returncode == 0, good.stderr
     assert len(list(incoming.glob("request-*.json"))) == 1
+
+
+@pytest.mark.parametrize("extra, code", [
+    (["--sample-ids", "digits-0001", "no-such-sample"], "unknown_sample_id"),
+    (["--sample-ids", "digits-0001", "--reason", "typo_reason"], "reason_not_allowed"),
+    (["--sample-ids", "digits-0001", "--received-at", "yesterday"], "received_at_not_iso8601"),
+    (["--sample-ids", "digits-0001", "--subject-ref", ""], "subject_ref_bad_length"),
+    (["--forget-class", "42"], "unknown_class"),
+    (["--sample-ids", "digits-0001", "digits-0001"], "duplicate_sample_id_in_request"),
+])
+def test_submit_validates_as_ingestion_will_and_queues_nothing_bad(make_project, capsys, extra, code):
+    """A typo exited 0 ('queued') and was rejected by the next run, whose exit status was 0 too (review)."""
+    from flows.cli import main
+
+    root = make_project()
+    incoming = root / "data" / "requests" / "incoming"
+    args = ["--request-id", "REQ-1", "--subject-ref", "s", *extra]
+    assert main(["--root", str(root), "request", "submit", *args]) == 2
+    err = capsys.readouterr().err
+    assert code in err and "Traceback" not in err, err
+    assert "no-such-sample" not in err  # never quotes the ids it names
+    assert not incoming.exists() or list(incoming.iterdir()) == []
+
+
+def test_the_run_summary_names_rejected_requests_and_their_reason_codes(tmp_path):
+    from flows.cli import format_summary
+
+    rejected = [{"request_id": "REQ-7", "reasons": ["reason_not_allowed"]},
+                {"request_id": None, "reasons": ["request_id_malformed"]}]
+    result = {"root": str(tmp_path), "unlearn": {"status": "data_only"},
+              "ingest": {"rows": 3, "accepted": 1, "rejected": 2, "batch_id": "b", "rejected_requests": rejected}}
+    text = format_summary(result)
+    assert "rejected: REQ-7: reason_not_allowed; (unreadable id): request_id_malformed" in text
