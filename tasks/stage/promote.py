@@ -117,8 +117,11 @@ def _hold(project: Project, client: Any, ledger: Ledger, state: Escalation) -> d
                                                      "held_with": len(state.batches)})
     if fresh:
         ledger.save()
+    # Recorded once per held run (run_id): a crash between the ledger save and this record left the notes
+    # already "held" on the re-run (nothing fresh), and the event was never recorded (review of 2026-12-05).
+    if fresh or not audit.has_record(project, "batch.held", run_id=chosen.run_id):
         audit.record(project, "batch.held", batch_ids=state.batches, hold_until=state.hold_until,
-                     method=chosen.method, parent_detected=report.get("parent_detected"))
+                     method=chosen.method, parent_detected=report.get("parent_detected"), run_id=chosen.run_id)
     log.info("promote: %d batch(es) held until %s at most (%s)", len(state.batches), state.hold_until,
              report.get("reason"))
     return write_state(project, "promote", {

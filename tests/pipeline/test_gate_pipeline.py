@@ -92,7 +92,26 @@ def test_inconclusive_evidence_is_held_then_escalated_to_the_exact_retrain_by_th
     run_stages(project, "ingest", "prepare", "train")
     train_ids = sorted(SampleStore(project.store_dir).split_ids("train").tolist())
     _submit(root, "R-1", train_ids[:10])
-    first = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+    run_stages(project, "ingest", "prepare", "references", "unlearn")
+    # A crash right after the ledger marked the batch held, before the audit record: the re-run records it.
+    from tasks import audit
+
+    real_record = audit.record
+
+    def crash_on_held(project_, event, **fields):
+        if event == "batch.held":
+            raise KeyboardInterrupt("killed between the ledger save and the audit record")
+        return real_record(project_, event, **fields)
+
+    audit.record = crash_on_held
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_stages(project, "promote")
+    finally:
+        audit.record = real_record
+    first = run_stages(project, "promote")
+    held_records = audit.records(project, "batch.held")
+    assert len(held_records) == 1 and held_records[0]["run_id"]
 
     # held: not an error, nothing registered, champion unchanged, the batch still pending
     assert first["promote"]["status"] == "held" and _verdict_exit(first) == 0
