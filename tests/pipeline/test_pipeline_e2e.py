@@ -26,7 +26,7 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     import mlflow
 
     from flows.pipeline import pipeline_flow
-    from tasks.project import load_project
+    from tasks.project import PipelineError, load_project
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
@@ -41,7 +41,12 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     test_id = SampleStore(project.store_dir).split_ids("test")[0]
     _submit(root, "R-1", forget[:10])
     _submit(root, "R-2", forget[10:] + [str(test_id)])
-    _submit(root, "R-3", ["digits-9999"])  # rejected: unknown id
+    with pytest.raises(PipelineError, match="unknown_sample_id"):  # submit refuses it up front...
+        _submit(root, "R-3", ["digits-9999"])
+    # ...and a file dropped into the inbox with it is rejected by ingestion, the others go through
+    (project.incoming_dir / "dropped.json").write_text(json.dumps(
+        {"request_id": "R-3", "sample_ids": ["digits-9999"], "received_at": "2026-11-24T10:00:00Z",
+         "reason": "gdpr_erasure", "subject_ref": "bob@example.com"}))
     second = pipeline_flow(root=str(root))
 
     # request accounting: 3 rows in, 2 accepted, 1 rejected with its reason

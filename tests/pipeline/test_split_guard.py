@@ -8,7 +8,6 @@ import pytest
 import yaml
 from conftest import FAST, run_stages
 
-from flows.cli import main
 from tasks.project import PipelineError, load_project
 
 
@@ -25,22 +24,27 @@ def _set(root, section, key, value):
     return before
 
 
-@pytest.mark.parametrize("section, key, value, move", [
+CHANGES = [  # (section, key, value, a move it causes)
     (("verify", "references"), "pool_fraction", 0.4, "train -> pool"),
     ((), "seed", 1, "pool -> train"),
     (("data",), "split_seed", 11, "test -> train"),
-])
-def test_a_split_change_under_a_trained_model_is_refused(make_project, section, key, value, move):
+]
+
+
+def test_a_split_change_under_a_trained_model_is_refused(make_project):
+    from flows.cli import main
+
     root = make_project(FAST)
     project = load_project(root)
     run_stages(project, "ingest", "prepare", "train")
     index = (project.store_dir / "index.csv").read_bytes()
-    before = _set(root, section, key, value)
-    with pytest.raises(PipelineError, match=f"data split changed under trained models: .*{move}"):
-        run_stages(load_project(root), "prepare")
-    assert (project.store_dir / "index.csv").read_bytes() == index  # nothing was changed
-    assert main(["--root", str(root), "stage", "prepare"]) == 2  # bad input, named
-    _set(root, section, key, before)  # back to the values the store was built with
+    for section, key, value, move in CHANGES:
+        before = _set(root, section, key, value)
+        with pytest.raises(PipelineError, match=f"data split changed under trained models: .*{move}"):
+            run_stages(load_project(root), "prepare")
+        assert (project.store_dir / "index.csv").read_bytes() == index  # nothing was changed
+        assert main(["--root", str(root), "stage", "prepare"]) == 2  # bad input, named
+        _set(root, section, key, before)  # back to the values the store was built with
     assert main(["--root", str(root), "stage", "prepare"]) == 0
 
 
