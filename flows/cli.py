@@ -113,8 +113,9 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     request_id = request.get("request_id")
     # Refuse here, before anything is written: ingestion would only reject it later.
     if not isinstance(request_id, str) or not re.match(REQUEST_ID_PATTERN, request_id):
-        raise PipelineError(f"request id {str(request_id)[:80]!r} is malformed: use 1-128 letters, digits and "
-                            ". _ : - starting with a letter or digit")
+        # Not echoed: an id that fails the pattern may be personal data (an e-mail address), as ingestion assumes.
+        raise PipelineError("the request id is malformed: use 1-128 letters, digits and . _ : - starting with a "
+                            "letter or digit (it is not repeated here: it may be personal data)")
     project = load_project(root, check_registries=False)  # writes the inbox only
     params = project.params
     source = load_source(params.data)

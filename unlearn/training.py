@@ -375,6 +375,16 @@ def train_model(
     return accel.restore_layout(model, channels_last).eval()
 
 
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers holding NaN or infinity (a diverged run).
+
+    Why: a diverged model still predicts (one class for everything); the stages that register or
+    cache a trained model refuse it by this check instead of serving chance-level predictions.
+    """
+    return [name for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, *, device: str | torch.device, batch_size: int = 1024

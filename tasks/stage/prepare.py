@@ -42,8 +42,12 @@ def run_prepare(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     old_store = SampleStore(project.store_dir) if (project.store_dir / "index.csv").exists() else None
     fraction = params.verify.references.pool_fraction
-    if old_store is not None and (project.state_dir / "train.json").exists():
-        check_split_unchanged(old_store, split_labels(source, fraction, params.seed), source.ids)
+    if models_registered(project):
+        guard = old_store or _interrupted_swap(project)
+        if guard is not None:
+            check_split_unchanged(guard, split_labels(source, fraction, params.seed), source.ids)
+        else:  # no store on disk (deleted, or never checked out): the settings the last prepare recorded
+            check_split_settings_unchanged(project)
     train_mask = source.splits == "train"
     if fraction > 0:  # pool samples were never trained on by a production model: nothing to unlearn
         train_mask = train_mask.copy()
@@ -119,7 +123,9 @@ def check_split_unchanged(old_store: SampleStore, splits_now: np.ndarray, ids_no
             moves[f"{split} -> {after}"] = moves.get(f"{split} -> {after}", 0) + 1
     if not moves:
         return
-    recorded = {k: old_store.meta[k] for k in ("source", "pool_fraction", "pool_seed") if k in old_store.meta}
+    recorded = {"source": old_store.meta.get("source"),
+                "pool_fraction": old_store.meta.get("pool_fraction", 0),  # absent: built without a pool
+                "pool_seed": old_store.meta.get("pool_seed", "(no pool)")}
     raise PipelineError(
         f"the data split changed under trained models: {sum(moves.values())} samples of the store would change "
         f"split ({', '.join(f'{n} {move}' for move, n in sorted(moves.items()))}). The models trained on this "
@@ -128,3 +134,78 @@ def check_split_unchanged(old_store: SampleStore, splits_now: np.ndarray, ids_no
         "or start a new project for the new split. Nothing was changed."
     )
 
+
+def models_registered(project: Project) -> bool:
+    """Whether any model version was ever registered for this project (then its split is fixed).
+
+    The registry is the record of what trained, not a local state file (``data/state/train.json``
+    is a DVC output that DVC itself deletes before re-running the train stage). When the registry
+    cannot be read, the answer is yes: the split check then runs, and refuses only a changed split.
+    """
+    from tasks import tracking
+
+    try:
+        if not tracking.has_registry(project):
+            return False
+        client = tracking.reader(project)
+        return bool(client.search_model_versions(f"name='{tracking.model_name(project)}'", max_results=1))
+    except Exception as exc:  # noqa: BLE001 - unknown means "assume models exist"
+        log.info("prepare: the registry could not be read (%s); checking the split anyway", type(exc).__name__)
+        return True
+
+
+def _interrupted_swap(project: Project) -> SampleStore | None:
+    """The previous store a crash left as ``.store.old-<pid>`` between the two renames of a store swap."""
+    for backup in sorted(project.store_dir.parent.glob(f".{project.store_dir.name}.old-*"), reverse=True):
+        try:
+            return SampleStore(backup)
+        except Exception:  # noqa: BLE001 - a half-removed backup is no record
+            continue
+    return None
+
+
+# The settings that decide a sample's split, as attributes of the parsed params.
+_SPLIT_ATTRIBUTES = ("data.source", "data.source_path", "data.split_seed", "data.test_fraction", "data.train_subset",
+                     "data.test_subset", "verify.references.pool_fraction", "seed")
+
+
+def check_split_settings_unchanged(project: Project) -> None:
+    """With no store on disk, compare the split settings with those ``dvc.lock`` recorded for the last prepare.
+
+    dvc.lock keeps the params.yaml sections the prepare stage depends on (``data``, ``seed``,
+    ``verify.references``) as they were; they are parsed like params.yaml itself, so a key left
+    out there means its default, as it did then.
+
+    Raises:
+        PipelineError: Naming each setting that differs, and the way out (restore the store from DVC).
+    """
+    import yaml
+
+    from unlearn.config import parse_params
+
+    try:
+        recorded = (yaml.safe_load((project.root / "dvc.lock").read_text()) or {})["stages"]["prepare"]["params"][
+            "params.yaml"]
+        raw = yaml.safe_load((project.root / "params.yaml").read_text()) or {}
+        for key, value in recorded.items():  # "data", "seed", "verify.references"
+            *parents, leaf = key.split(".")
+            node = raw
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        before = parse_params(raw)
+    except Exception:  # noqa: BLE001 - no prepare recorded (or an unreadable record): nothing to compare with
+        return
+    changed = []
+    for attribute in _SPLIT_ATTRIBUTES:
+        old, new = before, project.params
+        for part in attribute.split("."):
+            old, new = getattr(old, part), getattr(new, part)
+        if old != new:
+            changed.append(f"{attribute} {old!r} -> {new!r}")
+    if changed:
+        raise PipelineError(
+            "the data split changed under trained models and the sample store is not on disk to check it against: "
+            f"{'; '.join(changed)} (dvc.lock's record of the last prepare). Set these back, restore the store "
+            "(`dvc checkout data/store` or `dvc pull`), or start a new project for the new split. Nothing was changed."
+        )

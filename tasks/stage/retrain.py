@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.project import Project
+from tasks.project import PipelineError, Project
 from tasks.stage.context import resolve_device
 from unlearn.data import SampleStore
 from unlearn.files import atomic_path
 from unlearn.methods import UnlearningData, run_method
 from unlearn.references import members_digest
+from unlearn.training import nonfinite_tensors
 
 
 def _retrained_key(project: Project, train_ids: np.ndarray) -> str:
@@ -45,6 +46,11 @@ def retrained_model(project: Project, store: SampleStore, data: UnlearningData) 
     started = time.perf_counter()
     model = run_method("retrain", model, data, device=resolve_device(project), seed=params.seed)
     seconds = time.perf_counter() - started
+    if nonfinite_tensors(model):
+        # The exact retrain uses the baseline's recipe: if it diverges, the recipe is broken (train.lr), and
+        # neither the gate's target, nor the exact rung, nor a consolidated champion may be this model.
+        raise PipelineError(f"the exact retrain diverged (non-finite weights) with train.lr {params.train.lr}; "
+                            "lower the learning rate. Nothing was cached, registered or promoted")
     with atomic_path(path) as tmp:
         torch.save(model.cpu().state_dict(), tmp)
     return model, seconds, False

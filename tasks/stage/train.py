@@ -6,8 +6,6 @@ import logging
 import time
 from typing import Any
 
-import torch
-
 from tasks import dvc_ops, progress, tracking
 from tasks.project import PipelineError, Project
 from tasks.stage.context import (
@@ -22,7 +20,7 @@ from unlearn.config import Params
 from unlearn.data import SampleStore
 from unlearn.models import build_model
 from unlearn.requests import Ledger
-from unlearn.training import SGDRecipe, accuracy, seed_everything, train_model
+from unlearn.training import SGDRecipe, accuracy, nonfinite_tensors, seed_everything, train_model
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -94,7 +92,7 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
                 on_epoch=progress.epoch_callback(bar, lambda epoch, m: mlflow.log_metrics(m, step=epoch)),
             )
         seconds = time.perf_counter() - started
-        if not all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point()):
+        if nonfinite_tensors(model):
             # A diverged baseline predicts one class for everything; registered, it would be the champion.
             raise PipelineError(f"train: the baseline diverged (non-finite weights) with train.lr "
                                 f"{params.train.lr}; lower the learning rate. Nothing was registered")

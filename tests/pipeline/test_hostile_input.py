@@ -312,8 +312,9 @@ def test_submit_command_exits_2_on_a_malformed_id_and_accepts_a_good_one(make_pr
                                "--request-id", request_id, "--sample-ids", "digits-0001", "--subject-ref", "s"],
                               capture_output=True, text=True, timeout=300)
 
-    bad = submit("../x")
+    bad = submit("alice.smith@example.com")
     assert bad.returncode == 2 and "malformed" in bad.stderr and "Traceback" not in bad.stderr
+    assert "alice" not in bad.stderr + bad.stdout  # a malformed id may be personal data: never echoed
     assert not incoming.exists() or list(incoming.iterdir()) == []
     good = submit("REQ-000123")
     assert good.returncode == 0, good.stderr

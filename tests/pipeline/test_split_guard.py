@@ -53,3 +53,31 @@ def test_before_any_training_the_split_may_still_change(make_project):
     run_stages(load_project(root), "ingest", "prepare")
     _set(root, ("verify", "references"), "pool_fraction", 0.4)
     run_stages(load_project(root), "prepare")  # no model saw the old split
+
+
+def test_the_guard_reads_the_registry_not_a_state_file_and_survives_a_missing_store(make_project):
+    """DVC deletes data/state/train.json before re-running the train stage (a failed `dvc repro -s train` left it
+    gone and the split unguarded; review); with the store itself gone, dvc.lock's record of the last prepare is
+    what the settings are checked against."""
+    import shutil
+
+    root = make_project(FAST)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    (project.state_dir / "train.json").unlink()
+    before = _set(root, ("verify", "references"), "pool_fraction", 0.4)
+    with pytest.raises(PipelineError, match="train -> pool"):
+        run_stages(load_project(root), "prepare")
+    shutil.rmtree(project.store_dir)
+    with pytest.raises(PipelineError, match=r"store is not on disk .*verify\.references\.pool_fraction 0\.2 -> 0\.4"):
+        run_stages(load_project(root), "prepare")
+    _set(root, ("verify", "references"), "pool_fraction", before)
+    run_stages(load_project(root), "prepare")  # the same settings: the store is rebuilt as it was
+
+
+def test_no_model_ever_registered_leaves_the_split_free(make_project):
+    """Too few samples for any model: the train stage registers nothing, so the split may still change."""
+    root = make_project({**FAST, "train": {**FAST["train"], "min_samples": 100_000}})
+    run_stages(load_project(root), "ingest", "prepare", "train")
+    _set(root, ("data",), "test_fraction", 0.1)
+    run_stages(load_project(root), "prepare")
