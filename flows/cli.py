@@ -98,16 +98,15 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
 
     Raises:
         PipelineError: If the request is invalid: the checks ingestion will run (schema, reason,
-            received_at, subject_ref, known sample ids or class; Great Expectations, about 2-3 s),
-            so a typo exits 2 here, naming the problem, instead of being queued and rejected
-            later. Nothing is written. (Duplicates of earlier requests are judged at ingestion,
-            against the ledger.)
+            received_at, subject_ref, known sample ids or class: ``tasks.validation.precheck_request``,
+            the same rules without Great Expectations, so the command stays fast), so a typo exits 2
+            here, naming the problem, instead of being queued and rejected later. Nothing is
+            written. (Duplicates of earlier requests are judged at ingestion, against the ledger.)
     """
     import re
 
     from tasks.project import PipelineError, load_project
-    from tasks.validation import REQUEST_ID_PATTERN, validate_requests
-    from unlearn.data import load_source
+    from tasks.validation import REQUEST_ID_PATTERN, precheck_request
     from unlearn.requests.parsing import RawRequest
 
     request_id = request.get("request_id")
@@ -118,13 +117,13 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
                             "letter or digit (it is not repeated here: it may be personal data)")
     project = load_project(root, check_registries=False)  # writes the inbox only
     params = project.params
-    source = load_source(params.data)
+    known_ids, classes = _dataset_ids(project)
     known = {"request_id", "sample_ids", "forget_class", "received_at", "reason", "subject_ref"}
     raw = RawRequest("cli", 0, {k: v for k, v in request.items() if v is not None},
                      tuple(sorted(k for k in request if k not in known)))
-    verdict = validate_requests([raw], known_ids=set(source.ids.tolist()), classes=source.classes,
-                                reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
-                                max_clock_skew_seconds=params.requests.max_clock_skew_seconds)[0]
+    verdict = precheck_request(raw, known_ids=known_ids, classes=classes, reasons=params.requests.reasons,
+                               max_ids=params.requests.max_ids_per_request,
+                               max_clock_skew_seconds=params.requests.max_clock_skew_seconds)
     if not verdict.valid:  # the detail never quotes a sample id or the subject reference
         raise PipelineError(f"request {request_id} is invalid and was not queued: {verdict.detail}")
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +132,26 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     target = project.incoming_dir / f"request-{stamp}-{digest}.json"
     write_text_atomic(target, json.dumps(request, indent=2))
     return target
+
+
+def _dataset_ids(project: Any) -> tuple[set[str], tuple[str, ...]]:
+    """Every sample id of the dataset and its class names, as ingestion validates against them.
+
+    From the store's index plus the ledger's deleted ids (the store holds the source minus the
+    deleted samples), which reads two small files; the source itself only before the first store.
+    """
+    from unlearn.data.store import SampleStore, StoreError
+    from unlearn.requests import Ledger
+
+    try:
+        store = SampleStore(project.store_dir)
+        deleted = Ledger(project.ledger_path).deleted_ids() if project.ledger_path.exists() else set()
+        return set(store.ids.tolist()) | set(deleted), tuple(store.classes)
+    except StoreError:
+        from unlearn.data import load_source
+
+        source = load_source(project.params.data)
+        return set(source.ids.tolist()), tuple(source.classes)
 
 
 def _cmd_request_submit(args: argparse.Namespace) -> int:

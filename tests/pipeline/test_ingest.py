@@ -223,3 +223,43 @@ def test_class_request_repeated_or_fully_deleted_is_acknowledged(make_project):
     _drop(project, "c.json", _class_request("C-1", "4"))
     assert run_ingest(project)["rejected"] == 1
     assert _rejected(project)[-1]["reasons"] == ["request_id_conflict"]
+
+
+def test_submits_precheck_agrees_with_ingestions_great_expectations_code_for_code():
+    """`unlearn request submit` refuses with precheck_request (plain Python, fast); ingestion decides with Great
+    Expectations. The two must give the same codes and sentences on every kind of request."""
+    from datetime import UTC, datetime
+
+    from tasks.validation import precheck_request, validate_requests
+    from unlearn.requests import NOT_AN_OBJECT, RAGGED_ROW, RawRequest
+
+    ok = {"request_id": "R-1", "sample_ids": ["a-1", "a-2"], "received_at": "2026-11-24T10:00:00Z",
+          "reason": "gdpr_erasure", "subject_ref": "s"}
+    variants = [
+        {}, {"sample_ids": ["a-1", "zz-9", "a-1", "bad id", "a-2"]}, {"sample_ids": []}, {"sample_ids": "a-1"},
+        {"sample_ids": ["a-1"] * 5}, {"sample_ids": [1, 2]}, {"request_id": "../x"}, {"request_id": 7},
+        {"received_at": "yesterday"}, {"received_at": "2026-13-40"}, {"received_at": "2999-01-01T00:00:00Z"},
+        {"received_at": "1999-12-31"}, {"received_at": None}, {"reason": "typo"}, {"reason": 3},
+        {"subject_ref": ""}, {"subject_ref": "x" * 513}, {"subject_ref": None}, {"forget_class": "3"},
+        {"forget_class": "3", "sample_ids": None}, {"forget_class": "42", "sample_ids": None},
+        {"forget_class": True, "sample_ids": None}, {"surprise": 1}, {"sample_ids": ["\ud800x"]},
+    ]
+    requests = []
+    for i, change in enumerate(variants):
+        values = {**ok, **{k: v for k, v in change.items() if v is not None}}
+        for key in [k for k, v in change.items() if v is None]:
+            values.pop(key)
+        extra = tuple(k for k in values if k not in ("request_id", "sample_ids", "forget_class", "received_at",
+                                                     "reason", "subject_ref"))
+        requests.append(RawRequest("f.json", i, values, extra))
+    requests.append(RawRequest("f.json", 98, {NOT_AN_OBJECT: True}))
+    requests.append(RawRequest("f.csv", 99, {**ok, RAGGED_ROW: True}))
+    requests.append(RawRequest("f.json", 100, {k: v for k, v in ok.items() if k != "sample_ids"}))
+    settings = dict(known_ids={"a-1", "a-2", "a-3"}, classes=("0", "1", "2", "3"),
+                    reasons=("gdpr_erasure", "other"), max_ids=4, max_clock_skew_seconds=300.0,
+                    now=datetime(2026, 12, 1, tzinfo=UTC))
+    expected = validate_requests(requests, **settings)
+    for request, verdict in zip(requests, expected, strict=True):
+        mine = precheck_request(request, **settings)
+        assert (mine.reasons, mine.detail) == (verdict.reasons, verdict.detail), request.row
+    assert sum(v.valid for v in expected) == 2  # the unchanged request and the class request
