@@ -117,13 +117,19 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
                             "letter or digit (it is not repeated here: it may be personal data)")
     project = load_project(root, check_registries=False)  # writes the inbox only
     params = project.params
-    known_ids, classes = _dataset_ids(project)
+    request = {k: v for k, v in request.items() if v is not None}  # what is checked is what is written
     known = {"request_id", "sample_ids", "forget_class", "received_at", "reason", "subject_ref"}
-    raw = RawRequest("cli", 0, {k: v for k, v in request.items() if v is not None},
-                     tuple(sorted(k for k in request if k not in known)))
-    verdict = precheck_request(raw, known_ids=known_ids, classes=classes, reasons=params.requests.reasons,
-                               max_ids=params.requests.max_ids_per_request,
-                               max_clock_skew_seconds=params.requests.max_clock_skew_seconds)
+    raw = RawRequest("cli", 0, request, tuple(sorted((k for k in request if k not in known), key=str)))
+    settings = dict(reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
+                    max_clock_skew_seconds=params.requests.max_clock_skew_seconds)
+    known_ids, classes = _dataset_ids(project)
+    verdict = precheck_request(raw, known_ids=known_ids, classes=classes, **settings)
+    if "unknown_sample_id" in verdict.reasons:  # the source may have grown since the store was built
+        from unlearn.data import load_source
+
+        source = load_source(params.data)
+        verdict = precheck_request(raw, known_ids=set(source.ids.tolist()), classes=tuple(source.classes),
+                                   **settings)
     if not verdict.valid:  # the detail never quotes a sample id or the subject reference
         raise PipelineError(f"request {request_id} is invalid and was not queued: {verdict.detail}")
     project.incoming_dir.mkdir(parents=True, exist_ok=True)

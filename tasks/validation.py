@@ -137,7 +137,7 @@ def _class_name(value: Any) -> str | None:
 
 def _field_names(names: tuple[str, ...]) -> str:
     """Unknown field names for a detail: plain identifiers only (a key may be anything)."""
-    shown = [n for n in names if re.fullmatch(r"[A-Za-z0-9_]{1,40}", n)][:10]
+    shown = [n for n in names if isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_]{1,40}", n)][:10]
     rest = len(names) - len(shown)
     return ", ".join(shown + ([f"{rest} other field(s)"] if rest else []))
 
@@ -301,7 +301,9 @@ def validate_requests(
             "received_status": _received_status(v.get("received_at"), horizon),
             "reason": _string_or_none(v.get("reason")),
             "subject_ref": _string_or_none(v.get("subject_ref")),
-            "unknown_fields": _frame_safe(",".join(request.extra_fields)),
+            # Never "" when there is an unknown field, even one named "" (",".join(("",)) is "").
+            "unknown_fields": _frame_safe("," + ",".join(map(str, request.extra_fields))) if request.extra_fields
+            else "",
         })
     frame = pd.DataFrame(rows)  # default RangeIndex: index == position in `requests`
     frame["n_ids"] = frame["n_ids"].astype("Int64")

@@ -44,10 +44,15 @@ def run_prepare(project: Project) -> dict[str, Any]:
     fraction = params.verify.references.pool_fraction
     if models_registered(project):
         guard = old_store or _interrupted_swap(project)
+        if guard is None and _store_recorded(project):  # DVC recorded a store, and it is gone
+            # Rebuilt from the source with today's settings, the store's split would be whatever they say, not
+            # what the registered models trained on: the store must come back from DVC, which recorded it.
+            raise PipelineError("the sample store is missing while registered models exist: restore it with "
+                                "`dvc checkout data/store` (or `dvc pull`) before preparing; it is not rebuilt "
+                                "from the source, whose split under today's settings may not be the one those "
+                                "models trained on. Nothing was changed.")
         if guard is not None:
             check_split_unchanged(guard, split_labels(source, fraction, params.seed), source.ids)
-        else:  # no store on disk (deleted, or never checked out): the settings the last prepare recorded
-            check_split_settings_unchanged(project)
     train_mask = source.splits == "train"
     if fraction > 0:  # pool samples were never trained on by a production model: nothing to unlearn
         train_mask = train_mask.copy()
@@ -136,7 +141,7 @@ def check_split_unchanged(old_store: SampleStore, splits_now: np.ndarray, ids_no
 
 
 def models_registered(project: Project) -> bool:
-    """Whether any model version was ever registered for this project (then its split is fixed).
+    """Whether any version of this project's model was ever registered (then its split is fixed).
 
     The registry is the record of what trained, not a local state file (``data/state/train.json``
     is a DVC output that DVC itself deletes before re-running the train stage). When the registry
@@ -148,6 +153,8 @@ def models_registered(project: Project) -> bool:
         if not tracking.has_registry(project):
             return False
         client = tracking.reader(project)
+        # This project's model only: a shared (team) server holds other projects' models, which never trained
+        # on this store. (Renaming registry.model_name therefore disarms the check: README, left alone.)
         return bool(client.search_model_versions(f"name='{tracking.model_name(project)}'", max_results=1))
     except Exception as exc:  # noqa: BLE001 - unknown means "assume models exist"
         log.info("prepare: the registry could not be read (%s); checking the split anyway", type(exc).__name__)
@@ -164,48 +171,11 @@ def _interrupted_swap(project: Project) -> SampleStore | None:
     return None
 
 
-# The settings that decide a sample's split, as attributes of the parsed params.
-_SPLIT_ATTRIBUTES = ("data.source", "data.source_path", "data.split_seed", "data.test_fraction", "data.train_subset",
-                     "data.test_subset", "verify.references.pool_fraction", "seed")
-
-
-def check_split_settings_unchanged(project: Project) -> None:
-    """With no store on disk, compare the split settings with those ``dvc.lock`` recorded for the last prepare.
-
-    dvc.lock keeps the params.yaml sections the prepare stage depends on (``data``, ``seed``,
-    ``verify.references``) as they were; they are parsed like params.yaml itself, so a key left
-    out there means its default, as it did then.
-
-    Raises:
-        PipelineError: Naming each setting that differs, and the way out (restore the store from DVC).
-    """
-    import yaml
-
-    from unlearn.config import parse_params
-
+def _store_recorded(project: Project) -> bool:
+    """Whether dvc.lock records a store (one existed; a brand-new project has none yet)."""
     try:
-        recorded = (yaml.safe_load((project.root / "dvc.lock").read_text()) or {})["stages"]["prepare"]["params"][
-            "params.yaml"]
-        raw = yaml.safe_load((project.root / "params.yaml").read_text()) or {}
-        for key, value in recorded.items():  # "data", "seed", "verify.references"
-            *parents, leaf = key.split(".")
-            node = raw
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        before = parse_params(raw)
-    except Exception:  # noqa: BLE001 - no prepare recorded (or an unreadable record): nothing to compare with
-        return
-    changed = []
-    for attribute in _SPLIT_ATTRIBUTES:
-        old, new = before, project.params
-        for part in attribute.split("."):
-            old, new = getattr(old, part), getattr(new, part)
-        if old != new:
-            changed.append(f"{attribute} {old!r} -> {new!r}")
-    if changed:
-        raise PipelineError(
-            "the data split changed under trained models and the sample store is not on disk to check it against: "
-            f"{'; '.join(changed)} (dvc.lock's record of the last prepare). Set these back, restore the store "
-            "(`dvc checkout data/store` or `dvc pull`), or start a new project for the new split. Nothing was changed."
-        )
+        dvc_ops.data_version(project)
+    except PipelineError:
+        return False
+    return True
+

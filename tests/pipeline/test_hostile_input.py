@@ -352,3 +352,14 @@ def test_the_run_summary_names_rejected_requests_and_their_reason_codes(tmp_path
               "ingest": {"rows": 3, "accepted": 1, "rejected": 2, "batch_id": "b", "rejected_requests": rejected}}
     text = format_summary(result)
     assert "rejected: REQ-7: reason_not_allowed; (unreadable id): request_id_malformed" in text
+
+
+def test_submit_writes_the_request_it_checked(make_project):
+    """A None field was dropped for the check but written to the file, which ingestion then rejected (review)."""
+    from flows.cli import submit_request
+
+    root = make_project()
+    path = submit_request(root, {"request_id": "R-1", "sample_ids": ["digits-0001"], "forget_class": None,
+                                 "received_at": "2026-11-24T10:00:00Z", "reason": "other", "subject_ref": "s"})
+    assert "forget_class" not in json.loads(path.read_text())
+

@@ -242,7 +242,7 @@ def test_submits_precheck_agrees_with_ingestions_great_expectations_code_for_cod
         {"received_at": "1999-12-31"}, {"received_at": None}, {"reason": "typo"}, {"reason": 3},
         {"subject_ref": ""}, {"subject_ref": "x" * 513}, {"subject_ref": None}, {"forget_class": "3"},
         {"forget_class": "3", "sample_ids": None}, {"forget_class": "42", "sample_ids": None},
-        {"forget_class": True, "sample_ids": None}, {"surprise": 1}, {"sample_ids": ["\ud800x"]},
+        {"forget_class": True, "sample_ids": None}, {"surprise": 1}, {"": 1}, {"sample_ids": ["\ud800x"]},
     ]
     requests = []
     for i, change in enumerate(variants):
