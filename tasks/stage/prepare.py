@@ -152,6 +152,22 @@ def models_registered(project: Project) -> bool:
     try:
         if not tracking.has_registry(project):
             return False
+        uri = project.tracking_uri
+        if uri.startswith("sqlite:///"):
+            # The default SQLite store, read directly: MLflow's import and engine set-up cost ~2 s per prepare
+            # process, the query a millisecond. Any surprise (schema, lock) falls through to the client.
+            import sqlite3
+
+            try:
+                db = sqlite3.connect(f"file:{uri.removeprefix('sqlite:///')}?mode=ro", uri=True, timeout=10)
+                try:
+                    row = db.execute("SELECT 1 FROM model_versions WHERE name = ? LIMIT 1",
+                                     (tracking.model_name(project),)).fetchone()
+                finally:
+                    db.close()
+                return row is not None
+            except sqlite3.Error:
+                pass
         client = tracking.reader(project)
         # This project's model only: a shared (team) server holds other projects' models, which never trained
         # on this store. (Renaming registry.model_name therefore disarms the check: README, left alone.)

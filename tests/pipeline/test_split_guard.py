@@ -61,10 +61,20 @@ def test_the_guard_reads_the_registry_not_a_state_file_and_survives_a_missing_st
     (its split under today's settings may not be what the models trained on; comparing with dvc.lock was both
     bypassable and wrong after `unlearn stage prepare`, which does not write it: third review): DVC restores it."""
     import shutil
+    import sqlite3
+
+    from tasks.stage import prepare
 
     root = make_project(FAST)
     project = load_project(root)
     run_stages(project, "ingest", "prepare", "train")
+    assert prepare.models_registered(project)  # read from the SQLite file directly...
+    real_connect = sqlite3.connect
+    sqlite3.connect = lambda *a, **k: (_ for _ in ()).throw(sqlite3.OperationalError("locked"))
+    try:
+        assert prepare.models_registered(project)  # ...or, when that fails, through MLflow's client
+    finally:
+        sqlite3.connect = real_connect
     (project.state_dir / "train.json").unlink()
     before = _set(root, ("verify", "references"), "pool_fraction", 0.4)
     with pytest.raises(PipelineError, match="train -> pool"):
