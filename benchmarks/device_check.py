@@ -57,7 +57,7 @@ if str(REPO / "benchmarks") not in sys.path:  # benchmarks/methods.py imports it
     sys.path.insert(0, str(REPO / "benchmarks"))
 
 import methods as table_bench  # noqa: E402  (benchmarks/methods.py: the methods table's protocol)
-from protocol import wait_for  # noqa: E402
+from protocol import pad_to_rgb32, wait_for  # noqa: E402
 
 from benchmarks.legacy_trainer import legacy_train_model  # noqa: E402
 from unlearn.batched import train_models_batched, vmapped_forward_dtype  # noqa: E402
@@ -166,7 +166,7 @@ def load_fashion(sizes: Sizes, data_path: str | None, seed: int = 0):
     if sizes.downsample > 1:
         images = F.avg_pool2d(images, sizes.downsample)
     if sizes.pad_rgb:
-        images = F.pad(images, (2, 2, 2, 2)).repeat(1, 3, 1, 1)  # (N, 3, 32, 32)
+        images = pad_to_rgb32(images)  # (N, 3, 32, 32)
     labels = torch.as_tensor(source.labels)
     train = torch.as_tensor(source.splits == "train")
     return images[train], labels[train], images[~train], labels[~train]

@@ -73,6 +73,11 @@ def wait_for(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def pad_to_rgb32(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 28, 28) -> (N, 3, 32, 32): zero-padded and repeated to 3 channels (issue #13's ResNet-18 setting)."""
+    return F.pad(images, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
+
+
 def load_data(name: str, data_path: str | None = None, *, train_size: int | None = None,
               test_size: int | None = None, pool: int = 1, seed: int = 0, pad_rgb: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,7 +113,7 @@ def load_data(name: str, data_path: str | None = None, *, train_size: int | None
     if pool > 1:
         x_train, x_test = F.avg_pool2d(x_train, pool), F.avg_pool2d(x_test, pool)
     if pad_rgb:
-        x_train, x_test = (F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1) for x in (x_train, x_test))
+        x_train, x_test = pad_to_rgb32(x_train), pad_to_rgb32(x_test)
     return x_train.contiguous(), y_train, x_test.contiguous(), y_test
 
 

@@ -61,7 +61,7 @@ for _path in (REPO, REPO / "benchmarks"):  # run as a script without an install 
 
 from protocol import METRICS, load_data, prepare, run_one, subset  # noqa: E402
 
-from unlearn.config import load_params  # noqa: E402
+from unlearn.config import Params, load_params  # noqa: E402
 from unlearn.methods import METHODS  # noqa: E402
 from unlearn.training import SGDRecipe, predict_logits  # noqa: E402
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         meta["wall_seconds"] = time.perf_counter() - started
         if args.write_params:
             try:
-                written = write_selected_params(source_text, Path(args.write_params), key,
+                written = write_selected_params(source_text, params, Path(args.write_params), key,
                                                 {n: c["kwargs"] for n, c in chosen.items()})
                 meta["params_written"] = {"path": str(Path(args.write_params).resolve()), "sha256": written}
             except Exception as exc:  # noqa: BLE001 - the sweep's log is worth more than the copy
@@ -311,8 +311,10 @@ def recorded_command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def write_selected_params(source_text: str, target: Path, key: str, selected: dict[str, dict]) -> str:
-    """Write ``source_text`` (a params.yaml) to ``target`` with ``selected`` merged into profile ``key``.
+def write_selected_params(source_text: str, before: Params, target: Path, key: str,
+                          selected: dict[str, dict]) -> str:
+    """Write ``source_text`` (a params.yaml, parsed as ``before``) to ``target`` with ``selected`` merged into
+    profile ``key``.
 
     Nothing else may change: a method whose resolved kwargs would move because it inherits from a
     selected one (amun_salun extends amun) is pinned to the values it had. The copy is checked with
@@ -328,7 +330,6 @@ def write_selected_params(source_text: str, target: Path, key: str, selected: di
     import hashlib
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    before = load_params_text(source_text, target)
     raw = yaml.safe_load(source_text)
     profiles = raw.setdefault("unlearn", {}).setdefault("profiles", {})
     profile = dict(profiles.get(key) or {})

@@ -122,14 +122,10 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     raw = RawRequest("cli", 0, request, tuple(sorted((k for k in request if k not in known), key=str)))
     settings = dict(reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
                     max_clock_skew_seconds=params.requests.max_clock_skew_seconds)
-    known_ids, classes = _dataset_ids(project)
-    verdict = precheck_request(raw, known_ids=known_ids, classes=classes, **settings)
-    if "unknown_sample_id" in verdict.reasons:  # the source may have grown since the store was built
-        from unlearn.data import load_source
-
-        source = load_source(params.data)
-        verdict = precheck_request(raw, known_ids=set(source.ids.tolist()), classes=tuple(source.classes),
-                                   **settings)
+    dataset = _store_ids(project)
+    verdict = precheck_request(raw, **(dataset or _source_ids(project)), **settings)
+    if dataset and "unknown_sample_id" in verdict.reasons:  # the source may have grown since the store was built
+        verdict = precheck_request(raw, **_source_ids(project), **settings)
     if not verdict.valid:  # the detail never quotes a sample id or the subject reference
         raise PipelineError(f"request {request_id} is invalid and was not queued: {verdict.detail}")
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -140,24 +136,29 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     return target
 
 
-def _dataset_ids(project: Any) -> tuple[set[str], tuple[str, ...]]:
-    """Every sample id of the dataset and its class names, as ingestion validates against them.
+def _store_ids(project: Any) -> dict[str, Any] | None:
+    """The dataset's sample ids and class names as the store knows them (None before the first store).
 
-    From the store's index plus the ledger's deleted ids (the store holds the source minus the
-    deleted samples), which reads two small files; the source itself only before the first store.
+    The store holds the source minus the deleted samples, so its index plus the ledger's deleted ids
+    are every id ingestion validates against, read from two small files instead of the source.
     """
     from unlearn.data.store import SampleStore, StoreError
     from unlearn.requests import Ledger
 
     try:
         store = SampleStore(project.store_dir)
-        deleted = Ledger(project.ledger_path).deleted_ids() if project.ledger_path.exists() else set()
-        return set(store.ids.tolist()) | set(deleted), tuple(store.classes)
     except StoreError:
-        from unlearn.data import load_source
+        return None
+    deleted = Ledger(project.ledger_path).deleted_ids() if project.ledger_path.exists() else set()
+    return {"known_ids": set(store.ids.tolist()) | set(deleted), "classes": tuple(store.classes)}
 
-        source = load_source(project.params.data)
-        return set(source.ids.tolist()), tuple(source.classes)
+
+def _source_ids(project: Any) -> dict[str, Any]:
+    """The dataset's sample ids and class names from the source itself, as ingestion reads them."""
+    from unlearn.data import load_source
+
+    source = load_source(project.params.data)
+    return {"known_ids": set(source.ids.tolist()), "classes": tuple(source.classes)}
 
 
 def _cmd_request_submit(args: argparse.Namespace) -> int:

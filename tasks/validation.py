@@ -224,8 +224,10 @@ def precheck_request(
         codes.add("received_at_not_iso8601")
     else:
         status = _received_status(v.get("received_at"), horizon)
-        codes |= {{"future": "received_at_in_future", "invalid": "received_at_not_a_time",
-                   "too_old": "received_at_too_old"}[status]} if status in ("future", "invalid", "too_old") else set()
+        code = {"future": "received_at_in_future", "invalid": "received_at_not_a_time",
+                "too_old": "received_at_too_old"}.get(status)
+        if code:
+            codes.add(code)
     reason = _string_or_none(v.get("reason"))
     if reason is None:
         codes.add("reason_missing_or_not_string")

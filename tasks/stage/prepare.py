@@ -16,7 +16,7 @@ from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays, split_labels
 from unlearn.files import atomic_path
 from unlearn.models import check_model
-from unlearn.references import ReferenceBank, reference_pool_mask
+from unlearn.references import ReferenceBank
 from unlearn.requests import Ledger
 
 log = logging.getLogger("unlearn.pipeline")
@@ -42,9 +42,14 @@ def run_prepare(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     old_store = SampleStore(project.store_dir) if (project.store_dir / "index.csv").exists() else None
     fraction = params.verify.references.pool_fraction
+    splits = split_labels(source, fraction, params.seed)  # what the new store will say, sample by sample
+    try:
+        before = dvc_ops.data_version(project)  # dvc.lock still names the store this batch is removed from
+    except PipelineError:
+        before = None  # the first store: nothing came before it
     if models_registered(project):
-        guard = old_store or _interrupted_swap(project)
-        if guard is None and _store_recorded(project):  # DVC recorded a store, and it is gone
+        guard = old_store or SampleStore.interrupted_backup(project.store_dir)
+        if guard is None and before is not None:  # DVC recorded a store, and it is gone
             # Rebuilt from the source with today's settings, the store's split would be whatever they say, not
             # what the registered models trained on: the store must come back from DVC, which recorded it.
             raise PipelineError("the sample store is missing while registered models exist: restore it with "
@@ -52,15 +57,9 @@ def run_prepare(project: Project) -> dict[str, Any]:
                                 "from the source, whose split under today's settings may not be the one those "
                                 "models trained on. Nothing was changed.")
         if guard is not None:
-            check_split_unchanged(guard, split_labels(source, fraction, params.seed), source.ids)
-    train_mask = source.splits == "train"
-    if fraction > 0:  # pool samples were never trained on by a production model: nothing to unlearn
-        train_mask = train_mask.copy()
-        train_mask[train_mask] = ~reference_pool_mask(source.ids[train_mask], fraction, params.seed)
-    try:
-        before = dvc_ops.data_version(project)  # dvc.lock still names the store this batch is removed from
-    except PipelineError:
-        before = None  # the first store: nothing came before it
+            check_split_unchanged(guard, splits, source.ids)
+    # Pool samples were never trained on by a production model: nothing to unlearn.
+    train_mask = splits == "train"
     for batch_id in ledger.pending():
         ledger.set_data_version_before(batch_id, before)
         path = quarantine_path(project, batch_id)
@@ -175,23 +174,3 @@ def models_registered(project: Project) -> bool:
     except Exception as exc:  # noqa: BLE001 - unknown means "assume models exist"
         log.info("prepare: the registry could not be read (%s); checking the split anyway", type(exc).__name__)
         return True
-
-
-def _interrupted_swap(project: Project) -> SampleStore | None:
-    """The previous store a crash left as ``.store.old-<pid>`` between the two renames of a store swap."""
-    for backup in sorted(project.store_dir.parent.glob(f".{project.store_dir.name}.old-*"), reverse=True):
-        try:
-            return SampleStore(backup)
-        except Exception:  # noqa: BLE001 - a half-removed backup is no record
-            continue
-    return None
-
-
-def _store_recorded(project: Project) -> bool:
-    """Whether dvc.lock records a store (one existed; a brand-new project has none yet)."""
-    try:
-        dvc_ops.data_version(project)
-    except PipelineError:
-        return False
-    return True
-

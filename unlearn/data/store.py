@@ -171,6 +171,20 @@ class SampleStore:
         return data
 
     @staticmethod
+    def interrupted_backup(root: str | Path) -> SampleStore | None:
+        """The previous store a crash left between the two renames of :meth:`materialize`'s swap, if any.
+
+        Then ``root`` is gone and the old store sits in its backup; the next ``materialize`` replaces it.
+        """
+        root = Path(root)
+        for backup in sorted(root.parent.glob(f".{root.name}.old-*"), reverse=True):
+            try:
+                return SampleStore(backup)
+            except StoreError:  # a half-removed backup is no record
+                continue
+        return None
+
+    @staticmethod
     def materialize(
         root: str | Path, source: SourceData, shard_size: int, exclude: set[str] | frozenset[str], *,
         pool_fraction: float = 0.0, pool_seed: int = 0,
