@@ -29,7 +29,7 @@ from tasks.stage.context import quarantine_path
 from tasks.stage.state import write_state
 from unlearn.attacks.signals import SignalCache
 from unlearn.data import SampleStore, load_source
-from unlearn.data.store import Arrays
+from unlearn.data.store import Arrays, split_labels
 from unlearn.files import utc_now, utc_timestamp, write_json_atomic
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
@@ -265,8 +265,9 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         ledger: The deletion ledger.
         request: The request as stored in its batch file.
         batch_id: Its batch.
-        train_ids: Every training-split id of the source: a request naming none of them only
-            needed its data deleted (no model ever saw those samples).
+        train_ids: The training samples the batch removed, as prepare recorded them in the ledger
+            (:func:`trained_ids`): a request naming none of them only needed its data deleted (no
+            production model ever saw those samples).
 
     Returns:
         The certificate document (see :mod:`tasks.certificate`).
@@ -336,6 +337,22 @@ def _evidence_plots(project: Project, certificate: dict[str, Any], run_id: str |
             "Loss histograms: forget, retain, test": folder / "loss_histograms.png"}
 
 
+def trained_ids(project: Project, ledger: Ledger, batch_id: str) -> set[str]:
+    """The samples of a batch that production models trained on: what decides "complete" vs "data_only".
+
+    Prepare records them when it removes the batch from the store, under the split guard that keeps the
+    store's splits the ones the registered models saw. Ledgers written before that record existed fall back
+    to the split today's settings give, reference pool excluded (pool samples never reach a production model).
+    """
+    recorded = ledger.train_sample_ids(batch_id)
+    if recorded is not None:
+        return recorded
+    params = project.params
+    source = load_source(params.data)
+    splits = split_labels(source, params.verify.references.pool_fraction, params.seed)
+    return set(source.ids[splits == "train"].tolist()) & set(ledger.batch(batch_id)["sample_ids"])
+
+
 def run_certify(project: Project) -> dict[str, Any]:
     """Write a certificate for every request of every closed batch that has none yet.
 
@@ -358,8 +375,6 @@ def run_certify(project: Project) -> dict[str, Any]:
     batches = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if due(b)]
     if batches:  # the registry and the data source are opened only when there is something to certify
         client = tracking.setup(project)
-        source = load_source(project.params.data)
-        train_ids = set(source.ids[source.splits == "train"].tolist())
     for batch_id in batches:
         steps = ledger.steps(batch_id)
         # The anchor: the audit log's head when the certificate is issued (verified once, then followed).
@@ -369,7 +384,8 @@ def run_certify(project: Project) -> dict[str, Any]:
                                 "no certificate is anchored to it until it is repaired")
         anchor = head
         for request in _batch_file(project, batch_id)["requests"]:
-            certificate = build_certificate(project, client, ledger, request, batch_id, train_ids)
+            certificate = build_certificate(project, client, ledger, request, batch_id,
+                                            trained_ids(project, ledger, batch_id))
             certificate["timeline"].append({"step": "certified", "at": utc_now(precise=True)})
             certificate["audit"] = anchor
             plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))

@@ -64,6 +64,9 @@ def run_prepare(project: Project) -> dict[str, Any]:
         ledger.set_data_version_before(batch_id, before)
         path = quarantine_path(project, batch_id)
         if path.exists():
+            if ledger.train_sample_ids(batch_id) is None:  # a crash came between the file and the ledger's save
+                with np.load(path, allow_pickle=False) as saved:
+                    ledger.set_train_samples(batch_id, saved["ids"].tolist())
             continue
         wanted = np.isin(source.ids, ledger.batch(batch_id)["sample_ids"]) & train_mask
         ids = source.ids[wanted]
@@ -74,7 +77,7 @@ def run_prepare(project: Project) -> dict[str, Any]:
         with atomic_path(path) as tmp, tmp.open("wb") as handle:  # a file object: savez adds no suffix
             np.savez(handle, ids=arrays.ids, images=arrays.images, labels=arrays.labels)
         # Batches that removed no training sample never make a model retire (no model saw them).
-        ledger.set_train_samples(batch_id, len(ids))
+        ledger.set_train_samples(batch_id, ids.tolist())
     deleted = ledger.deleted_ids()
     store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted,
                                     pool_fraction=fraction, pool_seed=params.seed)

@@ -56,6 +56,8 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     test_only = sorted(store.split_ids("test")[:3].tolist())
     _submit(root, "R-1", forget)
     _submit(root, "R-T", test_only, subject="bob@example.com")
+    pool_only = sorted(store.split_ids("pool")[:2].tolist())  # the reference pool: no production model saw it
+    _submit(root, "R-P", pool_only, subject="dan@example.com")
     second = pipeline_flow(root=str(root))
 
     # escalation: amun's evidence is inconclusive, the policy escalates to the exact retrain; each attempt is a run
@@ -78,7 +80,7 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
 
     # purge: the deleted samples' bytes are nowhere in the project (data, DVC cache and remote, MLflow)
     source = load_source(project.params.data)
-    deleted = np.isin(source.ids, forget + test_only)
+    deleted = np.isin(source.ids, forget + test_only + pool_only)
     live = {img.tobytes() for img in SampleStore(project.store_dir).load().images}
     needles = [img.tobytes() for img in source.images[deleted] if img.tobytes() not in live]
     assert len(needles) >= 10
@@ -107,13 +109,17 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     test_cert = json.loads(next(p for p in project.certificates_dir.glob("*.json")
                                 if json.loads(p.read_text())["request_id"] == "R-T").read_text())
     assert test_cert["status"] == "data_only"
+    assert main(["--root", str(root), "request", "certificate", "R-P"]) == 0  # pool only: data only (was "complete")
+    pool_cert = json.loads(next(p for p in project.certificates_dir.glob("*.json")
+                                if json.loads(p.read_text())["request_id"] == "R-P").read_text())
+    assert pool_cert["status"] == "data_only"
     assert main(["--root", str(root), "request", "status", "NO-SUCH-REQUEST"]) == 2
 
     # no personal data in the trail: subjects only as salted hashes, no raw sample ids
     trail = [project.audit_path, root / "mlflow.db", *project.certificates_dir.glob("*")]
     blob = b"".join(p.read_bytes() for p in trail)
-    assert b"alice@example.com" not in blob and b"bob@example.com" not in blob
-    assert not any(i.encode() in blob for i in forget + test_only)
+    assert not any(s in blob for s in (b"alice@example.com", b"bob@example.com", b"dan@example.com"))
+    assert not any(i.encode() in blob for i in forget + test_only + pool_only)
 
     # every claim agrees with the disk; then the doctor names each planted disagreement
     from tasks.doctor import diagnose

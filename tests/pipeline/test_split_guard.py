@@ -95,3 +95,34 @@ def test_no_model_ever_registered_leaves_the_split_free(make_project):
     run_stages(load_project(root), "ingest", "prepare", "train")
     _set(root, ("data",), "test_fraction", 0.1)
     run_stages(load_project(root), "prepare")
+
+
+def test_prepare_records_which_samples_were_trained_on_and_certificates_read_that(make_project):
+    """A request naming only reference-pool samples was certified "complete" (the certificate read the source's
+    train split, pool included), though no production model ever saw them. Prepare now records the batch's
+    training samples in the ledger, also when a crash left its quarantine file but not the ledger's save."""
+    from flows.cli import submit_request
+    from tasks.lifecycle import trained_ids
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root = make_project(FAST)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare")
+    store = SampleStore(project.store_dir)
+    trained = sorted(store.split_ids("train")[:2].tolist())
+    pool = sorted(store.split_ids("pool")[:2].tolist())
+    submit_request(root, {"request_id": "R-MIX", "sample_ids": trained + pool, "received_at": "2026-11-24T10:00:00Z",
+                          "reason": "gdpr_erasure", "subject_ref": "carol@example.com"})
+    run_stages(project, "ingest", "prepare")
+    ledger = Ledger(project.ledger_path)
+    (batch_id,) = ledger.pending()
+    assert ledger.train_sample_ids(batch_id) == set(trained) and ledger.batch(batch_id)["train_samples"] == 2
+    assert trained_ids(project, ledger, batch_id) == set(trained)
+
+    for key in ("train_samples", "train_sample_ids"):  # the crash: quarantined, the ledger not yet saved
+        del ledger.batches[batch_id][key]
+    ledger.save()
+    assert trained_ids(project, Ledger(project.ledger_path), batch_id) == set(trained)  # old ledgers: pool excluded
+    run_stages(project, "prepare")
+    assert Ledger(project.ledger_path).train_sample_ids(batch_id) == set(trained)  # read back from the quarantine

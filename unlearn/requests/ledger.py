@@ -97,9 +97,17 @@ class Ledger:
         for batch_id in batch_ids:
             self.batch(batch_id).setdefault("steps", {}).setdefault(step, at)
 
-    def set_train_samples(self, batch_id: str, count: int) -> None:
-        """How many training samples the batch removes (0: no model ever saw them, none retires)."""
-        self.batch(batch_id)["train_samples"] = count
+    def set_train_samples(self, batch_id: str, sample_ids: Iterable[str]) -> None:
+        """The training samples the batch removes, as prepare found them (none: no model ever saw them, none
+        retires). Certificates decide from these which request's samples a production model held, so the
+        answer is the one prepare checked against the store, not a later recomputation from settings."""
+        ids = sorted(str(i) for i in sample_ids)
+        self.batch(batch_id).update({"train_samples": len(ids), "train_sample_ids": ids})
+
+    def train_sample_ids(self, batch_id: str) -> set[str] | None:
+        """The training samples prepare found the batch removes (None: not recorded, a ledger from before)."""
+        ids = self.batch(batch_id).get("train_sample_ids")
+        return None if ids is None else set(ids)
 
     def set_data_version_before(self, batch_id: str, version: str | None) -> None:
         """The data version the batch's samples were removed from; the first record stays (a re-run after a
