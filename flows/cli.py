@@ -273,9 +273,13 @@ def _detectable_outcome(result: dict[str, Any]) -> str:
     verdicts = verdicts or [pair[1] for pair in (result.get("promote") or {}).get("attempts") or []
                             if isinstance(pair, list | tuple) and len(pair) == 2]
     if "fail" in verdicts:
+        promoted = (result.get("promote") or {})
+        after = (f"the deletion is then honoured by the exact retrain, promoted as version {promoted.get('version')} "
+                 "with evidence exact" if promoted.get("evidence") == "exact" and promoted.get("status") == "promoted"
+                 else f"promote: {promoted.get('status')}")
         return ("Here the attacks detect the original model's memory of the 120 samples, so the gate has power "
-                "and fails the untouched model conclusively: it is registered with verdict fail and the champion "
-                "does not move (exit code 3 for that run).")
+                "and fails the untouched model conclusively: it is never promoted (an MLflow run with verdict fail); "
+                f"{after}.")
     last = verdicts[-1] if verdicts else "not produced"
     return (f"On this run the verdict was {last}: even a memorising model's excess did not clear the interval on "
             "every gated metric with digits' small sets, and the gate says so instead of passing the untouched "
@@ -367,6 +371,21 @@ def format_gate(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rung_to_show(root: Path, result: dict[str, Any], report: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The attempt whose gate table a summary shows, and how to name it.
+
+    The last attempt's, unless it is the exact retrain: its table says only that it is exact, while the
+    rung before it says why the ladder got there (a conclusive fail, with its control).
+    """
+    attempts = (result.get("unlearn") or {}).get("attempts") or []
+    if report.get("evidence") == "exact" and len(attempts) > 1:
+        before = attempts[-2] if isinstance(attempts[-2], dict) else {}
+        path = root / "data" / "reports" / "attempts" / str(before.get("report") or "")
+        if before.get("report") and path.is_file():
+            return json.loads(path.read_text()), f"the rung before the exact retrain, {before.get('method')}"
+    return report, "the last attempt"
+
+
 def format_summary(result: dict[str, Any]) -> str:
     """What the demo and `unlearn run` print: the gate's table, the verdict and what the pipeline did."""
     report_path = Path(result["root"]) / "data" / "reports" / "verification.json"
@@ -392,11 +411,12 @@ def format_summary(result: dict[str, Any]) -> str:
     if promote.get("status") not in ("promoted", "rejected", "held") or report.get("status") != "verified":
         lines.append(f"nothing to unlearn (unlearn: {result.get('unlearn', {}).get('status')})")
         return "\n".join(lines)
-    lines += format_gate(report)
+    shown, which = _rung_to_show(Path(result["root"]), result, report)
+    lines += format_gate(shown)
     attempts = promote.get("attempts") or []
     if len(attempts) > 1:
         lines.append("escalation: " + " -> ".join(f"{method} ({verdict})" for method, verdict in attempts)
-                     + "  (the table shows the last attempt)")
+                     + f"  (the table shows {which})")
     if promote.get("status") == "held":
         lines.append(f"held: the batch stays pending (champion unchanged) and is verified again with later batches; "
                      f"at the latest {promote.get('hold_until')} (or after gate.max_hold_batches batches) it is "

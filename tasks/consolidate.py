@@ -111,6 +111,12 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
         return write_state(project, "consolidate", {"status": "skipped", "reason": "no champion", **state})
     data_version = dvc_ops.data_version(project)
     if is_exact(champion.tags) and champion.tags.get("data_version") == data_version:
+        if champion.tags.get("method") == "consolidate" and not audit.has_record(
+                project, "model.consolidated", model_version=str(champion.version)):
+            # A crash came after the alias moved and before the record: the champion moved with no audit record,
+            # and the flow's purge after a consolidation never ran. Record it now, and report it consolidated.
+            return _consolidated(project, str(champion.version), champion.tags.get("parent_version"),
+                                 data_version, state, force, recovered=True)
         return write_state(project, "consolidate", {"status": "not_due", "reason": "the champion is already "
                                                     "exact on the current data", **state})
     if not force and not due(project, client, ledger):
@@ -120,14 +126,20 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
     if version is None:
         version = _train_and_register(project, client, store, ledger, champion, data_version, state, mlflow)
     previous = tracking.move_champion(project, client, version)
+    return _consolidated(project, version, previous, data_version, state, force)
+
+
+def _consolidated(project: Project, version: str, previous: str | None, data_version: str, state: dict[str, Any],
+                  force: bool, *, recovered: bool = False) -> dict[str, Any]:
+    """Record a consolidation the alias already shows (the audit record, then the state file)."""
     audit.record(project, "model.consolidated", model_version=version, previous_version=previous,
                  data_version=data_version, deleted_since_exact=state["deleted_since_exact"],
-                 batches_since_exact=state["batches_since_exact"], forced=force)
-    log.info("consolidate: version %s (exact retrain on %s) is champion; previous %s", version, data_version,
-             previous)
+                 batches_since_exact=state["batches_since_exact"], forced=force, recovered=recovered)
+    log.info("consolidate: version %s (exact retrain on %s) is champion; previous %s%s", version, data_version,
+             previous, " (recorded after an interrupted run)" if recovered else "")
     return write_state(project, "consolidate", {"status": "consolidated", "version": version,
                                                 "previous_champion": previous, "data_version": data_version,
-                                                "forced": force, **state})
+                                                "forced": force, "recovered": recovered, **state})
 
 
 def _registered(project: Project, client: Any, data_version: str) -> str | None:

@@ -9,7 +9,9 @@ Checks:
 
 * ``audit``: the chain verifies (with the HMAC key in keyed mode); the log is not missing or
   empty while the ledger holds batches; every certificate's quoted anchor is in the chain; every
-  accepted request has its ``request.accepted`` record.
+  accepted request has its ``request.accepted`` record; the champion alias's promotion or consolidation,
+  and every data-only or withdrawn batch, has its record (a crash between a change and its record).
+* ``references``: every reference model a batch's deletion retired is counted in its ledger entry.
 * ``certificates``: each certificate's digest matches its content; each request of a certified
   batch has one; each file is the document whose digest the audit log's ``certificate.issued``
   record names (a certificate the pipeline never issued, or a swapped one, is a finding).
@@ -225,8 +227,10 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
                 if not (project.certificates_dir / f"{certificate_stem(request_id)}.json").exists():
                     findings.append(Finding("certificates", batch_id, "a request of this certified batch has no "
                                                                       "certificate file"))
-    if tracking.has_registry(project):  # read-only: never create a registry just to look at it
-        findings += _registry_findings(project, tracking.reader(project))
+    client = tracking.reader(project) if tracking.has_registry(project) else None  # never create one to look
+    findings += _unrecorded_changes(project, ledger, client)
+    if client is not None:
+        findings += _registry_findings(project, client)
     elif any(note.get("outcome") not in (None, "data_only") for b in ledger.oldest_first()
              for note in ledger.batch(b)["history"]):
         findings.append(Finding("registry", str(project.tracking_uri).split("?")[0][-60:],
@@ -236,6 +240,47 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
     findings += _scan_findings(project, "weights", retired_weight_patterns(project), "retired model weights")
     if deep:
         findings += _scan_findings(project, "samples", purged_sample_patterns(project), "a purged sample's bytes")
+    return findings
+
+
+def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Finding]:
+    """Changes the ledger, the registry or the reference bank show that their records never caught up with.
+
+    Each change is made first and recorded next: a crash in between left the champion moved with no
+    ``model.promoted``/``model.consolidated`` record, a batch completed (data-only, withdrawn) with no record
+    naming it, or references retired that the batch's ledger entry (and so its certificate) does not count.
+    The next pipeline run writes the missing records; until then each is a finding.
+    """
+    from tasks import audit
+    from unlearn.references import ReferenceBank
+    from unlearn.requests import Ledger
+
+    findings = []
+    events = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}
+    named = {event: {b for r in audit.records(project, event) for b in (r.get("batch_ids") or [])}
+             for event in events.values()}
+    for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
+        outcome = str(ledger.last_note(batch_id).get("outcome"))
+        if outcome in events and batch_id not in named[events[outcome]]:
+            findings.append(Finding("audit", batch_id, f"completed as {outcome}, but the audit log has no "
+                                                       f"{events[outcome]} record naming it"))
+    champion = tracking.champion_version(project, client) if client is not None else None
+    event = {"unlearned": "model.promoted", "consolidated": "model.consolidated"}.get(
+        champion.tags.get("role", "") if champion is not None else "")
+    if event and not audit.has_record(project, event, model_version=str(champion.version)):
+        findings.append(Finding("audit", f"version {champion.version}", f"the champion alias points at it, but the "
+                                                                       f"audit log has no {event} record for it"))
+    try:
+        bank = ReferenceBank(project.references_dir)
+    except ValueError as exc:
+        return [*findings, Finding("references", "index.json", str(exc))]
+    for batch_id in ledger.oldest_first():
+        counted = set(ledger.batch(batch_id).get("references_retired", []))
+        missing = [r for r in bank.retired_by([batch_id]) if r not in counted]
+        if missing:
+            findings.append(Finding("references", batch_id, f"{len(missing)} reference model(s) this batch's deletion "
+                                                            "retired are missing from its ledger entry (its "
+                                                            "certificates undercount them)"))
     return findings
 
 

@@ -324,6 +324,11 @@ class ReferenceBank:
             self._save()
         return retired
 
+    def retired_by(self, batches: list[str]) -> list[str]:
+        """Ids of the references that a deletion in ``batches`` retired (tombstones naming any of them)."""
+        wanted = set(batches)
+        return sorted(r.ref_id for r in self.records.values() if r.status != LIVE and wanted & set(r.retired_by or ()))
+
     def retire_stale(self, recipe_key: str) -> list[str]:
         """Retire live references trained with another recipe (they can never be used)."""
         stale = [r for r in self.records.values() if r.status == LIVE and r.recipe_key != recipe_key]

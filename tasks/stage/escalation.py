@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasks import audit, dvc_ops, tracking
-from tasks.ladder import active_ladder
+from tasks.ladder import EXACT, active_ladder
 from tasks.project import PipelineError, Project
 from tasks.stage.context import load_forget
 from tasks.stage.promote import finish_promotions
@@ -21,13 +21,14 @@ from tasks.stage.state import (
     MODEL_WITHDRAWN,
     NOTHING_PENDING,
     UNLEARNING,
+    Attempt,
     Escalation,
     read_escalation,
     write_escalation,
 )
 from unlearn.data import SampleStore
 from unlearn.files import utc_now, utc_timestamp, write_json_atomic
-from unlearn.gate import INCONCLUSIVE, PASS, PROMOTE, RETRAIN, next_action
+from unlearn.gate import INCONCLUSIVE, PASS, PROMOTE, PROMOTE_LOW_POWER, RETRAIN, next_action
 from unlearn.requests import Ledger
 
 
@@ -58,6 +59,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     # A promotion interrupted by a crash is finished first: new batches must be unlearned from
     # the model that already forgot the earlier ones, never from its predecessor.
     finish_promotions(project, client, ledger)
+    record_lost_completions(project, ledger)
     pending = ledger.pending()
     if not pending:
         return write_escalation(project, Escalation(NOTHING_PENDING))
@@ -91,16 +93,87 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     if attempts and attempts[-1].verdict == INCONCLUSIVE and attempts[-1].action == "hold":
         # A held escalation resumed by a later run (no new batch since): the hold may have run out.
         attempts[-1].action, hold_until, reason = verdict_action(project, INCONCLUSIVE, pending)
+    # Methods an exact-retrain audit demoted are skipped (tasks/ladder.py logs each one).
+    ladder = resumed_ladder(attempts, active_ladder(project, project.params.unlearn.ladder))
     state = Escalation(
         UNLEARNING, key=key, parent_version=str(champion.version), batches=pending,
         data_version_before=champion.tags.get("data_version", ""), data_version_after=data_version,
         parent_covers_through=champion.tags.get("covers_through", ""),
         n_forget=len(forget), forget_classes=ledger.forget_classes(pending),
-        # Methods an exact-retrain audit demoted are skipped (tasks/ladder.py logs each one).
-        ladder=active_ladder(project, project.params.unlearn.ladder), attempts=attempts, reason=reason,
+        ladder=ladder, attempts=attempts, reason=reason,
         hold_until=hold_until,
     )
+    record_lost_verdicts(project, state)
     return write_escalation(project, state.next_rung())
+
+
+def record_verdict(project: Project, batches: list[str], number: int, report: dict[str, Any], *,
+                   recovered: bool = False) -> None:
+    """The verdict's records, after the escalation state holds it: the ledger's ``verified`` step (a pass, or
+    an inconclusive attempt promoted as low-power) and the ``attempt.verified`` audit record.
+
+    A crash after the state was written skipped them for good (a resumed escalation keeps a verified attempt
+    and never verifies it again): :func:`begin_unlearning` calls this again, with
+    ``recovered``, for every kept attempt the audit log does not name (:func:`record_lost_verdicts`).
+    """
+    if report["verdict"] == PASS or report["action"] == PROMOTE_LOW_POWER:
+        ledger = Ledger(project.ledger_path)
+        ledger.mark_step(batches, "verified")
+        ledger.save()
+    audit.record(project, "attempt.verified", method=report["method"], attempt=number, verdict=report["verdict"],
+                 action=report["action"], evidence=report["evidence"], parent_detected=report["parent_detected"],
+                 run_id=report["run_id"], batch_ids=batches, failures=len(report["failures"]),
+                 **({"recovered": True} if recovered else {}))
+
+
+def record_lost_verdicts(project: Project, state: Escalation) -> None:
+    """Write the verdict records of kept attempts that a crash cut off (see :func:`record_verdict`)."""
+    named = {r.get("run_id") for r in audit.records(project, "attempt.verified")} if state.attempts else set()
+    for number, attempt in enumerate(state.attempts, start=1):
+        path = project.reports_dir / "attempts" / str(attempt.report)
+        if attempt.run_id not in named and attempt.report and path.is_file():
+            record_verdict(project, state.batches, number, json.loads(path.read_text()), recovered=True)
+
+
+def record_lost_completions(project: Project, ledger: Ledger) -> list[str]:
+    """Write the audit records a crash cut off after the ledger completed batches here (data-only, withdrawn).
+
+    The ledger is saved first and the record appended next: a crash in between left the batches completed with
+    no ``batch.completed`` / ``model.withdrawn`` record, and nothing else would ever write it. Only batches not
+    yet certified are looked at (a certified batch's run got past this point). Returns the batches recorded.
+    """
+    events = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}
+    lost: dict[tuple[str, str], list[str]] = {}
+    recorded: dict[str, set[str]] = {}  # event -> the batches its records name (the log is read once per event)
+    for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
+        note = ledger.last_note(batch_id)
+        event = events.get(str(note.get("outcome")))
+        if event is None or "certified" in ledger.steps(batch_id):
+            continue
+        if event not in recorded:
+            recorded[event] = {b for r in audit.records(project, event) for b in (r.get("batch_ids") or [])}
+        if batch_id not in recorded[event]:
+            lost.setdefault((event, str(note.get("at", ""))), []).append(batch_id)
+    for (event, _), batch_ids in lost.items():
+        note = ledger.last_note(batch_ids[0])
+        if event == "model.withdrawn":
+            audit.record(project, event, model_version=note.get("model_version"), batch_ids=batch_ids,
+                         reason=note.get("reason"), data_version=note.get("data_version"), recovered=True)
+        else:
+            audit.record(project, event, batch_ids=batch_ids, outcome="data_only",
+                         data_version=note.get("data_version"), recovered=True)
+    return [b for batch_ids in lost.values() for b in batch_ids]
+
+
+def resumed_ladder(attempts: list[Attempt], active: list[str]) -> list[str]:
+    """The ladder of a resumed escalation: the rungs already tried, in their places, then the active rest.
+
+    Rungs are read by position (:meth:`Escalation.next_rung`): a method demoted between two runs of one
+    escalation would otherwise shift the ladder under its attempts, and the next rung would be skipped. Nothing
+    comes after the exact retrain.
+    """
+    tried = [a.method for a in attempts]
+    return tried + ([] if EXACT in tried else [m for m in active if m not in tried])
 
 
 def _parse_utc(stamp: str) -> datetime:
@@ -162,7 +235,11 @@ def _withdraw(project: Project, client: Any, ledger: Ledger, pending: list[str],
     reason = (f"{train_left} training sample(s) remain, fewer than train.min_samples "
               f"({project.params.train.min_samples}): no successor can be trained")
     at = utc_now()
-    withdrawn = tracking.withdraw_champion(project, client, reason=reason, at=at)
+    champion = tracking.champion_version(project, client)
+    if champion is not None and ledger.withdrawing(pending) != str(champion.version):
+        ledger.set_withdrawing(pending, str(champion.version))  # saved before the alias goes
+        ledger.save()
+    withdrawn = tracking.withdraw_champion(project, client, reason=reason, at=at) or ledger.withdrawing(pending)
     for batch_id in pending:
         ledger.set_status(batch_id, Ledger.COMPLETED, {"at": at, "outcome": "model_withdrawn",
                                                        "model_version": withdrawn, "reason": reason,

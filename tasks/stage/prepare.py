@@ -86,9 +86,12 @@ def run_prepare(project: Project) -> dict[str, Any]:
     # Models trained on data that is now deleted are never used again: reference models that
     # trained on a deleted sample are retired (tombstoned; with a pool only a deleted POOL sample
     # retires one), and exact retrains of an older data version are removed.
-    retired = ReferenceBank(project.references_dir).retire_containing(deleted, batches=ledger.pending())
-    for ref_id in retired:
+    bank = ReferenceBank(project.references_dir)
+    for ref_id in bank.retire_containing(deleted, batches=ledger.pending()):
         log.info("prepare: retired reference %s (trained on deleted samples)", ref_id)
+    # Every reference these batches retired, also on an earlier run that a crash cut off before the ledger's save
+    # (the bank is saved first: the re-run retires nothing new, and the certificate would say none was retired).
+    retired = bank.retired_by(ledger.pending())
     ledger.add_retired_references(ledger.pending(), retired)
     live = retrained_path(project, store)
     for path in project.models_dir.glob("retrained-*.pt"):

@@ -18,7 +18,7 @@ from tasks.project import PipelineError, Project
 from unlearn.files import write_json_atomic
 
 # Escalation statuses: no batch pending; only batches whose samples no model saw (nothing to
-# unlearn); attempts still to run; ladder finished (one passed, or every rung failed); too few
+# unlearn); attempts still to run; ladder finished (one passed or held, or even the exact retrain failed); too few
 # training samples left for any successor, so the served model was withdrawn instead.
 NOTHING_PENDING, DATA_ONLY, UNLEARNING, DONE = "nothing_pending", "data_only", "unlearning", "done"
 MODEL_WITHDRAWN = "model_withdrawn"
@@ -166,13 +166,15 @@ class Escalation:
         A pass ends the ladder (chosen). An inconclusive attempt ends it too unless its action is
         ``retrain`` (the exact retrain is then appended as the next rung): with ``hold`` nothing
         is chosen and the batches stay pending; with ``promote_low_power`` that attempt is chosen.
-        A fail goes on to the next rung.
+        A fail goes on to the next rung; a fail of the last rung goes on to the exact retrain
+        (:meth:`exhausted`), so a batch no method can unlearn never stays pending for good and
+        blocks every later request with it.
         """
         passed = [i for i, a in enumerate(self.attempts) if a.verdict == "pass"]
         tried = len(self.attempts)
         last = self.attempts[-1] if self.attempts else None
         inconclusive = bool(last and not passed and last.verdict == "inconclusive")
-        if inconclusive and last.action == "retrain":  # escalate at once: the exact retrain is next
+        if (inconclusive and last.action == "retrain") or self.exhausted():  # the exact retrain is next
             self.ladder = [*self.ladder[:tried], "retrain"]
         self.held = inconclusive and last.action == "hold"
         self.low_power = inconclusive and last.action == "promote_low_power"
@@ -185,6 +187,18 @@ class Escalation:
         self.run_id = final.run_id if final else None
         self.method = final.method if final else None
         return self
+
+    def exhausted(self) -> bool:
+        """Every rung failed the gate conclusively and the exact retrain has not been tried.
+
+        Why it escalates: the deletion must be honoured, the exact retrain is the one model known never to have
+        seen the samples, and the batches cannot wait for a better method (the next run would reach the same
+        verdicts, and every later request is unlearned together with them). Like the hold's bound, this is the
+        exceptional path; the per-request path stays the ladder's methods.
+        """
+        tried = len(self.attempts)
+        return bool(tried and tried >= len(self.ladder) and all(a.verdict == "fail" for a in self.attempts)
+                    and self.attempts[-1].method != "retrain")
 
     def promoted_attempt(self) -> Attempt:
         """The attempt promote registers: the chosen one, else the last."""

@@ -8,7 +8,8 @@ import math
 import shutil
 from typing import Any
 
-from tasks import audit, reporting, tracking
+from tasks import reporting, tracking
+from tasks.ladder import EXACT
 from tasks.project import Project
 from tasks.stage.context import (
     finite_metrics,
@@ -17,14 +18,13 @@ from tasks.stage.context import (
     resolve_device,
     unlearning_data,
 )
-from tasks.stage.escalation import skipped_report, verdict_action
+from tasks.stage.escalation import record_verdict, skipped_report, verdict_action
 from tasks.stage.evaluation import Evaluation, evaluate_candidate, evaluation_sets
 from tasks.stage.retrain import retrained_model
 from tasks.stage.state import DONE, UNLEARNING, read_escalation, write_escalation
 from unlearn.data import SampleStore
 from unlearn.files import utc_now, write_json_atomic
-from unlearn.gate import FAIL, INCONCLUSIVE, PASS, PROMOTE_LOW_POWER
-from unlearn.requests import Ledger
+from unlearn.gate import FAIL, INCONCLUSIVE, PASS, PROMOTE_LOW_POWER, RETRAIN
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -119,8 +119,14 @@ def run_verify(project: Project) -> dict[str, Any]:
                                     retrained=retrained, mode=mode)
     verdict, failures, exact = evaluation.verdict, evaluation.failures, evaluation.exact
     action, hold_until, policy_reason = verdict_action(project, verdict, escalation.batches)
-    if verdict == FAIL:  # a conclusive fail goes up the ladder; after the last rung it is rejected (exit 3)
-        action = "next_rung" if len(attempts) < len(escalation.ladder) else "reject"
+    if verdict == FAIL:  # a conclusive fail goes up the ladder; after the last rung to the exact retrain
+        if len(attempts) < len(escalation.ladder):
+            action = "next_rung"
+        elif attempt.method != EXACT and all(a.verdict == FAIL for a in attempts[:-1]):  # Escalation.exhausted
+            action, policy_reason = RETRAIN, (f"every rung of the ladder ({', '.join(a.method for a in attempts)}) "
+                                              "failed the gate conclusively: escalated to the exact retrain")
+        else:  # the exact retrain itself did not verify as exact (rejected, exit 3)
+            action = "reject"
     strength = evidence_strength(verdict, action, exact)
     outcome, results = evaluation.outcome, evaluation.results
     plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()},
@@ -174,14 +180,8 @@ def run_verify(project: Project) -> dict[str, Any]:
     attempt.verdict, attempt.action, attempt.failures, attempt.report = verdict, action, failures, attempt_report.name
     attempt.verified_at, attempt.attack_seconds = utc_now(), evaluation.attack_seconds
     escalation.hold_until = hold_until if verdict == INCONCLUSIVE else ""
-    escalation.reason = policy_reason if verdict == INCONCLUSIVE else escalation.reason
+    escalation.reason = policy_reason if verdict == INCONCLUSIVE or action == RETRAIN else escalation.reason
     write_escalation(project, escalation.next_rung())
-    ledger = Ledger(project.ledger_path)
-    if verdict == PASS or action == PROMOTE_LOW_POWER:
-        ledger.mark_step(escalation.batches, "verified")
-        ledger.save()
-    audit.record(project, "attempt.verified", method=attempt.method, attempt=number, verdict=verdict,
-                 action=action, evidence=strength, parent_detected=gate["parent_detected"],
-                 run_id=attempt.run_id, batch_ids=escalation.batches, failures=len(failures))
+    record_verdict(project, escalation.batches, number, report)
     log.info("verify: attempt %d (%s) verdict %s -> %s (%s)", number, attempt.method, verdict, action, gate["reason"])
     return report

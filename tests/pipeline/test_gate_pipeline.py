@@ -50,7 +50,8 @@ def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(mak
     _submit(root, "R-1", sorted(train_ids[:80].tolist()))
     result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
 
-    report = json.loads((project.reports_dir / "verification.json").read_text())
+    state = read_escalation(project)
+    report = json.loads((project.reports_dir / "attempts" / state.attempts[0].report).read_text())
     checks = {c["metric"]: c for c in report["checks"]}
     lira = checks["mia.lira_offline.auc"]
     # the positive control: the parent's LiRA excess over never-trained is detected (interval above 0) ...
@@ -60,17 +61,23 @@ def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(mak
     assert lira["verdict"] == "fail" and lira["ci_low"] >= lira["margin"]
     assert report["verdict"] == "fail" and report["evidence"] == "conclusive" and report["mode"] == "equivalence"
     assert report["retrain_seconds"] == 0.0 and "retrain" not in report["models"]  # no retrain to verify
-    assert result["promote"]["status"] == "rejected" and _verdict_exit(result) == 3
+    # The only rung failed: the deletion is still honoured, by the exact retrain (a batch left pending would
+    # have blocked every later request with it: review of 2026-12-05), and the failed model is never promoted.
+    assert report["action"] == "retrain" and "failed the gate conclusively" in report["policy_reason"]
+    assert result["promote"]["attempts"] == [["finetune", "fail"], ["retrain", "pass"]]
+    assert result["promote"]["status"] == "promoted" and result["promote"]["evidence"] == "exact"
+    assert _verdict_exit(result) == 0
     client = _client(project)
-    assert str(tracking.champion_version(project, client).version) == "1"  # the champion did not move
+    champion = tracking.champion_version(project, client)
+    assert str(champion.version) == "2" and champion.tags["method"] == "retrain"
+    assert "failed the gate conclusively" in champion.tags["escalation_reason"]
     run = client.get_run(report["run_id"])
     assert run.data.tags["verdict"] == "fail" and run.data.tags["parent_detected"] in ("true", "false")
     assert run.data.metrics["gate.mia.lira_offline.auc.margin"] == pytest.approx(lira["margin"])
     table = format_summary({"root": str(root), **result})
-    assert "parent excess" in table and "VERDICT: FAIL" in table.upper() and "tol" not in table.split()
+    assert "finetune (fail) -> retrain (pass)" in table and "tol" not in table.split()
 
     # the parent itself, scored as a candidate with the same references, can never pass
-    state = read_escalation(project)
     store = SampleStore(project.store_dir)
     sets = evaluation_sets(project, store, load_forget(project, state.batches), [])
     parent = tracking.load_model(project, client, state.parent_version)
@@ -196,6 +203,7 @@ def test_strict_mode_verifies_against_an_exact_retrain_and_fails_the_untouched_m
     batch): the verify stage trains the retrain, gates the candidate against it, and says so."""
     from tasks import tracking
     from tasks.project import load_project
+    from tasks.stage.state import read_escalation
     from unlearn.data import SampleStore
 
     root = make_project({**MEMORISING, "gate": {"mode": "strict"}})
@@ -204,10 +212,13 @@ def test_strict_mode_verifies_against_an_exact_retrain_and_fails_the_untouched_m
     _submit(root, "R-1", sorted(SampleStore(project.store_dir).split_ids("train")[:80].tolist()))
     result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
 
-    report = json.loads((project.reports_dir / "verification.json").read_text())
+    state = read_escalation(project)
+    report = json.loads((project.reports_dir / "attempts" / state.attempts[0].report).read_text())
     assert report["mode"] == "strict" and "retrain" in report["models"] and report["retrain_seconds"] > 0
     lira = {c["metric"]: c for c in report["checks"]}["mia.lira_offline.auc"]
     # the untouched candidate is the parent: beyond the margin from the exact retrain, conclusively
     assert lira["verdict"] == "fail" and lira["ci_low"] >= lira["margin"] > 0
-    assert report["verdict"] == "fail" and result["promote"]["status"] == "rejected"
-    assert str(tracking.champion_version(project, _client(project)).version) == "1"
+    assert report["verdict"] == "fail" and result["promote"]["attempts"] == [["finetune", "fail"], ["retrain", "pass"]]
+    # the failed model never became champion: the exact retrain (the verify stage's own, reused) did
+    assert result["promote"]["status"] == "promoted" and result["promote"]["evidence"] == "exact"
+    assert tracking.champion_version(project, _client(project)).tags["method"] == "retrain"

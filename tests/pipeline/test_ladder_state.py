@@ -84,3 +84,49 @@ def test_serve_adds_only_the_configured_maintenance_deployments(make_project, au
         assert deployment.parameters["root"] == str(root.resolve())
     forced = {d.name: d.parameters.get("force") for d in deployments if d.name.startswith("consolidate")}
     assert forced.get(f"consolidate-{key}", True) is True and forced[f"consolidate-due-{key}"] is None
+
+
+def _attempt(method, verdict, action=None):
+    from tasks.stage.state import Attempt
+
+    return Attempt(method, f"run-{method}", f"{method}.pt", 1.0, "2026-12-05T00:00:00Z", verdict=verdict,
+                   action=action, report=f"{method}.json")
+
+
+def test_when_every_rung_fails_the_exact_retrain_is_next_and_after_it_nothing():
+    """A batch whose every rung failed stayed pending for good (the next run reused the same verdicts), and every
+    later request, data-only ones too, was unlearned together with it: the pipeline was wedged (review of
+    2026-12-05). The deletion is now honoured by the exact retrain; if even that fails, the ladder ends."""
+    from tasks.stage.state import DONE, UNLEARNING, Escalation
+
+    state = Escalation(UNLEARNING, ladder=["amun", "salun"], attempts=[_attempt("amun", "fail", "next_rung")])
+    assert state.next_rung().next_method == "salun" and not state.exhausted()
+    state.attempts.append(_attempt("salun", "fail", "retrain"))
+    assert state.exhausted() and state.next_rung().next_method == "retrain" and state.status == UNLEARNING
+    assert state.ladder == ["amun", "salun", "retrain"]
+    state.attempts.append(_attempt("retrain", "fail", "reject"))  # the exact retrain did not verify as exact
+    assert not state.exhausted() and state.next_rung().next_method is None and state.status == DONE
+    assert state.run_id == "run-retrain" and state.chosen is None
+    # an inconclusive rung is the policy's business (hold/promote_low_power/retrain), not this bound's
+    held = Escalation(UNLEARNING, ladder=["amun"], attempts=[_attempt("amun", "inconclusive", "hold")])
+    assert not held.exhausted() and held.next_rung().held and held.next_method is None
+    # a state written before this (every rung failed, action "reject") is unwedged by the next run
+    old = Escalation(UNLEARNING, ladder=["finetune"], attempts=[_attempt("finetune", "fail", "reject")])
+    assert old.next_rung().next_method == "retrain"
+
+
+def test_a_resumed_escalation_keeps_its_tried_rungs_in_place_when_the_ladder_changes():
+    """An audit demoted a method between two runs of one escalation: the ladder shrank under its attempts and the
+    resumed run, reading rungs by position, skipped the next one (review of 2026-12-05: the exact retrain that
+    active_ladder promises was never run)."""
+    from tasks.stage.escalation import resumed_ladder
+    from tasks.stage.state import UNLEARNING, Escalation
+
+    tried = [_attempt("finetune", "fail", "reject")]
+    assert resumed_ladder(tried, ["retrain"]) == ["finetune", "retrain"]  # finetune demoted: retrain alone left
+    assert resumed_ladder(tried, ["salun"]) == ["finetune", "salun"]
+    assert resumed_ladder(tried, ["finetune", "salun"]) == ["finetune", "salun"]
+    state = Escalation(UNLEARNING, ladder=resumed_ladder(tried, ["salun"]), attempts=tried)
+    assert state.next_rung().next_method == "salun"
+    escalated = [_attempt("amun", "inconclusive", "retrain"), _attempt("retrain", "fail", "reject")]
+    assert resumed_ladder(escalated, ["amun", "salun"]) == ["amun", "retrain"]  # nothing after the exact retrain

@@ -104,6 +104,16 @@ class Ledger:
         ids = sorted(str(i) for i in sample_ids)
         self.batch(batch_id).update({"train_samples": len(ids), "train_sample_ids": ids})
 
+    def set_withdrawing(self, batch_ids: Iterable[str], version: str) -> None:
+        """Record, before the registry changes, which champion the batches' withdrawal takes away (a re-run after
+        a crash finds no champion alias left and would otherwise certify that none was withdrawn)."""
+        for batch_id in batch_ids:
+            self.batch(batch_id)["withdrawing"] = version
+
+    def withdrawing(self, batch_ids: Iterable[str]) -> str | None:
+        """The champion a withdrawal of these batches started to take away (None: none recorded)."""
+        return next((self.batch(b)["withdrawing"] for b in batch_ids if self.batch(b).get("withdrawing")), None)
+
     def train_sample_ids(self, batch_id: str) -> set[str] | None:
         """The training samples prepare found the batch removes (None: not recorded, a ledger from before)."""
         ids = self.batch(batch_id).get("train_sample_ids")
@@ -124,8 +134,9 @@ class Ledger:
 
     def add_retired_references(self, batch_ids: Iterable[str], ref_ids: list[str]) -> None:
         """Record reference models retired because they trained on the batches' samples."""
-        for batch_id in batch_ids:
-            self.batch(batch_id).setdefault("references_retired", []).extend(ref_ids)
+        for batch_id in batch_ids:  # each once: a re-run of prepare records the same tombstones again
+            known = self.batch(batch_id).setdefault("references_retired", [])
+            known.extend(r for r in ref_ids if r not in known)
 
     def record_retirement(self, batch_id: str, version: str, entry: dict[str, Any]) -> None:
         """Record what happened to a model version the batch made retire (scheduled or retired)."""

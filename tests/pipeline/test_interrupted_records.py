@@ -1,0 +1,198 @@
+"""A change made, then its record: a crash in between must leave no claim false and every record recoverable.
+
+Found by the review of 2026-12-05 (each case reproduced with a SIGKILL): the champion moved by a consolidation
+with no audit record and the flow's purge skipped; a withdrawal certified as taking away no model; a withdrawn
+or data-only batch with no audit record; a certificate counting no retired reference model when two were. In
+each case `unlearn doctor` said nothing. Here the crash is an exception raised at the same point (the stage's
+``finally`` blocks hold no claim), the doctor must name what is missing, and the next run must write it.
+"""
+
+import json
+
+import pytest
+from conftest import FAST, run_stages
+
+pytestmark = pytest.mark.e2e
+
+
+class Crash(BaseException):
+    """Stands for a SIGKILL: not an Exception, so no handler in the pipeline swallows it."""
+
+
+def _request(request_id, ids):
+    return {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
+            "subject_ref": f"subject-{request_id}", "sample_ids": ids}
+
+
+def _submit(project, request_id, ids):
+    project.incoming_dir.mkdir(parents=True, exist_ok=True)
+    (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(_request(request_id, ids)))
+
+
+def _crash_on_record(monkeypatch, event):
+    from tasks import audit
+
+    real = audit.record
+
+    def record(project, name, **fields):
+        if name == event:
+            raise Crash(f"killed before the {event} record")
+        return real(project, name, **fields)
+
+    monkeypatch.setattr(audit, "record", record)
+
+
+def _problems(project):
+    from tasks.doctor import diagnose
+
+    return [f"[{f.check}] {f.subject}: {f.problem}" for f in diagnose(project)]
+
+
+def _events(project, event):
+    return [r for r in map(json.loads, project.audit_path.read_text().splitlines()) if r["event"] == event]
+
+
+def test_a_consolidation_cut_off_before_its_record_is_recorded_by_the_next_one(champion_project, monkeypatch):
+    from tasks import tracking
+    from tasks.consolidate import run_consolidate
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root, _ = champion_project(FAST)
+    project = load_project(root)
+    _submit(project, "T-1", SampleStore(project.store_dir).split_ids("test")[:2].tolist())  # data only
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
+    with monkeypatch.context() as patch:
+        _crash_on_record(patch, "model.consolidated")
+        with pytest.raises(Crash):
+            run_consolidate(project, force=True)
+    champion = tracking.champion_version(project, tracking.setup(project))
+    assert champion.tags["method"] == "consolidate" and not _events(project, "model.consolidated")
+    assert any("no model.consolidated record" in p for p in _problems(project))
+
+    again = run_consolidate(project, force=True)  # was: not_due, and nothing ever recorded the move
+    assert again["status"] == "consolidated" and again["recovered"] and again["version"] == str(champion.version)
+    (record,) = _events(project, "model.consolidated")
+    assert record["model_version"] == str(champion.version) and record["previous_version"] == "1"
+    assert _problems(project) == []
+    assert run_consolidate(project, force=True)["status"] == "not_due"  # recorded once
+    assert len(_events(project, "model.consolidated")) == 1
+
+
+@pytest.mark.parametrize("crash", ["after_alias_removed", "before_audit_record"])
+def test_an_interrupted_withdrawal_names_the_withdrawn_champion_and_its_record(champion_project, monkeypatch,
+                                                                              crash):
+    import yaml
+
+    from tasks import tracking
+    from tasks.project import load_project
+    from tasks.stage.escalation import begin_unlearning
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root, _ = champion_project(FAST)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["min_samples"] = 100_000  # after the baseline: any deletion leaves too few to train on
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = load_project(root)
+    _submit(project, "W-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
+    run_stages(project, "ingest", "prepare")
+    with monkeypatch.context() as patch:
+        if crash == "after_alias_removed":
+            real = tracking.withdraw_champion
+
+            def withdraw(*args, **kwargs):
+                real(*args, **kwargs)
+                raise Crash("killed after the alias went, before the ledger's save")
+
+            patch.setattr(tracking, "withdraw_champion", withdraw)
+        else:
+            _crash_on_record(patch, "model.withdrawn")
+        with pytest.raises(Crash):
+            begin_unlearning(project)
+    assert tracking.champion_version(project, tracking.setup(project)) is None
+    if crash == "before_audit_record":
+        assert any("completed as model_withdrawn, but the audit log has no model.withdrawn" in p
+                   for p in _problems(project))
+
+    begin_unlearning(project)  # the next run
+    ledger = Ledger(project.ledger_path)
+    (batch_id,) = ledger.batches
+    note = ledger.last_note(batch_id)
+    assert note["outcome"] == "model_withdrawn" and note["model_version"] == "1"  # was None after the first crash
+    (record,) = _events(project, "model.withdrawn")
+    assert record["model_version"] == "1" and record["batch_ids"] == [batch_id]
+    assert record.get("recovered", False) == (crash == "before_audit_record")
+    assert _problems(project) == []
+    run_stages(project, "promote", "purge", "certify")
+    (certificate,) = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
+    assert certificate["model"]["withdrawn"] is True and certificate["model"]["withdrawn_version"] == "1"
+
+
+def test_references_retired_by_a_prepare_cut_off_before_the_ledger_save_are_still_counted(champion_project,
+                                                                                       monkeypatch):
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.references import ReferenceBank
+    from unlearn.requests import Ledger
+
+    root, _ = champion_project(FAST)
+    project = load_project(root)
+    _submit(project, "P-1", SampleStore(project.store_dir).split_ids("pool")[:3].tolist())
+    run_stages(project, "ingest")
+    with monkeypatch.context() as patch:
+        real = ReferenceBank.retire_containing
+
+        def retire(self, *args, **kwargs):
+            retired = real(self, *args, **kwargs)
+            assert retired, "the pool deletion must retire references for this test to mean anything"
+            raise Crash("killed after the bank's save, before the ledger's")
+
+        patch.setattr(ReferenceBank, "retire_containing", retire)
+        with pytest.raises(Crash):
+            run_stages(project, "prepare")
+    (batch_id,) = Ledger(project.ledger_path).batches
+    tombstones = ReferenceBank(project.references_dir).retired_by([batch_id])
+    assert tombstones and any("reference model(s) this batch's deletion retired" in p for p in _problems(project))
+
+    run_stages(project, "prepare")
+    assert Ledger(project.ledger_path).batch(batch_id)["references_retired"] == tombstones  # was: []
+    run_stages(project, "prepare")
+    assert Ledger(project.ledger_path).batch(batch_id)["references_retired"] == tombstones  # each once
+    assert _problems(project) == []
+
+
+def test_a_verdict_cut_off_before_its_records_is_recorded_when_the_escalation_resumes(champion_project,
+                                                                                     monkeypatch):
+    """The escalation state is written first: a crash before the ledger's `verified` step and the
+    `attempt.verified` record left both out for good (a resumed escalation never verifies a kept attempt again),
+    and the certificate's timeline said the batch was never verified."""
+    from conftest import RETRAIN
+
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root, _ = champion_project(RETRAIN)  # the exact retrain: a pass, whatever the data
+    project = load_project(root)
+    _submit(project, "V-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
+    run_stages(project, "ingest", "prepare")
+    with monkeypatch.context() as patch:
+        from tasks.stage import verify
+
+        def crash(*args, **kwargs):
+            raise Crash("killed after the escalation state, before the ledger and the audit log")
+
+        patch.setattr(verify, "record_verdict", crash)
+        with pytest.raises(Crash):
+            run_stages(project, "references", "unlearn")
+    (batch_id,) = Ledger(project.ledger_path).pending()
+    assert "verified" not in Ledger(project.ledger_path).steps(batch_id) and not _events(project, "attempt.verified")
+
+    result = run_stages(project, "unlearn", "promote")
+    (record,) = _events(project, "attempt.verified")
+    assert record["recovered"] and record["verdict"] == "pass" and record["method"] == "retrain"
+    assert record["batch_ids"] == [batch_id] and record["attempt"] == 1
+    assert result["promote"]["status"] == "promoted" and "verified" in Ledger(project.ledger_path).steps(batch_id)
+    run_stages(project, "unlearn")  # nothing pending: recorded once
+    assert len(_events(project, "attempt.verified")) == 1
