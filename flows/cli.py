@@ -20,7 +20,6 @@ verification gate exits with status 3 (nothing is promoted).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -107,6 +106,7 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
 
     from tasks.project import PipelineError, load_project
     from tasks.validation import REQUEST_ID_PATTERN, precheck_request
+    from unlearn.requests import hash_subject, load_or_create_salt
     from unlearn.requests.parsing import RawRequest
 
     request_id = request.get("request_id")
@@ -130,7 +130,9 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
         raise PipelineError(f"request {request_id} is invalid and was not queued: {verdict.detail}")
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    digest = hashlib.sha256(str(request.get("request_id")).encode()).hexdigest()[:12]
+    # Salted: the name is published in events, and a request id may be guessable (a ticket number, an address).
+    salt = load_or_create_salt(project.salt_path)
+    digest = hash_subject(str(request.get("request_id")), salt).removeprefix("hmac-sha256:")[:12]
     target = project.incoming_dir / f"request-{stamp}-{digest}.json"
     write_text_atomic(target, json.dumps(request, indent=2))
     return target

@@ -363,3 +363,11 @@ def test_submit_writes_the_request_it_checked(make_project):
                                  "received_at": "2026-11-24T10:00:00Z", "reason": "other", "subject_ref": "s"})
     assert "forget_class" not in json.loads(path.read_text())
 
+    # The file's name is published in events: its digest of the request id is salted with the project's secret
+    # (a plain SHA-256 of a guessable id, a ticket number or an address, could be reversed by trying them).
+    import hashlib
+
+    assert path.name.endswith(".json") and hashlib.sha256(b"R-1").hexdigest()[:12] not in path.name
+    from flows.serve import request_payload
+
+    assert request_payload(path.name, "cli")["file"] == path.name  # still recognised as a submitted name
