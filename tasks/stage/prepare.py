@@ -47,6 +47,7 @@ def run_prepare(project: Project) -> dict[str, Any]:
         before = dvc_ops.data_version(project)  # dvc.lock still names the store this batch is removed from
     except PipelineError:
         before = None  # the first store: nothing came before it
+    check_ledger_complete(old_store or SampleStore.interrupted_backup(project.store_dir), ledger)
     if models_registered(project):
         guard = old_store or SampleStore.interrupted_backup(project.store_dir)
         if guard is None and before is not None:  # DVC recorded a store, and it is gone
@@ -105,6 +106,27 @@ def run_prepare(project: Project) -> dict[str, Any]:
                "source": params.data.source, "references_retired": retired}
     log.info("prepare: %s", summary)
     return write_state(project, "prepare", summary)
+
+
+def check_ledger_complete(old_store: SampleStore | None, ledger: Ledger) -> None:
+    """Refuse to rebuild the store from a ledger that deletes fewer samples than the store was built without.
+
+    Why: the ledger (``data/requests/ledger.json``) is kept out of Git, since it names the deleted samples. In a
+    clean clone, after ``dvc pull``, or from a backup older than the store, it is missing or short, and a build
+    from it would put deleted samples back into the store (and into every model trained on it). A deletion is
+    never undone, so the count only grows.
+
+    Raises:
+        PipelineError: Naming both counts (never a sample id) and where the ledger must come from.
+    """
+    built_without = int(old_store.meta.get("deleted_total", 0)) if old_store is not None else 0
+    known = len(ledger.deleted_ids())
+    if known < built_without:
+        raise PipelineError(
+            f"the deletion ledger names {known} deleted sample(s) but the store was built without {built_without}: "
+            f"{ledger.path} is missing or older than the store, and a rebuild from it would bring deleted samples "
+            "back. Restore data/requests/ledger.json and data/requests/deletions.json from the pipeline's host (they "
+            "are kept out of Git because they name the deleted samples) before preparing. Nothing was changed.")
 
 
 # The settings that decide which split a sample is in (named in the error, with the store's record of the pool).

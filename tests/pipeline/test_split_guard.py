@@ -126,3 +126,31 @@ def test_prepare_records_which_samples_were_trained_on_and_certificates_read_tha
     assert trained_ids(project, Ledger(project.ledger_path), batch_id) == set(trained)  # old ledgers: pool excluded
     run_stages(project, "prepare")
     assert Ledger(project.ledger_path).train_sample_ids(batch_id) == set(trained)  # read back from the quarantine
+
+
+def test_a_lost_or_older_ledger_never_rebuilds_deleted_samples_into_the_store(make_project):
+    """The ledger is kept out of Git: in a clean clone after `dvc pull` (the README's reproduction) prepare rebuilt
+    the store from the source with no deletions, and the deleted samples were back (review of 2026-12-05)."""
+    from flows.cli import main, submit_request
+    from unlearn.data import SampleStore
+
+    root = make_project(FAST)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare")
+    assert "deleted_total" not in SampleStore(project.store_dir).meta  # no deletion: the store's bytes as before
+    gone = sorted(SampleStore(project.store_dir).split_ids("train")[:2].tolist())
+    submit_request(root, {"request_id": "R-1", "sample_ids": gone, "received_at": "2026-11-24T10:00:00Z",
+                          "reason": "gdpr_erasure", "subject_ref": "erin@example.com"})
+    run_stages(project, "ingest", "prepare")
+    assert SampleStore(project.store_dir).meta["deleted_total"] == 2
+    index = (project.store_dir / "index.csv").read_bytes()
+    saved = project.ledger_path.read_bytes()
+    project.ledger_path.unlink()  # the clean clone: no ledger
+    with pytest.raises(PipelineError, match="names 0 deleted sample.* built without 2.*bring deleted samples back"):
+        run_stages(project, "prepare")
+    assert main(["--root", str(root), "stage", "prepare"]) == 2
+    assert (project.store_dir / "index.csv").read_bytes() == index and not any(
+        i in SampleStore(project.store_dir) for i in gone)
+    project.ledger_path.write_bytes(saved)  # restored from the pipeline's host
+    run_stages(project, "prepare")
+    assert (project.store_dir / "index.csv").read_bytes() == index

@@ -223,6 +223,8 @@ class SampleStore:
             "num_train": int((splits[positions] == "train").sum()),
             "num_test": int((splits[positions] == "test").sum()),
         }
+        if exclude:  # how many deletions built it: a later build from a lost or older ledger is refused by that
+            meta["deleted_total"] = len(set(exclude))
         if pool_fraction > 0:  # only then: stores without a pool keep their bytes (and DVC hashes)
             meta.update(num_pool=int((splits[positions] == "pool").sum()), pool_fraction=pool_fraction,
                         pool_seed=pool_seed)
