@@ -53,7 +53,9 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
         project: The project.
         store: The live sample store (its train split is the retain set).
         forget: The forget samples (from the quarantine).
-        forget_classes: Classes forgotten as a whole; the test set is then restricted to them.
+        forget_classes: Classes forgotten as a whole; the test set is then restricted to them, or, when
+            other batches verified with them add samples of other classes, drawn with the forget set's
+            label proportions.
 
     Returns:
         The sets, with their sample ids (the signal cache's keys).
@@ -62,10 +64,33 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
     if forget_classes:
         # Class-wise forgetting: compare the forget set with unseen samples of the same classes,
         # or the attack would learn "class", not "membership" (mia-and-peers.md section 2).
-        test = Arrays(*(a[np.isin(test.labels, forget_classes)] for a in (test.ids, test.images, test.labels)))
+        if np.isin(forget.labels, forget_classes).all():
+            test = Arrays(*(a[np.isin(test.labels, forget_classes)] for a in (test.ids, test.images, test.labels)))
+        else:  # a whole class verified together with other batches' samples (review of 2026-12-05)
+            test = label_matched(test, forget.labels)
     retain = store.load_split("train")
     return EvalSets(tensors(forget), tensors(retain), tensors(test),
                     ids={"forget": forget.ids, "retain": retain.ids, "test": test.ids})
+
+
+def label_matched(test: Arrays, forget_labels: np.ndarray) -> Arrays:
+    """The largest part of ``test`` whose labels come in the forget set's proportions (first samples of each
+    label, in store order).
+
+    Why: with a whole class forgotten together with other batches' samples, restricting the test set to the
+    class compared those samples with nothing like them, and the full test set compares a forget set that is
+    mostly one class with a balanced one: either way an attack scores "class", not "membership" (it even
+    "detected" the exact retrain). Matching the proportions keeps the comparison about membership; the smaller
+    set widens the intervals, and the gate says so (``gate.min_samples``) rather than deciding on less.
+    """
+    labels, counts = np.unique(forget_labels, return_counts=True)
+    share = counts / counts.sum()
+    available = np.array([(test.labels == label).sum() for label in labels])
+    size = int(np.floor(min(available / share)))
+    keep = np.zeros(len(test.labels), dtype=bool)
+    for label, part in zip(labels, share, strict=True):
+        keep[np.flatnonzero(test.labels == label)[: int(round(size * part))]] = True
+    return Arrays(test.ids[keep], test.images[keep], test.labels[keep])
 
 
 @dataclass(frozen=True)

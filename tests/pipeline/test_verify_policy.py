@@ -62,3 +62,31 @@ def test_the_retired_fixed_tolerances_are_refused():
 def test_attack_options_must_belong_to_a_configured_attack():
     with pytest.raises(ConfigError, match="verify.attack_options.lira_online"):
         check_params(_params(verify={"attack_options": {"lira_online": {}}}))
+
+
+def test_a_class_verified_with_other_samples_is_compared_with_test_samples_in_the_same_proportions(make_project):
+    """A whole-class request verified together with a held batch's random samples: the test set was restricted
+    to the class, the parent's LiRA 'excess' came out -0.26 and the exact retrain was 'detected' at +0.31, and
+    those numbers went into certificates (review of 2026-12-05)."""
+    import numpy as np
+    from conftest import run_stages
+
+    from tasks.project import load_project
+    from tasks.stage.evaluation import evaluation_sets
+    from unlearn.data import SampleStore
+
+    project = load_project(make_project())
+    run_stages(project, "ingest", "prepare")
+    store = SampleStore(project.store_dir)
+    train = store.load_split("train")
+    sevens = np.flatnonzero(train.labels == 7)
+    others = np.flatnonzero(train.labels != 7)[:20]
+    pure = store.load(train.ids[sevens])
+    assert set(evaluation_sets(project, store, pure, [7]).test.labels.tolist()) == {7}  # as before
+    mixed = store.load(train.ids[np.concatenate([sevens, others])])
+    sets = evaluation_sets(project, store, mixed, [7])
+    forget_share = np.bincount(sets.forget.labels.numpy(), minlength=10) / len(sets.forget.labels)
+    test_share = np.bincount(sets.test.labels.numpy(), minlength=10) / len(sets.test.labels)
+    assert np.abs(forget_share - test_share).max() < 0.05 and len(sets.test.labels) >= 20
+    assert len(set(sets.ids["test"].tolist())) == len(sets.test.labels)  # real test samples, each once
+    assert set(sets.ids["test"].tolist()) <= set(store.split_ids("test").tolist())
