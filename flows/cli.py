@@ -484,10 +484,15 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
         raise PipelineError(f"request {args.request_id} has no certificate yet (it is {status.get('status', where)}, "
                             f"last step: {where}); certificates are issued when its batch is purged")
     out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise PipelineError(f"--out {out} exists and is not a folder: name a folder to copy the certificate into")
     for path in paths:
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, out / path.name)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, out / path.name)
+            except OSError as exc:
+                raise PipelineError(f"cannot copy the certificate into {out}: {exc.strerror or exc}") from None
         print(out / path.name if out is not None else path)
     return 0
 

@@ -45,7 +45,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     report = collect_status(Path(getattr(args, "root", ".")), runs=max(0, args.runs))
     text = json.dumps(report, indent=2, sort_keys=True, default=str) if args.json else format_status(report)
     sys.stdout.write(text + "\n")
-    return 0
+    # Not a project (no params.yaml) or params.yaml unreadable: a wrong --root, exit 2 like every other command.
+    return 2 if {"project", "params"} & set(report["problems"]) else 0
 
 
 # --------------------------------------------------------------------------- collecting

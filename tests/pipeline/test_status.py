@@ -34,7 +34,7 @@ def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkey
     from flows.cli import main
 
     code = main(["status", "--root", str(tmp_path / "nowhere")])  # the subcommand's own --root
-    assert code == 0 and "not a project root" in capsys.readouterr().out
+    assert code == 2 and "not a project root" in capsys.readouterr().out  # a wrong --root (was exit 0: review)
     root = make_project()
     (root / "data" / "requests").mkdir(parents=True)
     (root / "data" / "requests" / "ledger.json").write_text("{not json")
@@ -45,6 +45,25 @@ def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkey
     assert code == 0
     assert "could not read requests: LedgerError" in out and "problem JSONDecodeError" in out
     assert "http://127.0.0.1:4299  (PREFECT_API_URL server)" in out
+    (root / "params.yaml").write_text("seed: [not an int\n")
+    code, out = _status(capsys, root)
+    assert code == 2 and "params" in out  # shown, and a nonzero exit: nothing else can be trusted
+
+
+def test_certificate_out_must_be_a_folder_it_can_write(make_project, tmp_path, capsys, monkeypatch):
+    """`--out` naming an existing file crashed with a traceback and exit 1 (review of 2026-12-05)."""
+    from flows import cli
+    from tasks import lifecycle
+
+    certificate = tmp_path / "cert.json"
+    certificate.write_text("{}")
+    monkeypatch.setattr(lifecycle, "certificate_paths", lambda *a, **k: [certificate])
+    monkeypatch.setattr(lifecycle, "request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
+    root = make_project()
+    taken = tmp_path / "taken.txt"
+    taken.write_text("x")
+    assert cli.main(["--root", str(root), "request", "certificate", "R-1", "--out", str(taken)]) == 2
+    assert "is not a folder" in capsys.readouterr().err and taken.read_text() == "x"
 
 
 @pytest.mark.e2e
