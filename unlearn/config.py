@@ -88,7 +88,11 @@ class UnlearnConfig:
     - ``profiles``: per setting, keyed ``"<data.source>/<model.name>"`` (e.g.
       ``"digits/small_cnn"``), each a mapping of method name to keyword arguments.
 
-    Precedence, key by key: the profile of the active data source and model, else the
+    - ``overrides``: per method, over both, whatever the setting (empty as shipped): what a sweep sets,
+      ``dvc exp run -S '++unlearn.overrides.amun.epochs=2'`` (a profile key's ``/`` is outside the
+      override grammar DVC uses, so profiles cannot be addressed there).
+
+    Precedence, key by key: the overrides, else the profile of the active data source and model, else the
     defaults, else the method's own signature default. A method entry may name another method
     under ``extends`` (e.g. ``amun_salun: {extends: amun, mask_ratio: 0.5}``) to start from that
     method's resolved arguments, so shared settings are written once.
@@ -98,6 +102,7 @@ class UnlearnConfig:
     escalation: tuple[str, ...] = ()
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ladder(self) -> tuple[str, ...]:
@@ -124,7 +129,12 @@ class UnlearnConfig:
             ConfigError: On an ``extends`` cycle or a non-string ``extends``.
         """
         profile = self.profiles.get(self.profile_key(source, model), {})
-        return _resolve_method(name, self.methods, profile, ())
+        return _resolve_method(name, self.methods, _over(profile, self.overrides), ())
+
+
+def _over(profile: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A profile with the overrides laid over it, method by method and key by key."""
+    return {name: {**profile.get(name, {}), **overrides.get(name, {})} for name in {*profile, *overrides}}
 
 
 def _resolve_method(name: str, defaults: dict[str, dict[str, Any]], profile: dict[str, dict[str, Any]],
@@ -544,11 +554,12 @@ def _check_method_kwargs(unlearn: UnlearnConfig) -> None:
             raise ConfigError(f"unlearn.profiles: key {key!r} must be '<data source>/<model name>', "
                               "e.g. 'digits/small_cnn'")
     for key, profile in [("", {}), *unlearn.profiles.items()]:
+        profile = _over(profile, unlearn.overrides)
         for name in {*unlearn.methods, *profile}:
             try:
                 _resolve_method(name, unlearn.methods, profile, ())
             except ConfigError as exc:
-                where = f"unlearn.profiles.{key}" if key else "unlearn.methods"
+                where = f"unlearn.profiles.{key}" if key else "unlearn.methods (or unlearn.overrides)"
                 raise ConfigError(f"{where}: {exc}") from None
 
 

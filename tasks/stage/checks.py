@@ -21,7 +21,7 @@ def check_params(params: Params) -> None:
     try:
         SOURCES.get(params.data.source)
         MODELS.get(params.model.name)
-        for name in params.unlearn.methods:
+        for name in {*params.unlearn.methods, *params.unlearn.overrides}:
             METHODS.get(name).bind(params.method_kwargs(name))
         for name in params.unlearn.ladder:
             METHODS.get(name).bind(params.method_kwargs(name))
