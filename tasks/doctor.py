@@ -217,8 +217,13 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
         The findings; empty when every claim agrees with the disk.
     """
     from tasks.certificate import certificate_stem
+    from tasks.project import check_registry
     from unlearn.requests import Ledger
 
+    try:
+        check_registry(project)
+    except PipelineError as exc:  # the other store's claims would be checked against this project's disk
+        return [Finding("registry", project.registry_identity, str(exc))]
     findings = _audit_findings(project)
     ledger = Ledger(project.ledger_path)
     for batch_id in ledger.oldest_first():

@@ -127,6 +127,24 @@ class Project:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
+    def registry_identity(self) -> str:
+        """Which MLflow store this process would use, without credentials: the project's own SQLite file (it
+        moves with the project), or the tracking URI's scheme, host, port and path."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        uri = self.tracking_uri
+        if uri == f"sqlite:///{self.root / 'mlflow.db'}":
+            return "the project's own mlflow.db"
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        return urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path, "", ""))
+
+    @property
+    def registry_pin(self) -> Path:
+        """Where the registry the project's models are registered in is recorded (:func:`check_registry`)."""
+        return self.data_dir / ".registry"
+
+    @property
     def artifact_root(self) -> Path:
         return self.root / "mlartifacts"
 
@@ -155,4 +173,37 @@ def load_project(root: str | Path = ".", *, check_registries: bool = True) -> Pr
         from tasks.stage.checks import check_params  # imports the registries (and PyTorch) only here
 
         check_params(project.params)
+        check_registry(project)
     return project
+
+
+def check_registry(project: Project) -> None:
+    """Refuse to run against another MLflow store than the one the project's models are registered in.
+
+    Why: the tracking URI comes from the environment (team mode: ``MLFLOW_TRACKING_URI``). A shell that
+    forgot it trained and registered a second champion in a new local ``mlflow.db``, and exited 0: two
+    registries, two champions, and certificates that each see half of the history. The first registry
+    use records the store (:func:`pin_registry`); delete ``data/.registry`` to move a project on purpose.
+
+    Raises:
+        PipelineError: Naming both stores (no credentials) and the way out, before any work.
+    """
+    pin = project.registry_pin
+    if not pin.exists():
+        return
+    recorded, now = pin.read_text().strip(), project.registry_identity
+    if recorded and recorded != now:
+        unset = "unset" if not os.environ.get("MLFLOW_TRACKING_URI") else "set to another store"
+        raise PipelineError(f"this project's models are registered in {recorded}, but this process would use "
+                            f"{now} (MLFLOW_TRACKING_URI is {unset}): a second registry would hold a second "
+                            f"champion. Point MLFLOW_TRACKING_URI at the project's registry, or, to move the project "
+                            f"on purpose, delete {pin}. Nothing was changed.")
+
+
+def pin_registry(project: Project) -> None:
+    """Record the store of the project's registry at its first use (see :func:`check_registry`)."""
+    from unlearn.files import write_text_atomic
+
+    if not project.registry_pin.exists():
+        project.registry_pin.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(project.registry_pin, project.registry_identity + "\n")

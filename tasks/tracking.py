@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.project import PipelineError, Project
+from tasks.project import PipelineError, Project, check_registry, pin_registry
 
 if TYPE_CHECKING:  # PyTorch is imported where models are logged or loaded: `unlearn status` never needs it
     import torch
@@ -41,6 +41,7 @@ def setup(project: Project):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    check_registry(project)  # a project opened without load_project's check (or the environment changed since)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(project.tracking_uri)
     # MLflow exports the URI to MLFLOW_TRACKING_URI; undo that, or the next project opened in
@@ -54,6 +55,7 @@ def setup(project: Project):
     if client.get_experiment_by_name(name) is None:
         _create_experiment(project, client, name)
     mlflow.set_experiment(name)
+    pin_registry(project)
     return client
 
 

@@ -191,3 +191,15 @@ def test_team(prefect_server, make_project, mlflow_server, monkeypatch):
     all_runs = client.search_runs([experiment.experiment_id], max_results=1000)
     assert len(all_runs) % 2 == 0 and all(r.info.status == "FINISHED" for r in all_runs), \
         [(r.info.run_name, r.info.status) for r in all_runs]
+
+    # A shell that forgot MLFLOW_TRACKING_URI trained and registered a second champion in a new local mlflow.db and
+    # exited 0 (review of 2026-12-05): the project now names its registry, and refuses any other before any work.
+    from flows.cli import main
+
+    root = teams["a"].root
+    assert (root / "data" / ".registry").read_text().strip().startswith("http://127.0.0.1:")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(PipelineError, match="registered in http://127.0.0.1:.*MLFLOW_TRACKING_URI is unset"):
+        load_project(root)
+    assert main(["--root", str(root), "run"]) == 2
+    assert not (root / "mlflow.db").exists()
