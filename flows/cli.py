@@ -132,7 +132,8 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     # Salted: the name is published in events, and a request id may be guessable (a ticket number, an address).
     salt = load_or_create_salt(project.salt_path)
-    digest = hash_subject(str(request.get("request_id")), salt).removeprefix("hmac-sha256:")[:12]
+    # Domain-separated from subject hashes: a request id equal to its subject reference must not link the two.
+    digest = hash_subject(f"inbox-file-name\x00{request.get('request_id')}", salt).removeprefix("hmac-sha256:")[:12]
     target = project.incoming_dir / f"request-{stamp}-{digest}.json"
     write_text_atomic(target, json.dumps(request, indent=2))
     return target

@@ -100,23 +100,26 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
 
     client = tracking.setup(project)
     ledger = Ledger(project.ledger_path)
+    recovered = record_lost_consolidations(project, client)
     state = drift(project, client, ledger)
+    champion = tracking.champion_version(project, client)
+    if champion is not None and str(champion.version) in recovered:
+        # A crash came after the alias moved and before the record (now written): report the consolidation
+        # as done, so the flow's purge after a consolidation runs as it would have.
+        return write_state(project, "consolidate", {
+            "status": "consolidated", "version": str(champion.version), "recovered": True,
+            "previous_champion": champion.tags.get("parent_version"),
+            "data_version": champion.tags.get("data_version"), "forced": champion.tags.get("forced") == "true",
+            **state})
     waiting = ledger.pending() + ledger.batches_with_status(Ledger.PROMOTING)
     if waiting:
         return write_state(project, "consolidate", {
             "status": "skipped", "reason": f"{len(waiting)} batch(es) pending: the escalation finishes them first",
             **state})
-    champion = tracking.champion_version(project, client)
     if champion is None:
         return write_state(project, "consolidate", {"status": "skipped", "reason": "no champion", **state})
     data_version = dvc_ops.data_version(project)
     if is_exact(champion.tags) and champion.tags.get("data_version") == data_version:
-        if champion.tags.get("method") == "consolidate" and not audit.has_record(
-                project, "model.consolidated", model_version=str(champion.version)):
-            # A crash came after the alias moved and before the record: the champion moved with no audit record,
-            # and the flow's purge after a consolidation never ran. Record it now, and report it consolidated.
-            return _consolidated(project, str(champion.version), champion.tags.get("parent_version"),
-                                 data_version, state, force, recovered=True)
         return write_state(project, "consolidate", {"status": "not_due", "reason": "the champion is already "
                                                     "exact on the current data", **state})
     if not force and not due(project, client, ledger):
@@ -124,22 +127,55 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
     store = SampleStore(project.store_dir)
     version = _registered(project, client, data_version)
     if version is None:
-        version = _train_and_register(project, client, store, ledger, champion, data_version, state, mlflow)
+        version = _train_and_register(project, client, store, ledger, champion, data_version, state, force, mlflow)
     previous = tracking.move_champion(project, client, version)
-    return _consolidated(project, version, previous, data_version, state, force)
-
-
-def _consolidated(project: Project, version: str, previous: str | None, data_version: str, state: dict[str, Any],
-                  force: bool, *, recovered: bool = False) -> dict[str, Any]:
-    """Record a consolidation the alias already shows (the audit record, then the state file)."""
     audit.record(project, "model.consolidated", model_version=version, previous_version=previous,
                  data_version=data_version, deleted_since_exact=state["deleted_since_exact"],
-                 batches_since_exact=state["batches_since_exact"], forced=force, recovered=recovered)
-    log.info("consolidate: version %s (exact retrain on %s) is champion; previous %s%s", version, data_version,
-             previous, " (recorded after an interrupted run)" if recovered else "")
+                 batches_since_exact=state["batches_since_exact"], forced=force)
+    log.info("consolidate: version %s (exact retrain on %s) is champion; previous %s", version, data_version,
+             previous)
     return write_state(project, "consolidate", {"status": "consolidated", "version": version,
                                                 "previous_champion": previous, "data_version": data_version,
-                                                "forced": force, "recovered": recovered, **state})
+                                                "forced": force, **state})
+
+
+def served_versions(versions: list[Any], champion: Any) -> set[str]:
+    """The versions that held the champion alias: the current one, and every version some later version was
+    unlearned or consolidated from (only the champion is ever a parent)."""
+    served = {str(mv.tags.get("parent_version")) for mv in versions if mv.tags.get("parent_version")}
+    return served | ({str(champion.version)} if champion is not None else set())
+
+
+def record_lost_consolidations(project: Project, client: Any) -> list[str]:
+    """Write the ``model.consolidated`` record of every consolidation that served without one.
+
+    The alias moves first and the record follows: a crash in between left the champion moved with no record,
+    and a later promotion from it would hide that for good. The fields are the ones the consolidation tagged on
+    its version when it registered it (None for versions registered before those tags). Runs with every
+    pipeline run (:func:`tasks.stage.escalation.begin_unlearning`) and every consolidation.
+
+    Returns:
+        The versions recorded now.
+    """
+    versions = tracking.all_versions(project, client)
+    consolidations = [mv for mv in versions if mv.tags.get("method") == "consolidate"]
+    if not consolidations:
+        return []
+    served = served_versions(versions, tracking.champion_version(project, client))
+    recorded = {str(r.get("model_version")) for r in audit.records(project, "model.consolidated")}
+    written = []
+    for mv in consolidations:
+        version, tags = str(mv.version), mv.tags
+        if version in served and version not in recorded:
+            count = {k: int(tags[k]) if tags.get(k, "").isdigit() else None
+                     for k in ("deleted_since_exact", "batches_since_exact")}
+            audit.record(project, "model.consolidated", model_version=version,
+                         previous_version=tags.get("parent_version"), data_version=tags.get("data_version"),
+                         **count, forced={"true": True, "false": False}.get(tags.get("forced", "")), recovered=True)
+            log.info("consolidate: recorded the consolidation of version %s (interrupted before its record)",
+                     version)
+            written.append(version)
+    return written
 
 
 def _registered(project: Project, client: Any, data_version: str) -> str | None:
@@ -152,7 +188,7 @@ def _registered(project: Project, client: Any, data_version: str) -> str | None:
 
 
 def _train_and_register(project: Project, client: Any, store: SampleStore, ledger: Ledger, champion: Any,
-                        data_version: str, state: dict[str, Any], mlflow: Any) -> str:
+                        data_version: str, state: dict[str, Any], force: bool, mlflow: Any) -> str:
     # Imported here: `unlearn status` reads drift() without loading PyTorch.
     from tasks.stage.context import input_example, model_architecture, resolve_device, tensors, unlearning_data
     from tasks.stage.retrain import retrained_model
@@ -181,5 +217,8 @@ def _train_and_register(project: Project, client: Any, store: SampleStore, ledge
             "data_version_before": champion.tags.get("data_version", ""), "data_version_after": data_version,
             "request_batches": "", "covers_through": ledger.newest(ledger.batches),
             "train_samples": str(len(data.retain)), "run_id": run.info.run_id,
+            # what its model.consolidated record says, kept with the version for a record a crash cut off
+            "deleted_since_exact": str(state["deleted_since_exact"]),
+            "batches_since_exact": str(state["batches_since_exact"]), "forced": str(force).lower(),
             "git_commit": dvc_ops.git_commit(project)})
     return version

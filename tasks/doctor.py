@@ -269,12 +269,27 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
         if outcome in events and batch_id not in named[events[outcome]]:
             findings.append(Finding("audit", batch_id, f"completed as {outcome}, but the audit log has no "
                                                        f"{events[outcome]} record naming it"))
-    champion = tracking.champion_version(project, client) if client is not None else None
-    event = {"unlearned": "model.promoted", "consolidated": "model.consolidated"}.get(
-        champion.tags.get("role", "") if champion is not None else "")
-    if event and not audit.has_record(project, event, model_version=str(champion.version)):
-        findings.append(Finding("audit", f"version {champion.version}", f"the champion alias points at it, but the "
-                                                                       f"audit log has no {event} record for it"))
+    if client is not None:  # every version that held the champion alias, not only the current one
+        from tasks.consolidate import served_versions
+
+        versions = tracking.all_versions(project, client)
+        served = served_versions(versions, tracking.champion_version(project, client))
+        for mv in versions:
+            event = {"unlearned": "model.promoted", "consolidated": "model.consolidated"}.get(mv.tags.get("role", ""))
+            if event and str(mv.version) in served and not audit.has_record(project, event,
+                                                                            model_version=str(mv.version)):
+                findings.append(Finding("audit", f"version {mv.version}", f"it held the champion alias, but the audit "
+                                                                          f"log has no {event} record for it"))
+    from tasks.stage.escalation import lost_verdicts
+    from tasks.stage.state import read_escalation
+
+    try:
+        escalation = read_escalation(project)
+    except (PipelineError, ValueError, TypeError):  # no escalation yet (an unreadable one is the next run's error)
+        escalation = None
+    for number, attempt in lost_verdicts(project, escalation) if escalation is not None else []:
+        findings.append(Finding("audit", f"attempt {number} ({attempt.method})", "verified, but the audit log has no "
+                                                                                 "attempt.verified record for it"))
     try:
         bank = ReferenceBank(project.references_dir)
     except ValueError as exc:

@@ -383,9 +383,9 @@ def run_certify(project: Project) -> dict[str, Any]:
             raise PipelineError("the audit log is broken (`unlearn audit verify` names the line); "
                                 "no certificate is anchored to it until it is repaired")
         anchor = head
+        trained = trained_ids(project, ledger, batch_id)
         for request in _batch_file(project, batch_id)["requests"]:
-            certificate = build_certificate(project, client, ledger, request, batch_id,
-                                            trained_ids(project, ledger, batch_id))
+            certificate = build_certificate(project, client, ledger, request, batch_id, trained)
             certificate["timeline"].append({"step": "certified", "at": utc_now(precise=True)})
             certificate["audit"] = anchor
             plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))

@@ -79,9 +79,10 @@ class UnlearnConfig:
     ``method`` is tried first; when its model conclusively fails verification the pipeline
     escalates through ``escalation`` in order. ``retrain`` (exact) may only come last; by default
     it is not in the ladder: the exact retrain runs only when ``gate.on_inconclusive`` escalates
-    to it (or in strict mode, where a user may list it), so the per-batch path never retrains.
+    to it, when every rung failed the gate conclusively (the deletion must still be honoured), or in
+    strict mode, where a user may list it; the per-batch path that passes never retrains.
 
-    Keyword arguments come in two layers, because a learning rate sized for 8x8 digits destroys
+    Keyword arguments come in layers, because a learning rate sized for 8x8 digits destroys
     a ResNet-18 on Fashion-MNIST (issue #13):
 
     - ``methods``: defaults per method name, used for any dataset and model;

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasks import audit, dvc_ops, tracking
+from tasks.consolidate import record_lost_consolidations
 from tasks.ladder import EXACT, active_ladder
 from tasks.project import PipelineError, Project
 from tasks.stage.context import load_forget
@@ -59,6 +60,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     # A promotion interrupted by a crash is finished first: new batches must be unlearned from
     # the model that already forgot the earlier ones, never from its predecessor.
     finish_promotions(project, client, ledger)
+    record_lost_consolidations(project, client)  # before a promotion from it could hide that it served
     record_lost_completions(project, ledger)
     pending = ledger.pending()
     if not pending:
@@ -87,6 +89,8 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         previous = read_escalation(project)
     except PipelineError:
         previous = None
+    if previous is not None:  # its verdicts' records, whether it resumes or a new batch starts another escalation
+        record_lost_verdicts(project, previous)
     # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone.
     attempts = [a for a in previous.attempts if a.verified()] if previous and previous.key == key else []
     reason = hold_until = ""
@@ -103,7 +107,6 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         ladder=ladder, attempts=attempts, reason=reason,
         hold_until=hold_until,
     )
-    record_lost_verdicts(project, state)
     return write_escalation(project, state.next_rung())
 
 
@@ -126,12 +129,20 @@ def record_verdict(project: Project, batches: list[str], number: int, report: di
                  **({"recovered": True} if recovered else {}))
 
 
+def lost_verdicts(project: Project, state: Escalation) -> list[tuple[int, Attempt]]:
+    """The verified attempts of an escalation whose ``attempt.verified`` record is missing (numbered from 1)."""
+    verified = [(n, a) for n, a in enumerate(state.attempts, start=1) if a.verified() and a.report]
+    if not verified:
+        return []
+    named = {r.get("run_id") for r in audit.records(project, "attempt.verified")}
+    return [(n, a) for n, a in verified if a.run_id not in named]
+
+
 def record_lost_verdicts(project: Project, state: Escalation) -> None:
-    """Write the verdict records of kept attempts that a crash cut off (see :func:`record_verdict`)."""
-    named = {r.get("run_id") for r in audit.records(project, "attempt.verified")} if state.attempts else set()
-    for number, attempt in enumerate(state.attempts, start=1):
+    """Write the verdict records of attempts that a crash cut off (see :func:`record_verdict`)."""
+    for number, attempt in lost_verdicts(project, state):
         path = project.reports_dir / "attempts" / str(attempt.report)
-        if attempt.run_id not in named and attempt.report and path.is_file():
+        if path.is_file():
             record_verdict(project, state.batches, number, json.loads(path.read_text()), recovered=True)
 
 
@@ -139,8 +150,8 @@ def record_lost_completions(project: Project, ledger: Ledger) -> list[str]:
     """Write the audit records a crash cut off after the ledger completed batches here (data-only, withdrawn).
 
     The ledger is saved first and the record appended next: a crash in between left the batches completed with
-    no ``batch.completed`` / ``model.withdrawn`` record, and nothing else would ever write it. Only batches not
-    yet certified are looked at (a certified batch's run got past this point). Returns the batches recorded.
+    no ``batch.completed`` / ``model.withdrawn`` record, and nothing else would ever write it (the log is read
+    once per event, only when such batches exist). Returns the batches recorded.
     """
     events = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}
     lost: dict[tuple[str, str], list[str]] = {}
@@ -148,7 +159,7 @@ def record_lost_completions(project: Project, ledger: Ledger) -> list[str]:
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
         note = ledger.last_note(batch_id)
         event = events.get(str(note.get("outcome")))
-        if event is None or "certified" in ledger.steps(batch_id):
+        if event is None:
             continue
         if event not in recorded:
             recorded[event] = {b for r in audit.records(project, event) for b in (r.get("batch_ids") or [])}

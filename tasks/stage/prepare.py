@@ -88,12 +88,16 @@ def run_prepare(project: Project) -> dict[str, Any]:
     # trained on a deleted sample are retired (tombstoned; with a pool only a deleted POOL sample
     # retires one), and exact retrains of an older data version are removed.
     bank = ReferenceBank(project.references_dir)
-    for ref_id in bank.retire_containing(deleted, batches=ledger.pending()):
-        log.info("prepare: retired reference %s (trained on deleted samples)", ref_id)
-    # Every reference these batches retired, also on an earlier run that a crash cut off before the ledger's save
-    # (the bank is saved first: the re-run retires nothing new, and the certificate would say none was retired).
-    retired = bank.retired_by(ledger.pending())
-    ledger.add_retired_references(ledger.pending(), retired)
+    retired = []
+    for batch_id in ledger.pending():  # each batch retires (and is credited with) the references its samples trained
+        retired += bank.retire_containing(set(ledger.batch(batch_id)["sample_ids"]), batches=[batch_id])
+    retired += bank.retire_containing(deleted, batches=ledger.pending())  # unreadable ones: no single batch's
+    for ref_id in retired:
+        log.info("prepare: retired reference %s", ref_id)
+    # What each batch retired, also on an earlier run that a crash cut off before the ledger's save (the bank is
+    # saved first: the re-run retires nothing new, and the certificate would say none was retired).
+    for batch_id in ledger.pending():
+        ledger.add_retired_references([batch_id], bank.retired_by([batch_id]))
     live = retrained_path(project, store)
     for path in project.models_dir.glob("retrained-*.pt"):
         if path != live:

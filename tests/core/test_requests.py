@@ -210,3 +210,20 @@ def test_duplicate_json_keys_are_a_file_problem_at_any_depth(data):
     parsed = parse_request_bytes("r.json", data)
     assert parsed.problem is not None and parsed.problem.code == "duplicate_json_key"
     assert not parsed.requests
+
+
+def test_the_salt_is_created_whole_once_and_a_damaged_one_is_an_error(tmp_path):
+    """`request submit` now creates the salt too, beside a running ingest: a reader between the other process's
+    create and write read an empty salt, and hashed with no secret (review of 2026-12-05)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pytest
+
+    path = tmp_path / "requests" / ".salt"
+    with ThreadPoolExecutor(8) as pool:
+        salts = list(pool.map(lambda _: load_or_create_salt(path), range(32)))
+    assert len(set(salts)) == 1 and len(salts[0]) == 32 and (path.stat().st_mode & 0o777) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [".salt"]  # no temporary file left
+    path.write_text("")
+    with pytest.raises(ValueError, match="not 32 hex-encoded bytes"):
+        load_or_create_salt(path)

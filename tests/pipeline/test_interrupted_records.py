@@ -196,3 +196,80 @@ def test_a_verdict_cut_off_before_its_records_is_recorded_when_the_escalation_re
     assert result["promote"]["status"] == "promoted" and "verified" in Ledger(project.ledger_path).steps(batch_id)
     run_stages(project, "unlearn")  # nothing pending: recorded once
     assert len(_events(project, "attempt.verified")) == 1
+
+
+def test_each_batch_is_credited_only_with_the_references_its_own_samples_retired(champion_project):
+    """The crash fix first credited every pending batch with every reference any of them retired: a test-split
+    deletion arriving while a pool deletion was held said two reference models were retired (third review)."""
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.references import ReferenceBank
+    from unlearn.requests import Ledger
+
+    root, _ = champion_project(FAST)
+    project = load_project(root)
+    store = SampleStore(project.store_dir)
+    _submit(project, "A-1", store.split_ids("pool")[:3].tolist())
+    run_stages(project, "ingest", "prepare")  # A stays pending (held, or the run stopped here)
+    (a,) = Ledger(project.ledger_path).batches
+    retired_by_a = ReferenceBank(project.references_dir).retired_by([a])
+    assert retired_by_a and Ledger(project.ledger_path).batch(a)["references_retired"] == retired_by_a
+    _submit(project, "B-1", store.split_ids("test")[:2].tolist())  # test samples: no reference trained on them
+    run_stages(project, "ingest", "prepare")
+    ledger = Ledger(project.ledger_path)
+    (b,) = [x for x in ledger.batches if x != a]
+    assert ledger.batch(b).get("references_retired", []) == [] and ledger.batch(a)["references_retired"] == retired_by_a
+
+
+def test_a_recovered_consolidation_record_says_what_the_consolidation_did(champion_project, monkeypatch):
+    """The recovered record took its numbers from after the move (0 deleted since the exact model) and the force
+    flag of the recovering call (third review); they now come from the tags the consolidation registered."""
+    from tasks import tracking
+    from tasks.consolidate import drift, run_consolidate
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root, _ = champion_project({**FAST, "gate": {"on_inconclusive": "promote_low_power"}})
+    project = load_project(root)
+    _submit(project, "T-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
+    assert run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")["promote"]["status"] == \
+        "promoted"
+    before = drift(project, tracking.setup(project), Ledger(project.ledger_path))
+    assert before["deleted_since_exact"] == 5 and before["batches_since_exact"] == 1
+    with monkeypatch.context() as patch:
+        _crash_on_record(patch, "model.consolidated")
+        with pytest.raises(Crash):
+            run_consolidate(project, force=True)
+    again = run_consolidate(project, force=False)  # what the consolidate-due trigger runs
+    assert again["status"] == "consolidated" and again["recovered"] and again["forced"] is True
+    (record,) = _events(project, "model.consolidated")
+    assert record["forced"] is True and record["recovered"] is True
+    assert (record["deleted_since_exact"], record["batches_since_exact"]) == (5, 1)
+
+
+def test_a_consolidation_record_lost_before_a_promotion_from_it_is_still_written(champion_project, monkeypatch):
+    """Recovery lived only in the consolidation: a request promoted from the unrecorded consolidation first, and
+    its time as champion was missing from the audit log for good, with the doctor silent (third review)."""
+    from conftest import RETRAIN
+
+    from tasks import tracking
+    from tasks.consolidate import run_consolidate
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root, _ = champion_project(RETRAIN)
+    project = load_project(root)
+    _submit(project, "T-1", SampleStore(project.store_dir).split_ids("test")[:2].tolist())  # a new data version
+    run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+    with monkeypatch.context() as patch:
+        _crash_on_record(patch, "model.consolidated")
+        with pytest.raises(Crash):
+            run_consolidate(project, force=True)
+    consolidated = str(tracking.champion_version(project, tracking.setup(project)).version)
+    _submit(project, "R-1", SampleStore(project.store_dir).split_ids("train")[:3].tolist())
+    result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+    assert result["promote"]["status"] == "promoted" and result["promote"]["previous_champion"] == consolidated
+    (record,) = _events(project, "model.consolidated")
+    assert record["model_version"] == consolidated and record["recovered"] is True
+    assert not [p for p in _problems(project) if "model.consolidated" in p]

@@ -41,14 +41,35 @@ def content_digest(*, sample_ids: Iterable[str] | None = None, forget_class: str
 
 
 def load_or_create_salt(path: Path) -> bytes:
-    """Read the project's hashing salt, creating a random one on first use (mode 0600)."""
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    salt = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(salt.hex())
+    """Read the project's hashing salt, creating a random one on first use (mode 0600).
+
+    Created complete, then linked into place: two processes creating it at once (a submit beside a run's
+    ingest) both end with the one that was linked first, and neither can read a file still being written
+    (an empty salt would have made every hash keyless). A salt file that is not 32 hex-encoded bytes is an
+    error, never a key.
+    """
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_bytes(32).hex())
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process linked its salt first: then that one is the salt
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    try:
+        salt = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        salt = b""
+    if len(salt) != 32:
+        raise ValueError(f"hashing salt {path} is not 32 hex-encoded bytes: restore it from a backup (hashes "
+                         "made with another salt no longer match)")
     return salt
 
 
