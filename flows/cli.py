@@ -461,6 +461,9 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
             print(f"  {key:<12}{', '.join(map(str, value)) if isinstance(value, list) else value}")
     for step, at in sorted((status.get("steps") or {}).items(), key=lambda item: item[1]):
         print(f"  {'':<12}{step:<14}{at}")
+    for rejection in status.get("later_rejections") or []:  # the same id sent again, e.g. with other content
+        print(f"  later sent again and rejected ({', '.join(rejection.get('reasons') or [])}) by ingest "
+              f"{rejection.get('ingest')}: the request above stands; a new request needs a new id")
     return 0
 
 

@@ -167,7 +167,11 @@ def check_split_unchanged(old_store: SampleStore, splits_now: np.ndarray, ids_no
         f"split ({', '.join(f'{n} {move}' for move, n in sorted(moves.items()))}). The models trained on this "
         "store saw its splits, so deletions would be judged against the wrong ones. Set "
         f"{', '.join(SPLIT_SETTINGS)} back to the values the store was built with (its record: {recorded}), "
-        "or start a new project for the new split. Nothing was changed."
+        "or start a new project for the new split."
+        + (" Samples would leave the store (-> absent): a subset may grow under trained models, never shrink back, "
+           "since models may have trained on what it added; the store holds them now."
+           if any(move.endswith("-> absent") for move in moves) else "")
+        + " Nothing was changed."
     )
 
 

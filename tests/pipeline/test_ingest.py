@@ -117,6 +117,15 @@ def test_repeated_request_is_acknowledged_and_a_reused_id_is_a_conflict(make_pro
     (conflict,) = _rejected(project)
     assert conflict["reasons"] == ["request_id_conflict"] and first["batch_id"] in conflict["detail"]
     assert "digits-0003" not in Ledger(project.ledger_path).deleted_ids()
+    # `request status` says so in plain text too (it showed only the accepted request: README review)
+    import contextlib
+    import io
+
+    from flows.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["--root", str(project.root), "request", "status", "R-1"]) == 0
+    assert "later sent again and rejected (request_id_conflict)" in out.getvalue()
 
 
 def test_already_deleted_samples_are_acknowledged_or_dropped_from_the_request(make_project):
