@@ -39,6 +39,9 @@ def run_prepare(project: Project) -> dict[str, Any]:
     """
     params = project.params
     source = load_source(params.data)
+    # The first stage that knows the data's shape: a model that does not fit it fails here, before anything is
+    # written (the store, the quarantine), so a wrong factory leaves nothing behind.
+    check_model(params.model.name, tuple(source.images.shape[1:]), len(source.classes))
     ledger = Ledger(project.ledger_path)
     old_store = SampleStore(project.store_dir) if (project.store_dir / "index.csv").exists() else None
     fraction = params.verify.references.pool_fraction
@@ -82,8 +85,6 @@ def run_prepare(project: Project) -> dict[str, Any]:
     deleted = ledger.deleted_ids()
     store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted,
                                     pool_fraction=fraction, pool_seed=params.seed)
-    # The first stage that knows the data's shape: a model that does not fit it fails here, before training.
-    check_model(params.model.name, store.image_shape, len(store.classes))
     # Models trained on data that is now deleted are never used again: reference models that
     # trained on a deleted sample are retired (tombstoned; with a pool only a deleted POOL sample
     # retires one), and exact retrains of an older data version are removed.

@@ -82,3 +82,22 @@ def test_refused_metric_names_keep_the_fpr():
     assert refused_metric_name("mia.lira_offline.tpr_at_fpr_0.001") == "tpr_at_fpr_0.001"
     assert refused_metric_name("mia.rmia_offline.tpr_at_fpr_0.01") == "tpr_at_fpr_0.01"
     assert refused_metric_name("test_acc") == "test_acc"
+
+
+def test_a_model_that_does_not_fit_the_data_fails_before_prepare_writes_anything(make_project, tmp_path,
+                                                                                 monkeypatch):
+    """The shape check ran after the store was written: a wrong factory left 4.8 MB that DVC does not track
+    (README review)."""
+    from conftest import run_stages
+
+    from tasks.project import load_project
+    from unlearn.config import ConfigError
+
+    (tmp_path / "wrong_head_models.py").write_text(
+        "from torch import nn\n\n\ndef three(in_channels, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    project = load_project(make_project({"model": {"name": "wrong_head_models:three"}}))
+    with pytest.raises(ConfigError, match=r"outputs of shape \(3,\).*expected \(10,\)"):
+        run_stages(project, "ingest", "prepare")
+    assert not project.store_dir.exists() and not (project.root / "data" / "quarantine").exists()
