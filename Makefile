@@ -50,4 +50,5 @@ bench: $(STAMP)
 clean-state:
 	rm -rf mlflow.db mlartifacts .dvcstore data/store data/quarantine data/models data/references data/signals data/state \
 	  data/reports data/requests/batches data/requests/rejected data/requests/acknowledged data/requests/ledger.json data/requests/deletions.json data/requests/emitted-events.txt \
-	  data/requests/redactions.json data/audit data/certificates data/.pipeline.lock dvc.lock
+	  data/requests/redactions.json data/requests/emitted-events.txt.lock data/requests/.salt data/audit data/certificates \
+	  data/.pipeline.lock data/.registry dvc.lock .dvc/cache .dvc/tmp dvc_plots

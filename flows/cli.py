@@ -367,7 +367,7 @@ def format_gate(report: dict[str, Any]) -> list[str]:
         lines.append("(no metric tested)")
     refused = sorted({refused_metric_name(m) for m in report.get("refused", {}).get("unlearned", {})})
     if refused:
-        lines.append(f"refused (too few test samples for the FPR): {', '.join(refused)} (details in the report)")
+        lines.append(f"refused (too few forget or test samples for the FPR): {', '.join(refused)} (details in the report)")
     lines.append(f"\nverdict: {report['verdict'].upper()} -- {report.get('reason', '')}")
     if report.get("policy_reason"):
         lines.append(f"policy: {report['policy_reason']}")
@@ -426,7 +426,7 @@ def format_summary(result: dict[str, Any]) -> str:
                      "retrained exactly")
     else:
         lines.append(f"model version {promote['version']} ({promote['status']}, evidence: {report.get('evidence')}); "
-                     f"aliases: {promote.get('aliases')}")
+                     f"aliases right after promotion: {promote.get('aliases')}")
     purge = result.get("purge", {})
     if purge.get("status") == "purged":
         scan = purge.get("scan", {})

@@ -319,11 +319,11 @@ def format_status(report: dict[str, Any]) -> str:
     runs = report.get("runs") or []
     lines.append("\nlast pipeline runs (MLflow):")
     if runs:
-        header = f"  {'started':<22}{'run':<24}{'stage':<9}{'verdict':<10}{'status':<10}compute s"
+        header = f"  {'started':<22}{'run':<24}{'stage':<9}{'verdict':<14}{'status':<10}compute s"
         lines.append(header)
         for run in runs:
             lines.append(f"  {_cell(run['start_time']):<22}{_cell(run['run_name'])[:23]:<24}{_cell(run['stage']):<9}"
-                         f"{_cell(run['verdict']):<10}{_cell(run['status']):<10}{_cell(run['compute_seconds'])}")
+                         f"{_cell(run['verdict']):<13} {_cell(run['status']):<9} {_cell(run['compute_seconds'])}")
     else:
         lines.append("  none")
     stages = report.get("stages") or []
