@@ -367,7 +367,8 @@ def format_gate(report: dict[str, Any]) -> list[str]:
         lines.append("(no metric tested)")
     refused = sorted({refused_metric_name(m) for m in report.get("refused", {}).get("unlearned", {})})
     if refused:
-        lines.append(f"refused (too few forget or test samples for the FPR): {', '.join(refused)} (details in the report)")
+        lines.append(f"refused (too few forget or test samples for the FPR): {', '.join(refused)} "
+                     "(details in the report)")
     lines.append(f"\nverdict: {report['verdict'].upper()} -- {report.get('reason', '')}")
     if report.get("policy_reason"):
         lines.append(f"policy: {report['policy_reason']}")
