@@ -46,8 +46,8 @@ def is_exact(tags: dict[str, str]) -> bool:
 def drift(project: Project, client: Any, ledger: Ledger) -> dict[str, Any]:
     """How far the data moved since the last exact model: the inputs of :func:`unlearn.gate.consolidate_due`.
 
-    The last exact model is the newest registered version trained exactly (the baseline, an exact-retrain
-    rung, a consolidation). Deletions since are the batches newer than its ``covers_through`` that removed
+    The last exact model is the newest version that served as champion and was trained exactly (the
+    baseline, an exact-retrain rung, a consolidation). Deletions since are the batches newer than its ``covers_through`` that removed
     training samples (their counts are in the ledger); the training set at that model is the live one plus
     those samples (the store only shrinks).
 
@@ -55,7 +55,11 @@ def drift(project: Project, client: Any, ledger: Ledger) -> dict[str, Any]:
         ``last_exact_version`` (None when no exact model exists), ``deleted_since_exact``,
         ``train_size_at_exact``, ``deleted_fraction`` and ``batches_since_exact``.
     """
-    exact = [mv for mv in tracking.all_versions(project, client) if is_exact(mv.tags)]
+    versions = tracking.all_versions(project, client)
+    # Versions that served: a consolidation registered but never made champion (a crash before the alias moved,
+    # then newer data) says nothing about what the deployed models saw.
+    served = served_versions(versions, tracking.champion_version(project, client))
+    exact = [mv for mv in versions if is_exact(mv.tags) and str(mv.version) in served]
     train_now = len(SampleStore(project.store_dir).split_ids("train")) if (project.store_dir / "index.csv").exists() \
         else 0
     if not exact:
