@@ -47,8 +47,8 @@ def drift(project: Project, client: Any, ledger: Ledger) -> dict[str, Any]:
     """How far the data moved since the last exact model: the inputs of :func:`unlearn.gate.consolidate_due`.
 
     The last exact model is the newest version that served as champion and was trained exactly (the
-    baseline, an exact-retrain rung, a consolidation). Deletions since are the batches newer than its ``covers_through`` that removed
-    training samples (their counts are in the ledger); the training set at that model is the live one plus
+    baseline, an exact-retrain rung, a consolidation). Deletions since are the batches newer than its
+    ``covers_through`` that removed training samples (their counts are in the ledger); the training set at that model is the live one plus
     those samples (the store only shrinks).
 
     Returns:
