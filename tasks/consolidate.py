@@ -48,8 +48,8 @@ def drift(project: Project, client: Any, ledger: Ledger) -> dict[str, Any]:
 
     The last exact model is the newest version that served as champion and was trained exactly (the
     baseline, an exact-retrain rung, a consolidation). Deletions since are the batches newer than its
-    ``covers_through`` that removed training samples (their counts are in the ledger); the training set at that model is the live one plus
-    those samples (the store only shrinks).
+    ``covers_through`` that removed training samples (their counts are in the ledger); the training set
+    at that model is the live one plus those samples (the store only shrinks).
 
     Returns:
         ``last_exact_version`` (None when no exact model exists), ``deleted_since_exact``,
