@@ -78,9 +78,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from unlearn.methods.base import MissingDataError
     from unlearn.registry import UnknownNameError
     from unlearn.requests import LedgerError
+    from unlearn.requests.hashing import SaltError
 
     return (ConfigError, PipelineError, SourceError, StoreError, MissingDataError,
-            UnknownNameError, LedgerError, AuditError)
+            UnknownNameError, LedgerError, AuditError, SaltError)
 
 
 # --------------------------------------------------------------------------- request submit

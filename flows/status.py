@@ -45,8 +45,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     report = collect_status(Path(getattr(args, "root", ".")), runs=max(0, args.runs))
     text = json.dumps(report, indent=2, sort_keys=True, default=str) if args.json else format_status(report)
     sys.stdout.write(text + "\n")
-    # Not a project (no params.yaml) or params.yaml unreadable: a wrong --root, exit 2 like every other command.
-    return 2 if {"project", "params"} & set(report["problems"]) else 0
+    # Not a project (no params.yaml), params.yaml unreadable, or another registry than the project's: exit 2.
+    return 2 if {"project", "params", "registry"} & set(report["problems"]) else 0
 
 
 # --------------------------------------------------------------------------- collecting
@@ -240,8 +240,11 @@ def collect_status(root: Path, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
 
         report["data_version"] = attempt("data_version", lambda: dvc_ops.data_version(project))
     from tasks import tracking
+    from tasks.project import check_registry
 
-    if tracking.has_registry(project):
+    # Another store than the project's registry would show "no champion": say so instead, and read none of it.
+    registry_ok = attempt("registry", lambda: check_registry(project) or True)
+    if registry_ok and tracking.has_registry(project):
         client = attempt("mlflow", lambda: tracking.reader(project))
         if client is not None:
             report["champion"] = attempt("champion", lambda: _champion(project, client))
@@ -304,6 +307,8 @@ def format_status(report: dict[str, Any]) -> str:
                      f"  verdict {_cell(champion['verdict'])}  created {_cell(champion['created'])}")
         lines.append(f"  data version {_cell(champion['data_version'])}"
                      f"  previous {_cell(champion.get('previous_version'))}  run {_cell(champion['run_id'])}")
+    elif "registry" in (report.get("problems") or {}):
+        lines.append("  not read: this process points at another registry than the project's (see problems)")
     else:
         lines.append("  none yet")
     requests = report.get("requests")

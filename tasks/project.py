@@ -130,14 +130,19 @@ class Project:
     def registry_identity(self) -> str:
         """Which MLflow store this process would use, without credentials: the project's own SQLite file (it
         moves with the project), or the tracking URI's scheme, host, port and path."""
-        from urllib.parse import urlsplit, urlunsplit
+        from urllib.parse import urlsplit
 
         uri = self.tracking_uri
-        if uri == f"sqlite:///{self.root / 'mlflow.db'}":
-            return "the project's own mlflow.db"
         parts = urlsplit(uri)
+        if parts.scheme in ("sqlite", "file", ""):  # a file: the same file however the path is spelled
+            # sqlite:///relative and sqlite:////absolute (SQLAlchemy); file:///absolute; or a plain path
+            path = uri.removeprefix("sqlite:///") if parts.scheme == "sqlite" else (parts.path if parts.scheme else uri)
+            resolved = Path(path).expanduser().resolve()
+            if resolved == (self.root / "mlflow.db").resolve():
+                return "the project's own mlflow.db"
+            return f"sqlite:///{resolved}" if parts.scheme == "sqlite" else f"file://{resolved}"
         host = parts.hostname or ""
-        return urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path, "", ""))
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
     @property
     def registry_pin(self) -> Path:

@@ -295,7 +295,8 @@ class ReferenceBank:
         return sorted(r.ref_id for r in self.records.values()
                       if r.status == LIVE and deleted & set(self.members(r.ref_id).tolist()))
 
-    def retire_containing(self, deleted_ids: set[str] | list[str], *, batches: list[str]) -> list[str]:
+    def retire_containing(self, deleted_ids: set[str] | list[str], *, batches: list[str],
+                          unreadable: bool = True) -> list[str]:
         """Retire every live reference that trained on any of ``deleted_ids``.
 
         Weights and member list are deleted; the record stays as a tombstone.
@@ -303,6 +304,8 @@ class ReferenceBank:
         Args:
             deleted_ids: Samples that are now deleted.
             batches: Request batches that deleted them (recorded on the tombstone).
+            unreadable: Also retire references whose files are missing or corrupt (their members cannot be
+                checked), naming no batch: no deletion is known to have retired them.
 
         Returns:
             Ids of the references retired now.
@@ -316,9 +319,9 @@ class ReferenceBank:
                 members = set(self.members(record.ref_id).tolist())
                 reason = "trained on deleted samples" if members & deleted else None
             except ValueError:
-                reason = "files missing or corrupt"
+                reason = "files missing or corrupt" if unreadable else None
             if reason is not None:
-                self._retire(record, reason, batches)
+                self._retire(record, reason, batches if reason == "trained on deleted samples" else [])
                 retired.append(record.ref_id)
         if retired:
             self._save()

@@ -18,6 +18,13 @@ def check_params(params: Params) -> None:
     from unlearn.data import SOURCES
     from unlearn.registry import UnknownNameError
 
+    for name in params.unlearn.overrides:  # named first, so a bad key is blamed on the override that set it
+        try:
+            METHODS.get(name).bind(params.method_kwargs(name))
+        except UnknownNameError as exc:
+            raise ConfigError(f"unlearn.overrides: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"unlearn.overrides.{name}: {exc}") from None
     try:
         SOURCES.get(params.data.source)
         MODELS.get(params.model.name)

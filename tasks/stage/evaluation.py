@@ -86,6 +86,11 @@ def label_matched(test: Arrays, forget_labels: np.ndarray) -> Arrays:
     labels, counts = np.unique(forget_labels, return_counts=True)
     share = counts / counts.sum()
     available = np.array([(test.labels == label).sum() for label in labels])
+    present = available > 0  # a label with no test sample cannot be matched: the others still are
+    if not present.any():
+        return test
+    share = share[present] / share[present].sum()
+    labels, available = labels[present], available[present]
     size = int(np.floor(min(available / share)))
     keep = np.zeros(len(test.labels), dtype=bool)
     for label, part in zip(labels, share, strict=True):

@@ -91,8 +91,9 @@ def run_prepare(project: Project) -> dict[str, Any]:
     bank = ReferenceBank(project.references_dir)
     retired = []
     for batch_id in ledger.pending():  # each batch retires (and is credited with) the references its samples trained
-        retired += bank.retire_containing(set(ledger.batch(batch_id)["sample_ids"]), batches=[batch_id])
-    retired += bank.retire_containing(deleted, batches=ledger.pending())  # unreadable ones: no single batch's
+        retired += bank.retire_containing(set(ledger.batch(batch_id)["sample_ids"]), batches=[batch_id],
+                                          unreadable=False)
+    retired += bank.retire_containing(deleted, batches=ledger.pending())  # and unreadable ones, credited to none
     for ref_id in retired:
         log.info("prepare: retired reference %s", ref_id)
     # What each batch retired, also on an earlier run that a crash cut off before the ledger's save (the bank is

@@ -101,3 +101,47 @@ def test_a_model_that_does_not_fit_the_data_fails_before_prepare_writes_anything
     with pytest.raises(ConfigError, match=r"outputs of shape \(3,\).*expected \(10,\)"):
         run_stages(project, "ingest", "prepare")
     assert not project.store_dir.exists() and not (project.root / "data" / "quarantine").exists()
+
+
+def test_the_registry_pin_knows_a_file_by_any_spelling_and_status_says_when_it_is_another(make_project, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """The pin compared URIs as text: the project's own mlflow.db through a symlinked path was refused, and the
+    message mangled sqlite:////abs into sqlite://abs; `unlearn status` in the wrong shell said 'no champion' and
+    exited 0 (fourth review)."""
+    from flows.cli import main
+    from tasks.project import PipelineError, check_registry, load_project, pin_registry
+
+    project = load_project(make_project())
+    pin_registry(project)
+    assert project.registry_pin.read_text().strip() == "the project's own mlflow.db"
+    link = tmp_path / "link"
+    link.symlink_to(project.root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{link}/mlflow.db")
+    check_registry(project)  # the same file
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
+    with pytest.raises(PipelineError, match=f"would use sqlite:///{tmp_path}/other.db "):
+        check_registry(project)
+    capsys.readouterr()
+    assert main(["--root", str(project.root), "status"]) == 2
+    out = capsys.readouterr().out
+    assert "registered in the project's own mlflow.db" in out and "champion:\n  not read" in out
+
+
+def test_a_damaged_salt_and_a_bad_override_are_named_with_exit_2(make_project, capsys):
+    """A truncated salt gave a traceback and exit 1; a bad key in unlearn.overrides was blamed on amun_salun in
+    unlearn.methods (fourth review)."""
+    import yaml
+
+    from flows.cli import main
+
+    root = make_project()
+    (root / "data" / "requests").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "requests" / ".salt").write_text("")
+    assert main(["--root", str(root), "request", "submit", "--request-id", "R-1", "--sample-ids", "digits-0001",
+                 "--reason", "gdpr_erasure", "--subject-ref", "s"]) == 2
+    assert "hashing salt" in capsys.readouterr().err
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["unlearn"]["overrides"] = {"amun": {"nope": 1}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["--root", str(root), "stage", "prepare"]) == 2
+    assert "unlearn.overrides.amun" in capsys.readouterr().err

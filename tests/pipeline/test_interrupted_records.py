@@ -209,16 +209,21 @@ def test_each_batch_is_credited_only_with_the_references_its_own_samples_retired
     root, _ = champion_project(FAST)
     project = load_project(root)
     store = SampleStore(project.store_dir)
-    _submit(project, "A-1", store.split_ids("pool")[:3].tolist())
+    _submit(project, "A-1", store.split_ids("pool")[:1].tolist())  # one sample: one of the two references
     run_stages(project, "ingest", "prepare")  # A stays pending (held, or the run stopped here)
     (a,) = Ledger(project.ledger_path).batches
     retired_by_a = ReferenceBank(project.references_dir).retired_by([a])
     assert retired_by_a and Ledger(project.ledger_path).batch(a)["references_retired"] == retired_by_a
     _submit(project, "B-1", store.split_ids("test")[:2].tolist())  # test samples: no reference trained on them
+    bank = ReferenceBank(project.references_dir)
+    (damaged,) = [r.ref_id for r in bank.records.values() if r.status == "live"]
+    next((project.references_dir / damaged).glob("members*")).unlink()  # no deletion retires it: no batch's credit
     run_stages(project, "ingest", "prepare")
     ledger = Ledger(project.ledger_path)
     (b,) = [x for x in ledger.batches if x != a]
     assert ledger.batch(b).get("references_retired", []) == [] and ledger.batch(a)["references_retired"] == retired_by_a
+    record = ReferenceBank(project.references_dir).records[damaged]
+    assert record.status != "live" and record.retired_reason == "files missing or corrupt" and not record.retired_by
 
 
 def test_a_recovered_consolidation_record_says_what_the_consolidation_did(champion_project, monkeypatch):

@@ -40,6 +40,10 @@ def content_digest(*, sample_ids: Iterable[str] | None = None, forget_class: str
 
 
 
+class SaltError(ValueError):
+    """The project's hashing salt is damaged (a command exits 2 naming the file)."""
+
+
 def load_or_create_salt(path: Path) -> bytes:
     """Read the project's hashing salt, creating a random one on first use (mode 0600).
 
@@ -68,7 +72,7 @@ def load_or_create_salt(path: Path) -> bytes:
     except ValueError:
         salt = b""
     if len(salt) != 32:
-        raise ValueError(f"hashing salt {path} is not 32 hex-encoded bytes: restore it from a backup (hashes "
+        raise SaltError(f"hashing salt {path} is not 32 hex-encoded bytes: restore it from a backup (hashes "
                          "made with another salt no longer match)")
     return salt
 
