@@ -195,6 +195,13 @@ def check_registry(project: Project) -> None:
     """
     pin = project.registry_pin
     if not pin.exists():
+        own = project.registry_identity == "the project's own mlflow.db"
+        if own and not (project.root / "mlflow.db").exists() and (project.state_dir / "train.json").exists():
+            # A baseline was trained, but not into a registry here: a project from before the pin, run from a shell
+            # that forgot the team's MLFLOW_TRACKING_URI, would otherwise pin the wrong store at its first use.
+            raise PipelineError("this project has trained a model, but its registry is neither named "
+                                f"({pin} is missing) nor the project's own mlflow.db (absent): set MLFLOW_TRACKING_URI "
+                                "to the project's registry. Nothing was changed.")
         return
     recorded, now = pin.read_text().strip(), project.registry_identity
     if recorded and recorded != now:

@@ -42,7 +42,8 @@ def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkey
     (root / "data" / "state" / "train.json").write_text("[truncated")
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4299/api")
     code, out = _status(capsys, root)
-    assert code == 0
+    # a train stage's state without a registry here: the pin's guard says where the models went (exit 2)
+    assert code == 2 and "its registry is neither named" in out
     assert "could not read requests: LedgerError" in out and "problem JSONDecodeError" in out
     assert "http://127.0.0.1:4299  (PREFECT_API_URL server)" in out
     (root / "params.yaml").write_text("seed: [not an int\n")
