@@ -134,15 +134,20 @@ class Project:
 
         uri = self.tracking_uri
         parts = urlsplit(uri)
-        if parts.scheme in ("sqlite", "file", ""):  # a file: the same file however the path is spelled
+        scheme = parts.scheme.lower()
+        if not scheme and "/" not in uri and not uri.startswith("."):  # a named store: databricks, databricks-uc
+            return uri
+        if scheme in ("sqlite", "file", ""):  # a file: the same file however the path is spelled
             # sqlite:///relative and sqlite:////absolute (SQLAlchemy); file:///absolute; or a plain path
-            path = uri.removeprefix("sqlite:///") if parts.scheme == "sqlite" else (parts.path if parts.scheme else uri)
+            path = uri.split("?", 1)[0].removeprefix("sqlite:///") if scheme == "sqlite" else (
+                parts.path if scheme else uri)
             resolved = Path(path).expanduser().resolve()
             if resolved == (self.root / "mlflow.db").resolve():
                 return "the project's own mlflow.db"
-            return f"sqlite:///{resolved}" if parts.scheme == "sqlite" else f"file://{resolved}"
-        host = parts.hostname or ""
-        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+            return f"sqlite:///{resolved}" if scheme == "sqlite" else f"file://{resolved}"
+        host = (parts.hostname or "").lower()
+        port = parts.port if parts.port not in ({"http": 80, "https": 443}.get(scheme), None) else None
+        return f"{scheme}://{host}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
 
     @property
     def registry_pin(self) -> Path:

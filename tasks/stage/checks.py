@@ -15,15 +15,24 @@ def check_params(params: Params) -> None:
         ConfigError: On an unknown method, attack (``verify.attacks``, ``gate.attacks``), model or
             source name, a bad method keyword argument, or an attack that cannot run at promotion time.
     """
+    import dataclasses
+
     from unlearn.data import SOURCES
     from unlearn.registry import UnknownNameError
 
+    without = dataclasses.replace(params.unlearn, overrides={})
     for name in params.unlearn.overrides:  # named first, so a bad key is blamed on the override that set it
         try:
-            METHODS.get(name).bind(params.method_kwargs(name))
+            spec = METHODS.get(name)
         except UnknownNameError as exc:
             raise ConfigError(f"unlearn.overrides: {exc}") from None
+        try:
+            spec.bind(params.method_kwargs(name))
         except TypeError as exc:
+            try:  # the same method without the overrides: if that binds, the override set the bad key
+                spec.bind(without.kwargs_for(name, params.data.source, params.model.name))
+            except TypeError:
+                continue  # the defaults or the profile hold it: named below as unlearn.methods
             raise ConfigError(f"unlearn.overrides.{name}: {exc}") from None
     try:
         SOURCES.get(params.data.source)

@@ -87,6 +87,9 @@ def label_matched(test: Arrays, forget_labels: np.ndarray) -> Arrays:
     share = counts / counts.sum()
     available = np.array([(test.labels == label).sum() for label in labels])
     present = available > 0  # a label with no test sample cannot be matched: the others still are
+    if not present.all():
+        log.warning("evaluation: %d forgotten label(s) have no test sample to compare with; matched on the rest",
+                    int((~present).sum()))
     if not present.any():
         return test
     share = share[present] / share[present].sum()

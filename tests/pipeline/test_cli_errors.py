@@ -145,3 +145,35 @@ def test_a_damaged_salt_and_a_bad_override_are_named_with_exit_2(make_project, c
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert main(["--root", str(root), "stage", "prepare"]) == 2
     assert "unlearn.overrides.amun" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("one, other", [
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000/"), ("https://MLflow.internal", "https://mlflow.internal:443/"),
+    ("http://user:secret@h:8080/api", "http://h:8080/api/"), ("databricks", "databricks"),
+])
+def test_one_server_spelled_two_ways_is_one_store(tmp_path, monkeypatch, one, other):
+    """A trailing '/', a default port or credentials made the same server 'another store' (fifth review)."""
+    from tasks.project import Project
+
+    project = Project(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", one)
+    first = project.registry_identity
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    assert project.registry_identity == first and "secret" not in first
+    monkeypatch.chdir(tmp_path.parent)  # a named store does not depend on the working directory
+    assert project.registry_identity == first
+
+
+def test_a_bad_key_is_blamed_where_it_is_written(make_project, capsys):
+    import yaml
+
+    from flows.cli import main
+
+    root = make_project()
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["unlearn"]["methods"]["finetune"] = {"bogus": 1}
+    params["unlearn"]["overrides"] = {"finetune": {"epochs": 1}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["--root", str(root), "stage", "prepare"]) == 2
+    err = capsys.readouterr().err
+    assert "unlearn.methods" in err and "unlearn.overrides" not in err and "bogus" in err
