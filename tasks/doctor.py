@@ -257,31 +257,26 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
     The next pipeline run writes the missing records; until then each is a finding.
     """
     from tasks import audit
+    from tasks.stage.escalation import lost_completions, lost_verdicts
+    from tasks.stage.state import read_escalation
     from unlearn.references import ReferenceBank
-    from unlearn.requests import Ledger
 
-    findings = []
-    events = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}
-    named = {event: {b for r in audit.records(project, event) for b in (r.get("batch_ids") or [])}
-             for event in events.values()}
-    for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
-        outcome = str(ledger.last_note(batch_id).get("outcome"))
-        if outcome in events and batch_id not in named[events[outcome]]:
-            findings.append(Finding("audit", batch_id, f"completed as {outcome}, but the audit log has no "
-                                                       f"{events[outcome]} record naming it"))
+    findings = [Finding("audit", batch_id, f"completed as {ledger.last_note(batch_id).get('outcome')}, but the audit "
+                                           f"log has no {event} record naming it")
+                for batch_id, event in lost_completions(project, ledger).items()]
     if client is not None:  # every version that held the champion alias, not only the current one
         from tasks.consolidate import served_versions
 
         versions = tracking.all_versions(project, client)
         served = served_versions(versions, tracking.champion_version(project, client))
+        events = {"unlearned": "model.promoted", "consolidated": "model.consolidated"}
+        recorded = {event: {str(r.get("model_version")) for r in audit.records(project, event)}
+                    for event in events.values()}  # the log read once per event, not once per version
         for mv in versions:
-            event = {"unlearned": "model.promoted", "consolidated": "model.consolidated"}.get(mv.tags.get("role", ""))
-            if event and str(mv.version) in served and not audit.has_record(project, event,
-                                                                            model_version=str(mv.version)):
+            event = events.get(mv.tags.get("role", ""))
+            if event and str(mv.version) in served and str(mv.version) not in recorded[event]:
                 findings.append(Finding("audit", f"version {mv.version}", f"it held the champion alias, but the audit "
                                                                           f"log has no {event} record for it"))
-    from tasks.stage.escalation import lost_verdicts
-    from tasks.stage.state import read_escalation
 
     try:
         escalation = read_escalation(project)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -167,6 +168,14 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+def drop_request(project, request_id: str, ids: list[str]) -> None:
+    """Drop one well-formed sample-deletion request into the project's inbox (as a client's file drop would)."""
+    project.incoming_dir.mkdir(parents=True, exist_ok=True)
+    (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(
+        {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
+         "subject_ref": f"subject-{request_id}", "sample_ids": ids}))
 
 
 def run_stages(project, *names: str) -> dict:

@@ -146,26 +146,35 @@ def record_lost_verdicts(project: Project, state: Escalation) -> None:
             record_verdict(project, state.batches, number, json.loads(path.read_text()), recovered=True)
 
 
-def record_lost_completions(project: Project, ledger: Ledger) -> list[str]:
-    """Write the audit records a crash cut off after the ledger completed batches here (data-only, withdrawn).
+COMPLETION_EVENTS = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}
 
-    The ledger is saved first and the record appended next: a crash in between left the batches completed with
-    no ``batch.completed`` / ``model.withdrawn`` record, and nothing else would ever write it (the log is read
-    once per event, only when such batches exist). Returns the batches recorded.
+
+def lost_completions(project: Project, ledger: Ledger) -> dict[str, str]:
+    """Batches completed here (data-only, withdrawn) whose audit record names no batch: batch -> missing event.
+
+    The ledger is saved first and the record appended next: a crash in between left them so. The log is read
+    once per event, only when such batches exist.
     """
-    events = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}
-    lost: dict[tuple[str, str], list[str]] = {}
-    recorded: dict[str, set[str]] = {}  # event -> the batches its records name (the log is read once per event)
+    lost: dict[str, str] = {}
+    recorded: dict[str, set[str]] = {}  # event -> the batches its records name
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
-        note = ledger.last_note(batch_id)
-        event = events.get(str(note.get("outcome")))
+        event = COMPLETION_EVENTS.get(str(ledger.last_note(batch_id).get("outcome")))
         if event is None:
             continue
         if event not in recorded:
             recorded[event] = {b for r in audit.records(project, event) for b in (r.get("batch_ids") or [])}
         if batch_id not in recorded[event]:
-            lost.setdefault((event, str(note.get("at", ""))), []).append(batch_id)
-    for (event, _), batch_ids in lost.items():
+            lost[batch_id] = event
+    return lost
+
+
+def record_lost_completions(project: Project, ledger: Ledger) -> list[str]:
+    """Write the records :func:`lost_completions` finds missing (nothing else would ever write them), one per
+    completion (the batches completed together share their note's time). Returns the batches recorded."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for batch_id, event in lost_completions(project, ledger).items():
+        groups.setdefault((event, str(ledger.last_note(batch_id).get("at", ""))), []).append(batch_id)
+    for (event, _), batch_ids in groups.items():
         note = ledger.last_note(batch_ids[0])
         if event == "model.withdrawn":
             audit.record(project, event, model_version=note.get("model_version"), batch_ids=batch_ids,
@@ -173,7 +182,7 @@ def record_lost_completions(project: Project, ledger: Ledger) -> list[str]:
         else:
             audit.record(project, event, batch_ids=batch_ids, outcome="data_only",
                          data_version=note.get("data_version"), recovered=True)
-    return [b for batch_ids in lost.values() for b in batch_ids]
+    return [b for batch_ids in groups.values() for b in batch_ids]
 
 
 def resumed_ladder(attempts: list[Attempt], active: list[str]) -> list[str]:

@@ -50,9 +50,9 @@ def run_prepare(project: Project) -> dict[str, Any]:
         before = dvc_ops.data_version(project)  # dvc.lock still names the store this batch is removed from
     except PipelineError:
         before = None  # the first store: nothing came before it
-    check_ledger_complete(old_store or SampleStore.interrupted_backup(project.store_dir), ledger)
+    guard = old_store or SampleStore.interrupted_backup(project.store_dir)  # the store the last run left
+    check_ledger_complete(guard, ledger)
     if models_registered(project):
-        guard = old_store or SampleStore.interrupted_backup(project.store_dir)
         if guard is None and before is not None:  # DVC recorded a store, and it is gone
             # Rebuilt from the source with today's settings, the store's split would be whatever they say, not
             # what the registered models trained on: the store must come back from DVC, which recorded it.

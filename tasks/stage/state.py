@@ -188,17 +188,24 @@ class Escalation:
         self.method = final.method if final else None
         return self
 
-    def exhausted(self) -> bool:
-        """Every rung failed the gate conclusively and the exact retrain has not been tried.
+    def after_fail(self) -> str:
+        """What a conclusive fail of the last attempt leads to: ``next_rung``, ``retrain`` or ``reject``.
 
-        Why it escalates: the deletion must be honoured, the exact retrain is the one model known never to have
-        seen the samples, and the batches cannot wait for a better method (the next run would reach the same
-        verdicts, and every later request is unlearned together with them). Like the hold's bound, this is the
-        exceptional path; the per-request path stays the ladder's methods.
+        ``retrain`` when it was the last rung, every rung before it failed too, and it was not the exact
+        retrain itself. Why: the deletion must be honoured, the exact retrain is the one model known never to
+        have seen the samples, and the batches cannot wait for a better method (the next run would reach the
+        same verdicts, and every later request is unlearned together with them). Like the hold's bound, this
+        is the exceptional path; the per-request path stays the ladder's methods. ``reject``: the exact
+        retrain itself did not verify as exact.
         """
-        tried = len(self.attempts)
-        return bool(tried and tried >= len(self.ladder) and all(a.verdict == "fail" for a in self.attempts)
-                    and self.attempts[-1].method != "retrain")
+        if len(self.attempts) < len(self.ladder):
+            return "next_rung"
+        earlier_failed = all(a.verdict == "fail" for a in self.attempts[:-1])
+        return "retrain" if earlier_failed and self.attempts[-1].method != "retrain" else "reject"
+
+    def exhausted(self) -> bool:
+        """Every rung failed the gate conclusively and the exact retrain has not been tried (:meth:`after_fail`)."""
+        return bool(self.attempts) and self.attempts[-1].verdict == "fail" and self.after_fail() == "retrain"
 
     def promoted_attempt(self) -> Attempt:
         """The attempt promote registers: the chosen one, else the last."""

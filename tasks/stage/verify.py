@@ -9,7 +9,6 @@ import shutil
 from typing import Any
 
 from tasks import reporting, tracking
-from tasks.ladder import EXACT
 from tasks.project import Project
 from tasks.stage.context import (
     finite_metrics,
@@ -119,14 +118,11 @@ def run_verify(project: Project) -> dict[str, Any]:
                                     retrained=retrained, mode=mode)
     verdict, failures, exact = evaluation.verdict, evaluation.failures, evaluation.exact
     action, hold_until, policy_reason = verdict_action(project, verdict, escalation.batches)
-    if verdict == FAIL:  # a conclusive fail goes up the ladder; after the last rung to the exact retrain
-        if len(attempts) < len(escalation.ladder):
-            action = "next_rung"
-        elif attempt.method != EXACT and all(a.verdict == FAIL for a in attempts[:-1]):  # Escalation.exhausted
-            action, policy_reason = RETRAIN, (f"every rung of the ladder ({', '.join(a.method for a in attempts)}) "
-                                              "failed the gate conclusively: escalated to the exact retrain")
-        else:  # the exact retrain itself did not verify as exact (rejected, exit 3)
-            action = "reject"
+    if verdict == FAIL:  # up the ladder; after the last rung to the exact retrain; rejected (exit 3) after that
+        action = escalation.after_fail()
+        if action == RETRAIN:
+            policy_reason = (f"every rung of the ladder ({', '.join(a.method for a in attempts)}) failed the gate "
+                             "conclusively: escalated to the exact retrain")
     strength = evidence_strength(verdict, action, exact)
     outcome, results = evaluation.outcome, evaluation.results
     plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()},

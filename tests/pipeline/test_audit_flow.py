@@ -5,7 +5,7 @@ import logging
 
 import pytest
 import yaml
-from conftest import FAST, run_stages
+from conftest import FAST, drop_request, run_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -15,16 +15,6 @@ pytestmark = pytest.mark.e2e
 SETUP = {**FAST, "unlearn": {"method": "retrain", "escalation": [],
                              "methods": {"finetune": {"epochs": 1, "lr": 1e-12, "batch_size": 64}}},
          "gate": {"audit": {"every_batches": 1, "cron": None, "retrains": 1}, "resamples": 300}}
-
-
-def _request(request_id, ids):
-    return {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
-            "subject_ref": f"subject-{request_id}", "sample_ids": ids}
-
-
-def _drop(project, request_id, ids):
-    project.incoming_dir.mkdir(parents=True, exist_ok=True)
-    (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(_request(request_id, ids)))
 
 
 def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_it(prefect_server, make_project,
@@ -45,7 +35,7 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     run_stages(project, "ingest", "prepare", "train")
     train_ids = SampleStore(project.store_dir).split_ids("train")
     forget = train_ids[:300].tolist()
-    _drop(project, "R-1", forget)
+    drop_request(project, "R-1", forget)
     run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote", "purge")
     mlflow.set_tracking_uri(project.tracking_uri)
     client = mlflow.MlflowClient()
@@ -85,7 +75,7 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     params["unlearn"]["method"] = "amun"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = load_project(root)
-    _drop(project, "R-2", train_ids[300:310].tolist())
+    drop_request(project, "R-2", train_ids[300:310].tolist())
     run_stages(project, "ingest", "prepare")
     logger = logging.getLogger("unlearn.pipeline")
     logger.addHandler(caplog.handler)  # `unlearn` CLI runs earlier in a session stop propagation to the root

@@ -10,23 +10,13 @@ each case `unlearn doctor` said nothing. Here the crash is an exception raised a
 import json
 
 import pytest
-from conftest import FAST, run_stages
+from conftest import FAST, drop_request, run_stages
 
 pytestmark = pytest.mark.e2e
 
 
 class Crash(BaseException):
     """Stands for a SIGKILL: not an Exception, so no handler in the pipeline swallows it."""
-
-
-def _request(request_id, ids):
-    return {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
-            "subject_ref": f"subject-{request_id}", "sample_ids": ids}
-
-
-def _submit(project, request_id, ids):
-    project.incoming_dir.mkdir(parents=True, exist_ok=True)
-    (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(_request(request_id, ids)))
 
 
 def _crash_on_record(monkeypatch, event):
@@ -60,7 +50,7 @@ def test_a_consolidation_cut_off_before_its_record_is_recorded_by_the_next_one(c
 
     root, _ = champion_project(FAST)
     project = load_project(root)
-    _submit(project, "T-1", SampleStore(project.store_dir).split_ids("test")[:2].tolist())  # data only
+    drop_request(project, "T-1", SampleStore(project.store_dir).split_ids("test")[:2].tolist())  # data only
     run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
     with monkeypatch.context() as patch:
         _crash_on_record(patch, "model.consolidated")
@@ -95,7 +85,7 @@ def test_an_interrupted_withdrawal_names_the_withdrawn_champion_and_its_record(c
     params["train"]["min_samples"] = 100_000  # after the baseline: any deletion leaves too few to train on
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project = load_project(root)
-    _submit(project, "W-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
+    drop_request(project, "W-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
     run_stages(project, "ingest", "prepare")
     with monkeypatch.context() as patch:
         if crash == "after_alias_removed":
@@ -138,7 +128,7 @@ def test_references_retired_by_a_prepare_cut_off_before_the_ledger_save_are_stil
 
     root, _ = champion_project(FAST)
     project = load_project(root)
-    _submit(project, "P-1", SampleStore(project.store_dir).split_ids("pool")[:3].tolist())
+    drop_request(project, "P-1", SampleStore(project.store_dir).split_ids("pool")[:3].tolist())
     run_stages(project, "ingest")
     with monkeypatch.context() as patch:
         real = ReferenceBank.retire_containing
@@ -175,7 +165,7 @@ def test_a_verdict_cut_off_before_its_records_is_recorded_when_the_escalation_re
 
     root, _ = champion_project(RETRAIN)  # the exact retrain: a pass, whatever the data
     project = load_project(root)
-    _submit(project, "V-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
+    drop_request(project, "V-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
     run_stages(project, "ingest", "prepare")
     with monkeypatch.context() as patch:
         from tasks.stage import verify
@@ -209,12 +199,12 @@ def test_each_batch_is_credited_only_with_the_references_its_own_samples_retired
     root, _ = champion_project(FAST)
     project = load_project(root)
     store = SampleStore(project.store_dir)
-    _submit(project, "A-1", store.split_ids("pool")[:1].tolist())  # one sample: one of the two references
+    drop_request(project, "A-1", store.split_ids("pool")[:1].tolist())  # one sample: one of the two references
     run_stages(project, "ingest", "prepare")  # A stays pending (held, or the run stopped here)
     (a,) = Ledger(project.ledger_path).batches
     retired_by_a = ReferenceBank(project.references_dir).retired_by([a])
     assert retired_by_a and Ledger(project.ledger_path).batch(a)["references_retired"] == retired_by_a
-    _submit(project, "B-1", store.split_ids("test")[:2].tolist())  # test samples: no reference trained on them
+    drop_request(project, "B-1", store.split_ids("test")[:2].tolist())  # test samples: no reference trained on them
     bank = ReferenceBank(project.references_dir)
     (damaged,) = [r.ref_id for r in bank.records.values() if r.status == "live"]
     next((project.references_dir / damaged).glob("members*")).unlink()  # no deletion retires it: no batch's credit
@@ -237,7 +227,7 @@ def test_a_recovered_consolidation_record_says_what_the_consolidation_did(champi
 
     root, _ = champion_project({**FAST, "gate": {"on_inconclusive": "promote_low_power"}})
     project = load_project(root)
-    _submit(project, "T-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
+    drop_request(project, "T-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
     assert run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")["promote"]["status"] == \
         "promoted"
     before = drift(project, tracking.setup(project), Ledger(project.ledger_path))
@@ -265,14 +255,14 @@ def test_a_consolidation_record_lost_before_a_promotion_from_it_is_still_written
 
     root, _ = champion_project(RETRAIN)
     project = load_project(root)
-    _submit(project, "T-1", SampleStore(project.store_dir).split_ids("test")[:2].tolist())  # a new data version
+    drop_request(project, "T-1", SampleStore(project.store_dir).split_ids("test")[:2].tolist())  # a new data version
     run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
     with monkeypatch.context() as patch:
         _crash_on_record(patch, "model.consolidated")
         with pytest.raises(Crash):
             run_consolidate(project, force=True)
     consolidated = str(tracking.champion_version(project, tracking.setup(project)).version)
-    _submit(project, "R-1", SampleStore(project.store_dir).split_ids("train")[:3].tolist())
+    drop_request(project, "R-1", SampleStore(project.store_dir).split_ids("train")[:3].tolist())
     result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
     assert result["promote"]["status"] == "promoted" and result["promote"]["previous_champion"] == consolidated
     (record,) = _events(project, "model.consolidated")
