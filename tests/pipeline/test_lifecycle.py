@@ -284,9 +284,32 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
+    # Both runs must meet at the lock: the test holds it until each has announced that it waits (else one run could
+    # finish before the other even reached the lock, both would have waited 0 s, and which waited is a coin toss).
+    import logging
+
+    from tasks.locking import pipeline_lock
+
+    waiting = threading.Semaphore(0)
+
+    class Waiting(logging.Handler):
+        def emit(self, record):
+            if "waiting for another pipeline run" in record.getMessage():
+                waiting.release()
+
+    handler, logger = Waiting(), logging.getLogger("unlearn.pipeline")
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
     threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
+    try:
+        with pipeline_lock(project):
+            for thread in threads:
+                thread.start()
+            assert all(waiting.acquire(timeout=120) for _ in threads), "a run never reached the lock"
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
     for thread in threads:
         thread.join()
     assert not errors, errors
