@@ -101,7 +101,10 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
             received_at, subject_ref, known sample ids or class: ``tasks.validation.precheck_request``,
             the same rules without Great Expectations, so the command stays fast), so a typo exits 2
             here, naming the problem, instead of being queued and rejected later. Nothing is
-            written. (Duplicates of earlier requests are judged at ingestion, against the ledger.)
+            written. The same for a request id already used for different content, by a request
+            still in the inbox or one the ledger recorded (ingestion would reject it as
+            ``request_id_conflict``); a repeat of the same request is queued (ingestion acknowledges
+            it as a duplicate, a no-op).
     """
     import re
 
@@ -135,9 +138,49 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     salt = load_or_create_salt(project.salt_path)
     # Domain-separated from subject hashes: a request id equal to its subject reference must not link the two.
     digest = hash_subject(f"inbox-file-name\x00{request.get('request_id')}", salt).removeprefix("hmac-sha256:")[:12]
+    conflict = _request_id_conflict(project, request, digest)
+    if conflict:
+        raise PipelineError(f"request {request_id} was not queued: its id is already used {conflict} for different "
+                            "content, so ingestion would reject it (request_id_conflict); use a new id")
     target = project.incoming_dir / f"request-{stamp}-{digest}.json"
     write_text_atomic(target, json.dumps(request, indent=2))
     return target
+
+
+def _request_id_conflict(project: Any, request: dict[str, Any], inbox_digest: str) -> str | None:
+    """Where the request's id is already used for other content: "in the inbox" or "in the ledger" (None: free,
+    or the same request again, which ingestion acknowledges as a duplicate).
+
+    Why here: ingestion rejects such a request, but only when it runs, after ``submit`` has said "queued". The
+    inbox files of this id are found by their name (the salted digest of the id), the ledger by its record of
+    each request's content digest (the same :func:`~unlearn.requests.content_digest` ingestion compares).
+    An inbox file that cannot be read is left to ingestion, which rejects it with its reason.
+    """
+    from unlearn.requests import Ledger, content_digest
+
+    def digest_of(values: dict[str, Any]) -> str | None:
+        try:
+            if values.get("forget_class") is not None:
+                return content_digest(forget_class=str(values["forget_class"]))
+            return content_digest(sample_ids=values["sample_ids"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    mine = digest_of(request)
+    for path in sorted(project.incoming_dir.glob(f"request-*-{inbox_digest}.json")):
+        try:
+            queued = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(queued, dict) and queued.get("request_id") == request["request_id"]:
+            theirs = digest_of(queued)
+            if theirs is not None and theirs != mine:
+                return "by a request waiting in the inbox"
+    if project.ledger_path.exists():
+        found = Ledger(project.ledger_path).find_request(request["request_id"])
+        if found is not None and found.get("content_digest") not in (None, mine):
+            return "in the ledger"
+    return None
 
 
 def _store_ids(project: Any) -> dict[str, Any] | None:

@@ -371,3 +371,36 @@ def test_submit_writes_the_request_it_checked(make_project):
     from flows.serve import request_payload
 
     assert request_payload(path.name, "cli")["file"] == path.name  # still recognised as a submitted name
+
+
+def test_submit_refuses_an_id_already_used_for_other_content_and_queues_a_repeat(make_project):
+    """A reused id was queued ('submitted', exit 0) and only rejected by the next run as request_id_conflict."""
+    from flows.cli import submit_request
+
+    root = make_project()
+    incoming = root / "data" / "requests" / "incoming"
+    first = {"request_id": "R-1", "sample_ids": ["digits-0001", "digits-0002"], "subject_ref": "s",
+             "received_at": "2026-11-24T10:00:00Z", "reason": "other"}
+    submit_request(root, first)
+    # the same request again (a client's retry; ids in another order): queued, ingestion acknowledges it
+    submit_request(root, {**first, "sample_ids": ["digits-0002", "digits-0001"]})
+    assert len(list(incoming.glob("request-*.json"))) == 2
+    for other in ({**first, "sample_ids": ["digits-0003"]}, {**{k: v for k, v in first.items() if k != "sample_ids"}, "forget_class": "3"}):
+        with pytest.raises(PipelineError, match="already used by a request waiting in the inbox") as raised:
+            submit_request(root, other)
+        assert "digits-0003" not in str(raised.value)
+    assert len(list(incoming.glob("request-*.json"))) == 2
+    submit_request(root, {**first, "request_id": "R-2", "sample_ids": ["digits-0003"]})  # another id is free
+
+    # the ledger: an id a run already recorded, for other content
+    for path in incoming.glob("request-*.json"):
+        path.unlink()
+    project = load_project(root, check_registries=False)
+    ledger = Ledger(project.ledger_path)
+    ledger.add_batch("batch-earlier", ["OLD-1"], ["digits-0100"], "2026-01-01T00:00:00Z",
+                     request_digests={"OLD-1": content_digest(sample_ids=["digits-0100"])})
+    ledger.save()
+    with pytest.raises(PipelineError, match="already used in the ledger"):
+        submit_request(root, {**first, "request_id": "OLD-1", "sample_ids": ["digits-0101"]})
+    submit_request(root, {**first, "request_id": "OLD-1", "sample_ids": ["digits-0100"]})  # a repeat
+    assert len(list(incoming.glob("request-*.json"))) == 1
