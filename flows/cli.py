@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,14 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     settings = dict(reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
                     max_clock_skew_seconds=params.requests.max_clock_skew_seconds)
     dataset = _store_ids(project)
-    verdict = precheck_request(raw, **(dataset or _source_ids(project)), **settings)
-    if dataset and "unknown_sample_id" in verdict.reasons:  # the source may have grown since the store was built
-        verdict = precheck_request(raw, **_source_ids(project), **settings)
+
+    def check(row: RawRequest) -> Any:
+        verdict = precheck_request(row, **(dataset or _source_ids(project)), **settings)
+        if dataset and "unknown_sample_id" in verdict.reasons:  # the source may have grown since the store was built
+            verdict = precheck_request(row, **_source_ids(project), **settings)
+        return verdict
+
+    verdict = check(raw)
     if not verdict.valid:  # the detail never quotes a sample id or the subject reference
         raise PipelineError(f"request {request_id} is invalid and was not queued: {verdict.detail}")
     project.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -138,48 +144,55 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     salt = load_or_create_salt(project.salt_path)
     # Domain-separated from subject hashes: a request id equal to its subject reference must not link the two.
     digest = hash_subject(f"inbox-file-name\x00{request.get('request_id')}", salt).removeprefix("hmac-sha256:")[:12]
-    conflict = _request_id_conflict(project, request, digest)
+    conflict = _request_id_conflict(project, request, digest, lambda row: check(row).valid)
     if conflict:
-        raise PipelineError(f"request {request_id} was not queued: its id is already used {conflict} for different "
-                            "content, so ingestion would reject it (request_id_conflict); use a new id")
+        raise PipelineError(f"request {request_id} was not queued: its id is already used {conflict}, so ingestion "
+                            "would reject it (request_id_conflict); use a new id")
     target = project.incoming_dir / f"request-{stamp}-{digest}.json"
     write_text_atomic(target, json.dumps(request, indent=2))
     return target
 
 
-def _request_id_conflict(project: Any, request: dict[str, Any], inbox_digest: str) -> str | None:
-    """Where the request's id is already used for other content: "in the inbox" or "in the ledger" (None: free,
-    or the same request again, which ingestion acknowledges as a duplicate).
+def _request_id_conflict(project: Any, request: dict[str, Any], inbox_digest: str,
+                         valid: Callable[[Any], bool]) -> str | None:
+    """Why ingestion would reject ``request`` as ``request_id_conflict`` (None: it would not).
 
-    Why here: ingestion rejects such a request, but only when it runs, after ``submit`` has said "queued". The
-    inbox files of this id are found by their name (the salted digest of the id), the ledger by its record of
-    each request's content digest (the same :func:`~unlearn.requests.content_digest` ingestion compares).
-    An inbox file that cannot be read is left to ingestion, which rejects it with its reason.
+    Why here: ingestion rejects such a request, but only when it runs, after ``submit`` has said "queued".
+    The same order as ingestion's router (unlearn/requests/routing.py): an id the ledger recorded is decided
+    by the ledger (the same content is a repeat; other content, or a record without a content digest, is a
+    conflict); otherwise by the first valid request with that id waiting in the inbox, in ingestion's file
+    order. The inbox files of this id are found by their name (the salted digest of the id) and read with
+    ingestion's own reader (no symlink followed, nothing but a regular file, a size cap); a file dropped into
+    the inbox under another name is not looked at (ingestion still judges it). "Same content" is
+    :func:`~unlearn.requests.content_digest`, as ingestion compares it.
+
+    Args:
+        valid: Whether a queued row passes the checks ingestion runs first (an invalid one claims no id).
     """
-    from unlearn.requests import Ledger, content_digest
+    from unlearn.requests import Ledger, content_digest, parse_request_file
 
     def digest_of(values: dict[str, Any]) -> str | None:
         try:
-            if values.get("forget_class") is not None:
+            if "forget_class" in values:
                 return content_digest(forget_class=str(values["forget_class"]))
             return content_digest(sample_ids=values["sample_ids"])
         except (KeyError, TypeError, ValueError):
             return None
 
-    mine = digest_of(request)
-    for path in sorted(project.incoming_dir.glob(f"request-*-{inbox_digest}.json")):
-        try:
-            queued = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(queued, dict) and queued.get("request_id") == request["request_id"]:
-            theirs = digest_of(queued)
-            if theirs is not None and theirs != mine:
-                return "by a request waiting in the inbox"
+    request_id, mine = request["request_id"], digest_of(request)
     if project.ledger_path.exists():
-        found = Ledger(project.ledger_path).find_request(request["request_id"])
-        if found is not None and found.get("content_digest") not in (None, mine):
-            return "in the ledger"
+        found = Ledger(project.ledger_path).find_request(request_id)
+        if found is not None:
+            if found.get("content_digest") is None:
+                return "in the ledger, recorded without a content digest (a repeat cannot be confirmed)"
+            return "in the ledger for different content" if found["content_digest"] != mine else None
+    if not project.incoming_dir.is_dir():
+        return None
+    for path in sorted(project.incoming_dir.glob(f"request-*-{inbox_digest}.json")):
+        for row in parse_request_file(path).requests:
+            if row.values.get("request_id") == request_id and valid(row):
+                same = digest_of(row.values) == mine
+                return None if same else "by a request waiting in the inbox, for different content"
     return None
 
 

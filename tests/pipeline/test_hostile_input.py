@@ -385,7 +385,8 @@ def test_submit_refuses_an_id_already_used_for_other_content_and_queues_a_repeat
     # the same request again (a client's retry; ids in another order): queued, ingestion acknowledges it
     submit_request(root, {**first, "sample_ids": ["digits-0002", "digits-0001"]})
     assert len(list(incoming.glob("request-*.json"))) == 2
-    for other in ({**first, "sample_ids": ["digits-0003"]}, {**{k: v for k, v in first.items() if k != "sample_ids"}, "forget_class": "3"}):
+    as_class = {**{k: v for k, v in first.items() if k != "sample_ids"}, "forget_class": "3"}
+    for other in ({**first, "sample_ids": ["digits-0003"]}, as_class):
         with pytest.raises(PipelineError, match="already used by a request waiting in the inbox") as raised:
             submit_request(root, other)
         assert "digits-0003" not in str(raised.value)
@@ -404,3 +405,46 @@ def test_submit_refuses_an_id_already_used_for_other_content_and_queues_a_repeat
         submit_request(root, {**first, "request_id": "OLD-1", "sample_ids": ["digits-0101"]})
     submit_request(root, {**first, "request_id": "OLD-1", "sample_ids": ["digits-0100"]})  # a repeat
     assert len(list(incoming.glob("request-*.json"))) == 1
+
+
+def test_submits_id_check_reads_the_inbox_and_ledger_as_ingestion_does(make_project):
+    """A review: submit's first check accepted what ingestion then rejected, hung on a FIFO, crashed on deep JSON."""
+    import threading
+
+    from flows.cli import submit_request
+
+    root = make_project()
+    incoming = root / "data" / "requests" / "incoming"
+    base = {"request_id": "R-1", "subject_ref": "s", "received_at": "2026-11-24T10:00:00Z", "reason": "other"}
+    queued = submit_request(root, {**base, "sample_ids": ["digits-0001"]})
+    # an editor saved the queued file with a byte-order mark: ingestion still reads it, so it still claims R-1
+    queued.write_bytes(b"\xef\xbb\xbf" + queued.read_bytes())
+    with pytest.raises(PipelineError, match="waiting in the inbox"):
+        submit_request(root, {**base, "sample_ids": ["digits-0002"]})
+    # a queued row that ingestion will reject (unknown reason) claims no id: the new request is the first valid one
+    queued.write_text(json.dumps({**base, "reason": "no-such-reason", "sample_ids": ["digits-0001"]}))
+    submit_request(root, {**base, "sample_ids": ["digits-0002"]})
+    # a FIFO or a deeply nested file under the id's name: never read into, never a traceback
+    for path in incoming.glob("request-*.json"):
+        path.unlink()
+    name = queued.name
+    os.mkfifo(incoming / name)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (submit_request(root, {**base, "sample_ids": ["digits-0003"]}),
+                                              done.set()), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert done.is_set(), "submit blocked on a FIFO in the inbox"
+    (incoming / name).unlink()
+    (incoming / name).write_text("[" * 200_000 + "]" * 200_000)
+    submit_request(root, {**base, "sample_ids": ["digits-0003"]})
+
+    # a ledger record without a content digest (kept before digests were): ingestion rejects any reuse
+    for path in incoming.glob("request-*.json"):
+        path.unlink()
+    ledger = Ledger(load_project(root, check_registries=False).ledger_path)
+    ledger.add_batch("batch-earlier", ["OLD-1"], ["digits-0100"], "2026-01-01T00:00:00Z")
+    ledger.save()
+    with pytest.raises(PipelineError, match="without a content digest"):
+        submit_request(root, {**base, "request_id": "OLD-1", "sample_ids": ["digits-0100"]})
+    assert list(incoming.glob("request-*.json")) == []
