@@ -24,10 +24,8 @@ import numpy as np
 
 from tasks import audit, tracking
 from tasks.evidence import evidence_summary
-from tasks.project import PipelineError, Project
-from tasks.stage.context import quarantine_path
+from tasks.project import PipelineError, Project, quarantine_path
 from tasks.stage.state import write_state
-from unlearn.attacks.signals import SignalCache
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays, split_labels
 from unlearn.files import utc_now, utc_timestamp, write_json_atomic
@@ -196,6 +194,8 @@ def run_purge(project: Project) -> dict[str, Any]:
     closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
     dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close)
     # Derived copies: cached logits of the samples, and candidate models of finished escalations.
+    from unlearn.attacks.signals import SignalCache  # here: the module imports torch, which purge needs nowhere else
+
     SignalCache(project.signals_dir).drop_ids(set(closing_ids))
     if not ledger.pending():
         for path in list(project.models_dir.glob("candidate-*.pt")) + [project.models_dir / "candidate.pt"]:

@@ -224,3 +224,12 @@ def pin_registry(project: Project) -> None:
     if not project.registry_pin.exists():
         project.registry_pin.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(project.registry_pin, project.registry_identity + "\n")
+
+
+def quarantine_path(project: Project, batch_id: str) -> Path:
+    """Where a pending batch's forget samples are kept until a model without them is promoted.
+
+    Here rather than in ``tasks.stage.context`` (which re-exports it) so that purge and certify, which
+    only delete or look at these files, do not import torch to find them.
+    """
+    return project.quarantine_dir / f"{batch_id}.npz"

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from tasks import tracking
-from tasks.project import PipelineError, Project
+from tasks.project import PipelineError, Project, quarantine_path
 from unlearn.config import ConfigError
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
@@ -42,11 +41,6 @@ def resolve_device(project: Project) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: {device!r} requested but CUDA is not available")
     return device
-
-
-def quarantine_path(project: Project, batch_id: str) -> Path:
-    """Where a pending batch's forget samples are kept until a model without them is promoted."""
-    return project.quarantine_dir / f"{batch_id}.npz"
 
 
 def load_forget(project: Project, batch_ids: list[str]) -> Arrays:
