@@ -229,7 +229,7 @@ def pin_registry(project: Project) -> None:
 def quarantine_path(project: Project, batch_id: str) -> Path:
     """Where a pending batch's forget samples are kept until a model without them is promoted.
 
-    Here rather than in ``tasks.stage.context`` (which re-exports it) so that purge and certify, which
-    only delete or look at these files, do not import torch to find them.
+    Here rather than in ``tasks.stage.context`` (which re-exports it), whose torch-heavy imports purge and
+    certify do not otherwise need.
     """
     return project.quarantine_dir / f"{batch_id}.npz"

@@ -10,9 +10,10 @@ from typing import Any
 # available on its own to re-verify the latest attempt.
 STAGES = ("ingest", "prepare", "train", "references", "unlearn", "promote", "purge", "certify")
 
-# Where each stage's function lives. `dvc repro` starts one process per stage, and most of a light stage's
-# time was importing every other stage (torch among them): ingest, purge and certify need no torch, so each
-# stage's module is imported when the stage is first called, not when the catalog is.
+# Where each stage's function lives. `dvc repro` starts one process per stage, and a light stage (ingest, purge,
+# certify) spent part of its time importing every other stage's module: each is imported when its stage is first
+# called, not when the catalog is. (Torch still comes in through the params check, which validates method and
+# attack names against their registries.)
 _WHERE = {
     "ingest": ("tasks.stage.ingest", "run_ingest"), "prepare": ("tasks.stage.prepare", "run_prepare"),
     "train": ("tasks.stage.train", "run_train"), "references": ("tasks.stage.references", "run_references"),
