@@ -30,9 +30,10 @@ MODULES: tuple[str, ...] = (
     "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
     "dvc.repo", "dvc.repo.commit", "sklearn.datasets", "sklearn.metrics", "matplotlib.pyplot", "pandas",
     "flows.pipeline", "flows.scheduled", "tasks.prefect_tasks", "tasks.validation", "tasks.tracking",
-    "tasks.reporting", "tasks.certificate_html", "tasks.stage.verify", "tasks.stage.unlearn",
-    "tasks.stage.promote", "unlearn.methods", "unlearn.attacks",
-)
+    "tasks.reporting", "tasks.certificate_html", "tasks.stage.ingest", "tasks.stage.prepare", "tasks.stage.train",
+    "tasks.stage.references", "tasks.stage.verify", "tasks.stage.unlearn", "tasks.stage.promote", "tasks.lifecycle",
+    "unlearn.methods", "unlearn.attacks",
+)  # every stage module by name: the stage catalog imports each on its first call
 
 
 def _warm() -> list[str]:
