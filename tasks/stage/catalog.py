@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
+from tasks.lifecycle import run_certify, run_purge
+from tasks.stage.ingest import run_ingest
+from tasks.stage.prepare import run_prepare
+from tasks.stage.promote import run_promote
+from tasks.stage.references import run_references
+from tasks.stage.train import run_train
+from tasks.stage.unlearn import run_unlearn
+from tasks.stage.verify import run_verify
 
 # The pipeline, in order. "verify" runs inside "unlearn" (once per escalation attempt) and stays
 # available on its own to re-verify the latest attempt.
 STAGES = ("ingest", "prepare", "train", "references", "unlearn", "promote", "purge", "certify")
 
-# Where each stage's function lives. `dvc repro` starts one process per stage, and a light stage (ingest, purge,
-# certify) spent part of its time importing every other stage's module: each is imported when its stage is first
-# called, not when the catalog is. (Torch still comes in through the params check, which validates method and
-# attack names against their registries.)
-_WHERE = {
-    "ingest": ("tasks.stage.ingest", "run_ingest"), "prepare": ("tasks.stage.prepare", "run_prepare"),
-    "train": ("tasks.stage.train", "run_train"), "references": ("tasks.stage.references", "run_references"),
-    "unlearn": ("tasks.stage.unlearn", "run_unlearn"), "verify": ("tasks.stage.verify", "run_verify"),
-    "promote": ("tasks.stage.promote", "run_promote"), "purge": ("tasks.lifecycle", "run_purge"),
-    "certify": ("tasks.lifecycle", "run_certify"),
+STAGE_FUNCTIONS = {
+    "ingest": run_ingest, "prepare": run_prepare, "train": run_train, "references": run_references,
+    "unlearn": run_unlearn, "verify": run_verify, "promote": run_promote, "purge": run_purge,
+    "certify": run_certify,
 }
-
-
-def _stage(name: str) -> Callable[[Any], dict[str, Any]]:
-    module, function = _WHERE[name]
-
-    def run(project: Any) -> dict[str, Any]:
-        return getattr(importlib.import_module(module), function)(project)
-
-    run.__name__ = run.__qualname__ = function
-    run.__doc__ = f"The {name!r} stage: {module}.{function}(project), imported on first call."
-    return run
-
-
-STAGE_FUNCTIONS: dict[str, Callable[[Any], dict[str, Any]]] = {name: _stage(name) for name in _WHERE}
