@@ -33,7 +33,7 @@ MODULES: tuple[str, ...] = (
     "tasks.reporting", "tasks.certificate_html", "tasks.stage.ingest", "tasks.stage.prepare", "tasks.stage.train",
     "tasks.stage.references", "tasks.stage.verify", "tasks.stage.unlearn", "tasks.stage.promote", "tasks.lifecycle",
     "unlearn.methods", "unlearn.attacks",
-)  # every stage module by name: the stage catalog imports each on its first call
+)  # every stage module by name (they were reached only through tasks.prefect_tasks before)
 
 
 def _warm() -> list[str]:
