@@ -66,14 +66,11 @@ def main() -> None:
         x, y = to_float(source.images[train]), torch.as_tensor(source.labels[train])
         seed_of = lambda s: s  # noqa: E731
     else:  # the sweep's data: the validation part is carved off exactly as select_hparams.py does, and dropped
-        from protocol import load_data
+        from protocol import load_data, validation_mask
 
         x, y, _, _ = load_data(args.dataset, args.data_path, train_size=args.train_size, pool=args.pool,
                                seed=args.split_seed)
-        rng = np.random.default_rng(args.split_seed)
-        val = np.zeros(len(y), dtype=bool)
-        val[rng.choice(len(y), int(round(args.val_fraction * len(y))), replace=False)] = True
-        keep = torch.as_tensor(np.flatnonzero(~val))
+        keep = torch.as_tensor(np.flatnonzero(~validation_mask(len(y), args.val_fraction, args.split_seed)))
         x, y = x[keep], y[keep]
         seed_of = lambda s: 1000 + s  # noqa: E731 - the sweep's original seeds
     rows = []

@@ -122,6 +122,14 @@ def subset(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> TensorSet:
     return TensorSet(x[index], y[index])
 
 
+def validation_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The validation part a sweep carves from the training data: round(fraction * n) samples, drawn with ``seed``
+    (``select_hparams.py``; ``amun_eps_init.py --train-size`` drops the same part)."""
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).choice(n, int(round(fraction * n)), replace=False)] = True
+    return mask
+
+
 def forget_mask(n: int, fraction: float, seed: int) -> np.ndarray:
     """A random forget subset of round(fraction * n) samples, drawn with its own seed."""
     mask = np.zeros(n, dtype=bool)

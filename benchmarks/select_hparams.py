@@ -59,7 +59,7 @@ for _path in (REPO, REPO / "benchmarks"):  # run as a script without an install 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from protocol import METRICS, load_data, prepare, run_one, subset  # noqa: E402
+from protocol import METRICS, load_data, prepare, run_one, subset, validation_mask  # noqa: E402
 
 from unlearn.config import Params, load_params  # noqa: E402
 from unlearn.methods import METHODS  # noqa: E402
@@ -175,9 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     # The test split is loaded by the shared loader but never used below.
     x_all, y_all, _, _ = load_data(args.dataset, args.data_path, train_size=args.train_size, pool=args.pool,
                                    seed=args.split_seed, pad_rgb=args.pad_rgb)
-    rng = np.random.default_rng(args.split_seed)
-    val_mask = np.zeros(len(y_all), dtype=bool)
-    val_mask[rng.choice(len(y_all), int(round(args.val_fraction * len(y_all))), replace=False)] = True
+    val_mask = validation_mask(len(y_all), args.val_fraction, args.split_seed)
     validation = subset(x_all, y_all, val_mask)
     tune = subset(x_all, y_all, ~val_mask)
     recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size,

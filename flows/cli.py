@@ -169,13 +169,11 @@ def _request_id_conflict(project: Any, request: dict[str, Any], inbox_digest: st
     Args:
         valid: Whether a queued row passes the checks ingestion runs first (an invalid one claims no id).
     """
-    from unlearn.requests import Ledger, content_digest, parse_request_file
+    from unlearn.requests import Ledger, parse_request_file, request_digest
 
     def digest_of(values: dict[str, Any]) -> str | None:
         try:
-            if "forget_class" in values:
-                return content_digest(forget_class=str(values["forget_class"]))
-            return content_digest(sample_ids=values["sample_ids"])
+            return request_digest(values)
         except (KeyError, TypeError, ValueError):
             return None
 

@@ -19,10 +19,10 @@ from unlearn.files import utc_now, write_json_atomic, write_jsonl_atomic
 from unlearn.requests import (
     Ledger,
     RequestRouter,
-    content_digest,
     hash_subject,
     load_or_create_salt,
     parse_request_file,
+    request_digest,
     skipped_in_inbox,
 )
 
@@ -102,10 +102,9 @@ def run_ingest(project: Project) -> dict[str, Any]:
             class_name = str(values["forget_class"])
             forget_class = list(source.classes).index(class_name)
             wanted = source.ids[(source.labels == forget_class) & (source.splits == "train")].tolist()
-            content = content_digest(forget_class=class_name)
         else:
             wanted = values["sample_ids"]
-            content = content_digest(sample_ids=wanted)
+        content = request_digest(values)
         routing = router.route(request_id, content, wanted)
         if routing.destination == "rejected":
             rejected_lines.append({**where, "request_id": request_id, "reasons": [routing.outcome],

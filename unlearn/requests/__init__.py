@@ -8,7 +8,7 @@
 Import from this package; the modules are its layout, not its interface.
 """
 
-from unlearn.requests.hashing import content_digest, hash_ids, hash_subject, load_or_create_salt
+from unlearn.requests.hashing import content_digest, hash_ids, hash_subject, load_or_create_salt, request_digest
 from unlearn.requests.ledger import Ledger, LedgerError
 from unlearn.requests.parsing import (
     FIELDS,
@@ -28,5 +28,6 @@ from unlearn.requests.routing import RequestRouter, Routing
 __all__ = [
     "FIELDS", "MAX_FILE_BYTES", "NOT_AN_OBJECT", "RAGGED_ROW", "FileProblem", "Ledger", "LedgerError", "ParsedFile",
     "RawRequest", "RequestRouter", "Routing", "content_digest", "hash_ids", "hash_subject", "load_or_create_salt",
+    "request_digest",
     "parse_request_bytes", "parse_request_file", "sanitize_file_name", "skipped_in_inbox",
 ]

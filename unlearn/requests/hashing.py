@@ -11,8 +11,9 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def content_digest(*, sample_ids: Iterable[str] | None = None, forget_class: str | None = None) -> str:
@@ -37,6 +38,18 @@ def content_digest(*, sample_ids: Iterable[str] | None = None, forget_class: str
                  else {"forget_class": str(forget_class)})
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def request_digest(values: Mapping[str, Any]) -> str:
+    """:func:`content_digest` of a request's fields: its ``forget_class`` (as text) if it names one, else its
+    ``sample_ids``. One definition for ingestion and for ``unlearn request submit``'s early id check.
+
+    Raises:
+        KeyError, TypeError, ValueError: Fields that name neither (a request that failed validation).
+    """
+    if "forget_class" in values:
+        return content_digest(forget_class=str(values["forget_class"]))
+    return content_digest(sample_ids=values["sample_ids"])
 
 
 
