@@ -207,7 +207,8 @@ def models_registered(project: Project) -> bool:
                 pass
         client = tracking.reader(project)
         # This project's model only: a shared (team) server holds other projects' models, which never trained
-        # on this store. (Renaming registry.model_name therefore disarms the check: README, left alone.)
+        # on this store. The name cannot drift from the one the models were registered under: the registry pin
+        # (tasks.project.check_registry) refuses a renamed registry.model_name before any stage runs.
         return bool(client.search_model_versions(f"name='{tracking.model_name(project)}'", max_results=1))
     except Exception as exc:  # noqa: BLE001 - unknown means "assume models exist"
         log.info("prepare: the registry could not be read (%s); checking the split anyway", type(exc).__name__)

@@ -113,7 +113,7 @@ def test_the_registry_pin_knows_a_file_by_any_spelling_and_status_says_when_it_i
 
     project = load_project(make_project())
     pin_registry(project)
-    assert project.registry_pin.read_text().strip() == "the project's own mlflow.db"
+    assert project.registry_pin.read_text().splitlines()[0] == "the project's own mlflow.db"
     link = tmp_path / "link"
     link.symlink_to(project.root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{link}/mlflow.db")
@@ -125,6 +125,42 @@ def test_the_registry_pin_knows_a_file_by_any_spelling_and_status_says_when_it_i
     assert main(["--root", str(project.root), "status"]) == 2
     out = capsys.readouterr().out
     assert "registered in the project's own mlflow.db" in out and "champion:\n  not read" in out
+
+
+def test_a_renamed_registered_model_is_refused_before_any_stage_runs(make_project, capsys):
+    """Retirement, the split check and certificates read the versions of registry.model_name only: renaming it
+    left the old name's versions, trained on samples deleted later, unretired (left alone in four notes)."""
+    import yaml
+
+    from flows.cli import main
+    from tasks.project import check_registry, load_project, pin_registry
+
+    root = make_project()
+    project = load_project(root)
+    pin_registry(project)
+    assert project.registry_pin.read_text().splitlines() == ["the project's own mlflow.db",
+                                                            "model_name: unlearn-classifier"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["registry"]["model_name"] = "renamed-classifier"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    capsys.readouterr()
+    assert main(["--root", str(root), "stage", "prepare"]) == 2
+    err = capsys.readouterr().err
+    assert "registered as 'unlearn-classifier'" in err and "'renamed-classifier'" in err
+    assert "rename_registered_model" in err and "Nothing was changed" in err
+    assert not project.store_dir.exists()
+    assert main(["--root", str(root), "status"]) == 2
+    # A pin from before the name was recorded: the name in use is recorded at the next registry use.
+    project.registry_pin.write_text("the project's own mlflow.db\n")
+    renamed = load_project(root)
+    check_registry(renamed)
+    pin_registry(renamed)
+    assert renamed.registry_pin.read_text().splitlines()[1] == "model_name: renamed-classifier"
+    # A name that cannot go into a registry filter or a one-line pin is a config error.
+    params["registry"]["model_name"] = "it's"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(["--root", str(root), "stage", "prepare"]) == 2
+    assert "registry.model_name" in capsys.readouterr().err
 
 
 def test_a_damaged_salt_and_a_bad_override_are_named_with_exit_2(make_project, capsys):
