@@ -13,7 +13,7 @@ from tasks.stage.context import quarantine_path
 from tasks.stage.retrain import retrained_path
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore, load_source
-from unlearn.data.store import Arrays, split_labels
+from unlearn.data.store import Arrays, source_ids_digest, split_labels
 from unlearn.files import atomic_path
 from unlearn.models import check_model
 from unlearn.references import ReferenceBank
@@ -51,7 +51,7 @@ def run_prepare(project: Project) -> dict[str, Any]:
     except PipelineError:
         before = None  # the first store: nothing came before it
     guard = old_store or SampleStore.interrupted_backup(project.store_dir)  # the store the last run left
-    check_ledger_complete(guard, ledger)
+    check_ledger_complete(guard, ledger, source.ids)
     if models_registered(project):
         if guard is None and before is not None:  # DVC recorded a store, and it is gone
             # Rebuilt from the source with today's settings, the store's split would be whatever they say, not
@@ -114,25 +114,37 @@ def run_prepare(project: Project) -> dict[str, Any]:
     return write_state(project, "prepare", summary)
 
 
-def check_ledger_complete(old_store: SampleStore | None, ledger: Ledger) -> None:
-    """Refuse to rebuild the store from a ledger that deletes fewer samples than the store was built without.
+def check_ledger_complete(old_store: SampleStore | None, ledger: Ledger, source_ids: np.ndarray) -> None:
+    """Refuse to rebuild the store from a ledger that does not delete every sample the store was built without.
 
     Why: the ledger (``data/requests/ledger.json``) is kept out of Git, since it names the deleted samples. In a
     clean clone, after ``dvc pull``, or from a backup older than the store, it is missing or short, and a build
     from it would put deleted samples back into the store (and into every model trained on it). A deletion is
-    never undone, so the count only grows.
+    never undone, so the count only grows. A ledger restored from the wrong place can be as long and still name
+    other samples: when the store was cut from this same source (its ``source_ids_sha256``), the source ids it
+    lacks are exactly the samples it was built without, and each must be in the ledger.
 
     Raises:
-        PipelineError: Naming both counts (never a sample id) and where the ledger must come from.
+        PipelineError: Naming the counts (never a sample id) and where the ledger must come from.
     """
     built_without = int(old_store.meta.get("deleted_total", 0)) if old_store is not None else 0
-    known = len(ledger.deleted_ids())
-    if known < built_without:
+    deleted = ledger.deleted_ids()
+    restore = ("Restore data/requests/ledger.json and data/requests/deletions.json from the pipeline's host (they "
+               "are kept out of Git because they name the deleted samples) before preparing. Nothing was changed.")
+    if len(deleted) < built_without:
         raise PipelineError(
-            f"the deletion ledger names {known} deleted sample(s) but the store was built without {built_without}: "
-            f"{ledger.path} is missing or older than the store, and a rebuild from it would bring deleted samples "
-            "back. Restore data/requests/ledger.json and data/requests/deletions.json from the pipeline's host (they "
-            "are kept out of Git because they name the deleted samples) before preparing. Nothing was changed.")
+            f"the deletion ledger names {len(deleted)} deleted sample(s) but the store was built without "
+            f"{built_without}: {ledger.path} is missing or older than the store, and a rebuild from it would bring "
+            f"deleted samples back. {restore}")
+    if old_store is None or old_store.meta.get("source_ids_sha256") != source_ids_digest(source_ids):
+        return  # another source (or a store from before the digest): only the count can be compared
+    lacked = np.setdiff1d(np.asarray(source_ids, dtype=str), old_store.ids)
+    unknown = int((~np.isin(lacked, np.array(sorted(deleted), dtype=str))).sum())
+    if unknown:
+        raise PipelineError(
+            f"the store was built without {len(lacked)} sample(s) of this source, and the deletion ledger does not "
+            f"name {unknown} of them: {ledger.path} is not the ledger this store was built from, and a rebuild "
+            f"from it would bring deleted samples back. {restore}")
 
 
 # The settings that decide which split a sample is in (named in the error, with the store's record of the pool).

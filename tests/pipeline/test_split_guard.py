@@ -4,6 +4,8 @@ A larger reference pool relabelled training samples the champion had seen as "po
 then taken for data-only, certified "complete", and the champion kept them.
 """
 
+import json
+
 import pytest
 import yaml
 from conftest import FAST, run_stages
@@ -151,6 +153,15 @@ def test_a_lost_or_older_ledger_never_rebuilds_deleted_samples_into_the_store(ma
     assert main(["--root", str(root), "stage", "prepare"]) == 2
     assert (project.store_dir / "index.csv").read_bytes() == index and not any(
         i in SampleStore(project.store_dir) for i in gone)
+    # A ledger as long as the right one that names other samples (restored from the wrong host or backup): the
+    # count check passed it, and the rebuild brought the two deleted samples back.
+    other = json.loads(saved)
+    (batch,) = other["batches"].values()
+    batch["sample_ids"] = sorted(SampleStore(project.store_dir).split_ids("train")[:2].tolist())
+    project.ledger_path.write_text(json.dumps(other))
+    with pytest.raises(PipelineError, match="built without 2 sample.*does not name 2 of them.*not the ledger"):
+        run_stages(project, "prepare")
+    assert (project.store_dir / "index.csv").read_bytes() == index
     project.ledger_path.write_bytes(saved)  # restored from the pipeline's host
     run_stages(project, "prepare")
     assert (project.store_dir / "index.csv").read_bytes() == index

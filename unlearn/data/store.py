@@ -33,6 +33,14 @@ from unlearn.data.sources import SourceData
 FORMAT_VERSION = 1
 
 
+def source_ids_digest(ids: np.ndarray) -> str:
+    """SHA-256 of a source's sample ids (sorted, one per line): names the source a store was cut from, not a
+    deletion."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
+
+
 class StoreError(RuntimeError):
     """The store is missing, corrupt, or asked for samples it does not hold."""
 
@@ -225,6 +233,9 @@ class SampleStore:
         }
         if exclude:  # how many deletions built it: a later build from a lost or older ledger is refused by that
             meta["deleted_total"] = len(set(exclude))
+            # Which source it was cut from (all of its ids, no deletion named): with the same source, the ids it
+            # lacks are exactly what it was built without, and a later build from another ledger is checked by id.
+            meta["source_ids_sha256"] = source_ids_digest(source.ids)
         if pool_fraction > 0:  # only then: stores without a pool keep their bytes (and DVC hashes)
             meta.update(num_pool=int((splits[positions] == "pool").sum()), pool_fraction=pool_fraction,
                         pool_seed=pool_seed)
