@@ -285,6 +285,11 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
     for number, attempt in lost_verdicts(project, escalation) if escalation is not None else []:
         findings.append(Finding("audit", f"attempt {number} ({attempt.method})", "verified, but the audit log has no "
                                                                                  "attempt.verified record for it"))
+    for number, attempt in enumerate(escalation.attempts if escalation is not None else [], start=1):
+        if attempt.verified() and not (project.reports_dir / "attempts" / str(attempt.report)).is_file():
+            findings.append(Finding("reports", f"attempt {number} ({attempt.method})",
+                                    f"its verdict ({attempt.verdict}) has no report file (data/reports/attempts/"
+                                    f"{attempt.report}): the next run of the unlearn stage redoes it"))
     try:
         bank = ReferenceBank(project.references_dir)
     except ValueError as exc:

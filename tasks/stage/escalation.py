@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,8 @@ from unlearn.data import SampleStore
 from unlearn.files import utc_now, utc_timestamp, write_json_atomic
 from unlearn.gate import INCONCLUSIVE, PASS, PROMOTE, PROMOTE_LOW_POWER, RETRAIN, next_action
 from unlearn.requests import Ledger
+
+log = logging.getLogger("unlearn.pipeline")
 
 
 def _ladder_key(project: Project, parent_version: str, batches: list[str]) -> str:
@@ -91,8 +94,9 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         previous = None
     if previous is not None:  # its verdicts' records, whether it resumes or a new batch starts another escalation
         record_lost_verdicts(project, previous)
-    # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone.
-    attempts = [a for a in previous.attempts if a.verified()] if previous and previous.key == key else []
+    # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone, and so is one whose
+    # report (its evidence) is gone, with every rung after it.
+    attempts = kept_attempts(project, previous) if previous and previous.key == key else []
     reason = hold_until = ""
     if attempts and attempts[-1].verdict == INCONCLUSIVE and attempts[-1].action == "hold":
         # A held escalation resumed by a later run (no new batch since): the hold may have run out.
@@ -108,6 +112,31 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         hold_until=hold_until,
     )
     return write_escalation(project, state.next_rung())
+
+
+def kept_attempts(project: Project, state: Escalation) -> list[Attempt]:
+    """The attempts a resumed escalation keeps: the verified ones, up to the first whose report file is missing.
+
+    Why: a verdict is only as good as its evidence. The promote stage reads the chosen attempt's report, and a
+    state naming a report that is gone (deleted, a partial restore) failed every later run at that read, which
+    held up every request after it. Such an attempt is redone like one cut off before its verdict; the rungs
+    after it are dropped too, since the ladder went on from that verdict. An ``attempt.report_missing`` record
+    says what was found (no sample, no subject).
+    """
+    kept: list[Attempt] = []
+    for number, attempt in enumerate(state.attempts, start=1):
+        if not attempt.verified():
+            continue
+        if not (project.reports_dir / "attempts" / str(attempt.report)).is_file():
+            log.warning("unlearn: the report of attempt %d (%s, %s) is missing; redoing it", number, attempt.method,
+                        attempt.verdict)
+            if not audit.has_record(project, "attempt.report_missing", run_id=attempt.run_id):
+                audit.record(project, "attempt.report_missing", method=attempt.method, attempt=number,
+                             run_id=attempt.run_id, state_verdict=attempt.verdict, batch_ids=state.batches,
+                             redone=True)
+            break
+        kept.append(attempt)
+    return kept
 
 
 def record_verdict(project: Project, batches: list[str], number: int, report: dict[str, Any], *,

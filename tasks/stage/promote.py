@@ -64,7 +64,7 @@ def run_promote(project: Project) -> dict[str, Any]:
     if state.held:
         return _hold(project, client, ledger, state)
     chosen = state.promoted_attempt()
-    report = json.loads((project.reports_dir / "attempts" / chosen.report).read_text())
+    report = chosen_report(project, chosen)
     if report["run_id"] != chosen.run_id:
         raise PipelineError("verification report belongs to another unlearning run; re-run unlearn")
     passed = report["verdict"] == "pass" or state.low_power
@@ -105,10 +105,26 @@ def run_promote(project: Project) -> dict[str, Any]:
     return write_state(project, "promote", result)
 
 
+def chosen_report(project: Project, attempt: Any) -> dict[str, Any]:
+    """The chosen attempt's verification report: its verdict's evidence, which promotion and holding act on.
+
+    Raises:
+        PipelineError: If the file is gone: the verdict is not acted on without it. The unlearn stage redoes such
+            an attempt (:func:`tasks.stage.escalation.kept_attempts`); the Prefect flow runs it every time,
+            ``dvc repro`` only when forced.
+    """
+    path = project.reports_dir / "attempts" / str(attempt.report)
+    if not path.is_file():
+        raise PipelineError(f"the verification report of the chosen attempt ({attempt.method}, {path}) is missing: "
+                            "its verdict is not acted on without its evidence. Re-run the unlearn stage, which "
+                            "redoes that attempt (`unlearn run`, or `dvc repro --force unlearn`). Nothing was changed.")
+    return json.loads(path.read_text())
+
+
 def _hold(project: Project, client: Any, ledger: Ledger, state: Escalation) -> dict[str, Any]:
     """Keep inconclusive batches pending (``held``): nothing registered, champion unchanged."""
     chosen = state.promoted_attempt()
-    report = json.loads((project.reports_dir / "attempts" / chosen.report).read_text())
+    report = chosen_report(project, chosen)
     fresh = [b for b in state.batches
              if ledger.last_note(b).get("outcome") != "held" or ledger.last_note(b).get("run_id") != chosen.run_id]
     for batch_id in fresh:
