@@ -308,7 +308,8 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"  data version {_cell(champion['data_version'])}"
                      f"  previous {_cell(champion.get('previous_version'))}  run {_cell(champion['run_id'])}")
     elif "registry" in (report.get("problems") or {}):
-        lines.append("  not read: this process points at another registry than the project's (see problems)")
+        lines.append("  not read: the project's registry check failed (another store, or another model name; "
+                     "see problems)")
     else:
         lines.append("  none yet")
     requests = report.get("requests")

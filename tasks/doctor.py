@@ -258,7 +258,7 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
     """
     from tasks import audit
     from tasks.stage.escalation import lost_completions, lost_verdicts
-    from tasks.stage.state import read_escalation
+    from tasks.stage.state import attempt_report, read_escalation
     from unlearn.references import ReferenceBank
 
     findings = [Finding("audit", batch_id, f"completed as {ledger.last_note(batch_id).get('outcome')}, but the audit "
@@ -285,11 +285,15 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
     for number, attempt in lost_verdicts(project, escalation) if escalation is not None else []:
         findings.append(Finding("audit", f"attempt {number} ({attempt.method})", "verified, but the audit log has no "
                                                                                  "attempt.verified record for it"))
-    for number, attempt in enumerate(escalation.attempts if escalation is not None else [], start=1):
-        if attempt.verified() and not (project.reports_dir / "attempts" / str(attempt.report)).is_file():
+    # Only while its batches are pending: a finished escalation's reports are read by nothing but the certificate.
+    live = escalation is not None and bool(set(escalation.batches) & set(ledger.pending()))
+    for number, attempt in enumerate(escalation.attempts if live else [], start=1):
+        if attempt.verified() and attempt_report(project, attempt)[0] is None:
+            problem = attempt_report(project, attempt)[1]
             findings.append(Finding("reports", f"attempt {number} ({attempt.method})",
-                                    f"its verdict ({attempt.verdict}) has no report file (data/reports/attempts/"
-                                    f"{attempt.report}): the next run of the unlearn stage redoes it"))
+                                    f"its verdict ({attempt.verdict}) has a report that is {problem} "
+                                    f"(data/reports/attempts/{attempt.report}): promotion refuses it, and the next run "
+                                    "of the unlearn stage redoes the attempt"))
     try:
         bank = ReferenceBank(project.references_dir)
     except ValueError as exc:

@@ -187,13 +187,23 @@ def load_project(root: str | Path = ".", *, check_registries: bool = True) -> Pr
     return project
 
 
-def _read_pin(path: Path) -> tuple[str, str | None]:
-    """The pin's store identity (first line) and the registered model's name (``model_name: ...``; None in a pin
-    written before the name was recorded)."""
-    lines = path.read_text().splitlines()
-    identity = lines[0].strip() if lines else ""
+def read_pin(path: Path) -> tuple[str, str | None]:
+    """The pin's store identity (first line) and the registered model's name (``model_name: ...``; None until the
+    project's first version is registered, and in a pin written before the name was recorded)."""
+    lines = path.read_text().split("\n")  # "\n" only: the name is checked to hold no other line break either
+    identity = lines[0].strip()
     name = next((line.split(":", 1)[1].strip() for line in lines[1:] if line.startswith("model_name:")), None)
     return identity, name
+
+
+def rename_refusal(pin: Path, registered: str, configured: str) -> PipelineError:
+    """The error for a ``registry.model_name`` that is not the name the project's versions are registered under."""
+    return PipelineError(
+        f"this project's models are registered as {registered!r} ({pin}), but params.yaml's registry.model_name is "
+        f"{configured!r}: the versions of {registered!r} would no longer be retired when samples they trained on are "
+        f"deleted, nor seen by the split check. Set registry.model_name back to {registered!r}; to rename on purpose, "
+        f"rename the registered model in MLflow first (MlflowClient().rename_registered_model), then delete {pin}. "
+        "Nothing was changed.")
 
 
 def check_registry(project: Project) -> None:
@@ -203,10 +213,10 @@ def check_registry(project: Project) -> None:
     forgot it trained and registered a second champion in a new local ``mlflow.db``, and exited 0: two
     registries, two champions, and certificates that each see half of the history. The first registry
     use records the store (:func:`pin_registry`); delete ``data/.registry`` to move a project on purpose.
-    The registered model's name (``registry.model_name``) is pinned with it for the same reason: retirement,
-    the split check and certificates read the versions of that one name, so after a rename the old name's
-    versions, trained on samples deleted later, would never be retired, and a changed split would not be
-    refused.
+    The registered model's name (``registry.model_name``) is pinned with it, once a version is registered under
+    it (:func:`pin_model_name`), for the same reason: retirement, the split check and certificates read the
+    versions of that one name, so after a rename the old name's versions, trained on samples deleted later,
+    would never be retired, and a changed split would not be refused.
 
     Raises:
         PipelineError: Naming both stores (no credentials) or both model names and the way out, before any work.
@@ -221,39 +231,39 @@ def check_registry(project: Project) -> None:
                                 f"({pin} is missing) nor the project's own mlflow.db (absent): set MLFLOW_TRACKING_URI "
                                 "to the project's registry. Nothing was changed.")
         return
-    (recorded, recorded_name), now = _read_pin(pin), project.registry_identity
+    (recorded, recorded_name), now = read_pin(pin), project.registry_identity
     if recorded and recorded != now:
         unset = "unset" if not os.environ.get("MLFLOW_TRACKING_URI") else "set to another store"
         raise PipelineError(f"this project's models are registered in {recorded}, but this process would use "
                             f"{now} (MLFLOW_TRACKING_URI is {unset}): a second registry would hold a second "
                             f"champion. Point MLFLOW_TRACKING_URI at the project's registry, or, to move the project "
                             f"on purpose, delete {pin}. Nothing was changed.")
-    name = project.params.registry.model_name
-    if recorded_name is not None and recorded_name != name:
-        raise PipelineError(
-            f"this project's models are registered as {recorded_name!r} ({pin}), but params.yaml's "
-            f"registry.model_name is {name!r}: the versions of {recorded_name!r} would no longer be retired when "
-            f"samples they trained on are deleted, nor seen by the split check. Set registry.model_name back to "
-            f"{recorded_name!r}; to rename on purpose, rename the registered model in MLflow first "
-            f"(MlflowClient().rename_registered_model), then delete {pin}. Nothing was changed.")
+    if recorded_name is not None and recorded_name != project.params.registry.model_name:
+        raise rename_refusal(pin, recorded_name, project.params.registry.model_name)
 
 
 def pin_registry(project: Project) -> None:
-    """Record the store of the project's registry and its model's name at first use (see :func:`check_registry`).
+    """Record the store of the project's registry at its first use (see :func:`check_registry`)."""
+    from unlearn.files import write_text_atomic
 
-    A pin from before the name was recorded gets the name now: its check passed, so this is the name in use.
+    if not project.registry_pin.exists():
+        project.registry_pin.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(project.registry_pin, project.registry_identity + "\n")
+
+
+def pin_model_name(project: Project) -> None:
+    """Add ``registry.model_name`` to the pin, once a version is registered under it (see :func:`check_registry`).
+
+    Called after a registration succeeded, so a first training that failed (or a name MLflow refused) pins no
+    name that nothing is registered under. A pin that already names a model is left as it is.
     """
     from unlearn.files import write_text_atomic
 
-    name = project.params.registry.model_name
-    if project.registry_pin.exists():
-        identity, recorded_name = _read_pin(project.registry_pin)
-        if recorded_name is not None:
-            return
-    else:
-        identity = project.registry_identity
+    identity, recorded_name = read_pin(project.registry_pin) if project.registry_pin.exists() else (
+        project.registry_identity, None)
+    if recorded_name is None:
         project.registry_pin.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(project.registry_pin, f"{identity}\nmodel_name: {name}\n")
+        write_text_atomic(project.registry_pin, f"{identity}\nmodel_name: {project.params.registry.model_name}\n")
 
 
 def quarantine_path(project: Project, batch_id: str) -> Path:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.project import PipelineError, Project, check_registry, pin_registry
+from tasks.project import PipelineError, Project, check_registry, pin_model_name, pin_registry, read_pin, rename_refusal
 
 if TYPE_CHECKING:  # PyTorch is imported where models are logged or loaded: `unlearn status` never needs it
     import torch
@@ -56,7 +56,32 @@ def setup(project: Project):
         _create_experiment(project, client, name)
     mlflow.set_experiment(name)
     pin_registry(project)
+    adopt_model_name(project, client)
     return client
+
+
+def adopt_model_name(project: Project, client) -> None:
+    """A pin that names no model yet: refuse a ``registry.model_name`` other than the one the project's baselines
+    are registered under, and pin that name (:func:`tasks.project.check_registry`).
+
+    Why: pins written before the name was recorded hold only the store; the first stage after an upgrade would
+    otherwise take whatever name params.yaml says, after a rename too. The project's baseline runs (its
+    experiment, ``stage=train``) name the models it registered. Nothing registered yet: nothing to check, and
+    the name is pinned at the first registration (:func:`log_model`).
+    """
+    if read_pin(project.registry_pin)[1] is not None:
+        return
+    experiment = client.get_experiment_by_name(project.params.registry.experiment)
+    if experiment is None:
+        return
+    names = set()
+    for run in client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'train'", max_results=1000):
+        names |= {mv.name for mv in client.search_model_versions(f"run_id='{run.info.run_id}'")}
+    configured = model_name(project)
+    if names - {configured}:
+        raise rename_refusal(project.registry_pin, sorted(names - {configured})[0], configured)
+    if configured in names:
+        pin_model_name(project)
 
 
 def has_registry(project: Project) -> bool:
@@ -206,6 +231,7 @@ def log_model(
             tags=version_tags,
         )
     version = str(info.registered_model_version)
+    pin_model_name(project)  # a version exists under the name now: from here on a rename is refused
     mlflow.MlflowClient().set_model_version_tag(model_name(project), version, "model_id", info.model_id)
     return version, info.model_id
 

@@ -25,6 +25,7 @@ from tasks.stage.state import (
     UNLEARNING,
     Attempt,
     Escalation,
+    attempt_report,
     read_escalation,
     write_escalation,
 )
@@ -115,25 +116,27 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
 
 
 def kept_attempts(project: Project, state: Escalation) -> list[Attempt]:
-    """The attempts a resumed escalation keeps: the verified ones, up to the first whose report file is missing.
+    """The attempts a resumed escalation keeps: the verified ones, up to the first whose report cannot be used.
 
-    Why: a verdict is only as good as its evidence. The promote stage reads the chosen attempt's report, and a
-    state naming a report that is gone (deleted, a partial restore) failed every later run at that read, which
-    held up every request after it. Such an attempt is redone like one cut off before its verdict; the rungs
-    after it are dropped too, since the ladder went on from that verdict. An ``attempt.report_missing`` record
-    says what was found (no sample, no subject).
+    Why: a verdict is only as good as its evidence. The promote stage acts on the chosen attempt's report, and a
+    state naming a report that is gone (deleted, a partial restore), unreadable (an empty or truncated file) or
+    another run's failed every later run there, which held up every request after it. Such an attempt is
+    dropped from the escalation, so the ladder redoes it like one cut off before its verdict; the rungs after it
+    are dropped too, since the ladder went on from that verdict. An ``attempt.report_lost`` record says what was
+    found and that the attempt was dropped (no sample, no subject).
     """
     kept: list[Attempt] = []
     for number, attempt in enumerate(state.attempts, start=1):
         if not attempt.verified():
             continue
-        if not (project.reports_dir / "attempts" / str(attempt.report)).is_file():
-            log.warning("unlearn: the report of attempt %d (%s, %s) is missing; redoing it", number, attempt.method,
-                        attempt.verdict)
-            if not audit.has_record(project, "attempt.report_missing", run_id=attempt.run_id):
-                audit.record(project, "attempt.report_missing", method=attempt.method, attempt=number,
-                             run_id=attempt.run_id, state_verdict=attempt.verdict, batch_ids=state.batches,
-                             redone=True)
+        report, problem = attempt_report(project, attempt)
+        if report is None:
+            log.warning("unlearn: the report of attempt %d (%s, %s) is %s; dropping it from the escalation",
+                        number, attempt.method, attempt.verdict, problem)
+            if not audit.has_record(project, "attempt.report_lost", run_id=attempt.run_id):
+                audit.record(project, "attempt.report_lost", method=attempt.method, attempt=number,
+                             run_id=attempt.run_id, state_verdict=attempt.verdict, problem=problem,
+                             batch_ids=state.batches, dropped_from_escalation=True)
             break
         kept.append(attempt)
     return kept

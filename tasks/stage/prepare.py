@@ -83,8 +83,12 @@ def run_prepare(project: Project) -> dict[str, Any]:
         # Batches that removed no training sample never make a model retire (no model saw them).
         ledger.set_train_samples(batch_id, ids.tolist())
     deleted = ledger.deleted_ids()
+    # A store from before the source digest keeps its bytes, and so its data version (a new version with no new
+    # deletion would send consolidation into a retrain), until a deletion changes it anyway.
+    digest = (guard is None or "source_ids_sha256" in guard.meta
+              or len(deleted) != int(guard.meta.get("deleted_total", 0)))
     store = SampleStore.materialize(project.store_dir, source, params.data.shard_size, deleted,
-                                    pool_fraction=fraction, pool_seed=params.seed)
+                                    pool_fraction=fraction, pool_seed=params.seed, source_digest=digest)
     # Models trained on data that is now deleted are never used again: reference models that
     # trained on a deleted sample are retired (tombstoned; with a pool only a deleted POOL sample
     # retires one), and exact retrains of an older data version are removed.

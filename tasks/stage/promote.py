@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -14,7 +13,7 @@ from tasks.stage.context import (
     model_architecture,
     tag_list,
 )
-from tasks.stage.state import DONE, Attempt, Escalation, read_escalation, write_state
+from tasks.stage.state import DONE, Attempt, Escalation, attempt_report, read_escalation, write_state
 from unlearn.data import SampleStore
 from unlearn.files import utc_now
 from unlearn.models import build_model
@@ -64,9 +63,7 @@ def run_promote(project: Project) -> dict[str, Any]:
     if state.held:
         return _hold(project, client, ledger, state)
     chosen = state.promoted_attempt()
-    report = chosen_report(project, chosen)
-    if report["run_id"] != chosen.run_id:
-        raise PipelineError("verification report belongs to another unlearning run; re-run unlearn")
+    report = chosen_report(project, chosen)  # this attempt's run's, or an error
     passed = report["verdict"] == "pass" or state.low_power
     existing = tracking.find_version_by_run(project, client, chosen.run_id)
     if existing is not None:
@@ -109,16 +106,18 @@ def chosen_report(project: Project, attempt: Any) -> dict[str, Any]:
     """The chosen attempt's verification report: its verdict's evidence, which promotion and holding act on.
 
     Raises:
-        PipelineError: If the file is gone: the verdict is not acted on without it. The unlearn stage redoes such
-            an attempt (:func:`tasks.stage.escalation.kept_attempts`); the Prefect flow runs it every time,
-            ``dvc repro`` only when forced.
+        PipelineError: If it is missing, unreadable or another run's: the verdict is not acted on without it. The
+            unlearn stage redoes such an attempt (:func:`tasks.stage.escalation.kept_attempts`); the Prefect flow
+            runs that stage every time, ``dvc repro`` only when forced.
     """
-    path = project.reports_dir / "attempts" / str(attempt.report)
-    if not path.is_file():
-        raise PipelineError(f"the verification report of the chosen attempt ({attempt.method}, {path}) is missing: "
-                            "its verdict is not acted on without its evidence. Re-run the unlearn stage, which "
-                            "redoes that attempt (`unlearn run`, or `dvc repro --force unlearn`). Nothing was changed.")
-    return json.loads(path.read_text())
+    report, problem = attempt_report(project, attempt)
+    if report is None:
+        raise PipelineError(f"the verification report of the chosen attempt ({attempt.method}, "
+                            f"{project.reports_dir / 'attempts' / str(attempt.report)}) is {problem}: its verdict is "
+                            "not acted on without its evidence. Re-run the unlearn stage, which redoes that attempt "
+                            "(`unlearn run`, or `dvc repro --force --single-item unlearn` then `dvc repro`). "
+                            "Nothing was changed.")
+    return report
 
 
 def _hold(project: Project, client: Any, ledger: Ledger, state: Escalation) -> dict[str, Any]:

@@ -224,3 +224,25 @@ def read_escalation(project: Project) -> Escalation:
 def write_escalation(project: Project, escalation: Escalation) -> dict[str, Any]:
     """Write the escalation state atomically; returns it as JSON (what the stage functions return)."""
     return write_state(project, "unlearn", escalation.to_json())
+
+
+def attempt_report(project: Project, attempt: Attempt) -> tuple[dict[str, Any] | None, str]:
+    """A verified attempt's report (its verdict's evidence) and, when it cannot be used, why.
+
+    Returns:
+        (report, "") when ``data/reports/attempts/<report>`` holds a JSON report of this attempt's run with a
+        verdict; else (None, "missing" | "unreadable" | "of another run"): a deleted file, a partial restore, an
+        empty or truncated write, or another attempt's report under its name.
+    """
+    path = project.reports_dir / "attempts" / str(attempt.report)
+    if not attempt.report or not path.is_file():
+        return None, "missing"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, "unreadable"
+    if not isinstance(report, dict) or "verdict" not in report:
+        return None, "unreadable"
+    if report.get("run_id") != attempt.run_id:
+        return None, "of another run"
+    return report, ""

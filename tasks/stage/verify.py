@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
 from typing import Any
 
 from tasks import reporting, tracking
-from tasks.project import Project
+from tasks.project import PipelineError, Project
 from tasks.stage.context import (
     finite_metrics,
     load_candidate_state,
@@ -20,7 +19,7 @@ from tasks.stage.context import (
 from tasks.stage.escalation import record_verdict, skipped_report, verdict_action
 from tasks.stage.evaluation import Evaluation, evaluate_candidate, evaluation_sets
 from tasks.stage.retrain import retrained_model
-from tasks.stage.state import DONE, UNLEARNING, read_escalation, write_escalation
+from tasks.stage.state import DONE, UNLEARNING, attempt_report, read_escalation, write_escalation
 from unlearn.data import SampleStore
 from unlearn.files import utc_now, write_json_atomic
 from unlearn.gate import FAIL, INCONCLUSIVE, PASS, PROMOTE_LOW_POWER, RETRAIN
@@ -99,7 +98,11 @@ def run_verify(project: Project) -> dict[str, Any]:
         return skipped_report(project, escalation.status)
     attempt = attempts[-1]
     if attempt.verdict is not None:  # verified already (a re-run after a crash)
-        return json.loads((project.reports_dir / "attempts" / attempt.report).read_text())
+        report, problem = attempt_report(project, attempt)
+        if report is None:
+            raise PipelineError(f"attempt {len(attempts)} ({attempt.method}) is verified, but its report is {problem}: "
+                                "re-run the unlearn stage, which redoes it. Nothing was changed.")
+        return report
     client = tracking.setup(project)
     resolve_device(project)  # an unavailable device fails before any work
     store = SampleStore(project.store_dir)
@@ -145,8 +148,8 @@ def run_verify(project: Project) -> dict[str, Any]:
         "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
     }
     report["models"] = {role: {k: _json_number(v) for k, v in m.items()} for role, m in results.items()}
-    attempt_report = project.reports_dir / "attempts" / f"{attempt.run_id}.json"  # unique across escalations
-    write_json_atomic(attempt_report, report)
+    attempt_path = project.reports_dir / "attempts" / f"{attempt.run_id}.json"  # unique across escalations
+    write_json_atomic(attempt_path, report)
     write_json_atomic(report_path, report)
     # The compact numbers `dvc metrics show/diff` compare across runs: the gate's numbers and attack AUCs.
     write_json_atomic(project.reports_dir / "metrics.json", {
@@ -170,10 +173,10 @@ def run_verify(project: Project) -> dict[str, Any]:
                          "gate_failures": "; ".join(failures)[:5000], "evidence": strength, "action": action,
                          "parent_detected": str(gate["parent_detected"]).lower(),
                          "exact_retrain": str(exact).lower(), "reference_models": ",".join(evaluation.reference_ids)})
-        mlflow.log_artifact(str(attempt_report), artifact_path="verification")
+        mlflow.log_artifact(str(attempt_path), artifact_path="verification")
         for path in plots:
             mlflow.log_artifact(str(path), artifact_path="verification/plots")
-    attempt.verdict, attempt.action, attempt.failures, attempt.report = verdict, action, failures, attempt_report.name
+    attempt.verdict, attempt.action, attempt.failures, attempt.report = verdict, action, failures, attempt_path.name
     attempt.verified_at, attempt.attack_seconds = utc_now(), evaluation.attack_seconds
     escalation.hold_until = hold_until if verdict == INCONCLUSIVE else ""
     escalation.reason = policy_reason if verdict == INCONCLUSIVE or action == RETRAIN else escalation.reason

@@ -127,40 +127,62 @@ def test_the_registry_pin_knows_a_file_by_any_spelling_and_status_says_when_it_i
     assert "registered in the project's own mlflow.db" in out and "champion:\n  not read" in out
 
 
-def test_a_renamed_registered_model_is_refused_before_any_stage_runs(make_project, capsys):
-    """Retirement, the split check and certificates read the versions of registry.model_name only: renaming it
-    left the old name's versions, trained on samples deleted later, unretired (left alone in four notes)."""
+def _rename(root, name):
     import yaml
 
-    from flows.cli import main
-    from tasks.project import check_registry, load_project, pin_registry
-
-    root = make_project()
-    project = load_project(root)
-    pin_registry(project)
-    assert project.registry_pin.read_text().splitlines() == ["the project's own mlflow.db",
-                                                            "model_name: unlearn-classifier"]
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["registry"]["model_name"] = "renamed-classifier"
+    params["registry"]["model_name"] = name
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_renamed_registered_model_is_refused_before_any_stage_runs(champion_project, capsys):
+    """Retirement, the split check and certificates read the versions of registry.model_name only: renaming it
+    left the old name's versions, trained on samples deleted later, unretired (left alone in four notes)."""
+    from conftest import FAST
+
+    from flows.cli import main
+    from tasks.project import load_project
+
+    root, _ = champion_project(FAST)
+    project = load_project(root)
+    assert project.registry_pin.read_text().splitlines()[1:] == ["model_name: unlearn-classifier"]
+    pin = project.registry_pin.read_text()
+    _rename(root, "renamed-classifier")
     capsys.readouterr()
     assert main(["--root", str(root), "stage", "prepare"]) == 2
     err = capsys.readouterr().err
     assert "registered as 'unlearn-classifier'" in err and "'renamed-classifier'" in err
     assert "rename_registered_model" in err and "Nothing was changed" in err
-    assert not project.store_dir.exists()
     assert main(["--root", str(root), "status"]) == 2
-    # A pin from before the name was recorded: the name in use is recorded at the next registry use.
-    project.registry_pin.write_text("the project's own mlflow.db\n")
-    renamed = load_project(root)
-    check_registry(renamed)
-    pin_registry(renamed)
-    assert renamed.registry_pin.read_text().splitlines()[1] == "model_name: renamed-classifier"
-    # A name that cannot go into a registry filter or a one-line pin is a config error.
-    params["registry"]["model_name"] = "it's"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert main(["--root", str(root), "stage", "prepare"]) == 2
-    assert "registry.model_name" in capsys.readouterr().err
+    assert "another store, or another model name" in capsys.readouterr().out
+    # A pin from before the name was recorded: the project's baseline run names the model at the next registry use.
+    project.registry_pin.write_text(pin.splitlines()[0] + "\n")
+    assert main(["--root", str(root), "stage", "train"]) == 2
+    assert "registered as 'unlearn-classifier'" in capsys.readouterr().err
+    assert project.registry_pin.read_text() == pin.splitlines()[0] + "\n"  # nothing pinned, nothing trained
+    _rename(root, "unlearn-classifier")
+    assert main(["--root", str(root), "stage", "train"]) == 0  # the champion exists: skipped
+    assert project.registry_pin.read_text() == pin
+
+
+def test_no_name_is_pinned_before_a_version_is_registered_and_mlflow_refused_names_are_config_errors(make_project,
+                                                                                                       capsys):
+    """The name was pinned at the first registry use: a first training that failed (here: a name MLflow refuses)
+    pinned a name nothing was registered under, and correcting it was refused (review)."""
+    from flows.cli import main
+    from tasks import tracking
+    from tasks.project import load_project
+
+    root = make_project()
+    tracking.setup(load_project(root))  # the registry opened, nothing registered
+    assert load_project(root).registry_pin.read_text().splitlines() == ["the project's own mlflow.db"]
+    _rename(root, "corrected-classifier")
+    load_project(root)  # no name pinned: nothing refused
+    for bad in ("team/classifier", "team:classifier", "it's", "unlearn\x85classifier", "unlearn\u2028classifier"):
+        _rename(root, bad)
+        capsys.readouterr()
+        assert main(["--root", str(root), "stage", "prepare"]) == 2
+        assert "registry.model_name" in capsys.readouterr().err
 
 
 def test_a_damaged_salt_and_a_bad_override_are_named_with_exit_2(make_project, capsys):

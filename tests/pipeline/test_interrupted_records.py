@@ -188,9 +188,11 @@ def test_a_verdict_cut_off_before_its_records_is_recorded_when_the_escalation_re
     assert len(_events(project, "attempt.verified")) == 1
 
 
-def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedges(champion_project):
-    """Promotion read the chosen attempt's report file: with it gone (deleted, a partial restore) every run failed
-    there with a traceback, for this request and every one after it (left alone in four notes)."""
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedges(champion_project, damage):
+    """Promotion read the chosen attempt's report file: with it gone (deleted, a partial restore) or empty, every run
+    failed there with a traceback, for this request and every one after it (left alone in four notes; the empty
+    file found by review)."""
     from conftest import RETRAIN
 
     from flows.cli import main
@@ -203,22 +205,28 @@ def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedge
     project = load_project(root)
     drop_request(project, "G-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
     run_stages(project, "ingest", "prepare", "references", "unlearn")
-    (gone,) = read_escalation(project).attempts
-    (project.reports_dir / "attempts" / gone.report).unlink()
-    assert any("has no report file" in p and "attempt 1 (retrain)" in p for p in _problems(project))
-    with pytest.raises(PipelineError, match="report of the chosen attempt .* is missing"):
+    (lost,) = read_escalation(project).attempts
+    report = project.reports_dir / "attempts" / lost.report
+    problem = {"deleted": "missing", "emptied": "unreadable"}[damage]
+    report.unlink() if damage == "deleted" else report.write_text("")
+    assert any(f"has a report that is {problem}" in p and "attempt 1 (retrain)" in p for p in _problems(project))
+    with pytest.raises(PipelineError, match=f"report of the chosen attempt .* is {problem}"):
         run_stages(project, "promote")
     assert main(["--root", str(root), "stage", "promote"]) == 2
+    assert main(["--root", str(root), "stage", "verify"]) == 2
     (batch_id,) = Ledger(project.ledger_path).pending()  # nothing moved
 
     result = run_stages(project, "unlearn", "promote")
     (redone,) = read_escalation(project).attempts
-    assert redone.run_id != gone.run_id and (project.reports_dir / "attempts" / redone.report).is_file()
-    (record,) = _events(project, "attempt.report_missing")
-    assert record["run_id"] == gone.run_id and record["state_verdict"] == "pass" and record["batch_ids"] == [batch_id]
+    assert redone.run_id != lost.run_id and (project.reports_dir / "attempts" / redone.report).is_file()
+    (record,) = _events(project, "attempt.report_lost")
+    assert record["run_id"] == lost.run_id and record["state_verdict"] == "pass" and record["problem"] == problem
+    assert record["batch_ids"] == [batch_id] and record["dropped_from_escalation"]
     assert result["promote"]["status"] == "promoted"
     assert Ledger(project.ledger_path).batch(batch_id)["status"] == Ledger.COMPLETED
-    assert not any("has no report file" in p for p in _problems(project))
+    assert not any("has a report that" in p for p in _problems(project))
+    (project.reports_dir / "attempts" / redone.report).unlink()  # a finished escalation: nothing to redo, no finding
+    assert not any("has a report that" in p for p in _problems(project))
 
 
 def test_each_batch_is_credited_only_with_the_references_its_own_samples_retired(champion_project):

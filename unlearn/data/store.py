@@ -195,7 +195,7 @@ class SampleStore:
     @staticmethod
     def materialize(
         root: str | Path, source: SourceData, shard_size: int, exclude: set[str] | frozenset[str], *,
-        pool_fraction: float = 0.0, pool_seed: int = 0,
+        pool_fraction: float = 0.0, pool_seed: int = 0, source_digest: bool = True,
     ) -> SampleStore:
         """Write the store for ``source`` minus the ``exclude`` ids, atomically.
 
@@ -212,6 +212,8 @@ class SampleStore:
                 chosen per id by :func:`unlearn.references.reference_pool_mask`, so the split is
                 stable under deletions; 0 keeps every training sample in ``train``.
             pool_seed: Seed of that choice.
+            source_digest: Record the source's id digest when ``exclude`` is not empty (False: the caller keeps
+                a store from before the digest byte for byte, and so its data version).
 
         Returns:
             The new store.
@@ -233,6 +235,7 @@ class SampleStore:
         }
         if exclude:  # how many deletions built it: a later build from a lost or older ledger is refused by that
             meta["deleted_total"] = len(set(exclude))
+        if exclude and source_digest:
             # Which source it was cut from (all of its ids, no deletion named): with the same source, the ids it
             # lacks are exactly what it was built without, and a later build from another ledger is checked by id.
             meta["source_ids_sha256"] = source_ids_digest(source.ids)
