@@ -60,6 +60,7 @@ import methods as table_bench  # noqa: E402  (benchmarks/methods.py: the methods
 from protocol import pad_to_rgb32, wait_for  # noqa: E402
 
 from benchmarks.legacy_trainer import legacy_train_model  # noqa: E402
+from unlearn import accel  # noqa: E402
 from unlearn.batched import train_models_batched, vmapped_forward_dtype  # noqa: E402
 from unlearn.config import DataConfig, load_params  # noqa: E402
 from unlearn.data.sources import load_source  # noqa: E402
@@ -157,6 +158,13 @@ def table_recipe_epochs(sizes: Sizes, images_per_second: float | None, seconds_l
                     f"{sizes.seeds} repetitions had left, at part 1's {images_per_second:,.0f} images/s.")
 
 
+def repetition_fits(i: int, elapsed: float, last: float, budget_s: float) -> bool:
+    """Whether the table starts repetition ``i``: the first always, a later one only if it would end within the
+    budget taking as long as the last (the old rule only looked at the clock from the third on, so the 2-seed
+    table never stopped and a run overran the device's time limit)."""
+    return i == 0 or elapsed + last <= budget_s
+
+
 def load_fashion(sizes: Sizes, data_path: str | None, seed: int = 0):
     """Seeded Fashion-MNIST subsets as float tensors (train x, y, test x, y)."""
     cfg = DataConfig(source="fashion_mnist", source_path=data_path, train_subset=sizes.train,
@@ -201,9 +209,12 @@ def trainer_throughput(x, y, sizes: Sizes, device: str) -> dict:
             sizes.throughput_epochs),
     }
     old = next(iter(rows.values()))
-    return {"images_per_second": rows, "speedup": {k: v / old for k, v in rows.items()},
-            "n": len(y), "epochs_timed": sizes.throughput_epochs, "model": sizes.model,
-            "augment": recipe.augment, "image_shape": list(x.shape[1:])}
+    row = {"images_per_second": rows, "speedup": {k: v / old for k, v in rows.items()},
+           "n": len(y), "epochs_timed": sizes.throughput_epochs, "model": sizes.model,
+           "augment": recipe.augment, "image_shape": list(x.shape[1:])}
+    if torch.device(device).type == "cuda":  # the trainer's own decision (it falls back silently when a probe fails)
+        row["channels_last"] = accel.use_channels_last(device, x[:2], factory().to(device))
+    return row
 
 
 # --------------------------------------------------------------------------- 2. batched references
@@ -217,8 +228,13 @@ def batched_references(x, y, sizes: Sizes, device: str) -> dict:
     seeds = list(range(100, 100 + k))
     factory = lambda: build_model(sizes.model, x.shape[1], int(y.max()) + 1)  # noqa: E731
     recipe = sizes.ref_recipe
-    # Warm-up of both paths on two models (cuDNN autotuning, vmap tracing).
+    # Warm-up of every timed path (CUDA loads kernels lazily at their first use; cuDNN autotuning is off, so
+    # batch shapes need no tuning): the batched model, and one model one by one in bf16 and in float32.
     train_models_batched(factory, x, y, members[:2], replace(recipe, epochs=1), seeds=seeds[:2], device=device)
+    first = torch.as_tensor(members[0])
+    for mixed_precision in (True, False):
+        train_model(seeded_model(factory, seeds[0]), x[first], y[first], replace(recipe, epochs=1), device=device,
+                    seed=seeds[0], mixed_precision=mixed_precision)
 
     def one_by_one(mixed_precision: bool) -> float:
         wait_for(device)
@@ -336,10 +352,17 @@ def markdown(report: dict) -> str:
                   f"{tp['epochs_timed']} timed epoch(s) after one warm-up, seed 0.", "",
                   "| trainer | images/s | vs old |", "|---|---|---|"]
         lines += [f"| {k} | {v:,.0f} | {tp['speedup'][k]:.2f}x |" for k, v in tp["images_per_second"].items()]
-        best = max(tp["speedup"].values())
         cpu_note = " (CPU run: not a GPU figure)" if meta["device"] == "cpu" else ""
-        lines += ["", f"Target >= 3.5x on a GPU: best {best:.2f}x, {'met' if best >= 3.5 else 'not met'}{cpu_note}.",
-                  ""]
+        names = list(tp["speedup"])
+        same, big = tp["speedup"][names[1]], tp["speedup"][names[2]]
+        verdict = ("met like for like" if same >= 3.5 else
+                   "met only at the larger batch (the issue's 4.3x plain loop was measured that way)" if big >= 3.5
+                   else "not met")
+        lines += ["", f"Target >= 3.5x on a GPU: {same:.2f}x at the same batch ({names[1]}), {big:.2f}x with "
+                      f"{names[2]}: {verdict}{cpu_note}."]
+        if "channels_last" in tp:
+            lines += [f"channels_last used by the new trainer for this model: {tp['channels_last']}."]
+        lines += [""]
     ref = report.get("references")
     if ref:
         lines += ["## 2. Batched reference models", "",
@@ -446,8 +469,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         sizes = replace(sizes, seeds=args.seeds)
     skip = set(filter(None, args.skip.split(",")))
-    torch.backends.cudnn.benchmark = torch.device(device).type == "cuda"
+    # cuDNN autotuning stays off (PyTorch's default, what the pipeline's trainer runs with): on, every new batch
+    # shape (the methods' batch sizes, last batches, L-CODEC's single samples) would be tuned inside a timed window.
+    torch.backends.cudnn.benchmark = False
     started = time.perf_counter()
+    print(f"device_check: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+          f"device {device}", flush=True)
+    fallback = None
+    if not Path(args.params).is_file():  # the sweep before it wrote no copy: its log says why
+        fallback = f"--params {args.params} does not exist: the table uses {REPO / 'params.yaml'}'s profile"
+        args.params = str(REPO / "params.yaml")
     params = load_params(args.params)
     x, y, x_test, y_test = load_fashion(sizes, args.data_path)
     device_name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else platform.processor() \
@@ -461,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     stem = out / f"device_check_{torch.device(device).type}{'_quick' if args.quick else ''}"
     if torch.device(device).type != "cuda":
         report["notes"].append("CPU run: the GPU figures (trainer >= 3.5x, batched >= 4x) are not measured here.")
+    if fallback:
+        report["notes"].append(fallback)
+    if torch.device(device).type == "cuda":
+        report["notes"].append(
+            "Float32 here means PyTorch's defaults: convolutions in TF32 where the GPU has it (cudnn.allow_tf32 "
+            f"{torch.backends.cudnn.allow_tf32}), matmuls in float32 (cuda.matmul.allow_tf32 "
+            f"{torch.backends.cuda.matmul.allow_tf32}); cuDNN autotuning off.")
     if args.quick:
         report["notes"].append("Quick mode is a smoke run of the code paths (tiny subset, 14x14 images, shortened "
                                "method loops): its accuracies and gaps do not rank methods.")
@@ -480,8 +518,12 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(text)
             tmp.replace(stem.with_suffix(suffix))
         tmp = stem.with_name(stem.name + ".tmp.png")
-        plot(report, tmp)
-        tmp.replace(stem.with_suffix(".png"))
+        try:
+            plot(report, tmp)
+            tmp.replace(stem.with_suffix(".png"))
+        except Exception as exc:  # noqa: BLE001 - the JSON and markdown are written; a plot is not worth the run
+            print(f"device_check: plot failed: {exc!r}", file=sys.stderr, flush=True)
+            tmp.unlink(missing_ok=True)
 
     def attempt(part: str, run) -> None:
         """Run one part; a crash is recorded in the report (and the next part still runs)."""
@@ -515,11 +557,18 @@ def main(argv: list[str] | None = None) -> int:
         report["notes"].append(why)
         print(why, flush=True)
         reps: list[dict] = []
+        last = 0.0  # the previous repetition's wall time: the next is expected to take as long
         for i in range(sizes.seeds):
-            if i >= 2 and time.perf_counter() - started > args.budget_s:
-                report["notes"].append(f"stopped after {i} repetitions: time budget {args.budget_s:.0f} s spent")
+            elapsed = time.perf_counter() - started
+            if not repetition_fits(i, elapsed, last, args.budget_s):
+                report["notes"].append(
+                    f"stopped after {i} of {sizes.seeds} repetition(s): another ({last:.0f} s like the last) would end "
+                    f"past the time budget ({elapsed:.0f} + {last:.0f} s > {args.budget_s:.0f} s)"
+                    + ("; the issue asks for >= 2 seeds, so this table falls short of that" if i < 2 else ""))
                 break
+            rep_started = time.perf_counter()
             reps.append(table_bench.run_repetition(i, data, bench_args, params, table_sizes.recipe))
+            last = time.perf_counter() - rep_started
             print(f"AMUN table repetition {i} done ({time.perf_counter() - started:.0f} s)", flush=True)
             report["amun_table"] = amun_table(reps, table_sizes, bench_args, params, list(x.shape[1:]),
                                               time.perf_counter() - started, device_name)

@@ -26,16 +26,18 @@ First selection in a new setting on a GPU (``--grid-preset wide``: about three p
 methods issue #13 found unchanged or destroyed first), bounded in time, then the device check's table
 with what it selected (one command for a lent GPU machine, after ``make device-prep``; README "Benchmarks"):
     python benchmarks/select_hparams.py --device cuda --dataset fashion_mnist --model resnet18 --pad-rgb \
-        --augment --lr 0.1 --train-size 10000 --epochs 20 --grid-preset wide --budget-s 200 \
+        --augment --lr 0.1 --train-size 10000 --epochs 20 --grid-preset wide --budget-s 140 \
         --data-path .device/fashion-mnist --out-dir "$OUT" --write-params "$OUT/params.selected.yaml" && \
-    python benchmarks/device_check.py --params "$OUT/params.selected.yaml" --budget-s 300 \
+    python benchmarks/device_check.py --params "$OUT/params.selected.yaml" --budget-s 270 \
         --data-path .device/fashion-mnist --out-dir "$OUT"
-``--budget-s`` bounds when points start, not the run (its preparation counts against it, and a point
-started just before it runs to its end). A method whose grid it cuts is not selected (the best of part
-of a grid is no selection) and methods it never reaches keep their profile values; the log says which.
+``--budget-s`` bounds when points start, not the run: its preparation counts against it, a method's point
+starts only if the budget is unspent and the method's previous point, taking as long again, would end
+within it, and a point started runs to its end (a method's first point is not estimated). A method whose
+grid it cuts is not selected (the best of part of a grid is no selection) and methods it never reaches keep
+their profile values; the log says which.
 The log is rewritten after every method, so a run cut short keeps what it finished. ``--write-params``
 changes only the selected methods' kwargs in the copy (a method inheriting from a selected one, as
-amun_salun from amun, is pinned to its old values), and the log records the copy's SHA-256, which is
+amun_salun from amun, is pinned to every argument it had), and the log records the copy's SHA-256, which is
 how device_check.py knows which log vouches for the file it was given.
 """
 
@@ -231,13 +233,16 @@ def main(argv: list[str] | None = None) -> None:
             base = {**base, **chosen["amun"]["kwargs"]}
         points = []
         planned = grid_points(base, grids.get(name, [{}]))
+        last = 0.0  # this method's previous point took this long: the next is expected to take as long
         for overrides, kwargs in planned:
-            if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            if args.budget_s is not None and time.perf_counter() - started + last > args.budget_s:
                 break
+            point_started = time.perf_counter()
             try:
                 runs = [run_one(name, r, kwargs, device=args.device, seed=3000 + s) for s, r in enumerate(refs)]
             except Exception as exc:  # noqa: BLE001 - a failing point is logged, not fatal
                 runs = [{"error": f"{type(exc).__name__}: {exc}"}]
+            last = time.perf_counter() - point_started
             if "error" in runs[0]:
                 row = runs[0]
                 admissible = False
@@ -336,13 +341,24 @@ def write_selected_params(source_text: str, before: Params, target: Path, key: s
     profile.update({name: dict(kwargs) for name, kwargs in selected.items()})
     profiles[key] = profile
     dataset, model = key.split("/", 1)
+
+    def resolved(params: Params, name: str) -> dict:
+        """Every argument the method would run with (its signature's defaults filled in), as YAML writes it."""
+        bound = METHODS.get(name).bind(params.unlearn.kwargs_for(name, dataset, model))
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in bound.items()}
+
     after = load_params_text(yaml.safe_dump(raw, sort_keys=False), target)
     for name in METHODS.names():
-        if name not in selected and (before.unlearn.kwargs_for(name, dataset, model)
-                                     != after.unlearn.kwargs_for(name, dataset, model)):
-            profile[name] = dict(before.unlearn.kwargs_for(name, dataset, model))
+        if name not in selected and resolved(before, name) != resolved(after, name):
+            # Every argument written out: a partial entry would still inherit the keys it does not name from the
+            # selected method it extends (amun_salun got amun's newly selected include_forget that way).
+            profile[name] = resolved(before, name)
     text = yaml.safe_dump(raw, sort_keys=False)
-    load_params_text(text, target)  # strict: raises on anything the pipeline would reject
+    after = load_params_text(text, target)  # strict: raises on anything the pipeline would reject
+    moved = [name for name in METHODS.names()
+             if name not in selected and resolved(before, name) != resolved(after, name)]
+    if moved:
+        raise ValueError(f"the params copy would change unselected method(s) {', '.join(moved)}")
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(target)

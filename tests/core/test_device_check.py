@@ -137,3 +137,13 @@ def test_a_table_run_with_another_params_file_says_where_its_profile_came_from(t
     text = params_provenance(str(selected), key, ["ssd", "grad_ascent", "dlfd"])
     assert "selected for grad_ascent, ssd on a validation split" in text
     assert "; dlfd kept the profile's values" in text and "amun" not in text  # only the table's methods
+
+
+def test_a_repetition_starts_only_if_it_would_end_within_the_budget(monkeypatch):
+    """The 2-seed table checked the clock only from its third repetition on: it never stopped (review)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from device_check import repetition_fits
+
+    assert repetition_fits(0, elapsed=999.0, last=0.0, budget_s=10.0)  # the first always runs
+    assert repetition_fits(1, elapsed=100.0, last=100.0, budget_s=200.0)
+    assert not repetition_fits(1, elapsed=100.0, last=100.1, budget_s=200.0)

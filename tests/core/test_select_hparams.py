@@ -58,12 +58,13 @@ def test_selected_values_reach_the_params_copy_and_nothing_else_changes(tmp_path
     written = load_params(tmp_path / "params.selected.yaml").unlearn
     for name in ("ssd", "amun"):
         assert written.kwargs_for(name, "digits", "small_cnn") == log["chosen"][name]["kwargs"]
-    for dataset, model in SETTINGS:  # every other method of every setting resolves as before
+    for dataset, model in SETTINGS:  # every other method of every setting runs with the same arguments as before
         for name in METHODS.names():
             if (dataset, model) == ("digits", "small_cnn") and name in ("ssd", "amun"):
                 continue
-            assert written.kwargs_for(name, dataset, model) == committed.kwargs_for(name, dataset, model), \
-                (dataset, model, name)
+            spec = METHODS.get(name)
+            assert spec.bind(written.kwargs_for(name, dataset, model)) == \
+                spec.bind(committed.kwargs_for(name, dataset, model)), (dataset, model, name)
     digest = hashlib.sha256((tmp_path / "params.selected.yaml").read_bytes()).hexdigest()
     assert log["meta"]["params_written"]["sha256"] == digest  # the log vouches for this file
 
@@ -131,3 +132,25 @@ def test_the_wide_preset_runs_the_methods_issue_13_flagged_first():
     assert set(WIDE_GRIDS) == set(METHODS.names()) - {"retrain"}  # every method has a first-selection grid
     for name, grid in WIDE_GRIDS.items():
         METHODS.get(name).bind({k: v for point in grid for k, v in point.items()})  # only real parameters
+
+
+def test_a_method_that_extends_a_selected_one_keeps_every_argument_it_had(tmp_path):
+    """amun_salun was pinned to its old resolved entry only, which names no include_forget: selecting AMUN's
+    advonly point (the wide preset's) moved amun_salun through `extends: amun`, and the table said it had kept
+    the profile's values (GPU-readiness review)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from select_hparams import write_selected_params
+
+    from unlearn.methods import METHODS
+
+    text = (REPO / "params.yaml").read_text()
+    before = load_params(REPO / "params.yaml")
+    amun = {**before.unlearn.kwargs_for("amun", "fashion_mnist", "resnet18"), "include_forget": False, "lr": 0.001}
+    write_selected_params(text, before, tmp_path / "p.yaml", "fashion_mnist/resnet18", {"amun": amun})
+    after = load_params(tmp_path / "p.yaml")
+    assert after.unlearn.kwargs_for("amun", "fashion_mnist", "resnet18") == amun
+    for name in METHODS.names():
+        if name != "amun":
+            spec = METHODS.get(name)
+            assert spec.bind(after.unlearn.kwargs_for(name, "fashion_mnist", "resnet18")) == \
+                spec.bind(before.unlearn.kwargs_for(name, "fashion_mnist", "resnet18")), name
