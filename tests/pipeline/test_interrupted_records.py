@@ -188,8 +188,7 @@ def test_a_verdict_cut_off_before_its_records_is_recorded_when_the_escalation_re
     assert len(_events(project, "attempt.verified")) == 1
 
 
-@pytest.mark.parametrize("damage", ["deleted", "emptied"])
-def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedges(champion_project, damage):
+def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedges(champion_project):
     """Promotion read the chosen attempt's report file: with it gone (deleted, a partial restore) or empty, every run
     failed there with a traceback, for this request and every one after it (left alone in four notes; the empty
     file found by review)."""
@@ -207,8 +206,8 @@ def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedge
     run_stages(project, "ingest", "prepare", "references", "unlearn")
     (lost,) = read_escalation(project).attempts
     report = project.reports_dir / "attempts" / lost.report
-    problem = {"deleted": "missing", "emptied": "unreadable"}[damage]
-    report.unlink() if damage == "deleted" else report.write_text("")
+    report.write_text("")  # an empty write (missing, garbled, another run's: test_ladder_state.py)
+    problem = "unreadable"
     assert any(f"has a report that is {problem}" in p and "attempt 1 (retrain)" in p for p in _problems(project))
     with pytest.raises(PipelineError, match=f"report of the chosen attempt .* is {problem}"):
         run_stages(project, "promote")

@@ -130,3 +130,23 @@ def test_a_resumed_escalation_keeps_its_tried_rungs_in_place_when_the_ladder_cha
     assert state.next_rung().next_method == "salun"
     escalated = [_attempt("amun", "inconclusive", "retrain"), _attempt("retrain", "fail", "reject")]
     assert resumed_ladder(escalated, ["amun", "salun"]) == ["amun", "retrain"]  # nothing after the exact retrain
+
+
+def test_an_attempt_report_counts_only_if_it_is_this_runs_readable_report(project):
+    """A verdict is acted on only with its evidence: a missing, empty, garbled or another run's report is named as
+    such (promote refuses it, the unlearn stage redoes the attempt; review of the missing-report fix)."""
+    import json
+
+    from tasks.stage.state import Attempt, attempt_report
+
+    attempt = Attempt("amun", "run-1", "c.pt", 1.0, "2026-12-05T00:00:00Z", verdict="pass", report="run-1.json")
+    path = project.reports_dir / "attempts" / "run-1.json"
+    assert attempt_report(project, attempt) == (None, "missing")
+    path.parent.mkdir(parents=True)
+    for text in ("", "{trunc", "[1, 2]", json.dumps({"run_id": "run-1"})):
+        path.write_text(text)
+        assert attempt_report(project, attempt) == (None, "unreadable"), text
+    path.write_text(json.dumps({"run_id": "run-2", "verdict": "pass"}))
+    assert attempt_report(project, attempt) == (None, "of another run")
+    path.write_text(json.dumps({"run_id": "run-1", "verdict": "pass"}))
+    assert attempt_report(project, attempt) == ({"run_id": "run-1", "verdict": "pass"}, "")
