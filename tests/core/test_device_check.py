@@ -147,3 +147,11 @@ def test_a_repetition_starts_only_if_it_would_end_within_the_budget(monkeypatch)
     assert repetition_fits(0, elapsed=999.0, last=0.0, budget_s=10.0)  # the first always runs
     assert repetition_fits(1, elapsed=100.0, last=100.0, budget_s=200.0)
     assert not repetition_fits(1, elapsed=100.0, last=100.1, budget_s=200.0)
+
+
+def test_the_device_run_script_refuses_a_missing_data_copy_before_any_work(tmp_path):
+    """The one GPU command: without `make device-prep`'s copy it must say so and exit 2, not start a sweep."""
+    out = subprocess.run(["sh", str(REPO / "benchmarks" / "device_run.sh"), str(tmp_path / "out")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "make device-prep" in out.stderr
+    assert not (tmp_path / "out").exists()
