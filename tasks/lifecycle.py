@@ -316,16 +316,26 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                 attempts.append({"method": method, "verdict": verdict})
         certificate["model"] = {"version": version, "parent_version": tags.get("parent_version"),
                                 "method": tags.get("method"), "attempts": attempts, "run_id": tags.get("run_id")}
-        report = _attempt_report(project, tags.get("run_id"))
+        report, problem = _attempt_report(project, tags.get("run_id"))
         if report:
             certificate["verification"] = {**evidence_summary(report), "exact_retrain": report.get("exact_retrain"),
                                            "escalation_reason": tags.get("escalation_reason", "")}
+        elif tags.get("run_id"):  # said, not left out: the model's verdict is in its tags, its evidence is gone
+            certificate["verification"] = {
+                "verdict": None, "evidence_unavailable": problem,
+                "statement": f"unavailable: the verification report of the run that produced this model is {problem} "
+                             f"(data/reports/attempts/{tags.get('run_id')}.json), so its evidence is not shown",
+                "escalation_reason": tags.get("escalation_reason", "")}
     return certificate
 
 
-def _attempt_report(project: Project, run_id: str | None) -> dict[str, Any] | None:
-    path = project.reports_dir / "attempts" / f"{run_id}.json"
-    return json.loads(path.read_text()) if run_id and path.exists() else None
+def _attempt_report(project: Project, run_id: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The verification report of unlearning run ``run_id`` and, when it cannot be used, why (missing,
+    unreadable, another run's): a certificate or a status never quotes another run's evidence, and a damaged file
+    holds up no one."""
+    from tasks.stage.state import run_report
+
+    return run_report(project, f"{run_id}.json" if run_id else None, run_id)
 
 
 def _evidence_plots(project: Project, certificate: dict[str, Any], run_id: str | None) -> dict[str, Path]:
@@ -427,10 +437,13 @@ def _verification_status(project: Project, ledger: Ledger, batch_id: str) -> dic
                             f"batches; retrained exactly at the latest {last.get('hold_until')} or after "
                             f"gate.max_hold_batches batches")
     run_id = next((n.get("run_id") for n in reversed(history) if n.get("run_id")), None)
-    summary = evidence_summary(_attempt_report(project, run_id))
+    report, problem = _attempt_report(project, run_id)
+    summary = evidence_summary(report)
     if summary:
         out["evidence"] = summary["statement"]
         out["verification"] = summary
+    elif run_id:
+        out["evidence"] = f"unavailable: the verification report of run {run_id} is {problem}"
     return out
 
 

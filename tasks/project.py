@@ -202,7 +202,8 @@ def rename_refusal(pin: Path, registered: str, configured: str) -> PipelineError
         f"this project's models are registered as {registered!r} ({pin}), but params.yaml's registry.model_name is "
         f"{configured!r}: the versions of {registered!r} would no longer be retired when samples they trained on are "
         f"deleted, nor seen by the split check. Set registry.model_name back to {registered!r}; to rename on purpose, "
-        f"rename the registered model in MLflow first (MlflowClient().rename_registered_model), then delete {pin}. "
+        f"rename the registered model in MLflow first (MlflowClient().rename_registered_model), then delete {pin} "
+        f"(also if no version was ever registered as {registered!r}: the name is pinned when a registration starts). "
         "Nothing was changed.")
 
 
@@ -213,8 +214,8 @@ def check_registry(project: Project) -> None:
     forgot it trained and registered a second champion in a new local ``mlflow.db``, and exited 0: two
     registries, two champions, and certificates that each see half of the history. The first registry
     use records the store (:func:`pin_registry`); delete ``data/.registry`` to move a project on purpose.
-    The registered model's name (``registry.model_name``) is pinned with it, once a version is registered under
-    it (:func:`pin_model_name`), for the same reason: retirement, the split check and certificates read the
+    The registered model's name (``registry.model_name``) is pinned with it when the first version is registered
+    (:func:`pin_model_name`), for the same reason: retirement, the split check and certificates read the
     versions of that one name, so after a rename the old name's versions, trained on samples deleted later,
     would never be retired, and a changed split would not be refused.
 
@@ -252,10 +253,12 @@ def pin_registry(project: Project) -> None:
 
 
 def pin_model_name(project: Project) -> None:
-    """Add ``registry.model_name`` to the pin, once a version is registered under it (see :func:`check_registry`).
+    """Add ``registry.model_name`` to the pin when a version is about to be registered under it (see
+    :func:`check_registry`).
 
-    Called after a registration succeeded, so a first training that failed (or a name MLflow refused) pins no
-    name that nothing is registered under. A pin that already names a model is left as it is.
+    Called just before a registration (``tasks.tracking.log_model``), so a training that failed or diverged
+    before it pins nothing, and a crash after it cannot leave a version under an unpinned name. A pin that
+    already names a model is left as it is.
     """
     from unlearn.files import write_text_atomic
 

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.project import PipelineError, Project, check_registry, pin_model_name, pin_registry, read_pin, rename_refusal
+from tasks.project import PipelineError, Project, check_registry, pin_model_name, pin_registry, read_pin
 
 if TYPE_CHECKING:  # PyTorch is imported where models are logged or loaded: `unlearn status` never needs it
     import torch
@@ -61,27 +61,43 @@ def setup(project: Project):
 
 
 def adopt_model_name(project: Project, client) -> None:
-    """A pin that names no model yet: refuse a ``registry.model_name`` other than the one the project's baselines
-    are registered under, and pin that name (:func:`tasks.project.check_registry`).
+    """A pin that names no model yet: refuse a renamed ``registry.model_name`` (:func:`model_name_problem`), or pin
+    the name when versions are registered under it (:func:`tasks.project.check_registry`).
 
     Why: pins written before the name was recorded hold only the store; the first stage after an upgrade would
-    otherwise take whatever name params.yaml says, after a rename too. The project's baseline runs (its
-    experiment, ``stage=train``) name the models it registered. Nothing registered yet: nothing to check, and
-    the name is pinned at the first registration (:func:`log_model`).
+    otherwise take whatever name params.yaml says, after a rename too.
     """
-    if read_pin(project.registry_pin)[1] is not None:
-        return
-    experiment = client.get_experiment_by_name(project.params.registry.experiment)
-    if experiment is None:
-        return
-    names = set()
-    for run in client.search_runs([experiment.experiment_id], filter_string="tags.stage = 'train'", max_results=1000):
-        names |= {mv.name for mv in client.search_model_versions(f"run_id='{run.info.run_id}'")}
-    configured = model_name(project)
-    if names - {configured}:
-        raise rename_refusal(project.registry_pin, sorted(names - {configured})[0], configured)
-    if configured in names:
+    problem = model_name_problem(project, client)
+    if problem:
+        raise PipelineError(problem)
+    if read_pin(project.registry_pin)[1] is None and client.search_model_versions(
+            f"name='{model_name(project)}'", max_results=1):
         pin_model_name(project)
+
+
+def model_name_problem(project: Project, client) -> str | None:
+    """Why ``registry.model_name`` cannot be this project's model, for a pin that names none (None: no reason).
+
+    Only the project's own record is read, never the registry at large (a team server holds other projects'
+    models, in a shared experiment too): ``data/state/train.json`` names the version the project's train stage
+    registered or kept. A project that has one, while its configured name holds no version at all, was renamed
+    (the experiment with it, perhaps). Read-only: ``unlearn status`` and ``unlearn doctor`` ask it too.
+    """
+    import json
+
+    if not project.registry_pin.exists() or read_pin(project.registry_pin)[1] is not None:
+        return None
+    try:
+        trained = json.loads((project.state_dir / "train.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None  # no record of a model here: nothing to compare
+    name = model_name(project)
+    if not trained or client.search_model_versions(f"name='{name}'", max_results=1):
+        return None
+    return (f"registry.model_name {name!r} holds no version in this registry, so it was renamed: this project's train "
+            f"stage recorded model version {trained} ({project.state_dir / 'train.json'}). Set registry.model_name "
+            "back to the name its versions are registered under; to rename on purpose, rename the registered model "
+            "in MLflow first (MlflowClient().rename_registered_model). Nothing was changed.")
 
 
 def has_registry(project: Project) -> bool:
@@ -218,6 +234,10 @@ def log_model(
     # MLflow puts the same tags on the logged model, which keeps the lineage there too.
     version_tags = {f"arch_{k}": str(v) for k, v in architecture.items()}
     version_tags.update({k: str(v) for k, v in tags.items()})
+    # Pinned before the registration, not after: a crash in between would leave a version under a name no pin
+    # holds, and a rename then would orphan it (a registration that fails leaves the name pinned; the refusal says
+    # how to clear it).
+    pin_model_name(project)
     with tempfile.TemporaryDirectory() as tmp, _EXPORT_LOCK:
         state_path = Path(tmp) / _STATE_FILE
         torch.save(model.state_dict(), state_path)
@@ -231,7 +251,6 @@ def log_model(
             tags=version_tags,
         )
     version = str(info.registered_model_version)
-    pin_model_name(project)  # a version exists under the name now: from here on a rename is refused
     mlflow.MlflowClient().set_model_version_tag(model_name(project), version, "model_id", info.model_id)
     return version, info.model_id
 

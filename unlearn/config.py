@@ -451,10 +451,11 @@ def _check_values(params: Params) -> None:
         if not str(getattr(params.registry, key)).strip():
             raise ConfigError(f"registry.{key}: must not be empty")
     name = str(params.registry.model_name)
-    if name != name.strip() or name.splitlines() != [name] or any(c in name for c in "'\"/:"):
+    if name != name.strip() or name.splitlines() != [name] or any(c in name for c in "'\"/:\\"):
         # MLflow refuses '/' and ':' in a registered model's name; the name goes into MLflow search filters
-        # (name='...') and the registry pin (one line).
-        raise ConfigError(f"registry.model_name: no quotes, '/', ':', line breaks or surrounding spaces, got {name!r}")
+        # (name='...', where a backslash escapes the closing quote) and the registry pin (one line).
+        raise ConfigError(f"registry.model_name: no quotes, '/', ':', backslashes, line breaks or surrounding "
+                          f"spaces, got {name!r}")
     if not params.dvc.remote_url.strip() or not params.dvc.remote_name.strip():
         raise ConfigError("dvc.remote_name and dvc.remote_url: must not be empty")
     _check_gate(params)

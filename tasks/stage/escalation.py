@@ -173,9 +173,10 @@ def lost_verdicts(project: Project, state: Escalation) -> list[tuple[int, Attemp
 def record_lost_verdicts(project: Project, state: Escalation) -> None:
     """Write the verdict records of attempts that a crash cut off (see :func:`record_verdict`)."""
     for number, attempt in lost_verdicts(project, state):
-        path = project.reports_dir / "attempts" / str(attempt.report)
-        if path.is_file():
-            record_verdict(project, state.batches, number, json.loads(path.read_text()), recovered=True)
+        report, _ = attempt_report(project, attempt)
+        if report is None:  # no evidence to record from: kept_attempts drops and redoes the attempt
+            break
+        record_verdict(project, state.batches, number, report, recovered=True)
 
 
 COMPLETION_EVENTS = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}

@@ -227,15 +227,21 @@ def write_escalation(project: Project, escalation: Escalation) -> dict[str, Any]
 
 
 def attempt_report(project: Project, attempt: Attempt) -> tuple[dict[str, Any] | None, str]:
-    """A verified attempt's report (its verdict's evidence) and, when it cannot be used, why.
+    """A verified attempt's report (its verdict's evidence) and, when it cannot be used, why
+    (:func:`run_report`)."""
+    return run_report(project, attempt.report, attempt.run_id)
+
+
+def run_report(project: Project, name: str | None, run_id: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The report ``data/reports/attempts/<name>`` of unlearning run ``run_id``, and, when it cannot be used, why.
 
     Returns:
-        (report, "") when ``data/reports/attempts/<report>`` holds a JSON report of this attempt's run with a
-        verdict; else (None, "missing" | "unreadable" | "of another run"): a deleted file, a partial restore, an
-        empty or truncated write, or another attempt's report under its name.
+        (report, "") when the file holds a JSON report of this run with a verdict; else (None, "missing" |
+        "unreadable" | "of another run"): a deleted file, a partial restore, an empty or truncated write, or
+        another attempt's report under its name.
     """
-    path = project.reports_dir / "attempts" / str(attempt.report)
-    if not attempt.report or not path.is_file():
+    path = project.reports_dir / "attempts" / str(name)
+    if not name or not run_id or not path.is_file():
         return None, "missing"
     try:
         report = json.loads(path.read_text())
@@ -243,6 +249,6 @@ def attempt_report(project: Project, attempt: Attempt) -> tuple[dict[str, Any] |
         return None, "unreadable"
     if not isinstance(report, dict) or "verdict" not in report:
         return None, "unreadable"
-    if report.get("run_id") != attempt.run_id:
+    if report.get("run_id") != run_id:
         return None, "of another run"
     return report, ""

@@ -155,11 +155,16 @@ def test_a_renamed_registered_model_is_refused_before_any_stage_runs(champion_pr
     assert "rename_registered_model" in err and "Nothing was changed" in err
     assert main(["--root", str(root), "status"]) == 2
     assert "another store, or another model name" in capsys.readouterr().out
-    # A pin from before the name was recorded: the project's baseline run names the model at the next registry use.
+    # A pin from before the name was recorded: the train stage's record of its version and an empty configured name
+    # give the rename away, to the stages, `unlearn status` and `unlearn doctor` alike (review).
     project.registry_pin.write_text(pin.splitlines()[0] + "\n")
     assert main(["--root", str(root), "stage", "train"]) == 2
-    assert "registered as 'unlearn-classifier'" in capsys.readouterr().err
+    assert "holds no version in this registry, so it was renamed" in capsys.readouterr().err
     assert project.registry_pin.read_text() == pin.splitlines()[0] + "\n"  # nothing pinned, nothing trained
+    assert main(["--root", str(root), "status"]) == 2
+    assert "it was renamed" in capsys.readouterr().out
+    assert main(["--root", str(root), "doctor"]) == 2
+    assert "it was renamed" in capsys.readouterr().err
     _rename(root, "unlearn-classifier")
     assert main(["--root", str(root), "stage", "train"]) == 0  # the champion exists: skipped
     assert project.registry_pin.read_text() == pin
@@ -168,7 +173,8 @@ def test_a_renamed_registered_model_is_refused_before_any_stage_runs(champion_pr
 def test_no_name_is_pinned_before_a_version_is_registered_and_mlflow_refused_names_are_config_errors(make_project,
                                                                                                        capsys):
     """The name was pinned at the first registry use: a first training that failed (here: a name MLflow refuses)
-    pinned a name nothing was registered under, and correcting it was refused (review)."""
+    pinned a name nothing was registered under, and correcting it was refused (review). It is pinned when a
+    registration starts."""
     from flows.cli import main
     from tasks import tracking
     from tasks.project import load_project
@@ -178,11 +184,31 @@ def test_no_name_is_pinned_before_a_version_is_registered_and_mlflow_refused_nam
     assert load_project(root).registry_pin.read_text().splitlines() == ["the project's own mlflow.db"]
     _rename(root, "corrected-classifier")
     load_project(root)  # no name pinned: nothing refused
-    for bad in ("team/classifier", "team:classifier", "it's", "unlearn\x85classifier", "unlearn\u2028classifier"):
+    for bad in ("team/classifier", "team:classifier", "it's", "back\\", "unlearn\x85classifier",
+                "unlearn\u2028classifier"):
         _rename(root, bad)
         capsys.readouterr()
         assert main(["--root", str(root), "stage", "prepare"]) == 2
         assert "registry.model_name" in capsys.readouterr().err
+
+
+def test_a_second_project_in_a_shared_experiment_trains_under_its_own_name(champion_project, make_project,
+                                                                          monkeypatch):
+    """Team mode: one registry and one experiment, a model name per project. The adoption of an older pin's name
+    read every baseline run of the shared experiment, so the second project was refused, told to take the first
+    one's name (and so its champion) (second review)."""
+    from conftest import FAST
+
+    from tasks.project import load_project
+
+    first, _ = champion_project(FAST)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{first}/mlflow.db")
+    second = load_project(make_project({**FAST, "registry": {"experiment": "unlearn",
+                                                               "model_name": "second-classifier"}}, name="second"))
+    result = run_stages(second, "ingest", "prepare", "train")
+    assert not result["train"]["skipped"] and result["train"]["version"] == "1"
+    assert second.registry_pin.read_text().splitlines()[1] == "model_name: second-classifier"
+    assert load_project(first).registry_pin.read_text().splitlines()[1] == "model_name: unlearn-classifier"
 
 
 def test_a_damaged_salt_and_a_bad_override_are_named_with_exit_2(make_project, capsys):

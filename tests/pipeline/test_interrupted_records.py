@@ -188,13 +188,15 @@ def test_a_verdict_cut_off_before_its_records_is_recorded_when_the_escalation_re
     assert len(_events(project, "attempt.verified")) == 1
 
 
-def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedges(champion_project):
+def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedges(champion_project, monkeypatch):
     """Promotion read the chosen attempt's report file: with it gone (deleted, a partial restore) or empty, every run
-    failed there with a traceback, for this request and every one after it (left alone in four notes; the empty
-    file found by review)."""
+    failed there with a traceback, for this request and every one after it (left alone in four notes). Reviews then
+    found the same read in the recovery of a lost verdict record (it crashed the unlearn stage) and in certify and
+    request status (a completed batch's damaged report stopped every later certificate)."""
     from conftest import RETRAIN
 
     from flows.cli import main
+    from tasks.lifecycle import request_status
     from tasks.project import PipelineError, load_project
     from tasks.stage.state import read_escalation
     from unlearn.data import SampleStore
@@ -203,12 +205,21 @@ def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedge
     root, _ = champion_project(RETRAIN)  # the exact retrain: a pass, whatever the data
     project = load_project(root)
     drop_request(project, "G-1", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
-    run_stages(project, "ingest", "prepare", "references", "unlearn")
+    with monkeypatch.context() as patch:  # the verdict's records cut off too: recovery must not read the report
+        from tasks.stage import verify
+
+        def crash(*args, **kwargs):
+            raise Crash("killed after the escalation state, before the ledger and the audit log")
+
+        patch.setattr(verify, "record_verdict", crash)
+        with pytest.raises(Crash):
+            run_stages(project, "ingest", "prepare", "references", "unlearn")
     (lost,) = read_escalation(project).attempts
     report = project.reports_dir / "attempts" / lost.report
     report.write_text("")  # an empty write (missing, garbled, another run's: test_ladder_state.py)
     problem = "unreadable"
-    assert any(f"has a report that is {problem}" in p and "attempt 1 (retrain)" in p for p in _problems(project))
+    assert any(f"has a report that is {problem}" in p and "attempt 1 (retrain)" in p and "redoes it" in p
+               for p in _problems(project))
     with pytest.raises(PipelineError, match=f"report of the chosen attempt .* is {problem}"):
         run_stages(project, "promote")
     assert main(["--root", str(root), "stage", "promote"]) == 2
@@ -221,11 +232,22 @@ def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedge
     (record,) = _events(project, "attempt.report_lost")
     assert record["run_id"] == lost.run_id and record["state_verdict"] == "pass" and record["problem"] == problem
     assert record["batch_ids"] == [batch_id] and record["dropped_from_escalation"]
+    (verified,) = _events(project, "attempt.verified")  # the redone attempt's, never one read from no evidence
+    assert verified["run_id"] == redone.run_id and not verified.get("recovered")
     assert result["promote"]["status"] == "promoted"
     assert Ledger(project.ledger_path).batch(batch_id)["status"] == Ledger.COMPLETED
     assert not any("has a report that" in p for p in _problems(project))
-    (project.reports_dir / "attempts" / redone.report).unlink()  # a finished escalation: nothing to redo, no finding
-    assert not any("has a report that" in p for p in _problems(project))
+
+    # Completed, not yet certified: the certificate is the report's last reader, and must not stop at it.
+    (project.reports_dir / "attempts" / redone.report).write_text("")
+    assert any("has a report that is unreadable" in p and "certificate says its evidence is unavailable" in p
+               for p in _problems(project))
+    run_stages(project, "purge", "certify")
+    assert request_status(project, "G-1")["evidence"].startswith("unavailable")
+    certificate = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+    assert certificate["status"] == "complete" and certificate["verification"]["evidence_unavailable"] == problem
+    assert "unavailable" in certificate["verification"]["statement"]
+    assert not any("has a report that" in p for p in _problems(project))  # certified: nothing reads it any more
 
 
 def test_each_batch_is_credited_only_with_the_references_its_own_samples_retired(champion_project):
