@@ -6,7 +6,8 @@ Three parts, each written to ``benchmarks/results/device_check_<device>[_quick].
    per-step host copies, fp32, a host sync every step) against today's ``unlearn.training.train_model``
    (data resident on the device, bf16 autocast and channels_last on CUDA, no per-step sync), same model,
    data, recipe and seed; the new trainer also at a larger batch. Images per second over timed epochs
-   after one warm-up epoch (cuDNN autotuning, allocator), with the device synchronised around each timing.
+   after one warm-up epoch (lazy kernel loading, allocator; cuDNN autotuning is off, PyTorch's default and the
+   pipeline's), with the device synchronised around each timing.
 2. Reference models: ``unlearn.batched.train_models_batched`` (one vmapped model) against K models
    trained one by one with ``train_model``, K = 16, each on a random half of the data.
 3. The AMUN protocol on real Fashion-MNIST: random 10% forget with D_R, every registered method with
@@ -24,9 +25,10 @@ Only torch, numpy, scipy, scikit-learn, matplotlib and pyyaml are needed: the sc
 pure core (``unlearn``) and never the orchestration stack (``tests/core/test_device_check.py`` runs it
 with prefect, mlflow, dvc and great_expectations blocked).
 
-Usage:
-    python benchmarks/device_check.py                       # CUDA, full size (about 5-8 min on one GPU)
-    python benchmarks/device_check.py --device cpu --quick  # tiny CPU version (1-2 min), what the test runs
+Usage (on the lent GPU machine, whose interpreter is ``python3``; ``sh benchmarks/device_run.sh "$OUT"`` runs
+the hyperparameter sweep first and then this with what it selected):
+    python3 benchmarks/device_check.py                       # CUDA, full size (about 5-8 min on one GPU)
+    python benchmarks/device_check.py --device cpu --quick   # tiny CPU version (1-2 min), what the test runs
 
 Fashion-MNIST is read from /usr/share/datasets/fashion-mnist (``scripts/install-datasets.sh``) or
 ``--data-path``.
