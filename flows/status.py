@@ -246,10 +246,6 @@ def collect_status(root: Path, runs: int = DEFAULT_RUNS) -> dict[str, Any]:
     registry_ok = attempt("registry", lambda: check_registry(project) or True)
     if registry_ok and tracking.has_registry(project):
         client = attempt("mlflow", lambda: tracking.reader(project))
-        renamed = client is not None and attempt("mlflow", lambda: tracking.model_name_problem(project, client))
-        if renamed:  # an older pin names no model: the rename is seen here, not by check_registry
-            report["problems"]["registry"] = f"PipelineError: {renamed.splitlines()[0][:200]}"
-            client = None
         if client is not None:
             report["champion"] = attempt("champion", lambda: _champion(project, client))
             report["runs"] = attempt("runs", lambda: _runs(project, client, runs)) or []

@@ -249,6 +249,8 @@ def _header(document: dict[str, Any]) -> str:
         strength if isinstance(strength, str) else "",
         {"pass": ("ok", "verified: pass"), "fail": ("bad", "verification: fail")}.get(
             verdict if isinstance(verdict, str) else "", ("neutral", "not verified")))
+    if _get(document.get("verification"), "evidence_unavailable"):  # the tags' verdict; its report is gone
+        verdict_badge = (verdict_badge[0], f"{verdict_badge[1]} (report unavailable)")
     rows = [("Request", _code(document.get("request_id"))),
             ("Status", f'<span class="badge {status_class}">{_escaped(status)}</span>'),
             ("Issued at", _escaped(document.get("issued_at"))),
@@ -366,6 +368,14 @@ def _plot_figures(plots: dict[str, Path]) -> str:
 
 def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> str:
     verification = _section(document, "verification")
+    if verification.get("evidence_unavailable"):  # no report: nothing to say of modes, targets or metrics
+        rows = [("Verdict", _verdict(verification.get("verdict"))),
+                ("Strength of evidence", _escaped(verification.get("statement")))]
+        if verification.get("escalation_reason"):
+            rows.append(("Escalation", _escaped(verification.get("escalation_reason"))))
+        return (f'<section id="verification">\n<h2>Verification evidence</h2>\n{_definition_list(rows)}\n'
+                '<p class="na">The verification report is unavailable: no metric, interval or plot is shown.</p>\n'
+                '</section>')
     level = verification.get("interval_level")
     level_text = f"{100 * level:g}%" if _is_number(level) else "interval"
     target = "exact retrain" if verification.get("mode") == "strict" else "never-trained model"

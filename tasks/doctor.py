@@ -233,9 +233,6 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
                     findings.append(Finding("certificates", batch_id, "a request of this certified batch has no "
                                                                       "certificate file"))
     client = tracking.reader(project) if tracking.has_registry(project) else None  # never create one to look
-    renamed = tracking.model_name_problem(project, client) if client is not None else None
-    if renamed:  # an older pin names no model: every registry claim would be checked against an empty model
-        return [*findings, Finding("registry", f"model {tracking.model_name(project)!r}", renamed)]
     findings += _unrecorded_changes(project, ledger, client)
     if client is not None:
         findings += _registry_findings(project, client)
@@ -288,18 +285,17 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
     for number, attempt in lost_verdicts(project, escalation) if escalation is not None else []:
         findings.append(Finding("audit", f"attempt {number} ({attempt.method})", "verified, but the audit log has no "
                                                                                  "attempt.verified record for it"))
-    # Until its batches are certified: the certificate is the last reader of an escalation's reports.
-    pending, uncertified = set(ledger.pending()), {b for b in ledger.oldest_first()
-                                                   if "certified" not in ledger.steps(b)}
+    # Whatever its batches' state: promotion, the unlearn stage's resume and every (re-)issue of a certificate read it.
+    pending = set(ledger.pending())
     batches = set(escalation.batches) if escalation is not None else set()
-    for number, attempt in enumerate(escalation.attempts if batches & uncertified else [], start=1):
+    for number, attempt in enumerate(escalation.attempts if escalation is not None else [], start=1):
         report, problem = attempt_report(project, attempt) if attempt.verified() else ({}, "")
         if report is not None:
             continue
         then = ("the unlearn stage drops it (and the rungs after it) and redoes it at its next run (`unlearn run`; "
                 "under DVC only when forced: `dvc repro --force --single-item unlearn`), and promotion refuses it "
                 "if it is the chosen attempt" if batches & pending else
-                "the certificate says its evidence is unavailable")
+                "a certificate issued or re-issued from it says its evidence is unavailable")
         findings.append(Finding("reports", f"attempt {number} ({attempt.method})",
                                 f"its verdict ({attempt.verdict}) has a report that is {problem} "
                                 f"(data/reports/attempts/{attempt.report}): {then}"))

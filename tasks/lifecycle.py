@@ -320,11 +320,12 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         if report:
             certificate["verification"] = {**evidence_summary(report), "exact_retrain": report.get("exact_retrain"),
                                            "escalation_reason": tags.get("escalation_reason", "")}
-        elif tags.get("run_id"):  # said, not left out: the model's verdict is in its tags, its evidence is gone
+        elif tags.get("run_id"):  # said, not left out: the verdict is in the version's tags, its evidence is gone
             certificate["verification"] = {
-                "verdict": None, "evidence_unavailable": problem,
-                "statement": f"unavailable: the verification report of the run that produced this model is {problem} "
-                             f"(data/reports/attempts/{tags.get('run_id')}.json), so its evidence is not shown",
+                "verdict": tags.get("verdict"), "evidence": tags.get("evidence"), "evidence_unavailable": problem,
+                "statement": f"the registered version's tags record the verdict {tags.get('verdict')!r} (evidence "
+                             f"{tags.get('evidence')!r}); the verification report behind it is {problem} "
+                             f"(data/reports/attempts/{tags.get('run_id')}.json), so its details are not shown",
                 "escalation_reason": tags.get("escalation_reason", "")}
     return certificate
 

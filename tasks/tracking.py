@@ -61,43 +61,17 @@ def setup(project: Project):
 
 
 def adopt_model_name(project: Project, client) -> None:
-    """A pin that names no model yet: refuse a renamed ``registry.model_name`` (:func:`model_name_problem`), or pin
-    the name when versions are registered under it (:func:`tasks.project.check_registry`).
+    """A pin that names no model (written before the name was recorded): pin ``registry.model_name`` as soon as
+    versions are registered under it, so a rename from then on is refused (:func:`tasks.project.check_registry`).
 
-    Why: pins written before the name was recorded hold only the store; the first stage after an upgrade would
-    otherwise take whatever name params.yaml says, after a rename too.
+    Why not more: such a pin cannot tell a renamed name from a project moved to a new registry on purpose, or from
+    a second project in a shared experiment, and the project's own ``data/state/train.json`` is removed by DVC
+    before each train (it is not persisted); every inference from them refused legitimate users or let the rename
+    through (reviews). A rename made before this first adoption is not detected (README, "Team setup").
     """
-    problem = model_name_problem(project, client)
-    if problem:
-        raise PipelineError(problem)
     if read_pin(project.registry_pin)[1] is None and client.search_model_versions(
             f"name='{model_name(project)}'", max_results=1):
         pin_model_name(project)
-
-
-def model_name_problem(project: Project, client) -> str | None:
-    """Why ``registry.model_name`` cannot be this project's model, for a pin that names none (None: no reason).
-
-    Only the project's own record is read, never the registry at large (a team server holds other projects'
-    models, in a shared experiment too): ``data/state/train.json`` names the version the project's train stage
-    registered or kept. A project that has one, while its configured name holds no version at all, was renamed
-    (the experiment with it, perhaps). Read-only: ``unlearn status`` and ``unlearn doctor`` ask it too.
-    """
-    import json
-
-    if not project.registry_pin.exists() or read_pin(project.registry_pin)[1] is not None:
-        return None
-    try:
-        trained = json.loads((project.state_dir / "train.json").read_text()).get("version")
-    except (OSError, ValueError, AttributeError):
-        return None  # no record of a model here: nothing to compare
-    name = model_name(project)
-    if not trained or client.search_model_versions(f"name='{name}'", max_results=1):
-        return None
-    return (f"registry.model_name {name!r} holds no version in this registry, so it was renamed: this project's train "
-            f"stage recorded model version {trained} ({project.state_dir / 'train.json'}). Set registry.model_name "
-            "back to the name its versions are registered under; to rename on purpose, rename the registered model "
-            "in MLflow first (MlflowClient().rename_registered_model). Nothing was changed.")
 
 
 def has_registry(project: Project) -> bool:
