@@ -285,16 +285,19 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
     for number, attempt in lost_verdicts(project, escalation) if escalation is not None else []:
         findings.append(Finding("audit", f"attempt {number} ({attempt.method})", "verified, but the audit log has no "
                                                                                  "attempt.verified record for it"))
-    # Whatever its batches' state: promotion, the unlearn stage's resume and every (re-)issue of a certificate read it.
-    pending = set(ledger.pending())
-    batches = set(escalation.batches) if escalation is not None else set()
+    # Who reads an attempt's report: while its batches are pending, promotion and the unlearn stage's resume (every
+    # rung); afterwards, every (re-)issue of a certificate, from the promoted attempt's report only.
+    live = escalation is not None and bool(set(escalation.batches) & set(ledger.pending()))
+    promoted = escalation.promoted_attempt() if escalation is not None and escalation.attempts else None
     for number, attempt in enumerate(escalation.attempts if escalation is not None else [], start=1):
-        report, problem = attempt_report(project, attempt) if attempt.verified() else ({}, "")
+        if not attempt.verified() or not (live or attempt is promoted):
+            continue
+        report, problem = attempt_report(project, attempt)
         if report is not None:
             continue
         then = ("the unlearn stage drops it (and the rungs after it) and redoes it at its next run (`unlearn run`; "
                 "under DVC only when forced: `dvc repro --force --single-item unlearn`), and promotion refuses it "
-                "if it is the chosen attempt" if batches & pending else
+                "if it is the chosen attempt" if live else
                 "a certificate issued or re-issued from it says its evidence is unavailable")
         findings.append(Finding("reports", f"attempt {number} ({attempt.method})",
                                 f"its verdict ({attempt.verdict}) has a report that is {problem} "

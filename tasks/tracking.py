@@ -61,8 +61,9 @@ def setup(project: Project):
 
 
 def adopt_model_name(project: Project, client) -> None:
-    """A pin that names no model (written before the name was recorded): pin ``registry.model_name`` as soon as
-    versions are registered under it, so a rename from then on is refused (:func:`tasks.project.check_registry`).
+    """A pin that names no model (new, rewritten after a deliberate move or rename, or written before the name was
+    recorded): pin ``registry.model_name`` as soon as versions are registered under it, so a rename from then on is
+    refused (:func:`tasks.project.check_registry`).
 
     Why not more: such a pin cannot tell a renamed name from a project moved to a new registry on purpose, or from
     a second project in a shared experiment, and the project's own ``data/state/train.json`` is removed by DVC

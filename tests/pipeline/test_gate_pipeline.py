@@ -84,6 +84,16 @@ def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(mak
     itself = evaluate_candidate(project, store, sets, parent, method="none", original=parent)
     assert itself.verdict == "fail" and itself.decision.checks[0].estimate == pytest.approx(lira["parent_excess"])
 
+    # Promoted: only the promoted attempt's report is still read (by certificates); a failed rung's lost report is
+    # no disagreement the doctor may exit 2 for (review), the promoted one's is.
+    from tasks.doctor import diagnose
+
+    (project.reports_dir / "attempts" / state.attempts[0].report).unlink()
+    assert not [f for f in diagnose(project) if f.check == "reports"]
+    (project.reports_dir / "attempts" / read_escalation(project).attempts[1].report).unlink()
+    (finding,) = [f for f in diagnose(project) if f.check == "reports"]
+    assert finding.subject == "attempt 2 (retrain)" and "certificate" in finding.problem
+
 
 def test_inconclusive_evidence_is_held_then_escalated_to_the_exact_retrain_by_the_bound(make_project, capsys):
     from flows.cli import _verdict_exit, main
