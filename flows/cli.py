@@ -144,7 +144,7 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     salt = load_or_create_salt(project.salt_path)
     # Domain-separated from subject hashes: a request id equal to its subject reference must not link the two.
     digest = hash_subject(f"inbox-file-name\x00{request.get('request_id')}", salt).removeprefix("hmac-sha256:")[:12]
-    conflict = _request_id_conflict(project, request, digest, lambda row: check(row).valid)
+    conflict = _request_id_conflict(project, request, lambda row: check(row).valid)
     if conflict:
         raise PipelineError(f"request {request_id} was not queued: its id is already used {conflict}, so ingestion "
                             "would reject it (request_id_conflict); use a new id")
@@ -153,23 +153,23 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     return target
 
 
-def _request_id_conflict(project: Any, request: dict[str, Any], inbox_digest: str,
-                         valid: Callable[[Any], bool]) -> str | None:
+def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[[Any], bool]) -> str | None:
     """Why ingestion would reject ``request`` as ``request_id_conflict`` (None: it would not).
 
     Why here: ingestion rejects such a request, but only when it runs, after ``submit`` has said "queued".
     The same order as ingestion's router (unlearn/requests/routing.py): an id the ledger recorded is decided
     by the ledger (the same content is a repeat; other content, or a record without a content digest, is a
     conflict); otherwise by the first valid request with that id waiting in the inbox, in ingestion's file
-    order. The inbox files of this id are found by their name (the salted digest of the id) and read with
-    ingestion's own reader (no symlink followed, nothing but a regular file, a size cap); a file dropped into
-    the inbox under another name is not looked at (ingestion still judges it). "Same content" is
-    :func:`~unlearn.requests.content_digest`, as ingestion compares it.
+    order. Every inbox file is read, as ingestion lists and reads them (sorted names, files still being written
+    skipped, no symlink followed, nothing but a regular file, a size cap): a client's file drop under any name
+    claims an id as a submitted file does (only the files under this id's salted name were read before). "Same
+    content" is :func:`~unlearn.requests.content_digest`, as ingestion compares it.
 
     Args:
         valid: Whether a queued row passes the checks ingestion runs first (an invalid one claims no id).
     """
     from unlearn.requests import Ledger, parse_request_file, request_digest
+    from unlearn.requests.parsing import skipped_in_inbox
 
     def digest_of(values: dict[str, Any]) -> str | None:
         try:
@@ -186,8 +186,10 @@ def _request_id_conflict(project: Any, request: dict[str, Any], inbox_digest: st
             return "in the ledger for different content" if found["content_digest"] != mine else None
     if not project.incoming_dir.is_dir():
         return None
-    for path in sorted(project.incoming_dir.glob(f"request-*-{inbox_digest}.json")):
-        for row in parse_request_file(path).requests:
+    with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
+        names = sorted(e.name for e in scan if not skipped_in_inbox(e.name) and not e.is_dir(follow_symlinks=False))
+    for name in names:
+        for row in parse_request_file(project.incoming_dir / name).requests:
             if row.values.get("request_id") == request_id and valid(row):
                 same = digest_of(row.values) == mine
                 return None if same else "by a request waiting in the inbox, for different content"

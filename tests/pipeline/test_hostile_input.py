@@ -438,6 +438,14 @@ def test_submits_id_check_reads_the_inbox_and_ledger_as_ingestion_does(make_proj
     (incoming / name).unlink()
     (incoming / name).write_text("[" * 200_000 + "]" * 200_000)
     submit_request(root, {**base, "sample_ids": ["digits-0003"]})
+    # a client's file drop under a name of its own claims the id as well (only this id's salted name was read)
+    for path in incoming.iterdir():
+        path.unlink()
+    (incoming / "crm-export 2026-11-24.json").write_text(json.dumps({**base, "sample_ids": ["digits-0004"]}))
+    (incoming / ".crm-export.json.tmp").write_text(json.dumps({**base, "sample_ids": ["digits-0005"]}))  # mid-write
+    with pytest.raises(PipelineError, match="waiting in the inbox"):
+        submit_request(root, {**base, "sample_ids": ["digits-0003"]})
+    submit_request(root, {**base, "sample_ids": ["digits-0004"]})  # the same request: a repeat, queued
 
     # a ledger record without a content digest (kept before digests were): ingestion rejects any reuse
     for path in incoming.glob("request-*.json"):
