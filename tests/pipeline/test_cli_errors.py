@@ -55,9 +55,11 @@ def test_unlearn_without_a_baseline_is_a_clear_error(make_project):
     source = load_source(params.data)
     train = source.ids[source.splits == "train"]
     sample = str(train[~reference_pool_mask(train, params.verify.references.pool_fraction, params.seed)][0])
-    assert _unlearn(root, "request", "submit", "--request-id", "R-1", "--sample-ids",
-                    sample, "--subject-ref", "x").returncode == 0
-    # ingest and prepare in-process (what `unlearn stage` runs); the command under test in its own process
+    from flows.cli import submit_request
+
+    submit_request(root, {"request_id": "R-1", "sample_ids": [sample], "subject_ref": "x",
+                          "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure"})
+    # submit, ingest and prepare in-process (what the commands run); the command under test in its own process
     run_stages(load_project(root), "ingest", "prepare")
     result = _unlearn(root, "stage", "unlearn")
     assert result.returncode == 2 and "no champion" in result.stderr
