@@ -124,10 +124,9 @@ def subset(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> TensorSet:
 
 def validation_mask(n: int, fraction: float, seed: int) -> np.ndarray:
     """The validation part a sweep carves from the training data: round(fraction * n) samples, drawn with ``seed``
-    (``select_hparams.py``; ``amun_eps_init.py --train-size`` drops the same part)."""
-    mask = np.zeros(n, dtype=bool)
-    mask[np.random.default_rng(seed).choice(n, int(round(fraction * n)), replace=False)] = True
-    return mask
+    (``select_hparams.py``; ``amun_eps_init.py --train-size`` drops the same part). The same draw as
+    :func:`forget_mask`, under the name of what it is for."""
+    return forget_mask(n, fraction, seed)
 
 
 def forget_mask(n: int, fraction: float, seed: int) -> np.ndarray:

@@ -196,17 +196,6 @@ def read_pin(path: Path) -> tuple[str, str | None]:
     return identity, name
 
 
-def rename_refusal(pin: Path, registered: str, configured: str) -> PipelineError:
-    """The error for a ``registry.model_name`` that is not the name the project's versions are registered under."""
-    return PipelineError(
-        f"this project's models are registered as {registered!r} ({pin}), but params.yaml's registry.model_name is "
-        f"{configured!r}: the versions of {registered!r} would no longer be retired when samples they trained on are "
-        f"deleted, nor seen by the split check. Set registry.model_name back to {registered!r}; to rename on purpose, "
-        f"rename the registered model in MLflow first (MlflowClient().rename_registered_model), then delete {pin} "
-        f"(also if no version was ever registered as {registered!r}: the name is pinned when a registration starts). "
-        "Nothing was changed.")
-
-
 def check_registry(project: Project) -> None:
     """Refuse to run against another MLflow store, or another registered model, than the project's models use.
 
@@ -239,8 +228,15 @@ def check_registry(project: Project) -> None:
                             f"{now} (MLFLOW_TRACKING_URI is {unset}): a second registry would hold a second "
                             f"champion. Point MLFLOW_TRACKING_URI at the project's registry, or, to move the project "
                             f"on purpose, delete {pin}. Nothing was changed.")
-    if recorded_name is not None and recorded_name != project.params.registry.model_name:
-        raise rename_refusal(pin, recorded_name, project.params.registry.model_name)
+    configured = project.params.registry.model_name
+    if recorded_name is not None and recorded_name != configured:
+        raise PipelineError(
+            f"this project's models are registered as {recorded_name!r} ({pin}), but params.yaml's "
+            f"registry.model_name is {configured!r}: the versions of {recorded_name!r} would no longer be retired "
+            f"when samples they trained on are deleted, nor seen by the split check. Set registry.model_name back to "
+            f"{recorded_name!r}; to rename on purpose, rename the registered model in MLflow first "
+            f"(MlflowClient().rename_registered_model), then delete {pin} (also if no version was ever registered as "
+            f"{recorded_name!r}: the name is pinned when a registration starts). Nothing was changed.")
 
 
 def pin_registry(project: Project) -> None:

@@ -52,7 +52,6 @@ def request_digest(values: Mapping[str, Any]) -> str:
     return content_digest(sample_ids=values["sample_ids"])
 
 
-
 class SaltError(ValueError):
     """The project's hashing salt is damaged (a command exits 2 naming the file)."""
 
