@@ -302,6 +302,7 @@ def amun_table(reps: list[dict], sizes: Sizes, args: SimpleNamespace, params, sh
             "fraction": args.fraction, "profile": key if key in params.unlearn.profiles else "(none: defaults)",
             "recipe": asdict(sizes.recipe), "sizes": reps[0]["sizes"], "image_shape": shape,
             "overrides": sizes.method_overrides, "wall_seconds": wall_seconds,
+            "recalibrate_bn": params.unlearn.recalibrate_bn,  # what methods.run_repetition ran with
             "machine": f"{device_name} (this check's parts 1-3 together)",
             "provenance": params_provenance(args.params_file, key, args.methods.split(","))}
     return {"meta": meta, "results": table_bench.aggregate(reps), "repetitions": reps}

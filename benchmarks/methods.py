@@ -117,7 +117,8 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
     for name in names:
         kwargs = {**params.unlearn.kwargs_for(name, args.dataset, args.model), **overrides.get(name, {})}
         try:
-            rows[name] = run_one(name, ref, kwargs, device=args.device, seed=300 + i)
+            rows[name] = run_one(name, ref, kwargs, device=args.device, seed=300 + i,
+                                 recalibrate_bn=recalibrate_bn(args, params))
         except Exception as exc:  # device_check (catch_errors): a crash is a finding, reported in its row
             if not getattr(args, "catch_errors", False):
                 raise
@@ -134,6 +135,12 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
             extra["lcodec_certified"] = {"error": error_text(exc)}
     return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds,
             "sizes": {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}}
+
+
+def recalibrate_bn(args, params) -> bool:
+    """``--recalibrate-bn`` / ``--no-recalibrate-bn`` if given, else params.yaml's ``unlearn.recalibrate_bn``."""
+    flag = getattr(args, "recalibrate_bn", None)
+    return params.unlearn.recalibrate_bn if flag is None else bool(flag)
 
 
 def error_text(exc: BaseException, limit: int = 300) -> str:
@@ -196,6 +203,9 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
              "half-width over repetitions. Hyperparameters: params.yaml profile "
              f"`{meta['profile']}` ({meta.get('provenance') or profile_provenance(meta['profile'])}). Recipe: "
              + ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
+             + ". Batch-norm statistics "
+             + ("recomputed on D_R after every method (`unlearn.recalibrate_bn`)" if meta.get("recalibrate_bn")
+                else "as each method leaves them (`unlearn.recalibrate_bn` off)")
              + f". Sizes: {meta['sizes']}. Wall time {meta['wall_seconds']:.0f} s on "
              f"{meta.get('machine', 'a shared 2-core machine (time ratios are noisy)')}.", "",
              "The **retrain** row's Avg Gap is one retrain against the mean of the others: the noise floor. A "
@@ -300,6 +310,9 @@ def main() -> None:
     parser.add_argument("--references", type=int, default=4)
     parser.add_argument("--lcodec-requests", type=int, default=5)
     parser.add_argument("--methods", default="all")
+    parser.add_argument("--recalibrate-bn", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute batch-norm statistics on D_R after each method (default: params.yaml's "
+                             "unlearn.recalibrate_bn)")
     parser.add_argument("--tag", default=None, help="output name suffix (default: the dataset)")
     parser.add_argument("--render", default=None, help="only rewrite the md and png from this results JSON")
     args = parser.parse_args()
@@ -326,12 +339,12 @@ def main() -> None:
     key = params.unlearn.profile_key(args.dataset, args.model)
     command = "nice -n 10 python benchmarks/methods.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-        if v not in (None, False))
+        if v not in (None, False)) + ("" if args.recalibrate_bn is not False else " --no-recalibrate-bn")
     meta = {"command": command, "dataset": args.dataset, "model": args.model, "device": args.device,
             "seeds": args.seeds, "retrains": args.retrains, "references": args.references, "fraction": args.fraction,
             "profile": key if key in params.unlearn.profiles else "(none: defaults)", "recipe": vars(recipe),
             "sizes": reps[0]["sizes"], "platform": platform.platform(), "torch": torch.__version__,
-            "wall_seconds": time.perf_counter() - started}
+            "recalibrate_bn": recalibrate_bn(args, params), "wall_seconds": time.perf_counter() - started}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"methods_{args.tag or args.dataset}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results, "repetitions": reps},

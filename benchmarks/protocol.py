@@ -231,11 +231,16 @@ def weight_change(before: torch.nn.Module, after: torch.nn.Module) -> float:
     return float((b - a).norm() / a.norm().clamp_min(1e-12))
 
 
-def run_one(name: str, ref: Reference, kwargs: dict, *, device: str, seed: int) -> dict:
-    """Run one method on one prepared pair and evaluate it (metrics, gap, time ratio, Δw, info)."""
+def run_one(name: str, ref: Reference, kwargs: dict, *, device: str, seed: int, recalibrate_bn: bool = False) -> dict:
+    """Run one method on one prepared pair and evaluate it (metrics, gap, time ratio, Δw, info).
+
+    ``recalibrate_bn``: as params.yaml's ``unlearn.recalibrate_bn`` (batch-norm statistics recomputed on D_R
+    after the method, inside the timed window).
+    """
     wait_for(device)
     started = time.perf_counter()
-    model = run_method(name, ref.original, ref.data, device=device, seed=seed, kwargs=kwargs)
+    model = run_method(name, ref.original, ref.data, device=device, seed=seed, kwargs=kwargs,
+                       recalibrate_bn=recalibrate_bn)
     wait_for(device)
     seconds = time.perf_counter() - started
     row = evaluate(model, ref, device)

@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write-params", default=None,
                         help="also write a copy of --params with the selected values merged into this setting's "
                              "profile (for device_check.py --params)")
+    parser.add_argument("--recalibrate-bn", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute batch-norm statistics on D_R after each method (default: --params' "
+                             "unlearn.recalibrate_bn); select with the setting the pipeline runs with")
     parser.add_argument("--tag", default=None, help="log name suffix")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
           f"retrain target {ref.target}", flush=True)
     key = params.unlearn.profile_key(args.dataset, args.model)
     profile = dict(params.unlearn.profiles.get(key, {}))
+    recalibrate = params.unlearn.recalibrate_bn if args.recalibrate_bn is None else args.recalibrate_bn
     log, chosen, skipped, partial = {}, {}, [], []
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             "sizes": {"tune": len(tune), "validation": len(validation), "forget": len(ref.forget)},
             "original_validation_accuracy": original_val, "retrain_target": ref.target,
             "retrains": ref.retrains, "profile_before": profile, "grid_preset": args.grid_preset,
-            "budget_s": args.budget_s, "not_swept": skipped, "cut_short": partial}
+            "budget_s": args.budget_s, "not_swept": skipped, "cut_short": partial, "recalibrate_bn": recalibrate}
 
     def write() -> None:
         """Rewrite the params copy (if asked) and then the log that vouches for it, each replaced whole."""
@@ -235,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
                 break
             point_started = time.perf_counter()
             try:
-                runs = [run_one(name, r, kwargs, device=args.device, seed=3000 + s) for s, r in enumerate(refs)]
+                runs = [run_one(name, r, kwargs, device=args.device, seed=3000 + s, recalibrate_bn=recalibrate)
+                        for s, r in enumerate(refs)]
             except Exception as exc:  # noqa: BLE001 - a failing point is logged, not fatal
                 runs = [{"error": f"{type(exc).__name__}: {exc}"}]
             last = time.perf_counter() - point_started
@@ -307,6 +312,8 @@ def recorded_command(args: argparse.Namespace) -> str:
         flag = f"--{key.replace('_', '-')}"
         if value is True:
             parts.append(flag)
+        elif value is False and key == "recalibrate_bn":  # a BooleanOptionalAction: off is not its default
+            parts.append("--no-recalibrate-bn")
         elif value is not None and value is not False:
             parts += [flag, shlex.quote(str(value))]
     return " ".join(parts)
@@ -384,7 +391,9 @@ def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
              "moved and validation accuracy >= half the original's "
              f"({meta['original_validation_accuracy']:.2f}). Selected: smallest Avg Gap among admissible points "
              f"(**bold**). Images {meta.get('image_shape')}, grid preset {meta.get('grid_preset', 'default')}. "
-             f"Wall time {meta['wall_seconds']:.0f} s"
+             + ("Batch-norm statistics recomputed on D_R after every method (`unlearn.recalibrate_bn`). "
+                if meta.get("recalibrate_bn") else "")
+             + f"Wall time {meta['wall_seconds']:.0f} s"
              + (f" (budget {meta['budget_s']:.0f} s: no point starts after it)" if meta.get("budget_s") else "")
              + ".", "",
              *([f"Not swept (time budget spent; their profile values stand): {', '.join(meta['not_swept'])}.", ""]

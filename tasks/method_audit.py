@@ -309,7 +309,8 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
                           num_classes=len(store.classes), train_recipe=SGDRecipe.from_config(params.train),
                           model_factory=factory)
     method_started = time.perf_counter()
-    candidate = run_method(method, copy.deepcopy(parent), data, device=device, seed=params.seed, kwargs=kwargs)
+    candidate = run_method(method, copy.deepcopy(parent), data, device=device, seed=params.seed, kwargs=kwargs,
+                           recalibrate_bn=params.unlearn.recalibrate_bn)  # as the pipeline's attempt ran
     method_seconds = time.perf_counter() - method_started
     retrain_started = time.perf_counter()
     seeds = [params.seed + i for i in range(gate.audit.retrains)]

@@ -308,7 +308,7 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
     started = time.perf_counter()
     try:
         model = run_method(candidate["method"], original, data, device=resolve_device(project), seed=params.seed,
-                           kwargs=candidate["kwargs"])
+                           kwargs=candidate["kwargs"], recalibrate_bn=params.unlearn.recalibrate_bn)
     except PipelineError:
         raise
     except (MissingDataError, MethodArgumentError, TypeError, ValueError, RuntimeError) as exc:

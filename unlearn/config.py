@@ -101,6 +101,10 @@ class UnlearnConfig:
 
     method: str = "amun"
     escalation: tuple[str, ...] = ()
+    # Recompute batch-norm running statistics on D_R after each method (methods.run_method): methods
+    # that stop at a constant learning rate leave stale ones. False (the default when the key is
+    # absent) leaves every method's output as its paper's.
+    recalibrate_bn: bool = False
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     profiles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -24,7 +24,7 @@ from tasks.stage.state import UNLEARNING, Attempt, read_escalation, write_escala
 from tasks.stage.verify import run_verify
 from unlearn.data import SampleStore
 from unlearn.files import atomic_path, utc_now
-from unlearn.methods import run_method
+from unlearn.methods import method_info, run_method
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
@@ -64,7 +64,8 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
     with mlflow.start_run(run_name=f"unlearn-{method}") as run:
         mlflow.log_params({"method": method, "seed": params.seed, "n_forget": len(forget),
                            "n_retain": len(data.retain), "parent_version": state.parent_version,
-                           "attempt": number, **{f"method_{k}": v for k, v in kwargs.items()}})
+                           "attempt": number, "recalibrate_bn": params.unlearn.recalibrate_bn,
+                           **{f"method_{k}": v for k, v in kwargs.items()}})
         mlflow.set_tags({
             "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state.ladder),
             "request_batches": tag_list(state.batches),
@@ -79,9 +80,13 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
         if method == "retrain":
             model, _, _ = retrained_model(project, store, data)
         else:
-            model = run_method(method, original, data, device=device, seed=params.seed, kwargs=kwargs)
+            model = run_method(method, original, data, device=device, seed=params.seed, kwargs=kwargs,
+                               recalibrate_bn=params.unlearn.recalibrate_bn)
         seconds = time.perf_counter() - started
         mlflow.log_metric("unlearn_seconds", seconds)
+        recalibrated = method_info(model).get("bn_recalibrated")
+        if recalibrated is not None:  # what was done, not what was configured: 0 for a model without batch norm
+            mlflow.log_metric("bn_layers_recalibrated", recalibrated)
     candidate = project.models_dir / f"candidate-{number}-{method}.pt"
     with atomic_path(candidate) as tmp:
         torch.save(model.cpu().state_dict(), tmp)

@@ -91,6 +91,10 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     run = client.get_run(tags["run_id"])
     assert {"forget_acc", "original.test_acc", "original.mia.svc_confidence.auc",
             "gate.mia.lira_offline.auc.estimate", "gate.forget_acc.parent_excess"} <= set(run.data.metrics)
+    # the attempt recomputed batch-norm statistics on D_R as params.yaml asks, and its run says so
+    attempt_run = client.search_runs([run.info.experiment_id], "tags.stage = 'unlearn'")[0]
+    assert attempt_run.data.params["recalibrate_bn"] == "True" and project.params.unlearn.recalibrate_bn
+    assert attempt_run.data.metrics["bn_layers_recalibrated"] == 3  # small_cnn's three blocks
     assert Ledger(project.ledger_path).pending() == []
     assert not any(project.quarantine_dir.glob("*.npz"))  # forget samples gone once verified
     # offline reference attacks ran on the cached reference models (OUT of every forget sample)

@@ -6,6 +6,7 @@ from unlearn.methods.base import (
     MissingDataError,
     TensorSet,
     UnlearningData,
+    method_info,
     register_method,
     run_method,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "MissingDataError",
     "TensorSet",
     "UnlearningData",
+    "method_info",
     "register_method",
     "run_method",
 ]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from unlearn.registry import Registry
-from unlearn.training import SGDRecipe, TrainingTrace
+from unlearn.training import SGDRecipe, TrainingTrace, recalibrate_batchnorm
 
 DATA_KINDS = ("forget", "retain")
 
@@ -190,6 +190,7 @@ def run_method(
     device: str | torch.device,
     seed: int,
     kwargs: dict[str, Any] | None = None,
+    recalibrate_bn: bool = False,
 ) -> nn.Module:
     """Run a registered method on a copy of ``model``.
 
@@ -200,6 +201,11 @@ def run_method(
         device: Where to compute.
         seed: Seed for every random choice the method makes.
         kwargs: Method keyword arguments from params.yaml.
+        recalibrate_bn: Afterwards, recompute the batch-norm running statistics on D_R
+            (``training.recalibrate_batchnorm``; params.yaml ``unlearn.recalibrate_bn``). Off by
+            default so a method's output is its paper's; never for ``retrain``, whose statistics
+            already come from D_R alone. The model's info records ``bn_recalibrated`` (layers
+            recomputed; 0 when D_R was not given or the model has no batch norm).
 
     Returns:
         The unlearned model, a new object, in eval mode.
@@ -219,4 +225,8 @@ def run_method(
     working = copy.deepcopy(model).to(device)
     setattr(working, INFO_ATTR, {})  # diagnostics of this run only, not of the input's history
     result = spec.fn(working, data, device=device, seed=seed, **bound)
+    if recalibrate_bn and name != "retrain":
+        retain = data.retain
+        images = retain.images if retain is not None else torch.empty(0)
+        record_info(result, bn_recalibrated=recalibrate_batchnorm(result, images, device=device))
     return result.eval()
