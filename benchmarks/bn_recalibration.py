@@ -11,7 +11,7 @@ weights are identical in both columns, so any difference is the statistics alone
 Protocol as benchmarks/methods.py (its seeds: original 100+i, forget 200+i, run 300+i; target the
 mean of 3 retrains; RMIA with 4 references), hyperparameters from params.yaml's profile as it is
 (selected with or without recalibration: the file says which). Writes
-benchmarks/results/bn_recalibration_<dataset>.{json,md}.
+benchmarks/results/bn_recalibration_<dataset>[_<model>].{json,md}.
 
 Usage:
     nice -n 10 python benchmarks/bn_recalibration.py --dataset fashion_mnist --train-size 2000 \
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--augment", action="store_true")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--retrains", type=int, default=3)
@@ -136,7 +137,8 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     x_train, y_train, x_test, y_test = load_data(args.dataset, args.data_path, train_size=args.train_size,
                                                  test_size=args.test_size, pool=args.pool)
-    recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size)
+    recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size,
+                     augment=args.augment)
     data = (x_train, y_train, TensorSet(x_test, y_test))
     reps = [repetition(i, data, args, params, recipe) for i in range(args.seeds)]
     names = args.methods.split(",")
@@ -144,8 +146,11 @@ def main() -> None:
 
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip() or "unknown"
+    if subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "params.yaml"]).returncode != 0:
+        git += " with params.yaml modified"
     command = "nice -n 10 python benchmarks/bn_recalibration.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+        if v not in (None, False))
     key = params.unlearn.profile_key(args.dataset, args.model)
     meta = {"command": command, "dataset": args.dataset, "model": args.model, "device": args.device,
             "seeds": args.seeds, "retrains": args.retrains, "references": args.references, "methods": names,
@@ -154,7 +159,7 @@ def main() -> None:
             "wall_seconds": time.perf_counter() - started}
     result = summary(reps, names)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"bn_recalibration_{args.dataset}"
+    stem = RESULTS / ("bn_recalibration_" + args.dataset + ("" if args.model == "small_cnn" else f"_{args.model}"))
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": result, "repetitions": reps},
                                                     indent=2, default=str))
     stem.with_suffix(".md").write_text(markdown(result, meta))

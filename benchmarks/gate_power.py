@@ -167,7 +167,8 @@ def main() -> int:
                 continue
             retrain, _ = train(retain, 2000 + seed)
             data = UnlearningData(tensor_set(forget), tensor_set(retain), classes, recipe, factory)
-            amun = run_method("amun", parent, data, device="cpu", seed=seed, kwargs=params.method_kwargs("amun"))
+            amun = run_method("amun", parent, data, device="cpu", seed=seed, kwargs=params.method_kwargs("amun"),
+                              recalibrate_bn=params.unlearn.recalibrate_bn)  # the pipeline's candidate
             # ids: the references' and the parent's signals are read from (and kept in) their caches
             sets = EvalSets(tensor_set(forget), tensor_set(retain[:0]), tensor_set(test), ids={
                 "forget": forget.astype(str), "retain": forget[:0].astype(str), "test": test.astype(str)})

@@ -204,7 +204,8 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
              f"`{meta['profile']}` ({meta.get('provenance') or profile_provenance(meta['profile'])}). Recipe: "
              + ", ".join(f"{k} {v}" for k, v in meta["recipe"].items())
              + ". Batch-norm statistics "
-             + ("recomputed on D_R after every method (`unlearn.recalibrate_bn`)" if meta.get("recalibrate_bn")
+             + ("recomputed on D_R after every method in the table (`unlearn.recalibrate_bn`; not in the "
+                "certified L-CODEC timing)" if meta.get("recalibrate_bn")
                 else "as each method leaves them (`unlearn.recalibrate_bn` off)")
              + f". Sizes: {meta['sizes']}. Wall time {meta['wall_seconds']:.0f} s on "
              f"{meta.get('machine', 'a shared 2-core machine (time ratios are noisy)')}.", "",

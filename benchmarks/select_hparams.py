@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.write_params:
             try:
                 written = write_selected_params(source_text, params, Path(args.write_params), key,
-                                                {n: c["kwargs"] for n, c in chosen.items()})
+                                                {n: c["kwargs"] for n, c in chosen.items()}, recalibrate_bn=recalibrate)
                 meta["params_written"] = {"path": str(Path(args.write_params).resolve()), "sha256": written}
             except Exception as exc:  # noqa: BLE001 - the sweep's log is worth more than the copy
                 meta["params_written"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -320,7 +320,7 @@ def recorded_command(args: argparse.Namespace) -> str:
 
 
 def write_selected_params(source_text: str, before: Params, target: Path, key: str,
-                          selected: dict[str, dict]) -> str:
+                          selected: dict[str, dict], *, recalibrate_bn: bool | None = None) -> str:
     """Write ``source_text`` (a params.yaml, parsed as ``before``) to ``target`` with ``selected`` merged into
     profile ``key``.
 
@@ -329,7 +329,8 @@ def write_selected_params(source_text: str, before: Params, target: Path, key: s
     ``load_params`` before it replaces ``target``, so a consumer (device_check.py ``--params``) never
     reads a half-written or invalid file; a rejected copy leaves no temporary file. Comments and
     anchors are not kept (it is a run artefact; the committed params.yaml is edited by hand from the
-    sweep log).
+    sweep log). ``recalibrate_bn`` (when given) is written as ``unlearn.recalibrate_bn``: values selected
+    with batch-norm statistics recomputed are run that way by whoever reads the copy.
 
     Returns:
         The SHA-256 of the written file (the sweep log records it, so a reader can tell which log
@@ -339,6 +340,8 @@ def write_selected_params(source_text: str, before: Params, target: Path, key: s
 
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load(source_text)
+    if recalibrate_bn is not None:
+        raw.setdefault("unlearn", {})["recalibrate_bn"] = bool(recalibrate_bn)
     profiles = raw.setdefault("unlearn", {}).setdefault("profiles", {})
     profile = dict(profiles.get(key) or {})
     profile.update({name: dict(kwargs) for name, kwargs in selected.items()})

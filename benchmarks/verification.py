@@ -102,7 +102,8 @@ class Setup:
     def amun(self, original: torch.nn.Module, forget_mask: np.ndarray, retain_mask: np.ndarray,
              seed: int) -> torch.nn.Module:
         return run_method("amun", original, self.unlearning_data(forget_mask, retain_mask), device=self.device,
-                          seed=seed, kwargs=self.params.method_kwargs("amun"))
+                          seed=seed, kwargs=self.params.method_kwargs("amun"),
+                          recalibrate_bn=self.params.unlearn.recalibrate_bn)  # the pipeline's candidate
 
 
 def _pairs(pool_ids: np.ndarray, count: int, seed: int, tmp: Path) -> list[np.ndarray]:

@@ -343,6 +343,8 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
                          "git_commit": dvc_ops.git_commit(project)})
         mlflow.log_params({"method": method, "retrains": len(seeds), "references": len(ref_ids),
                            "n_forget": len(situation.forget), "n_negative": len(situation.test),
+                           # the method as configured now (kwargs and this), not necessarily as the attempt ran
+                           "recalibrate_bn": params.unlearn.recalibrate_bn,
                            **{f"method_{k}": v for k, v in kwargs.items()}})
         mlflow.log_metrics(_metrics(decision, record["seconds"]))
         mlflow.log_dict(record, "audit/audit.json")

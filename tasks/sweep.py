@@ -434,7 +434,8 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
         mlflow.log_params({"seed": params.seed, "n_forget": prepared["n_forget"], "n_retain": prepared["n_retain"],
                            "n_test": prepared["n_test"], "candidates": len(ranked),
                            "methods": ",".join(dict.fromkeys(r["method"] for r in ranked)),
-                           "parent_version": prepared["parent_version"]})
+                           "parent_version": prepared["parent_version"],
+                           "recalibrate_bn": params.unlearn.recalibrate_bn})
         mlflow.set_tags({"stage": "sweep", "parent_version": prepared["parent_version"],
                          "request_batches": tag_list(prepared["batches"]),
                          "forget_ids_digest": prepared["forget_ids_digest"],

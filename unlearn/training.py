@@ -387,7 +387,7 @@ def nonfinite_tensors(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    model: nn.Module, images: torch.Tensor, *, device: str | torch.device, batch_size: int = 256
+    model: nn.Module, images: torch.Tensor, *, device: str | torch.device, batch_size: int = 256, seed: int = 0
 ) -> int:
     """Recompute every batch-norm layer's running statistics from ``images`` (weights untouched).
 
@@ -395,42 +395,55 @@ def recalibrate_batchnorm(
     l1-sparse) leaves running statistics that are an exponential average of the last few batches,
     taken while the weights were still moving. In eval mode they no longer match the weights:
     on Fashion-MNIST/small_cnn one repetition's fine-tune lost 6 points of retain accuracy that
-    recomputing the statistics on D_R gave back, and the table's spread across repetitions came
-    from this, not from the weights (benchmarks/results/bn_recalibration_fashion_mnist.md). The
-    statistics of the original model were also averaged over batches holding D_F; recomputed on
-    D_R they hold no forgotten sample.
+    recomputing the statistics on D_R gave back (benchmarks/results/bn_recalibration_fashion_mnist.md
+    evaluates the same weights both ways). The original model's statistics were also averaged over
+    batches holding D_F; recomputed on D_R they hold no forgotten sample.
 
-    The average is cumulative (every batch counts the same, as ``torch.optim.swa_utils.update_bn``
-    does) over near-equal chunks, so no chunk is a lone sample; the layers' momentum and the
-    model's train/eval mode are restored. No gradient, no random draw: deterministic on the CPU.
+    Only the batch-norm layers run in train mode; every other module stays in eval mode (a dropout
+    before a batch norm would otherwise skew its statistics and draw from the global generator).
+    The average is cumulative (every chunk counts the same) over chunks of ``batch_size`` to
+    ``2 * batch_size - 1`` images visited in an order drawn from ``seed``, so no chunk is a lone
+    sample and a class-sorted set does not lose its between-class variance. Each module's mode and
+    each layer's momentum are restored; if a forward pass fails, the old statistics are put back.
+    No gradient and no global random state: deterministic on the CPU.
 
     Args:
-        model: The model, changed in place (its batch-norm buffers only).
+        model: The model, changed in place (its batch-norm buffers only); already on ``device``.
         images: Float images (N, C, H, W), e.g. D_R.
-        device: Where to compute (the model must already be there).
-        batch_size: Largest chunk.
+        device: Where to compute.
+        batch_size: Smallest chunk (at least 2).
+        seed: Seed of the visiting order.
 
     Returns:
-        How many batch-norm layers were recomputed (0: none, or ``images`` is empty; nothing changed).
+        How many batch-norm layers were recomputed (0: none, or fewer than 2 images; nothing changed).
     """
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not layers or len(images) == 0:
-        return 0
-    if batch_size <= 1:
+    if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2, got {batch_size}")
-    momenta = [m.momentum for m in layers]
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers or len(images) < 2:
+        return 0
+    modes = {module: module.training for module in model.modules()}
+    saved = [(layer.momentum, {k: v.clone() for k, v in layer.named_buffers(recurse=False)}) for layer in layers]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    chunks = torch.tensor_split(order, max(1, len(images) // batch_size))
+    model.eval()
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative moving average
-    was_training = model.training
-    model.train()
+        layer.train()
     try:
-        for chunk in torch.tensor_split(images, -(-len(images) // batch_size)):
-            model(accel.to_device_async(chunk, device))
+        for index in chunks:
+            model(accel.to_device_async(images[index], device))
+    except BaseException:
+        for layer, (_, buffers) in zip(layers, saved, strict=True):
+            for name, value in buffers.items():
+                getattr(layer, name).copy_(value)
+        raise
     finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
+        for layer, (momentum, _) in zip(layers, saved, strict=True):
             layer.momentum = momentum
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return len(layers)
 
 

@@ -37,13 +37,19 @@ from unlearn.requests import Ledger
 log = logging.getLogger("unlearn.pipeline")
 
 
-def _ladder_key(project: Project, parent_version: str, batches: list[str]) -> str:
-    """Identity of one escalation: the champion it starts from, the batches, and the policy."""
+def ladder_key(project: Project, parent_version: str, batches: list[str]) -> str:
+    """Identity of one escalation: the champion it starts from, the batches, and the policy.
+
+    ``unlearn.recalibrate_bn`` changes every candidate's weights-and-buffers, so it is part of the policy; it
+    is added only when on, so an escalation recorded before the setting existed keeps its key when it is off.
+    """
     params = project.params
     ladder = params.unlearn.ladder
     return hashlib.sha256(json.dumps(
         [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
-         params.seed, repr(params.verify), repr(params.gate)], sort_keys=True, default=str).encode()
+         params.seed, repr(params.verify), repr(params.gate),
+         *([{"recalibrate_bn": True}] if params.unlearn.recalibrate_bn else [])],
+        sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
 
 
@@ -88,7 +94,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         return write_escalation(project, Escalation(DATA_ONLY, batches=pending))
     if champion is None:
         raise PipelineError("no champion model in the registry; run the train stage first")
-    key = _ladder_key(project, str(champion.version), pending)
+    key = ladder_key(project, str(champion.version), pending)
     try:
         previous = read_escalation(project)
     except PipelineError:

@@ -64,7 +64,7 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
     with mlflow.start_run(run_name=f"unlearn-{method}") as run:
         mlflow.log_params({"method": method, "seed": params.seed, "n_forget": len(forget),
                            "n_retain": len(data.retain), "parent_version": state.parent_version,
-                           "attempt": number, "recalibrate_bn": params.unlearn.recalibrate_bn,
+                           "attempt": number, "recalibrate_bn": params.unlearn.recalibrate_bn and method != "retrain",
                            **{f"method_{k}": v for k, v in kwargs.items()}})
         mlflow.set_tags({
             "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state.ladder),

@@ -34,24 +34,84 @@ def test_statistics_are_those_of_the_given_images_only_and_weights_are_untouched
     bn.running_var.fill_(9.0)
     bn.num_batches_tracked.fill_(123)
     weights = {k: v.clone() for k, v in model.named_parameters()}
-    images = _images(100)
+    images = _images(96)
     model.eval()
-    assert recalibrate_batchnorm(model, images, device="cpu", batch_size=32) == 1
+    assert recalibrate_batchnorm(model, images, device="cpu", batch_size=32, seed=5) == 1
     with torch.no_grad():
         conv = model[0](images)  # (N, 4, 8, 8): what the layer normalises
-    # 100 images in 4 near-equal chunks (25 each): the cumulative average of the chunk means is the mean
+    # 96 images in 3 chunks of 32: the cumulative average of the chunk means is the mean of all
     assert torch.allclose(bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
-    chunk_vars = torch.stack([c.var(dim=(0, 2, 3), unbiased=True) for c in conv.split(25)])
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(5))  # the visiting order
+    chunk_vars = torch.stack([conv[c].var(dim=(0, 2, 3), unbiased=True) for c in order.split(32)])
     assert torch.allclose(bn.running_var, chunk_vars.mean(0), atol=1e-5)
-    assert not model.training and bn.momentum == 0.1  # mode and momentum restored
+    assert not model.training and not bn.training and bn.momentum == 0.1  # modes and momentum restored
     assert all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
 
 
+def test_other_modules_stay_in_eval_mode_and_no_global_random_state_is_used():
+    # A dropout before a batch norm: in train mode it would scale what the layer sees and draw from
+    # the global generator (so the audit's re-run could differ from the attempt).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Dropout(0.5), nn.BatchNorm1d(16))
+    images = _images(128)
+    state = torch.get_rng_state()
+    recalibrate_batchnorm(model, images, device="cpu", batch_size=128)
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():
+        features = model[1](images.flatten(1))  # eval-mode dropout is the identity
+    assert torch.allclose(model[3].running_var, features.var(0, unbiased=True), atol=1e-5)
+
+
+def test_a_class_sorted_set_keeps_its_between_class_variance():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.BatchNorm1d(4))
+    low, high = 0.2 * _images(256, seed=1), 0.8 + 0.2 * _images(256, seed=2)
+    images = torch.cat([low, high])  # sorted by "class", as an ImageFolder source keeps it
+    recalibrate_batchnorm(model, images, device="cpu", batch_size=256)
+    with torch.no_grad():
+        full = model[1](images.flatten(1)).var(0, unbiased=True)
+    assert torch.allclose(model[2].running_var, full, rtol=0.15)  # sorted chunks gave about a tenth of it
+
+
+def test_per_module_modes_are_restored():
+    model = _conv_bn().train()
+    model[1].eval()  # a frozen batch norm inside a model in training
+    recalibrate_batchnorm(model, _images(8), device="cpu")
+    assert model.training and model[0].training and not model[1].training
+
+
+class _FailsOnSecondCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("out of memory")
+        return x
+
+
+def test_a_failure_midway_puts_the_old_statistics_back():
+    model = nn.Sequential(*_conv_bn(), _FailsOnSecondCall())
+    model[1].running_mean.fill_(3.0)
+    before = copy.deepcopy(model.state_dict())
+    model.eval()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        recalibrate_batchnorm(model, _images(64), device="cpu", batch_size=16)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.values(), strict=True))
+    assert model[1].momentum == 0.1 and not model.training and not model[1].training
+
+
 def test_no_chunk_is_a_lone_sample():
-    # 257 images at batch 256 would leave a batch of one, which BatchNorm1d refuses in train mode.
+    # 257 images at batch 256 (or 3 at batch 2) would leave a batch of one, which BatchNorm1d refuses in train mode.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.BatchNorm1d(5))
     assert recalibrate_batchnorm(model, _images(257), device="cpu", batch_size=256) == 1
+    assert recalibrate_batchnorm(model, _images(3), device="cpu", batch_size=2) == 1
+    stats = copy.deepcopy(model.state_dict())
+    assert recalibrate_batchnorm(model, _images(1), device="cpu") == 0  # one image: no variance to average
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), stats.values(), strict=True))
 
 
 def test_deterministic_and_independent_of_the_old_statistics():
@@ -75,6 +135,7 @@ def test_nothing_to_do_changes_nothing():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), stats.values(), strict=True))
     with pytest.raises(ValueError, match="batch_size"):
         recalibrate_batchnorm(model, _images(4), device="cpu", batch_size=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), stats.values(), strict=True))
 
 
 def _data(n_forget: int = 16, n_retain: int = 96) -> UnlearningData:

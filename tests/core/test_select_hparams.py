@@ -1,6 +1,7 @@
 """benchmarks/select_hparams.py: bounded in time, rewrites its log as it goes, and writes a params copy
 that device_check.py can read, with only the numeric stack installed (the lent GPU machine's)."""
 
+import argparse
 import json
 import re
 import subprocess
@@ -154,3 +155,19 @@ def test_a_method_that_extends_a_selected_one_keeps_every_argument_it_had(tmp_pa
             spec = METHODS.get(name)
             assert spec.bind(after.unlearn.kwargs_for(name, "fashion_mnist", "resnet18")) == \
                 spec.bind(before.unlearn.kwargs_for(name, "fashion_mnist", "resnet18")), name
+
+
+def test_the_params_copy_runs_with_the_batch_norm_setting_the_selection_ran_with(tmp_path):
+    """A selection made with --no-recalibrate-bn against a params.yaml that turns it on wrote a copy that
+    turned it on: device_check then ran the selected values the other way (review of the recalibration)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from select_hparams import recorded_command, write_selected_params
+
+    text = (REPO / "params.yaml").read_text()
+    before = load_params(REPO / "params.yaml")
+    for value in (False, True):
+        write_selected_params(text, before, tmp_path / "p.yaml", "fashion_mnist/resnet18", {},
+                              recalibrate_bn=value)
+        assert load_params(tmp_path / "p.yaml").unlearn.recalibrate_bn is value
+    assert "--no-recalibrate-bn" in recorded_command(argparse.Namespace(recalibrate_bn=False, tag=None))
+    assert "recalibrate" not in recorded_command(argparse.Namespace(recalibrate_bn=None, tag=None))

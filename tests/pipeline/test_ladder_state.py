@@ -150,3 +150,12 @@ def test_an_attempt_report_counts_only_if_it_is_this_runs_readable_report(projec
     assert attempt_report(project, attempt) == (None, "of another run")
     path.write_text(json.dumps({"run_id": "run-1", "verdict": "pass"}))
     assert attempt_report(project, attempt) == ({"run_id": "run-1", "verdict": "pass"}, "")
+
+
+def test_batch_norm_recalibration_is_part_of_an_escalations_identity(make_project):
+    """A resumed escalation must not keep verdicts of candidates made under the other setting."""
+    from tasks.stage.escalation import ladder_key
+
+    on = Project(make_project({"unlearn": {"recalibrate_bn": True}}, name="on"))
+    off = Project(make_project({"unlearn": {"recalibrate_bn": False}}, name="off"))
+    assert ladder_key(on, "3", ["b1"]) != ladder_key(off, "3", ["b1"])
