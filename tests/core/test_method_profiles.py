@@ -35,10 +35,13 @@ def test_every_resolved_kwarg_binds_to_its_method(source, model):
 
 
 def test_amun_salun_is_amun_plus_a_mask_in_every_setting():
+    """AMUN's App. D variant: AMUN's settings plus the mask. Only the learning rate may be selected apart (a
+    masked update moves half the weights, so the Fashion-MNIST sweep chose a larger one); nothing else."""
     for source, model in [*SETTINGS, ("other", "net")]:
         amun = PARAMS.unlearn.kwargs_for("amun", source, model)
         both = PARAMS.unlearn.kwargs_for("amun_salun", source, model)
-        assert {k: v for k, v in both.items() if k != "mask_ratio"} == amun
+        assert {k: v for k, v in both.items() if k not in ("mask_ratio", "lr")} == \
+            {k: v for k, v in amun.items() if k != "lr"}
         assert "mask_ratio" in both
 
 
