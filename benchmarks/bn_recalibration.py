@@ -113,6 +113,17 @@ def markdown(result: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def git_state() -> str:
+    """The commit whose params.yaml this run reads ("... with params.yaml modified" if the file differs)."""
+    import subprocess
+
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip() or "unknown"
+    if subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "params.yaml"]).returncode != 0:
+        git += " with params.yaml modified"
+    return git
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="fashion_mnist")
@@ -134,6 +145,7 @@ def main() -> None:
     if args.methods == "all":
         args.methods = ",".join(n for n in METHODS.names() if n != "retrain")
     started = time.perf_counter()
+    git = git_state()  # now, with the params.yaml this run reads (it may be edited while the run goes on)
     params = load_params(REPO / "params.yaml")
     x_train, y_train, x_test, y_test = load_data(args.dataset, args.data_path, train_size=args.train_size,
                                                  test_size=args.test_size, pool=args.pool)
@@ -142,12 +154,6 @@ def main() -> None:
     data = (x_train, y_train, TensorSet(x_test, y_test))
     reps = [repetition(i, data, args, params, recipe) for i in range(args.seeds)]
     names = args.methods.split(",")
-    import subprocess
-
-    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip() or "unknown"
-    if subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "params.yaml"]).returncode != 0:
-        git += " with params.yaml modified"
     command = "nice -n 10 python benchmarks/bn_recalibration.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
         if v not in (None, False))
