@@ -392,8 +392,9 @@ def recalibrate_batchnorm(
     """Recompute every batch-norm layer's running statistics from ``images`` (weights untouched).
 
     Why: a method that ends training at a constant learning rate (fine-tuning, RL, SalUn, AMUN,
-    l1-sparse) leaves running statistics that are an exponential average of the last few batches,
-    taken while the weights were still moving. In eval mode they no longer match the weights: on
+    l1-sparse, NegGrad+) leaves running statistics that are an exponential average of the last few
+    batches, taken while the weights were still moving; SSD dampens weights and keeps the original's
+    statistics, which no longer match them either. In eval mode they no longer match the weights: on
     Fashion-MNIST/small_cnn the same NegGrad+ weights scored 66.9% test accuracy with the statistics
     they were left with and 78.7% with them recomputed on D_R, l1-sparse's 66.6% and 80.4%
     (benchmarks/results/bn_recalibration_fashion_mnist.md evaluates every method both ways). The
@@ -403,8 +404,8 @@ def recalibrate_batchnorm(
     Only the batch-norm layers run in train mode; every other module stays in eval mode (a dropout
     before a batch norm would otherwise skew its statistics and draw from the global generator).
     The average is cumulative (every chunk counts the same) over chunks of ``batch_size`` to
-    ``2 * batch_size - 1`` images visited in an order drawn from ``seed``, so no chunk is a lone
-    sample and a class-sorted set does not lose its between-class variance. Each module's mode and
+    ``2 * batch_size - 1`` images (one chunk of all of them when there are fewer) visited in an order
+    drawn from ``seed``, so no chunk is a lone sample and a class-sorted set does not lose its between-class variance. Each module's mode and
     each layer's momentum are restored; if a forward pass fails, the old statistics are put back.
     No gradient and no global random state: deterministic on the CPU.
 
