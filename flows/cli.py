@@ -373,7 +373,8 @@ def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
     params["data"]["train_subset"] = 400
     params["train"]["epochs"] = 40
     params["verify"]["references"].update(count=4, pool_fraction=0.4)
-    params["unlearn"].update(method="finetune", escalation=[])
+    # recalibrate_bn off: recomputing the statistics on D_R would change the model, which must stay untouched
+    params["unlearn"].update(method="finetune", escalation=[], recalibrate_bn=False)
     params["unlearn"]["methods"]["finetune"] = {"epochs": 1, "lr": 1.0e-7, "batch_size": 64}
     (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(root / "dvc.yaml", where / "dvc.yaml")

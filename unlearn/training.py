@@ -405,8 +405,9 @@ def recalibrate_batchnorm(
     before a batch norm would otherwise skew its statistics and draw from the global generator).
     The average is cumulative (every chunk counts the same) over chunks of ``batch_size`` to
     ``2 * batch_size - 1`` images (one chunk of all of them when there are fewer) visited in an order
-    drawn from ``seed``, so no chunk is a lone sample and a class-sorted set does not lose its between-class variance. Each module's mode and
-    each layer's momentum are restored; if a forward pass fails, the old statistics are put back.
+    drawn from ``seed``, so no chunk is a lone sample and a class-sorted set does not lose its
+    between-class variance. Each module's mode and each layer's momentum are restored; if a forward
+    pass fails, the old statistics are put back.
     No gradient and no global random state: deterministic on the CPU.
 
     Args:

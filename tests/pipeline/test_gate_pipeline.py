@@ -13,9 +13,10 @@ from conftest import FAST, run_stages
 pytestmark = pytest.mark.e2e
 
 # Membership made detectable: few training samples, many epochs (the model memorises them), and a
-# "method" that changes nothing (one fine-tuning step at lr 1e-7): the candidate IS the parent.
+# "method" that changes nothing (one fine-tuning step at lr 1e-7, batch-norm statistics not recomputed):
+# the candidate IS the parent.
 MEMORISING = {**FAST, "data": {"train_subset": 300}, "train": {"epochs": 40},
-              "unlearn": {"method": "finetune", "escalation": [],
+              "unlearn": {"method": "finetune", "escalation": [], "recalibrate_bn": False,
                           "methods": {"finetune": {"epochs": 1, "lr": 1e-7, "batch_size": 64}}}}
 
 
