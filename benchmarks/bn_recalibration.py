@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import METRICS, evaluate, gap, load_data, prepare, t_interval  # noqa: E402
+from protocol import METRICS, evaluate, gap, load_data, prepare_repetition, t_interval  # noqa: E402
 
 from unlearn.config import load_params  # noqa: E402
 from unlearn.methods import METHODS, TensorSet, run_method  # noqa: E402
@@ -49,10 +50,7 @@ SHOWN = ("UA", "RA", "TA", "MIA")
 def repetition(i: int, data, args, params, recipe) -> dict:
     """One (original, forget subset): every method once, evaluated with stale and recomputed statistics."""
     x_train, y_train, test = data
-    ref = prepare(x_train, y_train, test, model_name=args.model, recipe=recipe, device=args.device,
-                  fraction=args.fraction, original_seed=100 + i, forget_seed=200 + i,
-                  retrain_seeds=[400 + 10 * i + j for j in range(args.retrains)],
-                  reference_seeds=[500 + 10 * i + k for k in range(args.references)])
+    ref = prepare_repetition(i, x_train, y_train, test, args, recipe)
     rows = {}
     for name in args.methods.split(","):
         kwargs = params.unlearn.kwargs_for(name, args.dataset, args.model)
@@ -115,8 +113,6 @@ def markdown(result: dict, meta: dict) -> str:
 
 def git_state() -> str:
     """The commit whose params.yaml this run reads ("... with params.yaml modified" if the file differs)."""
-    import subprocess
-
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip() or "unknown"
     if subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "params.yaml"]).returncode != 0:

@@ -45,7 +45,18 @@ for _path in (REPO, REPO / "benchmarks"):  # run as a script without an install 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from protocol import METRICS, evaluate, gap, load_data, prepare, run_one, t_interval, wait_for, weight_change  # noqa: E402
+from protocol import (  # noqa: E402
+    METRICS,
+    evaluate,
+    gap,
+    load_data,
+    prepare_repetition,
+    recalibrate_bn,
+    run_one,
+    t_interval,
+    wait_for,
+    weight_change,
+)
 
 from unlearn.config import load_params  # noqa: E402
 from unlearn.methods import METHODS, TensorSet, UnlearningData, run_method  # noqa: E402
@@ -97,10 +108,7 @@ def certified_lcodec(ref, kwargs: dict, *, requests: int, device: str, seed: int
 
 def run_repetition(i: int, data, args, params, recipe) -> dict:
     x_train, y_train, test = data
-    ref = prepare(x_train, y_train, test, model_name=args.model, recipe=recipe, device=args.device,
-                  fraction=args.fraction, original_seed=100 + i, forget_seed=200 + i,
-                  retrain_seeds=[400 + 10 * i + j for j in range(args.retrains)],
-                  reference_seeds=[500 + 10 * i + k for k in range(args.references)])
+    ref = prepare_repetition(i, x_train, y_train, test, args, recipe)
     rows: dict[str, dict] = {}
     # Noise floor: each retrain against the mean of the OTHER retrains.
     noise = []
@@ -135,12 +143,6 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
             extra["lcodec_certified"] = {"error": error_text(exc)}
     return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds,
             "sizes": {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}}
-
-
-def recalibrate_bn(args, params) -> bool:
-    """``--recalibrate-bn`` / ``--no-recalibrate-bn`` if given, else params.yaml's ``unlearn.recalibrate_bn``."""
-    flag = getattr(args, "recalibrate_bn", None)
-    return params.unlearn.recalibrate_bn if flag is None else bool(flag)
 
 
 def error_text(exc: BaseException, limit: int = 300) -> str:

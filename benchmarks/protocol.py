@@ -195,6 +195,22 @@ def prepare(x_train, y_train, evaluation: TensorSet, *, model_name: str, recipe:
     return ref
 
 
+def prepare_repetition(i: int, x_train, y_train, evaluation: TensorSet, args, recipe: SGDRecipe) -> Reference:
+    """:func:`prepare` for repetition ``i`` of the table protocol: original seed 100+i, forget seed 200+i,
+    retrain seeds 400+10i+j and reference seeds 500+10i+k (``args``: model, device, fraction, retrains,
+    references, as benchmarks/methods.py's command line names them)."""
+    return prepare(x_train, y_train, evaluation, model_name=args.model, recipe=recipe, device=args.device,
+                   fraction=args.fraction, original_seed=100 + i, forget_seed=200 + i,
+                   retrain_seeds=[400 + 10 * i + j for j in range(args.retrains)],
+                   reference_seeds=[500 + 10 * i + k for k in range(args.references)])
+
+
+def recalibrate_bn(args, params) -> bool:
+    """``--recalibrate-bn`` / ``--no-recalibrate-bn`` if given, else params.yaml's ``unlearn.recalibrate_bn``."""
+    flag = getattr(args, "recalibrate_bn", None)
+    return params.unlearn.recalibrate_bn if flag is None else bool(flag)
+
+
 def evaluate(model, ref: Reference, device: str) -> dict[str, float]:
     """UA/RA/TA in percent, RMIA and LiRA (offline) forget-vs-evaluation AUCs in percent."""
     out, diverged = {}, False

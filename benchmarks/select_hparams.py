@@ -57,7 +57,7 @@ for _path in (REPO, REPO / "benchmarks"):  # run as a script without an install 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from protocol import METRICS, load_data, prepare, run_one, subset, validation_mask  # noqa: E402
+from protocol import METRICS, load_data, prepare, recalibrate_bn, run_one, subset, validation_mask  # noqa: E402
 
 from unlearn.config import Params, load_params  # noqa: E402
 from unlearn.methods import METHODS  # noqa: E402
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
           f"retrain target {ref.target}", flush=True)
     key = params.unlearn.profile_key(args.dataset, args.model)
     profile = dict(params.unlearn.profiles.get(key, {}))
-    recalibrate = params.unlearn.recalibrate_bn if args.recalibrate_bn is None else args.recalibrate_bn
+    recalibrate = recalibrate_bn(args, params)
     log, chosen, skipped, partial = {}, {}, [], []
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
