@@ -14,6 +14,6 @@ data=.device/fashion-mnist
 "$py" -c 'import sys, torch; print("device_run:", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'
 # The sweep's failure leaves the table to params.yaml's profile (device_check says so in its report), never no table.
 "$py" benchmarks/select_hparams.py --device cuda --dataset fashion_mnist --model resnet18 --pad-rgb --augment \
-    --lr 0.1 --train-size 10000 --epochs 20 --grid-preset wide --budget-s 140 --data-path "$data" \
+    --lr 0.1 --tuning-size 10000 --epochs 20 --grid-preset wide --budget-s 140 --data-path "$data" \
     --out-dir "$out" --write-params "$out/params.selected.yaml" || echo "device_run: the sweep failed (exit $?)" >&2
 "$py" benchmarks/device_check.py --params "$out/params.selected.yaml" --budget-s 270 --data-path "$data" --out-dir "$out"

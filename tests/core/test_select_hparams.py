@@ -112,6 +112,41 @@ def test_bad_arguments_fail_before_any_training(args, message, monkeypatch, tmp_
         select_hparams.main([*SMALL, "--out-dir", str(tmp_path), *args])
 
 
+@pytest.mark.parametrize("tuning, val_fraction", [(2000, 0.2), (10_000, 0.2), (1078, 0.2), (999, 0.33), (5, 0.5)])
+def test_tuning_size_is_the_smallest_subset_whose_tuning_part_has_that_many_samples(tuning, val_fraction,
+                                                                                     monkeypatch):
+    """The sweep tunes at the size the setting trains on (l1-sparse's lr 0.1 did not carry 1,600 -> 2,000)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from protocol import validation_mask
+    from select_hparams import pool_for_tuning_size
+
+    n = pool_for_tuning_size(tuning, val_fraction)
+    assert n - validation_mask(n, val_fraction, 7).sum() == tuning
+    assert (n - 1) - validation_mask(n - 1, val_fraction, 7).sum() < tuning
+
+
+def test_tuning_size_reaches_the_loader_and_excludes_train_size(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import select_hparams
+
+    seen = {}
+
+    def loader(*args, train_size=None, **kwargs):
+        seen["train_size"] = train_size
+        raise RuntimeError("stop after loading")
+
+    monkeypatch.setattr(select_hparams, "load_data", loader)
+    args = [a for a in SMALL if a not in ("--train-size", "400")]
+    with pytest.raises(RuntimeError, match="stop after loading"):
+        select_hparams.main([*args, "--tuning-size", "2000", "--out-dir", str(tmp_path)])
+    assert seen["train_size"] == 2500  # 500 validation + 2,000 tuning samples
+    with pytest.raises(SystemExit):
+        select_hparams.main([*SMALL, "--tuning-size", "2000", "--out-dir", str(tmp_path)])
+    assert "not allowed with argument --train-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--tuning-size must be >= 1"):
+        select_hparams.main([*args, "--tuning-size", "0", "--out-dir", str(tmp_path)])
+
+
 def test_a_spent_budget_starts_no_point_and_says_so(tmp_path):
     log = _run(tmp_path, "--methods", "ssd,grad_ascent", "--grid-preset", "wide", "--budget-s", "0")
     assert log["points"] == {} and log["chosen"] == {}
