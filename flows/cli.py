@@ -314,7 +314,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.skip_conclusive:
         print(f"\n[4/{steps}] a batch whose evidence is conclusive: a model that memorises (240 training samples, "
               "40 epochs; 4 references on a 160-sample pool), 120 samples deleted, and a deliberately weak method "
-              "(one fine-tuning step at lr 1e-7, i.e. no unlearning) ...", flush=True)
+              "(one epoch of fine-tuning at lr 1e-7, i.e. no unlearning) ...", flush=True)
         where, detectable = demo_detectable_case(root)
         print(format_summary(detectable))
         print(f"(project: {where}) {_detectable_outcome(detectable)}")
@@ -346,6 +346,27 @@ def _detectable_outcome(result: dict[str, Any]) -> str:
             "model (the control and the numbers are in the table above).")
 
 
+# The demo's deliberately weak method: one epoch of fine-tuning at lr 1e-7, i.e. the candidate is the parent.
+WEAK_FINETUNE = {"epochs": 1, "lr": 1.0e-7, "batch_size": 64}
+
+
+def detectable_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The demo's conclusive case: ``params`` (a loaded params.yaml, modified in place and returned) with
+    membership made detectable and the weak method as the only rung.
+
+    The weak method's arguments go in ``unlearn.overrides``, which lie over the active setting's profile:
+    under ``unlearn.methods`` the digits profile's fine-tuning (5 epochs at lr 0.03) won key by key, and the
+    model the demo called untouched was fine-tuned. Batch-norm recalibration is off, since recomputing the
+    statistics on D_R would change the model too.
+    """
+    params["data"]["train_subset"] = 400
+    params["train"]["epochs"] = 40
+    params["verify"]["references"].update(count=4, pool_fraction=0.4)
+    params["unlearn"].update(method="finetune", escalation=[], recalibrate_bn=False)
+    params["unlearn"]["overrides"] = {**(params["unlearn"].get("overrides") or {}), "finetune": dict(WEAK_FINETUNE)}
+    return params
+
+
 def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
     """Run the demo's conclusive case in a fresh temporary project; returns its root and the second run.
 
@@ -369,13 +390,7 @@ def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
     from unlearn.data import SampleStore
 
     where = Path(tempfile.mkdtemp(prefix="unlearn-demo-detectable-"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["train_subset"] = 400
-    params["train"]["epochs"] = 40
-    params["verify"]["references"].update(count=4, pool_fraction=0.4)
-    # recalibrate_bn off: recomputing the statistics on D_R would change the model, which must stay untouched
-    params["unlearn"].update(method="finetune", escalation=[], recalibrate_bn=False)
-    params["unlearn"]["methods"]["finetune"] = {"epochs": 1, "lr": 1.0e-7, "batch_size": 64}
+    params = detectable_params(yaml.safe_load((root / "params.yaml").read_text()))
     (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(root / "dvc.yaml", where / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=where, check=True)

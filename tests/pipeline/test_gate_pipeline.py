@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import FAST, run_stages
+from conftest import FAST, REPO, run_stages
 
 pytestmark = pytest.mark.e2e
 
 # Membership made detectable: few training samples, many epochs (the model memorises them), and a
-# "method" that changes nothing (one fine-tuning step at lr 1e-7, batch-norm statistics not recomputed):
+# "method" that changes nothing (one epoch of fine-tuning at lr 1e-7, batch-norm statistics not recomputed):
 # the candidate IS the parent.
 MEMORISING = {**FAST, "data": {"train_subset": 300}, "train": {"epochs": 40},
               "unlearn": {"method": "finetune", "escalation": [], "recalibrate_bn": False,
@@ -233,3 +233,20 @@ def test_strict_mode_verifies_against_an_exact_retrain_and_fails_the_untouched_m
     # the failed model never became champion: the exact retrain (the verify stage's own, reused) did
     assert result["promote"]["status"] == "promoted" and result["promote"]["evidence"] == "exact"
     assert tracking.champion_version(project, _client(project)).tags["method"] == "retrain"
+
+
+def test_the_demos_weak_method_is_the_one_that_runs_whatever_the_profile_says(tmp_path):
+    """The demo calls its candidate untouched: the digits profile's fine-tuning (5 epochs at lr 0.03) must not win
+    over the weak method's arguments, as it did when they were written under unlearn.methods."""
+    import yaml
+
+    from flows.cli import WEAK_FINETUNE, detectable_params
+    from unlearn.config import load_params
+
+    shipped = load_params(REPO / "params.yaml")
+    assert shipped.method_profile is not None and shipped.method_kwargs("finetune") != WEAK_FINETUNE  # a real test
+    params = detectable_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    loaded = load_params(tmp_path / "params.yaml")
+    assert loaded.method_kwargs("finetune") == WEAK_FINETUNE
+    assert loaded.unlearn.method == "finetune" and loaded.unlearn.escalation == () and not loaded.unlearn.recalibrate_bn
