@@ -136,6 +136,27 @@ class UnlearnConfig:
         profile = self.profiles.get(self.profile_key(source, model), {})
         return _resolve_method(name, self.methods, _over(profile, self.overrides), ())
 
+    def shadowed_defaults(self, source: str, model: str) -> list[str]:
+        """Keys of ``methods`` that the active profile (or ``overrides``) replaces with another value.
+
+        Why: a default under ``unlearn.methods`` is silently ignored where a profile sets the same key (the
+        demo's "untouched" fine-tuning ran the digits profile's 5 epochs at lr 0.03 that way). Each entry
+        names the key, both values and the way to make a value win (``unlearn.overrides``).
+        """
+        key = self.profile_key(source, model)
+        profile = self.profiles.get(key, {})
+        found = []
+        for name, defaults in sorted(self.methods.items()):
+            for arg, value in defaults.items():
+                for layer, where in ((self.overrides, "unlearn.overrides"), (profile, f"the '{key}' profile")):
+                    if arg in layer.get(name, {}):
+                        if layer[name][arg] != value:
+                            found.append(f"unlearn.methods.{name}.{arg} ({value!r}) is shadowed by {where} "
+                                         f"({layer[name][arg]!r})" + ("" if layer is self.overrides else
+                                                                      "; set it in unlearn.overrides to win"))
+                        break
+        return found
+
 
 def _over(profile: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """A profile with the overrides laid over it, method by method and key by key."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from unlearn.attacks import ATTACKS
 from unlearn.config import ConfigError, Params
 from unlearn.methods import METHODS
@@ -47,6 +49,8 @@ def check_params(params: Params) -> None:
         raise ConfigError(str(exc)) from None
     except TypeError as exc:  # MethodArgumentError
         raise ConfigError(f"unlearn.methods: {exc}") from None
+    for message in params.unlearn.shadowed_defaults(params.data.source, params.model.name):
+        logging.getLogger("unlearn.pipeline").warning("params.yaml: %s", message)
     unknown = [a for a in params.gate.attacks if a not in ATTACKS.names()]
     if unknown:
         raise ConfigError(f"gate.attacks: unknown attack(s) {', '.join(unknown)}; "

@@ -73,6 +73,20 @@ def test_the_active_profile_wins_over_the_defaults_key_by_key():
     assert other.method_kwargs("finetune") == {}
 
 
+def test_a_default_the_active_profile_replaces_is_named_so_it_is_not_silently_ignored():
+    methods = {"finetune": {"lr": 1e-7, "epochs": 1, "batch_size": 64}}
+    profiles = {"digits/small_cnn": {"finetune": {"lr": 0.03, "epochs": 5, "batch_size": 64}}}
+    params = _unlearn(methods, profiles)
+    found = params.unlearn.shadowed_defaults("digits", "small_cnn")
+    assert len(found) == 2 and all("set it in unlearn.overrides to win" in m for m in found)  # batch_size agrees
+    assert any(m.startswith("unlearn.methods.finetune.epochs (1) is shadowed by the 'digits/small_cnn' profile (5)")
+               for m in found)
+    assert params.unlearn.shadowed_defaults("cifar10", "resnet18") == []  # no profile there: the defaults run
+    overridden = parse_params({"unlearn": {"methods": methods, "overrides": {"finetune": {"lr": 0.5}}}})
+    assert overridden.unlearn.shadowed_defaults("digits", "small_cnn") == [
+        "unlearn.methods.finetune.lr (1e-07) is shadowed by unlearn.overrides (0.5)"]
+
+
 def test_extends_starts_from_the_other_methods_resolved_kwargs():
     methods = {"amun": {"lr": 0.01}, "amun_salun": {"extends": "amun", "mask_ratio": 0.5}}
     params = _unlearn(methods, {"digits/small_cnn": {"amun": {"epochs": 10}}})
