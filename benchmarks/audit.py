@@ -4,7 +4,8 @@ Protocol (fixed before running; nothing here is tuned on the results):
 - Per seed (``--seeds``; params.yaml ``seed`` set to it): a fresh project with the shipped params.yaml
   (digits, its training recipe, its ``gate`` section; ``gate.audit.retrains`` exact retrains as targets).
   The baseline trains; one deletion request names ``--forget`` random training samples (seeded);
-  the batch goes through the pipeline stages (unlearn ladder ``amun -> retrain``: whichever is
+  the batch goes through the pipeline stages (unlearn ladder ``amun -> retrain``, and
+  ``gate.on_inconclusive: retrain``, so an inconclusive AMUN does not hold the batch: whichever is
   promoted, the batch is a completed past batch); purge then retires the baseline (it saw the
   deleted samples), so the audit has to retrain the parent exactly from the rebuilt data.
 - Audit: ``tasks.method_audit.audit_method(batch=..., method="amun")``, the code behind
@@ -53,6 +54,7 @@ def _project(where: Path, seed: int, epochs: int | None, references: int | None)
     if references is not None:
         params["verify"]["references"]["count"] = references
     params["unlearn"]["method"], params["unlearn"]["escalation"] = "amun", ["retrain"]
+    params["gate"]["on_inconclusive"] = "retrain"  # a held batch is not a past batch to audit
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -91,7 +93,11 @@ def run_seed(where: Path, seed: int, n_forget: int, epochs: int | None, referenc
     _stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote", "purge")
     pipeline_seconds = time.perf_counter() - started
     ledger = Ledger(project.ledger_path)
-    batch = ledger.batches_with_status(Ledger.COMPLETED)[-1]
+    completed = ledger.batches_with_status(Ledger.COMPLETED)
+    if not completed:
+        raise SystemExit(f"audit benchmark: seed {seed}: the deletion batch did not complete (pending: "
+                         f"{len(ledger.batches_with_status(Ledger.PENDING))}); nothing to audit")
+    batch = completed[-1]
     began = time.perf_counter()
     record = audit_method(project, batch=batch, method="amun")
     audit_seconds = time.perf_counter() - began
@@ -115,6 +121,10 @@ def main() -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
     command = "nice -n 10 python benchmarks/audit.py " + " ".join(sys.argv[1:])
+    from unlearn.config import load_params
+
+    # Read before the runs, so a report that cannot be written fails in seconds, not after them.
+    amun_kwargs = load_params(REPO / "params.yaml").method_kwargs("amun")  # the active profile's, resolved
     where = Path(tempfile.mkdtemp(prefix="unlearn-audit-bench-"))
     try:
         runs = [run_seed(where, seed, args.forget, args.epochs, args.references) for seed in args.seeds]
@@ -127,7 +137,8 @@ def main() -> int:
         params["verify"]["references"]["count"] = args.references
     payload = {"command": command, "seeds": args.seeds, "n_forget": args.forget, "gate": params["gate"],
                "references": params["verify"]["references"]["count"],
-               "amun": params["unlearn"]["methods"]["amun"], "train": params["train"],
+               "amun": amun_kwargs, "recalibrate_bn": params["unlearn"].get("recalibrate_bn", False),
+               "train": params["train"],
                "python": platform.python_version(), "machine": platform.machine(),
                "runs": [{k: v for k, v in r.items() if k != "status_section"} for r in runs]}
     out = Path(args.out)
@@ -142,7 +153,9 @@ def main() -> int:
              f"{gate['resamples']} resamples, {gate['audit']['retrains']} exact retrain(s) as targets; "
              f"train.epochs {params['train']['epochs']}, {params['verify']['references']['count']} reference "
              "models" + (" (shortened from params.yaml by the command line)" if args.epochs or args.references
-                         else "") + ".", "",
+                         else "") + f"; AMUN with batch-norm recalibration {payload['recalibrate_bn']}. The batch "
+             "went through the pipeline with ladder amun -> retrain and gate.on_inconclusive: retrain, so it "
+             "completes whatever AMUN's verdict (the model the audit replays is AMUN from the same parent).", "",
              "Gap = AMUN minus the exact retrains (AUC for attacks, forget-minus-test accuracy gap for "
              "forget_acc); margin = margin fraction x the parent's excess over the retrains (NaN: parent not "
              "detected on that metric). Demotion = point estimate beyond the margin on any metric "
