@@ -33,6 +33,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -139,12 +141,16 @@ def main() -> None:
     (RESULTS / "lifecycle.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     _plot(rows, RESULTS / "lifecycle.png")
     stages = list(rows[0]["stage_seconds"])
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())
     lines = [
         "# Deletion lifecycle: request landing to verified promoted champion",
         "",
         f"Command: `python benchmarks/lifecycle.py --sizes {' '.join(map(str, args.sizes))} "
         f"--per-request {args.per_request}`. Machine: {machine['cpus']} CPUs, {machine['platform']}. "
-        "Shipped params.yaml (digits, 30-epoch baseline, ladder amun -> salun -> retrain, 4 reference models); "
+        f"Shipped params.yaml (digits, {shipped['train']['epochs']}-epoch baseline, ladder "
+        f"{' -> '.join([shipped['unlearn']['method'], *shipped['unlearn']['escalation']])}, gate.on_inconclusive "
+        f"{shipped['gate']['on_inconclusive']} (a held batch has no champion yet: no target applies), "
+        f"{shipped['verify']['references']['count']} reference models); "
         "a long-lived Prefect server; MLflow SQLite; DVC local remote.",
         "",
         "| requests | samples | landing -> champion (s) | landing -> certificate (s) | target | method (attempts) |",
@@ -152,8 +158,11 @@ def main() -> None:
     ]
     for row in rows:
         target = TARGET_SECONDS.get(row["requests"])
-        met = "" if target is None else ("met" if (row["landed_to_promoted_seconds"] or 1e9) <= target
-                                         else "MISSED") + f" (<= {target:.0f} s)"
+        if row["status"] != "promoted":
+            met = f"{row['status']}: no champion"
+        else:
+            met = "" if target is None else ("met" if (row["landed_to_promoted_seconds"] or 1e9) <= target
+                                             else "MISSED") + f" (<= {target:.0f} s)"
         attempts = " -> ".join(f"{m} {v}" for m, v in row["attempts"] or [])
         lines.append(f"| {row['requests']} | {row['samples']} | {row['landed_to_promoted_seconds']} | "
                      f"{row['landed_to_certified_seconds']} | {met} | {row['method']} ({attempts}) |")
