@@ -5,12 +5,15 @@ Protocol (issue "Membership-inference verification"; mia-and-peers.md sections 2
   seeded random 10% of the training split, D_R the rest, D_T the test split.
 - Models: the original (trained on D_R + D_F), the exact retrain (D_R only) and AMUN's
   unlearned model (from the original, params.yaml's AMUN settings). All use params.yaml's recipe.
-- Promotion-time attacks (what the verify stage runs): loss threshold, loss LR with CV, SVC
-  confidence; offline LiRA (per-example and global variance) and offline RMIA on 4 reference
-  models trained on random halves of D_R (pairs), i.e. OUT of every forget and test sample.
+- Promotion-time attacks (the verify stage's kinds): loss threshold, loss LR with CV, SVC
+  confidence; offline LiRA (per-example variance, and the global-variance variant, which
+  verify.attacks may list but the shipped list does not) and offline RMIA on 4 reference models
+  trained on random halves of D_R (pairs), i.e. OUT of every forget and test sample. The pipeline
+  trains its references on halves of a held-out pool (verify.references.pool_fraction, 20%), so
+  they see about a quarter of the data these do: these attacks are at least as strong as its.
 - Audit attacks: online LiRA (both variances) on 16 "audit" reference models trained on random
-  halves of the whole training split (D_F samples are IN for about half of them, which a real
-  deletion forbids); U-LiRA with those 16 models as shadow originals, each unlearned by AMUN
+  halves of the training and test splits together (D_F and D_T samples are IN for about half of
+  them, which a real deletion forbids); U-LiRA with those 16 models as shadow originals, each unlearned by AMUN
   from the forget samples it trained on; the NeurIPS 2023 epsilon score with N models per side.
 - Metrics: forget-vs-test AUC, TPR at 1% / 0.1% FPR (refused when the test split is too small)
   and at the lowest FPR it supports (10 negatives), each with a 95% bootstrap interval; the
@@ -403,13 +406,14 @@ def render(payload: dict) -> str:
               "- Every attack, original vs retrain (paired AUC difference [95% CI]; TPR ratio at the lowest FPR): "
               + "; ".join(f"{a} {_fmt(v['auc_diff'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}], "
                           f"{_fmt(v['tpr_ratio'], 2)}x" for a, v in s["per_attack_original_vs_retrain"].items()) + ".",
-              f"- A verification with cached reference models (signals of 3 models + "
+              f"- A verification with cached reference models (signals of {len(payload['results'])} models + "
               f"{payload['sizes']['promotion_references']} references, 6 attacks, bootstrap CIs) took "
               f"{_fmt(t['verification_with_cached_references'], 2)} s = {_fmt(s['verify_cost_in_retrains'], 2)} "
               f"retrainings ({_fmt(t['retrain'], 2)} s each; target <= 1).",
-              f"- Replacing the reference models a deletion retires (all {payload['sizes']['promotion_references']}, "
-              f"half-size) costs {_fmt(t['promotion_references'], 2)} s = "
-              f"{_fmt(s['reference_topup_cost_in_retrains'], 2)} retrainings.",
+              f"- Training the {payload['sizes']['promotion_references']} promotion reference models (each on half of "
+              f"D_R) costs {_fmt(t['promotion_references'], 2)} s = "
+              f"{_fmt(s['reference_topup_cost_in_retrains'], 2)} retrainings. (The pipeline trains its references "
+              "once, on the held-out pool: a deletion from the training split retires none of them.)",
               "", "## Gate calibration: |AUC gap| of an exact retrain with another seed (noise) and of AMUN", "",
               "| attack | retrain seed noise | AMUN - retrain |", "|---|---|---|"]
     lines += [f"| {a} | {_fmt(s['retrain_seed_noise_auc'][a])} | {_fmt(s['amun_gap_auc'][a], 3)} |"
