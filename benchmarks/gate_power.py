@@ -327,7 +327,7 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
     lines += ["", "Sizes below min_samples are inconclusive by rule (no model trained). With few seeds per "
               "cell the rate intervals are wide; they are reported, not hidden.", ""]
     Path(f"{out}.md").write_text("\n".join(lines))
-    plot(summary, sizes, Path(f"{out}.png"))
+    plot(summary, sizes, Path(f"{out}.png"), params.data.source)
 
 
 def pct(x) -> str:
@@ -338,7 +338,7 @@ def fmt_ci(ci) -> str:
     return f"[{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]" if ci[0] == ci[0] else "n/a"
 
 
-def plot(summary: dict, sizes: list[int], path: Path) -> None:
+def plot(summary: dict, sizes: list[int], path: Path, source: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,7 +354,7 @@ def plot(summary: dict, sizes: list[int], path: Path) -> None:
     ax.set_xlabel("forget-set size (samples)")
     ax.set_ylabel("inconclusive rate")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("Gate: inconclusive verdicts vs forget-set size (digits)")
+    ax.set_title(f"Gate: inconclusive verdicts vs forget-set size ({source})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
