@@ -3,8 +3,9 @@
 For each seed: train the baseline with params.yaml's recipe, draw 100 training samples, run
 Algorithm 1 from a very small eps (0.01) and report the smallest eps on the doubling grid
 within which 95% of them find an adversarial example. The paper's value for CIFAR-10 is 0.04;
-params.yaml's ``unlearn.methods.amun.eps_init`` holds the value for the configured dataset, so
-a deletion request does not pay for the calibration.
+the setting's profile in params.yaml (``unlearn.profiles."<source>/<model>".amun.eps_init``; a value
+under ``unlearn.methods.amun`` would be shadowed by it) holds the value, so a deletion request does not
+pay for the calibration.
 
 With ``--train-size`` it calibrates on the originals of a ``select_hparams.py`` sweep instead: the same
 seeded subset (``--pool``, ``--split-seed``), the same validation split carved off and never read, the

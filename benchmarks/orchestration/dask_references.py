@@ -1,14 +1,15 @@
 """Benchmark: wall time of training 8 reference models, sequential vs a 2-worker local Dask cluster.
 
 The models are trained with the pipeline's own recipe and code: plans from the project's
-``ReferenceBank`` (``verify.references`` pairs of random halves of the live training set),
+``ReferenceBank`` (``verify.references`` pairs of random halves of the samples the pipeline's
+references train on: the held-out reference pool, ``tasks.stage.references.reference_pool_ids``),
 training by ``tasks.stage.references.train_references`` (one model per call, as ``flows.pipeline``'s
 ``reference_models`` fans them out), the task runner from ``flows.runners.build_task_runner``.
 
 Settings, on the embedded digits (params.yaml's ``train`` recipe, CPU):
   sequential, torch intra-op threads = default (2 on this machine)
   sequential, torch intra-op threads = 1
-  Prefect + ThreadPoolTaskRunner(2)   (``orchestration.task_runner: threads``, the default)
+  Prefect + ThreadPoolTaskRunner(2)   (``orchestration.task_runner: threads``; shipped: sequential)
   Prefect + DaskTaskRunner, 2 single-threaded worker processes:
       including cluster start-up (``task_runner: dask``, no ``dask_address``: what a run pays),
       excluding it (cluster started first and passed as ``dask_address``), cold and warm workers.
@@ -44,7 +45,7 @@ def _setup(workdir: Path, models: int) -> tuple[Any, list[Any]]:
     from tasks.project import load_project
     from tasks.stage.ingest import run_ingest
     from tasks.stage.prepare import run_prepare
-    from tasks.stage.references import recipe_key
+    from tasks.stage.references import recipe_key, reference_pool_ids
     from unlearn.data import SampleStore
     from unlearn.references import ReferenceBank
 
@@ -57,7 +58,7 @@ def _setup(workdir: Path, models: int) -> tuple[Any, list[Any]]:
     run_ingest(project)
     run_prepare(project)
     store = SampleStore(project.store_dir)
-    plans = ReferenceBank(project.references_dir).plan(store.split_ids("train"), count=models,
+    plans = ReferenceBank(project.references_dir).plan(reference_pool_ids(project, store), count=models,
                                                        recipe_key=recipe_key(project, store), seed=project.params.seed)
     return project, plans
 

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
@@ -171,7 +173,10 @@ def stage_internals(root: Path) -> dict[str, float]:
     unlearn = read(state / "unlearn.json")
     refs = read(state / "references.json")
     report = read(root / "data" / "reports" / "verification.json")
-    attempts = [read(p) for p in sorted((root / "data" / "reports" / "attempts").glob("*.json"))]
+    # Only this run's escalation: data/reports/attempts/ keeps every earlier run's reports too (certificates
+    # read them), so globbing it counted the first unlearning run's seconds again in the second.
+    attempts = [read(root / "data" / "reports" / "attempts" / a["report"])
+                for a in unlearn.get("attempts") or [] if a.get("report")]
     return {
         "train_seconds": 0.0 if train.get("skipped") else float(train.get("train_seconds") or 0.0),
         "references_train_seconds": float(refs.get("train_seconds") or 0.0),
@@ -191,6 +196,10 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("PREFECT_API_URL", None)
     out: dict[str, Any] = {"runs": {}}
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())
+    out["params"] = {"epochs": shipped["train"]["epochs"],
+                     "ladder": " -> ".join([shipped["unlearn"]["method"], *shipped["unlearn"]["escalation"]]),
+                     "references": shipped["verify"]["references"]["count"]}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="unlearn-overhead-") as tmp:
         os.environ["PREFECT_HOME"] = str(Path(tmp) / "prefect-home")  # cold: a fresh Prefect database
@@ -260,7 +269,8 @@ def _markdown(out: dict[str, Any]) -> str:
              f"{out['machine']['python']}. Single run each; 1-minute load average "
              f"{out['machine']['load_average_1min']['start']:.1f} at the start.", "",
              "`flows.pipeline.run_pipeline` (what `unlearn run` calls), repository "
-             "params.yaml (embedded digits, 30 epochs, amun -> salun -> retrain, 4 reference models, "
+             f"params.yaml (embedded digits, {out['params']['epochs']} epochs, ladder {out['params']['ladder']}, "
+             f"{out['params']['references']} reference models, "
              "the configured task runner), Prefect's temporary server in a fresh PREFECT_HOME, MLflow on "
              "the project's SQLite file, DVC with its local remote.", "",
              f"Outside the flow runs: imports {out['import_seconds']:.1f} s, Prefect temporary server start "
