@@ -346,7 +346,8 @@ def _detectable_outcome(result: dict[str, Any]) -> str:
             "model (the control and the numbers are in the table above).")
 
 
-# The demo's deliberately weak method: one epoch of fine-tuning at lr 1e-7, i.e. the candidate is the parent.
+# The demo's deliberately weak method: one epoch of fine-tuning at lr 1e-7. The weights barely move; only the
+# batch-norm statistics see D_R's batches (train mode), so the candidate is the parent in all but those.
 WEAK_FINETUNE = {"epochs": 1, "lr": 1.0e-7, "batch_size": 64}
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 # Membership made detectable: few training samples, many epochs (the model memorises them), and a
 # "method" that changes nothing (one epoch of fine-tuning at lr 1e-7, batch-norm statistics not recomputed):
-# the candidate IS the parent.
+# the candidate IS the parent (but for batch-norm statistics updated by its few batches of D_R).
 MEMORISING = {**FAST, "data": {"train_subset": 300}, "train": {"epochs": 40},
               "unlearn": {"method": "finetune", "escalation": [], "recalibrate_bn": False,
                           "methods": {"finetune": {"epochs": 1, "lr": 1e-7, "batch_size": 64}}}}
