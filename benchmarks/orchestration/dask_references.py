@@ -226,7 +226,8 @@ def _markdown(out: dict[str, Any]) -> str:
         f"torch {out['machine']['torch']} (default intra-op threads: {out['torch_default_threads']}). "
         "Single run; see the load average below.", "",
         f"Each model: params.yaml's recipe ({out['epochs']} epochs, small CNN) on {out['train_samples_per_model']} "
-        "digits samples (a random half of the training split), trained by `tasks.stage.references.train_references`; "
+        "digits samples (a random half of the reference pool, as the pipeline's references), trained by "
+        "`tasks.stage.references.train_references`; "
         "the fan-out is the pipeline's (`flows.runners.fan_out`, one Prefect task per model) on "
         "`flows.runners.build_task_runner`'s runners. Dask workers are single-threaded processes "
         "(`flows.runners.local_dask_cluster`: OMP_NUM_THREADS=1, no MALLOC_TRIM_THRESHOLD_, no profiler).", "",
