@@ -376,7 +376,7 @@ def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
     the gate decides). A model trained for 40 epochs on 241 samples memorises them; deleting 120
     with a method that changes nothing gives the gate a known answer (fail) with a detected control.
     The reference pool is 40% of the 400 samples (159; each reference trains on about 80): with the
-    shipped 20% (79, references on about 40 samples) the references are so much weaker than the model
+    shipped 20% of a 300-sample project (60, references on 30 samples) the references were so much weaker than the model
     that the parent's LiRA excess ranged 0.06-0.14 over forget subsets and the verdict was sometimes
     inconclusive; with 160 it was 0.16-0.18 and the untouched model failed on every subset tried.
     """
