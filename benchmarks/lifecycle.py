@@ -14,9 +14,14 @@ Reported per batch size: t0 -> promoted champion (the target), t0 -> certificate
 breakdown, the method that passed and every attempt. Target (issue #5): a batch of 10 within
 2 minutes on the 2-core machine.
 
-Writes benchmarks/results/lifecycle.{json,md} and lifecycle.png.
+With the shipped ``gate.on_inconclusive: hold`` an inconclusive batch (every size on digits: the
+gate has no power there) stays pending and reaches no champion; ``--on-inconclusive retrain``
+measures the path through the exact retrain instead.
 
-Usage: python benchmarks/lifecycle.py [--sizes 1 10 100] [--per-request 2]
+Writes benchmarks/results/lifecycle.{json,md} and lifecycle.png (lifecycle_<policy>.* with
+``--on-inconclusive``).
+
+Usage: python benchmarks/lifecycle.py [--sizes 1 10 100] [--per-request 2] [--on-inconclusive retrain]
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def _seconds(a: str, b: str) -> float:
     return (parse(b) - parse(a)).total_seconds()
 
 
-def run_size(workdir: Path, n_requests: int, per_request: int) -> dict:
+def run_size(workdir: Path, n_requests: int, per_request: int, on_inconclusive: str | None = None) -> dict:
     """One fresh project: baseline, then ``n_requests`` requests through one pipeline run."""
     import numpy as np
 
@@ -62,7 +67,10 @@ def run_size(workdir: Path, n_requests: int, per_request: int) -> dict:
 
     root = workdir / f"batch-{n_requests}"
     root.mkdir()
-    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    if on_inconclusive is not None:
+        params["gate"]["on_inconclusive"] = on_inconclusive
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     run_pipeline(str(root))  # baseline (untimed)
@@ -121,6 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--per-request", type=int, default=2)
+    parser.add_argument("--on-inconclusive", choices=["hold", "retrain", "promote_low_power"], default=None,
+                        help="gate.on_inconclusive for the run (default: params.yaml's). On digits the gate is "
+                             "inconclusive at these sizes, so with 'hold' no batch reaches a champion; 'retrain' "
+                             "measures the path to a champion through the exact retrain (lifecycle_retrain.md)")
     args = parser.parse_args()
     from demo_pipeline import prefect_server
 
@@ -133,23 +145,29 @@ def main() -> None:
         with prefect_server(work / "prefect") as api_url:
             os.environ["PREFECT_API_URL"] = api_url
             for size in args.sizes:
-                row = run_size(work, size, args.per_request)
+                row = run_size(work, size, args.per_request, args.on_inconclusive)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lifecycle.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    _plot(rows, RESULTS / "lifecycle.png")
+    name = "lifecycle" + (f"_{args.on_inconclusive}" if args.on_inconclusive else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    _plot(rows, RESULTS / f"{name}.png")
     stages = list(rows[0]["stage_seconds"])
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())
+    policy = args.on_inconclusive or shipped["gate"]["on_inconclusive"]
     lines = [
         "# Deletion lifecycle: request landing to verified promoted champion",
         "",
         f"Command: `python benchmarks/lifecycle.py --sizes {' '.join(map(str, args.sizes))} "
-        f"--per-request {args.per_request}`. Machine: {machine['cpus']} CPUs, {machine['platform']}. "
+        f"--per-request {args.per_request}"
+        + (f" --on-inconclusive {args.on_inconclusive}" if args.on_inconclusive else "")
+        + f"`. Machine: {machine['cpus']} CPUs, {machine['platform']}. "
         f"Shipped params.yaml (digits, {shipped['train']['epochs']}-epoch baseline, ladder "
         f"{' -> '.join([shipped['unlearn']['method'], *shipped['unlearn']['escalation']])}, gate.on_inconclusive "
-        f"{shipped['gate']['on_inconclusive']} (a held batch has no champion yet: no target applies), "
+        f"{policy}" + (" set by the command" if args.on_inconclusive else "")
+        + (" (an inconclusive batch goes to the exact retrain)" if policy == "retrain" else
+           " (a held batch has no champion yet: no target applies)" if policy == "hold" else "") + ", "
         f"{shipped['verify']['references']['count']} reference models); "
         "a long-lived Prefect server; MLflow SQLite; DVC local remote.",
         "",
@@ -171,8 +189,8 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {row['requests']} | " + " | ".join(f"{row['stage_seconds'].get(s, 0):.1f}" for s in stages)
                      + " |")
-    lines += ["", "![stage breakdown](lifecycle.png)", ""]
-    (RESULTS / "lifecycle.md").write_text("\n".join(lines))
+    lines += ["", f"![stage breakdown]({name}.png)", ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
