@@ -135,6 +135,7 @@ def main() -> int:
         params["train"]["epochs"] = args.epochs
     if args.references is not None:
         params["verify"]["references"]["count"] = args.references
+    params["gate"]["on_inconclusive"] = "retrain"  # what the bench projects ran with (_project)
     payload = {"command": command, "seeds": args.seeds, "n_forget": args.forget, "gate": params["gate"],
                "references": params["verify"]["references"]["count"],
                "amun": amun_kwargs, "recalibrate_bn": params["unlearn"].get("recalibrate_bn", False),

@@ -146,7 +146,7 @@ def pool_for_tuning_size(tuning: int, val_fraction: float) -> int:
         raise SystemExit(f"select_hparams: --tuning-size must be >= 1, got {tuning}")
     if not 0.0 < val_fraction < 1.0:
         raise SystemExit(f"select_hparams: --val-fraction must be in (0, 1), got {val_fraction}")
-    n = max(tuning, int(tuning / (1.0 - val_fraction)) - 2)
+    n = tuning  # n - round(f n) never decreases with n, so the first n that reaches it is the smallest
     while n - int(round(val_fraction * n)) < tuning:
         n += 1
     return n
@@ -207,6 +207,12 @@ def main(argv: list[str] | None = None) -> None:
     x_all, y_all, _, _ = load_data(args.dataset, args.data_path, train_size=train_size, pool=args.pool,
                                    seed=args.split_seed, pad_rgb=args.pad_rgb)
     val_mask = validation_mask(len(y_all), args.val_fraction, args.split_seed)
+    if args.tuning_size is not None and int((~val_mask).sum()) != args.tuning_size:
+        raise SystemExit(f"select_hparams: --tuning-size {args.tuning_size} needs {train_size} training samples with "
+                         f"--val-fraction {args.val_fraction}; the {args.dataset} training split has {len(y_all)}")
+    if not val_mask.any():
+        raise SystemExit(f"select_hparams: --val-fraction {args.val_fraction} of {len(y_all)} samples leaves no "
+                         "validation sample")
     validation = subset(x_all, y_all, val_mask)
     tune = subset(x_all, y_all, ~val_mask)
     recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size,

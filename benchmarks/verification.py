@@ -10,7 +10,7 @@ Protocol (issue "Membership-inference verification"; mia-and-peers.md sections 2
   verify.attacks may list but the shipped list does not) and offline RMIA on 4 reference models
   trained on random halves of D_R (pairs), i.e. OUT of every forget and test sample. The pipeline
   trains its references on halves of a held-out pool (verify.references.pool_fraction, 20%), so
-  they see about a quarter of the data these do: these attacks are at least as strong as its.
+  they see about a fifth of the data these do: these attacks are at least as strong as its.
 - Audit attacks: online LiRA (both variances) on 16 "audit" reference models trained on random
   halves of the training and test splits together (D_F and D_T samples are IN for about half of
   them, which a real deletion forbids); U-LiRA with those 16 models as shadow originals, each unlearned by AMUN
@@ -220,7 +220,7 @@ def main() -> None:  # noqa: PLR0915 - a linear protocol reads best as one funct
     suite_kwargs = {"fprs": cfg.fprs, "min_negatives": cfg.min_negatives, "bootstrap": cfg.bootstrap,
                     "seed": args.seed}
 
-    # A verification with cached reference models: evidence of 3 targets + K references, the suite.
+    # A verification with cached reference models: evidence of 4 targets + K references, the suite.
     started = time.perf_counter()
     evidence = {role: model_evidence(m, sets, device=args.device) for role, m in targets.items()}
     promo_evidence = [model_evidence(m, sets, device=args.device, with_retain=False) for m in promo_refs]

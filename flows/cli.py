@@ -312,8 +312,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     second = _run_pipeline(str(root))
     print(format_summary(second))
     if not args.skip_conclusive:
-        print(f"\n[4/{steps}] a batch whose evidence is conclusive: a model that memorises (240 training samples, "
-              "40 epochs; 4 references on a 160-sample pool), 120 samples deleted, and a deliberately weak method "
+        print(f"\n[4/{steps}] a batch whose evidence is conclusive: a model that memorises (241 training samples, "
+              "40 epochs; 4 references on a 159-sample pool), 120 samples deleted, and a deliberately weak method "
               "(one epoch of fine-tuning at lr 1e-7, i.e. no unlearning) ...", flush=True)
         where, detectable = demo_detectable_case(root)
         print(format_summary(detectable))
@@ -378,7 +378,7 @@ def demo_detectable_case(root: Path) -> tuple[Path, dict[str, Any]]:
     The reference pool is 40% of the 400 samples (159; each reference trains on about 80): with the
     shipped 20% of a 300-sample project (60, references on 30 samples) the references were so much weaker than the model
     that the parent's LiRA excess ranged 0.06-0.14 over forget subsets and the verdict was sometimes
-    inconclusive; with 160 it was 0.16-0.18 and the untouched model failed on every subset tried.
+    inconclusive; with the 40% pool it was 0.16-0.18 and the untouched model failed on every subset tried.
     """
     import shutil
     import subprocess

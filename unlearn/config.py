@@ -137,24 +137,23 @@ class UnlearnConfig:
         return _resolve_method(name, self.methods, _over(profile, self.overrides), ())
 
     def shadowed_defaults(self, source: str, model: str) -> list[str]:
-        """Keys of ``methods`` that the active profile (or ``overrides``) replaces with another value.
+        """Keys of ``methods`` that the active profile replaces with another value.
 
         Why: a default under ``unlearn.methods`` is silently ignored where a profile sets the same key (the
         demo's "untouched" fine-tuning ran the digits profile's 5 epochs at lr 0.03 that way). Each entry
-        names the key, both values and the way to make a value win (``unlearn.overrides``).
+        names the key, both values and the way to make a value win (``unlearn.overrides``, which is meant to
+        win and is not reported).
         """
         key = self.profile_key(source, model)
         profile = self.profiles.get(key, {})
         found = []
         for name, defaults in sorted(self.methods.items()):
             for arg, value in defaults.items():
-                for layer, where in ((self.overrides, "unlearn.overrides"), (profile, f"the '{key}' profile")):
-                    if arg in layer.get(name, {}):
-                        if layer[name][arg] != value:
-                            found.append(f"unlearn.methods.{name}.{arg} ({value!r}) is shadowed by {where} "
-                                         f"({layer[name][arg]!r})" + ("" if layer is self.overrides else
-                                                                      "; set it in unlearn.overrides to win"))
-                        break
+                if arg in self.overrides.get(name, {}):
+                    continue  # the override wins over both, on purpose
+                if arg in profile.get(name, {}) and profile[name][arg] != value:
+                    found.append(f"unlearn.methods.{name}.{arg} ({value!r}) is shadowed by the '{key}' profile "
+                                 f"({profile[name][arg]!r}); set it in unlearn.overrides to win")
         return found
 
 

@@ -9,6 +9,8 @@ from unlearn.config import ConfigError, Params
 from unlearn.methods import METHODS
 from unlearn.models import MODELS
 
+_WARNED: set[str] = set()
+
 
 def check_params(params: Params) -> None:
     """Check every name in params.yaml against the registries, before any work starts.
@@ -50,7 +52,9 @@ def check_params(params: Params) -> None:
     except TypeError as exc:  # MethodArgumentError
         raise ConfigError(f"unlearn.methods: {exc}") from None
     for message in params.unlearn.shadowed_defaults(params.data.source, params.model.name):
-        logging.getLogger("unlearn.pipeline").warning("params.yaml: %s", message)
+        if message not in _WARNED:  # once per process: every Prefect task loads the project again
+            _WARNED.add(message)
+            logging.getLogger("unlearn.pipeline").warning("params.yaml: %s", message)
     unknown = [a for a in params.gate.attacks if a not in ATTACKS.names()]
     if unknown:
         raise ConfigError(f"gate.attacks: unknown attack(s) {', '.join(unknown)}; "

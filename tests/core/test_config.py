@@ -82,9 +82,11 @@ def test_a_default_the_active_profile_replaces_is_named_so_it_is_not_silently_ig
     assert any(m.startswith("unlearn.methods.finetune.epochs (1) is shadowed by the 'digits/small_cnn' profile (5)")
                for m in found)
     assert params.unlearn.shadowed_defaults("cifar10", "resnet18") == []  # no profile there: the defaults run
-    overridden = parse_params({"unlearn": {"methods": methods, "overrides": {"finetune": {"lr": 0.5}}}})
-    assert overridden.unlearn.shadowed_defaults("digits", "small_cnn") == [
-        "unlearn.methods.finetune.lr (1e-07) is shadowed by unlearn.overrides (0.5)"]
+    overridden = parse_params({"unlearn": {"methods": methods, "profiles": profiles,
+                                           "overrides": {"finetune": {"lr": 0.5}}}})
+    assert overridden.unlearn.shadowed_defaults("digits", "small_cnn") == [  # an override wins on purpose: not named
+        "unlearn.methods.finetune.epochs (1) is shadowed by the 'digits/small_cnn' profile (5); set it in "
+        "unlearn.overrides to win"]
 
 
 def test_extends_starts_from_the_other_methods_resolved_kwargs():

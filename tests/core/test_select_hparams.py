@@ -206,3 +206,25 @@ def test_the_params_copy_runs_with_the_batch_norm_setting_the_selection_ran_with
         assert load_params(tmp_path / "p.yaml").unlearn.recalibrate_bn is value
     assert "--no-recalibrate-bn" in recorded_command(argparse.Namespace(recalibrate_bn=False, tag=None))
     assert "recalibrate" not in recorded_command(argparse.Namespace(recalibrate_bn=None, tag=None))
+
+
+def test_a_tuning_size_the_training_split_cannot_give_is_refused_not_shrunk(monkeypatch, tmp_path):
+    """load_data quietly caps the subset at the split's size: the sweep must not then tune on fewer samples
+    than its recorded command says."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import select_hparams
+
+    def loader(*args, train_size=None, **kwargs):
+        n = min(train_size, 1347)  # digits' training split
+        return torch.zeros(n, 1, 8, 8), torch.zeros(n, dtype=torch.long), None, None
+
+    monkeypatch.setattr(select_hparams, "load_data", loader)
+    monkeypatch.setattr(select_hparams, "prepare", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    args = [a for a in SMALL if a not in ("--train-size", "400")]
+    with pytest.raises(SystemExit, match="--tuning-size 1347 needs 1684 training samples .* has 1347"):
+        select_hparams.main([*args, "--tuning-size", "1347", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="leaves no validation sample"):
+        select_hparams.main([*args, "--tuning-size", "2", "--out-dir", str(tmp_path)])
+    assert select_hparams.pool_for_tuning_size(1, 0.9) == 5  # the smallest, also at large fractions
