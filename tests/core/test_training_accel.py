@@ -59,10 +59,12 @@ def test_cpu_training_is_bit_identical_to_the_landed_loop(case):
 
 
 # sha256 of weights, epoch metrics and logits, computed with the landed trainer (705f660) before the
-# GPU changes, on x86_64 with torch 2.14.1 (float rounding may differ on other CPUs/builds).
+# GPU changes, on x86_64 with torch 2.14.1 (float rounding may differ on other CPUs/builds). The
+# "augment" case (96 samples in batches of 20) was dropped when epochs were cut into balanced batches
+# (unlearn.training.balanced_split: 20+19+19+19+19 instead of 4x20+16), which changes its digest on purpose;
+# the in-process comparison with the landed loop above still covers it. 96 in batches of 32 is unchanged.
 PINNED = {
     "plain": "d3e1c155d9698ad500ffbc8b80e4cc2d162d7ad1dcce2b2cdd8cac458e0867df",
-    "augment": "10c147b292281b859d8b267105f3dfd5637767bffe25d5d0d86c4ae3832359bf",
     "trace": "90bb1289aae7b9d9c91faa5f774faeda2e3ba3af604db32a8390318da6fff3be",
 }
 
@@ -206,3 +208,18 @@ def test_augmented_batches_are_nchw_so_user_models_that_view_train(channels):
     model = train_model(_ViewAfterConv(c=channels), xs, ys, SGDRecipe(2, 16, 0.05, augment=True), device="cpu",
                         seed=0)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("n, batch", [(1800, 128), (2000, 128), (96, 32), (257, 128), (5, 128), (1, 1), (0, 8)])
+def test_an_epoch_is_cut_into_balanced_batches_with_no_straggler(n, batch):
+    """1,800 samples in batches of 128 used to end every epoch with a step on 8 of them, which cost a retrain
+    about 4 points of training accuracy on Fashion-MNIST; the epoch keeps its ceil(n / batch) steps."""
+    from unlearn.methods._common import shuffled_batches
+    from unlearn.training import epoch_batches
+
+    for cut in (epoch_batches, shuffled_batches):
+        batches = cut(n, batch, torch.Generator().manual_seed(0))
+        sizes = [len(b) for b in batches]
+        assert len(batches) == (n + batch - 1) // batch
+        assert sorted(torch.cat(batches).tolist()) == list(range(n)) if n else batches == []
+        assert not sizes or (max(sizes) <= batch and max(sizes) - min(sizes) <= 1)

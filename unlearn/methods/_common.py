@@ -15,7 +15,7 @@ from torch import nn
 
 from unlearn import accel
 from unlearn.methods.base import TensorSet
-from unlearn.training import apply_augmentation, draw_augmentation
+from unlearn.training import apply_augmentation, balanced_split, draw_augmentation
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -23,7 +23,8 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> lis
 
     Args:
         n: Number of samples.
-        batch_size: Samples per batch (the last batch may be smaller).
+        batch_size: Largest batch: ``ceil(n / batch_size)`` batches of nearly equal size, so no epoch ends
+            on a step over a handful of samples (``unlearn.training.balanced_split``).
         generator: CPU generator that fixes the order.
 
     Returns:
@@ -32,7 +33,7 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> lis
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     order = torch.randperm(n, generator=generator)
-    return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+    return balanced_split(order, batch_size)
 
 
 def cycled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
