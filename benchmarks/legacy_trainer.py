@@ -1,4 +1,6 @@
-"""The training loop as landed before the GPU trainer (unlearn/training.py at 705f660), kept verbatim.
+"""The training loop as landed before the GPU trainer (unlearn/training.py at 705f660), kept verbatim
+but for one thing: it cuts epochs with today's ``unlearn.training.epoch_batches`` (balanced batches
+since commit 0f892d9), so that the comparison isolates the loop the GPU work rewrote, not the batching.
 
 Why it exists: ``benchmarks/device_check.py`` measures the new trainer's throughput against this
 loop ("old vs new"), and ``tests/core/test_training_accel.py`` checks that on the CPU the new

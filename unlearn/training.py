@@ -40,7 +40,7 @@ class SGDRecipe:
 
     Attributes:
         epochs: Passes over the data.
-        batch_size: Samples per step.
+        batch_size: Largest batch per step (epochs are cut into balanced batches: ``balanced_split``).
         lr: Initial learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty.
@@ -195,6 +195,11 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return apply_augmentation(x, *draw_augmentation(len(x), generator))
 
 
+# Bumped whenever the same recipe and seed train a different model, so that caches keyed on the recipe (the
+# pipeline's exact retrains and reference models) do not serve models from before. 2: balanced batches.
+TRAINER_VERSION = 2
+
+
 def balanced_split(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Cut ``order`` into ``ceil(n / batch_size)`` batches whose sizes differ by at most one.
 
@@ -204,7 +209,9 @@ def balanced_split(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     CNN retrained on 1,800 images fitted its own training set to 89.6% that way and to 93.4% with 15
     batches of 120 (same seed, same steps); recomputing batch-norm statistics did not recover it, so it
     is the steps, not the running statistics. Every sample is still seen once per epoch, with as many
-    steps as before, and no batch is larger than ``batch_size`` or smaller than about half of it.
+    steps as before, and no batch is larger than ``batch_size`` or (when n >= batch_size) smaller than
+    about half of it. The papers' official code cuts full batches plus a remainder (DataLoader,
+    drop_last=False); every method here trains on balanced batches instead.
     """
     n = len(order)
     if n == 0:

@@ -21,7 +21,7 @@ from unlearn.data import SampleStore
 from unlearn.models import build_model
 from unlearn.references import ReferenceBank, ReferencePlan, plan_pool_references
 from unlearn.requests import Ledger
-from unlearn.training import SGDRecipe, seeded_model, to_float, train_model
+from unlearn.training import TRAINER_VERSION, SGDRecipe, seeded_model, to_float, train_model
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -30,7 +30,8 @@ def recipe_key(project: Project, store: SampleStore) -> str:
     """Identity of the training recipe: reference models must share the deployed model's."""
     params = project.params
     return hashlib.sha256(json.dumps(
-        [vars(params.train), model_architecture(project, store), "reference-v1"], sort_keys=True).encode()
+        [vars(params.train), model_architecture(project, store), "reference-v1", TRAINER_VERSION],
+        sort_keys=True).encode()
     ).hexdigest()[:16]
 
 

@@ -20,14 +20,16 @@ from unlearn.data import SampleStore
 from unlearn.files import atomic_path
 from unlearn.methods import UnlearningData, run_method
 from unlearn.references import members_digest
-from unlearn.training import nonfinite_tensors
+from unlearn.training import TRAINER_VERSION, nonfinite_tensors
 
 
 def _retrained_key(project: Project, train_ids: np.ndarray) -> str:
-    """Cache key of the exact retrain: its training samples, seed and recipe."""
+    """Cache key of the exact retrain: its training samples, seed, recipe and trainer version (a retrain cached
+    by an older trainer is not the model today's would train)."""
     params = project.params
     return hashlib.sha256(json.dumps(
-        [members_digest(train_ids), params.seed, vars(params.train), params.model.name]).encode()).hexdigest()[:16]
+        [members_digest(train_ids), params.seed, vars(params.train), params.model.name, TRAINER_VERSION]
+    ).encode()).hexdigest()[:16]
 
 
 def retrained_path(project: Project, store: SampleStore) -> Path:

@@ -26,7 +26,7 @@ def data():
     images = torch.rand(N, 1, 8, 8, generator=generator)  # (N, 1, 8, 8)
     labels = torch.randint(0, CLASSES, (N,), generator=generator)  # (N,)
     rng = np.random.default_rng(0)
-    # 40 per model: not a multiple of the batch size, so the short last batch is exercised too.
+    # 40 per model: not a multiple of the batch size, so batches of unequal size (14+13+13) are exercised too.
     members = [rng.permutation(N)[:40] for _ in SEEDS]
     return images, labels, members
 

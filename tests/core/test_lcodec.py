@@ -168,7 +168,7 @@ def test_training_trace_average_gradient_is_the_full_batch_gradient():
     model, x, y = _linear_problem()
     full = _full_gradient(copy.deepcopy(model), x, y)
     trace = TrainingTrace()
-    recipe = SGDRecipe(3, 16, 0.0, momentum=0.0, weight_decay=0.0, schedule="constant")  # uneven last batch
+    recipe = SGDRecipe(3, 16, 0.0, momentum=0.0, weight_decay=0.0, schedule="constant")  # unequal batches (13+13+12+12)
     train_model(model, x, y, recipe, device="cpu", seed=0, trace=trace)
     assert trace.complete and trace.n == 50 and len(trace.avg_grads) == 2
     for grads in trace.avg_grads:

@@ -62,7 +62,8 @@ def test_cpu_training_is_bit_identical_to_the_landed_loop(case):
 # GPU changes, on x86_64 with torch 2.14.1 (float rounding may differ on other CPUs/builds). The
 # "augment" case (96 samples in batches of 20) was dropped when epochs were cut into balanced batches
 # (unlearn.training.balanced_split: 20+19+19+19+19 instead of 4x20+16), which changes its digest on purpose;
-# the in-process comparison with the landed loop above still covers it. 96 in batches of 32 is unchanged.
+# the in-process comparison with the landed loop above (which cuts its epochs with today's epoch_batches, see
+# benchmarks/legacy_trainer.py) still covers the rest of the loop. 96 in batches of 32 is unchanged.
 PINNED = {
     "plain": "d3e1c155d9698ad500ffbc8b80e4cc2d162d7ad1dcce2b2cdd8cac458e0867df",
     "trace": "90bb1289aae7b9d9c91faa5f774faeda2e3ba3af604db32a8390318da6fff3be",

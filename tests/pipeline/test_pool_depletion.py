@@ -89,3 +89,22 @@ def test_a_pool_side_emptied_by_deletions_is_not_redrawn_from_nothing(make_proje
 
     assert not pool_in_use(project, Shrunk())  # the redraw would have 5 members: fall back
     assert np.array_equal(reference_pool_ids(project, Shrunk()), store.split_ids("train"))
+
+
+def test_a_new_trainer_version_retires_cached_retrains_and_references(make_project, monkeypatch):
+    """A retrain or reference cached by an older trainer (before balanced batches) is not the model today's
+    trainer would give for the same recipe and seed: the keys that serve them must change with the trainer."""
+    from tasks.project import load_project
+    from tasks.stage import references, retrain
+    from tasks.stage.references import recipe_key
+    from tasks.stage.retrain import retrained_path
+    from unlearn.data import SampleStore
+
+    project = load_project(make_project())
+    run_stages(project, "ingest", "prepare")
+    store = SampleStore(project.store_dir)
+    before = retrained_path(project, store), recipe_key(project, store)
+    monkeypatch.setattr(retrain, "TRAINER_VERSION", retrain.TRAINER_VERSION + 1)
+    monkeypatch.setattr(references, "TRAINER_VERSION", references.TRAINER_VERSION + 1)
+    after = retrained_path(project, store), recipe_key(project, store)
+    assert before[0] != after[0] and before[1] != after[1]

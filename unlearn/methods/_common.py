@@ -45,7 +45,7 @@ def cycled_batches(n: int, batch_size: int, generator: torch.Generator) -> Itera
 
     Args:
         n: Number of samples.
-        batch_size: Samples per batch.
+        batch_size: Largest batch (balanced batches, as in shuffled_batches).
         generator: CPU generator that fixes the order of the one pass.
 
     Returns:
