@@ -24,7 +24,7 @@ from tasks.stage.state import UNLEARNING, Attempt, read_escalation, write_escala
 from tasks.stage.verify import run_verify
 from unlearn.data import SampleStore
 from unlearn.files import atomic_path, utc_now
-from unlearn.methods import method_info, run_method
+from unlearn.methods import method_info, recalibrates_bn, run_method
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
@@ -64,7 +64,7 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
     with mlflow.start_run(run_name=f"unlearn-{method}") as run:
         mlflow.log_params({"method": method, "seed": params.seed, "n_forget": len(forget),
                            "n_retain": len(data.retain), "parent_version": state.parent_version,
-                           "attempt": number, "recalibrate_bn": params.unlearn.recalibrate_bn and method != "retrain",
+                           "attempt": number, "recalibrate_bn": recalibrates_bn(method, params.unlearn.recalibrate_bn),
                            **{f"method_{k}": v for k, v in kwargs.items()}})
         mlflow.set_tags({
             "stage": "unlearn", "method": method, "attempt": str(number), "ladder": ",".join(state.ladder),

@@ -7,6 +7,7 @@ from unlearn.methods.base import (
     TensorSet,
     UnlearningData,
     method_info,
+    recalibrates_bn,
     register_method,
     run_method,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "TensorSet",
     "UnlearningData",
     "method_info",
+    "recalibrates_bn",
     "register_method",
     "run_method",
 ]

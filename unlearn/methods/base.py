@@ -182,6 +182,12 @@ def register_method(
     return decorate
 
 
+def recalibrates_bn(name: str, enabled: bool) -> bool:
+    """Whether :func:`run_method` recomputes method ``name``'s batch-norm statistics when ``enabled``: never
+    for ``retrain``, whose statistics already come from D_R alone."""
+    return enabled and name != "retrain"
+
+
 def run_method(
     name: str,
     model: nn.Module,
@@ -225,7 +231,7 @@ def run_method(
     working = copy.deepcopy(model).to(device)
     setattr(working, INFO_ATTR, {})  # diagnostics of this run only, not of the input's history
     result = spec.fn(working, data, device=device, seed=seed, **bound)
-    if recalibrate_bn and name != "retrain":
+    if recalibrates_bn(name, recalibrate_bn):
         retain = data.retain
         images = retain.images if retain is not None else torch.empty(0)
         record_info(result, bn_recalibrated=recalibrate_batchnorm(result, images, device=device))
