@@ -1,0 +1,62 @@
+"""benchmarks/protocol.py's paired comparison: the statistics that say whether the methods table ranks."""
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def protocol():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import protocol
+
+        yield protocol
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_pairing_sees_a_consistent_difference_that_per_row_intervals_hide(protocol):
+    """Repetition effects move both rows; each row's own interval is wide, the paired one is not."""
+    shift = np.array([0.0, 3.0, -2.0, 5.0, 1.0])  # which original / subset the repetition drew
+    best, other = 1.0 + shift, 1.5 + shift + np.array([0.05, -0.05, 0.02, 0.0, -0.02])
+    _, half_best = protocol.t_interval(list(best))
+    assert half_best > 1.0  # unpaired, the rows overlap completely
+    e = protocol.paired_difference(list(other), list(best))
+    assert e["mean"] == pytest.approx(0.5)
+    assert e["mean"] - e["ci95"] > 0.4
+    assert e["baseline_lower"] == 5 and e["n"] == 5 and e["ties"] == 0
+    assert e["p_t"] < 1e-4
+    assert e["p_sign_flip"] == pytest.approx(2 / 32) == e["p_floor"]  # the test's floor at 5 repetitions
+
+
+def test_the_sign_flip_p_value_is_the_exact_permutation_distribution(protocol):
+    diffs = np.array([0.3, -0.1, 0.7, 0.2, -0.4, 0.9])
+    observed = abs(diffs.mean())
+    patterns = [abs((np.array(s) * diffs).mean()) for s in itertools.product((1, -1), repeat=len(diffs))]
+    expected = np.mean([p >= observed - 1e-12 for p in patterns])
+    e = protocol.paired_difference(list(diffs), [0.0] * len(diffs))
+    assert e["p_sign_flip"] == pytest.approx(expected)
+    assert 0.0 < e["p_sign_flip"] < 1.0
+
+
+def test_a_missing_repetition_is_dropped_from_both_rows_and_no_difference_is_no_evidence(protocol):
+    e = protocol.paired_difference([1.0, math.nan, 2.0], [1.0, 5.0, 2.0])
+    assert e["n"] == 2 and e["mean"] == 0.0 and e["ties"] == 2
+    assert e["p_sign_flip"] == 1.0 and math.isnan(e["p_t"])  # identical rows: nothing to test, no fake p
+    assert math.isnan(protocol.paired_difference([math.nan], [1.0])["mean"])
+
+
+def test_holm_adjusts_step_down_keeps_order_and_skips_nan(protocol):
+    adjusted = protocol.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": math.nan})
+    assert adjusted["a"] == pytest.approx(0.03)  # 3 x 0.01
+    assert adjusted["c"] == pytest.approx(0.06)  # 2 x 0.03
+    assert adjusted["b"] == pytest.approx(0.06)  # max(1 x 0.04, the previous 0.06): monotone
+    assert math.isnan(adjusted["d"])
+    assert protocol.holm({"a": 0.6, "b": 0.7})["b"] == 1.0  # capped at 1
