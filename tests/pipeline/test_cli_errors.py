@@ -274,5 +274,5 @@ def test_a_method_default_the_profile_shadows_is_logged_once_before_any_work(mak
         load_project(root, check_registries=True)
         load_project(root, check_registries=True)  # every Prefect task loads the project: one warning, not many
     message = ("params.yaml: unlearn.methods.finetune.lr (1e-07) is shadowed by the 'digits/small_cnn' profile "
-               "(0.03); set it in unlearn.overrides to win")
+               "(0.6); set it in unlearn.overrides to win")
     assert caplog.messages.count(message) == 1

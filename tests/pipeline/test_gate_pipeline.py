@@ -236,7 +236,7 @@ def test_strict_mode_verifies_against_an_exact_retrain_and_fails_the_untouched_m
 
 
 def test_the_demos_weak_method_is_the_one_that_runs_whatever_the_profile_says(tmp_path):
-    """The demo calls its candidate untouched: the digits profile's fine-tuning (5 epochs at lr 0.03) must not win
+    """The demo calls its candidate untouched: the digits profile's fine-tuning (5 epochs at lr 0.6) must not win
     over the weak method's arguments, as it did when they were written under unlearn.methods."""
     import yaml
 
