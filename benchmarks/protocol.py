@@ -305,9 +305,17 @@ def paired_difference(values: list[float], baseline: list[float], level: float =
         signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)  # every +-1 pattern
         flipped = np.abs((signs * diffs).mean(axis=1))
         p_value = float(np.mean(flipped >= abs(diffs.mean()) - 1e-12))
-    p_t = float(stats.ttest_1samp(diffs, 0.0).pvalue) if n >= 2 and np.std(diffs) > 0 else math.nan
+    if n < 2:
+        p_t = math.nan
+    elif np.std(diffs) > 1e-9 * max(1.0, float(np.abs(diffs).max())):  # not float noise around a constant
+        p_t = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    else:  # every difference the same: t is infinite (p 0) unless they are all zero (nothing to test)
+        p_t = 0.0 if diffs[0] != 0 else math.nan
+    ties = int(np.sum(diffs == 0))
+    # A zero difference flips to itself, so only 2^(n - ties) distinct patterns: the floor rises with ties.
+    floor = 2.0 / 2 ** (n - ties) if n > ties else 1.0 if n else math.nan
     return {"mean": mean, "ci95": half, "n": n, "baseline_lower": int(np.sum(diffs > 0)), "p_t": p_t,
-            "ties": int(np.sum(diffs == 0)), "p_sign_flip": p_value, "p_floor": 2.0 / 2 ** n if n else math.nan}
+            "ties": ties, "p_sign_flip": p_value, "p_floor": floor}
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:

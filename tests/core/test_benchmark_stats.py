@@ -60,3 +60,44 @@ def test_holm_adjusts_step_down_keeps_order_and_skips_nan(protocol):
     assert adjusted["b"] == pytest.approx(0.06)  # max(1 x 0.04, the previous 0.06): monotone
     assert math.isnan(adjusted["d"])
     assert protocol.holm({"a": 0.6, "b": 0.7})["b"] == 1.0  # capped at 1
+
+
+def test_ties_raise_the_sign_flip_floor_and_a_constant_difference_is_not_silently_dropped(protocol):
+    e = protocol.paired_difference([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 2.0, 3.0])  # one tie, three +1
+    assert e["ties"] == 1 and e["p_floor"] == pytest.approx(2 / 2 ** 3)
+    assert e["p_sign_flip"] == pytest.approx(2 / 8)  # only the all-+ and all-- patterns reach |mean| 0.75
+    constant = protocol.paired_difference([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert constant["p_t"] == 0.0  # t is infinite, not "untestable": the row stays in the Holm family
+    noisy = protocol.paired_difference([1.1, 0.6, 1.3], [1.0, 0.5, 1.2])  # -0.1 each, up to float rounding
+    assert noisy["p_t"] == 0.0
+
+
+def _methods_module():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import methods
+
+        return methods
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_the_methods_table_pairs_against_its_lowest_row_and_keeps_the_retrain_out_of_holm():
+    methods = _methods_module()
+    gaps = {"retrain": [1.0, 1.2, 0.8, 1.1], "original": [6.0, 7.0, 5.0, 6.5],
+            "good": [1.0, 1.5, 0.5, 1.2], "worse": [2.0, 2.6, 1.4, 2.3], "flaky": [1.3, None, 0.9, 1.5]}
+    reps = [{"rows": {name: ({"error": "RuntimeError: boom"} if g[i] is None else {"gap": g[i]})
+                      for name, g in gaps.items()}} for i in range(4)]
+    results = {name: {"gap": {"mean": float(np.nanmean([v for v in g if v is not None]))}}
+               for name, g in gaps.items()}
+    text = "\n".join(methods.paired_section(results, reps, retrains=3))
+    assert "## Paired against the lowest method (good)" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "good" not in rows  # the baseline is not compared with itself
+    assert rows["worse"].split("|")[2].strip() == "+1.02 ± 0.15" and "| 4/4 |" in rows["worse"]
+    assert "| 3/3 |" in rows["flaky"]  # the repetition it raised in is dropped, not counted as a loss
+    assert rows["retrain (noise floor, leave-one-out target)"].split("|")[5].strip() == "-"  # outside Holm
+    assert "Holm-adjusted over the 3 rows other than the retrain" in text
+    assert "smallest possible sign-flip p is 0.125, so no row can reach 0.05" in text  # 2 / 2^4 (flaky: 2/2^3)
+    assert "by 6% with 3 retrains" in text
+    assert methods.paired_section(results, reps[:1], retrains=3) == []  # one repetition: nothing to pair
