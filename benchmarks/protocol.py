@@ -287,8 +287,8 @@ def paired_difference(values: list[float], baseline: list[float], level: float =
     Pairing removes it. Returns the mean difference ``values - baseline`` with its Student-t
     half-width, how many repetitions the baseline was lower in, the paired Student-t p-value
     (assumes roughly normal differences) and the exact two-sided sign-flip permutation p-value (no
-    such assumption, but over all 2^n sign patterns its smallest possible value is 2 / 2^n, so 5
-    repetitions can never reach 0.05 with it, which the report states). Repetitions where either
+    such assumption, but over all 2^n sign patterns its smallest possible value is 2 / 2^(n - ties),
+    so 5 repetitions can never reach 0.05 with it, which the report states). Repetitions where either
     row is missing (nan: a method raised) are dropped.
     """
     from scipy import stats

@@ -1,8 +1,8 @@
 """benchmarks/protocol.py's paired comparison: the statistics that say whether the methods table ranks."""
 
+import importlib
 import itertools
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +12,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
-def protocol():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import protocol
+def protocol(monkeypatch):
+    """benchmarks/protocol.py, imported as the scripts import it (benchmarks/ on the path for this test)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("protocol")
 
-        yield protocol
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+
+@pytest.fixture()
+def methods(protocol):
+    """benchmarks/methods.py (it imports its sibling protocol, so it needs the same path)."""
+    return importlib.import_module("methods")
 
 
 def test_pairing_sees_a_consistent_difference_that_per_row_intervals_hide(protocol):
@@ -72,18 +74,7 @@ def test_ties_raise_the_sign_flip_floor_and_a_constant_difference_is_not_silentl
     assert noisy["p_t"] == 0.0
 
 
-def _methods_module():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import methods
-
-        return methods
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-
-
-def test_the_methods_table_pairs_against_its_lowest_row_and_keeps_the_retrain_out_of_holm():
-    methods = _methods_module()
+def test_the_methods_table_pairs_against_its_lowest_row_and_keeps_the_retrain_out_of_holm(methods):
     gaps = {"retrain": [1.0, 1.2, 0.8, 1.1], "original": [6.0, 7.0, 5.0, 6.5],
             "good": [1.0, 1.5, 0.5, 1.2], "worse": [2.0, 2.6, 1.4, 2.3], "flaky": [1.3, None, 0.9, 1.5]}
     reps = [{"rows": {name: ({"error": "RuntimeError: boom"} if g[i] is None else {"gap": g[i]})

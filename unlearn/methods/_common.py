@@ -15,7 +15,7 @@ from torch import nn
 
 from unlearn import accel
 from unlearn.methods.base import TensorSet
-from unlearn.training import apply_augmentation, balanced_split, draw_augmentation
+from unlearn.training import apply_augmentation, draw_augmentation, epoch_batches
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -32,8 +32,7 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> lis
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = torch.randperm(n, generator=generator)
-    return balanced_split(order, batch_size)
+    return epoch_batches(n, batch_size, generator)  # the trainer's own cut, so methods and training agree
 
 
 def cycled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
