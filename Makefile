@@ -38,7 +38,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTEST) -m 'not slow and not e2e' tests/core tests/pipeline; $(NO_TESTS_IS_AN_ERROR)
 
-# Before the GPU check on a lent device machine (README "The GPU check"): the machine has the numeric stack
+# Before the GPU check on a lent device machine (README "Benchmarks"): the machine has the numeric stack
 # but no Fashion-MNIST, so its idx files (30 MB) are copied into the ignored .device/ that the run carries.
 device-prep:
 	mkdir -p .device/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .device/fashion-mnist/

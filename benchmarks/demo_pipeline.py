@@ -92,7 +92,7 @@ def run_once(workdir: Path, api_url: str | None = None) -> dict:
 def _table(label: str, best: dict) -> list[str]:
     total = best["total_seconds"]
     lines = [f"## {label}", "", "| | seconds | share |", "|---|---:|---:|",
-             f"| **total (`unlearn demo`)** | {total:.1f} | 100% |"]
+             f"| **total (`unlearn demo --skip-conclusive`)** | {total:.1f} | 100% |"]
     for name, seconds in best["compute_seconds"].items():
         if name != "total":
             lines.append(f"| compute: {name} | {seconds:.1f} | {seconds / total:.0%} |")
@@ -129,6 +129,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "demo_pipeline.json").write_text(json.dumps({"machine": machine, **settings}, indent=2))
     lines = ["# Demo pipeline: end-to-end time", "",
+             f"Command: `python benchmarks/demo_pipeline.py --repeats {args.repeats}` (`make bench`: 1 repeat). "
+             "Each run is `unlearn demo --skip-conclusive`: the demo's digits project (baseline, three requests, "
+             "AMUN, the gate), without its second, memorising project.", "",
              f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}. "
              f"Fresh project each run; {args.repeats} run(s) per setting, best shown.", ""]
     lines += _table("Cold: the demo starts Prefect's temporary server",
