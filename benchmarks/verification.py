@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -338,8 +339,10 @@ def main() -> None:  # noqa: PLR0915 - a linear protocol reads best as one funct
         "amun_gap_auc": {a: results["amun"][a]["auc"] - results["retrain"][a]["auc"] for a in comparable},
     }
     payload = {
-        "protocol": __doc__, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                         "torch_threads": torch.get_num_threads(), "device": args.device},
+        "protocol": __doc__, "seed": args.seed,
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "device": args.device},
         "sizes": {"train": int(len(setup.y_train)), "forget": int(forget.sum()), "test": int(len(setup.y_test)),
                   "promotion_references": promo_count, "audit_references": audit_count,
                   "epsilon_models_per_side": eps_models},
@@ -369,6 +372,7 @@ def render(payload: dict) -> str:
     """The markdown report."""
     res, s, t = payload["results"], payload["summary"], payload["timings_s"]
     lines = ["# Membership-inference verification benchmark", "",
+             *([f"Command: `{payload['command']}` (seed {payload['seed']}).", ""] if "command" in payload else []),
              f"Machine: {payload['machine']}. Sizes: {payload['sizes']}.", "",
              "## Attack strength: forget vs test (AUC [95% CI]; TPR at the lowest FPR the test split supports)", "",
              "| attack | reference trainings | original AUC | retrain AUC | AMUN AUC | retrain (seed 1) AUC "

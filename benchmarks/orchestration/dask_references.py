@@ -159,6 +159,7 @@ def main() -> None:
         k.removesuffix("_s"): out["sequential_1_thread_s"] / out[k]
         for k in ("dask_including_startup_s", "dask_excluding_startup_cold_workers_s",
                   "dask_excluding_startup_warm_workers_s")}
+    out["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                       "torch": torch.__version__,
                       "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]}}
@@ -222,6 +223,7 @@ def _markdown(out: dict[str, Any]) -> str:
     met_excl = s["dask_excluding_startup_warm_workers"] >= 1.5
     lines = [
         f"# Reference models: sequential vs a 2-worker Dask cluster ({out['models']} models)", "",
+        *([f"Command: `{out['command']}`.", ""] if "command" in out else []),
         f"Machine: {out['machine']['cpus']} CPUs, {out['machine']['platform']}, Python {out['machine']['python']}, "
         f"torch {out['machine']['torch']} (default intra-op threads: {out['torch_default_threads']}). "
         "Single run; see the load average below.", "",

@@ -245,6 +245,7 @@ def main() -> None:
             run["promote"] = result.get("promote", {}).get("status")
             run["attempts"] = result.get("promote", {}).get("attempts")
             out["runs"][label] = run
+    out["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                       "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]}}
@@ -265,6 +266,7 @@ def _markdown(out: dict[str, Any]) -> str:
             ("**flow run wall time**", "flow_wall"), ("(MLflow per-epoch logging, inside training)",
                                                       "mlflow_inside_training")]
     lines = ["# Orchestration overhead per pipeline flow run", "",
+             *([f"Command: `{out['command']}`.", ""] if "command" in out else []),
              f"Machine: {out['machine']['cpus']} CPUs, {out['machine']['platform']}, Python "
              f"{out['machine']['python']}. Single run each; 1-minute load average "
              f"{out['machine']['load_average_1min']['start']:.1f} at the start.", "",
