@@ -109,9 +109,16 @@ def certified_lcodec(ref, kwargs: dict, *, requests: int, device: str, seed: int
             "noise_std": method_info(model).get("noise_std")}
 
 
-def run_repetition(i: int, data, args, params, recipe) -> dict:
+def run_repetition(i: int, data, args, params, recipe, progress=None) -> dict:
+    """One repetition: its original, retrains and references, then every method against them.
+
+    ``progress``, when given, is called after each method with the repetition as it stands (the same shape
+    as the return value, holding the rows done so far): device_check writes it, so a run that a time limit
+    kills mid-repetition still leaves the rows it finished.
+    """
     x_train, y_train, test = data
     ref = prepare_repetition(i, x_train, y_train, test, args, recipe)
+    sizes = {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}
     rows: dict[str, dict] = {}
     # Noise floor: each retrain against the mean of the OTHER retrains.
     noise = []
@@ -134,6 +141,8 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
             if not getattr(args, "catch_errors", False):
                 raise
             rows[name] = {"error": error_text(exc)}
+        if progress is not None:
+            progress({"rows": dict(rows), "extra": {}, "retrain_seconds": ref.retrain_seconds, "sizes": sizes})
     extra = {}
     if i == 0 and args.lcodec_requests > 0 and "lcodec" in names:
         try:
@@ -144,8 +153,7 @@ def run_repetition(i: int, data, args, params, recipe) -> dict:
             if not getattr(args, "catch_errors", False):
                 raise
             extra["lcodec_certified"] = {"error": error_text(exc)}
-    return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds,
-            "sizes": {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}}
+    return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds, "sizes": sizes}
 
 
 def error_text(exc: BaseException, limit: int = 300) -> str:

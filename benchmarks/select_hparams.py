@@ -28,7 +28,7 @@ Usage (digits, CPU, about 25 minutes on 2 busy cores):
 First selection in a new setting on a GPU (``--grid-preset wide``: about three points per method, the
 methods issue #13 found unchanged or destroyed first), bounded in time, then the device check's table
 with what it selected: ``sh benchmarks/device_run.sh "$OUT"`` on a lent GPU machine, after ``make
-device-prep`` (README "Benchmarks"; the script holds the two commands, budgets 140 + 270 s).
+device-prep`` (README "Benchmarks"; the script holds the two commands and keeps the clock: 450 s in all).
 ``--budget-s`` bounds when points start, not the run: its preparation counts against it, a method's point
 starts only if the budget is unspent and the method's previous point, taking as long again, would end
 within it, and a point started runs to its end (a method's first point is not estimated). A method whose

@@ -21,6 +21,7 @@ read them once per epoch.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -29,6 +30,9 @@ from torch import nn
 # Share of the device's free memory that resident training data may take: the rest is left for
 # the model, its activations and the optimiser state.
 RESIDENT_FRACTION = 0.4
+
+logger = logging.getLogger(__name__)
+_CHANNELS_LAST_REFUSALS: set[str] = set()  # reasons already logged (accepts_channels_last)
 
 
 def is_cuda(device: str | torch.device) -> bool:
@@ -58,6 +62,27 @@ def autocast(device: str | torch.device, enabled: bool = True) -> Iterator[None]
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def exact_float32(device: str | torch.device) -> Iterator[None]:
+    """Float32 convolutions and matmuls without TF32 on CUDA; nothing at all elsewhere.
+
+    PyTorch runs CUDA convolutions in TF32 by default (a 10-bit mantissa: about 5e-4 relative error).
+    L-CODEC's per-sample finite-difference Hessian subtracts two gradients taken one 1e-3 step apart,
+    a difference of about that size, which TF32 would turn mostly into rounding. The flags are global,
+    so they are restored on exit.
+    """
+    if not is_cuda(device):
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def use_channels_last(device: str | torch.device, example: torch.Tensor, model: nn.Module) -> bool:
@@ -93,8 +118,14 @@ def accepts_channels_last(model: nn.Module, example: torch.Tensor, device: str |
             model.eval()
             model(to_layout(example[:2].to(target), True))
         return True
-    except Exception:  # e.g. RuntimeError "view size is not compatible with input tensor's size and stride"
-        return False  # whatever the reason, the plain layout is the one the model was checked with
+    except Exception as exc:  # e.g. RuntimeError "view size is not compatible with input tensor's size and stride"
+        # whatever the reason, the plain layout is the one the model was checked with; said once per reason, so
+        # that an out-of-memory or cuDNN error is seen rather than silently costing the faster layout
+        reason = f"{type(model).__name__}: {type(exc).__name__}: {exc}"[:300]
+        if reason not in _CHANNELS_LAST_REFUSALS:
+            _CHANNELS_LAST_REFUSALS.add(reason)
+            logger.warning("channels_last not used (the model keeps the plain layout): %s", reason)
+        return False
     finally:
         restore_layout(model, True)
         model.train(was_training)

@@ -106,6 +106,11 @@ def test_boundary_shrink_labels_come_from_the_frozen_model(problem):
     assert torch.equal(same, model(x).argmax(1))
     far = nearest_wrong_labels(model, x, y, bound=0.5, quantize=True)
     assert (far != y).any()
+    # on CUDA the gradient comes from the bf16 forward and the label from the fp32 model (judge)
+    def judge(images):
+        return torch.nn.functional.one_hot(torch.full((len(images),), 3), 10).float()
+
+    assert (nearest_wrong_labels(model, x, y, bound=0.5, quantize=True, judge=judge) == 3).all()
 
 
 def test_scrub_pieces():

@@ -36,7 +36,7 @@ from unlearn.training import seed_everything
 
 def nearest_wrong_labels(
     frozen: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *, bound: float,
-    quantize: bool
+    quantize: bool, judge: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Labels of one-step FGSM examples on the frozen model: argmax f_0(x + bound * sign(grad)).
 
@@ -46,9 +46,11 @@ def nearest_wrong_labels(
         y: True labels (B,).
         bound: L_inf size of the FGSM step.
         quantize: Round x_adv to multiples of 1/255.
+        judge: What labels x_adv (default ``frozen``). On CUDA the gradient comes from the bf16 forward and
+            the label from the plain fp32 model, so near-tied logits are ranked as on the CPU.
 
     Returns:
-        y_nb (B,), the prediction of f_0 on x_adv.
+        y_nb (B,), the prediction of f_0 (``judge``) on x_adv.
     """
     x_adv = x.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(F.cross_entropy(frozen(x_adv), y), x_adv)
@@ -56,7 +58,7 @@ def nearest_wrong_labels(
         x_adv = (x + bound * grad.sign()).clamp(0.0, 1.0)
         if quantize:
             x_adv = torch.round(x_adv * 255.0) / 255.0
-        return frozen(x_adv).argmax(1)
+        return (judge or frozen)(x_adv).argmax(1)
 
 
 @register_method("boundary_shrink", needs={"forget"})
@@ -106,13 +108,13 @@ def boundary_shrink(
     optimizer = sgd(model, lr, momentum, weight_decay)
     moved = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    # bf16 + channels_last on CUDA only; the FGSM labels come from fp32 logits either way
+    # bf16 + channels_last on CUDA only: the FGSM gradient uses the fast forward, the labels the fp32 model
     with FastForward(model, device, forget.images[:2]) as forward, \
             FastForward(frozen, device, forget.images[:2]) as frozen_forward:
         for _ in range(epochs):
             for index in shuffled_batches(len(forget), batch_size, generator):
                 x, y = fetch(forget, index, device=device, augment=augment, generator=generator)
-                y_nb = nearest_wrong_labels(frozen_forward, x, y, bound=bound, quantize=quantize)
+                y_nb = nearest_wrong_labels(frozen_forward, x, y, bound=bound, quantize=quantize, judge=frozen)
                 moved += (y_nb != y).sum()  # stays on the device: no per-step host synchronisation
                 seen += len(y)
                 loss = F.cross_entropy(forward(x), y_nb)

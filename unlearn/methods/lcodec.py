@@ -120,6 +120,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearn.accel import exact_float32
 from unlearn.methods.base import UnlearningData, record_info, register_method
 from unlearn.methods.codec_selection import Slice, foci, frozen_bn_train_mode, perturbation_probe
 from unlearn.training import TrainingTrace, seed_everything
@@ -244,9 +245,10 @@ def sample_fd_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pieces
         H_z, shape (|w_S|, |w_S|), float64 on the CPU.
     """
     stepped = copy.deepcopy(model)
-    grad_before = block_gradient(model, x, y, pieces, reduction="mean")
-    add_to_block(stepped, pieces, -lr * grad_before)
-    grad_after = block_gradient(stepped, x, y, pieces, reduction="mean")
+    with exact_float32(x.device):  # the two gradients differ by about TF32's rounding (exact_float32)
+        grad_before = block_gradient(model, x, y, pieces, reduction="mean")
+        add_to_block(stepped, pieces, -lr * grad_before)
+        grad_after = block_gradient(stepped, x, y, pieces, reduction="mean")
     w_before = gather_block(dict(model.named_parameters()), pieces).detach().cpu()
     w_after = gather_block(dict(stepped.named_parameters()), pieces).detach().cpu()
     return finite_difference_hessian(grad_before, grad_after, w_before, w_after)
