@@ -18,8 +18,9 @@ Three parts, each written to ``benchmarks/results/device_check_<device>[_quick].
    with seed 200+i and each method run with seed 300+i; the target is the mean of ``retrains``
    retrains; MIA is offline RMIA (and LiRA) with reference models on halves of D_R; cells are means
    with 95% t half-widths; Δw flags a method that returned its input unchanged. A method that raises
-   is reported with its error, not dropped. The report is rewritten after every part and every
-   repetition, so a run stopped by a time limit still leaves what it finished.
+   is reported with its error, not dropped. The report is rewritten after every part, every repetition
+   and every method of the first repetition (marked partial), so a run stopped by a time limit still
+   leaves what it finished (nothing of the table while the first repetition's models still train).
 
 Only torch, numpy, scipy, scikit-learn, matplotlib and pyyaml are needed: the script imports the
 pure core (``unlearn``) and never the orchestration stack (``tests/core/test_device_check.py`` runs it
@@ -402,9 +403,9 @@ def markdown(report: dict) -> str:
         lines += [f"## 3. AMUN protocol: Fashion-MNIST, random 10% forget with D_R ({m['model']}, images "
                   f"{m['image_shape']})", ""]
         if m.get("partial"):
-            lines += [f"**Partial: repetition 0 was still running ({m['partial']} done, no L-CODEC certified "
-                      "timing yet) when this was written; if this is the last version, the run was stopped there.**",
-                      ""]
+            lines += [f"**Partial: only repetition 0's first rows had finished ({m['partial']}) "
+                      "when this was written: a run stopped there (by a time limit, or an error in the notes) "
+                      "leaves these rows, one repetition, no interval.**", ""]
         if m["overrides"]:
             lines += [f"Quick mode shortens these methods' loops (params.yaml otherwise): {m['overrides']}", ""]
         for line in body[1:]:
@@ -587,11 +588,14 @@ def main(argv: list[str] | None = None) -> int:
                 run mid-repetition then leaves them, marked as partial); later ones wait for the whole."""
                 if i > 0:
                     return
-                done = len(rep["rows"]) - 2  # the retrain and original rows come first
-                report["amun_table"] = amun_table([rep], table_sizes, bench_args, params, list(x.shape[1:]),
-                                                  time.perf_counter() - started, device_name,
-                                                  partial=f"{done} of {len(methods)} methods")
+                planned = [m for m in dict.fromkeys(methods) if m != "retrain"]
+                done = sum(m in rep["rows"] for m in planned)
+                pending = ("; L-CODEC's certified timing not yet run" if "lcodec" in planned
+                           and bench_args.lcodec_requests > 0 else "")
                 try:
+                    report["amun_table"] = amun_table([rep], table_sizes, bench_args, params, list(x.shape[1:]),
+                                                      time.perf_counter() - started, device_name,
+                                                      partial=f"{done} of {len(planned)} methods done{pending}")
                     write()
                 except Exception as exc:  # noqa: BLE001 - progress is a convenience; the run goes on
                     print(f"device_check: writing the partial table failed: {exc!r}", file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@
 # kept here. The sweep is killed at SWEEP_CAP_S if it runs on (it rewrites its log and params copy after every
 # method, so what it finished stands); the device check gets what is left of TOTAL_S. The check writes its report
 # after every part and every finished method of its first repetition, so a run stopped by the device's limit keeps
-# what it did.
+# the parts and rows it finished (no table rows while the first repetition's models still train).
 set -u
 out=${1:?usage: sh benchmarks/device_run.sh OUT_DIR}
 py=${PYTHON:-python3}
@@ -20,18 +20,31 @@ sweep_cap=${SWEEP_CAP_S:-190}
 export PYTHONUNBUFFERED=1
 data=.device/fashion-mnist
 [ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "device_run: $data is missing: run 'make device-prep' and carry .device" >&2; exit 2; }
-start=$(date +%s)
+now() { t=$(date +%s 2>/dev/null); case $t in ''|*[!0-9]*) echo "";; *) echo "$t";; esac; }
+start=$(now)
 "$py" -c 'import sys, torch; print("device_run:", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'
 cap=""
-command -v timeout >/dev/null 2>&1 && cap="timeout -k 5 $sweep_cap"
+if timeout -k 1 5 true >/dev/null 2>&1; then
+    cap="timeout -k 5 $sweep_cap"
+else
+    echo "device_run: no usable timeout command: the sweep runs without its ${sweep_cap} s cap" >&2
+fi
 # The sweep's failure leaves the table to params.yaml's profile (device_check says so in its report), never no table.
 # shellcheck disable=SC2086  # $cap is empty or "timeout -k 5 N": word splitting is wanted
 $cap "$py" benchmarks/select_hparams.py --device cuda --dataset fashion_mnist --model resnet18 --pad-rgb --augment \
     --lr 0.1 --tuning-size 10000 --epochs 20 --grid-preset wide --budget-s "$sweep_budget" --data-path "$data" \
     --out-dir "$out" --write-params "$out/params.selected.yaml" || echo "device_run: the sweep failed or was stopped (exit $?)" >&2
-left=$((total - ($(date +%s) - start)))
+end=$(now)
+if [ -n "$start" ] && [ -n "$end" ]; then
+    used=$((end - start))
+else  # no clock: assume the sweep used its whole cap
+    used=$sweep_cap
+    echo "device_run: date gave no time; assuming the sweep used ${sweep_cap} s" >&2
+fi
+left=$((total - used))
+[ "$left" -gt "$total" ] && left=$total  # a clock stepped backwards
 [ "$left" -lt 150 ] && left=150
-echo "device_run: $(($(date +%s) - start)) s used; the device check gets --budget-s $left"
+echo "device_run: $used s used; the device check gets --budget-s $left"
 # --table-epochs 20: the table's originals, retrains and references train as long as the sweep's did, so the
 # values it selected are tested on the kind of model they were selected for.
 "$py" benchmarks/device_check.py --params "$out/params.selected.yaml" --budget-s "$left" --table-epochs 20 \

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -33,6 +34,8 @@ RESIDENT_FRACTION = 0.4
 
 logger = logging.getLogger(__name__)
 _CHANNELS_LAST_REFUSALS: set[str] = set()  # reasons already logged (accepts_channels_last)
+_TF32_LOCK = threading.Lock()  # exact_float32's process-wide flags: nesting depth and what to restore
+_TF32_STATE: dict = {"depth": 0}
 
 
 def is_cuda(device: str | torch.device) -> bool:
@@ -70,19 +73,49 @@ def exact_float32(device: str | torch.device) -> Iterator[None]:
 
     PyTorch runs CUDA convolutions in TF32 by default (a 10-bit mantissa: about 5e-4 relative error).
     L-CODEC's per-sample finite-difference Hessian subtracts two gradients taken one 1e-3 step apart,
-    a difference of about that size, which TF32 would turn mostly into rounding. The flags are global,
-    so they are restored on exit.
+    a difference of about that size, which TF32 would turn mostly into rounding.
+
+    The flags are process-wide: the first of nested or concurrent (threads) sections turns TF32 off, the
+    last restores what it found. PyTorch's newer ``fp32_precision`` settings are used where they exist
+    (once one has been set, reading the legacy ``allow_tf32`` raises), the legacy flags elsewhere.
     """
     if not is_cuda(device):
         yield
         return
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.allow_tf32, matmul.allow_tf32)
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    with _TF32_LOCK:
+        if _TF32_STATE["depth"] == 0:
+            _TF32_STATE["saved"] = _tf32_settings()
+            _set_tf32_settings(None)
+        _TF32_STATE["depth"] += 1
     try:
         yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        with _TF32_LOCK:
+            _TF32_STATE["depth"] -= 1
+            if _TF32_STATE["depth"] == 0:
+                _set_tf32_settings(_TF32_STATE.pop("saved"))
+
+
+def _tf32_settings() -> tuple[str, object, object]:
+    """The current convolution and matmul float32 settings, tagged with the API they came from."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(torch.backends.cuda.matmul,
+                                                                         "fp32_precision"):
+        return "precision", conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return "legacy", torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _set_tf32_settings(saved: tuple[str, object, object] | None) -> None:
+    """Restore ``saved`` (from :func:`_tf32_settings`), or with None turn TF32 off in whichever API exists."""
+    api = saved[0] if saved is not None else _tf32_settings()[0]
+    if api == "precision":
+        conv, matmul = ("ieee", "ieee") if saved is None else saved[1:]
+        torch.backends.cudnn.conv.fp32_precision = conv
+        torch.backends.cuda.matmul.fp32_precision = matmul
+    else:
+        conv, matmul = (False, False) if saved is None else saved[1:]
+        torch.backends.cudnn.allow_tf32 = conv
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def use_channels_last(device: str | torch.device, example: torch.Tensor, model: nn.Module) -> bool:

@@ -113,6 +113,24 @@ def test_boundary_shrink_labels_come_from_the_frozen_model(problem):
     assert (nearest_wrong_labels(model, x, y, bound=0.5, quantize=True, judge=judge) == 3).all()
 
 
+def test_boundary_shrink_labels_with_the_plain_frozen_model_not_its_fast_forward(problem, monkeypatch):
+    """On CUDA the fast forward is bf16: the FGSM labels must be judged by the frozen model itself."""
+    from unlearn.methods import boundary_shrink as bs
+
+    judges = []
+    real = bs.nearest_wrong_labels
+
+    def recording(frozen, x, y, **kwargs):
+        judges.append((frozen, kwargs.get("judge")))
+        return real(frozen, x, y, **kwargs)
+
+    monkeypatch.setattr(bs, "nearest_wrong_labels", recording)
+    model, data = problem
+    run_method("boundary_shrink", copy.deepcopy(model), data, device="cpu", seed=0, kwargs={"epochs": 1})
+    assert judges and all(isinstance(judge, torch.nn.Module) and judge is not fast for fast, judge in judges)
+    assert all(not any(p.requires_grad for p in judge.parameters()) for _, judge in judges)  # the frozen copy
+
+
 def test_scrub_pieces():
     z = torch.randn(5, 4)
     assert distill_kl(z, z, 2.0).abs() < 1e-6

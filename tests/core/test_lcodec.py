@@ -128,6 +128,32 @@ def test_fisher_step_for_one_sample_is_sherman_morrison(tiny):
     assert torch.allclose(moved, expected, atol=1e-6)
 
 
+def test_both_finite_difference_gradients_are_taken_without_tf32(monkeypatch):
+    """On CUDA the two gradients differ by about TF32's rounding: both must run inside exact_float32."""
+    import contextlib
+
+    inside = {"depth": 0, "gradients": []}
+
+    @contextlib.contextmanager
+    def recording(device):
+        inside["depth"] += 1
+        yield
+        inside["depth"] -= 1
+
+    real = L.block_gradient
+
+    def block_gradient(*args, **kwargs):
+        inside["gradients"].append(inside["depth"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "exact_float32", recording)
+    monkeypatch.setattr(L, "block_gradient", block_gradient)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
+    pieces = L._slice_pieces(model, [C.Slice("1", 0)])
+    L.sample_fd_hessian(model, torch.randn(1, 1, 2, 3), torch.tensor([1]), pieces, lr=1e-3)
+    assert inside["gradients"] == [1, 1]
+
+
 def test_sample_finite_difference_uses_the_stepped_copy():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))

@@ -2,6 +2,7 @@
 
 import hashlib
 import platform
+import uuid
 
 import pytest
 import torch
@@ -227,27 +228,36 @@ def test_an_epoch_is_cut_into_balanced_batches_with_no_straggler(n, batch):
 
 
 def test_exact_float32_turns_tf32_off_on_cuda_only_and_restores_the_global_flags():
-    """L-CODEC's finite-difference Hessian runs under it (a helper's CUDA review: TF32 rounding is the size of
-    the difference it measures). The flags are process-wide, so they must come back even after an error."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (cudnn.allow_tf32, matmul.allow_tf32)
-    cudnn.allow_tf32 = matmul.allow_tf32 = True
-    try:
-        with accel.exact_float32("cpu"):
-            assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)  # the CPU path touches nothing
-        with pytest.raises(RuntimeError), accel.exact_float32("cuda:0"):  # flags can be set without a GPU
-            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
-            raise RuntimeError("inside")
-        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = before
+    """L-CODEC's finite-difference Hessian and Boundary Shrink's labels run under it (a helper's CUDA review: TF32
+    rounding is the size of the difference L-CODEC measures). The flags are process-wide, so they must come back
+    even after an error, and only when the outermost of nested sections ends. Flags can be set without a GPU."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # PyTorch's newer API (the legacy flag may raise)
+        def read():
+            return conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+        exact = ("ieee", "ieee")
+    else:
+        def read():
+            return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        exact = (False, False)
+    before = read()
+    assert before != exact  # PyTorch's default lets cuDNN use TF32: otherwise this test could not fail
+    with accel.exact_float32("cpu"):
+        assert read() == before  # the CPU path touches nothing
+    with pytest.raises(RuntimeError), accel.exact_float32("cuda:0"):
+        assert read() == exact
+        with accel.exact_float32("cuda"):
+            assert read() == exact
+        assert read() == exact  # the inner section's end leaves the outer one exact
+        raise RuntimeError("inside")
+    assert read() == before
 
 
 def test_a_model_that_refuses_channels_last_keeps_the_plain_layout_and_says_why_once(caplog):
     """The probe caught every error silently: an out-of-memory or cuDNN failure would have cost the faster layout
     unseen (a helper's CUDA review). The probe itself runs on any device; a .view of a conv output refuses."""
 
-    class Viewing(torch.nn.Module):
+    class Viewing(torch.nn.Module):  # renamed per call below: the refusal log is once per process and reason
         def __init__(self):
             super().__init__()
             self.conv = torch.nn.Conv2d(1, 4, 3)
@@ -256,10 +266,11 @@ def test_a_model_that_refuses_channels_last_keeps_the_plain_layout_and_says_why_
             h = self.conv(x)
             return h.view(len(h), -1)  # not possible on a channels_last tensor
 
+    Viewing.__name__ = f"Viewing{uuid.uuid4().hex}"
     model, x = Viewing(), torch.rand(2, 1, 8, 8)
     with caplog.at_level("WARNING", logger="unlearn.accel"):
         assert not accel.accepts_channels_last(model, x, "cpu")
         assert not accel.accepts_channels_last(model, x, "cpu")
     said = [r.getMessage() for r in caplog.records if "channels_last not used" in r.getMessage()]
-    assert len(said) == 1 and "Viewing" in said[0] and "view" in said[0]
+    assert len(said) == 1 and Viewing.__name__ in said[0] and "view" in said[0]
     assert model.conv.weight.is_contiguous()  # the layout was restored

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearn.accel import FastForward
+from unlearn.accel import FastForward, exact_float32
 from unlearn.methods._common import check_positive_int, fetch, on_device, sgd, shuffled_batches
 from unlearn.methods.base import UnlearningData, record_info, register_method
 from unlearn.training import seed_everything
@@ -47,7 +47,8 @@ def nearest_wrong_labels(
         bound: L_inf size of the FGSM step.
         quantize: Round x_adv to multiples of 1/255.
         judge: What labels x_adv (default ``frozen``). On CUDA the gradient comes from the bf16 forward and
-            the label from the plain fp32 model, so near-tied logits are ranked as on the CPU.
+            the label from the plain model in float32 without TF32 (:func:`unlearn.accel.exact_float32`),
+            so near-tied logits are ranked at full precision.
 
     Returns:
         y_nb (B,), the prediction of f_0 (``judge``) on x_adv.
@@ -58,7 +59,8 @@ def nearest_wrong_labels(
         x_adv = (x + bound * grad.sign()).clamp(0.0, 1.0)
         if quantize:
             x_adv = torch.round(x_adv * 255.0) / 255.0
-        return (judge or frozen)(x_adv).argmax(1)
+        with exact_float32(x_adv.device):
+            return (judge or frozen)(x_adv).argmax(1)
 
 
 @register_method("boundary_shrink", needs={"forget"})
