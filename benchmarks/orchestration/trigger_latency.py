@@ -153,9 +153,11 @@ def main() -> None:
                    for key in rows[0]}
         settings.append({"poll_seconds": poll, "summary": summary, "submissions": rows})
     RESULTS.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     (RESULTS / "orchestration_trigger.json").write_text(json.dumps(
-        {"machine": machine, "target_seconds": TARGET_SECONDS, "settings": settings}, indent=2))
+        {"command": command, "machine": machine, "target_seconds": TARGET_SECONDS, "settings": settings}, indent=2))
     lines = ["# Trigger latency: `unlearn request submit` -> triggered flow run starts", "",
+             f"Command: `{command}`.", "",
              f"Machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}; 1-min load "
              f"average {machine['load_average_1min_at_start']} at start"
              + (" (other work was running: noisy). " if float(machine["load_average_1min_at_start"]) > 1.5 else ". ")
