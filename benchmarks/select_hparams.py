@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
                              "unlearn.recalibrate_bn); select with the setting the pipeline runs with")
     parser.add_argument("--tag", default=None, help="log name suffix")
     args = parser.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        print(f"select_hparams: --device {args.device} but CUDA is not available here", file=sys.stderr)
+        raise SystemExit(2)  # before loading anything, as device_check does
     started = time.perf_counter()
     params = load_params(args.params)
     grids, names = sweep_plan(args)  # bad --grid / --methods fail here, before any training

@@ -228,3 +228,18 @@ def test_a_tuning_size_the_training_split_cannot_give_is_refused_not_shrunk(monk
     with pytest.raises(SystemExit, match="leaves no validation sample"):
         select_hparams.main([*args, "--tuning-size", "2", "--out-dir", str(tmp_path)])
     assert select_hparams.pool_for_tuning_size(1, 0.9) == 5  # the smallest, also at large fractions
+
+
+def test_a_cuda_sweep_without_cuda_is_exit_2_before_any_work(tmp_path, monkeypatch, capsys):
+    """device_run.sh's sweep on a machine without a GPU: say so and stop, not load data and fail mid-training."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import select_hparams
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(select_hparams, "load_data", lambda *a, **k: pytest.fail("loaded data without CUDA"))
+    with pytest.raises(SystemExit) as stopped:
+        select_hparams.main([*SMALL, "--device", "cuda", "--out-dir", str(tmp_path)])
+    assert stopped.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
