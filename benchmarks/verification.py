@@ -340,7 +340,7 @@ def main() -> None:  # noqa: PLR0915 - a linear protocol reads best as one funct
     }
     payload = {
         "protocol": __doc__, "seed": args.seed,
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "command": " ".join(["python benchmarks/verification.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "device": args.device},
         "sizes": {"train": int(len(setup.y_train)), "forget": int(forget.sum()), "test": int(len(setup.y_test)),

@@ -159,7 +159,7 @@ def main() -> None:
         k.removesuffix("_s"): out["sequential_1_thread_s"] / out[k]
         for k in ("dask_including_startup_s", "dask_excluding_startup_cold_workers_s",
                   "dask_excluding_startup_warm_workers_s")}
-    out["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    out["command"] = " ".join(["python benchmarks/orchestration/dask_references.py", *sys.argv[1:]])
     out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                       "torch": torch.__version__,
                       "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]}}

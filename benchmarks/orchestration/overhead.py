@@ -245,7 +245,7 @@ def main() -> None:
             run["promote"] = result.get("promote", {}).get("status")
             run["attempts"] = result.get("promote", {}).get("attempts")
             out["runs"][label] = run
-    out["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    out["command"] = " ".join(["python benchmarks/orchestration/overhead.py", *sys.argv[1:]])
     out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                       "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]}}

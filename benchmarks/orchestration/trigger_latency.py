@@ -153,7 +153,7 @@ def main() -> None:
                    for key in rows[0]}
         settings.append({"poll_seconds": poll, "summary": summary, "submissions": rows})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    command = " ".join(["python benchmarks/orchestration/trigger_latency.py", *sys.argv[1:]])
     (RESULTS / "orchestration_trigger.json").write_text(json.dumps(
         {"command": command, "machine": machine, "target_seconds": TARGET_SECONDS, "settings": settings}, indent=2))
     lines = ["# Trigger latency: `unlearn request submit` -> triggered flow run starts", "",
