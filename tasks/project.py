@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -29,8 +29,19 @@ class Project:
 
     @cached_property
     def params(self) -> Params:
-        """The validated parameters (read once)."""
-        return load_params(self.root / "params.yaml")
+        """The validated parameters (read once).
+
+        A relative ``data.source_path`` is taken relative to the project root, as ``dvc repro`` (which runs each
+        stage in the root) reads it: from another working directory (``unlearn --root``) it would otherwise name
+        another place, or nothing (``~`` is expanded too).
+        """
+        params = load_params(self.root / "params.yaml")
+        if params.data.source_path:
+            path = Path(params.data.source_path).expanduser()
+            resolved = str(path if path.is_absolute() else self.root / path)
+            if resolved != params.data.source_path:
+                params = replace(params, data=replace(params.data, source_path=resolved))
+        return params
 
     # Data and request state, all under data/.
     @property

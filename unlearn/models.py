@@ -12,16 +12,18 @@
 
 Models take float images in [0, 1], shape (B, C, H, W), and return logits (B, num_classes).
 Inputs are not normalised outside the model: attacks such as AMUN's PGD and clamping to the
-valid pixel range assume raw [0, 1] pixels (methods.md section 7). :func:`check_model` runs one
-dry forward pass so a model that does not fit the data fails at start-up with a
-:class:`~unlearn.config.ConfigError`, not in the middle of training.
+valid pixel range assume raw [0, 1] pixels (methods.md section 7). :func:`check_model` runs a
+dry forward pass in eval and in training mode so a model that does not fit the data, or that
+training cannot use, fails at start-up with a :class:`~unlearn.config.ConfigError`, not in the
+middle of training.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -176,6 +178,29 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     return model
 
 
+def _torchvision_options(builder: Callable[..., nn.Module]) -> dict[str, bool]:
+    """Constructor options that make a torchvision model trainable by :func:`unlearn.training.train_model`.
+
+    Models with auxiliary classifiers (GoogLeNet, Inception v3) return a namedtuple, not a logits
+    tensor, in training mode unless built with ``aux_logits=False``; the same models warn unless
+    ``init_weights`` is set. Read from the model class's constructor (the builder's return
+    annotation), so any builder with these parameters is covered, not a list of names.
+    """
+    model_class = inspect.signature(builder).return_annotation
+    if not isinstance(model_class, type):
+        return {}
+    try:
+        parameters = inspect.signature(model_class.__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    options = {}
+    if "aux_logits" in parameters:
+        options["aux_logits"] = False
+    if "init_weights" in parameters and parameters["init_weights"].default is None:
+        options["init_weights"] = True  # the default (None) also initialises, with a warning
+    return options
+
+
 def _torchvision_factory(builder_name: str) -> ModelFactory:
     import torchvision.models
 
@@ -184,9 +209,10 @@ def _torchvision_factory(builder_name: str) -> ModelFactory:
         raise ConfigError(f"model.name: {TORCHVISION_PREFIX}{builder_name} is not a torchvision classification "
                           f"model; valid: {', '.join(available)}")
     builder = torchvision.models.get_model_builder(builder_name)
+    options = _torchvision_options(builder)
 
     def factory(in_channels: int, num_classes: int) -> nn.Module:
-        return adapt_input_channels(builder(weights=None, num_classes=num_classes), in_channels)
+        return adapt_input_channels(builder(weights=None, num_classes=num_classes, **options), in_channels)
 
     factory.__name__ = f"torchvision_{builder_name}"
     return factory
@@ -201,6 +227,9 @@ def _import_factory(path: str) -> ModelFactory:
     except ImportError as exc:
         raise ConfigError(f"model.name: cannot import module {module_name!r} for {path!r} ({exc}); "
                           "is it installed or on PYTHONPATH?") from None
+    except Exception as exc:  # the module exists but fails to run (SyntaxError, an error at import time)
+        raise ConfigError(f"model.name: importing module {module_name!r} for {path!r} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
@@ -221,7 +250,8 @@ def resolve_model(name: str) -> ModelFactory:
     """The factory for a ``torchvision:<builder>`` or ``package.module:factory`` model name.
 
     Raises:
-        ConfigError: If the builder or module does not exist, or the factory has the wrong signature.
+        ConfigError: If the builder or module does not exist, the module fails on import, or the
+            factory has the wrong signature.
     """
     if name.startswith(TORCHVISION_PREFIX):
         return _torchvision_factory(name[len(TORCHVISION_PREFIX):])
@@ -237,17 +267,26 @@ def build_model(
         name: ``model.name`` from params.yaml.
         in_channels: Image channels.
         num_classes: Output classes.
-        image_shape: Optional (C, H, W) of the data; when given the model is checked with one dry
-            forward pass (:func:`check_forward`), which draws no random numbers.
+        image_shape: Optional (C, H, W) of the data; when given the model is checked with a dry
+            forward pass in eval and in training mode (:func:`check_forward`), which leaves the model
+            and the random state as they were.
 
     Returns:
         A freshly initialised model (on the CPU; move it with ``.to(device)``).
 
     Raises:
-        ConfigError: If the name cannot be resolved, the factory does not return a module, or
-            the model does not map images of ``image_shape`` to ``num_classes`` logits.
+        ConfigError: If the name cannot be resolved, the factory raises or does not return a
+            module, or the model does not map images of ``image_shape`` to ``num_classes`` logits
+            in eval and training mode.
     """
-    model = MODELS.get(name)(in_channels, num_classes)
+    factory = MODELS.get(name)
+    try:
+        model = factory(in_channels, num_classes)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's factory: its failure is a problem with model.name, not a crash
+        raise ConfigError(f"model.name: factory {name!r} failed for in_channels={in_channels}, "
+                          f"num_classes={num_classes}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     if image_shape is not None:
@@ -255,34 +294,78 @@ def build_model(
     return model
 
 
-def check_forward(model: nn.Module, name: str, image_shape: tuple[int, ...], num_classes: int) -> None:
-    """One forward pass of two blank images in eval mode; ConfigError unless it gives (2, num_classes).
+@contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Restore every module's training flag and every buffer (BatchNorm statistics, counters) on exit.
 
-    Eval mode and ``no_grad`` leave BatchNorm statistics and gradients untouched, and the global
-    RNG state is restored, so checking a model does not change what training it later gives.
+    A training-mode forward updates BatchNorm's running statistics and ``num_batches_tracked``
+    even under ``no_grad``; a check must not change what the model later trains or predicts.
+    Buffers are restored by object and value, so a buffer reassigned in ``forward`` is put back too.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    buffers = [(module, key, buffer, None if buffer is None else buffer.detach().clone())
+               for module in model.modules() for key, buffer in module._buffers.items()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, key, buffer, saved in buffers:
+                module._buffers[key] = buffer
+                if buffer is not None:
+                    buffer.copy_(saved)
+        for module, training in flags:
+            module.training = training
+
+
+def _forward(model: nn.Module, images: torch.Tensor, training: bool) -> object:
+    """One forward pass under ``no_grad`` in the given mode, with the RNG forked (dropout draws)."""
+    device = images.device
+    devices = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), _untouched(model):
+        model.train(training)
+        return model(images)
+
+
+def _check_output(out: object, name: str, image_shape: tuple[int, ...], num_classes: int, mode: str) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"model.name: {name!r} returned {type(out).__name__} from forward in {mode} mode, "
+                          "not a logits tensor")
+    if tuple(out.shape) != (2, num_classes):
+        raise ConfigError(f"model.name: {name!r} maps images of shape {image_shape} to outputs of shape "
+                          f"{tuple(out.shape[1:])} per image in {mode} mode; expected ({num_classes},) logits, "
+                          "one per class")
+    if not out.dtype.is_floating_point:
+        raise ConfigError(f"model.name: {name!r} returned {out.dtype} logits in {mode} mode; cross-entropy "
+                          "needs floating-point logits")
+
+
+def check_forward(model: nn.Module, name: str, image_shape: tuple[int, ...], num_classes: int) -> None:
+    """Forward two blank images in eval and in training mode; ConfigError unless both give float (2, K) logits.
+
+    Both modes are checked because training uses one and evaluation the other: a model can pass
+    in eval mode and return a tuple (auxiliary heads) in training mode. The model must also have
+    a trainable parameter, or the optimiser fails on an empty parameter list. Both passes run
+    under ``no_grad`` with the RNG forked, and every module's mode and buffer (BatchNorm
+    statistics) is restored, so checking a model does not change what training it later gives.
     """
     if len(image_shape) != 3:
         raise ConfigError(f"model.name: image shape must be (C, H, W), got {image_shape}")
-    was_training = model.training
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model.name: {name!r} has no trainable parameters (none with requires_grad); "
+                          "training would have nothing to update")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            model.eval()
-            out = model(torch.zeros((2, *image_shape), device=device))
-    except Exception as exc:  # any failure of the user's forward pass is a configuration problem
-        raise ConfigError(f"model.name: {name!r} cannot take images of shape {image_shape} (C, H, W): "
-                          f"{type(exc).__name__}: {exc}") from None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"model.name: {name!r} returned {type(out).__name__} from forward, not a logits tensor")
-    if tuple(out.shape) != (2, num_classes):
-        raise ConfigError(f"model.name: {name!r} maps images of shape {image_shape} to outputs of shape "
-                          f"{tuple(out.shape[1:])} per image; expected ({num_classes},) logits, one per class")
+    images = torch.zeros((2, *image_shape), device=device)
+    for training, mode in ((False, "eval"), (True, "training")):
+        try:
+            out = _forward(model, images, training)
+        except Exception as exc:  # any failure of the user's forward pass is a configuration problem
+            raise ConfigError(f"model.name: {name!r} cannot take images of shape {image_shape} (C, H, W) in "
+                              f"{mode} mode: {type(exc).__name__}: {exc}") from None
+        _check_output(out, name, image_shape, num_classes, mode)
 
 
 def check_model(name: str, image_shape: tuple[int, ...], num_classes: int) -> None:
-    """Start-up check of ``model.name`` against the data: build it and run one dry forward pass.
+    """Start-up check of ``model.name`` against the data: build it and run a dry forward pass in each mode.
 
     Building draws initial weights, so it runs inside a forked RNG: the caller's seeded runs
     are unaffected.

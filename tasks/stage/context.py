@@ -19,7 +19,7 @@ from unlearn.config import ConfigError
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
 from unlearn.methods import TensorSet, UnlearningData
-from unlearn.models import build_model
+from unlearn.models import build_model, check_model
 from unlearn.training import SGDRecipe, to_float
 
 log = logging.getLogger("unlearn.pipeline")
@@ -30,9 +30,34 @@ def tensors(arrays: Arrays) -> TensorSet:
 
 
 def model_architecture(project: Project, store: SampleStore) -> dict[str, Any]:
-    """What :func:`unlearn.models.build_model` needs to rebuild the project's model for this store."""
+    """What :func:`unlearn.models.build_model` needs to rebuild the project's model for this store.
+
+    ``model.name`` is checked against the store's shape and classes here, where every stage that builds a model
+    asks (prepare checks it against the source only when it runs, and DVC does not re-run prepare for a changed
+    ``model``): a model that does not fit fails with a ConfigError before any training or MLflow run starts.
+    """
+    check_model(project.params.model.name, tuple(store.image_shape), len(store.classes))
     return {"model": project.params.model.name, "in_channels": store.image_shape[0],
             "num_classes": len(store.classes)}
+
+
+def check_architecture(project: Project, version: Any) -> None:
+    """Refuse a ``model.name`` other than the architecture the registered ``version`` was trained as.
+
+    Why: ``train`` keeps an existing champion (it never retrains one), so a changed ``model.name`` would have
+    references, retrains and candidates built as the new architecture while the champion, the parent of every
+    attempt, is the old one: a state-dict mismatch halfway through an attempt, after MLflow runs were opened.
+
+    Raises:
+        PipelineError: Naming both architectures and the way out.
+    """
+    trained = version.tags.get("arch_model") if version is not None else None
+    if trained is not None and trained != project.params.model.name:
+        raise PipelineError(
+            f"model.name is {project.params.model.name!r} but the champion (version {version.version}) was trained "
+            f"as {trained!r}: unlearning starts from the champion, so every model the pipeline builds must have its "
+            f"architecture. Set model.name back to {trained!r}, or start a new project for the new architecture. "
+            "Nothing was changed.")
 
 
 def resolve_device(project: Project) -> str:

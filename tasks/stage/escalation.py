@@ -16,7 +16,7 @@ from tasks import audit, dvc_ops, tracking
 from tasks.consolidate import record_lost_consolidations
 from tasks.ladder import EXACT, active_ladder
 from tasks.project import PipelineError, Project
-from tasks.stage.context import load_forget
+from tasks.stage.context import check_architecture, load_forget
 from tasks.stage.promote import finish_promotions
 from tasks.stage.state import (
     DATA_ONLY,
@@ -76,6 +76,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     if not pending:
         return write_escalation(project, Escalation(NOTHING_PENDING))
     champion = tracking.champion_version(project, client)
+    check_architecture(project, champion)
     forget = load_forget(project, pending)
     train_left = len(SampleStore(project.store_dir).split_ids("train"))
     if len(forget) and train_left < project.params.train.min_samples:

@@ -12,7 +12,7 @@ from tasks.project import PipelineError, Project
 from tasks.stage.context import quarantine_path
 from tasks.stage.retrain import retrained_path
 from tasks.stage.state import write_state
-from unlearn.data import SampleStore, load_source
+from unlearn.data import SampleStore, SourceData, load_source
 from unlearn.data.store import Arrays, source_ids_digest, split_labels
 from unlearn.files import atomic_path
 from unlearn.models import check_model
@@ -62,6 +62,7 @@ def run_prepare(project: Project) -> dict[str, Any]:
                                 "models trained on. Nothing was changed.")
         if guard is not None:
             check_split_unchanged(guard, splits, source.ids)
+            check_content_unchanged(guard, source)
     # Pool samples were never trained on by a production model: nothing to unlearn.
     train_mask = splits == "train"
     for batch_id in ledger.pending():
@@ -191,6 +192,44 @@ def check_split_unchanged(old_store: SampleStore, splits_now: np.ndarray, ids_no
            if any(move.endswith("-> absent") for move in moves) else "")
         + " Nothing was changed."
     )
+
+
+def check_content_unchanged(old_store: SampleStore, source: SourceData, chunk: int = 4096) -> None:
+    """Refuse a source whose pixels, labels or classes changed under the ids the trained models saw.
+
+    Why: a sample id is a position in the source's files or a hash of a path, not of the content. Files
+    replaced in ``data.source_path`` (a re-export, another dataset with the same file names, a resize by a
+    changed ``data.image_size``) would rebuild the store with other bytes under the same ids: the registered
+    models would then be evaluated, unlearned and certified against data they never saw. The split check
+    (:func:`check_split_unchanged`) only compares ids and splits.
+
+    Raises:
+        PipelineError: Naming how many samples changed (never which), and the way out.
+    """
+    way_out = (f"Put back the files the store was built from (data.source {source.name!r}, data.source_path, "
+               "data.image_size), or start a new project for the new data. Nothing was changed.")
+    if tuple(old_store.image_shape) != tuple(source.images.shape[1:]):
+        raise PipelineError(f"the source's images changed shape under trained models: the store holds "
+                            f"{tuple(old_store.image_shape)}, the source now gives {tuple(source.images.shape[1:])}. "
+                            + way_out)
+    if list(old_store.classes) != list(source.classes):
+        raise PipelineError(f"the source's classes changed under trained models: the store was built with "
+                            f"{len(old_store.classes)} classes {list(old_store.classes)}, the source now names "
+                            f"{list(source.classes)}. " + way_out)
+    position = {sample_id: i for i, sample_id in enumerate(source.ids.tolist())}
+    common = [sample_id for sample_id in old_store.ids.tolist() if sample_id in position]
+    pixels = labels = 0
+    for start in range(0, len(common), chunk):  # chunked: a full Fashion-MNIST store is 55 MB of pixels
+        ids = common[start:start + chunk]
+        kept = old_store.load(ids)
+        index = np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))
+        labels += int((kept.labels != source.labels[index]).sum())
+        pixels += int((kept.images != source.images[index]).reshape(len(ids), -1).any(axis=1).sum())
+    if pixels or labels:
+        raise PipelineError(f"the source's content changed under trained models: of the store's {len(common)} "
+                            f"samples, {pixels} have other pixels and {labels} another label in the source now, "
+                            "under the same ids. The registered models were trained, and deletions are verified, "
+                            "on the store's bytes. " + way_out)
 
 
 def models_registered(project: Project) -> bool:

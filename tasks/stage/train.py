@@ -9,6 +9,7 @@ from typing import Any
 from tasks import dvc_ops, progress, tracking
 from tasks.project import PipelineError, Project
 from tasks.stage.context import (
+    check_architecture,
     input_example,
     log_dataset,
     model_architecture,
@@ -52,6 +53,7 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
     client = tracking.setup(project)
     champion = tracking.champion_version(project, client)
     if champion is not None and not force:
+        check_architecture(project, champion)  # a changed model.name is refused here, the first stage it reaches
         return write_state(project, "train", {"skipped": True, "version": str(champion.version)})
     data_version = dvc_ops.data_version(project)
     if champion is None and not force:

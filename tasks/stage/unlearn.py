@@ -12,6 +12,7 @@ import torch
 from tasks import dvc_ops, progress, tracking
 from tasks.project import PipelineError, Project
 from tasks.stage.context import (
+    check_architecture,
     load_forget,
     log_dataset,
     resolve_device,
@@ -46,6 +47,7 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
     """
     import mlflow
     from mlflow.entities import LoggedModelInput
+    from mlflow.exceptions import MlflowException
 
     params = project.params
     state = read_escalation(project)
@@ -53,6 +55,11 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
         raise PipelineError(f"no escalation is waiting for {method!r} (state: {state.status}, "
                             f"next: {state.next_method}); run the unlearn stage")
     client = tracking.setup(project)
+    try:
+        parent = client.get_model_version(tracking.model_name(project), state.parent_version)
+    except MlflowException:
+        parent = None  # load_model below says what is wrong with it
+    check_architecture(project, parent)
     store = SampleStore(project.store_dir)
     forget = load_forget(project, state.batches)
     device = resolve_device(project)

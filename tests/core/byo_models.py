@@ -34,3 +34,50 @@ def not_a_module(in_channels: int, num_classes: int):
 
 
 NOT_CALLABLE = 42
+
+
+def raises_value(in_channels: int, num_classes: int) -> nn.Module:
+    """A factory that fails: a user's mistake the start-up check must name, not crash on."""
+    raise ValueError("bad width")
+
+
+class _TupleInTraining(TinyNet):
+    """Returns (logits, features) in training mode, like an auxiliary head: fine in eval mode only."""
+
+    def forward(self, x):
+        features = self.features(x)
+        logits = self.head(features)
+        return (logits, features) if self.training else logits
+
+
+def tuple_in_training(in_channels: int, num_classes: int) -> nn.Module:
+    return _TupleInTraining(in_channels, num_classes)
+
+
+def frozen(in_channels: int, num_classes: int) -> nn.Module:
+    """Every parameter frozen: the optimiser would get an empty parameter list."""
+    return TinyNet(in_channels, num_classes).requires_grad_(False)
+
+
+class _IntegerLogits(TinyNet):
+    def forward(self, x):
+        return self.head(self.features(x)).round().long()
+
+
+def integer_logits(in_channels: int, num_classes: int) -> nn.Module:
+    return _IntegerLogits(in_channels, num_classes)
+
+
+class _WithDropout(TinyNet):
+    """Dropout before the head: a training-mode forward draws random numbers."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(in_channels, num_classes)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.head(self.drop(self.features(x)))
+
+
+def with_dropout(in_channels: int, num_classes: int) -> nn.Module:
+    return _WithDropout(in_channels, num_classes)

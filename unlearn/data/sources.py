@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
+import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,18 @@ class SourceData:
             raise SourceError(f"source {self.name!r}: ids, images, labels and splits differ in length")
         if len(set(self.ids.tolist())) != n:
             raise SourceError(f"source {self.name!r}: sample ids are not unique")
+        # Checked here, once for every source: a dataset that breaks these trains and certifies nonsense
+        # (a label past the class list crashes training after the store was written; one class or an empty
+        # split leaves the gate and the attacks nothing to compare).
+        if len(self.classes) < 2:
+            raise SourceError(f"source {self.name!r}: {len(self.classes)} class(es); classification needs at least 2")
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
+            bad = int(self.labels.min()) if int(self.labels.min()) < 0 else int(self.labels.max())
+            raise SourceError(f"source {self.name!r}: label {bad} outside 0..{len(self.classes) - 1} "
+                              f"(its {len(self.classes)} classes)")
+        for split in (TRAIN, TEST):
+            if not (self.splits == split).any():
+                raise SourceError(f"source {self.name!r}: the {split} split is empty")
 
 
 SOURCES: Registry = Registry("data source", modules=("unlearn.data.sources",))
@@ -99,18 +114,45 @@ def load_digits_source(cfg: DataConfig) -> SourceData:
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file of torchvision's CIFAR-10 python format: a pickled dict whose ``b"data"`` is a uint8
+    array (N, 3072) (channel-major 32x32 RGB) and ``b"labels"`` N integers. Anything else is refused rather
+    than reshaped: an (N, 32, 32, 3) array, floats or a grey (3N, 1024) array all reshape without error into
+    scrambled or wrapped images."""
     try:
         with path.open("rb") as handle:
             batch = pickle.load(handle, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        data, labels = batch[b"data"], batch[b"labels"]
     except FileNotFoundError:
         raise SourceError(f"CIFAR-10 file missing: {path}") from None
     except Exception as exc:  # a corrupt pickle can raise almost anything
-        raise SourceError(f"CIFAR-10 file {path} is not in torchvision's format: {exc}") from None
+        raise SourceError(f"CIFAR-10 file {path} is not in torchvision's format: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        shape = getattr(data, "shape", None)
+        raise SourceError(f"CIFAR-10 file {path}: data must be a uint8 array of shape (N, 3072), got "
+                          f"{type(data).__name__} {getattr(data, 'dtype', '')} {shape}".replace("  ", " "))
+    try:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"shape {labels.shape}, dtype {labels.dtype}")
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"CIFAR-10 file {path}: labels must be a list of integers ({exc})") from None
     if len(data) != len(labels):
         raise SourceError(f"CIFAR-10 file {path}: {len(data)} images but {len(labels)} labels")
-    return data, labels
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _read_cifar_classes(path: Path) -> tuple[str, ...]:
+    """The class names of ``batches.meta`` (bytes in torchvision's files; str accepted)."""
+    try:
+        with path.open("rb") as handle:
+            meta = pickle.load(handle, encoding="bytes")
+        names = meta[b"label_names"]
+        return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
+    except FileNotFoundError:
+        raise SourceError(f"CIFAR-10 metadata missing: {path}") from None
+    except Exception as exc:  # a corrupt pickle or another layout can raise almost anything
+        raise SourceError(f"CIFAR-10 metadata {path} is not in torchvision's format (a pickled dict with "
+                          f"b'label_names'): {type(exc).__name__}: {exc}") from None
 
 
 @SOURCES.register("cifar10")
@@ -121,17 +163,16 @@ def load_cifar10_source(cfg: DataConfig) -> SourceData:
     root = Path(cfg.source_path)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    try:
-        with (root / "batches.meta").open("rb") as handle:
-            meta = pickle.load(handle, encoding="bytes")
-        classes = tuple(name.decode() for name in meta[b"label_names"])
-    except FileNotFoundError:
-        raise SourceError(f"CIFAR-10 metadata missing: {root / 'batches.meta'}") from None
+    classes = _read_cifar_classes(root / "batches.meta")
     parts, ids, splits = [], [], []
     for split, files in ((TRAIN, [f"data_batch_{i}" for i in range(1, 6)]), (TEST, ["test_batch"])):
         offset = 0
         for name in files:
             data, labels = _read_cifar_batch(root / name)
+            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+                bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+                raise SourceError(f"CIFAR-10 file {root / name}: label {bad} outside 0..{len(classes) - 1} "
+                                  f"(batches.meta names {len(classes)} classes)")
             parts.append((data, labels))
             ids += [f"cifar10-{split}-{offset + i:05d}" for i in range(len(labels))]
             splits += [split] * len(labels)
@@ -141,23 +182,85 @@ def load_cifar10_source(cfg: DataConfig) -> SourceData:
     return SourceData(np.array(ids), images, labels, np.array(splits), classes, "cifar10")
 
 
+# Folder names that mean a split, not a class. A tree with train/ and test/ gives its split on disk (other
+# folders beside them, such as val/, are not read); a tree with only some of these is refused, because reading
+# them as class folders would label every image by its split.
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
+# 16-bit grey modes, scaled to 8 bits by 65535 -> 255 (PIL's own conversion clips them at 255 instead).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _image_folder(folder: Path) -> object:
+    """torchvision's ImageFolder over ``folder`` without hidden entries.
+
+    Why: a hidden folder (``.ipynb_checkpoints``, ``.thumbnails``) would become a class of its own and shift
+    every real label by one, and hidden files inside a class folder are editor or OS leftovers, not samples.
+    """
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    class VisibleImageFolder(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(entry.name for entry in os.scandir(directory)
+                             if entry.is_dir() and not entry.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"no class folder in {directory}")
+            return classes, {name: index for index, name in enumerate(classes)}
+
+    def visible_image(path: str) -> bool:
+        parts = Path(path).relative_to(folder).parts
+        return has_file_allowed_extension(path, IMG_EXTENSIONS) and not any(p.startswith(".") for p in parts)
+
+    return VisibleImageFolder(str(folder), is_valid_file=visible_image)
+
+
+def _read_image(path: Path, rel: str, size: int) -> np.ndarray:
+    """One image as uint8 (3, size, size), or a SourceError naming the file (relative to the source root)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in _SIXTEEN_BIT_MODES:
+                grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+                image = Image.fromarray(np.rint(grey).astype(np.uint8), mode="L")
+            elif image.mode in ("I", "F"):
+                raise SourceError(f"image {rel} has mode {image.mode!r} (32-bit integer or float pixels, no fixed "
+                                  "range): convert the dataset to 8-bit (or 16-bit grey) images")
+            rgb = image.convert("RGB").resize((size, size))
+    except SourceError:
+        raise
+    except Exception as exc:  # PIL raises OSError, ValueError, DecompressionBombError... for unreadable files
+        raise SourceError(f"image {rel} cannot be read: {type(exc).__name__}: {exc}") from None
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+
+
 @SOURCES.register("imagefolder")
 def load_imagefolder_source(cfg: DataConfig) -> SourceData:
-    """A torchvision ImageFolder tree, images converted to RGB and resized to image_size."""
-    from torchvision.datasets import ImageFolder
+    """A torchvision ImageFolder tree, images converted to RGB and resized to image_size.
 
+    Class folders directly under ``source_path`` (split seeded by ``data.split_seed``), or ``train/`` and
+    ``test/`` each holding the class folders (the split given on disk). Hidden files and folders are skipped;
+    16-bit grey images are scaled to 8 bits.
+    """
     if not cfg.source_path:
         raise SourceError("data.source_path must point at the image folder")
     root = Path(cfg.source_path)
     if not root.is_dir():
         raise SourceError(f"image folder not found: {root}")
-    given_split = (root / TRAIN).is_dir() and (root / TEST).is_dir()
+    present = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+    given_split = TRAIN in present and TEST in present
+    if present and not given_split:
+        raise SourceError(f"image folder {root} has {', '.join(f'{name}/' for name in present)} but not both "
+                          "train/ and test/: give the split on disk as train/ and test/ (each holding one folder "
+                          "per class), or put the class folders directly under the root (a split folder is "
+                          "never read as a class)")
     parts = [(root / TRAIN, TRAIN), (root / TEST, TEST)] if given_split else [(root, None)]
     size = cfg.image_size
     ids, images, labels, splits, classes = [], [], [], [], None
     for folder, split in parts:
         try:
-            dataset = ImageFolder(str(folder))
+            dataset = _image_folder(folder)
         except (FileNotFoundError, RuntimeError) as exc:
             raise SourceError(f"{folder} is not an ImageFolder tree: {exc}") from None
         if classes is None:
@@ -165,11 +268,9 @@ def load_imagefolder_source(cfg: DataConfig) -> SourceData:
         elif tuple(dataset.classes) != classes:
             raise SourceError(f"{root}: train and test folders have different classes")
         for path, label in dataset.samples:
-            image = dataset.loader(path).convert("RGB").resize((size, size))
-            pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
             rel = Path(path).relative_to(root).as_posix()
+            images.append(_read_image(Path(path), rel, size))
             ids.append("img-" + hashlib.sha256(rel.encode()).hexdigest()[:16])
-            images.append(pixels)
             labels.append(label)
             splits.append(split)
     labels_arr = np.asarray(labels, dtype=np.int64)
@@ -204,11 +305,16 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SourceError(f"idx file missing: {path}") from None
-    except (OSError, EOFError) as exc:  # BadGzipFile is an OSError; a cut gzip stream raises EOFError
-        raise SourceError(f"idx file {path} is corrupt (not a readable gzip stream): {exc}") from None
+    except OSError as exc:  # permissions, a directory, an I/O error: not a corrupt file
+        raise SourceError(f"idx file {path} cannot be read: {exc.strerror or exc}") from None
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; a cut stream raises EOFError
+            raise SourceError(f"idx file {path} is corrupt (not a readable gzip stream): {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise SourceError(f"idx file {path} is corrupt: bad magic number")
     if raw[2] != _IDX_UBYTE:
@@ -218,7 +324,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise SourceError(f"idx file {path} is corrupt: truncated header")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python integers: an int64 product of a hostile header can wrap to 0
     if len(raw) - header != expected:
         raise SourceError(f"idx file {path} is corrupt: header shape {shape} needs {expected} bytes of data, "
                           f"found {len(raw) - header}")
@@ -226,9 +332,13 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _find_idx(root: Path, stem: str) -> Path:
-    for name in (f"{stem}.gz", stem):
-        if (root / name).is_file():
-            return root / name
+    """The one idx file named ``stem`` or ``stem.gz``; both present is refused (they may differ, and which one
+    was read would be a guess)."""
+    found = [root / name for name in (f"{stem}.gz", stem) if (root / name).is_file()]
+    if len(found) == 2:
+        raise SourceError(f"both {found[0]} and {found[1]} exist: keep one of them")
+    if found:
+        return found[0]
     raise SourceError(f"Fashion-MNIST file {stem}[.gz] not found in {root} "
                       "(install Debian's dataset-fashion-mnist: scripts/install-datasets.sh, "
                       "or set data.source_path to a directory holding the idx files)")
