@@ -285,7 +285,16 @@ def _duration_cell(seconds: Any) -> str:
 
 def _timeline_section(document: dict[str, Any]) -> str:
     sla = document.get("sla") or []
-    rows = [[_escaped(row["step"]), _escaped(row["at"], none='<span class="na">not reached</span>'),
+    # the "verified" step is when verification ran, whatever it found: its verdict is shown beside it
+    verdicts = {entry.get("step"): entry for entry in document.get("timeline") or [] if entry.get("verdict")}
+
+    def step(name: str) -> str:
+        found = verdicts.get(name)
+        if not found:
+            return _escaped(name)
+        return _escaped(f"{name} (verdict {found['verdict']}, evidence {found.get('evidence') or 'unknown'})")
+
+    rows = [[step(row["step"]), _escaped(row["at"], none='<span class="na">not reached</span>'),
              _duration_cell(row["seconds_since_previous"]), _duration_cell(row["seconds_since_received"]),
              _duration_cell(row.get("seconds_since_start"))]
             for row in sla]

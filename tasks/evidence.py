@@ -39,17 +39,32 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
                                      "parent_detected", "estimate", "ci_low", "ci_high", "margin", "reason")}
               for c in report.get("checks") or []]
     return {"verdict": report.get("verdict"), "evidence": strength,
-            "statement": statement(report.get("verdict"), strength),
+            "statement": statement(report.get("verdict"), strength, report.get("parent_detected")),
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
             "n_forget": report.get("n_forget"), "n_test": report.get("n_test")}
 
 
-def statement(verdict: str | None, strength: str) -> str:
-    """One sentence: what the verification shows, never more than it shows."""
+# An inconclusive verdict whose positive control did detect the parent: the attacks had power, the samples were too
+# few to show equivalence (the interval crossed the margin). Saying "could not detect" there would be false.
+DETECTED_LOW_POWER = ("LOW POWER: the attacks detected the original model's memory of these samples, but there were "
+                      "too few samples to show the unlearned model equivalent to one that never saw them (the "
+                      "interval crossed the margin); promoted under gate.on_inconclusive: promote_low_power")
+DETECTED_INCONCLUSIVE = ("inconclusive: the attacks detected the original model's memory of these samples, but there "
+                         "were too few samples to decide either way; NOT a pass")
+
+
+def statement(verdict: str | None, strength: str, parent_detected: bool | None = None) -> str:
+    """One sentence: what the verification shows, never more than it shows.
+
+    ``parent_detected``: whether the positive control detected the parent (the report's field); an inconclusive
+    verdict then says the samples, not the attacks, were what fell short.
+    """
     if strength == "exact":
         return STRENGTHS["exact"]
+    if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
+        return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
     if verdict == "pass" and strength == "conclusive":
         return ("verified: the unlearned model is statistically equivalent to one that never trained on these "
                 "samples, within a margin set by what the attacks detected in the original model")

@@ -327,6 +327,10 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                              f"{tags.get('evidence')!r}); the verification report behind it is {problem} "
                              f"(data/reports/attempts/{tags.get('run_id')}.json), so its details are not shown",
                 "escalation_reason": tags.get("escalation_reason", "")}
+        verification = certificate.get("verification") or {}
+        for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
+            if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
+                entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
     return certificate
 
 

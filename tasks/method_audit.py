@@ -160,12 +160,14 @@ class Situation:
         forget: The batch's training samples (what the method had to forget).
         retain: ``parent_train`` without them (what the exact retrain trains on).
         test: The negatives (live test split; the forgotten classes only for class-wise batches).
+        classes: The classes forgotten as a whole (empty for sample-wise batches).
     """
 
     parent_train: Arrays
     forget: Arrays
     retain: Arrays
     test: Arrays
+    classes: tuple[int, ...] = ()
 
 
 def _subset(arrays: Arrays, mask: np.ndarray) -> Arrays:
@@ -208,7 +210,8 @@ def rebuild(project: Project, ledger: Ledger, batch_ids: list[str]) -> Situation
     classes = ledger.forget_classes(batch_ids)
     if classes:
         test = _subset(test, np.isin(test.labels, classes))
-    return Situation(parent, _subset(parent, in_forget), _subset(parent, ~in_forget), test)
+    return Situation(parent, _subset(parent, in_forget), _subset(parent, ~in_forget), test,
+                     tuple(int(c) for c in classes or ()))
 
 
 # --------------------------------------------------------------------------- models
@@ -317,7 +320,8 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
     retrains = [_exact(project, factory, situation.retain, s, device) for s in seeds]
     retrain_seconds = time.perf_counter() - retrain_started
     refs, ref_ids, refs_trained = _references(project, store, situation, factory, device)
-    sets = EvalSets(tensors(situation.forget), tensors(situation.retain), tensors(situation.test))
+    sets = EvalSets(tensors(situation.forget), tensors(situation.retain), tensors(situation.test),
+                    forgotten_classes=situation.classes)
     ref_evidence = [model_evidence(r.to(device), sets, device=device, with_retain=False) for r in refs]
 
     def scored(model: torch.nn.Module) -> Any:
@@ -328,7 +332,7 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
     decision = gate_decision(scored(candidate), scored(parent), attacks=gate.attacks,
                              accuracy_checks=gate.accuracy_checks, targets=[scored(r) for r in retrains],
                              alpha=gate.alpha, margin_fraction=gate.margin_fraction, resamples=gate.resamples,
-                             seed=gate.seed, min_samples=gate.min_samples)
+                             seed=gate.seed, min_samples=gate.min_samples, class_negatives=sets.class_negatives())
     offending = audit_demotes(decision)
     record = _record(project, chosen, decision, offending, parent_source=parent_source, ref_ids=ref_ids,
                      refs_trained=refs_trained, seeds=seeds, situation=situation,

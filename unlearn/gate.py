@@ -39,6 +39,14 @@ a non-inferiority check of the candidate's accuracy on the negatives against the
 parent in equivalence mode), with the ``forget_acc`` margin: utility may not drop by more than
 the fraction of the memorisation effect the gate tolerates.
 
+Whole classes forgotten (``class_negatives``: the negatives that are unseen samples of the forgotten
+classes): every check above is relative, forget against negatives of the same classes, so a model that
+lost its per-sample memory but still classifies the class scores like never-trained on all of them.
+``class_acc`` is the absolute accuracy on those negatives, target 0 (a model never trained on a class
+does not predict it) or the retrains' in strict mode, decided like ``forget_acc``; it is added
+automatically. ``test_acc`` is then measured on the other negatives only (on the forgotten classes a
+correct unlearner loses all accuracy by design), and left out when there are fewer than ``min_samples``.
+
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
 replicates (shape (S, N): e.g. one scoring per resampled set of reference models) a resample
@@ -72,7 +80,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-ACCURACY_CHECKS = ("forget_acc", "test_acc")
+ACCURACY_CHECKS = ("forget_acc", "test_acc", "class_acc")
 
 
 @dataclass(frozen=True)
@@ -272,8 +280,12 @@ def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray) -> tuple[floa
     return point, (wf @ fc) / wf.sum(axis=1) - (wn @ tc) / wn.sum(axis=1)
 
 
-def _test_acc_draws(model: ScoredModel, wn: np.ndarray) -> tuple[float, np.ndarray]:
+def _test_acc_draws(model: ScoredModel, wn: np.ndarray, keep: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """Accuracy on the negatives (``keep``: only those, a mask over them; the two pseudo-samples always count)."""
     tc = np.concatenate([np.asarray(model.test_correct, np.float64), [1.0, 0.0]])
+    if keep is not None:
+        mask = np.concatenate([keep, [True, True]])
+        tc, wn = tc[mask], wn[:, mask]
     return float(tc.mean()), (wn @ tc) / wn.sum(axis=1)
 
 
@@ -354,6 +366,7 @@ def gate_decision(
     resamples: int = 1000,
     seed: int = 0,
     min_samples: int = 20,
+    class_negatives: np.ndarray | None = None,
 ) -> GateDecision:
     """Decide whether ``candidate`` is equivalent to never having trained on D_F.
 
@@ -373,6 +386,8 @@ def gate_decision(
         seed: Seed of the resampling (stable per metric).
         min_samples: Fewer forget or negative samples than this -> ``inconclusive`` up front
             (percentile intervals of so few samples under-cover).
+        class_negatives: For whole classes forgotten: a mask over the negatives marking the unseen samples
+            of those classes. Adds the ``class_acc`` check and measures ``test_acc`` on the others.
 
     Returns:
         The decision with every number behind it.
@@ -402,6 +417,23 @@ def gate_decision(
         missing = [a for a in attacks if a not in model.member or a not in model.nonmember]
         if missing:
             raise ValueError(f"gate: no scores for gated attack(s) {missing} on one of the models")
+    for attack in attacks:  # one score per sample, the same samples for every model: a shorter array would
+        # broadcast (one member score standing for all of D_F, and a pass recorded with n_forget samples)
+        n_neg = np.atleast_2d(candidate.nonmember[attack]).shape[1]
+        for model in models:
+            member, nonmember = np.atleast_2d(model.member[attack]), np.atleast_2d(model.nonmember[attack])
+            if member.shape[1] != n_forget or nonmember.shape[1] != n_neg:
+                raise ValueError(f"gate: attack {attack!r} scored {member.shape[1]} member and {nonmember.shape[1]} "
+                                 f"nonmember sample(s) on one model; every model needs one score per forget "
+                                 f"sample ({n_forget}) and the same {n_neg} negatives")
+    if class_negatives is not None:
+        class_negatives = np.asarray(class_negatives, dtype=bool)
+        if class_negatives.shape != (n_test,):
+            raise ValueError(f"gate: class_negatives must mark each of the {n_test} negatives, "
+                             f"got shape {class_negatives.shape}")
+        accuracy_checks = (*[c for c in accuracy_checks if c != "class_acc"], "class_acc")
+    elif "class_acc" in accuracy_checks:
+        raise ValueError("gate: class_acc needs class_negatives (the forgotten classes' negatives)")
     mode = "strict" if targets else "equivalence"
     base = dict(mode=mode, alpha=alpha, margin_fraction=margin_fraction, resamples=resamples, seed=seed,
                 n_forget=n_forget, n_targets=len(targets))
@@ -440,12 +472,29 @@ def gate_decision(
                                             margin_fraction=margin_fraction, n_forget=n_forget, n_negative=n_test)
             if "forget_acc" in accuracy_checks:
                 checks.append(gap_check)
-        if "test_acc" in accuracy_checks:
+        if class_negatives is not None:
+            n_class = int(class_negatives.sum())
+            cand, par = _test_acc_draws(candidate, wn, class_negatives), _test_acc_draws(parent, wn, class_negatives)
+            target = (_target_draws([_test_acc_draws(t, wn, class_negatives) for t in targets], rng) if targets
+                      else (0.0, np.zeros(resamples)))
+            if n_class < min_samples:
+                checks.append(MetricCheck(
+                    metric="class_acc", verdict=INCONCLUSIVE, candidate=cand[0], target=target[0],
+                    estimate=cand[0] - target[0], ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
+                    parent_excess=par[0] - target[0], parent_ci_low=float("nan"), parent_ci_high=float("nan"),
+                    parent_detected=False, n_forget=n_forget, n_negative=n_class,
+                    reason=f"too few unseen samples of the forgotten classes: {n_class}, the gate needs {min_samples}"))
+            else:
+                checks.append(_decide_equivalence("class_acc", cand, par, target, alpha=alpha,
+                                                  margin_fraction=margin_fraction, n_forget=n_forget,
+                                                  n_negative=n_class))
+        others = None if class_negatives is None else ~class_negatives
+        if "test_acc" in accuracy_checks and (others is None or int(others.sum()) >= min_samples):
             reference = targets if targets else [parent]
-            target = _target_draws([_test_acc_draws(t, wn) for t in reference], rng)
-            checks.append(_decide_non_inferiority(_test_acc_draws(candidate, wn), target, gap_check.margin,
-                                                  alpha=alpha, n_negative=n_test,
-                                                  detected=gap_check.parent_detected))
+            target = _target_draws([_test_acc_draws(t, wn, others) for t in reference], rng)
+            checks.append(_decide_non_inferiority(_test_acc_draws(candidate, wn, others), target, gap_check.margin,
+                                                  alpha=alpha, n_negative=n_test if others is None else
+                                                  int(others.sum()), detected=gap_check.parent_detected))
     return _combine(checks, base)
 
 

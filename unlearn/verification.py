@@ -53,12 +53,21 @@ class EvalSets:
         retain: D_R, the live training samples.
         test: D_T, never trained on (attack negatives).
         ids: Sample ids per set name (keys of the signal cache); None disables caching.
+        forgotten_classes: Classes forgotten as a whole (their unseen samples in ``test`` are what the gate's
+            ``class_acc`` check measures); empty for sample-wise requests.
     """
 
     forget: TensorSet
     retain: TensorSet
     test: TensorSet
     ids: dict[str, np.ndarray] | None = None
+    forgotten_classes: tuple[int, ...] = ()
+
+    def class_negatives(self) -> np.ndarray | None:
+        """Mask over ``test`` of the forgotten classes' samples (None for sample-wise requests)."""
+        if not self.forgotten_classes:
+            return None
+        return np.isin(self.test.labels.cpu().numpy(), list(self.forgotten_classes))
 
 
 @dataclass(frozen=True)

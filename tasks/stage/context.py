@@ -6,6 +6,7 @@ never import each other for a helper.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from typing import Any
@@ -29,6 +30,13 @@ def tensors(arrays: Arrays) -> TensorSet:
     return TensorSet(to_float(arrays.images), torch.as_tensor(arrays.labels))
 
 
+@functools.lru_cache(maxsize=32)
+def _checked_model(name: str, image_shape: tuple[int, ...], num_classes: int) -> None:
+    """:func:`unlearn.models.check_model`, once per process and setting: stages rebuild the model per reference
+    model and attempt (a ResNet-18 check costs about 0.16 s on a CPU); a failed check is not cached."""
+    check_model(name, image_shape, num_classes)
+
+
 def model_architecture(project: Project, store: SampleStore) -> dict[str, Any]:
     """What :func:`unlearn.models.build_model` needs to rebuild the project's model for this store.
 
@@ -36,7 +44,7 @@ def model_architecture(project: Project, store: SampleStore) -> dict[str, Any]:
     asks (prepare checks it against the source only when it runs, and DVC does not re-run prepare for a changed
     ``model``): a model that does not fit fails with a ConfigError before any training or MLflow run starts.
     """
-    check_model(project.params.model.name, tuple(store.image_shape), len(store.classes))
+    _checked_model(project.params.model.name, tuple(store.image_shape), len(store.classes))
     return {"model": project.params.model.name, "in_channels": store.image_shape[0],
             "num_classes": len(store.classes)}
 

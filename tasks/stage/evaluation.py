@@ -27,11 +27,12 @@ from tasks.project import PipelineError, Project
 from tasks.stage.checks import needs_references
 from tasks.stage.context import resolve_device, tensors
 from tasks.stage.references import recipe_key, reference_model, reference_pool_ids
+from unlearn.attacks.base import AttackRefused
 from unlearn.attacks.signals import SignalCache
 from unlearn.config import Params
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
-from unlearn.gate import FAIL, PASS, GateDecision, ScoredModel, gate_decision
+from unlearn.gate import FAIL, INCONCLUSIVE, PASS, GateDecision, ScoredModel, gate_decision
 from unlearn.references import ReferenceBank, out_references
 from unlearn.verification import (
     DivergedModelError,
@@ -70,7 +71,8 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
             test = label_matched(test, forget.labels)
     retain = store.load_split("train")
     return EvalSets(tensors(forget), tensors(retain), tensors(test),
-                    ids={"forget": forget.ids, "retain": retain.ids, "test": test.ids})
+                    ids={"forget": forget.ids, "retain": retain.ids, "test": test.ids},
+                    forgotten_classes=tuple(int(c) for c in forget_classes))
 
 
 def label_matched(test: Arrays, forget_labels: np.ndarray) -> Arrays:
@@ -112,6 +114,8 @@ class Baselines:
         scored: Their gate input (:class:`unlearn.gate.ScoredModel`), same samples and references.
         references: Evidence of the reference models (empty when no attack needs them).
         reference_ids: Their ids, aligned with ``references``.
+        refused: Why a gated attack refused these sets (too few samples for it), else None: the gate then
+            decides nothing (``scored`` is empty) and every candidate is inconclusive.
     """
 
     proofs: dict[str, ModelEvidence]
@@ -119,6 +123,7 @@ class Baselines:
     scored: dict[str, ScoredModel]
     references: list[ModelEvidence]
     reference_ids: list[str]
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,8 @@ def score_model(project: Project, evidence: ModelEvidence, references: list[Mode
 
 
 def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
-           targets: list[ScoredModel] | tuple[ScoredModel, ...] = ()) -> GateDecision:
+           targets: list[ScoredModel] | tuple[ScoredModel, ...] = (), *,
+           class_negatives: np.ndarray | None = None) -> GateDecision:
     """The gate's decision with the project's ``gate`` settings (strict mode when ``targets`` are given).
 
     Args:
@@ -232,11 +238,13 @@ def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
         candidate: The model to certify (from :func:`score_model`).
         parent: The model it was unlearned from: the positive control.
         targets: Exact retrains without the forget set (strict mode); empty = equivalence mode.
+        class_negatives: :meth:`EvalSets.class_negatives` (whole classes forgotten: adds ``class_acc``).
     """
     gate = project.params.gate
     return gate_decision(candidate, parent, attacks=gate.attacks, accuracy_checks=gate.accuracy_checks,
                          targets=list(targets), alpha=gate.alpha, margin_fraction=gate.margin_fraction,
-                         resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples)
+                         resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples,
+                         class_negatives=class_negatives)
 
 
 def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, original: torch.nn.Module,
@@ -266,7 +274,11 @@ def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, 
     if retrained is not None:
         proofs["retrain"] = evidence(retrained.to(device))
     outcome = {role: suite(proofs[role], refs) for role in proofs}
-    scored = {role: score_model(project, proofs[role], refs) for role in proofs}
+    try:
+        scored = {role: score_model(project, proofs[role], refs) for role in proofs}
+    except AttackRefused as exc:  # a verdict (inconclusive), not a crash: a crash would stop every later batch
+        log.warning("evaluation: a gated attack refused the sets: %s", exc)
+        return Baselines(proofs, outcome, {}, refs, ref_ids, refused=str(exc))
     return Baselines(proofs, outcome, scored, refs, ref_ids)
 
 
@@ -275,6 +287,14 @@ def _diverged(project: Project, mode: str, n_forget: int, why: str) -> GateDecis
     return GateDecision(FAIL, f"the unlearned model diverged ({why}): nothing to certify", (), mode=mode,
                         alpha=gate.alpha, margin_fraction=gate.margin_fraction, resamples=gate.resamples,
                         seed=gate.seed, n_forget=n_forget)
+
+
+def _refused(project: Project, mode: str, n_forget: int, why: str) -> GateDecision:
+    gate = project.params.gate
+    return GateDecision(INCONCLUSIVE, f"a gated attack cannot score these samples ({why}): not enough evidence "
+                        "either way; this is NOT a pass", (), mode=mode, alpha=gate.alpha,
+                        margin_fraction=gate.margin_fraction, resamples=gate.resamples, seed=gate.seed,
+                        n_forget=n_forget)
 
 
 def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, candidate: torch.nn.Module, *,
@@ -318,12 +338,16 @@ def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, can
                                        retrained=retrained if mode == "strict" else None)
     proofs, outcome = dict(baselines.proofs), dict(baselines.outcome)
     evidence = _evidence_fn(project, sets, SignalCache(project.signals_dir) if cache_candidate else None)
-    targets = [baselines.scored["retrain"]] if mode == "strict" else []
+    targets = [baselines.scored["retrain"]] if mode == "strict" and baselines.refused is None else []
     try:
         proofs["unlearned"] = evidence(candidate.to(resolve_device(project)))
         outcome["unlearned"] = _suite_fn(project.params)(proofs["unlearned"], baselines.references)
-        scored = score_model(project, proofs["unlearned"], baselines.references)
-        decision = decide(project, scored, baselines.scored["original"], targets)
+        if baselines.refused is not None:
+            decision = _refused(project, mode, len(sets.forget), baselines.refused)
+        else:
+            scored = score_model(project, proofs["unlearned"], baselines.references)
+            decision = decide(project, scored, baselines.scored["original"], targets,
+                              class_negatives=sets.class_negatives())
     except DivergedModelError as exc:
         # A diverged model is a verdict, not a crash: every metric is NaN and the gate fails.
         log.warning("verify: %s", exc)

@@ -83,8 +83,11 @@ def run_promote(project: Project) -> dict[str, Any]:
                                                            "model_version": version, "run_id": chosen.run_id,
                                                            "evidence": report.get("evidence")})
         ledger.save()
+        # verdict and evidence say what was checked: an inconclusive attempt promoted under promote_low_power
+        # reaches here too, and must not read as a pass
         audit.record(project, "model.verified", model_version=version, method=chosen.method,
-                     batch_ids=state.batches, attempts=len(state.attempts))
+                     batch_ids=state.batches, attempts=len(state.attempts), verdict=report["verdict"],
+                     evidence=report.get("evidence"))
         finished = finish_promotions(project, client, ledger)
         previous = state.parent_version
     else:

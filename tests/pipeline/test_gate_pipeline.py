@@ -250,3 +250,21 @@ def test_the_demos_weak_method_is_the_one_that_runs_whatever_the_profile_says(tm
     loaded = load_params(tmp_path / "params.yaml")
     assert loaded.method_kwargs("finetune") == WEAK_FINETUNE
     assert loaded.unlearn.method == "finetune" and loaded.unlearn.escalation == () and not loaded.unlearn.recalibrate_bn
+
+
+def test_a_gated_attack_that_refuses_the_sets_is_inconclusive_not_a_crash(champion_project):
+    """``loss_lr`` refuses fewer than 6 samples: with ``gate.min_samples`` at its floor of 2, a 3-sample batch reached
+    it, and the refusal crashed the verify stage on every run, holding every later batch behind it (break-it
+    review of the gate)."""
+    from tasks.project import load_project
+    from tasks.stage.state import read_escalation
+    from unlearn.data import SampleStore
+
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "escalation": []},
+                                "gate": {"attacks": ["loss_lr"], "min_samples": 2}})
+    project = load_project(root)
+    _submit(root, "R-TINY", sorted(SampleStore(project.store_dir).split_ids("train")[:3].tolist()))
+    run_stages(project, "ingest", "prepare", "references", "unlearn")
+    report = json.loads((project.reports_dir / "attempts" / read_escalation(project).attempts[0].report).read_text())
+    assert report["verdict"] == "inconclusive" and report["checks"] == []
+    assert "cannot score these samples" in report["reason"] and "NOT a pass" in report["reason"]

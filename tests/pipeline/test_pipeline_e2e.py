@@ -71,6 +71,15 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     assert report["retrain_seconds"] == 0.0 and report["mode"] == "equivalence"
     assert second["promote"]["status"] == "promoted", report["failures"]
     assert (report["verdict"], report["evidence"]) in {("inconclusive", "low_power"), ("pass", "conclusive")}
+    # the records say what was checked: a low-power promotion does not read as a pass (gate review, 2026-12-06)
+    from tasks import audit
+
+    verified = audit.records(project, "model.verified")[-1]
+    assert (verified["verdict"], verified["evidence"]) == (report["verdict"], report["evidence"])
+    certificates = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
+    assert certificates and all(
+        [(e["verdict"], e["evidence"]) for e in c["timeline"] if e["step"] == "verified"]
+        == [(report["verdict"], report["evidence"])] for c in certificates)
     mlflow.set_tracking_uri(project.tracking_uri)
     client = mlflow.MlflowClient()
     name = project.params.registry.model_name

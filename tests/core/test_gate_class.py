@@ -1,0 +1,86 @@
+"""Whole-class requests and malformed score arrays at the gate (break-it review of the gate, 2026-12-06).
+
+Every check was relative, forget samples against unseen samples of the same class, so a model that lost its
+per-sample memory but still classified the forgotten class passed, in strict mode too; and a member array
+shorter than the forget set broadcast into a pass recorded with the full sample count.
+"""
+
+import numpy as np
+import pytest
+
+from unlearn.gate import FAIL, PASS, ScoredModel, gate_decision
+
+NF, NT = 400, 300
+
+
+def _bits(rng, p, n):
+    return (rng.random(n) < p).astype(float)
+
+
+def _world(seed=0):
+    """Parent (memorises D_F, knows the class), exact retrain (never saw the class), and two candidates whose
+    membership scores look like the retrain's: one that also lost the class, one that still classifies it."""
+    rng = np.random.default_rng(seed)
+
+    def model(member_shift, forget_p, test_p):
+        return ScoredModel({"a": rng.normal(member_shift, 1, NF)}, {"a": rng.normal(0, 1, NT)},
+                           _bits(rng, forget_p, NF), _bits(rng, test_p, NT))
+
+    return dict(parent=model(1.0, 1.0, 0.7), retrain=model(0.0, 0.0, 0.0), forgot=model(0.0, 0.0, 0.0),
+                still_knows=model(0.0, 0.7, 0.7))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_model_that_still_classifies_a_forgotten_class_fails(strict):
+    w = _world()
+    targets = [w["retrain"]] if strict else []
+    whole_class = np.ones(NT, dtype=bool)
+    kwargs = dict(attacks=["a"], accuracy_checks=("forget_acc",), targets=targets)
+    # without the class mask (what every whole-class request got before): relative checks only, a false pass
+    assert gate_decision(w["still_knows"], w["parent"], **kwargs).verdict == PASS
+    decision = gate_decision(w["still_knows"], w["parent"], class_negatives=whole_class, **kwargs)
+    assert decision.verdict == FAIL
+    (check,) = [c for c in decision.checks if c.metric == "class_acc"]
+    assert check.verdict == FAIL and check.parent_detected and check.candidate > 0.6 and check.target < 0.05
+    assert gate_decision(w["forgot"], w["parent"], class_negatives=whole_class, **kwargs).verdict == PASS
+    assert gate_decision(w["parent"], w["parent"], class_negatives=whole_class, **kwargs).verdict != PASS
+
+
+def test_test_acc_measures_the_other_classes_when_a_class_is_forgotten():
+    rng = np.random.default_rng(1)
+    mask = np.arange(NT) < 100  # 100 negatives of the forgotten class, 200 of others
+    test_parent = np.where(mask, _bits(rng, 0.9, NT), _bits(rng, 0.9, NT))
+    test_forgot = np.where(mask, 0.0, test_parent)  # lost the class, kept the others
+
+    def model(member_shift, fc, tc):
+        return ScoredModel({"a": rng.normal(member_shift, 1, NF)}, {"a": rng.normal(0, 1, NT)}, fc, tc)
+
+    parent = model(1.0, np.ones(NF), test_parent)
+    candidate = model(0.0, np.zeros(NF), test_forgot)
+    decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=("test_acc",), class_negatives=mask)
+    (utility,) = [c for c in decision.checks if c.metric == "test_acc"]
+    assert utility.verdict == PASS and utility.n_negative == 200  # on the class it would be "utility lost"
+    few = np.arange(NT) >= 10  # only 10 negatives of other classes: too few to measure utility, left out
+    metrics = [c.metric for c in gate_decision(candidate, parent, attacks=["a"], accuracy_checks=("test_acc",),
+                                               class_negatives=few).checks]
+    assert "test_acc" not in metrics and "class_acc" in metrics
+
+
+def test_class_negatives_must_mark_every_negative_and_class_acc_needs_them():
+    w = _world()
+    with pytest.raises(ValueError, match="class_negatives must mark each of the 300 negatives"):
+        gate_decision(w["forgot"], w["parent"], attacks=["a"], class_negatives=np.ones(10, dtype=bool))
+    with pytest.raises(ValueError, match="class_acc needs class_negatives"):
+        gate_decision(w["forgot"], w["parent"], attacks=["a"], accuracy_checks=("forget_acc", "class_acc"))
+
+
+@pytest.mark.parametrize("member_len, nonmember_len", [(1, NT), (NF - 1, NT), (NF, NT - 50)])
+def test_score_arrays_must_hold_one_score_per_sample(member_len, nonmember_len):
+    w = _world()
+    rng = np.random.default_rng(2)
+    short = ScoredModel({"a": rng.normal(0, 1, member_len)}, {"a": rng.normal(0, 1, nonmember_len)},
+                        w["forgot"].forget_correct, w["forgot"].test_correct)
+    with pytest.raises(ValueError, match=r"attack 'a' scored \d+ member and \d+ nonmember sample\(s\)"):
+        gate_decision(short, w["parent"], attacks=["a"])
+    with pytest.raises(ValueError, match="attack 'a' scored"):
+        gate_decision(w["forgot"], short, attacks=["a"])

@@ -1,0 +1,32 @@
+"""The plain-words statement of a verdict never says more, or other, than the verification showed.
+
+An inconclusive verdict whose positive control did detect the parent (the interval crossed the margin) was
+described as "the attacks could not detect the original model's memory" (gate review, 2026-12-06).
+"""
+
+import pytest
+
+from tasks.evidence import STRENGTHS, evidence_summary, statement
+
+
+@pytest.mark.parametrize("strength, detected, says, never", [
+    ("low_power", True, "the attacks detected the original model's memory", "could not detect"),
+    ("low_power", False, "could not detect", "attacks detected"),
+    ("low_power", None, "could not detect", "attacks detected"),
+    ("inconclusive", True, "too few samples to decide either way; NOT a pass", "could not tell"),
+    ("inconclusive", False, "could not tell either way; NOT a pass", "attacks detected"),
+])
+def test_an_inconclusive_statement_says_whether_the_control_detected_the_parent(strength, detected, says, never):
+    text = statement("inconclusive", strength, detected)
+    assert says in text and never not in text
+
+
+def test_pass_fail_and_exact_statements_do_not_depend_on_the_control_flag():
+    assert statement("pass", "conclusive", True).startswith("verified:")
+    assert statement("fail", "conclusive", True).startswith("failed:")
+    assert statement("pass", "exact", False) == STRENGTHS["exact"]
+
+
+def test_the_summary_passes_the_reports_control_flag():
+    report = {"verdict": "inconclusive", "evidence": "low_power", "parent_detected": True, "checks": []}
+    assert "attacks detected" in evidence_summary(report)["statement"]
