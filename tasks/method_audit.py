@@ -45,7 +45,7 @@ import torch
 from tasks import audit, dvc_ops, tracking
 from tasks.ladder import EXACT, append_history, demote, demoted, history
 from tasks.project import PipelineError, Project
-from tasks.stage.context import model_architecture, resolve_device, tensors
+from tasks.stage.context import check_architecture, model_architecture, resolve_device, tensors
 from tasks.stage.references import recipe_key
 from unlearn.data import SampleStore
 from unlearn.data.sources import load_source
@@ -296,6 +296,7 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
         raise PipelineError(f"the audited batches {chosen['batches']} removed no training sample")
     parent_version = chosen["parent_version"]
     parent_source = "retrained"
+    check_architecture(project, tracking.champion_version(project, client))  # every model here is model.name
     if parent_version:
         mv = client.get_model_version(tracking.model_name(project), parent_version)
         if mv.tags.get("retired") != "true":

@@ -40,7 +40,14 @@ import yaml
 
 from tasks import dvc_ops, tracking
 from tasks.project import PipelineError, Project
-from tasks.stage.context import finite_metrics, load_forget, resolve_device, tag_list, unlearning_data
+from tasks.stage.context import (
+    check_architecture,
+    finite_metrics,
+    load_forget,
+    resolve_device,
+    tag_list,
+    unlearning_data,
+)
 from tasks.stage.evaluation import evaluate_baselines, evaluate_candidate, evaluation_sets
 from tasks.stage.retrain import retrained_model, retrained_path
 from unlearn.config import ConfigError, load_yaml
@@ -236,6 +243,7 @@ def prepare_sweep(project: Project, candidates: list[dict[str, Any]]) -> dict[st
     champion = tracking.champion_version(project, client)
     if champion is None:
         raise PipelineError("no champion model in the registry; run the train stage first (`unlearn run`)")
+    check_architecture(project, champion)  # candidates are built as model.name and start from the champion
     version = str(champion.version)
     forget = load_forget(project, pending)
     if len(forget) == 0:

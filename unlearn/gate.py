@@ -417,15 +417,6 @@ def gate_decision(
         missing = [a for a in attacks if a not in model.member or a not in model.nonmember]
         if missing:
             raise ValueError(f"gate: no scores for gated attack(s) {missing} on one of the models")
-    for attack in attacks:  # one score per sample, the same samples for every model: a shorter array would
-        # broadcast (one member score standing for all of D_F, and a pass recorded with n_forget samples)
-        n_neg = np.atleast_2d(candidate.nonmember[attack]).shape[1]
-        for model in models:
-            member, nonmember = np.atleast_2d(model.member[attack]), np.atleast_2d(model.nonmember[attack])
-            if member.shape[1] != n_forget or nonmember.shape[1] != n_neg:
-                raise ValueError(f"gate: attack {attack!r} scored {member.shape[1]} member and {nonmember.shape[1]} "
-                                 f"nonmember sample(s) on one model; every model needs one score per forget "
-                                 f"sample ({n_forget}) and the same {n_neg} negatives")
     if class_negatives is not None:
         class_negatives = np.asarray(class_negatives, dtype=bool)
         if class_negatives.shape != (n_test,):
@@ -444,6 +435,20 @@ def gate_decision(
             f"the gate needs {min_samples} of each; the batch should be verified together with later ones; "
             "this is NOT a pass"),
             (), **base)
+    n_class = None if class_negatives is None else int(class_negatives.sum())
+    if n_class is not None and n_class < min_samples:
+        return GateDecision(INCONCLUSIVE, (
+            f"too few unseen samples of the forgotten classes to verify: {n_class}, the gate needs {min_samples}; "
+            "the batch should be verified together with later ones; this is NOT a pass"), (), **base)
+    for attack in attacks:  # one score per sample, the same samples for every model: a shorter array would
+        # broadcast (one member score standing for all of D_F, and a pass recorded with n_forget samples)
+        n_neg = np.atleast_2d(candidate.nonmember[attack]).shape[1]
+        for model in models:
+            member, nonmember = np.atleast_2d(model.member[attack]), np.atleast_2d(model.nonmember[attack])
+            if member.shape[1] != n_forget or nonmember.shape[1] != n_neg:
+                raise ValueError(f"gate: attack {attack!r} scored {member.shape[1]} member and {nonmember.shape[1]} "
+                                 f"nonmember sample(s) on one model; every model needs one score per forget "
+                                 f"sample ({n_forget}) and the same {n_neg} negatives")
 
     checks: list[MetricCheck] = []
     for attack in attacks:
@@ -473,23 +478,25 @@ def gate_decision(
             if "forget_acc" in accuracy_checks:
                 checks.append(gap_check)
         if class_negatives is not None:
-            n_class = int(class_negatives.sum())
+            # the never-trained target is an all-wrong model, scored with the same pseudo-samples and weights
+            never = ScoredModel({}, {}, np.zeros(n_forget), np.zeros(n_test))
             cand, par = _test_acc_draws(candidate, wn, class_negatives), _test_acc_draws(parent, wn, class_negatives)
             target = (_target_draws([_test_acc_draws(t, wn, class_negatives) for t in targets], rng) if targets
-                      else (0.0, np.zeros(resamples)))
-            if n_class < min_samples:
-                checks.append(MetricCheck(
-                    metric="class_acc", verdict=INCONCLUSIVE, candidate=cand[0], target=target[0],
-                    estimate=cand[0] - target[0], ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
-                    parent_excess=par[0] - target[0], parent_ci_low=float("nan"), parent_ci_high=float("nan"),
-                    parent_detected=False, n_forget=n_forget, n_negative=n_class,
-                    reason=f"too few unseen samples of the forgotten classes: {n_class}, the gate needs {min_samples}"))
-            else:
-                checks.append(_decide_equivalence("class_acc", cand, par, target, alpha=alpha,
-                                                  margin_fraction=margin_fraction, n_forget=n_forget,
-                                                  n_negative=n_class))
+                      else _test_acc_draws(never, wn, class_negatives))
+            checks.append(_decide_equivalence("class_acc", cand, par, target, alpha=alpha,
+                                              margin_fraction=margin_fraction, n_forget=n_forget,
+                                              n_negative=n_class))
         others = None if class_negatives is None else ~class_negatives
-        if "test_acc" in accuracy_checks and (others is None or int(others.sum()) >= min_samples):
+        if "test_acc" in accuracy_checks and others is not None and int(others.sum()) < min_samples:
+            # said, not dropped: utility is asked for and cannot be measured on the forgotten classes
+            checks.append(MetricCheck(
+                metric="test_acc", verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
+                estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
+                parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
+                parent_detected=gap_check.parent_detected, n_forget=0, n_negative=int(others.sum()),
+                reason=f"utility not measurable: {int(others.sum())} negative(s) outside the forgotten classes, the "
+                       f"gate needs {min_samples}"))
+        elif "test_acc" in accuracy_checks:
             reference = targets if targets else [parent]
             target = _target_draws([_test_acc_draws(t, wn, others) for t in reference], rng)
             checks.append(_decide_non_inferiority(_test_acc_draws(candidate, wn, others), target, gap_check.margin,

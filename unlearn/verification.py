@@ -257,7 +257,13 @@ def gate_scores(
                     forget_in=np.zeros((len(chosen), len(target.forget)), dtype=bool),
                     test_in=np.zeros((len(chosen), len(target.test)), dtype=bool))
             inputs = AttackInput(target.forget, retain, target.test, seed=seed, references=refs)
-            results.append(run_attack(attack, inputs, **options.get(attack, {})))
+            result = run_attack(attack, inputs, **options.get(attack, {}))
+            if len(result.member_scores) != len(target.forget.correct):
+                # the gate needs one score per forget sample (loss_lr scores a balanced subsample when D_F
+                # outnumbers D_T): a refusal, so the verdict is inconclusive rather than a crash
+                raise AttackRefused(f"{attack} scored {len(result.member_scores)} of the {len(target.forget.correct)} "
+                                    "forget samples; a gated attack must score every one")
+            results.append(result)
         member[attack] = np.stack([r.member_scores for r in results]).squeeze(0) if len(results) == 1 \
             else np.stack([r.member_scores for r in results])
         nonmember[attack] = np.stack([r.nonmember_scores for r in results]).squeeze(0) if len(results) == 1 \

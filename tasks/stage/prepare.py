@@ -12,7 +12,7 @@ from tasks.project import PipelineError, Project
 from tasks.stage.context import quarantine_path
 from tasks.stage.retrain import retrained_path
 from tasks.stage.state import write_state
-from unlearn.data import SampleStore, SourceData, load_source
+from unlearn.data import SampleStore, SourceData, StoreError, load_source
 from unlearn.data.store import Arrays, source_ids_digest, split_labels
 from unlearn.files import atomic_path
 from unlearn.models import check_model
@@ -207,7 +207,10 @@ def check_content_unchanged(old_store: SampleStore, source: SourceData, chunk: i
         PipelineError: Naming how many samples changed (never which), and the way out.
     """
     way_out = (f"Put back the files the store was built from (data.source {source.name!r}, data.source_path, "
-               "data.image_size), or start a new project for the new data. Nothing was changed.")
+               "data.image_size), or start a new project for the new data. If the files are the ones the store was "
+               "built from, the source's reader changed (ImageFolder now skips hidden folders and scales 16-bit "
+               "images): the store keeps what the models trained on, and a new project reads the files the new way. "
+               "Nothing was changed.")
     if tuple(old_store.image_shape) != tuple(source.images.shape[1:]):
         raise PipelineError(f"the source's images changed shape under trained models: the store holds "
                             f"{tuple(old_store.image_shape)}, the source now gives {tuple(source.images.shape[1:])}. "
@@ -221,7 +224,12 @@ def check_content_unchanged(old_store: SampleStore, source: SourceData, chunk: i
     pixels = labels = 0
     for start in range(0, len(common), chunk):  # chunked: a full Fashion-MNIST store is 55 MB of pixels
         ids = common[start:start + chunk]
-        kept = old_store.load(ids)
+        try:
+            kept = old_store.load(ids)
+        except StoreError as exc:  # e.g. an interrupted backup whose shards are gone
+            raise PipelineError(f"the sample store the models trained on cannot be read ({exc}): restore it "
+                                "with `dvc checkout data/store` (or `dvc pull`) before preparing. Nothing was "
+                                "changed.") from None
         index = np.fromiter((position[i] for i in ids), dtype=np.int64, count=len(ids))
         labels += int((kept.labels != source.labels[index]).sum())
         pixels += int((kept.images != source.images[index]).reshape(len(ids), -1).any(axis=1).sum())

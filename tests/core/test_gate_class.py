@@ -60,10 +60,17 @@ def test_test_acc_measures_the_other_classes_when_a_class_is_forgotten():
     decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=("test_acc",), class_negatives=mask)
     (utility,) = [c for c in decision.checks if c.metric == "test_acc"]
     assert utility.verdict == PASS and utility.n_negative == 200  # on the class it would be "utility lost"
-    few = np.arange(NT) >= 10  # only 10 negatives of other classes: too few to measure utility, left out
-    metrics = [c.metric for c in gate_decision(candidate, parent, attacks=["a"], accuracy_checks=("test_acc",),
-                                               class_negatives=few).checks]
-    assert "test_acc" not in metrics and "class_acc" in metrics
+    few = np.arange(NT) >= 10  # only 10 negatives of other classes: utility cannot be measured, and says so
+    decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=("test_acc",), class_negatives=few)
+    (utility,) = [c for c in decision.checks if c.metric == "test_acc"]
+    assert utility.verdict == "inconclusive" and "utility not measurable" in utility.reason
+
+
+def test_too_few_unseen_samples_of_the_class_is_inconclusive_up_front_not_a_failed_control():
+    w = _world()
+    decision = gate_decision(w["forgot"], w["parent"], attacks=["a"], class_negatives=np.arange(NT) < 5)
+    assert decision.verdict == "inconclusive" and decision.checks == ()
+    assert "too few unseen samples of the forgotten classes" in decision.reason
 
 
 def test_class_negatives_must_mark_every_negative_and_class_acc_needs_them():

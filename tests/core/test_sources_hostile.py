@@ -33,6 +33,11 @@ def _tree(root, classes=("cat", "dog"), per_class=4, part=""):
     return root
 
 
+def _id(rel):
+    """The documented ImageFolder id: a hash of the path relative to the source root."""
+    return "img-" + hashlib.sha256(rel.encode()).hexdigest()[:16]
+
+
 def _imagefolder(root, **kwargs):
     return load_source(DataConfig(source="imagefolder", source_path=str(root), image_size=6, **kwargs))
 
@@ -43,6 +48,11 @@ def test_a_half_given_split_is_refused_not_read_as_classes(tmp_path, parts):
         _tree(tmp_path, part=part)
     with pytest.raises(SourceError, match="not both train/ and test/"):
         _imagefolder(tmp_path)
+
+
+def test_a_class_called_train_in_a_flat_tree_is_a_class(tmp_path):
+    _tree(tmp_path, classes=("train", "tree", "test"))  # CIFAR-100 has a class "train"; these hold images
+    assert _imagefolder(tmp_path).classes == ("test", "train", "tree")
 
 
 def test_a_given_split_ignores_a_val_folder_beside_it(tmp_path):
@@ -67,8 +77,9 @@ def test_an_unreadable_image_is_named(tmp_path, content):
     _tree(tmp_path)
     bad = tmp_path / "dog" / "2.png"
     bad.write_bytes(bad.read_bytes()[:60] if content == "truncated" else content)
-    with pytest.raises(SourceError, match="image dog/2.png cannot be read"):
+    with pytest.raises(SourceError, match=rf"image {_id('dog/2.png')} \(class 'dog'.*cannot be read") as raised:
         _imagefolder(tmp_path)
+    assert "2.png" not in str(raised.value) and str(tmp_path) not in str(raised.value)  # file names may name people
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
@@ -78,7 +89,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     _png(tmp_path / "cat" / "wide.png", grey)
     assert Image.open(tmp_path / "cat" / "wide.png").mode == "I;16"
     source = _imagefolder(tmp_path)
-    wide = "img-" + hashlib.sha256(b"cat/wide.png").hexdigest()[:16]  # the documented id: a hash of the path
+    wide = _id("cat/wide.png")
     image = source.images[list(source.ids).index(wide)]
     assert image[0, 0, 0] == 255 and image[0, 0, 1] == 0 and image[0, 3, 3] == 128  # clipping gave 255 everywhere
 
@@ -86,7 +97,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
 def test_thirty_two_bit_images_are_refused(tmp_path):
     _tree(tmp_path)
     Image.fromarray(np.full((6, 6), 7.5, dtype=np.float32)).save(tmp_path / "cat" / "f.tiff")
-    with pytest.raises(SourceError, match=r"cat/f.tiff has mode 'F'"):
+    with pytest.raises(SourceError, match=rf"image {_id('cat/f.tiff')} \(class 'cat'.* has mode 'F'"):
         _imagefolder(tmp_path)
 
 
@@ -206,10 +217,11 @@ def test_empty_fashion_mnist_splits_are_refused(tmp_path):
             load_source(DataConfig(source="fashion_mnist", source_path=str(root)))
 
 
-def test_a_gz_beside_its_raw_file_is_ambiguous(tmp_path):
+def test_a_gz_beside_its_raw_file_must_hold_the_same_data(tmp_path):
     root = _fashion(tmp_path)
-    assert len(load_source(DataConfig(source="fashion_mnist", source_path=str(root))).ids) == 9
     raw = gzip.decompress((root / "t10k-labels-idx1-ubyte.gz").read_bytes())
-    (root / "t10k-labels-idx1-ubyte").write_bytes(raw)
-    with pytest.raises(SourceError, match="t10k-labels-idx1-ubyte.gz and .*t10k-labels-idx1-ubyte exist: keep one"):
+    (root / "t10k-labels-idx1-ubyte").write_bytes(raw)  # torchvision's raw/ keeps both
+    assert len(load_source(DataConfig(source="fashion_mnist", source_path=str(root))).ids) == 9
+    (root / "t10k-labels-idx1-ubyte").write_bytes(raw[:-1] + bytes([9]))
+    with pytest.raises(SourceError, match="t10k-labels-idx1-ubyte.gz and .*t10k-labels-idx1-ubyte hold different"):
         load_source(DataConfig(source="fashion_mnist", source_path=str(root)))

@@ -214,8 +214,15 @@ def _image_folder(folder: Path) -> object:
     return VisibleImageFolder(str(folder), is_valid_file=visible_image)
 
 
+def _holds_folders(path: Path) -> bool:
+    """Whether ``path`` is a folder with a visible sub-folder: a split folder holds class folders; a class folder
+    that happens to be called ``train`` (CIFAR-100, VOC) holds images."""
+    return path.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in os.scandir(path))
+
+
 def _read_image(path: Path, rel: str, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size), or a SourceError naming the file (relative to the source root)."""
+    """One image as uint8 (3, size, size), or a SourceError naming it by ``rel`` (its sample id and class: file
+    names may name people, so they never reach a message or a log, as they never become ids)."""
     from PIL import Image
 
     try:
@@ -231,7 +238,8 @@ def _read_image(path: Path, rel: str, size: int) -> np.ndarray:
     except SourceError:
         raise
     except Exception as exc:  # PIL raises OSError, ValueError, DecompressionBombError... for unreadable files
-        raise SourceError(f"image {rel} cannot be read: {type(exc).__name__}: {exc}") from None
+        # the type only: PIL's messages quote the file's path
+        raise SourceError(f"image {rel} cannot be read ({type(exc).__name__})") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
 
@@ -248,7 +256,7 @@ def load_imagefolder_source(cfg: DataConfig) -> SourceData:
     root = Path(cfg.source_path)
     if not root.is_dir():
         raise SourceError(f"image folder not found: {root}")
-    present = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+    present = [name for name in SPLIT_FOLDERS if _holds_folders(root / name)]  # a class named "train" holds images
     given_split = TRAIN in present and TEST in present
     if present and not given_split:
         raise SourceError(f"image folder {root} has {', '.join(f'{name}/' for name in present)} but not both "
@@ -269,8 +277,10 @@ def load_imagefolder_source(cfg: DataConfig) -> SourceData:
             raise SourceError(f"{root}: train and test folders have different classes")
         for path, label in dataset.samples:
             rel = Path(path).relative_to(root).as_posix()
-            images.append(_read_image(Path(path), rel, size))
-            ids.append("img-" + hashlib.sha256(rel.encode()).hexdigest()[:16])
+            sample_id = "img-" + hashlib.sha256(rel.encode()).hexdigest()[:16]
+            images.append(_read_image(Path(path), f"{sample_id} (class {dataset.classes[label]!r}; the id is a "
+                                      "hash of the path relative to the source root)", size))
+            ids.append(sample_id)
             labels.append(label)
             splits.append(split)
     labels_arr = np.asarray(labels, dtype=np.int64)
@@ -332,11 +342,11 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _find_idx(root: Path, stem: str) -> Path:
-    """The one idx file named ``stem`` or ``stem.gz``; both present is refused (they may differ, and which one
-    was read would be a guess)."""
+    """The idx file named ``stem.gz`` or ``stem``. Both may be present (torchvision's ``raw/`` folder keeps the
+    archive beside its extraction); then they must hold the same data, or which one was read would be a guess."""
     found = [root / name for name in (f"{stem}.gz", stem) if (root / name).is_file()]
-    if len(found) == 2:
-        raise SourceError(f"both {found[0]} and {found[1]} exist: keep one of them")
+    if len(found) == 2 and not np.array_equal(read_idx(found[0]), read_idx(found[1])):
+        raise SourceError(f"{found[0]} and {found[1]} hold different data: keep the right one")
     if found:
         return found[0]
     raise SourceError(f"Fashion-MNIST file {stem}[.gz] not found in {root} "
