@@ -17,6 +17,8 @@ STRENGTHS = {
     "low_power": "LOW POWER: the attacks could not detect the original model's memory of these samples, so the "
                  "test could not show forgetting either way; promoted under gate.on_inconclusive: promote_low_power",
     "inconclusive": "inconclusive: the attacks could not tell either way; NOT a pass",
+    "diverged": "failed without a statistical test: the unlearned model's outputs were not finite (it diverged), "
+                "so it was rejected; no attack scored it",
 }
 
 
@@ -61,8 +63,8 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
     ``parent_detected``: whether the positive control detected the parent (the report's field); an inconclusive
     verdict then says the samples, not the attacks, were what fell short.
     """
-    if strength == "exact":
-        return STRENGTHS["exact"]
+    if strength in ("exact", "diverged"):
+        return STRENGTHS[strength]
     if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
         return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
     if verdict == "pass" and strength == "conclusive":

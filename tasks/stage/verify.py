@@ -35,15 +35,19 @@ def _json_number(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def evidence_strength(verdict: str, action: str, exact: bool) -> str:
+def evidence_strength(verdict: str, action: str, exact: bool, tested: bool = True) -> str:
     """How strong the evidence behind an attempt is, in one word (certificates, status, tags).
 
     ``exact``: the model is the exact retrain (it never saw the forget samples); ``conclusive``:
-    the gate passed or failed with the parent detected; ``low_power``: inconclusive, promoted
-    under ``promote_low_power``; ``inconclusive``: not enough evidence either way.
+    the gate passed or failed with the parent detected; ``diverged``: failed without a test (``tested``
+    False: the model's outputs were not finite, no metric was scored, so no control was either);
+    ``low_power``: inconclusive, promoted under ``promote_low_power``; ``inconclusive``: not enough
+    evidence either way.
     """
     if exact:
         return "exact"
+    if verdict == FAIL and not tested:
+        return "diverged"
     if verdict in (PASS, FAIL):
         return "conclusive"
     return "low_power" if action == PROMOTE_LOW_POWER else INCONCLUSIVE
@@ -126,7 +130,7 @@ def run_verify(project: Project) -> dict[str, Any]:
         if action == RETRAIN:
             policy_reason = (f"every rung of the ladder ({', '.join(a.method for a in attempts)}) failed the gate "
                              "conclusively: escalated to the exact retrain")
-    strength = evidence_strength(verdict, action, exact)
+    strength = evidence_strength(verdict, action, exact, tested=bool(evaluation.decision.checks))
     outcome, results = evaluation.outcome, evaluation.results
     plots = reporting.verification_plots(project.plots_dir, {r: o.scores for r, o in outcome.items()},
                                          evaluation.proofs)

@@ -30,3 +30,14 @@ def test_pass_fail_and_exact_statements_do_not_depend_on_the_control_flag():
 def test_the_summary_passes_the_reports_control_flag():
     report = {"verdict": "inconclusive", "evidence": "low_power", "parent_detected": True, "checks": []}
     assert "attacks detected" in evidence_summary(report)["statement"]
+
+
+def test_a_diverged_candidate_is_not_called_conclusive():
+    """A diverged candidate fails with no metric scored, so no positive control ran: its evidence is 'diverged'."""
+    from tasks.stage.verify import evidence_strength
+
+    assert evidence_strength("fail", "retrain", False, tested=False) == "diverged"
+    assert evidence_strength("fail", "retrain", False, tested=True) == "conclusive"
+    assert evidence_strength("pass", "promote", False) == "conclusive"
+    text = statement("fail", "diverged", False)
+    assert "not finite" in text and "measurably unlike" not in text
