@@ -45,7 +45,8 @@ lost its per-sample memory but still classifies the class scores like never-trai
 ``class_acc`` is the absolute accuracy on those negatives, target 0 (a model never trained on a class
 does not predict it) or the retrains' in strict mode, decided like ``forget_acc``; it is added
 automatically. ``test_acc`` is then measured on the other negatives only (on the forgotten classes a
-correct unlearner loses all accuracy by design), and left out when there are fewer than ``min_samples``.
+correct unlearner loses all accuracy by design), and recorded inconclusive ("utility not measurable")
+when there are fewer than ``min_samples`` of them.
 
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
@@ -487,21 +488,21 @@ def gate_decision(
                                               margin_fraction=margin_fraction, n_forget=n_forget,
                                               n_negative=n_class))
         others = None if class_negatives is None else ~class_negatives
-        if "test_acc" in accuracy_checks and others is not None and int(others.sum()) < min_samples:
+        n_others = n_test if others is None else int(others.sum())
+        if "test_acc" in accuracy_checks and n_others < min_samples:  # only with class negatives (n_test passed above)
             # said, not dropped: utility is asked for and cannot be measured on the forgotten classes
             checks.append(MetricCheck(
                 metric="test_acc", verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
                 estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
                 parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
-                parent_detected=gap_check.parent_detected, n_forget=0, n_negative=int(others.sum()),
-                reason=f"utility not measurable: {int(others.sum())} negative(s) outside the forgotten classes, the "
+                parent_detected=gap_check.parent_detected, n_forget=0, n_negative=n_others,
+                reason=f"utility not measurable: {n_others} negative(s) outside the forgotten classes, the "
                        f"gate needs {min_samples}"))
         elif "test_acc" in accuracy_checks:
             reference = targets if targets else [parent]
             target = _target_draws([_test_acc_draws(t, wn, others) for t in reference], rng)
             checks.append(_decide_non_inferiority(_test_acc_draws(candidate, wn, others), target, gap_check.margin,
-                                                  alpha=alpha, n_negative=n_test if others is None else
-                                                  int(others.sum()), detected=gap_check.parent_detected))
+                                                  alpha=alpha, n_negative=n_others, detected=gap_check.parent_detected))
     return _combine(checks, base)
 
 

@@ -282,19 +282,11 @@ def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, 
     return Baselines(proofs, outcome, scored, refs, ref_ids)
 
 
-def _diverged(project: Project, mode: str, n_forget: int, why: str) -> GateDecision:
+def _unscored(project: Project, verdict: str, mode: str, n_forget: int, reason: str) -> GateDecision:
+    """A decision reached without scoring any metric (a diverged candidate; a gated attack refusing the sets)."""
     gate = project.params.gate
-    return GateDecision(FAIL, f"the unlearned model diverged ({why}): nothing to certify", (), mode=mode,
-                        alpha=gate.alpha, margin_fraction=gate.margin_fraction, resamples=gate.resamples,
-                        seed=gate.seed, n_forget=n_forget)
-
-
-def _refused(project: Project, mode: str, n_forget: int, why: str) -> GateDecision:
-    gate = project.params.gate
-    return GateDecision(INCONCLUSIVE, f"a gated attack cannot score these samples ({why}): not enough evidence "
-                        "either way; this is NOT a pass", (), mode=mode, alpha=gate.alpha,
-                        margin_fraction=gate.margin_fraction, resamples=gate.resamples, seed=gate.seed,
-                        n_forget=n_forget)
+    return GateDecision(verdict, reason, (), mode=mode, alpha=gate.alpha, margin_fraction=gate.margin_fraction,
+                        resamples=gate.resamples, seed=gate.seed, n_forget=n_forget)
 
 
 def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, candidate: torch.nn.Module, *,
@@ -343,7 +335,9 @@ def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, can
         proofs["unlearned"] = evidence(candidate.to(resolve_device(project)))
         outcome["unlearned"] = _suite_fn(project.params)(proofs["unlearned"], baselines.references)
         if baselines.refused is not None:
-            decision = _refused(project, mode, len(sets.forget), baselines.refused)
+            decision = _unscored(project, INCONCLUSIVE, mode, len(sets.forget),
+                                 f"a gated attack cannot score these samples ({baselines.refused}): not enough "
+                                 "evidence either way; this is NOT a pass")
         else:
             scored = score_model(project, proofs["unlearned"], baselines.references)
             decision = decide(project, scored, baselines.scored["original"], targets,
@@ -352,5 +346,6 @@ def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, can
         # A diverged model is a verdict, not a crash: every metric is NaN and the gate fails.
         log.warning("verify: %s", exc)
         outcome["unlearned"] = SuiteResult({k: float("nan") for k in outcome["original"].metrics}, {}, {})
-        decision = _diverged(project, mode, len(sets.forget), str(exc))
+        decision = _unscored(project, FAIL, mode, len(sets.forget),
+                             f"the unlearned model diverged ({exc}): nothing to certify")
     return Evaluation(proofs, outcome, decision, exact, list(baselines.reference_ids), time.perf_counter() - started)

@@ -76,8 +76,8 @@ class SourceData:
         # split leaves the gate and the attacks nothing to compare).
         if len(self.classes) < 2:
             raise SourceError(f"source {self.name!r}: {len(self.classes)} class(es); classification needs at least 2")
-        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
-            bad = int(self.labels.min()) if int(self.labels.min()) < 0 else int(self.labels.max())
+        bad = label_outside(self.labels, len(self.classes))
+        if bad is not None:
             raise SourceError(f"source {self.name!r}: label {bad} outside 0..{len(self.classes) - 1} "
                               f"(its {len(self.classes)} classes)")
         for split in (TRAIN, TEST):
@@ -86,6 +86,14 @@ class SourceData:
 
 
 SOURCES: Registry = Registry("data source", modules=("unlearn.data.sources",))
+
+
+def label_outside(labels: np.ndarray, num_classes: int) -> int | None:
+    """A label outside ``0..num_classes-1`` (the lowest if one is negative, else the highest), or None."""
+    if not len(labels):
+        return None
+    low, high = int(labels.min()), int(labels.max())
+    return low if low < 0 else high if high >= num_classes else None
 
 
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -169,8 +177,8 @@ def load_cifar10_source(cfg: DataConfig) -> SourceData:
         offset = 0
         for name in files:
             data, labels = _read_cifar_batch(root / name)
-            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
-                bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            bad = label_outside(labels, len(classes))
+            if bad is not None:  # checked per file, to name it
                 raise SourceError(f"CIFAR-10 file {root / name}: label {bad} outside 0..{len(classes) - 1} "
                                   f"(batches.meta names {len(classes)} classes)")
             parts.append((data, labels))
@@ -201,8 +209,7 @@ def _image_folder(folder: Path) -> object:
 
     class VisibleImageFolder(ImageFolder):
         def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-            classes = sorted(entry.name for entry in os.scandir(directory)
-                             if entry.is_dir() and not entry.name.startswith("."))
+            classes = _visible_folders(Path(directory))
             if not classes:
                 raise FileNotFoundError(f"no class folder in {directory}")
             return classes, {name: index for index, name in enumerate(classes)}
@@ -214,14 +221,15 @@ def _image_folder(folder: Path) -> object:
     return VisibleImageFolder(str(folder), is_valid_file=visible_image)
 
 
-def _holds_folders(path: Path) -> bool:
-    """Whether ``path`` is a folder with a visible sub-folder: a split folder holds class folders; a class folder
-    that happens to be called ``train`` (CIFAR-100, VOC) holds images."""
-    return path.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in os.scandir(path))
+def _visible_folders(path: Path) -> list[str]:
+    """The names of ``path``'s sub-folders that are not hidden, sorted (none when ``path`` is not a folder)."""
+    if not path.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith("."))
 
 
-def _read_image(path: Path, rel: str, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size), or a SourceError naming it by ``rel`` (its sample id and class: file
+def _read_image(path: Path, named: str, size: int) -> np.ndarray:
+    """One image as uint8 (3, size, size), or a SourceError naming it as ``named`` (its sample id and class: file
     names may name people, so they never reach a message or a log, as they never become ids)."""
     from PIL import Image
 
@@ -232,14 +240,14 @@ def _read_image(path: Path, rel: str, size: int) -> np.ndarray:
                 grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
                 image = Image.fromarray(np.rint(grey).astype(np.uint8), mode="L")
             elif image.mode in ("I", "F"):
-                raise SourceError(f"image {rel} has mode {image.mode!r} (32-bit integer or float pixels, no fixed "
+                raise SourceError(f"image {named} has mode {image.mode!r} (32-bit integer or float pixels, no fixed "
                                   "range): convert the dataset to 8-bit (or 16-bit grey) images")
             rgb = image.convert("RGB").resize((size, size))
     except SourceError:
         raise
     except Exception as exc:  # PIL raises OSError, ValueError, DecompressionBombError... for unreadable files
         # the type only: PIL's messages quote the file's path
-        raise SourceError(f"image {rel} cannot be read ({type(exc).__name__})") from None
+        raise SourceError(f"image {named} cannot be read ({type(exc).__name__})") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
 
@@ -256,7 +264,8 @@ def load_imagefolder_source(cfg: DataConfig) -> SourceData:
     root = Path(cfg.source_path)
     if not root.is_dir():
         raise SourceError(f"image folder not found: {root}")
-    present = [name for name in SPLIT_FOLDERS if _holds_folders(root / name)]  # a class named "train" holds images
+    # a split folder holds class folders; a class folder that happens to be called "train" (CIFAR-100) holds images
+    present = [name for name in SPLIT_FOLDERS if _visible_folders(root / name)]
     given_split = TRAIN in present and TEST in present
     if present and not given_split:
         raise SourceError(f"image folder {root} has {', '.join(f'{name}/' for name in present)} but not both "
@@ -341,12 +350,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _find_idx(root: Path, stem: str) -> Path:
-    """The idx file named ``stem.gz`` or ``stem``. Both may be present (torchvision's ``raw/`` folder keeps the
+def _load_idx(root: Path, stem: str) -> np.ndarray:
+    """The idx file named ``stem.gz`` or ``stem``, read. Both may be present (torchvision's ``raw/`` folder keeps the
     archive beside its extraction); then they must hold the same data, or which one was read would be a guess."""
-    found = [root / name for name in (f"{stem}.gz", stem) if (root / name).is_file()]
-    if len(found) == 2 and not np.array_equal(read_idx(found[0]), read_idx(found[1])):
-        raise SourceError(f"{found[0]} and {found[1]} hold different data: keep the right one")
+    found = [read_idx(root / name) for name in (f"{stem}.gz", stem) if (root / name).is_file()]
+    if len(found) == 2 and not np.array_equal(*found):
+        raise SourceError(f"{root / stem}.gz and {root / stem} hold different data: keep the right one")
     if found:
         return found[0]
     raise SourceError(f"Fashion-MNIST file {stem}[.gz] not found in {root} "
@@ -363,8 +372,8 @@ def load_fashion_mnist_source(cfg: DataConfig) -> SourceData:
                           "scripts/install-datasets.sh, or set data.source_path)")
     ids, images, labels, splits = [], [], [], []
     for split, prefix in ((TRAIN, "train"), (TEST, "t10k")):
-        x = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
-        y = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+        x = _load_idx(root, f"{prefix}-images-idx3-ubyte")
+        y = _load_idx(root, f"{prefix}-labels-idx1-ubyte")
         if x.ndim != 3 or y.ndim != 1:
             raise SourceError(f"Fashion-MNIST {split}: expected images (N, H, W) and labels (N,), "
                               f"got {x.shape} and {y.shape}")
