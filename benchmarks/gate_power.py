@@ -187,7 +187,9 @@ def main() -> int:
                 decision = gate_decision(scores, parent_scores, attacks=gate.attacks,
                                          accuracy_checks=gate.accuracy_checks, alpha=gate.alpha,
                                          margin_fraction=gate.margin_fraction, resamples=gate.resamples,
-                                         seed=gate.seed, min_samples=gate.min_samples)
+                                         seed=gate.seed, min_samples=gate.min_samples,
+                                         negative_labels=sets.test.labels.numpy(),
+                                         utility_loss_fraction=gate.utility_loss_fraction)
                 cpu = time.process_time() - start
                 if role == "amun":
                     costs.append({"seed": seed, "n_forget": int(n), "verify_cpu_s": setup_cpu + cpu,

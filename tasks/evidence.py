@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from unlearn.gate import UTILITY_CHECKS
+
 STRENGTHS = {
     "exact": "exact: the model was retrained from scratch without the deleted samples; it never saw them",
     "conclusive": "conclusive: the attacks detected the original model's memory of these samples (positive "
@@ -41,7 +43,8 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
                                      "parent_detected", "estimate", "ci_low", "ci_high", "margin", "reason")}
               for c in report.get("checks") or []]
     return {"verdict": report.get("verdict"), "evidence": strength,
-            "statement": statement(report.get("verdict"), strength, report.get("parent_detected")),
+            "statement": statement(report.get("verdict"), strength, report.get("parent_detected"),
+                                   failed=[c["metric"] for c in checks if c.get("verdict") == "fail"]),
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
@@ -57,11 +60,14 @@ DETECTED_INCONCLUSIVE = ("inconclusive: the attacks detected the original model'
                          "were too few samples to decide either way; NOT a pass")
 
 
-def statement(verdict: str | None, strength: str, parent_detected: bool | None = None) -> str:
+def statement(verdict: str | None, strength: str, parent_detected: bool | None = None,
+              failed: list[str] | None = None) -> str:
     """One sentence: what the verification shows, never more than it shows.
 
     ``parent_detected``: whether the positive control detected the parent (the report's field); an inconclusive
-    verdict then says the samples, not the attacks, were what fell short.
+    verdict then says the samples, not the attacks, were what fell short. ``failed``: the metrics that failed; a
+    model that failed only a utility check (``utility``, ``test_acc``) was not shown to remember anything, so its
+    statement says what it lost instead.
     """
     if strength in ("exact", "diverged"):
         return STRENGTHS[strength]
@@ -71,5 +77,9 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
         return ("verified: the unlearned model is statistically equivalent to one that never trained on these "
                 "samples, within a margin set by what the attacks detected in the original model")
     if verdict == "fail":
-        return "failed: the model still behaves measurably unlike one that never trained on these samples"
+        lost = bool(failed) and any(m in UTILITY_CHECKS for m in failed)
+        remembers = not failed or any(m not in UTILITY_CHECKS for m in failed)
+        said = (["the model still behaves measurably unlike one that never trained on these samples"] if remembers
+                else []) + (["it lost more accuracy on unseen samples than the gate allows"] if lost else [])
+        return "failed: " + "; and ".join(said)
     return STRENGTHS.get(strength, STRENGTHS["inconclusive"])

@@ -46,12 +46,13 @@ from tasks import audit, dvc_ops, tracking
 from tasks.ladder import EXACT, append_history, demote, demoted, history
 from tasks.project import PipelineError, Project
 from tasks.stage.context import check_architecture, model_architecture, resolve_device, tensors
+from tasks.stage.evaluation import gate_decision_for
 from tasks.stage.references import recipe_key
 from unlearn.data import SampleStore
 from unlearn.data.sources import load_source
 from unlearn.data.store import Arrays
 from unlearn.files import utc_now
-from unlearn.gate import GateDecision, audit_demotes, audit_due, gate_decision
+from unlearn.gate import GateDecision, audit_demotes, audit_due
 from unlearn.methods import UnlearningData, run_method
 from unlearn.models import build_model
 from unlearn.references import ReferenceBank, derive_seed, members_digest, out_references
@@ -330,10 +331,7 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
         return gate_scores(evidence, ref_evidence, attacks=gate.attacks,
                            attack_options=params.verify.attack_options, seed=params.seed)
 
-    decision = gate_decision(scored(candidate), scored(parent), attacks=gate.attacks,
-                             accuracy_checks=gate.accuracy_checks, targets=[scored(r) for r in retrains],
-                             alpha=gate.alpha, margin_fraction=gate.margin_fraction, resamples=gate.resamples,
-                             seed=gate.seed, min_samples=gate.min_samples, class_negatives=sets.class_negatives())
+    decision = gate_decision_for(gate, scored(candidate), scored(parent), [scored(r) for r in retrains], sets)
     offending = audit_demotes(decision)
     record = _record(project, chosen, decision, offending, parent_source=parent_source, ref_ids=ref_ids,
                      refs_trained=refs_trained, seeds=seeds, situation=situation,

@@ -44,9 +44,19 @@ classes): every check above is relative, forget against negatives of the same cl
 lost its per-sample memory but still classifies the class scores like never-trained on all of them.
 ``class_acc`` is the absolute accuracy on those negatives, target 0 (a model never trained on a class
 does not predict it) or the retrains' in strict mode, decided like ``forget_acc``; it is added
-automatically. ``test_acc`` is then measured on the other negatives only (on the forgotten classes a
-correct unlearner loses all accuracy by design), and recorded inconclusive ("utility not measurable")
-when there are fewer than ``min_samples`` of them.
+automatically. ``test_acc`` and ``utility`` are then measured on the other negatives only (on the
+forgotten classes a correct unlearner loses all accuracy by design), and recorded inconclusive
+("utility not measurable") when there are fewer than ``min_samples`` of them.
+
+Utility (``utility``, on by default in ``params.yaml``): every check above asks whether the candidate
+*forgot*; a model that lost everything (one class for every input) forgets perfectly and would pass
+them all, then replace the champion. ``utility`` is a non-inferiority check of the accuracy on the
+negatives against the parent (the retrains in strict mode) with its own positive control and a
+measured margin: the parent's *skill*, its accuracy minus that of the best constant prediction (the
+most frequent class among the negatives), must be detected (interval above zero; otherwise the
+negatives cannot show a loss and the check is inconclusive), and the candidate may lose at most
+``utility_loss_fraction`` of that skill. ``test_acc`` is the stricter form whose allowed loss is the
+``forget_acc`` margin.
 
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
@@ -81,7 +91,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-ACCURACY_CHECKS = ("forget_acc", "test_acc", "class_acc")
+ACCURACY_CHECKS = ("forget_acc", "test_acc", "utility", "class_acc")
+# Checks of what the model still does, not of what it forgot: the parent passes them by construction, so they
+# are never a positive control of forgetting (GateDecision.parent_detected) and never a forgetting check.
+UTILITY_CHECKS = ("test_acc", "utility")
 
 
 @dataclass(frozen=True)
@@ -109,16 +122,18 @@ class MetricCheck:
     """The decision on one gated metric, with every number behind it.
 
     Attributes:
-        metric: ``mia.<attack>.auc``, ``forget_acc`` or ``test_acc``.
+        metric: ``mia.<attack>.auc``, ``forget_acc``, ``class_acc``, ``test_acc`` or ``utility``.
         verdict: pass / fail / inconclusive.
         reason: The decision in plain words.
         candidate: Candidate's metric value (point estimate).
         target: Target's value (0.5 for an AUC in equivalence mode).
         estimate: candidate - target (point).
         ci_low / ci_high: (1 - 2 alpha) paired-bootstrap interval of candidate - target.
-        parent_excess: parent - target (point); NaN for ``test_acc``.
+        parent_excess: parent - target (point); NaN for ``test_acc``; for ``utility`` the parent's skill
+            (its accuracy minus the best constant prediction's).
         parent_ci_low / parent_ci_high: Its (1 - 2 alpha) interval.
-        parent_detected: The positive control: the parent's interval lies above zero.
+        parent_detected: The positive control: the parent's interval lies above zero (``test_acc``: the
+            ``forget_acc`` control, whose margin it borrows).
         margin: delta (NaN when the control failed).
         n_forget / n_negative: Samples behind the metric.
     """
@@ -177,7 +192,7 @@ class GateDecision:
     @property
     def parent_detected(self) -> bool:
         """True when the positive control detected the parent on every membership metric."""
-        members = [c for c in self.checks if c.metric != "test_acc"]
+        members = [c for c in self.checks if c.metric not in UTILITY_CHECKS]
         return bool(members) and all(c.parent_detected for c in members)
 
     def to_dict(self) -> dict:
@@ -335,24 +350,51 @@ def _decide_equivalence(metric: str, cand: tuple[float, np.ndarray], parent: tup
                        reason=f"too few samples to decide: {where} (interval crosses the margin)")
 
 
-def _decide_non_inferiority(cand: tuple[float, np.ndarray], target: tuple[float, np.ndarray], delta: float, *,
-                            alpha: float, n_negative: int, detected: bool) -> MetricCheck:
+def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target: tuple[float, np.ndarray],
+                            delta: float, *, alpha: float, n_negative: int, detected: bool,
+                            control: tuple[float, float, float] | None = None, no_control: str) -> MetricCheck:
+    """Utility kept? ``control``: the parent's skill (point, interval) when the check has one of its own."""
     estimate = cand[0] - target[0]
     low, high = _interval(cand[1] - target[1], alpha)
     level = f"{100 * (1 - 2 * alpha):g}%"
-    common = dict(metric="test_acc", candidate=cand[0], target=target[0], estimate=estimate, ci_low=low,
-                  ci_high=high, parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
+    excess, p_low, p_high = control if control is not None else (float("nan"),) * 3
+    common = dict(metric=metric, candidate=cand[0], target=target[0], estimate=estimate, ci_low=low,
+                  ci_high=high, parent_excess=excess, parent_ci_low=p_low, parent_ci_high=p_high,
                   parent_detected=detected, n_forget=0, n_negative=n_negative)
     if not detected or not delta > 0:
-        return MetricCheck(verdict=INCONCLUSIVE, margin=float("nan"), **common, reason=(
-            "no margin: the forget-accuracy control did not detect the parent, so the tolerated accuracy "
-            "loss is undefined"))
+        return MetricCheck(verdict=INCONCLUSIVE, margin=float("nan"), **common, reason=no_control)
     where = f"accuracy change {estimate:+.4f}, {level} CI [{low:+.4f}, {high:+.4f}], allowed loss {delta:.4f}"
     if low > -delta:
         return MetricCheck(verdict=PASS, margin=delta, **common, reason=f"utility kept: {where}")
     if high <= -delta:
         return MetricCheck(verdict=FAIL, margin=delta, **common, reason=f"utility lost: {where}")
     return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common, reason=f"too few samples to decide: {where}")
+
+
+def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequence[ScoredModel], labels: np.ndarray,
+                   keep: np.ndarray | None, wn: np.ndarray, rng: np.random.Generator, *, alpha: float,
+                   loss_fraction: float, n_negative: int) -> MetricCheck:
+    """``utility``: non-inferiority of the accuracy on the (kept) negatives, margin = a fraction of the parent's skill.
+
+    The skill's baseline is the best constant prediction (the most frequent label among the kept negatives),
+    scored with the same bootstrap weights and pseudo-samples as the models: what a model that lost everything
+    and answers one class scores at best.
+    """
+    kept = labels if keep is None else labels[keep]
+    majority = int(np.bincount(kept).argmax())
+    constant = ScoredModel({}, {}, candidate.forget_correct, (labels == majority).astype(np.float64))
+    par, base = _test_acc_draws(parent, wn, keep), _test_acc_draws(constant, wn, keep)
+    skill = par[0] - base[0]
+    s_low, s_high = _interval(par[1] - base[1], alpha)
+    detected = bool(s_low > 0.0 and skill > 0.0)
+    target = _target_draws([_test_acc_draws(t, wn, keep) for t in (targets or [parent])], rng)
+    level = f"{100 * (1 - 2 * alpha):g}%"
+    return _decide_non_inferiority(
+        "utility", _test_acc_draws(candidate, wn, keep), target, loss_fraction * skill, alpha=alpha,
+        n_negative=n_negative, detected=detected, control=(skill, s_low, s_high),
+        no_control=(f"utility not measurable: the parent's accuracy on the negatives is not above the best constant "
+                    f"prediction's (skill {skill:+.4f}, {level} CI [{s_low:+.4f}, {s_high:+.4f}]), so no loss "
+                    "could be seen"))
 
 
 def gate_decision(
@@ -368,6 +410,8 @@ def gate_decision(
     seed: int = 0,
     min_samples: int = 20,
     class_negatives: np.ndarray | None = None,
+    negative_labels: np.ndarray | None = None,
+    utility_loss_fraction: float = 0.1,
 ) -> GateDecision:
     """Decide whether ``candidate`` is equivalent to never having trained on D_F.
 
@@ -377,8 +421,9 @@ def gate_decision(
         candidate: The unlearned model's evidence.
         parent: The model the batch was unlearned from (positive control), same samples.
         attacks: Attacks whose AUC is gated, fixed in advance (choosing after the fact inflates).
-        accuracy_checks: Any of ``forget_acc`` (forget - negative accuracy gap, equivalence) and
-            ``test_acc`` (non-inferiority of the accuracy on the negatives).
+        accuracy_checks: Any of ``forget_acc`` (forget - negative accuracy gap, equivalence),
+            ``utility`` (non-inferiority of the accuracy on the negatives, margin a fraction of the
+            parent's skill) and ``test_acc`` (the same with the ``forget_acc`` margin).
         targets: Exact retrains without D_F (strict mode); empty = equivalence mode, where the
             target is the never-trained expectation (AUC 0.5, accuracy gap 0, parent's accuracy).
         alpha: Level of each one-sided test, in (0, 0.5); intervals are (1 - 2 alpha).
@@ -388,7 +433,11 @@ def gate_decision(
         min_samples: Fewer forget or negative samples than this -> ``inconclusive`` up front
             (percentile intervals of so few samples under-cover).
         class_negatives: For whole classes forgotten: a mask over the negatives marking the unseen samples
-            of those classes. Adds the ``class_acc`` check and measures ``test_acc`` on the others.
+            of those classes. Adds the ``class_acc`` check and measures ``test_acc``/``utility`` on the others.
+        negative_labels: The negatives' labels, shape (N_T,); needed by ``utility`` (its baseline is the
+            most frequent label).
+        utility_loss_fraction: ``utility`` allows the candidate to lose this fraction of the parent's skill
+            (its accuracy above the best constant prediction's), in (0, 1].
 
     Returns:
         The decision with every number behind it.
@@ -406,10 +455,12 @@ def gate_decision(
     if unknown:
         raise ValueError(f"unknown accuracy check(s) {unknown}; valid: {list(ACCURACY_CHECKS)}")
     if not attacks and "forget_acc" not in accuracy_checks:
-        # test_acc is a non-inferiority check of utility: the parent passes it by construction, so a
-        # gate of test_acc alone could pass a model that forgot nothing (no positive control).
+        # test_acc and utility are non-inferiority checks of utility: the parent passes them by construction, so
+        # a gate of those alone could pass a model that forgot nothing (no positive control).
         raise ValueError("the gate needs at least one forgetting check (a gated attack or forget_acc); "
-                         "test_acc alone checks utility and the parent itself would pass")
+                         "test_acc and utility check utility and the parent itself would pass")
+    if not 0.0 < utility_loss_fraction <= 1.0:
+        raise ValueError(f"utility_loss_fraction must be in (0, 1], got {utility_loss_fraction}")
     models = [candidate, parent, *targets]
     n_forget, n_test = len(candidate.forget_correct), len(candidate.test_correct)
     for model in models:
@@ -426,6 +477,14 @@ def gate_decision(
         accuracy_checks = (*[c for c in accuracy_checks if c != "class_acc"], "class_acc")
     elif "class_acc" in accuracy_checks:
         raise ValueError("gate: class_acc needs class_negatives (the forgotten classes' negatives)")
+    if "utility" in accuracy_checks:
+        if negative_labels is None:
+            raise ValueError("gate: utility needs negative_labels (its baseline is the most frequent label)")
+        negative_labels = np.asarray(negative_labels)
+        if negative_labels.shape != (n_test,) or not np.issubdtype(negative_labels.dtype, np.integer) \
+                or (n_test and negative_labels.min() < 0):
+            raise ValueError(f"gate: negative_labels must be {n_test} non-negative integer labels, "
+                             f"got shape {negative_labels.shape} dtype {negative_labels.dtype}")
     mode = "strict" if targets else "equivalence"
     base = dict(mode=mode, alpha=alpha, margin_fraction=margin_fraction, resamples=resamples, seed=seed,
                 n_forget=n_forget, n_targets=len(targets))
@@ -489,20 +548,28 @@ def gate_decision(
                                               n_negative=n_class))
         others = None if class_negatives is None else ~class_negatives
         n_others = n_test if others is None else int(others.sum())
-        if "test_acc" in accuracy_checks and n_others < min_samples:  # only with class negatives (n_test passed above)
-            # said, not dropped: utility is asked for and cannot be measured on the forgotten classes
-            checks.append(MetricCheck(
-                metric="test_acc", verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
-                estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
-                parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
-                parent_detected=gap_check.parent_detected, n_forget=0, n_negative=n_others,
-                reason=f"utility not measurable: {n_others} negative(s) outside the forgotten classes, the "
-                       f"gate needs {min_samples}"))
-        elif "test_acc" in accuracy_checks:
-            reference = targets if targets else [parent]
-            target = _target_draws([_test_acc_draws(t, wn, others) for t in reference], rng)
-            checks.append(_decide_non_inferiority(_test_acc_draws(candidate, wn, others), target, gap_check.margin,
-                                                  alpha=alpha, n_negative=n_others, detected=gap_check.parent_detected))
+        for metric in [m for m in UTILITY_CHECKS if m in accuracy_checks]:
+            if n_others < min_samples:  # only with class negatives (n_test passed above)
+                # said, not dropped: utility is asked for and cannot be measured on the forgotten classes
+                checks.append(MetricCheck(
+                    metric=metric, verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
+                    estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
+                    parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
+                    parent_detected=bool(metric == "test_acc" and gap_check.parent_detected), n_forget=0,
+                    n_negative=n_others,
+                    reason=f"utility not measurable: {n_others} negative(s) outside the forgotten classes, the "
+                           f"gate needs {min_samples}"))
+            elif metric == "utility":
+                checks.append(_utility_check(candidate, parent, targets, negative_labels, others, wn, rng,
+                                             alpha=alpha, loss_fraction=utility_loss_fraction, n_negative=n_others))
+            else:
+                reference = targets if targets else [parent]
+                target = _target_draws([_test_acc_draws(t, wn, others) for t in reference], rng)
+                checks.append(_decide_non_inferiority(
+                    "test_acc", _test_acc_draws(candidate, wn, others), target, gap_check.margin, alpha=alpha,
+                    n_negative=n_others, detected=gap_check.parent_detected,
+                    no_control=("no margin: the forget-accuracy control did not detect the parent, so the tolerated "
+                                "accuracy loss is undefined")))
     return _combine(checks, base)
 
 
@@ -512,14 +579,21 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
     open_ = [c.metric for c in checks if c.verdict == INCONCLUSIVE]
     no_control = [c.metric for c in checks if not c.parent_detected]
     if failed:
-        verdict, reason = FAIL, f"conclusively not equivalent to never trained on: {', '.join(failed)}"
+        remembers = [m for m in failed if m not in UTILITY_CHECKS]
+        lost = [m for m in failed if m in UTILITY_CHECKS]
+        said = ([f"conclusively not equivalent to never trained on: {', '.join(remembers)}"] if remembers else []) + \
+               ([f"conclusively lost more accuracy on unseen samples than allowed: {', '.join(lost)}"] if lost else [])
+        verdict, reason = FAIL, "; ".join(said)
     elif open_:
         why = ("the positive control did not detect the parent on " + ", ".join(no_control) if no_control
                else "the intervals are too wide for the margin on " + ", ".join(open_))
         verdict, reason = INCONCLUSIVE, f"not enough evidence either way: {why}; this is NOT a pass"
     else:
-        verdict, reason = PASS, (f"equivalent to never having trained on the forget set on all {len(checks)} gated "
-                                 "metric(s), and the parent was detected on each (the evidence had power)")
+        kept = [c.metric for c in checks if c.metric in UTILITY_CHECKS]
+        forgot = len(checks) - len(kept)
+        verdict, reason = PASS, (f"equivalent to never having trained on the forget set on all {forgot} gated "
+                                 "forgetting metric(s), and the parent was detected on each (the evidence had power)"
+                                 + (f"; utility kept ({', '.join(kept)})" if kept else ""))
     return GateDecision(verdict, reason, tuple(checks), **base)
 
 
@@ -601,4 +675,6 @@ def audit_demotes(audit: GateDecision) -> list[str]:
     """
     if audit.mode != "strict":
         raise ValueError("audit_demotes needs a strict-mode decision (scored against exact retrains)")
-    return [c.metric for c in audit.checks if c.margin == c.margin and abs(c.estimate) > c.margin]
+    # utility checks are one-sided: a method more accurate than the retrains is not demoted for it
+    return [c.metric for c in audit.checks if c.margin == c.margin
+            and (-c.estimate if c.metric in UTILITY_CHECKS else abs(c.estimate)) > c.margin]

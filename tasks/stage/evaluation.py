@@ -29,7 +29,7 @@ from tasks.stage.context import resolve_device, tensors
 from tasks.stage.references import recipe_key, reference_model, reference_pool_ids
 from unlearn.attacks.base import AttackRefused
 from unlearn.attacks.signals import SignalCache
-from unlearn.config import Params
+from unlearn.config import GateConfig, Params
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
 from unlearn.gate import FAIL, INCONCLUSIVE, PASS, GateDecision, ScoredModel, gate_decision
@@ -229,8 +229,7 @@ def score_model(project: Project, evidence: ModelEvidence, references: list[Mode
 
 
 def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
-           targets: list[ScoredModel] | tuple[ScoredModel, ...] = (), *,
-           class_negatives: np.ndarray | None = None) -> GateDecision:
+           targets: list[ScoredModel] | tuple[ScoredModel, ...] = (), *, sets: EvalSets) -> GateDecision:
     """The gate's decision with the project's ``gate`` settings (strict mode when ``targets`` are given).
 
     Args:
@@ -238,13 +237,20 @@ def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
         candidate: The model to certify (from :func:`score_model`).
         parent: The model it was unlearned from: the positive control.
         targets: Exact retrains without the forget set (strict mode); empty = equivalence mode.
-        class_negatives: :meth:`EvalSets.class_negatives` (whole classes forgotten: adds ``class_acc``).
+        sets: The samples every model was scored on: whole classes forgotten add ``class_acc``
+            (:meth:`EvalSets.class_negatives`); the negatives' labels give ``utility`` its baseline.
     """
-    gate = project.params.gate
+    return gate_decision_for(project.params.gate, candidate, parent, targets, sets)
+
+
+def gate_decision_for(gate: GateConfig, candidate: ScoredModel, parent: ScoredModel,
+                      targets: list[ScoredModel] | tuple[ScoredModel, ...], sets: EvalSets) -> GateDecision:
+    """:func:`unlearn.gate.gate_decision` with ``gate``'s settings on ``sets`` (verify and method audits alike)."""
     return gate_decision(candidate, parent, attacks=gate.attacks, accuracy_checks=gate.accuracy_checks,
                          targets=list(targets), alpha=gate.alpha, margin_fraction=gate.margin_fraction,
                          resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples,
-                         class_negatives=class_negatives)
+                         class_negatives=sets.class_negatives(), negative_labels=sets.test.labels.cpu().numpy(),
+                         utility_loss_fraction=gate.utility_loss_fraction)
 
 
 def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, original: torch.nn.Module,
@@ -340,8 +346,7 @@ def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, can
                                  "evidence either way; this is NOT a pass")
         else:
             scored = score_model(project, proofs["unlearned"], baselines.references)
-            decision = decide(project, scored, baselines.scored["original"], targets,
-                              class_negatives=sets.class_negatives())
+            decision = decide(project, scored, baselines.scored["original"], targets, sets=sets)
     except DivergedModelError as exc:
         # A diverged model is a verdict, not a crash: every metric is NaN and the gate fails.
         log.warning("verify: %s", exc)

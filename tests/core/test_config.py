@@ -42,7 +42,12 @@ def test_empty_document_gives_defaults():
         ({"requests": {"reasons": []}}, "requests.reasons"),
         ({"registry": {"model_name": " "}}, "registry.model_name: must not be empty"),
         ({"dvc": {"remote_url": ""}}, "dvc.remote_name and dvc.remote_url"),
-        ({"gate": {"attacks": [], "accuracy_checks": ["test_acc"]}}, "test_acc alone checks utility"),
+        ({"gate": {"attacks": [], "accuracy_checks": ["test_acc"]}}, "test_acc check utility, not forgetting"),
+        ({"gate": {"attacks": [], "accuracy_checks": ["utility"]}}, "test_acc check utility, not forgetting"),
+        ({"gate": {"accuracy_checks": ["forget_acc", "utility", "utility"]}}, "a check appears twice"),
+        ({"gate": {"accuracy_checks": ["forget_acc", "usefulness"]}}, "unknown usefulness"),
+        ({"gate": {"utility_loss_fraction": 0.0}}, "gate.utility_loss_fraction: must be in (0, 1]"),
+        ({"gate": {"utility_loss_fraction": 1.5}}, "gate.utility_loss_fraction: must be in (0, 1]"),
     ],
 )
 def test_bad_params_name_the_problem(document, message):

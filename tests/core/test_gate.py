@@ -169,6 +169,110 @@ def test_test_accuracy_alone_is_refused_it_would_pass_the_parent():
                          resamples=300).verdict != PASS
 
 
+def _labelled(rng, n_forget=400, n_test=800, accuracy=0.9, classes=10):
+    """A parent whose membership and forget-accuracy gap are detectable, with real-looking labels."""
+    labels = rng.integers(0, classes, n_test)
+    model = ScoredModel({"a": rng.normal(1.0, 1.0, n_forget)}, {"a": rng.normal(0.0, 1.0, n_test)},
+                        np.ones(n_forget), (rng.random(n_test) < accuracy).astype(float))
+    return model, labels
+
+
+def test_a_destroyed_model_forgets_perfectly_and_fails_on_utility():
+    """A model answering one class for everything looks never-trained to every forgetting check; the default
+    gate (forget_acc + utility) must not promote it (review: it passed lira, rmia and forget_acc)."""
+    rng = np.random.default_rng(5)
+    parent, labels = _labelled(rng)
+    destroyed_member, destroyed_nonmember = rng.normal(0.0, 1.0, 400), rng.normal(0.0, 1.0, 800)
+    destroyed = ScoredModel({"a": destroyed_member}, {"a": destroyed_nonmember},
+                            (rng.integers(0, 10, 400) == 3).astype(float), (labels == 3).astype(float))
+    forgetting_only = gate_decision(destroyed, parent, attacks=["a"], accuracy_checks=["forget_acc"], resamples=300,
+                                    negative_labels=labels)
+    assert forgetting_only.verdict == PASS  # the hazard this check exists for
+    decision = gate_decision(destroyed, parent, attacks=["a"], accuracy_checks=["forget_acc", "utility"],
+                             resamples=300, negative_labels=labels)
+    assert decision.verdict == FAIL, decision.summary()
+    (utility,) = [c for c in decision.checks if c.metric == "utility"]
+    assert utility.verdict == FAIL and utility.parent_detected and "utility lost" in utility.reason
+    assert "lost more accuracy" in decision.reason and "not equivalent" not in decision.reason
+    # the margin is measured: a tenth of the parent's skill over the most frequent class's share
+    majority_share = np.bincount(labels).max() / len(labels)
+    assert utility.parent_excess == pytest.approx((parent.test_correct.sum() + 1) / 802
+                                                  - ((labels == np.bincount(labels).argmax()).sum() + 1) / 802)
+    assert utility.margin == pytest.approx(0.1 * utility.parent_excess)
+    assert 0.9 - majority_share - 0.05 < utility.parent_excess < 0.9 - majority_share + 0.05
+    # the positive control of forgetting is not the utility check's: parent_detected is about membership
+    assert decision.parent_detected
+
+
+def test_utility_is_one_sided_and_its_margin_scales_with_the_parents_skill():
+    rng = np.random.default_rng(6)
+    parent, labels = _labelled(rng)
+    n_test = len(labels)
+
+    def with_accuracy(acc):
+        return ScoredModel(parent.member, parent.nonmember, parent.forget_correct,
+                           (rng.random(n_test) < acc).astype(float))
+
+    kw = dict(attacks=["a"], accuracy_checks=["utility"], resamples=300, negative_labels=labels)
+    checks = {acc: [c for c in gate_decision(with_accuracy(acc), parent, **kw).checks if c.metric == "utility"][0]
+              for acc in (0.95, 0.89, 0.5)}
+    assert checks[0.95].verdict == PASS  # better than the parent is never a loss
+    assert checks[0.89].verdict == PASS  # about one point lost of ~0.8 skill: well inside 10% of it
+    assert checks[0.5].verdict == FAIL
+    # a looser fraction lets the half-accuracy model through; the margin is the parent's skill times it
+    loose = [c for c in gate_decision(with_accuracy(0.5), parent, **kw, utility_loss_fraction=0.9).checks
+             if c.metric == "utility"][0]
+    assert loose.verdict == PASS and loose.margin == pytest.approx(0.9 * loose.parent_excess)
+
+
+def test_utility_without_skill_is_inconclusive_never_pass():
+    """Negatives the parent cannot classify (random labels) cannot show a loss: no control, no pass."""
+    rng = np.random.default_rng(7)
+    parent, labels = _labelled(rng, accuracy=0.1)
+    decision = gate_decision(parent, parent, attacks=["a"], accuracy_checks=["utility"], resamples=300,
+                             negative_labels=labels)
+    (utility,) = [c for c in decision.checks if c.metric == "utility"]
+    assert utility.verdict == INCONCLUSIVE and not utility.parent_detected and np.isnan(utility.margin)
+    assert "not measurable" in utility.reason
+    # a class-imbalanced negative set: the baseline is the most frequent class, not 1 / classes
+    skewed = np.where(rng.random(len(labels)) < 0.9, 0, labels)
+    always_zero = ScoredModel(parent.member, parent.nonmember, parent.forget_correct, (skewed == 0).astype(float))
+    decision = gate_decision(always_zero, always_zero, attacks=["a"], accuracy_checks=["utility"], resamples=300,
+                             negative_labels=skewed)
+    assert [c for c in decision.checks if c.metric == "utility"][0].verdict == INCONCLUSIVE
+
+
+def test_utility_needs_valid_labels():
+    rng = np.random.default_rng(8)
+    parent, labels = _labelled(rng)
+    kw = dict(attacks=["a"], accuracy_checks=["utility"], resamples=300)
+    with pytest.raises(ValueError, match="negative_labels"):
+        gate_decision(parent, parent, **kw)
+    with pytest.raises(ValueError, match="negative_labels"):
+        gate_decision(parent, parent, **kw, negative_labels=labels[:-1])
+    with pytest.raises(ValueError, match="negative_labels"):
+        gate_decision(parent, parent, **kw, negative_labels=labels.astype(float))
+    with pytest.raises(ValueError, match="utility_loss_fraction"):
+        gate_decision(parent, parent, **kw, negative_labels=labels, utility_loss_fraction=0.0)
+    with pytest.raises(ValueError, match="at least one forgetting check"):
+        gate_decision(parent, parent, attacks=[], accuracy_checks=["utility"], resamples=300, negative_labels=labels)
+
+
+def test_a_strict_audit_does_not_demote_a_method_for_being_more_accurate():
+    rng = np.random.default_rng(9)
+    parent, labels = _labelled(rng, accuracy=0.85)
+    retrain = ScoredModel(parent.member, parent.nonmember, parent.forget_correct,
+                          (rng.random(len(labels)) < 0.7).astype(float))
+    decision = gate_decision(parent, parent, attacks=["a"], accuracy_checks=["utility"], targets=[retrain],
+                             resamples=300, negative_labels=labels)
+    (utility,) = [c for c in decision.checks if c.metric == "utility"]
+    assert utility.estimate > utility.margin > 0 and utility.verdict == PASS
+    assert "utility" not in audit_demotes(decision)
+    worse = gate_decision(retrain, parent, attacks=["a"], accuracy_checks=["utility"], targets=[parent],
+                          resamples=300, negative_labels=labels)
+    assert "utility" in audit_demotes(worse)
+
+
 def test_replicates_and_retrain_seeds_widen_the_interval():
     rng = np.random.default_rng(4)
     parent = _synthetic(1.0, rng)

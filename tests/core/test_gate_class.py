@@ -46,8 +46,10 @@ def test_a_model_that_still_classifies_a_forgotten_class_fails(strict):
     assert gate_decision(w["parent"], w["parent"], class_negatives=whole_class, **kwargs).verdict != PASS
 
 
-def test_test_acc_measures_the_other_classes_when_a_class_is_forgotten():
+@pytest.mark.parametrize("check", ["test_acc", "utility"])
+def test_utility_checks_measure_the_other_classes_when_a_class_is_forgotten(check):
     rng = np.random.default_rng(1)
+    labels = np.where(np.arange(NT) < 100, 0, rng.integers(1, 10, NT))  # class 0 forgotten
     mask = np.arange(NT) < 100  # 100 negatives of the forgotten class, 200 of others
     test_parent = np.where(mask, _bits(rng, 0.9, NT), _bits(rng, 0.9, NT))
     test_forgot = np.where(mask, 0.0, test_parent)  # lost the class, kept the others
@@ -57,12 +59,18 @@ def test_test_acc_measures_the_other_classes_when_a_class_is_forgotten():
 
     parent = model(1.0, np.ones(NF), test_parent)
     candidate = model(0.0, np.zeros(NF), test_forgot)
-    decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=("test_acc",), class_negatives=mask)
-    (utility,) = [c for c in decision.checks if c.metric == "test_acc"]
+    decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=(check,), class_negatives=mask,
+                             negative_labels=labels)
+    (utility,) = [c for c in decision.checks if c.metric == check]
     assert utility.verdict == PASS and utility.n_negative == 200  # on the class it would be "utility lost"
+    if check == "utility":  # the skill is measured on the other classes too: their most frequent label's share
+        others = labels[100:]
+        base = ((others == np.bincount(others).argmax()).sum() + 1) / 202
+        assert utility.parent_excess == pytest.approx((test_parent[100:].sum() + 1) / 202 - base)
     few = np.arange(NT) >= 10  # only 10 negatives of other classes: utility cannot be measured, and says so
-    decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=("test_acc",), class_negatives=few)
-    (utility,) = [c for c in decision.checks if c.metric == "test_acc"]
+    decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=(check,), class_negatives=few,
+                             negative_labels=labels)
+    (utility,) = [c for c in decision.checks if c.metric == check]
     assert utility.verdict == "inconclusive" and "utility not measurable" in utility.reason
 
 

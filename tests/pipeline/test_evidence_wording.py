@@ -41,3 +41,25 @@ def test_a_diverged_candidate_is_not_called_conclusive():
     assert evidence_strength("pass", "promote", False) == "conclusive"
     text = statement("fail", "diverged", False)
     assert "not finite" in text and "measurably unlike" not in text
+
+
+@pytest.mark.parametrize("failed, says, never", [
+    (["utility"], "lost more accuracy on unseen samples", "still behaves measurably unlike"),
+    (["test_acc"], "lost more accuracy on unseen samples", "still behaves measurably unlike"),
+    (["mia.lira_offline.auc"], "still behaves measurably unlike", "lost more accuracy"),
+    (["forget_acc", "utility"], "still behaves measurably unlike", "NOTHING"),
+    (None, "still behaves measurably unlike", "lost more accuracy"),
+])
+def test_a_failed_statement_says_what_failed(failed, says, never):
+    """A model that failed only the utility check was not shown to remember anything: saying so would be false."""
+    text = statement("fail", "conclusive", True, failed=failed)
+    assert text.startswith("failed:") and says in text and never not in text
+    if failed == ["forget_acc", "utility"]:
+        assert "lost more accuracy" in text
+
+
+def test_the_summary_names_a_utility_failure():
+    report = {"verdict": "fail", "evidence": "conclusive", "parent_detected": True,
+              "checks": [{"metric": "forget_acc", "verdict": "pass"}, {"metric": "utility", "verdict": "fail"}]}
+    text = evidence_summary(report)["statement"]
+    assert "lost more accuracy" in text and "still behaves" not in text
