@@ -133,9 +133,25 @@ class Project:
         return self.reports_dir / "plots"
 
     @property
+    def home(self) -> Path:
+        """The project this checkout belongs to: its own root, or, for a DVC queued or ``--temp`` experiment
+        (run in a temporary checkout ``<project>/.dvc/tmp/exps/<dir>/``), the project that queued it.
+
+        Why: the registry is the project's, not the checkout's. A temporary checkout's own ``mlflow.db`` is a
+        fresh, empty registry (it would train a second baseline on already-redacted data), and the registry
+        pin (:func:`check_registry`) refused the project's real one as "another store".
+        """
+        parts = self.root.resolve().parts
+        if len(parts) > 4 and parts[-4:-1] == (".dvc", "tmp", "exps"):
+            home = Path(*parts[:-4])
+            if (home / "params.yaml").exists():
+                return home
+        return self.root
+
+    @property
     def tracking_uri(self) -> str:
-        """MLFLOW_TRACKING_URI if set, else a SQLite file in the project."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+        """MLFLOW_TRACKING_URI if set, else the SQLite file of the project (:attr:`home`)."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
     def registry_identity(self) -> str:
@@ -153,7 +169,7 @@ class Project:
             path = uri.split("?", 1)[0].removeprefix("sqlite:///") if scheme == "sqlite" else (
                 parts.path if scheme else uri)
             resolved = Path(path).expanduser().resolve()
-            if resolved == (self.root / "mlflow.db").resolve():
+            if resolved == (self.home / "mlflow.db").resolve():
                 return "the project's own mlflow.db"
             return f"sqlite:///{resolved}" if scheme == "sqlite" else f"file://{resolved}"
         host = (parts.hostname or "").lower()
@@ -225,7 +241,7 @@ def check_registry(project: Project) -> None:
     pin = project.registry_pin
     if not pin.exists():
         own = project.registry_identity == "the project's own mlflow.db"
-        if own and not (project.root / "mlflow.db").exists() and (project.state_dir / "train.json").exists():
+        if own and not (project.home / "mlflow.db").exists() and (project.state_dir / "train.json").exists():
             # A baseline was trained, but not into a registry here: a project from before the pin, run from a shell
             # that forgot the team's MLFLOW_TRACKING_URI, would otherwise pin the wrong store at its first use.
             raise PipelineError("this project has trained a model, but its registry is neither named "

@@ -129,6 +129,34 @@ def test_the_registry_pin_knows_a_file_by_any_spelling_and_status_says_when_it_i
     assert "registered in the project's own mlflow.db" in out and "champion:\n  not read" in out
 
 
+def test_a_dvc_temporary_checkout_uses_the_registry_of_the_project_that_queued_it(make_project, monkeypatch):
+    """`dvc exp run --queue` runs in <project>/.dvc/tmp/exps/<dir>/, a copy holding the project's registry pin:
+    the README's MLFLOW_TRACKING_URI (the project's mlflow.db) was refused as "another store", so every queued
+    sweep failed at ingest; without it the copy would have opened a fresh, empty registry of its own."""
+    import shutil
+
+    from tasks.project import PipelineError, check_registry, load_project, pin_registry
+
+    home = load_project(make_project())
+    pin_registry(home)
+    copy = home.root / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    shutil.copytree(home.root, copy, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    checkout = load_project(copy, check_registries=False)
+    assert checkout.home == home.root.resolve() and home.home == home.root
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert checkout.tracking_uri == f"sqlite:///{home.root.resolve() / 'mlflow.db'}"
+    check_registry(checkout)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home.root}/mlflow.db")  # the README's sweep recipe
+    check_registry(checkout)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy}/mlflow.db")  # the copy's own file: a new store
+    with pytest.raises(PipelineError, match="a second registry"):
+        check_registry(checkout)
+    # a folder that merely sits under .dvc/tmp/exps of something that is not a project stays its own home
+    stray = home.root.parent / "elsewhere" / ".dvc" / "tmp" / "exps" / "x"
+    shutil.copytree(home.root, stray, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    assert load_project(stray, check_registries=False).home == stray
+
+
 def _rename(root, name):
     import yaml
 
