@@ -268,3 +268,38 @@ def test_a_gated_attack_that_refuses_the_sets_is_inconclusive_not_a_crash(champi
     report = json.loads((project.reports_dir / "attempts" / read_escalation(project).attempts[0].report).read_text())
     assert report["verdict"] == "inconclusive" and report["checks"] == []
     assert "cannot score these samples" in report["reason"] and "NOT a pass" in report["reason"]
+
+
+# grad_ascent at a rate that wrecks the model (the GPU table of issue #13: 9% accuracy): it forgets everything,
+# so no forgetting check can fail it; only the utility check tells it from a good candidate. Under
+# promote_low_power an inconclusive candidate ships: before the utility check, this one would have.
+DESTROYING = {**MEMORISING, "gate": {"on_inconclusive": "promote_low_power"},
+              "unlearn": {"method": "grad_ascent", "escalation": [], "recalibrate_bn": True,
+                          "methods": {"grad_ascent": {"epochs": 5, "lr": 0.5, "batch_size": 16}}}}
+
+
+def test_a_model_destroyed_by_its_unlearning_fails_on_utility_and_is_never_promoted(make_project):
+    from tasks import tracking
+    from tasks.project import load_project
+    from tasks.stage.state import read_escalation
+    from unlearn.data import SampleStore
+
+    root = make_project(DESTROYING)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _submit(root, "R-1", sorted(train_ids[:80].tolist()))
+    result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+
+    state = read_escalation(project)
+    report = json.loads((project.reports_dir / "attempts" / state.attempts[0].report).read_text())
+    checks = {c["metric"]: c for c in report["checks"]}
+    assert all(c["verdict"] != "fail" for m, c in checks.items() if m != "utility")  # it did forget
+    utility = checks["utility"]
+    assert utility["verdict"] == "fail" and utility["parent_detected"]
+    assert utility["margin"] == pytest.approx(0.1 * utility["parent_excess"])
+    assert utility["candidate"] < 0.5 * utility["target"]  # destroyed, not a close call
+    assert report["verdict"] == "fail" and "lost more accuracy" in report["reason"]
+    assert result["promote"]["attempts"] == [["grad_ascent", "fail"], ["retrain", "pass"]]
+    champion = tracking.champion_version(project, _client(project))
+    assert champion.tags["method"] == "retrain"
