@@ -188,7 +188,7 @@ def main() -> int:
                                          accuracy_checks=gate.accuracy_checks, alpha=gate.alpha,
                                          margin_fraction=gate.margin_fraction, resamples=gate.resamples,
                                          seed=gate.seed, min_samples=gate.min_samples,
-                                         negative_labels=sets.test.labels.numpy(),
+                                         utility_labels=sets.test.labels.numpy(),
                                          utility_loss_fraction=gate.utility_loss_fraction)
                 cpu = time.process_time() - start
                 if role == "amun":

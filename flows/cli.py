@@ -434,8 +434,11 @@ def format_gate(report: dict[str, Any]) -> list[str]:
     for c in report.get("checks", []):
         parent_ci = "-" if c["parent_ci_low"] is None else f"  [{num(c['parent_ci_low'])}, {num(c['parent_ci_high'])}]"
         cand_ci = f"  [{num(c['ci_low'])}, {num(c['ci_high'])}]"
-        # test_acc borrows forget_acc's control; utility's control is the parent's skill above a constant prediction
-        detected = "" if c["metric"] == "test_acc" else (" (control ok)" if c["parent_detected"] else " (no control)")
+        # test_acc borrows forget_acc's control; utility's control is the parent's skill above a constant prediction,
+        # and with too few samples of the kept classes there is nothing to control
+        unmeasured = c["metric"] == "utility" and c["parent_excess"] is None
+        detected = "" if c["metric"] == "test_acc" else (" (not measurable)" if unmeasured else (
+            " (control ok)" if c["parent_detected"] else " (no control)"))
         lines.append(f"{c['metric']:<24}{num(c['parent_excess']):>14}{parent_ci:<20}{num(c['estimate']):>14}"
                      f"{cand_ci:<20}{num(c['margin'], signed=False):>8}  {c['verdict']}{detected}")
     if not report.get("checks"):

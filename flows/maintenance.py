@@ -26,6 +26,7 @@ from typing import Any
 
 from flows.exit_codes import EXIT_OK
 from tasks.project import load_project
+from unlearn.gate import UTILITY_CHECKS
 
 
 def deployment_specs(root: str | Path, key: str) -> list[tuple[Any, dict[str, Any]]]:
@@ -111,7 +112,8 @@ def audit_text(record: dict[str, Any]) -> str:
     for check in record["checks"]:
         ci = check["ci"]
         interval = "-" if None in ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
-        margin = "-" if check["margin"] is None else f"±{check['margin']:.4f}"
+        one_sided = check["metric"] in UTILITY_CHECKS  # a loss of accuracy beyond it, not a gap either way
+        margin = "-" if check["margin"] is None else f"{'-' if one_sided else '±'}{check['margin']:.4f}"
         estimate = "-" if check["estimate"] is None else f"{check['estimate']:+.4f}"
         lines.append(f"  {check['metric']:<24} gap {estimate}  CI {interval}  margin {margin}  {check['verdict']}")
     lines.append(f"verdict {record['verdict']}: {record['reason']}")

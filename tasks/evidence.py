@@ -44,7 +44,8 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
               for c in report.get("checks") or []]
     return {"verdict": report.get("verdict"), "evidence": strength,
             "statement": statement(report.get("verdict"), strength, report.get("parent_detected"),
-                                   failed=[c["metric"] for c in checks if c.get("verdict") == "fail"]),
+                                   failed=[c["metric"] for c in checks if c.get("verdict") == "fail"],
+                                   unsettled=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"]),
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
@@ -61,16 +62,23 @@ DETECTED_INCONCLUSIVE = ("inconclusive: the attacks detected the original model'
 
 
 def statement(verdict: str | None, strength: str, parent_detected: bool | None = None,
-              failed: list[str] | None = None) -> str:
+              failed: list[str] | None = None, unsettled: list[str] | None = None) -> str:
     """One sentence: what the verification shows, never more than it shows.
 
     ``parent_detected``: whether the positive control detected the parent (the report's field); an inconclusive
     verdict then says the samples, not the attacks, were what fell short. ``failed``: the metrics that failed; a
     model that failed only a utility check (``utility``, ``test_acc``) was not shown to remember anything, so its
-    statement says what it lost instead.
+    statement says what it lost instead. ``unsettled``: the inconclusive metrics; when they are all utility checks,
+    forgetting was shown (with power) and only the accuracy could not be verified, which is what is said.
     """
     if strength in ("exact", "diverged"):
         return STRENGTHS[strength]
+    if (parent_detected and verdict not in ("pass", "fail") and unsettled
+            and all(m in UTILITY_CHECKS for m in unsettled) and strength in ("low_power", "inconclusive")):
+        shown = ("the unlearned model was shown statistically equivalent to one that never trained on these samples, "
+                 f"but its accuracy on unseen samples could not be verified ({', '.join(unsettled)})")
+        return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power"
+                if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
     if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
         return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
     if verdict == "pass" and strength == "conclusive":

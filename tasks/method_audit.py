@@ -162,6 +162,7 @@ class Situation:
         retain: ``parent_train`` without them (what the exact retrain trains on).
         test: The negatives (live test split; the forgotten classes only for class-wise batches).
         classes: The classes forgotten as a whole (empty for sample-wise batches).
+        others: Class-wise batches: the test split's samples of the other classes (the gate's utility set).
     """
 
     parent_train: Arrays
@@ -169,6 +170,7 @@ class Situation:
     retain: Arrays
     test: Arrays
     classes: tuple[int, ...] = ()
+    others: Arrays | None = None
 
 
 def _subset(arrays: Arrays, mask: np.ndarray) -> Arrays:
@@ -209,10 +211,12 @@ def rebuild(project: Project, ledger: Ledger, batch_ids: list[str]) -> Situation
     in_forget = np.isin(parent.ids, np.array(sorted(forget_ids), dtype=str))
     test = store.load_split("test")
     classes = ledger.forget_classes(batch_ids)
+    others = None
     if classes:
+        others = _subset(test, ~np.isin(test.labels, classes))
         test = _subset(test, np.isin(test.labels, classes))
     return Situation(parent, _subset(parent, in_forget), _subset(parent, ~in_forget), test,
-                     tuple(int(c) for c in classes or ()))
+                     tuple(int(c) for c in classes or ()), others)
 
 
 # --------------------------------------------------------------------------- models
@@ -323,8 +327,10 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
     retrain_seconds = time.perf_counter() - retrain_started
     refs, ref_ids, refs_trained = _references(project, store, situation, factory, device)
     sets = EvalSets(tensors(situation.forget), tensors(situation.retain), tensors(situation.test),
-                    forgotten_classes=situation.classes)
-    ref_evidence = [model_evidence(r.to(device), sets, device=device, with_retain=False) for r in refs]
+                    forgotten_classes=situation.classes,
+                    others=None if situation.others is None else tensors(situation.others))
+    ref_evidence = [model_evidence(r.to(device), sets, device=device, with_retain=False, with_others=False)
+                    for r in refs]
 
     def scored(model: torch.nn.Module) -> Any:
         evidence = model_evidence(model.to(device), sets, device=device, with_retain=False)

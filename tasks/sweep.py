@@ -53,6 +53,7 @@ from tasks.stage.retrain import retrained_model, retrained_path
 from unlearn.config import ConfigError, load_yaml
 from unlearn.data import SampleStore
 from unlearn.files import atomic_path, utc_now, write_json_atomic, write_text_atomic
+from unlearn.gate import UTILITY_CHECKS
 from unlearn.methods import METHODS, run_method
 from unlearn.methods.base import MethodArgumentError, MissingDataError
 from unlearn.registry import UnknownNameError
@@ -333,12 +334,16 @@ def run_candidate(project: Project, candidate: dict[str, Any]) -> dict[str, Any]
                "parent_excess": c.parent_excess, "parent_detected": c.parent_detected, "verdict": c.verdict,
                "passed": c.verdict == "pass" or evaluation.exact, "note": c.reason}
               for c in evaluation.decision.checks]
-    # The worst measured gap; NaN gaps (a diverged model, a refused metric) fail their check already.
-    worst = max((c for c in checks if math.isfinite(c["gap"])), key=lambda c: abs(c["gap"]), default=None)
+    # The worst measured gap; NaN gaps (a diverged model, a refused metric) fail their check already. Utility
+    # checks are one-sided: accuracy above the retrain's is no gap.
+    def gap(check: dict) -> float:
+        return max(-check["gap"], 0.0) if check["metric"] in UTILITY_CHECKS else abs(check["gap"])
+
+    worst = max((c for c in checks if math.isfinite(c["gap"])), key=gap, default=None)
     unlearned = evaluation.proofs.get("unlearned")
     return {**result, "verdict": evaluation.verdict, "error": None, "failures": evaluation.failures,
             "metrics": evaluation.results["unlearned"], "checks": checks,
-            "max_abs_gap": None if worst is None else abs(worst["gap"]),
+            "max_abs_gap": None if worst is None else gap(worst),
             "max_gap_metric": None if worst is None else worst["metric"],
             "model_digest": None if unlearned is None else unlearned.digest,
             "unlearn_seconds": unlearn_seconds, "attack_seconds": evaluation.attack_seconds}
@@ -395,7 +400,8 @@ def format_sweep_table(document: dict[str, Any]) -> str:
         lines.append(f"| - | {role} ({'the gate target' if role == 'retrain' else 'before unlearning'}) | - | - | "
                      + " | ".join(_number(document[role].get(m)) for m in accuracies) + " | - | - |")
     lines += ["", "Gap per gate metric (unlearned - retrain; margin = gate.margin_fraction x the parent's excess "
-              "in brackets, - when the parent was not detected; * = not a pass):", "",
+              "in brackets, for utility gate.utility_loss_fraction x the parent's skill, one-sided; - when the "
+              "parent was not detected; * = not a pass):", "",
               "| rank | candidate | " + " | ".join(f"{m} ({_number(margins.get(m))})" for m in gate_metrics) + " |",
               "|---:|---|" + "---:|" * len(gate_metrics)]
     for rank, result in enumerate(document["candidates"], 1):
@@ -437,7 +443,9 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
                     "seed": params.seed, "gate": {"mode": "strict", "attacks": list(params.gate.attacks),
                                                   "accuracy_checks": list(params.gate.accuracy_checks),
                                                   "alpha": params.gate.alpha,
-                                                  "margin_fraction": params.gate.margin_fraction}, **context,
+                                                  "margin_fraction": params.gate.margin_fraction,
+                                                  "utility_loss_fraction": params.gate.utility_loss_fraction},
+                    **context,
                     "candidates": ranked}
         mlflow.log_params({"seed": params.seed, "n_forget": prepared["n_forget"], "n_retain": prepared["n_retain"],
                            "n_test": prepared["n_test"], "candidates": len(ranked),

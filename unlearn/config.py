@@ -243,7 +243,7 @@ class GateConfig:
     # forget_acc (gap, equivalence) | utility (non-inferiority, margin: a fraction of the parent's skill)
     # | test_acc (non-inferiority with the forget_acc margin)
     accuracy_checks: tuple[str, ...] = ("forget_acc", "utility")
-    utility_loss_fraction: float = 0.1  # utility: the candidate may lose this share of the parent's skill, in (0, 1]
+    utility_loss_fraction: float = 0.1  # utility: the candidate may lose this share of the parent's skill, in (0, 1)
     alpha: float = 0.05  # per one-sided test; intervals are (1 - 2 alpha)
     margin_fraction: float = 0.5  # delta = this x the parent's excess over the target, in (0, 1)
     resamples: int = 1000  # paired bootstrap resamples
@@ -547,9 +547,10 @@ def _check_gate(params: Params) -> None:
         raise ConfigError(f"gate.accuracy_checks: unknown {', '.join(bad)}; valid: forget_acc, utility, test_acc")
     if len(set(gate.accuracy_checks)) != len(gate.accuracy_checks):
         raise ConfigError("gate.accuracy_checks: a check appears twice")
-    if not 0.0 < gate.utility_loss_fraction <= 1.0:
-        raise ConfigError(f"gate.utility_loss_fraction: must be in (0, 1] (the share of the parent's skill the "
-                          f"candidate may lose), got {gate.utility_loss_fraction}")
+    if not 0.0 < gate.utility_loss_fraction < 1.0:
+        raise ConfigError(f"gate.utility_loss_fraction: must be in (0, 1) (the share of the parent's skill the "
+                          f"candidate may lose; at 1 a model answering one class could never fail), "
+                          f"got {gate.utility_loss_fraction}")
     if not 0.0 < gate.alpha < 0.5:
         raise ConfigError(f"gate.alpha: must be in (0, 0.5), got {gate.alpha}")
     if not 0.0 < gate.margin_fraction < 1.0:

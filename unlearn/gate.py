@@ -109,12 +109,16 @@ class ScoredModel:
             it with the same seed for every model).
         forget_correct: 1.0 where the model classifies a D_F sample correctly, shape (N_F,).
         test_correct: The same on the negatives D_T, shape (N_T,).
+        utility_correct: The same on a separate utility set (whole-class requests: unseen samples of the
+            other classes, :attr:`unlearn.verification.EvalSets.others`), shape (N_U,); None: the utility
+            checks measure the negatives.
     """
 
     member: Mapping[str, np.ndarray]
     nonmember: Mapping[str, np.ndarray]
     forget_correct: np.ndarray
     test_correct: np.ndarray
+    utility_correct: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -296,9 +300,12 @@ def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray) -> tuple[floa
     return point, (wf @ fc) / wf.sum(axis=1) - (wn @ tc) / wn.sum(axis=1)
 
 
-def _test_acc_draws(model: ScoredModel, wn: np.ndarray, keep: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """Accuracy on the negatives (``keep``: only those, a mask over them; the two pseudo-samples always count)."""
-    tc = np.concatenate([np.asarray(model.test_correct, np.float64), [1.0, 0.0]])
+def _test_acc_draws(model: ScoredModel, wn: np.ndarray, keep: np.ndarray | None = None, *,
+                    utility_set: bool = False) -> tuple[float, np.ndarray]:
+    """Accuracy on the negatives (``keep``: only those, a mask over them; the two pseudo-samples always count),
+    or on the separate utility set (``utility_set``; ``wn`` then holds its weights)."""
+    correct = model.utility_correct if utility_set else model.test_correct
+    tc = np.concatenate([np.asarray(correct, np.float64), [1.0, 0.0]])
     if keep is not None:
         mask = np.concatenate([keep, [True, True]])
         tc, wn = tc[mask], wn[:, mask]
@@ -373,26 +380,35 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
 
 def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequence[ScoredModel], labels: np.ndarray,
                    keep: np.ndarray | None, wn: np.ndarray, rng: np.random.Generator, *, alpha: float,
-                   loss_fraction: float, n_negative: int) -> MetricCheck:
-    """``utility``: non-inferiority of the accuracy on the (kept) negatives, margin = a fraction of the parent's skill.
+                   loss_fraction: float, n_negative: int, utility_set: bool) -> MetricCheck:
+    """``utility``: non-inferiority of the accuracy on the utility samples, margin = a fraction of the parent's skill.
 
-    The skill's baseline is the best constant prediction (the most frequent label among the kept negatives),
-    scored with the same bootstrap weights and pseudo-samples as the models: what a model that lost everything
-    and answers one class scores at best.
+    The utility samples are the (kept) negatives, or the separate utility set (``utility_set``). The skill's
+    baseline is the best constant prediction (the most frequent label among them), scored with the same bootstrap
+    weights and pseudo-samples as the models: what a model that lost everything and answers one class scores at
+    best. The label is chosen once on the whole sample (re-choosing it per resample matters only near zero skill,
+    where the control fails anyway).
     """
     kept = labels if keep is None else labels[keep]
-    majority = int(np.bincount(kept).argmax())
-    constant = ScoredModel({}, {}, candidate.forget_correct, (labels == majority).astype(np.float64))
-    par, base = _test_acc_draws(parent, wn, keep), _test_acc_draws(constant, wn, keep)
+    values, counts = np.unique(kept, return_counts=True)
+    majority = values[counts.argmax()]
+    zeros = np.zeros(0)
+    constant = ScoredModel({}, {}, zeros, (labels == majority).astype(np.float64), (labels == majority).astype(
+        np.float64))
+
+    def draws(model: ScoredModel) -> tuple[float, np.ndarray]:
+        return _test_acc_draws(model, wn, keep, utility_set=utility_set)
+
+    par, base = draws(parent), draws(constant)
     skill = par[0] - base[0]
     s_low, s_high = _interval(par[1] - base[1], alpha)
     detected = bool(s_low > 0.0 and skill > 0.0)
-    target = _target_draws([_test_acc_draws(t, wn, keep) for t in (targets or [parent])], rng)
+    target = _target_draws([draws(t) for t in (targets or [parent])], rng)
     level = f"{100 * (1 - 2 * alpha):g}%"
     return _decide_non_inferiority(
-        "utility", _test_acc_draws(candidate, wn, keep), target, loss_fraction * skill, alpha=alpha,
+        "utility", draws(candidate), target, loss_fraction * skill, alpha=alpha,
         n_negative=n_negative, detected=detected, control=(skill, s_low, s_high),
-        no_control=(f"utility not measurable: the parent's accuracy on the negatives is not above the best constant "
+        no_control=(f"utility not measurable: the parent's accuracy on unseen samples is not above the best constant "
                     f"prediction's (skill {skill:+.4f}, {level} CI [{s_low:+.4f}, {s_high:+.4f}]), so no loss "
                     "could be seen"))
 
@@ -410,7 +426,7 @@ def gate_decision(
     seed: int = 0,
     min_samples: int = 20,
     class_negatives: np.ndarray | None = None,
-    negative_labels: np.ndarray | None = None,
+    utility_labels: np.ndarray | None = None,
     utility_loss_fraction: float = 0.1,
 ) -> GateDecision:
     """Decide whether ``candidate`` is equivalent to never having trained on D_F.
@@ -434,10 +450,12 @@ def gate_decision(
             (percentile intervals of so few samples under-cover).
         class_negatives: For whole classes forgotten: a mask over the negatives marking the unseen samples
             of those classes. Adds the ``class_acc`` check and measures ``test_acc``/``utility`` on the others.
-        negative_labels: The negatives' labels, shape (N_T,); needed by ``utility`` (its baseline is the
-            most frequent label).
+        utility_labels: Labels of the samples the utility checks measure: the models' separate utility set
+            (``ScoredModel.utility_correct``) when they carry one, else the negatives; needed by ``utility``
+            (its baseline is the most frequent label).
         utility_loss_fraction: ``utility`` allows the candidate to lose this fraction of the parent's skill
-            (its accuracy above the best constant prediction's), in (0, 1].
+            (its accuracy above the best constant prediction's), in (0, 1): at 1 a model answering the most
+            frequent class for everything could never fail it.
 
     Returns:
         The decision with every number behind it.
@@ -459,8 +477,9 @@ def gate_decision(
         # a gate of those alone could pass a model that forgot nothing (no positive control).
         raise ValueError("the gate needs at least one forgetting check (a gated attack or forget_acc); "
                          "test_acc and utility check utility and the parent itself would pass")
-    if not 0.0 < utility_loss_fraction <= 1.0:
-        raise ValueError(f"utility_loss_fraction must be in (0, 1], got {utility_loss_fraction}")
+    if not 0.0 < utility_loss_fraction < 1.0:
+        raise ValueError(f"utility_loss_fraction must be in (0, 1) (at 1 a constant prediction could not fail), "
+                         f"got {utility_loss_fraction}")
     models = [candidate, parent, *targets]
     n_forget, n_test = len(candidate.forget_correct), len(candidate.test_correct)
     for model in models:
@@ -477,14 +496,21 @@ def gate_decision(
         accuracy_checks = (*[c for c in accuracy_checks if c != "class_acc"], "class_acc")
     elif "class_acc" in accuracy_checks:
         raise ValueError("gate: class_acc needs class_negatives (the forgotten classes' negatives)")
+    with_utility_set = [m.utility_correct is not None for m in models]
+    if any(with_utility_set) and not all(with_utility_set):
+        raise ValueError("gate: either every model or none carries a utility set (utility_correct)")
+    utility_set = all(with_utility_set)
+    n_utility = len(candidate.utility_correct) if utility_set else n_test
+    if utility_set and any(len(m.utility_correct) != n_utility for m in models):
+        raise ValueError("gate: every model must be scored on the same utility samples")
     if "utility" in accuracy_checks:
-        if negative_labels is None:
-            raise ValueError("gate: utility needs negative_labels (its baseline is the most frequent label)")
-        negative_labels = np.asarray(negative_labels)
-        if negative_labels.shape != (n_test,) or not np.issubdtype(negative_labels.dtype, np.integer) \
-                or (n_test and negative_labels.min() < 0):
-            raise ValueError(f"gate: negative_labels must be {n_test} non-negative integer labels, "
-                             f"got shape {negative_labels.shape} dtype {negative_labels.dtype}")
+        if utility_labels is None:
+            raise ValueError("gate: utility needs utility_labels (its baseline is the most frequent label)")
+        utility_labels = np.asarray(utility_labels)
+        if utility_labels.shape != (n_utility,) or not np.issubdtype(utility_labels.dtype, np.integer):
+            raise ValueError(f"gate: utility_labels must be the {n_utility} integer labels of the "
+                             f"{'utility set' if utility_set else 'negatives'}, got shape {utility_labels.shape} "
+                             f"dtype {utility_labels.dtype}")
     mode = "strict" if targets else "equivalence"
     base = dict(mode=mode, alpha=alpha, margin_fraction=margin_fraction, resamples=resamples, seed=seed,
                 n_forget=n_forget, n_targets=len(targets))
@@ -546,27 +572,37 @@ def gate_decision(
             checks.append(_decide_equivalence("class_acc", cand, par, target, alpha=alpha,
                                               margin_fraction=margin_fraction, n_forget=n_forget,
                                               n_negative=n_class))
-        others = None if class_negatives is None else ~class_negatives
-        n_others = n_test if others is None else int(others.sum())
+        # where utility is measured: the separate utility set (whole classes: the other classes' unseen samples),
+        # else the negatives outside the forgotten classes
+        if utility_set:
+            others, n_others = None, n_utility
+            wu = _weights(n_utility + 2, resamples, rng) if any(m in accuracy_checks for m in UTILITY_CHECKS) \
+                else None
+        else:
+            others = None if class_negatives is None else ~class_negatives
+            n_others, wu = (n_test if others is None else int(others.sum())), wn
         for metric in [m for m in UTILITY_CHECKS if m in accuracy_checks]:
-            if n_others < min_samples:  # only with class negatives (n_test passed above)
-                # said, not dropped: utility is asked for and cannot be measured on the forgotten classes
+            if n_others < min_samples:
+                # said, not dropped: utility is asked for and there are too few samples to measure it on
                 checks.append(MetricCheck(
                     metric=metric, verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
                     estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
                     parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
                     parent_detected=bool(metric == "test_acc" and gap_check.parent_detected), n_forget=0,
                     n_negative=n_others,
-                    reason=f"utility not measurable: {n_others} negative(s) outside the forgotten classes, the "
+                    reason=f"utility not measurable: {n_others} unseen sample(s) outside the forgotten classes, the "
                            f"gate needs {min_samples}"))
             elif metric == "utility":
-                checks.append(_utility_check(candidate, parent, targets, negative_labels, others, wn, rng,
-                                             alpha=alpha, loss_fraction=utility_loss_fraction, n_negative=n_others))
+                checks.append(_utility_check(candidate, parent, targets, utility_labels, others, wu, rng,
+                                             alpha=alpha, loss_fraction=utility_loss_fraction, n_negative=n_others,
+                                             utility_set=utility_set))
             else:
-                reference = targets if targets else [parent]
-                target = _target_draws([_test_acc_draws(t, wn, others) for t in reference], rng)
+                def draws(model: ScoredModel) -> tuple[float, np.ndarray]:
+                    return _test_acc_draws(model, wu, others, utility_set=utility_set)
+
+                target = _target_draws([draws(t) for t in (targets or [parent])], rng)
                 checks.append(_decide_non_inferiority(
-                    "test_acc", _test_acc_draws(candidate, wn, others), target, gap_check.margin, alpha=alpha,
+                    "test_acc", draws(candidate), target, gap_check.margin, alpha=alpha,
                     n_negative=n_others, detected=gap_check.parent_detected,
                     no_control=("no margin: the forget-accuracy control did not detect the parent, so the tolerated "
                                 "accuracy loss is undefined")))
@@ -577,7 +613,13 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
     """Intersection-union: all pass -> pass; any conclusive fail -> fail; else inconclusive."""
     failed = [c.metric for c in checks if c.verdict == FAIL]
     open_ = [c.metric for c in checks if c.verdict == INCONCLUSIVE]
-    no_control = [c.metric for c in checks if not c.parent_detected]
+    # why a check is open: a forgetting check whose control missed the parent; a utility check with nothing to
+    # measure on (no margin: too few samples, no skill, or no forget_acc control for test_acc); or an interval
+    # that crosses the margin
+    no_control = [c.metric for c in checks if c.metric not in UTILITY_CHECKS and not c.parent_detected]
+    unmeasured = [c.metric for c in checks if c.verdict == INCONCLUSIVE and c.metric in UTILITY_CHECKS
+                  and np.isnan(c.margin)]
+    wide = [m for m in open_ if m not in no_control and m not in unmeasured]
     if failed:
         remembers = [m for m in failed if m not in UTILITY_CHECKS]
         lost = [m for m in failed if m in UTILITY_CHECKS]
@@ -585,9 +627,10 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
                ([f"conclusively lost more accuracy on unseen samples than allowed: {', '.join(lost)}"] if lost else [])
         verdict, reason = FAIL, "; ".join(said)
     elif open_:
-        why = ("the positive control did not detect the parent on " + ", ".join(no_control) if no_control
-               else "the intervals are too wide for the margin on " + ", ".join(open_))
-        verdict, reason = INCONCLUSIVE, f"not enough evidence either way: {why}; this is NOT a pass"
+        why = ((["the positive control did not detect the parent on " + ", ".join(no_control)] if no_control else [])
+               + (["utility could not be measured (" + ", ".join(unmeasured) + ")"] if unmeasured else [])
+               + (["the intervals are too wide for the margin on " + ", ".join(wide)] if wide else []))
+        verdict, reason = INCONCLUSIVE, f"not enough evidence either way: {'; '.join(why)}; this is NOT a pass"
     else:
         kept = [c.metric for c in checks if c.metric in UTILITY_CHECKS]
         forgot = len(checks) - len(kept)

@@ -55,6 +55,9 @@ class EvalSets:
         ids: Sample ids per set name (keys of the signal cache); None disables caching.
         forgotten_classes: Classes forgotten as a whole (their unseen samples in ``test`` are what the gate's
             ``class_acc`` check measures); empty for sample-wise requests.
+        others: Whole-class requests only: unseen samples of the classes NOT forgotten, where the gate's
+            utility checks measure accuracy (``test`` then holds only the forgotten classes' samples, on which
+            a correct unlearner loses everything by design). None: utility is measured on ``test``.
     """
 
     forget: TensorSet
@@ -62,6 +65,7 @@ class EvalSets:
     test: TensorSet
     ids: dict[str, np.ndarray] | None = None
     forgotten_classes: tuple[int, ...] = ()
+    others: TensorSet | None = None
 
     def class_negatives(self) -> np.ndarray | None:
         """Mask over ``test`` of the forgotten classes' samples (None for sample-wise requests)."""
@@ -81,6 +85,7 @@ class ModelEvidence:
         forget_phi: Logit-scaled confidence per test-time view on D_F, shape (N_F, A).
         test_phi: The same on D_T, shape (N_T, A).
         digest: Content hash of the model's weights.
+        others: Signals on :attr:`EvalSets.others` (None when the sets have none, and for reference models).
     """
 
     forget: Signals
@@ -89,11 +94,12 @@ class ModelEvidence:
     forget_phi: np.ndarray
     test_phi: np.ndarray
     digest: str
+    others: Signals | None = None
 
 
 def model_evidence(
     model: nn.Module, sets: EvalSets, *, device: str, augmentations: str = "none",
-    cache: SignalCache | None = None, with_retain: bool = True,
+    cache: SignalCache | None = None, with_retain: bool = True, with_others: bool = True,
 ) -> ModelEvidence:
     """Compute (or read from the cache) one model's signals on the evaluation sets.
 
@@ -104,6 +110,8 @@ def model_evidence(
         augmentations: Test-time views for the reference attacks ("none", "mirror", "mirror_shift").
         cache: Optional signal cache keyed by sample id.
         with_retain: Also compute D_R signals (population attacks fit on them).
+        with_others: Also compute signals on ``sets.others`` when there is one (the gate's utility checks;
+            reference models need none).
 
     Returns:
         The evidence.
@@ -113,9 +121,11 @@ def model_evidence(
     """
     digest = model_digest(model)
     out: dict[str, Any] = {"digest": digest, "retain": None}
-    for name in SETS if with_retain else ("forget", "test"):
+    names = [*(SETS if with_retain else ("forget", "test")),
+             *(["others"] if with_others and sets.others is not None else [])]
+    for name in names:
         subset: TensorSet = getattr(sets, name)
-        if cache is not None and sets.ids is not None:
+        if cache is not None and sets.ids is not None and name in sets.ids:
             logits = cache.logits(model, sets.ids[name], subset.images, augmentations=augmentations,
                                   device=device, digest=digest)  # (N, A, K)
         else:
@@ -125,7 +135,7 @@ def model_evidence(
                 cache.drop_model(digest)
             raise DivergedModelError(f"model outputs on the {name} set are not finite")
         out[name] = compute_signals(logits[:, 0], subset.labels)
-        if name != "retain":
+        if name in ("forget", "test"):
             out[f"{name}_phi"] = logit_scaled_confidence(logits, subset.labels)  # (N, A)
     return ModelEvidence(**out)
 
@@ -268,7 +278,8 @@ def gate_scores(
             else np.stack([r.member_scores for r in results])
         nonmember[attack] = np.stack([r.nonmember_scores for r in results]).squeeze(0) if len(results) == 1 \
             else np.stack([r.nonmember_scores for r in results])
-    return ScoredModel(member, nonmember, target.forget.correct, target.test.correct)
+    return ScoredModel(member, nonmember, target.forget.correct, target.test.correct,
+                       None if target.others is None else target.others.correct)
 
 
 def evaluate_model(

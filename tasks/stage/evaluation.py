@@ -70,9 +70,18 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
         else:  # a whole class verified together with other batches' samples (review of 2026-12-05)
             test = label_matched(test, forget.labels)
     retain = store.load_split("train")
-    return EvalSets(tensors(forget), tensors(retain), tensors(test),
-                    ids={"forget": forget.ids, "retain": retain.ids, "test": test.ids},
-                    forgotten_classes=tuple(int(c) for c in forget_classes))
+    ids = {"forget": forget.ids, "retain": retain.ids, "test": test.ids}
+    others = None
+    if forget_classes:
+        # where the gate's utility checks measure: every unseen sample of the classes kept (the test set above
+        # holds the forgotten classes' samples, or a few of the others', too few to measure accuracy on)
+        split = store.load_split("test")
+        kept = ~np.isin(split.labels, forget_classes)
+        others = Arrays(split.ids[kept], split.images[kept], split.labels[kept])
+        ids["others"] = others.ids
+    return EvalSets(tensors(forget), tensors(retain), tensors(test), ids=ids,
+                    forgotten_classes=tuple(int(c) for c in forget_classes),
+                    others=None if others is None else tensors(others))
 
 
 def label_matched(test: Arrays, forget_labels: np.ndarray) -> Arrays:
@@ -214,7 +223,8 @@ def scoring_references(project: Project, store: SampleStore, sets: EvalSets) -> 
         raise PipelineError(f"{len(chosen)} usable reference models (OUT for every scored sample) but "
                             f"verify.references.count is {count}; run the references stage first")
     evidence = _evidence_fn(project, sets, SignalCache(project.signals_dir))
-    refs = [evidence(reference_model(project, store, bank.load_state(ref_id)), with_retain=False) for ref_id in chosen]
+    refs = [evidence(reference_model(project, store, bank.load_state(ref_id)), with_retain=False, with_others=False)
+            for ref_id in chosen]
     return refs, chosen
 
 
@@ -249,7 +259,8 @@ def gate_decision_for(gate: GateConfig, candidate: ScoredModel, parent: ScoredMo
     return gate_decision(candidate, parent, attacks=gate.attacks, accuracy_checks=gate.accuracy_checks,
                          targets=list(targets), alpha=gate.alpha, margin_fraction=gate.margin_fraction,
                          resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples,
-                         class_negatives=sets.class_negatives(), negative_labels=sets.test.labels.cpu().numpy(),
+                         class_negatives=sets.class_negatives(),
+                         utility_labels=(sets.test if sets.others is None else sets.others).labels.cpu().numpy(),
                          utility_loss_fraction=gate.utility_loss_fraction)
 
 

@@ -46,8 +46,8 @@ def test_empty_document_gives_defaults():
         ({"gate": {"attacks": [], "accuracy_checks": ["utility"]}}, "test_acc check utility, not forgetting"),
         ({"gate": {"accuracy_checks": ["forget_acc", "utility", "utility"]}}, "a check appears twice"),
         ({"gate": {"accuracy_checks": ["forget_acc", "usefulness"]}}, "unknown usefulness"),
-        ({"gate": {"utility_loss_fraction": 0.0}}, "gate.utility_loss_fraction: must be in (0, 1]"),
-        ({"gate": {"utility_loss_fraction": 1.5}}, "gate.utility_loss_fraction: must be in (0, 1]"),
+        ({"gate": {"utility_loss_fraction": 0.0}}, "gate.utility_loss_fraction: must be in (0, 1)"),
+        ({"gate": {"utility_loss_fraction": 1.0}}, "gate.utility_loss_fraction: must be in (0, 1)"),
     ],
 )
 def test_bad_params_name_the_problem(document, message):

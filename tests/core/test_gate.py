@@ -186,10 +186,10 @@ def test_a_destroyed_model_forgets_perfectly_and_fails_on_utility():
     destroyed = ScoredModel({"a": destroyed_member}, {"a": destroyed_nonmember},
                             (rng.integers(0, 10, 400) == 3).astype(float), (labels == 3).astype(float))
     forgetting_only = gate_decision(destroyed, parent, attacks=["a"], accuracy_checks=["forget_acc"], resamples=300,
-                                    negative_labels=labels)
+                                    utility_labels=labels)
     assert forgetting_only.verdict == PASS  # the hazard this check exists for
     decision = gate_decision(destroyed, parent, attacks=["a"], accuracy_checks=["forget_acc", "utility"],
-                             resamples=300, negative_labels=labels)
+                             resamples=300, utility_labels=labels)
     assert decision.verdict == FAIL, decision.summary()
     (utility,) = [c for c in decision.checks if c.metric == "utility"]
     assert utility.verdict == FAIL and utility.parent_detected and "utility lost" in utility.reason
@@ -213,7 +213,7 @@ def test_utility_is_one_sided_and_its_margin_scales_with_the_parents_skill():
         return ScoredModel(parent.member, parent.nonmember, parent.forget_correct,
                            (rng.random(n_test) < acc).astype(float))
 
-    kw = dict(attacks=["a"], accuracy_checks=["utility"], resamples=300, negative_labels=labels)
+    kw = dict(attacks=["a"], accuracy_checks=["utility"], resamples=300, utility_labels=labels)
     checks = {acc: [c for c in gate_decision(with_accuracy(acc), parent, **kw).checks if c.metric == "utility"][0]
               for acc in (0.95, 0.89, 0.5)}
     assert checks[0.95].verdict == PASS  # better than the parent is never a loss
@@ -230,7 +230,7 @@ def test_utility_without_skill_is_inconclusive_never_pass():
     rng = np.random.default_rng(7)
     parent, labels = _labelled(rng, accuracy=0.1)
     decision = gate_decision(parent, parent, attacks=["a"], accuracy_checks=["utility"], resamples=300,
-                             negative_labels=labels)
+                             utility_labels=labels)
     (utility,) = [c for c in decision.checks if c.metric == "utility"]
     assert utility.verdict == INCONCLUSIVE and not utility.parent_detected and np.isnan(utility.margin)
     assert "not measurable" in utility.reason
@@ -238,7 +238,7 @@ def test_utility_without_skill_is_inconclusive_never_pass():
     skewed = np.where(rng.random(len(labels)) < 0.9, 0, labels)
     always_zero = ScoredModel(parent.member, parent.nonmember, parent.forget_correct, (skewed == 0).astype(float))
     decision = gate_decision(always_zero, always_zero, attacks=["a"], accuracy_checks=["utility"], resamples=300,
-                             negative_labels=skewed)
+                             utility_labels=skewed)
     assert [c for c in decision.checks if c.metric == "utility"][0].verdict == INCONCLUSIVE
 
 
@@ -246,16 +246,21 @@ def test_utility_needs_valid_labels():
     rng = np.random.default_rng(8)
     parent, labels = _labelled(rng)
     kw = dict(attacks=["a"], accuracy_checks=["utility"], resamples=300)
-    with pytest.raises(ValueError, match="negative_labels"):
+    with pytest.raises(ValueError, match="utility_labels"):
         gate_decision(parent, parent, **kw)
-    with pytest.raises(ValueError, match="negative_labels"):
-        gate_decision(parent, parent, **kw, negative_labels=labels[:-1])
-    with pytest.raises(ValueError, match="negative_labels"):
-        gate_decision(parent, parent, **kw, negative_labels=labels.astype(float))
-    with pytest.raises(ValueError, match="utility_loss_fraction"):
-        gate_decision(parent, parent, **kw, negative_labels=labels, utility_loss_fraction=0.0)
+    with pytest.raises(ValueError, match="utility_labels"):
+        gate_decision(parent, parent, **kw, utility_labels=labels[:-1])
+    with pytest.raises(ValueError, match="utility_labels"):
+        gate_decision(parent, parent, **kw, utility_labels=labels.astype(float))
+    assert gate_decision(parent, parent, **kw, utility_labels=labels - 3).checks  # any integer labels
+    for fraction in (0.0, 1.0):  # at 1 a model answering the most frequent class could never fail (review)
+        with pytest.raises(ValueError, match="utility_loss_fraction"):
+            gate_decision(parent, parent, **kw, utility_labels=labels, utility_loss_fraction=fraction)
+    with pytest.raises(ValueError, match="every model or none carries a utility set"):
+        gate_decision(ScoredModel(parent.member, parent.nonmember, parent.forget_correct, parent.test_correct,
+                                  parent.test_correct), parent, **kw, utility_labels=labels)
     with pytest.raises(ValueError, match="at least one forgetting check"):
-        gate_decision(parent, parent, attacks=[], accuracy_checks=["utility"], resamples=300, negative_labels=labels)
+        gate_decision(parent, parent, attacks=[], accuracy_checks=["utility"], resamples=300, utility_labels=labels)
 
 
 def test_a_strict_audit_does_not_demote_a_method_for_being_more_accurate():
@@ -264,12 +269,12 @@ def test_a_strict_audit_does_not_demote_a_method_for_being_more_accurate():
     retrain = ScoredModel(parent.member, parent.nonmember, parent.forget_correct,
                           (rng.random(len(labels)) < 0.7).astype(float))
     decision = gate_decision(parent, parent, attacks=["a"], accuracy_checks=["utility"], targets=[retrain],
-                             resamples=300, negative_labels=labels)
+                             resamples=300, utility_labels=labels)
     (utility,) = [c for c in decision.checks if c.metric == "utility"]
     assert utility.estimate > utility.margin > 0 and utility.verdict == PASS
     assert "utility" not in audit_demotes(decision)
     worse = gate_decision(retrain, parent, attacks=["a"], accuracy_checks=["utility"], targets=[parent],
-                          resamples=300, negative_labels=labels)
+                          resamples=300, utility_labels=labels)
     assert "utility" in audit_demotes(worse)
 
 

@@ -60,7 +60,7 @@ def test_utility_checks_measure_the_other_classes_when_a_class_is_forgotten(chec
     parent = model(1.0, np.ones(NF), test_parent)
     candidate = model(0.0, np.zeros(NF), test_forgot)
     decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=(check,), class_negatives=mask,
-                             negative_labels=labels)
+                             utility_labels=labels)
     (utility,) = [c for c in decision.checks if c.metric == check]
     assert utility.verdict == PASS and utility.n_negative == 200  # on the class it would be "utility lost"
     if check == "utility":  # the skill is measured on the other classes too: their most frequent label's share
@@ -69,7 +69,7 @@ def test_utility_checks_measure_the_other_classes_when_a_class_is_forgotten(chec
         assert utility.parent_excess == pytest.approx((test_parent[100:].sum() + 1) / 202 - base)
     few = np.arange(NT) >= 10  # only 10 negatives of other classes: utility cannot be measured, and says so
     decision = gate_decision(candidate, parent, attacks=["a"], accuracy_checks=(check,), class_negatives=few,
-                             negative_labels=labels)
+                             utility_labels=labels)
     (utility,) = [c for c in decision.checks if c.metric == check]
     assert utility.verdict == "inconclusive" and "utility not measurable" in utility.reason
 
@@ -99,3 +99,32 @@ def test_score_arrays_must_hold_one_score_per_sample(member_len, nonmember_len):
         gate_decision(short, w["parent"], attacks=["a"])
     with pytest.raises(ValueError, match="attack 'a' scored"):
         gate_decision(w["forgot"], short, attacks=["a"])
+
+
+def test_a_whole_class_batch_measures_utility_on_the_other_classes_unseen_samples():
+    """A batch of only whole classes has negatives of those classes alone: utility measured there was 'not
+    measurable' forever, so such a batch could never pass, and the reason blamed the positive control (review)."""
+    w = _world()
+    rng = np.random.default_rng(3)
+    whole_class = np.ones(NT, dtype=bool)
+    labels = rng.integers(1, 10, 500)  # the other classes' unseen samples
+
+    def with_utility(model, accuracy):
+        return ScoredModel(model.member, model.nonmember, model.forget_correct, model.test_correct,
+                           _bits(rng, accuracy, 500))
+
+    parent, good, wrecked = with_utility(w["parent"], 0.9), with_utility(w["forgot"], 0.9), \
+        with_utility(w["forgot"], 0.15)
+    kwargs = dict(attacks=["a"], accuracy_checks=("forget_acc", "utility"), class_negatives=whole_class,
+                  utility_labels=labels)
+    decision = gate_decision(good, parent, **kwargs)
+    (utility,) = [c for c in decision.checks if c.metric == "utility"]
+    assert decision.verdict == PASS and utility.n_negative == 500 and utility.parent_detected
+    decision = gate_decision(wrecked, parent, **kwargs)
+    assert decision.verdict == FAIL and "lost more accuracy" in decision.reason
+    # without a utility set: not measurable, and the reason says so instead of blaming the control
+    plain = gate_decision(w["forgot"], w["parent"], **{**kwargs, "utility_labels": np.zeros(NT, dtype=int)})
+    assert plain.verdict == "inconclusive" and "utility could not be measured (utility)" in plain.reason
+    assert "positive control" not in plain.reason
+    with pytest.raises(ValueError, match="utility_labels must be the 500 integer labels of the utility set"):
+        gate_decision(good, parent, **{**kwargs, "utility_labels": labels[:10]})

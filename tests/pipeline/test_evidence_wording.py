@@ -63,3 +63,17 @@ def test_the_summary_names_a_utility_failure():
               "checks": [{"metric": "forget_acc", "verdict": "pass"}, {"metric": "utility", "verdict": "fail"}]}
     text = evidence_summary(report)["statement"]
     assert "lost more accuracy" in text and "still behaves" not in text
+
+
+@pytest.mark.parametrize("strength, starts", [("inconclusive", "inconclusive:"), ("low_power", "LOW POWER:")])
+def test_an_inconclusive_utility_alone_is_not_called_too_few_samples_to_show_forgetting(strength, starts):
+    """Forgetting shown with power, utility unmeasurable: the statement said 'too few samples to show the unlearned
+    model equivalent', which was false (review)."""
+    report = {"verdict": "inconclusive", "evidence": strength, "parent_detected": True,
+              "checks": [{"metric": "mia.lira_offline.auc", "verdict": "pass"},
+                         {"metric": "utility", "verdict": "inconclusive"}]}
+    text = evidence_summary(report)["statement"]
+    assert text.startswith(starts) and "shown statistically equivalent" in text and "could not be verified" in text
+    assert "too few samples" not in text
+    report["checks"][0]["verdict"] = "inconclusive"  # forgetting open too: the usual wording
+    assert "shown statistically equivalent" not in evidence_summary(report)["statement"]

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import FAST, REPO, run_stages
+from conftest import FAST, REPO, RETRAIN, run_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -303,3 +303,26 @@ def test_a_model_destroyed_by_its_unlearning_fails_on_utility_and_is_never_promo
     assert result["promote"]["attempts"] == [["grad_ascent", "fail"], ["retrain", "pass"]]
     champion = tracking.champion_version(project, _client(project))
     assert champion.tags["method"] == "retrain"
+
+
+def test_a_whole_class_request_gates_utility_on_the_other_classes(champion_project):
+    """A whole-class batch's negatives are that class's unseen samples; utility measured there was never measurable,
+    so every such batch was held until its bound and then retrained (review). The retrain, which never saw the
+    class, keeps its accuracy on the other classes and passes utility with a measured control."""
+    from flows.cli import submit_request
+    from tasks.project import load_project
+    from tasks.stage.state import read_escalation
+    from unlearn.data import SampleStore
+
+    root, _ = champion_project(RETRAIN)
+    project = load_project(root)
+    submit_request(root, {"request_id": "C-7", "forget_class": "7", "received_at": "2026-11-24T10:00:00Z",
+                          "reason": "gdpr_erasure", "subject_ref": "subject-C-7"})
+    test_labels = SampleStore(project.store_dir).load_split("test").labels
+    run_stages(project, "ingest", "prepare", "references", "unlearn")
+    report = json.loads((project.reports_dir / "attempts" / read_escalation(project).attempts[0].report).read_text())
+    checks = {c["metric"]: c for c in report["checks"]}
+    utility = checks["utility"]
+    assert utility["n_negative"] == int((test_labels != 7).sum())  # every unseen sample of the other classes
+    assert utility["parent_detected"] and utility["parent_excess"] > 0.5 and utility["verdict"] == "pass"
+    assert checks["class_acc"]["n_negative"] == int((test_labels == 7).sum())

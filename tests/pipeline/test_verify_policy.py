@@ -82,11 +82,19 @@ def test_a_class_verified_with_other_samples_is_compared_with_test_samples_in_th
     sevens = np.flatnonzero(train.labels == 7)
     others = np.flatnonzero(train.labels != 7)[:20]
     pure = store.load(train.ids[sevens])
-    assert set(evaluation_sets(project, store, pure, [7]).test.labels.tolist()) == {7}  # as before
+    whole = evaluation_sets(project, store, pure, [7])
+    assert set(whole.test.labels.tolist()) == {7}  # as before
+    # the utility checks measure every unseen sample of the other classes (review: on the class's samples alone
+    # utility was never measurable, so a batch of whole classes could never pass)
+    test_split = store.load_split("test")
+    assert sorted(whole.ids["others"].tolist()) == sorted(test_split.ids[test_split.labels != 7].tolist())
+    assert 7 not in set(whole.others.labels.tolist()) and len(whole.others.labels) == (test_split.labels != 7).sum()
+    assert evaluation_sets(project, store, store.load(train.ids[others]), []).others is None  # sample-wise
     mixed = store.load(train.ids[np.concatenate([sevens, others])])
     sets = evaluation_sets(project, store, mixed, [7])
     forget_share = np.bincount(sets.forget.labels.numpy(), minlength=10) / len(sets.forget.labels)
     test_share = np.bincount(sets.test.labels.numpy(), minlength=10) / len(sets.test.labels)
     assert np.abs(forget_share - test_share).max() < 0.05 and len(sets.test.labels) >= 20
+    assert 7 not in set(sets.others.labels.tolist())
     assert len(set(sets.ids["test"].tolist())) == len(sets.test.labels)  # real test samples, each once
     assert set(sets.ids["test"].tolist()) <= set(store.split_ids("test").tolist())
