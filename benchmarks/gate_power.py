@@ -189,6 +189,7 @@ def main() -> int:
                                          margin_fraction=gate.margin_fraction, resamples=gate.resamples,
                                          seed=gate.seed, min_samples=gate.min_samples,
                                          utility_labels=sets.test.labels.numpy(),
+                                         labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
                                          utility_loss_fraction=gate.utility_loss_fraction)
                 cpu = time.process_time() - start
                 if role == "amun":

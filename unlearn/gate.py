@@ -34,7 +34,9 @@ that never trained on D_F?", so the burden of proof is on the candidate:
    ``inconclusive``.
 
 Accuracy checks get the same treatment: ``forget_acc`` is the forget-minus-negative accuracy gap
-(target 0, or the retrain's gap in strict mode) with its own control and margin; ``test_acc`` is
+(target 0, or the retrain's gap in strict mode) with its own control and margin, the negatives weighed
+to the forget set's label mix when the labels are given (a never-trained model is as accurate on D_F
+as on negatives of the same classes, not on any negatives); ``test_acc`` is
 a non-inferiority check of the candidate's accuracy on the negatives against the target (the
 parent in equivalence mode), with the ``forget_acc`` margin: utility may not drop by more than
 the fraction of the memorisation effect the gate tolerates.
@@ -284,7 +286,8 @@ def _auc_draws(model: ScoredModel, attack: str, wf: np.ndarray, wn: np.ndarray, 
     return point, draws
 
 
-def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray) -> tuple[float, np.ndarray]:
+def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray,
+               match: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """forget accuracy - test accuracy: point and per resample, with pseudo-observations.
 
     One correct and one wrong pseudo-sample are appended to each set (Agresti-Caffo) and
@@ -293,11 +296,43 @@ def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray) -> tuple[floa
     percentile bootstrap an interval of width zero, which made exact retrains "conclusively"
     fail and parents "detected" on nothing. The pseudo-samples are the same for every model,
     so the pairing is kept.
+
+    ``match``: weights over the negatives (+ the two pseudo-samples) that give the test accuracy the
+    forget set's label mix (:func:`_label_match`), so the never-trained target of 0 holds for a forget
+    set of other classes than the test set's.
     """
     fc = np.concatenate([np.asarray(model.forget_correct, np.float64), [1.0, 0.0]])
     tc = np.concatenate([np.asarray(model.test_correct, np.float64), [1.0, 0.0]])
-    point = float(fc.mean() - tc.mean())
-    return point, (wf @ fc) / wf.sum(axis=1) - (wn @ tc) / wn.sum(axis=1)
+    if match is None:
+        return float(fc.mean() - tc.mean()), (wf @ fc) / wf.sum(axis=1) - (wn @ tc) / wn.sum(axis=1)
+    weighted = wn * match
+    return (float(fc.mean() - (match @ tc) / match.sum()),
+            (wf @ fc) / wf.sum(axis=1) - (weighted @ tc) / weighted.sum(axis=1))
+
+
+def _label_match(forget_labels: np.ndarray, negative_labels: np.ndarray) -> np.ndarray | None:
+    """Weights over the negatives (+ 2 pseudo-samples, weight 1 each) giving each class the forget set's share.
+
+    Why: ``forget_acc``'s target of 0 says a never-trained model is as accurate on D_F as on the negatives,
+    which holds only when both hold the classes in the same proportions. A per-sample request of one
+    person's samples of one class (a face-recognition identity) compared class c with every class: a
+    class harder than the average made the exact retrain "over-forget" conclusively, an easier one hid a
+    model that still remembered. Classes of D_F with no negative cannot be matched and are left out of the
+    weighting (their forget samples still count); None when no class can be matched, or when the negatives
+    already come in the forget set's proportions (the weights would all be 1).
+    """
+    classes, counts = np.unique(forget_labels, return_counts=True)
+    present = np.isin(classes, negative_labels)
+    if not present.any():
+        return None
+    share = counts[present] / counts[present].sum()
+    weights = np.zeros(len(negative_labels))
+    for label, part in zip(classes[present], share, strict=True):
+        mask = negative_labels == label
+        weights[mask] = part * len(negative_labels) / mask.sum()  # mean weight 1 over the negatives
+    if np.allclose(weights, 1.0):
+        return None
+    return np.concatenate([weights, [1.0, 1.0]])
 
 
 def _test_acc_draws(model: ScoredModel, wn: np.ndarray, keep: np.ndarray | None = None, *,
@@ -428,6 +463,7 @@ def gate_decision(
     class_negatives: np.ndarray | None = None,
     utility_labels: np.ndarray | None = None,
     utility_loss_fraction: float = 0.1,
+    labels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> GateDecision:
     """Decide whether ``candidate`` is equivalent to never having trained on D_F.
 
@@ -456,6 +492,8 @@ def gate_decision(
         utility_loss_fraction: ``utility`` allows the candidate to lose this fraction of the parent's skill
             (its accuracy above the best constant prediction's), in (0, 1): at 1 a model answering the most
             frequent class for everything could never fail it.
+        labels: (forget labels, negative labels): ``forget_acc`` then weighs the negatives to the forget set's
+            label mix (:func:`_label_match`); None: unweighted (the sets are assumed to share their mix).
 
     Returns:
         The decision with every number behind it.
@@ -496,6 +534,13 @@ def gate_decision(
         accuracy_checks = (*[c for c in accuracy_checks if c != "class_acc"], "class_acc")
     elif "class_acc" in accuracy_checks:
         raise ValueError("gate: class_acc needs class_negatives (the forgotten classes' negatives)")
+    match = None
+    if labels is not None:
+        forget_labels, negative_labels = (np.asarray(x) for x in labels)
+        if forget_labels.shape != (n_forget,) or negative_labels.shape != (n_test,):
+            raise ValueError(f"gate: labels must be ({n_forget} forget, {n_test} negative) labels, got shapes "
+                             f"{forget_labels.shape} and {negative_labels.shape}")
+        match = _label_match(forget_labels, negative_labels)
     with_utility_set = [m.utility_correct is not None for m in models]
     if any(with_utility_set) and not all(with_utility_set):
         raise ValueError("gate: either every model or none carries a utility set (utility_correct)")
@@ -556,8 +601,8 @@ def gate_decision(
         wf, wn = _weights(n_forget + 2, resamples, rng), _weights(n_test + 2, resamples, rng)  # + pseudo-samples
         gap_check = None
         if "forget_acc" in accuracy_checks or "test_acc" in accuracy_checks:
-            cand, par = _gap_draws(candidate, wf, wn), _gap_draws(parent, wf, wn)
-            target = (_target_draws([_gap_draws(t, wf, wn) for t in targets], rng) if targets
+            cand, par = _gap_draws(candidate, wf, wn, match), _gap_draws(parent, wf, wn, match)
+            target = (_target_draws([_gap_draws(t, wf, wn, match) for t in targets], rng) if targets
                       else (0.0, np.zeros(resamples)))
             gap_check = _decide_equivalence("forget_acc", cand, par, target, alpha=alpha,
                                             margin_fraction=margin_fraction, n_forget=n_forget, n_negative=n_test)

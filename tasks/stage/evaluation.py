@@ -261,6 +261,7 @@ def gate_decision_for(gate: GateConfig, candidate: ScoredModel, parent: ScoredMo
                          resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples,
                          class_negatives=sets.class_negatives(),
                          utility_labels=(sets.test if sets.others is None else sets.others).labels.cpu().numpy(),
+                         labels=(sets.forget.labels.cpu().numpy(), sets.test.labels.cpu().numpy()),
                          utility_loss_fraction=gate.utility_loss_fraction)
 
 

@@ -397,3 +397,33 @@ def test_gate_scores_pairs_models_and_replicates_over_references():
     assert replicated.member["loss_threshold"].shape == (60,)  # no references: nothing to replicate
     with pytest.raises(ValueError, match="svc_confidence needs both"):  # no retain signals given
         gate_scores(target, refs, attacks=["svc_confidence"], seed=3)
+
+
+def test_forget_acc_compares_a_one_class_forget_set_with_negatives_of_its_class():
+    """One person's samples of one class (a face-recognition identity): forget_acc compared class 0 with every
+    class, so a model that never saw them 'over-forgot' conclusively on a hard class (left open in an earlier
+    session's note). With the labels, the negatives are weighed to the forget set's label mix."""
+    rng = np.random.default_rng(10)
+    n_forget, per_class = 400, 300
+    negative_labels = np.repeat(np.arange(10), per_class)
+    forget_labels = np.zeros(n_forget, dtype=int)
+    hard = np.where(negative_labels == 0, 0.8, 0.98)  # class 0 is hard for every model
+    test_correct = (rng.random(len(negative_labels)) < hard).astype(float)
+    parent = ScoredModel({"a": rng.normal(1.0, 1.0, n_forget)}, {"a": rng.normal(0, 1, len(negative_labels))},
+                         np.ones(n_forget), test_correct)  # memorised D_F
+    never = ScoredModel({"a": rng.normal(0.0, 1.0, n_forget)}, parent.nonmember,
+                        (rng.random(n_forget) < 0.8).astype(float), test_correct)  # as accurate as on class 0
+    kw = dict(attacks=[], accuracy_checks=["forget_acc"], resamples=300)
+    unmatched = gate_decision(never, parent, **kw)
+    assert unmatched.verdict == FAIL and "over-forgets" in unmatched.checks[0].reason  # the bias
+    matched = gate_decision(never, parent, **kw, labels=(forget_labels, negative_labels))
+    assert matched.verdict == PASS, matched.summary()
+    check = matched.checks[0]
+    assert check.parent_excess == pytest.approx(1.0 - test_correct[negative_labels == 0].mean(), abs=0.01)
+    assert gate_decision(parent, parent, **kw, labels=(forget_labels, negative_labels)).verdict == FAIL
+    # negatives already in the forget set's mix: the weighting changes nothing
+    mixed = rng.integers(0, 10, n_forget)
+    balanced = gate_decision(never, parent, **kw, labels=(np.repeat(np.arange(10), 40), negative_labels))
+    assert balanced.checks[0].estimate == gate_decision(never, parent, **kw).checks[0].estimate
+    with pytest.raises(ValueError, match="labels must be"):
+        gate_decision(never, parent, **kw, labels=(mixed[:-1], negative_labels))
