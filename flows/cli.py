@@ -436,7 +436,7 @@ def format_gate(report: dict[str, Any]) -> list[str]:
         cand_ci = f"  [{num(c['ci_low'])}, {num(c['ci_high'])}]"
         # test_acc borrows forget_acc's control; utility's control is the parent's skill above a constant prediction,
         # and with too few samples of the kept classes there is nothing to control
-        unmeasured = c["metric"] == "utility" and c["parent_excess"] is None
+        unmeasured = c["metric"] == "utility" and not c["parent_detected"]
         detected = "" if c["metric"] == "test_acc" else (" (not measurable)" if unmeasured else (
             " (control ok)" if c["parent_detected"] else " (no control)"))
         lines.append(f"{c['metric']:<24}{num(c['parent_excess']):>14}{parent_ci:<20}{num(c['estimate']):>14}"

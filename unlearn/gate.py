@@ -287,7 +287,7 @@ def _auc_draws(model: ScoredModel, attack: str, wf: np.ndarray, wn: np.ndarray, 
 
 
 def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray,
-               match: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+               match: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, np.ndarray]:
     """forget accuracy - test accuracy: point and per resample, with pseudo-observations.
 
     One correct and one wrong pseudo-sample are appended to each set (Agresti-Caffo) and
@@ -297,42 +297,55 @@ def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray,
     fail and parents "detected" on nothing. The pseudo-samples are the same for every model,
     so the pairing is kept.
 
-    ``match``: weights over the negatives (+ the two pseudo-samples) that give the test accuracy the
-    forget set's label mix (:func:`_label_match`), so the never-trained target of 0 holds for a forget
-    set of other classes than the test set's.
+    ``match``: (forget weights, negative weights), each with the two pseudo-samples, from
+    :func:`_label_match`: the test accuracy gets the forget set's label mix, so the never-trained
+    target of 0 holds for a forget set of other classes than the test set's.
     """
     fc = np.concatenate([np.asarray(model.forget_correct, np.float64), [1.0, 0.0]])
     tc = np.concatenate([np.asarray(model.test_correct, np.float64), [1.0, 0.0]])
     if match is None:
         return float(fc.mean() - tc.mean()), (wf @ fc) / wf.sum(axis=1) - (wn @ tc) / wn.sum(axis=1)
-    weighted = wn * match
-    return (float(fc.mean() - (match @ tc) / match.sum()),
-            (wf @ fc) / wf.sum(axis=1) - (weighted @ tc) / weighted.sum(axis=1))
+    on_forget, on_test = match
+    forget_w, test_w = wf * on_forget, wn * on_test
+    return (float((on_forget @ fc) / on_forget.sum() - (on_test @ tc) / on_test.sum()),
+            (forget_w @ fc) / forget_w.sum(axis=1) - (test_w @ tc) / test_w.sum(axis=1))
 
 
-def _label_match(forget_labels: np.ndarray, negative_labels: np.ndarray) -> np.ndarray | None:
-    """Weights over the negatives (+ 2 pseudo-samples, weight 1 each) giving each class the forget set's share.
+def _label_match(forget_labels: np.ndarray, negative_labels: np.ndarray
+                 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, int, int]:
+    """Weights giving the negatives the forget set's label mix, for ``forget_acc``.
 
     Why: ``forget_acc``'s target of 0 says a never-trained model is as accurate on D_F as on the negatives,
     which holds only when both hold the classes in the same proportions. A per-sample request of one
     person's samples of one class (a face-recognition identity) compared class c with every class: a
     class harder than the average made the exact retrain "over-forget" conclusively, an easier one hid a
-    model that still remembered. Classes of D_F with no negative cannot be matched and are left out of the
-    weighting (their forget samples still count); None when no class can be matched, or when the negatives
-    already come in the forget set's proportions (the weights would all be 1).
+    model that still remembered.
+
+    Returns:
+        ``(forget weights, negative weights)``, each with the two pseudo-samples (weight 1): a negative of
+        class c weighs c's share of D_F x (matched negatives / c's negatives), so the matched negatives
+        weigh as many as they are and the pseudo-samples keep their share; forget samples of a class with
+        no negative weigh 0 (nothing to compare them with). None when the negatives already come in the
+        forget set's mix (every weight 1). Then the counts behind the check: matched forget samples and
+        matched negatives.
     """
     classes, counts = np.unique(forget_labels, return_counts=True)
     present = np.isin(classes, negative_labels)
+    on_test = np.isin(negative_labels, classes[present])
+    n_matched = int(on_test.sum())
+    n_forget = int(np.isin(forget_labels, classes[present]).sum())
     if not present.any():
-        return None
+        return (np.concatenate([np.zeros(len(forget_labels)), [1.0, 1.0]]),
+                np.concatenate([np.zeros(len(negative_labels)), [1.0, 1.0]])), 0, 0
     share = counts[present] / counts[present].sum()
     weights = np.zeros(len(negative_labels))
     for label, part in zip(classes[present], share, strict=True):
         mask = negative_labels == label
-        weights[mask] = part * len(negative_labels) / mask.sum()  # mean weight 1 over the negatives
-    if np.allclose(weights, 1.0):
-        return None
-    return np.concatenate([weights, [1.0, 1.0]])
+        weights[mask] = part * n_matched / mask.sum()
+    forget_w = np.isin(forget_labels, classes[present]).astype(np.float64)
+    if present.all() and n_matched == len(negative_labels) and np.allclose(weights, 1.0):
+        return None, n_forget, n_matched
+    return (np.concatenate([forget_w, [1.0, 1.0]]), np.concatenate([weights, [1.0, 1.0]])), n_forget, n_matched
 
 
 def _test_acc_draws(model: ScoredModel, wn: np.ndarray, keep: np.ndarray | None = None, *,
@@ -534,13 +547,13 @@ def gate_decision(
         accuracy_checks = (*[c for c in accuracy_checks if c != "class_acc"], "class_acc")
     elif "class_acc" in accuracy_checks:
         raise ValueError("gate: class_acc needs class_negatives (the forgotten classes' negatives)")
-    match = None
+    match, n_gap_forget, n_gap_negative = None, n_forget, n_test
     if labels is not None:
         forget_labels, negative_labels = (np.asarray(x) for x in labels)
         if forget_labels.shape != (n_forget,) or negative_labels.shape != (n_test,):
             raise ValueError(f"gate: labels must be ({n_forget} forget, {n_test} negative) labels, got shapes "
                              f"{forget_labels.shape} and {negative_labels.shape}")
-        match = _label_match(forget_labels, negative_labels)
+        match, n_gap_forget, n_gap_negative = _label_match(forget_labels, negative_labels)
     with_utility_set = [m.utility_correct is not None for m in models]
     if any(with_utility_set) and not all(with_utility_set):
         raise ValueError("gate: either every model or none carries a utility set (utility_correct)")
@@ -600,14 +613,30 @@ def gate_decision(
         rng = np.random.default_rng(_stable_seed(seed, "accuracy"))
         wf, wn = _weights(n_forget + 2, resamples, rng), _weights(n_test + 2, resamples, rng)  # + pseudo-samples
         gap_check = None
-        if "forget_acc" in accuracy_checks or "test_acc" in accuracy_checks:
-            cand, par = _gap_draws(candidate, wf, wn, match), _gap_draws(parent, wf, wn, match)
-            target = (_target_draws([_gap_draws(t, wf, wn, match) for t in targets], rng) if targets
+
+        def gap(weights: tuple[np.ndarray, np.ndarray] | None, n_f: int, n_t: int) -> MetricCheck:
+            cand, par = _gap_draws(candidate, wf, wn, weights), _gap_draws(parent, wf, wn, weights)
+            target = (_target_draws([_gap_draws(t, wf, wn, weights) for t in targets], rng) if targets
                       else (0.0, np.zeros(resamples)))
-            gap_check = _decide_equivalence("forget_acc", cand, par, target, alpha=alpha,
-                                            margin_fraction=margin_fraction, n_forget=n_forget, n_negative=n_test)
-            if "forget_acc" in accuracy_checks:
-                checks.append(gap_check)
+            return _decide_equivalence("forget_acc", cand, par, target, alpha=alpha,
+                                       margin_fraction=margin_fraction, n_forget=n_f, n_negative=n_t)
+
+        if "forget_acc" in accuracy_checks:
+            if min(n_gap_forget, n_gap_negative) < min_samples:
+                # the label-matched gap stands on the forget set's classes only: too few of them to decide on
+                checks.append(MetricCheck(
+                    metric="forget_acc", verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
+                    estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
+                    parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
+                    parent_detected=False, n_forget=n_gap_forget, n_negative=n_gap_negative,
+                    reason=f"too few samples to decide: {n_gap_forget} forget sample(s) and {n_gap_negative} "
+                           f"negative(s) of the forget set's classes, the gate needs {min_samples} of each"))
+            else:
+                checks.append(gap(match, n_gap_forget, n_gap_negative))
+        if "test_acc" in accuracy_checks:
+            # test_acc measures accuracy over every negative, so its margin comes from the unweighted gap (the
+            # label-matched one measures memory on the forget set's classes: on a hard class, far larger)
+            gap_check = gap(None, n_forget, n_test)
         if class_negatives is not None:
             # the never-trained target is an all-wrong model, scored with the same pseudo-samples and weights
             never = ScoredModel({}, {}, np.zeros(n_forget), np.zeros(n_test))
@@ -658,13 +687,21 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
     """Intersection-union: all pass -> pass; any conclusive fail -> fail; else inconclusive."""
     failed = [c.metric for c in checks if c.verdict == FAIL]
     open_ = [c.metric for c in checks if c.verdict == INCONCLUSIVE]
-    # why a check is open: a forgetting check whose control missed the parent; a utility check with nothing to
-    # measure on (no margin: too few samples, no skill, or no forget_acc control for test_acc); or an interval
-    # that crosses the margin
-    no_control = [c.metric for c in checks if c.metric not in UTILITY_CHECKS and not c.parent_detected]
-    unmeasured = [c.metric for c in checks if c.verdict == INCONCLUSIVE and c.metric in UTILITY_CHECKS
-                  and np.isnan(c.margin)]
-    wide = [m for m in open_ if m not in no_control and m not in unmeasured]
+    # why a check is open: too few samples to compute it at all; a utility check with nothing to measure on (no
+    # skill: the parent is no better than a constant); a control that missed the parent (test_acc: forget_acc's);
+    # or an interval that crosses the margin
+    few, unmeasured, no_control, wide = [], [], [], []
+    for c in checks:
+        if c.verdict != INCONCLUSIVE:
+            continue
+        if np.isnan(c.estimate):
+            few.append(c.metric)
+        elif c.metric == "utility" and np.isnan(c.margin):
+            unmeasured.append(c.metric)
+        elif not c.parent_detected:
+            no_control.append(c.metric)
+        else:
+            wide.append(c.metric)
     if failed:
         remembers = [m for m in failed if m not in UTILITY_CHECKS]
         lost = [m for m in failed if m in UTILITY_CHECKS]
@@ -673,6 +710,7 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
         verdict, reason = FAIL, "; ".join(said)
     elif open_:
         why = ((["the positive control did not detect the parent on " + ", ".join(no_control)] if no_control else [])
+               + (["too few samples to measure " + ", ".join(few)] if few else [])
                + (["utility could not be measured (" + ", ".join(unmeasured) + ")"] if unmeasured else [])
                + (["the intervals are too wide for the margin on " + ", ".join(wide)] if wide else []))
         verdict, reason = INCONCLUSIVE, f"not enough evidence either way: {'; '.join(why)}; this is NOT a pass"

@@ -125,11 +125,12 @@ def model_evidence(
              *(["others"] if with_others and sets.others is not None else [])]
     for name in names:
         subset: TensorSet = getattr(sets, name)
+        views = "none" if name == "others" else augmentations  # utility reads the plain view only
         if cache is not None and sets.ids is not None and name in sets.ids:
-            logits = cache.logits(model, sets.ids[name], subset.images, augmentations=augmentations,
+            logits = cache.logits(model, sets.ids[name], subset.images, augmentations=views,
                                   device=device, digest=digest)  # (N, A, K)
         else:
-            logits = view_logits(model, subset.images, augmentations, device=device)
+            logits = view_logits(model, subset.images, views, device=device)
         if not bool(torch.isfinite(logits).all()):
             if cache is not None:
                 cache.drop_model(digest)

@@ -61,7 +61,7 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
     Returns:
         The sets, with their sample ids (the signal cache's keys).
     """
-    test = store.load_split("test")
+    test = split = store.load_split("test")
     if forget_classes:
         # Class-wise forgetting: compare the forget set with unseen samples of the same classes,
         # or the attack would learn "class", not "membership" (mia-and-peers.md section 2).
@@ -75,7 +75,6 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
     if forget_classes:
         # where the gate's utility checks measure: every unseen sample of the classes kept (the test set above
         # holds the forgotten classes' samples, or a few of the others', too few to measure accuracy on)
-        split = store.load_split("test")
         kept = ~np.isin(split.labels, forget_classes)
         others = Arrays(split.ids[kept], split.images[kept], split.labels[kept])
         ids["others"] = others.ids

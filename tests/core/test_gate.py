@@ -427,3 +427,33 @@ def test_forget_acc_compares_a_one_class_forget_set_with_negatives_of_its_class(
     assert balanced.checks[0].estimate == gate_decision(never, parent, **kw).checks[0].estimate
     with pytest.raises(ValueError, match="labels must be"):
         gate_decision(never, parent, **kw, labels=(mixed[:-1], negative_labels))
+
+
+def test_label_matched_forget_acc_with_few_negatives_of_the_class_is_too_few_not_nan():
+    """3 negatives of the forget set's class behind a check recorded with 1,000: some resamples drew none of them,
+    the interval came out NaN and the reason blamed the positive control (review)."""
+    rng = np.random.default_rng(11)
+    negative_labels = np.concatenate([np.full(3, 7), rng.integers(0, 7, 997)])
+    parent = ScoredModel({}, {}, np.ones(40), (rng.random(1000) < 0.9).astype(float))
+    never = ScoredModel({}, {}, (rng.random(40) < 0.9).astype(float), parent.test_correct)
+    decision = gate_decision(never, parent, attacks=[], accuracy_checks=["forget_acc"], resamples=300,
+                             labels=(np.full(40, 7), negative_labels))
+    (check,) = decision.checks
+    assert check.verdict == INCONCLUSIVE and check.n_negative == 3 and "too few samples" in check.reason
+    assert "too few samples to measure forget_acc" in decision.reason and "positive control" not in decision.reason
+
+
+def test_test_acc_keeps_the_unweighted_margin_when_forget_acc_is_label_matched():
+    """On a hard class the label-matched memory effect is large; test_acc borrowed it and passed a model that lost
+    12.6 points of accuracy (review). Its margin is the unweighted gap's, as before the matching."""
+    rng = np.random.default_rng(12)
+    negative_labels = np.repeat(np.arange(10), 500)
+    hard = np.where(negative_labels == 3, 0.6, 0.94)
+    parent_test = (rng.random(5000) < hard).astype(float)
+    parent = ScoredModel({}, {}, np.ones(200), parent_test)
+    worse = np.where(rng.random(5000) < 0.14, 0.0, parent_test)  # loses about 12.6 points everywhere
+    candidate = ScoredModel({}, {}, (rng.random(200) < 0.5).astype(float), worse)
+    decision = gate_decision(candidate, parent, attacks=[], accuracy_checks=["forget_acc", "test_acc"],
+                             resamples=300, labels=(np.full(200, 3), negative_labels))
+    checks = {c.metric: c for c in decision.checks}
+    assert checks["test_acc"].verdict == FAIL and checks["test_acc"].margin < 0.06 < checks["forget_acc"].margin
