@@ -406,6 +406,12 @@ def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> s
                      _numeric_cell(_gap_ci([c.get("ci_low"), c.get("ci_high")])),
                      _numeric_cell(_num(c.get("margin"))), _verdict(c.get("verdict"))] for c in checks],
                    "No metric was tested.")
+    if any(c.get("metric") in ("utility", "test_acc") for c in checks):
+        # the columns are read as memory for the forgetting checks; the utility rows measure something else
+        table += ('\n<p class="na">For <code>utility</code> and <code>test_acc</code> (accuracy on unseen samples, not '
+                  "memory): the unlearned model's accuracy minus the target's, and the margin is the loss allowed, "
+                  "one-sided. For <code>utility</code> the original's excess is its skill, its accuracy above always "
+                  "answering the most frequent class.</p>")
     figures = _plot_figures(plots)
     figures = f"<h3>Plots</h3>\n{figures}" if figures else ""
     return (f'<section id="verification">\n<h2>Verification evidence</h2>\n{_definition_list(rows)}\n{table}\n'

@@ -374,3 +374,17 @@ def test_output_is_deterministic_except_for_the_issued_time(tmp_path, png):
     for before, after in normalise:
         pages = [page.replace(before, after) for page in pages]
     assert pages[0] == pages[1] and "ISSUED" in pages[0]
+
+
+def test_a_utility_row_is_explained_not_read_as_memory(tmp_path, png):
+    """The table's columns say 'Original's excess' and 'Margin': on a utility row they are the original's skill and
+    the accuracy loss allowed, which a reader would otherwise take for a memory effect."""
+    plain = write_certificate(_certificate(), {"ROC": png}, tmp_path / "a")[1].read_text()
+    assert "its accuracy above always answering the most frequent class" not in plain
+    certificate = _certificate()
+    certificate["verification"]["checks"].append(
+        {"metric": "utility", "verdict": "pass", "parent_excess": 0.87, "parent_ci_low": 0.84, "parent_ci_high": 0.89,
+         "parent_detected": True, "estimate": -0.011, "ci_low": -0.02, "ci_high": -0.004, "margin": 0.087,
+         "reason": "utility kept"})
+    html = write_certificate(certificate, {"ROC": png}, tmp_path / "b")[1].read_text()
+    assert "its accuracy above always answering the most frequent class" in html and "one-sided" in html
