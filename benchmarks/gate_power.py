@@ -252,7 +252,8 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
     gate = params.gate
     payload = {"command": command.strip(), "seeds": list(range(args.seeds)), "sizes": sizes,
                "gate": {k: getattr(gate, k) for k in ("mode", "attacks", "accuracy_checks", "alpha",
-                                                      "margin_fraction", "resamples", "seed", "min_samples")},
+                                                      "margin_fraction", "utility_loss_fraction", "resamples",
+                                                      "seed", "min_samples")},
                "references": N_REFERENCES, "pool_fraction": params.verify.references.pool_fraction,
                "summary": summary, "costs": costs, "runs": runs, "elapsed_s": elapsed,
                "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
@@ -267,7 +268,8 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
         f"Command: `{payload['command']}` ({elapsed / 60:.1f} min wall on a shared 2-core machine). "
         f"Seeds {payload['seeds']}; gate = params.yaml `gate` section: mode {gate.mode}, attacks "
         f"{list(gate.attacks)}, accuracy checks {list(gate.accuracy_checks)}, alpha {gate.alpha} "
-        f"({100 * (1 - 2 * gate.alpha):g}% paired-bootstrap intervals), margin {gate.margin_fraction} x parent excess, "
+        f"({100 * (1 - 2 * gate.alpha):g}% paired-bootstrap intervals), margin {gate.margin_fraction} x parent excess "
+        f"(utility: {gate.utility_loss_fraction} x the parent's skill, one-sided), "
         f"{gate.resamples} resamples, min_samples {gate.min_samples}. {N_REFERENCES} references on the reference pool "
         f"(pool_fraction {params.verify.references.pool_fraction}); negatives: the whole test split. "
         "Every candidate is gated against the untouched parent as positive control.", "",

@@ -139,13 +139,15 @@ class Project:
 
         Why: the registry is the project's, not the checkout's. A temporary checkout's own ``mlflow.db`` is a
         fresh, empty registry (it would train a second baseline on already-redacted data), and the registry
-        pin (:func:`check_registry`) refused the project's real one as "another store".
+        pin (:func:`check_registry`) refused the project's real one as "another store". A project in a
+        folder of its Git repository runs in ``<project>/.dvc/tmp/exps/<dir>/<folder>/``.
         """
         parts = self.root.resolve().parts
-        if len(parts) > 4 and parts[-4:-1] == (".dvc", "tmp", "exps"):
-            home = Path(*parts[:-4])
-            if (home / "params.yaml").exists():
-                return home
+        for i in range(len(parts) - 4, 0, -1):  # the innermost: the checkout, or a project folder inside it
+            if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+                home = Path(*parts[:i])
+                if (home / "params.yaml").exists():
+                    return home
         return self.root
 
     @property
@@ -183,7 +185,8 @@ class Project:
 
     @property
     def artifact_root(self) -> Path:
-        return self.root / "mlartifacts"
+        """The artifact store beside the registry (:attr:`home`'s): a temporary checkout's is deleted with it."""
+        return self.home / "mlartifacts"
 
 
 def load_project(root: str | Path = ".", *, check_registries: bool = True) -> Project:

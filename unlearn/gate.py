@@ -76,7 +76,11 @@ How a verify stage calls it (everything here is pure: arrays and models in, a re
     targets = [gate_scores(model_evidence(r, sets, device=d), refs, **kw) for r in retrains]  # strict only
     decision = gate_decision(cand, parent, attacks=cfg.gate.attacks, accuracy_checks=cfg.gate.accuracy_checks,
                              targets=targets, alpha=cfg.gate.alpha, margin_fraction=cfg.gate.margin_fraction,
-                             resamples=cfg.gate.resamples, seed=cfg.gate.seed, min_samples=cfg.gate.min_samples)
+                             resamples=cfg.gate.resamples, seed=cfg.gate.seed, min_samples=cfg.gate.min_samples,
+                             class_negatives=sets.class_negatives(), utility_labels=sets.test.labels.numpy(),
+                             labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
+                             utility_loss_fraction=cfg.gate.utility_loss_fraction)
+    #   (whole classes: utility_labels are sets.others' labels; tasks.stage.evaluation.gate_decision_for)
     action = next_action(decision, on_inconclusive=cfg.gate.on_inconclusive, held_batches=..., held_hours=...,
                          max_hold_batches=cfg.gate.max_hold_batches, max_hold_hours=cfg.gate.max_hold_hours)
     decision.to_dict()   # certificate / MLflow / request status: verdict, reason, every number

@@ -41,13 +41,17 @@ def ladder_key(project: Project, parent_version: str, batches: list[str]) -> str
     """Identity of one escalation: the champion it starts from, the batches, and the policy.
 
     ``unlearn.recalibrate_bn`` changes every candidate's weights-and-buffers, so it is part of the policy; it
-    is added only when on, so an escalation recorded before the setting existed keeps its key when it is off.
+    is added only when on, so an escalation recorded before the setting existed keeps its key when it is off;
+    ``gate.utility_loss_fraction`` likewise counts only when the ``utility`` check is gated.
     """
     params = project.params
     ladder = params.unlearn.ladder
+    gate = repr(params.gate)
+    if "utility" not in params.gate.accuracy_checks:  # unused: an escalation recorded before it existed keeps its key
+        gate = gate.replace(f", utility_loss_fraction={params.gate.utility_loss_fraction!r}", "")
     return hashlib.sha256(json.dumps(
         [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
-         params.seed, repr(params.verify), repr(params.gate),
+         params.seed, repr(params.verify), gate,
          *([{"recalibrate_bn": True}] if params.unlearn.recalibrate_bn else [])],
         sort_keys=True, default=str).encode()
     ).hexdigest()[:16]

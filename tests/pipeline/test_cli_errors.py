@@ -151,6 +151,11 @@ def test_a_dvc_temporary_checkout_uses_the_registry_of_the_project_that_queued_i
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy}/mlflow.db")  # the copy's own file: a new store
     with pytest.raises(PipelineError, match="a second registry"):
         check_registry(checkout)
+    assert checkout.artifact_root == home.root.resolve() / "mlartifacts"  # not deleted with the checkout (review)
+    # a project in a folder of its Git repository: DVC runs it in <project>/.dvc/tmp/exps/<dir>/<folder>
+    nested = copy / "sub"
+    shutil.copytree(home.root, nested, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    assert load_project(nested, check_registries=False).home == home.root.resolve()
     # a folder that merely sits under .dvc/tmp/exps of something that is not a project stays its own home
     stray = home.root.parent / "elsewhere" / ".dvc" / "tmp" / "exps" / "x"
     shutil.copytree(home.root, stray, ignore=shutil.ignore_patterns(".dvc", ".git"))

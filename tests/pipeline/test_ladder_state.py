@@ -159,3 +159,16 @@ def test_batch_norm_recalibration_is_part_of_an_escalations_identity(make_projec
     on = Project(make_project({"unlearn": {"recalibrate_bn": True}}, name="on"))
     off = Project(make_project({"unlearn": {"recalibrate_bn": False}}, name="off"))
     assert ladder_key(on, "3", ["b1"]) != ladder_key(off, "3", ["b1"])
+
+
+def test_the_utility_fraction_counts_in_an_escalations_identity_only_when_utility_is_gated(make_project):
+    """An escalation recorded before gate.utility_loss_fraction existed (a project gating [forget_acc]) must keep its
+    key after the upgrade, or a held batch restarts its attempts (review)."""
+    from tasks.stage.escalation import ladder_key
+
+    def key(name, checks, fraction):
+        return ladder_key(Project(make_project({"gate": {"accuracy_checks": checks, "utility_loss_fraction": fraction}},
+                                               name=name)), "3", ["b1"])
+
+    assert key("a", ["forget_acc"], 0.1) == key("b", ["forget_acc"], 0.2)
+    assert key("c", ["forget_acc", "utility"], 0.1) != key("d", ["forget_acc", "utility"], 0.2)
