@@ -160,7 +160,7 @@ def main() -> int:
              "Gap = AMUN minus the exact retrains (AUC for attacks, forget-minus-test accuracy gap for "
              "forget_acc); margin = margin fraction x the parent's excess over the retrains (NaN: parent not "
              "detected on that metric). Demotion = point estimate beyond the margin on any metric "
-             "(`unlearn.gate.audit_demotes`).", "",
+             "(`unlearn.gate_policy.audit_demotes`).", "",
              "| seed | metric | audited gap | interval | margin | parent excess | verdict |",
              "|---|---|---|---|---|---|---|"]
 

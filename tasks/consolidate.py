@@ -4,7 +4,7 @@ Why: approximate unlearning passes the gate with a residual inside the margin, a
 batches add up (each batch is unlearned from a model that already carries the previous ones). An exact
 retrain on the current data bounds that drift: it never saw any deleted sample. It runs on a schedule
 (``gate.consolidate.cron`` / ``every_batches``) or once the share of the training set deleted since the
-last exact model reaches ``gate.consolidate.deleted_fraction`` (:func:`unlearn.gate.consolidate_due`).
+last exact model reaches ``gate.consolidate.deleted_fraction`` (:func:`unlearn.gate_policy.consolidate_due`).
 
 Policy while batches are pending: consolidation does not run (it reports ``skipped``). Pending
 batches go through the normal escalation first; a consolidated model registered beside an open
@@ -30,7 +30,7 @@ from tasks.project import Project
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
-from unlearn.gate import consolidate_due
+from unlearn.gate_policy import consolidate_due
 from unlearn.requests import Ledger
 
 log = logging.getLogger("unlearn.pipeline")
@@ -44,7 +44,7 @@ def is_exact(tags: dict[str, str]) -> bool:
 
 
 def drift(project: Project, client: Any, ledger: Ledger) -> dict[str, Any]:
-    """How far the data moved since the last exact model: the inputs of :func:`unlearn.gate.consolidate_due`.
+    """How far the data moved since the last exact model: the inputs of :func:`unlearn.gate_policy.consolidate_due`.
 
     The last exact model is the newest version that served as champion and was trained exactly (the
     baseline, an exact-retrain rung, a consolidation). Deletions since are the batches newer than its

@@ -7,7 +7,7 @@ a past completed promotion, rebuilds its situation, runs the same method again a
 without the batch, then scores both with the gate core in STRICT mode (targets = the exact
 retrains; the parent is the positive control). The audited gap per metric (estimate, interval,
 margin, verdict) goes to MLflow and the audit log; a method whose audited gap is beyond the margin
-(:func:`unlearn.gate.audit_demotes`) leaves the escalation ladder (:mod:`tasks.ladder`).
+(:func:`unlearn.gate_policy.audit_demotes`) leaves the escalation ladder (:mod:`tasks.ladder`).
 
 Rebuilding a past batch:
 
@@ -52,7 +52,8 @@ from unlearn.data import SampleStore
 from unlearn.data.sources import load_source
 from unlearn.data.store import Arrays
 from unlearn.files import utc_now
-from unlearn.gate import GateDecision, audit_demotes, audit_due
+from unlearn.gate import GateDecision
+from unlearn.gate_policy import audit_demotes, audit_due
 from unlearn.methods import UnlearningData, run_method
 from unlearn.models import build_model
 from unlearn.references import ReferenceBank, derive_seed, members_digest, out_references

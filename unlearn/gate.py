@@ -85,46 +85,34 @@ How a verify stage calls it (everything here is pure: arrays and models in, a re
                          max_hold_batches=cfg.gate.max_hold_batches, max_hold_hours=cfg.gate.max_hold_hours)
     decision.to_dict()   # certificate / MLflow / request status: verdict, reason, every number
 
-(``gate_scores`` and ``model_evidence`` live in :mod:`unlearn.verification`.)
+(``gate_scores`` and ``model_evidence`` live in :mod:`unlearn.verification`; ``next_action`` and the audit and
+consolidation rules in :mod:`unlearn.gate_policy`; the bootstrap machinery in :mod:`unlearn.gate_bootstrap`.)
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from unlearn.gate_bootstrap import (
+    ScoredModel,
+    accuracy_draws,
+    auc_draws,
+    bootstrap_weights,
+    gap_draws,
+    interval,
+    label_match,
+    stable_seed,
+    target_draws,
+)
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 ACCURACY_CHECKS = ("forget_acc", "test_acc", "utility", "class_acc")
 # Checks of what the model still does, not of what it forgot: the parent passes them by construction, so they
 # are never a positive control of forgetting (GateDecision.parent_detected) and never a forgetting check.
 UTILITY_CHECKS = ("test_acc", "utility")
-
-
-@dataclass(frozen=True)
-class ScoredModel:
-    """One model's evidence on the gate's fixed sample sets (the same samples for every model).
-
-    Attributes:
-        member: Attack name -> scores on D_F (higher = member), shape (N_F,) or (S, N_F) with
-            S replicates (e.g. the attack recomputed on S resampled sets of reference models).
-        nonmember: Attack name -> scores on that attack's negatives, shape (N_neg,) or (S, N_neg).
-            Index i must be the same sample for every model (attacks that split D_T must split
-            it with the same seed for every model).
-        forget_correct: 1.0 where the model classifies a D_F sample correctly, shape (N_F,).
-        test_correct: The same on the negatives D_T, shape (N_T,).
-        utility_correct: The same on a separate utility set (whole-class requests: unseen samples of the
-            other classes, :attr:`unlearn.verification.EvalSets.others`), shape (N_U,); None: the utility
-            checks measure the negatives.
-    """
-
-    member: Mapping[str, np.ndarray]
-    nonmember: Mapping[str, np.ndarray]
-    forget_correct: np.ndarray
-    test_correct: np.ndarray
-    utility_correct: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -222,169 +210,25 @@ class GateDecision:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- bootstrap machinery
-
-
-def _stable_seed(*parts: object) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
-def _weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap counts (how often each sample is drawn), shape (B, n).
-
-    Drawn as B x n uniform indices and counted with one ``bincount`` (the same distribution as
-    a multinomial, about 10x faster than ``Generator.multinomial`` over many categories).
-    """
-    draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
-    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
-
-
-def _replicates(scores: np.ndarray, name: str) -> np.ndarray:
-    array = np.asarray(scores, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"{name}: expected scores of shape (N,) or (S, N) with N >= 1, got {np.shape(scores)}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name}: scores contain NaN or infinity")
-    return array
-
-
-def weighted_auc(member: np.ndarray, nonmember: np.ndarray, member_w: np.ndarray, nonmember_w: np.ndarray
-                 ) -> np.ndarray:
-    """ROC-AUC (ties count one half) under bootstrap count weights, vectorised over resamples.
-
-    Args:
-        member: Member scores, shape (N_F,).
-        nonmember: Non-member scores, shape (N_T,).
-        member_w: Weights, shape (B, N_F).
-        nonmember_w: Weights, shape (B, N_T).
-
-    Returns:
-        AUC per resample, shape (B,).
-    """
-    order = np.argsort(nonmember, kind="stable")
-    sorted_neg = nonmember[order]
-    left = np.searchsorted(sorted_neg, member, side="left")  # negatives strictly below
-    right = np.searchsorted(sorted_neg, member, side="right")  # ... or equal
-    cum = np.concatenate([np.zeros((len(nonmember_w), 1)), np.cumsum(nonmember_w[:, order], axis=1)], axis=1)
-    credit = 0.5 * (cum[:, left] + cum[:, right])  # (B, N_F): weighted count below, ties half
-    return (member_w * credit).sum(axis=1) / (member_w.sum(axis=1) * nonmember_w.sum(axis=1))
-
-
-def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
-
-
-def _auc_draws(model: ScoredModel, attack: str, wf: np.ndarray, wn: np.ndarray, pick: np.ndarray,
-               n_rep: int) -> tuple[float, np.ndarray]:
-    """Point AUC (mean over replicates) and per-resample AUC with the resample's replicate."""
-    member = _replicates(model.member[attack], f"{attack} member scores")
-    nonmember = _replicates(model.nonmember[attack], f"{attack} non-member scores")
-    if len(member) not in (1, n_rep) or len(nonmember) != len(member):
-        raise ValueError(f"{attack}: models disagree on the number of score replicates")
-    ones_f, ones_n = np.ones((1, member.shape[1])), np.ones((1, nonmember.shape[1]))
-    point = float(np.mean([weighted_auc(m, n, ones_f, ones_n)[0] for m, n in zip(member, nonmember, strict=True)]))
-    per_rep = np.stack([weighted_auc(m, n, wf, wn) for m, n in zip(member, nonmember, strict=True)])  # (S, B)
-    draws = per_rep[0] if len(per_rep) == 1 else per_rep[pick, np.arange(wf.shape[0])]
-    return point, draws
-
-
-def _gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray,
-               match: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, np.ndarray]:
-    """forget accuracy - test accuracy: point and per resample, with pseudo-observations.
-
-    One correct and one wrong pseudo-sample are appended to each set (Agresti-Caffo) and
-    resampled with the real ones (``wf``/``wn`` have n + 2 columns). Why: a model that
-    classifies all n samples correctly (common: 98 % accuracy, 100 samples) gives a plain
-    percentile bootstrap an interval of width zero, which made exact retrains "conclusively"
-    fail and parents "detected" on nothing. The pseudo-samples are the same for every model,
-    so the pairing is kept.
-
-    ``match``: (forget weights, negative weights), each with the two pseudo-samples, from
-    :func:`_label_match`: the test accuracy gets the forget set's label mix, so the never-trained
-    target of 0 holds for a forget set of other classes than the test set's.
-    """
-    fc = np.concatenate([np.asarray(model.forget_correct, np.float64), [1.0, 0.0]])
-    tc = np.concatenate([np.asarray(model.test_correct, np.float64), [1.0, 0.0]])
-    if match is None:
-        return float(fc.mean() - tc.mean()), (wf @ fc) / wf.sum(axis=1) - (wn @ tc) / wn.sum(axis=1)
-    on_forget, on_test = match
-    forget_w, test_w = wf * on_forget, wn * on_test
-    return (float((on_forget @ fc) / on_forget.sum() - (on_test @ tc) / on_test.sum()),
-            (forget_w @ fc) / forget_w.sum(axis=1) - (test_w @ tc) / test_w.sum(axis=1))
-
-
-def _label_match(forget_labels: np.ndarray, negative_labels: np.ndarray
-                 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, int, int]:
-    """Weights giving the negatives the forget set's label mix, for ``forget_acc``.
-
-    Why: ``forget_acc``'s target of 0 says a never-trained model is as accurate on D_F as on the negatives,
-    which holds only when both hold the classes in the same proportions. A per-sample request of one
-    person's samples of one class (a face-recognition identity) compared class c with every class: a
-    class harder than the average made the exact retrain "over-forget" conclusively, an easier one hid a
-    model that still remembered.
-
-    Returns:
-        ``(forget weights, negative weights)``, each with the two pseudo-samples (weight 1): a negative of
-        class c weighs c's share of D_F x (matched negatives / c's negatives), so the matched negatives
-        weigh as many as they are and the pseudo-samples keep their share; forget samples of a class with
-        no negative weigh 0 (nothing to compare them with). None when the negatives already come in the
-        forget set's mix (every weight 1). Then the counts behind the check: matched forget samples and
-        matched negatives.
-    """
-    classes, counts = np.unique(forget_labels, return_counts=True)
-    present = np.isin(classes, negative_labels)
-    on_test = np.isin(negative_labels, classes[present])
-    n_matched = int(on_test.sum())
-    n_forget = int(np.isin(forget_labels, classes[present]).sum())
-    if not present.any():
-        return (np.concatenate([np.zeros(len(forget_labels)), [1.0, 1.0]]),
-                np.concatenate([np.zeros(len(negative_labels)), [1.0, 1.0]])), 0, 0
-    share = counts[present] / counts[present].sum()
-    weights = np.zeros(len(negative_labels))
-    for label, part in zip(classes[present], share, strict=True):
-        mask = negative_labels == label
-        weights[mask] = part * n_matched / mask.sum()
-    forget_w = np.isin(forget_labels, classes[present]).astype(np.float64)
-    if present.all() and n_matched == len(negative_labels) and np.allclose(weights, 1.0):
-        return None, n_forget, n_matched
-    return (np.concatenate([forget_w, [1.0, 1.0]]), np.concatenate([weights, [1.0, 1.0]])), n_forget, n_matched
-
-
-def _test_acc_draws(model: ScoredModel, wn: np.ndarray, keep: np.ndarray | None = None, *,
-                    utility_set: bool = False) -> tuple[float, np.ndarray]:
-    """Accuracy on the negatives (``keep``: only those, a mask over them; the two pseudo-samples always count),
-    or on the separate utility set (``utility_set``; ``wn`` then holds its weights)."""
-    correct = model.utility_correct if utility_set else model.test_correct
-    tc = np.concatenate([np.asarray(correct, np.float64), [1.0, 0.0]])
-    if keep is not None:
-        mask = np.concatenate([keep, [True, True]])
-        tc, wn = tc[mask], wn[:, mask]
-    return float(tc.mean()), (wn @ tc) / wn.sum(axis=1)
-
-
-def _target_draws(point_draws: list[tuple[float, np.ndarray]], rng: np.random.Generator
-                  ) -> tuple[float, np.ndarray]:
-    """Mean over retrains; each resample averages retrains drawn with replacement (seed noise)."""
-    points = np.array([p for p, _ in point_draws])
-    draws = np.stack([d for _, d in point_draws])  # (R, B)
-    if len(draws) == 1:
-        return float(points[0]), draws[0]
-    picks = rng.integers(0, len(draws), size=(len(draws), draws.shape[1]))  # (R, B)
-    return float(points.mean()), draws[picks, np.arange(draws.shape[1])].mean(axis=0)
-
-
 # ---------------------------------------------------------------------------- decision
+
+
+def _unmeasured(metric: str, reason: str, *, n_forget: int, n_negative: int, parent_detected: bool = False
+                ) -> MetricCheck:
+    """An inconclusive check with nothing computed (too few samples to measure it on): every number NaN."""
+    nan = float("nan")
+    return MetricCheck(metric=metric, verdict=INCONCLUSIVE, reason=reason, candidate=nan, target=nan, estimate=nan,
+                       ci_low=nan, ci_high=nan, parent_excess=nan, parent_ci_low=nan, parent_ci_high=nan,
+                       parent_detected=parent_detected, margin=nan, n_forget=n_forget, n_negative=n_negative)
 
 
 def _decide_equivalence(metric: str, cand: tuple[float, np.ndarray], parent: tuple[float, np.ndarray],
                         target: tuple[float, np.ndarray], *, alpha: float, margin_fraction: float,
                         n_forget: int, n_negative: int) -> MetricCheck:
     estimate = cand[0] - target[0]
-    low, high = _interval(cand[1] - target[1], alpha)
+    low, high = interval(cand[1] - target[1], alpha)
     excess = parent[0] - target[0]
-    p_low, p_high = _interval(parent[1] - target[1], alpha)
+    p_low, p_high = interval(parent[1] - target[1], alpha)
     detected = bool(p_low > 0.0 and excess > 0.0)
     common = dict(metric=metric, candidate=cand[0], target=target[0], estimate=estimate, ci_low=low, ci_high=high,
                   parent_excess=excess, parent_ci_low=p_low, parent_ci_high=p_high, parent_detected=detected,
@@ -414,7 +258,7 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
                             control: tuple[float, float, float] | None = None, no_control: str) -> MetricCheck:
     """Utility kept? ``control``: the parent's skill (point, interval) when the check has one of its own."""
     estimate = cand[0] - target[0]
-    low, high = _interval(cand[1] - target[1], alpha)
+    low, high = interval(cand[1] - target[1], alpha)
     level = f"{100 * (1 - 2 * alpha):g}%"
     excess, p_low, p_high = control if control is not None else (float("nan"),) * 3
     common = dict(metric=metric, candidate=cand[0], target=target[0], estimate=estimate, ci_low=low,
@@ -449,13 +293,13 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
         np.float64))
 
     def draws(model: ScoredModel) -> tuple[float, np.ndarray]:
-        return _test_acc_draws(model, wn, keep, utility_set=utility_set)
+        return accuracy_draws(model, wn, keep, utility_set=utility_set)
 
     par, base = draws(parent), draws(constant)
     skill = par[0] - base[0]
-    s_low, s_high = _interval(par[1] - base[1], alpha)
+    s_low, s_high = interval(par[1] - base[1], alpha)
     detected = bool(s_low > 0.0 and skill > 0.0)
-    target = _target_draws([draws(t) for t in (targets or [parent])], rng)
+    target = target_draws([draws(t) for t in (targets or [parent])], rng)
     level = f"{100 * (1 - 2 * alpha):g}%"
     return _decide_non_inferiority(
         "utility", draws(candidate), target, loss_fraction * skill, alpha=alpha,
@@ -510,7 +354,7 @@ def gate_decision(
             (its accuracy above the best constant prediction's), in (0, 1): at 1 a model answering the most
             frequent class for everything could never fail it.
         labels: (forget labels, negative labels): ``forget_acc`` then weighs the negatives to the forget set's
-            label mix (:func:`_label_match`); None: unweighted (the sets are assumed to share their mix).
+            label mix (:func:`label_match`); None: unweighted (the sets are assumed to share their mix).
 
     Returns:
         The decision with every number behind it.
@@ -557,7 +401,7 @@ def gate_decision(
         if forget_labels.shape != (n_forget,) or negative_labels.shape != (n_test,):
             raise ValueError(f"gate: labels must be ({n_forget} forget, {n_test} negative) labels, got shapes "
                              f"{forget_labels.shape} and {negative_labels.shape}")
-        match, n_gap_forget, n_gap_negative = _label_match(forget_labels, negative_labels)
+        match, n_gap_forget, n_gap_negative = label_match(forget_labels, negative_labels)
     with_utility_set = [m.utility_correct is not None for m in models]
     if any(with_utility_set) and not all(with_utility_set):
         raise ValueError("gate: either every model or none carries a utility set (utility_correct)")
@@ -600,27 +444,28 @@ def gate_decision(
 
     checks: list[MetricCheck] = []
     for attack in attacks:
-        rng = np.random.default_rng(_stable_seed(seed, attack))
+        rng = np.random.default_rng(stable_seed(seed, attack))
         n_neg = len(np.atleast_2d(candidate.nonmember[attack])[0])
         n_rep = max(len(np.atleast_2d(m.member[attack])) for m in models)
-        wf, wn = _weights(n_forget, resamples, rng), _weights(n_neg, resamples, rng)
+        wf, wn = bootstrap_weights(n_forget, resamples, rng), bootstrap_weights(n_neg, resamples, rng)
         pick = rng.integers(0, n_rep, size=resamples)
-        cand = _auc_draws(candidate, attack, wf, wn, pick, n_rep)
-        par = _auc_draws(parent, attack, wf, wn, pick, n_rep)
+        cand = auc_draws(candidate, attack, wf, wn, pick, n_rep)
+        par = auc_draws(parent, attack, wf, wn, pick, n_rep)
         if targets:
-            target = _target_draws([_auc_draws(t, attack, wf, wn, pick, n_rep) for t in targets], rng)
+            target = target_draws([auc_draws(t, attack, wf, wn, pick, n_rep) for t in targets], rng)
         else:
             target = (0.5, np.full(resamples, 0.5))
         checks.append(_decide_equivalence(f"mia.{attack}.auc", cand, par, target, alpha=alpha,
                                           margin_fraction=margin_fraction, n_forget=n_forget, n_negative=n_neg))
     if accuracy_checks:
-        rng = np.random.default_rng(_stable_seed(seed, "accuracy"))
-        wf, wn = _weights(n_forget + 2, resamples, rng), _weights(n_test + 2, resamples, rng)  # + pseudo-samples
+        rng = np.random.default_rng(stable_seed(seed, "accuracy"))
+        # + the pseudo-samples
+        wf, wn = bootstrap_weights(n_forget + 2, resamples, rng), bootstrap_weights(n_test + 2, resamples, rng)
         gap_check = None
 
         def gap(weights: tuple[np.ndarray, np.ndarray] | None, n_f: int, n_t: int) -> MetricCheck:
-            cand, par = _gap_draws(candidate, wf, wn, weights), _gap_draws(parent, wf, wn, weights)
-            target = (_target_draws([_gap_draws(t, wf, wn, weights) for t in targets], rng) if targets
+            cand, par = gap_draws(candidate, wf, wn, weights), gap_draws(parent, wf, wn, weights)
+            target = (target_draws([gap_draws(t, wf, wn, weights) for t in targets], rng) if targets
                       else (0.0, np.zeros(resamples)))
             return _decide_equivalence("forget_acc", cand, par, target, alpha=alpha,
                                        margin_fraction=margin_fraction, n_forget=n_f, n_negative=n_t)
@@ -628,13 +473,10 @@ def gate_decision(
         if "forget_acc" in accuracy_checks:
             if min(n_gap_forget, n_gap_negative) < min_samples:
                 # the label-matched gap stands on the forget set's classes only: too few of them to decide on
-                checks.append(MetricCheck(
-                    metric="forget_acc", verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
-                    estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
-                    parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
-                    parent_detected=False, n_forget=n_gap_forget, n_negative=n_gap_negative,
-                    reason=f"too few samples to decide: {n_gap_forget} forget sample(s) and {n_gap_negative} "
-                           f"negative(s) of the forget set's classes, the gate needs {min_samples} of each"))
+                checks.append(_unmeasured(
+                    "forget_acc", f"too few samples to decide: {n_gap_forget} forget sample(s) and {n_gap_negative} "
+                    f"negative(s) of the forget set's classes, the gate needs {min_samples} of each",
+                    n_forget=n_gap_forget, n_negative=n_gap_negative))
             else:
                 checks.append(gap(match, n_gap_forget, n_gap_negative))
         if "test_acc" in accuracy_checks:
@@ -644,9 +486,9 @@ def gate_decision(
         if class_negatives is not None:
             # the never-trained target is an all-wrong model, scored with the same pseudo-samples and weights
             never = ScoredModel({}, {}, np.zeros(n_forget), np.zeros(n_test))
-            cand, par = _test_acc_draws(candidate, wn, class_negatives), _test_acc_draws(parent, wn, class_negatives)
-            target = (_target_draws([_test_acc_draws(t, wn, class_negatives) for t in targets], rng) if targets
-                      else _test_acc_draws(never, wn, class_negatives))
+            cand, par = accuracy_draws(candidate, wn, class_negatives), accuracy_draws(parent, wn, class_negatives)
+            target = (target_draws([accuracy_draws(t, wn, class_negatives) for t in targets], rng) if targets
+                      else accuracy_draws(never, wn, class_negatives))
             checks.append(_decide_equivalence("class_acc", cand, par, target, alpha=alpha,
                                               margin_fraction=margin_fraction, n_forget=n_forget,
                                               n_negative=n_class))
@@ -654,31 +496,27 @@ def gate_decision(
         # else the negatives outside the forgotten classes
         if utility_set:
             others, n_others = None, n_utility
-            wu = _weights(n_utility + 2, resamples, rng) if any(m in accuracy_checks for m in UTILITY_CHECKS) \
-                else None
+            wu = (bootstrap_weights(n_utility + 2, resamples, rng)
+                  if any(m in accuracy_checks for m in UTILITY_CHECKS) else None)
         else:
             others = None if class_negatives is None else ~class_negatives
             n_others, wu = (n_test if others is None else int(others.sum())), wn
         for metric in [m for m in UTILITY_CHECKS if m in accuracy_checks]:
             if n_others < min_samples:
                 # said, not dropped: utility is asked for and there are too few samples to measure it on
-                checks.append(MetricCheck(
-                    metric=metric, verdict=INCONCLUSIVE, candidate=float("nan"), target=float("nan"),
-                    estimate=float("nan"), ci_low=float("nan"), ci_high=float("nan"), margin=float("nan"),
-                    parent_excess=float("nan"), parent_ci_low=float("nan"), parent_ci_high=float("nan"),
-                    parent_detected=bool(metric == "test_acc" and gap_check.parent_detected), n_forget=0,
-                    n_negative=n_others,
-                    reason=f"utility not measurable: {n_others} unseen sample(s) outside the forgotten classes, the "
-                           f"gate needs {min_samples}"))
+                checks.append(_unmeasured(
+                    metric, f"utility not measurable: {n_others} unseen sample(s) outside the forgotten classes, "
+                    f"the gate needs {min_samples}", n_forget=0, n_negative=n_others,
+                    parent_detected=bool(metric == "test_acc" and gap_check.parent_detected)))
             elif metric == "utility":
                 checks.append(_utility_check(candidate, parent, targets, utility_labels, others, wu, rng,
                                              alpha=alpha, loss_fraction=utility_loss_fraction, n_negative=n_others,
                                              utility_set=utility_set))
             else:
                 def draws(model: ScoredModel) -> tuple[float, np.ndarray]:
-                    return _test_acc_draws(model, wu, others, utility_set=utility_set)
+                    return accuracy_draws(model, wu, others, utility_set=utility_set)
 
-                target = _target_draws([draws(t) for t in (targets or [parent])], rng)
+                target = target_draws([draws(t) for t in (targets or [parent])], rng)
                 checks.append(_decide_non_inferiority(
                     "test_acc", draws(candidate), target, gap_check.margin, alpha=alpha,
                     n_negative=n_others, detected=gap_check.parent_detected,
@@ -725,86 +563,3 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
                                  "forgetting metric(s), and the parent was detected on each (the evidence had power)"
                                  + (f"; utility kept ({', '.join(kept)})" if kept else ""))
     return GateDecision(verdict, reason, tuple(checks), **base)
-
-
-# ---------------------------------------------------------------------------- what follows a verdict
-
-HOLD, RETRAIN, PROMOTE, PROMOTE_LOW_POWER = "hold", "retrain", "promote", "promote_low_power"
-
-
-def next_action(decision: GateDecision | str, *, on_inconclusive: str, held_batches: int = 0,
-                held_hours: float = 0.0, max_hold_batches: int = 5, max_hold_hours: float = 72.0) -> str:
-    """What the pipeline does with a verified batch (pure policy; the stage carries it out).
-
-    Args:
-        decision: The gate decision (or its verdict string).
-        on_inconclusive: ``hold`` (keep the batch and verify it again together with later
-            batches, which buys power; the held re-verification scores the union of the held
-            forget sets, with the champion from BEFORE the first held batch as the parent and the
-            latest unlearned model as the candidate; exact retrain once a bound is reached),
-            ``retrain`` (exact retrain at once) or ``promote_low_power`` (promote, marked as
-            low-power evidence: never certified as proven).
-        held_batches: How many batches the held evidence already spans (including this one).
-        held_hours: Hours since the oldest held request arrived.
-        max_hold_batches / max_hold_hours: Bounds of ``hold``; at either one the request is not
-            parked any longer and the exact retrain runs.
-
-    Returns:
-        ``promote`` (pass), ``retrain`` (fail: next rung of the ladder, or exact retrain at a
-        bound), ``hold`` or ``promote_low_power``.
-    """
-    verdict = decision if isinstance(decision, str) else decision.verdict
-    if verdict == PASS:
-        return PROMOTE
-    if verdict == FAIL:
-        return RETRAIN
-    if verdict != INCONCLUSIVE:
-        raise ValueError(f"unknown verdict {verdict!r}")
-    if on_inconclusive == "retrain":
-        return RETRAIN
-    if on_inconclusive == "promote_low_power":
-        return PROMOTE_LOW_POWER
-    if on_inconclusive != "hold":
-        raise ValueError(f"on_inconclusive: expected hold, retrain or promote_low_power, got {on_inconclusive!r}")
-    if held_batches >= max_hold_batches or held_hours >= max_hold_hours:
-        return RETRAIN
-    return HOLD
-
-
-def audit_due(batches_since_audit: int, every_batches: int) -> bool:
-    """True when a scheduled exact-retrain audit of the method is due (0 disables the count rule)."""
-    return every_batches > 0 and batches_since_audit >= every_batches
-
-
-def consolidate_due(deleted_since_exact: int, train_size_at_exact: int, batches_since_exact: int, *,
-                    deleted_fraction: float, every_batches: int) -> bool:
-    """True when the champion should be retrained exactly (consolidation).
-
-    Approximate unlearning compounds: each batch leaves a residual within the margin, and many
-    batches add up. Consolidation bounds the drift: retrain exactly once the share of the
-    training set deleted since the last exact model reaches ``deleted_fraction``, or every
-    ``every_batches`` batches (0 disables that rule).
-    """
-    if train_size_at_exact <= 0:
-        raise ValueError("train_size_at_exact must be > 0")
-    by_fraction = deleted_since_exact / train_size_at_exact >= deleted_fraction
-    return by_fraction or (every_batches > 0 and batches_since_exact >= every_batches)
-
-
-def audit_demotes(audit: GateDecision) -> list[str]:
-    """Metrics on which a strict-mode audit shows the method's gap beyond the margin.
-
-    An audit scores the method's model against exact retrains (``targets``); a method whose
-    audited gap (point estimate) exceeds the margin on any metric leaves the escalation ladder.
-
-    Returns:
-        The offending metrics (empty: the method stays).
-
-    Raises:
-        ValueError: If the decision is not a strict-mode one.
-    """
-    if audit.mode != "strict":
-        raise ValueError("audit_demotes needs a strict-mode decision (scored against exact retrains)")
-    # utility checks are one-sided: a method more accurate than the retrains is not demoted for it
-    return [c.metric for c in audit.checks if c.margin == c.margin
-            and (-c.estimate if c.metric in UTILITY_CHECKS else abs(c.estimate)) > c.margin]

@@ -31,7 +31,8 @@ from tasks.stage.state import (
 )
 from unlearn.data import SampleStore
 from unlearn.files import utc_now, utc_timestamp, write_json_atomic
-from unlearn.gate import INCONCLUSIVE, PASS, PROMOTE, PROMOTE_LOW_POWER, RETRAIN, next_action
+from unlearn.gate import INCONCLUSIVE, PASS
+from unlearn.gate_policy import PROMOTE, PROMOTE_LOW_POWER, RETRAIN, next_action
 from unlearn.requests import Ledger
 
 log = logging.getLogger("unlearn.pipeline")
@@ -261,7 +262,7 @@ def verdict_action(project: Project, verdict: str, batches: list[str], *,
         now: The clock (tests).
 
     Returns:
-        ``(action, hold_until, reason)``: the action (:func:`unlearn.gate.next_action`), the
+        ``(action, hold_until, reason)``: the action (:func:`unlearn.gate_policy.next_action`), the
         latest time the batches may stay held (UTC; empty unless the policy is ``hold``), and,
         when a bound turned a hold into an exact retrain, why.
     """

@@ -55,7 +55,7 @@ class Attempt:
         started_at: When the model was saved (UTC).
         verdict: "pass", "fail", "inconclusive", or None until verified (an attempt cut off
             before its verdict is redone on resume).
-        action: What follows the verdict (:func:`unlearn.gate.next_action`): promote, retrain
+        action: What follows the verdict (:func:`unlearn.gate_policy.next_action`): promote, retrain
             (next rung, or the exact retrain the inconclusive policy escalated to), hold or
             promote_low_power.
         failures: Why the gate failed (set when verified).

@@ -22,7 +22,8 @@ from tasks.stage.retrain import retrained_model
 from tasks.stage.state import DONE, UNLEARNING, attempt_report, read_escalation, write_escalation
 from unlearn.data import SampleStore
 from unlearn.files import utc_now, write_json_atomic
-from unlearn.gate import FAIL, INCONCLUSIVE, PASS, PROMOTE_LOW_POWER, RETRAIN
+from unlearn.gate import FAIL, INCONCLUSIVE, PASS
+from unlearn.gate_policy import PROMOTE_LOW_POWER, RETRAIN
 
 log = logging.getLogger("unlearn.pipeline")
 

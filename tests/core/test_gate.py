@@ -10,17 +10,9 @@ from sklearn.datasets import load_digits
 from unlearn.attacks import compute_signals, run_attack
 from unlearn.attacks.base import AttackInput
 from unlearn.config import ConfigError, parse_params
-from unlearn.gate import (
-    FAIL,
-    INCONCLUSIVE,
-    PASS,
-    ScoredModel,
-    audit_demotes,
-    consolidate_due,
-    gate_decision,
-    next_action,
-    weighted_auc,
-)
+from unlearn.gate import FAIL, INCONCLUSIVE, PASS, ScoredModel, gate_decision
+from unlearn.gate_bootstrap import weighted_auc
+from unlearn.gate_policy import audit_demotes, consolidate_due, next_action
 from unlearn.metrics import roc_auc
 from unlearn.training import predict_logits
 

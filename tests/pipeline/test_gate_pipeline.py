@@ -28,6 +28,26 @@ def _submit(root, request_id, ids):
                           "subject_ref": f"subject-{request_id}"})
 
 
+def _trained_then_deleted(make_project, overrides):
+    """Train a baseline, delete 80 of its training samples in one request, run the stages up to promote."""
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root = make_project(overrides)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _submit(root, "R-1", sorted(train_ids[:80].tolist()))
+    return root, project, run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+
+
+def _first_report(project):
+    """The verification report of the escalation's first attempt."""
+    from tasks.stage.state import read_escalation
+
+    return json.loads((project.reports_dir / "attempts" / read_escalation(project).attempts[0].report).read_text())
+
+
 def _client(project):
     import mlflow
 
@@ -38,21 +58,14 @@ def _client(project):
 def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(make_project):
     from flows.cli import _verdict_exit, format_summary
     from tasks import tracking
-    from tasks.project import load_project
     from tasks.stage.context import load_forget
     from tasks.stage.evaluation import evaluate_candidate, evaluation_sets
     from tasks.stage.state import read_escalation
     from unlearn.data import SampleStore
 
-    root = make_project(MEMORISING)
-    project = load_project(root)
-    run_stages(project, "ingest", "prepare", "train")
-    train_ids = SampleStore(project.store_dir).split_ids("train")
-    _submit(root, "R-1", sorted(train_ids[:80].tolist()))
-    result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
-
+    root, project, result = _trained_then_deleted(make_project, MEMORISING)
     state = read_escalation(project)
-    report = json.loads((project.reports_dir / "attempts" / state.attempts[0].report).read_text())
+    report = _first_report(project)
     checks = {c["metric"]: c for c in report["checks"]}
     lira = checks["mia.lira_offline.auc"]
     # the positive control: the parent's LiRA excess over never-trained is detected (interval above 0) ...
@@ -257,7 +270,6 @@ def test_a_gated_attack_that_refuses_the_sets_is_inconclusive_not_a_crash(champi
     it, and the refusal crashed the verify stage on every run, holding every later batch behind it (break-it
     review of the gate)."""
     from tasks.project import load_project
-    from tasks.stage.state import read_escalation
     from unlearn.data import SampleStore
 
     root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "escalation": []},
@@ -265,7 +277,7 @@ def test_a_gated_attack_that_refuses_the_sets_is_inconclusive_not_a_crash(champi
     project = load_project(root)
     _submit(root, "R-TINY", sorted(SampleStore(project.store_dir).split_ids("train")[:3].tolist()))
     run_stages(project, "ingest", "prepare", "references", "unlearn")
-    report = json.loads((project.reports_dir / "attempts" / read_escalation(project).attempts[0].report).read_text())
+    report = _first_report(project)
     assert report["verdict"] == "inconclusive" and report["checks"] == []
     assert "cannot score these samples" in report["reason"] and "NOT a pass" in report["reason"]
 
@@ -280,19 +292,9 @@ DESTROYING = {**MEMORISING, "gate": {"on_inconclusive": "promote_low_power"},
 
 def test_a_model_destroyed_by_its_unlearning_fails_on_utility_and_is_never_promoted(make_project):
     from tasks import tracking
-    from tasks.project import load_project
-    from tasks.stage.state import read_escalation
-    from unlearn.data import SampleStore
 
-    root = make_project(DESTROYING)
-    project = load_project(root)
-    run_stages(project, "ingest", "prepare", "train")
-    train_ids = SampleStore(project.store_dir).split_ids("train")
-    _submit(root, "R-1", sorted(train_ids[:80].tolist()))
-    result = run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
-
-    state = read_escalation(project)
-    report = json.loads((project.reports_dir / "attempts" / state.attempts[0].report).read_text())
+    _, project, result = _trained_then_deleted(make_project, DESTROYING)
+    report = _first_report(project)
     checks = {c["metric"]: c for c in report["checks"]}
     assert all(c["verdict"] != "fail" for m, c in checks.items() if m != "utility")  # it did forget
     utility = checks["utility"]
@@ -311,7 +313,6 @@ def test_a_whole_class_request_gates_utility_on_the_other_classes(champion_proje
     class, keeps its accuracy on the other classes and passes utility with a measured control."""
     from flows.cli import submit_request
     from tasks.project import load_project
-    from tasks.stage.state import read_escalation
     from unlearn.data import SampleStore
 
     root, _ = champion_project(RETRAIN)
@@ -320,7 +321,7 @@ def test_a_whole_class_request_gates_utility_on_the_other_classes(champion_proje
                           "reason": "gdpr_erasure", "subject_ref": "subject-C-7"})
     test_labels = SampleStore(project.store_dir).load_split("test").labels
     run_stages(project, "ingest", "prepare", "references", "unlearn")
-    report = json.loads((project.reports_dir / "attempts" / read_escalation(project).attempts[0].report).read_text())
+    report = _first_report(project)
     checks = {c["metric"]: c for c in report["checks"]}
     utility = checks["utility"]
     assert utility["n_negative"] == int((test_labels != 7).sum())  # every unseen sample of the other classes
