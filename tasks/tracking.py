@@ -193,7 +193,7 @@ def log_model(
     Args:
         project: The project.
         model: The model (moved to the CPU for export).
-        example: One input example, shape (1, C, H, W).
+        example: An input example, shape (2, C, H, W): a batch of 1 would be exported as a fixed batch size.
         architecture: ``model``, ``in_channels``, ``num_classes``: how to rebuild it.
         tags: Version tags (lineage, verdict, ...).
 

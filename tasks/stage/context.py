@@ -106,8 +106,13 @@ def unlearning_data(project: Project, store: SampleStore, forget: Arrays) -> Unl
 
 
 def input_example(store: SampleStore) -> torch.Tensor:
-    """A synthetic model input (zeros): a real sample would put personal data into the registry."""
-    return torch.zeros(1, *store.image_shape)
+    """A synthetic model input (zeros): a real sample would put personal data into the registry.
+
+    Two images, not one: MLflow's pt2 format exports the model with ``torch.export``, which fixes a batch
+    dimension of size 1 to a constant, and the registered model then refused any other batch size
+    ("Guard failed: x.size()[0] == 1") for everyone who loads it from the registry.
+    """
+    return torch.zeros(2, *store.image_shape)
 
 
 def log_dataset(store: SampleStore, data_version: str, context: str) -> None:

@@ -91,6 +91,21 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
         from tasks.tracking import load_model
 
         load_model(project, client, "1")
+    # the champion serves from the registry in MLflow's pt2 format, for any batch size (a batch-1 input example
+    # exported it for one image at a time), and answers as the state dict the pipeline itself reloads
+    import mlflow.pytorch
+    import torch
+
+    from tasks.tracking import load_model
+
+    served = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    rebuilt = load_model(project, client, "2")
+    from unlearn.training import to_float
+
+    images = to_float(store.load(train_ids[20:25]).images)
+    with torch.no_grad():
+        for batch in (images[:1], images):
+            assert torch.allclose(served(batch), rebuilt(batch), atol=1e-5)
     tags = client.get_model_version(name, "2").tags
     assert tags["parent_version"] == "1" and tags["method"] == "amun" and tags["verdict"] == report["verdict"]
     assert tags["evidence"] == report["evidence"] and tags["parent_detected"] == str(report["parent_detected"]).lower()
