@@ -70,10 +70,10 @@ def make_project(tmp_path):
     into params.yaml section by section.
     """
 
-    def make(overrides: dict | None = None, name: str = "project") -> Path:
+    def make(overrides: dict | None = None, name: str = "project", *, registry: bool = True) -> Path:
         root = tmp_path / name
         root.mkdir()
-        return _init_project(root, overrides)
+        return _init_project(root, overrides, registry=registry)
 
     return make
 
@@ -94,10 +94,41 @@ def project_params(overrides: dict | None = None) -> dict:
     return params
 
 
-def _init_project(root: Path, overrides: dict | None) -> Path:
+_REGISTRY_TEMPLATE: list[Path] = []  # this process's empty registry, created by MLflow on first use
+
+
+def _registry_template() -> Path:
+    """An empty MLflow SQLite registry, created once per test process by MLflow itself.
+
+    Why: MLflow builds a new SQLite store by replaying its schema migrations, about 1.1 s of CPU on this
+    project's test machines, and most end-to-end tests start a fresh project. MLflow's own test suite
+    copies a migrated database for the same reason; the copy is the file MLflow would have written.
+    """
+    if not _REGISTRY_TEMPLATE:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        path = _STATE / "registry-template" / "mlflow.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns"))
+        store.engine.dispose()
+        _REGISTRY_TEMPLATE.append(path)
+    return _REGISTRY_TEMPLATE[0]
+
+
+def _init_project(root: Path, overrides: dict | None, *, registry: bool = True) -> Path:
+    """Write params.yaml and dvc.yaml, ``git init``; with ``registry``, start from an empty MLflow registry
+    (:func:`_registry_template`) as if MLflow had created it in ``root``. Tests about a project that has no
+    registry file yet (read-only commands must not create one) pass ``registry=False``."""
     (root / "params.yaml").write_text(yaml.safe_dump(project_params(overrides), sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    if registry:
+        import sqlite3
+
+        shutil.copy(_registry_template(), root / "mlflow.db")
+        with contextlib.closing(sqlite3.connect(root / "mlflow.db")) as db, db:  # MLflow's default experiment
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                       (str(root.resolve() / "mlruns" / "0"),))
     return root
 
 

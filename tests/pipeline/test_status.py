@@ -16,7 +16,7 @@ def _status(capsys, root, *extra):
 
 
 def test_status_fresh_project(make_project, capsys):
-    root = make_project()
+    root = make_project(registry=False)
     code, out = _status(capsys, root)
     assert code == 0
     assert "nothing has run yet" in out and "champion:\n  none yet" in out
@@ -35,7 +35,7 @@ def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkey
 
     code = main(["status", "--root", str(tmp_path / "nowhere")])  # the subcommand's own --root
     assert code == 2 and "not a project root" in capsys.readouterr().out  # a wrong --root (was exit 0: review)
-    root = make_project()
+    root = make_project(registry=False)
     (root / "data" / "requests").mkdir(parents=True)
     (root / "data" / "requests" / "ledger.json").write_text("{not json")
     (root / "data" / "state").mkdir(parents=True)

@@ -137,7 +137,7 @@ def test_team(prefect_server, make_project, mlflow_server, monkeypatch):
         # one shared experiment (both pipelines create it at the same moment), one model each
         root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
                              "registry": {"experiment": "team-unlearn", "model_name": f"team-{team}-classifier"}},
-                            name=team)
+                            name=team, registry=False)  # the team's registry is the server's
         teams[team] = load_project(root)
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # each thread gets its own copy of the Prefect test settings

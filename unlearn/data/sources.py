@@ -24,6 +24,7 @@ minutes on a CPU while sample ids stay those of the full files.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import math
@@ -108,15 +109,29 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np
     return splits.astype(str)
 
 
-@SOURCES.register("digits")
-def load_digits_source(cfg: DataConfig) -> SourceData:
-    """scikit-learn's bundled digits, scaled from 0..16 to 0..255, shape (1797, 1, 8, 8)."""
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The digits as (ids, images, labels), read once per process and returned read-only.
+
+    Why cached: scikit-learn parses its compressed CSV on every call, and a pipeline run reads the source in
+    several stages (ingest, prepare, the source checks); the file ships inside scikit-learn and cannot change
+    under a running process.
+    """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
     labels = bunch.target.astype(np.int64)
     ids = np.array([f"digits-{i:04d}" for i in range(len(labels))])
+    for array in (ids, images, labels):
+        array.flags.writeable = False
+    return ids, images, labels
+
+
+@SOURCES.register("digits")
+def load_digits_source(cfg: DataConfig) -> SourceData:
+    """scikit-learn's bundled digits, scaled from 0..16 to 0..255, shape (1797, 1, 8, 8)."""
+    ids, images, labels = (array.copy() for array in _digits_arrays())  # the caller may change its copy
     splits = _stratified_split(labels, cfg.test_fraction, cfg.split_seed)
     return SourceData(ids, images, labels, splits, tuple(str(c) for c in range(10)), "digits")
 
