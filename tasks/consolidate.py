@@ -215,7 +215,8 @@ def _train_and_register(project: Project, client: Any, store: SampleStore, ledge
         mlflow.set_tags({"stage": "consolidate", "data_version": data_version,
                          "git_commit": dvc_ops.git_commit(project)})
         mlflow.log_metrics(metrics)
-        version, _ = tracking.log_model(project, model, input_example(store), architecture=architecture, tags={
+        version, _ = tracking.log_model(
+            project, model, input_example(store), architecture=architecture, classes=store.classes, tags={
             "role": "consolidated", "method": "consolidate", "exact": "true", "verdict": "exact",
             "parent_version": str(champion.version), "data_version": data_version,
             "data_version_before": champion.tags.get("data_version", ""), "data_version_after": data_version,

@@ -180,12 +180,68 @@ def champion_version(project: Project, client) -> Any | None:
         return None
 
 
+def _export(model: nn.Module, example: torch.Tensor):
+    """``torch.export`` as MLflow's pt2 format runs it: the batch dimension left to the exporter (``Dim.AUTO``)."""
+    import torch
+    from torch.export import Dim
+
+    return torch.export.export(model, (example,), dynamic_shapes=[{0: Dim.AUTO}])
+
+
+def check_exportable(model: nn.Module, example: torch.Tensor, name: str) -> None:
+    """Refuse, before any training, a model that MLflow's pt2 format cannot save.
+
+    Why: registration exports the trained model with ``torch.export``; a ``forward`` that branches on tensor
+    values (``if x.max() > 1: ...``) passed every start-up check, trained the whole baseline and then failed
+    at registration with a long traceback, exit 1. The export is tried on a copy of the untrained model (the
+    caller's model and random state are untouched); in the same process it also warms the exporter, so the
+    registration's own export then costs little.
+
+    Raises:
+        PipelineError: Naming the model and the exporter's complaint.
+    """
+    import copy
+
+    import torch
+
+    with torch.random.fork_rng(devices=[]), _EXPORT_LOCK:
+        try:
+            _export(copy.deepcopy(model).cpu().eval(), example.cpu())
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many types; each one means "cannot register"
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise PipelineError(
+                f"model.name {name!r}: torch.export cannot export this model, and MLflow's pt2 format (how every "
+                f"model version is registered) needs it: {type(exc).__name__}: {first}. A forward pass must not "
+                f"branch on tensor values or convert them to Python numbers. Nothing was trained or "
+                f"registered") from None
+
+
+def contract_tags(example: torch.Tensor, classes: list[str]) -> dict[str, str]:
+    """What a consumer of a registered version needs to call it: the input it expects and what it returns.
+
+    The signature alone says ``float32 (-1, C, H, W) -> float32 (-1, K)``: raw 0..255 pixels were accepted
+    silently and gave a fifth of the accuracy, and nothing said the outputs are logits or which class each
+    index is. The class names are in the version's ``classes.json`` too (a tag holds at most 5,000 characters).
+    """
+    import json
+
+    shape = ", ".join(str(d) for d in example.shape[1:])
+    names = json.dumps(list(classes))
+    return {
+        "input": f"float32 (N, {shape}): pixel values scaled to [0, 1] (8-bit pixels / 255), channels first",
+        "output": f"logits (N, {len(classes)}), not probabilities: the class is the argmax; index -> name in "
+                  "the 'classes' tag and the artifact classes.json",
+        "classes": names if len(names) <= 4000 else f"{len(classes)} classes: see classes.json",
+    }
+
+
 def log_model(
     project: Project,
     model: nn.Module,
     example: torch.Tensor,
     *,
     architecture: dict[str, Any],
+    classes: list[str],
     tags: dict[str, str],
 ) -> tuple[str, str]:
     """Log ``model`` in the active run and register it as a new version.
@@ -195,11 +251,14 @@ def log_model(
         model: The model (moved to the CPU for export).
         example: An input example, shape (2, C, H, W): a batch of 1 would be exported as a fixed batch size.
         architecture: ``model``, ``in_channels``, ``num_classes``: how to rebuild it.
+        classes: Class names by label index (the version's input/output contract, :func:`contract_tags`).
         tags: Version tags (lineage, verdict, ...).
 
     Returns:
         (registered version, logged model id).
     """
+    import json
+
     import mlflow
     import mlflow.pytorch
     import torch
@@ -208,6 +267,7 @@ def log_model(
     # Version tags go in with the registration (one create_model_version call, not one call per tag);
     # MLflow puts the same tags on the logged model, which keeps the lineage there too.
     version_tags = {f"arch_{k}": str(v) for k, v in architecture.items()}
+    version_tags.update(contract_tags(example, classes))
     version_tags.update({k: str(v) for k, v in tags.items()})
     # Pinned before the registration, not after: a crash in between would leave a version under a name no pin
     # holds, and a rename then would orphan it (a registration that fails leaves the name pinned; the refusal says
@@ -216,13 +276,15 @@ def log_model(
     with tempfile.TemporaryDirectory() as tmp, _EXPORT_LOCK:
         state_path = Path(tmp) / _STATE_FILE
         torch.save(model.state_dict(), state_path)
+        classes_path = Path(tmp) / "classes.json"
+        classes_path.write_text(json.dumps(list(classes)) + "\n")
         info = mlflow.pytorch.log_model(
             model,
             name="model",
             input_example=example.numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             registered_model_name=model_name(project),
-            extra_files=[str(state_path)],
+            extra_files=[str(state_path), str(classes_path)],
             tags=version_tags,
         )
     version = str(info.registered_model_version)

@@ -167,7 +167,8 @@ def _register_candidate(project: Project, state: Escalation, chosen: Attempt,
     covers = ledger.newest(state.batches + [state.parent_covers_through]) if passed else state.parent_covers_through
     metrics = {k: v for k, v in report["models"]["unlearned"].items() if v is not None}
     with mlflow.start_run(run_id=chosen.run_id):
-        version, _ = tracking.log_model(project, model, input_example(store), architecture=architecture, tags={
+        version, _ = tracking.log_model(
+            project, model, input_example(store), architecture=architecture, classes=store.classes, tags={
             "role": "unlearned", "method": chosen.method, "verdict": report["verdict"],
             "evidence": str(report.get("evidence")), "gate_mode": str(report.get("mode")),
             "parent_detected": str(report.get("parent_detected")).lower(),

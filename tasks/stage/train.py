@@ -81,6 +81,8 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
     seed_everything(params.seed)
     architecture = model_architecture(project, store)
     model = build_model(params.model.name, architecture["in_channels"], architecture["num_classes"])
+    # before any work: a model the registry cannot save would otherwise fail after the whole training
+    tracking.check_exportable(model, input_example(store), params.model.name)
     recipe = SGDRecipe.from_config(params.train)
     started = time.perf_counter()
     with mlflow.start_run(run_name="baseline") as run:
@@ -103,7 +105,7 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
                    "train_seconds": seconds}
         mlflow.log_metrics(metrics)
         version, model_id = tracking.log_model(
-            project, model, input_example(store), architecture=architecture,
+            project, model, input_example(store), architecture=architecture, classes=store.classes,
             tags={"role": "baseline", "method": "train", "verdict": "baseline",
                   "parent_version": "", "data_version": data_version,
                   "data_version_before": "", "data_version_after": data_version,

@@ -5,6 +5,7 @@ real Great Expectations validation."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +108,13 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
         for batch in (images[:1], images):
             assert torch.allclose(served(batch), rebuilt(batch), atol=1e-5)
     tags = client.get_model_version(name, "2").tags
+    # ...and says how to call it: raw 0..255 pixels were accepted silently (a fifth of the accuracy), and nothing
+    # said the outputs are logits or which class each index is (consumer review, 2026-12-06)
+    assert "float32 (N, 1, 8, 8)" in tags["input"] and "[0, 1]" in tags["input"] and "logits (N, 10)" in tags["output"]
+    assert json.loads(tags["classes"]) == store.classes
+    classes_file = mlflow.artifacts.download_artifacts(f"models:/{name}@champion")
+    (classes_json,) = Path(classes_file).rglob("classes.json")
+    assert json.loads(classes_json.read_text()) == store.classes
     assert tags["parent_version"] == "1" and tags["method"] == "amun" and tags["verdict"] == report["verdict"]
     assert tags["evidence"] == report["evidence"] and tags["parent_detected"] == str(report["parent_detected"]).lower()
     assert tags["data_version_before"] == version_before and tags["data_version_after"] == version_after

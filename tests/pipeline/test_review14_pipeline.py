@@ -48,7 +48,7 @@ def test_retire_in_a_moved_project_claims_nothing_false(make_project):
     with mlflow.start_run():
         version, _ = tracking.log_model(project, build_model("small_cnn", 1, 10), torch.zeros(1, 1, 8, 8),
                                         architecture={"model": "small_cnn", "in_channels": 1, "num_classes": 10},
-                                        tags={})
+                                        classes=[str(c) for c in range(10)], tags={})
     moved = project.root.with_name("moved")
     shutil.move(project.root, moved)  # an operator renames the folder, or restores a backup elsewhere
     project = load_project(moved)

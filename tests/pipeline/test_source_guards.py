@@ -96,3 +96,21 @@ def test_a_model_that_does_not_fit_the_store_fails_before_training(make_project)
         run_stages(load_project(root), "train")
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []
+
+
+def test_a_model_the_registry_cannot_save_fails_before_training(make_project):
+    """A forward that branches on tensor values trained the whole baseline, then failed at registration
+    (torch.export, behind MLflow's pt2 format) with exit 1 and a long traceback (consumer review, 2026-12-06)."""
+    import mlflow
+
+    from flows.cli import main
+
+    root = make_project({**FAST, "model": {"name": "tests.core.byo_models:rescaling"}})
+    run_stages(load_project(root), "ingest", "prepare")
+    with pytest.raises(PipelineError, match=r"tests.core.byo_models:rescaling.*torch.export cannot export.*"
+                                            r"Nothing was trained or registered"):
+        run_stages(load_project(root), "train")
+    assert main(["--root", str(root), "stage", "train"]) == 2  # the command: exit 2, the message, no traceback
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []
+    assert client.search_registered_models() == []
