@@ -496,8 +496,14 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     batch_tag = ",".join(batches)
     if len(batch_tag) > 4000:  # MLflow tag values are bounded; the ledger holds the full list
         batch_tag = f"{','.join(batches[:50])},... ({len(batches)} batches)"
-    for key, value in {"retired_reason": reason, "retired_batches": batch_tag, "retired_at": at,
-                       "artifacts_deleted": "true", "retired": "true"}.items():
+    tombstone = {"retired_reason": reason, "retired_batches": batch_tag, "retired_at": at,
+                 "artifacts_deleted": "true", "retired": "true"}
+    # The logged model behind the version (MLflow 3 lists it on its own, READY, with the version's lineage tags)
+    # says the same, before the version's `retired` that ends the retries: a crash in between redoes both.
+    model_id = version_model_id(mv)
+    if model_id:
+        client.set_logged_model_tags(model_id, tombstone)
+    for key, value in tombstone.items():
         client.set_model_version_tag(name, version, key, value)
     return True
 

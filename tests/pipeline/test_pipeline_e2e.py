@@ -88,6 +88,10 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     assert client.get_registered_model(name).aliases == {"champion": 2}
     tombstone = client.get_model_version(name, "1").tags
     assert tombstone["retired"] == "true" and tombstone["retired_batches"] == second["ingest"]["batch_id"]
+    # the logged model behind it, which MLflow 3 lists on its own, says so too (it read as a live baseline)
+    logged = client.get_logged_model(tombstone["model_id"]).tags
+    assert (logged["retired"], logged["artifacts_deleted"], logged["retired_batches"]) == (
+        "true", "true", second["ingest"]["batch_id"])
     with pytest.raises(Exception, match="retired"):
         from tasks.tracking import load_model
 
