@@ -26,6 +26,7 @@ _STATE_FILE = "state_dict.pt"
 # exports in threads of one process corrupt each other ("_EXPORT_MODULE_HIERARCHY must not be
 # None"): pipelines sharing a process log their models one at a time.
 _EXPORT_LOCK = threading.Lock()
+_MAX_TAG_VALUE = 100_000  # MLflow 3.17's MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH (a model-version tag's value)
 
 
 def setup(project: Project):
@@ -221,17 +222,20 @@ def contract_tags(example: torch.Tensor, classes: list[str]) -> dict[str, str]:
 
     The signature alone says ``float32 (-1, C, H, W) -> float32 (-1, K)``: raw 0..255 pixels were accepted
     silently and gave a fifth of the accuracy, and nothing said the outputs are logits or which class each
-    index is. The class names are in the version's ``classes.json`` too (a tag holds at most 5,000 characters).
+    index is. The class names are also the version's artifact ``classes.json``; the ``classes`` tag is always
+    a JSON list, left out (``output`` says so) only past MLflow's bound on a model-version tag (100,000
+    characters in MLflow 3.17: tens of thousands of names).
     """
     import json
 
     shape = ", ".join(str(d) for d in example.shape[1:])
     names = json.dumps(list(classes))
+    fits = len(names) <= _MAX_TAG_VALUE
     return {
         "input": f"float32 (N, {shape}): pixel values scaled to [0, 1] (8-bit pixels / 255), channels first",
         "output": f"logits (N, {len(classes)}), not probabilities: the class is the argmax; index -> name in "
-                  "the 'classes' tag and the artifact classes.json",
-        "classes": names if len(names) <= 4000 else f"{len(classes)} classes: see classes.json",
+                  + ("the 'classes' tag (a JSON list) and " if fits else "") + "the artifact classes.json",
+        **({"classes": names} if fits else {}),
     }
 
 

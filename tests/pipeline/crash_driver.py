@@ -34,6 +34,8 @@ POINTS = {
         "mlflow.store.artifact.local_artifact_repo:LocalArtifactRepository.delete_artifacts", "before", "True"),
     "retire.after_artifact_delete": (
         "mlflow.store.artifact.local_artifact_repo:LocalArtifactRepository.delete_artifacts", "after", "True"),
+    "retire.after_logged_model_tombstone": ("mlflow.tracking.client:MlflowClient.set_logged_model_tags", "after",
+                                            "args[2].get('retired') == 'true'"),
     "retire.after_artifacts_deleted_tag": ("mlflow.tracking.client:MlflowClient.set_model_version_tag", "after",
                                            "args[3] == 'artifacts_deleted'"),
     "retire.before_retired_audit": ("unlearn.audit:AuditLog.append", "before", "args[1] == 'model.retired'"),
@@ -70,6 +72,9 @@ def check_claims(project) -> list[str]:
     if sum(tracking.artifacts_remaining(loc, project.artifact_root)
            for loc in tracking.model_artifact_locations(client, old)):
         problems.append("version 1's artifacts are still on disk")
+    logged = client.get_logged_model(tracking.version_model_id(old)).tags
+    if logged.get("retired") != "true" or logged.get("artifacts_deleted") != "true":
+        problems.append("version 1's logged model does not say it was retired and its artifacts deleted")
     certificates = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
     if len(certificates) != 1 or certificates[0]["status"] != "complete":
         problems.append(f"{len(certificates)} certificate(s); one complete certificate expected")

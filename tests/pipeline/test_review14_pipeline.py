@@ -46,7 +46,7 @@ def test_retire_in_a_moved_project_claims_nothing_false(make_project):
     project = _project(make_project)
     tracking.setup(project)
     with mlflow.start_run():
-        version, _ = tracking.log_model(project, build_model("small_cnn", 1, 10), torch.zeros(1, 1, 8, 8),
+        version, _ = tracking.log_model(project, build_model("small_cnn", 1, 10), torch.zeros(2, 1, 8, 8),
                                         architecture={"model": "small_cnn", "in_channels": 1, "num_classes": 10},
                                         classes=[str(c) for c in range(10)], tags={})
     moved = project.root.with_name("moved")
