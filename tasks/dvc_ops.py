@@ -226,7 +226,24 @@ def data_version(project: Project) -> str:
     raise PipelineError("dvc.lock has no hash for data/store; run the prepare stage first")
 
 
+# What a run's Git commit should pin: its configuration and the project's Python code (a user's model module).
+# Files the pipeline itself writes (the ledger, state files, dvc.lock) differ from HEAD during every run.
+_PINNED_PATHS = ("params.yaml", "dvc.yaml", ":(glob)**/*.py")
+
+
 def git_commit(project: Project) -> str:
-    """The checked-out Git commit, or "uncommitted" in a repository without commits."""
+    """The checked-out Git commit; ``<sha>+dirty`` when params.yaml, dvc.yaml or a tracked Python file of the
+    project differs from it; "uncommitted" in a repository without commits.
+
+    Why the suffix: the lineage tag said the HEAD commit while the run used an uncommitted params.yaml (a
+    review changed ``train.lr`` without committing: the tag named the commit with the old rate), so the
+    commit alone would not reproduce the version. The run's params hold the values actually used.
+    """
     result = _git(project, "rev-parse", "HEAD")
-    return result.stdout.strip() if result.returncode == 0 else "uncommitted"
+    if result.returncode != 0:
+        return "uncommitted"
+    sha = result.stdout.strip()
+    changed = _git(project, "status", "--porcelain", "--untracked-files=no", "--", *_PINNED_PATHS)
+    if changed.returncode != 0:
+        return f"{sha}+unknown"  # the commit, without a claim either way about the working tree
+    return f"{sha}+dirty" if changed.stdout.strip() else sha
