@@ -195,8 +195,8 @@ def check_exportable(model: nn.Module, example: torch.Tensor, name: str) -> None
     Why: registration exports the trained model with ``torch.export``; a ``forward`` that branches on tensor
     values (``if x.max() > 1: ...``) passed every start-up check, trained the whole baseline and then failed
     at registration with a long traceback, exit 1. The export is tried on a copy of the untrained model (the
-    caller's model and random state are untouched); in the same process it also warms the exporter, so the
-    registration's own export then costs little.
+    caller's model and random state are untouched); it costs about 1.8 s in a fresh process (torch.export's
+    first use), which is why the train stage runs it only for models the test suite does not export.
 
     Raises:
         PipelineError: Naming the model and the exporter's complaint.

@@ -100,3 +100,20 @@ def test_seeded_model_built_with_the_check_trains_identically_to_one_without():
     checked, unchecked = trained
     assert checked.keys() == unchecked.keys()
     assert all(torch.equal(checked[k], unchecked[k]) for k in checked)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+def test_every_registered_architecture_exports_for_any_batch_size(name, shape):
+    """Every version is registered in MLflow's pt2 format (torch.export, batch dimension left to the exporter,
+    a two-image example); the train stage checks only torchvision builders and users' factories before training,
+    so a registered architecture that stopped exporting would fail after a whole baseline: it is checked here."""
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    model = build_model(name, shape[0], 10, image_shape=shape).eval()
+    exported = torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=[{0: Dim.AUTO}]).module()
+    with torch.no_grad():
+        for batch in (1, 3):
+            images = torch.rand(batch, *shape)
+            assert torch.allclose(exported(images), model(images), atol=1e-5)
