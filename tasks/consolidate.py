@@ -204,6 +204,7 @@ def _train_and_register(project: Project, client: Any, store: SampleStore, ledge
     nothing = Arrays(np.zeros(0, dtype=str), np.zeros(shape, dtype=np.uint8), np.zeros(0, dtype=np.int64))
     data = unlearning_data(project, store, nothing)  # retain = the live training set
     architecture = model_architecture(project, store)
+    commit = dvc_ops.git_commit(project)  # once: the run's tag and the version's name the same working tree
     with mlflow.start_run(run_name="consolidate") as run:
         model, seconds, cached = retrained_model(project, store, data)
         test = tensors(store.load_split("test"))
@@ -213,7 +214,7 @@ def _train_and_register(project: Project, client: Any, store: SampleStore, ledge
         mlflow.log_params({"seed": params.seed, "model": params.model.name, "train_samples": len(data.retain),
                            "retrain_cached": cached})
         mlflow.set_tags({"stage": "consolidate", "data_version": data_version,
-                         "git_commit": dvc_ops.git_commit(project)})
+                         "git_commit": commit})
         mlflow.log_metrics(metrics)
         version, _ = tracking.log_model(
             project, model, input_example(store), architecture=architecture, classes=store.classes, tags={
@@ -225,5 +226,5 @@ def _train_and_register(project: Project, client: Any, store: SampleStore, ledge
             # what its model.consolidated record says, kept with the version for a record a crash cut off
             "deleted_since_exact": str(state["deleted_since_exact"]),
             "batches_since_exact": str(state["batches_since_exact"]), "forced": str(force).lower(),
-            "git_commit": dvc_ops.git_commit(project)})
+            "git_commit": commit})
     return version

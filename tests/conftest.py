@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -94,9 +95,7 @@ def project_params(overrides: dict | None = None) -> dict:
     return params
 
 
-_REGISTRY_TEMPLATE: list[Path] = []  # this process's empty registry, created by MLflow on first use
-
-
+@functools.cache
 def _registry_template() -> Path:
     """An empty MLflow SQLite registry, created once per test process by MLflow itself.
 
@@ -104,15 +103,12 @@ def _registry_template() -> Path:
     project's test machines, and most end-to-end tests start a fresh project. MLflow's own test suite
     copies a migrated database for the same reason; the copy is the file MLflow would have written.
     """
-    if not _REGISTRY_TEMPLATE:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        path = _STATE / "registry-template" / "mlflow.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns"))
-        store.engine.dispose()
-        _REGISTRY_TEMPLATE.append(path)
-    return _REGISTRY_TEMPLATE[0]
+    path = _STATE / "registry-template" / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "mlruns")).engine.dispose()
+    return path
 
 
 def _init_project(root: Path, overrides: dict | None, *, registry: bool = True) -> Path:

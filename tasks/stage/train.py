@@ -88,9 +88,10 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
         tracking.check_exportable(model, input_example(store), params.model.name)
     recipe = SGDRecipe.from_config(params.train)
     started = time.perf_counter()
+    commit = dvc_ops.git_commit(project)  # once: the run's tag and the version's name the same working tree
     with mlflow.start_run(run_name="baseline") as run:
         mlflow.log_params(_flat_params(params))
-        mlflow.set_tags({"stage": "train", "git_commit": dvc_ops.git_commit(project),
+        mlflow.set_tags({"stage": "train", "git_commit": commit,
                          "data_version": data_version})
         log_dataset(store, data_version, "training")
         with progress.bar(recipe.epochs, "train baseline", unit="epoch") as bar:
@@ -115,7 +116,7 @@ def run_train(project: Project, *, force: bool = False) -> dict[str, Any]:
                   "request_batches": "", "run_id": run.info.run_id,
                   # The store excludes every batch in the ledger, pending or not.
                   "covers_through": ledger.newest(ledger.batches),
-                  "git_commit": dvc_ops.git_commit(project)},
+                  "git_commit": commit},
         )
     if champion is None:
         tracking.move_champion(project, client, version)
