@@ -178,6 +178,11 @@ def run_purge(project: Project) -> dict[str, Any]:
     from unlearn.forensics import sample_patterns
 
     ledger = Ledger(project.ledger_path)
+    if not ledger.batches_with_status(Ledger.COMPLETED):
+        # No batch ever completed: no version can be contaminated, scheduled or retired, and nothing is
+        # closed. Decided without opening the registry (MLflow's import and store: about 3 s a process).
+        return write_state(project, "purge", {"retired": [], "scheduled": [], "batches_closed": [],
+                                              "status": "nothing_to_purge"})
     client = tracking.setup(project)
     actions = retire_models(project, client, ledger)
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):

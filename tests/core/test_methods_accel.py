@@ -168,7 +168,10 @@ def test_every_method_cuda_path_runs_under_bf16_autocast(name, problem, profile,
 
 def test_amun_bf16_steps_never_label_a_flipped_sample_with_its_true_label(cuda_branches_on_cpu_bf16):
     """The PGD steps run in bf16 on CUDA but the verdicts in fp32. When bf16 decided "flipped", 17 of 59
-    attacked samples came back labelled with their true label (4 of them the clean image): D_F again."""
+    attacked samples came back labelled with their true label (4 of them the clean image): D_F again.
+
+    Three PGD steps per radius: the CPU's bf16 convolutions are ten times slower than fp32 here, and with
+    the fp32 judge removed 12 of 80 samples still come back with their true label (25 at 20 steps)."""
     from conftest import quadrant_images
 
     images, labels = quadrant_images()
@@ -178,7 +181,7 @@ def test_amun_bf16_steps_never_label_a_flipped_sample_with_its_true_label(cuda_b
                         seed=0).eval()
     with torch.no_grad():
         correct = model(x).argmax(1) == y
-    x_adv, y_adv, eps_used = adversarial_set(model, TensorSet(x, y), eps_init=0.05, pgd_steps=20, max_doublings=8,
+    x_adv, y_adv, eps_used = adversarial_set(model, TensorSet(x, y), eps_init=0.05, pgd_steps=3, max_doublings=8,
                                              device="cpu")
     assert int(correct.sum()) > 40
     assert not (correct & (y_adv == y)).any()

@@ -143,16 +143,20 @@ def _warm_imports() -> None:
 
     import alembic.command  # noqa: F401 - MLflow's SQLite store checks its schema through alembic
     import dvc.repo  # noqa: F401
+    import dvc.scm  # noqa: F401 - Git through scmrepo, which opening the DVC repo imports
     import matplotlib.pyplot  # noqa: F401
     import mlflow.pytorch
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import scipy.stats  # noqa: F401
+    import sklearn.datasets  # noqa: F401 - the digits source, which purge and certify read
     import sklearn.metrics  # noqa: F401
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.pytorch.save_model(torch.nn.Linear(2, 2), f"{tmp}/warm", input_example=torch.zeros(1, 2).numpy())
+        # Two rows, as the pipeline's input example has: a free batch dimension is what imports sympy's tensor
+        # module (about 0.3 s a child); one row exported a static graph and left that import to every child.
+        mlflow.pytorch.save_model(torch.nn.Linear(2, 2), f"{tmp}/warm", input_example=torch.zeros(2, 2).numpy())
 
     import tasks.certificate  # noqa: F401
     import tasks.doctor  # noqa: F401

@@ -1,0 +1,56 @@
+"""Stages with nothing to do decide so from the ledger and the state files, without opening the registry.
+
+`dvc repro` starts one process per stage, and most runs find no request: a promote or purge that imported MLflow
+and opened its store to learn that cost about 3 s a process. These tests fail if either opens it again: a
+project without a registry file would get one.
+"""
+
+from __future__ import annotations
+
+
+def test_promote_with_no_finished_escalation_leaves_the_registry_closed(make_project):
+    from tasks.project import load_project
+    from tasks.stage.promote import run_promote
+    from tasks.stage.state import NOTHING_PENDING, Escalation, write_escalation
+
+    project = load_project(make_project(registry=False))
+    write_escalation(project, Escalation(NOTHING_PENDING))
+
+    assert run_promote(project) == {"status": "nothing_to_promote"}
+    assert not (project.home / "mlflow.db").exists()
+
+
+def test_purge_with_no_completed_batch_leaves_the_registry_closed(make_project):
+    from tasks.lifecycle import run_purge
+    from tasks.project import load_project
+
+    project = load_project(make_project(registry=False))
+
+    result = run_purge(project)
+    assert result["status"] == "nothing_to_purge" and result["retired"] == result["batches_closed"] == []
+    assert not (project.home / "mlflow.db").exists()
+
+
+def test_promote_still_finishes_a_promotion_a_crash_interrupted(make_project, monkeypatch):
+    """The shortcut never skips recovery: a batch left ``promoting`` opens the registry to move the alias."""
+    import pytest
+
+    from tasks import tracking
+    from tasks.project import load_project
+    from tasks.stage.promote import run_promote
+    from tasks.stage.state import NOTHING_PENDING, Escalation, write_escalation
+    from unlearn.requests import Ledger
+
+    class Opened(Exception):
+        pass
+
+    def setup(project):
+        raise Opened
+
+    project = load_project(make_project(registry=False))
+    write_escalation(project, Escalation(NOTHING_PENDING))
+    monkeypatch.setattr(Ledger, "batches_with_status",
+                        lambda self, status: ["B-1"] if status == Ledger.PROMOTING else [])
+    monkeypatch.setattr(tracking, "setup", setup)
+    with pytest.raises(Opened):
+        run_promote(project)
