@@ -1,6 +1,7 @@
 """The equivalence gate (unlearn/gate.py): known answers on a real overfit model, and its rules."""
 
 import functools
+import inspect
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from sklearn.datasets import load_digits
 
 from unlearn.attacks import compute_signals, run_attack
 from unlearn.attacks.base import AttackInput
-from unlearn.config import ConfigError, parse_params
+from unlearn.config import ConfigError, GateConfig, parse_params
 from unlearn.gate import FAIL, INCONCLUSIVE, PASS, ScoredModel, gate_decision
 from unlearn.gate_bootstrap import weighted_auc
 from unlearn.gate_policy import audit_demotes, consolidate_due, next_action
@@ -186,11 +187,14 @@ def test_a_destroyed_model_forgets_perfectly_and_fails_on_utility():
     (utility,) = [c for c in decision.checks if c.metric == "utility"]
     assert utility.verdict == FAIL and utility.parent_detected and "utility lost" in utility.reason
     assert "lost more accuracy" in decision.reason and "not equivalent" not in decision.reason
-    # the margin is measured: a tenth of the parent's skill over the most frequent class's share
+    # the margin is measured: the default fraction (benchmarks/utility_margin.py) of the parent's skill over the
+    # most frequent class's share
     majority_share = np.bincount(labels).max() / len(labels)
     assert utility.parent_excess == pytest.approx((parent.test_correct.sum() + 1) / 802
                                                   - ((labels == np.bincount(labels).argmax()).sum() + 1) / 802)
-    assert utility.margin == pytest.approx(0.1 * utility.parent_excess)
+    default = inspect.signature(gate_decision).parameters["utility_loss_fraction"].default
+    assert default == GateConfig().utility_loss_fraction  # the core's default is the configuration's
+    assert utility.margin == pytest.approx(default * utility.parent_excess)
     assert 0.9 - majority_share - 0.05 < utility.parent_excess < 0.9 - majority_share + 0.05
     # the positive control of forgetting is not the utility check's: parent_detected is about membership
     assert decision.parent_detected

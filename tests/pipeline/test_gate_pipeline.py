@@ -299,7 +299,7 @@ def test_a_model_destroyed_by_its_unlearning_fails_on_utility_and_is_never_promo
     assert all(c["verdict"] != "fail" for m, c in checks.items() if m != "utility")  # it did forget
     utility = checks["utility"]
     assert utility["verdict"] == "fail" and utility["parent_detected"]
-    assert utility["margin"] == pytest.approx(0.1 * utility["parent_excess"])
+    assert utility["margin"] == pytest.approx(project.params.gate.utility_loss_fraction * utility["parent_excess"])
     assert utility["candidate"] < 0.5 * utility["target"]  # destroyed, not a close call
     assert report["verdict"] == "fail" and "lost more accuracy" in report["reason"]
     assert result["promote"]["attempts"] == [["grad_ascent", "fail"], ["retrain", "pass"]]

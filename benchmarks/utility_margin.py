@@ -1,0 +1,194 @@
+"""Benchmark: the ``utility`` check's allowed loss (``gate.utility_loss_fraction``), swept on a validation split.
+
+What the fraction trades: ``utility`` lets a candidate lose ``fraction x the parent's skill`` of accuracy on unseen
+samples (skill: accuracy above the best constant prediction). Too small and an exact retrain, which lost nothing
+but training noise, cannot show non-inferiority: its verdict is inconclusive and, under ``gate.on_inconclusive:
+hold``, every batch waits for the hold's bound. Too large and a model that lost real accuracy passes.
+
+Protocol (fixed before running; the test split is never read):
+- Data: params.yaml's source and split (``--source``/``--train-subset`` to change them). The production training
+  samples (the training split minus the reference pool, as the pipeline trains) are split once, seeded by
+  ``data.split_seed``, into a fit part and a validation part the size of the test split (at most 40%).
+- Per seed (``--seeds``): the parent trains on the fit part with params.yaml's recipe; a random ``--n-forget`` of
+  its samples is "deleted" and the exact retrain trains on the rest with another seed. Both are scored on the
+  validation part, which plays the pipeline's negatives.
+- Damaged candidates with a known loss: the parent's validation answers with a random ``loss`` share of the
+  validation samples it got right turned wrong (``--losses``, in accuracy points). They show what the check
+  detects; the retrain shows what it lets through.
+- Each candidate is gated against the parent with ``accuracy_checks=["forget_acc", "utility"]`` and no attack
+  (the gate refuses a decision without a forgetting check), params.yaml's alpha, resamples and seed, at every
+  ``--fractions`` value; only the utility check's verdict is read.
+- Selection rule: the smallest fraction at which every exact retrain passes (a retrain held as inconclusive is
+  the cost the fraction exists to avoid); the losses then say which damage that fraction still fails.
+
+Writes benchmarks/results/utility_margin[_<source>].{md,json}.
+
+Usage:
+    nice -n 10 python benchmarks/utility_margin.py                 # digits, 5 seeds: about 2 minutes
+    nice -n 10 python benchmarks/utility_margin.py --source fashion_mnist --train-subset 4000 --test-subset 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unlearn.config import load_params
+from unlearn.data import load_source
+from unlearn.gate import FAIL, INCONCLUSIVE, PASS, ScoredModel, gate_decision
+from unlearn.models import build_model
+from unlearn.references import reference_pool_mask
+from unlearn.training import SGDRecipe, seeded_model, to_float, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def scored(correct_forget: np.ndarray, correct_val: np.ndarray) -> ScoredModel:
+    return ScoredModel({}, {}, correct_forget.astype(np.float64), correct_val.astype(np.float64))
+
+
+def damaged(correct_val: np.ndarray, loss: float, rng: np.random.Generator) -> np.ndarray:
+    """The parent's answers with ``loss`` x N of its right answers turned wrong: a known accuracy loss."""
+    out = correct_val.copy()
+    right = np.flatnonzero(out)
+    out[rng.choice(right, size=min(len(right), round(loss * len(out))), replace=False)] = False
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
+    parser.add_argument("--losses", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2])
+    parser.add_argument("--n-forget", type=int, default=100)
+    parser.add_argument("--source", default=None)
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="train.epochs instead of params.yaml's")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # deterministic CPU runs
+    params = load_params(REPO / "params.yaml")
+    if args.source or args.train_subset or args.test_subset:
+        params = replace(params, data=replace(params.data, source=args.source or params.data.source,
+                                              train_subset=args.train_subset, test_subset=args.test_subset))
+    if args.epochs:
+        params = replace(params, train=replace(params.train, epochs=args.epochs))
+    gate, recipe = params.gate, SGDRecipe.from_config(params.train)
+    source = load_source(params.data)
+    train_ids = source.ids[source.splits == "train"]
+    in_pool = reference_pool_mask(train_ids, params.verify.references.pool_fraction, params.seed)
+    position = {sample_id: i for i, sample_id in enumerate(source.ids.tolist())}
+    production = np.array([position[i] for i in train_ids[~in_pool]])
+    n_val = min(int((source.splits == "test").sum()), int(0.4 * len(production)))
+    shuffled = np.random.default_rng(params.data.split_seed).permutation(production)
+    validation, fit = np.sort(shuffled[:n_val]), np.sort(shuffled[n_val:])
+    images, labels = to_float(source.images), torch.tensor(source.labels)
+    channels, classes = images.shape[1], int(labels.max()) + 1
+    val_labels = labels[validation].numpy()
+
+    def factory() -> torch.nn.Module:
+        return build_model(params.model.name, channels, classes)
+
+    def correct(model: torch.nn.Module, idx: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            return (model(images[idx]).argmax(1) == labels[idx]).numpy()
+
+    started, runs = time.time(), []
+    for seed in range(args.seeds):
+        parent = train_model(seeded_model(factory, 1000 + seed), images[fit], labels[fit], recipe, device="cpu",
+                             seed=1000 + seed)
+        rng = np.random.default_rng(seed)
+        forget = np.sort(rng.choice(fit, size=args.n_forget, replace=False))
+        retain = np.setdiff1d(fit, forget)
+        retrain = train_model(seeded_model(factory, 2000 + seed), images[retain], labels[retain], recipe,
+                              device="cpu", seed=2000 + seed)
+        parent_val = correct(parent, validation)
+        parent_scored = scored(correct(parent, forget), parent_val)
+        candidates = {"retrain": scored(correct(retrain, forget), correct(retrain, validation))}
+        for loss in args.losses:
+            candidates[f"loss {loss:g}"] = scored(correct(parent, forget), damaged(parent_val, loss, rng))
+        for fraction in args.fractions:
+            for name, candidate in candidates.items():
+                decision = gate_decision(candidate, parent_scored, attacks=(),
+                                         accuracy_checks=("forget_acc", "utility"),
+                                         alpha=gate.alpha, resamples=gate.resamples, seed=gate.seed,
+                                         min_samples=gate.min_samples, utility_labels=val_labels,
+                                         labels=(labels[forget].numpy(), val_labels),
+                                         utility_loss_fraction=fraction)
+                (check,) = [c for c in decision.to_dict()["checks"] if c["metric"] == "utility"]
+                runs.append({"seed": seed, "fraction": fraction, "candidate": name, "verdict": check["verdict"],
+                             "estimate": check["estimate"], "ci_low": check["ci_low"], "margin": check["margin"],
+                             "parent_accuracy": float(parent_val.mean()),
+                             "accuracy": float(candidate.test_correct.mean())})
+        print(f"seed {seed}: parent {parent_val.mean():.3f}, retrain {candidates['retrain'].test_correct.mean():.3f} "
+              f"({time.time() - started:.0f} s)", flush=True)
+    write(args, params, runs, n_val, len(fit), time.time() - started)
+    return 0
+
+
+def write(args, params, runs: list[dict], n_val: int, n_fit: int, elapsed: float) -> None:
+    suffix = "" if params.data.source == "digits" else f"_{params.data.source}"
+    out = RESULTS / f"utility_margin{suffix}"
+    names = list(dict.fromkeys(r["candidate"] for r in runs))
+    table = {}
+    for fraction in args.fractions:
+        for name in names:
+            mine = [r for r in runs if r["fraction"] == fraction and r["candidate"] == name]
+            table[f"{fraction:g}|{name}"] = {v: sum(r["verdict"] == v for r in mine)
+                                             for v in (PASS, INCONCLUSIVE, FAIL)}
+    every_retrain_passes = [f for f in args.fractions if table[f"{f:g}|retrain"][PASS] == args.seeds]
+    selected = min(every_retrain_passes) if every_retrain_passes else None
+    margins = {f"{f:g}": float(np.median([r["margin"] for r in runs
+                                          if r["fraction"] == f and r["candidate"] == "retrain"]))
+               for f in args.fractions}
+    command = ("nice -n 10 python benchmarks/utility_margin.py " + " ".join(sys.argv[1:])).strip()
+    payload = {"command": command, "seeds": list(range(args.seeds)), "fractions": args.fractions,
+               "losses": args.losses, "n_forget": args.n_forget, "validation_samples": n_val, "fit_samples": n_fit,
+               "selected_fraction": selected, "current_fraction": params.gate.utility_loss_fraction,
+               "median_margin": margins, "verdicts": table, "runs": runs, "elapsed_s": elapsed,
+               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    parent_acc = np.median([r["parent_accuracy"] for r in runs])
+    retrain_acc = [r["accuracy"] for r in runs if r["candidate"] == "retrain" and r["fraction"] == args.fractions[0]]
+    lines = [
+        f"# The utility check's allowed loss, swept: {params.data.source}, {params.model.name}, CPU", "",
+        f"Command: `{command}` ({elapsed / 60:.1f} min wall on a shared 2-core machine). Seeds {payload['seeds']}.",
+        "",
+        f"Validation split carved from the production training samples ({n_val} samples, the test split's size "
+        f"capped at 40%; the models fit the other {n_fit}); the test split is never read. Recipe: "
+        f"{params.train.epochs} epochs, batch {params.train.batch_size}, lr {params.train.lr}. Exact retrain: "
+        f"{args.n_forget} random training samples deleted. Gate: the utility check's verdict, "
+        f"alpha {params.gate.alpha} "
+        f"({100 * (1 - 2 * params.gate.alpha):g}% paired-bootstrap intervals), {params.gate.resamples} resamples.",
+        "",
+        f"Parent validation accuracy: median {100 * parent_acc:.1f}%; exact retrains: "
+        + ", ".join(f"{100 * a:.1f}%" for a in retrain_acc) + ".", "",
+        "## Verdicts (pass / inconclusive / fail over seeds) by allowed loss", "",
+        "| fraction of skill | median margin (points) | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names)]
+    for fraction in args.fractions:
+        cells = [f"{t[PASS]} / {t[INCONCLUSIVE]} / {t[FAIL]}" for t in (table[f"{fraction:g}|{n}"] for n in names)]
+        mark = " (params.yaml)" if fraction == params.gate.utility_loss_fraction else ""
+        lines.append(f"| {fraction:g}{mark} | {100 * margins[f'{fraction:g}']:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "`loss x`: the parent's answers with x of the validation samples it got right turned wrong "
+              "(x in accuracy points, 0.05 = 5 points).", "",
+              "## Selection", "",
+              "Rule (fixed before running): the smallest fraction at which every exact retrain passes.", "",
+              f"- selected: {selected if selected is not None else 'none (no fraction let every retrain pass)'}; "
+              f"params.yaml has {params.gate.utility_loss_fraction}."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
