@@ -243,7 +243,7 @@ class GateConfig:
     # forget_acc (gap, equivalence) | utility (non-inferiority, margin: a fraction of the parent's skill)
     # | test_acc (non-inferiority with the forget_acc margin)
     accuracy_checks: tuple[str, ...] = ("forget_acc", "utility")
-    utility_loss_fraction: float = 0.05  # utility: the candidate may lose this share of the parent's skill, in (0, 1)
+    utility_loss_fraction: float = 0.1  # utility: the candidate may lose this share of the parent's skill, in (0, 1)
     alpha: float = 0.05  # per one-sided test; intervals are (1 - 2 alpha)
     margin_fraction: float = 0.5  # delta = this x the parent's excess over the target, in (0, 1)
     resamples: int = 1000  # paired bootstrap resamples

@@ -323,7 +323,7 @@ def gate_decision(
     min_samples: int = 20,
     class_negatives: np.ndarray | None = None,
     utility_labels: np.ndarray | None = None,
-    utility_loss_fraction: float = 0.05,
+    utility_loss_fraction: float = 0.1,
     labels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> GateDecision:
     """Decide whether ``candidate`` is equivalent to never having trained on D_F.

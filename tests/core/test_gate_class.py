@@ -113,11 +113,8 @@ def test_a_whole_class_batch_measures_utility_on_the_other_classes_unseen_sample
         return ScoredModel(model.member, model.nonmember, model.forget_correct, model.test_correct,
                            _bits(rng, accuracy, 500))
 
-    parent, wrecked = with_utility(w["parent"], 0.9), with_utility(w["forgot"], 0.15)
-    # a candidate that kept its utility answers the other classes as its parent does (independent draws at the same
-    # accuracy differ by a few points, which a margin of a twentieth of the skill need not tolerate)
-    good = ScoredModel(w["forgot"].member, w["forgot"].nonmember, w["forgot"].forget_correct,
-                       w["forgot"].test_correct, parent.utility_correct)
+    parent, good, wrecked = with_utility(w["parent"], 0.9), with_utility(w["forgot"], 0.9), \
+        with_utility(w["forgot"], 0.15)
     kwargs = dict(attacks=["a"], accuracy_checks=("forget_acc", "utility"), class_negatives=whole_class,
                   utility_labels=labels)
     decision = gate_decision(good, parent, **kwargs)
