@@ -47,11 +47,11 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from protocol import production_and_pool, with_data_overrides  # this folder: on sys.path when run as a script
 
 from unlearn.attacks.signals import SignalCache
 from unlearn.config import load_params
@@ -59,7 +59,7 @@ from unlearn.data import load_source
 from unlearn.gate import FAIL, INCONCLUSIVE, PASS, gate_decision
 from unlearn.methods import TensorSet, UnlearningData, run_method
 from unlearn.models import build_model
-from unlearn.references import ReferenceBank, reference_pool_mask
+from unlearn.references import ReferenceBank
 from unlearn.training import SGDRecipe, seeded_model, to_float, train_model
 from unlearn.verification import EvalSets, gate_scores, model_evidence
 
@@ -95,26 +95,17 @@ def main() -> int:
     if args.quick:
         args.seeds, args.sizes = 2, [1, 10, 100]
     torch.set_num_threads(1)  # deterministic CPU runs; the machine is shared
-    params = load_params(REPO / "params.yaml")
-    if args.source or args.train_subset or args.test_subset:
-        params = replace(params, data=replace(params.data, source=args.source or params.data.source,
-                                              train_subset=args.train_subset, test_subset=args.test_subset))
-    if args.epochs:
-        params = replace(params, train=replace(params.train, epochs=args.epochs))
+    params = with_data_overrides(load_params(REPO / "params.yaml"), args)
     if args.out is None:
         suffix = "" if params.data.source == "digits" else f"_{params.data.source}"
         args.out = str(RESULTS / f"gate_power{suffix}")
     gate = params.gate
     recipe = SGDRecipe.from_config(params.train)
     source = load_source(params.data)
-    train_mask = source.splits == "train"
-    train_ids = source.ids[train_mask]
-    in_pool = reference_pool_mask(train_ids, params.verify.references.pool_fraction, params.seed)
     images = to_float(source.images)
     labels = torch.tensor(source.labels)
     position = {sample_id: i for i, sample_id in enumerate(source.ids.tolist())}
-    production = np.array([position[i] for i in train_ids[~in_pool]])
-    pool = np.array([position[i] for i in train_ids[in_pool]])
+    production, pool = production_and_pool(source, params)
     test = np.flatnonzero(source.splits == "test")
     sizes = [min(n, len(production) - 1) for n in args.sizes]
     channels, classes = images.shape[1], int(labels.max()) + 1

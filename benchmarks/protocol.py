@@ -22,8 +22,9 @@ import gzip
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +116,29 @@ def load_data(name: str, data_path: str | None = None, *, train_size: int | None
     if pad_rgb:
         x_train, x_test = pad_to_rgb32(x_train), pad_to_rgb32(x_test)
     return x_train.contiguous(), y_train, x_test.contiguous(), y_test
+
+
+def with_data_overrides(params: Any, args: Any) -> Any:
+    """params.yaml's parameters with a script's ``--source``/``--train-subset``/``--test-subset``/``--epochs``
+    applied (the gate benchmarks' way to run the same protocol on another dataset or recipe)."""
+    if args.source or args.train_subset or args.test_subset:
+        params = replace(params, data=replace(params.data, source=args.source or params.data.source,
+                                              train_subset=args.train_subset, test_subset=args.test_subset))
+    if args.epochs:
+        params = replace(params, train=replace(params.train, epochs=args.epochs))
+    return params
+
+
+def production_and_pool(source: Any, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``source`` of the samples production models train on, and of the reference pool: the training
+    split divided by the pipeline's per-id hashed pool mask (unlearn.references.reference_pool_mask)."""
+    from unlearn.references import reference_pool_mask
+
+    train_ids = source.ids[source.splits == "train"]
+    in_pool = reference_pool_mask(train_ids, params.verify.references.pool_fraction, params.seed)
+    position = {sample_id: i for i, sample_id in enumerate(source.ids.tolist())}
+    return (np.array([position[i] for i in train_ids[~in_pool]]),
+            np.array([position[i] for i in train_ids[in_pool]]))
 
 
 def subset(x: torch.Tensor, y: torch.Tensor, mask: np.ndarray) -> TensorSet:

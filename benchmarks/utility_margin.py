@@ -28,7 +28,7 @@ Protocol (fixed before running; the test split is never read):
 Writes benchmarks/results/utility_margin[_<source>].{md,json}.
 
 Usage:
-    nice -n 10 python benchmarks/utility_margin.py                 # digits, 5 seeds: about 2 minutes
+    nice -n 10 python benchmarks/utility_margin.py                 # digits, 5 seeds: about 2.5 minutes
     nice -n 10 python benchmarks/utility_margin.py --source fashion_mnist --train-subset 4000 --test-subset 2000
 """
 
@@ -39,17 +39,16 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from protocol import production_and_pool, with_data_overrides  # this folder: on sys.path when run as a script
 
 from unlearn.config import load_params
 from unlearn.data import load_source
 from unlearn.gate import FAIL, INCONCLUSIVE, PASS, ScoredModel, gate_decision
 from unlearn.models import build_model
-from unlearn.references import reference_pool_mask
 from unlearn.training import SGDRecipe, seeded_model, to_float, train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,18 +79,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs instead of params.yaml's")
     args = parser.parse_args()
     torch.set_num_threads(1)  # deterministic CPU runs
-    params = load_params(REPO / "params.yaml")
-    if args.source or args.train_subset or args.test_subset:
-        params = replace(params, data=replace(params.data, source=args.source or params.data.source,
-                                              train_subset=args.train_subset, test_subset=args.test_subset))
-    if args.epochs:
-        params = replace(params, train=replace(params.train, epochs=args.epochs))
+    params = with_data_overrides(load_params(REPO / "params.yaml"), args)
     gate, recipe = params.gate, SGDRecipe.from_config(params.train)
     source = load_source(params.data)
-    train_ids = source.ids[source.splits == "train"]
-    in_pool = reference_pool_mask(train_ids, params.verify.references.pool_fraction, params.seed)
-    position = {sample_id: i for i, sample_id in enumerate(source.ids.tolist())}
-    production = np.array([position[i] for i in train_ids[~in_pool]])
+    production, _ = production_and_pool(source, params)
     n_val = min(int((source.splits == "test").sum()), int(0.4 * len(production)))
     shuffled = np.random.default_rng(params.data.split_seed).permutation(production)
     validation, fit = np.sort(shuffled[:n_val]), np.sort(shuffled[n_val:])
@@ -122,9 +113,10 @@ def main() -> int:
             candidates[f"retrain n={n}"] = (scored(correct(retrain, forget), correct(retrain, validation)),
                                             scored(correct(parent, forget), parent_val), labels[forget].numpy())
         forget = np.sort(rng.choice(fit, size=min(args.n_forget), replace=False))
+        parent_forget = correct(parent, forget)
         for loss in args.losses:
-            candidates[f"loss {loss:g}"] = (scored(correct(parent, forget), damaged(parent_val, loss, rng)),
-                                            scored(correct(parent, forget), parent_val), labels[forget].numpy())
+            candidates[f"loss {loss:g}"] = (scored(parent_forget, damaged(parent_val, loss, rng)),
+                                            scored(parent_forget, parent_val), labels[forget].numpy())
         for fraction in args.fractions:
             for name, (candidate, parent_scored, forget_labels) in candidates.items():
                 decision = gate_decision(candidate, parent_scored, attacks=(),

@@ -41,13 +41,14 @@ def run_promote(project: Project) -> dict[str, Any]:
     """
     ledger = Ledger(project.ledger_path)
     state = read_escalation(project)
-    if (state.status != DONE or not state.run_id) and not ledger.batches_with_status(Ledger.PROMOTING):
+    escalation_done = state.status == DONE and bool(state.run_id)
+    if not escalation_done and not ledger.batches_with_status(Ledger.PROMOTING):
         # The common case of a `dvc repro` with no request: decided from the ledger and the escalation
         # state alone, without opening the registry (MLflow's import and store: about 3 s a process).
         return write_state(project, "promote", {"status": "nothing_to_promote"})
     client = tracking.setup(project)
     finished = finish_promotions(project, client, ledger)
-    if state.status != DONE or not state.run_id:
+    if not escalation_done:
         if finished:
             return write_state(project, "promote", {"status": "promoted", "version": finished[-1],
                                                      "recovered": True, **_aliases(project, client)})

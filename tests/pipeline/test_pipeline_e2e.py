@@ -92,16 +92,14 @@ def test_pipeline_end_to_end(prefect_server, champion_project):
     logged = client.get_logged_model(tombstone["model_id"]).tags
     assert (logged["retired"], logged["artifacts_deleted"], logged["retired_batches"]) == (
         "true", "true", second["ingest"]["batch_id"])
-    with pytest.raises(Exception, match="retired"):
-        from tasks.tracking import load_model
+    from tasks.tracking import load_model
 
+    with pytest.raises(Exception, match="retired"):
         load_model(project, client, "1")
     # the champion serves from the registry in MLflow's pt2 format, for any batch size (a batch-1 input example
     # exported it for one image at a time), and answers as the state dict the pipeline itself reloads
     import mlflow.pytorch
     import torch
-
-    from tasks.tracking import load_model
 
     served = mlflow.pytorch.load_model(f"models:/{name}@champion")
     rebuilt = load_model(project, client, "2")
