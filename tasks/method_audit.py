@@ -46,7 +46,7 @@ from tasks import audit, dvc_ops, tracking
 from tasks.ladder import EXACT, append_history, demote, demoted, history
 from tasks.project import PipelineError, Project
 from tasks.stage.context import check_architecture, model_architecture, resolve_device, tensors
-from tasks.stage.evaluation import gate_decision_for
+from tasks.stage.evaluation import forgotten_classes, gate_decision_for, label_matched
 from tasks.stage.references import recipe_key
 from unlearn.data import SampleStore
 from unlearn.data.sources import load_source
@@ -210,14 +210,16 @@ def rebuild(project: Project, ledger: Ledger, batch_ids: list[str]) -> Situation
     source_arrays = Arrays(ids, source.images, source.labels)
     parent = _subset(source_arrays, parent_mask)
     in_forget = np.isin(parent.ids, np.array(sorted(forget_ids), dtype=str))
+    forget, retain = _subset(parent, in_forget), _subset(parent, ~in_forget)
     test = store.load_split("test")
-    classes = ledger.forget_classes(batch_ids)
+    # as the verification did: classes left with no training sample are forgotten as a whole
+    classes = forgotten_classes(ledger.forget_classes(batch_ids) or [], forget.labels, retain.labels)
     others = None
     if classes:
         others = _subset(test, ~np.isin(test.labels, classes))
-        test = _subset(test, np.isin(test.labels, classes))
-    return Situation(parent, _subset(parent, in_forget), _subset(parent, ~in_forget), test,
-                     tuple(int(c) for c in classes or ()), others)
+        test = _subset(test, np.isin(test.labels, classes)) if np.isin(forget.labels, classes).all() \
+            else label_matched(test, forget.labels)
+    return Situation(parent, forget, retain, test, tuple(classes), others)
 
 
 # --------------------------------------------------------------------------- models

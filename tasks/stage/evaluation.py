@@ -54,13 +54,16 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
         project: The project.
         store: The live sample store (its train split is the retain set).
         forget: The forget samples (from the quarantine).
-        forget_classes: Classes forgotten as a whole; the test set is then restricted to them, or, when
-            other batches verified with them add samples of other classes, drawn with the forget set's
-            label proportions.
+        forget_classes: Classes the requests forget as a whole (``forget_class``). Every class of the forget
+            set with no training sample left joins them (:func:`forgotten_classes`). The test set is then
+            restricted to them, or, when other batches verified with them add samples of other classes, drawn
+            with the forget set's label proportions.
 
     Returns:
         The sets, with their sample ids (the signal cache's keys).
     """
+    retain = store.load_split("train")
+    forget_classes = forgotten_classes(forget_classes, forget.labels, retain.labels)
     test = split = store.load_split("test")
     if forget_classes:
         # Class-wise forgetting: compare the forget set with unseen samples of the same classes,
@@ -69,7 +72,6 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
             test = Arrays(*(a[np.isin(test.labels, forget_classes)] for a in (test.ids, test.images, test.labels)))
         else:  # a whole class verified together with other batches' samples (review of 2026-12-05)
             test = label_matched(test, forget.labels)
-    retain = store.load_split("train")
     ids = {"forget": forget.ids, "retain": retain.ids, "test": test.ids}
     others = None
     if forget_classes:
@@ -81,6 +83,35 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
     return EvalSets(tensors(forget), tensors(retain), tensors(test), ids=ids,
                     forgotten_classes=tuple(int(c) for c in forget_classes),
                     others=None if others is None else tensors(others))
+
+
+def forgotten_classes(declared: list[int] | tuple[int, ...], forget_labels: np.ndarray,
+                      retain_labels: np.ndarray) -> list[int]:
+    """The classes a deletion forgets as a whole: the declared ones and every class of the forget set that has
+    no training sample left.
+
+    Why: a request can name every remaining sample of a class by id (one person is one class in a
+    face-recognition model; or the last batch of a class deleted piece by piece). The exact retrain then
+    never saw the class and scores about 0% on it. Verified sample-wise, ``forget_acc`` compares the forget
+    set with unseen samples of the same class, where a model that still recognises the class scores the
+    same gap as one that never saw it, and the per-sample attacks cannot tell them apart either: such a
+    model passed. Only ``class_acc`` (accuracy on the class's unseen samples, target 0) separates them
+    (review of 2026-12-06).
+
+    Args:
+        declared: Classes named by ``forget_class`` requests.
+        forget_labels: Labels of the forget set.
+        retain_labels: Labels of the training split that remains after the deletion.
+
+    Returns:
+        The classes, sorted.
+    """
+    emptied = set(np.unique(forget_labels).tolist()) - set(np.unique(retain_labels).tolist())
+    inferred = emptied - {int(c) for c in declared}
+    if inferred:  # a count only: in some models a class is one person
+        log.info("evaluation: %d class(es) of the forget set have no training sample left: verified as forgotten "
+                 "classes (class_acc)", len(inferred))
+    return sorted({int(c) for c in declared} | {int(c) for c in emptied})
 
 
 def label_matched(test: Arrays, forget_labels: np.ndarray) -> Arrays:
