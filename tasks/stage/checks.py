@@ -61,6 +61,20 @@ def check_params(params: Params) -> None:
                           f"promotion-time attacks: {', '.join(promotion_attacks())}")
     for section, attacks in (("verify.attacks", params.verify.attacks), ("gate.attacks", params.gate.attacks)):
         _check_promotion_attacks(section, attacks, params)
+    if params.gate.mode == "equivalence":
+        uncalibrated = [a for a in params.gate.attacks if not ATTACKS.get(a).requires & {"references"}]
+        if uncalibrated:
+            # The target AUC 0.5 of equivalence mode holds for such an attack only when the forget set is drawn
+            # like the negatives. One person's samples, or one hard class, differ from the test split as a
+            # group: the attack then scores the group, not membership. Measured: a model that still remembered
+            # passed and the exact retrain failed (review of 2026-12-06). Reference attacks calibrate each
+            # sample on models that never saw it, and strict mode compares with exact retrains on the same sets.
+            raise ConfigError(
+                f"gate.attacks: {', '.join(uncalibrated)} cannot be gated in equivalence mode: without reference "
+                "models it has no per-sample calibration, and a forget set unlike the test split (one person's "
+                "samples, one class) makes it score the group, not membership. Gate reference attacks "
+                f"({', '.join(a for a in promotion_attacks() if ATTACKS.get(a).requires & {'references'})}), "
+                "or use gate.mode: strict (compared with exact retrains); verify.attacks still reports it")
     for name in params.verify.attack_options:
         if name not in params.verify.attacks and name not in params.gate.attacks:
             raise ConfigError(f"verify.attack_options.{name}: not in verify.attacks or gate.attacks")

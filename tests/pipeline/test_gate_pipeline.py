@@ -265,17 +265,21 @@ def test_the_demos_weak_method_is_the_one_that_runs_whatever_the_profile_says(tm
     assert loaded.unlearn.method == "finetune" and loaded.unlearn.escalation == () and not loaded.unlearn.recalibrate_bn
 
 
-def test_a_gated_attack_that_refuses_the_sets_is_inconclusive_not_a_crash(champion_project):
-    """``loss_lr`` refuses fewer than 6 samples: with ``gate.min_samples`` at its floor of 2, a 3-sample batch reached
-    it, and the refusal crashed the verify stage on every run, holding every later batch behind it (break-it
-    review of the gate)."""
+def test_a_gated_attack_that_refuses_the_sets_is_inconclusive_not_a_crash(champion_project, monkeypatch):
+    """``loss_lr`` refused fewer than 6 samples: with ``gate.min_samples`` then at a floor of 2, a 3-sample batch
+    reached it, and the refusal crashed the verify stage on every run, holding every later batch behind it
+    (break-it review of the gate). The floor is 10 now; an attack may still refuse sets the gate admits
+    (loss_lr whenever the forget set outnumbers the negatives), played here by raising loss_lr's minimum. Strict
+    mode: a population attack is gated only against exact retrains."""
     from tasks.project import load_project
+    from unlearn.attacks import population
     from unlearn.data import SampleStore
 
+    monkeypatch.setattr(population, "_LR_MIN_PER_CLASS", 50)
     root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "escalation": []},
-                                "gate": {"attacks": ["loss_lr"], "min_samples": 2}})
+                                "gate": {"mode": "strict", "attacks": ["loss_lr"], "min_samples": 10}})
     project = load_project(root)
-    _submit(root, "R-TINY", sorted(SampleStore(project.store_dir).split_ids("train")[:3].tolist()))
+    _submit(root, "R-TINY", sorted(SampleStore(project.store_dir).split_ids("train")[:12].tolist()))
     run_stages(project, "ingest", "prepare", "references", "unlearn")
     report = _first_report(project)
     assert report["verdict"] == "inconclusive" and report["checks"] == []

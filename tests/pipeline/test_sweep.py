@@ -10,7 +10,7 @@ from conftest import FAST
 # Two cheap candidates: finetune (1 epoch on the retain set) and AMUN (1 epoch, small probe).
 SWEEP = {**FAST, "unlearn": {"method": "finetune", "escalation": ["amun", "retrain"], "methods": {
     "finetune": {"epochs": 1, "batch_size": 64}, "amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}},
-    "gate": {"min_samples": 5}}  # the sweep's 10 forget samples are tested (not refused up front)
+    "gate": {"min_samples": 10}}  # the sweep's 10 forget samples are tested (not refused up front)
 # Everything that must match between the Dask run and the sequential one (timings and run ids may not).
 COMPARED = ("method", "kwargs", "label", "verdict", "error", "failures", "metrics", "checks", "max_abs_gap",
             "max_gap_metric", "model_digest")

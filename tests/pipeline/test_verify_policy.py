@@ -41,10 +41,19 @@ def test_reference_settings_are_validated(value, message):
 @pytest.mark.parametrize("attacks, message", [
     (["lira_offline", "no_such_attack"], "gate.attacks: unknown attack"),
     (["lira_online"], "gate.attacks: 'lira_online' cannot run at promotion time"),
+    (["lira_offline", "loss_threshold"], "loss_threshold cannot be gated in equivalence mode"),
+    (["svc_confidence"], "svc_confidence cannot be gated in equivalence mode"),
 ])
 def test_gated_attacks_are_validated_at_project_load(attacks, message):
     with pytest.raises(ConfigError, match=message):
         check_params(_params(gate={"attacks": attacks}))
+
+
+def test_a_population_attack_is_gated_only_against_exact_retrains():
+    """Equivalence mode's target AUC 0.5 needs a forget set drawn like the negatives; against exact retrains on the
+    same sets (strict mode) a group effect cancels. verify.attacks still reports population attacks."""
+    check_params(_params(gate={"mode": "strict", "attacks": ["loss_threshold", "lira_offline"]}))
+    check_params(_params(verify={"attacks": ["loss_threshold", "lira_offline"]}))
 
 
 def test_a_gated_attack_outside_verify_attacks_still_needs_references():
