@@ -348,7 +348,7 @@ def test_consolidation_and_audit_rules():
 def test_gate_config_is_strict():
     params = parse_params({})
     assert params.gate.mode == "equivalence" and params.gate.on_inconclusive == "hold"
-    for bad in ({"margin_fraction": 1.0}, {"alpha": 0.5}, {"alpha": 0.2}, {"min_samples": 5},
+    for bad in ({"margin_fraction": 1.0}, {"alpha": 0.5}, {"alpha": 0.1}, {"min_samples": 5},
                 {"on_inconclusive": "wait"}, {"mode": "loose"},
                 {"accuracy_checks": ["retain_acc"]}, {"max_hold_hours": 0}, {"resamples": 10},
                 {"audit": {"every_batches": 0, "cron": None}}, {"consolidate": {"deleted_fraction": 0}},
