@@ -39,7 +39,7 @@ class Finding:
     """One disagreement between a claim and the disk.
 
     Attributes:
-        check: The check that found it (audit, certificates, registry, weights, samples).
+        check: The check that found it (audit, certificates, registry, lineage, weights, samples).
         subject: What it is about (a version, a certificate file, a batch id; never a sample id).
         problem: What disagrees, in words.
     """
@@ -143,13 +143,20 @@ def _files_left(project: Project, client: Any, mv: Any) -> tuple[int | None, str
 
 
 def _registry_findings(project: Project, client: Any) -> list[Finding]:
-    from tasks.lifecycle import retired_weight_fingerprints
+    from tasks.lifecycle import retired_weight_fingerprints, uncovered_deletions
+    from unlearn.requests import Ledger
 
     findings = []
     versions = {str(mv.version): mv for mv in tracking.all_versions(project, client)}
     champion = tracking.champion_version(project, client)
     if champion is not None:
         name = f"version {champion.version}"
+        uncovered = uncovered_deletions(Ledger(project.ledger_path), champion)
+        if uncovered:
+            findings.append(Finding("lineage", name, f"the champion was trained on samples that {len(uncovered)} "
+                                    "completed deletion batch(es) removed and does not cover them (the alias was "
+                                    "moved back?); it serves them until the next request's exact retrain, or "
+                                    "until the alias moves to a version that covers them"))
         left, why = _files_left(project, client, champion)
         if champion.tags.get("retired") == "true":
             findings.append(Finding("registry", name, "the champion alias points at a retired version"))

@@ -41,6 +41,20 @@ def _parse(at: str) -> datetime:
     return datetime.fromisoformat(at.replace("Z", "+00:00"))
 
 
+def uncovered_deletions(ledger: Ledger, version: Any) -> list[str]:
+    """Completed batches that removed training samples and that ``version`` does not cover: it trained on them.
+
+    Empty for every champion the pipeline promotes (a promotion covers its parent's batches and its own, a
+    baseline or a consolidation every batch before it). Not empty after the ``champion`` alias was moved back to
+    an older version inside the retirement grace window (the README's rollback): that model still holds the
+    samples those batches deleted.
+    """
+    rank = ledger.rank()
+    covers = rank.get(version.tags.get("covers_through", ""), -1)
+    return [b for b in ledger.batches_with_status(Ledger.COMPLETED)
+            if ledger.removed_training_samples(b) and rank[b] > covers]
+
+
 def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[str, Any]]:
     """Retire every model version that trained on samples the champion has forgotten.
 

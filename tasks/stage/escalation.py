@@ -15,6 +15,7 @@ from typing import Any
 from tasks import audit, dvc_ops, tracking
 from tasks.consolidate import record_lost_consolidations
 from tasks.ladder import EXACT, active_ladder
+from tasks.lifecycle import uncovered_deletions
 from tasks.project import PipelineError, Project
 from tasks.stage.context import check_architecture, load_forget
 from tasks.stage.promote import finish_promotions
@@ -115,7 +116,20 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         # A held escalation resumed by a later run (no new batch since): the hold may have run out.
         attempts[-1].action, hold_until, reason = verdict_action(project, INCONCLUSIVE, pending)
     # Methods an exact-retrain audit demoted are skipped (tasks/ladder.py logs each one).
-    ladder = resumed_ladder(attempts, active_ladder(project, project.params.unlearn.ladder))
+    active = active_ladder(project, project.params.unlearn.ladder)
+    uncovered = uncovered_deletions(ledger, champion)
+    if uncovered:
+        # A champion moved back past completed deletions (a rollback in the grace window) still holds their
+        # samples. Unlearning only the pending batches from it, the promotion would have claimed to cover the
+        # earlier ones too, and purge then retired the one model that had forgotten them (review of 2026-12-06).
+        # The exact retrain on the current data never saw any deleted sample: it is the only rung.
+        active = [EXACT]
+        why = (f"the champion (version {champion.version}) was trained on samples that {len(uncovered)} completed "
+               "deletion batch(es) removed, which it does not cover (was the champion alias moved back?): only an "
+               "exact retrain on the current data forgets them")
+        log.warning("escalation: %s", why)
+        reason = f"{reason}; {why}" if reason else why
+    ladder = resumed_ladder(attempts, active)
     state = Escalation(
         UNLEARNING, key=key, parent_version=str(champion.version), batches=pending,
         data_version_before=champion.tags.get("data_version", ""), data_version_after=data_version,

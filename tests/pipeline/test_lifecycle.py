@@ -366,3 +366,47 @@ def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(pre
     assert [ledger.batches[b]["request_ids"] for b in ledger.pending()] == [["R-TRUNC"]]
     assert str(tracking.champion_version(project, client).version) == str(champion.version)
     assert len(client.search_model_versions(f"name='{project.params.registry.model_name}'")) == 1
+
+
+def test_a_champion_moved_back_past_a_deletion_is_replaced_by_an_exact_retrain(prefect_server, champion_project):
+    """The grace window keeps the previous version loadable for a rollback. Moved back to v1, the champion holds
+    batch 1's samples again; the next batch was unlearned from it alone and its model claimed to cover batch 1
+    too, and purge then retired v2, the one model that had forgotten it (review of 2026-12-06). Now doctor says
+    so, and the next batch goes straight to the exact retrain on the current data."""
+    import yaml
+
+    from tasks import tracking
+    from tasks.doctor import diagnose
+    from tasks.project import load_project
+    from tasks.stage.state import read_escalation
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    retrain = {**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
+               "lifecycle": {"retirement_grace_hours": 24}}
+    root, _ = champion_project(retrain)
+    project = load_project(root)
+    client = _client(project)
+    ids = SampleStore(project.store_dir).split_ids("train").tolist()
+    _submit(root, "R-FIRST", ids[:6])
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote", "purge", "certify")
+    assert str(tracking.champion_version(project, client).version) == "2"
+    assert not [f for f in diagnose(project) if f.check == "lineage"]
+    client.set_registered_model_alias(tracking.model_name(project), "champion", "1")  # the operator's rollback
+    (finding,) = [f for f in diagnose(project) if f.check == "lineage"]
+    assert finding.subject == "version 1" and "does not cover" in finding.problem
+    # the next batch, under a ladder that would otherwise try AMUN first
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["unlearn"].update({"method": "amun", "escalation": []})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = load_project(root)
+    _submit(root, "R-SECOND", ids[6:12])
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn")
+    state = read_escalation(project)
+    assert [a.method for a in state.attempts] == ["retrain"] and "moved back" in state.reason
+    run_stages(project, "promote", "purge", "certify")
+    champion = tracking.champion_version(project, client)
+    assert str(champion.version) == "3" and champion.tags["method"] == "retrain"
+    ledger = Ledger(project.ledger_path)
+    assert champion.tags["covers_through"] == ledger.newest(ledger.batches)  # true of an exact retrain
+    assert not [f for f in diagnose(project) if f.check == "lineage"]
