@@ -560,8 +560,10 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
                             "nothing was deleted and no certificate will be issued; fix it and submit it again")
     if paths is None and status.get("kind") == "acknowledged":
         covered = ", ".join(status.get("covered_by") or [status.get("batch_id") or "-"])
+        verb = "are deleted" if status.get("deleted", status.get("outcome") != "already_requested") \
+            else "are being deleted (not finished yet)"
         raise PipelineError(f"request {args.request_id} was acknowledged ({status.get('outcome')}), not applied: "
-                            f"its samples are deleted by batch(es) {covered}; see the certificates of those requests")
+                            f"its samples {verb} by batch(es) {covered}; see the certificates of those requests")
     if paths is None:
         where = status.get("step") or status.get("kind")
         raise PipelineError(f"request {args.request_id} has no certificate yet (it is {status.get('status', where)}, "

@@ -18,8 +18,8 @@ from tasks.certificate_sla import sla_start
 
 MISSING = "—"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_STATUS_BADGE = {"complete": "ok", "data_only": "warn", "already_deleted": "neutral", "pending": "warn",
-                 "failed": "bad"}
+_STATUS_BADGE = {"complete": "ok", "data_only": "warn", "already_deleted": "neutral", "already_requested": "warn",
+                 "pending": "warn", "failed": "bad"}
 
 
 # --- HTML formatting helpers ---------------------------------------------------------------------------------

@@ -495,6 +495,11 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
             paths = certificate_paths(project, request_id)
             out["certificate"] = str(paths[0]) if paths else None
+        if found.get("kind") == "acknowledged" and found.get("covered_by"):
+            # where the batches that delete its samples are now (an acknowledgement is written once, at ingest)
+            out["covering_batches"] = {b: ledger.batch(b)["status"] for b in found["covered_by"] if b in ledger.batches}
+            out["deleted"] = bool(out["covering_batches"]) and all(
+                status == Ledger.COMPLETED for status in out["covering_batches"].values())
         if rejections:  # e.g. the same id sent again with other content (request_id_conflict)
             out["later_rejections"] = rejections
         return out

@@ -139,7 +139,14 @@ def test_already_deleted_samples_are_acknowledged_or_dropped_from_the_request(ma
     counts = run_ingest(project)
     assert (counts["accepted"], counts["acknowledged"], counts["rejected"], counts["samples"]) == (1, 1, 0, 1)
     (ack,) = _acknowledged(project)
-    assert (ack["request_id"], ack["outcome"], ack["covered_by"]) == ("R-2", "already_deleted", [first])
+    # the first batch is only ingested: its samples are not deleted yet, and the acknowledgement says so (review of
+    # 2026-12-06: it said "already deleted"); request status shows where the covering batch is now
+    assert (ack["request_id"], ack["outcome"], ack["covered_by"]) == ("R-2", "already_requested", [first])
+    assert "not finished" in ack["detail"]
+    from tasks.lifecycle import request_status
+
+    status = request_status(project, "R-2")
+    assert status["covering_batches"] == {first: "pending"} and status["deleted"] is False
     (accepted,) = _batch(project, counts["batch_id"])["requests"]
     assert accepted["request_id"] == "R-3" and accepted["sample_ids"] == ["digits-0003"]
     assert accepted["already_deleted_count"] == 1 and accepted["covered_by"] == [first]
@@ -227,7 +234,8 @@ def test_class_request_repeated_or_fully_deleted_is_acknowledged(make_project):
     counts = run_ingest(project)
     assert (counts["accepted"], counts["acknowledged"], counts["rejected"]) == (0, 2, 0)
     outcomes = {a["request_id"]: (a["outcome"], a.get("batch_id"), a["covered_by"]) for a in _acknowledged(project)}
-    assert outcomes == {"C-1": ("duplicate", first, []), "C-2": ("already_deleted", None, [first])}
+    # the batch that deletes the class is only ingested: "requested", not "deleted"
+    assert outcomes == {"C-1": ("duplicate", first, []), "C-2": ("already_requested", None, [first])}
     # A different class under a used id is a conflict.
     _drop(project, "c.json", _class_request("C-1", "4"))
     assert run_ingest(project)["rejected"] == 1

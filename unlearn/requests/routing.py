@@ -19,7 +19,8 @@ class Routing:
 
     Attributes:
         destination: "accepted", "acknowledged" or "rejected".
-        outcome: For an acknowledgement "duplicate" or "already_deleted"; for a rejection its
+        outcome: For an acknowledgement "duplicate", "already_deleted" (every covering batch completed) or
+            "already_requested" (a covering batch is not completed yet); for a rejection its
             reason code ("request_id_conflict"); None when accepted.
         sample_ids: Accepted: the ids it newly deletes (sorted).
         already_deleted_count: How many ids it names were deleted by earlier batches.
@@ -46,7 +47,8 @@ class RequestRouter:
       ingest) with the same :func:`content_digest` is acknowledged as a "duplicate": a no-op.
       With a different digest it is rejected ("request_id_conflict").
     * Otherwise, ids already deleted by earlier batches are dropped from it: if none is left it
-      is acknowledged as "already_deleted", else accepted with the remaining ids. Ids named by
+      is acknowledged as "already_deleted" (or "already_requested" while a batch that deletes them is not
+      completed), else accepted with the remaining ids. Ids named by
       two requests of the same ingest are not "already deleted": both requests are accepted.
 
     Args:
@@ -103,8 +105,14 @@ class RequestRouter:
         if fresh:
             routing = Routing("accepted", sample_ids=fresh, already_deleted_count=len(wanted) - len(fresh),
                               covered_by=covered)
-        else:
+        elif all(self._ledger.batch(b)["status"] == Ledger.COMPLETED for b in covered):
             routing = Routing("acknowledged", "already_deleted", already_deleted_count=len(wanted),
                               covered_by=covered, detail="every sample it names is already deleted")
+        else:
+            # Not "deleted": a covering batch may still be pending, held or not even prepared (review of
+            # 2026-12-06: the requester and the audit log were told the samples were gone).
+            routing = Routing("acknowledged", "already_requested", already_deleted_count=len(wanted),
+                              covered_by=covered,
+                              detail="every sample it names is in earlier requests whose deletion is not finished yet")
         self._seen[request_id] = (digest, routing)
         return routing
