@@ -486,7 +486,12 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             if row.get("request_id") == request_id:
                 rejections.append({"ingest": path.stem, "reasons": row.get("reasons")})
     if found is not None:
-        out = dict(found)
+        # The content digest is the ledger's key for spotting a resent request, not status: an unsalted hash of
+        # the sample ids, which anyone can reverse for a small request by hashing candidate ids (review of
+        # 2026-12-06), so it is never printed.
+        out = {k: v for k, v in found.items() if k != "content_digest"}
+        if isinstance(out.get("acknowledged"), dict):
+            out["acknowledged"] = {k: v for k, v in out["acknowledged"].items() if k != "content_digest"}
         batch_id = found.get("batch_id")
         if found.get("kind") == "accepted" and batch_id in ledger.batches:
             out["status"] = ledger.batch(batch_id)["status"]

@@ -222,7 +222,7 @@ class Ledger:
 
         Args:
             request_id: The request's id.
-            record: ``outcome`` ("duplicate" or "already_deleted"), ``at``, ``subject_hash``,
+            record: ``outcome`` ("duplicate", "already_deleted" or "already_requested"), ``at``, ``subject_hash``,
                 ``content_digest``, ``ingest_id`` and ``batch_id`` (duplicate: the batch that
                 holds the original) or ``covered_by`` (the batches that deleted its samples).
         """
