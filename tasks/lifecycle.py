@@ -477,6 +477,13 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
     Raises:
         PipelineError: If no request with this id was ever seen.
     """
+    from tasks.validation import loggable_request_id
+
+    if loggable_request_id(request_id) is None:
+        # Not echoed: what an operator types here may be an e-mail address or a name, and `request submit` refuses
+        # such an id without repeating it for the same reason (no request can carry one).
+        raise PipelineError("that request id is not well-formed (1-128 letters, digits, '.', '_', ':' or '-', "
+                            "starting with a letter or digit), so no request has it; it is not repeated here")
     ledger = Ledger(project.ledger_path)
     found = ledger.find_request(request_id)
     rejections = []

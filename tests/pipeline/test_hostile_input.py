@@ -321,6 +321,20 @@ def test_submit_command_exits_2_on_a_malformed_id_and_accepts_a_good_one(make_pr
     assert len(list(incoming.glob("request-*.json"))) == 1
 
 
+@pytest.mark.parametrize("command", ["status", "certificate"])
+def test_request_lookups_refuse_a_malformed_id_without_echoing_it(make_project, capsys, command):
+    """An operator may type an e-mail address where a request id goes: `request status` and `request certificate`
+    said "unknown request id 'alice.smith@example.com'" (review of 2026-12-06); submit never echoes such an id."""
+    from flows.cli import main
+
+    root = make_project()
+    assert main(["--root", str(root), "request", command, "alice.smith@example.com"]) == 2
+    out = capsys.readouterr()
+    assert "not well-formed" in out.err and "alice" not in out.err + out.out
+    assert main(["--root", str(root), "request", command, "REQ-404"]) == 2  # well-formed, unknown: named
+    assert "REQ-404" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, code", [
     (["--sample-ids", "digits-0001", "no-such-sample"], "unknown_sample_id"),
     (["--sample-ids", "digits-0001", "--reason", "typo_reason"], "reason_not_allowed"),
