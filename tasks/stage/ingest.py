@@ -66,6 +66,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
         ledger.save()  # the ledger always exists: later stages read it
     _recover_audit_records(project, ledger)
     _write_deletions(project, ledger)
+    files = _skip_committed(ledger, files, folders)
     if not files:
         return write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
                                                 "acknowledged": 0, "rejected": 0, "rejected_files": 0, "samples": 0})
@@ -147,8 +148,10 @@ def run_ingest(project: Project) -> dict[str, Any]:
         ledger.acknowledge(line["request_id"], {k: v for k, v in line.items() if k not in ("request_id", "row")})
     if batch_id is not None:
         ledger.mark_step([batch_id], "validated")
-    if accepted or acknowledged:
-        ledger.save()
+    # The commit point also names every entry this ingest read (the same identities the clean-up checks).
+    ledger.consumed_inbox = {f.name: {"identity": list(identities[f.name]), "ingest_id": ingest_id}
+                             for f in files if identities[f.name] is not None}
+    ledger.save()
     _write_deletions(project, ledger)
     # The audit trail: request ids, salted subject hashes and counts, never sample ids.
     for a in accepted:
@@ -179,6 +182,31 @@ def run_ingest(project: Project) -> dict[str, Any]:
         raise PipelineError(f"request accounting mismatch: {counts}")
     log.info("ingest: %s", counts)
     return write_state(project, "ingest", counts)
+
+
+def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> list[Path]:
+    """The inbox entries to read: without those an earlier ingest committed but a crash left in the inbox.
+
+    Why: the ledger commit comes before the inbox clean-up. A crash in between left the entry, and the next
+    run read it again: the one submission was recorded a second time, as an acknowledged "duplicate" in the
+    ledger and the audit log (and a rejected file was rejected twice), which never happened (review of
+    2026-12-06). An entry that is still the very file the committed ingest read (same device, inode, size and
+    modification time) is removed now; a resend under the same name is a new file and is read as usual.
+    """
+    left = []
+    for f in files:
+        committed = ledger.consumed_inbox.get(f.name)
+        identity = _identity(f)
+        if committed is not None and identity is not None and list(identity) == committed.get("identity"):
+            log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
+                     committed.get("ingest_id"))
+            if f.name in folders:
+                remove_tree(f)
+            else:
+                f.unlink(missing_ok=True)
+            continue
+        left.append(f)
+    return left
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:

@@ -86,8 +86,24 @@ def test_ingest_crash_after_ledger_commit_is_recorded_on_recovery(make_project):
     done = subprocess.run([sys.executable, "-c", driver, str(project.root)],
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
     assert done.returncode == -9
-    run_ingest(project)  # recovery: the same stage again
+    assert (project.incoming_dir / "r.json").exists()  # killed between the ledger commit and the clean-up
+    recovered = run_ingest(project)  # recovery: the same stage again
     assert not _audit_findings(project)
+    # The file it had committed is removed, not read again: the one submission was recorded a second time, as
+    # an acknowledged "duplicate" in the ledger and the audit log (review of 2026-12-06).
+    assert recovered["files"] == 0 and not list(project.incoming_dir.iterdir())
+    from tasks import audit
+    from unlearn.requests import Ledger
+
+    assert Ledger(project.ledger_path).acknowledged == {}
+    assert [r["request_id"] for r in audit.records(project, "request.accepted")] == ["R-1"]
+    assert not audit.records(project, "request.acknowledged")
+    # the same name dropped again (a new file): read, and acknowledged as the duplicate it is
+    (project.incoming_dir / "r.json").write_text(json.dumps({
+        "request_id": "R-1", "sample_ids": ["digits-0008"], "received_at": "2026-11-24T10:00:00Z",
+        "reason": "gdpr_erasure", "subject_ref": "alice"}))
+    again = run_ingest(project)
+    assert (again["files"], again["acknowledged"]) == (1, 1)
 
 
 def test_deep_folder_in_inbox_does_not_wedge_ingest(make_project):

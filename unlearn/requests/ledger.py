@@ -40,15 +40,20 @@ class Ledger:
         self.path = Path(path)
         self.batches: dict[str, dict[str, Any]] = {}
         self.acknowledged: dict[str, dict[str, Any]] = {}
+        # Inbox entries the last ingests committed, by name: {"identity": [...], "ingest_id": ...} (see
+        # tasks/stage/ingest.py: an entry a crash left in the inbox after the commit is not processed twice).
+        self.consumed_inbox: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
                 document = json.loads(self.path.read_text())
                 self.batches = document["batches"]
                 self.acknowledged = document.get("acknowledged", {})
+                self.consumed_inbox = document.get("consumed_inbox", {})
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: {exc}") from None
-            if not isinstance(self.batches, dict) or not isinstance(self.acknowledged, dict):
-                raise LedgerError(f"deletion ledger {self.path} is corrupt: batches and acknowledged must be maps")
+            if not all(isinstance(m, dict) for m in (self.batches, self.acknowledged, self.consumed_inbox)):
+                raise LedgerError(f"deletion ledger {self.path} is corrupt: batches, acknowledged and consumed_inbox "
+                                  "must be maps")
         self._index: tuple[int, dict[str, str]] | None = None
 
     def oldest_first(self, batch_ids: Iterable[str] | None = None) -> list[str]:
@@ -273,4 +278,7 @@ class Ledger:
 
     def save(self) -> None:
         """Write atomically (temp file + rename)."""
-        write_json_atomic(self.path, {"version": 1, "batches": self.batches, "acknowledged": self.acknowledged})
+        document = {"version": 1, "batches": self.batches, "acknowledged": self.acknowledged}
+        if self.consumed_inbox:
+            document["consumed_inbox"] = self.consumed_inbox
+        write_json_atomic(self.path, document)
