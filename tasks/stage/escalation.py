@@ -111,6 +111,13 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone, and so is one whose
     # report (its evidence) is gone, with every rung after it.
     attempts = kept_attempts(project, previous) if previous and previous.key == key else []
+    if not attempts:
+        # A fresh escalation times its own unlearning and verification: mark_step keeps a step's first time, so
+        # a pass that was never promoted (a crash, then a new batch started this escalation) stayed the batch's
+        # "verified" time, shown beside another model's verdict on its certificate (review of 2026-12-06).
+        timeline = Ledger(project.ledger_path)  # record_lost_verdicts above saved its own copy
+        if timeline.clear_steps(pending, ("unlearned", "verified")):
+            timeline.save()
     reason = hold_until = ""
     if attempts and attempts[-1].verdict == INCONCLUSIVE and attempts[-1].action == "hold":
         # A held escalation resumed by a later run (no new batch since): the hold may have run out.

@@ -334,3 +334,27 @@ def test_a_consolidation_record_lost_before_a_promotion_from_it_is_still_written
     (record,) = _events(project, "model.consolidated")
     assert record["model_version"] == consolidated and record["recovered"] is True
     assert not [p for p in _problems(project) if "model.consolidated" in p]
+
+
+def test_a_pass_never_promoted_does_not_stay_the_batch_verified_time(champion_project):
+    """A pass, then a crash before promote, then a new batch: the escalation starts afresh over both batches, but
+    the first batch kept its first "verified" time (mark_step keeps the first), and its certificate showed that
+    time beside the verdict of the model actually promoted (review of 2026-12-06)."""
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
+    project = load_project(root)
+    ids = SampleStore(project.store_dir).split_ids("train").tolist()
+    drop_request(project, "R-A", ids[:6])
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn")  # verified: pass; promote never ran
+    (first,) = Ledger(project.ledger_path).pending()
+    earlier = Ledger(project.ledger_path).steps(first)["verified"]
+    drop_request(project, "R-B", ids[6:12])
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
+    ledger = Ledger(project.ledger_path)
+    (second,) = [b for b in ledger.batches if b != first]
+    assert ledger.steps(first)["verified"] == ledger.steps(second)["verified"] > earlier
+    assert ledger.steps(first)["unlearned"] == ledger.steps(second)["unlearned"]
+    assert {ledger.batch(b)["status"] for b in (first, second)} == {"completed"}

@@ -102,6 +102,16 @@ class Ledger:
         for batch_id in batch_ids:
             self.batch(batch_id).setdefault("steps", {}).setdefault(step, at)
 
+    def clear_steps(self, batch_ids: Iterable[str], steps: Iterable[str]) -> bool:
+        """Forget when batches reached ``steps`` (a step redone from scratch is timed anew). Returns whether any
+        was recorded."""
+        cleared = False
+        for batch_id in batch_ids:
+            recorded = self.batch(batch_id).get("steps", {})
+            for step in steps:
+                cleared = recorded.pop(step, None) is not None or cleared
+        return cleared
+
     def set_train_samples(self, batch_id: str, sample_ids: Iterable[str]) -> None:
         """The training samples the batch removes, as prepare found them (none: no model ever saw them, none
         retires). Certificates decide from these which request's samples a production model held, so the
