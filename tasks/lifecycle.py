@@ -163,6 +163,24 @@ def retired_weight_fingerprints(project: Project) -> dict[str, dict[str, str]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _scanned_path(project: Project) -> Path:
+    return project.state_dir / "retired-weights-scanned.json"
+
+
+def unscanned_retirements(project: Project) -> list[str]:
+    """Retired versions whose weights no purge scan has searched the project for yet (oldest first)."""
+    path = _scanned_path(project)
+    scanned = set(json.loads(path.read_text())) if path.exists() else set()
+    return sorted((v for v in retired_weight_fingerprints(project) if v not in scanned), key=int)
+
+
+def _mark_weights_scanned(project: Project, versions: list[str]) -> None:
+    path = _scanned_path(project)
+    scanned = set(json.loads(path.read_text())) if path.exists() else set()
+    if not set(versions) <= scanned:
+        write_json_atomic(path, sorted(scanned | set(versions), key=int))
+
+
 def retired_weight_patterns(project: Project) -> dict[str, bytes]:
     """Scan patterns for every retired version's weight fingerprints, keyed ``v<version>-w<rank>``."""
     path = _fingerprints_path(project)
@@ -209,6 +227,24 @@ def run_purge(project: Project) -> dict[str, Any]:
                                "scheduled": [a["version"] for a in actions if a["action"] == "scheduled"],
                                "batches_closed": to_close}
     if not to_close:
+        unscanned = unscanned_retirements(project)
+        if unscanned:
+            # A retirement that fell due after the grace period, once its batches were purged: its weights are
+            # searched for across the project as a purge's are (review of 2026-12-06: only the artifact store's
+            # own listing was checked, though certificates then said the artifacts were deleted). A crash before
+            # the record leaves the version unscanned, and the next run scans it.
+            weights = retired_weight_patterns(project)
+            scan = scan_project_for_samples(project, weights)
+            if scan.matches:
+                places = sorted({str(path) for path, _ in scan.matches})
+                audit.record(project, "purge.incomplete", model_versions=unscanned, matches=len(scan.matches))
+                raise PipelineError(f"purge incomplete: retired model weights still found in {len(places)} file(s): "
+                                    f"{', '.join(places[:10])}")
+            audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
+                         weight_fingerprints=len(weights), matches=0)
+            _mark_weights_scanned(project, unscanned)
+            summary["weight_scan"] = {"versions": unscanned, "files": scan.files, "matches": 0,
+                                      "not_scanned": len(scan.errors) + len(scan.unfollowed)}
         return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
     closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
     dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close)
@@ -250,6 +286,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
     ledger.save()
+    _mark_weights_scanned(project, list(retired_weight_fingerprints(project)))  # every one was in this scan
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
     if scan.errors or scan.unfollowed:
         log.warning("purge: %d path(s) could not be scanned (unreadable, or links to folders): `unlearn doctor "

@@ -330,8 +330,21 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     first_certificate = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
     assert first_certificate["retirement"]["versions"][0]["artifacts_deleted"] is False
     client.set_model_version_tag(name, "1", "retire_due_at", "2000-01-01T00:00:00Z")
-    assert main(["--root", str(root), "stage", "purge"]) == 0
+    # A stray copy of version 1's weights under the project: a retirement after its batch's purge searched only
+    # the artifact store's listing (review of 2026-12-06); now the project is scanned as a purge's is.
+    import torch
+
+    stray = root / "backup-of-v1.pt"
+    torch.save(tracking.load_model(project, client, "1").state_dict(), stray)
+    assert main(["--root", str(root), "stage", "purge"]) == 2
     assert client.get_model_version(name, "1").tags["retired"] == "true"
+    stray.unlink()
+    assert main(["--root", str(root), "stage", "purge"]) == 0  # the version is still unscanned: scanned now
+    from tasks import audit
+
+    (scanned,) = audit.records(project, "retirement.scanned")
+    assert scanned["model_versions"] == ["1"] and scanned["matches"] == 0
+    assert main(["--root", str(root), "stage", "purge"]) == 0 and len(audit.records(project, "retirement.scanned")) == 1
     assert client.get_registered_model(name).aliases == {"champion": 2}
     assert main(["--root", str(root), "stage", "certify"]) == 0  # the certificate is re-issued, final
     final = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
