@@ -213,7 +213,9 @@ def rebuild(project: Project, ledger: Ledger, batch_ids: list[str]) -> Situation
     forget, retain = _subset(parent, in_forget), _subset(parent, ~in_forget)
     test = store.load_split("test")
     # as the verification did: classes left with no training sample are forgotten as a whole
-    classes = forgotten_classes(ledger.forget_classes(batch_ids) or [], forget.labels, retain.labels)
+    # (a class too rare in the test split to measure is audited sample-wise: the audit compares with exact retrains)
+    classes, _ = forgotten_classes(ledger.forget_classes(batch_ids) or [], forget.labels, retain.labels, test.labels,
+                                   params.gate.min_samples)
     others = None
     if classes:
         others = _subset(test, ~np.isin(test.labels, classes))

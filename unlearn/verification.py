@@ -58,6 +58,8 @@ class EvalSets:
         others: Whole-class requests only: unseen samples of the classes NOT forgotten, where the gate's
             utility checks measure accuracy (``test`` then holds only the forgotten classes' samples, on which
             a correct unlearner loses everything by design). None: utility is measured on ``test``.
+        unmeasured_classes: Classes forgotten as a whole with too few unseen samples to measure ``class_acc`` on
+            (not in ``forgotten_classes``): no candidate can be shown to have forgotten them.
     """
 
     forget: TensorSet
@@ -66,6 +68,7 @@ class EvalSets:
     ids: dict[str, np.ndarray] | None = None
     forgotten_classes: tuple[int, ...] = ()
     others: TensorSet | None = None
+    unmeasured_classes: tuple[int, ...] = ()
 
     def class_negatives(self) -> np.ndarray | None:
         """Mask over ``test`` of the forgotten classes' samples (None for sample-wise requests)."""

@@ -63,8 +63,9 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
         The sets, with their sample ids (the signal cache's keys).
     """
     retain = store.load_split("train")
-    forget_classes = forgotten_classes(forget_classes, forget.labels, retain.labels)
     test = split = store.load_split("test")
+    forget_classes, unmeasured = forgotten_classes(forget_classes, forget.labels, retain.labels, split.labels,
+                                                   project.params.gate.min_samples)
     if forget_classes:
         # Class-wise forgetting: compare the forget set with unseen samples of the same classes,
         # or the attack would learn "class", not "membership" (mia-and-peers.md section 2).
@@ -81,14 +82,14 @@ def evaluation_sets(project: Project, store: SampleStore, forget: Arrays, forget
         others = Arrays(split.ids[kept], split.images[kept], split.labels[kept])
         ids["others"] = others.ids
     return EvalSets(tensors(forget), tensors(retain), tensors(test), ids=ids,
-                    forgotten_classes=tuple(int(c) for c in forget_classes),
+                    forgotten_classes=tuple(int(c) for c in forget_classes), unmeasured_classes=tuple(unmeasured),
                     others=None if others is None else tensors(others))
 
 
-def forgotten_classes(declared: list[int] | tuple[int, ...], forget_labels: np.ndarray,
-                      retain_labels: np.ndarray) -> list[int]:
+def forgotten_classes(declared: list[int] | tuple[int, ...], forget_labels: np.ndarray, retain_labels: np.ndarray,
+                      test_labels: np.ndarray, min_samples: int) -> tuple[list[int], list[int]]:
     """The classes a deletion forgets as a whole: the declared ones and every class of the forget set that has
-    no training sample left.
+    no training sample left; split into those the gate can measure and those it cannot.
 
     Why: a request can name every remaining sample of a class by id (one person is one class in a
     face-recognition model; or the last batch of a class deleted piece by piece). The exact retrain then
@@ -96,22 +97,33 @@ def forgotten_classes(declared: list[int] | tuple[int, ...], forget_labels: np.n
     set with unseen samples of the same class, where a model that still recognises the class scores the
     same gap as one that never saw it, and the per-sample attacks cannot tell them apart either: such a
     model passed. Only ``class_acc`` (accuracy on the class's unseen samples, target 0) separates them
-    (review of 2026-12-06).
+    (review of 2026-12-06). It needs unseen samples of the class: a person whose request also named their
+    test-split samples leaves none, and an empty test set stopped every verification of the batch, the exact
+    retrain's included (second review of 2026-12-06). Such a class is "unmeasured": no candidate can pass
+    (:func:`evaluate_candidate` says inconclusive), and the exact retrain, exact by construction, remains.
 
     Args:
         declared: Classes named by ``forget_class`` requests.
         forget_labels: Labels of the forget set.
         retain_labels: Labels of the training split that remains after the deletion.
+        test_labels: Labels of the live test split (the unseen samples).
+        min_samples: ``gate.min_samples``: fewer unseen samples of a class leave it unmeasured.
 
     Returns:
-        The classes, sorted.
+        (measured classes, unmeasured classes), each sorted.
     """
-    emptied = set(np.unique(forget_labels).tolist()) - set(np.unique(retain_labels).tolist())
+    emptied = {int(c) for c in np.unique(forget_labels)} - {int(c) for c in np.unique(retain_labels)}
     inferred = emptied - {int(c) for c in declared}
     if inferred:  # a count only: in some models a class is one person
         log.info("evaluation: %d class(es) of the forget set have no training sample left: verified as forgotten "
                  "classes (class_acc)", len(inferred))
-    return sorted({int(c) for c in declared} | {int(c) for c in emptied})
+    classes = sorted({int(c) for c in declared} | emptied)
+    unmeasured = [c for c in classes if int((np.asarray(test_labels) == c).sum()) < min_samples]
+    if unmeasured:
+        log.warning("evaluation: %d forgotten class(es) have fewer than %d unseen samples: whether a model still "
+                    "recognises them cannot be measured (no candidate passes; the exact retrain remains)",
+                    len(unmeasured), min_samples)
+    return [c for c in classes if c not in unmeasured], unmeasured
 
 
 def label_matched(test: Arrays, forget_labels: np.ndarray) -> Arrays:
@@ -386,6 +398,11 @@ def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, can
             decision = _unscored(project, INCONCLUSIVE, mode, len(sets.forget),
                                  f"a gated attack cannot score these samples ({baselines.refused}): not enough "
                                  "evidence either way; this is NOT a pass")
+        elif sets.unmeasured_classes:
+            decision = _unscored(project, INCONCLUSIVE, mode, len(sets.forget),
+                                 f"{len(sets.unmeasured_classes)} class(es) this deletion leaves without training "
+                                 f"samples have fewer than {project.params.gate.min_samples} unseen samples: whether "
+                                 "the model still recognises them cannot be measured; this is NOT a pass")
         else:
             scored = score_model(project, proofs["unlearned"], baselines.references)
             decision = decide(project, scored, baselines.scored["original"], targets, sets=sets)

@@ -148,7 +148,8 @@ def run_verify(project: Project) -> dict[str, Any]:
         "method": attempt.method, "attempt": number,
         "models": results, "refused": evaluation.refused, "reference_cached": cached,
         "retrain_seconds": retrain_seconds, "attack_seconds": evaluation.attack_seconds, "run_id": attempt.run_id,
-        "forget_classes": list(sets.forgotten_classes), "reference_models": evaluation.reference_ids,
+        "forget_classes": list(sets.forgotten_classes), "unmeasured_classes": list(sets.unmeasured_classes),
+        "reference_models": evaluation.reference_ids,
         "augmentations": params.verify.augmentations,
         "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
     }

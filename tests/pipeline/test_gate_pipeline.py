@@ -331,3 +331,28 @@ def test_a_whole_class_request_gates_utility_on_the_other_classes(champion_proje
     assert utility["n_negative"] == int((test_labels != 7).sum())  # every unseen sample of the other classes
     assert utility["parent_detected"] and utility["parent_excess"] > 0.5 and utility["verdict"] == "pass"
     assert checks["class_acc"]["n_negative"] == int((test_labels == 7).sum())
+
+
+def test_a_person_deleting_every_sample_of_their_class_is_not_a_wedge(champion_project):
+    """One person is one class, and their request names every one of their samples, test-split ones included: the
+    class is left with no training sample (verified as a forgotten class, class_acc) and with no unseen sample to
+    measure class_acc on. The empty test set stopped every verification of the batch, the exact retrain's
+    included, and every later batch waited (second review of 2026-12-06). Now no candidate can pass (the class
+    cannot be measured: inconclusive) and the exact retrain, exact by construction, is promoted."""
+    from tasks import tracking
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "escalation": []},
+                                "gate": {"on_inconclusive": "retrain"}})
+    project = load_project(root)
+    store = SampleStore(project.store_dir)
+    train, test = store.load_split("train"), store.load_split("test")
+    person = sorted([*train.ids[train.labels == 7].tolist(), *test.ids[test.labels == 7].tolist()])
+    _submit(root, "R-PERSON", person)
+    run_stages(project, "ingest", "prepare", "references", "unlearn", "promote")
+    first = _first_report(project)
+    assert first["method"] == "amun" and first["verdict"] == "inconclusive"
+    assert first["unmeasured_classes"] == [7] and "cannot be measured" in first["reason"]
+    champion = tracking.champion_version(project, _client(project))
+    assert str(champion.version) == "2" and champion.tags["method"] == "retrain"
