@@ -149,7 +149,9 @@ def run_ingest(project: Project) -> dict[str, Any]:
     if batch_id is not None:
         ledger.mark_step([batch_id], "validated")
     # The commit point also names every entry this ingest read (the same identities the clean-up checks).
-    ledger.consumed_inbox = {f.name: {"identity": list(identities[f.name]), "ingest_id": ingest_id}
+    read = {f.name: p.sha256 for f, p in zip(files, parsed, strict=True)}
+    ledger.consumed_inbox = {f.name: {"identity": list(identities[f.name]), "sha256": read.get(f.name),
+                                      "ingest_id": ingest_id}
                              for f in files if identities[f.name] is not None}
     ledger.save()
     _write_deletions(project, ledger)
@@ -170,6 +172,9 @@ def run_ingest(project: Project) -> dict[str, Any]:
             remove_tree(f)
         else:
             f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
+    # The record is needed only through the crash window: a later file could reuse a freed inode number.
+    ledger.consumed_inbox = {}
+    ledger.save()
     counts = {
         "batch_id": batch_id, "files": len(files), "rows": len(requests) + len(bad_files),
         "accepted": len(accepted), "acknowledged": len(acknowledged), "rejected": len(rejected_lines),
@@ -197,7 +202,8 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
     for f in files:
         committed = ledger.consumed_inbox.get(f.name)
         identity = _identity(f)
-        if committed is not None and identity is not None and list(identity) == committed.get("identity"):
+        if committed is not None and identity is not None and list(identity) == committed.get("identity") \
+                and (f.name in folders or _sha256(f) == committed.get("sha256")):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
             if f.name in folders:
@@ -207,6 +213,16 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
             continue
         left.append(f)
     return left
+
+
+def _sha256(path: Path) -> str | None:
+    """The entry's content hash as :func:`parse_request_file` records it (None for a link or an unreadable one)."""
+    try:
+        if path.is_symlink():
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:

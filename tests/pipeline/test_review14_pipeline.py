@@ -104,6 +104,29 @@ def test_ingest_crash_after_ledger_commit_is_recorded_on_recovery(make_project):
         "reason": "gdpr_erasure", "subject_ref": "alice"}))
     again = run_ingest(project)
     assert (again["files"], again["acknowledged"]) == (1, 1)
+    assert Ledger(project.ledger_path).consumed_inbox == {}  # kept only through the crash window
+
+
+def test_a_new_file_with_a_committed_files_identity_is_still_read(make_project):
+    """A freed inode is reused at once, and a copy may keep its source's size and mtime: the identity alone made
+    ingest delete an unread request without a record (second review of 2026-12-06). The content must match too."""
+    from tasks.stage.ingest import _identity, run_ingest
+    from unlearn.requests import Ledger
+
+    project = _project(make_project)
+    project.incoming_dir.mkdir(parents=True, exist_ok=True)
+    path = project.incoming_dir / "r.json"
+    path.write_text(json.dumps({"request_id": "R-2", "sample_ids": ["digits-0009"], "received_at":
+                                "2026-11-24T10:00:00Z", "reason": "gdpr_erasure", "subject_ref": "bob"}))
+    run_ingest(project)  # creates the ledger
+    path.write_text(json.dumps({"request_id": "R-3", "sample_ids": ["digits-0010"], "received_at":
+                                "2026-11-24T10:00:00Z", "reason": "gdpr_erasure", "subject_ref": "eve"}))
+    ledger = Ledger(project.ledger_path)
+    ledger.consumed_inbox = {"r.json": {"identity": list(_identity(path)), "sha256": "0" * 64, "ingest_id": "x"}}
+    ledger.save()
+    counts = run_ingest(project)
+    assert (counts["files"], counts["accepted"]) == (1, 1)
+    assert Ledger(project.ledger_path).find_request("R-3")["kind"] == "accepted"
 
 
 def test_deep_folder_in_inbox_does_not_wedge_ingest(make_project):
