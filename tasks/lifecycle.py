@@ -167,18 +167,31 @@ def _scanned_path(project: Project) -> Path:
     return project.state_dir / "retired-weights-scanned.json"
 
 
+def _weights_scanned(project: Project) -> set[str]:
+    path = _scanned_path(project)
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
 def unscanned_retirements(project: Project) -> list[str]:
     """Retired versions whose weights no purge scan has searched the project for yet (oldest first)."""
-    path = _scanned_path(project)
-    scanned = set(json.loads(path.read_text())) if path.exists() else set()
+    scanned = _weights_scanned(project)
     return sorted((v for v in retired_weight_fingerprints(project) if v not in scanned), key=int)
 
 
 def _mark_weights_scanned(project: Project, versions: list[str]) -> None:
-    path = _scanned_path(project)
-    scanned = set(json.loads(path.read_text())) if path.exists() else set()
+    scanned = _weights_scanned(project)
     if not set(versions) <= scanned:
-        write_json_atomic(path, sorted(scanned | set(versions), key=int))
+        write_json_atomic(_scanned_path(project), sorted(scanned | set(versions), key=int))
+
+
+def _refuse_matches(project: Project, scan: Any, weights: dict[str, bytes], **record: Any) -> None:
+    """A scan that found deleted bytes: a ``purge.incomplete`` record, then the error naming the files."""
+    if not scan.matches:
+        return
+    places = sorted({str(path) for path, _ in scan.matches})
+    what = "retired model weights" if all(key in weights for _, key in scan.matches) else "deleted samples' bytes"
+    audit.record(project, "purge.incomplete", **record, matches=len(scan.matches))
+    raise PipelineError(f"purge incomplete: {what} still found in {len(places)} file(s): {', '.join(places[:10])}")
 
 
 def retired_weight_patterns(project: Project) -> dict[str, bytes]:
@@ -235,11 +248,7 @@ def run_purge(project: Project) -> dict[str, Any]:
             # the record leaves the version unscanned, and the next run scans it.
             weights = retired_weight_patterns(project)
             scan = scan_project_for_samples(project, weights)
-            if scan.matches:
-                places = sorted({str(path) for path, _ in scan.matches})
-                audit.record(project, "purge.incomplete", model_versions=unscanned, matches=len(scan.matches))
-                raise PipelineError(f"purge incomplete: retired model weights still found in {len(places)} file(s): "
-                                    f"{', '.join(places[:10])}")
+            _refuse_matches(project, scan, weights, model_versions=unscanned)
             audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
                          weight_fingerprints=len(weights), matches=0)
             _mark_weights_scanned(project, unscanned)
@@ -261,12 +270,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
     weights = retired_weight_patterns(project)
     scan = scan_project_for_samples(project, {**patterns, **weights})
-    if scan.matches:
-        places = sorted({str(path) for path, _ in scan.matches})
-        what = "retired model weights" if all(key in weights for _, key in scan.matches) else "deleted samples' bytes"
-        audit.record(project, "purge.incomplete", batch_ids=to_close, matches=len(scan.matches))
-        raise PipelineError(f"purge incomplete: {what} still found in {len(places)} file(s): "
-                            f"{', '.join(places[:10])}")
+    _refuse_matches(project, scan, weights, batch_ids=to_close)
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),

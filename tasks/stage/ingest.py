@@ -19,6 +19,7 @@ from unlearn.files import utc_now, write_json_atomic, write_jsonl_atomic
 from unlearn.requests import (
     Ledger,
     RequestRouter,
+    file_sha256,
     hash_subject,
     load_or_create_salt,
     parse_request_file,
@@ -149,10 +150,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
     if batch_id is not None:
         ledger.mark_step([batch_id], "validated")
     # The commit point also names every entry this ingest read (the same identities the clean-up checks).
-    read = {f.name: p.sha256 for f, p in zip(files, parsed, strict=True)}
-    ledger.consumed_inbox = {f.name: {"identity": list(identities[f.name]), "sha256": read.get(f.name),
-                                      "ingest_id": ingest_id}
-                             for f in files if identities[f.name] is not None}
+    ledger.consumed_inbox = {f.name: {"identity": list(identities[f.name]), "sha256": p.sha256, "ingest_id": ingest_id}
+                             for f, p in zip(files, parsed, strict=True) if identities[f.name] is not None}
     ledger.save()
     _write_deletions(project, ledger)
     # The audit trail: request ids, salted subject hashes and counts, never sample ids.
@@ -203,7 +202,7 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
         committed = ledger.consumed_inbox.get(f.name)
         identity = _identity(f)
         if committed is not None and identity is not None and list(identity) == committed.get("identity") \
-                and (f.name in folders or _sha256(f) == committed.get("sha256")):
+                and file_sha256(f) == committed.get("sha256"):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
             if f.name in folders:
@@ -213,16 +212,6 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
             continue
         left.append(f)
     return left
-
-
-def _sha256(path: Path) -> str | None:
-    """The entry's content hash as :func:`parse_request_file` records it (None for a link or an unreadable one)."""
-    try:
-        if path.is_symlink():
-            return None
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:

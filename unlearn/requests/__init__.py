@@ -18,6 +18,7 @@ from unlearn.requests.parsing import (
     FileProblem,
     ParsedFile,
     RawRequest,
+    file_sha256,
     parse_request_bytes,
     parse_request_file,
     sanitize_file_name,
@@ -27,7 +28,7 @@ from unlearn.requests.routing import RequestRouter, Routing
 
 __all__ = [
     "FIELDS", "MAX_FILE_BYTES", "NOT_AN_OBJECT", "RAGGED_ROW", "FileProblem", "Ledger", "LedgerError", "ParsedFile",
-    "RawRequest", "RequestRouter", "Routing", "content_digest", "hash_ids", "hash_subject", "load_or_create_salt",
-    "request_digest",
+    "RawRequest", "RequestRouter", "Routing", "content_digest", "file_sha256", "hash_ids", "hash_subject",
+    "load_or_create_salt", "request_digest",
     "parse_request_bytes", "parse_request_file", "sanitize_file_name", "skipped_in_inbox",
 ]

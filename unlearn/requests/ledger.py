@@ -40,8 +40,8 @@ class Ledger:
         self.path = Path(path)
         self.batches: dict[str, dict[str, Any]] = {}
         self.acknowledged: dict[str, dict[str, Any]] = {}
-        # Inbox entries the last ingests committed, by name: {"identity": [...], "ingest_id": ...} (see
-        # tasks/stage/ingest.py: an entry a crash left in the inbox after the commit is not processed twice).
+        # Inbox entries the running ingest committed, by name: {"identity": [...], "sha256": ..., "ingest_id": ...}
+        # (tasks/stage/ingest.py: an entry a crash left in the inbox after the commit is not processed twice).
         self.consumed_inbox: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:

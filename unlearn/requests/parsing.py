@@ -151,6 +151,12 @@ def _read_regular_file(path: Path, limit: int) -> _Read:
 
 
 
+def file_sha256(path: Path) -> str | None:
+    """The content hash :func:`parse_request_file` records for an inbox entry, read the same way: None for
+    anything but a regular file (a link is never followed, a FIFO never blocks)."""
+    return _read_regular_file(path, 0).sha256
+
+
 def parse_request_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> ParsedFile:
     """Read and parse one request file from the inbox.
 
