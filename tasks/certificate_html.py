@@ -441,6 +441,11 @@ def _purge_section(document: dict[str, Any]) -> str:
             ("Shared with live data", _num(scan.get("shared_with_live"))),
             ("Paths not scanned", _num(not_scanned)),
             ("Matches", _num(matches))]
+    if "weight_fingerprints" in scan:  # purges before fingerprints were counted do not say
+        rows.insert(-2, ("Retired-weight fingerprints searched", _num(scan.get("weight_fingerprints"))))
+    if "weight_fingerprints_shared_with_live" in scan:
+        rows.insert(-2, ("Retired-weight fingerprints held by a live model (not searched)",
+                         _num(scan.get("weight_fingerprints_shared_with_live"))))
     return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_definition_list(rows)}\n</section>'
 
 

@@ -180,8 +180,9 @@ def _registry_findings(project: Project, client: Any) -> list[Finding]:
                 findings.append(Finding("registry", name, f"tagged artifacts_deleted but {left} artifact "
                                                           "file(s) remain"))
             if not fingerprints.get(version):
-                findings.append(Finding("weights", name, "no weight fingerprints were taken before deletion: "
-                                                         "copies elsewhere on disk cannot be searched for"))
+                findings.append(Finding("weights", name, "no weight fingerprints were taken before deletion (its "
+                                                         "weights were unreadable, or had no bytes apart from a live "
+                                                         "version's): copies elsewhere on disk cannot be searched for"))
     if project.certificates_dir.exists():
         for path in sorted(project.certificates_dir.glob("*.json")):
             try:
@@ -249,7 +250,7 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
                                 "the ledger records model outcomes but there is no registry to check them against"))
     from tasks.lifecycle import retired_weight_patterns
 
-    findings += _scan_findings(project, "weights", retired_weight_patterns(project), "retired model weights")
+    findings += _scan_findings(project, "weights", retired_weight_patterns(project, client)[0], "retired model weights")
     if deep:
         findings += _scan_findings(project, "samples", purged_sample_patterns(project), "a purged sample's bytes")
     return findings

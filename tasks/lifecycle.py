@@ -133,12 +133,35 @@ def _fingerprints_path(project: Project) -> Path:
     return project.state_dir / "retired-weights.json"
 
 
+def live_weights(project: Project, client: Any, *, besides: str | None = None) -> list[dict[str, np.ndarray]]:
+    """The weights of every version whose artifacts legitimately stay (not retired), except ``besides``.
+
+    Their files are part of the project, so no retired fingerprint may be searched for where they would
+    match: a successor that kept most of its parent's bytes (SSD, SalUn) would otherwise make every scan
+    "find" the retired weights. A version that cannot be read is left out (with a warning): its files
+    then still trip any fingerprint it shares, which errs towards a failed scan, never a false clean one.
+    """
+    states = []
+    for mv in tracking.all_versions(project, client):
+        if mv.tags.get("retired") == "true" or str(mv.version) == besides:
+            continue
+        try:
+            model = tracking.load_model(project, client, str(mv.version))
+        except PipelineError as exc:
+            log.warning("weights of version %s cannot be read to tell its bytes apart (%s)", mv.version, exc)
+            continue
+        states.append({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+    return states
+
+
 def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None:
     """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
 
     The purge scan and ``unlearn doctor`` then search the project for them, so "artifacts deleted"
     is checked against every copy on disk (a stray export, a backup under the project), not only
-    against the artifact store's own listing. Hex never matches the raw bytes it encodes, so this file
+    against the artifact store's own listing. Fingerprints are taken where the version's bytes differ
+    from every live version's (:func:`unlearn.forensics.weight_patterns`' ``avoid``), so a successor
+    that kept most of them does not match. Hex never matches the raw bytes it encodes, so this file
     does not trip the scan. A version whose weights cannot be read any more gets none (and says so).
     """
     from unlearn.forensics import weight_patterns
@@ -149,8 +172,12 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None
         return
     try:
         model = tracking.load_model(project, client, str(mv.version))
-        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                                   avoid=live_weights(project, client, besides=str(mv.version)))
         known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
+        if not patterns:
+            log.warning("retire: version %s has no weights of its own to fingerprint (identical to a live "
+                        "version's, or too small)", mv.version)
     except PipelineError as exc:
         log.warning("retire: weights of version %s cannot be fingerprinted (%s)", mv.version, exc)
         known[str(mv.version)] = {}
@@ -194,13 +221,27 @@ def _refuse_matches(project: Project, scan: Any, weights: dict[str, bytes], **re
     raise PipelineError(f"purge incomplete: {what} still found in {len(places)} file(s): {', '.join(places[:10])}")
 
 
-def retired_weight_patterns(project: Project) -> dict[str, bytes]:
-    """Scan patterns for every retired version's weight fingerprints, keyed ``v<version>-w<rank>``."""
+def retired_weight_patterns(project: Project, client: Any | None = None) -> tuple[dict[str, bytes], int]:
+    """Scan patterns for every retired version's weight fingerprints, keyed ``v<version>-w<rank>``.
+
+    With a registry ``client``, fingerprints that occur in a live version's weights are left out and
+    counted: those bytes are in the project by right (a later successor kept them), so they cannot tell
+    a stray copy of the retired weights from the live model's own files.
+
+    Returns:
+        (patterns, how many fingerprints were left out as shared with a live version).
+    """
+    from unlearn.forensics import shared_patterns
+
     path = _fingerprints_path(project)
     if not path.exists():
-        return {}
-    return {f"v{version}-{key}": bytes.fromhex(value)
-            for version, patterns in json.loads(path.read_text()).items() for key, value in patterns.items()}
+        return {}, 0
+    patterns = {f"v{version}-{key}": bytes.fromhex(value)
+                for version, found in json.loads(path.read_text()).items() for key, value in found.items()}
+    if not patterns or client is None:
+        return patterns, 0
+    shared = shared_patterns(patterns, live_weights(project, client))
+    return {k: v for k, v in patterns.items() if k not in shared}, len(shared)
 
 
 def deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
@@ -246,13 +287,15 @@ def run_purge(project: Project) -> dict[str, Any]:
             # searched for across the project as a purge's are (review of 2026-12-06: only the artifact store's
             # own listing was checked, though certificates then said the artifacts were deleted). A crash before
             # the record leaves the version unscanned, and the next run scans it.
-            weights = retired_weight_patterns(project)
+            weights, weights_shared = retired_weight_patterns(project, client)
             scan = scan_project_for_samples(project, weights)
             _refuse_matches(project, scan, weights, model_versions=unscanned)
             audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
-                         weight_fingerprints=len(weights), matches=0)
+                         weight_fingerprints=len(weights), weight_fingerprints_shared_with_live=weights_shared,
+                         matches=0)
             _mark_weights_scanned(project, unscanned)
             summary["weight_scan"] = {"versions": unscanned, "files": scan.files, "matches": 0,
+                                      "weight_fingerprints": len(weights), "shared_with_live": weights_shared,
                                       "not_scanned": len(scan.errors) + len(scan.unfollowed)}
         return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
     closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
@@ -268,14 +311,15 @@ def run_purge(project: Project) -> dict[str, Any]:
         quarantine_path(project, batch_id).unlink(missing_ok=True)
     live = SampleStore(project.store_dir).load().images
     patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
-    weights = retired_weight_patterns(project)
+    weights, weights_shared = retired_weight_patterns(project, client)
     scan = scan_project_for_samples(project, {**patterns, **weights})
     _refuse_matches(project, scan, weights, batch_ids=to_close)
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
-                 "weight_fingerprints": len(weights), "matches": len(scan.matches),
+                 "weight_fingerprints": len(weights), "weight_fingerprints_shared_with_live": weights_shared,
+                 "matches": len(scan.matches),
                  # unreadable files and links to folders: the certificate says nothing is claimed about them
                  "not_scanned": len(scan.errors) + len(scan.unfollowed)},
     }

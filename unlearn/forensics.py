@@ -18,7 +18,7 @@ import os
 import subprocess
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,38 +101,103 @@ def sample_patterns(deleted: Arrays, live_images: np.ndarray) -> tuple[dict[str,
     return patterns, dropped
 
 
-def weight_patterns(tensors: dict[str, np.ndarray], *, count: int = 4, length: int = 256) -> dict[str, bytes]:
+def weight_patterns(
+    tensors: dict[str, np.ndarray],
+    *,
+    count: int = 4,
+    length: int = 256,
+    avoid: Sequence[dict[str, np.ndarray]] = (),
+    tries: int = 32,
+) -> dict[str, bytes]:
     """Byte fingerprints of a model's weights, to prove its artifacts are gone from disk.
 
     Serialisers store a tensor's values as its raw little-endian bytes (``torch.save``'s zip entries,
-    ``torch.export``'s ``.pt2`` archives, safetensors), so a run of ``length`` bytes from the middle of
-    one of the largest tensors is found in any copy of the weights however they were packaged, while a
-    model that was fine-tuned away from them (a successor) no longer contains them. Runs with fewer than
+    ``torch.export``'s ``.pt2`` archives, safetensors), so a run of ``length`` bytes from one of the
+    largest tensors is found in any copy of the weights however they were packaged, while a model
+    that was fine-tuned away from them (a successor) no longer contains them. Runs with fewer than
     16 distinct byte values (zero padding, constant init) are skipped: they would match unrelated files.
+
+    Some successors keep most of their parent's bytes (SSD dampens a few weights and copies the rest;
+    SalUn updates only its salient weights): a run taken from an unchanged stretch occurs in the live
+    successor's own files, and every scan would then find the "retired" weights. ``avoid`` names the
+    models whose files legitimately stay: a run is taken where this model's bytes differ from theirs
+    (windows around the differing bytes of a same-named tensor, nearest the middle first), and only if
+    it occurs in none of their weights. A tensor with no such run is skipped, so a model identical to
+    a live one gets no fingerprints at all: there is nothing of its own to search for.
 
     Args:
         tensors: Parameter name -> array (a state dict converted with ``.cpu().numpy()``).
-        count: How many tensors to fingerprint (the largest ones).
+        count: How many tensors to fingerprint (the largest ones that have a usable run).
         length: Bytes per fingerprint.
+        avoid: State dicts (same form) of models whose weights must not match any fingerprint.
+        tries: Windows tried per tensor before it is skipped.
 
     Returns:
-        Fingerprint key (``w<rank>``, no parameter names) -> bytes; empty when no tensor is large enough.
+        Fingerprint key (``w<rank>``, no parameter names) -> bytes; empty when no tensor is large enough
+        or none differs from the ``avoid`` models.
     """
+    blobs = [weights_blob(other) for other in avoid]
     ranked = sorted(((np.asarray(v).nbytes, k) for k, v in tensors.items()), reverse=True)
     patterns: dict[str, bytes] = {}
     for _, name in ranked:
-        data = np.ascontiguousarray(np.asarray(tensors[name])).astype(
-            np.asarray(tensors[name]).dtype.newbyteorder("<"), copy=False).tobytes()
+        data = _le_bytes(tensors[name])
         if len(data) < length:
             break
-        start = (len(data) - length) // 2
-        run = data[start:start + length]
-        if len(set(run)) < 16:
-            continue
-        patterns[f"w{len(patterns)}"] = run
+        same = [_le_bytes(other[name]) for other in avoid if name in other]
+        for start in _window_starts(data, [o for o in same if len(o) == len(data)], length, tries):
+            run = data[start:start + length]
+            if len(set(run)) < 16 or any(run in blob for blob in blobs):
+                continue
+            patterns[f"w{len(patterns)}"] = run
+            break
         if len(patterns) == count:
             break
     return patterns
+
+
+def weights_blob(tensors: dict[str, np.ndarray]) -> bytes:
+    """Every tensor's little-endian bytes, concatenated: what any serialisation of the weights contains."""
+    return b"".join(_le_bytes(value) for value in tensors.values())
+
+
+def shared_patterns(patterns: dict[str, bytes], models: Sequence[dict[str, np.ndarray]]) -> set[str]:
+    """Keys of the patterns that occur in any of ``models``' weights (so in their files, by right)."""
+    shared: set[str] = set()
+    for model in models:
+        blob = weights_blob(model)
+        shared |= {key for key, pattern in patterns.items() if key not in shared and pattern in blob}
+    return shared
+
+
+def _le_bytes(value: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(np.asarray(value))
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _window_starts(data: bytes, same: list[bytes], length: int, tries: int) -> list[int]:
+    """Candidate window offsets, best first.
+
+    With nothing to avoid: the middle, then evenly spaced windows. With same-named tensors to avoid:
+    windows around the bytes that differ from them (nearest the middle first, then spread over the
+    tensor), and none at all when the tensor is identical to one of them (its bytes are theirs).
+    """
+    last = len(data) - length
+    middle = last // 2
+    if not same:
+        return list(dict.fromkeys([middle, *(int(x) for x in np.linspace(0, last, num=max(2, tries - 1)).round())]))
+    mine = np.frombuffer(data, dtype=np.uint8)
+    differs = np.ones(len(data), dtype=bool)
+    for other in same:
+        if other == data:
+            return []
+        differs &= mine != np.frombuffer(other, dtype=np.uint8)  # a byte of its own against every one of them
+    if not differs.any():  # differs from each somewhere, never from all at one place: the blob check decides
+        differs = np.ones(len(data), dtype=bool)
+    where = np.flatnonzero(differs)
+    half = max(1, tries // 2)
+    near = where[np.argsort(np.abs(where - (middle + length // 2)), kind="stable")[:half]]
+    spread = where[::max(1, where.size // half)][:half]
+    return list(dict.fromkeys(int(min(max(pos - length // 2, 0), last)) for pos in (*near, *spread)))
 
 
 def _digest(data: bytes) -> bytes:

@@ -139,3 +139,42 @@ def test_weight_patterns_skip_constant_tensors():
 
     assert weight_patterns({"zeros": np.zeros(4096, dtype=np.float32)}) == {}
     assert weight_patterns({"tiny": np.arange(8, dtype=np.float32)}) == {}
+
+
+def _successor_keeping_most_bytes(state, changed=3, seed=0):
+    """An SSD-like child: a few weights of each large tensor dampened, every other byte the parent's."""
+    rng = np.random.default_rng(seed)
+    child = {k: v.copy() for k, v in state.items()}
+    for value in child.values():
+        if value.size >= 64:
+            flat = value.reshape(-1)
+            flat[rng.choice(flat.size, size=changed, replace=False)] *= 0.5
+    return child
+
+
+def test_weight_patterns_avoid_the_bytes_a_live_successor_kept(tmp_path):
+    """Review of 2026-12-06: SSD leaves most of its parent's bytes in the child, so the parent's
+    fingerprints (the middle of each large tensor) were found in the live champion's own files and
+    every purge failed. Fingerprints taken with ``avoid`` match the parent's files, not the child's."""
+    import torch
+
+    from unlearn.forensics import scan_for_patterns, shared_patterns, weight_patterns
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    parent = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    child = _successor_keeping_most_bytes(parent)
+    for where, state in (("parent", parent), ("child", child)):
+        (tmp_path / where).mkdir()
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / where / "state_dict.pt")
+
+    naive = weight_patterns(parent)  # what was taken before: the child's files match it
+    assert shared_patterns(naive, [child]) and not scan_for_patterns([tmp_path / "child"], naive).clean
+
+    patterns = weight_patterns(parent, avoid=[child])
+    assert len(patterns) >= 2 and shared_patterns(patterns, [child]) == set()
+    assert scan_for_patterns([tmp_path / "child"], patterns).clean
+    found = scan_for_patterns([tmp_path / "parent"], patterns)
+    assert {key for _, key in found.matches} == set(patterns)
+    assert weight_patterns(parent, avoid=[{k: v.copy() for k, v in parent.items()}]) == {}  # nothing of its own
+    assert weight_patterns(parent) == weight_patterns(parent, avoid=[])  # unchanged without anything to avoid
