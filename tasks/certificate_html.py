@@ -438,7 +438,7 @@ def _purge_section(document: dict[str, Any]) -> str:
             ("Files scanned", _num(scan.get("files"))),
             ("Bytes scanned", _bytes(scan.get("bytes"))),
             ("Patterns", _num(scan.get("patterns"))),
-            ("Shared with live data", _num(scan.get("shared_with_live"))),
+            ("Deleted samples identical to a live one (not searched)", _num(scan.get("shared_with_live"))),
             ("Paths not scanned", _num(not_scanned)),
             ("Matches", _num(matches))]
     if "weight_fingerprints" in scan:  # purges before fingerprints were counted do not say
@@ -446,6 +446,13 @@ def _purge_section(document: dict[str, Any]) -> str:
     if "weight_fingerprints_shared_with_live" in scan:
         rows.insert(-2, ("Retired-weight fingerprints held by a live model (not searched)",
                          _num(scan.get("weight_fingerprints_shared_with_live"))))
+    unsearchable = scan.get("weight_versions_unsearchable")
+    if isinstance(unsearchable, list) and unsearchable:
+        names = ", ".join(_escaped(v) for v in unsearchable)
+        rows.insert(-2, ("Retired versions whose weights could not be searched for", names))
+        callout += (f'\n<p class="callout matches-partial">The weights of retired version(s) {names} could not be '
+                    "searched for (no fingerprint of their own was left to search): nothing is claimed about copies "
+                    "of them outside the artifact store.</p>")
     return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_definition_list(rows)}\n</section>'
 
 

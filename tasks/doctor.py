@@ -142,8 +142,8 @@ def _files_left(project: Project, client: Any, mv: Any) -> tuple[int | None, str
         return None, str(exc)
 
 
-def _registry_findings(project: Project, client: Any) -> list[Finding]:
-    from tasks.lifecycle import retired_weight_fingerprints, uncovered_deletions
+def _registry_findings(project: Project, client: Any, searched: set[str]) -> list[Finding]:
+    from tasks.lifecycle import uncovered_deletions
     from unlearn.requests import Ledger
 
     findings = []
@@ -163,7 +163,6 @@ def _registry_findings(project: Project, client: Any) -> list[Finding]:
         elif not left:
             detail = f" ({why})" if why else ""
             findings.append(Finding("registry", name, f"the champion has no model artifacts on disk{detail}"))
-    fingerprints = retired_weight_fingerprints(project)
     for version, mv in sorted(versions.items(), key=lambda kv: int(kv[0])):
         tags, name = mv.tags, f"version {version}"
         if tags.get("retired") == "true" and tags.get("artifacts_deleted") != "true":
@@ -179,10 +178,12 @@ def _registry_findings(project: Project, client: Any) -> list[Finding]:
             elif left:
                 findings.append(Finding("registry", name, f"tagged artifacts_deleted but {left} artifact "
                                                           "file(s) remain"))
-            if not fingerprints.get(version):
-                findings.append(Finding("weights", name, "no weight fingerprints were taken before deletion (its "
-                                                         "weights were unreadable, or had no bytes apart from a live "
-                                                         "version's): copies elsewhere on disk cannot be searched for"))
+            if version not in searched:
+                findings.append(Finding("weights", name, "no fingerprint of its weights can be searched for (none was "
+                                                         "taken before deletion, its weights being unreadable or "
+                                                         "without a run of bytes apart from the live versions'; or "
+                                                         "each one taken is also in a live version's weights): "
+                                                         "copies elsewhere on disk cannot be found"))
     if project.certificates_dir.exists():
         for path in sorted(project.certificates_dir.glob("*.json")):
             try:
@@ -242,15 +243,16 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
                                                                       "certificate file"))
     client = tracking.reader(project) if tracking.has_registry(project) else None  # never create one to look
     findings += _unrecorded_changes(project, ledger, client)
+    from tasks.retired_weights import retired_weight_patterns
+
+    weights = retired_weight_patterns(project, client)  # loads the live versions once, for both checks
     if client is not None:
-        findings += _registry_findings(project, client)
+        findings += _registry_findings(project, client, weights.searched)
     elif any(note.get("outcome") not in (None, "data_only") for b in ledger.oldest_first()
              for note in ledger.batch(b)["history"]):
         findings.append(Finding("registry", str(project.tracking_uri).split("?")[0][-60:],
                                 "the ledger records model outcomes but there is no registry to check them against"))
-    from tasks.lifecycle import retired_weight_patterns
-
-    findings += _scan_findings(project, "weights", retired_weight_patterns(project, client)[0], "retired model weights")
+    findings += _scan_findings(project, "weights", weights.patterns, "retired model weights")
     if deep:
         findings += _scan_findings(project, "samples", purged_sample_patterns(project), "a purged sample's bytes")
     return findings

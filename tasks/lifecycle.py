@@ -25,10 +25,17 @@ import numpy as np
 from tasks import audit, tracking
 from tasks.evidence import evidence_summary
 from tasks.project import PipelineError, Project, quarantine_path
+from tasks.retired_weights import (
+    mark_weights_scanned,
+    remember_weight_fingerprints,
+    retired_weight_fingerprints,
+    retired_weight_patterns,
+    unscanned_retirements,
+)
 from tasks.stage.state import write_state
 from unlearn.data import SampleStore, load_source
 from unlearn.data.store import Arrays, split_labels
-from unlearn.files import utc_now, utc_timestamp, write_json_atomic
+from unlearn.files import utc_now, utc_timestamp
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
@@ -129,88 +136,6 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
     return actions
 
 
-def _fingerprints_path(project: Project) -> Path:
-    return project.state_dir / "retired-weights.json"
-
-
-def live_weights(project: Project, client: Any, *, besides: str | None = None) -> list[dict[str, np.ndarray]]:
-    """The weights of every version whose artifacts legitimately stay (not retired), except ``besides``.
-
-    Their files are part of the project, so no retired fingerprint may be searched for where they would
-    match: a successor that kept most of its parent's bytes (SSD, SalUn) would otherwise make every scan
-    "find" the retired weights. A version that cannot be read is left out (with a warning): its files
-    then still trip any fingerprint it shares, which errs towards a failed scan, never a false clean one.
-    """
-    states = []
-    for mv in tracking.all_versions(project, client):
-        if mv.tags.get("retired") == "true" or str(mv.version) == besides:
-            continue
-        try:
-            model = tracking.load_model(project, client, str(mv.version))
-        except PipelineError as exc:
-            log.warning("weights of version %s cannot be read to tell its bytes apart (%s)", mv.version, exc)
-            continue
-        states.append({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
-    return states
-
-
-def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None:
-    """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
-
-    The purge scan and ``unlearn doctor`` then search the project for them, so "artifacts deleted"
-    is checked against every copy on disk (a stray export, a backup under the project), not only
-    against the artifact store's own listing. Fingerprints are taken where the version's bytes differ
-    from every live version's (:func:`unlearn.forensics.weight_patterns`' ``avoid``), so a successor
-    that kept most of them does not match. Hex never matches the raw bytes it encodes, so this file
-    does not trip the scan. A version whose weights cannot be read any more gets none (and says so).
-    """
-    from unlearn.forensics import weight_patterns
-
-    path = _fingerprints_path(project)
-    known = json.loads(path.read_text()) if path.exists() else {}
-    if str(mv.version) in known:
-        return
-    try:
-        model = tracking.load_model(project, client, str(mv.version))
-        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
-                                   avoid=live_weights(project, client, besides=str(mv.version)))
-        known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
-        if not patterns:
-            log.warning("retire: version %s has no weights of its own to fingerprint (identical to a live "
-                        "version's, or too small)", mv.version)
-    except PipelineError as exc:
-        log.warning("retire: weights of version %s cannot be fingerprinted (%s)", mv.version, exc)
-        known[str(mv.version)] = {}
-    write_json_atomic(path, known)
-
-
-def retired_weight_fingerprints(project: Project) -> dict[str, dict[str, str]]:
-    """Version -> fingerprint key -> hex, as taken before each retirement (empty for a version that had none)."""
-    path = _fingerprints_path(project)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _scanned_path(project: Project) -> Path:
-    return project.state_dir / "retired-weights-scanned.json"
-
-
-def _weights_scanned(project: Project) -> set[str]:
-    path = _scanned_path(project)
-    return set(json.loads(path.read_text())) if path.exists() else set()
-
-
-def unscanned_retirements(project: Project) -> list[str]:
-    """Retired versions whose weights no purge scan has searched the project for yet (oldest first)."""
-    scanned = _weights_scanned(project)
-    return sorted((v for v in retired_weight_fingerprints(project) if v not in scanned), key=int)
-
-
-def _mark_weights_scanned(project: Project, versions: list[str]) -> None:
-    scanned = _weights_scanned(project)
-    if not set(versions) <= scanned:
-        write_json_atomic(_scanned_path(project), sorted(scanned | set(versions), key=int))
-
-
 def _refuse_matches(project: Project, scan: Any, weights: dict[str, bytes], **record: Any) -> None:
     """A scan that found deleted bytes: a ``purge.incomplete`` record, then the error naming the files."""
     if not scan.matches:
@@ -219,29 +144,6 @@ def _refuse_matches(project: Project, scan: Any, weights: dict[str, bytes], **re
     what = "retired model weights" if all(key in weights for _, key in scan.matches) else "deleted samples' bytes"
     audit.record(project, "purge.incomplete", **record, matches=len(scan.matches))
     raise PipelineError(f"purge incomplete: {what} still found in {len(places)} file(s): {', '.join(places[:10])}")
-
-
-def retired_weight_patterns(project: Project, client: Any | None = None) -> tuple[dict[str, bytes], int]:
-    """Scan patterns for every retired version's weight fingerprints, keyed ``v<version>-w<rank>``.
-
-    With a registry ``client``, fingerprints that occur in a live version's weights are left out and
-    counted: those bytes are in the project by right (a later successor kept them), so they cannot tell
-    a stray copy of the retired weights from the live model's own files.
-
-    Returns:
-        (patterns, how many fingerprints were left out as shared with a live version).
-    """
-    from unlearn.forensics import shared_patterns
-
-    path = _fingerprints_path(project)
-    if not path.exists():
-        return {}, 0
-    patterns = {f"v{version}-{key}": bytes.fromhex(value)
-                for version, found in json.loads(path.read_text()).items() for key, value in found.items()}
-    if not patterns or client is None:
-        return patterns, 0
-    shared = shared_patterns(patterns, live_weights(project, client))
-    return {k: v for k, v in patterns.items() if k not in shared}, len(shared)
 
 
 def deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
@@ -287,15 +189,13 @@ def run_purge(project: Project) -> dict[str, Any]:
             # searched for across the project as a purge's are (review of 2026-12-06: only the artifact store's
             # own listing was checked, though certificates then said the artifacts were deleted). A crash before
             # the record leaves the version unscanned, and the next run scans it.
-            weights, weights_shared = retired_weight_patterns(project, client)
-            scan = scan_project_for_samples(project, weights)
-            _refuse_matches(project, scan, weights, model_versions=unscanned)
+            weights = retired_weight_patterns(project, client)
+            scan = scan_project_for_samples(project, weights.patterns)
+            _refuse_matches(project, scan, weights.patterns, model_versions=unscanned)
             audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
-                         weight_fingerprints=len(weights), weight_fingerprints_shared_with_live=weights_shared,
-                         matches=0)
-            _mark_weights_scanned(project, unscanned)
-            summary["weight_scan"] = {"versions": unscanned, "files": scan.files, "matches": 0,
-                                      "weight_fingerprints": len(weights), "shared_with_live": weights_shared,
+                         **weights.evidence(), matches=0)
+            mark_weights_scanned(project, unscanned)
+            summary["weight_scan"] = {"versions": unscanned, "files": scan.files, "matches": 0, **weights.evidence(),
                                       "not_scanned": len(scan.errors) + len(scan.unfollowed)}
         return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
     closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
@@ -311,15 +211,14 @@ def run_purge(project: Project) -> dict[str, Any]:
         quarantine_path(project, batch_id).unlink(missing_ok=True)
     live = SampleStore(project.store_dir).load().images
     patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
-    weights, weights_shared = retired_weight_patterns(project, client)
-    scan = scan_project_for_samples(project, {**patterns, **weights})
-    _refuse_matches(project, scan, weights, batch_ids=to_close)
+    weights = retired_weight_patterns(project, client)
+    scan = scan_project_for_samples(project, {**patterns, **weights.patterns})
+    _refuse_matches(project, scan, weights.patterns, batch_ids=to_close)
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
-                 "weight_fingerprints": len(weights), "weight_fingerprints_shared_with_live": weights_shared,
-                 "matches": len(scan.matches),
+                 **weights.evidence(), "matches": len(scan.matches),
                  # unreadable files and links to folders: the certificate says nothing is claimed about them
                  "not_scanned": len(scan.errors) + len(scan.unfollowed)},
     }
@@ -332,9 +231,10 @@ def run_purge(project: Project) -> dict[str, Any]:
     # Recorded before the ledger marks the batches purged: a crash in between repeats the purge (and this
     # true record) on the next run, where the other order would leave a purge the log never mentions.
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
-                 objects_removed=evidence["objects_removed"], files_scanned=scan.files, matches=0)
+                 objects_removed=evidence["objects_removed"], files_scanned=scan.files,
+                 weight_versions_unsearchable=list(weights.unsearchable), matches=0)
     ledger.save()
-    _mark_weights_scanned(project, list(retired_weight_fingerprints(project)))  # every one was in this scan
+    mark_weights_scanned(project, list(retired_weight_fingerprints(project)))  # every one was in this scan
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
     if scan.errors or scan.unfollowed:
         log.warning("purge: %d path(s) could not be scanned (unreadable, or links to folders): `unlearn doctor "

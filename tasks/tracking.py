@@ -326,7 +326,7 @@ def load_model(project: Project, client, version: str) -> nn.Module:
     try:
         model = build_model(arch["arch_model"], int(arch["arch_in_channels"]), int(arch["arch_num_classes"]))
         model.load_state_dict(state)
-    except (KeyError, RuntimeError) as exc:
+    except (KeyError, RuntimeError, ValueError) as exc:  # ValueError: a factory that no longer imports (ConfigError)
         raise PipelineError(f"model version {name}/{version} does not match its architecture tags: {exc}") from None
     return model.eval()
 

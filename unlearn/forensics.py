@@ -177,27 +177,29 @@ def _le_bytes(value: np.ndarray) -> bytes:
 def _window_starts(data: bytes, same: list[bytes], length: int, tries: int) -> list[int]:
     """Candidate window offsets, best first.
 
-    With nothing to avoid: the middle, then evenly spaced windows. With same-named tensors to avoid:
-    windows around the bytes that differ from them (nearest the middle first, then spread over the
-    tensor), and none at all when the tensor is identical to one of them (its bytes are theirs).
+    With nothing to avoid: the middle, then evenly spaced windows. With same-named tensors to avoid: only
+    windows holding at least one byte that differs from each of them (a prefix sum of the differing bytes
+    per tensor counts them in every window at once), nearest the middle first, then spread over the
+    tensor; none at all when no window differs from all of them. Sparse edits by two children of one
+    parent (SSD's dampened weights) seldom share a position, but a window spans both often enough.
     """
     last = len(data) - length
     middle = last // 2
     if not same:
         return list(dict.fromkeys([middle, *(int(x) for x in np.linspace(0, last, num=max(2, tries - 1)).round())]))
     mine = np.frombuffer(data, dtype=np.uint8)
-    differs = np.ones(len(data), dtype=bool)
+    valid = np.ones(last + 1, dtype=bool)
     for other in same:
-        if other == data:
+        counts = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum(mine != np.frombuffer(other, dtype=np.uint8), out=counts[1:])
+        valid &= counts[length:] > counts[:last + 1]
+        if not valid.any():
             return []
-        differs &= mine != np.frombuffer(other, dtype=np.uint8)  # a byte of its own against every one of them
-    if not differs.any():  # differs from each somewhere, never from all at one place: the blob check decides
-        differs = np.ones(len(data), dtype=bool)
-    where = np.flatnonzero(differs)
+    starts = np.flatnonzero(valid)
     half = max(1, tries // 2)
-    near = where[np.argsort(np.abs(where - (middle + length // 2)), kind="stable")[:half]]
-    spread = where[::max(1, where.size // half)][:half]
-    return list(dict.fromkeys(int(min(max(pos - length // 2, 0), last)) for pos in (*near, *spread)))
+    near = starts[np.argsort(np.abs(starts - middle), kind="stable")[:half]]
+    spread = starts[::max(1, starts.size // half)][:half]
+    return list(dict.fromkeys(int(pos) for pos in (*near, *spread)))
 
 
 def _digest(data: bytes) -> bytes:

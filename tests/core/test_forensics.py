@@ -178,3 +178,18 @@ def test_weight_patterns_avoid_the_bytes_a_live_successor_kept(tmp_path):
     assert {key for _, key in found.matches} == set(patterns)
     assert weight_patterns(parent, avoid=[{k: v.copy() for k, v in parent.items()}]) == {}  # nothing of its own
     assert weight_patterns(parent) == weight_patterns(parent, avoid=[])  # unchanged without anything to avoid
+
+
+def test_weight_patterns_find_runs_apart_from_two_sparse_siblings():
+    """Two live children of one parent, each dampening a few scattered weights: their edits seldom share
+    a byte, so a window is kept when it holds an edit against each (review of 2026-12-06: intersecting the
+    differing bytes left the parent with no fingerprint at all)."""
+    from unlearn.forensics import shared_patterns, weight_patterns
+
+    rng = np.random.default_rng(3)
+    parent = {f"layer{i}": rng.standard_normal(40_000).astype(np.float32) for i in range(4)}
+    siblings = [_successor_keeping_most_bytes(parent, changed=100, seed=seed) for seed in (1, 2)]
+    patterns = weight_patterns(parent, avoid=siblings)
+    assert len(patterns) == 4 and shared_patterns(patterns, siblings) == set()
+    sparse = [_successor_keeping_most_bytes(parent, changed=2, seed=seed) for seed in (1, 2)]
+    assert shared_patterns(weight_patterns(parent, avoid=sparse), sparse) == set()  # fewer, never shared

@@ -388,3 +388,17 @@ def test_a_utility_row_is_explained_not_read_as_memory(tmp_path, png):
          "reason": "utility kept"})
     html = write_certificate(certificate, {"ROC": png}, tmp_path / "b")[1].read_text()
     assert "its accuracy above always answering the most frequent class" in html and "one-sided" in html
+
+
+def test_retired_weights_that_could_not_be_searched_for_are_named_not_passed_over(tmp_path):
+    certificate = _certificate()
+    certificate["purge"]["scan"].update({"matches": 0, "weight_fingerprints": 0,
+                                         "weight_fingerprints_shared_with_live": 4,
+                                         "weight_versions_unsearchable": ["1"]})
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    assert "The weights of retired version(s) 1 could not be searched for" in body
+    assert re.search(r"held by a live model \(not searched\)</dt>\s*<dd>4</dd>", body)
+    certificate["purge"]["scan"]["weight_versions_unsearchable"] = []
+    _, html_path = write_certificate(certificate, {}, tmp_path / "clean")
+    assert "could not be searched for" not in html_path.read_text().split("</style>")[1]

@@ -44,35 +44,54 @@ def _register_successor(project, client, parent_version):
 
 def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_bytes(champion_project):
     from tasks import tracking
-    from tasks.lifecycle import remember_weight_fingerprints, retired_weight_patterns
+    from tasks.doctor import diagnose
     from tasks.project import load_project
     from tasks.purge import scan_project_for_samples
-    from unlearn.forensics import weight_patterns
+    from tasks.retired_weights import remember_weight_fingerprints, retired_weight_patterns
+    from unlearn.forensics import shared_patterns, weight_patterns
 
     root, _ = champion_project(FAST)
     project = load_project(root)
     client = tracking.setup(project)
     parent = tracking.load_model(project, client, "1")
     parent_state = {k: v.detach().numpy().copy() for k, v in parent.state_dict().items()}
-    version, _ = _register_successor(project, client, "1")
+    version, child = _register_successor(project, client, "1")
     assert version == "2"
+    parent_mv_arch = client.get_model_version(tracking.model_name(project), "2").tags["arch_model"]
 
     remember_weight_fingerprints(project, client, client.get_model_version(tracking.model_name(project), "1"))
     tracking.retire_version(project, client, client.get_model_version(tracking.model_name(project), "1"),
                             reason="test", batches=[], at="2026-12-06T00:00:00Z")
-    weights, shared = retired_weight_patterns(project, client)
-    assert len(weights) >= 2 and shared == 0
-    assert scan_project_for_samples(project, weights).matches == ()  # the champion's own files do not match
+    weights = retired_weight_patterns(project, client)
+    assert len(weights.patterns) >= 2 and weights.shared == 0 and weights.unsearchable == ()
+    assert scan_project_for_samples(project, weights.patterns).matches == ()  # the champion's own files do not match
     stray = root / "exports" / "v1-backup.bin"  # a copy of the retired weights kept somewhere in the project
     stray.parent.mkdir()
     stray.write_bytes(b"".join(np.ascontiguousarray(v).tobytes() for v in parent_state.values()))
-    assert {key for _, key in scan_project_for_samples(project, weights).matches} == set(weights)
+    assert {key for _, key in scan_project_for_samples(project, weights.patterns).matches} == set(weights.patterns)
+    assert {f.subject for f in diagnose(project) if f.check == "weights"} == {f"{root.name}/exports/v1-backup.bin"}
     stray.unlink()
+    assert diagnose(project) == []
 
-    # fingerprints taken the old way (middle of each large tensor) are left out and counted, not searched for
+    # a live version whose architecture no longer builds is left out of the comparison, not a crash
+    name = tracking.model_name(project)
+    client.set_model_version_tag(name, "2", "arch_model", "gone_pkg.models:factory")
+    assert retired_weight_patterns(project, client).patterns == weights.patterns
+    client.set_model_version_tag(name, "2", "arch_model", parent_mv_arch)
+
+    # fingerprints taken the old way (the middle of each large tensor), which the SSD child still holds: not
+    # searched for, counted, and the version is named as unsearchable (the evidence, the doctor), never clean
     path = project.state_dir / "retired-weights.json"
-    path.write_text(json.dumps({"1": {k: v.hex() for k, v in weight_patterns(parent_state).items()}}))
-    weights, shared = retired_weight_patterns(project, client)
-    assert shared >= 1 and len(weights) + shared == len(weight_patterns(parent_state))
-    assert scan_project_for_samples(project, weights).matches == ()
-    assert scan_project_for_samples(project, retired_weight_patterns(project)[0]).matches  # unfiltered: a false hit
+    # (the review measured 4 of 4 held by a real SSD child; this synthetic one may have edited one of the windows)
+    old_style = weight_patterns(parent_state)
+    kept = shared_patterns(old_style, [{k: v.detach().numpy() for k, v in child.state_dict().items()}])
+    assert len(kept) >= 2
+    path.write_text(json.dumps({"1": {k: old_style[k].hex() for k in kept}}))
+    legacy = retired_weight_patterns(project, client)
+    assert legacy.patterns == {} and legacy.shared == len(kept) and legacy.unsearchable == ("1",)
+    assert retired_weight_patterns(project).patterns  # unfiltered, they would match the champion's own files
+    assert scan_project_for_samples(project, retired_weight_patterns(project).patterns).matches
+    (finding,) = diagnose(project)
+    assert (finding.check, finding.subject) == ("weights", "version 1") and "cannot be found" in finding.problem
+    assert legacy.evidence() == {"weight_fingerprints": 0, "weight_fingerprints_shared_with_live": legacy.shared,
+                                 "weight_versions_unsearchable": ["1"]}

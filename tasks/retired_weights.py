@@ -1,0 +1,153 @@
+"""Evidence that a retired model's weights are gone from disk, not only from the artifact store's listing.
+
+Before a version's artifacts are deleted, byte fingerprints of its weights are kept in local state
+(:func:`remember_weight_fingerprints`); every purge scan and ``unlearn doctor`` then search the whole
+project for them (:func:`retired_weight_patterns`). A fingerprint must be the retired version's own:
+successors that keep most of their parent's bytes (SSD dampens a few weights, SalUn updates its salient
+ones) hold the rest legitimately, so fingerprints are taken where the bytes differ from every live
+version's, and any that a live version holds anyway (taken by an older release, or a version promoted
+since) are left out of the search and counted. A retired version left with nothing to search for is
+named in the evidence as unsearchable, never passed over as clean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import tracking
+from tasks.project import PipelineError, Project
+from unlearn.files import write_json_atomic
+
+log = logging.getLogger("unlearn.pipeline")
+
+
+@dataclass(frozen=True)
+class RetiredWeights:
+    """What a scan can search for of the retired versions' weights.
+
+    Attributes:
+        patterns: Scan patterns, keyed ``v<version>-w<rank>`` (no parameter names).
+        shared: Fingerprints left out because a live version's weights hold the same bytes.
+        unsearchable: Retired versions with no fingerprint left to search for (none taken, or every one
+            shared with a live version): a scan says nothing about copies of their weights.
+    """
+
+    patterns: dict[str, bytes] = field(default_factory=dict)
+    shared: int = 0
+    unsearchable: tuple[str, ...] = ()
+
+    @property
+    def searched(self) -> set[str]:
+        """Retired versions with at least one fingerprint to search for."""
+        return {key.split("-", 1)[0][1:] for key in self.patterns}
+
+    def evidence(self) -> dict[str, Any]:
+        """The counts a purge record and certificate carry (fingerprint bytes never leave local state)."""
+        return {"weight_fingerprints": len(self.patterns), "weight_fingerprints_shared_with_live": self.shared,
+                "weight_versions_unsearchable": list(self.unsearchable)}
+
+
+def _fingerprints_path(project: Project) -> Path:
+    return project.state_dir / "retired-weights.json"
+
+
+def live_weights(project: Project, client: Any, *, besides: str | None = None) -> list[dict[str, np.ndarray]]:
+    """The weights of every version whose artifacts legitimately stay (not retired), except ``besides``.
+
+    Their files are part of the project, so no retired fingerprint may be searched for where they would
+    match: a successor that kept most of its parent's bytes (SSD, SalUn) would otherwise make every scan
+    "find" the retired weights. A version that cannot be read is left out (with a warning): its files
+    then still trip any fingerprint it shares, which errs towards a failed scan, never a false clean one.
+    """
+    states = []
+    for mv in tracking.all_versions(project, client):
+        if mv.tags.get("retired") == "true" or str(mv.version) == besides:
+            continue
+        try:
+            model = tracking.load_model(project, client, str(mv.version))
+        except PipelineError as exc:
+            log.warning("weights of version %s cannot be read to tell its bytes apart (%s)", mv.version, exc)
+            continue
+        states.append({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+    return states
+
+
+def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None:
+    """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
+
+    Fingerprints are taken where the version's bytes differ from every live version's
+    (:func:`unlearn.forensics.weight_patterns`' ``avoid``), so a successor that kept most of them does
+    not match. Hex never matches the raw bytes it encodes, so this file does not trip the scan. A
+    version whose weights cannot be read any more gets none (and says so).
+    """
+    from unlearn.forensics import weight_patterns
+
+    path = _fingerprints_path(project)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if str(mv.version) in known:
+        return
+    try:
+        model = tracking.load_model(project, client, str(mv.version))
+        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                                   avoid=live_weights(project, client, besides=str(mv.version)))
+        known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
+        if not patterns:
+            log.warning("retire: version %s has no weights of its own to fingerprint (no run of bytes apart "
+                        "from the live versions', or tensors too small)", mv.version)
+    except PipelineError as exc:
+        log.warning("retire: weights of version %s cannot be fingerprinted (%s)", mv.version, exc)
+        known[str(mv.version)] = {}
+    write_json_atomic(path, known)
+
+
+def retired_weight_fingerprints(project: Project) -> dict[str, dict[str, str]]:
+    """Version -> fingerprint key -> hex, as taken before each retirement (empty for a version that had none)."""
+    path = _fingerprints_path(project)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _scanned_path(project: Project) -> Path:
+    return project.state_dir / "retired-weights-scanned.json"
+
+
+def _weights_scanned(project: Project) -> set[str]:
+    path = _scanned_path(project)
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
+def unscanned_retirements(project: Project) -> list[str]:
+    """Retired versions whose weights no purge scan has searched the project for yet (oldest first)."""
+    scanned = _weights_scanned(project)
+    return sorted((v for v in retired_weight_fingerprints(project) if v not in scanned), key=int)
+
+
+def mark_weights_scanned(project: Project, versions: list[str]) -> None:
+    scanned = _weights_scanned(project)
+    if not set(versions) <= scanned:
+        write_json_atomic(_scanned_path(project), sorted(scanned | set(versions), key=int))
+
+
+def retired_weight_patterns(project: Project, client: Any | None = None) -> RetiredWeights:
+    """What can be searched for of every retired version's weights (:class:`RetiredWeights`).
+
+    With a registry ``client``, fingerprints that occur in a live version's weights are left out and
+    counted: those bytes are in the project by right (a successor kept them), so they cannot tell a stray
+    copy of the retired weights from the live model's own files. Each retired version left with no
+    fingerprint to search for is named: fingerprints taken by an older release from the middle of the
+    largest tensors, where an SSD or SalUn successor still holds the same bytes, are the usual case.
+    """
+    from unlearn.forensics import shared_patterns
+
+    known = retired_weight_fingerprints(project)
+    patterns = {f"v{version}-{key}": bytes.fromhex(value) for version, found in known.items()
+                for key, value in found.items()}
+    shared = shared_patterns(patterns, live_weights(project, client)) if patterns and client is not None else set()
+    found = RetiredWeights({k: v for k, v in patterns.items() if k not in shared}, len(shared))
+    unsearchable = tuple(sorted((v for v in known if v not in found.searched), key=int))
+    return RetiredWeights(found.patterns, found.shared, unsearchable)
