@@ -181,7 +181,9 @@ def main() -> int:
                                          seed=gate.seed, min_samples=gate.min_samples,
                                          utility_labels=sets.test.labels.numpy(),
                                          labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
-                                         utility_loss_fraction=gate.utility_loss_fraction)
+                                         utility_loss_fraction=gate.utility_loss_fraction,
+                                         utility_loss_floor=gate.utility_loss_floor,
+                                         deleted_share=n / len(production))  # sets.retain is empty here
                 cpu = time.process_time() - start
                 if role == "amun":
                     costs.append({"seed": seed, "n_forget": int(n), "verify_cpu_s": setup_cpu + cpu,

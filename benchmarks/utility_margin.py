@@ -24,6 +24,19 @@ Protocol (fixed before running; the test split is never read):
   held as inconclusive, or failed, is the cost the fraction exists to avoid). A first run with 100 deletions alone
   selected 0.05; a review then found, in gate_power.json, exact retrains after 1,000 deletions 8-11 points below
   their parent, which 0.05 would fail: the sizes were added before this rule's results were read.
+- The scaled allowance (``gate.utility_loss_floor``, unlearn.gate.utility_allowance): the flat fraction sized for
+  the largest deletion let a candidate lose as much after the smallest one. Each ``--floors`` value is gated with
+  the allowance ``min(fraction, floor + deleted share)`` at params.yaml's fraction, the deleted share being
+  ``n / fit samples`` (the damaged candidates stand for the smallest deletion). Same selection rule, over the
+  sizes where the floor decides (floor + share below the cap): the smallest floor at which every exact retrain
+  there passes, the smallest deletion's retrain also gated at share 0 (the allowance a deletion gets in a dataset
+  so large that its share vanishes: the floor alone). The 20-sample size (``gate.min_samples``, the smallest
+  deletion the gate decides on) was added with the floors, before their results were read; the first run
+  counted the sizes at the cap too, where no floor can change a verdict, and so selected none, and it gated no
+  retrain at share 0, so every floor passed on digits (20 of 647 samples is 3.1%): the share-0 case was added
+  after a review pointed out that the regime the floor governs had not been measured.
+- The cap (``gate.utility_loss_fraction``) is not selected by these tables (a flat fraction's row is the cap's
+  verdict at every size): see the README "How the gate decides" for why it stays below what the flat rule picks.
 
 Writes benchmarks/results/utility_margin[_<source>].{md,json}.
 
@@ -72,7 +85,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
     parser.add_argument("--losses", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2])
-    parser.add_argument("--n-forget", type=int, nargs="+", default=[100, 300, 500])
+    parser.add_argument("--floors", type=float, nargs="+", default=[0.01, 0.02, 0.03, 0.05])
+    parser.add_argument("--n-forget", type=int, nargs="+", default=[20, 100, 300, 500])
     parser.add_argument("--source", default=None)
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--test-subset", type=int, default=None)
@@ -104,33 +118,43 @@ def main() -> int:
                              seed=1000 + seed)
         rng = np.random.default_rng(seed)
         parent_val = correct(parent, validation)
-        candidates = {}  # name -> (candidate, the parent scored on the same forget set, forget labels)
+        candidates = {}  # name -> (candidate, the parent scored on the same forget set, forget labels, share)
         for n in args.n_forget:
             forget = np.sort(rng.choice(fit, size=n, replace=False))
             retain = np.setdiff1d(fit, forget)
             retrain = train_model(seeded_model(factory, 2000 + seed), images[retain], labels[retain], recipe,
                                   device="cpu", seed=2000 + seed)
             candidates[f"retrain n={n}"] = (scored(correct(retrain, forget), correct(retrain, validation)),
-                                            scored(correct(parent, forget), parent_val), labels[forget].numpy())
+                                            scored(correct(parent, forget), parent_val), labels[forget].numpy(),
+                                            n / len(fit))
         forget = np.sort(rng.choice(fit, size=min(args.n_forget), replace=False))
         parent_forget = correct(parent, forget)
         for loss in args.losses:
             candidates[f"loss {loss:g}"] = (scored(parent_forget, damaged(parent_val, loss, rng)),
-                                            scored(parent_forget, parent_val), labels[forget].numpy())
-        for fraction in args.fractions:
-            for name, (candidate, parent_scored, forget_labels) in candidates.items():
+                                            scored(parent_forget, parent_val), labels[forget].numpy(),
+                                            min(args.n_forget) / len(fit))
+        rules = [(fraction, None) for fraction in args.fractions] + \
+            [(gate.utility_loss_fraction, floor) for floor in args.floors]
+        smallest = f"retrain n={min(args.n_forget)}"
+        for fraction, floor in rules:
+            scored_here = dict(candidates)
+            if floor is not None:  # the same retrain as if its deletion were a vanishing share (a large dataset)
+                scored_here[f"{smallest} at share 0"] = (*candidates[smallest][:3], 0.0)
+            for name, (candidate, parent_scored, forget_labels, share) in scored_here.items():
                 decision = gate_decision(candidate, parent_scored, attacks=(),
                                          accuracy_checks=("forget_acc", "utility"),
                                          alpha=gate.alpha, resamples=gate.resamples, seed=gate.seed,
                                          min_samples=gate.min_samples, utility_labels=val_labels,
                                          labels=(forget_labels, val_labels),
-                                         utility_loss_fraction=fraction)
+                                         utility_loss_fraction=fraction, utility_loss_floor=floor,
+                                         deleted_share=None if floor is None else share)
                 (check,) = [c for c in decision.to_dict()["checks"] if c["metric"] == "utility"]
-                runs.append({"seed": seed, "fraction": fraction, "candidate": name, "verdict": check["verdict"],
+                runs.append({"seed": seed, "fraction": fraction, "floor": floor, "candidate": name,
+                             "deleted_share": share, "verdict": check["verdict"],
                              "estimate": check["estimate"], "ci_low": check["ci_low"], "margin": check["margin"],
                              "parent_accuracy": float(parent_val.mean()),
                              "accuracy": float(candidate.test_correct.mean())})
-        retrains = ", ".join(f"{name} {c.test_correct.mean():.3f}" for name, (c, _, _) in candidates.items()
+        retrains = ", ".join(f"{name} {c[0].test_correct.mean():.3f}" for name, c in candidates.items()
                              if name.startswith("retrain"))
         print(f"seed {seed}: parent {parent_val.mean():.3f}, {retrains} ({time.time() - started:.0f} s)", flush=True)
     write(args, params, runs, n_val, len(fit), time.time() - started)
@@ -140,30 +164,48 @@ def main() -> int:
 def write(args, params, runs: list[dict], n_val: int, n_fit: int, elapsed: float) -> None:
     suffix = "" if params.data.source == "digits" else f"_{params.data.source}"
     out = RESULTS / f"utility_margin{suffix}"
-    names = list(dict.fromkeys(r["candidate"] for r in runs))
-    table = {}
+    scaled_runs = [r for r in runs if r["floor"] is not None]
+    runs_flat = [r for r in runs if r["floor"] is None]
+    names = list(dict.fromkeys(r["candidate"] for r in runs_flat))
+    scaled_names = list(dict.fromkeys(r["candidate"] for r in scaled_runs))
+    table, scaled = {}, {}
     for fraction in args.fractions:
         for name in names:
-            mine = [r for r in runs if r["fraction"] == fraction and r["candidate"] == name]
+            mine = [r for r in runs_flat if r["fraction"] == fraction and r["candidate"] == name]
             table[f"{fraction:g}|{name}"] = {v: sum(r["verdict"] == v for r in mine)
                                              for v in (PASS, INCONCLUSIVE, FAIL)}
+    for floor in args.floors:
+        for name in scaled_names:
+            mine = [r for r in scaled_runs if r["floor"] == floor and r["candidate"] == name]
+            scaled[f"{floor:g}|{name}"] = {"verdicts": {v: sum(r["verdict"] == v for r in mine)
+                                                        for v in (PASS, INCONCLUSIVE, FAIL)},
+                                           "median_margin": float(np.median([r["margin"] for r in mine]))}
     retrain_names = [n for n in names if n.startswith("retrain")]
+    scaled_retrains = [n for n in scaled_names if n.startswith("retrain")]
     every_retrain_passes = [f for f in args.fractions
                             if all(table[f"{f:g}|{n}"][PASS] == args.seeds for n in retrain_names)]
     selected = min(every_retrain_passes) if every_retrain_passes else None
-    margins = {f"{f:g}": float(np.median([r["margin"] for r in runs
+    cap = params.gate.utility_loss_fraction
+    share_of = {r["candidate"]: r["deleted_share"] for r in scaled_runs}
+    # the floor decides only where floor + share is below the cap; above it, the flat table at the cap applies
+    floors_passing = [f for f in args.floors
+                      if all(scaled[f"{f:g}|{n}"]["verdicts"][PASS] == args.seeds for n in scaled_retrains
+                             if f + share_of[n] < cap)]
+    selected_floor = min(floors_passing) if floors_passing else None
+    margins = {f"{f:g}": float(np.median([r["margin"] for r in runs_flat
                                           if r["fraction"] == f and r["candidate"] == retrain_names[0]]))
                for f in args.fractions}
     command = ("nice -n 10 python benchmarks/utility_margin.py " + " ".join(sys.argv[1:])).strip()
     payload = {"command": command, "seeds": list(range(args.seeds)), "fractions": args.fractions,
                "losses": args.losses, "n_forget": args.n_forget, "validation_samples": n_val, "fit_samples": n_fit,
                "selected_fraction": selected, "current_fraction": params.gate.utility_loss_fraction,
-               "median_margin": margins, "verdicts": table, "runs": runs, "elapsed_s": elapsed,
+               "floors": args.floors, "selected_floor": selected_floor, "current_floor": params.gate.utility_loss_floor,
+               "median_margin": margins, "verdicts": table, "scaled": scaled, "runs": runs, "elapsed_s": elapsed,
                "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     parent_acc = np.median([r["parent_accuracy"] for r in runs])
     first = args.fractions[0]
-    retrain_acc = {n: np.median([r["accuracy"] for r in runs if r["candidate"] == n and r["fraction"] == first])
+    retrain_acc = {n: np.median([r["accuracy"] for r in runs_flat if r["candidate"] == n and r["fraction"] == first])
                    for n in retrain_names}
     lines = [
         f"# The utility check's allowed loss, swept: {params.data.source}, {params.model.name}, CPU", "",
@@ -178,19 +220,38 @@ def write(args, params, runs: list[dict], n_val: int, n_fit: int, elapsed: float
         "",
         f"Validation accuracy, median over seeds: parent {100 * parent_acc:.1f}%, "
         + ", ".join(f"{n} {100 * a:.1f}%" for n, a in retrain_acc.items()) + ".", "",
-        "## Verdicts (pass / inconclusive / fail over seeds) by allowed loss", "",
+        "## Flat allowance: verdicts (pass / inconclusive / fail over seeds) by fraction of skill", "",
         "| fraction of skill | median margin (points) | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names)]
     for fraction in args.fractions:
         cells = [f"{t[PASS]} / {t[INCONCLUSIVE]} / {t[FAIL]}" for t in (table[f"{fraction:g}|{n}"] for n in names)]
         mark = " (params.yaml)" if fraction == params.gate.utility_loss_fraction else ""
         lines.append(f"| {fraction:g}{mark} | {100 * margins[f'{fraction:g}']:.1f} | " + " | ".join(cells) + " |")
+    shares = share_of
     lines += ["", "`loss x`: the parent's answers with x of the validation samples it got right turned wrong "
               "(x in accuracy points, 0.05 = 5 points).", "",
-              "## Selection", "",
-              "Rule: the smallest fraction at which every exact retrain passes at every deletion size.", "",
-              f"- selected: {selected if selected is not None else 'none (no fraction let every retrain pass)'}; "
-              f"params.yaml has {params.gate.utility_loss_fraction}."]
+              f"## Scaled allowance: min({cap:g}, floor + deleted share) of the parent's skill", "",
+              "Each cell: pass / inconclusive / fail over seeds, and the median allowed loss in points. Deleted share "
+              "per column: " + ", ".join(f"{n} {100 * shares[n]:.1f}%" for n in scaled_names) + " (the damaged "
+              "candidates stand for the smallest deletion; `at share 0`: the smallest deletion's retrain gated as if "
+              "the deletion were a vanishing share of a large dataset, the floor alone).", "",
+              "| floor | " + " | ".join(scaled_names) + " |", "|---|" + "---|" * len(scaled_names)]
+    for floor in args.floors:
+        cells = []
+        for n in scaled_names:
+            cell = scaled[f"{floor:g}|{n}"]
+            t = cell["verdicts"]
+            cells.append(f"{t[PASS]} / {t[INCONCLUSIVE]} / {t[FAIL]} ({100 * cell['median_margin']:.1f})")
+        mark = " (params.yaml)" if floor == params.gate.utility_loss_floor else ""
+        lines.append(f"| {floor:g}{mark} | " + " | ".join(cells) + " |")
+    lines += ["", "## Selection", "",
+              "Rule: the smallest value at which every exact retrain passes at every deletion size (for the floor: "
+              "every size where the floor plus the deleted share is below the cap, the rest being the cap's).", "",
+              f"- flat fraction: {selected if selected is not None else 'none (no fraction let every retrain pass)'}; "
+              f"params.yaml has {params.gate.utility_loss_fraction}.",
+              f"- scaled floor (cap {cap:g}): "
+              f"{selected_floor if selected_floor is not None else 'none (no floor let every retrain pass)'}; "
+              f"params.yaml has {params.gate.utility_loss_floor}."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}.md")
 

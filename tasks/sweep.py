@@ -400,7 +400,8 @@ def format_sweep_table(document: dict[str, Any]) -> str:
         lines.append(f"| - | {role} ({'the gate target' if role == 'retrain' else 'before unlearning'}) | - | - | "
                      + " | ".join(_number(document[role].get(m)) for m in accuracies) + " | - | - |")
     lines += ["", "Gap per gate metric (unlearned - retrain; margin = gate.margin_fraction x the parent's excess "
-              "in brackets, for utility gate.utility_loss_fraction x the parent's skill, one-sided; - when the "
+              "in brackets, for utility the allowed loss (gate.utility_loss_floor + the deleted share of the training "
+              "data, at most gate.utility_loss_fraction, x the parent's skill), one-sided; - when the "
               "parent was not detected; * = not a pass):", "",
               "| rank | candidate | " + " | ".join(f"{m} ({_number(margins.get(m))})" for m in gate_metrics) + " |",
               "|---:|---|" + "---:|" * len(gate_metrics)]
@@ -444,7 +445,8 @@ def record_sweep(project: Project, prepared: dict[str, Any], results: list[dict[
                                                   "accuracy_checks": list(params.gate.accuracy_checks),
                                                   "alpha": params.gate.alpha,
                                                   "margin_fraction": params.gate.margin_fraction,
-                                                  "utility_loss_fraction": params.gate.utility_loss_fraction},
+                                                  "utility_loss_fraction": params.gate.utility_loss_fraction,
+                                                  "utility_loss_floor": params.gate.utility_loss_floor},
                     **context,
                     "candidates": ranked}
         mlflow.log_params({"seed": params.seed, "n_forget": prepared["n_forget"], "n_retain": prepared["n_retain"],

@@ -243,7 +243,10 @@ class GateConfig:
     # forget_acc (gap, equivalence) | utility (non-inferiority, margin: a fraction of the parent's skill)
     # | test_acc (non-inferiority with the forget_acc margin)
     accuracy_checks: tuple[str, ...] = ("forget_acc", "utility")
-    utility_loss_fraction: float = 0.1  # utility: the candidate may lose this share of the parent's skill, in (0, 1)
+    # utility: the candidate may lose utility_loss_floor + the share of training data deleted, as a share of the
+    # parent's skill (its accuracy above the best constant answer), at most utility_loss_fraction
+    utility_loss_fraction: float = 0.1  # in (0, 1)
+    utility_loss_floor: float = 0.03  # in (0, utility_loss_fraction]; = utility_loss_fraction: a flat allowance
     alpha: float = 0.05  # per one-sided test; intervals are (1 - 2 alpha)
     margin_fraction: float = 0.5  # delta = this x the parent's excess over the target, in (0, 1)
     resamples: int = 1000  # paired bootstrap resamples
@@ -551,6 +554,12 @@ def _check_gate(params: Params) -> None:
         raise ConfigError(f"gate.utility_loss_fraction: must be in (0, 1) (the share of the parent's skill the "
                           f"candidate may lose; at 1 a model answering one class could never fail), "
                           f"got {gate.utility_loss_fraction}")
+    if not 0.0 < gate.utility_loss_floor <= gate.utility_loss_fraction:
+        raise ConfigError(f"gate.utility_loss_floor: must be in (0, gate.utility_loss_fraction="
+                          f"{gate.utility_loss_fraction}] (the share of the parent's skill allowed for the smallest "
+                          f"deletion; equal to the fraction: the same allowance for every deletion), "
+                          f"got {gate.utility_loss_floor} (default {GateConfig.utility_loss_floor}: a fraction below "
+                          f"it needs the floor set too)")
     # Measured with a parent and a candidate that carry no membership signal at all (benchmarks/gate_null.py:
     # 400 trials per cell, 200 negatives): at alpha 0.45 the positive control "detected" the parent in 45-51% of
     # trials and 10-15% of candidates passed; at 0.25, 1.5-3% passed; at 0.1, up to 1 in 400; at 0.05 (the

@@ -79,7 +79,8 @@ How a verify stage calls it (everything here is pure: arrays and models in, a re
                              resamples=cfg.gate.resamples, seed=cfg.gate.seed, min_samples=cfg.gate.min_samples,
                              class_negatives=sets.class_negatives(), utility_labels=sets.test.labels.numpy(),
                              labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
-                             utility_loss_fraction=cfg.gate.utility_loss_fraction)
+                             utility_loss_fraction=cfg.gate.utility_loss_fraction,
+                             utility_loss_floor=cfg.gate.utility_loss_floor, deleted_share=sets.deleted_share())
     #   (whole classes: utility_labels are sets.others' labels; tasks.stage.evaluation.gate_decision_for)
     action = next_action(decision, on_inconclusive=cfg.gate.on_inconclusive, held_batches=..., held_hours=...,
                          max_hold_batches=cfg.gate.max_hold_batches, max_hold_hours=cfg.gate.max_hold_hours)
@@ -255,7 +256,8 @@ def _decide_equivalence(metric: str, cand: tuple[float, np.ndarray], parent: tup
 
 def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target: tuple[float, np.ndarray],
                             delta: float, *, alpha: float, n_negative: int, detected: bool,
-                            control: tuple[float, float, float] | None = None, no_control: str) -> MetricCheck:
+                            control: tuple[float, float, float] | None = None, no_control: str,
+                            allowance: str = "") -> MetricCheck:
     """Utility kept? ``control``: the parent's skill (point, interval) when the check has one of its own."""
     estimate = cand[0] - target[0]
     low, high = interval(cand[1] - target[1], alpha)
@@ -266,7 +268,8 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
                   parent_detected=detected, n_forget=0, n_negative=n_negative)
     if not detected or not delta > 0:
         return MetricCheck(verdict=INCONCLUSIVE, margin=float("nan"), **common, reason=no_control)
-    where = f"accuracy change {estimate:+.4f}, {level} CI [{low:+.4f}, {high:+.4f}], allowed loss {delta:.4f}"
+    where = (f"accuracy change {estimate:+.4f}, {level} CI [{low:+.4f}, {high:+.4f}], "
+             f"allowed loss {delta:.4f}{allowance}")
     if low > -delta:
         return MetricCheck(verdict=PASS, margin=delta, **common, reason=f"utility kept: {where}")
     if high <= -delta:
@@ -276,7 +279,7 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
 
 def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequence[ScoredModel], labels: np.ndarray,
                    keep: np.ndarray | None, wn: np.ndarray, rng: np.random.Generator, *, alpha: float,
-                   loss_fraction: float, n_negative: int, utility_set: bool) -> MetricCheck:
+                   loss_fraction: float, n_negative: int, utility_set: bool, allowance: str = "") -> MetricCheck:
     """``utility``: non-inferiority of the accuracy on the utility samples, margin = a fraction of the parent's skill.
 
     The utility samples are the (kept) negatives, or the separate utility set (``utility_set``). The skill's
@@ -303,10 +306,47 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
     level = f"{100 * (1 - 2 * alpha):g}%"
     return _decide_non_inferiority(
         "utility", draws(candidate), target, loss_fraction * skill, alpha=alpha,
-        n_negative=n_negative, detected=detected, control=(skill, s_low, s_high),
+        n_negative=n_negative, detected=detected, control=(skill, s_low, s_high), allowance=allowance,
         no_control=(f"utility not measurable: the parent's accuracy on unseen samples is not above the best constant "
                     f"prediction's (skill {skill:+.4f}, {level} CI [{s_low:+.4f}, {s_high:+.4f}]), so no loss "
                     "could be seen"))
+
+
+def utility_allowance(fraction: float, floor: float | None = None, deleted_share: float | None = None
+                      ) -> tuple[float, str]:
+    """The share of the parent's skill ``utility`` lets a candidate lose, and the words that say why.
+
+    A flat ``fraction`` sized for an exact retrain after the largest deletions (benchmarks/utility_margin.py)
+    let a candidate lose as much after deleting twenty samples, where a retrain loses nothing measurable
+    (8.6 points on digits). Scaled: ``floor`` plus the share of training data deleted (losing a share s of
+    the data cost each retrain measured there less than a share s of its skill), at most ``fraction``.
+
+    Args:
+        fraction: The most that may be lost, in (0, 1).
+        floor: The allowance of the smallest deletion, in (0, ``fraction``]; None = flat ``fraction``.
+        deleted_share: The share of the parent's training samples removed, in [0, 1]; None = flat.
+
+    Returns:
+        (fraction of the skill, a note for the check's reason).
+
+    Raises:
+        ValueError: On values out of range.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"utility_loss_fraction must be in (0, 1) (at 1 a constant prediction could not fail), "
+                         f"got {fraction}")
+    if floor is None or deleted_share is None:
+        return fraction, f" ({fraction:g} of the parent's skill)"
+    if not 0.0 < floor <= fraction:
+        raise ValueError(f"utility_loss_floor must be in (0, utility_loss_fraction={fraction:g}], got {floor}")
+    if not 0.0 <= deleted_share <= 1.0:
+        raise ValueError(f"deleted_share must be in [0, 1], got {deleted_share}")
+    allowed = min(fraction, floor + deleted_share)
+    percent = 100 * deleted_share
+    share = ("under 0.01%" if 0 < percent < 0.01 else f"{percent:.0f}%" if percent >= 10 else f"{percent:.2g}%")
+    how = f"{floor:g} + {share} of the training data deleted"
+    how = f"the cap, utility_loss_fraction; {how} is more" if allowed == fraction else how
+    return allowed, f" ({allowed:.3g} of the parent's skill: {how})"
 
 
 def gate_decision(
@@ -325,6 +365,8 @@ def gate_decision(
     utility_labels: np.ndarray | None = None,
     utility_loss_fraction: float = 0.1,
     labels: tuple[np.ndarray, np.ndarray] | None = None,
+    utility_loss_floor: float | None = None,
+    deleted_share: float | None = None,
 ) -> GateDecision:
     """Decide whether ``candidate`` is equivalent to never having trained on D_F.
 
@@ -352,7 +394,11 @@ def gate_decision(
             (its baseline is the most frequent label).
         utility_loss_fraction: ``utility`` allows the candidate to lose this fraction of the parent's skill
             (its accuracy above the best constant prediction's), in (0, 1): at 1 a model answering the most
-            frequent class for everything could never fail it.
+            frequent class for everything could never fail it. With ``utility_loss_floor`` and
+            ``deleted_share``, the most it allows (:func:`utility_allowance`).
+        utility_loss_floor: With ``deleted_share``: the fraction allowed for the smallest deletion, in
+            (0, ``utility_loss_fraction``]; the allowance grows with the share of training data deleted.
+        deleted_share: The share of the parent's training samples the deletion removed, in [0, 1].
         labels: (forget labels, negative labels): ``forget_acc`` then weighs the negatives to the forget set's
             label mix (:func:`label_match`); None: unweighted (the sets are assumed to share their mix).
 
@@ -376,9 +422,7 @@ def gate_decision(
         # a gate of those alone could pass a model that forgot nothing (no positive control).
         raise ValueError("the gate needs at least one forgetting check (a gated attack or forget_acc); "
                          "test_acc and utility check utility and the parent itself would pass")
-    if not 0.0 < utility_loss_fraction < 1.0:
-        raise ValueError(f"utility_loss_fraction must be in (0, 1) (at 1 a constant prediction could not fail), "
-                         f"got {utility_loss_fraction}")
+    loss_fraction, allowance = utility_allowance(utility_loss_fraction, utility_loss_floor, deleted_share)
     models = [candidate, parent, *targets]
     n_forget, n_test = len(candidate.forget_correct), len(candidate.test_correct)
     for model in models:
@@ -510,8 +554,8 @@ def gate_decision(
                     parent_detected=bool(metric == "test_acc" and gap_check.parent_detected)))
             elif metric == "utility":
                 checks.append(_utility_check(candidate, parent, targets, utility_labels, others, wu, rng,
-                                             alpha=alpha, loss_fraction=utility_loss_fraction, n_negative=n_others,
-                                             utility_set=utility_set))
+                                             alpha=alpha, loss_fraction=loss_fraction, n_negative=n_others,
+                                             utility_set=utility_set, allowance=allowance))
             else:
                 def draws(model: ScoredModel) -> tuple[float, np.ndarray]:
                     return accuracy_draws(model, wu, others, utility_set=utility_set)

@@ -70,6 +70,20 @@ class EvalSets:
     others: TensorSet | None = None
     unmeasured_classes: tuple[int, ...] = ()
 
+    def deleted_share(self) -> float:
+        """The share of the parent's training samples the deletion removed: |D_F| / (|D_F| + |D_R|).
+
+        What the gate's ``utility`` allowance grows with. When whole classes are forgotten, utility is measured
+        on the other classes only, so the share is taken over them too: a class deleted as a whole would
+        otherwise make any deletion beside it look large.
+        """
+        forget, retain = self.forget.labels.cpu().numpy(), self.retain.labels.cpu().numpy()
+        if self.forgotten_classes:
+            forget = forget[~np.isin(forget, list(self.forgotten_classes))]
+            retain = retain[~np.isin(retain, list(self.forgotten_classes))]
+        total = len(forget) + len(retain)
+        return len(forget) / total if total else 0.0
+
     def class_negatives(self) -> np.ndarray | None:
         """Mask over ``test`` of the forgotten classes' samples (None for sample-wise requests)."""
         if not self.forgotten_classes:

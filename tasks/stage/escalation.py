@@ -44,13 +44,14 @@ def ladder_key(project: Project, parent_version: str, batches: list[str]) -> str
 
     ``unlearn.recalibrate_bn`` changes every candidate's weights-and-buffers, so it is part of the policy; it
     is added only when on, so an escalation recorded before the setting existed keeps its key when it is off;
-    ``gate.utility_loss_fraction`` likewise counts only when the ``utility`` check is gated.
+    ``gate.utility_loss_fraction`` and ``gate.utility_loss_floor`` likewise count only when ``utility`` is gated.
     """
     params = project.params
     ladder = params.unlearn.ladder
     gate = repr(params.gate)
     if "utility" not in params.gate.accuracy_checks:  # unused: an escalation recorded before it existed keeps its key
         gate = gate.replace(f", utility_loss_fraction={params.gate.utility_loss_fraction!r}", "")
+        gate = gate.replace(f", utility_loss_floor={params.gate.utility_loss_floor!r}", "")
     return hashlib.sha256(json.dumps(
         [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
          params.seed, repr(params.verify), gate,

@@ -304,7 +304,8 @@ def gate_decision_for(gate: GateConfig, candidate: ScoredModel, parent: ScoredMo
                          class_negatives=sets.class_negatives(),
                          utility_labels=(sets.test if sets.others is None else sets.others).labels.cpu().numpy(),
                          labels=(sets.forget.labels.cpu().numpy(), sets.test.labels.cpu().numpy()),
-                         utility_loss_fraction=gate.utility_loss_fraction)
+                         utility_loss_fraction=gate.utility_loss_fraction, utility_loss_floor=gate.utility_loss_floor,
+                         deleted_share=sets.deleted_share())
 
 
 def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, original: torch.nn.Module,

@@ -48,6 +48,8 @@ def test_empty_document_gives_defaults():
         ({"gate": {"accuracy_checks": ["forget_acc", "usefulness"]}}, "unknown usefulness"),
         ({"gate": {"utility_loss_fraction": 0.0}}, "gate.utility_loss_fraction: must be in (0, 1)"),
         ({"gate": {"utility_loss_fraction": 1.0}}, "gate.utility_loss_fraction: must be in (0, 1)"),
+        ({"gate": {"utility_loss_floor": 0.0}}, "gate.utility_loss_floor: must be in (0, gate.utility_loss_fraction"),
+        ({"gate": {"utility_loss_floor": 0.2}}, "gate.utility_loss_floor: must be in (0, gate.utility_loss_fraction"),
     ],
 )
 def test_bad_params_name_the_problem(document, message):

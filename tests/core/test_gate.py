@@ -221,6 +221,37 @@ def test_utility_is_one_sided_and_its_margin_scales_with_the_parents_skill():
     assert loose.verdict == PASS and loose.margin == pytest.approx(0.9 * loose.parent_excess)
 
 
+def test_the_utility_allowance_grows_with_the_share_of_data_deleted():
+    """A flat 10% of the skill let a model lose ~8 points after a 20-sample deletion, where an exact retrain loses
+    nothing measurable: scaled, the allowance is the floor plus the deleted share, capped by the fraction."""
+    from unlearn.gate import utility_allowance
+
+    rng = np.random.default_rng(6)
+    parent, labels = _labelled(rng)
+    lost = ScoredModel(parent.member, parent.nonmember, parent.forget_correct, parent.test_correct.copy())
+    right = np.flatnonzero(lost.test_correct)
+    lost.test_correct[rng.choice(right, size=40, replace=False)] = 0.0  # 5 points of ~0.8 skill lost
+    kw = dict(attacks=["a"], accuracy_checks=["utility"], resamples=300, utility_labels=labels)
+
+    def utility(**extra):
+        return [c for c in gate_decision(lost, parent, **kw, **extra).checks if c.metric == "utility"][0]
+
+    assert utility().verdict == PASS  # the flat 0.1: 5 points are inside ~8
+    small = utility(utility_loss_floor=0.02, deleted_share=0.001)
+    assert small.verdict == FAIL and small.margin == pytest.approx(0.021 * small.parent_excess)
+    assert "0.021 of the parent's skill: 0.02 + 0.1% of the training data deleted" in small.reason
+    large = utility(utility_loss_floor=0.02, deleted_share=0.4)
+    assert large.verdict == PASS and large.margin == pytest.approx(0.1 * large.parent_excess)
+    assert "the cap" in large.reason
+    assert utility_allowance(0.1, 0.1, 0.0)[0] == 0.1  # floor = fraction: the flat allowance
+    for bad in (dict(floor=0.0, deleted_share=0.1), dict(floor=0.2, deleted_share=0.1),
+                dict(floor=0.02, deleted_share=1.5), dict(floor=0.02, deleted_share=-0.1)):
+        with pytest.raises(ValueError, match="utility_loss_floor|deleted_share"):
+            utility_allowance(0.1, **bad)
+    default = inspect.signature(gate_decision).parameters["utility_loss_floor"].default
+    assert default is None and GateConfig().utility_loss_floor <= GateConfig().utility_loss_fraction
+
+
 def test_utility_without_skill_is_inconclusive_never_pass():
     """Negatives the parent cannot classify (random labels) cannot show a loss: no control, no pass."""
     rng = np.random.default_rng(7)

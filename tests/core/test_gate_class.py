@@ -128,3 +128,22 @@ def test_a_whole_class_batch_measures_utility_on_the_other_classes_unseen_sample
     assert "positive control" not in plain.reason
     with pytest.raises(ValueError, match="utility_labels must be the 500 integer labels of the utility set"):
         gate_decision(good, parent, **{**kwargs, "utility_labels": labels[:10]})
+
+
+def test_the_deleted_share_counts_the_classes_utility_is_measured_on():
+    """A class deleted as a whole is ~10% of the data, but utility is measured on the other classes: the share
+    that sizes utility's allowance is taken over them (review of 2026-12-06)."""
+    import torch
+
+    from unlearn.methods import TensorSet
+    from unlearn.verification import EvalSets
+
+    def tensor_set(labels):
+        return TensorSet(torch.zeros(len(labels), 1, 2, 2), torch.as_tensor(labels))
+
+    forget = tensor_set([3] * 100 + [1] * 9)  # the whole of class 3, and 9 samples of class 1
+    retain = tensor_set([0] * 450 + [1] * 441)
+    assert EvalSets(forget, retain, tensor_set([0, 1])).deleted_share() == pytest.approx(109 / 1000)
+    assert EvalSets(forget, retain, tensor_set([0, 1]), forgotten_classes=(3,)).deleted_share() == pytest.approx(0.01)
+    empty = tensor_set([])
+    assert EvalSets(empty, empty, tensor_set([0])).deleted_share() == 0.0

@@ -172,3 +172,10 @@ def test_the_utility_fraction_counts_in_an_escalations_identity_only_when_utilit
 
     assert key("a", ["forget_acc"], 0.1) == key("b", ["forget_acc"], 0.2)
     assert key("c", ["forget_acc", "utility"], 0.1) != key("d", ["forget_acc", "utility"], 0.2)
+
+    def floor_key(name, checks, floor):  # gate.utility_loss_floor likewise
+        return ladder_key(Project(make_project({"gate": {"accuracy_checks": checks, "utility_loss_floor": floor}},
+                                               name=name)), "3", ["b1"])
+
+    assert floor_key("e", ["forget_acc"], 0.02) == floor_key("f", ["forget_acc"], 0.05) == key("g", ["forget_acc"], 0.1)
+    assert floor_key("h", ["forget_acc", "utility"], 0.02) != floor_key("i", ["forget_acc", "utility"], 0.05)

@@ -145,3 +145,32 @@ def test_a_sample_wise_request_that_empties_a_class_is_verified_as_a_forgotten_c
     assert 7 not in set(sets.others.labels.tolist())
     # a method audit rebuilds the same situation
     assert rebuild(project, ledger, batches).classes == (7,)
+
+
+def test_verification_gates_utility_with_the_allowance_of_the_deletions_share():
+    """gate_decision_for (verify and method audits) passes the deleted share: a 20-sample deletion from 2,000
+    training samples may lose floor + 1% of the parent's skill, not the whole cap."""
+    import numpy as np
+    import torch
+
+    from tasks.stage.evaluation import gate_decision_for
+    from unlearn.gate import ScoredModel, utility_allowance
+    from unlearn.methods import TensorSet
+    from unlearn.verification import EvalSets
+
+    rng = np.random.default_rng(0)
+    gate = _params().gate
+
+    def tensor_set(labels):
+        return TensorSet(torch.zeros(len(labels), 1, 2, 2), torch.as_tensor(labels))
+
+    test_labels = rng.integers(0, 10, 400)
+    sets = EvalSets(tensor_set(rng.integers(0, 10, 20)), tensor_set(rng.integers(0, 10, 1980)), tensor_set(test_labels))
+    assert sets.deleted_share() == pytest.approx(0.01)
+    parent = ScoredModel({a: rng.normal(1, 1, 20) for a in gate.attacks},
+                         {a: rng.normal(0, 1, 400) for a in gate.attacks}, np.ones(20),
+                         (rng.random(400) < 0.9).astype(float))
+    decision = gate_decision_for(gate, parent, parent, (), sets)
+    (utility,) = [c for c in decision.checks if c.metric == "utility"]
+    allowed, _ = utility_allowance(gate.utility_loss_fraction, gate.utility_loss_floor, 0.01)
+    assert allowed < gate.utility_loss_fraction and utility.margin == pytest.approx(allowed * utility.parent_excess)
