@@ -262,7 +262,8 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
         f"Seeds {payload['seeds']}; gate = params.yaml `gate` section: mode {gate.mode}, attacks "
         f"{list(gate.attacks)}, accuracy checks {list(gate.accuracy_checks)}, alpha {gate.alpha} "
         f"({100 * (1 - 2 * gate.alpha):g}% paired-bootstrap intervals), margin {gate.margin_fraction} x parent excess "
-        f"(utility: {gate.utility_loss_fraction} x the parent's skill, one-sided), "
+        f"(utility: min({gate.utility_loss_fraction}, {gate.utility_loss_floor} + the deleted share) x the parent's "
+        "skill, one-sided), "
         f"{gate.resamples} resamples, min_samples {gate.min_samples}. {N_REFERENCES} references on the reference pool "
         f"(pool_fraction {params.verify.references.pool_fraction}); negatives: the whole test split. "
         "Every candidate is gated against the untouched parent as positive control.", "",

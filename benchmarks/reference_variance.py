@@ -146,6 +146,9 @@ def write(args, params, rows: list[dict], elapsed: float) -> None:
               f"- Coverage of the nominal {100 * nominal:g}% interval once both add up: median "
               f"{100 * np.median(coverage):.1f}%, lowest {100 * coverage.min():.1f}%. The gate's intervals do not "
               "include this: a known, measured under-coverage (one-sided level above the nominal alpha).",
+              f"- The {args.draws} sets per case are drawn from only C({args.bank // 2}, "
+              f"{params.verify.references.count // 2}) possible ones, so they overlap: the measured spread is biased "
+              "low, and the coverage if anything lower.",
               "- With four references there is no second set to resample from; covering it needs more reference "
               "models (several disjoint sets) or an inflation measured like this one."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

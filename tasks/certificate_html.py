@@ -459,9 +459,16 @@ def _purge_section(document: dict[str, Any]) -> str:
 def _retirement_section(document: dict[str, Any]) -> str:
     retirement = _section(document, "retirement")
     versions = [version if isinstance(version, dict) else {} for version in _items(retirement, "versions")]
-    table = _table(["Model version", "Reason", "Artifacts deleted", "Retired at", "Due at"],
+    # weights_searched: whether a scan searched the whole project for the version's weights (None: no scan yet, or
+    # a certificate from before it was recorded); "artifacts deleted" rests on the artifact store's listing alone
+    def searched(value: Any) -> str:
+        return "yes" if value is True else "no: nothing of its own to search for" if value is False else MISSING
+
+    table = _table(["Model version", "Reason", "Artifacts deleted", "Weights searched for on disk", "Retired at",
+                    "Due at"],
                    [[_code(v.get("version")), _escaped(v.get("reason")), _escaped(v.get("artifacts_deleted")),
-                     _escaped(v.get("retired_at")), _escaped(v.get("due_at"))] for v in versions],
+                     searched(v.get("weights_searched")), _escaped(v.get("retired_at")), _escaped(v.get("due_at"))]
+                    for v in versions],
                    "No model versions retired.")
     rows = [("Reference models retired", _num(retirement.get("references_retired")))]
     return f'<section id="retirement">\n<h2>Retirement evidence</h2>\n{table}\n{_definition_list(rows)}\n</section>'

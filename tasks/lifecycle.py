@@ -27,6 +27,7 @@ from tasks.evidence import evidence_summary
 from tasks.project import PipelineError, Project, quarantine_path
 from tasks.retired_weights import (
     mark_weights_scanned,
+    record_weight_search,
     remember_weight_fingerprints,
     retired_weight_fingerprints,
     retired_weight_patterns,
@@ -194,6 +195,8 @@ def run_purge(project: Project) -> dict[str, Any]:
             _refuse_matches(project, scan, weights.patterns, model_versions=unscanned)
             audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
                          **weights.evidence(), matches=0)
+            record_weight_search(ledger, weights, set(unscanned))  # the final certificates say what was searched
+            ledger.save()
             mark_weights_scanned(project, unscanned)
             summary["weight_scan"] = {"versions": unscanned, "files": scan.files, "matches": 0, **weights.evidence(),
                                       "not_scanned": len(scan.errors) + len(scan.unfollowed)}
@@ -223,6 +226,7 @@ def run_purge(project: Project) -> dict[str, Any]:
                  "not_scanned": len(scan.errors) + len(scan.unfollowed)},
     }
     at = utc_now(precise=True)
+    record_weight_search(ledger, weights, set(retired_weight_fingerprints(project)) | set(weights.unsearchable))
     for batch_id in to_close:
         ledger.record_purge(batch_id, evidence)
         ledger.mark_step([batch_id], "purged", at)
@@ -292,7 +296,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         "data": {"version_after": None, "redacted_versions": batch.get("purge", {}).get("versions_redacted", [])},
         "purge": batch.get("purge", {}),
         "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
-                                     "artifacts_deleted": e.get("action") == "retired"}
+                                     "artifacts_deleted": e.get("action") == "retired",
+                                     "weights_searched": e.get("weights_searched")}
                                     for v, e in sorted(batch.get("retirement", {}).items())],
                        "references_retired": len(batch.get("references_retired", []))},
     }

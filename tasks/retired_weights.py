@@ -69,12 +69,12 @@ def live_weights(project: Project, client: Any, *, besides: str | None = None) -
     for mv in tracking.all_versions(project, client):
         if mv.tags.get("retired") == "true" or str(mv.version) == besides:
             continue
-        try:
-            model = tracking.load_model(project, client, str(mv.version))
+        try:  # the stored state dict, not a rebuilt model: a factory that no longer imports must not hide it
+            state, _ = tracking.load_state(project, client, str(mv.version))
         except PipelineError as exc:
             log.warning("weights of version %s cannot be read to tell its bytes apart (%s)", mv.version, exc)
             continue
-        states.append({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+        states.append({k: v.detach().cpu().numpy() for k, v in state.items()})
     return states
 
 
@@ -93,8 +93,8 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None
     if str(mv.version) in known:
         return
     try:
-        model = tracking.load_model(project, client, str(mv.version))
-        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+        state, _ = tracking.load_state(project, client, str(mv.version))
+        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in state.items()},
                                    avoid=live_weights(project, client, besides=str(mv.version)))
         known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
         if not patterns:
@@ -122,7 +122,11 @@ def _weights_scanned(project: Project) -> set[str]:
 
 
 def unscanned_retirements(project: Project) -> list[str]:
-    """Retired versions whose weights no purge scan has searched the project for yet (oldest first)."""
+    """Retired versions no purge scan has dealt with yet (oldest first).
+
+    A scan deals with a version by searching for its fingerprints, or by naming it unsearchable in its
+    record and evidence (nothing of its own to search for): either way, it is not scanned again.
+    """
     scanned = _weights_scanned(project)
     return sorted((v for v in retired_weight_fingerprints(project) if v not in scanned), key=int)
 
@@ -149,5 +153,21 @@ def retired_weight_patterns(project: Project, client: Any | None = None) -> Reti
                 for key, value in found.items()}
     shared = shared_patterns(patterns, live_weights(project, client)) if patterns and client is not None else set()
     found = RetiredWeights({k: v for k, v in patterns.items() if k not in shared}, len(shared))
-    unsearchable = tuple(sorted((v for v in known if v not in found.searched), key=int))
+    retired = set(known)
+    if client is not None:  # retired before fingerprints were taken at all: never searched for either
+        retired |= {str(mv.version) for mv in tracking.all_versions(project, client)
+                    if mv.tags.get("retired") == "true"}
+    unsearchable = tuple(sorted((v for v in retired if v not in found.searched), key=int))
     return RetiredWeights(found.patterns, found.shared, unsearchable)
+
+
+def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str]) -> None:
+    """Note, on each batch's retirement of ``versions``, whether a scan searched the project for its weights.
+
+    The certificate's retirement table shows it beside "artifacts deleted" (which only the artifact store's
+    listing backs). Written once per version and batch: the first scan that dealt with the version decides.
+    """
+    for batch_id in ledger.oldest_first():
+        for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
+            if version in versions and entry.get("action") == "retired" and "weights_searched" not in entry:
+                ledger.record_retirement(batch_id, version, {**entry, "weights_searched": version in weights.searched})

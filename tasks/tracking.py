@@ -296,24 +296,24 @@ def log_model(
     return version, info.model_id
 
 
-def load_model(project: Project, client, version: str) -> nn.Module:
-    """Rebuild a registered version from its state dict (no pickle execution).
+def load_state(project: Project, client, version: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A registered version's state dict (no pickle execution) and its tags, without building the model.
+
+    What byte-level evidence needs (:mod:`tasks.retired_weights`): the weights as stored, even when the
+    version's model factory no longer imports.
 
     Raises:
-        PipelineError: If the version is unknown or its artifact is missing or corrupt.
+        PipelineError: If the version is unknown, retired, or its artifact is missing or corrupt.
     """
     import mlflow
     import torch
     from mlflow.exceptions import MlflowException
 
-    from unlearn.models import build_model
-
     name = model_name(project)
     try:
         mv = client.get_model_version(name, version)
-        arch = mv.tags
-        if arch.get("retired") == "true":
-            raise PipelineError(f"model version {name}/{version} is retired ({arch.get('retired_reason', '')}); "
+        if mv.tags.get("retired") == "true":
+            raise PipelineError(f"model version {name}/{version} is retired ({mv.tags.get('retired_reason', '')}); "
                                 "its artifacts were deleted")
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp)
@@ -323,6 +323,19 @@ def load_model(project: Project, client, version: str) -> nn.Module:
         raise PipelineError(f"model version {name}/{version} cannot be read: {exc}") from None
     except (FileNotFoundError, RuntimeError, EOFError, ValueError) as exc:
         raise PipelineError(f"model version {name}/{version} has a missing or corrupt artifact: {exc}") from None
+    return state, dict(mv.tags)
+
+
+def load_model(project: Project, client, version: str) -> nn.Module:
+    """Rebuild a registered version from its state dict (no pickle execution).
+
+    Raises:
+        PipelineError: If the version is unknown or its artifact is missing or corrupt.
+    """
+    from unlearn.models import build_model
+
+    state, arch = load_state(project, client, version)
+    name = model_name(project)
     try:
         model = build_model(arch["arch_model"], int(arch["arch_in_channels"]), int(arch["arch_num_classes"]))
         model.load_state_dict(state)

@@ -40,15 +40,20 @@ class _StageFunctions(MutableMapping[str, Callable[[Any], dict]]):
         module, function = _WHERE[name]  # KeyError for an unknown stage, as a dict would raise
         return getattr(import_module(module), function)
 
+    def __contains__(self, name: object) -> bool:
+        return name in _WHERE  # without importing the stage
+
     def __setitem__(self, name: str, function: Callable[[Any], dict]) -> None:
         if name not in _WHERE:
             raise KeyError(f"no stage named {name!r}")
-        self._set[name] = function
+        module, attribute = _WHERE[name]
+        if function is getattr(import_module(module), attribute):
+            self._set.pop(name, None)  # its own function again (a test's undo): looked up afresh from now on
+        else:
+            self._set[name] = function
 
     def __delitem__(self, name: str) -> None:
-        if name not in _WHERE:
-            raise KeyError(name)
-        self._set.pop(name, None)  # back to the stage's own function
+        raise TypeError(f"stages cannot be removed from the catalog ({name!r}); assign a function to replace one")
 
     def __iter__(self) -> Iterator[str]:
         return iter(_WHERE)

@@ -402,3 +402,16 @@ def test_retired_weights_that_could_not_be_searched_for_are_named_not_passed_ove
     certificate["purge"]["scan"]["weight_versions_unsearchable"] = []
     _, html_path = write_certificate(certificate, {}, tmp_path / "clean")
     assert "could not be searched for" not in html_path.read_text().split("</style>")[1]
+
+
+def test_the_retirement_table_says_whether_each_versions_weights_were_searched_for(tmp_path):
+    certificate = _certificate()
+    certificate["retirement"]["versions"] = [
+        {"version": "1", "reason": "r", "artifacts_deleted": True, "weights_searched": True},
+        {"version": "2", "reason": "r", "artifacts_deleted": True, "weights_searched": False},
+        {"version": "3", "reason": "r", "artifacts_deleted": False}]
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    assert "Weights searched for on disk" in body and "no: nothing of its own to search for" in body
+    row = re.search(r"<tr><td><code>1</code></td>.*?</tr>", body, re.S).group(0)
+    assert "<td>yes</td>" in row

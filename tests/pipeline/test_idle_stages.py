@@ -7,6 +7,8 @@ project without a registry file would get one.
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_promote_with_no_finished_escalation_leaves_the_registry_closed(make_project):
     from tasks.project import load_project
@@ -69,3 +71,19 @@ def test_looking_up_a_stage_imports_only_its_own_module():
              "[S[n] for n in ('ingest', 'purge', 'certify')]; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_catalog_behaves_as_a_mapping_of_every_stage(monkeypatch):
+    from tasks.stage import catalog
+    from tasks.stage.ingest import run_ingest
+
+    functions = catalog.STAGE_FUNCTIONS
+    assert "ingest" in functions and "nope" not in functions and len(functions) == len(list(functions))
+    monkeypatch.setitem(functions, "ingest", print)
+    assert functions["ingest"] is print
+    monkeypatch.undo()
+    assert functions["ingest"] is run_ingest and not functions._set  # undone: looked up afresh again
+    with pytest.raises(TypeError, match="cannot be removed"):
+        functions.clear()
+    with pytest.raises(KeyError):
+        functions["nope"] = print

@@ -98,6 +98,8 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "retrain"]
     assert certificate["purge"]["scan"]["matches"] == 0 and certificate["verification"]["verdict"] == "pass"
     assert certificate["verification"]["evidence"] == "exact"
+    # the retired baseline's weights were searched for across the project, not only listed gone from the store
+    assert [(v["version"], v["weights_searched"]) for v in certificate["retirement"]["versions"]] == [("1", True)]
     assert "escalated to the exact retrain" in certificate["verification"]["escalation_reason"]
     steps = {s["step"]: s["at"] for s in certificate["timeline"]}
     assert all(steps[s] for s in ("received", "validated", "data_version", "unlearned", "verified", "promoted",

@@ -95,3 +95,8 @@ def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_
     assert (finding.check, finding.subject) == ("weights", "version 1") and "cannot be found" in finding.problem
     assert legacy.evidence() == {"weight_fingerprints": 0, "weight_fingerprints_shared_with_live": legacy.shared,
                                  "weight_versions_unsearchable": ["1"]}
+
+    # retired before any fingerprint was taken (no entry at all): the registry's tombstone names it unsearchable
+    path.write_text("{}")
+    assert retired_weight_patterns(project, client).unsearchable == ("1",)
+    assert retired_weight_patterns(project).unsearchable == ()  # without the registry nothing says it was retired
