@@ -16,6 +16,7 @@ from tasks.stage.context import (
 from tasks.stage.state import DONE, Attempt, Escalation, attempt_report, read_escalation, write_state
 from unlearn.data import SampleStore
 from unlearn.files import utc_now
+from unlearn.gate import PASS
 from unlearn.models import build_model
 from unlearn.requests import Ledger
 
@@ -89,8 +90,9 @@ def run_promote(project: Project) -> dict[str, Any]:
                                                            "evidence": report.get("evidence")})
         ledger.save()
         # verdict and evidence say what was checked: an inconclusive attempt promoted under promote_low_power
-        # reaches here too, and must not read as a pass
-        audit.record(project, "model.verified", model_version=version, method=chosen.method,
+        # reaches here too, and must not read as a pass, neither in its fields nor in the event's name
+        event = "model.verified" if report["verdict"] == PASS else "model.accepted_low_power"
+        audit.record(project, event, model_version=version, method=chosen.method,
                      batch_ids=state.batches, attempts=len(state.attempts), verdict=report["verdict"],
                      evidence=report.get("evidence"))
         finished = finish_promotions(project, client, ledger)
