@@ -49,6 +49,11 @@ def test_consolidation_waits_for_pending_batches_then_promotes_an_exact_model_pa
     run_stages(project, "train", "references", "unlearn", "promote")
     approximate = tracking.champion_version(project, client)
     assert approximate.tags["method"] == "amun"
+    # its promotion's record is named by what was shown: a pass, or an inconclusive attempt accepted at low power
+    event = "model.verified" if approximate.tags["verdict"] == "pass" else "model.accepted_low_power"
+    (record,) = [r for r in AuditLog(project.audit_path).records(event)
+                 if r["model_version"] == str(approximate.version)]
+    assert record["verdict"] == approximate.tags["verdict"] and record["evidence"] == approximate.tags["evidence"]
     state = drift(project, client, Ledger(project.ledger_path))
     assert state["last_exact_version"] == "1" and state["deleted_since_exact"] == n
     assert state["train_size_at_exact"] == len(train_ids) and state["batches_since_exact"] == 1
