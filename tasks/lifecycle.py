@@ -103,9 +103,11 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
                              artifacts_deleted=mv.tags.get("artifacts_deleted") == "true", recovered=True)
             for batch_id in mv.tags.get("retired_batches", "").split(","):
                 if batch_id in ledger.batches:
-                    ledger.record_retirement(batch_id, str(mv.version), {
-                        "version": str(mv.version), "action": "retired", "reason": mv.tags.get("retired_reason"),
-                        "due_at": mv.tags.get("retire_due_at"), "retired_at": mv.tags.get("retired_at")})
+                    known = ledger.batch(batch_id).get("retirement", {}).get(str(mv.version), {})
+                    ledger.record_retirement(batch_id, str(mv.version), {  # what a scan recorded is kept
+                        **known, "version": str(mv.version), "action": "retired",
+                        "reason": mv.tags.get("retired_reason"), "due_at": mv.tags.get("retire_due_at"),
+                        "retired_at": mv.tags.get("retired_at")})
             continue
         if champion is not None and str(mv.version) == str(champion.version):
             continue
