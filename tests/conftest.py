@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import functools
@@ -26,6 +27,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(_threads, "1")
 
 _STATE = Path(tempfile.mkdtemp(prefix="unlearn-tests-"))
+# Removed when this process exits (after the session's Prefect server has stopped): each pytest process, xdist
+# workers included, made one of these and left it behind, about 1 MB a process, run after run.
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 for key, value in {
     "PREFECT_HOME": str(_STATE / "prefect"),
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
