@@ -395,6 +395,8 @@ def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> s
             ("Compared with", _escaped(f"{target} ({verification.get('mode')} mode)")),
             ("Forget samples", _num(verification.get("n_forget"))),
             ("Test samples", _num(verification.get("n_test")))]
+    if verification.get("interval_scope"):  # reports from before it was recorded do not say
+        rows.append(("What the intervals account for", _escaped(verification.get("interval_scope"))))
     if verification.get("escalation_reason"):
         rows.append(("Escalation", _escaped(verification.get("escalation_reason"))))
     checks = [check if isinstance(check, dict) else {} for check in _items(verification, "checks")]

@@ -49,7 +49,8 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
-            "n_forget": report.get("n_forget"), "n_test": report.get("n_test")}
+            "n_forget": report.get("n_forget"), "n_test": report.get("n_test"),
+            "interval_scope": report.get("interval_scope")}
 
 
 # An inconclusive verdict whose positive control did detect the parent: the attacks had power, the samples were too

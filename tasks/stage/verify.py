@@ -31,6 +31,24 @@ CHECK_FIELDS = ("verdict", "reason", "candidate", "target", "estimate", "ci_low"
                 "parent_ci_low", "parent_ci_high", "parent_detected", "margin", "n_forget", "n_negative")
 
 
+def interval_scope(attacks: tuple[str, ...] | list[str]) -> str:
+    """What the gate's intervals account for, in words a certificate can carry.
+
+    They resample the forget and test samples (paired across models) for fixed models. Reference attacks also
+    depend on which reference models happened to be trained, which no interval here includes: measured on
+    digits (benchmarks/results/reference_variance*.md) it moved LiRA's excess by up to about as much as the
+    bootstrap's own spread, so the stated level is optimistic. Said where it applies, never left out.
+    """
+    from unlearn.attacks import ATTACKS
+
+    scope = "the forget and test samples, resampled together for every model (paired bootstrap)"
+    by_references = [a for a in attacks if ATTACKS.get(a).requires & {"references", "in_references"}]
+    if by_references:
+        scope += (f"; not which reference models were trained, on which {', '.join(by_references)} also depend "
+                  "(measured in benchmarks/results/reference_variance*.md): their stated level is optimistic")
+    return scope
+
+
 def _json_number(value: Any) -> Any:
     """NaN and infinities as None: the report is strict JSON (other tools read it)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -152,6 +170,7 @@ def run_verify(project: Project) -> dict[str, Any]:
         "reference_models": evaluation.reference_ids,
         "augmentations": params.verify.augmentations,
         "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
+        "interval_scope": interval_scope(params.gate.attacks),
     }
     report["models"] = {role: {k: _json_number(v) for k, v in m.items()} for role, m in results.items()}
     attempt_path = project.reports_dir / "attempts" / f"{attempt.run_id}.json"  # unique across escalations

@@ -415,3 +415,12 @@ def test_the_retirement_table_says_whether_each_versions_weights_were_searched_f
     assert "Weights searched for on disk" in body and "no: nothing of its own to search for" in body
     row = re.search(r"<tr><td><code>1</code></td>.*?</tr>", body, re.S).group(0)
     assert "<td>yes</td>" in row
+
+
+def test_the_verification_section_says_what_the_intervals_account_for(tmp_path):
+    certificate = _certificate()
+    scope = "the forget and test samples; not which reference models were trained"
+    certificate["verification"]["interval_scope"] = scope
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    assert "What the intervals account for" in body and "not which reference models were trained" in body

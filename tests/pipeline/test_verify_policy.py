@@ -174,3 +174,14 @@ def test_verification_gates_utility_with_the_allowance_of_the_deletions_share():
     (utility,) = [c for c in decision.checks if c.metric == "utility"]
     allowed, _ = utility_allowance(gate.utility_loss_fraction, gate.utility_loss_floor, 0.01)
     assert allowed < gate.utility_loss_fraction and utility.margin == pytest.approx(allowed * utility.parent_excess)
+
+
+def test_the_report_says_what_the_intervals_leave_out():
+    """Reference attacks depend on which reference models were trained, which the bootstrap does not resample
+    (benchmarks/results/reference_variance*.md): the report, and so the certificate, says so where it applies."""
+    from tasks.stage.verify import interval_scope
+
+    with_references = interval_scope(("lira_offline", "rmia_offline"))
+    assert "not which reference models were trained" in with_references
+    assert "lira_offline, rmia_offline" in with_references
+    assert "reference" not in interval_scope(("loss_threshold",)) and "paired bootstrap" in interval_scope(())
