@@ -228,7 +228,8 @@ def run_purge(project: Project) -> dict[str, Any]:
                  "not_scanned": len(scan.errors) + len(scan.unfollowed)},
     }
     at = utc_now(precise=True)
-    record_weight_search(ledger, weights, set(retired_weight_fingerprints(project)) | set(weights.unsearchable))
+    fingerprinted = list(retired_weight_fingerprints(project))  # every one of them was in this scan
+    record_weight_search(ledger, weights, set(fingerprinted) | set(weights.unsearchable))
     for batch_id in to_close:
         ledger.record_purge(batch_id, evidence)
         ledger.mark_step([batch_id], "purged", at)
@@ -240,7 +241,7 @@ def run_purge(project: Project) -> dict[str, Any]:
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files,
                  weight_versions_unsearchable=list(weights.unsearchable), matches=0)
     ledger.save()
-    mark_weights_scanned(project, list(retired_weight_fingerprints(project)))  # every one was in this scan
+    mark_weights_scanned(project, fingerprinted)
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
     if scan.errors or scan.unfollowed:
         log.warning("purge: %d path(s) could not be scanned (unreadable, or links to folders): `unlearn doctor "

@@ -45,12 +45,17 @@ class RetiredWeights:
     @property
     def searched(self) -> set[str]:
         """Retired versions with at least one fingerprint to search for."""
-        return {key.split("-", 1)[0][1:] for key in self.patterns}
+        return {_version_of(key) for key in self.patterns}
 
     def evidence(self) -> dict[str, Any]:
         """The counts a purge record and certificate carry (fingerprint bytes never leave local state)."""
         return {"weight_fingerprints": len(self.patterns), "weight_fingerprints_shared_with_live": self.shared,
                 "weight_versions_unsearchable": list(self.unsearchable)}
+
+
+def _version_of(key: str) -> str:
+    """The version a scan pattern key ``v<version>-w<rank>`` belongs to."""
+    return key.split("-", 1)[0][1:]
 
 
 def _fingerprints_path(project: Project) -> Path:
@@ -152,13 +157,13 @@ def retired_weight_patterns(project: Project, client: Any | None = None) -> Reti
     patterns = {f"v{version}-{key}": bytes.fromhex(value) for version, found in known.items()
                 for key, value in found.items()}
     shared = shared_patterns(patterns, live_weights(project, client)) if patterns and client is not None else set()
-    found = RetiredWeights({k: v for k, v in patterns.items() if k not in shared}, len(shared))
+    usable = {k: v for k, v in patterns.items() if k not in shared}
     retired = set(known)
     if client is not None:  # retired before fingerprints were taken at all: never searched for either
         retired |= {str(mv.version) for mv in tracking.all_versions(project, client)
                     if mv.tags.get("retired") == "true"}
-    unsearchable = tuple(sorted((v for v in retired if v not in found.searched), key=int))
-    return RetiredWeights(found.patterns, found.shared, unsearchable)
+    searched = {_version_of(key) for key in usable}
+    return RetiredWeights(usable, len(shared), tuple(sorted(retired - searched, key=int)))
 
 
 def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str]) -> None:

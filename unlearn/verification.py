@@ -272,7 +272,7 @@ def gate_scores(
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(references), len(references)) for _ in range(replicates)] if references else []
     for attack in attacks:
-        needs_refs = bool(ATTACKS.get(attack).requires & {"references", "in_references"})
+        needs_refs = ATTACKS.get(attack).uses_references
         picks = draws if needs_refs and draws else [np.arange(len(references))]
         results = []
         for pick in picks:

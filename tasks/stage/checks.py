@@ -62,7 +62,7 @@ def check_params(params: Params) -> None:
     for section, attacks in (("verify.attacks", params.verify.attacks), ("gate.attacks", params.gate.attacks)):
         _check_promotion_attacks(section, attacks, params)
     if params.gate.mode == "equivalence":
-        uncalibrated = [a for a in params.gate.attacks if not ATTACKS.get(a).requires & {"references"}]
+        uncalibrated = [a for a in params.gate.attacks if not ATTACKS.get(a).uses_references]
         if uncalibrated:
             # The target AUC 0.5 of equivalence mode holds for such an attack only when the forget set is drawn
             # like the negatives. One person's samples, or one hard class, differ from the test split as a
@@ -73,7 +73,7 @@ def check_params(params: Params) -> None:
                 f"gate.attacks: {', '.join(uncalibrated)} cannot be gated in equivalence mode: without reference "
                 "models it has no per-sample calibration, and a forget set unlike the test split (one person's "
                 "samples, one class) makes it score the group, not membership. Gate reference attacks "
-                f"({', '.join(a for a in promotion_attacks() if ATTACKS.get(a).requires & {'references'})}), "
+                f"({', '.join(a for a in promotion_attacks() if ATTACKS.get(a).uses_references)}), "
                 "or use gate.mode: strict (compared with exact retrains); verify.attacks still reports it")
     for name in params.verify.attack_options:
         if name not in params.verify.attacks and name not in params.gate.attacks:
@@ -101,4 +101,4 @@ def promotion_attacks() -> list[str]:
 
 def needs_references(params: Params) -> bool:
     """True when a configured attack needs reference models."""
-    return any(ATTACKS.get(a).requires & {"references"} for a in (*params.verify.attacks, *params.gate.attacks))
+    return any(ATTACKS.get(a).uses_references for a in (*params.verify.attacks, *params.gate.attacks))

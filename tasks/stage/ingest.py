@@ -167,10 +167,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
     for f in files:
         if _identity(f) != identities[f.name]:
             log.info("ingest: an inbox entry changed while it was being read: left for the next run")
-        elif f.name in folders:
-            remove_tree(f)
         else:
-            f.unlink(missing_ok=True)  # a symlink: removes the link, never its target
+            _remove_entry(f, folders)
     # The record is needed only through the crash window: a later file could reuse a freed inode number.
     ledger.consumed_inbox = {}
     ledger.save()
@@ -205,13 +203,18 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
                 and file_sha256(f) == committed.get("sha256"):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
-            if f.name in folders:
-                remove_tree(f)
-            else:
-                f.unlink(missing_ok=True)
+            _remove_entry(f, folders)
             continue
         left.append(f)
     return left
+
+
+def _remove_entry(path: Path, folders: set[str]) -> None:
+    """Remove an inbox entry: a folder with its contents, else the file (a symlink: the link, never its target)."""
+    if path.name in folders:
+        remove_tree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:

@@ -42,7 +42,7 @@ def interval_scope(attacks: tuple[str, ...] | list[str]) -> str:
     from unlearn.attacks import ATTACKS
 
     scope = "the forget and test samples, resampled together for every model (paired bootstrap)"
-    by_references = [a for a in attacks if ATTACKS.get(a).requires & {"references", "in_references"}]
+    by_references = [a for a in attacks if ATTACKS.get(a).uses_references]
     if by_references:
         scope += (f"; not which reference models were trained, on which {', '.join(by_references)} also depend "
                   "(measured in benchmarks/results/reference_variance*.md): their stated level is optimistic")

@@ -161,6 +161,11 @@ class AttackSpec:
     fn: AttackFn
     requires: frozenset[str]
 
+    @property
+    def uses_references(self) -> bool:
+        """Scores depend on reference models (OUT, or IN and OUT)."""
+        return bool(self.requires & {"references", "in_references"})
+
     def __call__(self, inputs: AttackInput, **options: float) -> AttackResult:
         return self.fn(inputs, **options)
 
@@ -192,7 +197,7 @@ def register_attack(name: str, requires: tuple[str, ...] = ()) -> Callable[[Atta
 
 def missing_evidence(spec: AttackSpec, inputs: AttackInput) -> str | None:
     """Why ``inputs`` cannot feed attack ``spec``, or None when they can."""
-    if spec.requires & {"references", "in_references"} and inputs.references is None:
+    if spec.uses_references and inputs.references is None:
         return "it needs reference-model signals (verify.references.count > 0)"
     if "in_references" in spec.requires:
         refs = inputs.references
