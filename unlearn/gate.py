@@ -62,9 +62,11 @@ negatives cannot show a loss and the check is inconclusive), and the candidate m
 
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
-replicates (shape (S, N): e.g. one scoring per resampled set of reference models) a resample
-also draws one replicate for all models; with several strict-mode retrains it draws retrains
-with replacement and averages them, so retrain-seed noise enters the interval.
+leave-one-out replicates (shape (1 + K, N): reference attacks scored without each of K reference models,
+``gate_scores``) a resample also draws one left-out reference for all models and adds its jackknife
+deviation, so the interval covers which reference models happened to be trained (``auc_draws``); with
+several strict-mode retrains it draws retrains with replacement and averages them, so retrain-seed noise
+enters the interval.
 
 How a verify stage calls it (everything here is pure: arrays and models in, a record out)::
 
@@ -170,6 +172,8 @@ class GateDecision:
         seed: Bootstrap seed.
         n_forget: |D_F|.
         n_targets: Retrains behind the target (0 in equivalence mode).
+        reference_jackknife: Gated attack -> K, the reference models its intervals left out one at a time
+            (the interval covers which references were trained); an attack not named here had no replicates.
     """
 
     verdict: str
@@ -183,6 +187,7 @@ class GateDecision:
     n_forget: int
     n_targets: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    reference_jackknife: dict[str, int] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -451,12 +456,15 @@ def gate_decision(
                                  f"sample ({n_forget}) and the same {n_neg} negatives")
 
     checks: list[MetricCheck] = []
+    jackknife: dict[str, int] = {}
     for attack in attacks:
         rng = np.random.default_rng(stable_seed(seed, attack))
         n_neg = len(np.atleast_2d(candidate.nonmember[attack])[0])
         n_rep = max(len(np.atleast_2d(m.member[attack])) for m in models)
         wf, wn = bootstrap_weights(n_forget, resamples, rng), bootstrap_weights(n_neg, resamples, rng)
-        pick = rng.integers(0, n_rep, size=resamples)
+        pick = rng.integers(0, max(n_rep - 1, 1), size=resamples)  # the left-out reference per resample
+        if n_rep > 1:
+            jackknife[attack] = n_rep - 1
         cand = auc_draws(candidate, attack, wf, wn, pick, n_rep)
         par = auc_draws(parent, attack, wf, wn, pick, n_rep)
         if targets:
@@ -530,7 +538,7 @@ def gate_decision(
                     n_negative=n_others, detected=gap_check.parent_detected,
                     no_control=("no margin: the forget-accuracy control did not detect the parent, so the tolerated "
                                 "accuracy loss is undefined")))
-    return _combine(checks, base)
+    return _combine(checks, {**base, "reference_jackknife": jackknife})
 
 
 def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:

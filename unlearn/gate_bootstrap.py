@@ -19,9 +19,11 @@ class ScoredModel:
     """One model's evidence on the gate's fixed sample sets (the same samples for every model).
 
     Attributes:
-        member: Attack name -> scores on D_F (higher = member), shape (N_F,) or (S, N_F) with
-            S replicates (e.g. the attack recomputed on S resampled sets of reference models).
-        nonmember: Attack name -> scores on that attack's negatives, shape (N_neg,) or (S, N_neg).
+        member: Attack name -> scores on D_F (higher = member), shape (N_F,), or (1 + K, N_F) for an
+            attack that depends on K >= 3 reference models: row 0 scored with all of them, row k with all but
+            reference k (leave-one-out replicates, :func:`auc_draws` turns them into the reference-set
+            part of the interval).
+        nonmember: Attack name -> scores on that attack's negatives, shape (N_neg,) or (1 + K, N_neg).
             Index i must be the same sample for every model (attacks that split D_T must split
             it with the same seed for every model).
         forget_correct: 1.0 where the model classifies a D_F sample correctly, shape (N_F,).
@@ -93,16 +95,52 @@ def interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
 
 def auc_draws(model: ScoredModel, attack: str, wf: np.ndarray, wn: np.ndarray, pick: np.ndarray,
                n_rep: int) -> tuple[float, np.ndarray]:
-    """Point AUC (mean over replicates) and per-resample AUC with the resample's replicate."""
+    """Point AUC (all references) and one draw per resample: samples resampled, plus the reference-set spread.
+
+    Why: an attack scored against reference models depends on which ones happened to be trained (their seeds
+    and pool halves), and a bootstrap over samples for fixed models leaves that out (measured:
+    benchmarks/results/reference_variance*.md). With leave-one-out replicates (rows 1..K of the scores) each
+    resample adds ``sqrt(K - 1) * (AUC_-k - mean_j AUC_-j)`` for the replicate ``k = pick[b]``: over a uniform
+    k that term has the jackknife variance ``(K - 1) / K * sum_k (AUC_-k - mean)^2`` (Efron and Stein 1981:
+    in expectation at least the statistic's variance over independent reference draws, so conservative).
+    ``pick`` is shared by every model of a decision, so the candidate, the parent and any retrain are
+    perturbed by the same left-out reference and their differences stay paired. A model scored without
+    replicates (shape (N,)) gets no reference term.
+
+    Args:
+        model: The model's scores.
+        attack: Which attack's scores.
+        wf / wn: Bootstrap weights of the forget samples and the negatives, shape (B, N).
+        pick: The left-out reference per resample, in [0, n_rep - 1), shape (B,).
+        n_rep: Rows of the replicated models of this decision (1 + K), or 1 when none is replicated.
+    """
     member = score_replicates(model.member[attack], f"{attack} member scores")
     nonmember = score_replicates(model.nonmember[attack], f"{attack} non-member scores")
     if len(member) not in (1, n_rep) or len(nonmember) != len(member):
         raise ValueError(f"{attack}: models disagree on the number of score replicates")
+    if len(member) == 2:
+        raise ValueError(f"{attack}: leave-one-out replicates need at least 2 references (rows 1 + K, K >= 2)")
     ones_f, ones_n = np.ones((1, member.shape[1])), np.ones((1, nonmember.shape[1]))
-    point = float(np.mean([weighted_auc(m, n, ones_f, ones_n)[0] for m, n in zip(member, nonmember, strict=True)]))
-    per_rep = np.stack([weighted_auc(m, n, wf, wn) for m, n in zip(member, nonmember, strict=True)])  # (S, B)
-    draws = per_rep[0] if len(per_rep) == 1 else per_rep[pick, np.arange(wf.shape[0])]
-    return point, draws
+    point = float(weighted_auc(member[0], nonmember[0], ones_f, ones_n)[0])
+    draws = weighted_auc(member[0], nonmember[0], wf, wn)
+    if len(member) == 1:
+        return point, draws
+    left_out = np.array([weighted_auc(m, n, ones_f, ones_n)[0] for m, n in zip(member[1:], nonmember[1:],
+                                                                              strict=True)])
+    spread = np.sqrt(len(left_out) - 1) * (left_out - left_out.mean())
+    return point, draws + spread[pick]
+
+
+def jackknife_sd(model: ScoredModel, attack: str) -> float:
+    """The reference-set standard deviation :func:`auc_draws` adds to ``attack``'s AUC (0 without replicates)."""
+    member = score_replicates(model.member[attack], f"{attack} member scores")
+    nonmember = score_replicates(model.nonmember[attack], f"{attack} non-member scores")
+    if len(member) < 3:
+        return 0.0
+    ones_f, ones_n = np.ones((1, member.shape[1])), np.ones((1, nonmember.shape[1]))
+    left_out = np.array([weighted_auc(m, n, ones_f, ones_n)[0] for m, n in zip(member[1:], nonmember[1:],
+                                                                              strict=True)])
+    return float(np.sqrt((len(left_out) - 1) * np.mean((left_out - left_out.mean()) ** 2)))
 
 
 def gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray,

@@ -237,13 +237,16 @@ def attack_suite(
     return SuiteResult(metrics, scores, refused)
 
 
+MIN_JACKKNIFE_REFERENCES = 3  # leaving one of two out leaves LiRA one observation: no spread to fit
+
+
 def gate_scores(
     target: ModelEvidence, references: list[ModelEvidence], *, attacks: tuple[str, ...] | list[str],
-    attack_options: dict[str, dict[str, Any]] | None = None, seed: int = 0, replicates: int = 0,
+    attack_options: dict[str, dict[str, Any]] | None = None, seed: int = 0, jackknife: bool = True,
 ) -> ScoredModel:
     """One model's attack scores and correctness on the gate's sets (input of :func:`unlearn.gate.gate_decision`).
 
-    Call it with the SAME ``references``, ``seed`` and ``replicates`` for the candidate, the
+    Call it with the SAME ``references``, ``seed`` and ``jackknife`` for the candidate, the
     parent and any retrain, so every model is scored on the same samples against the same
     references: the gate's bootstrap is paired.
 
@@ -255,9 +258,11 @@ def gate_scores(
         attacks: The gated attacks.
         attack_options: Keyword options per attack (``verify.attack_options``).
         seed: The attacks' seed (fixes e.g. RMIA's population split and SVC's fitting half).
-        replicates: For reference attacks, score this many times on references drawn with
-            replacement (shape (S, N)), so the gate's interval covers which reference models
-            happened to be trained; 0 = once with all of them.
+        jackknife: With at least :data:`MIN_JACKKNIFE_REFERENCES` references, also score each
+            reference attack once without each reference (rows 1..K of shape (1 + K, N); row 0
+            uses all of them), so the gate's interval covers which reference models happened to
+            be trained (:func:`unlearn.gate_bootstrap.auc_draws`). Costs K more attack scorings
+            on signals already computed (no forward pass).
 
     Returns:
         The gate's input for this model.
@@ -269,11 +274,12 @@ def gate_scores(
     retain = target.retain if target.retain is not None else Signals(empty, empty, empty, empty, empty, empty)
     options = attack_options or {}
     member, nonmember = {}, {}
-    rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(references), len(references)) for _ in range(replicates)] if references else []
+    everyone = np.arange(len(references))
+    subsets = [everyone]
+    if jackknife and len(references) >= MIN_JACKKNIFE_REFERENCES:
+        subsets += [np.delete(everyone, k) for k in everyone]
     for attack in attacks:
-        needs_refs = ATTACKS.get(attack).uses_references
-        picks = draws if needs_refs and draws else [np.arange(len(references))]
+        picks = subsets if ATTACKS.get(attack).uses_references else [everyone]
         results = []
         for pick in picks:
             chosen = [references[i] for i in pick]

@@ -45,6 +45,8 @@ def ladder_key(project: Project, parent_version: str, batches: list[str]) -> str
     ``unlearn.recalibrate_bn`` changes every candidate's weights-and-buffers, so it is part of the policy; it
     is added only when on, so an escalation recorded before the setting existed keeps its key when it is off;
     ``gate.utility_loss_fraction`` and ``gate.utility_loss_floor`` likewise count only when ``utility`` is gated.
+    The intervals' reference-set jackknife (2026-12) widened every reference attack's interval: it is part of the
+    key, so an escalation whose verdict was reached without it is verified again, not promoted on it.
     """
     params = project.params
     ladder = params.unlearn.ladder
@@ -54,7 +56,7 @@ def ladder_key(project: Project, parent_version: str, batches: list[str]) -> str
         gate = gate.replace(f", utility_loss_floor={params.gate.utility_loss_floor!r}", "")
     return hashlib.sha256(json.dumps(
         [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
-         params.seed, repr(params.verify), gate,
+         params.seed, repr(params.verify), gate, {"intervals": "reference-jackknife"},
          *([{"recalibrate_bn": True}] if params.unlearn.recalibrate_bn else [])],
         sort_keys=True, default=str).encode()
     ).hexdigest()[:16]

@@ -309,13 +309,16 @@ def test_replicates_and_retrain_seeds_widen_the_interval():
     rng = np.random.default_rng(4)
     parent = _synthetic(1.0, rng)
     cand = _synthetic(0.0, rng)
-    noisy = ScoredModel({"a": np.stack([cand.member["a"] + rng.normal(0, 0.5, 400) for _ in range(5)])},
+    noisy = ScoredModel({"a": np.stack([cand.member["a"]] + [cand.member["a"] + rng.normal(0, 0.5, 400)
+                                                             for _ in range(4)])},
                         {"a": np.stack([cand.nonmember["a"]] * 5)}, cand.forget_correct, cand.test_correct)
     par5 = ScoredModel({"a": np.stack([parent.member["a"]] * 5)}, {"a": np.stack([parent.nonmember["a"]] * 5)},
                        parent.forget_correct, parent.test_correct)
     one = gate_decision(cand, parent, attacks=["a"], resamples=400).checks[0]
-    many = gate_decision(noisy, par5, attacks=["a"], resamples=400).checks[0]
-    assert many.ci_high - many.ci_low > one.ci_high - one.ci_low
+    many = gate_decision(noisy, par5, attacks=["a"], resamples=400)
+    assert many.checks[0].ci_high - many.checks[0].ci_low > one.ci_high - one.ci_low
+    assert many.checks[0].candidate == pytest.approx(one.candidate)  # the point is row 0's: all references
+    assert many.reference_jackknife == {"a": 4}
     retrains = [_synthetic(0.0, rng) for _ in range(3)]
     strict = gate_decision(cand, parent, attacks=["a"], targets=retrains, resamples=400)
     assert strict.n_targets == 3 and strict.verdict in (PASS, INCONCLUSIVE)
@@ -416,13 +419,20 @@ def test_gate_scores_pairs_models_and_replicates_over_references():
 
     refs = [evidence(0.0) for _ in range(4)]
     target = evidence(1.0)
-    once = gate_scores(target, refs, attacks=["lira_offline", "rmia_offline", "loss_threshold"], seed=3)
+    once = gate_scores(target, refs, attacks=["lira_offline", "rmia_offline", "loss_threshold"], seed=3,
+                       jackknife=False)
     assert once.member["lira_offline"].shape == (60,) and once.nonmember["rmia_offline"].shape == (45,)
-    again = gate_scores(target, refs, attacks=["rmia_offline"], seed=3)
+    again = gate_scores(target, refs, attacks=["rmia_offline"], seed=3, jackknife=False)
     np.testing.assert_array_equal(again.nonmember["rmia_offline"], once.nonmember["rmia_offline"])  # same split
-    replicated = gate_scores(target, refs, attacks=["lira_offline", "loss_threshold"], seed=3, replicates=5)
-    assert replicated.member["lira_offline"].shape == (5, 60)
+    # by default each reference attack is also scored without each reference (leave-one-out replicates)
+    replicated = gate_scores(target, refs, attacks=["lira_offline", "rmia_offline", "loss_threshold"], seed=3)
+    assert replicated.member["lira_offline"].shape == (5, 60) and replicated.nonmember["rmia_offline"].shape == (5, 45)
+    np.testing.assert_array_equal(replicated.member["lira_offline"][0], once.member["lira_offline"])  # row 0: all
+    without_second = gate_scores(target, [refs[0], *refs[2:]], attacks=["lira_offline"], seed=3, jackknife=False)
+    np.testing.assert_array_equal(replicated.member["lira_offline"][2], without_second.member["lira_offline"])
     assert replicated.member["loss_threshold"].shape == (60,)  # no references: nothing to replicate
+    # two references: leaving one out leaves LiRA a single observation per sample, so no replicates
+    assert gate_scores(target, refs[:2], attacks=["lira_offline"], seed=3).member["lira_offline"].shape == (60,)
     with pytest.raises(ValueError, match="svc_confidence needs both"):  # no retain signals given
         gate_scores(target, refs, attacks=["svc_confidence"], seed=3)
 
@@ -485,3 +495,36 @@ def test_test_acc_keeps_the_unweighted_margin_when_forget_acc_is_label_matched()
                              resamples=300, labels=(np.full(200, 3), negative_labels))
     checks = {c.metric: c for c in decision.checks}
     assert checks["test_acc"].verdict == FAIL and checks["test_acc"].margin < 0.06 < checks["forget_acc"].margin
+
+
+def test_the_reference_jackknife_adds_its_variance_and_keeps_models_paired():
+    """Which reference models were trained moves a reference attack's AUC; the sample bootstrap alone left that
+    out (benchmarks/results/reference_variance.md). Leave-one-out replicates add sqrt(K - 1) x each one's
+    deviation, whose variance over a uniform pick is the jackknife variance, and every model of a decision gets
+    the same left-out reference, so a candidate scored exactly like its parent differs from it by nothing."""
+    from unlearn.gate_bootstrap import auc_draws, bootstrap_weights, jackknife_sd, weighted_auc
+
+    rng = np.random.default_rng(12)
+    base = _synthetic(0.6, rng, n_forget=300)
+    shifts = np.array([0.0, 0.25, -0.2, 0.1, -0.3, 0.05])  # the score each left-out reference moves D_F by
+    member = np.stack([base.member["a"]] + [base.member["a"] + d for d in shifts])
+    nonmember = np.stack([base.nonmember["a"]] * (1 + len(shifts)))
+    model = ScoredModel({"a": member}, {"a": nonmember}, base.forget_correct, base.test_correct)
+    k, resamples = len(shifts), 4000
+    w_rng = np.random.default_rng(0)
+    wf, wn = bootstrap_weights(300, resamples, w_rng), bootstrap_weights(len(nonmember[0]), resamples, w_rng)
+    pick = w_rng.integers(0, k, resamples)
+    point, draws = auc_draws(model, "a", wf, wn, pick, 1 + k)
+    assert point == pytest.approx(weighted_auc(member[0], nonmember[0], np.ones((1, 300)),
+                                               np.ones((1, len(nonmember[0]))))[0])
+    _, plain = auc_draws(base, "a", wf, wn, pick, 1 + k)
+    left_out = np.array([weighted_auc(m, n, np.ones((1, 300)), np.ones((1, len(n))))[0]
+                         for m, n in zip(member[1:], nonmember[1:], strict=True)])
+    expected = (k - 1) / k * np.sum((left_out - left_out.mean()) ** 2)
+    assert jackknife_sd(model, "a") == pytest.approx(np.sqrt(expected))
+    assert draws.var() == pytest.approx(plain.var() + expected, rel=0.1)  # independent of the sample resampling
+    assert draws.var() > 1.5 * plain.var()  # and not negligible here, so the check above has teeth
+    _, twin = auc_draws(model, "a", wf, wn, pick, 1 + k)
+    np.testing.assert_array_equal(draws - twin, 0.0)  # paired: the same reference left out in each resample
+    with pytest.raises(ValueError, match="disagree"):
+        auc_draws(model, "a", wf, wn, pick, 4)

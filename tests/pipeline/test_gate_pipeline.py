@@ -15,7 +15,10 @@ pytestmark = pytest.mark.e2e
 # Membership made detectable: few training samples, many epochs (the model memorises them), and a
 # "method" that changes nothing (one epoch of fine-tuning at lr 1e-7, batch-norm statistics not recomputed):
 # the candidate IS the parent (but for batch-norm statistics updated by its few batches of D_R).
+# Four references (two pairs), the fewest the gate's intervals leave one out of: the conclusive fail below holds
+# with the reference-set jackknife in the intervals (unlearn.gate_bootstrap.auc_draws).
 MEMORISING = {**FAST, "data": {"train_subset": 300}, "train": {"epochs": 40},
+              "verify": {**FAST["verify"], "references": {"count": 4, "batched": "auto"}},
               "unlearn": {"method": "finetune", "escalation": [], "recalibrate_bn": False,
                           "methods": {"finetune": {"epochs": 1, "lr": 1e-7, "batch_size": 64}}}}
 
@@ -75,6 +78,9 @@ def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(mak
     assert lira["verdict"] == "fail" and lira["ci_low"] >= lira["margin"]
     assert report["verdict"] == "fail" and report["evidence"] == "conclusive" and report["mode"] == "equivalence"
     assert report["retrain_seconds"] == 0.0 and "retrain" not in report["models"]  # no retrain to verify
+    # ... with intervals that also cover which of the four reference models were trained
+    assert report["reference_jackknife"] == {"lira_offline": 4, "rmia_offline": 4}
+    assert "jackknife over the 4 reference models" in report["interval_scope"]
     # The only rung failed: the deletion is still honoured, by the exact retrain (a batch left pending would
     # have blocked every later request with it: review of 2026-12-05), and the failed model is never promoted.
     assert report["action"] == "retrain" and "failed the gate conclusively" in report["policy_reason"]

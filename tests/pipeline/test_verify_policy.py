@@ -176,12 +176,19 @@ def test_verification_gates_utility_with_the_allowance_of_the_deletions_share():
     assert allowed < gate.utility_loss_fraction and utility.margin == pytest.approx(allowed * utility.parent_excess)
 
 
-def test_the_report_says_what_the_intervals_leave_out():
-    """Reference attacks depend on which reference models were trained, which the bootstrap does not resample
-    (benchmarks/results/reference_variance*.md): the report, and so the certificate, says so where it applies."""
+def test_the_report_says_what_the_intervals_cover_and_leave_out():
+    """Reference attacks depend on which reference models were trained. The gate covers it with a leave-one-out
+    jackknife when it has enough references (benchmarks/results/reference_variance*.md); the report, and so the
+    certificate, says which attacks it covered, from the decision, and says plainly where nothing covered it."""
     from tasks.stage.verify import interval_scope
 
-    with_references = interval_scope(("lira_offline", "rmia_offline"))
-    assert "not which reference models were trained" in with_references
-    assert "lira_offline, rmia_offline" in with_references
+    covered = interval_scope(("lira_offline", "rmia_offline"), {"lira_offline": 4, "rmia_offline": 4})
+    assert "and which reference models were trained" in covered and "jackknife over the 4 reference" in covered
+    assert "lira_offline, rmia_offline" in covered and "optimistic" not in covered
+    uncovered = interval_scope(("lira_offline", "rmia_offline"))  # e.g. two references: nothing to leave out
+    assert "not which reference models were trained" in uncovered and "optimistic" in uncovered
+    assert "lira_offline, rmia_offline" in uncovered and "jackknife" not in uncovered
+    mixed = interval_scope(("lira_offline", "rmia_offline"), {"lira_offline": 4})
+    assert "on which lira_offline also depend: a leave-one-out" in mixed
+    assert "not which reference models were trained, on which rmia_offline" in mixed
     assert "reference" not in interval_scope(("loss_threshold",)) and "paired bootstrap" in interval_scope(())
