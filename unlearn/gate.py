@@ -63,8 +63,8 @@ negatives cannot show a loss and the check is inconclusive), and the candidate m
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
 leave-one-out replicates (shape (1 + K, N): reference attacks scored without each of K reference models,
-``gate_scores``) a resample also draws one left-out reference for all models and adds its jackknife
-deviation, so the interval covers which reference models happened to be trained (``auc_draws``); with
+``gate_scores``) a resample also draws K normal multipliers for all models and adds the jackknife deviations
+they weigh, so the interval covers which reference models happened to be trained (``auc_draws``); with
 several strict-mode retrains it draws retrains with replacement and averages them, so retrain-seed noise
 enters the interval.
 
@@ -460,15 +460,16 @@ def gate_decision(
     for attack in attacks:
         rng = np.random.default_rng(stable_seed(seed, attack))
         n_neg = len(np.atleast_2d(candidate.nonmember[attack])[0])
-        n_rep = max(len(np.atleast_2d(m.member[attack])) for m in models)
+        n_rep = len(np.atleast_2d(candidate.member[attack]))
         wf, wn = bootstrap_weights(n_forget, resamples, rng), bootstrap_weights(n_neg, resamples, rng)
-        pick = rng.integers(0, max(n_rep - 1, 1), size=resamples)  # the left-out reference per resample
-        if n_rep > 1:
+        multipliers = None
+        if n_rep > 1:  # leave-one-out replicates over K references: Gaussian multipliers shared by every model
+            multipliers = rng.standard_normal((resamples, n_rep - 1))
             jackknife[attack] = n_rep - 1
-        cand = auc_draws(candidate, attack, wf, wn, pick, n_rep)
-        par = auc_draws(parent, attack, wf, wn, pick, n_rep)
+        cand = auc_draws(candidate, attack, wf, wn, multipliers)
+        par = auc_draws(parent, attack, wf, wn, multipliers)
         if targets:
-            target = target_draws([auc_draws(t, attack, wf, wn, pick, n_rep) for t in targets], rng)
+            target = target_draws([auc_draws(t, attack, wf, wn, multipliers) for t in targets], rng)
         else:
             target = (0.5, np.full(resamples, 0.5))
         checks.append(_decide_equivalence(f"mia.{attack}.auc", cand, par, target, alpha=alpha,

@@ -93,42 +93,55 @@ def interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
 
 
-def auc_draws(model: ScoredModel, attack: str, wf: np.ndarray, wn: np.ndarray, pick: np.ndarray,
-               n_rep: int) -> tuple[float, np.ndarray]:
+def auc_draws(model: ScoredModel, attack: str, wf: np.ndarray, wn: np.ndarray,
+              multipliers: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Point AUC (all references) and one draw per resample: samples resampled, plus the reference-set spread.
 
     Why: an attack scored against reference models depends on which ones happened to be trained (their seeds
     and pool halves), and a bootstrap over samples for fixed models leaves that out (measured:
-    benchmarks/results/reference_variance*.md). With leave-one-out replicates (rows 1..K of the scores) each
-    resample adds ``sqrt(K - 1) * (AUC_-k - mean_j AUC_-j)`` for the replicate ``k = pick[b]``: over a uniform
-    k that term has the jackknife variance ``(K - 1) / K * sum_k (AUC_-k - mean)^2`` (Efron and Stein 1981:
-    in expectation at least the statistic's variance over independent reference draws, so conservative).
-    ``pick`` is shared by every model of a decision, so the candidate, the parent and any retrain are
-    perturbed by the same left-out reference and their differences stay paired. A model scored without
-    replicates (shape (N,)) gets no reference term.
+    benchmarks/results/reference_variance*.md). With leave-one-out replicates (rows 1..K of the scores, each
+    without one reference), resample b adds ``sqrt((K - 1) / K) * sum_k g[b, k] * d_k``, where
+    ``d_k = AUC_-k - mean_j AUC_-j`` and ``g`` are standard normal multipliers. Given the scores that term is
+    Gaussian with the delete-one jackknife variance ``(K - 1) / K * sum_k d_k^2``, and symmetric and continuous:
+    added to a unimodal bootstrap distribution it can only move the percentile interval's ends outward. (Picking
+    one left-out reference per resample has the same variance, but with K > 1 / alpha a single unusual
+    reference falls outside the percentiles and the interval shifts instead: an inconclusive candidate could
+    pass, an undetected parent read as detected; a review of 2026-12-06.) ``multipliers`` are shared by every
+    model of a decision, so the term is linear in each model's deviations and the candidate - parent (or
+    candidate - retrain) difference gets the jackknife variance of the difference: paired.
 
     Args:
         model: The model's scores.
         attack: Which attack's scores.
         wf / wn: Bootstrap weights of the forget samples and the negatives, shape (B, N).
-        pick: The left-out reference per resample, in [0, n_rep - 1), shape (B,).
-        n_rep: Rows of the replicated models of this decision (1 + K), or 1 when none is replicated.
+        multipliers: Standard normal draws, shape (B, K), for models scored with K leave-one-out replicates;
+            None when the decision's models have none.
+
+    Raises:
+        ValueError: If the scores' replicates do not match ``multipliers`` (every model of a decision must be
+            scored against the same references the same way).
     """
     member = score_replicates(model.member[attack], f"{attack} member scores")
     nonmember = score_replicates(model.nonmember[attack], f"{attack} non-member scores")
-    if len(member) not in (1, n_rep) or len(nonmember) != len(member):
-        raise ValueError(f"{attack}: models disagree on the number of score replicates")
-    if len(member) == 2:
-        raise ValueError(f"{attack}: leave-one-out replicates need at least 2 references (rows 1 + K, K >= 2)")
+    expected = 1 if multipliers is None else 1 + multipliers.shape[1]
+    if len(member) != expected or len(nonmember) != len(member):
+        raise ValueError(f"{attack}: models disagree on the number of score replicates (expected {expected} rows: "
+                         "every model of a decision must be scored against the same references)")
     ones_f, ones_n = np.ones((1, member.shape[1])), np.ones((1, nonmember.shape[1]))
     point = float(weighted_auc(member[0], nonmember[0], ones_f, ones_n)[0])
     draws = weighted_auc(member[0], nonmember[0], wf, wn)
-    if len(member) == 1:
+    if multipliers is None:
         return point, draws
-    left_out = np.array([weighted_auc(m, n, ones_f, ones_n)[0] for m, n in zip(member[1:], nonmember[1:],
-                                                                              strict=True)])
-    spread = np.sqrt(len(left_out) - 1) * (left_out - left_out.mean())
-    return point, draws + spread[pick]
+    deviations = _left_out_deviations(member, nonmember)
+    return point, draws + np.sqrt((len(deviations) - 1) / len(deviations)) * (multipliers @ deviations)
+
+
+def _left_out_deviations(member: np.ndarray, nonmember: np.ndarray) -> np.ndarray:
+    """AUC without each reference (rows 1..K) minus their mean, shape (K,)."""
+    ones_f, ones_n = np.ones((1, member.shape[1])), np.ones((1, nonmember.shape[1]))
+    left_out = np.array([weighted_auc(m, n, ones_f, ones_n)[0]
+                         for m, n in zip(member[1:], nonmember[1:], strict=True)])
+    return left_out - left_out.mean()
 
 
 def jackknife_sd(model: ScoredModel, attack: str) -> float:
@@ -137,10 +150,8 @@ def jackknife_sd(model: ScoredModel, attack: str) -> float:
     nonmember = score_replicates(model.nonmember[attack], f"{attack} non-member scores")
     if len(member) < 3:
         return 0.0
-    ones_f, ones_n = np.ones((1, member.shape[1])), np.ones((1, nonmember.shape[1]))
-    left_out = np.array([weighted_auc(m, n, ones_f, ones_n)[0] for m, n in zip(member[1:], nonmember[1:],
-                                                                              strict=True)])
-    return float(np.sqrt((len(left_out) - 1) * np.mean((left_out - left_out.mean()) ** 2)))
+    deviations = _left_out_deviations(member, nonmember)
+    return float(np.sqrt((len(deviations) - 1) / len(deviations) * np.sum(deviations ** 2)))
 
 
 def gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray,

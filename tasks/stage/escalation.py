@@ -45,18 +45,25 @@ def ladder_key(project: Project, parent_version: str, batches: list[str]) -> str
     ``unlearn.recalibrate_bn`` changes every candidate's weights-and-buffers, so it is part of the policy; it
     is added only when on, so an escalation recorded before the setting existed keeps its key when it is off;
     ``gate.utility_loss_fraction`` and ``gate.utility_loss_floor`` likewise count only when ``utility`` is gated.
-    The intervals' reference-set jackknife (2026-12) widened every reference attack's interval: it is part of the
-    key, so an escalation whose verdict was reached without it is verified again, not promoted on it.
+    The intervals' reference-set jackknife (2026-12) widened the interval of every gated reference attack scored
+    against 3 or more references: for such a project it is part of the key, so an escalation still in progress
+    whose verdicts were reached without it starts again (one already done keeps its verdict: promote reads it).
     """
+    from unlearn.attacks import ATTACKS
+    from unlearn.verification import MIN_JACKKNIFE_REFERENCES
+
     params = project.params
     ladder = params.unlearn.ladder
+    jackknifed = (params.verify.references.count >= MIN_JACKKNIFE_REFERENCES
+                  and any(ATTACKS.get(a).uses_references for a in params.gate.attacks))
     gate = repr(params.gate)
     if "utility" not in params.gate.accuracy_checks:  # unused: an escalation recorded before it existed keeps its key
         gate = gate.replace(f", utility_loss_fraction={params.gate.utility_loss_fraction!r}", "")
         gate = gate.replace(f", utility_loss_floor={params.gate.utility_loss_floor!r}", "")
     return hashlib.sha256(json.dumps(
         [parent_version, sorted(batches), list(ladder), {m: params.method_kwargs(m) for m in ladder},
-         params.seed, repr(params.verify), gate, {"intervals": "reference-jackknife"},
+         params.seed, repr(params.verify), gate,
+         *([{"intervals": "reference-jackknife"}] if jackknifed else []),
          *([{"recalibrate_bn": True}] if params.unlearn.recalibrate_bn else [])],
         sort_keys=True, default=str).encode()
     ).hexdigest()[:16]

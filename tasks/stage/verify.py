@@ -32,32 +32,38 @@ CHECK_FIELDS = ("verdict", "reason", "candidate", "target", "estimate", "ci_low"
                 "parent_ci_low", "parent_ci_high", "parent_detected", "margin", "n_forget", "n_negative")
 
 
-def interval_scope(attacks: tuple[str, ...] | list[str], jackknife: dict[str, int] | None = None) -> str:
+def interval_scope(attacks: tuple[str, ...] | list[str], jackknife: dict[str, int] | None = None,
+                   scored: set[str] | None = None) -> str:
     """What the gate's intervals account for, in words a certificate can carry.
 
     They resample the forget and test samples (paired across models) for fixed models. Reference attacks also
     depend on which reference models happened to be trained: with :data:`unlearn.verification.MIN_JACKKNIFE_REFERENCES`
     or more the intervals add a leave-one-out jackknife over them (``jackknife``: attack -> references, from the
-    decision), which measured on digits brought the nominal 90% to about 90% (benchmarks/results/
-    reference_variance.md); with fewer, nothing covers it and the stated level is optimistic. Said where it
-    applies, from what the decision did, never left out.
+    decision; measured coverage in benchmarks/results/reference_variance*.md); with fewer nothing covers it and the
+    stated level is optimistic. ``scored``: the attacks that got an interval at all (None: every one); an attack
+    the gate never scored (too few samples, a refusal, a diverged model) is said to have none, not blamed on the
+    reference count. Said from what the decision did, never left out.
     """
     from unlearn.attacks import ATTACKS
 
     jackknife = jackknife or {}
+    by_references = [a for a in attacks if ATTACKS.get(a).uses_references]
+    unscored = [a for a in by_references if scored is not None and a not in scored]
+    covered = [a for a in by_references if a not in unscored and jackknife.get(a)]
+    uncovered = [a for a in by_references if a not in unscored and not jackknife.get(a)]
     scope = "the forget and test samples, resampled together for every model (paired bootstrap)"
-    covered = [a for a in attacks if ATTACKS.get(a).uses_references and jackknife.get(a)]
-    uncovered = [a for a in attacks if ATTACKS.get(a).uses_references and not jackknife.get(a)]
     if covered:
         counts = sorted({jackknife[a] for a in covered})
         scope += (f"; and which reference models were trained, on which {', '.join(covered)} also depend: a "
-                  f"leave-one-out jackknife over the {'/'.join(map(str, counts))} reference models, conservative in "
-                  "expectation but itself estimated from few models (measured coverage in "
+                  f"leave-one-out jackknife over the {'/'.join(map(str, counts))} reference models, itself "
+                  "estimated from few models (complementary pairs, not independent draws; measured coverage in "
                   "benchmarks/results/reference_variance*.md)")
     if uncovered:
         scope += (f"; not which reference models were trained, on which {', '.join(uncovered)} also depend "
                   f"(fewer than {MIN_JACKKNIFE_REFERENCES} reference models to leave one out; measured in "
                   "benchmarks/results/reference_variance*.md): their stated level is optimistic")
+    if unscored:
+        scope += f"; no interval was computed for {', '.join(unscored)} (not scored: see the checks)"
     return scope
 
 
@@ -183,7 +189,9 @@ def run_verify(project: Project) -> dict[str, Any]:
         "reference_models": evaluation.reference_ids,
         "augmentations": params.verify.augmentations,
         "n_forget": len(sets.forget), "n_retain": len(sets.retain), "n_test": len(sets.test),
-        "interval_scope": interval_scope(params.gate.attacks, evaluation.decision.reference_jackknife),
+        "interval_scope": interval_scope(params.gate.attacks, evaluation.decision.reference_jackknife, {
+            c.metric.split(".")[1] for c in evaluation.decision.checks
+            if c.metric.startswith("mia.") and math.isfinite(c.estimate)}),
     }
     report["models"] = {role: {k: _json_number(v) for k, v in m.items()} for role, m in results.items()}
     attempt_path = project.reports_dir / "attempts" / f"{attempt.run_id}.json"  # unique across escalations

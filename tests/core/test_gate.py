@@ -499,9 +499,9 @@ def test_test_acc_keeps_the_unweighted_margin_when_forget_acc_is_label_matched()
 
 def test_the_reference_jackknife_adds_its_variance_and_keeps_models_paired():
     """Which reference models were trained moves a reference attack's AUC; the sample bootstrap alone left that
-    out (benchmarks/results/reference_variance.md). Leave-one-out replicates add sqrt(K - 1) x each one's
-    deviation, whose variance over a uniform pick is the jackknife variance, and every model of a decision gets
-    the same left-out reference, so a candidate scored exactly like its parent differs from it by nothing."""
+    out (benchmarks/results/reference_variance.md). Leave-one-out replicates add a Gaussian term with the
+    jackknife variance, weighing each model's deviations with multipliers shared by every model of a decision,
+    so a candidate scored exactly like its parent differs from it by nothing."""
     from unlearn.gate_bootstrap import auc_draws, bootstrap_weights, jackknife_sd, weighted_auc
 
     rng = np.random.default_rng(12)
@@ -513,18 +513,46 @@ def test_the_reference_jackknife_adds_its_variance_and_keeps_models_paired():
     k, resamples = len(shifts), 4000
     w_rng = np.random.default_rng(0)
     wf, wn = bootstrap_weights(300, resamples, w_rng), bootstrap_weights(len(nonmember[0]), resamples, w_rng)
-    pick = w_rng.integers(0, k, resamples)
-    point, draws = auc_draws(model, "a", wf, wn, pick, 1 + k)
+    multipliers = w_rng.standard_normal((resamples, k))
+    point, draws = auc_draws(model, "a", wf, wn, multipliers)
     assert point == pytest.approx(weighted_auc(member[0], nonmember[0], np.ones((1, 300)),
                                                np.ones((1, len(nonmember[0]))))[0])
-    _, plain = auc_draws(base, "a", wf, wn, pick, 1 + k)
+    _, plain = auc_draws(base, "a", wf, wn)
     left_out = np.array([weighted_auc(m, n, np.ones((1, 300)), np.ones((1, len(n))))[0]
                          for m, n in zip(member[1:], nonmember[1:], strict=True)])
     expected = (k - 1) / k * np.sum((left_out - left_out.mean()) ** 2)
     assert jackknife_sd(model, "a") == pytest.approx(np.sqrt(expected))
     assert draws.var() == pytest.approx(plain.var() + expected, rel=0.1)  # independent of the sample resampling
     assert draws.var() > 1.5 * plain.var()  # and not negligible here, so the check above has teeth
-    _, twin = auc_draws(model, "a", wf, wn, pick, 1 + k)
-    np.testing.assert_array_equal(draws - twin, 0.0)  # paired: the same reference left out in each resample
+    _, twin = auc_draws(model, "a", wf, wn, multipliers)
+    np.testing.assert_array_equal(draws - twin, 0.0)  # paired: the same multipliers for every model
+    with pytest.raises(ValueError, match="disagree"):  # one model scored without the references' replicates
+        auc_draws(base, "a", wf, wn, multipliers)
     with pytest.raises(ValueError, match="disagree"):
-        auc_draws(model, "a", wf, wn, pick, 4)
+        auc_draws(model, "a", wf, wn, multipliers[:, :3])
+
+
+def test_one_unusual_reference_among_many_widens_the_interval_and_never_moves_an_end_inward():
+    """A review (2026-12-06) broke the first version, which drew one left-out reference per resample: with K
+    references above 1 / alpha, one unusual reference fell outside the percentiles and the interval shifted
+    (an inconclusive candidate passed, an undetected parent read as detected). With symmetric, continuous
+    multipliers each end only moves outward."""
+    from unlearn.gate_bootstrap import auc_draws, bootstrap_weights
+
+    rng = np.random.default_rng(21)
+    inward = 0
+    for trial in range(12):
+        base = _synthetic(0.3, rng, n_forget=200)
+        shifts = np.concatenate([[0.8], rng.normal(0, 0.02, 29)])  # K = 30, one reference far from the rest
+        member = np.stack([base.member["a"]] + [base.member["a"] + d for d in shifts])
+        nonmember = np.stack([base.nonmember["a"]] * 31)
+        model = ScoredModel({"a": member}, {"a": nonmember}, base.forget_correct, base.test_correct)
+        w_rng = np.random.default_rng(trial)
+        wf, wn = bootstrap_weights(200, 2000, w_rng), bootstrap_weights(len(nonmember[0]), 2000, w_rng)
+        _, plain = auc_draws(base, "a", wf, wn)
+        _, covered = auc_draws(model, "a", wf, wn, w_rng.standard_normal((2000, 30)))
+        low, high = np.quantile(plain, [0.05, 0.95])
+        low_jk, high_jk = np.quantile(covered, [0.05, 0.95])
+        inward += int(low_jk > low + 1e-3 or high_jk < high - 1e-3)
+        assert high_jk - low_jk > high - low
+    assert inward == 0

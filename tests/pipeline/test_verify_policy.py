@@ -192,3 +192,9 @@ def test_the_report_says_what_the_intervals_cover_and_leave_out():
     assert "on which lira_offline also depend: a leave-one-out" in mixed
     assert "not which reference models were trained, on which rmia_offline" in mixed
     assert "reference" not in interval_scope(("loss_threshold",)) and "paired bootstrap" in interval_scope(())
+    # nothing scored (too few samples, a refusal, a diverged model): no interval, and no false reason for it
+    # (a review: it blamed 'fewer than 3 reference models' on a report listing four)
+    unscored = interval_scope(("lira_offline", "rmia_offline"), {}, set())
+    assert "no interval was computed for lira_offline, rmia_offline" in unscored and "fewer than" not in unscored
+    partly = interval_scope(("lira_offline", "rmia_offline"), {"lira_offline": 4}, {"lira_offline"})
+    assert "jackknife over the 4" in partly and "no interval was computed for rmia_offline" in partly
