@@ -404,6 +404,8 @@ def _record(project: Project, chosen: dict[str, Any], decision: GateDecision, of
                     "margin": _finite(c.margin), "verdict": c.verdict, "parent_excess": _finite(c.parent_excess),
                     "parent_detected": c.parent_detected} for c in decision.checks],
         "alpha": decision.alpha, "margin_fraction": decision.margin_fraction, "resamples": decision.resamples,
+        # attack -> the references the intervals left out one at a time (unlearn.gate_bootstrap.auc_draws)
+        "reference_jackknife": dict(decision.reference_jackknife),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
 

@@ -51,6 +51,7 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     assert record["model_version"] == str(champion.version) and record["parent_version"] == "1"
     assert record["parent_source"] == "retrained"  # purge retired version 1: it saw the deleted samples
     assert record["n_forget"] == 300 and record["parent_detected"]
+    assert record["reference_jackknife"] == {}  # FAST's two references: none left out, and the record says so
     assert record["demoted"] and record["offending"], record
     for check in record["checks"]:
         assert set(check) >= {"metric", "estimate", "ci", "margin", "verdict"}
