@@ -15,10 +15,7 @@ pytestmark = pytest.mark.e2e
 # Membership made detectable: few training samples, many epochs (the model memorises them), and a
 # "method" that changes nothing (one epoch of fine-tuning at lr 1e-7, batch-norm statistics not recomputed):
 # the candidate IS the parent (but for batch-norm statistics updated by its few batches of D_R).
-# Four references (two pairs), the fewest the gate's intervals leave one out of: the conclusive fail below holds
-# with the reference-set jackknife in the intervals (unlearn.gate_bootstrap.auc_draws).
 MEMORISING = {**FAST, "data": {"train_subset": 300}, "train": {"epochs": 40},
-              "verify": {**FAST["verify"], "references": {"count": 4, "batched": "auto"}},
               "unlearn": {"method": "finetune", "escalation": [], "recalibrate_bn": False,
                           "methods": {"finetune": {"epochs": 1, "lr": 1e-7, "batch_size": 64}}}}
 
@@ -66,7 +63,10 @@ def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(mak
     from tasks.stage.state import read_escalation
     from unlearn.data import SampleStore
 
-    root, project, result = _trained_then_deleted(make_project, MEMORISING)
+    # four references (two pairs), the fewest the gate's intervals leave one out of: the conclusive fail holds with
+    # the reference-set jackknife in the intervals (unlearn.gate_bootstrap.auc_draws)
+    root, project, result = _trained_then_deleted(
+        make_project, {**MEMORISING, "verify": {**FAST["verify"], "references": {"count": 4, "batched": "auto"}}})
     state = read_escalation(project)
     report = _first_report(project)
     checks = {c["metric"]: c for c in report["checks"]}
