@@ -91,6 +91,9 @@ def main() -> int:
     parser.add_argument("--train-subset", type=int, default=None, help="data.train_subset (seeded by split_seed)")
     parser.add_argument("--test-subset", type=int, default=None, help="data.test_subset (seeded by split_seed)")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs instead of params.yaml's")
+    parser.add_argument("--no-reference-jackknife", action="store_true",
+                        help="intervals over samples only, as before the reference jackknife (to price its power; "
+                        "writes <out>_no_jackknife)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.sizes = 2, [1, 10, 100]
@@ -99,6 +102,8 @@ def main() -> int:
     if args.out is None:
         suffix = "" if params.data.source == "digits" else f"_{params.data.source}"
         args.out = str(RESULTS / f"gate_power{suffix}")
+        if args.no_reference_jackknife:
+            args.out += "_no_jackknife"
     gate = params.gate
     recipe = SGDRecipe.from_config(params.train)
     source = load_source(params.data)
@@ -122,6 +127,7 @@ def main() -> int:
         return TensorSet(images[idx], labels[idx])
 
     options = dict(params.verify.attack_options)
+    jackknife = not args.no_reference_jackknife
     runs, costs, retrain_cpu, warm_cpu = [], [], [], []
     ref_cache = SignalCache(tempfile.mkdtemp(prefix="gate-power-signals-"))
     started = time.time()
@@ -167,14 +173,14 @@ def main() -> int:
             ref_evidence = [model_evidence(r, sets, device="cpu", cache=ref_cache, with_retain=False)
                             for r in references]
             parent_evidence = model_evidence(parent, sets, device="cpu", cache=parent_cache, with_retain=False)
-            parent_scores = gate_scores(parent_evidence, ref_evidence,
-                                        attacks=gate.attacks, attack_options=options, seed=seed)
+            parent_scores = gate_scores(parent_evidence, ref_evidence, attacks=gate.attacks,
+                                        attack_options=options, seed=seed, jackknife=jackknife)
             setup_cpu = time.process_time() - start
             parent_cache.drop_ids(set(forget.astype(str)))  # as purge does once the batch is applied
             for role, model in (("parent", parent), ("retrain", retrain), ("amun", amun)):
                 start = time.process_time()
                 scores = gate_scores(model_evidence(model, sets, device="cpu", with_retain=False), ref_evidence,
-                                     attacks=gate.attacks, attack_options=options, seed=seed)
+                                     attacks=gate.attacks, attack_options=options, seed=seed, jackknife=jackknife)
                 decision = gate_decision(scores, parent_scores, attacks=gate.attacks,
                                          accuracy_checks=gate.accuracy_checks, alpha=gate.alpha,
                                          margin_fraction=gate.margin_fraction, resamples=gate.resamples,
@@ -248,6 +254,7 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
                                                       "margin_fraction", "utility_loss_fraction", "resamples",
                                                       "seed", "min_samples")},
                "references": N_REFERENCES, "pool_fraction": params.verify.references.pool_fraction,
+               "reference_jackknife": not args.no_reference_jackknife,
                "summary": summary, "costs": costs, "runs": runs, "elapsed_s": elapsed,
                "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
     Path(f"{out}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
@@ -265,8 +272,11 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
         f"(utility: min({gate.utility_loss_fraction}, {gate.utility_loss_floor} + the deleted share) x the parent's "
         "skill, one-sided), "
         f"{gate.resamples} resamples, min_samples {gate.min_samples}. {N_REFERENCES} references on the reference pool "
-        f"(pool_fraction {params.verify.references.pool_fraction}); negatives: the whole test split. "
-        "Every candidate is gated against the untouched parent as positive control.", "",
+        f"(pool_fraction {params.verify.references.pool_fraction}); negatives: the whole test split. Intervals: "
+        + ("the forget and test samples only (`--no-reference-jackknife`, as before the jackknife). "
+           if not payload["reference_jackknife"] else
+           f"the forget and test samples, plus the leave-one-out jackknife over the {N_REFERENCES} references. ")
+        + "Every candidate is gated against the untouched parent as positive control.", "",
         "## Error rates and pass rate (all sizes pooled; Wilson 95% intervals over runs)", "",
         "| quantity | value | target |", "|---|---|---|",
         f"| parent passes (false pass) | {o['parent_false_pass']} of {o['parent_runs']} runs; "

@@ -463,6 +463,9 @@ def gate_decision(
         n_rep = len(np.atleast_2d(candidate.member[attack]))
         wf, wn = bootstrap_weights(n_forget, resamples, rng), bootstrap_weights(n_neg, resamples, rng)
         multipliers = None
+        if n_rep == 2:
+            raise ValueError(f"gate: {attack!r} has one leave-one-out replicate; a jackknife needs at least two "
+                             "(scores of shape (N,) or (1 + K, N) with K >= 2)")
         if n_rep > 1:  # leave-one-out replicates over K references: Gaussian multipliers shared by every model
             multipliers = rng.standard_normal((resamples, n_rep - 1))
             jackknife[attack] = n_rep - 1

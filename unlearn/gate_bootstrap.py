@@ -144,16 +144,6 @@ def _left_out_deviations(member: np.ndarray, nonmember: np.ndarray) -> np.ndarra
     return left_out - left_out.mean()
 
 
-def jackknife_sd(model: ScoredModel, attack: str) -> float:
-    """The reference-set standard deviation :func:`auc_draws` adds to ``attack``'s AUC (0 without replicates)."""
-    member = score_replicates(model.member[attack], f"{attack} member scores")
-    nonmember = score_replicates(model.nonmember[attack], f"{attack} non-member scores")
-    if len(member) < 3:
-        return 0.0
-    deviations = _left_out_deviations(member, nonmember)
-    return float(np.sqrt((len(deviations) - 1) / len(deviations) * np.sum(deviations ** 2)))
-
-
 def gap_draws(model: ScoredModel, wf: np.ndarray, wn: np.ndarray,
                match: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, np.ndarray]:
     """forget accuracy - test accuracy: point and per resample, with pseudo-observations.
