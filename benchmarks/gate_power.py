@@ -57,6 +57,7 @@ from unlearn.attacks.signals import SignalCache
 from unlearn.config import load_params
 from unlearn.data import load_source
 from unlearn.gate import FAIL, INCONCLUSIVE, PASS, gate_decision
+from unlearn.gate_utility import LearningCurve
 from unlearn.methods import TensorSet, UnlearningData, run_method
 from unlearn.models import build_model
 from unlearn.references import ReferenceBank
@@ -94,6 +95,9 @@ def main() -> int:
     parser.add_argument("--no-reference-jackknife", action="store_true",
                         help="intervals over samples only, as before the reference jackknife (to price its power; "
                         "writes <out>_no_jackknife)")
+    parser.add_argument("--no-learning-curve", action="store_true",
+                        help="utility's cap stays utility_loss_fraction, as before the references' learning curve "
+                        "could raise it (writes <out>_no_curve)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.sizes = 2, [1, 10, 100]
@@ -104,6 +108,8 @@ def main() -> int:
         args.out = str(RESULTS / f"gate_power{suffix}")
         if args.no_reference_jackknife:
             args.out += "_no_jackknife"
+        if args.no_learning_curve:
+            args.out += "_no_curve"
     gate = params.gate
     recipe = SGDRecipe.from_config(params.train)
     source = load_source(params.data)
@@ -175,6 +181,9 @@ def main() -> int:
             parent_evidence = model_evidence(parent, sets, device="cpu", cache=parent_cache, with_retain=False)
             parent_scores = gate_scores(parent_evidence, ref_evidence, attacks=gate.attacks,
                                         attack_options=options, seed=seed, jackknife=jackknife)
+            curve = None if args.no_learning_curve else LearningCurve(
+                np.stack([np.asarray(e.test.correct, dtype=np.float64) for e in ref_evidence]),
+                tuple(len(plan.members) for plan in plans), len(production))
             setup_cpu = time.process_time() - start
             parent_cache.drop_ids(set(forget.astype(str)))  # as purge does once the batch is applied
             for role, model in (("parent", parent), ("retrain", retrain), ("amun", amun)):
@@ -189,7 +198,8 @@ def main() -> int:
                                          labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
                                          utility_loss_fraction=gate.utility_loss_fraction,
                                          utility_loss_floor=gate.utility_loss_floor,
-                                         deleted_share=n / len(production))  # sets.retain is empty here
+                                         deleted_share=n / len(production),  # sets.retain is empty here
+                                         learning_curve=curve)
                 cpu = time.process_time() - start
                 if role == "amun":
                     costs.append({"seed": seed, "n_forget": int(n), "verify_cpu_s": setup_cpu + cpu,
@@ -255,6 +265,7 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
                                                       "seed", "min_samples")},
                "references": N_REFERENCES, "pool_fraction": params.verify.references.pool_fraction,
                "reference_jackknife": not args.no_reference_jackknife,
+               "learning_curve": not args.no_learning_curve,
                "summary": summary, "costs": costs, "runs": runs, "elapsed_s": elapsed,
                "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
     Path(f"{out}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
@@ -269,9 +280,12 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
         f"Seeds {payload['seeds']}; gate = params.yaml `gate` section: mode {gate.mode}, attacks "
         f"{list(gate.attacks)}, accuracy checks {list(gate.accuracy_checks)}, alpha {gate.alpha} "
         f"({100 * (1 - 2 * gate.alpha):g}% paired-bootstrap intervals), margin {gate.margin_fraction} x parent excess "
-        f"(utility: min({gate.utility_loss_fraction}, {gate.utility_loss_floor} + the deleted share) x the parent's "
-        "skill, one-sided), "
-        f"{gate.resamples} resamples, min_samples {gate.min_samples}. {N_REFERENCES} references on the reference pool "
+        f"(utility: min(cap, {gate.utility_loss_floor} + the deleted share) x the parent's skill, one-sided; cap "
+        + (f"{gate.utility_loss_fraction}, or {gate.utility_loss_floor} + the loss the references' learning curve "
+           "predicts for an exact retrain where that is more), " if payload["learning_curve"] else
+           f"{gate.utility_loss_fraction} (`--no-learning-curve`)), ")
+        + f"{gate.resamples} resamples, min_samples {gate.min_samples}. {N_REFERENCES} references on the reference "
+        f"pool "
         f"(pool_fraction {params.verify.references.pool_fraction}); negatives: the whole test split. Intervals: "
         + ("the forget and test samples only (`--no-reference-jackknife`, as before the jackknife). "
            if not payload["reference_jackknife"] else

@@ -57,8 +57,10 @@ negatives against the parent (the retrains in strict mode) with its own positive
 measured margin: the parent's *skill*, its accuracy minus that of the best constant prediction (the
 most frequent class among the negatives), must be detected (interval above zero; otherwise the
 negatives cannot show a loss and the check is inconclusive), and the candidate may lose at most
-``utility_loss_fraction`` of that skill. ``test_acc`` is the stricter form whose allowed loss is the
-``forget_acc`` margin.
+``utility_loss_fraction`` of that skill (less after a small deletion: ``utility_loss_floor`` plus the share
+deleted; more after a large one where the reference models, trained on fewer samples with the same recipe,
+show that an exact retrain loses more: ``learning_curve``). ``test_acc`` is the stricter form whose allowed
+loss is the ``forget_acc`` margin.
 
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
@@ -110,7 +112,7 @@ from unlearn.gate_bootstrap import (
     stable_seed,
     target_draws,
 )
-from unlearn.gate_utility import utility_allowance
+from unlearn.gate_utility import LearningCurve, expected_retrain_loss, utility_allowance
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 ACCURACY_CHECKS = ("forget_acc", "test_acc", "utility", "class_acc")
@@ -285,7 +287,8 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
 
 def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequence[ScoredModel], labels: np.ndarray,
                    keep: np.ndarray | None, wn: np.ndarray, rng: np.random.Generator, *, alpha: float,
-                   loss_fraction: float, n_negative: int, utility_set: bool, allowance: str = "") -> MetricCheck:
+                   allowance_args: tuple[float, float | None, float | None], n_negative: int, utility_set: bool,
+                   curve: LearningCurve | None = None) -> MetricCheck:
     """``utility``: non-inferiority of the accuracy on the utility samples, margin = a fraction of the parent's skill.
 
     The utility samples are the (kept) negatives, or the separate utility set (``utility_set``). The skill's
@@ -293,6 +296,10 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
     weights and pseudo-samples as the models: what a model that lost everything and answers one class scores at
     best. The label is chosen once on the whole sample (re-choosing it per resample matters only near zero skill,
     where the control fails anyway).
+
+    ``curve`` (equivalence mode, utility on the negatives): the references' skill on the same samples against the
+    parent's is a measured point of the learning curve; where it says an exact retrain loses more than the cap
+    allows, the cap rises to what it says (:func:`unlearn.gate_utility.utility_allowance`).
     """
     kept = labels if keep is None else labels[keep]
     values, counts = np.unique(kept, return_counts=True)
@@ -306,6 +313,13 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
 
     par, base = draws(parent), draws(constant)
     skill = par[0] - base[0]
+    expected = None
+    if curve is not None and not targets and not utility_set and allowance_args[2] is not None:
+        ref_skill = float(np.mean([accuracy_draws(ScoredModel({}, {}, zeros, np.asarray(c, np.float64)), wn[:1],
+                                                  keep)[0] for c in curve.reference_correct])) - base[0]
+        expected = expected_retrain_loss(skill, ref_skill, parent_size=curve.parent_size,
+                                         reference_size=curve.reference_size, deleted_share=allowance_args[2])
+    loss_fraction, allowance = utility_allowance(*allowance_args, expected_loss=expected)
     s_low, s_high = interval(par[1] - base[1], alpha)
     detected = bool(s_low > 0.0 and skill > 0.0)
     target = target_draws([draws(t) for t in (targets or [parent])], rng)
@@ -336,6 +350,7 @@ def gate_decision(
     labels: tuple[np.ndarray, np.ndarray] | None = None,
     utility_loss_floor: float | None = None,
     deleted_share: float | None = None,
+    learning_curve: LearningCurve | None = None,
 ) -> GateDecision:
     """Decide whether ``candidate`` is equivalent to never having trained on D_F.
 
@@ -368,6 +383,9 @@ def gate_decision(
         utility_loss_floor: With ``deleted_share``: the fraction allowed for the smallest deletion, in
             (0, ``utility_loss_fraction``]; the allowance grows with the share of training data deleted.
         deleted_share: The share of the parent's training samples the deletion removed, in [0, 1].
+        learning_curve: The reference models' answers on the negatives and the training-set sizes: in
+            equivalence mode with ``utility_loss_floor`` and ``deleted_share``, ``utility``'s cap rises to what an
+            exact retrain is expected to lose where that is more (:class:`unlearn.gate_utility.LearningCurve`).
         labels: (forget labels, negative labels): ``forget_acc`` then weighs the negatives to the forget set's
             label mix (:func:`label_match`); None: unweighted (the sets are assumed to share their mix).
 
@@ -391,7 +409,11 @@ def gate_decision(
         # a gate of those alone could pass a model that forgot nothing (no positive control).
         raise ValueError("the gate needs at least one forgetting check (a gated attack or forget_acc); "
                          "test_acc and utility check utility and the parent itself would pass")
-    loss_fraction, allowance = utility_allowance(utility_loss_fraction, utility_loss_floor, deleted_share)
+    utility_allowance(utility_loss_fraction, utility_loss_floor, deleted_share)  # bad values fail before any work
+    if learning_curve is not None and np.asarray(learning_curve.reference_correct).shape[1] != len(
+            candidate.test_correct):
+        raise ValueError(f"gate: the learning curve's references must be scored on the {len(candidate.test_correct)} "
+                         f"negatives, got shape {np.asarray(learning_curve.reference_correct).shape}")
     models = [candidate, parent, *targets]
     n_forget, n_test = len(candidate.forget_correct), len(candidate.test_correct)
     for model in models:
@@ -529,9 +551,10 @@ def gate_decision(
                     f"the gate needs {min_samples}", n_forget=0, n_negative=n_others,
                     parent_detected=bool(metric == "test_acc" and gap_check.parent_detected)))
             elif metric == "utility":
-                checks.append(_utility_check(candidate, parent, targets, utility_labels, others, wu, rng,
-                                             alpha=alpha, loss_fraction=loss_fraction, n_negative=n_others,
-                                             utility_set=utility_set, allowance=allowance))
+                checks.append(_utility_check(
+                    candidate, parent, targets, utility_labels, others, wu, rng, alpha=alpha,
+                    allowance_args=(utility_loss_fraction, utility_loss_floor, deleted_share), n_negative=n_others,
+                    utility_set=utility_set, curve=learning_curve))
             else:
                 def draws(model: ScoredModel) -> tuple[float, np.ndarray]:
                     return accuracy_draws(model, wu, others, utility_set=utility_set)

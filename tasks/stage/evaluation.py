@@ -33,6 +33,7 @@ from unlearn.config import GateConfig, Params
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
 from unlearn.gate import FAIL, INCONCLUSIVE, PASS, GateDecision, ScoredModel, gate_decision
+from unlearn.gate_utility import LearningCurve
 from unlearn.references import ReferenceBank, out_references
 from unlearn.verification import (
     DivergedModelError,
@@ -167,6 +168,8 @@ class Baselines:
         reference_ids: Their ids, aligned with ``references``.
         refused: Why a gated attack refused these sets (too few samples for it), else None: the gate then
             decides nothing (``scored`` is empty) and every candidate is inconclusive.
+        curve: The references' answers on the negatives with their training-set sizes and the parent's: the
+            learning curve ``utility``'s allowance reads (None without references).
     """
 
     proofs: dict[str, ModelEvidence]
@@ -175,6 +178,7 @@ class Baselines:
     references: list[ModelEvidence]
     reference_ids: list[str]
     refused: str | None = None
+    curve: LearningCurve | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,17 @@ def scoring_references(project: Project, store: SampleStore, sets: EvalSets) -> 
     return refs, chosen
 
 
+def learning_curve(project: Project, references: list[ModelEvidence], reference_ids: list[str],
+                   sets: EvalSets) -> LearningCurve | None:
+    """The references' answers on the negatives, their training-set sizes (from the bank's lineage) and the
+    parent's (|D_F| + |D_R|): what ``utility``'s allowance reads of the learning curve. None without references."""
+    if not references:
+        return None
+    records = ReferenceBank(project.references_dir).records
+    return LearningCurve(np.stack([np.asarray(r.test.correct, dtype=np.float64) for r in references]),
+                         tuple(int(records[i].n_members) for i in reference_ids), len(sets.forget) + len(sets.retain))
+
+
 def score_model(project: Project, evidence: ModelEvidence, references: list[ModelEvidence]) -> ScoredModel:
     """One model's gate input: the gated attacks' scores and its correctness on the gate's sets.
 
@@ -281,7 +296,8 @@ def score_model(project: Project, evidence: ModelEvidence, references: list[Mode
 
 
 def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
-           targets: list[ScoredModel] | tuple[ScoredModel, ...] = (), *, sets: EvalSets) -> GateDecision:
+           targets: list[ScoredModel] | tuple[ScoredModel, ...] = (), *, sets: EvalSets,
+           curve: LearningCurve | None = None) -> GateDecision:
     """The gate's decision with the project's ``gate`` settings (strict mode when ``targets`` are given).
 
     Args:
@@ -291,12 +307,15 @@ def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
         targets: Exact retrains without the forget set (strict mode); empty = equivalence mode.
         sets: The samples every model was scored on: whole classes forgotten add ``class_acc``
             (:meth:`EvalSets.class_negatives`); the negatives' labels give ``utility`` its baseline.
+        curve: The references' learning curve (:func:`learning_curve`): in equivalence mode, ``utility``'s cap
+            rises to what an exact retrain is expected to lose where that is more.
     """
-    return gate_decision_for(project.params.gate, candidate, parent, targets, sets)
+    return gate_decision_for(project.params.gate, candidate, parent, targets, sets, curve=curve)
 
 
 def gate_decision_for(gate: GateConfig, candidate: ScoredModel, parent: ScoredModel,
-                      targets: list[ScoredModel] | tuple[ScoredModel, ...], sets: EvalSets) -> GateDecision:
+                      targets: list[ScoredModel] | tuple[ScoredModel, ...], sets: EvalSets, *,
+                      curve: LearningCurve | None = None) -> GateDecision:
     """:func:`unlearn.gate.gate_decision` with ``gate``'s settings on ``sets`` (verify and method audits alike)."""
     return gate_decision(candidate, parent, attacks=gate.attacks, accuracy_checks=gate.accuracy_checks,
                          targets=list(targets), alpha=gate.alpha, margin_fraction=gate.margin_fraction,
@@ -305,7 +324,7 @@ def gate_decision_for(gate: GateConfig, candidate: ScoredModel, parent: ScoredMo
                          utility_labels=(sets.test if sets.others is None else sets.others).labels.cpu().numpy(),
                          labels=(sets.forget.labels.cpu().numpy(), sets.test.labels.cpu().numpy()),
                          utility_loss_fraction=gate.utility_loss_fraction, utility_loss_floor=gate.utility_loss_floor,
-                         deleted_share=sets.deleted_share())
+                         deleted_share=sets.deleted_share(), learning_curve=curve)
 
 
 def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, original: torch.nn.Module,
@@ -331,6 +350,7 @@ def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, 
     evidence = _evidence_fn(project, sets, SignalCache(project.signals_dir))
     suite = _suite_fn(project.params)
     refs, ref_ids = scoring_references(project, store, sets)
+    curve = learning_curve(project, refs, ref_ids, sets)
     proofs = {"original": evidence(original.to(device))}
     if retrained is not None:
         proofs["retrain"] = evidence(retrained.to(device))
@@ -339,8 +359,8 @@ def evaluate_baselines(project: Project, store: SampleStore, sets: EvalSets, *, 
         scored = {role: score_model(project, proofs[role], refs) for role in proofs}
     except AttackRefused as exc:  # a verdict (inconclusive), not a crash: a crash would stop every later batch
         log.warning("evaluation: a gated attack refused the sets: %s", exc)
-        return Baselines(proofs, outcome, {}, refs, ref_ids, refused=str(exc))
-    return Baselines(proofs, outcome, scored, refs, ref_ids)
+        return Baselines(proofs, outcome, {}, refs, ref_ids, refused=str(exc), curve=curve)
+    return Baselines(proofs, outcome, scored, refs, ref_ids, curve=curve)
 
 
 def _unscored(project: Project, verdict: str, mode: str, n_forget: int, reason: str) -> GateDecision:
@@ -406,7 +426,8 @@ def evaluate_candidate(project: Project, store: SampleStore, sets: EvalSets, can
                                  "the model still recognises them cannot be measured; this is NOT a pass")
         else:
             scored = score_model(project, proofs["unlearned"], baselines.references)
-            decision = decide(project, scored, baselines.scored["original"], targets, sets=sets)
+            decision = decide(project, scored, baselines.scored["original"], targets, sets=sets,
+                              curve=baselines.curve)
     except DivergedModelError as exc:
         # A diverged model is a verdict, not a crash: every metric is NaN and the gate fails.
         log.warning("verify: %s", exc)

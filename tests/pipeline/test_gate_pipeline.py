@@ -109,6 +109,17 @@ def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(mak
     parent = tracking.load_model(project, client, state.parent_version)
     itself = evaluate_candidate(project, store, sets, parent, method="none", original=parent)
     assert itself.verdict == "fail" and itself.decision.checks[0].estimate == pytest.approx(lira["parent_excess"])
+    # the learning curve utility's allowance reads: the references' answers on the negatives, their sizes from
+    # the bank's lineage, and the parent's training-set size
+    from tasks.stage.evaluation import evaluate_baselines
+    from unlearn.references import ReferenceBank
+
+    baselines = evaluate_baselines(project, store, sets, original=parent)
+    records = ReferenceBank(project.references_dir).records
+    curve = baselines.curve
+    assert curve.reference_sizes == tuple(records[i].n_members for i in baselines.reference_ids)
+    assert curve.parent_size == len(sets.forget) + len(sets.retain) > max(curve.reference_sizes)
+    assert (curve.reference_correct == [r.test.correct for r in baselines.references]).all()
 
     # Promoted: only the promoted attempt's report is still read (by certificates); a failed rung's lost report is
     # no disagreement the doctor may exit 2 for (review), the promoted one's is.
