@@ -39,6 +39,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -190,21 +191,23 @@ def main() -> int:
                 start = time.process_time()
                 scores = gate_scores(model_evidence(model, sets, device="cpu", with_retain=False), ref_evidence,
                                      attacks=gate.attacks, attack_options=options, seed=seed, jackknife=jackknife)
-                decision = gate_decision(scores, parent_scores, attacks=gate.attacks,
-                                         accuracy_checks=gate.accuracy_checks, alpha=gate.alpha,
-                                         margin_fraction=gate.margin_fraction, resamples=gate.resamples,
-                                         seed=gate.seed, min_samples=gate.min_samples,
-                                         utility_labels=sets.test.labels.numpy(),
-                                         labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
-                                         utility_loss_fraction=gate.utility_loss_fraction,
-                                         utility_loss_floor=gate.utility_loss_floor,
-                                         deleted_share=n / len(production),  # sets.retain is empty here
-                                         learning_curve=curve)
+                decide = functools.partial(
+                    gate_decision, scores, parent_scores, attacks=gate.attacks,
+                    accuracy_checks=gate.accuracy_checks, alpha=gate.alpha, margin_fraction=gate.margin_fraction,
+                    resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples,
+                    utility_labels=sets.test.labels.numpy(),
+                    labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
+                    utility_loss_fraction=gate.utility_loss_fraction, utility_loss_floor=gate.utility_loss_floor,
+                    deleted_share=n / len(production))  # sets.retain is empty here
+                decision = decide(learning_curve=curve)
                 cpu = time.process_time() - start
+                # the same models and scores with the fixed cap (the verdicts the curve changes), outside the timing
+                fixed = decide(learning_curve=None).verdict if curve is not None else decision.verdict
                 if role == "amun":
                     costs.append({"seed": seed, "n_forget": int(n), "verify_cpu_s": setup_cpu + cpu,
                                   "retrain_cpu_s": parent_cpu})
-                runs.append({**record, "role": role, "verdict": decision.verdict, "reason": decision.reason,
+                runs.append({**record, "role": role, "verdict": decision.verdict, "verdict_fixed_cap": fixed,
+                             "reason": decision.reason,
                              "parent_detected": decision.parent_detected,
                              "checks": [{k: c[k] for k in ("metric", "verdict", "estimate", "ci_low", "ci_high",
                                                            "margin", "parent_excess", "parent_ci_low")}
@@ -239,6 +242,10 @@ def summarise(runs: list[dict], costs: list[dict], sizes: list[int]) -> dict:
     amun = [r for r in runs if r["role"] == "amun"]
     amun_pass = sum(r["verdict"] == PASS for r in amun)
     fractions = [c["verify_cpu_s"] / c["retrain_cpu_s"] for c in costs]
+    out["fixed_cap"] = {role: {v: sum(r.get("verdict_fixed_cap", r["verdict"]) == v for r in runs if r["role"] == role)
+                               for v in (PASS, FAIL, INCONCLUSIVE)} for role in ROLES}
+    out["changed_by_curve"] = [{k: r[k] for k in ("seed", "n_forget", "role", "verdict_fixed_cap", "verdict")}
+                               for r in runs if r.get("verdict_fixed_cap", r["verdict"]) != r["verdict"]]
     out["overall"] = {
         "parent_false_pass": parent_pass, "parent_conclusive": len(parent_conclusive),
         "parent_runs": sum(r["role"] == "parent" for r in runs),
@@ -308,6 +315,19 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
             r = summary["by_size"][str(n)][role]
             lines.append(f"| {n} | {role} | {r[PASS]} | {r[FAIL]} | {r[INCONCLUSIVE]} | "
                          f"{pct(r['inconclusive_rate'])} ({fmt_ci(r['inconclusive_ci95'])}) |")
+    if payload["learning_curve"]:
+        fixed, changed = summary["fixed_cap"], summary["changed_by_curve"]
+        lines += ["", "## What the references' learning curve changed (same models, same scores)", "",
+                  f"`utility`'s cap raised by the learning curve (above) against the fixed cap "
+                  f"{gate.utility_loss_fraction} (the verdicts before it), every run gated both ways:", "",
+                  "| role | fixed cap: pass / fail / inconclusive | with the curve |", "|---|---|---|"]
+        for role in ROLES:
+            now = [r["verdict"] for r in runs if r["role"] == role]
+            lines.append(f"| {role} | {fixed[role][PASS]} / {fixed[role][FAIL]} / {fixed[role][INCONCLUSIVE]} | "
+                         f"{now.count(PASS)} / {now.count(FAIL)} / {now.count(INCONCLUSIVE)} |")
+        lines += ["", "Changed: " + ("; ".join(f"seed {c['seed']}, {c['n_forget']} deleted, {c['role']}: "
+                                               f"{c['verdict_fixed_cap']} -> {c['verdict']}" for c in changed)
+                                     if changed else "none") + "."]
     lines += ["", "## Why: parent excess, margin and interval per metric (median over seeds)", "",
               "| n_forget | role | metric | candidate - target | 90% CI half-width | margin | parent excess |",
               "|---|---|---|---|---|---|---|"]

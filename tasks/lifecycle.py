@@ -63,7 +63,8 @@ def uncovered_deletions(ledger: Ledger, version: Any) -> list[str]:
             if ledger.removed_training_samples(b) and rank[b] > covers]
 
 
-def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[str, Any]]:
+def retire_models(project: Project, client: Any, ledger: Ledger, *,
+                  loaded: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Retire every model version that trained on samples the champion has forgotten.
 
     A version "covers" the batches up to its ``covers_through`` tag (the baseline: every batch
@@ -71,6 +72,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
     contaminated by a completed batch that removed training samples and that it does not cover.
     Contaminated versions other than the champion (the previous champion, failed challengers)
     are scheduled at once and retired when ``lifecycle.retirement_grace_hours`` has passed.
+
+    ``loaded``: the live versions' weights already read this run (``tasks.retired_weights.live_weights``' memo).
 
     Returns:
         One entry per version acted on: version, action (retired | scheduled), reason, batches, due_at.
@@ -125,7 +128,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger) -> list[dict[st
                             "batches": offending, "due_at": due_at})
             continue
         at = utc_now()
-        remember_weight_fingerprints(project, client, mv)
+        remember_weight_fingerprints(project, client, mv, loaded=loaded)
         deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
                      batch_ids=offending, artifacts_deleted=deleted)
@@ -175,7 +178,8 @@ def run_purge(project: Project) -> dict[str, Any]:
         return write_state(project, "purge", {"retired": [], "scheduled": [], "batches_closed": [],
                                               "status": "nothing_to_purge"})
     client = tracking.setup(project)
-    actions = retire_models(project, client, ledger)
+    loaded: dict[str, Any] = {}  # each live version's weights, read once for the retirements and the scan below
+    actions = retire_models(project, client, ledger, loaded=loaded)
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
         if ledger.retirements_done(batch_id):
             ledger.mark_step([batch_id], "retired")
@@ -192,7 +196,7 @@ def run_purge(project: Project) -> dict[str, Any]:
             # searched for across the project as a purge's are (review of 2026-12-06: only the artifact store's
             # own listing was checked, though certificates then said the artifacts were deleted). A crash before
             # the record leaves the version unscanned, and the next run scans it.
-            weights = retired_weight_patterns(project, client)
+            weights = retired_weight_patterns(project, client, loaded=loaded)
             scan = scan_project_for_samples(project, weights.patterns)
             _refuse_matches(project, scan, weights.patterns, model_versions=unscanned)
             audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
@@ -216,7 +220,7 @@ def run_purge(project: Project) -> dict[str, Any]:
         quarantine_path(project, batch_id).unlink(missing_ok=True)
     live = SampleStore(project.store_dir).load().images
     patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
-    weights = retired_weight_patterns(project, client)
+    weights = retired_weight_patterns(project, client, loaded=loaded)
     scan = scan_project_for_samples(project, {**patterns, **weights.patterns})
     _refuse_matches(project, scan, weights.patterns, batch_ids=to_close)
     evidence = {

@@ -62,34 +62,45 @@ def _fingerprints_path(project: Project) -> Path:
     return project.state_dir / "retired-weights.json"
 
 
-def live_weights(project: Project, client: Any, *, besides: str | None = None) -> list[dict[str, np.ndarray]]:
+def live_weights(project: Project, client: Any, *, besides: str | None = None,
+                 loaded: dict[str, dict[str, np.ndarray] | None] | None = None) -> list[dict[str, np.ndarray]]:
     """The weights of every version whose artifacts legitimately stay (not retired), except ``besides``.
+
+    ``loaded``: a memo (version -> weights, None when unreadable) shared by one purge run's retirements and
+    its scan, so each live version is read from the artifact store once per run, not once per use (a
+    version's weights never change; which versions are live is read afresh from the registry every call).
 
     Their files are part of the project, so no retired fingerprint may be searched for where they would
     match: a successor that kept most of its parent's bytes (SSD, SalUn) would otherwise make every scan
     "find" the retired weights. A version that cannot be read is left out (with a warning): its files
     then still trip any fingerprint it shares, which errs towards a failed scan, never a false clean one.
     """
+    memo = {} if loaded is None else loaded
     states = []
     for mv in tracking.all_versions(project, client):
-        if mv.tags.get("retired") == "true" or str(mv.version) == besides:
+        version = str(mv.version)
+        if mv.tags.get("retired") == "true" or version == besides:
             continue
-        try:  # the stored state dict, not a rebuilt model: a factory that no longer imports must not hide it
-            state, _ = tracking.load_state(project, client, str(mv.version))
-        except PipelineError as exc:
-            log.warning("weights of version %s cannot be read to tell its bytes apart (%s)", mv.version, exc)
-            continue
-        states.append({k: v.detach().cpu().numpy() for k, v in state.items()})
+        if version not in memo:
+            try:  # the stored state dict, not a rebuilt model: a factory that no longer imports must not hide it
+                state, _ = tracking.load_state(project, client, version)
+                memo[version] = {k: v.detach().cpu().numpy() for k, v in state.items()}
+            except PipelineError as exc:
+                log.warning("weights of version %s cannot be read to tell its bytes apart (%s)", version, exc)
+                memo[version] = None
+        if memo[version] is not None:
+            states.append(memo[version])
     return states
 
 
-def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None:
+def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
+                                 loaded: dict[str, dict[str, np.ndarray] | None] | None = None) -> None:
     """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
 
     Fingerprints are taken where the version's bytes differ from every live version's
     (:func:`unlearn.forensics.weight_patterns`' ``avoid``), so a successor that kept most of them does
     not match. Hex never matches the raw bytes it encodes, so this file does not trip the scan. A
-    version whose weights cannot be read any more gets none (and says so).
+    version whose weights cannot be read any more gets none (and says so). ``loaded``: :func:`live_weights`' memo.
     """
     from unlearn.forensics import weight_patterns
 
@@ -100,7 +111,7 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any) -> None
     try:
         state, _ = tracking.load_state(project, client, str(mv.version))
         patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in state.items()},
-                                   avoid=live_weights(project, client, besides=str(mv.version)))
+                                   avoid=live_weights(project, client, besides=str(mv.version), loaded=loaded))
         known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
         if not patterns:
             log.warning("retire: version %s has no weights of its own to fingerprint (no run of bytes apart "
@@ -142,7 +153,8 @@ def mark_weights_scanned(project: Project, versions: list[str]) -> None:
         write_json_atomic(_scanned_path(project), sorted(scanned | set(versions), key=int))
 
 
-def retired_weight_patterns(project: Project, client: Any | None = None) -> RetiredWeights:
+def retired_weight_patterns(project: Project, client: Any | None = None, *,
+                            loaded: dict[str, dict[str, np.ndarray] | None] | None = None) -> RetiredWeights:
     """What can be searched for of every retired version's weights (:class:`RetiredWeights`).
 
     With a registry ``client``, fingerprints that occur in a live version's weights are left out and
@@ -150,13 +162,15 @@ def retired_weight_patterns(project: Project, client: Any | None = None) -> Reti
     copy of the retired weights from the live model's own files. Each retired version left with no
     fingerprint to search for is named: fingerprints taken by an older release from the middle of the
     largest tensors, where an SSD or SalUn successor still holds the same bytes, are the usual case.
+    ``loaded``: :func:`live_weights`' memo.
     """
     from unlearn.forensics import shared_patterns
 
     known = retired_weight_fingerprints(project)
     patterns = {f"v{version}-{key}": bytes.fromhex(value) for version, found in known.items()
                 for key, value in found.items()}
-    shared = shared_patterns(patterns, live_weights(project, client)) if patterns and client is not None else set()
+    shared = (shared_patterns(patterns, live_weights(project, client, loaded=loaded))
+              if patterns and client is not None else set())
     usable = {k: v for k, v in patterns.items() if k not in shared}
     retired = set(known)
     if client is not None:  # retired before fingerprints were taken at all: never searched for either

@@ -42,7 +42,7 @@ def _register_successor(project, client, parent_version):
     return version, model
 
 
-def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_bytes(champion_project):
+def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_bytes(champion_project, monkeypatch):
     from tasks import tracking
     from tasks.doctor import diagnose
     from tasks.project import load_project
@@ -59,10 +59,17 @@ def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_
     assert version == "2"
     parent_mv_arch = client.get_model_version(tracking.model_name(project), "2").tags["arch_model"]
 
-    remember_weight_fingerprints(project, client, client.get_model_version(tracking.model_name(project), "1"))
+    reads, read_state = [], tracking.load_state
+    monkeypatch.setattr(tracking, "load_state", lambda *a, **k: reads.append(a[2]) or read_state(*a, **k))
+    loaded = {}  # as one purge run shares it between its retirements and its scan
+    remember_weight_fingerprints(project, client, client.get_model_version(tracking.model_name(project), "1"),
+                                 loaded=loaded)
     tracking.retire_version(project, client, client.get_model_version(tracking.model_name(project), "1"),
                             reason="test", batches=[], at="2026-12-06T00:00:00Z")
-    weights = retired_weight_patterns(project, client)
+    weights = retired_weight_patterns(project, client, loaded=loaded)
+    # the retired version read once to fingerprint it, the live champion once for both uses (it was twice)
+    assert sorted(reads) == ["1", "2"]
+    monkeypatch.undo()
     assert len(weights.patterns) >= 2 and weights.shared == 0 and weights.unsearchable == ()
     assert scan_project_for_samples(project, weights.patterns).matches == ()  # the champion's own files do not match
     stray = root / "exports" / "v1-backup.bin"  # a copy of the retired weights kept somewhere in the project
