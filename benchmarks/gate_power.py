@@ -97,8 +97,8 @@ def main() -> int:
                         help="intervals over samples only, as before the reference jackknife (to price its power; "
                         "writes <out>_no_jackknife)")
     parser.add_argument("--no-learning-curve", action="store_true",
-                        help="utility's cap stays utility_loss_fraction, as before the references' learning curve "
-                        "could raise it (writes <out>_no_curve)")
+                        help="utility fails every loss shown beyond its allowance, as before the references' learning "
+                        "curve could hold a loss within the deletion's own cost inconclusive (writes <out>_no_curve)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.sizes = 2, [1, 10, 100]
@@ -201,7 +201,7 @@ def main() -> int:
                     deleted_share=n / len(production))  # sets.retain is empty here
                 decision = decide(learning_curve=curve)
                 cpu = time.process_time() - start
-                # the same models and scores with the fixed cap (the verdicts the curve changes), outside the timing
+                # the same models and scores without the curve (the verdicts it changes), outside the timing
                 fixed = decide(learning_curve=None).verdict if curve is not None else decision.verdict
                 if role == "amun":
                     costs.append({"seed": seed, "n_forget": int(n), "verify_cpu_s": setup_cpu + cpu,
@@ -287,10 +287,11 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
         f"Seeds {payload['seeds']}; gate = params.yaml `gate` section: mode {gate.mode}, attacks "
         f"{list(gate.attacks)}, accuracy checks {list(gate.accuracy_checks)}, alpha {gate.alpha} "
         f"({100 * (1 - 2 * gate.alpha):g}% paired-bootstrap intervals), margin {gate.margin_fraction} x parent excess "
-        f"(utility: min(cap, {gate.utility_loss_floor} + the deleted share) x the parent's skill, one-sided; cap "
-        + (f"{gate.utility_loss_fraction}, or {gate.utility_loss_floor} + the loss the references' learning curve "
-           "predicts for an exact retrain where that is more), " if payload["learning_curve"] else
-           f"{gate.utility_loss_fraction} (`--no-learning-curve`)), ")
+        f"(utility: min({gate.utility_loss_fraction}, {gate.utility_loss_floor} + the deleted share) x the parent's "
+        "skill, one-sided; "
+        + (f"a loss beyond it not shown beyond {gate.utility_loss_floor} + what the references' learning curve "
+           "predicts an exact retrain loses to the deletion is inconclusive, not a fail), "
+           if payload["learning_curve"] else "without the learning curve, `--no-learning-curve`), ")
         + f"{gate.resamples} resamples, min_samples {gate.min_samples}. {N_REFERENCES} references on the reference "
         f"pool "
         f"(pool_fraction {params.verify.references.pool_fraction}); negatives: the whole test split. Intervals: "
@@ -318,9 +319,10 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
     if payload["learning_curve"]:
         fixed, changed = summary["fixed_cap"], summary["changed_by_curve"]
         lines += ["", "## What the references' learning curve changed (same models, same scores)", "",
-                  f"`utility`'s cap raised by the learning curve (above) against the fixed cap "
-                  f"{gate.utility_loss_fraction} (the verdicts before it), every run gated both ways:", "",
-                  "| role | fixed cap: pass / fail / inconclusive | with the curve |", "|---|---|---|"]
+                  "`utility` with the references' learning curve (above: a loss not shown beyond what the deletion "
+                  "costs an exact retrain is inconclusive, not a fail) and without it (the verdicts before it), "
+                  "every run gated both ways:", "",
+                  "| role | without the curve: pass / fail / inconclusive | with the curve |", "|---|---|---|"]
         for role in ROLES:
             now = [r["verdict"] for r in runs if r["role"] == role]
             lines.append(f"| {role} | {fixed[role][PASS]} / {fixed[role][FAIL]} / {fixed[role][INCONCLUSIVE]} | "

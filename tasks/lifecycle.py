@@ -197,6 +197,7 @@ def run_purge(project: Project) -> dict[str, Any]:
             # own listing was checked, though certificates then said the artifacts were deleted). A crash before
             # the record leaves the version unscanned, and the next run scans it.
             weights = retired_weight_patterns(project, client, loaded=loaded)
+            loaded.clear()  # the weights are not needed while the project's files are read
             scan = scan_project_for_samples(project, weights.patterns)
             _refuse_matches(project, scan, weights.patterns, model_versions=unscanned)
             audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
@@ -221,6 +222,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     live = SampleStore(project.store_dir).load().images
     patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
     weights = retired_weight_patterns(project, client, loaded=loaded)
+    loaded.clear()  # the weights are not needed while the project's files are read
     scan = scan_project_for_samples(project, {**patterns, **weights.patterns})
     _refuse_matches(project, scan, weights.patterns, batch_ids=to_close)
     evidence = {

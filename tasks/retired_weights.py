@@ -63,12 +63,13 @@ def _fingerprints_path(project: Project) -> Path:
 
 
 def live_weights(project: Project, client: Any, *, besides: str | None = None,
-                 loaded: dict[str, dict[str, np.ndarray] | None] | None = None) -> list[dict[str, np.ndarray]]:
+                 loaded: dict[str, dict[str, np.ndarray]] | None = None) -> list[dict[str, np.ndarray]]:
     """The weights of every version whose artifacts legitimately stay (not retired), except ``besides``.
 
-    ``loaded``: a memo (version -> weights, None when unreadable) shared by one purge run's retirements and
-    its scan, so each live version is read from the artifact store once per run, not once per use (a
-    version's weights never change; which versions are live is read afresh from the registry every call).
+    ``loaded``: a memo (version -> weights) shared by one purge run's retirements and its scan, so each live
+    version is read from the artifact store once per run, not once per use (a version's weights never change;
+    which versions are live is read afresh from the registry every call). A read that failed is not
+    remembered: the next use tries again.
 
     Their files are part of the project, so no retired fingerprint may be searched for where they would
     match: a successor that kept most of its parent's bytes (SSD, SalUn) would otherwise make every scan
@@ -84,17 +85,16 @@ def live_weights(project: Project, client: Any, *, besides: str | None = None,
         if version not in memo:
             try:  # the stored state dict, not a rebuilt model: a factory that no longer imports must not hide it
                 state, _ = tracking.load_state(project, client, version)
-                memo[version] = {k: v.detach().cpu().numpy() for k, v in state.items()}
             except PipelineError as exc:
                 log.warning("weights of version %s cannot be read to tell its bytes apart (%s)", version, exc)
-                memo[version] = None
-        if memo[version] is not None:
-            states.append(memo[version])
+                continue
+            memo[version] = {k: v.detach().cpu().numpy() for k, v in state.items()}
+        states.append(memo[version])
     return states
 
 
 def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
-                                 loaded: dict[str, dict[str, np.ndarray] | None] | None = None) -> None:
+                                 loaded: dict[str, dict[str, np.ndarray]] | None = None) -> None:
     """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
 
     Fingerprints are taken where the version's bytes differ from every live version's
@@ -154,7 +154,7 @@ def mark_weights_scanned(project: Project, versions: list[str]) -> None:
 
 
 def retired_weight_patterns(project: Project, client: Any | None = None, *,
-                            loaded: dict[str, dict[str, np.ndarray] | None] | None = None) -> RetiredWeights:
+                            loaded: dict[str, dict[str, np.ndarray]] | None = None) -> RetiredWeights:
     """What can be searched for of every retired version's weights (:class:`RetiredWeights`).
 
     With a registry ``client``, fingerprints that occur in a live version's weights are left out and

@@ -58,9 +58,10 @@ measured margin: the parent's *skill*, its accuracy minus that of the best const
 most frequent class among the negatives), must be detected (interval above zero; otherwise the
 negatives cannot show a loss and the check is inconclusive), and the candidate may lose at most
 ``utility_loss_fraction`` of that skill (less after a small deletion: ``utility_loss_floor`` plus the share
-deleted; more after a large one where the reference models, trained on fewer samples with the same recipe,
-show that an exact retrain loses more: ``learning_curve``). ``test_acc`` is the stricter form whose allowed
-loss is the ``forget_acc`` margin.
+deleted). After a large deletion an exact retrain itself may lose more than that: where the reference models,
+trained on fewer samples with the same recipe, show it (``learning_curve``), a loss not shown beyond that cost
+is inconclusive rather than a fail. ``test_acc`` is the stricter form whose allowed loss is the ``forget_acc``
+margin.
 
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
@@ -112,10 +113,13 @@ from unlearn.gate_bootstrap import (
     stable_seed,
     target_draws,
 )
-from unlearn.gate_utility import LearningCurve, expected_retrain_loss, utility_allowance
+from unlearn.gate_utility import LearningCurve, deletion_cost, expected_retrain_loss, utility_allowance
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 ACCURACY_CHECKS = ("forget_acc", "test_acc", "utility", "class_acc")
+# How a utility check's reason starts when its loss is beyond the allowance but not shown beyond the deletion's own
+# cost to an exact retrain (the references' learning curve): inconclusive, and said apart in the decision's reason
+DELETION_COST = "lost more than allowed, but within the deletion's own cost"
 # Checks of what the model still does, not of what it forgot: the parent passes them by construction, so they
 # are never a positive control of forgetting (GateDecision.parent_detected) and never a forgetting check.
 UTILITY_CHECKS = ("test_acc", "utility")
@@ -265,8 +269,12 @@ def _decide_equivalence(metric: str, cand: tuple[float, np.ndarray], parent: tup
 def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target: tuple[float, np.ndarray],
                             delta: float, *, alpha: float, n_negative: int, detected: bool,
                             control: tuple[float, float, float] | None = None, no_control: str,
-                            allowance: str = "") -> MetricCheck:
-    """Utility kept? ``control``: the parent's skill (point, interval) when the check has one of its own."""
+                            allowance: str = "", cost: tuple[float, str] | None = None) -> MetricCheck:
+    """Utility kept? ``control``: the parent's skill (point, interval) when the check has one of its own.
+
+    ``cost`` (utility only): (loss, words) that an exact retrain is expected to suffer from the deletion alone;
+    a loss beyond ``delta`` is a fail only when shown beyond that too, else inconclusive (:data:`DELETION_COST`).
+    """
     estimate = cand[0] - target[0]
     low, high = interval(cand[1] - target[1], alpha)
     level = f"{100 * (1 - 2 * alpha):g}%"
@@ -280,6 +288,10 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
              f"allowed loss {delta:.4f}{allowance}")
     if low > -delta:
         return MetricCheck(verdict=PASS, margin=delta, **common, reason=f"utility kept: {where}")
+    if high <= -delta and cost is not None and cost[0] > delta and high > -cost[0]:
+        return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common, reason=(
+            f"{DELETION_COST}: {where}; not shown beyond the loss of {cost[0]:.4f} ({cost[1]}), so damage cannot be "
+            "told from what deleting this much costs an exact retrain"))
     if high <= -delta:
         return MetricCheck(verdict=FAIL, margin=delta, **common, reason=f"utility lost: {where}")
     return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common, reason=f"too few samples to decide: {where}")
@@ -298,8 +310,9 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
     where the control fails anyway).
 
     ``curve`` (equivalence mode, utility on the negatives): the references' skill on the same samples against the
-    parent's is a measured point of the learning curve; where it says an exact retrain loses more than the cap
-    allows, the cap rises to what it says (:func:`unlearn.gate_utility.utility_allowance`).
+    parent's is a measured point of the learning curve; a loss beyond the allowance that is not also shown beyond
+    what the curve says an exact retrain loses to this deletion is inconclusive, not a fail
+    (:func:`unlearn.gate_utility.deletion_cost`). It never makes anything pass.
     """
     kept = labels if keep is None else labels[keep]
     values, counts = np.unique(kept, return_counts=True)
@@ -313,20 +326,24 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
 
     par, base = draws(parent), draws(constant)
     skill = par[0] - base[0]
-    expected = None
-    if curve is not None and not targets and not utility_set and allowance_args[2] is not None:
+    loss_fraction, allowance = utility_allowance(*allowance_args)
+    fraction, floor, share = allowance_args
+    cost = None
+    if curve is not None and not targets and not utility_set and floor is not None and share is not None:
         ref_skill = float(np.mean([accuracy_draws(ScoredModel({}, {}, zeros, np.asarray(c, np.float64)), wn[:1],
                                                   keep)[0] for c in curve.reference_correct])) - base[0]
         expected = expected_retrain_loss(skill, ref_skill, parent_size=curve.parent_size,
-                                         reference_size=curve.reference_size, deleted_share=allowance_args[2])
-    loss_fraction, allowance = utility_allowance(*allowance_args, expected_loss=expected)
+                                         reference_size=curve.reference_size, deleted_share=share)
+        if expected is not None:
+            cost_fraction, words = deletion_cost(floor, share, expected)
+            cost = (cost_fraction * skill, words)
     s_low, s_high = interval(par[1] - base[1], alpha)
     detected = bool(s_low > 0.0 and skill > 0.0)
     target = target_draws([draws(t) for t in (targets or [parent])], rng)
     level = f"{100 * (1 - 2 * alpha):g}%"
     return _decide_non_inferiority(
         "utility", draws(candidate), target, loss_fraction * skill, alpha=alpha,
-        n_negative=n_negative, detected=detected, control=(skill, s_low, s_high), allowance=allowance,
+        n_negative=n_negative, detected=detected, control=(skill, s_low, s_high), allowance=allowance, cost=cost,
         no_control=(f"utility not measurable: the parent's accuracy on unseen samples is not above the best constant "
                     f"prediction's (skill {skill:+.4f}, {level} CI [{s_low:+.4f}, {s_high:+.4f}]), so no loss "
                     "could be seen"))
@@ -384,8 +401,9 @@ def gate_decision(
             (0, ``utility_loss_fraction``]; the allowance grows with the share of training data deleted.
         deleted_share: The share of the parent's training samples the deletion removed, in [0, 1].
         learning_curve: The reference models' answers on the negatives and the training-set sizes: in
-            equivalence mode with ``utility_loss_floor`` and ``deleted_share``, ``utility``'s cap rises to what an
-            exact retrain is expected to lose where that is more (:class:`unlearn.gate_utility.LearningCurve`).
+            equivalence mode with ``utility_loss_floor`` and ``deleted_share``, a ``utility`` loss beyond the
+            allowance but not shown beyond what an exact retrain is expected to lose to the deletion is
+            inconclusive, not a fail (:class:`unlearn.gate_utility.LearningCurve`); it never makes anything pass.
         labels: (forget labels, negative labels): ``forget_acc`` then weighs the negatives to the forget set's
             label mix (:func:`label_match`); None: unweighted (the sets are assumed to share their mix).
 
@@ -575,7 +593,7 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
     # why a check is open: too few samples to compute it at all; a utility check with nothing to measure on (no
     # skill: the parent is no better than a constant); a control that missed the parent (test_acc: forget_acc's);
     # or an interval that crosses the margin
-    few, unmeasured, no_control, wide = [], [], [], []
+    few, unmeasured, no_control, wide, costly = [], [], [], [], []
     for c in checks:
         if c.verdict != INCONCLUSIVE:
             continue
@@ -583,6 +601,8 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
             few.append(c.metric)
         elif c.metric == "utility" and np.isnan(c.margin):
             unmeasured.append(c.metric)
+        elif c.metric == "utility" and c.reason.startswith(DELETION_COST):
+            costly.append(c.metric)
         elif not c.parent_detected:
             no_control.append(c.metric)
         else:
@@ -597,6 +617,8 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
         why = ((["the positive control did not detect the parent on " + ", ".join(no_control)] if no_control else [])
                + (["too few samples to measure " + ", ".join(few)] if few else [])
                + (["utility could not be measured (" + ", ".join(unmeasured) + ")"] if unmeasured else [])
+               + (["the accuracy lost is beyond the allowance but not beyond what deleting this much costs an "
+                   "exact retrain (" + ", ".join(costly) + ")"] if costly else [])
                + (["the intervals are too wide for the margin on " + ", ".join(wide)] if wide else []))
         verdict, reason = INCONCLUSIVE, f"not enough evidence either way: {'; '.join(why)}; this is NOT a pass"
     else:

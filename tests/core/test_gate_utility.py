@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from unlearn.gate import FAIL, PASS, ScoredModel, gate_decision
-from unlearn.gate_utility import LearningCurve, expected_retrain_loss, utility_allowance
+from unlearn.gate import DELETION_COST, FAIL, INCONCLUSIVE, PASS, ScoredModel, gate_decision
+from unlearn.gate_utility import LearningCurve, deletion_cost, expected_retrain_loss
 
 
 def test_the_chord_in_log_size_gives_the_references_loss_at_their_size_and_nothing_at_the_parents():
@@ -36,21 +36,11 @@ def test_the_curve_says_nothing_where_it_cannot_be_measured(case):
     assert expected_retrain_loss(parent_size=1600, deleted_share=0.5, **case) is None
 
 
-def test_the_curve_only_raises_the_cap_and_never_above_the_floor_plus_the_deleted_share():
-    measured = "how"
-    # the fixed cap (0.1) stands where the curve expects less
-    assert utility_allowance(0.1, 0.03, 0.6, expected_loss=(0.05, measured))[0] == pytest.approx(0.1)
-    # raised to floor + loss where the curve expects more, and the reason says so
-    allowed, words = utility_allowance(0.1, 0.03, 0.6, expected_loss=(0.2, measured))
-    assert allowed == pytest.approx(0.23) and "raised by the references' learning curve" in words and "how" in words
-    # below the cap the deleted share decides as before: a small deletion gets no more from the curve
-    assert utility_allowance(0.1, 0.03, 0.01, expected_loss=(0.2, measured))[0] == pytest.approx(0.04)
-    # and the raised cap never passes floor + share
-    assert utility_allowance(0.1, 0.03, 0.15, expected_loss=(0.5, measured))[0] == pytest.approx(0.18)
-    # without a floor or a share (the flat allowance) the curve is not read
-    assert utility_allowance(0.1, None, None, expected_loss=(0.5, measured))[0] == 0.1
-    with pytest.raises(ValueError, match="expected_loss"):
-        utility_allowance(0.1, 0.03, 0.6, expected_loss=(1.0, measured))
+def test_the_deletion_cost_is_the_floor_plus_the_expected_loss_and_never_above_the_floor_plus_the_share():
+    cost, words = deletion_cost(0.03, 0.6, (0.2, "how"))
+    assert cost == pytest.approx(0.23) and "0.03 + 0.2 an exact retrain is expected to lose after 60%" in words
+    assert "how" in words
+    assert deletion_cost(0.03, 0.15, (0.5, "how"))[0] == pytest.approx(0.18)
 
 
 def _world(rng, n=1200, parent_acc=0.75, reference_acc=0.45, lost=0.12):
@@ -60,33 +50,43 @@ def _world(rng, n=1200, parent_acc=0.75, reference_acc=0.45, lost=0.12):
     candidate = parent.copy()
     candidate[rng.choice(np.flatnonzero(parent), size=round(lost * n), replace=False)] = 0.0
     refs = (rng.random((4, n)) < reference_acc).astype(float)
-    forget = np.ones(60)
-    return (ScoredModel({}, {}, forget, parent), ScoredModel({}, {}, forget * 0.9, candidate), refs, labels)
+    forget = np.ones(200)  # the parent knows every forget sample; the candidate as well as unseen ones
+    unseen_like = (rng.random(200) < candidate.mean()).astype(float)
+    return (ScoredModel({}, {}, forget, parent), ScoredModel({}, {}, unseen_like, candidate), refs, labels)
+
+
+def _decide(candidate, parent, labels, **kw):
+    return gate_decision(candidate, parent, attacks=(), accuracy_checks=("forget_acc", "utility"),
+                         utility_labels=labels, resamples=300, utility_loss_fraction=0.1, utility_loss_floor=0.03, **kw)
 
 
 def _utility(candidate, parent, labels, **kw):
-    decision = gate_decision(candidate, parent, attacks=(), accuracy_checks=("forget_acc", "utility"),
-                             utility_labels=labels, resamples=300, utility_loss_fraction=0.1,
-                             utility_loss_floor=0.03, **kw)
-    return [c for c in decision.checks if c.metric == "utility"][0]
+    return [c for c in _decide(candidate, parent, labels, **kw).checks if c.metric == "utility"][0]
 
 
-def test_an_exact_retrain_after_most_of_the_data_is_deleted_fails_the_fixed_cap_and_passes_the_measured_one():
-    """Fashion-MNIST, 1,000 of 1,600 samples deleted: exact retrains lost 10-13 points of ~62 skill, the fixed cap
-    allowed 6.2. References on 200 samples that keep ~55% of the parent's skill put the expected loss near 20%."""
+def test_an_exact_retrain_after_most_of_the_data_is_deleted_is_inconclusive_not_failed():
+    """Fashion-MNIST, 1,000 of 1,600 samples deleted: exact retrains lost 10-13 points of ~62 skill and failed the
+    cap's 6.2. References on 200 samples that keep ~55% of the parent's skill put the deletion's own cost near 25%:
+    a 12-point loss is beyond the allowance but not beyond that cost, so the check cannot call it damage."""
     rng = np.random.default_rng(0)
     parent, retrain_like, refs, labels = _world(rng)
     curve = LearningCurve(refs, (200,) * 4, 1600)
     fixed = _utility(retrain_like, parent, labels, deleted_share=0.625)
-    measured = _utility(retrain_like, parent, labels, deleted_share=0.625, learning_curve=curve)
+    held = _utility(retrain_like, parent, labels, deleted_share=0.625, learning_curve=curve)
     assert fixed.verdict == FAIL and fixed.margin == pytest.approx(0.1 * fixed.parent_excess)
-    assert measured.verdict == PASS and measured.margin > 0.2 * measured.parent_excess
-    assert "learning curve" in measured.reason
+    # never a pass: the allowance (the margin) is unchanged, only the fail is withheld
+    assert held.verdict == INCONCLUSIVE and held.margin == fixed.margin and held.ci_high <= -held.margin
+    assert held.reason.startswith(DELETION_COST) and "references on 200 samples keep 0.5" in held.reason
+    decision = _decide(retrain_like, parent, labels, deleted_share=0.625, learning_curve=curve)
+    assert decision.verdict == INCONCLUSIVE and "not beyond what deleting this much costs" in decision.reason
     # the same loss after a small deletion still fails: the curve expects almost nothing there
     assert _utility(retrain_like, parent, labels, deleted_share=0.02, learning_curve=curve).verdict == FAIL
-    # references as good as the parent give nothing to raise the cap with
+    # references as good as the parent: the deletion costs nothing, the fail stands
     flat = LearningCurve((rng.random((4, len(labels))) < 0.75).astype(float), (200,) * 4, 1600)
     assert _utility(retrain_like, parent, labels, deleted_share=0.625, learning_curve=flat).verdict == FAIL
+    # a loss well beyond the deletion's cost still fails
+    _, wrecked, _, _ = _world(np.random.default_rng(0), lost=0.35)
+    assert _utility(wrecked, parent, labels, deleted_share=0.625, learning_curve=curve).verdict == FAIL
 
 
 def test_a_destroyed_model_still_fails_with_the_curve_and_strict_mode_does_not_read_it():
@@ -95,18 +95,34 @@ def test_a_destroyed_model_still_fails_with_the_curve_and_strict_mode_does_not_r
     curve = LearningCurve(refs, (200,) * 4, 1600)
     destroyed = ScoredModel({}, {}, parent.forget_correct * 0.9, (labels == 3).astype(float))
     assert _utility(destroyed, parent, labels, deleted_share=0.9, learning_curve=curve).verdict == FAIL
-    # strict mode: the retrains already carry the deletion's loss, so the cap stays the configured one
+    # strict mode: the retrains already carry the deletion's loss, so a loss beyond the allowance fails
     _, retrain_like, _, _ = _world(np.random.default_rng(0))
     strict = _utility(retrain_like, parent, labels, deleted_share=0.625, learning_curve=curve, targets=[parent])
-    assert "learning curve" not in strict.reason and strict.margin == pytest.approx(0.1 * strict.parent_excess)
+    assert strict.verdict == FAIL and DELETION_COST not in strict.reason
+
+
+def test_the_curve_never_turns_anything_into_a_pass():
+    """Every candidate, every deletion size: with the curve, a pass only where there is one without it."""
+    rng = np.random.default_rng(3)
+    parent, _, refs, labels = _world(rng)
+    for reference_acc in (0.2, 0.45, 0.7):
+        curve = LearningCurve((rng.random((4, len(labels))) < reference_acc).astype(float), (200,) * 4, 1600)
+        for lost in (0.0, 0.03, 0.08, 0.15, 0.3, 0.6):
+            _, candidate, _, _ = _world(np.random.default_rng(0), lost=lost)
+            for share in (0.01, 0.3, 0.625, 0.95):
+                without = _utility(candidate, parent, labels, deleted_share=share)
+                with_curve = _utility(candidate, parent, labels, deleted_share=share, learning_curve=curve)
+                assert (with_curve.verdict == PASS) == (without.verdict == PASS)
+                assert with_curve.verdict == without.verdict or (without.verdict, with_curve.verdict) == (
+                    FAIL, INCONCLUSIVE)
 
 
 def test_the_curve_must_be_scored_on_the_negatives():
     rng = np.random.default_rng(2)
     parent, candidate, refs, labels = _world(rng)
     with pytest.raises(ValueError, match="learning curve"):
-        _utility(candidate, parent, labels, deleted_share=0.5, learning_curve=LearningCurve(refs[:, :10], (200,) * 4,
-                                                                                            1600))
+        _utility(candidate, parent, labels, deleted_share=0.5,
+                 learning_curve=LearningCurve(refs[:, :10], (200,) * 4, 1600))
     with pytest.raises(ValueError, match="learning curve"):
         LearningCurve(refs, (200,) * 3, 1600)
     with pytest.raises(ValueError, match="positive"):
