@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from unlearn.gate import UTILITY_CHECKS
+from unlearn.gate import DELETION_COST, UTILITY_CHECKS
 
 STRENGTHS = {
     "exact": "exact: the model was retrained from scratch without the deleted samples; it never saw them",
@@ -45,7 +45,9 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
     return {"verdict": report.get("verdict"), "evidence": strength,
             "statement": statement(report.get("verdict"), strength, report.get("parent_detected"),
                                    failed=[c["metric"] for c in checks if c.get("verdict") == "fail"],
-                                   unsettled=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"]),
+                                   unsettled=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"],
+                                   costly=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"
+                                           and str(c.get("reason") or "").startswith(DELETION_COST)]),
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
@@ -63,7 +65,8 @@ DETECTED_INCONCLUSIVE = ("inconclusive: the attacks detected the original model'
 
 
 def statement(verdict: str | None, strength: str, parent_detected: bool | None = None,
-              failed: list[str] | None = None, unsettled: list[str] | None = None) -> str:
+              failed: list[str] | None = None, unsettled: list[str] | None = None,
+              costly: list[str] | None = None) -> str:
     """One sentence: what the verification shows, never more than it shows.
 
     ``parent_detected``: whether the positive control detected the parent (the report's field); an inconclusive
@@ -71,6 +74,8 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
     model that failed only a utility check (``utility``, ``test_acc``) was not shown to remember anything, so its
     statement says what it lost instead. ``unsettled``: the inconclusive metrics; when they are all utility checks,
     forgetting was shown (with power) and only the accuracy could not be verified, which is what is said.
+    ``costly``: those of them whose loss was beyond the allowance but not beyond what the deletion costs an exact
+    retrain (:data:`unlearn.gate.DELETION_COST`): said as such, not as an unmeasured accuracy.
     """
     if strength in ("exact", "diverged"):
         return STRENGTHS[strength]
@@ -78,6 +83,11 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
             and all(m in UTILITY_CHECKS for m in unsettled) and strength in ("low_power", "inconclusive")):
         shown = ("the unlearned model was shown statistically equivalent to one that never trained on these samples, "
                  f"but its accuracy on unseen samples could not be verified ({', '.join(unsettled)})")
+        if costly and set(costly) == set(unsettled):
+            shown = ("the unlearned model was shown statistically equivalent to one that never trained on these "
+                     "samples, but it lost more accuracy on unseen samples than the gate allows, within what deleting "
+                     "this much costs an exact retrain, so whether it was damaged could not be told "
+                     f"({', '.join(costly)})")
         return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power"
                 if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
     if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
