@@ -57,7 +57,7 @@ from protocol import production_and_pool, with_data_overrides  # this folder: on
 from unlearn.attacks.signals import SignalCache
 from unlearn.config import load_params
 from unlearn.data import load_source
-from unlearn.gate import FAIL, INCONCLUSIVE, PASS, gate_decision
+from unlearn.gate import DELETION_COST, FAIL, INCONCLUSIVE, PASS, gate_decision
 from unlearn.gate_utility import LearningCurve
 from unlearn.methods import TensorSet, UnlearningData, run_method
 from unlearn.models import build_model
@@ -96,9 +96,6 @@ def main() -> int:
     parser.add_argument("--no-reference-jackknife", action="store_true",
                         help="intervals over samples only, as before the reference jackknife (to price its power; "
                         "writes <out>_no_jackknife)")
-    parser.add_argument("--no-learning-curve", action="store_true",
-                        help="utility fails every loss shown beyond its allowance, as before the references' learning "
-                        "curve could hold a loss within the deletion's own cost inconclusive (writes <out>_no_curve)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.sizes = 2, [1, 10, 100]
@@ -109,8 +106,6 @@ def main() -> int:
         args.out = str(RESULTS / f"gate_power{suffix}")
         if args.no_reference_jackknife:
             args.out += "_no_jackknife"
-        if args.no_learning_curve:
-            args.out += "_no_curve"
     gate = params.gate
     recipe = SGDRecipe.from_config(params.train)
     source = load_source(params.data)
@@ -182,7 +177,7 @@ def main() -> int:
             parent_evidence = model_evidence(parent, sets, device="cpu", cache=parent_cache, with_retain=False)
             parent_scores = gate_scores(parent_evidence, ref_evidence, attacks=gate.attacks,
                                         attack_options=options, seed=seed, jackknife=jackknife)
-            curve = None if args.no_learning_curve else LearningCurve(
+            curve = LearningCurve(  # what the deletion is estimated to cost an exact retrain (explains utility fails)
                 np.stack([np.asarray(e.test.correct, dtype=np.float64) for e in ref_evidence]),
                 tuple(len(plan.members) for plan in plans), len(production))
             setup_cpu = time.process_time() - start
@@ -201,13 +196,13 @@ def main() -> int:
                     deleted_share=n / len(production))  # sets.retain is empty here
                 decision = decide(learning_curve=curve)
                 cpu = time.process_time() - start
-                # the same models and scores without the curve (the verdicts it changes), outside the timing
-                fixed = decide(learning_curve=None).verdict if curve is not None else decision.verdict
                 if role == "amun":
                     costs.append({"seed": seed, "n_forget": int(n), "verify_cpu_s": setup_cpu + cpu,
                                   "retrain_cpu_s": parent_cpu})
-                runs.append({**record, "role": role, "verdict": decision.verdict, "verdict_fixed_cap": fixed,
-                             "reason": decision.reason,
+                costly = [c.metric for c in decision.checks if c.verdict == FAIL and DELETION_COST in c.reason]
+                runs.append({**record, "role": role, "verdict": decision.verdict, "reason": decision.reason,
+                             "failed": [c.metric for c in decision.checks if c.verdict == FAIL],
+                             "utility_fail_within_deletion_cost": bool(costly),
                              "parent_detected": decision.parent_detected,
                              "checks": [{k: c[k] for k in ("metric", "verdict", "estimate", "ci_low", "ci_high",
                                                            "margin", "parent_excess", "parent_ci_low")}
@@ -242,10 +237,11 @@ def summarise(runs: list[dict], costs: list[dict], sizes: list[int]) -> dict:
     amun = [r for r in runs if r["role"] == "amun"]
     amun_pass = sum(r["verdict"] == PASS for r in amun)
     fractions = [c["verify_cpu_s"] / c["retrain_cpu_s"] for c in costs]
-    out["fixed_cap"] = {role: {v: sum(r.get("verdict_fixed_cap", r["verdict"]) == v for r in runs if r["role"] == role)
-                               for v in (PASS, FAIL, INCONCLUSIVE)} for role in ROLES}
-    out["changed_by_curve"] = [{k: r[k] for k in ("seed", "n_forget", "role", "verdict_fixed_cap", "verdict")}
-                               for r in runs if r.get("verdict_fixed_cap", r["verdict"]) != r["verdict"]]
+    out["utility_fails"] = {role: {
+        "fails": sum(r["verdict"] == FAIL for r in runs if r["role"] == role),
+        "utility_only": sum(r.get("failed") == ["utility"] for r in runs if r["role"] == role),
+        "utility_within_deletion_cost": sum(bool(r.get("utility_fail_within_deletion_cost")) for r in runs
+                                            if r["role"] == role)} for role in ROLES}
     out["overall"] = {
         "parent_false_pass": parent_pass, "parent_conclusive": len(parent_conclusive),
         "parent_runs": sum(r["role"] == "parent" for r in runs),
@@ -272,7 +268,6 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
                                                       "seed", "min_samples")},
                "references": N_REFERENCES, "pool_fraction": params.verify.references.pool_fraction,
                "reference_jackknife": not args.no_reference_jackknife,
-               "learning_curve": not args.no_learning_curve,
                "summary": summary, "costs": costs, "runs": runs, "elapsed_s": elapsed,
                "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
     Path(f"{out}.json").write_text(json.dumps(payload, indent=2, default=float) + "\n")
@@ -289,9 +284,8 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
         f"({100 * (1 - 2 * gate.alpha):g}% paired-bootstrap intervals), margin {gate.margin_fraction} x parent excess "
         f"(utility: min({gate.utility_loss_fraction}, {gate.utility_loss_floor} + the deleted share) x the parent's "
         "skill, one-sided; "
-        + (f"a loss beyond it not shown beyond {gate.utility_loss_floor} + what the references' learning curve "
-           "predicts an exact retrain loses to the deletion is inconclusive, not a fail), "
-           if payload["learning_curve"] else "without the learning curve, `--no-learning-curve`), ")
+        + "a fail not shown beyond what the references' learning curve estimates the deletion costs an exact retrain "
+        "says so; no verdict depends on it), "
         + f"{gate.resamples} resamples, min_samples {gate.min_samples}. {N_REFERENCES} references on the reference "
         f"pool "
         f"(pool_fraction {params.verify.references.pool_fraction}); negatives: the whole test split. Intervals: "
@@ -316,20 +310,16 @@ def write(args, params, runs, costs, summary, sizes, elapsed) -> None:
             r = summary["by_size"][str(n)][role]
             lines.append(f"| {n} | {role} | {r[PASS]} | {r[FAIL]} | {r[INCONCLUSIVE]} | "
                          f"{pct(r['inconclusive_rate'])} ({fmt_ci(r['inconclusive_ci95'])}) |")
-    if payload["learning_curve"]:
-        fixed, changed = summary["fixed_cap"], summary["changed_by_curve"]
-        lines += ["", "## What the references' learning curve changed (same models, same scores)", "",
-                  "`utility` with the references' learning curve (above: a loss not shown beyond what the deletion "
-                  "costs an exact retrain is inconclusive, not a fail) and without it (the verdicts before it), "
-                  "every run gated both ways:", "",
-                  "| role | without the curve: pass / fail / inconclusive | with the curve |", "|---|---|---|"]
-        for role in ROLES:
-            now = [r["verdict"] for r in runs if r["role"] == role]
-            lines.append(f"| {role} | {fixed[role][PASS]} / {fixed[role][FAIL]} / {fixed[role][INCONCLUSIVE]} | "
-                         f"{now.count(PASS)} / {now.count(FAIL)} / {now.count(INCONCLUSIVE)} |")
-        lines += ["", "Changed: " + ("; ".join(f"seed {c['seed']}, {c['n_forget']} deleted, {c['role']}: "
-                                               f"{c['verdict_fixed_cap']} -> {c['verdict']}" for c in changed)
-                                     if changed else "none") + "."]
+    fails = summary["utility_fails"]
+    lines += ["", "## Fails, and utility fails within the deletion's estimated cost", "",
+              "The references' learning curve (skill linear in log training-set size between the references' size "
+              "and the parent's) estimates what each deletion costs an exact retrain; a `utility` fail whose loss is "
+              "not shown beyond that estimate says so in its reason (the verdict stands).", "",
+              "| role | fails | on utility alone | utility fails within the deletion's estimated cost |",
+              "|---|---|---|---|"]
+    for role in ROLES:
+        f = fails[role]
+        lines.append(f"| {role} | {f['fails']} | {f['utility_only']} | {f['utility_within_deletion_cost']} |")
     lines += ["", "## Why: parent excess, margin and interval per metric (median over seeds)", "",
               "| n_forget | role | metric | candidate - target | 90% CI half-width | margin | parent excess |",
               "|---|---|---|---|---|---|---|"]

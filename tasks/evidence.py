@@ -46,14 +46,18 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
             "statement": statement(report.get("verdict"), strength, report.get("parent_detected"),
                                    failed=[c["metric"] for c in checks if c.get("verdict") == "fail"],
                                    unsettled=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"],
-                                   costly=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"
-                                           and str(c.get("reason") or "").startswith(DELETION_COST)]),
+                                   costly=[c["metric"] for c in checks if c.get("verdict") == "fail"
+                                           and DELETION_COST in str(c.get("reason") or "")]),
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
             "n_forget": report.get("n_forget"), "n_test": report.get("n_test"),
             "interval_scope": report.get("interval_scope")}
 
+
+# A utility fail not shown beyond the loss the references estimate for this deletion (unlearn.gate.DELETION_COST)
+COSTLY = (" (not shown beyond what deleting this much is estimated to cost an exact retrain: the loss may be the "
+          "deletion's own, which the exact retrain answers)")
 
 # An inconclusive verdict whose positive control did detect the parent: the attacks had power, the samples were too
 # few to show equivalence (the interval crossed the margin). Saying "could not detect" there would be false.
@@ -74,8 +78,8 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
     model that failed only a utility check (``utility``, ``test_acc``) was not shown to remember anything, so its
     statement says what it lost instead. ``unsettled``: the inconclusive metrics; when they are all utility checks,
     forgetting was shown (with power) and only the accuracy could not be verified, which is what is said.
-    ``costly``: those of them whose loss was beyond the allowance but not beyond what the deletion costs an exact
-    retrain (:data:`unlearn.gate.DELETION_COST`): said as such, not as an unmeasured accuracy.
+    ``costly``: failed utility checks whose loss was not shown beyond what deleting this much is estimated to cost
+    an exact retrain (:data:`unlearn.gate.DELETION_COST`): the fail says so.
     """
     if strength in ("exact", "diverged"):
         return STRENGTHS[strength]
@@ -83,11 +87,6 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
             and all(m in UTILITY_CHECKS for m in unsettled) and strength in ("low_power", "inconclusive")):
         shown = ("the unlearned model was shown statistically equivalent to one that never trained on these samples, "
                  f"but its accuracy on unseen samples could not be verified ({', '.join(unsettled)})")
-        if costly and set(costly) == set(unsettled):
-            shown = ("the unlearned model was shown statistically equivalent to one that never trained on these "
-                     "samples, but it lost more accuracy on unseen samples than the gate allows, within what deleting "
-                     "this much costs an exact retrain, so whether it was damaged could not be told "
-                     f"({', '.join(costly)})")
         return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power"
                 if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
     if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
@@ -99,6 +98,7 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
         lost = bool(failed) and any(m in UTILITY_CHECKS for m in failed)
         remembers = not failed or any(m not in UTILITY_CHECKS for m in failed)
         said = (["the model still behaves measurably unlike one that never trained on these samples"] if remembers
-                else []) + (["it lost more accuracy on unseen samples than the gate allows"] if lost else [])
+                else []) + ([f"it lost more accuracy on unseen samples than the gate allows{COSTLY}" if costly else
+                             "it lost more accuracy on unseen samples than the gate allows"] if lost else [])
         return "failed: " + "; and ".join(said)
     return STRENGTHS.get(strength, STRENGTHS["inconclusive"])

@@ -371,8 +371,8 @@ def champion_project(_session_champion):
 
 # The longest test files, longest first (from `make test`'s --durations): scheduled before everything
 # else so that two xdist workers finish together instead of one waiting on a long file started last.
-LONGEST_FILES = ("test_dvc_repro.py", "test_lifecycle.py", "test_serve.py", "test_crash_points.py",
-                 "test_team_tracking.py", "test_sweep.py")
+LONGEST_FILES = ("test_dvc_repro.py", "test_lifecycle.py", "test_team_tracking.py", "test_gate_pipeline.py",
+                 "test_serve.py", "test_crash_points.py", "test_interrupted_records.py", "test_sweep.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -59,9 +59,9 @@ most frequent class among the negatives), must be detected (interval above zero;
 negatives cannot show a loss and the check is inconclusive), and the candidate may lose at most
 ``utility_loss_fraction`` of that skill (less after a small deletion: ``utility_loss_floor`` plus the share
 deleted). After a large deletion an exact retrain itself may lose more than that: where the reference models,
-trained on fewer samples with the same recipe, show it (``learning_curve``), a loss not shown beyond that cost
-is inconclusive rather than a fail. ``test_acc`` is the stricter form whose allowed loss is the ``forget_acc``
-margin.
+trained on fewer samples with the same recipe, estimate it (``learning_curve``), a fail not shown beyond that
+cost says the loss may be the deletion's own (the verdict stands). ``test_acc`` is the stricter form whose
+allowed loss is the ``forget_acc`` margin.
 
 Bootstrap: every resample draws forget and negative sample indices (multinomial weights) once
 and applies them to every model, so the interval reflects the pairing; when scores come with
@@ -117,9 +117,10 @@ from unlearn.gate_utility import LearningCurve, deletion_cost, expected_retrain_
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 ACCURACY_CHECKS = ("forget_acc", "test_acc", "utility", "class_acc")
-# How a utility check's reason starts when its loss is beyond the allowance but not shown beyond the deletion's own
-# cost to an exact retrain (the references' learning curve): inconclusive, and said apart in the decision's reason
-DELETION_COST = "lost more than allowed, but within the deletion's own cost"
+# What a utility fail's reason says when its loss is not shown beyond what the references' learning curve estimates
+# deleting this much costs an exact retrain: the fail stands (the allowance is the rule), and the words say the loss
+# may be the deletion's own cost rather than damage (so the exact retrain, not another method, is what is called for)
+DELETION_COST = "not shown beyond the deletion's estimated cost"
 # Checks of what the model still does, not of what it forgot: the parent passes them by construction, so they
 # are never a positive control of forgetting (GateDecision.parent_detected) and never a forgetting check.
 UTILITY_CHECKS = ("test_acc", "utility")
@@ -272,8 +273,8 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
                             allowance: str = "", cost: tuple[float, str] | None = None) -> MetricCheck:
     """Utility kept? ``control``: the parent's skill (point, interval) when the check has one of its own.
 
-    ``cost`` (utility only): (loss, words) that an exact retrain is expected to suffer from the deletion alone;
-    a loss beyond ``delta`` is a fail only when shown beyond that too, else inconclusive (:data:`DELETION_COST`).
+    ``cost`` (utility only): (loss, words) that an exact retrain is estimated to suffer from the deletion alone; a
+    fail whose interval does not also lie beyond it says so (:data:`DELETION_COST`). It changes no verdict.
     """
     estimate = cand[0] - target[0]
     low, high = interval(cand[1] - target[1], alpha)
@@ -289,9 +290,9 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
     if low > -delta:
         return MetricCheck(verdict=PASS, margin=delta, **common, reason=f"utility kept: {where}")
     if high <= -delta and cost is not None and cost[0] > delta and high > -cost[0]:
-        return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common, reason=(
-            f"{DELETION_COST}: {where}; not shown beyond the loss of {cost[0]:.4f} ({cost[1]}), so damage cannot be "
-            "told from what deleting this much costs an exact retrain"))
+        return MetricCheck(verdict=FAIL, margin=delta, **common, reason=(
+            f"utility lost: {where}; {DELETION_COST}: an exact retrain is estimated to lose up to {cost[0]:.4f} "
+            f"({cost[1]}), so the loss may be what deleting this much costs any model rather than damage"))
     if high <= -delta:
         return MetricCheck(verdict=FAIL, margin=delta, **common, reason=f"utility lost: {where}")
     return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common, reason=f"too few samples to decide: {where}")
@@ -310,9 +311,9 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
     where the control fails anyway).
 
     ``curve`` (equivalence mode, utility on the negatives): the references' skill on the same samples against the
-    parent's is a measured point of the learning curve; a loss beyond the allowance that is not also shown beyond
-    what the curve says an exact retrain loses to this deletion is inconclusive, not a fail
-    (:func:`unlearn.gate_utility.deletion_cost`). It never makes anything pass.
+    parent's is a measured point of the learning curve; a fail whose loss is not also shown beyond what the curve
+    estimates this deletion costs an exact retrain says so (:func:`unlearn.gate_utility.deletion_cost`). It
+    changes no verdict.
     """
     kept = labels if keep is None else labels[keep]
     values, counts = np.unique(kept, return_counts=True)
@@ -401,9 +402,9 @@ def gate_decision(
             (0, ``utility_loss_fraction``]; the allowance grows with the share of training data deleted.
         deleted_share: The share of the parent's training samples the deletion removed, in [0, 1].
         learning_curve: The reference models' answers on the negatives and the training-set sizes: in
-            equivalence mode with ``utility_loss_floor`` and ``deleted_share``, a ``utility`` loss beyond the
-            allowance but not shown beyond what an exact retrain is expected to lose to the deletion is
-            inconclusive, not a fail (:class:`unlearn.gate_utility.LearningCurve`); it never makes anything pass.
+            equivalence mode with ``utility_loss_floor`` and ``deleted_share``, a ``utility`` fail not shown beyond
+            what the deletion is estimated to cost an exact retrain says so
+            (:class:`unlearn.gate_utility.LearningCurve`); no verdict depends on it.
         labels: (forget labels, negative labels): ``forget_acc`` then weighs the negatives to the forget set's
             label mix (:func:`label_match`); None: unweighted (the sets are assumed to share their mix).
 
@@ -593,7 +594,7 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
     # why a check is open: too few samples to compute it at all; a utility check with nothing to measure on (no
     # skill: the parent is no better than a constant); a control that missed the parent (test_acc: forget_acc's);
     # or an interval that crosses the margin
-    few, unmeasured, no_control, wide, costly = [], [], [], [], []
+    few, unmeasured, no_control, wide = [], [], [], []
     for c in checks:
         if c.verdict != INCONCLUSIVE:
             continue
@@ -601,8 +602,6 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
             few.append(c.metric)
         elif c.metric == "utility" and np.isnan(c.margin):
             unmeasured.append(c.metric)
-        elif c.metric == "utility" and c.reason.startswith(DELETION_COST):
-            costly.append(c.metric)
         elif not c.parent_detected:
             no_control.append(c.metric)
         else:
@@ -610,15 +609,16 @@ def _combine(checks: list[MetricCheck], base: dict) -> GateDecision:
     if failed:
         remembers = [m for m in failed if m not in UTILITY_CHECKS]
         lost = [m for m in failed if m in UTILITY_CHECKS]
+        costly = [c.metric for c in checks if c.verdict == FAIL and DELETION_COST in c.reason]
         said = ([f"conclusively not equivalent to never trained on: {', '.join(remembers)}"] if remembers else []) + \
-               ([f"conclusively lost more accuracy on unseen samples than allowed: {', '.join(lost)}"] if lost else [])
+               ([f"conclusively lost more accuracy on unseen samples than allowed: {', '.join(lost)}"
+                 + (f" (not shown beyond what deleting this much is estimated to cost an exact retrain: "
+                    f"{', '.join(costly)})" if costly else "")] if lost else [])
         verdict, reason = FAIL, "; ".join(said)
     elif open_:
         why = ((["the positive control did not detect the parent on " + ", ".join(no_control)] if no_control else [])
                + (["too few samples to measure " + ", ".join(few)] if few else [])
                + (["utility could not be measured (" + ", ".join(unmeasured) + ")"] if unmeasured else [])
-               + (["the accuracy lost is beyond the allowance but not beyond what deleting this much costs an "
-                   "exact retrain (" + ", ".join(costly) + ")"] if costly else [])
                + (["the intervals are too wide for the margin on " + ", ".join(wide)] if wide else []))
         verdict, reason = INCONCLUSIVE, f"not enough evidence either way: {'; '.join(why)}; this is NOT a pass"
     else:

@@ -52,13 +52,15 @@ def _share_words(deleted_share: float) -> str:
 
 
 def deletion_cost(floor: float, deleted_share: float, expected: tuple[float, str]) -> tuple[float, str]:
-    """The share of the parent's skill a loss must exceed before ``utility`` may call it damage, not the deletion's.
+    """The share of the parent's skill deleting this much is estimated to cost an exact retrain, noise included.
 
     After a large deletion an exact retrain itself loses more than ``utility_loss_fraction`` allows (on a
-    Fashion-MNIST subset, 16-21% of the skill after deleting 62.5% of the data, against a cap of 10%): a fail
-    there would say "lost more than allowed" of a model no worse than the exact retrain. A loss beyond the cap
-    but not shown beyond this cost is therefore ``inconclusive``, never a pass: the check cannot tell damage
-    from what deleting this much costs any model.
+    Fashion-MNIST subset, 16-21% of the skill after deleting 62.5% of the data, against a cap of 10%). The
+    ``utility`` fail stands there (a first version made it inconclusive; a review showed that
+    ``gate.on_inconclusive: promote_low_power`` then promoted models whose loss had been measured, and that
+    ``hold`` waited for evidence a larger forget set cannot bring), but a fail whose loss is not shown beyond
+    this cost says the loss may be the deletion's own rather than damage: the exact retrain, which the ladder
+    ends with, is what such a deletion calls for.
 
     Args:
         floor: ``utility_loss_floor`` (the noise a retrain's accuracy shows at the smallest deletion).
@@ -66,12 +68,13 @@ def deletion_cost(floor: float, deleted_share: float, expected: tuple[float, str
         expected: :func:`expected_retrain_loss`'s (loss, words).
 
     Returns:
-        (``floor`` + the expected loss, at most ``floor`` + the deleted share; words for the check's reason).
+        (``floor`` + the estimated loss, at most ``floor`` + the deleted share; words for the check's reason).
     """
     loss, measured = expected
     cost = floor + min(loss, deleted_share)
-    return cost, (f"{cost:.3g} of the parent's skill: {floor:g} + {min(loss, deleted_share):.3g} an exact retrain "
-                  f"is expected to lose after {_share_words(deleted_share)} of the training data deleted ({measured})")
+    return cost, (f"{cost:.3g} of the parent's skill: the floor {floor:g} plus {min(loss, deleted_share):.3g} "
+                  f"estimated for {_share_words(deleted_share)} of the training data deleted, a generous estimate: "
+                  f"{measured}")
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,10 @@ def expected_retrain_loss(parent_skill: float, reference_skill: float, *, parent
     Skill is taken as linear in log(training-set size) between the references' size and the parent's (the
     chord of the learning curve). Where the curve is concave there, as learning curves past their first
     samples are, the chord lies below it, so the loss it gives is at least the true one (1-1.5 times it on
-    power-law curves with the default 1:8 sizes, more over longer spans): a generous estimate. That is why
-    it is only ever used to withhold a fail (:func:`deletion_cost`), never to pass a model. A retrain smaller
-    than the references is not extrapolated: it is given the references' own loss, less than it will lose.
+    power-law curves with the default 1:8 sizes, more over longer spans, as a review measured): a generous
+    estimate. That is why it only ever explains a fail (:func:`deletion_cost`) and decides nothing. A retrain
+    smaller than the references is not extrapolated: it is given the references' own loss, less than it will
+    lose.
 
     Returns:
         (loss, words for the check's reason), or None where the curve says nothing: references no smaller

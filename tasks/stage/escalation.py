@@ -48,9 +48,7 @@ def ladder_key(project: Project, parent_version: str, batches: list[str]) -> str
     The intervals' reference-set jackknife (2026-12) widened the interval of every gated reference attack scored
     against 3 or more references: for such a project it is part of the key, so an escalation still in progress
     whose verdicts were reached without it starts again (one already done keeps its verdict: promote reads it).
-    The references' learning curve (2026-12) is not: it can only turn a ``utility`` fail after a large deletion
-    into inconclusive, never anything into a pass, so an escalation resumed across it passes no candidate the
-    current rule would not (a fail reached without it is kept: the ladder had already moved past that method).
+    The references' learning curve (2026-12) is not: it adds words to some ``utility`` fails and changes no verdict.
     """
     from unlearn.attacks import ATTACKS
     from unlearn.verification import MIN_JACKKNIFE_REFERENCES

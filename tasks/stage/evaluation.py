@@ -307,8 +307,8 @@ def decide(project: Project, candidate: ScoredModel, parent: ScoredModel,
         targets: Exact retrains without the forget set (strict mode); empty = equivalence mode.
         sets: The samples every model was scored on: whole classes forgotten add ``class_acc``
             (:meth:`EvalSets.class_negatives`); the negatives' labels give ``utility`` its baseline.
-        curve: The references' learning curve (:func:`learning_curve`): in equivalence mode, a ``utility`` loss
-            beyond the allowance but not shown beyond what the deletion costs an exact retrain is inconclusive.
+        curve: The references' learning curve (:func:`learning_curve`): in equivalence mode, a ``utility`` fail
+            not shown beyond what the deletion is estimated to cost an exact retrain says so (no verdict changes).
     """
     return gate_decision_for(project.params.gate, candidate, parent, targets, sets, curve=curve)
 
