@@ -39,7 +39,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import platform
@@ -186,15 +185,15 @@ def main() -> int:
                 start = time.process_time()
                 scores = gate_scores(model_evidence(model, sets, device="cpu", with_retain=False), ref_evidence,
                                      attacks=gate.attacks, attack_options=options, seed=seed, jackknife=jackknife)
-                decide = functools.partial(
-                    gate_decision, scores, parent_scores, attacks=gate.attacks,
+                decision = gate_decision(
+                    scores, parent_scores, attacks=gate.attacks,
                     accuracy_checks=gate.accuracy_checks, alpha=gate.alpha, margin_fraction=gate.margin_fraction,
                     resamples=gate.resamples, seed=gate.seed, min_samples=gate.min_samples,
                     utility_labels=sets.test.labels.numpy(),
                     labels=(sets.forget.labels.numpy(), sets.test.labels.numpy()),
                     utility_loss_fraction=gate.utility_loss_fraction, utility_loss_floor=gate.utility_loss_floor,
-                    deleted_share=n / len(production))  # sets.retain is empty here
-                decision = decide(learning_curve=curve)
+                    deleted_share=n / len(production),  # sets.retain is empty here
+                    learning_curve=curve)
                 cpu = time.process_time() - start
                 if role == "amun":
                     costs.append({"seed": seed, "n_forget": int(n), "verify_cpu_s": setup_cpu + cpu,

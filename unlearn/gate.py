@@ -289,12 +289,12 @@ def _decide_non_inferiority(metric: str, cand: tuple[float, np.ndarray], target:
              f"allowed loss {delta:.4f}{allowance}")
     if low > -delta:
         return MetricCheck(verdict=PASS, margin=delta, **common, reason=f"utility kept: {where}")
-    if high <= -delta and cost is not None and cost[0] > delta and high > -cost[0]:
-        return MetricCheck(verdict=FAIL, margin=delta, **common, reason=(
-            f"utility lost: {where}; {DELETION_COST}: an exact retrain is estimated to lose up to {cost[0]:.4f} "
-            f"({cost[1]}), so the loss may be what deleting this much costs any model rather than damage"))
     if high <= -delta:
-        return MetricCheck(verdict=FAIL, margin=delta, **common, reason=f"utility lost: {where}")
+        why = f"utility lost: {where}"
+        if cost is not None and cost[0] > delta and high > -cost[0]:
+            why += (f"; {DELETION_COST}: an exact retrain is estimated to lose up to {cost[0]:.4f} ({cost[1]}), so "
+                    "the loss may be what deleting this much costs any model rather than damage")
+        return MetricCheck(verdict=FAIL, margin=delta, **common, reason=why)
     return MetricCheck(verdict=INCONCLUSIVE, margin=delta, **common, reason=f"too few samples to decide: {where}")
 
 
@@ -328,7 +328,7 @@ def _utility_check(candidate: ScoredModel, parent: ScoredModel, targets: Sequenc
     par, base = draws(parent), draws(constant)
     skill = par[0] - base[0]
     loss_fraction, allowance = utility_allowance(*allowance_args)
-    fraction, floor, share = allowance_args
+    _, floor, share = allowance_args
     cost = None
     if curve is not None and not targets and not utility_set and floor is not None and share is not None:
         ref_skill = float(np.mean([accuracy_draws(ScoredModel({}, {}, zeros, np.asarray(c, np.float64)), wn[:1],
@@ -429,10 +429,10 @@ def gate_decision(
         raise ValueError("the gate needs at least one forgetting check (a gated attack or forget_acc); "
                          "test_acc and utility check utility and the parent itself would pass")
     utility_allowance(utility_loss_fraction, utility_loss_floor, deleted_share)  # bad values fail before any work
-    if learning_curve is not None and np.asarray(learning_curve.reference_correct).shape[1] != len(
-            candidate.test_correct):
+    curve_shape = None if learning_curve is None else np.shape(learning_curve.reference_correct)
+    if curve_shape is not None and curve_shape[1] != len(candidate.test_correct):
         raise ValueError(f"gate: the learning curve's references must be scored on the {len(candidate.test_correct)} "
-                         f"negatives, got shape {np.asarray(learning_curve.reference_correct).shape}")
+                         f"negatives, got shape {curve_shape}")
     models = [candidate, parent, *targets]
     n_forget, n_test = len(candidate.forget_correct), len(candidate.test_correct)
     for model in models:

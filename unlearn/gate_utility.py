@@ -79,7 +79,7 @@ def deletion_cost(floor: float, deleted_share: float, expected: tuple[float, str
 
 @dataclass(frozen=True)
 class LearningCurve:
-    """What the reference models show about accuracy against training-set size, for ``utility``'s allowance.
+    """What the reference models show about accuracy against training-set size (:func:`deletion_cost`'s input).
 
     The references train with the parent's recipe on fewer samples (halves of the reference pool), and they
     are scored on the same negatives as every model of the decision anyway: their skill against the parent's
@@ -124,14 +124,14 @@ def expected_retrain_loss(parent_skill: float, reference_skill: float, *, parent
     Returns:
         (loss, words for the check's reason), or None where the curve says nothing: references no smaller
         than the parent, or a parent without skill, or references with less than a tenth of the parent's
-        skill (too little to measure a slope from; the fixed cap then stays).
+        skill (too little to measure a slope from).
     """
     if not (parent_skill > 0.0 and 0 < reference_size < parent_size and 0.0 <= deleted_share <= 1.0):
         return None
     kept = reference_skill / parent_skill
     if not kept >= 0.1:
         return None
-    drop = min(1.0, max(0.0, 1.0 - kept))
+    drop = max(0.0, 1.0 - kept)
     retrain_size = (1.0 - deleted_share) * parent_size
     reach = math.log(parent_size / max(retrain_size, reference_size)) / math.log(parent_size / reference_size)
     loss = drop * min(1.0, reach)

@@ -169,7 +169,7 @@ class Baselines:
         refused: Why a gated attack refused these sets (too few samples for it), else None: the gate then
             decides nothing (``scored`` is empty) and every candidate is inconclusive.
         curve: The references' answers on the negatives with their training-set sizes and the parent's: the
-            learning curve ``utility``'s allowance reads (None without references).
+            learning curve a ``utility`` fail's words read (None without references).
     """
 
     proofs: dict[str, ModelEvidence]
@@ -277,7 +277,7 @@ def scoring_references(project: Project, store: SampleStore, sets: EvalSets) -> 
 def learning_curve(project: Project, references: list[ModelEvidence], reference_ids: list[str],
                    sets: EvalSets) -> LearningCurve | None:
     """The references' answers on the negatives, their training-set sizes (from the bank's lineage) and the
-    parent's (|D_F| + |D_R|): what ``utility``'s allowance reads of the learning curve. None without references."""
+    parent's (|D_F| + |D_R|): the learning curve a ``utility`` fail's words read. None without references."""
     if not references:
         return None
     records = ReferenceBank(project.references_dir).records
