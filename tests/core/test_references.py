@@ -125,6 +125,40 @@ def test_signal_cache_computes_each_row_once_and_drops_deleted_ids(tmp_path):
     assert not list(tmp_path.glob(f"{digest}-*"))
 
 
+def test_evidence_reads_a_models_cache_file_once_and_matches_uncached_evidence(tmp_path, monkeypatch):
+    """model_evidence asks the cache once per view setting (a reference's file holds every production and test
+    sample: each read indexes all of them), asks for a sample in two sets once, and gets what it computes uncached."""
+    from unlearn.methods.base import TensorSet
+    from unlearn.verification import EvalSets, model_evidence
+
+    model, images, labels = _Linear(), torch.rand(9, 1, 2, 2), torch.tensor([0, 1, 2] * 3)
+    ids = np.array([f"id{i}" for i in range(9)])
+
+    def subset(idx):
+        return TensorSet(images[idx], labels[idx])
+
+    forget, test, others = [0, 1, 2], [3, 4, 5, 6], [5, 6, 7, 8]  # 5 and 6: negatives and utility samples
+    sets = EvalSets(subset(forget), subset([]), subset(test), others=subset(others),
+                    ids={"forget": ids[forget], "retain": ids[[]], "test": ids[test], "others": ids[others]})
+    cache = SignalCache(tmp_path)
+    reads = []
+    original = SignalCache.logits
+    monkeypatch.setattr(SignalCache, "logits", lambda self, m, i, *a, **k: reads.append(len(i)) or original(
+        self, m, i, *a, **k))
+    cached = model_evidence(model, sets, device="cpu", cache=cache, with_retain=False)
+    assert reads == [9] and model.calls == 9  # one call; samples 5 and 6 asked for and computed once
+    again = model_evidence(model, sets, device="cpu", cache=cache, with_retain=False)
+    assert model.calls == 9  # all from the file
+    plain = model_evidence(model, sets, device="cpu", with_retain=False)
+    for evidence in (cached, again):
+        for name in ("forget", "test", "others"):
+            assert np.allclose(getattr(evidence, name).loss, getattr(plain, name).loss, atol=1e-6), name
+        assert np.allclose(evidence.test_phi, plain.test_phi, atol=1e-6)
+    mirrored = model_evidence(model, sets, device="cpu", cache=cache, with_retain=False, augmentations="mirror")
+    assert reads[-2:] == [7, 4]  # forget and test with the mirror views, the utility set with the plain view
+    assert mirrored.forget_phi.shape == (3, 2) and np.allclose(mirrored.others.loss, plain.others.loss, atol=1e-6)
+
+
 def test_views_put_the_identity_first_and_phi_matches_its_definition():
     images = torch.rand(3, 1, 2, 2)
     for kind, count in (("none", 1), ("mirror", 2), ("mirror_shift", 18)):

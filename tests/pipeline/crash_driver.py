@@ -156,7 +156,10 @@ def _warm_imports() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Two rows, as the pipeline's input example has: a free batch dimension is what imports sympy's tensor
         # module (about 0.3 s a child); one row exported a static graph and left that import to every child.
-        mlflow.pytorch.save_model(torch.nn.Linear(2, 2), f"{tmp}/warm", input_example=torch.zeros(2, 2).numpy())
+        # Requirements named, as tasks.tracking.log_model names them: left to MLflow to infer, they cost a
+        # subprocess that imports the stack again (about 4 s) and that no child would ever run.
+        mlflow.pytorch.save_model(torch.nn.Linear(2, 2), f"{tmp}/warm", input_example=torch.zeros(2, 2).numpy(),
+                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     import tasks.certificate  # noqa: F401
     import tasks.doctor  # noqa: F401
