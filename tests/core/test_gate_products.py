@@ -26,12 +26,34 @@ def test_no_gate_module_multiplies_through_blas(path):
     tree = ast.parse(path.read_text())
     matmuls = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.BinOp | ast.AugAssign)
                and isinstance(node.op, ast.MatMult)]
-    calls = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
-             and isinstance(node.func, ast.Attribute) and node.func.attr in ("dot", "matmul", "inner", "tensordot")]
-    assert not matmuls and not calls, f"{path.name}: use gate_bootstrap.rows_dot (lines {matmuls + calls})"
+    assert not matmuls and not _blas_calls(tree), f"{path.name}: use gate_bootstrap.rows_dot (lines {matmuls})"
 
 
-def test_the_check_sees_a_product():
-    tree = ast.parse("x = a @ b\ny = np.dot(a, b)")
+BLAS_CALLS = ("dot", "vdot", "matmul", "inner", "outer", "tensordot", "linalg")
+
+
+def _blas_calls(tree: ast.AST) -> list[str]:
+    """Calls that reach BLAS: numpy's products by name or attribute, np.linalg.*, einsum with ``optimize``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            owner = func.value.attr if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute) \
+                else ""
+            if name in BLAS_CALLS or owner == "linalg" or (name == "einsum" and any(
+                    k.arg == "optimize" for k in node.keywords)):
+                found.append(f"{name} (line {node.lineno})")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("numpy"):
+            found += [f"import {a.name}" for a in node.names if a.name in BLAS_CALLS]
+    return found
+
+
+def test_the_check_sees_each_kind_of_product():
+    source = ("x = a @ b\ny = np.dot(a, b)\nz = np.linalg.norm(a)\nw = np.einsum('ij,j', a, b, optimize=True)\n"
+              "from numpy import vdot\nv = a.dot(b)\nu = np.einsum('ij,j', a, b)\n")
+    tree = ast.parse(source)
     assert [type(n.op).__name__ for n in ast.walk(tree) if isinstance(n, ast.BinOp)] == ["MatMult"]
+    assert sorted(_blas_calls(tree)) == ["dot (line 2)", "dot (line 6)", "einsum (line 4)", "import vdot",
+                                         "norm (line 3)"]
     assert len(GATE_MODULES) >= 4  # gate, gate_bootstrap, gate_policy, gate_utility

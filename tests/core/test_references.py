@@ -159,6 +159,37 @@ def test_evidence_reads_a_models_cache_file_once_and_matches_uncached_evidence(t
     assert mirrored.forget_phi.shape == (3, 2) and np.allclose(mirrored.others.loss, plain.others.loss, atol=1e-6)
 
 
+def test_evidence_asks_for_the_retain_set_last_refuses_a_diverged_model_first_and_checks_ids(tmp_path):
+    """D_R (a candidate's: the whole training split) is asked for on its own after the small sets, so a model that
+    diverged is refused before a pass over it; a set with more images than ids caches nothing under wrong ids."""
+    from unlearn.methods.base import TensorSet
+    from unlearn.verification import DivergedModelError, EvalSets, model_evidence
+
+    images, labels = torch.rand(12, 1, 2, 2), torch.tensor([0, 1, 2] * 4)
+    ids = np.array([f"id{i}" for i in range(12)])
+
+    def evalsets(forget_ids=None):
+        parts = {"forget": [0, 1], "retain": list(range(2, 10)), "test": [10, 11]}
+        return EvalSets(*(TensorSet(images[parts[n]], labels[parts[n]]) for n in ("forget", "retain", "test")),
+                        ids={n: ids[i] for n, i in parts.items()} | ({"forget": forget_ids} if forget_ids is not None
+                                                                     else {}))
+
+    model = _Linear()
+    model_evidence(model, evalsets(), device="cpu", cache=SignalCache(tmp_path / "a"))
+    assert model.calls == 12
+    broken = _Linear()
+    with torch.no_grad():
+        broken.fc.weight.fill_(float("nan"))
+    with pytest.raises(DivergedModelError, match="forget"):
+        model_evidence(broken, evalsets(), device="cpu", cache=SignalCache(tmp_path / "b"))
+    assert broken.calls == 4  # D_F and D_T; never the 8 samples of D_R
+    assert not list((tmp_path / "b").glob("*.npz"))  # and its rows are not kept
+    cache = SignalCache(tmp_path / "c")
+    with pytest.raises(ValueError, match="forget set has 1 ids for 2 images"):
+        model_evidence(_Linear(), evalsets(forget_ids=ids[:1]), device="cpu", cache=cache)
+    assert not list((tmp_path / "c").glob("*.npz"))
+
+
 def test_views_put_the_identity_first_and_phi_matches_its_definition():
     images = torch.rand(3, 1, 2, 2)
     for kind, count in (("none", 1), ("mirror", 2), ("mirror_shift", 18)):
