@@ -98,7 +98,7 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
         lost = bool(failed) and any(m in UTILITY_CHECKS for m in failed)
         remembers = not failed or any(m not in UTILITY_CHECKS for m in failed)
         said = (["the model still behaves measurably unlike one that never trained on these samples"] if remembers
-                else []) + ([f"it lost more accuracy on unseen samples than the gate allows{COSTLY}" if costly else
-                             "it lost more accuracy on unseen samples than the gate allows"] if lost else [])
+                else []) + ([f"it lost more accuracy on unseen samples than the gate allows{COSTLY if costly else ''}"]
+                            if lost else [])
         return "failed: " + "; and ".join(said)
     return STRENGTHS.get(strength, STRENGTHS["inconclusive"])

@@ -141,16 +141,16 @@ def model_evidence(
     names = [*(SETS if with_retain else ("forget", "test")),
              *(["others"] if with_others and sets.others is not None else [])]
     views = {name: "none" if name == "others" else augmentations for name in names}  # utility: the plain view
+    cacheable = [n for n in names if cache is not None and sets.ids is not None and n in sets.ids]
     # D_R (a candidate's: the whole training split) is not asked for with the small sets: a model that diverged
     # is refused on D_F, as before, without a pass over D_R first
-    cached = _cached_logits(model, sets, [n for n in names if n != "retain" and cache is not None
-                                          and sets.ids is not None and n in sets.ids], views, cache,
-                            device=device, digest=digest)
+    cached = _cached_logits(model, sets, [n for n in cacheable if n != "retain"], views, cache, device=device,
+                            digest=digest)
     for name in names:
         subset: TensorSet = getattr(sets, name)
         if name in cached:
             logits = cached[name]
-        elif cache is not None and sets.ids is not None and name in sets.ids:
+        elif name in cacheable:
             logits = cache.logits(model, sets.ids[name], subset.images, augmentations=views[name], device=device,
                                   digest=digest)
         else:
@@ -166,7 +166,7 @@ def model_evidence(
 
 
 def _cached_logits(model: nn.Module, sets: EvalSets, names: list[str], views: dict[str, str],
-                   cache: SignalCache | None, *, device: str, digest: str) -> dict[str, torch.Tensor]:
+                   cache: SignalCache, *, device: str, digest: str) -> dict[str, torch.Tensor]:
     """Logits (N, A, K) of the sets ``names`` through ``cache``, one cache call per view setting.
 
     Why one call: each call reads the model's whole cache file and indexes its ids, and a reference model's
