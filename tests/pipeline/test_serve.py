@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -258,6 +259,28 @@ def _api(url: str, path: str, body: dict | None = None):
         return json.loads(response.read() or b"null")
 
 
+def _why_serve_is_still_running(url: str, pid: int) -> str:
+    """What a slow stop of ``unlearn serve`` was waiting for: the flow runs not yet final, and, where
+    py-spy is installed, the Python stacks of serve and its child processes (a diagnostic only)."""
+    parts = []
+    try:
+        runs = _api(url, "/flow_runs/filter", {"sort": "EXPECTED_START_TIME_DESC", "limit": 20})
+        parts.append("flow runs: " + "; ".join(
+            f"{run['name']} deployment={run.get('deployment_id')} state={run['state_type']}" for run in runs))
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the test's own outcome
+        parts.append(f"flow runs unavailable ({exc})")
+    spy = BIN / "py-spy"
+    if spy.exists():
+        family, index = [str(pid)], 0
+        while index < len(family):  # serve, its forkserver and the runs forked from it
+            family += subprocess.run(["pgrep", "-P", family[index]], capture_output=True, text=True).stdout.split()
+            index += 1
+        for target in family:
+            dump = subprocess.run([str(spy), "dump", "--pid", target], capture_output=True, text=True, timeout=60)
+            parts.append(f"py-spy dump of {target}:\n{dump.stdout[-4000:]}{dump.stderr[-500:]}")
+    return "\n".join(parts)
+
+
 def _champion(root: Path) -> str | None:
     import mlflow
 
@@ -308,11 +331,17 @@ def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_pr
         assert runs[0]["parameters"] == {"root": str(root.resolve())}
     finally:
         served.send_signal(signal.SIGINT)
+        stopping = time.time()
         try:
             served.wait(timeout=120)  # the runner lets its flow-run subprocess finish first (slow on a busy CI box)
         except subprocess.TimeoutExpired:
+            diagnosis = _why_serve_is_still_running(prefect_api, served.pid)
             served.kill()
             served.wait()
+            warnings.warn(f"unlearn serve did not stop within 120 s of SIGINT; {diagnosis}", stacklevel=1)
+        else:
+            if time.time() - stopping > 30:
+                warnings.warn(f"unlearn serve took {time.time() - stopping:.0f} s to stop after SIGINT", stacklevel=1)
     # Known defect (issue #6 note): under a full, loaded test session `unlearn serve` has twice not
     # exited within 120 s of SIGINT and was killed; alone it stops cleanly. The triggered run, the
     # point of this test, is asserted above; a clean stop is asserted whenever it happens in time.
