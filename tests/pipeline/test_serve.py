@@ -344,7 +344,8 @@ def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_pr
                 warnings.warn(f"unlearn serve took {time.time() - stopping:.0f} s to stop after SIGINT", stacklevel=1)
     # Known defect (issue #6 note): under a full, loaded test session `unlearn serve` has twice not
     # exited within 120 s of SIGINT and was killed; alone it stops cleanly. The triggered run, the
-    # point of this test, is asserted above; a clean stop is asserted whenever it happens in time.
+    # point of this test, is asserted above; a clean stop is asserted whenever it happens in time. A stop
+    # over 30 s is reported as a warning (with the runs in flight and serve's stacks when it is killed).
     assert served.returncode in (0, -signal.SIGINT, -signal.SIGKILL), log.read_text()[-3000:]
     assert "warm start: runs fork from a preloaded interpreter" in log.read_text(), log.read_text()[-3000:]
     assert time.time() - started < 420
