@@ -12,10 +12,19 @@ from typing import Any
 
 from unlearn.gate import DELETION_COST, UTILITY_CHECKS
 
+# The gate tests an average (an AUC, an accuracy gap) over the whole forget set verified together: every request of
+# the batch, and of held batches verified with it. Certificates are per request: they must not read as a per-sample
+# or per-person guarantee (review of 2026-12-07).
+AVERAGE = ("shown on average over all the forget samples verified together (this request's among them), not for "
+           "each sample or person on its own")
+
 STRENGTHS = {
     "exact": "exact: the model was retrained from scratch without the deleted samples; it never saw them",
-    "conclusive": "conclusive: the attacks detected the original model's memory of these samples (positive "
-                  "control), so the test had power",
+    # A pass, or a failed forgetting check, needs the attacks to have detected the parent (positive control); a
+    # model can also fail on utility alone, which measured lost accuracy, not memory (review of 2026-12-07).
+    "conclusive": "conclusive: the gate decided with power: a pass or a failed forgetting check means the attacks "
+                  "detected the original model's memory of these samples (positive control); a failed utility "
+                  "check means the accuracy lost on unseen samples was measured beyond the margin",
     "low_power": "LOW POWER: the attacks could not detect the original model's memory of these samples, so the "
                  "test could not show forgetting either way; promoted under gate.on_inconclusive: promote_low_power",
     "inconclusive": "inconclusive: the attacks could not tell either way; NOT a pass",
@@ -85,15 +94,15 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
         return STRENGTHS[strength]
     if (parent_detected and verdict not in ("pass", "fail") and unsettled
             and all(m in UTILITY_CHECKS for m in unsettled) and strength in ("low_power", "inconclusive")):
-        shown = ("the unlearned model was shown statistically equivalent to one that never trained on these samples, "
-                 f"but its accuracy on unseen samples could not be verified ({', '.join(unsettled)})")
+        shown = ("the unlearned model was shown statistically equivalent to one that never trained on these samples "
+                 f"({AVERAGE}), but its accuracy on unseen samples could not be verified ({', '.join(unsettled)})")
         return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power"
                 if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
     if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
         return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
     if verdict == "pass" and strength == "conclusive":
         return ("verified: the unlearned model is statistically equivalent to one that never trained on these "
-                "samples, within a margin set by what the attacks detected in the original model")
+                "samples, within a margin set by what the attacks detected in the original model; " + AVERAGE)
     if verdict == "fail":
         lost = bool(failed) and any(m in UTILITY_CHECKS for m in failed)
         remembers = not failed or any(m not in UTILITY_CHECKS for m in failed)

@@ -509,8 +509,12 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
         if found.get("kind") == "acknowledged" and found.get("covered_by"):
             # where the batches that delete its samples are now (an acknowledgement is written once, at ingest)
             out["covering_batches"] = {b: ledger.batch(b)["status"] for b in found["covered_by"] if b in ledger.batches}
+            # "deleted" only once the copies are gone too: a batch is COMPLETED at promotion, before its purge
+            # (which can still fail, finding copies); until every covering batch is purged it is "replaced".
+            out["covering_purged"] = {b: "purged" in ledger.steps(b) for b in out["covering_batches"]}
             out["deleted"] = bool(out["covering_batches"]) and all(
-                status == Ledger.COMPLETED for status in out["covering_batches"].values())
+                status == Ledger.COMPLETED and out["covering_purged"][b]
+                for b, status in out["covering_batches"].items())
         if rejections:  # e.g. the same id sent again with other content (request_id_conflict)
             out["later_rejections"] = rejections
         return out

@@ -76,7 +76,9 @@ def evidence_strength(verdict: str, action: str, exact: bool, tested: bool = Tru
     """How strong the evidence behind an attempt is, in one word (certificates, status, tags).
 
     ``exact``: the model is the exact retrain (it never saw the forget samples); ``conclusive``:
-    the gate passed or failed with the parent detected; ``diverged``: failed without a test (``tested``
+    the gate passed (every forgetting check with the parent detected) or failed (a forgetting check with
+    its parent detected, or a utility check beyond its margin: the report's ``parent_detected`` and
+    statement say which); ``diverged``: failed without a test (``tested``
     False: the model's outputs were not finite, no metric was scored, so no control was either);
     ``low_power``: inconclusive, promoted under ``promote_low_power``; ``inconclusive``: not enough
     evidence either way.

@@ -125,13 +125,15 @@ def test_content_digest_ignores_order_and_repeats():
         content_digest()
 
 
-def _router(tmp_path, *, completed: bool = False):
+def _router(tmp_path, *, completed: bool = False, purged: bool = False):
     ledger = Ledger(tmp_path / "ledger.json")
     ledger.add_batch("b2", ["old"], ["y", "z"], "2026-01-02T00:00:00Z",
                      request_digests={"old": content_digest(sample_ids=["y", "z"])})
     ledger.add_batch("b1", ["older"], ["x", "y"], "2026-01-01T00:00:00Z")  # no digest (an old ledger)
     for batch_id in ("b1", "b2") if completed else ():
         ledger.set_status(batch_id, Ledger.COMPLETED, {"at": "t", "outcome": "promoted"})
+    if purged:
+        ledger.mark_step(["b1", "b2"], "purged", "t")
     return RequestRouter(ledger, "b3")
 
 
@@ -139,10 +141,13 @@ def test_router_routes_repeats_conflicts_and_deleted_samples(tmp_path):
     router = _router(tmp_path)
     route = router.route
     # Every sample in earlier batches: acknowledged, with those batches (oldest first); "requested" while one of
-    # them is not completed, "deleted" once all are.
+    # them is not completed and purged (completed is set at promotion, before the purge), "deleted" once all are.
     gone = route("r1", content_digest(sample_ids=["z", "y"]), ["z", "y"])
     assert (gone.destination, gone.outcome, gone.covered_by) == ("acknowledged", "already_requested", ("b1", "b2"))
-    deleted = _router(tmp_path, completed=True).route("r1", content_digest(sample_ids=["z", "y"]), ["z", "y"])
+    unpurged = _router(tmp_path, completed=True).route("r1", content_digest(sample_ids=["z", "y"]), ["z", "y"])
+    assert unpurged.outcome == "already_requested"
+    deleted = _router(tmp_path, completed=True, purged=True).route("r1", content_digest(sample_ids=["z", "y"]),
+                                                                   ["z", "y"])
     assert (deleted.outcome, deleted.covered_by) == ("already_deleted", ("b1", "b2"))
     assert deleted.detail == "every sample it names is already deleted"
     # Some new: accepted with only those.

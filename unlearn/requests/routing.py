@@ -105,7 +105,8 @@ class RequestRouter:
         if fresh:
             routing = Routing("accepted", sample_ids=fresh, already_deleted_count=len(wanted) - len(fresh),
                               covered_by=covered)
-        elif all(self._ledger.batch(b)["status"] == Ledger.COMPLETED for b in covered):
+        elif all(self._ledger.batch(b)["status"] == Ledger.COMPLETED and "purged" in self._ledger.steps(b)
+                 for b in covered):  # completed is set at promotion; the copies are gone only once purged
             routing = Routing("acknowledged", "already_deleted", already_deleted_count=len(wanted),
                               covered_by=covered, detail="every sample it names is already deleted")
         else:
