@@ -245,7 +245,8 @@ def _header(document: dict[str, Any]) -> str:
     # A pass is "verified" only with a detected positive control; exact retrains say so; low-power
     # evidence is never shown as a pass.
     verdict_badge = {"exact": ("ok", "exact retrain"), "low_power": ("bad", "promoted on LOW-POWER evidence"),
-                     "inconclusive": ("neutral", "inconclusive")}.get(
+                     "inconclusive": ("neutral", "inconclusive"),
+                     "not_applicable": ("neutral", "not applicable: no model trained on these samples")}.get(
         strength if isinstance(strength, str) else "",
         {"pass": ("ok", "verified: pass"), "fail": ("bad", "verification: fail")}.get(
             verdict if isinstance(verdict, str) else "", ("neutral", "not verified")))
@@ -377,6 +378,10 @@ def _plot_figures(plots: dict[str, Path]) -> str:
 
 def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> str:
     verification = _section(document, "verification")
+    if verification.get("evidence") == "not_applicable":  # a data-only request: no model test concerns its samples
+        return (f'<section id="verification">\n<h2>Verification evidence</h2>\n'
+                f'{_definition_list([("Verdict", "not applicable"), ("Why", _escaped(verification.get("statement")))])}'
+                '\n</section>')
     if verification.get("evidence_unavailable"):  # no report: nothing to say of modes, targets or metrics
         rows = [("Verdict", _verdict(verification.get("verdict"))),
                 ("Strength of evidence", _escaped(verification.get("statement")))]

@@ -41,6 +41,7 @@ from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
 
+NOT_APPLICABLE = "not_applicable"  # a data-only request's evidence strength: no model trained on its samples
 STEPS = ("received", "validated", "data_version", "unlearned", "verified", "promoted", "retired", "purged",
          "certified")
 
@@ -345,6 +346,16 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                              f"{tags.get('evidence')!r}); the verification report behind it is {problem} "
                              f"(data/reports/attempts/{tags.get('run_id')}.json), so its details are not shown",
                 "escalation_reason": tags.get("escalation_reason", "")}
+        if outcome == "data_only" and certificate.get("verification"):
+            # The batch's verification scored its forget set (training samples of other requests); none of this
+            # request's samples was in it, so quoting that evidence here would claim a test it never had.
+            certificate["verification"] = {
+                "verdict": None, "evidence": NOT_APPLICABLE,
+                "batch_verdict": certificate["verification"].get("verdict"),
+                "statement": ("not applicable: no production model trained on this request's samples (they are test "
+                              "or reference-pool samples), so removing them from the data is the whole deletion and "
+                              f"no model test concerns them; version {version} was verified on the training samples of "
+                              "the other requests in its batch")}
         verification = certificate.get("verification") or {}
         for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
             if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):

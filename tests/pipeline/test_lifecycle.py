@@ -111,6 +111,9 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     test_cert = json.loads(next(p for p in project.certificates_dir.glob("*.json")
                                 if json.loads(p.read_text())["request_id"] == "R-T").read_text())
     assert test_cert["status"] == "data_only"
+    # no model was tested on its samples: the batch model's verdict is not quoted as this request's proof
+    assert test_cert["verification"]["evidence"] == "not_applicable" and test_cert["verification"]["verdict"] is None
+    assert test_cert["verification"]["statement"].startswith("not applicable: no production model trained on")
     assert main(["--root", str(root), "request", "certificate", "R-P"]) == 0  # pool only: data only (was "complete")
     pool_cert = json.loads(next(p for p in project.certificates_dir.glob("*.json")
                                 if json.loads(p.read_text())["request_id"] == "R-P").read_text())
