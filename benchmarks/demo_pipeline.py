@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))  # run as a script: the project's packages are imp
 
 def prefect_server(home: Path):
     """Start `prefect server start` on a free loopback port; yield its API URL (flows.serve's helper)."""
-    from flows.serve import background_prefect_server
+    from flows.prefect_server import background_prefect_server
 
     return background_prefect_server(home)
 

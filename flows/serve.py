@@ -31,8 +31,13 @@ runs never overlap on a project: the flow holds the project lock.
 effort: without a reachable server the file just waits) and claims the file name in
 ``data/requests/emitted-events.txt``; the serve process's watcher thread emits the same event for
 every other file that lands in the inbox (dropped by hand or by another system), once per file.
-Events carry only the file name (a timestamp and a hash of the request id) and a source: never a
-subject reference or a sample id.
+Events carry only the file name (a timestamp and a salted hash of the request id; a dropped file's
+name only as a salted hash) and a source: never a subject reference or a sample id.
+
+A few seconds after it starts, serve also sends a window event when the ledger holds pending
+batches: a run stopped before it finished (serve restarted, a run killed) leaves its batch pending
+with its requests already out of the inbox, where no file would announce it. Stopping serve
+(Ctrl-C, SIGTERM) is bounded: see :mod:`flows.serve_stop`.
 """
 
 from __future__ import annotations
@@ -42,8 +47,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -61,6 +64,9 @@ EMITTED_LOG = "emitted-events.txt"  # in data/requests: inbox files whose event 
 EMIT_TIMEOUT_SECONDS = 10.0
 CLAIM_LOG_PRUNE_BYTES = 16 * 1024  # the claim log is rewritten to the files still in the inbox past this size
 CLAIM_GRACE_SECONDS = 15.0  # the watcher leaves a new inbox file this long to `request submit`
+# After start, the watcher waits this long before announcing batches left pending: the server's trigger service
+# must have loaded the automations serve just created, or the event starts nothing.
+STARTUP_ANNOUNCE_DELAY_SECONDS = 10.0
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -76,23 +82,32 @@ def project_resource(root: str | Path) -> dict[str, str]:
     return {"prefect.resource.id": f"unlearn.project.{project_key(root)}", "prefect.resource.name": "unlearn project"}
 
 
-def request_payload(file_name: str, source: str) -> dict[str, str]:
+def request_payload(file_name: str, source: str, salt: bytes | None = None) -> dict[str, str]:
     """The payload of a ``unlearn.request.submitted`` event: no personal data.
 
     Args:
         file_name: The inbox file's name. Files written by ``request submit`` are named from a time
-            stamp and a hash of the request id; other names are reduced to a hash.
+            stamp and a salted hash of the request id; other names are reduced to a salted hash.
         source: ``cli`` (request submit) or ``watcher`` (a file dropped into the inbox).
+        salt: The project's secret salt (``data/requests/.salt``). A dropped file's name is chosen by
+            whoever dropped it (``alice@example.com-erase-me.csv``): an unsalted hash of it could be
+            confirmed by hashing guesses (review of 2026-12-07). Without a salt the name is left out.
 
     Returns:
         ``{"file": ..., "source": ...}``.
     """
     import re
 
-    # A dropped file's name is chosen by whoever dropped it; publish only a hash of it.
+    from unlearn.requests.hashing import hash_subject
+
     safe = re.fullmatch(r"request-\d{8}T\d{6,12}-[0-9a-f]{12}\.json", file_name)
-    return {"file": file_name if safe else "sha256:" + hashlib.sha256(file_name.encode()).hexdigest()[:16],
-            "source": source}
+    if safe:
+        return {"file": file_name, "source": source}
+    if salt is None:
+        return {"file": "dropped file (name not published)", "source": source}
+    # Domain-separated from subject hashes and from request submit's file names.
+    digest = hash_subject(f"dropped-file-name\x00{file_name}", salt).removeprefix("hmac-sha256:")[:16]
+    return {"file": f"hmac:{digest}", "source": source}
 
 
 def window_due(pending_since: Iterable[float], now: float, window_seconds: float,
@@ -318,21 +333,57 @@ class InboxWatcher:
         self.clock = clock
         self.seen: set[str] = set()  # files this process has emitted (or found already emitted)
         self.last_window_event: float | None = None
+        self.first_seen: dict[str, float] = {}  # when this process first saw each inbox file
+        # Batches left pending by a run that was stopped (serve restarted, a run killed): their requests are out of
+        # the inbox, so no file would announce them; the first polls after start do (review of 2026-12-07).
+        self.announce_pending_after: float | None = self.clock() + STARTUP_ANNOUNCE_DELAY_SECONDS
 
     def pending(self) -> dict[str, float]:
-        """Request files waiting in the inbox: name -> arrival time (mtime)."""
+        """Request files waiting in the inbox: name -> arrival time.
+
+        The arrival time is the file's mtime, or when this watcher first saw it if that is earlier:
+        a file copied with its times kept, or written by a host whose clock runs ahead, has an mtime
+        in the future and would otherwise never be old enough for the window (review of 2026-12-07).
+        """
         from unlearn.requests import skipped_in_inbox
 
         inbox = self.root / "data" / "requests" / "incoming"
         files: dict[str, float] = {}
+        now = self.clock()
         try:
             with os.scandir(inbox) as scan:
                 for entry in scan:
-                    if entry.is_file(follow_symlinks=False) and not skipped_in_inbox(entry.name):
-                        files[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+                    if skipped_in_inbox(entry.name):
+                        continue
+                    try:  # one file ingested mid-scan must not cut the scan short
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        mtime = entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue
+                    files[entry.name] = min(mtime, self.first_seen.setdefault(entry.name, now))
         except FileNotFoundError:
             pass
+        self.first_seen = {name: self.first_seen[name] for name in files}
         return files
+
+    def pending_batches(self) -> int:
+        """Batches the ledger holds as pending (0 when there is no ledger yet or it cannot be read)."""
+        from unlearn.requests import Ledger
+
+        path = self.root / "data" / "requests" / "ledger.json"
+        try:
+            return len(Ledger(path).pending()) if path.exists() else 0
+        except (OSError, ValueError):
+            return 0
+
+    def _salt(self) -> bytes | None:
+        from unlearn.requests.hashing import load_or_create_salt
+
+        try:
+            return load_or_create_salt(self.root / "data" / "requests" / ".salt")
+        except OSError:
+            return None
 
     def poll(self) -> list[str]:
         """One round: emit for new files, then the window event if due.
@@ -346,11 +397,12 @@ class InboxWatcher:
         # period keeps the watcher from sending a second event for it in between.
         new = sorted(name for name in set(files) - self.seen if now - files[name] >= CLAIM_GRACE_SECONDS)
         claimed = claimed_files(_emitted_log(self.root)) if new else set()
+        salt = self._salt() if set(new) - claimed else None
         for name in new:
             if name in claimed:
                 self.seen.add(name)  # `request submit` emitted it
                 continue
-            if self.send(SUBMITTED, request_payload(name, "watcher")):
+            if self.send(SUBMITTED, request_payload(name, "watcher", salt)):
                 self.seen.add(name)  # unsent files are retried next round
                 sent.append(SUBMITTED)
         self.seen &= set(files)  # ingested files never come back: forget them
@@ -359,6 +411,14 @@ class InboxWatcher:
             prune_claims(log, lambda: self.pending().keys())
         if window_due(files.values(), now, self.window_seconds, self.last_window_event):
             if self.send(WINDOW_ELAPSED, {"pending_files": len(files)}):
+                self.last_window_event = now
+                sent.append(WINDOW_ELAPSED)
+        if self.announce_pending_after is not None and now >= self.announce_pending_after:
+            batches = self.pending_batches()
+            if not batches or WINDOW_ELAPSED in sent:  # nothing left over, or the run just started takes it
+                self.announce_pending_after = None
+            elif self.send(WINDOW_ELAPSED, {"pending_files": len(files), "pending_batches": batches}):
+                self.announce_pending_after = None  # once per start; unsent, it is retried next round
                 self.last_window_event = now
                 sent.append(WINDOW_ELAPSED)
         if not files:
@@ -427,6 +487,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
+    from flows.serve_stop import RunStopper, serve_until_signal
     from tasks.project import load_project
 
     url = _require_server()
@@ -462,10 +523,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # deployment alone makes it run `python -m prefect.engine` and import everything again.
         runner.add_flow(flow, **options)
     thread.start()
+    # SIGINT and SIGTERM stop serving within serve.stop_grace_seconds (+30 s), whatever the runs in flight are doing
+    # (flows/serve_stop.py: the runner alone waits for them without a bound).
+    stopper = RunStopper(config.stop_grace_seconds, _say)
     try:
-        asyncio.run(runner.start())
-    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C: stop serving, as prefect.serve does
-        pass
+        asyncio.run(serve_until_signal(runner.start, stopper))
+    except (KeyboardInterrupt, TerminationSignal):  # a signal before the handlers were installed
+        stopper.begin()
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -473,57 +537,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prefect_command() -> str:
-    prefect = Path(sys.executable).with_name("prefect")
-    return str(prefect) if prefect.exists() else "prefect"
-
-
-@contextmanager
-def background_prefect_server(home: Path, *, startup_timeout: float = 180.0) -> Iterator[str]:
-    """Run ``prefect server start`` on a free loopback port, with its own ``PREFECT_HOME``, for a block.
-
-    For tests and benchmarks that need a real, separate Prefect server (``unlearn server start``
-    is the long-lived one for people).
-
-    Args:
-        home: The server's ``PREFECT_HOME`` (its database lives there).
-        startup_timeout: Seconds to wait for its ``/health`` to answer.
-
-    Yields:
-        The API URL (``http://127.0.0.1:<port>/api``), for ``PREFECT_API_URL``.
-
-    Raises:
-        RuntimeError: If the server exits or does not answer in time.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    process = subprocess.Popen([_prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.time() + startup_timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"prefect server did not start on port {port}") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 def _cmd_server(args: argparse.Namespace) -> int:
+    from flows.prefect_server import prefect_command
+
     url = f"http://{args.host}:{args.port}/api"
     _say(f"starting the Prefect server; in other shells run:\n  export PREFECT_API_URL={url}")
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    command = [_prefect_command(), "server", "start", "--host", args.host, "--port", str(args.port)]
+    command = [prefect_command(), "server", "start", "--host", args.host, "--port", str(args.port)]
     # exec, not a child process: Ctrl-C and SIGTERM reach the server itself, nothing is orphaned.
     os.execvpe(command[0], command, env)
     return 0  # not reached

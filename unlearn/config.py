@@ -304,6 +304,7 @@ class ServeConfig:
     trigger_window_minutes: float = 15.0  # T: ... or this long after the oldest unprocessed one
     watch_interval_seconds: float = 1.0  # how often serve polls the inbox and Prefect for runs to start (latency)
     warm_start: bool = True  # fork each served run from a preloaded interpreter (flows/warm.py), not a cold spawn
+    stop_grace_seconds: float = 120.0  # on Ctrl-C/SIGTERM, how long runs in flight may finish before they are stopped
 
 
 @dataclass(frozen=True)
@@ -532,6 +533,8 @@ def _check_values(params: Params) -> None:
         raise ConfigError("serve.trigger_after_requests: must be >= 1")
     if serve.trigger_window_minutes <= 0 or serve.watch_interval_seconds <= 0:
         raise ConfigError("serve.trigger_window_minutes and serve.watch_interval_seconds: must be > 0")
+    if not serve.stop_grace_seconds >= 0:  # NaN too
+        raise ConfigError(f"serve.stop_grace_seconds: must be >= 0, got {serve.stop_grace_seconds!r}")
     if not (params.device == "cpu" or params.device.startswith("cuda")):
         raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {params.device!r}")
 

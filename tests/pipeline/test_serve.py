@@ -20,6 +20,7 @@ import pytest
 from conftest import FAST
 
 from flows import serve
+from flows.prefect_server import background_prefect_server
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +43,9 @@ def test_event_payload_carries_no_personal_data():
     payload = serve.request_payload("request-20261124T100000123456-0123456789ab.json", "cli")
     assert payload == {"file": "request-20261124T100000123456-0123456789ab.json", "source": "cli"}
     dropped = serve.request_payload("alice@example.com-erase-me.csv", "watcher")
-    assert "alice" not in json.dumps(dropped) and dropped["file"].startswith("sha256:")
+    assert "alice" not in json.dumps(dropped) and dropped["file"] == "dropped file (name not published)"
+    salted = serve.request_payload("alice@example.com-erase-me.csv", "watcher", b"s" * 32)
+    assert "alice" not in json.dumps(salted) and salted["file"].startswith("hmac:")  # test_serve_stop.py: more
     assert set(serve.project_resource("/a")) == {"prefect.resource.id", "prefect.resource.name"}
     assert serve.project_resource("/a") != serve.project_resource("/b")  # projects never trigger each other
 
@@ -248,7 +251,7 @@ def test_warm_preload_is_imported_by_the_forkserver_only():
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     """A real `prefect server start` on a free loopback port with its own PREFECT_HOME."""
-    with serve.background_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as url:
+    with background_prefect_server(tmp_path_factory.mktemp("prefect-server-home")) as url:
         yield url
 
 
@@ -295,7 +298,7 @@ def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_pr
     started = time.time()
     root = make_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []},
                          "serve": {"trigger_after_requests": 1, "trigger_window_minutes": 5,
-                                   "watch_interval_seconds": 1}})
+                                   "watch_interval_seconds": 1, "stop_grace_seconds": 30}})
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": "1"}
     baseline = subprocess.run([str(BIN / "unlearn"), "--root", str(root), "run"], env=env, capture_output=True,
                               text=True, timeout=300)
@@ -333,7 +336,7 @@ def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_pr
         served.send_signal(signal.SIGINT)
         stopping = time.time()
         try:
-            served.wait(timeout=120)  # the runner lets its flow-run subprocess finish first (slow on a busy CI box)
+            served.wait(timeout=120)  # runs in flight get 30 s (stop_grace_seconds), then SIGTERM, SIGKILL 30 s later
         except subprocess.TimeoutExpired:
             diagnosis = _why_serve_is_still_running(prefect_api, served.pid)
             served.kill()
@@ -342,10 +345,10 @@ def test_served_deployment_runs_when_a_request_is_submitted(prefect_api, make_pr
         else:
             if time.time() - stopping > 30:
                 warnings.warn(f"unlearn serve took {time.time() - stopping:.0f} s to stop after SIGINT", stacklevel=1)
-    # Known defect (issue #6 note): under a full, loaded test session `unlearn serve` has twice not
-    # exited within 120 s of SIGINT and was killed; alone it stops cleanly. The triggered run, the
-    # point of this test, is asserted above; a clean stop is asserted whenever it happens in time. A stop
-    # over 30 s is reported as a warning (with the runs in flight and serve's stacks when it is killed).
-    assert served.returncode in (0, -signal.SIGINT, -signal.SIGKILL), log.read_text()[-3000:]
+    # Under a loaded test session `unlearn serve` sometimes did not exit within 120 s of SIGINT (issue #6's
+    # note; the completed run had just triggered the maintenance runs, which the runner waited for without a
+    # bound). The stop is bounded now (flows/serve_stop.py): a clean exit is asserted. A stop over 30 s is
+    # reported as a warning (with the runs in flight and serve's stacks when it has to be killed).
+    assert served.returncode == 0 and "unlearn serve: stopped" in log.read_text(), log.read_text()[-3000:]
     assert "warm start: runs fork from a preloaded interpreter" in log.read_text(), log.read_text()[-3000:]
     assert time.time() - started < 420
