@@ -425,6 +425,10 @@ def _verification_section(document: dict[str, Any], plots: dict[str, Path]) -> s
             f'{figures}\n</section>')
 
 
+def _minus(a: Any, b: Any) -> Any:
+    return a - b if _is_number(a) and _is_number(b) else None
+
+
 def _purge_section(document: dict[str, Any]) -> str:
     purge = _section(document, "purge")
     removed, scan = _section(purge, "objects_removed"), _section(purge, "scan")
@@ -440,14 +444,25 @@ def _purge_section(document: dict[str, Any]) -> str:
         callout = f'<p class="callout matches-found">{_num(matches)} matches: copies of the forgotten data remain.</p>'
     else:
         callout = f'<p class="callout matches-unknown">Matches: {_escaped(matches)} (scan result not available).</p>'
+    unsearched = scan.get("samples_not_searched")
+    if _is_number(unsearched) and unsearched > 0:  # no bytes to search for: the source no longer has them
+        if "matches-zero" in callout:  # "no copy was found" would include samples nobody searched for
+            callout = '<p class="callout matches-partial">0 matches for the deleted samples searched for.</p>'
+        callout += (f'\n<p class="callout matches-partial">{_num(unsearched)} of {_num(scan.get("samples"))} deleted '
+                    'sample(s) could not be searched for (in neither the quarantine nor the upstream source any '
+                    'more): nothing is claimed about copies of them.</p>')
     rows = [("Objects removed (local)", _num(removed.get("local"))),
             ("Objects removed (remote)", _num(removed.get("remote"))),
             ("Files scanned", _num(scan.get("files"))),
             ("Bytes scanned", _bytes(scan.get("bytes"))),
-            ("Patterns", _num(scan.get("patterns"))),
+            ("Patterns (samples and weight fingerprints)", _num(scan.get("patterns"))),
             ("Deleted samples identical to a live one (not searched)", _num(scan.get("shared_with_live"))),
             ("Paths not scanned", _num(not_scanned)),
             ("Matches", _num(matches))]
+    if "samples" in scan:  # purges before these were counted do not say
+        rows.insert(4, ("Deleted samples searched for", f"{_num(scan.get('sample_patterns'))} pattern(s) for "
+                        f"{_num(_minus(scan.get('samples'), scan.get('samples_not_searched')))} of "
+                        f"{_num(scan.get('samples'))} sample(s)"))
     if "weight_fingerprints" in scan:  # purges before fingerprints were counted do not say
         rows.insert(-2, ("Retired-weight fingerprints searched", _num(scan.get("weight_fingerprints"))))
     if "weight_fingerprints_shared_with_live" in scan:

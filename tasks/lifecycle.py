@@ -153,11 +153,42 @@ def _refuse_matches(project: Project, scan: Any, weights: dict[str, bytes], **re
     raise PipelineError(f"purge incomplete: {what} still found in {len(places)} file(s): {', '.join(places[:10])}")
 
 
-def deleted_arrays(project: Project, sample_ids: list[str]) -> Arrays:
-    """The deleted samples' pixels, from the upstream source (the store no longer has them)."""
+def deleted_arrays(project: Project, sample_ids: list[str], known: Arrays | None = None) -> Arrays:
+    """The deleted samples' pixels: ``known`` ones first (the quarantine: the bytes the models trained on), the rest
+    from the upstream source (the store no longer has them). A sample in neither is absent from the result: callers
+    that make claims from it count what is missing (:func:`run_purge`)."""
+    wanted = np.asarray(sample_ids, dtype=str)
+    parts = []
+    if known is not None and len(known.ids):
+        keep = np.isin(known.ids, wanted)
+        parts.append(Arrays(known.ids[keep], known.images[keep], known.labels[keep]))
+        wanted = wanted[~np.isin(wanted, known.ids)]
     source = load_source(project.params.data)
-    mask = np.isin(source.ids, np.asarray(sample_ids, dtype=str))
-    return Arrays(source.ids[mask], source.images[mask], source.labels[mask])
+    mask = np.isin(source.ids, wanted)
+    parts.append(Arrays(source.ids[mask], source.images[mask], source.labels[mask]))
+    parts = [a for a in parts if len(a.ids)] or parts[-1:]
+    if len(parts) == 1:
+        return parts[0]
+    if {a.images.shape[1:] for a in parts} != {parts[0].images.shape[1:]}:
+        return max(parts, key=lambda a: len(a.ids))  # the source changed shape since: the larger part only
+    return Arrays(np.concatenate([a.ids for a in parts]), np.concatenate([a.images for a in parts]),
+                  np.concatenate([a.labels for a in parts]))
+
+
+def _quarantined(project: Project, batch_ids: list[str]) -> Arrays | None:
+    """The closing batches' quarantined training samples, read before purge removes the files (None if none)."""
+    parts = []
+    for batch_id in batch_ids:
+        try:
+            with np.load(quarantine_path(project, batch_id), allow_pickle=False) as data:
+                parts.append(Arrays(data["ids"], data["images"], data["labels"]))
+        except (FileNotFoundError, KeyError, ValueError):  # a crash after the unlink: the source stands in
+            continue
+    parts = [a for a in parts if len(a.ids) and a.images.shape[1:] == parts[0].images.shape[1:]]
+    if not parts:
+        return None
+    return Arrays(np.concatenate([a.ids for a in parts]), np.concatenate([a.images for a in parts]),
+                  np.concatenate([a.labels for a in parts]))
 
 
 def run_purge(project: Project) -> dict[str, Any]:
@@ -218,10 +249,17 @@ def run_purge(project: Project) -> dict[str, Any]:
     if not ledger.pending():
         for path in list(project.models_dir.glob("candidate-*.pt")) + [project.models_dir / "candidate.pt"]:
             path.unlink(missing_ok=True)
+    # The search patterns: the quarantined bytes the models trained on (read before the files go, or the scan would
+    # find them there), the rest from the upstream source. A deleted sample in neither (the source no longer has it)
+    # cannot be searched for: counted, and the certificate says so (review of 2026-12-07: "no copy found" was
+    # stated when nothing had been searched for).
+    quarantined = _quarantined(project, to_close)
     for batch_id in to_close:
         quarantine_path(project, batch_id).unlink(missing_ok=True)
     live = SampleStore(project.store_dir).load().images
-    patterns, shared = sample_patterns(deleted_arrays(project, closing_ids), live)
+    deleted = deleted_arrays(project, closing_ids, known=quarantined)
+    unsearched = len(set(closing_ids) - set(deleted.ids.tolist()))
+    patterns, shared = sample_patterns(deleted, live)
     weights = retired_weight_patterns(project, client, loaded=loaded)
     loaded.clear()  # the weights are not needed while the project's files are read
     scan = scan_project_for_samples(project, {**patterns, **weights.patterns})
@@ -230,6 +268,7 @@ def run_purge(project: Project) -> dict[str, Any]:
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
+                 "samples": len(closing_ids), "sample_patterns": len(patterns), "samples_not_searched": unsearched,
                  **weights.evidence(), "matches": len(scan.matches),
                  # unreadable files and links to folders: the certificate says nothing is claimed about them
                  "not_scanned": len(scan.errors) + len(scan.unfollowed)},

@@ -323,6 +323,20 @@ def test_zero_matches_with_unscanned_paths_claims_only_what_was_scanned(tmp_path
     assert "no copy of the forgotten data was found" not in body and "matches-zero" not in body
 
 
+def test_zero_matches_with_unsearchable_samples_claims_nothing_about_them(tmp_path):
+    certificate = _certificate()
+    certificate["purge"]["scan"].update({"matches": 0, "not_scanned": 0, "samples": 5, "sample_patterns": 3,
+                                         "samples_not_searched": 2})
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    assert "no copy of the forgotten data was found" not in body and "matches-zero" not in body
+    assert "2 of 5 deleted sample(s) could not be searched for" in body
+    assert "3 pattern(s) for 3 of 5 sample(s)" in body
+    certificate["purge"]["scan"]["samples_not_searched"] = 0
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    assert "no copy of the forgotten data was found" in html_path.read_text()
+
+
 def test_a_minimal_certificate_renders_dashes(tmp_path):
     json_path, html_path = write_certificate({"request_id": "r-min"}, {}, tmp_path)
     page = html_path.read_text()

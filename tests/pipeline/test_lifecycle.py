@@ -87,6 +87,9 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert _files_containing(root, needles) == set()
     assert first["prepare"]["data_version"] in second["purge"]["versions_redacted"]
     assert second["purge"]["scan"]["matches"] == 0 and second["purge"]["scan"]["files"] > 10
+    # every deleted sample was searched for (the quarantined training bytes, the source for the rest)
+    assert second["purge"]["scan"]["samples_not_searched"] == 0
+    assert second["purge"]["scan"]["samples"] == len(set(forget + test_only + pool_only))
 
     # certificates and status
     assert main(["--root", str(root), "request", "status", "R-1", "--json"]) == 0
