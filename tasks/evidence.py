@@ -56,7 +56,11 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
                                    failed=[c["metric"] for c in checks if c.get("verdict") == "fail"],
                                    unsettled=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"],
                                    costly=[c["metric"] for c in checks if c.get("verdict") == "fail"
-                                           and DELETION_COST in str(c.get("reason") or "")]),
+                                           and DELETION_COST in str(c.get("reason") or "")],
+                                   detected=[c["metric"] for c in checks if c["metric"] not in UTILITY_CHECKS
+                                             and c.get("parent_detected")],
+                                   undetected=[c["metric"] for c in checks if c["metric"] not in UTILITY_CHECKS
+                                               and not c.get("parent_detected")]),
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
@@ -79,7 +83,8 @@ DETECTED_INCONCLUSIVE = ("inconclusive: the attacks detected the original model'
 
 def statement(verdict: str | None, strength: str, parent_detected: bool | None = None,
               failed: list[str] | None = None, unsettled: list[str] | None = None,
-              costly: list[str] | None = None) -> str:
+              costly: list[str] | None = None, detected: list[str] | None = None,
+              undetected: list[str] | None = None) -> str:
     """One sentence: what the verification shows, never more than it shows.
 
     ``parent_detected``: whether the positive control detected the parent (the report's field); an inconclusive
@@ -88,7 +93,11 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
     statement says what it lost instead. ``unsettled``: the inconclusive metrics; when they are all utility checks,
     forgetting was shown (with power) and only the accuracy could not be verified, which is what is said.
     ``costly``: failed utility checks whose loss was not shown beyond what deleting this much is estimated to cost
-    an exact retrain (:data:`unlearn.gate.DELETION_COST`): the fail says so.
+    an exact retrain (:data:`unlearn.gate.DELETION_COST`): the fail says so. ``detected``/``undetected``: the
+    forgetting metrics whose positive control did / did not detect the parent; when both are given and the parent
+    was not detected on every one, an inconclusive statement names them instead of saying the attacks detected
+    nothing, and with no metric at all (the gate refused before scoring) it says that nothing was scored (review of
+    2026-12-07).
     """
     if strength in ("exact", "diverged"):
         return STRENGTHS[strength]
@@ -100,6 +109,19 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
                 if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
     if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
         return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
+    if (not parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive")
+            and detected is not None and undetected is not None):
+        if not detected and not undetected:
+            shown = ("no attack was scored (the gate stopped before testing: see the reason), so nothing about "
+                     "forgetting was shown")
+        elif detected:
+            shown = (f"the attacks detected the original model's memory of these samples on {', '.join(detected)} but "
+                     f"not on {', '.join(undetected)}, so forgetting could not be shown on every gated attack")
+        else:
+            shown = None  # none detected: the standing sentence says exactly that
+        if shown:
+            return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power"
+                    if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
     if verdict == "pass" and strength == "conclusive":
         return ("verified: the unlearned model is statistically equivalent to one that never trained on these "
                 "samples, within a margin set by what the attacks detected in the original model; " + AVERAGE)

@@ -93,3 +93,25 @@ def test_a_utility_fail_within_the_deletions_estimated_cost_says_so():
     assert "estimated to cost an exact retrain" in text and "still behaves" not in text
     report["checks"][1]["reason"] = "utility lost: ..."  # a plain fail: no such words
     assert "estimated to cost" not in evidence_summary(report)["statement"]
+
+
+@pytest.mark.parametrize("strength", ["low_power", "inconclusive"])
+def test_an_undetected_statement_names_the_attacks_that_did_detect_or_says_nothing_was_scored(strength):
+    """Review of 2026-12-07: "the attacks could not detect the original model's memory" was said when one attack
+    had detected it, and when the gate stopped before scoring anything."""
+    def summary(checks):
+        return evidence_summary({"verdict": "inconclusive", "evidence": strength, "parent_detected": False,
+                                 "checks": checks})["statement"]
+
+    mixed = summary([{"metric": "mia.lira_offline.auc", "verdict": "inconclusive", "parent_detected": True},
+                     {"metric": "mia.rmia_offline.auc", "verdict": "inconclusive", "parent_detected": False},
+                     {"metric": "utility", "verdict": "pass", "parent_detected": True}])
+    assert "detected the original model's memory of these samples on mia.lira_offline.auc but not on " \
+           "mia.rmia_offline.auc" in mixed and "could not detect" not in mixed and "utility" not in mixed
+    unscored = summary([])
+    assert "no attack was scored" in unscored and "could not detect" not in unscored
+    none = summary([{"metric": "mia.lira_offline.auc", "verdict": "inconclusive", "parent_detected": False}])
+    assert none == STRENGTHS[strength]
+    for text in (mixed, unscored):
+        assert ("NOT a pass" in text) == (strength == "inconclusive") and ("LOW POWER" in text) == (strength ==
+                                                                                                     "low_power")
