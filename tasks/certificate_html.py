@@ -459,6 +459,9 @@ def _purge_section(document: dict[str, Any]) -> str:
             ("Deleted samples identical to a live one (not searched)", _num(scan.get("shared_with_live"))),
             ("Paths not scanned", _num(not_scanned)),
             ("Matches", _num(matches))]
+    scope = ("the project directory (working data, DVC cache, Git, an MLflow store kept in it) and a DVC remote on a "
+             "local path; a cloud DVC remote's redacted objects are deleted, not searched, and a team MLflow "
+             "server's store is not searched")
     if "samples" in scan:  # purges before these were counted do not say
         rows.insert(4, ("Deleted samples searched for", f"{_num(scan.get('sample_patterns'))} pattern(s) for "
                         f"{_num(_minus(scan.get('samples'), scan.get('samples_not_searched')))} of "
@@ -475,6 +478,7 @@ def _purge_section(document: dict[str, Any]) -> str:
         callout += (f'\n<p class="callout matches-partial">The weights of retired version(s) {names} could not be '
                     "searched for (no fingerprint of their own was left to search): nothing is claimed about copies "
                     "of them outside the artifact store.</p>")
+    rows.append(("Where the scan looks", _escaped(scope)))
     return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_definition_list(rows)}\n</section>'
 
 

@@ -507,8 +507,8 @@ def _verification_status(project: Project, ledger: Ledger, batch_id: str) -> dic
         out["outcome"] = "held"
         out["held_until"] = last.get("hold_until")
         out["held_note"] = (f"inconclusive evidence: held (not promoted) to be verified together with later "
-                            f"batches; retrained exactly at the latest {last.get('hold_until')} or after "
-                            f"gate.max_hold_batches batches")
+                            f"batches; due for the exact retrain at {last.get('hold_until')} (the first run after "
+                            f"it retrains) or after gate.max_hold_batches batches, whichever comes first")
     run_id = next((n.get("run_id") for n in reversed(history) if n.get("run_id")), None)
     report, problem = _attempt_report(project, run_id)
     summary = evidence_summary(report)
