@@ -334,8 +334,9 @@ class InboxWatcher:
         self.seen: set[str] = set()  # files this process has emitted (or found already emitted)
         self.last_window_event: float | None = None
         self.first_seen: dict[str, float] = {}  # when this process first saw each inbox file
-        # Batches left pending by a run that was stopped (serve restarted, a run killed): their requests are out of
-        # the inbox, so no file would announce them; the first polls after start do (review of 2026-12-07).
+        # Batches left unfinished by a run that was stopped (serve restarted, a run killed): their requests are out
+        # of the inbox, so no file would announce them; the first polls after :meth:`run` starts do (review of
+        # 2026-12-07). Set again by run(): serve builds the watcher before its deployments and automations exist.
         self.announce_pending_after: float | None = self.clock() + STARTUP_ANNOUNCE_DELAY_SECONDS
 
     def pending(self) -> dict[str, float]:
@@ -368,13 +369,18 @@ class InboxWatcher:
         return files
 
     def pending_batches(self) -> int:
-        """Batches the ledger holds as pending (0 when there is no ledger yet or it cannot be read)."""
+        """Batches a run still has to finish: pending, promoting (a run stopped mid-promotion), or completed but not
+        purged (stopped mid-purge). 0 when there is no ledger yet or it cannot be read (the run reports that)."""
         from unlearn.requests import Ledger
 
         path = self.root / "data" / "requests" / "ledger.json"
         try:
-            return len(Ledger(path).pending()) if path.exists() else 0
-        except (OSError, ValueError):
+            if not path.exists():
+                return 0
+            ledger = Ledger(path)
+            unpurged = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if "purged" not in ledger.steps(b)]
+            return len(ledger.pending()) + len(ledger.batches_with_status(Ledger.PROMOTING)) + len(unpurged)
+        except Exception:  # noqa: BLE001 - advisory: a damaged ledger must not make every poll fail
             return 0
 
     def _salt(self) -> bytes | None:
@@ -382,7 +388,7 @@ class InboxWatcher:
 
         try:
             return load_or_create_salt(self.root / "data" / "requests" / ".salt")
-        except OSError:
+        except (OSError, ValueError):  # unreadable or damaged (SaltError): the name is then left out
             return None
 
     def poll(self) -> list[str]:
@@ -427,6 +433,8 @@ class InboxWatcher:
 
     def run(self, interval: float, stop: threading.Event) -> None:
         """Poll every ``interval`` seconds until ``stop`` is set; errors are printed, never raised."""
+        if self.announce_pending_after is not None:
+            self.announce_pending_after = self.clock() + STARTUP_ANNOUNCE_DELAY_SECONDS
         while not stop.is_set():
             try:
                 self.poll()

@@ -11,9 +11,18 @@ Prefect's own SIGTERM handler calls the coroutine ``Runner.stop`` without awaiti
 So serve handles SIGINT and SIGTERM itself (:func:`serve_until_signal`): the first one stops the
 runner from starting new runs and gives the runs in flight ``serve.stop_grace_seconds`` to finish
 (:class:`RunStopper`); then they are sent SIGTERM, and SIGKILL :data:`KILL_AFTER_SECONDS` later.
-A second signal skips the grace. A stopped run is a crash like any other: every stage is safe to
-interrupt at any point (``tests/pipeline/test_crash_points.py``), its batch stays pending, and the
-next ``unlearn serve`` announces it (``InboxWatcher.announce_pending_after``).
+A second signal skips the grace, a third gets the signal's default action.
+
+A stopped run is a crash like any other: the pipeline is built to be re-run after one (tested
+after each stage by ``tests/pipeline/test_lifecycle.py`` and at every registry, file and ledger
+write of promote, retire, purge and certify by ``tests/pipeline/test_crash_points.py``); its batch
+stays pending, and the next ``unlearn serve`` announces it (``InboxWatcher.announce_pending_after``).
+
+Warm runs (``serve.warm_start``) run in a session of their own (:func:`flows.warm.run_with_exit_handlers`),
+so Ctrl-C in the terminal reaches serve alone; with ``warm_start: false`` Prefect's spawned runs
+share serve's process group, and a terminal Ctrl-C interrupts them at once, as it does under plain Prefect.
+A supervisor should give serve longer than ``stop_grace_seconds`` + 30 s before it kills
+(systemd's ``TimeoutStopSec``, ``docker stop -t``), and signal serve alone (systemd ``KillMode=mixed``).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 KILL_AFTER_SECONDS = 30.0  # after SIGTERM, how long a run may take to exit before SIGKILL
+MAX_GRACE_SECONDS = 86_400.0  # serve.stop_grace_seconds is capped here (params validation says so too)
 
 
 def run_processes() -> list[Any]:
@@ -83,13 +93,16 @@ class RunStopper:
     def _signal(self, sig: int, into: list[int]) -> None:
         for process in self.processes():
             try:
-                os.kill(process.pid, sig)
+                if os.getpgid(process.pid) == process.pid:  # a warm run leads its own group: its children too
+                    os.killpg(process.pid, sig)
+                else:
+                    os.kill(process.pid, sig)
                 into.append(process.pid)
-            except (ProcessLookupError, TypeError):  # exited meanwhile, or never started (pid None)
+            except (ProcessLookupError, PermissionError, TypeError):  # exited meanwhile, or never started
                 pass
 
     def _countdown(self) -> None:
-        self._now.wait(self.grace_seconds)
+        self._now.wait(min(self.grace_seconds, MAX_GRACE_SECONDS))
         if not self.processes():
             return
         self.say(f"unlearn serve: {len(self.processes())} run(s) still in flight: stopping them (SIGTERM; their "
@@ -143,5 +156,22 @@ async def serve_until_signal(start: Callable[[], Awaitable[Any]], stopper: RunSt
         waiter.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-            if received:  # the rest of the shutdown (the exit handlers join the runs): a signal ends the grace
-                signal.signal(sig, lambda *_: stopper.hurry())
+            if received:  # the rest of the shutdown (the exit handlers join the runs): a signal ends the grace,
+                signal.signal(sig, _after_stop(stopper, len(received)))  # and one more after that is the default
+
+
+def _after_stop(stopper: RunStopper, received: int) -> Callable[[int, Any], None]:
+    """The handler for signals after serving stopped: end the grace (once), then give the signal its default
+    action, so that if the shutdown itself hangs a further Ctrl-C or SIGTERM still ends the process."""
+    count = [received]
+
+    def handler(sig: int, frame: Any) -> None:
+        count[0] += 1
+        if count[0] == 2:
+            stopper.hurry()
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+
+    return handler

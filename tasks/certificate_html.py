@@ -444,9 +444,13 @@ def _purge_section(document: dict[str, Any]) -> str:
         callout = f'<p class="callout matches-found">{_num(matches)} matches: copies of the forgotten data remain.</p>'
     else:
         callout = f'<p class="callout matches-unknown">Matches: {_escaped(matches)} (scan result not available).</p>'
+    if (scan.get("sample_patterns") == 0 and _is_number(scan.get("samples")) and scan["samples"] > 0
+            and "matches-zero" in callout):  # every deleted sample is identical to a live one: nothing of its own
+        callout = ('<p class="callout matches-partial">0 matches, but none of the deleted samples had bytes of its '
+                   'own to search for (each is identical to a sample that stays in the data).</p>')
     unsearched = scan.get("samples_not_searched")
     if _is_number(unsearched) and unsearched > 0:  # no bytes to search for: the source no longer has them
-        if "matches-zero" in callout:  # "no copy was found" would include samples nobody searched for
+        if "matches-zero" in callout or "none of the deleted" in callout:  # it would include unsearched samples
             callout = '<p class="callout matches-partial">0 matches for the deleted samples searched for.</p>'
         callout += (f'\n<p class="callout matches-partial">{_num(unsearched)} of {_num(scan.get("samples"))} deleted '
                     'sample(s) could not be searched for (in neither the quarantine nor the upstream source any '

@@ -57,10 +57,11 @@ def evidence_summary(report: dict[str, Any] | None) -> dict[str, Any]:
                                    unsettled=[c["metric"] for c in checks if c.get("verdict") == "inconclusive"],
                                    costly=[c["metric"] for c in checks if c.get("verdict") == "fail"
                                            and DELETION_COST in str(c.get("reason") or "")],
+                                   # only from a report that lists its checks (an empty list: none was scored)
                                    detected=[c["metric"] for c in checks if c["metric"] not in UTILITY_CHECKS
-                                             and c.get("parent_detected")],
+                                             and c.get("parent_detected")] if "checks" in report else None,
                                    undetected=[c["metric"] for c in checks if c["metric"] not in UTILITY_CHECKS
-                                               and not c.get("parent_detected")]),
+                                               and not c.get("parent_detected")] if "checks" in report else None),
             "reason": report.get("reason"), "mode": report.get("mode"),
             "parent_detected": report.get("parent_detected"), "interval_level": report.get("interval_level"),
             "margin_fraction": report.get("margin_fraction"), "checks": checks,
@@ -114,9 +115,11 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
         if not detected and not undetected:
             shown = ("no attack was scored (the gate stopped before testing: see the reason), so nothing about "
                      "forgetting was shown")
-        elif detected:
+        elif detected and undetected:
             shown = (f"the attacks detected the original model's memory of these samples on {', '.join(detected)} but "
                      f"not on {', '.join(undetected)}, so forgetting could not be shown on every gated attack")
+        elif detected:  # every check detected it (a report that did not record the decision's flag)
+            return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
         else:
             shown = None  # none detected: the standing sentence says exactly that
         if shown:

@@ -182,7 +182,11 @@ def _quarantined(project: Project, batch_ids: list[str]) -> Arrays | None:
         try:
             with np.load(quarantine_path(project, batch_id), allow_pickle=False) as data:
                 parts.append(Arrays(data["ids"], data["images"], data["labels"]))
-        except (FileNotFoundError, KeyError, ValueError):  # a crash after the unlink: the source stands in
+        except FileNotFoundError:  # a crash after the unlink: the source stands in
+            continue
+        except Exception as exc:  # noqa: BLE001 - damaged (truncated, not a zip): the source stands in, and it is said
+            log.warning("purge: the quarantine of %s could not be read (%s): its samples are searched for in the "
+                        "upstream source", batch_id, type(exc).__name__)
             continue
     parts = [a for a in parts if len(a.ids) and a.images.shape[1:] == parts[0].images.shape[1:]]
     if not parts:
@@ -253,17 +257,20 @@ def run_purge(project: Project) -> dict[str, Any]:
     # find them there), the rest from the upstream source. A deleted sample in neither (the source no longer has it)
     # cannot be searched for: counted, and the certificate says so (review of 2026-12-07: "no copy found" was
     # stated when nothing had been searched for).
+    # The quarantine files are left out of the scan and removed after it: a purge refused for a copy found, or
+    # stopped during the scan, still has them to search with when it runs again (review of 2026-12-07).
     quarantined = _quarantined(project, to_close)
-    for batch_id in to_close:
-        quarantine_path(project, batch_id).unlink(missing_ok=True)
+    quarantine_files = [quarantine_path(project, batch_id) for batch_id in to_close]
     live = SampleStore(project.store_dir).load().images
     deleted = deleted_arrays(project, closing_ids, known=quarantined)
     unsearched = len(set(closing_ids) - set(deleted.ids.tolist()))
     patterns, shared = sample_patterns(deleted, live)
     weights = retired_weight_patterns(project, client, loaded=loaded)
     loaded.clear()  # the weights are not needed while the project's files are read
-    scan = scan_project_for_samples(project, {**patterns, **weights.patterns})
+    scan = scan_project_for_samples(project, {**patterns, **weights.patterns}, exclude=quarantine_files)
     _refuse_matches(project, scan, weights.patterns, batch_ids=to_close)
+    for path in quarantine_files:  # before anything records the purge: a crash here repeats it, from the source
+        path.unlink(missing_ok=True)
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
@@ -553,6 +560,19 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             out["status"] = ledger.batch(batch_id)["status"]
             out["steps"] = ledger.steps(batch_id)
             out.update(_verification_status(project, ledger, batch_id))
+            recorded = ledger.train_sample_ids(batch_id)
+            if recorded is not None and out.get("verification"):
+                try:
+                    mine = next(r["sample_ids"] for r in _batch_file(project, batch_id)["requests"]
+                                if r["request_id"] == request_id)
+                except (PipelineError, StopIteration, KeyError, TypeError):
+                    mine = None
+                if mine is not None and not set(mine) & set(recorded):  # data only: as its certificate says
+                    out["evidence"] = ("not applicable: no production model trained on this request's samples, so "
+                                       "removing them from the data is the whole deletion; the batch's verification "
+                                       "concerns the other requests' training samples")
+                    out["verification"] = {"evidence": NOT_APPLICABLE,
+                                           "batch_verdict": out["verification"].get("verdict")}
             out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
             paths = certificate_paths(project, request_id)
             out["certificate"] = str(paths[0]) if paths else None

@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,8 @@ def _is_virtualenv(path: Path) -> bool:
     return (path / "pyvenv.cfg").is_file()
 
 
-def scan_project_for_samples(project: Project, patterns: dict[str, bytes]) -> ScanResult:
+def scan_project_for_samples(project: Project, patterns: dict[str, bytes],
+                             exclude: Iterable[Path] = ()) -> ScanResult:
     """Search every file of the project for the given sample bytes (evidence for certificates).
 
     Scans the whole project root: the working data, ``.dvc/cache``, ``mlartifacts``,
@@ -289,6 +291,8 @@ def scan_project_for_samples(project: Project, patterns: dict[str, bytes]) -> Sc
     Args:
         project: The project.
         patterns: Pattern key -> bytes, from :func:`unlearn.forensics.sample_patterns`.
+        exclude: Files not to scan: the quarantine files purge removes right after the scan (it reads its
+            patterns from them, so they hold the bytes by design).
 
     Returns:
         The scan result; match paths start with the scanned directory's name.
@@ -307,4 +311,6 @@ def scan_project_for_samples(project: Project, patterns: dict[str, bytes]) -> Sc
             path = path.resolve()
             if path.exists() and not any(path == r or r in path.parents for r in roots):
                 roots.append(path)
-    return scan_for_patterns(roots, patterns, skip=lambda path: path.is_dir() and _is_virtualenv(path))
+    excluded = {Path(path).resolve() for path in exclude}
+    return scan_for_patterns(roots, patterns, skip=lambda path: (path.is_dir() and _is_virtualenv(path))
+                             or (bool(excluded) and path.resolve() in excluded))

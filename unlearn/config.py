@@ -533,8 +533,8 @@ def _check_values(params: Params) -> None:
         raise ConfigError("serve.trigger_after_requests: must be >= 1")
     if serve.trigger_window_minutes <= 0 or serve.watch_interval_seconds <= 0:
         raise ConfigError("serve.trigger_window_minutes and serve.watch_interval_seconds: must be > 0")
-    if not serve.stop_grace_seconds >= 0:  # NaN too
-        raise ConfigError(f"serve.stop_grace_seconds: must be >= 0, got {serve.stop_grace_seconds!r}")
+    if not 0 <= serve.stop_grace_seconds <= 86_400:  # NaN and infinity too: the stop must stay bounded
+        raise ConfigError(f"serve.stop_grace_seconds: must be between 0 and 86400, got {serve.stop_grace_seconds!r}")
     if not (params.device == "cpu" or params.device.startswith("cuda")):
         raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {params.device!r}")
 

@@ -336,6 +336,11 @@ def test_zero_matches_with_unsearchable_samples_claims_nothing_about_them(tmp_pa
     certificate["purge"]["scan"]["samples_not_searched"] = 0
     _, html_path = write_certificate(certificate, {}, tmp_path)
     assert "no copy of the forgotten data was found" in html_path.read_text()
+    # every deleted sample identical to a live one: nothing of its own was searched for, so no "no copy found"
+    certificate["purge"]["scan"].update({"sample_patterns": 0, "shared_with_live": 5})
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    assert "no copy of the forgotten data was found" not in body and "had bytes of its own" in body
 
 
 def test_a_minimal_certificate_renders_dashes(tmp_path):

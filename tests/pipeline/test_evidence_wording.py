@@ -112,6 +112,13 @@ def test_an_undetected_statement_names_the_attacks_that_did_detect_or_says_nothi
     assert "no attack was scored" in unscored and "could not detect" not in unscored
     none = summary([{"metric": "mia.lira_offline.auc", "verdict": "inconclusive", "parent_detected": False}])
     assert none == STRENGTHS[strength]
+    # every check detected it, in a report without the decision's flag: no "but not on" with nothing after it
+    every = evidence_summary({"verdict": "inconclusive", "evidence": strength, "checks": [
+        {"metric": "mia.lira_offline.auc", "verdict": "inconclusive", "parent_detected": True}]})["statement"]
+    assert "but not on" not in every and "the attacks detected the original model's memory" in every
+    # a report that does not list its checks is not read as "nothing was scored"
+    unlisted = evidence_summary({"verdict": "inconclusive", "evidence": strength, "parent_detected": False})
+    assert "no attack was scored" not in unlisted["statement"]
     for text in (mixed, unscored):
         assert ("NOT a pass" in text) == (strength == "inconclusive") and ("LOW POWER" in text) == (strength ==
                                                                                                      "low_power")

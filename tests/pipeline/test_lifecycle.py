@@ -121,6 +121,13 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     pool_cert = json.loads(next(p for p in project.certificates_dir.glob("*.json")
                                 if json.loads(p.read_text())["request_id"] == "R-P").read_text())
     assert pool_cert["status"] == "data_only"
+    capsys.readouterr()
+    assert main(["--root", str(root), "request", "status", "R-T", "--json"]) == 0  # says what its certificate says
+    t_status = json.loads(capsys.readouterr().out)
+    assert t_status["evidence"].startswith("not applicable") and t_status["verification"]["evidence"] == \
+        "not_applicable"
+    assert main(["--root", str(root), "request", "status", "R-1", "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["evidence"].startswith("not applicable")
     assert main(["--root", str(root), "request", "status", "NO-SUCH-REQUEST"]) == 2
 
     # no personal data in the trail: subjects only as salted hashes, no raw sample ids

@@ -54,12 +54,33 @@ def test_the_stopper_terminates_runs_after_the_grace_and_kills_those_that_ignore
             run.kill()
 
 
+def _short_run() -> None:
+    time.sleep(1.0)
+
+
 def test_a_run_that_finishes_within_the_grace_is_left_alone():
+    run = multiprocessing.get_context("spawn").Process(target=_short_run)
+    run.start()
     said = []
-    stopper = RunStopper(60, said.append, processes=lambda: [])
+    stopper = RunStopper(5, said.append, processes=lambda: [p for p in [run] if p.is_alive()])
     stopper.begin()
-    stopper.join(timeout=5)
-    assert said == [] and stopper.terminated == [] and stopper.killed == []
+    assert "1 run(s) in flight get 5 s to finish" in said[0]
+    run.join(timeout=30)
+    stopper.join(timeout=30)  # the countdown returns once the grace is over and nothing is alive
+    assert run.exitcode == 0 and stopper.terminated == [] and stopper.killed == [] and len(said) == 1
+
+
+def _own_session() -> None:
+    sys.exit(0 if os.getsid(0) == os.getpid() == os.getpgid(0) else 3)
+
+
+def test_a_warm_run_leads_its_own_session_so_a_terminal_ctrl_c_reaches_serve_alone():
+    from flows.warm import run_with_exit_handlers
+
+    run = multiprocessing.get_context("fork").Process(target=run_with_exit_handlers, args=(_own_session,))
+    run.start()
+    run.join(timeout=30)
+    assert run.exitcode == 0
 
 
 # A runner that waits for its run as Prefect's does (a thread join shielded from cancellation): SIGINT stops the
@@ -128,12 +149,28 @@ def test_the_watcher_announces_batches_left_pending_once_after_start(tmp_path):
     assert sent == [(serve.WINDOW_ELAPSED, {"pending_files": 0, "pending_batches": 1})]
     now[0] += 10_000
     assert watcher.poll() == []  # once per start: a batch held on purpose does not start a run every window
-    # nothing pending: nothing announced
+    # completed but not purged (a run stopped in purge): still announced; purged: nothing left to announce
     ledger.set_status("b1", Ledger.COMPLETED, {"at": "t", "outcome": "promoted"})
+    ledger.save()
+    assert serve.InboxWatcher(tmp_path, 900, send=lambda *_: True).pending_batches() == 1
+    ledger.mark_step(["b1"], "purged", "t")
     ledger.save()
     fresh = serve.InboxWatcher(tmp_path, 900, send=lambda e, p: sent.append((e, p)) or True, clock=lambda: now[0])
     now[0] += serve.STARTUP_ANNOUNCE_DELAY_SECONDS
     assert fresh.poll() == [] and fresh.announce_pending_after is None
+
+
+def test_a_damaged_ledger_or_salt_never_makes_the_watcher_fail(tmp_path):
+    requests = tmp_path / "data" / "requests"
+    (requests / "incoming").mkdir(parents=True)
+    (requests / "ledger.json").write_text("{not json")
+    (requests / ".salt").write_bytes(b"short")
+    (requests / "incoming" / "dropped.csv").write_text("x")
+    os.utime(requests / "incoming" / "dropped.csv", (time.time() - 60, time.time() - 60))
+    sent = []
+    watcher = serve.InboxWatcher(tmp_path, 3600, send=lambda e, p: sent.append(p) or True)
+    assert watcher.pending_batches() == 0
+    assert watcher.poll() == [serve.SUBMITTED] and sent[0]["file"] == "dropped file (name not published)"
 
 
 def test_a_file_dated_in_the_future_is_still_announced_and_its_window_still_elapses(tmp_path):
@@ -203,10 +240,38 @@ def test_a_dropped_files_name_is_published_only_as_a_salted_hash(tmp_path):
     assert (tmp_path / "data" / "requests" / ".salt").exists()
 
 
+def test_purge_searches_the_quarantined_bytes_and_counts_what_it_cannot_search_for(tmp_path, monkeypatch):
+    """The quarantine holds the bytes the models trained on; the upstream source may have dropped a sample since.
+    Both are searched for, the quarantine first; a damaged quarantine file falls back to the source."""
+    import types
+
+    import numpy as np
+
+    from tasks import lifecycle
+    from unlearn.data.store import Arrays
+
+    source = types.SimpleNamespace(ids=np.array(["s1", "s2", "t1"]), labels=np.array([0, 1, 0]),
+                                   images=np.full((3, 1, 2, 2), 7, dtype=np.uint8))
+    monkeypatch.setattr(lifecycle, "load_source", lambda cfg: source)
+    project = types.SimpleNamespace(params=types.SimpleNamespace(data=None))
+    quarantined = Arrays(np.array(["q1", "s1"]), np.full((2, 1, 2, 2), 9, dtype=np.uint8), np.array([2, 0]))
+    got = lifecycle.deleted_arrays(project, ["q1", "s1", "t1", "gone"], known=quarantined)
+    assert sorted(got.ids.tolist()) == ["q1", "s1", "t1"]  # "gone" is in neither: counted by run_purge
+    assert int(got.images[got.ids.tolist().index("s1")].max()) == 9  # the trained bytes, not the source's
+    assert lifecycle.deleted_arrays(project, ["q1"]).ids.tolist() == []  # without the quarantine: not found
+    quarantine = tmp_path / "quarantine"
+    quarantine.mkdir()
+    monkeypatch.setattr(lifecycle, "quarantine_path", lambda project, batch: quarantine / f"{batch}.npz")
+    np.savez(quarantine / "b1.npz", ids=quarantined.ids, images=quarantined.images, labels=quarantined.labels)
+    (quarantine / "b2.npz").write_bytes(b"PK\x03\x04 truncated")
+    read = lifecycle._quarantined(project, ["b1", "b2", "b3"])
+    assert read.ids.tolist() == ["q1", "s1"]
+
+
 def test_stop_grace_is_validated():
     from unlearn.config import ConfigError, parse_params
 
     assert parse_params({}).serve.stop_grace_seconds == 120
-    for bad in (-1, float("nan")):
+    for bad in (-1, float("nan"), float("inf"), 1e10):
         with pytest.raises(ConfigError, match="serve.stop_grace_seconds"):
             parse_params({"serve": {"stop_grace_seconds": bad}})
