@@ -18,11 +18,11 @@ after each stage by ``tests/pipeline/test_lifecycle.py`` and at every registry, 
 write of promote, retire, purge and certify by ``tests/pipeline/test_crash_points.py``); its batch
 stays pending, and the next ``unlearn serve`` announces it (``InboxWatcher.announce_pending_after``).
 
-Warm runs (``serve.warm_start``) run in a session of their own (:func:`flows.warm.run_with_exit_handlers`),
-so Ctrl-C in the terminal reaches serve alone; with ``warm_start: false`` Prefect's spawned runs
-share serve's process group, and a terminal Ctrl-C interrupts them at once, as it does under plain Prefect.
+The runs share serve's process group (:func:`flows.warm.run_with_exit_handlers` says why), so a
+signal to the whole group (a terminal's Ctrl-C) interrupts them at once, as under plain Prefect;
+the grace applies to a signal sent to serve alone (``kill <pid>``, systemd with ``KillMode=mixed``).
 A supervisor should give serve longer than ``stop_grace_seconds`` + 30 s before it kills
-(systemd's ``TimeoutStopSec``, ``docker stop -t``), and signal serve alone (systemd ``KillMode=mixed``).
+(systemd's ``TimeoutStopSec``, ``docker stop -t``).
 """
 
 from __future__ import annotations
@@ -93,13 +93,14 @@ class RunStopper:
     def _signal(self, sig: int, into: list[int]) -> None:
         for process in self.processes():
             try:
-                if os.getpgid(process.pid) == process.pid:  # a warm run leads its own group: its children too
-                    os.killpg(process.pid, sig)
-                else:
-                    os.kill(process.pid, sig)
+                os.kill(process.pid, sig)
                 into.append(process.pid)
-            except (ProcessLookupError, PermissionError, TypeError):  # exited meanwhile, or never started
+            except (ProcessLookupError, TypeError):  # exited meanwhile, or never started (pid None)
                 pass
+
+    def kill_now(self) -> None:
+        """SIGKILL every run still alive (a third signal: the operator wants out now)."""
+        self._signal(signal.SIGKILL, self.killed)
 
     def _countdown(self) -> None:
         self._now.wait(min(self.grace_seconds, MAX_GRACE_SECONDS))
@@ -129,12 +130,14 @@ async def serve_until_signal(start: Callable[[], Awaitable[Any]], stopper: RunSt
     task = asyncio.ensure_future(start())
     await asyncio.sleep(0)  # the runner installs Prefect's SIGTERM handler first thing: ours replace it below
     stopping = asyncio.Event()
-    received: list[str] = []
+    received: list[str] = []  # every signal so far, SIGINT and SIGTERM together
 
     def on_signal(sig: signal.Signals) -> None:
-        if received:
-            stopper.hurry()
         received.append(sig.name)
+        if len(received) == 2:
+            stopper.hurry()
+        elif len(received) >= 3:
+            _give_up(stopper, sig)
         stopping.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,22 +159,27 @@ async def serve_until_signal(start: Callable[[], Awaitable[Any]], stopper: RunSt
         waiter.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-            if received:  # the rest of the shutdown (the exit handlers join the runs): a signal ends the grace,
-                signal.signal(sig, _after_stop(stopper, len(received)))  # and one more after that is the default
+            if received:  # the rest of the shutdown (the exit handlers join the runs): the same count goes on
+                signal.signal(sig, _after_stop(stopper, received))
 
 
-def _after_stop(stopper: RunStopper, received: int) -> Callable[[int, Any], None]:
-    """The handler for signals after serving stopped: end the grace (once), then give the signal its default
-    action, so that if the shutdown itself hangs a further Ctrl-C or SIGTERM still ends the process."""
-    count = [received]
+def _give_up(stopper: RunStopper, sig: int) -> None:
+    """A third signal: kill the runs still alive and exit now (status 128 + the signal, as a shell reports it),
+    without waiting for anything else; the runs are crashes the next run recovers from."""
+    stopper.kill_now()
+    stopper.say(f"unlearn serve: stopped at once ({len(stopper.killed)} run(s) killed)")
+    os._exit(128 + int(sig))
+
+
+def _after_stop(stopper: RunStopper, received: list[str]) -> Callable[[int, Any], None]:
+    """The handler for signals after serving stopped, sharing the count: the second ends the grace, the third
+    exits, so that if the shutdown itself hangs a further Ctrl-C or SIGTERM still ends the process."""
 
     def handler(sig: int, frame: Any) -> None:
-        count[0] += 1
-        if count[0] == 2:
+        received.append(signal.Signals(sig).name)
+        if len(received) == 2:
             stopper.hurry()
-            return
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
+        elif len(received) >= 3:
+            _give_up(stopper, sig)
 
     return handler

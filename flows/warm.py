@@ -33,23 +33,19 @@ PROBE_TIMEOUT_SECONDS = 600.0  # the preload imports for about 11 s on 2 cores; 
 
 
 def run_with_exit_handlers(target: Any, *args: Any) -> Any:
-    """Run a forked run's ``target`` in a session of its own, then its ``atexit`` handlers.
+    """Run a forked run's ``target``, then its ``atexit`` handlers.
 
     A forkserver child ends with ``os._exit`` where a spawned one ran ``atexit`` (MLflow's end of
     an active run, temporary directories registered for removal at exit, log flushing): run them
     here so a warm run cleans up as a cold one does.
 
-    The session of its own: Ctrl-C in the terminal (or a supervisor signalling the whole process
-    group) reaches serve only, which then gives the runs in flight ``serve.stop_grace_seconds`` to
-    finish (:mod:`flows.serve_stop`) instead of every run being interrupted at once (review of
-    2026-12-07). serve stops them, and their own child processes, by process group.
+    The run stays in serve's process group, as a spawned one does. A session of its own would spare
+    it a terminal's Ctrl-C, but a SIGTERM or SIGHUP to the group (closing the terminal, ``kill
+    -- -PGID``) would then kill the forkserver and not the runs: serve would lose sight of them and
+    exit while they run on, orphaned, holding the project lock (review of 2026-12-07).
     """
     import atexit
 
-    try:
-        os.setsid()
-    except OSError:  # already a session leader: nothing to leave
-        pass
     try:
         return target(*args)
     finally:

@@ -70,19 +70,6 @@ def test_a_run_that_finishes_within_the_grace_is_left_alone():
     assert run.exitcode == 0 and stopper.terminated == [] and stopper.killed == [] and len(said) == 1
 
 
-def _own_session() -> None:
-    sys.exit(0 if os.getsid(0) == os.getpid() == os.getpgid(0) else 3)
-
-
-def test_a_warm_run_leads_its_own_session_so_a_terminal_ctrl_c_reaches_serve_alone():
-    from flows.warm import run_with_exit_handlers
-
-    run = multiprocessing.get_context("fork").Process(target=run_with_exit_handlers, args=(_own_session,))
-    run.start()
-    run.join(timeout=30)
-    assert run.exitcode == 0
-
-
 # A runner that waits for its run as Prefect's does (a thread join shielded from cancellation): SIGINT stops the
 # script within the grace plus a few seconds, the run is terminated, and a second SIGINT skips the grace.
 RUNNER = textwrap.dedent("""
@@ -90,12 +77,16 @@ RUNNER = textwrap.dedent("""
     import anyio
     from flows.serve_stop import RunStopper, serve_until_signal
 
-    def sleep_long():
+    def sleep_long(stubborn):
+        if stubborn:  # a run that ignores SIGTERM: only SIGKILL (30 s later, or a third signal) ends it
+            import signal
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(300)
 
     async def runner():
-        run = multiprocessing.get_context("spawn").Process(target=sleep_long)
+        run = multiprocessing.get_context("spawn").Process(target=sleep_long, args=(sys.argv[2] == "stubborn",))
         run.start()
+        time.sleep(1.5)  # its SIGTERM handler is in place
         print("run started", run.pid, flush=True)
         async with anyio.create_task_group() as runs:  # as Prefect's runner: a task group of uncancellable joins
             runs.start_soon(anyio.to_thread.run_sync, run.join)
@@ -106,13 +97,14 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("signals", [1, 2])
+@pytest.mark.parametrize("signals", [1, 2, 3])
 def test_serve_until_signal_stops_within_its_bound_even_while_a_run_is_joined(tmp_path, signals):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
-    grace = 3.0 if signals == 1 else 120.0  # two signals: the grace is skipped, or this would take minutes
+    grace = 3.0 if signals == 1 else 120.0  # more signals: the grace is skipped, or this would take minutes
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, str(script), str(grace)], stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen([sys.executable, str(script), str(grace), "stubborn" if signals == 3 else "plain"],
+                               stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline()
         assert line.startswith("run started"), line
@@ -120,18 +112,28 @@ def test_serve_until_signal_stops_within_its_bound_even_while_a_run_is_joined(tm
         time.sleep(0.5)
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
-        if signals == 2:
+        for sig in [signal.SIGTERM, signal.SIGINT][:signals - 1]:  # SIGINT and SIGTERM count together
             time.sleep(0.5)
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(sig)
         out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, out
-    assert "stopped by SIGINT" in out and "still in flight: stopping them" in out
     assert time.monotonic() - started < (grace + 10 if signals == 1 else 10)
-    with pytest.raises(ProcessLookupError):
-        os.kill(run_pid, 0)
+    if signals < 3:
+        assert process.returncode == 0, out
+        assert "stopped by SIGINT" in out and "still in flight: stopping them" in out
+    else:  # the third: the runs are killed and the signal takes its default action (exit now, not a clean stop)
+        assert process.returncode == 128 + signal.SIGINT and "stopped at once (1 run(s) killed)" in out, out
+    deadline = time.monotonic() + 10  # killed; an orphan is reaped by init a moment later
+    while time.monotonic() < deadline:
+        try:
+            os.kill(run_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the run {run_pid} is still alive after serve stopped")
 
 
 def test_the_watcher_announces_batches_left_pending_once_after_start(tmp_path):
