@@ -480,7 +480,8 @@ def _purge_section(document: dict[str, Any]) -> str:
         names = ", ".join(_escaped(v) for v in unsearchable)
         rows.insert(-2, ("Retired versions whose weights could not be searched for", names))
         callout += (f'\n<p class="callout matches-partial">The weights of retired version(s) {names} could not be '
-                    "searched for (no fingerprint of their own was left to search): nothing is claimed about copies "
+                    "searched for (no fingerprint could be taken: no weights of their own, or unreadable): nothing "
+                    "is claimed about copies "
                     "of them outside the artifact store.</p>")
     rows.append(("Where the scan looks", _escaped(scope)))
     return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_definition_list(rows)}\n</section>'
@@ -492,7 +493,11 @@ def _retirement_section(document: dict[str, Any]) -> str:
     # weights_searched: whether a scan searched the whole project for the version's weights (None: no scan yet, or
     # a certificate from before it was recorded); "artifacts deleted" rests on the artifact store's listing alone
     def searched(value: Any) -> str:
-        return "yes" if value is True else "no: nothing of its own to search for" if value is False else MISSING
+        # False has two causes the record does not tell apart: no bytes of its own, or weights that could not be read
+        if value is False:
+            return ("no: no fingerprint could be taken (no weights of its own apart from the live versions', or "
+                    "weights that could not be read)")
+        return "yes" if value is True else MISSING
 
     table = _table(["Model version", "Reason", "Artifacts deleted", "Weights searched for on disk", "Retired at",
                     "Due at"],

@@ -432,7 +432,7 @@ def test_the_retirement_table_says_whether_each_versions_weights_were_searched_f
         {"version": "3", "reason": "r", "artifacts_deleted": False}]
     _, html_path = write_certificate(certificate, {}, tmp_path)
     body = html_path.read_text().split("</style>")[1]
-    assert "Weights searched for on disk" in body and "no: nothing of its own to search for" in body
+    assert "Weights searched for on disk" in body and "no: no fingerprint could be taken" in body
     row = re.search(r"<tr><td><code>1</code></td>.*?</tr>", body, re.S).group(0)
     assert "<td>yes</td>" in row
 
