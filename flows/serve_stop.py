@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -104,16 +105,16 @@ class RunStopper:
 
     def _countdown(self) -> None:
         self._now.wait(min(self.grace_seconds, MAX_GRACE_SECONDS))
-        if not self.processes():
+        alive = self.processes()
+        if not alive:
             return
-        self.say(f"unlearn serve: {len(self.processes())} run(s) still in flight: stopping them (SIGTERM; their "
-                 "batches stay pending for the next run)")
+        self.say(f"unlearn serve: {len(alive)} run(s) still in flight: stopping them (SIGTERM; their batches stay "
+                 "pending for the next run)")
         self._signal(signal.SIGTERM, self.terminated)
-        for _ in range(int(self.kill_after * 10)):
-            if not self.processes():
-                return
-            threading.Event().wait(0.1)
-        self._signal(signal.SIGKILL, self.killed)
+        deadline = time.monotonic() + self.kill_after
+        while self.processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.kill_now()  # nothing left to kill when they all exited in time
 
 
 async def serve_until_signal(start: Callable[[], Awaitable[Any]], stopper: RunStopper) -> str | None:
@@ -133,11 +134,7 @@ async def serve_until_signal(start: Callable[[], Awaitable[Any]], stopper: RunSt
     received: list[str] = []  # every signal so far, SIGINT and SIGTERM together
 
     def on_signal(sig: signal.Signals) -> None:
-        received.append(sig.name)
-        if len(received) == 2:
-            stopper.hurry()
-        elif len(received) >= 3:
-            _give_up(stopper, sig)
+        _count(stopper, received, sig)
         stopping.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -163,23 +160,20 @@ async def serve_until_signal(start: Callable[[], Awaitable[Any]], stopper: RunSt
                 signal.signal(sig, _after_stop(stopper, received))
 
 
-def _give_up(stopper: RunStopper, sig: int) -> None:
-    """A third signal: kill the runs still alive and exit now (status 128 + the signal, as a shell reports it),
-    without waiting for anything else; the runs are crashes the next run recovers from."""
-    stopper.kill_now()
-    stopper.say(f"unlearn serve: stopped at once ({len(stopper.killed)} run(s) killed)")
-    os._exit(128 + int(sig))
+def _count(stopper: RunStopper, received: list[str], sig: int) -> None:
+    """One more stop signal (SIGINT and SIGTERM count together): the first stops serving (the caller's part), the
+    second ends the grace, the third kills the runs and exits now (status 128 + the signal, as a shell reports it);
+    the killed runs are crashes the next run recovers from."""
+    received.append(signal.Signals(sig).name)
+    if len(received) == 2:
+        stopper.hurry()
+    elif len(received) >= 3:
+        stopper.kill_now()
+        stopper.say(f"unlearn serve: stopped at once ({len(stopper.killed)} run(s) killed)")
+        os._exit(128 + int(sig))
 
 
 def _after_stop(stopper: RunStopper, received: list[str]) -> Callable[[int, Any], None]:
-    """The handler for signals after serving stopped, sharing the count: the second ends the grace, the third
-    exits, so that if the shutdown itself hangs a further Ctrl-C or SIGTERM still ends the process."""
-
-    def handler(sig: int, frame: Any) -> None:
-        received.append(signal.Signals(sig).name)
-        if len(received) == 2:
-            stopper.hurry()
-        elif len(received) >= 3:
-            _give_up(stopper, sig)
-
-    return handler
+    """The handler for signals after serving stopped, with the same count, so that if the shutdown itself hangs a
+    further Ctrl-C or SIGTERM still ends the process."""
+    return lambda sig, frame: _count(stopper, received, sig)

@@ -435,23 +435,25 @@ def _purge_section(document: dict[str, Any]) -> str:
     matches = scan.get("matches")
     # the number an auditor looks for first, so it gets the most visible spot in the section
     not_scanned = scan.get("not_scanned")
+    # "no copy was found" only when every deleted sample had bytes of its own searched for, in every path
+    unsearched = scan.get("samples_not_searched")
+    some_unsearched = _is_number(unsearched) and unsearched > 0
+    nothing_own = scan.get("sample_patterns") == 0 and _is_number(scan.get("samples")) and scan["samples"] > 0
     if matches == 0 and not isinstance(matches, bool) and _is_number(not_scanned) and not_scanned > 0:
         callout = (f'<p class="callout matches-partial">0 matches in the files scanned; {_num(not_scanned)} path(s) '
                    'could not be scanned (unreadable, or links to folders): nothing is claimed about them.</p>')
+    elif matches == 0 and not isinstance(matches, bool) and some_unsearched:
+        callout = '<p class="callout matches-partial">0 matches for the deleted samples searched for.</p>'
+    elif matches == 0 and not isinstance(matches, bool) and nothing_own:
+        callout = ('<p class="callout matches-partial">0 matches, but none of the deleted samples had bytes of its '
+                   'own to search for (each is identical to a sample that stays in the data).</p>')
     elif matches == 0 and not isinstance(matches, bool):
         callout = '<p class="callout matches-zero">0 matches: no copy of the forgotten data was found.</p>'
     elif _is_number(matches):
         callout = f'<p class="callout matches-found">{_num(matches)} matches: copies of the forgotten data remain.</p>'
     else:
         callout = f'<p class="callout matches-unknown">Matches: {_escaped(matches)} (scan result not available).</p>'
-    if (scan.get("sample_patterns") == 0 and _is_number(scan.get("samples")) and scan["samples"] > 0
-            and "matches-zero" in callout):  # every deleted sample is identical to a live one: nothing of its own
-        callout = ('<p class="callout matches-partial">0 matches, but none of the deleted samples had bytes of its '
-                   'own to search for (each is identical to a sample that stays in the data).</p>')
-    unsearched = scan.get("samples_not_searched")
-    if _is_number(unsearched) and unsearched > 0:  # no bytes to search for: the source no longer has them
-        if "matches-zero" in callout or "none of the deleted" in callout:  # it would include unsearched samples
-            callout = '<p class="callout matches-partial">0 matches for the deleted samples searched for.</p>'
+    if some_unsearched:  # no bytes to search for: the source no longer has them
         callout += (f'\n<p class="callout matches-partial">{_num(unsearched)} of {_num(scan.get("samples"))} deleted '
                     'sample(s) could not be searched for (in neither the quarantine nor the upstream source any '
                     'more): nothing is claimed about copies of them.</p>')

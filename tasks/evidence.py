@@ -82,6 +82,12 @@ DETECTED_INCONCLUSIVE = ("inconclusive: the attacks detected the original model'
                          "were too few samples to decide either way; NOT a pass")
 
 
+def _open(strength: str, shown: str) -> str:
+    """An inconclusive statement (promoted on low power, or held): what was shown, then what it means."""
+    return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power" if strength == "low_power"
+            else f"inconclusive: {shown}; NOT a pass")
+
+
 def statement(verdict: str | None, strength: str, parent_detected: bool | None = None,
               failed: list[str] | None = None, unsettled: list[str] | None = None,
               costly: list[str] | None = None, detected: list[str] | None = None,
@@ -102,29 +108,20 @@ def statement(verdict: str | None, strength: str, parent_detected: bool | None =
     """
     if strength in ("exact", "diverged"):
         return STRENGTHS[strength]
-    if (parent_detected and verdict not in ("pass", "fail") and unsettled
-            and all(m in UTILITY_CHECKS for m in unsettled) and strength in ("low_power", "inconclusive")):
-        shown = ("the unlearned model was shown statistically equivalent to one that never trained on these samples "
-                 f"({AVERAGE}), but its accuracy on unseen samples could not be verified ({', '.join(unsettled)})")
-        return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power"
-                if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
-    if parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive"):
+    open_ = verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive")
+    if open_ and parent_detected and unsettled and all(m in UTILITY_CHECKS for m in unsettled):
+        return _open(strength, "the unlearned model was shown statistically equivalent to one that never trained on "
+                               f"these samples ({AVERAGE}), but its accuracy on unseen samples could not be verified "
+                               f"({', '.join(unsettled)})")
+    # every check detected it, whether or not the report recorded the decision's flag
+    if open_ and (parent_detected or (detected and undetected == [])):
         return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
-    if (not parent_detected and verdict not in ("pass", "fail") and strength in ("low_power", "inconclusive")
-            and detected is not None and undetected is not None):
-        if not detected and not undetected:
-            shown = ("no attack was scored (the gate stopped before testing: see the reason), so nothing about "
-                     "forgetting was shown")
-        elif detected and undetected:
-            shown = (f"the attacks detected the original model's memory of these samples on {', '.join(detected)} but "
+    if open_ and detected is not None and undetected is not None and (detected or not undetected):
+        # none scored, or some detected (none detected: the standing sentence below says exactly that)
+        return _open(strength, "no attack was scored (the gate stopped before testing: see the reason), so nothing "
+                               "about forgetting was shown" if not detected else
+                     f"the attacks detected the original model's memory of these samples on {', '.join(detected)} but "
                      f"not on {', '.join(undetected)}, so forgetting could not be shown on every gated attack")
-        elif detected:  # every check detected it (a report that did not record the decision's flag)
-            return DETECTED_LOW_POWER if strength == "low_power" else DETECTED_INCONCLUSIVE
-        else:
-            shown = None  # none detected: the standing sentence says exactly that
-        if shown:
-            return (f"LOW POWER: {shown}; promoted under gate.on_inconclusive: promote_low_power"
-                    if strength == "low_power" else f"inconclusive: {shown}; NOT a pass")
     if verdict == "pass" and strength == "conclusive":
         return ("verified: the unlearned model is statistically equivalent to one that never trained on these "
                 "samples, within a margin set by what the attacks detected in the original model; " + AVERAGE)

@@ -24,7 +24,7 @@ import numpy as np
 
 from tasks import audit, tracking
 from tasks.evidence import evidence_summary
-from tasks.project import PipelineError, Project, quarantine_path
+from tasks.project import PipelineError, Project, quarantine_path, read_quarantine
 from tasks.retired_weights import (
     mark_weights_scanned,
     record_weight_search,
@@ -158,21 +158,22 @@ def deleted_arrays(project: Project, sample_ids: list[str], known: Arrays | None
     from the upstream source (the store no longer has them). A sample in neither is absent from the result: callers
     that make claims from it count what is missing (:func:`run_purge`)."""
     wanted = np.asarray(sample_ids, dtype=str)
-    parts = []
+    first = None
     if known is not None and len(known.ids):
         keep = np.isin(known.ids, wanted)
-        parts.append(Arrays(known.ids[keep], known.images[keep], known.labels[keep]))
+        first = Arrays(known.ids[keep], known.images[keep], known.labels[keep])
         wanted = wanted[~np.isin(wanted, known.ids)]
     source = load_source(project.params.data)
     mask = np.isin(source.ids, wanted)
-    parts.append(Arrays(source.ids[mask], source.images[mask], source.labels[mask]))
-    parts = [a for a in parts if len(a.ids)] or parts[-1:]
-    if len(parts) == 1:
-        return parts[0]
-    if {a.images.shape[1:] for a in parts} != {parts[0].images.shape[1:]}:
-        return max(parts, key=lambda a: len(a.ids))  # the source changed shape since: the larger part only
-    return Arrays(np.concatenate([a.ids for a in parts]), np.concatenate([a.images for a in parts]),
-                  np.concatenate([a.labels for a in parts]))
+    rest = Arrays(source.ids[mask], source.images[mask], source.labels[mask])
+    if first is None or not len(first.ids):
+        return rest
+    if not len(rest.ids):
+        return first
+    if first.images.shape[1:] != rest.images.shape[1:]:
+        return max(first, rest, key=lambda a: len(a.ids))  # the source changed shape since: the larger part only
+    return Arrays(np.concatenate([first.ids, rest.ids]), np.concatenate([first.images, rest.images]),
+                  np.concatenate([first.labels, rest.labels]))
 
 
 def _quarantined(project: Project, batch_ids: list[str]) -> Arrays | None:
@@ -180,8 +181,7 @@ def _quarantined(project: Project, batch_ids: list[str]) -> Arrays | None:
     parts = []
     for batch_id in batch_ids:
         try:
-            with np.load(quarantine_path(project, batch_id), allow_pickle=False) as data:
-                parts.append(Arrays(data["ids"], data["images"], data["labels"]))
+            parts.append(read_quarantine(project, batch_id))
         except FileNotFoundError:  # a crash after the unlink: the source stands in
             continue
         except Exception as exc:  # noqa: BLE001 - damaged (truncated, not a zip): the source stands in, and it is said
@@ -393,20 +393,23 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                              f"(data/reports/attempts/{tags.get('run_id')}.json), so its details are not shown",
                 "escalation_reason": tags.get("escalation_reason", "")}
         if outcome == "data_only" and certificate.get("verification"):
-            # The batch's verification scored its forget set (training samples of other requests); none of this
-            # request's samples was in it, so quoting that evidence here would claim a test it never had.
-            certificate["verification"] = {
-                "verdict": None, "evidence": NOT_APPLICABLE,
-                "batch_verdict": certificate["verification"].get("verdict"),
-                "statement": ("not applicable: no production model trained on this request's samples (they are test "
-                              "or reference-pool samples), so removing them from the data is the whole deletion and "
-                              f"no model test concerns them; version {version} was verified on the training samples of "
-                              "the other requests in its batch")}
+            certificate["verification"] = not_applicable(certificate["verification"].get("verdict"))
         verification = certificate.get("verification") or {}
         for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
             if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
                 entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
     return certificate
+
+
+def not_applicable(batch_verdict: str | None) -> dict[str, Any]:
+    """A data-only request's verification (certificate and status): none of its samples was in the forget set its
+    batch's verification scored (training samples of other requests), so quoting that evidence would claim a test it
+    never had; the batch's verdict is kept apart."""
+    return {"verdict": None, "evidence": NOT_APPLICABLE, "batch_verdict": batch_verdict,
+            "statement": ("not applicable: no production model trained on this request's samples (they are test or "
+                          "reference-pool samples), so removing them from the data is the whole deletion and no model "
+                          "test concerns them; the batch's model was verified on the training samples of the other "
+                          "requests in its batch")}
 
 
 def _attempt_report(project: Project, run_id: str | None) -> tuple[dict[str, Any] | None, str]:
@@ -560,19 +563,15 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             out["status"] = ledger.batch(batch_id)["status"]
             out["steps"] = ledger.steps(batch_id)
             out.update(_verification_status(project, ledger, batch_id))
-            recorded = ledger.train_sample_ids(batch_id)
-            if recorded is not None and out.get("verification"):
+            if out.get("verification") and ledger.train_sample_ids(batch_id) is not None:
                 try:
                     mine = next(r["sample_ids"] for r in _batch_file(project, batch_id)["requests"]
                                 if r["request_id"] == request_id)
                 except (PipelineError, StopIteration, KeyError, TypeError):
                     mine = None
-                if mine is not None and not set(mine) & set(recorded):  # data only: as its certificate says
-                    out["evidence"] = ("not applicable: no production model trained on this request's samples, so "
-                                       "removing them from the data is the whole deletion; the batch's verification "
-                                       "concerns the other requests' training samples")
-                    out["verification"] = {"evidence": NOT_APPLICABLE,
-                                           "batch_verdict": out["verification"].get("verdict")}
+                if mine is not None and not set(mine) & trained_ids(project, ledger, batch_id):  # as its certificate
+                    out["verification"] = not_applicable(out["verification"].get("verdict"))
+                    out["evidence"] = out["verification"]["statement"]
             out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
             paths = certificate_paths(project, request_id)
             out["certificate"] = str(paths[0]) if paths else None

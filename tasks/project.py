@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from unlearn.config import ConfigError, Params, load_params
 
@@ -302,3 +303,17 @@ def quarantine_path(project: Project, batch_id: str) -> Path:
     certify do not otherwise need.
     """
     return project.quarantine_dir / f"{batch_id}.npz"
+
+
+def read_quarantine(project: Project, batch_id: str) -> Any:
+    """A batch's quarantined forget samples (:class:`unlearn.data.store.Arrays`: ids, images, labels).
+
+    Raises:
+        FileNotFoundError: The batch has no quarantine file (never prepared, or purged).
+    """
+    import numpy as np
+
+    from unlearn.data.store import Arrays
+
+    with np.load(quarantine_path(project, batch_id), allow_pickle=False) as data:
+        return Arrays(data["ids"], data["images"], data["labels"])

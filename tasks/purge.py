@@ -312,5 +312,9 @@ def scan_project_for_samples(project: Project, patterns: dict[str, bytes],
             if path.exists() and not any(path == r or r in path.parents for r in roots):
                 roots.append(path)
     excluded = {Path(path).resolve() for path in exclude}
-    return scan_for_patterns(roots, patterns, skip=lambda path: (path.is_dir() and _is_virtualenv(path))
-                             or (bool(excluded) and path.resolve() in excluded))
+    names = {path.name for path in excluded}  # resolved only for a file with one of these names, not every path
+
+    def skip(path: Path) -> bool:
+        return (path.name in names and path.resolve() in excluded) or (path.is_dir() and _is_virtualenv(path))
+
+    return scan_for_patterns(roots, patterns, skip=skip)

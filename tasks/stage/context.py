@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tasks import tracking
-from tasks.project import PipelineError, Project, quarantine_path
+from tasks.project import PipelineError, Project, quarantine_path, read_quarantine
 from unlearn.config import ConfigError
 from unlearn.data import SampleStore
 from unlearn.data.store import Arrays
@@ -80,12 +80,11 @@ def load_forget(project: Project, batch_ids: list[str]) -> Arrays:
     """Forget samples (train split) of the given batches, from the quarantine."""
     parts = []
     for batch_id in batch_ids:
-        path = quarantine_path(project, batch_id)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                parts.append(Arrays(data["ids"], data["images"], data["labels"]))
+            parts.append(read_quarantine(project, batch_id))
         except FileNotFoundError:
-            raise PipelineError(f"forget samples of {batch_id} missing ({path}); re-run prepare") from None
+            raise PipelineError(f"forget samples of {batch_id} missing ({quarantine_path(project, batch_id)}); "
+                                "re-run prepare") from None
     ids = np.concatenate([p.ids for p in parts])
     _, first = np.unique(ids, return_index=True)  # two batches may name the same sample
     keep = np.sort(first)

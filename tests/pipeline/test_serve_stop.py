@@ -263,7 +263,9 @@ def test_purge_searches_the_quarantined_bytes_and_counts_what_it_cannot_search_f
     assert lifecycle.deleted_arrays(project, ["q1"]).ids.tolist() == []  # without the quarantine: not found
     quarantine = tmp_path / "quarantine"
     quarantine.mkdir()
-    monkeypatch.setattr(lifecycle, "quarantine_path", lambda project, batch: quarantine / f"{batch}.npz")
+    import tasks.project
+
+    monkeypatch.setattr(tasks.project, "quarantine_path", lambda project, batch: quarantine / f"{batch}.npz")
     np.savez(quarantine / "b1.npz", ids=quarantined.ids, images=quarantined.images, labels=quarantined.labels)
     (quarantine / "b2.npz").write_bytes(b"PK\x03\x04 truncated")
     read = lifecycle._quarantined(project, ["b1", "b2", "b3"])
