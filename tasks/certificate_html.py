@@ -18,7 +18,8 @@ from tasks.certificate_sla import sla_start
 
 MISSING = "—"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_STATUS_BADGE = {"complete": "ok", "data_only": "warn", "already_deleted": "neutral", "already_requested": "warn",
+_STATUS_BADGE = {"complete": "ok", "awaiting_retirement": "warn", "data_only": "warn", "already_deleted": "neutral",
+                 "already_requested": "warn",
                  "pending": "warn", "failed": "bad"}
 
 
@@ -472,6 +473,10 @@ def _purge_section(document: dict[str, Any]) -> str:
         rows.insert(4, ("Deleted samples searched for", f"{_num(scan.get('sample_patterns'))} pattern(s) for "
                         f"{_num(_minus(scan.get('samples'), scan.get('samples_not_searched')))} of "
                         f"{_num(scan.get('samples'))} sample(s)"))
+    if _is_number(scan.get("open_quarantines_not_scanned")) and scan["open_quarantines_not_scanned"] > 0:
+        rows.insert(-2, ("Quarantines of open batches (not scanned)", _num(scan["open_quarantines_not_scanned"])))
+        scope += ("; the quarantine files of batches still open (their forget samples, kept until their own purge) are "
+                  "not scanned")
     if "weight_fingerprints" in scan:  # purges before fingerprints were counted do not say
         rows.insert(-2, ("Retired-weight fingerprints searched", _num(scan.get("weight_fingerprints"))))
     if "weight_fingerprints_shared_with_live" in scan:
@@ -508,7 +513,10 @@ def _retirement_section(document: dict[str, Any]) -> str:
                     for v in versions],
                    "No model versions retired.")
     rows = [("Reference models retired", _num(retirement.get("references_retired")))]
-    return f'<section id="retirement">\n<h2>Retirement evidence</h2>\n{table}\n{_definition_list(rows)}\n</section>'
+    statement = retirement.get("statement")
+    callout = f'<p class="callout matches-partial">{_escaped(statement)}.</p>\n' if isinstance(statement, str) else ""
+    return (f'<section id="retirement">\n<h2>Retirement evidence</h2>\n{callout}{table}\n{_definition_list(rows)}\n'
+            "</section>")
 
 
 def _audit_section(document: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 
 from tasks import audit, tracking
 from tasks.evidence import evidence_summary
-from tasks.project import PipelineError, Project, quarantine_path, read_quarantine
+from tasks.project import PipelineError, Project, open_quarantines, quarantine_path, read_quarantine
 from tasks.retired_weights import (
     mark_weights_scanned,
     record_weight_search,
@@ -41,6 +41,7 @@ from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
 
+AWAITING_RETIREMENT = "awaiting_retirement"  # a certificate issued while trained-on versions live
 NOT_APPLICABLE = "not_applicable"  # a data-only request's evidence strength: no model trained on its samples
 STEPS = ("received", "validated", "data_version", "unlearned", "verified", "promoted", "retired", "purged",
          "certified")
@@ -267,7 +268,10 @@ def run_purge(project: Project) -> dict[str, Any]:
     patterns, shared = sample_patterns(deleted, live)
     weights = retired_weight_patterns(project, client, loaded=loaded)
     loaded.clear()  # the weights are not needed while the project's files are read
-    scan = scan_project_for_samples(project, {**patterns, **weights.patterns}, exclude=quarantine_files)
+    # Open batches' quarantines hold samples whose own deletion is not finished (a deleted sample identical to one of
+    # theirs would be "found" there, refusing this purge until that batch closes): not scanned, and counted.
+    others = open_quarantines(project, ledger, to_close)
+    scan = scan_project_for_samples(project, {**patterns, **weights.patterns}, exclude=quarantine_files + others)
     _refuse_matches(project, scan, weights.patterns, batch_ids=to_close)
     for path in quarantine_files:  # before anything records the purge: a crash here repeats it, from the source
         path.unlink(missing_ok=True)
@@ -276,7 +280,7 @@ def run_purge(project: Project) -> dict[str, Any]:
         "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
                  "samples": len(closing_ids), "sample_patterns": len(patterns), "samples_not_searched": unsearched,
-                 **weights.evidence(), "matches": len(scan.matches),
+                 **weights.evidence(), "matches": len(scan.matches), "open_quarantines_not_scanned": len(others),
                  # unreadable files and links to folders: the certificate says nothing is claimed about them
                  "not_scanned": len(scan.errors) + len(scan.unfollowed)},
     }
@@ -398,6 +402,17 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
             if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
                 entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
+    waiting = [v for v in certificate["retirement"]["versions"] if not v["artifacts_deleted"]]
+    if certificate["status"] == "complete" and waiting:
+        # Interim, not complete: a model version that trained on these samples is kept loadable (rollback) until its
+        # retirement falls due (lifecycle.retirement_grace_hours). The final certificate, issued once it is retired,
+        # says complete (review of 2026-12-07: the first certificate read "complete" while its weights were live).
+        certificate["status"] = AWAITING_RETIREMENT
+        certificate["retirement"]["statement"] = (
+            f"interim certificate: model version(s) {', '.join(str(v['version']) for v in waiting)} trained on these "
+            "samples and are kept, loadable for rollback, until their retirement is due (see 'Due at'); the data is "
+            "deleted and the promoted model is the one verified here. A final certificate is issued once they are "
+            "retired")
     return certificate
 
 

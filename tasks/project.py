@@ -305,6 +305,18 @@ def quarantine_path(project: Project, batch_id: str) -> Path:
     return project.quarantine_dir / f"{batch_id}.npz"
 
 
+def open_quarantines(project: Project, ledger: Any, closing: Any = ()) -> list[Path]:
+    """The quarantine files of batches still open (pending or promoting), ``closing`` ones left out.
+
+    They hold, by design, the bytes of samples whose deletion is not finished: a byte scan for other deleted samples
+    leaves them out (a deleted sample identical to one of theirs would otherwise be "found" there, and refuse a purge
+    until that other batch closes), and its evidence counts them as not scanned.
+    """
+    keep = set(closing)
+    open_ids = [*ledger.pending(), *ledger.batches_with_status(ledger.PROMOTING)]
+    return [path for b in open_ids if b not in keep and (path := quarantine_path(project, b)).is_file()]
+
+
 def read_quarantine(project: Project, batch_id: str) -> Any:
     """A batch's quarantined forget samples (:class:`unlearn.data.store.Arrays`: ids, images, labels).
 

@@ -85,16 +85,17 @@ def run_promote(project: Project) -> dict[str, Any]:
                                                  **_aliases(project, client)})
     if passed:
         for batch_id in state.batches:
+            # The verification's record goes into the note too: finish_promotions writes it from there when a
+            # crash came between this save and the record (review of 2026-12-07: the promotion then completed
+            # with no verification in the audit log).
             ledger.set_status(batch_id, Ledger.PROMOTING, {"at": utc_now(), "outcome": "promoting",
                                                            "model_version": version, "run_id": chosen.run_id,
-                                                           "evidence": report.get("evidence")})
+                                                           "evidence": report.get("evidence"),
+                                                           "verdict": report["verdict"], "method": chosen.method,
+                                                           "attempts": len(state.attempts),
+                                                           "batch_ids": list(state.batches)})
         ledger.save()
-        # verdict and evidence say what was checked: an inconclusive attempt promoted under promote_low_power
-        # reaches here too, and must not read as a pass, neither in its fields nor in the event's name
-        event = "model.verified" if report["verdict"] == PASS else "model.accepted_low_power"
-        audit.record(project, event, model_version=version, method=chosen.method,
-                     batch_ids=state.batches, attempts=len(state.attempts), verdict=report["verdict"],
-                     evidence=report.get("evidence"))
+        record_verification(project, ledger.last_note(state.batches[0]))
         finished = finish_promotions(project, client, ledger)
         previous = state.parent_version
     else:
@@ -190,11 +191,33 @@ def _register_candidate(project: Project, state: Escalation, chosen: Attempt,
     return version
 
 
+def record_verification(project: Project, note: dict[str, Any], *, recovered: bool = False) -> None:
+    """The audit record of the verification a promotion acts on, from its ``promoting`` note; once per version.
+
+    Verdict and evidence say what was checked: an inconclusive attempt promoted under ``promote_low_power`` must
+    not read as a pass, neither in its fields nor in the event's name. A note written before notes carried the
+    verdict says nothing to record from.
+    """
+    verdict = note.get("verdict")
+    if verdict is None:
+        return
+    version = str(note["model_version"])
+    event = "model.verified" if verdict == PASS else "model.accepted_low_power"
+    if audit.has_record(project, event, model_version=version):
+        return
+    extra = {"recovered": True} if recovered else {}
+    audit.record(project, event, model_version=version, method=note.get("method"), batch_ids=note.get("batch_ids"),
+                 attempts=note.get("attempts"), verdict=verdict, evidence=note.get("evidence"), **extra)
+
+
 def finish_promotions(project: Project, client: Any, ledger: Ledger) -> list[str]:
-    """Complete batches left ``promoting``: move the alias (if not yet) and mark them completed."""
+    """Complete batches left ``promoting``: write their verification's record if a crash lost it, move the alias
+    (if not yet) and mark them completed."""
     done = []
     for batch_id in ledger.batches_with_status(Ledger.PROMOTING):
-        version = str(ledger.last_note(batch_id)["model_version"])
+        note = ledger.last_note(batch_id)
+        record_verification(project, note, recovered=True)
+        version = str(note["model_version"])
         champion = tracking.champion_version(project, client)
         moved = champion is None or str(champion.version) != version
         if moved:

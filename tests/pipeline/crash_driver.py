@@ -29,6 +29,7 @@ POINTS = {
                                       "args[2] == 'champion'"),
     "promote.after_champion_alias": ("mlflow.tracking.client:MlflowClient.set_registered_model_alias", "after",
                                      "args[2] == 'champion'"),
+    "promote.before_verified_audit": ("unlearn.audit:AuditLog.append", "before", "args[1] == 'model.verified'"),
     "promote.before_promoted_audit": ("unlearn.audit:AuditLog.append", "before", "args[1] == 'model.promoted'"),
     "retire.before_artifact_delete": (
         "mlflow.store.artifact.local_artifact_repo:LocalArtifactRepository.delete_artifacts", "before", "True"),
@@ -81,8 +82,8 @@ def check_claims(project) -> list[str]:
     elif [v["artifacts_deleted"] for v in certificates[0]["retirement"]["versions"]] != [True]:
         problems.append("the certificate does not show version 1's artifacts deleted")
     events = [json.loads(line)["event"] for line in project.audit_path.read_text().splitlines()]
-    for event, count in (("model.retired", 1), ("model.promoted", None), ("purge.completed", None),
-                         ("certificate.issued", None)):
+    for event, count in (("model.retired", 1), ("model.verified", 1), ("model.promoted", None),
+                         ("purge.completed", None), ("certificate.issued", None)):
         seen = events.count(event)
         if (count is not None and seen != count) or seen == 0:
             problems.append(f"audit: {seen} {event} record(s)")

@@ -344,6 +344,10 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     tracking.load_model(project, client, "1")
     first_certificate = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
     assert first_certificate["retirement"]["versions"][0]["artifacts_deleted"] is False
+    # interim: version 1 trained on the samples and is still loadable, so the certificate does not say "complete"
+    assert first_certificate["status"] == "awaiting_retirement"
+    assert first_certificate["retirement"]["statement"].startswith("interim certificate: model version(s) 1 trained")
+    assert "interim certificate" in next(project.certificates_dir.glob("*.html")).read_text()
     client.set_model_version_tag(name, "1", "retire_due_at", "2000-01-01T00:00:00Z")
     # A stray copy of version 1's weights under the project: a retirement after its batch's purge searched only
     # the artifact store's listing (review of 2026-12-06); now the project is scanned as a purge's is.
@@ -364,6 +368,7 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     assert main(["--root", str(root), "stage", "certify"]) == 0  # the certificate is re-issued, final
     final = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
     assert final["retirement"]["versions"][0]["artifacts_deleted"] is True
+    assert final["status"] == "complete" and "statement" not in final["retirement"]
     assert any(step["step"] == "retired" and step["at"] for step in final["timeline"])
 
 
