@@ -440,9 +440,15 @@ def _purge_section(document: dict[str, Any]) -> str:
     unsearched = scan.get("samples_not_searched")
     some_unsearched = _is_number(unsearched) and unsearched > 0
     nothing_own = scan.get("sample_patterns") == 0 and _is_number(scan.get("samples")) and scan["samples"] > 0
+    open_quarantines = scan.get("open_quarantines_not_scanned")
+    if _is_number(open_quarantines) and open_quarantines > 0:  # files skipped by design are still files not scanned
+        not_scanned = (not_scanned if _is_number(not_scanned) else 0) + open_quarantines
     if matches == 0 and not isinstance(matches, bool) and _is_number(not_scanned) and not_scanned > 0:
+        why = ("were not scanned (unreadable, links to folders, or the quarantine files of batches not yet purged, "
+               "which hold their own forget samples)" if _is_number(open_quarantines) and open_quarantines > 0
+               else "could not be scanned (unreadable, or links to folders)")
         callout = (f'<p class="callout matches-partial">0 matches in the files scanned; {_num(not_scanned)} path(s) '
-                   'could not be scanned (unreadable, or links to folders): nothing is claimed about them.</p>')
+                   f'{why}: nothing is claimed about them.</p>')
     elif matches == 0 and not isinstance(matches, bool) and some_unsearched:
         callout = '<p class="callout matches-partial">0 matches for the deleted samples searched for.</p>'
     elif matches == 0 and not isinstance(matches, bool) and nothing_own:
@@ -474,9 +480,10 @@ def _purge_section(document: dict[str, Any]) -> str:
                         f"{_num(_minus(scan.get('samples'), scan.get('samples_not_searched')))} of "
                         f"{_num(scan.get('samples'))} sample(s)"))
     if _is_number(scan.get("open_quarantines_not_scanned")) and scan["open_quarantines_not_scanned"] > 0:
-        rows.insert(-2, ("Quarantines of open batches (not scanned)", _num(scan["open_quarantines_not_scanned"])))
-        scope += ("; the quarantine files of batches still open (their forget samples, kept until their own purge) are "
-                  "not scanned")
+        rows.insert(-2, ("Quarantine files of batches not yet purged (not scanned)",
+                         _num(scan["open_quarantines_not_scanned"])))
+        scope += ("; the quarantine files of batches not yet purged (their own forget samples, kept until their "
+                  "purge) are not scanned")
     if "weight_fingerprints" in scan:  # purges before fingerprints were counted do not say
         rows.insert(-2, ("Retired-weight fingerprints searched", _num(scan.get("weight_fingerprints"))))
     if "weight_fingerprints_shared_with_live" in scan:

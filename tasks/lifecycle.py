@@ -296,6 +296,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     # true record) on the next run, where the other order would leave a purge the log never mentions.
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files,
+                 open_quarantines_not_scanned=len(others),
                  weight_versions_unsearchable=list(weights.unsearchable), matches=0)
     ledger.save()
     mark_weights_scanned(project, fingerprinted)
@@ -324,7 +325,7 @@ def _promoted_version(batch: dict[str, Any]) -> str | None:
 
 
 def build_certificate(project: Project, client: Any, ledger: Ledger, request: dict[str, Any],
-                      batch_id: str, train_ids: set[str]) -> dict[str, Any]:
+                      batch_id: str, train_ids: set[str], unscanned: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Assemble one request's certificate from the ledger, the registry and the reports.
 
     Args:
@@ -336,6 +337,9 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         train_ids: The training samples the batch removed, as prepare recorded them in the ledger
             (:func:`trained_ids`): a request naming none of them only needed its data deleted (no
             production model ever saw those samples).
+        unscanned: Retired versions whose weights no scan has searched for yet
+            (:func:`tasks.retired_weights.unscanned_retirements`): the certificate stays interim while one is the
+            batch's.
 
     Returns:
         The certificate document (see :mod:`tasks.certificate`).
@@ -402,17 +406,27 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
             if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
                 entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
-    waiting = [v for v in certificate["retirement"]["versions"] if not v["artifacts_deleted"]]
-    if certificate["status"] == "complete" and waiting:
+    versions = certificate["retirement"]["versions"]
+    kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"]]
+    unsearched = [str(v["version"]) for v in versions if v["artifacts_deleted"] and str(v["version"]) in unscanned]
+    if certificate["status"] == "complete" and (kept or unsearched):
         # Interim, not complete: a model version that trained on these samples is kept loadable (rollback) until its
-        # retirement falls due (lifecycle.retirement_grace_hours). The final certificate, issued once it is retired,
-        # says complete (review of 2026-12-07: the first certificate read "complete" while its weights were live).
+        # retirement falls due (lifecycle.retirement_grace_hours), or was retired but the project not yet searched
+        # for its weights. The final certificate, issued once both are done, says complete (review of 2026-12-07:
+        # the first certificate read "complete" while those weights were live).
         certificate["status"] = AWAITING_RETIREMENT
+        after = ("no model replaced them (the model was withdrawn)" if certificate.get("model", {}).get("withdrawn")
+                 else "the promoted model is the one described here")
+        parts = []
+        if kept:
+            parts.append(f"model version(s) {', '.join(kept)} trained on these samples and are kept, loadable for "
+                         "rollback, until their retirement is due (see 'Due at')")
+        if unsearched:
+            parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
+                         "the project has not yet been searched for copies of their weights")
         certificate["retirement"]["statement"] = (
-            f"interim certificate: model version(s) {', '.join(str(v['version']) for v in waiting)} trained on these "
-            "samples and are kept, loadable for rollback, until their retirement is due (see 'Due at'); the data is "
-            "deleted and the promoted model is the one verified here. A final certificate is issued once they are "
-            "retired")
+            f"interim certificate: {'; '.join(parts)}. The data is deleted and {after}. A final certificate is "
+            "issued once they are retired and the project has been searched for their weights")
     return certificate
 
 
@@ -471,20 +485,26 @@ def run_certify(project: Project) -> dict[str, Any]:
 
     ledger = Ledger(project.ledger_path)
     written = []
+    # Retired versions whose weights the project was not yet searched for (a retirement that fell due after the
+    # purge, its scan refused for a stray copy or cut off): their batches' certificates are not final yet (review
+    # of 2026-12-07: a final "complete" certificate could be issued while a copy was known to exist).
+    unscanned = frozenset(unscanned_retirements(project))
+
+    def final(batch_id: str) -> bool:
+        return "retired" in ledger.steps(batch_id) and not unscanned & set(ledger.batch(batch_id).get("retirement", {}))
 
     def due(batch_id: str) -> bool:
         # Issued once the batch is purged; issued again when a retirement that was waiting for its
-        # grace period has happened, so the final certificate carries the retirement evidence.
+        # grace period has happened (and been searched for), so the final certificate carries the retirement
+        # evidence.
         steps = ledger.steps(batch_id)
-        final_issued = "certified" in steps and (ledger.batch(batch_id).get("certificate_final")
-                                                 or "retired" not in steps)
+        final_issued = "certified" in steps and (ledger.batch(batch_id).get("certificate_final") or not final(batch_id))
         return "purged" in steps and not final_issued
 
     batches = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if due(b)]
     if batches:  # the registry and the data source are opened only when there is something to certify
         client = tracking.setup(project)
     for batch_id in batches:
-        steps = ledger.steps(batch_id)
         # The anchor: the audit log's head when the certificate is issued (verified once, then followed).
         head = audit.head(project)
         if not head.pop("chain_ok"):
@@ -493,7 +513,7 @@ def run_certify(project: Project) -> dict[str, Any]:
         anchor = head
         trained = trained_ids(project, ledger, batch_id)
         for request in _batch_file(project, batch_id)["requests"]:
-            certificate = build_certificate(project, client, ledger, request, batch_id, trained)
+            certificate = build_certificate(project, client, ledger, request, batch_id, trained, unscanned)
             certificate["timeline"].append({"step": "certified", "at": utc_now(precise=True)})
             certificate["audit"] = anchor
             plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))
@@ -503,10 +523,11 @@ def run_certify(project: Project) -> dict[str, Any]:
             # recorded issuing exactly that document (a planted or swapped certificate has no such record).
             issued = audit.record(project, "certificate.issued", request_id=request["request_id"],
                                   batch_id=batch_id, subject_hash=request["subject_hash"],
+                                  status=certificate["status"],
                                   certificate_digest=json.loads(json_path.read_text())["digest"])
             anchor = {"head_seq": issued["seq"], "head_hash": issued["hash"]}
         ledger.mark_step([batch_id], "certified")
-        ledger.set_certificate_final(batch_id, "retired" in steps)
+        ledger.set_certificate_final(batch_id, final(batch_id))
         ledger.save()
     log.info("certify: %d certificate(s) written", len(written))
     return write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
@@ -590,6 +611,11 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
             paths = certificate_paths(project, request_id)
             out["certificate"] = str(paths[0]) if paths else None
+            if paths:  # interim (awaiting_retirement) or final: what the certificate itself says
+                try:
+                    out["certificate_status"] = json.loads(paths[0].read_text()).get("status")
+                except (OSError, ValueError, AttributeError):
+                    out["certificate_status"] = None
         if found.get("kind") == "acknowledged" and found.get("covered_by"):
             # where the batches that delete its samples are now (an acknowledgement is written once, at ingest)
             out["covering_batches"] = {b: ledger.batch(b)["status"] for b in found["covered_by"] if b in ledger.batches}

@@ -306,15 +306,17 @@ def quarantine_path(project: Project, batch_id: str) -> Path:
 
 
 def open_quarantines(project: Project, ledger: Any, closing: Any = ()) -> list[Path]:
-    """The quarantine files of batches still open (pending or promoting), ``closing`` ones left out.
+    """The quarantine files of batches not yet purged (pending, promoting, or completed with the purge still to
+    come), ``closing`` ones left out.
 
     They hold, by design, the bytes of samples whose deletion is not finished: a byte scan for other deleted samples
     leaves them out (a deleted sample identical to one of theirs would otherwise be "found" there, and refuse a purge
-    until that other batch closes), and its evidence counts them as not scanned.
+    until that other batch closes), and its evidence counts them as not scanned. Only these exact files: a stale
+    quarantine file of a purged or unknown batch is scanned like any other.
     """
     keep = set(closing)
-    open_ids = [*ledger.pending(), *ledger.batches_with_status(ledger.PROMOTING)]
-    return [path for b in open_ids if b not in keep and (path := quarantine_path(project, b)).is_file()]
+    unpurged = [b for b in ledger.batches if b not in keep and "purged" not in ledger.steps(b)]
+    return [path for b in unpurged if (path := quarantine_path(project, b)).is_file()]
 
 
 def read_quarantine(project: Project, batch_id: str) -> Any:

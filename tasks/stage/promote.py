@@ -203,11 +203,14 @@ def record_verification(project: Project, note: dict[str, Any], *, recovered: bo
         return
     version = str(note["model_version"])
     event = "model.verified" if verdict == PASS else "model.accepted_low_power"
-    if audit.has_record(project, event, model_version=version):
+    # Matched on the attempt's run id, not the version number alone: version numbers restart in another registry
+    # (a project moved to a new one keeps its audit log), run ids do not.
+    if audit.has_record(project, event, model_version=version, run_id=note.get("run_id")):
         return
     extra = {"recovered": True} if recovered else {}
-    audit.record(project, event, model_version=version, method=note.get("method"), batch_ids=note.get("batch_ids"),
-                 attempts=note.get("attempts"), verdict=verdict, evidence=note.get("evidence"), **extra)
+    audit.record(project, event, model_version=version, run_id=note.get("run_id"), method=note.get("method"),
+                 batch_ids=note.get("batch_ids"), attempts=note.get("attempts"), verdict=verdict,
+                 evidence=note.get("evidence"), **extra)
 
 
 def finish_promotions(project: Project, client: Any, ledger: Ledger) -> list[str]:

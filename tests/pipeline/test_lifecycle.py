@@ -357,6 +357,9 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     torch.save(tracking.load_model(project, client, "1").state_dict(), stray)
     assert main(["--root", str(root), "stage", "purge"]) == 2
     assert client.get_model_version(name, "1").tags["retired"] == "true"
+    # retired, but a copy of its weights is known to exist: no final "complete" certificate is issued yet
+    assert main(["--root", str(root), "stage", "certify"]) == 0
+    assert json.loads(next(project.certificates_dir.glob("*.json")).read_text())["status"] == "awaiting_retirement"
     stray.unlink()
     assert main(["--root", str(root), "stage", "purge"]) == 0  # the version is still unscanned: scanned now
     from tasks import audit
