@@ -187,16 +187,23 @@ def kept_attempts(project: Project, state: Escalation) -> list[Attempt]:
 
 
 def record_verdict(project: Project, batches: list[str], number: int, report: dict[str, Any], *,
-                   recovered: bool = False) -> None:
+                   recovered: bool = False, unlearned_at: str | None = None) -> None:
     """The verdict's records, after the escalation state holds it: the ledger's ``verified`` step (a pass, or
     an inconclusive attempt promoted as low-power) and the ``attempt.verified`` audit record.
 
     A crash after the state was written skipped them for good (a resumed escalation keeps a verified attempt
     and never verifies it again): :func:`begin_unlearning` calls this again, with
     ``recovered``, for every kept attempt the audit log does not name (:func:`record_lost_verdicts`).
+
+    ``unlearned_at`` (the attempt's model's time) becomes the batches' ``unlearned`` step with it: that step is
+    first marked when the first rung's model is saved, and a later rung's pass would otherwise stand beside the
+    time of a model that failed (review of 2026-12-07).
     """
     if report["verdict"] == PASS or report["action"] == PROMOTE_LOW_POWER:
         ledger = Ledger(project.ledger_path)
+        if unlearned_at:
+            ledger.clear_steps(batches, ("unlearned",))
+            ledger.mark_step(batches, "unlearned", unlearned_at)
         ledger.mark_step(batches, "verified")
         ledger.save()
     audit.record(project, "attempt.verified", method=report["method"], attempt=number, verdict=report["verdict"],
@@ -220,7 +227,7 @@ def record_lost_verdicts(project: Project, state: Escalation) -> None:
         report, _ = attempt_report(project, attempt)
         if report is None:  # no evidence to record from: kept_attempts drops and redoes the attempt
             break
-        record_verdict(project, state.batches, number, report, recovered=True)
+        record_verdict(project, state.batches, number, report, recovered=True, unlearned_at=attempt.started_at)
 
 
 COMPLETION_EVENTS = {"data_only": "batch.completed", "model_withdrawn": "model.withdrawn"}

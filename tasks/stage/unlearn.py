@@ -97,10 +97,11 @@ def run_attempt(project: Project, method: str) -> dict[str, Any]:
     candidate = project.models_dir / f"candidate-{number}-{method}.pt"
     with atomic_path(candidate) as tmp:
         torch.save(model.cpu().state_dict(), tmp)
+    saved_at = utc_now(precise=True)  # the batches' "unlearned" step: the first rung's now, the passing rung's later
     state.attempts.append(Attempt(method=method, run_id=run.info.run_id, candidate=candidate.name,
-                                  unlearn_seconds=seconds, started_at=utc_now()))
+                                  unlearn_seconds=seconds, started_at=saved_at))
     ledger = Ledger(project.ledger_path)
-    ledger.mark_step(state.batches, "unlearned")
+    ledger.mark_step(state.batches, "unlearned", saved_at)
     ledger.save()
     log.info("unlearn: attempt %d, %s forgot %d samples in %.1fs", number, method, len(forget), seconds)
     return write_escalation(project, state)

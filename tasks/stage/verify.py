@@ -229,6 +229,6 @@ def run_verify(project: Project) -> dict[str, Any]:
     escalation.hold_until = hold_until if verdict == INCONCLUSIVE else ""
     escalation.reason = policy_reason if verdict == INCONCLUSIVE or action == RETRAIN else escalation.reason
     write_escalation(project, escalation.next_rung())
-    record_verdict(project, escalation.batches, number, report)
+    record_verdict(project, escalation.batches, number, report, unlearned_at=attempt.started_at)
     log.info("verify: attempt %d (%s) verdict %s -> %s (%s)", number, attempt.method, verdict, action, gate["reason"])
     return report

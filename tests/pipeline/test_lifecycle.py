@@ -107,6 +107,12 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     steps = {s["step"]: s["at"] for s in certificate["timeline"]}
     assert all(steps[s] for s in ("received", "validated", "data_version", "unlearned", "verified", "promoted",
                                   "retired", "purged", "certified"))
+    # "unlearned" is when the promoted rung's model (the exact retrain) was made, after the first rung's verdict
+    from tasks import audit
+
+    first_verdict = audit.records(project, "attempt.verified")[0]
+    assert first_verdict["verdict"] != "pass" and steps["unlearned"] > first_verdict["at"]
+    assert steps["unlearned"] < steps["verified"]
     html = next((tmp_path / "cert").glob("*.html")).read_text()
     assert "data:image/png;base64" in html and "retrain" in html
     capsys.readouterr()
