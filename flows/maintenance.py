@@ -105,7 +105,9 @@ def audit_text(record: dict[str, Any]) -> str:
     if record.get("status") != "audited":
         return f"audit: {record.get('status')} (every promoted batch was audited, or none was unlearned approximately)"
     lines = [f"audit of {record['method']} on batch(es) {', '.join(record['batch_ids'])} "
-             f"(model version {record['model_version']}, parent {record['parent_version'] or '-'} "
+             # the method is re-run on the rebuilt situation: the model audited is that re-run, not version V itself
+             f"(re-run as it was for model version {record['model_version']}, "
+             f"from parent {record['parent_version'] or '-'} "
              f"{'from the registry' if record['parent_source'] == 'registry' else 'retrained exactly'}; "
              f"{len(record['retrain_seeds'])} exact retrain(s), {record['n_forget']} forget / "
              f"{record['n_negative']} negative samples)"]
