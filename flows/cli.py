@@ -534,7 +534,7 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
         return 0
     print(f"request {args.request_id}: {status['kind']}")
     for key in ("status", "step", "outcome", "held_until", "held_note", "evidence", "batch_id", "covered_by", "reasons",
-                "certificate"):
+                "certificate", "certificate_status"):
         if status.get(key) not in (None, [], {}):
             value = status[key]
             print(f"  {key:<12}{', '.join(map(str, value)) if isinstance(value, list) else value}")

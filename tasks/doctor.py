@@ -220,12 +220,15 @@ def _scan_findings(project: Project, check: str, patterns: dict[str, bytes], wha
     return findings
 
 
-def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
+def diagnose(project: Project, *, deep: bool = False, not_scanned: dict[str, int] | None = None) -> list[Finding]:
     """Run every check on a live project (read-only) and return each disagreement found.
 
     Args:
         project: The project.
         deep: Also scan the project for the bytes of every purged sample (reads the upstream source).
+        not_scanned: Filled, when given, with what the deep scan left out by design (not disagreements, but
+            limits of what a clean result claims): ``open_quarantines`` (files of batches not yet purged) and
+            ``purged_samples_without_bytes`` (purged samples the upstream source no longer has).
 
     Returns:
         The findings; empty when every claim agrees with the disk.
@@ -265,8 +268,10 @@ def diagnose(project: Project, *, deep: bool = False) -> list[Finding]:
         if exclude:
             log.warning("doctor --deep: %d quarantine file(s) of batches not yet purged were not scanned (they hold "
                         "their own forget samples until their purge)", len(exclude))
-        findings += _scan_findings(project, "samples", purged_sample_patterns(project), "a purged sample's bytes",
-                                   exclude)
+        limits = not_scanned if not_scanned is not None else {}
+        limits["open_quarantines"] = len(exclude)
+        findings += _scan_findings(project, "samples", purged_sample_patterns(project, limits),
+                                   "a purged sample's bytes", exclude)
     return findings
 
 
@@ -338,8 +343,9 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
     return findings
 
 
-def purged_sample_patterns(project: Project) -> dict[str, bytes]:
-    """Byte patterns of every sample deleted by a purged batch (the deep check's search)."""
+def purged_sample_patterns(project: Project, limits: dict[str, int] | None = None) -> dict[str, bytes]:
+    """Byte patterns of every sample deleted by a purged batch (the deep check's search); ``limits`` gets
+    ``purged_samples_without_bytes``."""
     from tasks.lifecycle import deleted_arrays
     from unlearn.data import SampleStore
     from unlearn.forensics import sample_patterns
@@ -349,9 +355,13 @@ def purged_sample_patterns(project: Project) -> dict[str, bytes]:
     purged = [b for b in ledger.oldest_first() if "purged" in ledger.steps(b)]
     ids = sorted({s for b in purged for s in ledger.batch(b)["sample_ids"]})
     if not ids:
+        if limits is not None:
+            limits["purged_samples_without_bytes"] = 0
         return {}
     deleted = deleted_arrays(project, ids)  # the quarantines are gone after a purge: the upstream source's bytes
     missing = len(ids) - len(set(deleted.ids.tolist()))
+    if limits is not None:
+        limits["purged_samples_without_bytes"] = missing
     if missing:  # said, not silently dropped: a clean deep check claims nothing about these
         log.warning("doctor --deep: %d of %d purged sample(s) could not be searched for (the upstream source no longer "
                     "has them)", missing, len(ids))

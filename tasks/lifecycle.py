@@ -419,8 +419,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                  else "the promoted model is the one described here")
         parts = []
         if kept:
-            parts.append(f"model version(s) {', '.join(kept)} trained on these samples and are kept, loadable for "
-                         "rollback, until their retirement is due (see 'Due at')")
+            parts.append(f"model version(s) {', '.join(kept)} trained on these samples and are scheduled for "
+                         "retirement, kept for rollback until it is due (see 'Due at')")
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")
@@ -494,12 +494,14 @@ def run_certify(project: Project) -> dict[str, Any]:
         return "retired" in ledger.steps(batch_id) and not unscanned & set(ledger.batch(batch_id).get("retirement", {}))
 
     def due(batch_id: str) -> bool:
-        # Issued once the batch is purged; issued again when a retirement that was waiting for its
-        # grace period has happened (and been searched for), so the final certificate carries the retirement
-        # evidence.
+        # Issued once the batch is purged; issued again when a retirement that was waiting for its grace period has
+        # happened (and been searched for), so the final certificate carries the retirement evidence; and issued
+        # again, interim, when one marked final no longer is (a release before the search was required issued it
+        # "complete" with a retired version's weights unsearched).
         steps = ledger.steps(batch_id)
-        final_issued = "certified" in steps and (ledger.batch(batch_id).get("certificate_final") or not final(batch_id))
-        return "purged" in steps and not final_issued
+        if "purged" not in steps:
+            return False
+        return "certified" not in steps or bool(ledger.batch(batch_id).get("certificate_final")) != final(batch_id)
 
     batches = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if due(b)]
     if batches:  # the registry and the data source are opened only when there is something to certify

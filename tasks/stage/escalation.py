@@ -201,9 +201,11 @@ def record_verdict(project: Project, batches: list[str], number: int, report: di
     """
     if report["verdict"] == PASS or report["action"] == PROMOTE_LOW_POWER:
         ledger = Ledger(project.ledger_path)
-        if unlearned_at:
-            ledger.clear_steps(batches, ("unlearned",))
-            ledger.mark_step(batches, "unlearned", unlearned_at)
+        # only batches still pending: a recovered verdict of a batch finished since must not rewrite its timeline
+        restamp = [b for b in batches if b in ledger.batches and ledger.batch(b)["status"] == Ledger.PENDING]
+        if unlearned_at and restamp:
+            ledger.clear_steps(restamp, ("unlearned",))
+            ledger.mark_step(restamp, "unlearned", unlearned_at)
         ledger.mark_step(batches, "verified")
         ledger.save()
     audit.record(project, "attempt.verified", method=report["method"], attempt=number, verdict=report["verdict"],

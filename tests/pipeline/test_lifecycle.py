@@ -366,10 +366,23 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     # retired, but a copy of its weights is known to exist: no final "complete" certificate is issued yet
     assert main(["--root", str(root), "stage", "certify"]) == 0
     assert json.loads(next(project.certificates_dir.glob("*.json")).read_text())["status"] == "awaiting_retirement"
+    # one an earlier release marked final in this state (it issued "complete") is issued again, interim
+    from tasks import audit
+    from unlearn.requests import Ledger
+
+    ledger = Ledger(project.ledger_path)
+    (batch_id,) = ledger.batches
+    ledger.set_certificate_final(batch_id, True)
+    ledger.save()
+    issued = len(audit.records(project, "certificate.issued"))
+    assert main(["--root", str(root), "stage", "certify"]) == 0
+    reissued = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+    assert reissued["status"] == "awaiting_retirement"
+    assert "not yet been searched" in reissued["retirement"]["statement"]
+    assert len(audit.records(project, "certificate.issued")) == issued + 1
+    assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is False
     stray.unlink()
     assert main(["--root", str(root), "stage", "purge"]) == 0  # the version is still unscanned: scanned now
-    from tasks import audit
-
     (scanned,) = audit.records(project, "retirement.scanned")
     assert scanned["model_versions"] == ["1"] and scanned["matches"] == 0
     assert main(["--root", str(root), "stage", "purge"]) == 0 and len(audit.records(project, "retirement.scanned")) == 1

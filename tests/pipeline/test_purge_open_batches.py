@@ -18,7 +18,7 @@ def _request(project, request_id, ids, subject):
          "reason": "gdpr_erasure", "subject_ref": subject}))
 
 
-def test_an_open_batchs_quarantine_neither_refuses_nor_hides_in_a_purge(champion_project, caplog):
+def test_an_open_batchs_quarantine_neither_refuses_nor_hides_in_a_purge(champion_project, caplog, capsys):
     from tasks.doctor import diagnose
     from tasks.project import load_project, quarantine_path
     from unlearn.data import SampleStore
@@ -51,10 +51,17 @@ def test_an_open_batchs_quarantine_neither_refuses_nor_hides_in_a_purge(champion
     assert result["status"] == "purged" and result["batches_closed"] == [closing]
     assert result["scan"]["matches"] == 0 and result["scan"]["open_quarantines_not_scanned"] == 1
     assert path.is_file() and not quarantine_path(project, closing).exists()  # the open batch keeps its samples
+    limits: dict[str, int] = {}
     with caplog.at_level("WARNING", logger="unlearn.pipeline"):
-        assert not [f for f in diagnose(project, deep=True) if f.check == "samples"]
+        assert not [f for f in diagnose(project, deep=True, not_scanned=limits) if f.check == "samples"]
     assert "1 quarantine file(s) of batches not yet purged were not scanned" in caplog.text  # said, not silent
+    assert limits == {"open_quarantines": 1, "purged_samples_without_bytes": 0}  # and part of the result
     run_stages(project, "certify")
+    from tasks import audit
+
+    issued = len(audit.records(project, "certificate.issued"))
+    run_stages(project, "certify")  # nothing new to certify: nothing is issued again
+    assert issued == 1 and len(audit.records(project, "certificate.issued")) == issued
     page = next(p for p in project.certificates_dir.glob("*.html")).read_text()
     assert "Quarantine files of batches not yet purged (not scanned)" in page
     assert "no copy of the forgotten data was found" not in page  # a file was left out: no such claim
@@ -64,3 +71,9 @@ def test_an_open_batchs_quarantine_neither_refuses_nor_hides_in_a_purge(champion
         np.savez(handle, ids=ids, images=images, labels=labels)
     assert [f.subject for f in diagnose(project, deep=True) if f.check == "samples"] == [
         f"{root.name}/data/quarantine/{stray.name}"]
+    from flows.cli import main
+
+    capsys.readouterr()
+    assert main(["--root", str(root), "doctor", "--deep", "--json"]) == 2  # the command says what it left out too
+    assert json.loads(capsys.readouterr().out)["not_scanned"] == {"open_quarantines": 1,
+                                                                   "purged_samples_without_bytes": 0}
