@@ -631,9 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that never run a Prefect flow, so never start a temporary server: they skip importing
 # Prefect's server (about 4 s), which every `dvc repro` stage and every submitted request would pay.
 _COMMANDS_WITHOUT_FLOWS = frozenset({"stage", "request"})
-# `serve` needs a long-lived server (it refuses to start without PREFECT_API_URL) and `server` is one: neither ever
-# starts a temporary server, so neither needs its hook (about 1.3 s of imports before serve's own checks).
-_COMMANDS_WITHOUT_TEMPORARY_SERVER = _COMMANDS_WITHOUT_FLOWS | {"serve", "server"}
+# `serve` needs a long-lived server (it refuses to start without PREFECT_API_URL), `server` is one, and `status` and
+# `doctor` only read: none ever starts a temporary server, so none needs its hook (about 1.3 s of imports).
+_COMMANDS_WITHOUT_TEMPORARY_SERVER = _COMMANDS_WITHOUT_FLOWS | {"serve", "server", "status", "doctor"}
 
 
 def main(argv: list[str] | None = None) -> int:
