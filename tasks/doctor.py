@@ -188,6 +188,15 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                                                          "without a run of bytes apart from the live versions'; or "
                                                          "each one taken is also in a live version's weights): "
                                                          "copies elsewhere on disk cannot be found"))
+    ledger = Ledger(project.ledger_path)
+    for batch_id in ledger.oldest_first():
+        for version, entry in sorted(ledger.batch(batch_id).get("retirement", {}).items()):
+            if entry.get("action") == "scheduled" and version not in versions:
+                # Deleted from the registry outside the pipeline: retirement never sees it again, so the batch's
+                # certificates stay interim, and nothing shows where its artifacts went.
+                findings.append(Finding("registry", f"version {version}", f"scheduled for retirement by {batch_id} "
+                                        "but not in the registry (deleted outside the pipeline?): its artifacts "
+                                        "cannot be shown deleted, and the batch's certificates stay interim"))
     if project.certificates_dir.exists():
         for path in sorted(project.certificates_dir.glob("*.json")):
             try:

@@ -392,6 +392,14 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     assert final["retirement"]["versions"][0]["artifacts_deleted"] is True
     assert final["status"] == "complete" and "statement" not in final["retirement"]
     assert any(step["step"] == "retired" and step["at"] for step in final["timeline"])
+    # a scheduled version deleted from the registry outside the pipeline is named, not left interim in silence
+    from tasks.doctor import diagnose
+
+    assert not [f for f in diagnose(project) if "scheduled for retirement" in f.problem]
+    ledger = Ledger(project.ledger_path)
+    ledger.record_retirement(batch_id, "99", {"version": "99", "action": "scheduled", "due_at": "2099-01-01T00:00:00Z"})
+    ledger.save()
+    assert [f.subject for f in diagnose(project) if "scheduled for retirement" in f.problem] == ["version 99"]
 
 
 def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, champion_project,
