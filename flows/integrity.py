@@ -50,13 +50,14 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     elif not findings:
         checks = "audit, certificates, registry, weights" + (", samples" if args.deep else "")
         _say(f"doctor: every claim agrees with the disk ({checks})")
-        for key, text in limits.items():
-            if not_scanned.get(key):
-                _say(f"  not claimed: {not_scanned[key]} {text}")
     else:
         _say(f"doctor: {len(findings)} disagreement(s) between the evidence and the disk:", error=True)
         for finding in findings:
             _say(f"  [{finding.check}] {finding.subject}: {finding.problem}", error=True)
+    if not args.json:
+        for key, text in limits.items():
+            if not_scanned.get(key):
+                _say(f"  not claimed: {not_scanned[key]} {text}", error=bool(findings))
     return EXIT_FOUND if findings else EXIT_OK
 
 

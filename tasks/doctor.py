@@ -189,14 +189,23 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                                                          "each one taken is also in a live version's weights): "
                                                          "copies elsewhere on disk cannot be found"))
     ledger = Ledger(project.ledger_path)
+    scheduled: dict[str, list[str]] = {}  # version -> batches whose ledger entry still says "scheduled"
     for batch_id in ledger.oldest_first():
-        for version, entry in sorted(ledger.batch(batch_id).get("retirement", {}).items()):
-            if entry.get("action") == "scheduled" and version not in versions:
-                # Deleted from the registry outside the pipeline: retirement never sees it again, so the batch's
-                # certificates stay interim, and nothing shows where its artifacts went.
-                findings.append(Finding("registry", f"version {version}", f"scheduled for retirement by {batch_id} "
-                                        "but not in the registry (deleted outside the pipeline?): its artifacts "
-                                        "cannot be shown deleted, and the batch's certificates stay interim"))
+        for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
+            if entry.get("action") == "scheduled":
+                scheduled.setdefault(version, []).append(batch_id)
+    for version, batch_ids in sorted(scheduled.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
+        mv = versions.get(version)
+        # Retirement never updates such an entry again, so these batches' certificates stay interim: said, not silent.
+        if mv is None:
+            findings.append(Finding("registry", f"version {version}", "scheduled for retirement by "
+                                    f"{', '.join(batch_ids)} but not in the registry (deleted outside the pipeline, "
+                                    "or the project moved to another registry): its artifacts cannot be shown "
+                                    "deleted, and those batches' certificates stay interim"))
+        elif mv.tags.get("retired") == "true":
+            findings.append(Finding("registry", f"version {version}", "retired, but the ledger entry of "
+                                    f"{', '.join(batch_ids)} still says scheduled (its retired_batches tag does not "
+                                    "name them): those batches' certificates stay interim"))
     if project.certificates_dir.exists():
         for path in sorted(project.certificates_dir.glob("*.json")):
             try:

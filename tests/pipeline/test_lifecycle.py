@@ -400,6 +400,9 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     ledger.record_retirement(batch_id, "99", {"version": "99", "action": "scheduled", "due_at": "2099-01-01T00:00:00Z"})
     ledger.save()
     assert [f.subject for f in diagnose(project) if "scheduled for retirement" in f.problem] == ["version 99"]
+    ledger.record_retirement(batch_id, "1", {**ledger.batch(batch_id)["retirement"]["1"], "action": "scheduled"})
+    ledger.save()  # a tombstone whose batch's entry still says scheduled (its retired_batches tag left it out)
+    assert [f.subject for f in diagnose(project) if "still says scheduled" in f.problem] == ["version 1"]
 
 
 def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, champion_project,
