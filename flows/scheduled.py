@@ -29,6 +29,11 @@ def audit_flow(root: str = ".", batch: str | None = None, method: str | None = N
     from tasks.locking import pipeline_lock
 
     project = load_project(str(Path(root).resolve()))
+    # Asked first without the lock (it only reads the ledger and the audit history): every completed pipeline run
+    # triggers this deployment, and a run that is not due should not queue on the project lock behind the next
+    # pipeline run only to find that out. Asked again under the lock, where the answer counts.
+    if only_if_due and not method_audit.due(project):
+        return {"status": "not_due"}
     with pipeline_lock(project):
         if only_if_due and not method_audit.due(project):
             return {"status": "not_due"}
@@ -45,8 +50,16 @@ def consolidate_flow(root: str = ".", force: bool = False) -> dict[str, Any]:
     from tasks.consolidate import run_consolidate
     from tasks.lifecycle import run_purge
     from tasks.locking import pipeline_lock
+    from unlearn.requests import Ledger
 
     project = load_project(str(Path(root).resolve()))
+    ledger = Ledger(project.ledger_path)
+    waiting = ledger.pending() + ledger.batches_with_status(Ledger.PROMOTING)
+    if not force and waiting:
+        # As the audit above: without the lock, the one answer that needs no registry (run_consolidate refuses while
+        # batches are pending, and says so the same way). Triggered after every pipeline run, this spares a burst of
+        # requests a queue of consolidation runs waiting on the lock to be told so.
+        return {"status": "skipped", "reason": f"{len(waiting)} batch(es) pending: the escalation finishes them first"}
     with pipeline_lock(project):
         result = run_consolidate(project, force=force)
         if result["status"] == "consolidated":

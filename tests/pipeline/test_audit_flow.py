@@ -89,6 +89,25 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     assert any("skipping finetune" in r.getMessage() for r in caplog.records)
     # the Prefect flow and the command: nothing is due (R-2 is pending), nothing approximate is left to audit
     assert audit_flow(root=str(root), only_if_due=True) == {"status": "not_due"}
+    # Triggered after every pipeline run, the maintenance flows answer "not due" / "pending" without queuing on the
+    # project lock behind another run: with the lock held, they still return at once.
+    import threading
+
+    from flows.scheduled import consolidate_flow
+    from tasks.locking import pipeline_lock
+
+    answers = {}
+    with pipeline_lock(project):
+        workers = [threading.Thread(target=lambda: answers.update(audit=audit_flow(root=str(root), only_if_due=True)),
+                                    daemon=True),
+                   threading.Thread(target=lambda: answers.update(consolidate=consolidate_flow(root=str(root))),
+                                    daemon=True)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert not any(worker.is_alive() for worker in workers), "a maintenance flow waited on the lock"
+    assert answers["audit"] == {"status": "not_due"} and answers["consolidate"]["status"] == "skipped"
     capsys.readouterr()
     assert main(["--root", str(root), "audit", "run"]) == 0
     assert "nothing_to_audit" in capsys.readouterr().out
