@@ -82,7 +82,8 @@ def deployment_specs(root: str | Path, key: str) -> list[tuple[Any, dict[str, An
             parameters={**parameters, "force": True},
             description=f"Scheduled exact retrain of the champion of {project.root}", **common)))
     out.append((consolidate_flow, dict(
-        name=f"consolidate-due-{key}", triggers=after_pipeline("consolidate"), parameters=parameters,
+        name=f"consolidate-due-{key}", triggers=after_pipeline("consolidate"),
+        parameters={**parameters, "triggered": True},
         description=f"Exact retrain of {project.root} once {gate.consolidate.deleted_fraction:.0%} of the training "
                     "set was deleted since the last exact model (or the batch count rule)", **common)))
     return out

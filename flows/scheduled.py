@@ -41,8 +41,12 @@ def audit_flow(root: str = ".", batch: str | None = None, method: str | None = N
 
 
 @flow(name="consolidate")
-def consolidate_flow(root: str = ".", force: bool = False) -> dict[str, Any]:
+def consolidate_flow(root: str = ".", force: bool = False, triggered: bool = False) -> dict[str, Any]:
     """Consolidate when due (or ``force``), then purge: old versions that saw deleted samples retire.
+
+    ``triggered``: the run started after a pipeline run (the ``consolidate-due`` deployment). It returns
+    ``skipped`` without waiting for the project lock while batches are pending (no state file, no drift figures);
+    the command and the cron deployment always take the lock and report in full.
 
     Returns:
         The consolidation summary, with ``purge`` when a model was promoted.
@@ -55,7 +59,7 @@ def consolidate_flow(root: str = ".", force: bool = False) -> dict[str, Any]:
     project = load_project(str(Path(root).resolve()))
     ledger = Ledger(project.ledger_path)
     waiting = ledger.pending() + ledger.batches_with_status(Ledger.PROMOTING)
-    if not force and waiting:
+    if triggered and not force and waiting:
         # As the audit above: without the lock, the one answer that needs no registry (run_consolidate refuses while
         # batches are pending, and says so the same way). Triggered after every pipeline run, this spares a burst of
         # requests a queue of consolidation runs waiting on the lock to be told so.

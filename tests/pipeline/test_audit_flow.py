@@ -100,13 +100,16 @@ def test_an_inert_method_is_demoted_by_its_audit_and_the_escalation_then_skips_i
     with pipeline_lock(project):
         workers = [threading.Thread(target=lambda: answers.update(audit=audit_flow(root=str(root), only_if_due=True)),
                                     daemon=True),
-                   threading.Thread(target=lambda: answers.update(consolidate=consolidate_flow(root=str(root))),
-                                    daemon=True)]
+                   threading.Thread(target=lambda: answers.update(
+                       consolidate=consolidate_flow(root=str(root), triggered=True)), daemon=True)]
         for worker in workers:
             worker.start()
         for worker in workers:
             worker.join(timeout=60)
-        assert not any(worker.is_alive() for worker in workers), "a maintenance flow waited on the lock"
+        waited = any(worker.is_alive() for worker in workers)
+    for worker in workers:  # none outlives the test, whatever happened
+        worker.join()
+    assert not waited, "a maintenance flow waited on the lock"
     assert answers["audit"] == {"status": "not_due"} and answers["consolidate"]["status"] == "skipped"
     capsys.readouterr()
     assert main(["--root", str(root), "audit", "run"]) == 0

@@ -84,6 +84,9 @@ def test_serve_adds_only_the_configured_maintenance_deployments(make_project, au
         assert deployment.parameters["root"] == str(root.resolve())
     forced = {d.name: d.parameters.get("force") for d in deployments if d.name.startswith("consolidate")}
     assert forced.get(f"consolidate-{key}", True) is True and forced[f"consolidate-due-{key}"] is None
+    # only the triggered one answers "batches pending" before taking the lock (the command and the cron report in full)
+    triggered = {d.name: d.parameters.get("triggered") for d in deployments if d.name.startswith("consolidate")}
+    assert triggered.get(f"consolidate-{key}") is None and triggered[f"consolidate-due-{key}"] is True
 
 
 def _attempt(method, verdict, action=None):
