@@ -57,13 +57,15 @@ def consolidate_flow(root: str = ".", force: bool = False, triggered: bool = Fal
     from unlearn.requests import Ledger
 
     project = load_project(str(Path(root).resolve()))
-    ledger = Ledger(project.ledger_path)
-    waiting = ledger.pending() + ledger.batches_with_status(Ledger.PROMOTING)
-    if triggered and not force and waiting:
+    if triggered and not force:
         # As the audit above: without the lock, the one answer that needs no registry (run_consolidate refuses while
         # batches are pending, and says so the same way). Triggered after every pipeline run, this spares a burst of
         # requests a queue of consolidation runs waiting on the lock to be told so.
-        return {"status": "skipped", "reason": f"{len(waiting)} batch(es) pending: the escalation finishes them first"}
+        ledger = Ledger(project.ledger_path)
+        waiting = ledger.pending() + ledger.batches_with_status(Ledger.PROMOTING)
+        if waiting:
+            return {"status": "skipped",
+                    "reason": f"{len(waiting)} batch(es) pending: the escalation finishes them first"}
     with pipeline_lock(project):
         result = run_consolidate(project, force=force)
         if result["status"] == "consolidated":

@@ -441,11 +441,12 @@ def _purge_section(document: dict[str, Any]) -> str:
     some_unsearched = _is_number(unsearched) and unsearched > 0
     nothing_own = scan.get("sample_patterns") == 0 and _is_number(scan.get("samples")) and scan["samples"] > 0
     open_quarantines = scan.get("open_quarantines_not_scanned")
-    if _is_number(open_quarantines) and open_quarantines > 0:  # files skipped by design are still files not scanned
-        not_scanned = (not_scanned if _is_number(not_scanned) else 0) + open_quarantines
+    skipped = open_quarantines if _is_number(open_quarantines) and open_quarantines > 0 else 0
+    if skipped:  # files skipped by design are still files not scanned
+        not_scanned = (not_scanned if _is_number(not_scanned) else 0) + skipped
     if matches == 0 and not isinstance(matches, bool) and _is_number(not_scanned) and not_scanned > 0:
         why = ("were not scanned (unreadable, links to folders, or the quarantine files of batches not yet purged, "
-               "which hold their own forget samples)" if _is_number(open_quarantines) and open_quarantines > 0
+               "which hold their own forget samples)" if skipped
                else "could not be scanned (unreadable, or links to folders)")
         callout = (f'<p class="callout matches-partial">0 matches in the files scanned; {_num(not_scanned)} path(s) '
                    f'{why}: nothing is claimed about them.</p>')
@@ -479,9 +480,8 @@ def _purge_section(document: dict[str, Any]) -> str:
         rows.insert(4, ("Deleted samples searched for", f"{_num(scan.get('sample_patterns'))} pattern(s) for "
                         f"{_num(_minus(scan.get('samples'), scan.get('samples_not_searched')))} of "
                         f"{_num(scan.get('samples'))} sample(s)"))
-    if _is_number(scan.get("open_quarantines_not_scanned")) and scan["open_quarantines_not_scanned"] > 0:
-        rows.insert(-2, ("Quarantine files of batches not yet purged (not scanned)",
-                         _num(scan["open_quarantines_not_scanned"])))
+    if skipped:
+        rows.insert(-2, ("Quarantine files of batches not yet purged (not scanned)", _num(skipped)))
         scope += ("; the quarantine files of batches not yet purged (their own forget samples, kept until their "
                   "purge) are not scanned")
     if "weight_fingerprints" in scan:  # purges before fingerprints were counted do not say

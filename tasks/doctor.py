@@ -151,11 +151,12 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
     from unlearn.requests import Ledger
 
     findings = []
+    ledger = Ledger(project.ledger_path)
     versions = {str(mv.version): mv for mv in tracking.all_versions(project, client)}
     champion = tracking.champion_version(project, client)
     if champion is not None:
         name = f"version {champion.version}"
-        uncovered = uncovered_deletions(Ledger(project.ledger_path), champion)
+        uncovered = uncovered_deletions(ledger, champion)
         if uncovered:
             findings.append(Finding("lineage", name, f"the champion was trained on samples that {len(uncovered)} "
                                     "completed deletion batch(es) removed and does not cover them (the alias was "
@@ -188,7 +189,6 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                                                          "without a run of bytes apart from the live versions'; or "
                                                          "each one taken is also in a live version's weights): "
                                                          "copies elsewhere on disk cannot be found"))
-    ledger = Ledger(project.ledger_path)
     scheduled: dict[str, list[str]] = {}  # version -> batches whose ledger entry still says "scheduled"
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():

@@ -95,8 +95,7 @@ def run_promote(project: Project) -> dict[str, Any]:
                                                            "attempts": len(state.attempts),
                                                            "batch_ids": list(state.batches)})
         ledger.save()
-        record_verification(project, ledger.last_note(state.batches[0]))
-        finished = finish_promotions(project, client, ledger)
+        finished = finish_promotions(project, client, ledger, recovering=False)
         previous = state.parent_version
     else:
         for batch_id in state.batches:
@@ -213,13 +212,14 @@ def record_verification(project: Project, note: dict[str, Any], *, recovered: bo
                  evidence=note.get("evidence"), **extra)
 
 
-def finish_promotions(project: Project, client: Any, ledger: Ledger) -> list[str]:
-    """Complete batches left ``promoting``: write their verification's record if a crash lost it, move the alias
-    (if not yet) and mark them completed."""
+def finish_promotions(project: Project, client: Any, ledger: Ledger, *, recovering: bool = True) -> list[str]:
+    """Complete batches left ``promoting``: write their verification's record (once per version; ``recovered``
+    unless ``recovering`` is False, the promotion that has just marked them), move the alias (if not yet) and mark
+    them completed."""
     done = []
     for batch_id in ledger.batches_with_status(Ledger.PROMOTING):
         note = ledger.last_note(batch_id)
-        record_verification(project, note, recovered=True)
+        record_verification(project, note, recovered=recovering)
         version = str(note["model_version"])
         champion = tracking.champion_version(project, client)
         moved = champion is None or str(champion.version) != version
