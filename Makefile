@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 
-.PHONY: demo test test-fast test-slow venv bench clean-state device-prep
+.PHONY: demo test test-fast test-slow test-time venv bench clean-state device-prep
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ test-fast: $(STAMP)
 # broken for sessions because nothing ran it.
 test-slow: $(STAMP)
 	$(PYTEST) -m slow tests; $(NO_TESTS_IS_AN_ERROR)
+
+# The budget of `make test` (6 minutes on 2 cores), measured: runs `make test` RUNS times and writes
+# benchmarks/results/suite_time.{md,json} (wall and CPU time, the time of each test file, each worker's tail).
+RUNS ?= 2
+test-time: $(STAMP)
+	$(VENV)/bin/python benchmarks/suite_time.py --runs $(RUNS) --workers $(WORKERS)
 
 # Before the GPU check on a lent device machine (README "Benchmarks"): the machine has the numeric stack
 # but no Fashion-MNIST, so its idx files (30 MB) are copied into the ignored .device/ that the run carries.
