@@ -24,6 +24,11 @@ def test_summary_counts_read_the_last_summary_line(suite_time):
     assert suite_time.summary_counts(out) == {"failed": 3, "passed": 968, "skipped": 19, "errors": 2}
     assert suite_time.summary_counts("==== 1 error in 2.00s ====") == {"errors": 1}
     assert suite_time.summary_counts("make: *** [Makefile:27: test] Error 1") == {}
+    # the real last line wins, whatever outcome it names; ANSI colours are ignored
+    assert suite_time.summary_counts("=== 1 passed in 0.2s ===\n=== 3 xpassed, 1 warning in 0.5s ===") == {"xpassed": 3}
+    assert suite_time.summary_counts("\x1b[32m=== 2 passed, 5 deselected in 1.1s ===\x1b[0m") == {
+        "passed": 2, "deselected": 5}
+    assert suite_time.summary_counts("=== 1 passed in 0.2s ===\n=== no tests ran in 0.01s ===") == {}
 
 
 def test_the_clock_gives_each_file_its_tests_time_and_each_worker_its_tail(suite_time):
@@ -36,11 +41,28 @@ def test_the_clock_gives_each_file_its_tests_time_and_each_worker_its_tail(suite
     assert clock["files"] == {"tests/a.py": 12.0, "tests/b.py": 30.0}
     assert clock["tests"]["tests/b.py::t[1]"] == 30.0
     assert clock["workers"]["gw0"] == {"first_test_s": 2.0, "last_test_end_s": 14.0, "tests": 2}
-    assert clock["workers"]["gw1"]["last_test_end_s"] == 32.0
+    assert clock["workers"]["gw1"]["last_test_end_s"] == 32.0 and clock["unfinished"] == []
 
 
-def _run(suite_time, wall, returncode=0):
-    return {"returncode": returncode, "wall_s": wall, "cpu_s": 2 * wall, "files": {"tests/a.py": wall / 2}}
+def test_the_controllers_replay_is_not_counted_and_a_test_a_worker_died_in_is_named(suite_time, tmp_path):
+    (tmp_path / "controller.log").write_text("1.0 session -\n2.0 start tests/a.py::t\n12.0 end tests/a.py::t\n")
+    (tmp_path / "gw0.log").write_text("1.0 session -\n2.0 start tests/a.py::t\n12.0 end tests/a.py::t\n")
+    (tmp_path / "gw1.log").write_text("1.0 session -\n3.0 start tests/b.py::dies\n")
+    workers = suite_time.read_clock(tmp_path)
+    assert sorted(workers) == ["gw0", "gw1"]
+    clock = suite_time.clock_summary(workers, started=0.0)
+    assert clock["files"] == {"tests/a.py": 10.0} and clock["unfinished"] == ["tests/b.py::dies"]
+    assert clock["workers"]["gw1"] == {"first_test_s": 3.0, "last_test_end_s": None, "tests": 0}
+    (tmp_path / "gw0.log").unlink()
+    (tmp_path / "gw1.log").unlink()
+    assert sorted(suite_time.read_clock(tmp_path)) == ["controller"]  # no xdist: the only process
+
+
+def _run(suite_time, wall, returncode=0, passed=5):
+    return {"returncode": returncode, "wall_s": wall, "cpu_s": 2 * wall, "cores_busy": 2.0,
+            "counts": {"passed": passed} if passed else {}, "files": {"tests/a.py": wall / 2},
+            "workers": {"gw0": {"first_test_s": 1.0, "last_test_end_s": wall - 1, "tests": passed}},
+            "unfinished": [], "slowest_tests": {"tests/a.py::t": wall / 2}}
 
 
 def test_a_failing_run_never_meets_the_budget_and_one_run_has_no_interval(suite_time):
@@ -53,6 +75,23 @@ def test_a_failing_run_never_meets_the_budget_and_one_run_has_no_interval(suite_
     low, high = two["interval_95_s"]
     assert low < 350.0 and high > 370.0  # two runs 20 s apart: t(1) = 12.7 makes the interval wide
     assert suite_time.summarise([_run(suite_time, 300.0), _run(suite_time, 310.0)], 360.0)["every_run_within_budget"]
+    nothing_ran = suite_time.summarise([_run(suite_time, 5.0, passed=0)], 360.0)  # exit 0, but no test passed
+    assert not nothing_ran["all_passed"] and not nothing_ran["every_run_within_budget"]
+
+
+@pytest.mark.parametrize(("walls", "code", "words"), [
+    ((340.0, 370.0), 0, "over the budget: the slowest run took 370.0 s"),  # the mean is under: still a miss
+    ((300.0, 310.0), 0, "within the budget in every run"),
+    ((200.0,), 1, "a run failed or ran no test: the time does not count"),
+])
+def test_the_markdown_verdict_says_what_the_runs_showed(suite_time, tmp_path, monkeypatch, walls, code, words):
+    monkeypatch.setattr(suite_time, "RESULTS", tmp_path)
+    runs = [_run(suite_time, w, returncode=code) for w in walls]
+    report = {"command": "python benchmarks/suite_time.py", "workers": 2, "commit": "abc", "date": "today",
+              "machine": "test", "summary": suite_time.summarise(runs, 360.0), "runs": runs}
+    text = suite_time.write(report, "t").read_text()
+    assert words in text
+    assert "within the budget" not in text or words == "within the budget in every run"
 
 
 def test_the_plugin_logs_start_and_end_per_worker(tmp_path):
