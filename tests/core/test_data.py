@@ -24,6 +24,35 @@ def test_digits_source_has_stable_ids_and_a_seeded_stratified_split(digits):
     assert (other.splits != digits.splits).any()
 
 
+def test_digits_read_without_scikit_learn_are_scikit_learns_digits(monkeypatch):
+    """The file read directly gives exactly load_digits' images and labels (scaled to 0..255), and so does the
+    fallback through scikit-learn when the file is not where scikit-learn 1.x keeps it."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from unlearn.data import sources
+
+    bunch = load_digits()
+    expected_images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    direct = sources._digits_file
+    assert direct() is not None  # this environment takes the direct read
+    for found in (direct, lambda: None):  # the direct read, then the fallback
+        monkeypatch.setattr(sources, "_digits_file", found)
+        sources._digits_arrays.cache_clear()
+        ids, images, labels = sources._digits_arrays()
+        assert np.array_equal(images, expected_images) and images.dtype == np.uint8
+        assert np.array_equal(labels, bunch.target) and labels.dtype == np.int64
+        assert ids[0] == "digits-0000" and len(ids) == 1797
+    sources._digits_arrays.cache_clear()
+    # and it does not import scikit-learn (about a second a process: every DVC stage is one)
+    code = ("import sys; from unlearn.data.sources import _digits_arrays; _digits_arrays(); "
+            "print('sklearn' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_store_roundtrip_and_deletion_rewrites_only_affected_shards(tmp_path, digits):
     store = SampleStore.materialize(tmp_path / "store", digits, 128, set())
     assert len(store) == 1797

@@ -109,19 +109,45 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np
     return splits.astype(str)
 
 
+def _digits_file() -> Path | None:
+    """Where scikit-learn keeps the digits (``sklearn/datasets/data/digits.csv.gz``), found without importing it.
+
+    Why: ``import sklearn`` alone takes about a second (it loads SciPy), and every ``dvc repro`` stage that reads
+    the default source is a process of its own (ingest, prepare, purge, certify): that second was paid by each of
+    them, for a 180 kB file. ``find_spec`` of a top-level package locates it without running its ``__init__``.
+    None when the file is not where scikit-learn 1.x keeps it (then :func:`_digits_arrays` asks scikit-learn).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The digits as (ids, images, labels), read once per process and returned read-only.
 
-    Why cached: scikit-learn parses its compressed CSV on every call, and a pipeline run reads the source in
-    several stages (ingest, prepare, the source checks); the file ships inside scikit-learn and cannot change
-    under a running process.
+    Why cached: the compressed CSV is parsed on every read, and a pipeline run reads the source in several
+    stages (ingest, prepare, the source checks); the file ships inside scikit-learn and cannot change under a
+    running process. The file is read as ``sklearn.datasets.load_digits`` reads it (64 pixel columns of 0..16,
+    then the label; ``tests/core/test_data.py`` checks the arrays are the same), without importing scikit-learn.
     """
-    from sklearn.datasets import load_digits
+    path = _digits_file()
+    if path is not None:
+        with gzip.open(path, "rt") as handle:
+            table = np.loadtxt(handle, delimiter=",")
+        pixels, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
-    labels = bunch.target.astype(np.int64)
+        bunch = load_digits()
+        pixels, target = bunch.images, bunch.target
+    images = np.rint(pixels * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    labels = target.astype(np.int64)
     ids = np.array([f"digits-{i:04d}" for i in range(len(labels))])
     for array in (ids, images, labels):
         array.flags.writeable = False
