@@ -28,7 +28,7 @@ MODULES: tuple[str, ...] = (
     "torch", "torch._dynamo", "torch.optim", "torch.export", "torch._inductor.codecache",
     "great_expectations", "great_expectations.expectations", "mlflow", "mlflow.pytorch",
     "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-    "dvc.repo", "dvc.repo.commit", "sklearn.datasets", "sklearn.metrics", "matplotlib.pyplot", "pandas",
+    "dvc.repo", "dvc.repo.commit", "sklearn.metrics", "matplotlib.pyplot", "pandas",
     "flows.pipeline", "flows.scheduled", "tasks.prefect_tasks", "tasks.validation", "tasks.tracking",
     "tasks.reporting", "tasks.certificate_html", "tasks.stage.ingest", "tasks.stage.prepare", "tasks.stage.train",
     "tasks.stage.references", "tasks.stage.verify", "tasks.stage.unlearn", "tasks.stage.promote", "tasks.lifecycle",

@@ -150,7 +150,6 @@ def _warm_imports() -> None:
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import scipy.stats  # noqa: F401
-    import sklearn.datasets  # noqa: F401 - the digits source, which purge and certify read
     import sklearn.metrics  # noqa: F401
     import torch
 

@@ -119,7 +119,10 @@ def _digits_file() -> Path | None:
     """
     import importlib.util
 
-    spec = importlib.util.find_spec("sklearn")
+    try:
+        spec = importlib.util.find_spec("sklearn")
+    except (ImportError, ValueError):  # ValueError: a module in sys.modules without a spec
+        return None
     for location in (spec.submodule_search_locations or []) if spec is not None else []:
         path = Path(location) / "datasets" / "data" / "digits.csv.gz"
         if path.is_file():
@@ -138,7 +141,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     path = _digits_file()
     if path is not None:
-        with gzip.open(path, "rt") as handle:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
             table = np.loadtxt(handle, delimiter=",")
         pixels, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
     else:
