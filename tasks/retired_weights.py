@@ -54,8 +54,21 @@ class RetiredWeights:
 
 
 def _version_of(key: str) -> str:
-    """The version a scan pattern key ``v<version>-w<rank>`` belongs to."""
-    return key.split("-", 1)[0][1:]
+    """The version a scan pattern key ``v<version>-w<rank>`` belongs to (``<version>`` may hold dashes: an entry
+    kept from another registry is ``<number>~<model id>``, and MLflow's model ids are ``m-<hex>``)."""
+    return key.rsplit("-", 1)[0][1:]
+
+
+def _order(version: str) -> tuple[int, str]:
+    """Sort key of a fingerprinted version: by number, an entry kept from another registry beside its number."""
+    number, _, rest = version.partition("~")
+    return (int(number) if number.isdigit() else -1, rest)
+
+
+# Reserved key of retired-weights.json: version -> the logged model (MLflow model id) its fingerprints were taken
+# from. Version numbers restart in another registry (a project moved on purpose: data/.registry deleted), so the
+# number alone does not say whose weights an entry holds.
+_MODELS = "_models"
 
 
 def _fingerprints_path(project: Project) -> Path:
@@ -101,31 +114,80 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
     (:func:`unlearn.forensics.weight_patterns`' ``avoid``), so a successor that kept most of them does
     not match. Hex never matches the raw bytes it encodes, so this file does not trip the scan. A
     version whose weights cannot be read any more gets none (and says so). ``loaded``: :func:`live_weights`' memo.
+
+    An entry under the same version number taken from another model (the project moved to another registry,
+    whose numbers start again at 1) is not this version's: it is kept under ``<number>~<its model id>``, still
+    searched for, and this version gets fingerprints of its own. Without that, the new version's weights would never
+    be fingerprinted, and the evidence would say "version N's weights were searched for" about the old ones. An
+    entry recorded without its model (an earlier release) is this version's if its fingerprints occur in this
+    version's weights; when they cannot be checked (no fingerprint, weights unreadable) it is taken to be.
     """
-    from unlearn.forensics import weight_patterns
+    from unlearn.forensics import weight_patterns, weights_blob
 
     path = _fingerprints_path(project)
-    known = json.loads(path.read_text()) if path.exists() else {}
-    if str(mv.version) in known:
-        return
-    try:
-        state, _ = tracking.load_state(project, client, str(mv.version))
-        patterns = weight_patterns({k: v.detach().cpu().numpy() for k, v in state.items()},
-                                   avoid=live_weights(project, client, besides=str(mv.version), loaded=loaded))
-        known[str(mv.version)] = {k: v.hex() for k, v in patterns.items()}
+    raw = json.loads(path.read_text()) if path.exists() else {}
+    models: dict[str, str] = dict(raw.get(_MODELS, {}))
+    version, model_id = str(mv.version), tracking.version_model_id(mv)
+    state = None
+    if version in raw:
+        taken_from = models.get(version)
+        if taken_from is not None and model_id is not None:
+            if taken_from == model_id:
+                return
+        else:
+            state = _state(project, client, version)
+            found = raw[version].values()
+            if state is None or not found or any(bytes.fromhex(h) in weights_blob(state) for h in found):
+                return
+        kept = f"{version}~{taken_from or 'another-registry'}"
+        while kept in raw:
+            kept += "+"
+        log.warning("retire: the fingerprints kept for version %s were taken from another model (%s): the project "
+                    "was moved to another registry; they are kept as %r and still searched for", version,
+                    taken_from or "not recorded", kept)
+        _rename_scanned(project, version, kept)  # first: a crash before the next write leaves the old entry unscanned
+        raw[kept] = raw.pop(version)
+        if taken_from is not None:
+            models[kept] = models.pop(version)
+    if state is None:
+        state = _state(project, client, version)
+    if state is None:
+        raw[version] = {}
+    else:
+        patterns = weight_patterns(state, avoid=live_weights(project, client, besides=version, loaded=loaded))
+        raw[version] = {k: v.hex() for k, v in patterns.items()}
         if not patterns:
             log.warning("retire: version %s has no weights of its own to fingerprint (no run of bytes apart "
                         "from the live versions', or tensors too small)", mv.version)
+    if model_id is not None:
+        models[version] = model_id
+    raw[_MODELS] = models
+    write_json_atomic(path, raw)
+
+
+def _state(project: Project, client: Any, version: str) -> dict[str, np.ndarray] | None:
+    """A version's weights as arrays; None (with a warning) when they cannot be read."""
+    try:
+        state, _ = tracking.load_state(project, client, version)
     except PipelineError as exc:
-        log.warning("retire: weights of version %s cannot be fingerprinted (%s)", mv.version, exc)
-        known[str(mv.version)] = {}
-    write_json_atomic(path, known)
+        log.warning("retire: weights of version %s cannot be fingerprinted (%s)", version, exc)
+        return None
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _rename_scanned(project: Project, version: str, kept: str) -> None:
+    """The scan record of ``version`` moves to the entry kept under ``kept``: the new version is not scanned yet."""
+    scanned = _weights_scanned(project)
+    if version in scanned:
+        write_json_atomic(_scanned_path(project), sorted((scanned - {version}) | {kept}, key=_order))
 
 
 def retired_weight_fingerprints(project: Project) -> dict[str, dict[str, str]]:
     """Version -> fingerprint key -> hex, as taken before each retirement (empty for a version that had none)."""
     path = _fingerprints_path(project)
-    return json.loads(path.read_text()) if path.exists() else {}
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known.pop(_MODELS, None)
+    return known
 
 
 def _scanned_path(project: Project) -> Path:
@@ -144,13 +206,13 @@ def unscanned_retirements(project: Project) -> list[str]:
     record and evidence (nothing of its own to search for): either way, it is not scanned again.
     """
     scanned = _weights_scanned(project)
-    return sorted((v for v in retired_weight_fingerprints(project) if v not in scanned), key=int)
+    return sorted((v for v in retired_weight_fingerprints(project) if v not in scanned), key=_order)
 
 
 def mark_weights_scanned(project: Project, versions: list[str]) -> None:
     scanned = _weights_scanned(project)
     if not set(versions) <= scanned:
-        write_json_atomic(_scanned_path(project), sorted(scanned | set(versions), key=int))
+        write_json_atomic(_scanned_path(project), sorted(scanned | set(versions), key=_order))
 
 
 def retired_weight_patterns(project: Project, client: Any | None = None, *,
@@ -177,7 +239,7 @@ def retired_weight_patterns(project: Project, client: Any | None = None, *,
         retired |= {str(mv.version) for mv in tracking.all_versions(project, client)
                     if mv.tags.get("retired") == "true"}
     searched = {_version_of(key) for key in usable}
-    return RetiredWeights(usable, len(shared), tuple(sorted(retired - searched, key=int)))
+    return RetiredWeights(usable, len(shared), tuple(sorted(retired - searched, key=_order)))
 
 
 def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str]) -> None:

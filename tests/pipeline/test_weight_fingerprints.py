@@ -107,3 +107,53 @@ def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_
     path.write_text("{}")
     assert retired_weight_patterns(project, client).unsearchable == ("1",)
     assert retired_weight_patterns(project).unsearchable == ()  # without the registry nothing says it was retired
+
+
+def test_a_version_number_fingerprinted_in_another_registry_gets_fingerprints_of_its_own(champion_project):
+    """A project moved to another registry on purpose (``data/.registry`` deleted) numbers its versions from 1
+    again. The fingerprints kept for the old registry's version 1 are not the new version 1's: they were taken for
+    it, as already fingerprinted and scanned, so its weights were never searched for while the evidence said
+    version 1's had been. The old entry is kept under a name of its own and still searched for."""
+    from tasks import tracking
+    from tasks.project import load_project
+    from tasks.retired_weights import (
+        mark_weights_scanned,
+        remember_weight_fingerprints,
+        retired_weight_fingerprints,
+        retired_weight_patterns,
+        unscanned_retirements,
+    )
+
+    root, _ = champion_project(FAST)
+    project = load_project(root)
+    client = tracking.setup(project)
+    mv = client.get_model_version(tracking.model_name(project), "1")
+    path, scanned = project.state_dir / "retired-weights.json", project.state_dir / "retired-weights-scanned.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    other = {"w0": bytes(range(256)).hex()}  # another model's weights: not in this version 1's
+    path.write_text(json.dumps({"1": other, "_models": {"1": "m-0ld"}}))  # left by the other registry, scanned
+    mark_weights_scanned(project, ["1"])
+    assert unscanned_retirements(project) == []
+
+    remember_weight_fingerprints(project, client, mv)
+    known = retired_weight_fingerprints(project)
+    assert known["1~m-0ld"] == other and known["1"] and known["1"] != other and "_models" not in known
+    assert json.loads(path.read_text())["_models"] == {"1~m-0ld": "m-0ld", "1": tracking.version_model_id(mv)}
+    assert unscanned_retirements(project) == ["1"] and json.loads(scanned.read_text()) == ["1~m-0ld"]
+    unfiltered = retired_weight_patterns(project)  # (the registry's live version 1 holds its own fingerprints)
+    assert unfiltered.searched == {"1", "1~m-0ld"} and bytes(range(256)) in unfiltered.patterns.values()
+    before = path.read_text()
+    remember_weight_fingerprints(project, client, mv)  # its own entry now: nothing changes
+    assert path.read_text() == before
+
+    # an entry from an earlier release (no model recorded): this version's when its bytes are in this version's weights
+    own = known["1"]
+    for entry, kept in ((own, None), (other, "1~another-registry")):
+        path.write_text(json.dumps({"1": entry}))
+        scanned.write_text(json.dumps(["1"]))
+        remember_weight_fingerprints(project, client, mv)
+        after = retired_weight_fingerprints(project)
+        if kept is None:
+            assert after == {"1": own} and unscanned_retirements(project) == []
+        else:
+            assert after[kept] == other and after["1"] == own and unscanned_retirements(project) == ["1"]
