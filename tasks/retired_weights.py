@@ -119,8 +119,10 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
     whose numbers start again at 1) is not this version's: it is kept under ``<number>~<its model id>``, still
     searched for, and this version gets fingerprints of its own. Without that, the new version's weights would never
     be fingerprinted, and the evidence would say "version N's weights were searched for" about the old ones. An
-    entry recorded without its model (an earlier release) is this version's if its fingerprints occur in this
-    version's weights; when they cannot be checked (no fingerprint, weights unreadable) it is taken to be.
+    entry recorded without its model (an earlier release) is this version's only if every one of its fingerprints
+    occurs in this version's weights; otherwise (another model, no fingerprint, weights unreadable) it is kept under a
+    name of its own too, which errs safely: its fingerprints are still searched for, and this version is at worst named
+    unsearchable, never taken as searched for.
     """
     from unlearn.forensics import weight_patterns, weights_blob
 
@@ -134,11 +136,13 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
         if taken_from is not None and model_id is not None:
             if taken_from == model_id:
                 return
-        else:
+        else:  # recorded by an earlier release, without its model: this version's only if provably so
             state = _state(project, client, version)
-            found = raw[version].values()
-            if state is None or not found or any(bytes.fromhex(h) in weights_blob(state) for h in found):
-                return
+            found = [bytes.fromhex(h) for h in raw[version].values()]
+            if state is not None and found:
+                blob = weights_blob(state)
+                if all(pattern in blob for pattern in found):  # every fingerprint was cut from its weights
+                    return
         kept = f"{version}~{taken_from or 'another-registry'}"
         while kept in raw:
             kept += "+"

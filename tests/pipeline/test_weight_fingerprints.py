@@ -115,7 +115,7 @@ def test_a_version_number_fingerprinted_in_another_registry_gets_fingerprints_of
     it, as already fingerprinted and scanned, so its weights were never searched for while the evidence said
     version 1's had been. The old entry is kept under a name of its own and still searched for."""
     from tasks import tracking
-    from tasks.project import load_project
+    from tasks.project import PipelineError, load_project
     from tasks.retired_weights import (
         mark_weights_scanned,
         remember_weight_fingerprints,
@@ -146,14 +146,28 @@ def test_a_version_number_fingerprinted_in_another_registry_gets_fingerprints_of
     remember_weight_fingerprints(project, client, mv)  # its own entry now: nothing changes
     assert path.read_text() == before
 
-    # an entry from an earlier release (no model recorded): this version's when its bytes are in this version's weights
+    # an entry from an earlier release (no model recorded): this version's only when every fingerprint is in its
+    # weights; one cut from another model, none at all, or weights that cannot be read: kept apart, this version anew
     own = known["1"]
-    for entry, kept in ((own, None), (other, "1~another-registry")):
+    mixed = {"w0": own[next(iter(own))], "w1": other["w0"]}  # one run a successor may share, one another model's
+    read_state = tracking.load_state
+    for entry, kept, readable in ((own, None, True), (other, "1~another-registry", True),
+                                  (mixed, "1~another-registry", True), ({}, "1~another-registry", True),
+                                  (own, "1~another-registry", False)):
         path.write_text(json.dumps({"1": entry}))
         scanned.write_text(json.dumps(["1"]))
-        remember_weight_fingerprints(project, client, mv)
+        with pytest.MonkeyPatch.context() as patch:
+            if not readable:
+                def unreadable(*args, **kwargs):
+                    raise PipelineError("artifact store unreachable")
+
+                patch.setattr(tracking, "load_state", unreadable)
+            remember_weight_fingerprints(project, client, mv)
+        assert tracking.load_state is read_state
         after = retired_weight_fingerprints(project)
         if kept is None:
             assert after == {"1": own} and unscanned_retirements(project) == []
         else:
-            assert after[kept] == other and after["1"] == own and unscanned_retirements(project) == ["1"]
+            assert after[kept] == entry and unscanned_retirements(project) == ["1"]
+            assert after["1"] == (own if readable else {})  # unreadable: named unsearchable, never "searched"
+            assert json.loads(scanned.read_text()) == [kept]
