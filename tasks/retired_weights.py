@@ -146,9 +146,10 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
         kept = f"{version}~{taken_from or 'another-registry'}"
         while kept in raw:
             kept += "+"
-        log.warning("retire: the fingerprints kept for version %s were taken from another model (%s): the project "
-                    "was moved to another registry; they are kept as %r and still searched for", version,
-                    taken_from or "not recorded", kept)
+        log.warning("retire: the fingerprints kept for version %s are not provably this version's (taken from model "
+                    "%s; a project moved to another registry numbers its versions from 1 again): kept as %r, still "
+                    "searched for, and version %s is fingerprinted anew", version, taken_from or "not recorded", kept,
+                    version)
         _rename_scanned(project, version, kept)  # first: a crash before the next write leaves the old entry unscanned
         raw[kept] = raw.pop(version)
         if taken_from is not None:
