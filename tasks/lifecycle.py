@@ -26,6 +26,8 @@ from tasks import audit, tracking
 from tasks.evidence import evidence_summary
 from tasks.project import PipelineError, Project, open_quarantines, quarantine_path, read_quarantine
 from tasks.retired_weights import (
+    entry_key,
+    fingerprint_keys,
     mark_weights_scanned,
     record_weight_search,
     remember_weight_fingerprints,
@@ -110,7 +112,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
                 if batch_id in ledger.batches:
                     known = ledger.batch(batch_id).get("retirement", {}).get(str(mv.version), {})
                     ledger.record_retirement(batch_id, str(mv.version), {  # what a scan recorded is kept
-                        **known, "version": str(mv.version), "action": "retired",
+                        **known, "version": str(mv.version), "model_id": tracking.version_model_id(mv),
+                        "action": "retired",
                         "reason": mv.tags.get("retired_reason"), "due_at": mv.tags.get("retire_due_at"),
                         "retired_at": mv.tags.get("retired_at")})
             continue
@@ -135,11 +138,14 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
                      batch_ids=offending, artifacts_deleted=deleted)
         actions.append({"version": str(mv.version), "action": "retired", "reason": reason,
-                        "batches": offending, "retired_at": at, "due_at": due_at})
+                        "batches": offending, "retired_at": at, "due_at": due_at,
+                        "model_id": tracking.version_model_id(mv)})
     for action in actions:
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
             entry["retired_at"] = action.get("retired_at")
+            if action.get("model_id"):  # which model: version numbers start again in another registry
+                entry["model_id"] = action["model_id"]
             ledger.record_retirement(batch_id, action["version"], entry)
     return actions
 
@@ -239,7 +245,8 @@ def run_purge(project: Project) -> dict[str, Any]:
             _refuse_matches(project, scan, weights.patterns, model_versions=unscanned)
             audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
                          **weights.evidence(), matches=0)
-            record_weight_search(ledger, weights, set(unscanned))  # the final certificates say what was searched
+            # the final certificates say what was searched
+            record_weight_search(ledger, weights, set(unscanned), fingerprint_keys(project))
             ledger.save()
             mark_weights_scanned(project, unscanned)
             summary["weight_scan"] = {"versions": unscanned, "files": scan.files, "matches": 0, **weights.evidence(),
@@ -286,7 +293,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     }
     at = utc_now(precise=True)
     fingerprinted = list(retired_weight_fingerprints(project))  # every one of them was in this scan
-    record_weight_search(ledger, weights, set(fingerprinted) | set(weights.unsearchable))
+    record_weight_search(ledger, weights, set(fingerprinted) | set(weights.unsearchable), fingerprint_keys(project))
     for batch_id in to_close:
         ledger.record_purge(batch_id, evidence)
         ledger.mark_step([batch_id], "purged", at)
@@ -337,9 +344,9 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         train_ids: The training samples the batch removed, as prepare recorded them in the ledger
             (:func:`trained_ids`): a request naming none of them only needed its data deleted (no
             production model ever saw those samples).
-        unscanned: Retired versions whose weights no scan has searched for yet
-            (:func:`tasks.retired_weights.unscanned_retirements`): the certificate stays interim while one is the
-            batch's.
+        unscanned: The batch's retired version numbers whose model's weights no scan has searched for yet
+            (:func:`run_certify` maps :func:`tasks.retired_weights.unscanned_retirements` through each retirement's
+            model id): the certificate stays interim while there is one.
 
     Returns:
         The certificate document (see :mod:`tasks.certificate`).
@@ -488,10 +495,16 @@ def run_certify(project: Project) -> dict[str, Any]:
     # Retired versions whose weights the project was not yet searched for (a retirement that fell due after the
     # purge, its scan refused for a stray copy or cut off): their batches' certificates are not final yet (review
     # of 2026-12-07: a final "complete" certificate could be issued while a copy was known to exist).
-    unscanned = frozenset(unscanned_retirements(project))
+    unscanned_keys = frozenset(unscanned_retirements(project))
+    keys = fingerprint_keys(project)
+
+    def unscanned_of(batch_id: str) -> frozenset[str]:
+        """The batch's retired version numbers whose model's weights no scan has searched for yet."""
+        retirement = ledger.batch(batch_id).get("retirement", {})
+        return frozenset(v for v, e in retirement.items() if entry_key(v, e, keys) in unscanned_keys)
 
     def final(batch_id: str) -> bool:
-        return "retired" in ledger.steps(batch_id) and not unscanned & set(ledger.batch(batch_id).get("retirement", {}))
+        return "retired" in ledger.steps(batch_id) and not unscanned_of(batch_id)
 
     def due(batch_id: str) -> bool:
         # Issued once the batch is purged; issued again when a retirement that was waiting for its grace period has
@@ -515,7 +528,7 @@ def run_certify(project: Project) -> dict[str, Any]:
         anchor = head
         trained = trained_ids(project, ledger, batch_id)
         for request in _batch_file(project, batch_id)["requests"]:
-            certificate = build_certificate(project, client, ledger, request, batch_id, trained, unscanned)
+            certificate = build_certificate(project, client, ledger, request, batch_id, trained, unscanned_of(batch_id))
             certificate["timeline"].append({"step": "certified", "at": utc_now(precise=True)})
             certificate["audit"] = anchor
             plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))

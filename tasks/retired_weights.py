@@ -247,13 +247,31 @@ def retired_weight_patterns(project: Project, client: Any | None = None, *,
     return RetiredWeights(usable, len(shared), tuple(sorted(retired - searched, key=_order)))
 
 
-def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str]) -> None:
+def fingerprint_keys(project: Project) -> dict[str, str]:
+    """Logged model id -> the key its fingerprints are kept under: its version number, or ``<number>~<model id>``
+    once a version of another registry took the number (:func:`remember_weight_fingerprints`)."""
+    path = _fingerprints_path(project)
+    raw = json.loads(path.read_text()) if path.exists() else {}
+    return {model_id: key for key, model_id in raw.get(_MODELS, {}).items()}
+
+
+def entry_key(version: str, entry: dict[str, Any], keys: dict[str, str]) -> str:
+    """The fingerprint key of a batch's retirement entry: through the model id it recorded, else its version number
+    (entries written before the model id was recorded)."""
+    return keys.get(entry.get("model_id") or "", version)
+
+
+def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str],
+                         keys: dict[str, str] | None = None) -> None:
     """Note, on each batch's retirement of ``versions``, whether a scan searched the project for its weights.
 
     The certificate's retirement table shows it beside "artifacts deleted" (which only the artifact store's
     listing backs). Written once per version and batch: the first scan that dealt with the version decides.
+    ``keys``: :func:`fingerprint_keys`: a batch's entry is matched to the fingerprints of the model it retired, not
+    to whatever version holds its number now.
     """
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
-            if version in versions and entry.get("action") == "retired" and "weights_searched" not in entry:
-                ledger.record_retirement(batch_id, version, {**entry, "weights_searched": version in weights.searched})
+            key = entry_key(version, entry, keys or {})
+            if key in versions and entry.get("action") == "retired" and "weights_searched" not in entry:
+                ledger.record_retirement(batch_id, version, {**entry, "weights_searched": key in weights.searched})

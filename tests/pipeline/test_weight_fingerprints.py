@@ -171,3 +171,35 @@ def test_a_version_number_fingerprinted_in_another_registry_gets_fingerprints_of
             assert after[kept] == entry and unscanned_retirements(project) == ["1"]
             assert after["1"] == (own if readable else {})  # unreadable: named unsearchable, never "searched"
             assert json.loads(scanned.read_text()) == [kept]
+
+
+def test_a_batch_is_told_about_the_model_it_retired_not_the_version_that_took_its_number_later(tmp_path):
+    """After such a move, a batch of the old registry still waiting for its version 1's weight search must get the
+    old model's status (kept as 1~m-0ld, here with nothing to search for), not the new version 1's; a batch recorded
+    before model ids were (no model_id) is matched by its number, as before."""
+    from tasks.retired_weights import RetiredWeights, entry_key, record_weight_search
+
+    class Ledger:
+        def __init__(self, batches):
+            self.batches = batches
+
+        def oldest_first(self):
+            return list(self.batches)
+
+        def batch(self, batch_id):
+            return self.batches[batch_id]
+
+        def record_retirement(self, batch_id, version, entry):
+            self.batches[batch_id]["retirement"][version] = entry
+
+    retired = {"action": "retired", "version": "1"}
+    ledger = Ledger({"old": {"retirement": {"1": {**retired, "model_id": "m-0ld"}}},
+                     "new": {"retirement": {"1": {**retired, "model_id": "m-new"}}},
+                     "legacy": {"retirement": {"1": dict(retired)}}})
+    keys = {"m-0ld": "1~m-0ld", "m-new": "1"}
+    assert entry_key("1", ledger.batch("old")["retirement"]["1"], keys) == "1~m-0ld"
+    assert entry_key("1", ledger.batch("legacy")["retirement"]["1"], keys) == "1"
+    weights = RetiredWeights({"v1-w0": b"x" * 256}, 0, ("1~m-0ld",))  # the new version 1 searched, the old one not
+    record_weight_search(ledger, weights, {"1", "1~m-0ld"}, keys)
+    assert [ledger.batch(b)["retirement"]["1"]["weights_searched"] for b in ("old", "new", "legacy")] == [
+        False, True, True]
