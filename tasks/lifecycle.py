@@ -112,7 +112,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
                 if batch_id in ledger.batches:
                     known = ledger.batch(batch_id).get("retirement", {}).get(str(mv.version), {})
                     ledger.record_retirement(batch_id, str(mv.version), {  # what a scan recorded is kept
-                        **known, "version": str(mv.version), "model_id": tracking.version_model_id(mv),
+                        **known, "version": str(mv.version),
+                        **({"model_id": model_id} if (model_id := tracking.version_model_id(mv)) else {}),
                         "action": "retired",
                         "reason": mv.tags.get("retired_reason"), "due_at": mv.tags.get("retire_due_at"),
                         "retired_at": mv.tags.get("retired_at")})

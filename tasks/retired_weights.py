@@ -142,6 +142,9 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
             if state is not None and found:
                 blob = weights_blob(state)
                 if all(pattern in blob for pattern in found):  # every fingerprint was cut from its weights
+                    if model_id is not None:  # recorded from now on, so batches reach this entry through it
+                        raw[_MODELS] = {**models, version: model_id}
+                        write_json_atomic(path, raw)
                     return
         kept = f"{version}~{taken_from or 'another-registry'}"
         while kept in raw:
@@ -257,8 +260,19 @@ def fingerprint_keys(project: Project) -> dict[str, str]:
 
 def entry_key(version: str, entry: dict[str, Any], keys: dict[str, str]) -> str:
     """The fingerprint key of a batch's retirement entry: through the model id it recorded, else its version number
-    (entries written before the model id was recorded)."""
-    return keys.get(entry.get("model_id") or "", version)
+    (entries written before the model id was recorded).
+
+    An entry whose model has no recorded fingerprints while its number now belongs to another model's (a version
+    fingerprinted by an earlier release, or retired before fingerprints were taken, then the project moved) gets a key
+    no fingerprint entry has: it is never counted as searched for on the other model's behalf; its status stays
+    unrecorded ("not recorded" in the certificate), which is what is known.
+    """
+    model_id = entry.get("model_id") or ""
+    if model_id in keys:
+        return keys[model_id]
+    if model_id and version in keys.values():
+        return f"{version}~{model_id}"
+    return version
 
 
 def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str],

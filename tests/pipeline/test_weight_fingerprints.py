@@ -167,6 +167,7 @@ def test_a_version_number_fingerprinted_in_another_registry_gets_fingerprints_of
         after = retired_weight_fingerprints(project)
         if kept is None:
             assert after == {"1": own} and unscanned_retirements(project) == []
+            assert json.loads(path.read_text())["_models"] == {"1": tracking.version_model_id(mv)}  # now recorded
         else:
             assert after[kept] == entry and unscanned_retirements(project) == ["1"]
             assert after["1"] == (own if readable else {})  # unreadable: named unsearchable, never "searched"
@@ -195,11 +196,16 @@ def test_a_batch_is_told_about_the_model_it_retired_not_the_version_that_took_it
     retired = {"action": "retired", "version": "1"}
     ledger = Ledger({"old": {"retirement": {"1": {**retired, "model_id": "m-0ld"}}},
                      "new": {"retirement": {"1": {**retired, "model_id": "m-new"}}},
-                     "legacy": {"retirement": {"1": dict(retired)}}})
+                     "legacy": {"retirement": {"1": dict(retired)}},
+                     # retired by an earlier release (fingerprints without a model id), model id added later
+                     "older": {"retirement": {"1": {**retired, "model_id": "m-older"}}}})
     keys = {"m-0ld": "1~m-0ld", "m-new": "1"}
     assert entry_key("1", ledger.batch("old")["retirement"]["1"], keys) == "1~m-0ld"
     assert entry_key("1", ledger.batch("legacy")["retirement"]["1"], keys) == "1"
+    assert entry_key("1", ledger.batch("older")["retirement"]["1"], keys) == "1~m-older"  # not the new version 1
+    assert entry_key("2", {**retired, "model_id": "m-two"}, keys) == "2"  # its number is nobody else's
     weights = RetiredWeights({"v1-w0": b"x" * 256}, 0, ("1~m-0ld",))  # the new version 1 searched, the old one not
     record_weight_search(ledger, weights, {"1", "1~m-0ld"}, keys)
     assert [ledger.batch(b)["retirement"]["1"]["weights_searched"] for b in ("old", "new", "legacy")] == [
         False, True, True]
+    assert "weights_searched" not in ledger.batch("older")["retirement"]["1"]  # unknown stays unrecorded
