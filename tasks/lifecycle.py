@@ -112,11 +112,9 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
                 if batch_id in ledger.batches:
                     known = ledger.batch(batch_id).get("retirement", {}).get(str(mv.version), {})
                     ledger.record_retirement(batch_id, str(mv.version), {  # what a scan recorded is kept
-                        **known, "version": str(mv.version),
-                        **({"model_id": model_id} if (model_id := tracking.version_model_id(mv)) else {}),
-                        "action": "retired",
+                        **known, "version": str(mv.version), "action": "retired",
                         "reason": mv.tags.get("retired_reason"), "due_at": mv.tags.get("retire_due_at"),
-                        "retired_at": mv.tags.get("retired_at")})
+                        "retired_at": mv.tags.get("retired_at"), **_model_of(mv)})
             continue
         if champion is not None and str(mv.version) == str(champion.version):
             continue
@@ -139,16 +137,21 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
                      batch_ids=offending, artifacts_deleted=deleted)
         actions.append({"version": str(mv.version), "action": "retired", "reason": reason,
-                        "batches": offending, "retired_at": at, "due_at": due_at,
-                        "model_id": tracking.version_model_id(mv)})
+                        "batches": offending, "retired_at": at, "due_at": due_at, **_model_of(mv)})
     for action in actions:
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
             entry["retired_at"] = action.get("retired_at")
-            if action.get("model_id"):  # which model: version numbers start again in another registry
-                entry["model_id"] = action["model_id"]
+            entry.update({k: action[k] for k in ("model_id",) if k in action})
             ledger.record_retirement(batch_id, action["version"], entry)
     return actions
+
+
+def _model_of(mv: Any) -> dict[str, str]:
+    """``{"model_id": ...}`` for a batch's retirement entry (empty when the version names none): which model it
+    retired, since version numbers start again in another registry."""
+    model_id = tracking.version_model_id(mv)
+    return {"model_id": model_id} if model_id else {}
 
 
 def _refuse_matches(project: Project, scan: Any, weights: dict[str, bytes], **record: Any) -> None:

@@ -75,6 +75,12 @@ def _fingerprints_path(project: Project) -> Path:
     return project.state_dir / "retired-weights.json"
 
 
+def _read_fingerprints(project: Project) -> dict[str, Any]:
+    """``retired-weights.json`` as stored: version -> fingerprints, and :data:`_MODELS`."""
+    path = _fingerprints_path(project)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def live_weights(project: Project, client: Any, *, besides: str | None = None,
                  loaded: dict[str, dict[str, np.ndarray]] | None = None) -> list[dict[str, np.ndarray]]:
     """The weights of every version whose artifacts legitimately stay (not retired), except ``besides``.
@@ -127,7 +133,7 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
     from unlearn.forensics import weight_patterns, weights_blob
 
     path = _fingerprints_path(project)
-    raw = json.loads(path.read_text()) if path.exists() else {}
+    raw = _read_fingerprints(project)
     models: dict[str, str] = dict(raw.get(_MODELS, {}))
     version, model_id = str(mv.version), tracking.version_model_id(mv)
     state = None
@@ -192,8 +198,7 @@ def _rename_scanned(project: Project, version: str, kept: str) -> None:
 
 def retired_weight_fingerprints(project: Project) -> dict[str, dict[str, str]]:
     """Version -> fingerprint key -> hex, as taken before each retirement (empty for a version that had none)."""
-    path = _fingerprints_path(project)
-    known = json.loads(path.read_text()) if path.exists() else {}
+    known = _read_fingerprints(project)
     known.pop(_MODELS, None)
     return known
 
@@ -253,9 +258,7 @@ def retired_weight_patterns(project: Project, client: Any | None = None, *,
 def fingerprint_keys(project: Project) -> dict[str, str]:
     """Logged model id -> the key its fingerprints are kept under: its version number, or ``<number>~<model id>``
     once a version of another registry took the number (:func:`remember_weight_fingerprints`)."""
-    path = _fingerprints_path(project)
-    raw = json.loads(path.read_text()) if path.exists() else {}
-    return {model_id: key for key, model_id in raw.get(_MODELS, {}).items()}
+    return {model_id: key for key, model_id in _read_fingerprints(project).get(_MODELS, {}).items()}
 
 
 def entry_key(version: str, entry: dict[str, Any], keys: dict[str, str]) -> str:
@@ -276,7 +279,7 @@ def entry_key(version: str, entry: dict[str, Any], keys: dict[str, str]) -> str:
 
 
 def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str],
-                         keys: dict[str, str] | None = None) -> None:
+                         keys: dict[str, str]) -> None:
     """Note, on each batch's retirement of ``versions``, whether a scan searched the project for its weights.
 
     The certificate's retirement table shows it beside "artifacts deleted" (which only the artifact store's
@@ -286,6 +289,6 @@ def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str
     """
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
-            key = entry_key(version, entry, keys or {})
+            key = entry_key(version, entry, keys)
             if key in versions and entry.get("action") == "retired" and "weights_searched" not in entry:
                 ledger.record_retirement(batch_id, version, {**entry, "weights_searched": key in weights.searched})

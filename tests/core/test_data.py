@@ -24,9 +24,10 @@ def test_digits_source_has_stable_ids_and_a_seeded_stratified_split(digits):
     assert (other.splits != digits.splits).any()
 
 
-def test_digits_read_without_scikit_learn_are_scikit_learns_digits(monkeypatch):
+def test_digits_read_without_scikit_learn_are_scikit_learns_digits(monkeypatch, tmp_path):
     """The file read directly gives exactly load_digits' images and labels (scaled to 0..255), and so does the
     fallback through scikit-learn when the file is not where scikit-learn 1.x keeps it."""
+    import gzip
     import subprocess
     import sys
 
@@ -36,10 +37,12 @@ def test_digits_read_without_scikit_learn_are_scikit_learns_digits(monkeypatch):
 
     bunch = load_digits()
     expected_images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    direct = sources._digits_file
-    if direct() is None:
-        pytest.skip("scikit-learn keeps no digits.csv.gz where 1.x does: only the fallback can run here")
-    for found in (direct, lambda: None):  # the direct read, then the fallback
+    shipped = sources._digits_file()
+    if shipped is None:  # elsewhere in this install: the direct reader reads the same table written out here
+        shipped = tmp_path / "digits.csv.gz"
+        with gzip.open(shipped, "wt") as handle:
+            np.savetxt(handle, np.column_stack([bunch.data, bunch.target]), delimiter=",", fmt="%g")
+    for found in (lambda: shipped, lambda: None):  # the direct read, then the fallback
         monkeypatch.setattr(sources, "_digits_file", found)
         sources._digits_arrays.cache_clear()
         ids, images, labels = sources._digits_arrays()
@@ -47,11 +50,13 @@ def test_digits_read_without_scikit_learn_are_scikit_learns_digits(monkeypatch):
         assert np.array_equal(labels, bunch.target) and labels.dtype == np.int64
         assert ids[0] == "digits-0000" and len(ids) == 1797
     sources._digits_arrays.cache_clear()
-    # and it does not import scikit-learn (about a second a process: every DVC stage is one)
+    monkeypatch.undo()
+    # and where scikit-learn keeps the file, reading it does not import scikit-learn (about a second a process:
+    # every DVC stage is one); elsewhere the fallback does
     code = ("import sys; from unlearn.data.sources import _digits_arrays; _digits_arrays(); "
             "print('sklearn' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == str(sources._digits_file() is None)
 
 
 def test_store_roundtrip_and_deletion_rewrites_only_affected_shards(tmp_path, digits):
