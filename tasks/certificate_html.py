@@ -349,8 +349,10 @@ def _model_section(document: dict[str, Any]) -> str:
                      _numeric_cell(_num(a.get("seconds"), 1)), _failures(a.get("failures"))]
                     for i, a in enumerate(attempts, start=1)],
                    "No attempts recorded.")
-    return (f'<section id="model">\n<h2>Model</h2>\n{_definition_list(rows)}\n<h3>Attempts (escalation ladder)</h3>\n'
-            f"{table}\n</section>")
+    statement = model.get("statement")  # the registry no longer holds the version (a moved project)
+    callout = f'<p class="callout matches-partial">{_escaped(statement)}.</p>\n' if isinstance(statement, str) else ""
+    return (f'<section id="model">\n<h2>Model</h2>\n{callout}{_definition_list(rows)}\n'
+            f"<h3>Attempts (escalation ladder)</h3>\n{table}\n</section>")
 
 
 def _gap_ci(value: Any) -> str:

@@ -189,15 +189,26 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                                                          "without a run of bytes apart from the live versions'; or "
                                                          "each one taken is also in a live version's weights): "
                                                          "copies elsewhere on disk cannot be found"))
-    scheduled: dict[str, list[str]] = {}  # version -> batches whose ledger entry still says "scheduled"
+    # (version, model id or "") -> batches whose ledger entry still says "scheduled"
+    scheduled: dict[tuple[str, str], list[str]] = {}
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "scheduled":
-                scheduled.setdefault(version, []).append(batch_id)
-    for version, batch_ids in sorted(scheduled.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
+                scheduled.setdefault((version, entry.get("model_id") or ""), []).append(batch_id)
+    def order(key: tuple[str, str]) -> tuple[int, str]:
+        return int(key[0]) if key[0].isdigit() else -1, key[1]
+
+    for (version, model_id), batch_ids in sorted(scheduled.items(), key=lambda kv: order(kv[0])):
         mv = versions.get(version)
         # Retirement never updates such an entry again, so these batches' certificates stay interim: said, not silent.
-        if mv is None:
+        if mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
+            # The number is another model's now (versions start from 1 again in another registry).
+            findings.append(Finding("registry", f"version {version}", "scheduled for retirement by "
+                                    f"{', '.join(batch_ids)} as logged model {model_id}, but this registry's version "
+                                    f"{version} is another model (the project moved to another registry?): the "
+                                    "scheduled one's artifacts cannot be shown deleted, and those batches' "
+                                    "certificates stay interim"))
+        elif mv is None:
             findings.append(Finding("registry", f"version {version}", "scheduled for retirement by "
                                     f"{', '.join(batch_ids)} but not in the registry (deleted outside the pipeline, "
                                     "or the project moved to another registry): its artifacts cannot be shown "
@@ -216,7 +227,13 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                 if not isinstance(entry, dict) or entry.get("artifacts_deleted") is not True:
                     continue
                 mv = versions.get(str(entry.get("version")))
-                if mv is None or mv.tags.get("artifacts_deleted") != "true":
+                model_id = entry.get("model_id")
+                if mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
+                    findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s artifacts "
+                                            f"(logged model {model_id}) were deleted; this registry's version "
+                                            f"{entry.get('version')} is another model (the project moved to another "
+                                            "registry?), so the claim cannot be checked here"))
+                elif mv is None or mv.tags.get("artifacts_deleted") != "true":
                     findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s "
                                                                    "artifacts were deleted; the registry does not"))
     return findings

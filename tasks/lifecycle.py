@@ -103,11 +103,12 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         if mv.tags.get("retired") == "true":
             # Retired by an earlier run that may have stopped before saving the ledger or appending to
             # the audit log: the registry tombstone is the record, so the evidence is rebuilt from it.
-            if not audit.has_record(project, "model.retired", model_version=str(mv.version)):
+            if not _retirement_recorded(project, mv):
                 audit.record(project, "model.retired", model_version=str(mv.version),
                              reason=mv.tags.get("retired_reason", ""),
                              batch_ids=[b for b in mv.tags.get("retired_batches", "").split(",") if b],
-                             artifacts_deleted=mv.tags.get("artifacts_deleted") == "true", recovered=True)
+                             artifacts_deleted=mv.tags.get("artifacts_deleted") == "true", recovered=True,
+                             **_model_of(mv))
             for batch_id in mv.tags.get("retired_batches", "").split(","):
                 if batch_id in ledger.batches:
                     known = ledger.batch(batch_id).get("retirement", {}).get(str(mv.version), {})
@@ -129,13 +130,13 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             client.set_model_version_tag(tracking.model_name(project), str(mv.version), "retire_due_at", due_at)
         if _parse(due_at) > now:
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason,
-                            "batches": offending, "due_at": due_at})
+                            "batches": offending, "due_at": due_at, **_model_of(mv)})
             continue
         at = utc_now()
         remember_weight_fingerprints(project, client, mv, loaded=loaded)
         deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
-                     batch_ids=offending, artifacts_deleted=deleted)
+                     batch_ids=offending, artifacts_deleted=deleted, **_model_of(mv))
         actions.append({"version": str(mv.version), "action": "retired", "reason": reason,
                         "batches": offending, "retired_at": at, "due_at": due_at, **_model_of(mv)})
     for action in actions:
@@ -145,6 +146,23 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             entry.update({k: action[k] for k in ("model_id",) if k in action})
             ledger.record_retirement(batch_id, action["version"], entry)
     return actions
+
+
+def _retirement_recorded(project: Project, mv: Any) -> bool:
+    """Whether the audit log already holds this retired version's ``model.retired`` record.
+
+    Matched on the logged model, not the version number alone: a project moved to another registry keeps its audit
+    log while its versions are numbered from 1 again, so the old registry's record of "version 1 retired" is not the
+    new version 1's (its retirement would otherwise go unrecorded after a crash). A record written before records
+    named the model counts when it names the first batch of the version's tombstone (batch ids are unique; the tag
+    may be cut short, never at its start).
+    """
+    version, model = str(mv.version), _model_of(mv)
+    if model and audit.has_record(project, "model.retired", model_version=version, **model):
+        return True
+    first = mv.tags.get("retired_batches", "").split(",")[0]
+    return any("model_id" not in r and (not model or first in (r.get("batch_ids") or []))
+               for r in audit.records(project, "model.retired", model_version=version))
 
 
 def _model_of(mv: Any) -> dict[str, str]:
@@ -328,11 +346,27 @@ def _batch_file(project: Project, batch_id: str) -> dict[str, Any]:
         raise PipelineError(f"batch file of {batch_id} is missing") from None
 
 
-def _promoted_version(batch: dict[str, Any]) -> str | None:
-    for note in reversed(batch.get("history", [])):
-        if note.get("outcome") == "promoted":
-            return str(note["model_version"])
-    return None
+def _promoted_version(batch: dict[str, Any]) -> tuple[str, str | None] | None:
+    """The version the batch was promoted to and the attempt's run behind it (None for a batch written before
+    the promoting note carried it), or None when it was not promoted."""
+    run_id, promoted = None, None
+    for note in batch.get("history", []):
+        if note.get("outcome") == "promoting":
+            run_id = note.get("run_id")
+        elif note.get("outcome") == "promoted":
+            promoted = str(note["model_version"]), run_id
+    return promoted
+
+
+def _registered(project: Project, client: Any, version: str, run_id: str | None) -> Any | None:
+    """The registry's entry for the promoted version, or None when this registry has no such model: the version is
+    found by the attempt's run (version numbers start from 1 again in another registry, run ids do not), falling
+    back to the number only for a batch whose note names no run."""
+    if run_id:
+        mv = tracking.find_version_by_run(project, client, run_id)
+        return mv if mv is not None and str(mv.version) == version else None
+    found = client.search_model_versions(f"name='{tracking.model_name(project)}'")
+    return next((mv for mv in found if str(mv.version) == version), None)
 
 
 def build_certificate(project: Project, client: Any, ledger: Ledger, request: dict[str, Any],
@@ -371,6 +405,7 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         "data": {"version_after": None, "redacted_versions": batch.get("purge", {}).get("versions_redacted", [])},
         "purge": batch.get("purge", {}),
         "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
+                                     **{k: e[k] for k in ("model_id",) if e.get(k)},
                                      "artifacts_deleted": e.get("action") == "retired",
                                      "weights_searched": e.get("weights_searched")}
                                     for v, e in sorted(batch.get("retirement", {}).items())],
@@ -384,9 +419,25 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     if closing.get("outcome") == "model_withdrawn":
         certificate["model"] = {"withdrawn": True, "version": None, "withdrawn_version": closing.get("model_version"),
                                 "reason": closing.get("reason"), "attempts": []}
-    version = _promoted_version(batch)
-    if version is not None:
-        mv = client.get_model_version(tracking.model_name(project), version)
+    promoted = _promoted_version(batch)
+    mv = None if promoted is None else _registered(project, client, *promoted)
+    if promoted is not None and mv is None:
+        version, run_id = promoted
+        # Said, not taken from whatever version now has the number: the project moved to another registry (or the
+        # version was deleted outside the pipeline). The verification report is local and keyed by the run.
+        certificate["model"] = {"version": version, "run_id": run_id, "parent_version": None, "method": None,
+                                "attempts": [], "registry_record": "missing", "statement": (
+                                    f"version {version} of the registry this batch was promoted in (attempt run "
+                                    f"{run_id or 'not recorded'}) is not in the current registry (the project moved "
+                                    "to another registry, or the version was deleted outside the pipeline): its "
+                                    "lineage is not shown")}
+        report, _ = _attempt_report(project, run_id)
+        if report:
+            certificate["model"]["method"] = report.get("method")
+            certificate["verification"] = {**evidence_summary(report), "exact_retrain": report.get("exact_retrain"),
+                                           "escalation_reason": ""}
+    elif mv is not None:
+        version = str(mv.version)
         tags = mv.tags
         # The store the batch was removed from (recorded by prepare) beats the champion's training data version:
         # the two differ after a data-only batch.
@@ -411,12 +462,12 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                              f"{tags.get('evidence')!r}); the verification report behind it is {problem} "
                              f"(data/reports/attempts/{tags.get('run_id')}.json), so its details are not shown",
                 "escalation_reason": tags.get("escalation_reason", "")}
-        if outcome == "data_only" and certificate.get("verification"):
-            certificate["verification"] = not_applicable(certificate["verification"].get("verdict"))
-        verification = certificate.get("verification") or {}
-        for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
-            if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
-                entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
+    if outcome == "data_only" and certificate.get("verification"):
+        certificate["verification"] = not_applicable(certificate["verification"].get("verdict"))
+    verification = certificate.get("verification") or {}
+    for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
+        if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
+            entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
     versions = certificate["retirement"]["versions"]
     kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"]]
     unsearched = [str(v["version"]) for v in versions if v["artifacts_deleted"] and str(v["version"]) in unscanned]

@@ -50,7 +50,20 @@ class RetiredWeights:
     def evidence(self) -> dict[str, Any]:
         """The counts a purge record and certificate carry (fingerprint bytes never leave local state)."""
         return {"weight_fingerprints": len(self.patterns), "weight_fingerprints_shared_with_live": self.shared,
-                "weight_versions_unsearchable": list(self.unsearchable)}
+                "weight_versions_unsearchable": [readable_key(key) for key in self.unsearchable]}
+
+
+def readable_key(key: str) -> str:
+    """A fingerprint key as evidence names it: ``1`` stays ``1``; an entry kept apart when the number was taken by
+    another model (``1~<model id>``, ``1~another-registry``: :func:`remember_weight_fingerprints`) does not read as
+    this registry's version 1, and says only what is known of it."""
+    number, _, model = key.partition("~")
+    model = model.rstrip("+")  # a second entry kept under the same name
+    if not model:
+        return key
+    if model == _ANOTHER:
+        return f"{number} (an earlier version {number}, not provably this registry's)"
+    return f"{number} (logged model {model}, not this registry's version {number})"
 
 
 def _version_of(key: str) -> str:
@@ -69,6 +82,7 @@ def _order(version: str) -> tuple[int, str]:
 # from. Version numbers restart in another registry (a project moved on purpose: data/.registry deleted), so the
 # number alone does not say whose weights an entry holds.
 _MODELS = "_models"
+_ANOTHER = "another-registry"  # the model an earlier release's entry was taken from, when it cannot be told
 
 
 def _fingerprints_path(project: Project) -> Path:
@@ -152,7 +166,7 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
                         raw[_MODELS] = {**models, version: model_id}
                         write_json_atomic(path, raw)
                     return
-        kept = f"{version}~{taken_from or 'another-registry'}"
+        kept = f"{version}~{taken_from or _ANOTHER}"
         while kept in raw:
             kept += "+"
         log.warning("retire: the fingerprints kept for version %s are not provably this version's (taken from model "

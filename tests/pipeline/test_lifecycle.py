@@ -286,7 +286,7 @@ def test_a_crash_after_any_stage_loses_nothing_and_duplicates_nothing(prefect_se
     assert AuditLog(project.audit_path).verify().ok
 
 
-def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_project):
+def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_project, monkeypatch):
     from flows.cli import main
     from flows.pipeline import pipeline_flow
     from tasks import tracking
@@ -403,6 +403,59 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     ledger.record_retirement(batch_id, "1", {**ledger.batch(batch_id)["retirement"]["1"], "action": "scheduled"})
     ledger.save()  # a tombstone whose batch's entry still says scheduled (its retired_batches tag left it out)
     assert [f.subject for f in diagnose(project) if "still says scheduled" in f.problem] == ["version 1"]
+    _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeypatch)
+
+
+def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeypatch):
+    """A project moved to another registry on purpose keeps its ledger, audit log and reports while its versions are
+    numbered from 1 again: nothing recorded of the old registry's version N is taken for this registry's version N
+    (the certificate's model, the doctor's checks, the recovered retirement record), and the reverse."""
+    from types import SimpleNamespace
+
+    from tasks import audit, tracking
+    from tasks.doctor import diagnose
+    from tasks.lifecycle import _batch_file, _retirement_recorded, build_certificate, trained_ids
+    from unlearn.requests import Ledger
+
+    name = project.params.registry.model_name
+    v1 = client.get_model_version(name, "1")
+    ledger = Ledger(project.ledger_path)
+    own = tracking.version_model_id(v1)
+    assert own and ledger.batch(batch_id)["retirement"]["1"]["model_id"] == own
+    # the doctor: a scheduled entry of another model under this number is not this version's
+    ledger.record_retirement(batch_id, "1", {**ledger.batch(batch_id)["retirement"]["1"], "model_id": "m-0ld"})
+    ledger.save()
+    problems = [f.problem for f in diagnose(project) if f.subject == "version 1"]
+    assert len(problems) == 1 and "as logged model m-0ld" in problems[0] and "is another model" in problems[0]
+    # the doctor: a certificate's "artifacts deleted" of another model's version 1 cannot be checked here
+    certificate = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+    assert certificate["retirement"]["versions"][0]["model_id"] == own
+    (project.certificates_dir / "moved.json").write_text(json.dumps({"retirement": {"versions": [
+        {"version": "1", "artifacts_deleted": True, "model_id": "m-0ld"}]}}))
+    problems = [f.problem for f in diagnose(project) if f.subject == "moved.json" and "artifacts" in f.problem]
+    assert len(problems) == 1 and "(logged model m-0ld) were deleted" in problems[0]  # (and its digest: planted)
+    (project.certificates_dir / "moved.json").unlink()
+    # the audit log: the old registry's "version 1 retired" is not the new version 1's, and the reverse
+    assert _retirement_recorded(project, v1)
+    other = SimpleNamespace(version="1", model_id="m-new", tags={"retired": "true", "retired_batches": "b-new"})
+    assert not _retirement_recorded(project, other)
+    audit.record(project, "model.retired", model_version="7", batch_ids=["b-x", "b-y"])  # before model ids
+    assert _retirement_recorded(project, SimpleNamespace(version="7", model_id="m-7", tags={"retired_batches": "b-x"}))
+    assert not _retirement_recorded(project, SimpleNamespace(version="7", model_id="m-7",
+                                                             tags={"retired_batches": "b-z"}))
+    # the certificate: the promoted version is found by its attempt's run, not by its number; this registry has no
+    # such run, so the model is said to be missing and no other model's lineage is quoted
+    request = _batch_file(project, batch_id)["requests"][0]
+    trained = trained_ids(project, ledger, batch_id)
+    found = build_certificate(project, client, ledger, request, batch_id, trained)
+    assert found["model"]["version"] == "2" and "registry_record" not in found["model"]
+    monkeypatch.setattr(tracking, "find_version_by_run", lambda *args: None)
+    moved = build_certificate(project, client, ledger, request, batch_id, trained)
+    assert moved["model"]["registry_record"] == "missing" and moved["model"]["parent_version"] is None
+    assert moved["model"]["run_id"] == found["model"]["run_id"] and "not in the current registry" in moved[
+        "model"]["statement"]
+    assert moved["model"]["method"] == found["model"]["method"]  # from the local report, keyed by the run
+    assert moved["verification"]["verdict"] == found["verification"]["verdict"]
 
 
 def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, champion_project,
