@@ -344,12 +344,13 @@ def _model_section(document: dict[str, Any]) -> str:
             ("Parent version", _code(model.get("parent_version"))),
             ("Method", _code(model.get("method")))]
     attempts = [attempt if isinstance(attempt, dict) else {} for attempt in _items(model, "attempts")]
+    statement = model.get("statement")  # the registry no longer holds the version (a moved project)
     table = _table(["#", "Method", "Run", "Verdict", "Seconds", "Failures"],
                    [[_numeric_cell(str(i)), _code(a.get("method")), _code(a.get("run_id")), _verdict(a.get("verdict")),
                      _numeric_cell(_num(a.get("seconds"), 1)), _failures(a.get("failures"))]
                     for i, a in enumerate(attempts, start=1)],
-                   "No attempts recorded.")
-    statement = model.get("statement")  # the registry no longer holds the version (a moved project)
+                   "Not shown: the ladder is kept with the version's registry record, which is not in this "
+                   "registry." if isinstance(statement, str) else "No attempts recorded.")
     callout = f'<p class="callout matches-partial">{_escaped(statement)}.</p>\n' if isinstance(statement, str) else ""
     return (f'<section id="model">\n<h2>Model</h2>\n{callout}{_definition_list(rows)}\n'
             f"<h3>Attempts (escalation ladder)</h3>\n{table}\n</section>")
@@ -503,6 +504,12 @@ def _purge_section(document: dict[str, Any]) -> str:
     return f'<section id="purge">\n<h2>Purge evidence</h2>\n{callout}\n{_definition_list(rows)}\n</section>'
 
 
+def _version_cell(entry: dict[str, Any]) -> str:
+    """A retired version, with the logged model it was (numbers start from 1 again in another registry)."""
+    model = entry.get("model_id")
+    return _code(entry.get("version")) + (f"<br>logged model {_code(model)}" if isinstance(model, str) else "")
+
+
 def _retirement_section(document: dict[str, Any]) -> str:
     retirement = _section(document, "retirement")
     versions = [version if isinstance(version, dict) else {} for version in _items(retirement, "versions")]
@@ -517,7 +524,7 @@ def _retirement_section(document: dict[str, Any]) -> str:
 
     table = _table(["Model version", "Reason", "Artifacts deleted", "Weights searched for on disk", "Retired at",
                     "Due at"],
-                   [[_code(v.get("version")), _escaped(v.get("reason")), _escaped(v.get("artifacts_deleted")),
+                   [[_version_cell(v), _escaped(v.get("reason")), _escaped(v.get("artifacts_deleted")),
                      searched(v.get("weights_searched")), _escaped(v.get("retired_at")), _escaped(v.get("due_at"))]
                     for v in versions],
                    "No model versions retired.")

@@ -135,7 +135,8 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
     previous = tracking.move_champion(project, client, version)
     audit.record(project, "model.consolidated", model_version=version, previous_version=previous,
                  data_version=data_version, deleted_since_exact=state["deleted_since_exact"],
-                 batches_since_exact=state["batches_since_exact"], forced=force)
+                 batches_since_exact=state["batches_since_exact"], forced=force,
+                 **_model_id(client.get_model_version(tracking.model_name(project), version)))
     log.info("consolidate: version %s (exact retrain on %s) is champion; previous %s", version, data_version,
              previous)
     return write_state(project, "consolidate", {"status": "consolidated", "version": version,
@@ -148,6 +149,12 @@ def served_versions(versions: list[Any], champion: Any) -> set[str]:
     unlearned or consolidated from (only the champion is ever a parent)."""
     served = {str(mv.tags.get("parent_version")) for mv in versions if mv.tags.get("parent_version")}
     return served | ({str(champion.version)} if champion is not None else set())
+
+
+def _model_id(mv: Any) -> dict[str, str]:
+    """``{"model_id": ...}`` for a consolidation's record (empty when the version names none)."""
+    model_id = tracking.version_model_id(mv)
+    return {"model_id": model_id} if model_id else {}
 
 
 def record_lost_consolidations(project: Project, client: Any) -> list[str]:
@@ -166,16 +173,18 @@ def record_lost_consolidations(project: Project, client: Any) -> list[str]:
     if not consolidations:
         return []
     served = served_versions(versions, tracking.champion_version(project, client))
-    recorded = {str(r.get("model_version")) for r in audit.records(project, "model.consolidated")}
+    recorded = audit.records(project, "model.consolidated")
     written = []
     for mv in consolidations:
         version, tags = str(mv.version), mv.tags
-        if version in served and version not in recorded:
+        # matched on the model a record names, not the number alone (another registry's version N)
+        if version in served and not any(tracking.record_names_version(r, mv) for r in recorded):
             count = {k: int(tags[k]) if tags.get(k, "").isdigit() else None
                      for k in ("deleted_since_exact", "batches_since_exact")}
             audit.record(project, "model.consolidated", model_version=version,
                          previous_version=tags.get("parent_version"), data_version=tags.get("data_version"),
-                         **count, forced={"true": True, "false": False}.get(tags.get("forced", "")), recovered=True)
+                         **count, forced={"true": True, "false": False}.get(tags.get("forced", "")), recovered=True,
+                         **_model_id(mv))
             log.info("consolidate: recorded the consolidation of version %s (interrupted before its record)",
                      version)
             written.append(version)

@@ -146,6 +146,20 @@ def _files_left(project: Project, client: Any, mv: Any) -> tuple[int | None, str
         return None, str(exc)
 
 
+_OTHER = "another model"  # a scheduled entry written before entries named their model, not this version's
+
+
+def _scheduled_model(entry: dict[str, Any], mv: Any | None) -> str:
+    """The logged model a ledger entry scheduled for retirement: the one it names, else (an entry written before
+    entries named it) this registry's version's when the entry's due time is the one tagged on the version (set once,
+    when it was scheduled), else :data:`_OTHER`; "" when the registry holds no such number."""
+    if entry.get("model_id") or mv is None:
+        return entry.get("model_id") or ""
+    if entry.get("due_at") and mv.tags.get("retire_due_at") not in (None, entry["due_at"]):
+        return _OTHER
+    return tracking.version_model_id(mv) or ""
+
+
 def _registry_findings(project: Project, client: Any, searched: set[str]) -> list[Finding]:
     from tasks.lifecycle import uncovered_deletions
     from unlearn.requests import Ledger
@@ -194,7 +208,7 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "scheduled":
-                scheduled.setdefault((version, entry.get("model_id") or ""), []).append(batch_id)
+                scheduled.setdefault((version, _scheduled_model(entry, versions.get(version))), []).append(batch_id)
     def order(key: tuple[str, str]) -> tuple[int, str]:
         return int(key[0]) if key[0].isdigit() else -1, key[1]
 
@@ -203,8 +217,9 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
         # Retirement never updates such an entry again, so these batches' certificates stay interim: said, not silent.
         if mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
             # The number is another model's now (versions start from 1 again in another registry).
+            known = f" as logged model {model_id}" if model_id != _OTHER else ""
             findings.append(Finding("registry", f"version {version}", "scheduled for retirement by "
-                                    f"{', '.join(batch_ids)} as logged model {model_id}, but this registry's version "
+                                    f"{', '.join(batch_ids)}{known}, but this registry's version "
                                     f"{version} is another model (the project moved to another registry?): the "
                                     "scheduled one's artifacts cannot be shown deleted, and those batches' "
                                     "certificates stay interim"))
@@ -332,11 +347,12 @@ def _unrecorded_changes(project: Project, ledger: Any, client: Any) -> list[Find
         versions = tracking.all_versions(project, client)
         served = served_versions(versions, tracking.champion_version(project, client))
         events = {"unlearned": "model.promoted", "consolidated": "model.consolidated"}
-        recorded = {event: {str(r.get("model_version")) for r in audit.records(project, event)}
-                    for event in events.values()}  # the log read once per event, not once per version
+        recorded = {event: audit.records(project, event) for event in events.values()}  # read once per event
         for mv in versions:
             event = events.get(mv.tags.get("role", ""))
-            if event and str(mv.version) in served and str(mv.version) not in recorded[event]:
+            # matched on the model or run a record names, not the number alone (another registry's version N)
+            if event and str(mv.version) in served and not any(tracking.record_names_version(r, mv)
+                                                               for r in recorded[event]):
                 findings.append(Finding("audit", f"version {mv.version}", f"it held the champion alias, but the audit "
                                                                           f"log has no {event} record for it"))
 

@@ -29,6 +29,7 @@ from tasks.retired_weights import (
     entry_key,
     fingerprint_keys,
     mark_weights_scanned,
+    readable_key,
     record_weight_search,
     remember_weight_fingerprints,
     retired_weight_fingerprints,
@@ -264,14 +265,15 @@ def run_purge(project: Project) -> dict[str, Any]:
             weights = retired_weight_patterns(project, client, loaded=loaded)
             loaded.clear()  # the weights are not needed while the project's files are read
             scan = scan_project_for_samples(project, weights.patterns)
-            _refuse_matches(project, scan, weights.patterns, model_versions=unscanned)
-            audit.record(project, "retirement.scanned", model_versions=unscanned, files_scanned=scan.files,
+            named = [readable_key(key) for key in unscanned]  # as evidence names them
+            _refuse_matches(project, scan, weights.patterns, model_versions=named)
+            audit.record(project, "retirement.scanned", model_versions=named, files_scanned=scan.files,
                          **weights.evidence(), matches=0)
             # the final certificates say what was searched
             record_weight_search(ledger, weights, set(unscanned), fingerprint_keys(project))
             ledger.save()
             mark_weights_scanned(project, unscanned)
-            summary["weight_scan"] = {"versions": unscanned, "files": scan.files, "matches": 0, **weights.evidence(),
+            summary["weight_scan"] = {"versions": named, "files": scan.files, "matches": 0, **weights.evidence(),
                                       "not_scanned": len(scan.errors) + len(scan.unfollowed)}
         return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
     closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
@@ -326,7 +328,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files,
                  open_quarantines_not_scanned=len(others),
-                 weight_versions_unsearchable=list(weights.unsearchable), matches=0)
+                 weight_versions_unsearchable=weights.evidence()["weight_versions_unsearchable"], matches=0)
     ledger.save()
     mark_weights_scanned(project, fingerprinted)
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
@@ -346,27 +348,17 @@ def _batch_file(project: Project, batch_id: str) -> dict[str, Any]:
         raise PipelineError(f"batch file of {batch_id} is missing") from None
 
 
-def _promoted_version(batch: dict[str, Any]) -> tuple[str, str | None] | None:
-    """The version the batch was promoted to and the attempt's run behind it (None for a batch written before
-    the promoting note carried it), or None when it was not promoted."""
-    run_id, promoted = None, None
+def _promoted_version(batch: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The version the batch was promoted to and the ``promoting`` note before it (run, verdict, evidence, method;
+    empty for a batch written before notes carried them), or None when it was not promoted."""
+    promoting: dict[str, Any] = {}
+    promoted = None
     for note in batch.get("history", []):
         if note.get("outcome") == "promoting":
-            run_id = note.get("run_id")
+            promoting = note
         elif note.get("outcome") == "promoted":
-            promoted = str(note["model_version"]), run_id
+            promoted = str(note["model_version"]), promoting
     return promoted
-
-
-def _registered(project: Project, client: Any, version: str, run_id: str | None) -> Any | None:
-    """The registry's entry for the promoted version, or None when this registry has no such model: the version is
-    found by the attempt's run (version numbers start from 1 again in another registry, run ids do not), falling
-    back to the number only for a batch whose note names no run."""
-    if run_id:
-        mv = tracking.find_version_by_run(project, client, run_id)
-        return mv if mv is not None and str(mv.version) == version else None
-    found = client.search_model_versions(f"name='{tracking.model_name(project)}'")
-    return next((mv for mv in found if str(mv.version) == version), None)
 
 
 def build_certificate(project: Project, client: Any, ledger: Ledger, request: dict[str, Any],
@@ -420,22 +412,33 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         certificate["model"] = {"withdrawn": True, "version": None, "withdrawn_version": closing.get("model_version"),
                                 "reason": closing.get("reason"), "attempts": []}
     promoted = _promoted_version(batch)
-    mv = None if promoted is None else _registered(project, client, *promoted)
+    mv = None
+    if promoted is not None:
+        version, note = promoted
+        mv = tracking.registered_promotion(project, client, version, note.get("run_id"), batch_id)
     if promoted is not None and mv is None:
-        version, run_id = promoted
+        run_id = note.get("run_id")
         # Said, not taken from whatever version now has the number: the project moved to another registry (or the
         # version was deleted outside the pipeline). The verification report is local and keyed by the run.
-        certificate["model"] = {"version": version, "run_id": run_id, "parent_version": None, "method": None,
-                                "attempts": [], "registry_record": "missing", "statement": (
-                                    f"version {version} of the registry this batch was promoted in (attempt run "
-                                    f"{run_id or 'not recorded'}) is not in the current registry (the project moved "
-                                    "to another registry, or the version was deleted outside the pipeline): its "
-                                    "lineage is not shown")}
-        report, _ = _attempt_report(project, run_id)
+        certificate["model"] = {"version": version, "run_id": run_id, "parent_version": None,
+                                "method": note.get("method"), "attempts": [], "registry_record": "missing",
+                                "statement": (
+                                    f"the batch was promoted to version {version} (attempt run "
+                                    f"{run_id or 'not recorded'}), which the current registry does not hold as "
+                                    f"version {version} (the project moved to another registry, or the version was "
+                                    "deleted outside the pipeline): its lineage and escalation ladder are not shown")}
+        report, problem = _attempt_report(project, run_id)
         if report:
             certificate["model"]["method"] = report.get("method")
             certificate["verification"] = {**evidence_summary(report), "exact_retrain": report.get("exact_retrain"),
                                            "escalation_reason": ""}
+        elif note.get("verdict"):  # the ledger's note keeps the verdict; its evidence is gone
+            certificate["verification"] = {
+                "verdict": note["verdict"], "evidence": note.get("evidence"), "evidence_unavailable": problem,
+                "statement": f"the ledger records the verdict {note['verdict']!r} (evidence "
+                             f"{note.get('evidence')!r}); the verification report behind it is {problem} "
+                             f"(data/reports/attempts/{run_id}.json), so its details are not shown",
+                "escalation_reason": ""}
     elif mv is not None:
         version = str(mv.version)
         tags = mv.tags

@@ -70,15 +70,21 @@ EXACT_METHODS = (EXACT, "train", "consolidate")  # exact models: nothing to audi
 
 
 def promotions(ledger: Ledger) -> list[dict[str, Any]]:
-    """Completed promotions, oldest first: ``{"model_version", "batches"}`` (batches unlearned together)."""
-    groups: dict[str, list[str]] = {}
+    """Completed promotions, oldest first: ``{"model_version", "run_id", "batches"}`` (batches unlearned together).
+
+    Told apart by the promoted attempt's run as well as the version number: a project moved to another registry
+    numbers its versions from 1 again, and its old version 2 is not its new version 2 (``run_id`` is None for
+    batches promoted before notes carried it)."""
+    groups: dict[tuple[str, str | None], list[str]] = {}
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
         note = ledger.last_note(batch_id)
         if note.get("outcome") == "promoted" and note.get("model_version") is not None:
-            groups.setdefault(str(note["model_version"]), []).append(batch_id)
+            run_id = next((n.get("run_id") for n in reversed(ledger.batch(batch_id).get("history", []))
+                           if n.get("outcome") == "promoting"), None)
+            groups.setdefault((str(note["model_version"]), run_id), []).append(batch_id)
     rank = ledger.rank()
     ordered = sorted(groups.items(), key=lambda kv: max(rank[b] for b in kv[1]))
-    return [{"model_version": v, "batches": ledger.oldest_first(b)} for v, b in ordered]
+    return [{"model_version": v, "run_id": r, "batches": ledger.oldest_first(b)} for (v, r), b in ordered]
 
 
 def batches_since_audit(project: Project, ledger: Ledger) -> int:
@@ -125,7 +131,8 @@ def pick(project: Project, client: Any, ledger: Ledger, batch: str | None = None
             METHODS.get(method)
         except UnknownNameError as exc:
             raise PipelineError(str(exc).strip('"')) from None
-    audited = {(r.get("model_version"), r.get("method")) for r in history(project)}
+    # an audit names the promoted attempt's run; one from before it did, the version number
+    audited = {(r.get("audited_run_id") or r.get("model_version"), r.get("method")) for r in history(project)}
     found = promotions(ledger)
     if batch is not None:
         if batch not in ledger.batches:
@@ -135,10 +142,20 @@ def pick(project: Project, client: Any, ledger: Ledger, batch: str | None = None
             raise PipelineError(f"batch {batch} was not completed by a promotion (status "
                                 f"{ledger.batch(batch)['status']}); only promoted batches can be audited")
     for candidate in reversed(found):
-        mv = client.get_model_version(tracking.model_name(project), candidate["model_version"])
+        mv = tracking.registered_promotion(project, client, candidate["model_version"], candidate["run_id"],
+                                           candidate["batches"][0])
+        if mv is None:  # promoted in a registry the project no longer uses: its method and parent are not here
+            if batch is not None:
+                raise PipelineError(f"batch {batch} was promoted to version {candidate['model_version']} of a "
+                                    "registry this project no longer uses (the current registry does not hold it): "
+                                    "it cannot be audited here")
+            log.info("audit: version %s of an earlier registry skipped (not in the current one)",
+                     candidate["model_version"])
+            continue
         used = mv.tags.get("method", "")
         audited_method = method or used
-        if batch is None and (candidate["model_version"], audited_method) in audited:
+        if batch is None and ((candidate["run_id"], audited_method) in audited
+                              or (candidate["model_version"], audited_method) in audited):
             continue
         if audited_method in EXACT_METHODS:
             if batch is not None:
@@ -391,6 +408,7 @@ def _record(project: Project, chosen: dict[str, Any], decision: GateDecision, of
     return {
         "status": "audited", "audit_id": f"audit-{at}-{chosen['model_version']}", "at": at,
         "method": chosen["method"], "method_used": chosen["method_used"], "model_version": chosen["model_version"],
+        "audited_run_id": chosen.get("run_id"),
         "batch_ids": chosen["batches"],
         "parent_version": chosen["parent_version"], "parent_source": parent_source,
         "data_version_before": ledger.data_version_before(first) or "",

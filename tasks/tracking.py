@@ -408,6 +408,45 @@ def version_model_id(mv: Any) -> str | None:
     return mv.tags.get("model_id") or None
 
 
+def registered_promotion(project: Project, client, version: str, run_id: str | None, batch_id: str) -> Any | None:
+    """The registry's entry for the version a batch was promoted to, or None when this registry does not hold it.
+
+    Found by the promoted attempt's run (MLflow's own field), never by the number alone: a project moved to another
+    registry on purpose keeps its ledger while its versions are numbered from 1 again, so the number may now be
+    another model's. A batch whose note names no run (written before notes carried it) is matched by the number and
+    the version's ``request_batches`` tag, which must name the batch (or be cut short to fit: it cannot tell then).
+    """
+    if run_id:
+        mv = find_version_by_run(project, client, run_id)
+        return mv if mv is not None and str(mv.version) == str(version) else None
+    found = client.search_model_versions(f"name='{model_name(project)}'")
+    mv = next((mv for mv in found if str(mv.version) == str(version)), None)
+    return mv if mv is not None and _names_batch(mv, batch_id) else None
+
+
+def record_names_version(record: dict[str, Any], mv: Any) -> bool:
+    """Whether an audit record about ``model_version`` N is about this registry's version N.
+
+    A record names the model it is about (``model_id``) or the run that registered it (``run_id``); one written
+    before records did is taken by its number (``batch_id``, where it has one, must then be among the version's
+    ``request_batches``).
+    """
+    if str(record.get("model_version")) != str(mv.version):
+        return False
+    if record.get("model_id"):
+        return record["model_id"] == version_model_id(mv)
+    if record.get("run_id"):
+        return record["run_id"] == getattr(mv, "run_id", None)
+    batch = record.get("batch_id")
+    return batch is None or _names_batch(mv, batch)
+
+
+def _names_batch(mv: Any, batch_id: str) -> bool:
+    """Whether the version's ``request_batches`` tag names the batch, or was cut short (``..., (N in all)``)."""
+    listed = mv.tags.get("request_batches", "").split(",")
+    return batch_id in listed or listed[-1].startswith("...")
+
+
 def model_artifact_locations(client, mv: Any) -> list[str]:
     """Every artifact location that holds this version's weights: its logged model's (MLflow 3 keeps a
     registered model's files there, not in the run's artifacts); empty when none can be determined."""

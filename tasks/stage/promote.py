@@ -226,7 +226,7 @@ def finish_promotions(project: Project, client: Any, ledger: Ledger, *, recoveri
         if moved:
             tracking.move_champion(project, client, version)
         # Recorded per batch, also when a re-run finds the alias already moved (crash in between).
-        audit.record(project, "model.promoted", model_version=version, batch_id=batch_id,
+        audit.record(project, "model.promoted", model_version=version, batch_id=batch_id, run_id=note.get("run_id"),
                      previous_version=None if champion is None or not moved else str(champion.version),
                      recovered=not moved)
         ledger.set_status(batch_id, Ledger.COMPLETED,

@@ -427,6 +427,17 @@ def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeyp
     ledger.save()
     problems = [f.problem for f in diagnose(project) if f.subject == "version 1"]
     assert len(problems) == 1 and "as logged model m-0ld" in problems[0] and "is another model" in problems[0]
+    # one written before entries named their model: told by its due time, which the version carries as a tag
+    entry = {k: v for k, v in ledger.batch(batch_id)["retirement"]["1"].items() if k != "model_id"}
+    assert entry["due_at"] == v1.tags["retire_due_at"]
+    ledger.record_retirement(batch_id, "1", entry)
+    ledger.save()
+    (problem,) = [f.problem for f in diagnose(project) if f.subject == "version 1"]
+    assert problem.startswith("retired, but the ledger entry of")  # this version's own: still says scheduled
+    ledger.record_retirement(batch_id, "1", {**entry, "due_at": "2001-01-01T00:00:00Z"})
+    ledger.save()
+    (problem,) = [f.problem for f in diagnose(project) if f.subject == "version 1"]
+    assert "is another model" in problem and "as logged model" not in problem
     # the doctor: a certificate's "artifacts deleted" of another model's version 1 cannot be checked here
     certificate = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
     assert certificate["retirement"]["versions"][0]["model_id"] == own
@@ -452,10 +463,22 @@ def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeyp
     monkeypatch.setattr(tracking, "find_version_by_run", lambda *args: None)
     moved = build_certificate(project, client, ledger, request, batch_id, trained)
     assert moved["model"]["registry_record"] == "missing" and moved["model"]["parent_version"] is None
-    assert moved["model"]["run_id"] == found["model"]["run_id"] and "not in the current registry" in moved[
+    assert moved["model"]["run_id"] == found["model"]["run_id"] and "does not hold as version 2" in moved[
         "model"]["statement"]
     assert moved["model"]["method"] == found["model"]["method"]  # from the local report, keyed by the run
-    assert moved["verification"]["verdict"] == found["verification"]["verdict"]
+    assert moved["verification"]["verdict"] == found["verification"]["verdict"] == "pass"
+    from tasks.certificate_html import render_html
+
+    html = render_html(moved, {}, "moved.json")
+    assert "does not hold as version 2" in html and "the ladder is kept with the version" in html
+    # the report gone too: the ledger's note still says which verdict, and that its evidence is not shown
+    report = project.reports_dir / "attempts" / f"{found['model']['run_id']}.json"
+    report.rename(report.with_suffix(".kept"))
+    try:
+        bare = build_certificate(project, client, ledger, request, batch_id, trained)
+    finally:
+        report.with_suffix(".kept").rename(report)
+    assert bare["verification"]["verdict"] == "pass" and bare["verification"]["evidence_unavailable"] == "missing"
 
 
 def test_a_truncated_champion_artifact_is_a_clear_error_and_disturbs_nothing(prefect_server, champion_project,
