@@ -437,7 +437,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                 "verdict": note["verdict"], "evidence": note.get("evidence"), "evidence_unavailable": problem,
                 "statement": f"the ledger records the verdict {note['verdict']!r} (evidence "
                              f"{note.get('evidence')!r}); the verification report behind it is {problem} "
-                             f"(data/reports/attempts/{run_id}.json), so its details are not shown",
+                             f"({f'data/reports/attempts/{run_id}.json' if run_id else 'its run is not recorded'}), "
+                             "so its details are not shown",
                 "escalation_reason": ""}
     elif mv is not None:
         version = str(mv.version)

@@ -131,8 +131,10 @@ def pick(project: Project, client: Any, ledger: Ledger, batch: str | None = None
             METHODS.get(method)
         except UnknownNameError as exc:
             raise PipelineError(str(exc).strip('"')) from None
-    # an audit names the promoted attempt's run; one from before it did, the version number
-    audited = {(r.get("audited_run_id") or r.get("model_version"), r.get("method")) for r in history(project)}
+    # An audit names the promoted attempt's run; one from before it did (or of a promotion whose note named none) is
+    # matched by the version number and the batches together: numbers start from 1 again in another registry.
+    audited = {(r["audited_run_id"], r.get("method")) if r.get("audited_run_id") else
+               (r.get("model_version"), frozenset(r.get("batch_ids") or []), r.get("method")) for r in history(project)}
     found = promotions(ledger)
     if batch is not None:
         if batch not in ledger.batches:
@@ -154,8 +156,8 @@ def pick(project: Project, client: Any, ledger: Ledger, batch: str | None = None
             continue
         used = mv.tags.get("method", "")
         audited_method = method or used
-        if batch is None and ((candidate["run_id"], audited_method) in audited
-                              or (candidate["model_version"], audited_method) in audited):
+        if batch is None and ((candidate["run_id"], audited_method) in audited or (
+                candidate["model_version"], frozenset(candidate["batches"]), audited_method) in audited):
             continue
         if audited_method in EXACT_METHODS:
             if batch is not None:

@@ -428,8 +428,8 @@ def record_names_version(record: dict[str, Any], mv: Any) -> bool:
     """Whether an audit record about ``model_version`` N is about this registry's version N.
 
     A record names the model it is about (``model_id``) or the run that registered it (``run_id``); one written
-    before records did is taken by its number (``batch_id``, where it has one, must then be among the version's
-    ``request_batches``).
+    before records did is taken by its number, when what else it says agrees with the version: its ``batch_id``
+    among the version's ``request_batches`` (a promotion), its ``data_version`` the version's (a consolidation).
     """
     if str(record.get("model_version")) != str(mv.version):
         return False
@@ -437,6 +437,8 @@ def record_names_version(record: dict[str, Any], mv: Any) -> bool:
         return record["model_id"] == version_model_id(mv)
     if record.get("run_id"):
         return record["run_id"] == getattr(mv, "run_id", None)
+    if record.get("data_version") and mv.tags.get("data_version") not in (None, record["data_version"]):
+        return False
     batch = record.get("batch_id")
     return batch is None or _names_batch(mv, batch)
 

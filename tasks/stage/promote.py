@@ -219,8 +219,16 @@ def finish_promotions(project: Project, client: Any, ledger: Ledger, *, recoveri
     done = []
     for batch_id in ledger.batches_with_status(Ledger.PROMOTING):
         note = ledger.last_note(batch_id)
-        record_verification(project, note, recovered=recovering)
         version = str(note["model_version"])
+        if note.get("run_id") and tracking.registered_promotion(project, client, version, note["run_id"],
+                                                                batch_id) is None:
+            # Left promoting, then the project moved to another registry (or the version was deleted): the number
+            # is not this promotion's here, so no alias moves and nothing is recorded as promoted.
+            raise PipelineError(f"batch {batch_id} was being promoted to version {version} (attempt run "
+                                f"{note['run_id']}), which the current registry does not hold: the promotion "
+                                "cannot complete here. Restore the registry it was registered in (and "
+                                "data/.registry), or re-register that run's model; nothing was changed.")
+        record_verification(project, note, recovered=recovering)
         champion = tracking.champion_version(project, client)
         moved = champion is None or str(champion.version) != version
         if moved:

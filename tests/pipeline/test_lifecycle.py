@@ -467,6 +467,7 @@ def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeyp
         "model"]["statement"]
     assert moved["model"]["method"] == found["model"]["method"]  # from the local report, keyed by the run
     assert moved["verification"]["verdict"] == found["verification"]["verdict"] == "pass"
+    assert "evidence_unavailable" not in moved["verification"]  # read from the report, not the ledger's note
     from tasks.certificate_html import render_html
 
     html = render_html(moved, {}, "moved.json")

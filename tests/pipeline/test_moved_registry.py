@@ -42,6 +42,10 @@ def test_an_audit_record_names_this_version_only_through_its_model_or_run():
     assert not record_names_version({"model_version": "2", "batch_id": "b-0ld"}, new)
     cut = _version(2, "m-new", "run-new", "b-1,b-2,... (120 in all)")  # a tag cut short cannot tell
     assert record_names_version({"model_version": "2", "batch_id": "b-0ld"}, cut)
+    # a consolidation's record from before: its data version must be the version's
+    new.tags["data_version"] = "d-new"
+    assert record_names_version({"model_version": "2", "data_version": "d-new"}, new)
+    assert not record_names_version({"model_version": "2", "data_version": "d-0ld"}, new)
 
 
 def test_a_promotion_is_found_by_its_run_never_by_a_number_another_model_holds(tmp_path):
@@ -89,3 +93,26 @@ def test_a_method_audit_never_audits_another_registrys_version_as_this_ones(tmp_
     (tmp_path / "audits.json").write_text(json.dumps({"audits": [
         {"model_version": "2", "audited_run_id": "run-0ld", "method": "amun", "batch_ids": ["b-0ld"]}]}))
     assert pick(project, client, ledger)["run_id"] == "run-new"
+    # an audit from before audits named the run: by the number and the batches together
+    for batches, audited in ((["b-0ld"], False), (["b-new"], True)):
+        (tmp_path / "audits.json").write_text(json.dumps({"audits": [
+            {"model_version": "2", "method": "amun", "batch_ids": batches}]}))
+        assert (pick(project, client, ledger) is None) is audited
+
+
+def test_a_promotion_left_half_done_never_moves_the_alias_to_another_registrys_version(tmp_path):
+    """A batch left ``promoting`` (a crash) whose version this registry does not hold: the alias is not moved to
+    whatever version has the number now, nothing is recorded as promoted, and the error says what to do."""
+    from tasks.project import PipelineError
+    from tasks.stage.promote import finish_promotions
+    from unlearn.requests import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.json")
+    ledger.add_batch("b-0ld", ["R-1"], ["s-1"], "2026-12-07T00:00:00Z")
+    ledger.set_status("b-0ld", Ledger.PROMOTING, {"outcome": "promoting", "model_version": "2", "run_id": "run-0ld",
+                                                  "verdict": "pass"})
+    project = SimpleNamespace(params=SimpleNamespace(registry=SimpleNamespace(model_name="m")))
+    client = _Registry([_version(1, "m-base", "run-base"), _version(2, "m-new", "run-new", "b-new")])
+    with pytest.raises(PipelineError, match="does not hold: the promotion cannot complete here"):
+        finish_promotions(project, client, ledger)
+    assert ledger.batch("b-0ld")["status"] == Ledger.PROMOTING and len(ledger.batch("b-0ld")["history"]) == 1
