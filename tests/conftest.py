@@ -385,3 +385,15 @@ def pytest_collection_modifyitems(config, items):
         return (1 if item.get_closest_marker("e2e") else 2), 0
 
     items.sort(key=rank)  # stable: each file's own order is kept
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """A test process ends holding every module the suite imported: its final garbage collections at exit would
+    traverse all of it (seconds of CPU per xdist worker, in the tail where the other worker may already wait).
+    Collect the garbage there is now, freeze the rest out of those collections (as the ``unlearn`` command does,
+    :func:`flows.cli.console`); atexit handlers and module teardown still run."""
+    import gc
+
+    gc.collect()
+    gc.freeze()

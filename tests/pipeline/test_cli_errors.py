@@ -309,3 +309,24 @@ def test_a_method_default_the_profile_shadows_is_logged_once_before_any_work(mak
     message = ("params.yaml: unlearn.methods.finetune.lr (1e-07) is shadowed by the 'digits/small_cnn' profile "
                "(0.6); set it in unlearn.overrides to win")
     assert caplog.messages.count(message) == 1
+
+
+def test_the_command_exits_with_mains_status_and_freezes_the_collector_only_there(monkeypatch):
+    """The installed ``unlearn`` is :func:`flows.cli.console`: main's exit status, then the live objects frozen out
+    of the interpreter's final collections (benchmarks/results/cli_exit.md). ``main`` itself leaves the collector
+    alone, so a process that calls it and goes on (these tests) never freezes its heap."""
+    import gc
+    import importlib.metadata
+
+    from flows import cli
+
+    (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "unlearn"]
+    assert script.value == "flows.cli:console"
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    before = gc.get_freeze_count()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.console()
+        assert exited.value.code == 3 and gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
