@@ -121,7 +121,9 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         record_lost_verdicts(project, previous)
     # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone, and so is one whose
     # report (its evidence) is gone, with every rung after it.
-    attempts = kept_attempts(project, previous) if previous and previous.key == key else []
+    parent_model = tracking.version_model_id(champion) or ""
+    same_parent = previous is not None and previous.parent_model_id in ("", parent_model)  # "": recorded before
+    attempts = kept_attempts(project, previous) if previous and previous.key == key and same_parent else []
     if not attempts:
         # A fresh escalation times its own unlearning and verification: mark_step keeps a step's first time, so
         # a pass that was never promoted (a crash, then a new batch started this escalation) stayed the batch's
@@ -149,7 +151,7 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         reason = f"{reason}; {why}" if reason else why
     ladder = resumed_ladder(attempts, active)
     state = Escalation(
-        UNLEARNING, key=key, parent_version=str(champion.version), batches=pending,
+        UNLEARNING, key=key, parent_version=str(champion.version), parent_model_id=parent_model, batches=pending,
         data_version_before=champion.tags.get("data_version", ""), data_version_after=data_version,
         parent_covers_through=champion.tags.get("covers_through", ""),
         n_forget=len(forget), forget_classes=ledger.forget_classes(pending),

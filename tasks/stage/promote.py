@@ -61,11 +61,16 @@ def run_promote(project: Project) -> dict[str, Any]:
                                                      "recovered": True, **_aliases(project, client)})
         return write_state(project, "promote", {"status": "nothing_to_promote", "reason": "batches not pending"})
     champion = tracking.champion_version(project, client)
-    if champion is None or str(champion.version) != state.parent_version:
+    moved = champion is not None and bool(state.parent_model_id) and tracking.version_model_id(champion) not in (
+        None, state.parent_model_id)  # the same number, another model: a project moved to another registry
+    if champion is None or str(champion.version) != state.parent_version or moved:
         # The escalation started from another champion: its model never forgot what the current
         # champion forgot. Never promote it; the next run starts a fresh escalation.
-        raise PipelineError(f"the escalation started from version {state.parent_version} but the champion is "
-                            f"{None if champion is None else champion.version}; re-run the pipeline")
+        raise PipelineError(f"the escalation started from version {state.parent_version}"
+                            f"{f' (logged model {state.parent_model_id})' if moved else ''} but the champion is "
+                            f"{None if champion is None else champion.version}"
+                            f"{' (another model: the project moved to another registry?)' if moved else ''}; "
+                            "re-run the pipeline")
     if state.held:
         return _hold(project, client, ledger, state)
     chosen = state.promoted_attempt()

@@ -100,6 +100,9 @@ class Escalation:
         batches: The pending batches being unlearned.
         key: Identity of the escalation (champion, batches, policy): a resumed run must match it.
         parent_version: The champion version the attempts unlearn from.
+        parent_model_id: Its logged model (MLflow model id; empty in a state written before it was recorded):
+            version numbers start from 1 again in another registry, so the number alone cannot say that the
+            champion is still the model the attempts unlearned.
         data_version_before: The champion's data version.
         data_version_after: The data version without the batches' samples.
         parent_covers_through: The newest batch the champion already forgot.
@@ -126,6 +129,7 @@ class Escalation:
     batches: list[str] = field(default_factory=list)
     key: str = ""
     parent_version: str = ""
+    parent_model_id: str = ""
     data_version_before: str = ""
     data_version_after: str = ""
     parent_covers_through: str = ""

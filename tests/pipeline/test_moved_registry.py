@@ -7,6 +7,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from conftest import RETRAIN
 
 
 def _version(number, model_id, run_id, batches=""):
@@ -116,3 +117,32 @@ def test_a_promotion_left_half_done_never_moves_the_alias_to_another_registrys_v
     with pytest.raises(PipelineError, match="does not hold: the promotion cannot complete here"):
         finish_promotions(project, client, ledger)
     assert ledger.batch("b-0ld")["status"] == Ledger.PROMOTING and len(ledger.batch("b-0ld")["history"]) == 1
+
+
+@pytest.mark.e2e
+def test_an_escalation_from_another_registrys_champion_is_never_promoted(champion_project):
+    """An escalation cut off before promotion, then the project moved: the new registry's version 1 has the number
+    the escalation started from, but not its model. Its candidates never unlearned from this champion, so promote
+    refuses them (the lineage would be false); the unlearn stage's next run starts a fresh escalation (the state
+    names the model: ``begin_unlearning`` resumes attempts only from the same one)."""
+    from tasks import tracking
+    from tasks.project import PipelineError, load_project
+    from tasks.stage.promote import run_promote
+    from tasks.stage.state import DONE, Attempt, Escalation, read_escalation, write_escalation
+    from unlearn.requests import Ledger
+
+    root, _ = champion_project(RETRAIN)
+    project = load_project(root)
+    client = tracking.setup(project)
+    ledger = Ledger(project.ledger_path)
+    ledger.add_batch("b-1", ["R-1"], [], "2026-12-07T00:00:00Z")
+    ledger.save()
+    attempt = Attempt(method="retrain", run_id="run-0ld", candidate="run-0ld.pt", unlearn_seconds=1.0,
+                      started_at="2026-12-07T00:00:00Z", verdict="pass")
+    write_escalation(project, Escalation(DONE, batches=["b-1"], parent_version="1", parent_model_id="m-0ld",
+                                         attempts=[attempt], chosen=0, run_id="run-0ld", method="retrain"))
+    with pytest.raises(PipelineError, match=r"version 1 \(logged model m-0ld\) but the champion is 1 \(another"):
+        run_promote(project)
+    assert [str(mv.version) for mv in tracking.all_versions(project, client)] == ["1"]  # nothing registered
+    assert Ledger(project.ledger_path).batch("b-1")["status"] == Ledger.PENDING
+    assert read_escalation(project).parent_model_id == "m-0ld"  # (written and read back)
