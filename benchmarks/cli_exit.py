@@ -1,9 +1,11 @@
-"""Benchmark: the CPU an ``unlearn`` process spends leaving the interpreter, with and without ``gc.freeze``.
+"""Benchmark: the CPU an ``unlearn stage`` process spends in full garbage collections, the command against ``main``.
 
-Why: ``dvc repro`` runs every stage as a process of its own, and each has imported PyTorch, MLflow (and Great
-Expectations, for ingest) by the time it ends. At exit the interpreter's final garbage collections traverse every
-object those imports made. The ``unlearn`` command (:func:`flows.cli.console`) collects the garbage there is and
-freezes the rest out of those collections before it exits. This measures what that saves, per stage process.
+Why: ``dvc repro`` runs every stage as a process of its own, and each imports PyTorch, MLflow (and Great
+Expectations, for ingest). Every full garbage collection traverses every object imported so far: CPython's
+defaults run about 15 of them while the stack imports, and the interpreter's final collections at exit traverse it
+all again. The ``unlearn`` command (:func:`flows.cli.console`) runs a full collection after 100 middle-generation
+ones instead of 10, and before it exits collects the garbage there is and freezes the rest out of the final
+collections. This measures what that saves, per stage process.
 
 How: a digits project is built with the shipped ``params.yaml`` (``dvc repro`` once, untimed: ingest, prepare,
 train, references, unlearn, promote, purge, certify); then each stage is run again (nothing to do: no request is
@@ -66,7 +68,7 @@ def main() -> None:
            "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [str(Path(sys.executable).parent / "unlearn")]
-    variants = {"console (gc.freeze at exit)": command, "main only": [sys.executable, "-c", MAIN_ONLY]}
+    variants = {"command": command, "main only": [sys.executable, "-c", MAIN_ONLY]}
     with tempfile.TemporaryDirectory(prefix="unlearn-cli-exit-") as tmp:
         root = Path(tmp) / "project"
         root.mkdir()
@@ -107,7 +109,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cli_exit.json").write_text(json.dumps(document, indent=2) + "\n")
     lines = [
-        "# CPU of an `unlearn stage` process: `gc.freeze` at exit (the command) against `main` alone", "",
+        "# CPU of an `unlearn stage` process: the command (fewer full collections, `gc.freeze` at exit) against "
+        "`main` alone", "",
         f"Command: `{document['command']}`. Commit {document['commit']}, {document['date']}, "
         f"{document['machine']['cpu']}, {document['machine']['cpus']} CPUs, Python {document['machine']['python']}.",
         "", "Each stage run again on a built digits project (nothing to do: what a repeated `dvc repro` runs), "
