@@ -108,3 +108,13 @@ def test_the_plugin_logs_start_and_end_per_worker(tmp_path):
     events = [line.split(" ", 2)[1:] for line in (clock / "controller.log").read_text().splitlines()]
     assert events == [["session", "-"], ["start", "test_tiny.py::test_one"], ["end", "test_tiny.py::test_one"],
                       ["start", "test_tiny.py::test_two"], ["end", "test_tiny.py::test_two"]]
+
+
+def test_processes_the_suite_starts_run_full_collections_as_the_command_does():
+    """conftest's sitecustomize reaches a child interpreter (as it reaches DVC, the servers and Dask workers)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import gc; print(gc.get_threshold()[2])"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "100"
