@@ -38,9 +38,10 @@ _STATE = Path(tempfile.mkdtemp(prefix="unlearn-tests-"))
 # workers included, made one of these and left it behind, about 1 MB a process, run after run.
 atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 # Every Python process the suite starts (DVC, the Prefect and MLflow servers, Dask workers, `unlearn` stages, the
-# crash driver) runs its full garbage collections as this one does (above) and as the `unlearn` command does
-# (flows.cli.console), through a sitecustomize on PYTHONPATH. A threshold changes when cyclic garbage is collected,
-# not what any process does; the suite's CPU went from 665 to 617 s with the two above (suite_time.md).
+# crash driver; a test that sets PYTHONPATH itself adds to it) runs its full garbage collections as this one does
+# (above) and as the `unlearn` command does (flows.cli.console), through a sitecustomize on PYTHONPATH. A threshold
+# changes when cyclic garbage is collected, not what any process does. It shadows a sitecustomize of the Python
+# itself (Debian's only installs a crash-report hook; none in this project's venv).
 (_STATE / "site").mkdir()
 (_STATE / "site" / "sitecustomize.py").write_text(
     "import gc\n\n_young, _middle, _ = gc.get_threshold()\ngc.set_threshold(_young, _middle, 100)\n")

@@ -122,7 +122,8 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
     # Resume: keep attempts with a verdict; an attempt cut off before its verdict is redone, and so is one whose
     # report (its evidence) is gone, with every rung after it.
     parent_model = tracking.version_model_id(champion) or ""
-    same_parent = previous is not None and previous.parent_model_id in ("", parent_model)  # "": recorded before
+    # "" on either side: recorded before states named the model, or a version that names none (promote agrees)
+    same_parent = previous is not None and (not parent_model or previous.parent_model_id in ("", parent_model))
     attempts = kept_attempts(project, previous) if previous and previous.key == key and same_parent else []
     if not attempts:
         # A fresh escalation times its own unlearning and verification: mark_step keeps a step's first time, so

@@ -85,7 +85,8 @@ def test_ingest_crash_after_ledger_commit_is_recorded_on_recovery(make_project):
               "from tasks.stage.ingest import run_ingest\n"
               "run_ingest(load_project(sys.argv[1]))\n")
     done = subprocess.run([sys.executable, "-c", driver, str(project.root)],
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                              str(REPO), os.environ.get("PYTHONPATH")]))}, capture_output=True)
     assert done.returncode == -9
     assert (project.incoming_dir / "r.json").exists()  # killed between the ledger commit and the clean-up
     recovered = run_ingest(project)  # recovery: the same stage again

@@ -102,7 +102,7 @@ def test_serve_until_signal_stops_within_its_bound_even_while_a_run_is_joined(tm
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     grace = 3.0 if signals == 1 else 120.0  # more signals: the grace is skipped, or this would take minutes
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen([sys.executable, str(script), str(grace), "stubborn" if signals == 3 else "plain"],
                                stdout=subprocess.PIPE, text=True, env=env)
     try:
