@@ -209,6 +209,7 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "scheduled":
                 scheduled.setdefault((version, _scheduled_model(entry, versions.get(version))), []).append(batch_id)
+
     def order(key: tuple[str, str]) -> tuple[int, str]:
         return int(key[0]) if key[0].isdigit() else -1, key[1]
 
