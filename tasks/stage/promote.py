@@ -220,19 +220,30 @@ def record_verification(project: Project, note: dict[str, Any], *, recovered: bo
 def finish_promotions(project: Project, client: Any, ledger: Ledger, *, recovering: bool = True) -> list[str]:
     """Complete batches left ``promoting``: write their verification's record (once per version; ``recovered``
     unless ``recovering`` is False, the promotion that has just marked them), move the alias (if not yet) and mark
-    them completed."""
+    them completed.
+
+    A batch whose version the current registry does not hold (left promoting by a crash, then the project moved to
+    another registry, or the version deleted outside the pipeline) is put back to pending instead: the number may be
+    another model's here, so no alias moves and nothing is recorded as promoted; the next run unlearns it again from
+    the current champion (the escalation names the model it started from), so it blocks no request after it.
+    """
     done = []
     for batch_id in ledger.batches_with_status(Ledger.PROMOTING):
         note = ledger.last_note(batch_id)
         version = str(note["model_version"])
         if note.get("run_id") and tracking.registered_promotion(project, client, version, note["run_id"],
                                                                 batch_id) is None:
-            # Left promoting, then the project moved to another registry (or the version was deleted): the number
-            # is not this promotion's here, so no alias moves and nothing is recorded as promoted.
-            raise PipelineError(f"batch {batch_id} was being promoted to version {version} (attempt run "
-                                f"{note['run_id']}), which the current registry does not hold: the promotion "
-                                "cannot complete here. Restore the registry it was registered in (and "
-                                "data/.registry), or re-register that run's model; nothing was changed.")
+            log.warning("promote: batch %s was being promoted to version %s, which the current registry does not "
+                        "hold (moved to another registry?): back to pending, unlearned again next run", batch_id,
+                        version)
+            ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "promotion_abandoned",
+                                                         "model_version": version, "run_id": note["run_id"]})
+            ledger.save()
+            # After the save: a crash in between leaves the batch pending with no record, never a record of a
+            # change the ledger does not hold.
+            audit.record(project, "batch.promotion_abandoned", batch_id=batch_id, model_version=version,
+                         run_id=note["run_id"], reason="the current registry does not hold the version")
+            continue
         record_verification(project, note, recovered=recovering)
         champion = tracking.champion_version(project, client)
         moved = champion is None or str(champion.version) != version
