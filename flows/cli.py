@@ -531,7 +531,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def _cmd_request_status(args: argparse.Namespace) -> int:
-    from tasks.lifecycle import request_status
+    from tasks.certify import request_status
     from tasks.project import load_project
 
     status = request_status(load_project(args.root, check_registries=False), args.request_id)
@@ -555,7 +555,7 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
 def _cmd_request_certificate(args: argparse.Namespace) -> int:
     import shutil
 
-    from tasks.lifecycle import certificate_paths, request_status
+    from tasks.certify import certificate_paths, request_status
     from tasks.project import PipelineError, load_project
 
     project = load_project(args.root, check_registries=False)

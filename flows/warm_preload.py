@@ -32,6 +32,7 @@ MODULES: tuple[str, ...] = (
     "flows.pipeline", "flows.scheduled", "tasks.prefect_tasks", "tasks.validation", "tasks.tracking",
     "tasks.reporting", "tasks.certificate_html", "tasks.stage.ingest", "tasks.stage.prepare", "tasks.stage.train",
     "tasks.stage.references", "tasks.stage.verify", "tasks.stage.unlearn", "tasks.stage.promote", "tasks.lifecycle",
+    "tasks.certify",
     "unlearn.methods", "unlearn.attacks",
 )  # every stage module by name (they were reached only through tasks.prefect_tasks before)
 

@@ -136,7 +136,7 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
     audit.record(project, "model.consolidated", model_version=version, previous_version=previous,
                  data_version=data_version, deleted_since_exact=state["deleted_since_exact"],
                  batches_since_exact=state["batches_since_exact"], forced=force,
-                 **_model_id(client.get_model_version(tracking.model_name(project), version)))
+                 **tracking.model_id_field(client.get_model_version(tracking.model_name(project), version)))
     log.info("consolidate: version %s (exact retrain on %s) is champion; previous %s", version, data_version,
              previous)
     return write_state(project, "consolidate", {"status": "consolidated", "version": version,
@@ -149,12 +149,6 @@ def served_versions(versions: list[Any], champion: Any) -> set[str]:
     unlearned or consolidated from (only the champion is ever a parent)."""
     served = {str(mv.tags.get("parent_version")) for mv in versions if mv.tags.get("parent_version")}
     return served | ({str(champion.version)} if champion is not None else set())
-
-
-def _model_id(mv: Any) -> dict[str, str]:
-    """``{"model_id": ...}`` for a consolidation's record (empty when the version names none)."""
-    model_id = tracking.version_model_id(mv)
-    return {"model_id": model_id} if model_id else {}
 
 
 def record_lost_consolidations(project: Project, client: Any) -> list[str]:
@@ -184,7 +178,7 @@ def record_lost_consolidations(project: Project, client: Any) -> list[str]:
             audit.record(project, "model.consolidated", model_version=version,
                          previous_version=tags.get("parent_version"), data_version=tags.get("data_version"),
                          **count, forced={"true": True, "false": False}.get(tags.get("forced", "")), recovered=True,
-                         **_model_id(mv))
+                         **tracking.model_id_field(mv))
             log.info("consolidate: recorded the consolidation of version %s (interrupted before its record)",
                      version)
             written.append(version)

@@ -408,6 +408,13 @@ def version_model_id(mv: Any) -> str | None:
     return mv.tags.get("model_id") or None
 
 
+def model_id_field(mv: Any) -> dict[str, str]:
+    """``{"model_id": ...}`` to record with a version (empty when it names none): which logged model it was, since
+    version numbers start again in another registry."""
+    model_id = version_model_id(mv)
+    return {"model_id": model_id} if model_id else {}
+
+
 def registered_promotion(project: Project, client, version: str, run_id: str | None, batch_id: str) -> Any | None:
     """The registry's entry for the version a batch was promoted to, or None when this registry does not hold it.
 

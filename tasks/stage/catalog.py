@@ -20,7 +20,7 @@ _WHERE = {
     "train": ("tasks.stage.train", "run_train"), "references": ("tasks.stage.references", "run_references"),
     "unlearn": ("tasks.stage.unlearn", "run_unlearn"), "verify": ("tasks.stage.verify", "run_verify"),
     "promote": ("tasks.stage.promote", "run_promote"), "purge": ("tasks.lifecycle", "run_purge"),
-    "certify": ("tasks.lifecycle", "run_certify"),
+    "certify": ("tasks.certify", "run_certify"),
 }
 
 

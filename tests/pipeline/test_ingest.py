@@ -143,7 +143,7 @@ def test_already_deleted_samples_are_acknowledged_or_dropped_from_the_request(ma
     # 2026-12-06: it said "already deleted"); request status shows where the covering batch is now
     assert (ack["request_id"], ack["outcome"], ack["covered_by"]) == ("R-2", "already_requested", [first])
     assert "not finished" in ack["detail"]
-    from tasks.lifecycle import request_status
+    from tasks.certify import request_status
 
     status = request_status(project, "R-2")
     assert status["covering_batches"] == {first: "pending"} and status["deleted"] is False

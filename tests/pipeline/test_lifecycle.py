@@ -413,8 +413,9 @@ def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeyp
     from types import SimpleNamespace
 
     from tasks import audit, tracking
+    from tasks.certify import _batch_file, build_certificate, trained_ids
     from tasks.doctor import diagnose
-    from tasks.lifecycle import _batch_file, _retirement_recorded, build_certificate, trained_ids
+    from tasks.lifecycle import _retirement_recorded
     from unlearn.requests import Ledger
 
     name = project.params.registry.model_name

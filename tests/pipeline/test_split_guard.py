@@ -104,7 +104,7 @@ def test_prepare_records_which_samples_were_trained_on_and_certificates_read_tha
     train split, pool included), though no production model ever saw them. Prepare now records the batch's
     training samples in the ledger, also when a crash left its quarantine file but not the ledger's save."""
     from flows.cli import submit_request
-    from tasks.lifecycle import trained_ids
+    from tasks.certify import trained_ids
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 

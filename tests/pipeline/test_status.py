@@ -54,12 +54,12 @@ def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkey
 def test_certificate_out_must_be_a_folder_it_can_write(make_project, tmp_path, capsys, monkeypatch):
     """`--out` naming an existing file crashed with a traceback and exit 1 (review of 2026-12-05)."""
     from flows import cli
-    from tasks import lifecycle
+    from tasks import certify
 
     certificate = tmp_path / "cert.json"
     certificate.write_text("{}")
-    monkeypatch.setattr(lifecycle, "certificate_paths", lambda *a, **k: [certificate])
-    monkeypatch.setattr(lifecycle, "request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
+    monkeypatch.setattr(certify, "certificate_paths", lambda *a, **k: [certificate])
+    monkeypatch.setattr(certify, "request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
     root = make_project()
     taken = tmp_path / "taken.txt"
     taken.write_text("x")

@@ -1,0 +1,401 @@
+"""The ``certify`` stage: one deletion certificate per request (JSON + HTML), and what a request's status shows.
+
+It runs after ``purge`` (:mod:`tasks.lifecycle`), in the Prefect flow and in ``dvc repro`` alike, and is
+idempotent: a certificate is issued once its batch is purged, and again when its retirement evidence changes
+(interim while a version that trained on the samples is still loadable or not yet searched for).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from tasks import audit, tracking
+from tasks.evidence import evidence_summary
+from tasks.project import PipelineError, Project
+from tasks.retired_weights import (
+    entry_key,
+    fingerprint_keys,
+    unscanned_retirements,
+)
+from tasks.stage.state import write_state
+from unlearn.data import load_source
+from unlearn.data.store import split_labels
+from unlearn.files import utc_now
+from unlearn.requests import Ledger, hash_ids, load_or_create_salt
+
+log = logging.getLogger("unlearn.pipeline")
+
+AWAITING_RETIREMENT = "awaiting_retirement"  # a certificate issued while trained-on versions live
+NOT_APPLICABLE = "not_applicable"  # a data-only request's evidence strength: no model trained on its samples
+STEPS = ("received", "validated", "data_version", "unlearned", "verified", "promoted", "retired", "purged",
+         "certified")
+
+
+def _batch_file(project: Project, batch_id: str) -> dict[str, Any]:
+    try:
+        return json.loads((project.batches_dir / f"{batch_id}.json").read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"batch file of {batch_id} is missing") from None
+
+
+def _promoted_version(batch: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The version the batch was promoted to and the ``promoting`` note before it (run, verdict, evidence, method;
+    empty for a batch written before notes carried them), or None when it was not promoted."""
+    promoting: dict[str, Any] = {}
+    promoted = None
+    for note in batch.get("history", []):
+        if note.get("outcome") == "promoting":
+            promoting = note
+        elif note.get("outcome") == "promoted":
+            promoted = str(note["model_version"]), promoting
+    return promoted
+
+
+def build_certificate(project: Project, client: Any, ledger: Ledger, request: dict[str, Any],
+                      batch_id: str, train_ids: set[str], unscanned: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Assemble one request's certificate from the ledger, the registry and the reports.
+
+    Args:
+        project: The project.
+        client: An MLflow client.
+        ledger: The deletion ledger.
+        request: The request as stored in its batch file.
+        batch_id: Its batch.
+        train_ids: The training samples the batch removed, as prepare recorded them in the ledger
+            (:func:`trained_ids`): a request naming none of them only needed its data deleted (no
+            production model ever saw those samples).
+        unscanned: The batch's retired version numbers whose model's weights no scan has searched for yet
+            (:func:`run_certify` maps :func:`tasks.retired_weights.unscanned_retirements` through each retirement's
+            model id): the certificate stays interim while there is one.
+
+    Returns:
+        The certificate document (see :mod:`tasks.certificate`).
+    """
+    batch = ledger.batch(batch_id)
+    steps = ledger.steps(batch_id)
+    salt = load_or_create_salt(project.salt_path)
+    outcome = "complete" if set(request["sample_ids"]) & train_ids else "data_only"
+    certificate: dict[str, Any] = {
+        "certificate_version": 1, "request_id": request["request_id"], "subject_hash": request["subject_hash"],
+        "batch_id": batch_id, "status": outcome if batch["status"] == Ledger.COMPLETED else batch["status"],
+        "issued_at": utc_now(),
+        "request": {"reason": request["reason"], "n_samples": len(request["sample_ids"]),
+                    "forget_class": request.get("forget_class"),
+                    "sample_ids_digest": hash_ids(request["sample_ids"], salt)},
+        "timeline": [{"step": "received", "at": request["received_at"]}]
+        + [{"step": s, "at": steps.get(s)} for s in STEPS[1:-1]],
+        "data": {"version_after": None, "redacted_versions": batch.get("purge", {}).get("versions_redacted", [])},
+        "purge": batch.get("purge", {}),
+        "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
+                                     **{k: e[k] for k in ("model_id",) if e.get(k)},
+                                     "artifacts_deleted": e.get("action") == "retired",
+                                     "weights_searched": e.get("weights_searched")}
+                                    for v, e in sorted(batch.get("retirement", {}).items())],
+                       "references_retired": len(batch.get("references_retired", []))},
+    }
+    certificate["timeline"][1]["at"] = steps.get("validated") or batch["created_at"]
+    # The data versions every batch has, promoted or not: the store it was removed from, and the store after.
+    closing = next((note for note in reversed(batch.get("history", [])) if note.get("data_version")), {})
+    certificate["data"].update({"version_before": batch.get("data_version_before"),
+                                "version_after": closing.get("data_version")})
+    if closing.get("outcome") == "model_withdrawn":
+        certificate["model"] = {"withdrawn": True, "version": None, "withdrawn_version": closing.get("model_version"),
+                                "reason": closing.get("reason"), "attempts": []}
+    promoted = _promoted_version(batch)
+    mv = None
+    if promoted is not None:
+        version, note = promoted
+        mv = tracking.registered_promotion(project, client, version, note.get("run_id"), batch_id)
+    if promoted is not None and mv is None:
+        run_id = note.get("run_id")
+        # Said, not taken from whatever version now has the number: the project moved to another registry (or the
+        # version was deleted outside the pipeline). The verification report is local and keyed by the run.
+        certificate["model"] = {"version": version, "run_id": run_id, "parent_version": None,
+                                "method": note.get("method"), "attempts": [], "registry_record": "missing",
+                                "statement": (
+                                    f"the batch was promoted to version {version} (attempt run "
+                                    f"{run_id or 'not recorded'}), which the current registry does not hold as "
+                                    f"version {version} (the project moved to another registry, or the version was "
+                                    "deleted outside the pipeline): its lineage and escalation ladder are not shown")}
+        report, problem = _attempt_report(project, run_id)
+        if report:
+            certificate["model"]["method"] = report.get("method")
+            certificate["verification"] = {**evidence_summary(report), "exact_retrain": report.get("exact_retrain"),
+                                           "escalation_reason": ""}
+        elif note.get("verdict"):  # the ledger's note keeps the verdict; its evidence is gone
+            certificate["verification"] = {
+                "verdict": note["verdict"], "evidence": note.get("evidence"), "evidence_unavailable": problem,
+                "statement": f"the ledger records the verdict {note['verdict']!r} (evidence "
+                             f"{note.get('evidence')!r}); the verification report behind it is {problem} "
+                             f"({f'data/reports/attempts/{run_id}.json' if run_id else 'its run is not recorded'}), "
+                             "so its details are not shown",
+                "escalation_reason": ""}
+    elif mv is not None:
+        version = str(mv.version)
+        tags = mv.tags
+        # The store the batch was removed from (recorded by prepare) beats the champion's training data version:
+        # the two differ after a data-only batch.
+        certificate["data"].update({"version_before": ledger.data_version_before(batch_id)
+                                    or tags.get("data_version_before"),
+                                    "version_after": tags.get("data_version_after")})
+        attempts = []
+        for item in tags.get("ladder", "").split(","):
+            if ":" in item:
+                method, verdict = item.split(":", 1)
+                attempts.append({"method": method, "verdict": verdict})
+        certificate["model"] = {"version": version, "parent_version": tags.get("parent_version"),
+                                "method": tags.get("method"), "attempts": attempts, "run_id": tags.get("run_id")}
+        report, problem = _attempt_report(project, tags.get("run_id"))
+        if report:
+            certificate["verification"] = {**evidence_summary(report), "exact_retrain": report.get("exact_retrain"),
+                                           "escalation_reason": tags.get("escalation_reason", "")}
+        elif tags.get("run_id"):  # said, not left out: the verdict is in the version's tags, its evidence is gone
+            certificate["verification"] = {
+                "verdict": tags.get("verdict"), "evidence": tags.get("evidence"), "evidence_unavailable": problem,
+                "statement": f"the registered version's tags record the verdict {tags.get('verdict')!r} (evidence "
+                             f"{tags.get('evidence')!r}); the verification report behind it is {problem} "
+                             f"(data/reports/attempts/{tags.get('run_id')}.json), so its details are not shown",
+                "escalation_reason": tags.get("escalation_reason", "")}
+    if outcome == "data_only" and certificate.get("verification"):
+        certificate["verification"] = not_applicable(certificate["verification"].get("verdict"))
+    verification = certificate.get("verification") or {}
+    for entry in certificate["timeline"]:  # "verified" is the step, not the verdict: say which it was
+        if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
+            entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
+    versions = certificate["retirement"]["versions"]
+    kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"]]
+    unsearched = [str(v["version"]) for v in versions if v["artifacts_deleted"] and str(v["version"]) in unscanned]
+    if certificate["status"] == "complete" and (kept or unsearched):
+        # Interim, not complete: a model version that trained on these samples is kept loadable (rollback) until its
+        # retirement falls due (lifecycle.retirement_grace_hours), or was retired but the project not yet searched
+        # for its weights. The final certificate, issued once both are done, says complete (review of 2026-12-07:
+        # the first certificate read "complete" while those weights were live).
+        certificate["status"] = AWAITING_RETIREMENT
+        after = ("no model replaced them (the model was withdrawn)" if certificate.get("model", {}).get("withdrawn")
+                 else "the promoted model is the one described here")
+        parts = []
+        if kept:
+            parts.append(f"model version(s) {', '.join(kept)} trained on these samples and are scheduled for "
+                         "retirement, kept for rollback until it is due (see 'Due at')")
+        if unsearched:
+            parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
+                         "the project has not yet been searched for copies of their weights")
+        certificate["retirement"]["statement"] = (
+            f"interim certificate: {'; '.join(parts)}. The data is deleted and {after}. A final certificate is "
+            "issued once they are retired and the project has been searched for their weights")
+    return certificate
+
+
+def not_applicable(batch_verdict: str | None) -> dict[str, Any]:
+    """A data-only request's verification (certificate and status): none of its samples was in the forget set its
+    batch's verification scored (training samples of other requests), so quoting that evidence would claim a test it
+    never had; the batch's verdict is kept apart."""
+    return {"verdict": None, "evidence": NOT_APPLICABLE, "batch_verdict": batch_verdict,
+            "statement": ("not applicable: no production model trained on this request's samples (they are test or "
+                          "reference-pool samples), so removing them from the data is the whole deletion and no model "
+                          "test concerns them; the batch's model was verified on the training samples of the other "
+                          "requests in its batch")}
+
+
+def _attempt_report(project: Project, run_id: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The verification report of unlearning run ``run_id`` and, when it cannot be used, why (missing,
+    unreadable, another run's): a certificate or a status never quotes another run's evidence, and a damaged file
+    holds up no one."""
+    from tasks.stage.state import run_report
+
+    return run_report(project, f"{run_id}.json" if run_id else None, run_id)
+
+
+def _evidence_plots(project: Project, certificate: dict[str, Any], run_id: str | None) -> dict[str, Path]:
+    """The plots of the attempt that produced the certified model (none for a data-only request)."""
+    if certificate.get("status") == "data_only" or not run_id:
+        return {}
+    folder = project.reports_dir / "attempts" / f"{run_id}-plots"
+    return {"ROC of the membership-inference attacks (log-log)": folder / "roc.png",
+            "Loss histograms: forget, retain, test": folder / "loss_histograms.png"}
+
+
+def trained_ids(project: Project, ledger: Ledger, batch_id: str) -> set[str]:
+    """The samples of a batch that production models trained on: what decides "complete" vs "data_only".
+
+    Prepare records them when it removes the batch from the store, under the split guard that keeps the
+    store's splits the ones the registered models saw. Ledgers written before that record existed fall back
+    to the split today's settings give, reference pool excluded (pool samples never reach a production model).
+    """
+    recorded = ledger.train_sample_ids(batch_id)
+    if recorded is not None:
+        return recorded
+    params = project.params
+    source = load_source(params.data)
+    splits = split_labels(source, params.verify.references.pool_fraction, params.seed)
+    return set(source.ids[splits == "train"].tolist()) & set(ledger.batch(batch_id)["sample_ids"])
+
+
+def run_certify(project: Project) -> dict[str, Any]:
+    """Write a certificate for every request of every closed batch that has none yet.
+
+    Returns:
+        The certificates written (request count) and where.
+    """
+    from tasks.certificate import write_certificate
+
+    ledger = Ledger(project.ledger_path)
+    written = []
+    # Retired versions whose weights the project was not yet searched for (a retirement that fell due after the
+    # purge, its scan refused for a stray copy or cut off): their batches' certificates are not final yet (review
+    # of 2026-12-07: a final "complete" certificate could be issued while a copy was known to exist).
+    unscanned_keys = frozenset(unscanned_retirements(project))
+    keys = fingerprint_keys(project)
+
+    def unscanned_of(batch_id: str) -> frozenset[str]:
+        """The batch's retired version numbers whose model's weights no scan has searched for yet."""
+        retirement = ledger.batch(batch_id).get("retirement", {})
+        return frozenset(v for v, e in retirement.items() if entry_key(v, e, keys) in unscanned_keys)
+
+    def final(batch_id: str) -> bool:
+        return "retired" in ledger.steps(batch_id) and not unscanned_of(batch_id)
+
+    def due(batch_id: str) -> bool:
+        # Issued once the batch is purged; issued again when a retirement that was waiting for its grace period has
+        # happened (and been searched for), so the final certificate carries the retirement evidence; and issued
+        # again, interim, when one marked final no longer is (a release before the search was required issued it
+        # "complete" with a retired version's weights unsearched).
+        steps = ledger.steps(batch_id)
+        if "purged" not in steps:
+            return False
+        return "certified" not in steps or bool(ledger.batch(batch_id).get("certificate_final")) != final(batch_id)
+
+    batches = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if due(b)]
+    if batches:  # the registry and the data source are opened only when there is something to certify
+        client = tracking.setup(project)
+    for batch_id in batches:
+        # The anchor: the audit log's head when the certificate is issued (verified once, then followed).
+        head = audit.head(project)
+        if not head.pop("chain_ok"):
+            raise PipelineError("the audit log is broken (`unlearn audit verify` names the line); "
+                                "no certificate is anchored to it until it is repaired")
+        anchor = head
+        trained = trained_ids(project, ledger, batch_id)
+        for request in _batch_file(project, batch_id)["requests"]:
+            certificate = build_certificate(project, client, ledger, request, batch_id, trained, unscanned_of(batch_id))
+            certificate["timeline"].append({"step": "certified", "at": utc_now(precise=True)})
+            certificate["audit"] = anchor
+            plots = _evidence_plots(project, certificate, certificate.get("model", {}).get("run_id"))
+            json_path, _ = write_certificate(certificate, plots, project.certificates_dir)
+            written.append(json_path.name)
+            # The digest goes into the chained log: the doctor accepts a certificate file only if the log
+            # recorded issuing exactly that document (a planted or swapped certificate has no such record).
+            issued = audit.record(project, "certificate.issued", request_id=request["request_id"],
+                                  batch_id=batch_id, subject_hash=request["subject_hash"],
+                                  status=certificate["status"],
+                                  certificate_digest=json.loads(json_path.read_text())["digest"])
+            anchor = {"head_seq": issued["seq"], "head_hash": issued["hash"]}
+        ledger.mark_step([batch_id], "certified")
+        ledger.set_certificate_final(batch_id, final(batch_id))
+        ledger.save()
+    log.info("certify: %d certificate(s) written", len(written))
+    return write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
+
+
+def certificate_paths(project: Project, request_id: str) -> tuple[Path, Path] | None:
+    """The JSON and HTML certificate of a request, if issued."""
+    for path in sorted(project.certificates_dir.glob("*.json")):
+        try:
+            if json.loads(path.read_text()).get("request_id") == request_id:
+                return path, path.with_suffix(".html")
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def _verification_status(project: Project, ledger: Ledger, batch_id: str) -> dict[str, Any]:
+    """What verification said about a batch so far: held (until when at most), and the evidence's strength."""
+    out: dict[str, Any] = {}
+    history = ledger.batch(batch_id).get("history", [])
+    last = history[-1] if history else {}
+    if last.get("outcome") == "held":
+        out["outcome"] = "held"
+        out["held_until"] = last.get("hold_until")
+        out["held_note"] = (f"inconclusive evidence: held (not promoted) to be verified together with later "
+                            f"batches; due for the exact retrain at {last.get('hold_until')} (the first run after "
+                            f"it retrains) or after gate.max_hold_batches batches, whichever comes first")
+    run_id = next((n.get("run_id") for n in reversed(history) if n.get("run_id")), None)
+    report, problem = _attempt_report(project, run_id)
+    summary = evidence_summary(report)
+    if summary:
+        out["evidence"] = summary["statement"]
+        out["verification"] = summary
+    elif run_id:
+        out["evidence"] = f"unavailable: the verification report of run {run_id} is {problem}"
+    return out
+
+
+def request_status(project: Project, request_id: str) -> dict[str, Any]:
+    """Where one request is: accepted (its batch's status and steps), acknowledged or rejected.
+
+    Raises:
+        PipelineError: If no request with this id was ever seen.
+    """
+    from tasks.validation import loggable_request_id
+
+    if loggable_request_id(request_id) is None:
+        # Not echoed: what an operator types here may be an e-mail address or a name, and `request submit` refuses
+        # such an id without repeating it for the same reason (no request can carry one).
+        raise PipelineError("that request id is not well-formed (1-128 letters, digits, '.', '_', ':' or '-', "
+                            "starting with a letter or digit), so no request has it; it is not repeated here")
+    ledger = Ledger(project.ledger_path)
+    found = ledger.find_request(request_id)
+    rejections = []
+    for path in sorted(project.rejected_dir.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("request_id") == request_id:
+                rejections.append({"ingest": path.stem, "reasons": row.get("reasons")})
+    if found is not None:
+        # The content digest is the ledger's key for spotting a resent request, not status: an unsalted hash of
+        # the sample ids, which anyone can reverse for a small request by hashing candidate ids (review of
+        # 2026-12-06), so it is never printed.
+        out = {k: v for k, v in found.items() if k != "content_digest"}
+        if isinstance(out.get("acknowledged"), dict):
+            out["acknowledged"] = {k: v for k, v in out["acknowledged"].items() if k != "content_digest"}
+        batch_id = found.get("batch_id")
+        if found.get("kind") == "accepted" and batch_id in ledger.batches:
+            out["status"] = ledger.batch(batch_id)["status"]
+            out["steps"] = ledger.steps(batch_id)
+            out.update(_verification_status(project, ledger, batch_id))
+            if out.get("verification") and ledger.train_sample_ids(batch_id) is not None:
+                try:
+                    mine = next(r["sample_ids"] for r in _batch_file(project, batch_id)["requests"]
+                                if r["request_id"] == request_id)
+                except (PipelineError, StopIteration, KeyError, TypeError):
+                    mine = None
+                if mine is not None and not set(mine) & trained_ids(project, ledger, batch_id):  # as its certificate
+                    out["verification"] = not_applicable(out["verification"].get("verdict"))
+                    out["evidence"] = out["verification"]["statement"]
+            out["step"] = next((s for s in reversed(STEPS) if s in out["steps"]), "validated")
+            paths = certificate_paths(project, request_id)
+            out["certificate"] = str(paths[0]) if paths else None
+            if paths:  # interim (awaiting_retirement) or final: what the certificate itself says
+                try:
+                    out["certificate_status"] = json.loads(paths[0].read_text()).get("status")
+                except (OSError, ValueError, AttributeError):
+                    out["certificate_status"] = None
+        if found.get("kind") == "acknowledged" and found.get("covered_by"):
+            # where the batches that delete its samples are now (an acknowledgement is written once, at ingest)
+            out["covering_batches"] = {b: ledger.batch(b)["status"] for b in found["covered_by"] if b in ledger.batches}
+            # "deleted" only once the copies are gone too: a batch is COMPLETED at promotion, before its purge
+            # (which can still fail, finding copies); until every covering batch is purged it is "replaced".
+            out["covering_purged"] = {b: "purged" in ledger.steps(b) for b in out["covering_batches"]}
+            out["deleted"] = bool(out["covering_batches"]) and all(
+                status == Ledger.COMPLETED and out["covering_purged"][b]
+                for b, status in out["covering_batches"].items())
+        if rejections:  # e.g. the same id sent again with other content (request_id_conflict)
+            out["later_rejections"] = rejections
+        return out
+    if rejections:
+        return {"kind": "rejected", "request_id": request_id, **rejections[-1], "rejections": rejections}
+    raise PipelineError(f"unknown request id {request_id!r}: not in the ledger, the acknowledgements or the "
+                        "rejection log (requests still in data/requests/incoming are not ingested yet)")
