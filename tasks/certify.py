@@ -168,7 +168,10 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     versions = certificate["retirement"]["versions"]
     kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"]]
     unsearched = [str(v["version"]) for v in versions if v["artifacts_deleted"] and str(v["version"]) in unscanned]
-    if certificate["status"] == "complete" and (kept or unsearched):
+    # A batch that removed training samples made the model that trained on them retire; none recorded yet means
+    # that has not happened, not that nothing needed it (Ledger.retirements_done).
+    unrecorded = not versions and ledger.removed_training_samples(batch_id)
+    if certificate["status"] == "complete" and (kept or unsearched or unrecorded):
         # Interim, not complete: a model version that trained on these samples is kept loadable (rollback) until its
         # retirement falls due (lifecycle.retirement_grace_hours), or was retired but the project not yet searched
         # for its weights. The final certificate, issued once both are done, says complete (review of 2026-12-07:
@@ -183,6 +186,9 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")
+        if unrecorded:
+            parts.append("no model version that trained on these samples has been recorded as retired or scheduled "
+                         "for retirement yet")
         certificate["retirement"]["statement"] = (
             f"interim certificate: {'; '.join(parts)}. The data is deleted and {after}. A final certificate is "
             "issued once they are retired and the project has been searched for their weights")
@@ -256,7 +262,10 @@ def run_certify(project: Project) -> dict[str, Any]:
         return frozenset(v for v, e in retirement.items() if entry_key(v, e, keys) in unscanned_keys)
 
     def final(batch_id: str) -> bool:
-        return "retired" in ledger.steps(batch_id) and not unscanned_of(batch_id)
+        # The retirement entries themselves, not only the step: a step marked when none were recorded (a release
+        # that read a registry error as "no champion") or before a later entry was scheduled is not final.
+        return ("retired" in ledger.steps(batch_id) and ledger.retirements_done(batch_id)
+                and not unscanned_of(batch_id))
 
     def due(batch_id: str) -> bool:
         # Issued once the batch is purged; issued again when a retirement that was waiting for its grace period has

@@ -172,13 +172,33 @@ def model_name(project: Project) -> str:
 
 
 def champion_version(project: Project, client) -> Any | None:
-    """The ModelVersion holding the ``champion`` alias, or None if there is none yet."""
-    from mlflow.exceptions import MlflowException
+    """The ModelVersion holding the ``champion`` alias, or None if there is none yet.
 
+    None only when the registry says so: the model is not registered, or it has no such alias. Any other error (a
+    locked SQLite store, a tracking server that answers 503) is raised: read as "no champion" it made the purge
+    retire nothing and mark the batch retired, so a final "complete" certificate was issued while the version that
+    trained on the deleted samples stayed loadable (review of 2026-12-07), and ``train`` would start a new baseline.
+    MLflow reports a missing alias as an invalid parameter, not as a missing resource, so that case is confirmed on
+    the registered model's aliases rather than read from the message.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    name = model_name(project)
     try:
-        return client.get_model_version_by_alias(model_name(project), CHAMPION)
-    except MlflowException:
-        return None
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        try:
+            aliases = client.get_registered_model(name).aliases
+        except MlflowException as again:
+            if again.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return None
+            raise exc from again
+        if CHAMPION not in aliases:
+            return None
+        raise
 
 
 def _export(model: nn.Module, example: torch.Tensor):

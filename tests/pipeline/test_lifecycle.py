@@ -392,6 +392,7 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     assert final["retirement"]["versions"][0]["artifacts_deleted"] is True
     assert final["status"] == "complete" and "statement" not in final["retirement"]
     assert any(step["step"] == "retired" and step["at"] for step in final["timeline"])
+    _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, monkeypatch)
     # a scheduled version deleted from the registry outside the pipeline is named, not left interim in silence
     from tasks.doctor import diagnose
 
@@ -404,6 +405,45 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
     ledger.save()  # a tombstone whose batch's entry still says scheduled (its retired_batches tag left it out)
     assert [f.subject for f in diagnose(project) if "still says scheduled" in f.problem] == ["version 1"]
     _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeypatch)
+
+
+def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, monkeypatch):
+    """Review of 2026-12-07: a registry error read as "no champion" made the purge retire nothing and mark the batch
+    retired (no entries: all of none done), and certify issued a final "complete" certificate while the version
+    that trained on the deleted samples stayed loadable; that batch's certificate was never issued again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from flows.cli import main
+    from tasks.lifecycle import run_purge
+    from unlearn.requests import Ledger
+
+    def locked(*args, **kwargs):
+        raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+
+    before = project.ledger_path.read_bytes()
+    with monkeypatch.context() as patched:
+        patched.setattr(mlflow.MlflowClient, "get_model_version_by_alias", locked)
+        with pytest.raises(MlflowException, match="database is locked"):
+            run_purge(project)
+    assert project.ledger_path.read_bytes() == before
+    # a batch an earlier release marked retired with no retirement recorded, certified final: issued again, interim
+    ledger = Ledger(project.ledger_path)
+    entries = ledger.batch(batch_id).pop("retirement")
+    ledger.save()
+    assert "retired" in ledger.steps(batch_id) and ledger.batch(batch_id)["certificate_final"] is True
+    assert main(["--root", str(root), "stage", "certify"]) == 0
+    interim = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+    assert interim["status"] == "awaiting_retirement" and interim["retirement"]["versions"] == []
+    assert "no model version that trained on these samples has been recorded" in interim["retirement"]["statement"]
+    assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is False
+    ledger = Ledger(project.ledger_path)
+    ledger.batch(batch_id)["retirement"] = entries
+    ledger.save()
+    assert main(["--root", str(root), "stage", "certify"]) == 0  # its retirement recorded again: final again
+    assert json.loads(next(project.certificates_dir.glob("*.json")).read_text())["status"] == "complete"
+    assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is True
 
 
 def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeypatch):

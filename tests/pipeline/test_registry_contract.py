@@ -53,3 +53,45 @@ def test_the_git_commit_tag_says_when_the_configuration_or_code_differs_from_it(
     (root / "params.yaml").write_text(params)
     (root / "mymodels.py").write_text("NET = 2\n")  # a tracked model module
     assert dvc_ops.git_commit(project) == f"{sha}+dirty"
+
+
+def test_only_the_registry_saying_so_means_no_champion_and_any_other_error_is_raised(make_project):
+    """Every MLflow error read as "no champion" (review of 2026-12-07): a locked store or a server's 503 made the purge
+    retire nothing and mark the batch retired, and a final "complete" certificate followed with the version that
+    trained on the deleted samples still loadable."""
+    import mlflow
+    import pytest
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from tasks import tracking
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client = tracking.setup(project)
+    name = tracking.model_name(project)
+    assert tracking.champion_version(project, client) is None  # no model registered yet
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=str(project.root / "model"))
+    assert tracking.champion_version(project, client) is None  # registered, no champion alias
+    client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
+    assert tracking.champion_version(project, client).version == version.version
+
+    class Unavailable(mlflow.MlflowClient):
+        def __init__(self, fail_registered_model=False):
+            super().__init__(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
+            self.fail_registered_model = fail_registered_model
+
+        def get_model_version_by_alias(self, *args, **kwargs):
+            raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+
+        def get_registered_model(self, *args, **kwargs):
+            if self.fail_registered_model:
+                raise MlflowException("service unavailable", TEMPORARILY_UNAVAILABLE)
+            return super().get_registered_model(*args, **kwargs)
+
+    for failing in (Unavailable(), Unavailable(fail_registered_model=True)):
+        with pytest.raises(MlflowException, match="database is locked"):
+            tracking.champion_version(project, failing)
+    client.delete_registered_model_alias(name, tracking.CHAMPION)
+    assert tracking.champion_version(project, Unavailable()) is None  # the error, but the registry has no alias
