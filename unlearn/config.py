@@ -527,8 +527,11 @@ def _check_values(params: Params) -> None:
     try:
         zoneinfo.ZoneInfo(serve.timezone)
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-        raise ConfigError(f"serve.timezone: expected an IANA time zone name such as UTC, "
-                          f"got {serve.timezone!r}") from None
+        # UTC needs no database: a machine without one (a bare GPU image, where the core runs without the `tzdata`
+        # package) must still load the shipped params.yaml, whose serve section it never uses.
+        if serve.timezone not in ("UTC", "Etc/UTC") or zoneinfo.available_timezones():
+            raise ConfigError(f"serve.timezone: expected an IANA time zone name such as UTC, "
+                              f"got {serve.timezone!r}") from None
     if serve.trigger_after_requests < 1:
         raise ConfigError("serve.trigger_after_requests: must be >= 1")
     if serve.trigger_window_minutes <= 0 or serve.watch_interval_seconds <= 0:

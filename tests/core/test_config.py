@@ -114,3 +114,28 @@ def test_extends_starts_from_the_other_methods_resolved_kwargs():
 def test_bad_profiles_name_the_problem(methods, profiles, message):
     with pytest.raises(ConfigError, match=message):
         _unlearn(methods, profiles)
+
+
+def test_utc_needs_no_time_zone_database_and_other_names_still_do():
+    """The GPU machine runs the core without the `tzdata` package: a missing database made the shipped params.yaml's
+    `serve.timezone: UTC` a ConfigError there, which would have stopped the device check before any work."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, zoneinfo
+sys.modules["tzdata"] = None  # no tzdata package
+zoneinfo.reset_tzpath(to=[])  # and no system database
+assert not zoneinfo.available_timezones()
+from unlearn.config import ConfigError, load_params, parse_params
+assert load_params({str(REPO / "params.yaml")!r}).serve.timezone == "UTC"
+try:
+    parse_params({{"serve": {{"timezone": "Europe/Paris"}}}})
+except ConfigError as exc:
+    print("refused:", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: serve.timezone" in out.stdout and "Europe/Paris" in out.stdout
+    with pytest.raises(ConfigError, match="serve.timezone"):  # with a database, an unknown name is still refused
+        parse_params({"serve": {"timezone": "Mars/Olympus_Mons"}})

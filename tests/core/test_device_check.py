@@ -1,8 +1,10 @@
 """benchmarks/device_check.py runs with only the numeric stack: the orchestration stack is blocked."""
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,22 @@ def test_the_device_run_script_stops_a_sweep_that_runs_on_and_gives_the_check_wh
         assert "device_check.py" in check and "--table-epochs 20" in check
         budget = int(check.split("--budget-s ")[1].split()[0])
         assert lowest <= budget <= highest, (total, budget)  # what is left after the stopped sweep's 1-2 s
+
+
+def test_the_device_run_script_stops_a_device_check_that_runs_past_the_whole_runs_limit(tmp_path):
+    """The check's budget only keeps it from starting a second repetition: its first always runs, estimated past the
+    8 minutes the guide allows (review of 2026-12-07). The script stops it at HARD_TOTAL_S, never before its budget,
+    and says so with the check's exit status."""
+    (tmp_path / ".device" / "fashion-mnist").mkdir(parents=True)
+    (tmp_path / ".device" / "fashion-mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    fake = tmp_path / "fake-python"
+    fake.write_text('#!/bin/sh\ncase "$1" in *device_check*) sleep 30;; esac\nexit 0\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "TOTAL_S": "2", "MIN_CHECK_S": "2", "HARD_TOTAL_S": "3"}
+    started = time.monotonic()
+    out = subprocess.run(["sh", str(REPO / "benchmarks" / "device_run.sh"), str(tmp_path / "out")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=25, env=env)
+    assert out.returncode == 124, (out.stdout, out.stderr)  # timeout's status, passed on
+    assert re.search(r"is stopped after [23] s", out.stdout)
+    assert "the device check failed or was stopped (exit 124)" in out.stderr
+    assert time.monotonic() - started < 15
