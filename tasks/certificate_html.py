@@ -443,6 +443,10 @@ def _purge_section(document: dict[str, Any]) -> str:
     unsearched = scan.get("samples_not_searched")
     some_unsearched = _is_number(unsearched) and unsearched > 0
     nothing_own = scan.get("sample_patterns") == 0 and _is_number(scan.get("samples")) and scan["samples"] > 0
+    # some deleted samples are byte-identical to kept ones: a copy of those cannot be told from the kept sample, so
+    # they were not searched for (review of 2026-12-07: the page said "no copy was found" of them)
+    shared = scan.get("shared_with_live")
+    some_shared = _is_number(shared) and shared > 0 and not nothing_own
     open_quarantines = scan.get("open_quarantines_not_scanned")
     skipped = open_quarantines if _is_number(open_quarantines) and open_quarantines > 0 else 0
     if skipped:  # files skipped by design are still files not scanned
@@ -455,6 +459,10 @@ def _purge_section(document: dict[str, Any]) -> str:
                    f'{why}: nothing is claimed about them.</p>')
     elif matches == 0 and not isinstance(matches, bool) and some_unsearched:
         callout = '<p class="callout matches-partial">0 matches for the deleted samples searched for.</p>'
+    elif matches == 0 and not isinstance(matches, bool) and some_shared:
+        callout = (f'<p class="callout matches-partial">0 matches for the deleted samples with bytes of their own; '
+                   f'{_num(shared)} of {_num(scan.get("samples"))} are identical to a sample that stays in the data, '
+                   'so a copy of them cannot be told from it: nothing is claimed about them.</p>')
     elif matches == 0 and not isinstance(matches, bool) and nothing_own:
         callout = ('<p class="callout matches-partial">0 matches, but none of the deleted samples had bytes of its '
                    'own to search for (each is identical to a sample that stays in the data).</p>')
@@ -522,10 +530,17 @@ def _retirement_section(document: dict[str, Any]) -> str:
                     "weights that could not be read)")
         return "yes" if value is True else MISSING
 
+    def searched_cell(version: dict[str, Any]) -> str:
+        skipped = version.get("weights_paths_not_scanned")
+        if version.get("weights_searched") is True and _is_number(skipped) and skipped > 0:
+            return (f"yes, except {_num(skipped)} path(s) that could not be scanned (unreadable, or links to "
+                    "folders): nothing is claimed about them")
+        return searched(version.get("weights_searched"))
+
     table = _table(["Model version", "Reason", "Artifacts deleted", "Weights searched for on disk", "Retired at",
                     "Due at"],
                    [[_version_cell(v), _escaped(v.get("reason")), _escaped(v.get("artifacts_deleted")),
-                     searched(v.get("weights_searched")), _escaped(v.get("retired_at")), _escaped(v.get("due_at"))]
+                     searched_cell(v), _escaped(v.get("retired_at")), _escaped(v.get("due_at"))]
                     for v in versions],
                    "No model versions retired.")
     rows = [("Reference models retired", _num(retirement.get("references_retired")))]

@@ -336,6 +336,12 @@ def test_zero_matches_with_unsearchable_samples_claims_nothing_about_them(tmp_pa
     certificate["purge"]["scan"]["samples_not_searched"] = 0
     _, html_path = write_certificate(certificate, {}, tmp_path)
     assert "no copy of the forgotten data was found" in html_path.read_text()
+    # some deleted samples identical to live ones (review of 2026-12-07: "no copy found" was said of them too)
+    certificate["purge"]["scan"]["shared_with_live"] = 2
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    assert "no copy of the forgotten data was found" not in body and "matches-zero" not in body
+    assert "2 of 5 are identical to a sample that stays in the data" in body
     # every deleted sample identical to a live one: nothing of its own was searched for, so no "no copy found"
     certificate["purge"]["scan"].update({"sample_patterns": 0, "shared_with_live": 5})
     _, html_path = write_certificate(certificate, {}, tmp_path)
@@ -435,6 +441,11 @@ def test_the_retirement_table_says_whether_each_versions_weights_were_searched_f
     assert "Weights searched for on disk" in body and "no: no fingerprint could be taken" in body
     row = re.search(r"<tr><td><code>1</code></td>.*?</tr>", body, re.S).group(0)
     assert "<td>yes</td>" in row
+    certificate["retirement"]["versions"][0]["weights_paths_not_scanned"] = 3  # searched, but not everywhere
+    _, html_path = write_certificate(certificate, {}, tmp_path)
+    body = html_path.read_text().split("</style>")[1]
+    row = re.search(r"<tr><td><code>1</code></td>.*?</tr>", body, re.S).group(0)
+    assert "<td>yes, except 3 path(s) that could not be scanned (unreadable, or links to folders)" in row
 
 
 def test_the_verification_section_says_what_the_intervals_account_for(tmp_path):
