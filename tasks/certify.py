@@ -29,6 +29,12 @@ from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 log = logging.getLogger("unlearn.pipeline")
 
 AWAITING_RETIREMENT = "awaiting_retirement"  # a certificate issued while trained-on versions live
+# Ledger outcomes after which an earlier attempt's verification no longer describes the batch (request status)
+VOIDING_OUTCOMES = {
+    "promotion_abandoned": "its promotion was abandoned (the registry does not hold the version), so the batch is "
+                           "unlearned again",
+    "model_withdrawn": "the model was withdrawn (too few training samples remain): no model replaced it",
+}
 NOT_APPLICABLE = "not_applicable"  # a data-only request's evidence strength: no model trained on its samples
 STEPS = ("received", "validated", "data_version", "unlearned", "verified", "promoted", "retired", "purged",
          "certified")
@@ -92,7 +98,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
                                      **{k: e[k] for k in ("model_id",) if e.get(k)},
                                      "artifacts_deleted": e.get("action") == "retired",
-                                     "weights_searched": e.get("weights_searched")}
+                                     "weights_searched": e.get("weights_searched"),
+                                     **{k: e[k] for k in ("weights_paths_not_scanned",) if e.get(k)}}
                                     for v, e in sorted(batch.get("retirement", {}).items())],
                        "references_retired": len(batch.get("references_retired", []))},
     }
@@ -331,7 +338,17 @@ def _verification_status(project: Project, ledger: Ledger, batch_id: str) -> dic
         out["held_note"] = (f"inconclusive evidence: held (not promoted) to be verified together with later "
                             f"batches; due for the exact retrain at {last.get('hold_until')} (the first run after "
                             f"it retrains) or after gate.max_hold_batches batches, whichever comes first")
-    run_id = next((n.get("run_id") for n in reversed(history) if n.get("run_id")), None)
+    # The latest attempt's evidence, unless what came after it voided it: a promotion abandoned (the registry does
+    # not hold the version; the batch is unlearned again) or the model withdrawn (no model was promoted). Quoting it
+    # then described a model nobody serves (review of 2026-12-07).
+    run_id = None
+    for note in reversed(history):
+        if note.get("outcome") in VOIDING_OUTCOMES:
+            out["evidence"] = f"none current: {VOIDING_OUTCOMES[note['outcome']]}"
+            return out
+        if note.get("run_id"):
+            run_id = note["run_id"]
+            break
     report, problem = _attempt_report(project, run_id)
     summary = evidence_summary(report)
     if summary:

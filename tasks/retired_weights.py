@@ -293,16 +293,20 @@ def entry_key(version: str, entry: dict[str, Any], keys: dict[str, str]) -> str:
 
 
 def record_weight_search(ledger: Any, weights: RetiredWeights, versions: set[str] | list[str],
-                         keys: dict[str, str]) -> None:
+                         keys: dict[str, str], not_scanned: int = 0) -> None:
     """Note, on each batch's retirement of ``versions``, whether a scan searched the project for its weights.
 
     The certificate's retirement table shows it beside "artifacts deleted" (which only the artifact store's
     listing backs). Written once per version and batch: the first scan that dealt with the version decides.
     ``keys``: :func:`fingerprint_keys`: a batch's entry is matched to the fingerprints of the model it retired, not
-    to whatever version holds its number now.
+    to whatever version holds its number now. ``not_scanned``: the scan's paths it could not read (unreadable, links
+    to folders), kept with the entry so that "searched" is never said of them (review of 2026-12-07).
     """
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             key = entry_key(version, entry, keys)
             if key in versions and entry.get("action") == "retired" and "weights_searched" not in entry:
-                ledger.record_retirement(batch_id, version, {**entry, "weights_searched": key in weights.searched})
+                searched = key in weights.searched
+                ledger.record_retirement(batch_id, version, {
+                    **entry, "weights_searched": searched,
+                    **({"weights_paths_not_scanned": not_scanned} if searched and not_scanned else {})})

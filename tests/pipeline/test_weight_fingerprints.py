@@ -209,3 +209,11 @@ def test_a_batch_is_told_about_the_model_it_retired_not_the_version_that_took_it
     assert [ledger.batch(b)["retirement"]["1"]["weights_searched"] for b in ("old", "new", "legacy")] == [
         False, True, True]
     assert "weights_searched" not in ledger.batch("older")["retirement"]["1"]  # unknown stays unrecorded
+    assert not any("weights_paths_not_scanned" in ledger.batch(b)["retirement"]["1"] for b in ledger.batches)
+    # paths the scan could not read stay with the entries it searched (review of 2026-12-07: "searched: yes" alone)
+    ledger.batches["later"] = {"retirement": {"2": {"action": "retired", "version": "2"}}}
+    ledger.batches["empty"] = {"retirement": {"3": {"action": "retired", "version": "3"}}}
+    weights = RetiredWeights({"v2-w0": b"y" * 256}, 0, ("3",))
+    record_weight_search(ledger, weights, {"2", "3"}, keys, not_scanned=4)
+    assert ledger.batch("later")["retirement"]["2"]["weights_paths_not_scanned"] == 4
+    assert "weights_paths_not_scanned" not in ledger.batch("empty")["retirement"]["3"]  # nothing searched: "no"
