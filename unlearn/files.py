@@ -2,7 +2,10 @@
 
 A reader (a later stage, ``dvc``, a crash-recovery re-run) must never see half a file: each
 writer here writes a temporary file in the target's directory and renames it over the target
-(``os.replace`` is atomic on one file system). Temporary names are unique per call, start with
+(``os.replace`` is atomic on one file system). The file's data is flushed to the disk before the rename and
+the rename itself after it (``fsync`` of the file, then of the directory), as the audit log's writes are: after a
+power loss a ledger that says a certificate was issued must not sit beside an empty or older certificate
+file (review of 2026-12-07; about 0.3 ms a write here). Temporary names are unique per call, start with
 a dot and end in ``.tmp`` (``.NAME.XXXX.tmp``), so concurrent writers never share one and the
 request inbox skips a file still being written (:func:`unlearn.requests.skipped_in_inbox`).
 Writers that pick a format from the suffix (``numpy.savez``, ``matplotlib``) get an open file or
@@ -40,10 +43,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)  # the rename
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to the disk (a read-only descriptor is enough on POSIX)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

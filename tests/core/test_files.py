@@ -39,3 +39,31 @@ def test_the_clock_is_utc_at_two_precisions():
     moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     assert utc_timestamp(moment) == "2026-01-02T03:04:05Z"
     assert utc_timestamp(moment, precise=True) == "2026-01-02T03:04:05.000006Z"
+
+
+def test_a_write_is_on_the_disk_before_it_replaces_the_file_and_the_rename_after(tmp_path, monkeypatch):
+    """Review of 2026-12-07: temp file and rename, but no fsync: after a power loss the ledger could say a certificate
+    was issued while the certificate file was empty or the older one."""
+    import os
+
+    from unlearn import files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    target = tmp_path / "ledger.json"
+    files.write_json_atomic(target, {"certified": True})
+    (first, what), (second, where), (third, folder) = events
+    assert first == "fsync" and what.startswith(str(tmp_path / ".ledger.json.")) and what.endswith(".tmp")
+    assert (second, where) == ("replace", str(target)) and (third, folder) == ("fsync", str(tmp_path))
+    assert json.loads(target.read_text()) == {"certified": True}
