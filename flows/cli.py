@@ -574,6 +574,12 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
         where = status.get("step") or status.get("kind")
         raise PipelineError(f"request {args.request_id} has no certificate yet (it is {status.get('status', where)}, "
                             f"last step: {where}); certificates are issued when its batch is purged")
+    from tasks.certificate import html_matches
+
+    if not html_matches(paths[0]):  # never hand out a page that states what the recorded document does not
+        raise PipelineError(f"the certificate of request {args.request_id} has an HTML page that is missing or not "
+                            f"its JSON's ({paths[1].name} does not show {paths[0].name}'s digest: a write cut off, "
+                            "which the next pipeline run issues again, or an edit); `unlearn doctor` checks them all")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a folder: name a folder to copy the certificate into")

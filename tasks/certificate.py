@@ -122,6 +122,21 @@ def certificate_stem(request_id: str) -> str:
     return f"{readable}-{suffix}"
 
 
+def html_matches(json_path: Path) -> bool:
+    """Whether the HTML page beside a certificate's JSON is that document's: its footer shows the JSON's digest.
+
+    The two files are replaced one after the other (the page first), so a write cut off between them leaves a new
+    page beside the older JSON (or the reverse after an edit): the page then states what the recorded document does
+    not (review of 2026-12-07). An interrupted ``certify`` issues both again on the next run.
+    """
+    try:
+        digest = json.loads(Path(json_path).read_text()).get("digest")
+        page = Path(json_path).with_suffix(".html").read_text(encoding="utf-8")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(digest, str) and f"Digest: <code>{digest}</code>" in page
+
+
 def write_certificate(certificate: dict, plots: dict[str, Path], out_dir: Path) -> tuple[Path, Path]:
     """Write a request's deletion certificate as JSON and as a self-contained HTML report.
 

@@ -55,7 +55,7 @@ class Finding:
 
 def certificate_anchors(project: Project) -> tuple[list[Any], list[Finding]]:
     """The ``(seq, hash)`` anchors quoted by every certificate, and findings for unreadable ones."""
-    from tasks.certificate import verify_certificate_digest
+    from tasks.certificate import html_matches, verify_certificate_digest
     from unlearn.audit import Anchor
 
     anchors, findings = [], []
@@ -63,6 +63,10 @@ def certificate_anchors(project: Project) -> tuple[list[Any], list[Finding]]:
         if not verify_certificate_digest(path):
             findings.append(Finding("certificates", path.name, "digest does not match the content (edited?)"))
             continue
+        if not html_matches(path):
+            findings.append(Finding("certificates", path.with_suffix(".html").name,
+                                    f"missing, or not the page of {path.name} (its digest is not in it: a write cut "
+                                    "off, which the next pipeline run issues again, or an edit)"))
         audit = json.loads(path.read_text()).get("audit") or {}
         if isinstance(audit.get("head_seq"), int) and isinstance(audit.get("head_hash"), str):
             anchors.append(Anchor(path.name, audit["head_seq"], audit["head_hash"]))

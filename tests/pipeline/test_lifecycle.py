@@ -97,6 +97,21 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert status["status"] == "completed" and status["step"] == "certified"
     assert main(["--root", str(root), "request", "certificate", "R-1", "--out", str(tmp_path / "cert")]) == 0
     certificate = json.loads(next((tmp_path / "cert").glob("*.json")).read_text())
+    # a page that is not its JSON's (a write cut off between the two, or an edit) is never handed out, and is named
+    from tasks.certify import certificate_paths
+    from tasks.doctor import diagnose
+    from tasks.project import load_project
+
+    json_path, html_path = certificate_paths(load_project(root), "R-1")
+    page = html_path.read_text()
+    assert not [f for f in diagnose(load_project(root)) if f.subject == html_path.name]
+    html_path.write_text(page.replace(certificate["digest"], "0" * 64))
+    capsys.readouterr()
+    assert main(["--root", str(root), "request", "certificate", "R-1"]) == 2
+    assert f"{html_path.name} does not show {json_path.name}'s digest" in capsys.readouterr().err
+    (finding,) = [f for f in diagnose(load_project(root)) if f.subject == html_path.name]
+    assert "not the page of" in finding.problem
+    html_path.write_text(page)
     assert certificate["status"] == "complete" and certificate["model"]["version"] == "2"
     assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "retrain"]
     assert certificate["purge"]["scan"]["matches"] == 0 and certificate["verification"]["verdict"] == "pass"

@@ -57,8 +57,10 @@ def test_certificate_out_must_be_a_folder_it_can_write(make_project, tmp_path, c
     from tasks import certify
 
     certificate = tmp_path / "cert.json"
-    certificate.write_text("{}")
-    monkeypatch.setattr(certify, "certificate_paths", lambda *a, **k: [certificate])
+    certificate.write_text('{"digest": "' + "d" * 64 + '"}')
+    certificate.with_suffix(".html").write_text(f"<p>Digest: <code>{'d' * 64}</code></p>")
+    monkeypatch.setattr(certify, "certificate_paths",
+                        lambda *a, **k: [certificate, certificate.with_suffix(".html")])
     monkeypatch.setattr(certify, "request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
     root = make_project()
     taken = tmp_path / "taken.txt"
