@@ -575,11 +575,14 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
         raise PipelineError(f"request {args.request_id} has no certificate yet (it is {status.get('status', where)}, "
                             f"last step: {where}); certificates are issued when its batch is purged")
     from tasks.certificate import html_matches
+    from tasks.certify import render_page_again
 
     if not html_matches(paths[0]):  # never hand out a page that states what the recorded document does not
-        raise PipelineError(f"the certificate of request {args.request_id} has an HTML page that is missing or not "
-                            f"its JSON's ({paths[1].name} does not show {paths[0].name}'s digest: a write cut off, "
-                            "which the next pipeline run issues again, or an edit); `unlearn doctor` checks them all")
+        if not render_page_again(project, paths[0]):
+            raise PipelineError(f"the certificate of request {args.request_id} does not match its own digest "
+                                f"({paths[0].name} was edited or damaged): `unlearn doctor` names what else differs")
+        print(f"note: {paths[1].name} did not show {paths[0].name}'s digest (a write cut off, or an edit): "
+              "rendered again from the JSON", file=sys.stderr)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a folder: name a folder to copy the certificate into")

@@ -23,7 +23,7 @@ from tasks.retired_weights import (
 from tasks.stage.state import write_state
 from unlearn.data import load_source
 from unlearn.data.store import split_labels
-from unlearn.files import utc_now
+from unlearn.files import utc_now, write_bytes_atomic
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
 
 log = logging.getLogger("unlearn.pipeline")
@@ -175,10 +175,7 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     versions = certificate["retirement"]["versions"]
     kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"]]
     unsearched = [str(v["version"]) for v in versions if v["artifacts_deleted"] and str(v["version"]) in unscanned]
-    # A batch that removed training samples made the model that trained on them retire; none recorded yet means
-    # that has not happened, not that nothing needed it (Ledger.retirements_done).
-    unrecorded = not versions and ledger.removed_training_samples(batch_id)
-    if certificate["status"] == "complete" and (kept or unsearched or unrecorded):
+    if certificate["status"] == "complete" and (kept or unsearched):
         # Interim, not complete: a model version that trained on these samples is kept loadable (rollback) until its
         # retirement falls due (lifecycle.retirement_grace_hours), or was retired but the project not yet searched
         # for its weights. The final certificate, issued once both are done, says complete (review of 2026-12-07:
@@ -193,9 +190,6 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")
-        if unrecorded:
-            parts.append("no model version that trained on these samples has been recorded as retired or scheduled "
-                         "for retirement yet")
         certificate["retirement"]["statement"] = (
             f"interim certificate: {'; '.join(parts)}. The data is deleted and {after}. A final certificate is "
             "issued once they are retired and the project has been searched for their weights")
@@ -269,8 +263,8 @@ def run_certify(project: Project) -> dict[str, Any]:
         return frozenset(v for v, e in retirement.items() if entry_key(v, e, keys) in unscanned_keys)
 
     def final(batch_id: str) -> bool:
-        # The retirement entries themselves, not only the step: a step marked when none were recorded (a release
-        # that read a registry error as "no champion") or before a later entry was scheduled is not final.
+        # The retirement entries themselves, not only the step: a version scheduled after the step was marked (an
+        # earlier release marked it when a registry error read as "no champion") makes the batch interim again.
         return ("retired" in ledger.steps(batch_id) and ledger.retirements_done(batch_id)
                 and not unscanned_of(batch_id))
 
@@ -314,6 +308,27 @@ def run_certify(project: Project) -> dict[str, Any]:
         ledger.save()
     log.info("certify: %d certificate(s) written", len(written))
     return write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
+
+
+def render_page_again(project: Project, json_path: Path) -> bool:
+    """Write a certificate's HTML page again from its JSON, when the page is not that document's.
+
+    The page and the JSON are replaced one after the other; a page edited, damaged or restored from another day is
+    never issued again by ``certify`` (the batch is not due), so ``request certificate`` renders it here, from the
+    JSON whose digest checks, with the plots of the run it names. Returns False (nothing written) when the JSON's
+    own digest does not check: then there is no recorded document to render.
+    """
+    from tasks.certificate import html_matches, verify_certificate_digest
+    from tasks.certificate_html import render_html
+
+    if html_matches(json_path):
+        return True
+    if not verify_certificate_digest(json_path):
+        return False
+    document = json.loads(json_path.read_text())
+    plots = _evidence_plots(project, document, (document.get("model") or {}).get("run_id"))
+    write_bytes_atomic(json_path.with_suffix(".html"), render_html(document, plots, json_path.name).encode("utf-8"))
+    return html_matches(json_path)
 
 
 def certificate_paths(project: Project, request_id: str) -> tuple[Path, Path] | None:

@@ -66,7 +66,7 @@ def certificate_anchors(project: Project) -> tuple[list[Any], list[Finding]]:
         if not html_matches(path):
             findings.append(Finding("certificates", path.with_suffix(".html").name,
                                     f"missing, or not the page of {path.name} (its digest is not in it: a write cut "
-                                    "off, which the next pipeline run issues again, or an edit)"))
+                                    "off or an edit; `unlearn request certificate` renders it again from the JSON)"))
         audit = json.loads(path.read_text()).get("audit") or {}
         if isinstance(audit.get("head_seq"), int) and isinstance(audit.get("head_hash"), str):
             anchors.append(Anchor(path.name, audit["head_seq"], audit["head_hash"]))

@@ -61,7 +61,7 @@ def uncovered_deletions(ledger: Ledger, version: Any) -> list[str]:
 
 
 def retire_models(project: Project, client: Any, ledger: Ledger, *,
-                  loaded: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                  loaded: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
     """Retire every model version that trained on samples the champion has forgotten.
 
     A version "covers" the batches up to its ``covers_through`` tag (the baseline: every batch
@@ -73,7 +73,9 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     ``loaded``: the live versions' weights already read this run (``tasks.retired_weights.live_weights``' memo).
 
     Returns:
-        One entry per version acted on: version, action (retired | scheduled), reason, batches, due_at.
+        One entry per version acted on: version, action (retired | scheduled), reason, batches, due_at; None when
+        it cannot tell which versions trained on the deleted samples: no champion, and no batch withdrew the model
+        (an alias removed outside the pipeline). A registry error is raised (:func:`tasks.tracking.champion_version`).
     """
     champion = tracking.champion_version(project, client)
     rank = ledger.rank()
@@ -87,7 +89,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         covered_by_champion = max(rank[b] for b in withdrawn)
         successor = "withdrawn: too few training samples remain for a successor"
     else:
-        return []
+        return None
     contaminating = [b for b in completed if ledger.removed_training_samples(b) and rank[b] <= covered_by_champion]
     grace = timedelta(hours=project.params.lifecycle.retirement_grace_hours)
     now = datetime.now(UTC)
@@ -231,8 +233,16 @@ def run_purge(project: Project) -> dict[str, Any]:
     client = tracking.setup(project)
     loaded: dict[str, Any] = {}  # each live version's weights, read once for the retirements and the scan below
     actions = retire_models(project, client, ledger, loaded=loaded)
+    # Retired when every version that trained on a batch's samples is (none: no version did). Not when that could
+    # not be told: marked then, a final "complete" certificate followed while the old champion stayed loadable
+    # (review of 2026-12-07; a registry error read as "no champion" did it, and an alias removed by hand would).
+    assessed = actions is not None
+    if not assessed:
+        log.warning("purge: the registry has no champion and no batch withdrew the model, so which versions trained "
+                    "on the deleted samples cannot be told: nothing is retired or marked retired until one is set")
+    actions = actions or []
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
-        if ledger.retirements_done(batch_id):
+        if assessed and ledger.retirements_done(batch_id):
             ledger.mark_step([batch_id], "retired")
     ledger.save()
     to_close = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
@@ -311,7 +321,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     for batch_id in to_close:
         ledger.record_purge(batch_id, evidence)
         ledger.mark_step([batch_id], "purged", at)
-        if ledger.retirements_done(batch_id):
+        if assessed and ledger.retirements_done(batch_id):
             ledger.mark_step([batch_id], "retired", at)
     # Recorded before the ledger marks the batches purged: a crash in between repeats the purge (and this
     # true record) on the next run, where the other order would leave a purge the log never mentions.

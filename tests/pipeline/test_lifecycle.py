@@ -106,11 +106,19 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     page = html_path.read_text()
     assert not [f for f in diagnose(load_project(root)) if f.subject == html_path.name]
     html_path.write_text(page.replace(certificate["digest"], "0" * 64))
-    capsys.readouterr()
-    assert main(["--root", str(root), "request", "certificate", "R-1"]) == 2
-    assert f"{html_path.name} does not show {json_path.name}'s digest" in capsys.readouterr().err
     (finding,) = [f for f in diagnose(load_project(root)) if f.subject == html_path.name]
     assert "not the page of" in finding.problem
+    capsys.readouterr()
+    assert main(["--root", str(root), "request", "certificate", "R-1"]) == 0  # rendered again from the JSON
+    assert f"{html_path.name} did not show {json_path.name}'s digest" in capsys.readouterr().err
+    assert html_path.read_text() == page and not [f for f in diagnose(load_project(root)) if f.subject ==
+                                                    html_path.name]
+    document = json_path.read_text()
+    json_path.write_text(document.replace('"complete"', '"in_progress"', 1))  # the JSON itself edited: refused
+    html_path.write_text("")
+    assert main(["--root", str(root), "request", "certificate", "R-1"]) == 2
+    assert "does not match its own digest" in capsys.readouterr().err and html_path.read_text() == ""
+    json_path.write_text(document)
     html_path.write_text(page)
     assert certificate["status"] == "complete" and certificate["model"]["version"] == "2"
     assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "retrain"]
@@ -424,13 +432,14 @@ def test_two_pipeline_runs_started_together_serialise(prefect_server, champion_p
 
 def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, monkeypatch):
     """Review of 2026-12-07: a registry error read as "no champion" made the purge retire nothing and mark the batch
-    retired (no entries: all of none done), and certify issued a final "complete" certificate while the version
-    that trained on the deleted samples stayed loadable; that batch's certificate was never issued again."""
+    retired (all of no entries done), and certify issued a final "complete" certificate while the version that
+    trained on the deleted samples stayed loadable; a version scheduled after that never made it interim again."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
     from flows.cli import main
+    from tasks import tracking
     from tasks.lifecycle import run_purge
     from unlearn.requests import Ledger
 
@@ -443,22 +452,65 @@ def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, m
         with pytest.raises(MlflowException, match="database is locked"):
             run_purge(project)
     assert project.ledger_path.read_bytes() == before
-    # a batch an earlier release marked retired with no retirement recorded, certified final: issued again, interim
+    # no champion (its alias removed by hand) and no withdrawal: which versions trained on the samples cannot be
+    # told, so the batch is not marked retired
     ledger = Ledger(project.ledger_path)
-    entries = ledger.batch(batch_id).pop("retirement")
+    retired_at = ledger.steps(batch_id).pop("retired")
     ledger.save()
-    assert "retired" in ledger.steps(batch_id) and ledger.batch(batch_id)["certificate_final"] is True
+    client = tracking.setup(project)
+    name = tracking.model_name(project)
+    champion = client.get_model_version_by_alias(name, tracking.CHAMPION).version
+    client.delete_registered_model_alias(name, tracking.CHAMPION)
+    try:
+        assert run_purge(project)["retired"] == []
+        assert "retired" not in Ledger(project.ledger_path).steps(batch_id)
+    finally:
+        client.set_registered_model_alias(name, tracking.CHAMPION, champion)
+    run_purge(project)  # with the champion back, the retirement the batch needed is recorded as done
+    assert "retired" in Ledger(project.ledger_path).steps(batch_id)
+    ledger = Ledger(project.ledger_path)
+    ledger.steps(batch_id)["retired"] = retired_at
+    ledger.save()
+    # a version scheduled after the batch was marked retired and certified final: issued again, interim, naming it
+    entries = dict(ledger.batch(batch_id)["retirement"])
+    ledger.record_retirement(batch_id, "1", {**entries["1"], "action": "scheduled", "due_at": "2099-01-01T00:00:00Z"})
+    ledger.save()
+    assert ledger.batch(batch_id)["certificate_final"] is True
     assert main(["--root", str(root), "stage", "certify"]) == 0
     interim = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
-    assert interim["status"] == "awaiting_retirement" and interim["retirement"]["versions"] == []
-    assert "no model version that trained on these samples has been recorded" in interim["retirement"]["statement"]
+    assert interim["status"] == "awaiting_retirement" and "model version(s) 1 trained on these samples" in interim[
+        "retirement"]["statement"]
     assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is False
     ledger = Ledger(project.ledger_path)
     ledger.batch(batch_id)["retirement"] = entries
     ledger.save()
-    assert main(["--root", str(root), "stage", "certify"]) == 0  # its retirement recorded again: final again
+    assert main(["--root", str(root), "stage", "certify"]) == 0  # retired again: final again
     assert json.loads(next(project.certificates_dir.glob("*.json")).read_text())["status"] == "complete"
     assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is True
+    # a batch no version trained on (samples deleted before the first baseline, which then covered them): nothing to
+    # retire, so retired and final at once; requiring an entry left such certificates interim for good (a review's
+    # catch of this fix's first form)
+    ledger = Ledger(project.ledger_path)
+    ledger.batch(batch_id).pop("retirement")
+    ledger.steps(batch_id).pop("retired")
+    ledger.save()
+    run_purge(project)  # (here the tombstone of version 1 names the batch: its entry is recorded again)
+    assert "retired" in Ledger(project.ledger_path).steps(batch_id)
+    ledger = Ledger(project.ledger_path)
+    assert ledger.batch(batch_id)["retirement"]["1"]["action"] == "retired"
+    ledger.batch(batch_id).pop("retirement")
+    ledger.set_certificate_final(batch_id, False)
+    ledger.save()
+    assert main(["--root", str(root), "stage", "certify"]) == 0
+    bare = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+    assert bare["status"] == "complete" and bare["retirement"]["versions"] == []
+    assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is True
+    ledger = Ledger(project.ledger_path)
+    ledger.batch(batch_id)["retirement"] = entries
+    ledger.set_certificate_final(batch_id, False)
+    ledger.save()
+    assert main(["--root", str(root), "stage", "certify"]) == 0
+    assert json.loads(next(project.certificates_dir.glob("*.json")).read_text())["retirement"]["versions"]
 
 
 def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeypatch):
@@ -609,3 +661,4 @@ def test_a_champion_moved_back_past_a_deletion_is_replaced_by_an_exact_retrain(p
     ledger = Ledger(project.ledger_path)
     assert champion.tags["covers_through"] == ledger.newest(ledger.batches)  # true of an exact retrain
     assert not [f for f in diagnose(project) if f.check == "lineage"]
+

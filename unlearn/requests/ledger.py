@@ -158,13 +158,10 @@ class Ledger:
         self.batch(batch_id).setdefault("retirement", {})[version] = entry
 
     def retirements_done(self, batch_id: str) -> bool:
-        """Every version the batch made retire has had its artifacts deleted, and one did if the batch removed a
-        training sample: the model that trained on it. None recorded then means the retirement has not happened yet
-        (the purge found no champion to retire against), not that there was nothing to retire."""
-        entries = self.batch(batch_id).get("retirement", {})
-        if not entries:
-            return not self.removed_training_samples(batch_id)
-        return all(e.get("action") == "retired" for e in entries.values())
+        """Every version the batch made retire has had its artifacts deleted (none: no model version trained on its
+        samples, e.g. they were deleted before the first baseline; the purge marks such a batch retired only when it
+        could tell, :func:`tasks.lifecycle.retire_models`)."""
+        return all(e.get("action") == "retired" for e in self.batch(batch_id).get("retirement", {}).values())
 
     def record_purge(self, batch_id: str, evidence: dict[str, Any]) -> None:
         """Record the purge evidence of a closed batch (counts and digests, never sample ids)."""
