@@ -51,6 +51,7 @@ left=$((total - used))
 # after every part and every finished method, so the stop keeps what it finished (a review of 2026-12-07 estimated
 # 450-550 s for the whole run on an H100, past the 8 minutes the guide allows).
 hard=$((hard_total - used))
+[ "$hard" -gt "$hard_total" ] && hard=$hard_total  # a clock stepped backwards
 [ "$hard" -lt "$left" ] && hard=$left
 check_cap=""
 [ -n "$cap" ] && check_cap="timeout -k 10 $hard"

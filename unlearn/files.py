@@ -48,7 +48,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync(path.parent)  # the rename
+    try:
+        _fsync(path.parent)  # the rename
+    except OSError:
+        # The file is replaced: a folder this process may write but not open, or a file system that cannot sync a
+        # folder, must not turn a finished write into a reported failure (the rename is then as durable as the
+        # file system makes it).
+        pass
 
 
 def _fsync(path: Path) -> None:

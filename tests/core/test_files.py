@@ -67,3 +67,21 @@ def test_a_write_is_on_the_disk_before_it_replaces_the_file_and_the_rename_after
     assert first == "fsync" and what.startswith(str(tmp_path / ".ledger.json.")) and what.endswith(".tmp")
     assert (second, where) == ("replace", str(target)) and (third, folder) == ("fsync", str(tmp_path))
     assert json.loads(target.read_text()) == {"certified": True}
+
+
+def test_a_folder_that_cannot_be_synced_does_not_turn_a_finished_write_into_a_failure(tmp_path, monkeypatch):
+    """Review of 2026-12-07: the folder's fsync (after the rename) raised where the folder could be written but not
+    opened, so a caller was told a write failed that had happened."""
+    from unlearn import files
+
+    real = files._fsync
+
+    def no_folders(path):
+        if path.is_dir():
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path)
+
+    monkeypatch.setattr(files, "_fsync", no_folders)
+    files.write_json_atomic(tmp_path / "state.json", {"ok": 1})
+    assert json.loads((tmp_path / "state.json").read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
