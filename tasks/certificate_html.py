@@ -485,7 +485,8 @@ def _purge_section(document: dict[str, Any]) -> str:
             ("Paths not scanned", _num(not_scanned)),
             ("Matches", _num(matches))]
     scope = ("the project directory (working data, DVC cache, Git, an MLflow store kept in it) and a DVC remote on a "
-             "local path; a cloud DVC remote's redacted objects are deleted, not searched, and a team MLflow "
+             "local path, except Python virtual environments in them (folders with a pyvenv.cfg: installed "
+             "packages); a cloud DVC remote's redacted objects are deleted, not searched, and a team MLflow "
              "server's store is not searched")
     if "samples" in scan:  # purges before these were counted do not say
         rows.insert(4, ("Deleted samples searched for", f"{_num(scan.get('sample_patterns'))} pattern(s) for "

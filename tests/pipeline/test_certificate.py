@@ -333,6 +333,7 @@ def test_zero_matches_with_unsearchable_samples_claims_nothing_about_them(tmp_pa
     assert "2 of 5 deleted sample(s) could not be searched for" in body
     assert "3 pattern(s) for 3 of 5 sample(s)" in body
     assert "a cloud DVC remote&#x27;s redacted objects are deleted, not searched" in body  # the scan's scope, said
+    assert "except Python virtual environments in them" in body  # skipped by the scan, so said (review 2026-12-07)
     certificate["purge"]["scan"]["samples_not_searched"] = 0
     _, html_path = write_certificate(certificate, {}, tmp_path)
     assert "no copy of the forgotten data was found" in html_path.read_text()
