@@ -579,8 +579,9 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
 
     if not html_matches(paths[0]):  # never hand out a page that states what the recorded document does not
         if not render_page_again(project, paths[0]):
-            raise PipelineError(f"the certificate of request {args.request_id} does not match its own digest "
-                                f"({paths[0].name} was edited or damaged): `unlearn doctor` names what else differs")
+            raise PipelineError(f"the certificate of request {args.request_id} ({paths[0].name}) does not match its "
+                                "own digest or is not the document the audit log recorded issuing (edited, damaged "
+                                "or planted): `unlearn doctor` names what differs")
         print(f"note: {paths[1].name} did not show {paths[0].name}'s digest (a write cut off, or an edit): "
               "rendered again from the JSON", file=sys.stderr)
     out = Path(args.out) if args.out else None

@@ -175,7 +175,14 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
     versions = certificate["retirement"]["versions"]
     kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"]]
     unsearched = [str(v["version"]) for v in versions if v["artifacts_deleted"] and str(v["version"]) in unscanned]
-    if certificate["status"] == "complete" and (kept or unsearched):
+    # Purged but not marked retired, with nothing recorded: the purge could not tell which versions trained on the
+    # samples (no champion, no withdrawal), so "no versions retired" would be a guess (review of 2026-12-07).
+    undetermined = (not versions and "retired" not in steps and ledger.removed_training_samples(batch_id))
+    if certificate["status"] == "complete" and (kept or unsearched or undetermined):
+        # the timeline's "retired" time is not the batch's retirement while a version it needs is still kept
+        for entry in certificate["timeline"]:
+            if entry["step"] == "retired" and kept:
+                entry["at"] = None
         # Interim, not complete: a model version that trained on these samples is kept loadable (rollback) until its
         # retirement falls due (lifecycle.retirement_grace_hours), or was retired but the project not yet searched
         # for its weights. The final certificate, issued once both are done, says complete (review of 2026-12-07:
@@ -190,6 +197,9 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")
+        if undetermined:
+            parts.append("which model versions trained on these samples has not been determined yet (the registry "
+                         "had no champion when the data was purged)")
         certificate["retirement"]["statement"] = (
             f"interim certificate: {'; '.join(parts)}. The data is deleted and {after}. A final certificate is "
             "issued once they are retired and the project has been searched for their weights")
@@ -276,7 +286,18 @@ def run_certify(project: Project) -> dict[str, Any]:
         steps = ledger.steps(batch_id)
         if "purged" not in steps:
             return False
-        return "certified" not in steps or bool(ledger.batch(batch_id).get("certificate_final")) != final(batch_id)
+        batch = ledger.batch(batch_id)
+        if "certified" not in steps or bool(batch.get("certificate_final")) != final(batch_id):
+            return True
+        # and again when what it says of the retirement changed while it stays interim (a version scheduled after
+        # the champion was missing, one retired, one searched); batches certified before this was recorded: no
+        basis = batch.get("certificate_retirement")
+        return basis is not None and basis != retirement_basis(batch_id)
+
+    def retirement_basis(batch_id: str) -> list[list[Any]]:
+        entries = ledger.batch(batch_id).get("retirement", {})
+        return [[v, e.get("action"), e.get("weights_searched")] for v, e in sorted(entries.items())] + [
+            sorted(unscanned_of(batch_id)), "retired" in ledger.steps(batch_id)]
 
     batches = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if due(b)]
     if batches:  # the registry and the data source are opened only when there is something to certify
@@ -305,6 +326,7 @@ def run_certify(project: Project) -> dict[str, Any]:
             anchor = {"head_seq": issued["seq"], "head_hash": issued["hash"]}
         ledger.mark_step([batch_id], "certified")
         ledger.set_certificate_final(batch_id, final(batch_id))
+        ledger.batch(batch_id)["certificate_retirement"] = retirement_basis(batch_id)
         ledger.save()
     log.info("certify: %d certificate(s) written", len(written))
     return write_state(project, "certify", {"certificates": len(written), "dir": str(project.certificates_dir)})
@@ -320,26 +342,52 @@ def render_page_again(project: Project, json_path: Path) -> bool:
     """
     from tasks.certificate import html_matches, verify_certificate_digest
     from tasks.certificate_html import render_html
+    from tasks.locking import pipeline_lock
 
-    if html_matches(json_path):
-        return True
-    if not verify_certificate_digest(json_path):
+    # Under the pipeline's lock: a certify writing the page, then the JSON, must not be overtaken between the two.
+    with pipeline_lock(project, timeout=60):
+        if html_matches(json_path):
+            return True
+        if not verify_certificate_digest(json_path) or not is_recorded(project, json_path):
+            return False
+        document = json.loads(json_path.read_text())
+        plots = _evidence_plots(project, document, (document.get("model") or {}).get("run_id"))
+        try:
+            write_bytes_atomic(json_path.with_suffix(".html"),
+                               render_html(document, plots, json_path.name).encode("utf-8"))
+        except OSError as exc:
+            raise PipelineError(f"cannot write {json_path.with_suffix('.html')}: {exc.strerror or exc}") from None
+        return html_matches(json_path)
+
+
+def is_recorded(project: Project, json_path: Path) -> bool:
+    """Whether the audit log's newest ``certificate.issued`` record of the request names this document's digest
+    (a record from before digests were recorded counts): a planted or superseded JSON is not the certificate."""
+    try:
+        document = json.loads(json_path.read_text())
+    except (OSError, ValueError):
         return False
-    document = json.loads(json_path.read_text())
-    plots = _evidence_plots(project, document, (document.get("model") or {}).get("run_id"))
-    write_bytes_atomic(json_path.with_suffix(".html"), render_html(document, plots, json_path.name).encode("utf-8"))
-    return html_matches(json_path)
+    if not isinstance(document, dict):
+        return False
+    issued = audit.records(project, "certificate.issued", request_id=document.get("request_id"))
+    return bool(issued) and issued[-1].get("certificate_digest", document.get("digest")) == document.get("digest")
 
 
 def certificate_paths(project: Project, request_id: str) -> tuple[Path, Path] | None:
-    """The JSON and HTML certificate of a request, if issued."""
+    """The JSON and HTML certificate of a request, if issued: the one the audit log recorded issuing when several
+    files name the request (a planted or restored copy sorts first as easily), else the first."""
+    found = []
     for path in sorted(project.certificates_dir.glob("*.json")):
         try:
-            if json.loads(path.read_text()).get("request_id") == request_id:
-                return path, path.with_suffix(".html")
-        except json.JSONDecodeError:
+            document = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
             continue
-    return None
+        if isinstance(document, dict) and document.get("request_id") == request_id:
+            found.append(path)
+    if not found:
+        return None
+    path = next((p for p in found if is_recorded(project, p)), found[0])
+    return path, path.with_suffix(".html")
 
 
 def _verification_status(project: Project, ledger: Ledger, batch_id: str) -> dict[str, Any]:

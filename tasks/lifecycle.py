@@ -237,12 +237,20 @@ def run_purge(project: Project) -> dict[str, Any]:
     # not be told: marked then, a final "complete" certificate followed while the old champion stayed loadable
     # (review of 2026-12-07; a registry error read as "no champion" did it, and an alias removed by hand would).
     assessed = actions is not None
-    if not assessed:
-        log.warning("purge: the registry has no champion and no batch withdrew the model, so which versions trained "
-                    "on the deleted samples cannot be told: nothing is retired or marked retired until one is set")
     actions = actions or []
+
+    def retired(batch_id: str) -> bool:
+        # a batch that removed no training sample needs no model retired, whatever the registry holds
+        return (assessed or not ledger.removed_training_samples(batch_id)) and ledger.retirements_done(batch_id)
+
+    waiting = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
+               if not retired(b) and "retired" not in ledger.steps(b)]
+    if not assessed and waiting:
+        log.warning("purge: the registry has no champion and no batch withdrew the model, so which versions trained "
+                    "on the deleted samples of %d batch(es) cannot be told: they are not marked retired, and their "
+                    "certificates stay interim, until a champion is set", len(waiting))
     for batch_id in ledger.batches_with_status(Ledger.COMPLETED):
-        if assessed and ledger.retirements_done(batch_id):
+        if retired(batch_id):
             ledger.mark_step([batch_id], "retired")
     ledger.save()
     to_close = [b for b in ledger.batches_with_status(Ledger.COMPLETED)
@@ -321,7 +329,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     for batch_id in to_close:
         ledger.record_purge(batch_id, evidence)
         ledger.mark_step([batch_id], "purged", at)
-        if assessed and ledger.retirements_done(batch_id):
+        if retired(batch_id):
             ledger.mark_step([batch_id], "retired", at)
     # Recorded before the ledger marks the batches purged: a crash in between repeats the purge (and this
     # true record) on the next run, where the other order would leave a purge the log never mentions.

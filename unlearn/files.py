@@ -14,6 +14,7 @@ an explicit format.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -50,11 +51,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     try:
         _fsync(path.parent)  # the rename
-    except OSError:
+    except OSError as exc:
         # The file is replaced: a folder this process may write but not open, or a file system that cannot sync a
         # folder, must not turn a finished write into a reported failure (the rename is then as durable as the
-        # file system makes it).
-        pass
+        # file system makes it). An I/O error is still raised: the rename may not survive.
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
 
 
 def _fsync(path: Path) -> None:

@@ -120,6 +120,21 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert "does not match its own digest" in capsys.readouterr().err and html_path.read_text() == ""
     json_path.write_text(document)
     html_path.write_text(page)
+    # a planted copy with a valid digest of its own (sorting first) is neither handed out nor rendered
+    from tasks.certificate import certificate_digest
+
+    forged = json.loads(document)
+    forged["retirement"]["statement"] = "forged"
+    forged["digest"] = certificate_digest({k: v for k, v in forged.items() if k != "digest"})
+    planted = json_path.with_name("A-planted.json")
+    planted.write_text(json.dumps(forged))
+    capsys.readouterr()
+    assert main(["--root", str(root), "request", "certificate", "R-1"]) == 0
+    assert json_path.name in capsys.readouterr().out and not planted.with_suffix(".html").exists()
+    from tasks.certify import render_page_again
+
+    assert render_page_again(load_project(root), planted) is False and not planted.with_suffix(".html").exists()
+    planted.unlink()
     assert certificate["status"] == "complete" and certificate["model"]["version"] == "2"
     assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "retrain"]
     assert certificate["purge"]["scan"]["matches"] == 0 and certificate["verification"]["verdict"] == "pass"
@@ -439,7 +454,7 @@ def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, m
     from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
     from flows.cli import main
-    from tasks import tracking
+    from tasks import audit, tracking
     from tasks.lifecycle import run_purge
     from unlearn.requests import Ledger
 
@@ -456,6 +471,7 @@ def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, m
     # told, so the batch is not marked retired
     ledger = Ledger(project.ledger_path)
     retired_at = ledger.steps(batch_id).pop("retired")
+    recorded = ledger.batch(batch_id).pop("retirement")  # as if the alias went before this batch's first purge
     ledger.save()
     client = tracking.setup(project)
     name = tracking.model_name(project)
@@ -464,12 +480,38 @@ def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, m
     try:
         assert run_purge(project)["retired"] == []
         assert "retired" not in Ledger(project.ledger_path).steps(batch_id)
+        assert main(["--root", str(root), "stage", "certify"]) == 0  # re-issued: no longer final
+        undetermined = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+        assert undetermined["status"] == "awaiting_retirement" and undetermined["retirement"]["versions"] == []
+        assert "has not been determined yet" in undetermined["retirement"]["statement"]
+        assert main(["--root", str(root), "stage", "certify"]) == 0  # nothing changed: not issued again
+        issued = len(audit.records(project, "certificate.issued"))
+        assert main(["--root", str(root), "stage", "certify"]) == 0 and len(
+            audit.records(project, "certificate.issued")) == issued
+        # still interim, but what it says of the retirement changed (a version scheduled): issued again, naming it
+        ledger = Ledger(project.ledger_path)
+        ledger.record_retirement(batch_id, "1", {**recorded["1"], "action": "scheduled"})
+        ledger.save()
+        assert main(["--root", str(root), "stage", "certify"]) == 0
+        assert len(audit.records(project, "certificate.issued")) == issued + 1
+        scheduled = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+        assert scheduled["status"] == "awaiting_retirement" and "model version(s) 1 trained" in scheduled[
+            "retirement"]["statement"]
+        assert next(e for e in scheduled["timeline"] if e["step"] == "retired")["at"] is None
+        ledger = Ledger(project.ledger_path)
+        ledger.batch(batch_id).pop("retirement")
+        ledger.save()
     finally:
         client.set_registered_model_alias(name, tracking.CHAMPION, champion)
-    run_purge(project)  # with the champion back, the retirement the batch needed is recorded as done
-    assert "retired" in Ledger(project.ledger_path).steps(batch_id)
+    run_purge(project)  # with the champion back: version 1's tombstone names the batch, recorded and retired again
+    ledger = Ledger(project.ledger_path)
+    assert "retired" in ledger.steps(batch_id) and ledger.batch(batch_id)["retirement"]["1"]["action"] == "retired"
+    assert main(["--root", str(root), "stage", "certify"]) == 0  # final again, naming it
+    again = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
+    assert again["status"] == "complete" and [v["version"] for v in again["retirement"]["versions"]] == ["1"]
     ledger = Ledger(project.ledger_path)
     ledger.steps(batch_id)["retired"] = retired_at
+    ledger.batch(batch_id)["retirement"] = recorded
     ledger.save()
     # a version scheduled after the batch was marked retired and certified final: issued again, interim, naming it
     entries = dict(ledger.batch(batch_id)["retirement"])
