@@ -292,12 +292,15 @@ def run_certify(project: Project) -> dict[str, Any]:
         # and again when what it says of the retirement changed while it stays interim (a version scheduled after
         # the champion was missing, one retired, one searched); batches certified before this was recorded: no
         basis = batch.get("certificate_retirement")
-        return basis is not None and basis != retirement_basis(batch_id)
+        if basis is None:  # certified before the basis was recorded: an interim one is issued again, once
+            return not batch.get("certificate_final")
+        return basis != retirement_basis(batch_id)
 
-    def retirement_basis(batch_id: str) -> list[list[Any]]:
+    def retirement_basis(batch_id: str) -> list[Any]:
         entries = ledger.batch(batch_id).get("retirement", {})
-        return [[v, e.get("action"), e.get("weights_searched")] for v, e in sorted(entries.items())] + [
-            sorted(unscanned_of(batch_id)), "retired" in ledger.steps(batch_id)]
+        shown = [[v, e.get("action"), e.get("weights_searched"), e.get("model_id"), e.get("due_at")]
+                 for v, e in sorted(entries.items())]
+        return [*shown, sorted(unscanned_of(batch_id)), "retired" in ledger.steps(batch_id)]
 
     batches = [b for b in ledger.batches_with_status(Ledger.COMPLETED) if due(b)]
     if batches:  # the registry and the data source are opened only when there is something to certify
@@ -348,7 +351,7 @@ def render_page_again(project: Project, json_path: Path) -> bool:
     with pipeline_lock(project, timeout=60):
         if html_matches(json_path):
             return True
-        if not verify_certificate_digest(json_path) or not is_recorded(project, json_path):
+        if not verify_certificate_digest(json_path) or not is_recorded(project, json_path):  # None: cannot tell
             return False
         document = json.loads(json_path.read_text())
         plots = _evidence_plots(project, document, (document.get("model") or {}).get("run_id"))
@@ -360,16 +363,20 @@ def render_page_again(project: Project, json_path: Path) -> bool:
         return html_matches(json_path)
 
 
-def is_recorded(project: Project, json_path: Path) -> bool:
+def is_recorded(project: Project, json_path: Path) -> bool | None:
     """Whether the audit log's newest ``certificate.issued`` record of the request names this document's digest
-    (a record from before digests were recorded counts): a planted or superseded JSON is not the certificate."""
+    (a record from before digests were recorded counts): a planted or superseded JSON is not the certificate.
+    None when the audit log cannot be read here (a read-only copy of the project: its reader takes a lock file)."""
     try:
         document = json.loads(json_path.read_text())
     except (OSError, ValueError):
         return False
     if not isinstance(document, dict):
         return False
-    issued = audit.records(project, "certificate.issued", request_id=document.get("request_id"))
+    try:
+        issued = audit.records(project, "certificate.issued", request_id=document.get("request_id"))
+    except OSError:
+        return None
     return bool(issued) and issued[-1].get("certificate_digest", document.get("digest")) == document.get("digest")
 
 
@@ -386,7 +393,7 @@ def certificate_paths(project: Project, request_id: str) -> tuple[Path, Path] | 
             found.append(path)
     if not found:
         return None
-    path = next((p for p in found if is_recorded(project, p)), found[0])
+    path = found[0] if len(found) == 1 else next((p for p in found if is_recorded(project, p)), found[0])
     return path, path.with_suffix(".html")
 
 

@@ -98,6 +98,7 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert main(["--root", str(root), "request", "certificate", "R-1", "--out", str(tmp_path / "cert")]) == 0
     certificate = json.loads(next((tmp_path / "cert").glob("*.json")).read_text())
     # a page that is not its JSON's (a write cut off between the two, or an edit) is never handed out, and is named
+    from tasks.certificate import html_matches as html_matches_page
     from tasks.certify import certificate_paths
     from tasks.doctor import diagnose
     from tasks.project import load_project
@@ -120,6 +121,12 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert "does not match its own digest" in capsys.readouterr().err and html_path.read_text() == ""
     json_path.write_text(document)
     html_path.write_text(page)
+    # a JSON edited with its digest field left as it was, beside its untouched page: refused, not handed out
+    json_path.write_text(document.replace('"complete"', '"in_progress"', 1))
+    assert html_matches_page(json_path)
+    assert main(["--root", str(root), "request", "certificate", "R-1"]) == 2
+    assert "does not match its own digest" in capsys.readouterr().err
+    json_path.write_text(document)
     # a planted copy with a valid digest of its own (sorting first) is neither handed out nor rendered
     from tasks.certificate import certificate_digest
 
@@ -134,7 +141,16 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     from tasks.certify import render_page_again
 
     assert render_page_again(load_project(root), planted) is False and not planted.with_suffix(".html").exists()
+    real = json_path.read_text()
+    json_path.unlink()  # the planted one alone, with a page of its own: still refused (not the recorded document)
+    from tasks.certificate_html import render_html
+
+    planted.with_suffix(".html").write_text(render_html(forged, {}, planted.name))
+    assert main(["--root", str(root), "request", "certificate", "R-1"]) == 2
+    assert "not the document the audit log recorded issuing" in capsys.readouterr().err
+    json_path.write_text(real)
     planted.unlink()
+    planted.with_suffix(".html").unlink()
     assert certificate["status"] == "complete" and certificate["model"]["version"] == "2"
     assert [a["method"] for a in certificate["model"]["attempts"]] == ["amun", "retrain"]
     assert certificate["purge"]["scan"]["matches"] == 0 and certificate["verification"]["verdict"] == "pass"
@@ -522,6 +538,7 @@ def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, m
     interim = json.loads(next(project.certificates_dir.glob("*.json")).read_text())
     assert interim["status"] == "awaiting_retirement" and "model version(s) 1 trained on these samples" in interim[
         "retirement"]["statement"]
+    assert next(e for e in interim["timeline"] if e["step"] == "retired")["at"] is None  # (the step is in the ledger)
     assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is False
     ledger = Ledger(project.ledger_path)
     ledger.batch(batch_id)["retirement"] = entries
@@ -553,6 +570,22 @@ def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, m
     ledger.save()
     assert main(["--root", str(root), "stage", "certify"]) == 0
     assert json.loads(next(project.certificates_dir.glob("*.json")).read_text())["retirement"]["versions"]
+    # an interim certificate from before the retirement basis was recorded is issued again once, then not again
+    ledger = Ledger(project.ledger_path)
+    ledger.record_retirement(batch_id, "1", {**entries["1"], "action": "scheduled"})
+    ledger.set_certificate_final(batch_id, False)
+    ledger.batch(batch_id).pop("certificate_retirement")
+    ledger.save()
+    issued = len(audit.records(project, "certificate.issued"))
+    for _ in range(2):
+        assert main(["--root", str(root), "stage", "certify"]) == 0
+    assert len(audit.records(project, "certificate.issued")) == issued + 1
+    ledger = Ledger(project.ledger_path)
+    assert ledger.batch(batch_id)["certificate_final"] is False and "certificate_retirement" in ledger.batch(batch_id)
+    ledger.batch(batch_id)["retirement"] = entries
+    ledger.save()
+    assert main(["--root", str(root), "stage", "certify"]) == 0  # retired: final
+    assert Ledger(project.ledger_path).batch(batch_id)["certificate_final"] is True
 
 
 def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeypatch):
