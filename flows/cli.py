@@ -555,7 +555,7 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
 def _cmd_request_certificate(args: argparse.Namespace) -> int:
     import shutil
 
-    from tasks.certify import certificate_paths, request_status
+    from tasks.certify import certificate_paths, checked_for_handout, request_status
     from tasks.project import PipelineError, load_project
 
     project = load_project(args.root, check_registries=False)
@@ -577,27 +577,8 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise PipelineError(f"--out {out} exists and is not a folder: name a folder to copy the certificate into")
-    from tasks.certificate import html_matches, verify_certificate_digest
-    from tasks.certify import is_recorded, render_page_again
-
-    # Never hand out a document that is not the one issued: its own digest must check, and the audit log must have
-    # recorded issuing it (an edited JSON whose page still matches was handed out; review of 2026-12-07).
-    recorded = is_recorded(project, paths[0])
-    if not verify_certificate_digest(paths[0]) or recorded is False:
-        raise PipelineError(f"the certificate of request {args.request_id} ({paths[0].name}) does not match its "
-                            "own digest or is not the document the audit log recorded issuing (edited, damaged, "
-                            "planted, or written by a run cut off before its record: the next run issues it "
-                            "again): `unlearn doctor` names what differs")
-    if recorded is None:
-        print("note: the audit log could not be read here, so whether it recorded issuing this certificate was not "
-              "checked (its own digest was)", file=sys.stderr)
-    if not html_matches(paths[0]):  # never hand out a page that states what the recorded document does not
-        if not render_page_again(project, paths[0]):
-            raise PipelineError(f"the HTML page of request {args.request_id}'s certificate ({paths[1].name}) does not "
-                                f"show {paths[0].name}'s digest, and it is rendered again only from a certificate the "
-                                "audit log recorded issuing, which could not be confirmed here")
-        print(f"note: {paths[1].name} did not show {paths[0].name}'s digest (a write cut off, or an edit): "
-              "rendered again from the JSON", file=sys.stderr)
+    for note in checked_for_handout(project, args.request_id, paths):
+        print(f"note: {note}", file=sys.stderr)
     for path in paths:
         if out is not None:
             try:

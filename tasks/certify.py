@@ -363,6 +363,41 @@ def render_page_again(project: Project, json_path: Path) -> bool:
         return html_matches(json_path)
 
 
+def checked_for_handout(project: Project, request_id: str, paths: tuple[Path, Path]) -> list[str]:
+    """Check a request's certificate before ``request certificate`` hands it out; its page rendered again if needed.
+
+    Never a document that is not the one issued: its own digest must check and the audit log must have recorded
+    issuing it (an edited JSON whose page still matched, or a planted pair, was handed out; review of 2026-12-07).
+
+    Returns:
+        Notes for the user (what could not be checked here, what was rendered again).
+
+    Raises:
+        PipelineError: The certificate is not the issued document, or its page cannot be rendered again here.
+    """
+    from tasks.certificate import html_matches, verify_certificate_digest
+
+    json_path, html_path = paths
+    notes = []
+    recorded = is_recorded(project, json_path)
+    if not verify_certificate_digest(json_path) or recorded is False:
+        raise PipelineError(f"the certificate of request {request_id} ({json_path.name}) does not match its own "
+                            "digest or is not the document the audit log recorded issuing (edited, damaged, planted, "
+                            "or written by a run cut off before its record: the next run issues it again): `unlearn "
+                            "doctor` names what differs")
+    if recorded is None:
+        notes.append("the audit log could not be read here, so whether it recorded issuing this certificate was not "
+                     "checked (its own digest was)")
+    if not html_matches(json_path):  # never hand out a page that states what the recorded document does not
+        if not render_page_again(project, json_path):
+            raise PipelineError(f"the HTML page of request {request_id}'s certificate ({html_path.name}) does not "
+                                f"show {json_path.name}'s digest, and it is rendered again only from a certificate "
+                                "the audit log recorded issuing, which could not be confirmed here")
+        notes.append(f"{html_path.name} did not show {json_path.name}'s digest (a write cut off, or an edit): "
+                     "rendered again from the JSON")
+    return notes
+
+
 def is_recorded(project: Project, json_path: Path) -> bool | None:
     """Whether the audit log's newest ``certificate.issued`` record of the request names this document's digest
     (a record from before digests were recorded counts): a planted or superseded JSON is not the certificate.
