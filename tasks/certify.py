@@ -7,6 +7,7 @@ idempotent: a certificate is issued once its batch is purged, and again when its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -291,9 +292,11 @@ def run_certify(project: Project) -> dict[str, Any]:
             return True
         # and again when what it says of the retirement changed while it stays interim (a version scheduled after
         # the champion was missing, one retired, one searched); batches certified before this was recorded: no
+        if batch.get("certificate_final"):  # a final certificate is issued again only when it no longer is
+            return False
         basis = batch.get("certificate_retirement")
-        if basis is None:  # certified before the basis was recorded: an interim one is issued again, once
-            return not batch.get("certificate_final")
+        if basis is None:  # an interim one certified before the basis was recorded: issued again, once
+            return True
         return basis != retirement_basis(batch_id)
 
     def retirement_basis(batch_id: str) -> list[Any]:
@@ -348,7 +351,13 @@ def render_page_again(project: Project, json_path: Path) -> bool:
     from tasks.locking import pipeline_lock
 
     # Under the pipeline's lock: a certify writing the page, then the JSON, must not be overtaken between the two.
-    with pipeline_lock(project, timeout=60):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(pipeline_lock(project, timeout=60))
+        except OSError as exc:  # a read-only copy: the lock file cannot be opened for writing
+            raise PipelineError(f"the certificate's page must be rendered again, which needs the project's "
+                                f"pipeline lock ({project.lock_path}): {exc.strerror or exc}; run this where the "
+                                "project is writable") from None
         if html_matches(json_path):
             return True
         if not verify_certificate_digest(json_path) or not is_recorded(project, json_path):  # None: cannot tell
@@ -380,14 +389,14 @@ def checked_for_handout(project: Project, request_id: str, paths: tuple[Path, Pa
     json_path, html_path = paths
     notes = []
     recorded = is_recorded(project, json_path)
-    if not verify_certificate_digest(json_path) or recorded is False:
+    if recorded is None:
+        raise PipelineError(f"the audit log of {project.root} cannot be read here, so the certificate of request "
+                            f"{request_id} cannot be checked to be the one issued: run this where the log is readable")
+    if not verify_certificate_digest(json_path) or not recorded:
         raise PipelineError(f"the certificate of request {request_id} ({json_path.name}) does not match its own "
                             "digest or is not the document the audit log recorded issuing (edited, damaged, planted, "
-                            "or written by a run cut off before its record: the next run issues it again): `unlearn "
-                            "doctor` names what differs")
-    if recorded is None:
-        notes.append("the audit log could not be read here, so whether it recorded issuing this certificate was not "
-                     "checked (its own digest was)")
+                            "or written by a run cut off before its record, which the next run issues again): "
+                            "`unlearn doctor` names what differs")
     if not html_matches(json_path):  # never hand out a page that states what the recorded document does not
         if not render_page_again(project, json_path):
             raise PipelineError(f"the HTML page of request {request_id}'s certificate ({html_path.name}) does not "

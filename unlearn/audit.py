@@ -22,6 +22,7 @@ are refused at any depth (store :func:`unlearn.requests.hash_subject` digests an
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -174,8 +175,16 @@ class AuditLog:
     @contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
         # A fresh open file description per call: flock then serializes threads as well as processes.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            # A read of a copy this process cannot write (a read-only mount, another user's project): nothing can
+            # append to it through this process, so it is read without the lock. A writer still needs the lock.
+            if mode != fcntl.LOCK_SH or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            yield
+            return
         try:
             fcntl.flock(fd, mode)
             yield

@@ -247,3 +247,24 @@ def test_processes_serialize_appends(tmp_path):
     records = log.records()
     assert [r["seq"] for r in records] == list(range(200))
     assert sorted(r["i"] for r in records if r["tag"] == "a") == list(range(100))
+
+
+def test_a_copy_that_cannot_be_written_is_still_read_and_never_appended_to(tmp_path, monkeypatch):
+    """`request certificate` checks the log on a read-only copy of a project (review of 2026-12-07): the reader's lock
+    file cannot be created there, so it reads without it; an append still needs the lock and fails."""
+    import errno
+    import os
+
+    log = AuditLog(tmp_path / "audit" / "audit.jsonl")
+    log.append("certificate.issued", request_id="R-1", certificate_digest="sha256:aa")
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert [r["certificate_digest"] for r in log.records("certificate.issued", request_id="R-1")] == ["sha256:aa"]
+    with pytest.raises(OSError, match="Read-only"):
+        log.append("certificate.issued", request_id="R-2")

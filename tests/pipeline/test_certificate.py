@@ -456,3 +456,22 @@ def test_the_verification_section_says_what_the_intervals_account_for(tmp_path):
     _, html_path = write_certificate(certificate, {}, tmp_path)
     body = html_path.read_text().split("</style>")[1]
     assert "What the intervals account for" in body and "not which reference models were trained" in body
+
+
+def test_a_certificate_written_before_the_sla_counted_from_the_clock_start_still_verifies(tmp_path):
+    """Certificates issued before each SLA row carried seconds_since_start (before 2026-12-04) failed their digest
+    check for good, and `request certificate` refuses such a one (review of 2026-12-07); an SLA not from the
+    timeline is still refused."""
+    from tasks.certificate import certificate_digest, verify_certificate_digest
+
+    json_path, _ = write_certificate(_certificate(), {}, tmp_path)
+    document = json.loads(json_path.read_text())
+    for row in document["sla"]:
+        row.pop("seconds_since_start")
+    document["digest"] = certificate_digest(document)
+    json_path.write_text(json.dumps(document))
+    assert verify_certificate_digest(json_path)
+    document["sla"][1]["seconds_since_received"] = 1.0  # not what the timeline says, resealed
+    document["digest"] = certificate_digest(document)
+    json_path.write_text(json.dumps(document))
+    assert not verify_certificate_digest(json_path)

@@ -131,3 +131,20 @@ def test_progress_bars_from_worker_threads(capsys, monkeypatch, tiny_images):
     err = capsys.readouterr().err
     assert "model 0" in err and "model 1" in err and "epoch" in err
     assert sorted(seen) == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_certificate_is_not_handed_out_where_the_audit_log_cannot_be_read(make_project, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Whether the log recorded issuing it is what makes it the certificate (review of 2026-12-07): where the log
+    cannot be read (None), it is refused with a clear error, not handed out with a note."""
+    from flows import cli
+    from tasks import certify
+
+    certificate = tmp_path / "cert.json"
+    certificate.write_text('{"digest": "' + "d" * 64 + '"}')
+    monkeypatch.setattr(certify, "certificate_paths", lambda *a, **k: (certificate, certificate.with_suffix(".html")))
+    monkeypatch.setattr(certify, "request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
+    monkeypatch.setattr(certify, "is_recorded", lambda *a, **k: None)
+    root = make_project()
+    assert cli.main(["--root", str(root), "request", "certificate", "R-1"]) == 2
+    assert "cannot be checked to be the one issued" in capsys.readouterr().err
