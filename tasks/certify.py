@@ -490,8 +490,14 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
     found = ledger.find_request(request_id)
     rejections = []
     for path in sorted(project.rejected_dir.glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):  # said, not skipped: the damaged line may be this request's rejection
+                raise PipelineError(f"{path} line {number} is not a JSON object (damaged or edited), so whether "
+                                    f"it rejected request {request_id} cannot be told")
             if row.get("request_id") == request_id:
                 rejections.append({"ingest": path.stem, "reasons": row.get("reasons")})
     if found is not None:

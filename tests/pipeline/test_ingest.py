@@ -126,6 +126,12 @@ def test_repeated_request_is_acknowledged_and_a_reused_id_is_a_conflict(make_pro
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert main(["--root", str(project.root), "request", "status", "R-1"]) == 0
     assert "later sent again and rejected (request_id_conflict)" in out.getvalue()
+    # a damaged line in a rejections file is named, exit 2, not a traceback (review of 2026-12-07)
+    (log,) = project.rejected_dir.glob("*.jsonl")
+    log.write_text(log.read_text() + "{torn\n")
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["--root", str(project.root), "request", "status", "R-1"]) == 2
+    assert f"{log.name} line 2 is not a JSON object" in err.getvalue()
 
 
 def test_already_deleted_samples_are_acknowledged_or_dropped_from_the_request(make_project):
