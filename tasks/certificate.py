@@ -100,15 +100,7 @@ def verify_certificate_digest(path: Path) -> bool:
     if document.get("sla") == sla:
         return True
     # certificates written before each row carried seconds_since_start (before 2026-12-04) are still theirs
-    return isinstance(sla, list) and document.get("sla") == _without_since_start(sla)
-
-
-def _without_since_start(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_since_start(v) for k, v in value.items() if k != "seconds_since_start"}
-    if isinstance(value, list):
-        return [_without_since_start(v) for v in value]
-    return value
+    return document.get("sla") == [{k: v for k, v in row.items() if k != "seconds_since_start"} for row in sla]
 
 
 def certificate_stem(request_id: str) -> str:

@@ -270,18 +270,17 @@ def run_purge(project: Project) -> dict[str, Any]:
             scan = scan_project_for_samples(project, weights.patterns)
             named = [readable_key(key) for key in unscanned]  # as evidence names them
             _refuse_matches(project, scan, weights.patterns, model_versions=named)
-            not_scanned = len(scan.errors) + len(scan.unfollowed)
             audit.record(project, "retirement.scanned", model_versions=named, files_scanned=scan.files,
-                         **weights.evidence(), matches=0, not_scanned=not_scanned)
+                         **weights.evidence(), matches=0, not_scanned=scan.not_scanned)
             # the final certificates say what was searched, and what could not be
-            record_weight_search(ledger, weights, set(unscanned), fingerprint_keys(project), not_scanned)
+            record_weight_search(ledger, weights, set(unscanned), fingerprint_keys(project), scan.not_scanned)
             ledger.save()
             mark_weights_scanned(project, unscanned)
             summary["weight_scan"] = {"versions": named, "files": scan.files, "matches": 0, **weights.evidence(),
-                                      "not_scanned": not_scanned}
-            if not_scanned:
+                                      "not_scanned": scan.not_scanned}
+            if scan.not_scanned:
                 log.warning("purge: %d path(s) could not be scanned for retired weights (unreadable, or links to "
-                            "folders): `unlearn doctor --deep` names them", not_scanned)
+                            "folders): `unlearn doctor --deep` names them", scan.not_scanned)
         return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
     closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
     dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close)
@@ -320,12 +319,12 @@ def run_purge(project: Project) -> dict[str, Any]:
                  "samples": len(closing_ids), "sample_patterns": len(patterns), "samples_not_searched": unsearched,
                  **weights.evidence(), "matches": len(scan.matches), "open_quarantines_not_scanned": len(others),
                  # unreadable files and links to folders: the certificate says nothing is claimed about them
-                 "not_scanned": len(scan.errors) + len(scan.unfollowed)},
+                 "not_scanned": scan.not_scanned},
     }
     at = utc_now(precise=True)
     fingerprinted = list(retired_weight_fingerprints(project))  # every one of them was in this scan
     record_weight_search(ledger, weights, set(fingerprinted) | set(weights.unsearchable), fingerprint_keys(project),
-                         len(scan.errors) + len(scan.unfollowed))
+                         scan.not_scanned)
     for batch_id in to_close:
         ledger.record_purge(batch_id, evidence)
         ledger.mark_step([batch_id], "purged", at)
@@ -335,14 +334,14 @@ def run_purge(project: Project) -> dict[str, Any]:
     # true record) on the next run, where the other order would leave a purge the log never mentions.
     audit.record(project, "purge.completed", batch_ids=to_close, samples=len(closing_ids),
                  objects_removed=evidence["objects_removed"], files_scanned=scan.files,
-                 not_scanned=evidence["scan"]["not_scanned"], open_quarantines_not_scanned=len(others),
+                 not_scanned=scan.not_scanned, open_quarantines_not_scanned=len(others),
                  weight_versions_unsearchable=weights.evidence()["weight_versions_unsearchable"], matches=0)
     ledger.save()
     mark_weights_scanned(project, fingerprinted)
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
-    if scan.errors or scan.unfollowed:
+    if scan.not_scanned:
         log.warning("purge: %d path(s) could not be scanned (unreadable, or links to folders): `unlearn doctor "
-                    "--deep` names them", len(scan.errors) + len(scan.unfollowed))
+                    "--deep` names them", scan.not_scanned)
     return write_state(project, "purge", {**summary, "status": "purged", **evidence})
 
 

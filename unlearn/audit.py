@@ -29,13 +29,14 @@ import hmac
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from unlearn.files import write_text_atomic
 
 GENESIS = "0" * 64
 EVENT_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
@@ -206,21 +207,8 @@ class AuditLog:
         head: dict[str, Any] = {"seq": seq, "hash": digest}
         if self.key is not None:
             head["mac"] = _mac(self.key, f"head:{seq}:{digest}")
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.head_path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(head))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.head_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)  # make the rename (and a new log file) durable
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # flushed before the rename and the folder after it (the rename, and a new log file, are durable)
+        write_text_atomic(self.head_path, json.dumps(head))
 
     def _last_record(self, fd: int) -> dict[str, Any] | None:
         """The last record of the open log, checked; raises AuditError if the tail is unsafe to chain onto."""

@@ -57,6 +57,11 @@ class ScanResult:
     unfollowed: tuple[str, ...] = ()
 
     @property
+    def not_scanned(self) -> int:
+        """Paths the scan proves nothing about: unreadable ones and links to folders it did not follow."""
+        return len(self.errors) + len(self.unfollowed)
+
+    @property
     def clean(self) -> bool:
         """True when no pattern was found, every file was read and no folder was left behind a link."""
         return not self.matches and not self.errors and not self.unfollowed
