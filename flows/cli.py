@@ -555,7 +555,7 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
 def _cmd_request_certificate(args: argparse.Namespace) -> int:
     import shutil
 
-    from tasks.certify import certificate_paths, checked_for_handout, request_status
+    from tasks.certify import certificate_paths, checked_for_handout, copies_match, request_status
     from tasks.project import PipelineError, load_project
 
     project = load_project(args.root, check_registries=False)
@@ -579,13 +579,22 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
         raise PipelineError(f"--out {out} exists and is not a folder: name a folder to copy the certificate into")
     for note in checked_for_handout(project, args.request_id, paths):
         print(f"note: {note}", file=sys.stderr)
-    for path in paths:
-        if out is not None:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        # The copies are taken outside the pipeline's lock (a run may hold it for minutes, and a read-only copy of
+        # the project cannot take it), so a certify replacing the files between the check and the copy is caught by
+        # checking the copies themselves: what is handed out is what was checked.
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for path in paths:
                 shutil.copy2(path, out / path.name)
-            except OSError as exc:
-                raise PipelineError(f"cannot copy the certificate into {out}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise PipelineError(f"cannot copy the certificate into {out}: {exc.strerror or exc}") from None
+        if not copies_match(project, out / paths[0].name):
+            for path in paths:
+                (out / path.name).unlink(missing_ok=True)
+            raise PipelineError(f"the certificate of request {args.request_id} changed while it was copied (a run "
+                                "issued it again): nothing was copied; run the command again")
+    for path in paths:
         print(out / path.name if out is not None else path)
     return 0
 

@@ -407,6 +407,15 @@ def checked_for_handout(project: Project, request_id: str, paths: tuple[Path, Pa
     return notes
 
 
+def copies_match(project: Project, json_copy: Path) -> bool:
+    """Whether a copied certificate (JSON and the page beside it) is the issued document: the same three checks
+    ``checked_for_handout`` made on the originals, made again on the copies (a run may have replaced the originals
+    between the check and the copy)."""
+    from tasks.certificate import html_matches, verify_certificate_digest
+
+    return verify_certificate_digest(json_copy) and html_matches(json_copy) and bool(is_recorded(project, json_copy))
+
+
 def is_recorded(project: Project, json_path: Path) -> bool | None:
     """Whether the audit log's newest ``certificate.issued`` record of the request names this document's digest
     (a record from before digests were recorded counts): a planted or superseded JSON is not the certificate.

@@ -2,6 +2,7 @@
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import FAST
@@ -67,6 +68,46 @@ def test_certificate_out_must_be_a_folder_it_can_write(make_project, tmp_path, c
     taken.write_text("x")
     assert cli.main(["--root", str(root), "request", "certificate", "R-1", "--out", str(taken)]) == 2
     assert "is not a folder" in capsys.readouterr().err and taken.read_text() == "x"
+
+
+def test_a_certificate_replaced_while_it_is_copied_is_not_handed_out(make_project, tmp_path, capsys, monkeypatch):
+    """`request certificate --out` checked the files, then copied them outside the pipeline's lock: a run issuing
+    the certificate again between the two copies handed out an old JSON beside the new page (review of 2026-12-07,
+    left open then). The copies are checked themselves; a mixed pair is removed and the command exits 2."""
+    import shutil
+
+    from flows import cli
+    from tasks import audit
+    from tasks.certificate import write_certificate
+    from tasks.project import load_project
+
+    root = make_project()
+    project = load_project(root, check_registries=False)
+    document = {"request_id": "R-1", "status": "complete", "issued_at": "2026-12-07T10:00:00Z"}
+
+    def issue(status):  # what certify does: both files, then the audit record naming the JSON's digest
+        json_path, _ = write_certificate({**document, "status": status}, {}, project.certificates_dir)
+        audit.record(project, "certificate.issued", request_id="R-1",
+                     certificate_digest=json.loads(json_path.read_text())["digest"])
+
+    issue("interim")
+    monkeypatch.setattr("tasks.certify.request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
+    out = tmp_path / "handout"
+    real_copy, copied = shutil.copy2, []
+
+    def copy_then_reissue(src, dst, **kwargs):  # a run re-issues the certificate right after the JSON is copied
+        result = real_copy(src, dst, **kwargs)
+        copied.append(Path(src).suffix)
+        if Path(src).suffix == ".json" and copied.count(".json") == 1:
+            issue("complete")
+        return result
+
+    monkeypatch.setattr(shutil, "copy2", copy_then_reissue)
+    assert cli.main(["--root", str(root), "request", "certificate", "R-1", "--out", str(out)]) == 2
+    assert "changed while it was copied" in capsys.readouterr().err and not list(out.iterdir())
+    assert cli.main(["--root", str(root), "request", "certificate", "R-1", "--out", str(out)]) == 0  # no race now
+    handed = json.loads(next(out.glob("*.json")).read_text())
+    assert handed["status"] == "complete" and sorted(p.suffix for p in out.iterdir()) == [".html", ".json"]
 
 
 @pytest.mark.e2e
