@@ -48,22 +48,65 @@ def demoted(project: Project) -> dict[str, dict[str, Any]]:
     return methods
 
 
+def _reinstated(project: Project) -> dict[str, str]:
+    """Method -> the audit whose demotion a person undid (:func:`reinstate`); empty when none."""
+    path = _path(project)
+    if not path.exists():
+        return {}
+    try:
+        reinstated = json.loads(path.read_text()).get("reinstated", {})
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise PipelineError(f"ladder state {path} is corrupt: {exc}") from None
+    return reinstated if isinstance(reinstated, dict) else {}
+
+
+def _write(project: Project, methods: dict[str, Any], reinstated: dict[str, str]) -> None:
+    write_json_atomic(_path(project), {"demoted": methods, **({"reinstated": reinstated} if reinstated else {})})
+
+
 def demote(project: Project, method: str, record: dict[str, Any]) -> None:
     """Take ``method`` out of the ladder (idempotent: a later audit's record replaces the earlier one)."""
     if method == EXACT:
         raise ValueError("the exact retrain is the gate's target and cannot be demoted")
     methods = demoted(project)
     methods[method] = {**record, "demoted_at": record.get("demoted_at") or utc_now()}
-    write_json_atomic(_path(project), {"demoted": methods})
+    _write(project, methods, _reinstated(project))
 
 
 def reinstate(project: Project, method: str) -> bool:
-    """Put a demoted method back (after it was fixed); returns whether it was demoted."""
+    """Put a demoted method back (after it was fixed); returns whether it was demoted.
+
+    The demotion's audit is remembered as undone, so :func:`recover_demotions` does not take the method out again
+    on the strength of that same audit."""
     methods = demoted(project)
-    if methods.pop(method, None) is None:
+    record = methods.pop(method, None)
+    if record is None:
         return False
-    write_json_atomic(_path(project), {"demoted": methods})
+    _write(project, methods, {**_reinstated(project), method: str(record.get("audit_id", ""))})
     return True
+
+
+def recover_demotions(project: Project) -> list[str]:
+    """Apply the demotions the audit history records but the ladder lacks; returns the methods demoted here.
+
+    An audit writes its history (and its ``method.audited`` record) first and the demotion after, so that nothing
+    says a method was demoted, or skips it, without the audit that decided it on record. A crash between the two
+    leaves a recorded demotion not yet applied: it is applied here, by the next audit or escalation, unless a person
+    reinstated the method after that audit (review of 2026-12-07: the demotion was written first, and a crash then
+    left the method skipped for good with no audit on record).
+    """
+    methods, reinstated, applied = demoted(project), _reinstated(project), []
+    for method, record in last_per_method_record(project).items():
+        if (not record.get("demoted") or method == EXACT or method in methods
+                or reinstated.get(method) == record.get("audit_id")):
+            continue
+        demote(project, method, {"audit_id": record.get("audit_id"), "metrics": record.get("offending") or [],
+                                 "audited_version": record.get("model_version"), "run_id": record.get("run_id"),
+                                 "demoted_at": record.get("at")})
+        log.warning("audit: %s demoted on recovery: the audit %s decided it and a crash cut off the demotion",
+                    method, record.get("audit_id"))
+        applied.append(method)
+    return applied
 
 
 def active_ladder(project: Project, ladder: list[str] | tuple[str, ...]) -> list[str]:
@@ -101,6 +144,11 @@ def append_history(project: Project, record: dict[str, Any]) -> None:
     """Add one audit record (:mod:`tasks.method_audit`) to the history."""
     records = history(project) + [record]
     write_json_atomic(project.state_dir / "audits.json", {"audits": records})
+
+
+def last_per_method_record(project: Project) -> dict[str, dict[str, Any]]:
+    """The most recent audit record per method, as written."""
+    return {record["method"]: record for record in history(project)}
 
 
 def last_per_method(project: Project) -> dict[str, dict[str, Any]]:

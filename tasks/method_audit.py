@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from tasks import audit, dvc_ops, tracking
-from tasks.ladder import EXACT, append_history, demote, demoted, history
+from tasks.ladder import EXACT, append_history, demote, demoted, history, recover_demotions
 from tasks.project import PipelineError, Project
 from tasks.stage.context import check_architecture, model_architecture, resolve_device, tensors
 from tasks.stage.evaluation import forgotten_classes, gate_decision_for, label_matched
@@ -313,6 +313,7 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
     gate = params.gate
     client = tracking.setup(project)
     ledger = Ledger(project.ledger_path)
+    recover_demotions(project)  # a demotion an earlier audit recorded but a crash cut off
     chosen = pick(project, client, ledger, batch, method)
     if chosen is None:
         return {"status": "nothing_to_audit"}
@@ -371,7 +372,7 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
         mlflow.set_tags({"stage": "audit", "method": method, "audited_version": chosen["model_version"],
                          "parent_version": parent_version, "parent_source": parent_source,
                          "request_batches": ",".join(chosen["batches"]), "verdict": decision.verdict,
-                         "demoted": str(bool(offending)).lower(), "gate_mode": "strict",
+                         "offending": ",".join(offending), "gate_mode": "strict",
                          "data_version_before": record["data_version_before"],
                          "git_commit": dvc_ops.git_commit(project)})
         mlflow.log_params({"method": method, "retrains": len(seeds), "references": len(ref_ids),
@@ -382,16 +383,20 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
         mlflow.log_metrics(_metrics(decision, record["seconds"]))
         mlflow.log_dict(record, "audit/audit.json")
     record["run_id"] = run.info.run_id
+    # The audit's own records first, the demotion after, the run's `demoted` tag last: the demotion was written
+    # first, so a crash left the method skipped for good with no audit on record, and the tag claimed a demotion
+    # before there was one (review of 2026-12-07). A crash after the records is finished by recover_demotions.
+    append_history(project, record)
+    audit.record(project, "method.audited", method=method, audit_id=record["audit_id"],
+                 model_version=chosen["model_version"], batch_ids=chosen["batches"], verdict=decision.verdict,
+                 demoted=bool(offending), offending=offending, parent_source=parent_source, run_id=run.info.run_id,
+                 gaps={c["metric"]: c["estimate"] for c in record["checks"]})
     if offending:
         demote(project, method, {"audit_id": record["audit_id"], "metrics": offending,
                                  "audited_version": chosen["model_version"], "run_id": run.info.run_id,
                                  "demoted_at": record["at"]})
         log.warning("audit: %s demoted: audited gap beyond the margin on %s", method, ", ".join(offending))
-    audit.record(project, "method.audited", method=method, audit_id=record["audit_id"],
-                 model_version=chosen["model_version"], batch_ids=chosen["batches"], verdict=decision.verdict,
-                 demoted=bool(offending), offending=offending, parent_source=parent_source, run_id=run.info.run_id,
-                 gaps={c["metric"]: c["estimate"] for c in record["checks"]})
-    append_history(project, record)
+    client.set_tag(run.info.run_id, "demoted", str(bool(offending)).lower())
     log.info("audit: %s on %s: %s", method, ",".join(chosen["batches"]), decision.summary())
     return record
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks import audit, dvc_ops, tracking
 from tasks.consolidate import record_lost_consolidations
-from tasks.ladder import EXACT, active_ladder
+from tasks.ladder import EXACT, active_ladder, recover_demotions
 from tasks.lifecycle import uncovered_deletions
 from tasks.project import PipelineError, Project
 from tasks.stage.context import check_architecture, load_forget
@@ -132,11 +132,16 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         timeline = Ledger(project.ledger_path)  # record_lost_verdicts above saved its own copy
         if timeline.clear_steps(pending, ("unlearned", "verified")):
             timeline.save()
-    reason = hold_until = ""
+    # A resumed escalation keeps why it escalated: the reason was reset here, so a crash between an inconclusive
+    # verdict and the exact retrain left the retrained version's `escalation_reason` tag (and its certificate's
+    # "Escalation" row) empty (review of 2026-12-07).
+    reason, hold_until = kept_reason(project, attempts), ""
     if attempts and attempts[-1].verdict == INCONCLUSIVE and attempts[-1].action == "hold":
         # A held escalation resumed by a later run (no new batch since): the hold may have run out.
         attempts[-1].action, hold_until, reason = verdict_action(project, INCONCLUSIVE, pending)
-    # Methods an exact-retrain audit demoted are skipped (tasks/ladder.py logs each one).
+    # Methods an exact-retrain audit demoted are skipped (tasks/ladder.py logs each one), also one whose recorded
+    # demotion a crash cut off.
+    recover_demotions(project)
     active = active_ladder(project, project.params.unlearn.ladder)
     uncovered = uncovered_deletions(ledger, champion)
     if uncovered:
@@ -160,6 +165,19 @@ def begin_unlearning(project: Project) -> dict[str, Any]:
         hold_until=hold_until,
     )
     return write_escalation(project, state.next_rung())
+
+
+def kept_reason(project: Project, attempts: list[Attempt]) -> str:
+    """The escalation's reason as verify left it after the last kept attempt: the policy reason of the latest
+    attempt that was inconclusive or escalated to the exact retrain (verify's rule), read from its report, so a
+    dropped later rung's reason is not kept."""
+    reason = ""
+    for attempt in attempts:
+        if attempt.verdict == INCONCLUSIVE or attempt.action == RETRAIN:
+            report, _ = attempt_report(project, attempt)
+            if report is not None and isinstance(report.get("policy_reason"), str):
+                reason = report["policy_reason"]
+    return reason
 
 
 def kept_attempts(project: Project, state: Escalation) -> list[Attempt]:

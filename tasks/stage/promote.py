@@ -228,6 +228,7 @@ def finish_promotions(project: Project, client: Any, ledger: Ledger, *, recoveri
     the current champion (the escalation names the model it started from), so it blocks no request after it.
     """
     done = []
+    moved_here: dict[str, str | None] = {}  # version -> the champion version this call moved the alias from
     for batch_id in ledger.batches_with_status(Ledger.PROMOTING):
         note = ledger.last_note(batch_id)
         version = str(note["model_version"])
@@ -245,14 +246,20 @@ def finish_promotions(project: Project, client: Any, ledger: Ledger, *, recoveri
                          run_id=note["run_id"], reason="the current registry does not hold the version")
             continue
         record_verification(project, note, recovered=recovering)
-        champion = tracking.champion_version(project, client)
-        moved = champion is None or str(champion.version) != version
-        if moved:
-            tracking.move_champion(project, client, version)
-        # Recorded per batch, also when a re-run finds the alias already moved (crash in between).
+        if version in moved_here:  # batches promoted together: the alias this call moved for an earlier one
+            previous, recovered = moved_here[version], False
+        else:
+            champion = tracking.champion_version(project, client)
+            moved = champion is None or str(champion.version) != version
+            if moved:
+                tracking.move_champion(project, client, version)
+                moved_here[version] = None if champion is None else str(champion.version)
+            previous, recovered = moved_here.get(version), not moved
+        # Recorded per batch, also when a re-run finds the alias already moved (crash in between). Batches promoted
+        # together share the move: the second one's record said "recovered" with no previous version, a crash
+        # recovery that never happened (review of 2026-12-07).
         audit.record(project, "model.promoted", model_version=version, batch_id=batch_id, run_id=note.get("run_id"),
-                     previous_version=None if champion is None or not moved else str(champion.version),
-                     recovered=not moved)
+                     previous_version=previous, recovered=recovered)
         ledger.set_status(batch_id, Ledger.COMPLETED,
                           {"at": utc_now(), "outcome": "promoted", "model_version": version})
         ledger.mark_step([batch_id], "promoted")

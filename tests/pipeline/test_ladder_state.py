@@ -182,3 +182,84 @@ def test_the_utility_fraction_counts_in_an_escalations_identity_only_when_utilit
 
     assert floor_key("e", ["forget_acc"], 0.02) == floor_key("f", ["forget_acc"], 0.05) == key("g", ["forget_acc"], 0.1)
     assert floor_key("h", ["forget_acc", "utility"], 0.02) != floor_key("i", ["forget_acc", "utility"], 0.05)
+
+
+def test_a_recorded_demotion_cut_off_by_a_crash_is_applied_and_a_reinstatement_is_not_undone(project):
+    """An audit wrote the demotion first and its records after: a crash between them left the method skipped for
+    good with no audit on record (review of 2026-12-07). Now the records come first, and a recorded demotion that
+    a crash cut off is applied by the next audit or escalation, unless a person reinstated the method since."""
+    from tasks import ladder
+
+    record = {"method": "finetune", "audit_id": "audit-1", "at": "2026-12-07T10:00:00Z", "model_version": "2",
+              "run_id": "run-a", "verdict": "fail", "demoted": True, "offending": ["mia.lira_offline.auc"],
+              "checks": []}
+    ladder.append_history(project, {**record, "method": "amun", "audit_id": "audit-0", "demoted": False})
+    ladder.append_history(project, record)  # the crash: recorded, not applied
+    assert ladder.demoted(project) == {}
+    assert ladder.recover_demotions(project) == ["finetune"]
+    assert ladder.demoted(project)["finetune"]["audit_id"] == "audit-1"
+    assert ladder.demoted(project)["finetune"]["metrics"] == ["mia.lira_offline.auc"]
+    assert ladder.recover_demotions(project) == []  # applied once
+    assert ladder.reinstate(project, "finetune")
+    assert ladder.recover_demotions(project) == [] and "finetune" not in ladder.demoted(project)
+    ladder.append_history(project, {**record, "audit_id": "audit-2"})  # a later audit demotes it again: applied
+    assert ladder.recover_demotions(project) == ["finetune"]
+    ladder.demote(project, "salun", {"audit_id": "a-9", "metrics": []})  # reinstatements survive other demotions
+    assert ladder.reinstate(project, "finetune") and ladder.recover_demotions(project) == []
+
+
+def test_a_resumed_escalation_keeps_why_it_escalated(project):
+    """begin_unlearning reset the escalation's reason on resume: a crash between an inconclusive verdict and the
+    exact retrain left the retrained version's `escalation_reason` empty (review of 2026-12-07). The reason is
+    the latest kept attempt's policy reason that verify would have set (inconclusive, or escalated to retrain)."""
+    import json
+
+    from tasks.stage.escalation import kept_reason
+    from tasks.stage.state import Attempt
+
+    folder = project.reports_dir / "attempts"
+    folder.mkdir(parents=True)
+
+    def attempt(run_id, verdict, action, reason):
+        (folder / f"{run_id}.json").write_text(json.dumps({"run_id": run_id, "verdict": verdict,
+                                                           "policy_reason": reason}))
+        return Attempt("amun", run_id, "c.pt", 1.0, "2026-12-07T00:00:00Z", verdict=verdict, action=action,
+                       report=f"{run_id}.json")
+
+    inconclusive = attempt("run-1", "inconclusive", "retrain", "inconclusive evidence: escalated to the exact retrain")
+    failed = attempt("run-2", "fail", "next", "")
+    assert kept_reason(project, []) == ""
+    assert kept_reason(project, [inconclusive]) == "inconclusive evidence: escalated to the exact retrain"
+    assert kept_reason(project, [inconclusive, failed]) == "inconclusive evidence: escalated to the exact retrain"
+    assert kept_reason(project, [failed]) == ""
+
+
+def test_batches_promoted_together_share_one_move_of_the_alias(project, monkeypatch):
+    """Two batches promoted to one version: the second batch's `model.promoted` record said `recovered: true` with
+    no previous version, a crash recovery that never happened (review of 2026-12-07). Held batches are promoted
+    together like this in ordinary use. A re-run that finds the alias already moved still says recovered."""
+    from types import SimpleNamespace
+
+    from tasks import audit, tracking
+    from tasks.stage.promote import finish_promotions
+    from unlearn.requests import Ledger
+
+    champion = {"version": "1"}
+    monkeypatch.setattr(tracking, "registered_promotion", lambda *a, **k: object())
+    monkeypatch.setattr(tracking, "champion_version", lambda *a, **k: SimpleNamespace(version=champion["version"]))
+    monkeypatch.setattr(tracking, "move_champion", lambda _p, _c, version: champion.update(version=version))
+    ledger = Ledger(project.ledger_path)
+    for batch in ("batch-a", "batch-b"):
+        ledger.add_batch(batch, [f"R-{batch}"], [f"s-{batch}"], "2026-12-07T10:00:00Z")
+        ledger.set_status(batch, Ledger.PROMOTING, {"at": "2026-12-07T11:00:00Z", "model_version": "2",
+                                                    "run_id": "run-2"})
+    ledger.save()
+    assert finish_promotions(project, None, ledger, recovering=False) == ["2", "2"] and champion["version"] == "2"
+    records = audit.records(project, "model.promoted")
+    assert [(r["batch_id"], r["previous_version"], r["recovered"]) for r in records] == [
+        ("batch-a", "1", False), ("batch-b", "1", False)]
+    ledger.add_batch("batch-c", ["R-c"], ["s-c"], "2026-12-07T10:00:00Z")  # a crash after the move: re-run
+    ledger.set_status("batch-c", Ledger.PROMOTING, {"at": "2026-12-07T11:00:00Z", "model_version": "2",
+                                                    "run_id": "run-2"})
+    finish_promotions(project, None, ledger)
+    assert audit.records(project, "model.promoted")[-1]["recovered"] is True
