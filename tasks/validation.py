@@ -136,10 +136,25 @@ def _class_name(value: Any) -> str | None:
 
 
 def _field_names(names: tuple[str, ...]) -> str:
-    """Unknown field names for a detail: plain identifiers only (a key may be anything)."""
-    shown = [n for n in names if isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_]{1,40}", n)][:10]
+    """Unknown field names for a detail: only near-misses of the schema's own names (a typo an operator can fix),
+    otherwise a count. A key may be anything, a customer id included (``{"cust_88123_jdoe": {...}}``, a common
+    export shape); plain identifiers were copied into the rejection log (review of 2026-12-07)."""
+    shown = [n for n in names if isinstance(n, str) and _near_schema_name(n)][:10]
     rest = len(names) - len(shown)
     return ", ".join(shown + ([f"{rest} other field(s)"] if rest else []))
+
+
+def _near_schema_name(name: str) -> str | None:
+    """The schema field ``name`` is a near-miss of (case, separators, one or two typos), else None."""
+    import difflib
+
+    from unlearn.requests.parsing import FIELDS
+
+    if not re.fullmatch(r"[A-Za-z0-9_ -]{1,40}", name):
+        return None
+    folded = re.sub(r"[ -]", "_", name.strip().lower())
+    match = difflib.get_close_matches(folded, FIELDS, n=1, cutoff=0.8)
+    return match[0] if match else None
 
 
 def _received_status(value: Any, horizon: datetime) -> str | None:

@@ -67,7 +67,10 @@ def run_ingest(project: Project) -> dict[str, Any]:
         ledger.save()  # the ledger always exists: later stages read it
     _recover_audit_records(project, ledger)
     _write_deletions(project, ledger)
+    consumed = dict(ledger.consumed_inbox)
     files = _skip_committed(ledger, files, folders)
+    if ledger.consumed_inbox != consumed:  # entries removed now, or gone: their records go with them
+        ledger.save()
     if not files:
         return write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
                                                 "acknowledged": 0, "rejected": 0, "rejected_files": 0, "samples": 0})
@@ -150,8 +153,10 @@ def run_ingest(project: Project) -> dict[str, Any]:
     if batch_id is not None:
         ledger.mark_step([batch_id], "validated")
     # The commit point also names every entry this ingest read (the same identities the clean-up checks).
-    ledger.consumed_inbox = {f.name: {"identity": list(identities[f.name]), "sha256": p.sha256, "ingest_id": ingest_id}
-                             for f, p in zip(files, parsed, strict=True) if identities[f.name] is not None}
+    stuck = ledger.consumed_inbox  # committed earlier, still in the inbox: they cannot be removed
+    ledger.consumed_inbox = {**stuck, **{
+        f.name: {"identity": list(identities[f.name]), "sha256": p.sha256, "ingest_id": ingest_id}
+        for f, p in zip(files, parsed, strict=True) if identities[f.name] is not None}}
     ledger.save()
     _write_deletions(project, ledger)
     # The audit trail: request ids, salted subject hashes and counts, never sample ids.
@@ -167,10 +172,11 @@ def run_ingest(project: Project) -> dict[str, Any]:
     for f in files:
         if _identity(f) != identities[f.name]:
             log.info("ingest: an inbox entry changed while it was being read: left for the next run")
-        else:
-            _remove_entry(f, folders)
-    # The record is needed only through the crash window: a later file could reuse a freed inode number.
-    ledger.consumed_inbox = {}
+            ledger.consumed_inbox.pop(f.name, None)
+        elif _remove_entry(f, folders):
+            ledger.consumed_inbox.pop(f.name, None)
+    # The record is needed only through the crash window (a later file could reuse a freed inode number), and for
+    # entries that cannot be removed, which it keeps from being read again.
     ledger.save()
     counts = {
         "batch_id": batch_id, "files": len(files), "rows": len(requests) + len(bad_files),
@@ -195,7 +201,7 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
     2026-12-06). An entry that is still the very file the committed ingest read (same device, inode, size and
     modification time) is removed now; a resend under the same name is a new file and is read as usual.
     """
-    left = []
+    left, stuck = [], {}
     for f in files:
         committed = ledger.consumed_inbox.get(f.name)
         identity = _identity(f)
@@ -203,18 +209,31 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
                 and file_sha256(f) == committed.get("sha256"):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
-            _remove_entry(f, folders)
+            if not _remove_entry(f, folders):
+                stuck[f.name] = committed
             continue
         left.append(f)
+    ledger.consumed_inbox = stuck  # only entries still in the inbox need it (a freed inode number is reused)
     return left
 
 
-def _remove_entry(path: Path, folders: set[str]) -> None:
-    """Remove an inbox entry: a folder with its contents, else the file (a symlink: the link, never its target)."""
+def _remove_entry(path: Path, folders: set[str]) -> bool:
+    """Remove an inbox entry: a folder with its contents, else the file (a symlink: the link, never its target).
+
+    Returns False when the file cannot be removed (immutable, or another user's in a sticky shared inbox): the
+    caller keeps it in the ledger's ``consumed_inbox`` so that it is skipped, not read again, while it stays. It
+    raised, and every later run raised on it too: one file wedged every request after it (review of 2026-12-07).
+    """
     if path.name in folders:
         remove_tree(path)
-    else:
+        return True
+    try:
         path.unlink(missing_ok=True)
+    except OSError as exc:  # the name may be personal data: not logged
+        log.warning("ingest: an inbox file already ingested cannot be removed (%s); it is skipped while it stays: "
+                    "remove it by hand", exc.strerror or exc)
+        return False
+    return True
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:
@@ -302,6 +321,11 @@ def _write_deletions(project: Project, ledger: Ledger) -> None:
     """
     path = project.requests_dir / "deletions.json"
     document = {"version": 1, "batches": sorted(ledger.batches)}
-    if not path.exists() or json.loads(path.read_text()) != document:
+    try:
+        current = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):  # derived from the ledger: a damaged copy is written again, not a traceback
+        log.warning("ingest: %s was unreadable; written again from the ledger", path.name)
+        current = None
+    if current != document:
         write_json_atomic(path, document)
 

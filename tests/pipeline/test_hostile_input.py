@@ -470,3 +470,88 @@ def test_submits_id_check_reads_the_inbox_and_ledger_as_ingestion_does(make_proj
     with pytest.raises(PipelineError, match="without a content digest"):
         submit_request(root, {**base, "request_id": "OLD-1", "sample_ids": ["digits-0100"]})
     assert list(incoming.glob("request-*.json")) == []
+
+
+def test_an_inbox_file_that_cannot_be_removed_wedges_nothing(project, monkeypatch):
+    """An ingested file the pipeline cannot delete (immutable, another user's in a sticky shared inbox) raised
+    PermissionError at the clean-up and again at the start of every later run: no request after it was ever
+    ingested (review of 2026-12-07). It is now skipped while it stays, and never read twice."""
+    from pathlib import Path
+
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self.name == "stuck.json":
+            raise PermissionError(1, "Operation not permitted")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    (project.incoming_dir / "stuck.json").write_text(json.dumps(_request("STUCK-1", ["digits-0001"])))
+    first = run_ingest(project)
+    assert first["accepted"] == 1 and (project.incoming_dir / "stuck.json").exists()
+    (project.incoming_dir / "later.json").write_text(json.dumps(_request("LATER-1", ["digits-0002"])))
+    second = run_ingest(project)  # raised here, and on every run after
+    assert (second["accepted"], second["acknowledged"], second["rejected"]) == (1, 0, 0)  # not read again
+    third = run_ingest(project)
+    assert third["files"] == 0
+    ledger = Ledger(project.ledger_path)
+    assert ledger.find_request("LATER-1") is not None and not ledger.acknowledged
+    assert set(ledger.consumed_inbox) == {"stuck.json"}
+    monkeypatch.setattr(Path, "unlink", real_unlink)  # removable again: removed, and the record dropped
+    assert run_ingest(project)["files"] == 0 and not (project.incoming_dir / "stuck.json").exists()
+    assert Ledger(project.ledger_path).consumed_inbox == {}
+
+
+def test_a_huge_sparse_file_is_refused_without_reading_it_to_the_end(project):
+    """The size cap hashed the whole file anyway: a 4 GB sparse file took 16 s per ingest and per `request submit`
+    (review of 2026-12-07). At most the first HASH_CAP bytes are read now."""
+    from unlearn.requests.parsing import HASH_CAP, MAX_FILE_BYTES, file_sha256, parse_request_file
+
+    path = project.incoming_dir / "huge.json"
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 32)  # 4 GiB, no blocks on disk
+    started = time.perf_counter()
+    parsed = parse_request_file(path)
+    assert parsed.problem.code == "file_too_large" and parsed.size == 1 << 32
+    assert f"{1 << 32} bytes > {MAX_FILE_BYTES}" in parsed.problem.detail
+    assert parsed.sha256 == hashlib.sha256(bytes(HASH_CAP)).hexdigest() == file_sha256(path)
+    assert time.perf_counter() - started < 60  # a sparse terabyte would take hours; the cap reads 64 MiB twice
+    counts = run_ingest(project)
+    assert counts["rejected_files"] == 1 and not path.exists()
+
+
+@pytest.mark.parametrize(("name", "data", "phrase"), [
+    ("ledger.json", b"\xff\xfe{}", "corrupt"),
+    ("ledger.json", b'{"batches": {"b1": {"status": "pending"}}}', "batch 'b1' lacks"),
+    ("ledger.json", b'{"batches": {"b1": {"status": "pending", "request_ids": [], "sample_ids": 5, '
+                    b'"created_at": "x", "history": []}}}', "malformed sample_ids"),
+])
+def test_a_damaged_ledger_is_named_with_exit_2_and_a_damaged_deletions_file_is_rewritten(make_project, capsys,
+                                                                                        name, data, phrase):
+    """A ledger in bad UTF-8 or with a batch missing its fields, and a garbled deletions.json, gave tracebacks and
+    exit 1 (review of 2026-12-07)."""
+    from flows.cli import main
+
+    root = make_project()
+    folder = root / "data" / "requests"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(data)
+    assert main(["--root", str(root), "stage", "ingest"]) == 2
+    err = capsys.readouterr().err
+    assert "ledger.json" in err and phrase in err and "Traceback" not in err
+    (folder / "ledger.json").unlink()
+    (folder / "deletions.json").write_text("garbage")
+    assert main(["--root", str(root), "stage", "ingest"]) == 0
+    assert json.loads((folder / "deletions.json").read_text())["batches"] == []
+
+
+def test_unknown_field_names_are_named_only_when_they_are_near_misses_of_the_schema(project):
+    """Any plain key was copied into the rejection log, a customer id used as a key included (review of
+    2026-12-07); a typo of a schema field is still named, so the operator can fix it."""
+    customer_keyed = {"cust_88123_jdoe": _request("H-1", ["digits-0001"])}
+    typo = {**_request("H-2", ["digits-0002"]), "Sample-IDs": ["digits-0003"], "alice_smith_1984": True}
+    _, rejected = _ingest(project, {"keyed.json": _json(customer_keyed), "typo.json": _json(typo)},
+                          expect_accepted=set())
+    details = " ".join(line["detail"] for line in rejected)
+    assert "cust_88123_jdoe" not in details and "alice_smith_1984" not in details
+    assert "Sample-IDs" in details and "other field(s)" in details

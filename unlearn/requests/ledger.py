@@ -49,12 +49,30 @@ class Ledger:
                 self.batches = document["batches"]
                 self.acknowledged = document.get("acknowledged", {})
                 self.consumed_inbox = document.get("consumed_inbox", {})
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: also bad UTF-8
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: {exc}") from None
             if not all(isinstance(m, dict) for m in (self.batches, self.acknowledged, self.consumed_inbox)):
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: batches, acknowledged and consumed_inbox "
                                   "must be maps")
+            # Each batch's own fields, checked once here: a batch missing one gave a KeyError traceback deep in a
+            # stage (exit 1) instead of this error naming the file (review of 2026-12-07).
+            for batch_id, batch in self.batches.items():
+                problem = self._batch_problem(batch)
+                if problem:
+                    raise LedgerError(f"deletion ledger {self.path} is corrupt: batch {batch_id!r} {problem}")
         self._index: tuple[int, dict[str, str]] | None = None
+
+    @staticmethod
+    def _batch_problem(batch: Any) -> str:
+        """What is wrong with one batch entry of the ledger file ("" when nothing)."""
+        if not isinstance(batch, dict):
+            return "is not a map"
+        types = {"status": str, "request_ids": list, "sample_ids": list, "created_at": str, "history": list}
+        missing = [k for k in types if k not in batch]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+        wrong = [k for k, t in types.items() if not isinstance(batch[k], t)]
+        return f"has a malformed {', '.join(wrong)}" if wrong else ""
 
     def oldest_first(self, batch_ids: Iterable[str] | None = None) -> list[str]:
         """``batch_ids`` (default: every batch) in ledger order: creation time, then id."""
