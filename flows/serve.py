@@ -98,16 +98,11 @@ def request_payload(file_name: str, source: str, salt: bytes | None = None) -> d
     """
     import re
 
-    from unlearn.requests.hashing import hash_subject
+    from unlearn.requests.hashing import SUBMITTED_NAME, recorded_file_name
 
-    safe = re.fullmatch(r"request-\d{8}T\d{6,12}-[0-9a-f]{12}\.json", file_name)
-    if safe:
-        return {"file": file_name, "source": source}
-    if salt is None:
+    if salt is None and not re.fullmatch(SUBMITTED_NAME, file_name):
         return {"file": "dropped file (name not published)", "source": source}
-    # Domain-separated from subject hashes and from request submit's file names.
-    digest = hash_subject(f"dropped-file-name\x00{file_name}", salt).removeprefix("hmac-sha256:")[:16]
-    return {"file": f"hmac:{digest}", "source": source}
+    return {"file": file_name if salt is None else recorded_file_name(file_name, salt), "source": source}
 
 
 def window_due(pending_since: Iterable[float], now: float, window_seconds: float,

@@ -26,6 +26,7 @@ from unlearn.requests import (
     request_digest,
     skipped_in_inbox,
 )
+from unlearn.requests.hashing import recorded_file_name
 
 log = logging.getLogger("unlearn.pipeline")
 
@@ -84,19 +85,23 @@ def run_ingest(project: Project) -> dict[str, Any]:
         digest.update(os.fsencode(f.name) + b"\0" + (p.sha256 or "-").encode())
     ingest_id = f"batch-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{digest.hexdigest()[:8]}"
     requests = [r for p in parsed for r in p.requests]
+    salt = load_or_create_salt(project.salt_path)
+    # Names as records keep them: a dropped file's name may be personal data (alice@example.com-erase-me.csv); it
+    # was kept almost verbatim in the rejection and acknowledgement logs, the ledger and the batch file (review of
+    # 2026-12-07). Request submit's own names are kept; any other is a salted hash (as serve's events publish it).
+    recorded = {p.name: recorded_file_name(f.name, salt) for f, p in zip(files, parsed, strict=True)}
     source = load_source(params.data)
     verdicts = validate_requests(
         requests, known_ids=set(source.ids.tolist()), classes=source.classes,
         reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
         max_clock_skew_seconds=params.requests.max_clock_skew_seconds,
     )
-    salt = load_or_create_salt(project.salt_path)
     router = RequestRouter(ledger, ingest_id)
     now = utc_now()
     rejected_lines, acknowledged, accepted = [], [], []
     for verdict in verdicts:
         values = verdict.request.values
-        where = {"source_file": verdict.request.source_file, "row": verdict.request.row}
+        where = {"source_file": recorded[verdict.request.source_file], "row": verdict.request.row}
         if not verdict.valid:
             rejected_lines.append({**where, "request_id": loggable_request_id(values.get("request_id")),
                                    "reasons": list(verdict.reasons), "detail": verdict.detail})
@@ -126,12 +131,13 @@ def run_ingest(project: Project) -> dict[str, Any]:
         accepted.append({
             "request_id": request_id, "sample_ids": list(routing.sample_ids), "forget_class": forget_class,
             "received_at": values["received_at"], "reason": values["reason"], "subject_hash": subject_hash,
-            "source_file": verdict.request.source_file, "content_digest": content,
+            "source_file": recorded[verdict.request.source_file], "content_digest": content,
             "already_deleted_count": routing.already_deleted_count, "covered_by": list(routing.covered_by),
         })
     bad_files = [p for p in parsed if p.problem is not None]
     for p in bad_files:
-        rejected_lines.append({"source_file": p.name, "row": None, "request_id": None, "reasons": [p.problem.code],
+        rejected_lines.append({"source_file": recorded[p.name], "row": None, "request_id": None,
+                               "reasons": [p.problem.code],
                                "detail": f"{p.problem.code}: {p.problem.detail}"[:500],
                                "file_size": p.size, "file_sha256": p.sha256})
     # Write every destination before the ledger (the commit point), then clear the inbox.

@@ -76,6 +76,14 @@ def _ingest(project, files: dict[str, bytes], *, expect_accepted: set[str],
     return counts, rejected
 
 
+def _recorded(project, name: str) -> str:
+    """An inbox file's name as ingest records it (a salted hash unless request submit wrote it)."""
+    from unlearn.requests import load_or_create_salt
+    from unlearn.requests.hashing import recorded_file_name
+
+    return recorded_file_name(name, load_or_create_salt(project.salt_path))
+
+
 def _json(document) -> bytes:
     return json.dumps(document).encode()
 
@@ -118,7 +126,7 @@ ROWS = [
 def test_hostile_row_is_rejected_with_its_code(project, row, reasons):
     counts, rejected = _ingest(project, {"hostile.json": _json([row, SIBLING])}, expect_accepted={"SIB-1"})
     (line,) = rejected
-    assert (line["source_file"], line["row"], line["reasons"]) == ("hostile.json", 0, reasons)
+    assert (line["source_file"], line["row"], line["reasons"]) == (_recorded(project, "hostile.json"), 0, reasons)
     assert (counts["accepted"], counts["rejected"], counts["acknowledged"]) == (2, 1, 0)
     # A malformed id is not copied into the log (it may be megabytes long or hold control characters).
     assert line["request_id"] in (None, "H-1")
@@ -206,7 +214,7 @@ def test_symlink_in_the_inbox_is_neither_followed_nor_read(project, tmp_path):
     (project.incoming_dir / "link.json").symlink_to(outside)
     counts, rejected = _ingest(project, {}, expect_accepted=set())
     (line,) = rejected
-    assert line["reasons"] == ["not_a_regular_file"] and line["source_file"] == "link.json"
+    assert line["reasons"] == ["not_a_regular_file"] and line["source_file"] == _recorded(project, "link.json")
     assert line["file_sha256"] is None  # the target was never read
     assert outside.read_bytes() == before  # and not touched
     assert Ledger(project.ledger_path).find_request("LINKED-1") is None
@@ -234,7 +242,8 @@ def test_folder_in_the_inbox_is_rejected_and_removed_unread(project, tmp_path):
     (folder / "link.json").symlink_to(outside)
     counts, rejected = _ingest(project, {}, expect_accepted=set())  # asserts the inbox ends up empty
     (line,) = rejected
-    assert (line["source_file"], line["reasons"], line["file_sha256"]) == ("sub.json", ["not_a_regular_file"], None)
+    assert (line["source_file"], line["reasons"], line["file_sha256"]) == (_recorded(project, "sub.json"),
+                                                                           ["not_a_regular_file"], None)
     assert "folder" in line["detail"] and counts["rejected_files"] == 1
     assert Ledger(project.ledger_path).find_request("IN-1") is None  # not recursed into
     assert outside.read_text() == "keep me"  # a link inside was removed, its target untouched
@@ -555,3 +564,25 @@ def test_unknown_field_names_are_named_only_when_they_are_near_misses_of_the_sch
     details = " ".join(line["detail"] for line in rejected)
     assert "cust_88123_jdoe" not in details and "alice_smith_1984" not in details
     assert "Sample-IDs" in details and "other field(s)" in details
+
+
+def test_a_dropped_files_name_is_recorded_only_as_a_salted_hash(project):
+    """A dropped file's name may be personal data: it was kept almost verbatim in the rejection and acknowledgement
+    logs, the ledger and the batch file (review of 2026-12-07). Request submit's own names are kept as they are."""
+    from flows.cli import submit_request
+
+    plain, unsafe = "alice.smith-erase-me.json", "alice@example.com-erase-me.json"  # read; refused unread
+    submitted = submit_request(project.root, _request("SUB-1", ["digits-0003"]))
+    _, rejected = _ingest(project, {plain: _json([_request("A-1", ["digits-0001"]), {"request_id": "A-2"}]),
+                                    unsafe: _json(_request("A-3", ["digits-0002"])),
+                                    "bob.jones.1984-again.json": _json(BYSTANDER)},
+                          expect_accepted={"A-1", "SUB-1"}, expect_acknowledged=frozenset({"OK-1"}))
+    assert {(line["request_id"], line["source_file"]) for line in rejected} == {
+        ("A-2", _recorded(project, plain)), (None, _recorded(project, unsafe))}
+    assert all(line["source_file"].startswith("hmac:") for line in rejected)
+    for path in project.root.rglob("*"):
+        if path.is_file() and path != project.salt_path:
+            data = path.read_bytes()
+            assert b"alice" not in data and b"bob.jones" not in data, path
+    batch = json.loads(next(project.batches_dir.glob("*.json")).read_text())
+    assert {r["request_id"]: r["source_file"] for r in batch["requests"]}["SUB-1"] == submitted.name

@@ -60,11 +60,16 @@ def test_every_row_ends_in_exactly_one_place(make_project):
     assert counts["files"] == 3 and counts["rows"] == 9
     assert (counts["accepted"], counts["acknowledged"], counts["rejected"], counts["rejected_files"]) == (2, 1, 6, 1)
     assert counts["samples"] == 4
+    from unlearn.requests import load_or_create_salt
+    from unlearn.requests.hashing import recorded_file_name
+
+    salt = load_or_create_salt(project.salt_path)
+    a, broken_name = recorded_file_name("a.json", salt), recorded_file_name("broken.json", salt)
     reasons = {(r["request_id"], r["source_file"]): r["reasons"] for r in _rejected(project)}
     assert reasons == {
-        ("R-2", "a.json"): ["unknown_sample_id"], ("R-1", "a.json"): ["request_id_conflict"],
-        ("R-3", "a.json"): ["duplicate_sample_id_in_request"], ("R-4", "a.json"): ["sample_ids_count_out_of_range"],
-        ("R-5", "a.json"): ["reason_missing_or_not_string"], (None, "broken.json"): ["malformed_json"],
+        ("R-2", a): ["unknown_sample_id"], ("R-1", a): ["request_id_conflict"],
+        ("R-3", a): ["duplicate_sample_id_in_request"], ("R-4", a): ["sample_ids_count_out_of_range"],
+        ("R-5", a): ["reason_missing_or_not_string"], (None, broken_name): ["malformed_json"],
     }
     # Every rejection says why in words too, starting with its code.
     assert all(r["detail"].startswith(r["reasons"][0] + ":") for r in _rejected(project))

@@ -112,3 +112,23 @@ def hash_ids(sample_ids: list[str], salt: bytes) -> str:
     """
     digest = hmac.new(salt, "\n".join(sorted(sample_ids)).encode(), hashlib.sha256).hexdigest()
     return "hmac-sha256:" + digest[:16]
+
+
+SUBMITTED_NAME = r"request-\d{8}T\d{6,12}-[0-9a-f]{12}\.json"  # what `unlearn request submit` names its files
+
+
+def recorded_file_name(file_name: str, salt: bytes) -> str:
+    """An inbox file's name as logs, events and records may keep it: names ``request submit`` wrote (a time stamp
+    and a salted hash of the request id) unchanged, any other a salted hash of it.
+
+    Why: a dropped file's name is chosen by whoever dropped it (``alice@example.com-erase-me.csv``), so it may be
+    personal data; an unsalted hash of it could be confirmed by hashing guesses. Domain-separated from subject
+    hashes. The rejection log also keeps a rejected file's size and content digest, which identify it to an
+    operator who has it.
+    """
+    import re
+
+    if re.fullmatch(SUBMITTED_NAME, file_name):
+        return file_name
+    digest = hash_subject(f"dropped-file-name\x00{file_name}", salt).removeprefix("hmac-sha256:")[:16]
+    return f"hmac:{digest}"
