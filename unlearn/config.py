@@ -64,6 +64,9 @@ class RequestsConfig:
     """Limits on incoming deletion requests."""
 
     max_ids_per_request: int = 100_000
+    # rows in one request file; a larger file is refused whole (too_many_rows): each accepted or acknowledged row
+    # is a hash-chained audit record, appended under the pipeline's lock
+    max_rows_per_file: int = 10_000
     max_clock_skew_seconds: float = 300.0  # a received_at further ahead of the pipeline's clock is refused
     reasons: tuple[str, ...] = ("gdpr_erasure", "ccpa_deletion", "consent_withdrawn", "other")
 
@@ -473,6 +476,8 @@ def _check_values(params: Params) -> None:
         raise ConfigError("seed and data.split_seed: must be >= 0")
     if params.requests.max_ids_per_request < 1:
         raise ConfigError("requests.max_ids_per_request: must be >= 1 (0 would reject every request)")
+    if params.requests.max_rows_per_file < 1:
+        raise ConfigError("requests.max_rows_per_file: must be >= 1 (0 would reject every request file)")
     if not params.requests.reasons or any(not str(r).strip() for r in params.requests.reasons):
         raise ConfigError("requests.reasons: must list at least one non-empty reason (none would reject every "
                           "request)")

@@ -586,3 +586,56 @@ def test_a_dropped_files_name_is_recorded_only_as_a_salted_hash(project):
             assert b"alice" not in data and b"bob.jones" not in data, path
     batch = json.loads(next(project.batches_dir.glob("*.json")).read_text())
     assert {r["request_id"]: r["source_file"] for r in batch["requests"]}["SUB-1"] == submitted.name
+
+
+def test_many_rows_cost_one_audit_record_and_too_many_refuse_the_file(make_project):
+    """One audit record per rejected row: 8,000 empty rows (24 KB) held the pipeline's lock for 43 s and added
+    3.5 MB to the log (review of 2026-12-07). Now an ingest's rejections are one record anchoring the rejection
+    log by its digest, and a file over requests.max_rows_per_file is refused whole."""
+    from tasks import audit
+
+    project = load_project(make_project({"requests": {"max_rows_per_file": 500}}))
+    project.incoming_dir.mkdir(parents=True)
+    (project.incoming_dir / "empty-rows.json").write_bytes(b"[" + b",".join([b"{}"] * 500) + b"]")
+    (project.incoming_dir / "too-many.json").write_bytes(b"[" + b",".join([b"{}"] * 501) + b"]")
+    (project.incoming_dir / "ok.json").write_text(json.dumps(BYSTANDER))
+    counts = run_ingest(project)
+    assert (counts["accepted"], counts["rejected"], counts["rejected_files"]) == (1, 501, 1)
+    log_path = project.rejected_dir / f"{counts['batch_id']}.jsonl"
+    (record,) = audit.records(project, "ingest.rejected")
+    assert record["rows"] == 501 and record["reasons"]["too_many_rows"] == 1 and record["log"] == log_path.name
+    assert record["log_sha256"] == hashlib.sha256(log_path.read_bytes()).hexdigest()
+    assert sum(record["reasons"].values()) >= 501 and not audit.records(project, "request.rejected")
+    (line,) = [json.loads(t) for t in log_path.read_text().splitlines() if "too_many_rows" in t]
+    assert "501 rows > requests.max_rows_per_file (500): split the file" in line["detail"]
+
+
+def test_a_crash_after_the_commit_leaves_no_rejection_or_acknowledgement_unrecorded(project, monkeypatch):
+    """The ledger commit came before the audit records; the next run skips the committed files, so a crash in
+    between lost the rejections' and acknowledgements' records for good (review of 2026-12-07)."""
+    from tasks import audit
+
+    (project.incoming_dir / "first.json").write_text(json.dumps(BYSTANDER))
+    run_ingest(project)
+    real = audit.record
+
+    def crash_on_rejections(project_, event, **fields):
+        if event in ("ingest.rejected", "request.acknowledged"):
+            raise KeyboardInterrupt("killed")
+        return real(project_, event, **fields)
+
+    monkeypatch.setattr(audit, "record", crash_on_rejections)
+    (project.incoming_dir / "again.json").write_text(json.dumps(BYSTANDER))  # a duplicate: acknowledged
+    (project.incoming_dir / "bad.json").write_text(json.dumps({"request_id": "BAD-1"}))
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(project)
+    monkeypatch.setattr(audit, "record", real)
+    assert Ledger(project.ledger_path).unrecorded_ingest is not None
+    assert run_ingest(project)["files"] == 0  # the committed files are not read again ...
+    (rejected,) = audit.records(project, "ingest.rejected")  # ... and their records are written
+    assert rejected["recovered"] is True and rejected["request_ids"] == ["BAD-1"]
+    (acknowledged,) = audit.records(project, "request.acknowledged")
+    assert acknowledged["request_id"] == "OK-1" and acknowledged["recovered"] is True
+    assert Ledger(project.ledger_path).unrecorded_ingest is None
+    run_ingest(project)
+    assert len(audit.records(project, "ingest.rejected")) == 1  # recovered once

@@ -43,14 +43,19 @@ class Ledger:
         # Inbox entries the running ingest committed, by name: {"identity": [...], "sha256": ..., "ingest_id": ...}
         # (tasks/stage/ingest.py: an entry a crash left in the inbox after the commit is not processed twice).
         self.consumed_inbox: dict[str, dict[str, Any]] = {}
+        # The ingest whose audit records are not all written yet (set at its commit, cleared after them).
+        self.unrecorded_ingest: str | None = None
         if self.path.exists():
             try:
                 document = json.loads(self.path.read_text())
                 self.batches = document["batches"]
                 self.acknowledged = document.get("acknowledged", {})
                 self.consumed_inbox = document.get("consumed_inbox", {})
+                self.unrecorded_ingest = document.get("unrecorded_ingest")
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: also bad UTF-8
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: {exc}") from None
+            if not isinstance(self.unrecorded_ingest, str | None):
+                raise LedgerError(f"deletion ledger {self.path} is corrupt: unrecorded_ingest must be a string")
             if not all(isinstance(m, dict) for m in (self.batches, self.acknowledged, self.consumed_inbox)):
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: batches, acknowledged and consumed_inbox "
                                   "must be maps")
@@ -311,4 +316,6 @@ class Ledger:
         document = {"version": 1, "batches": self.batches, "acknowledged": self.acknowledged}
         if self.consumed_inbox:
             document["consumed_inbox"] = self.consumed_inbox
+        if self.unrecorded_ingest:
+            document["unrecorded_ingest"] = self.unrecorded_ingest
         write_json_atomic(self.path, document)
