@@ -33,6 +33,9 @@ from unlearn.requests.hashing import recorded_file_name
 
 log = logging.getLogger("unlearn.pipeline")
 
+NOTHING_INGESTED = {"batch_id": None, "files": 0, "rows": 0, "accepted": 0, "acknowledged": 0, "rejected": 0,
+                    "rejected_files": 0, "samples": 0}
+
 
 def run_ingest(project: Project) -> dict[str, Any]:
     """Validate incoming request files and route every row; accepted requests become one pending batch.
@@ -76,14 +79,23 @@ def run_ingest(project: Project) -> dict[str, Any]:
     if ledger.consumed_inbox != consumed:  # entries removed now, or gone: their records go with them
         ledger.save()
     if not files:
-        return write_state(project, "ingest", {"batch_id": None, "files": 0, "rows": 0, "accepted": 0,
-                                                "acknowledged": 0, "rejected": 0, "rejected_files": 0, "samples": 0})
+        return write_state(project, "ingest", dict(NOTHING_INGESTED))
     # What each entry was when read: only that entry is removed at the end. A client that renames a new
     # request into place under the same name meanwhile (the recommended atomic drop) leaves another inode,
     # which stays in the inbox for the next run instead of being deleted unread.
     identities = {f.name: _identity(f) for f in files}
     parsed = [_row_capped(parse_request_file(f), params.requests.max_rows_per_file)  # each file read once, never
               for f in files]                                                         # a link's target
+    # A file written while it was read (an in-place upload, an editor's save) is left out of this ingest entirely:
+    # routed as read, a cut-off row lost the rest of a request or stored a cut-off subject's hash, and the complete
+    # file then conflicted with it (review of 2026-12-07). The next run reads it whole.
+    settled = [i for i, f in enumerate(files) if _identity(f) == identities[f.name]]
+    if len(settled) < len(files):
+        log.info("ingest: %d inbox entr(ies) changed while being read: left for the next run",
+                 len(files) - len(settled))
+        files, parsed = [files[i] for i in settled], [parsed[i] for i in settled]
+        if not files:
+            return write_state(project, "ingest", dict(NOTHING_INGESTED))
     digest = hashlib.sha256()
     for f, p in zip(files, parsed, strict=True):
         digest.update(os.fsencode(f.name) + b"\0" + (p.sha256 or "-").encode())

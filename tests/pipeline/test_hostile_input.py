@@ -639,3 +639,34 @@ def test_a_crash_after_the_commit_leaves_no_rejection_or_acknowledgement_unrecor
     assert Ledger(project.ledger_path).unrecorded_ingest is None
     run_ingest(project)
     assert len(audit.records(project, "ingest.rejected")) == 1  # recovered once
+
+
+def test_uploads_in_progress_are_left_alone_and_a_file_changed_while_read_waits(project, monkeypatch):
+    """A file read mid-write was routed as read: a cut-off row lost the rest of a request (the complete file then
+    conflicted with it), and an upload tool's temporary file was refused as unsupported and deleted under it
+    (review of 2026-12-07)."""
+    from unlearn.requests import parsing
+
+    for name in (".req.json.a1B2c3", "req.json.filepart", "req.json.part", ".req.json.tmp"):
+        (project.incoming_dir / name).write_text('{"request_id": "PART')
+    assert run_ingest(project)["files"] == 0 and len(list(project.incoming_dir.iterdir())) == 4
+    for path in project.incoming_dir.iterdir():
+        path.unlink()
+    growing = project.incoming_dir / "growing.csv"
+    growing.write_text("request_id,sample_ids,received_at,reason,subject_ref\nC-1,digits-0001;digits-0002;")
+    real_parse = parsing.parse_request_file
+
+    def parse_while_written(path, *args, **kwargs):  # the writer appends the rest while ingest reads
+        parsed = real_parse(path, *args, **kwargs)
+        if path.name == "growing.csv" and "digits-0003" not in path.read_text():
+            with open(path, "a") as handle:
+                handle.write("digits-0003,2026-11-24T10:00:00Z,gdpr_erasure,someone\n")
+        return parsed
+
+    monkeypatch.setattr("tasks.stage.ingest.parse_request_file", parse_while_written)
+    assert run_ingest(project)["files"] == 0 and growing.exists()  # left for the next run, nothing routed
+    assert Ledger(project.ledger_path).find_request("C-1") is None and not list(project.rejected_dir.glob("*"))
+    counts = run_ingest(project)
+    assert counts["accepted"] == 1 and not growing.exists()
+    batch = json.loads((project.batches_dir / f"{counts['batch_id']}.json").read_text())
+    assert batch["requests"][0]["sample_ids"] == ["digits-0001", "digits-0002", "digits-0003"]

@@ -87,10 +87,17 @@ class ParsedFile:
 
 
 
+# Names upload tools give a file while they write it, renaming it into place when complete: ``.NAME.tmp`` (request
+# submit), rsync's ``.NAME.XXXXXX``, WinSCP's ``NAME.filepart``, and ``.part``/``.partial`` downloads. Read (and
+# refused as unsupported) mid-transfer, such a file was deleted under the tool, which then failed (review of
+# 2026-12-07).
+_PARTIAL_UPLOAD = re.compile(r"\.[^./][^/]*\.(tmp|[A-Za-z0-9]{6})|[^/]+\.(filepart|part|partial)")
+
+
 def skipped_in_inbox(name: str) -> bool:
     """Whether the inbox scan leaves a file alone: the ``.gitkeep`` placeholder and files still
-    being written (``.NAME.tmp``, renamed into place when complete)."""
-    return name == ".gitkeep" or (name.startswith(".") and name.endswith(".tmp"))
+    being written under an upload tool's temporary name (:data:`_PARTIAL_UPLOAD`)."""
+    return name == ".gitkeep" or _PARTIAL_UPLOAD.fullmatch(name) is not None
 
 
 
