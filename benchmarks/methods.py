@@ -109,15 +109,18 @@ def certified_lcodec(ref, kwargs: dict, *, requests: int, device: str, seed: int
             "noise_std": method_info(model).get("noise_std")}
 
 
-def run_repetition(i: int, data, args, params, recipe, progress=None) -> dict:
+def run_repetition(i: int, data, args, params, recipe, progress=None, deadline: float | None = None) -> dict:
     """One repetition: its original, retrains and references, then every method against them.
 
     ``progress``, when given, is called after each method with the repetition as it stands (the same shape
     as the return value, holding the rows done so far): device_check writes it, so a run that a time limit
-    kills mid-repetition still leaves the rows it finished.
+    kills mid-repetition still leaves the rows it finished. ``deadline`` (a ``time.perf_counter()`` value): no
+    method starts after it; the rows of those not run are absent (``stopped`` says how many ran).
     """
     x_train, y_train, test = data
+    prepare_started = time.perf_counter()
     ref = prepare_repetition(i, x_train, y_train, test, args, recipe)
+    prepare_seconds = time.perf_counter() - prepare_started
     sizes = {"forget": len(ref.forget), "retain": len(ref.retain), "test": len(ref.evaluation)}
     rows: dict[str, dict] = {}
     # Noise floor: each retrain against the mean of the OTHER retrains.
@@ -132,7 +135,11 @@ def run_repetition(i: int, data, args, params, recipe, progress=None) -> dict:
     rows["original"] = {**original, "gap": gap(original, ref.target), "time_ratio": 0.0, "weight_change": 0.0}
     names = [n for n in METHODS.names() if n != "retrain"] if args.methods == "all" else args.methods.split(",")
     overrides = getattr(args, "overrides", None) or {}  # benchmarks/device_check.py --quick: shorter loops
-    for name in names:
+    stopped = None
+    for k, name in enumerate(names):
+        if deadline is not None and time.perf_counter() > deadline:
+            stopped = f"{k} of {len(names)} methods run before the time budget ran out"
+            break
         kwargs = {**params.unlearn.kwargs_for(name, args.dataset, args.model), **overrides.get(name, {})}
         try:
             rows[name] = run_one(name, ref, kwargs, device=args.device, seed=300 + i,
@@ -142,9 +149,11 @@ def run_repetition(i: int, data, args, params, recipe, progress=None) -> dict:
                 raise
             rows[name] = {"error": error_text(exc)}
         if progress is not None:
-            progress({"rows": dict(rows), "extra": {}, "retrain_seconds": ref.retrain_seconds, "sizes": sizes})
-    extra = {}
-    if i == 0 and args.lcodec_requests > 0 and "lcodec" in names:
+            progress({"rows": dict(rows), "extra": {}, "retrain_seconds": ref.retrain_seconds, "sizes": sizes,
+                      "prepare_seconds": prepare_seconds})
+    extra = {"stopped": stopped} if stopped else {}
+    if (i == 0 and args.lcodec_requests > 0 and "lcodec" in names and "lcodec" in rows
+            and (deadline is None or time.perf_counter() <= deadline)):
         try:
             extra["lcodec_certified"] = certified_lcodec(
                 ref, params.unlearn.kwargs_for("lcodec", args.dataset, args.model), requests=args.lcodec_requests,
@@ -153,7 +162,8 @@ def run_repetition(i: int, data, args, params, recipe, progress=None) -> dict:
             if not getattr(args, "catch_errors", False):
                 raise
             extra["lcodec_certified"] = {"error": error_text(exc)}
-    return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds, "sizes": sizes}
+    return {"rows": rows, "extra": extra, "retrain_seconds": ref.retrain_seconds, "sizes": sizes,
+            "prepare_seconds": prepare_seconds}
 
 
 def error_text(exc: BaseException, limit: int = 300) -> str:
@@ -164,9 +174,13 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
 def aggregate(reps: list[dict]) -> dict:
     out = {}
     for name in reps[0]["rows"]:
-        runs = [r["rows"][name] for r in reps if "error" not in r["rows"][name]]
-        errors = sorted({r["rows"][name]["error"] for r in reps if "error" in r["rows"][name]})
+        # a row absent from a repetition: the time budget stopped that repetition before the method (device_check)
+        present = [r["rows"][name] for r in reps if name in r["rows"]]
+        runs = [row for row in present if "error" not in row]
+        errors = sorted({row["error"] for row in present if "error" in row})
         entry = {"errors": errors} if errors else {}
+        if len(present) < len(reps):
+            entry["not_run"] = len(reps) - len(present)
         for key in NUMBERS:
             mean, half = t_interval([r.get(key, float("nan")) for r in runs])
             entry[key] = {"mean": mean, "ci95": half}
@@ -221,8 +235,8 @@ def paired_section(results: dict, reps: list[dict], retrains: int) -> list[str]:
     best = min(methods, key=lambda k: results[k]["gap"]["mean"])
 
     def gaps(name: str) -> list[float]:
-        return [r["rows"][name].get("gap", float("nan")) if "error" not in r["rows"][name] else float("nan")
-                for r in reps]
+        rows = [r["rows"].get(name, {"error": "not run"}) for r in reps]
+        return [row.get("gap", float("nan")) if "error" not in row else float("nan") for row in rows]
 
     rest = sorted((k for k in methods if k != best), key=lambda k: results[k]["gap"]["mean"])
     others = ["retrain", "original", *rest]
@@ -257,6 +271,26 @@ def paired_section(results: dict, reps: list[dict], retrains: int) -> list[str]:
     return lines
 
 
+def _as_original(name: str, reps: list[dict]) -> str:
+    """A label when a method's Avg Gap cannot be told from the untouched original's, paired by repetition.
+
+    Moving the weights at all met "not returned unchanged" to the letter: gradient ascent (Δw 1e-4) and L-CODEC
+    (4e-4) on digits were +0.03 ± 0.08 from doing nothing (review of 2026-12-07). A method whose paired 95%
+    interval of (original's gap - its gap) reaches 0 did not measurably forget; with one repetition there is no
+    interval, so no label.
+    """
+    def gaps(name: str) -> list[float]:
+        rows = [r["rows"].get(name, {"error": "not run"}) for r in reps]
+        return [row.get("gap", float("nan")) if "error" not in row else float("nan") for row in rows]
+
+    if len(reps) < 2:
+        return ""
+    e = paired_difference(gaps("original"), gaps(name))
+    if np.isnan(e["ci95"]) or e["mean"] - e["ci95"] > 0:
+        return ""
+    return f" (NOT TOLD FROM THE ORIGINAL, paired: {e['mean']:+.2f} ± {e['ci95']:.2f})"
+
+
 def markdown(results: dict, reps: list[dict], meta: dict) -> str:
     lines = [f"# Unlearning methods vs retraining: {meta['dataset']}, {meta['model']}, {meta['device']}", "",
              f"Command: `{meta['command']}`", "",
@@ -275,7 +309,9 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
              f"{meta.get('machine', 'a shared 2-core machine (time ratios are noisy)')}.", "",
              "The **retrain** row's Avg Gap is one retrain against the mean of the others: the noise floor. A "
              "method whose gap interval overlaps it cannot be told apart from retraining; one whose interval "
-             "overlaps the **original**'s cannot be told apart from doing nothing.", "",
+             "overlaps the **original**'s cannot be told apart from doing nothing. Rows marked NOT TOLD FROM "
+             "THE ORIGINAL: the original's gap minus the method's, paired by repetition (mean ± 95% Student-t "
+             "half-width shown), reaches 0: the method did not measurably forget.", "",
              "| Method | UA | RA | TA | RMIA AUC | LiRA AUC | Avg Gap | time / retrain | Δw |",
              "|---|---|---|---|---|---|---|---|---|"]
     order = ["retrain", "original"] + sorted((k for k in results if k not in ("retrain", "original")),
@@ -284,16 +320,20 @@ def markdown(results: dict, reps: list[dict], meta: dict) -> str:
         e = results[name]
         label = name + (" (diverged)" if e["diverged"] else "")
         if e.get("errors"):
-            raised = sum("error" in r["rows"][name] for r in reps)
+            raised = sum("error" in r["rows"].get(name, {}) for r in reps)
             label += f" (RAISED in {raised}/{len(reps)}: {'; '.join(e['errors'])})"
+        if e.get("not_run"):
+            label += f" (not run in {e['not_run']}/{len(reps)} repetition(s): the time budget stopped them first)"
         if name not in ("retrain", "original"):  # the contract of tests/core/test_methods_contract.py
-            rows = [(r["rows"][name], r["rows"]["original"]) for r in reps if "error" not in r["rows"][name]]
+            rows = [(r["rows"][name], r["rows"]["original"]) for r in reps
+                    if name in r["rows"] and "error" not in r["rows"][name]]
             unchanged = sum(row["weight_change"] == 0.0 for row, _ in rows)
             destroyed = sum(row["TA"] < 0.5 * orig["TA"] for row, orig in rows)
             if unchanged:
                 label += f" (UNCHANGED in {unchanged}/{len(rows)})"
             if destroyed:
                 label += f" (BELOW HALF THE ORIGINAL'S TA in {destroyed}/{len(rows)})"
+            label += _as_original(name, reps)
         ratio = "1" if name == "retrain" else "-" if name == "original" else _cell(e, "time_ratio", 3)
         dw = "-" if name == "retrain" or np.isnan(e["weight_change"]["mean"]) else f"{e['weight_change']['mean']:.2g}"
         lines.append(f"| {label} | " + " | ".join(_cell(e, m) for m in (*METRICS, "LiRA")) +
@@ -410,7 +450,13 @@ def main() -> None:
             "seeds": args.seeds, "retrains": args.retrains, "references": args.references, "fraction": args.fraction,
             "profile": key if key in params.unlearn.profiles else "(none: defaults)", "recipe": vars(recipe),
             "sizes": reps[0]["sizes"], "platform": platform.platform(), "torch": torch.__version__,
-            "recalibrate_bn": recalibrate_bn(args, params), "wall_seconds": time.perf_counter() - started}
+            "recalibrate_bn": recalibrate_bn(args, params), "wall_seconds": time.perf_counter() - started,
+            # What the run depended on, recorded when it ran: the provenance was recomputed from the sweep logs
+            # present at render time, and the kwargs were not kept at all (review of 2026-12-07).
+            "provenance": profile_provenance(key),
+            "kwargs": {name: params.unlearn.kwargs_for(name, args.dataset, args.model)
+                       for name in ([n for n in METHODS.names() if n != "retrain"] if args.methods == "all"
+                                    else args.methods.split(","))}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"methods_{args.tag or args.dataset}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results, "repetitions": reps},

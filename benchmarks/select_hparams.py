@@ -60,7 +60,17 @@ for _path in (REPO, REPO / "benchmarks"):  # run as a script without an install 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from protocol import METRICS, load_data, prepare, recalibrate_bn, run_one, subset, validation_mask  # noqa: E402
+from protocol import (  # noqa: E402
+    METRICS,
+    evaluate,
+    gap,
+    load_data,
+    prepare,
+    recalibrate_bn,
+    run_one,
+    subset,
+    validation_mask,
+)
 
 from unlearn.config import Params, load_params  # noqa: E402
 from unlearn.methods import METHODS  # noqa: E402
@@ -232,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     originals = [100.0 * (predict_logits(r.original, validation.images, device=args.device).argmax(1)
                           == validation.labels).float().mean().item() for r in refs]
     original_val = min(originals)
+    # The untouched original, scored like every point: a selected point that is not lower than doing nothing
+    # forgot nothing measurable, however its weights moved (review of 2026-12-07).
+    untouched = [gap(evaluate(r.original, r, args.device), r.target) for r in refs]
     print(f"prepared in {time.perf_counter() - started:.0f}s; original validation accuracy {originals}; "
           f"retrain target {ref.target}", flush=True)
     key = params.unlearn.profile_key(args.dataset, args.model)
@@ -246,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
             "device": args.device, "recipe": vars(recipe), "image_shape": list(x_all.shape[1:]),
             "sizes": {"tune": len(tune), "validation": len(validation), "forget": len(ref.forget)},
             "original_validation_accuracy": original_val, "retrain_target": ref.target,
+            "original_gap": float(np.mean(untouched)), "original_gap_per_subset": untouched,
             "retrains": ref.retrains, "profile_before": profile, "grid_preset": args.grid_preset,
             "budget_s": args.budget_s, "not_swept": skipped, "cut_short": partial, "recalibrate_bn": recalibrate}
 
@@ -309,7 +323,10 @@ def main(argv: list[str] | None = None) -> None:
             ok = [p for p in points if p["admissible"]]
             best = min(ok, key=lambda p: p["gap"]) if ok else None
             if best is not None:
-                chosen[name] = {"overrides": best["overrides"], "kwargs": best["kwargs"], "gap": best["gap"]}
+                per_subset = [q["gap"] for q in best.get("per_subset", [])] or [best["gap"]]
+                chosen[name] = {"overrides": best["overrides"], "kwargs": best["kwargs"], "gap": best["gap"],
+                                "below_original_on": sum(g < u for g, u in zip(per_subset, untouched, strict=True)),
+                                "subsets": len(per_subset)}
         write()
     write()
     print(paths[".md"].read_text())
@@ -443,6 +460,10 @@ def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
              *([f"Cut short by the time budget, so not selected (the best of part of a grid is no selection; their "
                 f"profile values stand): {', '.join(meta['cut_short'])}.", ""] if meta.get("cut_short") else []),
              "Retrain target: " + ", ".join(f"{m} {target[m]:.2f}" for m in (*METRICS, "LiRA")), "",
+             *([f"The untouched original scores Avg Gap {meta['original_gap']:.2f} (per subset: "
+                + ", ".join(f"{g:.2f}" for g in meta["original_gap_per_subset"]) + "); a selected point below "
+                "it on fewer than every subset is marked NOT BELOW THE ORIGINAL (it forgot nothing measurable "
+                "there, however far its weights moved).", ""] if "original_gap" in meta else []),
              "| method | overrides | UA | RA | TA (val) | RMIA AUC | Avg Gap | time / retrain | Δw | admissible |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, points in log.items():
@@ -454,6 +475,10 @@ def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
             cells = " | ".join(f"{p[m]:.2f}" for m in METRICS)
             lines.append(f"| {name} | `{json.dumps(p['overrides'])}` | {cells} | {mark}{p['gap']:.2f}{mark} | "
                          f"{p['time_ratio']:.3f} | {p['weight_change']:.2g} | {'yes' if p['admissible'] else 'no'} |")
+    below = [f"{n} ({c['below_original_on']}/{c['subsets']} subsets)" for n, c in chosen.items()
+             if "below_original_on" in c and c["below_original_on"] < c["subsets"]]
+    if below:
+        lines += ["", f"NOT BELOW THE ORIGINAL on every subset: {', '.join(below)}."]
     lines += ["", "Selected values, merged into the profile (`unlearn.profiles` in params.yaml):", "", "```yaml",
               yaml.safe_dump({f"{args.dataset}/{args.model}": {n: c["kwargs"] for n, c in chosen.items()}},
                              sort_keys=False).rstrip(), "```", ""]

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from unlearn.data.sources import FASHION_MNIST_DIR
@@ -146,9 +147,12 @@ def test_a_repetition_starts_only_if_it_would_end_within_the_budget(monkeypatch)
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from device_check import repetition_fits
 
-    assert repetition_fits(0, elapsed=999.0, last=0.0, budget_s=10.0)  # the first always runs
-    assert repetition_fits(1, elapsed=100.0, last=100.0, budget_s=200.0)
-    assert not repetition_fits(1, elapsed=100.0, last=100.1, budget_s=200.0)
+    first = {"prepare_seconds": 60.0, "rows": {"retrain": {"gap": 1.0}, "original": {"gap": 2.0},
+                                               "amun": {"seconds": 40.0}, "dlfd": {"seconds": 400.0}}}
+    assert repetition_fits(0, elapsed=999.0, first=None, budget_s=10.0)  # the first always runs
+    assert repetition_fits(1, elapsed=100.0, first=first, budget_s=200.0)  # its models and first method fit
+    assert not repetition_fits(1, elapsed=100.1, first=first, budget_s=200.0)
+    assert not repetition_fits(1, elapsed=0.0, first=None, budget_s=200.0)
 
 
 def test_the_device_run_script_refuses_a_missing_data_copy_before_any_work(tmp_path):
@@ -164,18 +168,19 @@ def test_the_device_run_script_refuses_a_missing_data_copy_before_any_work(tmp_p
 def test_a_run_killed_mid_repetition_keeps_the_rows_it_finished(tmp_path, monkeypatch, killed_in):
     """The table's first repetition always runs; on a slow GPU the device's time limit can kill it. Its finished
     rows must then be on disk, marked partial (a helper's review: the table was written only per repetition).
-    A kill in a later repetition must leave the whole first one, not a part of the later one."""
+    A kill in a later repetition leaves the whole first one and the later one's finished rows: those methods then
+    have two seeds (they were dropped, and the table had one seed and no interval; review of 2026-12-07)."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import device_check
 
     real = device_check.table_bench.run_repetition
 
-    def killed_after_one_method(i, data, args, params, recipe, progress=None):
+    def killed_after_one_method(i, data, args, params, recipe, progress=None, deadline=None):
         def progress_then_die(rep):
             progress(rep)
             if i == killed_in and len(rep["rows"]) == 3:  # retrain, original and the first method
                 raise KeyboardInterrupt  # what a kill looks like to the code after it: nothing more runs
-        return real(i, data, args, params, recipe, progress=progress_then_die)
+        return real(i, data, args, params, recipe, progress=progress_then_die, deadline=deadline)
 
     monkeypatch.setattr(device_check.table_bench, "run_repetition", killed_after_one_method)
     with pytest.raises(KeyboardInterrupt):
@@ -192,8 +197,13 @@ def test_a_run_killed_mid_repetition_keeps_the_rows_it_finished(tmp_path, monkey
         assert table["meta"]["partial"] == "1 of 2 methods done"
         assert set(table["results"]) == {"retrain", "original", "grad_ascent"}
     else:
-        assert "Partial" not in text and table["meta"]["partial"] is None and table["meta"]["seeds"] == 1
+        assert "Partial" not in text and table["meta"]["partial"] is None and table["meta"]["seeds"] == 2
+        assert table["meta"]["running"] == "repetition 1: 1 of 2 methods done so far"
+        assert "**Still running when this was written (repetition 1: 1 of 2 methods done so far)" in text
         assert set(table["results"]) == {"retrain", "original", "grad_ascent", "ssd"}
+        assert table["results"]["ssd"]["not_run"] == 1 and "not_run" not in table["results"]["grad_ascent"]
+        assert "| ssd (not run in 1/2 repetition(s)" in text
+        assert not np.isnan(table["results"]["grad_ascent"]["gap"]["ci95"] or float("nan"))  # two seeds: an interval
 
 
 def test_the_device_run_script_stops_a_sweep_that_runs_on_and_gives_the_check_what_is_left(tmp_path):
@@ -236,3 +246,20 @@ def test_the_device_run_script_stops_a_device_check_that_runs_past_the_whole_run
     assert re.search(r"is stopped after [23] s", out.stdout)
     assert "the device check failed or was stopped (exit 124)" in out.stderr
     assert time.monotonic() - started < 15
+
+
+@needs_data
+def test_a_later_repetition_stops_starting_methods_at_the_budget(tmp_path, monkeypatch):
+    """A later repetition runs its methods until the budget, not to the end: the rows it did not run are absent
+    and said to be (review of 2026-12-07)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import device_check
+
+    monkeypatch.setattr(device_check, "repetition_fits", lambda i, *a: True)  # start it, whatever the clock
+    device_check.main(["--device", "cpu", "--quick", "--skip", "throughput,references", "--seeds", "2",
+                       "--methods", "grad_ascent,ssd", "--budget-s", "0.001", "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "device_check_cpu_quick.json").read_text())
+    table = saved["amun_table"]
+    assert saved["meta"]["complete"] is True and table["meta"]["seeds"] == 2
+    assert table["results"]["grad_ascent"]["not_run"] == 1 and table["results"]["ssd"]["not_run"] == 1
+    assert "repetition 1: 0 of 2 methods run before the time budget ran out" in " ".join(saved["notes"])

@@ -243,3 +243,31 @@ def test_a_cuda_sweep_without_cuda_is_exit_2_before_any_work(tmp_path, monkeypat
         select_hparams.main([*SMALL, "--device", "cuda", "--out-dir", str(tmp_path)])
     assert stopped.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_sweep_scores_the_untouched_original_and_marks_a_choice_not_below_it(monkeypatch, tmp_path):
+    """A selected point only had to move the weights: gradient ascent at Δw 1e-4 was "selected" while it scored
+    as the untouched original did (review of 2026-12-07). The original is scored like every point, and a choice
+    not below it on every subset is marked."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import select_hparams
+    from protocol import evaluate, gap
+
+    def scored(offset):  # a point that moves the weights and scores the original's gap + offset
+        def run_one(name, ref, kwargs, **_):
+            row = evaluate(ref.original, ref, "cpu")
+            return {**row, "gap": gap(row, ref.target) + offset, "time_ratio": 0.1, "weight_change": 0.01,
+                    "seconds": 0.1}
+        return run_one
+
+    for offset, marked in ((0.5, True), (-0.5, False)):
+        monkeypatch.setattr(select_hparams, "run_one", scored(offset))
+        select_hparams.main([*SMALL, "--methods", "grad_ascent", "--grid", json.dumps({"grad_ascent": [{}]}),
+                             "--subsets", "2", "--out-dir", str(tmp_path)])
+        log = json.loads((tmp_path / "hparams_digits_small_cnn.json").read_text())
+        meta, chosen = log["meta"], log["chosen"]["grad_ascent"]
+        assert len(meta["original_gap_per_subset"]) == chosen["subsets"] == 2
+        assert abs(chosen["gap"] - meta["original_gap"] - offset) < 1e-9
+        assert chosen["below_original_on"] == (0 if marked else 2)
+        text = (tmp_path / "hparams_digits_small_cnn.md").read_text()
+        assert ("NOT BELOW THE ORIGINAL on every subset: grad_ascent (0/2 subsets)" in text) is marked
