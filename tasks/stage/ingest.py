@@ -72,6 +72,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     if not project.ledger_path.exists():
         ledger.save()  # the ledger always exists: later stages read it
+    _settle_pending(project, ledger.unrecorded_ingest)  # a crash at or just after the last ingest's commit
     _recover_audit_records(project, ledger)
     _write_deletions(project, ledger)
     consumed = dict(ledger.consumed_inbox)
@@ -156,15 +157,17 @@ def run_ingest(project: Project) -> dict[str, Any]:
                                "reasons": [p.problem.code],
                                "detail": f"{p.problem.code}: {p.problem.detail}"[:500],
                                "file_size": p.size, "file_sha256": p.sha256})
-    # Write every destination before the ledger (the commit point), then clear the inbox.
+    # Write every destination before the ledger (the commit point), under a pending name that no reader takes,
+    # and give them their names after the commit: a crash before it left files of an ingest that never happened
+    # (`request status` then listed one submission's rejection twice; review of 2026-12-07).
     if rejected_lines:
-        write_jsonl_atomic(project.rejected_dir / f"{ingest_id}.jsonl", rejected_lines)
+        write_jsonl_atomic(_pending(project.rejected_dir / f"{ingest_id}.jsonl"), rejected_lines)
     if acknowledged:
-        write_jsonl_atomic(project.acknowledged_dir / f"{ingest_id}.jsonl", acknowledged)
+        write_jsonl_atomic(_pending(project.acknowledged_dir / f"{ingest_id}.jsonl"), acknowledged)
     batch_id = None
     if accepted:
         batch_id = ingest_id
-        write_json_atomic(project.batches_dir / f"{batch_id}.json",
+        write_json_atomic(_pending(project.batches_dir / f"{batch_id}.json"),
                           {"batch_id": batch_id, "created_at": now, "requests": accepted})
         ledger.add_batch(batch_id, [a["request_id"] for a in accepted],
                          [s for a in accepted for s in a["sample_ids"]], now,
@@ -183,6 +186,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
         f.name: {"identity": list(identities[f.name]), "sha256": p.sha256, "ingest_id": ingest_id}
         for f, p in zip(files, parsed, strict=True) if identities[f.name] is not None}}
     ledger.save()
+    _settle_pending(project, ingest_id)
     _write_deletions(project, ledger)
     # The audit trail: request ids, salted subject hashes and counts, never sample ids.
     for a in accepted:
@@ -324,6 +328,27 @@ def remove_tree(root: Path) -> None:
     finally:
         if top >= 0:
             os.close(top)
+
+
+PENDING_SUFFIX = ".pending"
+
+
+def _pending(path: Path) -> Path:
+    return path.with_name(path.name + PENDING_SUFFIX)
+
+
+def _settle_pending(project: Project, committed: str | None) -> None:
+    """Give the committed ingest's destination files their names; remove any other ingest's pending files (it was
+    cut off before its commit, and its inbox files are read again)."""
+    for folder in (project.rejected_dir, project.acknowledged_dir, project.batches_dir):
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(f"*{PENDING_SUFFIX}"):
+            final = path.with_name(path.name.removesuffix(PENDING_SUFFIX))
+            if committed is not None and final.name.split(".")[0] == committed:
+                os.replace(path, final)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _row_capped(parsed: ParsedFile, limit: int) -> ParsedFile:

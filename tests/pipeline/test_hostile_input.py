@@ -670,3 +670,34 @@ def test_uploads_in_progress_are_left_alone_and_a_file_changed_while_read_waits(
     assert counts["accepted"] == 1 and not growing.exists()
     batch = json.loads((project.batches_dir / f"{counts['batch_id']}.json").read_text())
     assert batch["requests"][0]["sample_ids"] == ["digits-0001", "digits-0002", "digits-0003"]
+
+
+@pytest.mark.parametrize("crash_at", ["commit", "after_commit"])
+def test_a_crash_around_the_commit_leaves_no_file_of_an_ingest_that_did_not_happen(project, monkeypatch, crash_at):
+    """Destination files were written under their names before the ledger commit: a crash at the commit left the
+    rejection log of an ingest that never happened, and `request status` listed one submission's rejection twice
+    (review of 2026-12-07). They are pending until the commit, and named after it (by the next run if need be)."""
+    from tasks.stage import ingest
+
+    (project.incoming_dir / "bad.json").write_text(json.dumps({"request_id": "BAD-1"}))
+    (project.incoming_dir / "ok.json").write_text(json.dumps(BYSTANDER))
+    if crash_at == "commit":
+        monkeypatch.setattr(Ledger, "save", lambda self: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    else:
+        monkeypatch.setattr(ingest, "_settle_pending", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("killed"))
+                            if a[1] is not None else None)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(project)
+    monkeypatch.undo()
+    assert not list(project.rejected_dir.glob("*.jsonl"))  # nothing a reader takes
+    counts = run_ingest(project)
+    rejected = list(project.rejected_dir.iterdir())
+    batches = [p for p in project.batches_dir.iterdir()]
+    assert len(rejected) == 1 and rejected[0].suffix == ".jsonl" and all(p.suffix == ".json" for p in batches)
+    if crash_at == "commit":  # read again, once
+        assert counts["rejected"] == 1 and counts["accepted"] == 1
+    else:  # committed: named now, not read again
+        assert counts["files"] == 0
+    lines = [json.loads(t) for t in rejected[0].read_text().splitlines()]
+    assert [line["request_id"] for line in lines] == ["BAD-1"]
+    assert Ledger(project.ledger_path).find_request("OK-1") is not None
