@@ -320,13 +320,17 @@ def diagnose(project: Project, *, deep: bool = False, not_scanned: dict[str, int
         # Unpurged batches' quarantines hold samples awaiting their own deletion, by design: left out, as purge
         # leaves them out, and said (the doctor claims nothing about them).
         exclude = open_quarantines(project, ledger)
-        if exclude:
-            log.warning("doctor --deep: %d quarantine file(s) of batches not yet purged were not scanned (they hold "
-                        "their own forget samples until their purge)", len(exclude))
         limits = not_scanned if not_scanned is not None else {}
         limits["open_quarantines"] = len(exclude)
         findings += _scan_findings(project, "samples", purged_sample_patterns(project, limits),
                                    "a purged sample's bytes", exclude)
+        if not_scanned is None:  # a caller that takes the counts says them itself (`unlearn doctor`: once, not twice)
+            if exclude:
+                log.warning("doctor --deep: %d quarantine file(s) of batches not yet purged were not scanned (they "
+                            "hold their own forget samples until their purge)", len(exclude))
+            if limits.get("purged_samples_without_bytes"):
+                log.warning("doctor --deep: %d purged sample(s) could not be searched for (the upstream source no "
+                            "longer has them)", limits["purged_samples_without_bytes"])
     return findings
 
 
@@ -418,7 +422,7 @@ def purged_sample_patterns(project: Project, limits: dict[str, int] | None = Non
     missing = len(ids) - len(set(deleted.ids.tolist()))
     if limits is not None:
         limits["purged_samples_without_bytes"] = missing
-    if missing:  # said, not silently dropped: a clean deep check claims nothing about these
+    if missing and limits is None:  # said, not silently dropped: a clean deep check claims nothing about these
         log.warning("doctor --deep: %d of %d purged sample(s) could not be searched for (the upstream source no longer "
                     "has them)", missing, len(ids))
     patterns, _ = sample_patterns(deleted, SampleStore(project.store_dir).load().images)
