@@ -174,7 +174,9 @@ def repetition_fits(i: int, elapsed: float, first: dict | None, budget_s: float)
         return True
     if first is None:
         return False
-    seconds = [row.get("seconds") for row in first["rows"].values() if isinstance(row.get("seconds"), float | int)]
+    # a method's time with its evaluation (wall_seconds; seconds, the method alone, in older reports)
+    seconds = [row.get("wall_seconds", row.get("seconds")) for row in first["rows"].values()
+               if isinstance(row.get("wall_seconds", row.get("seconds")), float | int)]
     return elapsed + float(first.get("prepare_seconds") or 0.0) + (seconds[0] if seconds else 0.0) <= budget_s
 
 
@@ -366,6 +368,9 @@ def markdown(report: dict) -> str:
     lines += [f"# Device check: {meta['device_name']} ({meta['device']}{', quick' if meta['quick'] else ''})", "",
               f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, {meta['platform']}; "
               f"wall time {meta['wall_seconds']:.0f} s.", ""]
+    if not meta.get("complete"):  # written while the check ran: a run stopped there (a time limit, a kill) stays so
+        lines += ["**Incomplete: written while the check was still running; the check did not finish after this "
+                  "(see the notes for what had been reached).**", ""]
     tp = report.get("throughput")
     if tp:
         lines += ["## 1. Trainer throughput", "",
@@ -450,7 +455,7 @@ def plot(report: dict, path: Path) -> None:
     table = report.get("amun_table")
     if table:
         for name, row in table["results"].items():
-            if name != "original" and np.isfinite(row["gap"]["mean"]):
+            if name not in table_bench.REFERENCE_ROWS and np.isfinite(row["gap"]["mean"]):
                 axes[1].scatter(row["time_ratio"]["mean"], row["gap"]["mean"])
                 axes[1].annotate(name, (row["time_ratio"]["mean"], row["gap"]["mean"]), fontsize=8)
         if "original" in table["results"]:
@@ -618,10 +623,23 @@ def main(argv: list[str] | None = None) -> int:
             # The first repetition runs every method (each must run on CUDA once); a later one stops starting
             # methods at the budget, and its finished rows count.
             deadline = None if i == 0 else started + args.budget_s
-            reps.append(table_bench.run_repetition(i, data, bench_args, params, table_sizes.recipe, progress=partial,
-                                                   deadline=deadline))
-            if reps[-1]["extra"].get("stopped"):
-                report["notes"].append(f"repetition {i}: {reps[-1]['extra']['stopped']}; the methods after them "
+            if i > 0:  # a stop while its models train must not leave a report that looks finished
+                report["amun_table"] = amun_table(reps, table_sizes, bench_args, params, list(x.shape[1:]),
+                                                  time.perf_counter() - started, device_name,
+                                                  running=f"repetition {i}: training its models")
+                write()
+            rep = table_bench.run_repetition(i, data, bench_args, params, table_sizes.recipe, progress=partial,
+                                             deadline=deadline)
+            ran = [m for m in rep["rows"] if m not in table_bench.REFERENCE_ROWS]
+            if i > 0 and not ran:
+                report["notes"].append(f"repetition {i} trained its models, but no method started before the time "
+                                       "budget: left out of the table (its models were trained for nothing)")
+                report["amun_table"] = amun_table(reps, table_sizes, bench_args, params, list(x.shape[1:]),
+                                                  time.perf_counter() - started, device_name)
+                break
+            reps.append(rep)
+            if rep["extra"].get("stopped"):
+                report["notes"].append(f"repetition {i}: {rep['extra']['stopped']}; the methods after them "
                                        f"have {i} seed(s)")
             print(f"AMUN table repetition {i} done ({time.perf_counter() - started:.0f} s)", flush=True)
             report["amun_table"] = amun_table(reps, table_sizes, bench_args, params, list(x.shape[1:]),

@@ -9,7 +9,7 @@
 # Time: the scripts' --budget-s only stops them STARTING work (a sweep point, a table repetition), so the clock is
 # kept here. The sweep is killed at SWEEP_CAP_S if it runs on (it rewrites its log and params copy after every
 # method, so what it finished stands); the device check gets what is left of TOTAL_S. The check writes its report
-# after every part and every finished method of its first repetition, so a run stopped by the device's limit keeps
+# after every part and every finished method of every repetition, so a run stopped by the device's limit keeps
 # the parts and rows it finished (no table rows while the first repetition's models still train).
 set -u
 out=${1:?usage: sh benchmarks/device_run.sh OUT_DIR}

@@ -259,6 +259,20 @@ def evaluate(model, ref: Reference, device: str) -> dict[str, float]:
     return out
 
 
+def untouched(ref: Reference, device: str, recalibrate_bn: bool) -> torch.nn.Module:
+    """The "doing nothing" baseline a method is compared with: the original, with its batch-norm statistics
+    recomputed on D_R when every method's are (``recalibrate_bn``). Compared with the original as trained, a
+    method's score partly measured the recalibration (review of 2026-12-07)."""
+    import copy
+
+    from unlearn.training import recalibrate_batchnorm
+
+    model = copy.deepcopy(ref.original)
+    if recalibrate_bn:
+        recalibrate_batchnorm(model, ref.retain.images, device=device)
+    return model.eval()
+
+
 def gap(row: dict[str, float], target: dict[str, float]) -> float:
     """Avg Gap: mean over UA, RA, TA, MIA of |row - target| (points)."""
     return float(np.mean([abs(row[m] - target[m]) for m in METRICS]))

@@ -69,6 +69,7 @@ from protocol import (  # noqa: E402
     recalibrate_bn,
     run_one,
     subset,
+    untouched,
     validation_mask,
 )
 
@@ -244,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     original_val = min(originals)
     # The untouched original, scored like every point: a selected point that is not lower than doing nothing
     # forgot nothing measurable, however its weights moved (review of 2026-12-07).
-    untouched = [gap(evaluate(r.original, r, args.device), r.target) for r in refs]
+    # (with batch-norm statistics recomputed as every point's are)
+    untouched_gaps = [gap(evaluate(untouched(r, args.device, recalibrate_bn(args, params)), r, args.device), r.target)
+                      for r in refs]
     print(f"prepared in {time.perf_counter() - started:.0f}s; original validation accuracy {originals}; "
           f"retrain target {ref.target}", flush=True)
     key = params.unlearn.profile_key(args.dataset, args.model)
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             "device": args.device, "recipe": vars(recipe), "image_shape": list(x_all.shape[1:]),
             "sizes": {"tune": len(tune), "validation": len(validation), "forget": len(ref.forget)},
             "original_validation_accuracy": original_val, "retrain_target": ref.target,
-            "original_gap": float(np.mean(untouched)), "original_gap_per_subset": untouched,
+            "original_gap": float(np.mean(untouched_gaps)), "original_gap_per_subset": untouched_gaps,
             "retrains": ref.retrains, "profile_before": profile, "grid_preset": args.grid_preset,
             "budget_s": args.budget_s, "not_swept": skipped, "cut_short": partial, "recalibrate_bn": recalibrate}
 
@@ -325,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             if best is not None:
                 per_subset = [q["gap"] for q in best.get("per_subset", [])] or [best["gap"]]
                 chosen[name] = {"overrides": best["overrides"], "kwargs": best["kwargs"], "gap": best["gap"],
-                                "below_original_on": sum(g < u for g, u in zip(per_subset, untouched, strict=True)),
+                                "below_original_on": sum(g < u for g, u in zip(per_subset, untouched_gaps,
+                                                                               strict=True)),
                                 "subsets": len(per_subset)}
         write()
     write()
@@ -460,7 +464,8 @@ def markdown(meta: dict, log: dict, chosen: dict, args) -> str:
              *([f"Cut short by the time budget, so not selected (the best of part of a grid is no selection; their "
                 f"profile values stand): {', '.join(meta['cut_short'])}.", ""] if meta.get("cut_short") else []),
              "Retrain target: " + ", ".join(f"{m} {target[m]:.2f}" for m in (*METRICS, "LiRA")), "",
-             *([f"The untouched original scores Avg Gap {meta['original_gap']:.2f} (per subset: "
+             *([f"The untouched original (batch-norm statistics recomputed as the points' are, when they are) scores "
+                f"Avg Gap {meta['original_gap']:.2f} (per subset: "
                 + ", ".join(f"{g:.2f}" for g in meta["original_gap_per_subset"]) + "); a selected point below "
                 "it on fewer than every subset is marked NOT BELOW THE ORIGINAL (it forgot nothing measurable "
                 "there, however far its weights moved).", ""] if "original_gap" in meta else []),

@@ -92,3 +92,27 @@ def test_the_methods_table_pairs_against_its_lowest_row_and_keeps_the_retrain_ou
     assert "smallest possible sign-flip p is 0.125, so no row can reach 0.05" in text  # 2 / 2^4 (flaky: 2/2^3)
     assert "by 6% with 3 retrains" in text
     assert methods.paired_section(results, reps[:1], retrains=3) == []  # one repetition: nothing to pair
+
+
+def test_a_method_is_compared_with_the_original_only_where_the_repetitions_allow(monkeypatch):
+    """The label said NOT TOLD FROM THE ORIGINAL for a method measurably worse than it, and nothing for a row with
+    one repetition in a table of two (reviews of 2026-12-07). With the recalibrated original in the rows, that is
+    the baseline."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import methods
+
+    def rep(gaps):
+        return {"rows": {name: {"gap": g} for name, g in gaps.items()}}
+
+    reps = [rep({"original": 5.0, "same": 5.0 + d, "worse": 8.0 + d, "better": 1.0 + d, "once": 2.0})
+            for d in (0.0, 0.1, -0.1)]
+    del reps[1]["rows"]["once"], reps[2]["rows"]["once"]
+    labels = {name: methods._as_original(name, reps) for name in ("same", "worse", "better", "once")}
+    assert labels["same"].startswith(" (NOT TOLD FROM THE ORIGINAL, paired: ")
+    assert labels["worse"].startswith(" (WORSE THAN THE ORIGINAL, paired: -3.00")
+    assert labels["better"] == ""
+    assert labels["once"] == " (one repetition: not compared with the original)"
+    assert methods._as_original("same", reps[:1]) == ""  # a one-repetition table: nothing to compare
+    for r, g in zip(reps, (1.0, 1.1, 0.9), strict=True):  # the recalibrated original, when present, is the baseline
+        r["rows"][methods.RECALIBRATED] = {"gap": g}
+    assert methods._as_original("better", reps).startswith(" (NOT TOLD FROM THE ORIGINAL")
