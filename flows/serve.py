@@ -360,6 +360,11 @@ class InboxWatcher:
                     files[entry.name] = min(mtime, self.first_seen.setdefault(entry.name, now))
         except FileNotFoundError:
             pass
+        if files:  # ingested already but not removable (another user's file): nothing for a run to do
+            from tasks.stage.ingest import ingested_entries
+
+            for name in ingested_entries(inbox.parent, list(files)):
+                files.pop(name)
         self.first_seen = {name: self.first_seen[name] for name in files}
         return files
 

@@ -100,10 +100,14 @@ def _requests(project: Any) -> dict[str, Any]:
     ledger = Ledger(project.ledger_path)
     counts = {status: ledger.batches_with_status(status) for status in (Ledger.PENDING, Ledger.PROMOTING,
                                                                          Ledger.COMPLETED)}
+    from tasks.stage.ingest import ingested_entries
+
     incoming = [p for p in project.incoming_dir.glob("*") if p.is_file() and not skipped_in_inbox(p.name)] \
         if project.incoming_dir.is_dir() else []
+    stuck = ingested_entries(project.requests_dir, [p.name for p in incoming])  # ingested, could not be removed
     return {
-        "incoming_files": len(incoming),
+        "incoming_files": len(incoming) - len(stuck),
+        "ingested_not_removed": len(stuck),
         "pending_batches": len(counts[Ledger.PENDING]),
         "pending_requests": sum(len(ledger.batch(b)["request_ids"]) for b in counts[Ledger.PENDING]),
         "promoting_batches": len(counts[Ledger.PROMOTING]),
@@ -316,6 +320,9 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("\ndeletion requests:")
     if requests:
         lines.append(f"  {requests['incoming_files']} file(s) waiting in the inbox (not ingested yet)")
+        if requests.get("ingested_not_removed"):
+            lines.append(f"  {requests['ingested_not_removed']} file(s) in the inbox already ingested, which the "
+                         "pipeline could not remove: remove them by hand")
         lines.append(f"  {requests['pending_requests']} request(s) in {requests['pending_batches']} pending batch(es)"
                      + (f", oldest {requests['oldest_pending']}" if requests["oldest_pending"] else ""))
         lines.append(f"  {requests['promoting_batches']} batch(es) being promoted, {requests['completed_batches']} "

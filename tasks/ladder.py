@@ -82,7 +82,10 @@ def reinstate(project: Project, method: str) -> bool:
     record = methods.pop(method, None)
     if record is None:
         return False
-    _write(project, methods, {**_reinstated(project), method: str(record.get("audit_id", ""))})
+    # the newest audit of the method on record, which may be later than the one the ladder names (an audit of the
+    # demoted method cut off after its history): recovery must not undo the reinstatement on its strength
+    latest = _latest_audits(project).get(method, record)
+    _write(project, methods, {**_reinstated(project), method: str(latest.get("audit_id", ""))})
     return True
 
 
@@ -95,8 +98,13 @@ def recover_demotions(project: Project) -> list[str]:
     reinstated the method after that audit (review of 2026-12-07: the demotion was written first, and a crash then
     left the method skipped for good with no audit on record).
     """
+    try:
+        latest = _latest_audits(project)
+    except PipelineError as exc:  # a damaged history must not stop every deletion: the demotions on file stand
+        log.warning("audit: %s; demotions it records but the ladder lacks are not applied", exc)
+        return []
     methods, reinstated, applied = demoted(project), _reinstated(project), []
-    for method, record in last_per_method_record(project).items():
+    for method, record in latest.items():
         if (not record.get("demoted") or method == EXACT or method in methods
                 or reinstated.get(method) == record.get("audit_id")):
             continue
@@ -146,9 +154,16 @@ def append_history(project: Project, record: dict[str, Any]) -> None:
     write_json_atomic(project.state_dir / "audits.json", {"audits": records})
 
 
-def last_per_method_record(project: Project) -> dict[str, dict[str, Any]]:
-    """The most recent audit record per method, as written."""
-    return {record["method"]: record for record in history(project)}
+def _latest_audits(project: Project) -> dict[str, dict[str, Any]]:
+    """The most recent audit record per method, as written.
+
+    Raises:
+        PipelineError: If a record is not a map naming its method.
+    """
+    records = history(project)
+    if not all(isinstance(r, dict) and isinstance(r.get("method"), str) for r in records):
+        raise PipelineError(f"audit history {project.state_dir / 'audits.json'} is corrupt: a record names no method")
+    return {record["method"]: record for record in records}
 
 
 def last_per_method(project: Project) -> dict[str, dict[str, Any]]:

@@ -383,14 +383,15 @@ def audit_method(project: Project, *, batch: str | None = None, method: str | No
         mlflow.log_metrics(_metrics(decision, record["seconds"]))
         mlflow.log_dict(record, "audit/audit.json")
     record["run_id"] = run.info.run_id
-    # The audit's own records first, the demotion after, the run's `demoted` tag last: the demotion was written
-    # first, so a crash left the method skipped for good with no audit on record, and the tag claimed a demotion
-    # before there was one (review of 2026-12-07). A crash after the records is finished by recover_demotions.
-    append_history(project, record)
+    # The audit's own records first (the audit log's, then the history), the demotion after, the run's `demoted`
+    # tag last: the demotion was written first, so a crash left the method skipped for good with no audit on
+    # record, and the tag claimed a demotion before there was one (review of 2026-12-07). A crash after the
+    # records is finished by recover_demotions; one between the two records leaves the audit due again.
     audit.record(project, "method.audited", method=method, audit_id=record["audit_id"],
                  model_version=chosen["model_version"], batch_ids=chosen["batches"], verdict=decision.verdict,
                  demoted=bool(offending), offending=offending, parent_source=parent_source, run_id=run.info.run_id,
                  gaps={c["metric"]: c["estimate"] for c in record["checks"]})
+    append_history(project, record)  # after the record: a demotion is applied from the history only with it
     if offending:
         demote(project, method, {"audit_id": record["audit_id"], "metrics": offending,
                                  "audited_version": chosen["model_version"], "run_id": run.info.run_id,

@@ -75,8 +75,9 @@ def run_ingest(project: Project) -> dict[str, Any]:
     _settle_pending(project, ledger.unrecorded_ingest)  # a crash at or just after the last ingest's commit
     _recover_audit_records(project, ledger)
     _write_deletions(project, ledger)
+    salt = load_or_create_salt(project.salt_path)
     consumed = dict(ledger.consumed_inbox)
-    files = _skip_committed(ledger, files, folders)
+    files = _skip_committed(ledger, files, folders, salt)
     if ledger.consumed_inbox != consumed:  # entries removed now, or gone: their records go with them
         ledger.save()
     if not files:
@@ -102,7 +103,6 @@ def run_ingest(project: Project) -> dict[str, Any]:
         digest.update(os.fsencode(f.name) + b"\0" + (p.sha256 or "-").encode())
     ingest_id = f"batch-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{digest.hexdigest()[:8]}"
     requests = [r for p in parsed for r in p.requests]
-    salt = load_or_create_salt(project.salt_path)
     # Names as records keep them: a dropped file's name may be personal data (alice@example.com-erase-me.csv); it
     # was kept almost verbatim in the rejection and acknowledgement logs, the ledger and the batch file (review of
     # 2026-12-07). Request submit's own names are kept; any other is a salted hash (as serve's events publish it).
@@ -183,7 +183,7 @@ def run_ingest(project: Project) -> dict[str, Any]:
     ledger.unrecorded_ingest = ingest_id
     stuck = ledger.consumed_inbox  # committed earlier, still in the inbox: they cannot be removed
     ledger.consumed_inbox = {**stuck, **{
-        f.name: {"identity": list(identities[f.name]), "sha256": p.sha256, "ingest_id": ingest_id}
+        inbox_key(f.name, salt): {"identity": list(identities[f.name]), "sha256": p.sha256, "ingest_id": ingest_id}
         for f, p in zip(files, parsed, strict=True) if identities[f.name] is not None}}
     ledger.save()
     _settle_pending(project, ingest_id)
@@ -202,9 +202,9 @@ def run_ingest(project: Project) -> dict[str, Any]:
     for f in files:
         if _identity(f) != identities[f.name]:
             log.info("ingest: an inbox entry changed while it was being read: left for the next run")
-            ledger.consumed_inbox.pop(f.name, None)
+            ledger.consumed_inbox.pop(inbox_key(f.name, salt), None)
         elif _remove_entry(f, folders):
-            ledger.consumed_inbox.pop(f.name, None)
+            ledger.consumed_inbox.pop(inbox_key(f.name, salt), None)
     # The record is needed only through the crash window (a later file could reuse a freed inode number), and for
     # entries that cannot be removed, which it keeps from being read again.
     ledger.save()
@@ -222,7 +222,33 @@ def run_ingest(project: Project) -> dict[str, Any]:
     return write_state(project, "ingest", counts)
 
 
-def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> list[Path]:
+def inbox_key(name: str, salt: bytes) -> str:
+    """The ledger's key for an inbox entry in ``consumed_inbox``: its name as records keep it (a dropped file's name
+    may be personal data, kept only as a salted hash; review of 2026-12-07)."""
+    return recorded_file_name(name, salt)
+
+
+def ingested_entries(requests_dir: Path, names: list[str]) -> set[str]:
+    """Those of ``names`` (entries of ``requests_dir/incoming``) an ingest already committed and could not remove:
+    still in the inbox, the very file it read (same identity). ``unlearn status`` and ``serve``'s watcher leave them
+    out, as ingest does: they are not waiting to be ingested, and a run for them would find nothing to do."""
+    try:
+        ledger = Ledger(requests_dir / "ledger.json")
+        if not ledger.consumed_inbox or not (requests_dir / ".salt").exists():
+            return set()
+        salt = load_or_create_salt(requests_dir / ".salt")
+    except Exception:  # noqa: BLE001 - status and the watcher must not fail on a ledger ingest will name
+        return set()
+    out = set()
+    for name in names:
+        committed = ledger.consumed_inbox.get(inbox_key(name, salt)) or ledger.consumed_inbox.get(name)
+        identity = _identity(requests_dir / "incoming" / name)
+        if committed is not None and identity is not None and list(identity) == committed.get("identity"):
+            out.add(name)
+    return out
+
+
+def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str], salt: bytes) -> list[Path]:
     """The inbox entries to read: without those an earlier ingest committed but a crash left in the inbox.
 
     Why: the ledger commit comes before the inbox clean-up. A crash in between left the entry, and the next
@@ -233,14 +259,15 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str]) -> lis
     """
     left, stuck = [], {}
     for f in files:
-        committed = ledger.consumed_inbox.get(f.name)
+        # keyed by the recorded name; an entry of an earlier release by the raw name
+        committed = ledger.consumed_inbox.get(inbox_key(f.name, salt)) or ledger.consumed_inbox.get(f.name)
         identity = _identity(f)
         if committed is not None and identity is not None and list(identity) == committed.get("identity") \
                 and file_sha256(f) == committed.get("sha256"):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
             if not _remove_entry(f, folders):
-                stuck[f.name] = committed
+                stuck[inbox_key(f.name, salt)] = committed
             continue
         left.append(f)
     ledger.consumed_inbox = stuck  # only entries still in the inbox need it (a freed inode number is reused)
@@ -390,12 +417,17 @@ def _recover_audit_records(project: Project, ledger: Ledger) -> None:
     if unrecorded:
         acknowledged = project.acknowledged_dir / f"{unrecorded}.jsonl"
         if acknowledged.exists():
+            # counted per request id: one ingest can acknowledge the same request twice (two files repeating it)
+            seen: dict[str, int] = {}
+            for record in audit.records(project, "request.acknowledged", ingest_id=unrecorded):
+                seen[record.get("request_id")] = seen.get(record.get("request_id"), 0) + 1
             for line in map(json.loads, acknowledged.read_text().splitlines()):
-                if not audit.has_record(project, "request.acknowledged", request_id=line["request_id"],
-                                        ingest_id=unrecorded):
-                    audit.record(project, "request.acknowledged", request_id=line["request_id"],
-                                 outcome=line["outcome"], subject_hash=line["subject_hash"],
-                                 covered_by=line["covered_by"], ingest_id=unrecorded, recovered=True)
+                if seen.get(line["request_id"], 0) > 0:
+                    seen[line["request_id"]] -= 1
+                    continue
+                audit.record(project, "request.acknowledged", request_id=line["request_id"],
+                             outcome=line["outcome"], subject_hash=line["subject_hash"],
+                             covered_by=line["covered_by"], ingest_id=unrecorded, recovered=True)
         rejected = project.rejected_dir / f"{unrecorded}.jsonl"
         if rejected.exists() and not audit.has_record(project, "ingest.rejected", ingest_id=unrecorded):
             _record_rejections(project, unrecorded, list(map(json.loads, rejected.read_text().splitlines())),

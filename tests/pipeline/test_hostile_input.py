@@ -505,7 +505,16 @@ def test_an_inbox_file_that_cannot_be_removed_wedges_nothing(project, monkeypatc
     assert third["files"] == 0
     ledger = Ledger(project.ledger_path)
     assert ledger.find_request("LATER-1") is not None and not ledger.acknowledged
-    assert set(ledger.consumed_inbox) == {"stuck.json"}
+    # keyed by the name as records keep it (a salted hash: a dropped file's name may be personal data)
+    assert set(ledger.consumed_inbox) == {_recorded(project, "stuck.json")}
+    assert b"stuck" not in project.ledger_path.read_bytes()
+    from flows.serve import InboxWatcher
+    from flows.status import _requests
+    from tasks.stage.ingest import ingested_entries
+
+    assert ingested_entries(project.requests_dir, ["stuck.json", "other.json"]) == {"stuck.json"}
+    assert _requests(project)["incoming_files"] == 0 and _requests(project)["ingested_not_removed"] == 1
+    assert InboxWatcher(project.root, 60, send=lambda *a: True).pending() == {}  # no run is started for it
     monkeypatch.setattr(Path, "unlink", real_unlink)  # removable again: removed, and the record dropped
     assert run_ingest(project)["files"] == 0 and not (project.incoming_dir / "stuck.json").exists()
     assert Ledger(project.ledger_path).consumed_inbox == {}
@@ -701,3 +710,41 @@ def test_a_crash_around_the_commit_leaves_no_file_of_an_ingest_that_did_not_happ
     lines = [json.loads(t) for t in rejected[0].read_text().splitlines()]
     assert [line["request_id"] for line in lines] == ["BAD-1"]
     assert Ledger(project.ledger_path).find_request("OK-1") is not None
+
+
+def test_second_review_of_the_ingest_fixes(project, monkeypatch, tmp_path):
+    """A second review of the day's ingest fixes (2026-12-07): an unusual extension reached the rejection detail
+    (erase.janedoe1984); two acknowledgements of one request in one ingest were recovered as one; a caller's
+    max_bytes above the hash cap parsed a truncated file as whole; a damaged consumed_inbox entry was a traceback."""
+    from tasks import audit
+    from unlearn.requests import LedgerError
+    from unlearn.requests.parsing import HASH_CAP, parse_request_file
+
+    _, rejected = _ingest(project, {"erase.janedoe1984": b"{}", "notes.txt": b"{}"}, expect_accepted=set())
+    details = sorted(line["detail"] for line in rejected)
+    assert details == ["unsupported_file_type: expected .json or .csv, got .txt",
+                       "unsupported_file_type: expected .json or .csv, got another extension"]
+    real = audit.record
+
+    def crash_on_acknowledgements(project_, event, **fields):
+        if event == "request.acknowledged":
+            raise KeyboardInterrupt("killed")
+        return real(project_, event, **fields)
+
+    (project.incoming_dir / "b.json").write_text(json.dumps(BYSTANDER))  # OK-1 twice: two acknowledgements
+    (project.incoming_dir / "c.json").write_text(json.dumps(BYSTANDER))
+    monkeypatch.setattr(audit, "record", crash_on_acknowledgements)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(project)
+    monkeypatch.setattr(audit, "record", real)
+    run_ingest(project)
+    assert len(audit.records(project, "request.acknowledged")) == 2
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"x" * (HASH_CAP + 10))
+    parsed = parse_request_file(big, max_bytes=HASH_CAP + 100)
+    assert parsed.size == HASH_CAP + 10  # read whole, not cut at the cap
+    ledger = json.loads(project.ledger_path.read_text())
+    ledger["consumed_inbox"] = {"x": "oops"}
+    project.ledger_path.write_text(json.dumps(ledger))
+    with pytest.raises(LedgerError, match="consumed_inbox entry"):
+        Ledger(project.ledger_path)

@@ -263,3 +263,22 @@ def test_batches_promoted_together_share_one_move_of_the_alias(project, monkeypa
                                                     "run_id": "run-2"})
     finish_promotions(project, None, ledger)
     assert audit.records(project, "model.promoted")[-1]["recovered"] is True
+
+
+def test_a_reinstatement_outlives_a_later_cut_off_audit_and_a_damaged_history_blocks_nothing(project, caplog):
+    """Second review (2026-12-07): reinstate remembered the audit the ladder named, while recovery looked at the
+    newest audit in the history (one of the demoted method, cut off after its history): the method was demoted
+    again at once. And a damaged audits.json stopped every escalation."""
+    from tasks import ladder
+
+    record = {"method": "finetune", "at": "2026-12-07T10:00:00Z", "model_version": "2", "run_id": "r",
+              "verdict": "fail", "demoted": True, "offending": ["forget_acc"], "checks": []}
+    ladder.append_history(project, {**record, "audit_id": "audit-A"})
+    assert ladder.recover_demotions(project) == ["finetune"]
+    ladder.append_history(project, {**record, "audit_id": "audit-B"})  # cut off after its history
+    assert ladder.reinstate(project, "finetune")
+    assert ladder.recover_demotions(project) == [] and "finetune" not in ladder.demoted(project)
+    (project.state_dir / "audits.json").write_text('{"audits": [{"at": "x"}]}')
+    with caplog.at_level(logging.WARNING, logger="unlearn.pipeline"):
+        assert ladder.recover_demotions(project) == []
+    assert "corrupt" in caplog.text

@@ -54,6 +54,10 @@ class Ledger:
                 self.unrecorded_ingest = document.get("unrecorded_ingest")
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: also bad UTF-8
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: {exc}") from None
+            if not all(isinstance(e, dict) and isinstance(e.get("identity"), list)
+                       for e in self.consumed_inbox.values()):
+                raise LedgerError(f"deletion ledger {self.path} is corrupt: a consumed_inbox entry is not a map with "
+                                  "an identity list")
             if not isinstance(self.unrecorded_ingest, str | None):
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: unrecorded_ingest must be a string")
             if not all(isinstance(m, dict) for m in (self.batches, self.acknowledged, self.consumed_inbox)):

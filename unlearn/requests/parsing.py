@@ -94,6 +94,11 @@ class ParsedFile:
 _PARTIAL_UPLOAD = re.compile(r"\.[^./][^/]*\.(tmp|[A-Za-z0-9]{6})|[^/]+\.(filepart|part|partial)")
 
 
+_NAMED_SUFFIXES = frozenset({".txt", ".xlsx", ".xls", ".jsonl", ".ndjson", ".tsv", ".xml", ".yaml", ".yml", ".pdf",
+                             ".doc", ".docx", ".zip", ".gz", ".tar", ".png", ".jpg", ".jpeg", ".bin", ".dat", ".md",
+                             ".html", ".eml", ".msg", ".odt", ".ods", ".parquet", ".bak", ".old", ".tmp"})
+
+
 def skipped_in_inbox(name: str) -> bool:
     """Whether the inbox scan leaves a file alone: the ``.gitkeep`` placeholder and files still
     being written under an upload tool's temporary name (:data:`_PARTIAL_UPLOAD`)."""
@@ -151,7 +156,8 @@ def _read_regular_file(path: Path, limit: int) -> _Read:
         # (1 TB: hours under the pipeline's lock; review of 2026-12-07).
         digest = hashlib.sha256()
         chunks, size = [], 0
-        while size < HASH_CAP and (chunk := handle.read(min(1 << 20, HASH_CAP - size))):
+        cap = max(HASH_CAP, limit + 1)  # a caller's larger limit is read whole
+        while size < cap and (chunk := handle.read(min(1 << 20, cap - size))):
             digest.update(chunk)
             size += len(chunk)
             if size <= limit:
@@ -217,7 +223,10 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
         return ParsedFile(name, problem=FileProblem(name, code, detail))
 
     if suffix not in (".json", ".csv"):
-        return problem("unsupported_file_type", f"expected .json or .csv, got {suffix or 'no extension'}")
+        # only a common extension is named: a dropped file's name may be personal data (erase.janedoe1984), and
+        # the rejection log keeps the name only as a salted hash (review of 2026-12-07)
+        shown = suffix if suffix in _NAMED_SUFFIXES else "another extension" if suffix else "no extension"
+        return problem("unsupported_file_type", f"expected .json or .csv, got {shown}")
     if not data.strip():
         return problem("empty_file", "the file is empty")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
