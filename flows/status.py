@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,7 +106,13 @@ def _requests(project: Any) -> dict[str, Any]:
     incoming = [p for p in project.incoming_dir.glob("*") if p.is_file() and not skipped_in_inbox(p.name)] \
         if project.incoming_dir.is_dir() else []
     stuck = ingested_entries(project.requests_dir, [p.name for p in incoming])  # ingested, could not be removed
+    # files under an upload tool's temporary name are left alone until renamed; one abandoned stays for good
+    uploads = [p for p in project.incoming_dir.glob("*") if p.is_file() and skipped_in_inbox(p.name)
+               and p.name != ".gitkeep"] if project.incoming_dir.is_dir() else []
+    oldest = min((p.stat().st_mtime for p in uploads), default=None)
     return {
+        "uploads_in_progress": len(uploads),
+        "oldest_upload_hours": None if oldest is None else round((time.time() - oldest) / 3600, 1),
         "incoming_files": len(incoming) - len(stuck),
         "ingested_not_removed": len(stuck),
         "pending_batches": len(counts[Ledger.PENDING]),
@@ -320,6 +327,10 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("\ndeletion requests:")
     if requests:
         lines.append(f"  {requests['incoming_files']} file(s) waiting in the inbox (not ingested yet)")
+        if requests.get("uploads_in_progress"):
+            lines.append(f"  {requests['uploads_in_progress']} file(s) under an upload tool's temporary name, the "
+                         f"oldest {requests['oldest_upload_hours']} h old: not read until renamed into place (an "
+                         "abandoned upload stays; remove it by hand)")
         if requests.get("ingested_not_removed"):
             lines.append(f"  {requests['ingested_not_removed']} file(s) in the inbox already ingested, which the "
                          "pipeline could not remove: remove them by hand")

@@ -262,7 +262,10 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str], salt: 
         # keyed by the recorded name; an entry of an earlier release by the raw name
         committed = ledger.consumed_inbox.get(inbox_key(f.name, salt)) or ledger.consumed_inbox.get(f.name)
         identity = _identity(f)
-        if committed is not None and identity is not None and list(identity) == committed.get("identity") \
+        # a folder's size and time change as its contents are removed: matched on device and inode alone
+        width = 2 if f.name in folders else None
+        if committed is not None and identity is not None \
+                and list(identity)[:width] == (committed.get("identity") or [])[:width] \
                 and file_sha256(f) == committed.get("sha256"):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
@@ -281,9 +284,8 @@ def _remove_entry(path: Path, folders: set[str]) -> bool:
     caller keeps it in the ledger's ``consumed_inbox`` so that it is skipped, not read again, while it stays. It
     raised, and every later run raised on it too: one file wedged every request after it (review of 2026-12-07).
     """
-    if path.name in folders:
-        remove_tree(path)
-        return True
+    if path.name in folders:  # one that cannot be removed whole is skipped like a file (it was rejected every run)
+        return remove_tree(path)
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:  # the name may be personal data: not logged
@@ -302,14 +304,15 @@ def _identity(path: Path) -> tuple[int, ...] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def remove_tree(root: Path) -> None:
+def remove_tree(root: Path) -> bool:
     """Delete a folder dropped into the inbox, after the ledger commit: never raises, never recurses.
 
     Python 3.11's ``shutil.rmtree`` recurses per level, and a deeply nested folder also outgrows
     PATH_MAX, so a 3000-level folder wedged every later ingest. This flattens the tree instead: every
     sub-folder met is renamed up into ``root`` (short paths, two descriptors open at a time), files and
     symbolic links are unlinked where they are (a link is never followed), emptied folders removed.
-    What cannot be removed is logged without names and retried on the next ingest.
+    What cannot be removed is logged without names and retried on the next ingest. Returns whether the folder
+    is gone.
     """
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     counter = 0
@@ -352,9 +355,11 @@ def remove_tree(root: Path) -> None:
     except OSError as exc:
         log.warning("ingest: a folder in the inbox could not be removed completely (%s); retried next run",
                     exc.strerror)
+        return False
     finally:
         if top >= 0:
             os.close(top)
+    return True
 
 
 PENDING_SUFFIX = ".pending"

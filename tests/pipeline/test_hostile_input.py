@@ -659,6 +659,10 @@ def test_uploads_in_progress_are_left_alone_and_a_file_changed_while_read_waits(
     for name in (".req.json.a1B2c3", "req.json.filepart", "req.json.part", ".req.json.tmp"):
         (project.incoming_dir / name).write_text('{"request_id": "PART')
     assert run_ingest(project)["files"] == 0 and len(list(project.incoming_dir.iterdir())) == 4
+    from flows.status import _requests
+
+    shown = _requests(project)  # left alone, but said: an abandoned upload would otherwise stay unseen
+    assert shown["uploads_in_progress"] == 4 and shown["incoming_files"] == 0 and shown["oldest_upload_hours"] >= 0
     for path in project.incoming_dir.iterdir():
         path.unlink()
     growing = project.incoming_dir / "growing.csv"
@@ -748,3 +752,26 @@ def test_second_review_of_the_ingest_fixes(project, monkeypatch, tmp_path):
     project.ledger_path.write_text(json.dumps(ledger))
     with pytest.raises(LedgerError, match="consumed_inbox entry"):
         Ledger(project.ledger_path)
+
+
+def test_a_folder_that_cannot_be_removed_whole_is_rejected_once(project, monkeypatch):
+    """A dropped folder whose contents could not all be removed was rejected again on every run: a new rejection
+    log and audit record each time (second review of 2026-12-07)."""
+    from tasks import audit
+
+    folder = project.incoming_dir / "dropped"
+    folder.mkdir()
+    (folder / "inner.json").write_text("{}")
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith("inner.json"):
+            raise PermissionError(1, "Operation not permitted")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    counts = [run_ingest(project)["rejected_files"] for _ in range(3)]
+    assert counts == [1, 0, 0] and folder.exists()
+    assert len(audit.records(project, "ingest.rejected")) == 1 and len(list(project.rejected_dir.iterdir())) == 1
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert run_ingest(project)["files"] == 0 and not folder.exists()  # removable again: removed, not re-read
