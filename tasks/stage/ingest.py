@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -18,9 +17,7 @@ from tasks.validation import loggable_request_id, validate_requests
 from unlearn.data import load_source
 from unlearn.files import utc_now, write_json_atomic, write_jsonl_atomic
 from unlearn.requests import (
-    FileProblem,
     Ledger,
-    ParsedFile,
     RequestRouter,
     file_sha256,
     hash_subject,
@@ -86,8 +83,10 @@ def run_ingest(project: Project) -> dict[str, Any]:
     # request into place under the same name meanwhile (the recommended atomic drop) leaves another inode,
     # which stays in the inbox for the next run instead of being deleted unread.
     identities = {f.name: _identity(f) for f in files}
-    parsed = [_row_capped(parse_request_file(f), params.requests.max_rows_per_file)  # each file read once, never
-              for f in files]                                                         # a link's target
+    # Each file is read once, never a link's target. Over requests.max_rows_per_file rows it is refused whole
+    # (too_many_rows): every accepted or acknowledged row is a hash-chained audit record appended (and synced) under
+    # the pipeline's lock; a 24 KB file of 8,000 rows held it for 43 s (review of 2026-12-07).
+    parsed = [parse_request_file(f, max_rows=params.requests.max_rows_per_file) for f in files]
     # A file written while it was read (an in-place upload, an editor's save) is left out of this ingest entirely:
     # routed as read, a cut-off row lost the rest of a request or stored a cut-off subject's hash, and the complete
     # file then conflicted with it (review of 2026-12-07). The next run reads it whole.
@@ -381,20 +380,6 @@ def _settle_pending(project: Project, committed: str | None) -> None:
                 os.replace(path, final)
             else:
                 path.unlink(missing_ok=True)
-
-
-def _row_capped(parsed: ParsedFile, limit: int) -> ParsedFile:
-    """The file refused whole when it has more than ``limit`` rows (``requests.max_rows_per_file``).
-
-    Why: every accepted or acknowledged row is a hash-chained audit record appended (and synced) under the
-    pipeline's lock; a 24 KB file of 8,000 rows held it for 43 s, and 64 MiB of them would for hours (review of
-    2026-12-07).
-    """
-    if parsed.problem is not None or len(parsed.requests) <= limit:
-        return parsed
-    problem = FileProblem(parsed.name, "too_many_rows",
-                          f"{len(parsed.requests)} rows > requests.max_rows_per_file ({limit}): split the file")
-    return dataclasses.replace(parsed, requests=[], problem=problem)
 
 
 def _record_rejections(project: Project, ingest_id: str, lines: list[dict[str, Any]], **extra: Any) -> None:

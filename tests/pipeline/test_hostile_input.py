@@ -616,7 +616,7 @@ def test_many_rows_cost_one_audit_record_and_too_many_refuse_the_file(make_proje
     assert record["log_sha256"] == hashlib.sha256(log_path.read_bytes()).hexdigest()
     assert sum(record["reasons"].values()) >= 501 and not audit.records(project, "request.rejected")
     (line,) = [json.loads(t) for t in log_path.read_text().splitlines() if "too_many_rows" in t]
-    assert "501 rows > requests.max_rows_per_file (500): split the file" in line["detail"]
+    assert "more than requests.max_rows_per_file (500) rows: split the file" in line["detail"]
 
 
 def test_a_crash_after_the_commit_leaves_no_rejection_or_acknowledgement_unrecorded(project, monkeypatch):

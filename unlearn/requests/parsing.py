@@ -177,7 +177,7 @@ def file_sha256(path: Path) -> str | None:
     return _read_regular_file(path, 0).sha256
 
 
-def parse_request_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> ParsedFile:
+def parse_request_file(path: Path, max_bytes: int = MAX_FILE_BYTES, max_rows: int | None = None) -> ParsedFile:
     """Read and parse one request file from the inbox.
 
     Args:
@@ -185,6 +185,8 @@ def parse_request_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> ParsedFil
             name that is not plain (``..``, a leading dot, path or control characters), is a
             problem and its content is not parsed.
         max_bytes: Larger files are refused unparsed.
+        max_rows: A file with more rows is refused (``too_many_rows``), found while parsing (see
+            :func:`parse_request_bytes`).
 
     Returns:
         The parsed rows, or a :class:`FileProblem`; with the file's size and sha256 when it
@@ -200,18 +202,22 @@ def parse_request_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> ParsedFil
                               "file names may use letters, digits, space and _ . ( ) + - only, "
                               "must not start with a dot or contain '..'")
         return ParsedFile(name, problem=problem, size=read.size, sha256=read.sha256)
-    parsed = parse_request_bytes(name, read.data)
+    parsed = parse_request_bytes(name, read.data, max_rows=max_rows)
     parsed.size, parsed.sha256 = read.size, read.sha256
     return parsed
 
 
 
-def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
+def parse_request_bytes(name: str, data: bytes, max_rows: int | None = None) -> ParsedFile:
     """Parse a request file's content by the extension of ``name`` (``.json`` or ``.csv``).
 
     Args:
         name: The file's (sanitised) name.
         data: Its bytes.
+        max_rows: Refuse the file (``too_many_rows``) once it has more rows: a CSV stops being read there, JSON
+            decoding stops at the ``max_rows + 2``-th object, so 64 MiB of ``{}`` rows is not built in memory first
+            (about 4 GB and a minute under the pipeline's lock; review of 2026-12-07). A JSON list of scalars is
+            counted only once decoded.
 
     Returns:
         The parsed rows, or a :class:`FileProblem` (unsupported type, empty, not UTF-8,
@@ -235,9 +241,14 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return problem("not_utf8", f"not UTF-8 text: invalid byte at offset {exc.start}")
+    too_many = (f"more than requests.max_rows_per_file ({max_rows}) rows: split the file"
+                if max_rows is not None else "")
     if suffix == ".json":
         try:
-            document = json.loads(text, object_pairs_hook=_unique_keys)
+            document = json.loads(text, object_pairs_hook=_unique_keys if max_rows is None
+                                  else _counted(_unique_keys, max_rows + 2))
+        except TooManyObjects:
+            return problem("too_many_rows", too_many)
         except DuplicateKeyError as exc:
             return problem("duplicate_json_key", str(exc))
         except RecursionError:  # the C decoder stops at the interpreter's recursion limit
@@ -262,7 +273,9 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
             return problem("not_a_request_file",
                            f"expected a request object or a list of them, got a JSON {_json_type(document)}")
     else:
-        header, rows_or_error = _read_csv(text)
+        header, rows_or_error = _read_csv(text, max_rows)
+        if rows_or_error is None:
+            return problem("too_many_rows", too_many)
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:  # DictReader keeps the last of two same-named columns: the first one's data would vanish
             shown = ", ".join(n if n in FIELDS else "a column outside the schema" for n in repeated[:5])
@@ -277,8 +290,28 @@ def parse_request_bytes(name: str, data: bytes) -> ParsedFile:
         rows = rows_or_error
     if not rows:
         return problem("empty_file", "no requests in file")
+    if max_rows is not None and len(rows) > max_rows:
+        return problem("too_many_rows", too_many)
     return ParsedFile(name, requests=_rows_to_requests(name, rows))
 
+
+
+class TooManyObjects(ValueError):
+    """A JSON document holds more objects than its file may have rows (decoding stops there)."""
+
+
+def _counted(hook, limit: int):
+    """``hook``, raising :class:`TooManyObjects` at its ``limit``-th call (one call per decoded JSON object)."""
+    calls = 0
+
+    def counting(pairs):
+        nonlocal calls
+        calls += 1
+        if calls >= limit:
+            raise TooManyObjects(limit)
+        return hook(pairs)
+
+    return counting
 
 
 class DuplicateKeyError(ValueError):
@@ -302,13 +335,18 @@ def _json_type(value: Any) -> str:
 
 
 
-def _read_csv(text: str) -> tuple[list[str], list[dict[str, Any]] | str]:
-    """Header and rows of a CSV text, or an error message (never quoting the content)."""
+def _read_csv(text: str, max_rows: int | None = None) -> tuple[list[str], list[dict[str, Any]] | str | None]:
+    """Header and rows of a CSV text, or an error message (never quoting the content), or None when it has more
+    than ``max_rows`` rows (reading stops there)."""
+    import itertools
+
     previous = csv.field_size_limit(MAX_FILE_BYTES)  # one request may name 100k ids in one cell
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
         header = list(reader.fieldnames or [])
-        rows = list(reader)
+        rows = list(reader if max_rows is None else itertools.islice(reader, max_rows + 1))
+        if max_rows is not None and len(rows) > max_rows:
+            return header, None
     except csv.Error as exc:
         return [], f"line {reader.line_num}: {exc}"
     finally:
