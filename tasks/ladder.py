@@ -84,7 +84,10 @@ def reinstate(project: Project, method: str) -> bool:
         return False
     # the newest audit of the method on record, which may be later than the one the ladder names (an audit of the
     # demoted method cut off after its history): recovery must not undo the reinstatement on its strength
-    latest = _latest_audits(project).get(method, record)
+    try:
+        latest = _latest_audits(project).get(method, record)
+    except PipelineError:  # a damaged history: the ladder's own record (recovery applies nothing from it anyway)
+        latest = record
     _write(project, methods, {**_reinstated(project), method: str(latest.get("audit_id", ""))})
     return True
 

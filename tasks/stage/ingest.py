@@ -204,6 +204,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
             ledger.consumed_inbox.pop(inbox_key(f.name, salt), None)
         elif _remove_entry(f, folders):
             ledger.consumed_inbox.pop(inbox_key(f.name, salt), None)
+        elif f.name in folders:  # what is left of it: a new folder under the name (a reused inode) is not it
+            ledger.consumed_inbox[inbox_key(f.name, salt)]["listing"] = _listing(f, salt)
     # The record is needed only through the crash window (a later file could reuse a freed inode number), and for
     # entries that cannot be removed, which it keeps from being read again.
     ledger.save()
@@ -262,18 +264,30 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str], salt: 
         committed = ledger.consumed_inbox.get(inbox_key(f.name, salt)) or ledger.consumed_inbox.get(f.name)
         identity = _identity(f)
         # a folder's size and time change as its contents are removed: matched on device and inode alone
-        width = 2 if f.name in folders else None
-        if committed is not None and identity is not None \
-                and list(identity)[:width] == (committed.get("identity") or [])[:width] \
-                and file_sha256(f) == committed.get("sha256"):
+        # A folder's size and time change as its contents are removed: one left partly removed is matched on its
+        # device, inode and what is left in it (a new folder can reuse the inode; third review of 2026-12-07).
+        same = committed is not None and identity is not None and (
+            list(identity) == committed.get("identity")
+            or (f.name in folders and "listing" in committed and list(identity)[:2] == committed["identity"][:2]
+                and _listing(f, salt) == committed["listing"]))
+        if same and file_sha256(f) == committed.get("sha256"):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
             if not _remove_entry(f, folders):
-                stuck[inbox_key(f.name, salt)] = committed
+                stuck[inbox_key(f.name, salt)] = {**committed, **({"listing": _listing(f, salt)}
+                                                                   if f.name in folders else {})}
             continue
         left.append(f)
     ledger.consumed_inbox = stuck  # only entries still in the inbox need it (a freed inode number is reused)
     return left
+
+
+def _listing(folder: Path, salt: bytes) -> str:
+    """A salted digest of the names left in a folder, all levels (names may be personal data)."""
+    names = []
+    for parent, dirs, files in os.walk(folder):
+        names += [os.path.relpath(os.path.join(parent, n), folder) for n in (*dirs, *files)]
+    return hash_subject("inbox-folder-listing\x00" + "\x00".join(sorted(names)), salt)
 
 
 def _remove_entry(path: Path, folders: set[str]) -> bool:

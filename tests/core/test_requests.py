@@ -257,5 +257,15 @@ def test_too_many_rows_stop_the_parse_early():
     csv_rows = b"request_id,sample_ids,received_at,reason,subject_ref\n" + b"R,x,2026-01-01,other,s\n" * 11
     assert parse_request_bytes("c.csv", csv_rows, max_rows=10).problem.code == "too_many_rows"
     assert len(parse_request_bytes("c.csv", csv_rows, max_rows=11).requests) == 11
-    scalars = parse_request_bytes("s.json", json.dumps(["x"] * 11).encode(), max_rows=10)
-    assert scalars.problem.code == "too_many_rows"  # a list of scalars: counted once decoded
+    for flood in (b"[" + b",".join([b"[]"] * 2_000_000) + b"]", b"[" + b",".join([b"0"] * 2_000_000) + b"]",
+                  b'{"requests": [' + b",".join([b"[]"] * 2_000_000) + b"]}"):  # any kind of row (third review)
+        started = time.perf_counter()
+        assert parse_request_bytes("f.json", flood, max_rows=10).problem.code == "too_many_rows"
+        assert time.perf_counter() - started < 5
+    # only top-level rows count: rows holding objects are one row each (they were counted per object)
+    nested = [{"request_id": f"R-{i}", "extra": {"a": {}}} for i in range(5)]
+    assert len(parse_request_bytes("n.json", json.dumps(nested).encode(), max_rows=5).requests) == 5
+    assert len(parse_request_bytes("n.json", json.dumps({"requests": nested}).encode(), max_rows=5).requests) == 5
+    for bad, code in ((b"[1, 2,]", "malformed_json"), (b"[1] x", "malformed_json"), (b'{"requests": [], "a": 1}',
+                      "not_a_request_file"), (b'{"requests": [], "requests": []}', "duplicate_json_key")):
+        assert parse_request_bytes("b.json", bad, max_rows=10).problem.code == code, bad

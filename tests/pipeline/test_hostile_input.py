@@ -773,5 +773,7 @@ def test_a_folder_that_cannot_be_removed_whole_is_rejected_once(project, monkeyp
     counts = [run_ingest(project)["rejected_files"] for _ in range(3)]
     assert counts == [1, 0, 0] and folder.exists()
     assert len(audit.records(project, "ingest.rejected")) == 1 and len(list(project.rejected_dir.iterdir())) == 1
+    (folder / "later.json").write_text("{}")  # what is left changed: no longer the folder that was rejected
+    assert run_ingest(project)["rejected_files"] == 1  # (third review: a new folder can reuse the inode)
     monkeypatch.setattr(os, "unlink", real_unlink)
     assert run_ingest(project)["files"] == 0 and not folder.exists()  # removable again: removed, not re-read

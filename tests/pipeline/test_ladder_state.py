@@ -278,7 +278,9 @@ def test_a_reinstatement_outlives_a_later_cut_off_audit_and_a_damaged_history_bl
     ladder.append_history(project, {**record, "audit_id": "audit-B"})  # cut off after its history
     assert ladder.reinstate(project, "finetune")
     assert ladder.recover_demotions(project) == [] and "finetune" not in ladder.demoted(project)
+    ladder.demote(project, "salun", {"audit_id": "audit-S", "metrics": []})
     (project.state_dir / "audits.json").write_text('{"audits": [{"at": "x"}]}')
     with caplog.at_level(logging.WARNING, logger="unlearn.pipeline"):
         assert ladder.recover_demotions(project) == []
     assert "corrupt" in caplog.text
+    assert ladder.reinstate(project, "salun") and "salun" not in ladder.demoted(project)  # a person can still

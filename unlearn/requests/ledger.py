@@ -54,15 +54,15 @@ class Ledger:
                 self.unrecorded_ingest = document.get("unrecorded_ingest")
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: also bad UTF-8
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: {exc}") from None
-            if not all(isinstance(e, dict) and isinstance(e.get("identity"), list)
-                       for e in self.consumed_inbox.values()):
-                raise LedgerError(f"deletion ledger {self.path} is corrupt: a consumed_inbox entry is not a map with "
-                                  "an identity list")
             if not isinstance(self.unrecorded_ingest, str | None):
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: unrecorded_ingest must be a string")
             if not all(isinstance(m, dict) for m in (self.batches, self.acknowledged, self.consumed_inbox)):
                 raise LedgerError(f"deletion ledger {self.path} is corrupt: batches, acknowledged and consumed_inbox "
                                   "must be maps")
+            if not all(isinstance(e, dict) and isinstance(e.get("identity"), list)
+                       for e in self.consumed_inbox.values()):
+                raise LedgerError(f"deletion ledger {self.path} is corrupt: a consumed_inbox entry is not a map with "
+                                  "an identity list")
             # Each batch's own fields, checked once here: a batch missing one gave a KeyError traceback deep in a
             # stage (exit 1) instead of this error naming the file (review of 2026-12-07).
             for batch_id, batch in self.batches.items():

@@ -214,10 +214,10 @@ def parse_request_bytes(name: str, data: bytes, max_rows: int | None = None) -> 
     Args:
         name: The file's (sanitised) name.
         data: Its bytes.
-        max_rows: Refuse the file (``too_many_rows``) once it has more rows: a CSV stops being read there, JSON
-            decoding stops at the ``max_rows + 2``-th object, so 64 MiB of ``{}`` rows is not built in memory first
-            (about 4 GB and a minute under the pipeline's lock; review of 2026-12-07). A JSON list of scalars is
-            counted only once decoded.
+        max_rows: Refuse the file (``too_many_rows``) once it has more rows: a CSV stops being read there, and a
+            JSON list (or ``{"requests": [...]}``) is decoded row by row and stops there, so 64 MiB of ``{}`` or
+            ``[]`` rows is not built in memory first (1.5-4 GB and a minute under the pipeline's lock; reviews of
+            2026-12-07). Other JSON shapes (one request object, a wrapper with other keys) are decoded whole.
 
     Returns:
         The parsed rows, or a :class:`FileProblem` (unsupported type, empty, not UTF-8,
@@ -245,8 +245,9 @@ def parse_request_bytes(name: str, data: bytes, max_rows: int | None = None) -> 
                 if max_rows is not None else "")
     if suffix == ".json":
         try:
-            document = json.loads(text, object_pairs_hook=_unique_keys if max_rows is None
-                                  else _counted(_unique_keys, max_rows + 2))
+            document = None if max_rows is None else _decode_rows(text, max_rows)
+            if document is None:
+                document = json.loads(text, object_pairs_hook=_unique_keys)
         except TooManyObjects:
             return problem("too_many_rows", too_many)
         except DuplicateKeyError as exc:
@@ -297,21 +298,53 @@ def parse_request_bytes(name: str, data: bytes, max_rows: int | None = None) -> 
 
 
 class TooManyObjects(ValueError):
-    """A JSON document holds more objects than its file may have rows (decoding stops there)."""
+    """A JSON list holds more rows than its file may have (decoding stops there)."""
 
 
-def _counted(hook, limit: int):
-    """``hook``, raising :class:`TooManyObjects` at its ``limit``-th call (one call per decoded JSON object)."""
-    calls = 0
+_WRAPPER = re.compile(r'\s*\{\s*"requests"\s*:\s*\[')
+_SPACE = re.compile(r"\s*")
 
-    def counting(pairs):
-        nonlocal calls
-        calls += 1
-        if calls >= limit:
-            raise TooManyObjects(limit)
-        return hook(pairs)
 
-    return counting
+def _decode_rows(text: str, max_rows: int) -> Any:
+    """A JSON list of rows (or ``{"requests": [...]}`` holding only it) decoded one row at a time, raising
+    :class:`TooManyObjects` at row ``max_rows + 1``; None when the document has another shape (decode it whole).
+    Only top-level rows count: a row holding objects or lists is one row. Errors are the decoder's own
+    (``JSONDecodeError`` with its position, ``DuplicateKeyError``, ``RecursionError``)."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+    wrapper = _WRAPPER.match(text)
+    if wrapper:
+        i = wrapper.end()
+    else:
+        i = _SPACE.match(text).end()
+        if not text.startswith("[", i):
+            return None
+        i += 1
+    rows: list[Any] = []
+    i = _SPACE.match(text, i).end()
+    if text.startswith("]", i):
+        i += 1
+    else:
+        while True:
+            row, i = decoder.raw_decode(text, i)
+            rows.append(row)
+            if len(rows) > max_rows:
+                raise TooManyObjects(max_rows)
+            i = _SPACE.match(text, i).end()
+            if text.startswith(",", i):
+                i = _SPACE.match(text, i + 1).end()
+                continue
+            if text.startswith("]", i):
+                i += 1
+                break
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+    i = _SPACE.match(text, i).end()
+    if wrapper:
+        if not text.startswith("}", i):  # another key beside "requests": decoded whole (and refused there)
+            return None
+        i = _SPACE.match(text, i + 1).end()
+    if i != len(text):
+        raise json.JSONDecodeError("Extra data", text, i)
+    return {"requests": rows} if wrapper else rows
 
 
 class DuplicateKeyError(ValueError):
