@@ -109,7 +109,13 @@ def _requests(project: Any) -> dict[str, Any]:
     # files under an upload tool's temporary name are left alone until renamed; one abandoned stays for good
     uploads = [p for p in project.incoming_dir.glob("*") if p.is_file() and skipped_in_inbox(p.name)
                and p.name != ".gitkeep"] if project.incoming_dir.is_dir() else []
-    oldest = min((p.stat().st_mtime for p in uploads), default=None)
+    times = []
+    for p in uploads:
+        try:  # renamed into place between the listing and now: no longer an upload
+            times.append(p.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    oldest = min(times, default=None)
     return {
         "uploads_in_progress": len(uploads),
         "oldest_upload_hours": None if oldest is None else round((time.time() - oldest) / 3600, 1),

@@ -72,7 +72,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
     _settle_pending(project, ledger.unrecorded_ingest)  # a crash at or just after the last ingest's commit
     _recover_audit_records(project, ledger)
     _write_deletions(project, ledger)
-    salt = load_or_create_salt(project.salt_path)
+    # the salt only when there is an entry to key (a damaged salt must not fail an ingest with nothing to do)
+    salt = load_or_create_salt(project.salt_path) if files or ledger.consumed_inbox else b""
     consumed = dict(ledger.consumed_inbox)
     files = _skip_committed(ledger, files, folders, salt)
     if ledger.consumed_inbox != consumed:  # entries removed now, or gone: their records go with them
@@ -331,8 +332,8 @@ def remove_tree(root: Path) -> bool:
     counter = 0
     try:
         top = os.open(root, flags)
-    except OSError:
-        return
+    except OSError as exc:  # gone already counts as removed; anything else does not
+        return isinstance(exc, FileNotFoundError)
     try:
         while True:
             with os.scandir(top) as entries:
