@@ -264,13 +264,12 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str], salt: 
         # keyed by the recorded name; an entry of an earlier release by the raw name
         committed = ledger.consumed_inbox.get(inbox_key(f.name, salt)) or ledger.consumed_inbox.get(f.name)
         identity = _identity(f)
-        # a folder's size and time change as its contents are removed: matched on device and inode alone
         # A folder's size and time change as its contents are removed: one left partly removed is matched on its
         # device, inode and what is left in it (a new folder can reuse the inode; third review of 2026-12-07).
         same = committed is not None and identity is not None and (
             list(identity) == committed.get("identity")
-            or (f.name in folders and "listing" in committed and list(identity)[:2] == committed["identity"][:2]
-                and _listing(f, salt) == committed["listing"]))
+            or (f.name in folders and committed.get("listing") is not None
+                and list(identity)[:2] == committed["identity"][:2] and _listing(f, salt) == committed["listing"]))
         if same and file_sha256(f) == committed.get("sha256"):
             log.info("ingest: an inbox entry already committed by %s was left by an interrupted run: removed",
                      committed.get("ingest_id"))
@@ -283,12 +282,22 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str], salt: 
     return left
 
 
-def _listing(folder: Path, salt: bytes) -> str:
-    """A salted digest of the names left in a folder, all levels (names may be personal data)."""
+def _listing(folder: Path, salt: bytes) -> str | None:
+    """A salted digest of the names left in a folder, all levels (names may be personal data); None when it cannot
+    be listed (then it matches nothing, and the folder is read, and refused, again)."""
     names = []
-    for parent, dirs, files in os.walk(folder):
-        names += [os.path.relpath(os.path.join(parent, n), folder) for n in (*dirs, *files)]
+    try:
+        for parent, dirs, files in os.walk(folder, onerror=_raise):
+            names += [os.path.relpath(os.path.join(parent, n), folder) for n in (*dirs, *files)]
+            if len(names) > 100_000:
+                return None
+    except (OSError, RecursionError):  # unreadable, or nested past the interpreter's recursion limit
+        return None
     return hash_subject("inbox-folder-listing\x00" + "\x00".join(sorted(names)), salt)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def _remove_entry(path: Path, folders: set[str]) -> bool:
