@@ -248,7 +248,7 @@ def parse_request_bytes(name: str, data: bytes, max_rows: int | None = None) -> 
             document = None if max_rows is None else _decode_rows(text, max_rows)
             if document is None:
                 document = json.loads(text, object_pairs_hook=_unique_keys)
-        except TooManyObjects:
+        except TooManyRows:
             return problem("too_many_rows", too_many)
         except DuplicateKeyError as exc:
             return problem("duplicate_json_key", str(exc))
@@ -297,17 +297,17 @@ def parse_request_bytes(name: str, data: bytes, max_rows: int | None = None) -> 
 
 
 
-class TooManyObjects(ValueError):
+class TooManyRows(ValueError):
     """A JSON list holds more rows than its file may have (decoding stops there)."""
 
 
-_WRAPPER = re.compile(r'\s*\{\s*"requests"\s*:\s*\[')
-_SPACE = re.compile(r"\s*")
+_WRAPPER = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"requests"[ \t\n\r]*:[ \t\n\r]*\[')  # JSON's own whitespace only
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def _decode_rows(text: str, max_rows: int) -> Any:
     """A JSON list of rows (or ``{"requests": [...]}`` holding only it) decoded one row at a time, raising
-    :class:`TooManyObjects` at row ``max_rows + 1``; None when the document has another shape (decode it whole).
+    :class:`TooManyRows` at row ``max_rows + 1``; None when the document has another shape (decode it whole).
     Only top-level rows count: a row holding objects or lists is one row. Errors are the decoder's own
     (``JSONDecodeError`` with its position, ``DuplicateKeyError``, ``RecursionError``)."""
     decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
@@ -328,7 +328,7 @@ def _decode_rows(text: str, max_rows: int) -> Any:
             row, i = decoder.raw_decode(text, i)
             rows.append(row)
             if len(rows) > max_rows:
-                raise TooManyObjects(max_rows)
+                raise TooManyRows(max_rows)
             i = _SPACE.match(text, i).end()
             if text.startswith(",", i):
                 i = _SPACE.match(text, i + 1).end()
