@@ -313,8 +313,12 @@ def _as_original(name: str, reps: list[dict]) -> str:
 def markdown(results: dict, reps: list[dict], meta: dict) -> str:
     lines = [f"# Unlearning methods vs retraining: {meta['dataset']}, {meta['model']}, {meta['device']}", "",
              f"Command: `{meta['command']}`", "",
-             f"Random {100 * meta['fraction']:.0f}% forget with D_R; {meta['seeds']} repetitions, each with its own "
-             "original seed (100+i), forget-subset seed (200+i) and run seed (300+i). Target: the mean of "
+             f"Random {100 * meta['fraction']:.0f}% forget with D_R; {meta['seeds']} repetitions"
+             + (f" (i = {meta['first_repetition']}..{meta['first_repetition'] + meta['seeds'] - 1})"
+                if meta.get("first_repetition") else "")
+             + ", each with its own original seed (100+i), forget-subset seed (200+i) and run seed (300+i)"
+             + (f"; training and test subsets drawn with data seed {meta['data_seed']}" if meta.get("data_seed")
+                else "") + ". Target: the mean of "
              f"{meta['retrains']} retrains; MIA: offline RMIA AUC (forget vs test) with {meta['references']} reference "
              "models on halves of D_R (LiRA: offline LiRA AUC, not in the gap). Cells: mean ± 95% Student-t "
              "half-width over repetitions. Hyperparameters: params.yaml profile "
@@ -445,6 +449,10 @@ def main() -> None:
                         help="recompute batch-norm statistics on D_R after each method (default: params.yaml's "
                              "unlearn.recalibrate_bn)")
     parser.add_argument("--tag", default=None, help="output name suffix (default: the dataset)")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="seed of the --train-size/--test-size subsets (another draw: a fresh test set)")
+    parser.add_argument("--first-repetition", type=int, default=0,
+                        help="number the repetitions from N (their seeds follow: fresh seeds for a confirmatory run)")
     parser.add_argument("--render", default=None, help="only rewrite the md and png from this results JSON")
     args = parser.parse_args()
     if args.render:
@@ -458,20 +466,22 @@ def main() -> None:
     started = time.perf_counter()
     params = load_params(REPO / "params.yaml")
     x_train, y_train, x_test, y_test = load_data(args.dataset, args.data_path, train_size=args.train_size,
-                                                 test_size=args.test_size, pool=args.pool)
+                                                 test_size=args.test_size, pool=args.pool, seed=args.data_seed)
     recipe = replace(SGDRecipe.from_config(params.train), epochs=args.epochs, batch_size=args.batch_size,
                      augment=args.augment)
     data = (x_train, y_train, TensorSet(x_test, y_test))
     reps = []
-    for i in range(args.seeds):
+    for i in range(args.first_repetition, args.first_repetition + args.seeds):
         reps.append(run_repetition(i, data, args, params, recipe))
         print(f"repetition {i} done ({time.perf_counter() - started:.0f}s)", flush=True)
     results = aggregate(reps)
     key = params.unlearn.profile_key(args.dataset, args.model)
     command = "nice -n 10 python benchmarks/methods.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-        if v not in (None, False)) + ("" if args.recalibrate_bn is not False else " --no-recalibrate-bn")
+        if v not in (None, False) and not (k in ("data_seed", "first_repetition") and v == 0)) + (
+        "" if args.recalibrate_bn is not False else " --no-recalibrate-bn")
     meta = {"command": command, "dataset": args.dataset, "model": args.model, "device": args.device,
+            "data_seed": args.data_seed, "first_repetition": args.first_repetition,
             "seeds": args.seeds, "retrains": args.retrains, "references": args.references, "fraction": args.fraction,
             "profile": key if key in params.unlearn.profiles else "(none: defaults)", "recipe": vars(recipe),
             "sizes": reps[0]["sizes"], "platform": platform.platform(), "torch": torch.__version__,

@@ -116,3 +116,20 @@ def test_a_method_is_compared_with_the_original_only_where_the_repetitions_allow
     for r, g in zip(reps, (1.0, 1.1, 0.9), strict=True):  # the recalibrated original, when present, is the baseline
         r["rows"][methods.RECALIBRATED] = {"gap": g}
     assert methods._as_original("better", reps).startswith(" (NOT TOLD FROM THE ORIGINAL")
+
+
+def test_a_confirmatory_table_says_which_repetitions_and_data_draw_it_used(monkeypatch):
+    """A confirmatory run takes fresh repetition seeds (--first-repetition) and a fresh training/test draw
+    (--data-seed): the table must say so, or it reads as the earlier table's seeds and test set."""
+    import json
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import methods
+
+    saved = json.loads((REPO / "benchmarks/results/methods_fashion_mnist_bnrecal.json").read_text())
+    text = methods.markdown(saved["results"], saved["repetitions"], {**saved["meta"], "first_repetition": 5,
+                                                                     "data_seed": 1})
+    assert "3 repetitions (i = 5..7), each with its own original seed" in text
+    assert "training and test subsets drawn with data seed 1." in text
+    plain = methods.markdown(saved["results"], saved["repetitions"], saved["meta"])
+    assert "3 repetitions, each with its own" in plain and "data seed" not in plain
