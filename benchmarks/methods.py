@@ -230,6 +230,12 @@ def profile_provenance(profile: str) -> str:
             f"{swept}); the test split was not used to choose anything")
 
 
+def _gaps(reps: list[dict], name: str) -> list[float]:
+    """A row's Avg Gap in each repetition; nan where it raised or was not run."""
+    rows = [r["rows"].get(name, {"error": "not run"}) for r in reps]
+    return [row.get("gap", float("nan")) if "error" not in row else float("nan") for row in rows]
+
+
 def paired_section(results: dict, reps: list[dict], retrains: int) -> list[str]:
     """Every row's Avg Gap against the lowest method's, repetition by repetition (markdown lines).
 
@@ -244,15 +250,11 @@ def paired_section(results: dict, reps: list[dict], retrains: int) -> list[str]:
         return []
     best = min(methods, key=lambda k: results[k]["gap"]["mean"])
 
-    def gaps(name: str) -> list[float]:
-        rows = [r["rows"].get(name, {"error": "not run"}) for r in reps]
-        return [row.get("gap", float("nan")) if "error" not in row else float("nan") for row in rows]
-
-    if sum(not np.isnan(g) for g in gaps(best)) < 2:  # one repetition of the best row: nothing to pair
+    if sum(not np.isnan(g) for g in _gaps(reps, best)) < 2:  # one repetition of the best row: nothing to pair
         return []
     rest = sorted((k for k in methods if k != best), key=lambda k: results[k]["gap"]["mean"])
     others = [k for k in REFERENCE_ROWS if k in results] + rest
-    paired = {name: paired_difference(gaps(name), gaps(best)) for name in others}
+    paired = {name: paired_difference(_gaps(reps, name), _gaps(reps, best)) for name in others}
     family = [name for name in others if name != "retrain"]
     adjusted = holm({name: paired[name]["p_t"] for name in family})
     floor = min(paired[name]["p_floor"] for name in family)
@@ -291,15 +293,12 @@ def _as_original(name: str, reps: list[dict]) -> str:
     interval of (original's gap - its gap) reaches 0 did not measurably forget; with one repetition there is no
     interval, so no label.
     """
-    def gaps(name: str) -> list[float]:
-        rows = [r["rows"].get(name, {"error": "not run"}) for r in reps]
-        return [row.get("gap", float("nan")) if "error" not in row else float("nan") for row in rows]
 
     if len(reps) < 2:
         return ""
     # the original with its statistics recomputed when the methods' are (tables from before that row: as trained)
     baseline = RECALIBRATED if all(RECALIBRATED in r["rows"] for r in reps) else "original"
-    e = paired_difference(gaps(baseline), gaps(name))
+    e = paired_difference(_gaps(reps, baseline), _gaps(reps, name))
     if e["n"] < 2 or np.isnan(e["ci95"]):
         return " (one repetition: not compared with the original)"
     shown = f"paired: {e['mean']:+.2f} ± {e['ci95']:.2f}"

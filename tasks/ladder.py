@@ -28,8 +28,9 @@ def _path(project: Project) -> Path:
     return project.state_dir / "ladder.json"
 
 
-def demoted(project: Project) -> dict[str, dict[str, Any]]:
-    """Method -> the demotion record (when, which audit, the offending metrics); empty when none.
+def _state(project: Project) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(demoted: method -> its demotion record, reinstated: method -> the audit whose demotion a person undid),
+    both read from one ``ladder.json``; empty when there is none.
 
     Raises:
         PipelineError: If the file exists but is unreadable (an escalation must not silently re-admit a
@@ -37,7 +38,7 @@ def demoted(project: Project) -> dict[str, dict[str, Any]]:
     """
     path = _path(project)
     if not path.exists():
-        return {}
+        return {}, {}
     try:
         document = json.loads(path.read_text())
         methods = document["demoted"]
@@ -45,19 +46,14 @@ def demoted(project: Project) -> dict[str, dict[str, Any]]:
             raise TypeError("demoted must be a map")
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise PipelineError(f"ladder state {path} is corrupt: {exc}") from None
-    return methods
+    reinstated = document.get("reinstated", {})
+    return methods, reinstated if isinstance(reinstated, dict) else {}
 
 
-def _reinstated(project: Project) -> dict[str, str]:
-    """Method -> the audit whose demotion a person undid (:func:`reinstate`); empty when none."""
-    path = _path(project)
-    if not path.exists():
-        return {}
-    try:
-        reinstated = json.loads(path.read_text()).get("reinstated", {})
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise PipelineError(f"ladder state {path} is corrupt: {exc}") from None
-    return reinstated if isinstance(reinstated, dict) else {}
+def demoted(project: Project) -> dict[str, dict[str, Any]]:
+    """Method -> the demotion record (when, which audit, the offending metrics); empty when none (see
+    :func:`_state` for what an unreadable file raises)."""
+    return _state(project)[0]
 
 
 def _write(project: Project, methods: dict[str, Any], reinstated: dict[str, str]) -> None:
@@ -68,9 +64,9 @@ def demote(project: Project, method: str, record: dict[str, Any]) -> None:
     """Take ``method`` out of the ladder (idempotent: a later audit's record replaces the earlier one)."""
     if method == EXACT:
         raise ValueError("the exact retrain is the gate's target and cannot be demoted")
-    methods = demoted(project)
+    methods, reinstated = _state(project)
     methods[method] = {**record, "demoted_at": record.get("demoted_at") or utc_now()}
-    _write(project, methods, _reinstated(project))
+    _write(project, methods, reinstated)
 
 
 def reinstate(project: Project, method: str) -> bool:
@@ -78,7 +74,7 @@ def reinstate(project: Project, method: str) -> bool:
 
     The demotion's audit is remembered as undone, so :func:`recover_demotions` does not take the method out again
     on the strength of that same audit."""
-    methods = demoted(project)
+    methods, reinstated = _state(project)
     record = methods.pop(method, None)
     if record is None:
         return False
@@ -88,7 +84,7 @@ def reinstate(project: Project, method: str) -> bool:
         latest = _latest_audits(project).get(method, record)
     except PipelineError:  # a damaged history: the ladder's own record (recovery applies nothing from it anyway)
         latest = record
-    _write(project, methods, {**_reinstated(project), method: str(latest.get("audit_id", ""))})
+    _write(project, methods, {**reinstated, method: str(latest.get("audit_id", ""))})
     return True
 
 
@@ -106,7 +102,7 @@ def recover_demotions(project: Project) -> list[str]:
     except PipelineError as exc:  # a damaged history must not stop every deletion: the demotions on file stand
         log.warning("audit: %s; demotions it records but the ladder lacks are not applied", exc)
         return []
-    methods, reinstated, applied = demoted(project), _reinstated(project), []
+    (methods, reinstated), applied = _state(project), []
     for method, record in latest.items():
         if (not record.get("demoted") or method == EXACT or method in methods
                 or reinstated.get(method) == record.get("audit_id")):
@@ -171,9 +167,7 @@ def _latest_audits(project: Project) -> dict[str, dict[str, Any]]:
 
 def last_per_method(project: Project) -> dict[str, dict[str, Any]]:
     """The most recent audit per method, with whether the method is demoted now (``unlearn status``)."""
-    out: dict[str, dict[str, Any]] = {}
-    for record in history(project):
-        out[record["method"]] = record
+    out = _latest_audits(project)
     gone = demoted(project)
     return {m: {"at": r["at"], "verdict": r["verdict"], "demoted": m in gone, "model_version": r["model_version"],
                 "gaps": {c["metric"]: {"estimate": c["estimate"], "ci": c["ci"], "margin": c["margin"]}

@@ -243,11 +243,17 @@ def ingested_entries(requests_dir: Path, names: list[str]) -> set[str]:
         return set()
     out = set()
     for name in names:
-        committed = ledger.consumed_inbox.get(inbox_key(name, salt)) or ledger.consumed_inbox.get(name)
+        committed = _committed(ledger, name, salt)
         identity = _identity(requests_dir / "incoming" / name)
         if committed is not None and identity is not None and list(identity) == committed.get("identity"):
             out.add(name)
     return out
+
+
+def _committed(ledger: Ledger, name: str, salt: bytes) -> dict[str, Any] | None:
+    """The ledger's ``consumed_inbox`` entry of an inbox entry: keyed by its recorded name (an earlier release's
+    entry by the raw name)."""
+    return ledger.consumed_inbox.get(inbox_key(name, salt)) or ledger.consumed_inbox.get(name)
 
 
 def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str], salt: bytes) -> list[Path]:
@@ -261,8 +267,7 @@ def _skip_committed(ledger: Ledger, files: list[Path], folders: set[str], salt: 
     """
     left, stuck = [], {}
     for f in files:
-        # keyed by the recorded name; an entry of an earlier release by the raw name
-        committed = ledger.consumed_inbox.get(inbox_key(f.name, salt)) or ledger.consumed_inbox.get(f.name)
+        committed = _committed(ledger, f.name, salt)
         identity = _identity(f)
         # A folder's size and time change as its contents are removed: one left partly removed is matched on its
         # device, inode and what is left in it (a new folder can reuse the inode; third review of 2026-12-07).
