@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -259,31 +258,24 @@ def _unknown_ids(n):
     return [f"u-{i:07d}" for i in range(n)]
 
 
-def test_request_with_max_ids_is_checked_and_fast(project, record_property):
+def test_request_with_max_ids_is_checked(project):
+    """How long this takes is measured by benchmarks/ingest.py (target < 20 s), never asserted here."""
     limit = project.params.requests.max_ids_per_request
     assert limit == 100_000
     data = _json([_request("BIG-1", _unknown_ids(limit)), SIBLING])
-    start = time.perf_counter()
     counts, rejected = _ingest(project, {"big.json": data}, expect_accepted={"SIB-1"})
-    seconds = time.perf_counter() - start
     (line,) = rejected
     assert line["reasons"] == ["unknown_sample_id"] and line["request_id"] == "BIG-1"
     assert f"{limit} sample id(s) are not in the dataset" in line["detail"]
-    assert seconds < 20, f"ingesting a {limit}-id request took {seconds:.1f}s"
-    record_property("ingest_seconds", round(seconds, 2))
 
 
-def test_request_over_max_ids_is_out_of_range(project, record_property):
+def test_request_over_max_ids_is_out_of_range(project):
     limit = project.params.requests.max_ids_per_request
     data = _json([_request("BIG-2", _unknown_ids(limit + 1)), SIBLING])
-    start = time.perf_counter()
     _, rejected = _ingest(project, {"big.json": data}, expect_accepted={"SIB-1"})
-    seconds = time.perf_counter() - start
     (line,) = rejected
     assert line["reasons"] == ["sample_ids_count_out_of_range"]  # its ids are not even looked at
     assert f"names {limit + 1} sample ids; a request names 1 to {limit}" in line["detail"]
-    assert seconds < 20
-    record_property("ingest_seconds", round(seconds, 2))
 
 
 def test_nothing_disturbed_when_a_hostile_file_arrives_with_a_repeat(project):
@@ -520,20 +512,48 @@ def test_an_inbox_file_that_cannot_be_removed_wedges_nothing(project, monkeypatc
     assert Ledger(project.ledger_path).consumed_inbox == {}
 
 
-def test_a_huge_sparse_file_is_refused_without_reading_it_to_the_end(project):
+def test_a_huge_sparse_file_is_refused_without_reading_it_to_the_end(project, monkeypatch):
     """The size cap hashed the whole file anyway: a 4 GB sparse file took 16 s per ingest and per `request submit`
-    (review of 2026-12-07). At most the first HASH_CAP bytes are read now."""
+    (review of 2026-12-07). At most the first HASH_CAP bytes are read now: counted here, not timed
+    (benchmarks/ingest.py measures the seconds)."""
+    from unlearn.requests import parsing
     from unlearn.requests.parsing import HASH_CAP, MAX_FILE_BYTES, file_sha256, parse_request_file
 
     path = project.incoming_dir / "huge.json"
     with open(path, "wb") as handle:
         handle.truncate(1 << 32)  # 4 GiB, no blocks on disk
-    started = time.perf_counter()
+    read = []
+    real_fdopen = os.fdopen
+
+    class Counted:
+        """The parser's file handle, counting the bytes it hands out."""
+
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def fileno(self):
+            return self.handle.fileno()
+
+        def read(self, size=-1):
+            chunk = self.handle.read(size)
+            read.append(len(chunk))
+            return chunk
+
+    monkeypatch.setattr(parsing.os, "fdopen", lambda *a, **k: Counted(real_fdopen(*a, **k)))
     parsed = parse_request_file(path)
+    assert sum(read) == HASH_CAP  # a parse that read on would count 4 GiB here
     assert parsed.problem.code == "file_too_large" and parsed.size == 1 << 32
     assert f"{1 << 32} bytes > {MAX_FILE_BYTES}" in parsed.problem.detail
     assert parsed.sha256 == hashlib.sha256(bytes(HASH_CAP)).hexdigest() == file_sha256(path)
-    assert time.perf_counter() - started < 60  # a sparse terabyte would take hours; the cap reads 64 MiB twice
+    assert sum(read) == 2 * HASH_CAP
+    monkeypatch.undo()
     counts = run_ingest(project)
     assert counts["rejected_files"] == 1 and not path.exists()
 
