@@ -54,6 +54,18 @@ def record(project: Project, event: str, **fields: Any) -> dict[str, Any]:
     return AuditLog(project.audit_path, key=audit_key(project)).append(event, **fields)
 
 
+def check_appendable(project: Project) -> None:
+    """Raise what :func:`record` would raise about the key or the log, writing nothing.
+
+    Called before an action whose record follows it and which cannot be undone (the champion alias moving):
+    an unreadable key or a log that refuses appends then stops the step before the action, and the champion
+    stays as it was (review of 2026-12-07: a consolidation moved the alias, then failed on its record).
+    """
+    from unlearn.audit import AuditLog
+
+    AuditLog(project.audit_path, key=audit_key(project)).check_appendable()
+
+
 def head(project: Project) -> dict[str, Any]:
     """The last record's sequence number and hash: the anchor certificates and MLflow runs carry."""
     from unlearn.audit import AuditLog

@@ -128,10 +128,12 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
                                                     "exact on the current data", **state})
     if not force and not due(project, client, ledger):
         return write_state(project, "consolidate", {"status": "not_due", **state})
+    audit.check_appendable(project)  # before hours of training: its record would be refused after them
     store = SampleStore(project.store_dir)
     version = _registered(project, client, data_version)
     if version is None:
         version = _train_and_register(project, client, store, ledger, champion, data_version, state, force, mlflow)
+    audit.check_appendable(project)  # the record follows the move: a log that would refuse it stops the move
     previous = tracking.move_champion(project, client, version)
     audit.record(project, "model.consolidated", model_version=version, previous_version=previous,
                  data_version=data_version, deleted_since_exact=state["deleted_since_exact"],

@@ -231,6 +231,38 @@ class AuditLog:
             raise AuditError(f"last line of {self.path} is not a valid record; run verify")
         return record
 
+    def _appendable_tail(self, fd: int) -> dict[str, Any] | None:
+        """The last record of the open log, after every check an append makes before it writes."""
+        last, head = self._last_record(fd), self._read_head()
+        if last is None and head is not None:
+            raise AuditError(f"{self.path} is empty but its head anchor says seq {head['seq']}; run verify")
+        if last is not None and self.key is None and "mac" in last:
+            raise AuditError(f"{self.path} is keyed (its records carry MACs): appending needs the key "
+                             "(UNLEARN_AUDIT_KEY_FILE)")
+        if last is not None and head is None:
+            raise AuditError(f"head anchor {self.head_path} is missing; run verify")
+        if last is not None and not _head_fits(head, last):
+            raise AuditError(f"{self.path} disagrees with its head anchor (truncated?); run verify")
+        return last
+
+    def check_appendable(self) -> None:
+        """Raise what :meth:`append` would raise about the log itself, writing nothing.
+
+        For a step whose record must follow an action it cannot undo (a moved champion alias): it checks
+        first, so that a log that refuses appends stops the step before the action, not after it.
+
+        Raises:
+            AuditError: The log's tail is torn or invalid, disagrees with the head anchor, or is keyed and
+                this log has no key.
+            OSError: The log cannot be opened for appending.
+        """
+        with self._locked(fcntl.LOCK_EX):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                self._appendable_tail(fd)
+            finally:
+                os.close(fd)
+
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one record, durably, and move the head anchor to it.
 
@@ -261,16 +293,7 @@ class AuditLog:
         with self._locked(fcntl.LOCK_EX):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
-                last, head = self._last_record(fd), self._read_head()
-                if last is None and head is not None:
-                    raise AuditError(f"{self.path} is empty but its head anchor says seq {head['seq']}; run verify")
-                if last is not None and self.key is None and "mac" in last:
-                    raise AuditError(f"{self.path} is keyed (its records carry MACs): appending needs the key "
-                                     "(UNLEARN_AUDIT_KEY_FILE)")
-                if last is not None and head is None:
-                    raise AuditError(f"head anchor {self.head_path} is missing; run verify")
-                if last is not None and not _head_fits(head, last):
-                    raise AuditError(f"{self.path} disagrees with its head anchor (truncated?); run verify")
+                last = self._appendable_tail(fd)
                 record = {"seq": 0 if last is None else last["seq"] + 1,
                           "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                           "event": event, **fields, "prev": GENESIS if last is None else last["hash"]}

@@ -268,3 +268,22 @@ def test_a_copy_that_cannot_be_written_is_still_read_and_never_appended_to(tmp_p
     assert [r["certificate_digest"] for r in log.records("certificate.issued", request_id="R-1")] == ["sha256:aa"]
     with pytest.raises(OSError, match="Read-only"):
         log.append("certificate.issued", request_id="R-2")
+
+
+def test_check_appendable_refuses_what_append_refuses_and_writes_nothing(tmp_path):
+    """A step that records after an action it cannot undo checks first (a moved champion alias)."""
+    log = _log(tmp_path, n=2)
+    before, head = log.path.read_bytes(), log.head_path.read_bytes()
+    log.check_appendable()  # a sound log: nothing raised, nothing written
+    assert log.path.read_bytes() == before and log.head_path.read_bytes() == head
+    keyed = AuditLog(tmp_path / "keyed" / "audit.jsonl", key=b"k" * 32)
+    keyed.append("request.received", request_id="r0", n_samples=1)
+    with pytest.raises(AuditError, match="appending needs the key"):
+        AuditLog(keyed.path).check_appendable()
+    _write(log, _lines(log)[:1])  # truncated: the head anchor names the record cut off
+    with pytest.raises(AuditError, match="disagrees with its head anchor"):
+        log.check_appendable()
+    log.head_path.unlink()
+    with pytest.raises(AuditError, match="head anchor .* is missing"):
+        log.check_appendable()
+    assert len(_lines(log)) == 1

@@ -79,3 +79,37 @@ def test_consolidation_waits_for_pending_batches_then_promotes_an_exact_model_pa
     run_purge(project)  # the existing rule retires the baseline: it trained on the deleted samples
     v1 = client.get_model_version(tracking.model_name(project), "1")
     assert v1.tags["retired"] == "true"
+
+
+def test_a_log_that_refuses_the_record_stops_the_consolidation_before_the_champion_moves(make_project, monkeypatch,
+                                                                                           tmp_path):
+    """A consolidation moved the champion alias, then failed on its audit record (a keyed log appended without its
+    key, as a cron environment lacking the variable would): a new model served, the command failed, and nothing
+    recorded the change (review of 2026-12-07). The log is checked before the retrain and before the move."""
+    import mlflow
+
+    from tasks import audit, tracking
+    from tasks.consolidate import run_consolidate
+    from tasks.project import load_project
+    from unlearn.audit import AuditError
+
+    key = tmp_path / "audit.key"
+    key.write_text("ab" * 32)
+    key.chmod(0o600)
+    monkeypatch.setenv("UNLEARN_AUDIT_KEY_FILE", str(key))
+    root = make_project(SETUP)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    audit.record(project, "test.started")  # the log is keyed from its first record
+    mlflow.set_tracking_uri(project.tracking_uri)
+    client = mlflow.MlflowClient()
+    name = tracking.model_name(project)
+    client.set_model_version_tag(name, "1", "data_version", "stale")  # a forced consolidation has work to do
+    monkeypatch.delenv("UNLEARN_AUDIT_KEY_FILE")
+    with pytest.raises(AuditError, match="appending needs the key"):
+        run_consolidate(project, force=True)
+    assert str(tracking.champion_version(project, client).version) == "1"
+    assert [str(mv.version) for mv in tracking.all_versions(project, client)] == ["1"]  # refused before training
+    monkeypatch.setenv("UNLEARN_AUDIT_KEY_FILE", str(key))  # with the key back, it goes through
+    done = run_consolidate(project, force=True)
+    assert done["status"] == "consolidated" and str(tracking.champion_version(project, client).version) == "2"
