@@ -110,7 +110,7 @@ def _remove_crash_leftovers(project: Project) -> int:
     name = project.store_dir.name
     for path in sorted(project.data_dir.glob(f".{name}.tmp-*")) + sorted(project.data_dir.glob(f".{name}.old-*")):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)) and not _reused(int(pid), path):
             log.warning("purge: left %s in place (process %s is still running)", path.name, pid)
             continue
         if path.is_dir() and not path.is_symlink():
@@ -129,6 +129,34 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _reused(pid: int, leftover: Path) -> bool:
+    """Whether the process now numbered ``pid`` started after ``leftover`` was made, so cannot have made it.
+
+    A leftover's name carries the number of the process that wrote it; after a crash and a restart (a container's
+    low numbers, Prefect's subprocesses) another process may hold that number, and a purge that kept the leftover
+    for it found the deleted samples' bytes in it and refused on every run (review of 2026-12-07). The leftover's
+    inode-change time is set when it was made (mkdir, or the rename that made the backup) or later, never earlier.
+    Where the process's start cannot be read it is taken as the writer.
+    """
+    started = _process_start(pid)
+    try:
+        made = leftover.lstat().st_ctime
+    except OSError:
+        return False
+    return started is not None and started > made + 2.0  # the boot time is whole seconds: a margin
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, to within a second), from Linux's ``/proc``."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _remove(odb: Any, oids: list[str]) -> None:

@@ -166,3 +166,24 @@ def test_a_crashed_purge_is_finished_and_the_current_version_is_checked(make_pro
     assert load_redactions(project)[v1]["found_redacted"] is True
     patterns, _ = sample_patterns(deleted, SampleStore(project.store_dir).load().images)
     assert scan_project_for_samples(project, patterns).matches == ()
+
+
+def test_a_leftover_whose_process_number_was_reused_goes(tmp_path, monkeypatch):
+    """A leftover is kept while the process that wrote it may still run; its number reused by a process started
+    after the leftover was made (a restart) kept it for good, and every purge then found the deleted samples' bytes
+    in it and refused (review of 2026-12-07)."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from tasks import purge
+
+    data = tmp_path / "data"
+    (data / ".store.old-1").mkdir(parents=True)  # process 1 started long before: it may be the writer
+    project = SimpleNamespace(data_dir=data, store_dir=data / "store")
+    assert purge._process_start(1) < time.time() - 2 and purge._process_start(2**22 + 7) is None
+    assert abs(purge._process_start(os.getpid()) - time.time()) < 24 * 3600  # a real reading, not a default
+    assert purge._remove_crash_leftovers(project) == 0 and (data / ".store.old-1").is_dir()
+    made = (data / ".store.old-1").lstat().st_ctime
+    monkeypatch.setattr(purge, "_process_start", lambda pid: made + 60)  # number 1 now names a later process
+    assert purge._remove_crash_leftovers(project) == 1 and not (data / ".store.old-1").exists()
