@@ -1,8 +1,11 @@
 """Typed, frozen view of ``params.yaml``: the project's one configuration.
 
-Every section is a frozen dataclass. Parsing is strict: an unknown key, a missing required
-key or a value of the wrong type raises :class:`ConfigError` naming the key path, so a typo
-fails before any work starts.
+Every section is a frozen dataclass. Parsing is strict: an unknown key, a key given twice, a
+key that is not a string or a value of the wrong type (a number that is not finite, a quoted
+number) raises :class:`ConfigError` naming the key path, so a typo fails before any work
+starts. A key left out takes the dataclass default; an empty file is refused. Numbers are read
+as YAML 1.2 reads them (``1e-3`` is a float, not the string PyYAML's YAML 1.1 makes of it), in
+the typed sections and in method keyword arguments alike.
 """
 
 from __future__ import annotations
@@ -372,6 +375,8 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
         key_type, value_type = args
+        if key_type is str:
+            _string_keys(value, path)
         return {
             _coerce(k, key_type, path): _coerce(v, value_type, f"{path}.{k}")
             for k, v in value.items()
@@ -379,20 +384,20 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     if annotation is Any:
         return value
     if annotation is float:
-        # YAML reads 5e-4 as a string (YAML 1.1); accept numeric strings and ints for floats.
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        # A quoted number is refused (`train.lr: "1_0"` read as 10.0), and so are NaN and infinities: every float
+        # here is a rate, a fraction or a duration, and a non-finite one stalled or crashed runs much later
+        # (`lifecycle.lock_timeout_seconds: .nan` never timed out; review of 2026-12-07).
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            hint = " (a number, not a quoted string)" if isinstance(value, str) else ""
+            raise ConfigError(f"{path}: expected a number{hint}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if abs(value) >= 2**63:  # torch and numpy seeds, sizes and counts are 64-bit
+            raise ConfigError(f"{path}: expected an integer below 2**63, got {value!r}")
         return value
     if annotation in (str, bool):
         if not isinstance(value, annotation):
@@ -401,7 +406,18 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported annotation {annotation!r}")  # a bug, not user input
 
 
+def _string_keys(mapping: dict[Any, Any], path: str) -> None:
+    """Refuse a key that is not a string: YAML 1.1 reads unquoted on/off/yes/no as booleans and digits as numbers,
+    and such a key cannot name anything here."""
+    for key in mapping:
+        if not isinstance(key, str):
+            where = f" in {path}" if path else ""
+            raise ConfigError(f"key {key!r}{where} is not a string (YAML reads an unquoted on, off, yes, no or a "
+                              f"number as one): quote it")
+
+
 def _build(cls: type, mapping: dict[str, Any], path: str) -> Any:
+    _string_keys(mapping, path)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - known)
@@ -430,7 +446,8 @@ def parse_params(mapping: dict[str, Any] | None) -> Params:
         ConfigError: On unknown keys, wrong types or invalid values.
     """
     if mapping is None:
-        mapping = {}
+        raise ConfigError("params.yaml is empty: it must hold the project's configuration (the shipped "
+                          "params.yaml is the template)")
     if not isinstance(mapping, dict):
         raise ConfigError("params.yaml must be a mapping at the top level")
     if isinstance(mapping.get("gate"), dict) and "tolerances" in mapping["gate"]:
@@ -440,6 +457,36 @@ def parse_params(mapping: dict[str, Any] | None) -> Params:
     params = _build(Params, mapping, "")
     _check_values(params)
     return params
+
+
+_YEAR_SECONDS = 365 * 24 * 3600
+_TEN_YEARS_HOURS = 10 * 365 * 24
+# Cron fields: (name, lowest, highest, names). Day of week 7 is Sunday, as in Vixie cron and Prefect's croniter.
+_CRON_FIELDS = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+                ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+                ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
+_CRON_ITEM = re.compile(r"(?:\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
+
+
+def check_cron(where: str, expression: str) -> None:
+    """Refuse a cron expression Prefect would refuse only when ``unlearn serve`` starts, naming the key.
+
+    Five fields of ``*``, values, ranges, steps and lists (``0 2 * * 1-5``, ``*/15 * * * *``, ``0 3 1 jan,jul *``);
+    values within each field's range. The ``@daily`` shorthands and ``L``/``W``/``#`` extensions are not accepted.
+    """
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ConfigError(f"{where}: expected a 5-field cron expression such as '0 2 * * *', got {expression!r}")
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for item in text.split(","):
+            match = _CRON_ITEM.fullmatch(item.lower())
+            values = [] if match is None else [v for v in match.group(1, 2) if v is not None]
+            numbers = [names.index(v) + (low if names else 0) if v in names else int(v) if v.isdigit() else None
+                       for v in values]
+            step = None if match is None else match.group(3)
+            if (match is None or None in numbers or any(not low <= n <= high for n in numbers)
+                    or (len(numbers) == 2 and numbers[0] > numbers[1]) or (step is not None and int(step) < 1)):
+                raise ConfigError(f"{where}: {item!r} is not a valid {name} ({low}-{high}) in {expression!r}")
 
 
 # A registered name, or "module.path:attribute" (torchvision:<builder> is one of these).
@@ -481,8 +528,8 @@ def _check_values(params: Params) -> None:
     if not params.requests.reasons or any(not str(r).strip() for r in params.requests.reasons):
         raise ConfigError("requests.reasons: must list at least one non-empty reason (none would reject every "
                           "request)")
-    if not (math.isfinite(params.requests.max_clock_skew_seconds) and params.requests.max_clock_skew_seconds >= 0):
-        raise ConfigError("requests.max_clock_skew_seconds: must be >= 0")
+    if not 0 <= params.requests.max_clock_skew_seconds <= _YEAR_SECONDS:
+        raise ConfigError(f"requests.max_clock_skew_seconds: must be between 0 and {_YEAR_SECONDS} (a year)")
     for key in ("experiment", "model_name"):
         if not str(getattr(params.registry, key)).strip():
             raise ConfigError(f"registry.{key}: must not be empty")
@@ -517,6 +564,9 @@ def _check_values(params: Params) -> None:
     if life.retirement_grace_hours < 0 or life.lock_timeout_seconds <= 0 or life.io_retries < 0:
         raise ConfigError("lifecycle: retirement_grace_hours and io_retries must be >= 0, "
                           "lock_timeout_seconds > 0")
+    if life.retirement_grace_hours > _TEN_YEARS_HOURS:  # a timedelta that large overflows: every purge failed
+        raise ConfigError(f"lifecycle.retirement_grace_hours: at most {_TEN_YEARS_HOURS} (ten years), "
+                          f"got {life.retirement_grace_hours}")
     runner = params.orchestration
     if runner.task_runner not in ("sequential", "threads", "dask"):
         raise ConfigError("orchestration.task_runner: expected sequential, threads or dask, "
@@ -524,9 +574,7 @@ def _check_values(params: Params) -> None:
     if runner.max_workers < 1:
         raise ConfigError("orchestration.max_workers: must be >= 1")
     serve = params.serve
-    # The field count only: Prefect parses the expression itself when `unlearn serve` starts.
-    if len(serve.cron.split()) != 5:
-        raise ConfigError(f"serve.cron: expected a 5-field cron expression such as '0 2 * * *', got {serve.cron!r}")
+    check_cron("serve.cron", serve.cron)
     import zoneinfo
 
     try:
@@ -539,12 +587,16 @@ def _check_values(params: Params) -> None:
                               f"got {serve.timezone!r}") from None
     if serve.trigger_after_requests < 1:
         raise ConfigError("serve.trigger_after_requests: must be >= 1")
-    if serve.trigger_window_minutes <= 0 or serve.watch_interval_seconds <= 0:
-        raise ConfigError("serve.trigger_window_minutes and serve.watch_interval_seconds: must be > 0")
+    if not 0 < serve.trigger_window_minutes <= _YEAR_SECONDS / 60:
+        raise ConfigError(f"serve.trigger_window_minutes: must be > 0 and at most {_YEAR_SECONDS // 60} (a year), "
+                          f"got {serve.trigger_window_minutes}")
+    if not 0 < serve.watch_interval_seconds <= 3600:  # the watcher's wait: an hour is already no watching
+        raise ConfigError(f"serve.watch_interval_seconds: must be > 0 and at most 3600, "
+                          f"got {serve.watch_interval_seconds}")
     if not 0 <= serve.stop_grace_seconds <= 86_400:  # NaN and infinity too: the stop must stay bounded
         raise ConfigError(f"serve.stop_grace_seconds: must be between 0 and 86400, got {serve.stop_grace_seconds!r}")
-    if not (params.device == "cpu" or params.device.startswith("cuda")):
-        raise ConfigError(f"device: expected 'cpu' or 'cuda[:N]', got {params.device!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", params.device):  # what torch.device accepts of these
+        raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {params.device!r}")
 
 
 def _check_gate(params: Params) -> None:
@@ -590,9 +642,9 @@ def _check_gate(params: Params) -> None:
     if gate.on_inconclusive not in ("hold", "retrain", "promote_low_power"):
         raise ConfigError(f"gate.on_inconclusive: expected hold, retrain or promote_low_power, "
                           f"got {gate.on_inconclusive!r}")
-    if gate.max_hold_batches < 1 or gate.max_hold_hours <= 0:
-        raise ConfigError("gate.max_hold_batches must be >= 1 and gate.max_hold_hours > 0 (a request is never "
-                          "parked forever)")
+    if gate.max_hold_batches < 1 or not 0 < gate.max_hold_hours <= _TEN_YEARS_HOURS:
+        raise ConfigError(f"gate.max_hold_batches must be >= 1 and gate.max_hold_hours > 0 and at most "
+                          f"{_TEN_YEARS_HOURS} (a request is never parked forever)")
     if gate.audit.retrains < 1:
         raise ConfigError("gate.audit.retrains: must be >= 1 (the exact retrains are the audit's targets)")
     if gate.audit.every_batches < 0 or gate.consolidate.every_batches < 0:
@@ -603,8 +655,8 @@ def _check_gate(params: Params) -> None:
     if not 0.0 < gate.consolidate.deleted_fraction <= 1.0:
         raise ConfigError("gate.consolidate.deleted_fraction: must be in (0, 1]")
     for where, cron in (("gate.audit.cron", gate.audit.cron), ("gate.consolidate.cron", gate.consolidate.cron)):
-        if cron is not None and len(cron.split()) != 5:
-            raise ConfigError(f"{where}: expected a 5-field cron expression, got {cron!r}")
+        if cron is not None:
+            check_cron(where, cron)
     if not 0.0 <= params.verify.references.pool_fraction < 1.0:
         raise ConfigError("verify.references.pool_fraction: must be in [0, 1)")
 
@@ -644,6 +696,54 @@ def load_yaml(text: str) -> Any:
         raise yaml.YAMLError(f"not valid text: {exc}") from None
 
 
+_PARAMS_LOADER: type | None = None
+
+
+def _params_loader() -> type:
+    """The safe loader for ``params.yaml``: duplicate keys refused, YAML 1.2 numbers.
+
+    Why: PyYAML reads YAML 1.1, where the last of two equal keys silently wins (a second ``epochs: 1`` under
+    ``train:``) and ``1e-3`` (no dot) is a string, which reached a method as ``lr='1e-3'`` and failed the run
+    after training (review of 2026-12-07). Keys merged in with ``<<:`` may be overridden, as YAML intends.
+    """
+    global _PARAMS_LOADER
+    if _PARAMS_LOADER is not None:
+        return _PARAMS_LOADER
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class ParamsLoader(base):  # type: ignore[misc,valid-type]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    if isinstance(key, list | dict):
+                        continue  # refused later (not a string)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} appears twice in one mapping (the last would silently win)",
+                            key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    ParamsLoader.yaml_implicit_resolvers = {k: list(v) for k, v in base.yaml_implicit_resolvers.items()}
+    ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                       re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                       list("-+0123456789"))
+    _PARAMS_LOADER = ParamsLoader
+    return ParamsLoader
+
+
+def load_params_yaml(text: str) -> Any:
+    """Parse ``params.yaml``'s text with :func:`_params_loader` (raises ``yaml.YAMLError``)."""
+    try:
+        return yaml.load(text, Loader=_params_loader())  # noqa: S506 - a safe loader, C or Python
+    except UnicodeError as exc:
+        raise yaml.YAMLError(f"not valid text: {exc}") from None
+
+
 def load_params(path: str | Path) -> Params:
     """Read and validate ``params.yaml``.
 
@@ -661,8 +761,12 @@ def load_params(path: str | Path) -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
-        mapping = load_yaml(text)
+        mapping = load_params_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(mapping)

@@ -38,6 +38,7 @@ def check_params(params: Params) -> None:
             except TypeError:
                 continue  # the defaults or the profile hold it: named below as unlearn.methods
             raise ConfigError(f"unlearn.overrides.{name}: {exc}") from None
+    _check_profiles(params)
     try:
         SOURCES.get(params.data.source)
         MODELS.get(params.model.name)
@@ -92,6 +93,41 @@ def _check_promotion_attacks(section: str, attacks: tuple[str, ...], params: Par
                 f"Promotion-time attacks: {', '.join(promotion_attacks())}")
         if "references" in requires and params.verify.references.count < 2:
             raise ConfigError(f"{section}: {attack!r} needs reference models; set verify.references.count >= 2")
+
+
+def _check_profiles(params: Params) -> None:
+    """Every profile, active or not: its key names a registered source and model, its methods are registered, and
+    each binds the keywords the profile gives it. A mistyped key (``digit/small_cnn``) or method (``amnu``) was
+    ignored, and the tuned values with it: the method ran on its paper defaults (review of 2026-12-07)."""
+    import dataclasses
+
+    from unlearn.config import PROFILE_SEPARATOR
+    from unlearn.data import SOURCES
+    from unlearn.registry import UnknownNameError
+
+    unlearn = dataclasses.replace(params.unlearn, overrides={})  # a bad override is named as one, above
+    defaults_only = dataclasses.replace(unlearn, profiles={})
+    for key, profile in unlearn.profiles.items():
+        source, model = key.split(PROFILE_SEPARATOR)
+        if source not in SOURCES.names():
+            raise ConfigError(f"unlearn.profiles.{key}: no data source is named {source!r} "
+                              f"(sources: {', '.join(SOURCES.names())})")
+        if ":" not in model and model not in MODELS.names():
+            raise ConfigError(f"unlearn.profiles.{key}: no model is named {model!r} (models: "
+                              f"{', '.join(MODELS.names())}, or torchvision:<builder>, package.module:factory)")
+        for name in profile:
+            try:
+                spec = METHODS.get(name)
+            except UnknownNameError as exc:
+                raise ConfigError(f"unlearn.profiles.{key}: {exc}") from None
+            try:
+                spec.bind(unlearn.kwargs_for(name, source, model))
+            except TypeError as exc:
+                try:  # the defaults alone: if they fail too, the bad key is theirs (named as unlearn.methods below)
+                    spec.bind(defaults_only.kwargs_for(name, source, model))
+                except TypeError:
+                    continue
+                raise ConfigError(f"unlearn.profiles.{key}.{name}: {exc}") from None
 
 
 def promotion_attacks() -> list[str]:

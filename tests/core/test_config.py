@@ -16,8 +16,12 @@ def test_repository_params_parse_into_frozen_objects():
         params.seed = 3  # frozen
 
 
-def test_empty_document_gives_defaults():
-    assert parse_params(None) == Params()
+def test_an_empty_file_is_refused_and_left_out_keys_take_their_defaults(tmp_path):
+    """An empty params.yaml loaded as defaults unlike the shipped file (no ladder, other attacks, no profile)."""
+    (tmp_path / "params.yaml").write_text("")
+    with pytest.raises(ConfigError, match="params.yaml is empty"):
+        load_params(tmp_path / "params.yaml")
+    assert parse_params({}) == Params()
 
 
 @pytest.mark.parametrize(
@@ -32,7 +36,7 @@ def test_empty_document_gives_defaults():
         ({"gate": {"tolerances": {"test_acc": 0.05}}}, "gate.tolerances"),
         ({"device": "tpu"}, "device"),
         # Accepted before a review: each trained a broken model or rejected every request without an error.
-        ({"train": {"lr": float("nan")}}, "train.lr: must be a finite number > 0"),
+        ({"train": {"lr": float("nan")}}, "train.lr: expected a finite number"),
         ({"train": {"lr": -1}}, "train.lr: must be a finite number > 0"),
         ({"train": {"momentum": 5}}, "train.momentum: must be in [0, 1)"),
         ({"train": {"weight_decay": -1}}, "train.weight_decay"),
@@ -50,6 +54,25 @@ def test_empty_document_gives_defaults():
         ({"gate": {"utility_loss_fraction": 1.0}}, "gate.utility_loss_fraction: must be in (0, 1)"),
         ({"gate": {"utility_loss_floor": 0.0}}, "gate.utility_loss_floor: must be in (0, gate.utility_loss_fraction"),
         ({"gate": {"utility_loss_floor": 0.2}}, "gate.utility_loss_floor: must be in (0, gate.utility_loss_fraction"),
+        # Accepted before the review of 2026-12-07: each stalled or crashed a run long after loading.
+        ({"gate": {"max_hold_hours": float("inf")}}, "gate.max_hold_hours: expected a finite number"),
+        ({"gate": {"max_hold_hours": 1e12}}, "gate.max_hold_hours > 0 and at most 87600"),
+        ({"lifecycle": {"retirement_grace_hours": float("nan")}}, "lifecycle.retirement_grace_hours: expected a fin"),
+        ({"lifecycle": {"retirement_grace_hours": 1e12}}, "lifecycle.retirement_grace_hours: at most 87600"),
+        ({"lifecycle": {"lock_timeout_seconds": float("nan")}}, "lifecycle.lock_timeout_seconds: expected a finite"),
+        ({"serve": {"watch_interval_seconds": float("inf")}}, "serve.watch_interval_seconds: expected a finite"),
+        ({"serve": {"watch_interval_seconds": 1e9}}, "serve.watch_interval_seconds: must be > 0 and at most 3600"),
+        ({"serve": {"trigger_window_minutes": 1e12}}, "serve.trigger_window_minutes: must be > 0 and at most"),
+        ({"seed": 2**70}, "seed: expected an integer below 2**63"),
+        ({"train": {"lr": "1_0"}}, "train.lr: expected a number (a number, not a quoted string)"),
+        ({"gate": {True: "hold"}}, "key True in gate is not a string"),
+        ({"unlearn": {"methods": {"amun": {3: 1}}}}, "key 3 in unlearn.methods.amun is not a string"),
+        ({"serve": {"cron": "61 3 * * 0"}}, "serve.cron: '61' is not a valid minute (0-59)"),
+        ({"gate": {"audit": {"cron": "0 3 * * 8"}}}, "gate.audit.cron: '8' is not a valid day of week (0-7)"),
+        ({"gate": {"consolidate": {"cron": "0 3 0 * *"}}}, "gate.consolidate.cron: '0' is not a valid day of month"),
+        ({"device": "cudafoo"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "cuda:"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "cuda:-1"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
     ],
 )
 def test_bad_params_name_the_problem(document, message):
@@ -63,6 +86,31 @@ def test_missing_or_invalid_file(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_bytes(b"seed: 1\n# caf\xe9\n")  # a traceback before
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").unlink()
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_key_given_twice_is_refused_and_numbers_read_as_yaml_1_2(tmp_path):
+    """PyYAML's YAML 1.1: the last of two equal keys silently won, and `lr: 1e-3` reached a method as the string
+    '1e-3', failing the run after training (review of 2026-12-07)."""
+    shipped = (REPO / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    for twice in (shipped + "\nseed: 5\n", shipped.replace("  epochs: 30\n", "  epochs: 30\n  epochs: 1\n", 1)):
+        path.write_text(twice)
+        with pytest.raises(ConfigError, match="appears twice in one mapping"):
+            load_params(path)
+    import yaml
+
+    path.write_text(shipped.replace("  overrides: {}", "  overrides: {finetune: {lr: 1e-3}}", 1))
+    params = load_params(path)
+    assert params.method_kwargs("finetune")["lr"] == 0.001
+    assert isinstance(params.method_kwargs("finetune")["lr"], float)
+    assert load_params(REPO / "params.yaml") == parse_params(yaml.safe_load(shipped))  # the shipped file as before
 
 
 def _unlearn(methods=None, profiles=None, source="digits", model="small_cnn"):

@@ -1,5 +1,7 @@
 """The verification policy in params.yaml is checked against the attack registry before any work."""
 
+import re
+
 import pytest
 import yaml
 from conftest import REPO
@@ -198,3 +200,29 @@ def test_the_report_says_what_the_intervals_cover_and_leave_out():
     assert "no interval was computed for lira_offline, rmia_offline" in unscored and "fewer than" not in unscored
     partly = interval_scope(("lira_offline", "rmia_offline"), {"lira_offline": 4}, {"lira_offline"})
     assert "jackknife over the 4" in partly and "no interval was computed for rmia_offline" in partly
+
+
+def _profiles_changed(change):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(raw["unlearn"]["profiles"])
+    return parse_params(raw)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda p: p.__setitem__("digit/small_cnn", p.pop("digits/small_cnn")),
+     "unlearn.profiles.digit/small_cnn: no data source is named 'digit'"),
+    (lambda p: p.__setitem__("fashion_mnist/resnet_18", p.pop("fashion_mnist/resnet18")),
+     "unlearn.profiles.fashion_mnist/resnet_18: no model is named 'resnet_18'"),
+    (lambda p: p["digits/small_cnn"].__setitem__("amnu", p["digits/small_cnn"].pop("amun")),
+     "unlearn.profiles.digits/small_cnn: unknown unlearning method 'amnu'"),
+    (lambda p: p["fashion_mnist/small_cnn"]["dlfd"].__setitem__("lrr", 0.1),  # a profile that is not active
+     "unlearn.profiles.fashion_mnist/small_cnn.dlfd: "),
+    (lambda p: p["digits/small_cnn"]["salun"].__setitem__("mask_ration", 0.5),  # was blamed on unlearn.methods
+     "unlearn.profiles.digits/small_cnn.salun: "),
+])
+def test_every_profile_is_checked_not_only_the_active_one(change, message):
+    """A mistyped profile key or method name was ignored, and the tuned values with it (the method ran on its paper
+    defaults); a bad keyword outside the ladder passed (review of 2026-12-07)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_params(_profiles_changed(change))
+    check_params(_profiles_changed(lambda p: p.__setitem__("imagefolder/torchvision:resnet50", {"amun": {"lr": 0.01}})))
