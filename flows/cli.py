@@ -303,7 +303,12 @@ def demo_requests(root: Path, n_requests: int = 3, per_request: int = 45) -> lis
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from tasks.project import PipelineError
+
     root = Path(args.root).resolve()
+    if args.timings_out and not Path(args.timings_out).resolve().parent.is_dir():
+        # checked first: the file is written after both runs, and a missing folder lost them with a traceback
+        raise PipelineError(f"--timings-out: the folder of {args.timings_out} does not exist")
     steps = 3 if args.skip_conclusive else 4
     print(f"[1/{steps}] prepare the embedded dataset, train the baseline model and the reference models ...",
           flush=True)
@@ -328,7 +333,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     timings = {k: round(first["timings"][k] + second["timings"][k], 2) for k in first["timings"]}
     print(f"stage wall times (s): {timings}")
     if args.timings_out:
-        Path(args.timings_out).write_text(json.dumps({"runs": [first, second]}, default=str, indent=2))
+        write_text_atomic(Path(args.timings_out), json.dumps({"runs": [first, second]}, default=str, indent=2))
     return _verdict_exit(second)
 
 

@@ -42,7 +42,7 @@ def _method_sweep(root: str = ".", methods: list[str] | None = None,
     from tasks import prefect_tasks as t
     from tasks.locking import pipeline_lock
     from tasks.project import load_project
-    from tasks.sweep import cleanup_sweep
+    from tasks.sweep import cleanup_sweep, require_something_to_sweep
 
     root = project_root(root)
     project = load_project(root)
@@ -50,6 +50,7 @@ def _method_sweep(root: str = ".", methods: list[str] | None = None,
     with pipeline_lock(project) as waited:
         results: dict[str, Any] = {"timings": {}, "root": root, "lock_wait_seconds": round(waited, 3)}
         timed = stage_timer(results["timings"])
+        require_something_to_sweep(project)  # before the stages: minutes of training on a fresh project
         run_until_unlearning(project, results, timed)
         try:
             prepared = timed("sweep", lambda: t.prepare_sweep_task(root, candidates))

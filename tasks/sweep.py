@@ -207,6 +207,30 @@ def cleanup_sweep(project: Project) -> None:
         path.unlink(missing_ok=True)
 
 
+NOTHING_TO_SWEEP = ("nothing to sweep: no deletion request is pending; a sweep compares methods on the pending "
+                    "deletion: submit requests (`unlearn request submit`) and sweep again")
+
+
+def require_something_to_sweep(project: Project) -> None:
+    """Refuse a sweep with no pending batch and nothing in the inbox before the stages run.
+
+    Why: the sweep runs ingest, prepare, the baseline and the reference models first, and only then found nothing
+    pending: on a fresh project minutes of training, and a registered baseline, before the refusal (review of
+    2026-12-07). An inbox entry that may become a request lets the stages run (ingest decides).
+    """
+    from tasks.stage.ingest import ingested_entries
+    from unlearn.requests.parsing import skipped_in_inbox
+
+    ledger = Ledger(project.ledger_path)
+    if ledger.pending() or ledger.batches_with_status(Ledger.PROMOTING):
+        return  # an interrupted promotion is named by prepare_sweep, after the stages finish it
+    inbox = project.incoming_dir
+    names = [p.name for p in inbox.iterdir() if not skipped_in_inbox(p.name)] if inbox.is_dir() else []
+    if set(names) - ingested_entries(project.requests_dir, names):
+        return
+    raise PipelineError(NOTHING_TO_SWEEP)
+
+
 def prepare_sweep(project: Project, candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the candidates share, computed once before they fan out.
 
@@ -238,8 +262,7 @@ def prepare_sweep(project: Project, candidates: list[dict[str, Any]]) -> dict[st
         raise PipelineError("a promotion was interrupted; run `unlearn run` to finish it, then sweep")
     pending = ledger.pending()
     if not pending:
-        raise PipelineError("nothing to sweep: no deletion request is pending; a sweep compares methods on the "
-                            "pending deletion: submit requests (`unlearn request submit`) and sweep again")
+        raise PipelineError(NOTHING_TO_SWEEP)
     client = tracking.setup(project)
     champion = tracking.champion_version(project, client)
     if champion is None:

@@ -335,3 +335,13 @@ def test_the_command_exits_with_mains_status_and_freezes_the_collector_only_ther
         assert gc.get_threshold() == (700, 10, 100)
     finally:
         gc.set_threshold(*threshold)
+
+
+def test_demo_timings_into_a_missing_folder_are_refused_before_the_runs(tmp_path, capsys):
+    """The file was written after both pipeline runs: a missing folder lost them with a traceback and replaced the
+    demo's verdict exit (review of 2026-12-07)."""
+    from flows.cli import main
+
+    assert main(["--root", str(tmp_path / "demo"), "demo", "--timings-out", str(tmp_path / "no" / "t.json")]) == 2
+    assert "--timings-out: the folder of" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # nothing ran

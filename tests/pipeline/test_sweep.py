@@ -75,6 +75,27 @@ def test_a_sweep_needs_a_pending_deletion(make_project):
     assert not project.models_dir.exists() and not project.reports_dir.exists()
 
 
+def test_a_sweep_with_nothing_pending_is_refused_before_the_stages_run(make_project, capsys):
+    """The refusal came after ingest, prepare, the baseline and the reference models: minutes of training and a
+    registered baseline on a fresh project (review of 2026-12-07)."""
+    from flows.cli import main
+    from tasks.project import PipelineError, load_project
+    from tasks.sweep import require_something_to_sweep
+
+    root = make_project(SWEEP)
+    assert main(["--root", str(root), "sweep"]) == 2
+    assert "nothing to sweep: no deletion request is pending" in capsys.readouterr().err
+    assert not (root / "data" / "store").exists() and not (root / "data" / "models").exists()  # nothing ran
+    project = load_project(root)
+    project.incoming_dir.mkdir(parents=True)
+    (project.incoming_dir / ".gitkeep").write_text("")
+    (project.incoming_dir / "upload.json.part").write_text("{")  # an upload in progress is not a request yet
+    with pytest.raises(PipelineError, match="nothing to sweep"):
+        require_something_to_sweep(project)
+    (project.incoming_dir / "r.json").write_text("{}")  # ingest decides what it is: the stages run
+    require_something_to_sweep(project)
+
+
 def test_cli_bad_sweep_input_exits_2_with_the_reason(make_project, capsys):
     from flows.cli import main
 
