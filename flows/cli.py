@@ -306,9 +306,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from tasks.project import PipelineError
 
     root = Path(args.root).resolve()
-    if args.timings_out and not Path(args.timings_out).resolve().parent.is_dir():
+    if args.timings_out and (Path(args.timings_out).is_dir() or not Path(args.timings_out).resolve().parent.is_dir()):
         # checked first: the file is written after both runs, and a missing folder lost them with a traceback
-        raise PipelineError(f"--timings-out: the folder of {args.timings_out} does not exist")
+        raise PipelineError(f"--timings-out: {args.timings_out} is a folder, or its folder does not exist")
     steps = 3 if args.skip_conclusive else 4
     print(f"[1/{steps}] prepare the embedded dataset, train the baseline model and the reference models ...",
           flush=True)

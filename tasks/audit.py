@@ -55,7 +55,7 @@ def record(project: Project, event: str, **fields: Any) -> dict[str, Any]:
 
 
 def check_appendable(project: Project) -> None:
-    """Raise what :func:`record` would raise about the key or the log, writing nothing.
+    """Raise what :func:`record` would raise about the key or the log, appending nothing.
 
     Called before an action whose record follows it and which cannot be undone (the champion alias moving):
     an unreadable key or a log that refuses appends then stops the step before the action, and the champion

@@ -246,7 +246,8 @@ class AuditLog:
         return last
 
     def check_appendable(self) -> None:
-        """Raise what :meth:`append` would raise about the log itself, writing nothing.
+        """Raise what :meth:`append` would raise about the log itself, appending nothing (a missing log stays
+        missing).
 
         For a step whose record must follow an action it cannot undo (a moved champion alias): it checks
         first, so that a log that refuses appends stops the step before the action, not after it.
@@ -257,7 +258,14 @@ class AuditLog:
             OSError: The log cannot be opened for appending.
         """
         with self._locked(fcntl.LOCK_EX):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            if not os.access(self.path.parent, os.W_OK):  # the head anchor is replaced there (and a first log made)
+                raise OSError(errno.EACCES, f"{self.path.parent} is not writable (the audit head anchor goes there)")
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                if self._read_head() is not None:
+                    raise AuditError(f"{self.path} is missing but its head anchor exists; run verify") from None
+                return  # the first append creates it
             try:
                 self._appendable_tail(fd)
             finally:

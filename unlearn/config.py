@@ -3,9 +3,10 @@
 Every section is a frozen dataclass. Parsing is strict: an unknown key, a key given twice, a
 key that is not a string or a value of the wrong type (a number that is not finite, a quoted
 number) raises :class:`ConfigError` naming the key path, so a typo fails before any work
-starts. A key left out takes the dataclass default; an empty file is refused. Numbers are read
-as YAML 1.2 reads them (``1e-3`` is a float, not the string PyYAML's YAML 1.1 makes of it), in
-the typed sections and in method keyword arguments alike.
+starts. A key left out takes the dataclass default; an empty file is refused. A number in
+exponent form without a dot (``1e-3``) is read as a float, as YAML 1.2 reads it, not as the
+string PyYAML's YAML 1.1 makes of it, in the typed sections and in method keyword arguments
+alike; otherwise numbers are read as PyYAML reads them.
 """
 
 from __future__ import annotations
@@ -390,9 +391,13 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             hint = " (a number, not a quoted string)" if isinstance(value, str) else ""
             raise ConfigError(f"{path}: expected a number{hint}, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{path}: expected a finite number, got an integer of {len(str(value))} digits") from None
+        if not math.isfinite(number):
             raise ConfigError(f"{path}: expected a finite number, got {value!r}")
-        return float(value)
+        return number
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
@@ -469,23 +474,26 @@ _CRON_ITEM = re.compile(r"(?:\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
 
 
 def check_cron(where: str, expression: str) -> None:
-    """Refuse a cron expression Prefect would refuse only when ``unlearn serve`` starts, naming the key.
+    """Refuse a cron expression that cannot fire as meant, naming the key, before ``unlearn serve`` starts.
 
-    Five fields of ``*``, values, ranges, steps and lists (``0 2 * * 1-5``, ``*/15 * * * *``, ``0 3 1 jan,jul *``);
-    values within each field's range. The ``@daily`` shorthands and ``L``/``W``/``#`` extensions are not accepted.
+    Five fields of ``*``, values, names, ranges (a range may wrap: ``sat-sun``, ``dec-jan``), steps and lists
+    (``0 2 * * 1-5``, ``*/15 * * * *``, ``0 3 1 jan,jul *``), each value within its field's range. Items using
+    the extensions Prefect's cron also reads (``?``, ``L``, ``W``, ``#``) are left for it to judge.
     """
     fields = expression.split()
     if len(fields) != 5:
         raise ConfigError(f"{where}: expected a 5-field cron expression such as '0 2 * * *', got {expression!r}")
     for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
         for item in text.split(","):
+            if any(mark in item.upper() for mark in "?LW#"):
+                continue
             match = _CRON_ITEM.fullmatch(item.lower())
             values = [] if match is None else [v for v in match.group(1, 2) if v is not None]
-            numbers = [names.index(v) + (low if names else 0) if v in names else int(v) if v.isdigit() else None
-                       for v in values]
+            numbers = [names.index(v) + (low if names else 0) if v in names
+                       else int(v) if v.isascii() and v.isdigit() else None for v in values]
             step = None if match is None else match.group(3)
             if (match is None or None in numbers or any(not low <= n <= high for n in numbers)
-                    or (len(numbers) == 2 and numbers[0] > numbers[1]) or (step is not None and int(step) < 1)):
+                    or (step is not None and int(step) < 1)):
                 raise ConfigError(f"{where}: {item!r} is not a valid {name} ({low}-{high}) in {expression!r}")
 
 
@@ -712,28 +720,44 @@ def _params_loader() -> type:
     base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
     class ParamsLoader(base):  # type: ignore[misc,valid-type]
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            if isinstance(node, yaml.MappingNode):
-                seen: set[Any] = set()
-                for key_node, _ in node.value:
-                    if key_node.tag == "tag:yaml.org,2002:merge":
-                        continue
-                    key = self.construct_object(key_node, deep=True)
-                    if isinstance(key, list | dict):
-                        continue  # refused later (not a string)
-                    if key in seen:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"key {key!r} appears twice in one mapping (the last would silently win)",
-                            key_node.start_mark)
-                    seen.add(key)
-            return super().construct_mapping(node, deep=deep)
+        def construct_document(self, node: Any) -> Any:
+            # On the composed tree, before construction: PyYAML rewrites a mapping that is merged elsewhere in
+            # place (its merged keys beside its own), so a check while constructing saw chained merges twice.
+            _refuse_duplicate_keys(node)
+            return super().construct_document(node)
 
     ParamsLoader.yaml_implicit_resolvers = {k: list(v) for k, v in base.yaml_implicit_resolvers.items()}
     ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                       re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                       list("-+0123456789"))
+                                       re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                                       list("-+0123456789."))
     _PARAMS_LOADER = ParamsLoader
     return ParamsLoader
+
+
+def _refuse_duplicate_keys(root: Any) -> None:
+    """Raise ``ConstructorError`` at the first mapping of the node tree that holds one scalar key twice (keys merged
+    in with ``<<:`` are not its own: they may be overridden)."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # an alias: the anchored node is checked once
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for key_node, value_node in node.value:
+                stack.append(value_node)
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in keys:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice in one mapping (the last would "
+                        "silently win)", key_node.start_mark)
+                keys.add(key)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def load_params_yaml(text: str) -> Any:

@@ -272,6 +272,9 @@ def test_a_copy_that_cannot_be_written_is_still_read_and_never_appended_to(tmp_p
 
 def test_check_appendable_refuses_what_append_refuses_and_writes_nothing(tmp_path):
     """A step that records after an action it cannot undo checks first (a moved champion alias)."""
+    fresh = AuditLog(tmp_path / "fresh" / "audit.jsonl")
+    fresh.check_appendable()
+    assert not fresh.path.exists() and not fresh.head_path.exists()  # the first append makes them
     log = _log(tmp_path, n=2)
     before, head = log.path.read_bytes(), log.head_path.read_bytes()
     log.check_appendable()  # a sound log: nothing raised, nothing written

@@ -70,6 +70,8 @@ def test_an_empty_file_is_refused_and_left_out_keys_take_their_defaults(tmp_path
         ({"serve": {"cron": "61 3 * * 0"}}, "serve.cron: '61' is not a valid minute (0-59)"),
         ({"gate": {"audit": {"cron": "0 3 * * 8"}}}, "gate.audit.cron: '8' is not a valid day of week (0-7)"),
         ({"gate": {"consolidate": {"cron": "0 3 0 * *"}}}, "gate.consolidate.cron: '0' is not a valid day of month"),
+        ({"serve": {"cron": "0 \u00b2 * * *"}}, "serve.cron: '\u00b2' is not a valid hour"),  # a digit to isdigit()
+        ({"train": {"lr": 10**400}}, "train.lr: expected a finite number, got an integer of 401 digits"),
         ({"device": "cudafoo"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
         ({"device": "cuda:"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
         ({"device": "cuda:-1"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
@@ -187,3 +189,19 @@ except ConfigError as exc:
     assert "refused: serve.timezone" in out.stdout and "Europe/Paris" in out.stdout
     with pytest.raises(ConfigError, match="serve.timezone"):  # with a database, an unknown name is still refused
         parse_params({"serve": {"timezone": "Mars/Olympus_Mons"}})
+
+
+@pytest.mark.parametrize("cron", ["0 2 * * sat-sun", "0 2 * dec-jan *", "5-0 * * * *", "0 2 ? * *", "0 2 L * *",
+                                  "0 2 * * mon#1", "*/15 * * * *", "0 3 1 jan,jul *", "0 0 1-31/2 * 7"])
+def test_cron_forms_prefect_accepts_are_accepted(cron):
+    """Wrap-around ranges (weekends as sat-sun) and Prefect's extensions were refused (second review, 2026-12-07)."""
+    assert parse_params({"serve": {"cron": cron}}).serve.cron == cron
+
+
+def test_chained_merge_keys_are_not_duplicates(tmp_path):
+    """PyYAML rewrites a merged mapping in place: a check while constructing saw a chained merge's keys twice."""
+    from unlearn.config import load_params_yaml
+
+    text = "x: [&base {lr: 0.1, epochs: 5}, &fast {<<: *base, epochs: 1}]\ny: {<<: *fast}\nz: .5e3\n"
+    assert load_params_yaml(text) == {"x": [{"lr": 0.1, "epochs": 5}, {"lr": 0.1, "epochs": 1}],
+                                      "y": {"lr": 0.1, "epochs": 1}, "z": 500.0}
