@@ -135,10 +135,11 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
         version = _train_and_register(project, client, store, ledger, champion, data_version, state, force, mlflow)
     audit.check_appendable(project)  # the record follows the move: a log that would refuse it stops the move
     previous = tracking.move_champion(project, client, version)
+    registered = client.get_model_version(tracking.model_name(project), version)
+    # the version's own tags: a version an earlier, crashed run registered keeps what that run measured and whether
+    # it was forced (this run's values were recorded before; review of 2026-12-07)
     audit.record(project, "model.consolidated", model_version=version, previous_version=previous,
-                 data_version=data_version, deleted_since_exact=state["deleted_since_exact"],
-                 batches_since_exact=state["batches_since_exact"], forced=force,
-                 **tracking.model_id_field(client.get_model_version(tracking.model_name(project), version)))
+                 data_version=data_version, **_tagged_fields(registered.tags), **tracking.model_id_field(registered))
     log.info("consolidate: version %s (exact retrain on %s) is champion; previous %s", version, data_version,
              previous)
     return write_state(project, "consolidate", {"status": "consolidated", "version": version,
@@ -175,16 +176,21 @@ def record_lost_consolidations(project: Project, client: Any) -> list[str]:
         version, tags = str(mv.version), mv.tags
         # matched on the model a record names, not the number alone (another registry's version N)
         if version in served and not any(tracking.record_names_version(r, mv) for r in recorded):
-            count = {k: int(tags[k]) if tags.get(k, "").isdigit() else None
-                     for k in ("deleted_since_exact", "batches_since_exact")}
             audit.record(project, "model.consolidated", model_version=version,
                          previous_version=tags.get("parent_version"), data_version=tags.get("data_version"),
-                         **count, forced={"true": True, "false": False}.get(tags.get("forced", "")), recovered=True,
-                         **tracking.model_id_field(mv))
+                         **_tagged_fields(tags), recovered=True, **tracking.model_id_field(mv))
             log.info("consolidate: recorded the consolidation of version %s (interrupted before its record)",
                      version)
             written.append(version)
     return written
+
+
+def _tagged_fields(tags: dict[str, str]) -> dict[str, Any]:
+    """The drift counts and ``forced`` a consolidation tagged on its version when it registered it (None for
+    versions registered before those tags): what its ``model.consolidated`` record states."""
+    count = {k: int(tags[k]) if tags.get(k, "").isdigit() else None for k in ("deleted_since_exact",
+                                                                           "batches_since_exact")}
+    return {**count, "forced": {"true": True, "false": False}.get(tags.get("forced", ""))}
 
 
 def _registered(project: Project, client: Any, data_version: str) -> str | None:

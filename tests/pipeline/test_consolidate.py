@@ -113,3 +113,36 @@ def test_a_log_that_refuses_the_record_stops_the_consolidation_before_the_champi
     monkeypatch.setenv("UNLEARN_AUDIT_KEY_FILE", str(key))  # with the key back, it goes through
     done = run_consolidate(project, force=True)
     assert done["status"] == "consolidated" and str(tracking.champion_version(project, client).version) == "2"
+
+
+def test_a_consolidation_registered_before_a_crash_is_recorded_with_what_its_own_run_measured(make_project,
+                                                                                              monkeypatch):
+    """A version a crashed consolidation registered is made champion by the next run; its record carried the next
+    run's values (`forced` false for a version a forced run trained), not the version's (review of 2026-12-07)."""
+    import mlflow
+
+    from tasks import consolidate, tracking
+    from tasks.project import load_project
+    from unlearn.audit import AuditLog
+
+    project = load_project(make_project(SETUP))
+    run_stages(project, "ingest", "prepare", "train")
+    mlflow.set_tracking_uri(project.tracking_uri)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(tracking.model_name(project), "1", "data_version", "stale")  # work to do
+    real_move = tracking.move_champion
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the alias moved")
+
+    monkeypatch.setattr(tracking, "move_champion", crash)
+    with pytest.raises(KeyboardInterrupt):
+        consolidate.run_consolidate(project, force=True)  # the cron's forced run, killed after registering
+    monkeypatch.setattr(tracking, "move_champion", real_move)
+    monkeypatch.setattr(consolidate, "due", lambda *args: True)  # the next run consolidates because it is due
+    done = consolidate.run_consolidate(project)
+    assert done["status"] == "consolidated" and done["version"] == "2"
+    (record,) = AuditLog(project.audit_path).records("model.consolidated")
+    tags = client.get_model_version(tracking.model_name(project), "2").tags
+    assert record["forced"] is True and tags["forced"] == "true"
+    assert record["deleted_since_exact"] == int(tags["deleted_since_exact"])
