@@ -261,3 +261,49 @@ def test_newton_step_survives_a_non_finite_or_degenerate_hessian():
     bad = torch.tensor([[float("inf"), 0.0], [0.0, 1.0]])
     step = newton_step(g, bad, n=10, m=1, l2_reg=0.5)
     assert torch.allclose(step, g.double() / 0.5 / 9)
+
+
+def test_the_official_safety_check_reverts_a_request_that_damages_the_model(monkeypatch):
+    """Without it a too small lambda ran away (Fashion-MNIST, lambda 0.2: the weights moved by 110% in one repetition
+    of the benchmark table). A reverted request is counted and its step undone; the others are applied."""
+    from types import SimpleNamespace
+
+    from unlearn.methods import method_info
+    from unlearn.training import accuracy
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat_interleave(40)
+    x = 0.3 * torch.rand(160, 1, 8, 8, generator=g)
+    for i, label in enumerate(y.tolist()):
+        r, c = divmod(label, 2)
+        x[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 0.6
+    order = torch.randperm(160, generator=torch.Generator().manual_seed(1))
+    x, y = x.clamp(0, 1)[order], y[order]
+    model = train_model(build_model("small_cnn", 1, 4), x, y, SGDRecipe(20, 32, 0.05), device="cpu", seed=0)
+    data = UnlearningData(TensorSet(x[:12], y[:12]), TensorSet(x[12:], y[12:]), 4, SGDRecipe(20, 32, 0.05),
+                          lambda: build_model("small_cnn", 1, 4))
+    assert accuracy(model, x[12:], y[12:], device="cpu") == 1.0
+    calls = []
+
+    def step(model, x, y, **kwargs):  # request 2 wipes the classifier's head (a step that ran away); 1 and 3 nudge
+        calls.append(kwargs["n"])
+        with torch.no_grad():
+            if len(calls) == 2:
+                model.head.weight.zero_()
+                model.head.bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))
+            else:
+                model.head.bias.add_(0.01)
+        return SimpleNamespace(block_size=4, step_norm=0.01, noise_std=0.0)
+
+    monkeypatch.setattr(L, "scrub_request", step)
+    kwargs = {"scrub_batch_size": 4, "noise": False, "hessian": "fisher", "n_train": 160}
+    checked = run_method("lcodec", model, data, device="cpu", seed=0, kwargs=kwargs)
+    info = method_info(checked)
+    assert info["safety_check"] and info["requests"] == 3 and info["reverted_requests"] == 1
+    assert calls == [160, 156, 156]  # n is not decreased for the reverted request
+    assert torch.allclose(checked.head.bias, model.head.bias + 0.02) and torch.equal(checked.head.weight,
+                                                                                    model.head.weight)
+    calls.clear()
+    unchecked = run_method("lcodec", model, data, device="cpu", seed=0, kwargs={**kwargs, "val_gap_skip": None})
+    assert method_info(unchecked)["reverted_requests"] == 0 and accuracy(unchecked, x[12:], y[12:], device="cpu") < 0.5
+    assert calls == [160, 156, 152]
