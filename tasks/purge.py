@@ -199,7 +199,6 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
     now = utc_now()
     newly: list[str] = []
     already: list[str] = []
-    removed_by_version: dict[str, dict[str, int]] = {}
     with dvc_ops.open_repo(project, lock=not _inside_dvc_stage(project)) as repo:
         odbs = _object_dbs(repo)
         present = {side: set(odb.all()) for side, odb in odbs.items()}
@@ -227,17 +226,19 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                 newly.append(version)
                 redacted.add(version)
         needed = {oid for version in versions if version not in redacted for oid in manifests[version].values()}
+        doomed_by_side = {side: {version: {oid for oid in manifests[version].values()
+                                           if oid not in needed and oid in present[side]}
+                                 for version in sorted(redacted)} for side in odbs}
+        plan = _write_plan(project, newly, already, doomed_by_side, batch_ids)
         for side, odb in odbs.items():
             removed_here = 0
             last: list[str] = []  # index objects go last: while one exists, its version is not "redacted"
-            for version in sorted(redacted):
-                doomed = {oid for oid in manifests[version].values() if oid not in needed and oid in present[side]}
+            for version, doomed in doomed_by_side[side].items():
                 index_oid = manifests[version][INDEX_FILE]
                 first = sorted(doomed - {index_oid})
                 _remove(odb, first)
                 last += [index_oid] if index_oid in doomed else []
                 present[side] -= doomed
-                removed_by_version.setdefault(version, {LOCAL: 0, REMOTE: 0})[side] = len(doomed)
                 removed_here += len(doomed)
             _remove(odb, sorted(set(last)))
             if side == REMOTE and removed_here:
@@ -245,34 +246,76 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                 # push re-checks instead of trusting that removed objects are still there.
                 with closing(get_index(odb)) as index:
                     index.clear()
-    _record(project, newly, already, removed_by_version, batch_ids, now)
-    totals = {side: sum(r[side] for r in removed_by_version.values()) for side in (LOCAL, REMOTE)}
+    _record(project, plan, now)
+    _plan_path(project).unlink(missing_ok=True)
+    newly = [v for v in [*newly, *already] if not plan["versions"][v]["found_redacted"]]
+    already = [v for v in already if v not in newly]
+    totals = {side: sum(r[side] for r in plan["versions"].values()) for side in (LOCAL, REMOTE)}
     log.info("purge: %d version(s) redacted, %d already redacted, objects removed %s, %d leftover(s) removed",
              len(newly), len(already), totals, leftovers)
     return {"versions_redacted": newly, "versions_already_redacted": already, "objects_removed": totals,
             "leftovers_removed": leftovers, "current_version": current}
 
 
-def _record(project: Project, newly: list[str], already: list[str], removed: dict[str, dict[str, int]],
-            batch_ids: list[str], now: str) -> None:
+def _plan_path(project: Project) -> Path:
+    return project.state_dir / "purge_plan.json"
+
+
+def _write_plan(project: Project, newly: list[str], already: list[str], doomed: dict[str, dict[str, set[str]]],
+                batch_ids: list[str]) -> dict[str, Any]:
+    """Record what this purge is about to remove, before it removes anything, and return it.
+
+    Why: a purge killed between removing a version's objects and recording them left the next run to find fewer
+    objects (or the version already redacted, "found redacted" for no batch), and the batch's evidence and
+    certificate said "objects removed: 0" of objects that were removed (review of 2026-12-07). A plan left by an
+    interrupted purge is carried on for the versions it names: their counts and batches are the plan's.
+    """
+    import json
+    import uuid
+
+    path = _plan_path(project)
+    try:
+        earlier = json.loads(path.read_text())
+        earlier = earlier if isinstance(earlier, dict) and isinstance(earlier.get("versions"), dict) else None
+    except (OSError, ValueError):
+        earlier = None
+    recorded = load_redactions(project)
+    versions: dict[str, dict[str, Any]] = {}
+    for version in [*newly, *already]:
+        before = (earlier or {}).get("versions", {}).get(version)
+        if isinstance(before, dict) and recorded.get(version, {}).get("plan_id") != earlier.get("id"):
+            versions[version] = before  # interrupted before its record: what that purge planned and removed
+            continue
+        versions[version] = {**{side: len(doomed[side][version]) for side in doomed},
+                             "batch_ids": sorted(batch_ids) if version in newly else [],
+                             "found_redacted": version in already}
+    plan = {"id": uuid.uuid4().hex, "versions": versions}
+    if versions:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, plan)
+    return plan
+
+
+def _record(project: Project, plan: dict[str, Any], now: str) -> None:
     """Merge this purge into redactions.json (version -> when, which batches, objects removed)."""
     document = load_redactions(project)
     changed = False
-    for version in [*newly, *already]:
-        counts = removed.get(version, {LOCAL: 0, REMOTE: 0})
+    for version, planned in plan["versions"].items():
+        counts = {side: int(planned.get(side, 0)) for side in (LOCAL, REMOTE)}
         entry = document.get(version)
         if entry is None:
             entry = document[version] = {
-                "redacted_at": now, "batch_ids": sorted(batch_ids) if version in newly else [],
+                "redacted_at": now, "batch_ids": list(planned["batch_ids"]),
                 "objects_removed": {LOCAL: 0, REMOTE: 0},
             }
-            if version in already:
-                entry["found_redacted"] = True  # its index was gone before this purge
-            changed = True
-        if counts[LOCAL] or counts[REMOTE]:
-            entry["objects_removed"] = {side: entry["objects_removed"].get(side, 0) + counts[side]
-                                        for side in (LOCAL, REMOTE)}
-            changed = True
+            if planned["found_redacted"]:
+                entry["found_redacted"] = True  # its index was gone before this purge (or the one it finishes)
+        elif not (counts[LOCAL] or counts[REMOTE]):
+            continue
+        entry["objects_removed"] = {side: entry["objects_removed"].get(side, 0) + counts[side]
+                                    for side in (LOCAL, REMOTE)}
+        entry["plan_id"] = plan["id"]  # a crash before the plan file is removed must not count these again
+        changed = True
     if changed:
         write_json_atomic(project.redactions_path, document)
 

@@ -168,6 +168,42 @@ def test_a_crashed_purge_is_finished_and_the_current_version_is_checked(make_pro
     assert scan_project_for_samples(project, patterns).matches == ()
 
 
+def test_a_purge_killed_while_removing_records_what_it_removed_when_it_is_finished(make_project, monkeypatch):
+    """Killed after removing the local objects (index included) and before its record, the next purge found fewer
+    objects and recorded those: the evidence said fewer objects were removed than were (review of 2026-12-07). What
+    is about to be removed is written down first; the purge that finishes it records that."""
+    from tasks import purge
+
+    project, v1 = _first_version(make_project)
+    deleted = _delete(project, "batch-1", 5, seed=1)
+    _version(project)
+    ids = set(deleted.ids.tolist())
+    real_remove, calls = purge._remove, []
+
+    def killed(odb, oids):
+        real_remove(odb, oids)
+        calls.append(len(oids))
+        if len(calls) == 2:  # the local side is done, index last; the remote side untouched
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(purge, "_remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        purge_deleted_data(project, ids, ["batch-1"])
+    planned = json.loads((project.state_dir / "purge_plan.json").read_text())["versions"][v1]
+    assert planned["local"] == sum(calls) > 0 and planned["batch_ids"] == ["batch-1"]
+    assert load_redactions(project) == {}
+    monkeypatch.setattr(purge, "_remove", real_remove)
+    result = purge_deleted_data(project, ids, ["batch-1"])
+    entry = load_redactions(project)[v1]
+    assert entry["objects_removed"] == {"local": planned["local"], "remote": planned["remote"]} == \
+        result["objects_removed"] and planned["remote"] > 0  # not 0 for the local objects the first run removed
+    assert entry["batch_ids"] == ["batch-1"] and "found_redacted" not in entry
+    assert result["versions_redacted"] == [v1] and not (project.state_dir / "purge_plan.json").exists()
+    again = purge_deleted_data(project, ids, ["batch-1"])  # nothing left: nothing counted twice
+    assert again["objects_removed"] == {"local": 0, "remote": 0}
+    assert load_redactions(project)[v1]["objects_removed"] == entry["objects_removed"]
+
+
 def test_a_leftover_whose_process_number_was_reused_goes(tmp_path, monkeypatch):
     """A leftover is kept while the process that wrote it may still run; its number reused by a process started
     after the leftover was made (a restart) kept it for good, and every purge then found the deleted samples' bytes
