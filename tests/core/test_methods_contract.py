@@ -134,3 +134,22 @@ def test_method_moves_the_weights_and_keeps_half_the_test_accuracy(name, learnab
     base = _test_accuracy(original, test)
     assert base > 0.9  # the setting is learnable, so "half of it" means something
     assert _test_accuracy(result, test) >= 0.5 * base, f"{name} fell below half the original's test accuracy"
+
+
+def _numeric_keywords(name):
+    import inspect
+
+    return [p for p in inspect.signature(METHODS.get(name).fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and type(p.default) in (int, float)]
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if _numeric_keywords(n)])
+def test_every_numeric_keyword_refuses_a_string_or_a_non_finite_value_before_the_run(name):
+    """Method keywords come from params.yaml unchecked: `lr: "1e-3"` reached a method as a string and failed the run
+    after the model was trained (review of 2026-12-07)."""
+    spec = METHODS.get(name)
+    for parameter in _numeric_keywords(name):
+        for bad in ("1e-3", float("nan"), True):
+            with pytest.raises(MethodArgumentError, match=f"method '{name}': {parameter.name} "):
+                spec.bind({parameter.name: bad})
+        assert spec.bind({parameter.name: parameter.default})[parameter.name] == parameter.default

@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -111,9 +114,50 @@ class MethodSpec:
                 f"method {self.name!r} has no parameter(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(tunable)) or '(none)'}"
             )
+        for name, value in kwargs.items():
+            problem = _type_problem(value, _hints(self.fn).get(name))
+            if problem:
+                raise MethodArgumentError(f"method {self.name!r}: {name} {problem}, got {value!r}")
         bound = {name: p.default for name, p in tunable.items()}
         bound.update(kwargs)
         return bound
+
+
+def _hints(fn: MethodFn) -> dict[str, Any]:
+    """The evaluated annotations of a method's signature (empty where they cannot be evaluated)."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - an annotation naming something unimportable: nothing is checked
+        return {}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit a plain annotation (bool, int, float, str, or a union of them with None), or
+    None. Other annotations are not checked.
+
+    Why: method keywords come from params.yaml unchecked; a string learning rate (``lr: "1e-3"``), a NaN or a
+    float epoch count failed the run after the model was trained, or ran without end (review of 2026-12-07).
+    """
+    if hint is None:
+        return None
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if any(o not in (bool, int, float, str, type(None)) for o in options):
+        return None
+    if value is None:
+        return None if type(None) in options else "must not be null"
+    if isinstance(value, bool):
+        return None if bool in options else f"expects {_names(options)}, not a boolean"
+    if isinstance(value, int) and (int in options or float in options):
+        return None
+    if isinstance(value, float) and float in options:
+        return None if math.isfinite(value) else "must be a finite number"
+    if isinstance(value, str) and str in options:
+        return None
+    return f"expects {_names(options)}"
+
+
+def _names(options: tuple[Any, ...]) -> str:
+    return " or ".join("null" if o is type(None) else o.__name__ for o in options)
 
 
 INFO_ATTR = "unlearning_info"
