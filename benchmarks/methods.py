@@ -107,7 +107,8 @@ def certified_lcodec(ref, kwargs: dict, *, requests: int, device: str, seed: int
     return {"requests": requests, "seconds_per_request": per_request, "setup_seconds": setup,
             "extrapolated_ratio": (setup + per_request * len(ref.forget)) / ref.retrain_seconds,
             "TA_after": accuracy, "weight_change": weight_change(ref.original, model),
-            "noise_std": method_info(model).get("noise_std")}
+            "noise_std": method_info(model).get("noise_std"),
+            "reverted_requests": method_info(model).get("reverted_requests")}
 
 
 RECALIBRATED = "original+bn"  # the original with batch-norm statistics recomputed on D_R, as every method's are

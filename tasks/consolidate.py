@@ -144,7 +144,7 @@ def run_consolidate(project: Project, *, force: bool = False) -> dict[str, Any]:
              previous)
     return write_state(project, "consolidate", {"status": "consolidated", "version": version,
                                                 "previous_champion": previous, "data_version": data_version,
-                                                "forced": force, **state})
+                                                **state, **_tagged_fields(registered.tags)})
 
 
 def served_versions(versions: list[Any], champion: Any) -> set[str]:

@@ -226,9 +226,15 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                 newly.append(version)
                 redacted.add(version)
         needed = {oid for version in versions if version not in redacted for oid in manifests[version].values()}
-        doomed_by_side = {side: {version: {oid for oid in manifests[version].values()
-                                           if oid not in needed and oid in present[side]}
-                                 for version in sorted(redacted)} for side in odbs}
+        doomed_by_side: dict[str, dict[str, set[str]]] = {}
+        for side in odbs:  # an object two redacted versions share is counted once, with the first
+            claimed: set[str] = set()
+            doomed_by_side[side] = {}
+            for version in sorted(redacted):
+                doomed = {oid for oid in manifests[version].values()
+                          if oid not in needed and oid in present[side]} - claimed
+                doomed_by_side[side][version] = doomed
+                claimed |= doomed
         plan = _write_plan(project, newly, already, doomed_by_side, batch_ids)
         for side, odb in odbs.items():
             removed_here = 0
@@ -248,9 +254,15 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                     index.clear()
     _record(project, plan, now)
     _plan_path(project).unlink(missing_ok=True)
-    newly = [v for v in [*newly, *already] if not plan["versions"][v]["found_redacted"]]
-    already = [v for v in already if v not in newly]
-    totals = {side: sum(r[side] for r in plan["versions"].values()) for side in (LOCAL, REMOTE)}
+    # What the record says these batches' purge removed, whichever run removed it: a run cut off after its record
+    # (the scan, a refusal) is repeated, and finds the versions already redacted and nothing left to remove.
+    recorded = load_redactions(project)
+    ours = [v for v in [*newly, *already]
+            if v in newly or set(recorded.get(v, {}).get("batch_ids", [])) & set(batch_ids)]
+    already = [v for v in [*newly, *already] if v not in ours]
+    newly = ours
+    totals = {side: sum(int(recorded[v]["objects_removed"].get(side, 0)) for v in ours)
+              + sum(int(plan["versions"][v][side]) for v in already) for side in (LOCAL, REMOTE)}
     log.info("purge: %d version(s) redacted, %d already redacted, objects removed %s, %d leftover(s) removed",
              len(newly), len(already), totals, leftovers)
     return {"versions_redacted": newly, "versions_already_redacted": already, "objects_removed": totals,
@@ -258,7 +270,14 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
 
 
 def _plan_path(project: Project) -> Path:
-    return project.state_dir / "purge_plan.json"
+    return project.data_dir / "purge_plan.json"  # not a stage's state (unlearn status lists data/state)
+
+
+def _plan_entry(entry: Any) -> bool:
+    """Whether an interrupted purge's plan entry has the fields its record needs."""
+    return (isinstance(entry, dict) and all(type(entry.get(side)) is int for side in (LOCAL, REMOTE))
+            and isinstance(entry.get("batch_ids"), list) and all(isinstance(b, str) for b in entry["batch_ids"])
+            and isinstance(entry.get("found_redacted"), bool))
 
 
 def _write_plan(project: Project, newly: list[str], already: list[str], doomed: dict[str, dict[str, set[str]]],
@@ -283,7 +302,10 @@ def _write_plan(project: Project, newly: list[str], already: list[str], doomed: 
     versions: dict[str, dict[str, Any]] = {}
     for version in [*newly, *already]:
         before = (earlier or {}).get("versions", {}).get(version)
-        if isinstance(before, dict) and recorded.get(version, {}).get("plan_id") != earlier.get("id"):
+        if before is not None and not _plan_entry(before):
+            log.warning("purge: %s names version %s without its counts and batches; counted again from what is left",
+                        path.name, version)
+        elif before is not None and recorded.get(version, {}).get("plan_id") != earlier.get("id"):
             versions[version] = before  # interrupted before its record: what that purge planned and removed
             continue
         versions[version] = {**{side: len(doomed[side][version]) for side in doomed},

@@ -144,5 +144,5 @@ def test_a_consolidation_registered_before_a_crash_is_recorded_with_what_its_own
     assert done["status"] == "consolidated" and done["version"] == "2"
     (record,) = AuditLog(project.audit_path).records("model.consolidated")
     tags = client.get_model_version(tracking.model_name(project), "2").tags
-    assert record["forced"] is True and tags["forced"] == "true"
+    assert record["forced"] is True and tags["forced"] == "true" and done["forced"] is True  # the state file agrees
     assert record["deleted_since_exact"] == int(tags["deleted_since_exact"])

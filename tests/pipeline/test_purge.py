@@ -113,11 +113,14 @@ def test_purge_removes_deleted_samples_everywhere_and_keeps_the_current_version(
     assert np.array_equal(restored.ids, live.ids) and np.array_equal(restored.images, live.images)
     assert dvc_ops.data_version(project) == v2
 
-    # A second purge finds the old version already redacted and removes nothing.
+    # A second purge of the batch (a run cut off after the first one's record repeats it) removes nothing and
+    # reports what the batch's purge removed, as recorded; the record is not counted twice.
     again = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["batch-1"])
-    assert again["versions_redacted"] == [] and again["versions_already_redacted"] == [v1]
-    assert again["objects_removed"] == {"local": 0, "remote": 0}
+    assert again["versions_redacted"] == [v1] and again["versions_already_redacted"] == []
+    assert again["objects_removed"] == result["objects_removed"]
     assert load_redactions(project) == redactions
+    other = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["batch-other"])
+    assert other["versions_already_redacted"] == [v1] and other["objects_removed"] == {"local": 0, "remote": 0}
 
 
 def test_versions_without_deleted_samples_stay_intact_and_leftovers_go(make_project):
@@ -189,7 +192,7 @@ def test_a_purge_killed_while_removing_records_what_it_removed_when_it_is_finish
     monkeypatch.setattr(purge, "_remove", killed)
     with pytest.raises(KeyboardInterrupt):
         purge_deleted_data(project, ids, ["batch-1"])
-    planned = json.loads((project.state_dir / "purge_plan.json").read_text())["versions"][v1]
+    planned = json.loads((project.data_dir / "purge_plan.json").read_text())["versions"][v1]
     assert planned["local"] == sum(calls) > 0 and planned["batch_ids"] == ["batch-1"]
     assert load_redactions(project) == {}
     monkeypatch.setattr(purge, "_remove", real_remove)
@@ -198,10 +201,61 @@ def test_a_purge_killed_while_removing_records_what_it_removed_when_it_is_finish
     assert entry["objects_removed"] == {"local": planned["local"], "remote": planned["remote"]} == \
         result["objects_removed"] and planned["remote"] > 0  # not 0 for the local objects the first run removed
     assert entry["batch_ids"] == ["batch-1"] and "found_redacted" not in entry
-    assert result["versions_redacted"] == [v1] and not (project.state_dir / "purge_plan.json").exists()
+    assert result["versions_redacted"] == [v1] and not (project.data_dir / "purge_plan.json").exists()
     again = purge_deleted_data(project, ids, ["batch-1"])  # nothing left: nothing counted twice
-    assert again["objects_removed"] == {"local": 0, "remote": 0}
+    assert again["objects_removed"] == entry["objects_removed"]
     assert load_redactions(project)[v1]["objects_removed"] == entry["objects_removed"]
+
+
+def test_objects_two_redacted_versions_share_are_counted_once(make_project):
+    """The plan worked out every version's objects before removing any: an object two redacted versions share was
+    counted twice (second review of 2026-12-07: 28 reported, 17 removed)."""
+    from unlearn.requests import Ledger
+
+    project, v1 = _first_version(make_project)
+    _delete(project, "batch-1", 1, seed=1)
+    v2 = _version(project)
+    _delete(project, "batch-2", 30, seed=7)
+    v3 = _version(project)
+    m1, m2, m3 = (set(_manifest(project, v).values()) for v in (v1, v2, v3))
+    assert (m1 & m2) - m3  # shared objects that both redactions remove
+    cache, remote = project.root / ".dvc" / "cache", project.root / ".dvcstore"
+    before = {side: _objects(root) for side, root in (("local", cache), ("remote", remote))}
+    result = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["batch-1", "batch-2"])
+    removed = {side: len(before[side] - _objects(root)) for side, root in (("local", cache), ("remote", remote))}
+    assert result["objects_removed"] == removed and removed["local"] == len((m1 | m2) - m3)
+    recorded = load_redactions(project)
+    assert sum(recorded[v]["objects_removed"]["local"] for v in (v1, v2)) == removed["local"]
+
+
+def test_a_purge_cut_off_after_its_record_reports_what_was_removed_when_repeated(make_project, monkeypatch):
+    """Cut off after its record (in the scan, or refused), the purge is repeated; the repeat found the version
+    redacted and nothing left, and the batch's evidence said 0 objects removed. A plan that names no version's
+    counts is not trusted, and does not stop later purges."""
+    from tasks import purge
+
+    project, v1 = _first_version(make_project)
+    deleted = _delete(project, "batch-1", 5, seed=1)
+    _version(project)
+    ids = set(deleted.ids.tolist())
+    real = purge._record
+
+    def record_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt("killed after the record")
+
+    monkeypatch.setattr(purge, "_record", record_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        purge_deleted_data(project, ids, ["batch-1"])
+    monkeypatch.setattr(purge, "_record", real)
+    counted = load_redactions(project)[v1]["objects_removed"]
+    assert counted["local"] > 0
+    result = purge_deleted_data(project, ids, ["batch-1"])
+    assert result["objects_removed"] == counted and result["versions_redacted"] == [v1]
+    assert load_redactions(project)[v1]["objects_removed"] == counted  # and not counted twice
+    (project.data_dir / "purge_plan.json").write_text(json.dumps({"id": "x", "versions": {v1: {"local": 3}}}))
+    assert purge_deleted_data(project, ids, ["batch-1"])["objects_removed"] == counted
+    assert not (project.data_dir / "purge_plan.json").exists()
 
 
 def test_a_leftover_whose_process_number_was_reused_goes(tmp_path, monkeypatch):

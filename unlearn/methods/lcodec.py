@@ -602,7 +602,8 @@ def lcodec(
                  sum(r.step_norm for r in reports) / len(reports), reports[0].noise_std)
     after = torch.cat([p.detach().flatten().double().cpu() for p in model.parameters()])
     change = float((after - before).norm() / before.norm().clamp_min(1e-12))
-    record_info(model, certified=bool(noise), requests=len(reports), reverted_requests=reverted,
+    # certified only if every request's step, noise included, was kept: a reverted request's samples were not removed
+    record_info(model, certified=bool(noise) and not reverted, requests=len(reports), reverted_requests=reverted,
                 safety_check=check is not None, relative_change=change,
                 noise_std=reports[0].noise_std if reports else 0.0,
                 mean_block_size=sum(r.block_size for r in reports) / max(len(reports), 1))
