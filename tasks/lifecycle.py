@@ -221,7 +221,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     Returns:
         Counts and evidence (never sample ids).
     """
-    from tasks.purge import purge_deleted_data, scan_project_for_samples
+    from tasks.purge import finish_plan, purge_deleted_data, scan_project_for_samples
     from unlearn.forensics import sample_patterns
 
     ledger = Ledger(project.ledger_path)
@@ -337,6 +337,7 @@ def run_purge(project: Project) -> dict[str, Any]:
                  not_scanned=scan.not_scanned, open_quarantines_not_scanned=len(others),
                  weight_versions_unsearchable=weights.evidence()["weight_versions_unsearchable"], matches=0)
     ledger.save()
+    finish_plan(project)  # the batches' evidence counts what the plan names: it is saved, so the plan goes
     mark_weights_scanned(project, fingerprinted)
     log.info("purge: %d batch(es) closed, %d files scanned, no deleted bytes found", len(to_close), scan.files)
     if scan.not_scanned:

@@ -235,7 +235,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                           if oid not in needed and oid in present[side]} - claimed
                 doomed_by_side[side][version] = doomed
                 claimed |= doomed
-        plan = _write_plan(project, newly, already, doomed_by_side, batch_ids)
+        plan = _write_plan(project, newly, doomed_by_side, batch_ids)
         for side, odb in odbs.items():
             removed_here = 0
             last: list[str] = []  # index objects go last: while one exists, its version is not "redacted"
@@ -252,17 +252,12 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                 # push re-checks instead of trusting that removed objects are still there.
                 with closing(get_index(odb)) as index:
                     index.clear()
-    _record(project, plan, now)
-    _plan_path(project).unlink(missing_ok=True)
-    # What the record says these batches' purge removed, whichever run removed it: a run cut off after its record
-    # (the scan, a refusal) is repeated, and finds the versions already redacted and nothing left to remove.
-    recorded = load_redactions(project)
-    ours = [v for v in [*newly, *already]
-            if v in newly or set(recorded.get(v, {}).get("batch_ids", [])) & set(batch_ids)]
-    already = [v for v in [*newly, *already] if v not in ours]
-    newly = ours
-    totals = {side: sum(int(recorded[v]["objects_removed"].get(side, 0)) for v in ours)
-              + sum(int(plan["versions"][v][side]) for v in already) for side in (LOCAL, REMOTE)}
+    _record(project, newly, already, doomed_by_side, batch_ids, plan, manifests, now)
+    # The plan holds every object the purge of these batches removed, over every run an interruption split it into
+    # (it is removed by finish_plan once the batches' evidence is saved): the evidence counts it, not this run alone.
+    newly = [v for v in [*newly, *already] if v in plan["newly"]]
+    already = [v for v in already if v not in newly]
+    totals = {side: len(plan["objects"].get(side, [])) for side in (LOCAL, REMOTE)}
     log.info("purge: %d version(s) redacted, %d already redacted, objects removed %s, %d leftover(s) removed",
              len(newly), len(already), totals, leftovers)
     return {"versions_redacted": newly, "versions_already_redacted": already, "objects_removed": totals,
@@ -273,70 +268,87 @@ def _plan_path(project: Project) -> Path:
     return project.data_dir / "purge_plan.json"  # not a stage's state (unlearn status lists data/state)
 
 
-def _plan_entry(entry: Any) -> bool:
-    """Whether an interrupted purge's plan entry has the fields its record needs."""
-    return (isinstance(entry, dict) and all(type(entry.get(side)) is int for side in (LOCAL, REMOTE))
-            and isinstance(entry.get("batch_ids"), list) and all(isinstance(b, str) for b in entry["batch_ids"])
-            and isinstance(entry.get("found_redacted"), bool))
-
-
-def _write_plan(project: Project, newly: list[str], already: list[str], doomed: dict[str, dict[str, set[str]]],
-                batch_ids: list[str]) -> dict[str, Any]:
-    """Record what this purge is about to remove, before it removes anything, and return it.
-
-    Why: a purge killed between removing a version's objects and recording them left the next run to find fewer
-    objects (or the version already redacted, "found redacted" for no batch), and the batch's evidence and
-    certificate said "objects removed: 0" of objects that were removed (review of 2026-12-07). A plan left by an
-    interrupted purge is carried on for the versions it names: their counts and batches are the plan's.
-    """
+def _read_plan(project: Project) -> dict[str, Any] | None:
+    """The plan an interrupted purge left, or None (none, or not one this code wrote: then it is not trusted)."""
     import json
-    import uuid
 
     path = _plan_path(project)
     try:
-        earlier = json.loads(path.read_text())
-        earlier = earlier if isinstance(earlier, dict) and isinstance(earlier.get("versions"), dict) else None
+        plan = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError):
-        earlier = None
-    recorded = load_redactions(project)
-    versions: dict[str, dict[str, Any]] = {}
-    for version in [*newly, *already]:
-        before = (earlier or {}).get("versions", {}).get(version)
-        if before is not None and not _plan_entry(before):
-            log.warning("purge: %s names version %s without its counts and batches; counted again from what is left",
-                        path.name, version)
-        elif before is not None and recorded.get(version, {}).get("plan_id") != earlier.get("id"):
-            versions[version] = before  # interrupted before its record: what that purge planned and removed
-            continue
-        versions[version] = {**{side: len(doomed[side][version]) for side in doomed},
-                             "batch_ids": sorted(batch_ids) if version in newly else [],
-                             "found_redacted": version in already}
-    plan = {"id": uuid.uuid4().hex, "versions": versions}
-    if versions:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, plan)
+        plan = None
+    sound = (isinstance(plan, dict) and isinstance(plan.get("objects"), dict)
+             and all(isinstance(v, list) and all(isinstance(o, str) for o in v) for v in plan["objects"].values())
+             and all(isinstance(plan.get(k), list) and all(isinstance(x, str) for x in plan[k])
+                     for k in ("batch_ids", "newly")))
+    if not sound:
+        log.warning("purge: %s is not a plan this pipeline wrote; the objects it named are not counted", path.name)
+        return None
     return plan
 
 
-def _record(project: Project, plan: dict[str, Any], now: str) -> None:
-    """Merge this purge into redactions.json (version -> when, which batches, objects removed)."""
+def _write_plan(project: Project, newly: list[str], doomed: dict[str, dict[str, set[str]]],
+                batch_ids: list[str]) -> dict[str, Any]:
+    """Write down what the purge of ``batch_ids`` is about to remove, before it removes anything, and return it.
+
+    Why: a purge killed between removing objects and recording them (or cut off later, in the scan, and repeated)
+    left the next run to find fewer objects, or the versions already redacted, and the batches' evidence and
+    certificates said fewer objects were removed than were, down to 0 (review of 2026-12-07). The plan left by an
+    interrupted purge is merged into this one: it names object ids (content hashes, no sample data), so an object
+    planned twice counts once. :func:`finish_plan` removes it once the batches' evidence is saved.
+    """
+    earlier = _read_plan(project) or {"objects": {}, "batch_ids": [], "newly": []}
+    objects = {side: sorted(set(earlier["objects"].get(side, [])).union(*doomed.get(side, {}).values()))
+               for side in {*earlier["objects"], *doomed}}
+    plan = {"batch_ids": sorted({*earlier["batch_ids"], *batch_ids}), "newly": sorted({*earlier["newly"], *newly}),
+            "objects": objects}
+    if any(objects.values()) or plan["newly"]:
+        _plan_path(project).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(_plan_path(project), plan)
+    return plan
+
+
+def finish_plan(project: Project) -> None:
+    """Remove the purge plan: the batches' evidence, which counts it, is saved (called by ``run_purge``)."""
+    _plan_path(project).unlink(missing_ok=True)
+
+
+def _record(project: Project, newly: list[str], already: list[str], doomed: dict[str, dict[str, set[str]]],
+            batch_ids: list[str], plan: dict[str, Any], manifests: dict[str, dict[str, str]], now: str) -> None:
+    """Merge this purge into redactions.json (version -> when, which batches, objects removed).
+
+    A version recorded before gains what this run removed of it, and the batches it removed them for. A version
+    recorded now counts the plan's objects in it (not yet counted for another version): those an interrupted purge
+    of these batches removed before it could record them are in the plan. A version the plan says these batches
+    redacted is recorded for them, not as found redacted.
+    """
     document = load_redactions(project)
     changed = False
-    for version, planned in plan["versions"].items():
-        counts = {side: int(planned.get(side, 0)) for side in (LOCAL, REMOTE)}
-        entry = document.get(version)
-        if entry is None:
-            entry = document[version] = {
-                "redacted_at": now, "batch_ids": list(planned["batch_ids"]),
-                "objects_removed": {LOCAL: 0, REMOTE: 0},
-            }
-            if planned["found_redacted"]:
-                entry["found_redacted"] = True  # its index was gone before this purge (or the one it finishes)
-        elif not (counts[LOCAL] or counts[REMOTE]):
-            continue
-        entry["objects_removed"] = {side: entry["objects_removed"].get(side, 0) + counts[side]
-                                    for side in (LOCAL, REMOTE)}
-        entry["plan_id"] = plan["id"]  # a crash before the plan file is removed must not count these again
+    claimed: dict[str, set[str]] = {LOCAL: set(), REMOTE: set()}
+    versions = [*newly, *already]
+    for version in [v for v in versions if v in document]:
+        counts = {side: len(doomed.get(side, {}).get(version, ())) for side in (LOCAL, REMOTE)}
+        for side in claimed:
+            claimed[side] |= doomed.get(side, {}).get(version, set())
+        if counts[LOCAL] or counts[REMOTE]:
+            entry = document[version]
+            entry["objects_removed"] = {side: entry["objects_removed"].get(side, 0) + counts[side]
+                                        for side in (LOCAL, REMOTE)}
+            entry["batch_ids"] = sorted({*entry.get("batch_ids", []), *batch_ids})
+            changed = True
+    for version in [v for v in versions if v not in document]:
+        ours = version in newly or version in plan["newly"]
+        counts = {}
+        for side in (LOCAL, REMOTE):
+            mine = (set(manifests[version].values()) & set(plan["objects"].get(side, []))) - claimed[side]
+            claimed[side] |= mine
+            counts[side] = len(mine)
+        document[version] = {"redacted_at": now, "batch_ids": sorted(batch_ids) if ours else [],
+                             "objects_removed": counts}
+        if not ours:
+            document[version]["found_redacted"] = True  # its index was gone before this purge
         changed = True
     if changed:
         write_json_atomic(project.redactions_path, document)

@@ -11,7 +11,7 @@ import yaml
 
 from tasks import dvc_ops
 from tasks.project import PipelineError, load_project
-from tasks.purge import load_redactions, purge_deleted_data, scan_project_for_samples
+from tasks.purge import finish_plan, load_redactions, purge_deleted_data, scan_project_for_samples
 from tasks.stage.ingest import run_ingest
 from tasks.stage.prepare import run_prepare
 from unlearn.data import SampleStore
@@ -119,6 +119,7 @@ def test_purge_removes_deleted_samples_everywhere_and_keeps_the_current_version(
     assert again["versions_redacted"] == [v1] and again["versions_already_redacted"] == []
     assert again["objects_removed"] == result["objects_removed"]
     assert load_redactions(project) == redactions
+    finish_plan(project)  # the batch's evidence is saved: another batch's purge counts only its own
     other = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["batch-other"])
     assert other["versions_already_redacted"] == [v1] and other["objects_removed"] == {"local": 0, "remote": 0}
 
@@ -192,19 +193,20 @@ def test_a_purge_killed_while_removing_records_what_it_removed_when_it_is_finish
     monkeypatch.setattr(purge, "_remove", killed)
     with pytest.raises(KeyboardInterrupt):
         purge_deleted_data(project, ids, ["batch-1"])
-    planned = json.loads((project.data_dir / "purge_plan.json").read_text())["versions"][v1]
-    assert planned["local"] == sum(calls) > 0 and planned["batch_ids"] == ["batch-1"]
+    plan = json.loads((project.data_dir / "purge_plan.json").read_text())
+    planned = {side: len(plan["objects"][side]) for side in ("local", "remote")}
+    assert planned["local"] == sum(calls) > 0 and plan["batch_ids"] == ["batch-1"] and plan["newly"] == [v1]
     assert load_redactions(project) == {}
     monkeypatch.setattr(purge, "_remove", real_remove)
     result = purge_deleted_data(project, ids, ["batch-1"])
     entry = load_redactions(project)[v1]
-    assert entry["objects_removed"] == {"local": planned["local"], "remote": planned["remote"]} == \
-        result["objects_removed"] and planned["remote"] > 0  # not 0 for the local objects the first run removed
-    assert entry["batch_ids"] == ["batch-1"] and "found_redacted" not in entry
-    assert result["versions_redacted"] == [v1] and not (project.data_dir / "purge_plan.json").exists()
-    again = purge_deleted_data(project, ids, ["batch-1"])  # nothing left: nothing counted twice
-    assert again["objects_removed"] == entry["objects_removed"]
-    assert load_redactions(project)[v1]["objects_removed"] == entry["objects_removed"]
+    assert entry["objects_removed"] == planned == result["objects_removed"] and planned["remote"] > 0
+    assert entry["batch_ids"] == ["batch-1"] and "found_redacted" not in entry  # not 0, not "found redacted"
+    assert result["versions_redacted"] == [v1]
+    again = purge_deleted_data(project, ids, ["batch-1"])  # repeated before the evidence was saved: the same
+    assert again["objects_removed"] == planned and load_redactions(project)[v1]["objects_removed"] == planned
+    purge.finish_plan(project)  # run_purge, once the batches' evidence is saved
+    assert not (project.data_dir / "purge_plan.json").exists()
 
 
 def test_objects_two_redacted_versions_share_are_counted_once(make_project):
@@ -230,8 +232,8 @@ def test_objects_two_redacted_versions_share_are_counted_once(make_project):
 
 def test_a_purge_cut_off_after_its_record_reports_what_was_removed_when_repeated(make_project, monkeypatch):
     """Cut off after its record (in the scan, or refused), the purge is repeated; the repeat found the version
-    redacted and nothing left, and the batch's evidence said 0 objects removed. A plan that names no version's
-    counts is not trusted, and does not stop later purges."""
+    redacted and nothing left, and the batch's evidence said 0 objects removed. A plan this pipeline did not write
+    is not trusted (nothing it names is counted) and does not stop later purges."""
     from tasks import purge
 
     project, v1 = _first_version(make_project)
@@ -254,8 +256,41 @@ def test_a_purge_cut_off_after_its_record_reports_what_was_removed_when_repeated
     assert result["objects_removed"] == counted and result["versions_redacted"] == [v1]
     assert load_redactions(project)[v1]["objects_removed"] == counted  # and not counted twice
     (project.data_dir / "purge_plan.json").write_text(json.dumps({"id": "x", "versions": {v1: {"local": 3}}}))
-    assert purge_deleted_data(project, ids, ["batch-1"])["objects_removed"] == counted
-    assert not (project.data_dir / "purge_plan.json").exists()
+    assert purge_deleted_data(project, ids, ["batch-1"])["objects_removed"] == {"local": 0, "remote": 0}
+
+
+def test_purges_without_a_remote_count_the_local_cache_and_an_interrupted_batch_set_is_counted_whole(
+        make_project, monkeypatch):
+    """Without a default remote (the local cache only) a later purge raised KeyError on every run (third review of
+    2026-12-07). A purge killed before removing anything, then repeated for more batches, counts everything the
+    batches' purge removed, the objects the new batch freed included."""
+    from tasks import purge
+    from unlearn.requests import Ledger
+
+    project, v1 = _first_version(make_project)
+    assert _dvc(project, "remote", "default", "--unset").returncode == 0
+    cache = project.root / ".dvc" / "cache"
+    _delete(project, "A", 1, seed=1)
+    run_prepare(project)
+    dvc_ops.commit(project, "ingest", "prepare")
+    monkeypatch.setattr(purge, "_remove", lambda odb, oids: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):  # killed after its plan, before removing anything
+        purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["A"])
+    monkeypatch.undo()
+    _delete(project, "B", 30, seed=7)
+    run_prepare(project)
+    dvc_ops.commit(project, "ingest", "prepare")
+    before = _objects(cache)
+    both = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["A", "B"])
+    removed = len(before - _objects(cache))
+    assert both["objects_removed"] == {"local": removed, "remote": 0} and removed > 0
+    finish_plan(project)
+    _delete(project, "C", 2, seed=3)
+    run_prepare(project)
+    dvc_ops.commit(project, "ingest", "prepare")
+    before = _objects(cache)
+    later = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["C"])  # KeyError before
+    assert later["objects_removed"] == {"local": len(before - _objects(cache)), "remote": 0}
 
 
 def test_a_leftover_whose_process_number_was_reused_goes(tmp_path, monkeypatch):
