@@ -235,7 +235,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                           if oid not in needed and oid in present[side]} - claimed
                 doomed_by_side[side][version] = doomed
                 claimed |= doomed
-        plan = _write_plan(project, newly, doomed_by_side, batch_ids)
+        plan = _write_plan(project, newly, doomed_by_side, batch_ids, present)
         for side, odb in odbs.items():
             removed_here = 0
             last: list[str] = []  # index objects go last: while one exists, its version is not "redacted"
@@ -290,7 +290,7 @@ def _read_plan(project: Project) -> dict[str, Any] | None:
 
 
 def _write_plan(project: Project, newly: list[str], doomed: dict[str, dict[str, set[str]]],
-                batch_ids: list[str]) -> dict[str, Any]:
+                batch_ids: list[str], present: dict[str, set[str]]) -> dict[str, Any]:
     """Write down what the purge of ``batch_ids`` is about to remove, before it removes anything, and return it.
 
     Why: a purge killed between removing objects and recording them (or cut off later, in the scan, and repeated)
@@ -300,8 +300,14 @@ def _write_plan(project: Project, newly: list[str], doomed: dict[str, dict[str, 
     planned twice counts once. :func:`finish_plan` removes it once the batches' evidence is saved.
     """
     earlier = _read_plan(project) or {"objects": {}, "batch_ids": [], "newly": []}
-    objects = {side: sorted(set(earlier["objects"].get(side, [])).union(*doomed.get(side, {}).values()))
-               for side in {*earlier["objects"], *doomed}}
+    if not set(earlier["batch_ids"]) <= set(batch_ids):
+        # run_purge repeats an interrupted purge with every batch it named (they stay unpurged until their evidence
+        # is saved): a plan naming another batch is left from a purge whose evidence was saved. Not counted again.
+        earlier = {"objects": {}, "batch_ids": [], "newly": []}
+    # An object the earlier plan named counts if it is gone now (it was there when planned, so that purge removed
+    # it); one still there is counted when this run removes it. A side this run cannot see is not claimed.
+    objects = {side: sorted((set(earlier["objects"].get(side, [])) - present[side]).union(*doomed[side].values()))
+               for side in doomed}
     plan = {"batch_ids": sorted({*earlier["batch_ids"], *batch_ids}), "newly": sorted({*earlier["newly"], *newly}),
             "objects": objects}
     if any(objects.values()) or plan["newly"]:

@@ -293,6 +293,46 @@ def test_purges_without_a_remote_count_the_local_cache_and_an_interrupted_batch_
     assert later["objects_removed"] == {"local": len(before - _objects(cache)), "remote": 0}
 
 
+def test_a_plan_left_after_its_evidence_was_saved_or_on_a_side_now_unseen_is_not_counted(make_project, monkeypatch):
+    """Fifth review of 2026-12-07: a plan left by a crash between saving the batches' evidence and removing it was
+    counted again for the next, unrelated batch; and the remote objects a plan named were counted as removed after
+    the remote was unset, though they were still there."""
+    from tasks import purge
+    from unlearn.requests import Ledger
+
+    project, v1 = _first_version(make_project)
+    _delete(project, "A", 1, seed=1)
+    _version(project)
+    first = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["A"])
+    assert first["objects_removed"]["local"] > 0  # A's evidence saved; killed before finish_plan: the plan stays
+    assert (project.data_dir / "purge_plan.json").exists()
+    _delete(project, "C", 30, seed=7)
+    _version(project)
+    cache = project.root / ".dvc" / "cache"
+    before = _objects(cache)
+    later = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["C"])
+    assert later["objects_removed"]["local"] == len(before - _objects(cache))  # C's own, not A's again
+    assert v1 not in later["versions_redacted"]
+    finish_plan(project)
+
+    _delete(project, "D", 2, seed=3)
+    _version(project)
+    real_remove = purge._remove
+
+    def remote_refuses(odb, oids):
+        if oids and ".dvcstore" in str(odb.path):
+            raise PermissionError("the remote refused")
+        real_remove(odb, oids)
+
+    monkeypatch.setattr(purge, "_remove", remote_refuses)
+    with pytest.raises(PermissionError):
+        purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["D"])
+    monkeypatch.undo()
+    assert _dvc(project, "remote", "default", "--unset").returncode == 0  # to get past it: the remote is not seen
+    again = purge_deleted_data(project, Ledger(project.ledger_path).deleted_ids(), ["D"])
+    assert again["objects_removed"]["remote"] == 0 and again["objects_removed"]["local"] > 0
+
+
 def test_a_leftover_whose_process_number_was_reused_goes(tmp_path, monkeypatch):
     """A leftover is kept while the process that wrote it may still run; its number reused by a process started
     after the leftover was made (a restart) kept it for good, and every purge then found the deleted samples' bytes
