@@ -100,7 +100,7 @@ def main() -> None:
     document = {
         "command": f"python benchmarks/cli_exit.py --repeats {args.repeats}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                  text=True).stdout.strip(),
         "repeats": args.repeats, "cpu_seconds": cpu, "stages": rows,
@@ -129,7 +129,8 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the machine line of a benchmark's results."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -127,6 +127,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from cli_exit import cpu_model  # the sibling script (benchmarks/ is on sys.path when this one runs)
+
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     rows = []
     with tempfile.TemporaryDirectory(prefix="unlearn-bench-ingest-") as tmp:
@@ -142,7 +144,7 @@ def main() -> None:
     document = {
         "command": f"python benchmarks/ingest.py --repeats {args.repeats}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                  text=True).stdout.strip(),
         "repeats": args.repeats, "cases": rows,
@@ -165,16 +167,6 @@ def main() -> None:
     print("\n".join(lines))
     if not all(row["meets_target"] for row in rows):
         sys.exit(1)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

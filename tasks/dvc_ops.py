@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.project import PipelineError, Project
-from unlearn.config import load_yaml
+from unlearn.yaml_io import load_yaml
 
 _REPO_LOCK = threading.Lock()  # one in-process DVC operation at a time (threads task runner)
 

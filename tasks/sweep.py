@@ -50,7 +50,7 @@ from tasks.stage.context import (
 )
 from tasks.stage.evaluation import evaluate_baselines, evaluate_candidate, evaluation_sets
 from tasks.stage.retrain import retrained_model, retrained_path
-from unlearn.config import ConfigError, load_yaml
+from unlearn.config import ConfigError
 from unlearn.data import SampleStore
 from unlearn.files import atomic_path, utc_now, write_json_atomic, write_text_atomic
 from unlearn.gate import UTILITY_CHECKS
@@ -58,6 +58,7 @@ from unlearn.methods import METHODS, run_method
 from unlearn.methods.base import MethodArgumentError, MissingDataError
 from unlearn.registry import UnknownNameError
 from unlearn.requests import Ledger, hash_ids, load_or_create_salt
+from unlearn.yaml_io import load_yaml
 
 log = logging.getLogger("unlearn.pipeline")
 

@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from unlearn.cron import cron_problem
+from unlearn.yaml_io import load_params_yaml
+
 
 class ConfigError(ValueError):
     """A problem in ``params.yaml``; the message names the offending key."""
@@ -466,35 +469,11 @@ def parse_params(mapping: dict[str, Any] | None) -> Params:
 
 _YEAR_SECONDS = 365 * 24 * 3600
 _TEN_YEARS_HOURS = 10 * 365 * 24
-# Cron fields: (name, lowest, highest, names). Day of week 7 is Sunday, as in Vixie cron and Prefect's croniter.
-_CRON_FIELDS = (("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
-                ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
-                ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")))
-_CRON_ITEM = re.compile(r"(?:\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
-
-
 def check_cron(where: str, expression: str) -> None:
-    """Refuse a cron expression that cannot fire as meant, naming the key, before ``unlearn serve`` starts.
-
-    Five fields of ``*``, values, names, ranges (a range may wrap: ``sat-sun``, ``dec-jan``), steps and lists
-    (``0 2 * * 1-5``, ``*/15 * * * *``, ``0 3 1 jan,jul *``), each value within its field's range. Items using
-    the extensions Prefect's cron also reads (``?``, ``L``, ``W``, ``#``) are left for it to judge.
-    """
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ConfigError(f"{where}: expected a 5-field cron expression such as '0 2 * * *', got {expression!r}")
-    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
-        for item in text.split(","):
-            if any(mark in item.upper() for mark in "?LW#"):
-                continue
-            match = _CRON_ITEM.fullmatch(item.lower())
-            values = [] if match is None else [v for v in match.group(1, 2) if v is not None]
-            numbers = [names.index(v) + (low if names else 0) if v in names
-                       else int(v) if v.isascii() and v.isdigit() else None for v in values]
-            step = None if match is None else match.group(3)
-            if (match is None or None in numbers or any(not low <= n <= high for n in numbers)
-                    or (step is not None and int(step) < 1)):
-                raise ConfigError(f"{where}: {item!r} is not a valid {name} ({low}-{high}) in {expression!r}")
+    """Refuse a cron expression that cannot fire as meant (:func:`unlearn.cron.cron_problem`), naming the key."""
+    problem = cron_problem(expression)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
 
 
 # A registered name, or "module.path:attribute" (torchvision:<builder> is one of these).
@@ -688,84 +667,6 @@ def _check_method_kwargs(unlearn: UnlearnConfig) -> None:
             except ConfigError as exc:
                 where = f"unlearn.profiles.{key}" if key else "unlearn.methods (or unlearn.overrides)"
                 raise ConfigError(f"{where}: {exc}") from None
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` through libyaml's C parser where PyYAML was built with it.
-
-    Why: every stage of a run re-reads params.yaml (and dvc.lock); the pure-Python parser spent
-    about a second per deletion run on that (profiled), the C one a tenth of it. Same safe subset,
-    same results.
-    """
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
-    except UnicodeError as exc:  # libyaml's encoder meets a lone surrogate: still a YAML error to callers
-        raise yaml.YAMLError(f"not valid text: {exc}") from None
-
-
-_PARAMS_LOADER: type | None = None
-
-
-def _params_loader() -> type:
-    """The safe loader for ``params.yaml``: duplicate keys refused, YAML 1.2 numbers.
-
-    Why: PyYAML reads YAML 1.1, where the last of two equal keys silently wins (a second ``epochs: 1`` under
-    ``train:``) and ``1e-3`` (no dot) is a string, which reached a method as ``lr='1e-3'`` and failed the run
-    after training (review of 2026-12-07). Keys merged in with ``<<:`` may be overridden, as YAML intends.
-    """
-    global _PARAMS_LOADER
-    if _PARAMS_LOADER is not None:
-        return _PARAMS_LOADER
-    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-    class ParamsLoader(base):  # type: ignore[misc,valid-type]
-        def construct_document(self, node: Any) -> Any:
-            # On the composed tree, before construction: PyYAML rewrites a mapping that is merged elsewhere in
-            # place (its merged keys beside its own), so a check while constructing saw chained merges twice.
-            _refuse_duplicate_keys(node)
-            return super().construct_document(node)
-
-    ParamsLoader.yaml_implicit_resolvers = {k: list(v) for k, v in base.yaml_implicit_resolvers.items()}
-    ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                       re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-                                       list("-+0123456789."))
-    _PARAMS_LOADER = ParamsLoader
-    return ParamsLoader
-
-
-def _refuse_duplicate_keys(root: Any) -> None:
-    """Raise ``ConstructorError`` at the first mapping of the node tree that holds one scalar key twice (keys merged
-    in with ``<<:`` are not its own: they may be overridden)."""
-    seen_nodes: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen_nodes:  # an alias: the anchored node is checked once
-            continue
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            keys: set[tuple[str, str]] = set()
-            for key_node, value_node in node.value:
-                stack.append(value_node)
-                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = (key_node.tag, key_node.value)
-                if key in keys:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key_node.value!r} appears twice in one mapping (the last would "
-                        "silently win)", key_node.start_mark)
-                keys.add(key)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-
-
-def load_params_yaml(text: str) -> Any:
-    """Parse ``params.yaml``'s text with :func:`_params_loader` (raises ``yaml.YAMLError``)."""
-    try:
-        return yaml.load(text, Loader=_params_loader())  # noqa: S506 - a safe loader, C or Python
-    except UnicodeError as exc:
-        raise yaml.YAMLError(f"not valid text: {exc}") from None
 
 
 def load_params(path: str | Path) -> Params:

@@ -200,7 +200,7 @@ def test_cron_forms_prefect_accepts_are_accepted(cron):
 
 def test_chained_merge_keys_are_not_duplicates(tmp_path):
     """PyYAML rewrites a merged mapping in place: a check while constructing saw a chained merge's keys twice."""
-    from unlearn.config import load_params_yaml
+    from unlearn.yaml_io import load_params_yaml
 
     text = "x: [&base {lr: 0.1, epochs: 5}, &fast {<<: *base, epochs: 1}]\ny: {<<: *fast}\nz: .5e3\n"
     assert load_params_yaml(text) == {"x": [{"lr": 0.1, "epochs": 5}, {"lr": 0.1, "epochs": 1}],

@@ -268,17 +268,14 @@ def test_the_official_safety_check_reverts_a_request_that_damages_the_model(monk
     of the benchmark table). A reverted request is counted and its step undone; the others are applied."""
     from types import SimpleNamespace
 
+    from conftest import quadrant_images
+
     from unlearn.methods import method_info
     from unlearn.training import accuracy
 
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(4).repeat_interleave(40)
-    x = 0.3 * torch.rand(160, 1, 8, 8, generator=g)
-    for i, label in enumerate(y.tolist()):
-        r, c = divmod(label, 2)
-        x[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 0.6
+    images, labels = quadrant_images()
     order = torch.randperm(160, generator=torch.Generator().manual_seed(1))
-    x, y = x.clamp(0, 1)[order], y[order]
+    x, y = torch.from_numpy(images)[order], torch.from_numpy(labels)[order]
     model = train_model(build_model("small_cnn", 1, 4), x, y, SGDRecipe(20, 32, 0.05), device="cpu", seed=0)
     data = UnlearningData(TensorSet(x[:12], y[:12]), TensorSet(x[12:], y[12:]), 4, SGDRecipe(20, 32, 0.05),
                           lambda: build_model("small_cnn", 1, 4))

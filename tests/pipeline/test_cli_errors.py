@@ -79,7 +79,7 @@ def test_loading_a_project_checks_its_names_against_the_registries(make_project)
 
 
 def test_refused_metric_names_keep_the_fpr():
-    from flows.cli import refused_metric_name
+    from flows.summary import refused_metric_name
 
     assert refused_metric_name("mia.lira_offline.tpr_at_fpr_0.001") == "tpr_at_fpr_0.001"
     assert refused_metric_name("mia.rmia_offline.tpr_at_fpr_0.01") == "tpr_at_fpr_0.01"

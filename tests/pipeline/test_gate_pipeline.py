@@ -56,7 +56,8 @@ def _client(project):
 
 
 def test_an_untouched_model_conclusively_fails_when_membership_is_detectable(make_project):
-    from flows.cli import _verdict_exit, format_summary
+    from flows.cli import _verdict_exit
+    from flows.summary import format_summary
     from tasks import tracking
     from tasks.stage.context import load_forget
     from tasks.stage.evaluation import evaluate_candidate, evaluation_sets

@@ -359,7 +359,7 @@ def test_submit_validates_as_ingestion_will_and_queues_nothing_bad(make_project,
 
 
 def test_the_run_summary_names_rejected_requests_and_their_reason_codes(tmp_path):
-    from flows.cli import format_summary
+    from flows.summary import format_summary
 
     rejected = [{"request_id": "REQ-7", "reasons": ["reason_not_allowed"]},
                 {"request_id": None, "reasons": ["request_id_malformed"]}]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 import types
@@ -114,8 +115,9 @@ class MethodSpec:
                 f"method {self.name!r} has no parameter(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(tunable)) or '(none)'}"
             )
+        hints = _hints(self.fn)
         for name, value in kwargs.items():
-            problem = _type_problem(value, _hints(self.fn).get(name))
+            problem = _type_problem(value, hints.get(name))
             if problem:
                 raise MethodArgumentError(f"method {self.name!r}: {name} {problem}, got {value!r}")
         bound = {name: p.default for name, p in tunable.items()}
@@ -123,6 +125,7 @@ class MethodSpec:
         return bound
 
 
+@functools.cache
 def _hints(fn: MethodFn) -> dict[str, Any]:
     """The evaluated annotations of a method's signature (empty where they cannot be evaluated)."""
     try:
