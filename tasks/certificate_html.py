@@ -314,14 +314,22 @@ def _timeline_section(document: dict[str, Any]) -> str:
 
 def _data_section(document: dict[str, Any]) -> str:
     data = _section(document, "data")
-    if "redacted_versions" in data and isinstance(data["redacted_versions"], list):
-        redacted = ("<ul>" + "".join(f"<li>{_code(v)}</li>" for v in data["redacted_versions"]) + "</ul>"
-                    if data["redacted_versions"] else "none")
-    else:
-        redacted = _escaped(data.get("redacted_versions"))
+
+    def versions(key: str) -> str:
+        if isinstance(data.get(key), list):
+            return ("<ul>" + "".join(f"<li>{_code(v)}</li>" for v in data[key]) + "</ul>") if data[key] else "none"
+        return _escaped(data.get(key))
+
     rows = [("Version before", _code(data.get("version_before"))),
-            ("Version after", _code(data.get("version_after"))),
-            ("Redacted versions", redacted)]
+            ("Version after", _code(data.get("version_after")))]
+    if "redacted_or_found_redacted_versions" in data:  # a purge recorded before the two lists were kept apart
+        rows.append(("Redacted, or found already redacted (not told apart in this record)",
+                     versions("redacted_or_found_redacted_versions")))
+    else:
+        rows.append(("Redacted by this purge", versions("redacted_versions")))
+        if "found_redacted_versions" in data:
+            rows.append(("Found already redacted (by an earlier purge; not claimed for this request)",
+                         versions("found_redacted_versions")))
     return f'<section id="data">\n<h2>Data</h2>\n{_definition_list(rows)}\n</section>'
 
 

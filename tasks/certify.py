@@ -61,6 +61,20 @@ def _promoted_version(batch: dict[str, Any]) -> tuple[str, dict[str, Any]] | Non
     return promoted
 
 
+def redacted_versions_of(purge: dict[str, Any]) -> dict[str, Any]:
+    """The data versions the batch's purge redacted, apart from those it found already redacted.
+
+    A purge recorded before the two were kept apart listed both as redacted: its list is passed on under a name
+    that says so (``redacted_or_found_redacted``), not as this batch's redactions, which it may not all be.
+    """
+    if "versions_found_redacted" in purge:
+        return {"redacted_versions": purge.get("versions_redacted", []),
+                "found_redacted_versions": purge["versions_found_redacted"]}
+    if "versions_redacted" in purge:
+        return {"redacted_or_found_redacted_versions": purge["versions_redacted"]}
+    return {"redacted_versions": []}
+
+
 def build_certificate(project: Project, client: Any, ledger: Ledger, request: dict[str, Any],
                       batch_id: str, train_ids: set[str], unscanned: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Assemble one request's certificate from the ledger, the registry and the reports.
@@ -94,7 +108,7 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                     "sample_ids_digest": hash_ids(request["sample_ids"], salt)},
         "timeline": [{"step": "received", "at": request["received_at"]}]
         + [{"step": s, "at": steps.get(s)} for s in STEPS[1:-1]],
-        "data": {"version_after": None, "redacted_versions": batch.get("purge", {}).get("versions_redacted", [])},
+        "data": {"version_after": None, **redacted_versions_of(batch.get("purge", {}))},
         "purge": batch.get("purge", {}),
         "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
                                      **{k: e[k] for k in ("model_id",) if e.get(k)},

@@ -314,7 +314,11 @@ def run_purge(project: Project) -> dict[str, Any]:
         path.unlink(missing_ok=True)
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
-        "versions_redacted": dvc_evidence["versions_redacted"] + dvc_evidence.get("versions_already_redacted", []),
+        # Kept apart: a version found redacted was redacted by an earlier batch's purge (or by hand, or by a purge
+        # cut off before it could plan); listing it as redacted for this batch could name a version made after this
+        # batch's deletion, which never held its samples (review of 2026-12-07).
+        "versions_redacted": dvc_evidence["versions_redacted"],
+        "versions_found_redacted": dvc_evidence.get("versions_already_redacted", []),
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
                  "samples": len(closing_ids), "sample_patterns": len(patterns), "samples_not_searched": unsearched,
                  **weights.evidence(), "matches": len(scan.matches), "open_quarantines_not_scanned": len(others),

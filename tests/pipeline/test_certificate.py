@@ -314,6 +314,25 @@ def test_matches_found_are_flagged(tmp_path):
     assert '<p class="callout matches-found">3 matches' in page and "matches-zero" not in page.split("</style>")[1]
 
 
+def test_versions_found_redacted_are_not_claimed_and_an_older_record_says_it_cannot_tell(tmp_path):
+    """A batch's purge that found versions already redacted (by an earlier batch) listed them as its own
+    redactions; now they are a row of their own, and a record from before cannot tell the two apart and says so."""
+    from tasks.certify import redacted_versions_of
+
+    split = redacted_versions_of({"versions_redacted": ["d-red"], "versions_found_redacted": ["d-found"]})
+    assert split == {"redacted_versions": ["d-red"], "found_redacted_versions": ["d-found"]}
+    old = redacted_versions_of({"versions_redacted": ["d-found", "d-red"]})
+    assert old == {"redacted_or_found_redacted_versions": ["d-found", "d-red"]}
+    for data, expected, absent in [
+            (split, ["Redacted by this purge", "d-red", "Found already redacted", "d-found"], "not told apart"),
+            (old, ["not told apart", "d-found", "d-red"], "Redacted by this purge")]:
+        _, html_path = write_certificate(_certificate(data={"version_before": "d-old", "version_after": "d-new",
+                                                            **data}), {}, tmp_path / absent[:3])
+        section = html_path.read_text().split('<section id="data">')[1].split("</section>")[0]
+        positions = [section.index(text) for text in expected]
+        assert positions == sorted(positions) and absent not in section
+
+
 def test_zero_matches_with_unscanned_paths_claims_only_what_was_scanned(tmp_path):
     certificate = _certificate()
     certificate["purge"]["scan"].update({"matches": 0, "not_scanned": 2})
