@@ -322,14 +322,17 @@ def _data_section(document: dict[str, Any]) -> str:
 
     rows = [("Version before", _code(data.get("version_before"))),
             ("Version after", _code(data.get("version_after")))]
-    if "redacted_or_found_redacted_versions" in data:  # a purge recorded before the two lists were kept apart
-        rows.append(("Redacted, or found already redacted (not told apart in this record)",
-                     versions("redacted_or_found_redacted_versions")))
-    else:
-        rows.append(("Redacted by this purge", versions("redacted_versions")))
-        if "found_redacted_versions" in data:
-            rows.append(("Found already redacted (by an earlier purge; not claimed for this request)",
-                         versions("found_redacted_versions")))
+    if "redacted_earlier_versions" in data:
+        rows += [("Redacted by this purge (their index listed a sample of this deletion batch)",
+                  versions("redacted_versions")),
+                 ("Redacted earlier by a previous purge (recorded then as holding a sample of this batch)",
+                  versions("redacted_earlier_versions")),
+                 ("Found already redacted, with no record of the samples they held (not claimed here)",
+                  versions("found_redacted_versions"))]
+    else:  # a record, or a certificate, from before versions were attributed to batches
+        key = ("redacted_or_found_redacted_versions" if "redacted_or_found_redacted_versions" in data
+               else "redacted_versions")
+        rows.append(("Redacted, or found already redacted (not told apart in this record)", versions(key)))
     return f'<section id="data">\n<h2>Data</h2>\n{_definition_list(rows)}\n</section>'
 
 

@@ -62,17 +62,22 @@ def _promoted_version(batch: dict[str, Any]) -> tuple[str, dict[str, Any]] | Non
 
 
 def redacted_versions_of(purge: dict[str, Any]) -> dict[str, Any]:
-    """The data versions the batch's purge redacted, apart from those it found already redacted.
+    """The data versions a batch's certificate names, from its purge record.
 
-    A purge recorded before the two were kept apart listed both as redacted: its list is passed on under a name
-    that says so (``redacted_or_found_redacted``), not as this batch's redactions, which it may not all be.
+    ``redacted_versions``: redacted by the purge that closed the batch, their index listing one of its samples;
+    ``redacted_earlier_versions``: found redacted, an earlier purge having recorded them as holding its samples;
+    ``found_redacted_versions``: found redacted with no record of the samples they held (not claimed). A record
+    from before versions were attributed to batches is passed on as ``redacted_or_found_redacted_versions``, a name
+    that says what it may hold.
     """
-    if "versions_found_redacted" in purge:
-        return {"redacted_versions": purge.get("versions_redacted", []),
-                "found_redacted_versions": purge["versions_found_redacted"]}
+    if "versions_redacted_earlier" in purge:
+        return {"redacted_versions": purge["versions_redacted"],
+                "redacted_earlier_versions": purge["versions_redacted_earlier"],
+                "found_redacted_versions": purge.get("versions_found_redacted", [])}
     if "versions_redacted" in purge:
-        return {"redacted_or_found_redacted_versions": purge["versions_redacted"]}
-    return {"redacted_versions": []}
+        return {"redacted_or_found_redacted_versions": purge["versions_redacted"]
+                + purge.get("versions_found_redacted", [])}
+    return {"redacted_versions": [], "redacted_earlier_versions": [], "found_redacted_versions": []}
 
 
 def build_certificate(project: Project, client: Any, ledger: Ledger, request: dict[str, Any],

@@ -212,6 +212,22 @@ def _quarantined(project: Project, batch_ids: list[str]) -> Arrays | None:
                   np.concatenate([a.labels for a in parts]))
 
 
+def versions_of_batch(dvc_evidence: dict[str, Any], batch_id: str) -> dict[str, list[str]]:
+    """The data versions a batch's certificate names: those whose index listed one of its samples.
+
+    Why: every version a purge redacted or found redacted was listed for every batch it closed, so a certificate
+    named versions made after its batch's deletion, which never held its samples (review of 2026-12-07). A version
+    this purge redacted is named if its index listed the batch's samples; one found redacted if its redaction
+    record says so; one found redacted with no such record (redacted by hand, or before these records) is listed
+    apart, as not known to have held them.
+    """
+    found = dvc_evidence["found_held_batches"]
+    return {"versions_redacted": [v for v in dvc_evidence["versions_redacted"]
+                                  if batch_id in dvc_evidence["held_batches"].get(v, [])],
+            "versions_redacted_earlier": [v for v, held in found.items() if held is not None and batch_id in held],
+            "versions_found_redacted": [v for v, held in found.items() if held is None]}
+
+
 def run_purge(project: Project) -> dict[str, Any]:
     """Retire contaminated models, redact data versions, drop derived copies, scan for the bytes.
 
@@ -283,7 +299,8 @@ def run_purge(project: Project) -> dict[str, Any]:
                             "folders): `unlearn doctor --deep` names them", scan.not_scanned)
         return write_state(project, "purge", {**summary, "status": "nothing_to_purge"})
     closing_ids = sorted({s for b in to_close for s in ledger.batch(b)["sample_ids"]})
-    dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close)
+    dvc_evidence = purge_deleted_data(project, ledger.deleted_ids(), to_close,
+                                      by_batch={b: ledger.batch(b)["sample_ids"] for b in ledger.batches})
     # Derived copies: cached logits of the samples, and candidate models of finished escalations.
     from unlearn.attacks.signals import SignalCache  # here: the module imports torch, which purge needs nowhere else
 
@@ -314,11 +331,9 @@ def run_purge(project: Project) -> dict[str, Any]:
         path.unlink(missing_ok=True)
     evidence = {
         "objects_removed": dvc_evidence["objects_removed"],
-        # Kept apart: a version found redacted was redacted by an earlier batch's purge (or by hand, or by a purge
-        # cut off before it could plan); listing it as redacted for this batch could name a version made after this
-        # batch's deletion, which never held its samples (review of 2026-12-07).
+        # This run's, whichever batch's samples they held (the run summary); each batch's own are below.
         "versions_redacted": dvc_evidence["versions_redacted"],
-        "versions_found_redacted": dvc_evidence.get("versions_already_redacted", []),
+        "versions_found_redacted": dvc_evidence["versions_already_redacted"],
         "scan": {"files": scan.files, "bytes": scan.bytes, "patterns": scan.patterns, "shared_with_live": shared,
                  "samples": len(closing_ids), "sample_patterns": len(patterns), "samples_not_searched": unsearched,
                  **weights.evidence(), "matches": len(scan.matches), "open_quarantines_not_scanned": len(others),
@@ -330,7 +345,7 @@ def run_purge(project: Project) -> dict[str, Any]:
     record_weight_search(ledger, weights, set(fingerprinted) | set(weights.unsearchable), fingerprint_keys(project),
                          scan.not_scanned)
     for batch_id in to_close:
-        ledger.record_purge(batch_id, evidence)
+        ledger.record_purge(batch_id, {**evidence, **versions_of_batch(dvc_evidence, batch_id)})
         ledger.mark_step([batch_id], "purged", at)
         if retired(batch_id):
             ledger.mark_step([batch_id], "retired", at)

@@ -21,7 +21,7 @@ import io
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,8 @@ def _remove(odb: Any, oids: list[str]) -> None:
         odb.fs.remove([odb.oid_to_path(oid) for oid in oids])
 
 
-def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[str]) -> dict[str, Any]:
+def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[str],
+                       by_batch: Mapping[str, Iterable[str]] | None = None) -> dict[str, Any]:
     """Redact every old data version that holds a deleted sample, in the DVC cache and remote.
 
     Every ``.dir`` object in the local cache and the default remote is a data version. The
@@ -181,10 +182,14 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
         project: The project (a DVC repository).
         deleted_ids: Every deleted sample id.
         batch_ids: The deletion batches this purge completes, recorded with each redaction.
+        by_batch: Every deletion batch's sample ids (pending ones too), to record which batches' samples each
+            redacted version held; None attributes every deleted sample to ``batch_ids``.
 
     Returns:
         Evidence: ``versions_redacted`` (newly), ``versions_already_redacted``,
-        ``objects_removed`` ({"local": n, "remote": n}), ``leftovers_removed`` and
+        ``held_batches`` (each newly redacted version: the batches whose samples its index listed),
+        ``found_held_batches`` (each version found redacted: the batches its redaction record says it held, or
+        None where no record says), ``objects_removed`` ({"local": n, "remote": n}), ``leftovers_removed`` and
         ``current_version``.
 
     Raises:
@@ -195,6 +200,8 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
 
     current = dvc_ops.data_version(project)
     deleted = set(deleted_ids)
+    samples_of = {b: set(ids) for b, ids in (by_batch or dict.fromkeys(batch_ids, deleted)).items()}
+    held: dict[str, list[str]] = {}  # version -> the batches whose samples its index lists (sample ids never kept)
     leftovers = _remove_crash_leftovers(project)
     now = utc_now()
     newly: list[str] = []
@@ -225,6 +232,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
             elif ids and ids & deleted:
                 newly.append(version)
                 redacted.add(version)
+                held[version] = sorted(b for b, samples in samples_of.items() if ids & samples)
         needed = {oid for version in versions if version not in redacted for oid in manifests[version].values()}
         doomed_by_side: dict[str, dict[str, set[str]]] = {}
         for side in odbs:  # an object two redacted versions share is counted once, with the first
@@ -235,7 +243,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                           if oid not in needed and oid in present[side]} - claimed
                 doomed_by_side[side][version] = doomed
                 claimed |= doomed
-        plan = _write_plan(project, newly, doomed_by_side, batch_ids, present)
+        plan = _write_plan(project, newly, held, doomed_by_side, batch_ids, present)
         for side, odb in odbs.items():
             removed_here = 0
             last: list[str] = []  # index objects go last: while one exists, its version is not "redacted"
@@ -257,10 +265,13 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
     # (it is removed by finish_plan once the batches' evidence is saved): the evidence counts it, not this run alone.
     newly = [v for v in [*newly, *already] if v in plan["newly"]]
     already = [v for v in already if v not in newly]
+    recorded = load_redactions(project)
     totals = {side: len(plan["objects"].get(side, [])) for side in (LOCAL, REMOTE)}
     log.info("purge: %d version(s) redacted, %d already redacted, objects removed %s, %d leftover(s) removed",
              len(newly), len(already), totals, leftovers)
     return {"versions_redacted": newly, "versions_already_redacted": already, "objects_removed": totals,
+            "held_batches": {v: plan["held"].get(v, []) for v in newly},
+            "found_held_batches": {v: recorded.get(v, {}).get("held_batches") for v in already},
             "leftovers_removed": leftovers, "current_version": current}
 
 
@@ -282,34 +293,40 @@ def _read_plan(project: Project) -> dict[str, Any] | None:
     sound = (isinstance(plan, dict) and isinstance(plan.get("objects"), dict)
              and all(isinstance(v, list) and all(isinstance(o, str) for o in v) for v in plan["objects"].values())
              and all(isinstance(plan.get(k), list) and all(isinstance(x, str) for x in plan[k])
-                     for k in ("batch_ids", "newly")))
+                     for k in ("batch_ids", "newly"))
+             and isinstance(plan.setdefault("held", {}), dict)
+             and all(isinstance(v, list) and all(isinstance(b, str) for b in v) for v in plan["held"].values()))
     if not sound:
         log.warning("purge: %s is not a plan this pipeline wrote; the objects it named are not counted", path.name)
         return None
     return plan
 
 
-def _write_plan(project: Project, newly: list[str], doomed: dict[str, dict[str, set[str]]],
-                batch_ids: list[str], present: dict[str, set[str]]) -> dict[str, Any]:
+def _write_plan(project: Project, newly: list[str], held: dict[str, list[str]],
+                doomed: dict[str, dict[str, set[str]]], batch_ids: list[str],
+                present: dict[str, set[str]]) -> dict[str, Any]:
     """Write down what the purge of ``batch_ids`` is about to remove, before it removes anything, and return it.
 
     Why: a purge killed between removing objects and recording them (or cut off later, in the scan, and repeated)
     left the next run to find fewer objects, or the versions already redacted, and the batches' evidence and
     certificates said fewer objects were removed than were, down to 0 (review of 2026-12-07). The plan left by an
     interrupted purge is merged into this one: it names object ids (content hashes, no sample data), so an object
-    planned twice counts once. :func:`finish_plan` removes it once the batches' evidence is saved.
+    planned twice counts once. It also names the batches whose samples each version it redacts held, read from
+    the version's index before the index goes. :func:`finish_plan` removes it once the batches' evidence is saved.
     """
-    earlier = _read_plan(project) or {"objects": {}, "batch_ids": [], "newly": []}
+    empty: dict[str, Any] = {"objects": {}, "batch_ids": [], "newly": [], "held": {}}
+    earlier = _read_plan(project) or empty
     if not set(earlier["batch_ids"]) <= set(batch_ids):
         # run_purge repeats an interrupted purge with every batch it named (they stay unpurged until their evidence
         # is saved): a plan naming another batch is left from a purge whose evidence was saved. Not counted again.
-        earlier = {"objects": {}, "batch_ids": [], "newly": []}
+        earlier = empty
     # An object the earlier plan named counts if it is gone now (it was there when planned, so that purge removed
     # it); one still there is counted when this run removes it. A side this run cannot see is not claimed.
     objects = {side: sorted((set(earlier["objects"].get(side, [])) - present[side]).union(*doomed[side].values()))
                for side in doomed}
     plan = {"batch_ids": sorted({*earlier["batch_ids"], *batch_ids}), "newly": sorted({*earlier["newly"], *newly}),
-            "objects": objects}
+            "objects": objects,
+            "held": {v: sorted({*earlier["held"].get(v, []), *held.get(v, [])}) for v in {*earlier["held"], *held}}}
     if any(objects.values()) or plan["newly"]:
         _plan_path(project).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(_plan_path(project), plan)
@@ -353,6 +370,8 @@ def _record(project: Project, newly: list[str], already: list[str], doomed: dict
             counts[side] = len(mine)
         document[version] = {"redacted_at": now, "batch_ids": sorted(batch_ids) if ours else [],
                              "objects_removed": counts}
+        if ours:  # whose samples it held, as its index listed them (a version found redacted: not known)
+            document[version]["held_batches"] = plan["held"].get(version, [])
         if not ours:
             document[version]["found_redacted"] = True  # its index was gone before this purge
         changed = True
@@ -361,7 +380,10 @@ def _record(project: Project, newly: list[str], already: list[str], doomed: dict
 
 
 def load_redactions(project: Project) -> dict[str, dict[str, Any]]:
-    """The recorded redactions: data version -> {redacted_at, batch_ids, objects_removed}.
+    """The recorded redactions: data version -> {redacted_at, batch_ids, objects_removed, held_batches}.
+
+    ``batch_ids``: the batches whose purges removed the version's objects; ``held_batches``: the batches whose
+    samples its index listed when it was redacted (absent for a version found redacted, and in older records).
 
     Args:
         project: The project.

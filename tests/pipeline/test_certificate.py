@@ -314,20 +314,25 @@ def test_matches_found_are_flagged(tmp_path):
     assert '<p class="callout matches-found">3 matches' in page and "matches-zero" not in page.split("</style>")[1]
 
 
-def test_versions_found_redacted_are_not_claimed_and_an_older_record_says_it_cannot_tell(tmp_path):
-    """A batch's purge that found versions already redacted (by an earlier batch) listed them as its own
-    redactions; now they are a row of their own, and a record from before cannot tell the two apart and says so."""
+def test_each_data_version_row_says_what_was_recorded_and_an_older_record_says_it_cannot_tell(tmp_path):
+    """A batch's certificate listed every version its purge redacted or found redacted, those of other batches
+    included; now three rows say how each version relates to the batch, and a record from before says that its
+    list does not tell them apart (review of 2026-12-07)."""
     from tasks.certify import redacted_versions_of
 
-    split = redacted_versions_of({"versions_redacted": ["d-red"], "versions_found_redacted": ["d-found"]})
-    assert split == {"redacted_versions": ["d-red"], "found_redacted_versions": ["d-found"]}
+    split = redacted_versions_of({"versions_redacted": ["d-red"], "versions_redacted_earlier": ["d-earlier"],
+                                  "versions_found_redacted": ["d-found"]})
+    assert split == {"redacted_versions": ["d-red"], "redacted_earlier_versions": ["d-earlier"],
+                     "found_redacted_versions": ["d-found"]}
     old = redacted_versions_of({"versions_redacted": ["d-found", "d-red"]})
     assert old == {"redacted_or_found_redacted_versions": ["d-found", "d-red"]}
-    for data, expected, absent in [
-            (split, ["Redacted by this purge", "d-red", "Found already redacted", "d-found"], "not told apart"),
-            (old, ["not told apart", "d-found", "d-red"], "Redacted by this purge")]:
+    cases = [(split, ["Redacted by this purge", "d-red", "Redacted earlier by a previous purge", "d-earlier",
+                      "no record of the samples", "d-found"], "not told apart"),
+             (old, ["not told apart", "d-found", "d-red"], "Redacted by this purge"),
+             ({"redacted_versions": ["d-found", "d-red"]}, ["not told apart", "d-found", "d-red"], "this purge")]
+    for n, (data, expected, absent) in enumerate(cases):  # the last: a certificate issued before, rendered again
         _, html_path = write_certificate(_certificate(data={"version_before": "d-old", "version_after": "d-new",
-                                                            **data}), {}, tmp_path / absent[:3])
+                                                            **data}), {}, tmp_path / str(n))
         section = html_path.read_text().split('<section id="data">')[1].split("</section>")[0]
         positions = [section.index(text) for text in expected]
         assert positions == sorted(positions) and absent not in section

@@ -196,13 +196,15 @@ def test_a_purge_killed_while_removing_records_what_it_removed_when_it_is_finish
     plan = json.loads((project.data_dir / "purge_plan.json").read_text())
     planned = {side: len(plan["objects"][side]) for side in ("local", "remote")}
     assert planned["local"] == sum(calls) > 0 and plan["batch_ids"] == ["batch-1"] and plan["newly"] == [v1]
+    assert plan["held"] == {v1: ["batch-1"]}  # read from the index before it went: the rerun cannot read it
     assert load_redactions(project) == {}
     monkeypatch.setattr(purge, "_remove", real_remove)
     result = purge_deleted_data(project, ids, ["batch-1"])
     entry = load_redactions(project)[v1]
     assert entry["objects_removed"] == planned == result["objects_removed"] and planned["remote"] > 0
     assert entry["batch_ids"] == ["batch-1"] and "found_redacted" not in entry  # not 0, not "found redacted"
-    assert result["versions_redacted"] == [v1]
+    assert result["versions_redacted"] == [v1] and result["held_batches"] == {v1: ["batch-1"]}
+    assert entry["held_batches"] == ["batch-1"]
     again = purge_deleted_data(project, ids, ["batch-1"])  # repeated before the evidence was saved: the same
     assert again["objects_removed"] == planned and load_redactions(project)[v1]["objects_removed"] == planned
     purge.finish_plan(project)  # run_purge, once the batches' evidence is saved
@@ -352,3 +354,41 @@ def test_a_leftover_whose_process_number_was_reused_goes(tmp_path, monkeypatch):
     made = (data / ".store.old-1").lstat().st_ctime
     monkeypatch.setattr(purge, "_process_start", lambda pid: made + 60)  # number 1 now names a later process
     assert purge._remove_crash_leftovers(project) == 1 and not (data / ".store.old-1").exists()
+
+
+
+def test_each_batch_is_credited_only_with_the_versions_that_held_its_samples(make_project):
+    """Every version a purge redacted or found redacted was listed on the certificate of every batch it closed:
+    a batch closed alone named the version made after its deletion (holding only a pending batch's samples), and
+    batches closed together named each other's (review of 2026-12-07)."""
+    from tasks.lifecycle import versions_of_batch
+
+    project, v0 = _first_version(make_project)
+    _delete(project, "A", 6, seed=1)
+    v1 = _version(project)
+    _delete(project, "B", 6, seed=2)  # pending while A is purged alone (held, or its verification failed)
+    v2 = _version(project)
+
+    def purge(closing):
+        ledger = Ledger(project.ledger_path)
+        by_batch = {b: ledger.batch(b)["sample_ids"] for b in ledger.batches}
+        result = purge_deleted_data(project, ledger.deleted_ids(), closing, by_batch=by_batch)
+        finish_plan(project)
+        return result, {b: {k: sorted(v) for k, v in versions_of_batch(result, b).items()} for b in closing}
+
+    result, own = purge(["A"])
+    assert result["held_batches"] == {v0: ["A", "B"], v1: ["B"]}  # v1 was made after A's deletion
+    assert own["A"] == {"versions_redacted": [v0], "versions_redacted_earlier": [], "versions_found_redacted": []}
+    assert {v: e["held_batches"] for v, e in load_redactions(project).items()} == {v0: ["A", "B"], v1: ["B"]}
+    result, own = purge(["B"])  # both found redacted: recorded then as holding B's samples
+    assert own["B"] == {"versions_redacted": [], "versions_redacted_earlier": sorted([v0, v1]),
+                        "versions_found_redacted": []}
+
+    _delete(project, "C", 6, seed=3)
+    v3 = _version(project)
+    _delete(project, "D", 6, seed=4)
+    _version(project)
+    result, own = purge(["C", "D"])  # closed together
+    assert result["held_batches"] == {v2: ["C", "D"], v3: ["D"]}
+    assert own["C"]["versions_redacted"] == [v2] and own["D"]["versions_redacted"] == sorted([v2, v3])
+    assert own["C"]["versions_redacted_earlier"] == [] and own["C"]["versions_found_redacted"] == []
