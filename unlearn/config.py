@@ -477,6 +477,12 @@ def check_cron(where: str, expression: str) -> None:
 
 
 # A registered name, or "module.path:attribute" (torchvision:<builder> is one of these).
+_MAX_EPOCHS = 10_000
+_MAX_IMAGE_SIZE = 4096
+_MAX_WORKERS = 1024
+_MIN_WATCH_SECONDS = 0.1
+# What Dask's Client takes: an optional scheme, a host name, IPv4 or [IPv6] address, and an optional port.
+_DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 _MODEL_NAME = re.compile(r"[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -493,6 +499,9 @@ def _check_values(params: Params) -> None:
                           f"package.module:factory, got {params.model.name!r}")
     if params.train.epochs < 1 or params.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size: must be >= 1")
+    # Upper bounds far past any real setting: a typo there ran on for ever or allocated without end.
+    if params.train.epochs > _MAX_EPOCHS:
+        raise ConfigError(f"train.epochs: at most {_MAX_EPOCHS}, got {params.train.epochs}")
     if params.train.min_samples < 1:
         raise ConfigError("train.min_samples: must be >= 1")
     # Values that train a broken model without any error (a NaN learning rate registered a chance-level
@@ -504,8 +513,8 @@ def _check_values(params: Params) -> None:
         raise ConfigError(f"train.momentum: must be in [0, 1), got {train.momentum}")
     if not (math.isfinite(train.weight_decay) and train.weight_decay >= 0):
         raise ConfigError(f"train.weight_decay: must be a finite number >= 0, got {train.weight_decay}")
-    if params.data.image_size < 1:
-        raise ConfigError("data.image_size: must be >= 1")
+    if not 1 <= params.data.image_size <= _MAX_IMAGE_SIZE:  # 32000 wanted 12 GB per image before any check
+        raise ConfigError(f"data.image_size: must be between 1 and {_MAX_IMAGE_SIZE}, got {params.data.image_size}")
     if params.seed < 0 or params.data.split_seed < 0:
         raise ConfigError("seed and data.split_seed: must be >= 0")
     if params.requests.max_ids_per_request < 1:
@@ -558,8 +567,11 @@ def _check_values(params: Params) -> None:
     if runner.task_runner not in ("sequential", "threads", "dask"):
         raise ConfigError("orchestration.task_runner: expected sequential, threads or dask, "
                           f"got {runner.task_runner!r}")
-    if runner.max_workers < 1:
-        raise ConfigError("orchestration.max_workers: must be >= 1")
+    if not 1 <= runner.max_workers <= _MAX_WORKERS:
+        raise ConfigError(f"orchestration.max_workers: must be between 1 and {_MAX_WORKERS}, got {runner.max_workers}")
+    if runner.dask_address is not None and not _DASK_ADDRESS.fullmatch(runner.dask_address):
+        raise ConfigError("orchestration.dask_address: expected a Dask scheduler address such as "
+                          f"tcp://host:8786 (or null to start a local cluster), got {runner.dask_address!r}")
     serve = params.serve
     check_cron("serve.cron", serve.cron)
     import zoneinfo
@@ -577,8 +589,10 @@ def _check_values(params: Params) -> None:
     if not 0 < serve.trigger_window_minutes <= _YEAR_SECONDS / 60:
         raise ConfigError(f"serve.trigger_window_minutes: must be > 0 and at most {_YEAR_SECONDS // 60} (a year), "
                           f"got {serve.trigger_window_minutes}")
-    if not 0 < serve.watch_interval_seconds <= 3600:  # the watcher's wait: an hour is already no watching
-        raise ConfigError(f"serve.watch_interval_seconds: must be > 0 and at most 3600, "
+    # The watcher's wait: an hour is already no watching, and below a tenth of a second it polls the inbox and the
+    # Prefect API in a busy loop (a thousand times a second at 0.001) for no gain in latency.
+    if not _MIN_WATCH_SECONDS <= serve.watch_interval_seconds <= 3600:
+        raise ConfigError(f"serve.watch_interval_seconds: must be between {_MIN_WATCH_SECONDS} and 3600, "
                           f"got {serve.watch_interval_seconds}")
     if not 0 <= serve.stop_grace_seconds <= 86_400:  # NaN and infinity too: the stop must stay bounded
         raise ConfigError(f"serve.stop_grace_seconds: must be between 0 and 86400, got {serve.stop_grace_seconds!r}")

@@ -219,6 +219,8 @@ def _profiles_changed(change):
      "unlearn.profiles.fashion_mnist/small_cnn.dlfd: "),
     (lambda p: p["digits/small_cnn"]["salun"].__setitem__("mask_ration", 0.5),  # was blamed on unlearn.methods
      "unlearn.profiles.digits/small_cnn.salun: "),
+    (lambda p: p["digits/small_cnn"]["amun"].__setitem__("epochs", 10**20),  # ran on for ever
+     "unlearn.profiles.digits/small_cnn.amun: method 'amun': epochs must be between 1 and 10000"),
 ])
 def test_every_profile_is_checked_not_only_the_active_one(change, message):
     """A mistyped profile key or method name was ignored, and the tuned values with it (the method ran on its paper

@@ -117,7 +117,7 @@ class MethodSpec:
             )
         hints = _hints(self.fn)
         for name, value in kwargs.items():
-            problem = _type_problem(value, hints.get(name))
+            problem = _type_problem(value, hints.get(name)) or _range_problem(name, value)
             if problem:
                 raise MethodArgumentError(f"method {self.name!r}: {name} {problem}, got {value!r}")
         bound = {name: p.default for name, p in tunable.items()}
@@ -157,6 +157,39 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     if isinstance(value, str) and str in options:
         return None
     return f"expects {_names(options)}"
+
+
+# Iteration counts: a loop this long never ends in practice (``epochs: 10**20`` ran on for ever; review of
+# 2026-12-07). Bounds far above any published setting, so no real configuration meets them.
+_MAX_EPOCHS = 10_000
+_MAX_ITERATIONS = 1_000_000
+_COUNT_SUFFIXES = ("steps", "iters", "doublings", "perturbations", "draws", "inverted", "every")
+
+
+def _range_problem(name: str, value: Any) -> str | None:
+    """Why a keyword's value is out of range by the convention its name follows, or None.
+
+    Why: each method checks its own arguments, but only when it runs, after the baseline and reference models
+    were trained, and nothing bounded the loop counts. The shared names mean the same in every method, so they
+    are checked here, when a keyword is bound (the stages bind every profile's before any training): epochs and
+    iteration counts, learning rates, batch sizes, momentum and weight decay. A method's own checks (a ratio in
+    [0, 1], a known optimiser name) still apply.
+    """
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if name == "epochs":
+        return None if 1 <= value <= _MAX_EPOCHS else f"must be between 1 and {_MAX_EPOCHS}"
+    if name.endswith(_COUNT_SUFFIXES) and isinstance(value, int):
+        return None if 0 <= value <= _MAX_ITERATIONS else f"must be between 0 and {_MAX_ITERATIONS}"
+    if name == "lr" or name.endswith("_lr"):
+        return None if value > 0 else "must be > 0"
+    if name == "batch_size" or name.endswith("_batch_size"):
+        return None if value >= 1 else "must be >= 1"
+    if name == "momentum":
+        return None if 0 <= value < 1 else "must be in [0, 1)"
+    if name in ("weight_decay", "wd"):
+        return None if value >= 0 else "must be >= 0"
+    return None
 
 
 def _names(options: tuple[Any, ...]) -> str:
