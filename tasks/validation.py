@@ -27,7 +27,9 @@ from unlearn.requests import FIELDS, NOT_AN_OBJECT, RAGGED_ROW, RawRequest
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z"
 SAMPLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
 # ASCII digits only: \d would also accept Arabic-Indic and other Unicode digits.
-ISO_8601 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?\Z"
+# A zone offset only after a time: Python reads "2026-12-07+12:00" as noon, no zone (the "+" taken for the date and
+# time separator), so a date with an offset moved a request by up to a day (review of 2026-12-07).
+ISO_8601 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?\Z"
 EARLIEST_RECEIVED = datetime(2000, 1, 1, tzinfo=UTC)  # before any deletion law this pipeline serves
 _SURROGATE = re.compile("[\ud800-\udfff]")
 STRUCTURAL_CODES = ("not_a_request_object", "csv_row_wrong_column_count")
