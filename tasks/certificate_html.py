@@ -315,24 +315,25 @@ def _timeline_section(document: dict[str, Any]) -> str:
 def _data_section(document: dict[str, Any]) -> str:
     data = _section(document, "data")
 
-    def versions(key: str) -> str:
-        if isinstance(data.get(key), list):
-            return ("<ul>" + "".join(f"<li>{_code(v)}</li>" for v in data[key]) + "</ul>") if data[key] else "none"
-        return _escaped(data.get(key))
+    def versions(value: Any) -> str:
+        if isinstance(value, list):
+            return ("<ul>" + "".join(f"<li>{_code(v)}</li>" for v in value) + "</ul>") if value else "none"
+        return _escaped(value)
 
     rows = [("Version before", _code(data.get("version_before"))),
             ("Version after", _code(data.get("version_after")))]
     if "redacted_earlier_versions" in data:
         rows += [("Redacted by this purge (their index listed a sample of this deletion batch)",
-                  versions("redacted_versions")),
+                  versions(data.get("redacted_versions"))),
                  ("Redacted earlier by a previous purge (recorded then as holding a sample of this batch)",
-                  versions("redacted_earlier_versions")),
+                  versions(data.get("redacted_earlier_versions"))),
                  ("Found already redacted, with no record of the samples they held (not claimed here)",
-                  versions("found_redacted_versions"))]
-    else:  # a record, or a certificate, from before versions were attributed to batches
-        key = ("redacted_or_found_redacted_versions" if "redacted_or_found_redacted_versions" in data
-               else "redacted_versions")
-        rows.append(("Redacted, or found already redacted (not told apart in this record)", versions(key)))
+                  versions(data.get("found_redacted_versions")))]
+    else:  # a record, or a certificate, from before versions were attributed to batches: every list it has
+        keys = ("redacted_or_found_redacted_versions", "redacted_versions", "found_redacted_versions")
+        lists = [data[k] for k in keys if isinstance(data.get(k), list)]
+        rows.append(("Redacted, or found already redacted (not told apart in this record)",
+                     versions([v for found in lists for v in found] if lists else data.get("redacted_versions"))))
     return f'<section id="data">\n<h2>Data</h2>\n{_definition_list(rows)}\n</section>'
 
 

@@ -213,19 +213,24 @@ def _quarantined(project: Project, batch_ids: list[str]) -> Arrays | None:
 
 
 def versions_of_batch(dvc_evidence: dict[str, Any], batch_id: str) -> dict[str, list[str]]:
-    """The data versions a batch's certificate names: those whose index listed one of its samples.
+    """The data versions a batch's certificate names, by what was read of each version's index.
 
     Why: every version a purge redacted or found redacted was listed for every batch it closed, so a certificate
     named versions made after its batch's deletion, which never held its samples (review of 2026-12-07). A version
-    this purge redacted is named if its index listed the batch's samples; one found redacted if its redaction
-    record says so; one found redacted with no such record (redacted by hand, or before these records) is listed
-    apart, as not known to have held them.
+    whose index listed one of the batch's samples is named: as redacted by this purge, or earlier. One whose index
+    was read while the batch was known and listed none of its samples is not. One with no such reading (found
+    redacted by hand or before readings were recorded, or read before the batch existed) is listed apart, as not
+    known to have held them.
     """
-    found = dvc_evidence["found_held_batches"]
-    return {"versions_redacted": [v for v in dvc_evidence["versions_redacted"]
-                                  if batch_id in dvc_evidence["held_batches"].get(v, [])],
-            "versions_redacted_earlier": [v for v, held in found.items() if held is not None and batch_id in held],
-            "versions_found_redacted": [v for v, held in found.items() if held is None]}
+    own, earlier, unknown = [], [], []
+    for version in [*dvc_evidence["versions_redacted"], *dvc_evidence["versions_already_redacted"]]:
+        reading = dvc_evidence["readings"].get(version) or {}
+        held, checked = reading.get("held_batches"), reading.get("checked_batches")
+        if held is None or checked is None or batch_id not in {*held, *checked}:
+            unknown.append(version)
+        elif batch_id in held:
+            (own if version in dvc_evidence["versions_redacted"] else earlier).append(version)
+    return {"versions_redacted": own, "versions_redacted_earlier": earlier, "versions_found_redacted": unknown}
 
 
 def run_purge(project: Project) -> dict[str, Any]:

@@ -183,13 +183,14 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
         deleted_ids: Every deleted sample id.
         batch_ids: The deletion batches this purge completes, recorded with each redaction.
         by_batch: Every deletion batch's sample ids (pending ones too), to record which batches' samples each
-            redacted version held; None attributes every deleted sample to ``batch_ids``.
+            redacted version held, and which batches that was checked for; None attributes every deleted
+            sample to ``batch_ids``.
 
     Returns:
         Evidence: ``versions_redacted`` (newly), ``versions_already_redacted``,
-        ``held_batches`` (each newly redacted version: the batches whose samples its index listed),
-        ``found_held_batches`` (each version found redacted: the batches its redaction record says it held, or
-        None where no record says), ``objects_removed`` ({"local": n, "remote": n}), ``leftovers_removed`` and
+        ``readings`` (each version of either list: ``held_batches``, the batches whose samples its index listed
+        when it was read, and ``checked_batches``, every batch known then; both None where no reading was
+        recorded), ``objects_removed`` ({"local": n, "remote": n}), ``leftovers_removed`` and
         ``current_version``.
 
     Raises:
@@ -201,7 +202,8 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
     current = dvc_ops.data_version(project)
     deleted = set(deleted_ids)
     samples_of = {b: set(ids) for b, ids in (by_batch or dict.fromkeys(batch_ids, deleted)).items()}
-    held: dict[str, list[str]] = {}  # version -> the batches whose samples its index lists (sample ids never kept)
+    # version -> what its index said before it went: whose samples it held, of which batches (sample ids never kept)
+    readings: dict[str, dict[str, list[str]]] = {}
     leftovers = _remove_crash_leftovers(project)
     now = utc_now()
     newly: list[str] = []
@@ -232,7 +234,8 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
             elif ids and ids & deleted:
                 newly.append(version)
                 redacted.add(version)
-                held[version] = sorted(b for b, samples in samples_of.items() if ids & samples)
+                readings[version] = {"held_batches": sorted(b for b, samples in samples_of.items() if ids & samples),
+                                     "checked_batches": sorted(samples_of)}
         needed = {oid for version in versions if version not in redacted for oid in manifests[version].values()}
         doomed_by_side: dict[str, dict[str, set[str]]] = {}
         for side in odbs:  # an object two redacted versions share is counted once, with the first
@@ -243,7 +246,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                           if oid not in needed and oid in present[side]} - claimed
                 doomed_by_side[side][version] = doomed
                 claimed |= doomed
-        plan = _write_plan(project, newly, held, doomed_by_side, batch_ids, present)
+        plan = _write_plan(project, newly, readings, doomed_by_side, batch_ids, present)
         for side, odb in odbs.items():
             removed_here = 0
             last: list[str] = []  # index objects go last: while one exists, its version is not "redacted"
@@ -260,7 +263,7 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
                 # push re-checks instead of trusting that removed objects are still there.
                 with closing(get_index(odb)) as index:
                     index.clear()
-    _record(project, newly, already, doomed_by_side, batch_ids, plan, manifests, now)
+    _record(project, newly, already, doomed_by_side, batch_ids, plan, manifests, now, readings)
     # The plan holds every object the purge of these batches removed, over every run an interruption split it into
     # (it is removed by finish_plan once the batches' evidence is saved): the evidence counts it, not this run alone.
     newly = [v for v in [*newly, *already] if v in plan["newly"]]
@@ -270,8 +273,8 @@ def purge_deleted_data(project: Project, deleted_ids: set[str], batch_ids: list[
     log.info("purge: %d version(s) redacted, %d already redacted, objects removed %s, %d leftover(s) removed",
              len(newly), len(already), totals, leftovers)
     return {"versions_redacted": newly, "versions_already_redacted": already, "objects_removed": totals,
-            "held_batches": {v: plan["held"].get(v, []) for v in newly},
-            "found_held_batches": {v: recorded.get(v, {}).get("held_batches") for v in already},
+            "readings": {v: _reading(plan["readings"].get(v) if v in newly else recorded.get(v))
+                         for v in [*newly, *already]},
             "leftovers_removed": leftovers, "current_version": current}
 
 
@@ -294,15 +297,15 @@ def _read_plan(project: Project) -> dict[str, Any] | None:
              and all(isinstance(v, list) and all(isinstance(o, str) for o in v) for v in plan["objects"].values())
              and all(isinstance(plan.get(k), list) and all(isinstance(x, str) for x in plan[k])
                      for k in ("batch_ids", "newly"))
-             and isinstance(plan.setdefault("held", {}), dict)
-             and all(isinstance(v, list) and all(isinstance(b, str) for b in v) for v in plan["held"].values()))
+             # a plan an older release wrote has no readings: its versions' batches are not known
+             and isinstance(plan.setdefault("readings", {}), dict))
     if not sound:
         log.warning("purge: %s is not a plan this pipeline wrote; the objects it named are not counted", path.name)
         return None
     return plan
 
 
-def _write_plan(project: Project, newly: list[str], held: dict[str, list[str]],
+def _write_plan(project: Project, newly: list[str], readings: dict[str, dict[str, list[str]]],
                 doomed: dict[str, dict[str, set[str]]], batch_ids: list[str],
                 present: dict[str, set[str]]) -> dict[str, Any]:
     """Write down what the purge of ``batch_ids`` is about to remove, before it removes anything, and return it.
@@ -311,10 +314,11 @@ def _write_plan(project: Project, newly: list[str], held: dict[str, list[str]],
     left the next run to find fewer objects, or the versions already redacted, and the batches' evidence and
     certificates said fewer objects were removed than were, down to 0 (review of 2026-12-07). The plan left by an
     interrupted purge is merged into this one: it names object ids (content hashes, no sample data), so an object
-    planned twice counts once. It also names the batches whose samples each version it redacts held, read from
-    the version's index before the index goes. :func:`finish_plan` removes it once the batches' evidence is saved.
+    planned twice counts once. It also keeps what each version's index said (the batches whose samples it held,
+    of those known then) before the index goes; a later reading of the same index (a run cut off before
+    removing it) replaces an earlier one. :func:`finish_plan` removes it once the batches' evidence is saved.
     """
-    empty: dict[str, Any] = {"objects": {}, "batch_ids": [], "newly": [], "held": {}}
+    empty: dict[str, Any] = {"objects": {}, "batch_ids": [], "newly": [], "readings": {}}
     earlier = _read_plan(project) or empty
     if not set(earlier["batch_ids"]) <= set(batch_ids):
         # run_purge repeats an interrupted purge with every batch it named (they stay unpurged until their evidence
@@ -325,8 +329,7 @@ def _write_plan(project: Project, newly: list[str], held: dict[str, list[str]],
     objects = {side: sorted((set(earlier["objects"].get(side, [])) - present[side]).union(*doomed[side].values()))
                for side in doomed}
     plan = {"batch_ids": sorted({*earlier["batch_ids"], *batch_ids}), "newly": sorted({*earlier["newly"], *newly}),
-            "objects": objects,
-            "held": {v: sorted({*earlier["held"].get(v, []), *held.get(v, [])}) for v in {*earlier["held"], *held}}}
+            "objects": objects, "readings": {**earlier["readings"], **readings}}
     if any(objects.values()) or plan["newly"]:
         _plan_path(project).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(_plan_path(project), plan)
@@ -338,8 +341,16 @@ def finish_plan(project: Project) -> None:
     _plan_path(project).unlink(missing_ok=True)
 
 
+def _reading(entry: Any) -> dict[str, list[str] | None]:
+    """A version's recorded reading of its index (both fields None where none was recorded)."""
+    entry = entry if isinstance(entry, dict) else {}
+    return {key: entry[key] if isinstance(entry.get(key), list) and all(isinstance(b, str) for b in entry[key])
+            else None for key in ("held_batches", "checked_batches")}
+
+
 def _record(project: Project, newly: list[str], already: list[str], doomed: dict[str, dict[str, set[str]]],
-            batch_ids: list[str], plan: dict[str, Any], manifests: dict[str, dict[str, str]], now: str) -> None:
+            batch_ids: list[str], plan: dict[str, Any], manifests: dict[str, dict[str, str]], now: str,
+            readings: dict[str, dict[str, list[str]]]) -> None:
     """Merge this purge into redactions.json (version -> when, which batches, objects removed).
 
     A version recorded before gains what this run removed of it, and the batches it removed them for. A version
@@ -361,6 +372,9 @@ def _record(project: Project, newly: list[str], already: list[str], doomed: dict
                                         for side in (LOCAL, REMOTE)}
             entry["batch_ids"] = sorted({*entry.get("batch_ids", []), *batch_ids})
             changed = True
+        if version in readings:  # its index was back (a restored version) and was read again: the newer reading
+            document[version].update(readings[version])
+            changed = True
     for version in [v for v in versions if v not in document]:
         ours = version in newly or version in plan["newly"]
         counts = {}
@@ -370,8 +384,8 @@ def _record(project: Project, newly: list[str], already: list[str], doomed: dict
             counts[side] = len(mine)
         document[version] = {"redacted_at": now, "batch_ids": sorted(batch_ids) if ours else [],
                              "objects_removed": counts}
-        if ours:  # whose samples it held, as its index listed them (a version found redacted: not known)
-            document[version]["held_batches"] = plan["held"].get(version, [])
+        if ours and version in plan["readings"]:  # what its index said (found redacted, or an older plan: unknown)
+            document[version].update(plan["readings"][version])
         if not ours:
             document[version]["found_redacted"] = True  # its index was gone before this purge
         changed = True
@@ -380,10 +394,12 @@ def _record(project: Project, newly: list[str], already: list[str], doomed: dict
 
 
 def load_redactions(project: Project) -> dict[str, dict[str, Any]]:
-    """The recorded redactions: data version -> {redacted_at, batch_ids, objects_removed, held_batches}.
+    """The recorded redactions: data version -> {redacted_at, batch_ids, objects_removed, held_batches,
+    checked_batches}.
 
     ``batch_ids``: the batches whose purges removed the version's objects; ``held_batches``: the batches whose
-    samples its index listed when it was redacted (absent for a version found redacted, and in older records).
+    samples its index listed when it was redacted, of ``checked_batches``, every batch known then (both absent
+    for a version found redacted, and in older records).
 
     Args:
         project: The project.

@@ -329,7 +329,10 @@ def test_each_data_version_row_says_what_was_recorded_and_an_older_record_says_i
     cases = [(split, ["Redacted by this purge", "d-red", "Redacted earlier by a previous purge", "d-earlier",
                       "no record of the samples", "d-found"], "not told apart"),
              (old, ["not told apart", "d-found", "d-red"], "Redacted by this purge"),
-             ({"redacted_versions": ["d-found", "d-red"]}, ["not told apart", "d-found", "d-red"], "this purge")]
+             ({"redacted_versions": ["d-found", "d-red"]}, ["not told apart", "d-found", "d-red"], "this purge"),
+             # as c0cb17b wrote them for a while: both lists kept (the second was dropped from the page)
+             ({"redacted_versions": ["d-red"], "found_redacted_versions": ["d-found"]},
+              ["not told apart", "d-red", "d-found"], "this purge")]
     for n, (data, expected, absent) in enumerate(cases):  # the last: a certificate issued before, rendered again
         _, html_path = write_certificate(_certificate(data={"version_before": "d-old", "version_after": "d-new",
                                                             **data}), {}, tmp_path / str(n))

@@ -196,15 +196,16 @@ def test_a_purge_killed_while_removing_records_what_it_removed_when_it_is_finish
     plan = json.loads((project.data_dir / "purge_plan.json").read_text())
     planned = {side: len(plan["objects"][side]) for side in ("local", "remote")}
     assert planned["local"] == sum(calls) > 0 and plan["batch_ids"] == ["batch-1"] and plan["newly"] == [v1]
-    assert plan["held"] == {v1: ["batch-1"]}  # read from the index before it went: the rerun cannot read it
+    # read from the index before it went: the rerun cannot read it
+    assert plan["readings"] == {v1: {"held_batches": ["batch-1"], "checked_batches": ["batch-1"]}}
     assert load_redactions(project) == {}
     monkeypatch.setattr(purge, "_remove", real_remove)
     result = purge_deleted_data(project, ids, ["batch-1"])
     entry = load_redactions(project)[v1]
     assert entry["objects_removed"] == planned == result["objects_removed"] and planned["remote"] > 0
     assert entry["batch_ids"] == ["batch-1"] and "found_redacted" not in entry  # not 0, not "found redacted"
-    assert result["versions_redacted"] == [v1] and result["held_batches"] == {v1: ["batch-1"]}
-    assert entry["held_batches"] == ["batch-1"]
+    assert result["versions_redacted"] == [v1] and result["readings"][v1]["held_batches"] == ["batch-1"]
+    assert entry["held_batches"] == entry["checked_batches"] == ["batch-1"]
     again = purge_deleted_data(project, ids, ["batch-1"])  # repeated before the evidence was saved: the same
     assert again["objects_removed"] == planned and load_redactions(project)[v1]["objects_removed"] == planned
     purge.finish_plan(project)  # run_purge, once the batches' evidence is saved
@@ -360,7 +361,8 @@ def test_a_leftover_whose_process_number_was_reused_goes(tmp_path, monkeypatch):
 def test_each_batch_is_credited_only_with_the_versions_that_held_its_samples(make_project):
     """Every version a purge redacted or found redacted was listed on the certificate of every batch it closed:
     a batch closed alone named the version made after its deletion (holding only a pending batch's samples), and
-    batches closed together named each other's (review of 2026-12-07)."""
+    batches closed together named each other's (review of 2026-12-07). A version whose index was read before a
+    batch existed is listed apart for it, not left out (second review)."""
     from tasks.lifecycle import versions_of_batch
 
     project, v0 = _first_version(make_project)
@@ -376,10 +378,14 @@ def test_each_batch_is_credited_only_with_the_versions_that_held_its_samples(mak
         finish_plan(project)
         return result, {b: {k: sorted(v) for k, v in versions_of_batch(result, b).items()} for b in closing}
 
+    def held(result):
+        return {v: r["held_batches"] for v, r in result["readings"].items()}
+
     result, own = purge(["A"])
-    assert result["held_batches"] == {v0: ["A", "B"], v1: ["B"]}  # v1 was made after A's deletion
+    assert held(result) == {v0: ["A", "B"], v1: ["B"]}  # v1 was made after A's deletion
     assert own["A"] == {"versions_redacted": [v0], "versions_redacted_earlier": [], "versions_found_redacted": []}
-    assert {v: e["held_batches"] for v, e in load_redactions(project).items()} == {v0: ["A", "B"], v1: ["B"]}
+    assert {v: (e["held_batches"], e["checked_batches"]) for v, e in load_redactions(project).items()} == {
+        v0: (["A", "B"], ["A", "B"]), v1: (["B"], ["A", "B"])}
     result, own = purge(["B"])  # both found redacted: recorded then as holding B's samples
     assert own["B"] == {"versions_redacted": [], "versions_redacted_earlier": sorted([v0, v1]),
                         "versions_found_redacted": []}
@@ -389,6 +395,39 @@ def test_each_batch_is_credited_only_with_the_versions_that_held_its_samples(mak
     _delete(project, "D", 6, seed=4)
     _version(project)
     result, own = purge(["C", "D"])  # closed together
-    assert result["held_batches"] == {v2: ["C", "D"], v3: ["D"]}
+    assert {v: held(result)[v] for v in (v2, v3)} == {v2: ["C", "D"], v3: ["D"]}
     assert own["C"]["versions_redacted"] == [v2] and own["D"]["versions_redacted"] == sorted([v2, v3])
-    assert own["C"]["versions_redacted_earlier"] == [] and own["C"]["versions_found_redacted"] == []
+    # v0 and v1 were read before C and D existed (v0 did hold their samples): not known, listed apart
+    assert own["C"]["versions_found_redacted"] == own["D"]["versions_found_redacted"] == sorted([v0, v1])
+    assert own["C"]["versions_redacted_earlier"] == []
+
+
+def test_a_plan_without_readings_claims_no_batch_for_its_versions(make_project, monkeypatch):
+    """A plan an older release wrote names no batches per version: the versions it redacted were recorded as
+    holding no batch's samples and left off every certificate (second review of 2026-12-07)."""
+    from tasks import purge
+    from tasks.lifecycle import versions_of_batch
+
+    project, v1 = _first_version(make_project)
+    deleted = _delete(project, "batch-1", 5, seed=1)
+    _version(project)
+    real_remove, calls = purge._remove, []
+
+    def killed(odb, oids):
+        real_remove(odb, oids)
+        calls.append(len(oids))
+        if len(calls) == 4:  # both sides done, indexes included; nothing recorded
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(purge, "_remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        purge_deleted_data(project, set(deleted.ids.tolist()), ["batch-1"])
+    path = project.data_dir / "purge_plan.json"
+    plan = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in plan.items() if k != "readings"}))  # as an older release wrote it
+    monkeypatch.setattr(purge, "_remove", real_remove)
+    result = purge_deleted_data(project, set(deleted.ids.tolist()), ["batch-1"])
+    assert result["versions_redacted"] == [v1] and result["readings"][v1]["held_batches"] is None
+    assert "held_batches" not in load_redactions(project)[v1]
+    assert versions_of_batch(result, "batch-1") == {"versions_redacted": [], "versions_redacted_earlier": [],
+                                                     "versions_found_redacted": [v1]}
