@@ -205,8 +205,10 @@ _MAX_EPOCHS = 10_000
 _MAX_IMAGE_SIZE = 4096
 _MAX_WORKERS = 1024
 _MIN_WATCH_SECONDS = 0.1
-# What Dask's Client takes: an optional scheme, a host name, IPv4 or [IPv6] address, and an optional port.
-_DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+# What Dask's Client connects to: an optional scheme (any case), a host name, IPv4 or [IPv6] address (a zone
+# id allowed), and a port, which Dask's TCP connector requires (it has no default).
+_DASK_ADDRESS = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\])"
+                           r":(?P<port>\d{1,5})")
 _MODEL_NAME = re.compile(r"[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -293,9 +295,10 @@ def _check_values(params: Params) -> None:
                           f"got {runner.task_runner!r}")
     if not 1 <= runner.max_workers <= _MAX_WORKERS:
         raise ConfigError(f"orchestration.max_workers: must be between 1 and {_MAX_WORKERS}, got {runner.max_workers}")
-    if runner.dask_address is not None and not _DASK_ADDRESS.fullmatch(runner.dask_address):
-        raise ConfigError("orchestration.dask_address: expected a Dask scheduler address such as "
-                          f"tcp://host:8786 (or null to start a local cluster), got {runner.dask_address!r}")
+    address = None if runner.dask_address is None else _DASK_ADDRESS.fullmatch(runner.dask_address)
+    if runner.dask_address is not None and not (address and 1 <= int(address["port"]) <= 65535):
+        raise ConfigError("orchestration.dask_address: expected a Dask scheduler address such as tcp://host:8786, "
+                          f"with a port (or null to start a local cluster), got {runner.dask_address!r}")
     serve = params.serve
     check_cron("serve.cron", serve.cron)
     import zoneinfo

@@ -67,7 +67,8 @@ def test_an_empty_file_is_refused_and_left_out_keys_take_their_defaults(tmp_path
         ({"train": {"epochs": 10**9}}, "train.epochs: at most 10000"),
         ({"data": {"image_size": 32000}}, "data.image_size: must be between 1 and 4096"),
         ({"orchestration": {"max_workers": 10**6}}, "orchestration.max_workers: must be between 1 and 1024"),
-        ({"orchestration": {"dask_address": "http://sched:8786"}}, "orchestration.dask_address: expected a Dask"),
+        ({"orchestration": {"dask_address": "tcp://sched"}}, "orchestration.dask_address: expected a Dask"),  # no port
+        ({"orchestration": {"dask_address": "sched:99999"}}, "orchestration.dask_address: expected a Dask"),
         ({"orchestration": {"dask_address": ""}}, "orchestration.dask_address: expected a Dask"),
         ({"serve": {"trigger_window_minutes": 1e12}}, "serve.trigger_window_minutes: must be > 0 and at most"),
         ({"seed": 2**70}, "seed: expected an integer below 2**63"),

@@ -163,7 +163,8 @@ def test_shared_keywords_out_of_range_are_refused_when_bound(name):
     bad = {"epochs": [0, 10**20], "lr": [0.0, -0.1], "batch_size": [0], "momentum": [1.0, -0.5],
            "weight_decay": [-1e-4], "wd": [-1e-4], "pgd_steps": [-1, 10**9], "sinkhorn_iters": [10**12],
            "msteps": [-1], "retain_batch_size": [0], "inversion_lr": [0.0], "fd_lr": [0.0],
-           "scrub_batch_size": [0], "n_perturbations": [10**7]}
+           "scrub_batch_size": [0], "n_perturbations": [1, 10**7], "check_every": [0], "null_draws": [0],
+           "n_inverted": [0], "lr_step": [0], "probe_batch": [0]}
     checked = 0
     for parameter in _numeric_keywords(name):
         for value in bad.get(parameter.name, []):

@@ -163,7 +163,10 @@ def _type_problem(value: Any, hint: Any) -> str | None:
 # 2026-12-07). Bounds far above any published setting, so no real configuration meets them.
 _MAX_EPOCHS = 10_000
 _MAX_ITERATIONS = 1_000_000
-_COUNT_SUFFIXES = ("steps", "iters", "doublings", "perturbations", "draws", "inverted", "every")
+# Iteration counts by the end of their name, and the least each may be: a loop of steps may be empty, a check
+# every 0 batches divides by zero, a variance from one perturbation is undefined (L-CODEC's needs two).
+_COUNT_MINIMUMS = {"steps": 0, "iters": 0, "doublings": 0, "perturbations": 2, "draws": 1, "inverted": 1,
+                   "every": 1, "_step": 1}
 
 
 def _range_problem(name: str, value: Any) -> str | None:
@@ -172,18 +175,20 @@ def _range_problem(name: str, value: Any) -> str | None:
     Why: each method checks its own arguments, but only when it runs, after the baseline and reference models
     were trained, and nothing bounded the loop counts. The shared names mean the same in every method, so they
     are checked here, when a keyword is bound (the stages bind every profile's before any training): epochs and
-    iteration counts, learning rates, batch sizes, momentum and weight decay. A method's own checks (a ratio in
+    iteration counts (a learning-rate step, ``lr_step``, included), learning rates, batch sizes, momentum and
+    weight decay. A method's own checks (a ratio in
     [0, 1], a known optimiser name) still apply.
     """
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if name == "epochs":
         return None if 1 <= value <= _MAX_EPOCHS else f"must be between 1 and {_MAX_EPOCHS}"
-    if name.endswith(_COUNT_SUFFIXES) and isinstance(value, int):
-        return None if 0 <= value <= _MAX_ITERATIONS else f"must be between 0 and {_MAX_ITERATIONS}"
+    least = next((n for suffix, n in _COUNT_MINIMUMS.items() if name.endswith(suffix)), None)
+    if least is not None and isinstance(value, int):
+        return None if least <= value <= _MAX_ITERATIONS else f"must be between {least} and {_MAX_ITERATIONS}"
     if name == "lr" or name.endswith("_lr"):
         return None if value > 0 else "must be > 0"
-    if name == "batch_size" or name.endswith("_batch_size"):
+    if name == "batch_size" or name.endswith(("_batch_size", "_batch")):
         return None if value >= 1 else "must be >= 1"
     if name == "momentum":
         return None if 0 <= value < 1 else "must be in [0, 1)"
