@@ -145,7 +145,7 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     salt = load_or_create_salt(project.salt_path)
     # Domain-separated from subject hashes: a request id equal to its subject reference must not link the two.
     digest = hash_subject(f"inbox-file-name\x00{request.get('request_id')}", salt).removeprefix("hmac-sha256:")[:12]
-    conflict = _request_id_conflict(project, request, lambda row: check(row).valid)
+    conflict = _request_id_conflict(project, request, lambda row: check(row).valid, salt)
     if conflict:
         raise PipelineError(f"request {request_id} was not queued: its id is already used {conflict}, so ingestion "
                             "would reject it (request_id_conflict); use a new id")
@@ -154,7 +154,8 @@ def submit_request(root: Path, request: dict[str, Any]) -> Path:
     return target
 
 
-def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[[Any], bool]) -> str | None:
+def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[[Any], bool],
+                         salt: bytes) -> str | None:
     """Why ingestion would reject ``request`` as ``request_id_conflict`` (None: it would not).
 
     Why here: ingestion rejects such a request, but only when it runs, after ``submit`` has said "queued".
@@ -164,12 +165,14 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
     order. Every inbox file is read, as ingestion lists and reads them (sorted names, files still being written
     skipped, no symlink followed, nothing but a regular file, a size cap): a client's file drop under any name
     claims an id as a submitted file does (only the files under this id's salted name were read before). "Same
-    content" is :func:`~unlearn.requests.content_digest`, as ingestion compares it.
+    content" is :func:`~unlearn.requests.content_digest`, as ingestion compares it, and the same subject (its
+    salted hash where the ledger recorded one).
 
     Args:
         valid: Whether a queued row passes the checks ingestion runs first (an invalid one claims no id).
+        salt: The project's subject salt.
     """
-    from unlearn.requests import Ledger, parse_request_file, request_digest
+    from unlearn.requests import Ledger, hash_subject, parse_request_file, request_digest
     from unlearn.requests.parsing import skipped_in_inbox
 
     def digest_of(values: dict[str, Any]) -> str | None:
@@ -179,12 +182,19 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
             return None
 
     request_id, mine = request["request_id"], digest_of(request)
+    in_ledger = False  # recorded without a subject: the first repeat waiting in the inbox sets it, as ingestion's does
     if project.ledger_path.exists():
         found = Ledger(project.ledger_path).find_request(request_id)
         if found is not None:
             if found.get("content_digest") is None:
                 return "in the ledger, recorded without a content digest (a repeat cannot be confirmed)"
-            return "in the ledger for different content" if found["content_digest"] != mine else None
+            if found["content_digest"] != mine:
+                return "in the ledger for different content"
+            if found.get("subject_hash"):
+                subject = request.get("subject_ref")
+                other = not isinstance(subject, str) or found["subject_hash"] != hash_subject(subject, salt)
+                return "in the ledger for another subject" if other else None
+            in_ledger = True
     if not project.incoming_dir.is_dir():
         return None
     with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
@@ -192,8 +202,12 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
     for name in names:
         for row in parse_request_file(project.incoming_dir / name).requests:
             if row.values.get("request_id") == request_id and valid(row):
-                same = digest_of(row.values) == mine
-                return None if same else "by a request waiting in the inbox, for different content"
+                if digest_of(row.values) != mine:
+                    if in_ledger:
+                        continue  # ingestion rejects it against the ledger's record: it claims nothing
+                    return "by a request waiting in the inbox, for different content"
+                other = row.values.get("subject_ref") != request.get("subject_ref")
+                return "by a request waiting in the inbox, for another subject" if other else None
     return None
 
 

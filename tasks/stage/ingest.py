@@ -132,12 +132,12 @@ def run_ingest(project: Project) -> dict[str, Any]:
         else:
             wanted = values["sample_ids"]
         content = request_digest(values)
-        routing = router.route(request_id, content, wanted)
+        subject_hash = hash_subject(values["subject_ref"], salt)
+        routing = router.route(request_id, content, wanted, subject_hash)
         if routing.destination == "rejected":
             rejected_lines.append({**where, "request_id": request_id, "reasons": [routing.outcome],
                                    "detail": f"{routing.outcome}: {routing.detail}"})
             continue
-        subject_hash = hash_subject(values["subject_ref"], salt)
         if routing.destination == "acknowledged":
             record = {"outcome": routing.outcome, "at": now, "ingest_id": ingest_id, "subject_hash": subject_hash,
                       "content_digest": content, "covered_by": list(routing.covered_by), "detail": routing.detail}
@@ -172,7 +172,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
         ledger.add_batch(batch_id, [a["request_id"] for a in accepted],
                          [s for a in accepted for s in a["sample_ids"]], now,
                          forget_classes=[a["forget_class"] for a in accepted if a["forget_class"] is not None],
-                         request_digests={a["request_id"]: a["content_digest"] for a in accepted})
+                         request_digests={a["request_id"]: a["content_digest"] for a in accepted},
+                         request_subjects={a["request_id"]: a["subject_hash"] for a in accepted})
     for line in acknowledged:
         ledger.acknowledge(line["request_id"], {k: v for k, v in line.items() if k not in ("request_id", "row")})
     if batch_id is not None:

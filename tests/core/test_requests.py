@@ -86,7 +86,7 @@ def test_find_request_reports_accepted_and_acknowledged_requests(tmp_path):
     reloaded = Ledger(tmp_path / "ledger.json")
     assert reloaded.find_request("r1") == {"kind": "accepted", "request_id": "r1", "batch_id": "b1",
                                            "status": "pending", "created_at": "2026-01-01T00:00:00Z",
-                                           "content_digest": digest}
+                                           "content_digest": digest, "subject_hash": None}
     found = reloaded.find_request("r2")
     assert found["kind"] == "acknowledged" and found["outcome"] == "already_deleted"
     assert found["covered_by"] == ["b1"] and found["repeats"] == 1 and found["last_at"] == "t2"
@@ -170,6 +170,31 @@ def test_router_routes_repeats_conflicts_and_deleted_samples(tmp_path):
     # An old id without a recorded digest is a conflict even for the same content: it cannot be confirmed.
     unknown = route("older", content_digest(sample_ids=["x", "y"]), ["x", "y"])
     assert unknown.outcome == "request_id_conflict" and "without a content digest" in unknown.detail
+
+
+def test_the_same_id_and_content_for_another_subject_is_a_conflict_not_a_repeat(tmp_path):
+    """A second person's request under the same id and samples was acknowledged as "same request" and absorbed:
+    the certificate named the first subject only, and the second got no error (review of 2026-12-07)."""
+    ledger = Ledger(tmp_path / "ledger.json")
+    digest = content_digest(sample_ids=["y", "z"])
+    ledger.add_batch("b1", ["kept"], ["y", "z"], "2026-01-01T00:00:00Z", request_digests={"kept": digest},
+                     request_subjects={"kept": "hmac-sha256:alice"})
+    ledger.add_batch("b0", ["legacy"], ["q"], "2025-12-01T00:00:00Z",
+                     request_digests={"legacy": content_digest(sample_ids=["q"])})  # no subject recorded
+    route = RequestRouter(ledger, "b2").route
+    other = route("kept", digest, ["y", "z"], "hmac-sha256:mallory")
+    assert (other.outcome, other.detail) == ("request_id_conflict",
+                                             "request id already accepted in b1 for another subject; use a new id")
+    assert "mallory" not in other.detail and "alice" not in other.detail
+    assert route("kept", digest, ["y", "z"], "hmac-sha256:alice").outcome == "duplicate"
+    # an older record without a subject hash is compared on content alone, as before
+    assert route("legacy", content_digest(sample_ids=["q"]), ["q"], "hmac-sha256:anyone").outcome == "duplicate"
+    # within one ingest
+    assert route("new", content_digest(sample_ids=["w"]), ["w"], "hmac-sha256:bob").destination == "accepted"
+    again = route("new", content_digest(sample_ids=["w"]), ["w"], "hmac-sha256:carol")
+    assert (again.outcome, again.detail) == ("request_id_conflict",
+                                             "request id used earlier in this ingest for another subject")
+    assert Ledger.find_request(ledger, "kept")["subject_hash"] == "hmac-sha256:alice"
 
 
 def test_hostile_file_names_are_not_parsed_and_are_sanitised(tmp_path):

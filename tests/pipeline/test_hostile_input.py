@@ -424,6 +424,22 @@ def test_submit_refuses_an_id_already_used_for_other_content_and_queues_a_repeat
     submit_request(root, {**first, "request_id": "OLD-1", "sample_ids": ["digits-0100"]})  # a repeat
     assert len(list(incoming.glob("request-*.json"))) == 1
 
+    # the same id and content for another subject: a conflict, not a repeat (it was absorbed as "same request";
+    # review of 2026-12-07), in the inbox and in the ledger; the subject is never echoed
+    with pytest.raises(PipelineError, match="waiting in the inbox, for another subject") as raised:
+        submit_request(root, {**first, "request_id": "OLD-1", "sample_ids": ["digits-0100"], "subject_ref": "mal"})
+    assert "mal" not in str(raised.value)
+    from unlearn.requests import hash_subject, load_or_create_salt
+
+    ledger = Ledger(project.ledger_path)
+    ledger.add_batch("batch-later", ["NEW-1"], ["digits-0200"], "2026-01-02T00:00:00Z",
+                     request_digests={"NEW-1": content_digest(sample_ids=["digits-0200"])},
+                     request_subjects={"NEW-1": hash_subject("s", load_or_create_salt(project.salt_path))})
+    ledger.save()
+    with pytest.raises(PipelineError, match="already used in the ledger for another subject"):
+        submit_request(root, {**first, "request_id": "NEW-1", "sample_ids": ["digits-0200"], "subject_ref": "mal"})
+    submit_request(root, {**first, "request_id": "NEW-1", "sample_ids": ["digits-0200"]})  # its own subject
+
 
 def test_submits_id_check_reads_the_inbox_and_ledger_as_ingestion_does(make_project):
     """A review: submit's first check accepted what ingestion then rejected, hung on a FIFO, crashed on deep JSON."""

@@ -115,6 +115,17 @@ def test_repeated_request_is_acknowledged_and_a_reused_id_is_a_conflict(make_pro
     assert found["kind"] == "accepted" and found["batch_id"] == first["batch_id"]
     assert found["acknowledged"]["outcome"] == "duplicate"
 
+    # The same id and samples from another subject is refused too: it was acknowledged as the same request, and
+    # the second person's deletion absorbed into the first's certificate (review of 2026-12-07).
+    _drop(project, "b2.json", _request("R-1", ["digits-0001", "digits-0002"], subject_ref="mallory@example.com"))
+    other = run_ingest(project)
+    assert (other["accepted"], other["acknowledged"], other["rejected"]) == (0, 0, 1)
+    (conflict,) = _rejected(project)
+    assert conflict["reasons"] == ["request_id_conflict"] and "another subject" in conflict["detail"]
+    assert "mallory" not in json.dumps(_rejected(project)) + project.ledger_path.read_text()
+    for path in project.rejected_dir.glob("*.jsonl"):
+        path.unlink()
+
     # The same id for other samples is refused, not merged and not dropped silently.
     _drop(project, "c.json", _request("R-1", ["digits-0003"]))
     third = run_ingest(project)

@@ -234,7 +234,8 @@ class Ledger:
 
     def add_batch(self, batch_id: str, request_ids: list[str], sample_ids: list[str],
                   created_at: str, forget_classes: list[int] | None = None,
-                  request_digests: dict[str, str] | None = None) -> None:
+                  request_digests: dict[str, str] | None = None,
+                  request_subjects: dict[str, str] | None = None) -> None:
         """Record a new pending batch (call :meth:`save` to persist).
 
         Args:
@@ -245,6 +246,8 @@ class Ledger:
             forget_classes: Labels forgotten as whole classes (class-wise requests).
             request_digests: Request id -> :func:`content_digest`, so a later repeat of an
                 id can be told apart from a conflicting reuse.
+            request_subjects: Request id -> salted subject hash, so the same id and samples sent for
+                another subject is a conflict, not a repeat.
 
         Raises:
             LedgerError: If the batch id exists already.
@@ -256,6 +259,7 @@ class Ledger:
             "sample_ids": sorted(set(sample_ids)), "created_at": created_at, "history": [],
             "forget_classes": sorted(set(forget_classes or [])),
             "request_digests": dict(sorted((request_digests or {}).items())),
+            "request_subjects": dict(sorted((request_subjects or {}).items())),
         }
 
     def acknowledge(self, request_id: str, record: dict[str, Any]) -> None:
@@ -285,9 +289,10 @@ class Ledger:
 
         Returns:
             ``{"kind": "accepted", "request_id", "batch_id", "status", "created_at",
-            "content_digest"}`` (plus ``acknowledged``, the acknowledgement record, when the id
-            was later resent), or ``{"kind": "acknowledged", "request_id", ...record}``, or None
-            if the ledger never saw it (it may still be in a rejection log).
+            "content_digest", "subject_hash"}`` (either None where the batch predates it; plus
+            ``acknowledged``, the acknowledgement record, when the id was later resent), or
+            ``{"kind": "acknowledged", "request_id", ...record}``, or None if the ledger never saw it
+            (it may still be in a rejection log).
         """
         ack = self.acknowledged.get(request_id)
         batch_id = self._request_index().get(request_id)
@@ -296,7 +301,8 @@ class Ledger:
             found = {"kind": "accepted", "request_id": request_id, "batch_id": batch_id,
                      "status": batch["status"], "created_at": batch["created_at"],
                      # None for batches recorded before digests were kept.
-                     "content_digest": batch.get("request_digests", {}).get(request_id)}
+                     "content_digest": batch.get("request_digests", {}).get(request_id),
+                     "subject_hash": batch.get("request_subjects", {}).get(request_id)}
             if ack is not None:
                 found["acknowledged"] = dict(ack)
             return found

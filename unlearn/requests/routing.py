@@ -44,8 +44,8 @@ class RequestRouter:
     """Routes the valid requests of one ingest, in arrival order.
 
     * A request id seen before (in the ledger, accepted or acknowledged, or earlier in this
-      ingest) with the same :func:`content_digest` is acknowledged as a "duplicate": a no-op.
-      With a different digest it is rejected ("request_id_conflict").
+      ingest) with the same :func:`content_digest` and subject is acknowledged as a "duplicate": a
+      no-op. With a different digest, or another subject, it is rejected ("request_id_conflict").
     * Otherwise, ids already deleted by earlier batches are dropped from it: if none is left it
       is acknowledged as "already_deleted" (or "already_requested" while a batch that deletes them is not
       completed), else accepted with the remaining ids. Ids named by
@@ -61,24 +61,31 @@ class RequestRouter:
         self._batch_id = batch_id
         self._deleted_by = ledger.deleted_by()
         self._order = {b: i for i, b in enumerate(ledger.oldest_first())}
-        self._seen: dict[str, tuple[str, Routing]] = {}  # this ingest: id -> (digest, first routing)
+        self._seen: dict[str, tuple[str, str | None, Routing]] = {}  # this ingest: id -> (digest, subject, routing)
 
-    def route(self, request_id: str, digest: str, wanted: Iterable[str]) -> Routing:
+    def route(self, request_id: str, digest: str, wanted: Iterable[str], subject_hash: str | None = None) -> Routing:
         """Decide where one valid request goes.
 
         Args:
             request_id: Its id.
             digest: Its :func:`content_digest`.
             wanted: Every sample id it asks to delete (for a class: the class's training samples).
+            subject_hash: Its salted subject hash. The same id and content for another subject is a conflict:
+                it was acknowledged as "same request" and the second person's request absorbed into the
+                first's, whose certificate names only the first subject (review of 2026-12-07). A record
+                without a subject hash (older ledgers) is compared on content alone, as before.
 
         Returns:
             Its routing; an accepted or acknowledged one is remembered for later repeats.
         """
         if request_id in self._seen:
-            first_digest, first = self._seen[request_id]
+            first_digest, first_subject, first = self._seen[request_id]
             if digest != first_digest:
                 return Routing("rejected", "request_id_conflict",
                                detail="request id used earlier in this ingest for different content")
+            if _other_subject(first_subject, subject_hash):
+                return Routing("rejected", "request_id_conflict",
+                               detail="request id used earlier in this ingest for another subject")
             holder = self._batch_id if first.destination == "accepted" else first.batch_id
             return Routing("acknowledged", "duplicate", batch_id=holder, covered_by=first.covered_by,
                            detail="same request (id and content) earlier in this ingest")
@@ -93,10 +100,13 @@ class RequestRouter:
             if found["content_digest"] != digest:
                 return Routing("rejected", "request_id_conflict",
                                detail=f"request id already {where} for different content; use a new id")
+            if _other_subject(found.get("subject_hash"), subject_hash):
+                return Routing("rejected", "request_id_conflict",
+                               detail=f"request id already {where} for another subject; use a new id")
             routing = Routing("acknowledged", "duplicate", batch_id=found.get("batch_id"),
                               covered_by=tuple(found.get("covered_by", ())),
                               detail=f"same request (id and content) already {where}")
-            self._seen[request_id] = (digest, routing)
+            self._seen[request_id] = (digest, subject_hash, routing)
             return routing
         wanted = sorted(set(wanted))
         fresh = tuple(s for s in wanted if s not in self._deleted_by)
@@ -115,5 +125,10 @@ class RequestRouter:
             routing = Routing("acknowledged", "already_requested", already_deleted_count=len(wanted),
                               covered_by=covered,
                               detail="every sample it names is in earlier requests whose deletion is not finished yet")
-        self._seen[request_id] = (digest, routing)
+        self._seen[request_id] = (digest, subject_hash, routing)
         return routing
+
+
+def _other_subject(recorded: str | None, subject_hash: str | None) -> bool:
+    """Whether two salted subject hashes are known and differ (an older record without one: not known)."""
+    return recorded is not None and subject_hash is not None and recorded != subject_hash
