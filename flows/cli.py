@@ -447,12 +447,18 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
         return 0
     print(f"request {args.request_id}: {status['kind']}")
     for key in ("status", "step", "outcome", "held_until", "held_note", "evidence", "batch_id", "covered_by", "reasons",
-                "certificate", "certificate_status"):
+                "certificate", "certificate_status", "deleted", "detail"):
         if status.get(key) not in (None, [], {}):
             value = status[key]
             print(f"  {key:<12}{', '.join(map(str, value)) if isinstance(value, list) else value}")
     for step, at in sorted((status.get("steps") or {}).items(), key=lambda item: item[1]):
         print(f"  {'':<12}{step:<14}{at}")
+    for batch_id, batch_status in (status.get("covering_batches") or {}).items():  # where an acknowledgement stands
+        purged = "purged" if (status.get("covering_purged") or {}).get(batch_id) else "not purged yet"
+        print(f"  {'covered by':<12}{batch_id}: {batch_status}, {purged}")
+    for rejection in status.get("earlier_rejections") or []:  # a first try, fixed and sent again
+        print(f"  rejected before it was accepted ({', '.join(rejection.get('reasons') or [])}) by ingest "
+              f"{rejection.get('ingest')}")
     for rejection in status.get("later_rejections") or []:  # the same id sent again, e.g. with other content
         print(f"  later sent again and rejected ({', '.join(rejection.get('reasons') or [])}) by ingest "
               f"{rejection.get('ingest')}: the request above stands; a new request needs a new id")
@@ -476,7 +482,8 @@ def _cmd_request_certificate(args: argparse.Namespace) -> int:
         verb = "are deleted" if status.get("deleted", status.get("outcome") != "already_requested") \
             else "are being deleted (not finished yet)"
         raise PipelineError(f"request {args.request_id} was acknowledged ({status.get('outcome')}), not applied: "
-                            f"its samples {verb} by batch(es) {covered}; see the certificates of those requests")
+                            f"its samples {verb} by batch(es) {covered}, whose certificates belong to those batches' "
+                            f"requesters; `unlearn request status {args.request_id}` says when they are deleted")
     if paths is None:
         where = status.get("step") or status.get("kind")
         raise PipelineError(f"request {args.request_id} has no certificate yet (it is {status.get('status', where)}, "

@@ -125,7 +125,8 @@ def _requests(project: Any) -> dict[str, Any]:
         "pending_requests": sum(len(ledger.batch(b)["request_ids"]) for b in counts[Ledger.PENDING]),
         "promoting_batches": len(counts[Ledger.PROMOTING]),
         "completed_batches": len(counts[Ledger.COMPLETED]),
-        "acknowledged_requests": len(ledger.acknowledged),
+        # an accepted request resent later is acknowledged too (a duplicate): it deleted, so it is not counted here
+        "acknowledged_requests": len(set(ledger.acknowledged) - ledger.request_ids()),
         "oldest_pending": counts[Ledger.PENDING][0] if counts[Ledger.PENDING] else None,
     }
 

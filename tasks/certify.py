@@ -516,7 +516,7 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
                             "starting with a letter or digit), so no request has it; it is not repeated here")
     ledger = Ledger(project.ledger_path)
     found = ledger.find_request(request_id)
-    rejections = []
+    rejections, whole_files = [], 0
     for path in sorted(project.rejected_dir.glob("*.jsonl")):
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             try:
@@ -526,8 +526,11 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             if not isinstance(row, dict):  # said, not skipped: the damaged line may be this request's rejection
                 raise PipelineError(f"{path} line {number} is not a JSON object (damaged or edited), so whether "
                                     f"it rejected request {request_id} cannot be told")
-            if row.get("request_id") == request_id:
+            named = row.get("request_ids")  # a file refused for its name: the ids its content held
+            if row.get("request_id") == request_id or (isinstance(named, list) and request_id in named):
                 rejections.append({"ingest": path.stem, "reasons": row.get("reasons")})
+            elif row.get("request_id") is None and row.get("row") is None and not named:
+                whole_files += 1  # a file refused as a whole: the request ids in it were not read
     if found is not None:
         # The content digest is the ledger's key for spotting a resent request, not status: an unsalted hash of
         # the sample ids, which anyone can reverse for a small request by hashing candidate ids (review of
@@ -566,10 +569,38 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
             out["deleted"] = bool(out["covering_batches"]) and all(
                 status == Ledger.COMPLETED and out["covering_purged"][b]
                 for b, status in out["covering_batches"].items())
-        if rejections:  # e.g. the same id sent again with other content (request_id_conflict)
-            out["later_rejections"] = rejections
+        # Ingest ids sort by time: a rejection from before the ingest that accepted or acknowledged the id was a
+        # first try that failed (then fixed and sent again), not a later resend (review of 2026-12-07: every one
+        # was printed as "later sent again and rejected").
+        recorded_by = found.get("batch_id") if found.get("kind") == "accepted" else found.get("ingest_id")
+        earlier = [r for r in rejections if recorded_by and r["ingest"] < recorded_by]
+        if earlier:
+            out["earlier_rejections"] = earlier
+        if len(rejections) > len(earlier):  # e.g. the same id sent again with other content (request_id_conflict)
+            out["later_rejections"] = rejections[len(earlier):]
         return out
+    if _waiting_in_inbox(project, request_id):  # sent (again) and not ingested yet: `request submit` said "queued"
+        return {"kind": "queued", "request_id": request_id,
+                "detail": "waiting in data/requests/incoming; the next pipeline run ingests it",
+                **({"earlier_rejections": rejections} if rejections else {})}
     if rejections:
         return {"kind": "rejected", "request_id": request_id, **rejections[-1], "rejections": rejections}
-    raise PipelineError(f"unknown request id {request_id!r}: not in the ledger, the acknowledgements or the "
-                        "rejection log (requests still in data/requests/incoming are not ingested yet)")
+    unread = (f"; {whole_files} file(s) were refused as a whole (the rejection log in {project.rejected_dir} says "
+              "why), and the request ids in them were not read" if whole_files else "")
+    raise PipelineError(f"unknown request id {request_id!r}: not in the ledger, the acknowledgements, the "
+                        f"rejection log or the inbox{unread}")
+
+
+def _waiting_in_inbox(project: Project, request_id: str) -> bool:
+    """Whether a file in the inbox holds a row with this request id (read as ingestion lists and reads them)."""
+    import os
+
+    from unlearn.requests import parse_request_file
+    from unlearn.requests.parsing import skipped_in_inbox
+
+    if not project.incoming_dir.is_dir():
+        return False
+    with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
+        names = sorted(e.name for e in scan if not skipped_in_inbox(e.name) and not e.is_dir(follow_symlinks=False))
+    return any(row.values.get("request_id") == request_id
+               for name in names for row in parse_request_file(project.incoming_dir / name).requests)

@@ -153,10 +153,12 @@ def run_ingest(project: Project) -> dict[str, Any]:
         })
     bad_files = [p for p in parsed if p.problem is not None]
     for p in bad_files:
+        named = sorted({i for i in map(loggable_request_id, p.refused_request_ids) if i is not None})
         rejected_lines.append({"source_file": recorded[p.name], "row": None, "request_id": None,
                                "reasons": [p.problem.code],
                                "detail": f"{p.problem.code}: {p.problem.detail}"[:500],
-                               "file_size": p.size, "file_sha256": p.sha256})
+                               "file_size": p.size, "file_sha256": p.sha256,
+                               **({"request_ids": named} if named else {})})
     # Write every destination before the ledger (the commit point), under a pending name that no reader takes,
     # and give them their names after the commit: a crash before it left files of an ingest that never happened
     # (`request status` then listed one submission's rejection twice; review of 2026-12-07).

@@ -304,3 +304,64 @@ def test_submits_precheck_agrees_with_ingestions_great_expectations_code_for_cod
         mine = precheck_request(request, **settings)
         assert (mine.reasons, mine.detail) == (verdict.reasons, verdict.detail), request.row
     assert sum(v.valid for v in expected) == 2  # the unchanged request and the class request
+
+
+def test_request_status_tells_first_tries_queued_and_acknowledged_requests_as_they_are(make_project):
+    """Intake review of 2026-12-07: a rejection before the id was accepted was printed as "later sent again and
+    rejected ... a new request needs a new id"; a queued request was "unknown" (exit 2); an acknowledged request's
+    text status left out whether its samples were deleted; `unlearn status` counted resent accepted requests as
+    acknowledged without deleting."""
+    import contextlib
+    import io
+
+    from flows.cli import main
+    from flows.status import collect_status
+
+    project = load_project(make_project(), check_registries=False)
+
+    def status(request_id):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            code = main(["--root", str(project.root), "request", "status", request_id])
+        return code, out.getvalue()
+
+    _drop(project, "a.json", _request("REQ-9", ["no-such-sample"]))
+    run_ingest(project)
+    assert "REQ-9: rejected" in status("REQ-9")[1]
+    _drop(project, "b.json", _request("REQ-9", ["digits-0010"]))  # fixed and sent again
+    code, text = status("REQ-9")
+    assert code == 0 and "REQ-9: queued" in text and "waiting in data/requests/incoming" in text
+    assert status("REQ-404")[0] == 2  # in no log and not in the inbox: unknown
+    run_ingest(project)
+    code, text = status("REQ-9")
+    assert "REQ-9: accepted" in text and "rejected before it was accepted (unknown_sample_id)" in text
+    assert "later sent again" not in text
+    _drop(project, "c.json", _request("REQ-10", ["digits-0010"], subject_ref="bob@example.com"))
+    _drop(project, "d.json", _request("REQ-9", ["digits-0010"]))  # a client's retry: acknowledged as a duplicate
+    run_ingest(project)
+    text = status("REQ-10")[1]
+    assert "outcome     already_requested" in text and "deleted     False" in text
+    assert "covered by" in text and ": pending, not purged yet" in text
+    assert collect_status(project.root, runs=0)["requests"]["acknowledged_requests"] == 1  # REQ-10; REQ-9 deletes
+
+
+def test_a_request_in_a_file_refused_for_its_name_can_be_looked_up(make_project):
+    """A file refused as a whole recorded no request id, so `request status` said "unknown ... still in
+    incoming" about a request whose file was gone (intake review of 2026-12-07). A file refused for its name is
+    read for its ids; one refused for its content is counted in the answer."""
+    from tasks.certify import request_status
+    from tasks.project import PipelineError
+
+    project = load_project(make_project(), check_registries=False)
+    _drop(project, "erase-me@alice.json", _request("REQ-60", ["digits-0001"]))
+    _drop(project, "two.json", b'[{"request_id": "REQ-61", "sample_ids": ["digits-0002"], "received_at": '
+                               b'"2026-11-24T10:00:00Z", "reason": "other", "reason": "gdpr_erasure", '
+                               b'"subject_ref": "s"}]')
+    run_ingest(project)
+    assert not list(project.incoming_dir.iterdir())
+    found = request_status(project, "REQ-60")
+    assert (found["kind"], found["reasons"]) == ("rejected", ["unsafe_file_name"])
+    with pytest.raises(PipelineError, match=r"1 file\(s\) were refused as a whole") as raised:
+        request_status(project, "REQ-61")
+    assert "inbox" in str(raised.value) and "alice" not in json.dumps([json.loads(line) for path in
+                                                                       project.rejected_dir.glob("*.jsonl")
+                                                                       for line in path.read_text().splitlines()])
