@@ -172,6 +172,7 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
         valid: Whether a queued row passes the checks ingestion runs first (an invalid one claims no id).
         salt: The project's subject salt.
     """
+    from tasks.stage.ingest import ingested_entries
     from unlearn.requests import Ledger, hash_subject, parse_request_file, request_digest
     from unlearn.requests.parsing import skipped_in_inbox
 
@@ -199,8 +200,10 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
         return None
     with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
         names = sorted(e.name for e in scan if not skipped_in_inbox(e.name) and not e.is_dir(follow_symlinks=False))
-    for name in names:
-        for row in parse_request_file(project.incoming_dir / name).requests:
+    ingested = ingested_entries(project.requests_dir, names)  # committed by an ingest, not removed: not read again
+    for name in [n for n in names if n not in ingested]:
+        rows = parse_request_file(project.incoming_dir / name, max_rows=project.params.requests.max_rows_per_file)
+        for row in rows.requests:
             if row.values.get("request_id") == request_id and valid(row):
                 if digest_of(row.values) != mine:
                     if in_ledger:
@@ -456,9 +459,11 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
     for batch_id, batch_status in (status.get("covering_batches") or {}).items():  # where an acknowledgement stands
         purged = "purged" if (status.get("covering_purged") or {}).get(batch_id) else "not purged yet"
         print(f"  {'covered by':<12}{batch_id}: {batch_status}, {purged}")
-    for rejection in status.get("earlier_rejections") or []:  # a first try, fixed and sent again
-        print(f"  rejected before it was accepted ({', '.join(rejection.get('reasons') or [])}) by ingest "
-              f"{rejection.get('ingest')}")
+    for key, said in (("earlier_rejections", "rejected before it was accepted"),  # a first try, fixed and resent
+                      ("rejected_before", "rejected earlier"),
+                      ("same_ingest_rejections", "another row with this id was rejected in the same ingest")):
+        for rejection in status.get(key) or []:
+            print(f"  {said} ({', '.join(rejection.get('reasons') or [])}) by ingest {rejection.get('ingest')}")
     for rejection in status.get("later_rejections") or []:  # the same id sent again, e.g. with other content
         print(f"  later sent again and rejected ({', '.join(rejection.get('reasons') or [])}) by ingest "
               f"{rejection.get('ingest')}: the request above stands; a new request needs a new id")

@@ -535,7 +535,7 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
         # The content digest is the ledger's key for spotting a resent request, not status: an unsalted hash of
         # the sample ids, which anyone can reverse for a small request by hashing candidate ids (review of
         # 2026-12-06), so it is never printed.
-        out = {k: v for k, v in found.items() if k != "content_digest"}
+        out = {k: v for k, v in found.items() if k not in ("content_digest", "subject_hash")}
         if isinstance(out.get("acknowledged"), dict):
             out["acknowledged"] = {k: v for k, v in out["acknowledged"].items() if k != "content_digest"}
         batch_id = found.get("batch_id")
@@ -572,17 +572,23 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
         # Ingest ids sort by time: a rejection from before the ingest that accepted or acknowledged the id was a
         # first try that failed (then fixed and sent again), not a later resend (review of 2026-12-07: every one
         # was printed as "later sent again and rejected").
+        # The same ingest: another row with this id, before or after the one recorded (rows are not ordered across
+        # files in the log). A conflict is never earlier: it needs the record it conflicts with (a clock stepped
+        # back must not make it so; third review).
         recorded_by = found.get("batch_id") if found.get("kind") == "accepted" else found.get("ingest_id")
-        earlier = [r for r in rejections if recorded_by and r["ingest"] < recorded_by]
-        if earlier:
-            out["earlier_rejections"] = earlier
-        if len(rejections) > len(earlier):  # e.g. the same id sent again with other content (request_id_conflict)
-            out["later_rejections"] = rejections[len(earlier):]
+        for rejection in rejections:
+            when = ("same_ingest_rejections" if rejection["ingest"] == recorded_by
+                    else "earlier_rejections" if recorded_by and rejection["ingest"] < recorded_by
+                    and "request_id_conflict" not in (rejection.get("reasons") or []) else "later_rejections")
+            out.setdefault(when, []).append(rejection)
         return out
-    if _waiting_in_inbox(project, request_id):  # sent (again) and not ingested yet: `request submit` said "queued"
-        return {"kind": "queued", "request_id": request_id,
-                "detail": "waiting in data/requests/incoming; the next pipeline run ingests it",
-                **({"earlier_rejections": rejections} if rejections else {})}
+    waiting = _waiting_in_inbox(project, request_id)
+    if waiting:  # sent (again) and not ingested yet: `request submit` said "queued"
+        detail = ("waiting in data/requests/incoming; the next pipeline run ingests it" if waiting == "readable" else
+                  "waiting in data/requests/incoming, in a file whose name the next run will refuse "
+                  "(unsafe_file_name): rename the file, or submit the request again")
+        return {"kind": "queued", "request_id": request_id, "detail": detail,
+                **({"rejected_before": rejections} if rejections else {})}
     if rejections:
         return {"kind": "rejected", "request_id": request_id, **rejections[-1], "rejections": rejections}
     unread = (f"; {whole_files} file(s) were refused as a whole (the rejection log in {project.rejected_dir} says "
@@ -591,16 +597,25 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
                         f"rejection log or the inbox{unread}")
 
 
-def _waiting_in_inbox(project: Project, request_id: str) -> bool:
-    """Whether a file in the inbox holds a row with this request id (read as ingestion lists and reads them)."""
+def _waiting_in_inbox(project: Project, request_id: str) -> str | None:
+    """Whether a file the next ingest will read holds this request id: "readable", "unsafe_name" (its file will
+    be refused for its name), or None. Read as ingestion lists and reads them: files an ingest already committed
+    (and could not remove) are left out, and the row cap stops a flood of rows (third review of 2026-12-07)."""
     import os
 
+    from tasks.stage.ingest import ingested_entries
     from unlearn.requests import parse_request_file
     from unlearn.requests.parsing import skipped_in_inbox
 
     if not project.incoming_dir.is_dir():
-        return False
+        return None
     with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
         names = sorted(e.name for e in scan if not skipped_in_inbox(e.name) and not e.is_dir(follow_symlinks=False))
-    return any(row.values.get("request_id") == request_id
-               for name in names for row in parse_request_file(project.incoming_dir / name).requests)
+    names = [n for n in names if n not in ingested_entries(project.requests_dir, names)]
+    for name in names:
+        parsed = parse_request_file(project.incoming_dir / name, max_rows=project.params.requests.max_rows_per_file)
+        if any(row.values.get("request_id") == request_id for row in parsed.requests):
+            return "readable"
+        if request_id in parsed.refused_request_ids:
+            return "unsafe_name"
+    return None

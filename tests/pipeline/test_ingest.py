@@ -365,3 +365,43 @@ def test_a_request_in_a_file_refused_for_its_name_can_be_looked_up(make_project)
     assert "inbox" in str(raised.value) and "alice" not in json.dumps([json.loads(line) for path in
                                                                        project.rejected_dir.glob("*.jsonl")
                                                                        for line in path.read_text().splitlines()])
+
+
+def test_request_status_orders_rejections_it_can_order_and_reads_the_inbox_as_ingestion_does(make_project,
+                                                                                               monkeypatch):
+    """Third review of 2026-12-07: a first try rejected in the ingest that accepted the fix was told as a later
+    resend; a conflict dated earlier by a clock stepped back was "before it was accepted"; a file ingested but not
+    removable stayed "queued" for good; a queued file with an unsafe name was "not in the inbox"."""
+    import contextlib
+    import io
+
+    from flows.cli import main
+    from tasks.certify import request_status
+    from tasks.stage import ingest
+
+    project = load_project(make_project(), check_registries=False)
+
+    def text(request_id):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(["--root", str(project.root), "request", "status", request_id]) == 0
+        return out.getvalue()
+
+    _drop(project, "a.json", _request("REQ-2", ["no-such-sample"]))
+    _drop(project, "b.json", _request("REQ-2", ["digits-0001"]))
+    batch_id = run_ingest(project)["batch_id"]
+    shown = text("REQ-2")
+    assert "another row with this id was rejected in the same ingest (unknown_sample_id)" in shown
+    assert "later sent again" not in shown and "before it was accepted" not in shown
+    # a conflict logged under an ingest id that sorts first (the clock stepped back): still a later resend
+    (project.rejected_dir / "batch-20000101T000000000000Z-0.jsonl").write_text(json.dumps(
+        {"source_file": "x.json", "row": 0, "request_id": "REQ-2", "reasons": ["request_id_conflict"]}) + "\n")
+    assert "later sent again and rejected (request_id_conflict)" in text("REQ-2") and batch_id
+
+    monkeypatch.setattr(ingest, "_remove_entry", lambda *args, **kwargs: False)  # an inbox file it cannot remove
+    _drop(project, "c.json", _request("REQ-5", ["no-such-sample"]))
+    run_ingest(project)
+    assert (project.incoming_dir / "c.json").exists()
+    assert request_status(project, "REQ-5")["kind"] == "rejected"  # not "queued" for good
+    _drop(project, "erase-me@x.json", _request("REQ-3", ["digits-0003"]))
+    found = request_status(project, "REQ-3")
+    assert found["kind"] == "queued" and "unsafe_file_name" in found["detail"]
