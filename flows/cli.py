@@ -172,7 +172,7 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
         valid: Whether a queued row passes the checks ingestion runs first (an invalid one claims no id).
         salt: The project's subject salt.
     """
-    from tasks.stage.ingest import ingested_entries
+    from tasks.stage.ingest import batch_subject, ingested_entries
     from unlearn.requests import Ledger, hash_subject, parse_request_file, request_digest
     from unlearn.requests.parsing import skipped_in_inbox
 
@@ -191,9 +191,11 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
                 return "in the ledger, recorded without a content digest (a repeat cannot be confirmed)"
             if found["content_digest"] != mine:
                 return "in the ledger for different content"
-            if found.get("subject_hash"):
+            recorded = found.get("subject_hash") or (batch_subject(project, request_id, found["batch_id"])
+                                                      if found.get("kind") == "accepted" else None)
+            if recorded:
                 subject = request.get("subject_ref")
-                other = not isinstance(subject, str) or found["subject_hash"] != hash_subject(subject, salt)
+                other = not isinstance(subject, str) or recorded != hash_subject(subject, salt)
                 return "in the ledger for another subject" if other else None
             in_ledger = True
     if not project.incoming_dir.is_dir():

@@ -113,7 +113,8 @@ def run_ingest(project: Project) -> dict[str, Any]:
         reasons=params.requests.reasons, max_ids=params.requests.max_ids_per_request,
         max_clock_skew_seconds=params.requests.max_clock_skew_seconds,
     )
-    router = RequestRouter(ledger, ingest_id)
+    router = RequestRouter(ledger, ingest_id, subject_of=lambda request_id, batch_id: batch_subject(
+        project, request_id, batch_id))
     now = utc_now()
     rejected_lines, acknowledged, accepted = [], [], []
     for verdict in verdicts:
@@ -231,6 +232,17 @@ def inbox_key(name: str, salt: bytes) -> str:
     """The ledger's key for an inbox entry in ``consumed_inbox``: its name as records keep it (a dropped file's name
     may be personal data, kept only as a salted hash; review of 2026-12-07)."""
     return recorded_file_name(name, salt)
+
+
+def batch_subject(project: Project, request_id: str, batch_id: str) -> str | None:
+    """A request's salted subject hash as its batch file records it (None where the file or entry is missing):
+    batches accepted before the ledger kept subject hashes still compare a resend's subject (third review)."""
+    try:
+        document = json.loads((project.batches_dir / f"{batch_id}.json").read_text())
+        found = next((r.get("subject_hash") for r in document["requests"] if r.get("request_id") == request_id), None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def ingested_entries(requests_dir: Path, names: list[str]) -> set[str]:

@@ -405,3 +405,25 @@ def test_request_status_orders_rejections_it_can_order_and_reads_the_inbox_as_in
     _drop(project, "erase-me@x.json", _request("REQ-3", ["digits-0003"]))
     found = request_status(project, "REQ-3")
     assert found["kind"] == "queued" and "unsafe_file_name" in found["detail"]
+
+
+def test_a_batch_accepted_before_subjects_were_kept_still_compares_a_resends_subject(make_project):
+    """A ledger an older release wrote has no subject hashes: the batch file's are used (third review)."""
+    from flows.cli import submit_request
+    from tasks.project import PipelineError
+
+    project = load_project(make_project(), check_registries=False)
+    _drop(project, "a.json", _request("R-1", ["digits-0001"]))
+    run_ingest(project)
+    document = json.loads(project.ledger_path.read_text())
+    for batch in document["batches"].values():
+        batch.pop("request_subjects")  # as an older release wrote it
+    project.ledger_path.write_text(json.dumps(document))
+    with pytest.raises(PipelineError, match="already used in the ledger for another subject"):
+        submit_request(project.root, _request("R-1", ["digits-0001"], subject_ref="mallory@example.com"))
+    _drop(project, "b.json", _request("R-1", ["digits-0001"], subject_ref="mallory@example.com"))
+    _drop(project, "c.json", _request("R-1", ["digits-0001"]))  # the same subject: a repeat
+    result = run_ingest(project)
+    assert (result["rejected"], result["acknowledged"]) == (1, 1)
+    (conflict,) = _rejected(project)
+    assert conflict["reasons"] == ["request_id_conflict"] and "another subject" in conflict["detail"]

@@ -7,7 +7,7 @@ rejected (its id was used for different content).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from unlearn.requests.ledger import Ledger
@@ -54,11 +54,16 @@ class RequestRouter:
     Args:
         ledger: The ledger before this ingest.
         batch_id: The id the new batch will have if anything is accepted.
+        subject_of: For a request a batch accepted before the ledger kept subject hashes: its subject hash as
+            the batch's own file records it (request id, batch id -> hash or None), so an older record is
+            compared on its subject too.
     """
 
-    def __init__(self, ledger: Ledger, batch_id: str) -> None:
+    def __init__(self, ledger: Ledger, batch_id: str,
+                 subject_of: Callable[[str, str], str | None] | None = None) -> None:
         self._ledger = ledger
         self._batch_id = batch_id
+        self._subject_of = subject_of
         self._deleted_by = ledger.deleted_by()
         self._order = {b: i for i, b in enumerate(ledger.oldest_first())}
         self._seen: dict[str, tuple[str, str | None, Routing]] = {}  # this ingest: id -> (digest, subject, routing)
@@ -100,7 +105,10 @@ class RequestRouter:
             if found["content_digest"] != digest:
                 return Routing("rejected", "request_id_conflict",
                                detail=f"request id already {where} for different content; use a new id")
-            if _other_subject(found.get("subject_hash"), subject_hash):
+            recorded = found.get("subject_hash")
+            if recorded is None and found["kind"] == "accepted" and self._subject_of is not None:
+                recorded = self._subject_of(request_id, found["batch_id"])
+            if _other_subject(recorded, subject_hash):
                 return Routing("rejected", "request_id_conflict",
                                detail=f"request id already {where} for another subject; use a new id")
             routing = Routing("acknowledged", "duplicate", batch_id=found.get("batch_id"),
