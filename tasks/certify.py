@@ -320,7 +320,10 @@ def run_certify(project: Project) -> dict[str, Any]:
 
     def retirement_basis(batch_id: str) -> list[Any]:
         entries = ledger.batch(batch_id).get("retirement", {})
-        shown = [[v, e.get("action"), e.get("weights_searched"), e.get("model_id"), e.get("due_at")]
+        # every field of a version the certificate shows (the reason and the retirement time were left out, so a
+        # certificate kept saying what the ledger no longer did)
+        shown = [[v, *(e.get(k) for k in ("action", "weights_searched", "model_id", "due_at", "reason", "retired_at",
+                                          "weights_paths_not_scanned"))]
                  for v, e in sorted(entries.items())]
         return [*shown, sorted(unscanned_of(batch_id)), "retired" in ledger.steps(batch_id)]
 

@@ -582,6 +582,12 @@ def _no_retirement_is_never_read_as_nothing_to_retire(project, root, batch_id, m
     assert len(audit.records(project, "certificate.issued")) == issued + 1
     ledger = Ledger(project.ledger_path)
     assert ledger.batch(batch_id)["certificate_final"] is False and "certificate_retirement" in ledger.batch(batch_id)
+    # what it shows of a version changed (its reason): issued again, so the certificate says what the ledger says
+    ledger.record_retirement(batch_id, "1", {**ledger.batch(batch_id)["retirement"]["1"], "reason": "another"})
+    ledger.save()
+    assert main(["--root", str(root), "stage", "certify"]) == 0
+    assert len(audit.records(project, "certificate.issued")) == issued + 2
+    ledger = Ledger(project.ledger_path)
     ledger.batch(batch_id)["retirement"] = entries
     ledger.save()
     assert main(["--root", str(root), "stage", "certify"]) == 0  # retired: final
