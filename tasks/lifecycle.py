@@ -93,6 +93,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     contaminating = [b for b in completed if ledger.removed_training_samples(b) and rank[b] <= covered_by_champion]
     grace = timedelta(hours=project.params.lifecycle.retirement_grace_hours)
     now = datetime.now(UTC)
+    served = tracking.version_model_id(champion) if champion is not None else None
     actions = []
     for mv in tracking.all_versions(project, client):
         if mv.tags.get("retired") == "true":
@@ -114,11 +115,16 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             continue
         if champion is not None and str(mv.version) == str(champion.version):
             continue
+        if served is not None and tracking.version_model_id(mv) == served:
+            # The champion's own weights under another number (registered by hand): retiring it deleted the
+            # champion's files (review of 2026-12-07). It holds what the champion holds.
+            continue
         covers = rank.get(mv.tags.get("covers_through", ""), -1)
         offending = sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
         if not offending:
             continue
-        reason = f"trained on samples deleted by {len(offending)} batch(es); {successor}"
+        lineage = "" if "covers_through" in mv.tags else "no pipeline lineage (registered outside it): taken as "
+        reason = f"{lineage}trained on samples deleted by {len(offending)} batch(es); {successor}"
         due_at = mv.tags.get("retire_due_at")
         if due_at is None:
             due_at = utc_timestamp(now + grace)

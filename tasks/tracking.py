@@ -562,14 +562,20 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     name, version = model_name(project), str(mv.version)
     if mv.tags.get("retired") == "true":
         return False
-    # search_model_versions does not fill in aliases: read them from the registered model.
-    for alias, target in client.get_registered_model(name).aliases.items():
-        if str(target) == version:
-            client.delete_registered_model_alias(name, alias)
     locations = model_artifact_locations(client, mv)
     if not locations:
         raise PipelineError(f"model version {name}/{version}: its artifact location cannot be determined, so its "
                             "weights cannot be deleted or shown deleted; run `unlearn doctor`")
+    # search_model_versions does not fill in aliases: read them from the registered model.
+    aliases = client.get_registered_model(name).aliases
+    for alias, target in aliases.items():  # the files an alias serves are never deleted (review of 2026-12-07)
+        if str(target) != version and set(model_artifact_locations(client, client.get_model_version(
+                name, str(target)))) & set(locations):
+            raise PipelineError(f"model version {name}/{version} shares its weights with version {target} "
+                                f"({alias}): they are not deleted; run `unlearn doctor`")
+    for alias, target in aliases.items():  # checked first: a refused retirement keeps the rollback target
+        if str(target) == version:
+            client.delete_registered_model_alias(name, alias)
     root = project.artifact_root
     for location in locations:
         if artifacts_remaining(location, root):
