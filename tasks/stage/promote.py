@@ -85,6 +85,10 @@ def run_promote(project: Project) -> dict[str, Any]:
     last_notes = [ledger.last_note(b) for b in state.batches]
     if not passed and all(n.get("outcome") == "verification_failed" and str(n.get("model_version")) == version
                           for n in last_notes):
+        # Rejected by an earlier run: its record is written here if that run stopped between saving the ledger and
+        # the record (review of 2026-12-07: the rejection was then never in the audit log).
+        if not _rejection_recorded(project, version, chosen.run_id):
+            _record_rejection(project, existing, version, state, chosen.run_id, report)
         return write_state(project, "promote", {"status": "rejected", "version": version, "verdict": "fail",
                                                  "method": chosen.method, "unchanged": True,
                                                  **_aliases(project, client)})
@@ -107,14 +111,29 @@ def run_promote(project: Project) -> dict[str, Any]:
             ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "verification_failed",
                                                          "model_version": version, "run_id": chosen.run_id})
         ledger.save()
-        audit.record(project, "model.rejected", model_version=version, batch_ids=state.batches,
-                     attempts=len(state.attempts), failures=len(report["failures"]))
+        _record_rejection(project, existing or tracking.find_version_by_run(project, client, chosen.run_id), version,
+                          state, chosen.run_id, report)
     result = {"status": "promoted" if passed else "rejected", "version": version, "verdict": report["verdict"],
               "evidence": report.get("evidence"), "reason": report.get("reason"), "method": chosen.method,
               "attempts": [[a.method, a.verdict] for a in state.attempts],
               "previous_champion": previous, **_aliases(project, client)}
     log.info("promote: version %s %s", version, result["status"])
     return write_state(project, "promote", result)
+
+
+def _record_rejection(project: Project, mv: Any, version: str, state: Escalation, run_id: str,
+                      report: dict[str, Any]) -> None:
+    """The ``model.rejected`` record, naming the run and the logged model (version numbers restart in another
+    registry)."""
+    audit.record(project, "model.rejected", model_version=version, batch_ids=state.batches,
+                 attempts=len(state.attempts), failures=len(report["failures"]), run_id=run_id,
+                 **(tracking.model_id_field(mv) if mv is not None else {}))
+
+
+def _rejection_recorded(project: Project, version: str, run_id: str) -> bool:
+    """Whether the audit log holds this rejection (a record from before records named the run counts)."""
+    found = audit.records(project, "model.rejected", model_version=version)
+    return any(r.get("run_id") in (None, run_id) for r in found)
 
 
 def chosen_report(project: Project, attempt: Any) -> dict[str, Any]:

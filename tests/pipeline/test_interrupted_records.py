@@ -358,3 +358,29 @@ def test_a_pass_never_promoted_does_not_stay_the_batch_verified_time(champion_pr
     assert ledger.steps(first)["verified"] == ledger.steps(second)["verified"] > earlier
     assert ledger.steps(first)["unlearned"] == ledger.steps(second)["unlearned"]
     assert {ledger.batch(b)["status"] for b in (first, second)} == {"completed"}
+
+
+def test_a_rejection_cut_off_before_its_record_is_recorded_by_the_next_promote(champion_project, monkeypatch):
+    """Promote saved the batches' rejection, then wrote `model.rejected`; killed in between, every later run took
+    the early return for an already-rejected version and the audit log never held the rejection (review of
+    2026-12-07). The exact retrain is made to fail as exact, the one way to the rejected path."""
+    from tasks.project import load_project
+    from tasks.stage import evaluation
+    from unlearn.data import SampleStore
+
+    root, _ = champion_project({**FAST, "unlearn": {**FAST["unlearn"], "method": "retrain", "escalation": []}})
+    project = load_project(root)
+    drop_request(project, "R-X", SampleStore(project.store_dir).split_ids("train")[:4].tolist())
+    monkeypatch.setattr(evaluation.Evaluation, "verdict", property(lambda self: "fail"))
+    monkeypatch.setattr(evaluation.Evaluation, "exact", False, raising=False)
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn")
+    with monkeypatch.context() as patch:
+        _crash_on_record(patch, "model.rejected")
+        with pytest.raises(Crash):
+            run_stages(project, "promote")
+    assert not _events(project, "model.rejected")
+    run_stages(project, "promote")
+    (record,) = _events(project, "model.rejected")
+    assert record["run_id"] and record["model_version"] == "2"
+    run_stages(project, "promote")  # recorded once
+    assert len(_events(project, "model.rejected")) == 1
