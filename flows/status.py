@@ -76,9 +76,17 @@ def _champion(project: Any, client: Any) -> dict[str, Any] | None:
     tags = mv.tags or {}
     previous = tracking.previous_version(project, client)
     return {"version": str(mv.version), "method": tags.get("method"), "role": tags.get("role"),
-            "verdict": tags.get("verdict"), "data_version": tags.get("data_version"),
+            "verdict": _with_evidence(tags), "data_version": tags.get("data_version"),
             "created": _iso(mv.creation_timestamp), "run_id": mv.run_id, "model_name": tracking.model_name(project),
             "previous_version": None if previous is None else str(previous.version)}
+
+
+def _with_evidence(tags: dict[str, Any]) -> str | None:
+    """A verdict tag with how strong its evidence is, where that is not a conclusive test: an exact retrain's
+    "pass" is exact by construction, not a verification that could have failed (review of 2026-12-07: status
+    showed it as a bare "pass")."""
+    verdict, evidence = tags.get("verdict"), tags.get("evidence")
+    return f"{verdict} ({evidence})" if verdict and evidence and evidence != "conclusive" else verdict
 
 
 def _runs(project: Any, client: Any, limit: int) -> list[dict[str, Any]]:
@@ -89,7 +97,7 @@ def _runs(project: Any, client: Any, limit: int) -> list[dict[str, Any]]:
         tags, metrics = run.data.tags, run.data.metrics
         seconds = next((metrics[k] for k in ("train_seconds", "unlearn_seconds") if k in metrics), None)
         out.append({"run_name": run.info.run_name, "stage": tags.get("stage"), "method": tags.get("method"),
-                    "verdict": tags.get("verdict"), "status": run.info.status,
+                    "verdict": _with_evidence(tags), "status": run.info.status,
                     "start_time": _iso(run.info.start_time), "run_id": run.info.run_id,
                     "compute_seconds": None if seconds is None else round(seconds, 2)})
     return out
@@ -134,7 +142,8 @@ def _requests(project: Any) -> dict[str, Any]:
 def _stage_states(project: Any) -> list[dict[str, Any]]:
     """``data/state/<stage>.json``: when each stage last ran, and a few of its numbers."""
     out = []
-    keys = ("status", "version", "skipped", "verdict", "accepted", "rejected", "rows", "certificates", "trained")
+    keys = ("status", "version", "skipped", "verdict", "evidence", "accepted", "rejected", "rows", "certificates",
+            "trained")
     for path in sorted(project.state_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         entry: dict[str, Any] = {"stage": path.stem, "updated": _mtime(path)}
         try:

@@ -146,3 +146,16 @@ def test_a_consolidation_registered_before_a_crash_is_recorded_with_what_its_own
     tags = client.get_model_version(tracking.model_name(project), "2").tags
     assert record["forced"] is True and tags["forced"] == "true" and done["forced"] is True  # the state file agrees
     assert record["deleted_since_exact"] == int(tags["deleted_since_exact"])
+
+
+def test_only_a_version_trained_exactly_counts_as_the_last_exact_model():
+    """A retrain rung that did not verify as the exact retrain and was promoted at low power counted as exact, so
+    the deletions since were under-counted and consolidation came late (review of 2026-12-07)."""
+    from tasks.consolidate import is_exact
+
+    assert is_exact({"method": "train", "verdict": "baseline"})
+    assert is_exact({"method": "retrain", "verdict": "pass", "evidence": "exact"})
+    assert is_exact({"method": "consolidate", "exact": "true", "verdict": "exact"})
+    assert not is_exact({"method": "retrain", "verdict": "inconclusive", "evidence": "low_power"})
+    assert not is_exact({"method": "retrain", "verdict": "fail", "evidence": "conclusive"})
+    assert not is_exact({"method": "amun", "verdict": "pass", "evidence": "conclusive"})

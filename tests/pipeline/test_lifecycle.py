@@ -741,6 +741,10 @@ def test_a_champion_moved_back_past_a_deletion_is_replaced_by_an_exact_retrain(p
     assert str(champion.version) == "3" and champion.tags["method"] == "retrain"
     ledger = Ledger(project.ledger_path)
     assert champion.tags["covers_through"] == ledger.newest(ledger.batches)  # true of an exact retrain
+    from flows.status import collect_status, format_status
+
+    report = collect_status(root, runs=5)  # exact by construction, not a pass that could have failed: said so
+    assert report["champion"]["verdict"] == "pass (exact)" and "verdict pass (exact)" in format_status(report)
     assert not [f for f in diagnose(project) if f.check == "lineage"]
 
     # Each certificate names the data versions whose index listed its batch's samples. The second purge found the
@@ -757,4 +761,20 @@ def test_a_champion_moved_back_past_a_deletion_is_replaced_by_an_exact_retrain(p
     section = page.split('<section id="data">')[1].split("</section>")[0]
     assert section.index("Redacted by this purge") < section.index("no record of") < section.index(
         first["version_before"])
+
+    # The champion's model registered again by hand: the next purge took it for a contaminated version (no lineage
+    # tags) and deleted the champion's own files (review of 2026-12-07). It is left alone now.
+    import mlflow
+
+    mlflow.set_tracking_uri(project.tracking_uri)
+    copy = mlflow.register_model(f"models:/{tracking.version_model_id(champion)}", tracking.model_name(project))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["lifecycle"]["retirement_grace_hours"] = 0  # a contaminated version would go at once
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = load_project(root)
+    run_stages(project, "purge")
+    tags = client.get_model_version(tracking.model_name(project), copy.version).tags
+    assert "retired" not in tags and "retire_due_at" not in tags
+    assert str(tracking.champion_version(project, client).version) == "3"
+    assert not [f for f in diagnose(project) if f.check == "registry"]  # the champion's files are all there
 
