@@ -93,9 +93,22 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     contaminating = [b for b in completed if ledger.removed_training_samples(b) and rank[b] <= covered_by_champion]
     grace = timedelta(hours=project.params.lifecycle.retirement_grace_hours)
     now = datetime.now(UTC)
-    served = tracking.version_model_id(champion) if champion is not None else None
+    versions = tracking.all_versions(project, client)
+    live = [v for v in versions if v.tags.get("retired") != "true"]
+    # One logged model may back several versions (registered again by hand): they hold the same weights, so a
+    # version covers what the best-documented one covers, and files a version under an alias serves are never
+    # deleted while it does (review of 2026-12-07: a copy without lineage tags was retired and the champion's or a
+    # clean version's files went with it; refusing instead wedged every purge).
+    covered_by_model: dict[str | None, int] = {}
+    for v in live:
+        if "covers_through" in v.tags:
+            key = tracking.version_model_id(v)
+            covered_by_model[key] = max(covered_by_model.get(key, -1), rank.get(v.tags["covers_through"], -1))
+    aliases = client.get_registered_model(tracking.model_name(project)).aliases
+    served_by = [(tracking.version_model_id(v), str(v.version), alias)
+                 for alias, target in aliases.items() for v in live if str(v.version) == str(target)]
     actions = []
-    for mv in tracking.all_versions(project, client):
+    for mv in versions:
         if mv.tags.get("retired") == "true":
             # Retired by an earlier run that may have stopped before saving the ledger or appending to
             # the audit log: the registry tombstone is the record, so the evidence is rebuilt from it.
@@ -115,22 +128,24 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             continue
         if champion is not None and str(mv.version) == str(champion.version):
             continue
-        if served is not None and tracking.version_model_id(mv) == served:
-            # The champion's own weights under another number (registered by hand): retiring it deleted the
-            # champion's files (review of 2026-12-07). It holds what the champion holds.
-            continue
-        covers = rank.get(mv.tags.get("covers_through", ""), -1)
+        model = tracking.version_model_id(mv)
+        covers = max(rank.get(mv.tags.get("covers_through", ""), -1), covered_by_model.get(model, -1))
         offending = sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
         if not offending:
             continue
-        lineage = "" if "covers_through" in mv.tags else "no pipeline lineage (registered outside it): taken as "
+        lineage = ("" if "covers_through" in mv.tags or model in covered_by_model
+                   else "no pipeline lineage (registered outside it): taken as ")
         reason = f"{lineage}trained on samples deleted by {len(offending)} batch(es); {successor}"
         due_at = mv.tags.get("retire_due_at")
         if due_at is None:
             due_at = utc_timestamp(now + grace)
             client.set_model_version_tag(tracking.model_name(project), str(mv.version), "retire_due_at", due_at)
-        if _parse(due_at) > now:
-            actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason,
+        sharer = next((f"version {v} ({alias})" for m, v, alias in served_by
+                       if model is not None and m == model and v != str(mv.version)), None)
+        if _parse(due_at) > now or sharer is not None:
+            # due, but its files are what an alias serves: kept (and said) until that alias moves
+            kept = f"; kept while {sharer} serves the same files" if sharer is not None else ""
+            actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **tracking.model_id_field(mv)})
             continue
         at = utc_now()

@@ -159,3 +159,38 @@ def test_only_a_version_trained_exactly_counts_as_the_last_exact_model():
     assert not is_exact({"method": "retrain", "verdict": "inconclusive", "evidence": "low_power"})
     assert not is_exact({"method": "retrain", "verdict": "fail", "evidence": "conclusive"})
     assert not is_exact({"method": "amun", "verdict": "pass", "evidence": "conclusive"})
+
+
+def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_loses_its_files(make_project):
+    """Fourth review of 2026-12-07: a hand-registered copy of the champion's model (no lineage tags), once the
+    champion moved on by a consolidation, was due for retirement: the guard refused on every purge (its files are
+    what `previous` serves), and with that alias removed the purge deleted the clean version's files. A copy covers
+    what the version it copies covers."""
+    import mlflow
+
+    from tasks import tracking
+    from tasks.consolidate import run_consolidate
+    from tasks.lifecycle import run_purge
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root = make_project(SETUP)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
+    mlflow.set_tracking_uri(project.tracking_uri)
+    client = mlflow.MlflowClient()
+    name = tracking.model_name(project)
+    clean = tracking.champion_version(project, client)
+    copy = mlflow.register_model(f"models:/{tracking.version_model_id(clean)}", name)
+    assert run_consolidate(project)["status"] == "consolidated"
+    assert str(client.get_registered_model(name).aliases["previous"]) == str(clean.version)
+    for _ in range(2):
+        run_purge(project)  # no error: nothing is due that an alias serves
+    client.delete_registered_model_alias(name, "previous")
+    run_purge(project)
+    assert client.get_model_version(name, copy.version).tags.get("retired") != "true"
+    (location,) = tracking.model_artifact_locations(client, clean)
+    assert tracking.artifacts_remaining(location, project.artifact_root) > 0  # the clean version's files stay
