@@ -76,17 +76,18 @@ def _champion(project: Any, client: Any) -> dict[str, Any] | None:
     tags = mv.tags or {}
     previous = tracking.previous_version(project, client)
     return {"version": str(mv.version), "method": tags.get("method"), "role": tags.get("role"),
-            "verdict": _with_evidence(tags), "data_version": tags.get("data_version"),
+            "verdict": tags.get("verdict"), "evidence": tags.get("evidence"), "data_version": tags.get("data_version"),
             "created": _iso(mv.creation_timestamp), "run_id": mv.run_id, "model_name": tracking.model_name(project),
             "previous_version": None if previous is None else str(previous.version)}
 
 
-def _with_evidence(tags: dict[str, Any]) -> str | None:
-    """A verdict tag with how strong its evidence is, where that is not a conclusive test: an exact retrain's
-    "pass" is exact by construction, not a verification that could have failed (review of 2026-12-07: status
-    showed it as a bare "pass")."""
-    verdict, evidence = tags.get("verdict"), tags.get("evidence")
-    return f"{verdict} ({evidence})" if verdict and evidence and evidence != "conclusive" else verdict
+def _with_evidence(entry: dict[str, Any]) -> str | None:
+    """A verdict with how strong its evidence is, for the text view, where that is not a conclusive test: an exact
+    retrain's "pass" is exact by construction, not a verification that could have failed (review of 2026-12-07:
+    status showed it as a bare "pass"). The JSON keeps the two apart."""
+    verdict, evidence = entry.get("verdict"), entry.get("evidence")
+    shown = evidence not in (None, "None", "conclusive", verdict)
+    return f"{verdict} ({evidence})" if verdict and shown else verdict
 
 
 def _runs(project: Any, client: Any, limit: int) -> list[dict[str, Any]]:
@@ -97,7 +98,7 @@ def _runs(project: Any, client: Any, limit: int) -> list[dict[str, Any]]:
         tags, metrics = run.data.tags, run.data.metrics
         seconds = next((metrics[k] for k in ("train_seconds", "unlearn_seconds") if k in metrics), None)
         out.append({"run_name": run.info.run_name, "stage": tags.get("stage"), "method": tags.get("method"),
-                    "verdict": _with_evidence(tags), "status": run.info.status,
+                    "verdict": tags.get("verdict"), "evidence": tags.get("evidence"), "status": run.info.status,
                     "start_time": _iso(run.info.start_time), "run_id": run.info.run_id,
                     "compute_seconds": None if seconds is None else round(seconds, 2)})
     return out
@@ -167,6 +168,7 @@ def _last_certificate(project: Any) -> dict[str, Any] | None:
         document = json.loads(path.read_text())
         out["request_id"] = document.get("request_id")
         out["verdict"] = (document.get("verification") or {}).get("verdict")
+        out["evidence"] = (document.get("verification") or {}).get("evidence")
         out["model_version"] = (document.get("model") or {}).get("version")
     except (json.JSONDecodeError, OSError, AttributeError) as exc:
         out["problem"] = _problem(exc)
@@ -331,7 +333,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("\nchampion:")
     if champion:
         lines.append(f"  version {champion['version']} of {champion['model_name']}  method {_cell(champion['method'])}"
-                     f"  verdict {_cell(champion['verdict'])}  created {_cell(champion['created'])}")
+                     f"  verdict {_cell(_with_evidence(champion))}  created {_cell(champion['created'])}")
         lines.append(f"  data version {_cell(champion['data_version'])}"
                      f"  previous {_cell(champion.get('previous_version'))}  run {_cell(champion['run_id'])}")
     elif "registry" in (report.get("problems") or {}):
@@ -363,7 +365,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(header)
         for run in runs:
             lines.append(f"  {_cell(run['start_time']):<22}{_cell(run['run_name'])[:23]:<24}{_cell(run['stage']):<9}"
-                         f"{_cell(run['verdict']):<13} {_cell(run['status']):<9} {_cell(run['compute_seconds'])}")
+                         f"{_cell(_with_evidence(run)):<13} {_cell(run['status']):<9} {_cell(run['compute_seconds'])}")
     else:
         lines.append("  none")
     stages = report.get("stages") or []
@@ -378,7 +380,7 @@ def format_status(report: dict[str, Any]) -> str:
     certificate = report.get("certificate")
     lines.append("\nlast certificate:")
     if certificate:
-        lines.append(f"  request {_cell(certificate.get('request_id'))}  verdict {_cell(certificate.get('verdict'))}"
+        lines.append(f"  request {_cell(certificate.get('request_id'))}  verdict {_cell(_with_evidence(certificate))}"
                      f"  model {_cell(certificate.get('model_version'))}  written {certificate['written']}"
                      f"  ({certificate['total']} in all)")
         lines.append(f"  {certificate['html']}")

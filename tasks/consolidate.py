@@ -41,11 +41,12 @@ EXACT_METHODS = ("train", "retrain", "consolidate")
 def is_exact(tags: dict[str, str]) -> bool:
     """Whether a registered version was trained exactly (never saw a sample deleted before its data version).
 
-    An exact-retrain rung counts only with ``evidence=exact`` (absent on baselines and older versions): one that
+    An exact-retrain rung counts only with ``evidence=exact`` (absent on baselines, "None" on versions whose report
+    predates it): one that
     did not verify as the exact retrain and was promoted at low power is not exact (review of 2026-12-07).
     """
     return tags.get("exact") == "true" or (tags.get("method") in EXACT_METHODS and tags.get("verdict") != "fail"
-                                           and tags.get("evidence", "exact") == "exact")
+                                           and tags.get("evidence", "exact") in ("exact", "None"))
 
 
 def drift(project: Project, client: Any, ledger: Ledger) -> dict[str, Any]:

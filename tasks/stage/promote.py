@@ -87,7 +87,7 @@ def run_promote(project: Project) -> dict[str, Any]:
                           for n in last_notes):
         # Rejected by an earlier run: its record is written here if that run stopped between saving the ledger and
         # the record (review of 2026-12-07: the rejection was then never in the audit log).
-        if not _rejection_recorded(project, version, chosen.run_id):
+        if not _rejection_recorded(project, version, chosen.run_id, existing):
             _record_rejection(project, existing, version, state, chosen.run_id, report)
         return write_state(project, "promote", {"status": "rejected", "version": version, "verdict": "fail",
                                                  "method": chosen.method, "unchanged": True,
@@ -107,12 +107,16 @@ def run_promote(project: Project) -> dict[str, Any]:
         finished = finish_promotions(project, client, ledger, recovering=False)
         previous = state.parent_version
     else:
+        # The record first (it is true once the attempt failed: the version is never promoted), then the ledger: a
+        # crash between the two repeats this branch, and the record is not written twice. The other order lost it
+        # when a new batch arrived before the next run (a fresh escalation never came back here; fourth review).
+        mv = existing or tracking.find_version_by_run(project, client, chosen.run_id)
+        if not _rejection_recorded(project, version, chosen.run_id, mv):
+            _record_rejection(project, mv, version, state, chosen.run_id, report)
         for batch_id in state.batches:
             ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "verification_failed",
                                                          "model_version": version, "run_id": chosen.run_id})
         ledger.save()
-        _record_rejection(project, existing or tracking.find_version_by_run(project, client, chosen.run_id), version,
-                          state, chosen.run_id, report)
     result = {"status": "promoted" if passed else "rejected", "version": version, "verdict": report["verdict"],
               "evidence": report.get("evidence"), "reason": report.get("reason"), "method": chosen.method,
               "attempts": [[a.method, a.verdict] for a in state.attempts],
@@ -130,10 +134,12 @@ def _record_rejection(project: Project, mv: Any, version: str, state: Escalation
                  **(tracking.model_id_field(mv) if mv is not None else {}))
 
 
-def _rejection_recorded(project: Project, version: str, run_id: str) -> bool:
-    """Whether the audit log holds this rejection (a record from before records named the run counts)."""
-    found = audit.records(project, "model.rejected", model_version=version)
-    return any(r.get("run_id") in (None, run_id) for r in found)
+def _rejection_recorded(project: Project, version: str, run_id: str, mv: Any) -> bool:
+    """Whether the audit log holds this rejection: a record naming this run, or one from before records named the
+    run that names no other logged model (version numbers restart in another registry)."""
+    model = tracking.model_id_field(mv).get("model_id") if mv is not None else None
+    return any(r.get("run_id") == run_id or (r.get("run_id") is None and r.get("model_id") in (None, model))
+               for r in audit.records(project, "model.rejected", model_version=version))
 
 
 def chosen_report(project: Project, attempt: Any) -> dict[str, Any]:

@@ -744,7 +744,8 @@ def test_a_champion_moved_back_past_a_deletion_is_replaced_by_an_exact_retrain(p
     from flows.status import collect_status, format_status
 
     report = collect_status(root, runs=5)  # exact by construction, not a pass that could have failed: said so
-    assert report["champion"]["verdict"] == "pass (exact)" and "verdict pass (exact)" in format_status(report)
+    assert (report["champion"]["verdict"], report["champion"]["evidence"]) == ("pass", "exact")
+    assert "verdict pass (exact)" in format_status(report)
     assert not [f for f in diagnose(project) if f.check == "lineage"]
 
     # Each certificate names the data versions whose index listed its batch's samples. The second purge found the
