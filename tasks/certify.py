@@ -213,7 +213,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         parts = []
         if kept:
             parts.append(f"model version(s) {', '.join(kept)} trained on these samples and are scheduled for "
-                         "retirement, kept for rollback until it is due (see 'Due at')")
+                         "retirement, kept for rollback until it is due (see 'Due at'), or while a version with "
+                         "the same files is kept (see its reason)")
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")

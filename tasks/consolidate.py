@@ -46,7 +46,8 @@ def is_exact(tags: dict[str, str]) -> bool:
     did not verify as the exact retrain and was promoted at low power is not exact (review of 2026-12-07).
     """
     return tags.get("exact") == "true" or (tags.get("method") in EXACT_METHODS and tags.get("verdict") != "fail"
-                                           and tags.get("evidence", "exact") in ("exact", "None"))
+                                           and (tags.get("evidence", "exact") == "exact"
+                                                or (tags.get("evidence") == "None" and tags.get("verdict") == "pass")))
 
 
 def drift(project: Project, client: Any, ledger: Ledger) -> dict[str, Any]:

@@ -95,18 +95,34 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     now = datetime.now(UTC)
     versions = tracking.all_versions(project, client)
     live = [v for v in versions if v.tags.get("retired") != "true"]
-    # One logged model may back several versions (registered again by hand): they hold the same weights, so a
-    # version covers what the best-documented one covers, and files a version under an alias serves are never
-    # deleted while it does (review of 2026-12-07: a copy without lineage tags was retired and the champion's or a
-    # clean version's files went with it; refusing instead wedged every purge).
-    covered_by_model: dict[str | None, int] = {}
+    # One logged model may back several versions (registered again by hand): they hold the same weights, so they
+    # cover what the best-documented one covers and retire together, once every one of them is due, and never
+    # while the champion is one of them (reviews of 2026-12-07: a copy without lineage tags was retired and the
+    # champion's or a clean version's files went with it; refusing instead wedged every purge; copies keeping each
+    # other kept contaminated weights for good). A version whose logged model cannot be read is on its own.
+    covered_by_model: dict[str, int] = {}
+    sharing: dict[str, list[str]] = {}
     for v in live:
+        key = tracking.version_model_id(v)
+        if key is None:
+            continue
+        sharing.setdefault(key, []).append(str(v.version))
         if "covers_through" in v.tags:
-            key = tracking.version_model_id(v)
             covered_by_model[key] = max(covered_by_model.get(key, -1), rank.get(v.tags["covers_through"], -1))
-    aliases = client.get_registered_model(tracking.model_name(project)).aliases
-    served_by = [(tracking.version_model_id(v), str(v.version), alias)
-                 for alias, target in aliases.items() for v in live if str(v.version) == str(target)]
+    due_of = {str(v.version): v.tags.get("retire_due_at") for v in live}
+
+    def offending_of(mv: Any) -> list[str]:
+        model = tracking.version_model_id(mv)
+        covers = max(rank.get(mv.tags.get("covers_through", ""), -1),
+                     covered_by_model.get(model, -1) if model is not None else -1)
+        return sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
+
+    for mv in live:  # every due time first: a group's members are weighed against each other's in the loop below
+        if (champion is None or str(mv.version) != str(champion.version)) and offending_of(mv) \
+                and due_of[str(mv.version)] is None:
+            due_of[str(mv.version)] = utc_timestamp(now + grace)
+            client.set_model_version_tag(tracking.model_name(project), str(mv.version), "retire_due_at",
+                                         due_of[str(mv.version)])
     actions = []
     for mv in versions:
         if mv.tags.get("retired") == "true":
@@ -129,28 +145,28 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         if champion is not None and str(mv.version) == str(champion.version):
             continue
         model = tracking.version_model_id(mv)
-        covers = max(rank.get(mv.tags.get("covers_through", ""), -1), covered_by_model.get(model, -1))
-        offending = sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
+        offending = offending_of(mv)
         if not offending:
             continue
-        lineage = ("" if "covers_through" in mv.tags or model in covered_by_model
+        lineage = ("" if "covers_through" in mv.tags or (model is not None and model in covered_by_model)
                    else "no pipeline lineage (registered outside it): taken as ")
         reason = f"{lineage}trained on samples deleted by {len(offending)} batch(es); {successor}"
-        due_at = mv.tags.get("retire_due_at")
-        if due_at is None:
-            due_at = utc_timestamp(now + grace)
-            client.set_model_version_tag(tracking.model_name(project), str(mv.version), "retire_due_at", due_at)
-        sharer = next((f"version {v} ({alias})" for m, v, alias in served_by
-                       if model is not None and m == model and v != str(mv.version)), None)
-        if _parse(due_at) > now or sharer is not None:
-            # due, but its files are what an alias serves: kept (and said) until that alias moves
-            kept = f"; kept while {sharer} serves the same files" if sharer is not None else ""
+        due_at = due_of[str(mv.version)]
+        others = [v for v in sharing.get(model, []) if v != str(mv.version)] if model is not None else []
+        kept = ""
+        if champion is not None and str(champion.version) in others:
+            kept = f"; kept while version {champion.version} (champion) serves the same files"
+        elif _parse(due_at) <= now:
+            later = [v for v in others if due_of.get(v) is not None and _parse(due_of[v]) > now]
+            kept = f"; kept until version {later[0]}, which has the same files, is due" if later else ""
+        if _parse(due_at) > now or kept:
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **tracking.model_id_field(mv)})
             continue
         at = utc_now()
         remember_weight_fingerprints(project, client, mv, loaded=loaded)
-        deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at)
+        deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at,
+                                          sharing=others)
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
                      batch_ids=offending, artifacts_deleted=deleted, **tracking.model_id_field(mv))
         actions.append({"version": str(mv.version), "action": "retired", "reason": reason,

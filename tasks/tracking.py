@@ -533,7 +533,8 @@ def artifacts_remaining(location: str, root: Path | None = None) -> int:
     return count
 
 
-def retire_version(project: Project, client, mv: Any, *, reason: str, batches: list[str], at: str) -> bool:
+def retire_version(project: Project, client, mv: Any, *, reason: str, batches: list[str], at: str,
+                   sharing: list[str] = ()) -> bool:
     """Delete a version's model artifacts; keep its registry entry as a tagged tombstone.
 
     ``artifacts_deleted=true`` is written only after the artifact store lists no file at the
@@ -549,6 +550,7 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
         reason: Why (recorded as a tag).
         batches: The deletion batches that made it retire (recorded, truncated to fit a tag).
         at: ISO-8601 time.
+        sharing: Other versions of the same logged model, retiring with it (their aliases go too).
 
     Returns:
         True when artifacts were deleted (and verified gone) now, False when it was already retired.
@@ -568,13 +570,15 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
                             "weights cannot be deleted or shown deleted; run `unlearn doctor`")
     # search_model_versions does not fill in aliases: read them from the registered model.
     aliases = client.get_registered_model(name).aliases
-    for alias, target in aliases.items():  # the files an alias serves are never deleted (review of 2026-12-07)
-        if str(target) != version and set(model_artifact_locations(client, client.get_model_version(
-                name, str(target)))) & set(locations):
+    going = {version, *map(str, sharing)}
+    for alias, target in aliases.items():  # the files a live alias serves are never deleted (review of 2026-12-07)
+        other = client.get_model_version(name, str(target)) if str(target) not in going else None
+        if other is not None and other.tags.get("retired") != "true" and set(
+                model_artifact_locations(client, other)) & set(locations):
             raise PipelineError(f"model version {name}/{version} shares its weights with version {target} "
                                 f"({alias}): they are not deleted; run `unlearn doctor`")
     for alias, target in aliases.items():  # checked first: a refused retirement keeps the rollback target
-        if str(target) == version:
+        if str(target) in going:
             client.delete_registered_model_alias(name, alias)
     root = project.artifact_root
     for location in locations:

@@ -159,6 +159,9 @@ def test_only_a_version_trained_exactly_counts_as_the_last_exact_model():
     assert not is_exact({"method": "retrain", "verdict": "inconclusive", "evidence": "low_power"})
     assert not is_exact({"method": "retrain", "verdict": "fail", "evidence": "conclusive"})
     assert not is_exact({"method": "amun", "verdict": "pass", "evidence": "conclusive"})
+    # reports from before evidence was recorded tag it "None": a pass counts, a low-power promotion does not
+    assert is_exact({"method": "retrain", "verdict": "pass", "evidence": "None"})
+    assert not is_exact({"method": "retrain", "verdict": "inconclusive", "evidence": "None"})
 
 
 def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_loses_its_files(make_project):
@@ -194,3 +197,33 @@ def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_l
     assert client.get_model_version(name, copy.version).tags.get("retired") != "true"
     (location,) = tracking.model_artifact_locations(client, clean)
     assert tracking.artifacts_remaining(location, project.artifact_root) > 0  # the clean version's files stay
+
+
+def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make_project):
+    """Fifth review of 2026-12-07: two versions of one contaminated logged model, each under an alias, kept each
+    other ("kept while version N serves the same files") on every purge, so the deleted samples' weights stayed."""
+    import mlflow
+
+    from tasks import tracking
+    from tasks.lifecycle import run_purge
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    root = make_project(SETUP)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
+    mlflow.set_tracking_uri(project.tracking_uri)
+    client = mlflow.MlflowClient()
+    name = tracking.model_name(project)
+    baseline = client.get_model_version(name, "1")  # trained on R-1's samples; `previous` after the promotion
+    copy = mlflow.register_model(f"models:/{tracking.version_model_id(baseline)}", name)
+    client.set_registered_model_alias(name, "backup", copy.version)
+    (location,) = tracking.model_artifact_locations(client, baseline)
+    run_purge(project)
+    for version in ("1", str(copy.version)):
+        assert client.get_model_version(name, version).tags.get("retired") == "true", version
+    assert set(client.get_registered_model(name).aliases) == {"champion"}
+    assert tracking.artifacts_remaining(location, project.artifact_root) == 0
