@@ -102,14 +102,16 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     # other kept contaminated weights for good). A version whose logged model cannot be read is on its own.
     covered_by_model: dict[str, int] = {}
     sharing: dict[str, list[str]] = {}
-    for v in live:
+    for v in versions:  # a tombstone's lineage still describes its model (a crash between two members' retirements)
         key = tracking.version_model_id(v)
         if key is None:
             continue
-        sharing.setdefault(key, []).append(str(v.version))
+        if v.tags.get("retired") != "true":
+            sharing.setdefault(key, []).append(str(v.version))
         if "covers_through" in v.tags:
             covered_by_model[key] = max(covered_by_model.get(key, -1), rank.get(v.tags["covers_through"], -1))
     due_of = {str(v.version): v.tags.get("retire_due_at") for v in live}
+    by_version = {str(v.version): v for v in live}
 
     def offending_of(mv: Any) -> list[str]:
         model = tracking.version_model_id(mv)
@@ -164,7 +166,9 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
                             "batches": offending, "due_at": due_at, **tracking.model_id_field(mv)})
             continue
         at = utc_now()
-        remember_weight_fingerprints(project, client, mv, loaded=loaded)
+        going = [str(mv.version), *others]
+        for member in going:  # every member's before the shared files go (a later one could not be read)
+            remember_weight_fingerprints(project, client, by_version[member], loaded=loaded, group=going)
         deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at,
                                           sharing=others)
         audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,

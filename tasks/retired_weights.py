@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def _read_fingerprints(project: Project) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def live_weights(project: Project, client: Any, *, besides: str | None = None,
+def live_weights(project: Project, client: Any, *, besides: str | Collection[str] | None = None,
                  loaded: dict[str, dict[str, np.ndarray]] | None = None) -> list[dict[str, np.ndarray]]:
     """The weights of every version whose artifacts legitimately stay (not retired), except ``besides``.
 
@@ -110,10 +111,11 @@ def live_weights(project: Project, client: Any, *, besides: str | None = None,
     then still trip any fingerprint it shares, which errs towards a failed scan, never a false clean one.
     """
     memo = {} if loaded is None else loaded
+    left_out = {besides} if isinstance(besides, str) else set(besides or ())
     states = []
     for mv in tracking.all_versions(project, client):
         version = str(mv.version)
-        if mv.tags.get("retired") == "true" or version == besides:
+        if mv.tags.get("retired") == "true" or version in left_out:
             continue
         if version not in memo:
             try:  # the stored state dict, not a rebuilt model: a factory that no longer imports must not hide it
@@ -127,7 +129,8 @@ def live_weights(project: Project, client: Any, *, besides: str | None = None,
 
 
 def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
-                                 loaded: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+                                 loaded: dict[str, dict[str, np.ndarray]] | None = None,
+                                 group: Collection[str] = ()) -> None:
     """Keep byte fingerprints of a version's weights before they are deleted (hex, in local state).
 
     Fingerprints are taken where the version's bytes differ from every live version's
@@ -143,6 +146,10 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
     occurs in this version's weights; otherwise (another model, no fingerprint, weights unreadable) it is kept under a
     name of its own too, which errs safely: its fingerprints are still searched for, and this version is at worst named
     unsearchable, never taken as searched for.
+
+    ``group``: the versions of the same logged model retiring with it: their bytes are this version's, so they are
+    not live weights to tell it apart from (every fingerprint was dropped as "shared with a live version", and the
+    copies were never searched for; review of 2026-12-07).
     """
     from unlearn.forensics import weight_patterns, weights_blob
 
@@ -182,7 +189,8 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
     if state is None:
         raw[version] = {}
     else:
-        patterns = weight_patterns(state, avoid=live_weights(project, client, besides=version, loaded=loaded))
+        patterns = weight_patterns(state, avoid=live_weights(project, client, besides={version, *group},
+                                                              loaded=loaded))
         raw[version] = {k: v.hex() for k, v in patterns.items()}
         if not patterns:
             log.warning("retire: version %s has no weights of its own to fingerprint (no run of bytes apart "
