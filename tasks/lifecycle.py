@@ -96,8 +96,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     versions = tracking.all_versions(project, client)
     live = [v for v in versions if v.tags.get("retired") != "true"]
     # One logged model may back several versions (registered again by hand): they hold the same weights, so they
-    # cover what the best-documented one covers and retire together, once every one of them is due, and never
-    # while the champion is one of them (reviews of 2026-12-07: a copy without lineage tags was retired and the
+    # cover what the best-documented one covers (a copy of the champion's is never offending) and retire together,
+    # once every one of them is due (reviews of 2026-12-07: a copy without lineage tags was retired and the
     # champion's or a clean version's files went with it; refusing instead wedged every purge; copies keeping each
     # other kept contaminated weights for good). A version whose logged model cannot be read is on its own.
     covered_by_model: dict[str, int] = {}
@@ -155,12 +155,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         reason = f"{lineage}trained on samples deleted by {len(offending)} batch(es); {successor}"
         due_at = due_of[str(mv.version)]
         others = [v for v in sharing.get(model, []) if v != str(mv.version)] if model is not None else []
-        kept = ""
-        if champion is not None and str(champion.version) in others:
-            kept = f"; kept while version {champion.version} (champion) serves the same files"
-        elif _parse(due_at) <= now:
-            later = [v for v in others if due_of.get(v) is not None and _parse(due_of[v]) > now]
-            kept = f"; kept until version {later[0]}, which has the same files, is due" if later else ""
+        # (a copy of the champion's model covers what the champion covers: it is never offending)
+        later = [v for v in others if due_of.get(v) is not None and _parse(due_of[v]) > now]
+        kept = f"; kept until version {later[0]}, which has the same files, is due" if later and _parse(
+            due_at) <= now else ""
         if _parse(due_at) > now or kept:
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **tracking.model_id_field(mv)})
