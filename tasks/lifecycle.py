@@ -159,6 +159,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         later = [v for v in others if due_of.get(v) is not None and _parse(due_of[v]) > now]
         kept = f"; kept until version {later[0]}, which has the same files, is due" if later and _parse(
             due_at) <= now else ""
+        if model is None and _parse(due_at) <= now:
+            # Registered from a bare path, with no logged model: its files cannot be located, so they can be neither
+            # deleted nor shown deleted. Kept, and said so, instead of failing every purge (review of 2026-12-07).
+            kept = "; its files cannot be located (no logged model): not deleted, `unlearn doctor` names it"
         if _parse(due_at) > now or kept:
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **tracking.model_id_field(mv)})

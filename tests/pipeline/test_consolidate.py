@@ -233,3 +233,40 @@ def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make
 
     fingerprints = retired_weight_fingerprints(project)
     assert fingerprints["1"] and fingerprints[str(copy.version)]
+
+
+def test_a_due_version_whose_files_cannot_be_located_is_kept_and_said_not_a_wedge(make_project, tmp_path):
+    """A version registered from a bare path has no logged model: its files cannot be located, and every purge
+    failed on it ("its artifact location cannot be determined"; sixth review of 2026-12-07)."""
+    import shutil
+
+    import mlflow
+
+    from tasks import tracking
+    from tasks.lifecycle import run_purge
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+    from unlearn.requests import Ledger
+
+    root = make_project(SETUP)
+    project = load_project(root)
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
+    mlflow.set_tracking_uri(project.tracking_uri)
+    client = mlflow.MlflowClient()
+    name = tracking.model_name(project)
+    (location,) = tracking.model_artifact_locations(client, client.get_model_version(name, "1"))
+    bare = tmp_path / "hand-copy"
+    from urllib.parse import unquote, urlparse
+
+    shutil.copytree(unquote(urlparse(location).path) if location.startswith("file:") else location, bare)
+    loose = client.create_model_version(name, source=str(bare))
+    assert tracking.version_model_id(loose) is None
+    for _ in range(2):
+        run_purge(project)  # no error
+    (batch_id,) = Ledger(project.ledger_path).batches
+    entry = Ledger(project.ledger_path).batch(batch_id)["retirement"][str(loose.version)]
+    assert entry["action"] == "scheduled" and "cannot be located" in entry["reason"]
+    assert client.get_model_version(name, "1").tags.get("retired") == "true"  # the rest of the purge went on
