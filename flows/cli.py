@@ -172,9 +172,8 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
         valid: Whether a queued row passes the checks ingestion runs first (an invalid one claims no id).
         salt: The project's subject salt.
     """
-    from tasks.stage.ingest import batch_subject, ingested_entries
-    from unlearn.requests import Ledger, hash_subject, parse_request_file, request_digest
-    from unlearn.requests.parsing import skipped_in_inbox
+    from tasks.stage.ingest import batch_subject, waiting_files
+    from unlearn.requests import Ledger, hash_subject, request_digest
 
     def digest_of(values: dict[str, Any]) -> str | None:
         try:
@@ -198,14 +197,8 @@ def _request_id_conflict(project: Any, request: dict[str, Any], valid: Callable[
                 other = not isinstance(subject, str) or recorded != hash_subject(subject, salt)
                 return "in the ledger for another subject" if other else None
             in_ledger = True
-    if not project.incoming_dir.is_dir():
-        return None
-    with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
-        names = sorted(e.name for e in scan if not skipped_in_inbox(e.name) and not e.is_dir(follow_symlinks=False))
-    ingested = ingested_entries(project.requests_dir, names)  # committed by an ingest, not removed: not read again
-    for name in [n for n in names if n not in ingested]:
-        rows = parse_request_file(project.incoming_dir / name, max_rows=project.params.requests.max_rows_per_file)
-        for row in rows.requests:
+    for parsed in waiting_files(project):
+        for row in parsed.requests:
             if row.values.get("request_id") == request_id and valid(row):
                 if digest_of(row.values) != mine:
                     if in_ledger:

@@ -603,21 +603,10 @@ def request_status(project: Project, request_id: str) -> dict[str, Any]:
 
 def _waiting_in_inbox(project: Project, request_id: str) -> str | None:
     """Whether a file the next ingest will read holds this request id: "readable", "unsafe_name" (its file will
-    be refused for its name), or None. Read as ingestion lists and reads them: files an ingest already committed
-    (and could not remove) are left out, and the row cap stops a flood of rows (third review of 2026-12-07)."""
-    import os
+    be refused for its name), or None (read as ingestion reads them: :func:`tasks.stage.ingest.waiting_files`)."""
+    from tasks.stage.ingest import waiting_files
 
-    from tasks.stage.ingest import ingested_entries
-    from unlearn.requests import parse_request_file
-    from unlearn.requests.parsing import skipped_in_inbox
-
-    if not project.incoming_dir.is_dir():
-        return None
-    with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
-        names = sorted(e.name for e in scan if not skipped_in_inbox(e.name) and not e.is_dir(follow_symlinks=False))
-    names = [n for n in names if n not in ingested_entries(project.requests_dir, names)]
-    for name in names:
-        parsed = parse_request_file(project.incoming_dir / name, max_rows=project.params.requests.max_rows_per_file)
+    for parsed in waiting_files(project):
         if any(row.values.get("request_id") == request_id for row in parsed.requests):
             return "readable"
         if request_id in parsed.refused_request_ids:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from unlearn.data import load_source
 from unlearn.files import utc_now, write_json_atomic, write_jsonl_atomic
 from unlearn.requests import (
     Ledger,
+    ParsedFile,
     RequestRouter,
     file_sha256,
     hash_subject,
@@ -243,6 +245,20 @@ def batch_subject(project: Project, request_id: str, batch_id: str) -> str | Non
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return found if isinstance(found, str) else None
+
+
+def waiting_files(project: Project) -> Iterator[ParsedFile]:
+    """The inbox files the next ingest will read, parsed as it parses them, in its order (sorted names): upload
+    names and folders left out, as are files an ingest already committed and could not remove; the row cap applies,
+    so a flood of rows is refused, not decoded. For `request submit`'s and `request status`'s look at the inbox."""
+    if not project.incoming_dir.is_dir():
+        return
+    with os.scandir(project.incoming_dir) as scan:  # DirEntry type checks do not follow symlinks
+        names = sorted(e.name for e in scan if not skipped_in_inbox(e.name) and not e.is_dir(follow_symlinks=False))
+    committed = ingested_entries(project.requests_dir, names)
+    for name in names:
+        if name not in committed:
+            yield parse_request_file(project.incoming_dir / name, max_rows=project.params.requests.max_rows_per_file)
 
 
 def ingested_entries(requests_dir: Path, names: list[str]) -> set[str]:

@@ -164,6 +164,24 @@ def test_only_a_version_trained_exactly_counts_as_the_last_exact_model():
     assert not is_exact({"method": "retrain", "verdict": "inconclusive", "evidence": "None"})
 
 
+def _promoted_after_a_deletion(make_project):
+    """A baseline (version 1) and, after a 3% deletion, its unlearned successor as champion (version 2, with
+    `previous` on version 1): the project, an MLflow client and the registered model's name."""
+    import mlflow
+
+    from tasks import tracking
+    from tasks.project import load_project
+    from unlearn.data import SampleStore
+
+    project = load_project(make_project(SETUP))
+    run_stages(project, "ingest", "prepare", "train")
+    train_ids = SampleStore(project.store_dir).split_ids("train")
+    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
+    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
+    mlflow.set_tracking_uri(project.tracking_uri)
+    return project, mlflow.MlflowClient(), tracking.model_name(project)
+
+
 def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_loses_its_files(make_project):
     """Fourth review of 2026-12-07: a hand-registered copy of the champion's model (no lineage tags), once the
     champion moved on by a consolidation, was due for retirement: the guard refused on every purge (its files are
@@ -174,18 +192,8 @@ def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_l
     from tasks import tracking
     from tasks.consolidate import run_consolidate
     from tasks.lifecycle import run_purge
-    from tasks.project import load_project
-    from unlearn.data import SampleStore
 
-    root = make_project(SETUP)
-    project = load_project(root)
-    run_stages(project, "ingest", "prepare", "train")
-    train_ids = SampleStore(project.store_dir).split_ids("train")
-    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
-    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
-    mlflow.set_tracking_uri(project.tracking_uri)
-    client = mlflow.MlflowClient()
-    name = tracking.model_name(project)
+    project, client, name = _promoted_after_a_deletion(make_project)
     clean = tracking.champion_version(project, client)
     copy = mlflow.register_model(f"models:/{tracking.version_model_id(clean)}", name)
     assert run_consolidate(project)["status"] == "consolidated"
@@ -206,18 +214,8 @@ def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make
 
     from tasks import tracking
     from tasks.lifecycle import run_purge
-    from tasks.project import load_project
-    from unlearn.data import SampleStore
 
-    root = make_project(SETUP)
-    project = load_project(root)
-    run_stages(project, "ingest", "prepare", "train")
-    train_ids = SampleStore(project.store_dir).split_ids("train")
-    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
-    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
-    mlflow.set_tracking_uri(project.tracking_uri)
-    client = mlflow.MlflowClient()
-    name = tracking.model_name(project)
+    project, client, name = _promoted_after_a_deletion(make_project)
     baseline = client.get_model_version(name, "1")  # trained on R-1's samples; `previous` after the promotion
     copy = mlflow.register_model(f"models:/{tracking.version_model_id(baseline)}", name)
     client.set_registered_model_alias(name, "backup", copy.version)
@@ -240,23 +238,11 @@ def test_a_due_version_whose_files_cannot_be_located_is_kept_and_said_not_a_wedg
     failed on it ("its artifact location cannot be determined"; sixth review of 2026-12-07)."""
     import shutil
 
-    import mlflow
-
     from tasks import tracking
     from tasks.lifecycle import run_purge
-    from tasks.project import load_project
-    from unlearn.data import SampleStore
     from unlearn.requests import Ledger
 
-    root = make_project(SETUP)
-    project = load_project(root)
-    run_stages(project, "ingest", "prepare", "train")
-    train_ids = SampleStore(project.store_dir).split_ids("train")
-    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
-    run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
-    mlflow.set_tracking_uri(project.tracking_uri)
-    client = mlflow.MlflowClient()
-    name = tracking.model_name(project)
+    project, client, name = _promoted_after_a_deletion(make_project)
     (location,) = tracking.model_artifact_locations(client, client.get_model_version(name, "1"))
     bare = tmp_path / "hand-copy"
     from urllib.parse import unquote, urlparse
