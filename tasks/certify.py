@@ -116,7 +116,7 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         "data": {"version_after": None, **redacted_versions_of(batch.get("purge", {}))},
         "purge": batch.get("purge", {}),
         "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
-                                     **{k: e[k] for k in ("model_id",) if e.get(k)},
+                                     **{k: e[k] for k in ("model_id", "held") if e.get(k)},
                                      "artifacts_deleted": e.get("action") == "retired",
                                      "weights_searched": e.get("weights_searched"),
                                      **{k: e[k] for k in ("weights_paths_not_scanned",) if e.get(k)}}
@@ -193,15 +193,16 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         if entry["step"] == "verified" and entry["at"] and verification.get("verdict"):
             entry.update(verdict=verification["verdict"], evidence=verification.get("evidence"))
     versions = certificate["retirement"]["versions"]
-    kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"]]
+    kept = [str(v["version"]) for v in versions if not v["artifacts_deleted"] and not v.get("held")]
+    held = [str(v["version"]) for v in versions if not v["artifacts_deleted"] and v.get("held")]
     unsearched = [str(v["version"]) for v in versions if v["artifacts_deleted"] and str(v["version"]) in unscanned]
     # Purged but not marked retired, with nothing recorded: the purge could not tell which versions trained on the
     # samples (no champion, no withdrawal), so "no versions retired" would be a guess (review of 2026-12-07).
     undetermined = (not versions and "retired" not in steps and ledger.removed_training_samples(batch_id))
-    if certificate["status"] == "complete" and (kept or unsearched or undetermined):
+    if certificate["status"] == "complete" and (kept or held or unsearched or undetermined):
         # the timeline's "retired" time is not the batch's retirement while a version it needs is still kept
         for entry in certificate["timeline"]:
-            if entry["step"] == "retired" and kept:
+            if entry["step"] == "retired" and (kept or held):
                 entry["at"] = None
         # Interim, not complete: a model version that trained on these samples is kept loadable (rollback) until its
         # retirement falls due (lifecycle.retirement_grace_hours), or was retired but the project not yet searched
@@ -215,6 +216,11 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
             parts.append(f"model version(s) {', '.join(kept)} trained on these samples and are scheduled for "
                          "retirement, kept for rollback until it is due (see 'Due at'), or while a version with "
                          "the same files is kept (see its reason)")
+        if held:  # not "kept for rollback": the pipeline cannot delete these files (review of 2026-12-07)
+            parts.append(f"model version(s) {', '.join(held)} trained on these samples and are due for retirement, "
+                         "but their files are not deleted by the pipeline (located nowhere, outside the project's "
+                         "artifact store, or tangled with another version's; see the reason): an operator must deal "
+                         "with them, `unlearn doctor` names them")
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import tracking
+from tasks import model_files, tracking
 from tasks.audit import audit_key
 from tasks.project import PipelineError, Project, open_quarantines
 
@@ -141,11 +141,11 @@ def _unrecorded_certificates(project: Project, issued: list[dict[str, Any]]) -> 
 
 def _files_left(project: Project, client: Any, mv: Any) -> tuple[int | None, str | None]:
     """(files listed at the version's artifact locations, or None) and why it could not be counted."""
-    locations = tracking.model_artifact_locations(client, mv)
+    locations = model_files.model_artifact_locations(client, mv)
     if not locations:
         return None, "its artifact location cannot be determined"
     try:
-        return sum(tracking.artifacts_remaining(loc, project.artifact_root) for loc in locations), None
+        return sum(model_files.artifacts_remaining(loc, project.artifact_root) for loc in locations), None
     except PipelineError as exc:
         return None, str(exc)
 
@@ -209,10 +209,19 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                                                          "copies elsewhere on disk cannot be found"))
     # (version, model id or "") -> batches whose ledger entry still says "scheduled"
     scheduled: dict[tuple[str, str], list[str]] = {}
+    held: dict[str, str] = {}  # version -> the reason its due retirement is held (files it may not delete)
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "scheduled":
                 scheduled.setdefault((version, _scheduled_model(entry, versions.get(version))), []).append(batch_id)
+                if entry.get("held"):
+                    held[version] = str(entry["held"])
+    for version, reason in sorted(held.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
+        mv = versions.get(version)
+        if mv is not None and mv.tags.get("retired") != "true":
+            findings.append(Finding("registry", f"version {version}", "due for retirement, but the pipeline does not "
+                                    f"delete its files ({reason}): they stay until an operator removes them, and the "
+                                    "certificates of the batches that scheduled it stay interim"))
 
     def order(key: tuple[str, str]) -> tuple[int, str]:
         return int(key[0]) if key[0].isdigit() else -1, key[1]

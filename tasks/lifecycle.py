@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import audit, tracking
+from tasks import audit, model_files, tracking
 from tasks.project import PipelineError, Project, open_quarantines, quarantine_path, read_quarantine
 from tasks.retired_weights import (
     fingerprint_keys,
@@ -95,17 +95,19 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     now = datetime.now(UTC)
     versions = tracking.all_versions(project, client)
     live = [v for v in versions if v.tags.get("retired") != "true"]
-    # One logged model may back several versions (registered again by hand): they hold the same weights, so they
-    # cover what the best-documented one covers (a copy of the champion's is never offending) and retire together,
-    # once every one of them is due (reviews of 2026-12-07: a copy without lineage tags was retired and the
-    # champion's or a clean version's files went with it; refusing instead wedged every purge; copies keeping each
-    # other kept contaminated weights for good). A version whose logged model cannot be read is on its own.
+    # Versions on the same files (one logged model registered again, or a version registered by hand from another's
+    # model folder) hold the same weights, so they cover what the best-documented one covers (a copy of the
+    # champion's is never offending) and retire together, once every one of them is due (reviews of 2026-12-07: a
+    # copy without lineage tags was retired and the champion's or a clean version's files went with it; refusing
+    # instead wedged every purge; copies keeping each other kept contaminated weights for good; a copy registered from
+    # a bare path was never grouped, and its files went with the original's). Files the pipeline may not delete
+    # (none located, outside the artifact store, or a folder holding or inside another live version's) are kept.
+    located = {str(v.version): model_files.model_artifact_locations(client, v) for v in versions}
+    group_of = {version: model_files.files_key(where) or f"version {version}" for version, where in located.items()}
     covered_by_model: dict[str, int] = {}
     sharing: dict[str, list[str]] = {}
-    for v in versions:  # a tombstone's lineage still describes its model (a crash between two members' retirements)
-        key = tracking.version_model_id(v)
-        if key is None:
-            continue
+    for v in versions:  # a tombstone's lineage still describes its files (a crash between two members' retirements)
+        key = group_of[str(v.version)]
         if v.tags.get("retired") != "true":
             sharing.setdefault(key, []).append(str(v.version))
         if "covers_through" in v.tags:
@@ -113,10 +115,19 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     due_of = {str(v.version): v.tags.get("retire_due_at") for v in live}
     by_version = {str(v.version): v for v in live}
 
+    def held_because(version: str) -> str | None:
+        """Why these files are not deleted now, whoever is due: said in the version's reason."""
+        problem = model_files.undeletable_reason(project, located[version])
+        if problem:
+            return problem
+        tangled = sorted((v for v in by_version if group_of[v] != group_of[version]
+                          and model_files.locations_overlap(located[v], located[version])), key=int)
+        return (f"its files and version {tangled[0]}'s lie one inside the other (registered by hand from a folder "
+                "above or inside a model's)") if tangled else None
+
     def offending_of(mv: Any) -> list[str]:
-        model = tracking.version_model_id(mv)
         covers = max(rank.get(mv.tags.get("covers_through", ""), -1),
-                     covered_by_model.get(model, -1) if model is not None else -1)
+                     covered_by_model.get(group_of[str(mv.version)], -1))
         return sorted((b for b in contaminating if rank[b] > covers), key=rank.get)
 
     for mv in live:  # every due time first: a group's members are weighed against each other's in the loop below
@@ -125,7 +136,13 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             due_of[str(mv.version)] = utc_timestamp(now + grace)
             client.set_model_version_tag(tracking.model_name(project), str(mv.version), "retire_due_at",
                                          due_of[str(mv.version)])
-    actions = []
+    def reason_of(mv: Any, offending: list[str]) -> str:
+        lineage = ("" if "covers_through" in mv.tags or group_of[str(mv.version)] in covered_by_model
+                   else "no pipeline lineage (registered outside it): taken as ")
+        return f"{lineage}trained on samples deleted by {len(offending)} batch(es); {successor}"
+
+    actions: list[dict[str, Any]] = []
+    retired_now: set[str] = set()
     for mv in versions:
         if mv.tags.get("retired") == "true":
             # Retired by an earlier run that may have stopped before saving the ledger or appending to
@@ -146,42 +163,49 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             continue
         if champion is not None and str(mv.version) == str(champion.version):
             continue
-        model = tracking.version_model_id(mv)
+        if str(mv.version) in retired_now:  # with a version on the same files, earlier in this loop
+            continue
+        key = group_of[str(mv.version)]
         offending = offending_of(mv)
         if not offending:
             continue
-        lineage = ("" if "covers_through" in mv.tags or (model is not None and model in covered_by_model)
-                   else "no pipeline lineage (registered outside it): taken as ")
-        reason = f"{lineage}trained on samples deleted by {len(offending)} batch(es); {successor}"
+        reason = reason_of(mv, offending)
         due_at = due_of[str(mv.version)]
-        others = [v for v in sharing.get(model, []) if v != str(mv.version)] if model is not None else []
+        others = [v for v in sharing.get(key, []) if v != str(mv.version)]
         # (a copy of the champion's model covers what the champion covers: it is never offending)
         later = [v for v in others if due_of.get(v) is not None and _parse(due_of[v]) > now]
         kept = f"; kept until version {later[0]}, which has the same files, is due" if later and _parse(
             due_at) <= now else ""
-        if model is None and _parse(due_at) <= now:
-            # Registered from a bare path, with no logged model: its files cannot be located, so they can be neither
-            # deleted nor shown deleted. Kept, and said so, instead of failing every purge (review of 2026-12-07).
-            kept = "; its files cannot be located (no logged model): not deleted, `unlearn doctor` names it"
+        held = next(filter(None, map(held_because, [str(mv.version), *others])), None) if _parse(
+            due_at) <= now else None
+        if held:
+            # Kept, and said so, instead of deleting what the pipeline cannot show deleted or what another version
+            # serves, or failing every purge (reviews of 2026-12-07); `unlearn doctor` names it.
+            kept = f"; {held}: not deleted, `unlearn doctor` names it"
         if _parse(due_at) > now or kept:
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
-                            "batches": offending, "due_at": due_at, **tracking.model_id_field(mv)})
+                            "batches": offending, "due_at": due_at, **({"held": held} if held else {}),
+                            **tracking.model_id_field(mv)})
             continue
         at = utc_now()
         going = [str(mv.version), *others]
         for member in going:  # every member's before the shared files go (a later one could not be read)
             remember_weight_fingerprints(project, client, by_version[member], loaded=loaded, group=going)
-        deleted = tracking.retire_version(project, client, mv, reason=reason, batches=offending, at=at,
-                                          sharing=others)
-        audit.record(project, "model.retired", model_version=str(mv.version), reason=reason,
-                     batch_ids=offending, artifacts_deleted=deleted, **tracking.model_id_field(mv))
-        actions.append({"version": str(mv.version), "action": "retired", "reason": reason,
-                        "batches": offending, "retired_at": at, "due_at": due_at, **tracking.model_id_field(mv)})
+        for member in going:  # all at once: a member left for later would find its files gone and its weights unread
+            version, batches = by_version[member], offending_of(by_version[member])
+            why = reason_of(version, batches)
+            deleted = model_files.retire_version(project, client, version, reason=why, batches=batches, at=at,
+                                                 sharing=[v for v in going if v != member])
+            audit.record(project, "model.retired", model_version=member, reason=why, batch_ids=batches,
+                         artifacts_deleted=deleted, **tracking.model_id_field(version))
+            actions.append({"version": member, "action": "retired", "reason": why, "batches": batches,
+                            "retired_at": at, "due_at": due_of[member], **tracking.model_id_field(version)})
+            retired_now.add(member)
     for action in actions:
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
             entry["retired_at"] = action.get("retired_at")
-            entry.update({k: action[k] for k in ("model_id",) if k in action})
+            entry.update({k: action[k] for k in ("model_id", "held") if k in action})
             ledger.record_retirement(batch_id, action["version"], entry)
     return actions
 

@@ -53,7 +53,7 @@ def check_claims(project) -> list[str]:
     """Everything the recovered project claims, checked on disk; each disagreement as a sentence."""
     import mlflow
 
-    from tasks import tracking
+    from tasks import model_files, tracking
     from tasks.doctor import diagnose, verify_audit
 
     problems = [f"doctor: [{f.check}] {f.subject}: {f.problem}" for f in diagnose(project, deep=True)]
@@ -70,8 +70,8 @@ def check_claims(project) -> list[str]:
     old = client.get_model_version(tracking.model_name(project), "1")
     if old.tags.get("retired") != "true" or old.tags.get("artifacts_deleted") != "true":
         problems.append("version 1 is not a retired tombstone with verified artifact deletion")
-    if sum(tracking.artifacts_remaining(loc, project.artifact_root)
-           for loc in tracking.model_artifact_locations(client, old)):
+    if sum(model_files.artifacts_remaining(loc, project.artifact_root)
+           for loc in model_files.model_artifact_locations(client, old)):
         problems.append("version 1's artifacts are still on disk")
     logged = client.get_logged_model(tracking.version_model_id(old)).tags
     if logged.get("retired") != "true" or logged.get("artifacts_deleted") != "true":

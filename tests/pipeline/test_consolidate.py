@@ -189,7 +189,7 @@ def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_l
     what the version it copies covers."""
     import mlflow
 
-    from tasks import tracking
+    from tasks import model_files, tracking
     from tasks.consolidate import run_consolidate
     from tasks.lifecycle import run_purge
 
@@ -203,8 +203,8 @@ def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_l
     client.delete_registered_model_alias(name, "previous")
     run_purge(project)
     assert client.get_model_version(name, copy.version).tags.get("retired") != "true"
-    (location,) = tracking.model_artifact_locations(client, clean)
-    assert tracking.artifacts_remaining(location, project.artifact_root) > 0  # the clean version's files stay
+    (location,) = model_files.model_artifact_locations(client, clean)
+    assert model_files.artifacts_remaining(location, project.artifact_root) > 0  # the clean version's files stay
 
 
 def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make_project):
@@ -212,19 +212,19 @@ def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make
     other ("kept while version N serves the same files") on every purge, so the deleted samples' weights stayed."""
     import mlflow
 
-    from tasks import tracking
+    from tasks import model_files, tracking
     from tasks.lifecycle import run_purge
 
     project, client, name = _promoted_after_a_deletion(make_project)
     baseline = client.get_model_version(name, "1")  # trained on R-1's samples; `previous` after the promotion
     copy = mlflow.register_model(f"models:/{tracking.version_model_id(baseline)}", name)
     client.set_registered_model_alias(name, "backup", copy.version)
-    (location,) = tracking.model_artifact_locations(client, baseline)
+    (location,) = model_files.model_artifact_locations(client, baseline)
     run_purge(project)
     for version in ("1", str(copy.version)):
         assert client.get_model_version(name, version).tags.get("retired") == "true", version
     assert set(client.get_registered_model(name).aliases) == {"champion"}
-    assert tracking.artifacts_remaining(location, project.artifact_root) == 0
+    assert model_files.artifacts_remaining(location, project.artifact_root) == 0
     # both were fingerprinted before the shared files went, apart from each other's identical bytes (sixth review:
     # none was, and the copies were never searched for)
     from tasks.retired_weights import retired_weight_fingerprints
@@ -233,26 +233,73 @@ def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make
     assert fingerprints["1"] and fingerprints[str(copy.version)]
 
 
-def test_a_due_version_whose_files_cannot_be_located_is_kept_and_said_not_a_wedge(make_project, tmp_path):
-    """A version registered from a bare path has no logged model: its files cannot be located, and every purge
-    failed on it ("its artifact location cannot be determined"; sixth review of 2026-12-07)."""
+def _folder(location):
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
+
+
+def test_versions_registered_from_a_bare_path_are_grouped_by_their_files_and_the_rest_are_kept_and_said(
+        make_project, tmp_path):
+    """Reviews of 2026-12-07: a version registered from a path (no logged model) was never located. On another
+    version's model folder, it kept no lineage of its own and lost its files when the original retired (its
+    weights were never fingerprinted either); on the champion's, it was scheduled as "trained on everything"; a copy
+    outside the artifact store failed every purge, then was kept "for rollback" in the certificate's words."""
     import shutil
 
-    from tasks import tracking
+    from tasks import model_files, tracking
+    from tasks.doctor import diagnose
+    from tasks.lifecycle import run_purge
+    from tasks.retired_weights import retired_weight_fingerprints
+    from unlearn.requests import Ledger
+
+    project, client, name = _promoted_after_a_deletion(make_project)
+    (baseline_at,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
+    champion = tracking.champion_version(project, client)
+    (champion_at,) = model_files.model_artifact_locations(client, champion)
+    on_baseline = client.create_model_version(name, source=str(_folder(baseline_at)))  # a plain path
+    on_champion = client.create_model_version(name, source=champion_at)  # a file: URI
+    client.set_registered_model_alias(name, "staging", on_champion.version)
+    outside = tmp_path / "hand-copy"
+    shutil.copytree(_folder(champion_at), outside)  # the champion's bytes: the baseline's are not live elsewhere
+    loose = client.create_model_version(name, source=str(outside))
+    assert tracking.version_model_id(loose) is None and tracking.version_model_id(on_baseline) is None
+    for _ in range(2):
+        run_purge(project)  # no error
+    (batch_id,) = Ledger(project.ledger_path).batches
+    retirement = Ledger(project.ledger_path).batch(batch_id)["retirement"]
+    for version in ("1", str(on_baseline.version)):  # the same files: retired together, both fingerprinted first
+        assert client.get_model_version(name, version).tags.get("retired") == "true", version
+        assert retired_weight_fingerprints(project)[version], version
+    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
+    assert str(on_champion.version) not in retirement  # the champion's files cover what the champion covers
+    assert model_files.artifacts_remaining(champion_at, project.artifact_root) > 0
+    entry = retirement[str(loose.version)]
+    assert entry["action"] == "scheduled" and "outside the project's artifact store" in entry["held"]
+    assert any(f.subject == f"version {loose.version}" and "does not delete its files" in f.problem
+               for f in diagnose(project))
+    run_stages(project, "certify")
+    (certificate,) = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
+    statement = certificate["retirement"]["statement"]
+    assert f"version(s) {loose.version} trained on these samples and are due" in statement
+    assert "kept for rollback" not in statement
+
+
+def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_not_deleted(make_project):
+    """A version registered by hand from the folder above a contaminated model's: deleting the contaminated model's
+    files took part of its files (an alias on it did not guard them: locations were compared for equality)."""
+    from tasks import model_files
     from tasks.lifecycle import run_purge
     from unlearn.requests import Ledger
 
     project, client, name = _promoted_after_a_deletion(make_project)
-    (location,) = tracking.model_artifact_locations(client, client.get_model_version(name, "1"))
-    bare = tmp_path / "hand-copy"
-    from urllib.parse import unquote, urlparse
-
-    shutil.copytree(unquote(urlparse(location).path) if location.startswith("file:") else location, bare)
-    loose = client.create_model_version(name, source=str(bare))
-    assert tracking.version_model_id(loose) is None
-    for _ in range(2):
-        run_purge(project)  # no error
+    (baseline_at,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
+    above = client.create_model_version(name, source=str(_folder(baseline_at).parent))
+    client.set_registered_model_alias(name, "archive", above.version)
+    run_purge(project)  # no error
     (batch_id,) = Ledger(project.ledger_path).batches
-    entry = Ledger(project.ledger_path).batch(batch_id)["retirement"][str(loose.version)]
-    assert entry["action"] == "scheduled" and "cannot be located" in entry["reason"]
-    assert client.get_model_version(name, "1").tags.get("retired") == "true"  # the rest of the purge went on
+    entry = Ledger(project.ledger_path).batch(batch_id)["retirement"]["1"]
+    assert entry["action"] == "scheduled" and "lie one inside the other" in entry["held"]
+    assert client.get_model_version(name, "1").tags.get("retired") != "true"
+    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) > 0

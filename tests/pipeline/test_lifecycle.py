@@ -204,9 +204,9 @@ def test_escalation_retirement_purge_and_certificate(prefect_server, champion_pr
     assert main(["--root", str(root), "doctor"]) == 0
     from urllib.parse import urlparse
 
-    from tasks import tracking
+    from tasks import model_files
 
-    (location,) = tracking.model_artifact_locations(client, client.get_model_version(name, "1"))
+    (location,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
     retired_dir = Path(urlparse(location).path) if location.startswith("file:") else Path(location)
     retired_dir.mkdir(parents=True, exist_ok=True)
     (retired_dir / "resurrected.bin").write_bytes(b"weights came back")  # the store lists a file again

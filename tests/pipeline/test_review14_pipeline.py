@@ -38,7 +38,7 @@ def test_retire_in_a_moved_project_claims_nothing_false(make_project):
     import mlflow
     import torch
 
-    from tasks import tracking
+    from tasks import model_files, tracking
     from tasks.doctor import _registry_findings
     from tasks.project import PipelineError, load_project
     from tasks.retired_weights import retired_weight_patterns
@@ -56,7 +56,7 @@ def test_retire_in_a_moved_project_claims_nothing_false(make_project):
     client = tracking.setup(project)
     mv = client.get_model_version(tracking.model_name(project), version)
     try:
-        claimed = tracking.retire_version(project, client, mv, reason="t", batches=["b"], at="2026-12-04T00:00:00Z")
+        claimed = model_files.retire_version(project, client, mv, reason="t", batches=["b"], at="2026-12-04T00:00:00Z")
     except PipelineError:
         claimed = False
     weights = list((moved / "mlartifacts").rglob("model.pt2"))
@@ -211,7 +211,7 @@ def test_artifact_listing_error_is_not_zero_files(monkeypatch, status):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from tasks.tracking import artifacts_remaining
+    from tasks.model_files import artifacts_remaining
 
     class Refuse(BaseHTTPRequestHandler):
         def do_GET(self):  # the artifact proxy refuses (auth expired, backing store down, wrong path)

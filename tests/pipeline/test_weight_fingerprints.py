@@ -43,7 +43,7 @@ def _register_successor(project, client, parent_version):
 
 
 def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_bytes(champion_project, monkeypatch):
-    from tasks import tracking
+    from tasks import model_files, tracking
     from tasks.doctor import diagnose
     from tasks.project import load_project
     from tasks.purge import scan_project_for_samples
@@ -64,7 +64,7 @@ def test_a_retired_parent_is_fingerprinted_apart_from_a_successor_that_kept_its_
     loaded = {}  # as one purge run shares it between its retirements and its scan
     remember_weight_fingerprints(project, client, client.get_model_version(tracking.model_name(project), "1"),
                                  loaded=loaded)
-    tracking.retire_version(project, client, client.get_model_version(tracking.model_name(project), "1"),
+    model_files.retire_version(project, client, client.get_model_version(tracking.model_name(project), "1"),
                             reason="test", batches=[], at="2026-12-06T00:00:00Z")
     weights = retired_weight_patterns(project, client, loaded=loaded)
     # the retired version read once to fingerprint it, the live champion once for both uses (it was twice)

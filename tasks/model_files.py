@@ -1,0 +1,204 @@
+"""Where a registered version's weights lie, and deleting them with checks (retirement).
+
+A version registered by the pipeline names its logged model, whose artifact location holds the files. One registered
+by hand may name only a path (``mlflow.MlflowClient().create_model_version(name, source=...)``): a folder of its own,
+another version's model folder, or a run's artifacts. Those files are located from the source as well, so that a
+version sharing another's folder is retired with it and guarded like it, instead of being kept for ever while the
+other's retirement deletes the files it serves (review of 2026-12-07).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.project import PipelineError, Project
+from tasks.tracking import model_name, version_model_id
+
+
+def model_artifact_locations(client, mv: Any, *, _depth: int = 0) -> list[str]:
+    """Every artifact location that holds this version's weights; empty when none can be determined.
+
+    A version with a logged model: that model's location (MLflow 3 keeps a registered model's files there, not in
+    the run's artifacts). One registered from a source of its own: the path (local or a URI), a ``runs:/`` source
+    resolved to the run's artifacts, a ``models:/<name>/<number>`` source to that version's locations. An alias
+    source (``models:/<name>@<alias>``) moves with the alias, so it locates nothing.
+    """
+    model_id = version_model_id(mv)
+    if model_id:
+        return [client.get_logged_model(model_id).artifact_location]
+    from mlflow.exceptions import MlflowException
+
+    source = str(getattr(mv, "source", "") or "")
+    try:
+        if source.startswith("runs:/"):
+            run_id, _, path = source[len("runs:/"):].partition("/")
+            base = client.get_run(run_id).info.artifact_uri.rstrip("/")
+            return [f"{base}/{path.strip('/')}" if path.strip("/") else base]
+        if source.startswith("models:/"):
+            name, _, number = source[len("models:/"):].rpartition("/")
+            if not (name and number.isdigit()) or _depth >= 5:
+                return []
+            return model_artifact_locations(client, client.get_model_version(name, number), _depth=_depth + 1)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a registry error is raised, never taken for "no files"
+            raise
+        return []  # the run or version it names is gone: nothing located
+    return [source] if source else []
+
+
+def _place(location: str) -> tuple[str, tuple[str, ...]]:
+    """A location as (where, path parts), so two can be compared part by part: a local one resolved."""
+    local = _local_path(location)
+    if local is not None:
+        return "file", local.resolve().parts
+    scheme, _, rest = location.partition(":")
+    return scheme, tuple(part for part in rest.split("/") if part)
+
+
+def files_key(locations: list[str]) -> str | None:
+    """One key for versions on exactly the same files (locations compared resolved); None when none is located."""
+    return "\n".join(sorted(f"{scheme}:/{'/'.join(parts)}" for scheme, parts in map(_place, locations))) or None
+
+
+def locations_overlap(first: list[str], second: list[str]) -> bool:
+    """Whether any location of ``first`` is, holds or lies in one of ``second``: deleting one deletes files of the
+    other (a folder registered by hand may be another version's model folder, or a folder above or inside it)."""
+    for a in map(_place, first):
+        for b in map(_place, second):
+            shorter = min(len(a[1]), len(b[1]))
+            if a[0] == b[0] and a[1][:shorter] == b[1][:shorter]:
+                return True
+    return False
+
+
+def undeletable_reason(project: Project, locations: list[str]) -> str | None:
+    """Why the pipeline may not delete these files, or None when it may: none located, or a local one outside the
+    project's artifact store (or the store itself), where a hand-registered source may point at anything."""
+    if not locations:
+        return "its files cannot be located (no logged model, no source that names them)"
+    root = project.artifact_root.resolve()
+    for location in locations:
+        local = _local_path(location)
+        if local is not None and (local.resolve() == root or not local.resolve().is_relative_to(root)):
+            return "its files lie outside the project's artifact store (registered from a path of its own)"
+    return None
+
+
+def _local_path(location: str) -> Path | None:
+    """The filesystem path of a local artifact location (``file:`` URI or plain path); None for a remote one."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file:"):
+        return Path(unquote(urlparse(location).path))
+    return Path(location) if "://" not in location and not location.startswith(("mlflow-artifacts:", "s3:")) else None
+
+
+def artifacts_remaining(location: str, root: Path | None = None) -> int:
+    """How many files are still listed at an artifact location; 0 only when it is verifiably empty or absent.
+
+    A listing error is never "no files": only a location confirmed absent counts as empty. A local location
+    must lie under ``root`` (the project's artifact store) when given: MLflow records absolute paths, so in
+    a moved or restored project it would point at a folder that no longer exists while the weights sit in
+    the new one, and "absent" would be a false claim.
+
+    Raises:
+        PipelineError: The location is outside ``root``, or it cannot be listed.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    local = _local_path(location)
+    if local is not None:
+        if root is not None and not local.resolve().is_relative_to(Path(root).resolve()):
+            raise PipelineError(f"artifact location {local} lies outside the project's artifact store {root} "
+                                "(moved or restored project?): its files cannot be shown deleted")
+        if not local.exists():
+            return 0
+        return sum(1 for path in local.rglob("*") if path.is_file() or path.is_symlink())
+    repo, pending, count = get_artifact_repository(location), [None], 0
+    while pending:
+        path = pending.pop()
+        try:
+            entries = repo.list_artifacts(path)
+        except FileNotFoundError:
+            continue  # confirmed absent
+        except Exception as exc:  # noqa: BLE001 - a 403/404/500 or a network error proves nothing
+            raise PipelineError(f"artifact location {location} cannot be listed ({exc}); nothing is claimed") from exc
+        for entry in entries:
+            if entry.is_dir:
+                pending.append(entry.path)
+            else:
+                count += 1
+    return count
+
+
+def retire_version(project: Project, client, mv: Any, *, reason: str, batches: list[str], at: str,
+                   sharing: list[str] = ()) -> bool:
+    """Delete a version's model artifacts; keep its registry entry as a tagged tombstone.
+
+    ``artifacts_deleted=true`` is written only after the artifact store lists no file at the
+    version's locations any more; ``retired=true`` comes last, so a crash at any point leaves
+    either a version that is retried on the next run or a tombstone whose claims were checked.
+    Aliases that point at it are removed first (an alias must never resolve to a model that cannot
+    be loaded). Idempotent: a version already retired is left alone.
+
+    Args:
+        project: The project.
+        client: An MLflow client.
+        mv: The ModelVersion.
+        reason: Why (recorded as a tag).
+        batches: The deletion batches that made it retire (recorded, truncated to fit a tag).
+        at: ISO-8601 time.
+        sharing: Other versions whose files overlap its own (:func:`locations_overlap`), retiring with it (their
+            aliases go too).
+
+    Returns:
+        True when artifacts were deleted (and verified gone) now, False when it was already retired.
+
+    Raises:
+        PipelineError: The version's artifacts cannot be located, or files remain after deletion; nothing
+            is claimed then, and the next run retries.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    name, version = model_name(project), str(mv.version)
+    if mv.tags.get("retired") == "true":
+        return False
+    locations = model_artifact_locations(client, mv)
+    problem = undeletable_reason(project, locations)
+    if problem:
+        raise PipelineError(f"model version {name}/{version}: {problem}, so its weights cannot be deleted or shown "
+                            "deleted; run `unlearn doctor`")
+    # search_model_versions does not fill in aliases: read them from the registered model.
+    aliases = client.get_registered_model(name).aliases
+    going = {version, *map(str, sharing)}
+    for alias, target in aliases.items():  # the files a live alias serves are never deleted (review of 2026-12-07)
+        other = client.get_model_version(name, str(target)) if str(target) not in going else None
+        if other is not None and other.tags.get("retired") != "true" and locations_overlap(
+                model_artifact_locations(client, other), locations):
+            raise PipelineError(f"model version {name}/{version} shares its weights with version {target} "
+                                f"({alias}): they are not deleted; run `unlearn doctor`")
+    for alias, target in aliases.items():  # checked first: a refused retirement keeps the rollback target
+        if str(target) in going:
+            client.delete_registered_model_alias(name, alias)
+    root = project.artifact_root
+    for location in locations:
+        if artifacts_remaining(location, root):
+            get_artifact_repository(location).delete_artifacts()
+    left = sum(artifacts_remaining(location, root) for location in locations)
+    if left:
+        raise PipelineError(f"model version {name}/{version}: {left} artifact file(s) remain after deletion; "
+                            "nothing was marked deleted")
+    batch_tag = ",".join(batches)
+    if len(batch_tag) > 4000:  # MLflow tag values are bounded; the ledger holds the full list
+        batch_tag = f"{','.join(batches[:50])},... ({len(batches)} batches)"
+    tombstone = {"retired_reason": reason, "retired_batches": batch_tag, "retired_at": at,
+                 "artifacts_deleted": "true", "retired": "true"}
+    # The logged model behind the version (MLflow 3 lists it on its own, READY, with the version's lineage tags)
+    # says the same, before the version's `retired` that ends the retries: a crash in between redoes both.
+    model_id = version_model_id(mv)
+    if model_id:
+        client.set_logged_model_tags(model_id, tombstone)
+    for key, value in tombstone.items():
+        client.set_model_version_tag(name, version, key, value)
+    return True
