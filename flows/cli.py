@@ -436,8 +436,8 @@ def _ui_hints(root: Path) -> str:
 
 
 def _cmd_request_status(args: argparse.Namespace) -> int:
-    from tasks.certify import request_status
     from tasks.project import load_project
+    from tasks.request_status import request_status
 
     status = request_status(load_project(args.root, check_registries=False), args.request_id)
     if args.json:
@@ -468,8 +468,9 @@ def _cmd_request_status(args: argparse.Namespace) -> int:
 def _cmd_request_certificate(args: argparse.Namespace) -> int:
     import shutil
 
-    from tasks.certify import certificate_paths, checked_for_handout, copies_match, request_status
+    from tasks.certify import certificate_paths, checked_for_handout, copies_match
     from tasks.project import PipelineError, load_project
+    from tasks.request_status import request_status
 
     project = load_project(args.root, check_registries=False)
     status = request_status(project, args.request_id)

@@ -165,7 +165,7 @@ def test_already_deleted_samples_are_acknowledged_or_dropped_from_the_request(ma
     # 2026-12-06: it said "already deleted"); request status shows where the covering batch is now
     assert (ack["request_id"], ack["outcome"], ack["covered_by"]) == ("R-2", "already_requested", [first])
     assert "not finished" in ack["detail"]
-    from tasks.certify import request_status
+    from tasks.request_status import request_status
 
     status = request_status(project, "R-2")
     assert status["covering_batches"] == {first: "pending"} and status["deleted"] is False
@@ -348,8 +348,8 @@ def test_a_request_in_a_file_refused_for_its_name_can_be_looked_up(make_project)
     """A file refused as a whole recorded no request id, so `request status` said "unknown ... still in
     incoming" about a request whose file was gone (intake review of 2026-12-07). A file refused for its name is
     read for its ids; one refused for its content is counted in the answer."""
-    from tasks.certify import request_status
     from tasks.project import PipelineError
+    from tasks.request_status import request_status
 
     project = load_project(make_project(), check_registries=False)
     _drop(project, "erase-me@alice.json", _request("REQ-60", ["digits-0001"]))
@@ -376,7 +376,7 @@ def test_request_status_orders_rejections_it_can_order_and_reads_the_inbox_as_in
     import io
 
     from flows.cli import main
-    from tasks.certify import request_status
+    from tasks.request_status import request_status
     from tasks.stage import ingest
 
     project = load_project(make_project(), check_registries=False)

@@ -196,8 +196,8 @@ def test_a_verdict_whose_report_is_gone_is_redone_not_promoted_and_nothing_wedge
     from conftest import RETRAIN
 
     from flows.cli import main
-    from tasks.certify import request_status
     from tasks.project import PipelineError, load_project
+    from tasks.request_status import request_status
     from tasks.stage.state import read_escalation
     from unlearn.data import SampleStore
     from unlearn.requests import Ledger

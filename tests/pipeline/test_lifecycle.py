@@ -601,7 +601,7 @@ def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeyp
     from types import SimpleNamespace
 
     from tasks import audit, tracking
-    from tasks.certify import _batch_file, build_certificate, trained_ids
+    from tasks.certify import batch_file, build_certificate, trained_ids
     from tasks.doctor import diagnose
     from tasks.lifecycle import _retirement_recorded
     from unlearn.requests import Ledger
@@ -645,7 +645,7 @@ def _moved_registry_is_not_taken_for_this_one(project, client, batch_id, monkeyp
                                                              tags={"retired_batches": "b-z"}))
     # the certificate: the promoted version is found by its attempt's run, not by its number; this registry has no
     # such run, so the model is said to be missing and no other model's lineage is quoted
-    request = _batch_file(project, batch_id)["requests"][0]
+    request = batch_file(project, batch_id)["requests"][0]
     trained = trained_ids(project, ledger, batch_id)
     found = build_certificate(project, client, ledger, request, batch_id, trained)
     assert found["model"]["version"] == "2" and "registry_record" not in found["model"]

@@ -124,13 +124,13 @@ def test_a_promotion_left_half_done_never_moves_the_alias_to_another_registrys_v
     assert (record["batch_id"], record["model_version"], record["run_id"]) == ("b-0ld", "2", "run-0ld")
     assert not audit.records(project, "model.promoted") and not audit.records(project, "model.verified")
     # request status no longer quotes the abandoned attempt's evidence (review of 2026-12-07), a new attempt's again
-    from tasks.certify import _verification_status
+    from tasks.request_status import verification_status
 
     ledger = Ledger(project.ledger_path)
-    assert _verification_status(project, ledger, "b-0ld")["evidence"].startswith(
+    assert verification_status(project, ledger, "b-0ld")["evidence"].startswith(
         "none current: its promotion was abandoned")
     ledger.set_status("b-0ld", Ledger.PENDING, {"outcome": "held", "run_id": "run-again", "hold_until": "soon"})
-    assert "run run-again" in _verification_status(project, ledger, "b-0ld")["evidence"]
+    assert "run run-again" in verification_status(project, ledger, "b-0ld")["evidence"]
 
 
 @pytest.mark.e2e

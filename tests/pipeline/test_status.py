@@ -62,7 +62,8 @@ def test_certificate_out_must_be_a_folder_it_can_write(make_project, tmp_path, c
     certificate.with_suffix(".html").write_text(f"<p>Digest: <code>{'d' * 64}</code></p>")
     monkeypatch.setattr(certify, "certificate_paths",
                         lambda *a, **k: [certificate, certificate.with_suffix(".html")])
-    monkeypatch.setattr(certify, "request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
+    monkeypatch.setattr("tasks.request_status.request_status",
+                        lambda *a, **k: {"kind": "accepted", "status": "completed"})
     root = make_project()
     taken = tmp_path / "taken.txt"
     taken.write_text("x")
@@ -91,7 +92,8 @@ def test_a_certificate_replaced_while_it_is_copied_is_not_handed_out(make_projec
                      certificate_digest=json.loads(json_path.read_text())["digest"])
 
     issue("interim")
-    monkeypatch.setattr("tasks.certify.request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
+    monkeypatch.setattr("tasks.request_status.request_status",
+                        lambda *a, **k: {"kind": "accepted", "status": "completed"})
     out = tmp_path / "handout"
     real_copy, copied = shutil.copy2, []
 
@@ -184,7 +186,8 @@ def test_a_certificate_is_not_handed_out_where_the_audit_log_cannot_be_read(make
     certificate = tmp_path / "cert.json"
     certificate.write_text('{"digest": "' + "d" * 64 + '"}')
     monkeypatch.setattr(certify, "certificate_paths", lambda *a, **k: (certificate, certificate.with_suffix(".html")))
-    monkeypatch.setattr(certify, "request_status", lambda *a, **k: {"kind": "accepted", "status": "completed"})
+    monkeypatch.setattr("tasks.request_status.request_status",
+                        lambda *a, **k: {"kind": "accepted", "status": "completed"})
     monkeypatch.setattr(certify, "is_recorded", lambda *a, **k: None)
     root = make_project()
     assert cli.main(["--root", str(root), "request", "certificate", "R-1"]) == 2
