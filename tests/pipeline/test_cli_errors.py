@@ -55,7 +55,7 @@ def test_unlearn_without_a_baseline_is_a_clear_error(make_project):
     source = load_source(params.data)
     train = source.ids[source.splits == "train"]
     sample = str(train[~reference_pool_mask(train, params.verify.references.pool_fraction, params.seed)][0])
-    from flows.cli import submit_request
+    from flows.submit import submit_request
 
     submit_request(root, {"request_id": "R-1", "sample_ids": [sample], "subject_ref": "x",
                           "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure"})

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def _baseline_with_request(repro_baseline, method: str, request_id: str, subject: str):
     """The session's baseline `dvc repro` (a fresh project; it asserts success) restored with ``method``,
     and one deletion request for 6 training samples submitted to its inbox. Returns (root, project)."""
-    from flows.cli import submit_request
+    from flows.submit import submit_request
     from tasks.project import load_project
     from unlearn.data import SampleStore
 

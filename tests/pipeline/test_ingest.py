@@ -409,7 +409,7 @@ def test_request_status_orders_rejections_it_can_order_and_reads_the_inbox_as_in
 
 def test_a_batch_accepted_before_subjects_were_kept_still_compares_a_resends_subject(make_project):
     """A ledger an older release wrote has no subject hashes: the batch file's are used (third review)."""
-    from flows.cli import submit_request
+    from flows.submit import submit_request
     from tasks.project import PipelineError
 
     project = load_project(make_project(), check_registries=False)

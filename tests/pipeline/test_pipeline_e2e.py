@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _submit(root, request_id, ids, subject="alice@example.com"):
-    from flows.cli import submit_request
+    from flows.submit import submit_request
 
     submit_request(root, {"request_id": request_id, "sample_ids": ids,
                           "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
