@@ -341,6 +341,17 @@ def test_each_data_version_row_says_what_was_recorded_and_an_older_record_says_i
         assert positions == sorted(positions) and absent not in section
 
 
+def test_a_purge_that_closed_several_batches_says_its_counts_are_the_run_s(tmp_path):
+    """Each batch's certificate showed the run's objects removed and files scanned as if they were its own when one
+    purge closed several batches (review of 2026-12-07)."""
+    for closed, said in ((3, True), (1, False)):
+        certificate = _certificate()
+        certificate["purge"]["batches_closed"] = closed
+        _, html_path = write_certificate(certificate, {}, tmp_path / str(closed))
+        section = html_path.read_text().split('<section id="purge">')[1].split("</section>")[0]
+        assert ("closed 3 deletion batches together" in section and "not told apart by batch" in section) is said
+
+
 def test_zero_matches_with_unscanned_paths_claims_only_what_was_scanned(tmp_path):
     certificate = _certificate()
     certificate["purge"]["scan"].update({"matches": 0, "not_scanned": 2})
