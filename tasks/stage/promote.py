@@ -87,7 +87,7 @@ def run_promote(project: Project) -> dict[str, Any]:
                           for n in last_notes):
         # Rejected by an earlier run: its record is written here if that run stopped between saving the ledger and
         # the record (review of 2026-12-07: the rejection was then never in the audit log).
-        if not _rejection_recorded(project, version, chosen.run_id, existing):
+        if not _rejection_recorded(project, version, chosen.run_id, existing, state.batches):
             _record_rejection(project, existing, version, state, chosen.run_id, report)
         return write_state(project, "promote", {"status": "rejected", "version": version, "verdict": "fail",
                                                  "method": chosen.method, "unchanged": True,
@@ -111,7 +111,7 @@ def run_promote(project: Project) -> dict[str, Any]:
         # crash between the two repeats this branch, and the record is not written twice. The other order lost it
         # when a new batch arrived before the next run (a fresh escalation never came back here; fourth review).
         mv = existing or tracking.find_version_by_run(project, client, chosen.run_id)
-        if not _rejection_recorded(project, version, chosen.run_id, mv):
+        if not _rejection_recorded(project, version, chosen.run_id, mv, state.batches):
             _record_rejection(project, mv, version, state, chosen.run_id, report)
         for batch_id in state.batches:
             ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "verification_failed",
@@ -134,11 +134,13 @@ def _record_rejection(project: Project, mv: Any, version: str, state: Escalation
                  **(tracking.model_id_field(mv) if mv is not None else {}))
 
 
-def _rejection_recorded(project: Project, version: str, run_id: str, mv: Any) -> bool:
+def _rejection_recorded(project: Project, version: str, run_id: str, mv: Any, batches: list[str]) -> bool:
     """Whether the audit log holds this rejection: a record naming this run, or one from before records named the
-    run that names no other logged model (version numbers restart in another registry)."""
+    run that names no other logged model and the same batches (version numbers restart in another registry, and a
+    record naming neither run nor model was taken for any later version with its number; review of 2026-12-07)."""
     model = tracking.model_id_field(mv).get("model_id") if mv is not None else None
-    return any(r.get("run_id") == run_id or (r.get("run_id") is None and r.get("model_id") in (None, model))
+    return any(r.get("run_id") == run_id or (r.get("run_id") is None and r.get("model_id") in (None, model)
+                                             and sorted(r.get("batch_ids") or []) == sorted(batches))
                for r in audit.records(project, "model.rejected", model_version=version))
 
 
