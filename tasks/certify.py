@@ -212,10 +212,11 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                          "retirement, kept for rollback until it is due (see 'Due at'), or while a version with "
                          "the same files is kept (see its reason)")
         if held:  # not "kept for rollback": the pipeline cannot delete these files (review of 2026-12-07)
-            parts.append(f"model version(s) {', '.join(held)} trained on these samples and are due for retirement, "
-                         "but their files are not deleted by the pipeline (located nowhere, outside the project's "
-                         "artifact store, or tangled with another version's; see the reason): an operator must deal "
-                         "with them, `unlearn doctor` names them")
+            parts.append(f"model version(s) {', '.join(held)} are due for retirement (they trained on these "
+                         "samples, or have no lineage to show they did not: see the reason), but the pipeline does not "
+                         "delete their files (registered by hand from a path, located nowhere, outside the project's "
+                         "artifact store, or inside or above files an alias serves; see the reason): `unlearn doctor` "
+                         "names them")
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")

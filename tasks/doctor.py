@@ -144,8 +144,10 @@ def _files_left(project: Project, client: Any, mv: Any) -> tuple[int | None, str
     locations = model_files.model_artifact_locations(client, mv)
     if not locations:
         return None, "its artifact location cannot be determined"
+    # a version registered by hand from a path is loaded from that path wherever it is (retirement checks it so)
+    root = project.artifact_root if tracking.version_model_id(mv) else None
     try:
-        return sum(model_files.artifacts_remaining(loc, project.artifact_root) for loc in locations), None
+        return sum(model_files.artifacts_remaining(loc, root) for loc in locations), None
     except PipelineError as exc:
         return None, str(exc)
 
@@ -220,8 +222,8 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
         mv = versions.get(version)
         if mv is not None and mv.tags.get("retired") != "true":
             findings.append(Finding("registry", f"version {version}", "due for retirement, but the pipeline does not "
-                                    f"delete its files ({reason}): they stay until an operator removes them, and the "
-                                    "certificates of the batches that scheduled it stay interim"))
+                                    f"delete its files ({reason}); the certificates of the batches that scheduled "
+                                    "it stay interim until it is retired"))
 
     def order(key: tuple[str, str]) -> tuple[int, str]:
         return int(key[0]) if key[0].isdigit() else -1, key[1]

@@ -100,10 +100,22 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     # champion's is never offending) and retire together, once every one of them is due (reviews of 2026-12-07: a
     # copy without lineage tags was retired and the champion's or a clean version's files went with it; refusing
     # instead wedged every purge; copies keeping each other kept contaminated weights for good; a copy registered from
-    # a bare path was never grouped, and its files went with the original's). Files the pipeline may not delete
-    # (none located, outside the artifact store, or a folder holding or inside another live version's) are kept.
-    located = {str(v.version): model_files.model_artifact_locations(client, v) for v in versions}
-    group_of = {version: model_files.files_key(where) or f"version {version}" for version, where in located.items()}
+    # a bare path was never grouped, and its files went with the original's). The pipeline deletes only files of
+    # models it logged, and never a folder above or inside one an alias serves: the rest is held, and said.
+    hand = [str(v.version) for v in live if tracking.version_model_id(v) is None]
+    located: dict[str, list[str]] = {}
+
+    def where(version: str) -> list[str]:  # a registry call a version: made only where needed
+        if version not in located:
+            located[version] = model_files.model_artifact_locations(client, everything[version])
+        return located[version]
+
+    everything = {str(v.version): v for v in versions}
+    # With a hand-registered version live, every version's folder says which it shares; without, a logged model
+    # is its own group (no call to locate it)
+    group_of = {version: (model_files.files_key(where(version)) if hand else
+                          (f"model {tracking.version_model_id(v)}" if tracking.version_model_id(v) else None))
+                or f"version {version}" for version, v in everything.items()}
     covered_by_model: dict[str, int] = {}
     sharing: dict[str, list[str]] = {}
     for v in versions:  # a tombstone's lineage still describes its files (a crash between two members' retirements)
@@ -114,16 +126,26 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             covered_by_model[key] = max(covered_by_model.get(key, -1), rank.get(v.tags["covers_through"], -1))
     due_of = {str(v.version): v.tags.get("retire_due_at") for v in live}
     by_version = {str(v.version): v for v in live}
+    serving = ({str(v) for v in client.get_registered_model(tracking.model_name(project)).aliases.values()}
+               & set(by_version)) if hand else set()
 
-    def held_because(version: str) -> str | None:
-        """Why these files are not deleted now, whoever is due: said in the version's reason."""
-        problem = model_files.undeletable_reason(project, located[version])
-        if problem:
-            return problem
-        tangled = sorted((v for v in by_version if group_of[v] != group_of[version]
-                          and model_files.locations_overlap(located[v], located[version])), key=int)
-        return (f"its files and version {tangled[0]}'s lie one inside the other (registered by hand from a folder "
-                "above or inside a model's)") if tangled else None
+    def held_because(going: list[str]) -> str | None:
+        """Why a due group's files are not deleted now (said in each member's reason), or None."""
+        logged = [v for v in going if v not in hand]
+        for version in logged:
+            problem = model_files.undeletable_reason(project, where(version))
+            if problem:
+                return problem
+        if not logged:  # registered by hand only: shown gone once an operator removed the files, never deleted
+            if not all(where(v) for v in going):
+                return ("registered by hand from a source whose files cannot be located (an alias, another "
+                        "registered model's version, a run that is gone): they cannot be shown deleted")
+            if not all(model_files.files_gone(where(v)) for v in going):
+                return model_files.NOT_LOGGED
+        tangled = sorted((v for v in serving - set(going)
+                          if any(model_files.locations_overlap(where(v), where(g)) for g in going)), key=int)
+        return (f"its files and those of version {tangled[0]}, which an alias serves, lie one inside the other "
+                "(registered by hand from a folder above or inside a model's)") if tangled else None
 
     def offending_of(mv: Any) -> list[str]:
         covers = max(rank.get(mv.tags.get("covers_through", ""), -1),
@@ -176,8 +198,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         later = [v for v in others if due_of.get(v) is not None and _parse(due_of[v]) > now]
         kept = f"; kept until version {later[0]}, which has the same files, is due" if later and _parse(
             due_at) <= now else ""
-        held = next(filter(None, map(held_because, [str(mv.version), *others])), None) if _parse(
-            due_at) <= now else None
+        going = sorted([str(mv.version), *others], key=lambda v: v in hand)  # a logged model's files go first
+        held = held_because(going) if _parse(due_at) <= now and not later else None
         if held:
             # Kept, and said so, instead of deleting what the pipeline cannot show deleted or what another version
             # serves, or failing every purge (reviews of 2026-12-07); `unlearn doctor` names it.
@@ -188,7 +210,6 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
                             **tracking.model_id_field(mv)})
             continue
         at = utc_now()
-        going = [str(mv.version), *others]
         for member in going:  # every member's before the shared files go (a later one could not be read)
             remember_weight_fingerprints(project, client, by_version[member], loaded=loaded, group=going)
         for member in going:  # all at once: a member left for later would find its files gone and its weights unread
@@ -201,6 +222,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             actions.append({"version": member, "action": "retired", "reason": why, "batches": batches,
                             "retired_at": at, "due_at": due_of[member], **tracking.model_id_field(version)})
             retired_now.add(member)
+            serving.discard(member)  # its aliases went with it
     for action in actions:
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}

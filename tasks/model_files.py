@@ -21,8 +21,9 @@ def model_artifact_locations(client, mv: Any, *, _depth: int = 0) -> list[str]:
 
     A version with a logged model: that model's location (MLflow 3 keeps a registered model's files there, not in
     the run's artifacts). One registered from a source of its own: the path (local or a URI), a ``runs:/`` source
-    resolved to the run's artifacts, a ``models:/<name>/<number>`` source to that version's locations. An alias
-    source (``models:/<name>@<alias>``) moves with the alias, so it locates nothing.
+    resolved to the run's artifacts, a ``models:/<name>/<number>`` source of its own registered model to that
+    version's locations. An alias source (``models:/<name>@<alias>``) moves with the alias, and another registered
+    model's version is that model's (review of 2026-12-07: its served files were deleted): they locate nothing.
     """
     model_id = version_model_id(mv)
     if model_id:
@@ -37,8 +38,8 @@ def model_artifact_locations(client, mv: Any, *, _depth: int = 0) -> list[str]:
             return [f"{base}/{path.strip('/')}" if path.strip("/") else base]
         if source.startswith("models:/"):
             name, _, number = source[len("models:/"):].rpartition("/")
-            if not (name and number.isdigit()) or _depth >= 5:
-                return []
+            if not (name and number.isdigit()) or name != getattr(mv, "name", None) or _depth >= 5:
+                return []  # an alias moves; another registered model's files are not this one's to locate
             return model_artifact_locations(client, client.get_model_version(name, number), _depth=_depth + 1)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a registry error is raised, never taken for "no files"
@@ -72,17 +73,32 @@ def locations_overlap(first: list[str], second: list[str]) -> bool:
     return False
 
 
+# Why a version registered by hand from a path keeps its files: the pipeline deletes the files of models it logged.
+NOT_LOGGED = ("registered by hand from a path, with no logged model: the pipeline deletes only the files of models "
+              "it logged (once they are removed, the next purge retires the version)")
+
+
 def undeletable_reason(project: Project, locations: list[str]) -> str | None:
-    """Why the pipeline may not delete these files, or None when it may: none located, or a local one outside the
-    project's artifact store (or the store itself), where a hand-registered source may point at anything."""
+    """Why the pipeline may not delete a logged model's files, or None when it may: none located, or a local one
+    outside the project's artifact store (or the store itself: MLflow records absolute paths, so a moved or
+    restored project's point at a folder that is not the one its weights are in)."""
     if not locations:
-        return "its files cannot be located (no logged model, no source that names them)"
+        return "its files cannot be located"
     root = project.artifact_root.resolve()
     for location in locations:
         local = _local_path(location)
         if local is not None and (local.resolve() == root or not local.resolve().is_relative_to(root)):
-            return "its files lie outside the project's artifact store (registered from a path of its own)"
+            return "its files lie outside the project's artifact store (a moved or restored project?)"
     return None
+
+
+def files_gone(locations: list[str]) -> bool:
+    """Whether every location is verifiably empty or absent (what a tombstone may then claim); a listing error, or no
+    location at all, is not "gone"."""
+    try:
+        return bool(locations) and all(artifacts_remaining(location) == 0 for location in locations)
+    except PipelineError:
+        return False
 
 
 def _local_path(location: str) -> Path | None:
@@ -115,11 +131,11 @@ def artifacts_remaining(location: str, root: Path | None = None) -> int:
         if not local.exists():
             return 0
         return sum(1 for path in local.rglob("*") if path.is_file() or path.is_symlink())
-    repo, pending, count = get_artifact_repository(location), [None], 0
+    pending, count = [None], 0
     while pending:
         path = pending.pop()
         try:
-            entries = repo.list_artifacts(path)
+            entries = get_artifact_repository(location).list_artifacts(path)
         except FileNotFoundError:
             continue  # confirmed absent
         except Exception as exc:  # noqa: BLE001 - a 403/404/500 or a network error proves nothing
@@ -152,6 +168,8 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
         sharing: Other versions whose files overlap its own (:func:`locations_overlap`), retiring with it (their
             aliases go too).
 
+    A version registered by hand from a path (no logged model) is only shown gone, never deleted (:data:`NOT_LOGGED`).
+
     Returns:
         True when artifacts were deleted (and verified gone) now, False when it was already retired.
 
@@ -165,7 +183,10 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     if mv.tags.get("retired") == "true":
         return False
     locations = model_artifact_locations(client, mv)
-    problem = undeletable_reason(project, locations)
+    logged = version_model_id(mv) is not None
+    # Registered by hand from a path: never deleted here, only shown gone (deleted with the logged model it shares
+    # its folder with, earlier in the same retirement, or removed by an operator).
+    problem = undeletable_reason(project, locations) if logged else (None if files_gone(locations) else NOT_LOGGED)
     if problem:
         raise PipelineError(f"model version {name}/{version}: {problem}, so its weights cannot be deleted or shown "
                             "deleted; run `unlearn doctor`")
@@ -181,10 +202,11 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     for alias, target in aliases.items():  # checked first: a refused retirement keeps the rollback target
         if str(target) in going:
             client.delete_registered_model_alias(name, alias)
-    root = project.artifact_root
-    for location in locations:
+    root = project.artifact_root if logged else None
+    for location in locations if logged else ():
         if artifacts_remaining(location, root):
-            get_artifact_repository(location).delete_artifacts()
+            local = _local_path(location)  # the folder itself, never through a link to it (rmtree refuses links)
+            get_artifact_repository(str(local.resolve()) if local is not None else location).delete_artifacts()
     left = sum(artifacts_remaining(location, root) for location in locations)
     if left:
         raise PipelineError(f"model version {name}/{version}: {left} artifact file(s) remain after deletion; "

@@ -156,7 +156,10 @@ def remember_weight_fingerprints(project: Project, client: Any, mv: Any, *,
     path = _fingerprints_path(project)
     raw = _read_fingerprints(project)
     models: dict[str, str] = dict(raw.get(_MODELS, {}))
-    version, model_id = str(mv.version), tracking.version_model_id(mv)
+    # A version registered by hand from a path has no logged model: its source names its files instead, so a run
+    # after a crash between a group's retirements finds its entry its own (it was kept apart as another registry's)
+    source = str(getattr(mv, "source", "") or "")
+    version, model_id = str(mv.version), tracking.version_model_id(mv) or (f"source:{source}" if source else None)
     state = None
     if version in raw:
         taken_from = models.get(version)

@@ -343,6 +343,10 @@ def load_state(project: Project, client, version: str) -> tuple[dict[str, torch.
         raise PipelineError(f"model version {name}/{version} cannot be read: {exc}") from None
     except (FileNotFoundError, RuntimeError, EOFError, ValueError) as exc:
         raise PipelineError(f"model version {name}/{version} has a missing or corrupt artifact: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a store this machine cannot reach (a hand-registered s3:// source
+        # without credentials): unreadable, said, never a purge that fails on every run (review of 2026-12-07)
+        raise PipelineError(f"model version {name}/{version} cannot be read from its store: "
+                            f"{type(exc).__name__}: {exc}") from None
     return state, dict(mv.tags)
 
 

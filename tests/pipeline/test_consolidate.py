@@ -276,14 +276,66 @@ def test_versions_registered_from_a_bare_path_are_grouped_by_their_files_and_the
     assert str(on_champion.version) not in retirement  # the champion's files cover what the champion covers
     assert model_files.artifacts_remaining(champion_at, project.artifact_root) > 0
     entry = retirement[str(loose.version)]
-    assert entry["action"] == "scheduled" and "outside the project's artifact store" in entry["held"]
+    assert entry["action"] == "scheduled" and "registered by hand from a path" in entry["held"]
+    assert outside.exists()  # not the pipeline's to delete
     assert any(f.subject == f"version {loose.version}" and "does not delete its files" in f.problem
                for f in diagnose(project))
     run_stages(project, "certify")
     (certificate,) = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
     statement = certificate["retirement"]["statement"]
-    assert f"version(s) {loose.version} trained on these samples and are due" in statement
+    assert f"version(s) {loose.version} are due for retirement" in statement and "no lineage" in statement
     assert "kept for rollback" not in statement
+    shutil.rmtree(outside)  # the operator removes them: the next purge shows them gone and retires the version
+    run_purge(project)
+    tags = client.get_model_version(name, loose.version).tags
+    assert tags.get("retired") == tags.get("artifacts_deleted") == "true"
+    # shown gone, not said unverifiable; its weights were never fingerprinted (held, then removed by hand): said
+    assert [f.check for f in diagnose(project) if f.subject == f"version {loose.version}"] == ["weights"]
+
+
+def test_a_version_registered_by_hand_never_costs_another_model_or_run_its_files(make_project, tmp_path,
+                                                                                   monkeypatch):
+    """Review of 2026-12-07: a hand version on another registered model's version (`models:/other/N`) was retired
+    with that model's served files; one on a run (`runs:/...`) took the champion run's verification evidence; one
+    on a link to a folder failed every purge (rmtree refuses links), and so did one in a bucket this machine cannot
+    read."""
+    import os
+    import shutil
+
+    from tasks import model_files, tracking
+    from tasks.lifecycle import run_purge
+    from unlearn.requests import Ledger
+
+    project, client, name = _promoted_after_a_deletion(make_project)
+    champion = tracking.champion_version(project, client)
+    (champion_at,) = model_files.model_artifact_locations(client, champion)
+    theirs = project.artifact_root / "other-team" / "model"
+    shutil.copytree(_folder(champion_at), theirs)
+    client.create_registered_model("other-model")
+    other = client.create_model_version("other-model", source=str(theirs))
+    client.set_registered_model_alias("other-model", "champion", other.version)
+    on_other = client.create_model_version(name, source=f"models:/other-model/{other.version}")
+    on_run = client.create_model_version(name, source=f"runs:/{champion.run_id}")
+    run_files = model_files.artifacts_remaining(client.get_run(champion.run_id).info.artifact_uri)
+    linked = project.artifact_root / "hand" / "copy"
+    shutil.copytree(_folder(champion_at), linked)
+    os.symlink(linked, tmp_path / "latest")
+    on_link = client.create_model_version(name, source=str(tmp_path / "latest"))
+    # someone else's bucket, which this machine cannot read: it failed every purge (NoCredentialsError)
+    for key, value in {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                       "AWS_CONFIG_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    in_a_bucket = client.create_model_version(name, source="s3://someone-elses-bucket/models/x")
+    for _ in range(2):
+        run_purge(project)  # no error
+    (batch_id,) = Ledger(project.ledger_path).batches
+    retirement = Ledger(project.ledger_path).batch(batch_id)["retirement"]
+    for version in (on_other, on_run, on_link, in_a_bucket):
+        assert retirement[str(version.version)].get("held"), version.version
+    assert model_files.artifacts_remaining(str(theirs)) > 0 and linked.exists()
+    assert model_files.artifacts_remaining(client.get_run(champion.run_id).info.artifact_uri) == run_files > 0
 
 
 def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_not_deleted(make_project):
@@ -300,6 +352,50 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     run_purge(project)  # no error
     (batch_id,) = Ledger(project.ledger_path).batches
     entry = Ledger(project.ledger_path).batch(batch_id)["retirement"]["1"]
-    assert entry["action"] == "scheduled" and "lie one inside the other" in entry["held"]
+    assert entry["action"] == "scheduled" and "which an alias serves, lie one inside the other" in entry["held"]
     assert client.get_model_version(name, "1").tags.get("retired") != "true"
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) > 0
+    # Served by no alias, it holds nothing: a registration above every model folder would have held every
+    # retirement for good (review of 2026-12-07). The hand version is never deleted by the pipeline; its folder
+    # held only version 1's files, so it is then shown empty, and retired with nothing left to claim.
+    client.delete_registered_model_alias(name, "archive")
+    run_purge(project)
+    assert client.get_model_version(name, "1").tags.get("retired") == "true"
+    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
+    tags = client.get_model_version(name, above.version).tags
+    assert tags.get("retired") == "true" and model_files.artifacts_remaining(str(_folder(baseline_at).parent)) == 0
+
+
+def test_a_crash_between_a_group_s_retirements_keeps_each_member_s_fingerprints_its_own(make_project, monkeypatch):
+    """Review of 2026-12-07: killed after the logged model retired and before its hand-registered copy did, the next
+    run took the copy's fingerprints for another registry's (no model id to match them by) and said its weights
+    were not searched for."""
+    import pytest
+
+    from tasks import model_files
+    from tasks.lifecycle import run_purge
+    from tasks.retired_weights import retired_weight_fingerprints
+    from unlearn.requests import Ledger
+
+    project, client, name = _promoted_after_a_deletion(make_project)
+    (baseline_at,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
+    copy = client.create_model_version(name, source=str(_folder(baseline_at)))
+    real, calls = model_files.retire_version, []
+
+    def killed_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_files, "retire_version", killed_on_the_second)
+        with pytest.raises(KeyboardInterrupt):
+            run_purge(project)
+    assert client.get_model_version(name, "1").tags.get("retired") == "true"
+    run_purge(project)
+    assert client.get_model_version(name, copy.version).tags.get("artifacts_deleted") == "true"
+    fingerprints = retired_weight_fingerprints(project)
+    assert fingerprints["1"] and fingerprints[str(copy.version)] and not [k for k in fingerprints if "~" in k]
+    (batch_id,) = Ledger(project.ledger_path).batches
+    assert Ledger(project.ledger_path).batch(batch_id)["retirement"][str(copy.version)]["weights_searched"] is True

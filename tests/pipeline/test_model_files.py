@@ -27,8 +27,8 @@ class _Client:
         return self.versions[(name, number)]
 
 
-def _version(source, model_id=None):
-    return SimpleNamespace(version="9", source=source, model_id=model_id, tags={})
+def _version(source, model_id=None, name="m"):
+    return SimpleNamespace(version="9", name=name, source=source, model_id=model_id, tags={})
 
 
 def test_a_version_s_files_are_located_from_its_logged_model_or_its_own_source():
@@ -42,6 +42,7 @@ def test_a_version_s_files_are_located_from_its_logged_model_or_its_own_source()
     assert model_artifact_locations(client, _version("runs:/r1")) == ["file:///store/1/r1/artifacts"]
     assert model_artifact_locations(client, _version("models:/m/2")) == ["file:///store/models/m-abc/artifacts"]
     assert model_artifact_locations(client, _version("models:/m@champion")) == []  # moves with the alias
+    assert model_artifact_locations(client, _version("models:/m/2", name="ours")) == []  # another model's files
     assert model_artifact_locations(client, _version("runs:/gone/model")) == []  # the run was deleted
     assert model_artifact_locations(client, _version("")) == []
 
@@ -86,3 +87,14 @@ def test_files_outside_the_artifact_store_or_nowhere_are_not_the_pipeline_s_to_d
     assert "cannot be located" in undeletable_reason(project, [])
     for location in (str(tmp_path / "elsewhere"), str(project.artifact_root), f"{inside}/../../../.."):
         assert "outside the project's artifact store" in undeletable_reason(project, [location]), location
+
+
+def test_files_are_gone_only_when_every_location_is_seen_empty_or_absent(tmp_path):
+    from tasks.model_files import files_gone
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "MLmodel").write_text("x")
+    (tmp_path / "empty").mkdir()
+    assert files_gone([str(tmp_path / "empty"), str(tmp_path / "absent")])
+    assert not files_gone([str(tmp_path / "empty"), str(tmp_path / "full")])
+    assert not files_gone([])  # nothing located is not "gone"
