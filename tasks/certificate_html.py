@@ -522,7 +522,7 @@ def _purge_section(document: dict[str, Any]) -> str:
                     "is claimed about copies "
                     "of them outside the artifact store.</p>")
     rows.append(("Where the scan looks", _escaped(scope)))
-    closed = purge.get("batches_closed")
+    closed = purge.get("closed_together")
     if _is_number(closed) and closed > 1:  # the counts are the run's, not this batch's alone (review of 2026-12-07)
         callout += (f'\n<p class="callout matches-partial">This purge closed {_num(closed)} deletion batches '
                     "together: the objects removed, files scanned and samples searched for above are that run's, "

@@ -425,7 +425,7 @@ def run_purge(project: Project) -> dict[str, Any]:
         path.unlink(missing_ok=True)
     evidence = {
         # The run's counts, for every batch it closes (a certificate says so when there were several)
-        "batches_closed": len(to_close),
+        "closed_together": len(to_close),
         "objects_removed": dvc_evidence["objects_removed"],
         # This run's, whichever batch's samples they held (the run summary); each batch's own are below.
         "versions_redacted": dvc_evidence["versions_redacted"],

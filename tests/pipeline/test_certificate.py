@@ -346,7 +346,7 @@ def test_a_purge_that_closed_several_batches_says_its_counts_are_the_run_s(tmp_p
     purge closed several batches (review of 2026-12-07)."""
     for closed, said in ((3, True), (1, False)):
         certificate = _certificate()
-        certificate["purge"]["batches_closed"] = closed
+        certificate["purge"]["closed_together"] = closed
         _, html_path = write_certificate(certificate, {}, tmp_path / str(closed))
         section = html_path.read_text().split('<section id="purge">')[1].split("</section>")[0]
         assert ("closed 3 deletion batches together" in section and "not told apart by batch" in section) is said

@@ -756,7 +756,7 @@ def test_a_champion_moved_back_past_a_deletion_is_replaced_by_an_exact_retrain(p
     first, second = (json.loads(certificate_paths(project, r)[0].read_text())["data"] for r in ("R-FIRST", "R-SECOND"))
     assert second["version_before"] == first["version_after"] != first["version_before"]
     for request_id in ("R-FIRST", "R-SECOND"):  # each purge closed one batch: its counts are that batch's
-        assert json.loads(certificate_paths(project, request_id)[0].read_text())["purge"]["batches_closed"] == 1
+        assert json.loads(certificate_paths(project, request_id)[0].read_text())["purge"]["closed_together"] == 1
     for data in (first, second):
         assert data["redacted_versions"] == [data["version_before"]] and data["redacted_earlier_versions"] == []
     assert first["found_redacted_versions"] == [] and second["found_redacted_versions"] == [first["version_before"]]
