@@ -207,30 +207,51 @@ def test_a_copy_of_a_clean_version_registered_by_hand_neither_wedges_purge_nor_l
     assert model_files.artifacts_remaining(location, project.artifact_root) > 0  # the clean version's files stay
 
 
-def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make_project):
+def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make_project, monkeypatch):
     """Fifth review of 2026-12-07: two versions of one contaminated logged model, each under an alias, kept each
-    other ("kept while version N serves the same files") on every purge, so the deleted samples' weights stayed."""
+    other ("kept while version N serves the same files") on every purge, so the deleted samples' weights stayed.
+    A third, registered by hand from the model's folder, retires with them; killed after the first went, the next
+    run took its fingerprints for another registry's (no model id to match them by) and said its weights were not
+    searched for (review of the fix)."""
     import mlflow
+    import pytest
 
     from tasks import model_files, tracking
     from tasks.lifecycle import run_purge
+    from tasks.retired_weights import retired_weight_fingerprints
+    from unlearn.requests import Ledger
 
     project, client, name = _promoted_after_a_deletion(make_project)
     baseline = client.get_model_version(name, "1")  # trained on R-1's samples; `previous` after the promotion
     copy = mlflow.register_model(f"models:/{tracking.version_model_id(baseline)}", name)
     client.set_registered_model_alias(name, "backup", copy.version)
     (location,) = model_files.model_artifact_locations(client, baseline)
+    by_hand = client.create_model_version(name, source=str(_folder(location)))
+    real, calls = model_files.retire_version, []
+
+    def killed_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_files, "retire_version", killed_on_the_second)
+        with pytest.raises(KeyboardInterrupt):
+            run_purge(project)
+    assert client.get_model_version(name, "1").tags.get("retired") == "true"
     run_purge(project)
-    for version in ("1", str(copy.version)):
+    for version in ("1", str(copy.version), str(by_hand.version)):
         assert client.get_model_version(name, version).tags.get("retired") == "true", version
     assert set(client.get_registered_model(name).aliases) == {"champion"}
     assert model_files.artifacts_remaining(location, project.artifact_root) == 0
-    # both were fingerprinted before the shared files went, apart from each other's identical bytes (sixth review:
-    # none was, and the copies were never searched for)
-    from tasks.retired_weights import retired_weight_fingerprints
-
+    # each was fingerprinted before the shared files went, apart from the others' identical bytes (sixth review:
+    # none was, and the copies were never searched for), under its own key
     fingerprints = retired_weight_fingerprints(project)
-    assert fingerprints["1"] and fingerprints[str(copy.version)]
+    assert fingerprints["1"] and fingerprints[str(copy.version)] and fingerprints[str(by_hand.version)]
+    assert not [key for key in fingerprints if "~" in key]
+    (batch_id,) = Ledger(project.ledger_path).batches
+    assert Ledger(project.ledger_path).batch(batch_id)["retirement"][str(by_hand.version)]["weights_searched"] is True
 
 
 def _folder(location):
@@ -240,12 +261,16 @@ def _folder(location):
     return Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
 
 
-def test_versions_registered_from_a_bare_path_are_grouped_by_their_files_and_the_rest_are_kept_and_said(
-        make_project, tmp_path):
+def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_another_its_files(
+        make_project, tmp_path, monkeypatch):
     """Reviews of 2026-12-07: a version registered from a path (no logged model) was never located. On another
     version's model folder, it kept no lineage of its own and lost its files when the original retired (its
     weights were never fingerprinted either); on the champion's, it was scheduled as "trained on everything"; a copy
-    outside the artifact store failed every purge, then was kept "for rollback" in the certificate's words."""
+    outside the artifact store failed every purge, then was kept "for rollback" in the certificate's words. Then
+    (a review of the fix): one on another registered model's version (`models:/other/N`) was retired with that
+    model's served files; one on a run (`runs:/...`) took the champion run's verification evidence; one on a link to
+    a folder failed every purge (rmtree refuses links), and so did one in a bucket this machine cannot read."""
+    import os
     import shutil
 
     from tasks import model_files, tracking
@@ -265,50 +290,6 @@ def test_versions_registered_from_a_bare_path_are_grouped_by_their_files_and_the
     shutil.copytree(_folder(champion_at), outside)  # the champion's bytes: the baseline's are not live elsewhere
     loose = client.create_model_version(name, source=str(outside))
     assert tracking.version_model_id(loose) is None and tracking.version_model_id(on_baseline) is None
-    for _ in range(2):
-        run_purge(project)  # no error
-    (batch_id,) = Ledger(project.ledger_path).batches
-    retirement = Ledger(project.ledger_path).batch(batch_id)["retirement"]
-    for version in ("1", str(on_baseline.version)):  # the same files: retired together, both fingerprinted first
-        assert client.get_model_version(name, version).tags.get("retired") == "true", version
-        assert retired_weight_fingerprints(project)[version], version
-    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
-    assert str(on_champion.version) not in retirement  # the champion's files cover what the champion covers
-    assert model_files.artifacts_remaining(champion_at, project.artifact_root) > 0
-    entry = retirement[str(loose.version)]
-    assert entry["action"] == "scheduled" and "registered by hand from a path" in entry["held"]
-    assert outside.exists()  # not the pipeline's to delete
-    assert any(f.subject == f"version {loose.version}" and "does not delete its files" in f.problem
-               for f in diagnose(project))
-    run_stages(project, "certify")
-    (certificate,) = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
-    statement = certificate["retirement"]["statement"]
-    assert f"version(s) {loose.version} are due for retirement" in statement and "no lineage" in statement
-    assert "kept for rollback" not in statement
-    shutil.rmtree(outside)  # the operator removes them: the next purge shows them gone and retires the version
-    run_purge(project)
-    tags = client.get_model_version(name, loose.version).tags
-    assert tags.get("retired") == tags.get("artifacts_deleted") == "true"
-    # shown gone, not said unverifiable; its weights were never fingerprinted (held, then removed by hand): said
-    assert [f.check for f in diagnose(project) if f.subject == f"version {loose.version}"] == ["weights"]
-
-
-def test_a_version_registered_by_hand_never_costs_another_model_or_run_its_files(make_project, tmp_path,
-                                                                                   monkeypatch):
-    """Review of 2026-12-07: a hand version on another registered model's version (`models:/other/N`) was retired
-    with that model's served files; one on a run (`runs:/...`) took the champion run's verification evidence; one
-    on a link to a folder failed every purge (rmtree refuses links), and so did one in a bucket this machine cannot
-    read."""
-    import os
-    import shutil
-
-    from tasks import model_files, tracking
-    from tasks.lifecycle import run_purge
-    from unlearn.requests import Ledger
-
-    project, client, name = _promoted_after_a_deletion(make_project)
-    champion = tracking.champion_version(project, client)
-    (champion_at,) = model_files.model_artifact_locations(client, champion)
     theirs = project.artifact_root / "other-team" / "model"
     shutil.copytree(_folder(champion_at), theirs)
     client.create_registered_model("other-model")
@@ -321,7 +302,6 @@ def test_a_version_registered_by_hand_never_costs_another_model_or_run_its_files
     shutil.copytree(_folder(champion_at), linked)
     os.symlink(linked, tmp_path / "latest")
     on_link = client.create_model_version(name, source=str(tmp_path / "latest"))
-    # someone else's bucket, which this machine cannot read: it failed every purge (NoCredentialsError)
     for key, value in {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
                        "AWS_CONFIG_FILE": str(tmp_path / "none")}.items():
         monkeypatch.setenv(key, value)
@@ -332,10 +312,33 @@ def test_a_version_registered_by_hand_never_costs_another_model_or_run_its_files
         run_purge(project)  # no error
     (batch_id,) = Ledger(project.ledger_path).batches
     retirement = Ledger(project.ledger_path).batch(batch_id)["retirement"]
+    for version in ("1", str(on_baseline.version)):  # the same files: retired together, both fingerprinted first
+        assert client.get_model_version(name, version).tags.get("retired") == "true", version
+        assert retired_weight_fingerprints(project)[version], version
+    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
+    assert str(on_champion.version) not in retirement  # the champion's files cover what the champion covers
+    assert model_files.artifacts_remaining(champion_at, project.artifact_root) > 0
     for version in (on_other, on_run, on_link, in_a_bucket):
         assert retirement[str(version.version)].get("held"), version.version
     assert model_files.artifacts_remaining(str(theirs)) > 0 and linked.exists()
     assert model_files.artifacts_remaining(client.get_run(champion.run_id).info.artifact_uri) == run_files > 0
+    entry = retirement[str(loose.version)]
+    assert entry["action"] == "scheduled" and "registered by hand from a path" in entry["held"]
+    assert outside.exists()  # not the pipeline's to delete
+    assert any(f.subject == f"version {loose.version}" and "does not delete its files" in f.problem
+               for f in diagnose(project))
+    run_stages(project, "certify")
+    (certificate,) = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
+    statement = certificate["retirement"]["statement"]
+    held = statement.split("model version(s) ")[1].split(" are due for retirement")[0].split(", ")
+    assert str(loose.version) in held and "no lineage" in statement
+    assert "kept for rollback" not in statement
+    shutil.rmtree(outside)  # the operator removes them: the next purge shows them gone and retires the version
+    run_purge(project)
+    tags = client.get_model_version(name, loose.version).tags
+    assert tags.get("retired") == tags.get("artifacts_deleted") == "true"
+    # shown gone, not said unverifiable; its weights were never fingerprinted (held, then removed by hand): said
+    assert [f.check for f in diagnose(project) if f.subject == f"version {loose.version}"] == ["weights"]
 
 
 def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_not_deleted(make_project):
@@ -364,38 +367,3 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
     tags = client.get_model_version(name, above.version).tags
     assert tags.get("retired") == "true" and model_files.artifacts_remaining(str(_folder(baseline_at).parent)) == 0
-
-
-def test_a_crash_between_a_group_s_retirements_keeps_each_member_s_fingerprints_its_own(make_project, monkeypatch):
-    """Review of 2026-12-07: killed after the logged model retired and before its hand-registered copy did, the next
-    run took the copy's fingerprints for another registry's (no model id to match them by) and said its weights
-    were not searched for."""
-    import pytest
-
-    from tasks import model_files
-    from tasks.lifecycle import run_purge
-    from tasks.retired_weights import retired_weight_fingerprints
-    from unlearn.requests import Ledger
-
-    project, client, name = _promoted_after_a_deletion(make_project)
-    (baseline_at,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
-    copy = client.create_model_version(name, source=str(_folder(baseline_at)))
-    real, calls = model_files.retire_version, []
-
-    def killed_on_the_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(model_files, "retire_version", killed_on_the_second)
-        with pytest.raises(KeyboardInterrupt):
-            run_purge(project)
-    assert client.get_model_version(name, "1").tags.get("retired") == "true"
-    run_purge(project)
-    assert client.get_model_version(name, copy.version).tags.get("artifacts_deleted") == "true"
-    fingerprints = retired_weight_fingerprints(project)
-    assert fingerprints["1"] and fingerprints[str(copy.version)] and not [k for k in fingerprints if "~" in k]
-    (batch_id,) = Ledger(project.ledger_path).batches
-    assert Ledger(project.ledger_path).batch(batch_id)["retirement"][str(copy.version)]["weights_searched"] is True
