@@ -218,9 +218,19 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                 scheduled.setdefault((version, _scheduled_model(entry, versions.get(version))), []).append(batch_id)
                 if entry.get("held"):
                     held[version] = str(entry["held"])
+    aliases = {str(v): a for a, v in client.get_registered_model(tracking.model_name(project)).aliases.items()} \
+        if held else {}
     for version, reason in sorted(held.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
         mv = versions.get(version)
-        if mv is not None and mv.tags.get("retired") != "true":
+        if mv is None or mv.tags.get("retired") == "true":
+            continue
+        if version in aliases:  # an alias moved to it since (review of 2026-12-07: "remove its files" was the advice)
+            findings.append(Finding("registry", f"version {version}", f"serves as {aliases[version]}, though it was "
+                                    "due for retirement and held (the alias was moved to it by hand?): it trained on "
+                                    "deleted samples, or has no lineage to show it did not; the certificates of the "
+                                    "batches that scheduled it stay interim until the alias moves to a version that "
+                                    "covers them and this one retires"))
+        else:
             findings.append(Finding("registry", f"version {version}", "due for retirement, but the pipeline does not "
                                     f"delete its files ({reason}); the certificates of the batches that scheduled "
                                     "it stay interim until it is retired"))

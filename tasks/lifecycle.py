@@ -129,6 +129,13 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     serving = ({str(v) for v in client.get_registered_model(tracking.model_name(project)).aliases.values()}
                & set(by_version)) if hand else set()
 
+    foreign: dict[str, list[tuple[str, list[str]]]] = {}
+
+    def served_by_others() -> list[tuple[str, list[str]]]:  # read once, and only when some group is due
+        if "aliases" not in foreign:
+            foreign["aliases"] = model_files.served_by_other_models(client, tracking.model_name(project))
+        return foreign["aliases"]
+
     def held_because(going: list[str]) -> str | None:
         """Why a due group's files are not deleted now (said in each member's reason), or None."""
         logged = [v for v in going if v not in hand]
@@ -142,6 +149,11 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
                         "registered model's version, a run that is gone): they cannot be shown deleted")
             if not all(model_files.files_gone(where(v)) for v in going):
                 return model_files.NOT_LOGGED
+        mine = [location for member in going for location in where(member)]
+        elsewhere = next((label for label, locations in served_by_others() if model_files.locations_overlap(
+            locations, mine)), None)
+        if elsewhere:
+            return f"its files are also served by {elsewhere}, another registered model's alias"
         tangled = sorted((v for v in serving - set(going)
                           if any(model_files.locations_overlap(where(v), where(g)) for g in going)), key=int)
         return (f"its files and those of version {tangled[0]}, which an alias serves, lie one inside the other "

@@ -25,13 +25,13 @@ def model_artifact_locations(client, mv: Any, *, _depth: int = 0) -> list[str]:
     version's locations. An alias source (``models:/<name>@<alias>``) moves with the alias, and another registered
     model's version is that model's (review of 2026-12-07: its served files were deleted): they locate nothing.
     """
-    model_id = version_model_id(mv)
-    if model_id:
-        return [client.get_logged_model(model_id).artifact_location]
     from mlflow.exceptions import MlflowException
 
+    model_id = version_model_id(mv)
     source = str(getattr(mv, "source", "") or "")
     try:
+        if model_id:
+            return [client.get_logged_model(model_id).artifact_location]
         if source.startswith("runs:/"):
             run_id, _, path = source[len("runs:/"):].partition("/")
             base = client.get_run(run_id).info.artifact_uri.rstrip("/")
@@ -44,7 +44,7 @@ def model_artifact_locations(client, mv: Any, *, _depth: int = 0) -> list[str]:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a registry error is raised, never taken for "no files"
             raise
-        return []  # the run or version it names is gone: nothing located
+        return []  # the logged model, run or version it names is gone (deleted by hand): nothing located
     return [source] if source else []
 
 
@@ -55,6 +55,24 @@ def _place(location: str) -> tuple[str, tuple[str, ...]]:
         return "file", local.resolve().parts
     scheme, _, rest = location.partition(":")
     return scheme, tuple(part for part in rest.split("/") if part)
+
+
+def served_by_other_models(client, name: str) -> list[tuple[str, list[str]]]:
+    """``(model@alias, locations)`` for every alias of every other registered model in the registry: a team
+    registry's models may serve one folder, and its files are never deleted while one does (review of 2026-12-07:
+    another model's champion lost its files)."""
+    served, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        for registered in page:
+            if registered.name == name:
+                continue
+            for alias, number in (registered.aliases or {}).items():
+                version = client.get_model_version(registered.name, str(number))
+                served.append((f"{registered.name}@{alias}", model_artifact_locations(client, version)))
+        token = getattr(page, "token", None)
+        if not token:
+            return served
 
 
 def files_key(locations: list[str]) -> str | None:
@@ -102,12 +120,34 @@ def files_gone(locations: list[str]) -> bool:
 
 
 def _local_path(location: str) -> Path | None:
-    """The filesystem path of a local artifact location (``file:`` URI or plain path); None for a remote one."""
+    """The filesystem path of a local artifact location (``file:`` URI or plain path); None for a remote one: any
+    other scheme, ``dbfs:/...`` and ``gs:/...`` included (taken for relative paths, they "did not exist": review of
+    2026-12-07)."""
+    import re
     from urllib.parse import unquote, urlparse
 
     if location.startswith("file:"):
         return Path(unquote(urlparse(location).path))
-    return Path(location) if "://" not in location and not location.startswith(("mlflow-artifacts:", "s3:")) else None
+    return None if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", location) else Path(location)
+
+
+def _count_local(local: Path) -> int:
+    """Files (and links) at a local location: a file counts as one, an absent path as none; a folder that cannot
+    be read raises (``Path.rglob`` skipped it, and its files counted as none)."""
+    import os
+
+    if not local.exists():
+        return 0
+    if not local.is_dir():
+        return 1
+
+    def unreadable(exc: OSError) -> None:
+        raise PipelineError(f"artifact location {local} cannot be listed ({exc}); nothing is claimed") from exc
+
+    count = 0
+    for folder, dirs, files in os.walk(local, onerror=unreadable):
+        count += len(files) + sum(1 for name in dirs if os.path.islink(os.path.join(folder, name)))
+    return count
 
 
 def artifacts_remaining(location: str, root: Path | None = None) -> int:
@@ -128,9 +168,7 @@ def artifacts_remaining(location: str, root: Path | None = None) -> int:
         if root is not None and not local.resolve().is_relative_to(Path(root).resolve()):
             raise PipelineError(f"artifact location {local} lies outside the project's artifact store {root} "
                                 "(moved or restored project?): its files cannot be shown deleted")
-        if not local.exists():
-            return 0
-        return sum(1 for path in local.rglob("*") if path.is_file() or path.is_symlink())
+        return _count_local(local)
     pending, count = [None], 0
     while pending:
         path = pending.pop()

@@ -308,6 +308,11 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
     in_a_bucket = client.create_model_version(name, source="s3://someone-elses-bucket/models/x")
+    # one file, and a scheme no store here reads: taken for nothing there, and tombstoned (second review)
+    weights_file = tmp_path / "weights-copy.pt"
+    shutil.copy(_folder(baseline_at) / "extra_files" / "state_dict.pt", weights_file)
+    on_file = client.create_model_version(name, source=str(weights_file))
+    on_dbfs = client.create_model_version(name, source="dbfs:/databricks/mlflow-registry/abc/models/model")
     for _ in range(2):
         run_purge(project)  # no error
     (batch_id,) = Ledger(project.ledger_path).batches
@@ -318,8 +323,9 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
     assert str(on_champion.version) not in retirement  # the champion's files cover what the champion covers
     assert model_files.artifacts_remaining(champion_at, project.artifact_root) > 0
-    for version in (on_other, on_run, on_link, in_a_bucket):
+    for version in (on_other, on_run, on_link, in_a_bucket, on_file, on_dbfs):
         assert retirement[str(version.version)].get("held"), version.version
+        assert client.get_model_version(name, version.version).tags.get("retired") != "true", version.version
     assert model_files.artifacts_remaining(str(theirs)) > 0 and linked.exists()
     assert model_files.artifacts_remaining(client.get_run(champion.run_id).info.artifact_uri) == run_files > 0
     entry = retirement[str(loose.version)]
@@ -339,6 +345,15 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     assert tags.get("retired") == tags.get("artifacts_deleted") == "true"
     # shown gone, not said unverifiable; its weights were never fingerprinted (held, then removed by hand): said
     assert [f.check for f in diagnose(project) if f.subject == f"version {loose.version}"] == ["weights"]
+    # A retired version's logged model deleted by hand while hand versions are live: nothing to locate, not an
+    # error on every purge and every doctor run (second review)
+    client.delete_logged_model(tracking.version_model_id(client.get_model_version(name, "1")))
+    run_purge(project)
+    diagnose(project)
+    # A held version made the champion by hand: doctor does not tell anyone to remove the files it serves
+    client.set_registered_model_alias(name, "champion", on_file.version)
+    problems = [f.problem for f in diagnose(project) if f.subject == f"version {on_file.version}"]
+    assert any("serves as champion" in p for p in problems) and not any("does not delete" in p for p in problems)
 
 
 def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_not_deleted(make_project):
@@ -362,6 +377,16 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     # retirement for good (review of 2026-12-07). The hand version is never deleted by the pipeline; its folder
     # held only version 1's files, so it is then shown empty, and retired with nothing left to claim.
     client.delete_registered_model_alias(name, "archive")
+    # another registered model in the registry serving the same folder holds it too (second review: its champion
+    # lost its files)
+    client.create_registered_model("other-model")
+    other = client.create_model_version("other-model", source=str(_folder(baseline_at)))
+    client.set_registered_model_alias("other-model", "champion", other.version)
+    run_purge(project)
+    entry = Ledger(project.ledger_path).batch(batch_id)["retirement"]["1"]
+    assert "also served by other-model@champion" in entry["held"]
+    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) > 0
+    client.delete_registered_model_alias("other-model", "champion")
     run_purge(project)
     assert client.get_model_version(name, "1").tags.get("retired") == "true"
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0

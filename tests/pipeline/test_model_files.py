@@ -98,3 +98,7 @@ def test_files_are_gone_only_when_every_location_is_seen_empty_or_absent(tmp_pat
     assert files_gone([str(tmp_path / "empty"), str(tmp_path / "absent")])
     assert not files_gone([str(tmp_path / "empty"), str(tmp_path / "full")])
     assert not files_gone([])  # nothing located is not "gone"
+    # a single file is one file (rglob counted none under it); a scheme it does not know is not a relative path
+    # that "does not exist" (review of 2026-12-07: both were tombstoned as deleted with the weights on disk)
+    assert not files_gone([str(tmp_path / "full" / "MLmodel")])
+    assert not files_gone(["dbfs:/databricks/mlflow-registry/abc/models/model", "gs:/bucket/model"])
