@@ -16,14 +16,15 @@ from tasks.project import PipelineError, Project
 from tasks.tracking import model_name, version_model_id
 
 
-def model_artifact_locations(client, mv: Any, *, _depth: int = 0) -> list[str]:
+def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth: int = 0) -> list[str]:
     """Every artifact location that holds this version's weights; empty when none can be determined.
 
     A version with a logged model: that model's location (MLflow 3 keeps a registered model's files there, not in
     the run's artifacts). One registered from a source of its own: the path (local or a URI), a ``runs:/`` source
     resolved to the run's artifacts, a ``models:/<name>/<number>`` source of its own registered model to that
     version's locations. An alias source (``models:/<name>@<alias>``) moves with the alias, and another registered
-    model's version is that model's (review of 2026-12-07: its served files were deleted): they locate nothing.
+    model's version is that model's (review of 2026-12-07: its served files were deleted): they locate nothing,
+    unless ``any_model`` (what another model serves: it may be one of this model's versions).
     """
     from mlflow.exceptions import MlflowException
 
@@ -38,9 +39,11 @@ def model_artifact_locations(client, mv: Any, *, _depth: int = 0) -> list[str]:
             return [f"{base}/{path.strip('/')}" if path.strip("/") else base]
         if source.startswith("models:/"):
             name, _, number = source[len("models:/"):].rpartition("/")
-            if not (name and number.isdigit()) or name != getattr(mv, "name", None) or _depth >= 5:
+            if not (name and number.isdigit()) or (name != getattr(mv, "name", None) and not any_model) \
+                    or _depth >= 5:
                 return []  # an alias moves; another registered model's files are not this one's to locate
-            return model_artifact_locations(client, client.get_model_version(name, number), _depth=_depth + 1)
+            return model_artifact_locations(client, client.get_model_version(name, number), any_model=any_model,
+                                            _depth=_depth + 1)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a registry error is raised, never taken for "no files"
             raise
@@ -69,7 +72,7 @@ def served_by_other_models(client, name: str) -> list[tuple[str, list[str]]]:
                 continue
             for alias, number in (registered.aliases or {}).items():
                 version = client.get_model_version(registered.name, str(number))
-                served.append((f"{registered.name}@{alias}", model_artifact_locations(client, version)))
+                served.append((f"{registered.name}@{alias}", model_artifact_locations(client, version, any_model=True)))
         token = getattr(page, "token", None)
         if not token:
             return served
@@ -111,10 +114,13 @@ def undeletable_reason(project: Project, locations: list[str]) -> str | None:
 
 
 def files_gone(locations: list[str]) -> bool:
-    """Whether every location is verifiably empty or absent (what a tombstone may then claim); a listing error, or no
-    location at all, is not "gone"."""
+    """Whether every location is verifiably empty or absent (what a tombstone may then claim); a listing error, no
+    location at all, or a remote one is not "gone": a store lists what lies under a path, so a source naming one
+    object (``s3://bucket/weights.pt``) would list empty while the object is there (review of 2026-12-07)."""
+    if not locations or any(_local_path(location) is None for location in locations):
+        return False
     try:
-        return bool(locations) and all(artifacts_remaining(location) == 0 for location in locations)
+        return all(artifacts_remaining(location) == 0 for location in locations)
     except PipelineError:
         return False
 
@@ -124,11 +130,13 @@ def _local_path(location: str) -> Path | None:
     other scheme, ``dbfs:/...`` and ``gs:/...`` included (taken for relative paths, they "did not exist": review of
     2026-12-07)."""
     import re
-    from urllib.parse import unquote, urlparse
 
-    if location.startswith("file:"):
-        return Path(unquote(urlparse(location).path))
-    return None if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", location) else Path(location)
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    if not location.startswith("file:") and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", location):
+        return None
+    # as MLflow reads it when it loads the version: a plain path is un-escaped too (`my%20model` is `my model`)
+    return Path(local_file_uri_to_path(location))
 
 
 def _count_local(local: Path) -> int:
@@ -136,13 +144,16 @@ def _count_local(local: Path) -> int:
     be read raises (``Path.rglob`` skipped it, and its files counted as none)."""
     import os
 
-    if not local.exists():
-        return 0
-    if not local.is_dir():
-        return 1
-
     def unreadable(exc: OSError) -> None:
         raise PipelineError(f"artifact location {local} cannot be listed ({exc}); nothing is claimed") from exc
+
+    try:  # a folder above it that cannot be searched raises here (EACCES), not "absent"
+        if not local.exists():
+            return 0
+        if not local.is_dir():
+            return 1
+    except OSError as exc:
+        unreadable(exc)
 
     count = 0
     for folder, dirs, files in os.walk(local, onerror=unreadable):

@@ -382,11 +382,14 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     client.create_registered_model("other-model")
     other = client.create_model_version("other-model", source=str(_folder(baseline_at)))
     client.set_registered_model_alias("other-model", "champion", other.version)
-    run_purge(project)
-    entry = Ledger(project.ledger_path).batch(batch_id)["retirement"]["1"]
-    assert "also served by other-model@champion" in entry["held"]
-    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) > 0
-    client.delete_registered_model_alias("other-model", "champion")
+    through = client.create_model_version("other-model", source=f"models:/{name}/1")  # third review: followed too
+    client.set_registered_model_alias("other-model", "staging", through.version)
+    for alias in ("champion", "staging"):
+        run_purge(project)
+        entry = Ledger(project.ledger_path).batch(batch_id)["retirement"]["1"]
+        assert f"also served by other-model@{alias}" in entry["held"]
+        assert model_files.artifacts_remaining(baseline_at, project.artifact_root) > 0
+        client.delete_registered_model_alias("other-model", alias)
     run_purge(project)
     assert client.get_model_version(name, "1").tags.get("retired") == "true"
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0

@@ -43,6 +43,9 @@ def test_a_version_s_files_are_located_from_its_logged_model_or_its_own_source()
     assert model_artifact_locations(client, _version("models:/m/2")) == ["file:///store/models/m-abc/artifacts"]
     assert model_artifact_locations(client, _version("models:/m@champion")) == []  # moves with the alias
     assert model_artifact_locations(client, _version("models:/m/2", name="ours")) == []  # another model's files
+    # ... unless what another model serves is asked: it may be one of this model's versions (third review)
+    assert model_artifact_locations(client, _version("models:/m/2", name="ours"), any_model=True) == [
+        "file:///store/models/m-abc/artifacts"]
     assert model_artifact_locations(client, _version("runs:/gone/model")) == []  # the run was deleted
     assert model_artifact_locations(client, _version("")) == []
 
@@ -102,3 +105,24 @@ def test_files_are_gone_only_when_every_location_is_seen_empty_or_absent(tmp_pat
     # that "does not exist" (review of 2026-12-07: both were tombstoned as deleted with the weights on disk)
     assert not files_gone([str(tmp_path / "full" / "MLmodel")])
     assert not files_gone(["dbfs:/databricks/mlflow-registry/abc/models/model", "gs:/bucket/model"])
+    # a store lists what lies under a path: one object would list empty while it is there (third review)
+    assert not files_gone(["s3://bucket/weights.pt"])
+    # a plain path is un-escaped as MLflow un-escapes it when it loads the version (third review: `my%20model` was
+    # "absent" while MLflow loaded `my model`)
+    (tmp_path / "my model").mkdir()
+    (tmp_path / "my model" / "MLmodel").write_text("x")
+    assert not files_gone([f"{tmp_path}/my%20model"])
+
+
+def test_a_folder_that_cannot_be_searched_is_not_gone_and_raises_no_os_error(tmp_path, monkeypatch):
+    """Third review of 2026-12-07: EACCES on a folder above the source raised PermissionError out of the purge (every
+    run) and out of `unlearn doctor` (root cannot be denied, so it is simulated)."""
+    from pathlib import Path
+
+    from tasks.model_files import files_gone
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    assert not files_gone([str(tmp_path / "locked" / "inner")])
