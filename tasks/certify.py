@@ -213,10 +213,9 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
                          "the same files is kept (see its reason)")
         if held:  # not "kept for rollback": the pipeline cannot delete these files (review of 2026-12-07)
             parts.append(f"model version(s) {', '.join(held)} are due for retirement (they trained on these "
-                         "samples, or have no lineage to show they did not: see the reason), but the pipeline does not "
-                         "delete their files (registered by hand from a path, located nowhere, outside the project's "
-                         "artifact store, or inside or above files an alias serves; see the reason): `unlearn doctor` "
-                         "names them")
+                         "samples, or have no lineage to show they did not), but the pipeline does not delete their "
+                         "files (registered by hand from a path, located nowhere, outside the project's artifact "
+                         "store, or served by an alias; each one's reason says which): `unlearn doctor` names them")
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")

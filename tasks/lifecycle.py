@@ -103,6 +103,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     # a bare path was never grouped, and its files went with the original's). The pipeline deletes only files of
     # models it logged, and never a folder above or inside one an alias serves: the rest is held, and said.
     hand = [str(v.version) for v in live if tracking.version_model_id(v) is None]
+    everything = {str(v.version): v for v in versions}
     located: dict[str, list[str]] = {}
 
     def where(version: str) -> list[str]:  # a registry call a version: made only where needed
@@ -110,7 +111,6 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             located[version] = model_files.model_artifact_locations(client, everything[version])
         return located[version]
 
-    everything = {str(v.version): v for v in versions}
     # With a hand-registered version live, every version's folder says which it shares; without, a logged model
     # is its own group (no call to locate it)
     group_of = {version: (model_files.files_key(where(version)) if hand else
