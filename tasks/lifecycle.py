@@ -154,8 +154,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             locations, mine)), None)
         if elsewhere:
             return f"its files are also served by {elsewhere}, another registered model's alias"
-        tangled = sorted((v for v in serving - set(going)
-                          if any(model_files.locations_overlap(where(v), where(g)) for g in going)), key=int)
+        # what an alias serves, followed through another model's version too (fourth review: a hand version on
+        # `models:/other-model/N` under an alias lost its files with version 1's)
+        tangled = sorted((v for v in serving - set(going) if model_files.locations_overlap(
+            model_files.model_artifact_locations(client, by_version[v], any_model=True), mine)), key=int)
         return (f"its files and those of version {tangled[0]}, which an alias serves, lie one inside the other "
                 "(registered by hand from a folder above or inside a model's)") if tangled else None
 

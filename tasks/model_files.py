@@ -15,6 +15,9 @@ from typing import Any
 from tasks.project import PipelineError, Project
 from tasks.tracking import model_name, version_model_id
 
+# MLflow's answers that no retry changes: what a source names does not exist, or the source is malformed
+_NEVER_RESOLVES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
+
 
 def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth: int = 0) -> list[str]:
     """Every artifact location that holds this version's weights; empty when none can be determined.
@@ -45,9 +48,11 @@ def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth
             return model_artifact_locations(client, client.get_model_version(name, number), any_model=any_model,
                                             _depth=_depth + 1)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a registry error is raised, never taken for "no files"
+        if exc.error_code not in _NEVER_RESOLVES:  # a registry error is raised, never taken for "no files"
             raise
-        return []  # the logged model, run or version it names is gone (deleted by hand): nothing located
+        # the logged model, run or version it names is gone (deleted by hand), or the source can never name one
+        # (`runs://model`: review of 2026-12-07, every purge and doctor run raised on it): nothing located
+        return []
     return [source] if source else []
 
 
@@ -245,7 +250,7 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     for alias, target in aliases.items():  # the files a live alias serves are never deleted (review of 2026-12-07)
         other = client.get_model_version(name, str(target)) if str(target) not in going else None
         if other is not None and other.tags.get("retired") != "true" and locations_overlap(
-                model_artifact_locations(client, other), locations):
+                model_artifact_locations(client, other, any_model=True), locations):
             raise PipelineError(f"model version {name}/{version} shares its weights with version {target} "
                                 f"({alias}): they are not deleted; run `unlearn doctor`")
     for alias, target in aliases.items():  # checked first: a refused retirement keeps the rollback target

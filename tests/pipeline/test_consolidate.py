@@ -308,6 +308,11 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
     in_a_bucket = client.create_model_version(name, source="s3://someone-elses-bucket/models/x")
+    # a source no registry call can ever resolve, in this model and under another model's alias: every purge and
+    # doctor run raised (fourth review)
+    malformed = client.create_model_version(name, source="runs://model")
+    client.set_registered_model_alias("other-model", "broken",
+                                      client.create_model_version("other-model", source="runs://model").version)
     # one file, and a scheme no store here reads: taken for nothing there, and tombstoned (second review)
     weights_file = tmp_path / "weights-copy.pt"
     shutil.copy(_folder(baseline_at) / "extra_files" / "state_dict.pt", weights_file)
@@ -323,7 +328,7 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
     assert str(on_champion.version) not in retirement  # the champion's files cover what the champion covers
     assert model_files.artifacts_remaining(champion_at, project.artifact_root) > 0
-    for version in (on_other, on_run, on_link, in_a_bucket, on_file, on_dbfs):
+    for version in (on_other, on_run, on_link, in_a_bucket, on_file, on_dbfs, malformed):
         assert retirement[str(version.version)].get("held"), version.version
         assert client.get_model_version(name, version.version).tags.get("retired") != "true", version.version
     assert model_files.artifacts_remaining(str(theirs)) > 0 and linked.exists()
@@ -359,7 +364,7 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
 def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_not_deleted(make_project):
     """A version registered by hand from the folder above a contaminated model's: deleting the contaminated model's
     files took part of its files (an alias on it did not guard them: locations were compared for equality)."""
-    from tasks import model_files
+    from tasks import model_files, tracking
     from tasks.lifecycle import run_purge
     from unlearn.requests import Ledger
 
@@ -377,6 +382,19 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     # retirement for good (review of 2026-12-07). The hand version is never deleted by the pipeline; its folder
     # held only version 1's files, so it is then shown empty, and retired with nothing left to claim.
     client.delete_registered_model_alias(name, "archive")
+    # this model's alias on a version registered through another model's version of the same files (fourth review:
+    # never located, so version 1's deletion took what it serves)
+    import mlflow
+
+    mirror = mlflow.register_model(f"models:/{tracking.version_model_id(client.get_model_version(name, '1'))}",
+                                   "mirror-model")
+    through_mirror = client.create_model_version(name, source=f"models:/mirror-model/{mirror.version}")
+    client.set_registered_model_alias(name, "backup", through_mirror.version)
+    run_purge(project)
+    entry = Ledger(project.ledger_path).batch(batch_id)["retirement"]["1"]
+    assert f"version {through_mirror.version}, which an alias serves" in entry["held"]
+    assert model_files.artifacts_remaining(baseline_at, project.artifact_root) > 0
+    client.delete_registered_model_alias(name, "backup")
     # another registered model in the registry serving the same folder holds it too (second review: its champion
     # lost its files)
     client.create_registered_model("other-model")
