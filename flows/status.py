@@ -170,6 +170,9 @@ def _last_certificate(project: Any) -> dict[str, Any] | None:
         out["verdict"] = (document.get("verification") or {}).get("verdict")
         out["evidence"] = (document.get("verification") or {}).get("evidence")
         out["model_version"] = (document.get("model") or {}).get("version")
+        # complete, or interim (awaiting_retirement: a version that trained on the samples is still kept): an
+        # operator reading status alone could not tell the deletion was unfinished (review of 2026-12-07)
+        out["status"] = document.get("status")
     except (json.JSONDecodeError, OSError, AttributeError) as exc:
         out["problem"] = _problem(exc)
     return out
@@ -380,7 +383,8 @@ def format_status(report: dict[str, Any]) -> str:
     certificate = report.get("certificate")
     lines.append("\nlast certificate:")
     if certificate:
-        lines.append(f"  request {_cell(certificate.get('request_id'))}  verdict {_cell(_with_evidence(certificate))}"
+        lines.append(f"  request {_cell(certificate.get('request_id'))}  status {_cell(certificate.get('status'))}"
+                     f"  verdict {_cell(_with_evidence(certificate))}"
                      f"  model {_cell(certificate.get('model_version'))}  written {certificate['written']}"
                      f"  ({certificate['total']} in all)")
         lines.append(f"  {certificate['html']}")

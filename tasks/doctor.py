@@ -216,7 +216,8 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "scheduled":
                 scheduled.setdefault((version, _scheduled_model(entry, versions.get(version))), []).append(batch_id)
-                if entry.get("held"):
+                if entry.get("held") and (version not in versions or entry.get("model_id") in (
+                        None, tracking.version_model_id(versions[version]))):  # else the number is another model's
                     held[version] = str(entry["held"])
     aliases = {str(v): a for a, v in client.get_registered_model(tracking.model_name(project)).aliases.items()} \
         if held else {}

@@ -31,6 +31,22 @@ def test_status_fresh_project(make_project, capsys):
     assert code == 0 and report["fresh"] is True and report["champion"] is None and report["problems"] == {}
 
 
+def test_status_says_whether_the_last_certificate_is_complete_or_interim(make_project, capsys):
+    """Review of 2026-12-07: status showed the last certificate's request, verdict and model, never its status, so an
+    operator could not tell from it that a deletion was unfinished (a version that trained on the samples kept)."""
+    from tasks.project import load_project
+
+    root = make_project(registry=False)
+    certificates = load_project(root, check_registries=False).certificates_dir
+    certificates.mkdir(parents=True)
+    (certificates / "R-1.json").write_text(json.dumps({"request_id": "R-1", "status": "awaiting_retirement",
+                                                       "verification": {"verdict": "pass"}, "model": {"version": 2}}))
+    code, out = _status(capsys, root)
+    assert code == 0 and "request R-1  status awaiting_retirement  verdict pass" in out
+    code, out = _status(capsys, root, "--json")
+    assert json.loads(out)["certificate"]["status"] == "awaiting_retirement"
+
+
 def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkeypatch):
     from flows.cli import main
 
