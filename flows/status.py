@@ -374,9 +374,10 @@ def format_status(report: dict[str, Any]) -> str:
     stages = report.get("stages") or []
     if stages:
         lines.append("\nstages (data/state/*.json, newest first):")
+        width = max(len(str(stage["stage"])) for stage in stages) + 2  # a long name ran into the time
         for stage in stages:
             extra = ", ".join(f"{k} {v}" for k, v in stage.items() if k not in ("stage", "updated"))
-            lines.append(f"  {stage['stage']:<11}{stage['updated']}  {extra}")
+            lines.append(f"  {stage['stage']:<{width}}{stage['updated']}  {extra}")
     if report.get("data_version"):
         lines.append(f"\ndata version (dvc.lock): {report['data_version']}")
     lines += _audit_lines(report)

@@ -45,6 +45,11 @@ def test_status_says_whether_the_last_certificate_is_complete_or_interim(make_pr
     assert code == 0 and "request R-1  status awaiting_retirement  verdict pass" in out
     code, out = _status(capsys, root, "--json")
     assert json.loads(out)["certificate"]["status"] == "awaiting_retirement"
+    state = load_project(root, check_registries=False).state_dir
+    state.mkdir(parents=True)
+    (state / "retired-weights-scanned.json").write_text("{}")  # a long stage name ran into its time
+    code, out = _status(capsys, root)
+    assert "  retired-weights-scanned  20" in out
 
 
 def test_status_missing_and_broken_pieces(make_project, tmp_path, capsys, monkeypatch):
