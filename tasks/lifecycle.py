@@ -148,7 +148,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
                 return ("registered by hand from a source whose files cannot be located (an alias, another "
                         "registered model's version, a run that is gone): they cannot be shown deleted")
             if not all(model_files.files_gone(where(v)) for v in going):
-                return model_files.NOT_LOGGED
+                local = all(model_files.is_local(location) for v in going for location in where(v))
+                return model_files.NOT_LOGGED if local else model_files.NOT_LOGGED_REMOTE
         mine = [location for member in going for location in where(member)]
         elsewhere = next((label for label, locations in served_by_others() if model_files.locations_overlap(
             locations, mine)), None)

@@ -104,6 +104,16 @@ NOT_LOGGED = ("registered by hand from a path, with no logged model: the pipelin
               "it logged (once they are removed, the next purge retires the version)")
 
 
+# The same, for a remote source: a store lists what lies under a path, so its files can never be shown gone
+NOT_LOGGED_REMOTE = ("registered by hand from a remote source, with no logged model: the pipeline deletes only the "
+                     "files of models it logged, and cannot show a remote source's files gone")
+
+
+def is_local(location: str) -> bool:
+    """Whether a location is a path on this machine (a ``file:`` URI or a plain path), not a store's URI."""
+    return _local_path(location) is not None
+
+
 def undeletable_reason(project: Project, locations: list[str]) -> str | None:
     """Why the pipeline may not delete a logged model's files, or None when it may: none located, or a local one
     outside the project's artifact store (or the store itself: MLflow records absolute paths, so a moved or

@@ -330,6 +330,9 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     assert model_files.artifacts_remaining(champion_at, project.artifact_root) > 0
     for version in (on_other, on_run, on_link, in_a_bucket, on_file, on_dbfs, malformed):
         assert retirement[str(version.version)].get("held"), version.version
+        # "once they are removed, the next purge retires it" is said only where it is true: a local source
+        remote = version in (in_a_bucket, on_dbfs)
+        assert ("cannot show a remote source's files gone" in retirement[str(version.version)]["held"]) is remote
         assert client.get_model_version(name, version.version).tags.get("retired") != "true", version.version
     assert model_files.artifacts_remaining(str(theirs)) > 0 and linked.exists()
     assert model_files.artifacts_remaining(client.get_run(champion.run_id).info.artifact_uri) == run_files > 0
