@@ -24,10 +24,11 @@ def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth
 
     A version with a logged model: that model's location (MLflow 3 keeps a registered model's files there, not in
     the run's artifacts). One registered from a source of its own: the path (local or a URI), a ``runs:/`` source
-    resolved to the run's artifacts, a ``models:/<name>/<number>`` source of its own registered model to that
-    version's locations. An alias source (``models:/<name>@<alias>``) moves with the alias, and another registered
-    model's version is that model's (review of 2026-12-07: its served files were deleted): they locate nothing,
-    unless ``any_model`` (what another model serves: it may be one of this model's versions).
+    resolved to the run's artifacts and the run's logged model of that name (where MLflow 3 loads it from), a
+    ``models:/<name>/<number>`` source of its own registered model to that version's locations. An alias source
+    (``models:/<name>@<alias>``) moves with the alias, and another registered model's version is that model's
+    (review of 2026-12-07: its served files were deleted): they locate nothing, unless ``any_model`` (what another
+    model serves: it may be one of this model's versions).
     """
     from mlflow.exceptions import MlflowException
 
@@ -38,8 +39,9 @@ def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth
             return [client.get_logged_model(model_id).artifact_location]
         if source.startswith("runs:/"):
             run_id, _, path = source[len("runs:/"):].partition("/")
-            base = client.get_run(run_id).info.artifact_uri.rstrip("/")
-            return [f"{base}/{path.strip('/')}" if path.strip("/") else base]
+            run, path = client.get_run(run_id), path.strip("/")
+            base = run.info.artifact_uri.rstrip("/")
+            return [f"{base}/{path}" if path else base, *_run_logged_models(client, run, path)]
         if source.startswith("models:/"):
             name, _, number = source[len("models:/"):].rpartition("/")
             if not (name and number.isdigit()) or (name != getattr(mv, "name", None) and not any_model) \
@@ -54,6 +56,24 @@ def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth
         # (`runs://model`: review of 2026-12-07, every purge and doctor run raised on it): nothing located
         return []
     return [source] if source else []
+
+
+def _run_logged_models(client, run: Any, path: str) -> list[str]:
+    """Where MLflow 3 also loads ``runs:/<run>/<name>/<rest>`` from: the run's logged model called ``<name>`` (its
+    files are no longer in the run's artifacts). Read as MLflow's runs: repository reads it (review of 2026-12-07:
+    another model's alias on such a source lost its files with version 1's)."""
+    name, _, rest = path.partition("/")
+    if not name or "'" in name:
+        return []
+    found, token = [], None
+    while True:
+        page = client.search_logged_models(experiment_ids=[run.info.experiment_id], filter_string=f"name = '{name}'",
+                                           page_token=token)
+        found += [m.artifact_location.rstrip("/") + (f"/{rest}" if rest else "") for m in page
+                  if m.source_run_id == run.info.run_id]
+        token = getattr(page, "token", None)
+        if not token:
+            return found
 
 
 def _place(location: str) -> tuple[str, tuple[str, ...]]:

@@ -402,10 +402,12 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     # lost its files)
     client.create_registered_model("other-model")
     other = client.create_model_version("other-model", source=str(_folder(baseline_at)))
-    client.set_registered_model_alias("other-model", "champion", other.version)
     through = client.create_model_version("other-model", source=f"models:/{name}/1")  # third review: followed too
-    client.set_registered_model_alias("other-model", "staging", through.version)
-    for alias in ("champion", "staging"):
+    # sixth review: MLflow 3 loads runs:/<run>/<name> from the run's logged model of that name
+    logged = client.get_logged_model(tracking.version_model_id(client.get_model_version(name, "1")))
+    by_run = client.create_model_version("other-model", source=f"runs:/{logged.source_run_id}/{logged.name}")
+    for alias, version in (("champion", other), ("staging", through), ("canary", by_run)):  # each alone holds it
+        client.set_registered_model_alias("other-model", alias, version.version)
         run_purge(project)
         entry = Ledger(project.ledger_path).batch(batch_id)["retirement"]["1"]
         assert f"also served by other-model@{alias}" in entry["held"]

@@ -15,13 +15,20 @@ class _Client:
     def get_logged_model(self, model_id):
         return SimpleNamespace(artifact_location=f"file:///store/models/{model_id}/artifacts")
 
+    def search_logged_models(self, experiment_ids, filter_string=None, page_token=None):
+        from mlflow.store.entities.paged_list import PagedList
+
+        name = filter_string.split("'")[1]
+        return PagedList([SimpleNamespace(name=name, source_run_id="r1", artifact_location=f"file:///store/m-{name}/")]
+                         if name == "model" else [], None)
+
     def get_run(self, run_id):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
         if run_id not in self.runs:
             raise MlflowException(f"Run '{run_id}' not found", RESOURCE_DOES_NOT_EXIST)
-        return SimpleNamespace(info=SimpleNamespace(artifact_uri=self.runs[run_id]))
+        return SimpleNamespace(info=SimpleNamespace(artifact_uri=self.runs[run_id], run_id=run_id, experiment_id="0"))
 
     def get_model_version(self, name, number):
         return self.versions[(name, number)]
@@ -38,7 +45,10 @@ def test_a_version_s_files_are_located_from_its_logged_model_or_its_own_source()
                      versions={("m", "2"): _version("models:/m-abc")})
     assert model_artifact_locations(client, _version("models:/m-abc")) == ["file:///store/models/m-abc/artifacts"]
     assert model_artifact_locations(client, _version("/hand/copy")) == ["/hand/copy"]
-    assert model_artifact_locations(client, _version("runs:/r1/model")) == ["file:///store/1/r1/artifacts/model"]
+    # MLflow 3 loads runs:/<run>/<name> from the run's logged model of that name too (sixth review)
+    assert model_artifact_locations(client, _version("runs:/r1/model")) == ["file:///store/1/r1/artifacts/model",
+                                                                           "file:///store/m-model"]
+    assert model_artifact_locations(client, _version("runs:/r1/model/MLmodel"))[1] == "file:///store/m-model/MLmodel"
     assert model_artifact_locations(client, _version("runs:/r1")) == ["file:///store/1/r1/artifacts"]
     assert model_artifact_locations(client, _version("models:/m/2")) == ["file:///store/models/m-abc/artifacts"]
     assert model_artifact_locations(client, _version("models:/m@champion")) == []  # moves with the alias
