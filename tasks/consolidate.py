@@ -42,8 +42,8 @@ def is_exact(tags: dict[str, str]) -> bool:
     """Whether a registered version was trained exactly (never saw a sample deleted before its data version).
 
     An exact-retrain rung counts only with ``evidence=exact`` (absent on baselines, "None" on versions whose report
-    predates it): one that
-    did not verify as the exact retrain and was promoted at low power is not exact (review of 2026-12-07).
+    predates it): one that did not verify as the exact retrain and was promoted at low power is not exact (review of
+    2026-12-07).
     """
     return tags.get("exact") == "true" or (tags.get("method") in EXACT_METHODS and tags.get("verdict") != "fail"
                                            and (tags.get("evidence", "exact") == "exact"

@@ -14,6 +14,7 @@ Both are idempotent: a re-run after a crash finishes what is left and repeats no
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,12 +105,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     # models it logged, and never a folder above or inside one an alias serves: the rest is held, and said.
     hand = [str(v.version) for v in live if tracking.version_model_id(v) is None]
     everything = {str(v.version): v for v in versions}
-    located: dict[str, list[str]] = {}
 
-    def where(version: str) -> list[str]:  # a registry call a version: made only where needed
-        if version not in located:
-            located[version] = model_files.model_artifact_locations(client, everything[version])
-        return located[version]
+    @functools.cache
+    def where(version: str, any_model: bool = False) -> list[str]:  # a registry call a version, only where needed
+        return model_files.model_artifact_locations(client, everything[version], any_model=any_model)
 
     # With a hand-registered version live, every version's folder says which it shares; without, a logged model
     # is its own group (no call to locate it)
@@ -129,12 +128,9 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     serving = ({str(v) for v in client.get_registered_model(tracking.model_name(project)).aliases.values()}
                & set(by_version)) if hand else set()
 
-    foreign: dict[str, list[tuple[str, list[str]]]] = {}
-
+    @functools.cache
     def served_by_others() -> list[tuple[str, list[str]]]:  # read once, and only when some group is due
-        if "aliases" not in foreign:
-            foreign["aliases"] = model_files.served_by_other_models(client, tracking.model_name(project))
-        return foreign["aliases"]
+        return model_files.served_by_other_models(client, tracking.model_name(project))
 
     def held_because(going: list[str]) -> str | None:
         """Why a due group's files are not deleted now (said in each member's reason), or None."""
@@ -158,7 +154,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         # what an alias serves, followed through another model's version too (fourth review: a hand version on
         # `models:/other-model/N` under an alias lost its files with version 1's)
         tangled = sorted((v for v in serving - set(going) if model_files.locations_overlap(
-            model_files.model_artifact_locations(client, by_version[v], any_model=True), mine)), key=int)
+            where(v, any_model=True), mine)), key=int)
         return (f"its files and those of version {tangled[0]}, which an alias serves, lie one inside the other "
                 "(registered by hand from a folder above or inside a model's)") if tangled else None
 

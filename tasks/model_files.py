@@ -9,6 +9,7 @@ other's retirement deletes the files it serves (review of 2026-12-07).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ def files_gone(locations: list[str]) -> bool:
     """Whether every location is verifiably empty or absent (what a tombstone may then claim); a listing error, no
     location at all, or a remote one is not "gone": a store lists what lies under a path, so a source naming one
     object (``s3://bucket/weights.pt``) would list empty while the object is there (review of 2026-12-07)."""
-    if not locations or any(_local_path(location) is None for location in locations):
+    if not locations or not all(map(is_local, locations)):
         return False
     try:
         return all(artifacts_remaining(location) == 0 for location in locations)
@@ -164,8 +165,6 @@ def _local_path(location: str) -> Path | None:
     """The filesystem path of a local artifact location (``file:`` URI or plain path); None for a remote one: any
     other scheme, ``dbfs:/...`` and ``gs:/...`` included (taken for relative paths, they "did not exist": review of
     2026-12-07)."""
-    import re
-
     from mlflow.utils.file_utils import local_file_uri_to_path
 
     if not location.startswith("file:") and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", location):
@@ -240,7 +239,8 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     version's locations any more; ``retired=true`` comes last, so a crash at any point leaves
     either a version that is retried on the next run or a tombstone whose claims were checked.
     Aliases that point at it are removed first (an alias must never resolve to a model that cannot
-    be loaded). Idempotent: a version already retired is left alone.
+    be loaded). Idempotent: a version already retired is left alone. A version registered by hand from a path (no
+    logged model) is only shown gone, never deleted (:data:`NOT_LOGGED`).
 
     Args:
         project: The project.
@@ -251,8 +251,6 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
         at: ISO-8601 time.
         sharing: Other versions whose files overlap its own (:func:`locations_overlap`), retiring with it (their
             aliases go too).
-
-    A version registered by hand from a path (no logged model) is only shown gone, never deleted (:data:`NOT_LOGGED`).
 
     Returns:
         True when artifacts were deleted (and verified gone) now, False when it was already retired.
@@ -267,7 +265,8 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
     if mv.tags.get("retired") == "true":
         return False
     locations = model_artifact_locations(client, mv)
-    logged = version_model_id(mv) is not None
+    model_id = version_model_id(mv)
+    logged = model_id is not None
     # Registered by hand from a path: never deleted here, only shown gone (deleted with the logged model it shares
     # its folder with, earlier in the same retirement, or removed by an operator).
     problem = undeletable_reason(project, locations) if logged else (None if files_gone(locations) else NOT_LOGGED)
@@ -302,8 +301,7 @@ def retire_version(project: Project, client, mv: Any, *, reason: str, batches: l
                  "artifacts_deleted": "true", "retired": "true"}
     # The logged model behind the version (MLflow 3 lists it on its own, READY, with the version's lineage tags)
     # says the same, before the version's `retired` that ends the retries: a crash in between redoes both.
-    model_id = version_model_id(mv)
-    if model_id:
+    if logged:
         client.set_logged_model_tags(model_id, tombstone)
     for key, value in tombstone.items():
         client.set_model_version_tag(name, version, key, value)

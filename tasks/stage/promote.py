@@ -87,8 +87,7 @@ def run_promote(project: Project) -> dict[str, Any]:
                           for n in last_notes):
         # Rejected by an earlier run: its record is written here if that run stopped between saving the ledger and
         # the record (review of 2026-12-07: the rejection was then never in the audit log).
-        if not _rejection_recorded(project, version, chosen.run_id, existing, state.batches):
-            _record_rejection(project, existing, version, state, chosen.run_id, report)
+        _record_rejection(project, existing, version, state, chosen.run_id, report)
         return write_state(project, "promote", {"status": "rejected", "version": version, "verdict": "fail",
                                                  "method": chosen.method, "unchanged": True,
                                                  **_aliases(project, client)})
@@ -111,8 +110,7 @@ def run_promote(project: Project) -> dict[str, Any]:
         # crash between the two repeats this branch, and the record is not written twice. The other order lost it
         # when a new batch arrived before the next run (a fresh escalation never came back here; fourth review).
         mv = existing or tracking.find_version_by_run(project, client, chosen.run_id)
-        if not _rejection_recorded(project, version, chosen.run_id, mv, state.batches):
-            _record_rejection(project, mv, version, state, chosen.run_id, report)
+        _record_rejection(project, mv, version, state, chosen.run_id, report)
         for batch_id in state.batches:
             ledger.set_status(batch_id, Ledger.PENDING, {"at": utc_now(), "outcome": "verification_failed",
                                                          "model_version": version, "run_id": chosen.run_id})
@@ -128,7 +126,9 @@ def run_promote(project: Project) -> dict[str, Any]:
 def _record_rejection(project: Project, mv: Any, version: str, state: Escalation, run_id: str,
                       report: dict[str, Any]) -> None:
     """The ``model.rejected`` record, naming the run and the logged model (version numbers restart in another
-    registry)."""
+    registry), unless the audit log already holds it (:func:`_rejection_recorded`)."""
+    if _rejection_recorded(project, version, run_id, mv, state.batches):
+        return
     audit.record(project, "model.rejected", model_version=version, batch_ids=state.batches,
                  attempts=len(state.attempts), failures=len(report["failures"]), run_id=run_id,
                  **(tracking.model_id_field(mv) if mv is not None else {}))
