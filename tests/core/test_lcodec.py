@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from unlearn.methods import TensorSet, UnlearningData, run_method
 from unlearn.methods import codec_selection as C
 from unlearn.methods import lcodec as L
+from unlearn.methods import lcodec_block as B
 from unlearn.models import build_model
 from unlearn.training import SGDRecipe, TrainingTrace, train_model
 
@@ -120,11 +121,11 @@ def test_fisher_step_for_one_sample_is_sherman_morrison(tiny):
     original = copy.deepcopy(model)
     report = L.scrub_request(model, x[:1], y[:1], n=100, hessian="fisher", trace=None, generator=_gen(),
                              device="cpu", n_perturbations=32, max_slices=2, noise=False, l2_reg=0.1)
-    pieces = L._slice_pieces(original, list(report.slices))
+    pieces = B.slice_pieces(original, list(report.slices))
     g = L.block_gradient(original, x[:1], y[:1], pieces, reduction="sum")
     expected = g / ((100 - 1) * (0.1 + g @ g))  # (ggᵀ + λI)⁻¹g = g / (λ + |g|²)
-    moved = (L.gather_block(dict(model.named_parameters()), pieces)
-             - L.gather_block(dict(original.named_parameters()), pieces)).double()
+    moved = (B.gather_block(dict(model.named_parameters()), pieces)
+             - B.gather_block(dict(original.named_parameters()), pieces)).double()
     assert torch.allclose(moved, expected, atol=1e-6)
 
 
@@ -140,17 +141,17 @@ def test_both_finite_difference_gradients_are_taken_without_tf32(monkeypatch):
         yield
         inside["depth"] -= 1
 
-    real = L.block_gradient
+    real = B.block_gradient
 
     def block_gradient(*args, **kwargs):
         inside["gradients"].append(inside["depth"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(L, "exact_float32", recording)
-    monkeypatch.setattr(L, "block_gradient", block_gradient)
+    monkeypatch.setattr(B, "exact_float32", recording)
+    monkeypatch.setattr(B, "block_gradient", block_gradient)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
-    pieces = L._slice_pieces(model, [C.Slice("1", 0)])
-    L.sample_fd_hessian(model, torch.randn(1, 1, 2, 3), torch.tensor([1]), pieces, lr=1e-3)
+    pieces = B.slice_pieces(model, [C.Slice("1", 0)])
+    B.sample_fd_hessian(model, torch.randn(1, 1, 2, 3), torch.tensor([1]), pieces, lr=1e-3)
     assert inside["gradients"] == [1, 1]
 
 
@@ -158,11 +159,11 @@ def test_sample_finite_difference_uses_the_stepped_copy():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
     x, y = torch.randn(1, 1, 2, 3), torch.tensor([1])
-    pieces = L._slice_pieces(model, [C.Slice("1", 0), C.Slice("1", 2)])
+    pieces = B.slice_pieces(model, [C.Slice("1", 0), C.Slice("1", 2)])
     lr = 1e-3
     h_z = L.sample_fd_hessian(model, x, y, pieces, lr=lr)
     # Expected to first order: d_z = lr·H g, ||Δw||₁ = lr·||g||₁ -> H_z = lr (Hg)(Hg)ᵀ / ||g||₁
-    w0 = L.gather_block(dict(model.named_parameters()), pieces).detach().double()
+    w0 = B.gather_block(dict(model.named_parameters()), pieces).detach().double()
 
     def loss_of(w):
         weight = model[1].weight.detach().double().clone()
