@@ -536,6 +536,14 @@ def _version_cell(entry: dict[str, Any]) -> str:
     return _code(entry.get("version")) + (f"<br>logged model {_code(model)}" if isinstance(model, str) else "")
 
 
+def _reason_cell(entry: dict[str, Any]) -> str:
+    """Why the version retires and, when its files are held (not deleted by the pipeline), why they are."""
+    reason, held = entry.get("reason"), entry.get("held")
+    if isinstance(held, str) and held and not (isinstance(reason, str) and held in reason):
+        return f"{_escaped(reason)}<br>held: {_escaped(held)}"
+    return _escaped(reason)
+
+
 def _retirement_section(document: dict[str, Any]) -> str:
     retirement = _section(document, "retirement")
     versions = [version if isinstance(version, dict) else {} for version in _items(retirement, "versions")]
@@ -553,11 +561,14 @@ def _retirement_section(document: dict[str, Any]) -> str:
         if version.get("weights_searched") is True and _is_number(skipped) and skipped > 0:
             return (f"yes, except {_num(skipped)} path(s) that could not be scanned (unreadable, or links to "
                     "folders): nothing is claimed about them")
+        if version.get("deregistered") is True and version.get("weights_searched") is False:
+            return ("no: it was removed from the registry outside the pipeline before it was retired, so no "
+                    "fingerprint of its weights was taken")
         return searched(version.get("weights_searched"))
 
     table = _table(["Model version", "Reason", "Artifacts deleted", "Weights searched for on disk", "Retired at",
                     "Due at"],
-                   [[_version_cell(v), _escaped(v.get("reason")), _escaped(v.get("artifacts_deleted")),
+                   [[_version_cell(v), _reason_cell(v), _escaped(v.get("artifacts_deleted")),
                      searched_cell(v), _escaped(v.get("retired_at")), _escaped(v.get("due_at"))]
                     for v in versions],
                    "No model versions retired.")

@@ -111,7 +111,7 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
         "data": {"version_after": None, **redacted_versions_of(batch.get("purge", {}))},
         "purge": batch.get("purge", {}),
         "retirement": {"versions": [{"version": v, **{k: e.get(k) for k in ("reason", "retired_at", "due_at")},
-                                     **{k: e[k] for k in ("model_id", "held") if e.get(k)},
+                                     **{k: e[k] for k in ("model_id", "held", "deregistered") if e.get(k)},
                                      "artifacts_deleted": e.get("action") == "retired",
                                      "weights_searched": e.get("weights_searched"),
                                      **{k: e[k] for k in ("weights_paths_not_scanned",) if e.get(k)}}
@@ -215,7 +215,8 @@ def build_certificate(project: Project, client: Any, ledger: Ledger, request: di
             parts.append(f"model version(s) {', '.join(held)} are due for retirement (they trained on these "
                          "samples, or have no lineage to show they did not), but the pipeline does not delete their "
                          "files (registered by hand from a path, located nowhere, outside the project's artifact "
-                         "store, or served by an alias; each one's reason says which): `unlearn doctor` names them")
+                         "store, served by an alias, or removed from the registry by hand with their files left; "
+                         "each one's reason says which): `unlearn doctor` names them")
         if unsearched:
             parts.append(f"model version(s) {', '.join(unsearched)} trained on these samples and were retired, but "
                          "the project has not yet been searched for copies of their weights")
@@ -325,7 +326,7 @@ def run_certify(project: Project) -> dict[str, Any]:
         # every field of a version the certificate shows (the reason and the retirement time were left out, so a
         # certificate kept saying what the ledger no longer did)
         shown = [[v, *(e.get(k) for k in ("action", "weights_searched", "model_id", "due_at", "reason", "retired_at",
-                                          "weights_paths_not_scanned"))]
+                                          "weights_paths_not_scanned", "held"))]
                  for v, e in sorted(entries.items())]
         return [*shown, sorted(unscanned_of(batch_id)), "retired" in ledger.steps(batch_id)]
 

@@ -167,7 +167,7 @@ def _scheduled_model(entry: dict[str, Any], mv: Any | None) -> str:
 
 
 def _registry_findings(project: Project, client: Any, searched: set[str]) -> list[Finding]:
-    from tasks.lifecycle import uncovered_deletions
+    from tasks.lifecycle import DEREGISTERED, uncovered_deletions
     from unlearn.requests import Ledger
 
     findings = []
@@ -211,11 +211,15 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                                                          "copies elsewhere on disk cannot be found"))
     # (version, model id or "") -> batches whose ledger entry still says "scheduled"
     scheduled: dict[tuple[str, str], list[str]] = {}
+    gone_held: dict[tuple[str, str], str] = {}  # the same key -> why a version removed from the registry is held
     held: dict[str, str] = {}  # version -> the reason its due retirement is held (files it may not delete)
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "scheduled":
-                scheduled.setdefault((version, _scheduled_model(entry, versions.get(version))), []).append(batch_id)
+                key = (version, _scheduled_model(entry, versions.get(version)))
+                scheduled.setdefault(key, []).append(batch_id)
+                if str(entry.get("held", "")).startswith(DEREGISTERED):
+                    gone_held[key] = str(entry["held"])
                 if entry.get("held") and (version not in versions or entry.get("model_id") in (
                         None, tracking.version_model_id(versions[version]))):  # else the number is another model's
                     held[version] = str(entry["held"])
@@ -241,8 +245,12 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
 
     for (version, model_id), batch_ids in sorted(scheduled.items(), key=lambda kv: order(kv[0])):
         mv = versions.get(version)
-        # Retirement never updates such an entry again, so these batches' certificates stay interim: said, not silent.
-        if mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
+        # Entries the purge cannot close (tasks.lifecycle.settle_deregistered): their certificates stay interim, said.
+        if (version, model_id) in gone_held:  # said by the purge, which looked for its files
+            findings.append(Finding("registry", f"version {version}", f"scheduled for retirement by "
+                                    f"{', '.join(batch_ids)}, but {gone_held[version, model_id]}; those batches' "
+                                    "certificates stay interim"))
+        elif mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
             # The number is another model's now (versions start from 1 again in another registry).
             known = f" as logged model {model_id}" if model_id != _OTHER else ""
             findings.append(Finding("registry", f"version {version}", "scheduled for retirement by "

@@ -125,8 +125,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             covered_by_model[key] = max(covered_by_model.get(key, -1), rank.get(v.tags["covers_through"], -1))
     due_of = {str(v.version): v.tags.get("retire_due_at") for v in live}
     by_version = {str(v.version): v for v in live}
-    serving = ({str(v) for v in client.get_registered_model(tracking.model_name(project)).aliases.values()}
-               & set(by_version)) if hand else set()
+    registered = client.get_registered_model(tracking.model_name(project)) if hand else None
+    serving = {str(v) for v in registered.aliases.values()} & set(by_version) if registered else set()
 
     @functools.cache
     def served_by_others() -> list[tuple[str, list[str]]]:  # read once, and only when some group is due
@@ -216,9 +216,14 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             # serves, or failing every purge (reviews of 2026-12-07); `unlearn doctor` names it.
             kept = f"; {held}: not deleted, `unlearn doctor` names it"
         if _parse(due_at) > now or kept:
+            # A hand version's files, and which registered model they were located in, are kept with the entry: if
+            # an operator removes the version from the registry, they are what shows its files gone
+            # (:func:`settle_deregistered`).
+            files = {"files": where(str(mv.version)), "registry": registry_identity(registered)} \
+                if str(mv.version) in hand else {}
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **({"held": held} if held else {}),
-                            **tracking.model_id_field(mv)})
+                            **files, **tracking.model_id_field(mv)})
             continue
         at = utc_now()
         for member in going:  # every member's before the shared files go (a later one could not be read)
@@ -238,8 +243,99 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
             entry["retired_at"] = action.get("retired_at")
-            entry.update({k: action[k] for k in ("model_id", "held") if k in action})
+            entry.update({k: action[k] for k in ("model_id", "held", "files", "registry") if k in action})
             ledger.record_retirement(batch_id, action["version"], entry)
+    return actions + settle_deregistered(project, client, ledger, everything, registered)
+
+
+DEREGISTERED = "removed from the registry outside the pipeline before it was retired"
+
+
+def registry_identity(registered: Any) -> str:
+    """Which registered model a hand version's files were located in: its creation time (another registry's
+    model of the same name, a moved project's, was created at another time, and its recorded paths say nothing of
+    this one's)."""
+    return str(registered.creation_timestamp)
+
+
+def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions: dict[str, Any],
+                        registered: Any | None = None) -> list[dict[str, Any]]:
+    """Close, or hold with the reason, the scheduled retirements of versions the registry no longer holds.
+
+    An operator may delete a registry version that was scheduled or held for retirement. :func:`retire_models` never
+    met it again, so its batches' entries said "scheduled" for good, and their certificates stayed interim with a
+    version "kept for rollback" that could not be rolled back to (left open by the note of 2026-12-07). Its files
+    are found from what the entry recorded: the logged model it names, when this tracking store holds it, or, for a
+    version registered by hand, the locations recorded while it was registered, in the same registered model (a
+    moved project's paths say nothing here). Shown gone, the entry is closed: retired, its artifacts gone (not
+    deleted by the pipeline, which deletes files only through a registered version it can tombstone), its weights
+    not searched for (no fingerprint was taken), with a ``model.retired`` audit record saying so. Otherwise it stays
+    scheduled, held with the reason: where its files remain, or that they cannot be located.
+
+    ``versions``: every version of the registry, by number; ``registered``: the registered model, when read.
+    Returns one action per version closed or held, as :func:`retire_models`' own.
+    """
+    stale: dict[tuple[str, str], list[str]] = {}  # (version, logged model id or "") -> its batches, oldest first
+    for batch_id in ledger.oldest_first():
+        for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
+            if entry.get("action") != "scheduled":
+                continue
+            mv, model_id = versions.get(version), entry.get("model_id") or ""
+            # this registry's version (the loop above deals with it), unless the number is another model's now
+            if mv is not None and (not model_id or tracking.version_model_id(mv) in (None, model_id)):
+                continue
+            stale.setdefault((version, model_id), []).append(batch_id)
+    if not stale:
+        return []
+    identity = registry_identity(registered or client.get_registered_model(tracking.model_name(project)))
+    live = sorted((v for v, mv in versions.items() if mv.tags.get("retired") != "true"), key=int)
+
+    @functools.cache
+    def where(version: str) -> list[str]:  # a live version's files: read only when a stale one's remain
+        return model_files.model_artifact_locations(client, versions[version])
+
+    actions: list[dict[str, Any]] = []
+    for (version, model_id), batches in stale.items():
+        entries = [ledger.batch(b)["retirement"][version] for b in batches]
+        if model_id:
+            locations = model_files.logged_model_locations(client, model_id)
+        else:
+            locations = next((e.get("files") for e in entries if e.get("registry") == identity), None) or []
+        mid = {"model_id": model_id} if model_id else {}
+        if locations and model_files.files_gone(locations):
+            at = utc_now()
+            note = f"{DEREGISTERED}: its files were shown gone"
+            if not audit.has_record(project, "model.retired", model_version=version, deregistered=True,
+                                    batch_ids=batches, **mid):  # a crash before the ledger was saved: once
+                audit.record(project, "model.retired", model_version=version, reason=note, batch_ids=batches,
+                             artifacts_deleted=True, deregistered=True, **mid)
+            for batch_id, entry in zip(batches, entries, strict=True):
+                closed = {k: v for k, v in entry.items() if k != "held"}
+                ledger.record_retirement(batch_id, version, {
+                    **closed, "action": "retired", "reason": f"{entry.get('reason') or ''}; {note}".lstrip("; "),
+                    "retired_at": at, "deregistered": True, "weights_searched": False})
+            actions.append({"version": version, "action": "retired", "reason": note, "batches": batches,
+                            "retired_at": at, "deregistered": True, **mid})
+            continue
+        sharing = next((v for v in live if model_files.locations_overlap(where(v), locations)), None)
+        if sharing:  # another registration of the same files: they go, or stay, with that version's retirement
+            held = (f"{DEREGISTERED}; its files are also those of version {sharing}, still registered: they are "
+                    "deleted, or kept, with that version")
+        elif not locations:
+            held = (f"{DEREGISTERED}, and its files cannot be located (its logged model is not in this tracking "
+                    "store, or it was registered by hand in another registry or before entries kept where its files "
+                    "were): they cannot be shown deleted")
+        elif all(model_files.is_local(location) for location in locations):
+            held = (f"{DEREGISTERED}; its files remain at {', '.join(locations)}, and the pipeline deletes files "
+                    "only through a registered version: once they are removed, the next purge records it retired")
+        else:
+            held = (f"{DEREGISTERED}; its files are in a remote store ({', '.join(locations)}), and the pipeline "
+                    "cannot show a remote source's files gone")
+        for batch_id, entry in zip(batches, entries, strict=True):
+            if entry.get("held") != held:
+                ledger.record_retirement(batch_id, version, {**entry, "held": held})
+        actions.append({"version": version, "action": "scheduled", "reason": entries[-1].get("reason") or "",
+                        "batches": batches, "due_at": entries[-1].get("due_at"), "held": held, **mid})
     return actions
 
 

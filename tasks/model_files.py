@@ -59,6 +59,21 @@ def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth
     return [source] if source else []
 
 
+def logged_model_locations(client, model_id: str) -> list[str]:
+    """Where a logged model's files are, by its id; empty when this tracking store holds no such model (deleted by
+    hand, or logged in another store: ids are unique, so one found here is this store's). For a version removed from
+    the registry, whose ledger entry still names the logged model it was (:func:`tasks.lifecycle.settle_deregistered`).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return [client.get_logged_model(model_id).artifact_location]
+    except MlflowException as exc:
+        if exc.error_code not in _NEVER_RESOLVES:  # a registry error is raised, never taken for "no files"
+            raise
+        return []
+
+
 def _run_logged_models(client, run: Any, path: str) -> list[str]:
     """Where MLflow 3 also loads ``runs:/<run>/<name>/<rest>`` from: the run's logged model called ``<name>`` (its
     files are no longer in the run's artifacts). Read as MLflow's runs: repository reads it (review of 2026-12-07:
