@@ -212,9 +212,12 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
     # (version, model id or "") -> batches whose ledger entry still says "scheduled"
     scheduled: dict[tuple[str, str], list[str]] = {}
     gone_held: dict[tuple[str, str], str] = {}  # the same key -> why a version removed from the registry is held
+    gone_closed: dict[tuple[str, str], list[str]] = {}  # the same key -> where one closed when shown gone had files
     held: dict[str, str] = {}  # version -> the reason its due retirement is held (files it may not delete)
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
+            if entry.get("action") == "retired" and entry.get("deregistered") is True:
+                gone_closed[version, entry.get("model_id") or ""] = list(entry.get("files") or [])
             if entry.get("action") == "scheduled":
                 key = (version, _scheduled_model(entry, versions.get(version)))
                 scheduled.setdefault(key, []).append(batch_id)
@@ -283,6 +286,14 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                                             f"(logged model {model_id}) were deleted; this registry's version "
                                             f"{entry.get('version')} is another model (the project moved to another "
                                             "registry?), so the claim cannot be checked here"))
+                elif mv is None and entry.get("deregistered") is True \
+                        and (str(entry.get("version")), model_id or "") in gone_closed:
+                    # removed from the registry by hand, closed when the purge showed its files gone: checked again
+                    files = gone_closed[str(entry.get("version")), model_id or ""]
+                    if not files or not model_files.files_gone(files):
+                        findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s "
+                                                "artifacts are gone (removed from the registry by hand); files are "
+                                                f"there again, or their places were not recorded: {', '.join(files)}"))
                 elif mv is None or mv.tags.get("artifacts_deleted") != "true":
                     findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s "
                                                                    "artifacts were deleted; the registry does not"))

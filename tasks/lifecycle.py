@@ -127,6 +127,12 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     by_version = {str(v.version): v for v in live}
     registered = client.get_registered_model(tracking.model_name(project)) if hand else None
     serving = {str(v) for v in registered.aliases.values()} & set(by_version) if registered else set()
+    # where a hand version's files were when it was scheduled, the real folders behind links included: its link
+    # removed, the folder it led to must be gone too before the version is (review of 2026-12-07)
+    recorded = {version: entry["files"] for batch_id in ledger.oldest_first()
+                for version, entry in ledger.batch(batch_id).get("retirement", {}).items()
+                if version in hand and entry.get("files") and entry.get("home") == str(project.root)
+                and entry.get("registry") == registry_identity(registered)}
 
     @functools.cache
     def served_by_others() -> list[tuple[str, list[str]]]:  # read once, and only when some group is due
@@ -143,7 +149,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             if not all(where(v) for v in going):
                 return ("registered by hand from a source whose files cannot be located (an alias, another "
                         "registered model's version, a run that is gone): they cannot be shown deleted")
-            if not all(model_files.files_gone(where(v)) for v in going):
+            if not all(model_files.files_gone(where(v) + recorded.get(v, [])) for v in going):
                 local = all(model_files.is_local(location) for v in going for location in where(v))
                 return model_files.NOT_LOGGED if local else model_files.NOT_LOGGED_REMOTE
         mine = [location for member in going for location in where(member)]
@@ -219,8 +225,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             # A hand version's files, and which registered model they were located in, are kept with the entry: if
             # an operator removes the version from the registry, they are what shows its files gone
             # (:func:`settle_deregistered`).
-            files = {"files": where(str(mv.version)), "registry": registry_identity(registered)} \
-                if str(mv.version) in hand else {}
+            files = {"files": model_files.with_targets(where(str(mv.version))), "home": str(project.root),
+                     "registry": registry_identity(registered)} if str(mv.version) in hand else {}
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **({"held": held} if held else {}),
                             **files, **tracking.model_id_field(mv)})
@@ -243,7 +249,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
             entry["retired_at"] = action.get("retired_at")
-            entry.update({k: action[k] for k in ("model_id", "held", "files", "registry") if k in action})
+            entry.update({k: action[k] for k in ("model_id", "held", "files", "home", "registry") if k in action})
             ledger.record_retirement(batch_id, action["version"], entry)
     return actions + settle_deregistered(project, client, ledger, everything, registered)
 
@@ -265,12 +271,14 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
     An operator may delete a registry version that was scheduled or held for retirement. :func:`retire_models` never
     met it again, so its batches' entries said "scheduled" for good, and their certificates stayed interim with a
     version "kept for rollback" that could not be rolled back to (left open by the note of 2026-12-07). Its files
-    are found from what the entry recorded: the logged model it names, when this tracking store holds it, or, for a
-    version registered by hand, the locations recorded while it was registered, in the same registered model (a
-    moved project's paths say nothing here). Shown gone, the entry is closed: retired, its artifacts gone (not
+    are found from what the entry recorded: the logged model it names, when this tracking store holds it and its
+    folder lies in the project's artifact store, or, for a version registered by hand, the locations recorded while
+    it was registered (with the real folders behind links), in the same registered model and project folder (a moved
+    project's paths say nothing here). Shown gone, the entry is closed: retired, its artifacts gone (not
     deleted by the pipeline, which deletes files only through a registered version it can tombstone), its weights
     not searched for (no fingerprint was taken), with a ``model.retired`` audit record saying so. Otherwise it stays
-    scheduled, held with the reason: where its files remain, or that they cannot be located.
+    scheduled, held with the reason: where its files remain, that something still serves them (never "remove
+    them" then), or that they cannot be located.
 
     ``versions``: every version of the registry, by number; ``registered``: the registered model, when read.
     Returns one action per version closed or held, as :func:`retire_models`' own.
@@ -287,22 +295,31 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
             stale.setdefault((version, model_id), []).append(batch_id)
     if not stale:
         return []
-    identity = registry_identity(registered or client.get_registered_model(tracking.model_name(project)))
+    name = tracking.model_name(project)
+    identity = registry_identity(registered or client.get_registered_model(name))
     live = sorted((v for v, mv in versions.items() if mv.tags.get("retired") != "true"), key=int)
 
     @functools.cache
-    def where(version: str) -> list[str]:  # a live version's files: read only when a stale one's remain
-        return model_files.model_artifact_locations(client, versions[version])
+    def where(version: str) -> list[str]:  # what a live version serves, through another model's version too
+        return model_files.model_artifact_locations(client, versions[version], any_model=True)
+
+    @functools.cache
+    def served_by_others() -> list[tuple[str, list[str]]]:  # read once, only when some stale one's files remain
+        return model_files.served_by_other_models(client, name)
 
     actions: list[dict[str, Any]] = []
     for (version, model_id), batches in stale.items():
         entries = [ledger.batch(b)["retirement"][version] for b in batches]
-        if model_id:
-            locations = model_files.logged_model_locations(client, model_id)
-        else:
-            locations = next((e.get("files") for e in entries if e.get("registry") == identity), None) or []
         mid = {"model_id": model_id} if model_id else {}
-        if locations and model_files.files_gone(locations):
+        unusable = None
+        if model_id:
+            locations = model_files.with_targets(model_files.logged_model_locations(client, model_id))
+            # a moved or restored project's logged model names the folder it was in (review of 2026-12-07)
+            unusable = model_files.undeletable_reason(project, locations) if locations else None
+        else:  # recorded in this registered model, in this project's folder: else a moved project's paths
+            locations = next((e.get("files") for e in entries if e.get("registry") == identity
+                              and e.get("home") == str(project.root)), None) or []
+        if locations and not unusable and model_files.files_gone(locations):
             at = utc_now()
             note = f"{DEREGISTERED}: its files were shown gone"
             if not audit.has_record(project, "model.retired", model_version=version, deregistered=True,
@@ -313,18 +330,25 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
                 closed = {k: v for k, v in entry.items() if k != "held"}
                 ledger.record_retirement(batch_id, version, {
                     **closed, "action": "retired", "reason": f"{entry.get('reason') or ''}; {note}".lstrip("; "),
-                    "retired_at": at, "deregistered": True, "weights_searched": False})
+                    "retired_at": at, "deregistered": True, "weights_searched": False, "files": locations})
             actions.append({"version": version, "action": "retired", "reason": note, "batches": batches,
                             "retired_at": at, "deregistered": True, **mid})
             continue
+        # Never "remove them" of files something still serves (review of 2026-12-07)
         sharing = next((v for v in live if model_files.locations_overlap(where(v), locations)), None)
+        elsewhere = next((label for label, served in served_by_others()
+                          if model_files.locations_overlap(served, locations)), None) if locations else None
         if sharing:  # another registration of the same files: they go, or stay, with that version's retirement
             held = (f"{DEREGISTERED}; its files are also those of version {sharing}, still registered: they are "
                     "deleted, or kept, with that version")
+        elif elsewhere:
+            held = f"{DEREGISTERED}; its files are also served by {elsewhere}, another registered model's alias"
+        elif unusable:
+            held = f"{DEREGISTERED}; {unusable}: they cannot be shown deleted"
         elif not locations:
             held = (f"{DEREGISTERED}, and its files cannot be located (its logged model is not in this tracking "
-                    "store, or it was registered by hand in another registry or before entries kept where its files "
-                    "were): they cannot be shown deleted")
+                    "store, or it was registered by hand in another registry, another project folder, or before "
+                    "entries kept where its files were): they cannot be shown deleted")
         elif all(model_files.is_local(location) for location in locations):
             held = (f"{DEREGISTERED}; its files remain at {', '.join(locations)}, and the pipeline deletes files "
                     "only through a registered version: once they are removed, the next purge records it retired")

@@ -74,6 +74,24 @@ def logged_model_locations(client, model_id: str) -> list[str]:
         return []
 
 
+def with_targets(locations: list[str]) -> list[str]:
+    """The locations and, for a local one reached through a link, the real folder it leads to: files recorded to be
+    shown gone later are gone only when both are (review of 2026-12-07: a recorded link, removed, read "gone" while
+    its target still held the weights)."""
+    out = list(locations)
+    for location in locations:
+        local = _local_path(location)
+        if local is None:
+            continue
+        try:
+            real = str(local.resolve())
+        except OSError:  # a link loop: the location alone, which then never lists as gone
+            continue
+        if real not in out and real != str(local):
+            out.append(real)
+    return out
+
+
 def _run_logged_models(client, run: Any, path: str) -> list[str]:
     """Where MLflow 3 also loads ``runs:/<run>/<name>/<rest>`` from: the run's logged model called ``<name>`` (its
     files are no longer in the run's artifacts). Read as MLflow's runs: repository reads it (review of 2026-12-07:

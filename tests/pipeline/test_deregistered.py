@@ -57,7 +57,21 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     shutil.copytree(_path(baseline_at), outside)
     loose = client.create_model_version(name, source=str(outside))  # no lineage: taken as trained on everything
     moved = client.create_model_version(name, source=str(tmp_path / "elsewhere"))
+    # a hand version on a link, due at once: its link removed is not its files gone while the folder stays
+    real = tmp_path / "real-weights"
+    shutil.copytree(_path(baseline_at), real)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    linked = client.create_model_version(name, source=str(tmp_path / "link"))
+    client.set_model_version_tag(name, linked.version, "retire_due_at", "2026-01-01T00:00:00Z")
     run_purge(project)
+    assert "registered by hand from a path" in Ledger(project.ledger_path).batch(
+        Ledger(project.ledger_path).oldest_first()[0])["retirement"][str(linked.version)]["held"]
+    (tmp_path / "link").unlink()
+    run_purge(project)
+    assert client.get_model_version(name, linked.version).tags.get("retired") != "true"
+    shutil.rmtree(real)
+    run_purge(project)
+    assert client.get_model_version(name, linked.version).tags.get("retired") == "true"
     (batch_id,) = Ledger(project.ledger_path).batches
 
     def entries():
@@ -76,7 +90,7 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     ledger.save()
     run_purge(project)
     held = {version: entry.get("held", "") for version, entry in entries().items()}
-    assert all(entries()[v]["action"] == "scheduled" for v in held)
+    assert all(entries()[v]["action"] == "scheduled" for v in held if v != str(linked.version))
     assert held["1"] == ""  # still registered: retired when due, as before
     assert held[str(copy_of_1.version)].startswith(DEREGISTERED) and "also those of version 1" in held[
         str(copy_of_1.version)]  # never "remove its files": they are a registered version's
@@ -128,4 +142,127 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     run_stages(project, "certify")
     (certificate,) = [json.loads(p.read_text()) for p in project.certificates_dir.glob("*.json")]
     assert certificate["status"] == "complete"
-    assert not any(DEREGISTERED in f.problem for f in diagnose(project))
+    problems = [f"{f.subject}: {f.problem}" for f in diagnose(project)]
+    assert not [p for p in problems if DEREGISTERED in p or "the registry does not" in p], problems
+    # the certificates' claim is checked again: files back where a closed one's were are named
+    outside.mkdir()
+    (outside / "model.pt").write_bytes(b"weights")
+    assert any("there again" in f.problem and str(outside) in f.problem for f in diagnose(project))
+
+
+# Second review of the feature (2026-12-07): called directly on a small registry and ledger
+
+
+def _logged(project):
+    """One logged-model version: (client, name, version, model id, its files' location)."""
+    import mlflow
+    import torch
+
+    from tasks import tracking
+    from unlearn.models import build_model
+
+    client = tracking.setup(project)
+    with mlflow.start_run():
+        version, _ = tracking.log_model(project, build_model("small_cnn", 1, 10), torch.zeros(2, 1, 8, 8),
+                                        architecture={"model": "small_cnn", "in_channels": 1, "num_classes": 10},
+                                        classes=[str(c) for c in range(10)], tags={})
+    name = tracking.model_name(project)
+    model_id = tracking.version_model_id(client.get_model_version(name, version))
+    return client, name, str(version), model_id, client.get_logged_model(model_id).artifact_location
+
+
+def _schedule(project, version, **fields):
+    from unlearn.requests import Ledger
+
+    ledger = Ledger(project.ledger_path)
+    if "b1" not in ledger.batches:
+        ledger.add_batch("b1", ["R-1"], ["digits-0001"], "2026-11-24T10:00:00Z")
+    ledger.record_retirement("b1", version, {
+        "version": version, "action": "scheduled", "reason": "trained on samples deleted by 1 batch(es)",
+        "due_at": "2026-12-31T00:00:00Z", "retired_at": None, **fields})
+    ledger.save()
+
+
+def _settle(project, client):
+    from tasks import tracking
+    from tasks.lifecycle import settle_deregistered
+    from unlearn.requests import Ledger
+
+    ledger = Ledger(project.ledger_path)
+    settle_deregistered(project, client, ledger, {str(v.version): v for v in tracking.all_versions(project, client)})
+    ledger.save()
+    return Ledger(project.ledger_path).batch("b1")["retirement"]
+
+
+def _hand(project, client, name, folder):
+    from tasks import model_files
+    from tasks.lifecycle import registry_identity
+
+    version = str(client.create_model_version(name, source=str(folder)).version)
+    _schedule(project, version, files=model_files.with_targets([str(folder)]), home=str(project.root),
+              registry=registry_identity(client.get_registered_model(name)))
+    return version
+
+
+def test_a_moved_project_s_deregistered_versions_are_not_closed_while_their_files_moved_with_it(make_project):
+    """The recorded absolute paths of a moved project are absent, not gone: its logged model's folder lies outside
+    the project's artifact store now, and a hand version's entry was recorded in another project folder."""
+    from tasks import tracking
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name, version, model_id, _ = _logged(project)
+    _schedule(project, version, model_id=model_id)
+    folder = project.root / "hand-model"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"weights" * 100)
+    hand = _hand(project, client, name, folder)
+    moved = project.root.with_name("moved")
+    shutil.move(project.root, moved)
+    project = load_project(moved)
+    client = tracking.setup(project)
+    for number in (version, hand):
+        client.delete_model_version(name, number)
+    entries = _settle(project, client)
+    assert entries[version]["action"] == "scheduled" and "outside the project's artifact store" in entries[version][
+        "held"]
+    assert entries[hand]["action"] == "scheduled" and "cannot be located" in entries[hand]["held"]
+
+
+def test_a_deregistered_version_on_a_link_is_closed_only_once_the_folder_it_leads_to_is_gone(make_project, tmp_path):
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name, *_ = _logged(project)
+    real = tmp_path / "real-weights"
+    real.mkdir()
+    (real / "model.pt").write_bytes(b"weights" * 100)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    hand = _hand(project, client, name, link)
+    client.delete_model_version(name, hand)
+    link.unlink()
+    entry = _settle(project, client)[hand]
+    assert entry["action"] == "scheduled" and f"remain at {link}, {real}" in entry["held"]
+    shutil.rmtree(real)
+    assert _settle(project, client)[hand]["action"] == "retired"
+
+
+def test_a_deregistered_version_s_files_that_something_still_serves_are_never_to_be_removed(make_project):
+    """Its logged model registered in another model under an alias, or a live version of this model registered
+    through another model's version: the held reason said "once they are removed", and the purge then closed it."""
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name, version, model_id, location = _logged(project)
+    client.create_registered_model("prod-model")
+    prod = client.create_model_version("prod-model", source=location, model_id=model_id)
+    client.set_registered_model_alias("prod-model", "champion", prod.version)
+    _schedule(project, version, model_id=model_id)
+    client.delete_model_version(name, version)
+    held = _settle(project, client)[version]["held"]
+    assert "prod-model@champion" in held and "once they are removed" not in held
+    client.delete_registered_model_alias("prod-model", "champion")
+    through = client.create_model_version(name, source=f"models:/prod-model/{prod.version}")
+    held = _settle(project, client)[version]["held"]
+    assert f"also those of version {through.version}" in held and "once they are removed" not in held
