@@ -138,11 +138,17 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     def served_by_others() -> list[tuple[str, list[str]]]:  # read once, and only when some group is due
         return model_files.served_by_other_models(client, tracking.model_name(project))
 
+    @functools.cache
+    def experiment_id() -> str | None:  # the project's experiment: the pipeline's own models were logged there
+        experiment = client.get_experiment_by_name(project.params.registry.experiment)
+        return experiment.experiment_id if experiment is not None else None
+
     def held_because(going: list[str]) -> str | None:
         """Why a due group's files are not deleted now (said in each member's reason), or None."""
         logged = [v for v in going if v not in hand]
         for version in logged:
-            problem = model_files.undeletable_reason(project, where(version))
+            problem = model_files.undeletable_reason(project, where(version)) or model_files.logged_elsewhere(
+                client, tracking.version_model_id(by_version[version]), experiment_id())
             if problem:
                 return problem
         if not logged:  # registered by hand only: shown gone once an operator removed the files, never deleted

@@ -74,6 +74,24 @@ def logged_model_locations(client, model_id: str) -> list[str]:
         return []
 
 
+def logged_elsewhere(client, model_id: str, experiment_id: str | None) -> str | None:
+    """Why a logged model's files are not the pipeline's to delete because another experiment logged it (another
+    team's model registered into this one by its id: deleted like the pipeline's own until a review of 2026-12-07),
+    or None. ``experiment_id``: the project's experiment (None: it does not exist, so nothing was logged here)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = client.get_logged_model(model_id)
+    except MlflowException as exc:
+        if exc.error_code not in _NEVER_RESOLVES:
+            raise
+        return None  # gone: nothing located, said where the files are looked for
+    if experiment_id is None or str(logged.experiment_id) != str(experiment_id):
+        return (f"its logged model was logged in another experiment (id {logged.experiment_id}), not the "
+                "project's: the pipeline deletes only the files of models it logged")
+    return None
+
+
 def with_targets(locations: list[str]) -> list[str]:
     """The locations and, for a local one reached through a link, the real folder it leads to: files recorded to be
     shown gone later are gone only when both are (review of 2026-12-07: a recorded link, removed, read "gone" while
