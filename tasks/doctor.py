@@ -167,7 +167,7 @@ def _scheduled_model(entry: dict[str, Any], mv: Any | None) -> str:
 
 
 def _registry_findings(project: Project, client: Any, searched: set[str]) -> list[Finding]:
-    from tasks.lifecycle import DEREGISTERED, uncovered_deletions
+    from tasks.lifecycle import DEREGISTERED, recorded_files, uncovered_deletions
     from unlearn.requests import Ledger
 
     findings = []
@@ -217,7 +217,8 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "retired" and entry.get("deregistered") is True:
-                gone_closed[version, entry.get("model_id") or ""] = list(entry.get("files") or [])
+                # every closed entry under the number: each one's files must still be gone
+                gone_closed.setdefault((version, entry.get("model_id") or ""), []).extend(recorded_files(entry))
             if entry.get("action") == "scheduled":
                 key = (version, _scheduled_model(entry, versions.get(version)))
                 scheduled.setdefault(key, []).append(batch_id)

@@ -127,12 +127,23 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
     by_version = {str(v.version): v for v in live}
     registered = client.get_registered_model(tracking.model_name(project)) if hand else None
     serving = {str(v) for v in registered.aliases.values()} & set(by_version) if registered else set()
-    # where a hand version's files were when it was scheduled, the real folders behind links included: its link
-    # removed, the folder it led to must be gone too before the version is (review of 2026-12-07)
-    recorded = {version: entry["files"] for batch_id in ledger.oldest_first()
-                for version, entry in ledger.batch(batch_id).get("retirement", {}).items()
-                if version in hand and entry.get("files") and entry.get("home") == str(project.root)
-                and entry.get("registry") == registry_identity(registered)}
+
+    @functools.cache
+    def identity() -> str:  # which registered model this is (read once, only where an entry needs it)
+        return registry_identity(registered or client.get_registered_model(tracking.model_name(project)))
+
+    # Where a live version's files were when it was scheduled (the real folders behind links included), from its
+    # ledger entries in this project folder: kept with every entry written again, never replaced by what its source
+    # says now (a removed link read "gone" while the folder it led to kept the weights: reviews of 2026-12-07), and
+    # what shows them gone if an operator removes the version from the registry (:func:`settle_deregistered`).
+    recorded: dict[str, list[str]] = {}
+    for batch_id in ledger.oldest_first():
+        for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
+            mv = by_version.get(version)
+            if mv is not None and entry.get("home") == str(project.root) and (
+                    entry.get("model_id") == tracking.version_model_id(mv) if entry.get("model_id")
+                    else tracking.version_model_id(mv) is None and entry.get("registry") == identity()):
+                recorded[version] = sorted({*recorded.get(version, []), *recorded_files(entry)})
 
     @functools.cache
     def served_by_others() -> list[tuple[str, list[str]]]:  # read once, and only when some group is due
@@ -155,7 +166,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             if not all(where(v) for v in going):
                 return ("registered by hand from a source whose files cannot be located (an alias, another "
                         "registered model's version, a run that is gone): they cannot be shown deleted")
-            if not all(model_files.files_gone(where(v) + recorded.get(v, [])) for v in going):
+            if not all(model_files.files_gone(where(v) + recorded.get(v, [])) for v in going):  # (as above)
                 local = all(model_files.is_local(location) for v in going for location in where(v))
                 return model_files.NOT_LOGGED if local else model_files.NOT_LOGGED_REMOTE
         mine = [location for member in going for location in where(member)]
@@ -231,8 +242,10 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             # A hand version's files, and which registered model they were located in, are kept with the entry: if
             # an operator removes the version from the registry, they are what shows its files gone
             # (:func:`settle_deregistered`).
-            files = {"files": model_files.with_targets(where(str(mv.version))), "home": str(project.root),
-                     "registry": registry_identity(registered)} if str(mv.version) in hand else {}
+            number = str(mv.version)
+            now_at = model_files.with_targets(where(number)) if number in hand or number not in recorded else []
+            files = {"files": sorted({*recorded.get(number, []), *now_at}), "home": str(project.root),
+                     "registry": identity()}
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **({"held": held} if held else {}),
                             **files, **tracking.model_id_field(mv)})
@@ -264,10 +277,16 @@ DEREGISTERED = "removed from the registry outside the pipeline before it was ret
 
 
 def registry_identity(registered: Any) -> str:
-    """Which registered model a hand version's files were located in: its creation time (another registry's
-    model of the same name, a moved project's, was created at another time, and its recorded paths say nothing of
-    this one's)."""
+    """Which registered model a hand version was scheduled in: its creation time (one deleted and created again, or
+    another registry's of the same name, was created at another time, and its version numbers start again)."""
     return str(registered.creation_timestamp)
+
+
+def recorded_files(entry: dict[str, Any]) -> list[str]:
+    """The file locations a ledger entry recorded, or none when it recorded nothing usable (a hand-edited ledger's
+    ``files`` that is not a list of strings: taken for nothing recorded, never walked; review of 2026-12-07)."""
+    files = entry.get("files")
+    return list(files) if isinstance(files, list) and all(isinstance(f, str) and f for f in files) else []
 
 
 def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions: dict[str, Any],
@@ -276,33 +295,48 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
 
     An operator may delete a registry version that was scheduled or held for retirement. :func:`retire_models` never
     met it again, so its batches' entries said "scheduled" for good, and their certificates stayed interim with a
-    version "kept for rollback" that could not be rolled back to (left open by the note of 2026-12-07). Its files
-    are found from what the entry recorded: the logged model it names, when this tracking store holds it and its
-    folder lies in the project's artifact store, or, for a version registered by hand, the locations recorded while
-    it was registered (with the real folders behind links), in the same registered model and project folder (a moved
-    project's paths say nothing here). Shown gone, the entry is closed: retired, its artifacts gone (not
-    deleted by the pipeline, which deletes files only through a registered version it can tombstone), its weights
-    not searched for (no fingerprint was taken), with a ``model.retired`` audit record saying so. Otherwise it stays
-    scheduled, held with the reason: where its files remain, that something still serves them (never "remove
-    them" then), or that they cannot be located.
+    version "kept for rollback" that could not be rolled back to (left open by the note of 2026-12-07). An entry is
+    this registry's version only when the version under its number is the same model: the logged model it names, or,
+    for one registered by hand, a hand version of the same registered model (one deleted and created again numbers
+    its versions from 1). Its files are where the entry recorded them in this project folder (the real folders behind
+    links included), and its logged model's folder when this tracking store still holds it; a logged model's must lie
+    in the project's artifact store (a moved project's paths say nothing here). Shown gone, the entry is closed:
+    retired, its artifacts gone (not deleted by the pipeline, which deletes files only through a registered version
+    it can tombstone), its weights not searched for (no fingerprint was taken), with a ``model.retired`` audit record
+    saying so. Otherwise it stays scheduled, held with the reason: where its files remain, that something still
+    serves them (never "remove them" then), or that they cannot be located.
 
     ``versions``: every version of the registry, by number; ``registered``: the registered model, when read.
     Returns one action per version closed or held, as :func:`retire_models`' own.
     """
-    stale: dict[tuple[str, str], list[str]] = {}  # (version, logged model id or "") -> its batches, oldest first
+    name = tracking.model_name(project)
+
+    @functools.cache
+    def identity() -> str:
+        return registry_identity(registered or client.get_registered_model(name))
+
+    def same_version(entry: dict[str, Any], mv: Any) -> bool:
+        model_id = entry.get("model_id")
+        if model_id:  # a logged model's entry: only that model's version is it (a hand one is not: second review)
+            return tracking.version_model_id(mv) == model_id
+        if entry.get("registry") is not None:  # a hand version's, written since entries said where it was
+            return tracking.version_model_id(mv) is None and entry["registry"] == identity()
+        return True  # an older entry: the registry loop and doctor deal with it, as before
+
+    # (version, logged model id or "", where a hand entry was recorded) -> its batches, oldest first: two registered
+    # models' hand versions under one number are two versions, each shown gone on its own files (second review)
+    stale: dict[tuple[str, str, str], list[str]] = {}
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") != "scheduled":
                 continue
             mv, model_id = versions.get(version), entry.get("model_id") or ""
-            # this registry's version (the loop above deals with it), unless the number is another model's now
-            if mv is not None and (not model_id or tracking.version_model_id(mv) in (None, model_id)):
+            if mv is not None and same_version(entry, mv):
                 continue
-            stale.setdefault((version, model_id), []).append(batch_id)
+            where_recorded = "" if model_id else f"{entry.get('registry')}|{entry.get('home')}"
+            stale.setdefault((version, model_id, where_recorded), []).append(batch_id)
     if not stale:
         return []
-    name = tracking.model_name(project)
-    identity = registry_identity(registered or client.get_registered_model(name))
     live = sorted((v for v, mv in versions.items() if mv.tags.get("retired") != "true"), key=int)
 
     @functools.cache
@@ -314,17 +348,20 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
         return model_files.served_by_other_models(client, name)
 
     actions: list[dict[str, Any]] = []
-    for (version, model_id), batches in stale.items():
+    for (version, model_id, _), batches in stale.items():
         entries = [ledger.batch(b)["retirement"][version] for b in batches]
         mid = {"model_id": model_id} if model_id else {}
+        # recorded in this project folder: else a moved project's paths, absent here, would read "gone"
+        recorded = sorted({f for e in entries if e.get("home") == str(project.root) for f in recorded_files(e)})
         unusable = None
         if model_id:
-            locations = model_files.with_targets(model_files.logged_model_locations(client, model_id))
+            # its logged model's folder, while this store holds it (deleted by the operator too: what was recorded)
+            locations = sorted({*recorded, *model_files.with_targets(
+                model_files.logged_model_locations(client, model_id))})
             # a moved or restored project's logged model names the folder it was in (review of 2026-12-07)
             unusable = model_files.undeletable_reason(project, locations) if locations else None
-        else:  # recorded in this registered model, in this project's folder: else a moved project's paths
-            locations = next((e.get("files") for e in entries if e.get("registry") == identity
-                              and e.get("home") == str(project.root)), None) or []
+        else:
+            locations = recorded
         if locations and not unusable and model_files.files_gone(locations):
             at = utc_now()
             note = f"{DEREGISTERED}: its files were shown gone"
@@ -336,7 +373,8 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
                 closed = {k: v for k, v in entry.items() if k != "held"}
                 ledger.record_retirement(batch_id, version, {
                     **closed, "action": "retired", "reason": f"{entry.get('reason') or ''}; {note}".lstrip("; "),
-                    "retired_at": at, "deregistered": True, "weights_searched": False, "files": locations})
+                    "retired_at": at, "deregistered": True, "weights_searched": False, "files": locations,
+                    "home": str(project.root)})
             actions.append({"version": version, "action": "retired", "reason": note, "batches": batches,
                             "retired_at": at, "deregistered": True, **mid})
             continue
@@ -353,8 +391,8 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
             held = f"{DEREGISTERED}; {unusable}: they cannot be shown deleted"
         elif not locations:
             held = (f"{DEREGISTERED}, and its files cannot be located (its logged model is not in this tracking "
-                    "store, or it was registered by hand in another registry, another project folder, or before "
-                    "entries kept where its files were): they cannot be shown deleted")
+                    "store, or it was scheduled in another project folder, or before entries kept where its files "
+                    "were): they cannot be shown deleted")
         elif all(model_files.is_local(location) for location in locations):
             held = (f"{DEREGISTERED}; its files remain at {', '.join(locations)}, and the pipeline deletes files "
                     "only through a registered version: once they are removed, the next purge records it retired")

@@ -85,8 +85,8 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     # An operator removes the hand versions from the registry before they are due
     for version in (copy_of_1, loose, moved):
         client.delete_model_version(name, str(version.version))
-    ledger = Ledger(project.ledger_path)  # the moved one's paths were recorded in another registered model
-    ledger.batch(batch_id)["retirement"][str(moved.version)]["registry"] = "0"
+    ledger = Ledger(project.ledger_path)  # the moved one's paths were recorded in another project folder
+    ledger.batch(batch_id)["retirement"][str(moved.version)]["home"] = str(tmp_path / "old-home")
     ledger.save()
     run_purge(project)
     held = {version: entry.get("held", "") for version, entry in entries().items()}
@@ -134,9 +134,9 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     assert shown[str(loose.version)]["artifacts_deleted"] is True and shown[str(loose.version)]["deregistered"]
     assert "so no fingerprint of its weights was taken" in next(project.certificates_dir.glob("*.html")).read_text()
 
-    # Once the last one is closed too (its entry recorded in this registered model after all), the batch is final
+    # Once the last one is closed too (its entry recorded in this project folder after all), the batch is final
     ledger = Ledger(project.ledger_path)
-    ledger.batch(batch_id)["retirement"][str(moved.version)]["registry"] = closed[str(loose.version)]["registry"]
+    ledger.batch(batch_id)["retirement"][str(moved.version)]["home"] = str(project.root)
     ledger.save()
     run_purge(project)
     run_stages(project, "certify")
@@ -266,3 +266,133 @@ def test_a_deregistered_version_s_files_that_something_still_serves_are_never_to
     through = client.create_model_version(name, source=f"models:/prod-model/{prod.version}")
     held = _settle(project, client)[version]["held"]
     assert f"also those of version {through.version}" in held and "once they are removed" not in held
+
+
+# Third review of the feature (2026-12-07)
+
+
+def _champion_and_batch(project):
+    """A logged champion (version 1) covering b1, a completed batch that removed training samples."""
+    from unlearn.requests import Ledger
+
+    client, name, version, *_ = _logged(project)
+    client.set_model_version_tag(name, version, "covers_through", "b1")
+    client.set_registered_model_alias(name, "champion", version)
+    ledger = Ledger(project.ledger_path)
+    ledger.add_batch("b1", ["R-1"], ["digits-0001"], "2026-11-24T10:00:00Z")
+    ledger.set_status("b1", Ledger.COMPLETED, {"outcome": "promoted"})
+    ledger.save()
+    return client, name
+
+
+def _purge(project, client):
+    from tasks.lifecycle import retire_models
+    from unlearn.requests import Ledger
+
+    ledger = Ledger(project.ledger_path)
+    retire_models(project, client, ledger)
+    ledger.save()
+    return Ledger(project.ledger_path).batch("b1")["retirement"]
+
+
+def test_a_removed_link_s_folder_stays_recorded_until_it_is_gone_whatever_the_purges_in_between(
+        make_project, tmp_path):
+    """Each purge wrote the entry's files again from the source as it is now: once the link was gone, the folder it
+    led to was forgotten after one purge, and the next tombstoned the version "artifacts deleted"."""
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name = _champion_and_batch(project)
+    real = tmp_path / "real-weights"
+    real.mkdir()
+    (real / "model.pt").write_bytes(b"weights" * 100)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    hand = str(client.create_model_version(name, source=str(tmp_path / "link")).version)
+    client.set_model_version_tag(name, hand, "retire_due_at", "2026-01-01T00:00:00Z")
+    assert "held" in _purge(project, client)[hand]
+    (tmp_path / "link").unlink()
+    for _ in range(3):
+        entry = _purge(project, client)[hand]
+    assert str(real) in entry["files"] and client.get_model_version(name, hand).tags.get("retired") != "true"
+    shutil.rmtree(real)
+    _purge(project, client)
+    assert client.get_model_version(name, hand).tags.get("retired") == "true"
+
+
+def test_entries_of_a_registered_model_deleted_and_created_again_are_not_taken_for_its_new_versions(
+        make_project, tmp_path):
+    """Version numbers start from 1 again: a hand entry of the old model under a number the new one uses, a logged
+    entry under a number that is now a hand version, and two hand entries (old and new model) under one number."""
+    from tasks import model_files, tracking
+    from tasks.lifecycle import DEREGISTERED, registry_identity
+    from tasks.project import load_project
+    from unlearn.requests import Ledger
+
+    project = load_project(make_project())
+    client, name, logged, model_id, _ = _logged(project)  # version 1
+    _schedule(project, logged, model_id=model_id, files=[], home=str(project.root))
+    old = tmp_path / "old-hand"
+    old.mkdir()
+    (old / "model.pt").write_bytes(b"old weights" * 100)
+    hand = _hand(project, client, name, old)  # version 2
+    client.delete_registered_model(name)
+    client = tracking.setup(project)
+    new = tmp_path / "new-hand"
+    new.mkdir()
+    (new / "model.pt").write_bytes(b"new weights" * 100)
+    client.create_registered_model(name)
+    assert str(client.create_model_version(name, source=str(new)).version) == logged  # a hand version now
+    _logged(project)  # version 2, a logged model now
+    entries = _settle(project, client)
+    for version in (logged, hand):
+        assert entries[version]["held"].startswith(DEREGISTERED), entries[version]
+    assert f"remain at {old}" in entries[hand]["held"]
+    # the new model's own hand version under number 2, scheduled, then removed and its folder with it: b2 closes
+    ledger = Ledger(project.ledger_path)
+    ledger.add_batch("b2", ["R-2"], ["digits-0002"], "2026-11-25T10:00:00Z")
+    third = str(client.create_model_version(name, source=str(new)).version)
+    ledger.record_retirement("b2", third, {
+        "version": third, "action": "scheduled", "reason": "trained on samples deleted by 1 batch(es)",
+        "due_at": "2026-12-31T00:00:00Z", "retired_at": None, "files": model_files.with_targets([str(new)]),
+        "home": str(project.root), "registry": registry_identity(client.get_registered_model(name))})
+    ledger.record_retirement("b2", hand, {**ledger.batch("b2")["retirement"][third], "version": hand})
+    ledger.save()
+    client.delete_model_version(name, third)
+    client.delete_model_version(name, logged)
+    shutil.rmtree(new)
+    _settle(project, client)
+    ledger = Ledger(project.ledger_path)
+    assert ledger.batch("b2")["retirement"][hand]["action"] == "retired"
+    assert ledger.batch("b1")["retirement"][hand]["action"] == "scheduled"  # its own folder is still full
+
+
+def test_a_deregistered_version_whose_logged_model_was_deleted_too_is_closed_from_where_it_was(make_project):
+    """The operator removes the version, its logged model and its files: the store no longer says where they were,
+    so the entry was held "cannot be located" for good. Its folder is recorded when it is scheduled."""
+    from tasks import model_files, tracking
+    from tasks.project import load_project
+
+    project = load_project(make_project(SETUP))
+    client, name = _champion_and_batch(project)
+    _, _, version, model_id, location = _logged(project)  # no lineage: taken as trained on b1's samples
+    assert _purge(project, client)[version]["files"] == model_files.with_targets([location])
+    client.delete_model_version(name, version)
+    client.delete_logged_model(model_id)
+    shutil.rmtree(_path(location))
+    entry = _settle(project, tracking.setup(project))[version]
+    assert entry["action"] == "retired" and entry["deregistered"] is True, entry
+
+
+@pytest.mark.parametrize("files", [5, [None], "/"])
+def test_a_hand_edited_files_field_is_taken_for_nothing_recorded_never_an_error(make_project, files):
+    from tasks.doctor import diagnose
+    from tasks.lifecycle import registry_identity
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name, *_ = _logged(project)
+    _schedule(project, "7", action="retired", deregistered=True, files=files, retired_at="2026-12-01T00:00:00Z")
+    diagnose(project)
+    _schedule(project, "7", files=files, home=str(project.root),
+              registry=registry_identity(client.get_registered_model(name)))
+    assert "cannot be located" in _settle(project, client)["7"]["held"]
