@@ -25,6 +25,7 @@ Checks:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ def _scheduled_model(entry: dict[str, Any], mv: Any | None) -> str:
 
 
 def _registry_findings(project: Project, client: Any, searched: set[str]) -> list[Finding]:
-    from tasks.lifecycle import DEREGISTERED, recorded_files, uncovered_deletions
+    from tasks.lifecycle import DEREGISTERED, entry_is_version, recorded_files, registry_identity, uncovered_deletions
     from unlearn.requests import Ledger
 
     findings = []
@@ -214,6 +215,11 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
     gone_held: dict[tuple[str, str], str] = {}  # the same key -> why a version removed from the registry is held
     gone_closed: dict[tuple[str, str], list[str]] = {}  # the same key -> where one closed when shown gone had files
     held: dict[str, str] = {}  # version -> the reason its due retirement is held (files it may not delete)
+
+    @functools.cache
+    def identity() -> str:
+        return registry_identity(client.get_registered_model(tracking.model_name(project)))
+
     for batch_id in ledger.oldest_first():
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "retired" and entry.get("deregistered") is True:
@@ -224,8 +230,8 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                 scheduled.setdefault(key, []).append(batch_id)
                 if str(entry.get("held", "")).startswith(DEREGISTERED):
                     gone_held[key] = str(entry["held"])
-                if entry.get("held") and (version not in versions or entry.get("model_id") in (
-                        None, tracking.version_model_id(versions[version]))):  # else the number is another model's
+                # about this registry's version of the number, not another model's (a recreated registered model's)
+                if entry.get("held") and version in versions and entry_is_version(entry, versions[version], identity):
                     held[version] = str(entry["held"])
     aliases = {str(v): a for a, v in client.get_registered_model(tracking.model_name(project)).aliases.items()} \
         if held else {}

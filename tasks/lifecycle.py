@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -159,7 +160,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         logged = [v for v in going if v not in hand]
         for version in logged:
             problem = model_files.undeletable_reason(project, where(version)) or model_files.logged_elsewhere(
-                client, tracking.version_model_id(by_version[version]), experiment_id())
+                client, tracking.version_model_id(by_version[version]), experiment_id(), tracking.model_name(project))
             if problem:
                 return problem
         if not logged:  # registered by hand only: shown gone once an operator removed the files, never deleted
@@ -282,6 +283,19 @@ def registry_identity(registered: Any) -> str:
     return str(registered.creation_timestamp)
 
 
+def entry_is_version(entry: dict[str, Any], mv: Any, identity: Callable[[], str]) -> bool:
+    """Whether a ledger entry is about this registry version ``mv`` of its number: the logged model it names (a hand
+    version under that number is not it), or, for a hand version's entry, a hand version of the same registered model
+    (``identity``: :func:`registry_identity` of the registered model now; one deleted and created again numbers its
+    versions from 1: reviews of 2026-12-07). An older entry, which says neither, is taken for it, as before."""
+    model_id = entry.get("model_id")
+    if model_id:
+        return tracking.version_model_id(mv) == model_id
+    if entry.get("registry") is not None:
+        return tracking.version_model_id(mv) is None and entry["registry"] == identity()
+    return True
+
+
 def recorded_files(entry: dict[str, Any]) -> list[str]:
     """The file locations a ledger entry recorded, or none when it recorded nothing usable (a hand-edited ledger's
     ``files`` that is not a list of strings: taken for nothing recorded, never walked; review of 2026-12-07)."""
@@ -315,14 +329,6 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
     def identity() -> str:
         return registry_identity(registered or client.get_registered_model(name))
 
-    def same_version(entry: dict[str, Any], mv: Any) -> bool:
-        model_id = entry.get("model_id")
-        if model_id:  # a logged model's entry: only that model's version is it (a hand one is not: second review)
-            return tracking.version_model_id(mv) == model_id
-        if entry.get("registry") is not None:  # a hand version's, written since entries said where it was
-            return tracking.version_model_id(mv) is None and entry["registry"] == identity()
-        return True  # an older entry: the registry loop and doctor deal with it, as before
-
     # (version, logged model id or "", where a hand entry was recorded) -> its batches, oldest first: two registered
     # models' hand versions under one number are two versions, each shown gone on its own files (second review)
     stale: dict[tuple[str, str, str], list[str]] = {}
@@ -331,7 +337,7 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
             if entry.get("action") != "scheduled":
                 continue
             mv, model_id = versions.get(version), entry.get("model_id") or ""
-            if mv is not None and same_version(entry, mv):
+            if mv is not None and entry_is_version(entry, mv, identity):
                 continue
             where_recorded = "" if model_id else f"{entry.get('registry')}|{entry.get('home')}"
             stale.setdefault((version, model_id, where_recorded), []).append(batch_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.project import PipelineError, Project
-from tasks.tracking import model_name, version_model_id
+from tasks.tracking import LOGGED_FOR, model_name, version_model_id
 
 # MLflow's answers that no retry changes: what a source names does not exist, or the source is malformed
 _NEVER_RESOLVES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
@@ -74,10 +74,14 @@ def logged_model_locations(client, model_id: str) -> list[str]:
         return []
 
 
-def logged_elsewhere(client, model_id: str, experiment_id: str | None) -> str | None:
-    """Why a logged model's files are not the pipeline's to delete because another experiment logged it (another
-    team's model registered into this one by its id: deleted like the pipeline's own until a review of 2026-12-07),
-    or None. ``experiment_id``: the project's experiment (None: it does not exist, so nothing was logged here)."""
+def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_name: str) -> str | None:
+    """Why a logged model's files are not the pipeline's to delete because someone else logged it (another team's
+    model registered into this one by its id: deleted like the pipeline's own until a review of 2026-12-07), or None.
+
+    The pipeline's own: tagged :data:`LOGGED_FOR` with the project's registered model name when it was logged (which
+    survives renaming the experiment, or changing ``registry.experiment``: third review), or, logged before that tag,
+    in the project's experiment (``experiment_id``; None: it does not exist).
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -86,6 +90,8 @@ def logged_elsewhere(client, model_id: str, experiment_id: str | None) -> str | 
         if exc.error_code not in _NEVER_RESOLVES:
             raise
         return None  # gone: nothing located, said where the files are looked for
+    if (logged.tags or {}).get(LOGGED_FOR) == model_name:
+        return None
     if experiment_id is None or str(logged.experiment_id) != str(experiment_id):
         return (f"its logged model was logged in another experiment (id {logged.experiment_id}), not the "
                 "project's: the pipeline deletes only the files of models it logged")

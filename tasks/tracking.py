@@ -28,6 +28,9 @@ _STATE_FILE = "state_dict.pt"
 _EXPORT_LOCK = threading.Lock()
 _MAX_TAG_VALUE = 100_000  # MLflow 3.17's MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH (a model-version tag's value)
 
+# The tag the pipeline puts on every model it logs (and its version): the registered model it was logged for
+LOGGED_FOR = "logged_for"
+
 
 def setup(project: Project):
     """Point MLflow at the project's tracking URI and experiment; return a client.
@@ -293,6 +296,9 @@ def log_model(
     version_tags = {f"arch_{k}": str(v) for k, v in architecture.items()}
     version_tags.update(contract_tags(example, classes))
     version_tags.update({k: str(v) for k, v in tags.items()})
+    # who logged it, on the logged model too: the purge deletes only the files of models the pipeline logged, and this
+    # survives a renamed experiment (tasks.model_files.logged_elsewhere)
+    version_tags[LOGGED_FOR] = model_name(project)
     # Pinned before the registration, not after: a crash in between would leave a version under a name no pin
     # holds, and a rename then would orphan it (a registration that fails leaves the name pinned; the refusal says
     # how to clear it).

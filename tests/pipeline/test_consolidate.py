@@ -441,6 +441,7 @@ def test_another_experiment_s_logged_model_registered_into_this_model_is_held_no
                                               architecture={"model": "small_cnn", "in_channels": 1,
                                                             "num_classes": 10},
                                               classes=[str(c) for c in range(10)], tags={})
+    client.delete_logged_model_tag(model_id, tracking.LOGGED_FOR)  # logged by their code, not the pipeline's
     (their_files,) = model_files.model_artifact_locations(client, client.get_model_version(name, theirs))
     run_purge(project)
     (batch_id,) = Ledger(project.ledger_path).batches

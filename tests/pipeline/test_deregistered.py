@@ -396,3 +396,55 @@ def test_a_hand_edited_files_field_is_taken_for_nothing_recorded_never_an_error(
     _schedule(project, "7", files=files, home=str(project.root),
               registry=registry_identity(client.get_registered_model(name)))
     assert "cannot be located" in _settle(project, client)["7"]["held"]
+
+
+# Fourth review (2026-12-07): the experiment check, and doctor on a recreated registered model
+
+
+@pytest.mark.parametrize("how", ["params", "renamed"])
+def test_the_pipeline_s_own_models_are_retired_after_its_experiment_changes(make_project, how):
+    """`registry.experiment` changed in params.yaml, or the experiment renamed in MLflow: the models the pipeline
+    logged before were held for good as "logged in another experiment"."""
+    from tasks import model_files, tracking
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name = _champion_and_batch(project)
+    _, _, version, _, location = _logged(project)  # the pipeline's own, no lineage: due at once
+    if how == "params":
+        params = project.root / "params.yaml"
+        text = params.read_text()
+        assert text.count("experiment: unlearn\n") == 1
+        params.write_text(text.replace("experiment: unlearn\n", "experiment: unlearn-v2\n"))
+    else:
+        old = client.get_experiment_by_name(project.params.registry.experiment)
+        client.rename_experiment(old.experiment_id, "unlearn-2026")
+    project = load_project(project.root)
+    client = tracking.setup(project)
+    entry = _purge(project, client)[version]
+    assert client.get_model_version(name, version).tags.get("retired") == "true", entry
+    assert model_files.artifacts_remaining(location) == 0
+
+
+def test_doctor_does_not_take_an_old_registered_model_s_held_entry_for_the_new_one_s_version(make_project, tmp_path):
+    from tasks import tracking
+    from tasks.doctor import diagnose
+    from tasks.lifecycle import DEREGISTERED
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name, *_ = _logged(project)
+    old = tmp_path / "old-hand"
+    old.mkdir()
+    (old / "model.pt").write_bytes(b"old weights" * 100)
+    hand = _hand(project, client, name, old)  # version 2, scheduled
+    client.delete_registered_model(name)
+    client = tracking.setup(project)
+    _logged(project)
+    _, _, new, *_ = _logged(project)
+    assert new == hand
+    client.set_registered_model_alias(name, "champion", new)
+    assert _settle(project, client)[hand]["held"].startswith(DEREGISTERED)
+    problems = [f.problem for f in diagnose(project) if f.subject == f"version {hand}"]
+    assert not [p for p in problems if "serves as champion" in p or "due for retirement, but the pipeline" in p]
+    assert any(DEREGISTERED in p for p in problems), problems
