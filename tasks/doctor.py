@@ -160,8 +160,8 @@ def _scheduled_model(entry: dict[str, Any], mv: Any | None) -> str:
     """The logged model a ledger entry scheduled for retirement: the one it names, else (an entry written before
     entries named it) this registry's version's when the entry's due time is the one tagged on the version (set once,
     when it was scheduled), else :data:`_OTHER`; "" when the registry holds no such number."""
-    if entry.get("model_id") or mv is None:
-        return entry.get("model_id") or ""
+    if tracking.entry_model_id(entry) or mv is None:
+        return tracking.entry_model_id(entry)
     if entry.get("due_at") and mv.tags.get("retire_due_at") not in (None, entry["due_at"]):
         return _OTHER
     return tracking.version_model_id(mv) or ""
@@ -224,7 +224,7 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") == "retired" and entry.get("deregistered") is True:
                 # every closed entry under the number: each one's files must still be gone
-                gone_closed.setdefault((version, entry.get("model_id") or ""), []).extend(recorded_files(entry))
+                gone_closed.setdefault((version, tracking.entry_model_id(entry)), []).extend(recorded_files(entry))
             if entry.get("action") == "scheduled":
                 key = (version, _scheduled_model(entry, versions.get(version)))
                 scheduled.setdefault(key, []).append(batch_id)
@@ -287,7 +287,7 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                 if not isinstance(entry, dict) or entry.get("artifacts_deleted") is not True:
                     continue
                 mv = versions.get(str(entry.get("version")))
-                model_id = entry.get("model_id")
+                model_id = tracking.entry_model_id(entry)
                 if mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
                     findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s artifacts "
                                             f"(logged model {model_id}) were deleted; this registry's version "

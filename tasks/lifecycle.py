@@ -142,7 +142,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             mv = by_version.get(version)
             if mv is not None and entry.get("home") == str(project.root) and (
-                    entry.get("model_id") == tracking.version_model_id(mv) if entry.get("model_id")
+                    tracking.entry_model_id(entry) == tracking.version_model_id(mv) if tracking.entry_model_id(entry)
                     else tracking.version_model_id(mv) is None and entry.get("registry") == identity()):
                 recorded[version] = sorted({*recorded.get(version, []), *recorded_files(entry)})
 
@@ -288,7 +288,7 @@ def entry_is_version(entry: dict[str, Any], mv: Any, identity: Callable[[], str]
     version under that number is not it), or, for a hand version's entry, a hand version of the same registered model
     (``identity``: :func:`registry_identity` of the registered model now; one deleted and created again numbers its
     versions from 1: reviews of 2026-12-07). An older entry, which says neither, is taken for it, as before."""
-    model_id = entry.get("model_id")
+    model_id = tracking.entry_model_id(entry)
     if model_id:
         return tracking.version_model_id(mv) == model_id
     if entry.get("registry") is not None:
@@ -336,7 +336,7 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
         for version, entry in ledger.batch(batch_id).get("retirement", {}).items():
             if entry.get("action") != "scheduled":
                 continue
-            mv, model_id = versions.get(version), entry.get("model_id") or ""
+            mv, model_id = versions.get(version), tracking.entry_model_id(entry)
             if mv is not None and entry_is_version(entry, mv, identity):
                 continue
             where_recorded = "" if model_id else f"{entry.get('registry')}|{entry.get('home')}"

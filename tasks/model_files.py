@@ -79,8 +79,11 @@ def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_nam
     model registered into this one by its id: deleted like the pipeline's own until a review of 2026-12-07), or None.
 
     The pipeline's own: tagged :data:`LOGGED_FOR` with the project's registered model name when it was logged (which
-    survives renaming the experiment, or changing ``registry.experiment``: third review), or, logged before that tag,
-    in the project's experiment (``experiment_id``; None: it does not exist).
+    survives renaming the experiment, or changing ``registry.experiment``: third review), or, untagged (logged before
+    the tag), in the project's experiment (``experiment_id``; None: it does not exist). One tagged for another
+    registered model is another project's, whatever its experiment (two projects sharing the default experiment on a
+    team server: fourth review). An untagged one elsewhere may be the pipeline's own from before an experiment change:
+    the reason says so, and how to claim it.
     """
     from mlflow.exceptions import MlflowException
 
@@ -90,11 +93,17 @@ def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_nam
         if exc.error_code not in _NEVER_RESOLVES:
             raise
         return None  # gone: nothing located, said where the files are looked for
-    if (logged.tags or {}).get(LOGGED_FOR) == model_name:
+    tagged = (logged.tags or {}).get(LOGGED_FOR)
+    if tagged == model_name:
         return None
+    if tagged is not None:
+        return (f"its logged model was logged for registered model {tagged!r}, not this project's "
+                f"{model_name!r}: the pipeline deletes only the files of models it logged")
     if experiment_id is None or str(logged.experiment_id) != str(experiment_id):
-        return (f"its logged model was logged in another experiment (id {logged.experiment_id}), not the "
-                "project's: the pipeline deletes only the files of models it logged")
+        return (f"its logged model ({model_id}) carries no {LOGGED_FOR} tag and was logged in experiment "
+                f"{logged.experiment_id}, not the project's: the pipeline cannot tell that it logged it, so it does "
+                "not delete its files (one it logged before the tag, in an experiment since renamed or changed: tag "
+                f"the logged model {LOGGED_FOR}={model_name} and the next purge retires it)")
     return None
 
 

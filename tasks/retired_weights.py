@@ -295,7 +295,7 @@ def entry_key(version: str, entry: dict[str, Any], keys: dict[str, str]) -> str:
     no fingerprint entry has: it is never counted as searched for on the other model's behalf; its status stays
     unrecorded ("not recorded" in the certificate), which is what is known.
     """
-    model_id = entry.get("model_id") or ""
+    model_id = tracking.entry_model_id(entry)
     if model_id in keys:
         return keys[model_id]
     if model_id and version in keys.values():

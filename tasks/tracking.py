@@ -438,6 +438,14 @@ def version_model_id(mv: Any) -> str | None:
     return mv.tags.get("model_id") or None
 
 
+def entry_model_id(record: Any) -> str:
+    """The logged model a ledger entry, certificate entry or audit record names; "" when it names none usable (a
+    hand-edited value that is not a string was a dict key, and raised out of every purge and doctor run: review of
+    2026-12-07)."""
+    model_id = record.get("model_id") if isinstance(record, dict) else None
+    return model_id if isinstance(model_id, str) else ""
+
+
 def model_id_field(mv: Any) -> dict[str, str]:
     """``{"model_id": ...}`` to record with a version (empty when it names none): which logged model it was, since
     version numbers start again in another registry."""

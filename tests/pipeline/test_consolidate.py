@@ -446,8 +446,9 @@ def test_another_experiment_s_logged_model_registered_into_this_model_is_held_no
     run_purge(project)
     (batch_id,) = Ledger(project.ledger_path).batches
     entry = Ledger(project.ledger_path).batch(batch_id)["retirement"][str(theirs)]
-    assert entry["action"] == "scheduled" and "logged in another experiment" in entry["held"]
+    assert entry["action"] == "scheduled" and "carries no logged_for tag and was logged in experiment" in entry["held"]
     assert model_files.artifacts_remaining(their_files) > 0
     assert client.get_model_version(name, theirs).tags.get("retired") != "true"
     assert client.get_model_version(name, "1").tags.get("retired") == "true"  # the pipeline's own still goes
-    assert any(f.subject == f"version {theirs}" and "another experiment" in f.problem for f in diagnose(project))
+    assert any(f.subject == f"version {theirs}" and "cannot tell that it logged it" in f.problem
+               for f in diagnose(project))

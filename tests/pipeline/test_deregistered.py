@@ -448,3 +448,64 @@ def test_doctor_does_not_take_an_old_registered_model_s_held_entry_for_the_new_o
     problems = [f.problem for f in diagnose(project) if f.subject == f"version {hand}"]
     assert not [p for p in problems if "serves as champion" in p or "due for retirement, but the pipeline" in p]
     assert any(DEREGISTERED in p for p in problems), problems
+
+
+# Fifth review (2026-12-07)
+
+
+@pytest.mark.parametrize("how", ["params", "renamed"])
+def test_an_untagged_model_after_an_experiment_change_is_held_with_the_way_to_claim_it(make_project, how):
+    """Logged before the logged_for tag, then the experiment changed: the pipeline cannot tell it logged it. It was
+    held as "logged in another experiment ... the pipeline deletes only the files of models it logged" (false of its
+    own model, and no way out); it is held saying so and how to claim it, and claimed, it retires."""
+    from tasks import model_files, tracking
+    from tasks.doctor import diagnose
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name = _champion_and_batch(project)
+    _, _, version, model_id, location = _logged(project)
+    client.delete_logged_model_tag(model_id, tracking.LOGGED_FOR)  # as code before the tag logged it
+    if how == "params":
+        params = project.root / "params.yaml"
+        params.write_text(params.read_text().replace("experiment: unlearn\n", "experiment: unlearn-v2\n"))
+    else:
+        old = client.get_experiment_by_name(project.params.registry.experiment)
+        client.rename_experiment(old.experiment_id, "unlearn-2026")
+    project = load_project(project.root)
+    client = tracking.setup(project)
+    held = _purge(project, client)[version]["held"]
+    assert "cannot tell that it logged it" in held and f"logged_for={name}" in held
+    assert any(f.subject == f"version {version}" and "cannot tell" in f.problem for f in diagnose(project))
+    client.set_logged_model_tags(model_id, {tracking.LOGGED_FOR: name})  # the operator's way out
+    _purge(project, client)
+    assert client.get_model_version(name, version).tags.get("retired") == "true"
+    assert model_files.artifacts_remaining(location) == 0
+
+
+def test_a_model_logged_for_another_registered_model_is_held_whatever_its_experiment(make_project):
+    """Two projects sharing the default experiment on a team server: one's model registered into the other's by its
+    id was retired, its files deleted under the first project's live version."""
+    from tasks import model_files, tracking
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name = _champion_and_batch(project)
+    _, _, theirs, model_id, location = _logged(project)
+    client.set_logged_model_tags(model_id, {tracking.LOGGED_FOR: "team-b-classifier"})
+    entry = _purge(project, client)[theirs]
+    assert entry["action"] == "scheduled" and "logged for registered model 'team-b-classifier'" in entry["held"]
+    assert model_files.artifacts_remaining(location) > 0
+
+
+@pytest.mark.parametrize("model_id", [["m-0123"], {"id": "m-0123"}])
+def test_a_hand_edited_model_id_that_is_not_a_string_is_taken_for_none(make_project, model_id):
+    from tasks.doctor import diagnose
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, *_ = _logged(project)
+    _schedule(project, "7", model_id=model_id)  # version 7 is not in the registry
+    _schedule(project, "8", model_id=model_id, action="retired", deregistered=True, files=[])
+    diagnose(project)
+    assert "cannot be located" in _settle(project, client)["7"]["held"]
