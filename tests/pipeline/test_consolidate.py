@@ -418,37 +418,3 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
     tags = client.get_model_version(name, above.version).tags
     assert tags.get("retired") == "true" and model_files.artifacts_remaining(str(_folder(baseline_at).parent)) == 0
-
-
-def test_another_experiment_s_logged_model_registered_into_this_model_is_held_not_deleted(make_project):
-    """Left open by the note of 2026-12-07: another team's logged model, registered into the project's model by its
-    id, was retired like the pipeline's own, its files deleted. The pipeline deletes only models it logged."""
-    import mlflow
-    import torch
-
-    from tasks import model_files, tracking
-    from tasks.doctor import diagnose
-    from tasks.lifecycle import run_purge
-    from unlearn.models import build_model
-    from unlearn.requests import Ledger
-
-    project, client, name = _promoted_after_a_deletion(make_project)
-    # in the same artifact store (a team server's store is one for every experiment): only who logged it differs
-    client.create_experiment("another-team", artifact_location=project.artifact_root.as_uri())
-    mlflow.set_experiment("another-team")
-    with mlflow.start_run():  # no lineage tags: taken as trained on the deleted samples, so due at once
-        theirs, model_id = tracking.log_model(project, build_model("small_cnn", 1, 10), torch.zeros(2, 1, 8, 8),
-                                              architecture={"model": "small_cnn", "in_channels": 1,
-                                                            "num_classes": 10},
-                                              classes=[str(c) for c in range(10)], tags={})
-    client.delete_logged_model_tag(model_id, tracking.LOGGED_FOR)  # logged by their code, not the pipeline's
-    (their_files,) = model_files.model_artifact_locations(client, client.get_model_version(name, theirs))
-    run_purge(project)
-    (batch_id,) = Ledger(project.ledger_path).batches
-    entry = Ledger(project.ledger_path).batch(batch_id)["retirement"][str(theirs)]
-    assert entry["action"] == "scheduled" and "carries no logged_for tag and was logged in experiment" in entry["held"]
-    assert model_files.artifacts_remaining(their_files) > 0
-    assert client.get_model_version(name, theirs).tags.get("retired") != "true"
-    assert client.get_model_version(name, "1").tags.get("retired") == "true"  # the pipeline's own still goes
-    assert any(f.subject == f"version {theirs}" and "cannot tell that it logged it" in f.problem
-               for f in diagnose(project))

@@ -509,3 +509,36 @@ def test_a_hand_edited_model_id_that_is_not_a_string_is_taken_for_none(make_proj
     _schedule(project, "8", model_id=model_id, action="retired", deregistered=True, files=[])
     diagnose(project)
     assert "cannot be located" in _settle(project, client)["7"]["held"]
+
+
+def test_another_experiment_s_logged_model_registered_into_this_model_is_held_not_deleted(make_project):
+    """Left open by the note of 2026-12-07: another team's logged model, registered into the project's model by its
+    id, was retired like the pipeline's own, its files deleted, when its folder lay in the project's artifact store
+    (a team server's store is one for every experiment). The pipeline deletes only models it logged."""
+    import mlflow
+    import torch
+
+    from tasks import model_files, tracking
+    from tasks.doctor import diagnose
+    from tasks.project import load_project
+    from unlearn.models import build_model
+
+    project = load_project(make_project())
+    client, name = _champion_and_batch(project)
+    _, _, ours, _, our_files = _logged(project)  # the pipeline's own, no lineage: due at once, and retired
+    client.create_experiment("another-team", artifact_location=project.artifact_root.as_uri())
+    mlflow.set_experiment("another-team")
+    with mlflow.start_run():
+        theirs, model_id = tracking.log_model(project, build_model("small_cnn", 1, 10), torch.zeros(2, 1, 8, 8),
+                                              architecture={"model": "small_cnn", "in_channels": 1,
+                                                            "num_classes": 10},
+                                              classes=[str(c) for c in range(10)], tags={})
+    client.delete_logged_model_tag(model_id, tracking.LOGGED_FOR)  # logged by their code, not the pipeline's
+    location = client.get_logged_model(model_id).artifact_location
+    entries = _purge(project, client)
+    assert entries[theirs]["action"] == "scheduled" and "cannot tell that it logged it" in entries[theirs]["held"]
+    assert model_files.artifacts_remaining(location) > 0
+    assert client.get_model_version(name, theirs).tags.get("retired") != "true"
+    assert entries[ours]["action"] == "retired" and model_files.artifacts_remaining(our_files) == 0
+    assert any(f.subject == f"version {theirs}" and "cannot tell that it logged it" in f.problem
+               for f in diagnose(project))
