@@ -168,7 +168,8 @@ def _scheduled_model(entry: dict[str, Any], mv: Any | None) -> str:
 
 
 def _registry_findings(project: Project, client: Any, searched: set[str]) -> list[Finding]:
-    from tasks.lifecycle import DEREGISTERED, entry_is_version, recorded_files, registry_identity, uncovered_deletions
+    from tasks.deregistered import DEREGISTERED, entry_is_version, recorded_files, registry_identity
+    from tasks.lifecycle import uncovered_deletions
     from unlearn.requests import Ledger
 
     findings = []
@@ -255,7 +256,7 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
 
     for (version, model_id), batch_ids in sorted(scheduled.items(), key=lambda kv: order(kv[0])):
         mv = versions.get(version)
-        # Entries the purge cannot close (tasks.lifecycle.settle_deregistered): their certificates stay interim, said.
+        # Entries the purge cannot close (tasks.deregistered): their certificates stay interim, said.
         if (version, model_id) in gone_held:  # said by the purge, which looked for its files
             findings.append(Finding("registry", f"version {version}", f"scheduled for retirement by "
                                     f"{', '.join(batch_ids)}, but {gone_held[version, model_id]}; those batches' "

@@ -62,7 +62,7 @@ def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth
 def logged_model_locations(client, model_id: str) -> list[str]:
     """Where a logged model's files are, by its id; empty when this tracking store holds no such model (deleted by
     hand, or logged in another store: ids are unique, so one found here is this store's). For a version removed from
-    the registry, whose ledger entry still names the logged model it was (:func:`tasks.lifecycle.settle_deregistered`).
+    the registry, whose ledger entry still names the logged model it was (:mod:`tasks.deregistered`).
     """
     from mlflow.exceptions import MlflowException
 

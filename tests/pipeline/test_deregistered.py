@@ -1,4 +1,4 @@
-"""Versions removed from the registry by hand while scheduled for retirement (tasks.lifecycle.settle_deregistered).
+"""Versions removed from the registry by hand while scheduled for retirement (tasks.deregistered.settle_deregistered).
 
 Left open by the note of 2026-12-07: the purge never met such a version again, so its batches' ledger entries said
 "scheduled" for good, their certificates stayed interim and called it "kept for rollback", and nothing looked for
@@ -37,8 +37,9 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     import mlflow
 
     from tasks import model_files, tracking
+    from tasks.deregistered import DEREGISTERED
     from tasks.doctor import diagnose
-    from tasks.lifecycle import DEREGISTERED, run_purge
+    from tasks.lifecycle import run_purge
     from tasks.project import load_project
     from unlearn.audit import AuditLog
     from unlearn.data import SampleStore
@@ -185,7 +186,7 @@ def _schedule(project, version, **fields):
 
 def _settle(project, client):
     from tasks import tracking
-    from tasks.lifecycle import settle_deregistered
+    from tasks.deregistered import settle_deregistered
     from unlearn.requests import Ledger
 
     ledger = Ledger(project.ledger_path)
@@ -196,7 +197,7 @@ def _settle(project, client):
 
 def _hand(project, client, name, folder):
     from tasks import model_files
-    from tasks.lifecycle import registry_identity
+    from tasks.deregistered import registry_identity
 
     version = str(client.create_model_version(name, source=str(folder)).version)
     _schedule(project, version, files=model_files.with_targets([str(folder)]), home=str(project.root),
@@ -324,7 +325,7 @@ def test_entries_of_a_registered_model_deleted_and_created_again_are_not_taken_f
     """Version numbers start from 1 again: a hand entry of the old model under a number the new one uses, a logged
     entry under a number that is now a hand version, and two hand entries (old and new model) under one number."""
     from tasks import model_files, tracking
-    from tasks.lifecycle import DEREGISTERED, registry_identity
+    from tasks.deregistered import DEREGISTERED, registry_identity
     from tasks.project import load_project
     from unlearn.requests import Ledger
 
@@ -385,8 +386,8 @@ def test_a_deregistered_version_whose_logged_model_was_deleted_too_is_closed_fro
 
 @pytest.mark.parametrize("files", [5, [None], "/"])
 def test_a_hand_edited_files_field_is_taken_for_nothing_recorded_never_an_error(make_project, files):
+    from tasks.deregistered import registry_identity
     from tasks.doctor import diagnose
-    from tasks.lifecycle import registry_identity
     from tasks.project import load_project
 
     project = load_project(make_project())
@@ -428,8 +429,8 @@ def test_the_pipeline_s_own_models_are_retired_after_its_experiment_changes(make
 
 def test_doctor_does_not_take_an_old_registered_model_s_held_entry_for_the_new_one_s_version(make_project, tmp_path):
     from tasks import tracking
+    from tasks.deregistered import DEREGISTERED
     from tasks.doctor import diagnose
-    from tasks.lifecycle import DEREGISTERED
     from tasks.project import load_project
 
     project = load_project(make_project())
