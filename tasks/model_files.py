@@ -80,10 +80,11 @@ def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_nam
 
     The pipeline's own: tagged :data:`LOGGED_FOR` with the project's registered model name when it was logged (which
     survives renaming the experiment, or changing ``registry.experiment``: third review), or, untagged (logged before
-    the tag), in the project's experiment (``experiment_id``; None: it does not exist). One tagged for another
-    registered model is another project's, whatever its experiment (two projects sharing the default experiment on a
-    team server: fourth review). An untagged one elsewhere may be the pipeline's own from before an experiment change:
-    the reason says so, and how to claim it.
+    the tag; a blank tag is none), in the project's experiment (``experiment_id``; None: it does not exist). One
+    tagged for another registered model that exists is another project's, whatever its experiment (two projects
+    sharing the default experiment on a team server: fourth review); tagged for one that no longer exists, in the
+    project's experiment, it was logged before this registered model was renamed (the documented rename: fifth
+    review). Otherwise the pipeline cannot tell it logged it: the reason says so, and how to claim it.
     """
     from mlflow.exceptions import MlflowException
 
@@ -93,18 +94,30 @@ def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_nam
         if exc.error_code not in _NEVER_RESOLVES:
             raise
         return None  # gone: nothing located, said where the files are looked for
-    tagged = (logged.tags or {}).get(LOGGED_FOR)
+    tagged = str((logged.tags or {}).get(LOGGED_FOR) or "").strip() or None
     if tagged == model_name:
         return None
-    if tagged is not None:
-        return (f"its logged model was logged for registered model {tagged!r}, not this project's "
-                f"{model_name!r}: the pipeline deletes only the files of models it logged")
-    if experiment_id is None or str(logged.experiment_id) != str(experiment_id):
-        return (f"its logged model ({model_id}) carries no {LOGGED_FOR} tag and was logged in experiment "
-                f"{logged.experiment_id}, not the project's: the pipeline cannot tell that it logged it, so it does "
-                "not delete its files (one it logged before the tag, in an experiment since renamed or changed: tag "
-                f"the logged model {LOGGED_FOR}={model_name} and the next purge retires it)")
-    return None
+    here = experiment_id is not None and str(logged.experiment_id) == str(experiment_id)
+    if tagged is None and here or tagged is not None and here and not _registered_model_exists(client, tagged):
+        return None
+    said = (f"is tagged {LOGGED_FOR}={tagged!r}, not this project's {model_name!r}" if tagged is not None else
+            f"carries no {LOGGED_FOR} tag and was logged in experiment {logged.experiment_id}, not the project's")
+    return (f"its logged model ({model_id}) {said}: the pipeline cannot tell that it logged it, so it does not "
+            "delete its files (one it logged before the tag, or before its experiment or registered model was "
+            f"renamed: tag the logged model {LOGGED_FOR}={model_name} and the next purge retires it)")
+
+
+def _registered_model_exists(client, name: str) -> bool:
+    """Whether the registry holds a registered model of this name (a registry error is raised, not taken for no)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in _NEVER_RESOLVES:
+            raise
+        return False
+    return True
 
 
 def with_targets(locations: list[str]) -> list[str]:

@@ -493,9 +493,10 @@ def test_a_model_logged_for_another_registered_model_is_held_whatever_its_experi
     project = load_project(make_project())
     client, name = _champion_and_batch(project)
     _, _, theirs, model_id, location = _logged(project)
+    client.create_registered_model("team-b-classifier")
     client.set_logged_model_tags(model_id, {tracking.LOGGED_FOR: "team-b-classifier"})
     entry = _purge(project, client)[theirs]
-    assert entry["action"] == "scheduled" and "logged for registered model 'team-b-classifier'" in entry["held"]
+    assert entry["action"] == "scheduled" and "tagged logged_for='team-b-classifier'" in entry["held"]
     assert model_files.artifacts_remaining(location) > 0
 
 
@@ -543,3 +544,26 @@ def test_another_experiment_s_logged_model_registered_into_this_model_is_held_no
     assert entries[ours]["action"] == "retired" and model_files.artifacts_remaining(our_files) == 0
     assert any(f.subject == f"version {theirs}" and "cannot tell that it logged it" in f.problem
                for f in diagnose(project))
+
+
+def test_the_pipeline_s_own_models_are_retired_after_its_registered_model_is_renamed(make_project):
+    """The documented rename (rename_registered_model, registry.model_name, delete the pin): every model logged before
+    carries logged_for=<old name>, and was held as another project's (fifth review). A blank tag names nothing."""
+    from tasks import model_files, tracking
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, old = _champion_and_batch(project)
+    _, _, version, _, location = _logged(project)  # the pipeline's own, no lineage: due at once
+    _, _, blank, blank_id, blank_at = _logged(project)
+    client.set_logged_model_tags(blank_id, {tracking.LOGGED_FOR: " "})
+    client.rename_registered_model(old, "unlearn-classifier-v2")
+    params = project.root / "params.yaml"
+    params.write_text(params.read_text().replace(f"model_name: {old}\n", "model_name: unlearn-classifier-v2\n"))
+    project.registry_pin.unlink()
+    project = load_project(project.root)
+    client = tracking.setup(project)
+    entries = _purge(project, client)
+    for number, files in ((version, location), (blank, blank_at)):
+        assert entries[number]["action"] == "retired", entries[number]
+        assert model_files.artifacts_remaining(files) == 0
