@@ -95,6 +95,10 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
     def served_by_others() -> list[tuple[str, list[str]]]:  # read once, only when some stale one's files remain
         return model_files.served_by_other_models(client, name)
 
+    @functools.cache
+    def experiment_id() -> str | None:
+        return model_files.project_experiment_id(client, project)
+
     actions: list[dict[str, Any]] = []
     for (version, model_id, _), batches in stale.items():
         entries = [ledger.batch(b)["retirement"][version] for b in batches]
@@ -137,6 +141,11 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
             held = f"{DEREGISTERED}; its files are also served by {elsewhere}, another registered model's alias"
         elif unusable:
             held = f"{DEREGISTERED}; {unusable}: they cannot be shown deleted"
+        elif model_id and (foreign := model_files.logged_elsewhere(
+                client, model_id, experiment_id(), name, next((str(e["logged_for"]) for e in entries
+                                                               if isinstance(e.get("logged_for"), str)), None))):
+            # another project's files are never the operator's to remove on this pipeline's word (sixth review)
+            held = f"{DEREGISTERED}; {foreign}"
         elif not locations:
             held = (f"{DEREGISTERED}, and its files cannot be located (its logged model is not in this tracking "
                     "store, or it was scheduled in another project folder, or before entries kept where its files "

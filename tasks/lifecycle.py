@@ -150,15 +150,15 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
 
     @functools.cache
     def experiment_id() -> str | None:  # the project's experiment: the pipeline's own models were logged there
-        experiment = client.get_experiment_by_name(project.params.registry.experiment)
-        return experiment.experiment_id if experiment is not None else None
+        return model_files.project_experiment_id(client, project)
 
     def held_because(going: list[str]) -> str | None:
         """Why a due group's files are not deleted now (said in each member's reason), or None."""
         logged = [v for v in going if v not in hand]
         for version in logged:
             problem = model_files.undeletable_reason(project, where(version)) or model_files.logged_elsewhere(
-                client, tracking.version_model_id(by_version[version]), experiment_id(), tracking.model_name(project))
+                client, tracking.version_model_id(by_version[version]), experiment_id(), tracking.model_name(project),
+                by_version[version].tags.get(tracking.LOGGED_FOR))
             if problem:
                 return problem
         if not logged:  # registered by hand only: shown gone once an operator removed the files, never deleted
@@ -244,7 +244,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             number = str(mv.version)
             now_at = model_files.with_targets(where(number)) if number in hand or number not in recorded else []
             files = {"files": sorted({*recorded.get(number, []), *now_at}), "home": str(project.root),
-                     "registry": identity()}
+                     "registry": identity(), **({"logged_for": mv.tags[tracking.LOGGED_FOR]}
+                                                if mv.tags.get(tracking.LOGGED_FOR) else {})}
             actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **({"held": held} if held else {}),
                             **files, **tracking.model_id_field(mv)})
@@ -267,7 +268,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
         for batch_id in action["batches"]:
             entry = {k: action[k] for k in ("version", "action", "reason", "due_at")}
             entry["retired_at"] = action.get("retired_at")
-            entry.update({k: action[k] for k in ("model_id", "held", "files", "home", "registry") if k in action})
+            entry.update({k: action[k] for k in ("model_id", "held", "files", "home", "registry", "logged_for")
+                          if k in action})
             ledger.record_retirement(batch_id, action["version"], entry)
     return actions + settle_deregistered(project, client, ledger, everything, registered)
 

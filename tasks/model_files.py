@@ -74,17 +74,26 @@ def logged_model_locations(client, model_id: str) -> list[str]:
         return []
 
 
-def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_name: str) -> str | None:
+def project_experiment_id(client, project: Project) -> str | None:
+    """The project's experiment's id (where the pipeline logs its models); None when it does not exist."""
+    experiment = client.get_experiment_by_name(project.params.registry.experiment)
+    return experiment.experiment_id if experiment is not None else None
+
+
+def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_name: str,
+                     version_tag: str | None = None) -> str | None:
     """Why a logged model's files are not the pipeline's to delete because someone else logged it (another team's
     model registered into this one by its id: deleted like the pipeline's own until a review of 2026-12-07), or None.
 
     The pipeline's own: tagged :data:`LOGGED_FOR` with the project's registered model name when it was logged (which
-    survives renaming the experiment, or changing ``registry.experiment``: third review), or, untagged (logged before
-    the tag; a blank tag is none), in the project's experiment (``experiment_id``; None: it does not exist). One
-    tagged for another registered model that exists is another project's, whatever its experiment (two projects
-    sharing the default experiment on a team server: fourth review); tagged for one that no longer exists, in the
-    project's experiment, it was logged before this registered model was renamed (the documented rename: fifth
-    review). Otherwise the pipeline cannot tell it logged it: the reason says so, and how to claim it.
+    survives renaming the experiment, or changing ``registry.experiment``: third review); tagged with another name
+    that its version in this registered model carries too (``version_tag``: the pipeline registers a model under the
+    name it tags it with, so this registered model had that name: the documented rename, fifth review; a version
+    registered here by hand, by the model's id, carries no such tag: sixth review); or untagged (logged before the
+    tag; a blank tag is none) and in the project's experiment (``experiment_id``; None: it does not exist).
+    Otherwise it is held: a tagged one is another project's (its files may be that project's live version's); an
+    untagged one elsewhere may be the pipeline's own from before an experiment change, and the reason says how to
+    claim it.
     """
     from mlflow.exceptions import MlflowException
 
@@ -95,29 +104,18 @@ def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_nam
             raise
         return None  # gone: nothing located, said where the files are looked for
     tagged = str((logged.tags or {}).get(LOGGED_FOR) or "").strip() or None
-    if tagged == model_name:
+    if tagged is not None:
+        if tagged == model_name or tagged == version_tag:
+            return None
+        return (f"its logged model ({model_id}) is tagged {LOGGED_FOR}={tagged!r}, not this project's "
+                f"{model_name!r}, and was not registered here under that name by the pipeline: another project "
+                "logged it, and the pipeline deletes only models it logged")
+    if experiment_id is not None and str(logged.experiment_id) == str(experiment_id):
         return None
-    here = experiment_id is not None and str(logged.experiment_id) == str(experiment_id)
-    if tagged is None and here or tagged is not None and here and not _registered_model_exists(client, tagged):
-        return None
-    said = (f"is tagged {LOGGED_FOR}={tagged!r}, not this project's {model_name!r}" if tagged is not None else
-            f"carries no {LOGGED_FOR} tag and was logged in experiment {logged.experiment_id}, not the project's")
-    return (f"its logged model ({model_id}) {said}: the pipeline cannot tell that it logged it, so it does not "
-            "delete its files (one it logged before the tag, or before its experiment or registered model was "
-            f"renamed: tag the logged model {LOGGED_FOR}={model_name} and the next purge retires it)")
-
-
-def _registered_model_exists(client, name: str) -> bool:
-    """Whether the registry holds a registered model of this name (a registry error is raised, not taken for no)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code not in _NEVER_RESOLVES:
-            raise
-        return False
-    return True
+    return (f"its logged model ({model_id}) carries no {LOGGED_FOR} tag and was logged in experiment "
+            f"{logged.experiment_id}, not the project's: the pipeline cannot tell that it logged it, so it does not "
+            "delete its files (one it logged before the tag, in an experiment since renamed or changed: tag the "
+            f"logged model {LOGGED_FOR}={model_name} and the next purge retires it)")
 
 
 def with_targets(locations: list[str]) -> list[str]:

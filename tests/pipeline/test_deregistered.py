@@ -567,3 +567,33 @@ def test_the_pipeline_s_own_models_are_retired_after_its_registered_model_is_ren
     for number, files in ((version, location), (blank, blank_at)):
         assert entries[number]["action"] == "retired", entries[number]
         assert model_files.artifacts_remaining(files) == 0
+
+
+# Sixth review (2026-12-07): a tag naming a registered model that no longer exists was taken for this project's rename
+
+
+@pytest.mark.parametrize("tag", ["b-old", "team-b/classifier"])
+def test_another_project_s_tagged_model_is_held_whatever_became_of_its_registered_model(make_project, tag):
+    """Project B renamed its registered model (b-old -> b-new), or its tag names no model MLflow could hold: its
+    model, registered into this one by its id, was retired and its files deleted under b-new's live version. Only a
+    version the pipeline registered under the tag's name (this model before a rename) makes a foreign tag its own;
+    the held reason never offers the claim that would delete another project's files, nor does it once removed."""
+    from tasks import model_files, tracking
+    from tasks.deregistered import DEREGISTERED
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name = _champion_and_batch(project)
+    _, _, theirs, model_id, location = _logged(project)
+    client.set_logged_model_tags(model_id, {tracking.LOGGED_FOR: tag})
+    if "/" not in tag:
+        client.create_registered_model(tag)
+        client.create_model_version(tag, source=location, model_id=model_id)
+        client.rename_registered_model(tag, "b-new")
+    held = _purge(project, client)[theirs]["held"]
+    assert f"tagged logged_for={tag!r}" in held and "another project logged it" in held
+    assert "next purge retires it" not in held and model_files.artifacts_remaining(location) > 0
+    client.delete_model_version(name, theirs)  # removed from this registry: still never "remove them"
+    held = _purge(project, client)[theirs]["held"]
+    assert held.startswith(DEREGISTERED) and "another project logged it" in held and "once they are removed" not in held
+    assert model_files.artifacts_remaining(location) > 0
