@@ -289,19 +289,19 @@ def _registry_findings(project: Project, client: Any, searched: set[str]) -> lis
                     continue
                 mv = versions.get(str(entry.get("version")))
                 model_id = tracking.entry_model_id(entry)
-                if mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
-                    findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s artifacts "
-                                            f"(logged model {model_id}) were deleted; this registry's version "
-                                            f"{entry.get('version')} is another model (the project moved to another "
-                                            "registry?), so the claim cannot be checked here"))
-                elif mv is None and entry.get("deregistered") is True \
-                        and (str(entry.get("version")), model_id or "") in gone_closed:
-                    # removed from the registry by hand, closed when the purge showed its files gone: checked again
-                    files = gone_closed[str(entry.get("version")), model_id or ""]
+                if entry.get("deregistered") is True and (str(entry.get("version")), model_id) in gone_closed:
+                    # removed from the registry by hand, closed when the purge showed its files gone: checked again,
+                    # whatever version has the number now (a recreated registered model's: seventh review)
+                    files = gone_closed[str(entry.get("version")), model_id]
                     if not files or not model_files.files_gone(files):
                         findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s "
                                                 "artifacts are gone (removed from the registry by hand); files are "
                                                 f"there again, or their places were not recorded: {', '.join(files)}"))
+                elif mv is not None and model_id and tracking.version_model_id(mv) not in (None, model_id):
+                    findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s artifacts "
+                                            f"(logged model {model_id}) were deleted; this registry's version "
+                                            f"{entry.get('version')} is another model (the project moved to another "
+                                            "registry?), so the claim cannot be checked here"))
                 elif mv is None or mv.tags.get("artifacts_deleted") != "true":
                     findings.append(Finding("registry", path.name, f"says version {entry.get('version')}'s "
                                                                    "artifacts were deleted; the registry does not"))

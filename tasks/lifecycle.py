@@ -211,6 +211,8 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             for batch_id in mv.tags.get("retired_batches", "").split(","):
                 if batch_id in ledger.batches:
                     known = ledger.batch(batch_id).get("retirement", {}).get(str(mv.version), {})
+                    if known.get("deregistered"):  # another model's closure under the number (a recreated model's)
+                        known = {}
                     ledger.record_retirement(batch_id, str(mv.version), {  # what a scan recorded is kept
                         **known, "version": str(mv.version), "action": "retired",
                         "reason": mv.tags.get("retired_reason"), "due_at": mv.tags.get("retire_due_at"),
@@ -238,9 +240,9 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             # serves, or failing every purge (reviews of 2026-12-07); `unlearn doctor` names it.
             kept = f"; {held}: not deleted, `unlearn doctor` names it"
         if _parse(due_at) > now or kept:
-            # A hand version's files, and which registered model they were located in, are kept with the entry: if
-            # an operator removes the version from the registry, they are what shows its files gone
-            # (:func:`settle_deregistered`).
+            # Where its files are (in this project folder, this registered model; the name the pipeline registered
+            # it under) is kept with the entry: if an operator removes the version from the registry, that is what
+            # shows its files gone and whose they are (:func:`settle_deregistered`).
             number = str(mv.version)
             now_at = model_files.with_targets(where(number)) if number in hand or number not in recorded else []
             files = {"files": sorted({*recorded.get(number, []), *now_at}), "home": str(project.root),

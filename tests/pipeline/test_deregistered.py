@@ -597,3 +597,33 @@ def test_another_project_s_tagged_model_is_held_whatever_became_of_its_registere
     held = _purge(project, client)[theirs]["held"]
     assert held.startswith(DEREGISTERED) and "another project logged it" in held and "once they are removed" not in held
     assert model_files.artifacts_remaining(location) > 0
+
+
+def test_doctor_rechecks_a_deregistered_closure_after_its_number_is_a_new_hand_version(make_project, tmp_path):
+    """Seventh review: the registered model deleted and created again, its version 1 a hand version now: doctor said
+    the certificate's claim about logged model M was false ("the registry does not") and no longer checked M's files."""
+    from tasks import tracking
+    from tasks.doctor import diagnose
+    from tasks.project import load_project
+
+    project = load_project(make_project())
+    client, name, version, model_id, location = _logged(project)
+    _schedule(project, version, model_id=model_id)
+    client.delete_model_version(name, version)
+    shutil.rmtree(_path(location))
+    assert _settle(project, client)[version]["action"] == "retired"
+    project.certificates_dir.mkdir(parents=True, exist_ok=True)
+    (project.certificates_dir / "R-1.json").write_text(json.dumps({"retirement": {"versions": [
+        {"version": version, "model_id": model_id, "artifacts_deleted": True, "deregistered": True}]}}))
+    client.delete_registered_model(name)
+    client = tracking.setup(project)
+    client.create_registered_model(name)
+    folder = tmp_path / "hand"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"w" * 100)
+    assert str(client.create_model_version(name, source=str(folder)).version) == version
+    problems = [f.problem for f in diagnose(project) if f.subject == "R-1.json"]
+    assert not [p for p in problems if "the registry does not" in p or "there again" in p], problems
+    _path(location).mkdir(parents=True)  # the closed version's files come back
+    (_path(location) / "model.pt").write_bytes(b"weights")
+    assert any("there again" in f.problem for f in diagnose(project) if f.subject == "R-1.json")
