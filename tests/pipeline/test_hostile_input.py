@@ -582,6 +582,8 @@ def test_a_huge_sparse_file_is_refused_without_reading_it_to_the_end(project, mo
     ("ledger.json", b'{"batches": {"b1": {"status": "pending"}}}', "batch 'b1' lacks"),
     ("ledger.json", b'{"batches": {"b1": {"status": "pending", "request_ids": [], "sample_ids": 5, '
                     b'"created_at": "x", "history": []}}}', "malformed sample_ids"),
+    ("ledger.json", b'{"batches": {"b1": {"status": "completed", "request_ids": [], "sample_ids": [], '
+                    b'"created_at": "x", "history": [], "retirement": {"1": "retired"}}}}', "malformed retirement"),
 ])
 def test_a_damaged_ledger_is_named_with_exit_2_and_a_damaged_deletions_file_is_rewritten(make_project, capsys,
                                                                                         name, data, phrase):

@@ -81,6 +81,11 @@ class Ledger:
         if missing:
             return f"lacks {', '.join(missing)}"
         wrong = [k for k, t in types.items() if not isinstance(batch[k], t)]
+        # its model retirements (version -> entry): a hand-edited entry that is not a map raised deep in a purge,
+        # certify or doctor run (review of 2026-12-07)
+        retirement = batch.get("retirement", {})
+        if not isinstance(retirement, dict) or not all(isinstance(e, dict) for e in retirement.values()):
+            wrong.append("retirement (a map of model version -> entry map)")
         return f"has a malformed {', '.join(wrong)}" if wrong else ""
 
     def oldest_first(self, batch_ids: Iterable[str] | None = None) -> list[str]:
