@@ -46,7 +46,7 @@ def recorded_files(entry: dict[str, Any]) -> list[str]:
 
 
 def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions: dict[str, Any],
-                        registered: Any | None = None) -> list[dict[str, Any]]:
+                        identity: Callable[[], str] | None = None) -> list[dict[str, Any]]:
     """Close, or hold with the reason, the scheduled retirements of versions the registry no longer holds.
 
     An operator may delete a registry version that was scheduled or held for retirement. :func:`retire_models` never
@@ -62,14 +62,13 @@ def settle_deregistered(project: Project, client: Any, ledger: Ledger, versions:
     saying so. Otherwise it stays scheduled, held with the reason: where its files remain, that something still
     serves them (never "remove them" then), or that they cannot be located.
 
-    ``versions``: every version of the registry, by number; ``registered``: the registered model, when read.
+    ``versions``: every version of the registry, by number; ``identity``: :func:`registry_identity` of the
+    registered model, when the caller reads it already (read here otherwise, once, only if an entry needs it).
     Returns one action per version closed or held, as :func:`retire_models`' own.
     """
     name = tracking.model_name(project)
 
-    @functools.cache
-    def identity() -> str:
-        return registry_identity(registered or client.get_registered_model(name))
+    identity = identity or functools.cache(lambda: registry_identity(client.get_registered_model(name)))
 
     # (version, logged model id or "", where a hand entry was recorded) -> its batches, oldest first: two registered
     # models' hand versions under one number are two versions, each shown gone on its own files (second review)

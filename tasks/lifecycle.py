@@ -273,7 +273,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             entry.update({k: action[k] for k in ("model_id", "held", "files", "home", "registry", "logged_for")
                           if k in action})
             ledger.record_retirement(batch_id, action["version"], entry)
-    return actions + settle_deregistered(project, client, ledger, everything, registered)
+    return actions + settle_deregistered(project, client, ledger, everything, identity)
 
 
 def _retirement_recorded(project: Project, mv: Any) -> bool:

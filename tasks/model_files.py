@@ -37,7 +37,7 @@ def model_artifact_locations(client, mv: Any, *, any_model: bool = False, _depth
     source = str(getattr(mv, "source", "") or "")
     try:
         if model_id:
-            return [client.get_logged_model(model_id).artifact_location]
+            return logged_model_locations(client, model_id)
         if source.startswith("runs:/"):
             run_id, _, path = source[len("runs:/"):].partition("/")
             run, path = client.get_run(run_id), path.strip("/")
@@ -64,14 +64,21 @@ def logged_model_locations(client, model_id: str) -> list[str]:
     hand, or logged in another store: ids are unique, so one found here is this store's). For a version removed from
     the registry, whose ledger entry still names the logged model it was (:mod:`tasks.deregistered`).
     """
+    logged = _logged_model(client, model_id)
+    return [logged.artifact_location] if logged is not None else []
+
+
+def _logged_model(client, model_id: str) -> Any | None:
+    """The logged model of this id, or None when it is gone or can never be named (a registry error is raised,
+    never taken for "no model")."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return [client.get_logged_model(model_id).artifact_location]
+        return client.get_logged_model(model_id)
     except MlflowException as exc:
-        if exc.error_code not in _NEVER_RESOLVES:  # a registry error is raised, never taken for "no files"
+        if exc.error_code not in _NEVER_RESOLVES:
             raise
-        return []
+        return None
 
 
 def project_experiment_id(client, project: Project) -> str | None:
@@ -95,13 +102,8 @@ def logged_elsewhere(client, model_id: str, experiment_id: str | None, model_nam
     untagged one elsewhere may be the pipeline's own from before an experiment change, and the reason says how to
     claim it.
     """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        logged = client.get_logged_model(model_id)
-    except MlflowException as exc:
-        if exc.error_code not in _NEVER_RESOLVES:
-            raise
+    logged = _logged_model(client, model_id)
+    if logged is None:
         return None  # gone: nothing located, said where the files are looked for
     tagged = str((logged.tags or {}).get(LOGGED_FOR) or "").strip() or None
     if tagged is not None:

@@ -228,6 +228,13 @@ def drop_request(project, request_id: str, ids: list[str]) -> None:
          "subject_ref": f"subject-{request_id}", "sample_ids": ids}))
 
 
+def location_path(location: str) -> Path:
+    """The local path of an artifact location: a ``file:`` URI un-escaped, or a plain path as it is."""
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
+
+
 def run_stages(project, *names: str) -> dict:
     """Run pipeline stages in-process, in order, without Prefect (what ``dvc repro`` amounts to).
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import FAST, run_stages
+from conftest import FAST, drop_request, location_path, run_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -12,13 +12,6 @@ pytestmark = pytest.mark.e2e
 SETUP = {**FAST, "unlearn": {**FAST["unlearn"], "escalation": []},
          "gate": {"consolidate": {"deleted_fraction": 0.02, "every_batches": 0, "cron": None},
                   "on_inconclusive": "promote_low_power"}}
-
-
-def _drop(project, request_id, ids):
-    project.incoming_dir.mkdir(parents=True, exist_ok=True)
-    (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(
-        {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
-         "subject_ref": f"subject-{request_id}", "sample_ids": ids}))
 
 
 def test_consolidation_waits_for_pending_batches_then_promotes_an_exact_model_past_the_threshold(make_project):
@@ -41,7 +34,7 @@ def test_consolidation_waits_for_pending_batches_then_promotes_an_exact_model_pa
     assert run_consolidate(project)["status"] == "not_due"  # the baseline is exact on the current data
 
     n = int(0.03 * len(train_ids))  # 3% > the 2% threshold
-    _drop(project, "R-1", train_ids[:n].tolist())
+    drop_request(project, "R-1", train_ids[:n].tolist())
     run_stages(project, "ingest", "prepare")
     pending = run_consolidate(project, force=True)
     assert pending["status"] == "skipped" and "pending" in pending["reason"]  # the escalation goes first
@@ -176,7 +169,7 @@ def _promoted_after_a_deletion(make_project):
     project = load_project(make_project(SETUP))
     run_stages(project, "ingest", "prepare", "train")
     train_ids = SampleStore(project.store_dir).split_ids("train")
-    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
+    drop_request(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
     run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
     mlflow.set_tracking_uri(project.tracking_uri)
     return project, mlflow.MlflowClient(), tracking.model_name(project)
@@ -226,7 +219,7 @@ def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make
     copy = mlflow.register_model(f"models:/{tracking.version_model_id(baseline)}", name)
     client.set_registered_model_alias(name, "backup", copy.version)
     (location,) = model_files.model_artifact_locations(client, baseline)
-    by_hand = client.create_model_version(name, source=str(_folder(location)))
+    by_hand = client.create_model_version(name, source=str(location_path(location)))
     real, calls = model_files.retire_version, []
 
     def killed_on_the_second(*args, **kwargs):
@@ -254,13 +247,6 @@ def test_copies_of_a_contaminated_model_retire_together_and_keep_no_weights(make
     assert Ledger(project.ledger_path).batch(batch_id)["retirement"][str(by_hand.version)]["weights_searched"] is True
 
 
-def _folder(location):
-    from pathlib import Path
-    from urllib.parse import unquote, urlparse
-
-    return Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
-
-
 def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_another_its_files(
         make_project, tmp_path, monkeypatch):
     """Reviews of 2026-12-07: a version registered from a path (no logged model) was never located. On another
@@ -283,15 +269,15 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     (baseline_at,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
     champion = tracking.champion_version(project, client)
     (champion_at,) = model_files.model_artifact_locations(client, champion)
-    on_baseline = client.create_model_version(name, source=str(_folder(baseline_at)))  # a plain path
+    on_baseline = client.create_model_version(name, source=str(location_path(baseline_at)))  # a plain path
     on_champion = client.create_model_version(name, source=champion_at)  # a file: URI
     client.set_registered_model_alias(name, "staging", on_champion.version)
     outside = tmp_path / "hand-copy"
-    shutil.copytree(_folder(champion_at), outside)  # the champion's bytes: the baseline's are not live elsewhere
+    shutil.copytree(location_path(champion_at), outside)  # the champion's bytes: the baseline's are not live elsewhere
     loose = client.create_model_version(name, source=str(outside))
     assert tracking.version_model_id(loose) is None and tracking.version_model_id(on_baseline) is None
     theirs = project.artifact_root / "other-team" / "model"
-    shutil.copytree(_folder(champion_at), theirs)
+    shutil.copytree(location_path(champion_at), theirs)
     client.create_registered_model("other-model")
     other = client.create_model_version("other-model", source=str(theirs))
     client.set_registered_model_alias("other-model", "champion", other.version)
@@ -299,7 +285,7 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
     on_run = client.create_model_version(name, source=f"runs:/{champion.run_id}")
     run_files = model_files.artifacts_remaining(client.get_run(champion.run_id).info.artifact_uri)
     linked = project.artifact_root / "hand" / "copy"
-    shutil.copytree(_folder(champion_at), linked)
+    shutil.copytree(location_path(champion_at), linked)
     os.symlink(linked, tmp_path / "latest")
     on_link = client.create_model_version(name, source=str(tmp_path / "latest"))
     for key, value in {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
@@ -315,7 +301,7 @@ def test_versions_registered_by_hand_are_grouped_by_their_files_and_never_cost_a
                                       client.create_model_version("other-model", source="runs://model").version)
     # one file, and a scheme no store here reads: taken for nothing there, and tombstoned (second review)
     weights_file = tmp_path / "weights-copy.pt"
-    shutil.copy(_folder(baseline_at) / "extra_files" / "state_dict.pt", weights_file)
+    shutil.copy(location_path(baseline_at) / "extra_files" / "state_dict.pt", weights_file)
     on_file = client.create_model_version(name, source=str(weights_file))
     on_dbfs = client.create_model_version(name, source="dbfs:/databricks/mlflow-registry/abc/models/model")
     for _ in range(2):
@@ -373,7 +359,7 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
 
     project, client, name = _promoted_after_a_deletion(make_project)
     (baseline_at,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
-    above = client.create_model_version(name, source=str(_folder(baseline_at).parent))
+    above = client.create_model_version(name, source=str(location_path(baseline_at).parent))
     client.set_registered_model_alias(name, "archive", above.version)
     run_purge(project)  # no error
     (batch_id,) = Ledger(project.ledger_path).batches
@@ -401,7 +387,7 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     # another registered model in the registry serving the same folder holds it too (second review: its champion
     # lost its files)
     client.create_registered_model("other-model")
-    other = client.create_model_version("other-model", source=str(_folder(baseline_at)))
+    other = client.create_model_version("other-model", source=str(location_path(baseline_at)))
     through = client.create_model_version("other-model", source=f"models:/{name}/1")  # third review: followed too
     # sixth review: MLflow 3 loads runs:/<run>/<name> from the run's logged model of that name
     logged = client.get_logged_model(tracking.version_model_id(client.get_model_version(name, "1")))
@@ -417,4 +403,5 @@ def test_a_due_version_whose_folder_holds_or_lies_in_another_version_s_is_kept_n
     assert client.get_model_version(name, "1").tags.get("retired") == "true"
     assert model_files.artifacts_remaining(baseline_at, project.artifact_root) == 0
     tags = client.get_model_version(name, above.version).tags
-    assert tags.get("retired") == "true" and model_files.artifacts_remaining(str(_folder(baseline_at).parent)) == 0
+    assert tags.get("retired") == "true"
+    assert model_files.artifacts_remaining(str(location_path(baseline_at).parent)) == 0

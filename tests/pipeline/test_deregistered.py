@@ -10,7 +10,7 @@ import json
 import shutil
 
 import pytest
-from conftest import FAST, run_stages
+from conftest import FAST, drop_request, location_path, run_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -18,18 +18,11 @@ SETUP = {**FAST, "unlearn": {**FAST["unlearn"], "escalation": []}, "gate": {"on_
          "lifecycle": {"retirement_grace_hours": 24}}
 
 
-def _drop(project, request_id, ids):
-    project.incoming_dir.mkdir(parents=True, exist_ok=True)
-    (project.incoming_dir / f"{request_id}.json").write_text(json.dumps(
-        {"request_id": request_id, "received_at": "2026-11-24T10:00:00Z", "reason": "gdpr_erasure",
-         "subject_ref": f"subject-{request_id}", "sample_ids": ids}))
-
-
-def _path(location):
-    from pathlib import Path
-    from urllib.parse import unquote, urlparse
-
-    return Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
+def _weights(folder, content=b"weights" * 100):
+    """A folder holding one weights file (a model's files registered or kept by hand): the folder."""
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(content)
+    return folder
 
 
 def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_files_are_shown_gone(
@@ -48,19 +41,19 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     project = load_project(make_project(SETUP))
     run_stages(project, "ingest", "prepare", "train")
     train_ids = SampleStore(project.store_dir).split_ids("train")
-    _drop(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
+    drop_request(project, "R-1", train_ids[:int(0.03 * len(train_ids))].tolist())
     run_stages(project, "ingest", "prepare", "train", "references", "unlearn", "promote")
     mlflow.set_tracking_uri(project.tracking_uri)
     client, name = mlflow.MlflowClient(), tracking.model_name(project)
     (baseline_at,) = model_files.model_artifact_locations(client, client.get_model_version(name, "1"))
-    copy_of_1 = client.create_model_version(name, source=str(_path(baseline_at)))  # the baseline's own folder
+    copy_of_1 = client.create_model_version(name, source=str(location_path(baseline_at)))  # the baseline's own folder
     outside = tmp_path / "hand-copy"
-    shutil.copytree(_path(baseline_at), outside)
+    shutil.copytree(location_path(baseline_at), outside)
     loose = client.create_model_version(name, source=str(outside))  # no lineage: taken as trained on everything
     moved = client.create_model_version(name, source=str(tmp_path / "elsewhere"))
     # a hand version on a link, due at once: its link removed is not its files gone while the folder stays
     real = tmp_path / "real-weights"
-    shutil.copytree(_path(baseline_at), real)
+    shutil.copytree(location_path(baseline_at), real)
     (tmp_path / "link").symlink_to(real, target_is_directory=True)
     linked = client.create_model_version(name, source=str(tmp_path / "link"))
     client.set_model_version_tag(name, linked.version, "retire_due_at", "2026-01-01T00:00:00Z")
@@ -115,7 +108,7 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     assert model_files.artifacts_remaining(baseline_at) > 0  # the pipeline deletes only through a version
 
     # The files are removed by hand: each entry whose files are shown gone is closed, once, with an audit record
-    shutil.rmtree(_path(baseline_at))
+    shutil.rmtree(location_path(baseline_at))
     shutil.rmtree(outside)
     for _ in range(2):
         run_purge(project)
@@ -146,8 +139,7 @@ def test_a_version_removed_from_the_registry_while_scheduled_is_closed_once_its_
     problems = [f"{f.subject}: {f.problem}" for f in diagnose(project)]
     assert not [p for p in problems if DEREGISTERED in p or "the registry does not" in p], problems
     # the certificates' claim is checked again: files back where a closed one's were are named
-    outside.mkdir()
-    (outside / "model.pt").write_bytes(b"weights")
+    _weights(outside, b"weights")
     assert any("there again" in f.problem and str(outside) in f.problem for f in diagnose(project))
 
 
@@ -215,8 +207,7 @@ def test_a_moved_project_s_deregistered_versions_are_not_closed_while_their_file
     client, name, version, model_id, _ = _logged(project)
     _schedule(project, version, model_id=model_id)
     folder = project.root / "hand-model"
-    folder.mkdir()
-    (folder / "model.pt").write_bytes(b"weights" * 100)
+    _weights(folder)
     hand = _hand(project, client, name, folder)
     moved = project.root.with_name("moved")
     shutil.move(project.root, moved)
@@ -236,8 +227,7 @@ def test_a_deregistered_version_on_a_link_is_closed_only_once_the_folder_it_lead
     project = load_project(make_project())
     client, name, *_ = _logged(project)
     real = tmp_path / "real-weights"
-    real.mkdir()
-    (real / "model.pt").write_bytes(b"weights" * 100)
+    _weights(real)
     link = tmp_path / "link"
     link.symlink_to(real, target_is_directory=True)
     hand = _hand(project, client, name, link)
@@ -305,8 +295,7 @@ def test_a_removed_link_s_folder_stays_recorded_until_it_is_gone_whatever_the_pu
     project = load_project(make_project())
     client, name = _champion_and_batch(project)
     real = tmp_path / "real-weights"
-    real.mkdir()
-    (real / "model.pt").write_bytes(b"weights" * 100)
+    _weights(real)
     (tmp_path / "link").symlink_to(real, target_is_directory=True)
     hand = str(client.create_model_version(name, source=str(tmp_path / "link")).version)
     client.set_model_version_tag(name, hand, "retire_due_at", "2026-01-01T00:00:00Z")
@@ -333,14 +322,12 @@ def test_entries_of_a_registered_model_deleted_and_created_again_are_not_taken_f
     client, name, logged, model_id, _ = _logged(project)  # version 1
     _schedule(project, logged, model_id=model_id, files=[], home=str(project.root))
     old = tmp_path / "old-hand"
-    old.mkdir()
-    (old / "model.pt").write_bytes(b"old weights" * 100)
+    _weights(old, b"old weights" * 100)
     hand = _hand(project, client, name, old)  # version 2
     client.delete_registered_model(name)
     client = tracking.setup(project)
     new = tmp_path / "new-hand"
-    new.mkdir()
-    (new / "model.pt").write_bytes(b"new weights" * 100)
+    _weights(new, b"new weights" * 100)
     client.create_registered_model(name)
     assert str(client.create_model_version(name, source=str(new)).version) == logged  # a hand version now
     _logged(project)  # version 2, a logged model now
@@ -379,7 +366,7 @@ def test_a_deregistered_version_whose_logged_model_was_deleted_too_is_closed_fro
     assert _purge(project, client)[version]["files"] == model_files.with_targets([location])
     client.delete_model_version(name, version)
     client.delete_logged_model(model_id)
-    shutil.rmtree(_path(location))
+    shutil.rmtree(location_path(location))
     entry = _settle(project, tracking.setup(project))[version]
     assert entry["action"] == "retired" and entry["deregistered"] is True, entry
 
@@ -436,8 +423,7 @@ def test_doctor_does_not_take_an_old_registered_model_s_held_entry_for_the_new_o
     project = load_project(make_project())
     client, name, *_ = _logged(project)
     old = tmp_path / "old-hand"
-    old.mkdir()
-    (old / "model.pt").write_bytes(b"old weights" * 100)
+    _weights(old, b"old weights" * 100)
     hand = _hand(project, client, name, old)  # version 2, scheduled
     client.delete_registered_model(name)
     client = tracking.setup(project)
@@ -610,7 +596,7 @@ def test_doctor_rechecks_a_deregistered_closure_after_its_number_is_a_new_hand_v
     client, name, version, model_id, location = _logged(project)
     _schedule(project, version, model_id=model_id)
     client.delete_model_version(name, version)
-    shutil.rmtree(_path(location))
+    shutil.rmtree(location_path(location))
     assert _settle(project, client)[version]["action"] == "retired"
     project.certificates_dir.mkdir(parents=True, exist_ok=True)
     (project.certificates_dir / "R-1.json").write_text(json.dumps({"retirement": {"versions": [
@@ -619,11 +605,10 @@ def test_doctor_rechecks_a_deregistered_closure_after_its_number_is_a_new_hand_v
     client = tracking.setup(project)
     client.create_registered_model(name)
     folder = tmp_path / "hand"
-    folder.mkdir()
-    (folder / "model.pt").write_bytes(b"w" * 100)
+    _weights(folder, b"w" * 100)
     assert str(client.create_model_version(name, source=str(folder)).version) == version
     problems = [f.problem for f in diagnose(project) if f.subject == "R-1.json"]
     assert not [p for p in problems if "the registry does not" in p or "there again" in p], problems
-    _path(location).mkdir(parents=True)  # the closed version's files come back
-    (_path(location) / "model.pt").write_bytes(b"weights")
+    location_path(location).mkdir(parents=True)  # the closed version's files come back
+    (location_path(location) / "model.pt").write_bytes(b"weights")
     assert any("there again" in f.problem for f in diagnose(project) if f.subject == "R-1.json")
