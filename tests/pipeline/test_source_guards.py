@@ -73,7 +73,7 @@ def test_a_changed_model_name_is_refused_once_a_champion_exists(make_project):
     run_stages(project, "ingest", "prepare", "train")
     _set(root, "model", "name", "tests.core.byo_models:tiny_net")  # fits the data: only the champion differs
     refused = (r"model.name is 'tests.core.byo_models:tiny_net' but the champion \(version 1\) was trained as "
-               "'small_cnn'")
+               "'tiny_cnn'")
     with pytest.raises(PipelineError, match=refused):
         run_stages(load_project(root), "train")
     drop_request(project, "R-ARCH", SampleStore(project.store_dir).split_ids("train")[:5].tolist())
@@ -82,7 +82,7 @@ def test_a_changed_model_name_is_refused_once_a_champion_exists(make_project):
         run_stages(load_project(root), "unlearn")
     assert not (project.root / "data" / "state" / "unlearn.json").exists()
     assert main(["--root", str(root), "stage", "unlearn"]) == 2
-    _set(root, "model", "name", "small_cnn")
+    _set(root, "model", "name", "tiny_cnn")
     run_stages(load_project(root), "train", "references", "unlearn")
 
 
