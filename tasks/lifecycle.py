@@ -248,7 +248,7 @@ def retire_models(project: Project, client: Any, ledger: Ledger, *,
             files = {"files": sorted({*recorded.get(number, []), *now_at}), "home": str(project.root),
                      "registry": identity(), **({"logged_for": mv.tags[tracking.LOGGED_FOR]}
                                                 if mv.tags.get(tracking.LOGGED_FOR) else {})}
-            actions.append({"version": str(mv.version), "action": "scheduled", "reason": reason + kept,
+            actions.append({"version": number, "action": "scheduled", "reason": reason + kept,
                             "batches": offending, "due_at": due_at, **({"held": held} if held else {}),
                             **files, **tracking.model_id_field(mv)})
             continue

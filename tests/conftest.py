@@ -151,7 +151,8 @@ def _init_project(root: Path, overrides: dict | None, *, registry: bool = True) 
 # The end-to-end tests check what the pipeline does, not how well the model learns: 4 epochs on digits is enough
 # for a model well above chance (utility is gated against its parent), and every retrain and baseline in the suite
 # pays for each epoch (8 epochs cost the suite about a minute more on two cores). tiny_cnn (small_cnn at half the
-# width, about 94% test accuracy): training was the largest share of the suite's CPU (py-spy), a third of it now.
+# width, about 94% test accuracy, trained in about a third of the time): training was the largest share of the
+# suite's CPU (py-spy).
 FAST = {"model": {"name": "tiny_cnn"}, "train": {"epochs": 4},
         "verify": {"bootstrap": 20, "references": {"count": 2, "batched": "auto"}},
         "unlearn": {"method": "amun", "methods": {"amun": {"epochs": 2, "batch_size": 64, "probe_size": 20}}}}
